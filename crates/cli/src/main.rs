@@ -1,0 +1,272 @@
+//! The `medlake` binary: argument parsing and wiring only. Everything it runs goes through
+//! `medlake_engine::Engine`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use clap::{Parser, Subcommand};
+use medlake_engine::{Engine, Output, Statement};
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "medlake",
+    version,
+    about = "medlake: the open warehouse for hospital and medical-device data",
+    long_about = "medlake keeps hospital and device data as Delta Lake tables (bronze, silver, \
+                  gold) and runs SQL over them with Apache DataFusion."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run SQL against the warehouse: interactively, or with -c / -f.
+    #[command(after_help = "Examples:\n  \
+        medlake sql --warehouse ./wh -c \"CREATE TABLE bronze.t (id INT NOT NULL)\"\n  \
+        medlake sql --warehouse ./wh -f demo.sql\n  \
+        medlake sql --warehouse az://lake/warehouse        (credentials from AZURE_* variables)")]
+    Sql(SqlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SqlArgs {
+    /// Warehouse location: a folder, file://, az://, abfss://, s3:// or gs:// URL.
+    #[arg(long, env = "MEDLAKE_WAREHOUSE", default_value = "./warehouse")]
+    warehouse: String,
+    /// Run these SQL statements (may be given several times) and exit.
+    #[arg(short = 'c', long = "command", value_name = "SQL")]
+    commands: Vec<String>,
+    /// Run the SQL script in FILE and exit.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Print how long each statement took (always on in interactive mode).
+    #[arg(long)]
+    timing: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Sql(args) => sql(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Reported) => ExitCode::FAILURE,
+        Err(Failure::Error(e)) => {
+            print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `MEDLAKE_LOG` (or `RUST_LOG`) sets the filter. By default only
+/// warnings, and not the Delta kernel's own error lines: medlake reports those errors itself.
+fn init_logging() {
+    let filter = std::env::var("MEDLAKE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn,buoyant_kernel=off".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+enum Failure {
+    /// The error was printed already.
+    Reported,
+    Error(medlake_engine::Error),
+}
+
+impl From<medlake_engine::Error> for Failure {
+    fn from(e: medlake_engine::Error) -> Self {
+        Failure::Error(e)
+    }
+}
+
+async fn sql(args: SqlArgs) -> Result<(), Failure> {
+    let engine = Engine::open(&args.warehouse).await?;
+    let scripted = !args.commands.is_empty() || !args.files.is_empty();
+    if !scripted {
+        return interactive(&engine).await;
+    }
+    for command in &args.commands {
+        run_script(&engine, command, args.timing).await?;
+    }
+    for file in &args.files {
+        let script = std::fs::read_to_string(file).map_err(|e| {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            Failure::Reported
+        })?;
+        run_script(&engine, &script, args.timing).await?;
+    }
+    Ok(())
+}
+
+/// Runs every statement of `script`, printing each result; stops at the first error.
+async fn run_script(engine: &Engine, script: &str, timing: bool) -> Result<(), Failure> {
+    for statement in medlake_engine::parse(script)? {
+        run_statement(engine, statement, timing).await?;
+    }
+    Ok(())
+}
+
+async fn run_statement(engine: &Engine, statement: Statement, timing: bool) -> Result<(), Failure> {
+    let started = Instant::now();
+    let output = engine.execute(statement).await?;
+    match output {
+        Output::Command { tag, .. } => println!("{tag}"),
+        Output::Rows(stream) => {
+            let schema = stream.schema();
+            let batches = Output::Rows(stream).collect().await?;
+            print_rows(&schema, &batches);
+        }
+    }
+    if timing {
+        println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(())
+}
+
+fn print_rows(schema: &arrow::datatypes::SchemaRef, batches: &[RecordBatch]) {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let table = if rows == 0 {
+        let empty = RecordBatch::new_empty(schema.clone());
+        arrow::util::pretty::pretty_format_batches(&[empty])
+    } else {
+        arrow::util::pretty::pretty_format_batches(batches)
+    };
+    match table {
+        Ok(table) => println!("{table}"),
+        Err(e) => eprintln!("error: cannot format the result: {e}"),
+    }
+    println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+}
+
+/// One clear message with its cause chain and SQLSTATE, never a debug dump.
+fn print_error(e: &medlake_engine::Error) {
+    let mut lines = vec![format!("error [{}]: {e}", e.code().sqlstate())];
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !lines.iter().any(|l| l.contains(&text)) {
+            lines.push(format!("  caused by: {text}"));
+        }
+        source = cause.source();
+    }
+    eprintln!("{}", lines.join("\n"));
+}
+
+const HELP: &str = "Statements end with ';' and may span lines.
+  \\q, quit, exit      leave
+  \\?, help            this help
+  \\dt [schema]        list tables
+  \\dn                 list schemas
+  DESCRIBE HISTORY t  a table's commits; SELECT ... FROM t VERSION AS OF n reads one";
+
+async fn interactive(engine: &Engine) -> Result<(), Failure> {
+    let mut editor = DefaultEditor::new().map_err(|e| {
+        eprintln!("error: cannot start the line editor: {e}");
+        Failure::Reported
+    })?;
+    let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".medlake_history"));
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    if std::io::stdin().is_terminal() {
+        println!(
+            "medlake {} on {} — type \\? for help, \\q to quit",
+            env!("CARGO_PKG_VERSION"),
+            medlake_lake_location(engine)
+        );
+    }
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() { "medlake> " } else { "medlake-> " };
+        let line = match editor.readline(prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                buffer.clear();
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("error: {e}");
+                break;
+            }
+        };
+        let trimmed = line.trim();
+        if buffer.is_empty() {
+            let meta = match trimmed {
+                "\\q" | "quit" | "exit" => break,
+                "\\?" | "help" => {
+                    println!("{HELP}");
+                    continue;
+                }
+                "\\dn" => Some("SELECT schema_name FROM information_schema.schemata WHERE catalog_name = 'medlake' AND schema_name <> 'information_schema' ORDER BY 1;".to_string()),
+                "\\dt" => Some("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema NOT IN ('information_schema') ORDER BY 1, 2;".to_string()),
+                _ if trimmed.starts_with("\\dt ") => Some(format!(
+                    "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = '{}' ORDER BY 2;",
+                    trimmed[4..].trim().replace('\'', "''")
+                )),
+                _ if trimmed.starts_with('\\') => {
+                    eprintln!("unknown command {trimmed}; \\? lists the commands");
+                    continue;
+                }
+                _ => None,
+            };
+            if let Some(query) = meta {
+                let _ = editor.add_history_entry(trimmed);
+                if let Err(Failure::Error(e)) = run_script(engine, &query, true).await {
+                    print_error(&e);
+                }
+                continue;
+            }
+        }
+        if trimmed.is_empty() && buffer.is_empty() {
+            continue;
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if !complete(&buffer) {
+            continue;
+        }
+        let _ = editor.add_history_entry(buffer.trim());
+        if let Err(Failure::Error(e)) = run_script(engine, &buffer, true).await {
+            print_error(&e);
+        }
+        buffer.clear();
+    }
+    if let Some(path) = &history {
+        let _ = editor.save_history(path);
+    }
+    Ok(())
+}
+
+fn medlake_lake_location(engine: &Engine) -> String {
+    medlake_engine::redact_location(engine.warehouse().url().as_str())
+}
+
+/// A buffer is complete when its last token is a `;` outside strings and comments.
+fn complete(buffer: &str) -> bool {
+    medlake_engine::ends_statement(buffer)
+}

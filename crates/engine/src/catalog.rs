@@ -1,0 +1,142 @@
+//! The `medlake` DataFusion catalog: one schema provider per warehouse schema, whose tables are
+//! the schema's Delta tables, plus a hidden schema holding the pinned versions that a
+//! statement's `VERSION AS OF` / `TIMESTAMP AS OF` clauses asked for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use medlake_lake::{TableName, Warehouse};
+
+/// Name of the DataFusion catalog (and of the Postgres database clients connect to).
+pub const CATALOG: &str = "medlake";
+/// The hidden schema of pinned table versions. Not listed; not writable by SQL.
+pub const TIME_TRAVEL_SCHEMA: &str = "__medlake_time_travel";
+
+/// The warehouse as a DataFusion catalog.
+#[derive(Debug)]
+pub struct LakeCatalog {
+    warehouse: Warehouse,
+    schemas: RwLock<BTreeMap<String, Arc<LakeSchema>>>,
+    time_travel: Arc<MemorySchemaProvider>,
+}
+
+impl LakeCatalog {
+    pub fn new(warehouse: Warehouse) -> Self {
+        Self {
+            warehouse,
+            schemas: RwLock::new(BTreeMap::new()),
+            time_travel: Arc::new(MemorySchemaProvider::new()),
+        }
+    }
+
+    /// The schema of pinned versions.
+    pub fn time_travel(&self) -> &Arc<MemorySchemaProvider> {
+        &self.time_travel
+    }
+
+    /// Re-reads schemas and table names from the warehouse, so that listings (SHOW TABLES,
+    /// information_schema) see what other processes created. Tables themselves are always
+    /// opened from the warehouse when a statement names them.
+    pub async fn refresh(&self) -> medlake_lake::Result<()> {
+        let mut fresh = BTreeMap::new();
+        for schema in self.warehouse.list_schemas().await? {
+            let tables = self.warehouse.list_tables(&schema).await?;
+            fresh.insert(
+                schema.clone(),
+                Arc::new(LakeSchema {
+                    warehouse: self.warehouse.clone(),
+                    name: schema,
+                    tables: RwLock::new(tables.into_iter().collect()),
+                }),
+            );
+        }
+        *self
+            .schemas
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    fn schemas(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<LakeSchema>>> {
+        self.schemas
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl CatalogProvider for LakeCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.schemas().keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == TIME_TRAVEL_SCHEMA {
+            return Some(self.time_travel.clone());
+        }
+        self.schemas()
+            .get(name)
+            .map(|s| s.clone() as Arc<dyn SchemaProvider>)
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        _schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        Err(DataFusionError::NotImplemented(format!(
+            "registering schema '{name}' in memory; use CREATE SCHEMA"
+        )))
+    }
+}
+
+/// One schema of the warehouse.
+#[derive(Debug)]
+pub struct LakeSchema {
+    warehouse: Warehouse,
+    name: String,
+    tables: RwLock<BTreeSet<String>>,
+}
+
+#[async_trait]
+impl SchemaProvider for LakeSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Ok(table) = TableName::new(&self.name, name) else {
+            return Ok(None);
+        };
+        match self.warehouse.table_provider(&table, None).await {
+            Ok((provider, _version)) => Ok(Some(provider)),
+            Err(medlake_lake::Error::TableNotFound { .. }) => Ok(None),
+            Err(e) => Err(DataFusionError::External(Box::new(e))),
+        }
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        _table: Arc<dyn TableProvider>,
+    ) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Err(DataFusionError::NotImplemented(format!(
+            "registering table '{}.{name}' in memory; use CREATE TABLE",
+            self.name
+        )))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
+    }
+}

@@ -1,0 +1,189 @@
+//! Errors of the engine, and the one table that maps every error to a status code.
+//!
+//! Servers translate [`Code`] once at their boundary: the Postgres wire sends
+//! [`Code::sqlstate`], Flight SQL maps it to a gRPC status. `Internal` (SQLSTATE `XX000`) is
+//! for broken invariants only.
+
+use datafusion::error::DataFusionError;
+
+/// Result of an engine operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a statement can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The SQL text does not parse.
+    #[error("syntax error: {message}")]
+    Syntax { message: String },
+
+    /// Valid SQL that medlake does not (yet) run.
+    #[error("not supported: {what}")]
+    NotSupported { what: String },
+
+    /// A value that does not make sense for the statement (bad retention, bad timestamp, ...).
+    #[error("invalid value for {what}: {reason}")]
+    InvalidValue { what: String, reason: String },
+
+    /// An error of the warehouse (missing table, refused write, storage failure, ...).
+    #[error(transparent)]
+    Lake(#[from] medlake_lake::Error),
+
+    /// An error planning or running a query.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+
+    /// A broken invariant: a bug in medlake.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What kind of failure an error is: one entry per SQLSTATE medlake reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    SyntaxError,
+    FeatureNotSupported,
+    InvalidParameterValue,
+    UndefinedTable,
+    UndefinedColumn,
+    UndefinedSchema,
+    UndefinedFunction,
+    DuplicateTable,
+    DuplicateSchema,
+    DependentObjectsStillExist,
+    InsufficientPrivilege,
+    NotNullViolation,
+    CheckViolation,
+    DataException,
+    NumericValueOutOfRange,
+    InvalidTextRepresentation,
+    DivisionByZero,
+    DatatypeMismatch,
+    SerializationFailure,
+    QueryCanceled,
+    OutOfMemory,
+    IoError,
+    Internal,
+}
+
+impl Code {
+    /// The Postgres SQLSTATE of this code.
+    pub fn sqlstate(self) -> &'static str {
+        match self {
+            Code::SyntaxError => "42601",
+            Code::FeatureNotSupported => "0A000",
+            Code::InvalidParameterValue => "22023",
+            Code::UndefinedTable => "42P01",
+            Code::UndefinedColumn => "42703",
+            Code::UndefinedSchema => "3F000",
+            Code::UndefinedFunction => "42883",
+            Code::DuplicateTable => "42P07",
+            Code::DuplicateSchema => "42P06",
+            Code::DependentObjectsStillExist => "2BP01",
+            Code::InsufficientPrivilege => "42501",
+            Code::NotNullViolation => "23502",
+            Code::CheckViolation => "23514",
+            Code::DataException => "22000",
+            Code::NumericValueOutOfRange => "22003",
+            Code::InvalidTextRepresentation => "22P02",
+            Code::DivisionByZero => "22012",
+            Code::DatatypeMismatch => "42804",
+            Code::SerializationFailure => "40001",
+            Code::QueryCanceled => "57014",
+            Code::OutOfMemory => "53200",
+            Code::IoError => "58030",
+            Code::Internal => "XX000",
+        }
+    }
+}
+
+impl Error {
+    /// The status of this error (the one mapping table).
+    pub fn code(&self) -> Code {
+        use medlake_lake::Error as L;
+        match self {
+            Error::Syntax { .. } => Code::SyntaxError,
+            Error::NotSupported { .. } => Code::FeatureNotSupported,
+            Error::InvalidValue { .. } => Code::InvalidParameterValue,
+            Error::Internal(_) => Code::Internal,
+            Error::Lake(e) => match e {
+                L::InvalidLocation { .. } => Code::InvalidParameterValue,
+                L::InvalidName { .. } => Code::InvalidParameterValue,
+                L::SchemaNotFound { .. } => Code::UndefinedSchema,
+                L::SchemaExists { .. } => Code::DuplicateSchema,
+                L::SchemaNotEmpty { .. } => Code::DependentObjectsStillExist,
+                L::SchemaBuiltIn { .. } => Code::InsufficientPrivilege,
+                L::TableNotFound { .. } => Code::UndefinedTable,
+                L::TableExists { .. } => Code::DuplicateTable,
+                L::VersionNotFound { .. } | L::TimestampBeforeHistory { .. } => {
+                    Code::InvalidParameterValue
+                }
+                L::WriteRefused { reason, .. } => write_refusal_code(reason),
+                L::RetentionTooShort { .. } => Code::InvalidParameterValue,
+                L::Conflict { .. } => Code::SerializationFailure,
+                L::Delta { .. } | L::ObjectStore { .. } => Code::IoError,
+                L::DataFusion(e) => datafusion_code(e),
+                L::Internal(_) => Code::Internal,
+            },
+            Error::DataFusion(e) => datafusion_code(e),
+        }
+    }
+}
+
+fn write_refusal_code(reason: &str) -> Code {
+    if reason.contains("Non-nullable") || reason.contains("non-nullable") {
+        Code::NotNullViolation
+    } else if reason.contains("Check") || reason.contains("CHECK") {
+        Code::CheckViolation
+    } else {
+        Code::DatatypeMismatch
+    }
+}
+
+/// DataFusion reports most user errors as `Plan`/`Execution` strings: classify the common ones
+/// so that clients get a useful SQLSTATE instead of `XX000`.
+fn datafusion_code(e: &DataFusionError) -> Code {
+    match e.find_root() {
+        DataFusionError::SQL(..) => Code::SyntaxError,
+        DataFusionError::NotImplemented(_) => Code::FeatureNotSupported,
+        DataFusionError::SchemaError(err, _) => {
+            let msg = err.to_string();
+            if msg.contains("No field named") || msg.contains("not found") {
+                Code::UndefinedColumn
+            } else {
+                Code::DatatypeMismatch
+            }
+        }
+        DataFusionError::ResourcesExhausted(_) => Code::OutOfMemory,
+        DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => Code::IoError,
+        DataFusionError::ArrowError(arrow, _) => arrow_code(&arrow.to_string()),
+        DataFusionError::Internal(_) => Code::Internal,
+        other => {
+            let msg = other.to_string();
+            if msg.contains("table") && msg.contains("not found") {
+                Code::UndefinedTable
+            } else if msg.contains("Invalid function") || msg.contains("function") && msg.contains("not found") {
+                Code::UndefinedFunction
+            } else if msg.contains("non-nullable") || msg.contains("Non-nullable") {
+                Code::NotNullViolation
+            } else if msg.contains("No field named") || msg.contains("Unknown column") {
+                Code::UndefinedColumn
+            } else if msg.contains("Cannot cast") || msg.contains("Overflow") || msg.contains("overflow") {
+                arrow_code(&msg)
+            } else {
+                Code::DataException
+            }
+        }
+    }
+}
+
+fn arrow_code(msg: &str) -> Code {
+    if msg.contains("Divide by zero") || msg.contains("Division by zero") {
+        Code::DivisionByZero
+    } else if msg.contains("verflow") || msg.contains("out of range") {
+        Code::NumericValueOutOfRange
+    } else if msg.contains("Cannot cast string") || msg.contains("Cannot parse") {
+        Code::InvalidTextRepresentation
+    } else {
+        Code::DataException
+    }
+}

@@ -1,0 +1,461 @@
+//! `medlake-engine` is the one front door of medlake: an [`Engine`] is a DataFusion session
+//! over the warehouse's catalog. The CLI and every server (Postgres wire, Flight SQL, HTTP)
+//! run SQL through it and nothing else, so behaviour, errors (with their [`Code`]) and, later,
+//! access rules and the audit log are the same on every door.
+//!
+//! It owns the SQL surface: which statements exist, how DDL and DML map onto the lake
+//! (`medlake-lake`), time travel, history and maintenance. It must not write files itself.
+
+mod catalog;
+mod dialect;
+mod error;
+mod history;
+mod statement;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProvider, SchemaProvider};
+use datafusion::common::{SchemaReference, TableReference};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::TryStreamExt;
+use medlake_lake::{TableName, Warehouse, WriteMode};
+use tracing::{Instrument, debug, info_span};
+
+pub use catalog::{CATALOG, TIME_TRAVEL_SCHEMA};
+pub use dialect::MedlakeDialect;
+pub use error::{Code, Error, Result};
+pub use medlake_lake::redact as redact_location;
+pub use statement::{Statement, ends_statement, parse, parse_timestamp, split};
+
+/// The default schema of a session, as in Postgres.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// What a statement produced.
+pub enum Output {
+    /// The rows of a query, streamed as Arrow record batches.
+    Rows(SendableRecordBatchStream),
+    /// A command finished. `tag` is its Postgres command tag (`CREATE TABLE`, `INSERT 0 5`).
+    Command { tag: String, rows: u64 },
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Rows(stream) => f
+                .debug_struct("Rows")
+                .field("schema", &stream.schema())
+                .finish(),
+            Output::Command { tag, rows } => f
+                .debug_struct("Command")
+                .field("tag", tag)
+                .field("rows", rows)
+                .finish(),
+        }
+    }
+}
+
+impl Output {
+    fn command(tag: impl Into<String>, rows: u64) -> Self {
+        Output::Command {
+            tag: tag.into(),
+            rows,
+        }
+    }
+
+    fn batch(batch: RecordBatch) -> Self {
+        let schema = batch.schema();
+        let stream = futures::stream::iter([Ok(batch)]);
+        Output::Rows(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    /// Collects a query's rows (commands have none). For tests and small results.
+    pub async fn collect(self) -> Result<Vec<RecordBatch>> {
+        match self {
+            Output::Rows(stream) => Ok(stream.try_collect().await?),
+            Output::Command { .. } => Ok(Vec::new()),
+        }
+    }
+}
+
+/// SQL over a Delta Lake warehouse.
+pub struct Engine {
+    warehouse: Warehouse,
+    catalog: Arc<catalog::LakeCatalog>,
+    ctx: SessionContext,
+    statements: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("warehouse", &self.warehouse)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the warehouse at `location` (a local folder, `file://`, `az://`, `abfss://`,
+    /// `s3://`, `gs://`) and starts a session over it.
+    pub async fn open(location: &str) -> Result<Self> {
+        let warehouse = Warehouse::open(location).await?;
+        let catalog = Arc::new(catalog::LakeCatalog::new(warehouse.clone()));
+        catalog.refresh().await?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
+            // deltalake's workaround: IN-list pushdown of hash joins can panic on the
+            // dictionary-encoded partition values of Delta scans.
+            .set_usize("datafusion.optimizer.hash_join_inlist_pushdown_max_size", 0)
+            .set_usize(
+                "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
+                0,
+            );
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .with_query_planner(medlake_lake::delta_query_planner())
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_catalog(CATALOG, catalog.clone() as Arc<dyn CatalogProvider>);
+        ctx.register_udtf(
+            "table_history",
+            Arc::new(history::TableHistoryFunction {
+                warehouse: warehouse.clone(),
+            }),
+        );
+        // Object-store warehouses: DataFusion reads the tables' files through this store.
+        if warehouse.url().scheme() != "file" {
+            ctx.register_object_store(warehouse.url(), warehouse.object_store());
+        }
+        Ok(Self {
+            warehouse,
+            catalog,
+            ctx,
+            statements: AtomicU64::new(0),
+        })
+    }
+
+    /// The warehouse under this engine.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// Parses and runs every statement of `sql` in order, returning each one's output.
+    /// Query outputs are streams: consume them in order.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<Output>> {
+        let mut outputs = Vec::new();
+        for statement in parse(sql)? {
+            outputs.push(self.execute(statement).await?);
+        }
+        Ok(outputs)
+    }
+
+    /// Runs `sql` and collects the rows of its last statement.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let mut last = Vec::new();
+        for output in self.sql(sql).await? {
+            last = output.collect().await?;
+        }
+        Ok(last)
+    }
+
+    /// Runs one statement.
+    pub async fn execute(&self, statement: Statement) -> Result<Output> {
+        let id = self.statements.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("statement", id);
+        async move {
+            self.catalog.refresh().await?;
+            match statement {
+                Statement::Sql(statement) => self.execute_sql(*statement, id).await,
+                Statement::DescribeHistory { table, limit } => {
+                    let name = self.table_name(&statement::name_parts(&table)?)?;
+                    self.describe_history(&name, limit).await
+                }
+                Statement::Optimize { table, zorder } => {
+                    let name = self.table_name(&statement::name_parts(&table)?)?;
+                    let outcome = self
+                        .warehouse
+                        .optimize(&name, zorder, None, Arc::new(self.ctx.state()))
+                        .await?;
+                    Ok(Output::batch(record_batch(vec![
+                        ("table", text([name.to_string()])),
+                        ("version", int([outcome.version])),
+                        ("files_added", int([outcome.files_added])),
+                        ("files_removed", int([outcome.files_removed])),
+                    ])?))
+                }
+                Statement::Vacuum {
+                    table,
+                    retain_hours,
+                    dry_run,
+                    force,
+                } => {
+                    let name = self.table_name(&statement::name_parts(&table)?)?;
+                    let retain = retain_hours.map(|h| Duration::from_secs(h.saturating_mul(3600)));
+                    let outcome = self.warehouse.vacuum(&name, retain, dry_run, force).await?;
+                    let files = outcome.files;
+                    Ok(Output::batch(record_batch(vec![("path", text(files))])?))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Resolves a written table name (1 to 3 parts) against the session's defaults.
+    fn table_name(&self, parts: &[String]) -> Result<TableName> {
+        let (catalog, schema, table) = match parts {
+            [table] => (CATALOG, DEFAULT_SCHEMA, table.as_str()),
+            [schema, table] => (CATALOG, schema.as_str(), table.as_str()),
+            [catalog, schema, table] => (catalog.as_str(), schema.as_str(), table.as_str()),
+            _ => {
+                return Err(Error::InvalidValue {
+                    what: "table name".into(),
+                    reason: format!("'{}' has too many parts", parts.join(".")),
+                });
+            }
+        };
+        self.check_catalog(catalog)?;
+        if schema == TIME_TRAVEL_SCHEMA {
+            return Err(Error::NotSupported {
+                what: "writing to a past version of a table".into(),
+            });
+        }
+        Ok(TableName::new(schema, table)?)
+    }
+
+    fn check_catalog(&self, catalog: &str) -> Result<()> {
+        if catalog == CATALOG {
+            Ok(())
+        } else {
+            Err(Error::InvalidValue {
+                what: "catalog".into(),
+                reason: format!("there is no catalog '{catalog}'; the catalog is '{CATALOG}'"),
+            })
+        }
+    }
+
+    fn resolve(&self, reference: &TableReference) -> Result<TableName> {
+        let parts: Vec<String> = match reference {
+            TableReference::Bare { table } => vec![table.to_string()],
+            TableReference::Partial { schema, table } => vec![schema.to_string(), table.to_string()],
+            TableReference::Full {
+                catalog,
+                schema,
+                table,
+            } => vec![catalog.to_string(), schema.to_string(), table.to_string()],
+        };
+        self.table_name(&parts)
+    }
+
+    async fn execute_sql(
+        &self,
+        mut statement: datafusion::sql::parser::Statement,
+        id: u64,
+    ) -> Result<Output> {
+        let pinned = statement::pin_versions(&mut statement, id)?;
+        for pin in &pinned {
+            let name = self.table_name(&pin.parts)?;
+            let (provider, version) = self.warehouse.table_provider(&name, Some(&pin.at)).await?;
+            debug!(table = %name, version, "pinned for time travel");
+            self.catalog
+                .time_travel()
+                .register_table(pin.alias.clone(), provider)?;
+        }
+        let result = self.plan_and_run(statement).await;
+        for pin in &pinned {
+            self.catalog.time_travel().deregister_table(&pin.alias)?;
+        }
+        result
+    }
+
+    async fn plan_and_run(&self, statement: datafusion::sql::parser::Statement) -> Result<Output> {
+        let state = self.ctx.state();
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(unwrap_lake_error)?;
+        match plan {
+            LogicalPlan::Ddl(ddl) => self.execute_ddl(ddl).await,
+            LogicalPlan::Dml(dml) => self.execute_dml(dml).await,
+            plan => {
+                let frame = self
+                    .ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(unwrap_lake_error)?;
+                let stream = frame.execute_stream().await.map_err(unwrap_lake_error)?;
+                Ok(Output::Rows(stream))
+            }
+        }
+    }
+
+    async fn execute_ddl(&self, ddl: DdlStatement) -> Result<Output> {
+        match ddl {
+            DdlStatement::CreateCatalogSchema(create) => {
+                let parts: Vec<&str> = create.schema_name.split('.').collect();
+                let schema = match parts.as_slice() {
+                    [schema] => *schema,
+                    [catalog, schema] => {
+                        self.check_catalog(catalog)?;
+                        *schema
+                    }
+                    _ => {
+                        return Err(Error::InvalidValue {
+                            what: "schema name".into(),
+                            reason: format!("'{}' has too many parts", create.schema_name),
+                        });
+                    }
+                };
+                self.warehouse
+                    .create_schema(schema, create.if_not_exists)
+                    .await?;
+                Ok(Output::command("CREATE SCHEMA", 0))
+            }
+            DdlStatement::DropCatalogSchema(drop) => {
+                let schema = match &drop.name {
+                    SchemaReference::Bare { schema } => schema.to_string(),
+                    SchemaReference::Full { schema, catalog } => {
+                        self.check_catalog(catalog)?;
+                        schema.to_string()
+                    }
+                };
+                self.warehouse
+                    .drop_schema(&schema, drop.if_exists, drop.cascade)
+                    .await?;
+                Ok(Output::command("DROP SCHEMA", 0))
+            }
+            DdlStatement::CreateMemoryTable(create) => {
+                let name = self.resolve(&create.name)?;
+                if create.temporary {
+                    return Err(Error::NotSupported {
+                        what: "TEMPORARY tables".into(),
+                    });
+                }
+                if create.or_replace {
+                    return Err(Error::NotSupported {
+                        what: "CREATE OR REPLACE TABLE; drop the table first, or use INSERT OVERWRITE".into(),
+                    });
+                }
+                if !create.column_defaults.is_empty() {
+                    return Err(Error::NotSupported {
+                        what: "DEFAULT values for columns (Delta tables have none)".into(),
+                    });
+                }
+                if !create.constraints.is_empty() {
+                    return Err(Error::NotSupported {
+                        what: "PRIMARY KEY and UNIQUE constraints (Delta tables cannot enforce them)".into(),
+                    });
+                }
+                match create.input.as_ref() {
+                    LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row => {
+                        let schema = empty.schema.as_arrow();
+                        self.warehouse
+                            .create_table(&name, schema, create.if_not_exists)
+                            .await?;
+                        Ok(Output::command("CREATE TABLE", 0))
+                    }
+                    _ => {
+                        let input = Arc::unwrap_or_clone(create.input);
+                        let outcome = self
+                            .warehouse
+                            .create_table_as(
+                                &name,
+                                input,
+                                Arc::new(self.ctx.state()),
+                                create.if_not_exists,
+                            )
+                            .await?;
+                        let rows = outcome.map_or(0, |o| o.rows);
+                        Ok(Output::command(format!("SELECT {rows}"), rows))
+                    }
+                }
+            }
+            DdlStatement::DropTable(drop) => {
+                let name = self.resolve(&drop.name)?;
+                self.warehouse.drop_table(&name, drop.if_exists).await?;
+                Ok(Output::command("DROP TABLE", 0))
+            }
+            DdlStatement::CreateView(_) | DdlStatement::DropView(_) => Err(Error::NotSupported {
+                what: "views; materialized views (CREATE MATERIALIZED VIEW) come with the views work".into(),
+            }),
+            DdlStatement::CreateExternalTable(_) => Err(Error::NotSupported {
+                what: "CREATE EXTERNAL TABLE: no source connector is installed yet".into(),
+            }),
+            other => Err(Error::NotSupported {
+                what: other.name().to_string(),
+            }),
+        }
+    }
+
+    async fn execute_dml(&self, dml: DmlStatement) -> Result<Output> {
+        let name = self.resolve(&dml.table_name)?;
+        let mode = match dml.op {
+            WriteOp::Insert(InsertOp::Append) => WriteMode::Append,
+            WriteOp::Insert(InsertOp::Overwrite) => WriteMode::Overwrite,
+            other => {
+                return Err(Error::NotSupported {
+                    what: format!("{} on Delta tables", other.name()),
+                });
+            }
+        };
+        let input = Arc::unwrap_or_clone(dml.input);
+        let outcome = self
+            .warehouse
+            .write(&name, input, Arc::new(self.ctx.state()), mode)
+            .await?;
+        Ok(Output::command(format!("INSERT 0 {}", outcome.rows), outcome.rows))
+    }
+
+    async fn describe_history(&self, name: &TableName, limit: Option<usize>) -> Result<Output> {
+        let history = self.warehouse.history(name, limit).await?;
+        Ok(Output::batch(history::history_batch(&history)?))
+    }
+}
+
+fn text(values: impl IntoIterator<Item = String>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn int(values: impl IntoIterator<Item = u64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(
+        values.into_iter().map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+    ))
+}
+
+fn record_batch(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, array)| Field::new(*name, array.data_type().clone(), false))
+        .collect();
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    RecordBatch::try_new(schema, columns.into_iter().map(|(_, a)| a).collect())
+        .map_err(|e| Error::Internal(format!("building a result batch: {e}")))
+}
+
+/// Errors of the lake that travelled through DataFusion (from a table provider) come back
+/// as themselves, so that they keep their status code.
+fn unwrap_lake_error(e: datafusion::error::DataFusionError) -> Error {
+    use datafusion::error::DataFusionError;
+    match e {
+        DataFusionError::External(inner) => match inner.downcast::<medlake_lake::Error>() {
+            Ok(lake) => Error::Lake(*lake),
+            Err(other) => Error::DataFusion(DataFusionError::External(other)),
+        },
+        DataFusionError::Context(context, inner) => match unwrap_lake_error(*inner) {
+            Error::DataFusion(inner) => Error::DataFusion(DataFusionError::Context(context, Box::new(inner))),
+            lake => lake,
+        },
+        other => Error::DataFusion(other),
+    }
+}

@@ -1,0 +1,473 @@
+//! Statements: splitting a script, medlake's own statements (which sqlparser does not know),
+//! and the time-travel clauses of table references.
+//!
+//! medlake's own statements:
+//! ```sql
+//! DESCRIBE HISTORY schema.table [LIMIT n]
+//! OPTIMIZE schema.table [ZORDER BY (col, ...)]
+//! VACUUM schema.table [RETAIN n HOURS] [DRY RUN] [FORCE]
+//! ```
+//! Everything else is parsed by DataFusion's parser with [`MedlakeDialect`].
+
+use std::ops::ControlFlow;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{
+    Expr, Ident, ObjectName, ObjectNamePart, TableFactor, TableVersion, Value, VisitMut,
+    VisitorMut,
+};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use medlake_lake::TimeTravel;
+
+use crate::dialect::MedlakeDialect;
+use crate::error::{Error, Result};
+
+/// One parsed statement, ready for [`crate::Engine::execute`].
+#[derive(Debug, Clone)]
+pub enum Statement {
+    /// A statement DataFusion plans (queries, DDL, DML, SET, SHOW, EXPLAIN, ...).
+    Sql(Box<DfStatement>),
+    /// `DESCRIBE HISTORY t [LIMIT n]`
+    DescribeHistory {
+        table: ObjectName,
+        limit: Option<usize>,
+    },
+    /// `OPTIMIZE t [ZORDER BY (cols)]`
+    Optimize {
+        table: ObjectName,
+        zorder: Vec<String>,
+    },
+    /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`
+    Vacuum {
+        table: ObjectName,
+        retain_hours: Option<u64>,
+        dry_run: bool,
+        force: bool,
+    },
+}
+
+/// Splits `sql` into statements and parses each.
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    split(sql)?
+        .into_iter()
+        .map(|text| parse_one(&text))
+        .collect()
+}
+
+/// The statements of a script, as text, without their terminating `;`. Semicolons inside
+/// strings, quoted names and comments do not split.
+pub fn split(sql: &str) -> Result<Vec<String>> {
+    let dialect = MedlakeDialect::default();
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::Syntax {
+            message: e.to_string(),
+        })?;
+    let offsets = LineOffsets::new(sql);
+    let mut statements = Vec::new();
+    let mut start: Option<usize> = None;
+    for token in &tokens {
+        match &token.token {
+            Token::SemiColon => {
+                if let Some(begin) = start.take() {
+                    let end = offsets.offset(token.span.start.line, token.span.start.column);
+                    statements.push(sql[begin..end].trim().to_string());
+                }
+            }
+            Token::Whitespace(_) | Token::EOF => {}
+            _ => {
+                if start.is_none() {
+                    start = Some(offsets.offset(token.span.start.line, token.span.start.column));
+                }
+            }
+        }
+    }
+    if let Some(begin) = start {
+        statements.push(sql[begin..].trim().to_string());
+    }
+    Ok(statements)
+}
+
+/// Whether `sql` ends with a `;` that closes a statement (not one inside an unterminated
+/// string or comment): what an interactive prompt waits for.
+pub fn ends_statement(sql: &str) -> bool {
+    let dialect = MedlakeDialect::default();
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        return false;
+    };
+    tokens
+        .iter()
+        .rev()
+        .find(|t| !matches!(t, Token::Whitespace(_) | Token::EOF))
+        .is_some_and(|t| *t == Token::SemiColon)
+}
+
+/// Byte offsets of (line, column) positions, as the tokenizer reports them (1-based, columns
+/// counted in characters).
+struct LineOffsets<'a> {
+    sql: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineOffsets<'a> {
+    fn new(sql: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+        Self { sql, starts }
+    }
+
+    fn offset(&self, line: u64, column: u64) -> usize {
+        let line_start = usize::try_from(line.saturating_sub(1))
+            .ok()
+            .and_then(|l| self.starts.get(l).copied())
+            .unwrap_or(self.sql.len());
+        let chars = usize::try_from(column.saturating_sub(1)).unwrap_or(0);
+        self.sql[line_start..]
+            .char_indices()
+            .nth(chars)
+            .map_or(self.sql.len(), |(i, _)| line_start + i)
+    }
+}
+
+fn syntax(e: impl ToString) -> Error {
+    Error::Syntax {
+        message: e.to_string(),
+    }
+}
+
+/// Parses one statement (no `;`).
+pub fn parse_one(text: &str) -> Result<Statement> {
+    let dialect = MedlakeDialect::default();
+    let mut parser = Parser::new(&dialect).try_with_sql(text).map_err(syntax)?;
+    if let Some(own) = parse_own(&mut parser)? {
+        return Ok(own);
+    }
+    let mut statements = DFParser::parse_sql_with_dialect(text, &dialect).map_err(syntax)?;
+    match (statements.pop_front(), statements.is_empty()) {
+        (Some(statement), true) => Ok(Statement::Sql(Box::new(statement))),
+        (None, _) => Err(syntax("empty statement")),
+        (Some(_), false) => Err(Error::Internal(
+            "a split statement parsed as several".into(),
+        )),
+    }
+}
+
+/// Consumes `word` (case-insensitive) if it is next.
+fn word(parser: &mut Parser<'_>, word: &str) -> bool {
+    if matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
+    {
+        parser.next_token();
+        true
+    } else {
+        false
+    }
+}
+
+fn expect_end(parser: &mut Parser<'_>, statement: &str) -> Result<()> {
+    match parser.peek_token().token {
+        Token::EOF => Ok(()),
+        other => Err(syntax(format!("unexpected '{other}' in {statement}"))),
+    }
+}
+
+/// medlake's own statements, or `None` to hand the text to DataFusion.
+fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    let first = parser.peek_token().token;
+    let Token::Word(first) = first else {
+        return Ok(None);
+    };
+    let head = first.value.to_ascii_uppercase();
+    match head.as_str() {
+        "DESCRIBE" | "DESC" => {
+            let [_, second] = parser.peek_tokens::<2>();
+            if !matches!(&second, Token::Word(w) if w.value.eq_ignore_ascii_case("HISTORY")) {
+                return Ok(None);
+            }
+            parser.next_token();
+            parser.next_token();
+            let table = parser.parse_object_name(false).map_err(syntax)?;
+            let limit = if parser.parse_keyword(Keyword::LIMIT) {
+                let n = parser.parse_literal_uint().map_err(syntax)?;
+                Some(usize::try_from(n).map_err(syntax)?)
+            } else {
+                None
+            };
+            expect_end(parser, "DESCRIBE HISTORY")?;
+            Ok(Some(Statement::DescribeHistory { table, limit }))
+        }
+        "OPTIMIZE" => {
+            parser.next_token();
+            let _table_keyword = parser.parse_keyword(Keyword::TABLE);
+            let table = parser.parse_object_name(false).map_err(syntax)?;
+            let mut zorder = Vec::new();
+            if word(parser, "ZORDER") {
+                if !parser.parse_keyword(Keyword::BY) {
+                    return Err(syntax("expected BY after ZORDER"));
+                }
+                let parenthesized = parser.consume_token(&Token::LParen);
+                loop {
+                    let ident = parser.parse_identifier().map_err(syntax)?;
+                    zorder.push(normalize(&ident));
+                    if !parser.consume_token(&Token::Comma) {
+                        break;
+                    }
+                }
+                if parenthesized {
+                    parser.expect_token(&Token::RParen).map_err(syntax)?;
+                }
+            }
+            expect_end(parser, "OPTIMIZE")?;
+            Ok(Some(Statement::Optimize { table, zorder }))
+        }
+        "VACUUM" => {
+            parser.next_token();
+            let table = parser.parse_object_name(false).map_err(syntax)?;
+            let mut retain_hours = None;
+            let mut dry_run = false;
+            let mut force = false;
+            loop {
+                if word(parser, "RETAIN") {
+                    retain_hours = Some(parser.parse_literal_uint().map_err(syntax)?);
+                    if !word(parser, "HOURS") && !word(parser, "HOUR") {
+                        return Err(syntax("expected HOURS after RETAIN n"));
+                    }
+                } else if word(parser, "DRY") {
+                    if !word(parser, "RUN") {
+                        return Err(syntax("expected RUN after DRY"));
+                    }
+                    dry_run = true;
+                } else if word(parser, "FORCE") {
+                    force = true;
+                } else {
+                    break;
+                }
+            }
+            expect_end(parser, "VACUUM")?;
+            Ok(Some(Statement::Vacuum {
+                table,
+                retain_hours,
+                dry_run,
+                force,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// An identifier as DataFusion resolves it: lower case unless quoted.
+pub fn normalize(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+/// The identifier parts of a name, normalized.
+pub fn name_parts(name: &ObjectName) -> Result<Vec<String>> {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => Ok(normalize(ident)),
+            ObjectNamePart::Function(f) => Err(Error::NotSupported {
+                what: format!("a computed name ({})", f.name),
+            }),
+        })
+        .collect()
+}
+
+/// A table reference that asked for a past version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedTable {
+    /// The name as written (normalized parts).
+    pub parts: Vec<String>,
+    /// The state asked for.
+    pub at: TimeTravel,
+    /// The name the statement now uses for it, in the time-travel schema.
+    pub alias: String,
+}
+
+/// Replaces every `t VERSION AS OF n` / `t TIMESTAMP AS OF '...'` in the statement by a
+/// reference into the time-travel schema, and returns what must be registered there.
+/// `tag` makes the names unique to the statement.
+pub fn pin_versions(statement: &mut DfStatement, tag: u64) -> Result<Vec<PinnedTable>> {
+    let mut pinner = Pinner {
+        tag,
+        pinned: Vec::new(),
+        error: None,
+    };
+    match statement {
+        DfStatement::Statement(s) => {
+            let _ = s.visit(&mut pinner);
+        }
+        DfStatement::Explain(explain) => return pin_versions(&mut explain.statement, tag),
+        _ => {}
+    }
+    match pinner.error {
+        Some(e) => Err(e),
+        None => Ok(pinner.pinned),
+    }
+}
+
+struct Pinner {
+    tag: u64,
+    pinned: Vec<PinnedTable>,
+    error: Option<Error>,
+}
+
+impl VisitorMut for Pinner {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table { name, version, .. } = factor else {
+            return ControlFlow::Continue(());
+        };
+        let Some(spec) = version.take() else {
+            return ControlFlow::Continue(());
+        };
+        let resolved = time_travel(&spec).and_then(|at| Ok((name_parts(name)?, at)));
+        match resolved {
+            Ok((parts, at)) => {
+                let alias = format!("{}@{}#{}", parts.join("."), self.pinned.len(), self.tag);
+                *name = ObjectName::from(vec![
+                    Ident::with_quote('"', crate::catalog::CATALOG),
+                    Ident::with_quote('"', crate::catalog::TIME_TRAVEL_SCHEMA),
+                    Ident::with_quote('"', alias.clone()),
+                ]);
+                self.pinned.push(PinnedTable { parts, at, alias });
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+fn time_travel(spec: &TableVersion) -> Result<TimeTravel> {
+    let literal = |expr: &Expr| -> Option<Value> {
+        match expr {
+            Expr::Value(v) => Some(v.value.clone()),
+            Expr::TypedString(t) => Some(t.value.value.clone()),
+            Expr::Cast { expr, .. } | Expr::Nested(expr) => match expr.as_ref() {
+                Expr::Value(v) => Some(v.value.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    match spec {
+        TableVersion::VersionAsOf(expr) => match literal(expr) {
+            Some(Value::Number(n, _)) => {
+                n.parse::<u64>()
+                    .map(TimeTravel::Version)
+                    .map_err(|_| Error::InvalidValue {
+                        what: "VERSION AS OF".into(),
+                        reason: format!("'{n}' is not a table version (a whole number)"),
+                    })
+            }
+            _ => Err(Error::InvalidValue {
+                what: "VERSION AS OF".into(),
+                reason: format!("expected a version number, found {expr}"),
+            }),
+        },
+        TableVersion::TimestampAsOf(expr) | TableVersion::ForSystemTimeAsOf(expr) => {
+            match literal(expr) {
+                Some(Value::SingleQuotedString(s) | Value::DoubleQuotedString(s)) => {
+                    parse_timestamp(&s).map(TimeTravel::Timestamp)
+                }
+                _ => Err(Error::InvalidValue {
+                    what: "TIMESTAMP AS OF".into(),
+                    reason: format!("expected a timestamp literal such as '2026-11-23 10:00:00', found {expr}"),
+                }),
+            }
+        }
+        other => Err(Error::NotSupported {
+            what: format!("table version clause {other}"),
+        }),
+    }
+}
+
+/// Timestamps as users write them: RFC 3339, or `YYYY-MM-DD[ HH:MM:SS[.fff]]` in UTC.
+pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(ts) = DateTime::parse_from_rfc3339(s) {
+        return Ok(ts.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M"] {
+        if let Ok(ts) = NaiveDateTime::parse_from_str(s, format) {
+            return Ok(ts.and_utc());
+        }
+    }
+    if let Some(ts) = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+    {
+        return Ok(ts.and_utc());
+    }
+    Err(Error::InvalidValue {
+        what: "TIMESTAMP AS OF".into(),
+        reason: format!("'{s}' is not a timestamp; write it as '2026-11-23 10:00:00' (UTC) or in RFC 3339"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_semicolons_outside_strings_and_comments() {
+        let parts = split("select 'a;b'; -- c;d\n select \"x;y\" from t;\n\n;").unwrap();
+        assert_eq!(parts, vec!["select 'a;b'", "-- c;d\n select \"x;y\" from t"]);
+    }
+
+    #[test]
+    fn knows_when_a_statement_ends() {
+        assert!(ends_statement("select 1;\n"));
+        assert!(ends_statement("select 1; -- done\n"));
+        assert!(!ends_statement("select ';"));
+        assert!(!ends_statement("select 1"));
+    }
+
+    #[test]
+    fn parses_own_statements() {
+        let s = parse("describe history bronze.t limit 3; optimize gold.x zorder by (a, b); vacuum t retain 0 hours dry run force").unwrap();
+        assert!(matches!(&s[0], Statement::DescribeHistory { limit: Some(3), .. }));
+        assert!(matches!(&s[1], Statement::Optimize { zorder, .. } if zorder == &["a", "b"]));
+        assert!(matches!(
+            &s[2],
+            Statement::Vacuum {
+                retain_hours: Some(0),
+                dry_run: true,
+                force: true,
+                ..
+            }
+        ));
+        assert!(matches!(parse("describe bronze.t").unwrap()[0], Statement::Sql(_)));
+    }
+
+    #[test]
+    fn pins_versions() {
+        let mut s = parse("select * from bronze.t version as of 3 join t2 timestamp as of '2026-11-23 10:00:00' on true")
+            .unwrap();
+        let Statement::Sql(stmt) = &mut s[0] else {
+            panic!("not sql")
+        };
+        let pinned = pin_versions(stmt, 7).unwrap();
+        assert_eq!(pinned.len(), 2);
+        assert_eq!(pinned[0].at, TimeTravel::Version(3));
+        assert_eq!(pinned[0].parts, vec!["bronze", "t"]);
+        assert!(matches!(pinned[1].at, TimeTravel::Timestamp(_)));
+        assert!(stmt.to_string().contains("__medlake_time_travel"));
+    }
+
+    #[test]
+    fn bad_timestamps_are_clear() {
+        let err = parse_timestamp("yesterday").unwrap_err().to_string();
+        assert!(err.contains("'yesterday' is not a timestamp"), "{err}");
+    }
+}

@@ -1,0 +1,25 @@
+//! `medlake-lake` owns the warehouse: its location (a local folder or an object store), its
+//! schemas (folders) and its tables (Delta tables at `<warehouse>/<schema>/<table>/`), every
+//! write to them (one atomic Delta commit each), time travel, history and maintenance
+//! (OPTIMIZE, VACUUM).
+//!
+//! It knows nothing of SQL statements, sessions, views or servers: `medlake-engine` drives it.
+//! It hands out plain data (URLs, names, Delta table providers), never live connections, so
+//! that what it produces can travel to Ballista executors.
+
+mod error;
+mod location;
+mod warehouse;
+
+pub use error::{Error, Result};
+pub use location::{CLOUD_SCHEMES, parse_location, redact};
+pub use warehouse::{
+    BUILT_IN_SCHEMAS, HistoryEntry, OptimizeOutcome, TableName, TimeTravel, VacuumOutcome,
+    Warehouse, WriteMode, WriteOutcome, validate_name,
+};
+
+/// The query planner a session must use for Delta writes: DataFusion's, plus the plan nodes
+/// deltalake's writers add (metrics observers, CDC).
+pub fn delta_query_planner() -> std::sync::Arc<dyn datafusion::execution::context::QueryPlanner + Send + Sync> {
+    deltalake::delta_datafusion::planner::DeltaPlanner::new()
+}

@@ -1,0 +1,211 @@
+//! Warehouse locations: local folders and object stores (Azure Blob / ADLS Gen2, S3, GCS).
+//!
+//! Credentials always come from the environment (the object_store `from_env` conventions:
+//! `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_SAS_KEY`,
+//! `AZURE_CLIENT_ID`/`AZURE_CLIENT_SECRET`/`AZURE_TENANT_ID`, `AZURE_STORAGE_USE_EMULATOR`,
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
+//! `GOOGLE_SERVICE_ACCOUNT`, ...), never from the location string, so they never reach the
+//! catalog or a log line.
+
+use std::sync::{Arc, Once};
+
+use deltalake::logstore::{
+    LogStore, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef, StorageConfig,
+    default_logstore, logstore_factories, object_store_factories,
+};
+use deltalake::{DeltaResult, DeltaTableError};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// URL schemes medlake accepts for a warehouse, besides `file`.
+pub const CLOUD_SCHEMES: &[&str] = &["az", "abfs", "abfss", "azure", "s3", "s3a", "gs"];
+
+/// Turns what a user typed (`./wh`, `/data/wh`, `file:///data/wh`, `az://container/wh`,
+/// `abfss://fs@account.dfs.core.windows.net/wh`, `s3://bucket/wh`, `gs://bucket/wh`) into the
+/// warehouse's root URL, creating a local folder if needed. The URL always ends with `/`.
+pub fn parse_location(location: &str) -> Result<Url> {
+    let invalid = |reason: String| Error::InvalidLocation {
+        location: redact(location),
+        reason,
+    };
+    if location.trim().is_empty() {
+        return Err(invalid("the location is empty".into()));
+    }
+    let mut url = match Url::parse(location) {
+        Ok(url) if url.scheme().len() > 1 => url,
+        // No scheme (or a Windows drive letter): a local path.
+        _ => {
+            let path = std::path::Path::new(location);
+            std::fs::create_dir_all(path)
+                .map_err(|e| invalid(format!("cannot create the folder: {e}")))?;
+            let path = path
+                .canonicalize()
+                .map_err(|e| invalid(format!("cannot resolve the folder: {e}")))?;
+            Url::from_directory_path(&path)
+                .map_err(|()| invalid("not an absolute path".into()))?
+        }
+    };
+    match url.scheme() {
+        "file" => {
+            let path = url
+                .to_file_path()
+                .map_err(|()| invalid("not a local path".into()))?;
+            std::fs::create_dir_all(&path)
+                .map_err(|e| invalid(format!("cannot create the folder: {e}")))?;
+        }
+        s if CLOUD_SCHEMES.contains(&s) => {
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(invalid(format!(
+                    "a {s}:// location needs a container or bucket, as in {s}://container/path"
+                )));
+            }
+            if url.password().is_some() {
+                return Err(invalid(
+                    "credentials do not belong in the location; set them in the environment"
+                        .into(),
+                ));
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "unsupported scheme '{other}': use a local path, file://, az://, abfss://, s3:// or gs://"
+            )));
+        }
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// A location as it may be shown: without a password or query string (SAS tokens).
+pub fn redact(location: &str) -> String {
+    match Url::parse(location) {
+        Ok(mut url) if url.scheme().len() > 1 => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            if url.query().is_some() {
+                url.set_query(Some("***"));
+            }
+            url.to_string()
+        }
+        _ => location.to_string(),
+    }
+}
+
+/// Builds the object store for a location (pointing at its root: bucket or container), and the
+/// path of the location inside it.
+pub fn build_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    cloud_store(url).map_err(|e| Error::InvalidLocation {
+        location: redact(url.as_str()),
+        reason: e.to_string(),
+    })
+}
+
+fn cloud_store(url: &Url) -> DeltaResult<(ObjectStoreRef, Path)> {
+    let path = Path::from_url_path(url.path())?;
+    let store: ObjectStoreRef = match url.scheme() {
+        "file" => Arc::new(object_store::local::LocalFileSystem::new()),
+        "az" | "abfs" | "abfss" | "azure" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        other => {
+            return Err(DeltaTableError::InvalidTableLocation(format!(
+                "unsupported scheme {other}"
+            )));
+        }
+    };
+    Ok((store, path))
+}
+
+/// Teaches deltalake the cloud schemes, with credentials from the environment. Idempotent.
+pub(crate) fn register_cloud_schemes() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for scheme in CLOUD_SCHEMES {
+            let Ok(key) = Url::parse(&format!("{scheme}://")) else {
+                continue;
+            };
+            object_store_factories().insert(key.clone(), Arc::new(EnvStoreFactory));
+            logstore_factories().insert(key, Arc::new(DefaultLogStores));
+        }
+    });
+}
+
+/// Object stores for cloud schemes configured from the environment.
+struct EnvStoreFactory;
+
+impl ObjectStoreFactory for EnvStoreFactory {
+    fn parse_url_opts(
+        &self,
+        url: &Url,
+        _config: &StorageConfig,
+    ) -> DeltaResult<(ObjectStoreRef, Path)> {
+        cloud_store(url)
+    }
+}
+
+/// The default Delta log store (commits by put-if-absent), for our cloud schemes.
+struct DefaultLogStores;
+
+impl LogStoreFactory for DefaultLogStores {
+    fn with_options(
+        &self,
+        prefixed_store: ObjectStoreRef,
+        root_store: ObjectStoreRef,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_become_folder_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = dir.path().join("wh");
+        let url = parse_location(wh.to_str().unwrap()).unwrap();
+        assert_eq!(url.scheme(), "file");
+        assert!(url.path().ends_with("/wh/"));
+        assert!(wh.is_dir());
+    }
+
+    #[test]
+    fn cloud_locations_need_a_container_and_no_secrets() {
+        assert!(parse_location("az://lake/warehouse").is_ok());
+        assert!(parse_location("s3://bucket").unwrap().path().ends_with('/'));
+        let err = parse_location("ftp://x/y").unwrap_err().to_string();
+        assert!(err.contains("unsupported scheme 'ftp'"), "{err}");
+        let err = parse_location("s3://user:secret@bucket/wh")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("do not belong"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+}

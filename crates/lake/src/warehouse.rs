@@ -1,0 +1,816 @@
+//! The warehouse: schemas are folders, tables are Delta tables at `<root>/<schema>/<table>/`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::Schema as ArrowSchema;
+use chrono::{DateTime, Utc};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::logical_expr::LogicalPlan;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::{StructField, StructType};
+use deltalake::operations::optimize::OptimizeType;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
+use serde_json::Value;
+use tracing::{debug, info, instrument};
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::location::{build_store, parse_location, redact, register_cloud_schemes};
+
+/// Schemas every warehouse has. `public` is the default schema of a session, as in Postgres.
+pub const BUILT_IN_SCHEMAS: &[&str] = &["public", "bronze", "silver", "gold"];
+
+/// The object that makes a folder of the warehouse root a schema.
+const SCHEMA_MARKER: &str = "_medlake_schema.json";
+/// The object that hides a table whose files are being deleted by DROP TABLE.
+const DROPPED_MARKER: &str = "_medlake_dropped";
+const DELTA_LOG: &str = "_delta_log";
+
+/// A table of the warehouse: `schema.table`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableName {
+    /// Validates both parts: they become folder names.
+    pub fn new(schema: impl Into<String>, table: impl Into<String>) -> Result<Self> {
+        let (schema, table) = (schema.into(), table.into());
+        validate_name("schema", &schema)?;
+        validate_name("table", &table)?;
+        Ok(Self { schema, table })
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// Names become object-store folders: keep them to letters, digits, `_` and `-`.
+pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
+    let invalid = |reason| Error::InvalidName {
+        kind,
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if name.len() > 128 {
+        return Err(invalid("it is longer than 128 characters"));
+    }
+    if name.starts_with('_') {
+        return Err(invalid("names starting with '_' are reserved"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(invalid("only letters, digits, '_' and '-' are allowed"));
+    }
+    Ok(())
+}
+
+/// Which state of a table to read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TimeTravel {
+    /// `VERSION AS OF n`
+    Version(u64),
+    /// `TIMESTAMP AS OF ts`: the last version committed at or before `ts`.
+    Timestamp(DateTime<Utc>),
+}
+
+/// How a write lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    Append,
+    Overwrite,
+}
+
+/// What a committed write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The table version the commit created.
+    pub version: u64,
+    /// Rows written by the commit.
+    pub rows: u64,
+}
+
+/// One commit of a table, as `DESCRIBE HISTORY` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub operation: Option<String>,
+    /// The operation's parameters as a JSON object.
+    pub parameters: String,
+    /// Rows the commit wrote, when the writer recorded it.
+    pub rows_written: Option<u64>,
+    /// The operation's metrics as a JSON object.
+    pub metrics: String,
+    pub engine: Option<String>,
+}
+
+/// What OPTIMIZE did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptimizeOutcome {
+    pub version: u64,
+    pub files_added: u64,
+    pub files_removed: u64,
+}
+
+/// What VACUUM did (or would do, on a dry run).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VacuumOutcome {
+    pub dry_run: bool,
+    pub files: Vec<String>,
+}
+
+/// A Delta Lake warehouse at one location.
+#[derive(Clone)]
+pub struct Warehouse {
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+}
+
+impl fmt::Debug for Warehouse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Warehouse")
+            .field("url", &redact(self.url.as_str()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Warehouse {
+    /// Opens (and, the first time, initialises) the warehouse at `location`.
+    #[instrument(skip_all, fields(location = %redact(location)))]
+    pub async fn open(location: &str) -> Result<Self> {
+        register_cloud_schemes();
+        let url = parse_location(location)?;
+        let (store, root) = build_store(&url)?;
+        let warehouse = Self { url, store, root };
+        for schema in BUILT_IN_SCHEMAS {
+            warehouse.put_schema_marker(schema).await?;
+        }
+        info!(url = %redact(warehouse.url.as_str()), "warehouse open");
+        Ok(warehouse)
+    }
+
+    /// The warehouse's root URL (ends with `/`).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The object store under the warehouse, rooted at its bucket or container.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    fn path(&self, parts: &[&str]) -> Path {
+        parts.iter().fold(self.root.clone(), |p, part| p.join(*part))
+    }
+
+    /// The URL of a table's folder.
+    pub fn table_url(&self, name: &TableName) -> Result<Url> {
+        self.url
+            .join(&format!("{}/{}/", name.schema, name.table))
+            .map_err(|e| Error::Internal(format!("table url for {name}: {e}")))
+    }
+
+    async fn exists(&self, path: &Path) -> Result<bool> {
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::store(path, e)),
+        }
+    }
+
+    /// Writes the schema marker; `Ok(false)` if it already existed.
+    async fn put_schema_marker(&self, schema: &str) -> Result<bool> {
+        let path = self.path(&[schema, SCHEMA_MARKER]);
+        let body = serde_json::json!({ "schema": schema, "created": Utc::now().to_rfc3339() });
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(body.to_string()), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(Error::store(&path, e)),
+        }
+    }
+
+    /// Whether `schema` exists.
+    pub async fn schema_exists(&self, schema: &str) -> Result<bool> {
+        if validate_name("schema", schema).is_err() {
+            return Ok(false);
+        }
+        self.exists(&self.path(&[schema, SCHEMA_MARKER])).await
+    }
+
+    /// Every schema of the warehouse, sorted.
+    pub async fn list_schemas(&self) -> Result<Vec<String>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .map_err(|e| Error::store(&self.root, e))?;
+        let mut schemas = Vec::new();
+        for prefix in listing.common_prefixes {
+            let Some(name) = prefix.filename() else {
+                continue;
+            };
+            if validate_name("schema", name).is_ok()
+                && self.exists(&prefix.clone().join(SCHEMA_MARKER)).await?
+            {
+                schemas.push(name.to_string());
+            }
+        }
+        schemas.sort();
+        Ok(schemas)
+    }
+
+    /// `CREATE SCHEMA [IF NOT EXISTS] name`
+    pub async fn create_schema(&self, schema: &str, if_not_exists: bool) -> Result<()> {
+        validate_name("schema", schema)?;
+        if !self.put_schema_marker(schema).await? && !if_not_exists {
+            return Err(Error::SchemaExists {
+                schema: schema.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `DROP SCHEMA [IF EXISTS] name [CASCADE]`
+    pub async fn drop_schema(&self, schema: &str, if_exists: bool, cascade: bool) -> Result<()> {
+        validate_name("schema", schema)?;
+        if BUILT_IN_SCHEMAS.contains(&schema) {
+            return Err(Error::SchemaBuiltIn {
+                schema: schema.to_string(),
+            });
+        }
+        if !self.schema_exists(schema).await? {
+            return if if_exists {
+                Ok(())
+            } else {
+                Err(Error::SchemaNotFound {
+                    schema: schema.to_string(),
+                })
+            };
+        }
+        let tables = self.list_tables(schema).await?;
+        if !tables.is_empty() && !cascade {
+            return Err(Error::SchemaNotEmpty {
+                schema: schema.to_string(),
+                tables: tables.join(", "),
+            });
+        }
+        for table in &tables {
+            self.drop_table(&TableName::new(schema, table)?, true)
+                .await?;
+        }
+        // The marker goes first: from then on the schema no longer exists.
+        let marker = self.path(&[schema, SCHEMA_MARKER]);
+        self.store
+            .delete(&marker)
+            .await
+            .map_err(|e| Error::store(&marker, e))?;
+        self.delete_prefix(&self.path(&[schema])).await
+    }
+
+    /// The tables of `schema`, sorted.
+    pub async fn list_tables(&self, schema: &str) -> Result<Vec<String>> {
+        validate_name("schema", schema)?;
+        let prefix = self.path(&[schema]);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| Error::store(&prefix, e))?;
+        let mut tables = Vec::new();
+        for table_prefix in listing.common_prefixes {
+            let Some(name) = table_prefix.filename() else {
+                continue;
+            };
+            if validate_name("table", name).is_ok() && self.is_live_table(&table_prefix).await? {
+                tables.push(name.to_string());
+            }
+        }
+        tables.sort();
+        Ok(tables)
+    }
+
+    /// A folder is a live table if it has a Delta log and no DROP marker.
+    async fn is_live_table(&self, folder: &Path) -> Result<bool> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(folder))
+            .await
+            .map_err(|e| Error::store(folder, e))?;
+        let has_log = listing
+            .common_prefixes
+            .iter()
+            .any(|p| p.filename() == Some(DELTA_LOG));
+        let dropped = listing
+            .objects
+            .iter()
+            .any(|o| o.location.filename() == Some(DROPPED_MARKER));
+        if !has_log || dropped {
+            return Ok(false);
+        }
+        // A folder whose log holds no commit yet (a crashed CREATE) is not a table.
+        Ok(!self.log_versions(folder).await?.is_empty())
+    }
+
+    /// Whether the table exists.
+    pub async fn table_exists(&self, name: &TableName) -> Result<bool> {
+        self.is_live_table(&self.path(&[&name.schema, &name.table]))
+            .await
+    }
+
+    async fn require_schema(&self, schema: &str) -> Result<()> {
+        if self.schema_exists(schema).await? {
+            Ok(())
+        } else {
+            Err(Error::SchemaNotFound {
+                schema: schema.to_string(),
+            })
+        }
+    }
+
+    fn not_found(name: &TableName) -> Error {
+        Error::TableNotFound {
+            schema: name.schema.clone(),
+            table: name.table.clone(),
+        }
+    }
+
+    /// Opens the table at its latest version.
+    pub async fn open_table(&self, name: &TableName) -> Result<DeltaTable> {
+        self.open_table_as_of(name, None).await
+    }
+
+    /// Opens the table at its latest version or at a past one.
+    #[instrument(skip(self), fields(table = %name))]
+    pub async fn open_table_as_of(
+        &self,
+        name: &TableName,
+        at: Option<&TimeTravel>,
+    ) -> Result<DeltaTable> {
+        if !self.table_exists(name).await? {
+            return Err(Self::not_found(name));
+        }
+        let url = self.table_url(name)?;
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let builder = DeltaTableBuilder::from_url(url).map_err(delta)?;
+        match at {
+            None => builder.load().await.map_err(delta),
+            Some(TimeTravel::Version(version)) => {
+                let versions = self
+                    .log_versions(&self.path(&[&name.schema, &name.table]))
+                    .await?;
+                if !versions.contains(version) {
+                    return Err(Error::VersionNotFound {
+                        schema: name.schema.clone(),
+                        table: name.table.clone(),
+                        version: *version,
+                        earliest: versions.first().copied().unwrap_or(0),
+                        latest: versions.last().copied().unwrap_or(0),
+                    });
+                }
+                builder.with_version(*version).load().await.map_err(delta)
+            }
+            Some(TimeTravel::Timestamp(ts)) => {
+                let mut table = builder.build().map_err(delta)?;
+                match table.load_with_datetime(*ts).await {
+                    Ok(()) => Ok(table),
+                    Err(
+                        DeltaTableError::InvalidDateTimeString { .. }
+                        | DeltaTableError::InvalidVersion(_)
+                        | DeltaTableError::Generic(_)
+                        | DeltaTableError::KernelError(_),
+                    ) => Err(Error::TimestampBeforeHistory {
+                        schema: name.schema.clone(),
+                        table: name.table.clone(),
+                        timestamp: ts.to_rfc3339(),
+                    }),
+                    Err(e) => Err(delta(e)),
+                }
+            }
+        }
+    }
+
+    /// A DataFusion table provider over the table, at its latest version or a past one.
+    pub async fn table_provider(
+        &self,
+        name: &TableName,
+        at: Option<&TimeTravel>,
+    ) -> Result<(Arc<dyn TableProvider>, u64)> {
+        let table = self.open_table_as_of(name, at).await?;
+        let version = table.version().unwrap_or_default();
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(Error::DataFusion)?;
+        Ok((provider, version))
+    }
+
+    /// `CREATE TABLE [IF NOT EXISTS] name (columns)`: version 0 of an empty table.
+    /// Returns false when the table existed and `if_not_exists` was given.
+    #[instrument(skip(self, schema), fields(table = %name))]
+    pub async fn create_table(
+        &self,
+        name: &TableName,
+        schema: &ArrowSchema,
+        if_not_exists: bool,
+    ) -> Result<bool> {
+        if !self.prepare_create(name, if_not_exists).await? {
+            return Ok(false);
+        }
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let kernel: StructType = schema
+            .try_into_kernel()
+            .map_err(|e| Error::WriteRefused {
+                schema: name.schema.clone(),
+                table: name.table.clone(),
+                reason: format!("unsupported column type: {e}"),
+            })?;
+        let columns: Vec<StructField> = kernel.fields().cloned().collect();
+        let table = DeltaTable::try_from_url(self.table_url(name)?)
+            .await
+            .map_err(delta)?;
+        let created = table
+            .create()
+            .with_table_name(name.table.clone())
+            .with_columns(columns)
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(e) if Self::lost_create_race(&e) && if_not_exists => Ok(false),
+            Err(e) if Self::lost_create_race(&e) => Err(Self::exists_error(name)),
+            Err(e) => Err(delta(e)),
+        }
+    }
+
+    /// `CREATE TABLE name AS query`: the table and its rows in one commit (version 0).
+    #[instrument(skip(self, input, session), fields(table = %name))]
+    pub async fn create_table_as(
+        &self,
+        name: &TableName,
+        input: LogicalPlan,
+        session: Arc<dyn Session>,
+        if_not_exists: bool,
+    ) -> Result<Option<WriteOutcome>> {
+        if !self.prepare_create(name, if_not_exists).await? {
+            return Ok(None);
+        }
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let table = DeltaTable::try_from_url(self.table_url(name)?)
+            .await
+            .map_err(delta)?;
+        let written = table
+            .write(Vec::new())
+            .with_input_plan(input)
+            .with_session_state(session)
+            .with_table_name(name.table.clone())
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .await;
+        match written {
+            Ok(table) => Ok(Some(self.outcome(name, &table).await?)),
+            Err(e) if Self::lost_create_race(&e) && if_not_exists => Ok(None),
+            Err(e) if Self::lost_create_race(&e) => Err(Self::exists_error(name)),
+            Err(e) => Err(delta(e)),
+        }
+    }
+
+    /// Checks the schema, refuses an existing table, and clears what a dropped table left.
+    async fn prepare_create(&self, name: &TableName, if_not_exists: bool) -> Result<bool> {
+        self.require_schema(&name.schema).await?;
+        if self.table_exists(name).await? {
+            return if if_not_exists {
+                Ok(false)
+            } else {
+                Err(Self::exists_error(name))
+            };
+        }
+        // Whatever is in the folder (files of a dropped table, files of a crashed CREATE) is
+        // not part of any table: clear it so the new table starts clean.
+        self.delete_prefix(&self.path(&[&name.schema, &name.table]))
+            .await?;
+        // Delta's kernel wants a local table folder to exist before its first commit.
+        if self.url.scheme() == "file" {
+            let url = self.table_url(name)?;
+            if let Ok(dir) = url.to_file_path() {
+                tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+                    Error::store(
+                        dir.display(),
+                        object_store::Error::Generic {
+                            store: "LocalFileSystem",
+                            source: Box::new(e),
+                        },
+                    )
+                })?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// A lost race to create the same table is "already exists".
+    fn lost_create_race(e: &DeltaTableError) -> bool {
+        matches!(e, DeltaTableError::VersionAlreadyExists(_))
+            || matches!(e, DeltaTableError::Generic(m) if m.contains("already exists"))
+    }
+
+    fn exists_error(name: &TableName) -> Error {
+        Error::TableExists {
+            schema: name.schema.clone(),
+            table: name.table.clone(),
+        }
+    }
+
+    /// Appends (or overwrites with) the result of `input`, streamed, in one commit. The
+    /// table's schema is enforced: a missing NOT NULL value or a mismatched column refuses the
+    /// whole write and the table stays at its previous version.
+    #[instrument(skip(self, input, session), fields(table = %name))]
+    pub async fn write(
+        &self,
+        name: &TableName,
+        input: LogicalPlan,
+        session: Arc<dyn Session>,
+        mode: WriteMode,
+    ) -> Result<WriteOutcome> {
+        let table = self.open_table(name).await?;
+        let save_mode = match mode {
+            WriteMode::Append => SaveMode::Append,
+            WriteMode::Overwrite => SaveMode::Overwrite,
+        };
+        let table = table
+            .write(Vec::new())
+            .with_input_plan(input)
+            .with_session_state(session)
+            .with_save_mode(save_mode)
+            .await
+            .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
+        let outcome = self.outcome(name, &table).await?;
+        debug!(version = outcome.version, rows = outcome.rows, "write committed");
+        Ok(outcome)
+    }
+
+    async fn outcome(&self, name: &TableName, table: &DeltaTable) -> Result<WriteOutcome> {
+        let version = table
+            .version()
+            .ok_or_else(|| Error::Internal(format!("{name} has no version after a write")))?;
+        let rows = self
+            .commit_entry(name, version)
+            .await?
+            .and_then(|entry| entry.rows_written)
+            .unwrap_or(0);
+        Ok(WriteOutcome { version, rows })
+    }
+
+    /// `DROP TABLE [IF EXISTS] name`. One put hides the table (atomic); its files are then
+    /// deleted. A crash in between leaves a hidden folder that the next CREATE clears.
+    #[instrument(skip(self), fields(table = %name))]
+    pub async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()> {
+        if !self.table_exists(name).await? {
+            if !self.schema_exists(&name.schema).await? && !if_exists {
+                return Err(Error::SchemaNotFound {
+                    schema: name.schema.clone(),
+                });
+            }
+            return if if_exists {
+                Ok(())
+            } else {
+                Err(Self::not_found(name))
+            };
+        }
+        let folder = self.path(&[&name.schema, &name.table]);
+        let marker = folder.clone().join(DROPPED_MARKER);
+        self.store
+            .put(&marker, PutPayload::from_static(b"dropped"))
+            .await
+            .map_err(|e| Error::store(&marker, e))?;
+        self.delete_prefix(&folder).await
+    }
+
+    /// Deletes every object under `prefix`, the DROP marker last.
+    async fn delete_prefix(&self, prefix: &Path) -> Result<()> {
+        let mut objects: Vec<Path> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(prefix, e))?;
+        objects.sort_by_key(|p| p.filename() == Some(DROPPED_MARKER));
+        for path in objects {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store(&path, e)),
+            }
+        }
+        // Local folders stay behind as empty directories: remove them too.
+        if self.url.scheme() == "file" {
+            let dir = std::path::PathBuf::from(format!("/{}", prefix.as_ref()));
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::store(
+                        prefix,
+                        object_store::Error::Generic {
+                            store: "LocalFileSystem",
+                            source: Box::new(e),
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The commit versions present in a table folder's log, ascending.
+    async fn log_versions(&self, folder: &Path) -> Result<Vec<u64>> {
+        let log = folder.clone().join(DELTA_LOG);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&log))
+            .await
+            .map_err(|e| Error::store(&log, e))?;
+        let mut versions: Vec<u64> = listing
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename())
+            .filter_map(|f| f.strip_suffix(".json"))
+            .filter(|v| v.len() == 20 && v.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    async fn commit_entry(&self, name: &TableName, version: u64) -> Result<Option<HistoryEntry>> {
+        let path = self
+            .path(&[&name.schema, &name.table, DELTA_LOG])
+            .join(format!("{version:020}.json"));
+        let bytes = match self.store.get(&path).await {
+            Ok(got) => got.bytes().await.map_err(|e| Error::store(&path, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(&path, e)),
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines() {
+            let Ok(action) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if let Some(info) = action.get("commitInfo") {
+                return Ok(Some(history_entry(version, info)));
+            }
+        }
+        Ok(Some(HistoryEntry {
+            version,
+            timestamp: None,
+            operation: None,
+            parameters: "{}".into(),
+            rows_written: None,
+            metrics: "{}".into(),
+            engine: None,
+        }))
+    }
+
+    /// `DESCRIBE HISTORY name [LIMIT n]`: newest commit first.
+    pub async fn history(&self, name: &TableName, limit: Option<usize>) -> Result<Vec<HistoryEntry>> {
+        if !self.table_exists(name).await? {
+            return Err(Self::not_found(name));
+        }
+        let versions = self
+            .log_versions(&self.path(&[&name.schema, &name.table]))
+            .await?;
+        let mut entries = Vec::new();
+        for version in versions.into_iter().rev().take(limit.unwrap_or(usize::MAX)) {
+            if let Some(entry) = self.commit_entry(name, version).await? {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// `OPTIMIZE name [ZORDER BY (cols)]`: compacts small files in one commit.
+    #[instrument(skip(self, session), fields(table = %name))]
+    pub async fn optimize(
+        &self,
+        name: &TableName,
+        zorder: Vec<String>,
+        target_size: Option<NonZeroU64>,
+        session: Arc<dyn Session>,
+    ) -> Result<OptimizeOutcome> {
+        let table = self.open_table(name).await?;
+        let before = table.version().unwrap_or_default();
+        let mut builder = table.optimize().with_session_state(session);
+        if !zorder.is_empty() {
+            builder = builder.with_type(OptimizeType::ZOrder(zorder));
+        }
+        if let Some(size) = target_size {
+            builder = builder.with_target_size(size);
+        }
+        let (table, metrics) = builder
+            .await
+            .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
+        Ok(OptimizeOutcome {
+            version: table.version().unwrap_or(before),
+            files_added: metrics.num_files_added,
+            files_removed: metrics.num_files_removed,
+        })
+    }
+
+    /// `VACUUM name [RETAIN n HOURS] [DRY RUN]`: deletes files no version within the retention
+    /// needs. A retention below the table's (7 days by default) is refused unless `force`.
+    #[instrument(skip(self), fields(table = %name))]
+    pub async fn vacuum(
+        &self,
+        name: &TableName,
+        retain: Option<Duration>,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<VacuumOutcome> {
+        let table = self.open_table(name).await?;
+        let mut builder = table
+            .vacuum()
+            .with_dry_run(dry_run)
+            .with_enforce_retention_duration(!force);
+        if let Some(retain) = retain {
+            let retain = chrono::Duration::from_std(retain)
+                .map_err(|e| Error::Internal(format!("retention out of range: {e}")))?;
+            builder = builder.with_retention_period(retain);
+        }
+        let (_table, metrics) = builder.await.map_err(|e| match e {
+            DeltaTableError::GenericError { source } if source.to_string().contains("retention") => {
+                Error::RetentionTooShort {
+                    schema: name.schema.clone(),
+                    table: name.table.clone(),
+                    reason: source.to_string(),
+                }
+            }
+            e => Error::delta(&name.schema, &name.table, e),
+        })?;
+        Ok(VacuumOutcome {
+            dry_run: metrics.dry_run,
+            files: metrics.files_deleted,
+        })
+    }
+
+    /// Storage options of the warehouse (none: credentials come from the environment).
+    pub fn storage_options(&self) -> HashMap<String, String> {
+        HashMap::new()
+    }
+}
+
+fn history_entry(version: u64, info: &Value) -> HistoryEntry {
+    let timestamp = info
+        .get("inCommitTimestamp")
+        .or_else(|| info.get("timestamp"))
+        .and_then(Value::as_i64)
+        .and_then(DateTime::from_timestamp_millis);
+    let metrics = info.get("operationMetrics").cloned().unwrap_or(Value::Null);
+    let rows_written = ["num_added_rows", "numOutputRows", "numTargetRowsInserted"]
+        .iter()
+        .find_map(|k| metrics.get(*k))
+        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
+    let object = |v: Option<&Value>| match v {
+        Some(v @ Value::Object(_)) => v.to_string(),
+        _ => "{}".to_string(),
+    };
+    HistoryEntry {
+        version,
+        timestamp,
+        operation: info
+            .get("operation")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        parameters: object(info.get("operationParameters")),
+        rows_written,
+        metrics: object(info.get("operationMetrics")),
+        engine: info
+            .get("engineInfo")
+            .or_else(|| info.get("clientVersion"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    }
+}
