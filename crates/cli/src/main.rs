@@ -201,7 +201,11 @@ async fn interactive(engine: &Engine) -> Result<(), Failure> {
     }
     let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() { "medlake> " } else { "medlake-> " };
+        let prompt = if buffer.is_empty() {
+            "medlake> "
+        } else {
+            "medlake-> "
+        };
         let line = match editor.readline(prompt) {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => {

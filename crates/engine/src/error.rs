@@ -5,6 +5,7 @@
 //! for broken invariants only.
 
 use datafusion::error::DataFusionError;
+use medlake_lake::Refusal;
 
 /// Result of an engine operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -117,7 +118,12 @@ impl Error {
                 L::VersionNotFound { .. } | L::TimestampBeforeHistory { .. } => {
                     Code::InvalidParameterValue
                 }
-                L::WriteRefused { reason, .. } => write_refusal_code(reason),
+                L::WriteRefused { kind, reason, .. } => match kind {
+                    Refusal::NotNull => Code::NotNullViolation,
+                    Refusal::Check => Code::CheckViolation,
+                    Refusal::Type => arrow_code(reason),
+                    Refusal::Schema => Code::DatatypeMismatch,
+                },
                 L::RetentionTooShort { .. } => Code::InvalidParameterValue,
                 L::Conflict { .. } => Code::SerializationFailure,
                 L::Delta { .. } | L::ObjectStore { .. } => Code::IoError,
@@ -126,16 +132,6 @@ impl Error {
             },
             Error::DataFusion(e) => datafusion_code(e),
         }
-    }
-}
-
-fn write_refusal_code(reason: &str) -> Code {
-    if reason.contains("Non-nullable") || reason.contains("non-nullable") {
-        Code::NotNullViolation
-    } else if reason.contains("Check") || reason.contains("CHECK") {
-        Code::CheckViolation
-    } else {
-        Code::DatatypeMismatch
     }
 }
 
@@ -161,13 +157,18 @@ fn datafusion_code(e: &DataFusionError) -> Code {
             let msg = other.to_string();
             if msg.contains("table") && msg.contains("not found") {
                 Code::UndefinedTable
-            } else if msg.contains("Invalid function") || msg.contains("function") && msg.contains("not found") {
+            } else if msg.contains("Invalid function")
+                || msg.contains("function") && msg.contains("not found")
+            {
                 Code::UndefinedFunction
             } else if msg.contains("non-nullable") || msg.contains("Non-nullable") {
                 Code::NotNullViolation
             } else if msg.contains("No field named") || msg.contains("Unknown column") {
                 Code::UndefinedColumn
-            } else if msg.contains("Cannot cast") || msg.contains("Overflow") || msg.contains("overflow") {
+            } else if msg.contains("Cannot cast")
+                || msg.contains("Overflow")
+                || msg.contains("overflow")
+            {
                 arrow_code(&msg)
             } else {
                 Code::DataException
@@ -179,7 +180,10 @@ fn datafusion_code(e: &DataFusionError) -> Code {
 fn arrow_code(msg: &str) -> Code {
     if msg.contains("Divide by zero") || msg.contains("Division by zero") {
         Code::DivisionByZero
-    } else if msg.contains("verflow") || msg.contains("out of range") {
+    } else if msg.contains("verflow")
+        || msg.contains("out of range")
+        || msg.contains("Can't cast value")
+    {
         Code::NumericValueOutOfRange
     } else if msg.contains("Cannot cast string") || msg.contains("Cannot parse") {
         Code::InvalidTextRepresentation

@@ -36,20 +36,36 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// The history as one record batch, newest commit first.
 pub(crate) fn history_batch(history: &[HistoryEntry]) -> DfResult<RecordBatch> {
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(history.iter().map(|h| i64::try_from(h.version).unwrap_or(i64::MAX)))),
+        Arc::new(Int64Array::from_iter_values(
+            history
+                .iter()
+                .map(|h| i64::try_from(h.version).unwrap_or(i64::MAX)),
+        )),
         Arc::new(
             TimestampMicrosecondArray::from_iter(
-                history.iter().map(|h| h.timestamp.map(|t| t.timestamp_micros())),
+                history
+                    .iter()
+                    .map(|h| h.timestamp.map(|t| t.timestamp_micros())),
             )
             .with_timezone("UTC"),
         ),
-        Arc::new(StringArray::from_iter(history.iter().map(|h| h.operation.as_deref()))),
-        Arc::new(StringArray::from_iter_values(history.iter().map(|h| h.parameters.as_str()))),
-        Arc::new(Int64Array::from_iter(history.iter().map(|h| {
-            h.rows_written.and_then(|r| i64::try_from(r).ok())
-        }))),
-        Arc::new(StringArray::from_iter_values(history.iter().map(|h| h.metrics.as_str()))),
-        Arc::new(StringArray::from_iter(history.iter().map(|h| h.engine.as_deref()))),
+        Arc::new(StringArray::from_iter(
+            history.iter().map(|h| h.operation.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            history.iter().map(|h| h.parameters.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter(
+            history
+                .iter()
+                .map(|h| h.rows_written.and_then(|r| i64::try_from(r).ok())),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            history.iter().map(|h| h.metrics.as_str()),
+        )),
+        Arc::new(StringArray::from_iter(
+            history.iter().map(|h| h.engine.as_deref()),
+        )),
     ];
     Ok(RecordBatch::try_new(SCHEMA.clone(), columns)?)
 }

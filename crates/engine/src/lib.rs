@@ -248,7 +248,9 @@ impl Engine {
     fn resolve(&self, reference: &TableReference) -> Result<TableName> {
         let parts: Vec<String> = match reference {
             TableReference::Bare { table } => vec![table.to_string()],
-            TableReference::Partial { schema, table } => vec![schema.to_string(), table.to_string()],
+            TableReference::Partial { schema, table } => {
+                vec![schema.to_string(), table.to_string()]
+            }
             TableReference::Full {
                 catalog,
                 schema,
@@ -344,7 +346,9 @@ impl Engine {
                 }
                 if create.or_replace {
                     return Err(Error::NotSupported {
-                        what: "CREATE OR REPLACE TABLE; drop the table first, or use INSERT OVERWRITE".into(),
+                        what:
+                            "CREATE OR REPLACE TABLE; drop the table first, or use INSERT OVERWRITE"
+                                .into(),
                     });
                 }
                 if !create.column_defaults.is_empty() {
@@ -354,7 +358,9 @@ impl Engine {
                 }
                 if !create.constraints.is_empty() {
                     return Err(Error::NotSupported {
-                        what: "PRIMARY KEY and UNIQUE constraints (Delta tables cannot enforce them)".into(),
+                        what:
+                            "PRIMARY KEY and UNIQUE constraints (Delta tables cannot enforce them)"
+                                .into(),
                     });
                 }
                 match create.input.as_ref() {
@@ -387,7 +393,9 @@ impl Engine {
                 Ok(Output::command("DROP TABLE", 0))
             }
             DdlStatement::CreateView(_) | DdlStatement::DropView(_) => Err(Error::NotSupported {
-                what: "views; materialized views (CREATE MATERIALIZED VIEW) come with the views work".into(),
+                what:
+                    "views; materialized views (CREATE MATERIALIZED VIEW) come with the views work"
+                        .into(),
             }),
             DdlStatement::CreateExternalTable(_) => Err(Error::NotSupported {
                 what: "CREATE EXTERNAL TABLE: no source connector is installed yet".into(),
@@ -414,7 +422,10 @@ impl Engine {
             .warehouse
             .write(&name, input, Arc::new(self.ctx.state()), mode)
             .await?;
-        Ok(Output::command(format!("INSERT 0 {}", outcome.rows), outcome.rows))
+        Ok(Output::command(
+            format!("INSERT 0 {}", outcome.rows),
+            outcome.rows,
+        ))
     }
 
     async fn describe_history(&self, name: &TableName, limit: Option<usize>) -> Result<Output> {
@@ -429,7 +440,9 @@ fn text(values: impl IntoIterator<Item = String>) -> ArrayRef {
 
 fn int(values: impl IntoIterator<Item = u64>) -> ArrayRef {
     Arc::new(Int64Array::from_iter_values(
-        values.into_iter().map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+        values
+            .into_iter()
+            .map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
     ))
 }
 
@@ -453,7 +466,9 @@ fn unwrap_lake_error(e: datafusion::error::DataFusionError) -> Error {
             Err(other) => Error::DataFusion(DataFusionError::External(other)),
         },
         DataFusionError::Context(context, inner) => match unwrap_lake_error(*inner) {
-            Error::DataFusion(inner) => Error::DataFusion(DataFusionError::Context(context, Box::new(inner))),
+            Error::DataFusion(inner) => {
+                Error::DataFusion(DataFusionError::Context(context, Box::new(inner)))
+            }
             lake => lake,
         },
         other => Error::DataFusion(other),

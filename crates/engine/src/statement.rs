@@ -14,8 +14,7 @@ use std::ops::ControlFlow;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    Expr, Ident, ObjectName, ObjectNamePart, TableFactor, TableVersion, Value, VisitMut,
-    VisitorMut,
+    Expr, Ident, ObjectName, ObjectNamePart, TableFactor, TableVersion, Value, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -157,8 +156,7 @@ pub fn parse_one(text: &str) -> Result<Statement> {
 
 /// Consumes `word` (case-insensitive) if it is next.
 fn word(parser: &mut Parser<'_>, word: &str) -> bool {
-    if matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
-    {
+    if matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)) {
         parser.next_token();
         true
     } else {
@@ -382,7 +380,9 @@ fn time_travel(spec: &TableVersion) -> Result<TimeTravel> {
                 }
                 _ => Err(Error::InvalidValue {
                     what: "TIMESTAMP AS OF".into(),
-                    reason: format!("expected a timestamp literal such as '2026-11-23 10:00:00', found {expr}"),
+                    reason: format!(
+                        "expected a timestamp literal such as '2026-11-23 10:00:00', found {expr}"
+                    ),
                 }),
             }
         }
@@ -398,7 +398,11 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
     if let Ok(ts) = DateTime::parse_from_rfc3339(s) {
         return Ok(ts.with_timezone(&Utc));
     }
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M"] {
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(ts) = NaiveDateTime::parse_from_str(s, format) {
             return Ok(ts.and_utc());
         }
@@ -411,7 +415,9 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
     }
     Err(Error::InvalidValue {
         what: "TIMESTAMP AS OF".into(),
-        reason: format!("'{s}' is not a timestamp; write it as '2026-11-23 10:00:00' (UTC) or in RFC 3339"),
+        reason: format!(
+            "'{s}' is not a timestamp; write it as '2026-11-23 10:00:00' (UTC) or in RFC 3339"
+        ),
     })
 }
 
@@ -422,7 +428,10 @@ mod tests {
     #[test]
     fn splits_on_semicolons_outside_strings_and_comments() {
         let parts = split("select 'a;b'; -- c;d\n select \"x;y\" from t;\n\n;").unwrap();
-        assert_eq!(parts, vec!["select 'a;b'", "-- c;d\n select \"x;y\" from t"]);
+        assert_eq!(
+            parts,
+            vec!["select 'a;b'", "-- c;d\n select \"x;y\" from t"]
+        );
     }
 
     #[test]
@@ -436,7 +445,10 @@ mod tests {
     #[test]
     fn parses_own_statements() {
         let s = parse("describe history bronze.t limit 3; optimize gold.x zorder by (a, b); vacuum t retain 0 hours dry run force").unwrap();
-        assert!(matches!(&s[0], Statement::DescribeHistory { limit: Some(3), .. }));
+        assert!(matches!(
+            &s[0],
+            Statement::DescribeHistory { limit: Some(3), .. }
+        ));
         assert!(matches!(&s[1], Statement::Optimize { zorder, .. } if zorder == &["a", "b"]));
         assert!(matches!(
             &s[2],
@@ -447,7 +459,10 @@ mod tests {
                 ..
             }
         ));
-        assert!(matches!(parse("describe bronze.t").unwrap()[0], Statement::Sql(_)));
+        assert!(matches!(
+            parse("describe bronze.t").unwrap()[0],
+            Statement::Sql(_)
+        ));
     }
 
     #[test]

@@ -137,7 +137,12 @@ async fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sql");
     let mut files = Vec::new();
     slt_files(&root, &mut files);
-    files.retain(|f| filters.is_empty() || filters.iter().any(|p| f.to_string_lossy().contains(p.as_str())));
+    files.retain(|f| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|p| f.to_string_lossy().contains(p.as_str()))
+    });
     assert!(!files.is_empty(), "no .slt files under {}", root.display());
 
     let mut failures = Vec::new();
@@ -156,7 +161,11 @@ async fn main() {
             async move { Ok(Db { engine }) }
         });
         runner.with_column_validator(sqllogictest::strict_column_validator);
-        let name = file.strip_prefix(&root).unwrap_or(file).display().to_string();
+        let name = file
+            .strip_prefix(&root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
         let result = if complete {
             runner
                 .update_test_file(
@@ -169,7 +178,10 @@ async fn main() {
                 .await
                 .map_err(|e| e.to_string())
         } else {
-            runner.run_file_async(file).await.map_err(|e| e.display(true).to_string())
+            runner
+                .run_file_async(file)
+                .await
+                .map_err(|e| e.display(true).to_string())
         };
         match result {
             Ok(()) => println!("ok      {name}"),
@@ -181,7 +193,11 @@ async fn main() {
     }
     if !failures.is_empty() {
         eprintln!("\n{}", failures.join("\n\n"));
-        eprintln!("\n{} of {} sqllogictest files failed", failures.len(), files.len());
+        eprintln!(
+            "\n{} of {} sqllogictest files failed",
+            failures.len(),
+            files.len()
+        );
         std::process::exit(1);
     }
     println!("{} sqllogictest files passed", files.len());

@@ -38,7 +38,9 @@ pub enum Error {
     #[error("table '{schema}.{table}' already exists")]
     TableExists { schema: String, table: String },
 
-    #[error("table '{schema}.{table}' has no version {version} (versions {earliest} to {latest} exist)")]
+    #[error(
+        "table '{schema}.{table}' has no version {version} (versions {earliest} to {latest} exist)"
+    )]
     VersionNotFound {
         schema: String,
         table: String,
@@ -55,16 +57,19 @@ pub enum Error {
     },
 
     /// Data that does not fit the table: NULL in a NOT NULL column, a failed CHECK,
-    /// a schema mismatch. Nothing was committed.
+    /// a value of the wrong type. Nothing was committed.
     #[error("write to '{schema}.{table}' refused, nothing was written: {reason}")]
     WriteRefused {
         schema: String,
         table: String,
+        kind: Refusal,
         reason: String,
     },
 
     /// VACUUM with a retention shorter than the table's, without FORCE.
-    #[error("VACUUM of '{schema}.{table}' refused: {reason}; add FORCE to vacuum with a shorter retention (time travel to older versions will fail)")]
+    #[error(
+        "VACUUM of '{schema}.{table}' refused: {reason}; add FORCE to vacuum with a shorter retention (time travel to older versions will fail)"
+    )]
     RetentionTooShort {
         schema: String,
         table: String,
@@ -106,6 +111,61 @@ pub enum Error {
     Internal(String),
 }
 
+/// Why a write was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A NULL in a NOT NULL column.
+    NotNull,
+    /// A CHECK constraint or invariant failed.
+    Check,
+    /// A value that does not convert to the column's type.
+    Type,
+    /// The data's columns do not match the table's.
+    Schema,
+}
+
+/// deltalake turns DataFusion errors met while writing into strings
+/// (`DeltaTableError::Generic`): tell the data errors among them apart from the rest.
+fn classify_write_failure(message: &str) -> Option<(Refusal, String)> {
+    let last = message
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && *l != "caused by")
+        .unwrap_or(message);
+    let clean = |text: &str| {
+        let mut text = text.trim();
+        for prefix in [
+            "Generic DeltaTable error:",
+            "External error:",
+            "Execution error:",
+            "Arrow error:",
+        ] {
+            text = text.strip_prefix(prefix).map_or(text, str::trim);
+        }
+        text.to_string()
+    };
+    if let Some(at) = message.find(crate::guard::NOT_NULL_MESSAGE) {
+        let line = message[at..].lines().next().unwrap_or_default();
+        return Some((Refusal::NotNull, line.to_string()));
+    }
+    if message.contains("Cast error")
+        || message.contains("Can't cast")
+        || message.contains("Cannot cast")
+    {
+        return Some((Refusal::Type, clean(last)));
+    }
+    if message.contains("Invalid data found") || message.contains("Invariant violations") {
+        let first = message.lines().next().unwrap_or(message);
+        let kind = if message.contains("non-nullable") || message.contains("null") {
+            Refusal::NotNull
+        } else {
+            Refusal::Check
+        };
+        return Some((kind, clean(first)));
+    }
+    None
+}
+
 impl Error {
     /// Wraps a deltalake error on a table, telling schema violations and conflicts apart from
     /// storage failures.
@@ -115,11 +175,13 @@ impl Error {
             DeltaTableError::InvalidData { message } => Error::WriteRefused {
                 schema,
                 table,
+                kind: Refusal::Check,
                 reason: message,
             },
             DeltaTableError::SchemaMismatch { msg } => Error::WriteRefused {
                 schema,
                 table,
+                kind: Refusal::Schema,
                 reason: msg,
             },
             DeltaTableError::Transaction { .. }
@@ -132,12 +194,21 @@ impl Error {
             DeltaTableError::Arrow { source: arrow } => Error::WriteRefused {
                 schema,
                 table,
+                kind: Refusal::Type,
                 reason: arrow.to_string(),
             },
-            other => Error::Delta {
-                schema,
-                table,
-                source: other,
+            other => match classify_write_failure(&other.to_string()) {
+                Some((kind, reason)) => Error::WriteRefused {
+                    schema,
+                    table,
+                    kind,
+                    reason,
+                },
+                None => Error::Delta {
+                    schema,
+                    table,
+                    source: other,
+                },
             },
         }
     }

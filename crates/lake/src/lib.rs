@@ -8,10 +8,11 @@
 //! that what it produces can travel to Ballista executors.
 
 mod error;
+mod guard;
 mod location;
 mod warehouse;
 
-pub use error::{Error, Result};
+pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, parse_location, redact};
 pub use warehouse::{
     BUILT_IN_SCHEMAS, HistoryEntry, OptimizeOutcome, TableName, TimeTravel, VacuumOutcome,
@@ -20,6 +21,7 @@ pub use warehouse::{
 
 /// The query planner a session must use for Delta writes: DataFusion's, plus the plan nodes
 /// deltalake's writers add (metrics observers, CDC).
-pub fn delta_query_planner() -> std::sync::Arc<dyn datafusion::execution::context::QueryPlanner + Send + Sync> {
+pub fn delta_query_planner()
+-> std::sync::Arc<dyn datafusion::execution::context::QueryPlanner + Send + Sync> {
     deltalake::delta_datafusion::planner::DeltaPlanner::new()
 }

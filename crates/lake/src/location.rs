@@ -10,8 +10,8 @@
 use std::sync::{Arc, Once};
 
 use deltalake::logstore::{
-    LogStore, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef, StorageConfig,
-    default_logstore, logstore_factories, object_store_factories,
+    LogStore, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
+    logstore_factories, object_store_factories,
 };
 use deltalake::{DeltaResult, DeltaTableError};
 use object_store::ObjectStore;
@@ -44,8 +44,7 @@ pub fn parse_location(location: &str) -> Result<Url> {
             let path = path
                 .canonicalize()
                 .map_err(|e| invalid(format!("cannot resolve the folder: {e}")))?;
-            Url::from_directory_path(&path)
-                .map_err(|()| invalid("not an absolute path".into()))?
+            Url::from_directory_path(&path).map_err(|()| invalid("not an absolute path".into()))?
         }
     };
     match url.scheme() {
@@ -64,8 +63,7 @@ pub fn parse_location(location: &str) -> Result<Url> {
             }
             if url.password().is_some() {
                 return Err(invalid(
-                    "credentials do not belong in the location; set them in the environment"
-                        .into(),
+                    "credentials do not belong in the location; set them in the environment".into(),
                 ));
             }
         }

@@ -179,7 +179,9 @@ impl Warehouse {
     }
 
     fn path(&self, parts: &[&str]) -> Path {
-        parts.iter().fold(self.root.clone(), |p, part| p.join(*part))
+        parts
+            .iter()
+            .fold(self.root.clone(), |p, part| p.join(*part))
     }
 
     /// The URL of a table's folder.
@@ -397,6 +399,24 @@ impl Warehouse {
                 builder.with_version(*version).load().await.map_err(delta)
             }
             Some(TimeTravel::Timestamp(ts)) => {
+                let before_history = || Error::TimestampBeforeHistory {
+                    schema: name.schema.clone(),
+                    table: name.table.clone(),
+                    timestamp: ts.to_rfc3339(),
+                };
+                // deltalake answers the oldest version for an instant before the table
+                // existed; that would be a wrong answer, not a past state.
+                let folder = self.path(&[&name.schema, &name.table]);
+                let Some(first) = self.log_versions(&folder).await?.first().copied() else {
+                    return Err(Self::not_found(name));
+                };
+                let created = self
+                    .commit_entry(name, first)
+                    .await?
+                    .and_then(|entry| entry.timestamp);
+                if created.is_some_and(|created| *ts < created) {
+                    return Err(before_history());
+                }
                 let mut table = builder.build().map_err(delta)?;
                 match table.load_with_datetime(*ts).await {
                     Ok(()) => Ok(table),
@@ -405,11 +425,7 @@ impl Warehouse {
                         | DeltaTableError::InvalidVersion(_)
                         | DeltaTableError::Generic(_)
                         | DeltaTableError::KernelError(_),
-                    ) => Err(Error::TimestampBeforeHistory {
-                        schema: name.schema.clone(),
-                        table: name.table.clone(),
-                        timestamp: ts.to_rfc3339(),
-                    }),
+                    ) => Err(before_history()),
                     Err(e) => Err(delta(e)),
                 }
             }
@@ -424,10 +440,7 @@ impl Warehouse {
     ) -> Result<(Arc<dyn TableProvider>, u64)> {
         let table = self.open_table_as_of(name, at).await?;
         let version = table.version().unwrap_or_default();
-        let provider = table
-            .table_provider()
-            .await
-            .map_err(Error::DataFusion)?;
+        let provider = table.table_provider().await.map_err(Error::DataFusion)?;
         Ok((provider, version))
     }
 
@@ -444,13 +457,12 @@ impl Warehouse {
             return Ok(false);
         }
         let delta = |e| Error::delta(&name.schema, &name.table, e);
-        let kernel: StructType = schema
-            .try_into_kernel()
-            .map_err(|e| Error::WriteRefused {
-                schema: name.schema.clone(),
-                table: name.table.clone(),
-                reason: format!("unsupported column type: {e}"),
-            })?;
+        let kernel: StructType = schema.try_into_kernel().map_err(|e| Error::WriteRefused {
+            schema: name.schema.clone(),
+            table: name.table.clone(),
+            kind: crate::Refusal::Schema,
+            reason: format!("unsupported column type: {e}"),
+        })?;
         let columns: Vec<StructField> = kernel.fields().cloned().collect();
         let table = DeltaTable::try_from_url(self.table_url(name)?)
             .await
@@ -557,19 +569,32 @@ impl Warehouse {
         mode: WriteMode,
     ) -> Result<WriteOutcome> {
         let table = self.open_table(name).await?;
+        let schema = table
+            .snapshot()
+            .map_err(|e| Error::delta(&name.schema, &name.table, e))?
+            .snapshot()
+            .arrow_schema();
+        let input = crate::guard::guard_not_null(input, &schema)?;
         let save_mode = match mode {
             WriteMode::Append => SaveMode::Append,
             WriteMode::Overwrite => SaveMode::Overwrite,
         };
+        let sources = crate::guard::source_columns(&input);
         let table = table
             .write(Vec::new())
             .with_input_plan(input)
             .with_session_state(session)
             .with_save_mode(save_mode)
             .await
-            .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
+            .map_err(|e| {
+                crate::guard::name_null_column(Error::delta(&name.schema, &name.table, e), &sources)
+            })?;
         let outcome = self.outcome(name, &table).await?;
-        debug!(version = outcome.version, rows = outcome.rows, "write committed");
+        debug!(
+            version = outcome.version,
+            rows = outcome.rows,
+            "write committed"
+        );
         Ok(outcome)
     }
 
@@ -696,7 +721,11 @@ impl Warehouse {
     }
 
     /// `DESCRIBE HISTORY name [LIMIT n]`: newest commit first.
-    pub async fn history(&self, name: &TableName, limit: Option<usize>) -> Result<Vec<HistoryEntry>> {
+    pub async fn history(
+        &self,
+        name: &TableName,
+        limit: Option<usize>,
+    ) -> Result<Vec<HistoryEntry>> {
         if !self.table_exists(name).await? {
             return Err(Self::not_found(name));
         }
@@ -761,7 +790,9 @@ impl Warehouse {
             builder = builder.with_retention_period(retain);
         }
         let (_table, metrics) = builder.await.map_err(|e| match e {
-            DeltaTableError::GenericError { source } if source.to_string().contains("retention") => {
+            DeltaTableError::GenericError { source }
+                if source.to_string().contains("retention") =>
+            {
                 Error::RetentionTooShort {
                     schema: name.schema.clone(),
                     table: name.table.clone(),
