@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use clap::{Parser, Subcommand};
+use futures::StreamExt;
 use medlake_engine::{Engine, Output, Statement};
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
@@ -49,6 +50,18 @@ struct SqlArgs {
     /// Print how long each statement took (always on in interactive mode).
     #[arg(long)]
     timing: bool,
+    /// How query results are printed.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// Output formats of `medlake sql`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// Aligned table with a row count, for people.
+    Table,
+    /// CSV with a header line, for scripts; command tags are not printed.
+    Csv,
 }
 
 fn main() -> ExitCode {
@@ -110,35 +123,66 @@ async fn sql(args: SqlArgs) -> Result<(), Failure> {
         return interactive(&engine).await;
     }
     for command in &args.commands {
-        run_script(&engine, command, args.timing).await?;
+        run_script(&engine, command, args.timing, args.format).await?;
     }
     for file in &args.files {
         let script = std::fs::read_to_string(file).map_err(|e| {
             eprintln!("error: cannot read {}: {e}", file.display());
             Failure::Reported
         })?;
-        run_script(&engine, &script, args.timing).await?;
+        run_script(&engine, &script, args.timing, args.format).await?;
     }
     Ok(())
 }
 
 /// Runs every statement of `script`, printing each result; stops at the first error.
-async fn run_script(engine: &Engine, script: &str, timing: bool) -> Result<(), Failure> {
+async fn run_script(
+    engine: &Engine,
+    script: &str,
+    timing: bool,
+    format: Format,
+) -> Result<(), Failure> {
     for statement in medlake_engine::parse(script)? {
-        run_statement(engine, statement, timing).await?;
+        run_statement(engine, statement, timing, format).await?;
     }
     Ok(())
 }
 
-async fn run_statement(engine: &Engine, statement: Statement, timing: bool) -> Result<(), Failure> {
+async fn run_statement(
+    engine: &Engine,
+    statement: Statement,
+    timing: bool,
+    format: Format,
+) -> Result<(), Failure> {
     let started = Instant::now();
     let output = engine.execute(statement).await?;
-    match output {
-        Output::Command { tag, .. } => println!("{tag}"),
-        Output::Rows(stream) => {
+    match (output, format) {
+        (Output::Command { tag, .. }, Format::Table) => println!("{tag}"),
+        (Output::Command { .. }, Format::Csv) => {}
+        (Output::Rows(stream), Format::Table) => {
             let schema = stream.schema();
             let batches = Output::Rows(stream).collect().await?;
             print_rows(&schema, &batches);
+        }
+        (Output::Rows(mut stream), Format::Csv) => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(std::io::stdout().lock());
+            let mut wrote = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(medlake_engine::Error::from)?;
+                writer.write(&batch).map_err(|e| {
+                    eprintln!("error: cannot write CSV: {e}");
+                    Failure::Reported
+                })?;
+                wrote = true;
+            }
+            if !wrote {
+                // A result without rows still has a header.
+                let schema = stream.schema();
+                let header: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                println!("{}", header.join(","));
+            }
         }
     }
     if timing {
@@ -240,7 +284,9 @@ async fn interactive(engine: &Engine) -> Result<(), Failure> {
             };
             if let Some(query) = meta {
                 let _ = editor.add_history_entry(trimmed);
-                if let Err(Failure::Error(e)) = run_script(engine, &query, true).await {
+                if let Err(Failure::Error(e)) =
+                    run_script(engine, &query, true, Format::Table).await
+                {
                     print_error(&e);
                 }
                 continue;
@@ -255,7 +301,7 @@ async fn interactive(engine: &Engine) -> Result<(), Failure> {
             continue;
         }
         let _ = editor.add_history_entry(buffer.trim());
-        if let Err(Failure::Error(e)) = run_script(engine, &buffer, true).await {
+        if let Err(Failure::Error(e)) = run_script(engine, &buffer, true, Format::Table).await {
             print_error(&e);
         }
         buffer.clear();

@@ -1,0 +1,240 @@
+//! Engine integration tests: what sqllogictest files cannot express (timestamps taken from
+//! the history, restarts, files on disk, concurrent writers).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use medlake_engine::{Code, Engine};
+
+fn location(dir: &tempfile::TempDir) -> String {
+    dir.path()
+        .join("wh")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
+}
+
+async fn count(engine: &Engine, sql: &str) -> i64 {
+    let batches = engine.query(sql).await.expect(sql);
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("a count")
+        .value(0)
+}
+
+fn column<'a, T: 'static>(batches: &'a [RecordBatch], index: usize) -> &'a T {
+    batches[0]
+        .column(index)
+        .as_any()
+        .downcast_ref::<T>()
+        .expect("column type")
+}
+
+#[tokio::test]
+async fn timestamp_as_of_reads_the_version_committed_at_or_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    engine
+        .sql("CREATE TABLE bronze.t (id INT NOT NULL); INSERT INTO bronze.t VALUES (1)")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    engine
+        .sql("INSERT INTO bronze.t VALUES (2), (3)")
+        .await
+        .unwrap();
+
+    let history = engine
+        .query("SELECT version, timestamp FROM table_history('bronze.t') ORDER BY version")
+        .await
+        .unwrap();
+    let stamps = column::<TimestampMicrosecondArray>(&history, 1);
+    let v1 = chrono::DateTime::from_timestamp_micros(stamps.value(1)).unwrap();
+    let v2 = chrono::DateTime::from_timestamp_micros(stamps.value(2)).unwrap();
+    assert!(v2 > v1);
+
+    let at = |ts: chrono::DateTime<chrono::Utc>| {
+        format!(
+            "SELECT count(*) FROM bronze.t TIMESTAMP AS OF '{}'",
+            ts.format("%Y-%m-%d %H:%M:%S%.6f")
+        )
+    };
+    assert_eq!(count(&engine, &at(v1)).await, 1);
+    let between = v1 + (v2 - v1) / 2;
+    assert_eq!(count(&engine, &at(between)).await, 1);
+    assert_eq!(count(&engine, &at(v2)).await, 3);
+    let rfc3339 = format!(
+        "SELECT count(*) FROM bronze.t TIMESTAMP AS OF '{}'",
+        v2.to_rfc3339()
+    );
+    assert_eq!(count(&engine, &rfc3339).await, 3);
+}
+
+#[tokio::test]
+async fn everything_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(&location(&dir)).await.unwrap();
+        engine
+            .sql(
+                "CREATE SCHEMA ehr;
+                 CREATE TABLE ehr.patients (id INT NOT NULL, name VARCHAR);
+                 INSERT INTO ehr.patients VALUES (1, 'Ada'), (2, 'Grace');
+                 CREATE TABLE gold.census AS SELECT count(*) AS patients FROM ehr.patients;
+                 INSERT INTO ehr.patients VALUES (3, 'Marie')",
+            )
+            .await
+            .unwrap();
+    }
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    assert_eq!(count(&engine, "SELECT count(*) FROM ehr.patients").await, 3);
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM ehr.patients VERSION AS OF 1").await,
+        2
+    );
+    assert_eq!(count(&engine, "SELECT patients FROM gold.census").await, 2);
+    let schemas = engine
+        .query("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'ehr'")
+        .await
+        .unwrap();
+    assert_eq!(column::<Int64Array>(&schemas, 0).value(0), 1);
+}
+
+#[tokio::test]
+async fn a_second_engine_sees_tables_created_by_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Engine::open(&location(&dir)).await.unwrap();
+    let second = Engine::open(&location(&dir)).await.unwrap();
+    first
+        .sql("CREATE TABLE silver.x AS SELECT 42 AS answer")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &second,
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'x'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&second, "SELECT CAST(answer AS BIGINT) FROM silver.x").await,
+        42
+    );
+}
+
+#[tokio::test]
+async fn concurrent_appends_both_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(&location(&dir)).await.unwrap());
+    engine
+        .sql("CREATE TABLE bronze.telemetry (device INT NOT NULL, value DOUBLE)")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for device in 0..4 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            engine
+                .sql(&format!(
+                    "INSERT INTO bronze.telemetry SELECT {device}, CAST(v AS DOUBLE) FROM (SELECT unnest(range(100)) AS v)"
+                ))
+                .await
+                .map(|_| ())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM bronze.telemetry").await,
+        400
+    );
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM table_history('bronze.telemetry')"
+        )
+        .await,
+        5
+    );
+}
+
+#[tokio::test]
+async fn vacuum_deletes_unneeded_files_and_old_versions_then_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    engine
+        .sql(
+            "CREATE TABLE bronze.e (id INT NOT NULL);
+             INSERT INTO bronze.e VALUES (1);
+             INSERT INTO bronze.e VALUES (2);
+             OPTIMIZE bronze.e",
+        )
+        .await
+        .unwrap();
+    let parquet = |dir: &tempfile::TempDir| {
+        std::fs::read_dir(dir.path().join("wh/bronze/e"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+            })
+            .count()
+    };
+    assert_eq!(parquet(&dir), 3);
+    let dry = engine
+        .query("VACUUM bronze.e RETAIN 0 HOURS DRY RUN FORCE")
+        .await
+        .unwrap();
+    assert_eq!(dry[0].num_rows(), 2);
+    assert_eq!(parquet(&dir), 3, "a dry run deletes nothing");
+    engine
+        .query("VACUUM bronze.e RETAIN 0 HOURS FORCE")
+        .await
+        .unwrap();
+    assert_eq!(parquet(&dir), 1);
+    assert_eq!(count(&engine, "SELECT count(*) FROM bronze.e").await, 2);
+    // Version 1's file is gone: reading it fails with an error, not with wrong rows.
+    let err = engine
+        .query("SELECT * FROM bronze.e VERSION AS OF 1")
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Internal, "{err}");
+}
+
+#[tokio::test]
+async fn errors_carry_codes_and_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    let err = engine.sql("SELEC 1").await.unwrap_err();
+    assert_eq!(err.code(), Code::SyntaxError, "{err}");
+    let err = engine
+        .sql("SELECT * FROM bronze.missing")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::UndefinedTable, "{err}");
+    engine
+        .sql("CREATE TABLE bronze.v (id INT NOT NULL, name VARCHAR NOT NULL)")
+        .await
+        .unwrap();
+    let err = engine
+        .sql("INSERT INTO bronze.v (id) VALUES (1)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotNullViolation);
+    assert_eq!(
+        err.to_string(),
+        "write to 'bronze.v' refused, nothing was written: NULL in NOT NULL column 'name'"
+    );
+    let err = engine
+        .sql("SELECT * FROM bronze.v VERSION AS OF 5")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "table 'bronze.v' has no version 5 (versions 0 to 0 exist)"
+    );
+}
