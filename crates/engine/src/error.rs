@@ -31,7 +31,7 @@ pub enum Error {
 
     /// An error planning or running a query.
     #[error(transparent)]
-    DataFusion(#[from] DataFusionError),
+    DataFusion(Box<DataFusionError>),
 
     /// A broken invariant: a bug in medlake.
     #[error("internal error: {0}")]
@@ -94,6 +94,12 @@ impl Code {
             Code::IoError => "58030",
             Code::Internal => "XX000",
         }
+    }
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        Error::DataFusion(Box::new(e))
     }
 }
 

@@ -290,6 +290,17 @@ impl Engine {
         match plan {
             LogicalPlan::Ddl(ddl) => self.execute_ddl(ddl).await,
             LogicalPlan::Dml(dml) => self.execute_dml(dml).await,
+            // DataFusion would run these writes itself, around the lake's write path.
+            LogicalPlan::Analyze(analyze)
+                if matches!(analyze.input.as_ref(), LogicalPlan::Dml(_)) =>
+            {
+                Err(Error::NotSupported {
+                    what: "EXPLAIN ANALYZE of a write".into(),
+                })
+            }
+            LogicalPlan::Copy(_) => Err(Error::NotSupported {
+                what: "COPY ... TO files on the server".into(),
+            }),
             plan => {
                 let frame = self
                     .ctx
@@ -463,14 +474,12 @@ fn unwrap_lake_error(e: datafusion::error::DataFusionError) -> Error {
     match e {
         DataFusionError::External(inner) => match inner.downcast::<medlake_lake::Error>() {
             Ok(lake) => Error::Lake(*lake),
-            Err(other) => Error::DataFusion(DataFusionError::External(other)),
+            Err(other) => Error::from(DataFusionError::External(other)),
         },
         DataFusionError::Context(context, inner) => match unwrap_lake_error(*inner) {
-            Error::DataFusion(inner) => {
-                Error::DataFusion(DataFusionError::Context(context, Box::new(inner)))
-            }
+            Error::DataFusion(inner) => Error::from(DataFusionError::Context(context, inner)),
             lake => lake,
         },
-        other => Error::DataFusion(other),
+        other => Error::from(other),
     }
 }

@@ -82,7 +82,7 @@ pub enum Error {
         schema: String,
         table: String,
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
 
     /// The Delta log or data of a table could not be read or written.
@@ -91,7 +91,7 @@ pub enum Error {
         schema: String,
         table: String,
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
 
     /// The object store under the warehouse failed.
@@ -104,7 +104,7 @@ pub enum Error {
 
     /// A query feeding a write failed.
     #[error(transparent)]
-    DataFusion(#[from] datafusion::error::DataFusionError),
+    DataFusion(Box<datafusion::error::DataFusionError>),
 
     /// A broken invariant: a bug in medlake.
     #[error("internal error: {0}")]
@@ -166,6 +166,12 @@ fn classify_write_failure(message: &str) -> Option<(Refusal, String)> {
     None
 }
 
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error::DataFusion(Box::new(e))
+    }
+}
+
 impl Error {
     /// Wraps a deltalake error on a table, telling schema violations and conflicts apart from
     /// storage failures.
@@ -189,7 +195,7 @@ impl Error {
             | DeltaTableError::CommitValidation { .. } => Error::Conflict {
                 schema,
                 table,
-                source,
+                source: Box::new(source),
             },
             DeltaTableError::Arrow { source: arrow } => Error::WriteRefused {
                 schema,
@@ -207,7 +213,7 @@ impl Error {
                 None => Error::Delta {
                     schema,
                     table,
-                    source: other,
+                    source: Box::new(other),
                 },
             },
         }

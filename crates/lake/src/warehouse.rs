@@ -440,7 +440,7 @@ impl Warehouse {
     ) -> Result<(Arc<dyn TableProvider>, u64)> {
         let table = self.open_table_as_of(name, at).await?;
         let version = table.version().unwrap_or_default();
-        let provider = table.table_provider().await.map_err(Error::DataFusion)?;
+        let provider = table.table_provider().await.map_err(Error::from)?;
         Ok((provider, version))
     }
 

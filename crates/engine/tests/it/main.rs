@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
 use medlake_engine::{Code, Engine};
 
 fn location(dir: &tempfile::TempDir) -> String {
@@ -24,7 +24,7 @@ async fn count(engine: &Engine, sql: &str) -> i64 {
         .value(0)
 }
 
-fn column<'a, T: 'static>(batches: &'a [RecordBatch], index: usize) -> &'a T {
+fn column<T: 'static>(batches: &[RecordBatch], index: usize) -> &T {
     batches[0]
         .column(index)
         .as_any()

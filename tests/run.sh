@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every medlake test, installing what the tests need. This is the README's test command
+# and what CI runs (.ci/run). It fails, never skips, when something a test needs is missing.
+#
+#   tests/run.sh
+#
+# Environment: CARGO_TARGET_DIR (default ~/.cache/medlake-target, shared across clones so
+# builds are reused), MEDLAKE_VENV (default ~/.cache/medlake-venv, the Python test tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medlake-target}"
+VENV="${MEDLAKE_VENV:-$HOME/.cache/medlake-venv}"
+started=$SECONDS
+step() { printf '\n== %s (%ds)\n' "$*" "$((SECONDS - started))"; }
+
+step "toolchain components"
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+step "python test tools into $VENV"
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, sqllogictest, integration)"
+cargo test --workspace --locked
+
+step "interoperability with the deltalake Python package"
+MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/interop
+
+step "the README's demo command"
+demo="$(mktemp -d)"
+trap 'rm -rf "$demo"' EXIT
+out="$(cargo run --locked -q -p medlake -- sql --warehouse "$demo/warehouse" -f examples/demo.sql)"
+echo "$out" | tail -n 12
+grep -q '| 1002       | 2026-11-23 | heart_rate  | 2        | 90.0    |' <<<"$out"
+grep -q 'readings_after_first_batch' <<<"$out"
+grep -q '^| 5  ' <<<"$out"
+# Run twice: the demo starts over each time.
+cargo run --locked -q -p medlake -- sql --warehouse "$demo/warehouse" -f examples/demo.sql >/dev/null
+
+step "all tests passed"
