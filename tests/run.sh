@@ -5,12 +5,15 @@
 #   tests/run.sh
 #
 # Environment: CARGO_TARGET_DIR (default ~/.cache/medlake-target, shared across clones so
-# builds are reused), MEDLAKE_VENV (default ~/.cache/medlake-venv, the Python test tools).
+# builds are reused), MEDLAKE_VENV (default ~/.cache/medlake-venv, the Python test tools),
+# MEDLAKE_NPM (default ~/.cache/medlake-npm, Azurite from npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medlake-target}"
 VENV="${MEDLAKE_VENV:-$HOME/.cache/medlake-venv}"
+NPM="${MEDLAKE_NPM:-$HOME/.cache/medlake-npm}"
+AZURITE_VERSION=3.35.0
 started=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$*" "$((SECONDS - started))"; }
 
@@ -22,6 +25,13 @@ step "python test tools into $VENV"
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 
+step "Azurite $AZURITE_VERSION (npm) into $NPM"
+mkdir -p "$NPM"
+if [ "$("$NPM/node_modules/.bin/azurite-blob" --version 2>/dev/null)" != "$AZURITE_VERSION" ]; then
+  npm install --prefix "$NPM" --no-audit --no-fund --silent "azurite@$AZURITE_VERSION"
+fi
+export AZURITE_BLOB="$NPM/node_modules/.bin/azurite-blob"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -31,7 +41,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit, sqllogictest, integration)"
 cargo test --workspace --locked
 
-step "interoperability with the deltalake Python package"
+step "Delta interoperability (deltalake Python package) and an az:// warehouse on Azurite"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/interop
 
 step "the README's demo command"

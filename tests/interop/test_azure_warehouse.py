@@ -1,0 +1,125 @@
+"""A warehouse on Azure Blob Storage (az://), against Azurite, the Azure Storage emulator.
+
+tests/run.sh installs Azurite (npm) and sets AZURITE_BLOB to its `azurite-blob` program; each
+test module starts its own Azurite on a free loopback port and stops it at the end.
+"""
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from deltalake import DeltaTable
+
+from test_delta_interop import MEDLAKE
+
+# Azurite's well-known development account (public, documented by Microsoft; not a secret).
+ACCOUNT = "devstoreaccount1"
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def azurite():
+    program = os.environ.get("AZURITE_BLOB")
+    if not program or not os.path.exists(program):
+        pytest.fail(f"AZURITE_BLOB must point at azurite-blob (tests/run.sh installs it); got {program!r}")
+    port = free_port()
+    server = subprocess.Popen(
+        [program, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+         "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail("Azurite did not start")
+                time.sleep(0.2)
+        endpoint = f"http://127.0.0.1:{port}"
+        service = BlobServiceClient.from_connection_string(
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint={endpoint}/{ACCOUNT};"
+        )
+        service.create_container("lake")
+        yield endpoint, service
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def medlake_az(endpoint, *sql, check=True):
+    env = dict(os.environ, AZURE_STORAGE_USE_EMULATOR="true", AZURITE_BLOB_STORAGE_URL=endpoint)
+    args = [MEDLAKE, "sql", "--warehouse", "az://lake/warehouse", "--format", "csv"]
+    for statement in sql:
+        args += ["-c", statement]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    if check:
+        assert done.returncode == 0, f"medlake failed: {done.stderr}"
+    return done
+
+
+def lines(done):
+    return done.stdout.strip().splitlines()
+
+
+def test_a_warehouse_on_azure_blob_storage(azurite):
+    endpoint, service = azurite
+    medlake_az(
+        endpoint,
+        "CREATE SCHEMA ehr",
+        "CREATE TABLE ehr.patients (id INT NOT NULL, ward VARCHAR)",
+        "INSERT INTO ehr.patients VALUES (1, 'icu'), (2, 'er')",
+        "INSERT INTO ehr.patients VALUES (3, 'icu')",
+        "CREATE TABLE gold.ward_census AS SELECT ward, count(*) AS patients FROM ehr.patients GROUP BY ward",
+    )
+    # A new process finds everything again; time travel and history work on blobs.
+    assert lines(medlake_az(endpoint, "SELECT count(*) FROM ehr.patients VERSION AS OF 1")) == ["count(*)", "2"]
+    assert lines(medlake_az(endpoint, "SELECT ward, patients FROM gold.ward_census ORDER BY ward")) == [
+        "ward,patients", "er,1", "icu,2"]
+    assert lines(medlake_az(endpoint, "SELECT version, operation FROM table_history('ehr.patients') ORDER BY version")) == [
+        "version,operation", "0,CREATE TABLE", "1,WRITE", "2,WRITE"]
+    schemas = lines(medlake_az(endpoint, "SELECT schema_name FROM information_schema.schemata "
+                                         "WHERE schema_name <> 'information_schema' ORDER BY 1"))
+    assert schemas == ["schema_name", "bronze", "ehr", "gold", "public", "silver"]
+
+    # A refused write leaves the blobs' table as it was.
+    refused = medlake_az(endpoint, "INSERT INTO ehr.patients VALUES (NULL, 'er')", check=False)
+    assert refused.returncode == 1
+    assert "[23502]" in refused.stderr and "NULL in NOT NULL column 'id'" in refused.stderr
+    assert lines(medlake_az(endpoint, "SELECT count(*) FROM ehr.patients")) == ["count(*)", "3"]
+
+    # The tables are plain Delta tables in the container, under <warehouse>/<schema>/<table>/.
+    container = service.get_container_client("lake")
+    names = [b.name for b in container.list_blobs(name_starts_with="warehouse/ehr/patients/_delta_log/")]
+    assert "warehouse/ehr/patients/_delta_log/00000000000000000002.json" in names
+    os.environ["AZURITE_BLOB_STORAGE_URL"] = endpoint
+    table = DeltaTable(
+        "az://lake/warehouse/ehr/patients",
+        storage_options={"azure_storage_use_emulator": "true"},
+    )
+    assert sorted(table.to_pyarrow_dataset().to_table().column("id").to_pylist()) == [1, 2, 3]
+
+    # DROP removes the table's blobs; OPTIMIZE and VACUUM work on blobs.
+    medlake_az(endpoint, "DROP TABLE gold.ward_census", "OPTIMIZE ehr.patients",
+               "VACUUM ehr.patients RETAIN 0 HOURS FORCE")
+    assert list(container.list_blobs(name_starts_with="warehouse/gold/ward_census/")) == []
+    data_files = [b.name for b in container.list_blobs(name_starts_with="warehouse/ehr/patients/")
+                  if b.name.endswith(".parquet")]
+    assert len(data_files) == 1
+    assert lines(medlake_az(endpoint, "SELECT count(*) FROM ehr.patients")) == ["count(*)", "3"]
