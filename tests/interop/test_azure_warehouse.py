@@ -123,3 +123,26 @@ def test_a_warehouse_on_azure_blob_storage(azurite):
                   if b.name.endswith(".parquet")]
     assert len(data_files) == 1
     assert lines(medlake_az(endpoint, "SELECT count(*) FROM ehr.patients")) == ["count(*)", "3"]
+
+
+def test_secrets_never_reach_errors_or_logs(azurite):
+    endpoint, _ = azurite
+    secret = "c2VjcmV0LWtleS10aGF0LW11c3Qtbm90LWxlYWstMTIzNDU2Nzg5MA=="
+    env = dict(
+        os.environ,
+        AZURE_STORAGE_USE_EMULATOR="true",
+        AZURITE_BLOB_STORAGE_URL=endpoint,
+        AZURE_STORAGE_ACCOUNT_NAME=ACCOUNT,
+        AZURE_STORAGE_ACCOUNT_KEY=secret,
+        MEDLAKE_LOG="trace",
+    )
+    done = subprocess.run(
+        [MEDLAKE, "sql", "--warehouse", "az://lake/other", "-c", "SELECT 1"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 1, done.stdout
+    assert "error [" in done.stderr
+    assert "403" in done.stderr or "uthoriz" in done.stderr, done.stderr[-2000:]
+    for text in (done.stdout, done.stderr):
+        assert secret not in text
+        assert secret[:20] not in text

@@ -174,7 +174,6 @@ impl Engine {
         let id = self.statements.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("statement", id);
         async move {
-            self.catalog.refresh().await?;
             match statement {
                 Statement::Sql(statement) => self.execute_sql(*statement, id).await,
                 Statement::DescribeHistory { table, limit } => {
@@ -266,6 +265,7 @@ impl Engine {
         id: u64,
     ) -> Result<Output> {
         let pinned = statement::pin_versions(&mut statement, id)?;
+        self.refresh_listings_for(&statement).await?;
         for pin in &pinned {
             let name = self.table_name(&pin.parts)?;
             let (provider, version) = self.warehouse.table_provider(&name, Some(&pin.at)).await?;
@@ -281,6 +281,27 @@ impl Engine {
         result
     }
 
+    /// Tables are always opened from the warehouse, but the names DataFusion plans against
+    /// (schemas; table lists for SHOW and information_schema) are a cache. Re-list the
+    /// warehouse only when a statement needs it: it lists tables, or names a schema the cache
+    /// does not know (created by another process). Plain queries list nothing.
+    async fn refresh_listings_for(
+        &self,
+        statement: &datafusion::sql::parser::Statement,
+    ) -> Result<()> {
+        let references = self.ctx.state().resolve_table_references(statement)?;
+        let known = self.catalog.schema_names();
+        let stale = references.iter().any(|reference| match reference.schema() {
+            Some("information_schema") => true,
+            Some(TIME_TRAVEL_SCHEMA) | None => false,
+            Some(schema) => !known.iter().any(|k| k == schema),
+        });
+        if stale {
+            self.catalog.refresh().await?;
+        }
+        Ok(())
+    }
+
     async fn plan_and_run(&self, statement: datafusion::sql::parser::Statement) -> Result<Output> {
         let state = self.ctx.state();
         let plan = state
@@ -288,7 +309,12 @@ impl Engine {
             .await
             .map_err(unwrap_lake_error)?;
         match plan {
-            LogicalPlan::Ddl(ddl) => self.execute_ddl(ddl).await,
+            LogicalPlan::Ddl(ddl) => {
+                let output = self.execute_ddl(ddl).await;
+                // Our own DDL changed the listings (even a failed one may have raced another).
+                self.catalog.refresh().await?;
+                output
+            }
             LogicalPlan::Dml(dml) => self.execute_dml(dml).await,
             // DataFusion would run these writes itself, around the lake's write path.
             LogicalPlan::Analyze(analyze)
@@ -480,6 +506,25 @@ fn unwrap_lake_error(e: datafusion::error::DataFusionError) -> Error {
             Error::DataFusion(inner) => Error::from(DataFusionError::Context(context, inner)),
             lake => lake,
         },
+        DataFusionError::Plan(message) => match missing_table(&message) {
+            Some(error) => error,
+            None => Error::from(DataFusionError::Plan(message)),
+        },
         other => Error::from(other),
     }
+}
+
+/// DataFusion's planner says "table 'medlake.s.t' not found"; say it as the lake does.
+fn missing_table(message: &str) -> Option<Error> {
+    let name = message.strip_prefix("table '")?.strip_suffix("' not found")?;
+    let parts: Vec<&str> = name.split('.').collect();
+    let [catalog, schema, table] = parts.as_slice() else {
+        return None;
+    };
+    (*catalog == CATALOG && *schema != TIME_TRAVEL_SCHEMA).then(|| {
+        Error::Lake(medlake_lake::Error::TableNotFound {
+            schema: (*schema).to_string(),
+            table: (*table).to_string(),
+        })
+    })
 }

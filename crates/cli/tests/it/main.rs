@@ -130,6 +130,42 @@ fn scripts_run_from_files_and_stop_at_the_first_error() {
 }
 
 #[test]
+fn the_interactive_prompt_reads_multi_line_statements() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("sql")
+        .arg("--warehouse")
+        .arg(dir.path().join("wh"))
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"CREATE TABLE bronze.p\n  (x INT);\nINSERT INTO bronze.p VALUES (1), (2);\n\
+              SELECT 'a;b' AS s,\n  count(*) AS n FROM bronze.p;\nSELECT * FROM nope;\n\\dt\n\\q\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("CREATE TABLE\nTime: "), "{text}");
+    assert!(text.contains("| a;b | 2 |"), "{text}");
+    assert!(text.contains("| bronze       | p          |"), "{text}");
+    // An error does not end the session: the \\dt after it ran.
+    assert_eq!(
+        stderr(&out).trim(),
+        "error [42P01]: table 'public.nope' does not exist"
+    );
+}
+
+#[test]
 fn help_is_everywhere() {
     for args in [vec!["--help"], vec!["sql", "--help"]] {
         let out = Command::new(BIN).args(&args).output().unwrap();
