@@ -502,6 +502,10 @@ fn unwrap_lake_error(e: datafusion::error::DataFusionError) -> Error {
             Ok(lake) => Error::Lake(*lake),
             Err(other) => Error::from(DataFusionError::External(other)),
         },
+        DataFusionError::Diagnostic(diagnostic, inner) => match unwrap_lake_error(*inner) {
+            Error::DataFusion(inner) => Error::from(DataFusionError::Diagnostic(diagnostic, inner)),
+            lake => lake,
+        },
         DataFusionError::Context(context, inner) => match unwrap_lake_error(*inner) {
             Error::DataFusion(inner) => Error::from(DataFusionError::Context(context, inner)),
             lake => lake,
@@ -516,7 +520,9 @@ fn unwrap_lake_error(e: datafusion::error::DataFusionError) -> Error {
 
 /// DataFusion's planner says "table 'medlake.s.t' not found"; say it as the lake does.
 fn missing_table(message: &str) -> Option<Error> {
-    let name = message.strip_prefix("table '")?.strip_suffix("' not found")?;
+    let name = message
+        .strip_prefix("table '")?
+        .strip_suffix("' not found")?;
     let parts: Vec<&str> = name.split('.').collect();
     let [catalog, schema, table] = parts.as_slice() else {
         return None;
