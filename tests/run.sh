@@ -41,7 +41,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit, sqllogictest, integration)"
 cargo test --workspace --locked
 
-step "Delta interoperability (deltalake Python package) and an az:// warehouse on Azurite"
+step "Delta interoperability (deltalake Python package); az:// and s3:// warehouses on Azurite and moto"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/interop
 
 step "the README's demo command"

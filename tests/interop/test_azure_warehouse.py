@@ -5,25 +5,17 @@ test module starts its own Azurite on a free loopback port and stops it at the e
 """
 
 import os
-import socket
 import subprocess
-import time
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 from deltalake import DeltaTable
 
-from test_delta_interop import MEDLAKE
+from helpers import MEDLAKE, free_port, lines, loopback_server, run_medlake
 
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).
 ACCOUNT = "devstoreaccount1"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,50 +24,20 @@ def azurite():
     if not program or not os.path.exists(program):
         pytest.fail(f"AZURITE_BLOB must point at azurite-blob (tests/run.sh installs it); got {program!r}")
     port = free_port()
-    server = subprocess.Popen(
-        [program, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail("Azurite did not start")
-                time.sleep(0.2)
-        endpoint = f"http://127.0.0.1:{port}"
+    args = [program, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+            "--disableTelemetry", "--silent", "--skipApiVersionCheck"]
+    with loopback_server(args, port, "Azurite") as endpoint:
         service = BlobServiceClient.from_connection_string(
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
             f"BlobEndpoint={endpoint}/{ACCOUNT};"
         )
         service.create_container("lake")
         yield endpoint, service
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def medlake_az(endpoint, *sql, check=True):
-    env = dict(os.environ, AZURE_STORAGE_USE_EMULATOR="true", AZURITE_BLOB_STORAGE_URL=endpoint)
-    args = [MEDLAKE, "sql", "--warehouse", "az://lake/warehouse", "--format", "csv"]
-    for statement in sql:
-        args += ["-c", statement]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    if check:
-        assert done.returncode == 0, f"medlake failed: {done.stderr}"
-    return done
-
-
-def lines(done):
-    return done.stdout.strip().splitlines()
+    env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": endpoint}
+    return run_medlake("az://lake/warehouse", *sql, env=env, check=check)
 
 
 def test_a_warehouse_on_azure_blob_storage(azurite):

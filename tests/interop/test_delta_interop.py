@@ -11,25 +11,15 @@ import csv
 import datetime as dt
 import decimal
 import io
-import os
-import subprocess
 
 import pyarrow as pa
-import pytest
 from deltalake import DeltaTable, write_deltalake
 
-MEDLAKE = os.environ.get("MEDLAKE_BIN")
+from helpers import run_medlake
 
 
 def medlake(warehouse, *sql):
-    if not MEDLAKE or not os.path.exists(MEDLAKE):
-        pytest.fail(f"MEDLAKE_BIN must point at the medlake binary (got {MEDLAKE!r})")
-    args = [MEDLAKE, "sql", "--warehouse", str(warehouse), "--format", "csv"]
-    for statement in sql:
-        args += ["-c", statement]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"medlake failed: {done.stderr}"
-    return done.stdout
+    return run_medlake(warehouse, *sql).stdout
 
 
 def rows(warehouse, query):

@@ -1,41 +1,22 @@
 """A warehouse on S3 (s3://), against moto's S3 server started on a free loopback port."""
 
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import boto3
 import pytest
 from deltalake import DeltaTable
 
-from test_delta_interop import MEDLAKE
+from helpers import free_port, lines, loopback_server, run_medlake
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
 def s3():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail("moto_server did not start")
-                time.sleep(0.2)
-        endpoint = f"http://127.0.0.1:{port}"
+    port = free_port()
+    moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    with loopback_server([moto, "-H", "127.0.0.1", "-p", str(port)], port, "moto_server") as endpoint:
         client = boto3.client(
             "s3",
             endpoint_url=endpoint,
@@ -45,27 +26,11 @@ def s3():
         )
         client.create_bucket(Bucket="lake")
         yield endpoint, client
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def medlake_s3(endpoint, *sql, check=True):
-    env = dict(os.environ, AWS_ENDPOINT=endpoint, AWS_ALLOW_HTTP="true", **CREDENTIALS)
-    args = [MEDLAKE, "sql", "--warehouse", "s3://lake/warehouse", "--format", "csv"]
-    for statement in sql:
-        args += ["-c", statement]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    if check:
-        assert done.returncode == 0, f"medlake failed: {done.stderr}"
-    return done
-
-
-def lines(done):
-    return done.stdout.strip().splitlines()
+    env = {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true", **CREDENTIALS}
+    return run_medlake("s3://lake/warehouse", *sql, env=env, check=check)
 
 
 def test_a_warehouse_on_s3(s3):

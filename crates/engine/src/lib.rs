@@ -22,7 +22,7 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider};
 use datafusion::common::{SchemaReference, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -86,18 +86,42 @@ impl Output {
     }
 }
 
-/// SQL over a Delta Lake warehouse.
+/// SQL over a Delta Lake warehouse. Cheap to clone: clones share the warehouse, the catalog
+/// and the runtime. Servers open one [`Session`] per client connection; `Engine::sql` and
+/// friends run in the engine's own default session (the CLI's).
+#[derive(Clone)]
 pub struct Engine {
+    shared: Arc<Shared>,
+    default: Arc<Session>,
+}
+
+/// What every session of an engine shares.
+struct Shared {
     warehouse: Warehouse,
     catalog: Arc<catalog::LakeCatalog>,
-    ctx: SessionContext,
+    /// The template every session starts from: catalog, functions, object stores, planner.
+    state: SessionState,
     statements: AtomicU64,
+}
+
+/// One client's session: its own settings (`SET ...`), the engine's warehouse and catalog.
+pub struct Session {
+    shared: Arc<Shared>,
+    ctx: SessionContext,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("warehouse", &self.warehouse)
+            .field("warehouse", &self.shared.warehouse)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("session_id", &self.ctx.session_id())
             .finish_non_exhaustive()
     }
 }
@@ -137,17 +161,46 @@ impl Engine {
         if warehouse.url().scheme() != "file" {
             ctx.register_object_store(warehouse.url(), warehouse.object_store());
         }
-        Ok(Self {
+        let shared = Arc::new(Shared {
             warehouse,
             catalog,
-            ctx,
+            state: ctx.state(),
             statements: AtomicU64::new(0),
-        })
+        });
+        let default = Arc::new(Session::new(shared.clone()));
+        Ok(Self { shared, default })
     }
 
     /// The warehouse under this engine.
     pub fn warehouse(&self) -> &Warehouse {
-        &self.warehouse
+        &self.shared.warehouse
+    }
+
+    /// A new session (one per client connection): settings changed with `SET` stay in it.
+    pub fn session(&self) -> Session {
+        Session::new(self.shared.clone())
+    }
+
+    /// Runs every statement of `sql` in the engine's default session; see [`Session::sql`].
+    pub async fn sql(&self, sql: &str) -> Result<Vec<Output>> {
+        self.default.sql(sql).await
+    }
+
+    /// Runs `sql` in the default session and collects the rows of its last statement.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        self.default.query(sql).await
+    }
+
+    /// Runs one statement in the default session.
+    pub async fn execute(&self, statement: Statement) -> Result<Output> {
+        self.default.execute(statement).await
+    }
+}
+
+impl Session {
+    fn new(shared: Arc<Shared>) -> Self {
+        let ctx = SessionContext::new_with_state(shared.state.clone());
+        Self { shared, ctx }
     }
 
     /// Parses and runs every statement of `sql` in order, returning each one's output.
@@ -171,7 +224,7 @@ impl Engine {
 
     /// Runs one statement.
     pub async fn execute(&self, statement: Statement) -> Result<Output> {
-        let id = self.statements.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.statements.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("statement", id);
         async move {
             match statement {
@@ -183,6 +236,7 @@ impl Engine {
                 Statement::Optimize { table, zorder } => {
                     let name = self.table_name(&statement::name_parts(&table)?)?;
                     let outcome = self
+                        .shared
                         .warehouse
                         .optimize(&name, zorder, None, Arc::new(self.ctx.state()))
                         .await?;
@@ -201,7 +255,11 @@ impl Engine {
                 } => {
                     let name = self.table_name(&statement::name_parts(&table)?)?;
                     let retain = retain_hours.map(|h| Duration::from_secs(h.saturating_mul(3600)));
-                    let outcome = self.warehouse.vacuum(&name, retain, dry_run, force).await?;
+                    let outcome = self
+                        .shared
+                        .warehouse
+                        .vacuum(&name, retain, dry_run, force)
+                        .await?;
                     let files = outcome.files;
                     Ok(Output::batch(record_batch(vec![("path", text(files))])?))
                 }
@@ -268,15 +326,23 @@ impl Engine {
         self.refresh_listings_for(&statement).await?;
         for pin in &pinned {
             let name = self.table_name(&pin.parts)?;
-            let (provider, version) = self.warehouse.table_provider(&name, Some(&pin.at)).await?;
+            let (provider, version) = self
+                .shared
+                .warehouse
+                .table_provider(&name, Some(&pin.at))
+                .await?;
             debug!(table = %name, version, "pinned for time travel");
-            self.catalog
+            self.shared
+                .catalog
                 .time_travel()
                 .register_table(pin.alias.clone(), provider)?;
         }
         let result = self.plan_and_run(statement).await;
         for pin in &pinned {
-            self.catalog.time_travel().deregister_table(&pin.alias)?;
+            self.shared
+                .catalog
+                .time_travel()
+                .deregister_table(&pin.alias)?;
         }
         result
     }
@@ -290,14 +356,14 @@ impl Engine {
         statement: &datafusion::sql::parser::Statement,
     ) -> Result<()> {
         let references = self.ctx.state().resolve_table_references(statement)?;
-        let known = self.catalog.schema_names();
+        let known = self.shared.catalog.schema_names();
         let stale = references.iter().any(|reference| match reference.schema() {
             Some("information_schema") => true,
             Some(TIME_TRAVEL_SCHEMA) | None => false,
             Some(schema) => !known.iter().any(|k| k == schema),
         });
         if stale {
-            self.catalog.refresh().await?;
+            self.shared.catalog.refresh().await?;
         }
         Ok(())
     }
@@ -312,7 +378,7 @@ impl Engine {
             LogicalPlan::Ddl(ddl) => {
                 let output = self.execute_ddl(ddl).await;
                 // Our own DDL changed the listings (even a failed one may have raced another).
-                self.catalog.refresh().await?;
+                self.shared.catalog.refresh().await?;
                 output
             }
             LogicalPlan::Dml(dml) => self.execute_dml(dml).await,
@@ -356,7 +422,8 @@ impl Engine {
                         });
                     }
                 };
-                self.warehouse
+                self.shared
+                    .warehouse
                     .create_schema(schema, create.if_not_exists)
                     .await?;
                 Ok(Output::command("CREATE SCHEMA", 0))
@@ -369,7 +436,8 @@ impl Engine {
                         schema.to_string()
                     }
                 };
-                self.warehouse
+                self.shared
+                    .warehouse
                     .drop_schema(&schema, drop.if_exists, drop.cascade)
                     .await?;
                 Ok(Output::command("DROP SCHEMA", 0))
@@ -403,7 +471,8 @@ impl Engine {
                 match create.input.as_ref() {
                     LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row => {
                         let schema = empty.schema.as_arrow();
-                        self.warehouse
+                        self.shared
+                            .warehouse
                             .create_table(&name, schema, create.if_not_exists)
                             .await?;
                         Ok(Output::command("CREATE TABLE", 0))
@@ -411,6 +480,7 @@ impl Engine {
                     _ => {
                         let input = Arc::unwrap_or_clone(create.input);
                         let outcome = self
+                            .shared
                             .warehouse
                             .create_table_as(
                                 &name,
@@ -426,7 +496,10 @@ impl Engine {
             }
             DdlStatement::DropTable(drop) => {
                 let name = self.resolve(&drop.name)?;
-                self.warehouse.drop_table(&name, drop.if_exists).await?;
+                self.shared
+                    .warehouse
+                    .drop_table(&name, drop.if_exists)
+                    .await?;
                 Ok(Output::command("DROP TABLE", 0))
             }
             DdlStatement::CreateView(_) | DdlStatement::DropView(_) => Err(Error::NotSupported {
@@ -456,6 +529,7 @@ impl Engine {
         };
         let input = Arc::unwrap_or_clone(dml.input);
         let outcome = self
+            .shared
             .warehouse
             .write(&name, input, Arc::new(self.ctx.state()), mode)
             .await?;
@@ -466,7 +540,7 @@ impl Engine {
     }
 
     async fn describe_history(&self, name: &TableName, limit: Option<usize>) -> Result<Output> {
-        let history = self.warehouse.history(name, limit).await?;
+        let history = self.shared.warehouse.history(name, limit).await?;
         Ok(Output::batch(history::history_batch(&history)?))
     }
 }

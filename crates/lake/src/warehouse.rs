@@ -1,6 +1,5 @@
 //! The warehouse: schemas are folders, tables are Delta tables at `<root>/<schema>/<table>/`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -805,11 +804,6 @@ impl Warehouse {
             dry_run: metrics.dry_run,
             files: metrics.files_deleted,
         })
-    }
-
-    /// Storage options of the warehouse (none: credentials come from the environment).
-    pub fn storage_options(&self) -> HashMap<String, String> {
-        HashMap::new()
     }
 }
 

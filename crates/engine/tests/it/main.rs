@@ -238,3 +238,28 @@ async fn errors_carry_codes_and_clear_messages() {
         "table 'bronze.v' has no version 5 (versions 0 to 0 exist)"
     );
 }
+
+#[tokio::test]
+async fn sessions_share_the_warehouse_but_not_their_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    let (first, second) = (engine.session(), engine.session());
+    first
+        .sql("SET datafusion.execution.batch_size = 17; CREATE TABLE bronze.s AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    let setting = "SELECT CAST(value AS BIGINT) FROM information_schema.df_settings \
+                   WHERE name = 'datafusion.execution.batch_size'";
+    let batch_size = |batches: Vec<RecordBatch>| column::<Int64Array>(&batches, 0).value(0);
+    assert_eq!(batch_size(first.query(setting).await.unwrap()), 17);
+    assert_ne!(batch_size(second.query(setting).await.unwrap()), 17);
+    assert_eq!(
+        batch_size(
+            second
+                .query("SELECT CAST(count(*) AS BIGINT) FROM bronze.s")
+                .await
+                .unwrap()
+        ),
+        1
+    );
+}

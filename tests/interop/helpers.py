@@ -1,0 +1,59 @@
+"""What the interop tests share: running the medlake binary, and test servers on loopback."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+MEDLAKE = os.environ.get("MEDLAKE_BIN")
+
+
+def run_medlake(warehouse, *sql, env=None, check=True):
+    """`medlake sql --warehouse W --format csv -c SQL...`; fails the test on error if `check`."""
+    if not MEDLAKE or not os.path.exists(MEDLAKE):
+        pytest.fail(f"MEDLAKE_BIN must point at the medlake binary (got {MEDLAKE!r})")
+    args = [MEDLAKE, "sql", "--warehouse", str(warehouse), "--format", "csv"]
+    for statement in sql:
+        args += ["-c", statement]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **(env or {})))
+    if check:
+        assert done.returncode == 0, f"medlake failed: {done.stderr}"
+    return done
+
+
+def lines(done):
+    return done.stdout.strip().splitlines()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def loopback_server(args, port, name):
+    """Starts `args` (a server told to listen on 127.0.0.1:`port`), waits until it accepts
+    connections, and stops it when the block ends."""
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"{name} did not start")
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
