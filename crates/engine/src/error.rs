@@ -63,6 +63,8 @@ pub enum Code {
     QueryCanceled,
     OutOfMemory,
     IoError,
+    /// A data file the table's log refers to is missing (e.g. removed by VACUUM).
+    UndefinedFile,
     Internal,
 }
 
@@ -92,6 +94,7 @@ impl Code {
             Code::QueryCanceled => "57014",
             Code::OutOfMemory => "53200",
             Code::IoError => "58030",
+            Code::UndefinedFile => "58P01",
             Code::Internal => "XX000",
         }
     }
@@ -144,6 +147,10 @@ impl Error {
 /// DataFusion reports most user errors as `Plan`/`Execution` strings: classify the common ones
 /// so that clients get a useful SQLSTATE instead of `XX000`.
 fn datafusion_code(e: &DataFusionError) -> Code {
+    let message = e.to_string();
+    if message.contains("Object at location") && message.contains("not found") {
+        return Code::UndefinedFile;
+    }
     match e.find_root() {
         DataFusionError::SQL(..) => Code::SyntaxError,
         DataFusionError::NotImplemented(_) => Code::FeatureNotSupported,

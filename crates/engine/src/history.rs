@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
-use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -14,8 +14,6 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use medlake_lake::{HistoryEntry, TableName, Warehouse};
-
-use crate::DEFAULT_SCHEMA;
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -77,7 +75,9 @@ pub(crate) struct TableHistoryFunction {
 }
 
 impl TableFunctionImpl for TableHistoryFunction {
-    fn call(&self, args: &[Expr]) -> DfResult<Arc<dyn TableProvider>> {
+    fn call_with_args(&self, call: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let args = call.exprs();
+        let default_schema = &call.session().config().options().catalog.default_schema;
         let usage = || {
             DataFusionError::Plan(
                 "table_history takes a table name and an optional limit: table_history('bronze.readings', 10)".into(),
@@ -100,7 +100,7 @@ impl TableFunctionImpl for TableHistoryFunction {
             return Err(usage());
         }
         let name = match name.split('.').collect::<Vec<_>>().as_slice() {
-            [table] => TableName::new(DEFAULT_SCHEMA, *table),
+            [table] => TableName::new(default_schema, *table),
             [schema, table] => TableName::new(*schema, *table),
             _ => return Err(usage()),
         }

@@ -269,10 +269,19 @@ impl Session {
         .await
     }
 
-    /// Resolves a written table name (1 to 3 parts) against the session's defaults.
+    /// Resolves a written table name (1 to 3 parts) against the session's defaults
+    /// (`SET datafusion.catalog.default_schema = 'bronze'` changes the default schema).
     fn table_name(&self, parts: &[String]) -> Result<TableName> {
+        let default_schema = self
+            .ctx
+            .state()
+            .config()
+            .options()
+            .catalog
+            .default_schema
+            .clone();
         let (catalog, schema, table) = match parts {
-            [table] => (CATALOG, DEFAULT_SCHEMA, table.as_str()),
+            [table] => (CATALOG, default_schema.as_str(), table.as_str()),
             [schema, table] => (CATALOG, schema.as_str(), table.as_str()),
             [catalog, schema, table] => (catalog.as_str(), schema.as_str(), table.as_str()),
             _ => {

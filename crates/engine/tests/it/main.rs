@@ -202,7 +202,7 @@ async fn vacuum_deletes_unneeded_files_and_old_versions_then_fail_clearly() {
         .query("SELECT * FROM bronze.e VERSION AS OF 1")
         .await
         .unwrap_err();
-    assert_ne!(err.code(), Code::Internal, "{err}");
+    assert_eq!(err.code(), Code::UndefinedFile, "{err}");
 }
 
 #[tokio::test]
