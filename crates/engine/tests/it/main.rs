@@ -14,6 +14,13 @@ fn location(dir: &tempfile::TempDir) -> String {
         .to_string()
 }
 
+/// A new engine over a scratch warehouse (kept while the TempDir lives).
+async fn scratch() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    (dir, engine)
+}
+
 async fn count(engine: &Engine, sql: &str) -> i64 {
     let batches = engine.query(sql).await.expect(sql);
     batches[0]
@@ -34,8 +41,7 @@ fn column<T: 'static>(batches: &[RecordBatch], index: usize) -> &T {
 
 #[tokio::test]
 async fn timestamp_as_of_reads_the_version_committed_at_or_before() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(&location(&dir)).await.unwrap();
+    let (_dir, engine) = scratch().await;
     engine
         .sql("CREATE TABLE bronze.t (id INT NOT NULL); INSERT INTO bronze.t VALUES (1)")
         .await
@@ -164,8 +170,7 @@ async fn concurrent_appends_both_commit() {
 
 #[tokio::test]
 async fn vacuum_deletes_unneeded_files_and_old_versions_then_fail_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(&location(&dir)).await.unwrap();
+    let (dir, engine) = scratch().await;
     engine
         .sql(
             "CREATE TABLE bronze.e (id INT NOT NULL);
@@ -207,8 +212,7 @@ async fn vacuum_deletes_unneeded_files_and_old_versions_then_fail_clearly() {
 
 #[tokio::test]
 async fn errors_carry_codes_and_clear_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(&location(&dir)).await.unwrap();
+    let (_dir, engine) = scratch().await;
     let err = engine.sql("SELEC 1").await.unwrap_err();
     assert_eq!(err.code(), Code::SyntaxError, "{err}");
     let err = engine
@@ -241,8 +245,7 @@ async fn errors_carry_codes_and_clear_messages() {
 
 #[tokio::test]
 async fn sessions_share_the_warehouse_but_not_their_settings() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(&location(&dir)).await.unwrap();
+    let (_dir, engine) = scratch().await;
     let (first, second) = (engine.session(), engine.session());
     first
         .sql("SET datafusion.execution.batch_size = 17; CREATE TABLE bronze.s AS SELECT 1 AS x")
