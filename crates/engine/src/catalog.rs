@@ -21,6 +21,8 @@ pub struct LakeCatalog {
     warehouse: Warehouse,
     schemas: RwLock<BTreeMap<String, Arc<LakeSchema>>>,
     time_travel: Arc<MemorySchemaProvider>,
+    /// Tables of the `system` schema that are computed, not stored.
+    computed: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
 }
 
 impl LakeCatalog {
@@ -29,7 +31,19 @@ impl LakeCatalog {
             warehouse,
             schemas: RwLock::new(BTreeMap::new()),
             time_travel: Arc::new(MemorySchemaProvider::new()),
+            computed: RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// Adds the computed tables of the `system` schema (materialized views, lineage).
+    pub fn set_computed_system_tables(&self, tables: Vec<(&'static str, Arc<dyn TableProvider>)>) {
+        *self
+            .computed
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tables
+            .into_iter()
+            .map(|(name, table)| (name.to_string(), table))
+            .collect();
     }
 
     /// The schema of pinned versions.
@@ -44,12 +58,21 @@ impl LakeCatalog {
         let mut fresh = BTreeMap::new();
         for schema in self.warehouse.list_schemas().await? {
             let tables = self.warehouse.list_tables(&schema).await?;
+            let computed = if schema == medlake_views::system::SCHEMA {
+                self.computed
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            } else {
+                BTreeMap::new()
+            };
             fresh.insert(
                 schema.clone(),
                 Arc::new(LakeSchema {
                     warehouse: self.warehouse.clone(),
                     name: schema,
                     tables: RwLock::new(tables.into_iter().collect()),
+                    computed,
                 }),
             );
         }
@@ -98,20 +121,29 @@ pub struct LakeSchema {
     warehouse: Warehouse,
     name: String,
     tables: RwLock<BTreeSet<String>>,
+    computed: BTreeMap<String, Arc<dyn TableProvider>>,
 }
 
 #[async_trait]
 impl SchemaProvider for LakeSchema {
     fn table_names(&self) -> Vec<String> {
-        self.tables
+        let tables = self
+            .tables
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tables
             .iter()
+            .chain(self.computed.keys())
             .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(computed) = self.computed.get(name) {
+            return Ok(Some(computed.clone()));
+        }
         let Ok(table) = TableName::new(&self.name, name) else {
             return Ok(None);
         };
@@ -134,9 +166,11 @@ impl SchemaProvider for LakeSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.tables
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(name)
+        self.computed.contains_key(name)
+            || self
+                .tables
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(name)
     }
 }

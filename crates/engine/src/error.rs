@@ -25,9 +25,17 @@ pub enum Error {
     #[error("invalid value for {what}: {reason}")]
     InvalidValue { what: String, reason: String },
 
+    /// A write to medlake's read-only `system` schema.
+    #[error("permission denied: {what}")]
+    ReadOnly { what: String },
+
     /// An error of the warehouse (missing table, refused write, storage failure, ...).
     #[error(transparent)]
     Lake(#[from] medlake_lake::Error),
+
+    /// An error of a materialized view (definition, refresh, expectation, ...).
+    #[error(transparent)]
+    Views(#[from] medlake_views::Error),
 
     /// An error planning or running a query.
     #[error(transparent)]
@@ -52,6 +60,13 @@ pub enum Code {
     DuplicateSchema,
     DependentObjectsStillExist,
     InsufficientPrivilege,
+    /// The object is of the wrong kind for the statement (DROP TABLE of a view, ...).
+    WrongObjectType,
+    InvalidObjectDefinition,
+    /// The object is busy (a refresh of the view is running).
+    ObjectInUse,
+    /// The object is not in a state that allows the statement (upstream view failed).
+    ObjectNotInPrerequisiteState,
     NotNullViolation,
     CheckViolation,
     DataException,
@@ -83,6 +98,10 @@ impl Code {
             Code::DuplicateSchema => "42P06",
             Code::DependentObjectsStillExist => "2BP01",
             Code::InsufficientPrivilege => "42501",
+            Code::WrongObjectType => "42809",
+            Code::InvalidObjectDefinition => "42P17",
+            Code::ObjectInUse => "55006",
+            Code::ObjectNotInPrerequisiteState => "55000",
             Code::NotNullViolation => "23502",
             Code::CheckViolation => "23514",
             Code::DataException => "22000",
@@ -109,38 +128,59 @@ impl From<DataFusionError> for Error {
 impl Error {
     /// The status of this error (the one mapping table).
     pub fn code(&self) -> Code {
-        use medlake_lake::Error as L;
         match self {
             Error::Syntax { .. } => Code::SyntaxError,
             Error::NotSupported { .. } => Code::FeatureNotSupported,
             Error::InvalidValue { .. } => Code::InvalidParameterValue,
             Error::Internal(_) => Code::Internal,
-            Error::Lake(e) => match e {
-                L::InvalidLocation { .. } => Code::InvalidParameterValue,
-                L::InvalidName { .. } => Code::InvalidParameterValue,
-                L::SchemaNotFound { .. } => Code::UndefinedSchema,
-                L::SchemaExists { .. } => Code::DuplicateSchema,
-                L::SchemaNotEmpty { .. } => Code::DependentObjectsStillExist,
-                L::SchemaBuiltIn { .. } => Code::InsufficientPrivilege,
-                L::TableNotFound { .. } => Code::UndefinedTable,
-                L::TableExists { .. } => Code::DuplicateTable,
-                L::VersionNotFound { .. } | L::TimestampBeforeHistory { .. } => {
-                    Code::InvalidParameterValue
-                }
-                L::WriteRefused { kind, reason, .. } => match kind {
-                    Refusal::NotNull => Code::NotNullViolation,
-                    Refusal::Check => Code::CheckViolation,
-                    Refusal::Type => arrow_code(reason),
-                    Refusal::Schema => Code::DatatypeMismatch,
-                },
-                L::RetentionTooShort { .. } => Code::InvalidParameterValue,
-                L::Conflict { .. } => Code::SerializationFailure,
-                L::Delta { .. } | L::ObjectStore { .. } => Code::IoError,
-                L::DataFusion(e) => datafusion_code(e),
-                L::Internal(_) => Code::Internal,
-            },
+            Error::ReadOnly { .. } => Code::InsufficientPrivilege,
+            Error::Lake(e) => lake_code(e),
+            Error::Views(e) => views_code(e),
             Error::DataFusion(e) => datafusion_code(e),
         }
+    }
+}
+
+fn lake_code(e: &medlake_lake::Error) -> Code {
+    use medlake_lake::Error as L;
+    match e {
+        L::InvalidLocation { .. } => Code::InvalidParameterValue,
+        L::InvalidName { .. } => Code::InvalidParameterValue,
+        L::SchemaNotFound { .. } => Code::UndefinedSchema,
+        L::SchemaExists { .. } => Code::DuplicateSchema,
+        L::SchemaNotEmpty { .. } => Code::DependentObjectsStillExist,
+        L::SchemaBuiltIn { .. } => Code::InsufficientPrivilege,
+        L::TableNotFound { .. } => Code::UndefinedTable,
+        L::TableExists { .. } => Code::DuplicateTable,
+        L::VersionNotFound { .. } | L::TimestampBeforeHistory { .. } => Code::InvalidParameterValue,
+        L::WriteRefused { kind, reason, .. } => match kind {
+            Refusal::NotNull => Code::NotNullViolation,
+            Refusal::Check => Code::CheckViolation,
+            Refusal::Type => arrow_code(reason),
+            Refusal::Schema => Code::DatatypeMismatch,
+        },
+        L::RetentionTooShort { .. } => Code::InvalidParameterValue,
+        L::Conflict { .. } => Code::SerializationFailure,
+        L::Delta { .. } | L::ObjectStore { .. } => Code::IoError,
+        L::DataFusion(e) => datafusion_code(e),
+        L::Internal(_) => Code::Internal,
+    }
+}
+
+fn views_code(e: &medlake_views::Error) -> Code {
+    use medlake_views::Error as V;
+    match e {
+        V::Syntax { .. } => Code::SyntaxError,
+        V::InvalidDefinition { .. } | V::Cycle { .. } => Code::InvalidObjectDefinition,
+        V::NotSupported { .. } => Code::FeatureNotSupported,
+        V::ViewNotFound { .. } => Code::UndefinedTable,
+        V::WrongObjectType { .. } => Code::WrongObjectType,
+        V::RefreshRunning { .. } => Code::ObjectInUse,
+        V::ExpectationFailed { .. } => Code::CheckViolation,
+        V::UpstreamFailed { .. } => Code::ObjectNotInPrerequisiteState,
+        V::Lake(e) => lake_code(e),
+        V::DataFusion(e) => datafusion_code(e),
+        V::Internal(_) => Code::Internal,
     }
 }
 

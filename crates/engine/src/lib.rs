@@ -28,6 +28,7 @@ use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp}
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 use medlake_lake::{TableName, Warehouse, WriteMode};
+use medlake_views::{Scheduler, Trigger, Views};
 use tracing::{Instrument, debug, info_span};
 
 pub use catalog::{CATALOG, TIME_TRAVEL_SCHEMA};
@@ -98,6 +99,7 @@ pub struct Engine {
 /// What every session of an engine shares.
 struct Shared {
     warehouse: Warehouse,
+    views: Views,
     catalog: Arc<catalog::LakeCatalog>,
     /// The template every session starts from: catalog, functions, object stores, planner.
     state: SessionState,
@@ -161,10 +163,16 @@ impl Engine {
         if warehouse.url().scheme() != "file" {
             ctx.register_object_store(warehouse.url(), warehouse.object_store());
         }
+        let state = ctx.state();
+        let views = Views::new(warehouse.clone(), state.clone());
+        views.prepare().await?;
+        catalog.set_computed_system_tables(medlake_views::system::computed_tables(&views, &state));
+        catalog.refresh().await?;
         let shared = Arc::new(Shared {
             warehouse,
+            views,
             catalog,
-            state: ctx.state(),
+            state,
             statements: AtomicU64::new(0),
         });
         let default = Arc::new(Session::new(shared.clone()));
@@ -174,6 +182,17 @@ impl Engine {
     /// The warehouse under this engine.
     pub fn warehouse(&self) -> &Warehouse {
         &self.shared.warehouse
+    }
+
+    /// The materialized views of the warehouse.
+    pub fn views(&self) -> &Views {
+        &self.shared.views
+    }
+
+    /// The scheduler of views with a `REFRESH EVERY` / `REFRESH CRON` schedule; `medlake
+    /// serve` runs it.
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler::new(self.shared.views.clone(), self.shared.state.clone())
     }
 
     /// A new session (one per client connection): settings changed with `SET` stay in it.
@@ -229,6 +248,52 @@ impl Session {
         async move {
             match statement {
                 Statement::Sql(statement) => self.execute_sql(*statement, id).await,
+                Statement::CreateMaterializedView(create) => {
+                    let mut create = *create;
+                    let name =
+                        self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
+                    create.definition.default_schema = self.default_schema();
+                    let outcome = self
+                        .shared
+                        .views
+                        .create(&name, create, Trigger::Create)
+                        .await;
+                    self.shared.catalog.refresh().await?;
+                    let rows = outcome?.map_or(0, |o| o.rows_written);
+                    Ok(Output::command("CREATE MATERIALIZED VIEW", rows))
+                }
+                Statement::RefreshMaterializedView {
+                    name,
+                    full,
+                    cascade,
+                } => {
+                    let name = self.table_name(&statement::name_parts(&name)?)?;
+                    let outcomes = self
+                        .shared
+                        .views
+                        .refresh(&name, full, cascade, Trigger::Manual)
+                        .await?;
+                    let rows = outcomes
+                        .iter()
+                        .find(|o| o.view == name)
+                        .map_or(0, |o| o.rows_written);
+                    Ok(Output::command("REFRESH MATERIALIZED VIEW", rows))
+                }
+                Statement::DropMaterializedView { name, if_exists } => {
+                    let name = self.table_name(&statement::name_parts(&name)?)?;
+                    let dropped = self.shared.views.drop(&name, if_exists).await;
+                    self.shared.catalog.refresh().await?;
+                    dropped?;
+                    Ok(Output::command("DROP MATERIALIZED VIEW", 0))
+                }
+                Statement::ShowMaterializedViews => {
+                    let batch = medlake_views::system::materialized_views(
+                        &self.shared.views,
+                        &self.shared.state,
+                    )
+                    .await?;
+                    Ok(Output::batch(batch))
+                }
                 Statement::DescribeHistory { table, limit } => {
                     let name = self.table_name(&statement::name_parts(&table)?)?;
                     self.describe_history(&name, limit).await
@@ -267,6 +332,38 @@ impl Session {
         }
         .instrument(span)
         .await
+    }
+
+    fn default_schema(&self) -> String {
+        self.ctx
+            .state()
+            .config()
+            .options()
+            .catalog
+            .default_schema
+            .clone()
+    }
+
+    /// Refuses writes to the `system` schema and plain-table writes to materialized views.
+    async fn check_writable(&self, name: &TableName, what: &str) -> Result<()> {
+        if name.schema == medlake_views::system::SCHEMA {
+            return Err(Error::ReadOnly {
+                what: format!("the system schema is read-only ({what} {name})"),
+            });
+        }
+        if self.shared.warehouse.table_exists(name).await?
+            && self.shared.views.view(name).await?.is_some()
+        {
+            return Err(Error::Views(medlake_views::Error::WrongObjectType {
+                name: name.to_string(),
+                is: "a materialized view",
+                expected: match what {
+                    "DROP TABLE" => "a table (use DROP MATERIALIZED VIEW)",
+                    _ => "a table (its rows come from REFRESH MATERIALIZED VIEW)",
+                },
+            }));
+        }
+        Ok(())
     }
 
     /// Resolves a written table name (1 to 3 parts) against the session's defaults
@@ -453,6 +550,7 @@ impl Session {
             }
             DdlStatement::CreateMemoryTable(create) => {
                 let name = self.resolve(&create.name)?;
+                self.check_writable(&name, "CREATE TABLE").await?;
                 if create.temporary {
                     return Err(Error::NotSupported {
                         what: "TEMPORARY tables".into(),
@@ -505,6 +603,7 @@ impl Session {
             }
             DdlStatement::DropTable(drop) => {
                 let name = self.resolve(&drop.name)?;
+                self.check_writable(&name, "DROP TABLE").await?;
                 self.shared
                     .warehouse
                     .drop_table(&name, drop.if_exists)
@@ -512,9 +611,7 @@ impl Session {
                 Ok(Output::command("DROP TABLE", 0))
             }
             DdlStatement::CreateView(_) | DdlStatement::DropView(_) => Err(Error::NotSupported {
-                what:
-                    "views; materialized views (CREATE MATERIALIZED VIEW) come with the views work"
-                        .into(),
+                what: "plain views; use CREATE MATERIALIZED VIEW".into(),
             }),
             DdlStatement::CreateExternalTable(_) => Err(Error::NotSupported {
                 what: "CREATE EXTERNAL TABLE: no source connector is installed yet".into(),
@@ -527,6 +624,7 @@ impl Session {
 
     async fn execute_dml(&self, dml: DmlStatement) -> Result<Output> {
         let name = self.resolve(&dml.table_name)?;
+        self.check_writable(&name, "INSERT INTO").await?;
         let mode = match dml.op {
             WriteOp::Insert(InsertOp::Append) => WriteMode::Append,
             WriteOp::Insert(InsertOp::Overwrite) => WriteMode::Overwrite,

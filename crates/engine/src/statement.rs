@@ -6,6 +6,10 @@
 //! DESCRIBE HISTORY schema.table [LIMIT n]
 //! OPTIMIZE schema.table [ZORDER BY (col, ...)]
 //! VACUUM schema.table [RETAIN n HOURS] [DRY RUN] [FORCE]
+//! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] name [REFRESH ...] [expectations] AS query
+//! REFRESH MATERIALIZED VIEW name [FULL] [CASCADE]
+//! DROP MATERIALIZED VIEW [IF EXISTS] name
+//! SHOW MATERIALIZED VIEWS
 //! ```
 //! Everything else is parsed by DataFusion's parser with [`MedlakeDialect`].
 
@@ -39,6 +43,18 @@ pub enum Statement {
         table: ObjectName,
         zorder: Vec<String>,
     },
+    /// `CREATE [OR REPLACE] MATERIALIZED VIEW ...`
+    CreateMaterializedView(Box<medlake_views::CreateView>),
+    /// `REFRESH MATERIALIZED VIEW name [FULL] [CASCADE]`
+    RefreshMaterializedView {
+        name: ObjectName,
+        full: bool,
+        cascade: bool,
+    },
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] name`
+    DropMaterializedView { name: ObjectName, if_exists: bool },
+    /// `SHOW MATERIALIZED VIEWS`
+    ShowMaterializedViews,
     /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`
     Vacuum {
         table: ObjectName,
@@ -178,7 +194,57 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         return Ok(None);
     };
     let head = first.value.to_ascii_uppercase();
+    let second_is = |parser: &Parser<'_>, word: &str| {
+        let [_, second] = parser.peek_tokens::<2>();
+        matches!(&second, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
+    };
     match head.as_str() {
+        "CREATE" => Ok(medlake_views::parse_create(parser)?
+            .map(|create| Statement::CreateMaterializedView(Box::new(create)))),
+        "REFRESH" => {
+            parser.next_token();
+            if !word(parser, "MATERIALIZED") || !word(parser, "VIEW") {
+                return Err(syntax("expected MATERIALIZED VIEW after REFRESH"));
+            }
+            let name = parser.parse_object_name(false).map_err(syntax)?;
+            let mut full = false;
+            let mut cascade = false;
+            loop {
+                if word(parser, "FULL") {
+                    full = true;
+                } else if parser.parse_keyword(Keyword::CASCADE) {
+                    cascade = true;
+                } else {
+                    break;
+                }
+            }
+            expect_end(parser, "REFRESH MATERIALIZED VIEW")?;
+            Ok(Some(Statement::RefreshMaterializedView {
+                name,
+                full,
+                cascade,
+            }))
+        }
+        "DROP" if second_is(parser, "MATERIALIZED") => {
+            parser.next_token();
+            parser.next_token();
+            if !word(parser, "VIEW") {
+                return Err(syntax("expected VIEW after DROP MATERIALIZED"));
+            }
+            let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = parser.parse_object_name(false).map_err(syntax)?;
+            expect_end(parser, "DROP MATERIALIZED VIEW")?;
+            Ok(Some(Statement::DropMaterializedView { name, if_exists }))
+        }
+        "SHOW" if second_is(parser, "MATERIALIZED") => {
+            parser.next_token();
+            parser.next_token();
+            if !word(parser, "VIEWS") {
+                return Err(syntax("expected VIEWS after SHOW MATERIALIZED"));
+            }
+            expect_end(parser, "SHOW MATERIALIZED VIEWS")?;
+            Ok(Some(Statement::ShowMaterializedViews))
+        }
         "DESCRIBE" | "DESC" => {
             let [_, second] = parser.peek_tokens::<2>();
             if !matches!(&second, Token::Word(w) if w.value.eq_ignore_ascii_case("HISTORY")) {

@@ -15,8 +15,8 @@ mod warehouse;
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, parse_location, redact};
 pub use warehouse::{
-    BUILT_IN_SCHEMAS, HistoryEntry, OptimizeOutcome, TableName, TimeTravel, VacuumOutcome,
-    Warehouse, WriteMode, WriteOutcome, validate_name,
+    BUILT_IN_SCHEMAS, CommitOptions, HistoryEntry, OptimizeOutcome, TableName, TimeTravel,
+    VacuumOutcome, Warehouse, WriteMode, WriteOutcome, validate_name,
 };
 
 /// The query planner a session must use for Delta writes: DataFusion's, plus the plan nodes

@@ -5,13 +5,16 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::Schema as ArrowSchema;
 use chrono::{DateTime, Utc};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::logical_expr::LogicalPlan;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructField, StructType};
 use deltalake::operations::optimize::OptimizeType;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
@@ -25,7 +28,9 @@ use crate::error::{Error, Result};
 use crate::location::{build_store, parse_location, redact, register_cloud_schemes};
 
 /// Schemas every warehouse has. `public` is the default schema of a session, as in Postgres.
-pub const BUILT_IN_SCHEMAS: &[&str] = &["public", "bronze", "silver", "gold"];
+/// `system` holds medlake's own tables (refresh history, expectation results); the engine
+/// keeps it read-only for users.
+pub const BUILT_IN_SCHEMAS: &[&str] = &["public", "bronze", "silver", "gold", "system"];
 
 /// The object that makes a folder of the warehouse root a schema.
 const SCHEMA_MARKER: &str = "_medlake_schema.json";
@@ -34,7 +39,7 @@ const DROPPED_MARKER: &str = "_medlake_dropped";
 const DELTA_LOG: &str = "_delta_log";
 
 /// A table of the warehouse: `schema.table`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
     pub schema: String,
     pub table: String,
@@ -104,6 +109,29 @@ pub struct WriteOutcome {
     pub version: u64,
     /// Rows written by the commit.
     pub rows: u64,
+}
+
+/// How a write commits; see [`Warehouse::write_with`].
+#[derive(Clone, Debug, Default)]
+pub struct CommitOptions {
+    /// Extra top-level fields of the commit's `commitInfo` (medlake keeps a view's definition
+    /// and refresh state there, in the same atomic commit as the view's rows).
+    pub metadata: Vec<(String, Value)>,
+    /// Commit only directly on top of this version: if anyone committed since, nothing is
+    /// written and the write fails with [`Error::Conflict`] (optimistic locking).
+    pub base_version: Option<u64>,
+    /// Replace the table's schema with the input's (an overwrite only).
+    pub replace_schema: bool,
+}
+
+impl CommitOptions {
+    fn properties(&self) -> CommitProperties {
+        let mut properties = CommitProperties::default().with_metadata(self.metadata.clone());
+        if self.base_version.is_some() {
+            properties = properties.with_max_retries(0);
+        }
+        properties
+    }
 }
 
 /// One commit of a table, as `DESCRIBE HISTORY` shows it.
@@ -481,13 +509,32 @@ impl Warehouse {
     }
 
     /// `CREATE TABLE name AS query`: the table and its rows in one commit (version 0).
-    #[instrument(skip(self, input, session), fields(table = %name))]
     pub async fn create_table_as(
         &self,
         name: &TableName,
         input: LogicalPlan,
         session: Arc<dyn Session>,
         if_not_exists: bool,
+    ) -> Result<Option<WriteOutcome>> {
+        self.create_table_as_with(
+            name,
+            input,
+            session,
+            if_not_exists,
+            &CommitOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Self::create_table_as`] with commit options (metadata for the first commit).
+    #[instrument(skip(self, input, session, options), fields(table = %name))]
+    pub async fn create_table_as_with(
+        &self,
+        name: &TableName,
+        input: LogicalPlan,
+        session: Arc<dyn Session>,
+        if_not_exists: bool,
+        options: &CommitOptions,
     ) -> Result<Option<WriteOutcome>> {
         if !self.prepare_create(name, if_not_exists).await? {
             return Ok(None);
@@ -502,6 +549,7 @@ impl Warehouse {
             .with_session_state(session)
             .with_table_name(name.table.clone())
             .with_save_mode(SaveMode::ErrorIfExists)
+            .with_commit_properties(options.properties())
             .await;
         match written {
             Ok(table) => Ok(Some(self.outcome(name, &table).await?)),
@@ -559,7 +607,6 @@ impl Warehouse {
     /// Appends (or overwrites with) the result of `input`, streamed, in one commit. The
     /// table's schema is enforced: a missing NOT NULL value or a mismatched column refuses the
     /// whole write and the table stays at its previous version.
-    #[instrument(skip(self, input, session), fields(table = %name))]
     pub async fn write(
         &self,
         name: &TableName,
@@ -567,27 +614,56 @@ impl Warehouse {
         session: Arc<dyn Session>,
         mode: WriteMode,
     ) -> Result<WriteOutcome> {
-        let table = self.open_table(name).await?;
+        self.write_with(name, input, session, mode, &CommitOptions::default())
+            .await
+    }
+
+    /// [`Self::write`] with commit options: commit metadata, optimistic locking on a base
+    /// version, schema replacement.
+    #[instrument(skip(self, input, session, options), fields(table = %name))]
+    pub async fn write_with(
+        &self,
+        name: &TableName,
+        input: LogicalPlan,
+        session: Arc<dyn Session>,
+        mode: WriteMode,
+        options: &CommitOptions,
+    ) -> Result<WriteOutcome> {
+        let table = match options.base_version {
+            Some(version) => {
+                self.open_table_as_of(name, Some(&TimeTravel::Version(version)))
+                    .await?
+            }
+            None => self.open_table(name).await?,
+        };
         let schema = table
             .snapshot()
             .map_err(|e| Error::delta(&name.schema, &name.table, e))?
             .snapshot()
             .arrow_schema();
-        let input = crate::guard::guard_not_null(input, &schema)?;
+        let replace_schema = options.replace_schema && mode == WriteMode::Overwrite;
+        let input = if replace_schema {
+            input
+        } else {
+            crate::guard::guard_not_null(input, &schema)?
+        };
         let save_mode = match mode {
             WriteMode::Append => SaveMode::Append,
             WriteMode::Overwrite => SaveMode::Overwrite,
         };
         let sources = crate::guard::source_columns(&input);
-        let table = table
+        let mut builder = table
             .write(Vec::new())
             .with_input_plan(input)
             .with_session_state(session)
             .with_save_mode(save_mode)
-            .await
-            .map_err(|e| {
-                crate::guard::name_null_column(Error::delta(&name.schema, &name.table, e), &sources)
-            })?;
+            .with_commit_properties(options.properties());
+        if replace_schema {
+            builder = builder.with_schema_mode(SchemaMode::Overwrite);
+        }
+        let table = builder.await.map_err(|e| {
+            crate::guard::name_null_column(Error::delta(&name.schema, &name.table, e), &sources)
+        })?;
         let outcome = self.outcome(name, &table).await?;
         debug!(
             version = outcome.version,
@@ -595,6 +671,41 @@ impl Warehouse {
             "write committed"
         );
         Ok(outcome)
+    }
+
+    /// Appends record batches in one commit, creating the table (in an existing schema) on
+    /// the first append; new columns are merged into the table's schema. For medlake's own
+    /// tables (refresh history, quarantine), not for user writes.
+    #[instrument(skip(self, batches), fields(table = %name))]
+    pub async fn append_batches(
+        &self,
+        name: &TableName,
+        batches: Vec<RecordBatch>,
+    ) -> Result<WriteOutcome> {
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        for attempt in 0..2 {
+            let table = if self.table_exists(name).await? {
+                self.open_table(name).await?
+            } else {
+                self.prepare_create(name, true).await?;
+                DeltaTable::try_from_url(self.table_url(name)?)
+                    .await
+                    .map_err(delta)?
+            };
+            let written = table
+                .write(batches.clone())
+                .with_table_name(name.table.clone())
+                .with_save_mode(SaveMode::Append)
+                .with_schema_mode(SchemaMode::Merge)
+                .await;
+            match written {
+                Ok(table) => return self.outcome(name, &table).await,
+                // Another writer created the table first: append to theirs.
+                Err(e) if attempt == 0 && Self::lost_create_race(&e) => continue,
+                Err(e) => return Err(delta(e)),
+            }
+        }
+        Err(Error::Internal(format!("append to {name} did not settle")))
     }
 
     async fn outcome(&self, name: &TableName, table: &DeltaTable) -> Result<WriteOutcome> {
@@ -691,22 +802,11 @@ impl Warehouse {
     }
 
     async fn commit_entry(&self, name: &TableName, version: u64) -> Result<Option<HistoryEntry>> {
-        let path = self
-            .path(&[&name.schema, &name.table, DELTA_LOG])
-            .join(format!("{version:020}.json"));
-        let bytes = match self.store.get(&path).await {
-            Ok(got) => got.bytes().await.map_err(|e| Error::store(&path, e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(Error::store(&path, e)),
+        let Some(actions) = self.commit_actions(name, version).await? else {
+            return Ok(None);
         };
-        let text = String::from_utf8_lossy(&bytes);
-        for line in text.lines() {
-            let Ok(action) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            if let Some(info) = action.get("commitInfo") {
-                return Ok(Some(history_entry(version, info)));
-            }
+        if let Some(info) = actions.iter().find_map(|action| action.get("commitInfo")) {
+            return Ok(Some(history_entry(version, info)));
         }
         Ok(Some(HistoryEntry {
             version,
@@ -717,6 +817,38 @@ impl Warehouse {
             metrics: "{}".into(),
             engine: None,
         }))
+    }
+
+    /// The versions in a table's log, ascending.
+    pub async fn versions(&self, name: &TableName) -> Result<Vec<u64>> {
+        if !self.table_exists(name).await? {
+            return Err(Self::not_found(name));
+        }
+        self.log_versions(&self.path(&[&name.schema, &name.table]))
+            .await
+    }
+
+    /// Every action of one commit (`commitInfo`, `add`, `remove`, `metaData`, ...), as JSON
+    /// objects; `None` if the commit's log entry is gone (cleaned up after a checkpoint).
+    pub async fn commit_actions(
+        &self,
+        name: &TableName,
+        version: u64,
+    ) -> Result<Option<Vec<Value>>> {
+        let path = self
+            .path(&[&name.schema, &name.table, DELTA_LOG])
+            .join(format!("{version:020}.json"));
+        let bytes = match self.store.get(&path).await {
+            Ok(got) => got.bytes().await.map_err(|e| Error::store(&path, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(&path, e)),
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(Some(
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .collect(),
+        ))
     }
 
     /// `DESCRIBE HISTORY name [LIMIT n]`: newest commit first.

@@ -1,0 +1,476 @@
+//! What a materialized view is: its query, schedule and expectations, parsed from
+//!
+//! ```sql
+//! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] schema.name
+//!     [REFRESH EVERY '5 minutes' | REFRESH CRON '0 * * * *']
+//!     [( ] [CONSTRAINT rule EXPECT (boolean expression)
+//!         [ON VIOLATION DROP ROW | ON VIOLATION FAIL UPDATE | ON VIOLATION QUARANTINE]] [, ...] [ )]
+//! AS query
+//! ```
+//!
+//! and stored as JSON in the view's own Delta commits.
+
+use std::fmt;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use datafusion::sql::sqlparser::ast::{
+    Ident, ObjectName, ObjectNamePart, Query, TableFactor, Visit, Visitor,
+};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+use serde::{Deserialize, Serialize};
+
+use crate::cron::Cron;
+use crate::error::{Error, Result};
+
+/// When a view refreshes by itself (in `medlake serve`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// `REFRESH EVERY '5 minutes'`
+    Every { seconds: u64 },
+    /// `REFRESH CRON '0 * * * *'` (UTC)
+    Cron { expression: String },
+}
+
+impl Schedule {
+    /// The first due time after a refresh that started at `last`.
+    pub fn next_after(
+        &self,
+        last: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Schedule::Every { seconds } => {
+                Some(last + chrono::Duration::seconds(i64::try_from(*seconds).ok()?))
+            }
+            Schedule::Cron { expression } => Cron::parse(expression).ok()?.next_after(last),
+        }
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Every { seconds } => write!(f, "EVERY '{}'", humanize(*seconds)),
+            Schedule::Cron { expression } => write!(f, "CRON '{expression}'"),
+        }
+    }
+}
+
+fn humanize(seconds: u64) -> String {
+    for (unit, size) in [("day", 86_400), ("hour", 3_600), ("minute", 60)] {
+        if seconds >= size && seconds % size == 0 {
+            let n = seconds / size;
+            return format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+        }
+    }
+    format!("{seconds} second{}", if seconds == 1 { "" } else { "s" })
+}
+
+/// Parses `'5 minutes'`, `'1 hour'`, `'30s'`, `'2 days'`.
+pub fn parse_interval(text: &str) -> Result<Duration> {
+    let bad = || Error::InvalidDefinition {
+        reason: format!(
+            "REFRESH EVERY '{text}' is not an interval; write it as '30 seconds', '5 minutes', '1 hour' or '1 day'"
+        ),
+    };
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let size = match unit.trim() {
+        "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3_600,
+        "d" | "day" | "days" => 86_400,
+        _ => return Err(bad()),
+    };
+    let seconds = n.checked_mul(size).filter(|s| *s > 0).ok_or_else(bad)?;
+    Ok(Duration::from_secs(seconds))
+}
+
+/// What happens to a row that breaks an expectation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnViolation {
+    /// No clause: keep the row, count it.
+    Keep,
+    /// `ON VIOLATION DROP ROW`
+    Drop,
+    /// `ON VIOLATION FAIL UPDATE`: the refresh fails and commits nothing.
+    Fail,
+    /// `ON VIOLATION QUARANTINE`: the row goes to `<view>_quarantine` with the rules it broke.
+    Quarantine,
+}
+
+impl OnViolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnViolation::Keep => "keep",
+            OnViolation::Drop => "drop",
+            OnViolation::Fail => "fail",
+            OnViolation::Quarantine => "quarantine",
+        }
+    }
+}
+
+/// `CONSTRAINT name EXPECT (expr) [ON VIOLATION ...]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expectation {
+    pub name: String,
+    /// A boolean SQL expression over the view's columns. NULL counts as met, as in a CHECK
+    /// constraint.
+    pub expression: String,
+    pub on_violation: OnViolation,
+}
+
+impl fmt::Display for Expectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CONSTRAINT {} EXPECT ({})", self.name, self.expression)?;
+        match self.on_violation {
+            OnViolation::Keep => Ok(()),
+            OnViolation::Drop => write!(f, " ON VIOLATION DROP ROW"),
+            OnViolation::Fail => write!(f, " ON VIOLATION FAIL UPDATE"),
+            OnViolation::Quarantine => write!(f, " ON VIOLATION QUARANTINE"),
+        }
+    }
+}
+
+/// A materialized view's definition: everything `CREATE MATERIALIZED VIEW` said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDefinition {
+    /// The defining query, in canonical SQL (formatting and comments do not matter).
+    pub query: String,
+    pub schedule: Option<Schedule>,
+    pub expectations: Vec<Expectation>,
+    /// The schema unqualified table names in the query resolve against.
+    pub default_schema: String,
+}
+
+impl ViewDefinition {
+    /// The definition as a `CREATE MATERIALIZED VIEW` statement.
+    pub fn to_sql(&self, schema: &str, name: &str) -> String {
+        let mut sql = format!("CREATE MATERIALIZED VIEW {schema}.{name}");
+        if let Some(schedule) = &self.schedule {
+            sql.push_str(&format!(" REFRESH {schedule}"));
+        }
+        for expectation in &self.expectations {
+            sql.push_str(&format!(" {expectation}"));
+        }
+        sql.push_str(&format!(" AS {}", self.query));
+        sql
+    }
+}
+
+/// A parsed `CREATE MATERIALIZED VIEW`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateView {
+    pub name: ObjectName,
+    pub or_replace: bool,
+    pub if_not_exists: bool,
+    /// The definition; `default_schema` is left empty for the engine to fill in.
+    pub definition: ViewDefinition,
+}
+
+fn syntax(e: impl ToString) -> Error {
+    Error::Syntax {
+        message: e.to_string(),
+    }
+}
+
+fn word(parser: &mut Parser<'_>, word: &str) -> bool {
+    if matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)) {
+        parser.next_token();
+        true
+    } else {
+        false
+    }
+}
+
+fn expect_word(parser: &mut Parser<'_>, expected: &str, context: &str) -> Result<()> {
+    if word(parser, expected) {
+        Ok(())
+    } else {
+        Err(syntax(format!(
+            "expected {expected} {context}, found '{}'",
+            parser.peek_token().token
+        )))
+    }
+}
+
+fn string(parser: &mut Parser<'_>, context: &str) -> Result<String> {
+    match parser.next_token().token {
+        Token::SingleQuotedString(s) => Ok(s),
+        other => Err(syntax(format!(
+            "expected a quoted string {context}, found '{other}'"
+        ))),
+    }
+}
+
+/// Parses the rest of `CREATE [OR REPLACE] MATERIALIZED VIEW ...`, the parser standing at
+/// `CREATE`. Returns `None` (consuming nothing) when the statement is something else.
+pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
+    let tokens = parser.peek_tokens::<4>();
+    let is = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w));
+    let or_replace = is(&tokens[1], "OR") && is(&tokens[2], "REPLACE");
+    let at = if or_replace { 3 } else { 1 };
+    if !is(&tokens[0], "CREATE") || !is(&tokens[at], "MATERIALIZED") {
+        return Ok(None);
+    }
+    for _ in 0..=at {
+        parser.next_token();
+    }
+    expect_word(parser, "VIEW", "after MATERIALIZED")?;
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    if or_replace && if_not_exists {
+        return Err(syntax(
+            "OR REPLACE and IF NOT EXISTS cannot be used together",
+        ));
+    }
+    let name = parser.parse_object_name(false).map_err(syntax)?;
+    let mut schedule = None;
+    let mut expectations: Vec<Expectation> = Vec::new();
+    loop {
+        if word(parser, "REFRESH") {
+            if schedule.is_some() {
+                return Err(syntax("REFRESH is given twice"));
+            }
+            if word(parser, "EVERY") {
+                let text = string(parser, "after REFRESH EVERY")?;
+                schedule = Some(Schedule::Every {
+                    seconds: parse_interval(&text)?.as_secs(),
+                });
+            } else if word(parser, "CRON") {
+                let text = string(parser, "after REFRESH CRON")?;
+                let cron =
+                    Cron::parse(&text).map_err(|reason| Error::InvalidDefinition { reason })?;
+                schedule = Some(Schedule::Cron {
+                    expression: cron.as_str().to_string(),
+                });
+            } else {
+                return Err(syntax(format!(
+                    "expected EVERY or CRON after REFRESH, found '{}'",
+                    parser.peek_token().token
+                )));
+            }
+        } else if parser.peek_token().token == Token::LParen {
+            parser.next_token();
+            loop {
+                expectations.push(parse_expectation(parser)?);
+                if !parser.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+            parser.expect_token(&Token::RParen).map_err(syntax)?;
+        } else if matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case("CONSTRAINT"))
+        {
+            expectations.push(parse_expectation(parser)?);
+            let _ = parser.consume_token(&Token::Comma);
+        } else {
+            break;
+        }
+    }
+    for (i, e) in expectations.iter().enumerate() {
+        if expectations[..i].iter().any(|other| other.name == e.name) {
+            return Err(Error::InvalidDefinition {
+                reason: format!("expectation '{}' is defined twice", e.name),
+            });
+        }
+    }
+    if !parser.parse_keyword(Keyword::AS) {
+        return Err(syntax(format!(
+            "expected AS before the view's query, found '{}'",
+            parser.peek_token().token
+        )));
+    }
+    let query = parser.parse_query().map_err(syntax)?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(syntax(format!(
+            "unexpected '{}' after the view's query",
+            parser.peek_token().token
+        )));
+    }
+    check_query(&query)?;
+    Ok(Some(CreateView {
+        name,
+        or_replace,
+        if_not_exists,
+        definition: ViewDefinition {
+            query: query.to_string(),
+            schedule,
+            expectations,
+            default_schema: String::new(),
+        },
+    }))
+}
+
+fn parse_expectation(parser: &mut Parser<'_>) -> Result<Expectation> {
+    expect_word(parser, "CONSTRAINT", "to start an expectation")?;
+    let name = normalize(&parser.parse_identifier().map_err(syntax)?);
+    expect_word(parser, "EXPECT", &format!("after CONSTRAINT {name}"))?;
+    let expression = parser.parse_expr().map_err(syntax)?;
+    let expression = match expression {
+        datafusion::sql::sqlparser::ast::Expr::Nested(inner) => inner.to_string(),
+        other => other.to_string(),
+    };
+    let on_violation = if parser.parse_keyword(Keyword::ON) {
+        expect_word(parser, "VIOLATION", "after ON")?;
+        if word(parser, "DROP") {
+            expect_word(parser, "ROW", "after ON VIOLATION DROP")?;
+            OnViolation::Drop
+        } else if word(parser, "FAIL") {
+            expect_word(parser, "UPDATE", "after ON VIOLATION FAIL")?;
+            OnViolation::Fail
+        } else if word(parser, "QUARANTINE") {
+            OnViolation::Quarantine
+        } else {
+            return Err(syntax(format!(
+                "expected DROP ROW, FAIL UPDATE or QUARANTINE after ON VIOLATION, found '{}'",
+                parser.peek_token().token
+            )));
+        }
+    } else {
+        OnViolation::Keep
+    };
+    Ok(Expectation {
+        name,
+        expression,
+        on_violation,
+    })
+}
+
+/// A view reads the current state of its inputs: time travel inside a definition would freeze
+/// an input forever, and is refused.
+fn check_query(query: &Query) -> Result<()> {
+    struct TimeTravel(bool);
+    impl Visitor for TimeTravel {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if matches!(
+                factor,
+                TableFactor::Table {
+                    version: Some(_),
+                    ..
+                }
+            ) {
+                self.0 = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut visitor = TimeTravel(false);
+    let _ = query.visit(&mut visitor);
+    if visitor.0 {
+        return Err(Error::NotSupported {
+            what: "VERSION AS OF / TIMESTAMP AS OF inside a materialized view (a view reads the current state of its inputs)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// An identifier as DataFusion resolves it: lower case unless quoted.
+pub fn normalize(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+/// The identifier parts of a name, normalized.
+pub fn name_parts(name: &ObjectName) -> Result<Vec<String>> {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => Ok(normalize(ident)),
+            ObjectNamePart::Function(f) => Err(Error::NotSupported {
+                what: format!("a computed name ({})", f.name),
+            }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+    use super::*;
+
+    fn parse(sql: &str) -> Result<Option<CreateView>> {
+        let dialect = GenericDialect {};
+        let mut parser = Parser::new(&dialect).try_with_sql(sql).unwrap();
+        parse_create(&mut parser)
+    }
+
+    #[test]
+    fn parses_the_whole_statement() {
+        let v = parse(
+            "CREATE OR REPLACE MATERIALIZED VIEW silver.r REFRESH EVERY '5 minutes' \
+             (CONSTRAINT valid_hr EXPECT (hr BETWEEN 20 AND 300) ON VIOLATION DROP ROW, \
+              CONSTRAINT has_patient EXPECT (patient IS NOT NULL) ON VIOLATION QUARANTINE) \
+             CONSTRAINT recent EXPECT (ts > '2020-01-01') \
+             AS select  patient, hr from bronze.t where hr > 0",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(v.or_replace && !v.if_not_exists);
+        assert_eq!(
+            v.definition.schedule,
+            Some(Schedule::Every { seconds: 300 })
+        );
+        assert_eq!(v.definition.expectations.len(), 3);
+        assert_eq!(v.definition.expectations[0].on_violation, OnViolation::Drop);
+        assert_eq!(
+            v.definition.expectations[0].expression,
+            "hr BETWEEN 20 AND 300"
+        );
+        assert_eq!(v.definition.expectations[2].on_violation, OnViolation::Keep);
+        assert_eq!(
+            v.definition.query,
+            "SELECT patient, hr FROM bronze.t WHERE hr > 0"
+        );
+        let sql = v.definition.to_sql("silver", "r");
+        let again = parse(&sql).unwrap().unwrap();
+        assert_eq!(again.definition, v.definition);
+    }
+
+    #[test]
+    fn cron_and_errors() {
+        let v = parse(
+            "create materialized view if not exists g.x refresh cron '0  * * * *' as select 1",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(v.if_not_exists);
+        assert_eq!(
+            v.definition.schedule,
+            Some(Schedule::Cron {
+                expression: "0 * * * *".into()
+            })
+        );
+        assert!(parse("create table t (a int)").unwrap().is_none());
+        let e = parse("create materialized view x refresh every 'soon' as select 1").unwrap_err();
+        assert!(e.to_string().contains("'soon' is not an interval"), "{e}");
+        let e = parse("create materialized view x constraint a expect (true) on violation explode as select 1")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("DROP ROW, FAIL UPDATE or QUARANTINE"),
+            "{e}"
+        );
+        // (The engine's dialect parses VERSION AS OF; the check refuses it in a view.)
+        assert!(parse("create materialized view x as select * from t version as of 3").is_err());
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("30s").unwrap().as_secs(), 30);
+        assert_eq!(parse_interval("1 hour").unwrap().as_secs(), 3600);
+        assert_eq!(parse_interval(" 2 DAYS ").unwrap().as_secs(), 172_800);
+        assert!(parse_interval("0 minutes").is_err());
+        assert_eq!(humanize(300), "5 minutes");
+    }
+}

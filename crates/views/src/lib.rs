@@ -1,0 +1,28 @@
+//! `medlake-views` owns materialized views, the medallion engine: their definitions
+//! (`CREATE MATERIALIZED VIEW` with schedules and expectations), full and incremental
+//! refreshes as single Delta commits, the dependency graph between views, expectations and
+//! quarantine, the scheduler, and the `system` tables that record all of it.
+//!
+//! A view's definition and the input versions of its rows live in the view's own Delta log
+//! (see [`refresh`]), so the catalog of views is transactional with the data. It plans SQL
+//! with a DataFusion session the engine hands it and writes only through `medlake-lake`; it
+//! knows nothing of clients, servers or connectors.
+
+pub mod cron;
+pub mod definition;
+mod error;
+mod expect;
+mod incremental;
+pub mod refresh;
+pub mod scheduler;
+pub mod system;
+
+pub use definition::{
+    CreateView, Expectation, OnViolation, Schedule, ViewDefinition, parse_create,
+};
+pub use error::{Error, Result};
+pub use refresh::{
+    QUARANTINE_SUFFIX, RefreshOutcome, RefreshState, Status, Trigger, View, Views, error_chain,
+    topological,
+};
+pub use scheduler::Scheduler;

@@ -1,0 +1,1272 @@
+//! [`Views`]: creating, refreshing and dropping materialized views.
+//!
+//! A view is a Delta table whose every refresh commit carries, in its `commitInfo`, the
+//! view's definition and the versions of the inputs that commit was computed from. The
+//! definition, the data and the incremental state are therefore one atomic commit: a crash
+//! can never leave a view whose rows and recorded input versions disagree. Each refresh
+//! commits on top of the version it read (optimistic locking), so a refresh that raced
+//! another one in a second process fails instead of applying its changes twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use chrono::{DateTime, Utc};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
+    SchemaProvider, TableProvider,
+};
+use datafusion::common::{DFSchema, ScalarValue, TableReference};
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::provider_as_source;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::{SessionContext, SessionState};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
+use datafusion::physical_plan::collect;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use medlake_lake::{CommitOptions, TableName, TimeTravel, Warehouse, WriteMode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::definition::{CreateView, ViewDefinition};
+use crate::error::{Error, Result};
+use crate::expect::{Checks, ExpectationsExec, PlannedTable, Rule};
+use crate::incremental::{self, Shape};
+use crate::system;
+
+/// The key of medlake's state in a view commit's `commitInfo`.
+const METADATA_KEY: &str = "medlake";
+/// More changed groups than this and a grouped view refreshes fully.
+const MAX_CHANGED_GROUPS: usize = 100_000;
+/// The suffix of a view's quarantine table (`silver.readings_quarantine`).
+pub const QUARANTINE_SUFFIX: &str = "_quarantine";
+
+/// What the last refresh of a view recorded, in the same commit as its rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshState {
+    pub id: String,
+    pub mode: String,
+    pub started: DateTime<Utc>,
+    /// The version of each input (`schema.table`) the view's rows were computed from.
+    pub inputs: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Stored {
+    view: ViewDefinition,
+    refresh: RefreshState,
+}
+
+/// A materialized view as the warehouse holds it.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub name: TableName,
+    pub definition: ViewDefinition,
+    /// The view table's latest version.
+    pub version: u64,
+    /// What the last refresh that committed recorded.
+    pub last: RefreshState,
+}
+
+/// Why a refresh ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Create,
+    Replace,
+    Manual,
+    Cascade,
+    Schedule,
+    Apply,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Create => "create",
+            Trigger::Replace => "replace",
+            Trigger::Manual => "manual",
+            Trigger::Cascade => "cascade",
+            Trigger::Schedule => "schedule",
+            Trigger::Apply => "apply",
+        }
+    }
+}
+
+/// How a refresh ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Succeeded,
+    /// Nothing to do: no input changed since the last refresh.
+    Skipped,
+    /// Not refreshed because an upstream view failed or is stale.
+    Stale,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Skipped => "skipped",
+            Status::Stale => "stale",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// One refresh, as `system.refreshes` records it.
+#[derive(Clone, Debug)]
+pub struct RefreshOutcome {
+    pub view: TableName,
+    pub refresh_id: String,
+    pub trigger: Trigger,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    /// `full`, `incremental` or `none`.
+    pub mode: &'static str,
+    pub reason: String,
+    pub inputs: BTreeMap<String, u64>,
+    pub rows_written: u64,
+    pub version: Option<u64>,
+    pub status: Status,
+    pub error: Option<String>,
+    /// Per expectation: (name, expression, action, rows checked, violations).
+    pub expectations: Vec<(String, String, &'static str, u64, u64)>,
+}
+
+/// A view's query planned against pinned versions of its inputs.
+struct Pinned {
+    ctx: SessionContext,
+    plan: LogicalPlan,
+    inputs: BTreeMap<TableName, (u64, Arc<dyn TableProvider>)>,
+}
+
+impl Pinned {
+    fn versions(&self) -> BTreeMap<String, u64> {
+        self.inputs
+            .iter()
+            .map(|(name, (version, _))| (name.to_string(), *version))
+            .collect()
+    }
+}
+
+enum Plan {
+    Full,
+    Linear {
+        table: TableName,
+        new_rows: Arc<dyn TableProvider>,
+    },
+    Grouped {
+        table: TableName,
+        new_rows: Arc<dyn TableProvider>,
+        grouped: incremental::Grouped,
+    },
+}
+
+/// Materialized views over one warehouse. Cheap to clone.
+#[derive(Clone)]
+pub struct Views {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    warehouse: Warehouse,
+    /// The session every view query is planned from (functions, object stores, planner).
+    state: SessionState,
+    /// Views being refreshed in this process, and since when.
+    running: Mutex<HashMap<TableName, DateTime<Utc>>>,
+}
+
+impl std::fmt::Debug for Views {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Views")
+            .field("warehouse", &self.inner.warehouse)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Releases a view's refresh slot when the refresh ends, however it ends.
+struct Running<'a> {
+    views: &'a Views,
+    name: TableName,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.views.inner.running.lock() {
+            running.remove(&self.name);
+        }
+    }
+}
+
+fn refresh_id(started: DateTime<Utc>) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        started.format("%Y%m%dT%H%M%S%.6fZ"),
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Views {
+    /// Views over `warehouse`, planning queries from `state` (which must use the Delta query
+    /// planner; see `medlake_lake::delta_query_planner`).
+    pub fn new(warehouse: Warehouse, state: SessionState) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                warehouse,
+                state,
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.inner.warehouse
+    }
+
+    /// Creates the `system` tables that do not exist yet.
+    pub async fn prepare(&self) -> Result<()> {
+        system::prepare(&self.inner.warehouse).await
+    }
+
+    /// The view `name`; `None` if `name` is a plain table. A missing table is an error.
+    pub async fn view(&self, name: &TableName) -> Result<Option<View>> {
+        let warehouse = &self.inner.warehouse;
+        let versions = warehouse.versions(name).await?;
+        let Some(&latest) = versions.last() else {
+            return Ok(None);
+        };
+        // The newest commit that carries medlake's state (OPTIMIZE commits do not).
+        for &version in versions.iter().rev() {
+            let Some(actions) = warehouse.commit_actions(name, version).await? else {
+                break;
+            };
+            let Some(info) = actions.iter().find_map(|a| a.get("commitInfo")) else {
+                continue;
+            };
+            if let Some(stored) = info.get(METADATA_KEY) {
+                let stored: Stored = serde_json::from_value(stored.clone()).map_err(|e| {
+                    Error::Internal(format!(
+                        "view state of {name} at version {version} is unreadable: {e}"
+                    ))
+                })?;
+                return Ok(Some(View {
+                    name: name.clone(),
+                    definition: stored.view,
+                    version: latest,
+                    last: stored.refresh,
+                }));
+            }
+            // A plain table's writes carry no state; views are written by medlake only.
+            let operation = info.get("operation").and_then(Value::as_str).unwrap_or("");
+            if !matches!(operation, "OPTIMIZE" | "VACUUM START" | "VACUUM END") {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every materialized view of the warehouse, by name.
+    pub async fn list(&self) -> Result<Vec<View>> {
+        let warehouse = &self.inner.warehouse;
+        let mut views = Vec::new();
+        for schema in warehouse.list_schemas().await? {
+            if schema == system::SCHEMA {
+                continue;
+            }
+            for table in warehouse.list_tables(&schema).await? {
+                let name = TableName::new(&schema, &table)?;
+                match self.view(&name).await {
+                    Ok(Some(view)) => views.push(view),
+                    Ok(None) => {}
+                    // Dropped while we listed.
+                    Err(Error::Lake(medlake_lake::Error::TableNotFound { .. })) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(views)
+    }
+
+    fn start(&self, name: &TableName) -> Result<Running<'_>> {
+        let mut running = self
+            .inner
+            .running
+            .lock()
+            .map_err(|_| Error::Internal("refresh registry poisoned".into()))?;
+        if let Some(started) = running.get(name) {
+            return Err(Error::RefreshRunning {
+                view: name.to_string(),
+                started: started.to_rfc3339(),
+            });
+        }
+        running.insert(name.clone(), Utc::now());
+        Ok(Running {
+            views: self,
+            name: name.clone(),
+        })
+    }
+
+    /// The tables a definition reads, resolved against its default schema.
+    pub fn references(&self, definition: &ViewDefinition) -> Result<Vec<TableName>> {
+        let statement = parse_query(&definition.query)?;
+        let ctx = self.planning_context(definition, Arc::new(MemoryCatalogProviderList::new()));
+        let mut names = BTreeSet::new();
+        for reference in ctx.state().resolve_table_references(&statement)? {
+            names.insert(resolve(&reference, &definition.default_schema)?);
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    fn planning_context(
+        &self,
+        definition: &ViewDefinition,
+        catalogs: Arc<MemoryCatalogProviderList>,
+    ) -> SessionContext {
+        let mut config = self.inner.state.config().clone();
+        config.options_mut().catalog.default_schema = definition.default_schema.clone();
+        let state = SessionStateBuilder::new_from_existing(self.inner.state.clone())
+            .with_config(config)
+            .with_catalog_list(catalogs)
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// Plans the view's query over the current version of each input, pinned: the whole
+    /// refresh reads that one consistent snapshot.
+    async fn pin(&self, name: &TableName, definition: &ViewDefinition) -> Result<Pinned> {
+        let statement = parse_query(&definition.query)?;
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        let ctx = self.planning_context(definition, catalogs);
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        let mut schemas: BTreeMap<String, Arc<MemorySchemaProvider>> = BTreeMap::new();
+        let mut inputs = BTreeMap::new();
+        for reference in ctx.state().resolve_table_references(&statement)? {
+            let input = resolve(&reference, &definition.default_schema)?;
+            if input == *name {
+                return Err(Error::Cycle {
+                    cycle: format!("{name} reads itself"),
+                });
+            }
+            if inputs.contains_key(&input) {
+                continue;
+            }
+            let (provider, version) = self.inner.warehouse.table_provider(&input, None).await?;
+            schemas
+                .entry(input.schema.clone())
+                .or_insert_with(|| Arc::new(MemorySchemaProvider::new()))
+                .register_table(input.table.clone(), provider.clone())?;
+            inputs.insert(input, (version, provider));
+        }
+        for (schema, provider) in schemas {
+            catalog.register_schema(&schema, provider)?;
+        }
+        // The view's default schema must exist for DataFusion to plan bare names.
+        if catalog.schema(&definition.default_schema).is_none() {
+            catalog.register_schema(
+                &definition.default_schema,
+                Arc::new(MemorySchemaProvider::new()),
+            )?;
+        }
+        ctx.register_catalog("medlake", catalog);
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        Ok(Pinned { ctx, plan, inputs })
+    }
+
+    /// Plans the view's expectations against the query's output.
+    fn checks(
+        &self,
+        ctx: &SessionContext,
+        name: &TableName,
+        definition: &ViewDefinition,
+        schema: &DFSchema,
+        refresh_id: &str,
+    ) -> Result<Arc<Checks>> {
+        let mut rules = Vec::new();
+        let mut quarantine = false;
+        for expectation in &definition.expectations {
+            let expr = ctx
+                .parse_sql_expr(&expectation.expression, schema)
+                .map_err(|e| Error::InvalidDefinition {
+                    reason: format!(
+                        "expectation '{}' ({}): {e}",
+                        expectation.name, expectation.expression
+                    ),
+                })?;
+            let predicate =
+                ctx.create_physical_expr(expr, schema)
+                    .map_err(|e| Error::InvalidDefinition {
+                        reason: format!(
+                            "expectation '{}' ({}): {e}",
+                            expectation.name, expectation.expression
+                        ),
+                    })?;
+            quarantine |= expectation.on_violation == crate::OnViolation::Quarantine;
+            rules.push(Rule {
+                name: expectation.name.clone(),
+                expression: expectation.expression.clone(),
+                on_violation: expectation.on_violation,
+                predicate,
+            });
+        }
+        let quarantine = if quarantine {
+            Some((
+                self.inner.warehouse.clone(),
+                TableName::new(&name.schema, format!("{}{QUARANTINE_SUFFIX}", name.table))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Arc::new(Checks::new(
+            name.clone(),
+            rules,
+            refresh_id.to_string(),
+            quarantine,
+        )))
+    }
+
+    /// The plan `plan` with its rows checked by `checks`, as a logical plan a write can take.
+    async fn checked(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+        checks: &Arc<Checks>,
+    ) -> Result<LogicalPlan> {
+        let physical = ctx.state().create_physical_plan(plan).await?;
+        let checked = Arc::new(ExpectationsExec::new(physical, checks.clone()));
+        let table = Arc::new(PlannedTable::new(checked));
+        Ok(LogicalPlanBuilder::scan("refresh", provider_as_source(table), None)?.build()?)
+    }
+
+    /// `CREATE [OR REPLACE] MATERIALIZED VIEW`: the view and its first rows in one commit.
+    /// Returns `None` when the view existed and `IF NOT EXISTS` was given.
+    pub async fn create(
+        &self,
+        name: &TableName,
+        create: CreateView,
+        trigger: Trigger,
+    ) -> Result<Option<RefreshOutcome>> {
+        if name.schema == system::SCHEMA {
+            return Err(Error::NotSupported {
+                what: "materialized views in the read-only system schema".into(),
+            });
+        }
+        let definition = create.definition;
+        if self.inner.warehouse.table_exists(name).await? {
+            return match self.view(name).await? {
+                Some(_) if create.if_not_exists => Ok(None),
+                Some(_) if create.or_replace => {
+                    let trigger = if trigger == Trigger::Create {
+                        Trigger::Replace
+                    } else {
+                        trigger
+                    };
+                    self.refresh_one(name, true, trigger, Some(definition))
+                        .await
+                        .map(Some)
+                }
+                Some(_) => Err(Error::Lake(medlake_lake::Error::TableExists {
+                    schema: name.schema.clone(),
+                    table: name.table.clone(),
+                })),
+                None => Err(Error::WrongObjectType {
+                    name: name.to_string(),
+                    is: "a table",
+                    expected: "a materialized view",
+                }),
+            };
+        }
+        let _running = self.start(name)?;
+        let started = Utc::now();
+        let id = refresh_id(started);
+        let span = info_span!("create_view", view = %name, refresh_id = %id);
+        let result = async {
+            let pinned = self.pin(name, &definition).await?;
+            let checks = self.checks(&pinned.ctx, name, &definition, pinned.plan.schema(), &id)?;
+            let input = self.checked(&pinned.ctx, &pinned.plan, &checks).await?;
+            let inputs = pinned.versions();
+            let options = commit_options(&definition, &id, "full", started, &inputs, None)?;
+            let created = self
+                .inner
+                .warehouse
+                .create_table_as_with(
+                    name,
+                    input,
+                    Arc::new(pinned.ctx.state()),
+                    create.if_not_exists,
+                    &options,
+                )
+                .await
+                .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
+            Ok::<_, Error>((created, inputs, checks))
+        }
+        .instrument(span)
+        .await;
+        let (created, inputs, checks) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                let outcome = failed(name, &id, trigger, started, &e);
+                self.record(&outcome).await;
+                return Err(e);
+            }
+        };
+        let Some(created) = created else {
+            return Ok(None);
+        };
+        let outcome = RefreshOutcome {
+            view: name.clone(),
+            refresh_id: id,
+            trigger,
+            started,
+            finished: Utc::now(),
+            mode: "full",
+            reason: "the view was created".into(),
+            inputs,
+            rows_written: created.rows,
+            version: Some(created.version),
+            status: Status::Succeeded,
+            error: None,
+            expectations: expectation_counts(&checks),
+        };
+        self.record(&outcome).await;
+        Ok(Some(outcome))
+    }
+
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] name`. Its quarantine table, if any, stays.
+    pub async fn drop(&self, name: &TableName, if_exists: bool) -> Result<bool> {
+        if !self.inner.warehouse.table_exists(name).await? {
+            return if if_exists {
+                Ok(false)
+            } else {
+                Err(Error::ViewNotFound {
+                    view: name.to_string(),
+                })
+            };
+        }
+        if self.view(name).await?.is_none() {
+            return Err(Error::WrongObjectType {
+                name: name.to_string(),
+                is: "a table",
+                expected: "a materialized view (use DROP TABLE)",
+            });
+        }
+        let _running = self.start(name)?;
+        self.inner.warehouse.drop_table(name, false).await?;
+        Ok(true)
+    }
+
+    /// `REFRESH MATERIALIZED VIEW name [FULL] [CASCADE]`. With `cascade`, the views it reads
+    /// (transitively) are refreshed first, in dependency order; a view whose upstream failed
+    /// is marked stale, not refreshed. Returns every refresh it ran; fails with the first
+    /// failure after recording them all.
+    pub async fn refresh(
+        &self,
+        name: &TableName,
+        full: bool,
+        cascade: bool,
+        trigger: Trigger,
+    ) -> Result<Vec<RefreshOutcome>> {
+        let Some(view) = self.view(name).await? else {
+            return Err(Error::WrongObjectType {
+                name: name.to_string(),
+                is: "a table",
+                expected: "a materialized view",
+            });
+        };
+        let order = if cascade {
+            let all = self.list().await?;
+            let graph = self.graph(&all)?;
+            let mut wanted = BTreeSet::new();
+            let mut stack = vec![view.name.clone()];
+            while let Some(next) = stack.pop() {
+                if wanted.insert(next.clone()) {
+                    stack.extend(graph.get(&next).cloned().unwrap_or_default());
+                }
+            }
+            topological(&graph)?
+                .into_iter()
+                .filter(|v| wanted.contains(v))
+                .collect()
+        } else {
+            vec![view.name.clone()]
+        };
+        let mut outcomes = Vec::new();
+        let mut first_error = None;
+        for (outcome, error) in self
+            .refresh_in_order(&order, full, |v| {
+                if v == name { trigger } else { Trigger::Cascade }
+            })
+            .await?
+        {
+            if first_error.is_none() {
+                first_error = match (error, outcome.status) {
+                    (Some(e), _) => Some(e),
+                    (None, Status::Stale) => Some(Error::UpstreamFailed {
+                        view: outcome.view.to_string(),
+                        upstream: outcome.reason.clone(),
+                        why: "so it was not refreshed".into(),
+                    }),
+                    (None, _) => None,
+                };
+            }
+            outcomes.push(outcome);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(outcomes),
+        }
+    }
+
+    /// Refreshes `order` (already in dependency order). A view whose upstream (among all
+    /// views) failed in this run, or whose last refresh failed, is marked stale.
+    pub async fn refresh_in_order(
+        &self,
+        order: &[TableName],
+        full: bool,
+        trigger: impl Fn(&TableName) -> Trigger,
+    ) -> Result<Vec<(RefreshOutcome, Option<Error>)>> {
+        let all = self.list().await?;
+        let graph = self.graph(&all)?;
+        let history = system::latest_refreshes(&self.inner.warehouse, &self.inner.state).await?;
+        let mut bad: HashMap<TableName, String> = HashMap::new();
+        for (view, last) in &history {
+            if matches!(last.status.as_str(), "failed" | "stale") {
+                bad.insert(
+                    view.clone(),
+                    format!("{view}'s last refresh {}", last.status),
+                );
+            }
+        }
+        let mut outcomes = Vec::new();
+        for name in order {
+            let upstream_bad = graph
+                .get(name)
+                .into_iter()
+                .flatten()
+                .find_map(|up| bad.get(up).map(|why| (up.clone(), why.clone())));
+            let (outcome, error) = match upstream_bad {
+                Some((upstream, why)) => {
+                    let now = Utc::now();
+                    let outcome = RefreshOutcome {
+                        view: name.clone(),
+                        refresh_id: refresh_id(now),
+                        trigger: trigger(name),
+                        started: now,
+                        finished: now,
+                        mode: "none",
+                        reason: format!(
+                            "upstream {upstream} is not good ({why}); not refreshed on bad input"
+                        ),
+                        inputs: BTreeMap::new(),
+                        rows_written: 0,
+                        version: None,
+                        status: Status::Stale,
+                        error: None,
+                        expectations: Vec::new(),
+                    };
+                    self.record(&outcome).await;
+                    (outcome, None)
+                }
+                None => match self.refresh_one(name, full, trigger(name), None).await {
+                    Ok(outcome) => (outcome, None),
+                    Err(Error::RefreshRunning { .. }) if trigger(name) == Trigger::Schedule => {
+                        continue;
+                    }
+                    Err(e) => {
+                        // Already recorded by refresh_one.
+                        let now = Utc::now();
+                        (
+                            failed(name, &refresh_id(now), trigger(name), now, &e),
+                            Some(e),
+                        )
+                    }
+                },
+            };
+            match outcome.status {
+                Status::Failed | Status::Stale => {
+                    bad.insert(
+                        name.clone(),
+                        format!("{} {}", name, outcome.status.as_str()),
+                    );
+                }
+                _ => {
+                    bad.remove(name);
+                }
+            }
+            outcomes.push((outcome, error));
+        }
+        Ok(outcomes)
+    }
+
+    /// Each view's upstream views.
+    pub fn graph(&self, views: &[View]) -> Result<BTreeMap<TableName, Vec<TableName>>> {
+        let names: HashSet<&TableName> = views.iter().map(|v| &v.name).collect();
+        let mut graph = BTreeMap::new();
+        for view in views {
+            let upstream = self
+                .references(&view.definition)?
+                .into_iter()
+                .filter(|r| names.contains(r))
+                .collect();
+            graph.insert(view.name.clone(), upstream);
+        }
+        Ok(graph)
+    }
+
+    /// Every (view, input) edge, with whether the input is itself a view.
+    pub async fn lineage(&self) -> Result<Vec<(TableName, TableName, bool)>> {
+        let views = self.list().await?;
+        let names: HashSet<TableName> = views.iter().map(|v| v.name.clone()).collect();
+        let mut edges = Vec::new();
+        for view in &views {
+            for input in self.references(&view.definition)? {
+                let is_view = names.contains(&input);
+                edges.push((view.name.clone(), input, is_view));
+            }
+        }
+        Ok(edges)
+    }
+
+    /// Refreshes one view: incrementally when its query and its inputs' changes allow,
+    /// fully otherwise (always fully with `full`, or when `replace` gives a new definition).
+    /// The outcome is recorded in `system.refreshes` whether it succeeds or fails.
+    pub async fn refresh_one(
+        &self,
+        name: &TableName,
+        full: bool,
+        trigger: Trigger,
+        replace: Option<ViewDefinition>,
+    ) -> Result<RefreshOutcome> {
+        let _running = self.start(name)?;
+        let started = Utc::now();
+        let id = refresh_id(started);
+        let span =
+            info_span!("refresh", view = %name, refresh_id = %id, trigger = trigger.as_str());
+        let result = self
+            .run(name, full, trigger, replace, started, &id)
+            .instrument(span)
+            .await;
+        match result {
+            Ok(outcome) => {
+                info!(view = %name, mode = outcome.mode, rows = outcome.rows_written, status = outcome.status.as_str(), "refresh finished");
+                self.record(&outcome).await;
+                Ok(outcome)
+            }
+            Err(e) => {
+                warn!(view = %name, error = %e, "refresh failed");
+                self.record(&failed(name, &id, trigger, started, &e)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        name: &TableName,
+        full: bool,
+        trigger: Trigger,
+        replace: Option<ViewDefinition>,
+        started: DateTime<Utc>,
+        id: &str,
+    ) -> Result<RefreshOutcome> {
+        let warehouse = &self.inner.warehouse;
+        let view = self.view(name).await?.ok_or_else(|| Error::ViewNotFound {
+            view: name.to_string(),
+        })?;
+        let replacing = replace.is_some();
+        let definition = replace.unwrap_or_else(|| view.definition.clone());
+        let pinned = self.pin(name, &definition).await?;
+        let inputs = pinned.versions();
+        let (plan, reason) = if replacing {
+            (Plan::Full, "the definition was replaced".to_string())
+        } else if full {
+            (Plan::Full, "FULL was asked for".to_string())
+        } else {
+            let changed: Vec<(&TableName, u64, Option<u64>)> = pinned
+                .inputs
+                .iter()
+                .map(|(t, (v, _))| (t, *v, view.last.inputs.get(&t.to_string()).copied()))
+                .filter(|(_, now, before)| Some(*now) != *before)
+                .collect();
+            match changed.as_slice() {
+                [] => {
+                    return Ok(RefreshOutcome {
+                        view: name.clone(),
+                        refresh_id: id.to_string(),
+                        trigger,
+                        started,
+                        finished: Utc::now(),
+                        mode: "none",
+                        reason: format!(
+                            "no input changed since the last refresh (view version {})",
+                            view.version
+                        ),
+                        inputs,
+                        rows_written: 0,
+                        version: Some(view.version),
+                        status: Status::Skipped,
+                        error: None,
+                        expectations: Vec::new(),
+                    });
+                }
+                [(table, now, Some(before))] => {
+                    match self.new_rows(table, *before, *now, &pinned).await {
+                        Err(reason) => (Plan::Full, reason),
+                        Ok(new_rows) => match incremental::analyze(
+                            &pinned.plan,
+                            table,
+                            &definition.default_schema,
+                        ) {
+                            Err(reason) => (Plan::Full, format!("{reason}; refreshed fully")),
+                            Ok(Shape::Linear) => (
+                                Plan::Linear {
+                                    table: (*table).clone(),
+                                    new_rows,
+                                },
+                                format!(
+                                    "{table} gained rows (versions {before} to {now}); appended the view's rows for them"
+                                ),
+                            ),
+                            Ok(Shape::Grouped(grouped)) => (
+                                Plan::Grouped {
+                                    table: (*table).clone(),
+                                    new_rows,
+                                    grouped,
+                                },
+                                format!(
+                                    "{table} gained rows (versions {before} to {now}); recomputed the groups they touch"
+                                ),
+                            ),
+                        },
+                    }
+                }
+                [(table, _, None)] => (Plan::Full, format!("{table} is a new input")),
+                many => (
+                    Plan::Full,
+                    format!(
+                        "{} inputs changed ({}); incremental refresh handles one changed input",
+                        many.len(),
+                        many.iter()
+                            .map(|(t, _, _)| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            }
+        };
+        let ctx = &pinned.ctx;
+        let state = Arc::new(ctx.state());
+        let default_schema = definition.default_schema.as_str();
+        let checks = self.checks(ctx, name, &definition, pinned.plan.schema(), id)?;
+        let (mode, reason, written) = match plan {
+            Plan::Full => {
+                let input = self.checked(ctx, &pinned.plan, &checks).await?;
+                let options = commit_options(
+                    &definition,
+                    id,
+                    "full",
+                    started,
+                    &inputs,
+                    Some(view.version),
+                )?;
+                let options = CommitOptions {
+                    replace_schema: true,
+                    ..options
+                };
+                let written = warehouse
+                    .write_with(name, input, state, WriteMode::Overwrite, &options)
+                    .await
+                    .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
+                ("full", reason, written)
+            }
+            Plan::Linear { table, new_rows } => {
+                let delta = incremental::replace_scan(
+                    &pinned.plan,
+                    &table,
+                    default_schema,
+                    provider_as_source(new_rows),
+                )?;
+                let input = self.checked(ctx, &delta, &checks).await?;
+                let options = commit_options(
+                    &definition,
+                    id,
+                    "incremental",
+                    started,
+                    &inputs,
+                    Some(view.version),
+                )?;
+                let written = warehouse
+                    .write_with(name, input, state, WriteMode::Append, &options)
+                    .await
+                    .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
+                ("incremental", reason, written)
+            }
+            Plan::Grouped {
+                table,
+                new_rows,
+                grouped,
+            } => {
+                let delta_input = incremental::replace_scan(
+                    &grouped.aggregate.input,
+                    &table,
+                    default_schema,
+                    provider_as_source(new_rows),
+                )?;
+                let keys_plan = grouped.keys_of(delta_input)?;
+                let physical = ctx.state().create_physical_plan(&keys_plan).await?;
+                let batches = collect(physical, ctx.task_ctx()).await?;
+                let groups: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                if groups > MAX_CHANGED_GROUPS {
+                    let reason = format!(
+                        "{groups} groups changed (more than {MAX_CHANGED_GROUPS}); refreshed fully"
+                    );
+                    let input = self.checked(ctx, &pinned.plan, &checks).await?;
+                    let options = commit_options(
+                        &definition,
+                        id,
+                        "full",
+                        started,
+                        &inputs,
+                        Some(view.version),
+                    )?;
+                    let options = CommitOptions {
+                        replace_schema: true,
+                        ..options
+                    };
+                    let written = warehouse
+                        .write_with(name, input, state, WriteMode::Overwrite, &options)
+                        .await
+                        .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
+                    ("full", reason, written)
+                } else {
+                    let keys = distinct_keys(&batches, grouped.aggregate.group_expr.len())?;
+                    let recompute = grouped.recompute(&keys)?;
+                    let recomputed = self.checked(ctx, &recompute, &checks).await?;
+                    // The groups the new rows did not touch, as the view holds them now.
+                    let (current, _) = warehouse
+                        .table_provider(name, Some(&TimeTravel::Version(view.version)))
+                        .await?;
+                    let target = recomputed.schema().clone();
+                    let kept =
+                        LogicalPlanBuilder::scan("current", provider_as_source(current), None)?
+                            .filter(grouped.replaced_rows(&keys).is_not_true())?
+                            .project(
+                                target
+                                    .fields()
+                                    .iter()
+                                    .map(|f| {
+                                        cast(
+                                            col(datafusion::common::Column::new_unqualified(
+                                                f.name(),
+                                            )),
+                                            f.data_type().clone(),
+                                        )
+                                        .alias(f.name())
+                                    })
+                                    .collect::<Vec<Expr>>(),
+                            )?
+                            .build()?;
+                    let input = LogicalPlanBuilder::from(kept).union(recomputed)?.build()?;
+                    let options = commit_options(
+                        &definition,
+                        id,
+                        "incremental",
+                        started,
+                        &inputs,
+                        Some(view.version),
+                    )?;
+                    let written = warehouse
+                        .write_with(name, input, state, WriteMode::Overwrite, &options)
+                        .await
+                        .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
+                    let reason = format!("{reason} ({groups} groups)");
+                    ("incremental", reason, written)
+                }
+            }
+        };
+        Ok(RefreshOutcome {
+            view: name.clone(),
+            refresh_id: id.to_string(),
+            trigger,
+            started,
+            finished: Utc::now(),
+            mode,
+            reason,
+            inputs,
+            rows_written: written.rows,
+            version: Some(written.version),
+            status: Status::Succeeded,
+            error: None,
+            expectations: expectation_counts(&checks),
+        })
+    }
+
+    /// The rows `table` gained after version `from` up to `to`, as a table; or why they
+    /// cannot be told apart (a commit removed rows, changed the schema, or left the log).
+    async fn new_rows(
+        &self,
+        table: &TableName,
+        from: u64,
+        to: u64,
+        pinned: &Pinned,
+    ) -> std::result::Result<Arc<dyn TableProvider>, String> {
+        if to < from {
+            return Err(format!(
+                "{table} is older (version {to}) than at the last refresh (version {from}); it was recreated"
+            ));
+        }
+        let warehouse = &self.inner.warehouse;
+        let table_url = warehouse.table_url(table).map_err(|e| e.to_string())?;
+        let mut files = Vec::new();
+        for version in from + 1..=to {
+            let actions = warehouse
+                .commit_actions(table, version)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{table} version {version} is no longer in its log"))?;
+            let operation = actions
+                .iter()
+                .find_map(|a| a.get("commitInfo")?.get("operation")?.as_str())
+                .unwrap_or("an unknown operation")
+                .to_string();
+            for action in &actions {
+                if let Some(add) = action.get("add") {
+                    if add.get("dataChange").and_then(Value::as_bool) != Some(true) {
+                        continue;
+                    }
+                    let partitioned = add
+                        .get("partitionValues")
+                        .and_then(Value::as_object)
+                        .is_some_and(|p| !p.is_empty());
+                    if partitioned || add.get("deletionVector").is_some_and(|d| !d.is_null()) {
+                        return Err(format!("{table} is partitioned or has deletion vectors"));
+                    }
+                    let path = add
+                        .get("path")
+                        .and_then(Value::as_str)
+                        .ok_or("an add action without a path")?;
+                    files.push(path.to_string());
+                } else if let Some(remove) = action.get("remove") {
+                    if remove.get("dataChange").and_then(Value::as_bool) != Some(false) {
+                        return Err(format!(
+                            "{table} version {version} ({operation}) removed or rewrote rows"
+                        ));
+                    }
+                } else if action.get("metaData").is_some() || action.get("protocol").is_some() {
+                    return Err(format!(
+                        "{table} version {version} ({operation}) changed the table's schema or properties"
+                    ));
+                }
+            }
+        }
+        let schema = pinned
+            .inputs
+            .get(table)
+            .map(|(_, provider)| provider.schema())
+            .ok_or_else(|| format!("{table} is not pinned"))?;
+        if files.is_empty() {
+            return Ok(Arc::new(EmptyTable::new(schema)));
+        }
+        let urls = files
+            .iter()
+            .map(|path| {
+                table_url
+                    .join(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|url| ListingTableUrl::parse(url.as_str()).map_err(|e| e.to_string()))
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(schema);
+        let table = ListingTable::try_new(config).map_err(|e| e.to_string())?;
+        Ok(Arc::new(table))
+    }
+
+    /// Writes the outcome to `system.refreshes` (and its expectation counts to
+    /// `system.expectations`). A failure to record is logged, not raised: the refresh itself
+    /// has already committed or failed.
+    async fn record(&self, outcome: &RefreshOutcome) {
+        if let Err(e) = system::record(&self.inner.warehouse, outcome).await {
+            warn!(view = %outcome.view, error = %e, "could not record the refresh in system.refreshes");
+        }
+    }
+}
+
+fn failed(
+    name: &TableName,
+    id: &str,
+    trigger: Trigger,
+    started: DateTime<Utc>,
+    e: &Error,
+) -> RefreshOutcome {
+    RefreshOutcome {
+        view: name.clone(),
+        refresh_id: id.to_string(),
+        trigger,
+        started,
+        finished: Utc::now(),
+        mode: "none",
+        reason: String::new(),
+        inputs: BTreeMap::new(),
+        rows_written: 0,
+        version: None,
+        status: Status::Failed,
+        error: Some(error_chain(e)),
+        expectations: Vec::new(),
+    }
+}
+
+/// An error with its causes, as users see it.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn expectation_counts(checks: &Checks) -> Vec<(String, String, &'static str, u64, u64)> {
+    let rows = checks.rows.load(std::sync::atomic::Ordering::Relaxed);
+    checks
+        .rules
+        .iter()
+        .zip(&checks.violations)
+        .map(|(rule, violations)| {
+            (
+                rule.name.clone(),
+                rule.expression.clone(),
+                rule.on_violation.as_str(),
+                rows,
+                violations.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+        .collect()
+}
+
+fn commit_options(
+    definition: &ViewDefinition,
+    id: &str,
+    mode: &str,
+    started: DateTime<Utc>,
+    inputs: &BTreeMap<String, u64>,
+    base_version: Option<u64>,
+) -> Result<CommitOptions> {
+    let stored = Stored {
+        view: definition.clone(),
+        refresh: RefreshState {
+            id: id.to_string(),
+            mode: mode.to_string(),
+            started,
+            inputs: inputs.clone(),
+        },
+    };
+    let value = serde_json::to_value(&stored)
+        .map_err(|e| Error::Internal(format!("serializing view state: {e}")))?;
+    Ok(CommitOptions {
+        metadata: vec![(METADATA_KEY.to_string(), value)],
+        base_version,
+        replace_schema: false,
+    })
+}
+
+fn parse_query(query: &str) -> Result<DfStatement> {
+    let mut statements =
+        DFParser::parse_sql_with_dialect(query, &GenericDialect {}).map_err(|e| Error::Syntax {
+            message: e.to_string(),
+        })?;
+    match (statements.pop_front(), statements.is_empty()) {
+        (Some(statement), true) => Ok(statement),
+        _ => Err(Error::InvalidDefinition {
+            reason: "a view's query must be one SELECT statement".into(),
+        }),
+    }
+}
+
+fn resolve(reference: &TableReference, default_schema: &str) -> Result<TableName> {
+    let resolved = reference.clone().resolve("medlake", default_schema);
+    if &*resolved.catalog != "medlake" {
+        return Err(Error::InvalidDefinition {
+            reason: format!(
+                "there is no catalog '{}'; the catalog is 'medlake'",
+                resolved.catalog
+            ),
+        });
+    }
+    Ok(TableName::new(
+        resolved.schema.to_string(),
+        resolved.table.to_string(),
+    )?)
+}
+
+/// The distinct values of each key column.
+fn distinct_keys(batches: &[RecordBatch], columns: usize) -> Result<Vec<Vec<ScalarValue>>> {
+    let mut keys: Vec<Vec<ScalarValue>> = vec![Vec::new(); columns];
+    let mut seen: Vec<HashSet<ScalarValue>> = vec![HashSet::new(); columns];
+    for batch in batches {
+        for (c, column) in batch.columns().iter().take(columns).enumerate() {
+            for row in 0..batch.num_rows() {
+                let value = ScalarValue::try_from_array(column, row)?;
+                if seen[c].insert(value.clone()) {
+                    keys[c].push(value);
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// Views in dependency order (upstream first).
+pub fn topological(graph: &BTreeMap<TableName, Vec<TableName>>) -> Result<Vec<TableName>> {
+    fn visit(
+        node: &TableName,
+        graph: &BTreeMap<TableName, Vec<TableName>>,
+        done: &mut BTreeSet<TableName>,
+        path: &mut Vec<TableName>,
+        order: &mut Vec<TableName>,
+    ) -> Result<()> {
+        if done.contains(node) {
+            return Ok(());
+        }
+        if let Some(start) = path.iter().position(|p| p == node) {
+            let mut cycle: Vec<String> = path[start..].iter().map(ToString::to_string).collect();
+            cycle.push(node.to_string());
+            return Err(Error::Cycle {
+                cycle: cycle.join(" -> "),
+            });
+        }
+        path.push(node.clone());
+        for upstream in graph.get(node).into_iter().flatten() {
+            if graph.contains_key(upstream) {
+                visit(upstream, graph, done, path, order)?;
+            }
+        }
+        path.pop();
+        done.insert(node.clone());
+        order.push(node.clone());
+        Ok(())
+    }
+    let mut done = BTreeSet::new();
+    let mut order = Vec::new();
+    for node in graph.keys() {
+        visit(node, graph, &mut done, &mut Vec::new(), &mut order)?;
+    }
+    Ok(order)
+}

@@ -1,0 +1,106 @@
+//! The scheduler `medlake serve` runs: refreshes views whose `REFRESH EVERY` / `REFRESH CRON`
+//! schedule is due, upstream first, one refresh of a view at a time.
+//!
+//! When a view is due is computed from the warehouse alone (the start of its latest refresh
+//! in `system.refreshes`, or of the refresh its last commit recorded), so a restarted server
+//! neither repeats a run nor makes up for every missed one: a view that missed several runs
+//! while the server was down is refreshed once, then follows its schedule again.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use medlake_lake::TableName;
+use tracing::{info, warn};
+
+use crate::error::Result;
+use crate::refresh::{RefreshOutcome, Trigger, Views, topological};
+use crate::system;
+
+/// Runs due refreshes. Time is passed in, so tests drive it with their own clock.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    views: Views,
+    state: datafusion::execution::context::SessionState,
+}
+
+impl Scheduler {
+    pub fn new(views: Views, state: datafusion::execution::context::SessionState) -> Self {
+        Self { views, state }
+    }
+
+    /// Each scheduled view and when it is next due.
+    pub async fn next_runs(&self) -> Result<Vec<(TableName, DateTime<Utc>)>> {
+        let history = system::latest_refreshes(self.views.warehouse(), &self.state).await?;
+        let mut runs = Vec::new();
+        for view in self.views.list().await? {
+            let Some(schedule) = &view.definition.schedule else {
+                continue;
+            };
+            let last = history
+                .get(&view.name)
+                .map(|l| l.started)
+                .into_iter()
+                .chain([view.last.started])
+                .max()
+                .unwrap_or(view.last.started);
+            if let Some(next) = schedule.next_after(last) {
+                runs.push((view.name.clone(), next));
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Refreshes every view due at `now`, in dependency order. Views downstream of a failure
+    /// are recorded as stale.
+    pub async fn tick(&self, now: DateTime<Utc>) -> Result<Vec<RefreshOutcome>> {
+        let due: Vec<TableName> = self
+            .next_runs()
+            .await?
+            .into_iter()
+            .filter(|(_, next)| *next <= now)
+            .map(|(name, _)| name)
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = self.views.list().await?;
+        let order: Vec<TableName> = topological(&self.views.graph(&all)?)?
+            .into_iter()
+            .filter(|v| due.contains(v))
+            .collect();
+        let outcomes = self
+            .views
+            .refresh_in_order(&order, false, |_| Trigger::Schedule)
+            .await?;
+        Ok(outcomes.into_iter().map(|(o, _)| o).collect())
+    }
+
+    /// Ticks until `shutdown` resolves, sleeping until the next due run (at most `poll`, so
+    /// views created meanwhile are picked up).
+    pub async fn run(self, poll: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            match self.tick(Utc::now()).await {
+                Ok(outcomes) => {
+                    for o in outcomes {
+                        info!(view = %o.view, status = o.status.as_str(), mode = o.mode, rows = o.rows_written, "scheduled refresh");
+                    }
+                }
+                Err(e) => warn!(error = %e, "scheduler tick failed"),
+            }
+            let wait = match self.next_runs().await {
+                Ok(runs) => runs
+                    .iter()
+                    .map(|(_, next)| (*next - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                    .min()
+                    .unwrap_or(poll)
+                    .min(poll),
+                Err(_) => poll,
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
+            }
+        }
+    }
+}
