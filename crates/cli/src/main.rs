@@ -34,6 +34,54 @@ enum Command {
         medlake sql --warehouse ./wh -f demo.sql\n  \
         medlake sql --warehouse az://lake/warehouse        (credentials from AZURE_* variables)")]
     Sql(SqlArgs),
+    /// Refresh materialized views now (incrementally where their queries allow).
+    Refresh(RefreshArgs),
+    /// Apply a project folder: catalog/*.sql, then the views of sql/**/*.sql in dependency
+    /// order. Unchanged views keep their data; changed ones are replaced and refreshed.
+    Apply(ApplyArgs),
+    /// Run the server: applies --project at start, then refreshes scheduled views (REFRESH
+    /// EVERY / REFRESH CRON) until stopped. The Postgres wire and Flight SQL doors are not
+    /// served yet.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RefreshArgs {
+    /// Warehouse location: a folder, file://, az://, abfss://, s3:// or gs:// URL.
+    #[arg(long, env = "MEDLAKE_WAREHOUSE", default_value = "./warehouse")]
+    warehouse: String,
+    /// Views to refresh (schema.name), in this order.
+    #[arg(required = true, value_name = "VIEW")]
+    views: Vec<String>,
+    /// Recompute fully even where an incremental refresh is possible.
+    #[arg(long)]
+    full: bool,
+    /// Refresh the views each one reads first, in dependency order.
+    #[arg(long)]
+    cascade: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ApplyArgs {
+    /// Warehouse location: a folder, file://, az://, abfss://, s3:// or gs:// URL.
+    #[arg(long, env = "MEDLAKE_WAREHOUSE", default_value = "./warehouse")]
+    warehouse: String,
+    /// The project folder (holding catalog/ and sql/).
+    #[arg(long, value_name = "DIR")]
+    project: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Warehouse location: a folder, file://, az://, abfss://, s3:// or gs:// URL.
+    #[arg(long, env = "MEDLAKE_WAREHOUSE", default_value = "./warehouse")]
+    warehouse: String,
+    /// A project folder to apply at start.
+    #[arg(long, value_name = "DIR")]
+    project: Option<PathBuf>,
+    /// Longest pause between two looks at the schedules, in seconds.
+    #[arg(long, default_value_t = 30)]
+    poll_seconds: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,7 +114,11 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(match cli.command {
+        // The server reports its scheduled refreshes.
+        Command::Serve(_) => "warn,medlake_views=info,buoyant_kernel=off",
+        _ => "warn,buoyant_kernel=off",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,6 +132,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Sql(args) => sql(args).await,
+            Command::Refresh(args) => refresh(args).await,
+            Command::Apply(args) => apply(args).await,
+            Command::Serve(args) => serve(args).await,
         }
     });
     match result {
@@ -94,13 +149,14 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr; `MEDLAKE_LOG` (or `RUST_LOG`) sets the filter. By default only
 /// warnings, and not the Delta kernel's own error lines: medlake reports those errors itself.
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = std::env::var("MEDLAKE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn,buoyant_kernel=off".to_string());
+        .unwrap_or_else(|_| default.to_string());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -114,6 +170,70 @@ impl From<medlake_engine::Error> for Failure {
     fn from(e: medlake_engine::Error) -> Self {
         Failure::Error(e)
     }
+}
+
+async fn refresh(args: RefreshArgs) -> Result<(), Failure> {
+    let engine = Engine::open(&args.warehouse).await?;
+    for view in &args.views {
+        for outcome in engine.refresh(view, args.full, args.cascade).await? {
+            println!(
+                "{}: {} ({}), {} rows written, version {}: {}",
+                outcome.view,
+                outcome.status.as_str(),
+                outcome.mode,
+                outcome.rows_written,
+                outcome.version.map_or("-".to_string(), |v| v.to_string()),
+                outcome.reason
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn apply(args: ApplyArgs) -> Result<(), Failure> {
+    let engine = Engine::open(&args.warehouse).await?;
+    print_applied(&engine.apply_project(&args.project).await?);
+    Ok(())
+}
+
+fn print_applied(applied: &[medlake_engine::Applied]) {
+    for a in applied {
+        println!("{:<9} {} ({})", a.action, a.object, a.detail);
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let engine = Engine::open(&args.warehouse).await?;
+    if let Some(project) = &args.project {
+        print_applied(&engine.apply_project(project).await?);
+    }
+    println!(
+        "medlake serve: refreshing scheduled views of {} (Ctrl-C stops)",
+        medlake_engine::redact_location(engine.warehouse().url().as_str())
+    );
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    engine
+        .scheduler()
+        .run(
+            std::time::Duration::from_secs(args.poll_seconds.max(1)),
+            shutdown,
+        )
+        .await;
+    println!("medlake serve: stopped");
+    Ok(())
 }
 
 async fn sql(args: SqlArgs) -> Result<(), Failure> {

@@ -10,6 +10,7 @@ mod catalog;
 mod dialect;
 mod error;
 mod history;
+mod project;
 mod statement;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub use catalog::{CATALOG, TIME_TRAVEL_SCHEMA};
 pub use dialect::MedlakeDialect;
 pub use error::{Code, Error, Result};
 pub use medlake_lake::redact as redact_location;
+pub use medlake_views::{RefreshOutcome, Status as RefreshStatus};
+pub use project::Applied;
 pub use statement::{Statement, ends_statement, parse, parse_timestamp, split};
 
 /// The default schema of a session, as in Postgres.
@@ -193,6 +196,28 @@ impl Engine {
     /// serve` runs it.
     pub fn scheduler(&self) -> Scheduler {
         Scheduler::new(self.shared.views.clone(), self.shared.state.clone())
+    }
+
+    /// Refreshes the view named `name` (as written in SQL), with its upstream views first when
+    /// `cascade`; what `REFRESH MATERIALIZED VIEW` and `medlake refresh` run.
+    pub async fn refresh(
+        &self,
+        name: &str,
+        full: bool,
+        cascade: bool,
+    ) -> Result<Vec<RefreshOutcome>> {
+        let parsed = datafusion::sql::sqlparser::parser::Parser::new(&MedlakeDialect::default())
+            .try_with_sql(name)
+            .and_then(|mut p| p.parse_object_name(false))
+            .map_err(|e| Error::Syntax {
+                message: format!("'{name}' is not a view name: {e}"),
+            })?;
+        let name = self.default.table_name(&statement::name_parts(&parsed)?)?;
+        Ok(self
+            .shared
+            .views
+            .refresh(&name, full, cascade, Trigger::Manual)
+            .await?)
     }
 
     /// A new session (one per client connection): settings changed with `SET` stay in it.

@@ -758,7 +758,11 @@ impl Views {
         match result {
             Ok(outcome) => {
                 info!(view = %name, mode = outcome.mode, rows = outcome.rows_written, status = outcome.status.as_str(), "refresh finished");
-                self.record(&outcome).await;
+                // A scheduled look that found nothing to do is not history worth a commit;
+                // the scheduler remembers it in memory.
+                if !(outcome.status == Status::Skipped && trigger == Trigger::Schedule) {
+                    self.record(&outcome).await;
+                }
                 Ok(outcome)
             }
             Err(e) => {
@@ -988,7 +992,7 @@ impl Views {
                         .write_with(name, input, state, WriteMode::Overwrite, &options)
                         .await
                         .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
-                    let reason = format!("{reason} ({groups} groups)");
+                    let reason = format!("{reason} ({groups} group(s))");
                     ("incremental", reason, written)
                 }
             }

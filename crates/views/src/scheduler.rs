@@ -6,6 +6,8 @@
 //! neither repeats a run nor makes up for every missed one: a view that missed several runs
 //! while the server was down is refreshed once, then follows its schedule again.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,16 +23,23 @@ use crate::system;
 pub struct Scheduler {
     views: Views,
     state: datafusion::execution::context::SessionState,
+    /// Scheduled runs that found nothing to do (not recorded in `system.refreshes`).
+    checked: Arc<Mutex<HashMap<TableName, DateTime<Utc>>>>,
 }
 
 impl Scheduler {
     pub fn new(views: Views, state: datafusion::execution::context::SessionState) -> Self {
-        Self { views, state }
+        Self {
+            views,
+            state,
+            checked: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// Each scheduled view and when it is next due.
     pub async fn next_runs(&self) -> Result<Vec<(TableName, DateTime<Utc>)>> {
         let history = system::latest_refreshes(self.views.warehouse(), &self.state).await?;
+        let checked = self.checked.lock().map(|c| c.clone()).unwrap_or_default();
         let mut runs = Vec::new();
         for view in self.views.list().await? {
             let Some(schedule) = &view.definition.schedule else {
@@ -40,6 +49,7 @@ impl Scheduler {
                 .get(&view.name)
                 .map(|l| l.started)
                 .into_iter()
+                .chain(checked.get(&view.name).copied())
                 .chain([view.last.started])
                 .max()
                 .unwrap_or(view.last.started);
@@ -72,6 +82,11 @@ impl Scheduler {
             .views
             .refresh_in_order(&order, false, |_| Trigger::Schedule)
             .await?;
+        if let Ok(mut checked) = self.checked.lock() {
+            for (outcome, _) in &outcomes {
+                checked.insert(outcome.view.clone(), outcome.started);
+            }
+        }
         Ok(outcomes.into_iter().map(|(o, _)| o).collect())
     }
 
