@@ -602,9 +602,14 @@ impl Views {
         let mut outcomes = Vec::new();
         let mut first_error = None;
         for (outcome, error) in self
-            .refresh_in_order(&order, full, |v| {
-                if v == name { trigger } else { Trigger::Cascade }
-            })
+            .refresh_in_order(
+                &order,
+                full,
+                |v| {
+                    if v == name { trigger } else { Trigger::Cascade }
+                },
+                None,
+            )
             .await?
         {
             if first_error.is_none() {
@@ -633,6 +638,7 @@ impl Views {
         order: &[TableName],
         full: bool,
         trigger: impl Fn(&TableName) -> Trigger,
+        at: Option<DateTime<Utc>>,
     ) -> Result<Vec<(RefreshOutcome, Option<Error>)>> {
         let all = self.list().await?;
         let graph = self.graph(&all)?;
@@ -655,7 +661,7 @@ impl Views {
                 .find_map(|up| bad.get(up).map(|why| (up.clone(), why.clone())));
             let (outcome, error) = match upstream_bad {
                 Some((upstream, why)) => {
-                    let now = Utc::now();
+                    let now = at.unwrap_or_else(Utc::now);
                     let outcome = RefreshOutcome {
                         view: name.clone(),
                         refresh_id: refresh_id(now),
@@ -676,7 +682,10 @@ impl Views {
                     self.record(&outcome).await;
                     (outcome, None)
                 }
-                None => match self.refresh_one(name, full, trigger(name), None).await {
+                None => match self
+                    .refresh_one_at(name, full, trigger(name), None, at.unwrap_or_else(Utc::now))
+                    .await
+                {
                     Ok(outcome) => (outcome, None),
                     Err(Error::RefreshRunning { .. }) if trigger(name) == Trigger::Schedule => {
                         continue;
@@ -746,8 +755,20 @@ impl Views {
         trigger: Trigger,
         replace: Option<ViewDefinition>,
     ) -> Result<RefreshOutcome> {
+        self.refresh_one_at(name, full, trigger, replace, Utc::now())
+            .await
+    }
+
+    /// [`Self::refresh_one`], recording `started` as its start (the scheduler's clock).
+    async fn refresh_one_at(
+        &self,
+        name: &TableName,
+        full: bool,
+        trigger: Trigger,
+        replace: Option<ViewDefinition>,
+        started: DateTime<Utc>,
+    ) -> Result<RefreshOutcome> {
         let _running = self.start(name)?;
-        let started = Utc::now();
         let id = refresh_id(started);
         let span =
             info_span!("refresh", view = %name, refresh_id = %id, trigger = trigger.as_str());

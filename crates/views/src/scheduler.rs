@@ -80,7 +80,7 @@ impl Scheduler {
             .collect();
         let outcomes = self
             .views
-            .refresh_in_order(&order, false, |_| Trigger::Schedule)
+            .refresh_in_order(&order, false, |_| Trigger::Schedule, Some(now))
             .await?;
         if let Ok(mut checked) = self.checked.lock() {
             for (outcome, _) in &outcomes {

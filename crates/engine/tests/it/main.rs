@@ -6,6 +6,8 @@ use std::sync::Arc;
 use arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
 use medlake_engine::{Code, Engine};
 
+mod views;
+
 fn location(dir: &tempfile::TempDir) -> String {
     dir.path()
         .join("wh")

@@ -1,0 +1,434 @@
+//! Materialized views end to end through the engine: incremental refresh against full
+//! refresh, the scheduler on a controlled clock, refresh exclusion, optimistic commits.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, Float64Array, RecordBatch, StringArray};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use chrono::{Duration, Timelike, Utc};
+use medlake_engine::{Code, Engine};
+
+use crate::{location, scratch};
+
+/// A small deterministic generator (xorshift64*): the same rounds on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Every row of a table, as sorted text (floats to 6 decimals: sums over different splits
+/// of the same rows may differ in the last bits).
+async fn rows(engine: &Engine, table: &str) -> Vec<String> {
+    let batches = engine
+        .query(&format!("SELECT * FROM {table}"))
+        .await
+        .expect(table);
+    let mut out = Vec::new();
+    for batch in &batches {
+        let options = FormatOptions::default().with_null("NULL");
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = batch
+                .columns()
+                .iter()
+                .zip(&formatters)
+                .map(|(column, formatter)| match column.data_type() {
+                    DataType::Float64 if column.is_valid(row) => {
+                        let v = column
+                            .as_any()
+                            .downcast_ref::<Float64Array>()
+                            .unwrap()
+                            .value(row);
+                        format!("{v:.6}")
+                    }
+                    _ => formatter.value(row).to_string(),
+                })
+                .collect();
+            out.push(cells.join("|"));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column(column), &DataType::Utf8).unwrap();
+            let c = c.as_any().downcast_ref::<StringArray>().unwrap().clone();
+            (0..c.len())
+                .map(|i| c.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Each view shape is defined twice: `<name>` refreshed as medlake chooses (incrementally
+/// when it can), `<name>_full` always with FULL. After every round of random appends both
+/// must hold exactly the same rows.
+const VIEWS: &[(&str, &str)] = &[
+    (
+        "silver.clean",
+        "CONSTRAINT plausible EXPECT (value BETWEEN 0 AND 300) ON VIOLATION DROP ROW \
+         AS SELECT patient, metric, value * 1.0 AS value, ts, upper(metric) AS kind \
+         FROM bronze.events WHERE metric <> 'noise'",
+    ),
+    (
+        "gold.daily",
+        "AS SELECT patient, metric, date_trunc('day', ts) AS day, count(*) AS n, count(value) AS measured, \
+         avg(value) AS mean, min(value) AS low, max(value) AS high, count(DISTINCT value) AS distinct_values \
+         FROM silver.clean GROUP BY patient, metric, date_trunc('day', ts)",
+    ),
+    (
+        "gold.by_ward",
+        "AS SELECT w.ward, e.metric, count(*) AS n, sum(e.value) AS total \
+         FROM bronze.events e JOIN bronze.wards w ON e.patient = w.patient GROUP BY w.ward, e.metric",
+    ),
+    (
+        "silver.enriched",
+        "AS SELECT e.patient, w.ward, e.value FROM bronze.events e LEFT JOIN bronze.wards w ON e.patient = w.patient",
+    ),
+    (
+        "gold.distinct_patients",
+        "AS SELECT DISTINCT patient FROM bronze.events",
+    ),
+];
+
+#[tokio::test]
+async fn incremental_refresh_yields_exactly_what_a_full_refresh_yields() {
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.events (patient VARCHAR, metric VARCHAR NOT NULL, value DOUBLE, ts TIMESTAMP NOT NULL); \
+             CREATE TABLE bronze.wards (patient VARCHAR NOT NULL, ward VARCHAR NOT NULL); \
+             INSERT INTO bronze.wards VALUES ('p0', 'icu'), ('p1', 'icu'), ('p2', 'cardio'), ('p3', 'neuro')",
+        )
+        .await
+        .unwrap();
+    for (name, body) in VIEWS {
+        for suffix in ["", "_full"] {
+            let body = body.replace("silver.clean", &format!("silver.clean{suffix}"));
+            engine
+                .sql(&format!("CREATE MATERIALIZED VIEW {name}{suffix} {body}"))
+                .await
+                .expect(name);
+        }
+    }
+    let mut rng = Rng(0x6d65_646c_616b_65);
+    let metrics = ["hr", "spo2", "noise", "temp"];
+    for round in 0..14 {
+        let n = 1 + rng.below(40);
+        let values: Vec<String> = (0..n)
+            .map(|_| {
+                let patient = match rng.below(8) {
+                    0 => "NULL".to_string(),
+                    p => format!("'p{}'", p - 1),
+                };
+                let metric = metrics[rng.below(4) as usize];
+                let value = match rng.below(10) {
+                    0 => "NULL".to_string(),
+                    1 => "999".to_string(),
+                    _ => format!("{}", rng.below(200)),
+                };
+                let ts = format!(
+                    "2026-11-{:02} {:02}:00:00",
+                    20 + rng.below(5),
+                    rng.below(24)
+                );
+                format!("({patient}, '{metric}', {value}, '{ts}')")
+            })
+            .collect();
+        engine
+            .sql(&format!(
+                "INSERT INTO bronze.events VALUES {}",
+                values.join(", ")
+            ))
+            .await
+            .unwrap();
+        if round % 7 == 6 {
+            // A changed dimension: joins over it must refresh fully, and still agree.
+            engine
+                .sql(&format!(
+                    "INSERT INTO bronze.wards VALUES ('p{}', 'ward{round}')",
+                    4 + round / 7
+                ))
+                .await
+                .unwrap();
+        }
+        for (name, _) in VIEWS {
+            engine
+                .sql(&format!(
+                    "REFRESH MATERIALIZED VIEW {name}; REFRESH MATERIALIZED VIEW {name}_full FULL"
+                ))
+                .await
+                .expect(name);
+            assert_eq!(
+                rows(&engine, name).await,
+                rows(&engine, &format!("{name}_full")).await,
+                "{name} after round {round}"
+            );
+        }
+    }
+    // The incremental paths really ran (and the others said why not).
+    let modes = engine
+        .query(
+            "SELECT view, mode, count(*) FROM system.refreshes WHERE trigger = 'manual' AND view NOT LIKE '%_full' \
+             GROUP BY view, mode ORDER BY view, mode",
+        )
+        .await
+        .unwrap();
+    let summary: Vec<String> = strings(&modes, 0)
+        .into_iter()
+        .zip(strings(&modes, 1))
+        .zip(strings(&modes, 2))
+        .map(|((v, m), c)| format!("{v} {m} {c}"))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            "gold.by_ward full 2",
+            "gold.by_ward incremental 12",
+            "gold.daily incremental 14",
+            "gold.distinct_patients full 14",
+            "silver.clean incremental 14",
+            "silver.enriched full 2",
+            "silver.enriched incremental 12",
+        ],
+        "{summary:?}"
+    );
+    let reasons = engine
+        .query("SELECT DISTINCT reason FROM system.refreshes WHERE view = 'gold.distinct_patients' AND trigger = 'manual'")
+        .await
+        .unwrap();
+    assert_eq!(
+        strings(&reasons, 0),
+        vec!["the query has DISTINCT over the changed input; refreshed fully"]
+    );
+}
+
+async fn schedule_count(engine: &Engine, view: &str) -> i64 {
+    crate::count(
+        engine,
+        &format!(
+            "SELECT count(*) FROM system.refreshes WHERE view = '{view}' AND trigger = 'schedule'"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn scheduler_runs_due_views_upstream_first_once_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    let t0 = Utc::now();
+    // A cron schedule that falls 30 minutes from now.
+    let at = t0 + Duration::minutes(30);
+    let cron = format!("{} {} * * *", at.minute(), at.hour());
+    engine
+        .sql(&format!(
+            "CREATE TABLE bronze.t (v INT NOT NULL); INSERT INTO bronze.t VALUES (1); \
+             CREATE MATERIALIZED VIEW silver.s REFRESH EVERY '10 minutes' AS SELECT v FROM bronze.t; \
+             CREATE MATERIALIZED VIEW gold.total REFRESH EVERY '10 minutes' AS SELECT sum(v) AS s FROM silver.s; \
+             CREATE MATERIALIZED VIEW gold.nightly REFRESH CRON '{cron}' AS SELECT count(*) AS n FROM bronze.t",
+        ))
+        .await
+        .unwrap();
+    let scheduler = engine.scheduler();
+    assert!(
+        scheduler
+            .tick(t0 + Duration::minutes(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    engine.sql("INSERT INTO bronze.t VALUES (2)").await.unwrap();
+    let ran = scheduler.tick(t0 + Duration::minutes(11)).await.unwrap();
+    let order: Vec<String> = ran.iter().map(|o| o.view.to_string()).collect();
+    assert_eq!(order, vec!["silver.s", "gold.total"], "upstream first");
+    assert!(
+        ran.iter()
+            .all(|o| o.status == medlake_engine::RefreshStatus::Succeeded)
+    );
+    // The same instant again: nothing is due (no double run).
+    assert!(
+        scheduler
+            .tick(t0 + Duration::minutes(11))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The cron view: not before its minute, then once.
+    assert!(
+        scheduler
+            .tick(t0 + Duration::minutes(20))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    engine.sql("INSERT INTO bronze.t VALUES (3)").await.unwrap();
+    let ran = scheduler.tick(t0 + Duration::minutes(31)).await.unwrap();
+    let order: Vec<String> = ran.iter().map(|o| o.view.to_string()).collect();
+    let position = |v: &str| order.iter().position(|o| o == v).unwrap();
+    assert_eq!(order.len(), 3, "{order:?}");
+    assert!(position("silver.s") < position("gold.total"), "{order:?}");
+    assert!(order.contains(&"gold.nightly".to_string()), "{order:?}");
+    assert_eq!(schedule_count(&engine, "silver.s").await, 2);
+    assert_eq!(schedule_count(&engine, "gold.nightly").await, 1);
+    drop(scheduler);
+    drop(engine);
+
+    // A restarted server knows what already ran ...
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    let scheduler = engine.scheduler();
+    assert!(
+        scheduler
+            .tick(t0 + Duration::minutes(32))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // ... and after a long outage catches up once per view, not once per missed interval.
+    engine.sql("INSERT INTO bronze.t VALUES (4)").await.unwrap();
+    let ran = scheduler.tick(t0 + Duration::hours(5)).await.unwrap();
+    let order: Vec<String> = ran.iter().map(|o| o.view.to_string()).collect();
+    assert_eq!(order, vec!["silver.s", "gold.total"]);
+    assert_eq!(schedule_count(&engine, "silver.s").await, 3);
+    assert_eq!(schedule_count(&engine, "gold.total").await, 3);
+    assert_eq!(crate::count(&engine, "SELECT s FROM gold.total").await, 10);
+    // A look that finds nothing to do is not recorded, and not repeated before it is due.
+    assert_eq!(
+        scheduler
+            .tick(t0 + Duration::hours(5) + Duration::minutes(10))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        scheduler
+            .tick(t0 + Duration::hours(5) + Duration::minutes(11))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(schedule_count(&engine, "silver.s").await, 3);
+}
+
+#[tokio::test]
+async fn a_second_refresh_of_a_running_view_is_refused() {
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.n (v BIGINT NOT NULL); \
+             INSERT INTO bronze.n SELECT value FROM generate_series(1, 300000); \
+             CREATE MATERIALIZED VIEW gold.heavy AS SELECT v % 1000 AS k, count(*) AS c FROM bronze.n GROUP BY v % 1000",
+        )
+        .await
+        .unwrap();
+    let (first, second) = tokio::join!(
+        engine.sql("REFRESH MATERIALIZED VIEW gold.heavy FULL"),
+        engine.sql("REFRESH MATERIALIZED VIEW gold.heavy FULL"),
+    );
+    // Whichever got there first ran; the other was refused.
+    let err = match (first, second) {
+        (Ok(_), Err(err)) | (Err(err), Ok(_)) => err,
+        other => panic!("expected one refresh and one refusal, got {other:?}"),
+    };
+    assert_eq!(err.code(), Code::ObjectInUse);
+    assert!(
+        err.to_string()
+            .contains("a refresh of 'gold.heavy' is already running"),
+        "{err}"
+    );
+    // Only the first committed.
+    assert_eq!(
+        crate::count(&engine, "SELECT count(*) FROM table_history('gold.heavy')").await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_commit_on_top_of_a_stale_version_is_refused() {
+    use datafusion::datasource::{MemTable, provider_as_source};
+    use datafusion::logical_expr::LogicalPlanBuilder;
+
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql("CREATE TABLE bronze.t (v INT NOT NULL); INSERT INTO bronze.t VALUES (1)")
+        .await
+        .unwrap();
+    let name = medlake_lake::TableName::new("bronze", "t").unwrap();
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("v", DataType::Int32, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow::array::Int32Array::from(vec![7]))],
+    )
+    .unwrap();
+    let input = || {
+        let table = MemTable::try_new(schema.clone(), vec![vec![batch.clone()]]).unwrap();
+        LogicalPlanBuilder::scan("rows", provider_as_source(Arc::new(table)), None)
+            .unwrap()
+            .build()
+            .unwrap()
+    };
+    let state = Arc::new(
+        datafusion::execution::SessionStateBuilder::new()
+            .with_default_features()
+            .with_query_planner(medlake_lake::delta_query_planner())
+            .build(),
+    );
+    let on_top_of = |version| medlake_lake::CommitOptions {
+        base_version: Some(version),
+        ..Default::default()
+    };
+    let warehouse = engine.warehouse();
+    // On top of the latest version: fine.
+    warehouse
+        .write_with(
+            &name,
+            input(),
+            state.clone(),
+            medlake_lake::WriteMode::Append,
+            &on_top_of(1),
+        )
+        .await
+        .unwrap();
+    // On top of version 1 again, after version 2 was committed: refused, nothing written.
+    let err = warehouse
+        .write_with(
+            &name,
+            input(),
+            state,
+            medlake_lake::WriteMode::Append,
+            &on_top_of(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, medlake_lake::Error::Conflict { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        crate::count(&engine, "SELECT count(*) FROM bronze.t").await,
+        2
+    );
+}
