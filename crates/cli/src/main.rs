@@ -345,6 +345,7 @@ const HELP: &str = "Statements end with ';' and may span lines.
   \\?, help            this help
   \\dt [schema]        list tables
   \\dn                 list schemas
+  \\dm                 list materialized views (status, rows, staleness)
   DESCRIBE HISTORY t  a table's commits; SELECT ... FROM t VERSION AS OF n reads one";
 
 async fn interactive(engine: &Engine) -> Result<(), Failure> {
@@ -391,7 +392,8 @@ async fn interactive(engine: &Engine) -> Result<(), Failure> {
                     continue;
                 }
                 "\\dn" => Some("SELECT schema_name FROM information_schema.schemata WHERE catalog_name = 'medlake' AND schema_name <> 'information_schema' ORDER BY 1;".to_string()),
-                "\\dt" => Some("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema NOT IN ('information_schema') ORDER BY 1, 2;".to_string()),
+                "\\dt" => Some("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema NOT IN ('information_schema', 'system') ORDER BY 1, 2;".to_string()),
+                "\\dm" => Some("SELECT schema, name, schedule, status, rows, staleness FROM system.materialized_views ORDER BY 1, 2;".to_string()),
                 _ if trimmed.starts_with("\\dt ") => Some(format!(
                     "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = '{}' ORDER BY 2;",
                     trimmed[4..].trim().replace('\'', "''")

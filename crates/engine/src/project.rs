@@ -64,9 +64,11 @@ fn read(path: &Path) -> Result<String> {
 /// Says which file a failing statement came from.
 fn in_file(path: &Path, e: Error) -> Error {
     match e {
-        Error::Syntax { message } => Error::Syntax {
-            message: format!("{}: {message}", path.display()),
-        },
+        Error::Syntax { message } | Error::Views(medlake_views::Error::Syntax { message }) => {
+            Error::Syntax {
+                message: format!("{}: {message}", path.display()),
+            }
+        }
         other => other,
     }
 }

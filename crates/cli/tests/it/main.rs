@@ -1,5 +1,5 @@
-//! The `medlake` binary as users run it: `medlake sql -c/-f`, restarts, and a SIGKILL in the
-//! middle of a large INSERT.
+//! The `medlake` binary as users run it: `medlake sql -c/-f`, restarts, SIGKILLs in the
+//! middle of a large INSERT and of a refresh, `medlake apply`, `refresh` and `serve`.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -167,7 +167,13 @@ fn the_interactive_prompt_reads_multi_line_statements() {
 
 #[test]
 fn help_is_everywhere() {
-    for args in [vec!["--help"], vec!["sql", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["sql", "--help"],
+        vec!["refresh", "--help"],
+        vec!["apply", "--help"],
+        vec!["serve", "--help"],
+    ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success());
         assert!(stdout(&out).contains("Usage: medlake"), "{}", stdout(&out));
@@ -258,4 +264,263 @@ fn sigkill_in_the_middle_of_a_large_insert_leaves_the_previous_version() {
         csv(&wh, "SELECT max(version) FROM table_history('bronze.big')"),
         ["2"]
     );
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("medlake runs")
+}
+
+fn ok_run(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "medlake {args:?} failed:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+#[test]
+fn sigkill_in_the_middle_of_a_refresh_leaves_the_previous_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    ok(
+        &wh,
+        &[
+            "-c",
+            "CREATE TABLE bronze.seed (id BIGINT NOT NULL)",
+            "-c",
+            "INSERT INTO bronze.seed SELECT value FROM generate_series(1, 10)",
+            "-c",
+            "CREATE MATERIALIZED VIEW silver.cube AS SELECT a.id * 1000000 + b.id * 1000 + c.id AS k, \
+             repeat('x', 48) AS pad FROM bronze.seed a, bronze.seed b, bronze.seed c",
+            "-c",
+            "INSERT INTO bronze.seed SELECT value FROM generate_series(11, 800)",
+        ],
+    );
+    let view = wh.join("silver/cube");
+    let before = entries(&view);
+    // 800^3 rows: long enough to be killed while it writes.
+    let mut child = Command::new(BIN)
+        .args(["refresh", "--warehouse"])
+        .arg(&wh)
+        .arg("silver.cube")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the refresh ended ({status}) before it could be killed: make it larger");
+        }
+        if entries(&view).iter().any(|e| !before.contains(e)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no data file appeared in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still refreshing when killed"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        entries(&view).len() > before.len(),
+        "the killed refresh had written files"
+    );
+
+    // The view is at its previous version and readable; nothing recorded the killed refresh.
+    assert_eq!(
+        csv(&wh, "SELECT max(version) FROM table_history('silver.cube')"),
+        ["0"]
+    );
+    assert_eq!(csv(&wh, "SELECT count(*) FROM silver.cube"), ["1000"]);
+    assert_eq!(
+        csv(
+            &wh,
+            "SELECT status FROM system.refreshes WHERE view = 'silver.cube'"
+        ),
+        ["succeeded"]
+    );
+    // The next refresh is correct.
+    ok(
+        &wh,
+        &[
+            "-c",
+            "INSERT OVERWRITE bronze.seed SELECT value FROM generate_series(1, 12)",
+        ],
+    );
+    let out = ok_run(&[
+        "refresh",
+        "--warehouse",
+        wh.to_str().unwrap(),
+        "silver.cube",
+    ]);
+    assert!(out.contains("silver.cube: succeeded (full)"), "{out}");
+    assert!(out.contains("removed or rewrote rows"), "{out}");
+    assert_eq!(
+        csv(&wh, "SELECT count(*), count(DISTINCT k) FROM silver.cube"),
+        ["1728,1728"]
+    );
+    assert_eq!(
+        csv(&wh, "SELECT max(version) FROM table_history('silver.cube')"),
+        ["1"]
+    );
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn apply_is_idempotent_orders_views_by_dependency_and_keeps_removed_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let project = dir.path().join("project");
+    write(
+        &project.join("catalog/sources.sql"),
+        "CREATE TABLE IF NOT EXISTS bronze.vitals (patient VARCHAR NOT NULL, hr INT);\n\
+         INSERT INTO bronze.vitals SELECT 'p' || CAST(value % 3 AS VARCHAR), CAST(value AS INT) FROM generate_series(1, 6) WHERE NOT EXISTS (SELECT 1 FROM bronze.vitals);\n",
+    );
+    // File names sort gold before silver: apply must order by what each view reads.
+    write(
+        &project.join("sql/a_gold/per_patient.sql"),
+        "-- gold: one row per patient\nCREATE MATERIALIZED VIEW gold.per_patient AS\n  SELECT patient, count(*) AS n FROM silver.vitals GROUP BY patient;\n",
+    );
+    write(
+        &project.join("sql/b_silver/vitals.sql"),
+        "CREATE MATERIALIZED VIEW silver.vitals AS SELECT patient, hr FROM bronze.vitals WHERE hr > 1;\n",
+    );
+    let wh_arg = wh.to_str().unwrap();
+    let project_arg = project.to_str().unwrap();
+    let first = ok_run(&["apply", "--warehouse", wh_arg, "--project", project_arg]);
+    let silver = first.find("created   silver.vitals").expect(&first);
+    let gold = first.find("created   gold.per_patient").expect(&first);
+    assert!(silver < gold, "{first}");
+
+    // Again: nothing changes, the data stays (same versions).
+    let again = ok_run(&["apply", "--warehouse", wh_arg, "--project", project_arg]);
+    assert!(
+        again.contains("unchanged silver.vitals (version 0)"),
+        "{again}"
+    );
+    assert!(
+        again.contains("unchanged gold.per_patient (version 0)"),
+        "{again}"
+    );
+    // Reformatting and comments are not changes.
+    write(
+        &project.join("sql/b_silver/vitals.sql"),
+        "-- silver\ncreate materialized view silver.vitals as\n    select patient, hr\n    from bronze.vitals\n    where hr > 1;\n",
+    );
+    let again = ok_run(&["apply", "--warehouse", wh_arg, "--project", project_arg]);
+    assert!(again.contains("unchanged silver.vitals"), "{again}");
+
+    // A changed definition is replaced and refreshed.
+    write(
+        &project.join("sql/b_silver/vitals.sql"),
+        "CREATE MATERIALIZED VIEW silver.vitals AS SELECT patient, hr FROM bronze.vitals WHERE hr > 3;\n",
+    );
+    let changed = ok_run(&["apply", "--warehouse", wh_arg, "--project", project_arg]);
+    assert!(
+        changed.contains("replaced  silver.vitals (3 rows)"),
+        "{changed}"
+    );
+    assert_eq!(csv(&wh, "SELECT count(*) FROM silver.vitals"), ["3"]);
+    assert_eq!(
+        csv(
+            &wh,
+            "SELECT max(version) FROM table_history('silver.vitals')"
+        ),
+        ["1"]
+    );
+
+    // A removed file keeps its view and data, and says so.
+    std::fs::remove_file(project.join("sql/a_gold/per_patient.sql")).unwrap();
+    let removed = ok_run(&["apply", "--warehouse", wh_arg, "--project", project_arg]);
+    assert!(
+        removed.contains("kept      gold.per_patient (no project file defines it any more"),
+        "{removed}"
+    );
+    assert_eq!(csv(&wh, "SELECT count(*) FROM gold.per_patient"), ["3"]);
+
+    // A broken file names itself.
+    write(
+        &project.join("sql/c/broken.sql"),
+        "CREATE MATERIALIZED VIEW silver.x AS SELEC 1;\n",
+    );
+    let out = run(&["apply", "--warehouse", wh_arg, "--project", project_arg]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("broken.sql"), "{}", stderr(&out));
+}
+
+#[test]
+fn serve_refreshes_scheduled_views_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let project = dir.path().join("project");
+    write(
+        &project.join("catalog/sources.sql"),
+        "CREATE TABLE IF NOT EXISTS bronze.beats (device VARCHAR NOT NULL, hr INT NOT NULL);\n",
+    );
+    write(
+        &project.join("sql/silver/beats.sql"),
+        "CREATE MATERIALIZED VIEW silver.beats REFRESH EVERY '1 second' AS SELECT device, hr FROM bronze.beats WHERE hr > 0;\n",
+    );
+    let mut server = Command::new(BIN)
+        .args(["serve", "--poll-seconds", "1", "--warehouse"])
+        .arg(&wh)
+        .arg("--project")
+        .arg(&project)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The project is applied before the scheduler starts.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !wh.join("silver/beats/_delta_log").exists() {
+        assert!(Instant::now() < deadline, "the project was not applied");
+        assert!(server.try_wait().unwrap().is_none(), "serve exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(
+        &wh,
+        &[
+            "-c",
+            "INSERT INTO bronze.beats VALUES ('pump-1', 72), ('pump-2', 0)",
+        ],
+    );
+    loop {
+        let refreshed = csv(
+            &wh,
+            "SELECT mode, rows_written FROM system.refreshes WHERE view = 'silver.beats' AND trigger = 'schedule' AND status = 'succeeded'",
+        );
+        if !refreshed.is_empty() {
+            assert_eq!(refreshed, ["incremental,1"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled refresh was recorded"
+        );
+        assert!(server.try_wait().unwrap().is_none(), "serve exited");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(csv(&wh, "SELECT device FROM silver.beats"), ["pump-1"]);
+    let pid = server.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let out = server.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("created   silver.beats"), "{printed}");
+    assert!(printed.contains("medlake serve: stopped"), "{printed}");
 }
