@@ -50,9 +50,14 @@ trap 'rm -rf "$demo"' EXIT
 out="$(cargo run --locked -q -p medlake -- sql --warehouse "$demo/warehouse" -f examples/demo.sql)"
 echo "$out" | tail -n 12
 grep -q '| 1002       | 2026-11-23 | heart_rate  | 2        | 90.0    |' <<<"$out"
+grep -q '| 1002       | 310.0 | plausible_heart_rate |' <<<"$out"
+grep -q '| gold.device_activity | incremental |' <<<"$out"
 grep -q 'readings_after_first_batch' <<<"$out"
 grep -q '^| 5  ' <<<"$out"
 # Run twice: the demo starts over each time.
 cargo run --locked -q -p medlake -- sql --warehouse "$demo/warehouse" -f examples/demo.sql >/dev/null
+
+step "the refresh benchmark, small (checks the runner; figures come from release builds)"
+"$VENV/bin/python" benches/run.py refresh --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1
 
 step "all tests passed"

@@ -676,12 +676,27 @@ impl Warehouse {
     /// Appends record batches in one commit, creating the table (in an existing schema) on
     /// the first append; new columns are merged into the table's schema. For medlake's own
     /// tables (refresh history, quarantine), not for user writes.
-    #[instrument(skip(self, batches), fields(table = %name))]
     pub async fn append_batches(
         &self,
         name: &TableName,
         batches: Vec<RecordBatch>,
     ) -> Result<WriteOutcome> {
+        self.write_batches(name, batches, WriteMode::Append).await
+    }
+
+    /// Appends (new columns merged) or overwrites (schema replaced) with record batches in
+    /// one commit, creating the table on the first write. For medlake's own tables.
+    #[instrument(skip(self, batches), fields(table = %name))]
+    pub async fn write_batches(
+        &self,
+        name: &TableName,
+        batches: Vec<RecordBatch>,
+        mode: WriteMode,
+    ) -> Result<WriteOutcome> {
+        let (save_mode, schema_mode) = match mode {
+            WriteMode::Append => (SaveMode::Append, SchemaMode::Merge),
+            WriteMode::Overwrite => (SaveMode::Overwrite, SchemaMode::Overwrite),
+        };
         let delta = |e| Error::delta(&name.schema, &name.table, e);
         for attempt in 0..2 {
             let table = if self.table_exists(name).await? {
@@ -695,8 +710,8 @@ impl Warehouse {
             let written = table
                 .write(batches.clone())
                 .with_table_name(name.table.clone())
-                .with_save_mode(SaveMode::Append)
-                .with_schema_mode(SchemaMode::Merge)
+                .with_save_mode(save_mode)
+                .with_schema_mode(schema_mode)
                 .await;
             match written {
                 Ok(table) => return self.outcome(name, &table).await,

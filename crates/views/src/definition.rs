@@ -61,7 +61,7 @@ impl fmt::Display for Schedule {
 
 fn humanize(seconds: u64) -> String {
     for (unit, size) in [("day", 86_400), ("hour", 3_600), ("minute", 60)] {
-        if seconds >= size && seconds % size == 0 {
+        if seconds >= size && seconds.is_multiple_of(size) {
             let n = seconds / size;
             return format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
         }

@@ -49,6 +49,9 @@ pub(crate) struct Checks {
     /// Where quarantined rows go, written when the last partition ends (before the view's
     /// commit, so no quarantined row can be lost by a crash after it).
     quarantine: Option<(Warehouse, TableName)>,
+    /// A full refresh replaces the quarantine (its rows are re-checked); an incremental one
+    /// appends to it.
+    replace_quarantine: bool,
     partitions_left: AtomicUsize,
 }
 
@@ -58,6 +61,7 @@ impl Checks {
         rules: Vec<Rule>,
         refresh_id: String,
         quarantine: Option<(Warehouse, TableName)>,
+        replace_quarantine: bool,
     ) -> Self {
         let violations = rules.iter().map(|_| AtomicU64::new(0)).collect();
         Self {
@@ -69,6 +73,7 @@ impl Checks {
             removed: AtomicU64::new(0),
             quarantined: Mutex::new(Vec::new()),
             quarantine,
+            replace_quarantine,
             partitions_left: AtomicUsize::new(0),
         }
     }
@@ -175,7 +180,7 @@ impl Checks {
         Ok(filter_record_batch(&batch, &keep)?)
     }
 
-    async fn finish_partition(&self) -> DfResult<()> {
+    async fn finish_partition(&self, schema: SchemaRef) -> DfResult<()> {
         if self.partitions_left.fetch_sub(1, Ordering::AcqRel) != 1 {
             return Ok(());
         }
@@ -187,13 +192,31 @@ impl Checks {
             .lock()
             .map_err(|_| DataFusionError::Internal("quarantine lock poisoned".into()))?
             .clone();
-        if batches.is_empty() {
+        let result = if self.replace_quarantine {
+            let exists = warehouse
+                .table_exists(table)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            if batches.is_empty() && !exists {
+                return Ok(());
+            }
+            let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+            fields.extend(quarantine_fields());
+            let empty = RecordBatch::new_empty(Arc::new(Schema::new(fields)));
+            let batches = if batches.is_empty() {
+                vec![empty]
+            } else {
+                batches
+            };
+            warehouse
+                .write_batches(table, batches, medlake_lake::WriteMode::Overwrite)
+                .await
+        } else if batches.is_empty() {
             return Ok(());
-        }
-        warehouse
-            .append_batches(table, batches)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        } else {
+            warehouse.append_batches(table, batches).await
+        };
+        result.map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(())
     }
 }
@@ -290,10 +313,12 @@ impl ExecutionPlan for ExpectationsExec {
         let checks = self.checks.clone();
         let checked = input.map(move |batch| batch.and_then(|b| checks.check(b)));
         let checks = self.checks.clone();
+        let input_schema = schema.clone();
         // When the partition ends, the last one writes the quarantine.
-        let end =
-            futures::stream::once(async move { checks.finish_partition().await.map(|()| None) })
-                .filter_map(|r: DfResult<Option<RecordBatch>>| async move { r.transpose() });
+        let end = futures::stream::once(async move {
+            checks.finish_partition(input_schema).await.map(|()| None)
+        })
+        .filter_map(|r: DfResult<Option<RecordBatch>>| async move { r.transpose() });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
             checked.chain(end),

@@ -32,7 +32,7 @@ pub(crate) enum Shape {
     /// Append the query over the new rows.
     Linear,
     /// Recompute the groups the new rows touch.
-    Grouped(Grouped),
+    Grouped(Box<Grouped>),
 }
 
 /// The pieces of a grouped view.
@@ -232,11 +232,11 @@ pub(crate) fn analyze(
             }
         }
     }
-    Ok(Shape::Grouped(Grouped {
+    Ok(Shape::Grouped(Box::new(Grouped {
         plan: plan.clone(),
         aggregate: aggregate.clone(),
         key_columns,
-    }))
+    })))
 }
 
 /// `plan` with every read of `table` replaced by `source` (the table's new rows).

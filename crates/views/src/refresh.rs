@@ -165,7 +165,7 @@ enum Plan {
     Grouped {
         table: TableName,
         new_rows: Arc<dyn TableProvider>,
-        grouped: incremental::Grouped,
+        grouped: Box<incremental::Grouped>,
     },
 }
 
@@ -390,6 +390,7 @@ impl Views {
         definition: &ViewDefinition,
         schema: &DFSchema,
         refresh_id: &str,
+        full: bool,
     ) -> Result<Arc<Checks>> {
         let mut rules = Vec::new();
         let mut quarantine = false;
@@ -431,6 +432,7 @@ impl Views {
             rules,
             refresh_id.to_string(),
             quarantine,
+            full,
         )))
     }
 
@@ -491,7 +493,14 @@ impl Views {
         let span = info_span!("create_view", view = %name, refresh_id = %id);
         let result = async {
             let pinned = self.pin(name, &definition).await?;
-            let checks = self.checks(&pinned.ctx, name, &definition, pinned.plan.schema(), &id)?;
+            let checks = self.checks(
+                &pinned.ctx,
+                name,
+                &definition,
+                pinned.plan.schema(),
+                &id,
+                true,
+            )?;
             let input = self.checked(&pinned.ctx, &pinned.plan, &checks).await?;
             let inputs = pinned.versions();
             let options = commit_options(&definition, &id, "full", started, &inputs, None)?;
@@ -891,7 +900,9 @@ impl Views {
         let ctx = &pinned.ctx;
         let state = Arc::new(ctx.state());
         let default_schema = definition.default_schema.as_str();
-        let checks = self.checks(ctx, name, &definition, pinned.plan.schema(), id)?;
+        let full_plan = matches!(plan, Plan::Full);
+        let mut checks =
+            self.checks(ctx, name, &definition, pinned.plan.schema(), id, full_plan)?;
         let (mode, reason, written) = match plan {
             Plan::Full => {
                 let input = self.checked(ctx, &pinned.plan, &checks).await?;
@@ -954,6 +965,7 @@ impl Views {
                     let reason = format!(
                         "{groups} groups changed (more than {MAX_CHANGED_GROUPS}); refreshed fully"
                     );
+                    checks = self.checks(ctx, name, &definition, pinned.plan.schema(), id, true)?;
                     let input = self.checked(ctx, &pinned.plan, &checks).await?;
                     let options = commit_options(
                         &definition,

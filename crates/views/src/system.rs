@@ -316,7 +316,7 @@ pub async fn materialized_views(views: &Views, state: &SessionState) -> Result<R
             None => "succeeded".to_string(),
         };
         let count = match warehouse.table_provider(&view.name, None).await {
-            Ok((provider, _)) => match ctx.read_table(provider).and_then(|f| Ok(f.count())) {
+            Ok((provider, _)) => match ctx.read_table(provider).map(|f| f.count()) {
                 Ok(counting) => counting.await.ok().map(|c| c as i64),
                 Err(_) => None,
             },

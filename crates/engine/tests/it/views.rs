@@ -130,7 +130,7 @@ async fn incremental_refresh_yields_exactly_what_a_full_refresh_yields() {
                 .expect(name);
         }
     }
-    let mut rng = Rng(0x6d65_646c_616b_65);
+    let mut rng = Rng(0x006d_6564_6c61_6b65);
     let metrics = ["hr", "spo2", "noise", "temp"];
     for round in 0..14 {
         let n = 1 + rng.below(40);
