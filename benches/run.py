@@ -43,7 +43,7 @@ class Medlake:
         if csv:
             args += ["--format", "csv"]
         for statement in statements:
-            args += ["-c", statement]
+            args.append(f"--command={statement}")
         done = subprocess.run(args, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"medlake failed: {done.stderr.strip()}\nstatements: {statements}")

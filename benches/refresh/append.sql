@@ -4,5 +4,5 @@ INSERT INTO bronze.vitals
 SELECT value % 200,
        CASE value % 4 WHEN 0 THEN 'heart_rate' WHEN 1 THEN 'spo2' WHEN 2 THEN 'resp_rate' ELSE 'temperature' END,
        CAST(value % 997 AS DOUBLE) / 5.0,
-       TIMESTAMP '2026-10-30 00:00:00' + CAST(value % 86400 AS BIGINT) * INTERVAL '1 second'
+       to_timestamp_seconds(1793318400 + value % 86400)  -- during 2026-10-30
 FROM generate_series(1, {rows});

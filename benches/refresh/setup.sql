@@ -6,5 +6,5 @@ INSERT INTO bronze.vitals
 SELECT value % 20000,
        CASE value % 4 WHEN 0 THEN 'heart_rate' WHEN 1 THEN 'spo2' WHEN 2 THEN 'resp_rate' ELSE 'temperature' END,
        CAST(value % 997 AS DOUBLE) / 5.0,
-       TIMESTAMP '2026-10-01 00:00:00' + CAST(value % 2592000 AS BIGINT) * INTERVAL '1 second'
+       to_timestamp_seconds(1790812800 + value % 2592000)  -- 2026-10-01 plus up to 30 days
 FROM generate_series(1, {rows});

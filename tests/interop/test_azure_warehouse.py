@@ -58,7 +58,7 @@ def test_a_warehouse_on_azure_blob_storage(azurite):
         "version,operation", "0,CREATE TABLE", "1,WRITE", "2,WRITE"]
     schemas = lines(medlake_az(endpoint, "SELECT schema_name FROM information_schema.schemata "
                                          "WHERE schema_name <> 'information_schema' ORDER BY 1"))
-    assert schemas == ["schema_name", "bronze", "ehr", "gold", "public", "silver"]
+    assert schemas == ["schema_name", "bronze", "ehr", "gold", "public", "silver", "system"]
 
     # A refused write leaves the blobs' table as it was.
     refused = medlake_az(endpoint, "INSERT INTO ehr.patients VALUES (NULL, 'er')", check=False)
@@ -85,6 +85,37 @@ def test_a_warehouse_on_azure_blob_storage(azurite):
                   if b.name.endswith(".parquet")]
     assert len(data_files) == 1
     assert lines(medlake_az(endpoint, "SELECT count(*) FROM ehr.patients")) == ["count(*)", "3"]
+
+
+def test_materialized_views_on_azure_blob_storage(azurite):
+    endpoint, service = azurite
+    medlake_az(
+        endpoint,
+        "CREATE TABLE bronze.beats (device VARCHAR NOT NULL, hr INT)",
+        "INSERT INTO bronze.beats VALUES ('pump-1', 70), ('pump-2', 400)",
+        "CREATE MATERIALIZED VIEW silver.beats "
+        "CONSTRAINT plausible EXPECT (hr BETWEEN 20 AND 250) ON VIOLATION QUARANTINE "
+        "AS SELECT device, hr FROM bronze.beats",
+        "CREATE MATERIALIZED VIEW gold.per_device AS "
+        "SELECT device, count(*) AS n FROM silver.beats GROUP BY device",
+    )
+    # Another process appends; the next one refreshes incrementally from the blobs' logs.
+    medlake_az(endpoint, "INSERT INTO bronze.beats VALUES ('pump-1', 72), ('pump-3', 500)")
+    medlake_az(endpoint, "REFRESH MATERIALIZED VIEW gold.per_device CASCADE")
+    assert lines(medlake_az(endpoint, "SELECT device, n FROM gold.per_device ORDER BY device")) == [
+        "device,n", "pump-1,2"]
+    assert lines(medlake_az(endpoint, "SELECT view, mode, status FROM system.refreshes "
+                                      "WHERE trigger <> 'create' ORDER BY finished")) == [
+        "view,mode,status", "silver.beats,incremental,succeeded", "gold.per_device,incremental,succeeded"]
+    assert lines(medlake_az(endpoint, "SELECT device, hr, _medlake_rules FROM silver.beats_quarantine "
+                                      "ORDER BY hr")) == [
+        "device,hr,_medlake_rules", "pump-2,400,plausible", "pump-3,500,plausible"]
+    # The view and its definition are in the container's Delta log, readable by other readers.
+    os.environ["AZURITE_BLOB_STORAGE_URL"] = endpoint
+    view = DeltaTable("az://lake/warehouse/silver/beats",
+                      storage_options={"azure_storage_use_emulator": "true"})
+    assert sorted(view.to_pyarrow_dataset().to_table().column("hr").to_pylist()) == [70, 72]
+    assert view.history(1)[0]["medlake"]["view"]["query"] == "SELECT device, hr FROM bronze.beats"
 
 
 def test_secrets_never_reach_errors_or_logs(azurite):
