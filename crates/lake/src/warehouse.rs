@@ -431,31 +431,62 @@ impl Warehouse {
                     table: name.table.clone(),
                     timestamp: ts.to_rfc3339(),
                 };
-                // deltalake answers the oldest version for an instant before the table
-                // existed; that would be a wrong answer, not a past state.
+                // The version is found by the commits' own timestamps (what DESCRIBE HISTORY
+                // shows), not by the log files' modification times, which trail them by the
+                // time a commit takes to write. Timestamps only grow: binary search.
                 let folder = self.path(&[&name.schema, &name.table]);
-                let Some(first) = self.log_versions(&folder).await?.first().copied() else {
+                let versions = self.log_versions(&folder).await?;
+                if versions.is_empty() {
                     return Err(Self::not_found(name));
-                };
-                let created = self
-                    .commit_entry(name, first)
-                    .await?
-                    .and_then(|entry| entry.timestamp);
-                if created.is_some_and(|created| *ts < created) {
-                    return Err(before_history());
                 }
-                let mut table = builder.build().map_err(delta)?;
-                match table.load_with_datetime(*ts).await {
-                    Ok(()) => Ok(table),
-                    Err(
-                        DeltaTableError::InvalidDateTimeString { .. }
-                        | DeltaTableError::InvalidVersion(_)
-                        | DeltaTableError::Generic(_)
-                        | DeltaTableError::KernelError(_),
-                    ) => Err(before_history()),
-                    Err(e) => Err(delta(e)),
+                let (mut low, mut high) = (0usize, versions.len());
+                while low < high {
+                    let mid = low + (high - low) / 2;
+                    let stamp = self
+                        .commit_entry(name, versions[mid])
+                        .await?
+                        .and_then(|entry| entry.timestamp);
+                    let Some(stamp) = stamp else {
+                        // A commit without its log entry (cleaned up after a checkpoint):
+                        // let deltalake decide from the files.
+                        return self.load_at_datetime(name, builder, ts).await;
+                    };
+                    if stamp <= *ts {
+                        low = mid + 1;
+                    } else {
+                        high = mid;
+                    }
+                }
+                // `low` is the number of commits at or before `ts`.
+                match low.checked_sub(1).map(|i| versions[i]) {
+                    None => Err(before_history()),
+                    Some(version) => builder.with_version(version).load().await.map_err(delta),
                 }
             }
+        }
+    }
+
+    async fn load_at_datetime(
+        &self,
+        name: &TableName,
+        builder: DeltaTableBuilder,
+        ts: &DateTime<Utc>,
+    ) -> Result<DeltaTable> {
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let mut table = builder.build().map_err(delta)?;
+        match table.load_with_datetime(*ts).await {
+            Ok(()) => Ok(table),
+            Err(
+                DeltaTableError::InvalidDateTimeString { .. }
+                | DeltaTableError::InvalidVersion(_)
+                | DeltaTableError::Generic(_)
+                | DeltaTableError::KernelError(_),
+            ) => Err(Error::TimestampBeforeHistory {
+                schema: name.schema.clone(),
+                table: name.table.clone(),
+                timestamp: ts.to_rfc3339(),
+            }),
+            Err(e) => Err(delta(e)),
         }
     }
 
