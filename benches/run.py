@@ -134,8 +134,8 @@ def refresh(args):
             "load_seconds": load_s,
         },
     }
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "refresh.json").write_text(json.dumps(result, indent=2))
     table = "\n".join(
         [
@@ -171,6 +171,7 @@ def main():
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="DuckDB threads")
     r.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
+    r.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
     args = parser.parse_args()
     {"refresh": refresh}[args.workload](args)
 

@@ -58,6 +58,7 @@ grep -q '^| 5  ' <<<"$out"
 cargo run --locked -q -p medlake -- sql --warehouse "$demo/warehouse" -f examples/demo.sql >/dev/null
 
 step "the refresh benchmark, small (checks the runner; figures come from release builds)"
-"$VENV/bin/python" benches/run.py refresh --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1
+"$VENV/bin/python" benches/run.py refresh --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
+    --out "$demo/bench-results"
 
 step "all tests passed"
