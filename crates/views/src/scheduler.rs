@@ -90,11 +90,36 @@ impl Scheduler {
         Ok(outcomes.into_iter().map(|(o, _)| o).collect())
     }
 
+    /// OPTIMIZE of `system.refreshes` and `system.expectations`; failures are logged.
+    pub async fn compact_system_tables(&self) {
+        for table in [system::REFRESHES, system::EXPECTATIONS] {
+            let Ok(name) = TableName::new(system::SCHEMA, table) else {
+                continue;
+            };
+            let session = Arc::new(self.state.clone());
+            if let Err(e) = self
+                .views
+                .warehouse()
+                .optimize(&name, Vec::new(), None, session)
+                .await
+            {
+                warn!(table = %name, error = %e, "compacting a system table failed");
+            }
+        }
+    }
+
     /// Ticks until `shutdown` resolves, sleeping until the next due run (at most `poll`, so
     /// views created meanwhile are picked up).
     pub async fn run(self, poll: Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut compacted = std::time::Instant::now();
         loop {
+            // Every refresh appends one small commit to the system tables: compact them hourly
+            // so that reading the history (every tick) stays fast.
+            if compacted.elapsed() >= Duration::from_secs(3600) {
+                compacted = std::time::Instant::now();
+                self.compact_system_tables().await;
+            }
             match self.tick(Utc::now()).await {
                 Ok(outcomes) => {
                     for o in outcomes {
