@@ -283,8 +283,10 @@ impl Session {
                         .views
                         .create(&name, create, Trigger::Create)
                         .await;
-                    self.shared.catalog.refresh().await?;
+                    // The listings changed (or raced); the statement's own error comes first.
+                    let listed = self.shared.catalog.refresh().await;
                     let rows = outcome?.map_or(0, |o| o.rows_written);
+                    listed?;
                     Ok(Output::command("CREATE MATERIALIZED VIEW", rows))
                 }
                 Statement::RefreshMaterializedView {
@@ -307,8 +309,9 @@ impl Session {
                 Statement::DropMaterializedView { name, if_exists } => {
                     let name = self.table_name(&statement::name_parts(&name)?)?;
                     let dropped = self.shared.views.drop(&name, if_exists).await;
-                    self.shared.catalog.refresh().await?;
+                    let listed = self.shared.catalog.refresh().await;
                     dropped?;
+                    listed?;
                     Ok(Output::command("DROP MATERIALIZED VIEW", 0))
                 }
                 Statement::ShowMaterializedViews => {

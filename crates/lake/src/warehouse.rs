@@ -122,6 +122,8 @@ pub struct CommitOptions {
     pub base_version: Option<u64>,
     /// Replace the table's schema with the input's (an overwrite only).
     pub replace_schema: bool,
+    /// Table properties of a table the write creates (`delta.enableExpiredLogCleanup`, ...).
+    pub configuration: Vec<(String, String)>,
 }
 
 impl CommitOptions {
@@ -490,6 +492,24 @@ impl Warehouse {
         }
     }
 
+    /// The table's provider at its latest version, that version, and the table's Delta id
+    /// (which changes when a table is dropped and created again under the same name).
+    pub async fn table_provider_with_id(
+        &self,
+        name: &TableName,
+    ) -> Result<(Arc<dyn TableProvider>, u64, String)> {
+        let table = self.open_table(name).await?;
+        let version = table.version().unwrap_or_default();
+        let id = table
+            .snapshot()
+            .map_err(|e| Error::delta(&name.schema, &name.table, e))?
+            .metadata()
+            .id()
+            .to_string();
+        let provider = table.table_provider().await.map_err(Error::from)?;
+        Ok((provider, version, id))
+    }
+
     /// A DataFusion table provider over the table, at its latest version or a past one.
     pub async fn table_provider(
         &self,
@@ -580,6 +600,12 @@ impl Warehouse {
             .with_session_state(session)
             .with_table_name(name.table.clone())
             .with_save_mode(SaveMode::ErrorIfExists)
+            .with_configuration(
+                options
+                    .configuration
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone()))),
+            )
             .with_commit_properties(options.properties())
             .await;
         match written {

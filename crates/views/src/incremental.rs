@@ -22,8 +22,8 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ResolvedTableReference, ScalarValue, TableReference};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{
-    Aggregate, Expr, Filter, JoinType, LogicalPlan, Projection, TableScanBuilder, TableSource, col,
-    lit,
+    Aggregate, EmptyRelation, Expr, Filter, JoinType, LogicalPlan, Projection, TableScanBuilder,
+    TableSource, Union, Volatility, col, lit,
 };
 use medlake_lake::TableName;
 
@@ -68,6 +68,19 @@ fn reads(plan: &LogicalPlan, table: &TableName, default_schema: &str) -> usize {
     count
 }
 
+/// Whether `expr` calls a function whose result can change between two refreshes over the
+/// same rows (`now()`, `current_date`, `random()`): the old rows of the view would not be
+/// recomputed with the new value.
+pub(crate) fn time_dependent(expr: &Expr) -> bool {
+    expr.exists(|e| {
+        Ok(match e {
+            Expr::ScalarFunction(f) => f.func.signature().volatility != Volatility::Immutable,
+            _ => e.is_volatile_node(),
+        })
+    })
+    .unwrap_or(true)
+}
+
 fn has_subquery(expr: &Expr) -> bool {
     expr.exists(|e| {
         Ok(matches!(
@@ -90,8 +103,10 @@ fn linear(plan: &LogicalPlan, table: &TableName, default_schema: &str) -> Result
     }
     let exprs_ok = |exprs: &[Expr], what: &str| -> Result<(), String> {
         for e in exprs {
-            if e.is_volatile() {
-                return Err(format!("the {what} uses a volatile function ({e})"));
+            if time_dependent(e) {
+                return Err(format!(
+                    "the {what} calls a function whose result changes over time ({e})"
+                ));
             }
             if has_subquery(e) {
                 return Err(format!("the {what} has a subquery ({e})"));
@@ -123,6 +138,11 @@ fn linear(plan: &LogicalPlan, table: &TableName, default_schema: &str) -> Result
             if let Some(filter) = &j.filter {
                 exprs_ok(std::slice::from_ref(filter), "join condition")?;
             }
+            let keys: Vec<Expr> =
+                j.on.iter()
+                    .flat_map(|(l, r)| [l.clone(), r.clone()])
+                    .collect();
+            exprs_ok(&keys, "join condition")?;
             let left = reads(&j.left, table, default_schema) > 0;
             let right = reads(&j.right, table, default_schema) > 0;
             let ok = match j.join_type {
@@ -197,9 +217,13 @@ pub(crate) fn analyze(
     if aggregate
         .group_expr
         .iter()
-        .any(|e| matches!(e, Expr::GroupingSet(_)) || e.is_volatile())
+        .chain(&aggregate.aggr_expr)
+        .any(|e| matches!(e, Expr::GroupingSet(_)) || time_dependent(e) || has_subquery(e))
     {
-        return Err("the GROUP BY uses grouping sets or volatile functions".into());
+        return Err(
+            "the GROUP BY uses grouping sets, subqueries or functions whose result changes over time"
+                .into(),
+        );
     }
     linear(&aggregate.input, table, default_schema)
         .map_err(|reason| format!("under the GROUP BY, {reason}"))?;
@@ -227,7 +251,7 @@ pub(crate) fn analyze(
     }
     if let Some(p) = projection {
         for e in &p.expr {
-            if e.is_volatile() || has_subquery(e) {
+            if time_dependent(e) || has_subquery(e) {
                 return Err(format!("the select list computes {e} over the groups"));
             }
         }
@@ -239,26 +263,53 @@ pub(crate) fn analyze(
     })))
 }
 
-/// `plan` with every read of `table` replaced by `source` (the table's new rows).
+/// `plan` with every read of `table` replaced by `source` (the table's new rows), and every
+/// UNION branch that does not read `table` emptied (those branches produced their rows at an
+/// earlier refresh already).
 pub(crate) fn replace_scan(
     plan: &LogicalPlan,
     table: &TableName,
     default_schema: &str,
     source: Arc<dyn TableSource>,
 ) -> DfResult<LogicalPlan> {
-    plan.clone()
-        .transform_up(|node| match node {
-            LogicalPlan::TableScan(scan) if matches(&scan.table_name, table, default_schema) => {
-                let replaced = TableScanBuilder::new(scan.table_name.clone(), source.clone())
-                    .with_projection(scan.projection.clone())
-                    .with_filters(scan.filters.clone())
-                    .with_fetch(scan.fetch)
-                    .build()?;
-                Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
+    let plan = plan
+        .clone()
+        .transform_down(|node| match node {
+            LogicalPlan::Union(union) => {
+                let inputs = union
+                    .inputs
+                    .iter()
+                    .map(|input| {
+                        if reads(input, table, default_schema) == 0 {
+                            Arc::new(LogicalPlan::EmptyRelation(EmptyRelation {
+                                produce_one_row: false,
+                                schema: input.schema().clone(),
+                            }))
+                        } else {
+                            input.clone()
+                        }
+                    })
+                    .collect();
+                Ok(Transformed::yes(LogicalPlan::Union(Union {
+                    inputs,
+                    schema: union.schema,
+                })))
             }
             other => Ok(Transformed::no(other)),
-        })
-        .map(|t| t.data)
+        })?
+        .data;
+    plan.transform_up(|node| match node {
+        LogicalPlan::TableScan(scan) if matches(&scan.table_name, table, default_schema) => {
+            let replaced = TableScanBuilder::new(scan.table_name.clone(), source.clone())
+                .with_projection(scan.projection.clone())
+                .with_filters(scan.filters.clone())
+                .with_fetch(scan.fetch)
+                .build()?;
+            Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
 }
 
 /// `expr IN (values) [OR expr IS NULL]` for the distinct values of one group key.

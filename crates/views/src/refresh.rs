@@ -55,6 +55,10 @@ pub struct RefreshState {
     pub started: DateTime<Utc>,
     /// The version of each input (`schema.table`) the view's rows were computed from.
     pub inputs: BTreeMap<String, u64>,
+    /// The Delta table id of each input: a table dropped and created again under the same
+    /// name is a different table, whatever its version.
+    #[serde(default)]
+    pub input_ids: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -107,6 +111,9 @@ pub enum Status {
     /// Not refreshed because an upstream view failed or is stale.
     Stale,
     Failed,
+    /// Another writer committed to the view first; its rows are fine, this refresh wrote
+    /// nothing.
+    Conflict,
 }
 
 impl Status {
@@ -116,6 +123,7 @@ impl Status {
             Status::Skipped => "skipped",
             Status::Stale => "stale",
             Status::Failed => "failed",
+            Status::Conflict => "conflict",
         }
     }
 }
@@ -144,14 +152,21 @@ pub struct RefreshOutcome {
 struct Pinned {
     ctx: SessionContext,
     plan: LogicalPlan,
-    inputs: BTreeMap<TableName, (u64, Arc<dyn TableProvider>)>,
+    inputs: BTreeMap<TableName, (u64, Arc<dyn TableProvider>, String)>,
 }
 
 impl Pinned {
     fn versions(&self) -> BTreeMap<String, u64> {
         self.inputs
             .iter()
-            .map(|(name, (version, _))| (name.to_string(), *version))
+            .map(|(name, (version, _, _))| (name.to_string(), *version))
+            .collect()
+    }
+
+    fn ids(&self) -> BTreeMap<String, String> {
+        self.inputs
+            .iter()
+            .map(|(name, (_, _, id))| (name.to_string(), id.clone()))
             .collect()
     }
 }
@@ -360,12 +375,13 @@ impl Views {
             if inputs.contains_key(&input) {
                 continue;
             }
-            let (provider, version) = self.inner.warehouse.table_provider(&input, None).await?;
+            let (provider, version, table_id) =
+                self.inner.warehouse.table_provider_with_id(&input).await?;
             schemas
                 .entry(input.schema.clone())
                 .or_insert_with(|| Arc::new(MemorySchemaProvider::new()))
                 .register_table(input.table.clone(), provider.clone())?;
-            inputs.insert(input, (version, provider));
+            inputs.insert(input, (version, provider, table_id));
         }
         for (schema, provider) in schemas {
             catalog.register_schema(&schema, provider)?;
@@ -503,7 +519,7 @@ impl Views {
             )?;
             let input = self.checked(&pinned.ctx, &pinned.plan, &checks).await?;
             let inputs = pinned.versions();
-            let options = commit_options(&definition, &id, "full", started, &inputs, None)?;
+            let options = commit_options(&definition, &id, "full", started, &pinned, None)?;
             let created = self
                 .inner
                 .warehouse
@@ -696,7 +712,10 @@ impl Views {
                     .await
                 {
                     Ok(outcome) => (outcome, None),
-                    Err(Error::RefreshRunning { .. }) if trigger(name) == Trigger::Schedule => {
+                    // Someone else is refreshing it right now: its rows will be fine.
+                    Err(Error::RefreshRunning { .. })
+                        if matches!(trigger(name), Trigger::Schedule | Trigger::Cascade) =>
+                    {
                         continue;
                     }
                     Err(e) => {
@@ -828,7 +847,16 @@ impl Views {
             let changed: Vec<(&TableName, u64, Option<u64>)> = pinned
                 .inputs
                 .iter()
-                .map(|(t, (v, _))| (t, *v, view.last.inputs.get(&t.to_string()).copied()))
+                .map(|(t, (v, _, table_id))| {
+                    let key = t.to_string();
+                    let same_table = view
+                        .last
+                        .input_ids
+                        .get(&key)
+                        .is_none_or(|recorded| recorded == table_id);
+                    let before = view.last.inputs.get(&key).copied().filter(|_| same_table);
+                    (t, *v, before)
+                })
                 .filter(|(_, now, before)| Some(*now) != *before)
                 .collect();
             match changed.as_slice() {
@@ -853,7 +881,20 @@ impl Views {
                     });
                 }
                 [(table, now, Some(before))] => {
-                    match self.new_rows(table, *before, *now, &pinned).await {
+                    let rule_over_time = definition.expectations.iter().find(|e| {
+                        pinned
+                            .ctx
+                            .parse_sql_expr(&e.expression, pinned.plan.schema())
+                            .map_or(true, |expr| incremental::time_dependent(&expr))
+                    });
+                    let new_rows = match rule_over_time {
+                        Some(rule) => Err(format!(
+                            "expectation '{}' depends on the time of the refresh; refreshed fully",
+                            rule.name
+                        )),
+                        None => self.new_rows(table, *before, *now, &pinned).await,
+                    };
+                    match new_rows {
                         Err(reason) => (Plan::Full, reason),
                         Ok(new_rows) => match incremental::analyze(
                             &pinned.plan,
@@ -883,7 +924,10 @@ impl Views {
                         },
                     }
                 }
-                [(table, _, None)] => (Plan::Full, format!("{table} is a new input")),
+                [(table, _, None)] => (
+                    Plan::Full,
+                    format!("{table} is a new input, or was dropped and created again"),
+                ),
                 many => (
                     Plan::Full,
                     format!(
@@ -911,7 +955,7 @@ impl Views {
                     id,
                     "full",
                     started,
-                    &inputs,
+                    &pinned,
                     Some(view.version),
                 )?;
                 let options = CommitOptions {
@@ -937,7 +981,7 @@ impl Views {
                     id,
                     "incremental",
                     started,
-                    &inputs,
+                    &pinned,
                     Some(view.version),
                 )?;
                 let written = warehouse
@@ -972,7 +1016,7 @@ impl Views {
                         id,
                         "full",
                         started,
-                        &inputs,
+                        &pinned,
                         Some(view.version),
                     )?;
                     let options = CommitOptions {
@@ -1018,7 +1062,7 @@ impl Views {
                         id,
                         "incremental",
                         started,
-                        &inputs,
+                        &pinned,
                         Some(view.version),
                     )?;
                     let written = warehouse
@@ -1064,6 +1108,7 @@ impl Views {
         let warehouse = &self.inner.warehouse;
         let table_url = warehouse.table_url(table).map_err(|e| e.to_string())?;
         let mut files = Vec::new();
+        let mut removed = HashSet::new();
         for version in from + 1..=to {
             let actions = warehouse
                 .commit_actions(table, version)
@@ -1093,6 +1138,9 @@ impl Views {
                         .ok_or("an add action without a path")?;
                     files.push(path.to_string());
                 } else if let Some(remove) = action.get("remove") {
+                    if let Some(path) = remove.get("path").and_then(Value::as_str) {
+                        removed.insert(path.to_string());
+                    }
                     if remove.get("dataChange").and_then(Value::as_bool) != Some(false) {
                         return Err(format!(
                             "{table} version {version} ({operation}) removed or rewrote rows"
@@ -1105,10 +1153,17 @@ impl Views {
                 }
             }
         }
+        // Rows added and then compacted into other files (OPTIMIZE, which adds without
+        // dataChange) in the same range cannot be read from the files that added them.
+        if files.iter().any(|f| removed.contains(f)) {
+            return Err(format!(
+                "{table} was compacted (OPTIMIZE) after rows were added; refreshed fully"
+            ));
+        }
         let schema = pinned
             .inputs
             .get(table)
-            .map(|(_, provider)| provider.schema())
+            .map(|(_, provider, _)| provider.schema())
             .ok_or_else(|| format!("{table} is not pinned"))?;
         if files.is_empty() {
             return Ok(Arc::new(EmptyTable::new(schema)));
@@ -1159,7 +1214,11 @@ fn failed(
         inputs: BTreeMap::new(),
         rows_written: 0,
         version: None,
-        status: Status::Failed,
+        status: if matches!(e, Error::Lake(medlake_lake::Error::Conflict { .. })) {
+            Status::Conflict
+        } else {
+            Status::Failed
+        },
         error: Some(error_chain(e)),
         expectations: Vec::new(),
     }
@@ -1203,7 +1262,7 @@ fn commit_options(
     id: &str,
     mode: &str,
     started: DateTime<Utc>,
-    inputs: &BTreeMap<String, u64>,
+    pinned: &Pinned,
     base_version: Option<u64>,
 ) -> Result<CommitOptions> {
     let stored = Stored {
@@ -1212,7 +1271,8 @@ fn commit_options(
             id: id.to_string(),
             mode: mode.to_string(),
             started,
-            inputs: inputs.clone(),
+            inputs: pinned.versions(),
+            input_ids: pinned.ids(),
         },
     };
     let value = serde_json::to_value(&stored)
@@ -1221,6 +1281,8 @@ fn commit_options(
         metadata: vec![(METADATA_KEY.to_string(), value)],
         base_version,
         replace_schema: false,
+        // A view's state lives in its commit log: never let old log entries expire.
+        configuration: vec![("delta.enableExpiredLogCleanup".into(), "false".into())],
     })
 }
 

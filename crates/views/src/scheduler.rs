@@ -82,9 +82,11 @@ impl Scheduler {
             .views
             .refresh_in_order(&order, false, |_| Trigger::Schedule, Some(now))
             .await?;
+        // Every due view was looked at now, whether it ran, had nothing to do, or was being
+        // refreshed by someone else: it is next due one interval from now.
         if let Ok(mut checked) = self.checked.lock() {
-            for (outcome, _) in &outcomes {
-                checked.insert(outcome.view.clone(), outcome.started);
+            for view in &order {
+                checked.insert(view.clone(), now);
             }
         }
         Ok(outcomes.into_iter().map(|(o, _)| o).collect())

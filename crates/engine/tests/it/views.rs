@@ -108,6 +108,11 @@ const VIEWS: &[(&str, &str)] = &[
         "gold.distinct_patients",
         "AS SELECT DISTINCT patient FROM bronze.events",
     ),
+    (
+        "silver.with_wards",
+        "AS SELECT patient, value, 'event' AS source FROM bronze.events WHERE metric = 'hr' \
+         UNION ALL SELECT patient, NULL, ward FROM bronze.wards",
+    ),
 ];
 
 #[tokio::test]
@@ -209,6 +214,8 @@ async fn incremental_refresh_yields_exactly_what_a_full_refresh_yields() {
             "silver.clean incremental 14",
             "silver.enriched full 2",
             "silver.enriched incremental 12",
+            "silver.with_wards full 2",
+            "silver.with_wards incremental 12",
         ],
         "{summary:?}"
     );
