@@ -12,7 +12,11 @@
 //!   are recomputed from the whole input and replace their old rows; every other group is
 //!   kept as it is. Any aggregate function works, because touched groups are recomputed.
 //!
-//! Everything else (DISTINCT, window functions, LIMIT, HAVING, subqueries over the changed
+//! - **distinct**: `SELECT DISTINCT` over a linear part. The view gains the distinct rows of
+//!   the query over the new input rows that it does not hold yet (an anti-join against the
+//!   view, NULLs equal): appended, so views downstream stay incremental too.
+//!
+//! Everything else (DISTINCT ON, window functions, LIMIT, HAVING, subqueries over the changed
 //! input, a changed input read twice, two changed inputs, deletes or overwrites upstream) is
 //! refreshed fully, and the refresh history says why.
 
@@ -22,8 +26,8 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ResolvedTableReference, ScalarValue, TableReference};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{
-    Aggregate, EmptyRelation, Expr, Filter, JoinType, LogicalPlan, Projection, TableScanBuilder,
-    TableSource, Union, Volatility, col, lit,
+    Aggregate, Distinct, EmptyRelation, Expr, Filter, JoinType, LogicalPlan, Projection,
+    TableScanBuilder, TableSource, Union, Volatility, col, lit,
 };
 use medlake_lake::TableName;
 
@@ -31,6 +35,9 @@ use medlake_lake::TableName;
 pub(crate) enum Shape {
     /// Append the query over the new rows.
     Linear,
+    /// `SELECT DISTINCT` over a linear query: append the distinct new rows the view does not
+    /// hold yet.
+    Distinct,
     /// Recompute the groups the new rows touch.
     Grouped(Box<Grouped>),
 }
@@ -203,6 +210,11 @@ pub(crate) fn analyze(
         Ok(()) => return Ok(Shape::Linear),
         Err(reason) => reason,
     };
+    if let LogicalPlan::Distinct(Distinct::All(input)) = plan {
+        return linear(input, table, default_schema)
+            .map(|()| Shape::Distinct)
+            .map_err(|reason| format!("under the DISTINCT, {reason}"));
+    }
     let (projection, aggregate) = match plan {
         LogicalPlan::Projection(p) => match p.input.as_ref() {
             LogicalPlan::Aggregate(a) => (Some(p), a),

@@ -177,6 +177,10 @@ enum Plan {
         table: TableName,
         new_rows: Arc<dyn TableProvider>,
     },
+    Distinct {
+        table: TableName,
+        new_rows: Arc<dyn TableProvider>,
+    },
     Grouped {
         table: TableName,
         new_rows: Arc<dyn TableProvider>,
@@ -911,6 +915,15 @@ impl Views {
                                     "{table} gained rows (versions {before} to {now}); appended the view's rows for them"
                                 ),
                             ),
+                            Ok(Shape::Distinct) => (
+                                Plan::Distinct {
+                                    table: (*table).clone(),
+                                    new_rows,
+                                },
+                                format!(
+                                    "{table} gained rows (versions {before} to {now}); appended the distinct rows the view did not hold"
+                                ),
+                            ),
                             Ok(Shape::Grouped(grouped)) => (
                                 Plan::Grouped {
                                     table: (*table).clone(),
@@ -990,6 +1003,36 @@ impl Views {
                     .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
                 ("incremental", reason, written)
             }
+            Plan::Distinct { table, new_rows } => {
+                let delta = incremental::replace_scan(
+                    &pinned.plan,
+                    &table,
+                    default_schema,
+                    provider_as_source(new_rows),
+                )?;
+                // The rows the view holds, as the delta's types, to subtract from it.
+                let (current, _) = warehouse
+                    .table_provider(name, Some(&TimeTravel::Version(view.version)))
+                    .await?;
+                let held = LogicalPlanBuilder::scan("current", provider_as_source(current), None)?
+                    .project(same_types(delta.schema().as_arrow()))?
+                    .build()?;
+                let fresh = LogicalPlanBuilder::except(delta, held, false)?;
+                let input = self.checked(ctx, &fresh, &checks).await?;
+                let options = commit_options(
+                    &definition,
+                    id,
+                    "incremental",
+                    started,
+                    &pinned,
+                    Some(view.version),
+                )?;
+                let written = warehouse
+                    .write_with(name, input, state, WriteMode::Append, &options)
+                    .await
+                    .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
+                ("incremental", reason, written)
+            }
             Plan::Grouped {
                 table,
                 new_rows,
@@ -1040,21 +1083,7 @@ impl Views {
                     let kept =
                         LogicalPlanBuilder::scan("current", provider_as_source(current), None)?
                             .filter(grouped.replaced_rows(&keys).is_not_true())?
-                            .project(
-                                target
-                                    .fields()
-                                    .iter()
-                                    .map(|f| {
-                                        cast(
-                                            col(datafusion::common::Column::new_unqualified(
-                                                f.name(),
-                                            )),
-                                            f.data_type().clone(),
-                                        )
-                                        .alias(f.name())
-                                    })
-                                    .collect::<Vec<Expr>>(),
-                            )?
+                            .project(same_types(target.as_arrow()))?
                             .build()?;
                     let input = LogicalPlanBuilder::from(kept).union(recomputed)?.build()?;
                     let options = commit_options(
@@ -1313,6 +1342,22 @@ fn resolve(reference: &TableReference, default_schema: &str) -> Result<TableName
         resolved.schema.to_string(),
         resolved.table.to_string(),
     )?)
+}
+
+/// Each column of `target`, by name, cast to its type: rows read back from a view's table
+/// made to match the view query's output exactly.
+fn same_types(target: &arrow::datatypes::Schema) -> Vec<Expr> {
+    target
+        .fields()
+        .iter()
+        .map(|f| {
+            cast(
+                col(datafusion::common::Column::new_unqualified(f.name())),
+                f.data_type().clone(),
+            )
+            .alias(f.name())
+        })
+        .collect()
 }
 
 /// The distinct values of each key column.

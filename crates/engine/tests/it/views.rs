@@ -210,7 +210,7 @@ async fn incremental_refresh_yields_exactly_what_a_full_refresh_yields() {
             "gold.by_ward full 2",
             "gold.by_ward incremental 12",
             "gold.daily incremental 14",
-            "gold.distinct_patients full 14",
+            "gold.distinct_patients incremental 14",
             "silver.clean incremental 14",
             "silver.enriched full 2",
             "silver.enriched incremental 12",
@@ -220,12 +220,17 @@ async fn incremental_refresh_yields_exactly_what_a_full_refresh_yields() {
         "{summary:?}"
     );
     let reasons = engine
-        .query("SELECT DISTINCT reason FROM system.refreshes WHERE view = 'gold.distinct_patients' AND trigger = 'manual'")
+        .query(
+            "SELECT DISTINCT reason FROM system.refreshes \
+             WHERE view = 'gold.by_ward' AND trigger = 'manual' AND mode = 'full'",
+        )
         .await
         .unwrap();
     assert_eq!(
         strings(&reasons, 0),
-        vec!["the query has DISTINCT over the changed input; refreshed fully"]
+        vec![
+            "2 inputs changed (bronze.events, bronze.wards); incremental refresh handles one changed input"
+        ]
     );
 }
 
