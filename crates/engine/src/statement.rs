@@ -18,7 +18,7 @@ use std::ops::ControlFlow;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    Expr, Ident, ObjectName, ObjectNamePart, TableFactor, TableVersion, Value, VisitMut, VisitorMut,
+    Expr, Ident, ObjectName, TableFactor, TableVersion, Value, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -321,26 +321,11 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
     }
 }
 
-/// An identifier as DataFusion resolves it: lower case unless quoted.
-pub fn normalize(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_ascii_lowercase()
-    }
-}
+pub use medlake_views::definition::normalize;
 
 /// The identifier parts of a name, normalized.
 pub fn name_parts(name: &ObjectName) -> Result<Vec<String>> {
-    name.0
-        .iter()
-        .map(|part| match part {
-            ObjectNamePart::Identifier(ident) => Ok(normalize(ident)),
-            ObjectNamePart::Function(f) => Err(Error::NotSupported {
-                what: format!("a computed name ({})", f.name),
-            }),
-        })
-        .collect()
+    Ok(medlake_views::definition::name_parts(name)?)
 }
 
 /// A table reference that asked for a past version.

@@ -960,26 +960,12 @@ impl Views {
         let full_plan = matches!(plan, Plan::Full);
         let mut checks =
             self.checks(ctx, name, &definition, pinned.plan.schema(), id, full_plan)?;
-        let (mode, reason, written) = match plan {
+        // Each plan says what to write and how; the write is the same for all: one commit on
+        // top of the view version this refresh read.
+        let (mode, reason, input, write_mode) = match plan {
             Plan::Full => {
                 let input = self.checked(ctx, &pinned.plan, &checks).await?;
-                let options = commit_options(
-                    &definition,
-                    id,
-                    "full",
-                    started,
-                    &pinned,
-                    Some(view.version),
-                )?;
-                let options = CommitOptions {
-                    replace_schema: true,
-                    ..options
-                };
-                let written = warehouse
-                    .write_with(name, input, state, WriteMode::Overwrite, &options)
-                    .await
-                    .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
-                ("full", reason, written)
+                ("full", reason, input, WriteMode::Overwrite)
             }
             Plan::Linear { table, new_rows } => {
                 let delta = incremental::replace_scan(
@@ -989,19 +975,7 @@ impl Views {
                     provider_as_source(new_rows),
                 )?;
                 let input = self.checked(ctx, &delta, &checks).await?;
-                let options = commit_options(
-                    &definition,
-                    id,
-                    "incremental",
-                    started,
-                    &pinned,
-                    Some(view.version),
-                )?;
-                let written = warehouse
-                    .write_with(name, input, state, WriteMode::Append, &options)
-                    .await
-                    .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
-                ("incremental", reason, written)
+                ("incremental", reason, input, WriteMode::Append)
             }
             Plan::Distinct { table, new_rows } => {
                 let delta = incremental::replace_scan(
@@ -1011,27 +985,13 @@ impl Views {
                     provider_as_source(new_rows),
                 )?;
                 // The rows the view holds, as the delta's types, to subtract from it.
-                let (current, _) = warehouse
-                    .table_provider(name, Some(&TimeTravel::Version(view.version)))
-                    .await?;
-                let held = LogicalPlanBuilder::scan("current", provider_as_source(current), None)?
-                    .project(same_types(delta.schema().as_arrow()))?
-                    .build()?;
+                let held =
+                    LogicalPlanBuilder::scan("current", self.held_rows(name, &view).await?, None)?
+                        .project(same_types(delta.schema().as_arrow()))?
+                        .build()?;
                 let fresh = LogicalPlanBuilder::except(delta, held, false)?;
                 let input = self.checked(ctx, &fresh, &checks).await?;
-                let options = commit_options(
-                    &definition,
-                    id,
-                    "incremental",
-                    started,
-                    &pinned,
-                    Some(view.version),
-                )?;
-                let written = warehouse
-                    .write_with(name, input, state, WriteMode::Append, &options)
-                    .await
-                    .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
-                ("incremental", reason, written)
+                ("incremental", reason, input, WriteMode::Append)
             }
             Plan::Grouped {
                 table,
@@ -1054,55 +1014,37 @@ impl Views {
                     );
                     checks = self.checks(ctx, name, &definition, pinned.plan.schema(), id, true)?;
                     let input = self.checked(ctx, &pinned.plan, &checks).await?;
-                    let options = commit_options(
-                        &definition,
-                        id,
-                        "full",
-                        started,
-                        &pinned,
-                        Some(view.version),
-                    )?;
-                    let options = CommitOptions {
-                        replace_schema: true,
-                        ..options
-                    };
-                    let written = warehouse
-                        .write_with(name, input, state, WriteMode::Overwrite, &options)
-                        .await
-                        .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
-                    ("full", reason, written)
+                    ("full", reason, input, WriteMode::Overwrite)
                 } else {
                     let keys = distinct_keys(&batches, grouped.aggregate.group_expr.len())?;
-                    let recompute = grouped.recompute(&keys)?;
-                    let recomputed = self.checked(ctx, &recompute, &checks).await?;
-                    // The groups the new rows did not touch, as the view holds them now.
-                    let (current, _) = warehouse
-                        .table_provider(name, Some(&TimeTravel::Version(view.version)))
+                    let recomputed = self
+                        .checked(ctx, &grouped.recompute(&keys)?, &checks)
                         .await?;
+                    // The groups the new rows did not touch, as the view holds them now.
                     let target = recomputed.schema().clone();
-                    let kept =
-                        LogicalPlanBuilder::scan("current", provider_as_source(current), None)?
-                            .filter(grouped.replaced_rows(&keys).is_not_true())?
-                            .project(same_types(target.as_arrow()))?
-                            .build()?;
+                    let kept = LogicalPlanBuilder::scan(
+                        "current",
+                        self.held_rows(name, &view).await?,
+                        None,
+                    )?
+                    .filter(grouped.replaced_rows(&keys).is_not_true())?
+                    .project(same_types(target.as_arrow()))?
+                    .build()?;
                     let input = LogicalPlanBuilder::from(kept).union(recomputed)?.build()?;
-                    let options = commit_options(
-                        &definition,
-                        id,
-                        "incremental",
-                        started,
-                        &pinned,
-                        Some(view.version),
-                    )?;
-                    let written = warehouse
-                        .write_with(name, input, state, WriteMode::Overwrite, &options)
-                        .await
-                        .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
                     let reason = format!("{reason} ({groups} group(s))");
-                    ("incremental", reason, written)
+                    ("incremental", reason, input, WriteMode::Overwrite)
                 }
             }
         };
+        let options = CommitOptions {
+            // A full refresh takes the query's schema (an input may have gained a column).
+            replace_schema: mode == "full",
+            ..commit_options(&definition, id, mode, started, &pinned, Some(view.version))?
+        };
+        let written = warehouse
+            .write_with(name, input, state, write_mode, &options)
+            .await
+            .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
         Ok(RefreshOutcome {
             view: name.clone(),
             refresh_id: id.to_string(),
@@ -1118,6 +1060,20 @@ impl Views {
             error: None,
             expectations: expectation_counts(&checks),
         })
+    }
+
+    /// The view's rows at the version this refresh read, as a table source.
+    async fn held_rows(
+        &self,
+        name: &TableName,
+        view: &View,
+    ) -> Result<Arc<dyn datafusion::logical_expr::TableSource>> {
+        let (current, _) = self
+            .inner
+            .warehouse
+            .table_provider(name, Some(&TimeTravel::Version(view.version)))
+            .await?;
+        Ok(provider_as_source(current))
     }
 
     /// The rows `table` gained after version `from` up to `to`, as a table; or why they

@@ -192,6 +192,37 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Waits until `child` has written a file into `dir` that `before` did not list, then kills
+/// it with SIGKILL while it is still running.
+fn kill_once_files_appear(
+    mut child: std::process::Child,
+    dir: &Path,
+    before: &[String],
+    what: &str,
+) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the {what} ended ({status}) before it could be killed: make it larger");
+        }
+        if entries(dir).iter().any(|e| !before.contains(e)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no data file appeared in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the {what} was still running when killed"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
 #[test]
 fn sigkill_in_the_middle_of_a_large_insert_leaves_the_previous_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,7 +239,7 @@ fn sigkill_in_the_middle_of_a_large_insert_leaves_the_previous_version() {
     let table = wh.join("bronze/big");
     let before = entries(&table);
 
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("sql")
         .arg("--warehouse")
         .arg(&wh)
@@ -222,28 +253,7 @@ fn sigkill_in_the_middle_of_a_large_insert_leaves_the_previous_version() {
         .spawn()
         .unwrap();
     // Wait until the insert has started writing data files, then kill it.
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the insert ended ({status}) before it could be killed: make it larger");
-        }
-        let now = entries(&table);
-        if now.iter().any(|e| !before.contains(e)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no data file appeared in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "still inserting when killed"
-    );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_once_files_appear(child, &table, &before, "insert");
     assert!(
         entries(&table).len() > before.len(),
         "the killed insert had written files"
@@ -302,7 +312,7 @@ fn sigkill_in_the_middle_of_a_refresh_leaves_the_previous_version() {
     let view = wh.join("silver/cube");
     let before = entries(&view);
     // 800^3 rows: long enough to be killed while it writes.
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["refresh", "--warehouse"])
         .arg(&wh)
         .arg("silver.cube")
@@ -310,27 +320,7 @@ fn sigkill_in_the_middle_of_a_refresh_leaves_the_previous_version() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the refresh ended ({status}) before it could be killed: make it larger");
-        }
-        if entries(&view).iter().any(|e| !before.contains(e)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no data file appeared in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "still refreshing when killed"
-    );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_once_files_appear(child, &view, &before, "refresh");
     assert!(
         entries(&view).len() > before.len(),
         "the killed refresh had written files"
