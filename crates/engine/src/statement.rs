@@ -170,15 +170,7 @@ pub fn parse_one(text: &str) -> Result<Statement> {
     }
 }
 
-/// Consumes `word` (case-insensitive) if it is next.
-fn word(parser: &mut Parser<'_>, word: &str) -> bool {
-    if matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)) {
-        parser.next_token();
-        true
-    } else {
-        false
-    }
-}
+use medlake_views::definition::word;
 
 fn expect_end(parser: &mut Parser<'_>, statement: &str) -> Result<()> {
     match parser.peek_token().token {

@@ -180,7 +180,9 @@ fn syntax(e: impl ToString) -> Error {
     }
 }
 
-fn word(parser: &mut Parser<'_>, word: &str) -> bool {
+/// Consumes `word` (case-insensitive) if it is the next token: for statements sqlparser does
+/// not know (the engine's own statements use it too).
+pub fn word(parser: &mut Parser<'_>, word: &str) -> bool {
     if matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)) {
         parser.next_token();
         true
