@@ -1,6 +1,8 @@
 //! The `medlake` binary: argument parsing and wiring only. Everything it runs goes through
 //! `medlake_engine::Engine`.
 
+mod config;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,9 +41,12 @@ enum Command {
     /// Apply a project folder: catalog/*.sql, then the views of sql/**/*.sql in dependency
     /// order. Unchanged views keep their data; changed ones are replaced and refreshed.
     Apply(ApplyArgs),
-    /// Run the server: applies --project at start, then refreshes scheduled views (REFRESH
-    /// EVERY / REFRESH CRON) until stopped. The Postgres wire and Flight SQL doors are not
-    /// served yet.
+    /// Run the server: applies --project at start, serves the Postgres wire protocol (psql,
+    /// Power BI, JDBC) and refreshes scheduled views (REFRESH EVERY / REFRESH CRON) until
+    /// stopped. Prints one line per door with the address it bound.
+    #[command(after_help = "Examples:\n  \
+        medlake serve --warehouse ./wh --config medlake.toml --pg 0.0.0.0:5432\n  \
+        medlake serve --warehouse ./wh --insecure-no-auth     (loopback demo, no passwords)")]
     Serve(ServeArgs),
 }
 
@@ -82,6 +87,15 @@ struct ServeArgs {
     /// Longest pause between two looks at the schedules, in seconds.
     #[arg(long, default_value_t = 30)]
     poll_seconds: u64,
+    /// Users and TLS (TOML; passwords come from the environment or secret files).
+    #[arg(long, value_name = "FILE", env = "MEDLAKE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Postgres wire address; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5432")]
+    pg: std::net::SocketAddr,
+    /// Serve without passwords (loopback addresses only; for demos).
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -116,7 +130,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(match cli.command {
         // The server reports its scheduled refreshes.
-        Command::Serve(_) => "warn,medlake_views=info,buoyant_kernel=off",
+        Command::Serve(_) => "warn,medlake_views=info,medlake_pgwire=info,buoyant_kernel=off",
         _ => "warn,buoyant_kernel=off",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -140,6 +154,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Reported) => ExitCode::FAILURE,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
         Err(Failure::Error(e)) => {
             print_error(&e);
             ExitCode::FAILURE
@@ -163,6 +181,8 @@ fn init_logging(default: &str) {
 enum Failure {
     /// The error was printed already.
     Reported,
+    /// A problem with the command line or the configuration.
+    Usage(String),
     Error(medlake_engine::Error),
 }
 
@@ -203,20 +223,66 @@ fn print_applied(applied: &[medlake_engine::Applied]) {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let config = match &args.config {
+        Some(path) => config::Config::load(path).map_err(Failure::Usage)?,
+        None => config::Config::default(),
+    };
+    let users = config.users().map_err(Failure::Usage)?;
+    let access = match (users.is_empty(), args.insecure_no_auth) {
+        (false, false) => medlake_pgwire::Access::Users(users),
+        (true, true) => medlake_pgwire::Access::InsecureNoAuth,
+        (false, true) => {
+            return Err(Failure::Usage(
+                "--insecure-no-auth and configured users exclude each other".into(),
+            ));
+        }
+        (true, false) => {
+            return Err(Failure::Usage(
+                "no users are configured: give --config FILE with [[users]] entries, or \
+                 --insecure-no-auth for a loopback demo"
+                    .into(),
+            ));
+        }
+    };
     let engine = Engine::open(&args.warehouse).await?;
     if let Some(project) = &args.project {
         print_applied(&engine.apply_project(project).await?);
     }
+    let pg = medlake_pgwire::Server::bind(
+        engine.clone(),
+        medlake_pgwire::Config {
+            listen: args.pg,
+            tls: config.tls.as_ref().map(|t| medlake_pgwire::Tls {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            }),
+            access,
+        },
+    )
+    .await
+    .map_err(|e| Failure::Usage(e.to_string()))?;
+    let pg_addr = pg
+        .local_addr()
+        .map_err(|e| Failure::Usage(format!("postgres door: {e}")))?;
+    println!(
+        "medlake serve: postgres on {pg_addr}{}",
+        if pg.tls() { " (TLS required)" } else { "" }
+    );
     println!(
         "medlake serve: refreshing scheduled views of {} (Ctrl-C stops)",
         medlake_engine::redact_location(engine.warehouse().url().as_str())
     );
-    let shutdown = async {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(term) => term,
                 Err(_) => {
                     let _ = tokio::signal::ctrl_c().await;
+                    let _ = stop.send(true);
                     return;
                 }
             };
@@ -224,14 +290,16 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-    };
-    engine
-        .scheduler()
-        .run(
+        let _ = stop.send(true);
+    });
+    let scheduler = engine.scheduler();
+    tokio::join!(
+        pg.serve(wait(stopped.clone())),
+        scheduler.run(
             std::time::Duration::from_secs(args.poll_seconds.max(1)),
-            shutdown,
-        )
-        .await;
+            wait(stopped),
+        ),
+    );
     println!("medlake serve: stopped");
     Ok(())
 }

@@ -3,12 +3,14 @@
 //! statement's `VERSION AS OF` / `TIMESTAMP AS OF` clauses asked for.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider};
+use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use medlake_lake::{TableName, Warehouse};
+use medlake_views::Views;
 
 /// Name of the DataFusion catalog (and of the Postgres database clients connect to).
 pub const CATALOG: &str = "medlake";
@@ -23,6 +25,10 @@ pub struct LakeCatalog {
     time_travel: Arc<MemorySchemaProvider>,
     /// Tables of the `system` schema that are computed, not stored.
     computed: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
+    /// Schemas that are not in the warehouse (`pg_catalog`).
+    builtin: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
+    /// The materialized views, to tell them from tables in listings.
+    views: OnceLock<Views>,
 }
 
 impl LakeCatalog {
@@ -32,7 +38,31 @@ impl LakeCatalog {
             schemas: RwLock::new(BTreeMap::new()),
             time_travel: Arc::new(MemorySchemaProvider::new()),
             computed: RwLock::new(BTreeMap::new()),
+            builtin: RwLock::new(BTreeMap::new()),
+            views: OnceLock::new(),
         }
+    }
+
+    /// Lets listings tell materialized views from tables (relkind `m`, table type VIEW).
+    pub fn set_views(&self, views: Views) {
+        let _ = self.views.set(views);
+    }
+
+    /// A schema that lives outside the warehouse (`pg_catalog`).
+    pub fn builtin_schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.builtin
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Adds or replaces a schema that lives outside the warehouse.
+    pub fn set_builtin_schema(&self, name: &str, schema: Arc<dyn SchemaProvider>) {
+        self.builtin
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), schema);
     }
 
     /// Adds the computed tables of the `system` schema (materialized views, lineage).
@@ -56,7 +86,18 @@ impl LakeCatalog {
     /// opened from the warehouse when a statement names them.
     pub async fn refresh(&self) -> medlake_lake::Result<()> {
         let mut fresh = BTreeMap::new();
+        let views: BTreeSet<TableName> = match self.views.get() {
+            Some(views) => match views.list().await {
+                Ok(list) => list.into_iter().map(|v| v.name).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing materialized views");
+                    BTreeSet::new()
+                }
+            },
+            None => BTreeSet::new(),
+        };
         for schema in self.warehouse.list_schemas().await? {
+            let name = schema.clone();
             let tables = self.warehouse.list_tables(&schema).await?;
             let computed = if schema == medlake_views::system::SCHEMA {
                 self.computed
@@ -71,6 +112,11 @@ impl LakeCatalog {
                 Arc::new(LakeSchema {
                     warehouse: self.warehouse.clone(),
                     name: schema,
+                    views: views
+                        .iter()
+                        .filter(|v| v.schema == name)
+                        .map(|v| v.table.clone())
+                        .collect(),
                     tables: RwLock::new(tables.into_iter().collect()),
                     computed,
                 }),
@@ -92,12 +138,23 @@ impl LakeCatalog {
 
 impl CatalogProvider for LakeCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.schemas().keys().cloned().collect()
+        let mut names: Vec<String> = self.schemas().keys().cloned().collect();
+        names.extend(
+            self.builtin
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keys()
+                .cloned(),
+        );
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         if name == TIME_TRAVEL_SCHEMA {
             return Some(self.time_travel.clone());
+        }
+        if let Some(builtin) = self.builtin_schema(name) {
+            return Some(builtin);
         }
         self.schemas()
             .get(name)
@@ -107,8 +164,13 @@ impl CatalogProvider for LakeCatalog {
     fn register_schema(
         &self,
         name: &str,
-        _schema: Arc<dyn SchemaProvider>,
+        schema: Arc<dyn SchemaProvider>,
     ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        if name == crate::postgres::PG_CATALOG {
+            let previous = self.builtin_schema(name);
+            self.set_builtin_schema(name, schema);
+            return Ok(previous);
+        }
         Err(DataFusionError::NotImplemented(format!(
             "registering schema '{name}' in memory; use CREATE SCHEMA"
         )))
@@ -120,6 +182,8 @@ impl CatalogProvider for LakeCatalog {
 pub struct LakeSchema {
     warehouse: Warehouse,
     name: String,
+    /// The tables of this schema that are materialized views.
+    views: BTreeSet<String>,
     tables: RwLock<BTreeSet<String>>,
     computed: BTreeMap<String, Arc<dyn TableProvider>>,
 }
@@ -163,6 +227,13 @@ impl SchemaProvider for LakeSchema {
             "registering table '{}.{name}' in memory; use CREATE TABLE",
             self.name
         )))
+    }
+
+    async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
+        if self.views.contains(name) {
+            return Ok(Some(TableType::View));
+        }
+        Ok(self.table(name).await?.map(|t| t.table_type()))
     }
 
     fn table_exist(&self, name: &str) -> bool {

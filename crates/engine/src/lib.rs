@@ -10,6 +10,7 @@ mod catalog;
 mod dialect;
 mod error;
 mod history;
+pub mod postgres;
 mod project;
 mod statement;
 
@@ -90,6 +91,17 @@ impl Output {
     }
 }
 
+/// What a statement takes and returns, found without running it (the Postgres wire's
+/// Describe, Flight SQL's prepared statements).
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// The types of its `$1`, `$2`, ... parameters, `None` where the statement does not
+    /// tell (`SELECT $1`).
+    pub parameters: Vec<Option<arrow::datatypes::DataType>>,
+    /// The columns of its rows; `None` for a command.
+    pub columns: Option<SchemaRef>,
+}
+
 /// SQL over a Delta Lake warehouse. Cheap to clone: clones share the warehouse, the catalog
 /// and the runtime. Servers open one [`Session`] per client connection; `Engine::sql` and
 /// friends run in the engine's own default session (the CLI's).
@@ -156,6 +168,7 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(CATALOG, catalog.clone() as Arc<dyn CatalogProvider>);
+        postgres::install(&ctx, &catalog)?;
         ctx.register_udtf(
             "table_history",
             Arc::new(history::TableHistoryFunction {
@@ -169,6 +182,7 @@ impl Engine {
         let state = ctx.state();
         let views = Views::new(warehouse.clone(), state.clone());
         views.prepare().await?;
+        catalog.set_views(views.clone());
         catalog.set_computed_system_tables(medlake_views::system::computed_tables(&views, &state));
         catalog.refresh().await?;
         let shared = Arc::new(Shared {
@@ -277,7 +291,7 @@ impl Session {
                     let mut create = *create;
                     let name =
                         self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
-                    create.definition.default_schema = self.default_schema();
+                    create.definition.default_schema = self.default_schema_name();
                     let outcome = self
                         .shared
                         .views
@@ -362,7 +376,108 @@ impl Session {
         .await
     }
 
-    fn default_schema(&self) -> String {
+    /// What `statement` takes and returns, without running it. Side-effect free: commands
+    /// are planned, not run.
+    pub async fn describe(&self, statement: &Statement) -> Result<Description> {
+        let static_columns = |columns: Vec<(&str, arrow::datatypes::DataType)>| {
+            Some(Arc::new(Schema::new(
+                columns
+                    .into_iter()
+                    .map(|(n, t)| Field::new(n, t, false))
+                    .collect::<Vec<_>>(),
+            )) as SchemaRef)
+        };
+        let no_parameters = |columns| Description {
+            parameters: Vec::new(),
+            columns,
+        };
+        use arrow::datatypes::DataType as T;
+        match statement {
+            Statement::Sql(sql) => {
+                let id = self.shared.statements.fetch_add(1, Ordering::Relaxed);
+                let mut sql = (**sql).clone();
+                let pinned = statement::pin_versions(&mut sql, id)?;
+                self.refresh_listings_for(&sql).await?;
+                for pin in &pinned {
+                    let name = self.table_name(&pin.parts)?;
+                    let (provider, _) = self
+                        .shared
+                        .warehouse
+                        .table_provider(&name, Some(&pin.at))
+                        .await?;
+                    self.shared
+                        .catalog
+                        .time_travel()
+                        .register_table(pin.alias.clone(), provider)?;
+                }
+                let planned = self
+                    .ctx
+                    .state()
+                    .statement_to_plan(sql)
+                    .await
+                    .map_err(unwrap_lake_error);
+                for pin in &pinned {
+                    self.shared
+                        .catalog
+                        .time_travel()
+                        .deregister_table(&pin.alias)?;
+                }
+                let plan = planned?;
+                let types = plan.get_parameter_types()?;
+                let count = types
+                    .keys()
+                    .filter_map(|k| k.trim_start_matches('$').parse::<usize>().ok())
+                    .max()
+                    .unwrap_or(0);
+                let parameters = (1..=count)
+                    .map(|i| types.get(&format!("${i}")).cloned().flatten())
+                    .collect();
+                let columns = match &plan {
+                    LogicalPlan::Ddl(_)
+                    | LogicalPlan::Dml(_)
+                    | LogicalPlan::Copy(_)
+                    | LogicalPlan::Statement(_) => None,
+                    plan => Some(Arc::new(plan.schema().as_arrow().clone()) as SchemaRef),
+                };
+                Ok(Description {
+                    parameters,
+                    columns,
+                })
+            }
+            // Read-only: run them and keep the schema of their rows.
+            Statement::ShowMaterializedViews | Statement::DescribeHistory { .. } => {
+                match self.execute(statement.clone()).await? {
+                    Output::Rows(stream) => Ok(no_parameters(Some(stream.schema()))),
+                    Output::Command { .. } => Ok(no_parameters(None)),
+                }
+            }
+            Statement::Optimize { .. } => Ok(no_parameters(static_columns(vec![
+                ("table", T::Utf8),
+                ("version", T::Int64),
+                ("files_added", T::Int64),
+                ("files_removed", T::Int64),
+            ]))),
+            Statement::Vacuum { .. } => Ok(no_parameters(static_columns(vec![("path", T::Utf8)]))),
+            Statement::CreateMaterializedView(_)
+            | Statement::RefreshMaterializedView { .. }
+            | Statement::DropMaterializedView { .. } => Ok(no_parameters(None)),
+        }
+    }
+
+    /// The session's default schema (Postgres `search_path`).
+    pub fn default_schema(&self) -> String {
+        self.default_schema_name()
+    }
+
+    /// Changes the session's default schema (Postgres `SET search_path`).
+    pub fn set_default_schema(&self, schema: &str) -> Result<()> {
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        state.config_mut().options_mut().catalog.default_schema = schema.to_string();
+        Ok(())
+    }
+
+    fn default_schema_name(&self) -> String {
         self.ctx
             .state()
             .config()
@@ -492,7 +607,7 @@ impl Session {
         let references = self.ctx.state().resolve_table_references(statement)?;
         let known = self.shared.catalog.schema_names();
         let stale = references.iter().any(|reference| match reference.schema() {
-            Some("information_schema") => true,
+            Some("information_schema" | postgres::PG_CATALOG) => true,
             Some(TIME_TRAVEL_SCHEMA) | None => false,
             Some(schema) => !known.iter().any(|k| k == schema),
         });

@@ -162,6 +162,9 @@ pub fn parse_one(text: &str) -> Result<Statement> {
     }
     let mut statements = DFParser::parse_sql_with_dialect(text, &dialect).map_err(syntax)?;
     match (statements.pop_front(), statements.is_empty()) {
+        (Some(DfStatement::Statement(statement)), true) => Ok(Statement::Sql(Box::new(
+            DfStatement::Statement(Box::new(crate::postgres::rewrite(text, *statement))),
+        ))),
         (Some(statement), true) => Ok(Statement::Sql(Box::new(statement))),
         (None, _) => Err(syntax("empty statement")),
         (Some(_), false) => Err(Error::Internal(

@@ -1,0 +1,430 @@
+//! Who may connect, and how they prove it: SCRAM-SHA-256 (the default, as in PostgreSQL) or
+//! md5 for old clients, against the users of the server's configuration; TLS required when
+//! it is configured; the database must be `medlake`.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::{Sink, SinkExt};
+use pgwire::api::auth::sasl::scram::{ScramServerAuth, ScramServerAuthWaitingForClientFinal};
+use pgwire::api::auth::{
+    LoginInfo, Password, ServerParameterProvider, StartupHandler, finish_authentication,
+    protocol_negotiation, save_startup_parameters_to_metadata,
+};
+use pgwire::api::{
+    ClientInfo, METADATA_APPLICATION_NAME, METADATA_DATABASE, METADATA_USER,
+    PgWireConnectionState,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::{Authentication, SecretKey};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tracing::{info, warn};
+
+use crate::connection::{Connection, Registry};
+
+const SCRAM_ITERATIONS: usize = 4096;
+
+/// A password that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How a user proves their password.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// SCRAM-SHA-256 (RFC 7677), what PostgreSQL uses by default since version 14.
+    #[default]
+    ScramSha256,
+    /// MD5 challenge-response, for clients too old for SCRAM.
+    Md5,
+}
+
+/// A user of the server.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub name: String,
+    pub password: Secret,
+    pub method: Method,
+}
+
+/// Who may connect.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// Users with passwords.
+    Users(Vec<User>),
+    /// Anyone, without a password: only for demos on a loopback address.
+    InsecureNoAuth,
+}
+
+/// A user as the server keeps it: SCRAM's salted password, computed once.
+struct Known {
+    user: User,
+    salt: Vec<u8>,
+    salted: Vec<u8>,
+}
+
+/// The per-connection progress of a login.
+enum Pending {
+    ScramFirst { user: String, password: Password },
+    ScramFinal(Box<ScramServerAuthWaitingForClientFinal>),
+    Md5 { user: String, expected: String },
+}
+
+struct PendingLogin(Mutex<Option<Pending>>);
+
+/// Authenticates connections and opens their medlake session.
+pub struct Startup {
+    engine: medlake_engine::Engine,
+    access: Access,
+    users: HashMap<String, Known>,
+    /// Salted password of no user: an unknown user fails at the same step as a wrong password.
+    decoy: (Vec<u8>, Vec<u8>),
+    tls_required: bool,
+    registry: Arc<Registry>,
+    parameters: Parameters,
+}
+
+impl Startup {
+    pub(crate) fn new(
+        engine: medlake_engine::Engine,
+        access: Access,
+        tls_required: bool,
+        registry: Arc<Registry>,
+    ) -> Self {
+        let mut users = HashMap::new();
+        if let Access::Users(list) = &access {
+            for user in list {
+                let salt: [u8; 16] = rand_bytes();
+                let salted = pgwire::api::auth::sasl::scram::gen_salted_password(
+                    user.password.expose(),
+                    &salt,
+                    SCRAM_ITERATIONS,
+                );
+                users.insert(
+                    user.name.clone(),
+                    Known {
+                        user: user.clone(),
+                        salt: salt.to_vec(),
+                        salted,
+                    },
+                );
+            }
+        }
+        let decoy_salt: [u8; 16] = rand_bytes();
+        let decoy_password: [u8; 32] = rand_bytes();
+        Self {
+            engine,
+            access,
+            users,
+            decoy: (decoy_salt.to_vec(), decoy_password.to_vec()),
+            tls_required,
+            registry,
+            parameters: Parameters,
+        }
+    }
+
+    async fn finish<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let pid = i32::from_be_bytes(rand_bytes::<4>()) & 0x7fff_ffff;
+        let secret: [u8; 4] = rand_bytes();
+        let secret = SecretKey::I32(i32::from_be_bytes(secret));
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+        let application = client
+            .metadata()
+            .get(METADATA_APPLICATION_NAME)
+            .cloned()
+            .unwrap_or_default();
+        let connection = Arc::new(Connection::new(
+            self.engine.session(),
+            user.clone(),
+        ));
+        // A client may choose its schema at connect time (`options=-c search_path=bronze`).
+        if let Some(options) = client.metadata().get("options").cloned() {
+            connection.apply_startup_options(&options)?;
+        }
+        for (key, value) in client.metadata().clone() {
+            if let Some(setting) = startup_setting(&key) {
+                connection.apply_startup_setting(setting, &value)?;
+            }
+        }
+        let guard = self.registry.register(pid, &secret, &connection);
+        client.session_extensions().insert(connection);
+        client.session_extensions().insert(guard);
+        info!(
+            user = %user,
+            client = %client.socket_addr(),
+            tls = client.is_secure(),
+            application = %application,
+            "postgres connection authenticated"
+        );
+        finish_authentication(client, &self.parameters).await
+    }
+}
+
+/// Startup parameters (besides `options`) that are settings.
+fn startup_setting(key: &str) -> Option<&'static str> {
+    match key.to_ascii_lowercase().as_str() {
+        "search_path" => Some("search_path"),
+        "statement_timeout" => Some("statement_timeout"),
+        "extra_float_digits" => Some("extra_float_digits"),
+        "datestyle" => Some("DateStyle"),
+        "timezone" => Some("TimeZone"),
+        _ => None,
+    }
+}
+
+pub(crate) fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    getrandom(&mut out);
+    out
+}
+
+fn getrandom(out: &mut [u8]) {
+    // ring is already in the tree for TLS; its SystemRandom reads the OS's CSPRNG.
+    use tokio_rustls::rustls::crypto::ring::default_provider;
+    let provider = default_provider();
+    if provider.secure_random.fill(out).is_err() {
+        // Unreachable on Linux; never continue with predictable bytes.
+        panic!("the operating system's random number generator failed");
+    }
+}
+
+fn fatal(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        code.to_owned(),
+        message.into(),
+    )))
+}
+
+fn password_failed(user: &str) -> PgWireError {
+    fatal(
+        "28P01",
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                if self.tls_required && !client.is_secure() {
+                    warn!(client = %client.socket_addr(), "refused a connection without TLS");
+                    return Err(fatal(
+                        "28000",
+                        "this medlake server requires TLS: connect with sslmode=require",
+                    ));
+                }
+                let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+                if user.is_empty() {
+                    return Err(fatal("28000", "no user name was given"));
+                }
+                let database = client
+                    .metadata()
+                    .get(METADATA_DATABASE)
+                    .cloned()
+                    .unwrap_or_else(|| user.clone());
+                if database != medlake_engine::CATALOG {
+                    return Err(fatal(
+                        "3D000",
+                        format!(
+                            "database \"{database}\" does not exist (the database is \"{}\")",
+                            medlake_engine::CATALOG
+                        ),
+                    ));
+                }
+                match &self.access {
+                    Access::InsecureNoAuth => self.finish(client).await?,
+                    Access::Users(_) => {
+                        let known = self.users.get(&user);
+                        let method = known.map_or(Method::ScramSha256, |k| k.user.method);
+                        let pending = match method {
+                            Method::ScramSha256 => {
+                                let (salt, salted) = known.map_or_else(
+                                    || self.decoy.clone(),
+                                    |k| (k.salt.clone(), k.salted.clone()),
+                                );
+                                client
+                                    .send(PgWireBackendMessage::Authentication(
+                                        Authentication::SASL(vec!["SCRAM-SHA-256".to_owned()]),
+                                    ))
+                                    .await?;
+                                Pending::ScramFirst {
+                                    user: user.clone(),
+                                    password: Password::new(Some(salt), salted),
+                                }
+                            }
+                            Method::Md5 => {
+                                let salt: [u8; 4] = rand_bytes();
+                                let password = known
+                                    .map(|k| k.user.password.expose().to_string())
+                                    .unwrap_or_default();
+                                let expected = pgwire::api::auth::md5pass::hash_md5_password(
+                                    &user, &password, &salt,
+                                );
+                                client
+                                    .send(PgWireBackendMessage::Authentication(
+                                        Authentication::MD5Password(salt.to_vec()),
+                                    ))
+                                    .await?;
+                                Pending::Md5 {
+                                    user: user.clone(),
+                                    expected,
+                                }
+                            }
+                        };
+                        client
+                            .session_extensions()
+                            .insert(PendingLogin(Mutex::new(Some(pending))));
+                    }
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                let Some(login) = client.session_extensions().get::<PendingLogin>() else {
+                    return Err(fatal("08P01", "unexpected password message"));
+                };
+                let pending = login
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                match pending {
+                    Some(Pending::ScramFirst { user, password }) => {
+                        let initial = message.into_sasl_initial_response()?;
+                        if initial.auth_method != "SCRAM-SHA-256" {
+                            return Err(fatal(
+                                "28000",
+                                format!(
+                                    "SASL mechanism {} is not supported; use SCRAM-SHA-256",
+                                    initial.auth_method
+                                ),
+                            ));
+                        }
+                        let data = initial
+                            .data
+                            .ok_or_else(|| fatal("08P01", "empty SCRAM client-first message"))?;
+                        let (server_first, waiting) = ScramServerAuth::new()
+                            .on_client_first_message(&data, password)
+                            .map_err(|e| {
+                                warn!(user = %user, error = %e, "SCRAM client-first refused");
+                                password_failed(&user)
+                            })?;
+                        client
+                            .send(PgWireBackendMessage::Authentication(
+                                Authentication::SASLContinue(server_first.into()),
+                            ))
+                            .await?;
+                        *login
+                            .0
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(Pending::ScramFinal(Box::new(waiting)));
+                    }
+                    Some(Pending::ScramFinal(waiting)) => {
+                        let user = LoginInfo::from_client_info(client)
+                            .user()
+                            .unwrap_or_default()
+                            .to_string();
+                        let response = message.into_sasl_response()?;
+                        let known = self.users.contains_key(&user);
+                        match waiting.on_client_final_message(&response.data) {
+                            Ok(server_final) if known => {
+                                client
+                                    .send(PgWireBackendMessage::Authentication(
+                                        Authentication::SASLFinal(server_final.into()),
+                                    ))
+                                    .await?;
+                                self.finish(client).await?;
+                            }
+                            _ => {
+                                warn!(user = %user, client = %client.socket_addr(), "password authentication failed");
+                                return Err(password_failed(&user));
+                            }
+                        }
+                    }
+                    Some(Pending::Md5 { user, expected }) => {
+                        let password = message.into_password()?;
+                        if self.users.contains_key(&user) && password.password == expected {
+                            self.finish(client).await?;
+                        } else {
+                            warn!(user = %user, client = %client.socket_addr(), "password authentication failed");
+                            return Err(password_failed(&user));
+                        }
+                    }
+                    None => return Err(fatal("08P01", "unexpected password message")),
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The ParameterStatus messages sent after authentication.
+pub(crate) struct Parameters;
+
+impl ServerParameterProvider for Parameters {
+    fn server_parameters<C>(&self, client: &C) -> Option<HashMap<String, String>>
+    where
+        C: ClientInfo,
+    {
+        let mut params = HashMap::new();
+        let mut set = |k: &str, v: &str| {
+            params.insert(k.to_owned(), v.to_owned());
+        };
+        set("server_version", medlake_engine::postgres::SERVER_VERSION);
+        set("server_encoding", "UTF8");
+        set("client_encoding", "UTF8");
+        set("DateStyle", "ISO, MDY");
+        set("IntervalStyle", "postgres");
+        set("TimeZone", "UTC");
+        set("integer_datetimes", "on");
+        set("standard_conforming_strings", "on");
+        set("is_superuser", "off");
+        set("in_hot_standby", "off");
+        set("default_transaction_read_only", "off");
+        set("scram_iterations", &SCRAM_ITERATIONS.to_string());
+        if let Some(user) = client.metadata().get(METADATA_USER) {
+            set("session_authorization", user);
+        }
+        let application = client
+            .metadata()
+            .get(METADATA_APPLICATION_NAME)
+            .cloned()
+            .unwrap_or_default();
+        set("application_name", &application);
+        Some(params)
+    }
+}

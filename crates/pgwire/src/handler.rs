@@ -1,0 +1,742 @@
+//! The simple and extended query protocols over a connection's medlake session.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value, visit_expressions_mut};
+use datafusion::sql::unparser::Unparser;
+use futures::{Sink, SinkExt, Stream, StreamExt, stream};
+use medlake_engine::{Output, Statement};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::CopyData;
+use pgwire::messages::data::DataRow;
+use pgwire::messages::response::NoticeResponse;
+use pgwire::messages::startup::ParameterStatus;
+use pgwire::types::format::FormatOptions;
+use tracing::debug;
+
+use crate::commands::{self, Command, CopyOut};
+use crate::connection::{Connection, Query};
+use crate::error::{engine_error, stream_error, user_error};
+
+/// A statement as the server keeps it between Parse and Execute.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    kind: Kind,
+    /// The types of `$1`, `$2`, ...: what the client declared, else what we inferred.
+    parameters: Vec<Type>,
+    /// Their Arrow types, for decoding.
+    parameter_types: Vec<Option<DataType>>,
+    /// The columns of its rows; `None` for a command.
+    columns: Option<SchemaRef>,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Engine(Statement),
+    Command(Command),
+}
+
+/// The query handlers (one for the whole server; per-connection state is in the client's
+/// session extensions).
+pub struct Queries {
+    parser: Arc<Parser>,
+}
+
+impl Queries {
+    pub(crate) fn new() -> Self {
+        Self {
+            parser: Arc::new(Parser),
+        }
+    }
+}
+
+pub struct Parser;
+
+fn connection<C: ClientInfo + ?Sized>(client: &C) -> PgWireResult<Arc<Connection>> {
+    client
+        .session_extensions()
+        .get::<Arc<Connection>>()
+        .map(|c| (*c).clone())
+        .ok_or_else(|| user_error("08P01", "the connection is not authenticated"))
+}
+
+fn format_options(connection: &Connection) -> Arc<FormatOptions> {
+    let settings = connection.settings();
+    let metadata: HashMap<String, String> = settings.values.into_iter().collect();
+    Arc::new(FormatOptions::from_client_metadata(&metadata))
+}
+
+/// Recognizes and describes one statement.
+async fn prepare(
+    connection: &Connection,
+    text: &str,
+    declared: &[Option<Type>],
+    describe: bool,
+) -> PgWireResult<Prepared> {
+    if let Some(command) = commands::parse(text)? {
+        let columns = match &command {
+            Command::Show(name) => Some(text_schema(&[name.as_str()])),
+            Command::ShowAll => Some(text_schema(&["name", "setting", "description"])),
+            _ => None,
+        };
+        return Ok(Prepared {
+            kind: Kind::Command(command),
+            parameters: Vec::new(),
+            parameter_types: Vec::new(),
+            columns,
+        });
+    }
+    let mut statements = medlake_engine::parse(text).map_err(|e| engine_error(&e))?;
+    if statements.len() > 1 {
+        return Err(user_error(
+            "42601",
+            "cannot insert multiple commands into a prepared statement",
+        ));
+    }
+    let statement = statements
+        .pop()
+        .ok_or_else(|| user_error("42601", "empty statement"))?;
+    if !describe {
+        return Ok(Prepared {
+            kind: Kind::Engine(statement),
+            parameters: Vec::new(),
+            parameter_types: Vec::new(),
+            columns: None,
+        });
+    }
+    let description = connection
+        .session
+        .describe(&statement)
+        .await
+        .map_err(|e| engine_error(&e))?;
+    let count = description.parameters.len().max(declared.len());
+    let mut parameters = Vec::with_capacity(count);
+    let mut parameter_types = Vec::with_capacity(count);
+    for i in 0..count {
+        let inferred = description.parameters.get(i).cloned().flatten();
+        let declared = declared.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
+        let wire = match (&declared, &inferred) {
+            (Some(t), _) => t.clone(),
+            (None, Some(dt)) => into_pg_type(dt).unwrap_or(Type::TEXT),
+            (None, None) => Type::TEXT,
+        };
+        parameter_types.push(Some(inferred.unwrap_or(DataType::Utf8)));
+        parameters.push(wire);
+    }
+    Ok(Prepared {
+        kind: Kind::Engine(statement),
+        parameters,
+        parameter_types,
+        columns: description.columns,
+    })
+}
+
+fn text_schema(names: &[&str]) -> SchemaRef {
+    Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn text_rows(names: &[&str], rows: Vec<Vec<String>>) -> PgWireResult<SendableRecordBatchStream> {
+    let schema = text_schema(names);
+    let columns = (0..names.len())
+        .map(|i| {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].clone())))
+                as arrow::array::ArrayRef
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| user_error("XX000", e.to_string()))?;
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        stream::iter([Ok(batch)]),
+    )))
+}
+
+/// Replaces `$n` placeholders with the bound values, as typed literals in the syntax tree
+/// (never as text: a value cannot change the statement).
+fn bind(statement: &Statement, values: Vec<datafusion::scalar::ScalarValue>) -> PgWireResult<Statement> {
+    if values.is_empty() {
+        return Ok(statement.clone());
+    }
+    let Statement::Sql(sql) = statement else {
+        return Err(user_error(
+            "0A000",
+            "parameters are only supported in SQL statements",
+        ));
+    };
+    let DfStatement::Statement(ast) = sql.as_ref() else {
+        return Err(user_error(
+            "0A000",
+            "parameters are only supported in SQL statements",
+        ));
+    };
+    let unparser = Unparser::default();
+    let mut literals = Vec::with_capacity(values.len());
+    for value in values {
+        let expr = datafusion::logical_expr::Expr::Literal(value, None);
+        literals.push(
+            unparser
+                .expr_to_sql(&expr)
+                .map_err(|e| user_error("22023", format!("cannot bind parameter: {e}")))?,
+        );
+    }
+    let mut ast = ast.as_ref().clone();
+    let mut missing = None;
+    let _ = visit_expressions_mut(&mut ast, |expr: &mut SqlExpr| {
+        if let SqlExpr::Value(v) = expr
+            && let Value::Placeholder(p) = &v.value
+        {
+            match p
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| literals.get(i.wrapping_sub(1)))
+            {
+                Some(literal) => *expr = SqlExpr::Nested(Box::new(literal.clone())),
+                None => missing = Some(p.clone()),
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    if let Some(p) = missing {
+        return Err(user_error(
+            "08P01",
+            format!("no value was bound for parameter {p}"),
+        ));
+    }
+    Ok(Statement::Sql(Box::new(DfStatement::Statement(Box::new(ast)))))
+}
+
+/// A stream of batches that stops at a CancelRequest or at the statement's deadline.
+fn guarded(
+    connection: Arc<Connection>,
+    query: Query,
+    stream: SendableRecordBatchStream,
+) -> impl Stream<Item = PgWireResult<RecordBatch>> + Send {
+    stream::unfold(Some(stream), move |state| {
+        let connection = connection.clone();
+        async move {
+            let mut stream = state?;
+            let next = {
+                let item = stream.next();
+                let stopped = connection.stopped(&query);
+                tokio::pin!(item, stopped);
+                tokio::select! {
+                    item = &mut item => Ok(item),
+                    stop = &mut stopped => Err(stop),
+                }
+            };
+            match next {
+                Ok(None) => None,
+                Ok(Some(Ok(batch))) => Some((Ok(batch), Some(stream))),
+                Ok(Some(Err(e))) => Some((Err(stream_error(e)), None)),
+                Err(stop) => Some((Err(stop.error()), None)),
+            }
+        }
+    })
+}
+
+fn rows_response(
+    connection: &Arc<Connection>,
+    query: Query,
+    stream: SendableRecordBatchStream,
+    format: &Format,
+) -> PgWireResult<QueryResponse> {
+    let schema = stream.schema();
+    let fields = Arc::new(arrow_schema_to_pg_fields(
+        &schema,
+        format,
+        Some(format_options(connection)),
+    )?);
+    let encode = fields.clone();
+    let rows = guarded(connection.clone(), query, stream)
+        .map(move |batch| {
+            let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> = match batch {
+                Ok(batch) => encode_recordbatch(encode.clone(), batch),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            stream::iter(rows)
+        })
+        .flatten();
+    Ok(QueryResponse::new(fields, rows))
+}
+
+/// The command tag of an engine command (`INSERT 0 5`) for pgwire.
+fn tag(text: &str) -> Tag {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.as_slice() {
+        ["INSERT", oid, rows] => match (oid.parse(), rows.parse()) {
+            (Ok(oid), Ok(rows)) => Tag::new("INSERT").with_oid(oid).with_rows(rows),
+            _ => Tag::new(text),
+        },
+        [command, rows] if rows.chars().all(|c| c.is_ascii_digit()) => match rows.parse() {
+            Ok(rows) => Tag::new(command).with_rows(rows),
+            Err(_) => Tag::new(text),
+        },
+        _ => Tag::new(text),
+    }
+}
+
+/// Runs one statement.
+async fn run<C>(
+    client: &mut C,
+    connection: &Arc<Connection>,
+    prepared: &Prepared,
+    values: Vec<datafusion::scalar::ScalarValue>,
+    format: &Format,
+) -> PgWireResult<Response>
+where
+    C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::PortalStore: PortalStore,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    match &prepared.kind {
+        Kind::Command(command) => run_command(client, connection, command, format).await,
+        Kind::Engine(statement) => {
+            let statement = bind(statement, values)?;
+            let query = connection.begin_query();
+            let output = {
+                let execute = connection.session.execute(statement);
+                let stopped = connection.stopped(&query);
+                tokio::pin!(execute, stopped);
+                tokio::select! {
+                    output = &mut execute => output.map_err(|e| engine_error(&e))?,
+                    stop = &mut stopped => return Err(stop.error()),
+                }
+            };
+            match output {
+                Output::Rows(stream) => Ok(Response::Query(rows_response(
+                    connection, query, stream, format,
+                )?)),
+                Output::Command { tag: text, .. } => {
+                    if client.transaction_status()
+                        == pgwire::messages::response::TransactionStatus::Transaction
+                    {
+                        connection
+                            .wrote_in_transaction
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(Response::Execution(tag(&text)))
+                }
+            }
+        }
+    }
+}
+
+async fn run_command<C>(
+    client: &mut C,
+    connection: &Arc<Connection>,
+    command: &Command,
+    format: &Format,
+) -> PgWireResult<Response>
+where
+    C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::PortalStore: PortalStore,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use std::sync::atomic::Ordering;
+    let response = match command {
+        Command::Set { name, values } => {
+            if let Some((reported, value)) = commands::set(connection, name, values)? {
+                client
+                    .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+                        reported.to_owned(),
+                        value,
+                    )))
+                    .await?;
+            }
+            Response::Execution(Tag::new("SET"))
+        }
+        Command::EngineSet => unreachable!("engine SET runs as an engine statement"),
+        Command::Show(name) => {
+            let value = commands::show(connection, name)?;
+            let query = connection.begin_query();
+            Response::Query(rows_response(
+                connection,
+                query,
+                text_rows(&[name.as_str()], vec![vec![value]])?,
+                format,
+            )?)
+        }
+        Command::ShowAll => {
+            let settings = connection.settings();
+            let rows = settings
+                .values
+                .iter()
+                .map(|(k, v)| {
+                    let v = if k == "search_path" {
+                        format!("\"$user\", {}", connection.session.default_schema())
+                    } else {
+                        v.clone()
+                    };
+                    vec![k.clone(), v, String::new()]
+                })
+                .collect();
+            let query = connection.begin_query();
+            Response::Query(rows_response(
+                connection,
+                query,
+                text_rows(&["name", "setting", "description"], rows)?,
+                format,
+            )?)
+        }
+        Command::Reset(name) => {
+            commands::reset(connection, name)?;
+            Response::Execution(Tag::new("RESET"))
+        }
+        Command::ResetAll => {
+            commands::reset_all(connection)?;
+            Response::Execution(Tag::new("RESET"))
+        }
+        Command::DiscardAll => {
+            commands::reset_all(connection)?;
+            client.portal_store().clear_portals();
+            connection.wrote_in_transaction.store(false, Ordering::SeqCst);
+            Response::Execution(Tag::new("DISCARD ALL"))
+        }
+        Command::Begin => {
+            connection.wrote_in_transaction.store(false, Ordering::SeqCst);
+            Response::TransactionStart(Tag::new("BEGIN"))
+        }
+        Command::Commit => {
+            connection.wrote_in_transaction.store(false, Ordering::SeqCst);
+            Response::TransactionEnd(Tag::new("COMMIT"))
+        }
+        Command::Rollback => {
+            if connection.wrote_in_transaction.swap(false, Ordering::SeqCst) {
+                let mut notice = pgwire::error::ErrorInfo::new(
+                    "WARNING".to_owned(),
+                    "01000".to_owned(),
+                    "ROLLBACK does not undo writes: every medlake statement commits on its own"
+                        .to_owned(),
+                );
+                notice.hint = Some(
+                    "use time travel (VERSION AS OF) to read the table as it was before".into(),
+                );
+                client
+                    .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+                        notice,
+                    )))
+                    .await?;
+            }
+            Response::TransactionEnd(Tag::new("ROLLBACK"))
+        }
+        Command::Savepoint(tag) => Response::Execution(Tag::new(tag)),
+        Command::Deallocate(name) => {
+            match name {
+                Some(name) => client.portal_store().rm_statement(name),
+                None => client.portal_store().clear_portals(),
+            }
+            Response::Execution(Tag::new("DEALLOCATE"))
+        }
+        Command::Ignored(tag) => Response::Execution(Tag::new(tag)),
+        Command::Copy(copy) => copy_out(connection, copy).await?,
+    };
+    Ok(response)
+}
+
+/// `COPY (query) TO STDOUT`: the rows as text or CSV, one CopyData per row, streamed.
+async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<Response> {
+    let mut statements = medlake_engine::parse(&copy.query).map_err(|e| engine_error(&e))?;
+    let statement = match (statements.pop(), statements.is_empty()) {
+        (Some(s), true) => s,
+        _ => return Err(user_error("42601", "COPY takes exactly one query")),
+    };
+    let query = connection.begin_query();
+    let output = connection
+        .session
+        .execute(statement)
+        .await
+        .map_err(|e| engine_error(&e))?;
+    let Output::Rows(stream) = output else {
+        return Err(user_error("42601", "COPY needs a query that returns rows"));
+    };
+    let schema = stream.schema();
+    let fields = Arc::new(arrow_schema_to_pg_fields(
+        &schema,
+        &Format::UnifiedText,
+        Some(format_options(connection)),
+    )?);
+    let columns = fields.len();
+    let header = copy.header.then(|| {
+        let names: Vec<Option<Vec<u8>>> = schema
+            .fields()
+            .iter()
+            .map(|f| Some(f.name().as_bytes().to_vec()))
+            .collect();
+        Ok(CopyData::new(copy_line(&names, copy)))
+    });
+    let options = copy.clone();
+    let encode = fields.clone();
+    let rows = guarded(connection.clone(), query, stream)
+        .map(move |batch| {
+            let options = options.clone();
+            let lines: Box<dyn Iterator<Item = PgWireResult<CopyData>> + Send> = match batch {
+                Ok(batch) => Box::new(encode_recordbatch(encode.clone(), batch).map(
+                    move |row| {
+                        let row = row?;
+                        Ok(CopyData::new(copy_line(&row_fields(&row), &options)))
+                    },
+                )),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            stream::iter(lines)
+        })
+        .flatten();
+    let data = stream::iter(header).chain(rows);
+    Ok(Response::CopyOut(CopyResponse::new(0, columns, data)))
+}
+
+/// The fields of a text-format DataRow (`None` is NULL).
+fn row_fields(row: &DataRow) -> Vec<Option<Vec<u8>>> {
+    let mut fields = Vec::with_capacity(usize::try_from(row.field_count).unwrap_or(0));
+    let data = &row.data[..];
+    let mut at = 0usize;
+    for _ in 0..row.field_count {
+        if at + 4 > data.len() {
+            break;
+        }
+        let len = i32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        at += 4;
+        if len < 0 {
+            fields.push(None);
+        } else {
+            let len = usize::try_from(len).unwrap_or(0);
+            fields.push(Some(data[at..at + len].to_vec()));
+            at += len;
+        }
+    }
+    fields
+}
+
+/// One COPY line in text or CSV format, with its newline.
+fn copy_line(fields: &[Option<Vec<u8>>], copy: &CopyOut) -> Bytes {
+    let mut line = BytesMut::new();
+    let mut delimiter = [0u8; 4];
+    let delimiter = copy.delimiter.encode_utf8(&mut delimiter).as_bytes().to_vec();
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            line.put_slice(&delimiter);
+        }
+        match field {
+            None => line.put_slice(copy.null.as_bytes()),
+            Some(value) if copy.csv => {
+                let needs_quotes = value.is_empty()
+                    || value.as_slice() == copy.null.as_bytes()
+                    || value
+                        .iter()
+                        .any(|b| *b == b'"' || *b == b'\n' || *b == b'\r')
+                    || value.windows(delimiter.len()).any(|w| w == delimiter.as_slice());
+                if needs_quotes {
+                    line.put_u8(b'"');
+                    for b in value {
+                        if *b == b'"' {
+                            line.put_u8(b'"');
+                        }
+                        line.put_u8(*b);
+                    }
+                    line.put_u8(b'"');
+                } else {
+                    line.put_slice(value);
+                }
+            }
+            Some(value) => {
+                for b in value {
+                    match b {
+                        b'\\' => line.put_slice(b"\\\\"),
+                        b'\n' => line.put_slice(b"\\n"),
+                        b'\r' => line.put_slice(b"\\r"),
+                        b'\t' if copy.delimiter == '\t' => line.put_slice(b"\\t"),
+                        b if delimiter.len() == 1 && *b == delimiter[0] => {
+                            line.put_u8(b'\\');
+                            line.put_u8(*b);
+                        }
+                        b => line.put_u8(*b),
+                    }
+                }
+            }
+        }
+    }
+    line.put_u8(b'\n');
+    line.freeze()
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let connection = connection(client)?;
+        debug!(user = %connection.user, sql = %query, "simple query");
+        let texts = medlake_engine::split(query).map_err(|e| engine_error(&e))?;
+        let mut responses = Vec::with_capacity(texts.len());
+        for text in texts {
+            // A failing statement ends the query string, as in Postgres; what ran before
+            // it keeps its results.
+            let outcome = async {
+                let prepared = prepare(&connection, &text, &[], false).await?;
+                if let Kind::Command(Command::EngineSet) = prepared.kind {
+                    let statement = medlake_engine::parse(&text)
+                        .map_err(|e| engine_error(&e))?
+                        .pop()
+                        .ok_or_else(|| user_error("42601", "empty statement"))?;
+                    connection
+                        .session
+                        .execute(statement)
+                        .await
+                        .map_err(|e| engine_error(&e))?;
+                    return Ok(Response::Execution(Tag::new("SET")));
+                }
+                run(client, &connection, &prepared, Vec::new(), &Format::UnifiedText).await
+            }
+            .await;
+            match outcome {
+                Ok(response) => responses.push(response),
+                Err(PgWireError::UserError(info)) => {
+                    responses.push(Response::Error(info));
+                    break;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if responses.is_empty() {
+            responses.push(Response::EmptyQuery);
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let connection = connection(client)?;
+        debug!(user = %connection.user, sql = %sql, "parse");
+        let texts = medlake_engine::split(sql).map_err(|e| engine_error(&e))?;
+        match texts.as_slice() {
+            [] => Ok(None),
+            [text] => {
+                let mut prepared = prepare(&connection, text, types, true).await?;
+                if let Kind::Command(Command::EngineSet) = prepared.kind {
+                    let statement = medlake_engine::parse(text)
+                        .map_err(|e| engine_error(&e))?
+                        .pop()
+                        .ok_or_else(|| user_error("42601", "empty statement"))?;
+                    prepared.kind = Kind::Engine(statement);
+                }
+                Ok(Some(prepared))
+            }
+            _ => Err(user_error(
+                "42601",
+                "cannot insert multiple commands into a prepared statement",
+            )),
+        }
+    }
+
+    fn get_parameter_types(&self, statement: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        Ok(statement.parameters.clone())
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &Self::Statement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match &statement.columns {
+            Some(schema) => arrow_schema_to_pg_fields(
+                schema,
+                format.unwrap_or(&Format::UnifiedText),
+                None,
+            ),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let connection = connection(client)?;
+        let prepared = &portal.statement.statement;
+        let values = if portal.parameters.is_empty() {
+            Vec::new()
+        } else {
+            let inferred: Vec<Option<&DataType>> =
+                prepared.parameter_types.iter().map(Option::as_ref).collect();
+            let wire: Vec<Option<&Type>> = prepared.parameters.iter().map(Some).collect();
+            match arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
+                portal, &inferred, &wire,
+            )? {
+                datafusion::common::ParamValues::List(values) => {
+                    values.into_iter().map(|v| v.value).collect()
+                }
+                datafusion::common::ParamValues::Map(_) => {
+                    return Err(user_error("08P01", "named parameters are not supported"));
+                }
+            }
+        };
+        run(
+            client,
+            &connection,
+            prepared,
+            values,
+            &portal.result_column_format,
+        )
+        .await
+    }
+}

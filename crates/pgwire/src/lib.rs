@@ -1,0 +1,243 @@
+//! `medlake-pgwire`: the Postgres wire protocol door of `medlake serve`, for psql, Power BI
+//! (Npgsql), JDBC/ODBC tools, psycopg and tokio-postgres.
+//!
+//! Every statement runs through one [`medlake_engine::Session`] per connection, so the SQL,
+//! the catalog (`pg_catalog`, `information_schema`) and the errors (with their SQLSTATE) are
+//! the engine's. This crate owns the protocol: authentication (SCRAM-SHA-256, md5), TLS that
+//! fails closed, the simple and extended query protocols with text and binary results
+//! (encoded by `arrow-pg`), connection settings (`SET`/`SHOW`/`RESET`/`DISCARD ALL`),
+//! transaction statements as tools send them, `COPY ... TO STDOUT`, CancelRequest and
+//! `statement_timeout`. Results stream batch by batch: a large SELECT never sits in memory.
+
+mod auth;
+mod commands;
+mod connection;
+mod error;
+mod handler;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pgwire::api::cancel::CancelHandler;
+use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::PgWireError;
+use pgwire::messages::cancel::CancelRequest;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tracing::{debug, info, warn};
+
+pub use auth::{Access, Method, Secret, User};
+
+use crate::connection::Registry;
+
+/// TLS certificate and key files (PEM).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How the Postgres door is set up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// With TLS configured, every connection must use it.
+    pub tls: Option<Tls>,
+    pub access: Access,
+}
+
+/// Errors setting up the server. Nothing here starts a server half-configured.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS is configured but cannot be used ({what}): {reason}")]
+    Tls { what: String, reason: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The Postgres wire server, bound and ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    handlers: Arc<Handlers>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Server {
+    /// Binds the address and loads TLS. Fails (never falls back to plaintext) when TLS is
+    /// configured and unusable, and refuses no-auth mode on a non-loopback address.
+    pub async fn bind(engine: medlake_engine::Engine, config: Config) -> Result<Self, Error> {
+        if let Access::InsecureNoAuth = config.access {
+            if !config.listen.ip().is_loopback() {
+                return Err(Error::Config(format!(
+                    "no-auth mode only binds a loopback address, not {}",
+                    config.listen
+                )));
+            }
+            warn!(
+                addr = %config.listen,
+                "POSTGRES DOOR WITHOUT AUTHENTICATION: anyone on this machine can read and write the warehouse (--insecure-no-auth)"
+            );
+        }
+        if let Access::Users(users) = &config.access
+            && users.is_empty()
+        {
+            return Err(Error::Config(
+                "no users are configured for the Postgres door".into(),
+            ));
+        }
+        let tls = match &config.tls {
+            Some(tls) => Some(load_tls(tls)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let registry = Arc::new(Registry::default());
+        let handlers = Arc::new(Handlers {
+            startup: Arc::new(auth::Startup::new(
+                engine,
+                config.access.clone(),
+                tls.is_some(),
+                registry.clone(),
+            )),
+            queries: Arc::new(handler::Queries::new()),
+            cancel: Arc::new(Cancel { registry }),
+        });
+        Ok(Self {
+            listener,
+            handlers,
+            tls,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Whether connections must use TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Accepts connections until `shutdown` resolves; connections in progress are dropped
+    /// with the runtime.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    info!("postgres door stopped");
+                    return;
+                }
+                accepted = self.listener.accept() => match accepted {
+                    Ok((socket, addr)) => {
+                        let _ = socket.set_nodelay(true);
+                        let handlers = self.handlers.clone();
+                        let tls = self.tls.clone();
+                        tokio::spawn(async move {
+                            debug!(client = %addr, "postgres connection");
+                            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                                debug!(client = %addr, error = %e, "postgres connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accepting a postgres connection");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn load_tls(tls: &Tls) -> Result<TlsAcceptor, Error> {
+    let fail = |what: &std::path::Path, reason: String| Error::Tls {
+        what: what.display().to_string(),
+        reason,
+    };
+    let cert_pem = std::fs::read(&tls.cert).map_err(|e| fail(&tls.cert, e.to_string()))?;
+    let key_pem = std::fs::read(&tls.key).map_err(|e| fail(&tls.key, e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(&tls.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail(&tls.cert, "no certificate in the file".into()));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| fail(&tls.key, e.to_string()))?
+        .ok_or_else(|| fail(&tls.key, "no private key in the file".into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(&tls.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| fail(&tls.cert, e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+struct Handlers {
+    startup: Arc<auth::Startup>,
+    queries: Arc<handler::Queries>,
+    cancel: Arc<Cancel>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        self.queries.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.queries.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.cancel.clone()
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(LogErrors)
+    }
+}
+
+struct Cancel {
+    registry: Arc<Registry>,
+}
+
+#[async_trait]
+impl CancelHandler for Cancel {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let found = self.registry.cancel(request.pid, &request.secret_key);
+        info!(pid = request.pid, found, "postgres cancel request");
+    }
+}
+
+struct LogErrors;
+
+impl ErrorHandler for LogErrors {
+    fn on_error<C>(&self, client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        debug!(client = %client.socket_addr(), error = %error, "postgres error response");
+    }
+}
