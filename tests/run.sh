@@ -21,6 +21,16 @@ step "toolchain components"
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
+step "Debian packages: psql (postgresql-client), pgjdbc (libpostgresql-jdbc-java), Java"
+need=()
+command -v psql >/dev/null || need+=(postgresql-client)
+[ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
+command -v java >/dev/null || need+=(default-jre-headless)
+if [ "${#need[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${need[@]}" || { apt-get update -q && apt-get install -y -q "${need[@]}"; }
+fi
+
 step "python test tools into $VENV"
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
@@ -41,7 +51,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit, sqllogictest, integration)"
 cargo test --workspace --locked
 
-step "Delta interoperability (deltalake Python package); az:// and s3:// warehouses on Azurite and moto"
+step "interop: Delta (deltalake Python package); az:// and s3:// warehouses (Azurite, moto); Postgres wire (psql, psycopg, pgjdbc)"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/interop
 
 step "the README's demo command"

@@ -34,9 +34,12 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::collect;
 use datafusion::sql::sqlparser::ast::{
-    Ident, ObjectName, ObjectNamePart, Statement as SqlStatement, TableFactor, Visit, Visitor,
+    Expr as SqlExpr, GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr,
+    Statement as SqlStatement, TableFactor, Visit, Visitor, visit_expressions_mut,
     visit_relations_mut,
 };
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 use crate::catalog::{CATALOG, LakeCatalog};
@@ -87,7 +90,56 @@ pub(crate) fn rewrite(text: &str, statement: SqlStatement) -> SqlStatement {
             _ => PARSER.rewrite(statement),
         }
     };
-    redirect_information_schema(statement)
+    aggregate_catalog_subqueries(redirect_information_schema(statement))
+}
+
+/// Catalog queries of drivers use correlated scalar subqueries that Postgres knows return
+/// at most one row (Npgsql: `(SELECT rngtypid FROM pg_range WHERE rngmultitypid = typ.oid)`);
+/// DataFusion plans a correlated scalar subquery only when it is aggregated. Over
+/// `pg_catalog` tables only, such a subquery's single column becomes `max(column)`: the
+/// same value when there is one row, NULL when there is none.
+fn aggregate_catalog_subqueries(mut statement: SqlStatement) -> SqlStatement {
+    let _ = visit_expressions_mut(&mut statement, |expr: &mut SqlExpr| {
+        if let SqlExpr::Subquery(query) = expr
+            && let SetExpr::Select(select) = query.body.as_mut()
+            && select.projection.len() == 1
+            && matches!(&select.group_by, GroupByExpr::Expressions(keys, _) if keys.is_empty())
+            && select.having.is_none()
+            && !select.from.is_empty()
+            && select.from.iter().all(|from| {
+                std::iter::once(&from.relation)
+                    .chain(from.joins.iter().map(|j| &j.relation))
+                    .all(is_catalog_table)
+            })
+            && let SelectItem::UnnamedExpr(column) | SelectItem::ExprWithAlias { expr: column, .. } =
+                &mut select.projection[0]
+            && matches!(column, SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_))
+            && let Ok(aggregated) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&format!("max({column})"))
+                .and_then(|mut p| p.parse_expr())
+        {
+            *column = aggregated;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    statement
+}
+
+fn is_catalog_table(factor: &TableFactor) -> bool {
+    let TableFactor::Table { name, .. } = factor else {
+        return false;
+    };
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase()))
+        .collect();
+    match parts.as_slice() {
+        [table] => table.starts_with("pg_"),
+        [schema, _] => schema == PG_CATALOG,
+        [_, schema, _] => schema == PG_CATALOG,
+        _ => false,
+    }
 }
 
 fn has_table_version(statement: &SqlStatement) -> bool {
@@ -194,19 +246,14 @@ impl SchemaProvider for PgCatalog {
         let Some(table) = self.inner.table(name).await? else {
             return Ok(None);
         };
-        match name {
-            "pg_type" => Ok(Some(memtable(pg_type_with_proc_oids(
-                collect_table(&table).await?,
-                collect_table(&self.inner.table("pg_proc").await?.ok_or_else(|| {
-                    DataFusionError::Internal("pg_catalog has no pg_proc".into())
-                })?)
-                .await?,
-            )?)?)),
-            "pg_class" => Ok(Some(memtable(pg_class_with_matviews(
-                collect_table(&table).await?,
-            )?)?)),
-            _ => Ok(Some(table)),
-        }
+        let patch = match name {
+            "pg_type" => Patch::ProcOids(self.inner.table("pg_proc").await?.ok_or_else(|| {
+                DataFusionError::Internal("pg_catalog has no pg_proc".into())
+            })?),
+            "pg_class" => Patch::MatViews,
+            _ => return Ok(Some(table)),
+        };
+        Ok(Some(Arc::new(Patched::new(table, patch)?)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -225,6 +272,79 @@ async fn collect_table(table: &Arc<dyn TableProvider>) -> DfResult<(SchemaRef, V
 
 fn memtable((schema, batches): (SchemaRef, Vec<RecordBatch>)) -> DfResult<Arc<dyn TableProvider>> {
     Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+}
+
+/// What [`Patched`] changes in a `pg_catalog` table.
+#[derive(Debug)]
+enum Patch {
+    /// `pg_type`: receive/send functions as `pg_proc` OIDs (this is `pg_proc`).
+    ProcOids(Arc<dyn TableProvider>),
+    /// `pg_class`: materialized views as relkind `m`.
+    MatViews,
+}
+
+/// A `pg_catalog` table corrected when it is scanned, not when it is looked up:
+/// `datafusion-pg-catalog` looks up every table of every schema (ours included) while it
+/// builds `pg_class` and `pg_attribute`, so a lookup must not scan.
+#[derive(Debug)]
+struct Patched {
+    inner: Arc<dyn TableProvider>,
+    patch: Patch,
+    schema: SchemaRef,
+}
+
+impl Patched {
+    fn new(inner: Arc<dyn TableProvider>, patch: Patch) -> DfResult<Self> {
+        let procs = match &patch {
+            Patch::ProcOids(procs) => procs.schema(),
+            Patch::MatViews => Arc::new(Schema::empty()),
+        };
+        let (schema, _) = Self::apply(&patch, (inner.schema(), Vec::new()), (procs, Vec::new()))?;
+        Ok(Self {
+            inner,
+            patch,
+            schema,
+        })
+    }
+
+    fn apply(
+        patch: &Patch,
+        table: (SchemaRef, Vec<RecordBatch>),
+        procs: (SchemaRef, Vec<RecordBatch>),
+    ) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
+        match patch {
+            Patch::ProcOids(_) => pg_type_with_proc_oids(table, procs),
+            Patch::MatViews => pg_class_with_matviews(table),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for Patched {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let table = collect_table(&self.inner).await?;
+        let procs = match &self.patch {
+            Patch::ProcOids(procs) => collect_table(procs).await?,
+            Patch::MatViews => (Arc::new(Schema::empty()), Vec::new()),
+        };
+        memtable(Self::apply(&self.patch, table, procs)?)?
+            .scan(state, projection, filters, limit)
+            .await
+    }
 }
 
 /// `pg_type` with `typreceive`/`typsend` as the OIDs of their `pg_proc` rows (Postgres

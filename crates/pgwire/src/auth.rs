@@ -170,6 +170,8 @@ impl Startup {
                 connection.apply_startup_setting(setting, &value)?;
             }
         }
+        // What RESET and DISCARD ALL return to.
+        connection.seal_startup_defaults();
         let guard = self.registry.register(pid, &secret, &connection);
         client.session_extensions().insert(connection);
         client.session_extensions().insert(guard);
@@ -188,6 +190,7 @@ impl Startup {
 fn startup_setting(key: &str) -> Option<&'static str> {
     match key.to_ascii_lowercase().as_str() {
         "search_path" => Some("search_path"),
+        "application_name" => Some("application_name"),
         "statement_timeout" => Some("statement_timeout"),
         "extra_float_digits" => Some("extra_float_digits"),
         "datestyle" => Some("DateStyle"),

@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use pgwire::error::PgWireResult;
 
-use crate::connection::{Connection, KNOWN, Settings, reported_name};
+use crate::connection::{Connection, KNOWN, reported_name};
 use crate::error::user_error;
 
 /// A connection-level statement.
@@ -439,6 +439,11 @@ pub(crate) fn set(
         "statement_timeout" => {
             let timeout = parse_duration(&value)?;
             connection.update_settings(|s| s.statement_timeout = timeout);
+            let shown = show_duration(timeout);
+            connection.update_settings(|s| {
+                s.values.insert(name.to_string(), shown);
+            });
+            return Ok(None);
         }
         "client_encoding" => {
             let v = value.to_ascii_uppercase().replace('-', "");
@@ -492,16 +497,16 @@ pub(crate) fn reset(connection: &Connection, name: &str) -> PgWireResult<()> {
             format!("unrecognized configuration parameter \"{name}\""),
         ));
     }
-    let default = Settings::default();
+    let (default, schema) = connection.defaults();
     if name == "search_path" {
         connection
             .session
-            .set_default_schema(medlake_engine::DEFAULT_SCHEMA)
+            .set_default_schema(&schema)
             .map_err(|e| crate::error::engine_error(&e))?;
     }
     connection.update_settings(|s| {
         if name == "statement_timeout" {
-            s.statement_timeout = None;
+            s.statement_timeout = default.statement_timeout;
         }
         if let Some(v) = default.values.get(name) {
             s.values.insert(name.to_string(), v.clone());
@@ -534,6 +539,21 @@ pub(crate) fn show(connection: &Connection, name: &str) -> PgWireResult<String> 
                 format!("unrecognized configuration parameter \"{name}\""),
             )
         })
+}
+
+/// A duration as Postgres shows it: `0`, `250ms`, `5s`, `2min`, `1h`.
+fn show_duration(timeout: Option<Duration>) -> String {
+    let Some(timeout) = timeout else {
+        return "0".into();
+    };
+    let ms = timeout.as_millis();
+    match ms {
+        0 => "0".into(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}min", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
 }
 
 /// Postgres durations: `5000` (ms), `'5s'`, `'2min'`, `'1h'`, `'250ms'`; 0 turns it off.
@@ -593,6 +613,10 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("0").unwrap(), None);
         assert!(parse_duration("soon").is_err());
+        assert_eq!(show_duration(parse_duration("300").unwrap()), "300ms");
+        assert_eq!(show_duration(parse_duration("5000").unwrap()), "5s");
+        assert_eq!(show_duration(parse_duration("2min").unwrap()), "2min");
+        assert_eq!(show_duration(None), "0");
     }
 
     #[test]

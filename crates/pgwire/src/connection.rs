@@ -18,6 +18,8 @@ pub struct Connection {
     pub(crate) session: medlake_engine::Session,
     pub(crate) user: String,
     settings: Mutex<Settings>,
+    /// The settings as the startup packet left them, and the schema then in use.
+    defaults: Mutex<(Settings, String)>,
     cancelled: AtomicBool,
     wake: Notify,
     /// Which query a cancel applies to: a cancel between queries stops nothing.
@@ -103,6 +105,7 @@ impl Connection {
             session,
             user,
             settings: Mutex::new(Settings::default()),
+            defaults: Mutex::new((Settings::default(), medlake_engine::DEFAULT_SCHEMA.to_string())),
             cancelled: AtomicBool::new(false),
             wake: Notify::new(),
             query: AtomicU64::new(0),
@@ -112,6 +115,23 @@ impl Connection {
 
     pub(crate) fn settings(&self) -> Settings {
         self.settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records the current settings as the session defaults (after the startup packet).
+    pub(crate) fn seal_startup_defaults(&self) {
+        let now = (self.settings(), self.session.default_schema());
+        *self
+            .defaults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+    }
+
+    /// The session defaults: what RESET returns to.
+    pub(crate) fn defaults(&self) -> (Settings, String) {
+        self.defaults
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
