@@ -82,6 +82,12 @@ pub fn version_string() -> String {
 /// Postgres-only syntax in it. Statements with time travel keep our parse (the Postgres
 /// parser does not know `VERSION AS OF`).
 pub(crate) fn rewrite(text: &str, statement: SqlStatement) -> SqlStatement {
+    // `SHOW TABLES` lists the warehouse, not the Postgres system catalog.
+    if matches!(statement, SqlStatement::ShowTables { .. })
+        && let Some(show) = show_tables(text)
+    {
+        return show;
+    }
     let statement = if has_table_version(&statement) {
         PARSER.rewrite(statement)
     } else {
@@ -140,6 +146,26 @@ fn is_catalog_table(factor: &TableFactor) -> bool {
         [_, schema, _] => schema == PG_CATALOG,
         _ => false,
     }
+}
+
+/// Plain `SHOW TABLES` as DataFusion answers it, without the `pg_catalog` tables.
+fn show_tables(text: &str) -> Option<SqlStatement> {
+    let words: Vec<String> = text
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if words != ["show", "tables"] {
+        return None;
+    }
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&format!(
+            "SELECT table_catalog, table_schema, table_name, table_type \
+             FROM information_schema.tables WHERE table_schema <> '{PG_CATALOG}'"
+        ))
+        .and_then(|mut p| p.parse_statement())
+        .ok()
 }
 
 fn has_table_version(statement: &SqlStatement) -> bool {

@@ -258,12 +258,65 @@ fn guarded(
     })
 }
 
+/// The Arrow type a column travels as: `Int8` (TINYINT) is sent as `int2`, which is what
+/// arrow-pg announces for it (it would write one byte, which no client can read as int2).
+fn wire_type(t: &DataType) -> Option<DataType> {
+    match t {
+        DataType::Int8 => Some(DataType::Int16),
+        DataType::List(f) => wire_type(f.data_type()).map(|inner| {
+            DataType::List(Arc::new(f.as_ref().clone().with_data_type(inner)))
+        }),
+        DataType::LargeList(f) => wire_type(f.data_type()).map(|inner| {
+            DataType::LargeList(Arc::new(f.as_ref().clone().with_data_type(inner)))
+        }),
+        _ => None,
+    }
+}
+
+/// The schema as it travels, if it differs.
+fn wire_schema(schema: &SchemaRef) -> Option<SchemaRef> {
+    if schema.fields().iter().all(|f| wire_type(f.data_type()).is_none()) {
+        return None;
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match wire_type(f.data_type()) {
+            Some(t) => f.as_ref().clone().with_data_type(t),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    Some(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())))
+}
+
+/// A result stream with every column in its wire type.
+fn to_wire(stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let Some(schema) = wire_schema(&stream.schema()) else {
+        return stream;
+    };
+    let target = schema.clone();
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        stream.map(move |batch| {
+            let batch = batch?;
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(target.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RecordBatch::try_new(target.clone(), columns)?)
+        }),
+    ))
+}
+
 fn rows_response(
     connection: &Arc<Connection>,
     query: Query,
     stream: SendableRecordBatchStream,
     format: &Format,
 ) -> PgWireResult<QueryResponse> {
+    let stream = to_wire(stream);
     let schema = stream.schema();
     let fields = Arc::new(arrow_schema_to_pg_fields(
         &schema,
@@ -331,13 +384,19 @@ where
                 Output::Rows(stream) => Ok(Response::Query(rows_response(
                     connection, query, stream, format,
                 )?)),
-                Output::Command { tag: text, .. } => {
+                Output::Command { tag: text, rows } => {
                     if client.transaction_status()
                         == pgwire::messages::response::TransactionStatus::Transaction
                     {
                         connection
                             .wrote_in_transaction
                             .store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    // As Postgres: CREATE MATERIALIZED VIEW ... AS reports `SELECT n`.
+                    if text == "CREATE MATERIALIZED VIEW" {
+                        return Ok(Response::Execution(Tag::new("SELECT").with_rows(
+                            usize::try_from(rows).unwrap_or(usize::MAX),
+                        )));
                     }
                     Ok(Response::Execution(tag(&text)))
                 }
@@ -475,6 +534,7 @@ async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<
     let Output::Rows(stream) = output else {
         return Err(user_error("42601", "COPY needs a query that returns rows"));
     };
+    let stream = to_wire(stream);
     let schema = stream.schema();
     let fields = Arc::new(arrow_schema_to_pg_fields(
         &schema,
@@ -681,7 +741,7 @@ impl QueryParser for Parser {
     ) -> PgWireResult<Vec<FieldInfo>> {
         match &statement.columns {
             Some(schema) => arrow_schema_to_pg_fields(
-                schema,
+                &wire_schema(schema).unwrap_or_else(|| schema.clone()),
                 format.unwrap_or(&Format::UnifiedText),
                 None,
             ),

@@ -19,25 +19,30 @@ enum Protocol {
     Extended,
 }
 
-#[derive(Debug)]
-struct WireError(tokio_postgres::Error);
-
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.as_db_error() {
-            Some(db) => {
-                write!(f, "{}", db.message())?;
-                if let Some(detail) = db.detail() {
-                    write!(f, " ({detail})")?;
-                }
-                Ok(())
-            }
-            None => write!(f, "{}", self.0),
-        }
+/// A client error as the runner sees it: the server's message (and detail), its SQLSTATE.
+#[allow(non_snake_case)]
+fn WireError(e: tokio_postgres::Error) -> SltError {
+    match e.as_db_error() {
+        Some(db) => SltError {
+            message: match db.detail() {
+                Some(detail) => format!("{} ({detail})", db.message()),
+                None => db.message().to_string(),
+            },
+            sqlstate: Some(db.code().code().to_string()),
+        },
+        None => SltError {
+            message: e.to_string(),
+            sqlstate: None,
+        },
     }
 }
 
-impl std::error::Error for WireError {}
+fn printing(message: String) -> SltError {
+    SltError {
+        message,
+        sqlstate: None,
+    }
+}
 
 struct Db {
     client: Client,
@@ -207,12 +212,12 @@ fn text_value(t: &Type, value: Option<&str>) -> Result<String, String> {
 }
 
 impl Db {
-    async fn simple(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, String> {
+    async fn simple(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
         let messages = self
             .client
             .simple_query(sql)
             .await
-            .map_err(|e| WireError(e).to_string())?;
+            .map_err(WireError)?;
         let mut described = false;
         let mut rows: Vec<Vec<Option<String>>> = Vec::new();
         let mut count = 0;
@@ -236,7 +241,7 @@ impl Db {
         }
         // The simple protocol names the columns; their types come from describing the
         // statement (Parse + Describe, nothing runs).
-        let statement = self.client.prepare(sql).await.map_err(|e| WireError(e).to_string())?;
+        let statement = self.client.prepare(sql).await.map_err(WireError)?;
         let types: Vec<Type> = statement.columns().iter().map(|c| c.type_().clone()).collect();
         let rows = rows
             .iter()
@@ -246,33 +251,35 @@ impl Db {
                     .map(|(v, t)| text_value(t, v.as_deref()))
                     .collect::<Result<Vec<_>, _>>()
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(printing)?;
         Ok(DBOutput::Rows {
             types: types.iter().map(column_type).collect(),
             rows,
         })
     }
 
-    async fn extended(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, String> {
-        let statement = self.client.prepare(sql).await.map_err(|e| WireError(e).to_string())?;
+    async fn extended(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
+        let statement = self.client.prepare(sql).await.map_err(WireError)?;
         if statement.columns().is_empty() {
             let n = self
                 .client
                 .execute(&statement, &[])
                 .await
-                .map_err(|e| WireError(e).to_string())?;
+                .map_err(WireError)?;
             return Ok(DBOutput::StatementComplete(n));
         }
         let rows = self
             .client
             .query(&statement, &[])
             .await
-            .map_err(|e| WireError(e).to_string())?;
+            .map_err(WireError)?;
         let types = statement.columns().iter().map(|c| column_type(c.type_())).collect();
         let rows = rows
             .iter()
             .map(|row| (0..row.len()).map(|i| binary_value(row, i)).collect())
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(printing)?;
         Ok(DBOutput::Rows { types, rows })
     }
 }
@@ -301,14 +308,10 @@ impl sqllogictest::AsyncDB for Db {
         // A record with several statements goes through the simple protocol (the extended
         // protocol takes one statement at a time).
         let several = medlake_engine::split(sql).map(|s| s.len() > 1).unwrap_or(false);
-        let result = match (self.protocol, several) {
+        match (self.protocol, several) {
             (Protocol::Extended, false) => self.extended(sql).await,
             _ => self.simple(sql).await,
-        };
-        result.map_err(|message| SltError {
-            sqlstate: None,
-            message,
-        })
+        }
     }
 
     async fn shutdown(&mut self) {}
