@@ -218,7 +218,7 @@ def test_psql_describes_the_warehouse(server):
     tables = psql(server, r"\dt bronze.*")
     assert "bronze" in tables and "readings" in tables and "table" in tables
     described = psql(server, r"\d bronze.readings")
-    for column, type_ in [("device_id", "character varying"), ("patient_id", "bigint"),
+    for column, type_ in [("device_id", "text"), ("patient_id", "bigint"),
                           ("value", "double precision"),
                           ("ts", "timestamp without time zone")]:
         assert any(column in line and type_ in line for line in described.splitlines()), \
@@ -263,7 +263,7 @@ def test_pgjdbc_metadata_as_dbeaver_reads_it(server):
         assert f"schema {schema}" in out, out
     assert "table bronze.readings TABLE" in out, out
     assert "table gold.device_counts MATERIALIZED VIEW" in out, out
-    assert "column device_id varchar 12 nullable=NO position=1" in out, out
+    assert "column device_id text 12 nullable=NO position=1" in out, out
     assert "column patient_id int8 -5 nullable=YES position=2" in out, out
     assert "column ts timestamp 93 nullable=NO position=5" in out, out
     assert "row pump-1 2 2026-11-23 10:00:00.0" in out, out

@@ -81,6 +81,14 @@ impl LakeCatalog {
         &self.time_travel
     }
 
+    /// The materialized views as the last listing saw them: (schema, name).
+    pub fn materialized_views(&self) -> BTreeSet<(String, String)> {
+        self.schemas()
+            .iter()
+            .flat_map(|(schema, s)| s.views.iter().map(|v| (schema.clone(), v.clone())))
+            .collect()
+    }
+
     /// Re-reads schemas and table names from the warehouse, so that listings (SHOW TABLES,
     /// information_schema) see what other processes created. Tables themselves are always
     /// opened from the warehouse when a statement names them.

@@ -119,7 +119,10 @@ fn aggregate_catalog_subqueries(mut statement: SqlStatement) -> SqlStatement {
             })
             && let SelectItem::UnnamedExpr(column) | SelectItem::ExprWithAlias { expr: column, .. } =
                 &mut select.projection[0]
-            && matches!(column, SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_))
+            && matches!(
+                column,
+                SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_)
+            )
             && let Ok(aggregated) = Parser::new(&PostgreSqlDialect {})
                 .try_with_sql(&format!("max({column})"))
                 .and_then(|mut p| p.parse_expr())
@@ -231,6 +234,7 @@ pub(crate) fn install(ctx: &SessionContext, catalog: &Arc<LakeCatalog>) -> crate
         }),
     );
     ctx.register_udf(ScalarUDF::new_from_impl(Version::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(EncodingName::new()));
     for name in [
         "pg_get_indexdef",
         "pg_get_viewdef",
@@ -273,10 +277,19 @@ impl SchemaProvider for PgCatalog {
             return Ok(None);
         };
         let patch = match name {
-            "pg_type" => Patch::ProcOids(self.inner.table("pg_proc").await?.ok_or_else(|| {
-                DataFusionError::Internal("pg_catalog has no pg_proc".into())
-            })?),
-            "pg_class" => Patch::MatViews,
+            "pg_type" => Patch::ProcOids(
+                self.inner
+                    .table("pg_proc")
+                    .await?
+                    .ok_or_else(|| DataFusionError::Internal("pg_catalog has no pg_proc".into()))?,
+            ),
+            "pg_class" => Patch::MatViews {
+                namespaces: self.inner.table("pg_namespace").await?.ok_or_else(|| {
+                    DataFusionError::Internal("pg_catalog has no pg_namespace".into())
+                })?,
+                catalog: self.catalog.clone(),
+            },
+            "pg_database" => Patch::OneDatabase,
             _ => return Ok(Some(table)),
         };
         Ok(Some(Arc::new(Patched::new(table, patch)?)))
@@ -305,8 +318,13 @@ fn memtable((schema, batches): (SchemaRef, Vec<RecordBatch>)) -> DfResult<Arc<dy
 enum Patch {
     /// `pg_type`: receive/send functions as `pg_proc` OIDs (this is `pg_proc`).
     ProcOids(Arc<dyn TableProvider>),
-    /// `pg_class`: materialized views as relkind `m`.
-    MatViews,
+    /// `pg_class`: materialized views as relkind `m` (this is `pg_namespace`).
+    MatViews {
+        namespaces: Arc<dyn TableProvider>,
+        catalog: std::sync::Weak<LakeCatalog>,
+    },
+    /// `pg_database`: only `medlake`, the one database a client can connect to.
+    OneDatabase,
 }
 
 /// A `pg_catalog` table corrected when it is scanned, not when it is looked up:
@@ -323,7 +341,8 @@ impl Patched {
     fn new(inner: Arc<dyn TableProvider>, patch: Patch) -> DfResult<Self> {
         let procs = match &patch {
             Patch::ProcOids(procs) => procs.schema(),
-            Patch::MatViews => Arc::new(Schema::empty()),
+            Patch::MatViews { namespaces, .. } => namespaces.schema(),
+            Patch::OneDatabase => Arc::new(Schema::empty()),
         };
         let (schema, _) = Self::apply(&patch, (inner.schema(), Vec::new()), (procs, Vec::new()))?;
         Ok(Self {
@@ -340,7 +359,15 @@ impl Patched {
     ) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
         match patch {
             Patch::ProcOids(_) => pg_type_with_proc_oids(table, procs),
-            Patch::MatViews => pg_class_with_matviews(table),
+            Patch::MatViews { catalog, .. } => pg_class_with_matviews(
+                table,
+                procs,
+                &catalog
+                    .upgrade()
+                    .map(|c| c.materialized_views())
+                    .unwrap_or_default(),
+            ),
+            Patch::OneDatabase => only_our_database(table),
         }
     }
 }
@@ -365,7 +392,8 @@ impl TableProvider for Patched {
         let table = collect_table(&self.inner).await?;
         let procs = match &self.patch {
             Patch::ProcOids(procs) => collect_table(procs).await?,
-            Patch::MatViews => (Arc::new(Schema::empty()), Vec::new()),
+            Patch::MatViews { namespaces, .. } => collect_table(namespaces).await?,
+            Patch::OneDatabase => (Arc::new(Schema::empty()), Vec::new()),
         };
         memtable(Self::apply(&self.patch, table, procs)?)?
             .scan(state, projection, filters, limit)
@@ -437,22 +465,66 @@ fn pg_type_with_proc_oids(
     Ok((new_schema, out))
 }
 
-/// `pg_class` with materialized views as relkind `m`. medlake has no plain views: every
-/// table that the catalog reports as a view is a materialized view.
+/// `pg_class` with materialized views as relkind `m` (the `system` views stay `v`).
 fn pg_class_with_matviews(
     (schema, batches): (SchemaRef, Vec<RecordBatch>),
+    (ns_schema, namespaces): (SchemaRef, Vec<RecordBatch>),
+    views: &std::collections::BTreeSet<(String, String)>,
 ) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
     let at = schema.index_of("relkind")?;
+    let name_at = schema.index_of("relname")?;
+    let ns_at = schema.index_of("relnamespace")?;
+    let mut schema_names: HashMap<i32, String> = HashMap::new();
+    if let (Ok(oid_at), Ok(nsname_at)) = (ns_schema.index_of("oid"), ns_schema.index_of("nspname"))
+    {
+        for batch in &namespaces {
+            let oids = cast_i32(batch.column(oid_at))?;
+            let names = cast_utf8(batch.column(nsname_at))?;
+            for row in 0..batch.num_rows() {
+                if oids.is_valid(row) && names.is_valid(row) {
+                    schema_names.insert(oids.value(row), names.value(row).to_string());
+                }
+            }
+        }
+    }
     let mut out = Vec::with_capacity(batches.len());
     for batch in batches {
         let kinds = cast_utf8(batch.column(at))?;
-        let patched: StringArray = kinds
-            .iter()
-            .map(|k| k.map(|k| if k == "v" { "m" } else { k }))
+        let names = cast_utf8(batch.column(name_at))?;
+        let namespaces = cast_i32(batch.column(ns_at))?;
+        let patched: StringArray = (0..batch.num_rows())
+            .map(|row| {
+                let kind = kinds.is_valid(row).then(|| kinds.value(row));
+                let is_view = kind == Some("v")
+                    && names.is_valid(row)
+                    && namespaces.is_valid(row)
+                    && schema_names
+                        .get(&namespaces.value(row))
+                        .is_some_and(|schema| {
+                            views.contains(&(schema.clone(), names.value(row).to_string()))
+                        });
+                if is_view { Some("m") } else { kind }
+            })
             .collect();
         let mut columns = batch.columns().to_vec();
         columns[at] = Arc::new(patched);
         out.push(RecordBatch::try_new(schema.clone(), columns)?);
+    }
+    Ok((schema, out))
+}
+
+/// `pg_database` without the `postgres` row datafusion-pg-catalog adds: connecting to any
+/// database but `medlake` is refused.
+fn only_our_database(
+    (schema, batches): (SchemaRef, Vec<RecordBatch>),
+) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
+    let at = schema.index_of("datname")?;
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let names = cast_utf8(batch.column(at))?;
+        let keep: arrow::array::BooleanArray =
+            names.iter().map(|n| Some(n == Some(CATALOG))).collect();
+        out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
     }
     Ok((schema, out))
 }
@@ -553,7 +625,10 @@ impl PgCatalog {
                 let columns: Vec<ArrayRef> = names
                     .iter()
                     .map(|n| {
-                        Arc::new(b.get_mut(n).map_or_else(|| StringArray::from(Vec::<Option<&str>>::new()), |x| x.finish())) as ArrayRef
+                        Arc::new(b.get_mut(n).map_or_else(
+                            || StringArray::from(Vec::<Option<&str>>::new()),
+                            |x| x.finish(),
+                        )) as ArrayRef
                     })
                     .collect();
                 RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
@@ -652,7 +727,10 @@ impl PgCatalog {
                 )));
             }
         };
-        Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
+        Ok(Arc::new(MemTable::try_new(
+            batch.schema(),
+            vec![vec![batch]],
+        )?))
     }
 }
 
@@ -662,24 +740,46 @@ fn empty(fields: Vec<Field>) -> DfResult<RecordBatch> {
 
 /// The Postgres description of an Arrow type: (`data_type`, `udt_name`, numeric precision,
 /// numeric scale, datetime precision).
-fn pg_type_of(dt: &DataType) -> (&'static str, &'static str, Option<i32>, Option<i32>, Option<i32>) {
+fn pg_type_of(
+    dt: &DataType,
+) -> (
+    &'static str,
+    &'static str,
+    Option<i32>,
+    Option<i32>,
+    Option<i32>,
+) {
     match dt {
         DataType::Boolean => ("boolean", "bool", None, None, None),
-        DataType::Int8 | DataType::Int16 | DataType::UInt8 => ("smallint", "int2", Some(16), Some(0), None),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => {
+            ("smallint", "int2", Some(16), Some(0), None)
+        }
         DataType::Int32 | DataType::UInt16 => ("integer", "int4", Some(32), Some(0), None),
         DataType::Int64 | DataType::UInt32 => ("bigint", "int8", Some(64), Some(0), None),
         DataType::UInt64 => ("numeric", "numeric", Some(20), Some(0), None),
         DataType::Float16 | DataType::Float32 => ("real", "float4", Some(24), None, None),
         DataType::Float64 => ("double precision", "float8", Some(53), None, None),
-        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
-            ("numeric", "numeric", Some(i32::from(*p)), Some(i32::from(*s)), None)
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s) => (
+            "numeric",
+            "numeric",
+            Some(i32::from(*p)),
+            Some(i32::from(*s)),
+            None,
+        ),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            ("text", "text", None, None, None)
         }
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ("text", "text", None, None, None),
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
-            ("bytea", "bytea", None, None, None)
-        }
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => ("bytea", "bytea", None, None, None),
         DataType::Date32 | DataType::Date64 => ("date", "date", None, None, Some(0)),
-        DataType::Time32(_) | DataType::Time64(_) => ("time without time zone", "time", None, None, Some(6)),
+        DataType::Time32(_) | DataType::Time64(_) => {
+            ("time without time zone", "time", None, None, Some(6))
+        }
         DataType::Timestamp(unit, tz) => {
             let precision = match unit {
                 TimeUnit::Second => 0,
@@ -687,14 +787,30 @@ fn pg_type_of(dt: &DataType) -> (&'static str, &'static str, Option<i32>, Option
                 TimeUnit::Microsecond | TimeUnit::Nanosecond => 6,
             };
             match tz {
-                Some(_) => ("timestamp with time zone", "timestamptz", None, None, Some(precision)),
-                None => ("timestamp without time zone", "timestamp", None, None, Some(precision)),
+                Some(_) => (
+                    "timestamp with time zone",
+                    "timestamptz",
+                    None,
+                    None,
+                    Some(precision),
+                ),
+                None => (
+                    "timestamp without time zone",
+                    "timestamp",
+                    None,
+                    None,
+                    Some(precision),
+                ),
             }
         }
-        DataType::Interval(_) | DataType::Duration(_) => ("interval", "interval", None, None, Some(6)),
-        DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _) | DataType::ListView(_) | DataType::LargeListView(_) => {
-            ("ARRAY", "_text", None, None, None)
+        DataType::Interval(_) | DataType::Duration(_) => {
+            ("interval", "interval", None, None, Some(6))
         }
+        DataType::List(_)
+        | DataType::LargeList(_)
+        | DataType::FixedSizeList(_, _)
+        | DataType::ListView(_)
+        | DataType::LargeListView(_) => ("ARRAY", "_text", None, None, None),
         DataType::Dictionary(_, value) => pg_type_of(value),
         DataType::Struct(_) => ("record", "record", None, None, None),
         _ => ("text", "text", None, None, None),
@@ -728,8 +844,10 @@ fn columns_batch(columns: &[ColumnInfo]) -> DfResult<RecordBatch> {
         "is_updatable",
         "collation_name",
     ];
-    let mut texts: BTreeMap<&str, StringBuilder> =
-        text_names.iter().map(|n| (*n, StringBuilder::new())).collect();
+    let mut texts: BTreeMap<&str, StringBuilder> = text_names
+        .iter()
+        .map(|n| (*n, StringBuilder::new()))
+        .collect();
     let mut ordinal = Int32Builder::new();
     let mut char_len = Int32Builder::new();
     let mut precision = Int32Builder::new();
@@ -745,7 +863,10 @@ fn columns_batch(columns: &[ColumnInfo]) -> DfResult<RecordBatch> {
             ("table_name", Some(&c.table)),
             ("column_name", Some(c.field.name())),
             ("column_default", None),
-            ("is_nullable", Some(if c.field.is_nullable() { "YES" } else { "NO" })),
+            (
+                "is_nullable",
+                Some(if c.field.is_nullable() { "YES" } else { "NO" }),
+            ),
             ("data_type", Some(data_type)),
             ("udt_catalog", Some(CATALOG)),
             ("udt_schema", Some(PG_CATALOG)),
@@ -769,10 +890,14 @@ fn columns_batch(columns: &[ColumnInfo]) -> DfResult<RecordBatch> {
     }
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
-    let mut push_text = |name: &'static str, fields: &mut Vec<Field>, arrays: &mut Vec<ArrayRef>| {
-        fields.push(Field::new(name, DataType::Utf8, true));
-        arrays.push(Arc::new(texts.get_mut(name).map_or_else(|| StringArray::from(Vec::<Option<&str>>::new()), |b| b.finish())));
-    };
+    let mut push_text =
+        |name: &'static str, fields: &mut Vec<Field>, arrays: &mut Vec<ArrayRef>| {
+            fields.push(Field::new(name, DataType::Utf8, true));
+            arrays.push(Arc::new(texts.get_mut(name).map_or_else(
+                || StringArray::from(Vec::<Option<&str>>::new()),
+                |b| b.finish(),
+            )));
+        };
     for name in ["table_catalog", "table_schema", "table_name", "column_name"] {
         push_text(name, &mut fields, &mut arrays);
     }
@@ -839,6 +964,52 @@ impl ScalarUDFImpl for Version {
     }
 }
 
+/// `pg_encoding_to_char(encoding)`: Postgres's name of an encoding number (medlake speaks
+/// UTF8, number 6).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct EncodingName {
+    signature: Signature,
+}
+
+impl EncodingName {
+    fn new() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for EncodingName {
+    fn name(&self) -> &str {
+        "pg_encoding_to_char"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let name = |n: Option<i64>| match n {
+            Some(0) => Some("SQL_ASCII"),
+            Some(6) => Some("UTF8"),
+            Some(_) => Some(""),
+            None => None,
+        };
+        let arg = args.args[0].to_array(args.number_rows)?;
+        let numbers = arrow::compute::cast(&arg, &DataType::Int64)?;
+        let names: StringArray = numbers
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .iter()
+            .map(name)
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(names)))
+    }
+}
+
 /// Catalog functions whose answer is "nothing" for medlake's objects (no indexes, triggers,
 /// comments, sequences): they exist so that the tools' catalog queries plan, and return NULL.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -870,13 +1041,10 @@ impl ScalarUDFImpl for NullText {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let rows = args
-            .args
-            .iter()
-            .find_map(|a| match a {
-                ColumnarValue::Array(a) => Some(a.len()),
-                ColumnarValue::Scalar(_) => None,
-            });
+        let rows = args.args.iter().find_map(|a| match a {
+            ColumnarValue::Array(a) => Some(a.len()),
+            ColumnarValue::Scalar(_) => None,
+        });
         Ok(match rows {
             Some(rows) => ColumnarValue::Array(arrow::array::new_null_array(&DataType::Utf8, rows)),
             None => ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Utf8(None)),

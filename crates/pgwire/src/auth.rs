@@ -14,8 +14,7 @@ use pgwire::api::auth::{
     protocol_negotiation, save_startup_parameters_to_metadata,
 };
 use pgwire::api::{
-    ClientInfo, METADATA_APPLICATION_NAME, METADATA_DATABASE, METADATA_USER,
-    PgWireConnectionState,
+    ClientInfo, METADATA_APPLICATION_NAME, METADATA_DATABASE, METADATA_USER, PgWireConnectionState,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::{Authentication, SecretKey};
@@ -151,16 +150,17 @@ impl Startup {
         let secret: [u8; 4] = rand_bytes();
         let secret = SecretKey::I32(i32::from_be_bytes(secret));
         client.set_pid_and_secret_key(pid, secret.clone());
-        let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+        let user = client
+            .metadata()
+            .get(METADATA_USER)
+            .cloned()
+            .unwrap_or_default();
         let application = client
             .metadata()
             .get(METADATA_APPLICATION_NAME)
             .cloned()
             .unwrap_or_default();
-        let connection = Arc::new(Connection::new(
-            self.engine.session(),
-            user.clone(),
-        ));
+        let connection = Arc::new(Connection::new(self.engine.session(), user.clone()));
         // A client may choose its schema at connect time (`options=-c search_path=bronze`).
         if let Some(options) = client.metadata().get("options").cloned() {
             connection.apply_startup_options(&options)?;
@@ -232,7 +232,11 @@ fn password_failed(user: &str) -> PgWireError {
 
 #[async_trait]
 impl StartupHandler for Startup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -250,7 +254,11 @@ impl StartupHandler for Startup {
                         "this medlake server requires TLS: connect with sslmode=require",
                     ));
                 }
-                let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+                let user = client
+                    .metadata()
+                    .get(METADATA_USER)
+                    .cloned()
+                    .unwrap_or_default();
                 if user.is_empty() {
                     return Err(fatal("28000", "no user name was given"));
                 }

@@ -17,7 +17,10 @@ use crate::error::user_error;
 /// A connection-level statement.
 #[derive(Clone, Debug)]
 pub(crate) enum Command {
-    Set { name: String, values: Vec<String> },
+    Set {
+        name: String,
+        values: Vec<String>,
+    },
     /// `SET` of a DataFusion option: the engine runs it.
     EngineSet,
     Show(String),
@@ -117,7 +120,12 @@ pub(crate) fn parse(text: &str) -> PgWireResult<Option<Command>> {
                 Some("plans" | "sequences" | "temp" | "temporary") => {
                     Some(Command::Ignored("DISCARD"))
                 }
-                _ => return Err(user_error("42601", "DISCARD takes ALL, PLANS, SEQUENCES or TEMP")),
+                _ => {
+                    return Err(user_error(
+                        "42601",
+                        "DISCARD takes ALL, PLANS, SEQUENCES or TEMP",
+                    ));
+                }
             }
         }
         "begin" => Some(Command::Begin),
@@ -203,7 +211,10 @@ fn parse_set(text: &str) -> PgWireResult<Command> {
         i += 1;
     }
     if name.is_empty() || i >= w.len() {
-        return Err(user_error("42601", format!("cannot parse '{}'", text.trim())));
+        return Err(user_error(
+            "42601",
+            format!("cannot parse '{}'", text.trim()),
+        ));
     }
     if name.starts_with("datafusion.") {
         return Ok(Command::EngineSet);
@@ -276,7 +287,10 @@ fn parse_copy(text: &str) -> PgWireResult<CopyOut> {
         )
     };
     let w = words(&rest);
-    match (w.first().map(lower).as_deref(), w.get(1).map(lower).as_deref()) {
+    match (
+        w.first().map(lower).as_deref(),
+        w.get(1).map(lower).as_deref(),
+    ) {
         (Some("to"), Some("stdout")) => {}
         (Some("from"), _) => {
             return Err(user_error(
@@ -462,8 +476,12 @@ pub(crate) fn set(
                 ));
             }
         }
-        "server_version" | "server_version_num" | "server_encoding" | "integer_datetimes"
-        | "is_superuser" | "max_identifier_length" => {
+        "server_version"
+        | "server_version_num"
+        | "server_encoding"
+        | "integer_datetimes"
+        | "is_superuser"
+        | "max_identifier_length" => {
             return Err(user_error(
                 "55P02",
                 format!("parameter \"{name}\" cannot be changed"),
@@ -526,7 +544,10 @@ pub(crate) fn reset_all(connection: &Connection) -> PgWireResult<()> {
 /// The value `SHOW name` answers.
 pub(crate) fn show(connection: &Connection, name: &str) -> PgWireResult<String> {
     if name == "search_path" {
-        return Ok(format!("\"$user\", {}", connection.session.default_schema()));
+        return Ok(format!(
+            "\"$user\", {}",
+            connection.session.default_schema()
+        ));
     }
     connection
         .settings()
@@ -609,7 +630,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("5000").unwrap(), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_duration("5000").unwrap(),
+            Some(Duration::from_secs(5))
+        );
         assert_eq!(parse_duration("2s").unwrap(), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("0").unwrap(), None);
         assert!(parse_duration("soon").is_err());

@@ -60,7 +60,10 @@ pub(crate) const KNOWN: &[(&str, &str)] = &[
     ("search_path", "public"),
     ("server_encoding", "UTF8"),
     ("server_version", medlake_engine::postgres::SERVER_VERSION),
-    ("server_version_num", medlake_engine::postgres::SERVER_VERSION_NUM),
+    (
+        "server_version_num",
+        medlake_engine::postgres::SERVER_VERSION_NUM,
+    ),
     ("standard_conforming_strings", "on"),
     ("statement_timeout", "0"),
     ("synchronous_commit", "on"),
@@ -105,7 +108,10 @@ impl Connection {
             session,
             user,
             settings: Mutex::new(Settings::default()),
-            defaults: Mutex::new((Settings::default(), medlake_engine::DEFAULT_SCHEMA.to_string())),
+            defaults: Mutex::new((
+                Settings::default(),
+                medlake_engine::DEFAULT_SCHEMA.to_string(),
+            )),
             cancelled: AtomicBool::new(false),
             wake: Notify::new(),
             query: AtomicU64::new(0),

@@ -132,7 +132,11 @@ async fn prepare(
     let mut parameter_types = Vec::with_capacity(count);
     for i in 0..count {
         let inferred = description.parameters.get(i).cloned().flatten();
-        let declared = declared.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
+        let declared = declared
+            .get(i)
+            .cloned()
+            .flatten()
+            .filter(|t| *t != Type::UNKNOWN);
         let wire = match (&declared, &inferred) {
             (Some(t), _) => t.clone(),
             (None, Some(dt)) => into_pg_type(dt).unwrap_or(Type::TEXT),
@@ -162,8 +166,9 @@ fn text_rows(names: &[&str], rows: Vec<Vec<String>>) -> PgWireResult<SendableRec
     let schema = text_schema(names);
     let columns = (0..names.len())
         .map(|i| {
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].clone())))
-                as arrow::array::ArrayRef
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r[i].clone()),
+            )) as arrow::array::ArrayRef
         })
         .collect();
     let batch = RecordBatch::try_new(schema.clone(), columns)
@@ -176,7 +181,10 @@ fn text_rows(names: &[&str], rows: Vec<Vec<String>>) -> PgWireResult<SendableRec
 
 /// Replaces `$n` placeholders with the bound values, as typed literals in the syntax tree
 /// (never as text: a value cannot change the statement).
-fn bind(statement: &Statement, values: Vec<datafusion::scalar::ScalarValue>) -> PgWireResult<Statement> {
+fn bind(
+    statement: &Statement,
+    values: Vec<datafusion::scalar::ScalarValue>,
+) -> PgWireResult<Statement> {
     if values.is_empty() {
         return Ok(statement.clone());
     }
@@ -226,7 +234,9 @@ fn bind(statement: &Statement, values: Vec<datafusion::scalar::ScalarValue>) -> 
             format!("no value was bound for parameter {p}"),
         ));
     }
-    Ok(Statement::Sql(Box::new(DfStatement::Statement(Box::new(ast)))))
+    Ok(Statement::Sql(Box::new(DfStatement::Statement(Box::new(
+        ast,
+    )))))
 }
 
 /// A stream of batches that stops at a CancelRequest or at the statement's deadline.
@@ -263,19 +273,21 @@ fn guarded(
 fn wire_type(t: &DataType) -> Option<DataType> {
     match t {
         DataType::Int8 => Some(DataType::Int16),
-        DataType::List(f) => wire_type(f.data_type()).map(|inner| {
-            DataType::List(Arc::new(f.as_ref().clone().with_data_type(inner)))
-        }),
-        DataType::LargeList(f) => wire_type(f.data_type()).map(|inner| {
-            DataType::LargeList(Arc::new(f.as_ref().clone().with_data_type(inner)))
-        }),
+        DataType::List(f) => wire_type(f.data_type())
+            .map(|inner| DataType::List(Arc::new(f.as_ref().clone().with_data_type(inner)))),
+        DataType::LargeList(f) => wire_type(f.data_type())
+            .map(|inner| DataType::LargeList(Arc::new(f.as_ref().clone().with_data_type(inner)))),
         _ => None,
     }
 }
 
 /// The schema as it travels, if it differs.
 fn wire_schema(schema: &SchemaRef) -> Option<SchemaRef> {
-    if schema.fields().iter().all(|f| wire_type(f.data_type()).is_none()) {
+    if schema
+        .fields()
+        .iter()
+        .all(|f| wire_type(f.data_type()).is_none())
+    {
         return None;
     }
     let fields: Vec<Field> = schema
@@ -286,7 +298,10 @@ fn wire_schema(schema: &SchemaRef) -> Option<SchemaRef> {
             None => f.as_ref().clone(),
         })
         .collect();
-    Some(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())))
+    Some(Arc::new(Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    )))
 }
 
 /// A result stream with every column in its wire type.
@@ -394,9 +409,10 @@ where
                     }
                     // As Postgres: CREATE MATERIALIZED VIEW ... AS reports `SELECT n`.
                     if text == "CREATE MATERIALIZED VIEW" {
-                        return Ok(Response::Execution(Tag::new("SELECT").with_rows(
-                            usize::try_from(rows).unwrap_or(usize::MAX),
-                        )));
+                        return Ok(Response::Execution(
+                            Tag::new("SELECT")
+                                .with_rows(usize::try_from(rows).unwrap_or(usize::MAX)),
+                        ));
                     }
                     Ok(Response::Execution(tag(&text)))
                 }
@@ -474,19 +490,28 @@ where
         Command::DiscardAll => {
             commands::reset_all(connection)?;
             client.portal_store().clear_portals();
-            connection.wrote_in_transaction.store(false, Ordering::SeqCst);
+            connection
+                .wrote_in_transaction
+                .store(false, Ordering::SeqCst);
             Response::Execution(Tag::new("DISCARD ALL"))
         }
         Command::Begin => {
-            connection.wrote_in_transaction.store(false, Ordering::SeqCst);
+            connection
+                .wrote_in_transaction
+                .store(false, Ordering::SeqCst);
             Response::TransactionStart(Tag::new("BEGIN"))
         }
         Command::Commit => {
-            connection.wrote_in_transaction.store(false, Ordering::SeqCst);
+            connection
+                .wrote_in_transaction
+                .store(false, Ordering::SeqCst);
             Response::TransactionEnd(Tag::new("COMMIT"))
         }
         Command::Rollback => {
-            if connection.wrote_in_transaction.swap(false, Ordering::SeqCst) {
+            if connection
+                .wrote_in_transaction
+                .swap(false, Ordering::SeqCst)
+            {
                 let mut notice = pgwire::error::ErrorInfo::new(
                     "WARNING".to_owned(),
                     "01000".to_owned(),
@@ -556,12 +581,10 @@ async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<
         .map(move |batch| {
             let options = options.clone();
             let lines: Box<dyn Iterator<Item = PgWireResult<CopyData>> + Send> = match batch {
-                Ok(batch) => Box::new(encode_recordbatch(encode.clone(), batch).map(
-                    move |row| {
-                        let row = row?;
-                        Ok(CopyData::new(copy_line(&row_fields(&row), &options)))
-                    },
-                )),
+                Ok(batch) => Box::new(encode_recordbatch(encode.clone(), batch).map(move |row| {
+                    let row = row?;
+                    Ok(CopyData::new(copy_line(&row_fields(&row), &options)))
+                })),
                 Err(e) => Box::new(std::iter::once(Err(e))),
             };
             stream::iter(lines)
@@ -597,7 +620,11 @@ fn row_fields(row: &DataRow) -> Vec<Option<Vec<u8>>> {
 fn copy_line(fields: &[Option<Vec<u8>>], copy: &CopyOut) -> Bytes {
     let mut line = BytesMut::new();
     let mut delimiter = [0u8; 4];
-    let delimiter = copy.delimiter.encode_utf8(&mut delimiter).as_bytes().to_vec();
+    let delimiter = copy
+        .delimiter
+        .encode_utf8(&mut delimiter)
+        .as_bytes()
+        .to_vec();
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
             line.put_slice(&delimiter);
@@ -610,7 +637,9 @@ fn copy_line(fields: &[Option<Vec<u8>>], copy: &CopyOut) -> Bytes {
                     || value
                         .iter()
                         .any(|b| *b == b'"' || *b == b'\n' || *b == b'\r')
-                    || value.windows(delimiter.len()).any(|w| w == delimiter.as_slice());
+                    || value
+                        .windows(delimiter.len())
+                        .any(|w| w == delimiter.as_slice());
                 if needs_quotes {
                     line.put_u8(b'"');
                     for b in value {
@@ -675,7 +704,14 @@ impl SimpleQueryHandler for Queries {
                         .map_err(|e| engine_error(&e))?;
                     return Ok(Response::Execution(Tag::new("SET")));
                 }
-                run(client, &connection, &prepared, Vec::new(), &Format::UnifiedText).await
+                run(
+                    client,
+                    &connection,
+                    &prepared,
+                    Vec::new(),
+                    &Format::UnifiedText,
+                )
+                .await
             }
             .await;
             match outcome {
@@ -776,8 +812,11 @@ impl ExtendedQueryHandler for Queries {
         let values = if portal.parameters.is_empty() {
             Vec::new()
         } else {
-            let inferred: Vec<Option<&DataType>> =
-                prepared.parameter_types.iter().map(Option::as_ref).collect();
+            let inferred: Vec<Option<&DataType>> = prepared
+                .parameter_types
+                .iter()
+                .map(Option::as_ref)
+                .collect();
             let wire: Vec<Option<&Type>> = prepared.parameters.iter().map(Some).collect();
             match arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
                 portal, &inferred, &wire,

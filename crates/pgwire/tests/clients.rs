@@ -43,7 +43,10 @@ async fn scram_and_md5_logins_over_tls() {
         .await
         .expect("an md5 user logs in");
     let rows = bob
-        .query("SELECT device_id, readings FROM gold.device_counts ORDER BY device_id", &[])
+        .query(
+            "SELECT device_id, readings FROM gold.device_counts ORDER BY device_id",
+            &[],
+        )
         .await
         .expect("read gold");
     let counts: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -53,26 +56,47 @@ async fn scram_and_md5_logins_over_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_logins_say_why() {
     let h = start(true, users()).await;
-    let wrong = h.try_connect(ALICE.0, "wrong").await.expect_err("wrong password");
+    let wrong = h
+        .try_connect(ALICE.0, "wrong")
+        .await
+        .expect_err("wrong password");
     assert_eq!(sqlstate(&wrong), "28P01");
     assert!(!wrong.to_string().contains(ALICE.1));
-    let wrong_md5 = h.try_connect(BOB_MD5.0, "wrong").await.expect_err("wrong md5 password");
+    let wrong_md5 = h
+        .try_connect(BOB_MD5.0, "wrong")
+        .await
+        .expect_err("wrong md5 password");
     assert_eq!(sqlstate(&wrong_md5), "28P01");
     // An unknown user fails exactly like a wrong password.
-    let unknown = h.try_connect("mallory", "x").await.expect_err("unknown user");
+    let unknown = h
+        .try_connect("mallory", "x")
+        .await
+        .expect_err("unknown user");
     assert_eq!(sqlstate(&unknown), "28P01");
-    let message = unknown.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
-    assert!(message.contains("password authentication failed"), "{message}");
+    let message = unknown
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("password authentication failed"),
+        "{message}"
+    );
 
     let mut other_db = h.config(ALICE.0, ALICE.1);
     other_db.dbname("postgres");
-    let e = h.try_connect_with(&other_db).await.expect_err("unknown database");
+    let e = h
+        .try_connect_with(&other_db)
+        .await
+        .expect_err("unknown database");
     assert_eq!(sqlstate(&e), "3D000");
 
     // TLS is required: a plaintext login is refused before any password is asked.
     let mut plain = h.config(ALICE.0, ALICE.1);
     plain.ssl_mode(SslMode::Disable);
-    let e = h.try_connect_with(&plain).await.expect_err("plaintext refused");
+    let e = h
+        .try_connect_with(&plain)
+        .await
+        .expect_err("plaintext refused");
     assert_eq!(sqlstate(&e), "28000");
 }
 
@@ -279,13 +303,24 @@ async fn errors_carry_their_sqlstate() {
         ("SELECT 1 / 0", "22012"),
         ("SET no_such_setting = 1", "42704"),
         ("CREATE TABLE bronze.readings (id INT)", "42P07"),
-        ("INSERT INTO bronze.readings VALUES ('d', 1, NULL, 1.0, TIMESTAMP '2026-11-23 10:00:00')", "23502"),
+        (
+            "INSERT INTO bronze.readings VALUES ('d', 1, NULL, 1.0, TIMESTAMP '2026-11-23 10:00:00')",
+            "23502",
+        ),
     ] {
         let simple = client.simple_query(sql).await.expect_err(sql);
-        assert_eq!(sqlstate(&simple), code, "simple protocol: {sql}: {simple:?}");
+        assert_eq!(
+            sqlstate(&simple),
+            code,
+            "simple protocol: {sql}: {simple:?}"
+        );
         if !sql.starts_with("COPY") && !sql.starts_with("SET") {
             let extended = client.query(sql, &[]).await.expect_err(sql);
-            assert_eq!(sqlstate(&extended), code, "extended protocol: {sql}: {extended:?}");
+            assert_eq!(
+                sqlstate(&extended),
+                code,
+                "extended protocol: {sql}: {extended:?}"
+            );
         }
     }
     // The connection is still good, and the refused write left the table as it was.
@@ -367,9 +402,15 @@ async fn cancel_request_stops_a_running_query() {
         .expect("the cancel arrives long before the query could finish")
         .expect_err("cancelled");
     assert_eq!(sqlstate(&e), "57014");
-    canceller.await.expect("join").expect("the cancel request was sent");
+    canceller
+        .await
+        .expect("join")
+        .expect("the cancel request was sent");
     // The connection goes on.
-    let row = client.query_one("SELECT 1::INT", &[]).await.expect("after cancel");
+    let row = client
+        .query_one("SELECT 1::INT", &[])
+        .await
+        .expect("after cancel");
     assert_eq!(row.get::<_, i32>(0), 1);
 }
 
@@ -381,17 +422,29 @@ async fn statement_timeout_stops_long_queries() {
         .batch_execute("SET statement_timeout = 300")
         .await
         .expect("set statement_timeout");
-    let shown = client.simple_query("SHOW statement_timeout").await.expect("show");
+    let shown = client
+        .simple_query("SHOW statement_timeout")
+        .await
+        .expect("show");
     assert_eq!(text_rows(&shown), vec![vec![Some("300ms".to_string())]]);
     let e = tokio::time::timeout(Duration::from_secs(120), client.query(LONG, &[]))
         .await
         .expect("the timeout fires")
         .expect_err("timed out");
     assert_eq!(sqlstate(&e), "57014");
-    let message = e.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    let message = e
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
     assert!(message.contains("statement timeout"), "{message}");
-    client.batch_execute("RESET statement_timeout").await.expect("reset");
-    let shown = client.simple_query("SHOW statement_timeout").await.expect("show");
+    client
+        .batch_execute("RESET statement_timeout")
+        .await
+        .expect("reset");
+    let shown = client
+        .simple_query("SHOW statement_timeout")
+        .await
+        .expect("show");
     assert_eq!(text_rows(&shown), vec![vec![Some("0".to_string())]]);
 }
 
@@ -400,7 +453,10 @@ async fn results_stream_row_by_row() {
     let h = start(true, users()).await;
     let client = h.connect().await;
     let rows = client
-        .query_raw("SELECT value FROM range(0, 2000000) AS t(value)", Vec::<i64>::new())
+        .query_raw(
+            "SELECT value FROM range(0, 2000000) AS t(value)",
+            Vec::<i64>::new(),
+        )
         .await
         .expect("a large result");
     tokio::pin!(rows);
@@ -442,14 +498,22 @@ async fn settings_and_transactions_as_tools_send_them() {
     assert_eq!(show("SHOW integer_datetimes").await, "on");
     assert_eq!(show("SHOW application_name").await, "medlake-tests");
     client
-        .batch_execute("SET application_name = 'dashboard'; SET TIME ZONE 'UTC'; SET extra_float_digits = 3")
+        .batch_execute(
+            "SET application_name = 'dashboard'; SET TIME ZONE 'UTC'; SET extra_float_digits = 3",
+        )
         .await
         .expect("SETs as drivers send them");
     assert_eq!(show("SHOW application_name").await, "dashboard");
-    assert_eq!(show("SHOW transaction isolation level").await, "read committed");
+    assert_eq!(
+        show("SHOW transaction isolation level").await,
+        "read committed"
+    );
 
     // search_path picks the schema of unqualified names.
-    client.batch_execute("SET search_path TO gold").await.expect("search_path");
+    client
+        .batch_execute("SET search_path TO gold")
+        .await
+        .expect("search_path");
     let row = client
         .query_one("SELECT count(*) FROM device_counts", &[])
         .await
@@ -462,16 +526,26 @@ async fn settings_and_transactions_as_tools_send_them() {
         .batch_execute("INSERT INTO bronze.readings VALUES ('pump-4', 4, 'spo2', 96.0, TIMESTAMP '2026-11-23 12:00:00')")
         .await
         .expect("insert in a block");
-    client.batch_execute("ROLLBACK").await.expect("rollback is accepted");
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .expect("rollback is accepted");
     let notice = tokio::time::timeout(Duration::from_secs(10), notices.recv())
         .await
         .expect("a notice")
         .expect("the warning");
     assert_eq!(notice.code().code(), "01000");
-    assert!(notice.message().contains("does not undo"), "{}", notice.message());
+    assert!(
+        notice.message().contains("does not undo"),
+        "{}",
+        notice.message()
+    );
 
     // DISCARD ALL, as connection pools send it, resets the session.
-    client.batch_execute("DISCARD ALL").await.expect("discard all");
+    client
+        .batch_execute("DISCARD ALL")
+        .await
+        .expect("discard all");
     assert_eq!(show("SHOW application_name").await, "medlake-tests");
     let e = client
         .query_one("SELECT count(*) FROM device_counts", &[])

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use common::{ALICE, start, users};
 use fallible_iterator::FallibleIterator;
+use postgres_protocol::IsNull;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use postgres_protocol::IsNull;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -63,7 +63,9 @@ impl Raw {
         tcp.read_exact(&mut answer).await.expect("SSL answer");
         assert_eq!(answer[0], b'S', "the server accepts TLS");
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(h.ca.clone().expect("a TLS server")).expect("the CA");
+        roots
+            .add(h.ca.clone().expect("a TLS server"))
+            .expect("the CA");
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -284,8 +286,21 @@ async fn npgsql_40_loads_types_then_power_bi_navigates() {
     let results = ok(raw.batch(&NPGSQL_40).await, 3);
     let types = &results[0];
     assert_eq!(
-        types.columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
-        ["nspname", "typname", "oid", "typrelid", "typbasetype", "type", "elemoid", "ord"]
+        types
+            .columns
+            .iter()
+            .map(|c| c.0.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "nspname",
+            "typname",
+            "oid",
+            "typrelid",
+            "typbasetype",
+            "type",
+            "elemoid",
+            "ord"
+        ]
     );
     let row = |typname: &str| {
         types
@@ -309,13 +324,26 @@ async fn npgsql_40_loads_types_then_power_bi_navigates() {
     // Every column type our results use has its pg_type row, or Npgsql refuses the column.
     let all = ok(raw.batch(&[ALL_TYPES]).await, 1);
     for (name, oid) in &all[0].columns {
-        assert!(loaded.contains(oid), "column {name}: type OID {oid} is not loaded by Npgsql");
+        assert!(
+            loaded.contains(oid),
+            "column {name}: type OID {oid} is not loaded by Npgsql"
+        );
     }
     // Table columns too (views' and tables' RowDescriptions).
-    let all = ok(raw.batch(&["SELECT * FROM bronze.readings", "SELECT * FROM gold.device_counts"]).await, 2);
+    let all = ok(
+        raw.batch(&[
+            "SELECT * FROM bronze.readings",
+            "SELECT * FROM gold.device_counts",
+        ])
+        .await,
+        2,
+    );
     for result in &all {
         for (name, oid) in &result.columns {
-            assert!(loaded.contains(oid), "column {name}: type OID {oid} is not loaded");
+            assert!(
+                loaded.contains(oid),
+                "column {name}: type OID {oid} is not loaded"
+            );
         }
     }
 
@@ -370,7 +398,10 @@ async fn npgsql_40_loads_types_then_power_bi_navigates() {
         .await,
         3,
     );
-    assert!(keys[0].rows.is_empty() && keys[1].rows.is_empty(), "no keys yet");
+    assert!(
+        keys[0].rows.is_empty() && keys[1].rows.is_empty(),
+        "no keys yet"
+    );
     assert_eq!(keys[2].rows, vec![vec![Some("UTF8".to_string())]]);
 
     // The preview.
@@ -406,7 +437,12 @@ async fn newer_npgsql_loads_types_in_one_query_string() {
     let h = start(true, users()).await;
     let mut raw = Raw::connect(&h, ALICE.0, ALICE.1).await;
     let results = ok(raw.simple(NPGSQL_8).await, 4);
-    assert!(results[0].rows[0][0].as_deref().unwrap_or("").starts_with("PostgreSQL 16.6"));
+    assert!(
+        results[0].rows[0][0]
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("PostgreSQL 16.6")
+    );
     let types = &results[1];
     let typtype = |name: &str| {
         types

@@ -74,11 +74,17 @@ impl<'a> FromSql<'a> for Numeric {
         if sign == 0xC000 {
             return Ok(Numeric("NaN".into()));
         }
-        let digits: Vec<i16> = (0..ndigits).map(|i| word(4 + i)).collect::<Result<_, _>>()?;
+        let digits: Vec<i16> = (0..ndigits)
+            .map(|i| word(4 + i))
+            .collect::<Result<_, _>>()?;
         // Integer part: groups 0..=weight; fraction: the groups after, to dscale digits.
         let mut int_part = String::new();
         for g in 0..=weight.max(-1) {
-            let d = usize::try_from(g).ok().and_then(|g| digits.get(g)).copied().unwrap_or(0);
+            let d = usize::try_from(g)
+                .ok()
+                .and_then(|g| digits.get(g))
+                .copied()
+                .unwrap_or(0);
             if int_part.is_empty() {
                 if d != 0 {
                     int_part = d.to_string();
@@ -96,13 +102,21 @@ impl<'a> FromSql<'a> for Numeric {
             let d = if g < 0 {
                 0
             } else {
-                usize::try_from(g).ok().and_then(|g| digits.get(g)).copied().unwrap_or(0)
+                usize::try_from(g)
+                    .ok()
+                    .and_then(|g| digits.get(g))
+                    .copied()
+                    .unwrap_or(0)
             };
             frac.push_str(&format!("{d:04}"));
             g += 1;
         }
         frac.truncate(dscale);
-        let mut text = if sign == 0x4000 { "-".to_string() } else { String::new() };
+        let mut text = if sign == 0x4000 {
+            "-".to_string()
+        } else {
+            String::new()
+        };
         text.push_str(&int_part);
         if dscale > 0 {
             text.push('.');
@@ -130,7 +144,11 @@ fn float(v: f64) -> String {
 }
 
 fn present(text: String) -> String {
-    if text.is_empty() { "(empty)".into() } else { text }
+    if text.is_empty() {
+        "(empty)".into()
+    } else {
+        text
+    }
 }
 
 /// A binary-format value, printed as the engine runner prints it.
@@ -159,8 +177,12 @@ fn binary_value(row: &Row, i: usize) -> Result<String, String> {
         Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR | Type::CHAR => {
             get!(String, present)
         }
-        Type::INT8_ARRAY => get!(Vec<Option<i64>>, |v| list(v.into_iter().map(|x| x.map(|x| x.to_string())))),
-        Type::INT4_ARRAY => get!(Vec<Option<i32>>, |v| list(v.into_iter().map(|x| x.map(|x| x.to_string())))),
+        Type::INT8_ARRAY => get!(Vec<Option<i64>>, |v| list(
+            v.into_iter().map(|x| x.map(|x| x.to_string()))
+        )),
+        Type::INT4_ARRAY => get!(Vec<Option<i32>>, |v| list(
+            v.into_iter().map(|x| x.map(|x| x.to_string()))
+        )),
         Type::TEXT_ARRAY => get!(Vec<Option<String>>, |v| list(v.into_iter())),
         other => return Err(format!("column {i}: no printer for type {other}")),
     })
@@ -185,15 +207,16 @@ fn text_value(t: &Type, value: Option<&str>) -> Result<String, String> {
         },
         Type::FLOAT4 => format!("{:?}", v.parse::<f32>().map_err(|e| bad(&e))?),
         Type::FLOAT8 => float(v.parse::<f64>().map_err(|e| bad(&e))?),
-        Type::TIMESTAMP => naive(
-            NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f").map_err(|e| bad(&e))?,
-        ),
-        Type::TIMESTAMPTZ => utc(
-            DateTime::parse_from_str(&format!("{v}00"), "%Y-%m-%d %H:%M:%S%.f%z")
-                .or_else(|_| DateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f%:z"))
-                .map_err(|e| bad(&e))?
-                .with_timezone(&Utc),
-        ),
+        Type::TIMESTAMP => {
+            naive(NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f").map_err(|e| bad(&e))?)
+        }
+        Type::TIMESTAMPTZ => utc(DateTime::parse_from_str(
+            &format!("{v}00"),
+            "%Y-%m-%d %H:%M:%S%.f%z",
+        )
+        .or_else(|_| DateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f%:z"))
+        .map_err(|e| bad(&e))?
+        .with_timezone(&Utc)),
         Type::INT8_ARRAY | Type::INT4_ARRAY | Type::TEXT_ARRAY => {
             let inner = v
                 .strip_prefix('{')
@@ -202,9 +225,11 @@ fn text_value(t: &Type, value: Option<&str>) -> Result<String, String> {
             if inner.is_empty() {
                 "[]".into()
             } else {
-                list(inner.split(',').map(|x| {
-                    (x != "NULL").then(|| x.trim_matches('"').to_string())
-                }))
+                list(
+                    inner
+                        .split(',')
+                        .map(|x| (x != "NULL").then(|| x.trim_matches('"').to_string())),
+                )
             }
         }
         _ => present(v.to_string()),
@@ -213,11 +238,7 @@ fn text_value(t: &Type, value: Option<&str>) -> Result<String, String> {
 
 impl Db {
     async fn simple(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
-        let messages = self
-            .client
-            .simple_query(sql)
-            .await
-            .map_err(WireError)?;
+        let messages = self.client.simple_query(sql).await.map_err(WireError)?;
         let mut described = false;
         let mut rows: Vec<Vec<Option<String>>> = Vec::new();
         let mut count = 0;
@@ -242,7 +263,11 @@ impl Db {
         // The simple protocol names the columns; their types come from describing the
         // statement (Parse + Describe, nothing runs).
         let statement = self.client.prepare(sql).await.map_err(WireError)?;
-        let types: Vec<Type> = statement.columns().iter().map(|c| c.type_().clone()).collect();
+        let types: Vec<Type> = statement
+            .columns()
+            .iter()
+            .map(|c| c.type_().clone())
+            .collect();
         let rows = rows
             .iter()
             .map(|row| {
@@ -274,7 +299,11 @@ impl Db {
             .query(&statement, &[])
             .await
             .map_err(WireError)?;
-        let types = statement.columns().iter().map(|c| column_type(c.type_())).collect();
+        let types = statement
+            .columns()
+            .iter()
+            .map(|c| column_type(c.type_()))
+            .collect();
         let rows = rows
             .iter()
             .map(|row| (0..row.len()).map(|i| binary_value(row, i)).collect())
@@ -307,7 +336,9 @@ impl sqllogictest::AsyncDB for Db {
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
         // A record with several statements goes through the simple protocol (the extended
         // protocol takes one statement at a time).
-        let several = medlake_engine::split(sql).map(|s| s.len() > 1).unwrap_or(false);
+        let several = medlake_engine::split(sql)
+            .map(|s| s.len() > 1)
+            .unwrap_or(false);
         match (self.protocol, several) {
             (Protocol::Extended, false) => self.extended(sql).await,
             _ => self.simple(sql).await,
@@ -347,11 +378,19 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sql");
     let mut files = Vec::new();
     slt_files(&root, &mut files);
-    files.retain(|f| filters.is_empty() || filters.iter().any(|p| f.to_string_lossy().contains(p.as_str())));
+    files.retain(|f| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|p| f.to_string_lossy().contains(p.as_str()))
+    });
     assert!(!files.is_empty(), "no .slt files under {}", root.display());
 
     let mut failures = Vec::new();
@@ -391,7 +430,10 @@ async fn main() {
     }
     if !failures.is_empty() {
         eprintln!("\n{}", failures.join("\n\n"));
-        eprintln!("\n{} of {runs} sqllogictest runs over the wire failed", failures.len());
+        eprintln!(
+            "\n{} of {runs} sqllogictest runs over the wire failed",
+            failures.len()
+        );
         std::process::exit(1);
     }
     println!("{runs} sqllogictest runs over the wire passed (simple and extended protocols)");
