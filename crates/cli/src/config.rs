@@ -4,7 +4,7 @@
 //! [[users]]
 //! name = "clinician"
 //! password_env = "MEDLAKE_CLINICIAN_PASSWORD"   # or password_file = "/run/secrets/clinician"
-//! roles = ["reader"]
+//! read_only = true                             # queries only, e.g. for dashboards
 //! method = "scram-sha-256"                      # or "md5" for old clients
 //!
 //! [tls]
@@ -31,10 +31,9 @@ pub struct UserEntry {
     pub name: String,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// Accepted and kept for the access rules; every user may read and write today.
+    /// Queries only (dashboards): statements that could change the warehouse are refused.
     #[serde(default)]
-    #[allow(dead_code)]
-    pub roles: Vec<String>,
+    pub read_only: bool,
     #[serde(default)]
     pub method: medlake_pgwire::Method,
 }
@@ -88,6 +87,7 @@ impl Config {
                 name: entry.name.clone(),
                 password: medlake_pgwire::Secret::new(password),
                 method: entry.method,
+                read_only: entry.read_only,
             });
         }
         Ok(users)

@@ -64,6 +64,41 @@ pub enum Statement {
     },
 }
 
+impl Statement {
+    /// Whether the statement only reads: queries, `SHOW`, `EXPLAIN` of a query, `DESCRIBE`,
+    /// and session `SET`s. Everything else may change the warehouse.
+    pub fn is_read_only(&self) -> bool {
+        use datafusion::sql::sqlparser::ast::Statement as Sql;
+        match self {
+            Statement::DescribeHistory { .. } | Statement::ShowMaterializedViews => true,
+            Statement::Vacuum { dry_run, .. } => *dry_run,
+            Statement::Sql(statement) => match statement.as_ref() {
+                DfStatement::Statement(statement) => {
+                    matches!(
+                        statement.as_ref(),
+                        Sql::Query(_)
+                            | Sql::ShowTables { .. }
+                            | Sql::ShowColumns { .. }
+                            | Sql::ShowVariable { .. }
+                            | Sql::ShowFunctions { .. }
+                            | Sql::ShowSchemas { .. }
+                            | Sql::ExplainTable { .. }
+                            | Sql::Set(_)
+                    ) || matches!(
+                        statement.as_ref(),
+                        Sql::Explain { statement, analyze: false, .. } if matches!(statement.as_ref(), Sql::Query(_))
+                    )
+                }
+                DfStatement::Explain(explain) => {
+                    matches!(explain.statement.as_ref(), DfStatement::Statement(s) if matches!(s.as_ref(), Sql::Query(_)))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// Splits `sql` into statements and parses each.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     split(sql)?

@@ -62,6 +62,8 @@ pub struct User {
     pub name: String,
     pub password: Secret,
     pub method: Method,
+    /// Queries only: any statement that could change the warehouse is refused (`42501`).
+    pub read_only: bool,
 }
 
 /// Who may connect.
@@ -160,7 +162,15 @@ impl Startup {
             .get(METADATA_APPLICATION_NAME)
             .cloned()
             .unwrap_or_default();
-        let connection = Arc::new(Connection::new(self.engine.session(), user.clone()));
+        let read_only = self
+            .users
+            .get(&user)
+            .is_some_and(|known| known.user.read_only);
+        let connection = Arc::new(Connection::new(
+            self.engine.session(),
+            user.clone(),
+            read_only,
+        ));
         // A client may choose its schema at connect time (`options=-c search_path=bronze`).
         if let Some(options) = client.metadata().get("options").cloned() {
             connection.apply_startup_options(&options)?;
@@ -169,6 +179,12 @@ impl Startup {
             if let Some(setting) = startup_setting(&key) {
                 connection.apply_startup_setting(setting, &value)?;
             }
+        }
+        if read_only {
+            connection.update_settings(|s| {
+                s.values
+                    .insert("default_transaction_read_only".into(), "on".into());
+            });
         }
         // What RESET and DISCARD ALL return to.
         connection.seal_startup_defaults();

@@ -468,13 +468,13 @@ pub(crate) fn set(
                 ));
             }
         }
-        "standard_conforming_strings" => {
-            if !matches!(value.to_ascii_lowercase().as_str(), "on" | "true" | "1") {
-                return Err(user_error(
-                    "0A000",
-                    "standard_conforming_strings cannot be turned off",
-                ));
-            }
+        "standard_conforming_strings"
+            if !matches!(value.to_ascii_lowercase().as_str(), "on" | "true" | "1") =>
+        {
+            return Err(user_error(
+                "0A000",
+                "standard_conforming_strings cannot be turned off",
+            ));
         }
         "server_version"
         | "server_version_num"

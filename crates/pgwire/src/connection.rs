@@ -17,6 +17,8 @@ use crate::error::user_error;
 pub struct Connection {
     pub(crate) session: medlake_engine::Session,
     pub(crate) user: String,
+    /// A read-only user: statements that could write are refused.
+    pub(crate) read_only: bool,
     settings: Mutex<Settings>,
     /// The settings as the startup packet left them, and the schema then in use.
     defaults: Mutex<(Settings, String)>,
@@ -103,10 +105,11 @@ impl Default for Settings {
 }
 
 impl Connection {
-    pub(crate) fn new(session: medlake_engine::Session, user: String) -> Self {
+    pub(crate) fn new(session: medlake_engine::Session, user: String, read_only: bool) -> Self {
         Self {
             session,
             user,
+            read_only,
             settings: Mutex::new(Settings::default()),
             defaults: Mutex::new((
                 Settings::default(),
@@ -237,10 +240,13 @@ impl Stop {
     }
 }
 
-/// The connections that a CancelRequest can name, by (process id, secret key).
+/// What a CancelRequest names a connection by: its process id and secret key.
+type CancelKey = (i32, Vec<u8>);
+
+/// The connections that a CancelRequest can name.
 #[derive(Default)]
 pub(crate) struct Registry {
-    connections: Mutex<HashMap<(i32, Vec<u8>), Weak<Connection>>>,
+    connections: Mutex<HashMap<CancelKey, Weak<Connection>>>,
 }
 
 fn key_bytes(secret: &SecretKey) -> Vec<u8> {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use common::{ALICE, BOB_MD5, sqlstate, start, users};
+use common::{ALICE, BOB_MD5, READER, sqlstate, start, users};
 use futures::{StreamExt, TryStreamExt};
 use medlake_pgwire::{Access, Config, Server, Tls};
 use tokio_postgres::config::SslMode;
@@ -562,4 +562,44 @@ async fn settings_and_transactions_as_tools_send_them() {
         .expect("read in a transaction");
     assert_eq!(row.get::<_, i64>(0), 5);
     transaction.commit().await.expect("commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_users_query_but_never_write() {
+    let h = start(true, users()).await;
+    let reader = h
+        .try_connect(READER.0, READER.1)
+        .await
+        .expect("the reader logs in");
+    let row = reader
+        .query_one("SELECT sum(readings) FROM gold.device_counts", &[])
+        .await
+        .expect("a query");
+    assert_eq!(row.get::<_, Option<i64>>(0), Some(4));
+    reader
+        .simple_query("SHOW TABLES")
+        .await
+        .expect("listings are reads");
+    let shown = reader
+        .simple_query("SHOW default_transaction_read_only")
+        .await
+        .expect("show");
+    assert_eq!(text_rows(&shown), vec![vec![Some("on".to_string())]]);
+    for write in [
+        "INSERT INTO bronze.readings VALUES ('x', 1, 'spo2', 1.0, TIMESTAMP '2026-11-23 10:00:00')",
+        "CREATE TABLE bronze.mine (id INT)",
+        "DROP TABLE bronze.readings",
+        "REFRESH MATERIALIZED VIEW gold.device_counts",
+        "OPTIMIZE bronze.readings",
+    ] {
+        let e = reader.simple_query(write).await.expect_err(write);
+        assert_eq!(sqlstate(&e), "42501", "{write}");
+        let e = reader.execute(write, &[]).await.expect_err(write);
+        assert_eq!(sqlstate(&e), "42501", "{write}");
+    }
+    let row = reader
+        .query_one("SELECT count(*) FROM bronze.readings", &[])
+        .await
+        .expect("count");
+    assert_eq!(row.get::<_, i64>(0), 4, "nothing was written");
 }

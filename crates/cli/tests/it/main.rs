@@ -466,7 +466,15 @@ fn serve_refreshes_scheduled_views_and_stops_on_sigterm() {
         "CREATE MATERIALIZED VIEW silver.beats REFRESH EVERY '1 second' AS SELECT device, hr FROM bronze.beats WHERE hr > 0;\n",
     );
     let mut server = Command::new(BIN)
-        .args(["serve", "--poll-seconds", "1", "--warehouse"])
+        .args([
+            "serve",
+            "--insecure-no-auth",
+            "--pg",
+            "127.0.0.1:0",
+            "--poll-seconds",
+            "1",
+            "--warehouse",
+        ])
         .arg(&wh)
         .arg("--project")
         .arg(&project)
@@ -513,4 +521,72 @@ fn serve_refreshes_scheduled_views_and_stops_on_sigterm() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("created   silver.beats"), "{printed}");
     assert!(printed.contains("medlake serve: stopped"), "{printed}");
+    assert!(
+        printed.contains("medlake serve: postgres on 127.0.0.1:"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn serve_refuses_unsafe_or_incomplete_setups() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .arg("--warehouse")
+            .arg(&wh)
+            .args(["--pg", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("MEDLAKE_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // No users and no explicit no-auth mode: nothing starts.
+    let (code, err) = run(&[], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no users are configured"), "{err}");
+
+    // A user whose password variable is missing.
+    let config = dir.path().join("medlake.toml");
+    write(
+        &config,
+        "[[users]]\nname = \"alice\"\npassword_env = \"TEST_MISSING_PASSWORD\"\n",
+    );
+    let (code, err) = run(&["--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("TEST_MISSING_PASSWORD"), "{err}");
+
+    // TLS configured with files that do not exist: refused, never served in plaintext.
+    write(
+        &config,
+        "[[users]]\nname = \"alice\"\npassword_env = \"TEST_PASSWORD\"\n[tls]\ncert = \"/nonexistent/server.crt\"\nkey = \"/nonexistent/server.key\"\n",
+    );
+    let (code, err) = run(
+        &["--config", config.to_str().unwrap()],
+        &[("TEST_PASSWORD", "s3cret-value")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("TLS"), "{err}");
+    assert!(!err.contains("s3cret-value"), "{err}");
+
+    // No-auth mode beyond loopback.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--insecure-no-auth",
+            "--pg",
+            "0.0.0.0:0",
+            "--warehouse",
+        ])
+        .arg(&wh)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }

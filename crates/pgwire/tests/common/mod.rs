@@ -17,6 +17,7 @@ use tokio_rustls::rustls;
 
 pub const ALICE: (&str, &str) = ("alice", "correct horse battery staple");
 pub const BOB_MD5: (&str, &str) = ("bob", "an old client's password");
+pub const READER: (&str, &str) = ("dashboard", "reads gold only");
 
 pub struct Harness {
     pub addr: SocketAddr,
@@ -42,11 +43,19 @@ pub fn users() -> Access {
             name: ALICE.0.into(),
             password: Secret::new(ALICE.1),
             method: Method::ScramSha256,
+            read_only: false,
         },
         User {
             name: BOB_MD5.0.into(),
             password: Secret::new(BOB_MD5.1),
             method: Method::Md5,
+            read_only: false,
+        },
+        User {
+            name: READER.0.into(),
+            password: Secret::new(READER.1),
+            method: Method::ScramSha256,
+            read_only: true,
         },
     ])
 }
