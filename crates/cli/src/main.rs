@@ -459,8 +459,8 @@ async fn interactive(engine: &Engine) -> Result<(), Failure> {
                     println!("{HELP}");
                     continue;
                 }
-                "\\dn" => Some("SELECT schema_name FROM information_schema.schemata WHERE catalog_name = 'medlake' AND schema_name <> 'information_schema' ORDER BY 1;".to_string()),
-                "\\dt" => Some("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema NOT IN ('information_schema', 'system') ORDER BY 1, 2;".to_string()),
+                "\\dn" => Some("SELECT schema_name FROM information_schema.schemata WHERE catalog_name = 'medlake' AND schema_name NOT IN ('information_schema', 'pg_catalog') ORDER BY 1;".to_string()),
+                "\\dt" => Some("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema NOT IN ('information_schema', 'pg_catalog', 'system') ORDER BY 1, 2;".to_string()),
                 "\\dm" => Some("SELECT schema, name, schedule, status, rows, staleness FROM system.materialized_views ORDER BY 1, 2;".to_string()),
                 _ if trimmed.starts_with("\\dt ") => Some(format!(
                     "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = '{}' ORDER BY 2;",
