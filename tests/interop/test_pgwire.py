@@ -66,7 +66,7 @@ key = "{root / 'server.key'}"
     log = open(root / "serve.log", "w+")
     process = subprocess.Popen(
         [MEDLAKE, "serve", "--warehouse", str(warehouse), "--config", str(config),
-         "--pg", f"127.0.0.1:{port}"],
+         "--pg", f"127.0.0.1:{port}", "--flight", "127.0.0.1:0"],
         stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, TEST_ALICE_PASSWORD=ALICE[1]))
     try:

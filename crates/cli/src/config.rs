@@ -7,6 +7,9 @@
 //! read_only = true                             # queries only, e.g. for dashboards
 //! method = "scram-sha-256"                      # or "md5" for old clients
 //!
+//! [flight]
+//! token_lifetime_seconds = 3600                 # bearer tokens of the Flight SQL handshake
+//!
 //! [tls]
 //! cert = "/etc/medlake/server.crt"
 //! key = "/etc/medlake/server.key"
@@ -23,6 +26,14 @@ pub struct Config {
     #[serde(default)]
     pub users: Vec<UserEntry>,
     pub tls: Option<TlsEntry>,
+    pub flight: Option<FlightEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlightEntry {
+    /// How long a Flight SQL bearer token stays valid (default 3600).
+    pub token_lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -93,6 +93,9 @@ struct ServeArgs {
     /// Postgres wire address; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5432")]
     pg: std::net::SocketAddr,
+    /// Arrow Flight SQL address; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    flight: std::net::SocketAddr,
     /// Serve without passwords (loopback addresses only; for demos).
     #[arg(long)]
     insecure_no_auth: bool,
@@ -248,6 +251,27 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if let Some(project) = &args.project {
         print_applied(&engine.apply_project(project).await?);
     }
+    let flight = medlake_flight::Server::bind(
+        engine.clone(),
+        medlake_flight::Config {
+            listen: args.flight,
+            tls: config.tls.as_ref().map(|t| medlake_flight::Tls {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            }),
+            access: access.clone(),
+            token_lifetime: std::time::Duration::from_secs(
+                config
+                    .flight
+                    .as_ref()
+                    .and_then(|f| f.token_lifetime_seconds)
+                    .unwrap_or(3600)
+                    .max(1),
+            ),
+        },
+    )
+    .await
+    .map_err(|e| Failure::Usage(e.to_string()))?;
     let pg = medlake_pgwire::Server::bind(
         engine.clone(),
         medlake_pgwire::Config {
@@ -267,6 +291,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     println!(
         "medlake serve: postgres on {pg_addr}{}",
         if pg.tls() { " (TLS required)" } else { "" }
+    );
+    let flight_addr = flight
+        .local_addr()
+        .map_err(|e| Failure::Usage(format!("flight sql door: {e}")))?;
+    println!(
+        "medlake serve: flight sql on {flight_addr}{}",
+        if flight.tls() { " (TLS required)" } else { "" }
     );
     println!(
         "medlake serve: refreshing scheduled views of {} (Ctrl-C stops)",
@@ -295,6 +326,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let scheduler = engine.scheduler();
     tokio::join!(
         pg.serve(wait(stopped.clone())),
+        flight.serve(wait(stopped.clone())),
         scheduler.run(
             std::time::Duration::from_secs(args.poll_seconds.max(1)),
             wait(stopped),

@@ -39,10 +39,27 @@ pub use error::{Code, Error, Result};
 pub use medlake_lake::redact as redact_location;
 pub use medlake_views::{RefreshOutcome, Status as RefreshStatus};
 pub use project::Applied;
-pub use statement::{Statement, ends_statement, parse, parse_timestamp, split};
+pub use statement::{Statement, bind, ends_statement, parse, parse_timestamp, split};
 
 /// The default schema of a session, as in Postgres.
 pub const DEFAULT_SCHEMA: &str = "public";
+
+/// How [`Session::ingest`] treats its target table.
+#[derive(Clone, Copy, Debug)]
+pub struct Ingest {
+    /// Create the table from the batches' schema when it does not exist.
+    pub create: bool,
+    /// What to do when it exists.
+    pub exists: IfExists,
+}
+
+/// [`Ingest`] into an existing table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfExists {
+    Fail,
+    Append,
+    Replace,
+}
 
 /// What a statement produced.
 pub enum Output {
@@ -374,6 +391,63 @@ impl Session {
         }
         .instrument(span)
         .await
+    }
+
+    /// Writes Arrow batches into a table in one commit (Flight SQL ingest): creates the table
+    /// from the batches' schema when it is missing and `how.create` allows it (table and rows
+    /// in version 0), appends or replaces when it exists. The table's schema is enforced as for
+    /// INSERT: a mismatched or NULL-in-NOT-NULL batch refuses the whole write.
+    pub async fn ingest(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        how: Ingest,
+    ) -> Result<u64> {
+        use datafusion::datasource::{MemTable, provider_as_source};
+        use datafusion::logical_expr::LogicalPlanBuilder;
+        let parts: Vec<String> = name.split('.').map(str::to_string).collect();
+        let table = self.table_name(&parts)?;
+        self.check_writable(&table, "ingest into").await?;
+        let provider = MemTable::try_new(schema, vec![batches])?;
+        let plan = LogicalPlanBuilder::scan("ingest", provider_as_source(Arc::new(provider)), None)?
+            .build()?;
+        let warehouse = &self.shared.warehouse;
+        let session: Arc<dyn datafusion::catalog::Session> = Arc::new(self.ctx.state());
+        let exists = warehouse.table_exists(&table).await?;
+        let rows = match (exists, how.exists) {
+            (false, _) if !how.create => {
+                return Err(Error::Lake(medlake_lake::Error::TableNotFound {
+                    schema: table.schema.clone(),
+                    table: table.table.clone(),
+                }));
+            }
+            (false, _) => warehouse
+                .create_table_as(&table, plan, session, false)
+                .await?
+                .map(|o| o.rows)
+                .unwrap_or(0),
+            (true, IfExists::Fail) => {
+                return Err(Error::Lake(medlake_lake::Error::TableExists {
+                    schema: table.schema.clone(),
+                    table: table.table.clone(),
+                }));
+            }
+            (true, IfExists::Append) => {
+                warehouse
+                    .write(&table, plan, session, WriteMode::Append)
+                    .await?
+                    .rows
+            }
+            (true, IfExists::Replace) => {
+                warehouse
+                    .write(&table, plan, session, WriteMode::Overwrite)
+                    .await?
+                    .rows
+            }
+        };
+        self.shared.catalog.refresh().await?;
+        Ok(rows)
     }
 
     /// What `statement` takes and returns, without running it. Side-effect free: commands

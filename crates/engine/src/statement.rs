@@ -99,6 +99,62 @@ impl Statement {
     }
 }
 
+/// Replaces the `$1`, `$2`, ... placeholders of a statement with bound values, as typed
+/// literals in its syntax tree (never as text: a value cannot change the statement). For the
+/// servers' prepared statements (Postgres extended protocol, Flight SQL).
+pub fn bind(
+    statement: &Statement,
+    values: Vec<datafusion::scalar::ScalarValue>,
+) -> Result<Statement> {
+    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value, visit_expressions_mut};
+    if values.is_empty() {
+        return Ok(statement.clone());
+    }
+    let not_sql = || Error::NotSupported {
+        what: "parameters outside SQL statements".into(),
+    };
+    let Statement::Sql(sql) = statement else {
+        return Err(not_sql());
+    };
+    let DfStatement::Statement(ast) = sql.as_ref() else {
+        return Err(not_sql());
+    };
+    let unparser = datafusion::sql::unparser::Unparser::default();
+    let mut literals = Vec::with_capacity(values.len());
+    for value in values {
+        let expr = datafusion::logical_expr::Expr::Literal(value, None);
+        literals.push(unparser.expr_to_sql(&expr).map_err(|e| Error::InvalidValue {
+            what: "a parameter".into(),
+            reason: e.to_string(),
+        })?);
+    }
+    let mut ast = ast.as_ref().clone();
+    let mut missing = None;
+    let _ = visit_expressions_mut(&mut ast, |expr: &mut SqlExpr| {
+        if let SqlExpr::Value(v) = expr
+            && let Value::Placeholder(p) = &v.value
+        {
+            match p
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| literals.get(i.wrapping_sub(1)))
+            {
+                Some(literal) => *expr = SqlExpr::Nested(Box::new(literal.clone())),
+                None => missing = Some(p.clone()),
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    if let Some(p) = missing {
+        return Err(Error::InvalidValue {
+            what: format!("parameter {p}"),
+            reason: "no value was bound".into(),
+        });
+    }
+    Ok(Statement::Sql(Box::new(DfStatement::Statement(Box::new(ast)))))
+}
+
 /// Splits `sql` into statements and parses each.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     split(sql)?

@@ -66,6 +66,15 @@ pub struct User {
     pub read_only: bool,
 }
 
+impl User {
+    /// Whether `password` is this user's (compared in constant time), for doors that receive
+    /// the password itself (Flight SQL's Basic handshake, over TLS).
+    pub fn verify(&self, password: &str) -> bool {
+        let (a, b) = (self.password.expose().as_bytes(), password.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
 /// Who may connect.
 #[derive(Clone, Debug)]
 pub enum Access {

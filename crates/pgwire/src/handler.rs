@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, StringArray};
@@ -12,9 +11,6 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value, visit_expressions_mut};
-use datafusion::sql::unparser::Unparser;
 use futures::{Sink, SinkExt, Stream, StreamExt, stream};
 use medlake_engine::{Output, Statement};
 use pgwire::api::portal::{Format, Portal};
@@ -179,64 +175,10 @@ fn text_rows(names: &[&str], rows: Vec<Vec<String>>) -> PgWireResult<SendableRec
     )))
 }
 
-/// Replaces `$n` placeholders with the bound values, as typed literals in the syntax tree
-/// (never as text: a value cannot change the statement).
-fn bind(
-    statement: &Statement,
-    values: Vec<datafusion::scalar::ScalarValue>,
-) -> PgWireResult<Statement> {
-    if values.is_empty() {
-        return Ok(statement.clone());
-    }
-    let Statement::Sql(sql) = statement else {
-        return Err(user_error(
-            "0A000",
-            "parameters are only supported in SQL statements",
-        ));
-    };
-    let DfStatement::Statement(ast) = sql.as_ref() else {
-        return Err(user_error(
-            "0A000",
-            "parameters are only supported in SQL statements",
-        ));
-    };
-    let unparser = Unparser::default();
-    let mut literals = Vec::with_capacity(values.len());
-    for value in values {
-        let expr = datafusion::logical_expr::Expr::Literal(value, None);
-        literals.push(
-            unparser
-                .expr_to_sql(&expr)
-                .map_err(|e| user_error("22023", format!("cannot bind parameter: {e}")))?,
-        );
-    }
-    let mut ast = ast.as_ref().clone();
-    let mut missing = None;
-    let _ = visit_expressions_mut(&mut ast, |expr: &mut SqlExpr| {
-        if let SqlExpr::Value(v) = expr
-            && let Value::Placeholder(p) = &v.value
-        {
-            match p
-                .trim_start_matches('$')
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| literals.get(i.wrapping_sub(1)))
-            {
-                Some(literal) => *expr = SqlExpr::Nested(Box::new(literal.clone())),
-                None => missing = Some(p.clone()),
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    if let Some(p) = missing {
-        return Err(user_error(
-            "08P01",
-            format!("no value was bound for parameter {p}"),
-        ));
-    }
-    Ok(Statement::Sql(Box::new(DfStatement::Statement(Box::new(
-        ast,
-    )))))
+/// Binds parameter values into a statement (the engine's binder: typed literals in the
+/// syntax tree, never text).
+fn bind(statement: &Statement, values: Vec<datafusion::scalar::ScalarValue>) -> PgWireResult<Statement> {
+    medlake_engine::bind(statement, values).map_err(|e| engine_error(&e))
 }
 
 /// A stream of batches that stops at a CancelRequest or at the statement's deadline.

@@ -471,6 +471,8 @@ fn serve_refreshes_scheduled_views_and_stops_on_sigterm() {
             "--insecure-no-auth",
             "--pg",
             "127.0.0.1:0",
+            "--flight",
+            "127.0.0.1:0",
             "--poll-seconds",
             "1",
             "--warehouse",
@@ -536,7 +538,7 @@ fn serve_refuses_unsafe_or_incomplete_setups() {
             .arg("serve")
             .arg("--warehouse")
             .arg(&wh)
-            .args(["--pg", "127.0.0.1:0"])
+            .args(["--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
             .args(args)
             .envs(env.iter().copied())
             .env_remove("MEDLAKE_CONFIG")

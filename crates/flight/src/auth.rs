@@ -1,0 +1,156 @@
+//! The handshake (HTTP Basic credentials → an expiring bearer token) and the token check of
+//! every other call.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use medlake_pgwire::Access;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+/// Who is calling.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    pub user: String,
+    pub read_only: bool,
+}
+
+struct Token {
+    caller: Caller,
+    expires: Instant,
+}
+
+pub(crate) struct Tokens {
+    access: Access,
+    lifetime: Duration,
+    tokens: Mutex<HashMap<String, Token>>,
+}
+
+/// Base64 as clients send it in Basic credentials: with or without `=` padding (the Go
+/// Flight client used by ADBC leaves it out).
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// 32 random bytes as hex: tokens and handles.
+pub(crate) fn random_id() -> String {
+    let mut bytes = [0u8; 32];
+    let provider = tokio_rustls::rustls::crypto::ring::default_provider();
+    if provider.secure_random.fill(&mut bytes).is_err() {
+        panic!("the operating system's random number generator failed");
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Tokens {
+    pub(crate) fn new(access: Access, lifetime: Duration) -> Self {
+        Self {
+            access,
+            lifetime,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Token>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks `authorization: Basic ...` and returns a new bearer token.
+    pub(crate) fn login(&self, metadata: &MetadataMap) -> Result<(String, Caller), Status> {
+        let header = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let basic = header
+            .strip_prefix("Basic ")
+            .or_else(|| header.strip_prefix("basic "));
+        let (user, password) = match basic {
+            Some(encoded) => {
+                let decoded = BASE64
+                    .decode(encoded.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| Status::invalid_argument("malformed Basic credentials"))?;
+                let (user, password) = decoded
+                    .split_once(':')
+                    .ok_or_else(|| Status::invalid_argument("malformed Basic credentials"))?;
+                (user.to_string(), password.to_string())
+            }
+            None => (String::new(), String::new()),
+        };
+        let caller = match &self.access {
+            Access::InsecureNoAuth => Caller {
+                user: if user.is_empty() { "anonymous".into() } else { user },
+                read_only: false,
+            },
+            Access::Users(users) => {
+                if basic.is_none() {
+                    return Err(Status::unauthenticated(
+                        "the handshake needs Basic credentials (user and password)",
+                    ));
+                }
+                match users.iter().find(|u| u.name == user) {
+                    Some(known) if known.verify(&password) => Caller {
+                        user,
+                        read_only: known.read_only,
+                    },
+                    _ => {
+                        tracing::info!(user = %user, "flight sql login refused");
+                        return Err(Status::unauthenticated(format!(
+                            "password authentication failed for user \"{user}\""
+                        )));
+                    }
+                }
+            }
+        };
+        let token = random_id();
+        let now = Instant::now();
+        let mut tokens = self.lock();
+        tokens.retain(|_, t| t.expires > now);
+        tokens.insert(
+            token.clone(),
+            Token {
+                caller: caller.clone(),
+                expires: now + self.lifetime,
+            },
+        );
+        tracing::info!(user = %caller.user, "flight sql login");
+        Ok((token, caller))
+    }
+
+    /// The caller of a request: its bearer token must be valid and unexpired.
+    pub(crate) fn check(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let header = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let token = header.and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        });
+        let Some(token) = token else {
+            if let Access::InsecureNoAuth = self.access {
+                return Ok(Caller {
+                    user: "anonymous".into(),
+                    read_only: false,
+                });
+            }
+            return Err(Status::unauthenticated(
+                "no bearer token: call Handshake with user and password first",
+            ));
+        };
+        let tokens = self.lock();
+        match tokens.get(token.trim()) {
+            Some(t) if t.expires > Instant::now() => Ok(t.caller.clone()),
+            Some(_) => Err(Status::unauthenticated(
+                "the bearer token has expired: log in again",
+            )),
+            None => Err(Status::unauthenticated("unknown bearer token")),
+        }
+    }
+}

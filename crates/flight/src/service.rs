@@ -1,0 +1,1090 @@
+//! The Flight SQL service: metadata, queries, prepared statements, updates and ingest.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_empty_array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{
+    SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, Nullable,
+    ProstMessageExt, Searchable, SqlInfo, TableExistsOption, TableNotExistOption,
+    TicketStatementQuery, XdbcDataType,
+};
+use arrow_flight::{
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightDescriptor,
+    FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
+    Ticket,
+};
+use bytes::Bytes;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::scalar::ScalarValue;
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use medlake_engine::{Engine, Output, Statement};
+use medlake_pgwire::Access;
+use prost::Message;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{Caller, Tokens};
+
+type FlightStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The Flight SQL service over one engine.
+#[derive(Clone)]
+pub struct FlightSql {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    tokens: Tokens,
+    prepared: Mutex<HashMap<Bytes, Prepared>>,
+    /// Running statements by ticket, so CancelFlightInfo can stop them.
+    running: Mutex<HashMap<Bytes, Arc<AtomicBool>>>,
+}
+
+/// A prepared statement: its text, parsed form, schemas, and the parameter rows bound by
+/// DoPut.
+#[derive(Clone)]
+struct Prepared {
+    user: String,
+    statement: Statement,
+    dataset: Option<SchemaRef>,
+    bound: Vec<Vec<ScalarValue>>,
+}
+
+static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+    let mut b = SqlInfoDataBuilder::new();
+    b.append(SqlInfo::FlightSqlServerName, "medlake");
+    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    b.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+    b.append(SqlInfo::FlightSqlServerReadOnly, false);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    // No transactions: every statement is its own atomic Delta commit.
+    b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+    b.append(SqlInfo::FlightSqlServerCancel, true);
+    b.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
+    b.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
+    b.append(SqlInfo::SqlDdlCatalog, false);
+    b.append(SqlInfo::SqlDdlSchema, true);
+    b.append(SqlInfo::SqlDdlTable, true);
+    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    b.append(SqlInfo::SqlQuotedIdentifierCase, 1i32);
+    b.append(SqlInfo::SqlAllTablesAreSelectable, true);
+    b.append(SqlInfo::SqlSchemaTerm, "schema");
+    b.append(SqlInfo::SqlCatalogTerm, "catalog");
+    b.append(SqlInfo::SqlTransactionsSupported, false);
+    b.build().expect("the static SqlInfo is valid")
+});
+
+static XDBC_TYPES: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
+    let mut b = XdbcTypeInfoDataBuilder::new();
+    let mut add = |name: &str, data_type: XdbcDataType, size: Option<i32>, prefix: Option<&str>| {
+        b.append(XdbcTypeInfo {
+            type_name: name.into(),
+            data_type,
+            column_size: size,
+            literal_prefix: prefix.map(Into::into),
+            literal_suffix: prefix.map(Into::into),
+            create_params: None,
+            nullable: Nullable::NullabilityNullable,
+            case_sensitive: matches!(data_type, XdbcDataType::XdbcVarchar),
+            searchable: Searchable::Full,
+            unsigned_attribute: Some(false),
+            fixed_prec_scale: false,
+            auto_increment: Some(false),
+            local_type_name: Some(name.into()),
+            minimum_scale: None,
+            maximum_scale: None,
+            sql_data_type: data_type,
+            datetime_subcode: None,
+            num_prec_radix: None,
+            interval_precision: None,
+        });
+    };
+    add("BOOLEAN", XdbcDataType::XdbcBit, Some(1), None);
+    add("TINYINT", XdbcDataType::XdbcTinyint, Some(3), None);
+    add("SMALLINT", XdbcDataType::XdbcSmallint, Some(5), None);
+    add("INT", XdbcDataType::XdbcInteger, Some(10), None);
+    add("BIGINT", XdbcDataType::XdbcBigint, Some(19), None);
+    add("REAL", XdbcDataType::XdbcReal, Some(24), None);
+    add("DOUBLE", XdbcDataType::XdbcDouble, Some(53), None);
+    add("DECIMAL", XdbcDataType::XdbcDecimal, Some(38), None);
+    add("VARCHAR", XdbcDataType::XdbcVarchar, None, Some("'"));
+    add("BYTEA", XdbcDataType::XdbcVarbinary, None, None);
+    add("DATE", XdbcDataType::XdbcDate, Some(10), Some("'"));
+    add("TIMESTAMP", XdbcDataType::XdbcTimestamp, Some(26), Some("'"));
+    b.build().expect("the static type info is valid")
+});
+
+/// A medlake error as a gRPC status.
+fn status(e: &medlake_engine::Error) -> Status {
+    let sqlstate = e.code().sqlstate();
+    let message = format!("{e} (SQLSTATE {sqlstate})");
+    match sqlstate {
+        "42P01" | "3F000" | "42704" | "42883" => Status::not_found(message),
+        "42501" => Status::permission_denied(message),
+        "57014" => Status::cancelled(message),
+        "0A000" => Status::unimplemented(message),
+        "42P07" | "42P06" => Status::already_exists(message),
+        s if s.starts_with("42") || s.starts_with("22") || s.starts_with("23") => {
+            Status::invalid_argument(message)
+        }
+        "55000" | "40001" => Status::failed_precondition(message),
+        _ => Status::internal(message),
+    }
+}
+
+fn ipc_schema(schema: &Schema) -> Result<Bytes, Status> {
+    let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    Ok(message.0)
+}
+
+fn one_statement(sql: &str) -> Result<Statement, Status> {
+    let mut statements = medlake_engine::parse(sql).map_err(|e| status(&e))?;
+    match (statements.pop(), statements.is_empty()) {
+        (Some(statement), true) => Ok(statement),
+        (None, _) => Err(Status::invalid_argument("empty statement")),
+        (Some(_), false) => Err(Status::invalid_argument(
+            "one statement per request (found several separated by ';')",
+        )),
+    }
+}
+
+fn check_writable(caller: &Caller, statement: &Statement) -> Result<(), Status> {
+    if caller.read_only && !statement.is_read_only() {
+        return Err(Status::permission_denied(format!(
+            "permission denied: user \"{}\" is read-only (queries only)",
+            caller.user
+        )));
+    }
+    Ok(())
+}
+
+/// A batch with exactly the announced schema (names, nullability, metadata), which clients
+/// compare with the FlightInfo's.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Status> {
+    if batch.schema().as_ref() == schema.as_ref() {
+        return Ok(batch);
+    }
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| Status::internal(e.to_string()))?;
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| Status::internal(e.to_string()))
+}
+
+/// A stream of Flight data for `batches` under `schema`, stopping when `stop` is set.
+fn flight_stream(
+    schema: SchemaRef,
+    batches: SendableRecordBatchStream,
+    stop: Option<Arc<AtomicBool>>,
+) -> FlightStream<arrow_flight::FlightData> {
+    let target = schema.clone();
+    let batches = batches.map(move |batch| {
+        if stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return Err(FlightError::Tonic(Box::new(Status::cancelled(
+                "the query was cancelled (CancelFlightInfo)",
+            ))));
+        }
+        let batch = batch.map_err(|e| FlightError::Tonic(Box::new(status(&e.into()))))?;
+        conform(batch, &target).map_err(|s| FlightError::Tonic(Box::new(s)))
+    });
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from),
+    )
+}
+
+fn batch_stream(schema: SchemaRef, batch: Result<RecordBatch, FlightError>) -> FlightStream<arrow_flight::FlightData> {
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(stream::once(async move { batch }))
+            .map_err(Status::from),
+    )
+}
+
+fn info(
+    schema: &Schema,
+    ticket: Bytes,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(format!("cannot encode the schema: {e}")))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor)
+        .with_ordered(true);
+    Ok(Response::new(info))
+}
+
+/// The first rows of parameters sent with DoPut, as scalar values per row.
+async fn parameter_rows(request: Request<PeekableFlightDataStream>) -> Result<Vec<Vec<ScalarValue>>, Status> {
+    let flight = request.into_inner().map_err(FlightError::from);
+    let mut batches = FlightRecordBatchStream::new_from_flight_data(flight);
+    let mut rows = Vec::new();
+    while let Some(batch) = batches.next().await {
+        let batch = batch.map_err(Status::from)?;
+        for row in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| ScalarValue::try_from_array(c, row))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))?,
+            );
+        }
+    }
+    Ok(rows)
+}
+
+impl FlightSql {
+    pub(crate) fn new(engine: Engine, access: Access, lifetime: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                tokens: Tokens::new(access, lifetime),
+                prepared: Mutex::new(HashMap::new()),
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.inner.tokens.check(request.metadata())
+    }
+
+    fn prepared(&self, handle: &Bytes, caller: &Caller) -> Result<Prepared, Status> {
+        let prepared = self
+            .inner
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(handle)
+            .cloned()
+            .ok_or_else(|| Status::not_found("unknown prepared statement handle"))?;
+        if prepared.user != caller.user {
+            return Err(Status::permission_denied(
+                "the prepared statement belongs to another user",
+            ));
+        }
+        Ok(prepared)
+    }
+
+    /// Runs a statement; returns its rows as a stream, or the number of rows it wrote.
+    async fn run(&self, caller: &Caller, statement: Statement) -> Result<Output, Status> {
+        check_writable(caller, &statement)?;
+        self.inner
+            .engine
+            .session()
+            .execute(statement)
+            .await
+            .map_err(|e| status(&e))
+    }
+
+    async fn written(&self, caller: &Caller, statement: Statement) -> Result<i64, Status> {
+        match self.run(caller, statement).await? {
+            Output::Command { rows, .. } => Ok(i64::try_from(rows).unwrap_or(i64::MAX)),
+            Output::Rows(stream) => {
+                // A query sent as an update: run it to the end, report no rows written.
+                let _ = Output::Rows(stream).collect().await.map_err(|e| status(&e))?;
+                Ok(0)
+            }
+        }
+    }
+
+    /// The tables of the warehouse (schema, name, type) for GetTables.
+    async fn tables(&self) -> Result<Vec<(String, String, String)>, Status> {
+        let batches = self
+            .inner
+            .engine
+            .session()
+            .query(
+                "SELECT table_schema, table_name, table_type FROM information_schema.tables \
+                 WHERE table_schema NOT IN ('information_schema', 'pg_catalog') \
+                 ORDER BY 1, 2",
+            )
+            .await
+            .map_err(|e| status(&e))?;
+        let mut out = Vec::new();
+        for batch in batches {
+            let text = |i: usize| arrow::compute::cast(batch.column(i), &DataType::Utf8);
+            let (s, t, k) = (
+                text(0).map_err(|e| Status::internal(e.to_string()))?,
+                text(1).map_err(|e| Status::internal(e.to_string()))?,
+                text(2).map_err(|e| Status::internal(e.to_string()))?,
+            );
+            let (s, t, k) = (
+                arrow::array::AsArray::as_string::<i32>(&s).clone(),
+                arrow::array::AsArray::as_string::<i32>(&t).clone(),
+                arrow::array::AsArray::as_string::<i32>(&k).clone(),
+            );
+            for row in 0..batch.num_rows() {
+                let kind = match k.value(row) {
+                    "BASE TABLE" => "TABLE",
+                    other => other,
+                };
+                out.push((s.value(row).into(), t.value(row).into(), kind.into()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn table_schema(&self, schema: &str, table: &str) -> Result<SchemaRef, Status> {
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let statement = one_statement(&format!("SELECT * FROM {}.{}", quote(schema), quote(table)))?;
+        let description = self
+            .inner
+            .engine
+            .session()
+            .describe(&statement)
+            .await
+            .map_err(|e| status(&e))?;
+        let columns = description.columns.unwrap_or_else(|| Arc::new(Schema::empty()));
+        // The table's declared types: scans read strings as views, tables store them plain.
+        let fields: Vec<Field> = columns
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+                DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// Appends (creating when asked) the batches of a `CommandStatementIngest` in one commit.
+    async fn ingest(
+        &self,
+        caller: &Caller,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        if caller.read_only {
+            return Err(Status::permission_denied(format!(
+                "permission denied: user \"{}\" is read-only (queries only)",
+                caller.user
+            )));
+        }
+        if command.temporary {
+            return Err(Status::unimplemented("temporary tables are not supported"));
+        }
+        if command.transaction_id.is_some() {
+            return Err(Status::unimplemented("transactions are not supported"));
+        }
+        let schema_name = command
+            .schema
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "bronze".to_string());
+        let name = format!("{schema_name}.{}", command.table);
+        let options = command.table_definition_options.unwrap_or_default();
+        let if_exists = TableExistsOption::try_from(options.if_exists).unwrap_or_default();
+        let if_not_exist = TableNotExistOption::try_from(options.if_not_exist).unwrap_or_default();
+
+        let flight = request.into_inner().map_err(FlightError::from);
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(flight);
+        let mut batches = Vec::new();
+        while let Some(batch) = decoded.next().await {
+            batches.push(batch.map_err(Status::from)?);
+        }
+        let schema = match (batches.first(), decoded.schema()) {
+            (Some(b), _) => b.schema(),
+            (None, Some(s)) => s.clone(),
+            (None, None) => return Err(Status::invalid_argument("no schema was sent")),
+        };
+        self.inner
+            .engine
+            .session()
+            .ingest(
+                &name,
+                schema,
+                batches,
+                medlake_engine::Ingest {
+                    create: !matches!(if_not_exist, TableNotExistOption::Fail),
+                    exists: match if_exists {
+                        TableExistsOption::Fail => medlake_engine::IfExists::Fail,
+                        TableExistsOption::Replace => medlake_engine::IfExists::Replace,
+                        _ => medlake_engine::IfExists::Append,
+                    },
+                },
+            )
+            .await
+            .map(|rows| i64::try_from(rows).unwrap_or(i64::MAX))
+            .map_err(|e| status(&e))
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for FlightSql {
+    type FlightService = FlightSql;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<FlightStream<HandshakeResponse>>, Status> {
+        let (token, _caller) = self.inner.tokens.login(request.metadata())?;
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: Bytes::from(token.clone()),
+        };
+        let mut response: Response<FlightStream<HandshakeResponse>> =
+            Response::new(Box::pin(stream::iter([Ok(reply)])));
+        let header = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        response.metadata_mut().insert("authorization", header);
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(&request)?;
+        if query.transaction_id.is_some() {
+            return Err(Status::unimplemented("transactions are not supported"));
+        }
+        let statement = one_statement(&query.query)?;
+        let description = self
+            .inner
+            .engine
+            .session()
+            .describe(&statement)
+            .await
+            .map_err(|e| status(&e))?;
+        match description.columns {
+            Some(schema) => {
+                // A unique ticket per call, so that CancelFlightInfo names this run.
+                let mut handle = crate::auth::random_id().into_bytes();
+                handle.push(b':');
+                handle.extend_from_slice(query.query.as_bytes());
+                let ticket = TicketStatementQuery {
+                    statement_handle: Bytes::from(handle),
+                };
+                info(&schema, ticket.as_any().encode_to_vec().into(), request.into_inner())
+            }
+            None => {
+                // DDL and DML sent as a query (ADBC's execute does): run it now; its result
+                // is empty.
+                self.written(&caller, statement).await?;
+                let ticket = TicketStatementQuery {
+                    statement_handle: Bytes::from_static(b"done:"),
+                };
+                info(&Schema::empty(), ticket.as_any().encode_to_vec().into(), request.into_inner())
+            }
+        }
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let caller = self.caller(&request)?;
+        let handle = ticket.statement_handle.clone();
+        let text = std::str::from_utf8(&handle)
+            .map_err(|_| Status::invalid_argument("bad ticket"))?;
+        let Some((_, sql)) = text.split_once(':') else {
+            return Err(Status::invalid_argument("bad ticket"));
+        };
+        if sql.is_empty() {
+            return Ok(Response::new(batch_stream(
+                Arc::new(Schema::empty()),
+                Ok(RecordBatch::new_empty(Arc::new(Schema::empty()))),
+            )));
+        }
+        let statement = one_statement(sql)?;
+        let description = self
+            .inner
+            .engine
+            .session()
+            .describe(&statement)
+            .await
+            .map_err(|e| status(&e))?;
+        let schema = description
+            .columns
+            .ok_or_else(|| Status::invalid_argument("the ticket's statement returns no rows"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(handle.clone(), stop.clone());
+        let output = self.run(&caller, statement).await;
+        let inner = self.inner.clone();
+        let output = match output {
+            Ok(Output::Rows(stream)) => stream,
+            Ok(Output::Command { .. }) => {
+                return Err(Status::invalid_argument("the ticket's statement returns no rows"));
+            }
+            Err(e) => {
+                inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&handle);
+                return Err(e);
+            }
+        };
+        let data = flight_stream(schema, output, Some(stop));
+        // Forget the run when its stream ends.
+        let data = data.chain(stream::once(async move {
+            inner
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&handle);
+            Err(Status::ok(""))
+        }))
+        .take_while(|item| {
+            let end = matches!(item, Err(s) if s.code() == tonic::Code::Ok);
+            futures::future::ready(!end)
+        });
+        Ok(Response::new(Box::pin(data)))
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(&request)?;
+        let prepared = self.prepared(&query.prepared_statement_handle, &caller)?;
+        match prepared.dataset.clone() {
+            Some(schema) => {
+                info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+            }
+            None => {
+                // A prepared command executed as a query (ADBC's execute): run it now, once
+                // per bound row; its result is empty.
+                let rows = if prepared.bound.is_empty() {
+                    vec![Vec::new()]
+                } else {
+                    prepared.bound.clone()
+                };
+                for values in rows {
+                    let statement = medlake_engine::bind(&prepared.statement, values)
+                        .map_err(|e| status(&e))?;
+                    self.written(&caller, statement).await?;
+                }
+                let ticket = TicketStatementQuery {
+                    statement_handle: Bytes::from_static(b"done:"),
+                };
+                info(
+                    &Schema::empty(),
+                    ticket.as_any().encode_to_vec().into(),
+                    request.into_inner(),
+                )
+            }
+        }
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let caller = self.caller(&request)?;
+        let prepared = self.prepared(&query.prepared_statement_handle, &caller)?;
+        let values = prepared.bound.first().cloned().unwrap_or_default();
+        let statement = medlake_engine::bind(&prepared.statement, values).map_err(|e| status(&e))?;
+        let schema = prepared
+            .dataset
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the prepared statement returns no rows"))?;
+        match self.run(&caller, statement).await? {
+            Output::Rows(stream) => Ok(Response::new(flight_stream(schema, stream, None))),
+            Output::Command { .. } => Err(Status::invalid_argument(
+                "the prepared statement returns no rows",
+            )),
+        }
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let caller = self.caller(&request)?;
+        let handle = query.prepared_statement_handle.clone();
+        let prepared = self.prepared(&handle, &caller)?;
+        let rows = parameter_rows(request).await?;
+        if rows.len() > 1 && prepared.dataset.is_some() {
+            return Err(Status::invalid_argument(
+                "a prepared query takes one row of parameters",
+            ));
+        }
+        let mut prepared = self
+            .inner
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = prepared.get_mut(&handle) {
+            p.bound = rows;
+        }
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle),
+        })
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        query: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let caller = self.caller(&request)?;
+        let prepared = self.prepared(&query.prepared_statement_handle, &caller)?;
+        let rows = parameter_rows(request).await?;
+        let rows = if rows.is_empty() { vec![Vec::new()] } else { rows };
+        let mut written = 0i64;
+        for values in rows {
+            let statement =
+                medlake_engine::bind(&prepared.statement, values).map_err(|e| status(&e))?;
+            written = written.saturating_add(self.written(&caller, statement).await?);
+        }
+        Ok(written)
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        ticket: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let caller = self.caller(&request)?;
+        if ticket.transaction_id.is_some() {
+            return Err(Status::unimplemented("transactions are not supported"));
+        }
+        let statement = one_statement(&ticket.query)?;
+        self.written(&caller, statement).await
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let caller = self.caller(&request)?;
+        self.ingest(&caller, command, request).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let caller = self.caller(&request)?;
+        if query.transaction_id.is_some() {
+            return Err(Status::unimplemented("transactions are not supported"));
+        }
+        let statement = one_statement(&query.query)?;
+        let description = self
+            .inner
+            .engine
+            .session()
+            .describe(&statement)
+            .await
+            .map_err(|e| status(&e))?;
+        let parameters = Arc::new(Schema::new(
+            description
+                .parameters
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Field::new(format!("${}", i + 1), t.clone().unwrap_or(DataType::Utf8), true))
+                .collect::<Vec<_>>(),
+        ));
+        let handle = Bytes::from(crate::auth::random_id());
+        let result = ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.clone(),
+            dataset_schema: match &description.columns {
+                Some(schema) => ipc_schema(schema)?,
+                None => Bytes::new(),
+            },
+            parameter_schema: ipc_schema(&parameters)?,
+        };
+        self.inner
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                handle,
+                Prepared {
+                    user: caller.user,
+                    statement,
+                    dataset: description.columns,
+                    bound: Vec::new(),
+                },
+            );
+        Ok(result)
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let caller = self.caller(&request)?;
+        self.prepared(&query.prepared_statement_handle, &caller)?;
+        self.inner
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&query.prepared_statement_handle);
+        Ok(())
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        self.caller(&request)?;
+        let action = request.into_inner();
+        match action.r#type.as_str() {
+            "CancelFlightInfo" => {
+                let cancel = CancelFlightInfoRequest::decode(action.body)
+                    .map_err(|e| Status::invalid_argument(format!("bad CancelFlightInfo: {e}")))?;
+                let mut status = CancelStatus::NotCancellable;
+                for endpoint in cancel.info.map(|i| i.endpoint).unwrap_or_default() {
+                    let Some(ticket) = endpoint.ticket else { continue };
+                    let Ok(any) = arrow_flight::sql::Any::decode(ticket.ticket.clone()) else {
+                        continue;
+                    };
+                    let Ok(statement) = TicketStatementQuery::decode(any.value.clone()) else {
+                        continue;
+                    };
+                    if let Some(stop) = self
+                        .inner
+                        .running
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get(&statement.statement_handle)
+                    {
+                        stop.store(true, Ordering::SeqCst);
+                        status = CancelStatus::Cancelled;
+                    }
+                }
+                let result = CancelFlightInfoResult {
+                    status: status as i32,
+                };
+                let body = arrow_flight::Result {
+                    body: result.encode_to_vec().into(),
+                };
+                Ok(Response::new(Box::pin(stream::iter([Ok(body)]))))
+            }
+            // Nothing is kept per session beyond prepared statements and tokens.
+            "CloseSession" => {
+                let body = arrow_flight::Result { body: Bytes::new() };
+                Ok(Response::new(Box::pin(stream::iter([Ok(body)]))))
+            }
+            other => Err(Status::unimplemented(format!("action {other} is not supported"))),
+        }
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        let builder = query.into_builder(&SQL_INFO);
+        let schema = builder.schema();
+        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        let schema = query.clone().into_builder().schema();
+        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        let mut builder = query.into_builder();
+        builder.append(medlake_engine::CATALOG);
+        let schema = builder.schema();
+        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        let schema = query.clone().into_builder().schema();
+        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        let mut builder = query.into_builder();
+        let schemas = self
+            .inner
+            .engine
+            .session()
+            .query(
+                "SELECT schema_name FROM information_schema.schemata \
+                 WHERE catalog_name = 'medlake' AND schema_name NOT IN ('information_schema', 'pg_catalog')",
+            )
+            .await
+            .map_err(|e| status(&e))?;
+        for batch in schemas {
+            let names = arrow::compute::cast(batch.column(0), &DataType::Utf8)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            for name in arrow::array::AsArray::as_string::<i32>(&names).iter().flatten() {
+                builder.append(medlake_engine::CATALOG, name);
+            }
+        }
+        let schema = builder.schema();
+        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        let schema = query.clone().into_builder().schema();
+        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        let include_schema = query.include_schema;
+        let mut builder = query.into_builder();
+        for (schema, table, kind) in self.tables().await? {
+            let columns = if include_schema {
+                self.table_schema(&schema, &table).await?
+            } else {
+                Arc::new(Schema::empty())
+            };
+            builder
+                .append(medlake_engine::CATALOG, &schema, &table, &kind, &columns)
+                .map_err(Status::from)?;
+        }
+        let schema = builder.schema();
+        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        let schema = query.clone().into_builder().schema();
+        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        let mut builder = query.into_builder();
+        for kind in ["TABLE", "VIEW"] {
+            builder.append(kind);
+        }
+        let schema = builder.schema();
+        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        let schema = query.clone().into_builder(&XDBC_TYPES).schema();
+        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        let builder = query.into_builder(&XDBC_TYPES);
+        let schema = builder.schema();
+        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        info(&primary_keys_schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        Ok(Response::new(empty(primary_keys_schema())))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        info(&foreign_keys_schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        Ok(Response::new(empty(foreign_keys_schema())))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        info(&foreign_keys_schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        Ok(Response::new(empty(foreign_keys_schema())))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
+        info(&foreign_keys_schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
+        Ok(Response::new(empty(foreign_keys_schema())))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// GetPrimaryKeys' result: medlake tables have no keys (Delta cannot enforce them).
+fn primary_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("catalog_name", DataType::Utf8, true),
+        Field::new("db_schema_name", DataType::Utf8, true),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("key_name", DataType::Utf8, true),
+        Field::new("key_sequence", DataType::Int32, false),
+    ]))
+}
+
+/// GetImportedKeys / GetExportedKeys / GetCrossReference's result.
+fn foreign_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("pk_catalog_name", DataType::Utf8, true),
+        Field::new("pk_db_schema_name", DataType::Utf8, true),
+        Field::new("pk_table_name", DataType::Utf8, false),
+        Field::new("pk_column_name", DataType::Utf8, false),
+        Field::new("fk_catalog_name", DataType::Utf8, true),
+        Field::new("fk_db_schema_name", DataType::Utf8, true),
+        Field::new("fk_table_name", DataType::Utf8, false),
+        Field::new("fk_column_name", DataType::Utf8, false),
+        Field::new("key_sequence", DataType::Int32, false),
+        Field::new("fk_key_name", DataType::Utf8, true),
+        Field::new("pk_key_name", DataType::Utf8, true),
+        Field::new("update_rule", DataType::UInt8, false),
+        Field::new("delete_rule", DataType::UInt8, false),
+    ]))
+}
+
+fn empty(schema: SchemaRef) -> FlightStream<arrow_flight::FlightData> {
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| new_empty_array(f.data_type()))
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(FlightError::from);
+    batch_stream(schema, batch)
+}

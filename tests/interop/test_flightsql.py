@@ -1,0 +1,265 @@
+"""`medlake serve`'s Arrow Flight SQL door with real clients: the ADBC Flight SQL driver (Go,
+from PyPI) and raw `pyarrow.flight`, over TLS with the users of the Postgres door."""
+
+import os
+import subprocess
+import time
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+import trustme
+
+from helpers import MEDLAKE, free_port, run_medlake
+
+SEED = [
+    """CREATE TABLE bronze.readings (
+         device_id VARCHAR NOT NULL, patient_id BIGINT, metric VARCHAR NOT NULL,
+         value DOUBLE, ts TIMESTAMP NOT NULL)""",
+    """INSERT INTO bronze.readings VALUES
+         ('pump-1', 1001, 'heart_rate', 72.0, TIMESTAMP '2026-11-23 10:00:00'),
+         ('pump-1', 1001, 'spo2', 97.5, TIMESTAMP '2026-11-23 10:00:00'),
+         ('pump-2', 1002, 'heart_rate', 88.0, TIMESTAMP '2026-11-23 10:01:00')""",
+    """CREATE MATERIALIZED VIEW gold.device_counts AS
+         SELECT device_id, count(*) AS readings FROM bronze.readings GROUP BY device_id""",
+]
+
+ALICE = ("alice", "correct horse battery staple")
+READER = ("dashboard", "reads gold only")
+
+
+def start(root, lifetime):
+    """A TLS-only server; returns (process, flight port, CA PEM text)."""
+    if not MEDLAKE or not os.path.exists(MEDLAKE):
+        pytest.fail(f"MEDLAKE_BIN must point at the medlake binary (got {MEDLAKE!r})")
+    warehouse = root / "warehouse"
+    run_medlake(warehouse, *SEED)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(root / "server.key"))
+    cert.cert_chain_pems[0].write_to_path(str(root / "server.crt"))
+    (root / "reader.secret").write_text(READER[1])
+    config = root / "medlake.toml"
+    config.write_text(f"""
+[[users]]
+name = "alice"
+password_env = "TEST_ALICE_PASSWORD"
+
+[[users]]
+name = "dashboard"
+password_file = "{root / 'reader.secret'}"
+read_only = true
+
+[flight]
+token_lifetime_seconds = {lifetime}
+
+[tls]
+cert = "{root / 'server.crt'}"
+key = "{root / 'server.key'}"
+""")
+    port = free_port()
+    log = open(root / "serve.log", "w+")
+    process = subprocess.Popen(
+        [MEDLAKE, "serve", "--warehouse", str(warehouse), "--config", str(config),
+         "--pg", "127.0.0.1:0", "--flight", f"127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, TEST_ALICE_PASSWORD=ALICE[1]))
+    deadline = time.time() + 120
+    while "flight sql on" not in (root / "serve.log").read_text():
+        if process.poll() is not None or time.time() > deadline:
+            pytest.fail("medlake serve did not start:\n" + (root / "serve.log").read_text())
+        time.sleep(0.2)
+    return process, log, port, ca.cert_pem.bytes().decode()
+
+
+def stop(process, log):
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flightsql")
+    process, log, port, ca = start(root, 3600)
+    try:
+        yield {"port": port, "ca": ca, "root": root}
+    finally:
+        stop(process, log)
+
+
+def connect(server, user=ALICE):
+    return flight_sql.connect(
+        f"grpc+tls://localhost:{server['port']}",
+        db_kwargs={
+            "username": user[0],
+            "password": user[1],
+            "adbc.flight.sql.client_option.tls_root_certs": server["ca"],
+        },
+        autocommit=True,
+    )
+
+
+def test_adbc_queries_metadata_and_parameters(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT device_id, readings FROM gold.device_counts ORDER BY device_id")
+        assert cur.fetchall() == [("pump-1", 2), ("pump-2", 1)]
+
+        cur.execute("SELECT device_id, value FROM bronze.readings "
+                    "WHERE metric = $1 AND value > $2 ORDER BY value",
+                    parameters=("heart_rate", 70.0))
+        assert cur.fetchall() == [("pump-1", 72.0), ("pump-2", 88.0)]
+
+        objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+        catalogs = {c["catalog_name"]: c for c in objects}
+        assert "medlake" in catalogs
+        schemas = {s["db_schema_name"]: s for s in catalogs["medlake"]["catalog_db_schemas"]}
+        assert {"bronze", "silver", "gold", "system"} <= set(schemas)
+        tables = {t["table_name"]: t for t in schemas["bronze"]["db_schema_tables"]}
+        assert tables["readings"]["table_type"] == "TABLE"
+        assert [c["column_name"] for c in tables["readings"]["table_columns"]] == [
+            "device_id", "patient_id", "metric", "value", "ts"]
+
+        schema = conn.adbc_get_table_schema("readings", db_schema_filter="bronze")
+        assert schema.field("device_id").type == pa.string()
+        assert not schema.field("device_id").nullable
+        assert schema.field("ts").type == pa.timestamp("us")
+
+        assert "TABLE" in conn.adbc_get_table_types()
+        info = conn.adbc_get_info()
+        assert info["vendor_name"] == "medlake"
+
+
+def test_adbc_ddl_dml_and_refresh_through_execute(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE bronze.notes (id INT NOT NULL, body VARCHAR)")
+        cur.execute("INSERT INTO bronze.notes VALUES (1, 'a'), (2, 'b')")
+        cur.execute("INSERT INTO bronze.readings VALUES "
+                    "('pump-3', 1003, 'spo2', 99.0, TIMESTAMP '2026-11-23 11:00:00')")
+        cur.execute("REFRESH MATERIALIZED VIEW gold.device_counts")
+        cur.execute("SELECT count(*) FROM gold.device_counts")
+        assert cur.fetchone() == (3,)
+        cur.execute("SELECT id, body FROM bronze.notes ORDER BY id")
+        assert cur.fetchall() == [(1, "a"), (2, "b")]
+        with pytest.raises(Exception) as missing:
+            cur.execute("SELECT * FROM bronze.nope")
+        assert "does not exist" in str(missing.value)
+
+
+def test_adbc_ingest_appends_one_commit_per_request(server):
+    rows = 1_000_000
+    table = pa.table({
+        "device_id": pa.array([f"dev-{i % 500}" for i in range(rows)], pa.string()),
+        "value": pa.array([float(i % 200) for i in range(rows)], pa.float64()),
+    })
+    with connect(server) as conn, conn.cursor() as cur:
+        # One request of 10 batches of 100,000 rows (gRPC messages stay under 16 MiB).
+        batches = pa.RecordBatchReader.from_batches(
+            table.schema, table.to_batches(max_chunksize=100_000))
+        assert cur.adbc_ingest("vitals_batch", batches, mode="create",
+                               db_schema_name="bronze") == rows
+        assert cur.adbc_ingest("vitals_batch", table.slice(0, 1000), mode="append",
+                               db_schema_name="bronze") == 1000
+        cur.execute("SELECT count(*), sum(value) FROM bronze.vitals_batch")
+        count, total = cur.fetchone()
+        assert count == rows + 1000
+        cur.execute("SELECT count(*) FROM table_history('bronze.vitals_batch')")
+        assert cur.fetchone() == (2,), "one commit per ingest request"
+
+        # Schema enforced: a batch of another shape is refused and nothing is written.
+        wrong = pa.table({"device_id": pa.array([1, 2], pa.int64())})
+        with pytest.raises(Exception):
+            cur.adbc_ingest("vitals_batch", wrong, mode="append", db_schema_name="bronze")
+        with pytest.raises(Exception):
+            cur.adbc_ingest("vitals_batch", table.slice(0, 10), mode="create",
+                            db_schema_name="bronze")
+        cur.execute("SELECT count(*) FROM bronze.vitals_batch")
+        assert cur.fetchone() == (rows + 1000,)
+
+
+def test_adbc_reads_ten_million_rows_as_a_stream(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT value, value * 2 AS twice FROM range(0, 10000000) AS t(value)")
+        reader = cur.fetch_record_batch()
+        count = 0
+        batches = 0
+        for batch in reader:
+            count += batch.num_rows
+            batches += 1
+        assert count == 10_000_000
+        assert batches > 1, "the result arrives in many batches"
+
+
+def test_read_only_users_and_bad_credentials(server):
+    with connect(server, READER) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM gold.device_counts")
+        assert cur.fetchone()[0] >= 2
+        with pytest.raises(Exception) as denied:
+            cur.execute("DROP TABLE bronze.readings")
+        assert "read-only" in str(denied.value)
+        with pytest.raises(Exception) as denied:
+            cur.adbc_ingest("nope", pa.table({"a": [1]}), mode="create", db_schema_name="bronze")
+        assert "read-only" in str(denied.value)
+    with pytest.raises(Exception) as refused:
+        connect(server, (ALICE[0], "wrong"))
+    assert "authentication failed" in str(refused.value).lower() or \
+        "unauthenticated" in str(refused.value).lower()
+    assert ALICE[1] not in str(refused.value)
+
+
+def any_command(type_name, payload):
+    """A Flight SQL command as pyarrow.flight sends it: protobuf Any{type_url, value}."""
+    def field(number, data):
+        key = bytes([(number << 3) | 2])
+        n, length = len(data), b""
+        while True:
+            byte = n & 0x7F
+            n >>= 7
+            length += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                break
+        return key + length + data
+    url = f"type.googleapis.com/arrow.flight.protocol.sql.{type_name}".encode()
+    return field(1, url) + field(2, payload)
+
+
+def test_raw_pyarrow_flight_calls(server):
+    client = flight.FlightClient(f"grpc+tls://localhost:{server['port']}",
+                                 tls_root_certs=server["ca"].encode())
+    header = client.authenticate_basic_token(ALICE[0], ALICE[1])
+    options = flight.FlightCallOptions(headers=[header])
+    query = any_command("CommandStatementQuery",
+                        b"\x0a" + bytes([len(b"SELECT 41 + 1 AS answer")]) + b"SELECT 41 + 1 AS answer")
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(query), options)
+    assert info.schema.names == ["answer"]
+    table = client.do_get(info.endpoints[0].ticket, options).read_all()
+    assert table.column("answer").to_pylist() == [42]
+
+    # Without a token, or with a made-up one: unauthenticated.
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.get_flight_info(flight.FlightDescriptor.for_command(query))
+    bad = flight.FlightCallOptions(headers=[(b"authorization", b"Bearer 1234")])
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.get_flight_info(flight.FlightDescriptor.for_command(query), bad)
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.authenticate_basic_token(ALICE[0], "wrong")
+
+
+def test_expired_tokens_are_refused(tmp_path):
+    process, log, port, ca = start(tmp_path, 1)
+    try:
+        client = flight.FlightClient(f"grpc+tls://localhost:{port}", tls_root_certs=ca.encode())
+        header = client.authenticate_basic_token(ALICE[0], ALICE[1])
+        options = flight.FlightCallOptions(headers=[header])
+        query = any_command("CommandStatementQuery", b"\x0a\x08SELECT 1")
+        client.get_flight_info(flight.FlightDescriptor.for_command(query), options)
+        time.sleep(2.5)
+        with pytest.raises(flight.FlightUnauthenticatedError) as expired:
+            client.get_flight_info(flight.FlightDescriptor.for_command(query), options)
+        assert "expired" in str(expired.value)
+    finally:
+        stop(process, log)
