@@ -410,8 +410,9 @@ impl Session {
         let table = self.table_name(&parts)?;
         self.check_writable(&table, "ingest into").await?;
         let provider = MemTable::try_new(schema, vec![batches])?;
-        let plan = LogicalPlanBuilder::scan("ingest", provider_as_source(Arc::new(provider)), None)?
-            .build()?;
+        let plan =
+            LogicalPlanBuilder::scan("ingest", provider_as_source(Arc::new(provider)), None)?
+                .build()?;
         let warehouse = &self.shared.warehouse;
         let session: Arc<dyn datafusion::catalog::Session> = Arc::new(self.ctx.state());
         let exists = warehouse.table_exists(&table).await?;

@@ -123,10 +123,14 @@ pub fn bind(
     let mut literals = Vec::with_capacity(values.len());
     for value in values {
         let expr = datafusion::logical_expr::Expr::Literal(value, None);
-        literals.push(unparser.expr_to_sql(&expr).map_err(|e| Error::InvalidValue {
-            what: "a parameter".into(),
-            reason: e.to_string(),
-        })?);
+        literals.push(
+            unparser
+                .expr_to_sql(&expr)
+                .map_err(|e| Error::InvalidValue {
+                    what: "a parameter".into(),
+                    reason: e.to_string(),
+                })?,
+        );
     }
     let mut ast = ast.as_ref().clone();
     let mut missing = None;
@@ -152,7 +156,9 @@ pub fn bind(
             reason: "no value was bound".into(),
         });
     }
-    Ok(Statement::Sql(Box::new(DfStatement::Statement(Box::new(ast)))))
+    Ok(Statement::Sql(Box::new(DfStatement::Statement(Box::new(
+        ast,
+    )))))
 }
 
 /// Splits `sql` into statements and parses each.

@@ -86,7 +86,11 @@ impl Tokens {
         };
         let caller = match &self.access {
             Access::InsecureNoAuth => Caller {
-                user: if user.is_empty() { "anonymous".into() } else { user },
+                user: if user.is_empty() {
+                    "anonymous".into()
+                } else {
+                    user
+                },
                 read_only: false,
             },
             Access::Users(users) => {
@@ -126,9 +130,7 @@ impl Tokens {
 
     /// The caller of a request: its bearer token must be valid and unexpired.
     pub(crate) fn check(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
-        let header = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
         let token = header.and_then(|h| {
             h.strip_prefix("Bearer ")
                 .or_else(|| h.strip_prefix("bearer "))

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -57,7 +56,7 @@ struct Inner {
     tokens: Tokens,
     prepared: Mutex<HashMap<Bytes, Prepared>>,
     /// Running statements by ticket, so CancelFlightInfo can stop them.
-    running: Mutex<HashMap<Bytes, Arc<AtomicBool>>>,
+    running: Mutex<HashMap<Bytes, tokio::sync::watch::Sender<bool>>>,
 }
 
 /// A prepared statement: its text, parsed form, schemas, and the parameter rows bound by
@@ -131,7 +130,12 @@ static XDBC_TYPES: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
     add("VARCHAR", XdbcDataType::XdbcVarchar, None, Some("'"));
     add("BYTEA", XdbcDataType::XdbcVarbinary, None, None);
     add("DATE", XdbcDataType::XdbcDate, Some(10), Some("'"));
-    add("TIMESTAMP", XdbcDataType::XdbcTimestamp, Some(26), Some("'"));
+    add(
+        "TIMESTAMP",
+        XdbcDataType::XdbcTimestamp,
+        Some(26),
+        Some("'"),
+    );
     b.build().expect("the static type info is valid")
 });
 
@@ -208,21 +212,39 @@ fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Status
     .map_err(|e| Status::internal(e.to_string()))
 }
 
-/// A stream of Flight data for `batches` under `schema`, stopping when `stop` is set.
+/// A stream of Flight data for `batches` under `schema`; it ends with CANCELLED as soon as
+/// `stop` turns true, even while DataFusion is still computing the next batch.
 fn flight_stream(
     schema: SchemaRef,
     batches: SendableRecordBatchStream,
-    stop: Option<Arc<AtomicBool>>,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> FlightStream<arrow_flight::FlightData> {
     let target = schema.clone();
-    let batches = batches.map(move |batch| {
-        if stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
-            return Err(FlightError::Tonic(Box::new(Status::cancelled(
-                "the query was cancelled (CancelFlightInfo)",
-            ))));
+    let guarded = stream::unfold(Some((batches, stop)), |state| async move {
+        let (mut batches, mut stop) = state?;
+        let next = match stop.as_mut() {
+            Some(stop) => tokio::select! {
+                item = batches.next() => Some(item),
+                _ = stop.wait_for(|stopped| *stopped) => None,
+            },
+            None => Some(batches.next().await),
+        };
+        match next {
+            None => Some((
+                Err(FlightError::Tonic(Box::new(Status::cancelled(
+                    "the query was cancelled (CancelFlightInfo)",
+                )))),
+                None,
+            )),
+            Some(None) => None,
+            Some(Some(batch)) => Some((
+                batch.map_err(|e| FlightError::Tonic(Box::new(status(&e.into())))),
+                Some((batches, stop)),
+            )),
         }
-        let batch = batch.map_err(|e| FlightError::Tonic(Box::new(status(&e.into()))))?;
-        conform(batch, &target).map_err(|s| FlightError::Tonic(Box::new(s)))
+    });
+    let batches = guarded.map(move |batch| {
+        batch.and_then(|b| conform(b, &target).map_err(|s| FlightError::Tonic(Box::new(s))))
     });
     Box::pin(
         FlightDataEncoderBuilder::new()
@@ -232,7 +254,10 @@ fn flight_stream(
     )
 }
 
-fn batch_stream(schema: SchemaRef, batch: Result<RecordBatch, FlightError>) -> FlightStream<arrow_flight::FlightData> {
+fn batch_stream(
+    schema: SchemaRef,
+    batch: Result<RecordBatch, FlightError>,
+) -> FlightStream<arrow_flight::FlightData> {
     Box::pin(
         FlightDataEncoderBuilder::new()
             .with_schema(schema)
@@ -256,7 +281,9 @@ fn info(
 }
 
 /// The first rows of parameters sent with DoPut, as scalar values per row.
-async fn parameter_rows(request: Request<PeekableFlightDataStream>) -> Result<Vec<Vec<ScalarValue>>, Status> {
+async fn parameter_rows(
+    request: Request<PeekableFlightDataStream>,
+) -> Result<Vec<Vec<ScalarValue>>, Status> {
     let flight = request.into_inner().map_err(FlightError::from);
     let mut batches = FlightRecordBatchStream::new_from_flight_data(flight);
     let mut rows = Vec::new();
@@ -325,7 +352,10 @@ impl FlightSql {
             Output::Command { rows, .. } => Ok(i64::try_from(rows).unwrap_or(i64::MAX)),
             Output::Rows(stream) => {
                 // A query sent as an update: run it to the end, report no rows written.
-                let _ = Output::Rows(stream).collect().await.map_err(|e| status(&e))?;
+                let _ = Output::Rows(stream)
+                    .collect()
+                    .await
+                    .map_err(|e| status(&e))?;
                 Ok(0)
             }
         }
@@ -370,7 +400,8 @@ impl FlightSql {
 
     async fn table_schema(&self, schema: &str, table: &str) -> Result<SchemaRef, Status> {
         let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let statement = one_statement(&format!("SELECT * FROM {}.{}", quote(schema), quote(table)))?;
+        let statement =
+            one_statement(&format!("SELECT * FROM {}.{}", quote(schema), quote(table)))?;
         let description = self
             .inner
             .engine
@@ -378,7 +409,9 @@ impl FlightSql {
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
-        let columns = description.columns.unwrap_or_else(|| Arc::new(Schema::empty()));
+        let columns = description
+            .columns
+            .unwrap_or_else(|| Arc::new(Schema::empty()));
         // The table's declared types: scans read strings as views, tables store them plain.
         let fields: Vec<Field> = columns
             .fields()
@@ -501,7 +534,11 @@ impl FlightSqlService for FlightSql {
                 let ticket = TicketStatementQuery {
                     statement_handle: Bytes::from(handle),
                 };
-                info(&schema, ticket.as_any().encode_to_vec().into(), request.into_inner())
+                info(
+                    &schema,
+                    ticket.as_any().encode_to_vec().into(),
+                    request.into_inner(),
+                )
             }
             None => {
                 // DDL and DML sent as a query (ADBC's execute does): run it now; its result
@@ -510,7 +547,11 @@ impl FlightSqlService for FlightSql {
                 let ticket = TicketStatementQuery {
                     statement_handle: Bytes::from_static(b"done:"),
                 };
-                info(&Schema::empty(), ticket.as_any().encode_to_vec().into(), request.into_inner())
+                info(
+                    &Schema::empty(),
+                    ticket.as_any().encode_to_vec().into(),
+                    request.into_inner(),
+                )
             }
         }
     }
@@ -522,8 +563,8 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let caller = self.caller(&request)?;
         let handle = ticket.statement_handle.clone();
-        let text = std::str::from_utf8(&handle)
-            .map_err(|_| Status::invalid_argument("bad ticket"))?;
+        let text =
+            std::str::from_utf8(&handle).map_err(|_| Status::invalid_argument("bad ticket"))?;
         let Some((_, sql)) = text.split_once(':') else {
             return Err(Status::invalid_argument("bad ticket"));
         };
@@ -544,38 +585,45 @@ impl FlightSqlService for FlightSql {
         let schema = description
             .columns
             .ok_or_else(|| Status::invalid_argument("the ticket's statement returns no rows"))?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         self.inner
             .running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(handle.clone(), stop.clone());
+            .insert(handle.clone(), stop);
         let output = self.run(&caller, statement).await;
         let inner = self.inner.clone();
         let output = match output {
             Ok(Output::Rows(stream)) => stream,
             Ok(Output::Command { .. }) => {
-                return Err(Status::invalid_argument("the ticket's statement returns no rows"));
+                return Err(Status::invalid_argument(
+                    "the ticket's statement returns no rows",
+                ));
             }
             Err(e) => {
-                inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&handle);
+                inner
+                    .running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&handle);
                 return Err(e);
             }
         };
-        let data = flight_stream(schema, output, Some(stop));
+        let data = flight_stream(schema, output, Some(stopped));
         // Forget the run when its stream ends.
-        let data = data.chain(stream::once(async move {
-            inner
-                .running
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&handle);
-            Err(Status::ok(""))
-        }))
-        .take_while(|item| {
-            let end = matches!(item, Err(s) if s.code() == tonic::Code::Ok);
-            futures::future::ready(!end)
-        });
+        let data = data
+            .chain(stream::once(async move {
+                inner
+                    .running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&handle);
+                Err(Status::ok(""))
+            }))
+            .take_while(|item| {
+                let end = matches!(item, Err(s) if s.code() == tonic::Code::Ok);
+                futures::future::ready(!end)
+            });
         Ok(Response::new(Box::pin(data)))
     }
 
@@ -587,9 +635,11 @@ impl FlightSqlService for FlightSql {
         let caller = self.caller(&request)?;
         let prepared = self.prepared(&query.prepared_statement_handle, &caller)?;
         match prepared.dataset.clone() {
-            Some(schema) => {
-                info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
-            }
+            Some(schema) => info(
+                &schema,
+                query.as_any().encode_to_vec().into(),
+                request.into_inner(),
+            ),
             None => {
                 // A prepared command executed as a query (ADBC's execute): run it now, once
                 // per bound row; its result is empty.
@@ -623,7 +673,8 @@ impl FlightSqlService for FlightSql {
         let caller = self.caller(&request)?;
         let prepared = self.prepared(&query.prepared_statement_handle, &caller)?;
         let values = prepared.bound.first().cloned().unwrap_or_default();
-        let statement = medlake_engine::bind(&prepared.statement, values).map_err(|e| status(&e))?;
+        let statement =
+            medlake_engine::bind(&prepared.statement, values).map_err(|e| status(&e))?;
         let schema = prepared
             .dataset
             .clone()
@@ -671,7 +722,11 @@ impl FlightSqlService for FlightSql {
         let caller = self.caller(&request)?;
         let prepared = self.prepared(&query.prepared_statement_handle, &caller)?;
         let rows = parameter_rows(request).await?;
-        let rows = if rows.is_empty() { vec![Vec::new()] } else { rows };
+        let rows = if rows.is_empty() {
+            vec![Vec::new()]
+        } else {
+            rows
+        };
         let mut written = 0i64;
         for values in rows {
             let statement =
@@ -725,7 +780,13 @@ impl FlightSqlService for FlightSql {
                 .parameters
                 .iter()
                 .enumerate()
-                .map(|(i, t)| Field::new(format!("${}", i + 1), t.clone().unwrap_or(DataType::Utf8), true))
+                .map(|(i, t)| {
+                    Field::new(
+                        format!("${}", i + 1),
+                        t.clone().unwrap_or(DataType::Utf8),
+                        true,
+                    )
+                })
                 .collect::<Vec<_>>(),
         ));
         let handle = Bytes::from(crate::auth::random_id());
@@ -780,7 +841,9 @@ impl FlightSqlService for FlightSql {
                     .map_err(|e| Status::invalid_argument(format!("bad CancelFlightInfo: {e}")))?;
                 let mut status = CancelStatus::NotCancellable;
                 for endpoint in cancel.info.map(|i| i.endpoint).unwrap_or_default() {
-                    let Some(ticket) = endpoint.ticket else { continue };
+                    let Some(ticket) = endpoint.ticket else {
+                        continue;
+                    };
                     let Ok(any) = arrow_flight::sql::Any::decode(ticket.ticket.clone()) else {
                         continue;
                     };
@@ -794,7 +857,7 @@ impl FlightSqlService for FlightSql {
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .get(&statement.statement_handle)
                     {
-                        stop.store(true, Ordering::SeqCst);
+                        let _ = stop.send(true);
                         status = CancelStatus::Cancelled;
                     }
                 }
@@ -811,7 +874,9 @@ impl FlightSqlService for FlightSql {
                 let body = arrow_flight::Result { body: Bytes::new() };
                 Ok(Response::new(Box::pin(stream::iter([Ok(body)]))))
             }
-            other => Err(Status::unimplemented(format!("action {other} is not supported"))),
+            other => Err(Status::unimplemented(format!(
+                "action {other} is not supported"
+            ))),
         }
     }
 
@@ -822,7 +887,11 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
         let schema = query.clone().into_builder(&SQL_INFO).schema();
-        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_sql_info(
@@ -833,7 +902,7 @@ impl FlightSqlService for FlightSql {
         self.caller(&request)?;
         let builder = query.into_builder(&SQL_INFO);
         let schema = builder.schema();
-        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+        Ok(Response::new(batch_stream(schema, builder.build())))
     }
 
     async fn get_flight_info_catalogs(
@@ -842,8 +911,12 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
-        let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+        let schema = query.into_builder().schema();
+        info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_catalogs(
@@ -855,7 +928,7 @@ impl FlightSqlService for FlightSql {
         let mut builder = query.into_builder();
         builder.append(medlake_engine::CATALOG);
         let schema = builder.schema();
-        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+        Ok(Response::new(batch_stream(schema, builder.build())))
     }
 
     async fn get_flight_info_schemas(
@@ -865,7 +938,11 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
         let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_schemas(
@@ -888,12 +965,15 @@ impl FlightSqlService for FlightSql {
         for batch in schemas {
             let names = arrow::compute::cast(batch.column(0), &DataType::Utf8)
                 .map_err(|e| Status::internal(e.to_string()))?;
-            for name in arrow::array::AsArray::as_string::<i32>(&names).iter().flatten() {
+            for name in arrow::array::AsArray::as_string::<i32>(&names)
+                .iter()
+                .flatten()
+            {
                 builder.append(medlake_engine::CATALOG, name);
             }
         }
         let schema = builder.schema();
-        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+        Ok(Response::new(batch_stream(schema, builder.build())))
     }
 
     async fn get_flight_info_tables(
@@ -903,7 +983,11 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
         let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_tables(
@@ -925,7 +1009,7 @@ impl FlightSqlService for FlightSql {
                 .map_err(Status::from)?;
         }
         let schema = builder.schema();
-        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+        Ok(Response::new(batch_stream(schema, builder.build())))
     }
 
     async fn get_flight_info_table_types(
@@ -934,8 +1018,12 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
-        let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+        let schema = query.into_builder().schema();
+        info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_table_types(
@@ -949,7 +1037,7 @@ impl FlightSqlService for FlightSql {
             builder.append(kind);
         }
         let schema = builder.schema();
-        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+        Ok(Response::new(batch_stream(schema, builder.build())))
     }
 
     async fn get_flight_info_xdbc_type_info(
@@ -958,8 +1046,12 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
-        let schema = query.clone().into_builder(&XDBC_TYPES).schema();
-        info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())
+        let schema = query.into_builder(&XDBC_TYPES).schema();
+        info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_xdbc_type_info(
@@ -970,7 +1062,7 @@ impl FlightSqlService for FlightSql {
         self.caller(&request)?;
         let builder = query.into_builder(&XDBC_TYPES);
         let schema = builder.schema();
-        Ok(Response::new(batch_stream(schema, builder.build().map_err(FlightError::from))))
+        Ok(Response::new(batch_stream(schema, builder.build())))
     }
 
     async fn get_flight_info_primary_keys(
@@ -979,7 +1071,11 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
-        info(&primary_keys_schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+        info(
+            &primary_keys_schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_primary_keys(
@@ -997,7 +1093,11 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
-        info(&foreign_keys_schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+        info(
+            &foreign_keys_schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_exported_keys(
@@ -1015,7 +1115,11 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
-        info(&foreign_keys_schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+        info(
+            &foreign_keys_schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_imported_keys(
@@ -1033,7 +1137,11 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
-        info(&foreign_keys_schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+        info(
+            &foreign_keys_schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_cross_reference(

@@ -177,7 +177,10 @@ fn text_rows(names: &[&str], rows: Vec<Vec<String>>) -> PgWireResult<SendableRec
 
 /// Binds parameter values into a statement (the engine's binder: typed literals in the
 /// syntax tree, never text).
-fn bind(statement: &Statement, values: Vec<datafusion::scalar::ScalarValue>) -> PgWireResult<Statement> {
+fn bind(
+    statement: &Statement,
+    values: Vec<datafusion::scalar::ScalarValue>,
+) -> PgWireResult<Statement> {
     medlake_engine::bind(statement, values).map_err(|e| engine_error(&e))
 }
 

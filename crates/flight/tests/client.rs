@@ -1,0 +1,287 @@
+//! The Flight SQL door with arrow-flight's own `FlightSqlServiceClient` over TLS: handshake,
+//! queries, prepared statements with parameters, updates, ingest, CancelFlightInfo, refused
+//! credentials and tokens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandStatementIngest, TableDefinitionOptions};
+use arrow_flight::{
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightInfo,
+};
+use futures::{StreamExt, TryStreamExt};
+use medlake_flight::{Config, Server, Tls};
+use medlake_pgwire::{Access, Method, Secret, User};
+use prost::Message;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Harness {
+    addr: std::net::SocketAddr,
+    ca: String,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start() -> Harness {
+    let dir = tempfile::tempdir().expect("a scratch folder");
+    let engine = medlake_engine::Engine::open(dir.path().join("wh").to_str().expect("utf-8"))
+        .await
+        .expect("open");
+    for output in engine
+        .sql("CREATE TABLE bronze.readings (device_id VARCHAR NOT NULL, value DOUBLE);
+              INSERT INTO bronze.readings VALUES ('pump-1', 72.0), ('pump-2', 88.0), ('pump-2', 91.0)")
+        .await
+        .expect("seed")
+    {
+        output.collect().await.expect("seed statement");
+    }
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write");
+    let server = Server::bind(
+        engine,
+        Config {
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            tls: Some(Tls { cert, key }),
+            access: Access::Users(vec![User {
+                name: "alice".into(),
+                password: Secret::new(PASSWORD),
+                method: Method::ScramSha256,
+                read_only: false,
+            }]),
+            token_lifetime: Duration::from_secs(600),
+        },
+    )
+    .await
+    .expect("bind");
+    let addr = server.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    Harness {
+        addr,
+        ca: certified.cert.pem(),
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+async fn client(h: &Harness) -> FlightSqlServiceClient<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&h.ca))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://localhost:{}", h.addr.port()))
+        .expect("an endpoint")
+        .tls_config(tls)
+        .expect("TLS")
+        .connect()
+        .await
+        .expect("connect");
+    FlightSqlServiceClient::new(channel)
+}
+
+async fn rows(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("a ticket");
+        let stream = client.do_get(ticket).await.expect("do_get");
+        batches.extend(stream.try_collect::<Vec<_>>().await.expect("batches"));
+    }
+    batches
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_prepared_statements_updates_and_ingest() {
+    let h = start().await;
+    let mut c = client(&h).await;
+    c.handshake("alice", PASSWORD).await.expect("handshake");
+
+    let info = c
+        .execute("SELECT device_id, sum(value) AS total FROM bronze.readings GROUP BY device_id ORDER BY device_id".into(), None)
+        .await
+        .expect("execute");
+    let batches = rows(&mut c, info).await;
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).expect("concat");
+    let devices = arrow::compute::cast(batch.column(0), &DataType::Utf8).expect("cast");
+    assert_eq!(devices.as_string::<i32>().value(0), "pump-1");
+    let totals: &Float64Array = batch.column(1).as_primitive();
+    assert_eq!(totals.value(1), 179.0);
+
+    // A prepared query with a parameter, bound twice.
+    let mut prepared = c
+        .prepare(
+            "SELECT count(*) AS n FROM bronze.readings WHERE device_id = $1".into(),
+            None,
+        )
+        .await
+        .expect("prepare");
+    assert_eq!(
+        prepared.dataset_schema().expect("schema").field(0).name(),
+        "n"
+    );
+    for (device, expected) in [("pump-1", 1i64), ("pump-2", 2)] {
+        let parameters = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("$1", DataType::Utf8, false)])),
+            vec![Arc::new(StringArray::from(vec![device]))],
+        )
+        .expect("parameters");
+        prepared.set_parameters(parameters).expect("bind");
+        let info = prepared.execute().await.expect("execute prepared");
+        let batches = rows(&mut c, info).await;
+        let n: &Int64Array = batches[0].column(0).as_primitive::<Int64Type>();
+        assert_eq!(n.value(0), expected, "{device}");
+    }
+    prepared.close().await.expect("close");
+
+    // Updates, DDL included.
+    let written = c
+        .execute_update(
+            "INSERT INTO bronze.readings VALUES ('pump-3', 60.0)".into(),
+            None,
+        )
+        .await
+        .expect("insert");
+    assert_eq!(written, 1);
+    c.execute_update("CREATE MATERIALIZED VIEW gold.totals AS SELECT device_id, count(*) AS n FROM bronze.readings GROUP BY device_id".into(), None)
+        .await
+        .expect("create view");
+    c.execute_update("REFRESH MATERIALIZED VIEW gold.totals".into(), None)
+        .await
+        .expect("refresh");
+
+    // Bulk ingest: created from the batches' schema, then appended; schema enforced.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..50_000).map(|i| format!("dev-{}", i % 7)),
+            )),
+            Arc::new(Float64Array::from_iter_values((0..50_000).map(f64::from))),
+        ],
+    )
+    .expect("a batch");
+    let ingest = |if_not_exist, if_exists| CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist,
+            if_exists,
+        }),
+        table: "pushed".into(),
+        schema: Some("bronze".into()),
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options: Default::default(),
+    };
+    // create: if_not_exist=CREATE(1), if_exists=FAIL(1); append: FAIL(2)/APPEND(2)
+    let n = c
+        .execute_ingest(
+            ingest(1, 1),
+            futures::stream::iter([Ok(batch.clone()), Ok(batch.clone())]),
+        )
+        .await
+        .expect("ingest create");
+    assert_eq!(n, 100_000);
+    let n = c
+        .execute_ingest(ingest(2, 2), futures::stream::iter([Ok(batch.clone())]))
+        .await
+        .expect("ingest append");
+    assert_eq!(n, 50_000);
+    let e = c
+        .execute_ingest(ingest(1, 1), futures::stream::iter([Ok(batch.clone())]))
+        .await
+        .expect_err("create of an existing table fails");
+    assert!(e.to_string().contains("already exists"), "{e}");
+    let info = c
+        .execute("SELECT count(*) FROM bronze.pushed".into(), None)
+        .await
+        .expect("count");
+    let batches = rows(&mut c, info).await;
+    assert_eq!(
+        batches[0].column(0).as_primitive::<Int64Type>().value(0),
+        150_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_flight_info_stops_a_running_query() {
+    let h = start().await;
+    let mut c = client(&h).await;
+    c.handshake("alice", PASSWORD).await.expect("handshake");
+    let info = c
+        .execute(
+            "SELECT sum(value % 7) AS s FROM range(0, 100000000000) AS t(value)".into(),
+            None,
+        )
+        .await
+        .expect("execute");
+    let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
+    let mut stream = c.do_get(ticket).await.expect("do_get");
+    let mut canceller = c.clone();
+    let request = CancelFlightInfoRequest { info: Some(info) };
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let action = Action::new("CancelFlightInfo", request.encode_to_vec());
+        let mut results = canceller.do_action(action).await.expect("cancel action");
+        let result = results.next().await.expect("a result").expect("ok");
+        CancelFlightInfoResult::decode(result.body).expect("a CancelFlightInfoResult")
+    });
+    let next = tokio::time::timeout(Duration::from_secs(120), stream.next())
+        .await
+        .expect("the cancel arrives long before the query could finish")
+        .expect("an item");
+    let error = next.expect_err("cancelled");
+    assert!(error.to_string().contains("cancelled"), "{error}");
+    let result = cancel.await.expect("join");
+    assert_eq!(result.status, CancelStatus::Cancelled as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_and_missing_tokens() {
+    let h = start().await;
+    let mut c = client(&h).await;
+    let e = c
+        .handshake("alice", "wrong")
+        .await
+        .expect_err("wrong password");
+    assert!(
+        e.to_string().contains("Unauthenticated")
+            || e.to_string().contains("authentication failed"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(PASSWORD));
+    let e = c
+        .execute("SELECT 1".into(), None)
+        .await
+        .expect_err("no token");
+    assert!(e.to_string().contains("no bearer token"), "{e}");
+    c.set_token("made-up".into());
+    let e = c
+        .execute("SELECT 1".into(), None)
+        .await
+        .expect_err("unknown token");
+    assert!(e.to_string().contains("unknown bearer token"), "{e}");
+    // Errors keep their meaning: a missing table is NOT_FOUND with the SQLSTATE.
+    c.clear_token();
+    c.handshake("alice", PASSWORD).await.expect("handshake");
+    let e = c
+        .execute("SELECT * FROM bronze.nope".into(), None)
+        .await
+        .expect_err("missing table");
+    let text = e.to_string();
+    assert!(
+        text.contains("42P01") && text.contains("not found"),
+        "{text}"
+    );
+}
