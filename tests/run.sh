@@ -51,7 +51,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit, sqllogictest, integration)"
 cargo test --workspace --locked
 
-step "interop: Delta (deltalake Python package); az:// and s3:// warehouses (Azurite, moto); Postgres wire (psql, psycopg, pgjdbc)"
+step "interop: Delta (deltalake Python package); az:// and s3:// warehouses (Azurite, moto); Postgres wire (psql, psycopg, pgjdbc); Flight SQL (ADBC, pyarrow.flight)"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/interop
 
 step "the README's demo command"
