@@ -124,7 +124,7 @@ impl Server {
                 }
             };
         }
-        let service = FlightServiceServer::new(self.service)
+        let service = FlightServiceServer::new(service::Door(self.service))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);

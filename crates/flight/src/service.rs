@@ -1196,3 +1196,124 @@ fn empty(schema: SchemaRef) -> FlightStream<arrow_flight::FlightData> {
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(FlightError::from);
     batch_stream(schema, batch)
 }
+
+/// The gRPC service: Flight SQL as arrow-flight dispatches it, plus `GetSchema` (which its
+/// blanket implementation leaves unimplemented) for statement and prepared queries.
+#[derive(Clone)]
+pub struct Door(pub FlightSql);
+
+#[tonic::async_trait]
+impl FlightService for Door {
+    type HandshakeStream = <FlightSql as FlightService>::HandshakeStream;
+    type ListFlightsStream = <FlightSql as FlightService>::ListFlightsStream;
+    type DoGetStream = <FlightSql as FlightService>::DoGetStream;
+    type DoPutStream = <FlightSql as FlightService>::DoPutStream;
+    type DoExchangeStream = <FlightSql as FlightService>::DoExchangeStream;
+    type DoActionStream = <FlightSql as FlightService>::DoActionStream;
+    type ListActionsStream = <FlightSql as FlightService>::ListActionsStream;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        FlightService::handshake(&self.0, request).await
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<arrow_flight::Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        FlightService::list_flights(&self.0, request).await
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        FlightService::get_flight_info(&self.0, request).await
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<arrow_flight::PollInfo>, Status> {
+        FlightService::poll_flight_info(&self.0, request).await
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<arrow_flight::SchemaResult>, Status> {
+        let caller = self.0.caller(&request)?;
+        let any = arrow_flight::sql::Any::decode(request.get_ref().cmd.clone())
+            .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
+        let schema = if let Some(query) = any
+            .unpack::<CommandStatementQuery>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+        {
+            let statement = one_statement(&query.query)?;
+            self.0
+                .inner
+                .engine
+                .session()
+                .describe(&statement)
+                .await
+                .map_err(|e| status(&e))?
+                .columns
+                .unwrap_or_else(|| Arc::new(Schema::empty()))
+        } else if let Some(query) = any
+            .unpack::<CommandPreparedStatementQuery>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+        {
+            self.0
+                .prepared(&query.prepared_statement_handle, &caller)?
+                .dataset
+                .unwrap_or_else(|| Arc::new(Schema::empty()))
+        } else {
+            return Err(Status::unimplemented(format!(
+                "GetSchema of {}",
+                any.type_url
+            )));
+        };
+        let result: arrow_flight::SchemaResult =
+            SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+                .try_into()
+                .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        FlightService::do_get(&self.0, request).await
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<arrow_flight::FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        FlightService::do_put(&self.0, request).await
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<arrow_flight::FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        FlightService::do_exchange(&self.0, request).await
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        FlightService::do_action(&self.0, request).await
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<arrow_flight::Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        FlightService::list_actions(&self.0, request).await
+    }
+}

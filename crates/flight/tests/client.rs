@@ -115,6 +115,29 @@ async fn queries_prepared_statements_updates_and_ingest() {
     let totals: &Float64Array = batch.column(1).as_primitive();
     assert_eq!(totals.value(1), 179.0);
 
+    // GetSchema of a query, without running it.
+    let descriptor = arrow_flight::FlightDescriptor::new_cmd(
+        arrow_flight::sql::ProstMessageExt::as_any(&arrow_flight::sql::CommandStatementQuery {
+            query: "SELECT device_id, value FROM bronze.readings".into(),
+            transaction_id: None,
+        })
+        .encode_to_vec(),
+    );
+    let mut request = tonic::Request::new(descriptor);
+    let bearer = format!("Bearer {}", c.token().expect("a token after the handshake"));
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().expect("a header value"));
+    let result = c
+        .inner_mut()
+        .get_schema(request)
+        .await
+        .expect("get_schema")
+        .into_inner();
+    let schema = Schema::try_from(&result).expect("an IPC schema");
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["device_id", "value"]);
+
     // A prepared query with a parameter, bound twice.
     let mut prepared = c
         .prepare(
@@ -284,4 +307,62 @@ async fn refused_credentials_and_missing_tokens() {
         text.contains("42P01") && text.contains("not found"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_calls_answer_with_the_spec_schemas() {
+    use arrow_flight::sql::{
+        CommandGetCrossReference, CommandGetPrimaryKeys, CommandGetXdbcTypeInfo, SqlInfo,
+    };
+    let h = start().await;
+    let mut c = client(&h).await;
+    c.handshake("alice", PASSWORD).await.expect("handshake");
+    let count = |batches: &[RecordBatch]| batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+
+    let info = c
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog: None,
+            db_schema: Some("bronze".into()),
+            table: "readings".into(),
+        })
+        .await
+        .expect("primary keys");
+    let schema = info.clone().try_decode_schema().expect("a schema");
+    assert_eq!(schema.field(2).name(), "table_name");
+    let batches = rows(&mut c, info).await;
+    assert_eq!(count(&batches), 0, "Delta tables have no keys");
+
+    let info = c
+        .get_cross_reference(CommandGetCrossReference {
+            pk_catalog: None,
+            pk_db_schema: Some("bronze".into()),
+            pk_table: "readings".into(),
+            fk_catalog: None,
+            fk_db_schema: Some("bronze".into()),
+            fk_table: "readings".into(),
+        })
+        .await
+        .expect("cross reference");
+    assert_eq!(count(&rows(&mut c, info).await), 0);
+
+    let info = c
+        .get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .expect("type info");
+    assert!(count(&rows(&mut c, info).await) >= 10);
+
+    let info = c
+        .get_sql_info(vec![
+            SqlInfo::FlightSqlServerName,
+            SqlInfo::FlightSqlServerReadOnly,
+        ])
+        .await
+        .expect("sql info");
+    assert_eq!(count(&rows(&mut c, info).await), 2);
+
+    let info = c.get_table_types().await.expect("table types");
+    let batches = rows(&mut c, info).await;
+    let kinds = arrow::compute::cast(batches[0].column(0), &DataType::Utf8).expect("cast");
+    let kinds: Vec<&str> = kinds.as_string::<i32>().iter().flatten().collect();
+    assert_eq!(kinds, ["TABLE", "VIEW"]);
 }
