@@ -84,6 +84,30 @@ pub enum Access {
     InsecureNoAuth,
 }
 
+impl Access {
+    /// Checks that a door may serve `listen` with this access: no-auth only on loopback
+    /// (with a loud warning), and at least one user otherwise. `door` names it in messages.
+    pub fn check(&self, listen: std::net::SocketAddr, door: &str) -> Result<(), String> {
+        match self {
+            Access::InsecureNoAuth if !listen.ip().is_loopback() => Err(format!(
+                "no-auth mode only binds a loopback address, not {listen}"
+            )),
+            Access::InsecureNoAuth => {
+                warn!(
+                    addr = %listen,
+                    "{} WITHOUT AUTHENTICATION: anyone on this machine can read and write the warehouse (--insecure-no-auth)",
+                    door.to_uppercase()
+                );
+                Ok(())
+            }
+            Access::Users(users) if users.is_empty() => {
+                Err(format!("no users are configured for the {door}"))
+            }
+            Access::Users(_) => Ok(()),
+        }
+    }
+}
+
 /// A user as the server keeps it: SCRAM's salted password, computed once.
 struct Known {
     user: User,

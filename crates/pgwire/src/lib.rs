@@ -76,25 +76,10 @@ impl Server {
     /// Binds the address and loads TLS. Fails (never falls back to plaintext) when TLS is
     /// configured and unusable, and refuses no-auth mode on a non-loopback address.
     pub async fn bind(engine: medlake_engine::Engine, config: Config) -> Result<Self, Error> {
-        if let Access::InsecureNoAuth = config.access {
-            if !config.listen.ip().is_loopback() {
-                return Err(Error::Config(format!(
-                    "no-auth mode only binds a loopback address, not {}",
-                    config.listen
-                )));
-            }
-            warn!(
-                addr = %config.listen,
-                "POSTGRES DOOR WITHOUT AUTHENTICATION: anyone on this machine can read and write the warehouse (--insecure-no-auth)"
-            );
-        }
-        if let Access::Users(users) = &config.access
-            && users.is_empty()
-        {
-            return Err(Error::Config(
-                "no users are configured for the Postgres door".into(),
-            ));
-        }
+        config
+            .access
+            .check(config.listen, "postgres door")
+            .map_err(Error::Config)?;
         let tls = match &config.tls {
             Some(tls) => Some(load_tls(tls)?),
             None => None,
