@@ -59,6 +59,22 @@ struct Inner {
     running: Mutex<HashMap<Bytes, tokio::sync::watch::Sender<bool>>>,
 }
 
+/// A statement being streamed, registered for CancelFlightInfo until it is dropped.
+struct Running {
+    inner: Arc<Inner>,
+    handle: Bytes,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.handle);
+    }
+}
+
 /// A prepared statement: its text, parsed form, schemas, and the parameter rows bound by
 /// DoPut.
 #[derive(Clone)]
@@ -591,39 +607,23 @@ impl FlightSqlService for FlightSql {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(handle.clone(), stop);
-        let output = self.run(&caller, statement).await;
-        let inner = self.inner.clone();
-        let output = match output {
-            Ok(Output::Rows(stream)) => stream,
-            Ok(Output::Command { .. }) => {
+        // Forgotten when the stream ends or the client goes away.
+        let running = Running {
+            inner: self.inner.clone(),
+            handle,
+        };
+        let output = match self.run(&caller, statement).await? {
+            Output::Rows(stream) => stream,
+            Output::Command { .. } => {
                 return Err(Status::invalid_argument(
                     "the ticket's statement returns no rows",
                 ));
             }
-            Err(e) => {
-                inner
-                    .running
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&handle);
-                return Err(e);
-            }
         };
-        let data = flight_stream(schema, output, Some(stopped));
-        // Forget the run when its stream ends.
-        let data = data
-            .chain(stream::once(async move {
-                inner
-                    .running
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&handle);
-                Err(Status::ok(""))
-            }))
-            .take_while(|item| {
-                let end = matches!(item, Err(s) if s.code() == tonic::Code::Ok);
-                futures::future::ready(!end)
-            });
+        let data = flight_stream(schema, output, Some(stopped)).map(move |item| {
+            let _ = &running;
+            item
+        });
         Ok(Response::new(Box::pin(data)))
     }
 
