@@ -57,3 +57,43 @@ def loopback_server(args, port, name):
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def write_tls_files(root):
+    """A test certificate authority and a server certificate for localhost and 127.0.0.1:
+    writes server.crt, server.key and ca.crt into `root`, returns the CA as PEM text."""
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(root / "server.key"))
+    cert.cert_chain_pems[0].write_to_path(str(root / "server.crt"))
+    ca.cert_pem.write_to_path(str(root / "ca.crt"))
+    return ca.cert_pem.bytes().decode()
+
+
+class MedlakeServe:
+    """`medlake serve ARGS` with its output in root/serve.log; started when `ready` (a line
+    fragment such as "postgres on") appears; `stop()` ends it."""
+
+    def __init__(self, root, args, env, ready):
+        if not MEDLAKE or not os.path.exists(MEDLAKE):
+            pytest.fail(f"MEDLAKE_BIN must point at the medlake binary (got {MEDLAKE!r})")
+        self.log_path = root / "serve.log"
+        self.log = open(self.log_path, "w+")
+        self.process = subprocess.Popen([MEDLAKE, "serve", *args], stdout=self.log,
+                                        stderr=subprocess.STDOUT,
+                                        env=dict(os.environ, **env))
+        deadline = time.time() + 120
+        while ready not in self.log_path.read_text():
+            if self.process.poll() is not None or time.time() > deadline:
+                self.stop()
+                pytest.fail("medlake serve did not start:\n" + self.log_path.read_text())
+            time.sleep(0.2)
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()

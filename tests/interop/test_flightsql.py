@@ -1,17 +1,14 @@
 """`medlake serve`'s Arrow Flight SQL door with real clients: the ADBC Flight SQL driver (Go,
 from PyPI) and raw `pyarrow.flight`, over TLS with the users of the Postgres door."""
 
-import os
-import subprocess
 import time
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-import trustme
 
-from helpers import MEDLAKE, free_port, run_medlake
+from helpers import MedlakeServe, free_port, run_medlake, write_tls_files
 
 SEED = [
     """CREATE TABLE bronze.readings (
@@ -30,15 +27,10 @@ READER = ("dashboard", "reads gold only")
 
 
 def start(root, lifetime):
-    """A TLS-only server; returns (process, flight port, CA PEM text)."""
-    if not MEDLAKE or not os.path.exists(MEDLAKE):
-        pytest.fail(f"MEDLAKE_BIN must point at the medlake binary (got {MEDLAKE!r})")
+    """A TLS-only server; returns (the running server, flight port, CA PEM text)."""
     warehouse = root / "warehouse"
     run_medlake(warehouse, *SEED)
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert.private_key_pem.write_to_path(str(root / "server.key"))
-    cert.cert_chain_pems[0].write_to_path(str(root / "server.crt"))
+    ca = write_tls_files(root)
     (root / "reader.secret").write_text(READER[1])
     config = root / "medlake.toml"
     config.write_text(f"""
@@ -59,37 +51,20 @@ cert = "{root / 'server.crt'}"
 key = "{root / 'server.key'}"
 """)
     port = free_port()
-    log = open(root / "serve.log", "w+")
-    process = subprocess.Popen(
-        [MEDLAKE, "serve", "--warehouse", str(warehouse), "--config", str(config),
-         "--pg", "127.0.0.1:0", "--flight", f"127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-        env=dict(os.environ, TEST_ALICE_PASSWORD=ALICE[1]))
-    deadline = time.time() + 120
-    while "flight sql on" not in (root / "serve.log").read_text():
-        if process.poll() is not None or time.time() > deadline:
-            pytest.fail("medlake serve did not start:\n" + (root / "serve.log").read_text())
-        time.sleep(0.2)
-    return process, log, port, ca.cert_pem.bytes().decode()
-
-
-def stop(process, log):
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    serve = MedlakeServe(root, ["--warehouse", str(warehouse), "--config", str(config),
+                                "--pg", "127.0.0.1:0", "--flight", f"127.0.0.1:{port}"],
+                         {"TEST_ALICE_PASSWORD": ALICE[1]}, "flight sql on")
+    return serve, port, ca
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("flightsql")
-    process, log, port, ca = start(root, 3600)
+    serve, port, ca = start(root, 3600)
     try:
         yield {"port": port, "ca": ca, "root": root}
     finally:
-        stop(process, log)
+        serve.stop()
 
 
 def connect(server, user=ALICE):
@@ -250,7 +225,7 @@ def test_raw_pyarrow_flight_calls(server):
 
 
 def test_expired_tokens_are_refused(tmp_path):
-    process, log, port, ca = start(tmp_path, 1)
+    serve, port, ca = start(tmp_path, 1)
     try:
         client = flight.FlightClient(f"grpc+tls://localhost:{port}", tls_root_certs=ca.encode())
         header = client.authenticate_basic_token(ALICE[0], ALICE[1])
@@ -262,4 +237,4 @@ def test_expired_tokens_are_refused(tmp_path):
             client.get_flight_info(flight.FlightDescriptor.for_command(query), options)
         assert "expired" in str(expired.value)
     finally:
-        stop(process, log)
+        serve.stop()

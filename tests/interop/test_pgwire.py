@@ -7,13 +7,11 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 
 import psycopg
 import pytest
-import trustme
 
-from helpers import MEDLAKE, free_port, run_medlake
+from helpers import MedlakeServe, free_port, run_medlake, write_tls_files
 
 SEED = [
     """CREATE TABLE bronze.readings (
@@ -36,16 +34,10 @@ BOB = ("bob", "an old client's password")
 def server(tmp_path_factory):
     """A TLS-only server with a SCRAM user (password from the environment) and an md5 user
     (password from a secret file)."""
-    if not MEDLAKE or not os.path.exists(MEDLAKE):
-        pytest.fail(f"MEDLAKE_BIN must point at the medlake binary (got {MEDLAKE!r})")
     root = tmp_path_factory.mktemp("pgwire")
     warehouse = root / "warehouse"
     run_medlake(warehouse, *SEED)
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert.private_key_pem.write_to_path(str(root / "server.key"))
-    cert.cert_chain_pems[0].write_to_path(str(root / "server.crt"))
-    ca.cert_pem.write_to_path(str(root / "ca.crt"))
+    write_tls_files(root)
     (root / "bob.secret").write_text(BOB[1] + "\n")
     config = root / "medlake.toml"
     config.write_text(f"""
@@ -63,27 +55,13 @@ cert = "{root / 'server.crt'}"
 key = "{root / 'server.key'}"
 """)
     port = free_port()
-    log = open(root / "serve.log", "w+")
-    process = subprocess.Popen(
-        [MEDLAKE, "serve", "--warehouse", str(warehouse), "--config", str(config),
-         "--pg", f"127.0.0.1:{port}", "--flight", "127.0.0.1:0"],
-        stdout=log, stderr=subprocess.STDOUT,
-        env=dict(os.environ, TEST_ALICE_PASSWORD=ALICE[1]))
+    serve = MedlakeServe(root, ["--warehouse", str(warehouse), "--config", str(config),
+                                "--pg", f"127.0.0.1:{port}", "--flight", "127.0.0.1:0"],
+                         {"TEST_ALICE_PASSWORD": ALICE[1]}, "postgres on")
     try:
-        deadline = time.time() + 120
-        while "postgres on" not in (root / "serve.log").read_text():
-            if process.poll() is not None or time.time() > deadline:
-                pytest.fail("medlake serve did not start:\n" + (root / "serve.log").read_text())
-            time.sleep(0.2)
-        yield {"port": port, "ca": str(root / "ca.crt"), "root": root,
-               "log": root / "serve.log"}
+        yield {"port": port, "ca": str(root / "ca.crt"), "root": root, "log": serve.log_path}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        serve.stop()
 
 
 def conninfo(server, user=ALICE, **extra):
