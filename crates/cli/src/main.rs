@@ -48,6 +48,29 @@ enum Command {
         medlake serve --warehouse ./wh --config medlake.toml --pg 0.0.0.0:5432\n  \
         medlake serve --warehouse ./wh --insecure-no-auth     (loopback demo, no passwords)")]
     Serve(ServeArgs),
+    /// Copy every external table of a schema into materialized views of the same names in
+    /// another schema (bronze), a few tables at a time, with progress. Views that exist are
+    /// refreshed: incrementally for tables with a 'watermark' option.
+    #[command(after_help = "Examples:\n  \
+        medlake sql -c \"IMPORT FOREIGN SCHEMA dbo FROM SQLSERVER 'sqlserver://ehr-db/EHR' INTO ehr OPTIONS ('user' '${EHR_USER}', 'password' '${EHR_PASSWORD}')\"\n  \
+        medlake extract ehr --into bronze --parallel 4")]
+    Extract(ExtractArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExtractArgs {
+    /// Warehouse location: a folder, file://, az://, abfss://, s3:// or gs:// URL.
+    #[arg(long, env = "MEDLAKE_WAREHOUSE", default_value = "./warehouse")]
+    warehouse: String,
+    /// The schema of external tables to copy.
+    #[arg(value_name = "SCHEMA")]
+    from: String,
+    /// The schema that receives one materialized view per table.
+    #[arg(long, value_name = "SCHEMA", default_value = "bronze")]
+    into: String,
+    /// How many tables are copied at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -152,6 +175,7 @@ fn main() -> ExitCode {
             Command::Refresh(args) => refresh(args).await,
             Command::Apply(args) => apply(args).await,
             Command::Serve(args) => serve(args).await,
+            Command::Extract(args) => extract(args).await,
         }
     });
     match result {
@@ -209,6 +233,49 @@ async fn refresh(args: RefreshArgs) -> Result<(), Failure> {
                 outcome.reason
             );
         }
+    }
+    Ok(())
+}
+
+async fn extract(args: ExtractArgs) -> Result<(), Failure> {
+    let engine = Engine::open(&args.warehouse).await?;
+    let started = std::time::Instant::now();
+    eprintln!(
+        "extracting the external tables of {} into {}, {} at a time",
+        args.from, args.into, args.parallel
+    );
+    let width = 4;
+    let report = |e: &medlake_engine::Extracted, n: usize, total: usize| {
+        let line = match &e.outcome {
+            Ok(o) => format!(
+                "{} {} rows, {:.1} s, {}: {}",
+                o.status.as_str(),
+                o.rows_written,
+                e.elapsed.as_secs_f64(),
+                o.mode,
+                o.reason
+            ),
+            Err(err) => format!("FAILED after {:.1} s: {err}", e.elapsed.as_secs_f64()),
+        };
+        println!("[{n:>width$}/{total}] {} <- {}: {line}", e.view, e.source);
+    };
+    let results = engine
+        .extract(&args.from, &args.into, args.parallel, &report)
+        .await?;
+    let failed = results.iter().filter(|r| r.outcome.is_err()).count();
+    let rows: u64 = results
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().ok())
+        .map(|o| o.rows_written)
+        .sum();
+    println!(
+        "{} tables: {} succeeded, {failed} failed; {rows} rows written in {:.1} s",
+        results.len(),
+        results.len() - failed,
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        return Err(Failure::Reported);
     }
     Ok(())
 }

@@ -219,6 +219,11 @@ impl SchemaProvider for LakeSchema {
         let Ok(table) = TableName::new(&self.name, name) else {
             return Ok(None);
         };
+        match self.warehouse.external(&table).await {
+            Ok(Some(stored)) => return external_provider(&table, stored).map(Some),
+            Ok(None) => {}
+            Err(e) => return Err(DataFusionError::External(Box::new(e))),
+        }
         match self.warehouse.table_provider(&table, None).await {
             Ok((provider, _version)) => Ok(Some(provider)),
             Err(medlake_lake::Error::TableNotFound { .. }) => Ok(None),
@@ -252,4 +257,15 @@ impl SchemaProvider for LakeSchema {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .contains(name)
     }
+}
+
+/// An external table's provider, from its stored definition (no connection is made).
+pub(crate) fn external_provider(
+    table: &TableName,
+    stored: serde_json::Value,
+) -> DfResult<Arc<dyn TableProvider>> {
+    let definition: medlake_sources::Definition = serde_json::from_value(stored)
+        .map_err(|e| DataFusionError::Internal(format!("external table {table}: {e}")))?;
+    let external = medlake_sources::open(&definition)?;
+    Ok(external.provider())
 }

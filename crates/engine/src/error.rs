@@ -37,6 +37,10 @@ pub enum Error {
     #[error(transparent)]
     Views(#[from] medlake_views::Error),
 
+    /// A source connector's error (external tables).
+    #[error(transparent)]
+    Source(#[from] medlake_sources::Error),
+
     /// An error planning or running a query.
     #[error(transparent)]
     DataFusion(Box<DataFusionError>),
@@ -80,6 +84,8 @@ pub enum Code {
     IoError,
     /// A data file the table's log refers to is missing (e.g. removed by VACUUM).
     UndefinedFile,
+    /// The foreign-data class `HV` (external tables): `HV000` ... `HV024`.
+    Foreign(&'static str),
     Internal,
 }
 
@@ -114,6 +120,7 @@ impl Code {
             Code::OutOfMemory => "53200",
             Code::IoError => "58030",
             Code::UndefinedFile => "58P01",
+            Code::Foreign(sqlstate) => sqlstate,
             Code::Internal => "XX000",
         }
     }
@@ -128,6 +135,10 @@ impl From<DataFusionError> for Error {
 impl Error {
     /// The status of this error (the one mapping table).
     pub fn code(&self) -> Code {
+        // A source's failure keeps its code through whatever wrapped it (a refresh's write).
+        if let Some(source) = find_source_error(self) {
+            return source_code(source);
+        }
         match self {
             Error::Syntax { .. } => Code::SyntaxError,
             Error::NotSupported { .. } => Code::FeatureNotSupported,
@@ -137,6 +148,7 @@ impl Error {
             Error::Lake(e) => lake_code(e),
             Error::Views(e) => views_code(e),
             Error::DataFusion(e) => datafusion_code(e),
+            Error::Source(e) => source_code(e),
         }
     }
 }
@@ -180,13 +192,42 @@ fn views_code(e: &medlake_views::Error) -> Code {
         V::UpstreamFailed { .. } => Code::ObjectNotInPrerequisiteState,
         V::Lake(e) => lake_code(e),
         V::DataFusion(e) => datafusion_code(e),
+        V::Source { source, .. } => source_code(source),
         V::Internal(_) => Code::Internal,
     }
 }
 
 /// DataFusion reports most user errors as `Plan`/`Execution` strings: classify the common ones
 /// so that clients get a useful SQLSTATE instead of `XX000`.
+fn source_code(e: &medlake_sources::Error) -> Code {
+    match e.sqlstate() {
+        "22000" => Code::DataException,
+        sqlstate => Code::Foreign(sqlstate),
+    }
+}
+
+/// A connector's error inside `e`: wrapped by DataFusion (raised while a scan runs), by a
+/// Delta write that read from the scan, or by a refresh.
+fn find_source_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a medlake_sources::Error> {
+    let mut current: &(dyn std::error::Error + 'static) = e;
+    loop {
+        if let Some(found) = current.downcast_ref::<medlake_sources::Error>() {
+            return Some(found);
+        }
+        if let Some(DataFusionError::External(inner)) = current.downcast_ref::<DataFusionError>() {
+            current = inner.as_ref();
+            continue;
+        }
+        current = current.source()?;
+    }
+}
+
 fn datafusion_code(e: &DataFusionError) -> Code {
+    if let Some(source) = find_source_error(e as &(dyn std::error::Error + 'static)) {
+        return source_code(source);
+    }
     let message = e.to_string();
     if message.contains("Object at location") && message.contains("not found") {
         return Code::UndefinedFile;

@@ -160,6 +160,19 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// One table of [`Engine::extract`].
+#[derive(Debug)]
+pub struct Extracted {
+    /// The external table read.
+    pub source: TableName,
+    /// The materialized view written.
+    pub view: TableName,
+    /// Whether this run created the view (its first, full extraction).
+    pub created: bool,
+    pub outcome: std::result::Result<RefreshOutcome, Error>,
+    pub elapsed: Duration,
+}
+
 impl Engine {
     /// Opens the warehouse at `location` (a local folder, `file://`, `az://`, `abfss://`,
     /// `s3://`, `gs://`) and starts a session over it.
@@ -249,6 +262,120 @@ impl Engine {
             .views
             .refresh(&name, full, cascade, Trigger::Manual)
             .await?)
+    }
+
+    /// Copies every external table of schema `from` into a materialized view of the same name
+    /// in schema `into` (`into.t AS SELECT * FROM from.t`, created on first use), at most
+    /// `parallel` tables at a time: the original design's "copy the EHR's tables into bronze"
+    /// pipeline. Each view is its own atomic commit, so a table whose source fails is left as
+    /// it was and the others still land; `progress` hears of each table as it ends.
+    pub async fn extract(
+        &self,
+        from: &str,
+        into: &str,
+        parallel: usize,
+        progress: &(dyn Fn(&Extracted, usize, usize) + Send + Sync),
+    ) -> Result<Vec<Extracted>> {
+        use futures::StreamExt as _;
+        let warehouse = &self.shared.warehouse;
+        if !warehouse.schema_exists(into).await? {
+            return Err(medlake_lake::Error::SchemaNotFound {
+                schema: into.to_string(),
+            }
+            .into());
+        }
+        let mut sources = Vec::new();
+        for table in warehouse.list_tables(from).await? {
+            let name = TableName::new(from, table)?;
+            if warehouse.external(&name).await?.is_some() {
+                sources.push(name);
+            }
+        }
+        if sources.is_empty() {
+            return Err(Error::InvalidValue {
+                what: format!("schema {from}"),
+                reason: "holds no external tables (IMPORT FOREIGN SCHEMA or CREATE EXTERNAL TABLE first)".into(),
+            });
+        }
+        let total = sources.len();
+        let done = AtomicU64::new(0);
+        let results: Vec<Extracted> = futures::stream::iter(sources)
+            .map(|source| {
+                let done = &done;
+                async move {
+                    let started = std::time::Instant::now();
+                    let view = TableName::new(into, source.table.clone())?;
+                    let (created, outcome) = self.extract_one(&source, &view).await;
+                    let extracted = Extracted {
+                        source,
+                        view,
+                        created,
+                        outcome,
+                        elapsed: started.elapsed(),
+                    };
+                    let n = done.fetch_add(1, Ordering::Relaxed) as usize + 1;
+                    progress(&extracted, n, total);
+                    Ok::<_, Error>(extracted)
+                }
+            })
+            .buffer_unordered(parallel.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        self.shared.catalog.refresh().await?;
+        Ok(results)
+    }
+
+    async fn extract_one(
+        &self,
+        source: &TableName,
+        view: &TableName,
+    ) -> (bool, std::result::Result<RefreshOutcome, Error>) {
+        let existing = match self.shared.views.view(view).await {
+            Ok(existing) => existing,
+            Err(medlake_views::Error::Lake(medlake_lake::Error::TableNotFound { .. })) => None,
+            Err(e) => return (false, Err(e.into())),
+        };
+        if existing.is_some() {
+            let refreshed = self
+                .shared
+                .views
+                .refresh(view, false, false, Trigger::Manual)
+                .await
+                .map_err(Error::from)
+                .and_then(|outcomes| {
+                    outcomes
+                        .into_iter()
+                        .find(|o| &o.view == view)
+                        .ok_or_else(|| Error::Internal(format!("no outcome for {view}")))
+                });
+            return (false, refreshed);
+        }
+        let sql = format!(
+            "CREATE MATERIALIZED VIEW \"{}\".\"{}\" AS SELECT * FROM \"{}\".\"{}\"",
+            view.schema, view.table, source.schema, source.table
+        );
+        let create = match statement::parse_one(&sql) {
+            Ok(Statement::CreateMaterializedView(create)) => *create,
+            Ok(_) => return (false, Err(Error::Internal(format!("parsing {sql}")))),
+            Err(e) => return (false, Err(e)),
+        };
+        let mut create = create;
+        create.definition.default_schema = view.schema.clone();
+        match self
+            .shared
+            .views
+            .create(view, create, Trigger::Create)
+            .await
+        {
+            Ok(Some(outcome)) => (true, Ok(outcome)),
+            Ok(None) => (
+                false,
+                Err(Error::Internal(format!("{view} was not created"))),
+            ),
+            Err(e) => (false, Err(e.into())),
+        }
     }
 
     /// A new session (one per client connection): settings changed with `SET` stay in it.
@@ -386,6 +513,13 @@ impl Session {
                         .await?;
                     let files = outcome.files;
                     Ok(Output::batch(record_batch(vec![("path", text(files))])?))
+                }
+                Statement::ImportForeignSchema(import) => {
+                    let imported = self.import_foreign_schema(*import).await;
+                    let listed = self.shared.catalog.refresh().await;
+                    let batch = imported?;
+                    listed?;
+                    Ok(Output::batch(batch))
                 }
             }
         }
@@ -533,6 +667,11 @@ impl Session {
                 ("files_removed", T::Int64),
             ]))),
             Statement::Vacuum { .. } => Ok(no_parameters(static_columns(vec![("path", T::Utf8)]))),
+            Statement::ImportForeignSchema(_) => Ok(no_parameters(static_columns(vec![
+                ("table", T::Utf8),
+                ("remote_table", T::Utf8),
+                ("status", T::Utf8),
+            ]))),
             Statement::CreateMaterializedView(_)
             | Statement::RefreshMaterializedView { .. }
             | Statement::DropMaterializedView { .. } => Ok(no_parameters(None)),
@@ -831,9 +970,59 @@ impl Session {
             DdlStatement::CreateView(_) | DdlStatement::DropView(_) => Err(Error::NotSupported {
                 what: "plain views; use CREATE MATERIALIZED VIEW".into(),
             }),
-            DdlStatement::CreateExternalTable(_) => Err(Error::NotSupported {
-                what: "CREATE EXTERNAL TABLE: no source connector is installed yet".into(),
-            }),
+            DdlStatement::CreateExternalTable(create) => {
+                let name = self.resolve(&create.name)?;
+                self.check_writable(&name, "CREATE EXTERNAL TABLE").await?;
+                if create.or_replace {
+                    return Err(Error::NotSupported {
+                        what: "CREATE OR REPLACE EXTERNAL TABLE; drop the table first".into(),
+                    });
+                }
+                let kind = create.file_type.to_ascii_uppercase();
+                if !medlake_sources::KINDS.contains(&kind.as_str()) {
+                    return Err(Error::NotSupported {
+                        what: format!(
+                            "STORED AS {kind}: external tables read {}; warehouse tables are Delta tables made with CREATE TABLE",
+                            medlake_sources::KINDS.join(", ")
+                        ),
+                    });
+                }
+                if self.shared.warehouse.table_exists(&name).await? {
+                    if create.if_not_exists {
+                        return Ok(Output::command("CREATE EXTERNAL TABLE", 0));
+                    }
+                    return Err(medlake_lake::Error::TableExists {
+                        schema: name.schema.clone(),
+                        table: name.table.clone(),
+                    }
+                    .into());
+                }
+                // DataFusion files bare option keys under `format.`.
+                let options = create
+                    .options
+                    .into_iter()
+                    .map(|(k, v)| (k.strip_prefix("format.").unwrap_or(&k).to_string(), v))
+                    .collect();
+                let declared = Arc::new(create.schema.as_arrow().clone());
+                let location = match create.locations.as_slice() {
+                    [location] => location.clone(),
+                    _ => {
+                        return Err(Error::InvalidValue {
+                            what: "LOCATION".into(),
+                            reason: "an external table reads one source location".into(),
+                        });
+                    }
+                };
+                let definition =
+                    medlake_sources::define(&kind, &location, options, declared).await?;
+                let stored = serde_json::to_value(&definition)
+                    .map_err(|e| Error::Internal(format!("external table definition: {e}")))?;
+                self.shared
+                    .warehouse
+                    .create_external(&name, &stored, create.if_not_exists)
+                    .await?;
+                Ok(Output::command("CREATE EXTERNAL TABLE", 0))
+            }
             other => Err(Error::NotSupported {
                 what: other.name().to_string(),
             }),
@@ -862,6 +1051,120 @@ impl Session {
             format!("INSERT 0 {}", outcome.rows),
             outcome.rows,
         ))
+    }
+
+    /// Creates one external table per table of the remote schema. A table that cannot be
+    /// imported (an unsupported column type) is reported with the reason and the others are
+    /// still created; a table that exists is left as it is.
+    async fn import_foreign_schema(
+        &self,
+        import: statement::ImportForeignSchema,
+    ) -> Result<RecordBatch> {
+        let local_schema = import.into.clone();
+        if local_schema == medlake_views::system::SCHEMA {
+            return Err(Error::ReadOnly {
+                what: "the system schema is read-only (IMPORT FOREIGN SCHEMA)".into(),
+            });
+        }
+        if !self.shared.warehouse.schema_exists(&local_schema).await? {
+            return Err(medlake_lake::Error::SchemaNotFound {
+                schema: local_schema,
+            }
+            .into());
+        }
+        let options: std::collections::BTreeMap<String, String> =
+            import.options.iter().cloned().collect();
+        if options.contains_key("table") {
+            return Err(Error::InvalidValue {
+                what: "option 'table'".into(),
+                reason: "IMPORT FOREIGN SCHEMA names every table itself".into(),
+            });
+        }
+        let mut remote = medlake_sources::list_tables(
+            &import.kind,
+            &import.location,
+            &options,
+            &import.remote_schema,
+        )
+        .await?;
+        if let Some((limit_to, names)) = &import.only {
+            if *limit_to {
+                for name in names {
+                    if !remote.iter().any(|t| t.name.eq_ignore_ascii_case(name)) {
+                        return Err(medlake_sources::Error::RemoteTableNotFound {
+                            server: medlake_lake::redact(&import.location),
+                            table: format!("{}.{name}", import.remote_schema),
+                        }
+                        .into());
+                    }
+                }
+            }
+            remote.retain(|t| names.iter().any(|n| t.name.eq_ignore_ascii_case(n)) == *limit_to);
+        }
+        let (mut tables, mut remotes, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
+        for table in remote {
+            let local = TableName::new(&local_schema, table.name.to_lowercase());
+            let remote_name = format!("{}.{}", table.schema, table.name);
+            let (shown, status) = match local {
+                Err(e) => (String::new(), format!("skipped: {e}")),
+                Ok(local) => {
+                    let status = self.import_one(&import, &options, &table, &local).await?;
+                    (local.to_string(), status)
+                }
+            };
+            tables.push(shown);
+            remotes.push(remote_name);
+            statuses.push(status);
+        }
+        record_batch(vec![
+            ("table", text(tables)),
+            ("remote_table", text(remotes)),
+            ("status", text(statuses)),
+        ])
+    }
+
+    /// Imports one remote table as `local`; the status to report.
+    async fn import_one(
+        &self,
+        import: &statement::ImportForeignSchema,
+        options: &std::collections::BTreeMap<String, String>,
+        table: &medlake_sources::RemoteTable,
+        local: &TableName,
+    ) -> Result<String> {
+        if self.shared.warehouse.table_exists(local).await? {
+            return Ok("exists".into());
+        }
+        let mut options = options.clone();
+        options.insert(
+            "table".into(),
+            format!(
+                "[{}].[{}]",
+                table.schema.replace(']', "]]"),
+                table.name.replace(']', "]]")
+            ),
+        );
+        let defined = medlake_sources::define(
+            &import.kind,
+            &import.location,
+            options,
+            Arc::new(Schema::empty()),
+        )
+        .await;
+        let definition = match defined {
+            Ok(definition) => definition,
+            Err(e @ medlake_sources::Error::UnsupportedType { .. }) => {
+                return Ok(format!("skipped: {e}"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stored = serde_json::to_value(&definition)
+            .map_err(|e| Error::Internal(format!("external table definition: {e}")))?;
+        let created = self
+            .shared
+            .warehouse
+            .create_external(local, &stored, true)
+            .await?;
+        Ok(if created { "created" } else { "exists" }.into())
     }
 
     async fn describe_history(&self, name: &TableName, limit: Option<usize>) -> Result<Output> {

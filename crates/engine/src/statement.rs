@@ -55,6 +55,9 @@ pub enum Statement {
     DropMaterializedView { name: ObjectName, if_exists: bool },
     /// `SHOW MATERIALIZED VIEWS`
     ShowMaterializedViews,
+    /// `IMPORT FOREIGN SCHEMA remote [LIMIT TO (t, ...) | EXCEPT (t, ...)] FROM SQLSERVER
+    /// 'location' INTO local [OPTIONS ('k' 'v', ...)]`: one external table per remote table.
+    ImportForeignSchema(Box<ImportForeignSchema>),
     /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`
     Vacuum {
         table: ObjectName,
@@ -62,6 +65,21 @@ pub enum Statement {
         dry_run: bool,
         force: bool,
     },
+}
+
+/// `IMPORT FOREIGN SCHEMA`, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportForeignSchema {
+    /// The remote schema, as written (SQL Server names are case-insensitive).
+    pub remote_schema: String,
+    /// `LIMIT TO` (true) or `EXCEPT` (false) and the remote table names.
+    pub only: Option<(bool, Vec<String>)>,
+    /// The source kind (`SQLSERVER`).
+    pub kind: String,
+    pub location: String,
+    /// The local schema the external tables are created in.
+    pub into: String,
+    pub options: Vec<(String, String)>,
 }
 
 impl Statement {
@@ -377,6 +395,76 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
             }
             expect_end(parser, "OPTIMIZE")?;
             Ok(Some(Statement::Optimize { table, zorder }))
+        }
+        "IMPORT" => {
+            parser.next_token();
+            if !word(parser, "FOREIGN") || !parser.parse_keyword(Keyword::SCHEMA) {
+                return Err(syntax("expected FOREIGN SCHEMA after IMPORT"));
+            }
+            let remote_schema = parser.parse_identifier().map_err(syntax)?.value;
+            let only = if parser.parse_keywords(&[Keyword::LIMIT, Keyword::TO]) {
+                Some(true)
+            } else if parser.parse_keyword(Keyword::EXCEPT) {
+                Some(false)
+            } else {
+                None
+            };
+            let only = match only {
+                None => None,
+                Some(limit_to) => {
+                    parser.expect_token(&Token::LParen).map_err(syntax)?;
+                    let mut names = Vec::new();
+                    loop {
+                        names.push(parser.parse_identifier().map_err(syntax)?.value);
+                        if !parser.consume_token(&Token::Comma) {
+                            break;
+                        }
+                    }
+                    parser.expect_token(&Token::RParen).map_err(syntax)?;
+                    Some((limit_to, names))
+                }
+            };
+            if !parser.parse_keyword(Keyword::FROM) {
+                return Err(syntax(
+                    "expected FROM SQLSERVER 'sqlserver://host/database' in IMPORT FOREIGN SCHEMA",
+                ));
+            }
+            let kind = parser
+                .parse_identifier()
+                .map_err(syntax)?
+                .value
+                .to_ascii_uppercase();
+            let location = parser.parse_literal_string().map_err(syntax)?;
+            if !parser.parse_keyword(Keyword::INTO) {
+                return Err(syntax(
+                    "expected INTO local_schema in IMPORT FOREIGN SCHEMA",
+                ));
+            }
+            let into = normalize(&parser.parse_identifier().map_err(syntax)?);
+            let mut options = Vec::new();
+            if parser.parse_keyword(Keyword::OPTIONS) {
+                parser.expect_token(&Token::LParen).map_err(syntax)?;
+                loop {
+                    let key = parser.parse_literal_string().map_err(syntax)?;
+                    let value = parser.parse_literal_string().map_err(syntax)?;
+                    options.push((key.to_ascii_lowercase(), value));
+                    if !parser.consume_token(&Token::Comma) {
+                        break;
+                    }
+                }
+                parser.expect_token(&Token::RParen).map_err(syntax)?;
+            }
+            expect_end(parser, "IMPORT FOREIGN SCHEMA")?;
+            Ok(Some(Statement::ImportForeignSchema(Box::new(
+                ImportForeignSchema {
+                    remote_schema,
+                    only,
+                    kind,
+                    location,
+                    into,
+                    options,
+                },
+            ))))
         }
         "VACUUM" => {
             parser.next_token();

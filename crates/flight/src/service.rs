@@ -169,6 +169,9 @@ fn status(e: &medlake_engine::Error) -> Status {
             Status::invalid_argument(message)
         }
         "55000" | "40001" => Status::failed_precondition(message),
+        "HV00N" => Status::unavailable(message),
+        "HV00R" => Status::not_found(message),
+        "HV004" | "HV00D" | "HV024" => Status::invalid_argument(message),
         _ => Status::internal(message),
     }
 }

@@ -37,6 +37,9 @@ const SCHEMA_MARKER: &str = "_medlake_schema.json";
 /// The object that hides a table whose files are being deleted by DROP TABLE.
 const DROPPED_MARKER: &str = "_medlake_dropped";
 const DELTA_LOG: &str = "_delta_log";
+/// The object that makes a table folder an external table: its definition (source kind,
+/// location, options with `${NAME}` secret references, never secret values).
+const EXTERNAL_MARKER: &str = "_medlake_external.json";
 
 /// A table of the warehouse: `schema.table`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -362,7 +365,17 @@ impl Warehouse {
             .objects
             .iter()
             .any(|o| o.location.filename() == Some(DROPPED_MARKER));
-        if !has_log || dropped {
+        let external = listing
+            .objects
+            .iter()
+            .any(|o| o.location.filename() == Some(EXTERNAL_MARKER));
+        if dropped {
+            return Ok(false);
+        }
+        if external {
+            return Ok(true);
+        }
+        if !has_log {
             return Ok(false);
         }
         // A folder whose log holds no commit yet (a crashed CREATE) is not a table.
@@ -851,6 +864,53 @@ impl Warehouse {
             }
         }
         Ok(())
+    }
+
+    /// `CREATE EXTERNAL TABLE`: stores the definition of a table whose rows live in a source
+    /// (one atomic put). Returns false when the table existed and `if_not_exists` was given.
+    #[instrument(skip(self, definition), fields(table = %name))]
+    pub async fn create_external(
+        &self,
+        name: &TableName,
+        definition: &Value,
+        if_not_exists: bool,
+    ) -> Result<bool> {
+        if !self.prepare_create(name, if_not_exists).await? {
+            return Ok(false);
+        }
+        let path = self.path(&[&name.schema, &name.table, EXTERNAL_MARKER]);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(definition.to_string()), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) if if_not_exists => Ok(false),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(Self::exists_error(name)),
+            Err(e) => Err(Error::store(&path, e)),
+        }
+    }
+
+    /// The stored definition of an external table; `None` if `name` is not one (a Delta
+    /// table, or nothing).
+    pub async fn external(&self, name: &TableName) -> Result<Option<Value>> {
+        let folder = self.path(&[&name.schema, &name.table]);
+        if self.exists(&folder.clone().join(DROPPED_MARKER)).await? {
+            return Ok(None);
+        }
+        let path = folder.join(EXTERNAL_MARKER);
+        let bytes = match self.store.get(&path).await {
+            Ok(got) => got.bytes().await.map_err(|e| Error::store(&path, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(&path, e)),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Internal(format!("external table {name}: unreadable definition: {e}"))
+        })
     }
 
     /// The commit versions present in a table folder's log, ascending.

@@ -68,6 +68,14 @@ pub enum Error {
     #[error(transparent)]
     DataFusion(Box<DataFusionError>),
 
+    /// An external input (a source connector) failed: unreachable, refused, or lost mid-read.
+    #[error("{table}: {source}")]
+    Source {
+        table: String,
+        #[source]
+        source: medlake_sources::Error,
+    },
+
     /// A broken invariant: a bug in medlake.
     #[error("internal error: {0}")]
     Internal(String),

@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{Instrument, info, info_span, warn};
 
+use medlake_sources::{External, Watermarked};
+
 use crate::definition::{CreateView, ViewDefinition};
 use crate::error::{Error, Result};
 use crate::expect::{Checks, ExpectationsExec, PlannedTable, Rule};
@@ -59,6 +61,10 @@ pub struct RefreshState {
     /// name is a different table, whatever its version.
     #[serde(default)]
     pub input_ids: BTreeMap<String, String>,
+    /// The watermark each external input with a watermark column was read up to (`None`: no
+    /// row had one). The next refresh extracts only rows above it.
+    #[serde(default)]
+    pub input_marks: BTreeMap<String, Option<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -153,6 +159,15 @@ struct Pinned {
     ctx: SessionContext,
     plan: LogicalPlan,
     inputs: BTreeMap<TableName, (u64, Arc<dyn TableProvider>, String)>,
+    /// The inputs that are external tables (their version above is 0).
+    external: BTreeMap<TableName, ExternalPin>,
+}
+
+/// An external input: read up to its high watermark when it has a watermark column.
+struct ExternalPin {
+    table: Arc<dyn External>,
+    watermarked: Option<Arc<dyn Watermarked>>,
+    mark: Option<String>,
 }
 
 impl Pinned {
@@ -167,6 +182,24 @@ impl Pinned {
         self.inputs
             .iter()
             .map(|(name, (_, _, id))| (name.to_string(), id.clone()))
+            .collect()
+    }
+
+    /// The error an external input's scan raised, typed (a Delta write keeps only its text).
+    fn source_failure(&self) -> Option<Error> {
+        self.external.iter().find_map(|(name, pin)| {
+            pin.table.take_failure().map(|source| Error::Source {
+                table: name.to_string(),
+                source,
+            })
+        })
+    }
+
+    fn marks(&self) -> BTreeMap<String, Option<String>> {
+        self.external
+            .iter()
+            .filter(|(_, pin)| pin.watermarked.is_some())
+            .map(|(name, pin)| (name.to_string(), pin.mark.clone()))
             .collect()
     }
 }
@@ -369,6 +402,7 @@ impl Views {
         let catalog = Arc::new(MemoryCatalogProvider::new());
         let mut schemas: BTreeMap<String, Arc<MemorySchemaProvider>> = BTreeMap::new();
         let mut inputs = BTreeMap::new();
+        let mut external = BTreeMap::new();
         for reference in ctx.state().resolve_table_references(&statement)? {
             let input = resolve(&reference, &definition.default_schema)?;
             if input == *name {
@@ -379,8 +413,14 @@ impl Views {
             if inputs.contains_key(&input) {
                 continue;
             }
-            let (provider, version, table_id) =
-                self.inner.warehouse.table_provider_with_id(&input).await?;
+            let (provider, version, table_id) = match self.inner.warehouse.external(&input).await? {
+                Some(stored) => {
+                    let (provider, id, pin) = pin_external(&input, stored).await?;
+                    external.insert(input.clone(), pin);
+                    (provider, 0, id)
+                }
+                None => self.inner.warehouse.table_provider_with_id(&input).await?,
+            };
             schemas
                 .entry(input.schema.clone())
                 .or_insert_with(|| Arc::new(MemorySchemaProvider::new()))
@@ -399,7 +439,12 @@ impl Views {
         }
         ctx.register_catalog("medlake", catalog);
         let plan = ctx.state().statement_to_plan(statement).await?;
-        Ok(Pinned { ctx, plan, inputs })
+        Ok(Pinned {
+            ctx,
+            plan,
+            inputs,
+            external,
+        })
     }
 
     /// Plans the view's expectations against the query's output.
@@ -535,7 +580,12 @@ impl Views {
                     &options,
                 )
                 .await
-                .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
+                .map_err(|e| {
+                    checks
+                        .failure()
+                        .or_else(|| pinned.source_failure())
+                        .unwrap_or(Error::Lake(e))
+                })?;
             Ok::<_, Error>((created, inputs, checks))
         }
         .instrument(span)
@@ -848,22 +898,45 @@ impl Views {
         } else if full {
             (Plan::Full, "FULL was asked for".to_string())
         } else {
-            let changed: Vec<(&TableName, u64, Option<u64>)> = pinned
+            let changed: Vec<(&TableName, Change)> = pinned
                 .inputs
                 .iter()
-                .map(|(t, (v, _, table_id))| {
+                .filter_map(|(t, (v, _, table_id))| {
                     let key = t.to_string();
                     let same_table = view
                         .last
                         .input_ids
                         .get(&key)
                         .is_none_or(|recorded| recorded == table_id);
-                    let before = view.last.inputs.get(&key).copied().filter(|_| same_table);
-                    (t, *v, before)
+                    match pinned.external.get(t) {
+                        Some(ExternalPin {
+                            watermarked: Some(source),
+                            mark,
+                            ..
+                        }) => {
+                            let before = view.last.input_marks.get(&key).filter(|_| same_table);
+                            (before != Some(mark)).then(|| {
+                                (
+                                    t,
+                                    Change::Marked {
+                                        source: source.clone(),
+                                        before: before.cloned(),
+                                        now: mark.clone(),
+                                    },
+                                )
+                            })
+                        }
+                        Some(ExternalPin {
+                            watermarked: None, ..
+                        }) => Some((t, Change::Unmarked)),
+                        None => {
+                            let before = view.last.inputs.get(&key).copied().filter(|_| same_table);
+                            (Some(*v) != before).then_some((t, Change::Delta { now: *v, before }))
+                        }
+                    }
                 })
-                .filter(|(_, now, before)| Some(*now) != *before)
                 .collect();
-            match changed.as_slice() {
+            let single = match changed.as_slice() {
                 [] => {
                     return Ok(RefreshOutcome {
                         view: name.clone(),
@@ -884,19 +957,100 @@ impl Views {
                         expectations: Vec::new(),
                     });
                 }
-                [(table, now, Some(before))] => {
+                [
+                    (
+                        table,
+                        Change::Delta {
+                            now,
+                            before: Some(before),
+                        },
+                    ),
+                ] => Ok((
+                    *table,
+                    format!("versions {before} to {now}"),
+                    Some((*before, *now)),
+                    None,
+                )),
+                [
+                    (
+                        table,
+                        Change::Marked {
+                            source,
+                            before: Some(Some(before)),
+                            now: Some(now),
+                        },
+                    ),
+                ] => Ok((
+                    *table,
+                    format!("watermark {} from {before} to {now}", source.column()),
+                    None,
+                    Some(source.between(before, now).map_err(|e| e.to_string())),
+                )),
+                [(table, Change::Delta { before: None, .. })] => Err((
+                    Plan::Full,
+                    format!("{table} is a new input, or was dropped and created again"),
+                )),
+                [
+                    (
+                        table,
+                        Change::Marked {
+                            before: None,
+                            now,
+                            source,
+                        },
+                    ),
+                ] => Err((
+                    Plan::Full,
+                    format!(
+                        "first extraction of {table} (watermark {} up to {})",
+                        source.column(),
+                        now.as_deref().unwrap_or("none: no row has one")
+                    ),
+                )),
+                [(table, Change::Marked { source, .. })] => Err((
+                    Plan::Full,
+                    format!(
+                        "{table} no longer has rows with a watermark ({}); extracted fully",
+                        source.column()
+                    ),
+                )),
+                [(table, Change::Unmarked)] => Err((
+                    Plan::Full,
+                    format!(
+                        "{table} is an external table without a watermark column; extracted fully"
+                    ),
+                )),
+                many => Err((
+                    Plan::Full,
+                    format!(
+                        "{} inputs changed ({}); incremental refresh handles one changed input",
+                        many.len(),
+                        many.iter()
+                            .map(|(t, _)| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            };
+            match single {
+                Err(full) => full,
+                Ok((table, span, delta_span, external_rows)) => {
                     let rule_over_time = definition.expectations.iter().find(|e| {
                         pinned
                             .ctx
                             .parse_sql_expr(&e.expression, pinned.plan.schema())
                             .map_or(true, |expr| incremental::time_dependent(&expr))
                     });
-                    let new_rows = match rule_over_time {
-                        Some(rule) => Err(format!(
+                    let new_rows = match (rule_over_time, delta_span, external_rows) {
+                        (Some(rule), _, _) => Err(format!(
                             "expectation '{}' depends on the time of the refresh; refreshed fully",
                             rule.name
                         )),
-                        None => self.new_rows(table, *before, *now, &pinned).await,
+                        (None, Some((before, now)), _) => {
+                            self.new_rows(table, before, now, &pinned).await
+                        }
+                        (None, None, Some(rows)) => rows,
+                        (None, None, None) => Err("nothing to read".to_string()),
                     };
                     match new_rows {
                         Err(reason) => (Plan::Full, reason),
@@ -908,50 +1062,35 @@ impl Views {
                             Err(reason) => (Plan::Full, format!("{reason}; refreshed fully")),
                             Ok(Shape::Linear) => (
                                 Plan::Linear {
-                                    table: (*table).clone(),
+                                    table: table.clone(),
                                     new_rows,
                                 },
                                 format!(
-                                    "{table} gained rows (versions {before} to {now}); appended the view's rows for them"
+                                    "{table} gained rows ({span}); appended the view's rows for them"
                                 ),
                             ),
                             Ok(Shape::Distinct) => (
                                 Plan::Distinct {
-                                    table: (*table).clone(),
+                                    table: table.clone(),
                                     new_rows,
                                 },
                                 format!(
-                                    "{table} gained rows (versions {before} to {now}); appended the distinct rows the view did not hold"
+                                    "{table} gained rows ({span}); appended the distinct rows the view did not hold"
                                 ),
                             ),
                             Ok(Shape::Grouped(grouped)) => (
                                 Plan::Grouped {
-                                    table: (*table).clone(),
+                                    table: table.clone(),
                                     new_rows,
                                     grouped,
                                 },
                                 format!(
-                                    "{table} gained rows (versions {before} to {now}); recomputed the groups they touch"
+                                    "{table} gained rows ({span}); recomputed the groups they touch"
                                 ),
                             ),
                         },
                     }
                 }
-                [(table, _, None)] => (
-                    Plan::Full,
-                    format!("{table} is a new input, or was dropped and created again"),
-                ),
-                many => (
-                    Plan::Full,
-                    format!(
-                        "{} inputs changed ({}); incremental refresh handles one changed input",
-                        many.len(),
-                        many.iter()
-                            .map(|(t, _, _)| t.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ),
             }
         };
         let ctx = &pinned.ctx;
@@ -1044,7 +1183,12 @@ impl Views {
         let written = warehouse
             .write_with(name, input, state, write_mode, &options)
             .await
-            .map_err(|e| checks.failure().unwrap_or(Error::Lake(e)))?;
+            .map_err(|e| {
+                checks
+                    .failure()
+                    .or_else(|| pinned.source_failure())
+                    .unwrap_or(Error::Lake(e))
+            })?;
         Ok(RefreshOutcome {
             view: name.clone(),
             refresh_id: id.to_string(),
@@ -1242,6 +1386,60 @@ fn expectation_counts(checks: &Checks) -> Vec<(String, String, &'static str, u64
         .collect()
 }
 
+/// How an input changed since the view's last refresh.
+enum Change {
+    Delta {
+        now: u64,
+        before: Option<u64>,
+    },
+    Marked {
+        source: Arc<dyn Watermarked>,
+        /// `None`: never extracted; `Some(None)`: extracted when no row had a watermark.
+        before: Option<Option<String>>,
+        now: Option<String>,
+    },
+    Unmarked,
+}
+
+/// Opens an external input from its stored definition, pinned at its current high watermark.
+async fn pin_external(
+    name: &TableName,
+    stored: Value,
+) -> Result<(Arc<dyn TableProvider>, String, ExternalPin)> {
+    let source_error = |e: medlake_sources::Error| Error::Source {
+        table: name.to_string(),
+        source: e,
+    };
+    let definition: medlake_sources::Definition = serde_json::from_value(stored)
+        .map_err(|e| Error::Internal(format!("external table {name}: {e}")))?;
+    let table = medlake_sources::open(&definition).map_err(source_error)?;
+    let id = definition.id();
+    match table.clone().watermarked() {
+        Some(source) => {
+            let mark = source.high_mark().await.map_err(source_error)?;
+            let provider = source.upto(mark.as_deref()).map_err(source_error)?;
+            Ok((
+                provider,
+                id,
+                ExternalPin {
+                    table,
+                    watermarked: Some(source),
+                    mark,
+                },
+            ))
+        }
+        None => Ok((
+            table.clone().provider(),
+            id,
+            ExternalPin {
+                table,
+                watermarked: None,
+                mark: None,
+            },
+        )),
+    }
+}
+
 fn commit_options(
     definition: &ViewDefinition,
     id: &str,
@@ -1258,6 +1456,7 @@ fn commit_options(
             started,
             inputs: pinned.versions(),
             input_ids: pinned.ids(),
+            input_marks: pinned.marks(),
         },
     };
     let value = serde_json::to_value(&stored)

@@ -1,0 +1,81 @@
+//! Errors of the connectors. Messages name the source, the table and the option or column at
+//! fault, carry the source's own message, and never a secret.
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown source kind '{kind}': STORED AS accepts SQLSERVER")]
+    UnknownKind { kind: String },
+
+    #[error("option '{option}': {reason}")]
+    InvalidOption { option: String, reason: String },
+
+    #[error("option '{option}' reads environment variable {variable}, which is not set")]
+    MissingSecret { option: String, variable: String },
+
+    #[error("cannot connect to {server}: {message}")]
+    Connect { server: String, message: String },
+
+    #[error("{server} refused the login: {message}")]
+    LoginFailed { server: String, message: String },
+
+    #[error("{server} has no table {table}")]
+    RemoteTableNotFound { server: String, table: String },
+
+    #[error(
+        "column '{column}' of {table} has type {remote_type}, which medlake cannot read: {hint}"
+    )]
+    UnsupportedType {
+        table: String,
+        column: String,
+        remote_type: String,
+        hint: String,
+    },
+
+    #[error("{server}: {message}")]
+    Remote {
+        server: String,
+        /// The source's error number (SQL Server's, e.g. 208).
+        code: Option<u32>,
+        message: String,
+    },
+
+    #[error("{server}: the connection was lost while reading {table}: {message}")]
+    ConnectionLost {
+        server: String,
+        table: String,
+        message: String,
+    },
+
+    #[error("{server}: timed out after {seconds} s {during}")]
+    Timeout {
+        server: String,
+        seconds: u64,
+        during: String,
+    },
+
+    #[error("{what}: {message}")]
+    Data { what: String, message: String },
+}
+
+impl Error {
+    /// The SQLSTATE of the error (the foreign-data class `HV` of the SQL standard).
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Error::UnknownKind { .. } => "HV00D",
+            Error::InvalidOption { .. } | Error::MissingSecret { .. } => "HV024",
+            Error::Connect { .. } | Error::LoginFailed { .. } | Error::Timeout { .. } => "HV00N",
+            Error::RemoteTableNotFound { .. } => "HV00R",
+            Error::UnsupportedType { .. } => "HV004",
+            Error::Remote { .. } | Error::ConnectionLost { .. } => "HV000",
+            Error::Data { .. } => "22000",
+        }
+    }
+}
+
+impl From<Error> for datafusion::error::DataFusionError {
+    fn from(e: Error) -> Self {
+        datafusion::error::DataFusionError::External(Box::new(e))
+    }
+}

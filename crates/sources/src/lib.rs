@@ -1,0 +1,137 @@
+//! medlake's source connectors: tables whose rows live outside the warehouse, declared with
+//! `CREATE EXTERNAL TABLE ... STORED AS <KIND> LOCATION '...' OPTIONS (...)`.
+//!
+//! A [`Definition`] is what the catalog stores for such a table: the kind, the location, the
+//! options as written (secrets only as `${NAME}` references, resolved from the environment
+//! each time a connection is made) and the remote columns read when the table was created, so
+//! that a table opens and plans without contacting its source.
+//!
+//! Every connector is a DataFusion `TableProvider`; connectors that can extract incrementally
+//! also implement [`Watermarked`]: rows up to a high mark, and rows between two marks.
+
+pub mod error;
+pub mod secret;
+pub mod sqlserver;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use serde::{Deserialize, Serialize};
+
+pub use error::{Error, Result};
+
+/// The source kinds that `STORED AS` accepts (upper case, as DataFusion passes them).
+pub const KINDS: &[&str] = &["SQLSERVER"];
+
+/// A stored external table definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    /// `sqlserver`
+    pub kind: String,
+    /// Where the source is, e.g. `sqlserver://host:1433/EHR`. Never holds a secret.
+    pub location: String,
+    /// The options as written; secrets only as `${NAME}`.
+    pub options: BTreeMap<String, String>,
+    /// What the connector read from the source when the table was created (remote columns
+    /// and their types).
+    pub remote: serde_json::Value,
+    /// When the table was created (RFC 3339).
+    pub created: String,
+}
+
+impl Definition {
+    /// An identity that changes when the table is dropped and created again.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.kind, self.created)
+    }
+
+    /// The watermark column, if the table was declared with one.
+    pub fn watermark(&self) -> Option<&str> {
+        self.options.get("watermark").map(String::as_str)
+    }
+}
+
+/// Validates a `CREATE EXTERNAL TABLE`, connects to the source to read its columns, and
+/// returns the definition to store. `declared` is the column list written in the statement
+/// (empty: every remote column).
+pub async fn define(
+    kind: &str,
+    location: &str,
+    options: BTreeMap<String, String>,
+    declared: SchemaRef,
+) -> Result<Definition> {
+    match kind.to_ascii_uppercase().as_str() {
+        "SQLSERVER" => sqlserver::define(location, options, declared).await,
+        other => Err(Error::UnknownKind {
+            kind: other.to_string(),
+        }),
+    }
+}
+
+/// Opens a stored definition as a table (no connection is made until it is scanned).
+pub fn open(definition: &Definition) -> Result<Arc<dyn External>> {
+    match definition.kind.as_str() {
+        "sqlserver" => Ok(Arc::new(sqlserver::SqlServerTable::open(definition)?)),
+        other => Err(Error::UnknownKind {
+            kind: other.to_string(),
+        }),
+    }
+}
+
+/// An external table: a table provider, plus incremental extraction when it has a watermark.
+#[async_trait]
+pub trait External: Send + Sync + std::fmt::Debug {
+    /// Every row of the table.
+    fn provider(self: Arc<Self>) -> Arc<dyn TableProvider>;
+
+    /// The watermark side, if the table was declared with a watermark column.
+    fn watermarked(self: Arc<Self>) -> Option<Arc<dyn Watermarked>>;
+
+    /// The first error a scan of this table raised, taken (once). A Delta write that read
+    /// the scan reports only the error's text; this keeps its kind (SQLSTATE).
+    fn take_failure(&self) -> Option<Error>;
+}
+
+/// Incremental extraction by a watermark column (a modified-at column, a rowversion, an
+/// increasing id). Marks are strings so that they can be stored in a commit's metadata.
+#[async_trait]
+pub trait Watermarked: Send + Sync + std::fmt::Debug {
+    /// The watermark column.
+    fn column(&self) -> &str;
+
+    /// The highest watermark at the source now; `None` when no row has one.
+    async fn high_mark(&self) -> Result<Option<String>>;
+
+    /// The rows whose watermark is at most `mark`, and those without a watermark (NULL):
+    /// what a full extraction pinned at `mark` reads.
+    fn upto(&self, mark: Option<&str>) -> Result<Arc<dyn TableProvider>>;
+
+    /// The rows whose watermark is above `after` and at most `upto`: what changed between two
+    /// extractions.
+    fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>>;
+}
+
+/// The tables of a remote schema, for `IMPORT FOREIGN SCHEMA`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteTable {
+    pub schema: String,
+    pub name: String,
+}
+
+/// Lists the tables of `remote_schema` at the source.
+pub async fn list_tables(
+    kind: &str,
+    location: &str,
+    options: &BTreeMap<String, String>,
+    remote_schema: &str,
+) -> Result<Vec<RemoteTable>> {
+    match kind.to_ascii_uppercase().as_str() {
+        "SQLSERVER" => sqlserver::list_tables(location, options, remote_schema).await,
+        other => Err(Error::UnknownKind {
+            kind: other.to_string(),
+        }),
+    }
+}

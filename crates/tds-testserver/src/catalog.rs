@@ -1,0 +1,305 @@
+//! The declared tables, held in memory with their SQL Server column types, and the
+//! INFORMATION_SCHEMA views derived from them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Int16Array, Int32Array, RecordBatch, StringArray, UInt8Array, new_null_array,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+
+use crate::encode::normalize_guid_array;
+use crate::types::{Column, SqlType};
+
+/// Why a table could not be declared or extended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CatalogError {
+    #[error("table {schema}.{table} has no columns")]
+    NoColumns { schema: String, table: String },
+    #[error("table {schema}.{table} is not declared")]
+    TableNotFound { schema: String, table: String },
+    #[error("batch for {schema}.{table} has {got} columns, the table has {want}")]
+    ColumnCount {
+        schema: String,
+        table: String,
+        got: usize,
+        want: usize,
+    },
+    #[error("column {column}: {detail}")]
+    Column { column: String, detail: String },
+}
+
+/// A declared table.
+#[derive(Debug, Clone)]
+pub(crate) struct Table {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Lower-case field names; this is the schema DataFusion sees.
+    pub arrow_schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Table {
+    pub(crate) fn column(&self, lower_name: &str) -> Option<&Column> {
+        self.columns
+            .iter()
+            .find(|c| c.name.to_lowercase() == lower_name)
+    }
+}
+
+/// Key: (lower-case schema, lower-case table).
+pub(crate) type Key = (String, String);
+
+pub(crate) fn key(schema: &str, table: &str) -> Key {
+    (schema.to_lowercase(), table.to_lowercase())
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Catalog {
+    pub tables: BTreeMap<Key, Arc<Table>>,
+}
+
+impl Catalog {
+    pub(crate) fn create(
+        &mut self,
+        schema: &str,
+        table: &str,
+        columns: Vec<Column>,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(), CatalogError> {
+        if columns.is_empty() {
+            return Err(CatalogError::NoColumns {
+                schema: schema.into(),
+                table: table.into(),
+            });
+        }
+        let arrow_schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|c| Field::new(c.name.to_lowercase(), c.sql_type.arrow_type(), c.nullable))
+                .collect::<Vec<_>>(),
+        ));
+        let mut t = Table {
+            schema: schema.to_string(),
+            name: table.to_string(),
+            columns,
+            arrow_schema,
+            batches: Vec::new(),
+        };
+        for batch in batches {
+            let batch = conform(&t, batch)?;
+            t.batches.push(batch);
+        }
+        self.tables.insert(key(schema, table), Arc::new(t));
+        Ok(())
+    }
+
+    pub(crate) fn append(
+        &mut self,
+        schema: &str,
+        table: &str,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(), CatalogError> {
+        let k = key(schema, table);
+        let existing = self
+            .tables
+            .get(&k)
+            .ok_or_else(|| CatalogError::TableNotFound {
+                schema: schema.into(),
+                table: table.into(),
+            })?;
+        let mut t = Table::clone(existing);
+        for batch in batches {
+            let batch = conform(&t, batch)?;
+            t.batches.push(batch);
+        }
+        self.tables.insert(k, Arc::new(t));
+        Ok(())
+    }
+
+    pub(crate) fn drop_table(&mut self, schema: &str, table: &str) {
+        self.tables.remove(&key(schema, table));
+    }
+}
+
+/// Rebuild a user batch with the table's schema: canonical Arrow types (casting when Arrow
+/// can), lower-case names, GUIDs in canonical text, NOT NULL checked.
+fn conform(t: &Table, batch: RecordBatch) -> Result<RecordBatch, CatalogError> {
+    if batch.num_columns() != t.columns.len() {
+        return Err(CatalogError::ColumnCount {
+            schema: t.schema.clone(),
+            table: t.name.clone(),
+            got: batch.num_columns(),
+            want: t.columns.len(),
+        });
+    }
+    let mut arrays = Vec::with_capacity(t.columns.len());
+    for (column, array) in t.columns.iter().zip(batch.columns()) {
+        let column_err = |detail: String| CatalogError::Column {
+            column: column.name.clone(),
+            detail,
+        };
+        let want = column.sql_type.arrow_type();
+        let mut array: ArrayRef = if array.data_type() == &want {
+            array.clone()
+        } else {
+            cast(array, &want).map_err(|e| {
+                column_err(format!(
+                    "cannot hold {} as {} ({want}): {e}",
+                    array.data_type(),
+                    column.sql_type.declaration()
+                ))
+            })?
+        };
+        if column.sql_type == SqlType::UniqueIdentifier {
+            array = normalize_guid_array(&array).map_err(column_err)?;
+        }
+        if !column.nullable && array.null_count() > 0 {
+            return Err(column_err("NULL in a NOT NULL column".into()));
+        }
+        arrays.push(array);
+    }
+    RecordBatch::try_new(t.arrow_schema.clone(), arrays).map_err(|e| CatalogError::Column {
+        column: String::new(),
+        detail: e.to_string(),
+    })
+}
+
+/// The INFORMATION_SCHEMA views: their declared columns and their current rows.
+pub(crate) fn information_schema(
+    catalog: &Catalog,
+    database: &str,
+) -> Result<Vec<Table>, arrow::error::ArrowError> {
+    let tables_columns = vec![
+        Column::new("TABLE_CATALOG", SqlType::NVarChar(Some(128))),
+        Column::new("TABLE_SCHEMA", SqlType::NVarChar(Some(128))),
+        Column::new("TABLE_NAME", SqlType::NVarChar(Some(128))).not_null(),
+        Column::new("TABLE_TYPE", SqlType::VarChar(Some(10))),
+    ];
+    let mut names = (Vec::new(), Vec::new(), Vec::new());
+    for t in catalog.tables.values() {
+        names.0.push(database.to_string());
+        names.1.push(t.schema.clone());
+        names.2.push(t.name.clone());
+    }
+    let n = names.0.len();
+    let tables_arrays: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(names.0)),
+        Arc::new(StringArray::from(names.1)),
+        Arc::new(StringArray::from(names.2)),
+        Arc::new(StringArray::from(vec!["BASE TABLE"; n])),
+    ];
+
+    let columns_columns = vec![
+        Column::new("TABLE_CATALOG", SqlType::NVarChar(Some(128))),
+        Column::new("TABLE_SCHEMA", SqlType::NVarChar(Some(128))),
+        Column::new("TABLE_NAME", SqlType::NVarChar(Some(128))).not_null(),
+        Column::new("COLUMN_NAME", SqlType::NVarChar(Some(128))),
+        Column::new("ORDINAL_POSITION", SqlType::Int),
+        Column::new("COLUMN_DEFAULT", SqlType::NVarChar(Some(4000))),
+        Column::new("IS_NULLABLE", SqlType::VarChar(Some(3))),
+        Column::new("DATA_TYPE", SqlType::NVarChar(Some(128))),
+        Column::new("CHARACTER_MAXIMUM_LENGTH", SqlType::Int),
+        Column::new("CHARACTER_OCTET_LENGTH", SqlType::Int),
+        Column::new("NUMERIC_PRECISION", SqlType::TinyInt),
+        Column::new("NUMERIC_PRECISION_RADIX", SqlType::SmallInt),
+        Column::new("NUMERIC_SCALE", SqlType::Int),
+        Column::new("DATETIME_PRECISION", SqlType::SmallInt),
+        Column::new("CHARACTER_SET_CATALOG", SqlType::NVarChar(Some(128))),
+        Column::new("CHARACTER_SET_SCHEMA", SqlType::NVarChar(Some(128))),
+        Column::new("CHARACTER_SET_NAME", SqlType::NVarChar(Some(128))),
+        Column::new("COLLATION_CATALOG", SqlType::NVarChar(Some(128))),
+        Column::new("COLLATION_SCHEMA", SqlType::NVarChar(Some(128))),
+        Column::new("COLLATION_NAME", SqlType::NVarChar(Some(128))),
+        Column::new("DOMAIN_CATALOG", SqlType::NVarChar(Some(128))),
+        Column::new("DOMAIN_SCHEMA", SqlType::NVarChar(Some(128))),
+        Column::new("DOMAIN_NAME", SqlType::NVarChar(Some(128))),
+    ];
+    let mut catalog_col = Vec::new();
+    let mut schema_col = Vec::new();
+    let mut table_col = Vec::new();
+    let mut column_col = Vec::new();
+    let mut ordinal = Vec::new();
+    let mut nullable = Vec::new();
+    let mut data_type = Vec::new();
+    let mut char_max = Vec::new();
+    let mut octets = Vec::new();
+    let mut precision = Vec::new();
+    let mut radix = Vec::new();
+    let mut scale = Vec::new();
+    let mut dt_precision = Vec::new();
+    let mut charset = Vec::new();
+    let mut collation = Vec::new();
+    for t in catalog.tables.values() {
+        for (i, c) in t.columns.iter().enumerate() {
+            let f = c.sql_type.information_schema();
+            catalog_col.push(database.to_string());
+            schema_col.push(t.schema.clone());
+            table_col.push(t.name.clone());
+            column_col.push(c.name.clone());
+            ordinal.push(i as i32 + 1);
+            nullable.push(if c.nullable { "YES" } else { "NO" });
+            data_type.push(c.sql_type.type_name());
+            char_max.push(f.character_maximum_length);
+            octets.push(f.character_octet_length);
+            precision.push(f.numeric_precision);
+            radix.push(f.numeric_precision_radix);
+            scale.push(f.numeric_scale);
+            dt_precision.push(f.datetime_precision);
+            charset.push(f.character_set_name);
+            collation.push(f.collation_name);
+        }
+    }
+    let rows = catalog_col.len();
+    let null_text = || new_null_array(&arrow::datatypes::DataType::Utf8, rows);
+    let columns_arrays: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(catalog_col)),
+        Arc::new(StringArray::from(schema_col)),
+        Arc::new(StringArray::from(table_col)),
+        Arc::new(StringArray::from(column_col)),
+        Arc::new(Int32Array::from(ordinal)),
+        null_text(),
+        Arc::new(StringArray::from(nullable)),
+        Arc::new(StringArray::from(data_type)),
+        Arc::new(Int32Array::from(char_max)),
+        Arc::new(Int32Array::from(octets)),
+        Arc::new(UInt8Array::from(precision)),
+        Arc::new(Int16Array::from(radix)),
+        Arc::new(Int32Array::from(scale)),
+        Arc::new(Int16Array::from(dt_precision)),
+        null_text(),
+        null_text(),
+        Arc::new(StringArray::from(charset)),
+        null_text(),
+        null_text(),
+        Arc::new(StringArray::from(collation)),
+        null_text(),
+        null_text(),
+        null_text(),
+    ];
+
+    let mut out = Vec::new();
+    for (name, columns, arrays) in [
+        ("TABLES", tables_columns, tables_arrays),
+        ("COLUMNS", columns_columns, columns_arrays),
+    ] {
+        let arrow_schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|c| Field::new(c.name.to_lowercase(), c.sql_type.arrow_type(), c.nullable))
+                .collect::<Vec<_>>(),
+        ));
+        let batches = vec![RecordBatch::try_new(arrow_schema.clone(), arrays)?];
+        out.push(Table {
+            schema: "INFORMATION_SCHEMA".into(),
+            name: name.into(),
+            columns,
+            arrow_schema,
+            batches,
+        });
+    }
+    Ok(out)
+}
