@@ -73,7 +73,7 @@ impl<'a> Reader<'a> {
 }
 
 pub(crate) fn utf16_string(bytes: &[u8]) -> Result<String, String> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err("odd UTF-16 byte length".into());
     }
     let units: Vec<u16> = bytes
@@ -470,7 +470,7 @@ fn decode_typed_value(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Va
             }
             (Some(SqlType::Date), Value::Date(le_uint(r.take(3)?) as i64))
         }
-        0x29 | 0x2A | 0x2B => {
+        0x29..=0x2B => {
             let scale = r.u8()?;
             let len = usize::from(r.u8()?);
             let sql_type = match ty {

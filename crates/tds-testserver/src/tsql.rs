@@ -716,12 +716,12 @@ impl VisitorMut for Rewriter<'_> {
                     self.ident(&mut alias.name);
                 }
             }
-            TableFactor::Derived { alias, .. } => {
-                if let Some(alias) = alias {
-                    self.ident(&mut alias.name);
-                    for c in &mut alias.columns {
-                        self.ident(&mut c.name);
-                    }
+            TableFactor::Derived {
+                alias: Some(alias), ..
+            } => {
+                self.ident(&mut alias.name);
+                for c in &mut alias.columns {
+                    self.ident(&mut c.name);
                 }
             }
             _ => {}

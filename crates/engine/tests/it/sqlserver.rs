@@ -1077,3 +1077,76 @@ async fn a_whole_schema_imports_and_extracts_into_bronze() {
         150
     );
 }
+
+#[tokio::test]
+async fn a_stalled_read_times_out_and_external_tables_drop_like_tables() {
+    let server = server(Encryption::NotSupported).await;
+    patients(&server);
+    let (dir, engine) = scratch().await;
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE public.patients STORED AS SQLSERVER {}",
+            options(
+                &server,
+                "dbo.Patients",
+                ", 'query_timeout_seconds' '1', 'retries' '0'"
+            )
+        ))
+        .await
+        .unwrap();
+    server.set_fault(Some(Fault::DelayPerRow(Duration::from_millis(1500))));
+    let err = engine
+        .query("SELECT * FROM public.patients")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "HV00N", "{err}");
+    assert!(err.to_string().contains("timed out after 1 s"), "{err}");
+    server.set_fault(None);
+
+    // An external table is listed, described, and dropped like any table.
+    let tables = pretty(&engine.query("SHOW TABLES").await.unwrap());
+    assert!(
+        tables.contains("| medlake       | public             | patients           | BASE TABLE |"),
+        "{tables}"
+    );
+    let err = engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE public.patients STORED AS SQLSERVER {}",
+            options(&server, "dbo.Patients", "")
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "42P07", "{err}");
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE IF NOT EXISTS public.patients STORED AS SQLSERVER {}",
+            options(&server, "dbo.Patients", "")
+        ))
+        .await
+        .unwrap();
+    engine.sql("DROP TABLE public.patients").await.unwrap();
+    assert!(!dir.path().join("wh/public/patients").exists());
+    let err = engine
+        .query("SELECT * FROM public.patients")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "42P01", "{err}");
+    // Unknown kinds and options are refused with the list of what is accepted.
+    let err = engine
+        .sql("CREATE EXTERNAL TABLE public.x STORED AS ORACLE LOCATION 'oracle://db' ")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "0A000", "{err}");
+    let err = engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE public.x STORED AS SQLSERVER {}",
+            options(&server, "dbo.Patients", ", 'pasword' 'x'")
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "HV024", "{err}");
+    assert!(
+        err.to_string().contains("'pasword'") && err.to_string().contains("password"),
+        "{err}"
+    );
+}

@@ -388,3 +388,56 @@ async fn information_schema_describes_declared_tables() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn bracketed_names_with_escaped_brackets() {
+    let server = server(Encryption::NotSupported).await;
+    let hostile = "x]; DROP TABLE dbo.Orders; --";
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", arrow::datatypes::DataType::Int32, false),
+        Field::new("v", arrow::datatypes::DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int32Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec![
+                "'; DROP TABLE dbo.Orders; --",
+                "ok",
+            ])),
+        ],
+    )
+    .unwrap();
+    server.create_table(
+        "dbo",
+        "Odd]Name",
+        vec![
+            Column::new("id", SqlType::Int).not_null(),
+            Column::new(hostile, SqlType::NVarChar(Some(50))),
+        ],
+        vec![batch],
+    );
+    within("hostile names", async {
+        let mut c = crate::common::connect_with(crate::common::config(
+            &server,
+            tiberius::EncryptionLevel::NotSupported,
+        ))
+        .await
+        .unwrap();
+        let rows = c
+            .query(
+                "SELECT [id], [x]]; DROP TABLE dbo.Orders; --] FROM [dbo].[Odd]]Name] \
+                 WHERE [x]]; DROP TABLE dbo.Orders; --] = @P1",
+                &[&"'; DROP TABLE dbo.Orders; --"],
+            )
+            .await
+            .unwrap()
+            .into_first_result()
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].try_get::<i32, _>(0).unwrap(), Some(1));
+        assert_eq!(rows[0].columns()[1].name(), hostile);
+    })
+    .await;
+}

@@ -340,9 +340,9 @@ async fn every_type_round_trips_with_edge_values() {
     assert_eq!(get::<f32>(max, "RealCol"), Some(f32::MAX));
 
     // tiberius reads money as f64.
-    assert_eq!(get::<f64>(plain, "MoneyCol"), Some(-12_345.6789));
+    assert_eq!(get::<f64>(plain, "MoneyCol"), Some(-12_345.678_9));
     assert_eq!(get::<f64>(min, "MoneyCol"), Some(i64::MIN as f64 / 1e4));
-    assert_eq!(get::<f64>(max, "SmallMoneyCol"), Some(214_748.3647));
+    assert_eq!(get::<f64>(max, "SmallMoneyCol"), Some(214_748.364_7));
     assert_eq!(get::<f64>(plain, "SmallMoneyCol"), Some(-1.5));
 
     assert_eq!(get::<NaiveDate>(min, "DateCol"), Some(date(1, 1, 1)));
