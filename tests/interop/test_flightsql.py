@@ -52,7 +52,7 @@ key = "{root / 'server.key'}"
 """)
     port = free_port()
     serve = MedlakeServe(root, ["--warehouse", str(warehouse), "--config", str(config),
-                                "--pg", "127.0.0.1:0", "--flight", f"127.0.0.1:{port}"],
+                                "--pg", "127.0.0.1:0", "--flight", f"127.0.0.1:{port}", "--http", "127.0.0.1:0"],
                          {"TEST_ALICE_PASSWORD": ALICE[1]}, "flight sql on")
     return serve, port, ca
 

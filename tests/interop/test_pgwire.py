@@ -56,7 +56,7 @@ key = "{root / 'server.key'}"
 """)
     port = free_port()
     serve = MedlakeServe(root, ["--warehouse", str(warehouse), "--config", str(config),
-                                "--pg", f"127.0.0.1:{port}", "--flight", "127.0.0.1:0"],
+                                "--pg", f"127.0.0.1:{port}", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"],
                          {"TEST_ALICE_PASSWORD": ALICE[1]}, "postgres on")
     try:
         yield {"port": port, "ca": str(root / "ca.crt"), "root": root, "log": serve.log_path}

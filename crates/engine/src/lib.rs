@@ -10,6 +10,7 @@ mod catalog;
 mod dialect;
 mod error;
 mod history;
+pub mod ingest;
 pub mod postgres;
 mod project;
 mod statement;
@@ -29,15 +30,18 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
-use medlake_lake::{TableName, Warehouse, WriteMode};
+pub use medlake_lake::TableName;
+use medlake_lake::{Warehouse, WriteMode};
 use medlake_views::{Scheduler, Trigger, Views};
 use tracing::{Instrument, debug, info_span};
 
 pub use catalog::{CATALOG, TIME_TRAVEL_SCHEMA};
 pub use dialect::MedlakeDialect;
 pub use error::{Code, Error, Result};
+pub use ingest::Appended;
 pub use medlake_lake::redact as redact_location;
 pub use medlake_views::{RefreshOutcome, Status as RefreshStatus};
+
 pub use project::Applied;
 pub use statement::{Statement, bind, ends_statement, parse, parse_timestamp, split};
 

@@ -150,7 +150,8 @@ impl Server {
     }
 }
 
-fn load_tls(tls: &Tls) -> Result<TlsAcceptor, Error> {
+/// A TLS acceptor from the certificate and key files (also used by the HTTP door).
+pub fn load_tls(tls: &Tls) -> Result<TlsAcceptor, Error> {
     let fail = |what: &std::path::Path, reason: String| Error::Tls {
         what: what.display().to_string(),
         reason,

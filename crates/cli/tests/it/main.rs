@@ -1,5 +1,8 @@
 //! The `medlake` binary as users run it: `medlake sql -c/-f`, restarts, SIGKILLs in the
-//! middle of a large INSERT and of a refresh, `medlake apply`, `refresh` and `serve`.
+//! middle of a large INSERT and of a refresh, `medlake apply`, `refresh` and `serve`;
+//! `medlake simulate` against a mock ingest server (simulate.rs).
+
+mod simulate;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -473,6 +476,8 @@ fn serve_refreshes_scheduled_views_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--flight",
             "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
             "--poll-seconds",
             "1",
             "--warehouse",
@@ -538,7 +543,14 @@ fn serve_refuses_unsafe_or_incomplete_setups() {
             .arg("serve")
             .arg("--warehouse")
             .arg(&wh)
-            .args(["--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
+            .args([
+                "--pg",
+                "127.0.0.1:0",
+                "--flight",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ])
             .args(args)
             .envs(env.iter().copied())
             .env_remove("MEDLAKE_CONFIG")

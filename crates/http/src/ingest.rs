@@ -1,0 +1,586 @@
+//! `POST /v1/ingest/{schema}.{table}`: validation, micro-batching, durable acknowledgement.
+//!
+//! Each table has one writer task. Requests queue for it (a bounded queue: a full one answers
+//! 503); the writer takes everything queued, drops requests whose `Idempotency-Key` an earlier
+//! commit already holds (answered as duplicates), and appends the rest in one commit that
+//! records their keys. Only then are they answered 200.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use axum::body::Bytes;
+use axum::extract::{Path, State as Extract};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use medlake_engine::{Engine, TableName};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::decode::{self, BodyError, Refused};
+use crate::metrics::Metrics;
+use crate::{Auth, Config};
+
+/// What happens to rows that fail validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidRows {
+    /// The request is refused (422) with every row's reason; nothing is written.
+    Refuse,
+    /// Valid rows are written; the others go to `<table>_quarantine` with their reasons.
+    Quarantine,
+}
+
+/// Most reasons listed in one 422 answer.
+const MAX_REASONS: usize = 100;
+
+#[derive(Clone)]
+pub(crate) struct State {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    auth: Auth,
+    max_body: usize,
+    queue_requests: usize,
+    in_flight: Semaphore,
+    invalid_rows: HashMap<String, InvalidRows>,
+    key_commits: usize,
+    writers: Mutex<HashMap<TableName, mpsc::Sender<Pending>>>,
+    metrics: Metrics,
+}
+
+impl State {
+    pub fn new(engine: Engine, config: &Config) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                auth: config.auth.clone(),
+                max_body: config.max_body_bytes,
+                queue_requests: config.queue_requests.max(1),
+                in_flight: Semaphore::new(config.max_in_flight.max(1)),
+                invalid_rows: config
+                    .invalid_rows
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), *v))
+                    .collect(),
+                key_commits: config.key_commits,
+                writers: Mutex::new(HashMap::new()),
+                metrics: Metrics::default(),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+/// A validated request waiting for its commit.
+struct Pending {
+    schema: SchemaRef,
+    rows: Option<RecordBatch>,
+    quarantine: Vec<Refused>,
+    key: Option<String>,
+    answer: oneshot::Sender<Result<Ack, Failure>>,
+}
+
+#[derive(Clone, Debug)]
+struct Ack {
+    rows: u64,
+    quarantined: u64,
+    version: Option<u64>,
+    duplicate: bool,
+}
+
+/// An error answer.
+#[derive(Clone, Debug)]
+struct Failure {
+    status: StatusCode,
+    body: Value,
+    retry_after: Option<u64>,
+}
+
+impl Failure {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+            retry_after: None,
+        }
+    }
+
+    fn busy(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(status, message)
+        }
+    }
+
+    fn engine(e: &medlake_engine::Error) -> Self {
+        let sqlstate = e.code().sqlstate();
+        let status = match sqlstate {
+            "42P01" | "3F000" => StatusCode::NOT_FOUND,
+            "42501" => StatusCode::FORBIDDEN,
+            "40001" => StatusCode::SERVICE_UNAVAILABLE,
+            s if s.starts_with("22")
+                || s.starts_with("23")
+                || s.starts_with("42")
+                || s.starts_with("0A") =>
+            {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut failure = Self::new(status, e.to_string());
+        failure.body["sqlstate"] = json!(sqlstate);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            failure.retry_after = Some(1);
+        }
+        failure
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"medlake\""),
+            );
+        }
+        response
+    }
+}
+
+pub(crate) async fn health(Extract(state): Extract<State>) -> Response {
+    match state.inner.engine.warehouse().schema_exists("public").await {
+        Ok(true) => (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response(),
+        Ok(false) => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the warehouse has no public schema",
+        )
+        .into_response(),
+        Err(e) => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the warehouse cannot be read: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+pub(crate) async fn handle(
+    Extract(state): Extract<State>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let inner = &state.inner;
+    let Ok(_permit) = inner.in_flight.try_acquire() else {
+        inner.metrics.request(&target, 429);
+        return Failure::busy(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many ingest requests in flight; retry with the same Idempotency-Key",
+        )
+        .into_response();
+    };
+    inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = ingest(inner, &target, &headers, body).await;
+    inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(ack) => {
+            inner.metrics.request(&target, 200);
+            if ack.duplicate {
+                inner.metrics.duplicate();
+            }
+            let mut body = json!({
+                "table": target.to_ascii_lowercase(),
+                "rows": ack.rows,
+                "version": ack.version,
+                "duplicate": ack.duplicate,
+            });
+            if ack.quarantined > 0 {
+                body["quarantined"] = json!(ack.quarantined);
+            }
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(failure) => {
+            inner.metrics.request(&target, failure.status.as_u16());
+            failure.into_response()
+        }
+    }
+}
+
+async fn ingest(
+    inner: &Arc<Inner>,
+    target: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Ack, Failure> {
+    authorize(inner, target, headers)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 200)
+                .ok_or_else(|| {
+                    Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        "Idempotency-Key must be 1 to 200 visible ASCII characters",
+                    )
+                })?;
+            Some(key.to_string())
+        }
+    };
+    let (table, schema) = inner
+        .engine
+        .ingest_target(target)
+        .await
+        .map_err(|e| Failure::engine(&e))?;
+    let body = match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("identity") => body.to_vec(),
+        Some("gzip") => decode::gunzip(&body, inner.max_body).map_err(body_failure)?,
+        Some(other) => {
+            return Err(Failure::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding '{other}' is not supported; send gzip or nothing"),
+            ));
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let array = if content_type.starts_with("application/json") {
+        true
+    } else if content_type.is_empty() {
+        body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+    } else if content_type.starts_with("application/x-ndjson")
+        || content_type.starts_with("application/jsonl")
+        || content_type.starts_with("application/jsonlines")
+        || content_type.starts_with("text/plain")
+    {
+        false
+    } else {
+        return Err(Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type '{content_type}': send application/x-ndjson or application/json"),
+        ));
+    };
+    let values = decode::values(&body, array).map_err(body_failure)?;
+    let total = values.len();
+    let (rows, refused) = decode::rows(&schema, values);
+    let mode = inner
+        .invalid_rows
+        .get(&table.to_string())
+        .copied()
+        .unwrap_or(InvalidRows::Refuse);
+    if !refused.is_empty() {
+        inner.metrics.refused(refused.len() as u64);
+        if mode == InvalidRows::Refuse {
+            let reasons: Vec<&Refused> = refused.iter().take(MAX_REASONS).collect();
+            return Err(Failure {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                body: json!({
+                    "error": format!(
+                        "{} of {total} rows were refused; nothing was written",
+                        refused.len()
+                    ),
+                    "rows": reasons,
+                }),
+                retry_after: None,
+            });
+        }
+    }
+    let (answer, answered) = oneshot::channel();
+    let pending = Pending {
+        schema,
+        rows,
+        quarantine: refused,
+        key,
+        answer,
+    };
+    let writer = writer(inner, &table).await;
+    match writer.try_send(pending) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            return Err(Failure::busy(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the ingest queue of {table} is full; retry with the same Idempotency-Key"),
+            ));
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            inner.writers.lock().await.remove(&table);
+            return Err(Failure::busy(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the writer of {table} stopped; retry"),
+            ));
+        }
+    }
+    answered.await.unwrap_or_else(|_| {
+        Err(Failure::busy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the writer stopped before committing; retry with the same Idempotency-Key",
+        ))
+    })
+}
+
+fn body_failure(e: BodyError) -> Failure {
+    let status = match e {
+        BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    Failure::new(status, e.to_string())
+}
+
+fn authorize(inner: &Inner, target: &str, headers: &HeaderMap) -> Result<(), Failure> {
+    let tokens = match &inner.auth {
+        Auth::InsecureNoAuth => return Ok(()),
+        Auth::Tokens(tokens) => tokens,
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <token>",
+            )
+        })?;
+    let token = tokens
+        .iter()
+        .find(|t| t.matches(presented.trim()))
+        .ok_or_else(|| Failure::new(StatusCode::UNAUTHORIZED, "unknown bearer token"))?;
+    if token.allows(target) {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            format!("token '{}' may not push into {target}", token.name),
+        ))
+    }
+}
+
+/// The writer task of `table`, started on first use.
+async fn writer(inner: &Arc<Inner>, table: &TableName) -> mpsc::Sender<Pending> {
+    let mut writers = inner.writers.lock().await;
+    if let Some(tx) = writers.get(table).filter(|tx| !tx.is_closed()) {
+        return tx.clone();
+    }
+    let (tx, rx) = mpsc::channel(inner.queue_requests);
+    writers.insert(table.clone(), tx.clone());
+    tokio::spawn(write_loop(inner.clone(), table.clone(), rx));
+    tx
+}
+
+/// Idempotency keys already committed to a table, kept in step with its log.
+struct Keys {
+    known: HashSet<String>,
+    /// The newest version read.
+    version: Option<u64>,
+    loaded: bool,
+}
+
+impl Keys {
+    fn new() -> Self {
+        Self {
+            known: HashSet::new(),
+            version: None,
+            loaded: false,
+        }
+    }
+
+    /// Reads the keys of commits made since the last look (by anyone).
+    async fn catch_up(&mut self, engine: &Engine, table: &TableName, commits: usize) -> bool {
+        if !engine
+            .warehouse()
+            .table_exists(table)
+            .await
+            .unwrap_or(false)
+        {
+            self.loaded = true;
+            return true;
+        }
+        let limit = if self.loaded { usize::MAX } else { commits };
+        match engine.ingest_keys(table, self.version, limit).await {
+            Ok((keys, newest)) => {
+                self.known.extend(keys);
+                self.version = newest.or(self.version);
+                self.loaded = true;
+                true
+            }
+            Err(e) => {
+                warn!(%table, error = %e, "reading idempotency keys");
+                false
+            }
+        }
+    }
+}
+
+async fn write_loop(inner: Arc<Inner>, table: TableName, mut rx: mpsc::Receiver<Pending>) {
+    let quarantine = TableName::new(&table.schema, format!("{}_quarantine", table.table)).ok();
+    let mut keys = Keys::new();
+    let mut quarantine_keys = Keys::new();
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            group.push(more);
+        }
+        if !keys
+            .catch_up(&inner.engine, &table, inner.key_commits)
+            .await
+        {
+            for p in group {
+                let _ = p.answer.send(Err(Failure::busy(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the log of {table}; retry"),
+                )));
+            }
+            continue;
+        }
+        // Requests whose key is committed are duplicates; a key twice in this group is
+        // written once and both requests get the same answer.
+        let mut writing: Vec<Pending> = Vec::new();
+        let mut followers: Vec<Pending> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in group {
+            match &p.key {
+                Some(k) if keys.known.contains(k) => {
+                    let _ = p.answer.send(Ok(Ack {
+                        rows: 0,
+                        quarantined: 0,
+                        version: keys.version,
+                        duplicate: true,
+                    }));
+                }
+                Some(k) if !seen.insert(k.clone()) => followers.push(p),
+                _ => writing.push(p),
+            }
+        }
+        if writing.is_empty() {
+            continue;
+        }
+        // The quarantine commit goes first: a crash before the table's commit leaves the
+        // request unanswered, and its retry skips what the quarantine already holds.
+        let mut quarantined: HashMap<Option<String>, u64> = HashMap::new();
+        let quarantine_rows: Vec<(Option<String>, &Vec<Refused>)> = writing
+            .iter()
+            .filter(|p| !p.quarantine.is_empty())
+            .map(|p| (p.key.clone(), &p.quarantine))
+            .collect();
+        let mut failed: Option<Failure> = None;
+        if let (Some(q), false) = (&quarantine, quarantine_rows.is_empty()) {
+            quarantine_keys
+                .catch_up(&inner.engine, q, inner.key_commits)
+                .await;
+            let fresh: Vec<&(Option<String>, &Vec<Refused>)> = quarantine_rows
+                .iter()
+                .filter(|(k, _)| {
+                    k.as_ref()
+                        .is_none_or(|k| !quarantine_keys.known.contains(k))
+                })
+                .collect();
+            if !fresh.is_empty() {
+                let batches: Vec<RecordBatch> = fresh
+                    .iter()
+                    .map(|(k, refused)| decode::quarantine_rows(refused, k.as_deref()))
+                    .collect();
+                let q_keys: Vec<String> = fresh.iter().filter_map(|(k, _)| k.clone()).collect();
+                match inner
+                    .engine
+                    .append_keyed(q, decode::quarantine_schema(), batches, &q_keys, true)
+                    .await
+                {
+                    Ok(done) => {
+                        quarantine_keys.known.extend(q_keys);
+                        quarantine_keys.version = Some(done.version);
+                        inner.metrics.quarantined(done.rows);
+                    }
+                    Err(e) => failed = Some(Failure::engine(&e)),
+                }
+            }
+            for (k, refused) in &quarantine_rows {
+                quarantined.insert(k.clone(), refused.len() as u64);
+            }
+        }
+        let batches: Vec<RecordBatch> = writing.iter().filter_map(|p| p.rows.clone()).collect();
+        let row_counts: Vec<u64> = writing
+            .iter()
+            .map(|p| p.rows.as_ref().map_or(0, |b| b.num_rows() as u64))
+            .collect();
+        let new_keys: Vec<String> = writing.iter().filter_map(|p| p.key.clone()).collect();
+        let result = match failed {
+            Some(f) => Err(f),
+            None if batches.is_empty() => Ok(keys.version),
+            None => {
+                let started = Instant::now();
+                let schema = writing[0].schema.clone();
+                match inner
+                    .engine
+                    .append_keyed(&table, schema, batches, &new_keys, false)
+                    .await
+                {
+                    Ok(done) => {
+                        inner.metrics.committed(
+                            &table.to_string(),
+                            done.rows,
+                            started.elapsed().as_micros() as u64,
+                        );
+                        debug!(%table, rows = done.rows, version = done.version, requests = writing.len(), "ingest commit");
+                        keys.known.extend(new_keys.iter().cloned());
+                        keys.version = Some(done.version);
+                        Ok(Some(done.version))
+                    }
+                    Err(e) => {
+                        warn!(%table, error = %e, "ingest commit failed");
+                        Err(Failure::engine(&e))
+                    }
+                }
+            }
+        };
+        let mut answers: HashMap<Option<String>, Result<Ack, Failure>> = HashMap::new();
+        for (p, rows) in writing.into_iter().zip(row_counts) {
+            let answer = result.clone().map(|version| Ack {
+                rows,
+                quarantined: quarantined.get(&p.key).copied().unwrap_or(0),
+                version,
+                duplicate: false,
+            });
+            if p.key.is_some() {
+                answers.insert(p.key.clone(), answer.clone());
+            }
+            let _ = p.answer.send(answer);
+        }
+        for p in followers {
+            let answer = answers
+                .get(&p.key)
+                .cloned()
+                .unwrap_or_else(|| Err(Failure::busy(StatusCode::SERVICE_UNAVAILABLE, "retry")));
+            let _ = p.answer.send(answer.map(|ack| Ack {
+                duplicate: true,
+                ..ack
+            }));
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The HTTP door with a real HTTP client (reqwest) on loopback: formats, validation,
+//! quarantine, idempotency, concurrency, limits, backpressure, auth, health and metrics.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::time::Duration;
+
+use arrow::array::Int64Array;
+use medlake_engine::Engine;
+use medlake_http::{Auth, Config, InvalidRows, Server, Token};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "ward-3-token-0123456789";
+
+struct Door {
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Door {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn door(configure: impl FnOnce(&mut Config)) -> Door {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path().join("wh").to_str().unwrap())
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE bronze.readings (device_id VARCHAR NOT NULL, patient_id INT NOT NULL, \
+             metric VARCHAR NOT NULL, value DOUBLE, unit VARCHAR, taken_at TIMESTAMP NOT NULL); \
+             CREATE TABLE bronze.other (id INT)",
+        )
+        .await
+        .unwrap();
+    let mut config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Auth::Tokens(vec![Token {
+            name: "ward-3".into(),
+            secret: TOKEN.into(),
+            tables: vec!["bronze.readings".into()],
+        }]),
+    );
+    configure(&mut config);
+    let server = Server::bind(engine.clone(), config).await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    Door {
+        _dir: dir,
+        engine,
+        base,
+        stop: Some(stop),
+    }
+}
+
+fn reading(device: usize, i: usize) -> Value {
+    json!({
+        "device_id": format!("monitor-{device}"),
+        "patient_id": 1000 + device,
+        "metric": "heart_rate",
+        "value": 60.0 + (i % 40) as f64,
+        "unit": "bpm",
+        "taken_at": format!("2026-11-23T08:{:02}:{:02}Z", (i / 60) % 60, i % 60),
+    })
+}
+
+fn ndjson(rows: &[Value]) -> String {
+    rows.iter().map(|r| format!("{r}\n")).collect()
+}
+
+async fn count(engine: &Engine, sql: &str) -> i64 {
+    let batches = engine.query(sql).await.unwrap();
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+fn post(client: &reqwest::Client, door: &Door, table: &str) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{}/v1/ingest/{table}", door.base))
+        .bearer_auth(TOKEN)
+}
+
+#[tokio::test]
+async fn ndjson_json_arrays_and_gzip_are_acknowledged_once_committed() {
+    let door = door(|_| {}).await;
+    let client = reqwest::Client::new();
+    let rows: Vec<Value> = (0..100).map(|i| reading(1, i)).collect();
+    let response = post(&client, &door, "bronze.readings")
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson(&rows))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["rows"], 100);
+    assert_eq!(body["duplicate"], false);
+    let version = body["version"].as_u64().unwrap();
+    // Acknowledged means committed: the rows are there, at that version.
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.readings").await,
+        100
+    );
+    assert_eq!(
+        count(
+            &door.engine,
+            &format!("SELECT count(*) FROM bronze.readings VERSION AS OF {version}")
+        )
+        .await,
+        100
+    );
+
+    let response = post(&client, &door, "bronze.readings")
+        .json(&rows[..10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(ndjson(&rows[..25]).as_bytes()).unwrap();
+    let response = post(&client, &door, "bronze.readings")
+        .header("content-type", "application/x-ndjson")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.readings").await,
+        135
+    );
+    // Timestamps keep their instant.
+    assert_eq!(
+        count(
+            &door.engine,
+            "SELECT count(*) FROM bronze.readings WHERE taken_at = TIMESTAMP '2026-11-23 08:00:05'"
+        )
+        .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn invalid_rows_are_refused_with_reasons_or_quarantined() {
+    let door = door(|c| {
+        c.invalid_rows
+            .insert("bronze.other".into(), InvalidRows::Quarantine);
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let mut rows: Vec<Value> = (0..5).map(|i| reading(1, i)).collect();
+    rows[1]["patient_id"] = json!("not a number");
+    rows[3].as_object_mut().unwrap().remove("taken_at");
+    let response = post(&client, &door, "bronze.readings")
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson(&rows))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "2 of 5 rows were refused; nothing was written"
+    );
+    assert_eq!(body["rows"][0]["row"], 1);
+    assert_eq!(
+        body["rows"][0]["reason"],
+        "column 'patient_id': expected an integer, got a string"
+    );
+    assert_eq!(body["rows"][1]["row"], 3);
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.readings").await,
+        0
+    );
+
+    // A table configured to quarantine keeps the good rows and the bad ones with reasons.
+    let other = door.base.clone();
+    let response = client
+        .post(format!("{other}/v1/ingest/bronze.other"))
+        .header("content-type", "application/x-ndjson")
+        .header("idempotency-key", "q-1")
+        .body("{\"id\": 1}\n{\"id\": \"two\"}\n{\"id\": 3}\n")
+        .send()
+        .await
+        .unwrap();
+    // bronze.other is not among the token's tables.
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let door = self::door(|c| {
+        c.auth = Auth::InsecureNoAuth;
+        c.invalid_rows
+            .insert("bronze.other".into(), InvalidRows::Quarantine);
+    })
+    .await;
+    for _ in 0..2 {
+        let response = client
+            .post(format!("{}/v1/ingest/bronze.other", door.base))
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", "q-1")
+            .body("{\"id\": 1}\n{\"id\": \"two\"}\n{\"id\": 3}\n")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.other").await,
+        2
+    );
+    let quarantined = door
+        .engine
+        .query("SELECT raw, reason, idempotency_key FROM bronze.other_quarantine")
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&quarantined)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("{\"id\":\"two\"}"), "{text}");
+    assert!(
+        text.contains("row 1: column 'id': expected an integer, got a string"),
+        "{text}"
+    );
+    assert_eq!(quarantined[0].num_rows(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_lands_once_even_when_retried_concurrently() {
+    let door = door(|_| {}).await;
+    let client = reqwest::Client::new();
+    let rows: Vec<Value> = (0..50).map(|i| reading(2, i)).collect();
+    let body = ndjson(&rows);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let request = post(&client, &door, "bronze.readings")
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", "gateway-7/batch-42")
+            .body(body.clone());
+        tasks.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.unwrap()
+        }));
+    }
+    let mut firsts = 0;
+    for task in tasks {
+        let answer = task.await.unwrap();
+        if answer["duplicate"] == false {
+            firsts += 1;
+            assert_eq!(answer["rows"], 50);
+        }
+    }
+    assert_eq!(firsts, 1);
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.readings").await,
+        50
+    );
+    // Much later (another process could have restarted meanwhile): still a duplicate.
+    let again: Value = post(&client, &door, "bronze.readings")
+        .header("content-type", "application/x-ndjson")
+        .header("idempotency-key", "gateway-7/batch-42")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.readings").await,
+        50
+    );
+}
+
+#[tokio::test]
+async fn many_concurrent_clients_land_every_row_in_few_commits() {
+    let door = door(|c| c.queue_requests = 1024).await;
+    let client = reqwest::Client::new();
+    let (clients, requests, rows_each) = (24, 10, 40);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = client.clone();
+        let url = format!("{}/v1/ingest/bronze.readings", door.base);
+        tasks.push(tokio::spawn(async move {
+            for r in 0..requests {
+                let rows: Vec<Value> = (0..rows_each)
+                    .map(|i| reading(c, r * rows_each + i))
+                    .collect();
+                let response = client
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/x-ndjson")
+                    .header("idempotency-key", format!("c{c}-r{r}"))
+                    .body(ndjson(&rows))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let expected = (clients * requests * rows_each) as i64;
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.readings").await,
+        expected
+    );
+    let commits = count(
+        &door.engine,
+        "SELECT count(*) FROM table_history('bronze.readings') WHERE operation = 'WRITE'",
+    )
+    .await;
+    assert!(
+        commits < (clients * requests) as i64,
+        "{commits} commits for {} requests: no micro-batching",
+        clients * requests
+    );
+    let metrics = reqwest::get(format!("{}/metrics", door.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "medlake_ingest_rows_total{{table=\"bronze.readings\"}} {expected}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "medlake_ingest_requests_total{table=\"bronze.readings\",status=\"200\"} 240"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_a_full_queue_gets_retry_after() {
+    let door = door(|c| {
+        c.max_body_bytes = 64 * 1024;
+        c.queue_requests = 1;
+        c.max_in_flight = 4;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let big: Vec<Value> = (0..2000).map(|i| reading(3, i)).collect();
+    let response = post(&client, &door, "bronze.readings")
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson(&big))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A small gzip body that inflates past the limit.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 1 << 20]).unwrap();
+    let response = post(&client, &door, "bronze.readings")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // 40 clients at once against a queue of one: some are told to come back, with
+    // Retry-After; retrying with the same key, every batch lands exactly once.
+    let mut tasks = Vec::new();
+    for c in 0..40 {
+        let client = client.clone();
+        let url = format!("{}/v1/ingest/bronze.readings", door.base);
+        tasks.push(tokio::spawn(async move {
+            let rows: Vec<Value> = (0..20).map(|i| reading(c, i)).collect();
+            let mut busy = HashMap::new();
+            loop {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/x-ndjson")
+                    .header("idempotency-key", format!("busy-{c}"))
+                    .body(ndjson(&rows))
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status() {
+                    StatusCode::OK => return busy,
+                    s @ (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => {
+                        let retry_after: u64 = response.headers()["retry-after"]
+                            .to_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        assert!(retry_after >= 1);
+                        *busy.entry(s.as_u16()).or_insert(0) += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => panic!("unexpected {other}"),
+                }
+            }
+        }));
+    }
+    let mut busy = 0;
+    for task in tasks {
+        busy += task.await.unwrap().values().sum::<u32>();
+    }
+    assert!(busy > 0, "the bounded queue never pushed back");
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.readings").await,
+        800
+    );
+}
+
+#[tokio::test]
+async fn tokens_scope_tables_and_errors_say_what_is_wrong() {
+    let door = door(|_| {}).await;
+    let client = reqwest::Client::new();
+    let body = ndjson(&[reading(1, 1)]);
+    let url = format!("{}/v1/ingest/bronze.readings", door.base);
+    let response = client.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().contains_key("www-authenticate"));
+    let response = client
+        .post(&url)
+        .bearer_auth("wrong")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = post(&client, &door, "bronze.other")
+        .body("{\"id\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("may not push into bronze.other"), "{text}");
+    assert!(!text.contains(TOKEN), "{text}");
+
+    let open = self::door(|c| c.auth = Auth::InsecureNoAuth).await;
+    let response = client
+        .post(format!("{}/v1/ingest/bronze.missing", open.base))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    open.engine
+        .sql("CREATE MATERIALIZED VIEW silver.v AS SELECT * FROM bronze.other")
+        .await
+        .unwrap();
+    let response = client
+        .post(format!("{}/v1/ingest/silver.v", open.base))
+        .body("{\"id\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["sqlstate"], "42809", "{answer}");
+    let response = client
+        .post(format!("{}/v1/ingest/bronze.other", open.base))
+        .body("{\"id\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = client
+        .post(format!("{}/v1/ingest/bronze.other", open.base))
+        .header("content-encoding", "br")
+        .body("{\"id\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let health = reqwest::get(format!("{}/healthz", open.base))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn tokens_need_tls_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path().join("wh").to_str().unwrap())
+        .await
+        .unwrap();
+    let config = Config::new(
+        "0.0.0.0:0".parse().unwrap(),
+        Auth::Tokens(vec![Token {
+            name: "t".into(),
+            secret: TOKEN.into(),
+            tables: vec!["bronze.*".into()],
+        }]),
+    );
+    let err = Server::bind(engine.clone(), config).await.err().unwrap();
+    assert!(err.to_string().contains("needs [tls]"), "{err}");
+    let config = Config::new("0.0.0.0:0".parse().unwrap(), Auth::InsecureNoAuth);
+    let err = Server::bind(engine, config).await.err().unwrap();
+    assert!(err.to_string().contains("loopback"), "{err}");
+}
