@@ -2,6 +2,7 @@
 //! `medlake_engine::Engine`.
 
 mod config;
+mod simulate;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -55,6 +56,15 @@ enum Command {
         medlake sql -c \"IMPORT FOREIGN SCHEMA dbo FROM SQLSERVER 'sqlserver://ehr-db/EHR' INTO ehr OPTIONS ('user' '${EHR_USER}', 'password' '${EHR_PASSWORD}')\"\n  \
         medlake extract ehr --into bronze --parallel 4")]
     Extract(ExtractArgs),
+    /// Simulate bedside devices posting vital signs to a server's HTTP ingest API, with the
+    /// flaws of real feeds (glitches, duplicates, late readings, dropouts). Each batch has its
+    /// own Idempotency-Key, reused on retries; exits non-zero unless every reading was
+    /// acknowledged.
+    #[command(after_help = "Examples:\n  \
+        medlake simulate --target http://127.0.0.1:8080 --devices 50 --rate 2 --duration 300\n  \
+        MEDLAKE_TOKEN=... medlake simulate --target https://lake:8080 --token-env MEDLAKE_TOKEN --gzip\n  \
+        medlake simulate --output readings.ndjson --devices 100 --duration 600 --seed 1")]
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,6 +129,9 @@ struct ServeArgs {
     /// Arrow Flight SQL address; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
     flight: std::net::SocketAddr,
+    /// HTTP address (device ingest, /healthz, /metrics); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
     /// Serve without passwords (loopback addresses only; for demos).
     #[arg(long)]
     insecure_no_auth: bool,
@@ -176,6 +189,7 @@ fn main() -> ExitCode {
             Command::Apply(args) => apply(args).await,
             Command::Serve(args) => serve(args).await,
             Command::Extract(args) => extract(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
         }
     });
     match result {
@@ -314,10 +328,44 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             ));
         }
     };
+    let tokens = config.ingest_tokens().map_err(Failure::Usage)?;
+    let http_auth = match (&access, tokens.is_empty()) {
+        (medlake_pgwire::Access::InsecureNoAuth, true) => medlake_http::Auth::InsecureNoAuth,
+        (medlake_pgwire::Access::InsecureNoAuth, false) => {
+            return Err(Failure::Usage(
+                "--insecure-no-auth and configured ingest tokens exclude each other".into(),
+            ));
+        }
+        (medlake_pgwire::Access::Users(_), _) => medlake_http::Auth::Tokens(tokens),
+    };
     let engine = Engine::open(&args.warehouse).await?;
     if let Some(project) = &args.project {
         print_applied(&engine.apply_project(project).await?);
     }
+    let mut http_config = medlake_http::Config::new(args.http, http_auth);
+    http_config.tls = config.tls.as_ref().map(|t| medlake_pgwire::Tls {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+    });
+    if let Some(http) = &config.http {
+        if let Some(n) = http.max_body_bytes {
+            http_config.max_body_bytes = n;
+        }
+        if let Some(n) = http.queue_requests {
+            http_config.queue_requests = n;
+        }
+        if let Some(n) = http.max_in_flight {
+            http_config.max_in_flight = n;
+        }
+        for table in &http.quarantine {
+            http_config
+                .invalid_rows
+                .insert(table.clone(), medlake_http::InvalidRows::Quarantine);
+        }
+    }
+    let http = medlake_http::Server::bind(engine.clone(), http_config)
+        .await
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     let flight = medlake_flight::Server::bind(
         engine.clone(),
         medlake_flight::Config {
@@ -366,6 +414,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         "medlake serve: flight sql on {flight_addr}{}",
         if flight.tls() { " (TLS required)" } else { "" }
     );
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| Failure::Usage(format!("http door: {e}")))?;
+    println!(
+        "medlake serve: http on {http_addr}{}",
+        if http.tls() { " (TLS required)" } else { "" }
+    );
     println!(
         "medlake serve: refreshing scheduled views of {} (Ctrl-C stops)",
         medlake_engine::redact_location(engine.warehouse().url().as_str())
@@ -394,6 +449,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     tokio::join!(
         pg.serve(wait(stopped.clone())),
         flight.serve(wait(stopped.clone())),
+        http.serve(wait(stopped.clone())),
         scheduler.run(
             std::time::Duration::from_secs(args.poll_seconds.max(1)),
             wait(stopped),

@@ -2,6 +2,7 @@
 //! middle of a large INSERT and of a refresh, `medlake apply`, `refresh` and `serve`;
 //! `medlake simulate` against a mock ingest server (simulate.rs).
 
+mod ingest;
 mod simulate;
 
 use std::path::Path;
@@ -596,6 +597,10 @@ fn serve_refuses_unsafe_or_incomplete_setups() {
             "--insecure-no-auth",
             "--pg",
             "0.0.0.0:0",
+            "--flight",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
             "--warehouse",
         ])
         .arg(&wh)
