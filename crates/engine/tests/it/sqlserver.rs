@@ -1150,3 +1150,48 @@ async fn a_stalled_read_times_out_and_external_tables_drop_like_tables() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn azure_sql_signs_in_with_an_azure_ad_access_token_over_tls() {
+    let token = std::env::var("MEDLAKE_TEST_TDS_AAD_TOKEN").expect("set by .cargo/config.toml");
+    let server = TdsServer::start(ServerConfig {
+        encryption: Encryption::Required,
+        database: "EHR".into(),
+        aad_tokens: vec![token.clone()],
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    patients(&server);
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE public.trials STORED AS SQLSERVER \
+             LOCATION 'sqlserver://127.0.0.1:{}/EHR' OPTIONS ('table' 'dbo.Patients', \
+             'access_token' '${{MEDLAKE_TEST_TDS_AAD_TOKEN}}', 'encrypt' 'true', \
+             'trust_server_certificate' 'true')",
+            server.port()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(count(&engine, "SELECT count(*) FROM public.trials").await, 100);
+    let logins = server.logins();
+    assert!(
+        logins
+            .iter()
+            .all(|l| l.success && l.encrypted && l.auth == medlake_tds_testserver::LoginAuth::AadToken),
+        "{logins:?}"
+    );
+    // A token and a login at once is ambiguous: refused before connecting.
+    let err = engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE public.t2 STORED AS SQLSERVER \
+             LOCATION 'sqlserver://127.0.0.1:{}/EHR' OPTIONS ('table' 'dbo.Patients', \
+             'access_token' '${{MEDLAKE_TEST_TDS_AAD_TOKEN}}', 'user' 'x', 'password' '${{X}}')",
+            server.port()
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "HV024", "{err}");
+    assert!(!err.to_string().contains(&token), "{err}");
+}
