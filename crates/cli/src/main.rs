@@ -258,8 +258,8 @@ async fn extract(args: ExtractArgs) -> Result<(), Failure> {
         "extracting the external tables of {} into {}, {} at a time",
         args.from, args.into, args.parallel
     );
-    let width = 4;
     let report = |e: &medlake_engine::Extracted, n: usize, total: usize| {
+        let width = total.to_string().len();
         let line = match &e.outcome {
             Ok(o) => format!(
                 "{} {} rows, {:.1} s, {}: {}",

@@ -2,6 +2,7 @@
 //! middle of a large INSERT and of a refresh, `medlake apply`, `refresh` and `serve`;
 //! `medlake simulate` against a mock ingest server (simulate.rs).
 
+mod extract;
 mod ingest;
 mod simulate;
 
