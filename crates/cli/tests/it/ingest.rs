@@ -18,7 +18,14 @@ const ROWS: usize = 50;
 fn serve(warehouse: &Path) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--insecure-no-auth"])
-        .args(["--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args([
+            "--pg",
+            "127.0.0.1:0",
+            "--flight",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .arg("--warehouse")
         .arg(warehouse)
         .stdout(Stdio::piped())
@@ -72,7 +79,9 @@ async fn push(
                 let answer: serde_json::Value = response.json().await.ok()?;
                 return Some(answer["duplicate"] == true);
             }
-            Ok(response) if response.status().as_u16() == 429 || response.status().as_u16() == 503 => {
+            Ok(response)
+                if response.status().as_u16() == 429 || response.status().as_u16() == 503 =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok(response) => panic!("unexpected answer {}", response.status()),
@@ -89,8 +98,11 @@ fn every_acknowledged_batch_survives_a_sigkill_exactly_once() {
     let wh = dir.path().join("wh");
     ok(
         &wh,
-        &["-c", "CREATE TABLE bronze.readings (device_id VARCHAR NOT NULL, patient_id INT NOT NULL, \
-                 metric VARCHAR NOT NULL, value DOUBLE, unit VARCHAR, taken_at TIMESTAMP NOT NULL)"],
+        &[
+            "-c",
+            "CREATE TABLE bronze.readings (device_id VARCHAR NOT NULL, patient_id INT NOT NULL, \
+                 metric VARCHAR NOT NULL, value DOUBLE, unit VARCHAR, taken_at TIMESTAMP NOT NULL)",
+        ],
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let http = reqwest::Client::builder()
@@ -188,7 +200,12 @@ fn every_acknowledged_batch_survives_a_sigkill_exactly_once() {
     // Every batch is in the table exactly once.
     let out = ok(
         &wh,
-        &["--format", "csv", "-c", "SELECT count(*) AS n, count(DISTINCT device_id || '/' || CAST(patient_id AS VARCHAR) || '/' || CAST(value AS VARCHAR)) AS d FROM bronze.readings"],
+        &[
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) AS n, count(DISTINCT device_id || '/' || CAST(patient_id AS VARCHAR) || '/' || CAST(value AS VARCHAR)) AS d FROM bronze.readings",
+        ],
     );
     let expected = CLIENTS * BATCHES * ROWS;
     assert!(

@@ -1174,12 +1174,15 @@ async fn azure_sql_signs_in_with_an_azure_ad_access_token_over_tls() {
         ))
         .await
         .unwrap();
-    assert_eq!(count(&engine, "SELECT count(*) FROM public.trials").await, 100);
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM public.trials").await,
+        100
+    );
     let logins = server.logins();
     assert!(
-        logins
-            .iter()
-            .all(|l| l.success && l.encrypted && l.auth == medlake_tds_testserver::LoginAuth::AadToken),
+        logins.iter().all(|l| l.success
+            && l.encrypted
+            && l.auth == medlake_tds_testserver::LoginAuth::AadToken),
         "{logins:?}"
     );
     // A token and a login at once is ambiguous: refused before connecting.
