@@ -188,24 +188,39 @@ impl Translation {
         format!("@P{}", self.params.len())
     }
 
-    /// The T-SQL of `expr`, or `None` if some part of it has no faithful T-SQL form (then
-    /// nothing of it is added).
+    /// The T-SQL of the predicate `expr`, or `None` if some part of it has no faithful T-SQL
+    /// form (then nothing of it is added).
+    ///
+    /// Text compares under the column's collation at SQL Server (usually case- and
+    /// trailing-space-insensitive), so a pushed text predicate must select a superset of what
+    /// DataFusion selects (DataFusion then checks it again): `=`, `IN` and `LIKE`, never
+    /// negated, never ordered (`<`, `BETWEEN`: orders differ between collations).
     pub fn filter(&mut self, expr: &Expr, columns: &[Column]) -> Option<String> {
         let mark = self.params.len();
-        let sql = self.translate(expr, columns);
+        let sql = self.predicate(expr, columns, true);
         if sql.is_none() {
             self.params.truncate(mark);
         }
         sql
     }
 
-    fn translate(&mut self, expr: &Expr, columns: &[Column]) -> Option<String> {
-        Some(match expr {
-            Expr::Column(_) | Expr::Cast(_) | Expr::TryCast(_) => column(expr, columns)?.quoted(),
+    fn operand(&mut self, expr: &Expr, columns: &[Column]) -> Option<String> {
+        match expr {
+            Expr::Column(_) | Expr::Cast(_) | Expr::TryCast(_) => {
+                Some(column(expr, columns)?.quoted())
+            }
             Expr::Literal(value, _) => {
                 let param = Param::from_scalar(value)?;
-                self.param(param)
+                Some(self.param(param))
             }
+            _ => None,
+        }
+    }
+
+    /// `positive`: whether the predicate is under an even number of NOTs.
+    fn predicate(&mut self, expr: &Expr, columns: &[Column], positive: bool) -> Option<String> {
+        let collated = |c: &Column| !c.remote.compares_like_datafusion();
+        Some(match expr {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 let op = match op {
                     Operator::Eq => "=",
@@ -221,20 +236,23 @@ impl Translation {
                 if matches!(op, "AND" | "OR") {
                     format!(
                         "({} {op} {})",
-                        self.translate(left, columns)?,
-                        self.translate(right, columns)?
+                        self.predicate(left, columns, positive)?,
+                        self.predicate(right, columns, positive)?
                     )
                 } else {
                     // A comparison of a column with a value (either side).
-                    comparable(left, right, columns)?;
+                    let c = comparable(left, right, columns)?;
+                    if collated(c) && !(op == "=" && positive) {
+                        return None;
+                    }
                     format!(
                         "({} {op} {})",
-                        self.translate(left, columns)?,
-                        self.translate(right, columns)?
+                        self.operand(left, columns)?,
+                        self.operand(right, columns)?
                     )
                 }
             }
-            Expr::Not(inner) => format!("(NOT {})", self.translate(inner, columns)?),
+            Expr::Not(inner) => format!("(NOT {})", self.predicate(inner, columns, !positive)?),
             Expr::IsNull(inner) => format!("({} IS NULL)", column(inner, columns)?.quoted()),
             Expr::IsNotNull(inner) => format!("({} IS NOT NULL)", column(inner, columns)?.quoted()),
             Expr::Between(Between {
@@ -243,37 +261,47 @@ impl Translation {
                 low,
                 high,
             }) => {
-                let c = column(expr, columns)?.quoted();
+                let c = column(expr, columns)?;
+                if collated(c) {
+                    return None;
+                }
                 literal(low)?;
                 literal(high)?;
                 let not = if *negated { "NOT " } else { "" };
                 format!(
-                    "({c} {not}BETWEEN {} AND {})",
-                    self.translate(low, columns)?,
-                    self.translate(high, columns)?
+                    "({} {not}BETWEEN {} AND {})",
+                    c.quoted(),
+                    self.operand(low, columns)?,
+                    self.operand(high, columns)?
                 )
             }
             Expr::InList(list) => {
-                let c = column(&list.expr, columns)?.quoted();
-                if list.list.is_empty() || list.list.len() > 2000 {
+                let c = column(&list.expr, columns)?;
+                if list.list.is_empty()
+                    || list.list.len() > 2000
+                    || collated(c) && (list.negated || !positive)
+                {
                     return None;
                 }
                 let mut values = Vec::with_capacity(list.list.len());
                 for item in &list.list {
                     literal(item)?;
-                    values.push(self.translate(item, columns)?);
+                    values.push(self.operand(item, columns)?);
                 }
                 let not = if list.negated { "NOT " } else { "" };
-                format!("({c} {not}IN ({}))", values.join(", "))
+                format!("({} {not}IN ({}))", c.quoted(), values.join(", "))
             }
             Expr::Like(Like {
-                negated,
+                negated: false,
                 expr,
                 pattern,
                 escape_char: None,
                 case_insensitive: false,
-            }) => {
-                let c = column(expr, columns)?.quoted();
+            }) if positive => {
+                let c = column(expr, columns)?;
+                if !collated(c) || c.data_type != DataType::Utf8 {
+                    return None;
+                }
                 let Expr::Literal(value, _) = pattern.as_ref() else {
                     return None;
                 };
@@ -288,9 +316,9 @@ impl Translation {
                 if pattern.contains('[') || pattern.contains('\\') {
                     return None;
                 }
-                let not = if *negated { "NOT " } else { "" };
                 format!(
-                    "({c} {not}LIKE {})",
+                    "({} LIKE {})",
+                    c.quoted(),
                     self.param(Param::Text(pattern.clone()))
                 )
             }
@@ -352,11 +380,105 @@ fn literal(expr: &Expr) -> Option<()> {
     matches!(expr, Expr::Literal(v, _) if !v.is_null()).then_some(())
 }
 
-/// A comparison must be between a column and a non-NULL literal.
-fn comparable(left: &Expr, right: &Expr, columns: &[Column]) -> Option<()> {
+/// A comparison must be between a column and a non-NULL literal: the column.
+fn comparable<'a>(left: &Expr, right: &Expr, columns: &'a [Column]) -> Option<&'a Column> {
     match (left, right) {
-        (l, r) if column(l, columns).is_some() && literal(r).is_some() => Some(()),
-        (l, r) if literal(l).is_some() && column(r, columns).is_some() => Some(()),
+        (l, r) if literal(r).is_some() => column(l, columns),
+        (l, r) if literal(l).is_some() => column(r, columns),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlserver::types::RemoteColumn;
+    use datafusion::prelude::{col, lit};
+
+    fn columns() -> Vec<Column> {
+        let column = |name: &str, remote: &str, data_type: DataType| Column {
+            name: name.into(),
+            data_type,
+            remote: RemoteColumn {
+                name: name.to_uppercase(),
+                data_type: remote.into(),
+                max_length: None,
+                precision: None,
+                scale: None,
+                datetime_precision: None,
+                nullable: true,
+            },
+        };
+        vec![
+            column("id", "int", DataType::Int32),
+            column("ward", "nvarchar", DataType::Utf8),
+        ]
+    }
+
+    fn sql(expr: Expr) -> Option<(String, usize)> {
+        let mut t = Translation::default();
+        t.filter(&expr, &columns()).map(|s| (s, t.params.len()))
+    }
+
+    #[test]
+    fn text_predicates_are_pushed_only_when_the_collation_cannot_lose_rows() {
+        assert_eq!(sql(col("ward").eq(lit("ICU"))).unwrap().0, "([WARD] = @P1)");
+        assert!(sql(col("ward").not_eq(lit("ICU"))).is_none());
+        assert!(sql(col("ward").gt(lit("M"))).is_none());
+        assert!(sql(Expr::Not(Box::new(col("ward").eq(lit("ICU"))))).is_none());
+        assert!(sql(col("ward").in_list(vec![lit("a")], true)).is_none());
+        assert!(sql(col("ward").not_like(lit("a%"))).is_none());
+        assert_eq!(
+            sql(col("ward").like(lit("Card%"))).unwrap().0,
+            "([WARD] LIKE @P1)"
+        );
+        // Numbers compare alike on both sides, negated or not.
+        assert_eq!(
+            sql(Expr::Not(Box::new(col("id").gt(lit(5))))).unwrap().0,
+            "(NOT ([ID] > @P1))"
+        );
+        // A bare column is not a T-SQL predicate.
+        assert!(sql(col("id")).is_none());
+        // Untranslatable parts leave no parameters behind.
+        let mut t = Translation::default();
+        assert!(
+            t.filter(
+                &col("id").gt(lit(1)).and(col("ward").not_eq(lit("x"))),
+                &columns()
+            )
+            .is_none()
+        );
+        assert!(t.params.is_empty());
+        assert_eq!(
+            sql(col("id").gt(lit(1)).or(col("ward").eq(lit("x")))),
+            Some(("(([ID] > @P1) OR ([WARD] = @P2))".into(), 2))
+        );
+    }
+
+    #[test]
+    fn marks_round_trip_through_text() {
+        let ts = ScalarValue::TimestampMicrosecond(Some(1_764_000_000_123_456), None);
+        let mark = encode_mark(&ts).unwrap();
+        assert_eq!(mark, "2025-11-24T16:00:00.123456");
+        assert_eq!(
+            Param::from_mark(&mark, &DataType::Timestamp(TimeUnit::Microsecond, None)).unwrap(),
+            Param::DateTime(
+                DateTime::from_timestamp_micros(1_764_000_000_123_456)
+                    .unwrap()
+                    .naive_utc()
+            )
+        );
+        let rv = ScalarValue::Binary(Some(vec![0, 0, 0, 0, 0, 0, 7, 209]));
+        let mark = encode_mark(&rv).unwrap();
+        assert_eq!(mark, "0x00000000000007d1");
+        assert_eq!(
+            Param::from_mark(&mark, &DataType::Binary).unwrap(),
+            Param::Binary(vec![0, 0, 0, 0, 0, 0, 7, 209])
+        );
+        assert!(Param::from_mark("0x0", &DataType::Binary).is_err());
+        assert_eq!(
+            Param::from_mark("42", &DataType::Int64).unwrap(),
+            Param::Int(42)
+        );
     }
 }

@@ -111,7 +111,15 @@ impl RemoteColumn {
     pub fn compares_like_datafusion(&self) -> bool {
         !matches!(
             self.data_type.as_str(),
-            "char" | "varchar" | "nchar" | "nvarchar" | "text" | "ntext" | "xml" | "sysname"
+            "char"
+                | "varchar"
+                | "nchar"
+                | "nvarchar"
+                | "text"
+                | "ntext"
+                | "xml"
+                | "sysname"
+                | "uniqueidentifier"
         )
     }
 }
