@@ -11,25 +11,8 @@ use arrow::compute::cast;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 
 use crate::encode::normalize_guid_array;
+use crate::error::{Error, Result};
 use crate::types::{Column, SqlType};
-
-/// Why a table could not be declared or extended.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CatalogError {
-    #[error("table {schema}.{table} has no columns")]
-    NoColumns { schema: String, table: String },
-    #[error("table {schema}.{table} is not declared")]
-    TableNotFound { schema: String, table: String },
-    #[error("batch for {schema}.{table} has {got} columns, the table has {want}")]
-    ColumnCount {
-        schema: String,
-        table: String,
-        got: usize,
-        want: usize,
-    },
-    #[error("column {column}: {detail}")]
-    Column { column: String, detail: String },
-}
 
 /// A declared table.
 #[derive(Debug, Clone)]
@@ -69,9 +52,9 @@ impl Catalog {
         table: &str,
         columns: Vec<Column>,
         batches: Vec<RecordBatch>,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<()> {
         if columns.is_empty() {
-            return Err(CatalogError::NoColumns {
+            return Err(Error::NoColumns {
                 schema: schema.into(),
                 table: table.into(),
             });
@@ -102,15 +85,12 @@ impl Catalog {
         schema: &str,
         table: &str,
         batches: Vec<RecordBatch>,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<()> {
         let k = key(schema, table);
-        let existing = self
-            .tables
-            .get(&k)
-            .ok_or_else(|| CatalogError::TableNotFound {
-                schema: schema.into(),
-                table: table.into(),
-            })?;
+        let existing = self.tables.get(&k).ok_or_else(|| Error::TableNotFound {
+            schema: schema.into(),
+            table: table.into(),
+        })?;
         let mut t = Table::clone(existing);
         for batch in batches {
             let batch = conform(&t, batch)?;
@@ -127,9 +107,9 @@ impl Catalog {
 
 /// Rebuild a user batch with the table's schema: canonical Arrow types (casting when Arrow
 /// can), lower-case names, GUIDs in canonical text, NOT NULL checked.
-fn conform(t: &Table, batch: RecordBatch) -> Result<RecordBatch, CatalogError> {
+fn conform(t: &Table, batch: RecordBatch) -> Result<RecordBatch> {
     if batch.num_columns() != t.columns.len() {
-        return Err(CatalogError::ColumnCount {
+        return Err(Error::ColumnCount {
             schema: t.schema.clone(),
             table: t.name.clone(),
             got: batch.num_columns(),
@@ -138,7 +118,7 @@ fn conform(t: &Table, batch: RecordBatch) -> Result<RecordBatch, CatalogError> {
     }
     let mut arrays = Vec::with_capacity(t.columns.len());
     for (column, array) in t.columns.iter().zip(batch.columns()) {
-        let column_err = |detail: String| CatalogError::Column {
+        let column_err = |detail: String| Error::Column {
             column: column.name.clone(),
             detail,
         };
@@ -162,17 +142,14 @@ fn conform(t: &Table, batch: RecordBatch) -> Result<RecordBatch, CatalogError> {
         }
         arrays.push(array);
     }
-    RecordBatch::try_new(t.arrow_schema.clone(), arrays).map_err(|e| CatalogError::Column {
+    RecordBatch::try_new(t.arrow_schema.clone(), arrays).map_err(|e| Error::Column {
         column: String::new(),
         detail: e.to_string(),
     })
 }
 
 /// The INFORMATION_SCHEMA views: their declared columns and their current rows.
-pub(crate) fn information_schema(
-    catalog: &Catalog,
-    database: &str,
-) -> Result<Vec<Table>, arrow::error::ArrowError> {
+pub(crate) fn information_schema(catalog: &Catalog, database: &str) -> Result<Vec<Table>> {
     let tables_columns = vec![
         Column::new("TABLE_CATALOG", SqlType::NVarChar(Some(128))),
         Column::new("TABLE_SCHEMA", SqlType::NVarChar(Some(128))),

@@ -5,17 +5,46 @@
 //!
 //! It exists so medlake's SQL Server connector can be tested with its real client (tiberius)
 //! on a machine without SQL Server; tests can also see what the server received
-//! ([`TdsServer::received`]) to check pushdown, and inject faults ([`Fault`]).
+//! ([`TdsServer::received`]) to check pushdown, and inject faults ([`Fault`]). It owns nothing
+//! else in medlake and must not be used outside tests. Every server binds `127.0.0.1:0` and
+//! stops on [`TdsServer::shutdown`] or when dropped.
 //!
-//! It owns nothing else in medlake and must not be used outside tests. Every server binds
-//! `127.0.0.1:0` and stops on [`TdsServer::shutdown`] or when dropped.
+//! Values are held in Arrow with one canonical type per [`SqlType`] ([`SqlType::arrow_type`]).
+//! Result columns that project a table column (directly, renamed, grouped by, or as its MIN /
+//! MAX) keep its SQL type; other columns get the SQL type of their Arrow type (Int64 → bigint,
+//! Utf8 → nvarchar(max), Decimal128 → decimal(p,s), Timestamp(µs) → datetime2(6), ...).
 //!
-//! Values are held in Arrow with one canonical type per [`SqlType`]
-//! ([`SqlType::arrow_type`]); what is supported of T-SQL is listed in the README of this
-//! crate's tests and in `tsql.rs`.
+//! # T-SQL understood
+//! Parsed with sqlparser's `MsSqlDialect`, rewritten, planned by DataFusion:
+//! - `SELECT` with `WHERE`, `GROUP BY`, `HAVING`, joins, subqueries, CTEs, `UNION`,
+//!   `ORDER BY` (also by ordinal; NULLs sort first as in SQL Server), `DISTINCT`;
+//!   `TOP (n)` / `TOP n` and `OFFSET n ROWS FETCH NEXT m ROWS ONLY` (→ LIMIT/OFFSET);
+//! - `[bracketed]` (with `]]` escapes) and `"quoted"` identifiers; names resolve
+//!   case-insensitively and come back spelled as written (`*` gives the declared names, an
+//!   expression without alias has an empty name); `db.schema.table` / `db..table` (the
+//!   database is ignored) and `schema.table.column`; `WITH (NOLOCK)` hints are ignored;
+//! - `@P1..@Pn` (any `@name`) from `sp_executesql`, substituted as typed literals;
+//!   `N'..'` strings; integer literals are `int`; `COUNT` is `int`, `COUNT_BIG` `bigint`;
+//! - `CAST` / `CONVERT` / `TRY_CONVERT` to T-SQL type names (`bit`, `tinyint`, `money`,
+//!   `nvarchar(max)`, `datetime2(7)`, `datetimeoffset`, `uniqueidentifier`, ...);
+//! - `BETWEEN`, `IN`, `LIKE` (`%`, `_`), `IS [NOT] NULL`, `AND` / `OR` / `NOT`, `MIN` / `MAX`
+//!   and DataFusion's other functions; `ISNULL`, `LEN`, `DATALENGTH`, `GETDATE` and friends,
+//!   `DB_NAME()`, `SCHEMA_NAME()`, `SERVERPROPERTY(..)`, `@@VERSION`, `@@SPID`; `'a' + x` on a
+//!   string literal concatenates;
+//! - `SET ...` (acknowledged with DONE), `USE db`, several statements per batch (one result
+//!   each);
+//! - `INFORMATION_SCHEMA.TABLES` and `INFORMATION_SCHEMA.COLUMNS` for the declared tables,
+//!   filled as SQL Server fills them.
+//!
+//! Not SQL Server: text comparisons are case- and trailing-space-sensitive (DataFusion's), a
+//! GUID compares as its lower-case text, `LIKE '[a-c]%'` classes, `+` between two string
+//! columns, T-SQL's integer `AVG` / `SUM` result types, DML / DDL / procedures (error 50000 or
+//! 2812), TDS 8.0 strict encryption and MARS are not supported; an Attention is acknowledged
+//! between requests only.
 
 mod catalog;
 mod encode;
+mod error;
 mod exec;
 mod request;
 mod session;

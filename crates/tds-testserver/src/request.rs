@@ -3,16 +3,10 @@
 use crate::encode::{cp1252_decode, format_guid, reorder_guid};
 use crate::types::SqlType;
 
-/// A malformed client message.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed {what}: {detail}")]
-pub(crate) struct DecodeError {
-    what: &'static str,
-    detail: String,
-}
+use crate::error::{Error, Result};
 
-fn bad(what: &'static str, detail: impl Into<String>) -> DecodeError {
-    DecodeError {
+fn bad(what: &'static str, detail: impl Into<String>) -> Error {
+    Error::Malformed {
         what,
         detail: detail.into(),
     }
@@ -30,7 +24,7 @@ impl<'a> Reader<'a> {
         Reader { data, pos: 0, what }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self
             .pos
             .checked_add(n)
@@ -41,28 +35,28 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    fn u16(&mut self) -> Result<u16> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    fn u32(&mut self) -> Result<u32> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    fn u64(&mut self) -> Result<u64> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
 
-    fn utf16(&mut self, chars: usize) -> Result<String, DecodeError> {
+    fn utf16(&mut self, chars: usize) -> Result<String> {
         let bytes = self.take(chars * 2)?;
         utf16_string(bytes).map_err(|e| bad(self.what, e))
     }
@@ -90,7 +84,7 @@ pub(crate) struct PreLogin {
     pub fed_auth_required: Option<bool>,
 }
 
-pub(crate) fn decode_prelogin(payload: &[u8]) -> Result<PreLogin, DecodeError> {
+pub(crate) fn decode_prelogin(payload: &[u8]) -> Result<PreLogin> {
     let mut out = PreLogin {
         encryption: 0x02,
         fed_auth_required: None,
@@ -162,7 +156,7 @@ pub(crate) struct Login7 {
     pub fed_auth_token: Option<String>,
 }
 
-pub(crate) fn decode_login7(payload: &[u8]) -> Result<Login7, DecodeError> {
+pub(crate) fn decode_login7(payload: &[u8]) -> Result<Login7> {
     let mut r = Reader::new(payload, "LOGIN7");
     let _length = r.u32()?;
     let tds_version = r.u32()?;
@@ -179,7 +173,7 @@ pub(crate) fn decode_login7(payload: &[u8]) -> Result<Login7, DecodeError> {
     }
     // fields: 0 host, 1 user, 2 password, 3 app, 4 server, 5 extension, 6 library,
     // 7 language, 8 database.
-    let text = |i: usize| -> Result<String, DecodeError> {
+    let text = |i: usize| -> Result<String> {
         let (offset, chars) = fields[i];
         let bytes = payload
             .get(offset..offset + chars * 2)
@@ -225,7 +219,7 @@ pub(crate) fn decode_login7(payload: &[u8]) -> Result<Login7, DecodeError> {
 }
 
 /// Walk FeatureExt; return the FEDAUTH security token if present.
-fn decode_features(data: &[u8]) -> Result<Option<String>, DecodeError> {
+fn decode_features(data: &[u8]) -> Result<Option<String>> {
     let mut r = Reader::new(data, "LOGIN7 FeatureExt");
     let mut token = None;
     while !r.is_empty() {
@@ -253,7 +247,7 @@ fn decode_features(data: &[u8]) -> Result<Option<String>, DecodeError> {
 }
 
 /// Skip ALL_HEADERS (a total length that includes itself).
-fn skip_all_headers(payload: &[u8], what: &'static str) -> Result<usize, DecodeError> {
+fn skip_all_headers(payload: &[u8], what: &'static str) -> Result<usize> {
     let mut r = Reader::new(payload, what);
     let total = r.u32()? as usize;
     if total < 4 || total > payload.len() {
@@ -262,7 +256,7 @@ fn skip_all_headers(payload: &[u8], what: &'static str) -> Result<usize, DecodeE
     Ok(total)
 }
 
-pub(crate) fn decode_sql_batch(payload: &[u8]) -> Result<String, DecodeError> {
+pub(crate) fn decode_sql_batch(payload: &[u8]) -> Result<String> {
     let start = skip_all_headers(payload, "SQL batch")?;
     utf16_string(&payload[start..]).map_err(|e| bad("SQL batch", e))
 }
@@ -309,7 +303,7 @@ pub(crate) struct RpcCall {
     pub params: Vec<RpcParam>,
 }
 
-pub(crate) fn decode_rpc(payload: &[u8]) -> Result<Vec<RpcCall>, DecodeError> {
+pub(crate) fn decode_rpc(payload: &[u8]) -> Result<Vec<RpcCall>> {
     let start = skip_all_headers(payload, "RPC")?;
     let mut r = Reader::new(&payload[start..], "RPC");
     let mut calls = Vec::new();
@@ -345,7 +339,7 @@ pub(crate) fn decode_rpc(payload: &[u8]) -> Result<Vec<RpcCall>, DecodeError> {
     Ok(calls)
 }
 
-fn decode_param(r: &mut Reader<'_>) -> Result<RpcParam, DecodeError> {
+fn decode_param(r: &mut Reader<'_>) -> Result<RpcParam> {
     let name_len = usize::from(r.u8()?);
     let name = r.utf16(name_len)?;
     let _status = r.u8()?;
@@ -359,7 +353,7 @@ fn decode_param(r: &mut Reader<'_>) -> Result<RpcParam, DecodeError> {
 }
 
 /// Read TYPE_INFO (after its type byte) and the value that follows it.
-fn decode_typed_value(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Value), DecodeError> {
+fn decode_typed_value(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Value)> {
     let what = r.what;
     let le_int = |bytes: &[u8]| -> i64 {
         let mut a = [0u8; 8];
@@ -417,10 +411,21 @@ fn decode_typed_value(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Va
             if len == 0 {
                 return Ok((Some(sql_type), Value::Null));
             }
+            let valid = match ty {
+                0x26 => matches!(len, 1 | 2 | 4 | 8),
+                0x68 => len == 1,
+                0x24 => len == 16,
+                _ => matches!(len, 4 | 8),
+            };
+            if !valid {
+                return Err(bad(what, format!("length {len} for type 0x{ty:02X}")));
+            }
             let bytes = r.take(len)?;
             let value = match sql_type {
-                SqlType::TinyInt => Value::TinyInt(bytes[0]),
-                SqlType::SmallInt | SqlType::Int | SqlType::BigInt => Value::Int(le_int(bytes)),
+                SqlType::TinyInt if len == 1 => Value::TinyInt(bytes[0]),
+                SqlType::TinyInt | SqlType::SmallInt | SqlType::Int | SqlType::BigInt => {
+                    Value::Int(le_int(bytes))
+                }
                 SqlType::Bit => Value::Bit(bytes[0] != 0),
                 SqlType::Real | SqlType::Float if len == 4 => Value::Real(f32::from_le_bytes(
                     bytes.try_into().map_err(|_| bad(what, "real"))?,
@@ -621,7 +626,7 @@ fn datetime(bytes: &[u8]) -> Value {
 }
 
 /// PLP value: total length (all ones = NULL), then chunks up to a zero-length terminator.
-fn read_plp(r: &mut Reader<'_>) -> Result<Option<Vec<u8>>, DecodeError> {
+fn read_plp(r: &mut Reader<'_>) -> Result<Option<Vec<u8>>> {
     let total = r.u64()?;
     if total == u64::MAX {
         return Ok(None);

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::encode::ColumnEncoder;
+use crate::error::{Error, Result};
 use crate::exec::{self, ResultColumn};
 use crate::request::{self, RpcCall, Value};
 use crate::tls::PreloginWrapper;
@@ -109,28 +110,13 @@ fn negotiate(server: Encryption, client: u8) -> (u8, bool) {
     }
 }
 
-/// Why a connection ended other than by the client closing it.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SessionError {
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
-    #[error(transparent)]
-    Decode(#[from] request::DecodeError),
-    #[error("unexpected packet type 0x{0:02X}")]
-    UnexpectedPacket(u8),
-    #[error("login failed")]
-    LoginFailed,
-    #[error("connection dropped by fault injection")]
-    FaultDrop,
-}
-
 pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, spid: u16) {
     if let Err(error) = run(shared, tcp, spid).await {
         tracing::debug!(%error, spid, "connection ended");
     }
 }
 
-async fn run(shared: Arc<Shared>, tcp: TcpStream, spid: u16) -> Result<(), SessionError> {
+async fn run(shared: Arc<Shared>, tcp: TcpStream, spid: u16) -> Result<()> {
     if matches!(shared.fault(), Some(Fault::RefuseLogins)) {
         return Ok(());
     }
@@ -142,10 +128,12 @@ async fn run(shared: Arc<Shared>, tcp: TcpStream, spid: u16) -> Result<(), Sessi
         return Ok(());
     };
     if msg.ty != packet_type::PRELOGIN {
-        return Err(SessionError::UnexpectedPacket(msg.ty));
+        return Err(Error::UnexpectedPacket(msg.ty));
     }
     let prelogin = request::decode_prelogin(&msg.payload)?;
-    let (answer, refuse) = negotiate(shared.config.encryption, prelogin.encryption);
+    // The high bit (ENCRYPT_CLIENT_CERT) is about client certificates, not the level.
+    let client_level = prelogin.encryption & 0x0F;
+    let (answer, refuse) = negotiate(shared.config.encryption, client_level);
     let fed_auth = prelogin
         .fed_auth_required
         .map(|_| !shared.config.aad_tokens.is_empty());
@@ -158,7 +146,7 @@ async fn run(shared: Arc<Shared>, tcp: TcpStream, spid: u16) -> Result<(), Sessi
     }
 
     // TLS, if both sides agreed to encrypt at least the login.
-    let client_encrypts = prelogin.encryption != enc::NOT_SUP;
+    let client_encrypts = client_level != enc::NOT_SUP;
     let use_tls = answer != enc::NOT_SUP && client_encrypts;
     let mut transport = if use_tls {
         let acceptor = shared
@@ -178,7 +166,7 @@ async fn run(shared: Arc<Shared>, tcp: TcpStream, spid: u16) -> Result<(), Sessi
         return Ok(());
     };
     if msg.ty != packet_type::LOGIN7 {
-        return Err(SessionError::UnexpectedPacket(msg.ty));
+        return Err(Error::UnexpectedPacket(msg.ty));
     }
     let login = request::decode_login7(&msg.payload)?;
     if answer == enc::OFF
@@ -237,7 +225,7 @@ impl Session {
         MessageWriter::new(packet_type::TABULAR_RESULT, self.packet_size, self.spid)
     }
 
-    async fn login(&mut self, login: request::Login7, encrypted: bool) -> Result<(), SessionError> {
+    async fn login(&mut self, login: request::Login7, encrypted: bool) -> Result<()> {
         let config = &self.shared.config;
         let (user, auth, authenticated) = match &login.fed_auth_token {
             Some(token) => (
@@ -296,7 +284,7 @@ impl Session {
             );
             wire::put_done(buf, token::DONE, done::ERROR, 0, 0);
             w.finish(&mut self.transport).await?;
-            return Err(SessionError::LoginFailed);
+            return Err(Error::LoginFailed { user });
         }
 
         let packet_size = match login.packet_size {
@@ -335,7 +323,7 @@ impl Session {
         Ok(())
     }
 
-    async fn serve_requests(&mut self) -> Result<(), SessionError> {
+    async fn serve_requests(&mut self) -> Result<()> {
         loop {
             let Some(msg) = wire::read_message(&mut self.transport).await? else {
                 return Ok(());
@@ -375,15 +363,15 @@ impl Session {
                     w.finish(&mut self.transport).await?;
                     Flow::Continue
                 }
-                other => return Err(SessionError::UnexpectedPacket(other)),
+                other => return Err(Error::UnexpectedPacket(other)),
             };
             if let Flow::Dropped = flow {
-                return Err(SessionError::FaultDrop);
+                return Err(Error::FaultDrop);
             }
         }
     }
 
-    async fn run_rpcs(&mut self, calls: Vec<RpcCall>) -> Result<Flow, SessionError> {
+    async fn run_rpcs(&mut self, calls: Vec<RpcCall>) -> Result<Flow> {
         let mut w = self.writer();
         let count = calls.len();
         for (i, call) in calls.into_iter().enumerate() {
@@ -396,13 +384,14 @@ impl Session {
                     Some(id) => format!("procedure id {id}"),
                     None => String::new(),
                 });
-            let is_executesql = call.proc_id == Some(10)
-                || proc_name
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .to_ascii_lowercase()
-                    .rsplit('.')
-                    .next()
-                    .is_some_and(|n| n.trim_matches(|c| c == '[' || c == ']') == "sp_executesql");
+            // By id (10) or by name: sp_executesql, sys.sp_executesql, [sys].[sp_executesql].
+            let base_name = proc_name
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_ascii_lowercase();
+            let is_executesql = call.proc_id == Some(10) || base_name == "sp_executesql";
             let mut params = call.params.into_iter();
             let status = if is_executesql {
                 let stmt = match params.next().map(|p| p.value) {
@@ -492,7 +481,7 @@ impl Session {
         params: &Params,
         rpc: bool,
         w: &mut MessageWriter,
-    ) -> Result<Flow, SessionError> {
+    ) -> Result<Flow> {
         let shared = self.shared.clone();
         let _running = RunningQuery::start(&shared);
         let done_token = if rpc { token::DONEINPROC } else { token::DONE };
@@ -588,7 +577,7 @@ impl Session {
         w: &mut MessageWriter,
         done_token: u8,
         more: u16,
-    ) -> Result<StreamEnd, SessionError> {
+    ) -> Result<StreamEnd> {
         put_colmetadata(w.buf(), &execution.columns);
         w.send_full(&mut self.transport).await?;
         let fault = self.shared.fault();
@@ -649,7 +638,7 @@ impl Session {
 impl Session {
     /// Send what is buffered (rows so far, no end of message), then close with a TCP reset
     /// instead of a FIN, like a server that died mid-result.
-    async fn drop_connection(&mut self, w: &mut MessageWriter) -> Result<StreamEnd, SessionError> {
+    async fn drop_connection(&mut self, w: &mut MessageWriter) -> Result<StreamEnd> {
         w.send_partial(&mut self.transport).await?;
         let _ = self.transport.tcp().set_zero_linger();
         Ok(StreamEnd::Dropped)

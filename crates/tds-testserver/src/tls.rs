@@ -55,8 +55,11 @@ pub(crate) struct PreloginWrapper<S> {
     header: [u8; HEADER_LEN],
     header_pos: usize,
     read_remaining: usize,
-    write_buf: Vec<u8>,
-    write_pos: usize,
+    /// Handshake bytes written since the last flush.
+    payload: Vec<u8>,
+    /// A framed packet being written out.
+    out: Vec<u8>,
+    out_pos: usize,
     /// Bytes read while looking for a header that turned out to be bare TLS.
     pending: Vec<u8>,
 }
@@ -69,8 +72,9 @@ impl<S> PreloginWrapper<S> {
             header: [0; HEADER_LEN],
             header_pos: 0,
             read_remaining: 0,
-            write_buf: Vec::new(),
-            write_pos: 0,
+            payload: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
             pending: Vec::new(),
         }
     }
@@ -151,40 +155,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PreloginWrapper<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if !this.handshake {
+        if !this.handshake && this.out.is_empty() && this.payload.is_empty() {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
-        if this.write_buf.is_empty() {
-            this.write_buf.extend_from_slice(&[0; HEADER_LEN]);
-            this.write_pos = 0;
-        }
-        this.write_buf.extend_from_slice(buf);
+        // Handshake bytes wait for the next flush, which frames them as one packet.
+        this.payload.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.write_buf.len() > HEADER_LEN {
-            if this.write_pos == 0 {
-                let len = u16::try_from(this.write_buf.len()).map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidData, "TLS handshake flight too large")
-                })?;
-                this.write_buf[0] = packet_type::PRELOGIN;
-                this.write_buf[1] = 0x01;
-                this.write_buf[2..4].copy_from_slice(&len.to_be_bytes());
-                this.write_buf[4..8].copy_from_slice(&[0, 0, 1, 0]);
-            }
-            while this.write_pos < this.write_buf.len() {
-                let n = ready!(
-                    Pin::new(&mut this.inner).poll_write(cx, &this.write_buf[this.write_pos..])
-                )?;
+        loop {
+            if this.out_pos < this.out.len() {
+                let n =
+                    ready!(Pin::new(&mut this.inner).poll_write(cx, &this.out[this.out_pos..]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                this.write_pos += n;
+                this.out_pos += n;
+                continue;
             }
-            this.write_buf.clear();
-            this.write_pos = 0;
+            this.out.clear();
+            this.out_pos = 0;
+            if this.payload.is_empty() {
+                break;
+            }
+            let payload = std::mem::take(&mut this.payload);
+            if this.handshake {
+                let len = u16::try_from(payload.len() + HEADER_LEN).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "TLS handshake flight too large")
+                })?;
+                this.out.push(packet_type::PRELOGIN);
+                this.out.push(0x01); // end of message
+                this.out.extend_from_slice(&len.to_be_bytes());
+                this.out.extend_from_slice(&[0, 0, 1, 0]);
+            }
+            this.out.extend_from_slice(&payload);
         }
         Pin::new(&mut this.inner).poll_flush(cx)
     }

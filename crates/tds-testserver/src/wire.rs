@@ -223,7 +223,9 @@ pub(crate) fn put_message(
     put_u32(&mut body, number);
     body.push(state);
     body.push(class);
-    put_us_varchar(&mut body, message);
+    // SQL Server messages are at most 2047 characters; the token length is two bytes.
+    let message: String = message.chars().take(2047).collect();
+    put_us_varchar(&mut body, &message);
     put_b_varchar(&mut body, SERVER_NAME);
     put_b_varchar(&mut body, "");
     put_u32(&mut body, 1);

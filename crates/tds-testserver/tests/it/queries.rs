@@ -441,3 +441,97 @@ async fn bracketed_names_with_escaped_brackets() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn joins_ctes_and_t_sql_functions() {
+    let server = orders().await;
+    within("more t-sql", async {
+        let mut c = connect(&server).await;
+        // Join, table aliases, schema.table.column, HAVING, DISTINCT.
+        assert_eq!(
+            ints(
+                &mut c,
+                "SELECT a.OrderId FROM dbo.Orders a JOIN [dbo].[Orders] AS b ON a.OrderId = b.OrderId + 1 \
+                 ORDER BY a.OrderId DESC OFFSET 0 ROWS FETCH NEXT 2 ROWS ONLY"
+            )
+            .await,
+            vec![10, 9]
+        );
+        assert_eq!(
+            ints(
+                &mut c,
+                "SELECT dbo.Orders.OrderId FROM dbo.Orders WHERE dbo.Orders.OrderId = 2"
+            )
+            .await,
+            vec![2]
+        );
+        let rows = query(
+            &mut c,
+            "SELECT Customer, COUNT(*) AS n FROM dbo.Orders GROUP BY Customer HAVING COUNT(*) > 1 ORDER BY Customer",
+        )
+        .await;
+        let groups: Vec<(String, i32)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get::<&str, _>(0).unwrap().unwrap().to_string(),
+                    r.try_get::<i32, _>(1).unwrap().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                ("Alice".to_string(), 2),
+                ("Ann".to_string(), 2),
+                ("Anna".to_string(), 2),
+                ("Bob".to_string(), 2),
+                ("Carl".to_string(), 2)
+            ]
+        );
+        assert_eq!(query(&mut c, "SELECT DISTINCT Status FROM dbo.Orders").await.len(), 2);
+
+        // CTE, derived table, UNION ALL, db..table.
+        assert_eq!(
+            ints(
+                &mut c,
+                "WITH big AS (SELECT OrderId FROM master..Orders WHERE Amount > 90) \
+                 SELECT OrderId FROM big UNION ALL SELECT x.OrderId FROM (SELECT OrderId FROM dbo.Orders) x \
+                 WHERE x.OrderId = 1 ORDER BY 1"
+            )
+            .await,
+            vec![1, 9, 10]
+        );
+
+        // T-SQL functions and system values.
+        let rows = query(
+            &mut c,
+            "SELECT ISNULL(Status, 'none') AS s, LEN('ab  ') AS l, DATALENGTH(N'ab') AS d, \
+             'id-' + CONVERT(VARCHAR(10), OrderId) AS label, TRY_CONVERT(INT, 'x') AS bad, \
+             CAST(SERVERPROPERTY('ProductMajorVersion') AS INT) AS major, @@SPID AS spid, \
+             GETDATE() AS now \
+             FROM dbo.Orders WHERE OrderId = 3",
+        )
+        .await;
+        let r = &rows[0];
+        assert_eq!(r.try_get::<&str, _>("s").unwrap(), Some("none"));
+        assert_eq!(r.try_get::<i32, _>("l").unwrap(), Some(2));
+        assert_eq!(r.try_get::<&str, _>("label").unwrap(), Some("id-3"));
+        assert_eq!(r.try_get::<i32, _>("bad").unwrap(), None);
+        assert_eq!(r.try_get::<i32, _>("major").unwrap(), Some(16));
+        assert!(r.try_get::<i16, _>("spid").unwrap().unwrap() >= 51);
+        assert!(r.try_get::<chrono::NaiveDateTime, _>("now").unwrap().is_some());
+
+        // USE switches database (the only one is master); another name is 911.
+        let results = c
+            .simple_query("USE master; SELECT DB_NAME()")
+            .await
+            .unwrap()
+            .into_results()
+            .await
+            .unwrap();
+        assert_eq!(results.len(), 1);
+        assert_eq!(error_of(&mut c, "USE nowhere").await.code(), Some(911));
+    })
+    .await;
+}

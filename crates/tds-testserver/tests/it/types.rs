@@ -387,6 +387,10 @@ async fn every_type_round_trips_with_edge_values() {
         at(date(2000, 1, 1), 0, 0, 0, 0)
     );
     assert_eq!(even.naive_local(), at(date(2000, 1, 1), 2, 0, 0, 0));
+    // tiberius 0.13 quirk: reading a datetimeoffset as DateTime<Utc> subtracts the offset
+    // from the (already UTC) wire value; read DateTime<FixedOffset> instead.
+    let skewed: DateTime<Utc> = get(min, "DtoCol").unwrap();
+    assert_eq!(skewed.naive_utc(), at(date(1999, 12, 31), 22, 0, 0, 0));
     let odd: DateTime<FixedOffset> = get(max, "DtoCol").unwrap();
     assert_eq!(odd.offset().local_minus_utc(), -5 * 3600);
     assert_eq!(odd.naive_utc(), at(date(9999, 12, 30), 12, 0, 0, 0));
