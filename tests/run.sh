@@ -21,9 +21,10 @@ step "toolchain components"
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-step "Debian packages: psql (postgresql-client), pgjdbc (libpostgresql-jdbc-java), Java"
+step "Debian packages: psql (postgresql-client), pgjdbc (libpostgresql-jdbc-java), Java, PostgreSQL 15 (the ingest benchmark's peer)"
 need=()
 command -v psql >/dev/null || need+=(postgresql-client)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 [ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
 command -v java >/dev/null || need+=(default-jre-headless)
 if [ "${#need[@]}" -gt 0 ]; then
@@ -69,6 +70,10 @@ cargo run --locked -q -p medlake -- sql --warehouse "$demo/warehouse" -f example
 
 step "the refresh benchmark, small (checks the runner; figures come from release builds)"
 "$VENV/bin/python" benches/run.py refresh --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
+    --out "$demo/bench-results"
+
+step "the ingest benchmark, small (medlake serve --http and medlake simulate's data against PostgreSQL COPY)"
+"$VENV/bin/python" benches/run.py ingest --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"
 
 step "all tests passed"

@@ -45,7 +45,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const P_GLITCH: f64 = 0.003;
 const P_MISSING: f64 = 0.001;
 const P_LATE: f64 = 0.005;
-const P_DUPLICATE: f64 = 0.0;
+const P_DUPLICATE: f64 = 0.01;
 /// Share of devices that drop out once during a run (at least one device does).
 const P_DROPOUT: f64 = 0.15;
 
@@ -964,7 +964,7 @@ impl Poster {
                 .client
                 .post(self.url.clone())
                 .header(CONTENT_TYPE, "application/x-ndjson")
-                .header("Idempotency-Key", format!("{key}-{attempt}"))
+                .header("Idempotency-Key", key)
                 .body(body.clone());
             if self.gzip {
                 request = request.header(CONTENT_ENCODING, "gzip");
