@@ -1002,11 +1002,18 @@ impl Session {
                     .into());
                 }
                 // DataFusion files bare option keys under `format.`.
-                let options = create
+                let mut options: std::collections::BTreeMap<String, String> = create
                     .options
                     .into_iter()
                     .map(|(k, v)| (k.strip_prefix("format.").unwrap_or(&k).to_string(), v))
                     .collect();
+                // PARTITIONED BY (the Hive-style folders of file tables) travels as an option.
+                if !create.table_partition_cols.is_empty() {
+                    options.insert(
+                        "partitioned_by".into(),
+                        create.table_partition_cols.join(","),
+                    );
+                }
                 let declared = Arc::new(create.schema.as_arrow().clone());
                 let location = match create.locations.as_slice() {
                     [location] => location.clone(),

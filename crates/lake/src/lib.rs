@@ -13,7 +13,7 @@ mod location;
 mod warehouse;
 
 pub use error::{Error, Refusal, Result};
-pub use location::{CLOUD_SCHEMES, parse_location, redact};
+pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
 pub use warehouse::{
     BUILT_IN_SCHEMAS, CommitOptions, HistoryEntry, OptimizeOutcome, TableName, TimeTravel,
     VacuumOutcome, Warehouse, WriteMode, WriteOutcome, validate_name,

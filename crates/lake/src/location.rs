@@ -105,25 +105,60 @@ pub fn build_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path)> {
     })
 }
 
+/// Like [`build_store`], with object_store configuration on top of the environment's: keys as
+/// object_store spells them (`azure_storage_account_key`, `aws_secret_access_key`,
+/// `google_service_account_key`, ...), e.g. credentials a source connector resolved from its
+/// table's options. Values may be secrets: they never appear in the error.
+pub fn build_store_with(
+    url: &Url,
+    config: &[(String, String)],
+) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    cloud_store_with(url, config).map_err(|e| {
+        let mut reason = e.to_string();
+        for (_, value) in config {
+            if value.len() >= 4 {
+                reason = reason.replace(value.as_str(), "***");
+            }
+        }
+        Error::InvalidLocation {
+            location: redact(url.as_str()),
+            reason,
+        }
+    })
+}
+
 fn cloud_store(url: &Url) -> DeltaResult<(ObjectStoreRef, Path)> {
+    cloud_store_with(url, &[])
+}
+
+fn cloud_store_with(url: &Url, config: &[(String, String)]) -> DeltaResult<(ObjectStoreRef, Path)> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+    use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
     let path = Path::from_url_path(url.path())?;
     let store: ObjectStoreRef = match url.scheme() {
         "file" => Arc::new(object_store::local::LocalFileSystem::new()),
-        "az" | "abfs" | "abfss" | "azure" => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .build()?,
-        ),
-        "s3" | "s3a" => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .build()?,
-        ),
-        "gs" => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .build()?,
-        ),
+        "az" | "abfs" | "abfss" | "azure" => {
+            let mut builder = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+            for (key, value) in config {
+                builder = builder.with_config(key.parse::<AzureConfigKey>()?, value);
+            }
+            Arc::new(builder.build()?)
+        }
+        "s3" | "s3a" => {
+            let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+            for (key, value) in config {
+                builder = builder.with_config(key.parse::<AmazonS3ConfigKey>()?, value);
+            }
+            Arc::new(builder.build()?)
+        }
+        "gs" => {
+            let mut builder = GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+            for (key, value) in config {
+                builder = builder.with_config(key.parse::<GoogleConfigKey>()?, value);
+            }
+            Arc::new(builder.build()?)
+        }
         other => {
             return Err(DeltaTableError::InvalidTableLocation(format!(
                 "unsupported scheme {other}"

@@ -5,7 +5,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unknown source kind '{kind}': STORED AS accepts SQLSERVER")]
+    #[error("unknown source kind '{kind}': STORED AS accepts {}", crate::KINDS.join(", "))]
     UnknownKind { kind: String },
 
     #[error("option '{option}': {reason}")]
@@ -57,6 +57,23 @@ pub enum Error {
 
     #[error("{what}: {message}")]
     Data { what: String, message: String },
+
+    /// A reply that is not what the table reads: not JSON, no records where the options say,
+    /// a record that does not fit the columns. `page` counts from 1.
+    #[error("{server}: page {page} is malformed: {message}")]
+    MalformedPage {
+        server: String,
+        page: usize,
+        message: String,
+    },
+
+    /// A blob table's container, bucket or folder does not exist.
+    #[error("{location} does not exist: {message}")]
+    LocationNotFound { location: String, message: String },
+
+    /// The source has no schemas to list (`IMPORT FOREIGN SCHEMA` of a REST API).
+    #[error("{kind} sources have no schemas to import: {hint}")]
+    NoSchemas { kind: String, hint: String },
 }
 
 impl Error {
@@ -70,6 +87,9 @@ impl Error {
             Error::UnsupportedType { .. } => "HV004",
             Error::Remote { .. } | Error::ConnectionLost { .. } => "HV000",
             Error::Data { .. } => "22000",
+            Error::MalformedPage { .. } => "HV00A",
+            Error::NoSchemas { .. } => "HV00P",
+            Error::LocationNotFound { .. } => "HV00R",
         }
     }
 }

@@ -9,7 +9,9 @@
 //! Every connector is a DataFusion `TableProvider`; connectors that can extract incrementally
 //! also implement [`Watermarked`]: rows up to a high mark, and rows between two marks.
 
+pub mod blob;
 pub mod error;
+pub mod rest;
 pub mod secret;
 pub mod sqlserver;
 
@@ -24,12 +26,21 @@ use serde::{Deserialize, Serialize};
 pub use error::{Error, Result};
 
 /// The source kinds that `STORED AS` accepts (upper case, as DataFusion passes them).
-pub const KINDS: &[&str] = &["SQLSERVER"];
+pub const KINDS: &[&str] = &[
+    "SQLSERVER",
+    "REST",
+    "CSV",
+    "JSON",
+    "NDJSON",
+    "PARQUET",
+    "BINARYFILE",
+    "DICOM",
+];
 
 /// A stored external table definition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Definition {
-    /// `sqlserver`
+    /// `sqlserver`, `rest`
     pub kind: String,
     /// Where the source is, e.g. `sqlserver://host:1433/EHR`. Never holds a secret.
     pub location: String,
@@ -65,6 +76,8 @@ pub async fn define(
 ) -> Result<Definition> {
     match kind.to_ascii_uppercase().as_str() {
         "SQLSERVER" => sqlserver::define(location, options, declared).await,
+        "REST" => rest::define(location, options, declared).await,
+        k if blob::KINDS.contains(&k) => blob::define(k, location, options, declared).await,
         other => Err(Error::UnknownKind {
             kind: other.to_string(),
         }),
@@ -75,6 +88,10 @@ pub async fn define(
 pub fn open(definition: &Definition) -> Result<Arc<dyn External>> {
     match definition.kind.as_str() {
         "sqlserver" => Ok(Arc::new(sqlserver::SqlServerTable::open(definition)?)),
+        "rest" => Ok(Arc::new(rest::RestTable::open(definition)?)),
+        "csv" | "json" | "parquet" | "binaryfile" | "dicom" => {
+            Ok(Arc::new(blob::BlobTable::open(definition)?))
+        }
         other => Err(Error::UnknownKind {
             kind: other.to_string(),
         }),
@@ -130,6 +147,11 @@ pub async fn list_tables(
 ) -> Result<Vec<RemoteTable>> {
     match kind.to_ascii_uppercase().as_str() {
         "SQLSERVER" => sqlserver::list_tables(location, options, remote_schema).await,
+        "REST" => rest::list_tables(location, options, remote_schema).await,
+        k if blob::KINDS.contains(&k) => Err(Error::NoSchemas {
+            kind: k.to_string(),
+            hint: "create one external table per folder".into(),
+        }),
         other => Err(Error::UnknownKind {
             kind: other.to_string(),
         }),

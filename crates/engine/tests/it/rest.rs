@@ -12,7 +12,7 @@ use arrow::util::pretty::pretty_format_batches;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use medlake_engine::Engine;
@@ -43,7 +43,7 @@ fn reading(i: usize) -> Value {
         "taken_at": taken_at,
         "received_at": format!("2024-05-01 {h:02}:{m:02}:30"),
         "vitals": {"spo2": 95 + i % 5, "bp": [120, 80]},
-        "note": if i % 4 == 0 { Value::Null } else { json!(format!("reading {i}")) },
+        "note": if i.is_multiple_of(4) { Value::Null } else { json!(format!("reading {i}")) },
     })
 }
 
@@ -122,9 +122,27 @@ async fn start(api: Arc<Api>) -> String {
     let address = listener.local_addr().unwrap();
     let app = Router::new()
         .route("/api/{style}", get(serve))
+        .route("/moved", get(moved))
         .with_state(api);
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{address}")
+}
+
+/// A redirect to the cursor endpoint: on this origin with `?same`, else to `localhost` (the
+/// same server under another origin).
+async fn moved(Query(pairs): Query<Vec<(String, String)>>, headers: HeaderMap) -> Response {
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let port = host.rsplit(':').next().unwrap_or_default();
+    let target = if pairs.iter().any(|(k, _)| k == "same") {
+        "/api/cursor".to_string()
+    } else {
+        format!("http://localhost:{port}/api/cursor")
+    };
+    respond(302, &[("location", target)], String::new())
 }
 
 fn respond(status: u16, headers: &[(&str, String)], body: String) -> Response {
@@ -293,6 +311,30 @@ async fn serve(
     }
     let host = header("host");
     match style.as_str() {
+        // `{results, links: {next}}` with a relative next link (`?elsewhere`: to another
+        // origin; `?loop`: to the page itself).
+        "next" => {
+            let mut next = params.clone();
+            next.insert("offset".into(), (start + size).to_string());
+            let link = if params.contains_key("loop") {
+                json!(format!("/api/next?{}", query_string(&params)))
+            } else if !more {
+                Value::Null
+            } else if params.contains_key("elsewhere") {
+                let port = host.rsplit(':').next().unwrap_or_default();
+                json!(format!(
+                    "http://localhost:{port}/api/next?{}",
+                    query_string(&next)
+                ))
+            } else {
+                json!(format!("/api/next?{}", query_string(&next)))
+            };
+            respond(
+                200,
+                &[],
+                json!({"results": page, "links": {"next": link}}).to_string(),
+            )
+        }
         "fhir" => {
             let mut link = vec![
                 json!({"relation": "self", "url": format!("http://{host}/api/fhir?{}", query_string(&params))}),
@@ -358,6 +400,10 @@ fn table(base: &str, style: &str, extra: &str) -> String {
             "'pagination' 'link_header', 'limit_param' 'per_page', 'page_size' '10', \
                    'api_key' '${MEDLAKE_TEST_REST_KEY}'"
         }
+        "next" => {
+            "'records_pointer' '/results', 'pagination' 'next_link', \
+             'next_link_pointer' '/links/next', 'bearer_token' '${MEDLAKE_TEST_REST_TOKEN}'"
+        }
         "cursor" => {
             "'records_pointer' '/data', 'pagination' 'cursor', \
                      'cursor_pointer' '/meta/next_cursor', 'limit_param' 'limit', 'page_size' '10', \
@@ -390,8 +436,9 @@ fn strings(batches: &[RecordBatch], column: usize) -> Vec<Option<String>> {
     batches
         .iter()
         .flat_map(|b| {
-            let c = b
-                .column(column)
+            let c = arrow::compute::cast(b.column(column), &arrow::datatypes::DataType::Utf8)
+                .expect("text");
+            let c = c
                 .as_any()
                 .downcast_ref::<StringArray>()
                 .expect("a text column");
@@ -414,7 +461,13 @@ async fn version(engine: &Engine, view: &str) -> i64 {
 async fn every_pagination_style_reads_every_page_with_its_credentials() {
     let (api, base, _dir, engine) = setup(25).await;
     let hr_sum: i64 = (0..25).map(|i| 60 + i).sum();
-    for (style, requests) in [("fhir", 3), ("link", 3), ("cursor", 3), ("offset", 4)] {
+    for (style, requests) in [
+        ("fhir", 3),
+        ("link", 3),
+        ("next", 3),
+        ("cursor", 3),
+        ("offset", 4),
+    ] {
         engine
             .sql(&format!(
                 "CREATE EXTERNAL TABLE telemetry.r_{style} {}",
@@ -485,6 +538,58 @@ async fn every_pagination_style_reads_every_page_with_its_credentials() {
         count(&engine, "SELECT count(*) FROM telemetry.first_page").await,
         10
     );
+
+    // Guards: a page budget, a next link to another origin, a next link to the page itself.
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE telemetry.budget {}",
+            table(&base, "cursor", ", 'max_pages' '2'")
+        ))
+        .await
+        .unwrap();
+    let err = engine
+        .query("SELECT * FROM telemetry.budget")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "HV000", "{err}");
+    assert!(err.to_string().contains("more than max_pages (2)"), "{err}");
+    for (query, expected) in [
+        (
+            "elsewhere=1",
+            "its next link leads to another origin (http://localhost:",
+        ),
+        (
+            "loop=1",
+            "page 1 is malformed: its next link is the page itself",
+        ),
+    ] {
+        let name = query.split('=').next().unwrap();
+        engine
+            .sql(&format!(
+                "CREATE EXTERNAL TABLE telemetry.{name} {}",
+                table(&base, "next", "").replace("/api/next'", &format!("/api/next?{query}'"))
+            ))
+            .await
+            .unwrap();
+        api.clear_log();
+        let err = engine
+            .query(&format!("SELECT * FROM telemetry.{name}"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().sqlstate(), "HV00A", "{err}");
+        assert!(err.to_string().contains(expected), "{err}");
+        assert_eq!(api.log().len(), 1, "no request to the other origin");
+    }
+    // A path the API does not have.
+    let err = engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE telemetry.nothing STORED AS REST LOCATION '{base}/nothing' \
+             OPTIONS ('bearer_token' '${{MEDLAKE_TEST_REST_TOKEN}}')"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "HV00R", "{err}");
+    assert!(err.to_string().contains("HTTP 404"), "{err}");
 }
 
 #[tokio::test]
@@ -571,6 +676,38 @@ async fn credentials_are_checked_and_never_stored_or_shown() {
     assert!(stored.contains("${MEDLAKE_TEST_REST_KEY}"), "{stored}");
     assert!(!stored.contains(&key()), "{stored}");
     assert!(!stored.contains(&token()), "{stored}");
+    // Redirects are followed on the LOCATION's origin only.
+    let moved = |query: &str| {
+        format!(
+            "STORED AS REST LOCATION '{base}/moved{query}' OPTIONS ('records_pointer' '/data', \
+             'bearer_token' '${{MEDLAKE_TEST_REST_TOKEN}}')"
+        )
+    };
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE telemetry.moved {}",
+            moved("?same=1")
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM telemetry.moved").await,
+        5
+    );
+    api.clear_log();
+    let err = engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE telemetry.away {}",
+            moved("")
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "HV000", "{err}");
+    assert!(
+        err.to_string().contains("HTTP 302") && err.to_string().contains("origin only"),
+        "{err}"
+    );
+    assert!(api.log().is_empty(), "{:#?}", api.log());
     // IMPORT FOREIGN SCHEMA has nothing to import from an API.
     let err = engine
         .sql(&format!(
@@ -1052,6 +1189,45 @@ async fn a_malformed_page_fails_the_refresh_and_the_view_keeps_its_version() {
             .unwrap_err();
         assert_eq!(err.code().sqlstate(), "HV00A", "{err}");
     }
+    // A page above max_page_bytes is refused before it is parsed.
+    api.break_pages(Broken::No);
+    let sized = |size: usize| {
+        format!(
+            "STORED AS REST LOCATION '{base}/api/cursor' OPTIONS ('records_pointer' '/data', \
+             'pagination' 'cursor', 'cursor_pointer' '/meta/next_cursor', 'limit_param' 'limit', \
+             'page_size' '{size}', 'max_page_bytes' '1024', \
+             'bearer_token' '${{MEDLAKE_TEST_REST_TOKEN}}')"
+        )
+    };
+    let err = engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE telemetry.big_pages {}",
+            sized(10)
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "HV00A", "{err}");
+    assert!(
+        err.to_string()
+            .contains("page 1 is malformed: the body is larger than max_page_bytes (1024 bytes)"),
+        "{err}"
+    );
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE telemetry.small_pages {}",
+            sized(2)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM telemetry.small_pages").await,
+        25
+    );
+    let err = engine
+        .sql("CREATE EXTERNAL TABLE telemetry.nowhere STORED AS REST LOCATION 'devices/v1'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "HV024", "{err}");
     let failed = engine
         .query(
             "SELECT status FROM system.refreshes WHERE view = 'bronze.readings' \

@@ -1,0 +1,162 @@
+//! The scan of a REST table: one task walks the pages in order (each page's request is made
+//! when the one before has been converted and handed over) and streams one Arrow batch per
+//! page through a channel of two batches: memory holds about one page.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+
+use super::Shared;
+use super::pushdown::Predicate;
+
+/// Reads a REST table, page by page.
+#[derive(Debug)]
+pub struct RestExec {
+    shared: Arc<Shared>,
+    schema: SchemaRef,
+    projection: Vec<usize>,
+    /// Query parameters added to the first request.
+    params: Vec<(String, String)>,
+    predicates: Vec<Predicate>,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+}
+
+impl RestExec {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        schema: SchemaRef,
+        projection: Vec<usize>,
+        params: Vec<(String, String)>,
+        predicates: Vec<Predicate>,
+        limit: Option<usize>,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            shared,
+            schema,
+            projection,
+            params,
+            predicates,
+            limit,
+            properties,
+        }
+    }
+
+    /// The query parameters the scan adds to its first request (what EXPLAIN shows).
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+}
+
+impl DisplayAs for RestExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let params = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        write!(
+            f,
+            "RestExec: url={} pagination={} params=[{params}] checks={}",
+            self.shared.config.server,
+            self.shared.config.pagination.name(),
+            self.predicates.len()
+        )?;
+        if let Some(limit) = self.limit {
+            write!(f, " limit={limit}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for RestExec {
+    fn name(&self) -> &str {
+        "RestExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("RestExec is a leaf".into()))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "RestExec has no partition {partition}"
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let shared = self.shared.clone();
+        let params = self.params.clone();
+        let predicates = self.predicates.clone();
+        let projection = self.projection.clone();
+        let limit = self.limit;
+        let task = tokio::spawn(async move {
+            let read = shared.read(&params, &predicates, &projection, limit, &tx);
+            if let Err(e) = read.await {
+                shared.record_failure(&e);
+                let _ = tx.send(Err(DataFusionError::from(e))).await;
+            }
+        });
+        let abort = AbortOnDrop(task);
+        let stream = futures::stream::unfold((rx, abort), |(mut rx, abort)| async move {
+            rx.recv().await.map(|item| (item, (rx, abort)))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
+    }
+}
+
+/// Stops the reading task when the stream is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
