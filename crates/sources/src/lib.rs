@@ -12,6 +12,7 @@
 pub mod blob;
 pub mod error;
 pub mod rest;
+mod scan;
 pub mod secret;
 pub mod sqlserver;
 

@@ -11,7 +11,6 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
@@ -128,35 +127,20 @@ impl ExecutionPlan for RestExec {
                 "RestExec has no partition {partition}"
             )));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let shared = self.shared.clone();
         let params = self.params.clone();
         let predicates = self.predicates.clone();
         let projection = self.projection.clone();
         let limit = self.limit;
-        let task = tokio::spawn(async move {
-            let read = shared.read(&params, &predicates, &projection, limit, &tx);
-            if let Err(e) = read.await {
-                shared.record_failure(&e);
-                let _ = tx.send(Err(DataFusionError::from(e))).await;
-            }
-        });
-        let abort = AbortOnDrop(task);
-        let stream = futures::stream::unfold((rx, abort), |(mut rx, abort)| async move {
-            rx.recv().await.map(|item| (item, (rx, abort)))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        Ok(crate::scan::spawned(
             self.schema.clone(),
-            stream,
-        )))
-    }
-}
-
-/// Stops the reading task when the stream is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+            move |tx| async move {
+                let read = shared.read(&params, &predicates, &projection, limit, &tx);
+                if let Err(e) = read.await {
+                    shared.record_failure(&e);
+                    let _ = tx.send(Err(DataFusionError::from(e))).await;
+                }
+            },
+        ))
     }
 }

@@ -27,8 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::TableType;
+use datafusion::catalog::TableProvider;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -37,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::scan::Windowed;
 use crate::secret;
 use crate::{Definition, External, RemoteTable, Watermarked};
 pub use convert::{Column, Path};
@@ -668,18 +668,11 @@ impl RestTable {
 
 /// Rows restricted by a watermark range, on top of the table's own filters.
 #[derive(Clone, Debug, Default, PartialEq)]
-struct Window {
+pub(crate) struct Window {
     /// `watermark > after`
     after: Option<ScalarValue>,
     /// `watermark <= upto` (or NULL, when `after` is not set)
     upto: Option<ScalarValue>,
-}
-
-/// A scan of the table restricted to a watermark window.
-#[derive(Debug)]
-struct WindowedTable {
-    inner: Arc<Shared>,
-    window: Window,
 }
 
 impl Shared {
@@ -853,66 +846,31 @@ impl Shared {
     }
 }
 
-#[async_trait]
-impl TableProvider for RestTable {
+impl crate::scan::Planner for Shared {
+    type Window = Window;
+
     fn schema(&self) -> SchemaRef {
-        self.inner.schema.clone()
+        self.schema.clone()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Base
+    fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
+        Shared::filter_pushdown(self, filters)
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(self.inner.filter_pushdown(filters))
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
+    fn plan(
+        self: &Arc<Self>,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
+        window: &Window,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.inner
-            .plan(projection, filters, limit, &Window::default())
-    }
-}
-
-#[async_trait]
-impl TableProvider for WindowedTable {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(self.inner.filter_pushdown(filters))
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.inner.plan(projection, filters, limit, &self.window)
+        Shared::plan(self, projection, filters, limit, window)
     }
 }
 
 impl External for RestTable {
     fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
-        self
+        Windowed::all(self.inner.clone())
     }
 
     fn watermarked(self: Arc<Self>) -> Option<Arc<dyn Watermarked>> {
@@ -938,7 +896,7 @@ impl Watermarked for RestTable {
     }
 
     fn upto(&self, mark: Option<&str>) -> Result<Arc<dyn TableProvider>> {
-        Ok(Arc::new(WindowedTable {
+        Ok(Arc::new(Windowed {
             inner: self.inner.clone(),
             window: Window {
                 after: None,
@@ -948,7 +906,7 @@ impl Watermarked for RestTable {
     }
 
     fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>> {
-        Ok(Arc::new(WindowedTable {
+        Ok(Arc::new(Windowed {
             inner: self.inner.clone(),
             window: Window {
                 after: Some(self.inner.mark(after)?),

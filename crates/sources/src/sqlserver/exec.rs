@@ -11,7 +11,6 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
@@ -111,58 +110,44 @@ impl ExecutionPlan for SqlServerExec {
         let (sql, params) = self.statements.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!("SqlServerExec has no partition {partition}"))
         })?;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let shared = self.shared.clone();
         let schema = self.schema.clone();
         let projection = self.projection.clone();
-        let task = tokio::spawn(async move {
-            let mut attempt = 0;
-            loop {
-                let mut sent_any = false;
-                let result = stream_rows(
-                    &shared,
-                    &sql,
-                    &params,
-                    &schema,
-                    &projection,
-                    &mut sent_any,
-                    &tx,
-                )
-                .await;
-                match result {
-                    Ok(()) => return,
-                    // Nothing reached the reader yet: reading again from the start is safe.
-                    Err(e @ Error::ConnectionLost { .. })
-                        if !sent_any && attempt < shared.connection.retries =>
-                    {
-                        tracing::warn!(error = %e, "sqlserver scan lost its connection before any row; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-                        attempt += 1;
-                    }
-                    Err(e) => {
-                        shared.record_failure(&e);
-                        let _ = tx.send(Err(DataFusionError::from(e))).await;
-                        return;
+        Ok(crate::scan::spawned(
+            self.schema.clone(),
+            move |tx| async move {
+                let mut attempt = 0;
+                loop {
+                    let mut sent_any = false;
+                    let result = stream_rows(
+                        &shared,
+                        &sql,
+                        &params,
+                        &schema,
+                        &projection,
+                        &mut sent_any,
+                        &tx,
+                    )
+                    .await;
+                    match result {
+                        Ok(()) => return,
+                        // Nothing reached the reader yet: reading again from the start is safe.
+                        Err(e @ Error::ConnectionLost { .. })
+                            if !sent_any && attempt < shared.connection.retries =>
+                        {
+                            tracing::warn!(error = %e, "sqlserver scan lost its connection before any row; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(200 << attempt))
+                                .await;
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            shared.record_failure(&e);
+                            let _ = tx.send(Err(DataFusionError::from(e))).await;
+                            return;
+                        }
                     }
                 }
-            }
-        });
-        let abort = AbortOnDrop(task);
-        let stream = futures::stream::unfold((rx, abort), |(mut rx, abort)| async move {
-            rx.recv().await.map(|item| (item, (rx, abort)))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            stream,
-        )))
-    }
-}
-
-/// Stops the reading task (and closes its connection) when the stream is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+            },
+        ))
     }
 }

@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::TableType;
+use datafusion::catalog::TableProvider;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -35,6 +34,7 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
+use crate::scan::Windowed;
 use crate::secret;
 use crate::{Definition, External, RemoteTable, Watermarked};
 pub use exec::SqlServerExec;
@@ -915,13 +915,6 @@ pub(crate) struct Window {
     upto: Option<Param>,
 }
 
-/// A scan of the table restricted to a watermark window.
-#[derive(Debug)]
-struct WindowedTable {
-    inner: Arc<Shared>,
-    window: Window,
-}
-
 impl Shared {
     fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
         filters
@@ -1098,66 +1091,31 @@ impl Shared {
     }
 }
 
-#[async_trait]
-impl TableProvider for SqlServerTable {
+impl crate::scan::Planner for Shared {
+    type Window = Window;
+
     fn schema(&self) -> SchemaRef {
-        self.inner.schema.clone()
+        self.schema.clone()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Base
+    fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
+        Shared::filter_pushdown(self, filters)
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(self.inner.filter_pushdown(filters))
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
+    fn plan(
+        self: &Arc<Self>,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
+        window: &Window,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.inner
-            .plan(projection, filters, limit, &Window::default())
-    }
-}
-
-#[async_trait]
-impl TableProvider for WindowedTable {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(self.inner.filter_pushdown(filters))
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.inner.plan(projection, filters, limit, &self.window)
+        Shared::plan(self, projection, filters, limit, window)
     }
 }
 
 impl External for SqlServerTable {
     fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
-        self
+        Windowed::all(self.inner.clone())
     }
 
     fn watermarked(self: Arc<Self>) -> Option<Arc<dyn Watermarked>> {
@@ -1187,14 +1145,14 @@ impl Watermarked for SqlServerTable {
             after: None,
             upto: mark.map(|m| self.inner.mark_param(m)).transpose()?,
         };
-        Ok(Arc::new(WindowedTable {
+        Ok(Arc::new(Windowed {
             inner: self.inner.clone(),
             window,
         }))
     }
 
     fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>> {
-        Ok(Arc::new(WindowedTable {
+        Ok(Arc::new(Windowed {
             inner: self.inner.clone(),
             window: Window {
                 after: Some(self.inner.mark_param(after)?),

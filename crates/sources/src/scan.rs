@@ -1,0 +1,107 @@
+//! What the connectors' scans share: a table provider over a scan planner with an optional
+//! watermark window, and the stream of a reading task (a channel two batches deep: a slow
+//! reader slows the read, memory stays bounded; the task stops when the stream is dropped).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use tokio::sync::mpsc::Sender;
+
+/// A connector's scan planning, which [`Windowed`] turns into a table provider.
+pub(crate) trait Planner: Debug + Send + Sync + 'static {
+    /// The watermark range a scan is restricted to (`Default`: none).
+    type Window: Debug + Default + Send + Sync + 'static;
+
+    fn schema(&self) -> SchemaRef;
+
+    fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown>;
+
+    fn plan(
+        self: &Arc<Self>,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+        window: &Self::Window,
+    ) -> DfResult<Arc<dyn ExecutionPlan>>;
+}
+
+/// The table, or the rows of one watermark window of it.
+#[derive(Debug)]
+pub(crate) struct Windowed<P: Planner> {
+    pub inner: Arc<P>,
+    pub window: P::Window,
+}
+
+impl<P: Planner> Windowed<P> {
+    /// The whole table.
+    pub fn all(inner: Arc<P>) -> Arc<dyn TableProvider> {
+        Arc::new(Self {
+            inner,
+            window: P::Window::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl<P: Planner> TableProvider for Windowed<P> {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(self.inner.filter_pushdown(filters))
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.inner.plan(projection, filters, limit, &self.window)
+    }
+}
+
+/// The batches `read` sends, as a stream; `read` runs as its own task, aborted when the
+/// stream is dropped (the client went away, a LIMIT was reached).
+pub(crate) fn spawned<F>(
+    schema: SchemaRef,
+    read: impl FnOnce(Sender<DfResult<RecordBatch>>) -> F,
+) -> SendableRecordBatchStream
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let abort = AbortOnDrop(tokio::spawn(read(tx)));
+    let stream = futures::stream::unfold((rx, abort), |(mut rx, abort)| async move {
+        rx.recv().await.map(|item| (item, (rx, abort)))
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
