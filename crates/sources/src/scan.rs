@@ -81,6 +81,51 @@ impl<P: Planner> TableProvider for Windowed<P> {
     }
 }
 
+/// The methods every connector scan shares as a leaf of the physical plan (no children, no
+/// expressions of its own): `leaf_plan!("RestExec");` inside `impl ExecutionPlan`.
+macro_rules! leaf_plan {
+    ($name:literal) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn properties(&self) -> &std::sync::Arc<datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+
+        fn children(&self) -> Vec<&std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+            Vec::new()
+        }
+
+        fn apply_expressions(
+            &self,
+            _f: &mut dyn FnMut(
+                &std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+            ) -> datafusion::error::Result<
+                datafusion::common::tree_node::TreeNodeRecursion,
+            >,
+        ) -> datafusion::error::Result<datafusion::common::tree_node::TreeNodeRecursion> {
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        }
+
+        #[allow(deprecated)]
+        fn with_new_children(
+            self: std::sync::Arc<Self>,
+            children: Vec<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+        ) -> datafusion::error::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>
+        {
+            if children.is_empty() {
+                Ok(self)
+            } else {
+                Err(datafusion::error::DataFusionError::Internal(
+                    concat!($name, " is a leaf").into(),
+                ))
+            }
+        }
+    };
+}
+pub(crate) use leaf_plan;
+
 /// The batches `read` sends, as a stream; `read` runs as its own task, aborted when the
 /// stream is dropped (the client went away, a LIMIT was reached).
 pub(crate) fn spawned<F>(
