@@ -43,6 +43,15 @@ if [ "$("$NPM/node_modules/.bin/azurite-blob" --version 2>/dev/null)" != "$AZURI
 fi
 export AZURITE_BLOB="$NPM/node_modules/.bin/azurite-blob"
 
+COSMOSDB_SERVER_VERSION=0.13.4
+step "@zeit/cosmosdb-server $COSMOSDB_SERVER_VERSION (npm) into $NPM, for the Cosmos DB test server tests/cosmos/server.js"
+if [ "$(node -p "require(process.argv[1]).version" "$NPM/node_modules/@zeit/cosmosdb-server/package.json" 2>/dev/null)" \
+     != "$COSMOSDB_SERVER_VERSION" ]; then
+  npm install --prefix "$NPM" --no-audit --no-fund --silent "@zeit/cosmosdb-server@$COSMOSDB_SERVER_VERSION"
+fi
+export MEDLAKE_NPM="$NPM" NODE_PATH="$NPM/node_modules${NODE_PATH:+:$NODE_PATH}"
+export COSMOS_SERVER_JS="$PWD/tests/cosmos/server.js"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

@@ -10,6 +10,7 @@
 //! also implement [`Watermarked`]: rows up to a high mark, and rows between two marks.
 
 pub mod blob;
+pub mod cosmos;
 pub mod error;
 pub mod rest;
 mod scan;
@@ -36,12 +37,13 @@ pub const KINDS: &[&str] = &[
     "PARQUET",
     "BINARYFILE",
     "DICOM",
+    "COSMOS",
 ];
 
 /// A stored external table definition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Definition {
-    /// `sqlserver`, `rest`
+    /// `sqlserver`, `rest`, `cosmos`, a blob format
     pub kind: String,
     /// Where the source is, e.g. `sqlserver://host:1433/EHR`. Never holds a secret.
     pub location: String,
@@ -78,6 +80,7 @@ pub async fn define(
     match kind.to_ascii_uppercase().as_str() {
         "SQLSERVER" => sqlserver::define(location, options, declared).await,
         "REST" => rest::define(location, options, declared).await,
+        "COSMOS" => cosmos::define(location, options, declared).await,
         k if blob::KINDS.contains(&k) => blob::define(k, location, options, declared).await,
         other => Err(Error::UnknownKind {
             kind: other.to_string(),
@@ -90,6 +93,7 @@ pub fn open(definition: &Definition) -> Result<Arc<dyn External>> {
     match definition.kind.as_str() {
         "sqlserver" => Ok(Arc::new(sqlserver::SqlServerTable::open(definition)?)),
         "rest" => Ok(Arc::new(rest::RestTable::open(definition)?)),
+        "cosmos" => Ok(Arc::new(cosmos::CosmosTable::open(definition)?)),
         "csv" | "json" | "parquet" | "binaryfile" | "dicom" => {
             Ok(Arc::new(blob::BlobTable::open(definition)?))
         }
@@ -111,6 +115,20 @@ pub trait External: Send + Sync + std::fmt::Debug {
     /// The first error a scan of this table raised, taken (once). A Delta write that read
     /// the scan reports only the error's text; this keeps its kind (SQLSTATE).
     fn take_failure(&self) -> Option<Error>;
+
+    /// The values scans of this table read as NULL because they had the wrong type, since
+    /// the last call (taken). Sources that fail a scan on such a value have none.
+    fn take_mismatches(&self) -> Option<Mismatches> {
+        None
+    }
+}
+
+/// What lenient scans read: documents, and per column (name, type) the values of another
+/// type read as NULL.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mismatches {
+    pub rows: u64,
+    pub columns: Vec<(String, String, u64)>,
 }
 
 /// Incremental extraction by a watermark column (a modified-at column, a rowversion, an
@@ -149,6 +167,7 @@ pub async fn list_tables(
     match kind.to_ascii_uppercase().as_str() {
         "SQLSERVER" => sqlserver::list_tables(location, options, remote_schema).await,
         "REST" => rest::list_tables(location, options, remote_schema).await,
+        "COSMOS" => cosmos::list_tables(location, options, remote_schema).await,
         k if blob::KINDS.contains(&k) => Err(Error::NoSchemas {
             kind: k.to_string(),
             hint: "create one external table per folder".into(),

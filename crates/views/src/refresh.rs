@@ -195,6 +195,27 @@ impl Pinned {
         })
     }
 
+    /// The values external inputs read as NULL because of their type, as expectation rows
+    /// of the refresh (`system.expectations`, action `null`).
+    fn source_mismatches(&self) -> Vec<(String, String, &'static str, u64, u64)> {
+        let mut out = Vec::new();
+        for (name, pin) in &self.external {
+            let Some(m) = pin.table.take_mismatches() else {
+                continue;
+            };
+            for (column, data_type, count) in m.columns {
+                out.push((
+                    format!("source type: {name}.{column}"),
+                    format!("{column} holds {data_type} values"),
+                    "null",
+                    m.rows,
+                    count,
+                ));
+            }
+        }
+        out
+    }
+
     fn marks(&self) -> BTreeMap<String, Option<String>> {
         self.external
             .iter()
@@ -586,11 +607,13 @@ impl Views {
                         .or_else(|| pinned.source_failure())
                         .unwrap_or(Error::Lake(e))
                 })?;
-            Ok::<_, Error>((created, inputs, checks))
+            let mut counts = expectation_counts(&checks);
+            counts.extend(pinned.source_mismatches());
+            Ok::<_, Error>((created, inputs, counts))
         }
         .instrument(span)
         .await;
-        let (created, inputs, checks) = match result {
+        let (created, inputs, counts) = match result {
             Ok(done) => done,
             Err(e) => {
                 let outcome = failed(name, &id, trigger, started, &e);
@@ -614,7 +637,7 @@ impl Views {
             version: Some(created.version),
             status: Status::Succeeded,
             error: None,
-            expectations: expectation_counts(&checks),
+            expectations: counts,
         };
         self.record(&outcome).await;
         Ok(Some(outcome))
@@ -1202,7 +1225,11 @@ impl Views {
             version: Some(written.version),
             status: Status::Succeeded,
             error: None,
-            expectations: expectation_counts(&checks),
+            expectations: {
+                let mut counts = expectation_counts(&checks);
+                counts.extend(pinned.source_mismatches());
+                counts
+            },
         })
     }
 

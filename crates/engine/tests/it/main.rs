@@ -7,6 +7,7 @@ use arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
 use medlake_engine::{Code, Engine};
 
 mod blob;
+mod cosmos;
 mod rest;
 mod sqlserver;
 mod views;

@@ -404,7 +404,7 @@ impl Converter {
 
 /// What a sample shows of a column's values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Null,
     Bool,
     Int,
@@ -414,7 +414,7 @@ enum Kind {
     Text,
 }
 
-fn kind_of(value: &Value) -> Kind {
+pub(crate) fn kind_of(value: &Value) -> Kind {
     match value {
         Value::Null => Kind::Null,
         Value::Bool(_) => Kind::Bool,
@@ -436,7 +436,7 @@ fn kind_of(value: &Value) -> Kind {
     }
 }
 
-fn merge(a: Kind, b: Kind) -> Kind {
+pub(crate) fn merge(a: Kind, b: Kind) -> Kind {
     use Kind as K;
     match (a, b) {
         (K::Null, x) | (x, K::Null) => x,
@@ -450,7 +450,7 @@ fn merge(a: Kind, b: Kind) -> Kind {
     }
 }
 
-fn data_type(kind: Kind) -> DataType {
+pub(crate) fn data_type(kind: Kind) -> DataType {
     match kind {
         Kind::Bool => DataType::Boolean,
         Kind::Int => DataType::Int64,

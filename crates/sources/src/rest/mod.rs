@@ -15,7 +15,7 @@
 //! again on every page. A `watermark` column makes incremental refreshes possible
 //! ([`Watermarked`]).
 
-mod convert;
+pub(crate) mod convert;
 mod exec;
 mod http;
 pub mod pushdown;
