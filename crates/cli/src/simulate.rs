@@ -94,6 +94,9 @@ pub(crate) struct SimulateArgs {
     /// as they are generated.
     #[arg(long, value_name = "FILE", conflicts_with = "target")]
     output: Option<PathBuf>,
+    /// Set by `medlake quickstart`: no progress lines and no summary (errors still print).
+    #[arg(skip)]
+    quiet: bool,
 }
 
 fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
@@ -118,6 +121,33 @@ pub(crate) struct Plan {
 }
 
 impl SimulateArgs {
+    /// What `medlake quickstart` posts: `devices` devices at 1 Hz from `start` for `duration`
+    /// seconds to `target`'s bronze.readings_push, quietly.
+    pub(crate) fn quickstart(
+        target: String,
+        devices: u32,
+        duration: f64,
+        seed: u64,
+        start: DateTime<Utc>,
+    ) -> Self {
+        SimulateArgs {
+            target: Some(target),
+            table: "bronze.readings_push".into(),
+            devices,
+            rate: 1.0,
+            duration,
+            batch: 500,
+            concurrency: 4,
+            token_env: None,
+            seed: Some(seed),
+            start: Some(start),
+            gzip: false,
+            max_retries: 10,
+            output: None,
+            quiet: true,
+        }
+    }
+
     fn plan(&self) -> Result<Plan, String> {
         if self.devices == 0 || self.devices > 1_000_000 {
             return Err("--devices must be between 1 and 1000000".into());
@@ -641,6 +671,15 @@ impl Simulation {
 
     pub(crate) fn gateways(&self) -> usize {
         self.gateways.len()
+    }
+
+    /// Each device's id, kind (`monitor`, `oximeter`, `thermo`, `bpcuff`, `glucometer`) and
+    /// patient, for `medlake quickstart`'s device register.
+    pub(crate) fn device_list(&self) -> Vec<(Arc<str>, &'static str, i32)> {
+        self.devices
+            .iter()
+            .map(|d| (d.id.clone(), d.kind.prefix(), self.patients[d.patient].id))
+            .collect()
     }
 
     /// Patients who deteriorate during the run.
@@ -1188,26 +1227,28 @@ async fn post_all(
     args: &SimulateArgs,
     poster: Arc<Poster>,
 ) -> Result<(), Failure> {
-    eprintln!(
-        "medlake simulate: {} devices on {} patients behind {} gateways, {} readings/s each for \
+    if !args.quiet {
+        eprintln!(
+            "medlake simulate: {} devices on {} patients behind {} gateways, {} readings/s each for \
          {} s, batches of up to {} rows, {} in flight, to {} (seed {})",
-        plan.devices,
-        simulation.patients(),
-        simulation.gateways(),
-        plan.rate,
-        plan.duration_s,
-        plan.batch,
-        args.concurrency,
-        poster.url,
-        plan.seed
-    );
+            plan.devices,
+            simulation.patients(),
+            simulation.gateways(),
+            plan.rate,
+            plan.duration_s,
+            plan.batch,
+            args.concurrency,
+            poster.url,
+            plan.seed
+        );
+    }
     let run_id = Rng::new(
         Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64
             ^ (u64::from(std::process::id()) << 32),
     )
     .next_u64();
     let started = tokio::time::Instant::now();
-    let progress = {
+    let progress = (!args.quiet).then(|| {
         let poster = poster.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
@@ -1225,7 +1266,7 @@ async fn post_all(
                 );
             }
         })
-    };
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     let mut interrupted = false;
@@ -1298,7 +1339,9 @@ async fn post_all(
     }
     // Everything posted is waited for (retries included) unless a refusal stopped the run.
     while tasks.join_next().await.is_some() {}
-    progress.abort();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
     let elapsed = started.elapsed();
     let s = &poster.stats;
     let mut latencies = s.latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
@@ -1308,35 +1351,37 @@ async fn post_all(
     };
     let sent = Stats::get(&s.sent_rows);
     let acked = Stats::get(&s.acked_rows);
-    println!(
-        "data:                      {}",
-        describe_data(&simulation, plan)
-    );
-    println!(
-        "readings sent:             {sent} in {} batches",
-        Stats::get(&s.sent_batches)
-    );
-    println!(
-        "readings acknowledged:     {acked} in {} batches",
-        Stats::get(&s.acked_batches)
-    );
-    println!(
-        "acknowledged as duplicate: {} in {} batches (already committed, not written twice)",
-        Stats::get(&s.duplicate_rows),
-        Stats::get(&s.duplicate_batches)
-    );
-    println!("retries:                   {}", Stats::get(&s.retries));
-    println!(
-        "throughput:                {:.1} readings/s acknowledged over {:.1} s",
-        acked as f64 / elapsed.as_secs_f64().max(1e-9),
-        elapsed.as_secs_f64()
-    );
-    println!(
-        "request latency:           p50 {} ms, p99 {} ms over {} requests",
-        ms(0.50),
-        ms(0.99),
-        latencies.len()
-    );
+    if !args.quiet {
+        println!(
+            "data:                      {}",
+            describe_data(&simulation, plan)
+        );
+        println!(
+            "readings sent:             {sent} in {} batches",
+            Stats::get(&s.sent_batches)
+        );
+        println!(
+            "readings acknowledged:     {acked} in {} batches",
+            Stats::get(&s.acked_batches)
+        );
+        println!(
+            "acknowledged as duplicate: {} in {} batches (already committed, not written twice)",
+            Stats::get(&s.duplicate_rows),
+            Stats::get(&s.duplicate_batches)
+        );
+        println!("retries:                   {}", Stats::get(&s.retries));
+        println!(
+            "throughput:                {:.1} readings/s acknowledged over {:.1} s",
+            acked as f64 / elapsed.as_secs_f64().max(1e-9),
+            elapsed.as_secs_f64()
+        );
+        println!(
+            "request latency:           p50 {} ms, p99 {} ms over {} requests",
+            ms(0.50),
+            ms(0.99),
+            latencies.len()
+        );
+    }
     let refused = poster.refusal.lock().ok().and_then(|r| r.clone());
     if let Some(message) = refused {
         eprintln!("error: {message}");

@@ -193,13 +193,8 @@ impl Checks {
             .map_err(|_| DataFusionError::Internal("quarantine lock poisoned".into()))?
             .clone();
         let result = if self.replace_quarantine {
-            let exists = warehouse
-                .table_exists(table)
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            if batches.is_empty() && !exists {
-                return Ok(());
-            }
+            // Written even when empty: a view with QUARANTINE rules has its quarantine table
+            // from its first refresh on, so that views and reports downstream can read it.
             let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
             fields.extend(quarantine_fields());
             let empty = RecordBatch::new_empty(Arc::new(Schema::new(fields)));

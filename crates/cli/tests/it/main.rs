@@ -1,9 +1,11 @@
 //! The `medlake` binary as users run it: `medlake sql -c/-f`, restarts, SIGKILLs in the
 //! middle of a large INSERT and of a refresh, `medlake apply`, `refresh` and `serve`;
-//! `medlake simulate` against a mock ingest server (simulate.rs).
+//! `medlake simulate` against a mock ingest server (simulate.rs); `medlake quickstart` and the
+//! reference warehouse of catalog/ and sql/ (quickstart.rs).
 
 mod extract;
 mod ingest;
+mod quickstart;
 mod simulate;
 
 use std::path::Path;

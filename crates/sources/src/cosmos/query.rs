@@ -497,7 +497,9 @@ mod tests {
         ]
     }
 
-    fn t(e: Expr) -> Option<(String, Fit, Vec<(String, Value)>)> {
+    type Translated = (String, Fit, Vec<(String, Value)>);
+
+    fn t(e: Expr) -> Option<Translated> {
         let mut sql = Sql::default();
         translate(&e, &columns(), &mut sql).map(|(s, f)| (s, f, sql.params))
     }

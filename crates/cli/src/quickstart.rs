@@ -1,0 +1,1738 @@
+//! `medlake quickstart`: the reference warehouse of the repository (`catalog/`, `sql/`) end to
+//! end on one machine, with no outside service.
+//!
+//! 1. Writes a project folder `DIR/project`: `catalog/` holds the stand-ins of
+//!    `catalog/quickstart/` (Delta tables under the production names for the EHR, the trials
+//!    database, the device cloud and Cosmos DB; the blob connector over the local folder
+//!    `DIR/landing`), `sql/` the repository's `sql/` unchanged. Both are compiled into the
+//!    binary, so the quickstart needs no checkout at run time.
+//! 2. Generates a demo hospital with `medlake simulate`'s generator: patients, devices and
+//!    their assignments, ward stays, nursing observations, trials, alerts and device events
+//!    (into the stand-ins), `--hours` of device readings (bedside devices: as if pushed into
+//!    bronze.readings_push; blood-pressure cuffs: the device cloud, some in kPa;
+//!    glucometers: hourly CSV uploads in mmol/L; spot-check thermometers: hourly Parquet
+//!    uploads), DICOM studies and scanned documents.
+//! 3. Applies the project (`Engine::apply_project`, as `medlake apply` does).
+//! 4. Opens the Postgres, Flight SQL and HTTP doors on loopback without passwords, and keeps
+//!    pushing live readings through the HTTP door while the scheduler refreshes the views; or,
+//!    with `--once`, pushes `--live-seconds` of readings, refreshes every view once and exits.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, Float64Builder, Int32Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::SchemaRef;
+use chrono::{TimeZone, Timelike, Utc};
+use medlake_engine::{Engine, IfExists, Ingest, Output, Statement};
+
+use crate::Failure;
+use crate::simulate::{Plan, Reading, Rng, SimulateArgs, Simulation};
+
+/// The stand-in catalog (`catalog/quickstart/`), `{{landing}}` replaced by `DIR/landing`.
+const CATALOG: &[(&str, &str)] = &[
+    (
+        "blob.sql",
+        include_str!("../../../catalog/quickstart/blob.sql"),
+    ),
+    (
+        "cosmos.sql",
+        include_str!("../../../catalog/quickstart/cosmos.sql"),
+    ),
+    (
+        "ehr.sql",
+        include_str!("../../../catalog/quickstart/ehr.sql"),
+    ),
+    (
+        "telemetry.sql",
+        include_str!("../../../catalog/quickstart/telemetry.sql"),
+    ),
+    (
+        "trials.sql",
+        include_str!("../../../catalog/quickstart/trials.sql"),
+    ),
+];
+
+/// The reference views (`sql/`), as they are.
+pub(crate) const SQL: &[(&str, &str)] = &[
+    (
+        "bronze/ehr.sql",
+        include_str!("../../../sql/bronze/ehr.sql"),
+    ),
+    (
+        "bronze/events.sql",
+        include_str!("../../../sql/bronze/events.sql"),
+    ),
+    (
+        "bronze/files.sql",
+        include_str!("../../../sql/bronze/files.sql"),
+    ),
+    (
+        "bronze/telemetry.sql",
+        include_str!("../../../sql/bronze/telemetry.sql"),
+    ),
+    (
+        "bronze/trials.sql",
+        include_str!("../../../sql/bronze/trials.sql"),
+    ),
+    (
+        "silver/ehr.sql",
+        include_str!("../../../sql/silver/ehr.sql"),
+    ),
+    (
+        "silver/events.sql",
+        include_str!("../../../sql/silver/events.sql"),
+    ),
+    (
+        "silver/readings.sql",
+        include_str!("../../../sql/silver/readings.sql"),
+    ),
+    (
+        "silver/trials.sql",
+        include_str!("../../../sql/silver/trials.sql"),
+    ),
+    (
+        "gold/alert_response.sql",
+        include_str!("../../../sql/gold/alert_response.sql"),
+    ),
+    (
+        "gold/data_completeness.sql",
+        include_str!("../../../sql/gold/data_completeness.sql"),
+    ),
+    (
+        "gold/device_performance.sql",
+        include_str!("../../../sql/gold/device_performance.sql"),
+    ),
+    (
+        "gold/news2_hourly.sql",
+        include_str!("../../../sql/gold/news2_hourly.sql"),
+    ),
+    (
+        "gold/patient_daily_vitals.sql",
+        include_str!("../../../sql/gold/patient_daily_vitals.sql"),
+    ),
+    (
+        "gold/trial_cohort_vitals.sql",
+        include_str!("../../../sql/gold/trial_cohort_vitals.sql"),
+    ),
+];
+
+/// The file that marks a folder as the quickstart's (so that a rerun may start it over).
+const MARKER: &str = ".medlake-quickstart";
+
+const WARDS: &[&str] = &[
+    "Cardiology (Ward 3)",
+    "Respiratory (Ward 5)",
+    "General Medicine (Ward 7)",
+    "Surgical (Ward 9)",
+];
+const FAMILY: &[&str] = &[
+    "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Patel",
+    "Robinson", "Wright", "Thompson", "Evans", "Walker", "White", "Roberts", "Green", "Hall",
+    "Khan", "Lewis", "Clarke", "Jackson", "Wood", "Harris", "Martin", "Cooper", "King", "Lee",
+];
+const GIVEN: &[&str] = &[
+    "Oliver", "Amelia", "George", "Isla", "Harry", "Ava", "Noah", "Mia", "Jack", "Ivy", "Leo",
+    "Lily", "Arthur", "Rosie", "Muhammad", "Grace", "Oscar", "Freya", "Charlie", "Sophia",
+    "Margaret", "Peter", "Susan", "David", "Aisha", "Tomasz", "Mei", "Ana",
+];
+const NURSES: &[&str] = &[
+    "RN Okafor",
+    "RN Lindqvist",
+    "RN Moreau",
+    "RN Singh",
+    "RN Byrne",
+];
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct QuickstartArgs {
+    /// Where the demo lives: DIR/warehouse (the Delta lake), DIR/landing (the blob stand-in),
+    /// DIR/project (catalog/ and sql/). A folder of an earlier quickstart is started over.
+    #[arg(long, value_name = "DIR", default_value = "./quickstart")]
+    dir: PathBuf,
+    /// Patients in the demo hospital (each with two bedside devices).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    patients: u32,
+    /// Hours of history before now (device readings, observations, alerts).
+    #[arg(long, value_name = "H", default_value_t = 24.0)]
+    hours: f64,
+    /// Readings per device per second in the history.
+    #[arg(long, value_name = "HZ", default_value_t = 1.0)]
+    rate: f64,
+    /// Seed of the generated hospital (the same seed gives the same data for the same now).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Postgres wire address (loopback only; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5432")]
+    pg: SocketAddr,
+    /// Arrow Flight SQL address (loopback only; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    flight: SocketAddr,
+    /// HTTP ingest address (loopback only; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Push --live-seconds of live readings, refresh every view once, print how to connect,
+    /// and exit (for CI and scripts), leaving the warehouse in DIR/warehouse.
+    #[arg(long)]
+    once: bool,
+    /// Seconds of live readings the simulator pushes (with --once; otherwise it pushes until
+    /// stopped).
+    #[arg(long, value_name = "S", default_value_t = 15.0)]
+    live_seconds: f64,
+    /// Longest pause between two looks at the schedules, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    poll_seconds: u64,
+    /// Only write the project folder and create the empty stand-in tables (bring your own
+    /// data, then `medlake apply --project DIR/project`).
+    #[arg(long)]
+    prepare_only: bool,
+}
+
+/// Progress lines: step and elapsed time.
+struct Progress {
+    started: Instant,
+}
+
+impl Progress {
+    fn say(&self, message: impl AsRef<str>) {
+        println!(
+            "[{:>6.1} s] {}",
+            self.started.elapsed().as_secs_f64(),
+            message.as_ref()
+        );
+    }
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Failure {
+    eprintln!("error: cannot {what} {}: {e}", path.display());
+    Failure::Reported
+}
+
+pub(crate) async fn run(args: QuickstartArgs) -> Result<(), Failure> {
+    for (door, addr) in [
+        ("--pg", args.pg),
+        ("--flight", args.flight),
+        ("--http", args.http),
+    ] {
+        if !addr.ip().is_loopback() {
+            return Err(Failure::Usage(format!(
+                "{door} {addr}: the quickstart serves without passwords, on loopback only"
+            )));
+        }
+    }
+    if args.patients == 0 || args.patients > 100_000 {
+        return Err(Failure::Usage(
+            "--patients must be between 1 and 100000".into(),
+        ));
+    }
+    if !(args.hours > 0.0 && args.hours <= 24.0 * 14.0) {
+        return Err(Failure::Usage(
+            "--hours must be above 0 and at most 336".into(),
+        ));
+    }
+    if !(args.rate > 0.0 && args.rate <= 10.0) {
+        return Err(Failure::Usage(
+            "--rate must be above 0 and at most 10".into(),
+        ));
+    }
+    let progress = Progress {
+        started: Instant::now(),
+    };
+    let dir = prepare_dir(&args.dir)?;
+    let landing = dir.join("landing");
+    let project = dir.join("project");
+    write_project(&project, &landing)?;
+    progress.say(format!(
+        "project written to {} (catalog/: local stand-ins of the five sources; sql/: the \
+         repository's views)",
+        project.display()
+    ));
+    let warehouse = dir.join("warehouse");
+    let engine = Engine::open(&warehouse.display().to_string()).await?;
+    create_stand_ins(&engine, &project).await?;
+    progress.say("stand-in sources created: ehr.*, trials.*, telemetry.device_cloud, events.*, landing.* (blob connector on DIR/landing), bronze.readings_push");
+    if args.prepare_only {
+        println!(
+            "load your data into the stand-ins, then: medlake apply --warehouse {} --project {}",
+            warehouse.display(),
+            project.display()
+        );
+        return Ok(());
+    }
+    let now_ms = Utc::now().timestamp() / 60 * 60_000;
+    let start_ms = now_ms - (args.hours * 3_600_000.0) as i64;
+    let plan = Plan {
+        devices: args.patients * 2,
+        rate: args.rate,
+        duration_s: (now_ms - start_ms) as f64 / 1000.0,
+        batch: 4096,
+        seed: args.seed,
+        start_ms,
+    };
+    let hospital = generate(&engine, &plan, &warehouse, &landing, &progress).await?;
+    progress.say(format!(
+        "demo hospital: {} patients on {} wards, {} devices; {} readings ({} pushed, {} from \
+         the device cloud, {} in {} CSV and {} in {} Parquet uploads), {} nursing \
+         observations, {} alerts, {} device events, {} trial enrollments, {} DICOM files, {} \
+         documents",
+        hospital.patients,
+        WARDS.len() + 1,
+        hospital.devices,
+        hospital.pushed + hospital.cloud + hospital.csv_rows + hospital.parquet_rows,
+        hospital.pushed,
+        hospital.cloud,
+        hospital.csv_rows,
+        hospital.csv_files,
+        hospital.parquet_rows,
+        hospital.parquet_files,
+        hospital.observations,
+        hospital.alerts,
+        hospital.device_events,
+        hospital.enrollments,
+        hospital.dicom_files,
+        hospital.documents
+    ));
+    progress.say("applying catalog/ and sql/ (bronze, silver, gold materialized views)");
+    let applied = engine.apply_project(&project).await?;
+    let views = applied.iter().filter(|a| a.action != "ran").count();
+    for a in applied.iter().filter(|a| a.object.starts_with("gold.")) {
+        progress.say(format!("  {} {} ({})", a.action, a.object, a.detail));
+    }
+    progress.say(format!(
+        "{views} views created; gold.news2_hourly is queryable"
+    ));
+    serve(&engine, &args, &plan, now_ms, &progress).await
+}
+
+/// Makes `dir` (or starts an earlier quickstart's over) and returns it absolute.
+fn prepare_dir(dir: &Path) -> Result<PathBuf, Failure> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| io_error("read", dir, e))?
+            .next()
+            .is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            return Err(Failure::Usage(format!(
+                "{} exists and is not a quickstart folder: choose another --dir",
+                dir.display()
+            )));
+        }
+        for sub in ["warehouse", "landing", "project"] {
+            let path = dir.join(sub);
+            if path.exists() {
+                std::fs::remove_dir_all(&path).map_err(|e| io_error("remove", &path, e))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+    std::fs::write(
+        dir.join(MARKER),
+        "medlake quickstart folder: `medlake quickstart` deletes and rewrites warehouse/, landing/ and project/ here\n",
+    )
+    .map_err(|e| io_error("write", dir, e))?;
+    std::path::absolute(dir).map_err(|e| io_error("resolve", dir, e))
+}
+
+/// The stand-in catalog, with `{{landing}}` replaced by the landing folder.
+pub(crate) fn catalog_files(landing: &Path) -> Vec<(&'static str, String)> {
+    CATALOG
+        .iter()
+        .map(|(name, text)| {
+            (
+                *name,
+                text.replace("{{landing}}", &landing.display().to_string()),
+            )
+        })
+        .collect()
+}
+
+fn write_project(project: &Path, landing: &Path) -> Result<(), Failure> {
+    for sub in [
+        "readings/csv",
+        "readings/parquet",
+        "pacs-export",
+        "documents",
+    ] {
+        let path = landing.join(sub);
+        std::fs::create_dir_all(&path).map_err(|e| io_error("create", &path, e))?;
+    }
+    let write = |path: PathBuf, text: &str| -> Result<(), Failure> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_error("create", parent, e))?;
+        }
+        std::fs::write(&path, text).map_err(|e| io_error("write", &path, e))
+    };
+    for (name, text) in catalog_files(landing) {
+        write(project.join("catalog").join(name), &text)?;
+    }
+    for (name, text) in SQL {
+        write(project.join("sql").join(name), text)?;
+    }
+    Ok(())
+}
+
+/// Runs the stand-in catalog and the statements of sql/ that are not views (the push table),
+/// so that the generator has tables to fill before the views are created.
+async fn create_stand_ins(engine: &Engine, project: &Path) -> Result<(), Failure> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (name, _) in CATALOG {
+        files.push(project.join("catalog").join(name));
+    }
+    for (name, _) in SQL {
+        files.push(project.join("sql").join(name));
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| io_error("read", &file, e))?;
+        for statement in medlake_engine::parse(&text)? {
+            if matches!(statement, Statement::CreateMaterializedView(_)) {
+                continue;
+            }
+            if let Output::Rows(stream) = engine.execute(statement).await? {
+                Output::Rows(stream).collect().await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo hospital
+
+/// What was generated.
+#[derive(Default)]
+struct Hospital {
+    patients: usize,
+    devices: usize,
+    pushed: u64,
+    cloud: u64,
+    csv_rows: u64,
+    csv_files: usize,
+    parquet_rows: u64,
+    parquet_files: usize,
+    observations: usize,
+    alerts: usize,
+    device_events: usize,
+    enrollments: usize,
+    dicom_files: usize,
+    documents: usize,
+}
+
+/// Small random helpers over the simulator's generator.
+struct Dice(Rng);
+
+impl Dice {
+    fn uniform(&mut self) -> f64 {
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn range(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.uniform()
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        self.uniform() < p
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[((self.uniform() * items.len() as f64) as usize).min(items.len() - 1)]
+    }
+    fn normal(&mut self, mean: f64, sd: f64) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        mean + sd * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+fn ts_sql(ms: i64) -> String {
+    match Utc.timestamp_millis_opt(ms).single() {
+        Some(t) => format!("TIMESTAMP '{}'", t.format("%Y-%m-%d %H:%M:%S%.3f")),
+        None => "NULL".into(),
+    }
+}
+
+fn ts_opt(ms: Option<i64>) -> String {
+    ms.map_or("NULL".into(), ts_sql)
+}
+
+fn text(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map_or("NULL".into(), |v| format!("{v}"))
+}
+
+/// Rows for one stand-in table, inserted in statements of 500 rows.
+struct Rows {
+    table: &'static str,
+    rows: Vec<String>,
+}
+
+impl Rows {
+    fn new(table: &'static str) -> Self {
+        Rows {
+            table,
+            rows: Vec::new(),
+        }
+    }
+    fn push(&mut self, values: &[String]) {
+        self.rows.push(format!("({})", values.join(", ")));
+    }
+    async fn insert(&self, engine: &Engine) -> Result<(), Failure> {
+        for chunk in self.rows.chunks(500) {
+            engine
+                .sql(&format!(
+                    "INSERT INTO {} VALUES {}",
+                    self.table,
+                    chunk.join(",\n")
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Readings collected into Arrow columns and appended to a table in one commit per chunk.
+struct ReadingColumns {
+    table: &'static str,
+    schema: SchemaRef,
+    reading_id: StringBuilder,
+    device_id: StringBuilder,
+    patient_id: Int32Builder,
+    metric: StringBuilder,
+    value: Float64Builder,
+    unit: StringBuilder,
+    taken_at: TimestampMicrosecondBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    rows: usize,
+    total: u64,
+}
+
+const CHUNK: usize = 500_000;
+
+impl ReadingColumns {
+    async fn new(engine: &Engine, table: &'static str) -> Result<Self, Failure> {
+        let statement = medlake_engine::parse(&format!("SELECT * FROM {table} LIMIT 0"))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Failure::Usage("empty statement".into()))?;
+        let schema = match engine.execute(statement).await? {
+            Output::Rows(stream) => stream.schema(),
+            Output::Command { .. } => {
+                return Err(Failure::Usage(format!("{table} is not a table")));
+            }
+        };
+        Ok(ReadingColumns {
+            table,
+            schema,
+            reading_id: StringBuilder::new(),
+            device_id: StringBuilder::new(),
+            patient_id: Int32Builder::new(),
+            metric: StringBuilder::new(),
+            value: Float64Builder::new(),
+            unit: StringBuilder::new(),
+            taken_at: TimestampMicrosecondBuilder::new(),
+            received_at: TimestampMicrosecondBuilder::new(),
+            rows: 0,
+            total: 0,
+        })
+    }
+
+    fn push(&mut self, r: &Reading, value: Option<f64>, unit: &str, received_ms: Option<i64>) {
+        self.device_id.append_value(&r.device_id);
+        self.patient_id.append_value(r.patient_id);
+        self.metric.append_value(r.metric.name());
+        self.value.append_option(value);
+        self.unit.append_value(unit);
+        self.taken_at.append_value(r.taken_at_ms * 1000);
+        if let Some(received) = received_ms {
+            self.reading_id.append_value(format!(
+                "{}-{}-{}",
+                r.device_id,
+                r.metric.name(),
+                r.taken_at_ms
+            ));
+            self.received_at.append_value(received * 1000);
+        }
+        self.rows += 1;
+    }
+
+    async fn flush(&mut self, engine: &Engine, all: bool) -> Result<(), Failure> {
+        if self.rows == 0 || (!all && self.rows < CHUNK) {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for field in self.schema.fields() {
+            let array: ArrayRef = match field.name().as_str() {
+                "reading_id" => Arc::new(self.reading_id.finish()),
+                "device_id" => Arc::new(self.device_id.finish()),
+                "patient_id" => Arc::new(self.patient_id.finish()),
+                "metric" => Arc::new(self.metric.finish()),
+                "value" => Arc::new(self.value.finish()),
+                "unit" => Arc::new(self.unit.finish()),
+                "taken_at" => Arc::new(self.taken_at.finish()),
+                "received_at" => Arc::new(self.received_at.finish()),
+                other => {
+                    return Err(Failure::Usage(format!(
+                        "{}: unexpected column {other}",
+                        self.table
+                    )));
+                }
+            };
+            let array = arrow::compute::cast(&array, field.data_type())
+                .map_err(|e| Failure::Usage(format!("{}: {e}", self.table)))?;
+            columns.push(array);
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| Failure::Usage(format!("{}: {e}", self.table)))?;
+        engine
+            .session()
+            .ingest(
+                self.table,
+                self.schema.clone(),
+                vec![batch],
+                Ingest {
+                    create: false,
+                    exists: IfExists::Append,
+                },
+            )
+            .await?;
+        self.total += self.rows as u64;
+        self.rows = 0;
+        Ok(())
+    }
+}
+
+/// The schema of the scratch table whose Parquet files become the Parquet uploads.
+const STAGING: &str = "quickstart_staging";
+
+/// Hourly Parquet uploads, written by the lake's own Parquet writer: each hour's readings go
+/// into a scratch Delta table in one commit, and that commit's data files are copied into the
+/// landing folder as `batch=<hour>/part-N.parquet` (the scratch table is dropped at the end).
+struct ParquetUploads {
+    columns: ReadingColumns,
+    hour: Option<String>,
+    scratch: PathBuf,
+    taken: std::collections::BTreeSet<std::ffi::OsString>,
+    target: PathBuf,
+    files: usize,
+}
+
+impl ParquetUploads {
+    async fn new(engine: &Engine, warehouse: &Path, landing: &Path) -> Result<Self, Failure> {
+        engine
+            .sql(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {STAGING}; \
+                 CREATE TABLE {STAGING}.uploads (device_id VARCHAR NOT NULL, patient_id INT, \
+                 metric VARCHAR, value DOUBLE, unit VARCHAR, taken_at TIMESTAMP)"
+            ))
+            .await?;
+        Ok(ParquetUploads {
+            columns: ReadingColumns::new(engine, "quickstart_staging.uploads").await?,
+            hour: None,
+            scratch: warehouse.join(STAGING).join("uploads"),
+            taken: std::collections::BTreeSet::new(),
+            target: landing.join("readings/parquet"),
+            files: 0,
+        })
+    }
+
+    async fn push(&mut self, engine: &Engine, r: &Reading, hour: String) -> Result<(), Failure> {
+        if self.hour.as_ref() != Some(&hour) {
+            self.upload(engine).await?;
+            self.hour = Some(hour);
+        }
+        self.columns.push(r, r.value, r.unit, None);
+        Ok(())
+    }
+
+    async fn upload(&mut self, engine: &Engine) -> Result<(), Failure> {
+        let Some(hour) = &self.hour else {
+            return Ok(());
+        };
+        if self.columns.rows == 0 {
+            return Ok(());
+        }
+        self.columns.flush(engine, true).await?;
+        let folder = self.target.join(format!("batch={hour}"));
+        std::fs::create_dir_all(&folder).map_err(|e| io_error("create", &folder, e))?;
+        let entries =
+            std::fs::read_dir(&self.scratch).map_err(|e| io_error("list", &self.scratch, e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| io_error("list", &self.scratch, e))?
+                .path();
+            let Some(name) = path.file_name().map(|n| n.to_os_string()) else {
+                continue;
+            };
+            if path.extension().is_some_and(|e| e == "parquet") && self.taken.insert(name) {
+                self.files += 1;
+                let to = folder.join(format!("part-{:05}.parquet", self.files));
+                std::fs::copy(&path, &to).map_err(|e| io_error("copy", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The NEWS2 vitals a nurse charts, in the order of `ehr.observations`' columns.
+const CHARTED: [&str; 5] = [
+    "respiration_rate",
+    "spo2",
+    "systolic_bp",
+    "heart_rate",
+    "temperature",
+];
+
+/// A patient as the generator tracks them.
+struct PatientState {
+    id: i32,
+    /// The latest plausible device value of each charted vital (°C for temperature).
+    latest: [Option<f64>; 5],
+    next_observation_ms: i64,
+    /// Last alert time per alert type (a device does not re-raise within 30 minutes).
+    last_alert: BTreeMap<&'static str, i64>,
+}
+
+fn plausible(metric: &str, v: f64) -> bool {
+    match metric {
+        "heart_rate" => (20.0..=250.0).contains(&v),
+        "spo2" => (50.0..=100.0).contains(&v),
+        "respiration_rate" => (4.0..=60.0).contains(&v),
+        "temperature" => (30.0..=43.0).contains(&v),
+        "systolic_bp" => (50.0..=250.0).contains(&v),
+        "diastolic_bp" => (25.0..=150.0).contains(&v),
+        "glucose" => (20.0..=600.0).contains(&v),
+        _ => false,
+    }
+}
+
+fn hour_key(ms: i64) -> String {
+    match Utc.timestamp_millis_opt(ms).single() {
+        Some(t) => t.format("%Y%m%dT%H00").to_string(),
+        None => "19700101T0000".into(),
+    }
+}
+
+async fn generate(
+    engine: &Engine,
+    plan: &Plan,
+    warehouse: &Path,
+    landing: &Path,
+    progress: &Progress,
+) -> Result<Hospital, Failure> {
+    let mut dice = Dice(Rng::new(plan.seed ^ 0x5EED_0F40_517A));
+    let mut simulation = Simulation::new(plan);
+    let devices = simulation.device_list();
+    let deteriorating = simulation.deteriorating();
+    let start = plan.start_ms;
+    let end = start + (plan.duration_s * 1000.0) as i64;
+    let mut hospital = Hospital {
+        patients: simulation.patients(),
+        devices: devices.len(),
+        ..Hospital::default()
+    };
+
+    // Patients, their ward stays, and a few discharged earlier (whose devices went on to the
+    // current patients: the as-of join must not give their readings to them).
+    let mut patients = Rows::new("ehr.patients");
+    let mut encounters = Rows::new("ehr.encounters");
+    let mut states = Vec::new();
+    let admitted_ms = start - 2 * 3_600_000;
+    let mut encounter_id = 1i64;
+    for p in 0..simulation.patients() {
+        let id = 1001 + p as i32;
+        let birth_year = 1930 + (dice.uniform() * 75.0) as i32;
+        patients.push(&[
+            id.to_string(),
+            text(&format!("MRN{id:07}")),
+            text(dice.pick(FAMILY)),
+            text(dice.pick(GIVEN)),
+            format!(
+                "DATE '{birth_year}-{:02}-{:02}'",
+                1 + (dice.uniform() * 12.0) as u32 % 12,
+                1 + (dice.uniform() * 28.0) as u32 % 28
+            ),
+            text(if dice.chance(0.5) { "F" } else { "M" }),
+            ts_sql(admitted_ms - 86_400_000),
+        ]);
+        let ward = if deteriorating.contains(&id) {
+            WARDS[0]
+        } else {
+            WARDS[p % WARDS.len()]
+        };
+        let bed = format!("B{:02}", 1 + p / WARDS.len());
+        // One patient in ten moves: to the ICU if deteriorating, else to another ward.
+        let transfer = (deteriorating.contains(&id) || dice.chance(0.1))
+            .then(|| start + (dice.range(0.5, 0.9) * (end - start) as f64) as i64);
+        match transfer {
+            Some(at) => {
+                encounters.push(&[
+                    encounter_id.to_string(),
+                    id.to_string(),
+                    text(ward),
+                    text(&bed),
+                    ts_sql(admitted_ms),
+                    ts_sql(at),
+                    ts_sql(at),
+                ]);
+                let to = if deteriorating.contains(&id) {
+                    "Intensive Care Unit"
+                } else {
+                    WARDS[(p + 1) % WARDS.len()]
+                };
+                encounters.push(&[
+                    (encounter_id + 1).to_string(),
+                    id.to_string(),
+                    text(to),
+                    text(&format!("T{:02}", 1 + p % 20)),
+                    ts_sql(at),
+                    "NULL".into(),
+                    ts_sql(at),
+                ]);
+                encounter_id += 2;
+            }
+            None => {
+                encounters.push(&[
+                    encounter_id.to_string(),
+                    id.to_string(),
+                    text(ward),
+                    text(&bed),
+                    ts_sql(admitted_ms),
+                    "NULL".into(),
+                    ts_sql(admitted_ms),
+                ]);
+                encounter_id += 1;
+            }
+        }
+        states.push(PatientState {
+            id,
+            latest: [None; 5],
+            next_observation_ms: start + (dice.uniform() * 50.0 * 60_000.0) as i64,
+            last_alert: BTreeMap::new(),
+        });
+    }
+    for k in 0..3 {
+        let id = 9001 + k;
+        patients.push(&[
+            id.to_string(),
+            text(&format!("MRN{id:07}")),
+            text(dice.pick(FAMILY)),
+            text(dice.pick(GIVEN)),
+            "DATE '1948-03-14'".into(),
+            text("F"),
+            ts_sql(start - 3 * 86_400_000),
+        ]);
+        encounters.push(&[
+            encounter_id.to_string(),
+            id.to_string(),
+            text(WARDS[k as usize % WARDS.len()]),
+            text("B40"),
+            ts_sql(start - 4 * 86_400_000),
+            ts_sql(start - 2 * 86_400_000),
+            ts_sql(start - 2 * 86_400_000),
+        ]);
+        encounter_id += 1;
+    }
+
+    // The device register and who each device is attached to.
+    let mut register = Rows::new("ehr.devices");
+    let mut assignments = Rows::new("ehr.device_assignments");
+    for (i, (id, kind, patient)) in devices.iter().enumerate() {
+        let (manufacturer, model) = match *kind {
+            "monitor" => ("Philips", "IntelliVue MX450"),
+            "oximeter" => ("Masimo", "Radical-7"),
+            "thermo" => ("Welch Allyn", "SureTemp Plus 692"),
+            "bpcuff" => ("Omron", "HBP-1320"),
+            _ => ("Roche", "Accu-Chek Inform II"),
+        };
+        register.push(&[
+            text(id),
+            text(kind),
+            text(manufacturer),
+            text(model),
+            text(&format!("SN{:08}", 40_000 + i * 37)),
+            num(Some(plan.rate)),
+            ts_sql(start - 30 * 86_400_000),
+        ]);
+        let assignment = (i + 1) as i64;
+        if i < 3 {
+            // Before the current patient, this device was on a patient discharged since.
+            assignments.push(&[
+                (100_000 + assignment).to_string(),
+                text(id),
+                (9001 + i as i32).to_string(),
+                ts_sql(start - 4 * 86_400_000),
+                ts_sql(start - 2 * 86_400_000 - 3_600_000),
+                ts_sql(start - 2 * 86_400_000 - 3_600_000),
+            ]);
+        }
+        assignments.push(&[
+            assignment.to_string(),
+            text(id),
+            patient.to_string(),
+            // Attached when monitoring starts (the patient was admitted two hours earlier).
+            ts_sql(start),
+            "NULL".into(),
+            ts_sql(start),
+        ]);
+    }
+    patients.insert(engine).await?;
+    encounters.insert(engine).await?;
+    register.insert(engine).await?;
+    assignments.insert(engine).await?;
+    progress.say(format!(
+        "EHR stand-in: {} patients, {} ward stays, {} devices and their assignments",
+        patients.rows.len(),
+        encounters.rows.len(),
+        register.rows.len()
+    ));
+
+    // Some devices go flat for a while (battery out, unplugged): no readings, events instead.
+    let mut outages: BTreeMap<Arc<str>, (i64, i64)> = BTreeMap::new();
+    for (id, _, _) in &devices {
+        if dice.chance(0.05) {
+            let from = start + (dice.range(0.1, 0.8) * (end - start) as f64) as i64;
+            let to = from + (dice.range(20.0, 90.0) * 60_000.0) as i64;
+            outages.insert(id.clone(), (from, to.min(end)));
+        }
+    }
+
+    // The readings, routed by channel as a hospital's devices would be: bedside monitors,
+    // oximeters and thermometers push through their gateways; blood-pressure cuffs sync to
+    // the vendor's cloud (half of them in kPa); glucometers are docked and uploaded hourly as
+    // CSV in mmol/L; the spot-check thermometers of odd number export hourly Parquet files.
+    let mut pushed = ReadingColumns::new(engine, "bronze.readings_push").await?;
+    let mut parquet = ParquetUploads::new(engine, warehouse, landing).await?;
+    let mut cloud = ReadingColumns::new(engine, "telemetry.device_cloud").await?;
+    let mut csv: BTreeMap<String, String> = BTreeMap::new();
+    let mut observations = Rows::new("ehr.observations");
+    let mut alerts = Rows::new("events.alerts");
+    let mut alert_id = 0u64;
+    let mut reported = 0u64;
+    let total_expected = (plan.devices as f64 * plan.rate * plan.duration_s).max(1.0) as u64;
+    let mut next_report = total_expected / 4;
+    let mut observation_id = 1i64;
+    for batch in simulation.by_ref() {
+        let clock = start + batch.due_ms as i64;
+        for r in &batch.readings {
+            if outages
+                .get(&r.device_id)
+                .is_some_and(|(from, to)| (*from..*to).contains(&r.taken_at_ms))
+            {
+                continue;
+            }
+            let metric = r.metric.name();
+            let p = (r.patient_id - 1001) as usize;
+            if let Some(v) = r.value {
+                let celsius = if r.unit == "degF" {
+                    ((v - 32.0) * 5.0 / 9.0 * 10.0).round() / 10.0
+                } else {
+                    v
+                };
+                if let Some(slot) = CHARTED.iter().position(|m| *m == metric)
+                    && plausible(metric, celsius)
+                {
+                    states[p].latest[slot] = Some(celsius);
+                }
+                if let Some((kind, severity, message)) = alarm(metric, celsius) {
+                    let last = states[p].last_alert.get(kind).copied();
+                    if last.is_none_or(|t| r.taken_at_ms - t > 30 * 60_000) {
+                        states[p].last_alert.insert(kind, r.taken_at_ms);
+                        alert_id += 1;
+                        push_alert(
+                            &mut alerts,
+                            &mut dice,
+                            alert_id,
+                            r,
+                            kind,
+                            severity,
+                            &format!("{message}: {celsius} {}", r.unit),
+                            end,
+                        );
+                    }
+                }
+            }
+            if r.device_id.starts_with("bpcuff") {
+                let kpa = r.device_id.ends_with(['0', '2', '4', '6', '8']);
+                let (value, unit) = match (kpa, r.value) {
+                    (true, Some(v)) => (Some((v / 7.50062 * 100.0).round() / 100.0), "kPa"),
+                    _ => (r.value, r.unit),
+                };
+                let received = r.taken_at_ms + (dice.range(20.0, 180.0) * 1000.0) as i64;
+                cloud.push(r, value, unit, Some(received));
+            } else if r.device_id.starts_with("glucometer") {
+                let line = csv.entry(hour_key(r.taken_at_ms)).or_default();
+                let value = r.value.map(|v| (v / 18.016 * 10.0).round() / 10.0);
+                let _ = writeln!(
+                    line,
+                    "{},{},{},{},mmol/L,{}",
+                    r.device_id,
+                    r.patient_id,
+                    metric,
+                    value.map_or(String::new(), |v| v.to_string()),
+                    Utc.timestamp_millis_opt(r.taken_at_ms)
+                        .single()
+                        .map_or(String::new(), |t| t
+                            .format("%Y-%m-%d %H:%M:%S%.3f")
+                            .to_string())
+                );
+                hospital.csv_rows += 1;
+            } else if r.device_id.starts_with("thermo")
+                && r.device_id.ends_with(['1', '3', '5', '7', '9'])
+            {
+                parquet.push(engine, r, hour_key(clock)).await?;
+            } else {
+                pushed.push(r, r.value, r.unit, None);
+            }
+        }
+        // Nurses chart the NEWS2 set every four hours.
+        for state in states.iter_mut() {
+            while state.next_observation_ms <= clock && state.next_observation_ms < end {
+                let at = state.next_observation_ms;
+                let worse = deteriorating.contains(&state.id) && at > start + (end - start) / 2;
+                let defaults = [16.0, 97.0, 124.0, 78.0, 36.8];
+                let sds = [2.0, 1.0, 12.0, 8.0, 0.3];
+                let mut values = [0.0; 5];
+                for k in 0..5 {
+                    let v = state.latest[k].unwrap_or_else(|| dice.normal(defaults[k], sds[k]));
+                    values[k] = if k == 4 {
+                        (v * 10.0).round() / 10.0
+                    } else {
+                        v.round()
+                    };
+                }
+                let on_oxygen = values[1] < 94.0 || (worse && dice.chance(0.7));
+                let consciousness = if worse && dice.chance(0.4) {
+                    dice.pick(&["C", "V"])
+                } else {
+                    "A"
+                };
+                let recorded = at + (dice.range(1.0, 15.0) * 60_000.0) as i64;
+                observations.push(&[
+                    observation_id.to_string(),
+                    state.id.to_string(),
+                    ts_sql(at),
+                    num(Some(values[0])),
+                    num(Some(values[1])),
+                    on_oxygen.to_string(),
+                    num(Some(values[2])),
+                    num(Some(values[3])),
+                    text(consciousness),
+                    num(Some(values[4])),
+                    text(dice.pick(NURSES)),
+                    ts_sql(recorded),
+                ]);
+                observation_id += 1;
+                state.next_observation_ms += (dice.range(3.5, 4.5) * 3_600_000.0) as i64;
+            }
+        }
+        pushed.flush(engine, false).await?;
+        cloud.flush(engine, false).await?;
+        let done =
+            pushed.total + pushed.rows as u64 + cloud.total + cloud.rows as u64 + hospital.csv_rows;
+        if done >= next_report && reported < 3 {
+            reported += 1;
+            next_report += total_expected / 4;
+            progress.say(format!(
+                "  readings: {done} of about {total_expected} generated and loaded"
+            ));
+        }
+    }
+    pushed.flush(engine, true).await?;
+    cloud.flush(engine, true).await?;
+    parquet.upload(engine).await?;
+    engine
+        .sql(&format!("DROP SCHEMA {STAGING} CASCADE"))
+        .await?;
+    hospital.parquet_rows = parquet.columns.total;
+    hospital.parquet_files = parquet.files;
+    hospital.pushed = pushed.total;
+    hospital.cloud = cloud.total;
+
+    // Hourly CSV uploads, plus one from a glucometer the register does not know and one whose
+    // patient disagrees with the EHR (silver quarantines both).
+    let last_hour = csv.keys().last().cloned();
+    if let Some(hour) = last_hour
+        && let Some(lines) = csv.get_mut(&hour)
+    {
+        let t = Utc
+            .timestamp_millis_opt(end - 60_000)
+            .single()
+            .map_or(String::new(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let _ = writeln!(lines, "glucometer-999,1001,glucose,6.1,mmol/L,{t}");
+        if let Some((id, _, patient)) = devices.iter().find(|d| d.1 == "glucometer") {
+            let _ = writeln!(lines, "{id},{},glucose,5.9,mmol/L,{t}", patient + 1);
+        }
+    }
+    for (hour, lines) in &csv {
+        let folder = landing.join("readings/csv").join(format!("batch={hour}"));
+        std::fs::create_dir_all(&folder).map_err(|e| io_error("create", &folder, e))?;
+        let path = folder.join("glucometers.csv");
+        let body = format!("device_id,patient_id,metric,value,unit,taken_at\n{lines}");
+        std::fs::write(&path, body).map_err(|e| io_error("write", &path, e))?;
+    }
+    hospital.csv_files = csv.len();
+    hospital.observations = observations.rows.len();
+    observations.insert(engine).await?;
+    hospital.alerts = alert_id as usize;
+    alerts.insert(engine).await?;
+
+    hospital.device_events =
+        device_events(engine, &mut dice, &devices, &outages, start, end).await?;
+    hospital.enrollments = trials(engine, &mut dice, simulation.patients(), start, end).await?;
+    let (dicom, documents) = files(landing, &mut dice, simulation.patients(), start)?;
+    hospital.dicom_files = dicom;
+    hospital.documents = documents;
+    Ok(hospital)
+}
+
+/// An alert a device raises for a reading: (type, severity, message).
+fn alarm(metric: &str, v: f64) -> Option<(&'static str, &'static str, &'static str)> {
+    if !plausible(metric, v) {
+        return Some(("technical", "low", "implausible value, check the sensor"));
+    }
+    match metric {
+        "heart_rate" if v > 130.0 => Some(("tachycardia", "high", "heart rate high")),
+        "heart_rate" if v < 45.0 => Some(("bradycardia", "high", "heart rate low")),
+        "spo2" if v < 90.0 => Some(("desaturation", "high", "SpO2 low")),
+        "systolic_bp" if v < 90.0 => Some(("hypotension", "medium", "systolic BP low")),
+        "temperature" if v >= 39.0 => Some(("fever", "medium", "temperature high")),
+        "respiration_rate" if v >= 25.0 => Some(("tachypnoea", "medium", "respiration rate high")),
+        _ => None,
+    }
+}
+
+/// An alert document as Cosmos holds it: written when raised, written again when
+/// acknowledged (a second version with a later `_ts`); now and then delivered twice.
+#[allow(clippy::too_many_arguments)]
+fn push_alert(
+    alerts: &mut Rows,
+    dice: &mut Dice,
+    id: u64,
+    r: &Reading,
+    kind: &str,
+    severity: &str,
+    message: &str,
+    end: i64,
+) {
+    let raised = r.taken_at_ms + (dice.range(1.0, 5.0) * 1000.0) as i64;
+    let wait_s = match severity {
+        "high" => dice.range(15.0, 300.0),
+        "medium" => dice.range(60.0, 900.0),
+        _ => dice.range(120.0, 3600.0),
+    };
+    let acknowledged = raised + (wait_s * 1000.0) as i64;
+    let doc = |ack: Option<i64>, ts: i64| -> Vec<String> {
+        vec![
+            text(&format!("alert-{id:06}")),
+            text(&r.device_id),
+            r.patient_id.to_string(),
+            text(kind),
+            text(severity),
+            text(message),
+            ts_sql(raised),
+            ts_opt(ack),
+            ack.map_or("NULL".into(), |_| text(dice_nurse(id))),
+            (ts / 1000).to_string(),
+        ]
+    };
+    alerts.push(&doc(None, raised));
+    if acknowledged < end && !dice.chance(0.04) {
+        alerts.push(&doc(Some(acknowledged), acknowledged));
+        if dice.chance(0.05) {
+            alerts.push(&doc(Some(acknowledged), acknowledged));
+        }
+    }
+}
+
+fn dice_nurse(id: u64) -> &'static str {
+    NURSES[(id % NURSES.len() as u64) as usize]
+}
+
+async fn device_events(
+    engine: &Engine,
+    dice: &mut Dice,
+    devices: &[(Arc<str>, &'static str, i32)],
+    outages: &BTreeMap<Arc<str>, (i64, i64)>,
+    start: i64,
+    end: i64,
+) -> Result<usize, Failure> {
+    let mut events = Rows::new("events.device_events");
+    let mut n = 0u64;
+    let mut event = |events: &mut Rows,
+                     device: &str,
+                     kind: &str,
+                     battery: Option<f64>,
+                     detail: Option<&str>,
+                     at: i64| {
+        n += 1;
+        events.push(&[
+            text(&format!("evt-{n:07}")),
+            text(device),
+            text(kind),
+            num(battery.map(|b| b.round())),
+            detail.map_or("NULL".into(), text),
+            ts_sql(at),
+            (at / 1000).to_string(),
+        ]);
+    };
+    for (id, _, _) in devices {
+        let mut battery = dice.range(55.0, 100.0);
+        let outage = outages.get(id).copied();
+        let mut t = start;
+        event(&mut events, id, "connected", Some(battery), None, start);
+        while t < end {
+            t += 3_600_000;
+            if let Some((from, to)) = outage
+                && (t - 3_600_000..t).contains(&from)
+            {
+                event(
+                    &mut events,
+                    id,
+                    "battery",
+                    Some(4.0),
+                    Some("battery critical"),
+                    from - 300_000,
+                );
+                event(
+                    &mut events,
+                    id,
+                    "disconnected",
+                    Some(2.0),
+                    Some("no power"),
+                    from,
+                );
+                event(
+                    &mut events,
+                    id,
+                    "connected",
+                    Some(100.0),
+                    Some("charged"),
+                    to,
+                );
+                battery = 100.0;
+            }
+            if t >= end {
+                break;
+            }
+            battery -= dice.range(2.0, 6.0);
+            if battery < 20.0 {
+                event(&mut events, id, "charging", Some(battery), None, t);
+                battery = 100.0;
+            }
+            event(&mut events, id, "battery", Some(battery), None, t);
+            if dice.chance(0.01) {
+                event(
+                    &mut events,
+                    id,
+                    "error",
+                    Some(battery),
+                    Some("sensor fault, self-test passed"),
+                    t + 60_000,
+                );
+            }
+        }
+    }
+    let count = events.rows.len();
+    events.insert(engine).await?;
+    Ok(count)
+}
+
+async fn trials(
+    engine: &Engine,
+    dice: &mut Dice,
+    patients: usize,
+    start: i64,
+    end: i64,
+) -> Result<usize, Failure> {
+    let mut trials = Rows::new("trials.trials");
+    let list = [
+        (
+            "NCT-HF-REMOTE",
+            "Remote monitoring after heart-failure admission",
+            "III",
+            "British Heart Foundation",
+        ),
+        (
+            "NCT-SEPSIS-EWS",
+            "Automated early warning for sepsis on general wards",
+            "II",
+            "NIHR",
+        ),
+        (
+            "NCT-GLUCOSE-CTL",
+            "Tight glucose control in non-ICU inpatients",
+            "IV",
+            "Diabetes UK",
+        ),
+    ];
+    for (id, title, phase, sponsor) in list {
+        trials.push(&[
+            text(id),
+            text(title),
+            text(phase),
+            text(sponsor),
+            text("recruiting"),
+            "DATE '2025-01-15'".into(),
+            ts_sql(start - 60 * 86_400_000),
+        ]);
+    }
+    let mut enrollments = Rows::new("trials.enrollments");
+    let mut logs = Rows::new("trials.research_logs");
+    let mut enrollment = 0i64;
+    let mut log = 0i64;
+    for p in 0..patients {
+        // One patient in five (deterministic, so that every scale has a cohort).
+        if p % 5 != 1 {
+            continue;
+        }
+        enrollment += 1;
+        let trial = list[p % list.len()].0;
+        let consented = start - (dice.range(0.5, 10.0) * 86_400_000.0) as i64;
+        let withdrawn = dice
+            .chance(0.05)
+            .then(|| start + (dice.range(0.3, 0.9) * (end - start) as f64) as i64);
+        enrollments.push(&[
+            enrollment.to_string(),
+            text(trial),
+            (1001 + p).to_string(),
+            text(if dice.chance(0.5) {
+                "intervention"
+            } else {
+                "control"
+            }),
+            ts_sql(consented),
+            ts_opt(withdrawn),
+            ts_sql(withdrawn.unwrap_or(consented)),
+        ]);
+        for (category, entry) in [
+            ("visit", "study visit completed, vitals reviewed"),
+            ("consent", "consent form scanned to documents"),
+        ] {
+            log += 1;
+            let at = consented + (dice.range(0.0, 1.0) * 86_400_000.0) as i64;
+            logs.push(&[
+                log.to_string(),
+                text(trial),
+                (1001 + p).to_string(),
+                ts_sql(at),
+                text(category),
+                text(entry),
+                ts_sql(at),
+            ]);
+        }
+    }
+    trials.insert(engine).await?;
+    enrollments.insert(engine).await?;
+    logs.insert(engine).await?;
+    Ok(enrollment as usize)
+}
+
+/// DICOM studies (one in ten patients: a chest X-ray, sometimes a CT) and scanned consent
+/// forms, in the landing folder.
+fn files(
+    landing: &Path,
+    dice: &mut Dice,
+    patients: usize,
+    start: i64,
+) -> Result<(usize, usize), Failure> {
+    let mut dicom = 0;
+    let mut documents = 0;
+    let day = Utc
+        .timestamp_millis_opt(start)
+        .single()
+        .unwrap_or_else(Utc::now);
+    for p in 0..patients {
+        let id = 1001 + p;
+        if p % 10 == 3 {
+            let ct = dice.chance(0.3);
+            let study = format!("1.2.826.0.1.3680043.10.543.{id}.1");
+            let instances = if ct { 3 } else { 1 };
+            for i in 1..=instances {
+                let sop = format!("{study}.1.{i}");
+                let header = DicomHeader {
+                    sop_class_uid: if ct {
+                        "1.2.840.10008.5.1.4.1.1.2"
+                    } else {
+                        "1.2.840.10008.5.1.4.1.1.1.1"
+                    },
+                    sop_instance_uid: &sop,
+                    study_date: &day.format("%Y%m%d").to_string(),
+                    study_time: &format!("{:02}{:02}00", day.hour(), day.minute()),
+                    accession_number: &format!("ACC{id:06}"),
+                    modality: if ct { "CT" } else { "DX" },
+                    manufacturer: "GE Healthcare",
+                    institution_name: "Medlake General Hospital",
+                    study_description: if ct {
+                        "CT CHEST W/O CONTRAST"
+                    } else {
+                        "XR CHEST PA"
+                    },
+                    series_description: if ct { "AXIAL 5MM" } else { "PA" },
+                    patient_name: &format!("PATIENT^{id}"),
+                    patient_id: &format!("MRN{id:07}"),
+                    body_part_examined: "CHEST",
+                    study_instance_uid: &study,
+                    series_instance_uid: &format!("{study}.1"),
+                    rows: 8,
+                    columns: 8,
+                };
+                let folder = landing.join("pacs-export").join(&study);
+                std::fs::create_dir_all(&folder).map_err(|e| io_error("create", &folder, e))?;
+                let path = folder.join(format!("{i}.dcm"));
+                std::fs::write(&path, dicom_file(&header))
+                    .map_err(|e| io_error("write", &path, e))?;
+                dicom += 1;
+            }
+        }
+        if p % 5 == 0 {
+            let path = landing
+                .join("documents")
+                .join(format!("MRN{id:07}_admission_form.pdf"));
+            let body = format!(
+                "%PDF-1.4\n% scanned admission form of MRN{id:07}\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+            );
+            std::fs::write(&path, body).map_err(|e| io_error("write", &path, e))?;
+            documents += 1;
+        }
+    }
+    Ok((dicom, documents))
+}
+
+/// The attributes of a demo DICOM instance.
+pub(crate) struct DicomHeader<'a> {
+    pub(crate) sop_class_uid: &'a str,
+    pub(crate) sop_instance_uid: &'a str,
+    pub(crate) study_date: &'a str,
+    pub(crate) study_time: &'a str,
+    pub(crate) accession_number: &'a str,
+    pub(crate) modality: &'a str,
+    pub(crate) manufacturer: &'a str,
+    pub(crate) institution_name: &'a str,
+    pub(crate) study_description: &'a str,
+    pub(crate) series_description: &'a str,
+    pub(crate) patient_name: &'a str,
+    pub(crate) patient_id: &'a str,
+    pub(crate) body_part_examined: &'a str,
+    pub(crate) study_instance_uid: &'a str,
+    pub(crate) series_instance_uid: &'a str,
+    pub(crate) rows: u16,
+    pub(crate) columns: u16,
+}
+
+/// One explicit-VR little-endian data element (short VRs have a 2-byte length; OB/OW/SQ/UN/UT
+/// a reserved 2 bytes and a 4-byte length). Text values are padded to even length.
+fn element(out: &mut Vec<u8>, group: u16, elem: u16, vr: &[u8; 2], value: &[u8]) {
+    let mut value = value.to_vec();
+    if value.len() % 2 == 1 {
+        value.push(if vr == b"UI" || vr == b"OB" { 0 } else { b' ' });
+    }
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&elem.to_le_bytes());
+    out.extend_from_slice(vr);
+    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    }
+    out.extend_from_slice(&value);
+}
+
+/// A minimal valid DICOM Part-10 file: preamble, `DICM`, the file meta group (explicit VR
+/// little endian) and a dataset with the header attributes and a small 16-bit image.
+pub(crate) fn dicom_file(h: &DicomHeader<'_>) -> Vec<u8> {
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+    let mut meta = Vec::new();
+    element(&mut meta, 0x0002, 0x0001, b"OB", &[0, 1]);
+    element(&mut meta, 0x0002, 0x0002, b"UI", h.sop_class_uid.as_bytes());
+    element(
+        &mut meta,
+        0x0002,
+        0x0003,
+        b"UI",
+        h.sop_instance_uid.as_bytes(),
+    );
+    element(&mut meta, 0x0002, 0x0010, b"UI", EXPLICIT_LE.as_bytes());
+    element(
+        &mut meta,
+        0x0002,
+        0x0012,
+        b"UI",
+        b"1.2.826.0.1.3680043.10.543",
+    );
+    element(&mut meta, 0x0002, 0x0013, b"SH", b"MEDLAKE_QS");
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    element(
+        &mut out,
+        0x0002,
+        0x0000,
+        b"UL",
+        &(meta.len() as u32).to_le_bytes(),
+    );
+    out.extend_from_slice(&meta);
+    let d = &mut out;
+    element(d, 0x0008, 0x0016, b"UI", h.sop_class_uid.as_bytes());
+    element(d, 0x0008, 0x0018, b"UI", h.sop_instance_uid.as_bytes());
+    element(d, 0x0008, 0x0020, b"DA", h.study_date.as_bytes());
+    element(d, 0x0008, 0x0030, b"TM", h.study_time.as_bytes());
+    element(d, 0x0008, 0x0050, b"SH", h.accession_number.as_bytes());
+    element(d, 0x0008, 0x0060, b"CS", h.modality.as_bytes());
+    element(d, 0x0008, 0x0070, b"LO", h.manufacturer.as_bytes());
+    element(d, 0x0008, 0x0080, b"LO", h.institution_name.as_bytes());
+    element(d, 0x0008, 0x1030, b"LO", h.study_description.as_bytes());
+    element(d, 0x0008, 0x103E, b"LO", h.series_description.as_bytes());
+    element(d, 0x0010, 0x0010, b"PN", h.patient_name.as_bytes());
+    element(d, 0x0010, 0x0020, b"LO", h.patient_id.as_bytes());
+    element(d, 0x0018, 0x0015, b"CS", h.body_part_examined.as_bytes());
+    element(d, 0x0020, 0x000D, b"UI", h.study_instance_uid.as_bytes());
+    element(d, 0x0020, 0x000E, b"UI", h.series_instance_uid.as_bytes());
+    element(d, 0x0028, 0x0002, b"US", &1u16.to_le_bytes());
+    element(d, 0x0028, 0x0004, b"CS", b"MONOCHROME2");
+    element(d, 0x0028, 0x0010, b"US", &h.rows.to_le_bytes());
+    element(d, 0x0028, 0x0011, b"US", &h.columns.to_le_bytes());
+    element(d, 0x0028, 0x0100, b"US", &16u16.to_le_bytes());
+    element(d, 0x0028, 0x0101, b"US", &12u16.to_le_bytes());
+    element(d, 0x0028, 0x0102, b"US", &11u16.to_le_bytes());
+    element(d, 0x0028, 0x0103, b"US", &0u16.to_le_bytes());
+    let pixels: Vec<u8> = (0..u32::from(h.rows) * u32::from(h.columns))
+        .flat_map(|i| ((i * 64) as u16 & 0x0FFF).to_le_bytes())
+        .collect();
+    element(d, 0x7FE0, 0x0010, b"OW", &pixels);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving
+
+async fn serve(
+    engine: &Engine,
+    args: &QuickstartArgs,
+    plan: &Plan,
+    now_ms: i64,
+    progress: &Progress,
+) -> Result<(), Failure> {
+    let access = medlake_pgwire::Access::InsecureNoAuth;
+    let http = medlake_http::Server::bind(
+        engine.clone(),
+        medlake_http::Config::new(args.http, medlake_http::Auth::InsecureNoAuth),
+    )
+    .await
+    .map_err(|e| Failure::Usage(format!("http door on {}: {e}", args.http)))?;
+    let flight = medlake_flight::Server::bind(
+        engine.clone(),
+        medlake_flight::Config {
+            listen: args.flight,
+            tls: None,
+            access: access.clone(),
+            token_lifetime: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .map_err(|e| Failure::Usage(format!("flight sql door on {}: {e}", args.flight)))?;
+    let pg = medlake_pgwire::Server::bind(
+        engine.clone(),
+        medlake_pgwire::Config {
+            listen: args.pg,
+            tls: None,
+            access,
+        },
+    )
+    .await
+    .map_err(|e| Failure::Usage(format!("postgres door on {}: {e}", args.pg)))?;
+    let addr = |a: std::io::Result<SocketAddr>, door: &str| {
+        a.map_err(|e| Failure::Usage(format!("{door} door: {e}")))
+    };
+    // (The Flight door's local_addr has the same io::Result type.)
+    let pg_addr = addr(pg.local_addr(), "postgres")?;
+    let flight_addr = addr(flight.local_addr(), "flight sql")?;
+    let http_addr = addr(http.local_addr(), "http")?;
+    println!("medlake quickstart: postgres on {pg_addr}");
+    println!("medlake quickstart: flight sql on {flight_addr}");
+    println!("medlake quickstart: http on {http_addr}");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let doors = tokio::spawn({
+        let stopped = stopped.clone();
+        async move {
+            tokio::join!(
+                pg.serve(wait(stopped.clone())),
+                flight.serve(wait(stopped.clone())),
+                http.serve(wait(stopped)),
+            );
+        }
+    });
+    let live_start = Utc
+        .timestamp_millis_opt(now_ms)
+        .single()
+        .unwrap_or_else(Utc::now);
+    let target = format!("http://{http_addr}");
+    let result = if args.once {
+        progress.say(format!(
+            "pushing {} s of live readings from {} devices through the HTTP door",
+            args.live_seconds, plan.devices
+        ));
+        let pushed = crate::simulate::run(SimulateArgs::quickstart(
+            target,
+            plan.devices,
+            args.live_seconds,
+            plan.seed,
+            live_start,
+        ))
+        .await;
+        match pushed {
+            Ok(()) => {
+                progress.say("refreshing every view once (upstream first)");
+                let refreshed = refresh_all(engine, progress).await;
+                if refreshed.is_ok() {
+                    print_connect(pg_addr, flight_addr, http_addr, &args.dir);
+                    progress.say("done (--once): the warehouse stays in DIR/warehouse");
+                }
+                refreshed
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        print_connect(pg_addr, flight_addr, http_addr, &args.dir);
+        progress.say(
+            "serving; the simulator pushes live readings and the scheduler refreshes the views \
+             (Ctrl-C stops)",
+        );
+        let scheduler = engine.scheduler();
+        let live = tokio::spawn(crate::simulate::run(SimulateArgs::quickstart(
+            target,
+            plan.devices,
+            7.0 * 86_400.0,
+            plan.seed,
+            live_start,
+        )));
+        let poll = Duration::from_secs(args.poll_seconds.max(1));
+        tokio::select! {
+            _ = scheduler.run(poll, wait(stopped.clone())) => {}
+            _ = shutdown_signal() => {}
+        }
+        live.abort();
+        Ok(())
+    };
+    let _ = stop.send(true);
+    let _ = doors.await;
+    println!("medlake quickstart: stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Refreshes every view once, each after the views it reads (as `apply` orders them).
+async fn refresh_all(engine: &Engine, progress: &Progress) -> Result<(), Failure> {
+    let views = engine.views();
+    let list = views.list().await.map_err(medlake_engine::Error::from)?;
+    let names: std::collections::BTreeSet<_> = list.iter().map(|v| v.name.clone()).collect();
+    let mut upstream = BTreeMap::new();
+    for view in &list {
+        let reads: Vec<_> = views
+            .references(&view.definition)
+            .map_err(medlake_engine::Error::from)?
+            .into_iter()
+            .filter(|r| names.contains(r) && *r != view.name)
+            .collect();
+        upstream.insert(view.name.clone(), reads);
+    }
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < upstream.len() {
+        let ready: Vec<_> = upstream
+            .iter()
+            .filter(|(name, reads)| !done.contains(*name) && reads.iter().all(|r| done.contains(r)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if ready.is_empty() {
+            return Err(Failure::Usage(
+                "the views' dependencies form a cycle".into(),
+            ));
+        }
+        for name in ready {
+            for outcome in engine.refresh(&name.to_string(), false, false).await? {
+                if outcome.mode != "none" {
+                    progress.say(format!(
+                        "  {}: {} ({}), {} rows written",
+                        outcome.view,
+                        outcome.status.as_str(),
+                        outcome.mode,
+                        outcome.rows_written
+                    ));
+                }
+            }
+            done.insert(name);
+        }
+    }
+    Ok(())
+}
+
+fn print_connect(pg: SocketAddr, flight: SocketAddr, http: SocketAddr, dir: &Path) {
+    println!(
+        "
+Connect (no password: the quickstart serves loopback only):
+
+  psql \"host={pg_ip} port={pg_port} dbname=medlake user=demo sslmode=disable\"
+
+  # Python, ADBC Flight SQL (pip install adbc-driver-flightsql pyarrow)
+  import adbc_driver_flightsql.dbapi as flight_sql
+  conn = flight_sql.connect(\"grpc://{flight}\")
+  cur = conn.cursor()
+  cur.execute(\"SELECT * FROM gold.news2_hourly WHERE risk = 'high' ORDER BY hour DESC LIMIT 10\")
+  print(cur.fetch_arrow_table().to_pandas())
+
+  # push a reading (NDJSON) like a bedside gateway
+  curl -H 'Content-Type: application/x-ndjson' --data-binary \\
+    '{{\"device_id\":\"monitor-001\",\"patient_id\":1001,\"metric\":\"heart_rate\",\"value\":88,\"unit\":\"bpm\",\"taken_at\":\"{now}\"}}' \\
+    http://{http}/v1/ingest/bronze.readings_push
+
+Three queries worth running:
+
+  -- who is deteriorating: the latest NEWS2 of each patient at medium or high risk
+  SELECT patient_id, ward, bed, hour, news2, risk, respiration_rate, spo2, on_oxygen,
+         systolic_bp, pulse, consciousness, temperature
+  FROM gold.news2_hourly
+  JOIN (SELECT max(hour) AS latest FROM gold.news2_hourly) AS l ON hour = l.latest
+  WHERE complete AND risk IN ('medium', 'high')
+  ORDER BY news2 DESC;
+
+  -- how fast each ward answers its alerts
+  SELECT ward, severity, sum(alerts) AS alerts, sum(open) AS still_open,
+         round(avg(median_seconds_to_acknowledge)) AS median_s,
+         round(max(p90_seconds_to_acknowledge)) AS p90_s
+  FROM gold.alert_response GROUP BY ward, severity ORDER BY ward, severity;
+
+  -- what data quality rejected, and the devices losing most data
+  SELECT _medlake_rules AS rule, count(*) AS readings
+  FROM silver.readings_quarantine GROUP BY 1 ORDER BY 2 DESC;
+  SELECT device_id, ward, day, expected, accepted, completeness_pct
+  FROM gold.data_completeness ORDER BY completeness_pct LIMIT 10;
+
+The warehouse is {wh}: any Delta reader can read its tables, and
+`medlake sql --warehouse {wh}` opens it (after the quickstart stopped: one scheduler per
+warehouse).
+",
+        pg_ip = pg.ip(),
+        pg_port = pg.port(),
+        now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+        wh = dir.join("warehouse").display(),
+    );
+}

@@ -1,0 +1,16 @@
+-- Gold: alerts by ward, severity and day, and how fast they were acknowledged (seconds from
+-- raised to acknowledged; open alerts are counted, not timed).
+CREATE MATERIALIZED VIEW gold.alert_response REFRESH EVERY '5 minutes' AS
+SELECT coalesce(ward, 'unknown') AS ward,
+       severity,
+       CAST(raised_at AS DATE) AS day,
+       count(*) AS alerts,
+       count(acknowledged_at) AS acknowledged,
+       count(*) - count(acknowledged_at) AS open,
+       round(avg(seconds_to_acknowledge), 1) AS avg_seconds_to_acknowledge,
+       round(median(seconds_to_acknowledge), 1) AS median_seconds_to_acknowledge,
+       round(approx_percentile_cont(seconds_to_acknowledge, 0.9), 1)
+           AS p90_seconds_to_acknowledge,
+       round(max(seconds_to_acknowledge), 1) AS max_seconds_to_acknowledge
+FROM silver.alerts
+GROUP BY coalesce(ward, 'unknown'), severity, CAST(raised_at AS DATE);

@@ -1,0 +1,53 @@
+-- Gold: data completeness per device, ward and day, for compliance reporting.
+--   expected: the readings the device should have sent while attached to a patient in that
+--     ward (assignment and ward stay overlapping, ongoing ones up to now) at its nominal sample
+--     rate (ehr.devices.sample_rate_hz);
+--   received: the readings that reached the lake (validated + quarantined);
+--   accepted: the validated ones; completeness_pct = accepted / expected.
+CREATE MATERIALIZED VIEW gold.data_completeness REFRESH EVERY '15 minutes' AS
+WITH stays AS (
+    SELECT a.device_id, e.ward,
+           greatest(a.valid_from, e.admitted_at) AS from_at,
+           least(coalesce(a.valid_to, CAST(now() AS TIMESTAMP)),
+                 coalesce(e.discharged_at, CAST(now() AS TIMESTAMP))) AS to_at
+    FROM silver.device_assignments AS a
+    JOIN silver.encounters AS e
+        ON e.patient_id = a.patient_id
+       AND e.admitted_at < coalesce(a.valid_to, CAST(now() AS TIMESTAMP))
+       AND (e.discharged_at IS NULL OR e.discharged_at > a.valid_from)
+),
+days AS (
+    SELECT DISTINCT CAST(taken_at AS DATE) AS day FROM silver.readings
+),
+expected AS (
+    SELECT s.device_id, s.ward, d.day,
+           sum(date_part('epoch', least(s.to_at, CAST(d.day AS TIMESTAMP) + INTERVAL '1 day'))
+               - date_part('epoch', greatest(s.from_at, CAST(d.day AS TIMESTAMP))))
+               AS attached_seconds
+    FROM stays AS s
+    JOIN days AS d
+        ON s.from_at < CAST(d.day AS TIMESTAMP) + INTERVAL '1 day'
+       AND s.to_at > CAST(d.day AS TIMESTAMP)
+    GROUP BY s.device_id, s.ward, d.day
+),
+accepted AS (
+    SELECT device_id, ward, CAST(taken_at AS DATE) AS day, count(*) AS accepted
+    FROM silver.readings GROUP BY device_id, ward, CAST(taken_at AS DATE)
+),
+rejected AS (
+    SELECT device_id, ward, CAST(taken_at AS DATE) AS day, count(*) AS rejected
+    FROM silver.readings_quarantine GROUP BY device_id, ward, CAST(taken_at AS DATE)
+)
+SELECT x.device_id, dev.kind, x.ward, x.day,
+       round(x.attached_seconds / 3600.0, 2) AS attached_hours,
+       CAST(round(x.attached_seconds * coalesce(dev.sample_rate_hz, 1.0)) AS BIGINT) AS expected,
+       coalesce(a.accepted, 0) + coalesce(r.rejected, 0) AS received,
+       coalesce(a.accepted, 0) AS accepted,
+       coalesce(r.rejected, 0) AS rejected,
+       round(100.0 * coalesce(a.accepted, 0)
+             / greatest(x.attached_seconds * coalesce(dev.sample_rate_hz, 1.0), 1), 2)
+           AS completeness_pct
+FROM expected AS x
+LEFT JOIN silver.devices AS dev ON dev.device_id = x.device_id
+LEFT JOIN accepted AS a ON a.device_id = x.device_id AND a.ward = x.ward AND a.day = x.day
+LEFT JOIN rejected AS r ON r.device_id = x.device_id AND r.ward = x.ward AND r.day = x.day;
