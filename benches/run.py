@@ -5,6 +5,9 @@ on the same data, in the same run.
 
     python benches/run.py refresh --bin target/release/medlake [--rows 10000000] [--rounds 3]
     python benches/run.py ingest --bin target/release/medlake [--rows 200000] [--clients 4] [--batch 1000]
+    python benches/run.py serve --bin target/release/medlake [--rows 10000000] [--rounds 3]
+    python benches/run.py dashboard --bin target/release/medlake [--rows 1000000] [--clients 32] [--seconds 30]
+    python benches/run.py spill --bin target/release/medlake [--rows 50000000] [--memory-limit 256MB]
 
 refresh: incremental vs full REFRESH MATERIALIZED VIEW after appending 1% to a bronze table,
 with DuckDB recomputing the same gold table from bronze's Parquet files as the peer.
@@ -12,6 +15,16 @@ with DuckDB recomputing the same gold table from bronze's Parquet files as the p
 ingest: device readings pushed over HTTP (POST /v1/ingest, NDJSON, each batch acknowledged once
 committed) by concurrent clients, with PostgreSQL 15's COPY FROM (fsync on) of the same rows
 into the same table as the peer.
+
+serve: a large result fetched through medlake's Postgres door (COPY TO STDOUT, a streamed
+SELECT) and Flight SQL door (ADBC) against PostgreSQL 15 serving the same rows (COPY, SELECT,
+ADBC's PostgreSQL driver), after checking that both return the same rows.
+
+dashboard: concurrent clients running a weighted mix of dashboard queries (dashboard/*.sql) on
+a gold table over the Postgres wire, against PostgreSQL 15 with indexes; p50/p99 and queries/s.
+
+spill: a FULL refresh whose aggregation is far larger than MEDLAKE_MEMORY_LIMIT, at 1x and 2x
+the data, with and without the limit, against DuckDB under the same memory_limit.
 """
 
 import argparse
@@ -178,7 +191,7 @@ def refresh(args):
         )
 
 
-WORKLOADS = ["refresh", "ingest"]
+WORKLOADS = ["refresh", "ingest", "serve", "dashboard", "spill"]
 
 
 def write_results_md(workload, section):
@@ -417,6 +430,7 @@ def ingest(args):
     pg_root = Path(tempfile.mkdtemp(prefix="medlake-bench-pg-"))
     try:
         ndjson, csv_lines = generate_readings(args.bin, args.rows, work)
+        load_before = [round(x, 2) for x in os.getloadavg()]
         ndjson_batches = batches_of(ndjson, args.batch)
         csv_batches = batches_of(csv_lines, args.batch)
         all_csv = b"\n".join(csv_lines) + b"\n"
@@ -560,7 +574,13 @@ def ingest(args):
         "written and the commit file created through object_store's local file system, which "
         "does not fsync); PostgreSQL answers once the transaction's WAL is fsynced (fsync=on, "
         "synchronous_commit=on).",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "psycopg": psycopg.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "psycopg": psycopg.__version__,
+            "load_before": load_before,
+            "load_after": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -591,6 +611,11 @@ def ingest(args):
             f"medlake / PostgreSQL batches = {result['ratios']['medlake_over_postgres_copy_batches']:.3f}; "
             f"medlake / PostgreSQL one COPY = {result['ratios']['medlake_over_postgres_copy_single']:.3f}. "
             "medlake groups the batches that arrive together into one Delta commit.",
+            "",
+            "medlake by round (the same table, which grows by a round's commits each time): "
+            + " / ".join(f"{r['medlake_http']['readings_per_s']:,.0f}" for r in rounds)
+            + " readings/s. Machine load average (1/5/15 min) before: "
+            + f"{result['machine']['load_before']}, after: {result['machine']['load_after']}.",
         ]
     )
     if build != "release":
@@ -601,6 +626,911 @@ def ingest(args):
             "ingest",
             f"`{result['command']}` on {os.cpu_count()} cores.\n\n{table}\n\nDurability: {result['durability']}\n",
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# serve, dashboard, spill: shared helpers
+
+def build_of(binary):
+    resolved = str(Path(binary).resolve())
+    return "release" if "/release/" in resolved else "debug" if "/debug/" in resolved else "unknown"
+
+
+def load_average():
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def query_text(name, workload, **values):
+    """A .sql file without its comment lines (to embed or send as one statement)."""
+    lines = sql_file(name, workload, **values).splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("--")).strip()
+
+
+def sql_statements(text):
+    """The statements of a simple .sql file (no ';' inside strings), comments dropped."""
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def duckdb_generate(select_sql, parquet, csv_path):
+    """Writes the rows of a DuckDB query once as Parquet (medlake loads it through a blob
+    external table) and as CSV (PostgreSQL's COPY); DuckDB writes doubles in their shortest
+    exact form, so both sides hold the same values."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"COPY ({select_sql}) TO '{parquet}' (FORMAT parquet)")
+    con.execute(f"COPY (SELECT * FROM read_parquet('{parquet}')) TO '{csv_path}' (FORMAT csv, HEADER false)")
+    con.close()
+
+
+def postgres_load(pg, create_sql, table, csv_path, after_sql):
+    """CREATE, then COPY FROM STDIN of the CSV file in 1 MiB pieces, then `after_sql` (indexes,
+    VACUUM ANALYZE; each statement on its own, outside a transaction)."""
+    with pg.connect() as conn:
+        for statement in sql_statements(create_sql):
+            conn.execute(statement)
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {table} FROM STDIN (FORMAT csv)") as copy, open(csv_path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    copy.write(chunk)
+        for statement in sql_statements(after_sql):
+            conn.execute(statement)
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0], conn.execute("SHOW server_version").fetchone()[0]
+
+
+class MedlakeDoors(MedlakeServer):
+    """`medlake serve` with its Postgres, Flight SQL and HTTP doors on free loopback ports."""
+
+    def __init__(self, binary, warehouse, log):
+        self.doors = {}
+        super().__init__(binary, warehouse, log)
+        deadline = time.monotonic() + 30
+        while len(self.doors) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(self.doors) < 3:
+            self.stop()
+            sys.exit(f"medlake serve did not report its three doors ({self.doors}); see {log}")
+
+    def _read(self, found):
+        for line in self.proc.stdout:
+            m = re.match(r"medlake serve: (postgres|flight sql|http) on (\S+)", line)
+            if m:
+                host, port = m.group(2).rsplit(":", 1)
+                self.doors[m.group(1)] = (host, int(port))
+                if m.group(1) == "http":
+                    found.append(m.group(2))
+
+    def pg_connect(self):
+        import psycopg
+
+        host, port = self.doors["postgres"]
+        return psycopg.connect(host=host, port=port, user="bench", dbname="medlake", autocommit=True)
+
+    def flight_connect(self):
+        import adbc_driver_flightsql.dbapi as flight_sql
+
+        host, port = self.doors["flight sql"]
+        return flight_sql.connect(f"grpc://{host}:{port}", autocommit=True)
+
+
+def pg_adbc_connect(pg):
+    import adbc_driver_postgresql.dbapi as pg_adbc
+
+    return pg_adbc.connect(f"postgresql://postgres@127.0.0.1:{pg.port}/postgres", autocommit=True)
+
+
+def write_result(args, name, result, table, intro):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    if result["medlake"]["build"] != "release":
+        table += f"\n\nThe medlake binary is a {result['medlake']['build']} build: its figures say little; build with --release to measure."
+    print(table)
+    if args.write_md:
+        write_results_md(name, f"{intro}\n\n{table}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# serve (P4): a large result out of medlake's Postgres and Flight SQL doors vs PostgreSQL 15
+
+SERVE_METHODS = {
+    "copy": "`COPY (SELECT ...) TO STDOUT` (text), psycopg `cursor.copy()`",
+    "select": "`SELECT ...` streamed by psycopg `cursor.stream(size=10000)` (text rows into Python tuples)",
+    "arrow": "ADBC `fetch_arrow_table()`: medlake over Flight SQL (`adbc_driver_flightsql`), PostgreSQL with `adbc_driver_postgresql` (libpq, binary COPY)",
+}
+
+
+# The check compares COPY's text in a canonical form too (and reports whether the raw bytes
+# were equal): a timestamp's fractional seconds without trailing zeros and an integral double
+# without `.0`, as PostgreSQL writes them.
+COPY_FRACTION = re.compile(rb"(\d\d:\d\d:\d\d(?:\.\d*[1-9])?)(?:\.?0+)(?=[\t\n]|$)")
+COPY_INTEGRAL = re.compile(rb"(?<![^\t\n])(-?\d+)\.0(?=[\t\n]|$)")
+
+
+def copy_canonical(text):
+    return COPY_INTEGRAL.sub(rb"\1", COPY_FRACTION.sub(rb"\1", text))
+
+
+def serve_fetch(method, side, query, fetch_size, check=False):
+    """Runs one fetch of `query`; returns (rows, seconds, what to compare) with the clock on
+    the query and its transfer only (connecting is outside). With `check` (copy and arrow) the
+    rows are ordered and kept for the comparison: SHA-256s of COPY's bytes, an Arrow table."""
+    import hashlib
+
+    if check:
+        query += " ORDER BY reading_id"
+    if method == "arrow":
+        conn = side["adbc"]()
+        try:
+            with conn.cursor() as cur:
+                t = time.perf_counter()
+                cur.execute(query)
+                table = cur.fetch_arrow_table()
+                seconds = time.perf_counter() - t
+        finally:
+            conn.close()
+        return table.num_rows, seconds, table if check else None
+    conn = side["pg"]()
+    try:
+        with conn.cursor() as cur:
+            if method == "copy":
+                raw, canonical = hashlib.sha256(), hashlib.sha256()
+                rows = 0
+                head, chead = bytearray(), bytearray()
+                rest = b""
+                t = time.perf_counter()
+                with cur.copy(f"COPY ({query}) TO STDOUT") as copy:
+                    for data in copy:
+                        data = bytes(data)
+                        rows += data.count(b"\n")
+                        if check:
+                            raw.update(data)
+                            if len(head) < 4096:
+                                head += data[:4096]
+                            # Whole lines only, so that the canonical form never splits a value.
+                            lines, _, rest = (rest + data).rpartition(b"\n")
+                            if lines:
+                                lines = copy_canonical(lines + b"\n")
+                                canonical.update(lines)
+                                if len(chead) < 4096:
+                                    chead += lines[:4096]
+                seconds = time.perf_counter() - t
+                if check:
+                    canonical.update(copy_canonical(rest))
+                    return rows, seconds, (raw.hexdigest(), canonical.hexdigest(), bytes(head[:4096]), bytes(chead[:4096]))
+                return rows, seconds, None
+            rows = 0
+            t = time.perf_counter()
+            for _ in cur.stream(query, size=fetch_size):
+                rows += 1
+            seconds = time.perf_counter() - t
+            return rows, seconds, None
+    finally:
+        conn.close()
+
+
+def serve_check_rows(sides, query, fetch_size, expected):
+    """Streams both sides' rows in reading_id order side by side and compares them as psycopg
+    parses them (constant memory); returns (what differs, None) or (None, how they matched)."""
+    import itertools
+
+    ours, theirs = sides["medlake"]["pg"](), sides["postgres"]["pg"]()
+    try:
+        with ours.cursor() as a, theirs.cursor() as b:
+            ordered = query + " ORDER BY reading_id"
+            rows = 0
+            for x, y in itertools.zip_longest(a.stream(ordered, size=fetch_size), b.stream(ordered, size=fetch_size)):
+                if x != y:
+                    return f"row {rows}: medlake {x!r} vs PostgreSQL {y!r}", None
+                rows += 1
+    finally:
+        ours.close()
+        theirs.close()
+    if rows != expected:
+        return f"both returned {rows} rows, not {expected}", None
+    return None, "the same Python values, row by row"
+
+
+def serve_compare(method, medlake_kept, postgres_kept):
+    """(None, how they matched) when both sides returned the same rows, else (what differs,
+    None)."""
+    if method == "copy":
+        if medlake_kept[0] == postgres_kept[0]:
+            return None, "byte for byte"
+        first = next(
+            (f"medlake {a!r} vs PostgreSQL {b!r}" for a, b in zip(medlake_kept[2].split(b"\n"), postgres_kept[2].split(b"\n")) if a != b),
+            "beyond the first 4 KiB",
+        )
+        if medlake_kept[1] == postgres_kept[1]:
+            return None, f"the same values; the text differs only in the form of timestamps' fractions and integral doubles: {first}"
+        canonical = next(
+            (f"medlake {a!r} vs PostgreSQL {b!r}" for a, b in zip(medlake_kept[3].split(b"\n"), postgres_kept[3].split(b"\n")) if a != b),
+            "beyond the first 4 KiB",
+        )
+        return f"COPY text differs beyond the form of timestamps and integral doubles: {canonical}", None
+    import pyarrow as pa
+
+    target = pa.schema([("reading_id", pa.int64()), ("device_id", pa.string()), ("patient_id", pa.int32()),
+                        ("metric", pa.string()), ("value", pa.float64()), ("taken_at", pa.timestamp("us"))])
+
+    def common(table):
+        return pa.table([table.column(i).cast(target.field(i).type) for i in range(len(target))], schema=target)
+
+    try:
+        ours, theirs = common(medlake_kept), common(postgres_kept)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        return f"Arrow schemas differ beyond casts: medlake {medlake_kept.schema} vs PostgreSQL {postgres_kept.schema} ({e})", None
+    if ours.equals(theirs):
+        same = medlake_kept.schema.equals(postgres_kept.schema)
+        return None, "the same Arrow table" + ("" if same else f" after casts (medlake {medlake_kept.schema.types}, PostgreSQL {postgres_kept.schema.types})")
+    for name in target.names:
+        if not ours.column(name).equals(theirs.column(name)):
+            return f"Arrow column {name} differs", None
+    return "Arrow tables differ", None
+
+
+def serve(args):
+    import psycopg
+
+    pg_bin = find_pg_bin(args.pg_bin)
+    work = Path(tempfile.mkdtemp(prefix="medlake-bench-serve-"))
+    pg_root = Path(tempfile.mkdtemp(prefix="medlake-bench-pg-"))
+    load_before = load_average()
+    methods = [m.strip() for m in args.methods.split(",")]
+    if "arrow" in methods:
+        try:
+            import adbc_driver_postgresql  # noqa: F401
+        except ImportError:
+            sys.exit("the arrow method needs adbc-driver-postgresql (pip install -r tests/interop/requirements.txt)")
+    server = pg = None
+    try:
+        landing = work / "landing"
+        landing.mkdir()
+        t = time.perf_counter()
+        duckdb_generate(sql_file("generate.sql", "serve", rows=args.rows), landing / "readings.parquet", work / "readings.csv")
+        generate_s = time.perf_counter() - t
+        csv_bytes = (work / "readings.csv").stat().st_size
+        warehouse = work / "warehouse"
+        medlake = Medlake(args.bin, warehouse)
+        t = time.perf_counter()
+        medlake.run(sql_file("medlake.sql", "serve", landing=f"{landing}/"))
+        medlake_load_s = time.perf_counter() - t
+        count = medlake.rows("SELECT count(*) FROM bronze.readings")
+        if count != [[str(args.rows)]]:
+            sys.exit(f"medlake's bronze.readings holds {count} rows, not {args.rows}")
+        pg = Postgres(pg_bin, pg_root)
+        t = time.perf_counter()
+        n, pg_version = postgres_load(pg, sql_file("postgres.sql", "serve"), "bronze.readings", work / "readings.csv",
+                                      sql_file("postgres_after.sql", "serve"))
+        postgres_load_s = time.perf_counter() - t
+        if n != args.rows:
+            sys.exit(f"PostgreSQL's bronze.readings holds {n} rows, not {args.rows}")
+        (work / "readings.csv").unlink()
+        server = MedlakeDoors(args.bin, warehouse, work / "serve.log")
+        sides = {
+            "medlake": {"pg": server.pg_connect, "adbc": server.flight_connect},
+            "postgres": {"pg": pg.connect, "adbc": lambda: pg_adbc_connect(pg)},
+        }
+        query = query_text("query.sql", "serve")
+
+        # The check, untimed: the same rows, in reading_id order, from both sides, each method.
+        checks = {}
+        for method in methods:
+            if method == "select":
+                problem, how = serve_check_rows(sides, query, args.fetch_size, args.rows)
+                if problem:
+                    sys.exit(f"check select: medlake and PostgreSQL differ: {problem}")
+                checks[method] = how
+                print(f"check select: medlake and PostgreSQL returned the same {args.rows:,} rows: {how}", file=sys.stderr)
+                continue
+            kept = {}
+            for name, side in sides.items():
+                rows, seconds, kept[name] = serve_fetch(method, side, query, args.fetch_size, check=True)
+                if rows != args.rows:
+                    sys.exit(f"check {method}: {name} returned {rows} rows, not {args.rows}")
+            problem, how = serve_compare(method, kept["medlake"], kept["postgres"])
+            if problem:
+                sys.exit(f"check {method}: medlake and PostgreSQL differ: {problem}")
+            checks[method] = how
+            kept.clear()
+            print(f"check {method}: medlake and PostgreSQL returned the same {args.rows:,} rows: {how}", file=sys.stderr)
+
+        rounds = []
+        for r in range(args.rounds):
+            result = {}
+            order = list(sides) if r % 2 == 0 else list(reversed(sides))
+            for method in methods:
+                for name in order:
+                    rows, seconds, _ = serve_fetch(method, sides[name], query, args.fetch_size)
+                    if rows != args.rows:
+                        sys.exit(f"round {r + 1} {method}: {name} returned {rows} rows, not {args.rows}")
+                    result[f"{name}_{method}_s"] = seconds
+            rounds.append(result)
+            print(f"round {r + 1}/{args.rounds}: {({k: round(v, 3) for k, v in result.items()})}", file=sys.stderr)
+        version = subprocess.run([args.bin, "--version"], capture_output=True, text=True).stdout.strip()
+    finally:
+        if server:
+            server.stop()
+        if pg:
+            pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(pg_root, ignore_errors=True)
+
+    median = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
+    ratios = {m: (args.rows / median[f"medlake_{m}_s"]) / (args.rows / median[f"postgres_{m}_s"]) for m in methods}
+    import adbc_driver_flightsql
+
+    try:
+        import adbc_driver_postgresql
+
+        adbc_pg = adbc_driver_postgresql.__version__
+    except ImportError:
+        adbc_pg = None
+    result = {
+        "workload": "serve",
+        "command": " ".join(sys.argv),
+        "rows": args.rows,
+        "csv_bytes": csv_bytes,
+        "rounds": rounds,
+        "median": median,
+        "rows_per_s": {f"{side}_{m}": args.rows / median[f"{side}_{m}_s"] for side in sides for m in methods},
+        "ratios_medlake_over_postgres": ratios,
+        "checks": checks,
+        "load_seconds": {"generate": generate_s, "medlake": medlake_load_s, "postgres": postgres_load_s},
+        "medlake": {"version": version, "build": build_of(args.bin)},
+        "postgres": {"server_version": pg_version},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "psycopg": psycopg.__version__,
+            "libpq": psycopg.pq.version(),
+            "adbc_driver_flightsql": adbc_driver_flightsql.__version__,
+            "adbc_driver_postgresql": adbc_pg,
+        },
+    }
+    pg_short = pg_version.split()[0]
+    lines = [
+        f"{args.rows:,} readings (6 columns, {csv_bytes / args.rows:.0f} bytes a row as CSV) fetched by one client; "
+        f"median of {args.rounds} round{'s' if args.rounds > 1 else ''} after a check that both sides return the same rows:",
+        "",
+        f"| method | medlake rows/s | PostgreSQL {pg_short} rows/s | medlake / PostgreSQL |",
+        "|---|---:|---:|---:|",
+    ]
+    for m in methods:
+        lines.append(
+            f"| {SERVE_METHODS[m]} | {args.rows / median[f'medlake_{m}_s']:,.0f} | "
+            f"{args.rows / median[f'postgres_{m}_s']:,.0f} | {ratios[m]:.2f} |"
+        )
+    lines += ["", f"Machine load average (1/5/15 min) before: {load_before}, after: {result['machine']['load_average_after']}."]
+    write_result(args, "serve", result, "\n".join(lines), f"`{result['command']}` on {os.cpu_count()} cores.")
+
+
+# ---------------------------------------------------------------------------------------------
+# dashboard (P5): concurrent dashboard queries over the Postgres wire vs PostgreSQL 15
+
+DASHBOARD_DAYS = 100
+DASHBOARD_START = "2026-08-01"
+
+
+def dashboard_queries():
+    """(name, weight, template) of every benches/dashboard/*.sql query (`-- weight: N`)."""
+    queries = []
+    for path in sorted((HERE / "dashboard").glob("*.sql")):
+        text = path.read_text()
+        m = re.search(r"^-- weight: (\d+)", text, re.M)
+        if m:
+            queries.append((path.stem, int(m.group(1)), query_text(path.name, "dashboard")))
+    return queries
+
+
+def dashboard_params(rng, patients):
+    import datetime
+
+    start = datetime.date.fromisoformat(DASHBOARD_START)
+    day = start + datetime.timedelta(days=rng.randrange(13, DASHBOARD_DAYS))
+    return {
+        "patient": rng.randrange(patients),
+        "ward": f"ward-{rng.randrange(20):02d}",
+        "day": day.isoformat(),
+        "week_start": (day - datetime.timedelta(days=6)).isoformat(),
+        "fortnight_start": (day - datetime.timedelta(days=13)).isoformat(),
+    }
+
+
+def fill(template, params):
+    for key, value in params.items():
+        template = template.replace("{" + key + "}", str(value))
+    return template
+
+
+def normalized(rows):
+    """Rows comparable across servers: PostgreSQL's numeric sums as int, doubles to 9 significant
+    digits (averages of doubles may differ in their last bits)."""
+    import decimal
+
+    def value(v):
+        if isinstance(v, decimal.Decimal):
+            return int(v) if v == v.to_integral_value() else float(v)
+        if isinstance(v, float):
+            return float(f"{v:.9g}")
+        return v
+
+    return [tuple(value(v) for v in row) for row in rows]
+
+
+def dashboard_run(connect, clients, seconds, warmup, queries, patients, seed):
+    """`clients` threads, each on its own connection, run weighted random queries back to back
+    for `warmup` + `seconds`; returns {query: [latency ms]} of the queries started in the
+    measured window, and the window's length."""
+    import random
+
+    names = [q[0] for q in queries]
+    weights = [q[1] for q in queries]
+    templates = {q[0]: q[2] for q in queries}
+    ready = threading.Barrier(clients + 1)
+    lock = threading.Lock()
+    latencies = {name: [] for name in names}
+    errors = []
+    window = {}
+
+    def client(i):
+        rng = random.Random(seed * 1000 + i)
+        try:
+            conn = connect()
+        except Exception as e:
+            errors.append(f"connect: {e}")
+            ready.abort()
+            return
+        try:
+            ready.wait()
+        except threading.BrokenBarrierError:
+            conn.close()
+            return
+        mine = []
+        try:
+            with conn.cursor() as cur:
+                while not errors:
+                    t = time.perf_counter()
+                    if t >= window["end"]:
+                        break
+                    name = rng.choices(names, weights)[0]
+                    cur.execute(fill(templates[name], dashboard_params(rng, patients)))
+                    cur.fetchall()
+                    if t >= window["start"]:
+                        mine.append((name, (time.perf_counter() - t) * 1000))
+        except Exception as e:
+            errors.append(str(e))
+        finally:
+            conn.close()
+        with lock:
+            for name, ms in mine:
+                latencies[name].append(ms)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    now = time.perf_counter()
+    window["start"] = now + warmup
+    window["end"] = now + warmup + seconds
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:
+        pass
+    for t in threads:
+        t.join()
+    if errors:
+        sys.exit(f"dashboard load failed: {errors[0]}")
+    return latencies
+
+
+def dashboard(args):
+    import random
+
+    import psycopg
+
+    pg_bin = find_pg_bin(args.pg_bin)
+    work = Path(tempfile.mkdtemp(prefix="medlake-bench-dashboard-"))
+    pg_root = Path(tempfile.mkdtemp(prefix="medlake-bench-pg-"))
+    load_before = load_average()
+    patients = max(20, args.rows // (DASHBOARD_DAYS * 5))
+    rows = patients * DASHBOARD_DAYS * 5
+    queries = dashboard_queries()
+    server = pg = None
+    try:
+        landing = work / "landing"
+        landing.mkdir()
+        duckdb_generate(sql_file("generate.sql", "dashboard", patients=patients, days=DASHBOARD_DAYS),
+                        landing / "patient_daily_vitals.parquet", work / "gold.csv")
+        warehouse = work / "warehouse"
+        medlake = Medlake(args.bin, warehouse)
+        medlake.run(sql_file("medlake.sql", "dashboard", landing=f"{landing}/"))
+        count = medlake.rows("SELECT count(*) FROM gold.patient_daily_vitals")
+        if count != [[str(rows)]]:
+            sys.exit(f"medlake's gold.patient_daily_vitals holds {count} rows, not {rows}")
+        pg = Postgres(pg_bin, pg_root)
+        n, pg_version = postgres_load(pg, sql_file("postgres.sql", "dashboard"), "gold.patient_daily_vitals",
+                                      work / "gold.csv", sql_file("postgres_after.sql", "dashboard"))
+        if n != rows:
+            sys.exit(f"PostgreSQL's gold.patient_daily_vitals holds {n} rows, not {rows}")
+        server = MedlakeDoors(args.bin, warehouse, work / "serve.log")
+        sides = {"medlake": server.pg_connect, "postgres": pg.connect}
+
+        # The check, untimed: every query with the same parameters on both sides, same rows.
+        rng = random.Random(args.seed)
+        checked = 0
+        with sides["medlake"]() as ours, sides["postgres"]() as theirs:
+            for name, _, template in queries:
+                for _ in range(args.check_params):
+                    sql = fill(template, dashboard_params(rng, patients))
+                    a = normalized(ours.execute(sql).fetchall())
+                    b = normalized(theirs.execute(sql).fetchall())
+                    if a != b:
+                        sys.exit(f"check {name}: medlake and PostgreSQL differ on\n{sql}\nmedlake: {a[:5]}\nPostgreSQL: {b[:5]}")
+                    if not a:
+                        sys.exit(f"check {name}: no rows for\n{sql}")
+                    checked += 1
+        print(f"check: {checked} queries returned the same rows on both sides", file=sys.stderr)
+
+        measured = {}
+        for name, connect in sides.items():
+            latencies = dashboard_run(connect, args.clients, args.seconds, args.warmup, queries, patients, args.seed)
+            every = [ms for values in latencies.values() for ms in values]
+            measured[name] = {
+                "queries": len(every),
+                "queries_per_s": len(every) / args.seconds,
+                "p50_ms": percentile(every, 0.5),
+                "p99_ms": percentile(every, 0.99),
+                "by_query": {
+                    q: {"queries": len(v), "p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
+                    for q, v in latencies.items()
+                },
+            }
+            print(f"{name}: {len(every)} queries, {measured[name]['queries_per_s']:.1f}/s, "
+                  f"p50 {measured[name]['p50_ms']:.1f} ms, p99 {measured[name]['p99_ms']:.1f} ms", file=sys.stderr)
+        version = subprocess.run([args.bin, "--version"], capture_output=True, text=True).stdout.strip()
+    finally:
+        if server:
+            server.stop()
+        if pg:
+            pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(pg_root, ignore_errors=True)
+
+    ours, theirs = measured["medlake"], measured["postgres"]
+    result = {
+        "workload": "dashboard",
+        "command": " ".join(sys.argv),
+        "rows": rows,
+        "patients": patients,
+        "days": DASHBOARD_DAYS,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "warmup_seconds": args.warmup,
+        "queries": {name: weight for name, weight, _ in queries},
+        "checked_queries": checked,
+        "measured": measured,
+        "ratios": {
+            "medlake_over_postgres_queries_per_s": ours["queries_per_s"] / theirs["queries_per_s"],
+            "medlake_over_postgres_p50": ours["p50_ms"] / theirs["p50_ms"],
+            "medlake_over_postgres_p99": ours["p99_ms"] / theirs["p99_ms"],
+        },
+        "medlake": {"version": version, "build": build_of(args.bin)},
+        "postgres": {"server_version": pg_version, "indexes": "primary key (patient_id, day, metric), (ward, day), (day)"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "psycopg": psycopg.__version__,
+        },
+    }
+    pg_short = pg_version.split()[0]
+    lines = [
+        f"{rows:,} gold rows ({patients:,} patients, {DASHBOARD_DAYS} days, 5 metrics); {args.clients} psycopg clients "
+        f"(threads of one process, on the same 2 cores) run a weighted mix of `benches/dashboard/*.sql` back to back "
+        f"for {args.seconds} s after {args.warmup} s of warm-up, each side alone; the answers were checked equal first:",
+        "",
+        f"| query (weight) | medlake p50 / p99 ms | PostgreSQL {pg_short} p50 / p99 ms |",
+        "|---|---:|---:|",
+    ]
+    for name, weight, _ in queries:
+        a, b = ours["by_query"][name], theirs["by_query"][name]
+
+        def ms(x):
+            return "–" if x["p50_ms"] is None else f"{x['p50_ms']:.1f} / {x['p99_ms']:.1f}"
+
+        lines.append(f"| `{name}` ({weight}) | {ms(a)} | {ms(b)} |")
+    lines += [
+        f"| **all** | {ours['p50_ms']:.1f} / {ours['p99_ms']:.1f} | {theirs['p50_ms']:.1f} / {theirs['p99_ms']:.1f} |",
+        f"| **queries/s** | {ours['queries_per_s']:,.1f} | {theirs['queries_per_s']:,.1f} |",
+        "",
+        f"medlake / PostgreSQL: queries/s {result['ratios']['medlake_over_postgres_queries_per_s']:.3f}, "
+        f"p50 latency {result['ratios']['medlake_over_postgres_p50']:.2f}×, p99 latency {result['ratios']['medlake_over_postgres_p99']:.2f}×. "
+        "PostgreSQL has the indexes these queries want (primary key (patient_id, day, metric), (ward, day), (day)); "
+        "medlake reads the Delta table's Parquet files.",
+        "",
+        f"Machine load average (1/5/15 min) before: {load_before}, after: {result['machine']['load_average_after']}.",
+    ]
+    write_result(args, "dashboard", result, "\n".join(lines), f"`{result['command']}` on {os.cpu_count()} cores.")
+
+
+# ---------------------------------------------------------------------------------------------
+# spill (P6): a refresh whose aggregation is far larger than the memory limit
+
+def run_measured(command, env_extra=None, watch=None):
+    """Runs `command` to its end; returns (exit code, wall seconds, peak RSS bytes, stdout,
+    stderr, peak bytes under `watch`), both peaks sampled every 100 ms. The RSS is the child's
+    own high-water mark (VmHWM, reset by exec): rusage's ru_maxrss would count this Python
+    process's memory at fork time."""
+    env = dict(os.environ)
+    env.pop("MEDLAKE_MEMORY_LIMIT", None)
+    env.pop("MEDLAKE_SPILL_DIR", None)
+    env.update(env_extra or {})
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        peak = {"rss": 0, "spill": 0}
+        done = threading.Event()
+
+        def poll():
+            while not done.is_set():
+                try:
+                    with open(f"/proc/{proc.pid}/status") as status:
+                        for line in status:
+                            if line.startswith("VmHWM:"):
+                                peak["rss"] = max(peak["rss"], int(line.split()[1]) * 1024)
+                except (OSError, ValueError):
+                    pass
+                if watch:
+                    total = 0
+                    for root, _, files in os.walk(watch):
+                        for f in files:
+                            try:
+                                total += os.stat(os.path.join(root, f)).st_size
+                            except OSError:
+                                pass
+                    peak["spill"] = max(peak["spill"], total)
+                done.wait(0.1)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        proc.wait()
+        seconds = time.perf_counter() - t
+        done.set()
+        poller.join()
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, seconds, peak["rss"], out.read().decode(), err.read().decode(), peak["spill"]
+
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1024, "M": 1e6, "MB": 1024**2, "G": 1e9, "GB": 1024**3, "TB": 1024**4}
+
+
+def plan_metric(plan, name):
+    """The sum of an EXPLAIN ANALYZE metric over every operator (`spill_count=3`,
+    `spilled_bytes=1.5 MB`, `spilled_rows=2.10 M`)."""
+    total = 0.0
+    for number, unit in re.findall(rf"\b{name}=([0-9.]+)\s?([KMGT]?B?)\b", plan):
+        total += float(number) * SIZE_UNITS.get(unit, 1)
+    return total
+
+
+def spill(args):
+    import duckdb
+    from deltalake import DeltaTable
+
+    work = Path(tempfile.mkdtemp(prefix="medlake-bench-spill-"))
+    load_before = load_average()
+    patients = max(4, args.rows // 1000 // 4 * 4)
+    limit = args.memory_limit
+    try:
+        warehouse = work / "warehouse"
+        spill_dir = work / "spill"
+        spill_dir.mkdir()
+        medlake = Medlake(args.bin, warehouse)
+        view_query = query_text("query.sql", "spill", source="bronze.vitals")
+        medlake.run(sql_file("setup.sql", "spill", query=view_query))
+        refresh_sql = "REFRESH MATERIALIZED VIEW gold.patient_hourly FULL"
+        columns = "patient_id, metric, hour, readings, round(average, 6), minimum, maximum"
+        steps = []
+        loaded = 0
+        for factor in range(1, args.factors + 1):
+            target = args.rows * factor
+            t = time.perf_counter()
+            medlake.run(sql_file("append.sql", "spill", first=loaded + 1, last=target, patients=patients,
+                                 patient_offset=patients * (factor - 1)))
+            load_s = time.perf_counter() - t
+            loaded = target
+            bronze_files = DeltaTable(str(warehouse / "bronze" / "vitals")).file_uris()
+            bronze_bytes = sum(os.stat(f.removeprefix("file://")).st_size for f in bronze_files)
+            step = {"factor": factor, "rows": target, "bronze_parquet_bytes": bronze_bytes, "load_s": load_s}
+            command = [args.bin, "sql", "--warehouse", str(warehouse), "--timing", f"--command={refresh_sql}"]
+
+            def refresh(env, label):
+                code, wall, rss, out, err, spilled = run_measured(command, env, watch=spill_dir if env else None)
+                if code != 0:
+                    sys.exit(f"{label} refresh failed (exit {code}): {err.strip()[-2000:]}")
+                times = re.findall(r"^Time: ([0-9.]+) ms", out, re.M)
+                return {"statement_ms": float(times[-1]) if times else None, "wall_s": wall, "peak_rss_bytes": rss,
+                        "peak_spill_dir_bytes": spilled}
+
+            if args.baseline:
+                step["medlake_unbounded"] = refresh({}, "unbounded")
+                print(f"{factor}x: medlake without a limit {step['medlake_unbounded']}", file=sys.stderr)
+            bounded_env = {"MEDLAKE_MEMORY_LIMIT": limit, "MEDLAKE_SPILL_DIR": str(spill_dir)}
+            step["medlake_bounded"] = refresh(bounded_env, "bounded")
+            print(f"{factor}x: medlake with MEDLAKE_MEMORY_LIMIT={limit} {step['medlake_bounded']}", file=sys.stderr)
+            if args.explain:
+                code, wall, rss, out, err, _ = run_measured(
+                    [args.bin, "sql", "--warehouse", str(warehouse), "--format", "csv", f"--command=EXPLAIN ANALYZE {view_query}"],
+                    bounded_env,
+                )
+                if code != 0:
+                    sys.exit(f"EXPLAIN ANALYZE under the limit failed: {err.strip()[-2000:]}")
+                step["explain_analyze"] = {
+                    "wall_s": wall,
+                    "peak_rss_bytes": rss,
+                    "spill_count": plan_metric(out, "spill_count"),
+                    "spilled_bytes": plan_metric(out, "spilled_bytes"),
+                    "spilled_rows": plan_metric(out, "spilled_rows"),
+                }
+                print(f"{factor}x: EXPLAIN ANALYZE {step['explain_analyze']}", file=sys.stderr)
+                if not step["explain_analyze"]["spill_count"]:
+                    sys.exit(f"{factor}x: nothing spilled under MEDLAKE_MEMORY_LIMIT={limit}: raise --rows or lower --memory-limit")
+
+            # The peer: DuckDB with the same memory limit and threads as cores, the same query
+            # over bronze's Parquet files, its result written as Parquet.
+            duck_out = work / f"duckdb_{factor}x.parquet"
+            duck_tmp = work / "duckdb_tmp"
+            files = ", ".join(f"'{f.removeprefix('file://')}'" for f in bronze_files)
+            duck_query = query_text("query.sql", "spill", source=f"read_parquet([{files}])")
+
+            def duck_run(memory_limit):
+                duck = duckdb.connect()
+                if memory_limit:
+                    duck.execute(f"SET memory_limit = '{memory_limit}'")
+                duck.execute(f"SET temp_directory = '{duck_tmp}'")
+                duck.execute(f"SET threads = {args.threads}")
+                duck.execute("SET preserve_insertion_order = false")
+                t = time.perf_counter()
+                try:
+                    duck.execute(f"COPY ({duck_query}) TO '{duck_out}' (FORMAT parquet)")
+                except duckdb.OutOfMemoryException as e:
+                    return f"out of memory: {str(e).splitlines()[0]}"
+                finally:
+                    duck.close()
+                return time.perf_counter() - t
+
+            step["duckdb_bounded_s"] = duck_run(limit)
+            print(f"{factor}x: DuckDB with memory_limit {limit}: {step['duckdb_bounded_s']}", file=sys.stderr)
+            if isinstance(step["duckdb_bounded_s"], str):
+                # DuckDB could not do it in the limit: its result for the check comes unbounded.
+                step["duckdb_unbounded_s"] = duck_run(None)
+                if isinstance(step["duckdb_unbounded_s"], str):
+                    sys.exit(f"{factor}x: DuckDB failed without a limit too: {step['duckdb_unbounded_s']}")
+
+            # The check: medlake's view (as the bounded refresh wrote it) and DuckDB's result hold
+            # the same rows (averages to 6 decimals).
+            gold = ", ".join(f"'{f.removeprefix('file://')}'" for f in DeltaTable(str(warehouse / "gold" / "patient_hourly")).file_uris())
+            check = duckdb.connect()
+            ours = check.execute(f"SELECT count(*) FROM read_parquet([{gold}])").fetchone()[0]
+            theirs = check.execute(f"SELECT count(*) FROM read_parquet('{duck_out}')").fetchone()[0]
+            differ = check.execute(
+                f"SELECT count(*) FROM (SELECT {columns} FROM read_parquet([{gold}]) "
+                f"EXCEPT ALL SELECT {columns} FROM read_parquet('{duck_out}'))"
+            ).fetchone()[0]
+            check.close()
+            if ours != theirs or differ:
+                sys.exit(f"{factor}x: medlake's view ({ours} rows) and DuckDB's result ({theirs} rows) differ in {differ} rows")
+            step["groups"] = ours
+            duck_out.unlink()
+            steps.append(step)
+        version = subprocess.run([args.bin, "--version"], capture_output=True, text=True).stdout.strip()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    result = {
+        "workload": "spill",
+        "command": " ".join(sys.argv),
+        "memory_limit": limit,
+        "steps": steps,
+        "ratios": {
+            f"{s['factor']}x": {
+                "medlake_bounded_over_duckdb_bounded": (
+                    s["medlake_bounded"]["statement_ms"] / 1000 / s["duckdb_bounded_s"]
+                    if not isinstance(s["duckdb_bounded_s"], str) else None
+                ),
+                **({"medlake_bounded_over_unbounded": s["medlake_bounded"]["statement_ms"] / s["medlake_unbounded"]["statement_ms"]}
+                   if "medlake_unbounded" in s else {}),
+            }
+            for s in steps
+        },
+        "medlake": {"version": version, "build": build_of(args.bin)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "duckdb": duckdb.__version__,
+        },
+    }
+    if len(steps) > 1:
+        result["ratios"]["medlake_bounded_2x_over_1x"] = steps[1]["medlake_bounded"]["statement_ms"] / steps[0]["medlake_bounded"]["statement_ms"]
+
+    def mb(n):
+        return f"{n / 2**20:,.0f}"
+
+    lines = [
+        f"`REFRESH MATERIALIZED VIEW gold.patient_hourly FULL` (`benches/spill/query.sql`: group by patient, metric "
+        f"and hour) with `MEDLAKE_MEMORY_LIMIT={limit}`, against DuckDB "
+        f"{duckdb.__version__} with `memory_limit='{limit}'` and {args.threads} threads writing the same query's "
+        "result to Parquet; both results checked equal:",
+        "",
+        "| data | bronze rows | groups | bronze Parquet MB | medlake bounded s | peak RSS MB | spill files / spilled MB (EXPLAIN ANALYZE) | peak spill folder MB | medlake unbounded s | unbounded peak RSS MB | DuckDB bounded s | medlake / DuckDB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in steps:
+        b = s["medlake_bounded"]
+        u = s.get("medlake_unbounded")
+        e = s.get("explain_analyze")
+        spilled = f"{e['spill_count']:.0f} / {mb(e['spilled_bytes'])}" if e else "–"
+        unbounded = f"{u['statement_ms'] / 1000:.1f} | {mb(u['peak_rss_bytes'])}" if u else "– | –"
+        ratio = result["ratios"][f"{s['factor']}x"]["medlake_bounded_over_duckdb_bounded"]
+        duck = (
+            f"{s['duckdb_bounded_s']:.1f} | {ratio:.2f}" if ratio is not None
+            else f"out of memory (unbounded: {s['duckdb_unbounded_s']:.1f}) | –"
+        )
+        lines.append(
+            f"| {s['factor']}x | {s['rows']:,} | {s['groups']:,} | {mb(s['bronze_parquet_bytes'])} | "
+            f"{b['statement_ms'] / 1000:.1f} | {mb(b['peak_rss_bytes'])} | {spilled} | {mb(b['peak_spill_dir_bytes'])} | "
+            f"{unbounded} | {duck} |"
+        )
+    lines.append("")
+    if "medlake_bounded_2x_over_1x" in result["ratios"]:
+        lines.append(f"medlake bounded, 2x / 1x = {result['ratios']['medlake_bounded_2x_over_1x']:.2f}. ")
+    lines.append(
+        "Times are medlake's own for the statement (`--timing`: planning, execution, commit); peak RSS (VmHWM) and "
+        "the spill folder's size are sampled every 100 ms; the memory limit bounds what DataFusion's operators account for, not the Delta writer's buffers "
+        "or the allocator's slack."
+    )
+    lines += ["", f"Machine load average (1/5/15 min) before: {load_before}, after: {result['machine']['load_average_after']}."]
+    write_result(args, "spill", result, "\n".join(lines), f"`{result['command']}` on {os.cpu_count()} cores.")
+
+
+def add_serve_dashboard_spill_parsers(sub):
+    s = sub.add_parser("serve", help="a large result through the Postgres and Flight SQL doors vs PostgreSQL 15")
+    s.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    s.add_argument("--rows", type=int, default=10_000_000, help="rows in the table and the result")
+    s.add_argument("--rounds", type=int, default=3, help="timed rounds (after one untimed check)")
+    s.add_argument("--methods", default="copy,select,arrow", help="of copy, select, arrow")
+    s.add_argument("--fetch-size", type=int, default=10_000, help="rows per fetch of psycopg's stream()")
+    s.add_argument("--pg-bin", help="PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)")
+    s.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
+    s.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
+    d = sub.add_parser("dashboard", help="concurrent dashboard queries over the Postgres wire vs PostgreSQL 15")
+    d.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    d.add_argument("--rows", type=int, default=1_000_000, help="gold rows (patients x 100 days x 5 metrics)")
+    d.add_argument("--clients", type=int, default=32, help="concurrent connections on each side")
+    d.add_argument("--seconds", type=float, default=30, help="measured seconds on each side")
+    d.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before")
+    d.add_argument("--check-params", type=int, default=5, help="parameter sets per query in the check")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--pg-bin", help="PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)")
+    d.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
+    d.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
+    p = sub.add_parser("spill", help="a refresh far larger than MEDLAKE_MEMORY_LIMIT, at 1x and 2x data, vs DuckDB")
+    p.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    p.add_argument("--rows", type=int, default=50_000_000, help="bronze rows at 1x")
+    p.add_argument("--factors", type=int, default=2, help="1x, 2x, ... data")
+    p.add_argument("--memory-limit", default="256MB", help="MEDLAKE_MEMORY_LIMIT and DuckDB's memory_limit")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="DuckDB threads")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the refresh without a limit")
+    p.add_argument("--no-explain", dest="explain", action="store_false", help="skip EXPLAIN ANALYZE (the spill counts)")
+    p.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
+    p.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
 
 
 def main():
@@ -623,8 +1553,9 @@ def main():
     i.add_argument("--pg-bin", help="PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)")
     i.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
     i.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
+    add_serve_dashboard_spill_parsers(sub)
     args = parser.parse_args()
-    {"refresh": refresh, "ingest": ingest}[args.workload](args)
+    {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill}[args.workload](args)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/intero
 step "the README's demo command"
 demo="$(mktemp -d)"
 trap 'rm -rf "$demo"' EXIT
-out="$(cargo run --locked -q -p medlake -- sql --warehouse "$demo/warehouse" -f examples/demo.sql)"
+out="$("$CARGO_TARGET_DIR/debug/medlake" sql --warehouse "$demo/warehouse" -f examples/demo.sql)"
 echo "$out" | tail -n 12
 grep -q '| 1002       | 2026-11-23 | heart_rate  | 2        | 90.0    |' <<<"$out"
 grep -q '| 1002       | 310.0 | plausible_heart_rate |' <<<"$out"
@@ -75,7 +75,7 @@ grep -q '| gold.device_activity | incremental |' <<<"$out"
 grep -q 'readings_after_first_batch' <<<"$out"
 grep -q '^| 5  ' <<<"$out"
 # Run twice: the demo starts over each time.
-cargo run --locked -q -p medlake -- sql --warehouse "$demo/warehouse" -f examples/demo.sql >/dev/null
+"$CARGO_TARGET_DIR/debug/medlake" sql --warehouse "$demo/warehouse" -f examples/demo.sql >/dev/null
 
 step "the refresh benchmark, small (checks the runner; figures come from release builds)"
 "$VENV/bin/python" benches/run.py refresh --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
@@ -84,5 +84,28 @@ step "the refresh benchmark, small (checks the runner; figures come from release
 step "the ingest benchmark, small (medlake serve --http and medlake simulate's data against PostgreSQL COPY)"
 "$VENV/bin/python" benches/run.py ingest --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"
+
+step "the serve benchmark, small (COPY TO, streamed SELECT and Flight SQL against PostgreSQL 15, results checked equal)"
+"$VENV/bin/python" benches/run.py serve --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
+    --out "$demo/bench-results"
+
+step "the dashboard benchmark, small (concurrent dashboard queries over the Postgres wire against PostgreSQL 15)"
+"$VENV/bin/python" benches/run.py dashboard --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --clients 8 \
+    --seconds 3 --warmup 1 --out "$demo/bench-results"
+
+step "the spill benchmark, small (a refresh under MEDLAKE_MEMORY_LIMIT must spill and match DuckDB's result)"
+"$VENV/bin/python" benches/run.py spill --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 200000 --memory-limit 16MB \
+    --out "$demo/bench-results"
+
+step "the README's quickstart, small (the reference warehouse of catalog/ and sql/, every gold view queried)"
+out="$("$CARGO_TARGET_DIR/debug/medlake" quickstart --dir "$demo/quickstart" --patients 10 --hours 3 --rate 0.2 \
+    --once --live-seconds 5 --pg 127.0.0.1:0 --flight 127.0.0.1:0 --http 127.0.0.1:0)"
+echo "$out" | grep -E '^\[' | tail -n 4
+for view in patient_daily_vitals news2_hourly device_performance alert_response trial_cohort_vitals data_completeness; do
+  rows="$("$CARGO_TARGET_DIR/debug/medlake" sql --warehouse "$demo/quickstart/warehouse" --format csv \
+      -c "SELECT count(*) FROM gold.$view" | tail -n 1)"
+  echo "gold.$view: $rows rows"
+  [ "$rows" -gt 0 ]
+done
 
 step "all tests passed"

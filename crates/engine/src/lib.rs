@@ -13,6 +13,7 @@ mod history;
 pub mod ingest;
 pub mod postgres;
 mod project;
+pub mod runtime;
 mod statement;
 
 use std::sync::Arc;
@@ -180,7 +181,15 @@ pub struct Extracted {
 impl Engine {
     /// Opens the warehouse at `location` (a local folder, `file://`, `az://`, `abfss://`,
     /// `s3://`, `gs://`) and starts a session over it.
+    ///
+    /// Memory and spilling follow `MEDLAKE_MEMORY_LIMIT` and `MEDLAKE_SPILL_DIR`
+    /// ([`runtime::RuntimeSettings::from_env`]).
     pub async fn open(location: &str) -> Result<Self> {
+        Self::open_with(location, runtime::RuntimeSettings::from_env()?).await
+    }
+
+    /// [`Engine::open`] with the given memory and spill settings instead of the environment's.
+    pub async fn open_with(location: &str, runtime: runtime::RuntimeSettings) -> Result<Self> {
         let warehouse = Warehouse::open(location).await?;
         let catalog = Arc::new(catalog::LakeCatalog::new(warehouse.clone()));
         catalog.refresh().await?;
@@ -195,9 +204,15 @@ impl Engine {
                 "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
                 0,
             );
+        // Bounded memory with spilling when a limit is set (runtime.rs); one pool for every
+        // session, refresh and write of the process.
+        if let Some(limit) = runtime.memory_limit {
+            tracing::info!(memory_limit = limit, spill_dir = ?runtime.spill_dir, "bounded memory");
+        }
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
+            .with_runtime_env(runtime.runtime_env()?)
             .with_query_planner(medlake_lake::delta_query_planner())
             .build();
         let ctx = SessionContext::new_with_state(state);

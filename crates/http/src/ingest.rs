@@ -4,10 +4,17 @@
 //! 503); the writer takes everything queued, drops requests whose `Idempotency-Key` an earlier
 //! commit already holds (answered as duplicates), and appends the rest in one commit that
 //! records their keys. Only then are they answered 200.
+//!
+//! The writer keeps its table open between commits, with the keys of its recent commits, and
+//! commits directly on top of the version it knows: when another process committed meanwhile
+//! the commit fails without writing anything, the writer reads just the newer commits (whose
+//! keys may turn requests into duplicates) and tries again. A commit thus costs no listing of
+//! the log and no reload of the table; a request costs no lookup of its table after the first
+//! (the table and its schema are remembered until the writer finds it dropped or replaced).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -16,6 +23,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State as Extract};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use medlake_engine::ingest::IngestTable;
 use medlake_engine::{Engine, TableName};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
@@ -50,6 +58,8 @@ struct Inner {
     in_flight: Semaphore,
     invalid_rows: HashMap<String, InvalidRows>,
     key_commits: usize,
+    /// Tables requests were resolved to, with their schemas (see [`resolve`]).
+    targets: RwLock<HashMap<TableName, SchemaRef>>,
     writers: Mutex<HashMap<TableName, mpsc::Sender<Pending>>>,
     metrics: Metrics,
 }
@@ -69,6 +79,7 @@ impl State {
                     .map(|(k, v)| (k.to_ascii_lowercase(), *v))
                     .collect(),
                 key_commits: config.key_commits,
+                targets: RwLock::new(HashMap::new()),
                 writers: Mutex::new(HashMap::new()),
                 metrics: Metrics::default(),
             }),
@@ -244,11 +255,9 @@ async fn ingest(
             Some(key.to_string())
         }
     };
-    let (table, schema) = inner
-        .engine
-        .ingest_target(target)
-        .await
-        .map_err(|e| Failure::engine(&e))?;
+    let started = Instant::now();
+    let (table, mut schema, remembered) = resolve(inner, target).await?;
+    let t_target = started.elapsed().as_micros() as u64;
     let body = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -286,7 +295,18 @@ async fn ingest(
     };
     let values = decode::values(&body, array).map_err(body_failure)?;
     let total = values.len();
-    let (rows, refused) = decode::rows(&schema, values);
+    let (mut rows, mut refused) = decode::rows(&schema, values);
+    if !refused.is_empty() && remembered {
+        // The remembered schema may be that of a table since dropped and created again:
+        // look again before refusing anything.
+        forget_target(inner, &table);
+        let (_, now, _) = resolve(inner, target).await?;
+        if now.fields() != schema.fields() {
+            schema = now;
+            let values = decode::values(&body, array).map_err(body_failure)?;
+            (rows, refused) = decode::rows(&schema, values);
+        }
+    }
     let mode = inner
         .invalid_rows
         .get(&table.to_string())
@@ -317,6 +337,7 @@ async fn ingest(
         key,
         answer,
     };
+    let t_decode = started.elapsed().as_micros() as u64 - t_target;
     let writer = writer(inner, &table).await;
     match writer.try_send(pending) {
         Ok(()) => {}
@@ -334,12 +355,56 @@ async fn ingest(
             ));
         }
     }
-    answered.await.unwrap_or_else(|_| {
+    let answer = answered.await.unwrap_or_else(|_| {
         Err(Failure::busy(
             StatusCode::SERVICE_UNAVAILABLE,
             "the writer stopped before committing; retry with the same Idempotency-Key",
         ))
-    })
+    });
+    debug!(
+        %table,
+        target_us = t_target,
+        decode_us = t_decode,
+        wait_us = started.elapsed().as_micros() as u64 - t_target - t_decode,
+        "ingest request"
+    );
+    answer
+}
+
+/// The table `target` names and its schema, and whether they were remembered: looked up in
+/// the warehouse the first time (is it a Delta table rows may be pushed into?), then
+/// remembered until its writer finds it dropped or replaced (a table's schema is fixed for its
+/// life).
+async fn resolve(inner: &Inner, target: &str) -> Result<(TableName, SchemaRef, bool), Failure> {
+    let name = Engine::ingest_name(target).map_err(|e| Failure::engine(&e))?;
+    let known = inner
+        .targets
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&name)
+        .cloned();
+    if let Some(schema) = known {
+        return Ok((name, schema, true));
+    }
+    let (table, schema) = inner
+        .engine
+        .ingest_target(target)
+        .await
+        .map_err(|e| Failure::engine(&e))?;
+    inner
+        .targets
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(table.clone(), schema.clone());
+    Ok((table, schema, false))
+}
+
+fn forget_target(inner: &Inner, table: &TableName) {
+    inner
+        .targets
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(table);
 }
 
 fn body_failure(e: BodyError) -> Failure {
@@ -394,71 +459,78 @@ async fn writer(inner: &Arc<Inner>, table: &TableName) -> mpsc::Sender<Pending> 
     tx
 }
 
-/// Idempotency keys already committed to a table, kept in step with its log.
-struct Keys {
-    known: HashSet<String>,
-    /// The newest version read.
-    version: Option<u64>,
-    loaded: bool,
-}
+/// Most attempts at one group's commit when other writers keep committing first.
+const MAX_ATTEMPTS: usize = 8;
 
-impl Keys {
-    fn new() -> Self {
-        Self {
-            known: HashSet::new(),
-            version: None,
-            loaded: false,
-        }
-    }
-
-    /// Reads the keys of commits made since the last look (by anyone).
-    async fn catch_up(&mut self, engine: &Engine, table: &TableName, commits: usize) -> bool {
-        if !engine
-            .warehouse()
-            .table_exists(table)
-            .await
-            .unwrap_or(false)
-        {
-            self.loaded = true;
-            return true;
-        }
-        let limit = if self.loaded { usize::MAX } else { commits };
-        match engine.ingest_keys(table, self.version, limit).await {
-            Ok((keys, newest)) => {
-                self.known.extend(keys);
-                self.version = newest.or(self.version);
-                self.loaded = true;
-                true
-            }
-            Err(e) => {
-                warn!(%table, error = %e, "reading idempotency keys");
-                false
-            }
-        }
-    }
+/// What a writer task keeps between commits: its table and quarantine table held open at the
+/// newest version it knows, with the idempotency keys of their recent commits. `None` until
+/// the first group, and again after a failure that leaves the state in doubt.
+#[derive(Default)]
+struct Logs {
+    table: Option<IngestTable>,
+    quarantine: Option<IngestTable>,
 }
 
 async fn write_loop(inner: Arc<Inner>, table: TableName, mut rx: mpsc::Receiver<Pending>) {
     let quarantine = TableName::new(&table.schema, format!("{}_quarantine", table.table)).ok();
-    let mut keys = Keys::new();
-    let mut quarantine_keys = Keys::new();
+    let mut logs = Logs::default();
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while let Ok(more) = rx.try_recv() {
             group.push(more);
         }
-        if !keys
-            .catch_up(&inner.engine, &table, inner.key_commits)
+        commit_group(&inner, &table, quarantine.as_ref(), &mut logs, group).await;
+    }
+}
+
+fn answer_all(group: Vec<Pending>, failure: &Failure) {
+    for p in group {
+        let _ = p.answer.send(Err(failure.clone()));
+    }
+}
+
+/// A failure to open or refresh a table's log: the table is gone (404: it is forgotten, so
+/// the next request looks it up again) or cannot be read now (503).
+fn log_failure(inner: &Inner, table: &TableName, e: &medlake_engine::Error) -> Failure {
+    if e.code().sqlstate() == "42P01" {
+        forget_target(inner, table);
+        Failure::engine(e)
+    } else {
+        warn!(%table, error = %e, "reading the ingest log");
+        Failure::busy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the log of {table}; retry"),
+        )
+    }
+}
+
+/// Commits one group of requests: duplicates are answered as such, the rest are appended in
+/// one commit on top of the version the writer knows. If someone else committed since, the
+/// writer reads just those commits (their keys may make more requests duplicates) and tries
+/// again.
+async fn commit_group(
+    inner: &Arc<Inner>,
+    table: &TableName,
+    quarantine: Option<&TableName>,
+    logs: &mut Logs,
+    mut group: Vec<Pending>,
+) {
+    let started = Instant::now();
+    if logs.table.is_none() {
+        match inner
+            .engine
+            .ingest_open(table, inner.key_commits, false)
             .await
         {
-            for p in group {
-                let _ = p.answer.send(Err(Failure::busy(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot read the log of {table}; retry"),
-                )));
-            }
-            continue;
+            Ok(log) => logs.table = Some(log),
+            Err(e) => return answer_all(group, &log_failure(inner, table, &e)),
         }
+    }
+    let (mut t_refresh, mut t_quarantine, mut t_append) = (0u128, 0u128, 0u128);
+    for attempt in 1..=MAX_ATTEMPTS {
+        let Some(log) = logs.table.as_mut() else {
+            return;
+        };
         // Requests whose key is committed are duplicates; a key twice in this group is
         // written once and both requests get the same answer.
         let mut writing: Vec<Pending> = Vec::new();
@@ -466,11 +538,11 @@ async fn write_loop(inner: Arc<Inner>, table: TableName, mut rx: mpsc::Receiver<
         let mut seen = HashSet::new();
         for p in group {
             match &p.key {
-                Some(k) if keys.known.contains(k) => {
+                Some(k) if log.contains(k) => {
                     let _ = p.answer.send(Ok(Ack {
                         rows: 0,
                         quarantined: 0,
-                        version: keys.version,
+                        version: log.version(),
                         duplicate: true,
                     }));
                 }
@@ -479,83 +551,92 @@ async fn write_loop(inner: Arc<Inner>, table: TableName, mut rx: mpsc::Receiver<
             }
         }
         if writing.is_empty() {
-            continue;
+            return;
         }
         // The quarantine commit goes first: a crash before the table's commit leaves the
         // request unanswered, and its retry skips what the quarantine already holds.
-        let mut quarantined: HashMap<Option<String>, u64> = HashMap::new();
-        let quarantine_rows: Vec<(Option<String>, &Vec<Refused>)> = writing
-            .iter()
-            .filter(|p| !p.quarantine.is_empty())
-            .map(|p| (p.key.clone(), &p.quarantine))
-            .collect();
-        let mut failed: Option<Failure> = None;
-        if let (Some(q), false) = (&quarantine, quarantine_rows.is_empty()) {
-            quarantine_keys
-                .catch_up(&inner.engine, q, inner.key_commits)
-                .await;
-            let fresh: Vec<&(Option<String>, &Vec<Refused>)> = quarantine_rows
-                .iter()
-                .filter(|(k, _)| {
-                    k.as_ref()
-                        .is_none_or(|k| !quarantine_keys.known.contains(k))
-                })
-                .collect();
-            if !fresh.is_empty() {
-                let batches: Vec<RecordBatch> = fresh
-                    .iter()
-                    .map(|(k, refused)| decode::quarantine_rows(refused, k.as_deref()))
-                    .collect();
-                let q_keys: Vec<String> = fresh.iter().filter_map(|(k, _)| k.clone()).collect();
-                match inner
-                    .engine
-                    .append_keyed(q, decode::quarantine_schema(), batches, &q_keys, true)
-                    .await
-                {
-                    Ok(done) => {
-                        quarantine_keys.known.extend(q_keys);
-                        quarantine_keys.version = Some(done.version);
-                        inner.metrics.quarantined(done.rows);
-                    }
-                    Err(e) => failed = Some(Failure::engine(&e)),
+        let t = Instant::now();
+        let quarantined = match quarantine {
+            Some(q) => match commit_quarantine(inner, q, &mut logs.quarantine, &writing).await {
+                Ok(quarantined) => quarantined,
+                Err(failure) => {
+                    answer_all(writing, &failure);
+                    return answer_all(followers, &failure);
                 }
-            }
-            for (k, refused) in &quarantine_rows {
-                quarantined.insert(k.clone(), refused.len() as u64);
-            }
-        }
+            },
+            None => HashMap::new(),
+        };
+        t_quarantine += t.elapsed().as_micros();
+        let Some(log) = logs.table.as_mut() else {
+            return;
+        };
         let batches: Vec<RecordBatch> = writing.iter().filter_map(|p| p.rows.clone()).collect();
         let row_counts: Vec<u64> = writing
             .iter()
             .map(|p| p.rows.as_ref().map_or(0, |b| b.num_rows() as u64))
             .collect();
-        let new_keys: Vec<String> = writing.iter().filter_map(|p| p.key.clone()).collect();
-        let result = match failed {
-            Some(f) => Err(f),
-            None if batches.is_empty() => Ok(keys.version),
-            None => {
-                let started = Instant::now();
-                let schema = writing[0].schema.clone();
-                match inner
-                    .engine
-                    .append_keyed(&table, schema, batches, &new_keys, false)
-                    .await
-                {
-                    Ok(done) => {
-                        inner.metrics.committed(
-                            &table.to_string(),
-                            done.rows,
-                            started.elapsed().as_micros() as u64,
-                        );
-                        debug!(%table, rows = done.rows, version = done.version, requests = writing.len(), "ingest commit");
-                        keys.known.extend(new_keys.iter().cloned());
-                        keys.version = Some(done.version);
-                        Ok(Some(done.version))
+        let result = if batches.is_empty() {
+            Ok(log.version())
+        } else {
+            let new_keys: Vec<String> = writing.iter().filter_map(|p| p.key.clone()).collect();
+            let schema = writing[0].schema.clone();
+            let t = Instant::now();
+            let appended = inner
+                .engine
+                .ingest_append(log, schema, batches, &new_keys)
+                .await;
+            t_append += t.elapsed().as_micros();
+            match appended {
+                Ok(Some(done)) => {
+                    inner.metrics.committed(
+                        &table.to_string(),
+                        done.rows,
+                        t.elapsed().as_micros() as u64,
+                    );
+                    debug!(
+                        %table,
+                        rows = done.rows,
+                        version = done.version,
+                        requests = writing.len(),
+                        attempt,
+                        refresh_us = t_refresh as u64,
+                        quarantine_us = t_quarantine as u64,
+                        append_us = t_append as u64,
+                        total_us = started.elapsed().as_micros() as u64,
+                        "ingest commit"
+                    );
+                    Ok(Some(done.version))
+                }
+                Ok(None) => {
+                    // Someone committed since the version this writer knows: read just that.
+                    debug!(%table, attempt, "ingest commit behind; refreshing");
+                    let t = Instant::now();
+                    let refreshed = inner.engine.ingest_refresh(log).await;
+                    t_refresh += t.elapsed().as_micros();
+                    group = writing.into_iter().chain(followers).collect();
+                    match refreshed {
+                        Ok(false) => continue,
+                        // Another table under this name now: its schema may differ from
+                        // the one these rows were checked against.
+                        Ok(true) => {
+                            forget_target(inner, table);
+                            return answer_all(
+                                group,
+                                &Failure::busy(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    format!("{table} was replaced; retry"),
+                                ),
+                            );
+                        }
+                        Err(e) => {
+                            logs.table = None;
+                            return answer_all(group, &log_failure(inner, table, &e));
+                        }
                     }
-                    Err(e) => {
-                        warn!(%table, error = %e, "ingest commit failed");
-                        Err(Failure::engine(&e))
-                    }
+                }
+                Err(e) => {
+                    warn!(%table, error = %e, "ingest commit failed");
+                    Err(Failure::engine(&e))
                 }
             }
         };
@@ -582,5 +663,87 @@ async fn write_loop(inner: Arc<Inner>, table: TableName, mut rx: mpsc::Receiver<
                 ..ack
             }));
         }
+        return;
     }
+    answer_all(
+        group,
+        &Failure::busy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("other writers kept committing to {table} first; retry"),
+        ),
+    );
+}
+
+/// Writes the refused rows of `writing` that the quarantine table does not hold yet (by
+/// idempotency key) to it, creating it on first use; returns how many rows each key had
+/// refused.
+async fn commit_quarantine(
+    inner: &Arc<Inner>,
+    q: &TableName,
+    log: &mut Option<IngestTable>,
+    writing: &[Pending],
+) -> Result<HashMap<Option<String>, u64>, Failure> {
+    let rows: Vec<(Option<String>, &Vec<Refused>)> = writing
+        .iter()
+        .filter(|p| !p.quarantine.is_empty())
+        .map(|p| (p.key.clone(), &p.quarantine))
+        .collect();
+    let quarantined = rows
+        .iter()
+        .map(|(k, refused)| (k.clone(), refused.len() as u64))
+        .collect();
+    if rows.is_empty() {
+        return Ok(quarantined);
+    }
+    let failed = |e: &medlake_engine::Error| {
+        warn!(table = %q, error = %e, "quarantine commit failed");
+        Failure::engine(e)
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        if log.is_none() {
+            *log = Some(
+                inner
+                    .engine
+                    .ingest_open(q, inner.key_commits, true)
+                    .await
+                    .map_err(|e| failed(&e))?,
+            );
+        }
+        let Some(open) = log.as_mut() else {
+            continue;
+        };
+        let fresh: Vec<&(Option<String>, &Vec<Refused>)> = rows
+            .iter()
+            .filter(|(k, _)| k.as_ref().is_none_or(|k| !open.contains(k)))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(quarantined);
+        }
+        let batches: Vec<RecordBatch> = fresh
+            .iter()
+            .map(|(k, refused)| decode::quarantine_rows(refused, k.as_deref()))
+            .collect();
+        let keys: Vec<String> = fresh.iter().filter_map(|(k, _)| k.clone()).collect();
+        match inner
+            .engine
+            .ingest_append(open, decode::quarantine_schema(), batches, &keys)
+            .await
+        {
+            Ok(Some(done)) => {
+                inner.metrics.quarantined(done.rows);
+                return Ok(quarantined);
+            }
+            Ok(None) => {
+                if let Err(e) = inner.engine.ingest_refresh(open).await {
+                    *log = None;
+                    return Err(failed(&e));
+                }
+            }
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    Err(Failure::busy(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("other writers kept committing to {q} first; retry"),
+    ))
 }

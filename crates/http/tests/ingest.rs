@@ -518,3 +518,115 @@ async fn tokens_need_tls_beyond_loopback() {
     let err = Server::bind(engine, config).await.err().unwrap();
     assert!(err.to_string().contains("loopback"), "{err}");
 }
+
+/// A second server on the same warehouse, as another process would be; stops when dropped.
+async fn second_server(engine: Engine) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let config = Config::new("127.0.0.1:0".parse().unwrap(), Auth::InsecureNoAuth);
+    let server = Server::bind(engine, config).await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
+
+/// Posts `body` with `key` until the answer is not 503 (a writer that found its table
+/// replaced asks for a retry); returns the final status and body.
+async fn push_until_settled(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &str,
+) -> (StatusCode, Value) {
+    for _ in 0..10 {
+        let response = client
+            .post(url)
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            return (status, answer);
+        }
+    }
+    panic!("{key}: still 503 after 10 attempts");
+}
+
+#[tokio::test]
+async fn commits_of_another_process_and_a_replaced_table_are_noticed() {
+    let door = door(|c| c.auth = Auth::InsecureNoAuth).await;
+    let other = Engine::open(door._dir.path().join("wh").to_str().unwrap())
+        .await
+        .unwrap();
+    let (other_base, _stop) = second_server(other).await;
+    let client = reqwest::Client::new();
+    let here = format!("{}/v1/ingest/bronze.readings", door.base);
+    let there = format!("{other_base}/v1/ingest/bronze.readings");
+    let body = |from: usize| ndjson(&(from..from + 50).map(|i| reading(4, i)).collect::<Vec<_>>());
+    let engine = &door.engine;
+    let rows = || async move { count(engine, "SELECT count(*) FROM bronze.readings").await };
+
+    let (status, first) = push_until_settled(&client, &here, "k1", &body(0)).await;
+    assert_eq!(
+        (status, first["duplicate"].clone()),
+        (StatusCode::OK, json!(false))
+    );
+    // The other server commits k2 after this one's last commit...
+    let (status, _) = push_until_settled(&client, &there, "k2", &body(50)).await;
+    assert_eq!(status, StatusCode::OK);
+    // ...so this one's commit on top of its version fails, it reads the newer commit, and
+    // finds k2 there: a duplicate, written once.
+    let (status, again) = push_until_settled(&client, &here, "k2", &body(50)).await;
+    assert_eq!(
+        (status, again["duplicate"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{again}"
+    );
+    assert_eq!(rows().await, 100);
+    // New keys land on both sides, each writer catching up with the other's commits.
+    for (i, (url, key)) in [(&here, "k3"), (&there, "k4"), (&here, "k5")]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, answer) = push_until_settled(&client, url, key, &body(100 + 50 * i)).await;
+        assert_eq!(
+            (status, answer["duplicate"].clone()),
+            (StatusCode::OK, json!(false)),
+            "{answer}"
+        );
+    }
+    assert_eq!(rows().await, 250);
+    let (status, answer) = push_until_settled(&client, &there, "k5", &body(200)).await;
+    assert_eq!(
+        (status, answer["duplicate"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{answer}"
+    );
+
+    // The table is dropped and created again with other columns: the writer notices (its
+    // version's log entry is not the one it read) and rows are checked against the new table.
+    door.engine
+        .sql("DROP TABLE bronze.readings; CREATE TABLE bronze.readings (device_id VARCHAR NOT NULL, n INT)")
+        .await
+        .unwrap();
+    let (status, answer) =
+        push_until_settled(&client, &here, "k6", "{\"device_id\": \"m-1\", \"n\": 1}\n").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) = push_until_settled(&client, &here, "k7", &body(300)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(rows().await, 1);
+
+    // Dropped for good: 404, and nothing is written anywhere.
+    door.engine.sql("DROP TABLE bronze.readings").await.unwrap();
+    let (status, answer) =
+        push_until_settled(&client, &here, "k8", "{\"device_id\": \"m-1\", \"n\": 2}\n").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let (status, _) =
+        push_until_settled(&client, &here, "k8", "{\"device_id\": \"m-1\", \"n\": 2}\n").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

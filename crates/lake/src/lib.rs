@@ -5,7 +5,8 @@
 //!
 //! It knows nothing of SQL statements, sessions, views or servers: `medlake-engine` drives it.
 //! It hands out plain data (URLs, names, Delta table providers), never live connections, so
-//! that what it produces can travel to Ballista executors.
+//! that what it produces can travel to Ballista executors; the one exception is an
+//! [`Appender`], a table a long-lived server-side writer keeps open between its commits.
 
 mod error;
 mod guard;
@@ -15,8 +16,8 @@ mod warehouse;
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
 pub use warehouse::{
-    BUILT_IN_SCHEMAS, CommitOptions, HistoryEntry, OptimizeOutcome, TableName, TimeTravel,
-    VacuumOutcome, Warehouse, WriteMode, WriteOutcome, validate_name,
+    Appender, BUILT_IN_SCHEMAS, CommitOptions, HistoryEntry, OptimizeOutcome, TableName,
+    TimeTravel, VacuumOutcome, Warehouse, WriteMode, WriteOutcome, validate_name,
 };
 
 /// The query planner a session must use for Delta writes: DataFusion's, plus the plan nodes

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::Schema as ArrowSchema;
+use arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use chrono::{DateTime, Utc};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::logical_expr::LogicalPlan;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitProperties, TransactionError};
 use deltalake::kernel::{StructField, StructType};
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::write::SchemaMode;
@@ -19,7 +19,7 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 use serde_json::Value;
 use tracing::{debug, info, instrument};
 use url::Url;
@@ -136,6 +136,47 @@ impl CommitOptions {
             properties = properties.with_max_retries(0);
         }
         properties
+    }
+}
+
+/// A table held open between commits by one long-lived appender (the HTTP ingest door's
+/// writer task), so that a commit neither reloads the table nor re-reads its log: see
+/// [`Warehouse::append_to`]. Server-side only; it is not plain data.
+pub struct Appender {
+    name: TableName,
+    table: DeltaTable,
+    /// The log entry of `table`'s version as read: finding another one under that name means
+    /// the table was dropped (and perhaps created again) since.
+    entry: ObjectMeta,
+}
+
+impl fmt::Debug for Appender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Appender")
+            .field("table", &self.name.to_string())
+            .field("version", &self.version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Appender {
+    pub fn name(&self) -> &TableName {
+        &self.name
+    }
+
+    /// The version the appender knows: its next commit lands directly on top of it.
+    pub fn version(&self) -> u64 {
+        self.table.version().unwrap_or_default()
+    }
+
+    /// The table's schema at that version.
+    pub fn schema(&self) -> Result<SchemaRef> {
+        Ok(self
+            .table
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name.schema, &self.name.table, e))?
+            .snapshot()
+            .arrow_schema())
     }
 }
 
@@ -741,6 +782,153 @@ impl Warehouse {
             "write committed"
         );
         Ok(outcome)
+    }
+
+    /// Opens `name` at its newest version for [`Self::append_to`].
+    #[instrument(skip(self), fields(table = %name))]
+    pub async fn open_appender(&self, name: &TableName) -> Result<Appender> {
+        let table = self.open_table(name).await?;
+        let version = table
+            .version()
+            .ok_or_else(|| Error::Internal(format!("{name} opened without a version")))?;
+        let entry = self
+            .log_entry(name, version)
+            .await?
+            .ok_or_else(|| Self::not_found(name))?;
+        Ok(Appender {
+            name: name.clone(),
+            table,
+            entry,
+        })
+    }
+
+    /// The metadata of a table's log entry for `version`, if it is there.
+    async fn log_entry(&self, name: &TableName, version: u64) -> Result<Option<ObjectMeta>> {
+        let path = self
+            .path(&[&name.schema, &name.table, DELTA_LOG])
+            .join(format!("{version:020}.json"));
+        match self.store.head(&path).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::store(&path, e)),
+        }
+    }
+
+    /// Whether the appender's version is still the log entry it read (one HEAD): the table
+    /// was neither dropped nor replaced since.
+    async fn appender_current(&self, appender: &Appender) -> Result<bool> {
+        let entry = self.log_entry(&appender.name, appender.version()).await?;
+        Ok(entry.is_some_and(|e| {
+            e.e_tag == appender.entry.e_tag
+                && e.size == appender.entry.size
+                && e.last_modified == appender.entry.last_modified
+        }))
+    }
+
+    /// Brings `appender` to the table's newest version, reading only the log entries after
+    /// its own. Returns the versions read (empty if there were none), or `None` when the table
+    /// under that name is no longer the one opened (dropped, or dropped and created again):
+    /// open a new appender then.
+    #[instrument(skip_all, fields(table = %appender.name))]
+    pub async fn refresh_appender(
+        &self,
+        appender: &mut Appender,
+    ) -> Result<Option<std::ops::RangeInclusive<u64>>> {
+        if !self.appender_current(appender).await? {
+            return Ok(None);
+        }
+        let name = appender.name.clone();
+        let before = appender.version();
+        let mut table = appender.table.clone();
+        match table.update_incremental(None).await {
+            Ok(()) => {}
+            // The log lost the appender's version meanwhile.
+            Err(DeltaTableError::InvalidVersion(_)) => return Ok(None),
+            Err(e) => return Err(Error::delta(&name.schema, &name.table, e)),
+        }
+        let after = table.version().unwrap_or(before);
+        let Some(entry) = self.log_entry(&name, after).await? else {
+            return Ok(None);
+        };
+        appender.table = table;
+        appender.entry = entry;
+        Ok(Some(before + 1..=after))
+    }
+
+    /// Appends the result of `input` in one commit directly on top of the version `appender`
+    /// knows, with the same schema enforcement as [`Self::write_with`]; the appender moves to
+    /// the new version, which is returned. `Ok(None)` when anyone committed since, or the
+    /// table was dropped or replaced: nothing was committed (the data files written, if any,
+    /// belong to no version); refresh and try again. The cheap checks only: one HEAD of the
+    /// appender's log entry before the write, one of the new entry after it, besides
+    /// deltalake's own look for newer versions.
+    #[instrument(skip_all, fields(table = %appender.name, base = appender.version()))]
+    pub async fn append_to(
+        &self,
+        appender: &mut Appender,
+        input: LogicalPlan,
+        session: Arc<dyn Session>,
+        options: &CommitOptions,
+    ) -> Result<Option<u64>> {
+        let started = std::time::Instant::now();
+        if !self.appender_current(appender).await? {
+            return Ok(None);
+        }
+        let check_us = started.elapsed().as_micros() as u64;
+        let name = appender.name.clone();
+        let schema = appender.schema()?;
+        let input = crate::guard::guard_not_null(input, &schema)?;
+        let sources = crate::guard::source_columns(&input);
+        let options = CommitOptions {
+            base_version: Some(appender.version()),
+            ..options.clone()
+        };
+        let written = appender
+            .table
+            .clone()
+            .write(Vec::new())
+            .with_input_plan(input)
+            .with_session_state(session)
+            .with_save_mode(SaveMode::Append)
+            .with_commit_properties(options.properties())
+            .await;
+        let table = match written {
+            Ok(table) => table,
+            // With no retries, a newer version fails the commit (deltalake's optimistic
+            // concurrency): nothing was committed.
+            Err(
+                DeltaTableError::Transaction {
+                    source: TransactionError::MaxCommitAttempts(_),
+                }
+                | DeltaTableError::VersionAlreadyExists(_)
+                | DeltaTableError::InvalidVersion(_),
+            ) => return Ok(None),
+            Err(e) => {
+                return Err(crate::guard::name_null_column(
+                    Error::delta(&name.schema, &name.table, e),
+                    &sources,
+                ));
+            }
+        };
+        let write_us = started.elapsed().as_micros() as u64 - check_us;
+        let version = table
+            .version()
+            .ok_or_else(|| Error::Internal(format!("{name} has no version after a write")))?;
+        let entry = self.log_entry(&name, version).await?.ok_or_else(|| {
+            Error::Internal(format!(
+                "{name}: version {version} vanished after its commit"
+            ))
+        })?;
+        appender.table = table;
+        appender.entry = entry;
+        debug!(
+            version,
+            check_us,
+            write_us,
+            entry_us = started.elapsed().as_micros() as u64 - check_us - write_us,
+            "append committed"
+        );
+        Ok(Some(version))
     }
 
     /// Appends record batches in one commit, creating the table (in an existing schema) on

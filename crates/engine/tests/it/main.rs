@@ -9,6 +9,7 @@ use medlake_engine::{Code, Engine};
 mod blob;
 mod cosmos;
 mod rest;
+mod spill;
 mod sqlserver;
 mod views;
 
