@@ -889,107 +889,6 @@ impl Shared {
         }
     }
 
-    fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
-        filters
-            .iter()
-            .map(|f| {
-                let mut scratch = Sql::default();
-                match query::translate(f, &self.columns, &mut scratch) {
-                    Some((_, fit)) => fit.pushdown(),
-                    None => TableProviderFilterPushDown::Unsupported,
-                }
-            })
-            .collect()
-    }
-
-    fn plan(
-        self: &Arc<Self>,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-        window: &Window,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let projection: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.columns.len()).collect(),
-        };
-        let schema = Arc::new(self.schema.project(&projection)?);
-        let mut sql = Sql::default();
-        let mut conditions = Vec::new();
-        let mut all_exact = true;
-        for filter in filters {
-            match query::translate(filter, &self.columns, &mut sql) {
-                Some((c, fit)) => {
-                    all_exact &= fit == Fit::Exact;
-                    conditions.push(c);
-                }
-                None => all_exact = false,
-            }
-        }
-        if let Some(w) = self.watermark {
-            let property = query::accessor(&self.columns[w].column.path);
-            if let Some(after) = window.after {
-                let p = sql.param(Value::from(after));
-                conditions.push(format!("{property} > {p}"));
-            }
-            if let Some(upto) = window.upto {
-                let p = sql.param(Value::from(upto));
-                conditions.push(if window.after.is_some() {
-                    format!("{property} <= {p}")
-                } else {
-                    format!("(NOT IS_NUMBER({property}) OR {property} <= {p})")
-                });
-            }
-        }
-        let partition = self.partition_key.as_deref().and_then(|pk| {
-            filters
-                .iter()
-                .find_map(|f| query::partition_value(f, &self.columns, pk))
-        });
-        // The top-level properties the projected columns read.
-        let mut keys: Vec<String> = Vec::new();
-        for &i in &projection {
-            let key = match &self.columns[i].column.path {
-                Path::Key(k) => k.clone(),
-                Path::Pointer(p) => p
-                    .split('/')
-                    .nth(1)
-                    .unwrap_or_default()
-                    .replace("~1", "/")
-                    .replace("~0", "~"),
-            };
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
-        let top = match limit {
-            Some(n) if all_exact => format!("TOP {n} "),
-            _ => String::new(),
-        };
-        let select = if keys.is_empty() {
-            format!("SELECT {top}VALUE 1")
-        } else {
-            let list: Vec<String> = keys
-                .iter()
-                .map(|k| query::accessor(&Path::Key(k.clone())))
-                .collect();
-            format!("SELECT {top}{}", list.join(", "))
-        };
-        let mut text = format!("{select} FROM c");
-        if !conditions.is_empty() {
-            text.push_str(" WHERE ");
-            text.push_str(&conditions.join(" AND "));
-        }
-        let planned = Planned {
-            text,
-            params: sql.params,
-            partition,
-            projection,
-            limit,
-        };
-        Ok(Arc::new(CosmosExec::new(self.clone(), schema, planned)))
-    }
-
     /// A document's values for the scan's columns; a value of the wrong type is left out
     /// (NULL) and counted.
     fn row(
@@ -1244,6 +1143,7 @@ fn strict(value: &Value, col: &Col) -> std::result::Result<Value, String> {
     convert::normalize(value, t)
 }
 
+/// The scan planning [`Windowed`] turns into the table provider.
 impl crate::scan::Planner for Shared {
     type Window = Window;
 
@@ -1252,7 +1152,16 @@ impl crate::scan::Planner for Shared {
     }
 
     fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
-        Shared::filter_pushdown(self, filters)
+        filters
+            .iter()
+            .map(|f| {
+                let mut scratch = Sql::default();
+                match query::translate(f, &self.columns, &mut scratch) {
+                    Some((_, fit)) => fit.pushdown(),
+                    None => TableProviderFilterPushDown::Unsupported,
+                }
+            })
+            .collect()
     }
 
     fn plan(
@@ -1262,7 +1171,85 @@ impl crate::scan::Planner for Shared {
         limit: Option<usize>,
         window: &Window,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Shared::plan(self, projection, filters, limit, window)
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.columns.len()).collect(),
+        };
+        let schema = Arc::new(self.schema.project(&projection)?);
+        let mut sql = Sql::default();
+        let mut conditions = Vec::new();
+        let mut all_exact = true;
+        for filter in filters {
+            match query::translate(filter, &self.columns, &mut sql) {
+                Some((c, fit)) => {
+                    all_exact &= fit == Fit::Exact;
+                    conditions.push(c);
+                }
+                None => all_exact = false,
+            }
+        }
+        if let Some(w) = self.watermark {
+            let property = query::accessor(&self.columns[w].column.path);
+            if let Some(after) = window.after {
+                let p = sql.param(Value::from(after));
+                conditions.push(format!("{property} > {p}"));
+            }
+            if let Some(upto) = window.upto {
+                let p = sql.param(Value::from(upto));
+                conditions.push(if window.after.is_some() {
+                    format!("{property} <= {p}")
+                } else {
+                    format!("(NOT IS_NUMBER({property}) OR {property} <= {p})")
+                });
+            }
+        }
+        let partition = self.partition_key.as_deref().and_then(|pk| {
+            filters
+                .iter()
+                .find_map(|f| query::partition_value(f, &self.columns, pk))
+        });
+        // The top-level properties the projected columns read.
+        let mut keys: Vec<String> = Vec::new();
+        for &i in &projection {
+            let key = match &self.columns[i].column.path {
+                Path::Key(k) => k.clone(),
+                Path::Pointer(p) => p
+                    .split('/')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .replace("~1", "/")
+                    .replace("~0", "~"),
+            };
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        let top = match limit {
+            Some(n) if all_exact => format!("TOP {n} "),
+            _ => String::new(),
+        };
+        let select = if keys.is_empty() {
+            format!("SELECT {top}VALUE 1")
+        } else {
+            let list: Vec<String> = keys
+                .iter()
+                .map(|k| query::accessor(&Path::Key(k.clone())))
+                .collect();
+            format!("SELECT {top}{}", list.join(", "))
+        };
+        let mut text = format!("{select} FROM c");
+        if !conditions.is_empty() {
+            text.push_str(" WHERE ");
+            text.push_str(&conditions.join(" AND "));
+        }
+        let planned = Planned {
+            text,
+            params: sql.params,
+            partition,
+            projection,
+            limit,
+        };
+        Ok(Arc::new(CosmosExec::new(self.clone(), schema, planned)))
     }
 }
 
