@@ -36,6 +36,33 @@ pub(crate) trait Planner: Debug + Send + Sync + 'static {
     ) -> DfResult<Arc<dyn ExecutionPlan>>;
 }
 
+/// The rows between two watermarks: `after < watermark <= upto`; without `after`, also the
+/// rows without a watermark (what a full extraction pinned at `upto` reads). `M` is how the
+/// connector holds a mark (a query parameter, a scalar, a number).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Window<M> {
+    pub after: Option<M>,
+    pub upto: Option<M>,
+}
+
+impl<M> Default for Window<M> {
+    fn default() -> Self {
+        Self {
+            after: None,
+            upto: None,
+        }
+    }
+}
+
+/// A planner whose windows are watermark ranges: the `Watermarked::upto` / `between` of
+/// every connector.
+pub(crate) trait Marked: Planner<Window = Window<Self::Mark>> {
+    type Mark: Debug + Send + Sync + 'static;
+
+    /// A stored mark (text) as the connector holds it.
+    fn mark(&self, mark: &str) -> crate::Result<Self::Mark>;
+}
+
 /// The table, or the rows of one watermark window of it.
 #[derive(Debug)]
 pub(crate) struct Windowed<P: Planner> {
@@ -50,6 +77,32 @@ impl<P: Planner> Windowed<P> {
             inner,
             window: P::Window::default(),
         })
+    }
+}
+
+impl<P: Marked> Windowed<P> {
+    /// The rows up to `mark` (and those without a watermark).
+    pub fn upto(inner: &Arc<P>, mark: Option<&str>) -> crate::Result<Arc<dyn TableProvider>> {
+        let upto = mark.map(|m| inner.mark(m)).transpose()?;
+        Ok(Arc::new(Self {
+            inner: inner.clone(),
+            window: Window { after: None, upto },
+        }))
+    }
+
+    /// The rows above `after` and up to `upto`.
+    pub fn between(
+        inner: &Arc<P>,
+        after: &str,
+        upto: &str,
+    ) -> crate::Result<Arc<dyn TableProvider>> {
+        Ok(Arc::new(Self {
+            inner: inner.clone(),
+            window: Window {
+                after: Some(inner.mark(after)?),
+                upto: Some(inner.mark(upto)?),
+            },
+        }))
     }
 }
 

@@ -861,14 +861,8 @@ impl CosmosTable {
     }
 }
 
-/// Rows restricted by a watermark range.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Window {
-    /// `watermark > after`
-    after: Option<i64>,
-    /// `watermark <= upto` (or no watermark, when `after` is not set)
-    upto: Option<i64>,
-}
+/// Rows restricted by a watermark range, on top of the table's own filters.
+pub(crate) type Window = crate::scan::Window<i64>;
 
 /// A planned scan: the query and where it runs.
 #[derive(Clone, Debug)]
@@ -1253,6 +1247,14 @@ impl crate::scan::Planner for Shared {
     }
 }
 
+impl crate::scan::Marked for Shared {
+    type Mark = i64;
+
+    fn mark(&self, mark: &str) -> Result<i64> {
+        Shared::mark(self, mark)
+    }
+}
+
 impl External for CosmosTable {
     fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
         Windowed::all(self.inner.clone())
@@ -1295,23 +1297,11 @@ impl Watermarked for CosmosTable {
     }
 
     fn upto(&self, mark: Option<&str>) -> Result<Arc<dyn TableProvider>> {
-        Ok(Arc::new(Windowed {
-            inner: self.inner.clone(),
-            window: Window {
-                after: None,
-                upto: mark.map(|m| self.inner.mark(m)).transpose()?,
-            },
-        }))
+        Windowed::upto(&self.inner, mark)
     }
 
     fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>> {
-        Ok(Arc::new(Windowed {
-            inner: self.inner.clone(),
-            window: Window {
-                after: Some(self.inner.mark(after)?),
-                upto: Some(self.inner.mark(upto)?),
-            },
-        }))
+        Windowed::between(&self.inner, after, upto)
     }
 }
 

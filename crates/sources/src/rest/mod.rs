@@ -667,13 +667,7 @@ impl RestTable {
 }
 
 /// Rows restricted by a watermark range, on top of the table's own filters.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Window {
-    /// `watermark > after`
-    after: Option<ScalarValue>,
-    /// `watermark <= upto` (or NULL, when `after` is not set)
-    upto: Option<ScalarValue>,
-}
+pub(crate) type Window = crate::scan::Window<ScalarValue>;
 
 impl Shared {
     pub(crate) fn record_failure(&self, e: &Error) {
@@ -868,6 +862,14 @@ impl crate::scan::Planner for Shared {
     }
 }
 
+impl crate::scan::Marked for Shared {
+    type Mark = ScalarValue;
+
+    fn mark(&self, mark: &str) -> Result<ScalarValue> {
+        Shared::mark(self, mark)
+    }
+}
+
 impl External for RestTable {
     fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
         Windowed::all(self.inner.clone())
@@ -896,23 +898,11 @@ impl Watermarked for RestTable {
     }
 
     fn upto(&self, mark: Option<&str>) -> Result<Arc<dyn TableProvider>> {
-        Ok(Arc::new(Windowed {
-            inner: self.inner.clone(),
-            window: Window {
-                after: None,
-                upto: mark.map(|m| self.inner.mark(m)).transpose()?,
-            },
-        }))
+        Windowed::upto(&self.inner, mark)
     }
 
     fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>> {
-        Ok(Arc::new(Windowed {
-            inner: self.inner.clone(),
-            window: Window {
-                after: Some(self.inner.mark(after)?),
-                upto: Some(self.inner.mark(upto)?),
-            },
-        }))
+        Windowed::between(&self.inner, after, upto)
     }
 }
 

@@ -907,13 +907,7 @@ fn partitioning(
 }
 
 /// Rows restricted by a watermark range, on top of the table's own filters.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Window {
-    /// `watermark > after`
-    after: Option<Param>,
-    /// `watermark <= upto` (or NULL, when `after` is not set)
-    upto: Option<Param>,
-}
+pub(crate) type Window = crate::scan::Window<Param>;
 
 impl Shared {
     fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
@@ -1113,6 +1107,14 @@ impl crate::scan::Planner for Shared {
     }
 }
 
+impl crate::scan::Marked for Shared {
+    type Mark = Param;
+
+    fn mark(&self, mark: &str) -> Result<Param> {
+        Shared::mark_param(self, mark)
+    }
+}
+
 impl External for SqlServerTable {
     fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
         Windowed::all(self.inner.clone())
@@ -1141,24 +1143,11 @@ impl Watermarked for SqlServerTable {
     }
 
     fn upto(&self, mark: Option<&str>) -> Result<Arc<dyn TableProvider>> {
-        let window = Window {
-            after: None,
-            upto: mark.map(|m| self.inner.mark_param(m)).transpose()?,
-        };
-        Ok(Arc::new(Windowed {
-            inner: self.inner.clone(),
-            window,
-        }))
+        Windowed::upto(&self.inner, mark)
     }
 
     fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>> {
-        Ok(Arc::new(Windowed {
-            inner: self.inner.clone(),
-            window: Window {
-                after: Some(self.inner.mark_param(after)?),
-                upto: Some(self.inner.mark_param(upto)?),
-            },
-        }))
+        Windowed::between(&self.inner, after, upto)
     }
 }
 
