@@ -16,6 +16,7 @@ mod project;
 pub mod runtime;
 mod statement;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,7 +33,7 @@ use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp}
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 pub use medlake_lake::TableName;
-use medlake_lake::{Warehouse, WriteMode};
+use medlake_lake::{Appender, Warehouse, WriteMode};
 use medlake_views::{Scheduler, Trigger, Views};
 use tracing::{Instrument, debug, info_span};
 
@@ -141,6 +142,8 @@ struct Shared {
     /// The template every session starts from: catalog, functions, object stores, planner.
     state: SessionState,
     statements: AtomicU64,
+    /// Tables held open for Flight SQL ingest appends, one appender per table.
+    appenders: std::sync::Mutex<HashMap<TableName, Arc<tokio::sync::Mutex<Option<Appender>>>>>,
 }
 
 /// One client's session: its own settings (`SET ...`), the engine's warehouse and catalog.
@@ -240,6 +243,7 @@ impl Engine {
             catalog,
             state,
             statements: AtomicU64::new(0),
+            appenders: Default::default(),
         });
         let default = Arc::new(Session::new(shared.clone()));
         Ok(Self { shared, default })
@@ -562,6 +566,7 @@ impl Session {
         let parts: Vec<String> = name.split('.').map(str::to_string).collect();
         let table = self.table_name(&parts)?;
         self.check_writable(&table, "ingest into").await?;
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let provider = MemTable::try_new(schema, vec![batches])?;
         let plan =
             LogicalPlanBuilder::scan("ingest", provider_as_source(Arc::new(provider)), None)?
@@ -569,7 +574,7 @@ impl Session {
         let warehouse = &self.shared.warehouse;
         let session: Arc<dyn datafusion::catalog::Session> = Arc::new(self.ctx.state());
         let exists = warehouse.table_exists(&table).await?;
-        let rows = match (exists, how.exists) {
+        let written = match (exists, how.exists) {
             (false, _) if !how.create => {
                 return Err(Error::Lake(medlake_lake::Error::TableNotFound {
                     schema: table.schema.clone(),
@@ -588,10 +593,9 @@ impl Session {
                 }));
             }
             (true, IfExists::Append) => {
-                warehouse
-                    .write(&table, plan, session, WriteMode::Append)
-                    .await?
-                    .rows
+                return self
+                    .ingest_append_existing(&table, plan, session, rows)
+                    .await;
             }
             (true, IfExists::Replace) => {
                 warehouse
@@ -601,7 +605,49 @@ impl Session {
             }
         };
         self.shared.catalog.refresh().await?;
-        Ok(rows)
+        Ok(written)
+    }
+
+    /// Appends `plan`'s rows to an existing table through the engine's appender for it, kept
+    /// open between ingests (see [`Warehouse::append_to`]): one ingest at a time per table,
+    /// each committing directly on top of the version the appender knows, and on top of
+    /// another writer's newer commits when it finds them (an append conflicts with nothing).
+    async fn ingest_append_existing(
+        &self,
+        table: &TableName,
+        plan: LogicalPlan,
+        session: Arc<dyn datafusion::catalog::Session>,
+        rows: u64,
+    ) -> Result<u64> {
+        const ATTEMPTS: usize = 8;
+        let slot = self
+            .shared
+            .appenders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(table.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        let warehouse = &self.shared.warehouse;
+        let options = medlake_lake::CommitOptions::default();
+        for _ in 0..ATTEMPTS {
+            let appender = match slot.as_mut() {
+                Some(appender) => appender,
+                None => slot.insert(warehouse.open_appender(table).await?),
+            };
+            let version = warehouse
+                .append_to(appender, plan.clone(), session.clone(), &options)
+                .await?;
+            if version.is_some() {
+                return Ok(rows);
+            }
+            // Someone committed first, or the table was dropped (perhaps created again).
+            if warehouse.refresh_appender(appender).await?.is_none() {
+                *slot = None;
+            }
+        }
+        Err(medlake_lake::Error::conflict_after(table, ATTEMPTS).into())
     }
 
     /// What `statement` takes and returns, without running it. Side-effect free: commands

@@ -366,3 +366,104 @@ async fn metadata_calls_answer_with_the_spec_schemas() {
     let kinds: Vec<&str> = kinds.as_string::<i32>().iter().flatten().collect();
     assert_eq!(kinds, ["TABLE", "VIEW"]);
 }
+
+/// Appends go through an appender the engine keeps open per table: concurrent ingests all
+/// land (one commit each), and a table dropped and created again under the same name between
+/// two ingests is noticed (its new schema enforced, its old rows gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ingest_appends_and_a_replaced_table() {
+    let h = start().await;
+    let mut c = client(&h).await;
+    c.handshake("alice", PASSWORD).await.expect("handshake");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, true),
+    ]));
+    let batch = |n: usize| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("pump-{}", i % 3)),
+                )),
+                Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64))),
+            ],
+        )
+        .expect("a batch")
+    };
+    let append = CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: 2, // FAIL
+            if_exists: 2,    // APPEND
+        }),
+        table: "readings".into(),
+        schema: Some("bronze".into()),
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options: Default::default(),
+    };
+    let (clients, ingests, rows_each) = (4, 8, 500);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut c = c.clone();
+        let (append, batch) = (append.clone(), batch(rows_each));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..ingests {
+                let n = c
+                    .execute_ingest(append.clone(), futures::stream::iter([Ok(batch.clone())]))
+                    .await
+                    .expect("ingest append");
+                assert_eq!(n, rows_each as i64);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client");
+    }
+    let count = async |c: &mut FlightSqlServiceClient<Channel>, sql: &str| {
+        let info = c.execute(sql.into(), None).await.expect("count");
+        let batches = rows(c, info).await;
+        batches[0].column(0).as_primitive::<Int64Type>().value(0)
+    };
+    let expected = (3 + clients * ingests * rows_each) as i64;
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM bronze.readings").await,
+        expected
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM table_history('bronze.readings') WHERE operation = 'WRITE'"
+        )
+        .await,
+        (1 + clients * ingests) as i64,
+        "one commit per ingest after the seed"
+    );
+
+    for sql in [
+        "DROP TABLE bronze.readings",
+        "CREATE TABLE bronze.readings (device_id VARCHAR NOT NULL, value DOUBLE, unit VARCHAR NOT NULL)",
+    ] {
+        c.execute_update(sql.into(), None)
+            .await
+            .expect("replace the table");
+    }
+    let e = c
+        .execute_ingest(append.clone(), futures::stream::iter([Ok(batch(10))]))
+        .await
+        .expect_err("the new table's NOT NULL unit is enforced");
+    assert!(e.to_string().contains("unit"), "{e}");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM bronze.readings").await,
+        0
+    );
+    c.execute_update("DROP TABLE bronze.readings".into(), None)
+        .await
+        .expect("drop");
+    let e = c
+        .execute_ingest(append, futures::stream::iter([Ok(batch(10))]))
+        .await
+        .expect_err("a dropped table is not appended to");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}

@@ -630,3 +630,76 @@ async fn commits_of_another_process_and_a_replaced_table_are_noticed() {
         push_until_settled(&client, &here, "k8", "{\"device_id\": \"m-1\", \"n\": 2}\n").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Commits of the ingest writer are blind appends (data files plus one put-if-absent log
+/// entry): they must still carry what deltalake's write would, and the table must stay
+/// cheap to read: a checkpoint every 100 commits, column statistics in every `add`, the
+/// operation metrics DESCRIBE HISTORY shows, and every version readable by time travel.
+#[tokio::test]
+async fn blind_appends_keep_statistics_history_and_checkpoints() {
+    let door = door(|_| {}).await;
+    let client = reqwest::Client::new();
+    let commits = 101;
+    for r in 0..commits {
+        let rows: Vec<Value> = (0..3).map(|i| reading(r % 7, r * 3 + i)).collect();
+        let response = post(&client, &door, "bronze.readings")
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", format!("seq-{r}"))
+            .body(ndjson(&rows))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(
+            reply["version"],
+            json!(r + 1),
+            "sequential pushes commit one by one"
+        );
+    }
+    let engine = &door.engine;
+    assert_eq!(
+        count(engine, "SELECT count(*) FROM bronze.readings").await,
+        3 * commits as i64
+    );
+    assert_eq!(
+        count(
+            engine,
+            "SELECT count(*) FROM bronze.readings VERSION AS OF 50"
+        )
+        .await,
+        150
+    );
+    assert_eq!(
+        count(
+            engine,
+            "SELECT count(*) FROM table_history('bronze.readings') \
+             WHERE operation = 'WRITE' AND rows_written = 3"
+        )
+        .await,
+        commits as i64
+    );
+    let log = door._dir.path().join("wh/bronze/readings/_delta_log");
+    assert!(
+        log.join("00000000000000000099.checkpoint.parquet").exists(),
+        "no checkpoint at version 99"
+    );
+    let last: Value =
+        serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
+    assert_eq!(last["version"], json!(99));
+    let entry = std::fs::read_to_string(log.join("00000000000000000101.json")).unwrap();
+    let actions: Vec<Value> = entry
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let info = actions.iter().find_map(|a| a.get("commitInfo")).unwrap();
+    assert_eq!(info["operation"], json!("WRITE"));
+    assert_eq!(info["readVersion"], json!(100));
+    assert_eq!(info["medlake_ingest"]["keys"], json!(["seq-100"]), "{info}");
+    let add = actions.iter().find_map(|a| a.get("add")).unwrap();
+    let stats: Value = serde_json::from_str(add["stats"].as_str().unwrap()).unwrap();
+    assert_eq!(stats["numRecords"], json!(3));
+    assert!(stats["minValues"]["taken_at"].is_string(), "{stats}");
+    assert_eq!(stats["nullCount"]["unit"], json!(0), "{stats}");
+}

@@ -219,6 +219,17 @@ impl Error {
         }
     }
 
+    /// A write that lost `attempts` commits in a row to other writers; nothing was written.
+    pub fn conflict_after(name: &crate::TableName, attempts: usize) -> Self {
+        Error::Conflict {
+            schema: name.schema.clone(),
+            table: name.table.clone(),
+            source: Box::new(DeltaTableError::Generic(format!(
+                "{attempts} attempts found their version taken by another writer"
+            ))),
+        }
+    }
+
     pub(crate) fn store(path: impl ToString, source: object_store::Error) -> Self {
         Error::ObjectStore {
             path: path.to_string(),

@@ -11,18 +11,22 @@ use chrono::{DateTime, Utc};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::logical_expr::LogicalPlan;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use deltalake::kernel::transaction::{CommitProperties, TransactionError};
-use deltalake::kernel::{StructField, StructType};
+use deltalake::kernel::transaction::{CommitData, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, StructField, StructType};
+use deltalake::logstore::CommitOrBytes;
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::write::SchemaMode;
-use deltalake::protocol::SaveMode;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt as _;
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 use serde_json::Value;
-use tracing::{debug, info, instrument};
+use tracing::{debug, info, instrument, warn};
 use url::Url;
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::location::{build_store, parse_location, redact, register_cloud_schemes};
@@ -144,17 +148,25 @@ impl CommitOptions {
 /// [`Warehouse::append_to`]. Server-side only; it is not plain data.
 pub struct Appender {
     name: TableName,
+    /// The table as last read from its log (at open, or when another writer's commits were
+    /// read); the appender's own commits since are not replayed into it.
     table: DeltaTable,
-    /// The log entry of `table`'s version as read: finding another one under that name means
-    /// the table was dropped (and perhaps created again) since.
+    /// The newest version the appender knows: the table's, or the appender's own last commit.
+    version: u64,
+    /// The log entry of `version` as written or read: finding another one under that name
+    /// means the table was dropped (and perhaps created again) since.
     entry: ObjectMeta,
+    /// Whether the table's protocol allows the blind-append commit (see [`blind_appendable`]);
+    /// otherwise each commit goes through deltalake's write operation.
+    blind: bool,
 }
 
 impl fmt::Debug for Appender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Appender")
             .field("table", &self.name.to_string())
-            .field("version", &self.version())
+            .field("version", &self.version)
+            .field("blind", &self.blind)
             .finish_non_exhaustive()
     }
 }
@@ -166,7 +178,7 @@ impl Appender {
 
     /// The version the appender knows: its next commit lands directly on top of it.
     pub fn version(&self) -> u64 {
-        self.table.version().unwrap_or_default()
+        self.version
     }
 
     /// The table's schema at that version.
@@ -178,6 +190,86 @@ impl Appender {
             .snapshot()
             .arrow_schema())
     }
+}
+
+/// Writer features whose tables a blind append (data files plus one log entry with their
+/// `add` actions) writes correctly. Anything else (constraints, invariants, generated or
+/// identity columns, column mapping, row tracking, in-commit timestamps, clustering) needs
+/// deltalake's write operation.
+const BLIND_APPEND_FEATURES: &[&str] = &[
+    "appendOnly",
+    "timestampNtz",
+    "deletionVectors",
+    "changeDataFeed",
+    "domainMetadata",
+    "vacuumProtocolCheck",
+    "v2Checkpoint",
+];
+
+/// Whether `table` takes blind appends: writer version 2 without invariants in its schema,
+/// or table features all in [`BLIND_APPEND_FEATURES`].
+fn blind_appendable(table: &DeltaTable) -> bool {
+    let Ok(state) = table.snapshot() else {
+        return false;
+    };
+    let Ok(protocol) = serde_json::to_value(state.protocol()) else {
+        return false;
+    };
+    let writer = protocol["minWriterVersion"].as_i64().unwrap_or(i64::MAX);
+    let features_ok = match protocol.get("writerFeatures").and_then(Value::as_array) {
+        Some(features) => features.iter().all(|f| {
+            f.as_str()
+                .is_some_and(|f| BLIND_APPEND_FEATURES.contains(&f))
+        }),
+        None => writer <= 2,
+    };
+    let invariants = state
+        .snapshot()
+        .arrow_schema()
+        .fields()
+        .iter()
+        .any(|f| f.metadata().contains_key("delta.invariants"));
+    let constraints = state
+        .metadata()
+        .configuration()
+        .keys()
+        .any(|k| k.starts_with("delta.constraints."));
+    features_ok && !invariants && !constraints
+}
+
+/// `batch` with the columns of `target` in its order and types (DataFusion's `Utf8View`
+/// becomes the Delta writer's `Utf8`); a column `target` has and `batch` lacks is NULL, one
+/// `batch` has and `target` lacks is refused.
+fn conform(
+    batch: RecordBatch,
+    target: &SchemaRef,
+) -> std::result::Result<RecordBatch, DeltaTableError> {
+    if batch.schema() == *target {
+        return Ok(batch);
+    }
+    if let Some(extra) = batch
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| target.field_with_name(f.name()).is_err())
+    {
+        return Err(DeltaTableError::SchemaMismatch {
+            msg: format!("the table has no column '{}'", extra.name()),
+        });
+    }
+    let columns = target
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
+            Some(column) => arrow::compute::cast(column, field.data_type()),
+            None => Ok(arrow::array::new_null_array(
+                field.data_type(),
+                batch.num_rows(),
+            )),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(target.clone(), columns)?)
 }
 
 /// One commit of a table, as `DESCRIBE HISTORY` shows it.
@@ -797,7 +889,9 @@ impl Warehouse {
             .ok_or_else(|| Self::not_found(name))?;
         Ok(Appender {
             name: name.clone(),
+            blind: blind_appendable(&table),
             table,
+            version,
             entry,
         })
     }
@@ -817,7 +911,7 @@ impl Warehouse {
     /// Whether the appender's version is still the log entry it read (one HEAD): the table
     /// was neither dropped nor replaced since.
     async fn appender_current(&self, appender: &Appender) -> Result<bool> {
-        let entry = self.log_entry(&appender.name, appender.version()).await?;
+        let entry = self.log_entry(&appender.name, appender.version).await?;
         Ok(entry.is_some_and(|e| {
             e.e_tag == appender.entry.e_tag
                 && e.size == appender.entry.size
@@ -825,8 +919,8 @@ impl Warehouse {
         }))
     }
 
-    /// Brings `appender` to the table's newest version, reading only the log entries after
-    /// its own. Returns the versions read (empty if there were none), or `None` when the table
+    /// Brings `appender` to the table's newest version. Returns the versions committed by
+    /// others since its own (empty if there were none: one HEAD), or `None` when the table
     /// under that name is no longer the one opened (dropped, or dropped and created again):
     /// open a new appender then.
     #[instrument(skip_all, fields(table = %appender.name))]
@@ -838,19 +932,21 @@ impl Warehouse {
             return Ok(None);
         }
         let name = appender.name.clone();
-        let before = appender.version();
-        let mut table = appender.table.clone();
-        match table.update_incremental(None).await {
-            Ok(()) => {}
-            // The log lost the appender's version meanwhile.
-            Err(DeltaTableError::InvalidVersion(_)) => return Ok(None),
-            Err(e) => return Err(Error::delta(&name.schema, &name.table, e)),
+        let before = appender.version;
+        if self.log_entry(&name, before + 1).await?.is_none() {
+            return Ok(Some(before + 1..=before));
         }
+        // Someone else committed: read the table again (their commits may have changed its
+        // schema or protocol). Its log still holds the appender's version unchanged, so it
+        // is the same table.
+        let table = self.open_table(&name).await?;
         let after = table.version().unwrap_or(before);
         let Some(entry) = self.log_entry(&name, after).await? else {
             return Ok(None);
         };
+        appender.blind = blind_appendable(&table);
         appender.table = table;
+        appender.version = after;
         appender.entry = entry;
         Ok(Some(before + 1..=after))
     }
@@ -859,10 +955,15 @@ impl Warehouse {
     /// knows, with the same schema enforcement as [`Self::write_with`]; the appender moves to
     /// the new version, which is returned. `Ok(None)` when anyone committed since, or the
     /// table was dropped or replaced: nothing was committed (the data files written, if any,
-    /// belong to no version); refresh and try again. The cheap checks only: one HEAD of the
-    /// appender's log entry before the write, one of the new entry after it, besides
-    /// deltalake's own look for newer versions.
-    #[instrument(skip_all, fields(table = %appender.name, base = appender.version()))]
+    /// belong to no version); refresh and try again.
+    ///
+    /// A table that takes blind appends (most do; see [`blind_appendable`]) gets one: the
+    /// data files, then its log entry put only if absent. Nothing else is read (deltalake's
+    /// write operation would bring its snapshot of every data file up to date after each
+    /// commit, which grows with the table); a checkpoint is written every
+    /// `delta.checkpointInterval` commits as deltalake does. Besides the put, one HEAD of the
+    /// appender's log entry before the write and one of the new entry after it.
+    #[instrument(skip_all, fields(table = %appender.name, base = appender.version))]
     pub async fn append_to(
         &self,
         appender: &mut Appender,
@@ -879,8 +980,111 @@ impl Warehouse {
         let schema = appender.schema()?;
         let input = crate::guard::guard_not_null(input, &schema)?;
         let sources = crate::guard::source_columns(&input);
+        let refused = |e| {
+            crate::guard::name_null_column(Error::delta(&name.schema, &name.table, e), &sources)
+        };
+        let committed = if appender.blind {
+            self.blind_append(appender, input, session, options)
+                .await
+                .map_err(refused)?
+        } else {
+            self.write_append(appender, input, session, options)
+                .await
+                .map_err(refused)?
+        };
+        let Some(version) = committed else {
+            return Ok(None);
+        };
+        let write_us = started.elapsed().as_micros() as u64 - check_us;
+        let entry = self.log_entry(&name, version).await?.ok_or_else(|| {
+            Error::Internal(format!(
+                "{name}: version {version} vanished after its commit"
+            ))
+        })?;
+        appender.version = version;
+        appender.entry = entry;
+        debug!(
+            version,
+            check_us,
+            write_us,
+            entry_us = started.elapsed().as_micros() as u64 - check_us - write_us,
+            "append committed"
+        );
+        if appender.blind {
+            self.checkpoint_if_due(appender).await;
+        }
+        Ok(Some(version))
+    }
+
+    /// The blind append of [`Self::append_to`]: `Ok(None)` when the version after the
+    /// appender's already exists.
+    async fn blind_append(
+        &self,
+        appender: &Appender,
+        input: LogicalPlan,
+        session: Arc<dyn Session>,
+        options: &CommitOptions,
+    ) -> std::result::Result<Option<u64>, DeltaTableError> {
+        let started = std::time::Instant::now();
+        let plan = session.create_physical_plan(&input).await?;
+        let mut batches = datafusion::physical_plan::execute_stream(plan, session.task_ctx())?;
+        let mut writer = RecordBatchWriter::for_table(&appender.table)?;
+        let target = writer.arrow_schema();
+        let mut rows = 0;
+        while let Some(batch) = batches.try_next().await? {
+            rows += batch.num_rows();
+            writer.write(conform(batch, &target)?).await?;
+        }
+        let adds = writer.flush().await?;
+        let state = appender.table.snapshot()?;
+        let partition_columns: Vec<String> = state.metadata().partition_columns().to_vec();
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
+            predicate: None,
+        };
+        // The same operation metrics deltalake's write records (DESCRIBE HISTORY reads them).
+        let metrics = serde_json::json!({
+            "execution_time_ms": started.elapsed().as_millis() as u64,
+            "num_added_files": adds.len(),
+            "num_added_rows": rows,
+            "num_partitions": 0,
+            "num_removed_files": 0,
+            "num_retries": 0,
+        });
+        let metadata = options
+            .metadata
+            .iter()
+            .cloned()
+            .chain([
+                ("operationMetrics".to_string(), metrics),
+                ("readVersion".to_string(), appender.version.into()),
+            ])
+            .collect();
+        let actions = adds.into_iter().map(Action::Add).collect();
+        let entry = CommitData::new(actions, operation, metadata, Vec::new()).get_bytes()?;
+        let version = appender.version + 1;
+        let log_store = appender.table.log_store();
+        match log_store
+            .write_commit_entry(version, CommitOrBytes::LogBytes(entry), Uuid::new_v4())
+            .await
+        {
+            Ok(()) => Ok(Some(version)),
+            Err(TransactionError::VersionAlreadyExists(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The append of [`Self::append_to`] through deltalake's write operation.
+    async fn write_append(
+        &self,
+        appender: &mut Appender,
+        input: LogicalPlan,
+        session: Arc<dyn Session>,
+        options: &CommitOptions,
+    ) -> std::result::Result<Option<u64>, DeltaTableError> {
         let options = CommitOptions {
-            base_version: Some(appender.version()),
+            base_version: Some(appender.version),
             ..options.clone()
         };
         let written = appender
@@ -892,8 +1096,14 @@ impl Warehouse {
             .with_save_mode(SaveMode::Append)
             .with_commit_properties(options.properties())
             .await;
-        let table = match written {
-            Ok(table) => table,
+        match written {
+            Ok(table) => {
+                let version = table.version().ok_or_else(|| {
+                    DeltaTableError::Generic("no version after a write".to_string())
+                })?;
+                appender.table = table;
+                Ok(Some(version))
+            }
             // With no retries, a newer version fails the commit (deltalake's optimistic
             // concurrency): nothing was committed.
             Err(
@@ -902,33 +1112,67 @@ impl Warehouse {
                 }
                 | DeltaTableError::VersionAlreadyExists(_)
                 | DeltaTableError::InvalidVersion(_),
-            ) => return Ok(None),
-            Err(e) => {
-                return Err(crate::guard::name_null_column(
-                    Error::delta(&name.schema, &name.table, e),
-                    &sources,
-                ));
-            }
+            ) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After a blind append: a checkpoint of the appender's version when it is due
+    /// (`delta.checkpointInterval`, 100 by default), then the expired log entries cleaned
+    /// up when the table asks for it, as deltalake's post-commit hook does. A failure is
+    /// logged, not returned: the commit stands, and readers only replay more log.
+    async fn checkpoint_if_due(&self, appender: &Appender) {
+        let Ok(state) = appender.table.snapshot() else {
+            return;
         };
-        let write_us = started.elapsed().as_micros() as u64 - check_us;
-        let version = table
-            .version()
-            .ok_or_else(|| Error::Internal(format!("{name} has no version after a write")))?;
-        let entry = self.log_entry(&name, version).await?.ok_or_else(|| {
-            Error::Internal(format!(
-                "{name}: version {version} vanished after its commit"
-            ))
-        })?;
-        appender.table = table;
-        appender.entry = entry;
-        debug!(
-            version,
-            check_us,
-            write_us,
-            entry_us = started.elapsed().as_micros() as u64 - check_us - write_us,
-            "append committed"
-        );
-        Ok(Some(version))
+        let config = state.table_config();
+        let interval = config.checkpoint_interval().get();
+        if !(appender.version + 1).is_multiple_of(interval) {
+            return;
+        }
+        let retention = config.log_retention_duration();
+        let cleanup = config.enable_expired_log_cleanup();
+        let started = std::time::Instant::now();
+        let name = &appender.name;
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let outcome = async {
+            let table = DeltaTableBuilder::from_url(self.table_url(name)?)
+                .map_err(delta)?
+                .with_version(appender.version)
+                .load()
+                .await
+                .map_err(delta)?;
+            deltalake::checkpoints::create_checkpoint(&table, None)
+                .await
+                .map_err(delta)?;
+            if cleanup {
+                let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
+                deltalake::checkpoints::cleanup_expired_logs_for(
+                    appender.version,
+                    table.log_store().as_ref(),
+                    cutoff,
+                    None,
+                )
+                .await
+                .map_err(delta)?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => debug!(
+                table = %appender.name,
+                version = appender.version,
+                ms = started.elapsed().as_millis() as u64,
+                "checkpoint written"
+            ),
+            Err(e) => warn!(
+                table = %appender.name,
+                version = appender.version,
+                error = %e,
+                "checkpoint after an append failed"
+            ),
+        }
     }
 
     /// Appends record batches in one commit, creating the table (in an existing schema) on
