@@ -565,14 +565,24 @@ impl Session {
         use datafusion::logical_expr::LogicalPlanBuilder;
         let parts: Vec<String> = name.split('.').map(str::to_string).collect();
         let table = self.table_name(&parts)?;
-        self.check_writable(&table, "ingest into").await?;
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let provider = MemTable::try_new(schema, vec![batches])?;
         let plan =
             LogicalPlanBuilder::scan("ingest", provider_as_source(Arc::new(provider)), None)?
                 .build()?;
-        let warehouse = &self.shared.warehouse;
         let session: Arc<dyn datafusion::catalog::Session> = Arc::new(self.ctx.state());
+        // A table already held open for appends was checked when it was opened.
+        if matches!(how.exists, IfExists::Append) && self.appender_open(&table) {
+            match self
+                .ingest_append_existing(&table, plan.clone(), session.clone(), rows)
+                .await
+            {
+                Err(Error::Lake(medlake_lake::Error::TableNotFound { .. })) if how.create => {}
+                appended => return appended,
+            }
+        }
+        self.check_writable(&table, "ingest into").await?;
+        let warehouse = &self.shared.warehouse;
         let exists = warehouse.table_exists(&table).await?;
         let written = match (exists, how.exists) {
             (false, _) if !how.create => {
@@ -608,6 +618,16 @@ impl Session {
         Ok(written)
     }
 
+    /// Whether the engine holds `table` open for ingest appends.
+    fn appender_open(&self, table: &TableName) -> bool {
+        self.shared
+            .appenders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(table)
+            .is_some_and(|slot| slot.try_lock().map_or(true, |appender| appender.is_some()))
+    }
+
     /// Appends `plan`'s rows to an existing table through the engine's appender for it, kept
     /// open between ingests (see [`Warehouse::append_to`]): one ingest at a time per table,
     /// each committing directly on top of the version the appender knows, and on top of
@@ -634,7 +654,11 @@ impl Session {
         for _ in 0..ATTEMPTS {
             let appender = match slot.as_mut() {
                 Some(appender) => appender,
-                None => slot.insert(warehouse.open_appender(table).await?),
+                None => {
+                    // Checked at every open: a dropped table's name may now be a view's.
+                    self.check_writable(table, "ingest into").await?;
+                    slot.insert(warehouse.open_appender(table).await?)
+                }
             };
             let version = warehouse
                 .append_to(appender, plan.clone(), session.clone(), &options)

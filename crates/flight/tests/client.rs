@@ -462,8 +462,27 @@ async fn concurrent_ingest_appends_and_a_replaced_table() {
         .await
         .expect("drop");
     let e = c
-        .execute_ingest(append, futures::stream::iter([Ok(batch(10))]))
+        .execute_ingest(append.clone(), futures::stream::iter([Ok(batch(10))]))
         .await
         .expect_err("a dropped table is not appended to");
     assert!(e.to_string().contains("does not exist"), "{e}");
+    let create_or_append = CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: 1, // CREATE
+            if_exists: 2,    // APPEND
+        }),
+        ..append
+    };
+    for _ in 0..2 {
+        c.execute_ingest(
+            create_or_append.clone(),
+            futures::stream::iter([Ok(batch(10))]),
+        )
+        .await
+        .expect("created, then appended");
+    }
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM bronze.readings").await,
+        20
+    );
 }
