@@ -18,6 +18,7 @@ use std::time::Duration;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use medlake_pgwire::Access;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
@@ -112,7 +113,15 @@ impl Server {
         let service = FlightServiceServer::new(service::Door(self.service))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        // tonic's own TCP_NODELAY setting applies only to listeners it binds: without it, a
+        // small answer (an ingest's record count) waits for the client's delayed ACK (~40 ms).
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(
+            |socket: std::io::Result<tokio::net::TcpStream>| {
+                socket.inspect(|socket| {
+                    let _ = socket.set_nodelay(true);
+                })
+            },
+        );
         if let Err(e) = builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -681,10 +681,15 @@ async fn blind_appends_keep_statistics_history_and_checkpoints() {
         commits as i64
     );
     let log = door._dir.path().join("wh/bronze/readings/_delta_log");
-    assert!(
-        log.join("00000000000000000099.checkpoint.parquet").exists(),
-        "no checkpoint at version 99"
-    );
+    // The checkpoint is written by a task of its own, after the commit of version 99.
+    let checkpoint = log.join("00000000000000000099.checkpoint.parquet");
+    for _ in 0..100 {
+        if checkpoint.exists() && log.join("_last_checkpoint").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(checkpoint.exists(), "no checkpoint at version 99");
     let last: Value =
         serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
     assert_eq!(last["version"], json!(99));

@@ -1011,7 +1011,7 @@ impl Warehouse {
             "append committed"
         );
         if appender.blind {
-            self.checkpoint_if_due(appender).await;
+            self.checkpoint_if_due(appender);
         }
         Ok(Some(version))
     }
@@ -1119,9 +1119,11 @@ impl Warehouse {
 
     /// After a blind append: a checkpoint of the appender's version when it is due
     /// (`delta.checkpointInterval`, 100 by default), then the expired log entries cleaned
-    /// up when the table asks for it, as deltalake's post-commit hook does. A failure is
-    /// logged, not returned: the commit stands, and readers only replay more log.
-    async fn checkpoint_if_due(&self, appender: &Appender) {
+    /// up when the table asks for it, as deltalake's post-commit hook does. Written by a task
+    /// of its own, so the appender's next commit does not wait for it (it reads the log up
+    /// to that version: 100-250 ms). A failure is logged, not returned: the commit stands,
+    /// and readers only replay more log.
+    fn checkpoint_if_due(&self, appender: &Appender) {
         let Ok(state) = appender.table.snapshot() else {
             return;
         };
@@ -1132,47 +1134,46 @@ impl Warehouse {
         }
         let retention = config.log_retention_duration();
         let cleanup = config.enable_expired_log_cleanup();
-        let started = std::time::Instant::now();
-        let name = &appender.name;
-        let delta = |e| Error::delta(&name.schema, &name.table, e);
-        let outcome = async {
-            let table = DeltaTableBuilder::from_url(self.table_url(name)?)
-                .map_err(delta)?
-                .with_version(appender.version)
-                .load()
-                .await
-                .map_err(delta)?;
-            deltalake::checkpoints::create_checkpoint(&table, None)
-                .await
-                .map_err(delta)?;
-            if cleanup {
-                let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
-                deltalake::checkpoints::cleanup_expired_logs_for(
-                    appender.version,
-                    table.log_store().as_ref(),
-                    cutoff,
-                    None,
-                )
-                .await
-                .map_err(delta)?;
+        let (warehouse, name, version) = (self.clone(), appender.name.clone(), appender.version);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let delta = |e| Error::delta(&name.schema, &name.table, e);
+            let outcome = async {
+                let table = DeltaTableBuilder::from_url(warehouse.table_url(&name)?)
+                    .map_err(delta)?
+                    .with_version(version)
+                    .load()
+                    .await
+                    .map_err(delta)?;
+                deltalake::checkpoints::create_checkpoint(&table, None)
+                    .await
+                    .map_err(delta)?;
+                if cleanup {
+                    let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
+                    deltalake::checkpoints::cleanup_expired_logs_for(
+                        version,
+                        table.log_store().as_ref(),
+                        cutoff,
+                        None,
+                    )
+                    .await
+                    .map_err(delta)?;
+                }
+                Ok::<_, Error>(())
             }
-            Ok::<_, Error>(())
-        }
-        .await;
-        match outcome {
-            Ok(()) => debug!(
-                table = %appender.name,
-                version = appender.version,
-                ms = started.elapsed().as_millis() as u64,
-                "checkpoint written"
-            ),
-            Err(e) => warn!(
-                table = %appender.name,
-                version = appender.version,
-                error = %e,
-                "checkpoint after an append failed"
-            ),
-        }
+            .await;
+            match outcome {
+                Ok(()) => debug!(
+                    table = %name,
+                    version,
+                    ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                ),
+                Err(e) => {
+                    warn!(table = %name, version, error = %e, "checkpoint after an append failed")
+                }
+            }
+        });
     }
 
     /// Appends record batches in one commit, creating the table (in an existing schema) on
