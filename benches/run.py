@@ -4,6 +4,7 @@ a Markdown table to stdout (and RESULTS.md with --write-md). Peers run in the sa
 on the same data, in the same run.
 
     python benches/run.py refresh --bin target/release/medlake [--rows 10000000] [--rounds 3]
+    python benches/run.py medallion --bin target/release/medlake [--rows 10000000] [--rounds 3]
     python benches/run.py ingest --bin target/release/medlake [--rows 200000] [--clients 4] [--batch 1000]
     python benches/run.py serve --bin target/release/medlake [--rows 10000000] [--rounds 3]
     python benches/run.py dashboard --bin target/release/medlake [--rows 1000000] [--clients 32] [--seconds 30]
@@ -11,6 +12,10 @@ on the same data, in the same run.
 
 refresh: incremental vs full REFRESH MATERIALIZED VIEW after appending 1% to a bronze table,
 with DuckDB recomputing the same gold table from bronze's Parquet files as the peer.
+
+medallion (medallion.py): a full bronze -> silver -> gold refresh (deduplication, a left join,
+a daily aggregate) against DuckDB running the same SQL and PySpark running the original
+design's transformations over the same Parquet files; the three golds are checked equal.
 
 ingest: device readings pushed over HTTP (POST /v1/ingest, NDJSON, each batch acknowledged once
 committed) by concurrent clients, with PostgreSQL 15's COPY FROM (fsync on) of the same rows
@@ -191,7 +196,7 @@ def refresh(args):
         )
 
 
-WORKLOADS = ["refresh", "ingest", "serve", "dashboard", "spill"]
+WORKLOADS = ["refresh", "medallion", "ingest", "serve", "dashboard", "spill"]
 
 
 def write_results_md(workload, section):
@@ -422,7 +427,53 @@ def find_pg_bin(given):
     sys.exit("PostgreSQL 15 server binaries not found: install postgresql-15 or give --pg-bin DIR")
 
 
+# The rows both medlake warehouses hold after the HTTP and Flight SQL legs, compared (exact
+# integers: `value` in thousandths, so that the sum does not depend on the order of addition).
+INGEST_FINGERPRINT = (
+    "SELECT count(*), count(value), count(unit), count(DISTINCT device_id), sum(patient_id), "
+    "sum(CAST(round(value * 1000) AS BIGINT)), min(taken_at), max(taken_at) FROM bronze.readings"
+)
+
+
+def readings_arrow(ndjson, size, schema):
+    """The same rows as Arrow tables of `size` rows for ADBC ingest, typed like the table
+    (`schema`: bronze.readings as the Flight SQL door declares it); `taken_at` in UTC without
+    its `Z`, as the HTTP door stores it. Built before the clock starts, like COPY's CSV."""
+    import pyarrow as pa
+
+    rows = [json.loads(line) for line in ndjson]
+    tables = []
+    for i in range(0, len(rows), size):
+        part = rows[i : i + size]
+        columns = {name: [r[name] for r in part] for name in ["device_id", "patient_id", "metric", "value", "unit"]}
+        columns["value"] = pa.array([None if v is None else float(v) for v in columns["value"]], pa.float64())
+        columns["taken_at"] = pa.array([r["taken_at"].rstrip("Z") for r in part]).cast(pa.timestamp("us"))
+        table = pa.table(columns)
+        tables.append(table.select(schema.names).cast(schema))
+    return tables
+
+
+class FlightIngestClient:
+    """One ADBC Flight SQL connection and its cursor, for `run_clients`."""
+
+    def __init__(self, server):
+        self.conn = server.flight_connect()
+        self.cursor = self.conn.cursor()
+
+    def close(self):
+        self.cursor.close()
+        self.conn.close()
+
+
+def flight_history(conn, table="bronze.readings"):
+    """`DESCRIBE HISTORY` of the table through the Flight SQL door: one dict per commit."""
+    with conn.cursor() as cur:
+        cur.execute(f"DESCRIBE HISTORY {table}")
+        return cur.fetch_arrow_table().to_pylist()
+
+
 def ingest(args):
+    import adbc_driver_flightsql
     import psycopg
 
     pg_bin = find_pg_bin(args.pg_bin)
@@ -479,6 +530,7 @@ def ingest(args):
             commits_before = server.metric("medlake_ingest_commits_total") or 0
             for r, result in enumerate(rounds):
                 jobs = [(f"bench-{os.getpid()}-{r}-{i}", body, body.count(b"\n")) for i, body in enumerate(ndjson_batches)]
+                load = round(os.getloadavg()[0], 2)
                 seconds, latencies = run_clients(args.clients, jobs, connect, post)
                 commits = server.metric("medlake_ingest_commits_total")
                 result["medlake_http"] = {
@@ -488,6 +540,7 @@ def ingest(args):
                     "p99_ms": percentile(latencies, 0.99),
                     "requests": len(latencies),
                     "commits": None if commits is None else commits - commits_before,
+                    "load_1min_before": load,
                 }
                 commits_before = commits or 0
                 print(f"round {r + 1}/{args.rounds}: medlake {result['medlake_http']}", file=sys.stderr)
@@ -500,6 +553,62 @@ def ingest(args):
         if count != [[str(args.rows * args.rounds)]]:
             sys.exit(f"bronze.readings holds {count} rows, not {args.rows * args.rounds}")
         version = subprocess.run([args.bin, "--version"], capture_output=True, text=True).stdout.strip()
+
+        # medlake over Flight SQL: ADBC `adbc_ingest` (CommandStatementIngest, append) of the
+        # same batches as Arrow tables into bronze.readings of a second, fresh warehouse (so
+        # that neither leg commits on top of the other's files), from as many clients, each
+        # with its own connection. ADBC ingest has no idempotency key, so nothing is retried:
+        # a client whose answer is lost cannot tell whether its batch was committed.
+        flight_warehouse = work / "warehouse-flight"
+        Medlake(args.bin, flight_warehouse).run(sql_file("medlake.sql", "ingest"))
+        server = MedlakeDoors(args.bin, flight_warehouse, work / "serve-flight.log")
+        try:
+            with server.flight_connect() as conn:
+                declared = conn.adbc_get_table_schema("readings", db_schema_filter="bronze")
+                history = flight_history(conn)
+            arrow_batches = readings_arrow(ndjson, args.batch, declared)
+            ingested = [0]
+
+            def put(client, table):
+                rows = client.cursor.adbc_ingest("readings", table, mode="append", db_schema_name="bronze")
+                if rows != table.num_rows:
+                    raise RuntimeError(f"ADBC ingest of {table.num_rows} rows answered {rows}")
+                with counted:
+                    ingested[0] += rows
+                return client
+
+            for r, result in enumerate(rounds):
+                before = max(h["version"] for h in history)
+                load = round(os.getloadavg()[0], 2)
+                seconds, latencies = run_clients(args.clients, arrow_batches, lambda: FlightIngestClient(server), put)
+                with server.flight_connect() as conn:
+                    history = flight_history(conn)
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT count(*) FROM bronze.readings")
+                        held = cur.fetchone()[0]
+                if held != args.rows * (r + 1):
+                    sys.exit(f"after round {r + 1} the Flight SQL warehouse's bronze.readings holds {held} rows, not {args.rows * (r + 1)}")
+                commits = [h for h in history if h["version"] > before]
+                result["medlake_flight"] = {
+                    "seconds": seconds,
+                    "readings_per_s": args.rows / seconds,
+                    "p50_ms": percentile(latencies, 0.5),
+                    "p99_ms": percentile(latencies, 0.99),
+                    "requests": len(latencies),
+                    "commits": len(commits),
+                    # as the commits record them (deltalake's retries of a commit that found its
+                    # version taken; medlake's blind appends record 0)
+                    "commit_retries": sum(json.loads(h["metrics"] or "{}").get("num_retries", 0) for h in commits),
+                    "load_1min_before": load,
+                }
+                print(f"round {r + 1}/{args.rounds}: medlake flight sql {result['medlake_flight']}", file=sys.stderr)
+        finally:
+            server.stop()
+        if ingested[0] != args.rows * args.rounds:
+            sys.exit(f"medlake's Flight SQL door acknowledged {ingested[0]} rows, not {args.rows * args.rounds}")
+        fingerprints = [Medlake(args.bin, w).rows(INGEST_FINGERPRINT) for w in [warehouse, flight_warehouse]]
+        if fingerprints[0] != fingerprints[1]:
+            sys.exit(f"the HTTP and Flight SQL warehouses hold different rows: {fingerprints[0]} vs {fingerprints[1]}")
 
         # PostgreSQL: COPY FROM STDIN (CSV), the same batches from the same number of clients,
         # one transaction each; then one COPY of everything.
@@ -522,6 +631,7 @@ def ingest(args):
                 return conn
 
             for r, result in enumerate(rounds):
+                load = round(os.getloadavg()[0], 2)
                 seconds, latencies = run_clients(args.clients, csv_batches, pg.connect, copy)
                 result["postgres_copy_batches"] = {
                     "seconds": seconds,
@@ -530,6 +640,7 @@ def ingest(args):
                     "p99_ms": percentile(latencies, 0.99),
                     "requests": len(latencies),
                     "commits": len(csv_batches),
+                    "load_1min_before": load,
                 }
                 with pg.connect() as conn:
                     t = time.perf_counter()
@@ -550,9 +661,10 @@ def ingest(args):
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(pg_root, ignore_errors=True)
 
-    sides = ["medlake_http", "postgres_copy_batches", "postgres_copy_single"]
+    sides = ["medlake_http", "medlake_flight", "postgres_copy_batches", "postgres_copy_single"]
     median = {side: {k: statistics.median(r[side][k] for r in rounds) for k in rounds[0][side] if rounds[0][side][k] is not None} for side in sides}
     build = "release" if "/release/" in str(Path(args.bin).resolve()) else "debug" if "/debug/" in str(Path(args.bin).resolve()) else "unknown"
+    per_s = {side: median[side]["readings_per_s"] for side in sides}
     result = {
         "workload": "ingest",
         "command": " ".join(sys.argv),
@@ -562,22 +674,31 @@ def ingest(args):
         "batches": len(ndjson_batches),
         "ndjson_bytes": sum(len(b) for b in ndjson_batches),
         "csv_bytes": len(all_csv),
+        "arrow_bytes": sum(t.nbytes for t in arrow_batches),
         "rounds": rounds,
         "median": median,
         "ratios": {
-            "medlake_over_postgres_copy_batches": median["medlake_http"]["readings_per_s"] / median["postgres_copy_batches"]["readings_per_s"],
-            "medlake_over_postgres_copy_single": median["medlake_http"]["readings_per_s"] / median["postgres_copy_single"]["readings_per_s"],
+            f"{side}_over_{peer}": per_s[side] / per_s[peer]
+            for side in ["medlake_http", "medlake_flight"]
+            for peer in ["postgres_copy_batches", "postgres_copy_single"]
         },
-        "medlake": {"version": version, "build": build, "busy_answers": busy, "retries": retries[0]},
+        "medlake": {
+            "version": version,
+            "build": build,
+            "busy_answers": busy,
+            "retries": retries[0],
+            "same_rows_in_both_warehouses": fingerprints[0],
+        },
         "postgres": settings,
-        "durability": "medlake answers 200 once the Delta commit holding the batch exists (files "
-        "written and the commit file created through object_store's local file system, which "
-        "does not fsync); PostgreSQL answers once the transaction's WAL is fsynced (fsync=on, "
-        "synchronous_commit=on).",
+        "durability": "medlake answers (HTTP 200, Flight SQL's DoPut result) once the Delta commit "
+        "holding the batch exists (files written and the commit file created through "
+        "object_store's local file system, which does not fsync); PostgreSQL answers once the "
+        "transaction's WAL is fsynced (fsync=on, synchronous_commit=on).",
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "psycopg": psycopg.__version__,
+            "adbc_driver_flightsql": adbc_driver_flightsql.__version__,
             "load_before": load_before,
             "load_after": [round(x, 2) for x in os.getloadavg()],
         },
@@ -590,6 +711,12 @@ def ingest(args):
         m = median[side]
         return f"{m['p50_ms']:.0f} / {m['p99_ms']:.0f}"
 
+    def ratios(side):
+        return " | ".join(f"{per_s[side] / per_s[peer]:.3f}" for peer in ["postgres_copy_batches", "postgres_copy_single"])
+
+    def by_round(side):
+        return " / ".join(f"{r[side]['readings_per_s']:,.0f}" for r in rounds)
+
     pg_version = settings["server_version"].split()[0]
     table = "\n".join(
         [
@@ -597,25 +724,33 @@ def ingest(args):
             f"{args.clients} concurrent clients in batches of {args.batch:,} rows, each batch "
             f"acknowledged once committed; median of {args.rounds} round{'s' if args.rounds > 1 else ''}:",
             "",
-            "| system | load | readings/s | ms per batch, p50 / p99 | commits |",
-            "|---|---|---:|---:|---:|",
+            "| system | load | readings/s | / PostgreSQL per-batch COPY | / PostgreSQL one COPY | ms per batch, p50 / p99 | commits a round |",
+            "|---|---|---:|---:|---:|---:|---:|",
             f"| medlake ({build} build) | HTTP `POST /v1/ingest/bronze.readings`, NDJSON | "
-            f"{median['medlake_http']['readings_per_s']:,.0f} | {ms('medlake_http')} | "
+            f"{per_s['medlake_http']:,.0f} | {ratios('medlake_http')} | {ms('medlake_http')} | "
             f"{median['medlake_http'].get('commits', float('nan')):.0f} |",
+            f"| medlake ({build} build) | Flight SQL, ADBC `adbc_ingest(\"readings\", table, mode=\"append\", db_schema_name=\"bronze\")`, Arrow | "
+            f"{per_s['medlake_flight']:,.0f} | {ratios('medlake_flight')} | {ms('medlake_flight')} | "
+            f"{median['medlake_flight']['commits']:.0f} |",
             f"| PostgreSQL {pg_version}, fsync on | `COPY readings FROM STDIN (FORMAT csv)`, a transaction per batch | "
-            f"{median['postgres_copy_batches']['readings_per_s']:,.0f} | {ms('postgres_copy_batches')} | "
-            f"{len(csv_batches)} |",
+            f"{per_s['postgres_copy_batches']:,.0f} | 1 | {per_s['postgres_copy_batches'] / per_s['postgres_copy_single']:.3f} | "
+            f"{ms('postgres_copy_batches')} | {len(csv_batches)} |",
             f"| PostgreSQL {pg_version}, fsync on | one `COPY` of every row, one transaction | "
-            f"{median['postgres_copy_single']['readings_per_s']:,.0f} | | 1 |",
+            f"{per_s['postgres_copy_single']:,.0f} | {per_s['postgres_copy_single'] / per_s['postgres_copy_batches']:.3f} | 1 | | 1 |",
             "",
-            f"medlake / PostgreSQL batches = {result['ratios']['medlake_over_postgres_copy_batches']:.3f}; "
-            f"medlake / PostgreSQL one COPY = {result['ratios']['medlake_over_postgres_copy_single']:.3f}. "
-            "medlake groups the batches that arrive together into one Delta commit.",
+            "The HTTP door groups the batches that arrive together into one Delta commit; each Flight "
+            "SQL ingest is a commit of its own (concurrent ingests into one table wait for its "
+            "appender in turn). ADBC ingest carries no idempotency key, so a Flight SQL ingest is "
+            "never retried. Each medlake leg has a warehouse "
+            "of its own, and each round appends to the same table, which grows by a round's commits: "
+            f"HTTP by round {by_round('medlake_http')} readings/s, Flight SQL by round "
+            f"{by_round('medlake_flight')} readings/s. Both warehouses hold the same rows afterwards "
+            "(count, NULLs, sums, first and last `taken_at` compared).",
             "",
-            "medlake by round (the same table, which grows by a round's commits each time): "
-            + " / ".join(f"{r['medlake_http']['readings_per_s']:,.0f}" for r in rounds)
-            + " readings/s. Machine load average (1/5/15 min) before: "
-            + f"{result['machine']['load_before']}, after: {result['machine']['load_after']}.",
+            f"Machine load average (1/5/15 min) before: {result['machine']['load_before']}, "
+            f"after: {result['machine']['load_after']}; 1-minute load at the start of each round, "
+            + "; ".join(f"{name} " + " / ".join(f"{r[side]['load_1min_before']:.2f}" for r in rounds) for name, side in [("HTTP", "medlake_http"), ("Flight SQL", "medlake_flight"), ("PostgreSQL batches", "postgres_copy_batches")])
+            + ".",
         ]
     )
     if build != "release":
@@ -1534,6 +1669,8 @@ def add_serve_dashboard_spill_parsers(sub):
 
 
 def main():
+    import medallion  # its own module; it imports this one
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="workload", required=True)
     r = sub.add_parser("refresh", help="incremental vs full refresh after a 1%% append")
@@ -1544,18 +1681,20 @@ def main():
     r.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="DuckDB threads")
     r.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
     r.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
-    i = sub.add_parser("ingest", help="HTTP push ingest vs PostgreSQL COPY of the same device readings")
+    i = sub.add_parser("ingest", help="HTTP and Flight SQL push ingest vs PostgreSQL COPY of the same device readings")
     i.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
     i.add_argument("--rows", type=int, default=200_000, help="readings loaded in each round")
     i.add_argument("--clients", type=int, default=4, help="concurrent clients on each side")
-    i.add_argument("--batch", type=int, default=1000, help="rows per POST / per COPY")
+    i.add_argument("--batch", type=int, default=1000, help="rows per POST / ADBC ingest / COPY")
     i.add_argument("--rounds", type=int, default=3)
     i.add_argument("--pg-bin", help="PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)")
     i.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
     i.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
     add_serve_dashboard_spill_parsers(sub)
+    medallion.add_parser(sub)
     args = parser.parse_args()
-    {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill}[args.workload](args)
+    {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill,
+     "medallion": medallion.medallion}[args.workload](args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ step "toolchain components"
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-step "Debian packages: psql (postgresql-client), pgjdbc (libpostgresql-jdbc-java), Java, PostgreSQL 15 (the ingest benchmark's peer)"
+step "Debian packages: psql (postgresql-client), pgjdbc (libpostgresql-jdbc-java), Java (pgjdbc, the medallion benchmark's PySpark), PostgreSQL 15 (the ingest benchmark's peer)"
 need=()
 command -v psql >/dev/null || need+=(postgresql-client)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
@@ -81,7 +81,11 @@ step "the refresh benchmark, small (checks the runner; figures come from release
 "$VENV/bin/python" benches/run.py refresh --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"
 
-step "the ingest benchmark, small (medlake serve --http and medlake simulate's data against PostgreSQL COPY)"
+step "the medallion benchmark, small (bronze -> silver -> gold in medlake, DuckDB and PySpark, golds checked equal)"
+"$VENV/bin/python" benches/run.py medallion --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
+    --out "$demo/bench-results"
+
+step "the ingest benchmark, small (medlake simulate's data over HTTP and Flight SQL ADBC ingest against PostgreSQL COPY)"
 "$VENV/bin/python" benches/run.py ingest --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"
 
