@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import time
@@ -89,6 +90,14 @@ class MedlakeServe:
                 self.stop()
                 pytest.fail("medlake serve did not start:\n" + self.log_path.read_text())
             time.sleep(0.2)
+
+    def port(self, door):
+        """The port `door` ("postgres", "flight sql", "http") listens on, as the server printed
+        it: doors opened on port 0 get a free one with no race for it."""
+        found = re.search(rf"medlake serve: {door} on 127\.0\.0\.1:(\d+)", self.log_path.read_text())
+        if not found:
+            pytest.fail(f"medlake serve did not say where {door} listens:\n" + self.log_path.read_text())
+        return int(found.group(1))
 
     def stop(self):
         self.process.terminate()

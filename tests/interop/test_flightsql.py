@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from helpers import MedlakeServe, free_port, run_medlake, write_tls_files
+from helpers import MedlakeServe, run_medlake, write_tls_files
 
 SEED = [
     """CREATE TABLE bronze.readings (
@@ -50,11 +50,10 @@ token_lifetime_seconds = {lifetime}
 cert = "{root / 'server.crt'}"
 key = "{root / 'server.key'}"
 """)
-    port = free_port()
     serve = MedlakeServe(root, ["--warehouse", str(warehouse), "--config", str(config),
-                                "--pg", "127.0.0.1:0", "--flight", f"127.0.0.1:{port}", "--http", "127.0.0.1:0"],
+                                "--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"],
                          {"TEST_ALICE_PASSWORD": ALICE[1]}, "flight sql on")
-    return serve, port, ca
+    return serve, serve.port("flight sql"), ca
 
 
 @pytest.fixture(scope="module")

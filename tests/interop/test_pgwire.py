@@ -11,7 +11,7 @@ import threading
 import psycopg
 import pytest
 
-from helpers import MedlakeServe, free_port, run_medlake, write_tls_files
+from helpers import MedlakeServe, run_medlake, write_tls_files
 
 SEED = [
     """CREATE TABLE bronze.readings (
@@ -54,10 +54,10 @@ method = "md5"
 cert = "{root / 'server.crt'}"
 key = "{root / 'server.key'}"
 """)
-    port = free_port()
     serve = MedlakeServe(root, ["--warehouse", str(warehouse), "--config", str(config),
-                                "--pg", f"127.0.0.1:{port}", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                                "--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"],
                          {"TEST_ALICE_PASSWORD": ALICE[1]}, "postgres on")
+    port = serve.port("postgres")
     try:
         yield {"port": port, "ca": str(root / "ca.crt"), "root": root, "log": serve.log_path}
     finally:

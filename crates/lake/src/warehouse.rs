@@ -237,9 +237,11 @@ fn blind_appendable(table: &DeltaTable) -> bool {
     features_ok && !invariants && !constraints
 }
 
-/// `batch` with the columns of `target` in its order and types (DataFusion's `Utf8View`
-/// becomes the Delta writer's `Utf8`); a column `target` has and `batch` lacks is NULL, one
-/// `batch` has and `target` lacks is refused.
+/// `batch` with the columns of `target` in its order and types. Only representations of the
+/// same values are converted (DataFusion's `Utf8View` to the Delta writer's `Utf8`, a
+/// narrower integer or float to a wider one, another timestamp unit); a batch of another
+/// shape (a column missing, extra or of another type) is refused, as deltalake's write
+/// refuses it.
 fn conform(
     batch: RecordBatch,
     target: &SchemaRef,
@@ -247,29 +249,57 @@ fn conform(
     if batch.schema() == *target {
         return Ok(batch);
     }
+    let mismatch = |msg: String| DeltaTableError::SchemaMismatch { msg };
     if let Some(extra) = batch
         .schema()
         .fields()
         .iter()
         .find(|f| target.field_with_name(f.name()).is_err())
     {
-        return Err(DeltaTableError::SchemaMismatch {
-            msg: format!("the table has no column '{}'", extra.name()),
-        });
+        return Err(mismatch(format!(
+            "the table has no column '{}'",
+            extra.name()
+        )));
     }
     let columns = target
         .fields()
         .iter()
-        .map(|field| match batch.column_by_name(field.name()) {
-            Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
-            Some(column) => arrow::compute::cast(column, field.data_type()),
-            None => Ok(arrow::array::new_null_array(
-                field.data_type(),
-                batch.num_rows(),
-            )),
+        .map(|field| {
+            let column = batch
+                .column_by_name(field.name())
+                .ok_or_else(|| mismatch(format!("the data has no column '{}'", field.name())))?;
+            let (from, to) = (column.data_type(), field.data_type());
+            if from == to {
+                Ok(column.clone())
+            } else if same_values(from, to) {
+                Ok(arrow::compute::cast(column, to)?)
+            } else {
+                Err(mismatch(format!(
+                    "column '{}' is {from} in the data and {to} in the table",
+                    field.name()
+                )))
+            }
         })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+        .collect::<std::result::Result<Vec<_>, DeltaTableError>>()?;
     Ok(RecordBatch::try_new(target.clone(), columns)?)
+}
+
+/// Whether values of type `from` are written as `to` without changing any of them.
+fn same_values(from: &arrow::datatypes::DataType, to: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType::*;
+    match (from, to) {
+        (Null, _) => true,
+        (Utf8 | Utf8View | LargeUtf8, Utf8 | Utf8View | LargeUtf8)
+        | (Binary | BinaryView | LargeBinary, Binary | BinaryView | LargeBinary) => true,
+        (Int8 | Int16 | Int32, Int64) | (Int8 | Int16, Int32) | (Int8, Int16) => true,
+        (Float16 | Float32, Float64) | (Float16, Float32) => true,
+        (Timestamp(_, a), Timestamp(_, b)) => a.is_some() == b.is_some(),
+        // Nested values whose leaves differ only as above (a struct of Utf8View fields).
+        (Struct(_), Struct(_))
+        | (List(_) | LargeList(_) | ListView(_), List(_) | LargeList(_))
+        | (Map(..), Map(..)) => arrow::compute::can_cast_types(from, to),
+        _ => false,
+    }
 }
 
 /// One commit of a table, as `DESCRIBE HISTORY` shows it.
