@@ -416,15 +416,51 @@ class Postgres:
 
 
 def find_pg_bin(given):
+    """PostgreSQL 15's server binaries: --pg-bin, Debian's folder, or initdb on PATH; installed
+    from the Debian package postgresql-15 when none is there and apt-get can."""
     if given:
         return Path(given)
-    for candidate in [Path("/usr/lib/postgresql/15/bin")]:
-        if (candidate / "postgres").exists():
-            return candidate
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(initdb).resolve().parent
+    for attempt in range(2):
+        for candidate in [Path("/usr/lib/postgresql/15/bin")]:
+            if (candidate / "postgres").exists():
+                return candidate
+        initdb = shutil.which("initdb")
+        if initdb:
+            return Path(initdb).resolve().parent
+        if attempt == 0 and shutil.which("apt-get") and os.geteuid() == 0:
+            print("installing postgresql-15 (Debian) for the PostgreSQL peer", file=sys.stderr)
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            subprocess.run(["apt-get", "install", "-y", "-q", "postgresql-15"], env=env, check=False)
     sys.exit("PostgreSQL 15 server binaries not found: install postgresql-15 or give --pg-bin DIR")
+
+
+# The Python peers and clients the workloads import (module -> PyPI name), installed into this
+# interpreter at the versions tests/interop/requirements.txt pins when missing.
+PYTHON_PEERS = {
+    "duckdb": "duckdb",
+    "psycopg": "psycopg[binary]",
+    "pyarrow": "pyarrow",
+    "adbc_driver_manager": "adbc-driver-manager",
+    "adbc_driver_flightsql": "adbc-driver-flightsql",
+    "adbc_driver_postgresql": "adbc-driver-postgresql",
+    "deltalake": "deltalake",
+}
+
+
+def ensure_python_peers():
+    import importlib.util
+
+    missing = [name for module, name in PYTHON_PEERS.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        return
+    pins = {}
+    for line in (HERE.parent / "tests" / "interop" / "requirements.txt").read_text().splitlines():
+        name, _, version = line.strip().partition("==")
+        if version and not name.startswith("#"):
+            pins[name] = line.strip()
+    wanted = [pins.get(name, name) for name in missing]
+    print(f"installing {' '.join(wanted)} into {sys.prefix}", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *wanted], check=True)
 
 
 # The rows both medlake warehouses hold after the HTTP and Flight SQL legs, compared (exact
@@ -1693,6 +1729,7 @@ def main():
     add_serve_dashboard_spill_parsers(sub)
     medallion.add_parser(sub)
     args = parser.parse_args()
+    ensure_python_peers()
     {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill,
      "medallion": medallion.medallion}[args.workload](args)
 
