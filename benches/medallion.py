@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import HERE, Medlake, build_of, load_average, query_text, sql_file, write_result
+from run import HERE, Medlake, build_of, load_average, query_text, sql_file, workload_parser, write_result
 
 SQL = HERE / "medallion"
 PYSPARK = "pyspark==4.3.0"
@@ -216,8 +216,7 @@ def medallion(args):
 
 
 def add_parser(sub):
-    m = sub.add_parser("medallion", help="a full bronze -> silver -> gold refresh vs DuckDB and PySpark")
-    m.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    m = workload_parser(sub, "medallion", "a full bronze -> silver -> gold refresh vs DuckDB and PySpark")
     m.add_argument("--rows", type=int, default=10_000_000, help="bronze readings (100M: --rows 100000000)")
     m.add_argument("--patients", type=int, default=10_000, help="patients the readings are spread over")
     m.add_argument("--rounds", type=int, default=3, help="timed rounds; the median is reported")
@@ -225,5 +224,3 @@ def add_parser(sub):
     m.add_argument("--driver-memory", default="4g", help="PySpark's spark.driver.memory")
     m.add_argument("--shuffle-partitions", type=int,
                    help="PySpark's spark.sql.shuffle.partitions (default: 4 per thread, at least one per 2M rows)")
-    m.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
-    m.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")

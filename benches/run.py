@@ -1671,18 +1671,23 @@ def spill(args):
     write_result(args, "spill", result, "\n".join(lines), f"`{result['command']}` on {os.cpu_count()} cores.")
 
 
+def workload_parser(sub, name, help):
+    """A workload's subcommand with the arguments every workload takes."""
+    parser = sub.add_parser(name, help=help)
+    parser.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    parser.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
+    parser.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
+    return parser
+
+
 def add_serve_dashboard_spill_parsers(sub):
-    s = sub.add_parser("serve", help="a large result through the Postgres and Flight SQL doors vs PostgreSQL 15")
-    s.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    s = workload_parser(sub, "serve", "a large result through the Postgres and Flight SQL doors vs PostgreSQL 15")
     s.add_argument("--rows", type=int, default=10_000_000, help="rows in the table and the result")
     s.add_argument("--rounds", type=int, default=3, help="timed rounds (after one untimed check)")
     s.add_argument("--methods", default="copy,select,arrow", help="of copy, select, arrow")
     s.add_argument("--fetch-size", type=int, default=10_000, help="rows per fetch of psycopg's stream()")
     s.add_argument("--pg-bin", help="PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)")
-    s.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
-    s.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
-    d = sub.add_parser("dashboard", help="concurrent dashboard queries over the Postgres wire vs PostgreSQL 15")
-    d.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    d = workload_parser(sub, "dashboard", "concurrent dashboard queries over the Postgres wire vs PostgreSQL 15")
     d.add_argument("--rows", type=int, default=1_000_000, help="gold rows (patients x 100 days x 5 metrics)")
     d.add_argument("--clients", type=int, default=32, help="concurrent connections on each side")
     d.add_argument("--seconds", type=float, default=30, help="measured seconds on each side")
@@ -1690,18 +1695,13 @@ def add_serve_dashboard_spill_parsers(sub):
     d.add_argument("--check-params", type=int, default=5, help="parameter sets per query in the check")
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--pg-bin", help="PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)")
-    d.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
-    d.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
-    p = sub.add_parser("spill", help="a refresh far larger than MEDLAKE_MEMORY_LIMIT, at 1x and 2x data, vs DuckDB")
-    p.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    p = workload_parser(sub, "spill", "a refresh far larger than MEDLAKE_MEMORY_LIMIT, at 1x and 2x data, vs DuckDB")
     p.add_argument("--rows", type=int, default=50_000_000, help="bronze rows at 1x")
     p.add_argument("--factors", type=int, default=2, help="1x, 2x, ... data")
     p.add_argument("--memory-limit", default="256MB", help="MEDLAKE_MEMORY_LIMIT and DuckDB's memory_limit")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="DuckDB threads")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the refresh without a limit")
     p.add_argument("--no-explain", dest="explain", action="store_false", help="skip EXPLAIN ANALYZE (the spill counts)")
-    p.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
-    p.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
 
 
 def main():
@@ -1709,23 +1709,17 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="workload", required=True)
-    r = sub.add_parser("refresh", help="incremental vs full refresh after a 1%% append")
-    r.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    r = workload_parser(sub, "refresh", "incremental vs full refresh after a 1%% append")
     r.add_argument("--rows", type=int, default=10_000_000)
     r.add_argument("--append-fraction", type=float, default=0.01)
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="DuckDB threads")
-    r.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
-    r.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
-    i = sub.add_parser("ingest", help="HTTP and Flight SQL push ingest vs PostgreSQL COPY of the same device readings")
-    i.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
+    i = workload_parser(sub, "ingest", "HTTP and Flight SQL push ingest vs PostgreSQL COPY of the same device readings")
     i.add_argument("--rows", type=int, default=200_000, help="readings loaded in each round")
     i.add_argument("--clients", type=int, default=4, help="concurrent clients on each side")
     i.add_argument("--batch", type=int, default=1000, help="rows per POST / ADBC ingest / COPY")
     i.add_argument("--rounds", type=int, default=3)
     i.add_argument("--pg-bin", help="PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)")
-    i.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
-    i.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
     add_serve_dashboard_spill_parsers(sub)
     medallion.add_parser(sub)
     args = parser.parse_args()
