@@ -1,0 +1,260 @@
+"""The Flight SQL door before the token check and around prepared statements: every RPC without
+a valid bearer token is UNAUTHENTICATED (and does nothing), a prepared statement handle works
+only for the user who created it, and prepared statements and bound parameters are capped."""
+
+import secrets
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from attack import (SECRET_ENV, USERS, RawFlight, adbc_connect, admin_rows, any_command, diff,
+                    fingerprint, flight_client, note, pb_bytes)
+
+
+def unauthenticated_options(kind):
+    headers = {
+        "none": [],
+        "garbage": [(b"authorization", b"Bearer 1234")],
+        "empty": [(b"authorization", b"Bearer ")],
+        "password_as_token": [(b"authorization", f"Bearer {SECRET_ENV['P_ADMIN']}".encode())],
+        "ingest_token": [(b"authorization", f"Bearer {SECRET_ENV['T_GW']}".encode())],
+        "basic_wrong": [(b"authorization", b"Basic YWRtaW46d3Jvbmc=")],
+        "long": [(b"authorization", b"Bearer " + b"A" * 8000)],
+    }[kind]
+    return flight.FlightCallOptions(headers=headers, timeout=30)
+
+
+TOKENS = ["none", "garbage", "empty", "password_as_token", "ingest_token", "basic_wrong", "long"]
+
+
+def ingest_descriptor(table="readings", schema="bronze"):
+    # CommandStatementIngest{table_definition_options=1, table=2, schema=3}
+    payload = pb_bytes(2, table.encode()) + pb_bytes(3, schema.encode())
+    return flight.FlightDescriptor.for_command(any_command("CommandStatementIngest", payload))
+
+
+def update_descriptor(sql):
+    return flight.FlightDescriptor.for_command(
+        any_command("CommandStatementUpdate", pb_bytes(1, sql.encode())))
+
+
+def query_descriptor(sql):
+    return flight.FlightDescriptor.for_command(
+        any_command("CommandStatementQuery", pb_bytes(1, sql.encode())))
+
+
+EVIL = pa.table({
+    "device_id": pa.array(["evil"], pa.string()), "patient_id": pa.array([666], pa.int64()),
+    "metric": pa.array(["heart_rate"], pa.string()), "value": pa.array([6.66]),
+    "ts": pa.array([0], pa.timestamp("us")),
+})
+
+
+def call(client, rpc, options, ticket=None):
+    if rpc == "get_flight_info":
+        return client.get_flight_info(query_descriptor("SELECT * FROM bronze.readings"), options)
+    if rpc == "get_schema":
+        return client.get_schema(query_descriptor("SELECT * FROM bronze.readings"), options)
+    if rpc == "do_get_garbage":
+        return client.do_get(flight.Ticket(b"garbage"), options).read_all()
+    if rpc == "do_get_replayed_ticket":
+        return client.do_get(ticket, options).read_all()
+    if rpc == "do_put_ingest":
+        writer, reader = client.do_put(ingest_descriptor(), EVIL.schema, options)
+        writer.write_table(EVIL)
+        writer.done_writing()
+        reader.read()
+        writer.close()
+        return None
+    if rpc == "do_put_update":
+        writer, reader = client.do_put(update_descriptor("DROP TABLE victim.t"), pa.schema([]),
+                                       options)
+        writer.done_writing()
+        reader.read()
+        writer.close()
+        return None
+    if rpc == "do_action_prepare":
+        body = any_command("ActionCreatePreparedStatementRequest",
+                           pb_bytes(1, b"SELECT * FROM bronze.readings"))
+        return list(client.do_action(flight.Action("CreatePreparedStatement", body), options))
+    if rpc == "list_flights":
+        return list(client.list_flights(b"", options))
+    if rpc == "list_actions":
+        return client.list_actions(options)
+    raise ValueError(rpc)
+
+
+RPCS = ["get_flight_info", "get_schema", "do_get_garbage", "do_get_replayed_ticket",
+        "do_put_ingest", "do_put_update", "do_action_prepare", "list_flights", "list_actions"]
+
+
+@pytest.fixture(scope="module")
+def real_ticket(main):
+    owner = RawFlight(main, USERS["admin"])
+    info = owner.client.get_flight_info(query_descriptor("SELECT * FROM bronze.readings"),
+                                        owner.options)
+    yield info.endpoints[0].ticket
+    owner.close()
+
+
+@pytest.mark.parametrize("token", TOKENS)
+@pytest.mark.parametrize("rpc", RPCS)
+def test_rpcs_without_a_valid_token_are_unauthenticated(main, rpc, token, real_ticket):
+    client = flight_client(main)
+    before = fingerprint(main)
+    try:
+        with pytest.raises(flight.FlightUnauthenticatedError) as refused:
+            call(client, rpc, unauthenticated_options(token), real_ticket)
+        note("flight preauth", str(refused.value))
+        for value in SECRET_ENV.values():
+            assert value not in str(refused.value)
+    finally:
+        client.close()
+    changed = diff(before, fingerprint(main))
+    if changed:
+        main.reset()
+    assert not changed, changed
+
+
+def test_unauthenticated_doput_is_not_buffered(main):
+    """Three 40 MiB DoPut streams without a token: the server's peak memory must not grow by
+    their size (the token is checked on the headers, before any message is read)."""
+    big = pa.table({"device_id": pa.array(["x" * 1000] * 40_000, pa.string())})
+    main.reset_peak_memory()
+    before = main.memory("VmHWM")
+    for _ in range(3):
+        client = flight_client(main)
+        try:
+            writer, reader = client.do_put(ingest_descriptor("evil_big"), big.schema,
+                                           unauthenticated_options("garbage"))
+            writer.write_table(big)
+            writer.done_writing()
+            reader.read()
+            writer.close()
+        except flight.FlightError as e:
+            note("big doput", str(e))
+        finally:
+            client.close()
+    grown = main.memory("VmHWM") - before
+    assert grown < 40 << 20, f"peak memory grew by {grown >> 20} MiB for unauthenticated DoPuts"
+    assert admin_rows(main, "SELECT count(*) FROM information_schema.tables "
+                            "WHERE table_name = 'evil_big'") == [(0,)]
+
+
+def test_expired_or_foreign_bearer_tokens(main):
+    """A token issued to one user is not accepted with a tweak; the Basic handshake with a
+    wrong password gives nothing."""
+    client = flight_client(main)
+    header = client.authenticate_basic_token(*USERS["reader"])
+    name, value = header
+    tweaked = value[:-2] + (b"AA" if not value.endswith(b"AA") else b"BB")
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.get_flight_info(query_descriptor("SELECT 1"),
+                               flight.FlightCallOptions(headers=[(name, tweaked)]))
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.authenticate_basic_token("reader", SECRET_ENV["P_ADMIN"])
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.authenticate_basic_token("nobody", SECRET_ENV["P_ADMIN"])
+    client.close()
+
+
+def test_prepared_statement_handles_belong_to_their_user(main):
+    writer = RawFlight(main, USERS["writer"])
+    reader = RawFlight(main, USERS["reader"])
+    try:
+        insert = writer.create_prepared("INSERT INTO victim.t VALUES (99)")
+        select = writer.create_prepared("SELECT * FROM victim.t")
+        note("handles", repr((insert, select)))
+        assert len(insert) >= 16 and len(select) >= 16, \
+            f"prepared statement handles are guessable: {insert!r} {select!r}"
+        assert insert != select
+        before = fingerprint(main)
+        with pytest.raises(flight.FlightError) as used:
+            reader.prepared_update(insert)
+        note("foreign handle", str(used.value))
+        with pytest.raises(flight.FlightError):
+            reader.prepared_query(select)
+        # Closing another user's statement does nothing either.
+        body = any_command("ActionClosePreparedStatementRequest", pb_bytes(1, select))
+        with pytest.raises(flight.FlightError):
+            reader.action("ClosePreparedStatement", body)
+        assert diff(before, fingerprint(main)) == []
+        # The owner still has both.
+        assert writer.prepared_query(select)[0].num_rows == 2
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_prepared_statements_are_capped_per_user(main):
+    """max_prepared_per_user = 256: the 257th evicts the least recently used; memory does not
+    grow with the number created."""
+    admin = RawFlight(main, USERS["admin"])
+    filler = "-- " + "x" * (128 << 10) + "\n"
+    try:
+        first = admin.create_prepared("SELECT 1 AS a")
+        main.reset_peak_memory()
+        rss_before = main.memory("VmRSS")
+        handles = [admin.create_prepared(f"SELECT {i} AS a {filler}") for i in range(600)]
+        grown = main.memory("VmRSS") - rss_before
+        note("prepared growth", f"{grown >> 20} MiB")
+        with pytest.raises(flight.FlightError) as gone:
+            admin.prepared_query(first)
+        note("evicted", str(gone.value))
+        assert admin.prepared_query(handles[-1])[0].column("a").to_pylist() == [599]
+        assert grown < 64 << 20, f"600 prepared statements of 128 KiB grew memory by " \
+                                 f"{grown >> 20} MiB"
+    finally:
+        admin.close()
+
+
+def test_parameter_rows_are_capped(main):
+    """max_parameter_rows = 10000: a bind of more rows is refused and nothing is written."""
+    with adbc_connect(main, USERS["writer"]) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE bronze.params (id BIGINT)")
+        try:
+            with pytest.raises(Exception) as refused:
+                cur.executemany("INSERT INTO bronze.params VALUES ($1)",
+                                [(i,) for i in range(10_001)])
+            note("params", str(refused.value))
+            cur.execute("SELECT count(*) FROM bronze.params")
+            assert cur.fetchone() == (0,)
+            cur.executemany("INSERT INTO bronze.params VALUES ($1)", [(i,) for i in range(100)])
+            cur.execute("SELECT count(*) FROM bronze.params")
+            assert cur.fetchone() == (100,)
+        finally:
+            cur.execute("DROP TABLE bronze.params")
+
+
+def test_reader_get_schema_and_prepare_of_a_write_run_nothing(main):
+    """GetSchema / CreatePreparedStatement of a write plan it (never run it)."""
+    reader = RawFlight(main, USERS["reader"])
+    before = fingerprint(main)
+    try:
+        for sql in ["DROP TABLE victim.t", "INSERT INTO victim.t VALUES (5)",
+                    "CREATE TABLE bronze.evil AS SELECT 1 AS a", "SELECT 1 AS a INTO bronze.evil"]:
+            try:
+                reader.client.get_schema(query_descriptor(sql), reader.options)
+            except flight.FlightError as e:
+                note("get_schema", str(e))
+            try:
+                reader.create_prepared(sql)
+            except flight.FlightError as e:
+                note("prepare", str(e))
+    finally:
+        reader.close()
+    changed = diff(before, fingerprint(main))
+    if changed:
+        main.reset()
+    assert not changed, changed
+
+
+def test_random_handles_are_not_found(main):
+    reader = RawFlight(main, USERS["reader"])
+    try:
+        for _ in range(20):
+            with pytest.raises(flight.FlightError):
+                reader.prepared_query(secrets.token_bytes(16))
+    finally:
+        reader.close()
