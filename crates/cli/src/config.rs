@@ -4,11 +4,35 @@
 //! [[users]]
 //! name = "clinician"
 //! password_env = "MEDLAKE_CLINICIAN_PASSWORD"   # or password_file = "/run/secrets/clinician"
-//! read_only = true                             # queries only, e.g. for dashboards
+//! role = "reader"                               # reader (queries only), writer (default), admin
 //! method = "scram-sha-256"                      # or "md5" for old clients
+//!
+//! [[users]]
+//! name = "etl"
+//! password_env = "MEDLAKE_ETL_PASSWORD"
+//! create_external = true                        # may CREATE EXTERNAL TABLE / IMPORT FOREIGN SCHEMA
+//! secrets = ["EHR_PASSWORD"]                    # may reference ${EHR_PASSWORD} in OPTIONS
+//!
+//! [secrets]                                     # the only names ${NAME} resolves
+//! EHR_PASSWORD = { env = "MEDLAKE_EHR_PASSWORD" }
+//! LANDING_KEY = { file = "/run/secrets/landing_key" }
+//!
+//! [sources]                                     # what external tables may reach
+//! allowed_paths = ["/srv/landing"]              # local LOCATIONs only under these
+//! allowed_hosts = ["ehr.hospital.internal", "10.20.0.0/16"]  # private/loopback hosts allowed
+//! ambient_identity = ["az://landing/uploads"]   # may use the server's own cloud identity
 //!
 //! [flight]
 //! token_lifetime_seconds = 3600                 # bearer tokens of the Flight SQL handshake
+//! max_message_bytes = 67108864                  # largest gRPC message (one ingest batch)
+//! max_ingest_bytes = 1073741824                 # one CommandStatementIngest
+//! max_parameter_rows = 10000                    # rows bound to one prepared statement
+//! max_prepared_per_user = 256                   # the least recently used one makes room
+//! prepared_idle_seconds = 3600                  # unused prepared statements expire
+//! max_connections = 512
+//!
+//! [postgres]
+//! max_connections = 512                         # beyond, new connections are closed
 //!
 //! [tls]
 //! cert = "/etc/medlake/server.crt"
@@ -41,6 +65,40 @@ pub struct Config {
     #[serde(default)]
     pub ingest_tokens: Vec<TokenEntry>,
     pub http: Option<HttpEntry>,
+    pub postgres: Option<PostgresEntry>,
+    /// Named secrets: the only names `${NAME}` in source OPTIONS resolves.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, SecretEntry>,
+    pub sources: Option<SourcesEntry>,
+}
+
+/// Where a named secret's value comes from: exactly one of `env` or `file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretEntry {
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+/// What external tables may reach outside the warehouse.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesEntry {
+    /// Local LOCATIONs must lie under one of these folders.
+    #[serde(default)]
+    pub allowed_paths: Vec<PathBuf>,
+    /// Hosts (names, addresses or CIDR ranges) that may be loopback, link-local or private.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Locations (prefixes) that may use the server's own cloud identity.
+    #[serde(default)]
+    pub ambient_identity: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresEntry {
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +127,12 @@ pub struct HttpEntry {
 pub struct FlightEntry {
     /// How long a Flight SQL bearer token stays valid (default 3600).
     pub token_lifetime_seconds: Option<u64>,
+    pub max_message_bytes: Option<usize>,
+    pub max_ingest_bytes: Option<usize>,
+    pub max_parameter_rows: Option<usize>,
+    pub max_prepared_per_user: Option<usize>,
+    pub prepared_idle_seconds: Option<u64>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,11 +141,19 @@ pub struct UserEntry {
     pub name: String,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// Queries only (dashboards): statements that could change the warehouse are refused.
+    /// `reader` (queries only), `writer` (the default) or `admin`.
+    pub role: Option<medlake_auth::Role>,
+    /// The older spelling of `role = "reader"`.
     #[serde(default)]
     pub read_only: bool,
+    /// May create external tables (and IMPORT FOREIGN SCHEMA) without being an admin.
     #[serde(default)]
-    pub method: medlake_pgwire::Method,
+    pub create_external: bool,
+    /// Secrets of `[secrets]` this user may reference as `${NAME}`.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub method: medlake_auth::Method,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,23 +194,104 @@ impl Config {
     }
 
     /// The users with their passwords, read from the environment or secret files.
-    pub fn users(&self) -> Result<Vec<medlake_pgwire::User>, String> {
-        let mut users = Vec::new();
+    pub fn users(&self) -> Result<Vec<medlake_auth::User>, String> {
+        let mut users: Vec<medlake_auth::User> = Vec::new();
         for entry in &self.users {
+            if users.iter().any(|u| u.name == entry.name) {
+                return Err(format!("user '{}' is configured twice", entry.name));
+            }
             let password = secret(
                 &format!("user '{}'", entry.name),
                 entry.password_env.as_deref(),
                 entry.password_file.as_deref(),
                 "password",
             )?;
-            users.push(medlake_pgwire::User {
+            let role = match (entry.role, entry.read_only) {
+                (Some(medlake_auth::Role::Reader) | None, true) => medlake_auth::Role::Reader,
+                (Some(_), true) => {
+                    return Err(format!(
+                        "user '{}': read_only = true contradicts role = {:?}",
+                        entry.name, entry.role
+                    ));
+                }
+                (Some(role), false) => role,
+                (None, false) => medlake_auth::Role::Writer,
+            };
+            for name in &entry.secrets {
+                if !self.secrets.contains_key(name) {
+                    return Err(format!(
+                        "user '{}' may use secret '{name}', which [secrets] does not declare",
+                        entry.name
+                    ));
+                }
+            }
+            users.push(medlake_auth::User {
                 name: entry.name.clone(),
-                password: medlake_pgwire::Secret::new(password),
+                password: medlake_auth::Secret::new(password),
                 method: entry.method,
-                read_only: entry.read_only,
+                role,
+                create_external: entry.create_external,
+                secrets: entry.secrets.iter().cloned().collect(),
             });
         }
         Ok(users)
+    }
+
+    /// The secret store: every `[secrets]` entry, read now. No login password or ingest
+    /// token may be one of them (they would become readable by sources).
+    pub fn secret_store(&self) -> Result<medlake_auth::SecretStore, String> {
+        let mut sources = std::collections::BTreeMap::new();
+        for (name, entry) in &self.secrets {
+            let source = match (&entry.env, &entry.file) {
+                (Some(var), None) => medlake_auth::SecretSource::Env(var.clone()),
+                (None, Some(file)) => medlake_auth::SecretSource::File(file.clone()),
+                _ => return Err(format!("secret '{name}' needs exactly one of env or file")),
+            };
+            let login_env = self
+                .users
+                .iter()
+                .filter_map(|u| u.password_env.as_ref())
+                .chain(
+                    self.ingest_tokens
+                        .iter()
+                        .filter_map(|t| t.token_env.as_ref()),
+                );
+            let login_file = self
+                .users
+                .iter()
+                .filter_map(|u| u.password_file.as_ref())
+                .chain(
+                    self.ingest_tokens
+                        .iter()
+                        .filter_map(|t| t.token_file.as_ref()),
+                );
+            let clash = match &source {
+                medlake_auth::SecretSource::Env(var) => login_env.into_iter().any(|v| v == var),
+                medlake_auth::SecretSource::File(file) => login_file.into_iter().any(|f| f == file),
+            };
+            if clash {
+                return Err(format!(
+                    "secret '{name}' reads a login password or ingest token; those are never available to sources"
+                ));
+            }
+            sources.insert(name.clone(), source);
+        }
+        medlake_auth::SecretStore::load(&sources).map_err(|e| e.to_string())
+    }
+
+    /// The folders that hold secret files (no external table may read them).
+    pub fn secret_folders(&self) -> Vec<PathBuf> {
+        self.secrets
+            .values()
+            .filter_map(|s| s.file.as_ref())
+            .chain(self.users.iter().filter_map(|u| u.password_file.as_ref()))
+            .chain(
+                self.ingest_tokens
+                    .iter()
+                    .filter_map(|t| t.token_file.as_ref()),
+            )
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect()
     }
 }
 

@@ -321,6 +321,33 @@ fn print_applied(applied: &[medlake_engine::Applied]) {
     }
 }
 
+/// The Flight SQL door's limits: the defaults, with `[flight]`'s settings on top.
+fn flight_limits(flight: Option<&config::FlightEntry>) -> medlake_flight::Limits {
+    let mut limits = medlake_flight::Limits::default();
+    let Some(f) = flight else {
+        return limits;
+    };
+    if let Some(n) = f.max_message_bytes {
+        limits.max_message_bytes = n.max(1 << 16);
+    }
+    if let Some(n) = f.max_ingest_bytes {
+        limits.max_ingest_bytes = n;
+    }
+    if let Some(n) = f.max_parameter_rows {
+        limits.max_parameter_rows = n;
+    }
+    if let Some(n) = f.max_prepared_per_user {
+        limits.max_prepared_per_user = n.max(1);
+    }
+    if let Some(s) = f.prepared_idle_seconds {
+        limits.prepared_idle = std::time::Duration::from_secs(s.clamp(1, 366 * 86_400));
+    }
+    if let Some(n) = f.max_connections {
+        limits.max_connections = n.max(1);
+    }
+    limits
+}
+
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let config = match &args.config {
         Some(path) => config::Config::load(path).map_err(Failure::Usage)?,
@@ -328,8 +355,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     let users = config.users().map_err(Failure::Usage)?;
     let access = match (users.is_empty(), args.insecure_no_auth) {
-        (false, false) => medlake_pgwire::Access::Users(users),
-        (true, true) => medlake_pgwire::Access::InsecureNoAuth,
+        (false, false) => medlake_auth::Access::Users(users),
+        (true, true) => medlake_auth::Access::InsecureNoAuth,
         (false, true) => {
             return Err(Failure::Usage(
                 "--insecure-no-auth and configured users exclude each other".into(),
@@ -344,24 +371,27 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let tokens = config.ingest_tokens().map_err(Failure::Usage)?;
+    let secrets = config.secret_store().map_err(Failure::Usage)?;
+    tracing::debug!(secrets = ?secrets, "secret store loaded");
     let http_auth = match (&access, tokens.is_empty()) {
-        (medlake_pgwire::Access::InsecureNoAuth, true) => medlake_http::Auth::InsecureNoAuth,
-        (medlake_pgwire::Access::InsecureNoAuth, false) => {
+        (medlake_auth::Access::InsecureNoAuth, true) => medlake_http::Auth::InsecureNoAuth,
+        (medlake_auth::Access::InsecureNoAuth, false) => {
             return Err(Failure::Usage(
                 "--insecure-no-auth and configured ingest tokens exclude each other".into(),
             ));
         }
-        (medlake_pgwire::Access::Users(_), _) => medlake_http::Auth::Tokens(tokens),
+        (medlake_auth::Access::Users(_), _) => medlake_http::Auth::Tokens(tokens),
     };
     let engine = Engine::open(&args.warehouse).await?;
     if let Some(project) = &args.project {
         print_applied(&engine.apply_project(project).await?);
     }
     let mut http_config = medlake_http::Config::new(args.http, http_auth);
-    http_config.tls = config.tls.as_ref().map(|t| medlake_pgwire::Tls {
+    let tls = config.tls.as_ref().map(|t| medlake_auth::TlsFiles {
         cert: t.cert.clone(),
         key: t.key.clone(),
     });
+    http_config.tls = tls.clone();
     if let Some(http) = &config.http {
         if let Some(n) = http.max_body_bytes {
             http_config.max_body_bytes = n;
@@ -385,10 +415,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         engine.clone(),
         medlake_flight::Config {
             listen: args.flight,
-            tls: config.tls.as_ref().map(|t| medlake_flight::Tls {
-                cert: t.cert.clone(),
-                key: t.key.clone(),
-            }),
+            tls: tls.clone(),
             access: access.clone(),
             token_lifetime: std::time::Duration::from_secs(
                 config
@@ -396,8 +423,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                     .as_ref()
                     .and_then(|f| f.token_lifetime_seconds)
                     .unwrap_or(3600)
-                    .max(1),
+                    .clamp(1, 366 * 86_400),
             ),
+            limits: flight_limits(config.flight.as_ref()),
         },
     )
     .await
@@ -406,11 +434,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         engine.clone(),
         medlake_pgwire::Config {
             listen: args.pg,
-            tls: config.tls.as_ref().map(|t| medlake_pgwire::Tls {
-                cert: t.cert.clone(),
-                key: t.key.clone(),
-            }),
+            tls: tls.clone(),
             access,
+            max_connections: config
+                .postgres
+                .as_ref()
+                .and_then(|p| p.max_connections)
+                .unwrap_or(medlake_pgwire::DEFAULT_MAX_CONNECTIONS),
         },
     )
     .await

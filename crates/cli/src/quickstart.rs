@@ -588,7 +588,7 @@ impl ReadingColumns {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| Failure::Usage(format!("{}: {e}", self.table)))?;
         engine
-            .session()
+            .local_session()
             .ingest(
                 self.table,
                 self.schema.clone(),
@@ -1516,7 +1516,7 @@ async fn serve(
     now_ms: i64,
     progress: &Progress,
 ) -> Result<(), Failure> {
-    let access = medlake_pgwire::Access::InsecureNoAuth;
+    let access = medlake_auth::Access::InsecureNoAuth;
     let http = medlake_http::Server::bind(
         engine.clone(),
         medlake_http::Config::new(args.http, medlake_http::Auth::InsecureNoAuth),
@@ -1530,6 +1530,7 @@ async fn serve(
             tls: None,
             access: access.clone(),
             token_lifetime: Duration::from_secs(3600),
+            limits: medlake_flight::Limits::default(),
         },
     )
     .await
@@ -1540,6 +1541,7 @@ async fn serve(
             listen: args.pg,
             tls: None,
             access,
+            max_connections: medlake_pgwire::DEFAULT_MAX_CONNECTIONS,
         },
     )
     .await

@@ -25,6 +25,14 @@ pub enum Error {
     #[error("invalid value for {what}: {reason}")]
     InvalidValue { what: String, reason: String },
 
+    /// The session's principal lacks a privilege the statement needs.
+    #[error("permission denied: {principal} lacks the {privilege} privilege on {object}")]
+    PermissionDenied {
+        principal: String,
+        privilege: &'static str,
+        object: String,
+    },
+
     /// A write to medlake's read-only `system` schema.
     #[error("permission denied: {what}")]
     ReadOnly { what: String },
@@ -145,6 +153,7 @@ impl Error {
             Error::InvalidValue { .. } => Code::InvalidParameterValue,
             Error::Internal(_) => Code::Internal,
             Error::ReadOnly { .. } => Code::InsufficientPrivilege,
+            Error::PermissionDenied { .. } => Code::InsufficientPrivilege,
             Error::Lake(e) => lake_code(e),
             Error::Views(e) => views_code(e),
             Error::DataFusion(e) => datafusion_code(e),

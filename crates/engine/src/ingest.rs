@@ -197,7 +197,7 @@ impl Engine {
             metadata: vec![(INGEST_METADATA_KEY.to_string(), json!({ "keys": keys }))],
             ..CommitOptions::default()
         };
-        let state = Arc::new(self.session().ctx.state());
+        let state = Arc::new(self.local_session().ctx.state());
         let warehouse = self.warehouse();
         debug!(table = %log.name, prepare_us = started.elapsed().as_micros() as u64, "ingest append");
         let version = match log.appender.as_mut() {

@@ -12,6 +12,7 @@ mod error;
 mod history;
 pub mod ingest;
 pub mod postgres;
+mod privileges;
 mod project;
 pub mod runtime;
 mod statement;
@@ -41,6 +42,7 @@ pub use catalog::{CATALOG, TIME_TRAVEL_SCHEMA};
 pub use dialect::MedlakeDialect;
 pub use error::{Code, Error, Result};
 pub use ingest::Appended;
+pub use medlake_auth::{Object, Principal, PrincipalKind, Privilege, Role};
 pub use medlake_lake::redact as redact_location;
 pub use medlake_views::{RefreshOutcome, Status as RefreshStatus};
 
@@ -146,10 +148,13 @@ struct Shared {
     appenders: std::sync::Mutex<HashMap<TableName, Arc<tokio::sync::Mutex<Option<Appender>>>>>,
 }
 
-/// One client's session: its own settings (`SET ...`), the engine's warehouse and catalog.
+/// One client's session: its principal (whose privileges every statement is checked
+/// against, in [`Session::execute`]), its own settings (`SET ...`), the engine's warehouse
+/// and catalog.
 pub struct Session {
     shared: Arc<Shared>,
     ctx: SessionContext,
+    principal: Principal,
 }
 
 impl std::fmt::Debug for Engine {
@@ -164,6 +169,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("session_id", &self.ctx.session_id())
+            .field("principal", &self.principal.name)
             .finish_non_exhaustive()
     }
 }
@@ -245,7 +251,7 @@ impl Engine {
             statements: AtomicU64::new(0),
             appenders: Default::default(),
         });
-        let default = Arc::new(Session::new(shared.clone()));
+        let default = Arc::new(Session::new(shared.clone(), Principal::local("local")));
         Ok(Self { shared, default })
     }
 
@@ -401,9 +407,17 @@ impl Engine {
         }
     }
 
-    /// A new session (one per client connection): settings changed with `SET` stay in it.
-    pub fn session(&self) -> Session {
-        Session::new(self.shared.clone())
+    /// A new session for `principal` (one per client connection): every statement it runs
+    /// is checked against the principal's privileges; settings changed with `SET` stay in it.
+    /// Doors call this with the principal they authenticated, never [`Engine::local_session`].
+    pub fn session_for(&self, principal: Principal) -> Session {
+        Session::new(self.shared.clone(), principal)
+    }
+
+    /// A new session of the local operator (an admin): for the command line on the
+    /// server's own machine and for tests, never for a network client.
+    pub fn local_session(&self) -> Session {
+        Session::new(self.shared.clone(), Principal::local("local"))
     }
 
     /// Runs every statement of `sql` in the engine's default session; see [`Session::sql`].
@@ -423,9 +437,59 @@ impl Engine {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, principal: Principal) -> Self {
         let ctx = SessionContext::new_with_state(shared.state.clone());
-        Self { shared, ctx }
+        Self {
+            shared,
+            ctx,
+            principal,
+        }
+    }
+
+    /// Who runs this session's statements.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Checks that this session's principal may push rows into `table` (the HTTP ingest
+    /// door asks before reading a request's body).
+    pub fn authorize_ingest(&self, table: &TableName) -> Result<()> {
+        privileges::check(
+            &self.principal,
+            &[privileges::Need {
+                privilege: Privilege::Insert,
+                object: table_object(table),
+            }],
+        )
+    }
+
+    /// Checks the privileges one of our own statements needs.
+    fn check_own(&self, statement: &Statement) -> Result<()> {
+        let needs = privileges::for_own(statement, |parts| {
+            Ok(table_object(&self.table_name(parts)?))
+        })?;
+        privileges::check(&self.principal, &needs)
+    }
+
+    /// Checks the privileges a planned SQL statement needs.
+    fn check_plan(&self, plan: &LogicalPlan) -> Result<()> {
+        use datafusion::logical_expr::Statement as PlanStatement;
+        if let LogicalPlan::Statement(
+            PlanStatement::SetVariable(datafusion::logical_expr::SetVariable { variable, .. })
+            | PlanStatement::ResetVariable(datafusion::logical_expr::ResetVariable { variable }),
+        ) = plan
+            && privileges::operator_only(variable)
+        {
+            return Err(Error::PermissionDenied {
+                principal: self.principal.to_string(),
+                privilege: "SET",
+                object: format!(
+                    "setting {variable} (the server's memory and spill settings are the operator's: MEDLAKE_MEMORY_LIMIT, MEDLAKE_SPILL_DIR)"
+                ),
+            });
+        }
+        let needs = privileges::for_plan(plan, &self.default_schema_name())?;
+        privileges::check(&self.principal, &needs)
     }
 
     /// Parses and runs every statement of `sql` in order, returning each one's output.
@@ -452,6 +516,9 @@ impl Session {
         let id = self.shared.statements.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("statement", id);
         async move {
+            if !matches!(statement, Statement::Sql(_)) {
+                self.check_own(&statement)?;
+            }
             match statement {
                 Statement::Sql(statement) => self.execute_sql(*statement, id).await,
                 Statement::CreateMaterializedView(create) => {
@@ -565,6 +632,7 @@ impl Session {
         use datafusion::logical_expr::LogicalPlanBuilder;
         let parts: Vec<String> = name.split('.').map(str::to_string).collect();
         let table = self.table_name(&parts)?;
+        self.authorize_ingest(&table)?;
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let provider = MemTable::try_new(schema, vec![batches])?;
         let plan =
@@ -591,11 +659,20 @@ impl Session {
                     table: table.table.clone(),
                 }));
             }
-            (false, _) => warehouse
-                .create_table_as(&table, plan, session, false)
-                .await?
-                .map(|o| o.rows)
-                .unwrap_or(0),
+            (false, _) => {
+                privileges::check(
+                    &self.principal,
+                    &[privileges::Need {
+                        privilege: Privilege::Create,
+                        object: table_object(&table),
+                    }],
+                )?;
+                warehouse
+                    .create_table_as(&table, plan, session, false)
+                    .await?
+                    .map(|o| o.rows)
+                    .unwrap_or(0)
+            }
             (true, IfExists::Fail) => {
                 return Err(Error::Lake(medlake_lake::Error::TableExists {
                     schema: table.schema.clone(),
@@ -690,6 +767,9 @@ impl Session {
             columns,
         };
         use arrow::datatypes::DataType as T;
+        if !matches!(statement, Statement::Sql(_)) {
+            self.check_own(statement)?;
+        }
         match statement {
             Statement::Sql(sql) => {
                 let id = self.shared.statements.fetch_add(1, Ordering::Relaxed);
@@ -721,6 +801,7 @@ impl Session {
                         .deregister_table(&pin.alias)?;
                 }
                 let plan = planned?;
+                self.check_plan(&plan)?;
                 let types = plan.get_parameter_types()?;
                 let count = types
                     .keys()
@@ -926,6 +1007,7 @@ impl Session {
             .statement_to_plan(statement)
             .await
             .map_err(unwrap_lake_error)?;
+        self.check_plan(&plan)?;
         match plan {
             LogicalPlan::Ddl(ddl) => {
                 let output = self.execute_ddl(ddl).await;
@@ -1266,6 +1348,14 @@ impl Session {
     async fn describe_history(&self, name: &TableName, limit: Option<usize>) -> Result<Output> {
         let history = self.shared.warehouse.history(name, limit).await?;
         Ok(Output::batch(history::history_batch(&history)?))
+    }
+}
+
+/// The privilege object of a table.
+fn table_object(table: &TableName) -> Object {
+    Object::Table {
+        schema: table.schema.clone(),
+        table: table.table.clone(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use medlake_pgwire::Access;
+use medlake_auth::{Access, Principal};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
@@ -15,7 +15,7 @@ use tonic::metadata::MetadataMap;
 #[derive(Clone, Debug)]
 pub(crate) struct Caller {
     pub user: String,
-    pub read_only: bool,
+    pub principal: Principal,
 }
 
 struct Token {
@@ -38,12 +38,7 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// 32 random bytes as hex: tokens and handles.
 pub(crate) fn random_id() -> String {
-    let mut bytes = [0u8; 32];
-    let provider = tokio_rustls::rustls::crypto::ring::default_provider();
-    if provider.secure_random.fill(&mut bytes).is_err() {
-        panic!("the operating system's random number generator failed");
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    medlake_auth::random_token(32)
 }
 
 impl Tokens {
@@ -61,8 +56,40 @@ impl Tokens {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether a request may be decoded at all: valid Basic credentials (the handshake),
+    /// a valid bearer token, or no-auth mode. Runs on the headers, before any message.
+    pub(crate) fn admit(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let header = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if header.starts_with("Basic ") || header.starts_with("basic ") {
+            self.credentials(metadata).map(|_| ())
+        } else {
+            self.check(metadata).map(|_| ())
+        }
+    }
+
     /// Checks `authorization: Basic ...` and returns a new bearer token.
     pub(crate) fn login(&self, metadata: &MetadataMap) -> Result<(String, Caller), Status> {
+        let caller = self.credentials(metadata)?;
+        let token = random_id();
+        let now = Instant::now();
+        let mut tokens = self.lock();
+        tokens.retain(|_, t| t.expires > now);
+        tokens.insert(
+            token.clone(),
+            Token {
+                caller: caller.clone(),
+                expires: now + self.lifetime,
+            },
+        );
+        tracing::info!(user = %caller.user, "flight sql login");
+        Ok((token, caller))
+    }
+
+    /// The caller that `authorization: Basic ...` proves (no-auth mode: anyone).
+    fn credentials(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         let header = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -85,14 +112,15 @@ impl Tokens {
             None => (String::new(), String::new()),
         };
         let caller = match &self.access {
-            Access::InsecureNoAuth => Caller {
-                user: if user.is_empty() {
-                    "anonymous".into()
-                } else {
-                    user
-                },
-                read_only: false,
-            },
+            Access::InsecureNoAuth => {
+                let principal = self.access.anonymous(&user).ok_or_else(|| {
+                    Status::internal("no-auth mode without an anonymous principal")
+                })?;
+                Caller {
+                    user: principal.name.clone(),
+                    principal,
+                }
+            }
             Access::Users(users) => {
                 if basic.is_none() {
                     return Err(Status::unauthenticated(
@@ -102,7 +130,7 @@ impl Tokens {
                 match users.iter().find(|u| u.name == user) {
                     Some(known) if known.verify(&password) => Caller {
                         user,
-                        read_only: known.read_only,
+                        principal: known.principal(),
                     },
                     _ => {
                         tracing::info!(user = %user, "flight sql login refused");
@@ -113,19 +141,7 @@ impl Tokens {
                 }
             }
         };
-        let token = random_id();
-        let now = Instant::now();
-        let mut tokens = self.lock();
-        tokens.retain(|_, t| t.expires > now);
-        tokens.insert(
-            token.clone(),
-            Token {
-                caller: caller.clone(),
-                expires: now + self.lifetime,
-            },
-        );
-        tracing::info!(user = %caller.user, "flight sql login");
-        Ok((token, caller))
+        Ok(caller)
     }
 
     /// The caller of a request: its bearer token must be valid and unexpired.
@@ -136,10 +152,10 @@ impl Tokens {
                 .or_else(|| h.strip_prefix("bearer "))
         });
         let Some(token) = token else {
-            if let Access::InsecureNoAuth = self.access {
+            if let Some(principal) = self.access.anonymous("") {
                 return Ok(Caller {
-                    user: "anonymous".into(),
-                    read_only: false,
+                    user: principal.name.clone(),
+                    principal,
                 });
             }
             return Err(Status::unauthenticated(

@@ -35,8 +35,8 @@ use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
+use medlake_auth::Access;
 use medlake_engine::{Engine, Output, Statement};
-use medlake_pgwire::Access;
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -54,6 +54,7 @@ pub struct FlightSql {
 struct Inner {
     engine: Engine,
     tokens: Tokens,
+    limits: crate::Limits,
     prepared: Mutex<HashMap<Bytes, Prepared>>,
     /// Running statements by ticket, so CancelFlightInfo can stop them.
     running: Mutex<HashMap<Bytes, tokio::sync::watch::Sender<bool>>>,
@@ -80,6 +81,8 @@ impl Drop for Running {
 #[derive(Clone)]
 struct Prepared {
     user: String,
+    /// When it was last used; idle ones expire (`Limits::prepared_idle`).
+    used: std::time::Instant,
     statement: Statement,
     dataset: Option<SchemaRef>,
     bound: Vec<Vec<ScalarValue>>,
@@ -194,16 +197,6 @@ fn one_statement(sql: &str) -> Result<Statement, Status> {
     }
 }
 
-fn check_writable(caller: &Caller, statement: &Statement) -> Result<(), Status> {
-    if caller.read_only && !statement.is_read_only() {
-        return Err(Status::permission_denied(format!(
-            "permission denied: user \"{}\" is read-only (queries only)",
-            caller.user
-        )));
-    }
-    Ok(())
-}
-
 /// A batch with exactly the announced schema (names, nullability, metadata), which clients
 /// compare with the FlightInfo's.
 fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Status> {
@@ -302,12 +295,18 @@ fn info(
 /// The first rows of parameters sent with DoPut, as scalar values per row.
 async fn parameter_rows(
     request: Request<PeekableFlightDataStream>,
+    limit: usize,
 ) -> Result<Vec<Vec<ScalarValue>>, Status> {
     let flight = request.into_inner().map_err(FlightError::from);
     let mut batches = FlightRecordBatchStream::new_from_flight_data(flight);
     let mut rows = Vec::new();
     while let Some(batch) = batches.next().await {
         let batch = batch.map_err(Status::from)?;
+        if rows.len().saturating_add(batch.num_rows()) > limit {
+            return Err(Status::resource_exhausted(format!(
+                "more than {limit} parameter rows ([flight] max_parameter_rows)"
+            )));
+        }
         for row in 0..batch.num_rows() {
             rows.push(
                 batch
@@ -323,11 +322,17 @@ async fn parameter_rows(
 }
 
 impl FlightSql {
-    pub(crate) fn new(engine: Engine, access: Access, lifetime: Duration) -> Self {
+    pub(crate) fn new(
+        engine: Engine,
+        access: Access,
+        lifetime: Duration,
+        limits: crate::Limits,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
                 tokens: Tokens::new(access, lifetime),
+                limits,
                 prepared: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
             }),
@@ -338,15 +343,29 @@ impl FlightSql {
         self.inner.tokens.check(request.metadata())
     }
 
+    /// Whether a request may be decoded at all (see `Tokens::admit`).
+    pub(crate) fn admit(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        self.inner.tokens.admit(metadata)
+    }
+
     fn prepared(&self, handle: &Bytes, caller: &Caller) -> Result<Prepared, Status> {
-        let prepared = self
-            .inner
-            .prepared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(handle)
-            .cloned()
-            .ok_or_else(|| Status::not_found("unknown prepared statement handle"))?;
+        let idle = self.inner.limits.prepared_idle;
+        let prepared = {
+            let mut all = self
+                .inner
+                .prepared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            all.retain(|_, p| now.duration_since(p.used) < idle);
+            let prepared = all
+                .get_mut(handle)
+                .ok_or_else(|| Status::not_found("unknown or expired prepared statement handle"))?;
+            if prepared.user == caller.user {
+                prepared.used = now;
+            }
+            prepared.clone()
+        };
         if prepared.user != caller.user {
             return Err(Status::permission_denied(
                 "the prepared statement belongs to another user",
@@ -357,10 +376,9 @@ impl FlightSql {
 
     /// Runs a statement; returns its rows as a stream, or the number of rows it wrote.
     async fn run(&self, caller: &Caller, statement: Statement) -> Result<Output, Status> {
-        check_writable(caller, &statement)?;
         self.inner
             .engine
-            .session()
+            .session_for(caller.principal.clone())
             .execute(statement)
             .await
             .map_err(|e| status(&e))
@@ -381,11 +399,11 @@ impl FlightSql {
     }
 
     /// The tables of the warehouse (schema, name, type) for GetTables.
-    async fn tables(&self) -> Result<Vec<(String, String, String)>, Status> {
+    async fn tables(&self, caller: &Caller) -> Result<Vec<(String, String, String)>, Status> {
         let batches = self
             .inner
             .engine
-            .session()
+            .session_for(caller.principal.clone())
             .query(
                 "SELECT table_schema, table_name, table_type FROM information_schema.tables \
                  WHERE table_schema NOT IN ('information_schema', 'pg_catalog') \
@@ -417,14 +435,19 @@ impl FlightSql {
         Ok(out)
     }
 
-    async fn table_schema(&self, schema: &str, table: &str) -> Result<SchemaRef, Status> {
+    async fn table_schema(
+        &self,
+        caller: &Caller,
+        schema: &str,
+        table: &str,
+    ) -> Result<SchemaRef, Status> {
         let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let statement =
             one_statement(&format!("SELECT * FROM {}.{}", quote(schema), quote(table)))?;
         let description = self
             .inner
             .engine
-            .session()
+            .session_for(caller.principal.clone())
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
@@ -451,12 +474,6 @@ impl FlightSql {
         command: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        if caller.read_only {
-            return Err(Status::permission_denied(format!(
-                "permission denied: user \"{}\" is read-only (queries only)",
-                caller.user
-            )));
-        }
         if command.temporary {
             return Err(Status::unimplemented("temporary tables are not supported"));
         }
@@ -469,6 +486,14 @@ impl FlightSql {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "bronze".to_string());
         let name = format!("{schema_name}.{}", command.table);
+        let session = self.inner.engine.session_for(caller.principal.clone());
+        // Checked before a byte of data is read (and again by the engine when it writes).
+        let target = medlake_engine::TableName::new(
+            schema_name.to_lowercase(),
+            command.table.to_lowercase(),
+        )
+        .map_err(|e| status(&e.into()))?;
+        session.authorize_ingest(&target).map_err(|e| status(&e))?;
         let options = command.table_definition_options.unwrap_or_default();
         let if_exists = TableExistsOption::try_from(options.if_exists).unwrap_or_default();
         let if_not_exist = TableNotExistOption::try_from(options.if_not_exist).unwrap_or_default();
@@ -476,17 +501,24 @@ impl FlightSql {
         let flight = request.into_inner().map_err(FlightError::from);
         let mut decoded = FlightRecordBatchStream::new_from_flight_data(flight);
         let mut batches = Vec::new();
+        let mut bytes = 0usize;
+        let limit = self.inner.limits.max_ingest_bytes;
         while let Some(batch) = decoded.next().await {
-            batches.push(batch.map_err(Status::from)?);
+            let batch = batch.map_err(Status::from)?;
+            bytes = bytes.saturating_add(batch.get_array_memory_size());
+            if bytes > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "the ingest stream exceeds {limit} bytes ([flight] max_ingest_bytes); send it in several requests"
+                )));
+            }
+            batches.push(batch);
         }
         let schema = match (batches.first(), decoded.schema()) {
             (Some(b), _) => b.schema(),
             (None, Some(s)) => s.clone(),
             (None, None) => return Err(Status::invalid_argument("no schema was sent")),
         };
-        self.inner
-            .engine
-            .session()
+        session
             .ingest(
                 &name,
                 schema,
@@ -540,7 +572,7 @@ impl FlightSqlService for FlightSql {
         let description = self
             .inner
             .engine
-            .session()
+            .session_for(caller.principal.clone())
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
@@ -597,7 +629,7 @@ impl FlightSqlService for FlightSql {
         let description = self
             .inner
             .engine
-            .session()
+            .session_for(caller.principal.clone())
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
@@ -698,7 +730,7 @@ impl FlightSqlService for FlightSql {
         let caller = self.caller(&request)?;
         let handle = query.prepared_statement_handle.clone();
         let prepared = self.prepared(&handle, &caller)?;
-        let rows = parameter_rows(request).await?;
+        let rows = parameter_rows(request, self.inner.limits.max_parameter_rows).await?;
         if rows.len() > 1 && prepared.dataset.is_some() {
             return Err(Status::invalid_argument(
                 "a prepared query takes one row of parameters",
@@ -724,7 +756,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<i64, Status> {
         let caller = self.caller(&request)?;
         let prepared = self.prepared(&query.prepared_statement_handle, &caller)?;
-        let rows = parameter_rows(request).await?;
+        let rows = parameter_rows(request, self.inner.limits.max_parameter_rows).await?;
         let rows = if rows.is_empty() {
             vec![Vec::new()]
         } else {
@@ -774,7 +806,7 @@ impl FlightSqlService for FlightSql {
         let description = self
             .inner
             .engine
-            .session()
+            .session_for(caller.principal.clone())
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
@@ -801,19 +833,35 @@ impl FlightSqlService for FlightSql {
             },
             parameter_schema: ipc_schema(&parameters)?,
         };
-        self.inner
+        let mut all = self
+            .inner
             .prepared
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(
-                handle,
-                Prepared {
-                    user: caller.user,
-                    statement,
-                    dataset: description.columns,
-                    bound: Vec::new(),
-                },
-            );
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let idle = self.inner.limits.prepared_idle;
+        all.retain(|_, p| now.duration_since(p.used) < idle);
+        // At the cap, the user's least recently used statement makes room.
+        let mine: Vec<(Bytes, std::time::Instant)> = all
+            .iter()
+            .filter(|(_, p)| p.user == caller.user)
+            .map(|(h, p)| (h.clone(), p.used))
+            .collect();
+        if mine.len() >= self.inner.limits.max_prepared_per_user.max(1)
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, used)| *used)
+        {
+            all.remove(oldest);
+        }
+        all.insert(
+            handle,
+            Prepared {
+                user: caller.user,
+                used: now,
+                statement,
+                dataset: description.columns,
+                bound: Vec::new(),
+            },
+        );
         Ok(result)
     }
 
@@ -953,12 +1001,12 @@ impl FlightSqlService for FlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let mut builder = query.into_builder();
         let schemas = self
             .inner
             .engine
-            .session()
+            .session_for(caller.principal.clone())
             .query(
                 "SELECT schema_name FROM information_schema.schemata \
                  WHERE catalog_name = 'medlake' AND schema_name NOT IN ('information_schema', 'pg_catalog')",
@@ -998,12 +1046,12 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let include_schema = query.include_schema;
         let mut builder = query.into_builder();
-        for (schema, table, kind) in self.tables().await? {
+        for (schema, table, kind) in self.tables(&caller).await? {
             let columns = if include_schema {
-                self.table_schema(&schema, &table).await?
+                self.table_schema(&caller, &schema, &table).await?
             } else {
                 Arc::new(Schema::empty())
             };
@@ -1258,7 +1306,7 @@ impl FlightService for Door {
             self.0
                 .inner
                 .engine
-                .session()
+                .session_for(caller.principal.clone())
                 .describe(&statement)
                 .await
                 .map_err(|e| status(&e))?

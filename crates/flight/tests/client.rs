@@ -13,8 +13,8 @@ use arrow_flight::{
     Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightInfo,
 };
 use futures::{StreamExt, TryStreamExt};
+use medlake_auth::{Access, Method, Secret, User};
 use medlake_flight::{Config, Server, Tls};
-use medlake_pgwire::{Access, Method, Secret, User};
 use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -54,9 +54,12 @@ async fn start() -> Harness {
                 name: "alice".into(),
                 password: Secret::new(PASSWORD),
                 method: Method::ScramSha256,
-                read_only: false,
+                role: medlake_auth::Role::Writer,
+                create_external: false,
+                secrets: Default::default(),
             }]),
             token_lifetime: Duration::from_secs(600),
+            limits: medlake_flight::Limits::default(),
         },
     )
     .await

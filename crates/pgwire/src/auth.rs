@@ -25,88 +25,7 @@ use crate::connection::{Connection, Registry};
 
 const SCRAM_ITERATIONS: usize = 4096;
 
-/// A password that never prints.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// How a user proves their password.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// SCRAM-SHA-256 (RFC 7677), what PostgreSQL uses by default since version 14.
-    #[default]
-    ScramSha256,
-    /// MD5 challenge-response, for clients too old for SCRAM.
-    Md5,
-}
-
-/// A user of the server.
-#[derive(Clone, Debug)]
-pub struct User {
-    pub name: String,
-    pub password: Secret,
-    pub method: Method,
-    /// Queries only: any statement that could change the warehouse is refused (`42501`).
-    pub read_only: bool,
-}
-
-impl User {
-    /// Whether `password` is this user's (compared in constant time), for doors that receive
-    /// the password itself (Flight SQL's Basic handshake, over TLS).
-    pub fn verify(&self, password: &str) -> bool {
-        let (a, b) = (self.password.expose().as_bytes(), password.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-}
-
-/// Who may connect.
-#[derive(Clone, Debug)]
-pub enum Access {
-    /// Users with passwords.
-    Users(Vec<User>),
-    /// Anyone, without a password: only for demos on a loopback address.
-    InsecureNoAuth,
-}
-
-impl Access {
-    /// Checks that a door may serve `listen` with this access: no-auth only on loopback
-    /// (with a loud warning), and at least one user otherwise. `door` names it in messages.
-    pub fn check(&self, listen: std::net::SocketAddr, door: &str) -> Result<(), String> {
-        match self {
-            Access::InsecureNoAuth if !listen.ip().is_loopback() => Err(format!(
-                "no-auth mode only binds a loopback address, not {listen}"
-            )),
-            Access::InsecureNoAuth => {
-                warn!(
-                    addr = %listen,
-                    "{} WITHOUT AUTHENTICATION: anyone on this machine can read and write the warehouse (--insecure-no-auth)",
-                    door.to_uppercase()
-                );
-                Ok(())
-            }
-            Access::Users(users) if users.is_empty() => {
-                Err(format!("no users are configured for the {door}"))
-            }
-            Access::Users(_) => Ok(()),
-        }
-    }
-}
+pub use medlake_auth::{Access, Method, Secret, User};
 
 /// A user as the server keeps it: SCRAM's salted password, computed once.
 struct Known {
@@ -195,14 +114,20 @@ impl Startup {
             .get(METADATA_APPLICATION_NAME)
             .cloned()
             .unwrap_or_default();
-        let read_only = self
-            .users
-            .get(&user)
-            .is_some_and(|known| known.user.read_only);
+        let principal = match self.users.get(&user) {
+            Some(known) => known.user.principal(),
+            None => self.access.anonymous(&user).ok_or_else(|| {
+                PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".into(),
+                    "28000".into(),
+                    format!("no such user \"{user}\""),
+                )))
+            })?,
+        };
+        let read_only = principal.role == medlake_engine::Role::Reader;
         let connection = Arc::new(Connection::new(
-            self.engine.session(),
+            self.engine.session_for(principal),
             user.clone(),
-            read_only,
         ));
         // A client may choose its schema at connect time (`options=-c search_path=bronze`).
         if let Some(options) = client.metadata().get("options").cloned() {

@@ -17,8 +17,6 @@ use crate::error::user_error;
 pub struct Connection {
     pub(crate) session: medlake_engine::Session,
     pub(crate) user: String,
-    /// A read-only user: statements that could write are refused.
-    pub(crate) read_only: bool,
     settings: Mutex<Settings>,
     /// The settings as the startup packet left them, and the schema then in use.
     defaults: Mutex<(Settings, String)>,
@@ -105,11 +103,10 @@ impl Default for Settings {
 }
 
 impl Connection {
-    pub(crate) fn new(session: medlake_engine::Session, user: String, read_only: bool) -> Self {
+    pub(crate) fn new(session: medlake_engine::Session, user: String) -> Self {
         Self {
             session,
             user,
-            read_only,
             settings: Mutex::new(Settings::default()),
             defaults: Mutex::new((
                 Settings::default(),

@@ -329,15 +329,6 @@ where
     match &prepared.kind {
         Kind::Command(command) => run_command(client, connection, command, format).await,
         Kind::Engine(statement) => {
-            if connection.read_only && !statement.is_read_only() {
-                return Err(user_error(
-                    "42501",
-                    format!(
-                        "permission denied: user \"{}\" is read-only (queries only)",
-                        connection.user
-                    ),
-                ));
-            }
             let statement = bind(statement, values)?;
             let query = connection.begin_query();
             let output = {

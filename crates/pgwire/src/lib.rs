@@ -17,7 +17,6 @@ mod handler;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,19 +26,13 @@ use pgwire::error::PgWireError;
 use pgwire::messages::cancel::CancelRequest;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
 use tracing::{debug, info, warn};
 
 pub use auth::{Access, Method, Secret, User};
+/// TLS certificate and key files (PEM): the one loader of `medlake-auth`.
+pub use medlake_auth::TlsFiles as Tls;
 
 use crate::connection::Registry;
-
-/// TLS certificate and key files (PEM).
-#[derive(Clone, Debug)]
-pub struct Tls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
 
 /// How the Postgres door is set up.
 #[derive(Clone, Debug)]
@@ -49,7 +42,12 @@ pub struct Config {
     /// With TLS configured, every connection must use it.
     pub tls: Option<Tls>,
     pub access: Access,
+    /// Open connections; beyond, new connections are closed at once (default 512).
+    pub max_connections: usize,
 }
+
+/// The default of [`Config::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 /// Errors setting up the server. Nothing here starts a server half-configured.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +68,7 @@ pub struct Server {
     listener: TcpListener,
     handlers: Arc<Handlers>,
     tls: Option<TlsAcceptor>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
@@ -78,7 +77,7 @@ impl Server {
     pub async fn bind(engine: medlake_engine::Engine, config: Config) -> Result<Self, Error> {
         config
             .access
-            .check(config.listen, "postgres door")
+            .check(config.listen, "postgres door", config.tls.is_some())
             .map_err(Error::Config)?;
         let tls = match &config.tls {
             Some(tls) => Some(load_tls(tls)?),
@@ -105,6 +104,7 @@ impl Server {
             listener,
             handlers,
             tls,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1))),
         })
     }
 
@@ -130,6 +130,10 @@ impl Server {
                 }
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, addr)) => {
+                        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                            warn!(client = %addr, "postgres door: connection limit reached; closing a new connection");
+                            continue;
+                        };
                         let _ = socket.set_nodelay(true);
                         let handlers = self.handlers.clone();
                         let tls = self.tls.clone();
@@ -138,6 +142,7 @@ impl Server {
                             if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                                 debug!(client = %addr, error = %e, "postgres connection ended with an error");
                             }
+                            drop(slot);
                         });
                     }
                     Err(e) => {
@@ -152,29 +157,11 @@ impl Server {
 
 /// A TLS acceptor from the certificate and key files (also used by the HTTP door).
 pub fn load_tls(tls: &Tls) -> Result<TlsAcceptor, Error> {
-    let fail = |what: &std::path::Path, reason: String| Error::Tls {
-        what: what.display().to_string(),
-        reason,
-    };
-    let cert_pem = std::fs::read(&tls.cert).map_err(|e| fail(&tls.cert, e.to_string()))?;
-    let key_pem = std::fs::read(&tls.key).map_err(|e| fail(&tls.key, e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(&tls.cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail(&tls.cert, "no certificate in the file".into()));
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| fail(&tls.key, e.to_string()))?
-        .ok_or_else(|| fail(&tls.key, "no private key in the file".into()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(&tls.cert, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| fail(&tls.cert, e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let loaded = tls.load().map_err(|e| match e {
+        medlake_auth::Error::Tls { what, reason } => Error::Tls { what, reason },
+        other => Error::Config(other.to_string()),
+    })?;
+    Ok(TlsAcceptor::from(loaded.rustls))
 }
 
 struct Handlers {

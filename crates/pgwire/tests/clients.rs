@@ -116,6 +116,7 @@ async fn servers_refuse_unsafe_setups() {
                     listen,
                     tls,
                     access,
+                    max_connections: 4,
                 },
             )
             .await
@@ -131,6 +132,12 @@ async fn servers_refuse_unsafe_setups() {
         .err()
         .expect("no users is refused");
     assert!(e.to_string().contains("no users"), "{e}");
+    // Passwords are never taken in clear off the machine.
+    let e = bind("0.0.0.0:0", None, common::users())
+        .await
+        .err()
+        .expect("a password door without TLS beyond loopback is refused");
+    assert!(e.to_string().contains("[tls]"), "{e}");
 
     // TLS configured but unusable: the server does not start (no plaintext fallback).
     let missing = Tls {

@@ -9,6 +9,7 @@ use medlake_engine::{Code, Engine};
 mod blob;
 mod cosmos;
 mod rest;
+mod security;
 mod spill;
 mod sqlserver;
 mod views;
@@ -253,7 +254,7 @@ async fn errors_carry_codes_and_clear_messages() {
 #[tokio::test]
 async fn sessions_share_the_warehouse_but_not_their_settings() {
     let (_dir, engine) = scratch().await;
-    let (first, second) = (engine.session(), engine.session());
+    let (first, second) = (engine.local_session(), engine.local_session());
     first
         .sql("SET datafusion.execution.batch_size = 17; CREATE TABLE bronze.s AS SELECT 1 AS x")
         .await

@@ -43,19 +43,25 @@ pub fn users() -> Access {
             name: ALICE.0.into(),
             password: Secret::new(ALICE.1),
             method: Method::ScramSha256,
-            read_only: false,
+            role: medlake_auth::Role::Writer,
+            create_external: false,
+            secrets: Default::default(),
         },
         User {
             name: BOB_MD5.0.into(),
             password: Secret::new(BOB_MD5.1),
             method: Method::Md5,
-            read_only: false,
+            role: medlake_auth::Role::Writer,
+            create_external: false,
+            secrets: Default::default(),
         },
         User {
             name: READER.0.into(),
             password: Secret::new(READER.1),
             method: Method::ScramSha256,
-            read_only: true,
+            role: medlake_auth::Role::Reader,
+            create_external: false,
+            secrets: Default::default(),
         },
     ])
 }
@@ -118,6 +124,7 @@ pub async fn start_empty(tls: bool, access: Access) -> Harness {
             listen: "127.0.0.1:0".parse().expect("an address"),
             tls: tls_config,
             access,
+            max_connections: medlake_pgwire::DEFAULT_MAX_CONNECTIONS,
         },
     )
     .await
