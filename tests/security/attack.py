@@ -104,8 +104,9 @@ class Server:
     """One `medlake serve` over its own warehouse: started, stopped, restarted on the same
     warehouse, with the ports it printed and connections cached per (user, door)."""
 
-    def __init__(self, root, config_text, seed=SEED, tls=True, env=None):
+    def __init__(self, root, config_text, seed=SEED, tls=True, env=None, args=()):
         self.root = Path(root)
+        self.extra_args = list(args)
         self.warehouse = self.root / "warehouse"
         self.tls_dir = self.root / "tls"
         self.tls = tls
@@ -140,7 +141,8 @@ key = "{self.tls_dir / 'server.key'}"
         log_root.mkdir()
         self.serve = MedlakeServe(
             log_root, ["--warehouse", str(self.warehouse), "--config", str(self.config),
-                       "--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                       "--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                       *self.extra_args],
             self.env, "medlake serve: http on")
         LOGS.append(self.serve.log_path)
         self.pg_port = self.serve.port("postgres")
@@ -441,6 +443,14 @@ def _flight_error(door, e):
     message = str(e)
     found = SQLSTATE_RE.search(message)
     code = found.group(1) if found else getattr(e, "sqlstate", None)
+    if code is None:
+        # No SQLSTATE: the gRPC status (ADBC: "(InvalidArgument; ...)", pyarrow: its message).
+        for status, words in [("INVALID_ARGUMENT", ["InvalidArgument", "invalid argument"]),
+                              ("UNAUTHENTICATED", ["Unauthenticated", "unauthenticated"]),
+                              ("PERMISSION_DENIED", ["PermissionDenied", "Unauthorized"])]:
+            if any(w in message for w in words):
+                code = f"grpc:{status}"
+                break
     return Outcome(door, False, code, message, type(e).__name__)
 
 
@@ -489,10 +499,14 @@ def run_probe(server, user_key, door, statements):
                             cur.adbc_statement.set_sql_query(sql)
                             cur.adbc_statement.execute_update()
                         else:
-                            cur.adbc_prepare(sql)
-                            cur.execute(sql)
-                            with contextlib.suppress(Exception):
-                                note("adbc rows", repr(cur.fetchall()))
+                            # Explicitly: the DB-API's adbc_prepare swallows a refused Prepare.
+                            import pyarrow as pa
+                            stmt = cur.adbc_statement
+                            stmt.set_sql_query(sql)
+                            stmt.prepare()
+                            handle, _ = stmt.execute_query()
+                            rows = pa.RecordBatchReader._import_from_c(handle.address).read_all()
+                            note("adbc rows", repr(rows.to_pylist()))
                     except Exception as e:  # noqa: BLE001
                         return _flight_error(door, e)
             return Outcome(door, True)
@@ -555,23 +569,25 @@ def warehouse_files(server):
 
 # Everything medlake persists (tables, views and their definitions, schemas, system.refreshes,
 # external table definitions) is a file under the warehouse: the listing is the main check, the
-# catalog as the admin sees it the second.
-FINGERPRINT_SQL = {
-    "tables": """SELECT table_schema, table_name, table_type FROM information_schema.tables
-                 WHERE table_schema NOT IN ('information_schema', 'pg_catalog')
-                 ORDER BY 1, 2""",
-    "readings": "SELECT count(*), sum(value) FROM bronze.readings",
-}
+# catalog as the admin sees it (in-memory objects shared between sessions) the second.
+FINGERPRINT_SQL = """SELECT table_schema, table_name, table_type FROM information_schema.tables
+                     WHERE table_schema NOT IN ('information_schema', 'pg_catalog')
+                     ORDER BY 1, 2"""
 
 
-def fingerprint(server):
-    state = {"files": warehouse_files(server)}
-    for name, sql in FINGERPRINT_SQL.items():
-        try:
-            state[name] = admin_rows(server, sql)
-        except Exception as e:  # noqa: BLE001 - a missing table is a difference too
-            state[name] = f"error: {e}"
-    return state
+def fingerprint(server, fresh=True):
+    """The warehouse's files and the catalog as the admin sees it. `fresh=False` reuses the
+    catalog read last time when no file changed since (the `before` of a probe)."""
+    files = warehouse_files(server)
+    cached = getattr(server, "_catalog", None)
+    if not fresh and cached and cached[0] == (server.generation, files):
+        return {"files": files, "tables": cached[1]}
+    try:
+        tables = admin_rows(server, FINGERPRINT_SQL)
+    except Exception as e:  # noqa: BLE001 - an error is a difference too
+        tables = f"error: {e}"
+    server._catalog = ((server.generation, files), tables)
+    return {"files": files, "tables": tables}
 
 
 def diff(before, after):
@@ -702,23 +718,25 @@ def serve_process(args, env, timeout=30):
     if not MEDLAKE or not os.path.exists(MEDLAKE):
         pytest.fail(f"MEDLAKE_BIN must point at the medlake binary (got {MEDLAKE!r})")
     process = subprocess.Popen([MEDLAKE, "serve", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True,
-                               env=dict(os.environ, **env))
-    output = ""
+                               stderr=subprocess.STDOUT, env=dict(os.environ, **env))
+    chunks = []
+
+    def pump():
+        for line in iter(process.stdout.readline, b""):
+            chunks.append(line.decode(errors="replace"))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     deadline = time.time() + timeout
-    os.set_blocking(process.stdout.fileno(), False)
     try:
         while time.time() < deadline:
-            chunk = process.stdout.read()
-            if chunk:
-                output += chunk
             if process.poll() is not None:
-                output += process.stdout.read() or ""
-                return True, note("serve output", output)
-            if "medlake serve: http on" in output:
-                return False, note("serve output", output)
+                reader.join(timeout=5)
+                return True, note("serve output", "".join(chunks))
+            if "medlake serve: http on" in "".join(chunks):
+                return False, note("serve output", "".join(chunks))
             time.sleep(0.1)
-        return False, note("serve output", output)
+        return False, note("serve output", "".join(chunks))
     finally:
         if process.poll() is None:
             process.terminate()
@@ -726,3 +744,4 @@ def serve_process(args, env, timeout=30):
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+        reader.join(timeout=5)

@@ -74,15 +74,15 @@ def big_head(target, auth, length=16 << 20):
                                   f"Bearer {GW}x", "Basic cmVhZGVyOnJlYWRlcg==",
                                   f"Bearer {SECRET_ENV['P_ADMIN']}", f"bearer  {GW} extra"])
 def test_unknown_token_gets_401_before_the_body(main, auth):
-    status, seconds = status_line_within(main, big_head("bronze.readings", auth), 5)
-    assert status is not None, "no answer within 5 s: the server waits for the 16 MiB body"
+    status, seconds = status_line_within(main, big_head("bronze.readings", auth), 3)
+    assert status is not None, "no answer within 3 s: the server waits for the 16 MiB body"
     assert " 401" in status, status
     assert seconds < 3, seconds
 
 
 def test_token_for_another_table_gets_403_before_the_body(main):
-    status, _ = status_line_within(main, big_head("bronze.other", f"Bearer {GW}"), 5)
-    assert status is not None, "no answer within 5 s: the server waits for the 16 MiB body"
+    status, _ = status_line_within(main, big_head("bronze.other", f"Bearer {GW}"), 3)
+    assert status is not None, "no answer within 3 s: the server waits for the 16 MiB body"
     assert " 403" in status, status
 
 

@@ -252,21 +252,24 @@ def test_rest_to_loopback_is_refused(main, host):
         canary.close()
 
 
-CONNECT_FAILURE_WORDS = ["error sending request", "timed out", "unreachable", "tcp connect",
-                         "dns error", "connection refused", "os error", "57014", "canceling"]
+# Words only an attempted connection produces (a refusal by policy inside the resolver may well
+# be wrapped in "error sending request ... dns error: ...", which is fine).
+CONNECT_FAILURE_WORDS = ["tcp connect", "timed out", "unreachable", "no route to host",
+                         "connection refused", "os error", "57014", "canceling"]
 
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/",
                                  "http://[fd00:ec2::254]/latest/meta-data/",
                                  "http://10.0.0.1/", "http://192.168.1.1/", "http://172.16.0.1/",
                                  "http://100.64.0.1/", "http://224.0.0.1/",
-                                 "http://metadata.google.internal/computeMetadata/v1/"])
+                                 "http://[fe80::1]/", "http://[::ffff:169.254.169.254]/",
+                                 "http://169.254.169.254.nip.io.invalid/"])
 def test_rest_to_private_addresses_is_refused_without_trying(main, url):
     """Refused by policy, quickly, before any connection attempt (an error about a connection
     that failed or timed out means the server did try)."""
     conn = pg_connect(main, USERS["etl"])
     try:
-        conn.execute("SET statement_timeout = '15s'")
+        conn.execute("SET statement_timeout = '6s'")
         started = time.time()
         try:
             conn.execute(f"CREATE EXTERNAL TABLE bronze.ssrf_priv STORED AS REST LOCATION '{url}'")
