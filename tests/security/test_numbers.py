@@ -35,7 +35,8 @@ def still_serving(server, accepted=False):
         while time.time() < deadline and server.alive():
             time.sleep(0.1)
     if not server.alive():
-        log = server.log()[-3000:]
+        text = server.log()
+        log = "\n".join(l for l in text.splitlines() if "panicked" in l) + "\n" + text[-1500:]
         server.reset()
         pytest.fail("medlake serve died:\n" + log)
     with pg_connect(server, USERS["reader"]) as conn:
