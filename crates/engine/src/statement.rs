@@ -83,33 +83,19 @@ pub struct ImportForeignSchema {
 }
 
 impl Statement {
-    /// Whether the statement only reads: queries, `SHOW`, `EXPLAIN` of a query, `DESCRIBE`,
-    /// and session `SET`s. Everything else may change the warehouse.
-    pub fn is_read_only(&self) -> bool {
-        use datafusion::sql::sqlparser::ast::Statement as Sql;
+    /// Whether the statement is a plain query (`SELECT`/`VALUES`/`WITH ... SELECT`, without
+    /// `INTO`): what `COPY (query) TO STDOUT` accepts, as in PostgreSQL. This is syntax, not
+    /// a privilege: privileges are checked by `Session::execute` for every statement.
+    pub fn is_query(&self) -> bool {
+        use datafusion::sql::sqlparser::ast::{SetExpr, Statement as Sql};
         match self {
-            Statement::DescribeHistory { .. } | Statement::ShowMaterializedViews => true,
-            Statement::Vacuum { dry_run, .. } => *dry_run,
             Statement::Sql(statement) => match statement.as_ref() {
-                DfStatement::Statement(statement) => {
-                    matches!(
-                        statement.as_ref(),
-                        Sql::Query(_)
-                            | Sql::ShowTables { .. }
-                            | Sql::ShowColumns { .. }
-                            | Sql::ShowVariable { .. }
-                            | Sql::ShowFunctions { .. }
-                            | Sql::ShowSchemas { .. }
-                            | Sql::ExplainTable { .. }
-                            | Sql::Set(_)
-                    ) || matches!(
-                        statement.as_ref(),
-                        Sql::Explain { statement, analyze: false, .. } if matches!(statement.as_ref(), Sql::Query(_))
-                    )
-                }
-                DfStatement::Explain(explain) => {
-                    matches!(explain.statement.as_ref(), DfStatement::Statement(s) if matches!(s.as_ref(), Sql::Query(_)))
-                }
+                DfStatement::Statement(statement) => match statement.as_ref() {
+                    Sql::Query(query) => {
+                        !matches!(query.body.as_ref(), SetExpr::Select(select) if select.into.is_some())
+                    }
+                    _ => false,
+                },
                 _ => false,
             },
             _ => false,

@@ -495,6 +495,19 @@ async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<
         (Some(s), true) => s,
         _ => return Err(user_error("42601", "COPY takes exactly one query")),
     };
+    // Checked before anything runs: a command inside COPY (...) never executes.
+    if !statement.is_query() {
+        // A principal without the privilege hears 42501 first (planned, not run).
+        connection
+            .session
+            .describe(&statement)
+            .await
+            .map_err(|e| engine_error(&e))?;
+        return Err(user_error(
+            "42601",
+            "COPY (...) TO STDOUT takes a query (SELECT, VALUES, WITH ... SELECT)",
+        ));
+    }
     let query = connection.begin_query();
     let output = connection
         .session

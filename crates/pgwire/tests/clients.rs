@@ -598,6 +598,12 @@ async fn read_only_users_query_but_never_write() {
         "DROP TABLE bronze.readings",
         "REFRESH MATERIALIZED VIEW gold.device_counts",
         "OPTIMIZE bronze.readings",
+        // Writes nested in reads: they ran before the old per-door check saw them.
+        "COPY (DROP TABLE bronze.readings) TO STDOUT",
+        "COPY (CREATE TABLE bronze.copied AS SELECT 1 AS x) TO STDOUT",
+        "SELECT * INTO bronze.copied FROM bronze.readings",
+        "EXPLAIN ANALYZE INSERT INTO bronze.readings SELECT * FROM bronze.readings",
+        "SET datafusion.runtime.memory_limit = '1G'",
     ] {
         let e = reader.simple_query(write).await.expect_err(write);
         assert_eq!(sqlstate(&e), "42501", "{write}");
@@ -609,4 +615,9 @@ async fn read_only_users_query_but_never_write() {
         .await
         .expect("count");
     assert_eq!(row.get::<_, i64>(0), 4, "nothing was written");
+    let copied = reader
+        .simple_query("SELECT * FROM information_schema.tables WHERE table_name = 'copied'")
+        .await
+        .expect("listing");
+    assert!(text_rows(&copied).is_empty(), "no table was created");
 }

@@ -12,7 +12,7 @@ async fn prepared() -> (tempfile::TempDir, Engine) {
     let (dir, engine) = scratch().await;
     engine
         .sql(
-            "CREATE SCHEMA bronze; CREATE TABLE bronze.t (id INT, hr DOUBLE); \
+            "CREATE TABLE bronze.t (id INT, hr DOUBLE); \
              INSERT INTO bronze.t VALUES (1, 80.0), (2, 90.0)",
         )
         .await
