@@ -238,7 +238,7 @@ def admin_rows(server, sql):
         raise
 
 
-def psql(server, user, *commands, extra_env=None, options=None, timeout=60):
+def psql(server, user, *commands, extra_env=None, options=None, timeout=60, stop_on_error=True):
     """psql -c ... as `user`; returns (returncode, stdout, stderr), errors in verbose form
     (`ERROR:  42501: ...`)."""
     exe = shutil.which("psql") or "/usr/bin/psql"
@@ -252,7 +252,8 @@ def psql(server, user, *commands, extra_env=None, options=None, timeout=60):
         env.update(PGSSLMODE="disable")
     if options is not None:
         env["PGOPTIONS"] = options
-    args = [exe, "-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-h", "localhost",
+    args = [exe, "-X", "-v", f"ON_ERROR_STOP={int(stop_on_error)}", "-v", "VERBOSITY=verbose",
+            "-h", "localhost",
             "-p", str(server.pg_port), "-U", user[0], "-d", "medlake"]
     for command in commands:
         args += ["-c", command]

@@ -9,7 +9,7 @@ import pyarrow.flight as flight
 import pytest
 
 from attack import (SECRET_ENV, USERS, RawFlight, adbc_connect, admin_rows, any_command, diff,
-                    fingerprint, flight_client, note, pb_bytes)
+                    fingerprint, flight_client, note, pb_bytes, pb_fields)
 
 
 def refused(fn, *args):
@@ -258,4 +258,42 @@ def test_random_handles_are_not_found(main):
         for _ in range(20):
             refused(reader.prepared_query, secrets.token_bytes(16))
     finally:
+        reader.close()
+
+
+def ticket(handle):
+    # TicketStatementQuery{statement_handle=1} in an Any, as Flight SQL servers issue them.
+    return flight.Ticket(any_command("TicketStatementQuery", pb_bytes(1, handle)))
+
+
+def test_forged_and_replayed_tickets_run_no_write(main):
+    """A ticket is what DoGet runs: a reader forging one around a write (made-up signature,
+    another statement's signature, a ticket of the writer's) must not get it run."""
+    writer = RawFlight(main, USERS["writer"])
+    reader = RawFlight(main, USERS["reader"])
+    try:
+        info = writer.client.get_flight_info(query_descriptor("SELECT count(*) AS n FROM victim.t"),
+                                             writer.options)
+        real = info.endpoints[0].ticket.ticket
+        fields = pb_fields(pb_fields(real)[2][0])
+        handle = fields[1][0]
+        note("ticket", repr(handle))
+        signature = handle.split(b":", 1)[0] if b":" in handle else handle[:32]
+        before = fingerprint(main, fresh=False)
+        forged = [b"0" * 64 + b":DROP TABLE victim.t", signature + b":DROP TABLE victim.t",
+                  signature + b":INSERT INTO victim.t VALUES (7)",
+                  b"DROP TABLE victim.t", b"done:DROP TABLE victim.t",
+                  handle + b"; DROP TABLE victim.t"]
+        for h in forged:
+            for client in (reader, writer):
+                try:
+                    client.client.do_get(ticket(h), client.options).read_all()
+                except Exception as e:  # noqa: BLE001
+                    note("forged ticket", str(e))
+        changed = diff(before, fingerprint(main))
+        if changed:
+            main.reset()
+        assert not changed, f"a forged ticket ran a write: {changed}"
+    finally:
+        writer.close()
         reader.close()
