@@ -4,6 +4,8 @@ raw pyarrow.flight GetFlightInfo and DoPut): each is refused with SQLSTATE 42501
 warehouse exactly as it was (files on disk and the catalog). A `writer` may write but not create
 external tables nor touch DataFusion's runtime settings."""
 
+import secrets
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -270,3 +272,13 @@ def test_writer_adbc_ingest_works(main):
         cur.execute("DROP TABLE bronze.w_ingest")
     assert admin_rows(main, "SELECT count(*) FROM information_schema.tables "
                             "WHERE table_name = 'w_ingest'") == [(0,)]
+
+
+def test_refusals_are_in_the_audit_log(main):
+    marker = f"audit_{secrets.token_hex(4)}"
+    outcome = run_probe(main, "reader", "pg-simple", [f"CREATE TABLE bronze.{marker} (a INT)"])
+    assert not outcome.ok
+    time.sleep(0.3)
+    lines = [l for l in main.log().splitlines() if "medlake::audit" in l and marker in l]
+    assert lines, "the refusal is not in the audit log (medlake::audit)"
+    assert "reader" in lines[-1] and "permission denied" in lines[-1], lines[-1]

@@ -453,3 +453,31 @@ def test_parquet_inside_allowed_paths_works(main):
         assert rows == [(3, 7.5)]
     finally:
         drop_if_created(main, "bronze", "etl_labs")
+
+
+def test_a_location_swapped_for_a_symlink_after_create_is_not_read(main):
+    """Whoever can drop files into the landing folder (an upload share) swaps an accepted
+    folder for a symlink to the TLS folder / /etc after CREATE: the checks run again at read."""
+    import os
+    import shutil
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder = main.landing / "swap"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [1]}), folder / "part-0.parquet")
+    try:
+        outcome = etl_try(main, f"CREATE EXTERNAL TABLE bronze.swapped STORED AS BINARYFILE "
+                                f"LOCATION '{folder}/'")
+        assert outcome.ok, outcome
+        shutil.rmtree(folder)
+        os.symlink(main.tls_dir, folder)
+        shown = etl_try(main, "SELECT path, CAST(content AS VARCHAR) AS body FROM bronze.swapped",
+                        door="psql")
+        assert "PRIVATE KEY" not in shown.message and "server.key" not in shown.message, \
+            f"the TLS key was read through a swapped folder: {shown.message[:300]!r}"
+    finally:
+        drop_if_created(main, "bronze", "swapped")
+        if folder.is_symlink():
+            folder.unlink()
+        elif folder.exists():
+            shutil.rmtree(folder)
