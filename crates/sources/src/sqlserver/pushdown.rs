@@ -72,8 +72,8 @@ impl Param {
             }
             S::Time64Nanosecond(Some(ns)) => {
                 Param::Time(NaiveTime::from_num_seconds_from_midnight_opt(
-                    (*ns / 1_000_000_000) as u32,
-                    (*ns % 1_000_000_000) as u32,
+                    u32::try_from(*ns / 1_000_000_000).ok()?,
+                    u32::try_from(*ns % 1_000_000_000).ok()?,
                 )?)
             }
             S::TimestampMicrosecond(Some(us), None) => {
@@ -89,8 +89,12 @@ impl Param {
                 Param::DateTime(DateTime::from_timestamp_nanos(*ns).naive_utc())
             }
             S::TimestampMicrosecond(Some(us), Some(_)) => Param::DateTimeOffset(utc(*us)?),
-            S::TimestampMillisecond(Some(ms), Some(_)) => Param::DateTimeOffset(utc(*ms * 1000)?),
-            S::TimestampSecond(Some(s), Some(_)) => Param::DateTimeOffset(utc(*s * 1_000_000)?),
+            S::TimestampMillisecond(Some(ms), Some(_)) => {
+                Param::DateTimeOffset(utc(ms.checked_mul(1000)?)?)
+            }
+            S::TimestampSecond(Some(s), Some(_)) => {
+                Param::DateTimeOffset(utc(s.checked_mul(1_000_000)?)?)
+            }
             S::TimestampNanosecond(Some(ns), Some(_)) => Param::DateTimeOffset(utc(*ns / 1000)?),
             S::Binary(Some(v)) | S::LargeBinary(Some(v)) | S::BinaryView(Some(v)) => {
                 Param::Binary(v.clone())
