@@ -315,6 +315,87 @@ mod tests {
     }
 
     #[test]
+    fn the_warehouse_container_is_never_a_source_and_ambient_options_need_permission() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let policy = |warehouse: &str| Policy {
+            warehouse: Some(url(warehouse)),
+            ..Policy::permissive()
+        };
+        let none: Vec<(String, String)> = Vec::new();
+        let account = vec![(
+            "azure_storage_account_name".to_string(),
+            "other".to_string(),
+        )];
+        let az = policy("az://lake/warehouse/");
+        for inside in [
+            "az://lake/landing/",
+            "az://LAKE/warehouse/bronze/",
+            "abfss://lake@acct.dfs.core.windows.net/x/",
+            "azure://acct.blob.core.windows.net/lake/x/",
+        ] {
+            let e = check_cloud(&url(inside), &none, &az).unwrap_err();
+            assert_eq!(e.sqlstate(), "42501", "{inside}: {e}");
+        }
+        assert!(check_cloud(&url("az://landing/x/"), &none, &az).is_ok());
+        // Another account's container of the same name, when both accounts are known.
+        let known = Policy {
+            warehouse: Some(url("abfss://lake@mine.dfs.core.windows.net/wh/")),
+            ..Policy::permissive()
+        };
+        assert!(check_cloud(&url("az://lake/x/"), &account, &known).is_ok());
+        assert!(check_cloud(&url("az://lake/x/"), &none, &known).is_err());
+        let s3 = policy("s3://bucket/wh/");
+        assert!(check_cloud(&url("s3://bucket/other/"), &none, &s3).is_err());
+        assert!(check_cloud(&url("s3a://bucket/"), &none, &s3).is_err());
+        assert!(check_cloud(&url("s3://other/"), &none, &s3).is_ok());
+        assert!(check_cloud(&url("gs://bucket/"), &none, &s3).is_ok());
+
+        // The server's identity, files and endpoints only where ambient identity is allowed.
+        let strict = Policy {
+            ambient_identity: vec!["az://landing".into()],
+            ..Policy::default()
+        };
+        for key in [
+            "azure_federated_token_file",
+            "azure_msi_endpoint",
+            "azure_use_azure_cli",
+            "aws_web_identity_token_file",
+            "aws_metadata_endpoint",
+            "aws_container_credentials_relative_uri",
+            "aws_role_arn",
+            "google_service_account",
+            "google_application_credentials",
+            "azure_proxy_url",
+            "azure_container_name",
+            "aws_bucket",
+        ] {
+            let config = vec![(key.to_string(), "x".to_string())];
+            let e = check_cloud(&url("az://scans/x/"), &config, &strict).unwrap_err();
+            assert_eq!(e.sqlstate(), "42501", "{key}");
+            assert!(check_cloud(&url("az://landing/x/"), &config, &strict).is_ok());
+        }
+        let explicit = vec![("azure_storage_account_key".to_string(), "a2V5".to_string())];
+        assert!(check_cloud(&url("az://scans/x/"), &explicit, &strict).is_ok());
+        assert!(explicit_credential(&explicit));
+        assert!(!explicit_credential(&account));
+    }
+
+    #[test]
+    fn local_locations_follow_the_path_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let strict = Arc::new(Policy::default());
+        let options = BTreeMap::new();
+        let e = Place::open("/etc/", &options, &strict).unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{e}");
+        let allowed = Arc::new(Policy {
+            allowed_paths: vec![dir.path().to_path_buf()],
+            ..Policy::default()
+        });
+        assert!(Place::open(&dir.path().display().to_string(), &options, &allowed).is_ok());
+        assert!(Place::open("file:///etc/", &options, &allowed).is_err());
+    }
+
+    #[test]
     fn locations_are_folders_without_credentials() {
         assert!(
             parse_location("az://landing/scans")
@@ -432,15 +513,15 @@ fn check_cloud(url: &Url, config: &[(String, String)], policy: &Policy) -> Resul
             });
         }
     }
-    if !policy.ambient_allowed(url.as_str()) {
-        if let Some((key, _)) = config.iter().find(|(k, _)| ambient_option(k)) {
-            return Err(Error::Refused {
-                what: format!("option '{key}'"),
-                reason: format!(
-                    "it uses the server's own identity, files or endpoints, which '{shown}' may not ([sources] ambient_identity)"
-                ),
-            });
-        }
+    if !policy.ambient_allowed(url.as_str())
+        && let Some((key, _)) = config.iter().find(|(k, _)| ambient_option(k))
+    {
+        return Err(Error::Refused {
+            what: format!("option '{key}'"),
+            reason: format!(
+                "it uses the server's own identity, files or endpoints, which '{shown}' may not ([sources] ambient_identity)"
+            ),
+        });
     }
     Ok(())
 }

@@ -1467,6 +1467,30 @@ mod tests {
             .is_ok()
         );
         assert!(parse(&[("key", "${K}"), ("page_size", "0")], url).is_err());
+        // Untrusted numbers are bounded (the old code took any u32 / u64 / i64).
+        for (option, value) in [
+            ("retries", "4294967295"),
+            ("page_size", "4294967295"),
+            ("sample_size", "4294967295"),
+            ("timeout_seconds", "18446744073709551615"),
+            ("watermark_lag_seconds", "9223372036854775807"),
+            ("watermark_lag_seconds", "-1"),
+        ] {
+            let e = parse(&[("key", "${K}"), (option, value)], url).unwrap_err();
+            assert_eq!(e.sqlstate(), "HV024", "{option} {value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn endpoints_are_checked_before_the_sdk_connects() {
+        let o = options(&[("database", "d"), ("container", "c"), ("key", "${K}")]);
+        let policy = Arc::new(Policy::default().with_secret("K", "a2V5"));
+        let config = Config::parse("https://127.0.0.1:8081", &o).unwrap();
+        let e = connect(&config, &policy).await.unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{e}");
+        let config = Config::parse("https://localhost:8081", &o).unwrap();
+        let e = connect(&config, &policy).await.unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{e}");
     }
 
     #[test]

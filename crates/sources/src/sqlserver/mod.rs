@@ -1332,6 +1332,44 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_are_bounded() {
+        for (option, value) in [
+            ("connect_timeout_seconds", "18446744073709551615"),
+            ("query_timeout_seconds", "18446744073709551615"),
+            ("query_timeout_seconds", "0"),
+            ("retries", "4294967295"),
+        ] {
+            let o = options(&[("user", "sa"), ("password", "${PW}"), (option, value)]);
+            let e = Connection::parse("sqlserver://db/EHR", &o).unwrap_err();
+            assert_eq!(e.sqlstate(), "HV024", "{option} {value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_and_ca_files_follow_the_policy() {
+        let o = options(&[
+            ("user", "sa"),
+            ("password", "${PW}"),
+            ("ca_certificate", "/etc/ssl/certs/ca-certificates.crt"),
+        ]);
+        let c = Connection::parse("sqlserver://127.0.0.1:1/EHR", &o).unwrap();
+        let strict = Policy::default().with_secret("PW", "x");
+        assert_eq!(c.check(&strict).unwrap_err().sqlstate(), "42501");
+        let hosts_only = Policy {
+            allowed_hosts: vec!["127.0.0.1".into()],
+            ..strict.clone()
+        };
+        // The CA file is not under an allowed path.
+        assert_eq!(c.check(&hosts_only).unwrap_err().sqlstate(), "42501");
+        let o = options(&[("user", "sa"), ("password", "${PW}")]);
+        let c = Connection::parse("sqlserver://localhost:1/EHR", &o).unwrap();
+        // A name is checked on the addresses it resolves to, when connecting.
+        assert!(c.check(&strict).is_ok());
+        let e = c.connect(&strict).await.unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{e}");
+    }
+
+    #[test]
     fn locations_and_credentials_are_checked() {
         let ok = options(&[("user", "sa"), ("password", "${PW}")]);
         let c = Connection::parse("sqlserver://db.local/EHR", &ok).unwrap();

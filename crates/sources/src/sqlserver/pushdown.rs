@@ -399,6 +399,20 @@ mod tests {
     use crate::sqlserver::types::RemoteColumn;
     use datafusion::prelude::{col, lit};
 
+    #[test]
+    fn literals_out_of_range_are_not_parameters_and_do_not_panic() {
+        let utc = Some(std::sync::Arc::from("UTC"));
+        for value in [
+            ScalarValue::TimestampMillisecond(Some(i64::MAX), utc.clone()),
+            ScalarValue::TimestampMillisecond(Some(i64::MIN), utc.clone()),
+            ScalarValue::TimestampSecond(Some(i64::MAX), utc.clone()),
+            ScalarValue::Time64Nanosecond(Some(-1)),
+            ScalarValue::Time64Nanosecond(Some(i64::MAX)),
+        ] {
+            assert!(Param::from_scalar(&value).is_none(), "{value:?}");
+        }
+    }
+
     fn columns() -> Vec<Column> {
         let column = |name: &str, remote: &str, data_type: DataType| Column {
             name: name.into(),
