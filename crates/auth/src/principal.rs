@@ -74,7 +74,12 @@ impl TablePattern {
 
 impl fmt::Display for TablePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.table.as_deref().unwrap_or("*"))
+        write!(
+            f,
+            "{}.{}",
+            self.schema,
+            self.table.as_deref().unwrap_or("*")
+        )
     }
 }
 
@@ -120,7 +125,10 @@ impl Privilege {
 /// What a privilege is asked on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Object {
-    Table { schema: String, table: String },
+    Table {
+        schema: String,
+        table: String,
+    },
     Schema(String),
     Secret(String),
     /// The warehouse as a whole (statement kinds, settings).
@@ -247,7 +255,12 @@ mod tests {
         let admin = Principal::user("a", Role::Admin);
         let t = table("bronze", "x");
         assert!(reader.allows(&Privilege::Select, &t));
-        for p in [Privilege::Insert, Privilege::Create, Privilege::Drop, Privilege::Refresh] {
+        for p in [
+            Privilege::Insert,
+            Privilege::Create,
+            Privilege::Drop,
+            Privilege::Refresh,
+        ] {
             assert!(!reader.allows(&p, &t));
             assert!(writer.allows(&p, &t));
         }

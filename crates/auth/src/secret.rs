@@ -119,8 +119,9 @@ impl SecretStore {
             if !valid_name(name) {
                 return Err(Error::Secret {
                     name: name.clone(),
-                    reason: "secret names are letters, digits and '_', starting with a letter or '_'"
-                        .into(),
+                    reason:
+                        "secret names are letters, digits and '_', starting with a letter or '_'"
+                            .into(),
                 });
             }
             secrets.insert(name.clone(), source.read(name)?);
