@@ -29,11 +29,14 @@ pub struct LakeCatalog {
     builtin: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
     /// The materialized views, to tell them from tables in listings.
     views: OnceLock<Views>,
+    /// What external tables may reach (the engine's, also in its session config).
+    policy: Arc<medlake_sources::Policy>,
 }
 
 impl LakeCatalog {
-    pub fn new(warehouse: Warehouse) -> Self {
+    pub fn new(warehouse: Warehouse, policy: Arc<medlake_sources::Policy>) -> Self {
         Self {
+            policy,
             warehouse,
             schemas: RwLock::new(BTreeMap::new()),
             time_travel: Arc::new(MemorySchemaProvider::new()),
@@ -118,6 +121,7 @@ impl LakeCatalog {
             fresh.insert(
                 schema.clone(),
                 Arc::new(LakeSchema {
+                    policy: self.policy.clone(),
                     warehouse: self.warehouse.clone(),
                     name: schema,
                     views: views
@@ -188,6 +192,7 @@ impl CatalogProvider for LakeCatalog {
 /// One schema of the warehouse.
 #[derive(Debug)]
 pub struct LakeSchema {
+    policy: Arc<medlake_sources::Policy>,
     warehouse: Warehouse,
     name: String,
     /// The tables of this schema that are materialized views.
@@ -220,7 +225,9 @@ impl SchemaProvider for LakeSchema {
             return Ok(None);
         };
         match self.warehouse.external(&table).await {
-            Ok(Some(stored)) => return external_provider(&table, stored).map(Some),
+            Ok(Some(stored)) => {
+                return external_provider(&table, stored, &self.policy).map(Some);
+            }
             Ok(None) => {}
             Err(e) => return Err(DataFusionError::External(Box::new(e))),
         }
@@ -263,9 +270,10 @@ impl SchemaProvider for LakeSchema {
 pub(crate) fn external_provider(
     table: &TableName,
     stored: serde_json::Value,
+    policy: &Arc<medlake_sources::Policy>,
 ) -> DfResult<Arc<dyn TableProvider>> {
     let definition: medlake_sources::Definition = serde_json::from_value(stored)
         .map_err(|e| DataFusionError::Internal(format!("external table {table}: {e}")))?;
-    let external = medlake_sources::open(&definition)?;
+    let external = medlake_sources::open(&definition, policy)?;
     Ok(external.provider())
 }

@@ -197,12 +197,35 @@ impl Engine {
         Self::open_with(location, runtime::RuntimeSettings::from_env()?).await
     }
 
-    /// [`Engine::open`] with the given memory and spill settings instead of the environment's.
+    /// [`Engine::open`] with the given memory and spill settings instead of the environment's,
+    /// and the permissive source policy of the local CLI ([`medlake_sources::Policy::permissive`]:
+    /// `${NAME}` falls back to the environment; never for `medlake serve`).
     pub async fn open_with(location: &str, runtime: runtime::RuntimeSettings) -> Result<Self> {
+        Self::open_with_sources(location, runtime, medlake_sources::Policy::permissive()).await
+    }
+
+    /// [`Engine::open_with`] with the operator's rules for external tables: `policy` gains the
+    /// warehouse (its root and storage may never be read by an external table) and the spill
+    /// folder as forbidden paths, and reaches the connectors through the session config
+    /// (`SessionConfig::with_extension`), for every session of the engine.
+    pub async fn open_with_sources(
+        location: &str,
+        runtime: runtime::RuntimeSettings,
+        mut policy: medlake_sources::Policy,
+    ) -> Result<Self> {
         let warehouse = Warehouse::open(location).await?;
-        let catalog = Arc::new(catalog::LakeCatalog::new(warehouse.clone()));
+        if let Ok(root) = warehouse.url().to_file_path() {
+            policy.forbidden_paths.push(root);
+        }
+        if let Some(spill) = &runtime.spill_dir {
+            policy.forbidden_paths.push(spill.clone());
+        }
+        policy.warehouse = Some(warehouse.url().clone());
+        let policy = Arc::new(policy);
+        let catalog = Arc::new(catalog::LakeCatalog::new(warehouse.clone(), policy.clone()));
         catalog.refresh().await?;
         let config = SessionConfig::new()
+            .with_extension(policy)
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
@@ -1191,8 +1214,9 @@ impl Session {
                         });
                     }
                 };
+                let policy = medlake_sources::Policy::of(&self.ctx.copied_config());
                 let definition =
-                    medlake_sources::define(&kind, &location, options, declared).await?;
+                    medlake_sources::define(&kind, &location, options, declared, &policy).await?;
                 let stored = serde_json::to_value(&definition)
                     .map_err(|e| Error::Internal(format!("external table definition: {e}")))?;
                 self.shared
@@ -1263,6 +1287,7 @@ impl Session {
             &import.location,
             &options,
             &import.remote_schema,
+            &medlake_sources::Policy::of(&self.ctx.copied_config()),
         )
         .await?;
         if let Some((limit_to, names)) = &import.only {
@@ -1326,6 +1351,7 @@ impl Session {
             &import.location,
             options,
             Arc::new(Schema::empty()),
+            &medlake_sources::Policy::of(&self.ctx.copied_config()),
         )
         .await;
         let definition = match defined {

@@ -11,8 +11,16 @@ pub enum Error {
     #[error("option '{option}': {reason}")]
     InvalidOption { option: String, reason: String },
 
-    #[error("option '{option}' reads environment variable {variable}, which is not set")]
-    MissingSecret { option: String, variable: String },
+    /// A `${NAME}` the server's secret store does not hold (names the secret, never a value).
+    #[error(
+        "option '{option}' references secret {name}, which the server does not provide to sources: declare it in the config's [secrets] (NAME = {{ env = \"VAR\" }} or {{ file = \"/run/secrets/name\" }})"
+    )]
+    UnknownSecret { option: String, name: String },
+
+    /// Something the server's source policy does not allow: a path, a host, the server's
+    /// cloud identity, the warehouse's own storage.
+    #[error("{what} is refused: {reason}")]
+    Refused { what: String, reason: String },
 
     #[error("cannot connect to {server}: {message}")]
     Connect { server: String, message: String },
@@ -81,7 +89,9 @@ impl Error {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             Error::UnknownKind { .. } => "HV00D",
-            Error::InvalidOption { .. } | Error::MissingSecret { .. } => "HV024",
+            Error::InvalidOption { .. } => "HV024",
+            // Permission-style refusals: the same SQLSTATE as a missing privilege.
+            Error::UnknownSecret { .. } | Error::Refused { .. } => "42501",
             Error::Connect { .. } | Error::LoginFailed { .. } | Error::Timeout { .. } => "HV00N",
             Error::RemoteTableNotFound { .. } => "HV00R",
             Error::UnsupportedType { .. } => "HV004",

@@ -2,16 +2,21 @@
 //! `CREATE EXTERNAL TABLE ... STORED AS <KIND> LOCATION '...' OPTIONS (...)`.
 //!
 //! A [`Definition`] is what the catalog stores for such a table: the kind, the location, the
-//! options as written (secrets only as `${NAME}` references, resolved from the environment
-//! each time a connection is made) and the remote columns read when the table was created, so
+//! options as written (secrets only as `${NAME}` references, resolved from the server's secret
+//! store each time a connection is made) and the remote columns read when the table was created, so
 //! that a table opens and plans without contacting its source.
 //!
 //! Every connector is a DataFusion `TableProvider`; connectors that can extract incrementally
 //! also implement [`Watermarked`]: rows up to a high mark, and rows between two marks.
+//!
+//! What a table may reach (secrets, local paths, hosts, the server's cloud identity) is the
+//! operator's [`Policy`], checked at CREATE ([`define`]), when a table is opened ([`open`])
+//! and on every connection. This crate must not touch the warehouse's own storage.
 
 pub mod blob;
 pub mod cosmos;
 pub mod error;
+pub mod policy;
 pub mod rest;
 mod scan;
 pub mod secret;
@@ -26,6 +31,8 @@ use datafusion::catalog::TableProvider;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
+pub use policy::Policy;
+pub use secret::secret_references;
 
 /// The source kinds that `STORED AS` accepts (upper case, as DataFusion passes them).
 pub const KINDS: &[&str] = &[
@@ -76,26 +83,33 @@ pub async fn define(
     location: &str,
     options: BTreeMap<String, String>,
     declared: SchemaRef,
+    policy: &Arc<Policy>,
 ) -> Result<Definition> {
+    // Every secret is resolved (from the policy's store only) when the source is contacted.
     match kind.to_ascii_uppercase().as_str() {
-        "SQLSERVER" => sqlserver::define(location, options, declared).await,
-        "REST" => rest::define(location, options, declared).await,
-        "COSMOS" => cosmos::define(location, options, declared).await,
-        k if blob::KINDS.contains(&k) => blob::define(k, location, options, declared).await,
+        "SQLSERVER" => sqlserver::define(location, options, declared, policy).await,
+        "REST" => rest::define(location, options, declared, policy).await,
+        "COSMOS" => cosmos::define(location, options, declared, policy).await,
+        k if blob::KINDS.contains(&k) => blob::define(k, location, options, declared, policy).await,
         other => Err(Error::UnknownKind {
             kind: other.to_string(),
         }),
     }
 }
 
-/// Opens a stored definition as a table (no connection is made until it is scanned).
-pub fn open(definition: &Definition) -> Result<Arc<dyn External>> {
+/// Opens a stored definition as a table (no connection is made until it is scanned). The
+/// policy is checked again now (it may have changed since the table was created) and is kept
+/// for the table's connections.
+pub fn open(definition: &Definition, policy: &Arc<Policy>) -> Result<Arc<dyn External>> {
+    secret::check_references(&definition.options, policy)?;
     match definition.kind.as_str() {
-        "sqlserver" => Ok(Arc::new(sqlserver::SqlServerTable::open(definition)?)),
-        "rest" => Ok(Arc::new(rest::RestTable::open(definition)?)),
-        "cosmos" => Ok(Arc::new(cosmos::CosmosTable::open(definition)?)),
+        "sqlserver" => Ok(Arc::new(sqlserver::SqlServerTable::open(
+            definition, policy,
+        )?)),
+        "rest" => Ok(Arc::new(rest::RestTable::open(definition, policy)?)),
+        "cosmos" => Ok(Arc::new(cosmos::CosmosTable::open(definition, policy)?)),
         "csv" | "json" | "parquet" | "binaryfile" | "dicom" => {
-            Ok(Arc::new(blob::BlobTable::open(definition)?))
+            Ok(Arc::new(blob::BlobTable::open(definition, policy)?))
         }
         other => Err(Error::UnknownKind {
             kind: other.to_string(),
@@ -163,11 +177,12 @@ pub async fn list_tables(
     location: &str,
     options: &BTreeMap<String, String>,
     remote_schema: &str,
+    policy: &Arc<Policy>,
 ) -> Result<Vec<RemoteTable>> {
     match kind.to_ascii_uppercase().as_str() {
-        "SQLSERVER" => sqlserver::list_tables(location, options, remote_schema).await,
+        "SQLSERVER" => sqlserver::list_tables(location, options, remote_schema, policy).await,
         "REST" => rest::list_tables(location, options, remote_schema).await,
-        "COSMOS" => cosmos::list_tables(location, options, remote_schema).await,
+        "COSMOS" => cosmos::list_tables(location, options, remote_schema, policy).await,
         k if blob::KINDS.contains(&k) => Err(Error::NoSchemas {
             kind: k.to_string(),
             hint: "create one external table per folder".into(),

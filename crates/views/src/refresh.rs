@@ -436,7 +436,8 @@ impl Views {
             }
             let (provider, version, table_id) = match self.inner.warehouse.external(&input).await? {
                 Some(stored) => {
-                    let (provider, id, pin) = pin_external(&input, stored).await?;
+                    let policy = medlake_sources::Policy::of(self.inner.state.config());
+                    let (provider, id, pin) = pin_external(&input, stored, &policy).await?;
                     external.insert(input.clone(), pin);
                     (provider, 0, id)
                 }
@@ -1432,6 +1433,7 @@ enum Change {
 async fn pin_external(
     name: &TableName,
     stored: Value,
+    policy: &Arc<medlake_sources::Policy>,
 ) -> Result<(Arc<dyn TableProvider>, String, ExternalPin)> {
     let source_error = |e: medlake_sources::Error| Error::Source {
         table: name.to_string(),
@@ -1439,7 +1441,7 @@ async fn pin_external(
     };
     let definition: medlake_sources::Definition = serde_json::from_value(stored)
         .map_err(|e| Error::Internal(format!("external table {name}: {e}")))?;
-    let table = medlake_sources::open(&definition).map_err(source_error)?;
+    let table = medlake_sources::open(&definition, policy).map_err(source_error)?;
     let id = definition.id();
     match table.clone().watermarked() {
         Some(source) => {

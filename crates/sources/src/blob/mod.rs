@@ -41,7 +41,7 @@ use object_store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::{Definition, External, Watermarked};
+use crate::{Definition, External, Policy, Watermarked};
 use mark::{Mark, Window};
 use store::Place;
 
@@ -171,12 +171,13 @@ pub async fn define(
     location: &str,
     options: BTreeMap<String, String>,
     declared: SchemaRef,
+    policy: &Arc<Policy>,
 ) -> Result<Definition> {
     let format = Format::from_kind(kind).ok_or_else(|| Error::UnknownKind {
         kind: kind.to_string(),
     })?;
     check_options(format, &options)?;
-    let place = Place::open(location, &options)?;
+    let place = Place::open(location, &options, policy)?;
     let listed = place.list().await?;
     let settings = Settings::parse(format, &options)?;
     let wanted: Vec<&(String, ObjectMeta)> = listed
@@ -267,7 +268,7 @@ pub async fn define(
         created: chrono::Utc::now().to_rfc3339(),
     };
     // Opening checks what remains (format options, DICOM tags) against the columns.
-    BlobTable::open(&definition)?;
+    BlobTable::open(&definition, policy)?;
     Ok(definition)
 }
 
@@ -492,7 +493,9 @@ pub(crate) fn file_fields() -> Vec<Field> {
 
 impl BlobTable {
     /// Opens a stored definition; nothing is listed or read until a scan.
-    pub fn open(definition: &Definition) -> Result<Self> {
+    /// The LOCATION is checked against the policy again (paths, the warehouse's storage,
+    /// ambient identity) and the store's connections keep it.
+    pub fn open(definition: &Definition, policy: &Arc<Policy>) -> Result<Self> {
         let format = Format::from_kind(&definition.kind).ok_or_else(|| Error::UnknownKind {
             kind: definition.kind.clone(),
         })?;
@@ -502,7 +505,7 @@ impl BlobTable {
                 what: "external table definition".into(),
                 message: e.to_string(),
             })?;
-        let place = Place::open(&definition.location, options)?;
+        let place = Place::open(&definition.location, options, policy)?;
         let settings = Settings::parse(format, options)?;
         let partitions: Vec<FieldRef> = remote
             .partitions

@@ -1,6 +1,8 @@
 //! Where a blob table's files are: the object store of its LOCATION, with credentials from the
-//! table's options (`${NAME}` references only) on top of the environment's, built by the
-//! warehouse's own store builder (`medlake_lake::location`).
+//! table's options (`${NAME}` references only), on top of the server's own cloud identity
+//! (its `AWS_*` / `AZURE_*` / `GOOGLE_*` environment, managed identity) only where the
+//! policy's `ambient_identity` allows it. Every HTTP connection of the store goes through
+//! [`VettedConnector`]: addresses are checked by the policy when they are resolved.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore};
 use url::Url;
 
+use crate::Policy;
 use crate::error::{Error, Result};
 use crate::secret;
 
@@ -99,9 +102,15 @@ pub fn parse_location(location: &str) -> Result<Url> {
 }
 
 impl Place {
-    /// The store of `location` with the storage options among `options` (resolved now).
-    pub fn open(location: &str, options: &BTreeMap<String, String>) -> Result<Self> {
-        let url = parse_location(location)?;
+    /// The store of `location` with the storage options among `options` (resolved now), as
+    /// `policy` allows: a local folder under an allowed path, never the warehouse's own
+    /// storage, the server's cloud identity only where allowed, connections vetted.
+    pub fn open(
+        location: &str,
+        options: &BTreeMap<String, String>,
+        policy: &Arc<Policy>,
+    ) -> Result<Self> {
+        let mut url = parse_location(location)?;
         let mut config = Vec::new();
         let mut secrets = Vec::new();
         for (key, value) in options {
@@ -111,23 +120,36 @@ impl Place {
             if is_secret(key) {
                 secret::require_reference(key, value)?;
             }
-            let resolved = secret::resolve(key, value)?.expose().to_string();
+            let resolved = secret::resolve(key, value, policy)?.expose().to_string();
             if is_secret(key) {
                 secrets.push(resolved.clone());
             }
             config.push((key.clone(), resolved));
         }
-        if url.scheme() == "file" && !config.is_empty() {
-            return Err(Error::InvalidOption {
-                option: config[0].0.clone(),
-                reason: "local folders take no storage options".into(),
-            });
-        }
-        let (store, prefix) =
-            medlake_lake::build_store_with(&url, &config).map_err(|e| Error::InvalidOption {
+        if url.scheme() == "file" {
+            if !config.is_empty() {
+                return Err(Error::InvalidOption {
+                    option: config[0].0.clone(),
+                    reason: "local folders take no storage options".into(),
+                });
+            }
+            let path = url.to_file_path().map_err(|()| Error::InvalidOption {
                 option: "LOCATION".into(),
-                reason: scrub(&e.to_string(), &secrets),
+                reason: format!("'{location}' is not a local path"),
             })?;
+            // Read the folder the check saw (symlinks resolved), not the path as written.
+            let canonical = policy.check_path("LOCATION", &path)?;
+            url = Url::from_directory_path(&canonical).map_err(|()| Error::InvalidOption {
+                option: "LOCATION".into(),
+                reason: format!("'{location}' is not a folder path"),
+            })?;
+        } else {
+            check_cloud(&url, &config, policy)?;
+        }
+        let (store, prefix) = build(&url, &config, policy).map_err(|e| Error::InvalidOption {
+            option: "LOCATION".into(),
+            reason: scrub(&e, &secrets),
+        })?;
         Ok(Self {
             location: url.to_string(),
             store,
@@ -171,6 +193,9 @@ impl Place {
 /// Classifies an object_store error: missing container/bucket/folder, refused credentials,
 /// unreachable service, anything else.
 pub fn store_error(location: &str, e: object_store::Error, secrets: &[String]) -> Error {
+    if let Some(refused) = crate::policy::find_refusal(&e) {
+        return refused;
+    }
     let message = scrub(&full_message(&e), secrets);
     let lower = message.to_ascii_lowercase();
     match e {
@@ -290,6 +315,87 @@ mod tests {
     }
 
     #[test]
+    fn the_warehouse_container_is_never_a_source_and_ambient_options_need_permission() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let policy = |warehouse: &str| Policy {
+            warehouse: Some(url(warehouse)),
+            ..Policy::permissive()
+        };
+        let none: Vec<(String, String)> = Vec::new();
+        let account = vec![(
+            "azure_storage_account_name".to_string(),
+            "other".to_string(),
+        )];
+        let az = policy("az://lake/warehouse/");
+        for inside in [
+            "az://lake/landing/",
+            "az://LAKE/warehouse/bronze/",
+            "abfss://lake@acct.dfs.core.windows.net/x/",
+            "azure://acct.blob.core.windows.net/lake/x/",
+        ] {
+            let e = check_cloud(&url(inside), &none, &az).unwrap_err();
+            assert_eq!(e.sqlstate(), "42501", "{inside}: {e}");
+        }
+        assert!(check_cloud(&url("az://landing/x/"), &none, &az).is_ok());
+        // Another account's container of the same name, when both accounts are known.
+        let known = Policy {
+            warehouse: Some(url("abfss://lake@mine.dfs.core.windows.net/wh/")),
+            ..Policy::permissive()
+        };
+        assert!(check_cloud(&url("az://lake/x/"), &account, &known).is_ok());
+        assert!(check_cloud(&url("az://lake/x/"), &none, &known).is_err());
+        let s3 = policy("s3://bucket/wh/");
+        assert!(check_cloud(&url("s3://bucket/other/"), &none, &s3).is_err());
+        assert!(check_cloud(&url("s3a://bucket/"), &none, &s3).is_err());
+        assert!(check_cloud(&url("s3://other/"), &none, &s3).is_ok());
+        assert!(check_cloud(&url("gs://bucket/"), &none, &s3).is_ok());
+
+        // The server's identity, files and endpoints only where ambient identity is allowed.
+        let strict = Policy {
+            ambient_identity: vec!["az://landing".into()],
+            ..Policy::default()
+        };
+        for key in [
+            "azure_federated_token_file",
+            "azure_msi_endpoint",
+            "azure_use_azure_cli",
+            "aws_web_identity_token_file",
+            "aws_metadata_endpoint",
+            "aws_container_credentials_relative_uri",
+            "aws_role_arn",
+            "google_service_account",
+            "google_application_credentials",
+            "azure_proxy_url",
+            "azure_container_name",
+            "aws_bucket",
+        ] {
+            let config = vec![(key.to_string(), "x".to_string())];
+            let e = check_cloud(&url("az://scans/x/"), &config, &strict).unwrap_err();
+            assert_eq!(e.sqlstate(), "42501", "{key}");
+            assert!(check_cloud(&url("az://landing/x/"), &config, &strict).is_ok());
+        }
+        let explicit = vec![("azure_storage_account_key".to_string(), "a2V5".to_string())];
+        assert!(check_cloud(&url("az://scans/x/"), &explicit, &strict).is_ok());
+        assert!(explicit_credential(&explicit));
+        assert!(!explicit_credential(&account));
+    }
+
+    #[test]
+    fn local_locations_follow_the_path_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let strict = Arc::new(Policy::default());
+        let options = BTreeMap::new();
+        let e = Place::open("/etc/", &options, &strict).unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{e}");
+        let allowed = Arc::new(Policy {
+            allowed_paths: vec![dir.path().to_path_buf()],
+            ..Policy::default()
+        });
+        assert!(Place::open(&dir.path().display().to_string(), &options, &allowed).is_ok());
+        assert!(Place::open("file:///etc/", &options, &allowed).is_err());
+    }
+
+    #[test]
     fn locations_are_folders_without_credentials() {
         assert!(
             parse_location("az://landing/scans")
@@ -304,5 +410,338 @@ mod tests {
             parse_location("/surely/not/a/folder/medlake"),
             Err(Error::LocationNotFound { .. })
         ));
+    }
+}
+
+/// Storage options that make the store use the server's own identity or files, or redirect it
+/// to another container, bucket or credential endpoint: only where ambient identity is allowed.
+fn ambient_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "_file",
+        "msi",
+        "identity",
+        "metadata_endpoint",
+        "imds",
+        "container_credentials",
+        "azure_cli",
+        "fabric",
+        "role_arn",
+        "role_session",
+        "endpoint_url_sts",
+        "application_credentials",
+        "proxy",
+        "container_name",
+        "bucket",
+    ]
+    .iter()
+    .any(|w| key.contains(w))
+        || matches!(
+            key.as_str(),
+            "google_service_account" | "google_service_account_path"
+        )
+}
+
+/// Options that give the store its own credential (no identity of the server is needed).
+fn explicit_credential(config: &[(String, String)]) -> bool {
+    config.iter().any(|(key, value)| {
+        let key = key.to_ascii_lowercase();
+        (is_secret(&key) && !value.is_empty())
+            || (key.ends_with("use_emulator") && value.eq_ignore_ascii_case("true"))
+            || (key.ends_with("skip_signature") && value.eq_ignore_ascii_case("true"))
+    })
+}
+
+/// Which cloud store a URL is in: (family, account if known, container or bucket).
+fn store_identity(
+    url: &Url,
+    account_option: Option<&str>,
+) -> Option<(&'static str, Option<String>, String)> {
+    let host = url.host_str()?.to_ascii_lowercase();
+    match url.scheme() {
+        "az" | "azure" | "abfs" | "abfss" => {
+            // abfss://container@account.dfs.core.windows.net/..., or az://container/...,
+            // or az://account.blob.core.windows.net/container/...
+            if !url.username().is_empty() {
+                let account = host.split('.').next().map(str::to_string);
+                return Some(("azure", account, url.username().to_ascii_lowercase()));
+            }
+            if host.contains(".blob.") || host.contains(".dfs.") {
+                let account = host.split('.').next().map(str::to_string);
+                let container = url.path_segments()?.next()?.to_ascii_lowercase();
+                return Some(("azure", account, container));
+            }
+            Some(("azure", account_option.map(str::to_ascii_lowercase), host))
+        }
+        "s3" | "s3a" => Some(("s3", None, host)),
+        "gs" => Some(("gs", None, host)),
+        _ => None,
+    }
+}
+
+/// The account option of a store's configuration (Azure).
+fn account_of(config: &[(String, String)]) -> Option<&str> {
+    config
+        .iter()
+        .find(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "azure_storage_account_name" | "azure_account_name"
+            )
+        })
+        .map(|(_, v)| v.as_str())
+}
+
+/// A cloud LOCATION: never in the warehouse's own container or bucket; the server's identity
+/// only where the policy allows it.
+fn check_cloud(url: &Url, config: &[(String, String)], policy: &Policy) -> Result<()> {
+    let shown = medlake_lake::redact(url.as_str());
+    if let Some(warehouse) = &policy.warehouse {
+        let warehouse_account = std::env::var("AZURE_STORAGE_ACCOUNT_NAME")
+            .or_else(|_| std::env::var("AZURE_STORAGE_ACCOUNT"))
+            .ok();
+        if let (Some((family, account, container)), Some((w_family, w_account, w_container))) = (
+            store_identity(url, account_of(config)),
+            store_identity(warehouse, warehouse_account.as_deref()),
+        ) && family == w_family
+            && container == w_container
+            && (account.is_none() || w_account.is_none() || account == w_account)
+        {
+            return Err(Error::Refused {
+                what: format!("LOCATION '{shown}'"),
+                reason: "it is in the warehouse's own container or bucket; read warehouse tables with SQL".into(),
+            });
+        }
+    }
+    if !policy.ambient_allowed(url.as_str())
+        && let Some((key, _)) = config.iter().find(|(k, _)| ambient_option(k))
+    {
+        return Err(Error::Refused {
+            what: format!("option '{key}'"),
+            reason: format!(
+                "it uses the server's own identity, files or endpoints, which '{shown}' may not ([sources] ambient_identity)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Builds the store of `url` (pointing at its container or bucket) and the folder inside it.
+fn build(
+    url: &Url,
+    config: &[(String, String)],
+    policy: &Arc<Policy>,
+) -> std::result::Result<(Arc<dyn ObjectStore>, Path), String> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+    use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+    let path = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
+    let ambient = policy.ambient_allowed(url.as_str());
+    // Without an identity of its own and without the server's, a store reads anonymously
+    // rather than fall back to the server's managed identity or metadata service.
+    let anonymous = !ambient && !explicit_credential(config);
+    let connector = VettedConnector {
+        policy: policy.clone(),
+    };
+    let key_error = |key: &str, e: object_store::Error| format!("option '{key}': {e}");
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "file" => Arc::new(object_store::local::LocalFileSystem::new()),
+        "az" | "abfs" | "abfss" | "azure" => {
+            let mut builder = if ambient {
+                MicrosoftAzureBuilder::from_env()
+            } else {
+                MicrosoftAzureBuilder::new()
+            }
+            .with_url(url.as_str())
+            .with_http_connector(connector);
+            for (key, value) in config {
+                let parsed = key
+                    .parse::<AzureConfigKey>()
+                    .map_err(|e| key_error(key, e))?;
+                builder = builder.with_config(parsed, value);
+            }
+            if anonymous {
+                builder = builder.with_skip_signature(true);
+            }
+            Arc::new(builder.build().map_err(|e| e.to_string())?)
+        }
+        "s3" | "s3a" => {
+            let mut builder = if ambient {
+                AmazonS3Builder::from_env()
+            } else {
+                AmazonS3Builder::new()
+            }
+            .with_url(url.as_str())
+            .with_http_connector(connector);
+            for (key, value) in config {
+                let parsed = key
+                    .parse::<AmazonS3ConfigKey>()
+                    .map_err(|e| key_error(key, e))?;
+                builder = builder.with_config(parsed, value);
+            }
+            if anonymous {
+                builder = builder.with_skip_signature(true);
+            }
+            Arc::new(builder.build().map_err(|e| e.to_string())?)
+        }
+        "gs" => {
+            let mut builder = if ambient {
+                GoogleCloudStorageBuilder::from_env()
+            } else {
+                GoogleCloudStorageBuilder::new()
+            }
+            .with_url(url.as_str())
+            .with_http_connector(connector);
+            for (key, value) in config {
+                let parsed = key
+                    .parse::<GoogleConfigKey>()
+                    .map_err(|e| key_error(key, e))?;
+                builder = builder.with_config(parsed, value);
+            }
+            if anonymous {
+                builder = builder.with_skip_signature(true);
+            }
+            Arc::new(builder.build().map_err(|e| e.to_string())?)
+        }
+        other => return Err(format!("unsupported scheme {other}")),
+    };
+    Ok((store, path))
+}
+
+/// object_store's HTTP connector with the policy's checks: the reqwest client resolves
+/// through the vetting resolver, checks IP-literal hosts and every redirect hop, and does not
+/// use the environment's proxies. A refusal is not retried.
+#[derive(Debug)]
+pub struct VettedConnector {
+    pub policy: Arc<Policy>,
+}
+
+impl object_store::client::HttpConnector for VettedConnector {
+    fn connect(
+        &self,
+        options: &object_store::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        let client =
+            client_for(options, &self.policy).map_err(|e| object_store::Error::Generic {
+                store: "HTTP",
+                source: e.into(),
+            })?;
+        Ok(object_store::client::HttpClient::new(VettedService {
+            client,
+            policy: self.policy.clone(),
+        }))
+    }
+}
+
+/// A reqwest client as object_store's `ClientOptions::client` builds it, through the
+/// vetting resolver and redirect policy.
+fn client_for(
+    options: &object_store::ClientOptions,
+    policy: &Arc<Policy>,
+) -> std::result::Result<reqwest::Client, String> {
+    use object_store::ClientConfigKey as K;
+    let get = |key: K| options.get_config_value(&key);
+    let flag = |key: K| get(key).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    // Durations from options are bounded: a day at most.
+    let duration = |key: K| -> std::result::Result<Option<std::time::Duration>, String> {
+        match get(key) {
+            None => Ok(None),
+            Some(text) => humantime::parse_duration(&text)
+                .map(|d| Some(d.min(std::time::Duration::from_secs(86_400))))
+                .map_err(|e| format!("'{text}' is not a duration: {e}")),
+        }
+    };
+    let mut builder = crate::policy::vetted_client(policy);
+    let hops = policy.clone();
+    builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 10 || !crate::policy::redirect_allowed(&hops, attempt.url())
+        {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    }));
+    builder = match get(K::UserAgent) {
+        Some(agent) => builder.user_agent(agent),
+        None => builder.user_agent(concat!("medlake/", env!("CARGO_PKG_VERSION"))),
+    };
+    if let Some(headers) = options.get_default_headers() {
+        builder = builder.default_headers(headers.clone());
+    }
+    if let Some(proxy) = get(K::ProxyUrl) {
+        if !policy.any_host() {
+            return Err(
+                "a proxy would reach hosts the server's [sources] allowed_hosts does not list"
+                    .into(),
+            );
+        }
+        builder = builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| e.to_string())?);
+    }
+    if let Some(t) = duration(K::Timeout)? {
+        builder = builder.timeout(t);
+    }
+    if let Some(t) = duration(K::ConnectTimeout)? {
+        builder = builder.connect_timeout(t);
+    }
+    if let Some(t) = duration(K::PoolIdleTimeout)? {
+        builder = builder.pool_idle_timeout(t);
+    }
+    if let Some(n) = get(K::PoolMaxIdlePerHost) {
+        let n: usize = n
+            .parse()
+            .ok()
+            .filter(|n| *n <= 1024)
+            .ok_or_else(|| format!("'{n}' is not a number of connections from 0 to 1024"))?;
+        builder = builder.pool_max_idle_per_host(n);
+    }
+    if flag(K::Http1Only) {
+        builder = builder.http1_only();
+    }
+    if flag(K::Http2Only) {
+        builder = builder.http2_prior_knowledge();
+    }
+    if flag(K::AllowInvalidCertificates) {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    builder
+        .no_gzip()
+        .https_only(!flag(K::AllowHttp))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The store's requests: an IP-literal host is checked before sending (it skips the
+/// resolver), and a refusal anywhere in a failure's chain ends the request without retries.
+#[derive(Debug)]
+struct VettedService {
+    client: reqwest::Client,
+    policy: Arc<Policy>,
+}
+
+#[async_trait::async_trait]
+impl object_store::client::HttpService for VettedService {
+    async fn call(
+        &self,
+        request: object_store::client::HttpRequest,
+    ) -> std::result::Result<object_store::client::HttpResponse, object_store::client::HttpError>
+    {
+        use object_store::client::{HttpError, HttpErrorKind};
+        if !self.policy.any_host()
+            && let Some(host) = request.uri().host()
+            && let Ok(ip) = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+            && let Err(refused) = self.policy.check_ip(host, ip)
+        {
+            return Err(HttpError::new(HttpErrorKind::Unknown, refused));
+        }
+        match object_store::client::HttpService::call(&self.client, request).await {
+            Ok(response) => Ok(response),
+            Err(e) => match crate::policy::find_refusal(&e) {
+                Some(refused) => Err(HttpError::new(HttpErrorKind::Unknown, refused)),
+                None => Err(e),
+            },
+        }
     }
 }

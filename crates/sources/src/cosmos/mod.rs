@@ -60,7 +60,7 @@ use crate::rest::convert::{self, Kind};
 use crate::rest::{Column, Path};
 use crate::scan::Windowed;
 use crate::secret;
-use crate::{Definition, External, Mismatches, RemoteTable, Watermarked};
+use crate::{Definition, External, Mismatches, Policy, RemoteTable, Watermarked};
 use query::{Fit, Sql};
 
 /// Every option `STORED AS COSMOS` accepts, besides `field.<column>`.
@@ -230,24 +230,42 @@ impl Config {
             database,
             container,
             auth,
-            page_size: number(options, "page_size", 1000, |n| *n > 0, "a page size > 0")?,
-            sample_size: number(options, "sample_size", 1000, |n| *n > 0, "a count > 0")?,
+            page_size: number(
+                options,
+                "page_size",
+                1000,
+                |n| (1..=100_000).contains(n),
+                "a page size from 1 to 100000",
+            )?,
+            sample_size: number(
+                options,
+                "sample_size",
+                1000,
+                |n| (1..=1_000_000).contains(n),
+                "a count from 1 to 1000000",
+            )?,
             regions,
             emulator,
             timeout: Duration::from_secs(number(
                 options,
                 "timeout_seconds",
                 60,
-                |n| *n > 0,
-                "a number of seconds > 0",
+                |n| (1..=86_400).contains(n),
+                "a number of seconds from 1 to 86400",
             )?),
-            retries: number(options, "retries", 3, |_| true, "a count")?,
+            retries: number(
+                options,
+                "retries",
+                3,
+                |n| *n <= 10,
+                "a number of retries from 0 to 10",
+            )?,
             lag_seconds: number(
                 options,
                 "watermark_lag_seconds",
                 2,
-                |n| *n >= 0,
-                "a number of seconds >= 0",
+                |n| (0..=86_400).contains(n),
+                "a number of seconds from 0 to 86400",
             )?,
         })
     }
@@ -370,7 +388,15 @@ fn backoff(attempt: u32) -> Duration {
 
 /// A client for the configured container (a fresh SDK runtime and connection pool: scans run
 /// on whatever tokio runtime executes them).
-async fn connect(config: &Config) -> Result<ContainerClient> {
+///
+/// The SDK makes its own connections (its own reqwest 0.13 client, no resolver or transport
+/// medlake can replace), so the endpoint's addresses are resolved and checked by the policy
+/// here, before each connection: not at connect time.
+async fn connect(config: &Config, policy: &Policy) -> Result<ContainerClient> {
+    let port = config.endpoint.port_or_known_default().unwrap_or(443);
+    policy
+        .check_host(config.endpoint.host_str().unwrap_or_default(), port)
+        .await?;
     let endpoint = config
         .endpoint
         .as_str()
@@ -378,14 +404,14 @@ async fn connect(config: &Config) -> Result<ContainerClient> {
         .map_err(|e| invalid("location", format!("{e}")))?;
     let account = match &config.auth {
         Auth::Key(reference) => {
-            let key = secret::resolve("key", reference)?;
+            let key = secret::resolve("key", reference, policy)?;
             AccountReference::with_authentication_key(
                 endpoint,
                 Secret::new(key.expose().to_string()),
             )
         }
         Auth::Token(reference) => {
-            let token = secret::resolve("access_token", reference)?;
+            let token = secret::resolve("access_token", reference, policy)?;
             let credential: Arc<dyn TokenCredential> =
                 Arc::new(StaticToken(Secret::new(token.expose().to_string())));
             AccountReference::with_credential(endpoint, credential)
@@ -446,10 +472,10 @@ async fn connect(config: &Config) -> Result<ContainerClient> {
 }
 
 /// [`connect`], retried with backoff while the failure is transient.
-async fn connect_retrying(config: &Config) -> Result<ContainerClient> {
+async fn connect_retrying(config: &Config, policy: &Policy) -> Result<ContainerClient> {
     let mut attempt = 0;
     loop {
-        match connect(config).await {
+        match connect(config, policy).await {
             Err(e @ (Error::Connect { .. } | Error::Timeout { .. } | Error::Remote { .. }))
                 if attempt < config.retries =>
             {
@@ -639,8 +665,10 @@ pub async fn define(
     location: &str,
     options: BTreeMap<String, String>,
     declared: SchemaRef,
+    policy: &Arc<Policy>,
 ) -> Result<Definition> {
     let config = Config::parse(location, &options)?;
+    policy.check_literal_host(&config.endpoint)?;
     let exact_names = match options
         .get("names")
         .map(|s| s.to_ascii_lowercase())
@@ -662,7 +690,7 @@ pub async fn define(
             fields.push((name.to_string(), value.clone()));
         }
     }
-    let container = connect_retrying(&config).await?;
+    let container = connect_retrying(&config, policy).await?;
     let properties = container
         .read(None)
         .await
@@ -739,7 +767,7 @@ pub async fn define(
         })?,
         created: chrono::Utc::now().to_rfc3339(),
     };
-    CosmosTable::open(&definition)?; // checks the watermark against the columns
+    CosmosTable::open(&definition, policy)?; // checks the watermark against the columns
     Ok(definition)
 }
 
@@ -767,6 +795,7 @@ pub async fn list_tables(
     _location: &str,
     _options: &BTreeMap<String, String>,
     _remote_schema: &str,
+    _policy: &Arc<Policy>,
 ) -> Result<Vec<RemoteTable>> {
     Err(Error::NoSchemas {
         kind: "COSMOS".into(),
@@ -792,12 +821,16 @@ pub(crate) struct Shared {
     /// Documents read, and values read as NULL per column because of their type, since the
     /// last `take_mismatches`.
     mismatches: Mutex<(u64, Vec<u64>)>,
+    /// What the table's connections may reach, and its secrets.
+    policy: Arc<Policy>,
 }
 
 impl CosmosTable {
-    /// Opens a stored definition; no request is made.
-    pub fn open(definition: &Definition) -> Result<Self> {
+    /// Opens a stored definition; no request is made (an endpoint given as an address is
+    /// checked now, names before each connection).
+    pub fn open(definition: &Definition, policy: &Arc<Policy>) -> Result<Self> {
         let config = Config::parse(&definition.location, &definition.options)?;
+        policy.check_literal_host(&config.endpoint)?;
         let remote: Remote =
             serde_json::from_value(definition.remote.clone()).map_err(|e| Error::Data {
                 what: "external table definition".into(),
@@ -856,6 +889,7 @@ impl CosmosTable {
                 watermark,
                 failure: Mutex::new(None),
                 mismatches: Mutex::new((0, vec![0; n])),
+                policy: policy.clone(),
             }),
         })
     }
@@ -970,7 +1004,7 @@ impl Shared {
         sink: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>,
     ) -> Result<()> {
         let config = &self.config;
-        let container = connect_retrying(config).await?;
+        let container = connect_retrying(config, &self.policy).await?;
         let mut token = None;
         let mut pages_read = 0usize;
         let mut attempt = 0u32;
@@ -1080,7 +1114,7 @@ impl Shared {
             return Ok(None);
         };
         let config = &self.config;
-        let container = connect_retrying(config).await?;
+        let container = connect_retrying(config, &self.policy).await?;
         let path = &self.columns[w].column.path;
         let property = query::accessor(path);
         // The SDK plans ORDER BY across partitions itself, and only over dotted paths
@@ -1433,6 +1467,34 @@ mod tests {
             .is_ok()
         );
         assert!(parse(&[("key", "${K}"), ("page_size", "0")], url).is_err());
+        // Untrusted numbers are bounded (the old code took any u32 / u64 / i64).
+        for (option, value) in [
+            ("retries", "4294967295"),
+            ("page_size", "4294967295"),
+            ("sample_size", "4294967295"),
+            ("timeout_seconds", "18446744073709551615"),
+            ("watermark_lag_seconds", "9223372036854775807"),
+            ("watermark_lag_seconds", "-1"),
+        ] {
+            let e = parse(&[("key", "${K}"), (option, value)], url).unwrap_err();
+            assert_eq!(e.sqlstate(), "HV024", "{option} {value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn endpoints_are_checked_before_the_sdk_connects() {
+        let o = options(&[("database", "d"), ("container", "c"), ("key", "${K}")]);
+        let policy = Arc::new(Policy::default().with_secret("K", "a2V5"));
+        let config = Config::parse("https://127.0.0.1:8081", &o).unwrap();
+        let Err(e) = connect(&config, &policy).await else {
+            panic!("connected to a loopback endpoint under the strict policy");
+        };
+        assert_eq!(e.sqlstate(), "42501", "{e}");
+        let config = Config::parse("https://localhost:8081", &o).unwrap();
+        let Err(e) = connect(&config, &policy).await else {
+            panic!("connected to a loopback endpoint under the strict policy");
+        };
+        assert_eq!(e.sqlstate(), "42501", "{e}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Requests and pages: one GET per page with the table's headers (secrets resolved from the
-//! environment here and nowhere else), retries with backoff on 408/429/5xx and on transport
+//! server's secret store here and nowhere else), every connection's address vetted by the
+//! source policy (the resolver, IP-literal hosts, every redirect hop), retries with backoff on 408/429/5xx and on transport
 //! failures honouring `Retry-After`, timeouts, a cap on a page's size, and the four ways an
 //! API says where the next page is.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +14,9 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::{Auth, Config, Pagination};
+use crate::Policy;
 use crate::error::{Error, Result};
+use crate::policy::{find_refusal, redirect_allowed, vetted_client};
 use crate::secret::{self, Secret};
 
 /// An HTTP client for one table: its headers resolved, its timeouts set.
@@ -27,6 +31,7 @@ pub(crate) struct Http {
     retry_max_wait: Duration,
     request_timeout: Duration,
     max_page_bytes: usize,
+    policy: Arc<Policy>,
 }
 
 /// A successful reply.
@@ -129,13 +134,13 @@ pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
 
 impl Http {
     /// A client for `config`; resolves the secret options (an unset variable is an error).
-    pub fn new(config: &Config) -> Result<Self> {
+    pub fn new(config: &Config, policy: &Arc<Policy>) -> Result<Self> {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         let mut secrets = Vec::new();
         for (name, value) in &config.headers {
             let option = format!("header.{name}");
-            let resolved = secret::resolve(&option, value)?;
+            let resolved = secret::resolve(&option, value, policy)?;
             let sensitive = secret::reference(value).is_some();
             let header_name =
                 HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::InvalidOption {
@@ -153,7 +158,7 @@ impl Http {
         match &config.auth {
             Auth::None => {}
             Auth::Bearer(reference) => {
-                let token = secret::resolve("bearer_token", reference)?;
+                let token = secret::resolve("bearer_token", reference, policy)?;
                 headers.insert(
                     reqwest::header::AUTHORIZATION,
                     header_value("bearer_token", &format!("Bearer {}", token.expose()), true)?,
@@ -161,7 +166,7 @@ impl Http {
                 secrets.push(token);
             }
             Auth::ApiKey { header, reference } => {
-                let key = secret::resolve("api_key", reference)?;
+                let key = secret::resolve("api_key", reference, policy)?;
                 let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
                     Error::InvalidOption {
                         option: "api_key_header".into(),
@@ -174,14 +179,20 @@ impl Http {
         }
         secrets.retain(|s| !s.expose().is_empty());
         let origin = config.url.origin();
-        let client = reqwest::Client::builder()
+        let hops = policy.clone();
+        // The resolver refuses non-public addresses of hosts the policy does not list.
+        let client = vetted_client(policy)
             .user_agent(concat!("medlake/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             // Credentials go to the LOCATION's origin only: a redirect elsewhere is not
-            // followed (reqwest would drop `Authorization` but keep an API-key header).
+            // followed (reqwest would drop `Authorization` but keep an API-key header). Every
+            // hop is checked again (an address skips the resolver).
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= 5 || attempt.url().origin() != origin {
+                if attempt.previous().len() >= 5
+                    || attempt.url().origin() != origin
+                    || !redirect_allowed(&hops, attempt.url())
+                {
                     attempt.stop()
                 } else {
                     attempt.follow()
@@ -202,6 +213,7 @@ impl Http {
             retry_max_wait: config.retry_max_wait,
             request_timeout: config.request_timeout,
             max_page_bytes: config.max_page_bytes,
+            policy: policy.clone(),
         })
     }
 
@@ -264,6 +276,10 @@ impl Http {
 
     async fn attempt(&self, url: &Url, page: usize) -> Result<Reply, Failure> {
         debug!(server = %self.server, page, "GET");
+        // A host given as an address skips the resolver: check it here.
+        self.policy
+            .check_literal_host(url)
+            .map_err(Failure::fatal)?;
         let response = self
             .client
             .get(url.clone())
@@ -371,6 +387,9 @@ impl Http {
 
     fn transport(&self, e: reqwest::Error, page: usize) -> Failure {
         let e = e.without_url();
+        if let Some(refused) = find_refusal(&e) {
+            return Failure::fatal(refused);
+        }
         let error = if e.is_timeout() {
             Error::Timeout {
                 server: self.server.clone(),

@@ -38,7 +38,7 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::scan::Windowed;
 use crate::secret;
-use crate::{Definition, External, RemoteTable, Watermarked};
+use crate::{Definition, External, Policy, RemoteTable, Watermarked};
 pub use convert::{Column, Path};
 use convert::{Converter, encode_mark, max_of, parse_mark};
 pub use exec::RestExec;
@@ -436,9 +436,11 @@ pub async fn define(
     location: &str,
     options: BTreeMap<String, String>,
     declared: SchemaRef,
+    policy: &Arc<Policy>,
 ) -> Result<Definition> {
     check_options(&options)?;
     let config = Config::parse(location, &options)?;
+    policy.check_literal_host(&config.url)?;
     let exact_names = match options
         .get("names")
         .map(|s| s.to_ascii_lowercase())
@@ -460,7 +462,7 @@ pub async fn define(
             fields.push((name.to_string(), pointer(key, value)?));
         }
     }
-    let http = Http::new(&config)?;
+    let http = Http::new(&config, policy)?;
     let first = Pager::single(&http, &config, &[])
         .next()
         .await?
@@ -534,7 +536,7 @@ pub async fn define(
     };
     // Opening checks the watermark and filter options against the columns; the first page
     // must fit them (a declared column list that does not fit the API fails here).
-    let table = RestTable::open(&definition)?;
+    let table = RestTable::open(&definition, policy)?;
     table.inner.converter.convert(&first).map_err(malformed)?;
     Ok(definition)
 }
@@ -566,13 +568,17 @@ pub(crate) struct Shared {
     pub watermark: Option<usize>,
     /// The first error a scan raised (see [`External::take_failure`]).
     pub failure: std::sync::Mutex<Option<Error>>,
+    /// What the table's requests may reach, and its secrets.
+    pub policy: Arc<Policy>,
 }
 
 impl RestTable {
-    /// Opens a stored definition; no request is made.
-    pub fn open(definition: &Definition) -> Result<Self> {
+    /// Opens a stored definition; no request is made (a host given as an address is checked
+    /// now, names when they are resolved).
+    pub fn open(definition: &Definition, policy: &Arc<Policy>) -> Result<Self> {
         let options = &definition.options;
         let config = Config::parse(&definition.location, options)?;
+        policy.check_literal_host(&config.url)?;
         let remote: Remote =
             serde_json::from_value(definition.remote.clone()).map_err(|e| Error::Data {
                 what: "external table definition".into(),
@@ -661,6 +667,7 @@ impl RestTable {
                 filters,
                 watermark,
                 failure: std::sync::Mutex::new(None),
+                policy: policy.clone(),
             }),
         })
     }
@@ -773,7 +780,7 @@ impl Shared {
         limit: Option<usize>,
         sink: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>,
     ) -> Result<()> {
-        let http = Http::new(&self.config)?;
+        let http = Http::new(&self.config, &self.policy)?;
         let mut pager = Pager::new(&http, &self.config, params);
         let mut remaining = limit;
         while let Some(page) = pager.next().await? {
@@ -808,7 +815,7 @@ impl Shared {
         let Some(w) = self.watermark else {
             return Ok(None);
         };
-        let http = Http::new(&self.config)?;
+        let http = Http::new(&self.config, &self.policy)?;
         let mut pager = match &self.config.high_mark_query {
             Some(query) => Pager::single(&http, &self.config, query),
             None => Pager::new(&http, &self.config, &[]),

@@ -106,8 +106,10 @@ impl ExecutionPlan for SqlServerExec {
                             if !sent_any && attempt < shared.connection.retries =>
                         {
                             tracing::warn!(error = %e, "sqlserver scan lost its connection before any row; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(200 << attempt))
-                                .await;
+                            tokio::time::sleep(std::time::Duration::from_millis(
+                                200u64 << attempt.min(10),
+                            ))
+                            .await;
                             attempt += 1;
                         }
                         Err(e) => {

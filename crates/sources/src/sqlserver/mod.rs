@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use crate::error::{Error, Result};
 use crate::scan::Windowed;
 use crate::secret;
-use crate::{Definition, External, RemoteTable, Watermarked};
+use crate::{Definition, External, Policy, RemoteTable, Watermarked};
 pub use exec::SqlServerExec;
 use pushdown::{Param, Translation};
 use types::{ColumnBuilder, RemoteColumn, quote};
@@ -123,15 +123,19 @@ impl Connection {
             return Err(bad_location("names no database"));
         }
         let get = |name: &str| options.get(name).map(String::as_str);
+        // Bounded: a day at most (untrusted numbers never reach a timer unchecked).
         let seconds = |name: &str, default: Option<u64>| -> Result<Option<u64>> {
             match get(name) {
                 None => Ok(default),
                 Some(v) => v
+                    .trim()
                     .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=86_400).contains(n))
                     .map(Some)
-                    .map_err(|_| Error::InvalidOption {
+                    .ok_or_else(|| Error::InvalidOption {
                         option: name.into(),
-                        reason: format!("'{v}' is not a whole number of seconds"),
+                        reason: format!("'{v}' is not a whole number of seconds from 1 to 86400"),
                     }),
             }
         };
@@ -210,7 +214,7 @@ impl Connection {
         })
     }
 
-    fn config(&self) -> Result<tiberius::Config> {
+    fn config(&self, policy: &Policy) -> Result<tiberius::Config> {
         let mut config = tiberius::Config::new();
         config.host(&self.host);
         config.port(self.port);
@@ -223,16 +227,18 @@ impl Connection {
         });
         if self.trust_server_certificate {
             config.trust_cert();
-        } else if let Some(ca) = &self.ca_certificate {
-            config.trust_cert_ca(ca);
+        } else if self.ca_certificate.is_some() {
+            // A file of the server: only under the policy's allowed paths.
+            let ca = self.ca_file(policy)?;
+            config.trust_cert_ca(ca.to_string_lossy());
         }
         let auth = match (&self.user, &self.password, &self.access_token) {
             (_, _, Some(token)) => {
-                AuthMethod::aad_token(secret::resolve("access_token", token)?.expose())
+                AuthMethod::aad_token(secret::resolve("access_token", token, policy)?.expose())
             }
             (Some(user), Some(password), None) => AuthMethod::sql_server(
-                secret::resolve("user", user)?.expose(),
-                secret::resolve("password", password)?.expose(),
+                secret::resolve("user", user, policy)?.expose(),
+                secret::resolve("password", password, policy)?.expose(),
             ),
             _ => {
                 return Err(Error::InvalidOption {
@@ -245,18 +251,45 @@ impl Connection {
         Ok(config)
     }
 
+    /// The `ca_certificate` file, checked against the policy's paths (canonical).
+    fn ca_file(&self, policy: &Policy) -> Result<std::path::PathBuf> {
+        match &self.ca_certificate {
+            Some(ca) => policy.check_path("option 'ca_certificate'", std::path::Path::new(ca)),
+            None => Ok(std::path::PathBuf::new()),
+        }
+    }
+
+    /// What can be checked without connecting: the `ca_certificate` file and a host given as
+    /// an address (names are checked when they are resolved).
+    pub fn check(&self, policy: &Policy) -> Result<()> {
+        if self.ca_certificate.is_some() && !self.trust_server_certificate {
+            self.ca_file(policy)?;
+        }
+        if let Ok(ip) = self
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            && !policy.any_host()
+        {
+            policy.check_ip(&self.host, ip)?;
+        }
+        Ok(())
+    }
+
     /// Connects and logs in, retrying with backoff (0.2 s, 0.4 s, 0.8 s ...) while the server
-    /// cannot be reached; a refused login is not retried.
-    pub async fn connect(&self) -> Result<Client<Compat<TcpStream>>> {
-        let config = self.config()?;
-        let mut attempt = 0;
+    /// cannot be reached; a refused login is not retried. Every TCP connection (the gateway's
+    /// redirect too) goes to an address the policy vetted.
+    pub async fn connect(&self, policy: &Policy) -> Result<Client<Compat<TcpStream>>> {
+        let config = self.config(policy)?;
+        let mut attempt: u32 = 0;
         loop {
-            match self.connect_once(config.clone()).await {
+            match self.connect_once(config.clone(), policy).await {
                 Ok(client) => return Ok(client),
                 Err(e @ (Error::Connect { .. } | Error::Timeout { .. }))
                     if attempt < self.retries =>
                 {
-                    let wait = Duration::from_millis(200 << attempt);
+                    let wait = Duration::from_millis(200u64 << attempt.min(10));
                     warn!(server = %self.server(), error = %e, ?wait, "connecting failed; retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -266,26 +299,40 @@ impl Connection {
         }
     }
 
-    async fn connect_once(&self, config: tiberius::Config) -> Result<Client<Compat<TcpStream>>> {
+    async fn connect_once(
+        &self,
+        config: tiberius::Config,
+        policy: &Policy,
+    ) -> Result<Client<Compat<TcpStream>>> {
         let timeout = Duration::from_secs(self.connect_timeout_seconds.max(1));
         let server = self.server();
         let attempt = async {
             let mut config = config;
+            let (mut host, mut port) = (self.host.clone(), self.port);
             // Azure SQL's gateway may redirect the login to another host once.
             for _ in 0..2 {
-                let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                let tcp = crate::policy::connect_tcp(policy, &host, port)
                     .await
-                    .map_err(|e| Error::Connect {
-                        server: server.clone(),
-                        message: e.to_string(),
+                    .map_err(|e| match e {
+                        Error::Connect { message, .. } => Error::Connect {
+                            server: server.clone(),
+                            message,
+                        },
+                        other => other,
                     })?;
                 let _ = tcp.set_nodelay(true);
                 match Client::connect(config.clone(), tcp.compat_write()).await {
                     Ok(client) => return Ok(client),
-                    Err(tiberius::error::Error::Routing { host, port }) => {
-                        debug!(%host, port, "redirected");
-                        config.host(&host);
-                        config.port(port);
+                    Err(tiberius::error::Error::Routing {
+                        host: to_host,
+                        port: to_port,
+                    }) => {
+                        debug!(host = %to_host, port = to_port, "redirected");
+                        config.host(&to_host);
+                        config.port(to_port);
+                        // The next connection goes to the redirect's host, vetted again.
+                        host = to_host;
+                        port = to_port;
                     }
                     Err(e) => return Err(login_error(&server, e)),
                 }
@@ -530,9 +577,11 @@ pub async fn define(
     location: &str,
     options: BTreeMap<String, String>,
     declared: SchemaRef,
+    policy: &Arc<Policy>,
 ) -> Result<Definition> {
     check_options(&options)?;
     let connection = Connection::parse(location, &options)?;
+    connection.check(policy)?;
     let (schema, table) =
         parse_table(options.get("table").ok_or_else(|| Error::InvalidOption {
             option: "table".into(),
@@ -552,7 +601,7 @@ pub async fn define(
             });
         }
     };
-    let mut client = connection.connect().await?;
+    let mut client = connection.connect(policy).await?;
     let remote = remote_columns(&mut client, &connection, &schema, &table).await?;
     let qualified = format!("{schema}.{table}");
     let mut columns: Vec<Column> = Vec::new();
@@ -630,7 +679,7 @@ pub async fn define(
         created: chrono::Utc::now().to_rfc3339(),
     };
     // Opening checks the scan options (watermark, partitions) against the columns.
-    SqlServerTable::open(&definition)?;
+    SqlServerTable::open(&definition, policy)?;
     Ok(definition)
 }
 
@@ -639,10 +688,12 @@ pub async fn list_tables(
     location: &str,
     options: &BTreeMap<String, String>,
     remote_schema: &str,
+    policy: &Arc<Policy>,
 ) -> Result<Vec<RemoteTable>> {
     check_options(options)?;
     let connection = Connection::parse(location, options)?;
-    let mut client = connection.connect().await?;
+    connection.check(policy)?;
+    let mut client = connection.connect(policy).await?;
     let found = rows(
         &mut client,
         "SELECT TABLE_SCHEMA, TABLE_NAME FROM INFORMATION_SCHEMA.TABLES \
@@ -692,6 +743,8 @@ pub(crate) struct Shared {
     pub batch_size: usize,
     /// The first error a scan raised (see [`External::take_failure`]).
     pub failure: std::sync::Mutex<Option<Error>>,
+    /// What the table's connections may reach, and its secrets.
+    pub policy: Arc<Policy>,
 }
 
 impl Shared {
@@ -703,10 +756,12 @@ impl Shared {
 }
 
 impl SqlServerTable {
-    /// Opens a stored definition; no connection is made.
-    pub fn open(definition: &Definition) -> Result<Self> {
+    /// Opens a stored definition; no connection is made (what the policy can check without
+    /// one is checked now).
+    pub fn open(definition: &Definition, policy: &Arc<Policy>) -> Result<Self> {
         let options = &definition.options;
         let connection = Connection::parse(&definition.location, options)?;
+        connection.check(policy)?;
         let remote: Remote =
             serde_json::from_value(definition.remote.clone()).map_err(|e| Error::Data {
                 what: "external table definition".into(),
@@ -782,6 +837,7 @@ impl SqlServerTable {
                 watermark,
                 batch_size,
                 failure: std::sync::Mutex::new(None),
+                policy: policy.clone(),
             }),
         })
     }
@@ -1044,7 +1100,7 @@ impl Shared {
             return Ok(None);
         };
         let column = &self.columns[w];
-        let mut client = self.connection.connect().await?;
+        let mut client = self.connection.connect(&self.policy).await?;
         let server = self.connection.server();
         let found = rows(
             &mut client,
@@ -1163,7 +1219,7 @@ pub(crate) async fn stream_rows(
 ) -> Result<()> {
     use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
     let server = shared.connection.server();
-    let mut client = shared.connection.connect().await?;
+    let mut client = shared.connection.connect(&shared.policy).await?;
     let mut query = Query::new(sql.to_string());
     for p in params {
         p.bind(&mut query);
@@ -1273,6 +1329,44 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        for (option, value) in [
+            ("connect_timeout_seconds", "18446744073709551615"),
+            ("query_timeout_seconds", "18446744073709551615"),
+            ("query_timeout_seconds", "0"),
+            ("retries", "4294967295"),
+        ] {
+            let o = options(&[("user", "sa"), ("password", "${PW}"), (option, value)]);
+            let e = Connection::parse("sqlserver://db/EHR", &o).unwrap_err();
+            assert_eq!(e.sqlstate(), "HV024", "{option} {value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_and_ca_files_follow_the_policy() {
+        let o = options(&[
+            ("user", "sa"),
+            ("password", "${PW}"),
+            ("ca_certificate", "/etc/ssl/certs/ca-certificates.crt"),
+        ]);
+        let c = Connection::parse("sqlserver://127.0.0.1:1/EHR", &o).unwrap();
+        let strict = Policy::default().with_secret("PW", "x");
+        assert_eq!(c.check(&strict).unwrap_err().sqlstate(), "42501");
+        let hosts_only = Policy {
+            allowed_hosts: vec!["127.0.0.1".into()],
+            ..strict.clone()
+        };
+        // The CA file is not under an allowed path.
+        assert_eq!(c.check(&hosts_only).unwrap_err().sqlstate(), "42501");
+        let o = options(&[("user", "sa"), ("password", "${PW}")]);
+        let c = Connection::parse("sqlserver://localhost:1/EHR", &o).unwrap();
+        // A name is checked on the addresses it resolves to, when connecting.
+        assert!(c.check(&strict).is_ok());
+        let e = c.connect(&strict).await.unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{e}");
     }
 
     #[test]

@@ -72,8 +72,8 @@ impl Param {
             }
             S::Time64Nanosecond(Some(ns)) => {
                 Param::Time(NaiveTime::from_num_seconds_from_midnight_opt(
-                    (*ns / 1_000_000_000) as u32,
-                    (*ns % 1_000_000_000) as u32,
+                    u32::try_from(*ns / 1_000_000_000).ok()?,
+                    u32::try_from(*ns % 1_000_000_000).ok()?,
                 )?)
             }
             S::TimestampMicrosecond(Some(us), None) => {
@@ -89,8 +89,12 @@ impl Param {
                 Param::DateTime(DateTime::from_timestamp_nanos(*ns).naive_utc())
             }
             S::TimestampMicrosecond(Some(us), Some(_)) => Param::DateTimeOffset(utc(*us)?),
-            S::TimestampMillisecond(Some(ms), Some(_)) => Param::DateTimeOffset(utc(*ms * 1000)?),
-            S::TimestampSecond(Some(s), Some(_)) => Param::DateTimeOffset(utc(*s * 1_000_000)?),
+            S::TimestampMillisecond(Some(ms), Some(_)) => {
+                Param::DateTimeOffset(utc(ms.checked_mul(1000)?)?)
+            }
+            S::TimestampSecond(Some(s), Some(_)) => {
+                Param::DateTimeOffset(utc(s.checked_mul(1_000_000)?)?)
+            }
             S::TimestampNanosecond(Some(ns), Some(_)) => Param::DateTimeOffset(utc(*ns / 1000)?),
             S::Binary(Some(v)) | S::LargeBinary(Some(v)) | S::BinaryView(Some(v)) => {
                 Param::Binary(v.clone())
@@ -394,6 +398,20 @@ mod tests {
     use super::*;
     use crate::sqlserver::types::RemoteColumn;
     use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn literals_out_of_range_are_not_parameters_and_do_not_panic() {
+        let utc = Some(std::sync::Arc::from("UTC"));
+        for value in [
+            ScalarValue::TimestampMillisecond(Some(i64::MAX), utc.clone()),
+            ScalarValue::TimestampMillisecond(Some(i64::MIN), utc.clone()),
+            ScalarValue::TimestampSecond(Some(i64::MAX), utc.clone()),
+            ScalarValue::Time64Nanosecond(Some(-1)),
+            ScalarValue::Time64Nanosecond(Some(i64::MAX)),
+        ] {
+            assert!(Param::from_scalar(&value).is_none(), "{value:?}");
+        }
+    }
 
     fn columns() -> Vec<Column> {
         let column = |name: &str, remote: &str, data_type: DataType| Column {
