@@ -341,6 +341,8 @@ async fn serve_connection<I>(
         .keep_alive_interval(limits.header_read_timeout)
         .keep_alive_timeout(limits.header_read_timeout);
     let service = TowerToHyperService::new(router);
+    // hyper's header deadline starts once the protocol is known: the first bytes have one too.
+    let io = FirstBytesDeadline::new(io, limits.header_read_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let ended = tokio::select! {
@@ -355,5 +357,102 @@ async fn serve_connection<I>(
     };
     if let Err(e) = ended {
         debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// Bytes a client must send before the protocol is known (the length of the HTTP/2 preface).
+const PROTOCOL_BYTES: usize = 24;
+
+/// A connection whose first [`PROTOCOL_BYTES`] bytes must arrive within a deadline: hyper-util
+/// reads them to choose between HTTP/1 and HTTP/2 before hyper's `header_read_timeout` starts,
+/// and without this a client that connects and sends nothing (or one byte a minute) would hold
+/// its connection slot forever.
+struct FirstBytesDeadline<I> {
+    io: I,
+    /// `None` once the first bytes arrived.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    remaining: usize,
+}
+
+impl<I> FirstBytesDeadline<I> {
+    fn new(io: I, within: Duration) -> Self {
+        Self {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+            remaining: PROTOCOL_BYTES,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
+                this.remaining = this.remaining.saturating_sub(read);
+                if this.remaining == 0 {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header read timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

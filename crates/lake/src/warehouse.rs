@@ -852,6 +852,11 @@ impl Warehouse {
                 }
             )
             || matches!(e, DeltaTableError::Generic(m) if m.contains("already exists"))
+            // deltalake's write found the table there: "A table already exists at: <url>".
+            || matches!(
+                e,
+                DeltaTableError::GenericError { source } if source.to_string().contains("already exists")
+            )
     }
 
     fn exists_error(name: &TableName) -> Error {

@@ -16,7 +16,12 @@ async fn ctas(
     who: &'static str,
     rows: usize,
 ) -> Result<(), Error> {
-    let ctx = SessionContext::new();
+    let ctx = SessionContext::new_with_state(
+        datafusion::execution::SessionStateBuilder::new()
+            .with_default_features()
+            .with_query_planner(medlake_lake::delta_query_planner())
+            .build(),
+    );
     let values: Vec<String> = (0..rows).map(|i| format!("({i})")).collect();
     let plan = ctx
         .sql(&format!(
