@@ -18,6 +18,38 @@ use crate::{Engine, Error, Result};
 /// The key of the ingest record in a commit's `commitInfo`.
 pub const INGEST_METADATA_KEY: &str = "medlake_ingest";
 
+/// One request's idempotency key as an ingest commit records it: the key, and (since the
+/// integrity check) the SHA-256 of the request's raw body and the name of the token that sent
+/// it, so that the key reused with another body or by another token can be refused instead of
+/// being taken for a retry. Commits written before carry only the key: their `body_sha256` and
+/// `token` are `None` ("unknown"), and such a key matches any body and token, as it always did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestKey {
+    pub key: String,
+    /// Lowercase hex SHA-256 of the body as received (before any decompression).
+    pub body_sha256: Option<String>,
+    /// The name of the token that sent it (never the secret); `None` without authentication.
+    pub token: Option<String>,
+}
+
+impl IngestKey {
+    /// A key without body hash or token (what commits before the integrity check hold).
+    pub fn bare(key: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `other` (the same key, sent again) is provably another request: a different
+    /// body or a different token, where both sides know theirs. Unknown never conflicts.
+    pub fn conflicts_with(&self, other: &IngestKey) -> bool {
+        let differ =
+            |a: &Option<String>, b: &Option<String>| matches!((a, b), (Some(a), Some(b)) if a != b);
+        differ(&self.body_sha256, &other.body_sha256) || differ(&self.token, &other.token)
+    }
+}
+
 /// What an ingest commit wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -123,25 +155,18 @@ impl Engine {
     }
 
     /// The idempotency keys one commit records (none if its log entry is gone, cleaned up
-    /// after a checkpoint).
-    async fn ingest_keys_of(&self, table: &TableName, version: u64) -> Result<Vec<String>> {
+    /// after a checkpoint), with their body hashes and tokens where the commit has them.
+    async fn ingest_keys_of(&self, table: &TableName, version: u64) -> Result<Vec<IngestKey>> {
         let Some(actions) = self.warehouse().commit_actions(table, version).await? else {
             return Ok(Vec::new());
         };
         let mut keys = Vec::new();
         for action in actions {
-            let recorded = action
+            if let Some(ingest) = action
                 .get("commitInfo")
                 .and_then(|info| info.get(INGEST_METADATA_KEY))
-                .and_then(|ingest| ingest.get("keys"))
-                .and_then(Value::as_array);
-            if let Some(recorded) = recorded {
-                keys.extend(
-                    recorded
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string),
-                );
+            {
+                keys.extend(recorded_keys(ingest));
             }
         }
         Ok(keys)
@@ -185,7 +210,7 @@ impl Engine {
         log: &mut IngestTable,
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
-        keys: &[String],
+        keys: &[IngestKey],
     ) -> Result<Option<Appended>> {
         let started = std::time::Instant::now();
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -194,7 +219,7 @@ impl Engine {
             LogicalPlanBuilder::scan("ingest", provider_as_source(Arc::new(provider)), None)?
                 .build()?;
         let options = CommitOptions {
-            metadata: vec![(INGEST_METADATA_KEY.to_string(), json!({ "keys": keys }))],
+            metadata: vec![(INGEST_METADATA_KEY.to_string(), ingest_record(keys))],
             ..CommitOptions::default()
         };
         let state = Arc::new(self.local_session().ctx.state());
@@ -236,6 +261,56 @@ impl Engine {
     }
 }
 
+/// The `commitInfo` record of an ingest commit: `keys` (every key, as commits before the
+/// integrity check wrote them, so older readers still find them) and `requests` (key → its
+/// `sha256` and `token`, where known).
+fn ingest_record(keys: &[IngestKey]) -> Value {
+    let mut requests = serde_json::Map::new();
+    for k in keys {
+        let mut entry = serde_json::Map::new();
+        if let Some(sha) = &k.body_sha256 {
+            entry.insert("sha256".into(), json!(sha));
+        }
+        if let Some(token) = &k.token {
+            entry.insert("token".into(), json!(token));
+        }
+        if !entry.is_empty() {
+            requests.insert(k.key.clone(), Value::Object(entry));
+        }
+    }
+    let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+    if requests.is_empty() {
+        json!({ "keys": names })
+    } else {
+        json!({ "keys": names, "requests": requests })
+    }
+}
+
+/// The keys an ingest record holds (see [`ingest_record`]); a key without a `requests` entry
+/// (an older commit) has neither hash nor token.
+fn recorded_keys(ingest: &Value) -> Vec<IngestKey> {
+    let requests = ingest.get("requests").and_then(Value::as_object);
+    let field = |key: &str, name: &str| {
+        requests
+            .and_then(|r| r.get(key))
+            .and_then(|entry| entry.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    ingest
+        .get("keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|key| IngestKey {
+            key: key.to_string(),
+            body_sha256: field(key, "sha256"),
+            token: field(key, "token"),
+        })
+        .collect()
+}
+
 /// One table's ingest state as its writer keeps it between commits: the table held open at
 /// the newest version the writer knows, and the idempotency keys of its newest `window`
 /// commits (older ones are forgotten, so memory stays bounded).
@@ -244,8 +319,8 @@ pub struct IngestTable {
     name: TableName,
     /// `None` while a table opened with `create` does not exist.
     appender: Option<Appender>,
-    /// Key → the version that recorded it.
-    keys: HashMap<String, u64>,
+    /// Key → the version that recorded it, and what it recorded with it.
+    keys: HashMap<String, (u64, IngestKey)>,
     /// The remembered commits that recorded keys, oldest first.
     commits: VecDeque<(u64, Vec<String>)>,
     window: usize,
@@ -262,28 +337,70 @@ impl IngestTable {
         self.keys.contains_key(key)
     }
 
+    /// The remembered record of `key` (its body hash and token where the commit has them).
+    pub fn recorded(&self, key: &str) -> Option<&IngestKey> {
+        self.keys.get(key).map(|(_, recorded)| recorded)
+    }
+
     /// The version the writer knows (`None` while the table does not exist).
     pub fn version(&self) -> Option<u64> {
         self.appender.as_ref().map(Appender::version)
     }
 
-    fn remember(&mut self, version: u64, keys: Vec<String>) {
+    fn remember(&mut self, version: u64, keys: Vec<IngestKey>) {
         if keys.is_empty() {
             return;
         }
-        for key in &keys {
-            self.keys.insert(key.clone(), version);
+        let names = keys.iter().map(|k| k.key.clone()).collect();
+        for key in keys {
+            self.keys.insert(key.key.clone(), (version, key));
         }
-        self.commits.push_back((version, keys));
+        self.commits.push_back((version, names));
         while self.commits.len() > self.window {
             let Some((old, keys)) = self.commits.pop_front() else {
                 break;
             };
             for key in keys {
-                if self.keys.get(&key) == Some(&old) {
+                if self.keys.get(&key).is_some_and(|(v, _)| *v == old) {
                     self.keys.remove(&key);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_carry_hashes_and_tokens_and_old_records_still_read() {
+        let keys = vec![
+            IngestKey {
+                key: "a".into(),
+                body_sha256: Some("00ff".into()),
+                token: Some("ward-3".into()),
+            },
+            IngestKey::bare("b"),
+        ];
+        let record = ingest_record(&keys);
+        assert_eq!(record["keys"], json!(["a", "b"]));
+        assert_eq!(recorded_keys(&record), keys);
+        // A commit written before the integrity check: keys only, hash and token unknown.
+        let old = json!({ "keys": ["a"] });
+        assert_eq!(recorded_keys(&old), vec![IngestKey::bare("a")]);
+        assert!(!IngestKey::bare("a").conflicts_with(&keys[0]));
+        assert!(!keys[0].conflicts_with(&IngestKey::bare("a")));
+        let other_body = IngestKey {
+            body_sha256: Some("0000".into()),
+            ..keys[0].clone()
+        };
+        assert!(keys[0].conflicts_with(&other_body));
+        let other_token = IngestKey {
+            token: Some("ward-4".into()),
+            ..keys[0].clone()
+        };
+        assert!(keys[0].conflicts_with(&other_token));
+        assert!(!keys[0].conflicts_with(&keys[0].clone()));
     }
 }

@@ -1,6 +1,7 @@
 //! Request bodies into Arrow: NDJSON or a JSON array of objects, validated row by row against
-//! the target table's schema. Every refused row gets its own reason; nothing is dropped
-//! silently and nothing is coerced that could change a value.
+//! the target table's schema. Every refused row is counted and, up to a caller's limit, gets
+//! its own reason (each at most [`MAX_REASON_BYTES`]); nothing is dropped silently and nothing
+//! is coerced that could change a value.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -27,6 +28,37 @@ pub enum BodyError {
     Json(String),
     #[error("the body holds no rows")]
     Empty,
+}
+
+/// Longest reason given for one refused row (longer ones are cut, marked with `…`): a reason
+/// quotes what was sent, so without a cap a body of bad rows costs many times its size.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// Longest column list quoted by an "unknown column" reason.
+const MAX_COLUMNS_BYTES: usize = 160;
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked with `…` when cut.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// The rows of a body checked against a schema.
+#[derive(Debug)]
+pub struct Checked {
+    /// The accepted rows as one batch (in the table's schema); `None` if none was accepted.
+    pub batch: Option<RecordBatch>,
+    /// The first refused rows (at most the `keep` asked for), with their reasons.
+    pub refused: Vec<Refused>,
+    /// How many rows were refused in all.
+    pub refused_total: usize,
 }
 
 /// One refused row: its position in the body (0-based) and why.
@@ -80,38 +112,56 @@ pub fn values(body: &[u8], array: bool) -> Result<Vec<Value>, BodyError> {
     Ok(values)
 }
 
-/// The accepted rows as one batch (in the table's schema), and the refused ones.
-pub fn rows(schema: &SchemaRef, values: Vec<Value>) -> (Option<RecordBatch>, Vec<Refused>) {
+/// The accepted rows as one batch (in the table's schema), and the refused ones: all are
+/// counted, the first `keep` are kept with their reasons.
+pub fn rows(schema: &SchemaRef, values: Vec<Value>, keep: usize) -> Checked {
     let mut builders: Vec<Column> = schema
         .fields()
         .iter()
         .map(|f| Column::new(f, values.len()))
         .collect();
+    let columns = bounded(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        MAX_COLUMNS_BYTES,
+    );
     let mut refused = Vec::new();
+    let mut refused_total = 0usize;
+    let mut refuse = |row: usize, reason: &dyn Fn() -> String, raw: &dyn Fn() -> String| {
+        refused_total += 1;
+        if refused.len() < keep {
+            refused.push(Refused {
+                row,
+                reason: bounded(reason(), MAX_REASON_BYTES),
+                raw: raw(),
+            });
+        }
+    };
     let mut accepted = 0;
     'rows: for (index, value) in values.into_iter().enumerate() {
         let Value::Object(object) = value else {
-            refused.push(Refused {
-                row: index,
-                reason: format!("expected a JSON object, got {}", kind(&value)),
-                raw: value.to_string(),
-            });
+            refuse(
+                index,
+                &|| format!("expected a JSON object, got {}", kind(&value)),
+                &|| value.to_string(),
+            );
             continue;
         };
         if let Some(unknown) = object.keys().find(|k| schema.field_with_name(k).is_err()) {
-            refused.push(Refused {
-                row: index,
-                reason: format!(
-                    "unknown column '{unknown}' (the table has {})",
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                raw: Value::Object(object).to_string(),
-            });
+            refuse(
+                index,
+                &|| {
+                    format!(
+                        "unknown column '{}' (the table has {columns})",
+                        bounded(unknown.clone(), 64)
+                    )
+                },
+                &|| Value::Object(object.clone()).to_string(),
+            );
             continue;
         }
         // Check every field first, so that a refused row leaves no trace in the builders.
@@ -120,11 +170,11 @@ pub fn rows(schema: &SchemaRef, values: Vec<Value>) -> (Option<RecordBatch>, Vec
             match builder.parse(field, object.get(field.name())) {
                 Ok(v) => parsed.push(v),
                 Err(reason) => {
-                    refused.push(Refused {
-                        row: index,
-                        reason: format!("column '{}': {reason}", field.name()),
-                        raw: Value::Object(object).to_string(),
-                    });
+                    refuse(
+                        index,
+                        &|| format!("column '{}': {reason}", field.name()),
+                        &|| Value::Object(object.clone()).to_string(),
+                    );
                     continue 'rows;
                 }
             }
@@ -135,22 +185,30 @@ pub fn rows(schema: &SchemaRef, values: Vec<Value>) -> (Option<RecordBatch>, Vec
         accepted += 1;
     }
     if accepted == 0 {
-        return (None, refused);
+        return Checked {
+            batch: None,
+            refused,
+            refused_total,
+        };
     }
     let columns: Vec<ArrayRef> = builders.iter_mut().map(Column::finish).collect();
     match RecordBatch::try_new(schema.clone(), columns) {
-        Ok(batch) => (Some(batch), refused),
+        Ok(batch) => Checked {
+            batch: Some(batch),
+            refused,
+            refused_total,
+        },
         Err(e) => {
             // Not reachable for rows that passed the checks; refuse rather than lose them.
-            let reason = format!("could not build the batch: {e}");
-            (
-                None,
-                vec![Refused {
+            Checked {
+                batch: None,
+                refused: vec![Refused {
                     row: 0,
-                    reason,
+                    reason: bounded(format!("could not build the batch: {e}"), MAX_REASON_BYTES),
                     raw: String::new(),
                 }],
-            )
+                refused_total: refused_total + accepted,
+            }
         }
     }
 }
@@ -488,8 +546,9 @@ mod tests {
 [1,2]
 "#;
         let values = values(body, false).unwrap();
-        let (batch, refused) = rows(&schema(), values);
-        let batch = batch.unwrap();
+        let checked = rows(&schema(), values, usize::MAX);
+        let (batch, refused) = (checked.batch.unwrap(), checked.refused);
+        assert_eq!(checked.refused_total, 7);
         assert_eq!(batch.num_rows(), 2);
         let reasons: Vec<(usize, &str)> =
             refused.iter().map(|r| (r.row, r.reason.as_str())).collect();
@@ -531,6 +590,45 @@ mod tests {
         ));
         assert_eq!(gunzip(&gz, 10_000).unwrap().len(), 10_000);
         assert!(matches!(gunzip(b"not gzip", 100), Err(BodyError::Gzip(_))));
+    }
+
+    #[test]
+    fn refused_rows_are_all_counted_but_reasons_are_bounded() {
+        // Many columns with long names: the old reason repeated all of them for every row.
+        let fields: Vec<Field> = (0..200)
+            .map(|i| {
+                Field::new(
+                    format!("a_rather_long_column_name_{i:03}"),
+                    DataType::Int32,
+                    true,
+                )
+            })
+            .collect();
+        let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(fields));
+        let long = "x".repeat(10_000);
+        let mut body = String::new();
+        for _ in 0..5_000 {
+            body.push_str(&format!("{{\"{long}\":1}}\n"));
+        }
+        let checked = rows(&schema, values(body.as_bytes(), false).unwrap(), 100);
+        assert!(checked.batch.is_none());
+        assert_eq!(checked.refused_total, 5_000);
+        assert_eq!(checked.refused.len(), 100);
+        for r in &checked.refused {
+            assert!(r.reason.len() <= MAX_REASON_BYTES, "{}", r.reason);
+            assert!(r.reason.starts_with("unknown column 'xxx"), "{}", r.reason);
+        }
+        // A value quoted in a reason is cut too.
+        let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(vec![Field::new(
+            "t",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        )]));
+        let body = format!("{{\"t\":\"{}\"}}", "é".repeat(50_000));
+        let checked = rows(&schema, values(body.as_bytes(), false).unwrap(), usize::MAX);
+        assert_eq!(checked.refused.len(), 1);
+        assert!(checked.refused[0].reason.len() <= MAX_REASON_BYTES);
+        assert!(checked.refused[0].reason.ends_with('…'));
     }
 
     #[test]

@@ -12,18 +12,19 @@
 //! the log and no reload of the table; a request costs no lookup of its table after the first
 //! (the table and its schema are remembered until the writer finds it dropped or replaced).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State as Extract};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use medlake_engine::ingest::IngestTable;
+use futures::StreamExt as _;
+use medlake_engine::ingest::{IngestKey, IngestTable};
 use medlake_engine::{Engine, TableName};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
@@ -58,6 +59,7 @@ struct Inner {
     in_flight: Semaphore,
     invalid_rows: HashMap<String, InvalidRows>,
     key_commits: usize,
+    body_read_timeout: std::time::Duration,
     /// Tables requests were resolved to, with their schemas (see [`resolve`]).
     targets: RwLock<HashMap<TableName, SchemaRef>>,
     writers: Mutex<HashMap<TableName, mpsc::Sender<Pending>>>,
@@ -79,6 +81,7 @@ impl State {
                     .map(|(k, v)| (k.to_ascii_lowercase(), *v))
                     .collect(),
                 key_commits: config.key_commits,
+                body_read_timeout: config.body_read_timeout,
                 targets: RwLock::new(HashMap::new()),
                 writers: Mutex::new(HashMap::new()),
                 metrics: Metrics::default(),
@@ -96,7 +99,7 @@ struct Pending {
     schema: SchemaRef,
     rows: Option<RecordBatch>,
     quarantine: Vec<Refused>,
-    key: Option<String>,
+    key: Option<IngestKey>,
     answer: oneshot::Sender<Result<Ack, Failure>>,
 }
 
@@ -156,6 +159,26 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// An `Idempotency-Key` already committed (or being committed) for another request: a
+    /// different body or another token. Nothing is written: taking it for a retry would drop
+    /// the rows silently.
+    fn key_reused(key: &str) -> Self {
+        let mut failure = Self::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Idempotency-Key '{key}' was already used for another request (another body or \
+                 another token); nothing was written: send new rows under a new key"
+            ),
+        );
+        failure.body["sqlstate"] = json!(KEY_REUSED_SQLSTATE);
+        failure
+    }
+}
+
+/// The SQLSTATE in a `409` answer to a reused `Idempotency-Key` (unique_violation).
+pub(crate) const KEY_REUSED_SQLSTATE: &str = "23505";
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body)).into_response();
@@ -190,32 +213,36 @@ pub(crate) async fn health(Extract(state): Extract<State>) -> Response {
     }
 }
 
+/// The label of `/metrics` series for requests that did not reach a table their token may
+/// push into (no or unknown token, a table outside its scope or missing, a malformed target):
+/// one fixed series, so that what unauthenticated clients send cannot grow the metrics.
+pub(crate) const OTHER_TARGET: &str = "_other";
+
+/// Who sent a request, once its token is checked.
+#[derive(Clone, Debug)]
+pub(crate) struct Authenticated {
+    /// The token's name (never its secret); `None` without authentication (`InsecureNoAuth`).
+    pub token: Option<String>,
+}
+
 pub(crate) async fn handle(
     Extract(state): Extract<State>,
     Path(target): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let inner = &state.inner;
-    let Ok(_permit) = inner.in_flight.try_acquire() else {
-        inner.metrics.request(&target, 429);
-        return Failure::busy(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many ingest requests in flight; retry with the same Idempotency-Key",
-        )
-        .into_response();
-    };
-    inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    let result = ingest(inner, &target, &headers, body).await;
-    inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    // Only a request whose token may push into an existing table gets that table's series.
+    let mut label = OTHER_TARGET.to_string();
+    let result = ingest(inner, &target, &headers, body, &mut label).await;
     match result {
         Ok(ack) => {
-            inner.metrics.request(&target, 200);
+            inner.metrics.request(&label, 200);
             if ack.duplicate {
                 inner.metrics.duplicate();
             }
             let mut body = json!({
-                "table": target.to_ascii_lowercase(),
+                "table": label,
                 "rows": ack.rows,
                 "version": ack.version,
                 "duplicate": ack.duplicate,
@@ -226,19 +253,23 @@ pub(crate) async fn handle(
             (StatusCode::OK, axum::Json(body)).into_response()
         }
         Err(failure) => {
-            inner.metrics.request(&target, failure.status.as_u16());
+            inner.metrics.request(&label, failure.status.as_u16());
             failure.into_response()
         }
     }
 }
 
+/// One request: who sent it and whether it may push into `target` (the table must exist) are
+/// settled from its headers before a byte of its body is read; then the body is read, within
+/// the size limit and the body deadline.
 async fn ingest(
     inner: &Arc<Inner>,
     target: &str,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
+    label: &mut String,
 ) -> Result<Ack, Failure> {
-    authorize(inner, target, headers)?;
+    let who = authenticate(inner, headers, target)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {
@@ -257,15 +288,15 @@ async fn ingest(
     };
     let started = Instant::now();
     let (table, mut schema, remembered) = resolve(inner, target).await?;
+    *label = table.to_string();
     let t_target = started.elapsed().as_micros() as u64;
-    let body = match headers
+    let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("identity") => body.to_vec(),
-        Some("gzip") => decode::gunzip(&body, inner.max_body).map_err(body_failure)?,
+        .map(str::to_ascii_lowercase);
+    let gzip = match encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip") => true,
         Some(other) => {
             return Err(Failure::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -278,25 +309,57 @@ async fn ingest(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let array = if content_type.starts_with("application/json") {
-        true
+        Some(true)
     } else if content_type.is_empty() {
-        body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+        None
     } else if content_type.starts_with("application/x-ndjson")
         || content_type.starts_with("application/jsonl")
         || content_type.starts_with("application/jsonlines")
         || content_type.starts_with("text/plain")
     {
-        false
+        Some(false)
     } else {
         return Err(Failure::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Type '{content_type}': send application/x-ndjson or application/json"),
         ));
     };
+    let Ok(_permit) = inner.in_flight.try_acquire() else {
+        return Err(Failure::busy(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many ingest requests in flight; retry with the same Idempotency-Key",
+        ));
+    };
+    inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight(&inner.metrics);
+    let raw = read_body(inner, headers, body).await?;
+    let key = key.map(|key| IngestKey {
+        key,
+        body_sha256: Some(sha256_hex(&raw)),
+        token: who.token.clone(),
+    });
+    let body = if gzip {
+        decode::gunzip(&raw, inner.max_body).map_err(body_failure)?
+    } else {
+        raw.to_vec()
+    };
+    drop(raw);
+    let array =
+        array.unwrap_or_else(|| body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'['));
+    let mode = inner
+        .invalid_rows
+        .get(&table.to_string())
+        .copied()
+        .unwrap_or(InvalidRows::Refuse);
+    // A refused request lists the first reasons only; a quarantine keeps every row's.
+    let keep = match mode {
+        InvalidRows::Refuse => MAX_REASONS,
+        InvalidRows::Quarantine => usize::MAX,
+    };
     let values = decode::values(&body, array).map_err(body_failure)?;
     let total = values.len();
-    let (mut rows, mut refused) = decode::rows(&schema, values);
-    if !refused.is_empty() && remembered {
+    let mut checked = decode::rows(&schema, values, keep);
+    if checked.refused_total > 0 && remembered {
         // The remembered schema may be that of a table since dropped and created again:
         // look again before refusing anything.
         forget_target(inner, &table);
@@ -304,27 +367,29 @@ async fn ingest(
         if now.fields() != schema.fields() {
             schema = now;
             let values = decode::values(&body, array).map_err(body_failure)?;
-            (rows, refused) = decode::rows(&schema, values);
+            checked = decode::rows(&schema, values, keep);
         }
     }
-    let mode = inner
-        .invalid_rows
-        .get(&table.to_string())
-        .copied()
-        .unwrap_or(InvalidRows::Refuse);
-    if !refused.is_empty() {
-        inner.metrics.refused(refused.len() as u64);
+    let decode::Checked {
+        batch: rows,
+        refused,
+        refused_total,
+    } = checked;
+    if refused_total > 0 {
+        inner.metrics.refused(refused_total as u64);
         if mode == InvalidRows::Refuse {
-            let reasons: Vec<&Refused> = refused.iter().take(MAX_REASONS).collect();
+            let mut body = json!({
+                "error": format!(
+                    "{refused_total} of {total} rows were refused; nothing was written"
+                ),
+                "rows": refused,
+            });
+            if refused_total > refused.len() {
+                body["more_rows_refused"] = json!(refused_total - refused.len());
+            }
             return Err(Failure {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
-                body: json!({
-                    "error": format!(
-                        "{} of {total} rows were refused; nothing was written",
-                        refused.len()
-                    ),
-                    "rows": reasons,
-                }),
+                body,
                 retry_after: None,
             });
         }
@@ -415,9 +480,16 @@ fn body_failure(e: BodyError) -> Failure {
     Failure::new(status, e.to_string())
 }
 
-fn authorize(inner: &Inner, target: &str, headers: &HeaderMap) -> Result<(), Failure> {
+/// Who sent a request and whether they may push into `target`: the bearer token is checked
+/// against the configured ones (in constant time) and its table scope against `target`, from
+/// the headers alone. No or unknown token `401`, a table outside the token's scope `403`.
+fn authenticate(
+    inner: &Inner,
+    headers: &HeaderMap,
+    target: &str,
+) -> Result<Authenticated, Failure> {
     let tokens = match &inner.auth {
-        Auth::InsecureNoAuth => return Ok(()),
+        Auth::InsecureNoAuth => return Ok(Authenticated { token: None }),
         Auth::Tokens(tokens) => tokens,
     };
     let presented = headers
@@ -438,13 +510,100 @@ fn authorize(inner: &Inner, target: &str, headers: &HeaderMap) -> Result<(), Fai
         .find(|t| t.matches(presented.trim()))
         .ok_or_else(|| Failure::new(StatusCode::UNAUTHORIZED, "unknown bearer token"))?;
     if token.allows(target) {
-        Ok(())
+        Ok(Authenticated {
+            token: Some(token.name.clone()),
+        })
     } else {
         Err(Failure::new(
             StatusCode::FORBIDDEN,
-            format!("token '{}' may not push into {target}", token.name),
+            format!(
+                "token '{}' may not push into {}",
+                token.name,
+                bounded_target(target)
+            ),
         ))
     }
+}
+
+/// A target as quoted back in an answer (it is whatever the client sent).
+fn bounded_target(target: &str) -> String {
+    if target.len() <= 200 {
+        return target.to_string();
+    }
+    let mut end = 200;
+    while !target.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &target[..end])
+}
+
+/// Keeps the in-flight gauge right however the request ends.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads a request body (after the token check): at most `max_body` bytes (a larger
+/// `Content-Length` is refused before reading), within the body deadline.
+async fn read_body(inner: &Inner, headers: &HeaderMap, body: Body) -> Result<Bytes, Failure> {
+    let limit = inner.max_body;
+    let too_large = || {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buffer = bytes::BytesMut::with_capacity(
+            declared.map_or(0, |n| n as usize).min(limit).min(1 << 20),
+        );
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body could not be read: {e}"),
+                )
+            })?;
+            if buffer.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(buffer.freeze())
+    };
+    match tokio::time::timeout(inner.body_read_timeout, read).await {
+        Ok(read) => read,
+        Err(_) => Err(Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body was not received within {} s",
+                inner.body_read_timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// The writer task of `table`, started on first use.
@@ -531,23 +690,39 @@ async fn commit_group(
         let Some(log) = logs.table.as_mut() else {
             return;
         };
-        // Requests whose key is committed are duplicates; a key twice in this group is
-        // written once and both requests get the same answer.
+        // Requests whose key is committed are duplicates, unless they are provably another
+        // request under a used key (another body or token: 409, nothing written); a key twice
+        // in this group is written once and both requests get the same answer.
         let mut writing: Vec<Pending> = Vec::new();
         let mut followers: Vec<Pending> = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen: HashMap<String, IngestKey> = HashMap::new();
         for p in group {
-            match &p.key {
-                Some(k) if log.contains(k) => {
-                    let _ = p.answer.send(Ok(Ack {
+            let Some(k) = &p.key else {
+                writing.push(p);
+                continue;
+            };
+            if let Some(recorded) = log.recorded(&k.key) {
+                let answer = if recorded.conflicts_with(k) {
+                    Err(Failure::key_reused(&k.key))
+                } else {
+                    Ok(Ack {
                         rows: 0,
                         quarantined: 0,
                         version: log.version(),
                         duplicate: true,
-                    }));
+                    })
+                };
+                let _ = p.answer.send(answer);
+            } else if let Some(first) = seen.get(&k.key) {
+                if first.conflicts_with(k) {
+                    let failure = Failure::key_reused(&k.key);
+                    let _ = p.answer.send(Err(failure));
+                } else {
+                    followers.push(p);
                 }
-                Some(k) if !seen.insert(k.clone()) => followers.push(p),
-                _ => writing.push(p),
+            } else {
+                seen.insert(k.key.clone(), k.clone());
+                writing.push(p);
             }
         }
         if writing.is_empty() {
@@ -578,7 +753,7 @@ async fn commit_group(
         let result = if batches.is_empty() {
             Ok(log.version())
         } else {
-            let new_keys: Vec<String> = writing.iter().filter_map(|p| p.key.clone()).collect();
+            let new_keys: Vec<IngestKey> = writing.iter().filter_map(|p| p.key.clone()).collect();
             let schema = writing[0].schema.clone();
             let t = Instant::now();
             let appended = inner
@@ -641,21 +816,22 @@ async fn commit_group(
             }
         };
         let mut answers: HashMap<Option<String>, Result<Ack, Failure>> = HashMap::new();
+        let name = |p: &Pending| p.key.as_ref().map(|k| k.key.clone());
         for (p, rows) in writing.into_iter().zip(row_counts) {
             let answer = result.clone().map(|version| Ack {
                 rows,
-                quarantined: quarantined.get(&p.key).copied().unwrap_or(0),
+                quarantined: quarantined.get(&name(&p)).copied().unwrap_or(0),
                 version,
                 duplicate: false,
             });
             if p.key.is_some() {
-                answers.insert(p.key.clone(), answer.clone());
+                answers.insert(name(&p), answer.clone());
             }
             let _ = p.answer.send(answer);
         }
         for p in followers {
             let answer = answers
-                .get(&p.key)
+                .get(&name(&p))
                 .cloned()
                 .unwrap_or_else(|| Err(Failure::busy(StatusCode::SERVICE_UNAVAILABLE, "retry")));
             let _ = p.answer.send(answer.map(|ack| Ack {
@@ -683,14 +859,14 @@ async fn commit_quarantine(
     log: &mut Option<IngestTable>,
     writing: &[Pending],
 ) -> Result<HashMap<Option<String>, u64>, Failure> {
-    let rows: Vec<(Option<String>, &Vec<Refused>)> = writing
+    let rows: Vec<(Option<&IngestKey>, &Vec<Refused>)> = writing
         .iter()
         .filter(|p| !p.quarantine.is_empty())
-        .map(|p| (p.key.clone(), &p.quarantine))
+        .map(|p| (p.key.as_ref(), &p.quarantine))
         .collect();
     let quarantined = rows
         .iter()
-        .map(|(k, refused)| (k.clone(), refused.len() as u64))
+        .map(|(k, refused)| (k.map(|k| k.key.clone()), refused.len() as u64))
         .collect();
     if rows.is_empty() {
         return Ok(quarantined);
@@ -712,18 +888,21 @@ async fn commit_quarantine(
         let Some(open) = log.as_mut() else {
             continue;
         };
-        let fresh: Vec<&(Option<String>, &Vec<Refused>)> = rows
+        let fresh: Vec<&(Option<&IngestKey>, &Vec<Refused>)> = rows
             .iter()
-            .filter(|(k, _)| k.as_ref().is_none_or(|k| !open.contains(k)))
+            .filter(|(k, _)| k.is_none_or(|k| !open.contains(&k.key)))
             .collect();
         if fresh.is_empty() {
             return Ok(quarantined);
         }
         let batches: Vec<RecordBatch> = fresh
             .iter()
-            .map(|(k, refused)| decode::quarantine_rows(refused, k.as_deref()))
+            .map(|(k, refused)| decode::quarantine_rows(refused, k.map(|k| k.key.as_str())))
             .collect();
-        let keys: Vec<String> = fresh.iter().filter_map(|(k, _)| k.clone()).collect();
+        let keys: Vec<IngestKey> = fresh
+            .iter()
+            .filter_map(|(k, _)| k.map(IngestKey::clone))
+            .collect();
         match inner
             .engine
             .ingest_append(open, decode::quarantine_schema(), batches, &keys)

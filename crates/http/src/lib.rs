@@ -8,6 +8,12 @@
 //! after a lost acknowledgement (a crash, a timeout) is recognised and lands exactly once.
 //! Bodies over the limit get 413; a full queue 503 and too many requests in flight 429, both
 //! with `Retry-After`, instead of unbounded memory.
+//!
+//! Before any login nothing is unbounded: the bearer token and its right to the target table
+//! (and the table's existence) are checked before a byte of the body is read, so a request
+//! without them costs its headers only; headers, bodies and TLS handshakes have deadlines and
+//! the number of open connections is capped (see [`Config`]). `/metrics` keeps per-table
+//! series only for tables that exist and that the request's token may push into.
 
 mod decode;
 mod ingest;
@@ -15,13 +21,17 @@ mod metrics;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use medlake_engine::Engine;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, info, warn};
 
 pub use decode::Refused;
 pub use ingest::InvalidRows;
@@ -86,6 +96,17 @@ pub struct Config {
     pub invalid_rows: HashMap<String, InvalidRows>,
     /// How many recent commits of a table are searched for idempotency keys.
     pub key_commits: usize,
+    /// How long a client has to send a request's headers, on a new connection and between
+    /// requests of a kept-alive one; the connection is closed beyond (default 10 s).
+    pub header_read_timeout: Duration,
+    /// How long a client has to send a whole request body, from the moment the door starts
+    /// reading it (after the token check); `408` beyond (default 60 s).
+    pub body_read_timeout: Duration,
+    /// How long a TLS handshake may take; the connection is closed beyond (default 10 s).
+    pub tls_handshake_timeout: Duration,
+    /// Most connections open at once (TLS handshakes included); a connection accepted beyond
+    /// is closed at once, before anything is read from it (default 1024).
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -99,6 +120,10 @@ impl Config {
             max_in_flight: 64,
             invalid_rows: HashMap::new(),
             key_commits: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -121,6 +146,15 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+}
+
+/// The connection-level limits of [`Config`].
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    header_read_timeout: Duration,
+    tls_handshake_timeout: Duration,
+    max_connections: u32,
 }
 
 impl Server {
@@ -149,6 +183,32 @@ impl Server {
                 config.listen
             )));
         }
+        for (name, value) in [
+            ("header_read_timeout", config.header_read_timeout),
+            ("body_read_timeout", config.body_read_timeout),
+            ("tls_handshake_timeout", config.tls_handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Config(format!(
+                    "the HTTP door's {name} must be more than zero"
+                )));
+            }
+        }
+        let max_connections = u32::try_from(config.max_connections)
+            .ok()
+            .filter(|n| (1..=1 << 24).contains(n))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "the HTTP door's max_connections must be 1 to {}, not {}",
+                    1 << 24,
+                    config.max_connections
+                ))
+            })?;
+        let limits = Limits {
+            header_read_timeout: config.header_read_timeout,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            max_connections,
+        };
         let tls = config
             .tls
             .as_ref()
@@ -171,6 +231,7 @@ impl Server {
             listener,
             router,
             tls,
+            limits,
         })
     }
 
@@ -182,61 +243,216 @@ impl Server {
         self.tls.is_some()
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, then lets the open connections finish their
+    /// requests (idle ones are closed) and returns.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
-        let addr = self.listener.local_addr().ok();
-        info!(?addr, tls = self.tls.is_some(), "HTTP door open");
-        match self.tls {
-            None => {
-                if let Err(e) = axum::serve(self.listener, self.router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    warn!(error = %e, "HTTP door stopped");
+        let Self {
+            listener,
+            router,
+            tls,
+            limits,
+        } = self;
+        let addr = listener.local_addr().ok();
+        info!(
+            ?addr,
+            tls = tls.is_some(),
+            max_connections = limits.max_connections,
+            "HTTP door open"
+        );
+        let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
+        let (closing, closed) = watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(error = %e, "accepting an HTTP connection");
+                        continue;
+                    }
+                },
+            };
+            // Beyond the cap the connection is closed before anything is read from it.
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                debug!(%peer, "HTTP connection cap reached; closing the new connection");
+                drop(tcp);
+                continue;
+            };
+            let router = router.clone();
+            let tls = tls.clone();
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tls {
+                    None => serve_connection(tcp, router, limits, closed, peer).await,
+                    Some(acceptor) => {
+                        let stream = match tokio::time::timeout(
+                            limits.tls_handshake_timeout,
+                            acceptor.accept(tcp),
+                        )
+                        .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                warn!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        serve_connection(stream, router, limits, closed, peer).await;
+                    }
                 }
-            }
-            Some(acceptor) => serve_tls(self.listener, self.router, acceptor, shutdown).await,
+            });
+        }
+        drop(listener);
+        let _ = closing.send(true);
+        // Every connection holds a permit until it ends.
+        let _ = connections.acquire_many(limits.max_connections).await;
+    }
+}
+
+/// Serves one connection (HTTP/1.1, or HTTP/2 by prior knowledge or ALPN) with the header
+/// deadline, until it ends or the server closes (then gracefully: requests in progress finish).
+async fn serve_connection<I>(
+    io: I,
+    router: Router,
+    limits: Limits,
+    mut closed: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    // HTTP/2 has no header deadline: an idle connection is pinged and closed when the client
+    // does not answer.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    let service = TowerToHyperService::new(router);
+    // hyper's header deadline starts once the protocol is known: the first bytes have one too.
+    let io = FirstBytesDeadline::new(io, limits.header_read_timeout);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = async {
+            // The guard `wait_for` returns is not `Send`: drop it here.
+            let _ = closed.wait_for(|closed| *closed).await.map(|_| ());
+        } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = ended {
+        debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// Bytes a client must send before the protocol is known (the length of the HTTP/2 preface).
+const PROTOCOL_BYTES: usize = 24;
+
+/// A connection whose first [`PROTOCOL_BYTES`] bytes must arrive within a deadline: hyper-util
+/// reads them to choose between HTTP/1 and HTTP/2 before hyper's `header_read_timeout` starts,
+/// and without this a client that connects and sends nothing (or one byte a minute) would hold
+/// its connection slot forever.
+struct FirstBytesDeadline<I> {
+    io: I,
+    /// `None` once the first bytes arrived.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    remaining: usize,
+}
+
+impl<I> FirstBytesDeadline<I> {
+    fn new(io: I, within: Duration) -> Self {
+        Self {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+            remaining: PROTOCOL_BYTES,
         }
     }
 }
 
-async fn serve_tls(
-    listener: TcpListener,
-    router: Router,
-    acceptor: tokio_rustls::TlsAcceptor,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::service::TowerToHyperService;
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "accepting an HTTP connection");
-                    continue;
+impl<I: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
+                this.remaining = this.remaining.saturating_sub(read);
+                if this.remaining == 0 {
+                    this.deadline = None;
                 }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    warn!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                Poll::Ready(Ok(()))
             }
-        });
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header read timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

@@ -708,3 +708,368 @@ async fn blind_appends_keep_statistics_history_and_checkpoints() {
     assert!(stats["minValues"]["taken_at"].is_string(), "{stats}");
     assert_eq!(stats["nullCount"]["unit"], json!(0), "{stats}");
 }
+
+// ---- Pre-auth limits, bounded metrics and reasons, idempotency integrity (issue 20) ----
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// A bound far above anything a test waits for: reached only when the server never answers
+/// (the old behaviour these tests guard against).
+const NEVER: Duration = Duration::from_secs(20);
+
+fn addr(door: &Door) -> String {
+    door.base.trim_start_matches("http://").to_string()
+}
+
+/// Reads what the server sends on `stream` until it closes the connection or a whole response
+/// head has arrived; `None` if it sent nothing and closed (or reset) the connection.
+async fn read_answer(stream: &mut TcpStream, what: &str) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(NEVER, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "{what}: the server neither answered nor closed the connection"
+    );
+    (!got.is_empty()).then(|| String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Sends the head of a POST announcing a 16 MB body, then only its first kilobyte, and
+/// returns the answer's status line: the server must answer without waiting for the rest.
+async fn post_without_finishing(door: &Door, target: &str, token: Option<&str>) -> String {
+    let mut stream = TcpStream::connect(addr(door)).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "POST /v1/ingest/{target} HTTP/1.1\r\nHost: medlake\r\n{auth}\
+         Content-Type: application/x-ndjson\r\nContent-Length: 16000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b' '; 1024]).await.unwrap();
+    let answer = read_answer(&mut stream, target).await.expect("an answer");
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn the_token_and_the_target_are_checked_before_the_body_is_read() {
+    let door = door(|c| {
+        c.auth = Auth::Tokens(vec![Token {
+            name: "ward-3".into(),
+            secret: TOKEN.into(),
+            tables: vec!["bronze.*".into()],
+        }]);
+    })
+    .await;
+    for (target, token, status) in [
+        ("bronze.readings", None, "401"),
+        ("bronze.readings", Some("wrong-token"), "401"),
+        ("silver.readings", Some(TOKEN), "403"),
+        ("bronze.missing", Some(TOKEN), "404"),
+    ] {
+        let line = post_without_finishing(&door, target, token).await;
+        assert!(
+            line.starts_with(&format!("HTTP/1.1 {status}")),
+            "{target} {token:?}: {line}"
+        );
+    }
+    // A declared length over the limit is refused before reading too.
+    let door = self::door(|c| c.max_body_bytes = 1 << 20).await;
+    let line = post_without_finishing(&door, "bronze.readings", Some(TOKEN)).await;
+    assert!(line.starts_with("HTTP/1.1 413"), "{line}");
+}
+
+#[tokio::test]
+async fn metrics_have_series_only_for_tables_a_token_may_push_into() {
+    let door = door(|_| {}).await;
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        // Unauthenticated, unknown token, outside the token's scope, malformed.
+        let anonymous = client
+            .post(format!("{}/v1/ingest/bronze.probe_{i}", door.base))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+        let wrong = client
+            .post(format!("{}/v1/ingest/bronze.wrong_{i}", door.base))
+            .bearer_auth("wrong")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+        let outside = post(&client, &door, &format!("silver.outside_{i}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(outside.status(), StatusCode::FORBIDDEN);
+    }
+    let open = self::door(|c| c.auth = Auth::InsecureNoAuth).await;
+    for i in 0..20 {
+        let missing = client
+            .post(format!("{}/v1/ingest/bronze.missing_{i}", open.base))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+    let ok = post(&client, &door, "bronze.readings")
+        .body(ndjson(&[reading(1, 1)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    for (door, expected) in [(&door, 60), (&open, 20)] {
+        let metrics = reqwest::get(format!("{}/metrics", door.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for probe in ["probe_", "wrong_", "outside_", "missing_"] {
+            assert!(!metrics.contains(probe), "{metrics}");
+        }
+        let other: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("medlake_ingest_requests_total{table=\"_other\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(other, expected, "{metrics}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", door.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains("medlake_ingest_requests_total{table=\"bronze.readings\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn slow_headers_and_slow_bodies_are_cut_off() {
+    let door = door(|c| {
+        c.header_read_timeout = Duration::from_millis(300);
+        c.body_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // Headers that never end: the connection is closed without an answer.
+    let mut stream = TcpStream::connect(addr(&door)).await.unwrap();
+    stream
+        .write_all(b"POST /v1/ingest/bronze.readings HTTP/1.1\r\nHost: medlake\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream, "unfinished headers").await;
+    assert!(
+        answer
+            .as_deref()
+            .is_none_or(|a| a.starts_with("HTTP/1.1 408")),
+        "{answer:?}"
+    );
+    // A connection that sends nothing at all is closed too.
+    let mut silent = TcpStream::connect(addr(&door)).await.unwrap();
+    assert!(
+        read_answer(&mut silent, "silent")
+            .await
+            .is_none_or(|a| a.starts_with("HTTP/1.1 408"))
+    );
+    // A body that never ends: 408 once the body deadline passes.
+    let mut stream = TcpStream::connect(addr(&door)).await.unwrap();
+    let head = format!(
+        "POST /v1/ingest/bronze.readings HTTP/1.1\r\nHost: medlake\r\n\
+         Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n{{\"device_id\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream, "unfinished body")
+        .await
+        .expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+#[tokio::test]
+async fn tls_handshakes_have_a_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let door = door(|c| {
+        c.tls = Some(medlake_pgwire::Tls { cert, key });
+        c.tls_handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // A client that connects and never starts the handshake is disconnected.
+    let mut stream = TcpStream::connect(addr(&door)).await.unwrap();
+    assert_eq!(read_answer(&mut stream, "no handshake").await, None);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let door = door(|c| c.max_connections = 2).await;
+    // Two kept-alive connections, each proven accepted by an answer.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr(&door)).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: medlake\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut stream, "held").await.expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(stream);
+    }
+    let mut third = TcpStream::connect(addr(&door)).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: medlake\r\n\r\n")
+        .await;
+    assert_eq!(read_answer(&mut third, "beyond the cap").await, None);
+    // Once a held connection closes, a new one is served again.
+    drop(held.pop());
+    let client = reqwest::Client::new();
+    let served = tokio::time::timeout(NEVER, async {
+        loop {
+            if let Ok(r) = client.get(format!("{}/healthz", door.base)).send().await {
+                break r.status();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a connection slot frees up once a connection closes");
+    assert_eq!(served, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn refused_row_reasons_are_bounded() {
+    let door = door(|_| {}).await;
+    let client = reqwest::Client::new();
+    let long = "c".repeat(20_000);
+    let body: String = (0..300).map(|_| format!("{{\"{long}\":1}}\n")).collect();
+    let response = post(&client, &door, "bronze.readings")
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = response.text().await.unwrap();
+    assert!(text.len() < 64 * 1024, "a {} byte answer", text.len());
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        answer["error"],
+        "300 of 300 rows were refused; nothing was written"
+    );
+    let rows = answer["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 100);
+    assert_eq!(answer["more_rows_refused"], 200);
+    for row in rows {
+        let reason = row["reason"].as_str().unwrap();
+        assert!(reason.len() <= 256, "{reason}");
+        assert!(reason.starts_with("unknown column 'ccc"), "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_for_another_body_or_token_is_a_conflict() {
+    const OTHER: &str = "ward-4-token-9876543210";
+    let door = door(|c| {
+        c.auth = Auth::Tokens(vec![
+            Token {
+                name: "ward-3".into(),
+                secret: TOKEN.into(),
+                tables: vec!["bronze.readings".into()],
+            },
+            Token {
+                name: "ward-4".into(),
+                secret: OTHER.into(),
+                tables: vec!["bronze.readings".into()],
+            },
+        ]);
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let first = ndjson(&[reading(1, 1), reading(1, 2)]);
+    let send = |token: &'static str, key: &'static str, body: String| {
+        client
+            .post(format!("{}/v1/ingest/bronze.readings", door.base))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let response = send(TOKEN, "batch-1", first.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The same request again: a duplicate.
+    let response = send(TOKEN, "batch-1", first.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["duplicate"], true);
+    // Other rows under the same key: 409, nothing written.
+    let response = send(TOKEN, "batch-1", ndjson(&[reading(9, 9)]))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["sqlstate"], "23505", "{answer}");
+    // The same body from another token: 409 too.
+    let response = send(OTHER, "batch-1", first.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.readings").await,
+        2
+    );
+    // Two different bodies under one new key at once: one lands, the other is a conflict.
+    let (a, b) = tokio::join!(
+        send(TOKEN, "batch-2", ndjson(&[reading(2, 1)])),
+        send(TOKEN, "batch-2", ndjson(&[reading(3, 1), reading(3, 2)])),
+    );
+    let mut statuses = [a.unwrap().status(), b.unwrap().status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT]);
+    let total = count(&door.engine, "SELECT count(*) FROM bronze.readings").await;
+    assert!(total == 3 || total == 4, "{total}");
+    // A key committed before bodies were hashed (no hash, no token): a duplicate, as before.
+    let table = medlake_engine::Engine::ingest_name("bronze.readings").unwrap();
+    let mut log = door.engine.ingest_open(&table, 100, false).await.unwrap();
+    let (_, schema) = door.engine.ingest_target("bronze.readings").await.unwrap();
+    let batch = arrow::record_batch::RecordBatch::new_empty(schema.clone());
+    door.engine
+        .ingest_append(
+            &mut log,
+            schema,
+            vec![batch],
+            &[medlake_engine::ingest::IngestKey::bare("legacy-1")],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let response = send(OTHER, "legacy-1", ndjson(&[reading(5, 5)]))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["duplicate"], true, "{answer}");
+    assert_eq!(
+        count(&door.engine, "SELECT count(*) FROM bronze.readings").await,
+        total
+    );
+}

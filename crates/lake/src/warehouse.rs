@@ -726,6 +726,7 @@ impl Warehouse {
             .with_table_name(name.table.clone())
             .with_columns(columns)
             .with_save_mode(SaveMode::ErrorIfExists)
+            .with_commit_properties(Self::creating(CommitProperties::default()))
             .await;
         match created {
             Ok(_) => Ok(true),
@@ -782,7 +783,7 @@ impl Warehouse {
                     .iter()
                     .map(|(k, v)| (k.clone(), Some(v.clone()))),
             )
-            .with_commit_properties(options.properties())
+            .with_commit_properties(Self::creating(options.properties()))
             .await;
         match written {
             Ok(table) => Ok(Some(self.outcome(name, &table).await?)),
@@ -793,6 +794,13 @@ impl Warehouse {
     }
 
     /// Checks the schema, refuses an existing table, and clears what a dropped table left.
+    ///
+    /// Nothing else in the folder is deleted: creation is atomic by the put-if-absent of the
+    /// first log entry (`_delta_log/00000000000000000000.json`, `PutMode::Create` in
+    /// deltalake's log store), so of two concurrent CREATEs of one name exactly one commits
+    /// and the other fails with `TableExists` (see [`Self::creating`]) without touching the
+    /// winner's files. Data files of a crashed or lost CREATE stay behind unreferenced by any
+    /// log entry (readers never see them; VACUUM removes them).
     async fn prepare_create(&self, name: &TableName, if_not_exists: bool) -> Result<bool> {
         self.require_schema(&name.schema).await?;
         if self.table_exists(name).await? {
@@ -802,9 +810,9 @@ impl Warehouse {
                 Err(Self::exists_error(name))
             };
         }
-        // Whatever is in the folder (files of a dropped table, files of a crashed CREATE) is
-        // not part of any table: clear it so the new table starts clean.
-        self.delete_prefix(&self.path(&[&name.schema, &name.table]))
+        // A dropped table whose files were not all deleted (a crash during DROP): its log
+        // would stand in the way of the new table's.
+        self.clear_dropped(&self.path(&[&name.schema, &name.table]))
             .await?;
         // Delta's kernel wants a local table folder to exist before its first commit.
         if self.url.scheme() == "file" {
@@ -824,10 +832,31 @@ impl Warehouse {
         Ok(true)
     }
 
-    /// A lost race to create the same table is "already exists".
+    /// Commit properties of a commit that creates a table: version 0 or nothing. deltalake
+    /// would otherwise take a lost version 0 (another creator's) as a conflict to resolve and
+    /// retry on top of it, as version 1 of the winner's table.
+    fn creating(properties: CommitProperties) -> CommitProperties {
+        properties.with_max_retries(0)
+    }
+
+    /// A lost race to create the same table is "already exists": the version 0 put found one
+    /// there (without retries: [`Self::creating`]), or the table was there when the write
+    /// looked.
     fn lost_create_race(e: &DeltaTableError) -> bool {
         matches!(e, DeltaTableError::VersionAlreadyExists(_))
+            || matches!(
+                e,
+                DeltaTableError::Transaction {
+                    source: TransactionError::MaxCommitAttempts(_)
+                        | TransactionError::VersionAlreadyExists(_)
+                }
+            )
             || matches!(e, DeltaTableError::Generic(m) if m.contains("already exists"))
+            // deltalake's write found the table there: "A table already exists at: <url>".
+            || matches!(
+                e,
+                DeltaTableError::GenericError { source } if source.to_string().contains("already exists")
+            )
     }
 
     fn exists_error(name: &TableName) -> Error {
@@ -1290,10 +1319,55 @@ impl Warehouse {
             .put(&marker, PutPayload::from_static(b"dropped"))
             .await
             .map_err(|e| Error::store(&marker, e))?;
-        self.delete_prefix(&folder).await
+        self.clear_dropped(&folder).await
     }
 
-    /// Deletes every object under `prefix`, the DROP marker last.
+    /// Deletes what the dropped table in `folder` left: every object written no later than
+    /// its DROP marker, then the marker. Objects written after the marker belong to a table
+    /// created since under the same name (a CREATE racing this cleanup) and are kept: each is
+    /// looked at again just before it is deleted. Does nothing without a marker.
+    async fn clear_dropped(&self, folder: &Path) -> Result<()> {
+        let marker = folder.clone().join(DROPPED_MARKER);
+        let dropped_at = match self.store.head(&marker).await {
+            Ok(meta) => meta.last_modified,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(Error::store(&marker, e)),
+        };
+        let objects: Vec<ObjectMeta> = self
+            .store
+            .list(Some(folder))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(folder, e))?;
+        let mut dirs = std::collections::BTreeSet::new();
+        for meta in objects {
+            if meta.location == marker || meta.last_modified > dropped_at {
+                continue;
+            }
+            self.delete_if_not_after(&meta.location, dropped_at).await?;
+            let mut parent: Vec<_> = meta.location.parts().collect();
+            while parent.pop().is_some() && parent.len() > folder.parts().count() {
+                dirs.insert(Path::from_iter(parent.clone()));
+            }
+        }
+        // Local folders stay behind as empty directories: remove the empty ones (a folder
+        // with a new table's files is not empty and stays).
+        if self.url.scheme() == "file" {
+            let mut dirs: Vec<Path> = dirs.into_iter().collect();
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.parts().count()));
+            for dir in dirs {
+                let _ = tokio::fs::remove_dir(format!("/{}", dir.as_ref())).await;
+            }
+        }
+        self.delete_if_not_after(&marker, dropped_at).await?;
+        if self.url.scheme() == "file" {
+            let _ = tokio::fs::remove_dir(format!("/{}", folder.as_ref())).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes every object under `prefix`, the DROP marker last (DROP SCHEMA, once the schema
+    /// marker is gone).
     async fn delete_prefix(&self, prefix: &Path) -> Result<()> {
         let mut objects: Vec<Path> = self
             .store
@@ -1327,6 +1401,20 @@ impl Warehouse {
             }
         }
         Ok(())
+    }
+
+    /// Deletes `path` unless it is gone or was written after `instant` (then it is not the
+    /// object a cleanup listed but a new one under the same name).
+    async fn delete_if_not_after(&self, path: &Path, instant: DateTime<Utc>) -> Result<()> {
+        match self.store.head(path).await {
+            Ok(meta) if meta.last_modified <= instant => {}
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(Error::store(path, e)),
+        }
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store(path, e)),
+        }
     }
 
     /// `CREATE EXTERNAL TABLE`: stores the definition of a table whose rows live in a source
