@@ -31,6 +31,8 @@ use tokio_rustls::rustls;
 use tracing::{debug, info, warn};
 
 pub use auth::{Access, Method, Secret, User};
+#[doc(hidden)]
+pub use commands::fuzzing;
 
 use crate::connection::Registry;
 
