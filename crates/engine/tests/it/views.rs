@@ -503,7 +503,7 @@ async fn out_of_range_schedules_are_refused_and_stored_ones_do_not_stop_the_sche
         engine
             .views()
             .create(
-                &medlake_engine::TableName::new("silver", name).unwrap(),
+                &medlake_engine::TableName::new("silver", *name).unwrap(),
                 create,
                 Trigger::Create,
             )
