@@ -283,6 +283,10 @@ fn expect_end(parser: &mut Parser<'_>, statement: &str) -> Result<()> {
     }
 }
 
+/// The longest `VACUUM ... RETAIN n HOURS`: 100 years. Bounded so that the retention always
+/// converts to a `chrono` duration and a cutoff instant (a larger one was an internal error).
+pub const MAX_RETAIN_HOURS: u64 = 876_000;
+
 /// medlake's own statements, or `None` to hand the text to DataFusion.
 fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
     let first = parser.peek_token().token;
@@ -350,8 +354,12 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
             parser.next_token();
             let table = parser.parse_object_name(false).map_err(syntax)?;
             let limit = if parser.parse_keyword(Keyword::LIMIT) {
+                // u64 by the parser (larger is a syntax error); usize may be narrower.
                 let n = parser.parse_literal_uint().map_err(syntax)?;
-                Some(usize::try_from(n).map_err(syntax)?)
+                Some(usize::try_from(n).map_err(|_| Error::InvalidValue {
+                    what: "DESCRIBE HISTORY LIMIT".into(),
+                    reason: format!("{n} is too large"),
+                })?)
             } else {
                 None
             };
@@ -460,7 +468,16 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
             let mut force = false;
             loop {
                 if word(parser, "RETAIN") {
-                    retain_hours = Some(parser.parse_literal_uint().map_err(syntax)?);
+                    let hours = parser.parse_literal_uint().map_err(syntax)?;
+                    if hours > MAX_RETAIN_HOURS {
+                        return Err(Error::InvalidValue {
+                            what: "VACUUM RETAIN".into(),
+                            reason: format!(
+                                "{hours} hours is outside the allowed range of 0 to {MAX_RETAIN_HOURS} hours (100 years)"
+                            ),
+                        });
+                    }
+                    retain_hours = Some(hours);
                     if !word(parser, "HOURS") && !word(parser, "HOUR") {
                         return Err(syntax("expected HOURS after RETAIN n"));
                     }
@@ -699,5 +716,77 @@ mod tests {
     fn bad_timestamps_are_clear() {
         let err = parse_timestamp("yesterday").unwrap_err().to_string();
         assert!(err.contains("'yesterday' is not a timestamp"), "{err}");
+    }
+
+    /// Numbers in our own statements are bounded: `VACUUM RETAIN` to 100 years (22023 past
+    /// it), `LIMIT` and `VERSION AS OF` to what the parser's u64 holds (a syntax error past).
+    #[test]
+    fn numbers_in_own_statements_are_bounded() {
+        let retain = |h: &str| parse(&format!("vacuum t retain {h} hours"));
+        assert!(retain("876000").is_ok());
+        for h in ["876001", "9223372036854775807", "18446744073709551615"] {
+            let e = retain(h).unwrap_err();
+            assert_eq!(e.code(), crate::Code::InvalidParameterValue, "{h}: {e}");
+        }
+        for h in ["18446744073709551616", "-1", "1e300", "NaN", "1.5"] {
+            assert!(retain(h).is_err(), "{h}");
+        }
+        assert!(parse("describe history t limit 18446744073709551615").is_ok());
+        assert!(parse("describe history t limit 18446744073709551616").is_err());
+        assert!(parse("describe history t limit -1").is_err());
+        let e = parse(
+            "create materialized view v refresh every '9223372036854775807 seconds' as select 1",
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), crate::Code::InvalidParameterValue, "{e}");
+        let e = parse("create materialized view v refresh cron '*/99 * * * 9' as select 1")
+            .unwrap_err();
+        assert_eq!(e.code(), crate::Code::InvalidParameterValue, "{e}");
+    }
+
+    /// The statement parser over hostile inputs: `Ok` or `Err`, never a panic. (The fuzz
+    /// target `statement` does the same with generated inputs.)
+    #[test]
+    fn hostile_statements_never_panic() {
+        let long = "9".repeat(100_000);
+        let deep = format!("select {}1{}", "(".repeat(10_000), ")".repeat(10_000));
+        let corpus = [
+            String::new(),
+            ";".into(),
+            ";;;".into(),
+            "\u{0}".into(),
+            "'".into(),
+            "\"".into(),
+            "/*".into(),
+            "$$".into(),
+            "é😀".into(),
+            "describe history t limit".into(),
+            format!("describe history t limit {long}"),
+            format!("vacuum t retain {long} hours"),
+            "vacuum t retain 1 hours retain 2 hours".into(),
+            "vacuum".into(),
+            "optimize".into(),
+            "optimize t zorder by (".into(),
+            "import foreign schema".into(),
+            "refresh materialized view".into(),
+            "drop materialized".into(),
+            "create materialized view".into(),
+            "create materialized view v refresh every".into(),
+            "create materialized view v refresh every '' as select 1".into(),
+            format!("create materialized view v refresh every '{long} s' as select 1"),
+            "create materialized view v refresh cron '*/4294967295 * * * *' as select 1".into(),
+            format!("select * from t version as of {long}"),
+            "select * from t version as of -1".into(),
+            "select * from t version as of 1e300".into(),
+            "select * from t timestamp as of '99999-99-99'".into(),
+            "select * from t timestamp as of '+262143-12-31T23:59:59Z'".into(),
+            deep,
+            format!("select {}", "1+".repeat(10_000) + "1"),
+        ];
+        for sql in &corpus {
+            let _ = parse(sql);
+            let _ = split(sql);
+            let _ = ends_statement(sql);
+        }
     }
 }

@@ -34,6 +34,8 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 pub use decode::Refused;
+#[doc(hidden)] // for the fuzz target `http_decode` (fuzz/): not an API
+pub use decode::{gunzip, rows, values};
 pub use ingest::InvalidRows;
 
 /// A bearer token that may push into some tables.

@@ -228,7 +228,11 @@ fn parse_set(text: &str) -> PgWireResult<Command> {
 }
 
 fn parse_copy(text: &str) -> PgWireResult<CopyOut> {
-    let body = text.trim_start()[4..].trim_start();
+    let trimmed = text.trim_start();
+    let body = match trimmed.get(..4) {
+        Some(copy) if copy.eq_ignore_ascii_case("copy") => trimmed[4..].trim_start(),
+        _ => return Err(user_error("42601", "expected COPY")),
+    };
     let (query, rest) = if body.starts_with('(') {
         // The query is everything up to the parenthesis that closes the first one.
         let tokens = Tokenizer::new(&PostgreSqlDialect {}, body)
@@ -250,8 +254,14 @@ fn parse_copy(text: &str) -> PgWireResult<CopyOut> {
             }
         }
         let end = end.ok_or_else(|| user_error("42601", "COPY: unbalanced parenthesis"))?;
+        // The closing parenthesis is one byte: the query lies between it and the opening one.
         let offset = offset_of(body, end.line, end.column);
-        (body[1..offset].to_string(), body[offset + 1..].to_string())
+        match (body.get(1..offset), body.get(offset + 1..)) {
+            (Some(query), Some(rest)) if body[offset..].starts_with(')') => {
+                (query.to_string(), rest.to_string())
+            }
+            _ => return Err(user_error("42601", "COPY: unbalanced parenthesis")),
+        }
     } else {
         // COPY table [(columns)] TO STDOUT
         let w = words(body);
@@ -420,23 +430,34 @@ fn offset_of(text: &str, line: u64, column: u64) -> usize {
         .map_or(text.len(), |(i, _)| start + i)
 }
 
-/// Applies `SET name = values`. Returns the ParameterStatus to report, if any.
-pub(crate) fn set(
-    connection: &Connection,
-    name: &str,
-    values: &[String],
-) -> PgWireResult<Option<(&'static str, String)>> {
+/// A `SET` value that passed its checks, ready to apply to a connection.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Setting {
+    /// `SET name = DEFAULT`: what `RESET name` does.
+    Default,
+    /// `search_path`: the schema to use (the session checks it exists), and the text stored.
+    SearchPath {
+        schema: String,
+        shown: String,
+    },
+    StatementTimeout(Option<Duration>),
+    /// Any other setting: the text `SHOW` answers.
+    Value(String),
+}
+
+/// Checks `SET name = values` without a connection: the name is known, the value is one the
+/// setting takes, and numbers are within their bounds (22023 outside). What the startup
+/// packet, `options=-c ...` and `SET` share; never panics, whatever the input.
+pub(crate) fn check_setting(name: &str, values: &[String]) -> PgWireResult<Setting> {
     let value = values.join(", ");
-    let is_default = values.len() == 1 && values[0].eq_ignore_ascii_case("default");
     if !KNOWN.iter().any(|(k, _)| *k == name) {
         return Err(user_error(
             "42704",
             format!("unrecognized configuration parameter \"{name}\""),
         ));
     }
-    if is_default {
-        reset(connection, name)?;
-        return Ok(reported_name(name).map(|n| (n, default_of(name))));
+    if values.len() == 1 && values[0].eq_ignore_ascii_case("default") {
+        return Ok(Setting::Default);
     }
     match name {
         "search_path" => {
@@ -445,19 +466,30 @@ pub(crate) fn set(
                 .map(|v| v.trim())
                 .find(|v| !v.is_empty() && *v != "$user" && *v != "pg_catalog")
                 .unwrap_or("public");
-            connection
-                .session
-                .set_default_schema(schema)
-                .map_err(|e| crate::error::engine_error(&e))?;
+            Ok(Setting::SearchPath {
+                schema: schema.to_string(),
+                shown: value,
+            })
         }
-        "statement_timeout" => {
-            let timeout = parse_duration(&value)?;
-            connection.update_settings(|s| s.statement_timeout = timeout);
-            let shown = show_duration(timeout);
-            connection.update_settings(|s| {
-                s.values.insert(name.to_string(), shown);
-            });
-            return Ok(None);
+        "statement_timeout" => Ok(Setting::StatementTimeout(parse_duration(name, &value)?)),
+        "lock_timeout" | "idle_in_transaction_session_timeout" => {
+            Ok(Setting::Value(show_duration(parse_duration(name, &value)?)))
+        }
+        "extra_float_digits" => {
+            let digits = value
+                .trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|d| (-15..=3).contains(d))
+                .ok_or_else(|| {
+                    user_error(
+                        "22023",
+                        format!(
+                            "invalid value for parameter \"extra_float_digits\": \"{value}\" (an integer from -15 to 3)"
+                        ),
+                    )
+                })?;
+            Ok(Setting::Value(digits.to_string()))
         }
         "client_encoding" => {
             let v = value.to_ascii_uppercase().replace('-', "");
@@ -467,31 +499,56 @@ pub(crate) fn set(
                     format!("client_encoding \"{value}\" is not supported; medlake speaks UTF8"),
                 ));
             }
+            Ok(Setting::Value("UTF8".into()))
         }
         "standard_conforming_strings"
             if !matches!(value.to_ascii_lowercase().as_str(), "on" | "true" | "1") =>
         {
-            return Err(user_error(
+            Err(user_error(
                 "0A000",
                 "standard_conforming_strings cannot be turned off",
-            ));
+            ))
         }
         "server_version"
         | "server_version_num"
         | "server_encoding"
         | "integer_datetimes"
         | "is_superuser"
-        | "max_identifier_length" => {
-            return Err(user_error(
-                "55P02",
-                format!("parameter \"{name}\" cannot be changed"),
-            ));
-        }
-        _ => {}
+        | "max_identifier_length" => Err(user_error(
+            "55P02",
+            format!("parameter \"{name}\" cannot be changed"),
+        )),
+        _ => Ok(Setting::Value(value)),
     }
-    let stored = match name {
-        "client_encoding" => "UTF8".to_string(),
-        _ => value.clone(),
+}
+
+/// Applies `SET name = values`. Returns the ParameterStatus to report, if any.
+pub(crate) fn set(
+    connection: &Connection,
+    name: &str,
+    values: &[String],
+) -> PgWireResult<Option<(&'static str, String)>> {
+    let stored = match check_setting(name, values)? {
+        Setting::Default => {
+            reset(connection, name)?;
+            return Ok(reported_name(name).map(|n| (n, default_of(name))));
+        }
+        Setting::SearchPath { schema, shown } => {
+            connection
+                .session
+                .set_default_schema(&schema)
+                .map_err(|e| crate::error::engine_error(&e))?;
+            shown
+        }
+        Setting::StatementTimeout(timeout) => {
+            let shown = show_duration(timeout);
+            connection.update_settings(|s| {
+                s.statement_timeout = timeout;
+                s.values.insert(name.to_string(), shown);
+            });
+            return Ok(None);
+        }
+        Setting::Value(value) => value,
     };
     connection.update_settings(|s| {
         s.values.insert(name.to_string(), stored.clone());
@@ -577,34 +634,81 @@ fn show_duration(timeout: Option<Duration>) -> String {
     }
 }
 
-/// Postgres durations: `5000` (ms), `'5s'`, `'2min'`, `'1h'`, `'250ms'`; 0 turns it off.
-fn parse_duration(value: &str) -> PgWireResult<Option<Duration>> {
+/// The longest timeout a setting takes: PostgreSQL's `INT_MAX` milliseconds (24.8 days).
+pub(crate) const MAX_TIMEOUT_MS: u64 = i32::MAX as u64;
+
+/// Postgres durations: `5000` (ms), `'5s'`, `'2min'`, `'1h'`, `'250ms'`, `'1d'`, `'10us'`;
+/// 0 turns it off. As in PostgreSQL the value is rounded to whole milliseconds and must lie
+/// within 0 ..= `INT_MAX` ms; anything else (negative, NaN, infinite, too large, exponents,
+/// unknown units) is 22023. Never panics.
+pub(crate) fn parse_duration(name: &str, value: &str) -> PgWireResult<Option<Duration>> {
+    let invalid = || {
+        user_error(
+            "22023",
+            format!("invalid value for parameter \"{name}\": \"{value}\""),
+        )
+    };
     let v = value.trim().to_ascii_lowercase();
     let split = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(v.len());
     let (number, unit) = v.split_at(split);
-    let number: f64 = number.parse().map_err(|_| {
-        user_error(
-            "22023",
-            format!("invalid value for parameter \"statement_timeout\": \"{value}\""),
-        )
-    })?;
-    let millis = match unit.trim() {
-        "" | "ms" => number,
-        "s" => number * 1000.0,
-        "min" => number * 60_000.0,
-        "h" => number * 3_600_000.0,
-        "d" => number * 86_400_000.0,
-        "us" => number / 1000.0,
-        _ => {
-            return Err(user_error(
-                "22023",
-                format!("invalid value for parameter \"statement_timeout\": \"{value}\""),
-            ));
-        }
+    // Only ASCII digits and dots reach the float parser: no sign, exponent, `inf` or `nan`.
+    if number.is_empty() {
+        return Err(invalid());
+    }
+    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let scale = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" => 1_000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        "us" => 0.001,
+        _ => return Err(invalid()),
     };
-    Ok((millis > 0.0).then(|| Duration::from_secs_f64(millis / 1000.0)))
+    let millis = (number * scale).round();
+    // `contains` is false for NaN, so this check also refuses it.
+    if !(0.0..=MAX_TIMEOUT_MS as f64).contains(&millis) {
+        return Err(user_error(
+            "22023",
+            format!(
+                "{} is outside the valid range for parameter \"{name}\" (0 .. {MAX_TIMEOUT_MS} ms)",
+                value.trim()
+            ),
+        ));
+    }
+    // In 0 ..= i32::MAX after the check above: the conversion is exact.
+    let millis = millis as u64;
+    Ok((millis > 0).then(|| Duration::from_millis(millis)))
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API: hidden, may change).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a connection-level statement and, for `SET`, checks its value; COPY options
+    /// are parsed by the first step. Returns whether it was accepted.
+    pub fn statement(text: &str) -> bool {
+        match super::parse(text) {
+            Ok(Some(super::Command::Set { name, values })) => {
+                super::check_setting(&name, &values).is_ok()
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Splits a startup packet's `options` and checks every `-c name=value` in it.
+    pub fn startup_options(options: &str) -> bool {
+        crate::connection::startup_assignments(options)
+            .into_iter()
+            .all(|(name, value)| super::check_setting(&name, &[value]).is_ok())
+    }
+
+    /// Checks one startup parameter (`name`, `value`) as the startup packet sets it.
+    pub fn startup_parameter(name: &str, value: &str) -> bool {
+        super::check_setting(&name.to_ascii_lowercase(), &[value.to_string()]).is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -630,6 +734,7 @@ mod tests {
 
     #[test]
     fn durations() {
+        let parse_duration = |v: &str| parse_duration("statement_timeout", v);
         assert_eq!(
             parse_duration("5000").unwrap(),
             Some(Duration::from_secs(5))
@@ -641,6 +746,163 @@ mod tests {
         assert_eq!(show_duration(parse_duration("5000").unwrap()), "5s");
         assert_eq!(show_duration(parse_duration("2min").unwrap()), "2min");
         assert_eq!(show_duration(None), "0");
+    }
+
+    /// `statement_timeout` is bounded as in PostgreSQL (0 ..= INT_MAX ms): 22023 outside,
+    /// never a panic (`Duration::from_secs_f64` of 1e17 hours panicked the connection task).
+    #[test]
+    fn huge_timeouts_are_refused_not_panics() {
+        let check = |v: &str| check_setting("statement_timeout", &[v.to_string()]);
+        assert_eq!(
+            check("2147483647").unwrap(),
+            Setting::StatementTimeout(Some(Duration::from_millis(2_147_483_647)))
+        );
+        assert_eq!(
+            check("24d").unwrap(),
+            Setting::StatementTimeout(Some(Duration::from_secs(24 * 86_400)))
+        );
+        assert_eq!(check("0.4").unwrap(), Setting::StatementTimeout(None));
+        for v in [
+            "99999999999999999h",
+            "2147483648",
+            "25d",
+            "1e300",
+            "1E300",
+            "-1",
+            "-0",
+            "NaN",
+            "nan",
+            "inf",
+            "infinity",
+            "-inf",
+            "",
+            ".",
+            "..",
+            "1..2",
+            "5 parsecs",
+            "５s",
+            "5 ms ms",
+            &"9".repeat(400),
+            &format!("{}h", "9".repeat(400)),
+        ] {
+            let e = check(v).unwrap_err();
+            assert!(format!("{e:?}").contains("22023"), "{v:?}: {e:?}");
+        }
+        let e = check("99999999999999999h").unwrap_err();
+        assert!(
+            format!("{e:?}").contains("outside the valid range"),
+            "{e:?}"
+        );
+        for name in ["lock_timeout", "idle_in_transaction_session_timeout"] {
+            assert_eq!(
+                check_setting(name, &["5s".into()]).unwrap(),
+                Setting::Value("5s".into())
+            );
+            assert!(check_setting(name, &["1e300".into()]).is_err());
+            assert!(check_setting(name, &["99999999999999999h".into()]).is_err());
+        }
+        assert_eq!(
+            check_setting("extra_float_digits", &["3".into()]).unwrap(),
+            Setting::Value("3".into())
+        );
+        for v in ["4", "-16", "99999999999999999999", "NaN", "1.5", ""] {
+            assert!(
+                check_setting("extra_float_digits", &[v.into()]).is_err(),
+                "{v}"
+            );
+        }
+    }
+
+    /// Every connection-level parser over hostile inputs: `Ok` or `Err`, never a panic. (The
+    /// fuzz targets `pg_statement` and `pg_startup` do the same with generated inputs.)
+    #[test]
+    fn hostile_statements_never_panic() {
+        let long = "9".repeat(100_000);
+        let nested = format!(
+            "COPY {}SELECT 1{} TO STDOUT",
+            "(".repeat(500),
+            ")".repeat(500)
+        );
+        let statements = [
+            "copy".to_string(),
+            "COPY".into(),
+            "COPY (".into(),
+            "COPY )".into(),
+            "COPY ()".into(),
+            "COPY () TO STDOUT".into(),
+            "COPY (SELECT ')') TO STDOUT".into(),
+            "COPY (SELECT 1)".into(),
+            "COPY (SELECT 1) TO".into(),
+            "COPY (SELECT 1) TO STDOUT WITH (DELIMITER".into(),
+            "COPY (SELECT 1) TO STDOUT WITH (DELIMITER 'é')".into(),
+            "COPY (SELECT 1) TO STDOUT WITH (DELIMITER '')".into(),
+            "COPY (SELECT 1) TO STDOUT WITH (FORMAT".into(),
+            "COPY (SELECT 1) TO STDOUT WITH (NULL".into(),
+            "COPY (SELECT 1) TO STDOUT (HEADER 99999999999999999999999)".into(),
+            "COPY (\n\r\tSELECT\r\n'é😀'\r)\rTO STDOUT".into(),
+            "COPY (SELECT '😀😀😀') TO STDOUT".into(),
+            "COPY t (a, b TO STDOUT".into(),
+            "COPY é TO STDOUT".into(),
+            "COPY \"t\" TO\tSTDOUT".into(),
+            "COPY t to stdout".into(),
+            "COPY t\nTO\nSTDOUT".into(),
+            "COPY (SELECT 1) TO STDOUT -- )".into(),
+            "COPY (SELECT 1 /* ) */) TO STDOUT".into(),
+            "COPY (SELECT $$)$$) TO STDOUT".into(),
+            nested,
+            format!("COPY ({long}) TO STDOUT"),
+            "SET".into(),
+            "SET =".into(),
+            "SET statement_timeout".into(),
+            "SET statement_timeout TO".into(),
+            "SET statement_timeout = '1e300'".into(),
+            "SET statement_timeout = 1e300".into(),
+            "SET statement_timeout = -1".into(),
+            "SET statement_timeout = '99999999999999999h'".into(),
+            format!("SET statement_timeout = {long}"),
+            "SET TIME ZONE".into(),
+            "SET SESSION".into(),
+            "SET LOCAL".into(),
+            "SET extra_float_digits = 18446744073709551616".into(),
+            "SHOW".into(),
+            "RESET".into(),
+            "DISCARD".into(),
+            "DEALLOCATE".into(),
+            "ROLLBACK TO".into(),
+            "\u{0}".into(),
+            String::new(),
+        ];
+        for text in &statements {
+            let _ = fuzzing::statement(text);
+        }
+        assert!(!fuzzing::statement(
+            "SET statement_timeout = '99999999999999999h'"
+        ));
+        assert!(!fuzzing::statement("SET statement_timeout = 1e300"));
+        for options in [
+            "-c",
+            "-c statement_timeout",
+            "-c statement_timeout=",
+            "-cstatement_timeout=1e300",
+            "-c statement_timeout=99999999999999999h",
+            "--statement_timeout=-5",
+            "-c=",
+            "-c==",
+            "--",
+            "-c é=é",
+            "-c extra_float_digits=99999999999",
+            "-c search_path=",
+            &format!("-c statement_timeout={long}"),
+        ] {
+            let _ = fuzzing::startup_options(options);
+        }
+        assert!(!fuzzing::startup_options(
+            "-c statement_timeout=99999999999999999h"
+        ));
+        assert!(!fuzzing::startup_options("-cstatement_timeout=1e300"));
+        assert!(fuzzing::startup_options("-c statement_timeout=5s"));
+        assert!(!fuzzing::startup_parameter("statement_timeout", "1e300"));
+        assert!(!fuzzing::startup_parameter("STATEMENT_TIMEOUT", "NaN"));
     }
 
     #[test]

@@ -153,17 +153,8 @@ impl Connection {
 
     /// `options=-c name=value -c ...` from the startup packet.
     pub(crate) fn apply_startup_options(&self, options: &str) -> PgWireResult<()> {
-        let mut words = options.split_whitespace();
-        while let Some(word) = words.next() {
-            let assignment = match word {
-                "-c" => words.next().unwrap_or_default().to_string(),
-                w if w.starts_with("-c") => w[2..].to_string(),
-                w if w.starts_with("--") => w[2..].to_string(),
-                _ => continue,
-            };
-            if let Some((name, value)) = assignment.split_once('=') {
-                crate::commands::set(self, &name.to_ascii_lowercase(), &[value.to_string()])?;
-            }
+        for (name, value) in startup_assignments(options) {
+            crate::commands::set(self, &name, &[value])?;
         }
         Ok(())
     }
@@ -179,7 +170,8 @@ impl Connection {
         let timeout = self.settings().statement_timeout;
         Query {
             id,
-            deadline: timeout.map(|t| Instant::now() + t),
+            // Timeouts are bounded when set; a deadline past the clock's end is no deadline.
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
         }
     }
 
@@ -212,6 +204,26 @@ impl Connection {
             }
         }
     }
+}
+
+/// The `name=value` pairs of a startup packet's `options` (`-c name=value`, `-cname=value`,
+/// `--name=value`), names in lower case; other words are ignored. Never panics.
+pub(crate) fn startup_assignments(options: &str) -> Vec<(String, String)> {
+    let mut assignments = Vec::new();
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        let assignment = if word == "-c" {
+            words.next().unwrap_or_default()
+        } else if let Some(rest) = word.strip_prefix("-c").or_else(|| word.strip_prefix("--")) {
+            rest
+        } else {
+            continue;
+        };
+        if let Some((name, value)) = assignment.split_once('=') {
+            assignments.push((name.to_ascii_lowercase(), value.to_string()));
+        }
+    }
+    assignments
 }
 
 /// A running query of a connection.

@@ -31,6 +31,8 @@ use tracing::{debug, info, warn};
 pub use auth::{Access, Method, Secret, User};
 /// TLS certificate and key files (PEM): the one loader of `medlake-auth`.
 pub use medlake_auth::TlsFiles as Tls;
+#[doc(hidden)]
+pub use commands::fuzzing;
 
 use crate::connection::Registry;
 

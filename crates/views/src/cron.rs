@@ -61,12 +61,19 @@ impl Cron {
         }
     }
 
-    /// The first instant strictly after `after` (to the minute) that the schedule names.
+    /// The first instant strictly after `after` (to the minute) that the schedule names;
+    /// `None` if there is none within five years or before the end of chrono's calendar.
+    /// All date arithmetic is checked: no `after` makes it panic.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let start = after.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
+        let start = after
+            .with_second(0)?
+            .with_nanosecond(0)?
+            .checked_add_signed(Duration::minutes(1))?;
         let mut t = start;
         // Five years covers every valid combination (29 February on a given weekday, ...).
-        let limit = start + Duration::days(366 * 5);
+        let limit = start
+            .checked_add_signed(Duration::days(366 * 5))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         while t < limit {
             if self.months & (1 << t.month()) == 0 {
                 let (year, month) = if t.month() == 12 {
@@ -83,15 +90,18 @@ impl Cron {
                 continue;
             }
             if !self.day_matches(&t) {
-                t = (t + Duration::days(1)).with_hour(0)?.with_minute(0)?;
+                t = t
+                    .checked_add_signed(Duration::days(1))?
+                    .with_hour(0)?
+                    .with_minute(0)?;
                 continue;
             }
             if self.hours & (1 << t.hour()) == 0 {
-                t = (t + Duration::hours(1)).with_minute(0)?;
+                t = t.checked_add_signed(Duration::hours(1))?.with_minute(0)?;
                 continue;
             }
             if self.minutes & (1 << t.minute()) == 0 {
-                t += Duration::minutes(1);
+                t = t.checked_add_signed(Duration::minutes(1))?;
                 continue;
             }
             return Some(t);
@@ -138,10 +148,12 @@ fn field(text: &str, min: u32, max: u32, what: &str) -> Result<u64, String> {
             let n = number(range)?;
             (n, if part.contains('/') { max } else { n })
         };
-        let mut v = low;
-        while v <= high {
-            bits |= 1 << v;
-            v += step;
+        // `low..=high` lies within `min..=max` (at most 0..=59), so the shift fits in u64;
+        // the step may be as large as u32::MAX, so the addition is checked.
+        let mut v = Some(low);
+        while let Some(value) = v.filter(|value| *value <= high) {
+            bits |= 1u64 << value;
+            v = value.checked_add(step);
         }
     }
     Ok(bits)
@@ -198,6 +210,57 @@ mod tests {
             Cron::parse("*/0 * * * *")
                 .unwrap_err()
                 .contains("step of 0")
+        );
+    }
+
+    /// Steps and values as large as the integer types, and instants at the calendar's
+    /// ends: an error or a result, never a panic (debug builds check overflow).
+    #[test]
+    fn hostile_expressions_never_panic() {
+        let long = format!("{} * * * *", vec!["1"; 10_000].join(","));
+        let corpus = [
+            "*/4294967295 * * * *",
+            "0 0 1-31/4294967295 * *",
+            "59-59/4294967295 23 31 12 7",
+            "*/4294967296 * * * *",
+            "18446744073709551616 * * * *",
+            "-1 * * * *",
+            "+1 * * * *",
+            "1--2 * * * *",
+            "1-2-3 * * * *",
+            "1/2/3 * * * *",
+            "*/ * * * *",
+            "/ * * * *",
+            ", * * * *",
+            "* * * * 8",
+            "* * 0 * *",
+            "* * * 13 *",
+            "٣ * * * *",
+            "\u{0} * * * *",
+            "",
+            &long,
+        ];
+        let times = [
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+            at("2026-11-23T10:00:00Z"),
+        ];
+        for text in corpus {
+            if let Ok(cron) = Cron::parse(text) {
+                for &t in &times {
+                    if let Some(next) = cron.next_after(t) {
+                        assert!(next > t, "{text}: {t} -> {next}");
+                    }
+                }
+            }
+        }
+        let steps = Cron::parse("0 0 1-31/4294967295 * *").unwrap();
+        assert_eq!(steps.days, 1 << 1);
+        assert_eq!(
+            Cron::parse("* * * * *")
+                .unwrap()
+                .next_after(DateTime::<Utc>::MAX_UTC),
+            None
         );
     }
 }

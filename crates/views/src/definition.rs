@@ -35,18 +35,62 @@ pub enum Schedule {
     Cron { expression: String },
 }
 
+/// The shortest `REFRESH EVERY` interval: one second.
+pub const MIN_INTERVAL_SECS: u64 = 1;
+/// The longest `REFRESH EVERY` interval: 366 days (yearly, leap years included). Anything
+/// rarer is a manual refresh; the bound keeps every date computed from it far from chrono's
+/// limits.
+pub const MAX_INTERVAL_SECS: u64 = 366 * 86_400;
+
 impl Schedule {
-    /// The first due time after a refresh that started at `last`.
+    /// Whether the schedule can run: an interval within [`MIN_INTERVAL_SECS`] ..=
+    /// [`MAX_INTERVAL_SECS`], a cron expression that parses. New definitions are checked when
+    /// parsed; one stored by an older medlake may fail, and such a view is not scheduled.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Schedule::Every { seconds } => check_interval(*seconds, &format!("{seconds} seconds")),
+            Schedule::Cron { expression } => {
+                Cron::parse(expression)
+                    .map(|_| ())
+                    .map_err(|reason| Error::InvalidValue {
+                        what: "REFRESH CRON".into(),
+                        reason,
+                    })
+            }
+        }
+    }
+
+    /// The first due time after a refresh that started at `last`; `None` when the schedule is
+    /// invalid (see [`Self::check`]) or the time would leave the calendar. Never panics.
     pub fn next_after(
         &self,
         last: chrono::DateTime<chrono::Utc>,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
         match self {
             Schedule::Every { seconds } => {
-                Some(last + chrono::Duration::seconds(i64::try_from(*seconds).ok()?))
+                if !(MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(seconds) {
+                    return None;
+                }
+                let step = chrono::TimeDelta::try_seconds(i64::try_from(*seconds).ok()?)?;
+                last.checked_add_signed(step)
             }
             Schedule::Cron { expression } => Cron::parse(expression).ok()?.next_after(last),
         }
+    }
+}
+
+fn check_interval(seconds: u64, text: &str) -> Result<()> {
+    if (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(&seconds) {
+        Ok(())
+    } else {
+        Err(out_of_range(text))
+    }
+}
+
+fn out_of_range(text: &str) -> Error {
+    Error::InvalidValue {
+        what: "REFRESH EVERY".into(),
+        reason: format!("'{text}' is outside the allowed range of 1 second to 366 days"),
     }
 }
 
@@ -69,25 +113,35 @@ fn humanize(seconds: u64) -> String {
     format!("{seconds} second{}", if seconds == 1 { "" } else { "s" })
 }
 
-/// Parses `'5 minutes'`, `'1 hour'`, `'30s'`, `'2 days'`.
+/// Parses `'5 minutes'`, `'1 hour'`, `'30s'`, `'2 days'`: 1 second ..= 366 days
+/// ([`MIN_INTERVAL_SECS`], [`MAX_INTERVAL_SECS`]), with checked arithmetic.
 pub fn parse_interval(text: &str) -> Result<Duration> {
-    let bad = || Error::InvalidDefinition {
+    let bad = || Error::InvalidValue {
+        what: "REFRESH EVERY".into(),
         reason: format!(
-            "REFRESH EVERY '{text}' is not an interval; write it as '30 seconds', '5 minutes', '1 hour' or '1 day'"
+            "'{text}' is not an interval; write it as '30 seconds', '5 minutes', '1 hour' or '1 day'"
         ),
     };
     let t = text.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let size = match unit.trim() {
+    if n.is_empty() {
+        return Err(bad());
+    }
+    let size: u64 = match unit.trim() {
         "s" | "sec" | "secs" | "second" | "seconds" => 1,
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
         "h" | "hr" | "hrs" | "hour" | "hours" => 3_600,
         "d" | "day" | "days" => 86_400,
         _ => return Err(bad()),
     };
-    let seconds = n.checked_mul(size).filter(|s| *s > 0).ok_or_else(bad)?;
+    // Only digits are left: a parse failure is a number too large for u64.
+    let seconds = n
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(size))
+        .ok_or_else(|| out_of_range(text.trim()))?;
+    check_interval(seconds, text.trim())?;
     Ok(Duration::from_secs(seconds))
 }
 
@@ -246,8 +300,10 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
                 });
             } else if word(parser, "CRON") {
                 let text = string(parser, "after REFRESH CRON")?;
-                let cron =
-                    Cron::parse(&text).map_err(|reason| Error::InvalidDefinition { reason })?;
+                let cron = Cron::parse(&text).map_err(|reason| Error::InvalidValue {
+                    what: "REFRESH CRON".into(),
+                    reason,
+                })?;
                 schedule = Some(Schedule::Cron {
                     expression: cron.as_str().to_string(),
                 });
@@ -474,5 +530,142 @@ mod tests {
         assert_eq!(parse_interval(" 2 DAYS ").unwrap().as_secs(), 172_800);
         assert!(parse_interval("0 minutes").is_err());
         assert_eq!(humanize(300), "5 minutes");
+        // The bounds: 1 second ..= 366 days.
+        assert_eq!(parse_interval("1 second").unwrap().as_secs(), 1);
+        assert_eq!(
+            parse_interval("366 days").unwrap().as_secs(),
+            MAX_INTERVAL_SECS
+        );
+        assert_eq!(
+            parse_interval("8784 hours").unwrap().as_secs(),
+            MAX_INTERVAL_SECS
+        );
+        for out in [
+            "367 days",
+            "31622401 seconds",
+            "9223372036854775807 seconds",
+            "18446744073709551615 s",
+            "18446744073709551616 seconds",
+            "99999999999999999999999999999999999999 days",
+            "213503982334601 days",
+        ] {
+            let e = parse_interval(out).unwrap_err();
+            assert!(matches!(e, Error::InvalidValue { .. }), "{out}: {e:?}");
+            assert!(e.to_string().contains("1 second to 366 days"), "{out}: {e}");
+        }
+    }
+
+    /// A corpus of hostile intervals: each is an error or an interval in bounds, never a
+    /// panic. (The fuzz target `schedule` does the same with generated inputs.)
+    #[test]
+    fn hostile_intervals_never_panic() {
+        let long = "9".repeat(10_000);
+        let long_unit = format!("1 {}", "s".repeat(100_000));
+        let corpus = [
+            "",
+            " ",
+            "s",
+            "-1 seconds",
+            "-9223372036854775808 seconds",
+            "+5 minutes",
+            "1e300 seconds",
+            "NaN seconds",
+            "inf days",
+            "1.5 hours",
+            "0x10 s",
+            "५ minutes",
+            "５ minutes",
+            "5 minutes\u{0}",
+            "5 mínutes",
+            "\u{feff}5 minutes",
+            "5\tminutes",
+            "4294967296 seconds",
+            "18446744073709551615 seconds",
+            "0 seconds",
+            "00000000000000000000000000000000000001 second",
+            &long,
+            &format!("{long} s"),
+            &long_unit,
+        ];
+        for text in corpus {
+            match parse_interval(text) {
+                Ok(d) => assert!(
+                    (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(&d.as_secs()),
+                    "{text:?}"
+                ),
+                Err(e) => assert!(matches!(e, Error::InvalidValue { .. }), "{text:?}: {e:?}"),
+            }
+        }
+        let sql = format!("create materialized view x refresh every '{long} days' as select 1");
+        assert!(parse(&sql).is_err());
+    }
+
+    /// Schedules as an older medlake may have stored them: out of bounds, or a cron
+    /// expression that no longer parses. None may panic, whatever the last refresh's time.
+    #[test]
+    fn stored_schedules_out_of_range_never_panic() {
+        use chrono::{DateTime, TimeZone, Utc};
+        let times = [
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+            Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
+            DateTime::<Utc>::UNIX_EPOCH,
+        ];
+        let schedules = [
+            Schedule::Every { seconds: 0 },
+            Schedule::Every { seconds: 1 },
+            Schedule::Every {
+                seconds: MAX_INTERVAL_SECS,
+            },
+            Schedule::Every {
+                seconds: MAX_INTERVAL_SECS + 1,
+            },
+            Schedule::Every {
+                seconds: i64::MAX as u64,
+            },
+            Schedule::Every { seconds: u64::MAX },
+            Schedule::Every {
+                seconds: 9_223_372_036_854_775,
+            },
+            Schedule::Cron {
+                expression: "* * * * *".into(),
+            },
+            Schedule::Cron {
+                expression: "0 0 30 2 *".into(),
+            },
+            Schedule::Cron {
+                expression: "not a cron".into(),
+            },
+            Schedule::Cron {
+                expression: "*/4294967295 * 1-31/4294967295 * *".into(),
+            },
+        ];
+        for schedule in &schedules {
+            let valid = schedule.check().is_ok();
+            for &t in &times {
+                let next = schedule.next_after(t);
+                if let Some(next) = next {
+                    assert!(valid, "{schedule:?}");
+                    assert!(next > t, "{schedule:?} {t}");
+                }
+            }
+            let _ = schedule.to_string();
+        }
+        let e = Schedule::Every {
+            seconds: i64::MAX as u64,
+        }
+        .check()
+        .unwrap_err();
+        assert!(matches!(e, Error::InvalidValue { .. }), "{e:?}");
+        // The last representable instant has no successor: no run, no panic.
+        assert_eq!(
+            Schedule::Every { seconds: 60 }.next_after(DateTime::<Utc>::MAX_UTC),
+            None
+        );
+        // A stored huge interval deserializes (the view still loads) and is reported.
+        let stored: Schedule =
+            serde_json::from_str(r#"{"every":{"seconds":18446744073709551615}}"#).unwrap();
+        assert!(stored.check().is_err());
+        assert_eq!(stored.next_after(times[2]), None);
     }
 }

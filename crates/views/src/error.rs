@@ -16,6 +16,11 @@ pub enum Error {
     #[error("invalid materialized view: {reason}")]
     InvalidDefinition { reason: String },
 
+    /// A number outside its allowed range, or one that does not parse (a `REFRESH EVERY`
+    /// interval, a cron field): SQLSTATE 22023.
+    #[error("invalid value for {what}: {reason}")]
+    InvalidValue { what: String, reason: String },
+
     /// Valid SQL that views do not support.
     #[error("not supported: {what}")]
     NotSupported { what: String },

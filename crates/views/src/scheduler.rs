@@ -25,6 +25,9 @@ pub struct Scheduler {
     state: datafusion::execution::context::SessionState,
     /// Scheduled runs that found nothing to do (not recorded in `system.refreshes`).
     checked: Arc<Mutex<HashMap<TableName, DateTime<Utc>>>>,
+    /// Views whose stored schedule cannot run (written by an older medlake, e.g. an interval
+    /// of 2^63 seconds), with the reason; logged once each, then left unscheduled.
+    unschedulable: Arc<Mutex<HashMap<TableName, String>>>,
 }
 
 impl Scheduler {
@@ -33,6 +36,27 @@ impl Scheduler {
             views,
             state,
             checked: Arc::new(Mutex::new(HashMap::new())),
+            unschedulable: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Views that have a schedule which cannot run, and why. They are refreshed only by hand
+    /// until `CREATE OR REPLACE` gives them a valid schedule; every other view keeps running.
+    pub fn unschedulable(&self) -> Vec<(TableName, String)> {
+        self.unschedulable
+            .lock()
+            .map(|u| u.iter().map(|(n, r)| (n.clone(), r.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records (and logs, the first time) a view whose schedule cannot run.
+    fn report_unschedulable(&self, view: &TableName, reason: String) {
+        let Ok(mut unschedulable) = self.unschedulable.lock() else {
+            return;
+        };
+        if unschedulable.get(view) != Some(&reason) {
+            warn!(view = %view, error = %reason, "the view's stored schedule cannot run; it is not scheduled (CREATE OR REPLACE it with a valid schedule)");
+            unschedulable.insert(view.clone(), reason);
         }
     }
 
@@ -45,6 +69,12 @@ impl Scheduler {
             let Some(schedule) = &view.definition.schedule else {
                 continue;
             };
+            // A schedule stored by an older medlake may be out of today's bounds: that view
+            // is reported and skipped, never allowed to stop the others.
+            if let Err(e) = schedule.check() {
+                self.report_unschedulable(&view.name, e.to_string());
+                continue;
+            }
             let last = history
                 .get(&view.name)
                 .map(|l| l.started)
@@ -53,8 +83,17 @@ impl Scheduler {
                 .chain([view.last.started])
                 .max()
                 .unwrap_or(view.last.started);
-            if let Some(next) = schedule.next_after(last) {
-                runs.push((view.name.clone(), next));
+            match schedule.next_after(last) {
+                Some(next) => {
+                    if let Ok(mut u) = self.unschedulable.lock() {
+                        u.remove(&view.name);
+                    }
+                    runs.push((view.name.clone(), next));
+                }
+                None => self.report_unschedulable(
+                    &view.name,
+                    format!("no run of {schedule} follows the last refresh at {last}"),
+                ),
             }
         }
         Ok(runs)

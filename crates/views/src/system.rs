@@ -324,7 +324,11 @@ pub async fn materialized_views(views: &Views, state: &SessionState) -> Result<R
         };
         schema.push(view.name.schema.clone());
         name.push(view.name.table.clone());
-        schedule.push(view.definition.schedule.as_ref().map(ToString::to_string));
+        // A schedule stored by an older medlake that cannot run says so here.
+        schedule.push(view.definition.schedule.as_ref().map(|s| match s.check() {
+            Ok(()) => s.to_string(),
+            Err(e) => format!("{s} (not scheduled: {e})"),
+        }));
         last.push(Some(
             latest
                 .and_then(|l| l.last_success)

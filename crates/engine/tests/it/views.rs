@@ -444,3 +444,104 @@ async fn a_commit_on_top_of_a_stale_version_is_refused() {
         2
     );
 }
+
+/// Issue 20: `REFRESH EVERY '9223372036854775807 seconds'` panicked the scheduler, and again
+/// at every restart since the definition is stored. Now it is refused (22023); and a view an
+/// older medlake stored with such a schedule is reported and left unscheduled while the
+/// other views keep their schedules.
+#[tokio::test]
+async fn out_of_range_schedules_are_refused_and_stored_ones_do_not_stop_the_scheduler() {
+    use medlake_views::{CreateView, Schedule, Trigger, ViewDefinition};
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    engine
+        .sql(
+            "CREATE TABLE bronze.t (v INT NOT NULL); INSERT INTO bronze.t VALUES (1); \
+             CREATE MATERIALIZED VIEW silver.ok REFRESH EVERY '10 minutes' AS SELECT v FROM bronze.t",
+        )
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE MATERIALIZED VIEW silver.huge REFRESH EVERY '9223372036854775807 seconds' AS SELECT 1 AS a",
+        "CREATE MATERIALIZED VIEW silver.huge REFRESH EVERY '18446744073709551616 days' AS SELECT 1 AS a",
+        "CREATE MATERIALIZED VIEW silver.huge REFRESH EVERY '367 days' AS SELECT 1 AS a",
+        "CREATE MATERIALIZED VIEW silver.huge REFRESH CRON '*/4294967295 * * * 9' AS SELECT 1 AS a",
+    ] {
+        let e = engine.sql(sql).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidParameterValue, "{sql}: {e}");
+    }
+
+    // What an older medlake stored: the same definitions, written without today's checks.
+    let stored = [
+        (
+            "huge",
+            Schedule::Every {
+                seconds: i64::MAX as u64,
+            },
+        ),
+        ("larger", Schedule::Every { seconds: u64::MAX }),
+        (
+            "badcron",
+            Schedule::Cron {
+                expression: "*/0 * * * *".into(),
+            },
+        ),
+    ];
+    for (name, schedule) in &stored {
+        let create = CreateView {
+            name: vec![datafusion::sql::sqlparser::ast::Ident::new("silver")].into(),
+            or_replace: false,
+            if_not_exists: false,
+            definition: ViewDefinition {
+                query: "SELECT v FROM bronze.t".into(),
+                schedule: Some(schedule.clone()),
+                expectations: Vec::new(),
+                default_schema: "bronze".into(),
+            },
+        };
+        engine
+            .views()
+            .create(
+                &medlake_engine::TableName::new("silver", *name).unwrap(),
+                create,
+                Trigger::Create,
+            )
+            .await
+            .unwrap();
+    }
+    drop(engine);
+
+    // A restart: the stored definitions load, the scheduler runs the valid view and reports
+    // the others.
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    engine.sql("INSERT INTO bronze.t VALUES (2)").await.unwrap();
+    let scheduler = engine.scheduler();
+    let t0 = Utc::now();
+    let ran = scheduler.tick(t0 + Duration::minutes(11)).await.unwrap();
+    let ran: Vec<String> = ran.iter().map(|o| o.view.to_string()).collect();
+    assert_eq!(ran, vec!["silver.ok"]);
+    let mut reported: Vec<String> = scheduler
+        .unschedulable()
+        .into_iter()
+        .map(|(view, _)| view.to_string())
+        .collect();
+    reported.sort();
+    assert_eq!(
+        reported,
+        vec!["silver.badcron", "silver.huge", "silver.larger"]
+    );
+    let schedules = strings(
+        &engine
+            .query("SELECT schedule FROM system.materialized_views WHERE name = 'huge'")
+            .await
+            .unwrap(),
+        0,
+    );
+    assert!(schedules[0].contains("not scheduled"), "{schedules:?}");
+    // Refreshing by hand still works.
+    engine
+        .sql("REFRESH MATERIALIZED VIEW silver.huge")
+        .await
+        .unwrap();
+}
