@@ -49,7 +49,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let count = values.len();
-    let (batch, refused) = medlake_http::rows(&SCHEMA, values);
-    let accepted = batch.map_or(0, |b| b.num_rows());
-    assert_eq!(accepted + refused.len(), count);
+    let checked = medlake_http::rows(&SCHEMA, values, 100);
+    let accepted = checked.batch.map_or(0, |b| b.num_rows());
+    assert_eq!(accepted + checked.refused_total, count);
+    assert!(checked.refused.len() <= 100);
 });

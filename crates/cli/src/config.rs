@@ -45,6 +45,10 @@
 //!
 //! [http]
 //! max_body_bytes = 16777216                     # 413 beyond
+//! header_read_timeout_seconds = 10
+//! body_read_timeout_seconds = 60                # 408 beyond
+//! tls_handshake_timeout_seconds = 10
+//! max_connections = 1024
 //! queue_requests = 64                           # per table; 503 + Retry-After beyond
 //! max_in_flight = 64                            # 429 + Retry-After beyond
 //! quarantine = ["bronze.readings"]              # invalid rows go to <table>_quarantine
@@ -115,6 +119,14 @@ pub struct TokenEntry {
 #[serde(deny_unknown_fields)]
 pub struct HttpEntry {
     pub max_body_bytes: Option<usize>,
+    /// A request's headers must arrive within this (default 10).
+    pub header_read_timeout_seconds: Option<u64>,
+    /// A request's body must arrive within this (default 60; 408 beyond).
+    pub body_read_timeout_seconds: Option<u64>,
+    /// A TLS handshake must finish within this (default 10).
+    pub tls_handshake_timeout_seconds: Option<u64>,
+    /// Open connections; beyond, new ones are closed (default 1024).
+    pub max_connections: Option<usize>,
     pub queue_requests: Option<usize>,
     pub max_in_flight: Option<usize>,
     /// Tables whose invalid pushed rows are quarantined instead of refused.
@@ -277,6 +289,35 @@ impl Config {
             sources.insert(name.clone(), source);
         }
         medlake_auth::SecretStore::load(&sources).map_err(|e| e.to_string())
+    }
+
+    /// What external tables may reach: `[secrets]` and `[sources]`, with the TLS and
+    /// secret-file folders never readable. Nothing is allowed that the file does not list.
+    pub fn source_policy(&self) -> Result<medlake_sources::Policy, String> {
+        let mut policy = medlake_sources::Policy::strict();
+        policy.secrets = self.secret_store()?;
+        if let Some(sources) = &self.sources {
+            for path in &sources.allowed_paths {
+                if !path.is_absolute() {
+                    return Err(format!(
+                        "[sources] allowed_paths: '{}' is not an absolute path",
+                        path.display()
+                    ));
+                }
+            }
+            policy.allowed_paths = sources.allowed_paths.clone();
+            policy.allowed_hosts = sources.allowed_hosts.clone();
+            policy.ambient_identity = sources.ambient_identity.clone();
+        }
+        policy.forbidden_paths.extend(self.secret_folders());
+        if let Some(tls) = &self.tls {
+            policy.forbidden_paths.extend(
+                [&tls.cert, &tls.key]
+                    .iter()
+                    .filter_map(|p| p.parent().map(Path::to_path_buf)),
+            );
+        }
+        Ok(policy)
     }
 
     /// The folders that hold secret files (no external table may read them).

@@ -371,8 +371,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let tokens = config.ingest_tokens().map_err(Failure::Usage)?;
-    let secrets = config.secret_store().map_err(Failure::Usage)?;
-    tracing::debug!(secrets = ?secrets, "secret store loaded");
+    let policy = config.source_policy().map_err(Failure::Usage)?;
+    tracing::debug!(policy = ?policy, "source policy");
     let http_auth = match (&access, tokens.is_empty()) {
         (medlake_auth::Access::InsecureNoAuth, true) => medlake_http::Auth::InsecureNoAuth,
         (medlake_auth::Access::InsecureNoAuth, false) => {
@@ -382,7 +382,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         (medlake_auth::Access::Users(_), _) => medlake_http::Auth::Tokens(tokens),
     };
-    let engine = Engine::open(&args.warehouse).await?;
+    let runtime = medlake_engine::runtime::RuntimeSettings::from_env()?.or_default_limit();
+    let engine = Engine::open_with_sources(&args.warehouse, runtime, policy).await?;
     if let Some(project) = &args.project {
         print_applied(&engine.apply_project(project).await?);
     }
@@ -401,6 +402,19 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         if let Some(n) = http.max_in_flight {
             http_config.max_in_flight = n;
+        }
+        let seconds = |s: u64| std::time::Duration::from_secs(s.clamp(1, 86_400));
+        if let Some(s) = http.header_read_timeout_seconds {
+            http_config.header_read_timeout = seconds(s);
+        }
+        if let Some(s) = http.body_read_timeout_seconds {
+            http_config.body_read_timeout = seconds(s);
+        }
+        if let Some(s) = http.tls_handshake_timeout_seconds {
+            http_config.tls_handshake_timeout = seconds(s);
+        }
+        if let Some(n) = http.max_connections {
+            http_config.max_connections = n;
         }
         for table in &http.quarantine {
             http_config

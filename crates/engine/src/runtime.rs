@@ -52,6 +52,15 @@ impl RuntimeSettings {
         })
     }
 
+    /// These settings, with a memory limit of half the machine's memory when none is set:
+    /// what `medlake serve` runs with, so that no query or refresh can take the whole host.
+    pub fn or_default_limit(mut self) -> Self {
+        if self.memory_limit.is_none() {
+            self.memory_limit = physical_memory().map(|bytes| bytes / 2);
+        }
+        self
+    }
+
     /// The DataFusion runtime: a fair spill pool of `memory_limit` bytes (each spilling
     /// operator gets an equal share of what the others do not hold) that names its five largest
     /// consumers when it refuses memory, and spill files in `spill_dir`.
@@ -135,4 +144,12 @@ mod tests {
             datafusion::execution::memory_pool::MemoryLimit::Infinite
         ));
     }
+}
+
+/// The machine's memory in bytes (Linux `/proc/meminfo`), if known.
+fn physical_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

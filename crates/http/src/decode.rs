@@ -605,7 +605,7 @@ mod tests {
         let body = br#"{"t":"2262-04-11T23:47:16.854775807Z"}
 {"t":"2262-04-11T23:47:16.9Z"}
 {"t":"+262143-12-31T23:59:59.999999999Z"}"#;
-        let (batch, refused) = rows(&schema, values(body, false).unwrap());
+        let Checked { batch, refused, .. } = rows(&schema, values(body, false).unwrap(), 100);
         assert_eq!(batch.map(|b| b.num_rows()), Some(1));
         assert_eq!(refused.len(), 2, "{refused:?}");
         assert!(refused[0].reason.contains("out of range"), "{refused:?}");

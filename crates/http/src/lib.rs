@@ -59,19 +59,18 @@ impl std::fmt::Debug for Token {
 
 impl Token {
     fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.secret.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        medlake_auth::constant_time_eq(self.secret.as_bytes(), presented.as_bytes())
     }
 
-    fn allows(&self, table: &str) -> bool {
-        self.tables
-            .iter()
-            .any(|pattern| match pattern.strip_suffix(".*") {
-                Some(schema) => table
-                    .split_once('.')
-                    .is_some_and(|(s, _)| s.eq_ignore_ascii_case(schema)),
-                None => pattern.eq_ignore_ascii_case(table),
-            })
+    /// The principal the engine checks this token's pushes against.
+    pub fn principal(&self) -> medlake_auth::Principal {
+        medlake_auth::Principal::ingest_token(
+            self.name.clone(),
+            self.tables
+                .iter()
+                .filter_map(|t| medlake_auth::TablePattern::parse(t))
+                .collect(),
+        )
     }
 }
 
@@ -86,7 +85,7 @@ pub enum Auth {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub tls: Option<medlake_pgwire::Tls>,
+    pub tls: Option<medlake_auth::TlsFiles>,
     pub auth: Auth,
     /// Largest request body, compressed and decompressed (413 beyond).
     pub max_body_bytes: usize,
@@ -140,7 +139,7 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
-    Tls(#[from] medlake_pgwire::Error),
+    Tls(#[from] medlake_auth::Error),
 }
 
 /// The HTTP server, bound and ready to serve.
@@ -214,7 +213,11 @@ impl Server {
         let tls = config
             .tls
             .as_ref()
-            .map(medlake_pgwire::load_tls)
+            .map(|files| {
+                files
+                    .load()
+                    .map(|loaded| tokio_rustls::TlsAcceptor::from(loaded.rustls))
+            })
             .transpose()?;
         let listener = TcpListener::bind(config.listen)
             .await

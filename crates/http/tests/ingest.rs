@@ -913,7 +913,7 @@ async fn tls_handshakes_have_a_deadline() {
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
     let door = door(|c| {
-        c.tls = Some(medlake_pgwire::Tls { cert, key });
+        c.tls = Some(medlake_auth::TlsFiles { cert, key });
         c.tls_handshake_timeout = Duration::from_millis(300);
     })
     .await;

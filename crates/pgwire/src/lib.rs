@@ -29,10 +29,10 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 pub use auth::{Access, Method, Secret, User};
-/// TLS certificate and key files (PEM): the one loader of `medlake-auth`.
-pub use medlake_auth::TlsFiles as Tls;
 #[doc(hidden)]
 pub use commands::fuzzing;
+/// TLS certificate and key files (PEM): the one loader of `medlake-auth`.
+pub use medlake_auth::TlsFiles as Tls;
 
 use crate::connection::Registry;
 
