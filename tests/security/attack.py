@@ -191,7 +191,7 @@ key = "{self.tls_dir / 'server.key'}"
 
     def cached(self, key, make):
         conn = self.connections.get(key)
-        if conn is None or getattr(conn, "closed", False):
+        if conn is None or getattr(conn, "closed", False) or getattr(conn, "broken", False):
             conn = make()
             self.connections[key] = conn
         return conn
