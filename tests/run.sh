@@ -63,6 +63,7 @@ cargo test --workspace --locked
 
 step "interop: Delta (deltalake Python package); az:// and s3:// warehouses (Azurite, moto); Postgres wire (psql, psycopg, pgjdbc); Flight SQL (ADBC, pyarrow.flight)"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/interop
+MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/security
 
 step "the README's demo command"
 demo="$(mktemp -d)"
