@@ -109,6 +109,14 @@ pub fn parse_bytes(text: &str) -> std::result::Result<usize, String> {
     Ok(bytes as usize)
 }
 
+/// The machine's memory in bytes (Linux `/proc/meminfo`), if known.
+fn physical_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,12 +152,4 @@ mod tests {
             datafusion::execution::memory_pool::MemoryLimit::Infinite
         ));
     }
-}
-
-/// The machine's memory in bytes (Linux `/proc/meminfo`), if known.
-fn physical_memory() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }

@@ -150,13 +150,11 @@ async fn writers_write_but_need_permission_for_external_tables() {
     let mut etl = Principal::user("etl", Role::Writer);
     etl.create_external = true;
     let etl_session = engine.session_for(etl.clone());
-    let with_secret = format!(
-        "CREATE EXTERNAL TABLE bronze.ext2 STORED AS REST LOCATION 'http://127.0.0.1:9/' \
-         OPTIONS ('bearer_token' '${{SOME_PASSWORD}}')"
-    );
-    assert_eq!(outcome(&etl_session, &with_secret).await, "42501");
+    let with_secret = "CREATE EXTERNAL TABLE bronze.ext2 STORED AS REST LOCATION 'http://127.0.0.1:9/' \
+         OPTIONS ('bearer_token' '${SOME_PASSWORD}')";
+    assert_eq!(outcome(&etl_session, with_secret).await, "42501");
     etl.secrets.insert("SOME_PASSWORD".into());
-    let e = outcome(&engine.session_for(etl), &with_secret).await;
+    let e = outcome(&engine.session_for(etl), with_secret).await;
     assert_ne!(
         e, "42501",
         "the privilege holds; whatever fails now is the source's"
