@@ -274,6 +274,55 @@ pub(crate) fn external_provider(
 ) -> DfResult<Arc<dyn TableProvider>> {
     let definition: medlake_sources::Definition = serde_json::from_value(stored)
         .map_err(|e| DataFusionError::Internal(format!("external table {table}: {e}")))?;
-    let external = medlake_sources::open(&definition, policy)?;
-    Ok(external.provider())
+    match medlake_sources::open(&definition, policy) {
+        Ok(external) => Ok(external.provider()),
+        // A table the policy refuses now (a location swapped for a symlink, a secret
+        // removed) must not break the listings of every other table (information_schema,
+        // SHOW TABLES, client metadata): it is listed without columns, and reading it fails
+        // with the refusal.
+        Err(refused) if refused.sqlstate() == "42501" => Ok(Arc::new(Refused {
+            table: table.to_string(),
+            definition,
+            policy: policy.clone(),
+            schema: Arc::new(arrow::datatypes::Schema::empty()),
+        })),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// An external table its source policy refuses: no columns; a scan opens it again and
+/// fails with the refusal (or with a clear error if it became readable since planning).
+#[derive(Debug)]
+struct Refused {
+    table: String,
+    definition: medlake_sources::Definition,
+    policy: Arc<medlake_sources::Policy>,
+    schema: arrow::datatypes::SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for Refused {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[datafusion::logical_expr::Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        match medlake_sources::open(&self.definition, &self.policy) {
+            Err(e) => Err(e.into()),
+            Ok(_) => Err(DataFusionError::Plan(format!(
+                "external table {} became readable while the statement was planned; run it again",
+                self.table
+            ))),
+        }
+    }
 }

@@ -43,6 +43,8 @@ pub struct Place {
     pub prefix: Path,
     /// Resolved secret values, to scrub from messages.
     secrets: Vec<String>,
+    /// A local folder's canonical path: listed files must resolve inside it.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Parses LOCATION: a URL of [`SCHEMES`] naming a folder, or an absolute local path.
@@ -111,6 +113,7 @@ impl Place {
         policy: &Arc<Policy>,
     ) -> Result<Self> {
         let mut url = parse_location(location)?;
+        let mut local_root = None;
         let mut config = Vec::new();
         let mut secrets = Vec::new();
         for (key, value) in options {
@@ -139,6 +142,7 @@ impl Place {
             })?;
             // Read the folder the check saw (symlinks resolved), not the path as written.
             let canonical = policy.check_path("LOCATION", &path)?;
+            local_root = Some(canonical.clone());
             url = Url::from_directory_path(&canonical).map_err(|()| Error::InvalidOption {
                 option: "LOCATION".into(),
                 reason: format!("'{location}' is not a folder path"),
@@ -155,6 +159,7 @@ impl Place {
             store,
             prefix,
             secrets,
+            local_root,
         })
     }
 
@@ -180,6 +185,26 @@ impl Place {
                 Some((relative, meta))
             })
             .collect();
+        // A symlink inside the folder (a file or a folder) must not reach outside it: anyone
+        // who can drop a file into a landing folder could otherwise expose /etc/passwd or the
+        // TLS key. Such entries are skipped (and logged), never read.
+        if let Some(root) = &self.local_root {
+            files.retain(|(_, meta)| {
+                let path = std::path::Path::new("/").join(meta.location.as_ref());
+                let inside = path
+                    .canonicalize()
+                    .is_ok_and(|canonical| canonical.starts_with(root));
+                if !inside {
+                    tracing::warn!(
+                        target: "medlake::audit",
+                        location = %self.location,
+                        file = %meta.location,
+                        "skipped a file that resolves outside the external table's folder"
+                    );
+                }
+                inside
+            });
+        }
         files.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(files)
     }
@@ -296,6 +321,40 @@ pub fn scrub(message: &str, secrets: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A symlink dropped into an allowed folder (a file to /etc/passwd, a folder to /etc)
+    /// is never listed, so never read.
+    #[tokio::test]
+    async fn symlinks_out_of_the_folder_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("landing");
+        std::fs::create_dir_all(folder.join("inner")).unwrap();
+        std::fs::write(folder.join("a.csv"), "x\n1\n").unwrap();
+        std::fs::write(folder.join("inner/b.csv"), "x\n2\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", folder.join("passwd.csv")).unwrap();
+        std::os::unix::fs::symlink("/etc", folder.join("etc")).unwrap();
+        std::os::unix::fs::symlink(folder.join("a.csv"), folder.join("inside.csv")).unwrap();
+        let mut policy = Policy::strict();
+        policy.allowed_paths = vec![dir.path().to_path_buf()];
+        let place = Place::open(
+            folder.to_str().unwrap(),
+            &BTreeMap::new(),
+            &Arc::new(policy),
+        )
+        .unwrap();
+        let names: Vec<String> = place
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            names,
+            vec!["a.csv", "inner/b.csv", "inside.csv"],
+            "{names:?}"
+        );
+    }
 
     #[test]
     fn secrets_are_recognised_and_scrubbed() {
