@@ -527,7 +527,8 @@ async fn errors_name_the_problem_and_never_the_key() {
                     "{base}, 'container' 'alerts', 'key' '${{MEDLAKE_TEST_UNSET_COSMOS_KEY}}'"
                 ),
             ),
-            "HV024",
+            // A secret the server does not provide is a refusal (the policy's), naming it.
+            "42501",
             "MEDLAKE_TEST_UNSET_COSMOS_KEY",
         ),
         (
