@@ -90,9 +90,16 @@ pub(crate) fn for_plan(plan: &LogicalPlan, default_schema: &str) -> Result<Vec<N
                 needs.push(Need::new(Privilege::Select, table(&scan.table_name)));
             }
             LogicalPlan::Dml(dml) => {
+                // Every row-changing operation needs INSERT (write) today; DELETE, UPDATE,
+                // MERGE get their own privileges with grants (part 2) when they are run.
                 let privilege = match &dml.op {
-                    WriteOp::Insert(_) => Privilege::Insert,
-                    // Not run by medlake yet; when they are, they get their own privileges.
+                    WriteOp::Insert(_)
+                    | WriteOp::Delete
+                    | WriteOp::Update
+                    | WriteOp::Truncate
+                    | WriteOp::MergeInto(_)
+                    | WriteOp::Ctas => Privilege::Insert,
+                    // A write kind DataFusion adds later: admins only until it has a rule.
                     _ => Privilege::Admin,
                 };
                 needs.push(Need::new(privilege, table(&dml.table_name)));
