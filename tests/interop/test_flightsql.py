@@ -174,10 +174,10 @@ def test_read_only_users_and_bad_credentials(server):
         assert cur.fetchone()[0] >= 2
         with pytest.raises(Exception) as denied:
             cur.execute("DROP TABLE bronze.readings")
-        assert "read-only" in str(denied.value)
+        assert "42501" in str(denied.value) and "privilege" in str(denied.value)
         with pytest.raises(Exception) as denied:
             cur.adbc_ingest("nope", pa.table({"a": [1]}), mode="create", db_schema_name="bronze")
-        assert "read-only" in str(denied.value)
+        assert "42501" in str(denied.value) and "privilege" in str(denied.value)
     with pytest.raises(Exception) as refused:
         connect(server, (ALICE[0], "wrong"))
     assert "authentication failed" in str(refused.value).lower() or \
