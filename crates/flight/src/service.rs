@@ -348,16 +348,27 @@ impl FlightSql {
         self.inner.tokens.admit(metadata)
     }
 
-    fn prepared(&self, handle: &Bytes, caller: &Caller) -> Result<Prepared, Status> {
+    /// The prepared statements, locked, with the idle ones expired; and the time now.
+    fn live_prepared(
+        &self,
+    ) -> (
+        std::sync::MutexGuard<'_, HashMap<Bytes, Prepared>>,
+        std::time::Instant,
+    ) {
+        let mut all = self
+            .inner
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
         let idle = self.inner.limits.prepared_idle;
+        all.retain(|_, p| now.duration_since(p.used) < idle);
+        (all, now)
+    }
+
+    fn prepared(&self, handle: &Bytes, caller: &Caller) -> Result<Prepared, Status> {
         let prepared = {
-            let mut all = self
-                .inner
-                .prepared
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = std::time::Instant::now();
-            all.retain(|_, p| now.duration_since(p.used) < idle);
+            let (mut all, now) = self.live_prepared();
             let prepared = all
                 .get_mut(handle)
                 .ok_or_else(|| Status::not_found("unknown or expired prepared statement handle"))?;
@@ -833,14 +844,7 @@ impl FlightSqlService for FlightSql {
             },
             parameter_schema: ipc_schema(&parameters)?,
         };
-        let mut all = self
-            .inner
-            .prepared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = std::time::Instant::now();
-        let idle = self.inner.limits.prepared_idle;
-        all.retain(|_, p| now.duration_since(p.used) < idle);
+        let (mut all, now) = self.live_prepared();
         // At the cap, the user's least recently used statement makes room.
         let mine: Vec<(Bytes, std::time::Instant)> = all
             .iter()
