@@ -5,7 +5,8 @@
 //! secret store that `${NAME}` references in source options resolve against
 //! ([`SecretStore`]), constant-time secret comparison and random tokens ([`Secret`],
 //! [`random_token`]), the loopback rule of no-auth mode ([`Access::check`]) and the one TLS
-//! loader every door uses ([`TlsFiles::load`]).
+//! loader every door uses ([`TlsFiles::load`]) and the failed-login record every door
+//! consults before checking a password ([`Logins`]).
 //!
 //! It decides *whether* a principal holds a privilege on an object; it never decides which
 //! privileges a statement needs. That is the engine's job, in one place
@@ -15,11 +16,13 @@
 mod access;
 mod principal;
 mod secret;
+mod throttle;
 mod tls;
 
 pub use access::{Access, Method, User};
 pub use principal::{Object, Principal, PrincipalKind, Privilege, Role, TablePattern};
 pub use secret::{Secret, SecretSource, SecretStore, constant_time_eq, random_token};
+pub use throttle::{LockedOut, LoginPolicy, Logins};
 pub use tls::{Loaded as LoadedTls, TlsFiles};
 
 /// Errors of this crate: configuration that cannot be used. Nothing is half-loaded.

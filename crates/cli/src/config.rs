@@ -33,6 +33,14 @@
 //!
 //! [postgres]
 //! max_connections = 512                         # beyond, new connections are closed
+//! max_prepared_statements = 1000                # named statements per connection (54000 beyond)
+//!
+//! [logins]                                      # failed logins, per client address, all doors
+//! max_failures_per_user = 10                    # then that name is locked out from that address
+//! max_failures_per_address = 50                 # across names (password spraying)
+//! lockout_seconds = 1                           # doubles with each further failure
+//! max_lockout_seconds = 60
+//! window_seconds = 900                          # older failures are forgotten
 //!
 //! [tls]
 //! cert = "/etc/medlake/server.crt"
@@ -74,6 +82,41 @@ pub struct Config {
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, SecretEntry>,
     pub sources: Option<SourcesEntry>,
+    pub logins: Option<LoginsEntry>,
+}
+
+/// How failed logins lock a client address out (every door).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginsEntry {
+    pub max_failures_per_user: Option<u32>,
+    pub max_failures_per_address: Option<u32>,
+    pub lockout_seconds: Option<u64>,
+    pub max_lockout_seconds: Option<u64>,
+    pub window_seconds: Option<u64>,
+}
+
+impl LoginsEntry {
+    /// The policy, each value bounded to something sensible (at least one failure, at most a day).
+    pub fn policy(&self) -> medlake_auth::LoginPolicy {
+        let default = medlake_auth::LoginPolicy::default();
+        let seconds = |s: Option<u64>, default: std::time::Duration| {
+            s.map_or(default, |s| {
+                std::time::Duration::from_secs(s.clamp(1, 86_400))
+            })
+        };
+        medlake_auth::LoginPolicy {
+            max_failures_per_user: self
+                .max_failures_per_user
+                .map_or(default.max_failures_per_user, |n| n.max(1)),
+            max_failures_per_address: self
+                .max_failures_per_address
+                .map_or(default.max_failures_per_address, |n| n.max(1)),
+            window: seconds(self.window_seconds, default.window),
+            lockout: seconds(self.lockout_seconds, default.lockout),
+            max_lockout: seconds(self.max_lockout_seconds, default.max_lockout),
+        }
+    }
 }
 
 /// Where a named secret's value comes from: exactly one of `env` or `file`.
@@ -103,6 +146,8 @@ pub struct SourcesEntry {
 #[serde(deny_unknown_fields)]
 pub struct PostgresEntry {
     pub max_connections: Option<usize>,
+    /// Named prepared statements one connection may hold (default 1000).
+    pub max_prepared_statements: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -393,6 +393,14 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         key: t.key.clone(),
     });
     http_config.tls = tls.clone();
+    // One record of failed logins for every door: a lockout on one is a lockout on all.
+    let logins = medlake_auth::Logins::new(
+        config
+            .logins
+            .as_ref()
+            .map(config::LoginsEntry::policy)
+            .unwrap_or_default(),
+    );
     if let Some(http) = &config.http {
         if let Some(n) = http.max_body_bytes {
             http_config.max_body_bytes = n;
@@ -440,6 +448,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                     .clamp(1, 366 * 86_400),
             ),
             limits: flight_limits(config.flight.as_ref()),
+            logins: logins.clone(),
         },
     )
     .await
@@ -455,6 +464,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                 .as_ref()
                 .and_then(|p| p.max_connections)
                 .unwrap_or(medlake_pgwire::DEFAULT_MAX_CONNECTIONS),
+            max_prepared_statements: config
+                .postgres
+                .as_ref()
+                .and_then(|p| p.max_prepared_statements)
+                .unwrap_or(medlake_pgwire::DEFAULT_MAX_PREPARED_STATEMENTS),
+            logins,
         },
     )
     .await

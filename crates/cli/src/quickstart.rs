@@ -1542,6 +1542,7 @@ async fn serve(
             access: access.clone(),
             token_lifetime: Duration::from_secs(3600),
             limits: medlake_flight::Limits::default(),
+            logins: medlake_auth::Logins::default(),
         },
     )
     .await
@@ -1553,6 +1554,8 @@ async fn serve(
             tls: None,
             access,
             max_connections: medlake_pgwire::DEFAULT_MAX_CONNECTIONS,
+            max_prepared_statements: medlake_pgwire::DEFAULT_MAX_PREPARED_STATEMENTS,
+            logins: medlake_auth::Logins::default(),
         },
     )
     .await

@@ -33,6 +33,14 @@ pub enum Error {
         object: String,
     },
 
+    /// A per-session bound was reached (prepared statements, ...).
+    #[error("too many {what} (at most {limit}){hint}")]
+    LimitExceeded {
+        what: &'static str,
+        limit: usize,
+        hint: &'static str,
+    },
+
     /// A write to medlake's read-only `system` schema.
     #[error("permission denied: {what}")]
     ReadOnly { what: String },
@@ -89,6 +97,8 @@ pub enum Code {
     SerializationFailure,
     QueryCanceled,
     OutOfMemory,
+    /// A bound of the server was reached (SQLSTATE 54000).
+    ProgramLimitExceeded,
     IoError,
     /// A data file the table's log refers to is missing (e.g. removed by VACUUM).
     UndefinedFile,
@@ -126,6 +136,7 @@ impl Code {
             Code::SerializationFailure => "40001",
             Code::QueryCanceled => "57014",
             Code::OutOfMemory => "53200",
+            Code::ProgramLimitExceeded => "54000",
             Code::IoError => "58030",
             Code::UndefinedFile => "58P01",
             Code::Foreign(sqlstate) => sqlstate,
@@ -154,6 +165,7 @@ impl Error {
             Error::Internal(_) => Code::Internal,
             Error::ReadOnly { .. } => Code::InsufficientPrivilege,
             Error::PermissionDenied { .. } => Code::InsufficientPrivilege,
+            Error::LimitExceeded { .. } => Code::ProgramLimitExceeded,
             Error::Lake(e) => lake_code(e),
             Error::Views(e) => views_code(e),
             Error::DataFusion(e) => datafusion_code(e),

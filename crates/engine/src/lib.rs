@@ -155,7 +155,13 @@ pub struct Session {
     shared: Arc<Shared>,
     ctx: SessionContext,
     principal: Principal,
+    /// Names of the statements `PREPARE`d in this session (at most
+    /// [`MAX_PREPARED_PER_SESSION`]).
+    prepared: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// SQL `PREPARE`d statements one session may hold; `DEALLOCATE` makes room.
+pub const MAX_PREPARED_PER_SESSION: usize = 1000;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -466,6 +472,7 @@ impl Session {
             shared,
             ctx,
             principal,
+            prepared: Default::default(),
         }
     }
 
@@ -1051,15 +1058,53 @@ impl Session {
                 what: "COPY ... TO files on the server".into(),
             }),
             plan => {
+                let prepared = self.count_prepared(&plan)?;
                 let frame = self
                     .ctx
                     .execute_logical_plan(plan)
                     .await
                     .map_err(unwrap_lake_error)?;
+                prepared();
                 let stream = frame.execute_stream().await.map_err(unwrap_lake_error)?;
                 Ok(Output::Rows(stream))
             }
         }
+    }
+
+    /// Refuses a `PREPARE` beyond the session's bound; what it returns records the plan's
+    /// effect on the prepared statements once the plan ran.
+    fn count_prepared(&self, plan: &LogicalPlan) -> Result<impl FnOnce() + '_> {
+        use datafusion::logical_expr::Statement as PlanStatement;
+        let names = || {
+            self.prepared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let (added, removed) = match plan {
+            LogicalPlan::Statement(PlanStatement::Prepare(prepare)) => {
+                if names().len() >= MAX_PREPARED_PER_SESSION {
+                    return Err(Error::LimitExceeded {
+                        what: "prepared statements in this session",
+                        limit: MAX_PREPARED_PER_SESSION,
+                        hint: ": DEALLOCATE some",
+                    });
+                }
+                (Some(prepare.name.clone()), None)
+            }
+            LogicalPlan::Statement(PlanStatement::Deallocate(deallocate)) => {
+                (None, Some(deallocate.name.clone()))
+            }
+            _ => (None, None),
+        };
+        Ok(move || {
+            let mut names = names();
+            if let Some(name) = added {
+                names.insert(name);
+            }
+            if let Some(name) = removed {
+                names.remove(&name);
+            }
+        })
     }
 
     async fn execute_ddl(&self, ddl: DdlStatement) -> Result<Output> {

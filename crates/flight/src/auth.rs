@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use medlake_auth::{Access, Principal};
+use medlake_auth::{Access, Logins, Principal};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
@@ -27,6 +27,7 @@ pub(crate) struct Tokens {
     access: Access,
     lifetime: Duration,
     tokens: Mutex<HashMap<String, Token>>,
+    logins: Logins,
 }
 
 /// Base64 as clients send it in Basic credentials: with or without `=` padding (the Go
@@ -36,17 +37,28 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// The user name of `Basic` credentials (empty when they do not decode).
+fn basic_user(header: &str) -> String {
+    header
+        .get(6..)
+        .and_then(|encoded| BASE64.decode(encoded.trim()).ok())
+        .and_then(|decoded| String::from_utf8(decoded).ok())
+        .and_then(|decoded| decoded.split_once(':').map(|(user, _)| user.to_owned()))
+        .unwrap_or_default()
+}
+
 /// 32 random bytes as hex: tokens and handles.
 pub(crate) fn random_id() -> String {
     medlake_auth::random_token(32)
 }
 
 impl Tokens {
-    pub(crate) fn new(access: Access, lifetime: Duration) -> Self {
+    pub(crate) fn new(access: Access, lifetime: Duration, logins: Logins) -> Self {
         Self {
             access,
             lifetime,
             tokens: Mutex::new(HashMap::new()),
+            logins,
         }
     }
 
@@ -58,19 +70,50 @@ impl Tokens {
 
     /// Whether a request may be decoded at all: valid Basic credentials (the handshake),
     /// a valid bearer token, or no-auth mode. Runs on the headers, before any message.
-    pub(crate) fn admit(&self, metadata: &MetadataMap) -> Result<(), Status> {
+    /// Password checks count towards the failed-login record of `client`'s address (bearer
+    /// tokens are random: guessing one is hopeless).
+    pub(crate) fn admit(
+        &self,
+        metadata: &MetadataMap,
+        client: Option<std::net::SocketAddr>,
+    ) -> Result<(), Status> {
         let header = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         if header.starts_with("Basic ") || header.starts_with("basic ") {
-            self.credentials(metadata).map(|_| ())
+            let address = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+            let user = basic_user(header);
+            if matches!(self.access, Access::Users(_)) {
+                self.logins.check(address, &user).map_err(|locked| {
+                    tracing::warn!(
+                        target: "medlake::audit",
+                        user = %user,
+                        client = %address,
+                        "flight sql login refused: locked out after failed logins"
+                    );
+                    Status::resource_exhausted(locked.to_string())
+                })?;
+            }
+            match self.credentials(metadata) {
+                Ok(_) => {
+                    self.logins.succeeded(address, &user);
+                    Ok(())
+                }
+                Err(refused) => {
+                    if refused.code() == tonic::Code::Unauthenticated {
+                        self.logins.failed(address, &user);
+                    }
+                    Err(refused)
+                }
+            }
         } else {
             self.check(metadata).map(|_| ())
         }
     }
 
-    /// Checks `authorization: Basic ...` and returns a new bearer token.
+    /// Checks `authorization: Basic ...` and returns a new bearer token (after [`Self::admit`]
+    /// let the request in).
     pub(crate) fn login(&self, metadata: &MetadataMap) -> Result<(String, Caller), Status> {
         let caller = self.credentials(metadata)?;
         let token = random_id();
@@ -133,7 +176,7 @@ impl Tokens {
                         principal: known.principal(),
                     },
                     _ => {
-                        tracing::info!(user = %user, "flight sql login refused");
+                        tracing::warn!(target: "medlake::audit", user = %user, "flight sql password authentication failed");
                         return Err(Status::unauthenticated(format!(
                             "password authentication failed for user \"{user}\""
                         )));

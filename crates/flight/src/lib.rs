@@ -41,6 +41,9 @@ pub struct Config {
     /// How long a bearer token from the handshake stays valid.
     pub token_lifetime: Duration,
     pub limits: Limits,
+    /// Failed logins, shared with the server's other doors: repeated failed handshakes
+    /// from one address lock it out for a while.
+    pub logins: medlake_auth::Logins,
 }
 
 /// Bounds on what one client can make the door hold. Every field is configurable under
@@ -126,6 +129,7 @@ impl Server {
                 config.access,
                 config.token_lifetime,
                 config.limits.clone(),
+                config.logins,
             ),
             tls,
             limits: config.limits,
@@ -159,7 +163,7 @@ impl Server {
         // (DoPut's first message is read before the handler runs).
         let gate = self.service.clone();
         let admit = tonic::service::InterceptorLayer::new(move |request: tonic::Request<()>| {
-            gate.admit(request.metadata())?;
+            gate.admit(request.metadata(), request.remote_addr())?;
             Ok(request)
         });
         let service = FlightServiceServer::new(service::Door(self.service))

@@ -172,6 +172,7 @@ fn status(e: &medlake_engine::Error) -> Status {
             Status::invalid_argument(message)
         }
         "55000" | "40001" => Status::failed_precondition(message),
+        "53200" | "54000" => Status::resource_exhausted(message),
         "HV00N" => Status::unavailable(message),
         "HV00R" => Status::not_found(message),
         "HV004" | "HV00D" | "HV024" => Status::invalid_argument(message),
@@ -327,11 +328,12 @@ impl FlightSql {
         access: Access,
         lifetime: Duration,
         limits: crate::Limits,
+        logins: medlake_auth::Logins,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
-                tokens: Tokens::new(access, lifetime),
+                tokens: Tokens::new(access, lifetime, logins),
                 limits,
                 prepared: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
@@ -344,8 +346,12 @@ impl FlightSql {
     }
 
     /// Whether a request may be decoded at all (see `Tokens::admit`).
-    pub(crate) fn admit(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        self.inner.tokens.admit(metadata)
+    pub(crate) fn admit(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        client: Option<std::net::SocketAddr>,
+    ) -> Result<(), Status> {
+        self.inner.tokens.admit(metadata, client)
     }
 
     /// The prepared statements, locked, with the idle ones expired; and the time now.

@@ -60,6 +60,7 @@ async fn start() -> Harness {
             }]),
             token_lifetime: Duration::from_secs(600),
             limits: medlake_flight::Limits::default(),
+            logins: Default::default(),
         },
     )
     .await
@@ -310,6 +311,26 @@ async fn refused_credentials_and_missing_tokens() {
         text.contains("42P01") && text.contains("not found"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_handshakes_lock_the_address_out() {
+    let h = start().await;
+    let mut c = client(&h).await;
+    // The default policy: ten failures for one name from one address.
+    for _ in 0..10 {
+        let e = c.handshake("alice", "guess").await.expect_err("wrong");
+        assert!(e.to_string().contains("authentication failed"), "{e}");
+    }
+    // The right password is not even checked now, and the answer says why.
+    let e = c
+        .handshake("alice", PASSWORD)
+        .await
+        .expect_err("locked out");
+    assert!(e.to_string().contains("too many failed logins"), "{e}");
+    // A user name with no failures may still log in from this address.
+    let e = c.handshake("nobody", "x").await.expect_err("unknown user");
+    assert!(e.to_string().contains("authentication failed"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

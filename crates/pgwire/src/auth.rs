@@ -25,7 +25,7 @@ use crate::connection::{Connection, Registry};
 
 const SCRAM_ITERATIONS: usize = 4096;
 
-pub use medlake_auth::{Access, Method, Secret, User};
+pub use medlake_auth::{Access, Logins, Method, Secret, User};
 
 /// A user as the server keeps it: SCRAM's salted password, computed once.
 struct Known {
@@ -53,6 +53,8 @@ pub struct Startup {
     tls_required: bool,
     registry: Arc<Registry>,
     parameters: Parameters,
+    /// Failed logins, shared with the server's other doors.
+    logins: Logins,
 }
 
 impl Startup {
@@ -61,6 +63,7 @@ impl Startup {
         access: Access,
         tls_required: bool,
         registry: Arc<Registry>,
+        logins: Logins,
     ) -> Self {
         let mut users = HashMap::new();
         if let Access::Users(list) = &access {
@@ -91,7 +94,15 @@ impl Startup {
             tls_required,
             registry,
             parameters: Parameters,
+            logins,
         }
+    }
+
+    /// Records a failed login and returns its error.
+    fn failed(&self, client: std::net::SocketAddr, user: &str) -> PgWireError {
+        warn!(target: "medlake::audit", user = %user, client = %client, "postgres password authentication failed");
+        self.logins.failed(client.ip(), user);
+        password_failed(user)
     }
 
     async fn finish<C>(&self, client: &mut C) -> PgWireResult<()>
@@ -124,6 +135,9 @@ impl Startup {
                 )))
             })?,
         };
+        if matches!(self.access, Access::Users(_)) {
+            self.logins.succeeded(client.socket_addr().ip(), &user);
+        }
         let read_only = principal.role == medlake_engine::Role::Reader;
         let connection = Arc::new(Connection::new(
             self.engine.session_for(principal),
@@ -253,6 +267,15 @@ impl StartupHandler for Startup {
                 match &self.access {
                     Access::InsecureNoAuth => self.finish(client).await?,
                     Access::Users(_) => {
+                        if let Err(locked) = self.logins.check(client.socket_addr().ip(), &user) {
+                            warn!(
+                                target: "medlake::audit",
+                                user = %user,
+                                client = %client.socket_addr(),
+                                "postgres login refused: locked out after failed logins"
+                            );
+                            return Err(fatal("28000", locked.to_string()));
+                        }
                         let known = self.users.get(&user);
                         let method = known.map_or(Method::ScramSha256, |k| k.user.method);
                         let pending = match method {
@@ -324,7 +347,7 @@ impl StartupHandler for Startup {
                             .on_client_first_message(&data, password)
                             .map_err(|e| {
                                 warn!(user = %user, error = %e, "SCRAM client-first refused");
-                                password_failed(&user)
+                                self.failed(client.socket_addr(), &user)
                             })?;
                         client
                             .send(PgWireBackendMessage::Authentication(
@@ -354,8 +377,7 @@ impl StartupHandler for Startup {
                                 self.finish(client).await?;
                             }
                             _ => {
-                                warn!(user = %user, client = %client.socket_addr(), "password authentication failed");
-                                return Err(password_failed(&user));
+                                return Err(self.failed(client.socket_addr(), &user));
                             }
                         }
                     }
@@ -364,8 +386,7 @@ impl StartupHandler for Startup {
                         if self.users.contains_key(&user) && password.password == expected {
                             self.finish(client).await?;
                         } else {
-                            warn!(user = %user, client = %client.socket_addr(), "password authentication failed");
-                            return Err(password_failed(&user));
+                            return Err(self.failed(client.socket_addr(), &user));
                         }
                     }
                     None => return Err(fatal("08P01", "unexpected password message")),

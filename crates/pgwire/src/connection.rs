@@ -1,7 +1,7 @@
 //! One client connection: its medlake session, its Postgres settings, and the means to cancel
 //! what it is running (CancelRequest, `statement_timeout`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub struct Connection {
     query: AtomicU64,
     /// Set when a write ran inside BEGIN ... (every statement commits on its own).
     pub(crate) wrote_in_transaction: AtomicBool,
+    /// The names of the protocol-level prepared statements the client holds.
+    prepared: Mutex<HashSet<String>>,
 }
 
 /// The Postgres settings of a connection (`SET`, `SHOW`, `RESET`).
@@ -116,7 +118,27 @@ impl Connection {
             wake: Notify::new(),
             query: AtomicU64::new(0),
             wrote_in_transaction: AtomicBool::new(false),
+            prepared: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn prepared(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many named prepared statements the client holds.
+    pub(crate) fn prepared_count(&self) -> usize {
+        self.prepared().len()
+    }
+
+    pub(crate) fn prepared_added(&self, name: &str) {
+        self.prepared().insert(name.to_owned());
+    }
+
+    pub(crate) fn prepared_removed(&self, name: &str) {
+        self.prepared().remove(name);
     }
 
     pub(crate) fn settings(&self) -> Settings {

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-pub use auth::{Access, Method, Secret, User};
+pub use auth::{Access, Logins, Method, Secret, User};
 #[doc(hidden)]
 pub use commands::fuzzing;
 /// TLS certificate and key files (PEM): the one loader of `medlake-auth`.
@@ -46,10 +46,19 @@ pub struct Config {
     pub access: Access,
     /// Open connections; beyond, new connections are closed at once (default 512).
     pub max_connections: usize,
+    /// Named prepared statements one connection may hold (default 1000; pgjdbc caches 256);
+    /// a `Parse` beyond is refused with SQLSTATE 54000 until the client closes some.
+    pub max_prepared_statements: usize,
+    /// Failed logins, shared with the server's other doors: repeated failures from one
+    /// address lock it out for a while.
+    pub logins: Logins,
 }
 
 /// The default of [`Config::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// The default of [`Config::max_prepared_statements`].
+pub const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 1000;
 
 /// Errors setting up the server. Nothing here starts a server half-configured.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +107,9 @@ impl Server {
                 config.access.clone(),
                 tls.is_some(),
                 registry.clone(),
+                config.logins.clone(),
             )),
-            queries: Arc::new(handler::Queries::new()),
+            queries: Arc::new(handler::Queries::new(config.max_prepared_statements.max(1))),
             cancel: Arc::new(Cancel { registry }),
         });
         Ok(Self {

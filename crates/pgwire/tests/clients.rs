@@ -101,6 +101,79 @@ async fn refused_logins_say_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_logins_lock_the_address_out() {
+    let logins = medlake_pgwire::Logins::new(medlake_auth::LoginPolicy {
+        max_failures_per_user: 5,
+        lockout: Duration::from_secs(30),
+        ..Default::default()
+    });
+    let h = common::start_configured(true, users(), |c| c.logins = logins.clone()).await;
+    // A success clears earlier failures of that user.
+    for _ in 0..4 {
+        h.try_connect(ALICE.0, "guess").await.expect_err("wrong");
+    }
+    h.connect().await;
+    for _ in 0..5 {
+        let e = h.try_connect(ALICE.0, "guess").await.expect_err("wrong");
+        assert_eq!(sqlstate(&e), "28P01");
+    }
+    // Locked out: even the right password is not checked, and the answer says why.
+    let e = h
+        .try_connect(ALICE.0, ALICE.1)
+        .await
+        .expect_err("locked out");
+    assert_eq!(sqlstate(&e), "28000", "{e}");
+    let message = e.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("too many failed logins")),
+        "{message:?}"
+    );
+    // Other users from this address are not locked out by alice's failures...
+    h.try_connect(BOB_MD5.0, BOB_MD5.1)
+        .await
+        .expect("bob still logs in");
+    // ...and the record is the server's: the other doors share it (same Logins).
+    assert!(logins.check([127, 0, 0, 1].into(), ALICE.0).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_prepared_statements_per_connection_are_bounded() {
+    let h = common::start_configured(false, Access::InsecureNoAuth, |c| {
+        c.max_prepared_statements = 3
+    })
+    .await;
+    let client = h.connect().await;
+    let mut held = Vec::new();
+    for n in 0..3 {
+        held.push(
+            client
+                .prepare(&format!("SELECT {n} + $1::BIGINT"))
+                .await
+                .expect("within the bound"),
+        );
+    }
+    let e = client
+        .prepare("SELECT 4")
+        .await
+        .expect_err("beyond the bound");
+    assert_eq!(sqlstate(&e), "54000", "{e}");
+    // The connection is still usable, and closing a statement makes room.
+    drop(held.pop());
+    let again = client.prepare("SELECT 5").await.expect("room again");
+    let five: i64 = client.query_one(&again, &[]).await.expect("run").get(0);
+    assert_eq!(five, 5);
+    drop(again);
+    // Statements closed after use (tokio-postgres's one-shot queries) never accumulate.
+    for _ in 0..10 {
+        client.query("SELECT 1", &[]).await.expect("one-shot");
+        client.simple_query("SELECT 1").await.expect("simple");
+    }
+    assert_eq!(held.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_refuse_unsafe_setups() {
     let dir = tempfile::tempdir().expect("a scratch folder");
     let engine = medlake_engine::Engine::open(dir.path().join("w").to_str().expect("utf-8"))
@@ -117,6 +190,8 @@ async fn servers_refuse_unsafe_setups() {
                     tls,
                     access,
                     max_connections: 4,
+                    max_prepared_statements: 4,
+                    logins: Default::default(),
                 },
             )
             .await

@@ -235,3 +235,24 @@ async fn ingest_needs_insert_and_ingest_tokens_reach_only_their_tables() {
     assert_eq!(outcome(&token, "SELECT * FROM bronze.t").await, "42501");
     assert_eq!(rows(&engine, "SELECT * FROM bronze.t").await, 4);
 }
+
+#[tokio::test]
+async fn sql_prepared_statements_per_session_are_bounded() {
+    let (_dir, engine) = prepared().await;
+    let session = as_role(&engine, Role::Reader);
+    let limit = medlake_engine::MAX_PREPARED_PER_SESSION;
+    for n in 0..limit {
+        let sql = format!("PREPARE p{n} AS SELECT * FROM bronze.t WHERE id = $1");
+        assert_eq!(outcome(&session, &sql).await, "ok", "{sql}");
+    }
+    let beyond = "PREPARE one_too_many AS SELECT 1";
+    assert_eq!(outcome(&session, beyond).await, "54000");
+    // A failed PREPARE (an existing name) takes no room, and DEALLOCATE makes room.
+    assert_ne!(outcome(&session, "PREPARE p0 AS SELECT 1").await, "ok");
+    assert_eq!(outcome(&session, "DEALLOCATE p0").await, "ok");
+    assert_eq!(outcome(&session, beyond).await, "ok");
+    assert_eq!(outcome(&session, "EXECUTE p1(2)").await, "ok");
+    // Another session has its own room.
+    let other = as_role(&engine, Role::Reader);
+    assert_eq!(outcome(&other, beyond).await, "ok");
+}

@@ -95,6 +95,15 @@ pub async fn start(tls: bool, access: Access) -> Harness {
 
 /// Starts a server over a fresh, empty warehouse.
 pub async fn start_empty(tls: bool, access: Access) -> Harness {
+    start_configured(tls, access, |_| {}).await
+}
+
+/// Starts a server over a fresh, empty warehouse, with `configure` applied to its config.
+pub async fn start_configured(
+    tls: bool,
+    access: Access,
+    configure: impl FnOnce(&mut Config),
+) -> Harness {
     let dir = tempfile::tempdir().expect("a scratch folder");
     let warehouse = dir.path().join("warehouse");
     let engine = Engine::open(warehouse.to_str().expect("utf-8 path"))
@@ -118,17 +127,18 @@ pub async fn start_empty(tls: bool, access: Access) -> Harness {
     } else {
         (None, None, None)
     };
-    let server = Server::bind(
-        engine.clone(),
-        Config {
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            tls: tls_config,
-            access,
-            max_connections: medlake_pgwire::DEFAULT_MAX_CONNECTIONS,
-        },
-    )
-    .await
-    .expect("bind the server");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        tls: tls_config,
+        access,
+        max_connections: medlake_pgwire::DEFAULT_MAX_CONNECTIONS,
+        max_prepared_statements: medlake_pgwire::DEFAULT_MAX_PREPARED_STATEMENTS,
+        logins: Default::default(),
+    };
+    configure(&mut config);
+    let server = Server::bind(engine.clone(), config)
+        .await
+        .expect("bind the server");
     let addr = server.local_addr().expect("the server's address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.serve(async move {
