@@ -27,7 +27,7 @@
 // The package is resolved from $MEDLAKE_NPM/node_modules (default ~/.cache/medlake-npm), then
 // from NODE_PATH / the usual Node resolution.
 //
-// Adaptations for the Rust SDK (why: /work/shared/FACTS.md, "Cosmos DB with @zeit/cosmosdb-server"):
+// Adaptations for the Rust SDK (why: docs/DEPENDENCIES.md, "Cosmos DB with @zeit/cosmosdb-server"):
 //   a. partition key range ids are strings ("0"): the SDK's PartitionKeyRange.id is a String and
 //      the package creates the range with a numeric id (lib/account/collection.js constructor
 //      calls partitionKeyRanges.create({id: 0, ...})). Patched: PartitionKeyRanges.prototype.create.
