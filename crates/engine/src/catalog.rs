@@ -280,12 +280,14 @@ pub(crate) fn external_provider(
         // removed) must not break the listings of every other table (information_schema,
         // SHOW TABLES, client metadata): it is listed without columns, and reading it fails
         // with the refusal.
-        Err(refused) if refused.sqlstate() == "42501" => Ok(Arc::new(Refused {
-            table: table.to_string(),
-            definition,
-            policy: policy.clone(),
-            schema: Arc::new(arrow::datatypes::Schema::empty()),
-        })),
+        Err(refused) if refused.code() == crate::Code::InsufficientPrivilege => {
+            Ok(Arc::new(Refused {
+                table: table.to_string(),
+                definition,
+                policy: policy.clone(),
+                schema: Arc::new(arrow::datatypes::Schema::empty()),
+            }))
+        }
         Err(other) => Err(other.into()),
     }
 }

@@ -1,10 +1,11 @@
 //! Errors of the engine, and the one table that maps every error to a status code.
 //!
-//! Servers translate [`Code`] once at their boundary: the Postgres wire sends
-//! [`Code::sqlstate`], Flight SQL maps it to a gRPC status. `Internal` (SQLSTATE `XX000`) is
-//! for broken invariants only.
+//! [`Code`] is `medlake-common`'s table. Servers translate it once at their boundary: the
+//! Postgres wire sends [`Code::sqlstate`], Flight SQL maps it to a gRPC status, HTTP to a
+//! status. `Internal` (SQLSTATE `XX000`) is for broken invariants only.
 
 use datafusion::error::DataFusionError;
+pub use medlake_common::Code;
 use medlake_lake::Refusal;
 
 /// Result of an engine operation.
@@ -64,85 +65,6 @@ pub enum Error {
     /// A broken invariant: a bug in medlake.
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-/// What kind of failure an error is: one entry per SQLSTATE medlake reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Code {
-    SyntaxError,
-    FeatureNotSupported,
-    InvalidParameterValue,
-    UndefinedTable,
-    UndefinedColumn,
-    UndefinedSchema,
-    UndefinedFunction,
-    DuplicateTable,
-    DuplicateSchema,
-    DependentObjectsStillExist,
-    InsufficientPrivilege,
-    /// The object is of the wrong kind for the statement (DROP TABLE of a view, ...).
-    WrongObjectType,
-    InvalidObjectDefinition,
-    /// The object is busy (a refresh of the view is running).
-    ObjectInUse,
-    /// The object is not in a state that allows the statement (upstream view failed).
-    ObjectNotInPrerequisiteState,
-    NotNullViolation,
-    CheckViolation,
-    DataException,
-    NumericValueOutOfRange,
-    InvalidTextRepresentation,
-    DivisionByZero,
-    DatatypeMismatch,
-    SerializationFailure,
-    QueryCanceled,
-    OutOfMemory,
-    /// A bound of the server was reached (SQLSTATE 54000).
-    ProgramLimitExceeded,
-    IoError,
-    /// A data file the table's log refers to is missing (e.g. removed by VACUUM).
-    UndefinedFile,
-    /// The foreign-data class `HV` (external tables): `HV000` ... `HV024`.
-    Foreign(&'static str),
-    Internal,
-}
-
-impl Code {
-    /// The Postgres SQLSTATE of this code.
-    pub fn sqlstate(self) -> &'static str {
-        match self {
-            Code::SyntaxError => "42601",
-            Code::FeatureNotSupported => "0A000",
-            Code::InvalidParameterValue => "22023",
-            Code::UndefinedTable => "42P01",
-            Code::UndefinedColumn => "42703",
-            Code::UndefinedSchema => "3F000",
-            Code::UndefinedFunction => "42883",
-            Code::DuplicateTable => "42P07",
-            Code::DuplicateSchema => "42P06",
-            Code::DependentObjectsStillExist => "2BP01",
-            Code::InsufficientPrivilege => "42501",
-            Code::WrongObjectType => "42809",
-            Code::InvalidObjectDefinition => "42P17",
-            Code::ObjectInUse => "55006",
-            Code::ObjectNotInPrerequisiteState => "55000",
-            Code::NotNullViolation => "23502",
-            Code::CheckViolation => "23514",
-            Code::DataException => "22000",
-            Code::NumericValueOutOfRange => "22003",
-            Code::InvalidTextRepresentation => "22P02",
-            Code::DivisionByZero => "22012",
-            Code::DatatypeMismatch => "42804",
-            Code::SerializationFailure => "40001",
-            Code::QueryCanceled => "57014",
-            Code::OutOfMemory => "53200",
-            Code::ProgramLimitExceeded => "54000",
-            Code::IoError => "58030",
-            Code::UndefinedFile => "58P01",
-            Code::Foreign(sqlstate) => sqlstate,
-            Code::Internal => "XX000",
-        }
-    }
 }
 
 impl From<DataFusionError> for Error {
@@ -222,10 +144,7 @@ fn views_code(e: &medlake_views::Error) -> Code {
 /// DataFusion reports most user errors as `Plan`/`Execution` strings: classify the common ones
 /// so that clients get a useful SQLSTATE instead of `XX000`.
 fn source_code(e: &medlake_sources::Error) -> Code {
-    match e.sqlstate() {
-        "22000" => Code::DataException,
-        sqlstate => Code::Foreign(sqlstate),
-    }
+    e.code()
 }
 
 /// A connector's error inside `e`: wrapped by DataFusion (raised while a scan runs), by a

@@ -1000,7 +1000,9 @@ impl Session {
                 .time_travel()
                 .register_table(pin.alias.clone(), provider)?;
         }
-        let result = self.plan_and_run(statement).await;
+        // Boxed: planning and running nest deep futures; on the caller's stack they overflow
+        // a 2 MiB thread in debug builds.
+        let result = Box::pin(self.plan_and_run(statement)).await;
         for pin in &pinned {
             self.shared
                 .catalog
@@ -1144,59 +1146,7 @@ impl Session {
                     .await?;
                 Ok(Output::command("DROP SCHEMA", 0))
             }
-            DdlStatement::CreateMemoryTable(create) => {
-                let name = self.resolve(&create.name)?;
-                self.check_writable(&name, "CREATE TABLE").await?;
-                if create.temporary {
-                    return Err(Error::NotSupported {
-                        what: "TEMPORARY tables".into(),
-                    });
-                }
-                if create.or_replace {
-                    return Err(Error::NotSupported {
-                        what:
-                            "CREATE OR REPLACE TABLE; drop the table first, or use INSERT OVERWRITE"
-                                .into(),
-                    });
-                }
-                if !create.column_defaults.is_empty() {
-                    return Err(Error::NotSupported {
-                        what: "DEFAULT values for columns (Delta tables have none)".into(),
-                    });
-                }
-                if !create.constraints.is_empty() {
-                    return Err(Error::NotSupported {
-                        what:
-                            "PRIMARY KEY and UNIQUE constraints (Delta tables cannot enforce them)"
-                                .into(),
-                    });
-                }
-                match create.input.as_ref() {
-                    LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row => {
-                        let schema = empty.schema.as_arrow();
-                        self.shared
-                            .warehouse
-                            .create_table(&name, schema, create.if_not_exists)
-                            .await?;
-                        Ok(Output::command("CREATE TABLE", 0))
-                    }
-                    _ => {
-                        let input = Arc::unwrap_or_clone(create.input);
-                        let outcome = self
-                            .shared
-                            .warehouse
-                            .create_table_as(
-                                &name,
-                                input,
-                                Arc::new(self.ctx.state()),
-                                create.if_not_exists,
-                            )
-                            .await?;
-                        let rows = outcome.map_or(0, |o| o.rows);
-                        Ok(Output::command(format!("SELECT {rows}"), rows))
-                    }
-                }
-            }
+            DdlStatement::CreateMemoryTable(create) => self.create_table(create).await,
             DdlStatement::DropTable(drop) => {
                 let name = self.resolve(&drop.name)?;
                 self.check_writable(&name, "DROP TABLE").await?;
@@ -1209,71 +1159,133 @@ impl Session {
             DdlStatement::CreateView(_) | DdlStatement::DropView(_) => Err(Error::NotSupported {
                 what: "plain views; use CREATE MATERIALIZED VIEW".into(),
             }),
-            DdlStatement::CreateExternalTable(create) => {
-                let name = self.resolve(&create.name)?;
-                self.check_writable(&name, "CREATE EXTERNAL TABLE").await?;
-                if create.or_replace {
-                    return Err(Error::NotSupported {
-                        what: "CREATE OR REPLACE EXTERNAL TABLE; drop the table first".into(),
-                    });
-                }
-                let kind = create.file_type.to_ascii_uppercase();
-                if !medlake_sources::KINDS.contains(&kind.as_str()) {
-                    return Err(Error::NotSupported {
-                        what: format!(
-                            "STORED AS {kind}: external tables read {}; warehouse tables are Delta tables made with CREATE TABLE",
-                            medlake_sources::KINDS.join(", ")
-                        ),
-                    });
-                }
-                if self.shared.warehouse.table_exists(&name).await? {
-                    if create.if_not_exists {
-                        return Ok(Output::command("CREATE EXTERNAL TABLE", 0));
-                    }
-                    return Err(medlake_lake::Error::TableExists {
-                        schema: name.schema.clone(),
-                        table: name.table.clone(),
-                    }
-                    .into());
-                }
-                // DataFusion files bare option keys under `format.`.
-                let mut options: std::collections::BTreeMap<String, String> = create
-                    .options
-                    .into_iter()
-                    .map(|(k, v)| (k.strip_prefix("format.").unwrap_or(&k).to_string(), v))
-                    .collect();
-                // PARTITIONED BY (the Hive-style folders of file tables) travels as an option.
-                if !create.table_partition_cols.is_empty() {
-                    options.insert(
-                        "partitioned_by".into(),
-                        create.table_partition_cols.join(","),
-                    );
-                }
-                let declared = Arc::new(create.schema.as_arrow().clone());
-                let location = match create.locations.as_slice() {
-                    [location] => location.clone(),
-                    _ => {
-                        return Err(Error::InvalidValue {
-                            what: "LOCATION".into(),
-                            reason: "an external table reads one source location".into(),
-                        });
-                    }
-                };
-                let policy = medlake_sources::Policy::of(&self.ctx.copied_config());
-                let definition =
-                    medlake_sources::define(&kind, &location, options, declared, &policy).await?;
-                let stored = serde_json::to_value(&definition)
-                    .map_err(|e| Error::Internal(format!("external table definition: {e}")))?;
-                self.shared
-                    .warehouse
-                    .create_external(&name, &stored, create.if_not_exists)
-                    .await?;
-                Ok(Output::command("CREATE EXTERNAL TABLE", 0))
-            }
+            DdlStatement::CreateExternalTable(create) => self.create_external_table(*create).await,
             other => Err(Error::NotSupported {
                 what: other.name().to_string(),
             }),
         }
+    }
+
+    /// `CREATE TABLE`, `CREATE TABLE AS` and `SELECT ... INTO`: a new Delta table.
+    async fn create_table(
+        &self,
+        create: datafusion::logical_expr::CreateMemoryTable,
+    ) -> Result<Output> {
+        let name = self.resolve(&create.name)?;
+        self.check_writable(&name, "CREATE TABLE").await?;
+        if create.temporary {
+            return Err(Error::NotSupported {
+                what: "TEMPORARY tables".into(),
+            });
+        }
+        if create.or_replace {
+            return Err(Error::NotSupported {
+                what: "CREATE OR REPLACE TABLE; drop the table first, or use INSERT OVERWRITE"
+                    .into(),
+            });
+        }
+        if !create.column_defaults.is_empty() {
+            return Err(Error::NotSupported {
+                what: "DEFAULT values for columns (Delta tables have none)".into(),
+            });
+        }
+        if !create.constraints.is_empty() {
+            return Err(Error::NotSupported {
+                what: "PRIMARY KEY and UNIQUE constraints (Delta tables cannot enforce them)"
+                    .into(),
+            });
+        }
+        match create.input.as_ref() {
+            LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row => {
+                let schema = empty.schema.as_arrow();
+                self.shared
+                    .warehouse
+                    .create_table(&name, schema, create.if_not_exists)
+                    .await?;
+                Ok(Output::command("CREATE TABLE", 0))
+            }
+            _ => {
+                let input = Arc::unwrap_or_clone(create.input);
+                let outcome = self
+                    .shared
+                    .warehouse
+                    .create_table_as(
+                        &name,
+                        input,
+                        Arc::new(self.ctx.state()),
+                        create.if_not_exists,
+                    )
+                    .await?;
+                let rows = outcome.map_or(0, |o| o.rows);
+                Ok(Output::command(format!("SELECT {rows}"), rows))
+            }
+        }
+    }
+
+    /// `CREATE EXTERNAL TABLE`: the source is contacted and the definition stored.
+    async fn create_external_table(
+        &self,
+        create: datafusion::logical_expr::CreateExternalTable,
+    ) -> Result<Output> {
+        let name = self.resolve(&create.name)?;
+        self.check_writable(&name, "CREATE EXTERNAL TABLE").await?;
+        if create.or_replace {
+            return Err(Error::NotSupported {
+                what: "CREATE OR REPLACE EXTERNAL TABLE; drop the table first".into(),
+            });
+        }
+        let kind = create.file_type.to_ascii_uppercase();
+        if !medlake_sources::KINDS.contains(&kind.as_str()) {
+            return Err(Error::NotSupported {
+                what: format!(
+                    "STORED AS {kind}: external tables read {}; warehouse tables are Delta tables made with CREATE TABLE",
+                    medlake_sources::KINDS.join(", ")
+                ),
+            });
+        }
+        if self.shared.warehouse.table_exists(&name).await? {
+            if create.if_not_exists {
+                return Ok(Output::command("CREATE EXTERNAL TABLE", 0));
+            }
+            return Err(medlake_lake::Error::TableExists {
+                schema: name.schema.clone(),
+                table: name.table.clone(),
+            }
+            .into());
+        }
+        // DataFusion files bare option keys under `format.`.
+        let mut options: std::collections::BTreeMap<String, String> = create
+            .options
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix("format.").unwrap_or(&k).to_string(), v))
+            .collect();
+        // PARTITIONED BY (the Hive-style folders of file tables) travels as an option.
+        if !create.table_partition_cols.is_empty() {
+            options.insert(
+                "partitioned_by".into(),
+                create.table_partition_cols.join(","),
+            );
+        }
+        let declared = Arc::new(create.schema.as_arrow().clone());
+        let location = match create.locations.as_slice() {
+            [location] => location.clone(),
+            _ => {
+                return Err(Error::InvalidValue {
+                    what: "LOCATION".into(),
+                    reason: "an external table reads one source location".into(),
+                });
+            }
+        };
+        let policy = medlake_sources::Policy::of(&self.ctx.copied_config());
+        let definition =
+            medlake_sources::define(&kind, &location, options, declared, &policy).await?;
+        let stored = serde_json::to_value(&definition)
+            .map_err(|e| Error::Internal(format!("external table definition: {e}")))?;
+        self.shared
+            .warehouse
+            .create_external(&name, &stored, create.if_not_exists)
+            .await?;
+        Ok(Output::command("CREATE EXTERNAL TABLE", 0))
     }
 
     async fn execute_dml(&self, dml: DmlStatement) -> Result<Output> {

@@ -571,68 +571,75 @@ impl PgCatalog {
         Ok(relations)
     }
 
+    /// `information_schema.tables`: every relation, with PostgreSQL's columns.
+    async fn tables(&self) -> DfResult<RecordBatch> {
+        let text = |n: &str| Field::new(n, DataType::Utf8, true);
+        let relations = self.relations().await?;
+        let mut b: BTreeMap<&str, StringBuilder> = BTreeMap::new();
+        let names = [
+            "table_catalog",
+            "table_schema",
+            "table_name",
+            "table_type",
+            "self_referencing_column_name",
+            "reference_generation",
+            "user_defined_type_catalog",
+            "user_defined_type_schema",
+            "user_defined_type_name",
+            "is_insertable_into",
+            "is_typed",
+            "commit_action",
+        ];
+        for n in names {
+            b.insert(n, StringBuilder::new());
+        }
+        for (schema, table, kind, _) in &relations {
+            let is_view = *kind == TableType::View;
+            let row: [Option<&str>; 12] = [
+                Some(CATALOG),
+                Some(schema),
+                Some(table),
+                Some(if is_view { "VIEW" } else { "BASE TABLE" }),
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some(if is_view || schema == PG_CATALOG || schema == "system" {
+                    "NO"
+                } else {
+                    "YES"
+                }),
+                Some("NO"),
+                None,
+            ];
+            for (n, v) in names.iter().zip(row) {
+                if let Some(builder) = b.get_mut(n) {
+                    builder.append_option(v);
+                }
+            }
+        }
+        let fields: Vec<Field> = names.iter().map(|n| text(n)).collect();
+        let columns: Vec<ArrayRef> = names
+            .iter()
+            .map(|n| {
+                Arc::new(b.get_mut(n).map_or_else(
+                    || StringArray::from(Vec::<Option<&str>>::new()),
+                    |x| x.finish(),
+                )) as ArrayRef
+            })
+            .collect();
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
+
     async fn information_schema(&self, name: &str) -> DfResult<Arc<dyn TableProvider>> {
         let text = |n: &str| Field::new(n, DataType::Utf8, true);
         let int = |n: &str| Field::new(n, DataType::Int32, true);
         let batch = match name {
-            "tables" => {
-                let relations = self.relations().await?;
-                let mut b: BTreeMap<&str, StringBuilder> = BTreeMap::new();
-                let names = [
-                    "table_catalog",
-                    "table_schema",
-                    "table_name",
-                    "table_type",
-                    "self_referencing_column_name",
-                    "reference_generation",
-                    "user_defined_type_catalog",
-                    "user_defined_type_schema",
-                    "user_defined_type_name",
-                    "is_insertable_into",
-                    "is_typed",
-                    "commit_action",
-                ];
-                for n in names {
-                    b.insert(n, StringBuilder::new());
-                }
-                for (schema, table, kind, _) in &relations {
-                    let is_view = *kind == TableType::View;
-                    let row: [Option<&str>; 12] = [
-                        Some(CATALOG),
-                        Some(schema),
-                        Some(table),
-                        Some(if is_view { "VIEW" } else { "BASE TABLE" }),
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        Some(if is_view || schema == PG_CATALOG || schema == "system" {
-                            "NO"
-                        } else {
-                            "YES"
-                        }),
-                        Some("NO"),
-                        None,
-                    ];
-                    for (n, v) in names.iter().zip(row) {
-                        if let Some(builder) = b.get_mut(n) {
-                            builder.append_option(v);
-                        }
-                    }
-                }
-                let fields: Vec<Field> = names.iter().map(|n| text(n)).collect();
-                let columns: Vec<ArrayRef> = names
-                    .iter()
-                    .map(|n| {
-                        Arc::new(b.get_mut(n).map_or_else(
-                            || StringArray::from(Vec::<Option<&str>>::new()),
-                            |x| x.finish(),
-                        )) as ArrayRef
-                    })
-                    .collect();
-                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
-            }
+            "tables" => self.tables().await?,
             "columns" => {
                 let mut columns = Vec::new();
                 for (schema, table, _, table_schema) in self.relations().await? {
@@ -647,28 +654,7 @@ impl PgCatalog {
                 }
                 columns_batch(&columns)?
             }
-            "character_sets" => RecordBatch::try_new(
-                Arc::new(Schema::new(vec![
-                    text("character_set_catalog"),
-                    text("character_set_schema"),
-                    text("character_set_name"),
-                    text("character_repertoire"),
-                    text("form_of_use"),
-                    text("default_collate_catalog"),
-                    text("default_collate_schema"),
-                    text("default_collate_name"),
-                ])),
-                vec![
-                    Arc::new(StringArray::from(vec![None::<&str>])),
-                    Arc::new(StringArray::from(vec![None::<&str>])),
-                    Arc::new(StringArray::from(vec!["UTF8"])),
-                    Arc::new(StringArray::from(vec!["UCS"])),
-                    Arc::new(StringArray::from(vec!["UTF8"])),
-                    Arc::new(StringArray::from(vec![CATALOG])),
-                    Arc::new(StringArray::from(vec!["pg_catalog"])),
-                    Arc::new(StringArray::from(vec!["C.UTF-8"])),
-                ],
-            )?,
+            "character_sets" => character_sets()?,
             // Delta tables have no primary, unique or foreign keys: these are empty, with the
             // columns Postgres has, so tools that join them get no rows instead of an error.
             "table_constraints" => empty(vec![
@@ -732,6 +718,33 @@ impl PgCatalog {
             vec![vec![batch]],
         )?))
     }
+}
+
+/// `information_schema.character_sets`: UTF8 only.
+fn character_sets() -> DfResult<RecordBatch> {
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            text("character_set_catalog"),
+            text("character_set_schema"),
+            text("character_set_name"),
+            text("character_repertoire"),
+            text("form_of_use"),
+            text("default_collate_catalog"),
+            text("default_collate_schema"),
+            text("default_collate_name"),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec![None::<&str>])),
+            Arc::new(StringArray::from(vec![None::<&str>])),
+            Arc::new(StringArray::from(vec!["UTF8"])),
+            Arc::new(StringArray::from(vec!["UCS"])),
+            Arc::new(StringArray::from(vec!["UTF8"])),
+            Arc::new(StringArray::from(vec![CATALOG])),
+            Arc::new(StringArray::from(vec!["pg_catalog"])),
+            Arc::new(StringArray::from(vec!["C.UTF-8"])),
+        ],
+    )?)
 }
 
 fn empty(fields: Vec<Field>) -> DfResult<RecordBatch> {

@@ -301,207 +301,228 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
     match head.as_str() {
         "CREATE" => Ok(medlake_views::parse_create(parser)?
             .map(|create| Statement::CreateMaterializedView(Box::new(create)))),
-        "REFRESH" => {
-            parser.next_token();
-            if !word(parser, "MATERIALIZED") || !word(parser, "VIEW") {
-                return Err(syntax("expected MATERIALIZED VIEW after REFRESH"));
-            }
-            let name = parser.parse_object_name(false).map_err(syntax)?;
-            let mut full = false;
-            let mut cascade = false;
-            loop {
-                if word(parser, "FULL") {
-                    full = true;
-                } else if parser.parse_keyword(Keyword::CASCADE) {
-                    cascade = true;
-                } else {
-                    break;
-                }
-            }
-            expect_end(parser, "REFRESH MATERIALIZED VIEW")?;
-            Ok(Some(Statement::RefreshMaterializedView {
-                name,
-                full,
-                cascade,
-            }))
-        }
-        "DROP" if second_is(parser, "MATERIALIZED") => {
-            parser.next_token();
-            parser.next_token();
-            if !word(parser, "VIEW") {
-                return Err(syntax("expected VIEW after DROP MATERIALIZED"));
-            }
-            let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-            let name = parser.parse_object_name(false).map_err(syntax)?;
-            expect_end(parser, "DROP MATERIALIZED VIEW")?;
-            Ok(Some(Statement::DropMaterializedView { name, if_exists }))
-        }
-        "SHOW" if second_is(parser, "MATERIALIZED") => {
-            parser.next_token();
-            parser.next_token();
-            if !word(parser, "VIEWS") {
-                return Err(syntax("expected VIEWS after SHOW MATERIALIZED"));
-            }
-            expect_end(parser, "SHOW MATERIALIZED VIEWS")?;
-            Ok(Some(Statement::ShowMaterializedViews))
-        }
-        "DESCRIBE" | "DESC" => {
-            let [_, second] = parser.peek_tokens::<2>();
-            if !matches!(&second, Token::Word(w) if w.value.eq_ignore_ascii_case("HISTORY")) {
-                return Ok(None);
-            }
-            parser.next_token();
-            parser.next_token();
-            let table = parser.parse_object_name(false).map_err(syntax)?;
-            let limit = if parser.parse_keyword(Keyword::LIMIT) {
-                // u64 by the parser (larger is a syntax error); usize may be narrower.
-                let n = parser.parse_literal_uint().map_err(syntax)?;
-                Some(usize::try_from(n).map_err(|_| Error::InvalidValue {
-                    what: "DESCRIBE HISTORY LIMIT".into(),
-                    reason: format!("{n} is too large"),
-                })?)
-            } else {
-                None
-            };
-            expect_end(parser, "DESCRIBE HISTORY")?;
-            Ok(Some(Statement::DescribeHistory { table, limit }))
-        }
-        "OPTIMIZE" => {
-            parser.next_token();
-            let _table_keyword = parser.parse_keyword(Keyword::TABLE);
-            let table = parser.parse_object_name(false).map_err(syntax)?;
-            let mut zorder = Vec::new();
-            if word(parser, "ZORDER") {
-                if !parser.parse_keyword(Keyword::BY) {
-                    return Err(syntax("expected BY after ZORDER"));
-                }
-                let parenthesized = parser.consume_token(&Token::LParen);
-                loop {
-                    let ident = parser.parse_identifier().map_err(syntax)?;
-                    zorder.push(normalize(&ident));
-                    if !parser.consume_token(&Token::Comma) {
-                        break;
-                    }
-                }
-                if parenthesized {
-                    parser.expect_token(&Token::RParen).map_err(syntax)?;
-                }
-            }
-            expect_end(parser, "OPTIMIZE")?;
-            Ok(Some(Statement::Optimize { table, zorder }))
-        }
-        "IMPORT" => {
-            parser.next_token();
-            if !word(parser, "FOREIGN") || !parser.parse_keyword(Keyword::SCHEMA) {
-                return Err(syntax("expected FOREIGN SCHEMA after IMPORT"));
-            }
-            let remote_schema = parser.parse_identifier().map_err(syntax)?.value;
-            let only = if parser.parse_keywords(&[Keyword::LIMIT, Keyword::TO]) {
-                Some(true)
-            } else if parser.parse_keyword(Keyword::EXCEPT) {
-                Some(false)
-            } else {
-                None
-            };
-            let only = match only {
-                None => None,
-                Some(limit_to) => {
-                    parser.expect_token(&Token::LParen).map_err(syntax)?;
-                    let mut names = Vec::new();
-                    loop {
-                        names.push(parser.parse_identifier().map_err(syntax)?.value);
-                        if !parser.consume_token(&Token::Comma) {
-                            break;
-                        }
-                    }
-                    parser.expect_token(&Token::RParen).map_err(syntax)?;
-                    Some((limit_to, names))
-                }
-            };
-            if !parser.parse_keyword(Keyword::FROM) {
-                return Err(syntax(
-                    "expected FROM SQLSERVER 'sqlserver://host/database' in IMPORT FOREIGN SCHEMA",
-                ));
-            }
-            let kind = parser
-                .parse_identifier()
-                .map_err(syntax)?
-                .value
-                .to_ascii_uppercase();
-            let location = parser.parse_literal_string().map_err(syntax)?;
-            if !parser.parse_keyword(Keyword::INTO) {
-                return Err(syntax(
-                    "expected INTO local_schema in IMPORT FOREIGN SCHEMA",
-                ));
-            }
-            let into = normalize(&parser.parse_identifier().map_err(syntax)?);
-            let mut options = Vec::new();
-            if parser.parse_keyword(Keyword::OPTIONS) {
-                parser.expect_token(&Token::LParen).map_err(syntax)?;
-                loop {
-                    let key = parser.parse_literal_string().map_err(syntax)?;
-                    let value = parser.parse_literal_string().map_err(syntax)?;
-                    options.push((key.to_ascii_lowercase(), value));
-                    if !parser.consume_token(&Token::Comma) {
-                        break;
-                    }
-                }
-                parser.expect_token(&Token::RParen).map_err(syntax)?;
-            }
-            expect_end(parser, "IMPORT FOREIGN SCHEMA")?;
-            Ok(Some(Statement::ImportForeignSchema(Box::new(
-                ImportForeignSchema {
-                    remote_schema,
-                    only,
-                    kind,
-                    location,
-                    into,
-                    options,
-                },
-            ))))
-        }
-        "VACUUM" => {
-            parser.next_token();
-            let table = parser.parse_object_name(false).map_err(syntax)?;
-            let mut retain_hours = None;
-            let mut dry_run = false;
-            let mut force = false;
-            loop {
-                if word(parser, "RETAIN") {
-                    let hours = parser.parse_literal_uint().map_err(syntax)?;
-                    if hours > MAX_RETAIN_HOURS {
-                        return Err(Error::InvalidValue {
-                            what: "VACUUM RETAIN".into(),
-                            reason: format!(
-                                "{hours} hours is outside the allowed range of 0 to {MAX_RETAIN_HOURS} hours (100 years)"
-                            ),
-                        });
-                    }
-                    retain_hours = Some(hours);
-                    if !word(parser, "HOURS") && !word(parser, "HOUR") {
-                        return Err(syntax("expected HOURS after RETAIN n"));
-                    }
-                } else if word(parser, "DRY") {
-                    if !word(parser, "RUN") {
-                        return Err(syntax("expected RUN after DRY"));
-                    }
-                    dry_run = true;
-                } else if word(parser, "FORCE") {
-                    force = true;
-                } else {
-                    break;
-                }
-            }
-            expect_end(parser, "VACUUM")?;
-            Ok(Some(Statement::Vacuum {
-                table,
-                retain_hours,
-                dry_run,
-                force,
-            }))
-        }
+        "REFRESH" => parse_refresh(parser),
+        "DROP" if second_is(parser, "MATERIALIZED") => parse_drop_materialized_view(parser),
+        "SHOW" if second_is(parser, "MATERIALIZED") => parse_show_materialized_views(parser),
+        "DESCRIBE" | "DESC" => parse_describe_history(parser),
+        "OPTIMIZE" => parse_optimize(parser),
+        "IMPORT" => parse_import_foreign_schema(parser),
+        "VACUUM" => parse_vacuum(parser),
         _ => Ok(None),
     }
+}
+
+/// `REFRESH MATERIALIZED VIEW name [FULL] [CASCADE]`.
+fn parse_refresh(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    parser.next_token();
+    if !word(parser, "MATERIALIZED") || !word(parser, "VIEW") {
+        return Err(syntax("expected MATERIALIZED VIEW after REFRESH"));
+    }
+    let name = parser.parse_object_name(false).map_err(syntax)?;
+    let mut full = false;
+    let mut cascade = false;
+    loop {
+        if word(parser, "FULL") {
+            full = true;
+        } else if parser.parse_keyword(Keyword::CASCADE) {
+            cascade = true;
+        } else {
+            break;
+        }
+    }
+    expect_end(parser, "REFRESH MATERIALIZED VIEW")?;
+    Ok(Some(Statement::RefreshMaterializedView {
+        name,
+        full,
+        cascade,
+    }))
+}
+
+/// `DROP MATERIALIZED VIEW [IF EXISTS] name`.
+fn parse_drop_materialized_view(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    parser.next_token();
+    parser.next_token();
+    if !word(parser, "VIEW") {
+        return Err(syntax("expected VIEW after DROP MATERIALIZED"));
+    }
+    let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false).map_err(syntax)?;
+    expect_end(parser, "DROP MATERIALIZED VIEW")?;
+    Ok(Some(Statement::DropMaterializedView { name, if_exists }))
+}
+
+/// `SHOW MATERIALIZED VIEWS`.
+fn parse_show_materialized_views(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    parser.next_token();
+    parser.next_token();
+    if !word(parser, "VIEWS") {
+        return Err(syntax("expected VIEWS after SHOW MATERIALIZED"));
+    }
+    expect_end(parser, "SHOW MATERIALIZED VIEWS")?;
+    Ok(Some(Statement::ShowMaterializedViews))
+}
+
+/// `DESCRIBE HISTORY table [LIMIT n]` (`None`: a plain DESCRIBE, for DataFusion).
+fn parse_describe_history(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    let [_, second] = parser.peek_tokens::<2>();
+    if !matches!(&second, Token::Word(w) if w.value.eq_ignore_ascii_case("HISTORY")) {
+        return Ok(None);
+    }
+    parser.next_token();
+    parser.next_token();
+    let table = parser.parse_object_name(false).map_err(syntax)?;
+    let limit = if parser.parse_keyword(Keyword::LIMIT) {
+        // u64 by the parser (larger is a syntax error); usize may be narrower.
+        let n = parser.parse_literal_uint().map_err(syntax)?;
+        Some(usize::try_from(n).map_err(|_| Error::InvalidValue {
+            what: "DESCRIBE HISTORY LIMIT".into(),
+            reason: format!("{n} is too large"),
+        })?)
+    } else {
+        None
+    };
+    expect_end(parser, "DESCRIBE HISTORY")?;
+    Ok(Some(Statement::DescribeHistory { table, limit }))
+}
+
+/// `OPTIMIZE [TABLE] name [ZORDER BY (columns)]`.
+fn parse_optimize(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    parser.next_token();
+    let _table_keyword = parser.parse_keyword(Keyword::TABLE);
+    let table = parser.parse_object_name(false).map_err(syntax)?;
+    let mut zorder = Vec::new();
+    if word(parser, "ZORDER") {
+        if !parser.parse_keyword(Keyword::BY) {
+            return Err(syntax("expected BY after ZORDER"));
+        }
+        let parenthesized = parser.consume_token(&Token::LParen);
+        loop {
+            let ident = parser.parse_identifier().map_err(syntax)?;
+            zorder.push(normalize(&ident));
+            if !parser.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        if parenthesized {
+            parser.expect_token(&Token::RParen).map_err(syntax)?;
+        }
+    }
+    expect_end(parser, "OPTIMIZE")?;
+    Ok(Some(Statement::Optimize { table, zorder }))
+}
+
+/// `IMPORT FOREIGN SCHEMA remote [LIMIT TO | EXCEPT (names)] FROM KIND 'location' INTO local [OPTIONS (...)]`.
+fn parse_import_foreign_schema(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    parser.next_token();
+    if !word(parser, "FOREIGN") || !parser.parse_keyword(Keyword::SCHEMA) {
+        return Err(syntax("expected FOREIGN SCHEMA after IMPORT"));
+    }
+    let remote_schema = parser.parse_identifier().map_err(syntax)?.value;
+    let only = if parser.parse_keywords(&[Keyword::LIMIT, Keyword::TO]) {
+        Some(true)
+    } else if parser.parse_keyword(Keyword::EXCEPT) {
+        Some(false)
+    } else {
+        None
+    };
+    let only = match only {
+        None => None,
+        Some(limit_to) => {
+            parser.expect_token(&Token::LParen).map_err(syntax)?;
+            let mut names = Vec::new();
+            loop {
+                names.push(parser.parse_identifier().map_err(syntax)?.value);
+                if !parser.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+            parser.expect_token(&Token::RParen).map_err(syntax)?;
+            Some((limit_to, names))
+        }
+    };
+    if !parser.parse_keyword(Keyword::FROM) {
+        return Err(syntax(
+            "expected FROM SQLSERVER 'sqlserver://host/database' in IMPORT FOREIGN SCHEMA",
+        ));
+    }
+    let kind = parser
+        .parse_identifier()
+        .map_err(syntax)?
+        .value
+        .to_ascii_uppercase();
+    let location = parser.parse_literal_string().map_err(syntax)?;
+    if !parser.parse_keyword(Keyword::INTO) {
+        return Err(syntax(
+            "expected INTO local_schema in IMPORT FOREIGN SCHEMA",
+        ));
+    }
+    let into = normalize(&parser.parse_identifier().map_err(syntax)?);
+    let mut options = Vec::new();
+    if parser.parse_keyword(Keyword::OPTIONS) {
+        parser.expect_token(&Token::LParen).map_err(syntax)?;
+        loop {
+            let key = parser.parse_literal_string().map_err(syntax)?;
+            let value = parser.parse_literal_string().map_err(syntax)?;
+            options.push((key.to_ascii_lowercase(), value));
+            if !parser.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        parser.expect_token(&Token::RParen).map_err(syntax)?;
+    }
+    expect_end(parser, "IMPORT FOREIGN SCHEMA")?;
+    Ok(Some(Statement::ImportForeignSchema(Box::new(
+        ImportForeignSchema {
+            remote_schema,
+            only,
+            kind,
+            location,
+            into,
+            options,
+        },
+    ))))
+}
+
+/// `VACUUM name [RETAIN n HOURS] [DRY RUN] [FORCE]`.
+fn parse_vacuum(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    parser.next_token();
+    let table = parser.parse_object_name(false).map_err(syntax)?;
+    let mut retain_hours = None;
+    let mut dry_run = false;
+    let mut force = false;
+    loop {
+        if word(parser, "RETAIN") {
+            let hours = parser.parse_literal_uint().map_err(syntax)?;
+            if hours > MAX_RETAIN_HOURS {
+                return Err(Error::InvalidValue {
+                    what: "VACUUM RETAIN".into(),
+                    reason: format!(
+                        "{hours} hours is outside the allowed range of 0 to {MAX_RETAIN_HOURS} hours (100 years)"
+                    ),
+                });
+            }
+            retain_hours = Some(hours);
+            if !word(parser, "HOURS") && !word(parser, "HOUR") {
+                return Err(syntax("expected HOURS after RETAIN n"));
+            }
+        } else if word(parser, "DRY") {
+            if !word(parser, "RUN") {
+                return Err(syntax("expected RUN after DRY"));
+            }
+            dry_run = true;
+        } else if word(parser, "FORCE") {
+            force = true;
+        } else {
+            break;
+        }
+    }
+    expect_end(parser, "VACUUM")?;
+    Ok(Some(Statement::Vacuum {
+        table,
+        retain_hours,
+        dry_run,
+        force,
+    }))
 }
 
 pub use medlake_views::definition::normalize;

@@ -1,5 +1,6 @@
 //! The Flight SQL service: metadata, queries, prepared statements, updates and ingest.
 
+use medlake_common::Code;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -158,25 +159,61 @@ static XDBC_TYPES: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
     b.build().expect("the static type info is valid")
 });
 
-/// A medlake error as a gRPC status.
+/// A medlake error as a gRPC status: its message with the SQLSTATE, and the gRPC code of
+/// its kind.
 fn status(e: &medlake_engine::Error) -> Status {
-    let sqlstate = e.code().sqlstate();
-    let message = format!("{e} (SQLSTATE {sqlstate})");
-    match sqlstate {
-        "42P01" | "3F000" | "42704" | "42883" => Status::not_found(message),
-        "42501" => Status::permission_denied(message),
-        "57014" => Status::cancelled(message),
-        "0A000" => Status::unimplemented(message),
-        "42P07" | "42P06" => Status::already_exists(message),
-        s if s.starts_with("42") || s.starts_with("22") || s.starts_with("23") => {
-            Status::invalid_argument(message)
-        }
-        "55000" | "40001" => Status::failed_precondition(message),
-        "53200" | "54000" => Status::resource_exhausted(message),
-        "HV00N" => Status::unavailable(message),
-        "HV00R" => Status::not_found(message),
-        "HV004" | "HV00D" | "HV024" => Status::invalid_argument(message),
-        _ => Status::internal(message),
+    let code = e.code();
+    Status::new(
+        grpc_code(code),
+        format!("{e} (SQLSTATE {})", code.sqlstate()),
+    )
+}
+
+/// The gRPC code of each failure kind (one entry per kind: a new kind must be placed here).
+pub(crate) fn grpc_code(code: Code) -> tonic::Code {
+    use tonic::Code as G;
+    match code {
+        Code::UndefinedTable
+        | Code::UndefinedSchema
+        | Code::UndefinedObject
+        | Code::UndefinedFunction
+        | Code::InvalidCatalogName
+        | Code::FdwTableNotFound => G::NotFound,
+        Code::InsufficientPrivilege => G::PermissionDenied,
+        Code::InvalidAuthorization | Code::InvalidPassword => G::Unauthenticated,
+        Code::QueryCanceled => G::Cancelled,
+        Code::FeatureNotSupported => G::Unimplemented,
+        Code::DuplicateTable | Code::DuplicateSchema => G::AlreadyExists,
+        Code::SyntaxError
+        | Code::UndefinedColumn
+        | Code::DatatypeMismatch
+        | Code::WrongObjectType
+        | Code::InvalidObjectDefinition
+        | Code::DataException
+        | Code::NumericValueOutOfRange
+        | Code::InvalidParameterValue
+        | Code::InvalidTextRepresentation
+        | Code::DivisionByZero
+        | Code::NotNullViolation
+        | Code::UniqueViolation
+        | Code::CheckViolation
+        | Code::ProtocolViolation
+        | Code::FdwInvalidDataType
+        | Code::FdwInvalidOptionName
+        | Code::FdwInvalidAttributeValue
+        | Code::FdwNoSchemas => G::InvalidArgument,
+        Code::CantChangeRuntimeParam
+        | Code::ObjectNotInPrerequisiteState
+        | Code::SerializationFailure
+        | Code::DependentObjectsStillExist => G::FailedPrecondition,
+        Code::OutOfMemory | Code::ProgramLimitExceeded => G::ResourceExhausted,
+        Code::FdwUnableToEstablishConnection | Code::ObjectInUse => G::Unavailable,
+        Code::Warning => G::Unknown,
+        Code::Internal
+        | Code::IoError
+        | Code::UndefinedFile
+        | Code::FdwError
+        | Code::FdwInvalidStringFormat => G::Internal,
     }
 }
 

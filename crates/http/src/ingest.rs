@@ -12,6 +12,7 @@
 //! the log and no reload of the table; a request costs no lookup of its table after the first
 //! (the table and its schema are remembered until the writer finds it dropped or replaced).
 
+use medlake_common::Code;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -136,22 +137,10 @@ impl Failure {
     }
 
     fn engine(e: &medlake_engine::Error) -> Self {
-        let sqlstate = e.code().sqlstate();
-        let status = match sqlstate {
-            "42P01" | "3F000" => StatusCode::NOT_FOUND,
-            "42501" => StatusCode::FORBIDDEN,
-            "40001" => StatusCode::SERVICE_UNAVAILABLE,
-            s if s.starts_with("22")
-                || s.starts_with("23")
-                || s.starts_with("42")
-                || s.starts_with("0A") =>
-            {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let code = e.code();
+        let status = http_status(code);
         let mut failure = Self::new(status, e.to_string());
-        failure.body["sqlstate"] = json!(sqlstate);
+        failure.body["sqlstate"] = json!(code.sqlstate());
         if status == StatusCode::SERVICE_UNAVAILABLE {
             failure.retry_after = Some(1);
         }
@@ -171,13 +160,59 @@ impl Failure {
                  another token); nothing was written: send new rows under a new key"
             ),
         );
-        failure.body["sqlstate"] = json!(KEY_REUSED_SQLSTATE);
+        failure.body["sqlstate"] = json!(Code::UniqueViolation.sqlstate());
         failure
     }
 }
 
-/// The SQLSTATE in a `409` answer to a reused `Idempotency-Key` (unique_violation).
-pub(crate) const KEY_REUSED_SQLSTATE: &str = "23505";
+/// The HTTP status of each failure kind (one entry per kind: a new kind must be placed here).
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::UndefinedTable | Code::UndefinedSchema => StatusCode::NOT_FOUND,
+        Code::InsufficientPrivilege => StatusCode::FORBIDDEN,
+        Code::InvalidAuthorization | Code::InvalidPassword => StatusCode::UNAUTHORIZED,
+        Code::SerializationFailure
+        | Code::ObjectInUse
+        | Code::OutOfMemory
+        | Code::FdwUnableToEstablishConnection => StatusCode::SERVICE_UNAVAILABLE,
+        Code::UniqueViolation => StatusCode::CONFLICT,
+        Code::FeatureNotSupported
+        | Code::DataException
+        | Code::NumericValueOutOfRange
+        | Code::InvalidParameterValue
+        | Code::InvalidTextRepresentation
+        | Code::DivisionByZero
+        | Code::NotNullViolation
+        | Code::CheckViolation
+        | Code::SyntaxError
+        | Code::UndefinedFunction
+        | Code::UndefinedColumn
+        | Code::UndefinedObject
+        | Code::DuplicateTable
+        | Code::DuplicateSchema
+        | Code::DatatypeMismatch
+        | Code::WrongObjectType
+        | Code::InvalidObjectDefinition
+        | Code::ProtocolViolation
+        | Code::FdwInvalidDataType
+        | Code::FdwInvalidOptionName
+        | Code::FdwInvalidAttributeValue
+        | Code::FdwNoSchemas => StatusCode::UNPROCESSABLE_ENTITY,
+        Code::ProgramLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+        Code::DependentObjectsStillExist
+        | Code::CantChangeRuntimeParam
+        | Code::ObjectNotInPrerequisiteState
+        | Code::InvalidCatalogName
+        | Code::FdwTableNotFound => StatusCode::UNPROCESSABLE_ENTITY,
+        Code::QueryCanceled => StatusCode::GATEWAY_TIMEOUT,
+        Code::Warning
+        | Code::Internal
+        | Code::IoError
+        | Code::UndefinedFile
+        | Code::FdwError
+        | Code::FdwInvalidStringFormat => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -270,60 +305,12 @@ async fn ingest(
     label: &mut String,
 ) -> Result<Ack, Failure> {
     let who = authenticate(inner, headers, target)?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 200)
-                .ok_or_else(|| {
-                    Failure::new(
-                        StatusCode::BAD_REQUEST,
-                        "Idempotency-Key must be 1 to 200 visible ASCII characters",
-                    )
-                })?;
-            Some(key.to_string())
-        }
-    };
+    let key = idempotency_key(headers)?;
     let started = Instant::now();
     let (table, mut schema, remembered) = resolve(inner, target).await?;
     *label = table.to_string();
     let t_target = started.elapsed().as_micros() as u64;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    let gzip = match encoding.as_deref() {
-        None | Some("identity") => false,
-        Some("gzip") => true,
-        Some(other) => {
-            return Err(Failure::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Content-Encoding '{other}' is not supported; send gzip or nothing"),
-            ));
-        }
-    };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let array = if content_type.starts_with("application/json") {
-        Some(true)
-    } else if content_type.is_empty() {
-        None
-    } else if content_type.starts_with("application/x-ndjson")
-        || content_type.starts_with("application/jsonl")
-        || content_type.starts_with("application/jsonlines")
-        || content_type.starts_with("text/plain")
-    {
-        Some(false)
-    } else {
-        return Err(Failure::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Type '{content_type}': send application/x-ndjson or application/json"),
-        ));
-    };
+    let (gzip, array) = body_format(headers)?;
     let Ok(_permit) = inner.in_flight.try_acquire() else {
         return Err(Failure::busy(
             StatusCode::TOO_MANY_REQUESTS,
@@ -378,20 +365,7 @@ async fn ingest(
     if refused_total > 0 {
         inner.metrics.refused(refused_total as u64);
         if mode == InvalidRows::Refuse {
-            let mut body = json!({
-                "error": format!(
-                    "{refused_total} of {total} rows were refused; nothing was written"
-                ),
-                "rows": refused,
-            });
-            if refused_total > refused.len() {
-                body["more_rows_refused"] = json!(refused_total - refused.len());
-            }
-            return Err(Failure {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                body,
-                retry_after: None,
-            });
+            return Err(refusal(refused, refused_total, total));
         }
     }
     let (answer, answered) = oneshot::channel();
@@ -403,23 +377,7 @@ async fn ingest(
         answer,
     };
     let t_decode = started.elapsed().as_micros() as u64 - t_target;
-    let writer = writer(inner, &table).await;
-    match writer.try_send(pending) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            return Err(Failure::busy(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the ingest queue of {table} is full; retry with the same Idempotency-Key"),
-            ));
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            inner.writers.lock().await.remove(&table);
-            return Err(Failure::busy(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the writer of {table} stopped; retry"),
-            ));
-        }
-    }
+    enqueue(inner, &table, pending).await?;
     let answer = answered.await.unwrap_or_else(|_| {
         Err(Failure::busy(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -434,6 +392,99 @@ async fn ingest(
         "ingest request"
     );
     answer
+}
+
+/// The request's `Idempotency-Key`, if it sent one (1 to 200 visible ASCII characters).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Failure> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 200 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+/// How the body is sent: gzip or not, and a JSON array (`Some(true)`), NDJSON
+/// (`Some(false)`) or to be told by its first byte (`None`).
+fn body_format(headers: &HeaderMap) -> Result<(bool, Option<bool>), Failure> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let gzip = match encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip") => true,
+        Some(other) => {
+            return Err(Failure::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding '{other}' is not supported; send gzip or nothing"),
+            ));
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let array = if content_type.starts_with("application/json") {
+        Some(true)
+    } else if content_type.is_empty() {
+        None
+    } else if content_type.starts_with("application/x-ndjson")
+        || content_type.starts_with("application/jsonl")
+        || content_type.starts_with("application/jsonlines")
+        || content_type.starts_with("text/plain")
+    {
+        Some(false)
+    } else {
+        return Err(Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type '{content_type}': send application/x-ndjson or application/json"),
+        ));
+    };
+    Ok((gzip, array))
+}
+
+/// The `422` of a request whose invalid rows are refused: nothing is written.
+fn refusal(refused: Vec<Refused>, refused_total: usize, total: usize) -> Failure {
+    let mut body = json!({
+        "error": format!("{refused_total} of {total} rows were refused; nothing was written"),
+        "rows": refused,
+    });
+    if refused_total > refused.len() {
+        body["more_rows_refused"] = json!(refused_total - refused.len());
+    }
+    Failure {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body,
+        retry_after: None,
+    }
+}
+
+/// Hands a checked request to its table's writer (503 when its queue is full).
+async fn enqueue(inner: &Arc<Inner>, table: &TableName, pending: Pending) -> Result<(), Failure> {
+    let writer = writer(inner, table).await;
+    match writer.try_send(pending) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(Failure::busy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the ingest queue of {table} is full; retry with the same Idempotency-Key"),
+        )),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            inner.writers.lock().await.remove(table);
+            Err(Failure::busy(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the writer of {table} stopped; retry"),
+            ))
+        }
+    }
 }
 
 /// The table `target` names and its schema, and whether they were remembered: looked up in
@@ -659,7 +710,7 @@ fn answer_all(group: Vec<Pending>, failure: &Failure) {
 /// A failure to open or refresh a table's log: the table is gone (404: it is forgotten, so
 /// the next request looks it up again) or cannot be read now (503).
 fn log_failure(inner: &Inner, table: &TableName, e: &medlake_engine::Error) -> Failure {
-    if e.code().sqlstate() == "42P01" {
+    if e.code() == Code::UndefinedTable {
         forget_target(inner, table);
         Failure::engine(e)
     } else {
@@ -669,6 +720,19 @@ fn log_failure(inner: &Inner, table: &TableName, e: &medlake_engine::Error) -> F
             format!("cannot read the log of {table}; retry"),
         )
     }
+}
+
+/// Opens the table's ingest log unless the writer holds it already.
+async fn open_log(inner: &Arc<Inner>, table: &TableName, logs: &mut Logs) -> Result<(), Failure> {
+    if logs.table.is_none() {
+        let log = inner
+            .engine
+            .ingest_open(table, inner.key_commits, false)
+            .await
+            .map_err(|e| log_failure(inner, table, &e))?;
+        logs.table = Some(log);
+    }
+    Ok(())
 }
 
 /// Commits one group of requests: duplicates are answered as such, the rest are appended in
@@ -683,56 +747,15 @@ async fn commit_group(
     mut group: Vec<Pending>,
 ) {
     let started = Instant::now();
-    if logs.table.is_none() {
-        match inner
-            .engine
-            .ingest_open(table, inner.key_commits, false)
-            .await
-        {
-            Ok(log) => logs.table = Some(log),
-            Err(e) => return answer_all(group, &log_failure(inner, table, &e)),
-        }
+    if let Err(failure) = open_log(inner, table, logs).await {
+        return answer_all(group, &failure);
     }
     let (mut t_refresh, mut t_quarantine, mut t_append) = (0u128, 0u128, 0u128);
     for attempt in 1..=MAX_ATTEMPTS {
         let Some(log) = logs.table.as_mut() else {
             return;
         };
-        // Requests whose key is committed are duplicates, unless they are provably another
-        // request under a used key (another body or token: 409, nothing written); a key twice
-        // in this group is written once and both requests get the same answer.
-        let mut writing: Vec<Pending> = Vec::new();
-        let mut followers: Vec<Pending> = Vec::new();
-        let mut seen: HashMap<String, IngestKey> = HashMap::new();
-        for p in group {
-            let Some(k) = &p.key else {
-                writing.push(p);
-                continue;
-            };
-            if let Some(recorded) = log.recorded(&k.key) {
-                let answer = if recorded.conflicts_with(k) {
-                    Err(Failure::key_reused(&k.key))
-                } else {
-                    Ok(Ack {
-                        rows: 0,
-                        quarantined: 0,
-                        version: log.version(),
-                        duplicate: true,
-                    })
-                };
-                let _ = p.answer.send(answer);
-            } else if let Some(first) = seen.get(&k.key) {
-                if first.conflicts_with(k) {
-                    let failure = Failure::key_reused(&k.key);
-                    let _ = p.answer.send(Err(failure));
-                } else {
-                    followers.push(p);
-                }
-            } else {
-                seen.insert(k.key.clone(), k.clone());
-                writing.push(p);
-            }
-        }
+        let (writing, followers) = sort_out_keys(log, group);
         if writing.is_empty() {
             return;
         }
@@ -823,30 +846,7 @@ async fn commit_group(
                 }
             }
         };
-        let mut answers: HashMap<Option<String>, Result<Ack, Failure>> = HashMap::new();
-        let name = |p: &Pending| p.key.as_ref().map(|k| k.key.clone());
-        for (p, rows) in writing.into_iter().zip(row_counts) {
-            let answer = result.clone().map(|version| Ack {
-                rows,
-                quarantined: quarantined.get(&name(&p)).copied().unwrap_or(0),
-                version,
-                duplicate: false,
-            });
-            if p.key.is_some() {
-                answers.insert(name(&p), answer.clone());
-            }
-            let _ = p.answer.send(answer);
-        }
-        for p in followers {
-            let answer = answers
-                .get(&name(&p))
-                .cloned()
-                .unwrap_or_else(|| Err(Failure::busy(StatusCode::SERVICE_UNAVAILABLE, "retry")));
-            let _ = p.answer.send(answer.map(|ack| Ack {
-                duplicate: true,
-                ..ack
-            }));
-        }
+        answer_group(writing, row_counts, followers, &result, &quarantined);
         return;
     }
     answer_all(
@@ -856,6 +856,80 @@ async fn commit_group(
             format!("other writers kept committing to {table} first; retry"),
         ),
     );
+}
+
+/// Splits a group by idempotency key: the requests to write (no key, or the first of a new
+/// key) and the followers (the same key again in this group, answered like the first).
+/// Requests whose key is committed are answered now: duplicates, unless they are provably
+/// another request under a used key (another body or token: 409, nothing written).
+fn sort_out_keys(log: &IngestTable, group: Vec<Pending>) -> (Vec<Pending>, Vec<Pending>) {
+    let mut writing: Vec<Pending> = Vec::new();
+    let mut followers: Vec<Pending> = Vec::new();
+    let mut seen: HashMap<String, IngestKey> = HashMap::new();
+    for p in group {
+        let Some(k) = &p.key else {
+            writing.push(p);
+            continue;
+        };
+        if let Some(recorded) = log.recorded(&k.key) {
+            let answer = if recorded.conflicts_with(k) {
+                Err(Failure::key_reused(&k.key))
+            } else {
+                Ok(Ack {
+                    rows: 0,
+                    quarantined: 0,
+                    version: log.version(),
+                    duplicate: true,
+                })
+            };
+            let _ = p.answer.send(answer);
+        } else if let Some(first) = seen.get(&k.key) {
+            if first.conflicts_with(k) {
+                let failure = Failure::key_reused(&k.key);
+                let _ = p.answer.send(Err(failure));
+            } else {
+                followers.push(p);
+            }
+        } else {
+            seen.insert(k.key.clone(), k.clone());
+            writing.push(p);
+        }
+    }
+    (writing, followers)
+}
+
+/// Answers the requests of a commit (or of its failure), and their followers as duplicates.
+fn answer_group(
+    writing: Vec<Pending>,
+    row_counts: Vec<u64>,
+    followers: Vec<Pending>,
+    result: &Result<Option<u64>, Failure>,
+    quarantined: &HashMap<Option<String>, u64>,
+) {
+    let mut answers: HashMap<Option<String>, Result<Ack, Failure>> = HashMap::new();
+    let name = |p: &Pending| p.key.as_ref().map(|k| k.key.clone());
+    for (p, rows) in writing.into_iter().zip(row_counts) {
+        let answer = result.clone().map(|version| Ack {
+            rows,
+            quarantined: quarantined.get(&name(&p)).copied().unwrap_or(0),
+            version,
+            duplicate: false,
+        });
+        if p.key.is_some() {
+            answers.insert(name(&p), answer.clone());
+        }
+        let _ = p.answer.send(answer);
+    }
+    for p in followers {
+        let answer = answers
+            .get(&name(&p))
+            .cloned()
+            .unwrap_or_else(|| Err(Failure::busy(StatusCode::SERVICE_UNAVAILABLE, "retry")));
+        let _ = p.answer.send(answer.map(|ack| Ack {
+            duplicate: true,
+            ..ack
+        }));
+    }
 }
 
 /// Writes the refused rows of `writing` that the quarantine table does not hold yet (by

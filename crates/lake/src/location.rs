@@ -80,21 +80,7 @@ pub fn parse_location(location: &str) -> Result<Url> {
     Ok(url)
 }
 
-/// A location as it may be shown: without a password or query string (SAS tokens).
-pub fn redact(location: &str) -> String {
-    match Url::parse(location) {
-        Ok(mut url) if url.scheme().len() > 1 => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            if url.query().is_some() {
-                url.set_query(Some("***"));
-            }
-            url.to_string()
-        }
-        _ => location.to_string(),
-    }
-}
+pub use medlake_common::redact;
 
 /// Builds the object store for a location (pointing at its root: bucket or container), and the
 /// path of the location inside it.

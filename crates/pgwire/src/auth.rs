@@ -2,6 +2,7 @@
 //! md5 for old clients, against the users of the server's configuration; TLS required when
 //! it is configured; the database must be `medlake`.
 
+use medlake_common::Code;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,22 @@ enum Pending {
 }
 
 struct PendingLogin(Mutex<Option<Pending>>);
+
+impl PendingLogin {
+    fn take(&self) -> Option<Pending> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn put(&self, pending: Pending) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pending);
+    }
+}
 
 /// Authenticates connections and opens their medlake session.
 pub struct Startup {
@@ -128,11 +145,10 @@ impl Startup {
         let principal = match self.users.get(&user) {
             Some(known) => known.user.principal(),
             None => self.access.anonymous(&user).ok_or_else(|| {
-                PgWireError::UserError(Box::new(ErrorInfo::new(
-                    "FATAL".into(),
-                    "28000".into(),
+                fatal(
+                    Code::InvalidAuthorization,
                     format!("no such user \"{user}\""),
-                )))
+                )
             })?,
         };
         if matches!(self.access, Access::Users(_)) {
@@ -203,17 +219,17 @@ fn getrandom(out: &mut [u8]) {
     }
 }
 
-fn fatal(code: &str, message: impl Into<String>) -> PgWireError {
+fn fatal(code: Code, message: impl Into<String>) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "FATAL".to_owned(),
-        code.to_owned(),
+        code.sqlstate().to_owned(),
         message.into(),
     )))
 }
 
 fn password_failed(user: &str) -> PgWireError {
     fatal(
-        "28P01",
+        Code::InvalidPassword,
         format!("password authentication failed for user \"{user}\""),
     )
 }
@@ -235,166 +251,188 @@ impl StartupHandler for Startup {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
-                if self.tls_required && !client.is_secure() {
-                    warn!(client = %client.socket_addr(), "refused a connection without TLS");
-                    return Err(fatal(
-                        "28000",
-                        "this medlake server requires TLS: connect with sslmode=require",
-                    ));
-                }
-                let user = client
-                    .metadata()
-                    .get(METADATA_USER)
-                    .cloned()
-                    .unwrap_or_default();
-                if user.is_empty() {
-                    return Err(fatal("28000", "no user name was given"));
-                }
-                let database = client
-                    .metadata()
-                    .get(METADATA_DATABASE)
-                    .cloned()
-                    .unwrap_or_else(|| user.clone());
-                if database != medlake_engine::CATALOG {
-                    return Err(fatal(
-                        "3D000",
-                        format!(
-                            "database \"{database}\" does not exist (the database is \"{}\")",
-                            medlake_engine::CATALOG
-                        ),
-                    ));
-                }
+                let user = self.admissible(client)?;
                 match &self.access {
-                    Access::InsecureNoAuth => self.finish(client).await?,
-                    Access::Users(_) => {
-                        if let Err(locked) = self.logins.check(client.socket_addr().ip(), &user) {
-                            warn!(
-                                target: "medlake::audit",
-                                user = %user,
-                                client = %client.socket_addr(),
-                                "postgres login refused: locked out after failed logins"
-                            );
-                            return Err(fatal("28000", locked.to_string()));
-                        }
-                        let known = self.users.get(&user);
-                        let method = known.map_or(Method::ScramSha256, |k| k.user.method);
-                        let pending = match method {
-                            Method::ScramSha256 => {
-                                let (salt, salted) = known.map_or_else(
-                                    || self.decoy.clone(),
-                                    |k| (k.salt.clone(), k.salted.clone()),
-                                );
-                                client
-                                    .send(PgWireBackendMessage::Authentication(
-                                        Authentication::SASL(vec!["SCRAM-SHA-256".to_owned()]),
-                                    ))
-                                    .await?;
-                                Pending::ScramFirst {
-                                    user: user.clone(),
-                                    password: Password::new(Some(salt), salted),
-                                }
-                            }
-                            Method::Md5 => {
-                                let salt: [u8; 4] = rand_bytes();
-                                let password = known
-                                    .map(|k| k.user.password.expose().to_string())
-                                    .unwrap_or_default();
-                                let expected = pgwire::api::auth::md5pass::hash_md5_password(
-                                    &user, &password, &salt,
-                                );
-                                client
-                                    .send(PgWireBackendMessage::Authentication(
-                                        Authentication::MD5Password(salt.to_vec()),
-                                    ))
-                                    .await?;
-                                Pending::Md5 {
-                                    user: user.clone(),
-                                    expected,
-                                }
-                            }
-                        };
-                        client
-                            .session_extensions()
-                            .insert(PendingLogin(Mutex::new(Some(pending))));
-                    }
+                    Access::InsecureNoAuth => self.finish(client).await,
+                    Access::Users(_) => self.challenge(client, user).await,
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
-                let Some(login) = client.session_extensions().get::<PendingLogin>() else {
-                    return Err(fatal("08P01", "unexpected password message"));
-                };
-                let pending = login
-                    .0
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take();
-                match pending {
-                    Some(Pending::ScramFirst { user, password }) => {
-                        let initial = message.into_sasl_initial_response()?;
-                        if initial.auth_method != "SCRAM-SHA-256" {
-                            return Err(fatal(
-                                "28000",
-                                format!(
-                                    "SASL mechanism {} is not supported; use SCRAM-SHA-256",
-                                    initial.auth_method
-                                ),
-                            ));
-                        }
-                        let data = initial
-                            .data
-                            .ok_or_else(|| fatal("08P01", "empty SCRAM client-first message"))?;
-                        let (server_first, waiting) = ScramServerAuth::new()
-                            .on_client_first_message(&data, password)
-                            .map_err(|e| {
-                                warn!(user = %user, error = %e, "SCRAM client-first refused");
-                                self.failed(client.socket_addr(), &user)
-                            })?;
-                        client
-                            .send(PgWireBackendMessage::Authentication(
-                                Authentication::SASLContinue(server_first.into()),
-                            ))
-                            .await?;
-                        *login
-                            .0
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Some(Pending::ScramFinal(Box::new(waiting)));
-                    }
-                    Some(Pending::ScramFinal(waiting)) => {
-                        let user = LoginInfo::from_client_info(client)
-                            .user()
-                            .unwrap_or_default()
-                            .to_string();
-                        let response = message.into_sasl_response()?;
-                        let known = self.users.contains_key(&user);
-                        match waiting.on_client_final_message(&response.data) {
-                            Ok(server_final) if known => {
-                                client
-                                    .send(PgWireBackendMessage::Authentication(
-                                        Authentication::SASLFinal(server_final.into()),
-                                    ))
-                                    .await?;
-                                self.finish(client).await?;
-                            }
-                            _ => {
-                                return Err(self.failed(client.socket_addr(), &user));
-                            }
-                        }
-                    }
-                    Some(Pending::Md5 { user, expected }) => {
-                        let password = message.into_password()?;
-                        if self.users.contains_key(&user) && password.password == expected {
-                            self.finish(client).await?;
-                        } else {
-                            return Err(self.failed(client.socket_addr(), &user));
-                        }
-                    }
-                    None => return Err(fatal("08P01", "unexpected password message")),
+                self.on_password(client, message).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A SCRAM or MD5 exchange with a client.
+type PasswordMessage = pgwire::messages::startup::PasswordMessageFamily;
+
+impl Startup {
+    /// The user of a startup packet, if the connection may log in at all: TLS when it is
+    /// required, a user name, and medlake's database.
+    fn admissible<C: ClientInfo>(&self, client: &C) -> PgWireResult<String> {
+        if self.tls_required && !client.is_secure() {
+            warn!(client = %client.socket_addr(), "refused a connection without TLS");
+            return Err(fatal(
+                Code::InvalidAuthorization,
+                "this medlake server requires TLS: connect with sslmode=require",
+            ));
+        }
+        let user = client
+            .metadata()
+            .get(METADATA_USER)
+            .cloned()
+            .unwrap_or_default();
+        if user.is_empty() {
+            return Err(fatal(Code::InvalidAuthorization, "no user name was given"));
+        }
+        let database = client
+            .metadata()
+            .get(METADATA_DATABASE)
+            .cloned()
+            .unwrap_or_else(|| user.clone());
+        if database != medlake_engine::CATALOG {
+            return Err(fatal(
+                Code::InvalidCatalogName,
+                format!(
+                    "database \"{database}\" does not exist (the database is \"{}\")",
+                    medlake_engine::CATALOG
+                ),
+            ));
+        }
+        Ok(user)
+    }
+
+    /// Asks for the password (SCRAM-SHA-256 or MD5, as the user is configured; an unknown
+    /// user gets a decoy SCRAM exchange), unless the address is locked out.
+    async fn challenge<C>(&self, client: &mut C, user: String) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Err(locked) = self.logins.check(client.socket_addr().ip(), &user) {
+            warn!(
+                target: "medlake::audit",
+                user = %user,
+                client = %client.socket_addr(),
+                "postgres login refused: locked out after failed logins"
+            );
+            return Err(fatal(Code::InvalidAuthorization, locked.to_string()));
+        }
+        let known = self.users.get(&user);
+        let pending = match known.map_or(Method::ScramSha256, |k| k.user.method) {
+            Method::ScramSha256 => {
+                let (salt, salted) = known.map_or_else(
+                    || self.decoy.clone(),
+                    |k| (k.salt.clone(), k.salted.clone()),
+                );
+                client
+                    .send(PgWireBackendMessage::Authentication(Authentication::SASL(
+                        vec!["SCRAM-SHA-256".to_owned()],
+                    )))
+                    .await?;
+                Pending::ScramFirst {
+                    user,
+                    password: Password::new(Some(salt), salted),
                 }
             }
-            _ => {}
-        }
+            Method::Md5 => {
+                let salt: [u8; 4] = rand_bytes();
+                let password = known
+                    .map(|k| k.user.password.expose().to_string())
+                    .unwrap_or_default();
+                let expected =
+                    pgwire::api::auth::md5pass::hash_md5_password(&user, &password, &salt);
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::MD5Password(salt.to_vec()),
+                    ))
+                    .await?;
+                Pending::Md5 { user, expected }
+            }
+        };
+        client
+            .session_extensions()
+            .insert(PendingLogin(Mutex::new(Some(pending))));
         Ok(())
+    }
+
+    /// The next step of the password exchange the connection is in.
+    async fn on_password<C>(&self, client: &mut C, message: PasswordMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let unexpected = || fatal(Code::ProtocolViolation, "unexpected password message");
+        let login = client
+            .session_extensions()
+            .get::<PendingLogin>()
+            .ok_or_else(unexpected)?;
+        let pending = login.take();
+        match pending.ok_or_else(unexpected)? {
+            Pending::ScramFirst { user, password } => {
+                let initial = message.into_sasl_initial_response()?;
+                if initial.auth_method != "SCRAM-SHA-256" {
+                    return Err(fatal(
+                        Code::InvalidAuthorization,
+                        format!(
+                            "SASL mechanism {} is not supported; use SCRAM-SHA-256",
+                            initial.auth_method
+                        ),
+                    ));
+                }
+                let data = initial.data.ok_or_else(|| {
+                    fatal(Code::ProtocolViolation, "empty SCRAM client-first message")
+                })?;
+                let (server_first, waiting) = ScramServerAuth::new()
+                    .on_client_first_message(&data, password)
+                    .map_err(|e| {
+                        warn!(user = %user, error = %e, "SCRAM client-first refused");
+                        self.failed(client.socket_addr(), &user)
+                    })?;
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::SASLContinue(server_first.into()),
+                    ))
+                    .await?;
+                login.put(Pending::ScramFinal(Box::new(waiting)));
+                Ok(())
+            }
+            Pending::ScramFinal(waiting) => {
+                let user = LoginInfo::from_client_info(client)
+                    .user()
+                    .unwrap_or_default()
+                    .to_string();
+                let response = message.into_sasl_response()?;
+                let known = self.users.contains_key(&user);
+                match waiting.on_client_final_message(&response.data) {
+                    Ok(server_final) if known => {
+                        client
+                            .send(PgWireBackendMessage::Authentication(
+                                Authentication::SASLFinal(server_final.into()),
+                            ))
+                            .await?;
+                        self.finish(client).await
+                    }
+                    _ => Err(self.failed(client.socket_addr(), &user)),
+                }
+            }
+            Pending::Md5 { user, expected } => {
+                let password = message.into_password()?;
+                let matches = medlake_auth::constant_time_eq(
+                    password.password.as_bytes(),
+                    expected.as_bytes(),
+                );
+                if self.users.contains_key(&user) && matches {
+                    self.finish(client).await
+                } else {
+                    Err(self.failed(client.socket_addr(), &user))
+                }
+            }
+        }
     }
 }
 

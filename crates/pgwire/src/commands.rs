@@ -5,6 +5,7 @@
 //! `BEGIN`/`COMMIT`/`ROLLBACK` are accepted because tools send them; a `ROLLBACK` after a
 //! write inside the block warns that the write stayed.
 
+use medlake_common::Code;
 use std::time::Duration;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
@@ -97,7 +98,7 @@ pub(crate) fn parse(text: &str) -> PgWireResult<Option<Command>> {
                 [t, i, l] if t == "transaction" && i == "isolation" && l == "level" => {
                     Some(Command::Show("transaction_isolation".into()))
                 }
-                [] => return Err(user_error("42601", "SHOW needs a setting name")),
+                [] => return Err(user_error(Code::SyntaxError, "SHOW needs a setting name")),
                 // `SHOW TABLES`, `SHOW COLUMNS ...`: DataFusion's.
                 [t] if t == "tables" => None,
                 _ if names.iter().any(|n| n == "from" || n == "columns") => None,
@@ -109,7 +110,7 @@ pub(crate) fn parse(text: &str) -> PgWireResult<Option<Command>> {
             let names: Vec<String> = w.iter().skip(1).map(lower).collect();
             match names.as_slice() {
                 [all] if all == "all" => Some(Command::ResetAll),
-                [] => return Err(user_error("42601", "RESET needs a setting name")),
+                [] => return Err(user_error(Code::SyntaxError, "RESET needs a setting name")),
                 _ => Some(Command::Reset(names.concat())),
             }
         }
@@ -122,7 +123,7 @@ pub(crate) fn parse(text: &str) -> PgWireResult<Option<Command>> {
                 }
                 _ => {
                     return Err(user_error(
-                        "42601",
+                        Code::SyntaxError,
                         "DISCARD takes ALL, PLANS, SEQUENCES or TEMP",
                     ));
                 }
@@ -158,7 +159,12 @@ pub(crate) fn parse(text: &str) -> PgWireResult<Option<Command>> {
             match rest.as_slice() {
                 [all] if all == "all" => Some(Command::Deallocate(None)),
                 [name] => Some(Command::Deallocate(Some(name.clone()))),
-                _ => return Err(user_error("42601", "DEALLOCATE needs a statement name")),
+                _ => {
+                    return Err(user_error(
+                        Code::SyntaxError,
+                        "DEALLOCATE needs a statement name",
+                    ));
+                }
             }
         }
         "listen" => Some(Command::Ignored("LISTEN")),
@@ -212,7 +218,7 @@ fn parse_set(text: &str) -> PgWireResult<Command> {
     }
     if name.is_empty() || i >= w.len() {
         return Err(user_error(
-            "42601",
+            Code::SyntaxError,
             format!("cannot parse '{}'", text.trim()),
         ));
     }
@@ -227,95 +233,115 @@ fn parse_set(text: &str) -> PgWireResult<Command> {
     Ok(Command::Set { name, values })
 }
 
+/// `COPY (query) TO STDOUT [WITH] (options)` or `COPY table [(columns)] TO STDOUT ...`.
 fn parse_copy(text: &str) -> PgWireResult<CopyOut> {
     let trimmed = text.trim_start();
     let body = match trimmed.get(..4) {
         Some(copy) if copy.eq_ignore_ascii_case("copy") => trimmed[4..].trim_start(),
-        _ => return Err(user_error("42601", "expected COPY")),
+        _ => return Err(user_error(Code::SyntaxError, "expected COPY")),
     };
     let (query, rest) = if body.starts_with('(') {
-        // The query is everything up to the parenthesis that closes the first one.
-        let tokens = Tokenizer::new(&PostgreSqlDialect {}, body)
-            .tokenize_with_location()
-            .map_err(|e| user_error("42601", e.to_string()))?;
-        let mut depth = 0i32;
-        let mut end = None;
-        for t in &tokens {
-            match t.token {
-                Token::LParen => depth += 1,
-                Token::RParen => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = Some(t.span.start);
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-        let end = end.ok_or_else(|| user_error("42601", "COPY: unbalanced parenthesis"))?;
-        // The closing parenthesis is one byte: the query lies between it and the opening one.
-        let offset = offset_of(body, end.line, end.column);
-        match (body.get(1..offset), body.get(offset + 1..)) {
-            (Some(query), Some(rest)) if body[offset..].starts_with(')') => {
-                (query.to_string(), rest.to_string())
-            }
-            _ => return Err(user_error("42601", "COPY: unbalanced parenthesis")),
-        }
+        copy_of_query(body)?
     } else {
-        // COPY table [(columns)] TO STDOUT
-        let w = words(body);
-        let to = w
-            .iter()
-            .position(|x| lower(x) == "to" || lower(x) == "from")
-            .ok_or_else(|| user_error("42601", "COPY needs TO STDOUT"))?;
-        let mut table = String::new();
-        let mut columns = Vec::new();
-        let mut in_columns = false;
-        for x in &w[..to] {
-            match x.0.as_str() {
-                "(" => in_columns = true,
-                ")" => in_columns = false,
-                "," => {}
-                _ if in_columns => columns.push(quote_ident(&x.0)),
-                "." => table.push('.'),
-                _ => table.push_str(&quote_ident(&x.0)),
-            }
-        }
-        let select = if columns.is_empty() {
-            "*".to_string()
-        } else {
-            columns.join(", ")
-        };
-        let direction_at = body
-            .to_ascii_lowercase()
-            .find(&format!(" {} ", lower(&w[to])))
-            .unwrap_or(0);
-        (
-            format!("SELECT {select} FROM {table}"),
-            body[direction_at..].to_string(),
-        )
+        copy_of_table(body).ok_or_else(|| user_error(Code::SyntaxError, "COPY needs TO STDOUT"))?
     };
     let w = words(&rest);
+    copy_direction(&w)?;
+    copy_options(query, &w[2..])
+}
+
+/// `(query) rest`: the query between the first parenthesis and the one that closes it.
+fn copy_of_query(body: &str) -> PgWireResult<(String, String)> {
+    // The query is everything up to the parenthesis that closes the first one.
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, body)
+        .tokenize_with_location()
+        .map_err(|e| user_error(Code::SyntaxError, e.to_string()))?;
+    let mut depth = 0i32;
+    let mut end = None;
+    for t in &tokens {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    end = Some(t.span.start);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let end = end.ok_or_else(|| user_error(Code::SyntaxError, "COPY: unbalanced parenthesis"))?;
+    // The closing parenthesis is one byte: the query lies between it and the opening one.
+    let offset = offset_of(body, end.line, end.column);
+    match (body.get(1..offset), body.get(offset + 1..)) {
+        (Some(query), Some(rest)) if body[offset..].starts_with(')') => {
+            Ok((query.to_string(), rest.to_string()))
+        }
+        _ => Err(user_error(
+            Code::SyntaxError,
+            "COPY: unbalanced parenthesis",
+        )),
+    }
+}
+
+/// `table [(columns)] rest`: a SELECT of the table's columns, and what follows them.
+fn copy_of_table(body: &str) -> Option<(String, String)> {
+    // COPY table [(columns)] TO STDOUT
+    let w = words(body);
+    let to = w
+        .iter()
+        .position(|x| lower(x) == "to" || lower(x) == "from")?;
+    let mut table = String::new();
+    let mut columns = Vec::new();
+    let mut in_columns = false;
+    for x in &w[..to] {
+        match x.0.as_str() {
+            "(" => in_columns = true,
+            ")" => in_columns = false,
+            "," => {}
+            _ if in_columns => columns.push(quote_ident(&x.0)),
+            "." => table.push('.'),
+            _ => table.push_str(&quote_ident(&x.0)),
+        }
+    }
+    let select = if columns.is_empty() {
+        "*".to_string()
+    } else {
+        columns.join(", ")
+    };
+    let direction_at = body
+        .to_ascii_lowercase()
+        .find(&format!(" {} ", lower(&w[to])))
+        .unwrap_or(0);
+    Some((
+        format!("SELECT {select} FROM {table}"),
+        body[direction_at..].to_string(),
+    ))
+}
+
+/// Only `TO STDOUT` is served.
+fn copy_direction(w: &[(String, bool)]) -> PgWireResult<()> {
     match (
         w.first().map(lower).as_deref(),
         w.get(1).map(lower).as_deref(),
     ) {
-        (Some("to"), Some("stdout")) => {}
-        (Some("from"), _) => {
-            return Err(user_error(
-                "0A000",
-                "COPY FROM is not supported: load rows with INSERT, Flight SQL ingest or the HTTP ingest API",
-            ));
-        }
-        (Some("to"), _) => {
-            return Err(user_error(
-                "0A000",
-                "COPY TO a server file is not supported: use COPY ... TO STDOUT (psql \\copy)",
-            ));
-        }
-        _ => return Err(user_error("42601", "COPY needs TO STDOUT")),
+        (Some("to"), Some("stdout")) => Ok(()),
+        (Some("from"), _) => Err(user_error(
+            Code::FeatureNotSupported,
+            "COPY FROM is not supported: load rows with INSERT, Flight SQL ingest or the HTTP ingest API",
+        )),
+        (Some("to"), _) => Err(user_error(
+            Code::FeatureNotSupported,
+            "COPY TO a server file is not supported: use COPY ... TO STDOUT (psql \\copy)",
+        )),
+        _ => Err(user_error(Code::SyntaxError, "COPY needs TO STDOUT")),
     }
+}
+
+/// The options after `TO STDOUT`: format, header, delimiter, null (PostgreSQL's defaults per
+/// format).
+fn copy_options(query: String, w: &[(String, bool)]) -> PgWireResult<CopyOut> {
     let mut copy = CopyOut {
         query,
         csv: false,
@@ -325,8 +351,8 @@ fn parse_copy(text: &str) -> PgWireResult<CopyOut> {
     };
     let mut delimiter_set = false;
     let mut null_set = false;
-    let options: Vec<String> = w[2..].iter().map(lower).collect();
-    let raw: Vec<String> = w[2..].iter().map(|x| x.0.clone()).collect();
+    let options: Vec<String> = w.iter().map(lower).collect();
+    let raw: Vec<String> = w.iter().map(|x| x.0.clone()).collect();
     let mut i = 0;
     while i < options.len() {
         match options[i].as_str() {
@@ -338,17 +364,17 @@ fn parse_copy(text: &str) -> PgWireResult<CopyOut> {
                     Some("text") => copy.csv = false,
                     Some(other) => {
                         return Err(user_error(
-                            "0A000",
+                            Code::FeatureNotSupported,
                             format!("COPY format \"{other}\" is not supported (csv, text)"),
                         ));
                     }
-                    None => return Err(user_error("42601", "COPY FORMAT needs a value")),
+                    None => return Err(user_error(Code::SyntaxError, "COPY FORMAT needs a value")),
                 }
             }
             "csv" => copy.csv = true,
             "binary" => {
                 return Err(user_error(
-                    "0A000",
+                    Code::FeatureNotSupported,
                     "COPY binary format is not supported (csv, text)",
                 ));
             }
@@ -372,7 +398,7 @@ fn parse_copy(text: &str) -> PgWireResult<CopyOut> {
                     (Some(c), None) => copy.delimiter = c,
                     _ => {
                         return Err(user_error(
-                            "22023",
+                            Code::InvalidParameterValue,
                             "COPY delimiter must be a single one-byte character",
                         ));
                     }
@@ -390,7 +416,7 @@ fn parse_copy(text: &str) -> PgWireResult<CopyOut> {
             "as" => {}
             other => {
                 return Err(user_error(
-                    "42601",
+                    Code::SyntaxError,
                     format!("COPY option \"{other}\" is not supported"),
                 ));
             }
@@ -452,7 +478,7 @@ pub(crate) fn check_setting(name: &str, values: &[String]) -> PgWireResult<Setti
     let value = values.join(", ");
     if !KNOWN.iter().any(|(k, _)| *k == name) {
         return Err(user_error(
-            "42704",
+            Code::UndefinedObject,
             format!("unrecognized configuration parameter \"{name}\""),
         ));
     }
@@ -483,7 +509,7 @@ pub(crate) fn check_setting(name: &str, values: &[String]) -> PgWireResult<Setti
                 .filter(|d| (-15..=3).contains(d))
                 .ok_or_else(|| {
                     user_error(
-                        "22023",
+                        Code::InvalidParameterValue,
                         format!(
                             "invalid value for parameter \"extra_float_digits\": \"{value}\" (an integer from -15 to 3)"
                         ),
@@ -495,7 +521,7 @@ pub(crate) fn check_setting(name: &str, values: &[String]) -> PgWireResult<Setti
             let v = value.to_ascii_uppercase().replace('-', "");
             if v != "UTF8" && v != "UNICODE" {
                 return Err(user_error(
-                    "0A000",
+                    Code::FeatureNotSupported,
                     format!("client_encoding \"{value}\" is not supported; medlake speaks UTF8"),
                 ));
             }
@@ -505,7 +531,7 @@ pub(crate) fn check_setting(name: &str, values: &[String]) -> PgWireResult<Setti
             if !matches!(value.to_ascii_lowercase().as_str(), "on" | "true" | "1") =>
         {
             Err(user_error(
-                "0A000",
+                Code::FeatureNotSupported,
                 "standard_conforming_strings cannot be turned off",
             ))
         }
@@ -515,7 +541,7 @@ pub(crate) fn check_setting(name: &str, values: &[String]) -> PgWireResult<Setti
         | "integer_datetimes"
         | "is_superuser"
         | "max_identifier_length" => Err(user_error(
-            "55P02",
+            Code::CantChangeRuntimeParam,
             format!("parameter \"{name}\" cannot be changed"),
         )),
         _ => Ok(Setting::Value(value)),
@@ -568,7 +594,7 @@ fn default_of(name: &str) -> String {
 pub(crate) fn reset(connection: &Connection, name: &str) -> PgWireResult<()> {
     if !KNOWN.iter().any(|(k, _)| *k == name) {
         return Err(user_error(
-            "42704",
+            Code::UndefinedObject,
             format!("unrecognized configuration parameter \"{name}\""),
         ));
     }
@@ -613,7 +639,7 @@ pub(crate) fn show(connection: &Connection, name: &str) -> PgWireResult<String> 
         .cloned()
         .ok_or_else(|| {
             user_error(
-                "42704",
+                Code::UndefinedObject,
                 format!("unrecognized configuration parameter \"{name}\""),
             )
         })
@@ -644,7 +670,7 @@ pub(crate) const MAX_TIMEOUT_MS: u64 = i32::MAX as u64;
 pub(crate) fn parse_duration(name: &str, value: &str) -> PgWireResult<Option<Duration>> {
     let invalid = || {
         user_error(
-            "22023",
+            Code::InvalidParameterValue,
             format!("invalid value for parameter \"{name}\": \"{value}\""),
         )
     };
@@ -671,7 +697,7 @@ pub(crate) fn parse_duration(name: &str, value: &str) -> PgWireResult<Option<Dur
     // `contains` is false for NaN, so this check also refuses it.
     if !(0.0..=MAX_TIMEOUT_MS as f64).contains(&millis) {
         return Err(user_error(
-            "22023",
+            Code::InvalidParameterValue,
             format!(
                 "{} is outside the valid range for parameter \"{name}\" (0 .. {MAX_TIMEOUT_MS} ms)",
                 value.trim()

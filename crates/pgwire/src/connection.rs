@@ -1,6 +1,7 @@
 //! One client connection: its medlake session, its Postgres settings, and the means to cancel
 //! what it is running (CancelRequest, `statement_timeout`).
 
+use medlake_common::Code;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -137,6 +138,11 @@ impl Connection {
         self.prepared().insert(name.to_owned());
     }
 
+    /// The names of the named prepared statements the client holds.
+    pub(crate) fn prepared_names(&self) -> Vec<String> {
+        self.prepared().iter().cloned().collect()
+    }
+
     pub(crate) fn prepared_removed(&self, name: &str) {
         self.prepared().remove(name);
     }
@@ -265,8 +271,14 @@ pub(crate) enum Stop {
 impl Stop {
     pub(crate) fn error(self) -> pgwire::error::PgWireError {
         match self {
-            Stop::Cancelled => user_error("57014", "canceling statement due to user request"),
-            Stop::TimedOut => user_error("57014", "canceling statement due to statement timeout"),
+            Stop::Cancelled => user_error(
+                Code::QueryCanceled,
+                "canceling statement due to user request",
+            ),
+            Stop::TimedOut => user_error(
+                Code::QueryCanceled,
+                "canceling statement due to statement timeout",
+            ),
         }
     }
 }

@@ -1,13 +1,14 @@
 //! medlake errors as Postgres ErrorResponses, with their SQLSTATE.
 
+use medlake_common::Code;
 use pgwire::error::{ErrorInfo, PgWireError};
 use tracing::warn;
 
 /// An `ERROR` with `code` and `message`.
-pub(crate) fn user_error(code: &str, message: impl Into<String>) -> PgWireError {
+pub(crate) fn user_error(code: Code, message: impl Into<String>) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "ERROR".to_owned(),
-        code.to_owned(),
+        code.sqlstate().to_owned(),
         message.into(),
     )))
 }
@@ -15,7 +16,7 @@ pub(crate) fn user_error(code: &str, message: impl Into<String>) -> PgWireError 
 /// An engine error: its SQLSTATE, its message, and its causes as the detail. `XX000` (a bug
 /// of ours) is logged.
 pub(crate) fn engine_error(error: &medlake_engine::Error) -> PgWireError {
-    let code = error.code().sqlstate();
+    let code = error.code();
     let message = error.to_string();
     let mut causes = Vec::new();
     let mut source = std::error::Error::source(error);
@@ -26,10 +27,10 @@ pub(crate) fn engine_error(error: &medlake_engine::Error) -> PgWireError {
         }
         source = cause.source();
     }
-    if code == "XX000" {
+    if code == Code::Internal {
         warn!(error = %message, "internal error answered to a postgres client");
     }
-    let mut info = ErrorInfo::new("ERROR".to_owned(), code.to_owned(), message);
+    let mut info = ErrorInfo::new("ERROR".to_owned(), code.sqlstate().to_owned(), message);
     if !causes.is_empty() {
         info.detail = Some(causes.join(": "));
     }

@@ -1,5 +1,6 @@
 //! The simple and extended query protocols over a connection's medlake session.
 
+use medlake_common::Code;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -77,7 +78,12 @@ fn connection<C: ClientInfo + ?Sized>(client: &C) -> PgWireResult<Arc<Connection
         .session_extensions()
         .get::<Arc<Connection>>()
         .map(|c| (*c).clone())
-        .ok_or_else(|| user_error("08P01", "the connection is not authenticated"))
+        .ok_or_else(|| {
+            user_error(
+                Code::ProtocolViolation,
+                "the connection is not authenticated",
+            )
+        })
 }
 
 fn format_options(connection: &Connection) -> Arc<FormatOptions> {
@@ -109,13 +115,13 @@ async fn prepare(
     let mut statements = medlake_engine::parse(text).map_err(|e| engine_error(&e))?;
     if statements.len() > 1 {
         return Err(user_error(
-            "42601",
+            Code::SyntaxError,
             "cannot insert multiple commands into a prepared statement",
         ));
     }
     let statement = statements
         .pop()
-        .ok_or_else(|| user_error("42601", "empty statement"))?;
+        .ok_or_else(|| user_error(Code::SyntaxError, "empty statement"))?;
     if !describe {
         return Ok(Prepared {
             kind: Kind::Engine(statement),
@@ -174,7 +180,7 @@ fn text_rows(names: &[&str], rows: Vec<Vec<String>>) -> PgWireResult<SendableRec
         })
         .collect();
     let batch = RecordBatch::try_new(schema.clone(), columns)
-        .map_err(|e| user_error("XX000", e.to_string()))?;
+        .map_err(|e| user_error(Code::Internal, e.to_string()))?;
     Ok(Box::pin(RecordBatchStreamAdapter::new(
         schema,
         stream::iter([Ok(batch)]),
@@ -408,28 +414,7 @@ where
                 format,
             )?)
         }
-        Command::ShowAll => {
-            let settings = connection.settings();
-            let rows = settings
-                .values
-                .iter()
-                .map(|(k, v)| {
-                    let v = if k == "search_path" {
-                        format!("\"$user\", {}", connection.session.default_schema())
-                    } else {
-                        v.clone()
-                    };
-                    vec![k.clone(), v, String::new()]
-                })
-                .collect();
-            let query = connection.begin_query();
-            Response::Query(rows_response(
-                connection,
-                query,
-                text_rows(&["name", "setting", "description"], rows)?,
-                format,
-            )?)
-        }
+        Command::ShowAll => Response::Query(show_all(connection, format)?),
         Command::Reset(name) => {
             commands::reset(connection, name)?;
             Response::Execution(Tag::new("RESET"))
@@ -459,32 +444,21 @@ where
             Response::TransactionEnd(Tag::new("COMMIT"))
         }
         Command::Rollback => {
-            if connection
-                .wrote_in_transaction
-                .swap(false, Ordering::SeqCst)
-            {
-                let mut notice = pgwire::error::ErrorInfo::new(
-                    "WARNING".to_owned(),
-                    "01000".to_owned(),
-                    "ROLLBACK does not undo writes: every medlake statement commits on its own"
-                        .to_owned(),
-                );
-                notice.hint = Some(
-                    "use time travel (VERSION AS OF) to read the table as it was before".into(),
-                );
-                client
-                    .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
-                        notice,
-                    )))
-                    .await?;
-            }
+            warn_if_wrote(client, connection).await?;
             Response::TransactionEnd(Tag::new("ROLLBACK"))
         }
         Command::Savepoint(tag) => Response::Execution(Tag::new(tag)),
         Command::Deallocate(name) => {
-            match name {
-                Some(name) => client.portal_store().rm_statement(name),
-                None => client.portal_store().clear_portals(),
+            let names = match name {
+                Some(name) => vec![name.clone()],
+                None => {
+                    client.portal_store().clear_portals();
+                    connection.prepared_names()
+                }
+            };
+            for name in names {
+                client.portal_store().rm_statement(&name);
+                connection.prepared_removed(&name);
             }
             Response::Execution(Tag::new("DEALLOCATE"))
         }
@@ -494,12 +468,67 @@ where
     Ok(response)
 }
 
+/// `SHOW ALL`: every setting of the connection.
+fn show_all(connection: &Arc<Connection>, format: &Format) -> PgWireResult<QueryResponse> {
+    let settings = connection.settings();
+    let rows = settings
+        .values
+        .iter()
+        .map(|(k, v)| {
+            let v = if k == "search_path" {
+                format!("\"$user\", {}", connection.session.default_schema())
+            } else {
+                v.clone()
+            };
+            vec![k.clone(), v, String::new()]
+        })
+        .collect();
+    let query = connection.begin_query();
+    rows_response(
+        connection,
+        query,
+        text_rows(&["name", "setting", "description"], rows)?,
+        format,
+    )
+}
+
+/// A `ROLLBACK` after a write in `BEGIN ...` warns that nothing was undone.
+async fn warn_if_wrote<C>(client: &mut C, connection: &Connection) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    if connection
+        .wrote_in_transaction
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        let mut notice = pgwire::error::ErrorInfo::new(
+            "WARNING".to_owned(),
+            Code::Warning.sqlstate().to_owned(),
+            "ROLLBACK does not undo writes: every medlake statement commits on its own".to_owned(),
+        );
+        notice.hint =
+            Some("use time travel (VERSION AS OF) to read the table as it was before".into());
+        client
+            .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+                notice,
+            )))
+            .await?;
+    }
+    Ok(())
+}
+
 /// `COPY (query) TO STDOUT`: the rows as text or CSV, one CopyData per row, streamed.
 async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<Response> {
     let mut statements = medlake_engine::parse(&copy.query).map_err(|e| engine_error(&e))?;
     let statement = match (statements.pop(), statements.is_empty()) {
         (Some(s), true) => s,
-        _ => return Err(user_error("42601", "COPY takes exactly one query")),
+        _ => {
+            return Err(user_error(
+                Code::SyntaxError,
+                "COPY takes exactly one query",
+            ));
+        }
     };
     // Checked before anything runs: a command inside COPY (...) never executes.
     if !statement.is_query() {
@@ -510,7 +539,7 @@ async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<
             .await
             .map_err(|e| engine_error(&e))?;
         return Err(user_error(
-            "42601",
+            Code::SyntaxError,
             "COPY (...) TO STDOUT takes a query (SELECT, VALUES, WITH ... SELECT)",
         ));
     }
@@ -521,7 +550,10 @@ async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<
         .await
         .map_err(|e| engine_error(&e))?;
     let Output::Rows(stream) = output else {
-        return Err(user_error("42601", "COPY needs a query that returns rows"));
+        return Err(user_error(
+            Code::SyntaxError,
+            "COPY needs a query that returns rows",
+        ));
     };
     let stream = to_wire(stream);
     let schema = stream.schema();
@@ -660,7 +692,7 @@ impl SimpleQueryHandler for Queries {
                     let statement = medlake_engine::parse(&text)
                         .map_err(|e| engine_error(&e))?
                         .pop()
-                        .ok_or_else(|| user_error("42601", "empty statement"))?;
+                        .ok_or_else(|| user_error(Code::SyntaxError, "empty statement"))?;
                     connection
                         .session
                         .execute(statement)
@@ -718,13 +750,13 @@ impl QueryParser for Parser {
                     let statement = medlake_engine::parse(text)
                         .map_err(|e| engine_error(&e))?
                         .pop()
-                        .ok_or_else(|| user_error("42601", "empty statement"))?;
+                        .ok_or_else(|| user_error(Code::SyntaxError, "empty statement"))?;
                     prepared.kind = Kind::Engine(statement);
                 }
                 Ok(Some(prepared))
             }
             _ => Err(user_error(
-                "42601",
+                Code::SyntaxError,
                 "cannot insert multiple commands into a prepared statement",
             )),
         }
@@ -780,7 +812,7 @@ impl ExtendedQueryHandler for Queries {
             && connection.prepared_count() >= self.max_prepared
         {
             return Err(user_error(
-                "54000",
+                Code::ProgramLimitExceeded,
                 format!(
                     "too many prepared statements on this connection (at most {}): close or DEALLOCATE some",
                     self.max_prepared
@@ -852,7 +884,10 @@ impl ExtendedQueryHandler for Queries {
                     values.into_iter().map(|v| v.value).collect()
                 }
                 datafusion::common::ParamValues::Map(_) => {
-                    return Err(user_error("08P01", "named parameters are not supported"));
+                    return Err(user_error(
+                        Code::ProtocolViolation,
+                        "named parameters are not supported",
+                    ));
                 }
             }
         };

@@ -1,6 +1,8 @@
 //! Errors of the connectors. Messages name the source, the table and the option or column at
 //! fault, carry the source's own message, and never a secret.
 
+use medlake_common::Code;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -85,22 +87,30 @@ pub enum Error {
 }
 
 impl Error {
-    /// The SQLSTATE of the error (the foreign-data class `HV` of the SQL standard).
-    pub fn sqlstate(&self) -> &'static str {
+    /// The kind of the error (mostly the foreign-data class `HV` of the SQL standard).
+    pub fn code(&self) -> Code {
         match self {
-            Error::UnknownKind { .. } => "HV00D",
-            Error::InvalidOption { .. } => "HV024",
+            Error::UnknownKind { .. } => Code::FdwInvalidOptionName,
+            Error::InvalidOption { .. } => Code::FdwInvalidAttributeValue,
             // Permission-style refusals: the same SQLSTATE as a missing privilege.
-            Error::UnknownSecret { .. } | Error::Refused { .. } => "42501",
-            Error::Connect { .. } | Error::LoginFailed { .. } | Error::Timeout { .. } => "HV00N",
-            Error::RemoteTableNotFound { .. } => "HV00R",
-            Error::UnsupportedType { .. } => "HV004",
-            Error::Remote { .. } | Error::ConnectionLost { .. } => "HV000",
-            Error::Data { .. } => "22000",
-            Error::MalformedPage { .. } => "HV00A",
-            Error::NoSchemas { .. } => "HV00P",
-            Error::LocationNotFound { .. } => "HV00R",
+            Error::UnknownSecret { .. } | Error::Refused { .. } => Code::InsufficientPrivilege,
+            Error::Connect { .. } | Error::LoginFailed { .. } | Error::Timeout { .. } => {
+                Code::FdwUnableToEstablishConnection
+            }
+            Error::RemoteTableNotFound { .. } | Error::LocationNotFound { .. } => {
+                Code::FdwTableNotFound
+            }
+            Error::UnsupportedType { .. } => Code::FdwInvalidDataType,
+            Error::Remote { .. } | Error::ConnectionLost { .. } => Code::FdwError,
+            Error::Data { .. } => Code::DataException,
+            Error::MalformedPage { .. } => Code::FdwInvalidStringFormat,
+            Error::NoSchemas { .. } => Code::FdwNoSchemas,
         }
+    }
+
+    /// The SQLSTATE of [`Self::code`].
+    pub fn sqlstate(&self) -> &'static str {
+        self.code().sqlstate()
     }
 }
 

@@ -449,7 +449,7 @@ async fn local_folders_read_as_tables_with_partitions_and_new_files_only() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Foreign("HV00R"), "{err}");
+    assert_eq!(err.code(), Code::FdwTableNotFound, "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
@@ -630,7 +630,7 @@ async fn azure_blob_folders_binary_files_dicom_and_clear_errors() {
         .sql(&create("missing", "CSV", "x", "").replace("az://landing/", "az://no-such-container/"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Foreign("HV00R"), "{err}");
+    assert_eq!(err.code(), Code::FdwTableNotFound, "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");
     let wrong = std::env::var("MEDLAKE_TEST_AZURITE_WRONG_KEY").unwrap();
     let err = engine
@@ -640,7 +640,7 @@ async fn azure_blob_folders_binary_files_dicom_and_clear_errors() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Foreign("HV00N"), "{err}");
+    assert_eq!(err.code(), Code::FdwUnableToEstablishConnection, "{err}");
     let message = err.to_string();
     assert!(message.contains("refused"), "{message}");
     for secret in [wrong.as_str(), &key()] {

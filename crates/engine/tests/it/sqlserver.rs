@@ -881,7 +881,7 @@ async fn an_unreachable_server_fails_after_retries_with_a_clear_error() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Foreign("HV00N"), "{err}");
+    assert_eq!(err.code(), Code::FdwUnableToEstablishConnection, "{err}");
     assert!(
         err.to_string()
             .contains(&format!("sqlserver://127.0.0.1:{port}/EHR")),
