@@ -186,8 +186,11 @@ fn ipc_schema(schema: &Schema) -> Result<Bytes, Status> {
     Ok(message.0)
 }
 
+/// Parses the one statement of a request. `?` placeholders (ADBC's qmark paramstyle, JDBC)
+/// are numbered `$1`, `$2`, ... first, so they are described and bound as `$n` ones.
 fn one_statement(sql: &str) -> Result<Statement, Status> {
-    let mut statements = medlake_engine::parse(sql).map_err(|e| status(&e))?;
+    let sql = medlake_engine::qmark_placeholders(sql).map_err(|e| status(&e))?;
+    let mut statements = medlake_engine::parse(&sql).map_err(|e| status(&e))?;
     match (statements.pop(), statements.is_empty()) {
         (Some(statement), true) => Ok(statement),
         (None, _) => Err(Status::invalid_argument("empty statement")),

@@ -240,6 +240,87 @@ async fn queries_prepared_statements_updates_and_ingest() {
     );
 }
 
+/// `?` placeholders (ADBC's qmark paramstyle, JDBC) are numbered as `$1`, `$2`, ...: the
+/// parameter schema is announced as for `$n`, values bind by position, `?` in strings and
+/// comments is text, and mixing `?` with `$n` is a syntax error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn question_mark_parameters_bind_like_numbered_ones() {
+    let h = start().await;
+    let mut c = client(&h).await;
+    c.handshake("alice", PASSWORD).await.expect("handshake");
+    let mut prepared = c
+        .prepare(
+            "SELECT count(*) AS n, '?' AS q FROM bronze.readings -- how many?\n\
+             WHERE device_id = ? AND value > ?"
+                .into(),
+            None,
+        )
+        .await
+        .expect("prepare with ?");
+    let announced = prepared.parameter_schema().expect("parameter schema").clone();
+    let names: Vec<&str> = announced.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["$1", "$2"]);
+    assert_eq!(announced.field(1).data_type(), &DataType::Float64);
+    for (device, above, expected) in [("pump-2", 0.0, 2i64), ("pump-2", 89.5, 1), ("pump-1", 1e9, 0)] {
+        let parameters = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("$1", DataType::Utf8, false),
+                Field::new("$2", DataType::Float64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec![device])),
+                Arc::new(Float64Array::from(vec![above])),
+            ],
+        )
+        .expect("parameters");
+        prepared.set_parameters(parameters).expect("bind");
+        let info = prepared.execute().await.expect("execute prepared");
+        let batches = rows(&mut c, info).await;
+        assert_eq!(
+            batches[0].column(0).as_primitive::<Int64Type>().value(0),
+            expected,
+            "{device} > {above}"
+        );
+        assert_eq!(batches[0].column(1).as_string::<i32>().value(0), "?");
+    }
+    prepared.close().await.expect("close");
+
+    // A prepared update with `?`, one run per bound row.
+    let mut insert = c
+        .prepare("INSERT INTO bronze.readings VALUES (?, ?)".into(), None)
+        .await
+        .expect("prepare insert");
+    let parameters = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("$1", DataType::Utf8, false),
+            Field::new("$2", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["pump-9", "pump-9"])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+        ],
+    )
+    .expect("parameters");
+    insert.set_parameters(parameters).expect("bind");
+    assert_eq!(insert.execute_update().await.expect("insert"), 2);
+    let info = c
+        .execute(
+            "SELECT sum(value) FROM bronze.readings WHERE device_id = 'pump-9'".into(),
+            None,
+        )
+        .await
+        .expect("sum");
+    let batches = rows(&mut c, info).await;
+    let sum: &Float64Array = batches[0].column(0).as_primitive();
+    assert_eq!(sum.value(0), 3.0);
+
+    let e = c
+        .prepare("SELECT $1, ?".into(), None)
+        .await
+        .expect_err("mixed placeholders");
+    assert!(e.to_string().contains("42601"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_flight_info_stops_a_running_query() {
     let h = start().await;
