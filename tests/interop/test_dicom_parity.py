@@ -41,6 +41,11 @@ COLUMNS = [
 ]
 
 
+# Files of the test set that end in the middle of their data set: pydicom returns what comes
+# before the cut without a word; medlake returns the same values and says where the file ends.
+CUT_SHORT = {"rtplan_truncated.dcm"}
+
+
 def text(value):
     """pydicom's value as medlake's text column holds it: values joined by `\\`, each trimmed."""
     if value is None:
@@ -155,13 +160,18 @@ def test_every_file_pydicom_reads_is_read_with_the_same_values(files, tmp_path):
                 problems.append(f"{relative}: pydicom refuses it but medlake reads it")
             continue
         readable += 1
-        if row["error"]:
+        if relative in CUT_SHORT:
+            # Read up to the cut, as pydicom does; medlake says so in `error`.
+            if not row["error"].startswith("the file is cut short; read up to the cut"):
+                problems.append(f"{relative}: expected a cut-short error, got {row['error']!r}")
+        elif row["error"]:
             problems.append(f"{relative}: pydicom reads it, medlake says: {row['error']}")
         for column, value in expected.items():
             if row[column] != value:
                 mismatches += 1
                 problems.append(f"{relative}: {column}: medlake {row[column]!r}, pydicom {value!r}")
     assert readable > 150
+    assert CUT_SHORT <= set(copied)
     assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems)
     assert mismatches == 0
 

@@ -331,8 +331,28 @@ impl<'a> LineOffsets<'a> {
 }
 
 fn syntax(e: impl ToString) -> Error {
-    Error::Syntax {
-        message: e.to_string(),
+    let message = e.to_string();
+    // sqlparser's errors say "sql parser error: ..." before the message; the SQLSTATE and
+    // "syntax error" already say as much.
+    let message = message
+        .strip_prefix("sql parser error: ")
+        .map(str::to_string)
+        .unwrap_or(message);
+    Error::Syntax { message }
+}
+
+/// DataFusion's parser error as its message: `DataFusionError::SQL` prints its sqlparser
+/// error with `{:?}` (`SQL error: ParserError("Expected: ...")`), which users should not see.
+fn df_syntax(e: datafusion::error::DataFusionError) -> Error {
+    use datafusion::sql::sqlparser::parser::ParserError;
+    match e {
+        datafusion::error::DataFusionError::SQL(parser, _) => match *parser {
+            ParserError::ParserError(message) | ParserError::TokenizerError(message) => {
+                Error::Syntax { message }
+            }
+            other => syntax(other),
+        },
+        other => syntax(other),
     }
 }
 
@@ -344,7 +364,7 @@ pub fn parse_one(text: &str) -> Result<Statement> {
     if let Some(own) = parse_own(&mut parser)? {
         return Ok(own);
     }
-    let mut statements = DFParser::parse_sql_with_dialect(text, &dialect).map_err(syntax)?;
+    let mut statements = DFParser::parse_sql_with_dialect(text, &dialect).map_err(df_syntax)?;
     match (statements.pop_front(), statements.is_empty()) {
         (Some(DfStatement::Statement(statement)), true) => Ok(Statement::Sql(Box::new(
             DfStatement::Statement(Box::new(crate::postgres::rewrite(text, *statement))),

@@ -257,11 +257,22 @@ async fn question_mark_parameters_bind_like_numbered_ones() {
         )
         .await
         .expect("prepare with ?");
-    let announced = prepared.parameter_schema().expect("parameter schema").clone();
-    let names: Vec<&str> = announced.fields().iter().map(|f| f.name().as_str()).collect();
+    let announced = prepared
+        .parameter_schema()
+        .expect("parameter schema")
+        .clone();
+    let names: Vec<&str> = announced
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
     assert_eq!(names, ["$1", "$2"]);
     assert_eq!(announced.field(1).data_type(), &DataType::Float64);
-    for (device, above, expected) in [("pump-2", 0.0, 2i64), ("pump-2", 89.5, 1), ("pump-1", 1e9, 0)] {
+    for (device, above, expected) in [
+        ("pump-2", 0.0, 2i64),
+        ("pump-2", 89.5, 1),
+        ("pump-1", 1e9, 0),
+    ] {
         let parameters = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("$1", DataType::Utf8, false),

@@ -341,11 +341,11 @@ impl DicomReader {
         }
         let after = attribute - ATTRIBUTES.len();
         if after == 0 {
-            return Ok(Arc::new(StringArray::from_iter(
-                parsed
-                    .iter()
-                    .map(|p| header(p).map(|(_, ts)| ts.clone()).filter(|ts| !ts.is_empty())),
-            )));
+            return Ok(Arc::new(StringArray::from_iter(parsed.iter().map(|p| {
+                header(p)
+                    .map(|(_, ts)| ts.clone())
+                    .filter(|ts| !ts.is_empty())
+            }))));
         }
         let extra = after - 1;
         if extra < self.extra.len() {
@@ -359,9 +359,8 @@ impl DicomReader {
         if extra == self.extra.len() {
             return Ok(Arc::new(StringArray::from_iter(parsed.iter().map(
                 |p| match p {
-                    Some(Parsed::Failed(message)) | Some(Parsed::Partial { error: message, .. }) => {
-                        Some(message.clone())
-                    }
+                    Some(Parsed::Failed(message))
+                    | Some(Parsed::Partial { error: message, .. }) => Some(message.clone()),
                     _ => None,
                 },
             ))));
@@ -415,13 +414,26 @@ impl Header {
                         .to_string()
                     })
                     .collect(),
-                VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::LT
-                | VR::PN | VR::SH | VR::ST | VR::TM | VR::UC | VR::UI | VR::UR | VR::UT => {
-                    String::from_utf8_lossy(&bytes)
-                        .split('\\')
-                        .map(str::to_string)
-                        .collect()
-                }
+                VR::AE
+                | VR::AS
+                | VR::CS
+                | VR::DA
+                | VR::DS
+                | VR::DT
+                | VR::IS
+                | VR::LO
+                | VR::LT
+                | VR::PN
+                | VR::SH
+                | VR::ST
+                | VR::TM
+                | VR::UC
+                | VR::UI
+                | VR::UR
+                | VR::UT => String::from_utf8_lossy(&bytes)
+                    .split('\\')
+                    .map(str::to_string)
+                    .collect(),
                 _ => value.to_multi_str().into_owned(),
             }
         } else {
@@ -458,8 +470,19 @@ const PIXEL_TAGS_FROM: Tag = Tag(0x7FE0, 0x0008);
 fn long_vr(vr: &[u8]) -> bool {
     matches!(
         vr,
-        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR"
-            | b"UT" | b"UV"
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
     )
 }
 
@@ -479,6 +502,101 @@ fn uid_text(bytes: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
     (!text.is_empty()).then(|| text.to_string())
+}
+
+const UNDEFINED: u32 = u32::MAX;
+
+/// An explicit VR little endian data set without its top-level `UN` elements of undefined
+/// length; `None` when there are none or the data set cannot be walked (it is then read as
+/// it is, and dicom-rs reports what it finds).
+fn strip_un_sequences(data: &[u8]) -> Option<Vec<u8>> {
+    let mut cuts = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= data.len() {
+        let group = u16_le(data, at)?;
+        let element = u16_le(data, at + 2)?;
+        if group == 0xFFFE || Tag(group, element) >= PIXEL_TAGS_FROM {
+            break;
+        }
+        let vr = data.get(at + 4..at + 6)?;
+        if !is_vr(vr) {
+            return None;
+        }
+        let (length, header) = if long_vr(vr) {
+            (u32_le(data, at + 8)?, 12)
+        } else {
+            (u32::from(u16_le(data, at + 6)?), 8)
+        };
+        let end = if length == UNDEFINED {
+            let end = skip_undefined(data, at + header, vr == b"UN")?;
+            if vr == b"UN" {
+                cuts.push(at..end);
+            }
+            end
+        } else {
+            at.checked_add(header)?
+                .checked_add(usize::try_from(length).ok()?)?
+        };
+        at = end;
+    }
+    if cuts.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len());
+    let mut from = 0;
+    for cut in cuts {
+        out.extend_from_slice(data.get(from..cut.start)?);
+        from = cut.end;
+    }
+    out.extend_from_slice(data.get(from..)?);
+    Some(out)
+}
+
+/// The position after the sequence delimiter that closes the items starting at `at`, in
+/// implicit (an `UN` sequence) or explicit VR little endian.
+fn skip_undefined(data: &[u8], mut at: usize, implicit: bool) -> Option<usize> {
+    // Open items and nested sequences of undefined length inside the sequence.
+    let mut depth = 0usize;
+    loop {
+        let group = u16_le(data, at)?;
+        let element = u16_le(data, at + 2)?;
+        if group == 0xFFFE {
+            let length = u32_le(data, at + 4)?;
+            at = at.checked_add(8)?;
+            match element {
+                0xE000 if length == UNDEFINED => depth += 1,
+                0xE000 => at = at.checked_add(usize::try_from(length).ok()?)?,
+                0xE00D => depth = depth.checked_sub(1)?,
+                0xE0DD if depth == 0 => return Some(at),
+                0xE0DD => depth -= 1,
+                _ => return None,
+            }
+            continue;
+        }
+        let (length, header, nested_implicit) = if implicit {
+            (u32_le(data, at + 4)?, 8, true)
+        } else {
+            let vr = data.get(at + 4..at + 6)?;
+            if !is_vr(vr) {
+                return None;
+            }
+            if long_vr(vr) {
+                (u32_le(data, at + 8)?, 12, vr == b"UN")
+            } else {
+                (u32::from(u16_le(data, at + 6)?), 8, false)
+            }
+        };
+        at = at.checked_add(header)?;
+        if length == UNDEFINED {
+            if nested_implicit && !implicit {
+                at = skip_undefined(data, at, true)?;
+            } else {
+                depth += 1;
+            }
+        } else {
+            at = at.checked_add(usize::try_from(length).ok()?)?;
+        }
+    }
 }
 
 /// Reads the header of a DICOM file from its first bytes (`complete`: all of them).
@@ -558,9 +676,21 @@ fn read_header(bytes: &[u8], complete: bool, wanted: Vec<Tag>) -> Result<Header,
         None if data.get(4..6).is_some_and(is_vr) => "1.2.840.10008.1.2.1".to_string(),
         None => "1.2.840.10008.1.2".to_string(),
     };
-    let ts = TransferSyntaxRegistry.get(&uid).ok_or_else(|| {
-        Cut::Failed(format!("unknown transfer syntax {uid}"))
-    })?;
+    let ts = TransferSyntaxRegistry
+        .get(&uid)
+        .ok_or_else(|| Cut::Failed(format!("unknown transfer syntax {uid}")))?;
+    // dicom-rs reads the items of an `UN` element of undefined length in the data set's
+    // explicit VR; they are implicit VR little endian (PS3.5 6.2.2, as pydicom reads them).
+    // They are never a column: drop such top-level elements before reading.
+    let stripped = if ts.uid() == "1.2.840.10008.1.2.1"
+        || matches!(ts.codec(), Codec::EncapsulatedPixelData(..))
+            && ts.endianness() == Endianness::Little
+    {
+        strip_un_sequences(data)
+    } else {
+        None
+    };
+    let data: &[u8] = stripped.as_deref().unwrap_or(data);
     let ended = Rc::new(Cell::new(false));
     let source = Noting {
         inner: Cursor::new(data),
@@ -579,7 +709,14 @@ fn read_header(bytes: &[u8], complete: bool, wanted: Vec<Tag>) -> Result<Header,
     };
     let mut options = DataSetReaderOptions::default();
     options.odd_length = OddLengthStrategy::Accept;
-    options.flexible_decoding = ts.endianness() == Endianness::Little;
+    // A data set in implicit VR under an explicit VR little endian UID (pydicom: "Expected
+    // explicit VR, but found implicit VR"): dicom-rs's flexible decoding reads it. Only then:
+    // its probe takes an explicit `UN` first element for implicit VR.
+    options.flexible_decoding =
+        matches!(ts.codec(), Codec::None | Codec::EncapsulatedPixelData(..))
+            && ts.endianness() == Endianness::Little
+            && ts.uid() != "1.2.840.10008.1.2"
+            && data.get(4..6).is_some_and(|vr| !is_vr(vr));
     let reader = DataSetReader::new_with_ts_options(source, ts, options)
         .map_err(|e| Cut::Failed(error_chain(&e)))?;
     let mut elements = HashMap::new();

@@ -217,10 +217,7 @@ impl Place {
                     _ => {
                         return Err(Error::InvalidOption {
                             option: "LOCATION".into(),
-                            reason: format!(
-                                "'{}' names no file",
-                                medlake_lake::redact(location)
-                            ),
+                            reason: format!("'{}' names no file", medlake_lake::redact(location)),
                         });
                     }
                 }
@@ -251,7 +248,8 @@ impl Place {
             if files.is_empty() {
                 return Err(Error::LocationNotFound {
                     location: format!("{}{name}", self.location),
-                    message: "the file now resolves outside its folder (a symlink); it is not read".into(),
+                    message: "the file now resolves outside its folder (a symlink); it is not read"
+                        .into(),
                 });
             }
             return Ok(files);
