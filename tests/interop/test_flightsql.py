@@ -125,6 +125,11 @@ def test_adbc_question_mark_parameters_default_paramstyle(server):
         assert cur.fetchall() == [("pump-1",)]
         cur.execute(query, parameters=(0.0,))
         assert [r[0] for r in cur.fetchall()] == ["pump-1", "pump-2", "pump-1"]
+        # A prepared update with `?`: ADBC sends the parameters in the update's DoPut.
+        cur.execute("CREATE TABLE bronze.qmark (id BIGINT, note VARCHAR)")
+        cur.execute("INSERT INTO bronze.qmark VALUES (?, ?)", parameters=(7, "it's ?"))
+        cur.execute("SELECT id, note FROM bronze.qmark WHERE id = ?", parameters=(7,))
+        assert cur.fetchall() == [(7, "it's ?")]
         # A statement mixing both styles is a syntax error, with its SQLSTATE.
         with pytest.raises(Exception) as refused:
             cur.execute("SELECT ? + $1", parameters=(1, 2))

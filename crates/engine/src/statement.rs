@@ -110,8 +110,32 @@ pub fn bind(
     statement: &Statement,
     values: Vec<datafusion::scalar::ScalarValue>,
 ) -> Result<Statement> {
-    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value, visit_expressions_mut};
+    use datafusion::sql::sqlparser::ast::{
+        Expr as SqlExpr, Value, visit_expressions, visit_expressions_mut,
+    };
     if values.is_empty() {
+        // Nothing bound: fine, unless the statement has a parameter (a client that prepared
+        // `... = $1` or `?` and sent no values): say which, rather than fail in planning.
+        if let Statement::Sql(sql) = statement
+            && let DfStatement::Statement(ast) = sql.as_ref()
+        {
+            let mut first = None;
+            let _ = visit_expressions(ast.as_ref(), |expr: &SqlExpr| {
+                if let SqlExpr::Value(v) = expr
+                    && let Value::Placeholder(p) = &v.value
+                {
+                    first = Some(p.clone());
+                    return std::ops::ControlFlow::Break(());
+                }
+                std::ops::ControlFlow::Continue(())
+            });
+            if let Some(p) = first {
+                return Err(Error::InvalidValue {
+                    what: format!("parameter {p}"),
+                    reason: "no value was bound".into(),
+                });
+            }
+        }
         return Ok(statement.clone());
     }
     let not_sql = || Error::NotSupported {

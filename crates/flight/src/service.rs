@@ -300,11 +300,22 @@ async fn parameter_rows(
     request: Request<PeekableFlightDataStream>,
     limit: usize,
 ) -> Result<Vec<Vec<ScalarValue>>, Status> {
-    let flight = request.into_inner().map_err(FlightError::from);
+    // A message with only the descriptor (arrow-flight's Rust client sends one for an update
+    // without parameters) carries no data: it is not the parameters' schema.
+    let flight = request
+        .into_inner()
+        .try_filter(|data| {
+            std::future::ready(!(data.data_header.is_empty() && data.data_body.is_empty()))
+        })
+        .map_err(FlightError::from);
     let mut batches = FlightRecordBatchStream::new_from_flight_data(flight);
     let mut rows = Vec::new();
     while let Some(batch) = batches.next().await {
-        let batch = batch.map_err(Status::from)?;
+        // What the client sent is not Arrow IPC: its mistake, not ours.
+        let batch = batch.map_err(|e| match e {
+            FlightError::Tonic(status) => *status,
+            other => Status::invalid_argument(format!("bad parameters: {other}")),
+        })?;
         if rows.len().saturating_add(batch.num_rows()) > limit {
             return Err(Status::resource_exhausted(format!(
                 "more than {limit} parameter rows ([flight] max_parameter_rows)"

@@ -312,8 +312,68 @@ async fn question_mark_parameters_bind_like_numbered_ones() {
         ],
     )
     .expect("parameters");
-    insert.set_parameters(parameters).expect("bind");
-    assert_eq!(insert.execute_update().await.expect("insert"), 2);
+    // arrow-flight's client sends no parameters with `execute_update` (only the descriptor):
+    // the statement is refused for its unbound parameter, not as a broken stream.
+    insert.set_parameters(parameters.clone()).expect("bind");
+    let e = insert
+        .execute_update()
+        .await
+        .expect_err("no parameters sent");
+    assert!(
+        e.to_string().contains("22023") && e.to_string().contains("$1"),
+        "{e}"
+    );
+    // The parameters in the DoPut of the update, as ADBC sends them (on a statement prepared
+    // by a raw action: arrow-flight's client keeps its handle to itself).
+    let request = arrow_flight::sql::ActionCreatePreparedStatementRequest {
+        query: "INSERT INTO bronze.readings VALUES (?, ?)".into(),
+        transaction_id: None,
+    };
+    let action = Action::new(
+        "CreatePreparedStatement",
+        arrow_flight::sql::ProstMessageExt::as_any(&request).encode_to_vec(),
+    );
+    let created = c
+        .do_action(action)
+        .await
+        .expect("create")
+        .next()
+        .await
+        .expect("a result")
+        .expect("created");
+    let created: arrow_flight::sql::ActionCreatePreparedStatementResult =
+        arrow_flight::sql::Any::decode(created.body)
+            .expect("an Any")
+            .unpack()
+            .expect("a result")
+            .expect("of that type");
+    let handle = created.prepared_statement_handle;
+    let descriptor = arrow_flight::FlightDescriptor::new_cmd(
+        arrow_flight::sql::ProstMessageExt::as_any(
+            &arrow_flight::sql::CommandPreparedStatementUpdate {
+                prepared_statement_handle: handle,
+            },
+        )
+        .encode_to_vec(),
+    );
+    let data: Vec<arrow_flight::FlightData> = arrow_flight::encode::FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor))
+        .build(futures::stream::iter([Ok(parameters)]))
+        .try_collect()
+        .await
+        .expect("encode");
+    let mut results = c
+        .do_put(futures::stream::iter(data))
+        .await
+        .expect("do_put update");
+    let result = results
+        .next()
+        .await
+        .expect("a result")
+        .expect("the update ran");
+    let written = arrow_flight::sql::DoPutUpdateResult::decode(result.app_metadata)
+        .expect("an update result");
+    assert_eq!(written.record_count, 2);
     let info = c
         .execute(
             "SELECT sum(value) FROM bronze.readings WHERE device_id = 'pump-9'".into(),

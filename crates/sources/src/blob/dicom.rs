@@ -819,6 +819,86 @@ fn time(value: &str) -> String {
 mod tests {
     use super::*;
 
+    /// An explicit VR little endian element.
+    fn explicit(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&group.to_le_bytes());
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(vr);
+        if long_vr(vr) {
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        }
+        out.extend_from_slice(value);
+        out
+    }
+
+    fn header_of(bytes: &[u8], complete: bool) -> std::result::Result<Header, Cut> {
+        let reader = DicomReader::new(&BTreeMap::new()).unwrap();
+        read_header(bytes, complete, reader.wanted())
+    }
+
+    /// A file pydicom reads and dicom-rs's own file reader does not: a meta group without
+    /// group length or transfer syntax, a private `UN` sequence of undefined length (implicit
+    /// VR items) holding a SOP Instance UID of its own, a Patient ID stored as `UN`.
+    #[test]
+    fn reads_headers_as_pydicom_does() {
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        file.extend(explicit(0x0002, 0x0003, b"UI", b"1.2.3.4\0"));
+        let mut data = explicit(0x0008, 0x0018, b"UI", b"1.2.3.4\0");
+        // (0009,1010) UN, undefined length: one item, undefined length, implicit VR inside.
+        data.extend_from_slice(&[0x09, 0x00, 0x10, 0x10, b'U', b'N', 0, 0]);
+        data.extend_from_slice(&u32::MAX.to_le_bytes());
+        data.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        data.extend_from_slice(&u32::MAX.to_le_bytes());
+        data.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, 8, 0, 0, 0]);
+        data.extend_from_slice(b"9.9.9.9\0");
+        data.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        data.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        data.extend(explicit(0x0010, 0x0020, b"UN", b"id11111 "));
+        data.extend(explicit(0x0028, 0x0010, b"UN", &512u16.to_le_bytes()));
+        data.extend(explicit(0x0028, 0x0011, b"US", &256u16.to_le_bytes()));
+        data.extend(explicit(0x7FE0, 0x0010, b"OW", &[0; 16]));
+        file.extend_from_slice(&data);
+
+        let header = header_of(&file, true).unwrap_or_else(|_| panic!("read"));
+        assert!(header.cut.is_none());
+        // No transfer syntax in the meta group: the VR of the first element says explicit.
+        assert_eq!(header.transfer_syntax, "");
+        assert_eq!(
+            header.text(tags::SOP_INSTANCE_UID).as_deref(),
+            Some("1.2.3.4")
+        );
+        assert_eq!(header.text(tags::PATIENT_ID).as_deref(), Some("id11111"));
+        assert_eq!(header.text(tags::ROWS).as_deref(), Some("512"));
+        assert_eq!(header.text(tags::COLUMNS).as_deref(), Some("256"));
+
+        // The first 64 KiB of a longer file, cut in the middle of an element: read more.
+        let cut = file.len() - 30;
+        assert!(matches!(header_of(&file[..cut], false), Err(Cut::More)));
+        // The whole file, cut there: the attributes before the cut, and an error.
+        let header = header_of(&file[..cut], true).unwrap_or_else(|_| panic!("partial"));
+        assert_eq!(header.text(tags::PATIENT_ID).as_deref(), Some("id11111"));
+        assert!(
+            header
+                .cut
+                .as_deref()
+                .is_some_and(|c| c.starts_with("the file is cut short"))
+        );
+        // Not DICOM at all.
+        assert!(matches!(header_of(&[7u8; 300], true), Err(Cut::Failed(_))));
+        assert!(matches!(header_of(&[7u8; 30], false), Err(Cut::More)));
+        // Damaged lengths never panic.
+        for n in (0..file.len()).step_by(7) {
+            let mut broken = file.clone();
+            broken[n] = 0xFF;
+            let _ = header_of(&broken, true);
+        }
+    }
+
     #[test]
     fn keywords_become_columns_and_values_are_typed() {
         assert_eq!(snake_case("AccessionNumber"), "accession_number");
