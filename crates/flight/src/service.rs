@@ -594,6 +594,9 @@ impl FlightSqlService for FlightSql {
             return Err(Status::unimplemented("transactions are not supported"));
         }
         let statement = one_statement(&query.query)?;
+        // A plain query has no way to carry parameter values: one with a parameter is refused
+        // here, naming it (22023), not deep in execution.
+        medlake_engine::bind(&statement, Vec::new()).map_err(|e| status(&e))?;
         let description = self
             .inner
             .engine
