@@ -87,6 +87,13 @@ def test_pydicom_files_read_from_azure_blob_storage(azurite, tmp_path):
     assert found[0].startswith("path,patient_id")
     assert sorted(found[1:]) == sorted(expected)
 
+    # A LOCATION naming one blob (no trailing `/`): the table is that file alone.
+    run_medlake(warehouse,
+                f"CREATE EXTERNAL TABLE landing.one STORED AS DICOM "
+                f"LOCATION 'az://pacs/export/site=x/CT_small.dcm' {options}", env=env)
+    one = lines(run_medlake(warehouse, "SELECT path, modality, error FROM landing.one", env=env))
+    assert one == ["path,modality,error", "az://pacs/export/site=x/CT_small.dcm,CT,"]
+
     # The truncated file is listed with its error, not a failed scan.
     broken = lines(run_medlake(
         warehouse, "SELECT path, error IS NOT NULL AS failed, modality FROM landing.images "

@@ -108,6 +108,35 @@ def test_adbc_queries_metadata_and_parameters(server):
         assert info["vendor_name"] == "medlake"
 
 
+def test_adbc_question_mark_parameters_default_paramstyle(server):
+    # The DB-API paramstyle of the ADBC driver is qmark; JDBC writes `?` too.
+    assert flight_sql.paramstyle == "qmark"
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n FROM bronze.readings WHERE metric = ? AND value > ?",
+                    parameters=("heart_rate", 80.0))
+        assert cur.fetchall() == [(1,)]
+        # `?` in a string or a comment is text, not a parameter.
+        cur.execute("SELECT '?' AS q, device_id FROM bronze.readings -- which device?\n"
+                    "WHERE value = ?", parameters=(72.0,))
+        assert cur.fetchall() == [("?", "pump-1")]
+        # The same prepared statement, run again with other values.
+        query = ("SELECT device_id FROM bronze.readings "
+                 "WHERE value > ? AND patient_id IN (1001, 1002) ORDER BY value")
+        cur.execute(query, parameters=(90.0,))
+        assert cur.fetchall() == [("pump-1",)]
+        cur.execute(query, parameters=(0.0,))
+        assert [r[0] for r in cur.fetchall()] == ["pump-1", "pump-2", "pump-1"]
+        # A prepared update with `?`: ADBC sends the parameters in the update's DoPut.
+        cur.execute("CREATE TABLE bronze.qmark (id BIGINT, note VARCHAR)")
+        cur.execute("INSERT INTO bronze.qmark VALUES (?, ?)", parameters=(7, "it's ?"))
+        cur.execute("SELECT id, note FROM bronze.qmark WHERE id = ?", parameters=(7,))
+        assert cur.fetchall() == [(7, "it's ?")]
+        # A statement mixing both styles is a syntax error, with its SQLSTATE.
+        with pytest.raises(Exception) as refused:
+            cur.execute("SELECT ? + $1", parameters=(1, 2))
+        assert "42601" in str(refused.value)
+
+
 def test_adbc_ddl_dml_and_refresh_through_execute(server):
     with connect(server) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE bronze.notes (id INT NOT NULL, body VARCHAR)")
@@ -221,6 +250,71 @@ def test_raw_pyarrow_flight_calls(server):
         client.get_flight_info(flight.FlightDescriptor.for_command(query), bad)
     with pytest.raises(flight.FlightUnauthenticatedError):
         client.authenticate_basic_token(ALICE[0], "wrong")
+
+
+def protobuf_fields(data):
+    """The length-delimited fields of a protobuf message: {number: bytes} (last one wins)."""
+    fields, i = {}, 0
+    while i < len(data):
+        key, shift = 0, 0
+        while True:
+            byte = data[i]
+            i += 1
+            key |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        number, wire = key >> 3, key & 7
+        assert wire == 2, f"unexpected wire type {wire}"
+        length, shift = 0, 0
+        while True:
+            byte = data[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        fields[number] = data[i:i + length]
+        i += length
+    return fields
+
+
+def test_pyarrow_flight_prepared_question_marks_bound_by_do_put(server):
+    client = flight.FlightClient(f"grpc+tls://localhost:{server['port']}",
+                                 tls_root_certs=server["ca"].encode())
+    options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(*ALICE)])
+    sql = b"SELECT device_id, value FROM bronze.readings WHERE metric = ? AND value >= ? ORDER BY value"
+    request = any_command("ActionCreatePreparedStatementRequest", b"\x0a" + bytes([len(sql)]) + sql)
+    [result] = list(client.do_action(flight.Action("CreatePreparedStatement", request), options))
+    created = protobuf_fields(protobuf_fields(result.body.to_pybytes())[2])
+    handle = created[1]
+    parameters = pa.ipc.read_schema(pa.py_buffer(created[3]))
+    assert parameters.names == ["$1", "$2"]
+    assert parameters.field("$2").type == pa.float64()
+    assert pa.ipc.read_schema(pa.py_buffer(created[2])).names == ["device_id", "value"]
+
+    command = any_command("CommandPreparedStatementQuery", b"\x0a" + bytes([len(handle)]) + handle)
+    descriptor = flight.FlightDescriptor.for_command(command)
+    for metric, least, expected in [("heart_rate", 80.0, [("pump-2", 88.0)]),
+                                    ("heart_rate", 0.0, [("pump-1", 72.0), ("pump-2", 88.0)])]:
+        batch = pa.record_batch([pa.array([metric]), pa.array([least])], schema=parameters)
+        writer, reader = client.do_put(descriptor, parameters, options)
+        writer.write_batch(batch)
+        writer.done_writing()
+        reader.read()
+        writer.close()
+        info = client.get_flight_info(descriptor, options)
+        table = client.do_get(info.endpoints[0].ticket, options).read_all()
+        assert list(zip(table.column("device_id").to_pylist(),
+                        table.column("value").to_pylist())) == expected
+
+    # A plain query with `?` and nothing bound: the parameter has no value (22023).
+    sql = b"SELECT ? AS x"
+    query = any_command("CommandStatementQuery", b"\x0a" + bytes([len(sql)]) + sql)
+    with pytest.raises(pa.ArrowInvalid) as unbound:
+        client.get_flight_info(flight.FlightDescriptor.for_command(query), options)
+    assert "parameter $1: no value was bound" in str(unbound.value)
+    assert "22023" in str(unbound.value)
 
 
 def test_expired_tokens_are_refused(tmp_path):

@@ -603,7 +603,12 @@ async fn run_statement(
         }
     }
     if timing {
-        println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+        let took = format!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+        match format {
+            Format::Table => println!("{took}"),
+            // Standard output stays pure CSV.
+            Format::Csv => eprintln!("{took}"),
+        }
     }
     Ok(())
 }
@@ -641,6 +646,7 @@ const HELP: &str = "Statements end with ';' and may span lines.
   \\q, quit, exit      leave
   \\?, help            this help
   \\dt [schema]        list tables
+  \\d name             a table's columns (DESCRIBE name)
   \\dn                 list schemas
   \\dm                 list materialized views (status, rows, staleness)
   DESCRIBE HISTORY t  a table's commits; SELECT ... FROM t VERSION AS OF n reads one";
@@ -674,7 +680,18 @@ async fn interactive(engine: &Engine) -> Result<(), Failure> {
                 buffer.clear();
                 continue;
             }
-            Err(ReadlineError::Eof) => break,
+            Err(ReadlineError::Eof) => {
+                // As psql: a last statement without its `;` still runs at the end of input.
+                if !buffer.trim().is_empty() {
+                    let _ = editor.add_history_entry(buffer.trim());
+                    if let Err(Failure::Error(e)) =
+                        run_script(engine, &buffer, true, Format::Table).await
+                    {
+                        print_error(&e);
+                    }
+                }
+                break;
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 break;
@@ -691,6 +708,11 @@ async fn interactive(engine: &Engine) -> Result<(), Failure> {
                 "\\dn" => Some("SELECT schema_name FROM information_schema.schemata WHERE catalog_name = 'medlake' AND schema_name NOT IN ('information_schema', 'pg_catalog') ORDER BY 1;".to_string()),
                 "\\dt" => Some("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema NOT IN ('information_schema', 'pg_catalog', 'system') ORDER BY 1, 2;".to_string()),
                 "\\dm" => Some("SELECT schema, name, schedule, status, rows, staleness FROM system.materialized_views ORDER BY 1, 2;".to_string()),
+                "\\d" => Some("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema NOT IN ('information_schema', 'pg_catalog', 'system') ORDER BY 1, 2;".to_string()),
+                _ if trimmed.starts_with("\\d ") => {
+                    let name = trimmed[3..].split([' ', ';']).find(|w| !w.is_empty()).unwrap_or("");
+                    Some(format!("DESCRIBE {name};"))
+                }
                 _ if trimmed.starts_with("\\dt ") => Some(format!(
                     "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = '{}' ORDER BY 2;",
                     trimmed[4..].trim().replace('\'', "''")

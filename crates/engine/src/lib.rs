@@ -47,7 +47,9 @@ pub use medlake_lake::redact as redact_location;
 pub use medlake_views::{RefreshOutcome, Status as RefreshStatus};
 
 pub use project::Applied;
-pub use statement::{Statement, bind, ends_statement, parse, parse_timestamp, split};
+pub use statement::{
+    Statement, bind, ends_statement, parse, parse_timestamp, qmark_placeholders, split,
+};
 
 /// The default schema of a session, as in Postgres.
 pub const DEFAULT_SCHEMA: &str = "public";

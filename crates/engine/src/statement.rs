@@ -110,8 +110,32 @@ pub fn bind(
     statement: &Statement,
     values: Vec<datafusion::scalar::ScalarValue>,
 ) -> Result<Statement> {
-    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value, visit_expressions_mut};
+    use datafusion::sql::sqlparser::ast::{
+        Expr as SqlExpr, Value, visit_expressions, visit_expressions_mut,
+    };
     if values.is_empty() {
+        // Nothing bound: fine, unless the statement has a parameter (a client that prepared
+        // `... = $1` or `?` and sent no values): say which, rather than fail in planning.
+        if let Statement::Sql(sql) = statement
+            && let DfStatement::Statement(ast) = sql.as_ref()
+        {
+            let mut first = None;
+            let _ = visit_expressions(ast.as_ref(), |expr: &SqlExpr| {
+                if let SqlExpr::Value(v) = expr
+                    && let Value::Placeholder(p) = &v.value
+                {
+                    first = Some(p.clone());
+                    return std::ops::ControlFlow::Break(());
+                }
+                std::ops::ControlFlow::Continue(())
+            });
+            if let Some(p) = first {
+                return Err(Error::InvalidValue {
+                    what: format!("parameter {p}"),
+                    reason: "no value was bound".into(),
+                });
+            }
+        }
         return Ok(statement.clone());
     }
     let not_sql = || Error::NotSupported {
@@ -207,6 +231,88 @@ pub fn split(sql: &str) -> Result<Vec<String>> {
     Ok(statements)
 }
 
+/// Rewrites the `?` placeholders of ADBC (`paramstyle` qmark) and JDBC clients into `$1`,
+/// `$2`, ... in order of appearance, so that they are described and bound as `$n` ones.
+/// `?` inside strings, quoted names and comments is left alone (the text is tokenized with
+/// medlake's dialect, and only placeholder tokens are replaced). SQLite-style `?NNN` becomes
+/// `$NNN`. A statement that mixes `?` and `$n` is refused (`42601`): their numbering would
+/// clash. For the Flight SQL door only: PostgreSQL itself refuses `?`, and so does the
+/// Postgres door.
+pub fn qmark_placeholders(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
+    if !sql.contains('?') {
+        return Ok(std::borrow::Cow::Borrowed(sql));
+    }
+    let dialect = MedlakeDialect::default();
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(syntax)?;
+    let offsets = LineOffsets::new(sql);
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut copied = 0;
+    let mut next = 0usize;
+    let mut dollar = false;
+    for token in &tokens {
+        let Token::Placeholder(p) = &token.token else {
+            continue;
+        };
+        if p.starts_with('$') && p[1..].chars().all(|c| c.is_ascii_digit()) && p.len() > 1 {
+            dollar = true;
+            continue;
+        }
+        let Some(number) = p.strip_prefix('?') else {
+            continue;
+        };
+        let start = offsets.offset(token.span.start.line, token.span.start.column);
+        let end = offsets.offset(token.span.end.line, token.span.end.column);
+        if start < copied || end < start || sql.get(start..end) != Some(p.as_str()) {
+            // The tokenizer's positions do not match the text: better refuse than guess.
+            return Err(syntax(format!("cannot place parameter {p}")));
+        }
+        out.push_str(&sql[copied..start]);
+        out.push('$');
+        if number.is_empty() {
+            next += 1;
+            out.push_str(&next.to_string());
+        } else {
+            out.push_str(number);
+        }
+        copied = end;
+    }
+    if copied == 0 {
+        return Ok(std::borrow::Cow::Borrowed(sql));
+    }
+    if dollar {
+        return Err(syntax(
+            "a statement uses either ? or $1, $2, ... parameters, not both",
+        ));
+    }
+    out.push_str(&sql[copied..]);
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// `?` is not a parameter in PostgreSQL's syntax (nor in medlake's): a statement with one is
+/// a syntax error (`42601`), as PostgreSQL answers, rather than a placeholder that no value
+/// can be bound to. The Flight SQL door numbers `?` first ([`qmark_placeholders`]).
+fn refuse_question_marks(text: &str) -> Result<()> {
+    if !text.contains('?') {
+        return Ok(());
+    }
+    let dialect = MedlakeDialect::default();
+    // A text the tokenizer refuses is left to the parser's own error.
+    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize() else {
+        return Ok(());
+    };
+    match tokens
+        .iter()
+        .find(|t| matches!(t, Token::Placeholder(p) if p.starts_with('?')))
+    {
+        Some(Token::Placeholder(p)) => Err(syntax(format!(
+            "syntax error at or near \"{p}\": parameters are written $1, $2, ... (? is accepted by the Flight SQL door only)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `sql` ends with a `;` that closes a statement (not one inside an unterminated
 /// string or comment): what an interactive prompt waits for.
 pub fn ends_statement(sql: &str) -> bool {
@@ -249,19 +355,40 @@ impl<'a> LineOffsets<'a> {
 }
 
 fn syntax(e: impl ToString) -> Error {
-    Error::Syntax {
-        message: e.to_string(),
+    let message = e.to_string();
+    // sqlparser's errors say "sql parser error: ..." before the message; the SQLSTATE and
+    // "syntax error" already say as much.
+    let message = message
+        .strip_prefix("sql parser error: ")
+        .map(str::to_string)
+        .unwrap_or(message);
+    Error::Syntax { message }
+}
+
+/// DataFusion's parser error as its message: `DataFusionError::SQL` prints its sqlparser
+/// error with `{:?}` (`SQL error: ParserError("Expected: ...")`), which users should not see.
+fn df_syntax(e: datafusion::error::DataFusionError) -> Error {
+    use datafusion::sql::sqlparser::parser::ParserError;
+    match e {
+        datafusion::error::DataFusionError::SQL(parser, _) => match *parser {
+            ParserError::ParserError(message) | ParserError::TokenizerError(message) => {
+                Error::Syntax { message }
+            }
+            other => syntax(other),
+        },
+        other => syntax(other),
     }
 }
 
 /// Parses one statement (no `;`).
 pub fn parse_one(text: &str) -> Result<Statement> {
     let dialect = MedlakeDialect::default();
+    refuse_question_marks(text)?;
     let mut parser = Parser::new(&dialect).try_with_sql(text).map_err(syntax)?;
     if let Some(own) = parse_own(&mut parser)? {
         return Ok(own);
     }
-    let mut statements = DFParser::parse_sql_with_dialect(text, &dialect).map_err(syntax)?;
+    let mut statements = DFParser::parse_sql_with_dialect(text, &dialect).map_err(df_syntax)?;
     match (statements.pop_front(), statements.is_empty()) {
         (Some(DfStatement::Statement(statement)), true) => Ok(Statement::Sql(Box::new(
             DfStatement::Statement(Box::new(crate::postgres::rewrite(text, *statement))),
@@ -685,6 +812,47 @@ mod tests {
         let parts = split("select 'a;b'; -- c;d\n select \"x;y\" from t;\n\n;").unwrap();
         // Comments between statements belong to neither.
         assert_eq!(parts, vec!["select 'a;b'", "select \"x;y\" from t"]);
+    }
+
+    #[test]
+    fn question_marks_become_numbered_placeholders_outside_strings_and_comments() {
+        let q = |s| qmark_placeholders(s).map(|c| c.into_owned());
+        assert_eq!(
+            q("SELECT a FROM t WHERE b > ? AND c = ?").unwrap(),
+            "SELECT a FROM t WHERE b > $1 AND c = $2"
+        );
+        assert_eq!(
+            q("SELECT '?', \"what?\", ? -- really?\n/* ? */ FROM t WHERE x IN (?, ?)").unwrap(),
+            "SELECT '?', \"what?\", $1 -- really?\n/* ? */ FROM t WHERE x IN ($2, $3)"
+        );
+        // Non-ASCII text before a placeholder, and on another line.
+        assert_eq!(
+            q("SELECT 'ä€' AS größe,\n ?").unwrap(),
+            "SELECT 'ä€' AS größe,\n $1"
+        );
+        assert_eq!(q("SELECT ?2, ?1").unwrap(), "SELECT $2, $1");
+        assert_eq!(q("SELECT $1, '?'").unwrap(), "SELECT $1, '?'");
+        assert_eq!(q("SELECT 1").unwrap(), "SELECT 1");
+        assert!(matches!(
+            q("SELECT $1, ?").unwrap_err(),
+            Error::Syntax { .. }
+        ));
+        assert!(q("SELECT 'unterminated ?").is_err());
+        // Unrewritten, `?` is a syntax error (as in PostgreSQL); in a string it is text.
+        assert!(matches!(
+            parse_one("SELECT 1 WHERE 2 > ?").unwrap_err(),
+            Error::Syntax { .. }
+        ));
+        assert!(parse_one("SELECT '?' -- ?").is_ok());
+        // The rewritten statement parses and its placeholders bind as $n ones.
+        let statement = parse_one(&q("SELECT ? + 1 AS x").unwrap()).unwrap();
+        assert!(
+            bind(
+                &statement,
+                vec![datafusion::scalar::ScalarValue::Int64(Some(41))]
+            )
+            .is_ok()
+        );
     }
 
     #[test]

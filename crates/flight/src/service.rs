@@ -224,8 +224,11 @@ fn ipc_schema(schema: &Schema) -> Result<Bytes, Status> {
     Ok(message.0)
 }
 
+/// Parses the one statement of a request. `?` placeholders (ADBC's qmark paramstyle, JDBC)
+/// are numbered `$1`, `$2`, ... first, so they are described and bound as `$n` ones.
 fn one_statement(sql: &str) -> Result<Statement, Status> {
-    let mut statements = medlake_engine::parse(sql).map_err(|e| status(&e))?;
+    let sql = medlake_engine::qmark_placeholders(sql).map_err(|e| status(&e))?;
+    let mut statements = medlake_engine::parse(&sql).map_err(|e| status(&e))?;
     match (statements.pop(), statements.is_empty()) {
         (Some(statement), true) => Ok(statement),
         (None, _) => Err(Status::invalid_argument("empty statement")),
@@ -335,11 +338,22 @@ async fn parameter_rows(
     request: Request<PeekableFlightDataStream>,
     limit: usize,
 ) -> Result<Vec<Vec<ScalarValue>>, Status> {
-    let flight = request.into_inner().map_err(FlightError::from);
+    // A message with only the descriptor (arrow-flight's Rust client sends one for an update
+    // without parameters) carries no data: it is not the parameters' schema.
+    let flight = request
+        .into_inner()
+        .try_filter(|data| {
+            std::future::ready(!(data.data_header.is_empty() && data.data_body.is_empty()))
+        })
+        .map_err(FlightError::from);
     let mut batches = FlightRecordBatchStream::new_from_flight_data(flight);
     let mut rows = Vec::new();
     while let Some(batch) = batches.next().await {
-        let batch = batch.map_err(Status::from)?;
+        // What the client sent is not Arrow IPC: its mistake, not ours.
+        let batch = batch.map_err(|e| match e {
+            FlightError::Tonic(status) => *status,
+            other => Status::invalid_argument(format!("bad parameters: {other}")),
+        })?;
         if rows.len().saturating_add(batch.num_rows()) > limit {
             return Err(Status::resource_exhausted(format!(
                 "more than {limit} parameter rows ([flight] max_parameter_rows)"
@@ -623,6 +637,9 @@ impl FlightSqlService for FlightSql {
             return Err(Status::unimplemented("transactions are not supported"));
         }
         let statement = one_statement(&query.query)?;
+        // A plain query has no way to carry parameter values: one with a parameter is refused
+        // here, naming it (22023), not deep in execution.
+        medlake_engine::bind(&statement, Vec::new()).map_err(|e| status(&e))?;
         let description = self
             .inner
             .engine

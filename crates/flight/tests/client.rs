@@ -241,6 +241,158 @@ async fn queries_prepared_statements_updates_and_ingest() {
     );
 }
 
+/// `?` placeholders (ADBC's qmark paramstyle, JDBC) are numbered as `$1`, `$2`, ...: the
+/// parameter schema is announced as for `$n`, values bind by position, `?` in strings and
+/// comments is text, and mixing `?` with `$n` is a syntax error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn question_mark_parameters_bind_like_numbered_ones() {
+    let h = start().await;
+    let mut c = client(&h).await;
+    c.handshake("alice", PASSWORD).await.expect("handshake");
+    let mut prepared = c
+        .prepare(
+            "SELECT count(*) AS n, '?' AS q FROM bronze.readings -- how many?\n\
+             WHERE device_id = ? AND value > ?"
+                .into(),
+            None,
+        )
+        .await
+        .expect("prepare with ?");
+    let announced = prepared
+        .parameter_schema()
+        .expect("parameter schema")
+        .clone();
+    let names: Vec<&str> = announced
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(names, ["$1", "$2"]);
+    assert_eq!(announced.field(1).data_type(), &DataType::Float64);
+    for (device, above, expected) in [
+        ("pump-2", 0.0, 2i64),
+        ("pump-2", 89.5, 1),
+        ("pump-1", 1e9, 0),
+    ] {
+        let parameters = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("$1", DataType::Utf8, false),
+                Field::new("$2", DataType::Float64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec![device])),
+                Arc::new(Float64Array::from(vec![above])),
+            ],
+        )
+        .expect("parameters");
+        prepared.set_parameters(parameters).expect("bind");
+        let info = prepared.execute().await.expect("execute prepared");
+        let batches = rows(&mut c, info).await;
+        assert_eq!(
+            batches[0].column(0).as_primitive::<Int64Type>().value(0),
+            expected,
+            "{device} > {above}"
+        );
+        assert_eq!(batches[0].column(1).as_string::<i32>().value(0), "?");
+    }
+    prepared.close().await.expect("close");
+
+    // A prepared update with `?`, one run per bound row.
+    let mut insert = c
+        .prepare("INSERT INTO bronze.readings VALUES (?, ?)".into(), None)
+        .await
+        .expect("prepare insert");
+    let parameters = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("$1", DataType::Utf8, false),
+            Field::new("$2", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["pump-9", "pump-9"])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+        ],
+    )
+    .expect("parameters");
+    // arrow-flight's client sends no parameters with `execute_update` (only the descriptor):
+    // the statement is refused for its unbound parameter, not as a broken stream.
+    insert.set_parameters(parameters.clone()).expect("bind");
+    let e = insert
+        .execute_update()
+        .await
+        .expect_err("no parameters sent");
+    assert!(
+        e.to_string().contains("22023") && e.to_string().contains("$1"),
+        "{e}"
+    );
+    // The parameters in the DoPut of the update, as ADBC sends them (on a statement prepared
+    // by a raw action: arrow-flight's client keeps its handle to itself).
+    let request = arrow_flight::sql::ActionCreatePreparedStatementRequest {
+        query: "INSERT INTO bronze.readings VALUES (?, ?)".into(),
+        transaction_id: None,
+    };
+    let action = Action::new(
+        "CreatePreparedStatement",
+        arrow_flight::sql::ProstMessageExt::as_any(&request).encode_to_vec(),
+    );
+    let created = c
+        .do_action(action)
+        .await
+        .expect("create")
+        .next()
+        .await
+        .expect("a result")
+        .expect("created");
+    let created: arrow_flight::sql::ActionCreatePreparedStatementResult =
+        arrow_flight::sql::Any::decode(created.body)
+            .expect("an Any")
+            .unpack()
+            .expect("a result")
+            .expect("of that type");
+    let handle = created.prepared_statement_handle;
+    let descriptor = arrow_flight::FlightDescriptor::new_cmd(
+        arrow_flight::sql::ProstMessageExt::as_any(
+            &arrow_flight::sql::CommandPreparedStatementUpdate {
+                prepared_statement_handle: handle,
+            },
+        )
+        .encode_to_vec(),
+    );
+    let data: Vec<arrow_flight::FlightData> = arrow_flight::encode::FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor))
+        .build(futures::stream::iter([Ok(parameters)]))
+        .try_collect()
+        .await
+        .expect("encode");
+    let mut results = c
+        .do_put(futures::stream::iter(data))
+        .await
+        .expect("do_put update");
+    let result = results
+        .next()
+        .await
+        .expect("a result")
+        .expect("the update ran");
+    let written = arrow_flight::sql::DoPutUpdateResult::decode(result.app_metadata)
+        .expect("an update result");
+    assert_eq!(written.record_count, 2);
+    let info = c
+        .execute(
+            "SELECT sum(value) FROM bronze.readings WHERE device_id = 'pump-9'".into(),
+            None,
+        )
+        .await
+        .expect("sum");
+    let batches = rows(&mut c, info).await;
+    let sum: &Float64Array = batches[0].column(0).as_primitive();
+    assert_eq!(sum.value(0), 3.0);
+
+    let e = c
+        .prepare("SELECT $1, ?".into(), None)
+        .await
+        .expect_err("mixed placeholders");
+    assert!(e.to_string().contains("42601"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_flight_info_stops_a_running_query() {
     let h = start().await;

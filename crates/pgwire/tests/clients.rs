@@ -381,6 +381,11 @@ async fn errors_carry_their_sqlstate() {
         ("SELECT * FROM bronze.nope", "42P01"),
         ("SELECT nope FROM bronze.readings", "42703"),
         ("SELEC 1", "42601"),
+        // `?` is not a parameter in PostgreSQL (ADBC/JDBC's qmark style is for Flight SQL).
+        (
+            "SELECT count(*) FROM bronze.readings WHERE value > ?",
+            "42601",
+        ),
         ("COPY bronze.readings FROM STDIN", "0A000"),
         ("SELECT 1 / 0", "22012"),
         ("SET no_such_setting = 1", "42704"),

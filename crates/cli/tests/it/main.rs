@@ -172,6 +172,75 @@ fn the_interactive_prompt_reads_multi_line_statements() {
     );
 }
 
+/// What a new user meets first: an empty table shows its columns (in a fresh process, in both
+/// formats), `--timing` keeps CSV output clean, a last statement without `;` piped in still
+/// runs, `\\d name` describes a table, and a syntax error reads as a message, not a debug dump.
+#[test]
+fn first_steps_of_a_new_user() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    ok(
+        &wh,
+        &["-c", "CREATE TABLE bronze.empty (id BIGINT, name VARCHAR)"],
+    );
+    // Fresh processes from here on.
+    let table = ok(&wh, &["-c", "SELECT * FROM bronze.empty"]);
+    assert_eq!(
+        table, "+----+------+\n| id | name |\n+----+------+\n+----+------+\n(0 rows)\n",
+        "{table}"
+    );
+    let filtered = ok(&wh, &["-c", "SELECT name FROM bronze.empty WHERE id > 3"]);
+    assert!(filtered.contains("| name |"), "{filtered}");
+    assert_eq!(
+        ok(
+            &wh,
+            &["--format", "csv", "-c", "SELECT * FROM bronze.empty"]
+        ),
+        "id,name\n"
+    );
+
+    let out = medlake(&wh, &["--format", "csv", "--timing", "-c", "SELECT 1 AS x"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "x\n1\n");
+    assert!(stderr(&out).starts_with("Time: "), "{}", stderr(&out));
+
+    let out = medlake(&wh, &["-c", "SELEC 1"]);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.starts_with("error [42601]: syntax error: Expected"),
+        "{message}"
+    );
+    assert!(!message.contains("ParserError"), "{message}");
+
+    let mut child = Command::new(BIN)
+        .arg("sql")
+        .arg("--warehouse")
+        .arg(&wh)
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\\d bronze.empty\nSELECT count(*) AS n\n  FROM bronze.empty")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("| id          | Int64     | YES         |"),
+        "{text}"
+    );
+    assert!(text.contains("| n |\n+---+\n| 0 |"), "{text}");
+    assert_eq!(stderr(&out), "");
+}
+
 #[test]
 fn help_is_everywhere() {
     for args in [

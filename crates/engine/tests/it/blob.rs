@@ -453,6 +453,96 @@ async fn local_folders_read_as_tables_with_partitions_and_new_files_only() {
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
+/// A LOCATION naming one file, for every kind: the table is that file (whatever its
+/// extension), and a bronze view over it takes it again only when it changed.
+#[tokio::test]
+async fn a_location_naming_one_file_is_that_file() {
+    let (_dir, engine) = scratch().await;
+    let landing = tempfile::tempdir().unwrap();
+    let root = landing.path();
+    write(root, "admissions.csv", b"id,ward\n1,icu\n2,er\n");
+    write(root, "other.csv", b"id,ward\n9,other\n");
+    write(root, "export.txt", b"id,ward\n5,lab\n");
+    write(root, "vitals.json", b"{\"id\": 1, \"hr\": 70}\n");
+    write(
+        root,
+        "codes.parquet",
+        &parquet_bytes("SELECT CAST(1 AS BIGINT) AS id, 'x' AS code").await,
+    );
+    write(root, "scan.pdf", b"%PDF-1.7 fake");
+    write(root, "ct", &dicom_file("P9", "CT", "one file", 10));
+    let file = |name: &str| format!("{}/{name}", root.canonicalize().unwrap().display());
+    engine.sql("CREATE SCHEMA landing").await.unwrap();
+    for (table, kind, name, options) in [
+        (
+            "adm",
+            "CSV",
+            "admissions.csv",
+            "OPTIONS ('has_header' 'true')",
+        ),
+        ("txt", "CSV", "export.txt", "OPTIONS ('has_header' 'true')"),
+        ("vit", "NDJSON", "vitals.json", ""),
+        ("cod", "PARQUET", "codes.parquet", ""),
+        ("pdf", "BINARYFILE", "scan.pdf", ""),
+        ("img", "DICOM", "ct", ""),
+    ] {
+        engine
+            .sql(&format!(
+                "CREATE EXTERNAL TABLE landing.{table} STORED AS {kind} LOCATION '{}' {options}",
+                file(name)
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+    }
+    assert_eq!(
+        rows(&engine, "SELECT id, ward FROM landing.adm ORDER BY id").await,
+        ["1|icu", "2|er"]
+    );
+    assert_eq!(
+        rows(&engine, "SELECT id, ward FROM landing.txt").await,
+        ["5|lab"]
+    );
+    assert_eq!(
+        rows(&engine, "SELECT id, hr FROM landing.vit").await,
+        ["1|70"]
+    );
+    assert_eq!(
+        rows(&engine, "SELECT id, code FROM landing.cod").await,
+        ["1|x"]
+    );
+    assert_eq!(
+        rows(&engine, "SELECT path, size, content_type FROM landing.pdf").await,
+        [format!("file://{}|13|application/pdf", file("scan.pdf"))]
+    );
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT patient_id, modality, error FROM landing.img"
+        )
+        .await,
+        ["P9|CT|NULL"]
+    );
+
+    // Incremental discovery of one file: "it changed or not".
+    engine
+        .sql("CREATE MATERIALIZED VIEW bronze.adm AS SELECT * FROM landing.adm")
+        .await
+        .unwrap();
+    let outcome = engine.refresh("bronze.adm", false, false).await.unwrap();
+    assert_eq!(outcome[0].mode, "none", "{}", outcome[0].reason);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(root, "admissions.csv", b"id,ward\n3,icu\n");
+    let outcome = engine.refresh("bronze.adm", false, false).await.unwrap();
+    assert_eq!(outcome[0].mode, "incremental", "{}", outcome[0].reason);
+    assert_eq!(outcome[0].rows_written, 1);
+    assert_eq!(
+        rows(&engine, "SELECT id FROM bronze.adm ORDER BY id").await,
+        ["1", "2", "3"]
+    );
+    let outcome = engine.refresh("bronze.adm", false, false).await.unwrap();
+    assert_eq!(outcome[0].mode, "none", "{}", outcome[0].reason);
+}
+
 #[tokio::test]
 async fn azure_blob_folders_binary_files_dicom_and_clear_errors() {
     let azurite = Azurite::start();

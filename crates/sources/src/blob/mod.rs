@@ -128,6 +128,10 @@ struct Remote {
     /// Hive-style partition columns, in folder order.
     #[serde(default)]
     partitions: Vec<Column>,
+    /// A cloud LOCATION that named one object (found so at CREATE); local ones say it
+    /// themselves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    single_file: bool,
 }
 
 fn check_options(format: Format, options: &BTreeMap<String, String>) -> Result<()> {
@@ -177,12 +181,23 @@ pub async fn define(
         kind: kind.to_string(),
     })?;
     check_options(format, &options)?;
-    let place = Place::open(location, &options, policy)?;
-    let listed = place.list().await?;
+    let mut place = Place::open(location, &options, policy)?;
+    let mut listed = place.list().await?;
+    let mut single_file = false;
+    if listed.is_empty() && Place::could_be_file(location) {
+        // `az://landing/readings.parquet`: no such folder, but perhaps that object.
+        let file = Place::open_file(location, &options, policy)?;
+        if let Ok(found) = file.list().await {
+            place = file;
+            listed = found;
+            single_file = true;
+        }
+    }
     let settings = Settings::parse(format, &options)?;
+    // A file named by LOCATION is read whatever its name or extension.
     let wanted: Vec<&(String, ObjectMeta)> = listed
         .iter()
-        .filter(|(relative, _)| settings.wants(relative))
+        .filter(|(relative, _)| place.file.is_some() || settings.wants(relative))
         .collect();
 
     // Partition columns: PARTITIONED BY (typed by the declared columns, else text), or the
@@ -256,6 +271,7 @@ pub async fn define(
     let remote = Remote {
         columns,
         partitions,
+        single_file,
     };
     let definition = Definition {
         kind: format.kind().to_string(),
@@ -380,7 +396,7 @@ impl Shared {
         let listed = self.place.list().await?;
         let mut files = Vec::new();
         for (relative, meta) in listed {
-            if !self.settings.wants(&relative) {
+            if self.place.file.is_none() && !self.settings.wants(&relative) {
                 continue;
             }
             let segments = hive_segments(&relative);
@@ -415,12 +431,29 @@ impl Shared {
     }
 
     fn mark(&self, files: &[Listed]) -> Mark {
+        let keys: Vec<(String, i64)> = files
+            .iter()
+            .map(|f| (self.key(f), f.meta.last_modified.timestamp_micros()))
+            .collect();
         Mark::of(
-            files
-                .iter()
-                .map(|f| (f.relative.as_str(), f.meta.last_modified.timestamp_micros())),
+            keys.iter().map(|(k, m)| (k.as_str(), *m)),
             self.settings.lookback_micros,
         )
+    }
+
+    /// How a mark names a file: its path in the folder; for a table of one file, its name
+    /// and last-modified time, so that incremental discovery is "the file changed or not"
+    /// (a rewritten file is taken again, whole).
+    fn key(&self, file: &Listed) -> String {
+        if self.place.file.is_some() {
+            format!(
+                "{}@{}",
+                file.relative,
+                file.meta.last_modified.timestamp_micros()
+            )
+        } else {
+            file.relative.clone()
+        }
     }
 
     async fn plan(
@@ -434,7 +467,7 @@ impl Shared {
             .list()
             .await?
             .into_iter()
-            .filter(|f| window.admits(&f.relative, f.meta.last_modified.timestamp_micros()))
+            .filter(|f| window.admits(&self.key(f), f.meta.last_modified.timestamp_micros()))
             .collect();
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
@@ -456,7 +489,7 @@ impl Shared {
     }
 }
 
-fn percent_decode(value: &str) -> String {
+pub(crate) fn percent_decode(value: &str) -> String {
     if !value.contains('%') {
         return value.to_string();
     }
@@ -465,8 +498,9 @@ fn percent_decode(value: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&value[i + 1..i + 3], 16)
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Ok(hex) = std::str::from_utf8(hex)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
         {
             out.push(b);
             i += 3;
@@ -505,7 +539,11 @@ impl BlobTable {
                 what: "external table definition".into(),
                 message: e.to_string(),
             })?;
-        let place = Place::open(&definition.location, options, policy)?;
+        let place = if remote.single_file {
+            Place::open_file(&definition.location, options, policy)?
+        } else {
+            Place::open(&definition.location, options, policy)?
+        };
         let settings = Settings::parse(format, options)?;
         let partitions: Vec<FieldRef> = remote
             .partitions
@@ -659,5 +697,8 @@ mod tests {
         assert!(!settings.wants(".a.csv.crc"));
         assert!(!settings.wants("notes.txt"));
         assert_eq!(percent_decode("a%20b%3D"), "a b=");
+        // A `%` before a multi-byte character or at the end is kept, never a panic.
+        assert_eq!(percent_decode("%é%2"), "%é%2");
+        assert_eq!(percent_decode("x%41"), "xA");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use url::Url;
 
 use crate::Policy;
@@ -45,9 +45,15 @@ pub struct Place {
     secrets: Vec<String>,
     /// A local folder's canonical path: listed files must resolve inside it.
     local_root: Option<std::path::PathBuf>,
+    /// When LOCATION names one file: its name in the folder (`location`, `prefix` are then
+    /// the file's folder). The table is that file alone.
+    pub file: Option<String>,
 }
 
-/// Parses LOCATION: a URL of [`SCHEMES`] naming a folder, or an absolute local path.
+/// Parses LOCATION: a URL of [`SCHEMES`] naming a folder (or one file), or an absolute local
+/// path. A local folder comes back with a trailing `/`; a local file without one. A cloud
+/// location always comes back as a folder: whether it names one object is only known by
+/// asking the store ([`Place::open_file`]).
 pub fn parse_location(location: &str) -> Result<Url> {
     let bad = |reason: String| Error::InvalidOption {
         option: "LOCATION".into(),
@@ -60,7 +66,11 @@ pub fn parse_location(location: &str) -> Result<Url> {
             if !path.is_absolute() {
                 return Err(bad("is not a URL or an absolute path".into()));
             }
-            Url::from_directory_path(path).map_err(|()| bad("is not a folder path".into()))?
+            if path.is_file() {
+                Url::from_file_path(path).map_err(|()| bad("is not a file path".into()))?
+            } else {
+                Url::from_directory_path(path).map_err(|()| bad("is not a folder path".into()))?
+            }
         }
     };
     if !SCHEMES.contains(&url.scheme()) {
@@ -89,10 +99,13 @@ pub fn parse_location(location: &str) -> Result<Url> {
         let path = url
             .to_file_path()
             .map_err(|()| bad("is not a local path".into()))?;
+        if path.is_file() {
+            return Ok(url);
+        }
         if !path.is_dir() {
             return Err(Error::LocationNotFound {
                 location: location.to_string(),
-                message: "no such folder".into(),
+                message: "no such file or folder".into(),
             });
         }
     }
@@ -107,12 +120,40 @@ impl Place {
     /// The store of `location` with the storage options among `options` (resolved now), as
     /// `policy` allows: a local folder under an allowed path, never the warehouse's own
     /// storage, the server's cloud identity only where allowed, connections vetted.
+    ///
+    /// A local LOCATION that is a file is that file alone; a cloud one is a folder (see
+    /// [`Place::open_file`]).
     pub fn open(
         location: &str,
         options: &BTreeMap<String, String>,
         policy: &Arc<Policy>,
     ) -> Result<Self> {
+        Self::open_as(location, options, policy, false)
+    }
+
+    /// As [`Place::open`], the last segment of LOCATION taken as the name of one file (a
+    /// cloud object; a local LOCATION says itself whether it is a file).
+    pub fn open_file(
+        location: &str,
+        options: &BTreeMap<String, String>,
+        policy: &Arc<Policy>,
+    ) -> Result<Self> {
+        Self::open_as(location, options, policy, true)
+    }
+
+    /// Whether a cloud LOCATION could name one object (it does not end with `/`).
+    pub fn could_be_file(location: &str) -> bool {
+        !location.ends_with('/') && Url::parse(location).is_ok_and(|u| u.scheme() != "file")
+    }
+
+    fn open_as(
+        location: &str,
+        options: &BTreeMap<String, String>,
+        policy: &Arc<Policy>,
+        cloud_file: bool,
+    ) -> Result<Self> {
         let mut url = parse_location(location)?;
+        let mut file = None;
         let mut local_root = None;
         let mut config = Vec::new();
         let mut secrets = Vec::new();
@@ -140,14 +181,47 @@ impl Place {
                 option: "LOCATION".into(),
                 reason: format!("'{location}' is not a local path"),
             })?;
-            // Read the folder the check saw (symlinks resolved), not the path as written.
+            // Read the folder (or file) the check saw (symlinks resolved), not the path as
+            // written: a single file passes the same allow- and forbid-lists as a folder.
             let canonical = policy.check_path("LOCATION", &path)?;
-            local_root = Some(canonical.clone());
-            url = Url::from_directory_path(&canonical).map_err(|()| Error::InvalidOption {
+            let folder = if canonical.is_file() {
+                let name = canonical
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| Error::InvalidOption {
+                        option: "LOCATION".into(),
+                        reason: format!("'{location}' has no file name in UTF-8"),
+                    })?;
+                file = Some(name.to_string());
+                canonical
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_else(|| canonical.clone())
+            } else {
+                canonical
+            };
+            local_root = Some(folder.clone());
+            url = Url::from_directory_path(&folder).map_err(|()| Error::InvalidOption {
                 option: "LOCATION".into(),
                 reason: format!("'{location}' is not a folder path"),
             })?;
         } else {
+            if cloud_file {
+                // `…/folder/name/` (as parsed) → folder `…/folder/` and file `name`.
+                let trimmed = url.path().trim_end_matches('/').to_string();
+                match trimmed.rsplit_once('/') {
+                    Some((parent, name)) if !name.is_empty() => {
+                        file = Some(super::percent_decode(name));
+                        url.set_path(&format!("{parent}/"));
+                    }
+                    _ => {
+                        return Err(Error::InvalidOption {
+                            option: "LOCATION".into(),
+                            reason: format!("'{}' names no file", medlake_lake::redact(location)),
+                        });
+                    }
+                }
+            }
             check_cloud(&url, &config, policy)?;
         }
         let (store, prefix) = build(&url, &config, policy).map_err(|e| Error::InvalidOption {
@@ -160,11 +234,26 @@ impl Place {
             prefix,
             secrets,
             local_root,
+            file,
         })
     }
 
-    /// Every object under the folder, with its path relative to the folder.
+    /// Every object under the folder, with its path relative to the folder; or the one file.
     pub async fn list(&self) -> Result<Vec<(String, ObjectMeta)>> {
+        if let Some(name) = &self.file {
+            let path = self.prefix.clone().join(name.as_str());
+            let meta = self.store.head(&path).await.map_err(|e| self.error(e))?;
+            let mut files = vec![(name.clone(), meta)];
+            self.retain_inside(&mut files);
+            if files.is_empty() {
+                return Err(Error::LocationNotFound {
+                    location: format!("{}{name}", self.location),
+                    message: "the file now resolves outside its folder (a symlink); it is not read"
+                        .into(),
+                });
+            }
+            return Ok(files);
+        }
         let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
         let found: Vec<ObjectMeta> = self
             .store
@@ -185,9 +274,15 @@ impl Place {
                 Some((relative, meta))
             })
             .collect();
-        // A symlink inside the folder (a file or a folder) must not reach outside it: anyone
-        // who can drop a file into a landing folder could otherwise expose /etc/passwd or the
-        // TLS key. Such entries are skipped (and logged), never read.
+        self.retain_inside(&mut files);
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(files)
+    }
+
+    /// A symlink inside the folder (a file or a folder) must not reach outside it: anyone
+    /// who can drop a file into a landing folder could otherwise expose /etc/passwd or the
+    /// TLS key. Such entries are skipped (and logged), never read.
+    fn retain_inside(&self, files: &mut Vec<(String, ObjectMeta)>) {
         if let Some(root) = &self.local_root {
             files.retain(|(_, meta)| {
                 let path = std::path::Path::new("/").join(meta.location.as_ref());
@@ -205,8 +300,6 @@ impl Place {
                 inside
             });
         }
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(files)
     }
 
     /// An object_store error as the connector's, without a secret.
@@ -354,6 +447,62 @@ mod tests {
             vec!["a.csv", "inner/b.csv", "inside.csv"],
             "{names:?}"
         );
+    }
+
+    /// A LOCATION naming one file is that file alone, and passes the same checks as a folder:
+    /// the allow-list, the forbidden paths (a TLS key named directly), symlinks resolved.
+    #[tokio::test]
+    async fn a_single_file_location_follows_the_path_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let landing = dir.path().join("landing");
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir_all(&landing).unwrap();
+        std::fs::create_dir_all(&secrets).unwrap();
+        std::fs::write(landing.join("readings.csv"), "x\n1\n").unwrap();
+        std::fs::write(landing.join("other.csv"), "x\n2\n").unwrap();
+        std::fs::write(secrets.join("server.key"), "PRIVATE").unwrap();
+        std::os::unix::fs::symlink(secrets.join("server.key"), landing.join("key.csv")).unwrap();
+        let mut policy = Policy::strict();
+        policy.allowed_paths = vec![dir.path().to_path_buf()];
+        policy.forbidden_paths = vec![secrets.join("server.key")];
+        let policy = Arc::new(policy);
+        let options = BTreeMap::new();
+
+        let file = landing.join("readings.csv");
+        let place = Place::open(file.to_str().unwrap(), &options, &policy).unwrap();
+        assert_eq!(place.file.as_deref(), Some("readings.csv"));
+        let listed = place.list().await.unwrap();
+        let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["readings.csv"]);
+        assert_eq!(
+            format!("{}{}", place.location, names[0]),
+            url::Url::from_file_path(file.canonicalize().unwrap())
+                .unwrap()
+                .to_string()
+        );
+
+        // The forbidden file, named directly or through a symlink in an allowed folder.
+        for named in [secrets.join("server.key"), landing.join("key.csv")] {
+            let e = Place::open(named.to_str().unwrap(), &options, &policy).unwrap_err();
+            assert_eq!(e.sqlstate(), "42501", "{named:?}: {e}");
+        }
+        // A file outside the allow-list.
+        let mut narrow = Policy::strict();
+        narrow.allowed_paths = vec![secrets.clone()];
+        let e = Place::open(file.to_str().unwrap(), &options, &Arc::new(narrow)).unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{e}");
+        // A missing file: not found, as a missing folder.
+        let e = Place::open(
+            landing.join("nope.csv").to_str().unwrap(),
+            &options,
+            &policy,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::LocationNotFound { .. }), "{e}");
+        // Once opened, the file replaced by a symlink to the forbidden one is not read.
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(secrets.join("server.key"), &file).unwrap();
+        assert!(place.list().await.is_err());
     }
 
     #[test]
