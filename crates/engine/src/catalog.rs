@@ -5,6 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock, RwLock};
 
+/// The schema of the Postgres system catalog.
+pub const PG_CATALOG: &str = "pg_catalog";
+
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::datasource::TableType;
@@ -178,7 +181,7 @@ impl CatalogProvider for LakeCatalog {
         name: &str,
         schema: Arc<dyn SchemaProvider>,
     ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
-        if name == crate::postgres::PG_CATALOG {
+        if name == PG_CATALOG {
             let previous = self.builtin_schema(name);
             self.set_builtin_schema(name, schema);
             return Ok(previous);

@@ -42,10 +42,8 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
+pub use crate::catalog::PG_CATALOG;
 use crate::catalog::{CATALOG, LakeCatalog};
-
-/// The schema of the Postgres system catalog.
-pub const PG_CATALOG: &str = "pg_catalog";
 /// The PostgreSQL version medlake reports (`server_version`, `version()`): the SQL dialect
 /// and catalog it imitates.
 pub const SERVER_VERSION: &str = "16.6";

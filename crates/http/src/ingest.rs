@@ -232,6 +232,15 @@ impl IntoResponse for Failure {
     }
 }
 
+/// `GET /metrics`: Prometheus text.
+pub(crate) async fn metrics(Extract(state): Extract<State>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics().text(),
+    )
+        .into_response()
+}
+
 pub(crate) async fn health(Extract(state): Extract<State>) -> Response {
     match state.inner.engine.warehouse().schema_exists("public").await {
         Ok(true) => (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response(),

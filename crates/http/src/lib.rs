@@ -229,7 +229,7 @@ impl Server {
         let router = Router::new()
             .route("/v1/ingest/{target}", post(ingest::handle))
             .route("/healthz", get(ingest::health))
-            .route("/metrics", get(metrics::render))
+            .route("/metrics", get(ingest::metrics))
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .with_state(state);
         Ok(Self {

@@ -5,12 +5,6 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::State as Extract;
-use axum::http::header;
-use axum::response::IntoResponse;
-
-use crate::ingest::State;
-
 #[derive(Default)]
 pub(crate) struct Metrics {
     /// (table, HTTP status) → requests.
@@ -56,7 +50,8 @@ impl Metrics {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn text(&self) -> String {
+    /// The Prometheus text of every series.
+    pub(crate) fn text(&self) -> String {
         let mut out = String::new();
         header(
             &mut out,
@@ -147,11 +142,4 @@ fn escape(label: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-pub(crate) async fn render(Extract(state): Extract<State>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics().text(),
-    )
 }

@@ -161,11 +161,11 @@ impl Startup {
         ));
         // A client may choose its schema at connect time (`options=-c search_path=bronze`).
         if let Some(options) = client.metadata().get("options").cloned() {
-            connection.apply_startup_options(&options)?;
+            crate::commands::apply_startup_options(&connection, &options)?;
         }
         for (key, value) in client.metadata().clone() {
             if let Some(setting) = startup_setting(&key) {
-                connection.apply_startup_setting(setting, &value)?;
+                crate::commands::apply_startup_setting(&connection, setting, &value)?;
             }
         }
         if read_only {

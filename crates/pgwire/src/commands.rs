@@ -549,6 +549,23 @@ pub(crate) fn check_setting(name: &str, values: &[String]) -> PgWireResult<Setti
 }
 
 /// Applies `SET name = values`. Returns the ParameterStatus to report, if any.
+/// `options=-c name=value -c ...` from the startup packet.
+pub(crate) fn apply_startup_options(connection: &Connection, options: &str) -> PgWireResult<()> {
+    for (name, value) in crate::connection::startup_assignments(options) {
+        set(connection, &name, &[value])?;
+    }
+    Ok(())
+}
+
+/// A setting given as a startup parameter of its own (`search_path`, `application_name`, ...).
+pub(crate) fn apply_startup_setting(
+    connection: &Connection,
+    name: &str,
+    value: &str,
+) -> PgWireResult<()> {
+    set(connection, &name.to_ascii_lowercase(), &[value.to_string()]).map(|_| ())
+}
+
 pub(crate) fn set(
     connection: &Connection,
     name: &str,

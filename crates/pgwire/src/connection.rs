@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use pgwire::error::PgWireResult;
 use pgwire::messages::startup::SecretKey;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -177,18 +176,6 @@ impl Connection {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut settings);
-    }
-
-    /// `options=-c name=value -c ...` from the startup packet.
-    pub(crate) fn apply_startup_options(&self, options: &str) -> PgWireResult<()> {
-        for (name, value) in startup_assignments(options) {
-            crate::commands::set(self, &name, &[value])?;
-        }
-        Ok(())
-    }
-
-    pub(crate) fn apply_startup_setting(&self, name: &str, value: &str) -> PgWireResult<()> {
-        crate::commands::set(self, &name.to_ascii_lowercase(), &[value.to_string()]).map(|_| ())
     }
 
     /// Marks the start of a query; returns its deadline (`statement_timeout`).

@@ -5,6 +5,7 @@
 
 mod extract;
 mod ingest;
+mod layering;
 mod quickstart;
 mod simulate;
 

@@ -1,0 +1,106 @@
+//! The crate graph keeps its layers: a test that fails when a crate depends on one it must
+//! not (read from `cargo metadata`, so it sees exactly what Cargo builds). The README's
+//! architecture section draws the same graph.
+//!
+//! Layers, bottom up: `medlake-common`; `medlake-auth`, `medlake-lake`; the source contract
+//! `medlake-source(s)` and its connectors `medlake-source-*`; `medlake-views`;
+//! `medlake-engine`; the doors (`medlake-pgwire`, `medlake-flight`, `medlake-http`); the
+//! `medlake` command line on top, the only crate that knows every other.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+/// Every workspace crate and the workspace crates it depends on (normal and build
+/// dependencies; dev-dependencies are a test's business).
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let packages = metadata["packages"].as_array().expect("packages");
+    let members: BTreeSet<String> = packages
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    packages
+        .iter()
+        .map(|p| {
+            let name = p["name"].as_str().unwrap_or_default().to_owned();
+            let deps = p["dependencies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| d["kind"].as_str() != Some("dev"))
+                .filter_map(|d| d["name"].as_str())
+                .filter(|d| members.contains(*d))
+                .map(str::to_owned)
+                .collect();
+            (name, deps)
+        })
+        .collect()
+}
+
+/// The layer of a crate (higher may depend on lower, never the reverse or sideways
+/// between doors).
+fn layer(name: &str) -> Option<u8> {
+    Some(match name {
+        "medlake-common" => 0,
+        "medlake-auth" | "medlake-lake" => 1,
+        "medlake-source" | "medlake-sources" => 2,
+        n if n.starts_with("medlake-source-") => 3,
+        "medlake-views" => 4,
+        "medlake-engine" => 5,
+        "medlake-pgwire" | "medlake-flight" | "medlake-http" => 6,
+        "medlake-demo" => 7,
+        "medlake" => 8,
+        // Test fixtures (a TDS server) stand apart: only tests use them.
+        "medlake-tds-testserver" => return None,
+        other => panic!("{other}: a new crate must be placed in a layer here and in the README"),
+    })
+}
+
+#[test]
+fn crates_depend_only_on_lower_layers() {
+    let graph = graph();
+    assert!(graph.contains_key("medlake-engine"), "{graph:?}");
+    let mut wrong = Vec::new();
+    for (name, deps) in &graph {
+        let Some(own) = layer(name) else { continue };
+        for dep in deps {
+            match layer(dep) {
+                None => wrong.push(format!("{name} -> {dep} (a test fixture)")),
+                Some(theirs) if theirs >= own => {
+                    wrong.push(format!("{name} (layer {own}) -> {dep} (layer {theirs})"));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "crates depend across layers: {wrong:#?}");
+}
+
+#[test]
+fn views_never_see_a_connector_and_connectors_never_see_each_other() {
+    let graph = graph();
+    let views = &graph["medlake-views"];
+    assert!(
+        !views.iter().any(|d| d.starts_with("medlake-source-")),
+        "medlake-views must receive connectors as a registry: {views:?}"
+    );
+    for (name, deps) in graph.iter().filter(|(n, _)| n.starts_with("medlake-source-")) {
+        let others: Vec<_> = deps
+            .iter()
+            .filter(|d| d.starts_with("medlake-source-"))
+            .collect();
+        assert!(others.is_empty(), "{name} depends on {others:?}");
+    }
+}
