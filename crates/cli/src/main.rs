@@ -2,6 +2,7 @@
 //! `medlake_engine::Engine`.
 
 mod config;
+mod doors;
 mod quickstart;
 mod simulate;
 
@@ -353,8 +354,45 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Some(path) => config::Config::load(path).map_err(Failure::Usage)?,
         None => config::Config::default(),
     };
+    let (access, http_auth) = access_of(&config, args.insecure_no_auth)?;
+    let policy = config.source_policy().map_err(Failure::Usage)?;
+    tracing::debug!(policy = ?policy, "source policy");
+    let runtime = medlake_engine::runtime::RuntimeSettings::from_env()?.or_default_limit();
+    let engine = Engine::open_with_sources(&args.warehouse, runtime, policy).await?;
+    if let Some(project) = &args.project {
+        print_applied(&engine.apply_project(project).await?);
+    }
+    let doors_config = doors_config(&args, &config, access, http_auth);
+    let doors = doors::Doors::bind(&engine, doors_config, "serve").await?;
+    println!(
+        "medlake serve: refreshing scheduled views of {} (Ctrl-C stops)",
+        medlake_engine::redact_location(engine.warehouse().url().as_str())
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        doors::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let scheduler = engine.scheduler();
+    tokio::join!(
+        doors.serve(stopped.clone()),
+        scheduler.run(
+            std::time::Duration::from_secs(args.poll_seconds.max(1)),
+            doors::until(stopped),
+        ),
+    );
+    println!("medlake serve: stopped");
+    Ok(())
+}
+
+/// Who may use the password doors, and the HTTP door: configured users and tokens, or no
+/// authentication at all (`--insecure-no-auth`, loopback only), never a mix.
+fn access_of(
+    config: &config::Config,
+    insecure_no_auth: bool,
+) -> Result<(medlake_auth::Access, medlake_http::Auth), Failure> {
     let users = config.users().map_err(Failure::Usage)?;
-    let access = match (users.is_empty(), args.insecure_no_auth) {
+    let access = match (users.is_empty(), insecure_no_auth) {
         (false, false) => medlake_auth::Access::Users(users),
         (true, true) => medlake_auth::Access::InsecureNoAuth,
         (false, true) => {
@@ -371,8 +409,6 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let tokens = config.ingest_tokens().map_err(Failure::Usage)?;
-    let policy = config.source_policy().map_err(Failure::Usage)?;
-    tracing::debug!(policy = ?policy, "source policy");
     let http_auth = match (&access, tokens.is_empty()) {
         (medlake_auth::Access::InsecureNoAuth, true) => medlake_http::Auth::InsecureNoAuth,
         (medlake_auth::Access::InsecureNoAuth, false) => {
@@ -382,17 +418,20 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         (medlake_auth::Access::Users(_), _) => medlake_http::Auth::Tokens(tokens),
     };
-    let runtime = medlake_engine::runtime::RuntimeSettings::from_env()?.or_default_limit();
-    let engine = Engine::open_with_sources(&args.warehouse, runtime, policy).await?;
-    if let Some(project) = &args.project {
-        print_applied(&engine.apply_project(project).await?);
-    }
-    let mut http_config = medlake_http::Config::new(args.http, http_auth);
+    Ok((access, http_auth))
+}
+
+/// Every door's configuration from the server's config file.
+fn doors_config(
+    args: &ServeArgs,
+    config: &config::Config,
+    access: medlake_auth::Access,
+    http_auth: medlake_http::Auth,
+) -> doors::DoorsConfig {
     let tls = config.tls.as_ref().map(|t| medlake_auth::TlsFiles {
         cert: t.cert.clone(),
         key: t.key.clone(),
     });
-    http_config.tls = tls.clone();
     // One record of failed logins for every door: a lockout on one is a lockout on all.
     let logins = medlake_auth::Logins::new(
         config
@@ -401,6 +440,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             .map(config::LoginsEntry::policy)
             .unwrap_or_default(),
     );
+    let mut http_config = medlake_http::Config::new(args.http, http_auth);
+    http_config.tls = tls.clone();
     if let Some(http) = &config.http {
         if let Some(n) = http.max_body_bytes {
             http_config.max_body_bytes = n;
@@ -430,15 +471,24 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                 .insert(table.clone(), medlake_http::InvalidRows::Quarantine);
         }
     }
-    let http = medlake_http::Server::bind(engine.clone(), http_config)
-        .await
-        .map_err(|e| Failure::Usage(e.to_string()))?;
-    let flight = medlake_flight::Server::bind(
-        engine.clone(),
-        medlake_flight::Config {
-            listen: args.flight,
+    let postgres = config.postgres.as_ref();
+    doors::DoorsConfig {
+        pg: medlake_pgwire::Config {
+            listen: args.pg,
             tls: tls.clone(),
             access: access.clone(),
+            max_connections: postgres
+                .and_then(|p| p.max_connections)
+                .unwrap_or(medlake_pgwire::DEFAULT_MAX_CONNECTIONS),
+            max_prepared_statements: postgres
+                .and_then(|p| p.max_prepared_statements)
+                .unwrap_or(medlake_pgwire::DEFAULT_MAX_PREPARED_STATEMENTS),
+            logins: logins.clone(),
+        },
+        flight: medlake_flight::Config {
+            listen: args.flight,
+            tls,
+            access,
             token_lifetime: std::time::Duration::from_secs(
                 config
                     .flight
@@ -448,89 +498,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                     .clamp(1, 366 * 86_400),
             ),
             limits: flight_limits(config.flight.as_ref()),
-            logins: logins.clone(),
-        },
-    )
-    .await
-    .map_err(|e| Failure::Usage(e.to_string()))?;
-    let pg = medlake_pgwire::Server::bind(
-        engine.clone(),
-        medlake_pgwire::Config {
-            listen: args.pg,
-            tls: tls.clone(),
-            access,
-            max_connections: config
-                .postgres
-                .as_ref()
-                .and_then(|p| p.max_connections)
-                .unwrap_or(medlake_pgwire::DEFAULT_MAX_CONNECTIONS),
-            max_prepared_statements: config
-                .postgres
-                .as_ref()
-                .and_then(|p| p.max_prepared_statements)
-                .unwrap_or(medlake_pgwire::DEFAULT_MAX_PREPARED_STATEMENTS),
             logins,
         },
-    )
-    .await
-    .map_err(|e| Failure::Usage(e.to_string()))?;
-    let pg_addr = pg
-        .local_addr()
-        .map_err(|e| Failure::Usage(format!("postgres door: {e}")))?;
-    println!(
-        "medlake serve: postgres on {pg_addr}{}",
-        if pg.tls() { " (TLS required)" } else { "" }
-    );
-    let flight_addr = flight
-        .local_addr()
-        .map_err(|e| Failure::Usage(format!("flight sql door: {e}")))?;
-    println!(
-        "medlake serve: flight sql on {flight_addr}{}",
-        if flight.tls() { " (TLS required)" } else { "" }
-    );
-    let http_addr = http
-        .local_addr()
-        .map_err(|e| Failure::Usage(format!("http door: {e}")))?;
-    println!(
-        "medlake serve: http on {http_addr}{}",
-        if http.tls() { " (TLS required)" } else { "" }
-    );
-    println!(
-        "medlake serve: refreshing scheduled views of {} (Ctrl-C stops)",
-        medlake_engine::redact_location(engine.warehouse().url().as_str())
-    );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    let _ = stop.send(true);
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        let _ = stop.send(true);
-    });
-    let scheduler = engine.scheduler();
-    tokio::join!(
-        pg.serve(wait(stopped.clone())),
-        flight.serve(wait(stopped.clone())),
-        http.serve(wait(stopped.clone())),
-        scheduler.run(
-            std::time::Duration::from_secs(args.poll_seconds.max(1)),
-            wait(stopped),
-        ),
-    );
-    println!("medlake serve: stopped");
-    Ok(())
+        http: http_config,
+    }
 }
 
 async fn sql(args: SqlArgs) -> Result<(), Failure> {

@@ -726,26 +726,230 @@ fn hour_key(ms: i64) -> String {
         None => "19700101T0000".into(),
     }
 }
-
-async fn generate(
+/// The last pushed, cloud and Parquet readings, loaded; the staging schema dropped.
+async fn finish_channels(
     engine: &Engine,
-    plan: &Plan,
-    warehouse: &Path,
-    landing: &Path,
-    progress: &Progress,
-) -> Result<Hospital, Failure> {
-    let mut dice = Dice(Rng::new(plan.seed ^ 0x5EED_0F40_517A));
-    let mut simulation = Simulation::new(plan);
-    let devices = simulation.device_list();
-    let deteriorating = simulation.deteriorating();
-    let start = plan.start_ms;
-    let end = start + (plan.duration_s * 1000.0) as i64;
-    let mut hospital = Hospital {
-        patients: simulation.patients(),
-        devices: devices.len(),
-        ..Hospital::default()
-    };
+    pushed: &mut ReadingColumns,
+    cloud: &mut ReadingColumns,
+    parquet: &mut ParquetUploads,
+    hospital: &mut Hospital,
+) -> Result<(), Failure> {
+    pushed.flush(engine, true).await?;
+    cloud.flush(engine, true).await?;
+    parquet.upload(engine).await?;
+    engine
+        .sql(&format!("DROP SCHEMA {STAGING} CASCADE"))
+        .await?;
+    hospital.parquet_rows = parquet.columns.total;
+    hospital.parquet_files = parquet.files;
+    hospital.pushed = pushed.total;
+    hospital.cloud = cloud.total;
+    Ok(())
+}
 
+/// Loads the EHR stand-in's patients, ward stays, devices and assignments.
+async fn insert_ehr(
+    engine: &Engine,
+    progress: &Progress,
+    tables: [&Rows; 4],
+) -> Result<(), Failure> {
+    for rows in tables {
+        rows.insert(engine).await?;
+    }
+    let [patients, encounters, register, _] = tables;
+    progress.say(format!(
+        "EHR stand-in: {} patients, {} ward stays, {} devices and their assignments",
+        patients.rows.len(),
+        encounters.rows.len(),
+        register.rows.len()
+    ));
+    Ok(())
+}
+
+/// A blood-pressure cuff's reading as the vendor's cloud syncs it: half of the cuffs in kPa,
+/// received 20 s to 3 min after it was taken.
+fn cuff_sync(r: &Reading, dice: &mut Dice) -> (Option<f64>, &'static str, i64) {
+    let kpa = r.device_id.ends_with(['0', '2', '4', '6', '8']);
+    let (value, unit) = match (kpa, r.value) {
+        (true, Some(v)) => (Some((v / 7.50062 * 100.0).round() / 100.0), "kPa"),
+        _ => (r.value, r.unit),
+    };
+    let received = r.taken_at_ms + (dice.range(20.0, 180.0) * 1000.0) as i64;
+    (value, unit, received)
+}
+
+/// A glucometer's reading as a line of its hour's CSV upload, in mmol/L.
+fn glucometer_line(csv: &mut BTreeMap<String, String>, r: &Reading) {
+    let line = csv.entry(hour_key(r.taken_at_ms)).or_default();
+    let value = r.value.map(|v| (v / 18.016 * 10.0).round() / 10.0);
+    let _ = writeln!(
+        line,
+        "{},{},{},{},mmol/L,{}",
+        r.device_id,
+        r.patient_id,
+        r.metric.name(),
+        value.map_or(String::new(), |v| v.to_string()),
+        Utc.timestamp_millis_opt(r.taken_at_ms)
+            .single()
+            .map_or(String::new(), |t| t
+                .format("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string())
+    );
+}
+
+/// Hourly CSV uploads of the glucometers, plus one from a glucometer the register does not
+/// know and one whose patient disagrees with the EHR (silver quarantines both). Returns how
+/// many files were written.
+fn write_csv_uploads(
+    csv: &mut BTreeMap<String, String>,
+    devices: &[(Arc<str>, &'static str, i32)],
+    end: i64,
+    landing: &Path,
+) -> Result<usize, Failure> {
+    let last_hour = csv.keys().last().cloned();
+    if let Some(hour) = last_hour
+        && let Some(lines) = csv.get_mut(&hour)
+    {
+        let t = Utc
+            .timestamp_millis_opt(end - 60_000)
+            .single()
+            .map_or(String::new(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let _ = writeln!(lines, "glucometer-999,1001,glucose,6.1,mmol/L,{t}");
+        if let Some((id, _, patient)) = devices.iter().find(|d| d.1 == "glucometer") {
+            let _ = writeln!(lines, "{id},{},glucose,5.9,mmol/L,{t}", patient + 1);
+        }
+    }
+    for (hour, lines) in csv.iter() {
+        let folder = landing.join("readings/csv").join(format!("batch={hour}"));
+        std::fs::create_dir_all(&folder).map_err(|e| io_error("create", &folder, e))?;
+        let path = folder.join("glucometers.csv");
+        let body = format!("device_id,patient_id,metric,value,unit,taken_at\n{lines}");
+        std::fs::write(&path, body).map_err(|e| io_error("write", &path, e))?;
+    }
+    Ok(csv.len())
+}
+
+/// What a reading tells the ward: the latest charted value of its metric, and an alert when
+/// it alarms (at most one per kind per patient every 30 minutes).
+fn note_vitals(
+    state: &mut PatientState,
+    r: &Reading,
+    alerts: &mut Rows,
+    dice: &mut Dice,
+    alert_id: &mut u64,
+    end: i64,
+) {
+    let metric = r.metric.name();
+    if let Some(v) = r.value {
+        let celsius = if r.unit == "degF" {
+            ((v - 32.0) * 5.0 / 9.0 * 10.0).round() / 10.0
+        } else {
+            v
+        };
+        if let Some(slot) = CHARTED.iter().position(|m| *m == metric)
+            && plausible(metric, celsius)
+        {
+            state.latest[slot] = Some(celsius);
+        }
+        if let Some((kind, severity, message)) = alarm(metric, celsius) {
+            let last = state.last_alert.get(kind).copied();
+            if last.is_none_or(|t| r.taken_at_ms - t > 30 * 60_000) {
+                state.last_alert.insert(kind, r.taken_at_ms);
+                *alert_id += 1;
+                push_alert(
+                    alerts,
+                    dice,
+                    *alert_id,
+                    r,
+                    kind,
+                    severity,
+                    &format!("{message}: {celsius} {}", r.unit),
+                    end,
+                );
+            }
+        }
+    }
+}
+
+/// Some devices go flat for a while (battery out, unplugged): no readings, events instead.
+fn outages(
+    dice: &mut Dice,
+    devices: &[(Arc<str>, &'static str, i32)],
+    start: i64,
+    end: i64,
+) -> BTreeMap<Arc<str>, (i64, i64)> {
+    let mut outages = BTreeMap::new();
+    for (id, _, _) in devices {
+        if dice.chance(0.05) {
+            let from = start + (dice.range(0.1, 0.8) * (end - start) as f64) as i64;
+            let to = from + (dice.range(20.0, 90.0) * 60_000.0) as i64;
+            outages.insert(id.clone(), (from, to.min(end)));
+        }
+    }
+    outages
+}
+
+/// The NEWS2 observations a nurse charts for one patient up to `clock`, every four hours
+/// (from the latest readings, worse in the second half for a deteriorating patient).
+fn chart(
+    state: &mut PatientState,
+    worsening: bool,
+    dice: &mut Dice,
+    clock: i64,
+    (start, end): (i64, i64),
+    observations: &mut Rows,
+    observation_id: &mut i64,
+) {
+    while state.next_observation_ms <= clock && state.next_observation_ms < end {
+        let at = state.next_observation_ms;
+        let worse = worsening && at > start + (end - start) / 2;
+        let defaults = [16.0, 97.0, 124.0, 78.0, 36.8];
+        let sds = [2.0, 1.0, 12.0, 8.0, 0.3];
+        let mut values = [0.0; 5];
+        for k in 0..5 {
+            let v = state.latest[k].unwrap_or_else(|| dice.normal(defaults[k], sds[k]));
+            values[k] = if k == 4 {
+                (v * 10.0).round() / 10.0
+            } else {
+                v.round()
+            };
+        }
+        let on_oxygen = values[1] < 94.0 || (worse && dice.chance(0.7));
+        let consciousness = if worse && dice.chance(0.4) {
+            dice.pick(&["C", "V"])
+        } else {
+            "A"
+        };
+        let recorded = at + (dice.range(1.0, 15.0) * 60_000.0) as i64;
+        observations.push(&[
+            observation_id.to_string(),
+            state.id.to_string(),
+            ts_sql(at),
+            num(Some(values[0])),
+            num(Some(values[1])),
+            on_oxygen.to_string(),
+            num(Some(values[2])),
+            num(Some(values[3])),
+            text(consciousness),
+            num(Some(values[4])),
+            text(dice.pick(NURSES)),
+            ts_sql(recorded),
+        ]);
+        *observation_id += 1;
+        state.next_observation_ms += (dice.range(3.5, 4.5) * 3_600_000.0) as i64;
+    }
+}
+
+/// The EHR's patients and their ward stays, with a few patients discharged earlier (whose
+/// devices went on to the current patients: the as-of join must not give their readings to
+/// them), and each current patient's simulation state.
+fn ehr_people(
+    dice: &mut Dice,
+    patient_count: usize,
+    deteriorating: &[i32],
+    start: i64,
+    end: i64,
+) -> (Rows, Rows, Vec<PatientState>) {
     // Patients, their ward stays, and a few discharged earlier (whose devices went on to the
     // current patients: the as-of join must not give their readings to them).
     let mut patients = Rows::new("ehr.patients");
@@ -753,7 +957,7 @@ async fn generate(
     let mut states = Vec::new();
     let admitted_ms = start - 2 * 3_600_000;
     let mut encounter_id = 1i64;
-    for p in 0..simulation.patients() {
+    for p in 0..patient_count {
         let id = 1001 + p as i32;
         let birth_year = 1930 + (dice.uniform() * 75.0) as i32;
         patients.push(&[
@@ -848,6 +1052,12 @@ async fn generate(
         encounter_id += 1;
     }
 
+    (patients, encounters, states)
+}
+
+/// The device register and who each device is attached to (the first three were on a
+/// discharged patient before).
+fn device_rows(devices: &[(Arc<str>, &'static str, i32)], rate: f64, start: i64) -> (Rows, Rows) {
     // The device register and who each device is attached to.
     let mut register = Rows::new("ehr.devices");
     let mut assignments = Rows::new("ehr.device_assignments");
@@ -865,7 +1075,7 @@ async fn generate(
             text(manufacturer),
             text(model),
             text(&format!("SN{:08}", 40_000 + i * 37)),
-            num(Some(plan.rate)),
+            num(Some(rate)),
             ts_sql(start - 30 * 86_400_000),
         ]);
         let assignment = (i + 1) as i64;
@@ -890,26 +1100,39 @@ async fn generate(
             ts_sql(start),
         ]);
     }
-    patients.insert(engine).await?;
-    encounters.insert(engine).await?;
-    register.insert(engine).await?;
-    assignments.insert(engine).await?;
-    progress.say(format!(
-        "EHR stand-in: {} patients, {} ward stays, {} devices and their assignments",
-        patients.rows.len(),
-        encounters.rows.len(),
-        register.rows.len()
-    ));
+    (register, assignments)
+}
 
-    // Some devices go flat for a while (battery out, unplugged): no readings, events instead.
-    let mut outages: BTreeMap<Arc<str>, (i64, i64)> = BTreeMap::new();
-    for (id, _, _) in &devices {
-        if dice.chance(0.05) {
-            let from = start + (dice.range(0.1, 0.8) * (end - start) as f64) as i64;
-            let to = from + (dice.range(20.0, 90.0) * 60_000.0) as i64;
-            outages.insert(id.clone(), (from, to.min(end)));
-        }
-    }
+async fn generate(
+    engine: &Engine,
+    plan: &Plan,
+    warehouse: &Path,
+    landing: &Path,
+    progress: &Progress,
+) -> Result<Hospital, Failure> {
+    let mut dice = Dice(Rng::new(plan.seed ^ 0x5EED_0F40_517A));
+    let mut simulation = Simulation::new(plan);
+    let devices = simulation.device_list();
+    let deteriorating = simulation.deteriorating();
+    let start = plan.start_ms;
+    let end = start + (plan.duration_s * 1000.0) as i64;
+    let mut hospital = Hospital {
+        patients: simulation.patients(),
+        devices: devices.len(),
+        ..Hospital::default()
+    };
+
+    let (patients, encounters, mut states) =
+        ehr_people(&mut dice, simulation.patients(), &deteriorating, start, end);
+    let (register, assignments) = device_rows(&devices, plan.rate, start);
+    insert_ehr(
+        engine,
+        progress,
+        [&patients, &encounters, &register, &assignments],
+    )
+    .await?;
+
+    let outages = outages(&mut dice, &devices, start, end);
 
     // The readings, routed by channel as a hospital's devices would be: bedside monitors,
     // oximeters and thermometers push through their gateways; blood-pressure cuffs sync to
@@ -935,61 +1158,20 @@ async fn generate(
             {
                 continue;
             }
-            let metric = r.metric.name();
             let p = (r.patient_id - 1001) as usize;
-            if let Some(v) = r.value {
-                let celsius = if r.unit == "degF" {
-                    ((v - 32.0) * 5.0 / 9.0 * 10.0).round() / 10.0
-                } else {
-                    v
-                };
-                if let Some(slot) = CHARTED.iter().position(|m| *m == metric)
-                    && plausible(metric, celsius)
-                {
-                    states[p].latest[slot] = Some(celsius);
-                }
-                if let Some((kind, severity, message)) = alarm(metric, celsius) {
-                    let last = states[p].last_alert.get(kind).copied();
-                    if last.is_none_or(|t| r.taken_at_ms - t > 30 * 60_000) {
-                        states[p].last_alert.insert(kind, r.taken_at_ms);
-                        alert_id += 1;
-                        push_alert(
-                            &mut alerts,
-                            &mut dice,
-                            alert_id,
-                            r,
-                            kind,
-                            severity,
-                            &format!("{message}: {celsius} {}", r.unit),
-                            end,
-                        );
-                    }
-                }
-            }
+            note_vitals(
+                &mut states[p],
+                r,
+                &mut alerts,
+                &mut dice,
+                &mut alert_id,
+                end,
+            );
             if r.device_id.starts_with("bpcuff") {
-                let kpa = r.device_id.ends_with(['0', '2', '4', '6', '8']);
-                let (value, unit) = match (kpa, r.value) {
-                    (true, Some(v)) => (Some((v / 7.50062 * 100.0).round() / 100.0), "kPa"),
-                    _ => (r.value, r.unit),
-                };
-                let received = r.taken_at_ms + (dice.range(20.0, 180.0) * 1000.0) as i64;
+                let (value, unit, received) = cuff_sync(r, &mut dice);
                 cloud.push(r, value, unit, Some(received));
             } else if r.device_id.starts_with("glucometer") {
-                let line = csv.entry(hour_key(r.taken_at_ms)).or_default();
-                let value = r.value.map(|v| (v / 18.016 * 10.0).round() / 10.0);
-                let _ = writeln!(
-                    line,
-                    "{},{},{},{},mmol/L,{}",
-                    r.device_id,
-                    r.patient_id,
-                    metric,
-                    value.map_or(String::new(), |v| v.to_string()),
-                    Utc.timestamp_millis_opt(r.taken_at_ms)
-                        .single()
-                        .map_or(String::new(), |t| t
-                            .format("%Y-%m-%d %H:%M:%S%.3f")
-                            .to_string())
-                );
+                glucometer_line(&mut csv, r);
                 hospital.csv_rows += 1;
             } else if r.device_id.starts_with("thermo")
                 && r.device_id.ends_with(['1', '3', '5', '7', '9'])
@@ -1000,92 +1182,33 @@ async fn generate(
             }
         }
         // Nurses chart the NEWS2 set every four hours.
+        let span = (start, end);
         for state in states.iter_mut() {
-            while state.next_observation_ms <= clock && state.next_observation_ms < end {
-                let at = state.next_observation_ms;
-                let worse = deteriorating.contains(&state.id) && at > start + (end - start) / 2;
-                let defaults = [16.0, 97.0, 124.0, 78.0, 36.8];
-                let sds = [2.0, 1.0, 12.0, 8.0, 0.3];
-                let mut values = [0.0; 5];
-                for k in 0..5 {
-                    let v = state.latest[k].unwrap_or_else(|| dice.normal(defaults[k], sds[k]));
-                    values[k] = if k == 4 {
-                        (v * 10.0).round() / 10.0
-                    } else {
-                        v.round()
-                    };
-                }
-                let on_oxygen = values[1] < 94.0 || (worse && dice.chance(0.7));
-                let consciousness = if worse && dice.chance(0.4) {
-                    dice.pick(&["C", "V"])
-                } else {
-                    "A"
-                };
-                let recorded = at + (dice.range(1.0, 15.0) * 60_000.0) as i64;
-                observations.push(&[
-                    observation_id.to_string(),
-                    state.id.to_string(),
-                    ts_sql(at),
-                    num(Some(values[0])),
-                    num(Some(values[1])),
-                    on_oxygen.to_string(),
-                    num(Some(values[2])),
-                    num(Some(values[3])),
-                    text(consciousness),
-                    num(Some(values[4])),
-                    text(dice.pick(NURSES)),
-                    ts_sql(recorded),
-                ]);
-                observation_id += 1;
-                state.next_observation_ms += (dice.range(3.5, 4.5) * 3_600_000.0) as i64;
-            }
+            let worsening = deteriorating.contains(&state.id);
+            chart(
+                state,
+                worsening,
+                &mut dice,
+                clock,
+                span,
+                &mut observations,
+                &mut observation_id,
+            );
         }
         pushed.flush(engine, false).await?;
         cloud.flush(engine, false).await?;
         let done =
             pushed.total + pushed.rows as u64 + cloud.total + cloud.rows as u64 + hospital.csv_rows;
         if done >= next_report && reported < 3 {
-            reported += 1;
-            next_report += total_expected / 4;
+            (reported, next_report) = (reported + 1, next_report + total_expected / 4);
             progress.say(format!(
-                "  readings: {done} of about {total_expected} generated and loaded"
+                "  readings: {done} of about {total_expected} loaded"
             ));
         }
     }
-    pushed.flush(engine, true).await?;
-    cloud.flush(engine, true).await?;
-    parquet.upload(engine).await?;
-    engine
-        .sql(&format!("DROP SCHEMA {STAGING} CASCADE"))
-        .await?;
-    hospital.parquet_rows = parquet.columns.total;
-    hospital.parquet_files = parquet.files;
-    hospital.pushed = pushed.total;
-    hospital.cloud = cloud.total;
+    finish_channels(engine, &mut pushed, &mut cloud, &mut parquet, &mut hospital).await?;
 
-    // Hourly CSV uploads, plus one from a glucometer the register does not know and one whose
-    // patient disagrees with the EHR (silver quarantines both).
-    let last_hour = csv.keys().last().cloned();
-    if let Some(hour) = last_hour
-        && let Some(lines) = csv.get_mut(&hour)
-    {
-        let t = Utc
-            .timestamp_millis_opt(end - 60_000)
-            .single()
-            .map_or(String::new(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
-        let _ = writeln!(lines, "glucometer-999,1001,glucose,6.1,mmol/L,{t}");
-        if let Some((id, _, patient)) = devices.iter().find(|d| d.1 == "glucometer") {
-            let _ = writeln!(lines, "{id},{},glucose,5.9,mmol/L,{t}", patient + 1);
-        }
-    }
-    for (hour, lines) in &csv {
-        let folder = landing.join("readings/csv").join(format!("batch={hour}"));
-        std::fs::create_dir_all(&folder).map_err(|e| io_error("create", &folder, e))?;
-        let path = folder.join("glucometers.csv");
-        let body = format!("device_id,patient_id,metric,value,unit,taken_at\n{lines}");
-        std::fs::write(&path, body).map_err(|e| io_error("write", &path, e))?;
-    }
-    hospital.csv_files = csv.len();
+    hospital.csv_files = write_csv_uploads(&mut csv, &devices, end, landing)?;
     hospital.observations = observations.rows.len();
     observations.insert(engine).await?;
     hospital.alerts = alert_id as usize;
@@ -1094,9 +1217,8 @@ async fn generate(
     hospital.device_events =
         device_events(engine, &mut dice, &devices, &outages, start, end).await?;
     hospital.enrollments = trials(engine, &mut dice, simulation.patients(), start, end).await?;
-    let (dicom, documents) = files(landing, &mut dice, simulation.patients(), start)?;
-    hospital.dicom_files = dicom;
-    hospital.documents = documents;
+    (hospital.dicom_files, hospital.documents) =
+        files(landing, &mut dice, simulation.patients(), start)?;
     Ok(hospital)
 }
 
@@ -1527,63 +1649,11 @@ async fn serve(
     now_ms: i64,
     progress: &Progress,
 ) -> Result<(), Failure> {
-    let access = medlake_auth::Access::InsecureNoAuth;
-    let http = medlake_http::Server::bind(
-        engine.clone(),
-        medlake_http::Config::new(args.http, medlake_http::Auth::InsecureNoAuth),
-    )
-    .await
-    .map_err(|e| Failure::Usage(format!("http door on {}: {e}", args.http)))?;
-    let flight = medlake_flight::Server::bind(
-        engine.clone(),
-        medlake_flight::Config {
-            listen: args.flight,
-            tls: None,
-            access: access.clone(),
-            token_lifetime: Duration::from_secs(3600),
-            limits: medlake_flight::Limits::default(),
-            logins: medlake_auth::Logins::default(),
-        },
-    )
-    .await
-    .map_err(|e| Failure::Usage(format!("flight sql door on {}: {e}", args.flight)))?;
-    let pg = medlake_pgwire::Server::bind(
-        engine.clone(),
-        medlake_pgwire::Config {
-            listen: args.pg,
-            tls: None,
-            access,
-            max_connections: medlake_pgwire::DEFAULT_MAX_CONNECTIONS,
-            max_prepared_statements: medlake_pgwire::DEFAULT_MAX_PREPARED_STATEMENTS,
-            logins: medlake_auth::Logins::default(),
-        },
-    )
-    .await
-    .map_err(|e| Failure::Usage(format!("postgres door on {}: {e}", args.pg)))?;
-    let addr = |a: std::io::Result<SocketAddr>, door: &str| {
-        a.map_err(|e| Failure::Usage(format!("{door} door: {e}")))
-    };
-    // (The Flight door's local_addr has the same io::Result type.)
-    let pg_addr = addr(pg.local_addr(), "postgres")?;
-    let flight_addr = addr(flight.local_addr(), "flight sql")?;
-    let http_addr = addr(http.local_addr(), "http")?;
-    println!("medlake quickstart: postgres on {pg_addr}");
-    println!("medlake quickstart: flight sql on {flight_addr}");
-    println!("medlake quickstart: http on {http_addr}");
+    let config = crate::doors::DoorsConfig::insecure_local(args.pg, args.flight, args.http);
+    let doors = crate::doors::Doors::bind(engine, config, "quickstart").await?;
+    let (pg_addr, flight_addr, http_addr) = (doors.pg_addr, doors.flight_addr, doors.http_addr);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    let doors = tokio::spawn({
-        let stopped = stopped.clone();
-        async move {
-            tokio::join!(
-                pg.serve(wait(stopped.clone())),
-                flight.serve(wait(stopped.clone())),
-                http.serve(wait(stopped)),
-            );
-        }
-    });
+    let doors = tokio::spawn(doors.serve(stopped.clone()));
     let live_start = Utc
         .timestamp_millis_opt(now_ms)
         .single()
@@ -1630,8 +1700,8 @@ async fn serve(
         )));
         let poll = Duration::from_secs(args.poll_seconds.max(1));
         tokio::select! {
-            _ = scheduler.run(poll, wait(stopped.clone())) => {}
-            _ = shutdown_signal() => {}
+            _ = scheduler.run(poll, crate::doors::until(stopped.clone())) => {}
+            _ = crate::doors::shutdown_signal() => {}
         }
         live.abort();
         Ok(())
@@ -1640,20 +1710,6 @@ async fn serve(
     let _ = doors.await;
     println!("medlake quickstart: stopped");
     result
-}
-
-async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// Refreshes every view once, each after the views it reads (as `apply` orders them).

@@ -15,7 +15,13 @@ use std::process::Command;
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
@@ -96,7 +102,10 @@ fn views_never_see_a_connector_and_connectors_never_see_each_other() {
         !views.iter().any(|d| d.starts_with("medlake-source-")),
         "medlake-views must receive connectors as a registry: {views:?}"
     );
-    for (name, deps) in graph.iter().filter(|(n, _)| n.starts_with("medlake-source-")) {
+    for (name, deps) in graph
+        .iter()
+        .filter(|(n, _)| n.starts_with("medlake-source-"))
+    {
         let others: Vec<_> = deps
             .iter()
             .filter(|d| d.starts_with("medlake-source-"))

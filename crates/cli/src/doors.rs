@@ -1,0 +1,134 @@
+//! The three doors (Postgres wire, Flight SQL, HTTP ingest) as `serve` and `quickstart` start
+//! them: bound together, announced together, stopped together.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use medlake_engine::Engine;
+use tokio::sync::watch;
+
+use crate::Failure;
+
+/// The configuration of every door.
+pub(crate) struct DoorsConfig {
+    pub pg: medlake_pgwire::Config,
+    pub flight: medlake_flight::Config,
+    pub http: medlake_http::Config,
+}
+
+impl DoorsConfig {
+    /// No authentication, no TLS, default limits: the local demo (`quickstart`). The doors
+    /// refuse to bind such a configuration on anything but loopback.
+    pub(crate) fn insecure_local(pg: SocketAddr, flight: SocketAddr, http: SocketAddr) -> Self {
+        let access = medlake_auth::Access::InsecureNoAuth;
+        Self {
+            pg: medlake_pgwire::Config {
+                listen: pg,
+                tls: None,
+                access: access.clone(),
+                max_connections: medlake_pgwire::DEFAULT_MAX_CONNECTIONS,
+                max_prepared_statements: medlake_pgwire::DEFAULT_MAX_PREPARED_STATEMENTS,
+                logins: medlake_auth::Logins::default(),
+            },
+            flight: medlake_flight::Config {
+                listen: flight,
+                tls: None,
+                access,
+                token_lifetime: Duration::from_secs(3600),
+                limits: medlake_flight::Limits::default(),
+                logins: medlake_auth::Logins::default(),
+            },
+            http: medlake_http::Config::new(http, medlake_http::Auth::InsecureNoAuth),
+        }
+    }
+}
+
+/// The doors, bound and announced.
+pub(crate) struct Doors {
+    pg: medlake_pgwire::Server,
+    flight: medlake_flight::Server,
+    http: medlake_http::Server,
+    pub pg_addr: SocketAddr,
+    pub flight_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+impl Doors {
+    /// Binds every door (none serves until [`Doors::serve`]) and prints where each listens,
+    /// as `medlake {command}: ...`.
+    pub(crate) async fn bind(
+        engine: &Engine,
+        config: DoorsConfig,
+        command: &str,
+    ) -> Result<Self, Failure> {
+        let (pg_listen, flight_listen, http_listen) =
+            (config.pg.listen, config.flight.listen, config.http.listen);
+        let http = medlake_http::Server::bind(engine.clone(), config.http)
+            .await
+            .map_err(|e| Failure::Usage(format!("http door on {http_listen}: {e}")))?;
+        let flight = medlake_flight::Server::bind(engine.clone(), config.flight)
+            .await
+            .map_err(|e| Failure::Usage(format!("flight sql door on {flight_listen}: {e}")))?;
+        let pg = medlake_pgwire::Server::bind(engine.clone(), config.pg)
+            .await
+            .map_err(|e| Failure::Usage(format!("postgres door on {pg_listen}: {e}")))?;
+        let address = |a: std::io::Result<SocketAddr>, door: &str| {
+            a.map_err(|e| Failure::Usage(format!("{door} door: {e}")))
+        };
+        let doors = Self {
+            pg_addr: address(pg.local_addr(), "postgres")?,
+            flight_addr: address(flight.local_addr(), "flight sql")?,
+            http_addr: address(http.local_addr(), "http")?,
+            pg,
+            flight,
+            http,
+        };
+        let tls = |on: bool| if on { " (TLS required)" } else { "" };
+        println!(
+            "medlake {command}: postgres on {}{}",
+            doors.pg_addr,
+            tls(doors.pg.tls())
+        );
+        println!(
+            "medlake {command}: flight sql on {}{}",
+            doors.flight_addr,
+            tls(doors.flight.tls())
+        );
+        println!(
+            "medlake {command}: http on {}{}",
+            doors.http_addr,
+            tls(doors.http.tls())
+        );
+        Ok(doors)
+    }
+
+    /// Serves until `stopped` turns true; connections in progress are then dropped (HTTP
+    /// requests in progress finish).
+    pub(crate) async fn serve(self, stopped: watch::Receiver<bool>) {
+        tokio::join!(
+            self.pg.serve(until(stopped.clone())),
+            self.flight.serve(until(stopped.clone())),
+            self.http.serve(until(stopped)),
+        );
+    }
+}
+
+/// Resolves once `stopped` turns true (or its sender is gone).
+pub(crate) async fn until(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
