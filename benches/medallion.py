@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import HERE, Medlake, build_of, load_average, query_text, sql_file, workload_parser, write_result
+from harness import HERE, Medlake, build_of, load_average, query_text, sql_file, workload_parser, write_result
 
 SQL = HERE / "medallion"
 PYSPARK = "pyspark==4.3.0"

@@ -53,46 +53,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-
-def sql_file(name, workload="refresh", **values):
-    text = (HERE / workload / name).read_text()
-    for key, value in values.items():
-        text = text.replace("{" + key + "}", str(value))
-    return text
-
-
-class Medlake:
-    def __init__(self, binary, warehouse):
-        self.binary = binary
-        self.warehouse = warehouse
-
-    def run(self, *statements, timing=False, csv=False):
-        args = [self.binary, "sql", "--warehouse", str(self.warehouse)]
-        if timing:
-            args.append("--timing")
-        if csv:
-            args += ["--format", "csv"]
-        for statement in statements:
-            args.append(f"--command={statement}")
-        done = subprocess.run(args, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"medlake failed: {done.stderr.strip()}\nstatements: {statements}")
-        return done.stdout
-
-    def timed(self, *statements):
-        """Runs the statements in one process; returns each one's time in ms (as medlake
-        measured it: planning, execution and commit, not process start)."""
-        out = self.run(*statements, timing=True)
-        times = [float(t) for t in re.findall(r"^Time: ([0-9.]+) ms", out, re.M)]
-        if len(times) != len(statements):
-            sys.exit(f"expected {len(statements)} timings, got {out}")
-        return times
-
-    def rows(self, query):
-        return [line.split(",") for line in self.run(query, csv=True).splitlines()[1:]]
-
+from harness import (HERE, Medlake, build_of, load_average, query_text, sql_file,
+                     workload_parser, write_result, write_results_md)
 
 def refresh(args):
     import duckdb
@@ -194,20 +156,6 @@ def refresh(args):
             f"`{result['command']}` on {os.cpu_count()} cores, DuckDB {duckdb.__version__} "
             f"with {args.threads} threads.\n\n{table}\n",
         )
-
-
-WORKLOADS = ["refresh", "medallion", "ingest", "serve", "dashboard", "spill"]
-
-
-def write_results_md(workload, section):
-    """Replaces the workload's section of RESULTS.md, keeping the others."""
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    header, *rest = re.split(r"(?m)^## ", text)
-    sections = {part.split("\n", 1)[0].strip(): "## " + part.rstrip() + "\n" for part in rest}
-    sections[workload] = f"## {workload}\n\n{section.rstrip()}\n"
-    order = [w for w in WORKLOADS if w in sections] + sorted(set(sections) - set(WORKLOADS))
-    path.write_text(header.rstrip() + "\n\n" + "\n".join(sections[w] for w in order))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -802,21 +750,6 @@ def ingest(args):
 # ---------------------------------------------------------------------------------------------
 # serve, dashboard, spill: shared helpers
 
-def build_of(binary):
-    resolved = str(Path(binary).resolve())
-    return "release" if "/release/" in resolved else "debug" if "/debug/" in resolved else "unknown"
-
-
-def load_average():
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def query_text(name, workload, **values):
-    """A .sql file without its comment lines (to embed or send as one statement)."""
-    lines = sql_file(name, workload, **values).splitlines()
-    return "\n".join(line for line in lines if not line.lstrip().startswith("--")).strip()
-
-
 def sql_statements(text):
     """The statements of a simple .sql file (no ';' inside strings), comments dropped."""
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
@@ -889,17 +822,6 @@ def pg_adbc_connect(pg):
     import adbc_driver_postgresql.dbapi as pg_adbc
 
     return pg_adbc.connect(f"postgresql://postgres@127.0.0.1:{pg.port}/postgres", autocommit=True)
-
-
-def write_result(args, name, result, table, intro):
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-    if result["medlake"]["build"] != "release":
-        table += f"\n\nThe medlake binary is a {result['medlake']['build']} build: its figures say little; build with --release to measure."
-    print(table)
-    if args.write_md:
-        write_results_md(name, f"{intro}\n\n{table}\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1671,15 +1593,6 @@ def spill(args):
     write_result(args, "spill", result, "\n".join(lines), f"`{result['command']}` on {os.cpu_count()} cores.")
 
 
-def workload_parser(sub, name, help):
-    """A workload's subcommand with the arguments every workload takes."""
-    parser = sub.add_parser(name, help=help)
-    parser.add_argument("--bin", default="target/release/medlake", help="the medlake binary")
-    parser.add_argument("--write-md", action="store_true", help="also write benches/RESULTS.md")
-    parser.add_argument("--out", default=str(HERE / "results"), help="where the JSON results go")
-    return parser
-
-
 def add_serve_dashboard_spill_parsers(sub):
     s = workload_parser(sub, "serve", "a large result through the Postgres and Flight SQL doors vs PostgreSQL 15")
     s.add_argument("--rows", type=int, default=10_000_000, help="rows in the table and the result")
@@ -1705,7 +1618,7 @@ def add_serve_dashboard_spill_parsers(sub):
 
 
 def main():
-    import medallion  # its own module; it imports this one
+    import medallion  # its own module; both share harness.py
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="workload", required=True)
