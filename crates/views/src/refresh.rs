@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{Instrument, info, info_span, warn};
 
-use medlake_sources::{External, Watermarked};
+use medlake_source::{External, Registry, Watermarked};
 
 use crate::definition::{CreateView, ViewDefinition};
 use crate::error::{Error, Result};
@@ -252,6 +252,8 @@ struct Inner {
     warehouse: Warehouse,
     /// The session every view query is planned from (functions, object stores, planner).
     state: SessionState,
+    /// The connectors external inputs are opened with.
+    connectors: Arc<Registry>,
     /// Views being refreshed in this process, and since when.
     running: Mutex<HashMap<TableName, DateTime<Utc>>>,
 }
@@ -291,12 +293,14 @@ fn refresh_id(started: DateTime<Utc>) -> String {
 
 impl Views {
     /// Views over `warehouse`, planning queries from `state` (which must use the Delta query
-    /// planner; see `medlake_lake::delta_query_planner`).
-    pub fn new(warehouse: Warehouse, state: SessionState) -> Self {
+    /// planner; see `medlake_lake::delta_query_planner`), opening external inputs with the
+    /// `connectors` the engine was built with.
+    pub fn new(warehouse: Warehouse, state: SessionState, connectors: Arc<Registry>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 warehouse,
                 state,
+                connectors,
                 running: Mutex::new(HashMap::new()),
             }),
         }
@@ -436,8 +440,9 @@ impl Views {
             }
             let (provider, version, table_id) = match self.inner.warehouse.external(&input).await? {
                 Some(stored) => {
-                    let policy = medlake_sources::Policy::of(self.inner.state.config());
-                    let (provider, id, pin) = pin_external(&input, stored, &policy).await?;
+                    let policy = medlake_source::Policy::of(self.inner.state.config());
+                    let (provider, id, pin) =
+                        pin_external(&self.inner.connectors, &input, stored, &policy).await?;
                     external.insert(input.clone(), pin);
                     (provider, 0, id)
                 }
@@ -1431,17 +1436,18 @@ enum Change {
 
 /// Opens an external input from its stored definition, pinned at its current high watermark.
 async fn pin_external(
+    connectors: &Registry,
     name: &TableName,
     stored: Value,
-    policy: &Arc<medlake_sources::Policy>,
+    policy: &Arc<medlake_source::Policy>,
 ) -> Result<(Arc<dyn TableProvider>, String, ExternalPin)> {
-    let source_error = |e: medlake_sources::Error| Error::Source {
+    let source_error = |e: medlake_source::Error| Error::Source {
         table: name.to_string(),
         source: e,
     };
-    let definition: medlake_sources::Definition = serde_json::from_value(stored)
+    let definition: medlake_source::Definition = serde_json::from_value(stored)
         .map_err(|e| Error::Internal(format!("external table {name}: {e}")))?;
-    let table = medlake_sources::open(&definition, policy).map_err(source_error)?;
+    let table = connectors.open(&definition, policy).map_err(source_error)?;
     let id = definition.id();
     match table.clone().watermarked() {
         Some(source) => {
