@@ -1372,11 +1372,11 @@ impl Session {
             }
         };
         let policy = medlake_source::Policy::of(&self.ctx.copied_config());
-        let definition =
-            self.shared
-                .connectors
-                .define(&kind, &location, options, declared, &policy)
-                .await?;
+        let definition = self
+            .shared
+            .connectors
+            .define(&kind, &location, options, declared, &policy)
+            .await?;
         let stored = serde_json::to_value(&definition)
             .map_err(|e| Error::Internal(format!("external table definition: {e}")))?;
         self.shared
@@ -1437,14 +1437,17 @@ impl Session {
                 reason: "IMPORT FOREIGN SCHEMA names every table itself".into(),
             });
         }
-        let mut remote = self.shared.connectors.list_tables(
-            &import.kind,
-            &import.location,
-            &options,
-            &import.remote_schema,
-            &medlake_source::Policy::of(&self.ctx.copied_config()),
-        )
-        .await?;
+        let mut remote = self
+            .shared
+            .connectors
+            .list_tables(
+                &import.kind,
+                &import.location,
+                &options,
+                &import.remote_schema,
+                &medlake_source::Policy::of(&self.ctx.copied_config()),
+            )
+            .await?;
         if let Some((limit_to, names)) = &import.only {
             if *limit_to {
                 for name in names {
@@ -1501,14 +1504,17 @@ impl Session {
                 table.name.replace(']', "]]")
             ),
         );
-        let defined = self.shared.connectors.define(
-            &import.kind,
-            &import.location,
-            options,
-            Arc::new(Schema::empty()),
-            &medlake_source::Policy::of(&self.ctx.copied_config()),
-        )
-        .await;
+        let defined = self
+            .shared
+            .connectors
+            .define(
+                &import.kind,
+                &import.location,
+                options,
+                Arc::new(Schema::empty()),
+                &medlake_source::Policy::of(&self.ctx.copied_config()),
+            )
+            .await;
         let definition = match defined {
             Ok(definition) => definition,
             Err(e @ medlake_source::Error::UnsupportedType { .. }) => {

@@ -48,6 +48,19 @@ pub fn plan(
     FilesExec::build(shared, Kind::Binary, files, projection, limit, partitions)
 }
 
+/// Plans a DICOM scan: the same file scan, with `reader` building the rows.
+pub fn plan_dicom(
+    shared: &Arc<Shared>,
+    reader: &DicomReader,
+    files: Vec<Listed>,
+    projection: Vec<usize>,
+    limit: Option<usize>,
+    partitions: usize,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let kind = Kind::Dicom(Arc::new(reader.clone()));
+    FilesExec::build(shared, kind, files, projection, limit, partitions)
+}
+
 /// A MIME type from the file name's extension.
 pub fn content_type(path: &str) -> &'static str {
     let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();

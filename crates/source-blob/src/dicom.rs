@@ -32,7 +32,6 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Date32Array, Int32Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field};
-use datafusion::physical_plan::ExecutionPlan;
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{StandardDataDictionary, tags};
@@ -46,7 +45,6 @@ pub use dicom_core;
 pub use dicom_dictionary_std;
 pub use dicom_object;
 
-use super::binary::{FilesExec, Kind};
 use super::{Listed, Shared, file_fields};
 use medlake_source::{Error, Result};
 
@@ -108,7 +106,7 @@ pub enum Parsed {
 }
 
 /// Reads DICOM headers into rows.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DicomReader {
     /// Further attributes asked for by keyword: (column, keyword, tag).
     extra: Vec<(String, String, Tag)>,
@@ -162,17 +160,12 @@ impl DicomReader {
                 extra.push((column, keyword.to_string(), entry.tag()));
             }
         }
-        let header_bytes = match options.get("header_bytes") {
-            None => DEFAULT_HEADER_BYTES,
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1024..=1 << 30).contains(n))
-                .ok_or_else(|| Error::InvalidOption {
-                    option: "header_bytes".into(),
-                    reason: format!("'{v}' is not a number of bytes from 1024 to 1073741824"),
-                })?,
-        };
+        let header_bytes = medlake_source::options::Options(options).number(
+            "header_bytes",
+            DEFAULT_HEADER_BYTES,
+            1024..=1 << 30,
+            "a number of bytes",
+        )?;
         Ok(Self {
             extra,
             header_bytes,
@@ -196,28 +189,6 @@ impl DicomReader {
         }
         fields.push(Field::new("error", DataType::Utf8, true));
         fields
-    }
-
-    pub(crate) fn plan(
-        &self,
-        shared: &Arc<Shared>,
-        files: Vec<Listed>,
-        projection: Vec<usize>,
-        limit: Option<usize>,
-        partitions: usize,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let reader = Arc::new(Self {
-            extra: self.extra.clone(),
-            header_bytes: self.header_bytes,
-        });
-        FilesExec::build(
-            shared,
-            Kind::Dicom(reader),
-            files,
-            projection,
-            limit,
-            partitions,
-        )
     }
 
     /// Reads a file's header: a ranged read first, more when the header does not fit.
@@ -384,8 +355,8 @@ enum Cut {
 struct Header {
     transfer_syntax: String,
     media_sop_instance_uid: Option<String>,
-    /// Top-level elements of the wanted tags: (VR as stored, value).
-    elements: HashMap<Tag, (VR, PrimitiveValue)>,
+    /// Top-level elements of the wanted tags.
+    elements: Elements,
     endianness: Endianness,
     /// The file ends before its data set does: what the error column says.
     cut: Option<String>,
@@ -601,6 +572,76 @@ fn skip_undefined(data: &[u8], mut at: usize, implicit: bool) -> Option<usize> {
 
 /// Reads the header of a DICOM file from its first bytes (`complete`: all of them).
 fn read_header(bytes: &[u8], complete: bool, wanted: Vec<Tag>) -> Result<Header, Cut> {
+    let (at, transfer_syntax, media_sop_instance_uid) = file_meta(bytes, complete)?;
+    let data = &bytes[at..];
+    // Without a transfer syntax, pydicom reads little endian and looks at the first element
+    // for a VR.
+    let uid = match &transfer_syntax {
+        Some(uid) => uid.clone(),
+        None if data.len() < 6 && !complete => return Err(Cut::More),
+        None if data.get(4..6).is_some_and(is_vr) => "1.2.840.10008.1.2.1".to_string(),
+        None => "1.2.840.10008.1.2".to_string(),
+    };
+    let ts = TransferSyntaxRegistry
+        .get(&uid)
+        .ok_or_else(|| Cut::Failed(format!("unknown transfer syntax {uid}")))?;
+    // dicom-rs reads the items of an `UN` element of undefined length in the data set's
+    // explicit VR; they are implicit VR little endian (PS3.5 6.2.2, as pydicom reads them).
+    // They are never a column: drop such top-level elements before reading.
+    let stripped = if ts.uid() == "1.2.840.10008.1.2.1"
+        || matches!(ts.codec(), Codec::EncapsulatedPixelData(..))
+            && ts.endianness() == Endianness::Little
+    {
+        strip_un_sequences(data)
+    } else {
+        None
+    };
+    let data: &[u8] = stripped.as_deref().unwrap_or(data);
+    let ended = Rc::new(Cell::new(false));
+    let source = Noting {
+        inner: Cursor::new(data),
+        ended: ended.clone(),
+    };
+    let source: Box<dyn Read + '_> = match ts.codec() {
+        Codec::Dataset(Some(adapter)) => adapter.adapt_reader(Box::new(source)),
+        Codec::Dataset(None) => {
+            return Err(Cut::Failed(format!(
+                "transfer syntax {} ({}) is not supported",
+                ts.uid(),
+                ts.name()
+            )));
+        }
+        _ => Box::new(source),
+    };
+    let mut options = DataSetReaderOptions::default();
+    options.odd_length = OddLengthStrategy::Accept;
+    // A data set in implicit VR under an explicit VR little endian UID (pydicom: "Expected
+    // explicit VR, but found implicit VR"): dicom-rs's flexible decoding reads it. Only then:
+    // its probe takes an explicit `UN` first element for implicit VR.
+    options.flexible_decoding =
+        matches!(ts.codec(), Codec::None | Codec::EncapsulatedPixelData(..))
+            && ts.endianness() == Endianness::Little
+            && ts.uid() != "1.2.840.10008.1.2"
+            && data.get(4..6).is_some_and(|vr| !is_vr(vr));
+    let reader = DataSetReader::new_with_ts_options(source, ts, options)
+        .map_err(|e| Cut::Failed(error_chain(&e)))?;
+    let (elements, cut) = data_set(reader, &ended, complete, &wanted)?;
+    if cut.is_none() && ended.get() && !complete {
+        // The bytes at hand ended exactly between elements: the header may go on.
+        return Err(Cut::More);
+    }
+    Ok(Header {
+        transfer_syntax: transfer_syntax.unwrap_or_default(),
+        media_sop_instance_uid,
+        elements,
+        endianness: ts.endianness(),
+        cut,
+    })
+}
+
+/// The file meta group after the `DICM` prefix: where the data set starts, its transfer
+/// syntax and the media SOP instance UID.
+fn file_meta(bytes: &[u8], complete: bool) -> Result<(usize, Option<String>, Option<String>), Cut> {
     let more = |what: &str| {
         if complete {
             Cut::Failed(format!("the file ends {what}"))
@@ -667,58 +708,20 @@ fn read_header(bytes: &[u8], complete: bool, wanted: Vec<Tag>) -> Result<Header,
         }
         at = end;
     }
-    let data = &bytes[at..];
-    // Without a transfer syntax, pydicom reads little endian and looks at the first element
-    // for a VR.
-    let uid = match &transfer_syntax {
-        Some(uid) => uid.clone(),
-        None if data.len() < 6 && !complete => return Err(Cut::More),
-        None if data.get(4..6).is_some_and(is_vr) => "1.2.840.10008.1.2.1".to_string(),
-        None => "1.2.840.10008.1.2".to_string(),
-    };
-    let ts = TransferSyntaxRegistry
-        .get(&uid)
-        .ok_or_else(|| Cut::Failed(format!("unknown transfer syntax {uid}")))?;
-    // dicom-rs reads the items of an `UN` element of undefined length in the data set's
-    // explicit VR; they are implicit VR little endian (PS3.5 6.2.2, as pydicom reads them).
-    // They are never a column: drop such top-level elements before reading.
-    let stripped = if ts.uid() == "1.2.840.10008.1.2.1"
-        || matches!(ts.codec(), Codec::EncapsulatedPixelData(..))
-            && ts.endianness() == Endianness::Little
-    {
-        strip_un_sequences(data)
-    } else {
-        None
-    };
-    let data: &[u8] = stripped.as_deref().unwrap_or(data);
-    let ended = Rc::new(Cell::new(false));
-    let source = Noting {
-        inner: Cursor::new(data),
-        ended: ended.clone(),
-    };
-    let source: Box<dyn Read + '_> = match ts.codec() {
-        Codec::Dataset(Some(adapter)) => adapter.adapt_reader(Box::new(source)),
-        Codec::Dataset(None) => {
-            return Err(Cut::Failed(format!(
-                "transfer syntax {} ({}) is not supported",
-                ts.uid(),
-                ts.name()
-            )));
-        }
-        _ => Box::new(source),
-    };
-    let mut options = DataSetReaderOptions::default();
-    options.odd_length = OddLengthStrategy::Accept;
-    // A data set in implicit VR under an explicit VR little endian UID (pydicom: "Expected
-    // explicit VR, but found implicit VR"): dicom-rs's flexible decoding reads it. Only then:
-    // its probe takes an explicit `UN` first element for implicit VR.
-    options.flexible_decoding =
-        matches!(ts.codec(), Codec::None | Codec::EncapsulatedPixelData(..))
-            && ts.endianness() == Endianness::Little
-            && ts.uid() != "1.2.840.10008.1.2"
-            && data.get(4..6).is_some_and(|vr| !is_vr(vr));
-    let reader = DataSetReader::new_with_ts_options(source, ts, options)
-        .map_err(|e| Cut::Failed(error_chain(&e)))?;
+    Ok((at, transfer_syntax, media_sop_instance_uid))
+}
+
+/// Top-level elements by tag: (VR as stored, value).
+type Elements = HashMap<Tag, (VR, PrimitiveValue)>;
+
+/// The top-level elements of the data set that are `wanted`, up to the pixel data, and why
+/// reading stopped early (a damaged element, a file cut short).
+fn data_set(
+    reader: impl Iterator<Item = std::result::Result<DataToken, dicom_parser::dataset::read::Error>>,
+    ended: &Cell<bool>,
+    complete: bool,
+    wanted: &[Tag],
+) -> Result<(Elements, Option<String>), Cut> {
     let mut elements = HashMap::new();
     let mut depth = 0usize;
     let mut pending: Option<(Tag, VR)> = None;
@@ -766,17 +769,7 @@ fn read_header(bytes: &[u8], complete: bool, wanted: Vec<Tag>) -> Result<Header,
             Ok(_) => {}
         }
     }
-    if cut.is_none() && ended.get() && !complete {
-        // The bytes at hand ended exactly between elements: the header may go on.
-        return Err(Cut::More);
-    }
-    Ok(Header {
-        transfer_syntax: transfer_syntax.unwrap_or_default(),
-        media_sop_instance_uid,
-        elements,
-        endianness: ts.endianness(),
-        cut,
-    })
+    Ok((elements, cut))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -40,9 +40,9 @@ use datafusion::scalar::ScalarValue;
 use object_store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
-use medlake_source::{Error, Result};
-use medlake_source::{Definition, External, Policy, RemoteTable, Watermarked};
 use mark::{Mark, Window};
+use medlake_source::{Definition, External, Policy, RemoteTable, Watermarked};
+use medlake_source::{Error, Result};
 use store::Place;
 
 /// The `STORED AS` kinds of this module.
@@ -485,7 +485,9 @@ impl Shared {
                     .await
             }
             Reader::Binary => Ok(binary::plan(self, files, projection, limit, partitions)?),
-            Reader::Dicom(reader) => Ok(reader.plan(self, files, projection, limit, partitions)?),
+            Reader::Dicom(reader) => Ok(binary::plan_dicom(
+                self, reader, files, projection, limit, partitions,
+            )?),
         }
     }
 }

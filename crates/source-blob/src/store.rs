@@ -13,8 +13,8 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use url::Url;
 
 use medlake_source::Policy;
-use medlake_source::{Error, Result};
 use medlake_source::secret;
+use medlake_source::{Error, Result};
 
 /// The URL schemes a blob table reads.
 pub const SCHEMES: &[&str] = &["file", "az", "abfs", "abfss", "azure", "s3", "s3a", "gs"];
@@ -862,7 +862,8 @@ fn client_for(
     let mut builder = medlake_source::policy::vetted_client(policy);
     let hops = policy.clone();
     builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= 10 || !medlake_source::policy::redirect_allowed(&hops, attempt.url())
+        if attempt.previous().len() >= 10
+            || !medlake_source::policy::redirect_allowed(&hops, attempt.url())
         {
             attempt.stop()
         } else {

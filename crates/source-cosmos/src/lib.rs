@@ -41,7 +41,6 @@ use azure_data_cosmos::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use datafusion::catalog::TableProvider;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -55,12 +54,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
 
-use medlake_source::{Error, Result};
 use medlake_source::json::{self, Shape, merge_shapes, shape_of, type_of};
 use medlake_source::json::{Column, Path};
-use medlake_source::scan::Windowed;
+use medlake_source::options::{Options, invalid};
+use medlake_source::scan::Table;
 use medlake_source::secret;
-use medlake_source::{Definition, External, Mismatches, Policy, RemoteTable, Watermarked};
+use medlake_source::{Definition, External, Mismatches, Policy, RemoteTable};
+use medlake_source::{Error, Result};
 use query::{Fit, Sql};
 
 /// Every option `STORED AS COSMOS` accepts, besides `field.<column>`.
@@ -83,13 +83,6 @@ pub const OPTIONS: &[&str] = &[
 /// Properties Cosmos DB adds to every document that inference leaves out (`_ts` and `id`
 /// stay: they are data).
 const SYSTEM: &[&str] = &["_rid", "_self", "_etag", "_attachments", "_lsn"];
-
-fn invalid(option: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidOption {
-        option: option.to_string(),
-        reason: reason.into(),
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Auth {
@@ -116,77 +109,10 @@ struct Config {
     lag_seconds: i64,
 }
 
-fn number<T: std::str::FromStr>(
-    options: &BTreeMap<String, String>,
-    key: &str,
-    default: T,
-    ok: impl Fn(&T) -> bool,
-    what: &str,
-) -> Result<T> {
-    match options.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse::<T>()
-            .ok()
-            .filter(|n| ok(n))
-            .ok_or_else(|| invalid(key, format!("'{v}' is not {what}"))),
-    }
-}
-
 impl Config {
     fn parse(location: &str, options: &BTreeMap<String, String>) -> Result<Self> {
-        for key in options.keys() {
-            let known = OPTIONS.contains(&key.as_str())
-                || key.strip_prefix("field.").is_some_and(|c| !c.is_empty());
-            if !known {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "unknown option; COSMOS accepts {}, and field.<column>",
-                        OPTIONS.join(", ")
-                    ),
-                ));
-            }
-        }
-        let endpoint = Url::parse(location).map_err(|e| {
-            invalid(
-                "location",
-                format!(
-                    "'{location}' is not a URL ({e}); write https://<account>.documents.azure.com"
-                ),
-            )
-        })?;
-        if !matches!(endpoint.scheme(), "https" | "http") || endpoint.host_str().is_none() {
-            return Err(invalid(
-                "location",
-                format!("'{location}': write https://<account>.documents.azure.com"),
-            ));
-        }
-        let host = endpoint.host_str().unwrap_or_default().to_string();
-        let server = match endpoint.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
-        };
-        let loopback = matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]" | "::1");
-        let emulator = match options.get("emulator").map(|s| s.to_ascii_lowercase()) {
-            None => false,
-            Some(v) if v == "true" => true,
-            Some(v) if v == "false" => false,
-            Some(v) => return Err(invalid("emulator", format!("'{v}' is not true or false"))),
-        };
-        if emulator && !loopback {
-            return Err(invalid(
-                "emulator",
-                "only for an emulator on this machine (localhost, 127.0.0.1, [::1]): it accepts the emulator's self-signed certificate",
-            ));
-        }
-        if endpoint.scheme() == "http" && !(emulator && loopback) {
-            return Err(invalid(
-                "location",
-                "plain http:// is only for an emulator on this machine ('emulator' 'true')",
-            ));
-        }
+        check_options(options)?;
+        let (endpoint, server, emulator) = parse_location(location, options)?;
         let required = |key: &str| -> Result<String> {
             options
                 .get(key)
@@ -194,78 +120,37 @@ impl Config {
                 .cloned()
                 .ok_or_else(|| invalid(key, format!("required: the Cosmos DB {key} to read")))
         };
-        let database = required("database")?;
-        let container = required("container")?;
-        let auth = match (options.get("key"), options.get("access_token")) {
-            (Some(k), None) => {
-                secret::require_reference("key", k)?;
-                Auth::Key(k.clone())
-            }
-            (None, Some(t)) => {
-                secret::require_reference("access_token", t)?;
-                Auth::Token(t.clone())
-            }
-            (Some(_), Some(_)) => {
-                return Err(invalid("key", "give 'key' or 'access_token', not both"));
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "key",
-                    "required: the account key ('key' '${COSMOS_KEY}') or a Microsoft Entra ID token ('access_token' '${COSMOS_TOKEN}')",
-                ));
-            }
-        };
-        let regions = options
-            .get("regions")
-            .map(|r| {
-                r.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let get = Options(options);
         Ok(Self {
             endpoint,
             server,
-            database,
-            container,
-            auth,
-            page_size: number(
-                options,
-                "page_size",
-                1000,
-                |n| (1..=100_000).contains(n),
-                "a page size from 1 to 100000",
-            )?,
-            sample_size: number(
-                options,
-                "sample_size",
-                1000,
-                |n| (1..=1_000_000).contains(n),
-                "a count from 1 to 1000000",
-            )?,
-            regions,
+            database: required("database")?,
+            container: required("container")?,
+            auth: auth(options)?,
+            page_size: get.number("page_size", 1000, 1..=100_000, "a page size")?,
+            sample_size: get.number("sample_size", 1000, 1..=1_000_000, "a count")?,
+            regions: options
+                .get("regions")
+                .map(|r| {
+                    r.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             emulator,
-            timeout: Duration::from_secs(number(
-                options,
+            timeout: Duration::from_secs(get.number(
                 "timeout_seconds",
                 60,
-                |n| (1..=86_400).contains(n),
-                "a number of seconds from 1 to 86400",
+                1..=86_400,
+                "a number of seconds",
             )?),
-            retries: number(
-                options,
-                "retries",
-                3,
-                |n| *n <= 10,
-                "a number of retries from 0 to 10",
-            )?,
-            lag_seconds: number(
-                options,
+            retries: get.number("retries", 3, 0..=10, "a number of retries")?,
+            lag_seconds: get.number(
                 "watermark_lag_seconds",
                 2,
-                |n| (0..=86_400).contains(n),
-                "a number of seconds from 0 to 86400",
+                0..=86_400,
+                "a number of seconds",
             )?,
         })
     }
@@ -273,6 +158,93 @@ impl Config {
     fn target(&self) -> String {
         format!("{}/{}", self.database, self.container)
     }
+}
+
+/// Every option is one `STORED AS COSMOS` knows.
+fn check_options(options: &BTreeMap<String, String>) -> Result<()> {
+    for key in options.keys() {
+        let known = OPTIONS.contains(&key.as_str())
+            || key.strip_prefix("field.").is_some_and(|c| !c.is_empty());
+        if !known {
+            return Err(invalid(
+                key,
+                format!(
+                    "unknown option; COSMOS accepts {}, and field.<column>",
+                    OPTIONS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The account endpoint, the server as messages name it, and whether it is a local emulator
+/// (whose self-signed certificate is accepted; plain http only then).
+fn parse_location(
+    location: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<(Url, String, bool)> {
+    let endpoint = Url::parse(location).map_err(|e| {
+        invalid(
+            "location",
+            format!("'{location}' is not a URL ({e}); write https://<account>.documents.azure.com"),
+        )
+    })?;
+    if !matches!(endpoint.scheme(), "https" | "http") || endpoint.host_str().is_none() {
+        return Err(invalid(
+            "location",
+            format!("'{location}': write https://<account>.documents.azure.com"),
+        ));
+    }
+    let host = endpoint.host_str().unwrap_or_default().to_string();
+    let server = match endpoint.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    let loopback = matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]" | "::1");
+    let emulator = match options.get("emulator").map(|s| s.to_ascii_lowercase()) {
+        None => false,
+        Some(v) if v == "true" => true,
+        Some(v) if v == "false" => false,
+        Some(v) => return Err(invalid("emulator", format!("'{v}' is not true or false"))),
+    };
+    if emulator && !loopback {
+        return Err(invalid(
+            "emulator",
+            "only for an emulator on this machine (localhost, 127.0.0.1, [::1]): it accepts the emulator's self-signed certificate",
+        ));
+    }
+    if endpoint.scheme() == "http" && !(emulator && loopback) {
+        return Err(invalid(
+            "location",
+            "plain http:// is only for an emulator on this machine ('emulator' 'true')",
+        ));
+    }
+    Ok((endpoint, server, emulator))
+}
+
+/// The account key or an Entra ID token, as a `${NAME}` reference.
+fn auth(options: &BTreeMap<String, String>) -> Result<Auth> {
+    let auth = match (options.get("key"), options.get("access_token")) {
+        (Some(k), None) => {
+            secret::require_reference("key", k)?;
+            Auth::Key(k.clone())
+        }
+        (None, Some(t)) => {
+            secret::require_reference("access_token", t)?;
+            Auth::Token(t.clone())
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid("key", "give 'key' or 'access_token', not both"));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "key",
+                "required: the account key ('key' '${COSMOS_KEY}') or a Microsoft Entra ID token ('access_token' '${COSMOS_TOKEN}')",
+            ));
+        }
+    };
+    Ok(auth)
 }
 
 /// A static Microsoft Entra ID token (read from the environment for each scan).
@@ -699,7 +671,7 @@ pub async fn define(
         })?,
         created: chrono::Utc::now().to_rfc3339(),
     };
-    CosmosTable::open(&definition, policy)?; // checks the watermark against the columns
+    Shared::open(&definition, policy)?; // checks the watermark against the columns
     Ok(definition)
 }
 
@@ -736,12 +708,6 @@ pub async fn list_tables(
     })
 }
 
-/// An external table over a Cosmos DB container.
-#[derive(Debug)]
-pub struct CosmosTable {
-    inner: Arc<Shared>,
-}
-
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: Config,
@@ -757,7 +723,7 @@ pub(crate) struct Shared {
     policy: Arc<Policy>,
 }
 
-impl CosmosTable {
+impl Shared {
     /// Opens a stored definition; no request is made (an endpoint given as an address is
     /// checked now, names before each connection).
     pub fn open(definition: &Definition, policy: &Arc<Policy>) -> Result<Self> {
@@ -813,16 +779,14 @@ impl CosmosTable {
         ));
         let n = columns.len();
         Ok(Self {
-            inner: Arc::new(Shared {
-                config,
-                columns,
-                schema,
-                partition_key: remote.partition_key,
-                watermark,
-                failure: Mutex::new(None),
-                mismatches: Mutex::new((0, vec![0; n])),
-                policy: policy.clone(),
-            }),
+            config,
+            columns,
+            schema,
+            partition_key: remote.partition_key,
+            watermark,
+            failure: Mutex::new(None),
+            mismatches: Mutex::new((0, vec![0; n])),
+            policy: policy.clone(),
         })
     }
 }
@@ -1221,24 +1185,24 @@ impl medlake_source::scan::Marked for Shared {
     }
 }
 
-impl External for CosmosTable {
-    fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
-        Windowed::all(self.inner.clone())
+#[async_trait]
+impl medlake_source::scan::Source for Shared {
+    fn watermark(&self) -> Option<&str> {
+        self.watermark.map(|w| self.columns[w].column.name.as_str())
     }
 
-    fn watermarked(self: Arc<Self>) -> Option<Arc<dyn Watermarked>> {
-        self.inner.watermark.map(|_| self as Arc<dyn Watermarked>)
+    async fn high_mark(&self) -> Result<Option<String>> {
+        Shared::high_mark(self).await
     }
 
-    fn take_failure(&self) -> Option<Error> {
-        self.inner.failure.lock().ok()?.take()
+    fn failure(&self) -> &std::sync::Mutex<Option<Error>> {
+        &self.failure
     }
 
     fn take_mismatches(&self) -> Option<Mismatches> {
-        let mut m = self.inner.mismatches.lock().ok()?;
-        let (rows, counts) = std::mem::replace(&mut *m, (0, vec![0; self.inner.columns.len()]));
+        let mut m = self.mismatches.lock().ok()?;
+        let (rows, counts) = std::mem::replace(&mut *m, (0, vec![0; self.columns.len()]));
         let columns: Vec<(String, String, u64)> = self
-            .inner
             .columns
             .iter()
             .zip(counts)
@@ -1246,28 +1210,6 @@ impl External for CosmosTable {
             .map(|(c, n)| (c.column.name.clone(), c.column.data_type.to_string(), n))
             .collect();
         (rows > 0).then_some(Mismatches { rows, columns })
-    }
-}
-
-#[async_trait]
-impl Watermarked for CosmosTable {
-    fn column(&self) -> &str {
-        self.inner
-            .watermark
-            .map(|w| self.inner.columns[w].column.name.as_str())
-            .unwrap_or_default()
-    }
-
-    async fn high_mark(&self) -> Result<Option<String>> {
-        self.inner.high_mark().await
-    }
-
-    fn upto(&self, mark: Option<&str>) -> Result<Arc<dyn TableProvider>> {
-        Windowed::upto(&self.inner, mark)
-    }
-
-    fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>> {
-        Windowed::between(&self.inner, after, upto)
     }
 }
 
@@ -1372,7 +1314,7 @@ impl medlake_source::Connector for CosmosConnector {
     }
 
     fn open(&self, definition: &Definition, policy: &Arc<Policy>) -> Result<Arc<dyn External>> {
-        Ok(Arc::new(CosmosTable::open(definition, policy)?))
+        Ok(Arc::new(Table::new(Shared::open(definition, policy)?)))
     }
 
     async fn list_tables(

@@ -22,6 +22,7 @@
 //!   nested STRUCT/LIST columns, JSON-text columns, `LIKE`, casts and functions.
 
 use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::expr::{Between, InList};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::scalar::ScalarValue;
 use serde_json::Value;
@@ -254,129 +255,19 @@ pub(crate) fn translate(expr: &Expr, columns: &[Col], sql: &mut Sql) -> Option<(
 fn condition(expr: &Expr, columns: &[Col], sql: &mut Sql) -> Option<Cond> {
     match expr {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
-            Operator::And | Operator::Or => {
-                let l = condition(left, columns, sql)?;
-                let r = condition(right, columns, sql)?;
-                let fit = l.fit.and(r.fit);
-                let (t_word, f_word) = if *op == Operator::And {
-                    ("AND", "OR")
-                } else {
-                    ("OR", "AND")
-                };
-                Some(Cond {
-                    t: format!("({} {t_word} {})", l.t, r.t),
-                    f: l.f.zip(r.f).map(|(a, b)| format!("({a} {f_word} {b})")),
-                    fit,
-                })
-            }
+            Operator::And | Operator::Or => junction(left, *op, right, columns, sql),
             Operator::Eq
             | Operator::NotEq
             | Operator::Lt
             | Operator::LtEq
             | Operator::Gt
-            | Operator::GtEq => {
-                let (col, value, op) = match (column(left, columns), column(right, columns)) {
-                    (Some(col), None) => (col, scalar(right)?, *op),
-                    (None, Some(col)) => (col, scalar(left)?, op.swap()?),
-                    _ => return None,
-                };
-                let (test, class) = guard(col)?;
-                if class == Class::Text && !matches!(op, Operator::Eq | Operator::NotEq) {
-                    // Cosmos DB and DataFusion may order strings differently.
-                    return None;
-                }
-                let value = literal(value, class)?;
-                let symbol = |op: Operator| match op {
-                    Operator::Eq => "=",
-                    Operator::NotEq => "!=",
-                    Operator::Lt => "<",
-                    Operator::LtEq => "<=",
-                    Operator::Gt => ">",
-                    _ => ">=",
-                };
-                let fit = if class == Class::Integer {
-                    Fit::Superset
-                } else {
-                    Fit::Exact
-                };
-                let property = accessor(&col.column.path);
-                let p = sql.param(value);
-                let side = |op: Operator| {
-                    format!("({test}({property}) AND {property} {} {p})", symbol(op))
-                };
-                Some(Cond {
-                    t: side(op),
-                    f: Some(side(op.negate()?)),
-                    fit,
-                })
-            }
+            | Operator::GtEq => comparison(left, *op, right, columns, sql),
             _ => None,
         },
-        Expr::InList(list) => {
-            let col = column(&list.expr, columns)?;
-            let (test, class) = guard(col)?;
-            if list.list.is_empty() {
-                return None;
-            }
-            let values: Vec<Value> = list
-                .list
-                .iter()
-                .map(|e| literal(scalar(e)?, class))
-                .collect::<Option<_>>()?;
-            let fit = if class == Class::Integer {
-                Fit::Superset
-            } else {
-                Fit::Exact
-            };
-            let property = accessor(&col.column.path);
-            let names: Vec<String> = values.into_iter().map(|v| sql.param(v)).collect();
-            let inside = format!("{property} IN ({})", names.join(", "));
-            let yes = format!("({test}({property}) AND {inside})");
-            let no = format!("({test}({property}) AND NOT ({inside}))");
-            let (t, f) = if list.negated { (no, yes) } else { (yes, no) };
-            Some(Cond { t, f: Some(f), fit })
-        }
-        Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
-            let col = column(inner, columns)?;
-            let (test, class) = guard(col)?;
-            let property = accessor(&col.column.path);
-            let is = format!("{test}({property})");
-            let is_not = format!("(NOT {test}({property}))");
-            match (expr, class) {
-                // A number with a fraction reads as NULL under an integer column but passes
-                // IS_NUMBER: only "IS NOT NULL" has a superset, and it cannot be negated.
-                (Expr::IsNotNull(_), Class::Integer) => Some(Cond {
-                    t: is,
-                    f: None,
-                    fit: Fit::Superset,
-                }),
-                (Expr::IsNull(_), Class::Integer) => None,
-                (Expr::IsNotNull(_), _) => Some(Cond {
-                    t: is,
-                    f: Some(is_not),
-                    fit: Fit::Exact,
-                }),
-                _ => Some(Cond {
-                    t: is_not,
-                    f: Some(is),
-                    fit: Fit::Exact,
-                }),
-            }
-        }
-        Expr::Column(_) => {
-            // A BOOLEAN column as a filter: `WHERE acknowledged`.
-            let col = column(expr, columns)?;
-            let (test, class) = guard(col)?;
-            if class != Class::Bool {
-                return None;
-            }
-            let property = accessor(&col.column.path);
-            Some(Cond {
-                t: format!("({test}({property}) AND {property} = true)"),
-                f: Some(format!("({test}({property}) AND {property} = false)")),
-                fit: Fit::Exact,
-            })
-        }
+        Expr::InList(list) => in_list(list, columns, sql),
+        Expr::IsNull(inner) => null_test(inner, true, columns),
+        Expr::IsNotNull(inner) => null_test(inner, false, columns),
+        Expr::Column(_) => bool_column(expr, columns),
         Expr::Not(inner) => {
             let c = condition(inner, columns, sql)?;
             Some(Cond {
@@ -385,30 +276,169 @@ fn condition(expr: &Expr, columns: &[Col], sql: &mut Sql) -> Option<Cond> {
                 fit: c.fit,
             })
         }
-        Expr::Between(b) => {
-            // Normally rewritten to two comparisons before it reaches a scan.
-            let low = Expr::BinaryExpr(BinaryExpr::new(
-                b.expr.clone(),
-                Operator::GtEq,
-                b.low.clone(),
-            ));
-            let high = Expr::BinaryExpr(BinaryExpr::new(
-                b.expr.clone(),
-                Operator::LtEq,
-                b.high.clone(),
-            ));
-            let both = Expr::BinaryExpr(BinaryExpr::new(
-                Box::new(low),
-                Operator::And,
-                Box::new(high),
-            ));
-            if b.negated {
-                condition(&Expr::Not(Box::new(both)), columns, sql)
-            } else {
-                condition(&both, columns, sql)
-            }
-        }
+        Expr::Between(b) => between(b, columns, sql),
         _ => None,
+    }
+}
+
+/// `l AND r`, `l OR r`: the FALSE side of a conjunction is the disjunction of the FALSE
+/// sides, and the other way round.
+fn junction(
+    left: &Expr,
+    op: Operator,
+    right: &Expr,
+    columns: &[Col],
+    sql: &mut Sql,
+) -> Option<Cond> {
+    let l = condition(left, columns, sql)?;
+    let r = condition(right, columns, sql)?;
+    let fit = l.fit.and(r.fit);
+    let (t_word, f_word) = if op == Operator::And {
+        ("AND", "OR")
+    } else {
+        ("OR", "AND")
+    };
+    Some(Cond {
+        t: format!("({} {t_word} {})", l.t, r.t),
+        f: l.f.zip(r.f).map(|(a, b)| format!("({a} {f_word} {b})")),
+        fit,
+    })
+}
+
+/// `column <op> literal` (either way round).
+fn comparison(
+    left: &Expr,
+    op: Operator,
+    right: &Expr,
+    columns: &[Col],
+    sql: &mut Sql,
+) -> Option<Cond> {
+    let (col, value, op) = match (column(left, columns), column(right, columns)) {
+        (Some(col), None) => (col, scalar(right)?, op),
+        (None, Some(col)) => (col, scalar(left)?, op.swap()?),
+        _ => return None,
+    };
+    let (test, class) = guard(col)?;
+    if class == Class::Text && !matches!(op, Operator::Eq | Operator::NotEq) {
+        // Cosmos DB and DataFusion may order strings differently.
+        return None;
+    }
+    let value = literal(value, class)?;
+    let symbol = |op: Operator| match op {
+        Operator::Eq => "=",
+        Operator::NotEq => "!=",
+        Operator::Lt => "<",
+        Operator::LtEq => "<=",
+        Operator::Gt => ">",
+        _ => ">=",
+    };
+    let fit = if class == Class::Integer {
+        Fit::Superset
+    } else {
+        Fit::Exact
+    };
+    let property = accessor(&col.column.path);
+    let p = sql.param(value);
+    let side = |op: Operator| format!("({test}({property}) AND {property} {} {p})", symbol(op));
+    Some(Cond {
+        t: side(op),
+        f: Some(side(op.negate()?)),
+        fit,
+    })
+}
+
+/// `column [NOT] IN (literals)`.
+fn in_list(list: &InList, columns: &[Col], sql: &mut Sql) -> Option<Cond> {
+    let col = column(&list.expr, columns)?;
+    let (test, class) = guard(col)?;
+    if list.list.is_empty() {
+        return None;
+    }
+    let values: Vec<Value> = list
+        .list
+        .iter()
+        .map(|e| literal(scalar(e)?, class))
+        .collect::<Option<_>>()?;
+    let fit = if class == Class::Integer {
+        Fit::Superset
+    } else {
+        Fit::Exact
+    };
+    let property = accessor(&col.column.path);
+    let names: Vec<String> = values.into_iter().map(|v| sql.param(v)).collect();
+    let inside = format!("{property} IN ({})", names.join(", "));
+    let yes = format!("({test}({property}) AND {inside})");
+    let no = format!("({test}({property}) AND NOT ({inside}))");
+    let (t, f) = if list.negated { (no, yes) } else { (yes, no) };
+    Some(Cond { t, f: Some(f), fit })
+}
+
+/// `column IS NULL` (`is_null`) or `column IS NOT NULL`.
+fn null_test(inner: &Expr, is_null: bool, columns: &[Col]) -> Option<Cond> {
+    let col = column(inner, columns)?;
+    let (test, class) = guard(col)?;
+    let property = accessor(&col.column.path);
+    let is = format!("{test}({property})");
+    let is_not = format!("(NOT {test}({property}))");
+    match (is_null, class) {
+        // A number with a fraction reads as NULL under an integer column but passes
+        // IS_NUMBER: only "IS NOT NULL" has a superset, and it cannot be negated.
+        (false, Class::Integer) => Some(Cond {
+            t: is,
+            f: None,
+            fit: Fit::Superset,
+        }),
+        (true, Class::Integer) => None,
+        (false, _) => Some(Cond {
+            t: is,
+            f: Some(is_not),
+            fit: Fit::Exact,
+        }),
+        _ => Some(Cond {
+            t: is_not,
+            f: Some(is),
+            fit: Fit::Exact,
+        }),
+    }
+}
+
+/// A BOOLEAN column as a filter: `WHERE acknowledged`.
+fn bool_column(expr: &Expr, columns: &[Col]) -> Option<Cond> {
+    let col = column(expr, columns)?;
+    let (test, class) = guard(col)?;
+    if class != Class::Bool {
+        return None;
+    }
+    let property = accessor(&col.column.path);
+    Some(Cond {
+        t: format!("({test}({property}) AND {property} = true)"),
+        f: Some(format!("({test}({property}) AND {property} = false)")),
+        fit: Fit::Exact,
+    })
+}
+
+/// `x [NOT] BETWEEN low AND high`, as two comparisons.
+fn between(b: &Between, columns: &[Col], sql: &mut Sql) -> Option<Cond> {
+    // Normally rewritten to two comparisons before it reaches a scan.
+    let low = Expr::BinaryExpr(BinaryExpr::new(
+        b.expr.clone(),
+        Operator::GtEq,
+        b.low.clone(),
+    ));
+    let high = Expr::BinaryExpr(BinaryExpr::new(
+        b.expr.clone(),
+        Operator::LtEq,
+        b.high.clone(),
+    ));
+    let both = Expr::BinaryExpr(BinaryExpr::new(
+        Box::new(low),
+        Operator::And,
+        Box::new(high),
+    ));
+    if b.negated {
+        condition(&Expr::Not(Box::new(both)), columns, sql)
+    } else {
+        condition(&both, columns, sql)
     }
 }
 
@@ -446,8 +476,8 @@ pub(crate) fn partition_value(expr: &Expr, columns: &[Col], partition_key: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medlake_source::json::Column;
     use datafusion::prelude::{col, lit};
+    use medlake_source::json::Column;
 
     fn columns() -> Vec<Col> {
         let c = |name: &str, t: DataType, path: Path, json_text: bool| Col {

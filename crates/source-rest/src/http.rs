@@ -15,9 +15,9 @@ use url::Url;
 
 use super::{Auth, Config, Pagination};
 use medlake_source::Policy;
-use medlake_source::{Error, Result};
 use medlake_source::policy::{find_refusal, redirect_allowed, vetted_client};
 use medlake_source::secret::{self, Secret};
+use medlake_source::{Error, Result};
 
 /// An HTTP client for one table: its headers resolved, its timeouts set.
 pub(crate) struct Http {

@@ -26,7 +26,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::TableProvider;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -34,15 +33,16 @@ use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use medlake_source::{Error, Result};
-use medlake_source::scan::Windowed;
-use medlake_source::secret;
-use medlake_source::{Definition, External, Policy, RemoteTable, Watermarked};
-pub use medlake_source::json::{Column, Path};
-use medlake_source::json::{self, Converter};
-use medlake_source::mark::{encode_mark, max_of, parse_mark};
 pub use exec::RestExec;
 use http::{Http, Pager};
+use medlake_source::json::{self, Converter};
+pub use medlake_source::json::{Column, Path};
+use medlake_source::mark::{encode_mark, max_of, parse_mark};
+use medlake_source::options::{Options, invalid};
+use medlake_source::scan::Table;
+use medlake_source::secret;
+use medlake_source::{Definition, External, Policy, RemoteTable};
+use medlake_source::{Error, Result};
 use pushdown::{FilterParam, Op, ParamValue, Predicate};
 
 /// Every option `STORED AS REST` accepts, besides the `filter.<column>.<op>`,
@@ -139,13 +139,6 @@ pub(crate) struct Config {
     pub high_mark_query: Option<Vec<(String, String)>>,
 }
 
-fn invalid(option: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidOption {
-        option: option.into(),
-        reason: reason.into(),
-    }
-}
-
 fn pointer(option: &str, value: &str) -> Result<String> {
     if value.is_empty() || value.starts_with('/') {
         Ok(value.to_string())
@@ -167,106 +160,26 @@ fn sensitive_header(name: &str) -> bool {
 
 impl Config {
     fn parse(location: &str, options: &BTreeMap<String, String>) -> Result<Self> {
-        let bad_location = |reason: &str| {
-            invalid(
-                "LOCATION",
-                format!("'{location}' {reason}; write 'https://host/path'"),
-            )
-        };
-        let mut url = Url::parse(location).map_err(|e| bad_location(&e.to_string()))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(bad_location("is not an http:// or https:// URL"));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad_location(
-                "holds credentials; give them as OPTIONS ('bearer_token' '${NAME}') or ('api_key' '${NAME}')",
-            ));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(bad_location("has no host"));
-        }
-        url.set_fragment(None);
-        let server = {
-            let mut s = url.clone();
-            s.set_query(None);
-            s.to_string()
-        };
-        let get = |name: &str| options.get(name).map(String::as_str);
-        let number = |name: &str, default: u64, min: u64, max: u64, what: &str| -> Result<u64> {
-            match get(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| {
-                        invalid(name, format!("'{v}' is not {what} from {min} to {max}"))
-                    }),
-            }
-        };
-        let style = get("pagination")
-            .map(str::to_ascii_lowercase)
-            .unwrap_or_else(|| "none".into());
-        let pagination = match style.as_str() {
-            "none" => Pagination::None,
-            "fhir" => Pagination::Fhir,
-            "next_link" => Pagination::NextLink {
-                pointer: pointer(
-                    "next_link_pointer",
-                    get("next_link_pointer").unwrap_or("/next"),
-                )?,
-            },
-            "link_header" => Pagination::LinkHeader,
-            "cursor" => Pagination::Cursor {
-                pointer: pointer(
-                    "cursor_pointer",
-                    get("cursor_pointer").ok_or_else(|| {
-                        invalid(
-                            "cursor_pointer",
-                            "is required with 'pagination' 'cursor': where the next cursor is in a page, e.g. '/meta/next_cursor'",
-                        )
-                    })?,
-                )?,
-                param: get("cursor_param").unwrap_or("cursor").to_string(),
-            },
-            "offset" => Pagination::Offset {
-                offset_param: get("offset_param").unwrap_or("offset").to_string(),
-            },
-            other => {
-                return Err(invalid(
-                    "pagination",
-                    format!("'{other}' is not one of none, fhir, next_link, link_header, cursor, offset"),
-                ));
-            }
-        };
-        for (option, style) in [
-            ("next_link_pointer", "next_link"),
-            ("cursor_pointer", "cursor"),
-            ("cursor_param", "cursor"),
-            ("offset_param", "offset"),
-        ] {
-            if options.contains_key(option) && pagination.name() != style {
-                return Err(invalid(
-                    option,
-                    format!("applies to 'pagination' '{style}' only"),
-                ));
-            }
-        }
+        let (url, server) = parse_location(location)?;
+        let get = Options(options);
+        let pagination = pagination(get)?;
         let fhir = pagination == Pagination::Fhir;
         let records_pointer = pointer(
             "records_pointer",
-            get("records_pointer").unwrap_or(if fhir { "/entry" } else { "" }),
+            get.get("records_pointer")
+                .unwrap_or(if fhir { "/entry" } else { "" }),
         )?;
         let record_pointer = pointer(
             "record_pointer",
-            get("record_pointer").unwrap_or(if fhir { "/resource" } else { "" }),
+            get.get("record_pointer")
+                .unwrap_or(if fhir { "/resource" } else { "" }),
         )?;
-        let page_size = number("page_size", 100, 1, 100_000, "a number of records")? as usize;
-        let limit_param = match (&pagination, get("limit_param")) {
+        let page_size =
+            get.number::<usize>("page_size", 100, 1..=100_000, "a number of records")?;
+        let limit_param = match (&pagination, get.get("limit_param")) {
             (_, Some(p)) => Some(p.to_string()),
             (Pagination::Offset { .. }, None) => Some("limit".to_string()),
-            (_, None) if options.contains_key("page_size") => {
+            (_, None) if get.contains("page_size") => {
                 return Err(invalid(
                     "page_size",
                     "is sent as the 'limit_param' query parameter: name it (e.g. '_count' for FHIR, 'per_page')",
@@ -274,82 +187,6 @@ impl Config {
             }
             (_, None) => None,
         };
-        let max_pages = match get("max_pages") {
-            None => None,
-            Some(_) => {
-                Some(number("max_pages", 0, 1, u32::MAX.into(), "a number of pages")? as usize)
-            }
-        };
-        let auth = match (get("bearer_token"), get("api_key")) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "api_key",
-                    "give 'bearer_token' or 'api_key', not both",
-                ));
-            }
-            (Some(token), None) => {
-                secret::require_reference("bearer_token", token)?;
-                Auth::Bearer(token.to_string())
-            }
-            (None, Some(key)) => {
-                secret::require_reference("api_key", key)?;
-                Auth::ApiKey {
-                    header: get("api_key_header")
-                        .unwrap_or("x-api-key")
-                        .to_ascii_lowercase(),
-                    reference: key.to_string(),
-                }
-            }
-            (None, None) => {
-                if options.contains_key("api_key_header") {
-                    return Err(invalid("api_key_header", "needs 'api_key'"));
-                }
-                Auth::None
-            }
-        };
-        let mut headers = Vec::new();
-        for (key, value) in options {
-            let Some(name) = key.strip_prefix("header.") else {
-                continue;
-            };
-            let name = name.to_ascii_lowercase();
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(invalid(key, format!("'{name}' is not an HTTP header name")));
-            }
-            if sensitive_header(&name) && secret::reference(value).is_none() {
-                return Err(invalid(
-                    key,
-                    "this header carries a credential and secrets are never stored: write a reference to an environment variable, e.g. '${API_TOKEN}'",
-                ));
-            }
-            headers.push((name, value.clone()));
-        }
-        let timestamp_param_format = match get("timestamp_param_format") {
-            None => None,
-            Some(f) => {
-                use chrono::format::{Item, StrftimeItems};
-                if f.is_empty() || StrftimeItems::new(f).any(|i| matches!(i, Item::Error)) {
-                    return Err(invalid(
-                        "timestamp_param_format",
-                        format!(
-                            "'{f}' is not a chrono strftime format, e.g. '%Y-%m-%dT%H:%M:%SZ' or '%s'"
-                        ),
-                    ));
-                }
-                Some(f.to_string())
-            }
-        };
-        let high_mark_query = get("high_mark_query").map(|q| {
-            url::form_urlencoded::parse(q.trim_start_matches('?').as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect::<Vec<_>>()
-        });
-        if high_mark_query.as_ref().is_some_and(Vec::is_empty) {
-            return Err(invalid(
-                "high_mark_query",
-                "write query parameters, e.g. 'sort=-updated_at&limit=1'",
-            ));
-        }
         Ok(Self {
             url,
             server,
@@ -358,49 +195,216 @@ impl Config {
             pagination,
             page_size,
             limit_param,
-            max_pages,
-            auth,
-            headers,
-            connect_timeout: Duration::from_secs(number(
+            max_pages: get
+                .optional_number("max_pages", 1..=u64::from(u32::MAX), "a number of pages")?
+                .map(|n| n as usize),
+            auth: auth(get)?,
+            headers: headers(options)?,
+            connect_timeout: Duration::from_secs(get.number(
                 "connect_timeout_seconds",
                 10,
-                1,
-                3600,
+                1..=3600,
                 "a number of seconds",
             )?),
-            request_timeout: Duration::from_secs(number(
+            request_timeout: Duration::from_secs(get.number(
                 "request_timeout_seconds",
                 60,
-                1,
-                86_400,
+                1..=86_400,
                 "a number of seconds",
             )?),
-            max_retries: number("max_retries", 3, 0, 20, "a number of retries")? as u32,
-            retry_backoff: Duration::from_millis(number(
+            max_retries: get.number("max_retries", 3, 0..=20, "a number of retries")?,
+            retry_backoff: Duration::from_millis(get.number(
                 "retry_backoff_ms",
                 500,
-                1,
-                600_000,
+                1..=600_000,
                 "a number of milliseconds",
             )?),
-            retry_max_wait: Duration::from_secs(number(
+            retry_max_wait: Duration::from_secs(get.number(
                 "retry_max_wait_seconds",
                 60,
-                1,
-                86_400,
+                1..=86_400,
                 "a number of seconds",
             )?),
-            max_page_bytes: number(
+            max_page_bytes: get.number(
                 "max_page_bytes",
                 64 << 20,
-                1024,
-                1 << 30,
+                1024..=1 << 30,
                 "a number of bytes",
-            )? as usize,
-            timestamp_param_format,
-            high_mark_query,
+            )?,
+            timestamp_param_format: timestamp_param_format(get)?,
+            high_mark_query: high_mark_query(get)?,
         })
     }
+}
+
+/// The LOCATION: an http(s) URL without credentials or fragment; and the server as messages
+/// name it (no query string).
+fn parse_location(location: &str) -> Result<(Url, String)> {
+    let bad_location = |reason: &str| {
+        invalid(
+            "LOCATION",
+            format!("'{location}' {reason}; write 'https://host/path'"),
+        )
+    };
+    let mut url = Url::parse(location).map_err(|e| bad_location(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad_location("is not an http:// or https:// URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad_location(
+            "holds credentials; give them as OPTIONS ('bearer_token' '${NAME}') or ('api_key' '${NAME}')",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad_location("has no host"));
+    }
+    url.set_fragment(None);
+    let server = {
+        let mut s = url.clone();
+        s.set_query(None);
+        s.to_string()
+    };
+    Ok((url, server))
+}
+
+/// The `pagination` option and the options of its style.
+fn pagination(get: Options<'_>) -> Result<Pagination> {
+    let style = get
+        .get("pagination")
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| "none".into());
+    let pagination = match style.as_str() {
+        "none" => Pagination::None,
+        "fhir" => Pagination::Fhir,
+        "next_link" => Pagination::NextLink {
+            pointer: pointer(
+                "next_link_pointer",
+                get.get("next_link_pointer").unwrap_or("/next"),
+            )?,
+        },
+        "link_header" => Pagination::LinkHeader,
+        "cursor" => Pagination::Cursor {
+            pointer: pointer(
+                "cursor_pointer",
+                get.get("cursor_pointer").ok_or_else(|| {
+                    invalid(
+                        "cursor_pointer",
+                        "is required with 'pagination' 'cursor': where the next cursor is in a page, e.g. '/meta/next_cursor'",
+                    )
+                })?,
+            )?,
+            param: get.get("cursor_param").unwrap_or("cursor").to_string(),
+        },
+        "offset" => Pagination::Offset {
+            offset_param: get.get("offset_param").unwrap_or("offset").to_string(),
+        },
+        other => {
+            return Err(invalid(
+                "pagination",
+                format!("'{other}' is not one of none, fhir, next_link, link_header, cursor, offset"),
+            ));
+        }
+    };
+    for (option, style) in [
+        ("next_link_pointer", "next_link"),
+        ("cursor_pointer", "cursor"),
+        ("cursor_param", "cursor"),
+        ("offset_param", "offset"),
+    ] {
+        if get.contains(option) && pagination.name() != style {
+            return Err(invalid(
+                option,
+                format!("applies to 'pagination' '{style}' only"),
+            ));
+        }
+    }
+    Ok(pagination)
+}
+
+/// `bearer_token` or `api_key` (with `api_key_header`), as `${NAME}` references.
+fn auth(get: Options<'_>) -> Result<Auth> {
+    let auth = match (get.get("bearer_token"), get.get("api_key")) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "api_key",
+                "give 'bearer_token' or 'api_key', not both",
+            ));
+        }
+        (Some(token), None) => {
+            secret::require_reference("bearer_token", token)?;
+            Auth::Bearer(token.to_string())
+        }
+        (None, Some(key)) => {
+            secret::require_reference("api_key", key)?;
+            Auth::ApiKey {
+                header: get
+                    .get("api_key_header")
+                    .unwrap_or("x-api-key")
+                    .to_ascii_lowercase(),
+                reference: key.to_string(),
+            }
+        }
+        (None, None) => {
+            if get.contains("api_key_header") {
+                return Err(invalid("api_key_header", "needs 'api_key'"));
+            }
+            Auth::None
+        }
+    };
+    Ok(auth)
+}
+
+/// The `header.<name>` options; those that carry credentials must be `${NAME}` references.
+fn headers(options: &BTreeMap<String, String>) -> Result<Vec<(String, String)>> {
+    let mut headers = Vec::new();
+    for (key, value) in options {
+        let Some(name) = key.strip_prefix("header.") else {
+            continue;
+        };
+        let name = name.to_ascii_lowercase();
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(key, format!("'{name}' is not an HTTP header name")));
+        }
+        if sensitive_header(&name) && secret::reference(value).is_none() {
+            return Err(invalid(
+                key,
+                "this header carries a credential and secrets are never stored: write a reference to an environment variable, e.g. '${API_TOKEN}'",
+            ));
+        }
+        headers.push((name, value.clone()));
+    }
+    Ok(headers)
+}
+
+/// How a timestamp filter is written in a query parameter (a chrono strftime format).
+fn timestamp_param_format(get: Options<'_>) -> Result<Option<String>> {
+    let Some(f) = get.get("timestamp_param_format") else {
+        return Ok(None);
+    };
+    use chrono::format::{Item, StrftimeItems};
+    if f.is_empty() || StrftimeItems::new(f).any(|i| matches!(i, Item::Error)) {
+        return Err(invalid(
+            "timestamp_param_format",
+            format!("'{f}' is not a chrono strftime format, e.g. '%Y-%m-%dT%H:%M:%SZ' or '%s'"),
+        ));
+    }
+    Ok(Some(f.to_string()))
+}
+
+/// The query parameters that ask the API for the highest watermark.
+fn high_mark_query(get: Options<'_>) -> Result<Option<Vec<(String, String)>>> {
+    let high_mark_query = get.get("high_mark_query").map(|q| {
+        url::form_urlencoded::parse(q.trim_start_matches('?').as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect::<Vec<_>>()
+    });
+    if high_mark_query.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid(
+            "high_mark_query",
+            "write query parameters, e.g. 'sort=-updated_at&limit=1'",
+        ));
+    }
+    Ok(high_mark_query)
 }
 
 fn check_options(options: &BTreeMap<String, String>) -> Result<()> {
@@ -483,8 +487,8 @@ pub async fn define(
                 ),
             ));
         }
-        let columns = json::infer(&first, &config.record_pointer, exact_names, &fields)
-            .map_err(malformed)?;
+        let columns =
+            json::infer(&first, &config.record_pointer, exact_names, &fields).map_err(malformed)?;
         if columns.is_empty() {
             return Err(invalid(
                 "columns",
@@ -536,8 +540,8 @@ pub async fn define(
     };
     // Opening checks the watermark and filter options against the columns; the first page
     // must fit them (a declared column list that does not fit the API fails here).
-    let table = RestTable::open(&definition, policy)?;
-    table.inner.converter.convert(&first).map_err(malformed)?;
+    let table = Shared::open(&definition, policy)?;
+    table.converter.convert(&first).map_err(malformed)?;
     Ok(definition)
 }
 
@@ -553,12 +557,6 @@ pub async fn list_tables(
     })
 }
 
-/// An external table over a JSON API.
-#[derive(Debug)]
-pub struct RestTable {
-    inner: Arc<Shared>,
-}
-
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub config: Config,
@@ -572,7 +570,7 @@ pub(crate) struct Shared {
     pub policy: Arc<Policy>,
 }
 
-impl RestTable {
+impl Shared {
     /// Opens a stored definition; no request is made (a host given as an address is checked
     /// now, names when they are resolved).
     pub fn open(definition: &Definition, policy: &Arc<Policy>) -> Result<Self> {
@@ -660,15 +658,13 @@ impl RestTable {
         }
         let converter = Converter::new(columns, config.record_pointer.clone());
         Ok(Self {
-            inner: Arc::new(Shared {
-                schema: converter.schema(),
-                config,
-                converter,
-                filters,
-                watermark,
-                failure: std::sync::Mutex::new(None),
-                policy: policy.clone(),
-            }),
+            schema: converter.schema(),
+            config,
+            converter,
+            filters,
+            watermark,
+            failure: std::sync::Mutex::new(None),
+            policy: policy.clone(),
         })
     }
 }
@@ -877,39 +873,19 @@ impl medlake_source::scan::Marked for Shared {
     }
 }
 
-impl External for RestTable {
-    fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
-        Windowed::all(self.inner.clone())
-    }
-
-    fn watermarked(self: Arc<Self>) -> Option<Arc<dyn Watermarked>> {
-        self.inner.watermark.map(|_| self as Arc<dyn Watermarked>)
-    }
-
-    fn take_failure(&self) -> Option<Error> {
-        self.inner.failure.lock().ok()?.take()
-    }
-}
-
 #[async_trait]
-impl Watermarked for RestTable {
-    fn column(&self) -> &str {
-        self.inner
-            .watermark
-            .map(|w| self.inner.converter.columns()[w].name.as_str())
-            .unwrap_or_default()
+impl medlake_source::scan::Source for Shared {
+    fn watermark(&self) -> Option<&str> {
+        self.watermark
+            .map(|w| self.converter.columns()[w].name.as_str())
     }
 
     async fn high_mark(&self) -> Result<Option<String>> {
-        self.inner.high_mark().await
+        Shared::high_mark(self).await
     }
 
-    fn upto(&self, mark: Option<&str>) -> Result<Arc<dyn TableProvider>> {
-        Windowed::upto(&self.inner, mark)
-    }
-
-    fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>> {
-        Windowed::between(&self.inner, after, upto)
+    fn failure(&self) -> &std::sync::Mutex<Option<Error>> {
+        &self.failure
     }
 }
 
@@ -935,7 +911,7 @@ impl medlake_source::Connector for RestConnector {
     }
 
     fn open(&self, definition: &Definition, policy: &Arc<Policy>) -> Result<Arc<dyn External>> {
-        Ok(Arc::new(RestTable::open(definition, policy)?))
+        Ok(Arc::new(Table::new(Shared::open(definition, policy)?)))
     }
 
     async fn list_tables(

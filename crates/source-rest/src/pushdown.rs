@@ -241,9 +241,9 @@ pub fn apply(batch: &RecordBatch, predicates: &[Predicate]) -> Result<RecordBatc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medlake_source::json::Path;
     use datafusion::arrow::datatypes::{DataType, TimeUnit};
     use datafusion::logical_expr::{col, lit};
+    use medlake_source::json::Path;
 
     fn columns() -> Vec<Column> {
         let column = |name: &str, data_type: DataType| Column {

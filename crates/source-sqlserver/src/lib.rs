@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::TableProvider;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -33,11 +32,12 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use tracing::{debug, warn};
 
-use medlake_source::{Error, Result};
-use medlake_source::scan::Windowed;
-use medlake_source::secret;
-use medlake_source::{Definition, External, Policy, RemoteTable, Watermarked};
 pub use exec::SqlServerExec;
+use medlake_source::options::Options;
+use medlake_source::scan::Table;
+use medlake_source::secret;
+use medlake_source::{Definition, External, Policy, RemoteTable};
+use medlake_source::{Error, Result};
 use pushdown::{Param, Translation};
 use types::{ColumnBuilder, RemoteColumn, quote};
 
@@ -122,34 +122,10 @@ impl Connection {
         if database.is_empty() || database.contains('/') {
             return Err(bad_location("names no database"));
         }
-        let get = |name: &str| options.get(name).map(String::as_str);
+        let options = Options(options);
+        let get = |name: &str| options.get(name);
         // Bounded: a day at most (untrusted numbers never reach a timer unchecked).
-        let seconds = |name: &str, default: Option<u64>| -> Result<Option<u64>> {
-            match get(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (1..=86_400).contains(n))
-                    .map(Some)
-                    .ok_or_else(|| Error::InvalidOption {
-                        option: name.into(),
-                        reason: format!("'{v}' is not a whole number of seconds from 1 to 86400"),
-                    }),
-            }
-        };
-        let flag = |name: &str, default: bool| -> Result<bool> {
-            match get(name).map(str::to_ascii_lowercase).as_deref() {
-                None => Ok(default),
-                Some("true" | "yes" | "on") => Ok(true),
-                Some("false" | "no" | "off") => Ok(false),
-                Some(other) => Err(Error::InvalidOption {
-                    option: name.into(),
-                    reason: format!("'{other}' is not true or false"),
-                }),
-            }
-        };
+        let seconds = "a whole number of seconds";
         let encrypt = match get("encrypt").map(str::to_ascii_lowercase).as_deref() {
             None | Some("true" | "yes" | "required" | "mandatory") => Encrypt::Required,
             Some("login") => Encrypt::LoginOnly,
@@ -186,17 +162,6 @@ impl Connection {
                 });
             }
         }
-        let retries = match get("retries") {
-            None => 3,
-            Some(v) => v
-                .parse()
-                .ok()
-                .filter(|r| *r <= 10)
-                .ok_or_else(|| Error::InvalidOption {
-                    option: "retries".into(),
-                    reason: format!("'{v}' is not a number from 0 to 10"),
-                })?,
-        };
         Ok(Self {
             host,
             port: url.port().unwrap_or(1433),
@@ -205,12 +170,21 @@ impl Connection {
             password,
             access_token,
             encrypt,
-            trust_server_certificate: flag("trust_server_certificate", false)?,
+            trust_server_certificate: options.flag("trust_server_certificate", false)?,
             ca_certificate: get("ca_certificate").map(str::to_string),
             application_name: get("application_name").unwrap_or("medlake").to_string(),
-            connect_timeout_seconds: seconds("connect_timeout_seconds", Some(15))?.unwrap_or(15),
-            query_timeout_seconds: seconds("query_timeout_seconds", None)?,
-            retries,
+            connect_timeout_seconds: options.number(
+                "connect_timeout_seconds",
+                15,
+                1..=86_400,
+                seconds,
+            )?,
+            query_timeout_seconds: options.optional_number(
+                "query_timeout_seconds",
+                1..=86_400,
+                seconds,
+            )?,
+            retries: options.number("retries", 3, 0..=10, "a number")?,
         })
     }
 
@@ -679,7 +653,7 @@ pub async fn define(
         created: chrono::Utc::now().to_rfc3339(),
     };
     // Opening checks the scan options (watermark, partitions) against the columns.
-    SqlServerTable::open(&definition, policy)?;
+    Shared::open(&definition, policy)?;
     Ok(definition)
 }
 
@@ -723,12 +697,6 @@ struct Partitioning {
     bounds: Vec<Param>,
 }
 
-/// An external table over a SQL Server table.
-#[derive(Debug)]
-pub struct SqlServerTable {
-    inner: Arc<Shared>,
-}
-
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub connection: Connection,
@@ -755,7 +723,7 @@ impl Shared {
     }
 }
 
-impl SqlServerTable {
+impl Shared {
     /// Opens a stored definition; no connection is made (what the policy can check without
     /// one is checked now).
     pub fn open(definition: &Definition, policy: &Arc<Policy>) -> Result<Self> {
@@ -827,18 +795,16 @@ impl SqlServerTable {
                 })?,
         };
         Ok(Self {
-            inner: Arc::new(Shared {
-                connection,
-                from: format!("{}.{}", quote(&remote.schema), quote(&remote.table)),
-                qualified: format!("{}.{}", remote.schema, remote.table),
-                columns: remote.columns,
-                schema,
-                partitioning,
-                watermark,
-                batch_size,
-                failure: std::sync::Mutex::new(None),
-                policy: policy.clone(),
-            }),
+            connection,
+            from: format!("{}.{}", quote(&remote.schema), quote(&remote.table)),
+            qualified: format!("{}.{}", remote.schema, remote.table),
+            columns: remote.columns,
+            schema,
+            partitioning,
+            watermark,
+            batch_size,
+            failure: std::sync::Mutex::new(None),
+            policy: policy.clone(),
         })
     }
 }
@@ -1171,39 +1137,18 @@ impl medlake_source::scan::Marked for Shared {
     }
 }
 
-impl External for SqlServerTable {
-    fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
-        Windowed::all(self.inner.clone())
-    }
-
-    fn watermarked(self: Arc<Self>) -> Option<Arc<dyn Watermarked>> {
-        self.inner.watermark.map(|_| self as Arc<dyn Watermarked>)
-    }
-
-    fn take_failure(&self) -> Option<Error> {
-        self.inner.failure.lock().ok()?.take()
-    }
-}
-
 #[async_trait]
-impl Watermarked for SqlServerTable {
-    fn column(&self) -> &str {
-        self.inner
-            .watermark
-            .map(|w| self.inner.columns[w].name.as_str())
-            .unwrap_or_default()
+impl medlake_source::scan::Source for Shared {
+    fn watermark(&self) -> Option<&str> {
+        self.watermark.map(|w| self.columns[w].name.as_str())
     }
 
     async fn high_mark(&self) -> Result<Option<String>> {
-        self.inner.high_mark().await
+        Shared::high_mark(self).await
     }
 
-    fn upto(&self, mark: Option<&str>) -> Result<Arc<dyn TableProvider>> {
-        Windowed::upto(&self.inner, mark)
-    }
-
-    fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>> {
-        Windowed::between(&self.inner, after, upto)
+    fn failure(&self) -> &std::sync::Mutex<Option<Error>> {
+        &self.failure
     }
 }
 
@@ -1323,7 +1268,7 @@ impl medlake_source::Connector for SqlServerConnector {
     }
 
     fn open(&self, definition: &Definition, policy: &Arc<Policy>) -> Result<Arc<dyn External>> {
-        Ok(Arc::new(SqlServerTable::open(definition, policy)?))
+        Ok(Arc::new(Table::new(Shared::open(definition, policy)?)))
     }
 
     async fn list_tables(

@@ -133,7 +133,9 @@ impl Param {
             DataType::Timestamp(_, Some(_)) => {
                 Param::DateTimeOffset(DateTime::parse_from_rfc3339(mark).map_err(|e| bad(&e))?)
             }
-            DataType::Binary => Param::Binary(medlake_source::mark::parse_hex(mark).map_err(|e| bad(&e))?),
+            DataType::Binary => {
+                Param::Binary(medlake_source::mark::parse_hex(mark).map_err(|e| bad(&e))?)
+            }
             DataType::Utf8 => Param::Text(mark.to_string()),
             other => return Err(format!("a {other} column cannot be a watermark")),
         })

@@ -24,6 +24,7 @@
 pub mod error;
 pub mod json;
 pub mod mark;
+pub mod options;
 pub mod policy;
 mod registry;
 pub mod scan;

@@ -451,11 +451,7 @@ pub fn redirect_allowed(policy: &Policy, url: &Url) -> bool {
 }
 
 /// Connects a TCP stream to `host:port` through vetted addresses only (SQL Server).
-pub async fn connect_tcp(
-    policy: &Policy,
-    host: &str,
-    port: u16,
-) -> Result<tokio::net::TcpStream> {
+pub async fn connect_tcp(policy: &Policy, host: &str, port: u16) -> Result<tokio::net::TcpStream> {
     let server = format!("{host}:{port}");
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))

@@ -47,7 +47,8 @@ impl Registry {
 
     /// Whether `kind` (any case) is served.
     pub fn serves(&self, kind: &str) -> bool {
-        self.connectors.contains_key(kind.to_ascii_uppercase().as_str())
+        self.connectors
+            .contains_key(kind.to_ascii_uppercase().as_str())
     }
 
     fn connector(&self, kind: &str) -> Result<&Arc<dyn Connector>> {

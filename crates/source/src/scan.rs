@@ -203,3 +203,75 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// What a connector's table state gives besides scan planning, for [`Table`].
+#[async_trait]
+pub trait Source: Marked {
+    /// The watermark column, if the table was declared with one.
+    fn watermark(&self) -> Option<&str>;
+
+    /// The highest watermark at the source now; `None` when no row has one.
+    async fn high_mark(&self) -> crate::Result<Option<String>>;
+
+    /// Where the first error a scan raised is kept.
+    fn failure(&self) -> &std::sync::Mutex<Option<crate::Error>>;
+
+    /// The values scans read as NULL because they had the wrong type, since the last call.
+    fn take_mismatches(&self) -> Option<crate::Mismatches> {
+        None
+    }
+}
+
+/// An external table over a connector's state: [`External`](crate::External) and
+/// [`Watermarked`](crate::Watermarked), written once for every connector with watermark
+/// windows.
+#[derive(Debug)]
+pub struct Table<S>(Arc<S>);
+
+impl<S: Source> Table<S> {
+    pub fn new(inner: S) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    pub fn inner(&self) -> &Arc<S> {
+        &self.0
+    }
+}
+
+impl<S: Source> crate::External for Table<S> {
+    fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
+        Windowed::all(self.0.clone())
+    }
+
+    fn watermarked(self: Arc<Self>) -> Option<Arc<dyn crate::Watermarked>> {
+        self.0.watermark()?;
+        Some(self as Arc<dyn crate::Watermarked>)
+    }
+
+    fn take_failure(&self) -> Option<crate::Error> {
+        self.0.failure().lock().ok()?.take()
+    }
+
+    fn take_mismatches(&self) -> Option<crate::Mismatches> {
+        self.0.take_mismatches()
+    }
+}
+
+#[async_trait]
+impl<S: Source> crate::Watermarked for Table<S> {
+    fn column(&self) -> &str {
+        self.0.watermark().unwrap_or_default()
+    }
+
+    async fn high_mark(&self) -> crate::Result<Option<String>> {
+        self.0.high_mark().await
+    }
+
+    fn upto(&self, mark: Option<&str>) -> crate::Result<Arc<dyn TableProvider>> {
+        Windowed::upto(&self.0, mark)
+    }
+
+    fn between(&self, after: &str, upto: &str) -> crate::Result<Arc<dyn TableProvider>> {
+        Windowed::between(&self.0, after, upto)
+    }
+}
