@@ -274,16 +274,7 @@ pub async fn define(
         partitions,
         single_file,
     };
-    let definition = Definition {
-        kind: format.kind().to_string(),
-        location: location.to_string(),
-        options,
-        remote: serde_json::to_value(&remote).map_err(|e| Error::Data {
-            what: "definition".into(),
-            message: e.to_string(),
-        })?,
-        created: chrono::Utc::now().to_rfc3339(),
-    };
+    let definition = Definition::new(format.kind(), location, options, &remote)?;
     // Opening checks what remains (format options, DICOM tags) against the columns.
     BlobTable::open(&definition, policy)?;
     Ok(definition)

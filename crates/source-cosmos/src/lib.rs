@@ -656,21 +656,16 @@ pub async fn define(
         }
         (columns, false)
     };
-    let definition = Definition {
-        kind: "cosmos".into(),
-        location: location.to_string(),
+    let definition = Definition::new(
+        "cosmos",
+        location,
         options,
-        remote: serde_json::to_value(Remote {
+        &Remote {
             columns,
             inferred,
             partition_key,
-        })
-        .map_err(|e| Error::Data {
-            what: "definition".into(),
-            message: e.to_string(),
-        })?,
-        created: chrono::Utc::now().to_rfc3339(),
-    };
+        },
+    )?;
     Shared::open(&definition, policy)?; // checks the watermark against the columns
     Ok(definition)
 }

@@ -528,16 +528,7 @@ pub async fn define(
         }
         (columns, false)
     };
-    let definition = Definition {
-        kind: "rest".into(),
-        location: location.to_string(),
-        options,
-        remote: serde_json::to_value(Remote { columns, inferred }).map_err(|e| Error::Data {
-            what: "definition".into(),
-            message: e.to_string(),
-        })?,
-        created: chrono::Utc::now().to_rfc3339(),
-    };
+    let definition = Definition::new("rest", location, options, &Remote { columns, inferred })?;
     // Opening checks the watermark and filter options against the columns; the first page
     // must fit them (a declared column list that does not fit the API fails here).
     let table = Shared::open(&definition, policy)?;

@@ -642,16 +642,7 @@ pub async fn define(
         table,
         columns,
     };
-    let definition = Definition {
-        kind: "sqlserver".into(),
-        location: location.to_string(),
-        options,
-        remote: serde_json::to_value(&remote).map_err(|e| Error::Data {
-            what: "definition".into(),
-            message: e.to_string(),
-        })?,
-        created: chrono::Utc::now().to_rfc3339(),
-    };
+    let definition = Definition::new("sqlserver", location, options, &remote)?;
     // Opening checks the scan options (watermark, partitions) against the columns.
     Shared::open(&definition, policy)?;
     Ok(definition)

@@ -95,6 +95,25 @@ pub struct Definition {
 }
 
 impl Definition {
+    /// A definition created now, with what the connector read from the source (`remote`).
+    pub fn new(
+        kind: &str,
+        location: &str,
+        options: BTreeMap<String, String>,
+        remote: &impl Serialize,
+    ) -> Result<Self> {
+        Ok(Self {
+            kind: kind.to_string(),
+            location: location.to_string(),
+            options,
+            remote: serde_json::to_value(remote).map_err(|e| Error::Data {
+                what: "definition".into(),
+                message: e.to_string(),
+            })?,
+            created: chrono::Utc::now().to_rfc3339(),
+        })
+    }
+
     /// An identity that changes when the table is dropped and created again.
     pub fn id(&self) -> String {
         format!("{}:{}", self.kind, self.created)
