@@ -338,8 +338,8 @@ impl Config {
 
     /// What external tables may reach: `[secrets]` and `[sources]`, with the TLS and
     /// secret-file folders never readable. Nothing is allowed that the file does not list.
-    pub fn source_policy(&self) -> Result<medlake_sources::Policy, String> {
-        let mut policy = medlake_sources::Policy::strict();
+    pub fn source_policy(&self) -> Result<medlake_source::Policy, String> {
+        let mut policy = medlake_source::Policy::strict();
         policy.secrets = self.secret_store()?;
         if let Some(sources) = &self.sources {
             for path in &sources.allowed_paths {

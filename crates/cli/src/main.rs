@@ -2,6 +2,7 @@
 //! `medlake_engine::Engine`.
 
 mod config;
+mod connectors;
 mod doors;
 mod quickstart;
 mod simulate;
@@ -250,7 +251,7 @@ impl From<medlake_engine::Error> for Failure {
 }
 
 async fn refresh(args: RefreshArgs) -> Result<(), Failure> {
-    let engine = Engine::open(&args.warehouse).await?;
+    let engine = connectors::open_local(&args.warehouse).await?;
     for view in &args.views {
         for outcome in engine.refresh(view, args.full, args.cascade).await? {
             println!(
@@ -268,7 +269,7 @@ async fn refresh(args: RefreshArgs) -> Result<(), Failure> {
 }
 
 async fn extract(args: ExtractArgs) -> Result<(), Failure> {
-    let engine = Engine::open(&args.warehouse).await?;
+    let engine = connectors::open_local(&args.warehouse).await?;
     let started = std::time::Instant::now();
     eprintln!(
         "extracting the external tables of {} into {}, {} at a time",
@@ -311,7 +312,7 @@ async fn extract(args: ExtractArgs) -> Result<(), Failure> {
 }
 
 async fn apply(args: ApplyArgs) -> Result<(), Failure> {
-    let engine = Engine::open(&args.warehouse).await?;
+    let engine = connectors::open_local(&args.warehouse).await?;
     print_applied(&engine.apply_project(&args.project).await?);
     Ok(())
 }
@@ -358,7 +359,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let policy = config.source_policy().map_err(Failure::Usage)?;
     tracing::debug!(policy = ?policy, "source policy");
     let runtime = medlake_engine::runtime::RuntimeSettings::from_env()?.or_default_limit();
-    let engine = Engine::open_with_sources(&args.warehouse, runtime, policy).await?;
+    let engine = connectors::engine(&args.warehouse)
+        .runtime(runtime)
+        .policy(policy)
+        .open()
+        .await?;
     if let Some(project) = &args.project {
         print_applied(&engine.apply_project(project).await?);
     }
@@ -505,7 +510,7 @@ fn doors_config(
 }
 
 async fn sql(args: SqlArgs) -> Result<(), Failure> {
-    let engine = Engine::open(&args.warehouse).await?;
+    let engine = connectors::open_local(&args.warehouse).await?;
     let scripted = !args.commands.is_empty() || !args.files.is_empty();
     if !scripted {
         return interactive(&engine).await;

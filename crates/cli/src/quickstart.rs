@@ -254,17 +254,15 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<(), Failure> {
     ));
     let warehouse = dir.join("warehouse");
     // Its own stand-ins only: the landing folder, and loopback for local stand-in services.
-    let sources = medlake_sources::Policy {
+    let sources = medlake_source::Policy {
         allowed_paths: vec![landing.clone()],
         allowed_hosts: vec!["127.0.0.1".into(), "::1".into(), "localhost".into()],
-        ..medlake_sources::Policy::strict()
+        ..medlake_source::Policy::strict()
     };
-    let engine = Engine::open_with_sources(
-        &warehouse.display().to_string(),
-        medlake_engine::runtime::RuntimeSettings::from_env()?,
-        sources,
-    )
-    .await?;
+    let engine = crate::connectors::engine(&warehouse.display().to_string())
+        .policy(sources)
+        .open()
+        .await?;
     create_stand_ins(&engine, &project).await?;
     progress.say("stand-in sources created: ehr.*, trials.*, telemetry.device_cloud, events.*, landing.* (blob connector on DIR/landing), bronze.readings_push");
     if args.prepare_only {

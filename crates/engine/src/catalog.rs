@@ -33,13 +33,20 @@ pub struct LakeCatalog {
     /// The materialized views, to tell them from tables in listings.
     views: OnceLock<Views>,
     /// What external tables may reach (the engine's, also in its session config).
-    policy: Arc<medlake_sources::Policy>,
+    policy: Arc<medlake_source::Policy>,
+    /// The connectors external tables are opened with.
+    connectors: Arc<medlake_source::Registry>,
 }
 
 impl LakeCatalog {
-    pub fn new(warehouse: Warehouse, policy: Arc<medlake_sources::Policy>) -> Self {
+    pub fn new(
+        warehouse: Warehouse,
+        policy: Arc<medlake_source::Policy>,
+        connectors: Arc<medlake_source::Registry>,
+    ) -> Self {
         Self {
             policy,
+            connectors,
             warehouse,
             schemas: RwLock::new(BTreeMap::new()),
             time_travel: Arc::new(MemorySchemaProvider::new()),
@@ -125,6 +132,7 @@ impl LakeCatalog {
                 schema.clone(),
                 Arc::new(LakeSchema {
                     policy: self.policy.clone(),
+                    connectors: self.connectors.clone(),
                     warehouse: self.warehouse.clone(),
                     name: schema,
                     views: views
@@ -195,7 +203,8 @@ impl CatalogProvider for LakeCatalog {
 /// One schema of the warehouse.
 #[derive(Debug)]
 pub struct LakeSchema {
-    policy: Arc<medlake_sources::Policy>,
+    policy: Arc<medlake_source::Policy>,
+    connectors: Arc<medlake_source::Registry>,
     warehouse: Warehouse,
     name: String,
     /// The tables of this schema that are materialized views.
@@ -229,7 +238,7 @@ impl SchemaProvider for LakeSchema {
         };
         match self.warehouse.external(&table).await {
             Ok(Some(stored)) => {
-                return external_provider(&table, stored, &self.policy).map(Some);
+                return external_provider(&self.connectors, &table, stored, &self.policy).map(Some);
             }
             Ok(None) => {}
             Err(e) => return Err(DataFusionError::External(Box::new(e))),
@@ -271,13 +280,14 @@ impl SchemaProvider for LakeSchema {
 
 /// An external table's provider, from its stored definition (no connection is made).
 pub(crate) fn external_provider(
+    connectors: &Arc<medlake_source::Registry>,
     table: &TableName,
     stored: serde_json::Value,
-    policy: &Arc<medlake_sources::Policy>,
+    policy: &Arc<medlake_source::Policy>,
 ) -> DfResult<Arc<dyn TableProvider>> {
-    let definition: medlake_sources::Definition = serde_json::from_value(stored)
+    let definition: medlake_source::Definition = serde_json::from_value(stored)
         .map_err(|e| DataFusionError::Internal(format!("external table {table}: {e}")))?;
-    match medlake_sources::open(&definition, policy) {
+    match connectors.open(&definition, policy) {
         Ok(external) => Ok(external.provider()),
         // A table the policy refuses now (a location swapped for a symlink, a secret
         // removed) must not break the listings of every other table (information_schema,
@@ -287,6 +297,7 @@ pub(crate) fn external_provider(
             Ok(Arc::new(Refused {
                 table: table.to_string(),
                 definition,
+                connectors: connectors.clone(),
                 policy: policy.clone(),
                 schema: Arc::new(arrow::datatypes::Schema::empty()),
             }))
@@ -300,8 +311,9 @@ pub(crate) fn external_provider(
 #[derive(Debug)]
 struct Refused {
     table: String,
-    definition: medlake_sources::Definition,
-    policy: Arc<medlake_sources::Policy>,
+    definition: medlake_source::Definition,
+    connectors: Arc<medlake_source::Registry>,
+    policy: Arc<medlake_source::Policy>,
     schema: arrow::datatypes::SchemaRef,
 }
 
@@ -322,7 +334,7 @@ impl TableProvider for Refused {
         _filters: &[datafusion::logical_expr::Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        match medlake_sources::open(&self.definition, &self.policy) {
+        match self.connectors.open(&self.definition, &self.policy) {
             Err(e) => Err(e.into()),
             Ok(_) => Err(DataFusionError::Plan(format!(
                 "external table {} became readable while the statement was planned; run it again",

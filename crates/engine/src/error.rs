@@ -56,7 +56,7 @@ pub enum Error {
 
     /// A source connector's error (external tables).
     #[error(transparent)]
-    Source(#[from] medlake_sources::Error),
+    Source(#[from] medlake_source::Error),
 
     /// An error planning or running a query.
     #[error(transparent)]
@@ -143,7 +143,7 @@ fn views_code(e: &medlake_views::Error) -> Code {
 
 /// DataFusion reports most user errors as `Plan`/`Execution` strings: classify the common ones
 /// so that clients get a useful SQLSTATE instead of `XX000`.
-fn source_code(e: &medlake_sources::Error) -> Code {
+fn source_code(e: &medlake_source::Error) -> Code {
     e.code()
 }
 
@@ -151,10 +151,10 @@ fn source_code(e: &medlake_sources::Error) -> Code {
 /// Delta write that read from the scan, or by a refresh.
 fn find_source_error<'a>(
     e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a medlake_sources::Error> {
+) -> Option<&'a medlake_source::Error> {
     let mut current: &(dyn std::error::Error + 'static) = e;
     loop {
-        if let Some(found) = current.downcast_ref::<medlake_sources::Error>() {
+        if let Some(found) = current.downcast_ref::<medlake_source::Error>() {
             return Some(found);
         }
         if let Some(DataFusionError::External(inner)) = current.downcast_ref::<DataFusionError>() {

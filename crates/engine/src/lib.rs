@@ -141,6 +141,8 @@ pub struct Engine {
 /// What every session of an engine shares.
 struct Shared {
     warehouse: Warehouse,
+    /// The connectors external tables are defined, opened and listed with.
+    connectors: Arc<medlake_source::Registry>,
     views: Views,
     catalog: Arc<catalog::LakeCatalog>,
     /// The template every session starts from: catalog, functions, object stores, planner.
@@ -195,6 +197,60 @@ pub struct Extracted {
     pub elapsed: Duration,
 }
 
+/// Every connector medlake has, for [`Engine::open`] and its variants (tests, embedders). The
+/// `medlake` binary registers its own list with [`Engine::builder`].
+pub fn all_connectors() -> medlake_source::Registry {
+    medlake_source::Registry::new()
+        .with(medlake_source_sqlserver::SqlServerConnector)
+        .with(medlake_source_rest::RestConnector)
+        .with(medlake_source_blob::BlobConnector)
+        .with(medlake_source_cosmos::CosmosConnector)
+}
+
+/// How an [`Engine`] is built ([`Engine::builder`]).
+#[derive(Debug)]
+pub struct EngineBuilder {
+    location: String,
+    runtime: Option<runtime::RuntimeSettings>,
+    policy: medlake_source::Policy,
+    connectors: medlake_source::Registry,
+}
+
+impl EngineBuilder {
+    /// Memory and spill settings (default: [`runtime::RuntimeSettings::from_env`]).
+    pub fn runtime(mut self, runtime: runtime::RuntimeSettings) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The operator's rules for external tables (default: [`medlake_source::Policy::strict`]).
+    /// The policy gains the warehouse (its root and storage may never be read by an external
+    /// table) and the spill folder as forbidden paths, and reaches the connectors through the
+    /// session config (`SessionConfig::with_extension`), for every session of the engine.
+    pub fn policy(mut self, policy: medlake_source::Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Registers a connector for the `STORED AS` kinds it serves.
+    pub fn with_connector(mut self, connector: impl medlake_source::Connector + 'static) -> Self {
+        self.connectors = self.connectors.with(connector);
+        self
+    }
+
+    /// Registers every connector of `connectors` (replacing those registered before for the
+    /// same kinds).
+    pub fn connectors(mut self, connectors: medlake_source::Registry) -> Self {
+        self.connectors = self.connectors.merge(connectors);
+        self
+    }
+
+    /// Opens the warehouse and starts the engine.
+    pub async fn open(self) -> Result<Engine> {
+        Engine::build(self).await
+    }
+}
+
 impl Engine {
     /// Opens the warehouse at `location` (a local folder, `file://`, `az://`, `abfss://`,
     /// `s3://`, `gs://`) and starts a session over it.
@@ -206,21 +262,53 @@ impl Engine {
     }
 
     /// [`Engine::open`] with the given memory and spill settings instead of the environment's,
-    /// and the permissive source policy of the local CLI ([`medlake_sources::Policy::permissive`]:
+    /// and the permissive source policy of the local CLI ([`medlake_source::Policy::permissive`]:
     /// `${NAME}` falls back to the environment; never for `medlake serve`).
     pub async fn open_with(location: &str, runtime: runtime::RuntimeSettings) -> Result<Self> {
-        Self::open_with_sources(location, runtime, medlake_sources::Policy::permissive()).await
+        Self::open_with_sources(location, runtime, medlake_source::Policy::permissive()).await
     }
 
-    /// [`Engine::open_with`] with the operator's rules for external tables: `policy` gains the
-    /// warehouse (its root and storage may never be read by an external table) and the spill
-    /// folder as forbidden paths, and reaches the connectors through the session config
-    /// (`SessionConfig::with_extension`), for every session of the engine.
+    /// [`Engine::open_with`] with the operator's rules for external tables (see
+    /// [`EngineBuilder::policy`]) and every connector medlake has ([`all_connectors`]).
     pub async fn open_with_sources(
         location: &str,
         runtime: runtime::RuntimeSettings,
-        mut policy: medlake_sources::Policy,
+        policy: medlake_source::Policy,
     ) -> Result<Self> {
+        Self::builder(location)
+            .runtime(runtime)
+            .policy(policy)
+            .connectors(all_connectors())
+            .open()
+            .await
+    }
+
+    /// An engine over the warehouse at `location`, configured step by step: no connector
+    /// (every `STORED AS` is refused until one is registered with
+    /// [`EngineBuilder::with_connector`]), the strict source policy, memory and spilling from
+    /// the environment.
+    pub fn builder(location: &str) -> EngineBuilder {
+        EngineBuilder {
+            location: location.to_string(),
+            runtime: None,
+            policy: medlake_source::Policy::strict(),
+            connectors: medlake_source::Registry::new(),
+        }
+    }
+
+    async fn build(builder: EngineBuilder) -> Result<Self> {
+        let EngineBuilder {
+            location,
+            runtime,
+            mut policy,
+            connectors,
+        } = builder;
+        let runtime = match runtime {
+            Some(runtime) => runtime,
+            None => runtime::RuntimeSettings::from_env()?,
+        };
+        let connectors = Arc::new(connectors);
+        let location = location.as_str();
         let warehouse = Warehouse::open(location).await?;
         if let Ok(root) = warehouse.url().to_file_path() {
             policy.forbidden_paths.push(root);
@@ -230,7 +318,11 @@ impl Engine {
         }
         policy.warehouse = Some(warehouse.url().clone());
         let policy = Arc::new(policy);
-        let catalog = Arc::new(catalog::LakeCatalog::new(warehouse.clone(), policy.clone()));
+        let catalog = Arc::new(catalog::LakeCatalog::new(
+            warehouse.clone(),
+            policy.clone(),
+            connectors.clone(),
+        ));
         catalog.refresh().await?;
         let config = SessionConfig::new()
             .with_extension(policy)
@@ -269,13 +361,14 @@ impl Engine {
             ctx.register_object_store(warehouse.url(), warehouse.object_store());
         }
         let state = ctx.state();
-        let views = Views::new(warehouse.clone(), state.clone());
+        let views = Views::new(warehouse.clone(), state.clone(), connectors.clone());
         views.prepare().await?;
         catalog.set_views(views.clone());
         catalog.set_computed_system_tables(medlake_views::system::computed_tables(&views, &state));
         catalog.refresh().await?;
         let shared = Arc::new(Shared {
             warehouse,
+            connectors,
             views,
             catalog,
             state,
@@ -1237,11 +1330,11 @@ impl Session {
             });
         }
         let kind = create.file_type.to_ascii_uppercase();
-        if !medlake_sources::KINDS.contains(&kind.as_str()) {
+        if !self.shared.connectors.serves(&kind) {
             return Err(Error::NotSupported {
                 what: format!(
                     "STORED AS {kind}: external tables read {}; warehouse tables are Delta tables made with CREATE TABLE",
-                    medlake_sources::KINDS.join(", ")
+                    self.shared.connectors.kinds().join(", ")
                 ),
             });
         }
@@ -1278,9 +1371,12 @@ impl Session {
                 });
             }
         };
-        let policy = medlake_sources::Policy::of(&self.ctx.copied_config());
-        let definition =
-            medlake_sources::define(&kind, &location, options, declared, &policy).await?;
+        let policy = medlake_source::Policy::of(&self.ctx.copied_config());
+        let definition = self
+            .shared
+            .connectors
+            .define(&kind, &location, options, declared, &policy)
+            .await?;
         let stored = serde_json::to_value(&definition)
             .map_err(|e| Error::Internal(format!("external table definition: {e}")))?;
         self.shared
@@ -1341,19 +1437,22 @@ impl Session {
                 reason: "IMPORT FOREIGN SCHEMA names every table itself".into(),
             });
         }
-        let mut remote = medlake_sources::list_tables(
-            &import.kind,
-            &import.location,
-            &options,
-            &import.remote_schema,
-            &medlake_sources::Policy::of(&self.ctx.copied_config()),
-        )
-        .await?;
+        let mut remote = self
+            .shared
+            .connectors
+            .list_tables(
+                &import.kind,
+                &import.location,
+                &options,
+                &import.remote_schema,
+                &medlake_source::Policy::of(&self.ctx.copied_config()),
+            )
+            .await?;
         if let Some((limit_to, names)) = &import.only {
             if *limit_to {
                 for name in names {
                     if !remote.iter().any(|t| t.name.eq_ignore_ascii_case(name)) {
-                        return Err(medlake_sources::Error::RemoteTableNotFound {
+                        return Err(medlake_source::Error::RemoteTableNotFound {
                             server: medlake_lake::redact(&import.location),
                             table: format!("{}.{name}", import.remote_schema),
                         }
@@ -1390,7 +1489,7 @@ impl Session {
         &self,
         import: &statement::ImportForeignSchema,
         options: &std::collections::BTreeMap<String, String>,
-        table: &medlake_sources::RemoteTable,
+        table: &medlake_source::RemoteTable,
         local: &TableName,
     ) -> Result<String> {
         if self.shared.warehouse.table_exists(local).await? {
@@ -1405,17 +1504,20 @@ impl Session {
                 table.name.replace(']', "]]")
             ),
         );
-        let defined = medlake_sources::define(
-            &import.kind,
-            &import.location,
-            options,
-            Arc::new(Schema::empty()),
-            &medlake_sources::Policy::of(&self.ctx.copied_config()),
-        )
-        .await;
+        let defined = self
+            .shared
+            .connectors
+            .define(
+                &import.kind,
+                &import.location,
+                options,
+                Arc::new(Schema::empty()),
+                &medlake_source::Policy::of(&self.ctx.copied_config()),
+            )
+            .await;
         let definition = match defined {
             Ok(definition) => definition,
-            Err(e @ medlake_sources::Error::UnsupportedType { .. }) => {
+            Err(e @ medlake_source::Error::UnsupportedType { .. }) => {
                 return Ok(format!("skipped: {e}"));
             }
             Err(e) => return Err(e.into()),

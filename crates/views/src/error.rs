@@ -78,7 +78,7 @@ pub enum Error {
     Source {
         table: String,
         #[source]
-        source: medlake_sources::Error,
+        source: medlake_source::Error,
     },
 
     /// A broken invariant: a bug in medlake.

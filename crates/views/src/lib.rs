@@ -6,13 +6,16 @@
 //! A view's definition and the input versions of its rows live in the view's own Delta log
 //! (see [`refresh`]), so the catalog of views is transactional with the data. It plans SQL
 //! with a DataFusion session the engine hands it and writes only through `medlake-lake`; it
-//! knows nothing of clients, servers or connectors.
+//! knows nothing of clients, servers or connectors: external inputs are opened through the
+//! connector `Registry` (`medlake-source`) the engine hands it.
 
 pub mod cron;
 pub mod definition;
 mod error;
 mod expect;
+mod history;
 mod incremental;
+mod outcome;
 pub mod refresh;
 pub mod scheduler;
 pub mod system;

@@ -34,13 +34,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{Instrument, info, info_span, warn};
 
-use medlake_sources::{External, Watermarked};
+use medlake_source::{External, Registry, Watermarked};
 
 use crate::definition::{CreateView, ViewDefinition};
 use crate::error::{Error, Result};
 use crate::expect::{Checks, ExpectationsExec, PlannedTable, Rule};
+use crate::history;
 use crate::incremental::{self, Shape};
-use crate::system;
+pub use crate::outcome::{RefreshOutcome, Status, Trigger};
 
 /// The key of medlake's state in a view commit's `commitInfo`.
 const METADATA_KEY: &str = "medlake";
@@ -82,76 +83,6 @@ pub struct View {
     pub version: u64,
     /// What the last refresh that committed recorded.
     pub last: RefreshState,
-}
-
-/// Why a refresh ran.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Trigger {
-    Create,
-    Replace,
-    Manual,
-    Cascade,
-    Schedule,
-    Apply,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Create => "create",
-            Trigger::Replace => "replace",
-            Trigger::Manual => "manual",
-            Trigger::Cascade => "cascade",
-            Trigger::Schedule => "schedule",
-            Trigger::Apply => "apply",
-        }
-    }
-}
-
-/// How a refresh ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Succeeded,
-    /// Nothing to do: no input changed since the last refresh.
-    Skipped,
-    /// Not refreshed because an upstream view failed or is stale.
-    Stale,
-    Failed,
-    /// Another writer committed to the view first; its rows are fine, this refresh wrote
-    /// nothing.
-    Conflict,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Succeeded => "succeeded",
-            Status::Skipped => "skipped",
-            Status::Stale => "stale",
-            Status::Failed => "failed",
-            Status::Conflict => "conflict",
-        }
-    }
-}
-
-/// One refresh, as `system.refreshes` records it.
-#[derive(Clone, Debug)]
-pub struct RefreshOutcome {
-    pub view: TableName,
-    pub refresh_id: String,
-    pub trigger: Trigger,
-    pub started: DateTime<Utc>,
-    pub finished: DateTime<Utc>,
-    /// `full`, `incremental` or `none`.
-    pub mode: &'static str,
-    pub reason: String,
-    pub inputs: BTreeMap<String, u64>,
-    pub rows_written: u64,
-    pub version: Option<u64>,
-    pub status: Status,
-    pub error: Option<String>,
-    /// Per expectation: (name, expression, action, rows checked, violations).
-    pub expectations: Vec<(String, String, &'static str, u64, u64)>,
 }
 
 /// A view's query planned against pinned versions of its inputs.
@@ -252,6 +183,8 @@ struct Inner {
     warehouse: Warehouse,
     /// The session every view query is planned from (functions, object stores, planner).
     state: SessionState,
+    /// The connectors external inputs are opened with.
+    connectors: Arc<Registry>,
     /// Views being refreshed in this process, and since when.
     running: Mutex<HashMap<TableName, DateTime<Utc>>>,
 }
@@ -291,12 +224,14 @@ fn refresh_id(started: DateTime<Utc>) -> String {
 
 impl Views {
     /// Views over `warehouse`, planning queries from `state` (which must use the Delta query
-    /// planner; see `medlake_lake::delta_query_planner`).
-    pub fn new(warehouse: Warehouse, state: SessionState) -> Self {
+    /// planner; see `medlake_lake::delta_query_planner`), opening external inputs with the
+    /// `connectors` the engine was built with.
+    pub fn new(warehouse: Warehouse, state: SessionState, connectors: Arc<Registry>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 warehouse,
                 state,
+                connectors,
                 running: Mutex::new(HashMap::new()),
             }),
         }
@@ -308,7 +243,7 @@ impl Views {
 
     /// Creates the `system` tables that do not exist yet.
     pub async fn prepare(&self) -> Result<()> {
-        system::prepare(&self.inner.warehouse).await
+        history::prepare(&self.inner.warehouse).await
     }
 
     /// The view `name`; `None` if `name` is a plain table. A missing table is an error.
@@ -353,7 +288,7 @@ impl Views {
         let warehouse = &self.inner.warehouse;
         let mut views = Vec::new();
         for schema in warehouse.list_schemas().await? {
-            if schema == system::SCHEMA {
+            if schema == history::SCHEMA {
                 continue;
             }
             for table in warehouse.list_tables(&schema).await? {
@@ -436,8 +371,9 @@ impl Views {
             }
             let (provider, version, table_id) = match self.inner.warehouse.external(&input).await? {
                 Some(stored) => {
-                    let policy = medlake_sources::Policy::of(self.inner.state.config());
-                    let (provider, id, pin) = pin_external(&input, stored, &policy).await?;
+                    let policy = medlake_source::Policy::of(self.inner.state.config());
+                    let (provider, id, pin) =
+                        pin_external(&self.inner.connectors, &input, stored, &policy).await?;
                     external.insert(input.clone(), pin);
                     (provider, 0, id)
                 }
@@ -544,7 +480,7 @@ impl Views {
         create: CreateView,
         trigger: Trigger,
     ) -> Result<Option<RefreshOutcome>> {
-        if name.schema == system::SCHEMA {
+        if name.schema == history::SCHEMA {
             return Err(Error::NotSupported {
                 what: "materialized views in the read-only system schema".into(),
             });
@@ -745,7 +681,7 @@ impl Views {
     ) -> Result<Vec<(RefreshOutcome, Option<Error>)>> {
         let all = self.list().await?;
         let graph = self.graph(&all)?;
-        let history = system::latest_refreshes(&self.inner.warehouse, &self.inner.state).await?;
+        let history = history::latest_refreshes(&self.inner.warehouse, &self.inner.state).await?;
         let mut bad: HashMap<TableName, String> = HashMap::new();
         for (view, last) in &history {
             if matches!(last.status.as_str(), "failed" | "stale") {
@@ -909,7 +845,6 @@ impl Views {
         started: DateTime<Utc>,
         id: &str,
     ) -> Result<RefreshOutcome> {
-        let warehouse = &self.inner.warehouse;
         let view = self.view(name).await?.ok_or_else(|| Error::ViewNotFound {
             view: name.to_string(),
         })?;
@@ -922,289 +857,59 @@ impl Views {
         } else if full {
             (Plan::Full, "FULL was asked for".to_string())
         } else {
-            let changed: Vec<(&TableName, Change)> = pinned
-                .inputs
-                .iter()
-                .filter_map(|(t, (v, _, table_id))| {
-                    let key = t.to_string();
-                    let same_table = view
-                        .last
-                        .input_ids
-                        .get(&key)
-                        .is_none_or(|recorded| recorded == table_id);
-                    match pinned.external.get(t) {
-                        Some(ExternalPin {
-                            watermarked: Some(source),
-                            mark,
-                            ..
-                        }) => {
-                            let before = view.last.input_marks.get(&key).filter(|_| same_table);
-                            (before != Some(mark)).then(|| {
-                                (
-                                    t,
-                                    Change::Marked {
-                                        source: source.clone(),
-                                        before: before.cloned(),
-                                        now: mark.clone(),
-                                    },
-                                )
-                            })
-                        }
-                        Some(ExternalPin {
-                            watermarked: None, ..
-                        }) => Some((t, Change::Unmarked)),
-                        None => {
-                            let before = view.last.inputs.get(&key).copied().filter(|_| same_table);
-                            (Some(*v) != before).then_some((t, Change::Delta { now: *v, before }))
-                        }
-                    }
-                })
-                .collect();
-            let single = match changed.as_slice() {
-                [] => {
-                    return Ok(RefreshOutcome {
-                        view: name.clone(),
-                        refresh_id: id.to_string(),
-                        trigger,
-                        started,
-                        finished: Utc::now(),
-                        mode: "none",
-                        reason: format!(
-                            "no input changed since the last refresh (view version {})",
-                            view.version
-                        ),
-                        inputs,
-                        rows_written: 0,
-                        version: Some(view.version),
-                        status: Status::Skipped,
-                        error: None,
-                        expectations: Vec::new(),
-                    });
-                }
-                [
-                    (
-                        table,
-                        Change::Delta {
-                            now,
-                            before: Some(before),
-                        },
+            let changed = changed_inputs(&view, &pinned);
+            if changed.is_empty() {
+                return Ok(RefreshOutcome {
+                    view: name.clone(),
+                    refresh_id: id.to_string(),
+                    trigger,
+                    started,
+                    finished: Utc::now(),
+                    mode: "none",
+                    reason: format!(
+                        "no input changed since the last refresh (view version {})",
+                        view.version
                     ),
-                ] => Ok((
-                    *table,
-                    format!("versions {before} to {now}"),
-                    Some((*before, *now)),
-                    None,
-                )),
-                [
-                    (
-                        table,
-                        Change::Marked {
-                            source,
-                            before: Some(Some(before)),
-                            now: Some(now),
-                        },
-                    ),
-                ] => Ok((
-                    *table,
-                    format!("watermark {} from {before} to {now}", source.column()),
-                    None,
-                    Some(source.between(before, now).map_err(|e| e.to_string())),
-                )),
-                [(table, Change::Delta { before: None, .. })] => Err((
-                    Plan::Full,
-                    format!("{table} is a new input, or was dropped and created again"),
-                )),
-                [
-                    (
-                        table,
-                        Change::Marked {
-                            before: None,
-                            now,
-                            source,
-                        },
-                    ),
-                ] => Err((
-                    Plan::Full,
-                    format!(
-                        "first extraction of {table} (watermark {} up to {})",
-                        source.column(),
-                        now.as_deref().unwrap_or("none: no row has one")
-                    ),
-                )),
-                [(table, Change::Marked { source, .. })] => Err((
-                    Plan::Full,
-                    format!(
-                        "{table} no longer has rows with a watermark ({}); extracted fully",
-                        source.column()
-                    ),
-                )),
-                [(table, Change::Unmarked)] => Err((
-                    Plan::Full,
-                    format!(
-                        "{table} is an external table without a watermark column; extracted fully"
-                    ),
-                )),
-                many => Err((
-                    Plan::Full,
-                    format!(
-                        "{} inputs changed ({}); incremental refresh handles one changed input",
-                        many.len(),
-                        many.iter()
-                            .map(|(t, _)| t.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )),
-            };
-            match single {
+                    inputs,
+                    rows_written: 0,
+                    version: Some(view.version),
+                    status: Status::Skipped,
+                    error: None,
+                    expectations: Vec::new(),
+                });
+            }
+            match single_change(&changed) {
                 Err(full) => full,
-                Ok((table, span, delta_span, external_rows)) => {
-                    let rule_over_time = definition.expectations.iter().find(|e| {
-                        pinned
-                            .ctx
-                            .parse_sql_expr(&e.expression, pinned.plan.schema())
-                            .map_or(true, |expr| incremental::time_dependent(&expr))
-                    });
-                    let new_rows = match (rule_over_time, delta_span, external_rows) {
-                        (Some(rule), _, _) => Err(format!(
-                            "expectation '{}' depends on the time of the refresh; refreshed fully",
-                            rule.name
-                        )),
-                        (None, Some((before, now)), _) => {
-                            self.new_rows(table, before, now, &pinned).await
-                        }
-                        (None, None, Some(rows)) => rows,
-                        (None, None, None) => Err("nothing to read".to_string()),
-                    };
-                    match new_rows {
-                        Err(reason) => (Plan::Full, reason),
-                        Ok(new_rows) => match incremental::analyze(
-                            &pinned.plan,
-                            table,
-                            &definition.default_schema,
-                        ) {
-                            Err(reason) => (Plan::Full, format!("{reason}; refreshed fully")),
-                            Ok(Shape::Linear) => (
-                                Plan::Linear {
-                                    table: table.clone(),
-                                    new_rows,
-                                },
-                                format!(
-                                    "{table} gained rows ({span}); appended the view's rows for them"
-                                ),
-                            ),
-                            Ok(Shape::Distinct) => (
-                                Plan::Distinct {
-                                    table: table.clone(),
-                                    new_rows,
-                                },
-                                format!(
-                                    "{table} gained rows ({span}); appended the distinct rows the view did not hold"
-                                ),
-                            ),
-                            Ok(Shape::Grouped(grouped)) => (
-                                Plan::Grouped {
-                                    table: table.clone(),
-                                    new_rows,
-                                    grouped,
-                                },
-                                format!(
-                                    "{table} gained rows ({span}); recomputed the groups they touch"
-                                ),
-                            ),
-                        },
-                    }
-                }
+                Ok(single) => self.incremental_plan(&definition, &pinned, single).await,
             }
         };
         let ctx = &pinned.ctx;
         let state = Arc::new(ctx.state());
-        let default_schema = definition.default_schema.as_str();
-        let full_plan = matches!(plan, Plan::Full);
-        let mut checks =
-            self.checks(ctx, name, &definition, pinned.plan.schema(), id, full_plan)?;
-        // Each plan says what to write and how; the write is the same for all: one commit on
-        // top of the view version this refresh read.
-        let (mode, reason, input, write_mode) = match plan {
-            Plan::Full => {
-                let input = self.checked(ctx, &pinned.plan, &checks).await?;
-                ("full", reason, input, WriteMode::Overwrite)
-            }
-            Plan::Linear { table, new_rows } => {
-                let delta = incremental::replace_scan(
-                    &pinned.plan,
-                    &table,
-                    default_schema,
-                    provider_as_source(new_rows),
-                )?;
-                let input = self.checked(ctx, &delta, &checks).await?;
-                ("incremental", reason, input, WriteMode::Append)
-            }
-            Plan::Distinct { table, new_rows } => {
-                let delta = incremental::replace_scan(
-                    &pinned.plan,
-                    &table,
-                    default_schema,
-                    provider_as_source(new_rows),
-                )?;
-                // The rows the view holds, as the delta's types, to subtract from it.
-                let held =
-                    LogicalPlanBuilder::scan("current", self.held_rows(name, &view).await?, None)?
-                        .project(same_types(delta.schema().as_arrow()))?
-                        .build()?;
-                let fresh = LogicalPlanBuilder::except(delta, held, false)?;
-                let input = self.checked(ctx, &fresh, &checks).await?;
-                ("incremental", reason, input, WriteMode::Append)
-            }
-            Plan::Grouped {
-                table,
-                new_rows,
-                grouped,
-            } => {
-                let delta_input = incremental::replace_scan(
-                    &grouped.aggregate.input,
-                    &table,
-                    default_schema,
-                    provider_as_source(new_rows),
-                )?;
-                let keys_plan = grouped.keys_of(delta_input)?;
-                let physical = ctx.state().create_physical_plan(&keys_plan).await?;
-                let batches = collect(physical, ctx.task_ctx()).await?;
-                let groups: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                if groups > MAX_CHANGED_GROUPS {
-                    let reason = format!(
-                        "{groups} groups changed (more than {MAX_CHANGED_GROUPS}); refreshed fully"
-                    );
-                    checks = self.checks(ctx, name, &definition, pinned.plan.schema(), id, true)?;
-                    let input = self.checked(ctx, &pinned.plan, &checks).await?;
-                    ("full", reason, input, WriteMode::Overwrite)
-                } else {
-                    let keys = distinct_keys(&batches, grouped.aggregate.group_expr.len())?;
-                    let recomputed = self
-                        .checked(ctx, &grouped.recompute(&keys)?, &checks)
-                        .await?;
-                    // The groups the new rows did not touch, as the view holds them now.
-                    let target = recomputed.schema().clone();
-                    let kept = LogicalPlanBuilder::scan(
-                        "current",
-                        self.held_rows(name, &view).await?,
-                        None,
-                    )?
-                    .filter(grouped.replaced_rows(&keys).is_not_true())?
-                    .project(same_types(target.as_arrow()))?
-                    .build()?;
-                    let input = LogicalPlanBuilder::from(kept).union(recomputed)?.build()?;
-                    let reason = format!("{reason} ({groups} group(s))");
-                    ("incremental", reason, input, WriteMode::Overwrite)
-                }
-            }
+        let mut checks = self.checks(
+            ctx,
+            name,
+            &definition,
+            pinned.plan.schema(),
+            id,
+            matches!(plan, Plan::Full),
+        )?;
+        let step = Step {
+            name,
+            view: &view,
+            definition: &definition,
+            pinned: &pinned,
+            id,
         };
+        let (mode, reason, input, write_mode) =
+            self.write_input(&step, plan, reason, &mut checks).await?;
         let options = CommitOptions {
             // A full refresh takes the query's schema (an input may have gained a column).
             replace_schema: mode == "full",
             ..commit_options(&definition, id, mode, started, &pinned, Some(view.version))?
         };
-        let written = warehouse
+        let written = self
+            .inner
+            .warehouse
             .write_with(name, input, state, write_mode, &options)
             .await
             .map_err(|e| {
@@ -1231,6 +936,164 @@ impl Views {
                 counts.extend(pinned.source_mismatches());
                 counts
             },
+        })
+    }
+
+    /// How to refresh incrementally after the one input that changed (`single`), or why
+    /// the view is refreshed fully after all.
+    async fn incremental_plan(
+        &self,
+        definition: &ViewDefinition,
+        pinned: &Pinned,
+        single: Single<'_>,
+    ) -> (Plan, String) {
+        let Single {
+            table,
+            span,
+            delta_span,
+            external_rows,
+        } = single;
+        let rule_over_time = definition.expectations.iter().find(|e| {
+            pinned
+                .ctx
+                .parse_sql_expr(&e.expression, pinned.plan.schema())
+                .map_or(true, |expr| incremental::time_dependent(&expr))
+        });
+        let new_rows = match (rule_over_time, delta_span, external_rows) {
+            (Some(rule), _, _) => Err(format!(
+                "expectation '{}' depends on the time of the refresh; refreshed fully",
+                rule.name
+            )),
+            (None, Some((before, now)), _) => self.new_rows(table, before, now, pinned).await,
+            (None, None, Some(rows)) => rows,
+            (None, None, None) => Err("nothing to read".to_string()),
+        };
+        match new_rows {
+            Err(reason) => (Plan::Full, reason),
+            Ok(new_rows) => {
+                match incremental::analyze(&pinned.plan, table, &definition.default_schema) {
+                    Err(reason) => (Plan::Full, format!("{reason}; refreshed fully")),
+                    Ok(Shape::Linear) => (
+                        Plan::Linear {
+                            table: table.clone(),
+                            new_rows,
+                        },
+                        format!("{table} gained rows ({span}); appended the view's rows for them"),
+                    ),
+                    Ok(Shape::Distinct) => (
+                        Plan::Distinct {
+                            table: table.clone(),
+                            new_rows,
+                        },
+                        format!(
+                            "{table} gained rows ({span}); appended the distinct rows the view did not hold"
+                        ),
+                    ),
+                    Ok(Shape::Grouped(grouped)) => (
+                        Plan::Grouped {
+                            table: table.clone(),
+                            new_rows,
+                            grouped,
+                        },
+                        format!("{table} gained rows ({span}); recomputed the groups they touch"),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// What to write and how, for each plan; the write is the same for all: one commit on
+    /// top of the view version this refresh read. A grouped refresh that touches too many
+    /// groups turns full (and `checks` with it).
+    async fn write_input(
+        &self,
+        step: &Step<'_>,
+        plan: Plan,
+        reason: String,
+        checks: &mut Arc<Checks>,
+    ) -> Result<(&'static str, String, LogicalPlan, WriteMode)> {
+        let Step {
+            name,
+            view,
+            definition,
+            pinned,
+            id,
+        } = *step;
+        let ctx = &pinned.ctx;
+        let default_schema = definition.default_schema.as_str();
+        Ok(match plan {
+            Plan::Full => {
+                let input = self.checked(ctx, &pinned.plan, checks).await?;
+                ("full", reason, input, WriteMode::Overwrite)
+            }
+            Plan::Linear { table, new_rows } => {
+                let delta = incremental::replace_scan(
+                    &pinned.plan,
+                    &table,
+                    default_schema,
+                    provider_as_source(new_rows),
+                )?;
+                let input = self.checked(ctx, &delta, checks).await?;
+                ("incremental", reason, input, WriteMode::Append)
+            }
+            Plan::Distinct { table, new_rows } => {
+                let delta = incremental::replace_scan(
+                    &pinned.plan,
+                    &table,
+                    default_schema,
+                    provider_as_source(new_rows),
+                )?;
+                // The rows the view holds, as the delta's types, to subtract from it.
+                let held =
+                    LogicalPlanBuilder::scan("current", self.held_rows(name, view).await?, None)?
+                        .project(same_types(delta.schema().as_arrow()))?
+                        .build()?;
+                let fresh = LogicalPlanBuilder::except(delta, held, false)?;
+                let input = self.checked(ctx, &fresh, checks).await?;
+                ("incremental", reason, input, WriteMode::Append)
+            }
+            Plan::Grouped {
+                table,
+                new_rows,
+                grouped,
+            } => {
+                let delta_input = incremental::replace_scan(
+                    &grouped.aggregate.input,
+                    &table,
+                    default_schema,
+                    provider_as_source(new_rows),
+                )?;
+                let keys_plan = grouped.keys_of(delta_input)?;
+                let physical = ctx.state().create_physical_plan(&keys_plan).await?;
+                let batches = collect(physical, ctx.task_ctx()).await?;
+                let groups: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                if groups > MAX_CHANGED_GROUPS {
+                    let reason = format!(
+                        "{groups} groups changed (more than {MAX_CHANGED_GROUPS}); refreshed fully"
+                    );
+                    *checks = self.checks(ctx, name, definition, pinned.plan.schema(), id, true)?;
+                    let input = self.checked(ctx, &pinned.plan, checks).await?;
+                    ("full", reason, input, WriteMode::Overwrite)
+                } else {
+                    let keys = distinct_keys(&batches, grouped.aggregate.group_expr.len())?;
+                    let recomputed = self
+                        .checked(ctx, &grouped.recompute(&keys)?, checks)
+                        .await?;
+                    // The groups the new rows did not touch, as the view holds them now.
+                    let target = recomputed.schema().clone();
+                    let kept = LogicalPlanBuilder::scan(
+                        "current",
+                        self.held_rows(name, view).await?,
+                        None,
+                    )?
+                    .filter(grouped.replaced_rows(&keys).is_not_true())?
+                    .project(same_types(target.as_arrow()))?
+                    .build()?;
+                    let input = LogicalPlanBuilder::from(kept).union(recomputed)?.build()?;
+                    let reason = format!("{reason} ({groups} group(s))");
+                    ("incremental", reason, input, WriteMode::Overwrite)
+                }
+            }
         })
     }
 
@@ -1347,7 +1210,7 @@ impl Views {
     /// `system.expectations`). A failure to record is logged, not raised: the refresh itself
     /// has already committed or failed.
     async fn record(&self, outcome: &RefreshOutcome) {
-        if let Err(e) = system::record(&self.inner.warehouse, outcome).await {
+        if let Err(e) = history::record(&self.inner.warehouse, outcome).await {
             warn!(view = %outcome.view, error = %e, "could not record the refresh in system.refreshes");
         }
     }
@@ -1414,6 +1277,150 @@ fn expectation_counts(checks: &Checks) -> Vec<(String, String, &'static str, u64
         .collect()
 }
 
+/// The inputs that changed since the view's last refresh, and how.
+fn changed_inputs<'a>(view: &View, pinned: &'a Pinned) -> Vec<(&'a TableName, Change)> {
+    pinned
+        .inputs
+        .iter()
+        .filter_map(|(t, (v, _, table_id))| {
+            let key = t.to_string();
+            let same_table = view
+                .last
+                .input_ids
+                .get(&key)
+                .is_none_or(|recorded| recorded == table_id);
+            match pinned.external.get(t) {
+                Some(ExternalPin {
+                    watermarked: Some(source),
+                    mark,
+                    ..
+                }) => {
+                    let before = view.last.input_marks.get(&key).filter(|_| same_table);
+                    (before != Some(mark)).then(|| {
+                        (
+                            t,
+                            Change::Marked {
+                                source: source.clone(),
+                                before: before.cloned(),
+                                now: mark.clone(),
+                            },
+                        )
+                    })
+                }
+                Some(ExternalPin {
+                    watermarked: None, ..
+                }) => Some((t, Change::Unmarked)),
+                None => {
+                    let before = view.last.inputs.get(&key).copied().filter(|_| same_table);
+                    (Some(*v) != before).then_some((t, Change::Delta { now: *v, before }))
+                }
+            }
+        })
+        .collect()
+}
+
+/// The one changed input an incremental refresh reads, and the rows it gained.
+struct Single<'a> {
+    table: &'a TableName,
+    /// The change, as `system.refreshes` says it (`versions 3 to 5`).
+    span: String,
+    /// A Delta input: the versions before and now.
+    delta_span: Option<(u64, u64)>,
+    /// An external input with a watermark: its rows between the two marks.
+    external_rows: Option<std::result::Result<Arc<dyn TableProvider>, String>>,
+}
+
+/// What one refresh step works on.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    name: &'a TableName,
+    view: &'a View,
+    definition: &'a ViewDefinition,
+    pinned: &'a Pinned,
+    id: &'a str,
+}
+
+/// The one changed input (of at least one) an incremental refresh can read; otherwise a
+/// full refresh and why.
+fn single_change<'a>(
+    changed: &'a [(&'a TableName, Change)],
+) -> std::result::Result<Single<'a>, (Plan, String)> {
+    match changed {
+        [
+            (
+                table,
+                Change::Delta {
+                    now,
+                    before: Some(before),
+                },
+            ),
+        ] => Ok(Single {
+            table,
+            span: format!("versions {before} to {now}"),
+            delta_span: Some((*before, *now)),
+            external_rows: None,
+        }),
+        [
+            (
+                table,
+                Change::Marked {
+                    source,
+                    before: Some(Some(before)),
+                    now: Some(now),
+                },
+            ),
+        ] => Ok(Single {
+            table,
+            span: format!("watermark {} from {before} to {now}", source.column()),
+            delta_span: None,
+            external_rows: Some(source.between(before, now).map_err(|e| e.to_string())),
+        }),
+        [(table, Change::Delta { before: None, .. })] => Err((
+            Plan::Full,
+            format!("{table} is a new input, or was dropped and created again"),
+        )),
+        [
+            (
+                table,
+                Change::Marked {
+                    before: None,
+                    now,
+                    source,
+                },
+            ),
+        ] => Err((
+            Plan::Full,
+            format!(
+                "first extraction of {table} (watermark {} up to {})",
+                source.column(),
+                now.as_deref().unwrap_or("none: no row has one")
+            ),
+        )),
+        [(table, Change::Marked { source, .. })] => Err((
+            Plan::Full,
+            format!(
+                "{table} no longer has rows with a watermark ({}); extracted fully",
+                source.column()
+            ),
+        )),
+        [(table, Change::Unmarked)] => Err((
+            Plan::Full,
+            format!("{table} is an external table without a watermark column; extracted fully"),
+        )),
+        many => Err((
+            Plan::Full,
+            format!(
+                "{} inputs changed ({}); incremental refresh handles one changed input",
+                many.len(),
+                many.iter()
+                    .map(|(t, _)| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
 /// How an input changed since the view's last refresh.
 enum Change {
     Delta {
@@ -1431,17 +1438,18 @@ enum Change {
 
 /// Opens an external input from its stored definition, pinned at its current high watermark.
 async fn pin_external(
+    connectors: &Registry,
     name: &TableName,
     stored: Value,
-    policy: &Arc<medlake_sources::Policy>,
+    policy: &Arc<medlake_source::Policy>,
 ) -> Result<(Arc<dyn TableProvider>, String, ExternalPin)> {
-    let source_error = |e: medlake_sources::Error| Error::Source {
+    let source_error = |e: medlake_source::Error| Error::Source {
         table: name.to_string(),
         source: e,
     };
-    let definition: medlake_sources::Definition = serde_json::from_value(stored)
+    let definition: medlake_source::Definition = serde_json::from_value(stored)
         .map_err(|e| Error::Internal(format!("external table {name}: {e}")))?;
-    let table = medlake_sources::open(&definition, policy).map_err(source_error)?;
+    let table = connectors.open(&definition, policy).map_err(source_error)?;
     let id = definition.id();
     match table.clone().watermarked() {
         Some(source) => {

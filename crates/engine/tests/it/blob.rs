@@ -16,9 +16,9 @@ use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use datafusion::prelude::SessionContext;
 use medlake_engine::{Code, Engine};
-use medlake_sources::blob::dicom::dicom_core::{DataElement, PrimitiveValue, VR};
-use medlake_sources::blob::dicom::dicom_dictionary_std::{tags, uids};
-use medlake_sources::blob::dicom::dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use medlake_source_blob::dicom::dicom_core::{DataElement, PrimitiveValue, VR};
+use medlake_source_blob::dicom::dicom_dictionary_std::{tags, uids};
+use medlake_source_blob::dicom::dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
 use super::{count, scratch};
 

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use medlake_engine::Engine;
 use medlake_engine::runtime::RuntimeSettings;
-use medlake_sources::Policy;
+use medlake_source::Policy;
 use medlake_tds_testserver::{Column, Encryption, ServerConfig, SqlType, TdsServer};
 
 use super::location;
@@ -187,7 +187,7 @@ async fn secrets_resolve_only_from_the_servers_store() {
     ]
     .into_iter()
     .collect();
-    assert_eq!(medlake_sources::secret_references(&options), ["API_TOKEN"]);
+    assert_eq!(medlake_source::secret_references(&options), ["API_TOKEN"]);
 }
 
 #[tokio::test]
