@@ -31,6 +31,8 @@ pub struct User {
     pub create_external: bool,
     /// Secrets of the store this user may reference as `${NAME}`.
     pub secrets: BTreeSet<String>,
+    /// SQL roles this user holds from the configuration (`roles = ["clinician"]`).
+    pub roles: BTreeSet<String>,
 }
 
 impl User {
@@ -49,6 +51,7 @@ impl User {
             create_external: self.create_external || self.role == Role::Admin,
             secrets: self.secrets.clone(),
             tables: Vec::new(),
+            roles: self.roles.clone(),
         }
     }
 }
@@ -125,6 +128,7 @@ mod tests {
             role: Role::Reader,
             create_external: false,
             secrets: BTreeSet::new(),
+            roles: BTreeSet::new(),
         }]);
         let any: SocketAddr = "0.0.0.0:5432".parse().unwrap();
         let lo: SocketAddr = "127.0.0.1:5432".parse().unwrap();

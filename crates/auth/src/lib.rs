@@ -1,7 +1,7 @@
 //! `medlake-auth`: who is calling and what they may do, for every door and for the engine.
 //!
 //! It owns the principal model ([`Principal`], built from configured [`User`]s, ingest
-//! [`Token`]s or the local operator), the privilege rules ([`Principal::allows`]), the
+//! [`Token`]s or the local operator), the privilege rules ([`AccessState::allows`]: levels, roles, grants, ownership), the
 //! secret store that `${NAME}` references in source options resolve against
 //! ([`SecretStore`]), constant-time secret comparison and random tokens ([`Secret`],
 //! [`random_token`]), the loopback rule of no-auth mode ([`Access::check`]) and the one TLS
@@ -14,12 +14,17 @@
 //! authenticates and hands the engine a [`Principal`].
 
 mod access;
+mod grants;
 mod principal;
 mod secret;
 mod throttle;
 mod tls;
 
 pub use access::{Access, Method, User};
+pub use grants::{
+    AUDITOR, AccessState, BREAK_GLASS, BUILT_IN_ROLES, Grant, PUBLIC, RowFilter, Securable,
+    TableKey, all_privileges, grantable,
+};
 pub use principal::{Object, Principal, PrincipalKind, Privilege, Role, TablePattern};
 pub use secret::{Secret, SecretSource, SecretStore, constant_time_eq, random_token};
 pub use throttle::{LockedOut, LoginPolicy, Logins};

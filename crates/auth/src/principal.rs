@@ -17,10 +17,14 @@ pub enum PrincipalKind {
     Local,
 }
 
-/// The built-in roles (grants come in part 2 of the access-control work).
+/// The built-in levels a configured user starts from; roles and grants (`GRANT`, stored in
+/// `system.grants`, see [`crate::AccessState`]) add to them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// Nothing but what roles and grants give (the level of a clinician who may read only
+    /// the tables granted to their role).
+    None,
     /// Queries only.
     Reader,
     /// Queries, and writes to warehouse tables: INSERT, CREATE/DROP of tables, schemas and
@@ -35,6 +39,7 @@ pub enum Role {
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::None => "none",
             Role::Reader => "reader",
             Role::Writer => "writer",
             Role::Admin => "admin",
@@ -90,6 +95,12 @@ pub enum Privilege {
     Select,
     /// Add or replace rows of a table (INSERT, ingest).
     Insert,
+    /// Change rows of a table (UPDATE, MERGE's UPDATE clauses).
+    Update,
+    /// Remove rows of a table (DELETE, MERGE's DELETE clauses, TRUNCATE).
+    Delete,
+    /// Use a schema's tables (needed beside a table's own grant) or a secret.
+    Usage,
     /// Create a table, schema or materialized view.
     Create,
     /// Drop a table, schema or materialized view.
@@ -102,6 +113,9 @@ pub enum Privilege {
     CreateExternal,
     /// Reference a secret of the store as `${NAME}`.
     UseSecret,
+    /// What only an object's owner (or an admin) may do: ALTER (masks, row filters,
+    /// DECLASSIFY, OWNER TO), GRANT and REVOKE on it.
+    Owner,
     /// Statement kinds without a rule of their own: admins only.
     Admin,
 }
@@ -111,14 +125,40 @@ impl Privilege {
         match self {
             Privilege::Select => "SELECT",
             Privilege::Insert => "INSERT",
+            Privilege::Update => "UPDATE",
+            Privilege::Delete => "DELETE",
+            Privilege::Usage => "USAGE",
             Privilege::Create => "CREATE",
             Privilege::Drop => "DROP",
             Privilege::Refresh => "REFRESH",
             Privilege::Maintain => "MAINTAIN",
             Privilege::CreateExternal => "CREATE EXTERNAL",
             Privilege::UseSecret => "USE SECRET",
+            Privilege::Owner => "OWNERSHIP",
             Privilege::Admin => "ADMIN",
         }
+    }
+
+    /// The privilege a `GRANT` names (`SELECT`, `CREATE EXTERNAL`, ...), case-insensitive.
+    pub fn parse(text: &str) -> Option<Self> {
+        let words: Vec<String> = text
+            .split_whitespace()
+            .map(str::to_ascii_uppercase)
+            .collect();
+        Some(match words.join(" ").as_str() {
+            "SELECT" => Privilege::Select,
+            "INSERT" => Privilege::Insert,
+            "UPDATE" => Privilege::Update,
+            "DELETE" => Privilege::Delete,
+            "USAGE" => Privilege::Usage,
+            "CREATE" => Privilege::Create,
+            "DROP" => Privilege::Drop,
+            "REFRESH" => Privilege::Refresh,
+            "MAINTAIN" => Privilege::Maintain,
+            "CREATE EXTERNAL" => Privilege::CreateExternal,
+            "USE SECRET" => Privilege::Usage,
+            _ => return None,
+        })
     }
 }
 
@@ -158,6 +198,9 @@ pub struct Principal {
     pub secrets: BTreeSet<String>,
     /// Ingest tokens: the tables they may push into.
     pub tables: Vec<TablePattern>,
+    /// Roles given by the configuration (`roles = [...]`); `GRANT role TO user` adds more,
+    /// kept in the warehouse ([`crate::AccessState::roles_of`]).
+    pub roles: BTreeSet<String>,
 }
 
 impl Principal {
@@ -170,6 +213,7 @@ impl Principal {
             create_external: true,
             secrets: BTreeSet::new(),
             tables: Vec::new(),
+            roles: BTreeSet::new(),
         }
     }
 
@@ -182,6 +226,7 @@ impl Principal {
             create_external: false,
             secrets: BTreeSet::new(),
             tables: Vec::new(),
+            roles: BTreeSet::new(),
         }
     }
 
@@ -194,6 +239,7 @@ impl Principal {
             create_external: false,
             secrets: BTreeSet::new(),
             tables,
+            roles: BTreeSet::new(),
         }
     }
 
@@ -201,7 +247,9 @@ impl Principal {
         self.role == Role::Admin
     }
 
-    /// Whether this principal holds `privilege` on `object`.
+    /// Whether this principal's built-in level (or ingest-token scope) gives `privilege` on
+    /// `object`, before roles, grants and ownership ([`crate::AccessState::allows`] adds
+    /// those; the engine asks that).
     pub fn allows(&self, privilege: &Privilege, object: &Object) -> bool {
         if self.kind == PrincipalKind::IngestToken {
             return matches!(privilege, Privilege::Insert)
@@ -211,9 +259,14 @@ impl Principal {
         if self.is_admin() {
             return true;
         }
+        if self.role == Role::None {
+            return false;
+        }
         match privilege {
-            Privilege::Select => true,
+            Privilege::Select | Privilege::Usage => !matches!(object, Object::Secret(_)),
             Privilege::Insert
+            | Privilege::Update
+            | Privilege::Delete
             | Privilege::Create
             | Privilege::Drop
             | Privilege::Refresh
@@ -223,7 +276,7 @@ impl Principal {
                 Object::Secret(name) => self.secrets.contains(name),
                 _ => false,
             },
-            Privilege::Admin => false,
+            Privilege::Owner | Privilege::Admin => false,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! [[users]]
 //! name = "clinician"
 //! password_env = "MEDLAKE_CLINICIAN_PASSWORD"   # or password_file = "/run/secrets/clinician"
-//! role = "reader"                               # reader (queries only), writer (default), admin
+//! role = "none"                                 # none (only grants), reader, writer (default), admin
+//! roles = ["clinician"]                         # SQL roles (GRANT ... TO clinician), besides GRANT role TO user
 //! method = "scram-sha-256"                      # or "md5" for old clients
 //!
 //! [[users]]
@@ -198,8 +199,13 @@ pub struct UserEntry {
     pub name: String,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// `reader` (queries only), `writer` (the default) or `admin`.
+    /// `none` (only what grants give), `reader` (queries only), `writer` (the default) or
+    /// `admin`.
     pub role: Option<medlake_auth::Role>,
+    /// SQL roles held from the configuration (`auditor`, `break_glass`, or roles made with
+    /// `CREATE ROLE`).
+    #[serde(default)]
+    pub roles: Vec<String>,
     /// The older spelling of `role = "reader"`.
     #[serde(default)]
     pub read_only: bool,
@@ -289,6 +295,7 @@ impl Config {
                 role,
                 create_external: entry.create_external,
                 secrets: entry.secrets.iter().cloned().collect(),
+                roles: entry.roles.iter().map(|r| r.to_lowercase()).collect(),
             });
         }
         Ok(users)

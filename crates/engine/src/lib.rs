@@ -6,6 +6,7 @@
 //! It owns the SQL surface: which statements exist, how DDL and DML map onto the lake
 //! (`medlake-lake`), time travel, history and maintenance. It must not write files itself.
 
+mod access;
 mod catalog;
 mod dialect;
 mod error;
@@ -144,6 +145,8 @@ struct Shared {
     /// The connectors external tables are defined, opened and listed with.
     connectors: Arc<medlake_source::Registry>,
     views: Views,
+    /// Roles, grants, owners, masks and row filters (`system.grants`).
+    access: Arc<access::Access>,
     catalog: Arc<catalog::LakeCatalog>,
     /// The template every session starts from: catalog, functions, object stores, planner.
     state: SessionState,
@@ -162,6 +165,8 @@ pub struct Session {
     /// Names of the statements `PREPARE`d in this session (at most
     /// [`MAX_PREPARED_PER_SESSION`]).
     prepared: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The reason given with `SET medlake.break_glass`, while glass is broken.
+    break_glass: std::sync::Mutex<Option<String>>,
 }
 
 /// SQL `PREPARE`d statements one session may hold; `DEALLOCATE` makes room.
@@ -363,6 +368,7 @@ impl Engine {
         let state = ctx.state();
         let views = Views::new(warehouse.clone(), state.clone(), connectors.clone());
         views.prepare().await?;
+        let access = Arc::new(access::Access::open(warehouse.clone()).await?);
         catalog.set_views(views.clone());
         catalog.set_computed_system_tables(medlake_views::system::computed_tables(&views, &state));
         catalog.refresh().await?;
@@ -370,6 +376,7 @@ impl Engine {
             warehouse,
             connectors,
             views,
+            access,
             catalog,
             state,
             statements: AtomicU64::new(0),
@@ -563,11 +570,17 @@ impl Engine {
 impl Session {
     fn new(shared: Arc<Shared>, principal: Principal) -> Self {
         let ctx = SessionContext::new_with_state(shared.state.clone());
+        // Who is asking: current_user(), is_member(), has_table_privilege() answer for this
+        // session's principal.
+        for udf in access::functions::udfs(principal.clone(), shared.access.clone()) {
+            ctx.register_udf(udf);
+        }
         Self {
             shared,
             ctx,
             principal,
             prepared: Default::default(),
+            break_glass: Default::default(),
         }
     }
 
@@ -581,6 +594,7 @@ impl Session {
     pub fn authorize_ingest(&self, table: &TableName) -> Result<()> {
         privileges::check(
             &self.principal,
+            &self.shared.access.store.cached(),
             &[privileges::Need {
                 privilege: Privilege::Insert,
                 object: table_object(table),
@@ -589,15 +603,15 @@ impl Session {
     }
 
     /// Checks the privileges one of our own statements needs.
-    fn check_own(&self, statement: &Statement) -> Result<()> {
+    fn check_own(&self, statement: &Statement, state: &medlake_auth::AccessState) -> Result<()> {
         let needs = privileges::for_own(statement, |parts| {
             Ok(table_object(&self.table_name(parts)?))
         })?;
-        privileges::check(&self.principal, &needs)
+        privileges::check(&self.principal, state, &needs)
     }
 
     /// Checks the privileges a planned SQL statement needs.
-    fn check_plan(&self, plan: &LogicalPlan) -> Result<()> {
+    fn check_plan(&self, plan: &LogicalPlan, state: &medlake_auth::AccessState) -> Result<()> {
         use datafusion::logical_expr::Statement as PlanStatement;
         if let LogicalPlan::Statement(
             PlanStatement::SetVariable(datafusion::logical_expr::SetVariable { variable, .. })
@@ -614,7 +628,7 @@ impl Session {
             });
         }
         let needs = privileges::for_plan(plan, &self.default_schema_name())?;
-        privileges::check(&self.principal, &needs)
+        privileges::check(&self.principal, state, &needs)
     }
 
     /// Parses and runs every statement of `sql` in order, returning each one's output.
@@ -642,10 +656,12 @@ impl Session {
         let span = info_span!("statement", id);
         async move {
             if !matches!(statement, Statement::Sql(_)) {
-                self.check_own(&statement)?;
+                let state = self.access_state().await?;
+                self.check_own(&statement, &state)?;
             }
             match statement {
                 Statement::Sql(statement) => self.execute_sql(*statement, id).await,
+                Statement::Access(access) => self.execute_access(*access).await,
                 Statement::CreateMaterializedView(create) => {
                     let mut create = *create;
                     let name =
@@ -658,8 +674,11 @@ impl Session {
                         .await;
                     // The listings changed (or raced); the statement's own error comes first.
                     let listed = self.shared.catalog.refresh().await;
+                    self.shared.access.forget_lineage();
                     let rows = outcome?.map_or(0, |o| o.rows_written);
                     listed?;
+                    self.record_owner(medlake_auth::Securable::table(&name.schema, &name.table))
+                        .await?;
                     Ok(Output::command("CREATE MATERIALIZED VIEW", rows))
                 }
                 Statement::RefreshMaterializedView {
@@ -685,6 +704,7 @@ impl Session {
                     let listed = self.shared.catalog.refresh().await;
                     dropped?;
                     listed?;
+                    self.forget(&name.schema, Some(&name.table)).await?;
                     Ok(Output::command("DROP MATERIALIZED VIEW", 0))
                 }
                 Statement::ShowMaterializedViews => {
@@ -787,16 +807,20 @@ impl Session {
             (false, _) => {
                 privileges::check(
                     &self.principal,
+                    self.access_state().await?.as_ref(),
                     &[privileges::Need {
                         privilege: Privilege::Create,
                         object: table_object(&table),
                     }],
                 )?;
-                warehouse
+                let rows = warehouse
                     .create_table_as(&table, plan, session, false)
                     .await?
                     .map(|o| o.rows)
-                    .unwrap_or(0)
+                    .unwrap_or(0);
+                self.record_owner(medlake_auth::Securable::table(&table.schema, &table.table))
+                    .await?;
+                rows
             }
             (true, IfExists::Fail) => {
                 return Err(Error::Lake(medlake_lake::Error::TableExists {
@@ -892,8 +916,9 @@ impl Session {
             columns,
         };
         use arrow::datatypes::DataType as T;
+        let state = self.access_state().await?;
         if !matches!(statement, Statement::Sql(_)) {
-            self.check_own(statement)?;
+            self.check_own(statement, &state)?;
         }
         match statement {
             Statement::Sql(sql) => {
@@ -926,7 +951,7 @@ impl Session {
                         .deregister_table(&pin.alias)?;
                 }
                 let plan = planned?;
-                self.check_plan(&plan)?;
+                self.check_plan(&plan, &state)?;
                 let types = plan.get_parameter_types()?;
                 let count = types
                     .keys()
@@ -949,12 +974,17 @@ impl Session {
                 })
             }
             // Read-only: run them and keep the schema of their rows.
-            Statement::ShowMaterializedViews | Statement::DescribeHistory { .. } => {
-                match self.execute(statement.clone()).await? {
-                    Output::Rows(stream) => Ok(no_parameters(Some(stream.schema()))),
-                    Output::Command { .. } => Ok(no_parameters(None)),
-                }
+            Statement::Access(access)
+                if !matches!(**access, access::parse::AccessStatement::ShowGrants { .. }) =>
+            {
+                Ok(no_parameters(None))
             }
+            Statement::ShowMaterializedViews
+            | Statement::DescribeHistory { .. }
+            | Statement::Access(_) => match self.execute(statement.clone()).await? {
+                Output::Rows(stream) => Ok(no_parameters(Some(stream.schema()))),
+                Output::Command { .. } => Ok(no_parameters(None)),
+            },
             Statement::Optimize { .. } => Ok(no_parameters(static_columns(vec![
                 ("table", T::Utf8),
                 ("version", T::Int64),
@@ -1095,9 +1125,16 @@ impl Session {
                 .time_travel()
                 .register_table(pin.alias.clone(), provider)?;
         }
+        let aliases: HashMap<String, access::TableKey> = pinned
+            .iter()
+            .map(|pin| {
+                let name = self.table_name(&pin.parts)?;
+                Ok((pin.alias.clone(), (name.schema, name.table)))
+            })
+            .collect::<Result<_>>()?;
         // Boxed: planning and running nest deep futures; on the caller's stack they overflow
         // a 2 MiB thread in debug builds.
-        let result = Box::pin(self.plan_and_run(statement)).await;
+        let result = Box::pin(self.plan_and_run(statement, &aliases)).await;
         for pin in &pinned {
             self.shared
                 .catalog
@@ -1128,13 +1165,24 @@ impl Session {
         Ok(())
     }
 
-    async fn plan_and_run(&self, statement: datafusion::sql::parser::Statement) -> Result<Output> {
-        let state = self.ctx.state();
-        let plan = state
+    async fn plan_and_run(
+        &self,
+        statement: datafusion::sql::parser::Statement,
+        aliases: &HashMap<String, access::TableKey>,
+    ) -> Result<Output> {
+        let plan = self
+            .ctx
+            .state()
             .statement_to_plan(statement)
             .await
             .map_err(unwrap_lake_error)?;
-        self.check_plan(&plan)?;
+        if let Some(output) = self.set_or_reset_break_glass(&plan).await? {
+            return Ok(output);
+        }
+        let access = self.access_state().await?;
+        self.check_plan(&plan, &access)?;
+        // Masks and row filters, for every statement that reads a table.
+        let plan = self.protect(plan, &access, aliases).await?;
         match plan {
             LogicalPlan::Ddl(ddl) => {
                 let output = self.execute_ddl(ddl).await;
@@ -1166,6 +1214,27 @@ impl Session {
                 Ok(Output::Rows(stream))
             }
         }
+    }
+
+    /// `SET medlake.break_glass = 'reason'` and `RESET medlake.break_glass`.
+    async fn set_or_reset_break_glass(&self, plan: &LogicalPlan) -> Result<Option<Output>> {
+        use datafusion::logical_expr::Statement as PlanStatement;
+        let LogicalPlan::Statement(statement) = plan else {
+            return Ok(None);
+        };
+        let (variable, value) = match statement {
+            PlanStatement::SetVariable(set) => (&set.variable, Some(set.value.clone())),
+            PlanStatement::ResetVariable(reset) => (&reset.variable, None),
+            _ => return Ok(None),
+        };
+        if !variable
+            .trim()
+            .eq_ignore_ascii_case(access::BREAK_GLASS_SETTING)
+        {
+            return Ok(None);
+        }
+        let reason = value.map(|v| v.trim().trim_matches('\'').to_string());
+        self.break_glass(reason).await.map(Some)
     }
 
     /// Refuses a `PREPARE` beyond the session's bound; what it returns records the plan's
@@ -1225,6 +1294,8 @@ impl Session {
                     .warehouse
                     .create_schema(schema, create.if_not_exists)
                     .await?;
+                self.record_owner(medlake_auth::Securable::Schema(schema.to_lowercase()))
+                    .await?;
                 Ok(Output::command("CREATE SCHEMA", 0))
             }
             DdlStatement::DropCatalogSchema(drop) => {
@@ -1239,6 +1310,7 @@ impl Session {
                     .warehouse
                     .drop_schema(&schema, drop.if_exists, drop.cascade)
                     .await?;
+                self.forget(&schema, None).await?;
                 Ok(Output::command("DROP SCHEMA", 0))
             }
             DdlStatement::CreateMemoryTable(create) => self.create_table(create).await,
@@ -1249,6 +1321,7 @@ impl Session {
                     .warehouse
                     .drop_table(&name, drop.if_exists)
                     .await?;
+                self.forget(&name.schema, Some(&name.table)).await?;
                 Ok(Output::command("DROP TABLE", 0))
             }
             DdlStatement::CreateView(_) | DdlStatement::DropView(_) => Err(Error::NotSupported {
@@ -1297,6 +1370,8 @@ impl Session {
                     .warehouse
                     .create_table(&name, schema, create.if_not_exists)
                     .await?;
+                self.record_owner(medlake_auth::Securable::table(&name.schema, &name.table))
+                    .await?;
                 Ok(Output::command("CREATE TABLE", 0))
             }
             _ => {
@@ -1312,6 +1387,8 @@ impl Session {
                     )
                     .await?;
                 let rows = outcome.map_or(0, |o| o.rows);
+                self.record_owner(medlake_auth::Securable::table(&name.schema, &name.table))
+                    .await?;
                 Ok(Output::command(format!("SELECT {rows}"), rows))
             }
         }
@@ -1382,6 +1459,8 @@ impl Session {
         self.shared
             .warehouse
             .create_external(&name, &stored, create.if_not_exists)
+            .await?;
+        self.record_owner(medlake_auth::Securable::table(&name.schema, &name.table))
             .await?;
         Ok(Output::command("CREATE EXTERNAL TABLE", 0))
     }
@@ -1570,7 +1649,7 @@ fn record_batch(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
 
 /// Errors of the lake that travelled through DataFusion (from a table provider) come back
 /// as themselves, so that they keep their status code.
-fn unwrap_lake_error(e: datafusion::error::DataFusionError) -> Error {
+pub(crate) fn unwrap_lake_error(e: datafusion::error::DataFusionError) -> Error {
     use datafusion::error::DataFusionError;
     match e {
         DataFusionError::External(inner) => match inner.downcast::<medlake_lake::Error>() {

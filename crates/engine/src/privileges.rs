@@ -12,8 +12,9 @@
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as PlanStatement, WriteOp};
-use medlake_auth::{Object, Principal, Privilege};
+use medlake_auth::{AccessState, Object, Principal, Privilege};
 
+use crate::access::parse::{AccessStatement, Target};
 use crate::statement::Statement;
 use crate::{Error, Result};
 
@@ -44,11 +45,13 @@ const SETTABLE: &[&str] = &[
     "datafusion.format.",
 ];
 
-/// Checks that `principal` holds every need; the first one missing is the error, and every
-/// refusal is logged for the audit trail.
-pub(crate) fn check(principal: &Principal, needs: &[Need]) -> Result<()> {
+/// Checks that `principal` holds every need (by its level, roles, grants or ownership in
+/// `state`); the first one missing is the error, and every refusal is logged for the audit
+/// trail.
+pub(crate) fn check(principal: &Principal, state: &AccessState, needs: &[Need]) -> Result<()> {
+    let roles = state.roles_of(principal);
     for need in needs {
-        if !principal.allows(&need.privilege, &need.object) {
+        if !state.allows(principal, &roles, &need.privilege, &need.object) {
             tracing::warn!(
                 target: "medlake::audit",
                 principal = %principal.name,
@@ -90,15 +93,18 @@ pub(crate) fn for_plan(plan: &LogicalPlan, default_schema: &str) -> Result<Vec<N
                 needs.push(Need::new(Privilege::Select, table(&scan.table_name)));
             }
             LogicalPlan::Dml(dml) => {
-                // Every row-changing operation needs INSERT (write) today; DELETE, UPDATE,
-                // MERGE get their own privileges with grants (part 2) when they are run.
+                // Each kind of change needs its own privilege; MERGE needs those of every
+                // clause kind it may run (it is refused by the engine until it runs).
                 let privilege = match &dml.op {
-                    WriteOp::Insert(_)
-                    | WriteOp::Delete
-                    | WriteOp::Update
-                    | WriteOp::Truncate
-                    | WriteOp::MergeInto(_)
-                    | WriteOp::Ctas => Privilege::Insert,
+                    WriteOp::Insert(_) | WriteOp::Ctas => Privilege::Insert,
+                    WriteOp::Update => Privilege::Update,
+                    WriteOp::Delete | WriteOp::Truncate => Privilege::Delete,
+                    WriteOp::MergeInto(_) => {
+                        for p in [Privilege::Insert, Privilege::Update] {
+                            needs.push(Need::new(p, table(&dml.table_name)));
+                        }
+                        Privilege::Delete
+                    }
                     // A write kind DataFusion adds later: admins only until it has a rule.
                     _ => Privilege::Admin,
                 };
@@ -266,6 +272,7 @@ pub(crate) fn for_own(
         Statement::Optimize { table: name, .. } | Statement::Vacuum { table: name, .. } => {
             vec![Need::new(Privilege::Maintain, table(&name_parts(name)?)?)]
         }
+        Statement::Access(access) => access_needs(access, &table)?,
         Statement::ImportForeignSchema(import) => {
             let mut needs: Vec<Need> = secret_references(
                 import
@@ -282,6 +289,42 @@ pub(crate) fn for_own(
                 Object::Schema(import.into.to_lowercase()),
             ));
             needs
+        }
+    })
+}
+
+/// What an access-control statement needs: roles are the admins'; grants, masks, filters,
+/// owners are their object's owner's (admins hold every ownership).
+fn access_needs(
+    statement: &AccessStatement,
+    table: &impl Fn(&[String]) -> Result<Object>,
+) -> Result<Vec<Need>> {
+    use crate::statement::name_parts;
+    let owner_of = |target: &Target| -> Result<Need> {
+        Ok(match target {
+            Target::Table(name) => Need::new(Privilege::Owner, table(&name_parts(name)?)?),
+            Target::Schema(schema) => {
+                Need::new(Privilege::Owner, Object::Schema(schema.to_lowercase()))
+            }
+            Target::Secret(name) => Need::admin(format!("grants on secret {name}")),
+            Target::Warehouse => Need::admin("grants on the warehouse"),
+        })
+    };
+    Ok(match statement {
+        AccessStatement::CreateRole(_)
+        | AccessStatement::DropRole { .. }
+        | AccessStatement::Membership { .. } => vec![Need::admin("roles and role membership")],
+        AccessStatement::Privileges { on, .. } => vec![owner_of(on)?],
+        AccessStatement::OwnerTo { on, .. } => vec![owner_of(on)?],
+        // Each row lists what the principal may see (filtered when run).
+        AccessStatement::ShowGrants { .. } => vec![Need::new(
+            Privilege::Select,
+            Object::Warehouse("grants".into()),
+        )],
+        AccessStatement::SetMask { table: name, .. }
+        | AccessStatement::SetRowFilter { table: name, .. }
+        | AccessStatement::Declassify { view: name } => {
+            vec![Need::new(Privilege::Owner, table(&name_parts(name)?)?)]
         }
     })
 }

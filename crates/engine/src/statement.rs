@@ -58,6 +58,8 @@ pub enum Statement {
     /// `IMPORT FOREIGN SCHEMA remote [LIMIT TO (t, ...) | EXCEPT (t, ...)] FROM SQLSERVER
     /// 'location' INTO local [OPTIONS ('k' 'v', ...)]`: one external table per remote table.
     ImportForeignSchema(Box<ImportForeignSchema>),
+    /// Roles, grants, owners, masks and row filters (`GRANT`, `ALTER TABLE ... SET MASK`, ...).
+    Access(Box<crate::access::parse::AccessStatement>),
     /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`
     Vacuum {
         table: ObjectName,
@@ -385,6 +387,11 @@ pub fn parse_one(text: &str) -> Result<Statement> {
     let dialect = MedlakeDialect::default();
     refuse_question_marks(text)?;
     let mut parser = Parser::new(&dialect).try_with_sql(text).map_err(syntax)?;
+    if is_access_statement(&parser)
+        && let Some(access) = crate::access::parse::parse(text)?
+    {
+        return Ok(Statement::Access(Box::new(access)));
+    }
     if let Some(own) = parse_own(&mut parser)? {
         return Ok(own);
     }
@@ -402,6 +409,17 @@ pub fn parse_one(text: &str) -> Result<Statement> {
 }
 
 use medlake_views::definition::word;
+
+/// Whether the statement starts like one of [`crate::access::parse`]'s.
+fn is_access_statement(parser: &Parser<'_>) -> bool {
+    let [first, second] = parser.peek_tokens::<2>();
+    let is = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w));
+    is(&first, "GRANT")
+        || is(&first, "REVOKE")
+        || is(&first, "ALTER")
+        || ((is(&first, "CREATE") || is(&first, "DROP")) && is(&second, "ROLE"))
+        || (is(&first, "SHOW") && is(&second, "GRANTS"))
+}
 
 fn expect_end(parser: &mut Parser<'_>, statement: &str) -> Result<()> {
     match parser.peek_token().token {

@@ -56,6 +56,7 @@ async fn start() -> Harness {
                 method: Method::ScramSha256,
                 role: medlake_auth::Role::Writer,
                 create_external: false,
+                roles: Default::default(),
                 secrets: Default::default(),
             }]),
             token_lifetime: Duration::from_secs(600),

@@ -222,7 +222,8 @@ fn parse_set(text: &str) -> PgWireResult<Command> {
             format!("cannot parse '{}'", text.trim()),
         ));
     }
-    if name.starts_with("datafusion.") {
+    // The engine's settings, and medlake's own (`medlake.break_glass`), checked there.
+    if name.starts_with("datafusion.") || name.starts_with("medlake.") {
         return Ok(Command::EngineSet);
     }
     let values: Vec<String> = w[i + 1..]

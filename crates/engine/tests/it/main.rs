@@ -8,6 +8,7 @@ use medlake_engine::{Code, Engine};
 
 mod blob;
 mod cosmos;
+mod grants;
 mod policy;
 mod rest;
 mod security;

@@ -45,6 +45,7 @@ pub fn users() -> Access {
             method: Method::ScramSha256,
             role: medlake_auth::Role::Writer,
             create_external: false,
+            roles: Default::default(),
             secrets: Default::default(),
         },
         User {
@@ -53,6 +54,7 @@ pub fn users() -> Access {
             method: Method::Md5,
             role: medlake_auth::Role::Writer,
             create_external: false,
+            roles: Default::default(),
             secrets: Default::default(),
         },
         User {
@@ -61,6 +63,7 @@ pub fn users() -> Access {
             method: Method::ScramSha256,
             role: medlake_auth::Role::Reader,
             create_external: false,
+            roles: Default::default(),
             secrets: Default::default(),
         },
     ])

@@ -1,0 +1,696 @@
+//! What a [`Session`] does with access control: runs the access statements, protects every
+//! plan with masks and row filters, records owners, and breaks glass.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::common::TableReference;
+use datafusion::logical_expr::{ExprSchemable, LogicalPlan};
+use medlake_auth::{
+    AccessState, BREAK_GLASS, BUILT_IN_ROLES, Grant, PrincipalKind, RowFilter, Securable,
+    all_privileges, grantable,
+};
+use medlake_lake::TableName;
+
+use super::parse::{AccessStatement, Target};
+use super::protect::{self, Viewer};
+use super::{TableKey, table_key};
+use crate::{Error, Output, Result, Session};
+
+/// The setting that breaks glass: `SET medlake.break_glass = 'reason'`.
+pub const BREAK_GLASS_SETTING: &str = "medlake.break_glass";
+
+/// Catalog tables whose rows name tables: each principal sees the rows of tables it holds a
+/// privilege on.
+const CATALOG_LISTINGS: &[(&str, &str)] = &[
+    ("information_schema", "tables"),
+    ("information_schema", "columns"),
+    ("information_schema", "views"),
+    ("pg_catalog", "__information_schema_tables"),
+    ("pg_catalog", "__information_schema_columns"),
+];
+
+fn text(values: Vec<String>) -> ArrayRef {
+    Arc::new(StringArray::from(values))
+}
+
+impl Session {
+    /// The access state as of now (re-read when another server may have changed it).
+    pub(crate) async fn access_state(&self) -> Result<Arc<AccessState>> {
+        self.shared.access.store.current().await
+    }
+
+    /// Whether glass is broken on this connection.
+    fn glass_broken(&self) -> bool {
+        self.break_glass
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// `SET medlake.break_glass = 'reason'` (an empty reason or `RESET` mends it).
+    pub(crate) async fn break_glass(&self, reason: Option<String>) -> Result<Output> {
+        let reason = reason
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty());
+        if let Some(reason) = &reason {
+            let state = self.access_state().await?;
+            if !state.roles_of(&self.principal).contains(BREAK_GLASS) {
+                tracing::warn!(target: "medlake::audit", principal = %self.principal.name, "break glass refused");
+                return Err(Error::PermissionDenied {
+                    principal: self.principal.to_string(),
+                    privilege: "BREAK GLASS",
+                    object: "this connection (members of the break_glass role only)".into(),
+                });
+            }
+            if reason.chars().count() < 10 {
+                return Err(Error::InvalidValue {
+                    what: BREAK_GLASS_SETTING.into(),
+                    reason: "give the reason (at least 10 characters): it is audited".into(),
+                });
+            }
+            tracing::warn!(target: "medlake::audit", principal = %self.principal.name, reason = %reason, "BREAK GLASS: masks and row filters lifted for this connection");
+        } else {
+            tracing::info!(target: "medlake::audit", principal = %self.principal.name, "break glass ended");
+        }
+        *self
+            .break_glass
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+        Ok(Output::command("SET", 0))
+    }
+
+    /// The break-glass reason of this connection, if glass is broken (for the audit).
+    pub fn break_glass_reason(&self) -> Option<String> {
+        self.break_glass
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `plan` with every protected table masked and filtered for this session's principal.
+    /// `aliases` names the time-travel tables of the statement.
+    pub(crate) async fn protect(
+        &self,
+        plan: LogicalPlan,
+        state: &Arc<AccessState>,
+        aliases: &HashMap<String, TableKey>,
+    ) -> Result<LogicalPlan> {
+        let default_schema = self.default_schema_name();
+        let resolve = |r: &TableReference| -> Option<TableKey> {
+            if r.schema() == Some(crate::TIME_TRAVEL_SCHEMA) {
+                return aliases.get(r.table()).cloned();
+            }
+            Some(table_key(r, &default_schema))
+        };
+        let scanned: BTreeSet<TableKey> = protect::scanned(&plan)
+            .iter()
+            .filter_map(&resolve)
+            .collect();
+        if scanned.is_empty() {
+            return Ok(plan);
+        }
+        let session_state = self.ctx.state();
+        let mut policies = self
+            .shared
+            .access
+            .policies(
+                state,
+                &session_state,
+                &self.shared.views,
+                &self.shared.catalog.materialized_views(),
+                scanned.iter().cloned(),
+            )
+            .await?;
+        let roles = state.roles_of(&self.principal);
+        if !self.principal.is_admin() {
+            for (schema, table) in CATALOG_LISTINGS {
+                let key = (schema.to_string(), table.to_string());
+                if scanned.contains(&key) {
+                    policies.insert(key, Arc::new(catalog_listing_policy(&session_state)?));
+                }
+            }
+        }
+        let viewer = Viewer {
+            principal: &self.principal,
+            roles: &roles,
+            lifted: self.glass_broken(),
+        };
+        protect::protect(plan, &viewer, &policies, &resolve)
+    }
+
+    /// Records this session's principal as the owner of what it created (the local
+    /// operator's creations have no owner: admins manage them).
+    pub(crate) async fn record_owner(&self, on: Securable) -> Result<()> {
+        if self.principal.kind != PrincipalKind::User {
+            return Ok(());
+        }
+        let owner = self.principal.name.clone();
+        self.shared
+            .access
+            .store
+            .change(|state| {
+                state
+                    .owners
+                    .entry(on.clone())
+                    .or_insert_with(|| owner.clone());
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the grants and policies of a dropped table (or schema, with `table: None`).
+    pub(crate) async fn forget(&self, schema: &str, table: Option<&str>) -> Result<()> {
+        let state = self.access_state().await?;
+        let schema = schema.to_lowercase();
+        let known = match table {
+            Some(t) => {
+                let on = Securable::table(&schema, t);
+                let key = (schema.clone(), t.to_lowercase());
+                state.grants.iter().any(|g| g.on == on)
+                    || state.owners.contains_key(&on)
+                    || state.masks.contains_key(&key)
+                    || state.row_filters.contains_key(&key)
+                    || state.declassified.contains(&key)
+            }
+            None => true,
+        };
+        self.shared.access.forget_lineage();
+        if !known {
+            return Ok(());
+        }
+        self.shared
+            .access
+            .store
+            .change(|state| {
+                match table {
+                    Some(t) => state.forget_table(&schema, t),
+                    None => state.forget_schema(&schema),
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn securable(&self, target: &Target) -> Result<Securable> {
+        Ok(match target {
+            Target::Warehouse => Securable::Warehouse,
+            Target::Schema(s) => Securable::Schema(s.to_lowercase()),
+            Target::Secret(s) => Securable::Secret(s.clone()),
+            Target::Table(name) => {
+                let name = self.table_name(&crate::statement::name_parts(name)?)?;
+                Securable::table(&name.schema, &name.table)
+            }
+        })
+    }
+
+    /// Runs an access statement (its privileges were checked).
+    pub(crate) async fn execute_access(&self, statement: AccessStatement) -> Result<Output> {
+        let store = &self.shared.access.store;
+        let by = self.principal.name.clone();
+        match statement {
+            AccessStatement::CreateRole(name) => {
+                check_role_name(&name)?;
+                store
+                    .change(|state| {
+                        if state.role_exists(&name) {
+                            return Err(Error::InvalidValue {
+                                what: "CREATE ROLE".into(),
+                                reason: format!("role \"{name}\" already exists"),
+                            });
+                        }
+                        state.roles.insert(name.clone());
+                        Ok(())
+                    })
+                    .await?;
+                tracing::info!(target: "medlake::audit", by = %by, role = %name, "role created");
+                Ok(Output::command("CREATE ROLE", 0))
+            }
+            AccessStatement::DropRole { name, if_exists } => {
+                if BUILT_IN_ROLES.contains(&name.as_str()) {
+                    return Err(Error::InvalidValue {
+                        what: "DROP ROLE".into(),
+                        reason: format!("{name} is built in"),
+                    });
+                }
+                store
+                    .change(|state| {
+                        if !state.roles.remove(&name) {
+                            return if if_exists {
+                                Ok(())
+                            } else {
+                                Err(undefined_role(&name))
+                            };
+                        }
+                        state.members.retain(|(m, r)| *m != name && *r != name);
+                        state.grants.retain(|g| g.grantee != name);
+                        state.owners.retain(|_, owner| *owner != name);
+                        Ok(())
+                    })
+                    .await?;
+                Ok(Output::command("DROP ROLE", 0))
+            }
+            AccessStatement::Membership {
+                grant,
+                roles,
+                members,
+            } => {
+                for member in &members {
+                    check_grantee(member)?;
+                }
+                store
+                    .change(|state| {
+                        for role in &roles {
+                            if !state.role_exists(role) || role == "public" {
+                                return Err(undefined_role(role));
+                            }
+                            if ["none", "reader", "writer", "admin"].contains(&role.as_str()) {
+                                return Err(Error::InvalidValue {
+                                    what: "GRANT role".into(),
+                                    reason: format!(
+                                        "{role} is a built-in level, set by the configuration (role = \"{role}\")"
+                                    ),
+                                });
+                            }
+                            for member in &members {
+                                let pair = (member.clone(), role.clone());
+                                if grant {
+                                    state.members.insert(pair);
+                                } else {
+                                    state.members.remove(&pair);
+                                }
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                tracing::info!(target: "medlake::audit", by = %by, grant, roles = ?roles, members = ?members, "role membership changed");
+                Ok(Output::command(if grant { "GRANT" } else { "REVOKE" }, 0))
+            }
+            AccessStatement::Privileges {
+                grant,
+                privileges,
+                on,
+                grantees,
+            } => {
+                let on = self.securable(&on)?;
+                self.check_exists(&on).await?;
+                let privileges = if privileges.is_empty() {
+                    all_privileges(&on)
+                } else {
+                    privileges
+                };
+                for privilege in &privileges {
+                    if !grantable(privilege, &on) {
+                        return Err(Error::InvalidValue {
+                            what: format!("{} privilege", privilege.as_str()),
+                            reason: format!("it cannot be granted on a {}", on.kind()),
+                        });
+                    }
+                }
+                for grantee in &grantees {
+                    check_grantee(grantee)?;
+                }
+                store
+                    .change(|state| {
+                        for grantee in &grantees {
+                            for privilege in &privileges {
+                                let g = Grant {
+                                    grantee: grantee.clone(),
+                                    privilege: privilege.clone(),
+                                    on: on.clone(),
+                                };
+                                if grant {
+                                    state.grants.insert(g);
+                                } else {
+                                    state.grants.remove(&g);
+                                }
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                tracing::info!(target: "medlake::audit", by = %by, grant, on = %on, grantees = ?grantees, privileges = ?privileges.iter().map(|p| p.as_str()).collect::<Vec<_>>(), "privileges changed");
+                Ok(Output::command(if grant { "GRANT" } else { "REVOKE" }, 0))
+            }
+            AccessStatement::ShowGrants { to, on } => self.show_grants(to, on).await,
+            AccessStatement::OwnerTo { on, owner } => {
+                let on = self.securable(&on)?;
+                self.check_exists(&on).await?;
+                check_grantee(&owner)?;
+                store
+                    .change(|state| {
+                        state.owners.insert(on.clone(), owner.clone());
+                        Ok(())
+                    })
+                    .await?;
+                tracing::info!(target: "medlake::audit", by = %by, on = %on, owner = %owner, "owner changed");
+                Ok(Output::command("ALTER", 0))
+            }
+            AccessStatement::SetMask {
+                table,
+                column,
+                mask,
+            } => {
+                let name = self.table_name(&crate::statement::name_parts(&table)?)?;
+                let schema = self.table_schema(&name).await?;
+                let Some(field) = schema
+                    .fields()
+                    .iter()
+                    .find(|f| f.name().eq_ignore_ascii_case(&column))
+                else {
+                    return Err(Error::InvalidValue {
+                        what: "column".into(),
+                        reason: format!("{name} has no column {column}"),
+                    });
+                };
+                let column = field.name().clone();
+                if let Some(sql) = &mask {
+                    let planned =
+                        protect::plan_expression(&self.ctx.state(), &schema, sql, Some(&column))?;
+                    let ty = planned.to_field(&schema)?.1.data_type().clone();
+                    if !arrow::compute::can_cast_types(&ty, field.data_type()) {
+                        return Err(Error::InvalidValue {
+                            what: "mask".into(),
+                            reason: format!(
+                                "it gives {ty}, which does not convert to {column}'s type {}",
+                                field.data_type()
+                            ),
+                        });
+                    }
+                }
+                let key = (name.schema.clone(), name.table.clone());
+                store
+                    .change(|state| {
+                        let masks = state.masks.entry(key.clone()).or_default();
+                        match &mask {
+                            Some(sql) => {
+                                masks.insert(column.clone(), sql.clone());
+                            }
+                            None => {
+                                masks.remove(&column);
+                            }
+                        }
+                        if masks.is_empty() {
+                            state.masks.remove(&key);
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                self.shared.access.forget_lineage();
+                tracing::info!(target: "medlake::audit", by = %by, table = %name, column = %column, set = mask.is_some(), "column mask changed");
+                Ok(Output::command("ALTER TABLE", 0))
+            }
+            AccessStatement::SetRowFilter { table, filter } => {
+                let name = self.table_name(&crate::statement::name_parts(&table)?)?;
+                let schema = self.table_schema(&name).await?;
+                let filter = match filter {
+                    Some((sql, columns)) => {
+                        let planned =
+                            protect::plan_expression(&self.ctx.state(), &schema, &sql, None)?;
+                        let ty = planned.to_field(&schema)?.1.data_type().clone();
+                        if ty != arrow::datatypes::DataType::Boolean {
+                            return Err(Error::InvalidValue {
+                                what: "row filter".into(),
+                                reason: format!("it gives {ty}, not a boolean"),
+                            });
+                        }
+                        let mut named = Vec::new();
+                        for c in &columns {
+                            let field = schema
+                                .fields()
+                                .iter()
+                                .find(|f| f.name().eq_ignore_ascii_case(c))
+                                .ok_or_else(|| Error::InvalidValue {
+                                    what: "row filter column".into(),
+                                    reason: format!("{name} has no column {c}"),
+                                })?;
+                            named.push(field.name().clone());
+                        }
+                        // The filter reads only the columns it names (so a view that carries
+                        // them can inherit it).
+                        for used in planned.column_refs() {
+                            if !named.iter().any(|n| *n == used.name) {
+                                return Err(Error::InvalidValue {
+                                    what: "row filter".into(),
+                                    reason: format!(
+                                        "it reads {}, which ON (...) does not list",
+                                        used.name
+                                    ),
+                                });
+                            }
+                        }
+                        Some(RowFilter {
+                            expression: sql,
+                            columns: named,
+                        })
+                    }
+                    None => None,
+                };
+                let key = (name.schema.clone(), name.table.clone());
+                store
+                    .change(|state| {
+                        match &filter {
+                            Some(f) => {
+                                state.row_filters.insert(key.clone(), f.clone());
+                            }
+                            None => {
+                                state.row_filters.remove(&key);
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                self.shared.access.forget_lineage();
+                tracing::info!(target: "medlake::audit", by = %by, table = %name, set = filter.is_some(), "row filter changed");
+                Ok(Output::command("ALTER TABLE", 0))
+            }
+            AccessStatement::Declassify { view } => {
+                let name = self.table_name(&crate::statement::name_parts(&view)?)?;
+                let Some(definition) = self.shared.views.view(&name).await? else {
+                    return Err(Error::InvalidValue {
+                        what: "DECLASSIFY".into(),
+                        reason: format!("{name} is not a materialized view"),
+                    });
+                };
+                // Declassifying drops the row filters of the inputs: their owners' call.
+                let state = self.access_state().await?;
+                let roles = state.roles_of(&self.principal);
+                let mut planning = self.ctx.state();
+                planning.config_mut().options_mut().catalog.default_schema =
+                    definition.definition.default_schema.clone();
+                let plan = planning
+                    .create_logical_plan(&definition.definition.query)
+                    .await
+                    .map_err(crate::unwrap_lake_error)?;
+                for reference in protect::scanned(&plan) {
+                    let key = table_key(&reference, &definition.definition.default_schema);
+                    if state.row_filters.contains_key(&key) {
+                        crate::privileges::check(
+                            &self.principal,
+                            &state,
+                            &[crate::privileges::Need {
+                                privilege: medlake_auth::Privilege::Owner,
+                                object: medlake_auth::Object::Table {
+                                    schema: key.0.clone(),
+                                    table: key.1.clone(),
+                                },
+                            }],
+                        )?;
+                    }
+                }
+                let _ = roles;
+                let key = (name.schema.clone(), name.table.clone());
+                store
+                    .change(|state| {
+                        state.declassified.insert(key.clone());
+                        Ok(())
+                    })
+                    .await?;
+                self.shared.access.forget_lineage();
+                tracing::warn!(target: "medlake::audit", by = %by, view = %name, "view declassified: it no longer carries its inputs' row filters");
+                Ok(Output::command("ALTER MATERIALIZED VIEW", 0))
+            }
+        }
+    }
+
+    /// The schema of a table as the catalog has it.
+    async fn table_schema(&self, name: &TableName) -> Result<datafusion::common::DFSchema> {
+        let provider = self
+            .ctx
+            .table_provider(TableReference::partial(
+                name.schema.as_str(),
+                name.table.as_str(),
+            ))
+            .await
+            .map_err(crate::unwrap_lake_error)?;
+        Ok(datafusion::common::DFSchema::try_from(
+            provider.schema().as_ref().clone(),
+        )?)
+    }
+
+    /// Grants name objects that exist (a grant on a table dropped later goes with it).
+    async fn check_exists(&self, on: &Securable) -> Result<()> {
+        match on {
+            Securable::Table { schema, table } => {
+                let name = TableName::new(schema, table)?;
+                if !self.shared.warehouse.table_exists(&name).await? {
+                    return Err(medlake_lake::Error::TableNotFound {
+                        schema: schema.clone(),
+                        table: table.clone(),
+                    }
+                    .into());
+                }
+            }
+            Securable::Schema(schema) => {
+                if !self.shared.warehouse.schema_exists(schema).await? {
+                    return Err(medlake_lake::Error::SchemaNotFound {
+                        schema: schema.clone(),
+                    }
+                    .into());
+                }
+            }
+            Securable::Secret(_) | Securable::Warehouse => {}
+        }
+        Ok(())
+    }
+
+    /// `SHOW GRANTS`: the grants, memberships and owners this principal may see (admins and
+    /// auditors: all; others: their own and their roles', and those on what they own).
+    async fn show_grants(&self, to: Option<String>, on: Option<Target>) -> Result<Output> {
+        let state = self.access_state().await?;
+        let roles = state.roles_of(&self.principal);
+        let sees_all = self.principal.is_admin() || roles.contains(medlake_auth::AUDITOR);
+        let on = on.map(|t| self.securable(&t)).transpose()?;
+        let visible = |grantee: &str, object: Option<&Securable>| {
+            sees_all
+                || grantee == self.principal.name
+                || roles.contains(grantee)
+                || object.is_some_and(|o| state.owns(&self.principal, &roles, o))
+        };
+        let wanted = |grantee: &str, object: Option<&Securable>| {
+            to.as_deref().is_none_or(|t| t == grantee)
+                && on.as_ref().is_none_or(|o| object == Some(o))
+                && visible(grantee, object)
+        };
+        let (mut principals, mut privileges, mut kinds, mut objects) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut push = |p: &str, privilege: &str, kind: &str, object: String| {
+            principals.push(p.to_string());
+            privileges.push(privilege.to_string());
+            kinds.push(kind.to_string());
+            objects.push(object);
+        };
+        for g in &state.grants {
+            if wanted(&g.grantee, Some(&g.on)) {
+                push(&g.grantee, g.privilege.as_str(), g.on.kind(), g.on.name());
+            }
+        }
+        for (on_object, owner) in &state.owners {
+            if wanted(owner, Some(on_object)) {
+                push(owner, "OWNERSHIP", on_object.kind(), on_object.name());
+            }
+        }
+        if on.is_none() {
+            for (member, role) in &state.members {
+                if wanted(member, None) {
+                    push(member, "MEMBER", "role", role.clone());
+                }
+            }
+            // The configured roles of the asking user, for a complete picture of oneself.
+            if to.as_deref().is_none_or(|t| t == self.principal.name) {
+                for role in &self.principal.roles {
+                    push(
+                        &self.principal.name,
+                        "MEMBER",
+                        "role",
+                        format!("{role} (configured)"),
+                    );
+                }
+            }
+        }
+        let batch = RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new("principal", arrow::datatypes::DataType::Utf8, false),
+                arrow::datatypes::Field::new("privilege", arrow::datatypes::DataType::Utf8, false),
+                arrow::datatypes::Field::new(
+                    "object_type",
+                    arrow::datatypes::DataType::Utf8,
+                    false,
+                ),
+                arrow::datatypes::Field::new("object", arrow::datatypes::DataType::Utf8, false),
+            ])),
+            vec![
+                text(principals),
+                text(privileges),
+                text(kinds),
+                text(objects),
+            ],
+        )
+        .map_err(|e| Error::Internal(format!("SHOW GRANTS rows: {e}")))?;
+        Ok(Output::batch(batch))
+    }
+}
+
+/// The filter every non-admin's catalog listings get: tables it holds a privilege on.
+fn catalog_listing_policy(
+    state: &datafusion::execution::context::SessionState,
+) -> Result<protect::TablePolicy> {
+    let schema = datafusion::common::DFSchema::try_from(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("table_schema", arrow::datatypes::DataType::Utf8, true),
+        arrow::datatypes::Field::new("table_name", arrow::datatypes::DataType::Utf8, true),
+    ]))?;
+    let expr = protect::plan_expression(
+        state,
+        &schema,
+        "table_schema IN ('information_schema', 'pg_catalog') OR has_table_privilege(table_schema || '.' || table_name, 'SELECT, INSERT, UPDATE, DELETE, REFRESH')",
+        None,
+    )?;
+    Ok(protect::TablePolicy {
+        filters: vec![protect::Filter {
+            source: "the catalog".into(),
+            expr,
+            columns: vec!["table_schema".into(), "table_name".into()],
+        }],
+        ..Default::default()
+    })
+}
+
+fn undefined_role(name: &str) -> Error {
+    Error::InvalidValue {
+        what: "role".into(),
+        reason: format!("role \"{name}\" does not exist"),
+    }
+}
+
+fn check_role_name(name: &str) -> Result<()> {
+    if BUILT_IN_ROLES.contains(&name) {
+        return Err(Error::InvalidValue {
+            what: "CREATE ROLE".into(),
+            reason: format!("{name} is built in"),
+        });
+    }
+    check_grantee(name)
+}
+
+/// Names of users and roles: what a config file or SQL identifier can hold, bounded.
+fn check_grantee(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
+    {
+        return Err(Error::InvalidValue {
+            what: "user or role name".into(),
+            reason: format!(
+                "'{}' (1 to 63 letters, digits, _ - . @)",
+                name.chars().take(64).collect::<String>()
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! Roles, grants, ownership, column masks and row filters (issue 23): checked for each
+//! principal in `Session::execute`, stored in `system.grants` (a restart sees them), and
+//! carried through materialized views, time travel, CTAS and catalog listings.
+
+use arrow::util::pretty::pretty_format_batches;
+use medlake_engine::{Engine, Principal, Role, Session};
+
+use crate::{location, scratch};
+
+fn user(engine: &Engine, name: &str, role: Role, roles: &[&str]) -> Session {
+    let mut principal = Principal::user(name, role);
+    principal.roles = roles.iter().map(|r| r.to_string()).collect();
+    engine.session_for(principal)
+}
+
+/// The SQLSTATE of `sql`, or "ok".
+async fn outcome(session: &Session, sql: &str) -> String {
+    let run = async {
+        for output in session.sql(sql).await? {
+            output.collect().await?;
+        }
+        Ok::<_, medlake_engine::Error>(())
+    };
+    match run.await {
+        Ok(()) => "ok".into(),
+        Err(e) => e.code().sqlstate().to_string(),
+    }
+}
+
+/// The rows of `sql` as one text table.
+async fn text(session: &Session, sql: &str) -> String {
+    let batches = session
+        .query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+const SETUP: &str = "
+    CREATE TABLE silver.patients (patient_id BIGINT, mrn VARCHAR, name VARCHAR, ward VARCHAR, birth DATE);
+    INSERT INTO silver.patients VALUES
+        (1, 'MRN-0001', 'Ada Lovelace', 'icu', DATE '1950-01-02'),
+        (2, 'MRN-0002', 'Alan Turing', 'cardio', DATE '1960-03-04'),
+        (3, 'MRN-0003', 'Grace Hopper', 'icu', DATE '1970-05-06');
+    CREATE TABLE silver.readings (patient_id BIGINT, hr DOUBLE);
+    INSERT INTO silver.readings VALUES (1, 80.0), (2, 90.0), (3, 100.0), (1, 82.0);
+    CREATE ROLE clinician;
+    CREATE ROLE analyst;
+    GRANT USAGE ON SCHEMA silver TO clinician, analyst;
+    GRANT SELECT ON TABLE silver.patients TO clinician, analyst;
+    GRANT SELECT ON ALL TABLES IN SCHEMA gold TO analyst;
+    GRANT SELECT ON TABLE silver.readings TO analyst;
+    GRANT SELECT ON SCHEMA gold TO clinician;
+    ALTER TABLE silver.patients ALTER COLUMN mrn SET MASK CASE WHEN is_member('clinician') THEN mrn ELSE 'MRN-****' END;
+    ALTER TABLE silver.patients ALTER COLUMN name SET MASK CASE WHEN is_member('clinician') THEN name ELSE NULL END;
+";
+
+#[tokio::test]
+async fn grants_decide_who_reads_what_and_survive_a_restart() {
+    let (dir, engine) = scratch().await;
+    engine.sql(SETUP).await.unwrap();
+    let nobody = user(&engine, "nobody", Role::None, &[]);
+    let analyst = user(&engine, "ann", Role::None, &["analyst"]);
+    assert_eq!(
+        outcome(&nobody, "SELECT * FROM silver.patients").await,
+        "42501"
+    );
+    assert_eq!(
+        outcome(&analyst, "SELECT count(*) FROM silver.patients").await,
+        "ok"
+    );
+    assert_eq!(
+        outcome(
+            &analyst,
+            "INSERT INTO silver.patients (patient_id) VALUES (9)"
+        )
+        .await,
+        "42501"
+    );
+    assert_eq!(
+        outcome(&analyst, "GRANT SELECT ON TABLE silver.patients TO ann").await,
+        "42501"
+    );
+    assert_eq!(
+        outcome(
+            &analyst,
+            "ALTER TABLE silver.patients ALTER COLUMN mrn DROP MASK"
+        )
+        .await,
+        "42501"
+    );
+    assert_eq!(outcome(&analyst, "CREATE ROLE x").await, "42501");
+    // A grant to the user itself, and a revoke taking effect at once on an open session.
+    engine
+        .sql("GRANT SELECT ON TABLE silver.readings TO nobody")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&nobody, "SELECT * FROM silver.readings").await,
+        "42501",
+        "USAGE on the schema is needed too"
+    );
+    engine
+        .sql("GRANT USAGE ON SCHEMA silver TO nobody")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&nobody, "SELECT * FROM silver.readings").await,
+        "ok"
+    );
+    engine
+        .sql("REVOKE SELECT ON TABLE silver.readings FROM nobody")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&nobody, "SELECT * FROM silver.readings").await,
+        "42501"
+    );
+    // Role membership granted in SQL.
+    engine.sql("GRANT analyst TO nobody").await.unwrap();
+    assert_eq!(
+        outcome(&nobody, "SELECT * FROM silver.readings").await,
+        "ok"
+    );
+    // Bad grants are refused clearly.
+    assert_eq!(
+        outcome(
+            &engine.local_session(),
+            "GRANT CREATE ON TABLE silver.readings TO x"
+        )
+        .await,
+        "22023"
+    );
+    assert_eq!(
+        outcome(
+            &engine.local_session(),
+            "GRANT SELECT ON TABLE silver.nope TO x"
+        )
+        .await,
+        "42P01"
+    );
+    assert_eq!(
+        outcome(&engine.local_session(), "GRANT nosuchrole TO x").await,
+        "22023"
+    );
+    assert_eq!(
+        outcome(&engine.local_session(), "CREATE ROLE admin").await,
+        "22023"
+    );
+    let grants = text(&engine.local_session(), "SHOW GRANTS TO analyst").await;
+    assert!(
+        grants.contains("| analyst   | SELECT    | table       | silver.patients |"),
+        "{grants}"
+    );
+    // Another engine over the same warehouse (a restart) sees the same state.
+    drop(engine);
+    let engine = Engine::open(&location(&dir)).await.unwrap();
+    let nobody = user(&engine, "nobody", Role::None, &[]);
+    assert_eq!(
+        outcome(&nobody, "SELECT * FROM silver.readings").await,
+        "ok"
+    );
+    let mine = text(&nobody, "SHOW GRANTS").await;
+    assert!(
+        mine.contains("nobody") && !mine.contains("clinician  "),
+        "{mine}"
+    );
+    // The grants table itself is the admins' and auditors'.
+    assert_eq!(
+        outcome(&nobody, "SELECT * FROM system.grants").await,
+        "42501"
+    );
+    let reader = user(&engine, "r", Role::Reader, &[]);
+    assert_eq!(
+        outcome(&reader, "SELECT * FROM system.grants").await,
+        "42501"
+    );
+}
+
+#[tokio::test]
+async fn masks_hold_on_every_path_and_follow_lineage() {
+    let (_dir, engine) = scratch().await;
+    engine.sql(SETUP).await.unwrap();
+    engine
+        .sql(
+            "CREATE MATERIALIZED VIEW gold.by_patient AS
+               SELECT p.mrn, upper(p.name) AS shout, p.ward, count(*) AS n, avg(r.hr) AS hr
+               FROM silver.patients p JOIN silver.readings r ON p.patient_id = r.patient_id
+               GROUP BY p.mrn, p.name, p.ward;
+             CREATE MATERIALIZED VIEW gold.mrn_copy AS
+               SELECT r.patient_id, p.mrn AS id_number FROM silver.readings r JOIN silver.patients p USING (patient_id);",
+        )
+        .await
+        .unwrap();
+    let clinician = user(&engine, "cli", Role::None, &["clinician"]);
+    let analyst = user(&engine, "ann", Role::Reader, &["analyst"]);
+    let direct = text(
+        &clinician,
+        "SELECT mrn, name FROM silver.patients ORDER BY patient_id",
+    )
+    .await;
+    assert!(
+        direct.contains("MRN-0001") && direct.contains("Ada Lovelace"),
+        "{direct}"
+    );
+    let masked = text(
+        &analyst,
+        "SELECT mrn, name FROM silver.patients ORDER BY patient_id",
+    )
+    .await;
+    assert!(
+        !masked.contains("MRN-000") && !masked.contains("Ada"),
+        "{masked}"
+    );
+    assert!(masked.contains("MRN-****"), "{masked}");
+    // Every other way to the MRN: filters, joins, CTAS, time travel, EXPLAIN ANALYZE output,
+    // subqueries, UNION, casts in errors.
+    for sql in [
+        "SELECT count(*) FROM silver.patients WHERE mrn = 'MRN-0001'",
+        "SELECT count(*) FROM silver.patients WHERE mrn LIKE 'MRN-0%'",
+        "SELECT count(*) FROM silver.patients p JOIN (VALUES ('MRN-0002')) v(m) ON p.mrn = v.m",
+        "SELECT count(*) FROM silver.patients VERSION AS OF 1 WHERE mrn = 'MRN-0001'",
+        "SELECT count(*) FROM (SELECT mrn FROM silver.patients UNION ALL SELECT 'x') WHERE mrn = 'MRN-0003'",
+        "SELECT count(*) FROM silver.readings WHERE patient_id IN (SELECT patient_id FROM silver.patients WHERE mrn = 'MRN-0001')",
+    ] {
+        let rows = text(&analyst, sql).await;
+        assert!(rows.contains("| 0 "), "{sql} leaked: {rows}");
+    }
+    let err = analyst
+        .query("SELECT CAST(mrn AS INT) FROM silver.patients")
+        .await;
+    if let Err(e) = err {
+        assert!(!e.to_string().contains("MRN-0"), "{e}");
+    }
+    // Gold views: the copied MRN is masked the same way, the computed name is NULL, what is
+    // not derived from a masked column is as it is.
+    let gold = text(
+        &analyst,
+        "SELECT mrn, shout, ward, n FROM gold.by_patient ORDER BY n, ward",
+    )
+    .await;
+    assert!(!gold.contains("MRN-000") && !gold.contains("ADA"), "{gold}");
+    assert!(
+        gold.contains("MRN-****") && gold.contains("icu") && gold.contains("| 2 "),
+        "{gold}"
+    );
+    let copy = text(&analyst, "SELECT id_number FROM gold.mrn_copy").await;
+    assert!(
+        !copy.contains("MRN-000") && copy.contains("MRN-****"),
+        "{copy}"
+    );
+    let seen = text(
+        &clinician,
+        "SELECT mrn, shout FROM gold.by_patient ORDER BY mrn",
+    )
+    .await;
+    assert!(
+        seen.contains("MRN-0001") && seen.contains("ADA LOVELACE"),
+        "{seen}"
+    );
+    // A table made from masked rows holds masked rows.
+    assert_eq!(
+        outcome(
+            &user(&engine, "w", Role::Writer, &[]),
+            "CREATE TABLE gold.exfil AS SELECT mrn FROM silver.patients"
+        )
+        .await,
+        "ok"
+    );
+    let exfil = text(&engine.local_session(), "SELECT * FROM gold.exfil").await;
+    assert!(!exfil.contains("MRN-000"), "{exfil}");
+    // The owner of the table (an admin here) decides; the mask goes when dropped.
+    engine
+        .sql("ALTER TABLE silver.patients ALTER COLUMN mrn DROP MASK")
+        .await
+        .unwrap();
+    let unmasked = text(&analyst, "SELECT mrn FROM gold.by_patient ORDER BY mrn").await;
+    assert!(unmasked.contains("MRN-0001"), "{unmasked}");
+}
+
+#[tokio::test]
+async fn row_filters_must_be_carried_by_views_and_break_glass_lifts_them() {
+    let (_dir, engine) = scratch().await;
+    engine.sql(SETUP).await.unwrap();
+    engine
+        .sql(
+            "ALTER TABLE silver.patients SET ROW FILTER is_member('admin') OR ward = 'icu' ON (ward);
+             CREATE MATERIALIZED VIEW gold.wards AS SELECT ward, patient_id FROM silver.patients;
+             CREATE MATERIALIZED VIEW gold.counts AS SELECT count(*) AS n FROM silver.patients;
+             CREATE ROLE oncall;
+             GRANT break_glass TO oncall;",
+        )
+        .await
+        .unwrap();
+    let analyst = user(&engine, "ann", Role::Reader, &["analyst"]);
+    assert_eq!(
+        crate::count(&engine, "SELECT count(*) FROM silver.patients").await,
+        3
+    );
+    let icu = text(&analyst, "SELECT count(*) AS n FROM silver.patients").await;
+    assert!(icu.contains("| 2 "), "{icu}");
+    // A view that carries the filter's column inherits it; one that does not is refused.
+    let carried = text(&analyst, "SELECT count(*) AS n FROM gold.wards").await;
+    assert!(carried.contains("| 2 "), "{carried}");
+    assert_eq!(
+        outcome(&analyst, "SELECT * FROM gold.counts").await,
+        "42501"
+    );
+    engine
+        .sql("ALTER MATERIALIZED VIEW gold.counts DECLASSIFY")
+        .await
+        .unwrap();
+    assert_eq!(outcome(&analyst, "SELECT * FROM gold.counts").await, "ok");
+    // Break glass: only for its members, with a reason, for that connection.
+    assert_eq!(
+        outcome(
+            &analyst,
+            "SET medlake.break_glass = 'patient crashing in bay 4'"
+        )
+        .await,
+        "42501"
+    );
+    let oncall = user(&engine, "doc", Role::Reader, &["oncall"]);
+    assert_eq!(
+        outcome(&oncall, "SET medlake.break_glass = 'x'").await,
+        "22023"
+    );
+    let before = text(
+        &oncall,
+        "SELECT mrn FROM silver.patients ORDER BY patient_id",
+    )
+    .await;
+    assert!(!before.contains("MRN-0001"), "{before}");
+    assert_eq!(
+        outcome(
+            &oncall,
+            "SET medlake.break_glass = 'patient crashing in bay 4'"
+        )
+        .await,
+        "ok"
+    );
+    let after = text(
+        &oncall,
+        "SELECT count(*) AS n, max(mrn) AS m FROM silver.patients",
+    )
+    .await;
+    assert!(
+        after.contains("| 3 ") && after.contains("MRN-0003"),
+        "{after}"
+    );
+    assert_eq!(
+        oncall.break_glass_reason().as_deref(),
+        Some("patient crashing in bay 4")
+    );
+    assert_eq!(outcome(&oncall, "RESET medlake.break_glass").await, "ok");
+    let mended = text(&oncall, "SELECT count(*) AS n FROM silver.patients").await;
+    assert!(mended.contains("| 2 "), "{mended}");
+}
+
+#[tokio::test]
+async fn owners_manage_their_tables_and_listings_show_what_one_may_use() {
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.secret_notes (id INT, note VARCHAR);
+             CREATE ROLE engineers;
+             GRANT CREATE ON SCHEMA bronze TO engineers;
+             GRANT USAGE ON SCHEMA bronze TO engineers;",
+        )
+        .await
+        .unwrap();
+    let eng = user(&engine, "eve", Role::None, &["engineers"]);
+    let other = user(&engine, "oscar", Role::None, &["engineers"]);
+    assert_eq!(
+        outcome(&eng, "CREATE TABLE bronze.mine (x INT)").await,
+        "ok"
+    );
+    assert_eq!(
+        outcome(&eng, "INSERT INTO bronze.mine VALUES (1)").await,
+        "ok"
+    );
+    assert_eq!(outcome(&other, "SELECT * FROM bronze.mine").await, "42501");
+    assert_eq!(outcome(&other, "DROP TABLE bronze.mine").await, "42501");
+    assert_eq!(
+        outcome(&eng, "GRANT SELECT ON TABLE bronze.mine TO oscar").await,
+        "ok"
+    );
+    assert_eq!(outcome(&other, "SELECT * FROM bronze.mine").await, "ok");
+    // Listings: only the tables one holds a privilege on.
+    let listed = text(&eng, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = 'bronze'").await;
+    assert!(
+        listed.contains("mine") && !listed.contains("secret_notes"),
+        "{listed}"
+    );
+    let has = text(&eng, "SELECT has_table_privilege('bronze.secret_notes', 'SELECT') AS a, has_table_privilege('bronze.mine', 'SELECT') AS b").await;
+    assert!(has.contains("| false | true |"), "{has}");
+    assert_eq!(
+        outcome(&eng, "ALTER TABLE bronze.mine OWNER TO oscar").await,
+        "ok"
+    );
+    assert_eq!(outcome(&eng, "DROP TABLE bronze.mine").await, "42501");
+    assert_eq!(outcome(&other, "OPTIMIZE bronze.mine").await, "ok");
+    assert_eq!(outcome(&other, "DROP TABLE bronze.mine").await, "ok");
+    // Dropping forgot its grants: a new table of that name starts clean.
+    assert_eq!(
+        outcome(&eng, "CREATE TABLE bronze.mine (x INT)").await,
+        "ok"
+    );
+    assert_eq!(outcome(&other, "SELECT * FROM bronze.mine").await, "42501");
+}
