@@ -111,6 +111,8 @@ pub(crate) fn parse(text: &str) -> PgWireResult<Option<Command>> {
             match names.as_slice() {
                 [all] if all == "all" => Some(Command::ResetAll),
                 [] => return Err(user_error(Code::SyntaxError, "RESET needs a setting name")),
+                // medlake's own settings are the engine's (`RESET medlake.break_glass`).
+                _ if names.concat().starts_with("medlake.") => None,
                 _ => Some(Command::Reset(names.concat())),
             }
         }
