@@ -47,6 +47,8 @@ mod plan;
 mod pseudonym;
 mod safe_harbor;
 mod shift;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
