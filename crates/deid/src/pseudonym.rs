@@ -35,7 +35,7 @@ const USAGE: &str = "pseudonym(value, 'KEY_NAME')";
 /// [`crate::MIN_KEY_BYTES`].
 ///
 /// In Python: `hmac.new(key, value.strip().encode(), hashlib.sha256).hexdigest()[:32]`
-/// (Python's `strip` and Rust's `trim` agree on ASCII white space).
+/// (Python's `strip` and Rust's `trim` agree on spaces, tabs and line breaks).
 pub fn pseudonym_of(key: &[u8], value: &str) -> Option<String> {
     let key = Key::new(key, PSEUDONYM, "").ok()?;
     canonical(value).map(|text| pseudonym_text(&key, text))
