@@ -2,7 +2,8 @@
 //! not (read from `cargo metadata`, so it sees exactly what Cargo builds). The README's
 //! architecture section draws the same graph.
 //!
-//! Layers, bottom up: `medlake-common`; `medlake-auth`, `medlake-lake`; the source contract
+//! Layers, bottom up: `medlake-common`; `medlake-auth`, `medlake-lake`, `medlake-deid` (the
+//! de-identification functions: DataFusion only); the source contract
 //! `medlake-source(s)` and its connectors `medlake-source-*`; `medlake-views`;
 //! `medlake-engine`; the doors (`medlake-pgwire`, `medlake-flight`, `medlake-http`); the
 //! `medlake` command line on top, the only crate that knows every other.
@@ -60,7 +61,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 fn layer(name: &str) -> Option<u8> {
     Some(match name {
         "medlake-common" => 0,
-        "medlake-auth" | "medlake-lake" => 1,
+        "medlake-auth" | "medlake-lake" | "medlake-deid" => 1,
         "medlake-source" | "medlake-sources" => 2,
         n if n.starts_with("medlake-source-") => 3,
         "medlake-views" => 4,
