@@ -330,7 +330,7 @@ impl Engine {
         ));
         catalog.refresh().await?;
         let config = SessionConfig::new()
-            .with_extension(policy)
+            .with_extension(policy.clone())
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
@@ -354,6 +354,11 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(CATALOG, catalog.clone() as Arc<dyn CatalogProvider>);
+        // De-identification: keyed functions read their keys from the secret store (the
+        // privilege to USE each key is checked on every plan: privileges::for_plan).
+        for udf in medlake_deid::udfs(Arc::new(access::SecretKeys(policy.clone()))) {
+            ctx.register_udf(udf);
+        }
         postgres::install(&ctx, &catalog)?;
         ctx.register_udtf(
             "table_history",
@@ -667,6 +672,7 @@ impl Session {
                     let name =
                         self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
                     create.definition.default_schema = self.default_schema_name();
+                    self.check_view_keys(&create.definition.query).await?;
                     let outcome = self
                         .shared
                         .views

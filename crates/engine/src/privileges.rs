@@ -183,6 +183,14 @@ pub(crate) fn for_plan(plan: &LogicalPlan, default_schema: &str) -> Result<Vec<N
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
+    // Keys of the de-identification functions are secrets: using one needs USE SECRET.
+    let keys = medlake_deid::referenced_keys(plan).map_err(|e| Error::InvalidValue {
+        what: "de-identification key".into(),
+        reason: e.strip_backtrace(),
+    })?;
+    for name in keys {
+        needs.push(Need::new(Privilege::UseSecret, Object::Secret(name)));
+    }
     needs.sort();
     needs.dedup();
     Ok(needs)

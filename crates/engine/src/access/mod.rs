@@ -206,6 +206,25 @@ fn merge(policy: &mut TablePolicy, inherited: TablePolicy) {
     }
 }
 
+/// The de-identification functions' keys: secrets of the store (`[secrets]`), by name. Key
+/// bytes never appear in `Debug`, errors or plans.
+pub(crate) struct SecretKeys(pub Arc<medlake_source::Policy>);
+
+impl std::fmt::Debug for SecretKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKeys(***)")
+    }
+}
+
+impl medlake_deid::Keys for SecretKeys {
+    fn key(&self, name: &str) -> std::result::Result<Vec<u8>, String> {
+        match self.0.secret(name) {
+            Some(secret) => Ok(secret.expose().as_bytes().to_vec()),
+            None => Err(format!("secret '{name}' is not declared in [secrets]")),
+        }
+    }
+}
+
 /// The key of a table reference under `default_schema`.
 pub(crate) fn table_key(reference: &TableReference, default_schema: &str) -> TableKey {
     let schema = reference.schema().unwrap_or(default_schema);

@@ -140,6 +140,29 @@ impl Session {
         protect::protect(plan, &viewer, &policies, &resolve)
     }
 
+    /// A materialized view's query may use only the de-identification keys its creator may
+    /// use (its refreshes compute with them later, as the system).
+    pub(crate) async fn check_view_keys(&self, query: &str) -> Result<()> {
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(query)
+            .await
+            .map_err(crate::unwrap_lake_error)?;
+        let keys = medlake_deid::referenced_keys(&plan).map_err(|e| Error::InvalidValue {
+            what: "de-identification key".into(),
+            reason: e.strip_backtrace(),
+        })?;
+        let needs: Vec<crate::privileges::Need> = keys
+            .into_iter()
+            .map(|name| crate::privileges::Need {
+                privilege: medlake_auth::Privilege::UseSecret,
+                object: medlake_auth::Object::Secret(name),
+            })
+            .collect();
+        crate::privileges::check(&self.principal, &*self.access_state().await?, &needs)
+    }
+
     /// Records this session's principal as the owner of what it created (the local
     /// operator's creations have no owner: admins manage them).
     pub(crate) async fn record_owner(&self, on: Securable) -> Result<()> {

@@ -408,3 +408,48 @@ async fn owners_manage_their_tables_and_listings_show_what_one_may_use() {
     );
     assert_eq!(outcome(&other, "SELECT * FROM bronze.mine").await, "42501");
 }
+
+#[tokio::test]
+async fn pseudonym_keys_are_secrets_that_need_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = medlake_source::Policy::strict()
+        .with_secret("PSEUDO_KEY", "0123456789abcdef0123456789abcdef");
+    let engine = Engine::open_with_sources(
+        &location(&dir),
+        medlake_engine::runtime::RuntimeSettings::default(),
+        policy,
+    )
+    .await
+    .unwrap();
+    engine.sql(SETUP).await.unwrap();
+    let analyst = user(&engine, "ann", Role::None, &["analyst"]);
+    let sql = "SELECT pseudonym(mrn, 'PSEUDO_KEY') AS p FROM silver.patients";
+    assert_eq!(outcome(&analyst, sql).await, "42501");
+    assert_eq!(
+        outcome(&analyst, "CREATE MATERIALIZED VIEW gold.p AS SELECT pseudonym(mrn, 'PSEUDO_KEY') AS p FROM silver.patients").await,
+        "42501"
+    );
+    engine
+        .sql("GRANT USAGE ON SECRET PSEUDO_KEY TO analyst")
+        .await
+        .unwrap();
+    // The pseudonym is of the value the analyst sees (masked here): consistent, not the MRN.
+    let rows = text(&analyst, sql).await;
+    assert!(
+        !rows.contains("MRN") && !rows.contains("0123456789abcdef"),
+        "{rows}"
+    );
+    let clinician = user(&engine, "cli", Role::None, &["clinician"]);
+    engine
+        .sql("GRANT USAGE ON SECRET PSEUDO_KEY TO clinician")
+        .await
+        .unwrap();
+    let a = text(&clinician, sql).await;
+    let b = text(&clinician, sql).await;
+    assert_eq!(a, b);
+    // A key that is not a literal is refused when planned.
+    assert_ne!(
+        outcome(&analyst, "SELECT pseudonym(mrn, mrn) FROM silver.patients").await,
+        "ok"
+    );
+}
