@@ -1,0 +1,3 @@
+//! Integration tests of the audit log on real Delta tables in temporary folders.
+
+mod support;
