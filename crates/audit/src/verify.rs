@@ -8,8 +8,8 @@ use arrow::datatypes::DataType;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::logstore::LogStore as _;
 use medlake_lake::Warehouse;
-use object_store::{ObjectStore, ObjectStoreExt as _};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _};
 use serde_json::Value;
 
 use crate::chain::{CommitRecord, Head};
@@ -62,16 +62,15 @@ impl fmt::Display for Report {
                 write!(f, ": {}\nverified before the break:", b.reason)?;
             }
         }
-        write!(
-            f,
-            " {} audit commits, {} events",
-            self.commits, self.events
-        )?;
+        write!(f, " {} audit commits, {} events", self.commits, self.events)?;
         if self.other_commits > 0 {
             write!(f, ", {} commits without rows (VACUUM)", self.other_commits)?;
         }
         if let Some(v) = self.expired_before {
-            write!(f, "; log entries before version {v} have expired, checked from there")?;
+            write!(
+                f,
+                "; log entries before version {v} have expired, checked from there"
+            )?;
         }
         if let Some(head) = &self.head {
             write!(
@@ -185,7 +184,9 @@ async fn creation(actions: &[Value], store: &Arc<dyn ObjectStore>) -> Result<Str
         .find_map(|a| a.get("metaData")?.get("id")?.as_str())
         .ok_or_else(|| not_a_break("the table's first commit has no metadata".into()))?;
     if CommitRecord::of(actions).is_some() {
-        return Err(not_a_break("the table's first commit claims audit rows".into()));
+        return Err(not_a_break(
+            "the table's first commit claims audit rows".into(),
+        ));
     }
     let rows = read_adds(actions, store).await.map_err(not_a_break)?;
     if rows.iter().any(|b| b.num_rows() > 0) {
