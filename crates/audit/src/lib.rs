@@ -39,6 +39,11 @@ pub use verify::{Break, Report, verify};
 
 /// Opens the warehouse at `location` and verifies its audit chain (`medlake audit verify`).
 pub async fn verify_location(location: &str) -> Result<Report> {
-    let warehouse = medlake_lake::Warehouse::open(location).await?;
-    verify(&warehouse).await
+    verify(&open_warehouse(location).await?).await
+}
+
+/// The warehouse at `location`, for callers that know no other medlake crate (the command
+/// line, tests).
+pub async fn open_warehouse(location: &str) -> Result<medlake_lake::Warehouse> {
+    Ok(medlake_lake::Warehouse::open(location).await?)
 }
