@@ -13,7 +13,9 @@ fn write_audit(dir: &std::path::Path) {
         let warehouse = medlake_audit::open_warehouse(dir.to_str().unwrap())
             .await
             .unwrap();
-        let log = AuditLog::open(warehouse, Settings::default()).await.unwrap();
+        let log = AuditLog::open(warehouse, Settings::default())
+            .await
+            .unwrap();
         for i in 0..3 {
             let sql = format!("SELECT * FROM ehr.patients WHERE mrn = 'MRN-{i}'");
             log.record_write(Event::new("alice", Door::Cli, &sql))
@@ -52,8 +54,8 @@ fn audit_verify_reports_the_chain_and_fails_when_it_is_broken() {
 
     // A data file of version 2 deleted behind the log's back.
     let table = dir.path().join("system").join("audit");
-    let log = std::fs::read_to_string(table.join("_delta_log").join(format!("{:020}.json", 2)))
-        .unwrap();
+    let log =
+        std::fs::read_to_string(table.join("_delta_log").join(format!("{:020}.json", 2))).unwrap();
     let add: serde_json::Value = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
