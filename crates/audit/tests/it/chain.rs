@@ -197,6 +197,21 @@ async fn vacuum_below_six_years_is_refused_by_the_table_too() {
     let log = AuditLog::open(wh.clone(), settings()).await.unwrap();
     log.record_write(write(0)).await.unwrap();
     log.close().await.unwrap();
+    // The table's properties: append-only, 6 years of removed files and log entries.
+    let created = wh.commit_actions(&table_name(), 0).await.unwrap().unwrap();
+    let config = created
+        .iter()
+        .find_map(|a| a.get("metaData")?.get("configuration").cloned())
+        .unwrap();
+    assert_eq!(config["delta.appendOnly"], "true", "{config}");
+    assert_eq!(
+        config["delta.deletedFileRetentionDuration"], "interval 2192 days",
+        "{config}"
+    );
+    assert_eq!(config["delta.logRetentionDuration"], "interval 2192 days");
+    // Writer version 2 (appendOnly is a legacy feature): the lake appends blindly.
+    let protocol = created.iter().find_map(|a| a.get("protocol")).unwrap();
+    assert_eq!(protocol["minWriterVersion"], 2, "{protocol}");
     let week = Duration::from_secs(7 * 86_400);
     assert!(check_vacuum(week, false).is_err());
     // The table's own retention is 6 years: deltalake refuses a shorter one without FORCE.
