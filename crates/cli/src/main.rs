@@ -77,6 +77,27 @@ enum Command {
         medlake quickstart --dir /tmp/qs --patients 20 --hours 2 --once --pg 127.0.0.1:0 \\\n      \
         --flight 127.0.0.1:0 --http 127.0.0.1:0             (small, refresh once and exit)")]
     Quickstart(quickstart::QuickstartArgs),
+    /// The audit log, system.audit.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the hash chain of system.audit: walks its commits in order, reads each one's
+    /// rows back and recomputes its hash. Prints the report (and the head's hash, to record
+    /// elsewhere); exits 1 when the chain is broken.
+    #[command(after_help = "Examples:\n  \
+        medlake audit verify --warehouse ./wh\n  \
+        medlake audit verify --warehouse az://lake/warehouse")]
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditVerifyArgs {
+    /// Warehouse location: a folder, file://, az://, abfss://, s3:// or gs:// URL.
+    #[arg(long, env = "MEDLAKE_WAREHOUSE", default_value = "./warehouse")]
+    warehouse: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -207,6 +228,7 @@ fn main() -> ExitCode {
             Command::Extract(args) => extract(args).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
+            Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
         }
     });
     match result {
@@ -605,6 +627,22 @@ fn print_rows(schema: &arrow::datatypes::SchemaRef, batches: &[RecordBatch]) {
 }
 
 /// One clear message with its cause chain and SQLSTATE, never a debug dump.
+/// `medlake audit verify`: the report on stdout; exit 1 on a broken chain.
+async fn audit_verify(args: AuditVerifyArgs) -> Result<(), Failure> {
+    let report = medlake_audit::verify_location(&args.warehouse)
+        .await
+        .map_err(|e| {
+            eprintln!("error [{}]: {e}", e.code().sqlstate());
+            Failure::Reported
+        })?;
+    println!("{report}");
+    if report.is_ok() {
+        Ok(())
+    } else {
+        Err(Failure::Reported)
+    }
+}
+
 fn print_error(e: &medlake_engine::Error) {
     let mut lines = vec![format!("error [{}]: {e}", e.code().sqlstate())];
     let mut source = std::error::Error::source(e);

@@ -49,6 +49,10 @@ pub enum Code {
     CantChangeRuntimeParam,
     QueryCanceled,
     IoError,
+    /// `58M01`: the audit log (`system.audit`) cannot be written, so statements are refused
+    /// (fail closed) until it can. Class 58 (system error, external to the SQL engine), an
+    /// implementation-defined subclass (`M`: medlake).
+    AuditUnavailable,
     /// A data file the table's log refers to is missing (e.g. removed by VACUUM).
     UndefinedFile,
     /// The foreign-data class `HV` (external tables), `HV000`: the source failed.
@@ -109,6 +113,7 @@ impl Code {
         Code::CantChangeRuntimeParam,
         Code::QueryCanceled,
         Code::IoError,
+        Code::AuditUnavailable,
         Code::UndefinedFile,
         Code::FdwError,
         Code::FdwInvalidDataType,
@@ -159,6 +164,7 @@ impl Code {
             Code::CantChangeRuntimeParam => "55P02",
             Code::QueryCanceled => "57014",
             Code::IoError => "58030",
+            Code::AuditUnavailable => "58M01",
             Code::UndefinedFile => "58P01",
             Code::FdwError => "HV000",
             Code::FdwInvalidDataType => "HV004",

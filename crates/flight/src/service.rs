@@ -207,7 +207,9 @@ pub(crate) fn grpc_code(code: Code) -> tonic::Code {
         | Code::SerializationFailure
         | Code::DependentObjectsStillExist => G::FailedPrecondition,
         Code::OutOfMemory | Code::ProgramLimitExceeded => G::ResourceExhausted,
-        Code::FdwUnableToEstablishConnection | Code::ObjectInUse => G::Unavailable,
+        Code::FdwUnableToEstablishConnection | Code::ObjectInUse | Code::AuditUnavailable => {
+            G::Unavailable
+        }
         Code::Warning => G::Unknown,
         Code::Internal
         | Code::IoError

@@ -174,7 +174,8 @@ fn http_status(code: Code) -> StatusCode {
         Code::SerializationFailure
         | Code::ObjectInUse
         | Code::OutOfMemory
-        | Code::FdwUnableToEstablishConnection => StatusCode::SERVICE_UNAVAILABLE,
+        | Code::FdwUnableToEstablishConnection
+        | Code::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::UniqueViolation => StatusCode::CONFLICT,
         Code::FeatureNotSupported
         | Code::DataException

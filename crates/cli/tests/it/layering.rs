@@ -3,10 +3,11 @@
 //! architecture section draws the same graph.
 //!
 //! Layers, bottom up: `medlake-common`; `medlake-auth`, `medlake-lake`, `medlake-deid` (the
-//! de-identification functions: DataFusion only); the source contract
-//! `medlake-source(s)` and its connectors `medlake-source-*`; `medlake-views`;
-//! `medlake-engine`; the doors (`medlake-pgwire`, `medlake-flight`, `medlake-http`); the
-//! `medlake` command line on top, the only crate that knows every other.
+//! de-identification functions: DataFusion only); the audit log
+//! `medlake-audit` and the source contract `medlake-source(s)`; the connectors
+//! `medlake-source-*`; `medlake-views`; `medlake-engine`; the doors (`medlake-pgwire`,
+//! `medlake-flight`, `medlake-http`); the `medlake` command line on top, the only crate that
+//! knows every other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -62,7 +63,8 @@ fn layer(name: &str) -> Option<u8> {
     Some(match name {
         "medlake-common" => 0,
         "medlake-auth" | "medlake-lake" | "medlake-deid" => 1,
-        "medlake-source" | "medlake-sources" => 2,
+        // The audit log writes through the lake, beside the source contract.
+        "medlake-source" | "medlake-sources" | "medlake-audit" => 2,
         n if n.starts_with("medlake-source-") => 3,
         "medlake-views" => 4,
         "medlake-engine" => 5,

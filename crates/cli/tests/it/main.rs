@@ -3,6 +3,7 @@
 //! `medlake simulate` against a mock ingest server (simulate.rs); `medlake quickstart` and the
 //! reference warehouse of catalog/ and sql/ (quickstart.rs).
 
+mod audit;
 mod extract;
 mod ingest;
 mod layering;
