@@ -54,6 +54,10 @@ pub enum Error {
     #[error(transparent)]
     Views(#[from] medlake_views::Error),
 
+    /// The audit log cannot be written: statements are refused (fail closed).
+    #[error(transparent)]
+    Audit(#[from] medlake_audit::Error),
+
     /// A source connector's error (external tables).
     #[error(transparent)]
     Source(#[from] medlake_source::Error),
@@ -89,6 +93,7 @@ impl Error {
             Error::PermissionDenied { .. } => Code::InsufficientPrivilege,
             Error::LimitExceeded { .. } => Code::ProgramLimitExceeded,
             Error::Lake(e) => lake_code(e),
+            Error::Audit(e) => e.code(),
             Error::Views(e) => views_code(e),
             Error::DataFusion(e) => datafusion_code(e),
             Error::Source(e) => source_code(e),

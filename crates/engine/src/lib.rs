@@ -7,6 +7,7 @@
 //! (`medlake-lake`), time travel, history and maintenance. It must not write files itself.
 
 mod access;
+mod audit;
 mod catalog;
 mod dialect;
 mod error;
@@ -39,10 +40,12 @@ use medlake_lake::{Appender, Warehouse, WriteMode};
 use medlake_views::{Scheduler, Trigger, Views};
 use tracing::{Instrument, debug, info_span};
 
+pub use audit::Origin;
 pub use catalog::{CATALOG, TIME_TRAVEL_SCHEMA};
 pub use dialect::MedlakeDialect;
 pub use error::{Code, Error, Result};
 pub use ingest::Appended;
+pub use medlake_audit::Door;
 pub use medlake_auth::{Object, Principal, PrincipalKind, Privilege, Role};
 pub use medlake_lake::redact as redact_location;
 pub use medlake_views::{RefreshOutcome, Status as RefreshStatus};
@@ -147,6 +150,10 @@ struct Shared {
     views: Views,
     /// Roles, grants, owners, masks and row filters (`system.grants`).
     access: Arc<access::Access>,
+    /// `system.audit`: every statement of every session.
+    audit: medlake_audit::AuditLog,
+    /// Session ids, for the audit.
+    sessions: AtomicU64,
     catalog: Arc<catalog::LakeCatalog>,
     /// The template every session starts from: catalog, functions, object stores, planner.
     state: SessionState,
@@ -167,6 +174,13 @@ pub struct Session {
     prepared: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The reason given with `SET medlake.break_glass`, while glass is broken.
     break_glass: std::sync::Mutex<Option<String>>,
+    /// Where its statements come from (door, client address), for the audit.
+    origin: Option<Origin>,
+    /// This session's number, for the audit.
+    id: u64,
+    /// The tables the running statement reads and writes (from its privilege check), for
+    /// the audit.
+    touched: std::sync::Mutex<(Vec<String>, Vec<String>)>,
 }
 
 /// SQL `PREPARE`d statements one session may hold; `DEALLOCATE` makes room.
@@ -374,6 +388,9 @@ impl Engine {
         let views = Views::new(warehouse.clone(), state.clone(), connectors.clone());
         views.prepare().await?;
         let access = Arc::new(access::Access::open(warehouse.clone()).await?);
+        let audit =
+            medlake_audit::AuditLog::open(warehouse.clone(), medlake_audit::Settings::default())
+                .await?;
         catalog.set_views(views.clone());
         catalog.set_computed_system_tables(medlake_views::system::computed_tables(&views, &state));
         catalog.refresh().await?;
@@ -382,6 +399,8 @@ impl Engine {
             connectors,
             views,
             access,
+            audit,
+            sessions: AtomicU64::new(0),
             catalog,
             state,
             statements: AtomicU64::new(0),
@@ -545,9 +564,16 @@ impl Engine {
 
     /// A new session for `principal` (one per client connection): every statement it runs
     /// is checked against the principal's privileges; settings changed with `SET` stay in it.
-    /// Doors call this with the principal they authenticated, never [`Engine::local_session`].
+    /// Doors call [`Engine::session_for_at`] with the principal they authenticated, never
+    /// [`Engine::local_session`].
     pub fn session_for(&self, principal: Principal) -> Session {
         Session::new(self.shared.clone(), principal)
+    }
+
+    /// A session for `principal` whose statements come from `origin` (which door, which
+    /// client address: recorded in `system.audit`).
+    pub fn session_for_at(&self, principal: Principal, origin: Origin) -> Session {
+        Session::at(self.shared.clone(), principal, Some(origin))
     }
 
     /// A new session of the local operator (an admin): for the command line on the
@@ -574,7 +600,12 @@ impl Engine {
 
 impl Session {
     fn new(shared: Arc<Shared>, principal: Principal) -> Self {
+        Self::at(shared, principal, None)
+    }
+
+    fn at(shared: Arc<Shared>, principal: Principal, origin: Option<Origin>) -> Self {
         let ctx = SessionContext::new_with_state(shared.state.clone());
+        let id = shared.sessions.fetch_add(1, Ordering::Relaxed);
         // Who is asking: current_user(), is_member(), has_table_privilege() answer for this
         // session's principal.
         for udf in access::functions::udfs(principal.clone(), shared.access.clone()) {
@@ -586,6 +617,9 @@ impl Session {
             principal,
             prepared: Default::default(),
             break_glass: Default::default(),
+            origin,
+            id,
+            touched: Default::default(),
         }
     }
 
@@ -612,6 +646,7 @@ impl Session {
         let needs = privileges::for_own(statement, |parts| {
             Ok(table_object(&self.table_name(parts)?))
         })?;
+        self.touch(&needs);
         privileges::check(&self.principal, state, &needs)
     }
 
@@ -633,7 +668,19 @@ impl Session {
             });
         }
         let needs = privileges::for_plan(plan, &self.default_schema_name())?;
+        self.touch(&needs);
         privileges::check(&self.principal, state, &needs)
+    }
+
+    /// Notes the tables a statement reads and writes, for its audit event.
+    fn touch(&self, needs: &[privileges::Need]) {
+        let (read, written) = audit::objects(needs);
+        let mut touched = self
+            .touched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        touched.0.extend(read);
+        touched.1.extend(written);
     }
 
     /// Parses and runs every statement of `sql` in order, returning each one's output.
@@ -655,8 +702,17 @@ impl Session {
         Ok(last)
     }
 
-    /// Runs one statement.
+    /// Runs one statement, audited (`system.audit`): refused while the audit log cannot be
+    /// written; a command is acknowledged once its event is committed.
     pub async fn execute(&self, statement: Statement) -> Result<Output> {
+        self.audit_available()?;
+        let event = self.audit_event(&statement);
+        let started = std::time::Instant::now();
+        let result = Box::pin(self.run(statement)).await;
+        self.audited(event, started, result).await
+    }
+
+    async fn run(&self, statement: Statement) -> Result<Output> {
         let id = self.shared.statements.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("statement", id);
         async move {
@@ -727,6 +783,11 @@ impl Session {
                 }
                 Statement::Optimize { table, zorder } => {
                     let name = self.table_name(&statement::name_parts(&table)?)?;
+                    if name.schema == medlake_audit::SCHEMA && name.table == medlake_audit::TABLE {
+                        return Err(Error::ReadOnly {
+                            what: "system.audit is append-only (OPTIMIZE would rewrite the files its hash chain covers)".into(),
+                        });
+                    }
                     let outcome = self
                         .shared
                         .warehouse
@@ -747,6 +808,13 @@ impl Session {
                 } => {
                     let name = self.table_name(&statement::name_parts(&table)?)?;
                     let retain = retain_hours.map(|h| Duration::from_secs(h.saturating_mul(3600)));
+                    if name.schema == medlake_audit::SCHEMA && name.table == medlake_audit::TABLE {
+                        // Six years, unless an auditor forces it (only auditors get here).
+                        medlake_audit::check_vacuum(
+                            retain.unwrap_or(medlake_audit::MIN_RETENTION),
+                            force,
+                        )?;
+                    }
                     let outcome = self
                         .shared
                         .warehouse
@@ -773,6 +841,29 @@ impl Session {
     /// in version 0), appends or replaces when it exists. The table's schema is enforced as for
     /// INSERT: a mismatched or NULL-in-NOT-NULL batch refuses the whole write.
     pub async fn ingest(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        how: Ingest,
+    ) -> Result<u64> {
+        self.audit_available()?;
+        let mut event = self.audit_event(&Statement::ShowMaterializedViews);
+        event.statement = medlake_audit::Statement::normalize(&format!("INGEST INTO {name}"));
+        event.kind = "INGEST".into();
+        event.objects_written = vec![name.to_lowercase()];
+        let started = std::time::Instant::now();
+        let result = self
+            .ingest_unaudited(name, schema, batches, how)
+            .await
+            .map(|rows| Output::command("INGEST", rows));
+        match self.audited(event, started, result).await? {
+            Output::Command { rows, .. } => Ok(rows),
+            Output::Rows(_) => Err(Error::Internal("an ingest returned rows".into())),
+        }
+    }
+
+    async fn ingest_unaudited(
         &self,
         name: &str,
         schema: SchemaRef,

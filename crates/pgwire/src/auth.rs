@@ -156,7 +156,13 @@ impl Startup {
         }
         let read_only = principal.role == medlake_engine::Role::Reader;
         let connection = Arc::new(Connection::new(
-            self.engine.session_for(principal),
+            self.engine.session_for_at(
+                principal,
+                medlake_engine::Origin::new(
+                    medlake_engine::Door::Postgres,
+                    Some(client.socket_addr().to_string()),
+                ),
+            ),
             user.clone(),
         ));
         // A client may choose its schema at connect time (`options=-c search_path=bronze`).

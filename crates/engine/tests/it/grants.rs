@@ -453,3 +453,99 @@ async fn pseudonym_keys_are_secrets_that_need_usage() {
         "ok"
     );
 }
+
+/// Waits until `system.audit` holds at least `n` events matching `filter` (queries are
+/// recorded within a second).
+async fn audited(auditor: &Session, filter: &str, n: usize) -> String {
+    let sql = format!(
+        "SELECT user_name, door, kind, statement, objects_read, objects_written, row_count, outcome, sqlstate, break_glass FROM system.audit WHERE {filter} ORDER BY seq"
+    );
+    for _ in 0..50 {
+        let batches = auditor.query(&sql).await.unwrap();
+        if batches.iter().map(|b| b.num_rows()).sum::<usize>() >= n {
+            return pretty_format_batches(&batches).unwrap().to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("fewer than {n} audit events for {filter}");
+}
+
+#[tokio::test]
+async fn every_statement_is_audited_without_its_literals_and_only_auditors_read_it() {
+    let (dir, engine) = scratch().await;
+    engine.sql(SETUP).await.unwrap();
+    engine
+        .sql("CREATE ROLE oncall; GRANT break_glass TO oncall")
+        .await
+        .unwrap();
+    let analyst = user(&engine, "ann", Role::None, &["analyst", "oncall"]);
+    let auditor = user(&engine, "aud", Role::None, &["auditor"]);
+    let admin = user(&engine, "root", Role::Admin, &[]);
+    assert_eq!(outcome(&admin, "SELECT * FROM system.audit").await, "42501");
+    assert_eq!(
+        outcome(&analyst, "SELECT * FROM system.audit").await,
+        "42501"
+    );
+    assert_eq!(outcome(&auditor, "DELETE FROM system.audit").await, "42501");
+    assert_eq!(outcome(&auditor, "OPTIMIZE system.audit").await, "42501");
+    assert_eq!(
+        outcome(&auditor, "VACUUM system.audit RETAIN 24 HOURS").await,
+        "22023"
+    );
+    let rows = text(
+        &analyst,
+        "SELECT patient_id FROM silver.patients WHERE mrn = 'MRN-0001' OR patient_id > 0",
+    )
+    .await;
+    assert!(rows.contains("| 3 "), "{rows}");
+    assert_eq!(
+        outcome(&analyst, "INSERT INTO silver.readings VALUES (7, 70.0)").await,
+        "42501"
+    );
+    assert_eq!(
+        outcome(&analyst, "SET medlake.break_glass = 'sepsis alert bed 12'").await,
+        "ok"
+    );
+    let log = audited(&auditor, "user_name = 'ann'", 4).await;
+    assert!(
+        !log.contains("MRN-0001"),
+        "a literal reached the audit: {log}"
+    );
+    assert!(
+        log.contains("silver.patients") && log.contains("| 3 "),
+        "{log}"
+    );
+    assert!(
+        log.contains("denied") && log.contains("42501") && log.contains("silver.readings"),
+        "{log}"
+    );
+    assert!(log.contains("sepsis alert bed 12"), "{log}");
+    // The chain verifies.
+    let report = medlake_audit::verify(engine.warehouse()).await.unwrap();
+    assert!(report.broken.is_none(), "{report:?}");
+    // Fail closed: when the audit table cannot be written, statements are refused.
+    let log_dir = dir
+        .path()
+        .join("wh")
+        .join("system")
+        .join("audit")
+        .join("_delta_log");
+    if log_dir.is_dir() {
+        let aside = log_dir.with_extension("aside");
+        std::fs::rename(&log_dir, &aside).unwrap();
+        std::fs::write(&log_dir, b"not a folder").unwrap();
+        let mut refused = false;
+        for _ in 0..3 {
+            if outcome(&admin, "INSERT INTO silver.readings VALUES (8, 80.0)").await == "58M01" {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "a write was acknowledged without its audit");
+        assert_eq!(outcome(&admin, "SELECT 1").await, "58M01");
+        std::fs::remove_file(&log_dir).unwrap();
+        std::fs::rename(&aside, &log_dir).unwrap();
+    } else {
+        panic!("no audit log folder at {}", log_dir.display());
+    }
+}
