@@ -31,12 +31,15 @@ const LINEAGE_TTL: Duration = Duration::from_secs(1);
 /// Views over views deeper than this are refused (a cycle cannot be created, but bound it).
 const MAX_DEPTH: usize = 32;
 
+/// A view's inherited policy, the state it was derived from, and when.
+type Derived = (Arc<AccessState>, Instant, Arc<TablePolicy>);
+
 /// The access state and the policies derived from it.
 pub(crate) struct Access {
     pub store: store::AccessStore,
     warehouse: Warehouse,
     /// Inherited policies of materialized views, with the state they were derived from.
-    lineage: Mutex<HashMap<TableKey, (Arc<AccessState>, Instant, Arc<TablePolicy>)>>,
+    lineage: Mutex<HashMap<TableKey, Derived>>,
 }
 
 impl Access {
@@ -190,7 +193,7 @@ fn merge(policy: &mut TablePolicy, inherited: TablePolicy) {
     for (column, mut inherited_column) in inherited.columns {
         match policy.columns.get_mut(&column) {
             Some(own) => {
-                inherited_column.masks.extend(own.masks.drain(..));
+                inherited_column.masks.append(&mut own.masks);
                 inherited_column.direct = false;
                 inherited_column.exact = false;
                 *own = inherited_column;

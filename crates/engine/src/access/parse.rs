@@ -213,7 +213,9 @@ fn parse_grant(parser: &mut Parser<'_>) -> Result<AccessStatement> {
                 } else {
                     w.value.to_lowercase()
                 };
-                items.last_mut().map(|item| item.push(value));
+                if let Some(item) = items.last_mut() {
+                    item.push(value);
+                }
             }
             Token::Comma => {
                 parser.next_token();

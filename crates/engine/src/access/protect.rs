@@ -604,7 +604,7 @@ fn taints(
                 t.pass = None;
                 out.push(t);
             }
-            out.resize_with(width, || all_inputs());
+            out.resize_with(width, all_inputs);
             out
         }
         LogicalPlan::Window(w) => {

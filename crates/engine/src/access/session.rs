@@ -456,7 +456,7 @@ impl Session {
                         // The filter reads only the columns it names (so a view that carries
                         // them can inherit it).
                         for used in planned.column_refs() {
-                            if !named.iter().any(|n| *n == used.name) {
+                            if !named.contains(&used.name) {
                                 return Err(Error::InvalidValue {
                                     what: "row filter".into(),
                                     reason: format!(
