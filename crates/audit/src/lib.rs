@@ -31,7 +31,7 @@ mod verify;
 pub use chain::Head;
 pub use error::{Error, Result};
 pub use event::{Door, Event, Outcome};
-pub use log::{AuditLog, Settings};
+pub use log::{AuditLog, Settings, drain};
 pub use normalize::{MAX_STATEMENT_CHARS, Statement};
 pub use retention::{MIN_RETENTION, check_vacuum};
 pub use table::{SCHEMA, TABLE, schema, table_name};

@@ -69,6 +69,27 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.shared.close();
+        // The writer commits what is queued, then stops: [`drain`] lets a process wait for
+        // that before it exits (a runtime that shuts down cancels the commit).
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let mut closing = CLOSING.lock().unwrap_or_else(|e| e.into_inner());
+            closing.retain(|t| !t.is_finished());
+            closing.push(task);
+        }
+    }
+}
+
+/// Writer tasks of logs whose last handle was dropped, finishing their last commit.
+static CLOSING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Waits until every audit log of this process that was dropped has committed what it had
+/// queued. A command-line process calls it before it exits.
+pub async fn drain() {
+    let tasks: Vec<JoinHandle<()>> =
+        std::mem::take(&mut *CLOSING.lock().unwrap_or_else(|e| e.into_inner()));
+    for task in tasks {
+        let _ = task.await;
     }
 }
 

@@ -220,7 +220,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let result = match cli.command {
             Command::Sql(args) => sql(args).await,
             Command::Refresh(args) => refresh(args).await,
             Command::Apply(args) => apply(args).await,
@@ -229,7 +229,11 @@ fn main() -> ExitCode {
             Command::Simulate(args) => simulate::run(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
-        }
+        };
+        // The engines are gone: their audit logs commit what they still hold before the
+        // process exits.
+        medlake_audit::drain().await;
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
