@@ -69,7 +69,8 @@ pub(crate) fn check(principal: &Principal, state: &AccessState, needs: &[Need]) 
     Ok(())
 }
 
-/// The object a table reference names, under `default_schema`.
+/// The object a table reference names, under `default_schema`. A time-travel table
+/// (`VERSION AS OF`) is the table it is a version of: `schema.table@n#tag` in its own schema.
 pub(crate) fn table_object(reference: &TableReference, default_schema: &str) -> Object {
     let (schema, table) = match reference {
         TableReference::Bare { table } => (default_schema.to_string(), table.to_string()),
@@ -77,6 +78,19 @@ pub(crate) fn table_object(reference: &TableReference, default_schema: &str) -> 
             (schema.to_string(), table.to_string())
         }
     };
+    if schema == crate::TIME_TRAVEL_SCHEMA {
+        let name = table.split('@').next().unwrap_or_default();
+        let parts: Vec<&str> = name.split('.').collect();
+        let (schema, table) = match parts.as_slice() {
+            [table] => (default_schema.to_string(), table.to_string()),
+            [.., schema, table] => (schema.to_string(), table.to_string()),
+            [] => (schema, table),
+        };
+        return Object::Table {
+            schema: schema.to_lowercase(),
+            table: table.to_lowercase(),
+        };
+    }
     Object::Table {
         schema: schema.to_lowercase(),
         table: table.to_lowercase(),

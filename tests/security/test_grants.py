@@ -1,0 +1,221 @@
+"""Roles, grants, masks, row filters, break glass and the audit trail (issue 23), attacked
+through a real `medlake serve` on every door: a role the MRN mask holds for must not read an
+MRN through psycopg (simple, extended, prepared), COPY, ADBC Flight SQL (query and prepared),
+a gold view, a filter, a join or time travel; grants decide what each user reads; only the
+auditor reads `system.audit`, which holds every statement without its literals, and whose
+chain `medlake audit verify` checks."""
+
+import contextlib
+import secrets
+import subprocess
+
+import pyarrow as pa
+import pytest
+
+from attack import MEDLAKE, Server, adbc_connect, note, pg_connect
+
+PASSWORDS = {name: f"Zq{name}x{secrets.token_hex(12)}"
+             for name in ["admin", "clin", "ann", "aud", "doc"]}
+USERS = {name: (name, password) for name, password in PASSWORDS.items()}
+
+CONFIG = """
+[[users]]
+name = "admin"
+password_env = "P_G_ADMIN"
+role = "admin"
+
+[[users]]
+name = "clin"
+password_env = "P_G_CLIN"
+role = "none"
+roles = ["clinician"]
+
+[[users]]
+name = "ann"
+password_env = "P_G_ANN"
+role = "none"
+roles = ["analyst"]
+
+[[users]]
+name = "aud"
+password_env = "P_G_AUD"
+role = "none"
+roles = ["auditor"]
+
+[[users]]
+name = "doc"
+password_env = "P_G_DOC"
+role = "none"
+roles = ["clinician_lite", "break_glass"]
+"""
+
+SEED = [
+    "CREATE TABLE silver.patients (patient_id BIGINT, mrn VARCHAR, name VARCHAR, ward VARCHAR)",
+    "INSERT INTO silver.patients VALUES (1, 'MRN-0001', 'Ada Lovelace', 'icu'), "
+    "(2, 'MRN-0002', 'Alan Turing', 'cardio'), (3, 'MRN-0003', 'Grace Hopper', 'icu')",
+    "CREATE TABLE silver.readings (patient_id BIGINT, hr DOUBLE)",
+    "INSERT INTO silver.readings VALUES (1, 80.0), (2, 90.0), (3, 100.0)",
+    "CREATE TABLE silver.notes (patient_id BIGINT, note VARCHAR)",
+    "INSERT INTO silver.notes VALUES (1, 'private')",
+    "CREATE ROLE clinician",
+    "CREATE ROLE analyst",
+    "CREATE ROLE clinician_lite",
+    "GRANT USAGE ON SCHEMA silver TO clinician, analyst, clinician_lite",
+    "GRANT SELECT ON TABLE silver.patients TO clinician, analyst, clinician_lite",
+    "GRANT SELECT ON TABLE silver.readings TO analyst",
+    "GRANT SELECT ON SCHEMA gold TO analyst, clinician",
+    "ALTER TABLE silver.patients ALTER COLUMN mrn SET MASK "
+    "CASE WHEN is_member('clinician') THEN mrn ELSE 'MRN-****' END",
+    "CREATE MATERIALIZED VIEW gold.patient_hr AS SELECT p.mrn, upper(p.name) AS shout, "
+    "avg(r.hr) AS hr FROM silver.patients p JOIN silver.readings r USING (patient_id) "
+    "GROUP BY p.mrn, p.name",
+]
+
+LEAK = "MRN-000"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grants")
+    env = {f"P_G_{name.upper()}": password for name, password in PASSWORDS.items()}
+    srv = Server(root, CONFIG, seed=SEED, env=env)
+    yield srv
+    srv.stop()
+
+
+def pg_rows(server, user, sql, mode="simple"):
+    with contextlib.closing(pg_connect(server, USERS[user])) as conn:
+        with conn.cursor() as cur:
+            if mode == "copy":
+                with cur.copy(sql) as copy:
+                    return note("copy", b"".join(bytes(c) for c in copy).decode())
+            if mode == "extended":
+                cur.execute(sql, binary=True)
+            elif mode == "prepared":
+                cur.execute(sql, prepare=True)
+            else:
+                cur.execute(sql)
+            return note("pg rows", repr(cur.fetchall()))
+
+
+def pg_code(server, user, sql):
+    import psycopg
+    try:
+        pg_rows(server, user, sql)
+        return "ok"
+    except psycopg.Error as e:
+        return e.sqlstate
+
+
+def flight_rows(server, user, sql, prepared=False):
+    with contextlib.closing(adbc_connect(server, USERS[user])) as conn:
+        with conn.cursor() as cur:
+            if prepared:
+                stmt = cur.adbc_statement
+                stmt.set_sql_query(sql)
+                stmt.prepare()
+                handle, _ = stmt.execute_query()
+                table = pa.RecordBatchReader._import_from_c(handle.address).read_all()
+                return note("adbc rows", repr(table.to_pylist()))
+            cur.execute(sql)
+            return note("adbc rows", repr(cur.fetchall()))
+
+
+PATHS = [
+    ("simple", "SELECT mrn FROM silver.patients"),
+    ("extended", "SELECT mrn FROM silver.patients"),
+    ("prepared", "SELECT mrn FROM silver.patients"),
+    ("copy", "COPY (SELECT mrn FROM silver.patients) TO STDOUT"),
+    ("copy", "COPY silver.patients TO STDOUT"),
+    ("simple", "SELECT mrn, shout FROM gold.patient_hr"),
+    ("simple", "SELECT mrn FROM silver.patients VERSION AS OF 1"),
+    ("simple", "SELECT string_agg(mrn, ',') FROM silver.patients"),
+    ("simple", "SELECT r.hr, p.mrn FROM silver.readings r JOIN silver.patients p USING (patient_id)"),
+]
+
+
+@pytest.mark.parametrize("mode,sql", PATHS)
+def test_the_mrn_mask_holds_on_the_postgres_door(server, mode, sql):
+    rows = pg_rows(server, "ann", sql, mode)
+    assert LEAK not in rows, rows
+    assert "MRN-****" in rows or "Ada" not in rows
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_the_mrn_mask_holds_on_flight_sql(server, prepared):
+    for sql in ["SELECT mrn FROM silver.patients", "SELECT mrn, shout FROM gold.patient_hr",
+                "SELECT count(*) FROM silver.patients WHERE mrn = 'MRN-0001'"]:
+        rows = flight_rows(server, "ann", sql, prepared)
+        assert LEAK not in rows, (sql, rows)
+        if "count" in sql:
+            assert rows in ("[(0,)]", "[{'count(*)': 0}]"), rows
+
+
+def test_a_filter_cannot_probe_a_masked_value(server):
+    rows = pg_rows(server, "ann", "SELECT count(*) FROM silver.patients WHERE mrn LIKE 'MRN-0%'")
+    assert rows == "[(0,)]", rows
+
+
+def test_the_clinician_sees_real_values(server):
+    rows = pg_rows(server, "clin", "SELECT mrn, shout FROM gold.patient_hr ORDER BY mrn")
+    assert "MRN-0001" in rows and "ADA LOVELACE" in rows, rows
+    rows = flight_rows(server, "clin", "SELECT mrn FROM silver.patients ORDER BY mrn")
+    assert "MRN-0001" in rows, rows
+
+
+def test_grants_decide_what_each_user_reads(server):
+    assert pg_code(server, "ann", "SELECT * FROM silver.notes") == "42501"
+    assert pg_code(server, "clin", "SELECT * FROM silver.readings") == "42501"
+    assert pg_code(server, "ann", "INSERT INTO silver.readings VALUES (9, 1.0)") == "42501"
+    assert pg_code(server, "ann", "ALTER TABLE silver.patients ALTER COLUMN mrn DROP MASK") == "42501"
+    assert pg_code(server, "ann", "GRANT analyst TO ann") == "42501"
+    assert pg_code(server, "ann", "GRANT SELECT ON TABLE silver.notes TO ann") == "42501"
+    listed = pg_rows(server, "ann", "SELECT table_name FROM information_schema.tables "
+                                    "WHERE table_schema = 'silver' ORDER BY 1")
+    assert "patients" in listed and "readings" in listed and "notes" not in listed, listed
+    with pytest.raises(Exception) as refused:
+        flight_rows(server, "ann", "SELECT * FROM silver.notes")
+    assert "42501" in str(refused.value) or "PERMISSION" in str(refused.value).upper()
+
+
+def test_break_glass_is_for_its_members_on_their_connection_only(server):
+    import psycopg
+    with contextlib.closing(pg_connect(server, USERS["ann"])) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("SET medlake.break_glass = 'looking around for fun'")
+        assert refused.value.sqlstate == "42501"
+    with contextlib.closing(pg_connect(server, USERS["doc"])) as conn, \
+            contextlib.closing(pg_connect(server, USERS["doc"])) as other:
+        assert LEAK not in repr(conn.execute("SELECT mrn FROM silver.patients").fetchall())
+        conn.execute("SET medlake.break_glass = 'cardiac arrest in bay 4'")
+        assert "MRN-0001" in repr(conn.execute("SELECT mrn FROM silver.patients").fetchall())
+        assert LEAK not in repr(other.execute("SELECT mrn FROM silver.patients").fetchall())
+        conn.execute("RESET medlake.break_glass")
+        assert LEAK not in repr(conn.execute("SELECT mrn FROM silver.patients").fetchall())
+
+
+def test_only_the_auditor_reads_the_audit_and_it_holds_no_literals(server):
+    import time
+    assert pg_code(server, "admin", "SELECT * FROM system.audit") == "42501"
+    assert pg_code(server, "ann", "SELECT * FROM system.audit") == "42501"
+    pg_rows(server, "ann", "SELECT count(*) FROM silver.patients WHERE mrn = 'MRN-0002'")
+    rows = ""
+    for _ in range(50):
+        rows = pg_rows(server, "aud", "SELECT user_name, door, client_addr, statement, outcome, "
+                                      "sqlstate, break_glass FROM system.audit ORDER BY seq")
+        if "MRN-****" in rows or ("= ?" in rows and "cardiac arrest" in rows):
+            break
+        time.sleep(0.2)
+    assert LEAK not in rows, "a literal reached the audit"
+    assert "'ann', 'postgres', '127.0.0.1:" in rows, rows
+    assert "'flight'" in rows and "'denied', '42501'" in rows, rows
+    assert "cardiac arrest in bay 4" in rows, rows
+
+
+def test_the_audit_chain_verifies_after_the_server_stops(server):
+    server.stop()
+    done = subprocess.run([MEDLAKE, "audit", "verify", "--warehouse", str(server.warehouse)],
+                          capture_output=True, text=True, timeout=120)
+    note("audit verify", done.stdout + done.stderr)
+    assert done.returncode == 0, done.stdout + done.stderr
+    server.start()
