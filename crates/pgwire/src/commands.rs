@@ -99,8 +99,9 @@ pub(crate) fn parse(text: &str) -> PgWireResult<Option<Command>> {
                     Some(Command::Show("transaction_isolation".into()))
                 }
                 [] => return Err(user_error(Code::SyntaxError, "SHOW needs a setting name")),
-                // `SHOW TABLES`, `SHOW COLUMNS ...`: DataFusion's.
+                // `SHOW TABLES`, `SHOW COLUMNS ...`: DataFusion's; `SHOW GRANTS ...`: medlake's.
                 [t] if t == "tables" => None,
+                [first, ..] if first == "grants" => None,
                 _ if names.iter().any(|n| n == "from" || n == "columns") => None,
                 _ => Some(Command::Show(names.concat())),
             }

@@ -400,7 +400,8 @@ async fn main() {
             runs += 1;
             // A fresh server and warehouse per file, as the engine runner does.
             let h = common::start_empty(true, common::users()).await;
-            let config = h.config(common::ALICE.0, common::ALICE.1);
+            // As the engine runner does: the files are the operator's (an admin's).
+            let config = h.config(common::ADMIN.0, common::ADMIN.1);
             let tls = h.tls();
             let mut runner = sqllogictest::Runner::new(move || {
                 let config = config.clone();

@@ -93,6 +93,29 @@ impl Access {
     ) -> Result<Arc<TablePolicy>> {
         let has_own = state.masks.contains_key(key) || state.row_filters.contains_key(key);
         let is_view = materialized.contains(key);
+        // A view's quarantine table holds the view's columns (and three of its own): it is
+        // protected as the view is.
+        let quarantine_of = key
+            .1
+            .strip_suffix(medlake_views::QUARANTINE_SUFFIX)
+            .map(|view| (key.0.clone(), view.to_string()))
+            .filter(|view| materialized.contains(view));
+        if let Some(view) = &quarantine_of
+            && depth < MAX_DEPTH
+        {
+            let inherited =
+                Box::pin(self.policy(state, session, views, materialized, view, depth + 1)).await?;
+            let mut policy = TablePolicy::default();
+            if has_own {
+                let name = TableName::new(&key.0, &key.1)?;
+                if let Ok((provider, _)) = self.warehouse.table_provider(&name, None).await {
+                    let schema = DFSchema::try_from(provider.schema().as_ref().clone())?;
+                    policy = protect::base_policy(session, state, key, &schema)?;
+                }
+            }
+            merge(&mut policy, (*inherited).clone());
+            return Ok(Arc::new(policy));
+        }
         if !has_own && !is_view {
             return Ok(Arc::new(TablePolicy::default()));
         }

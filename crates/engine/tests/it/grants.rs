@@ -549,3 +549,29 @@ async fn every_statement_is_audited_without_its_literals_and_only_auditors_read_
         panic!("no audit log folder at {}", log_dir.display());
     }
 }
+
+#[tokio::test]
+async fn quarantined_rows_are_masked_as_their_view_is() {
+    let (_dir, engine) = scratch().await;
+    engine.sql(SETUP).await.unwrap();
+    engine
+        .sql(
+            "CREATE MATERIALIZED VIEW gold.checked
+               CONSTRAINT known EXPECT (patient_id > 1) ON VIOLATION QUARANTINE
+               AS SELECT patient_id, mrn FROM silver.patients",
+        )
+        .await
+        .unwrap();
+    let analyst = user(&engine, "ann", Role::None, &["analyst"]);
+    let quarantined = text(&analyst, "SELECT mrn FROM gold.checked_quarantine").await;
+    assert!(
+        quarantined.contains("MRN-****") && !quarantined.contains("MRN-000"),
+        "{quarantined}"
+    );
+    let raw = text(
+        &engine.local_session(),
+        "SELECT count(*) AS n FROM gold.checked_quarantine",
+    )
+    .await;
+    assert!(raw.contains("| 1 "), "{raw}");
+}

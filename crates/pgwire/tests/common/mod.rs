@@ -18,6 +18,8 @@ use tokio_rustls::rustls;
 pub const ALICE: (&str, &str) = ("alice", "correct horse battery staple");
 pub const BOB_MD5: (&str, &str) = ("bob", "an old client's password");
 pub const READER: (&str, &str) = ("dashboard", "reads gold only");
+/// An admin: the sqllogictest files are written for the operator, who manages roles.
+pub const ADMIN: (&str, &str) = ("root", "the operator's own password");
 
 pub struct Harness {
     pub addr: SocketAddr,
@@ -53,6 +55,15 @@ pub fn users() -> Access {
             password: Secret::new(BOB_MD5.1),
             method: Method::Md5,
             role: medlake_auth::Role::Writer,
+            create_external: false,
+            roles: Default::default(),
+            secrets: Default::default(),
+        },
+        User {
+            name: ADMIN.0.into(),
+            password: Secret::new(ADMIN.1),
+            method: Method::ScramSha256,
+            role: medlake_auth::Role::Admin,
             create_external: false,
             roles: Default::default(),
             secrets: Default::default(),
