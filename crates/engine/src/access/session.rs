@@ -124,12 +124,12 @@ impl Session {
             )
             .await?;
         let roles = state.roles_of(&self.principal);
-        if !self.principal.is_admin() {
-            for (schema, table) in CATALOG_LISTINGS {
-                let key = (schema.to_string(), table.to_string());
-                if scanned.contains(&key) {
-                    policies.insert(key, Arc::new(catalog_listing_policy(&session_state)?));
-                }
+        // Everyone's listings, admins' too: an admin lists every table but system.audit (the
+        // auditors'), so clients that read the schema of every listed table keep working.
+        for (schema, table) in CATALOG_LISTINGS {
+            let key = (schema.to_string(), table.to_string());
+            if scanned.contains(&key) {
+                policies.insert(key, Arc::new(catalog_listing_policy(&session_state)?));
             }
         }
         let viewer = Viewer {
@@ -657,7 +657,7 @@ impl Session {
     }
 }
 
-/// The filter every non-admin's catalog listings get: tables it holds a privilege on.
+/// The filter every catalog listing gets: the tables the principal holds a privilege on.
 fn catalog_listing_policy(
     state: &datafusion::execution::context::SessionState,
 ) -> Result<protect::TablePolicy> {
