@@ -12,10 +12,11 @@ import subprocess
 import pyarrow as pa
 import pytest
 
-from attack import MEDLAKE, Server, adbc_connect, note, pg_connect
+from attack import MEDLAKE, Server, adbc_connect, http_request, note, pg_connect
 
 PASSWORDS = {name: f"Zq{name}x{secrets.token_hex(12)}"
              for name in ["admin", "clin", "ann", "aud", "doc"]}
+TOKEN = f"Zqtokenx{secrets.token_hex(16)}"
 USERS = {name: (name, password) for name, password in PASSWORDS.items()}
 
 CONFIG = """
@@ -47,9 +48,15 @@ name = "doc"
 password_env = "P_G_DOC"
 role = "none"
 roles = ["clinician_lite", "break_glass"]
+
+[[ingest_tokens]]
+name = "bedside-gw"
+token_env = "T_G_GW"
+tables = ["bronze.vitals"]
 """
 
 SEED = [
+    "CREATE TABLE bronze.vitals (patient_id BIGINT, hr DOUBLE)",
     "CREATE TABLE silver.patients (patient_id BIGINT, mrn VARCHAR, name VARCHAR, ward VARCHAR)",
     "INSERT INTO silver.patients VALUES (1, 'MRN-0001', 'Ada Lovelace', 'icu'), "
     "(2, 'MRN-0002', 'Alan Turing', 'cardio'), (3, 'MRN-0003', 'Grace Hopper', 'icu')",
@@ -78,6 +85,7 @@ LEAK = "MRN-000"
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("grants")
     env = {f"P_G_{name.upper()}": password for name, password in PASSWORDS.items()}
+    env["T_G_GW"] = TOKEN
     srv = Server(root, CONFIG, seed=SEED, env=env)
     yield srv
     srv.stop()
@@ -210,6 +218,18 @@ def test_only_the_auditor_reads_the_audit_and_it_holds_no_literals(server):
     assert "'ann', 'postgres', '127.0.0.1:" in rows, rows
     assert "'flight'" in rows and "'denied', '42501'" in rows, rows
     assert "cardiac arrest in bay 4" in rows, rows
+
+
+def test_http_ingest_is_audited_before_it_is_acknowledged(server):
+    status, _, body = http_request(server, "POST", "/v1/ingest/bronze.vitals",
+                                   body=b'{"patient_id": 1, "hr": 71.5}\n',
+                                   headers={"Authorization": f"Bearer {TOKEN}",
+                                            "Content-Type": "application/x-ndjson"})
+    assert status == 200, body
+    rows = pg_rows(server, "aud", "SELECT user_name, door, kind, objects_written, row_count "
+                                  "FROM system.audit WHERE door = 'http'")
+    assert "('bedside-gw', 'http', 'INGEST', 'bronze.vitals', 1)" in rows, rows
+    assert TOKEN not in rows
 
 
 def test_the_audit_chain_verifies_after_the_server_stops(server):

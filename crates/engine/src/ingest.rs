@@ -204,14 +204,53 @@ impl Engine {
     /// INSERT's (a batch that does not fit writes nothing). `Ok(None)` when someone committed
     /// since (or the table was dropped): nothing was committed; [`Self::ingest_refresh`], drop
     /// the requests whose keys are now known, and try again. A table opened with `create`
-    /// and still missing is created by the commit.
+    /// and still missing is created by the commit. The commit is recorded in `system.audit`
+    /// (sent by `senders`, the tokens' names) before this returns.
     pub async fn ingest_append(
         &self,
         log: &mut IngestTable,
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
         keys: &[IngestKey],
+        senders: &[String],
     ) -> Result<Option<Appended>> {
+        let appended = self
+            .ingest_append_unaudited(log, schema, batches, keys)
+            .await;
+        if let Ok(Some(done)) = &appended {
+            self.audit_ingest(&log.name, senders, done.rows).await?;
+        }
+        appended
+    }
+
+    /// Records an HTTP ingest commit in `system.audit` before the door acknowledges it: one
+    /// event per commit, naming the tokens (`senders`) of its requests, never their secrets.
+    async fn audit_ingest(&self, table: &TableName, senders: &[String], rows: u64) -> Result<()> {
+        let user = if senders.is_empty() {
+            "ingest".to_string()
+        } else {
+            senders.join(",")
+        };
+        let mut event = medlake_audit::Event::of(
+            user,
+            medlake_audit::Door::Http,
+            medlake_audit::Statement::normalize(&format!("INGEST INTO {table}")),
+        );
+        event.kind = "INGEST".into();
+        event.objects_written = vec![table.to_string()];
+        event.rows = Some(rows);
+        self.shared.audit.record_write(event).await?;
+        Ok(())
+    }
+
+    async fn ingest_append_unaudited(
+        &self,
+        log: &mut IngestTable,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        keys: &[IngestKey],
+    ) -> Result<Option<Appended>> {
+        self.shared.audit.ensure_available()?;
         let started = std::time::Instant::now();
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let provider = MemTable::try_new(schema, vec![batches])?;

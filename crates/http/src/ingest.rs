@@ -101,6 +101,8 @@ struct Pending {
     rows: Option<RecordBatch>,
     quarantine: Vec<Refused>,
     key: Option<IngestKey>,
+    /// The token that sent it (its name), for the audit.
+    token: Option<String>,
     answer: oneshot::Sender<Result<Ack, Failure>>,
 }
 
@@ -384,6 +386,7 @@ async fn ingest(
         rows,
         quarantine: refused,
         key,
+        token: who.token.clone(),
         answer,
     };
     let t_decode = started.elapsed().as_micros() as u64 - t_target;
@@ -799,7 +802,7 @@ async fn commit_group(
             let t = Instant::now();
             let appended = inner
                 .engine
-                .ingest_append(log, schema, batches, &new_keys)
+                .ingest_append(log, schema, batches, &new_keys, &senders(&writing))
                 .await;
             t_append += t.elapsed().as_micros();
             match appended {
@@ -945,6 +948,14 @@ fn answer_group(
 /// Writes the refused rows of `writing` that the quarantine table does not hold yet (by
 /// idempotency key) to it, creating it on first use; returns how many rows each key had
 /// refused.
+/// The names of the tokens that sent `requests` (for the audit; never their secrets).
+fn senders(requests: &[Pending]) -> Vec<String> {
+    let mut names: Vec<String> = requests.iter().filter_map(|p| p.token.clone()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 async fn commit_quarantine(
     inner: &Arc<Inner>,
     q: &TableName,
@@ -997,7 +1008,13 @@ async fn commit_quarantine(
             .collect();
         match inner
             .engine
-            .ingest_append(open, decode::quarantine_schema(), batches, &keys)
+            .ingest_append(
+                open,
+                decode::quarantine_schema(),
+                batches,
+                &keys,
+                &senders(writing),
+            )
             .await
         {
             Ok(Some(done)) => {

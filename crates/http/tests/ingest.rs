@@ -1058,6 +1058,7 @@ async fn an_idempotency_key_reused_for_another_body_or_token_is_a_conflict() {
             schema,
             vec![batch],
             &[medlake_engine::ingest::IngestKey::bare("legacy-1")],
+            &[],
         )
         .await
         .unwrap()
