@@ -729,6 +729,7 @@ impl Session {
                         self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
                     create.definition.default_schema = self.default_schema_name();
                     self.check_view_keys(&create.definition.query).await?;
+                    self.check_view_masks(&create.definition.query).await?;
                     let outcome = self
                         .shared
                         .views

@@ -212,7 +212,7 @@ impl Viewer<'_> {
     }
 
     /// Whether `mask` leaves its column as it is for this viewer.
-    fn lifts(&self, mask: &Mask) -> Result<bool> {
+    pub(crate) fn lifts(&self, mask: &Mask) -> Result<bool> {
         if self.lifted {
             return Ok(true);
         }

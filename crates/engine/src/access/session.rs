@@ -162,6 +162,81 @@ impl Session {
         crate::privileges::check(&self.principal, &*self.access_state().await?, &needs)
     }
 
+    /// A materialized view computes from real values (its refreshes read as the system), so
+    /// its creator must see every masked column its query reads: in its output, a filter, a
+    /// join, a group key or an aggregate alike (lineage then masks the output for readers).
+    /// Otherwise `WHERE mrn = 'X'` in a view would tell its creator what the mask hides.
+    /// Admins are not asked: they own every table and may drop its masks.
+    pub(crate) async fn check_view_masks(&self, query: &str) -> Result<()> {
+        // Admins (the operator too) may drop any mask anyway.
+        if self.principal.is_admin() {
+            return Ok(());
+        }
+        let state = self.ctx.state();
+        // A query that does not plan is refused by the view's own checks.
+        let Ok(plan) = state.create_logical_plan(query).await else {
+            return Ok(());
+        };
+        // Optimized, each scan reads exactly the columns the query uses somewhere.
+        let optimized = state.optimize(&plan).map_err(crate::unwrap_lake_error)?;
+        let default_schema = self.default_schema_name();
+        let mut reads: Vec<(TableKey, Vec<String>)> = Vec::new();
+        optimized.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let columns = scan
+                    .projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                reads.push((table_key(&scan.table_name, &default_schema), columns));
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        let access = self.access_state().await?;
+        let keys: Vec<TableKey> = reads.iter().map(|(key, _)| key.clone()).collect();
+        let policies = self
+            .shared
+            .access
+            .policies(
+                &access,
+                &state,
+                &self.shared.views,
+                &self.shared.catalog.materialized_views(),
+                keys,
+            )
+            .await?;
+        let roles = access.roles_of(&self.principal);
+        let viewer = Viewer {
+            principal: &self.principal,
+            roles: &roles,
+            lifted: self.glass_broken(),
+        };
+        for (key, columns) in &reads {
+            let Some(policy) = policies.get(key) else {
+                continue;
+            };
+            for column in columns {
+                let Some(masks) = policy.columns.get(column) else {
+                    continue;
+                };
+                for mask in &masks.masks {
+                    if !viewer.lifts(mask)? {
+                        return Err(Error::PermissionDenied {
+                            principal: self.principal.to_string(),
+                            privilege: "SELECT",
+                            object: format!(
+                                "column {}.{}.{column}, which is masked for you: a materialized view computes from real values, so its creator must see them",
+                                key.0, key.1
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Records this session's principal as the owner of what it created (the local
     /// operator's creations have no owner: admins manage them).
     pub(crate) async fn record_owner(&self, on: Securable) -> Result<()> {

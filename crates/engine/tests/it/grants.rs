@@ -269,6 +269,21 @@ async fn masks_hold_on_every_path_and_follow_lineage() {
     );
     let exfil = text(&engine.local_session(), "SELECT * FROM gold.exfil").await;
     assert!(!exfil.contains("MRN-000"), "{exfil}");
+    // A view computes from real values: its creator must see every masked column it reads,
+    // in a filter as much as in its output.
+    let writer = user(&engine, "w", Role::Writer, &[]);
+    assert_eq!(
+        outcome(&writer, "CREATE MATERIALIZED VIEW gold.probe AS SELECT count(*) AS n FROM silver.patients WHERE mrn = 'MRN-0001'").await,
+        "42501"
+    );
+    assert_eq!(
+        outcome(
+            &writer,
+            "CREATE MATERIALIZED VIEW gold.ids AS SELECT patient_id FROM silver.patients"
+        )
+        .await,
+        "ok"
+    );
     // The owner of the table (an admin here) decides; the mask goes when dropped.
     engine
         .sql("ALTER TABLE silver.patients ALTER COLUMN mrn DROP MASK")
