@@ -782,48 +782,13 @@ impl Session {
                     let name = self.table_name(&statement::name_parts(&table)?)?;
                     self.describe_history(&name, limit).await
                 }
-                Statement::Optimize { table, zorder } => {
-                    let name = self.table_name(&statement::name_parts(&table)?)?;
-                    if name.schema == medlake_audit::SCHEMA && name.table == medlake_audit::TABLE {
-                        return Err(Error::ReadOnly {
-                            what: "system.audit is append-only (OPTIMIZE would rewrite the files its hash chain covers)".into(),
-                        });
-                    }
-                    let outcome = self
-                        .shared
-                        .warehouse
-                        .optimize(&name, zorder, None, Arc::new(self.ctx.state()))
-                        .await?;
-                    Ok(Output::batch(record_batch(vec![
-                        ("table", text([name.to_string()])),
-                        ("version", int([outcome.version])),
-                        ("files_added", int([outcome.files_added])),
-                        ("files_removed", int([outcome.files_removed])),
-                    ])?))
-                }
+                Statement::Optimize { table, zorder } => self.optimize(&table, zorder).await,
                 Statement::Vacuum {
                     table,
                     retain_hours,
                     dry_run,
                     force,
-                } => {
-                    let name = self.table_name(&statement::name_parts(&table)?)?;
-                    let retain = retain_hours.map(|h| Duration::from_secs(h.saturating_mul(3600)));
-                    if name.schema == medlake_audit::SCHEMA && name.table == medlake_audit::TABLE {
-                        // Six years, unless an auditor forces it (only auditors get here).
-                        medlake_audit::check_vacuum(
-                            retain.unwrap_or(medlake_audit::MIN_RETENTION),
-                            force,
-                        )?;
-                    }
-                    let outcome = self
-                        .shared
-                        .warehouse
-                        .vacuum(&name, retain, dry_run, force)
-                        .await?;
-                    let files = outcome.files;
-                    Ok(Output::batch(record_batch(vec![("path", text(files))])?))
-                }
+                } => self.vacuum(&table, retain_hours, dry_run, force).await,
                 Statement::ImportForeignSchema(import) => {
                     let imported = self.import_foreign_schema(*import).await;
                     let listed = self.shared.catalog.refresh().await;
@@ -835,6 +800,56 @@ impl Session {
         }
         .instrument(span)
         .await
+    }
+
+    /// `OPTIMIZE t [ZORDER BY (...)]`; never `system.audit`, whose files its chain covers.
+    async fn optimize(
+        &self,
+        table: &datafusion::sql::sqlparser::ast::ObjectName,
+        zorder: Vec<String>,
+    ) -> Result<Output> {
+        let name = self.table_name(&statement::name_parts(table)?)?;
+        if name.schema == medlake_audit::SCHEMA && name.table == medlake_audit::TABLE {
+            return Err(Error::ReadOnly {
+                what: "system.audit is append-only (OPTIMIZE would rewrite the files its hash chain covers)".into(),
+            });
+        }
+        let outcome = self
+            .shared
+            .warehouse
+            .optimize(&name, zorder, None, Arc::new(self.ctx.state()))
+            .await?;
+        Ok(Output::batch(record_batch(vec![
+            ("table", text([name.to_string()])),
+            ("version", int([outcome.version])),
+            ("files_added", int([outcome.files_added])),
+            ("files_removed", int([outcome.files_removed])),
+        ])?))
+    }
+
+    /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`; `system.audit` keeps six years unless
+    /// an auditor (the only one who gets here for it) forces less.
+    async fn vacuum(
+        &self,
+        table: &datafusion::sql::sqlparser::ast::ObjectName,
+        retain_hours: Option<u64>,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<Output> {
+        let name = self.table_name(&statement::name_parts(table)?)?;
+        let retain = retain_hours.map(|h| Duration::from_secs(h.saturating_mul(3600)));
+        if name.schema == medlake_audit::SCHEMA && name.table == medlake_audit::TABLE {
+            medlake_audit::check_vacuum(retain.unwrap_or(medlake_audit::MIN_RETENTION), force)?;
+        }
+        let outcome = self
+            .shared
+            .warehouse
+            .vacuum(&name, retain, dry_run, force)
+            .await?;
+        Ok(Output::batch(record_batch(vec![(
+            "path",
+            text(outcome.files),
+        )])?))
     }
 
     /// Writes Arrow batches into a table in one commit (Flight SQL ingest): creates the table

@@ -558,34 +558,7 @@ fn taints(
     let width = plan.schema().fields().len();
     let all_inputs = || Taint::merge(inputs.iter().flatten().cloned());
     Ok(match plan {
-        LogicalPlan::TableScan(scan) => {
-            let key = resolve(&scan.table_name);
-            let policy = key.as_ref().and_then(|k| sources.get(k));
-            if let (Some(key), Some(policy)) = (&key, policy) {
-                if let Some(reason) = &policy.refused {
-                    return Err(Error::PermissionDenied {
-                        principal: "the view".into(),
-                        privilege: "SELECT",
-                        object: reason.clone(),
-                    });
-                }
-                for filter in &policy.filters {
-                    filters.push((key.clone(), filter.clone()));
-                }
-            }
-            scan.projected_schema
-                .fields()
-                .iter()
-                .map(|field| {
-                    let column = policy.and_then(|p| p.columns.get(field.name()));
-                    Taint {
-                        masks: column.map(|c| c.masks.clone()).unwrap_or_default(),
-                        exact: column.is_none_or(|c| c.exact),
-                        pass: key.clone().map(|k| (k, field.name().clone())),
-                    }
-                })
-                .collect()
-        }
+        LogicalPlan::TableScan(scan) => scan_taints(scan, sources, resolve, filters)?,
         LogicalPlan::Projection(p) => p
             .expr
             .iter()
@@ -617,46 +590,7 @@ fn taints(
             }
             out
         }
-        LogicalPlan::Join(join) => {
-            let (mut left, mut right) = (inputs[0].clone(), inputs[1].clone());
-            // Columns equal through a join key share their masks.
-            for (l, r) in &join.on {
-                let (Expr::Column(lc), Expr::Column(rc)) = (strip(l), strip(r)) else {
-                    continue;
-                };
-                let (Some(li), Some(ri)) = (
-                    join.left.schema().maybe_index_of_column(lc),
-                    join.right.schema().maybe_index_of_column(rc),
-                ) else {
-                    continue;
-                };
-                let lt = left[li].clone();
-                let rt = right[ri].clone();
-                for (target, other) in [(&mut left[li], &rt), (&mut right[ri], &lt)] {
-                    for m in &other.masks {
-                        if !target.masks.iter().any(|x| Arc::ptr_eq(x, m)) {
-                            target.masks.push(m.clone());
-                        }
-                    }
-                    if target.masks.len() > 1 {
-                        target.exact = false;
-                    }
-                }
-            }
-            match join.join_type {
-                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
-                    let mut out = left;
-                    out.resize_with(width, Taint::default);
-                    out
-                }
-                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
-                    let mut out = right;
-                    out.resize_with(width, Taint::default);
-                    out
-                }
-                _ => left.into_iter().chain(right).collect(),
-            }
-        }
+        LogicalPlan::Join(join) => join_taints(join, &inputs[0], &inputs[1], width),
         LogicalPlan::Union(_) => (0..width)
             .map(|i| {
                 let column: Vec<Taint> = inputs.iter().filter_map(|t| t.get(i).cloned()).collect();
@@ -684,4 +618,89 @@ fn taints(
         // Anything else: every output column may come from every input column.
         _ => vec![all_inputs(); width],
     })
+}
+
+/// A join's output: its sides' columns, where columns equal through a join key share their
+/// masks (a semi or anti join keeps one side).
+fn join_taints(
+    join: &datafusion::logical_expr::Join,
+    left: &[Taint],
+    right: &[Taint],
+    width: usize,
+) -> Vec<Taint> {
+    let (mut left, mut right) = (left.to_vec(), right.to_vec());
+
+    // Columns equal through a join key share their masks.
+    for (l, r) in &join.on {
+        let (Expr::Column(lc), Expr::Column(rc)) = (strip(l), strip(r)) else {
+            continue;
+        };
+        let (Some(li), Some(ri)) = (
+            join.left.schema().maybe_index_of_column(lc),
+            join.right.schema().maybe_index_of_column(rc),
+        ) else {
+            continue;
+        };
+        let lt = left[li].clone();
+        let rt = right[ri].clone();
+        for (target, other) in [(&mut left[li], &rt), (&mut right[ri], &lt)] {
+            for m in &other.masks {
+                if !target.masks.iter().any(|x| Arc::ptr_eq(x, m)) {
+                    target.masks.push(m.clone());
+                }
+            }
+            if target.masks.len() > 1 {
+                target.exact = false;
+            }
+        }
+    }
+    match join.join_type {
+        JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+            let mut out = left;
+            out.resize_with(width, Taint::default);
+            out
+        }
+        JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+            let mut out = right;
+            out.resize_with(width, Taint::default);
+            out
+        }
+        _ => left.into_iter().chain(right).collect(),
+    }
+}
+
+/// A scan's columns: the masks its table's policy gives them, and its filters to carry.
+fn scan_taints(
+    scan: &datafusion::logical_expr::TableScan,
+    sources: &HashMap<TableKey, Arc<TablePolicy>>,
+    resolve: &dyn Fn(&TableReference) -> Option<TableKey>,
+    filters: &mut Vec<(TableKey, Filter)>,
+) -> Result<Vec<Taint>> {
+    let key = resolve(&scan.table_name);
+    let policy = key.as_ref().and_then(|k| sources.get(k));
+    if let (Some(key), Some(policy)) = (&key, policy) {
+        if let Some(reason) = &policy.refused {
+            return Err(Error::PermissionDenied {
+                principal: "the view".into(),
+                privilege: "SELECT",
+                object: reason.clone(),
+            });
+        }
+        for filter in &policy.filters {
+            filters.push((key.clone(), filter.clone()));
+        }
+    }
+    Ok(scan
+        .projected_schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let column = policy.and_then(|p| p.columns.get(field.name()));
+            Taint {
+                masks: column.map(|c| c.masks.clone()).unwrap_or_default(),
+                exact: column.is_none_or(|c| c.exact),
+                pass: key.clone().map(|k| (k, field.name().clone())),
+            }
+        })
+        .collect())
 }

@@ -306,312 +306,370 @@ impl Session {
 
     /// Runs an access statement (its privileges were checked).
     pub(crate) async fn execute_access(&self, statement: AccessStatement) -> Result<Output> {
-        let store = &self.shared.access.store;
-        let by = self.principal.name.clone();
         match statement {
-            AccessStatement::CreateRole(name) => {
-                check_role_name(&name)?;
-                store
-                    .change(|state| {
-                        if state.role_exists(&name) {
-                            return Err(Error::InvalidValue {
-                                what: "CREATE ROLE".into(),
-                                reason: format!("role \"{name}\" already exists"),
-                            });
-                        }
-                        state.roles.insert(name.clone());
-                        Ok(())
-                    })
-                    .await?;
-                tracing::info!(target: "medlake::audit", by = %by, role = %name, "role created");
-                Ok(Output::command("CREATE ROLE", 0))
-            }
-            AccessStatement::DropRole { name, if_exists } => {
-                if BUILT_IN_ROLES.contains(&name.as_str()) {
-                    return Err(Error::InvalidValue {
-                        what: "DROP ROLE".into(),
-                        reason: format!("{name} is built in"),
-                    });
-                }
-                store
-                    .change(|state| {
-                        if !state.roles.remove(&name) {
-                            return if if_exists {
-                                Ok(())
-                            } else {
-                                Err(undefined_role(&name))
-                            };
-                        }
-                        state.members.retain(|(m, r)| *m != name && *r != name);
-                        state.grants.retain(|g| g.grantee != name);
-                        state.owners.retain(|_, owner| *owner != name);
-                        Ok(())
-                    })
-                    .await?;
-                Ok(Output::command("DROP ROLE", 0))
-            }
+            AccessStatement::CreateRole(name) => self.create_role(name).await,
+            AccessStatement::DropRole { name, if_exists } => self.drop_role(name, if_exists).await,
             AccessStatement::Membership {
                 grant,
                 roles,
                 members,
-            } => {
-                for member in &members {
-                    check_grantee(member)?;
-                }
-                store
-                    .change(|state| {
-                        for role in &roles {
-                            if !state.role_exists(role) || role == "public" {
-                                return Err(undefined_role(role));
-                            }
-                            if ["none", "reader", "writer", "admin"].contains(&role.as_str()) {
-                                return Err(Error::InvalidValue {
-                                    what: "GRANT role".into(),
-                                    reason: format!(
-                                        "{role} is a built-in level, set by the configuration (role = \"{role}\")"
-                                    ),
-                                });
-                            }
-                            for member in &members {
-                                let pair = (member.clone(), role.clone());
-                                if grant {
-                                    state.members.insert(pair);
-                                } else {
-                                    state.members.remove(&pair);
-                                }
-                            }
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                tracing::info!(target: "medlake::audit", by = %by, grant, roles = ?roles, members = ?members, "role membership changed");
-                Ok(Output::command(if grant { "GRANT" } else { "REVOKE" }, 0))
-            }
+            } => self.change_membership(grant, roles, members).await,
             AccessStatement::Privileges {
                 grant,
                 privileges,
                 on,
                 grantees,
             } => {
-                let on = self.securable(&on)?;
-                self.check_exists(&on).await?;
-                let privileges = if privileges.is_empty() {
-                    all_privileges(&on)
-                } else {
-                    privileges
-                };
-                for privilege in &privileges {
-                    if !grantable(privilege, &on) {
-                        return Err(Error::InvalidValue {
-                            what: format!("{} privilege", privilege.as_str()),
-                            reason: format!("it cannot be granted on a {}", on.kind()),
-                        });
-                    }
-                }
-                for grantee in &grantees {
-                    check_grantee(grantee)?;
-                }
-                store
-                    .change(|state| {
-                        for grantee in &grantees {
-                            for privilege in &privileges {
-                                let g = Grant {
-                                    grantee: grantee.clone(),
-                                    privilege: privilege.clone(),
-                                    on: on.clone(),
-                                };
-                                if grant {
-                                    state.grants.insert(g);
-                                } else {
-                                    state.grants.remove(&g);
-                                }
-                            }
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                tracing::info!(target: "medlake::audit", by = %by, grant, on = %on, grantees = ?grantees, privileges = ?privileges.iter().map(|p| p.as_str()).collect::<Vec<_>>(), "privileges changed");
-                Ok(Output::command(if grant { "GRANT" } else { "REVOKE" }, 0))
+                self.change_privileges(grant, privileges, on, grantees)
+                    .await
             }
             AccessStatement::ShowGrants { to, on } => self.show_grants(to, on).await,
-            AccessStatement::OwnerTo { on, owner } => {
-                let on = self.securable(&on)?;
-                self.check_exists(&on).await?;
-                check_grantee(&owner)?;
-                store
-                    .change(|state| {
-                        state.owners.insert(on.clone(), owner.clone());
-                        Ok(())
-                    })
-                    .await?;
-                tracing::info!(target: "medlake::audit", by = %by, on = %on, owner = %owner, "owner changed");
-                Ok(Output::command("ALTER", 0))
-            }
+            AccessStatement::OwnerTo { on, owner } => self.owner_to(on, owner).await,
             AccessStatement::SetMask {
                 table,
                 column,
                 mask,
-            } => {
-                let name = self.table_name(&crate::statement::name_parts(&table)?)?;
-                let schema = self.table_schema(&name).await?;
-                let Some(field) = schema
-                    .fields()
-                    .iter()
-                    .find(|f| f.name().eq_ignore_ascii_case(&column))
-                else {
+            } => self.set_mask(table, column, mask).await,
+            AccessStatement::SetRowFilter { table, filter } => {
+                self.set_row_filter(table, filter).await
+            }
+            AccessStatement::Declassify { view } => self.declassify(view).await,
+        }
+    }
+
+    /// `CREATE ROLE`.
+    async fn create_role(&self, name: String) -> Result<Output> {
+        let store = &self.shared.access.store;
+        let by = self.principal.name.clone();
+        check_role_name(&name)?;
+        store
+            .change(|state| {
+                if state.role_exists(&name) {
                     return Err(Error::InvalidValue {
-                        what: "column".into(),
-                        reason: format!("{name} has no column {column}"),
+                        what: "CREATE ROLE".into(),
+                        reason: format!("role \"{name}\" already exists"),
                     });
-                };
-                let column = field.name().clone();
-                if let Some(sql) = &mask {
-                    let planned =
-                        protect::plan_expression(&self.ctx.state(), &schema, sql, Some(&column))?;
-                    let ty = planned.to_field(&schema)?.1.data_type().clone();
-                    if !arrow::compute::can_cast_types(&ty, field.data_type()) {
+                }
+                state.roles.insert(name.clone());
+                Ok(())
+            })
+            .await?;
+        tracing::info!(target: "medlake::audit", by = %by, role = %name, "role created");
+        Ok(Output::command("CREATE ROLE", 0))
+    }
+
+    /// `DROP ROLE`: its memberships, grants and ownerships go with it.
+    async fn drop_role(&self, name: String, if_exists: bool) -> Result<Output> {
+        let store = &self.shared.access.store;
+        if BUILT_IN_ROLES.contains(&name.as_str()) {
+            return Err(Error::InvalidValue {
+                what: "DROP ROLE".into(),
+                reason: format!("{name} is built in"),
+            });
+        }
+        store
+            .change(|state| {
+                if !state.roles.remove(&name) {
+                    return if if_exists {
+                        Ok(())
+                    } else {
+                        Err(undefined_role(&name))
+                    };
+                }
+                state.members.retain(|(m, r)| *m != name && *r != name);
+                state.grants.retain(|g| g.grantee != name);
+                state.owners.retain(|_, owner| *owner != name);
+                Ok(())
+            })
+            .await?;
+        Ok(Output::command("DROP ROLE", 0))
+    }
+
+    /// `GRANT/REVOKE role TO/FROM members`.
+    async fn change_membership(
+        &self,
+        grant: bool,
+        roles: Vec<String>,
+        members: Vec<String>,
+    ) -> Result<Output> {
+        let store = &self.shared.access.store;
+        let by = self.principal.name.clone();
+        for member in &members {
+            check_grantee(member)?;
+        }
+        store
+            .change(|state| {
+                for role in &roles {
+                    if !state.role_exists(role) || role == "public" {
+                        return Err(undefined_role(role));
+                    }
+                    if ["none", "reader", "writer", "admin"].contains(&role.as_str()) {
                         return Err(Error::InvalidValue {
-                            what: "mask".into(),
+                            what: "GRANT role".into(),
                             reason: format!(
-                                "it gives {ty}, which does not convert to {column}'s type {}",
-                                field.data_type()
+                                "{role} is a built-in level, set by the configuration (role = \"{role}\")"
                             ),
                         });
                     }
-                }
-                let key = (name.schema.clone(), name.table.clone());
-                store
-                    .change(|state| {
-                        let masks = state.masks.entry(key.clone()).or_default();
-                        match &mask {
-                            Some(sql) => {
-                                masks.insert(column.clone(), sql.clone());
-                            }
-                            None => {
-                                masks.remove(&column);
-                            }
+                    for member in &members {
+                        let pair = (member.clone(), role.clone());
+                        if grant {
+                            state.members.insert(pair);
+                        } else {
+                            state.members.remove(&pair);
                         }
-                        if masks.is_empty() {
-                            state.masks.remove(&key);
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                self.shared.access.forget_lineage();
-                tracing::info!(target: "medlake::audit", by = %by, table = %name, column = %column, set = mask.is_some(), "column mask changed");
-                Ok(Output::command("ALTER TABLE", 0))
-            }
-            AccessStatement::SetRowFilter { table, filter } => {
-                let name = self.table_name(&crate::statement::name_parts(&table)?)?;
-                let schema = self.table_schema(&name).await?;
-                let filter = match filter {
-                    Some((sql, columns)) => {
-                        let planned =
-                            protect::plan_expression(&self.ctx.state(), &schema, &sql, None)?;
-                        let ty = planned.to_field(&schema)?.1.data_type().clone();
-                        if ty != arrow::datatypes::DataType::Boolean {
-                            return Err(Error::InvalidValue {
-                                what: "row filter".into(),
-                                reason: format!("it gives {ty}, not a boolean"),
-                            });
-                        }
-                        let mut named = Vec::new();
-                        for c in &columns {
-                            let field = schema
-                                .fields()
-                                .iter()
-                                .find(|f| f.name().eq_ignore_ascii_case(c))
-                                .ok_or_else(|| Error::InvalidValue {
-                                    what: "row filter column".into(),
-                                    reason: format!("{name} has no column {c}"),
-                                })?;
-                            named.push(field.name().clone());
-                        }
-                        // The filter reads only the columns it names (so a view that carries
-                        // them can inherit it).
-                        for used in planned.column_refs() {
-                            if !named.contains(&used.name) {
-                                return Err(Error::InvalidValue {
-                                    what: "row filter".into(),
-                                    reason: format!(
-                                        "it reads {}, which ON (...) does not list",
-                                        used.name
-                                    ),
-                                });
-                            }
-                        }
-                        Some(RowFilter {
-                            expression: sql,
-                            columns: named,
-                        })
-                    }
-                    None => None,
-                };
-                let key = (name.schema.clone(), name.table.clone());
-                store
-                    .change(|state| {
-                        match &filter {
-                            Some(f) => {
-                                state.row_filters.insert(key.clone(), f.clone());
-                            }
-                            None => {
-                                state.row_filters.remove(&key);
-                            }
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                self.shared.access.forget_lineage();
-                tracing::info!(target: "medlake::audit", by = %by, table = %name, set = filter.is_some(), "row filter changed");
-                Ok(Output::command("ALTER TABLE", 0))
-            }
-            AccessStatement::Declassify { view } => {
-                let name = self.table_name(&crate::statement::name_parts(&view)?)?;
-                let Some(definition) = self.shared.views.view(&name).await? else {
-                    return Err(Error::InvalidValue {
-                        what: "DECLASSIFY".into(),
-                        reason: format!("{name} is not a materialized view"),
-                    });
-                };
-                // Declassifying drops the row filters of the inputs: their owners' call.
-                let state = self.access_state().await?;
-                let roles = state.roles_of(&self.principal);
-                let mut planning = self.ctx.state();
-                planning.config_mut().options_mut().catalog.default_schema =
-                    definition.definition.default_schema.clone();
-                let plan = planning
-                    .create_logical_plan(&definition.definition.query)
-                    .await
-                    .map_err(crate::unwrap_lake_error)?;
-                for reference in protect::scanned(&plan) {
-                    let key = table_key(&reference, &definition.definition.default_schema);
-                    if state.row_filters.contains_key(&key) {
-                        crate::privileges::check(
-                            &self.principal,
-                            &state,
-                            &[crate::privileges::Need {
-                                privilege: medlake_auth::Privilege::Owner,
-                                object: medlake_auth::Object::Table {
-                                    schema: key.0.clone(),
-                                    table: key.1.clone(),
-                                },
-                            }],
-                        )?;
                     }
                 }
-                let _ = roles;
-                let key = (name.schema.clone(), name.table.clone());
-                store
-                    .change(|state| {
-                        state.declassified.insert(key.clone());
-                        Ok(())
-                    })
-                    .await?;
-                self.shared.access.forget_lineage();
-                tracing::warn!(target: "medlake::audit", by = %by, view = %name, "view declassified: it no longer carries its inputs' row filters");
-                Ok(Output::command("ALTER MATERIALIZED VIEW", 0))
+                Ok(())
+            })
+            .await?;
+        tracing::info!(target: "medlake::audit", by = %by, grant, roles = ?roles, members = ?members, "role membership changed");
+        Ok(Output::command(if grant { "GRANT" } else { "REVOKE" }, 0))
+    }
+
+    /// `GRANT/REVOKE privileges ON object TO/FROM grantees`.
+    async fn change_privileges(
+        &self,
+        grant: bool,
+        privileges: Vec<medlake_auth::Privilege>,
+        on: Target,
+        grantees: Vec<String>,
+    ) -> Result<Output> {
+        let store = &self.shared.access.store;
+        let by = self.principal.name.clone();
+        let on = self.securable(&on)?;
+        self.check_exists(&on).await?;
+        let privileges = if privileges.is_empty() {
+            all_privileges(&on)
+        } else {
+            privileges
+        };
+        for privilege in &privileges {
+            if !grantable(privilege, &on) {
+                return Err(Error::InvalidValue {
+                    what: format!("{} privilege", privilege.as_str()),
+                    reason: format!("it cannot be granted on a {}", on.kind()),
+                });
             }
         }
+        for grantee in &grantees {
+            check_grantee(grantee)?;
+        }
+        store
+            .change(|state| {
+                for grantee in &grantees {
+                    for privilege in &privileges {
+                        let g = Grant {
+                            grantee: grantee.clone(),
+                            privilege: privilege.clone(),
+                            on: on.clone(),
+                        };
+                        if grant {
+                            state.grants.insert(g);
+                        } else {
+                            state.grants.remove(&g);
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        tracing::info!(target: "medlake::audit", by = %by, grant, on = %on, grantees = ?grantees, privileges = ?privileges.iter().map(|p| p.as_str()).collect::<Vec<_>>(), "privileges changed");
+        Ok(Output::command(if grant { "GRANT" } else { "REVOKE" }, 0))
+    }
+
+    /// `ALTER ... OWNER TO`.
+    async fn owner_to(&self, on: Target, owner: String) -> Result<Output> {
+        let store = &self.shared.access.store;
+        let by = self.principal.name.clone();
+        let on = self.securable(&on)?;
+        self.check_exists(&on).await?;
+        check_grantee(&owner)?;
+        store
+            .change(|state| {
+                state.owners.insert(on.clone(), owner.clone());
+                Ok(())
+            })
+            .await?;
+        tracing::info!(target: "medlake::audit", by = %by, on = %on, owner = %owner, "owner changed");
+        Ok(Output::command("ALTER", 0))
+    }
+
+    /// `ALTER TABLE t ALTER COLUMN c SET MASK ... | DROP MASK`.
+    async fn set_mask(
+        &self,
+        table: datafusion::sql::sqlparser::ast::ObjectName,
+        column: String,
+        mask: Option<String>,
+    ) -> Result<Output> {
+        let store = &self.shared.access.store;
+        let by = self.principal.name.clone();
+        let name = self.table_name(&crate::statement::name_parts(&table)?)?;
+        let schema = self.table_schema(&name).await?;
+        let Some(field) = schema
+            .fields()
+            .iter()
+            .find(|f| f.name().eq_ignore_ascii_case(&column))
+        else {
+            return Err(Error::InvalidValue {
+                what: "column".into(),
+                reason: format!("{name} has no column {column}"),
+            });
+        };
+        let column = field.name().clone();
+        if let Some(sql) = &mask {
+            let planned = protect::plan_expression(&self.ctx.state(), &schema, sql, Some(&column))?;
+            let ty = planned.to_field(&schema)?.1.data_type().clone();
+            if !arrow::compute::can_cast_types(&ty, field.data_type()) {
+                return Err(Error::InvalidValue {
+                    what: "mask".into(),
+                    reason: format!(
+                        "it gives {ty}, which does not convert to {column}'s type {}",
+                        field.data_type()
+                    ),
+                });
+            }
+        }
+        let key = (name.schema.clone(), name.table.clone());
+        store
+            .change(|state| {
+                let masks = state.masks.entry(key.clone()).or_default();
+                match &mask {
+                    Some(sql) => {
+                        masks.insert(column.clone(), sql.clone());
+                    }
+                    None => {
+                        masks.remove(&column);
+                    }
+                }
+                if masks.is_empty() {
+                    state.masks.remove(&key);
+                }
+                Ok(())
+            })
+            .await?;
+        self.shared.access.forget_lineage();
+        tracing::info!(target: "medlake::audit", by = %by, table = %name, column = %column, set = mask.is_some(), "column mask changed");
+        Ok(Output::command("ALTER TABLE", 0))
+    }
+
+    /// `ALTER TABLE t SET ROW FILTER ... ON (...) | DROP ROW FILTER`.
+    async fn set_row_filter(
+        &self,
+        table: datafusion::sql::sqlparser::ast::ObjectName,
+        filter: Option<(String, Vec<String>)>,
+    ) -> Result<Output> {
+        let store = &self.shared.access.store;
+        let by = self.principal.name.clone();
+        let name = self.table_name(&crate::statement::name_parts(&table)?)?;
+        let schema = self.table_schema(&name).await?;
+        let filter = match filter {
+            Some((sql, columns)) => {
+                let planned = protect::plan_expression(&self.ctx.state(), &schema, &sql, None)?;
+                let ty = planned.to_field(&schema)?.1.data_type().clone();
+                if ty != arrow::datatypes::DataType::Boolean {
+                    return Err(Error::InvalidValue {
+                        what: "row filter".into(),
+                        reason: format!("it gives {ty}, not a boolean"),
+                    });
+                }
+                let mut named = Vec::new();
+                for c in &columns {
+                    let field = schema
+                        .fields()
+                        .iter()
+                        .find(|f| f.name().eq_ignore_ascii_case(c))
+                        .ok_or_else(|| Error::InvalidValue {
+                            what: "row filter column".into(),
+                            reason: format!("{name} has no column {c}"),
+                        })?;
+                    named.push(field.name().clone());
+                }
+                // The filter reads only the columns it names (so a view that carries
+                // them can inherit it).
+                for used in planned.column_refs() {
+                    if !named.contains(&used.name) {
+                        return Err(Error::InvalidValue {
+                            what: "row filter".into(),
+                            reason: format!("it reads {}, which ON (...) does not list", used.name),
+                        });
+                    }
+                }
+                Some(RowFilter {
+                    expression: sql,
+                    columns: named,
+                })
+            }
+            None => None,
+        };
+        let key = (name.schema.clone(), name.table.clone());
+        store
+            .change(|state| {
+                match &filter {
+                    Some(f) => {
+                        state.row_filters.insert(key.clone(), f.clone());
+                    }
+                    None => {
+                        state.row_filters.remove(&key);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        self.shared.access.forget_lineage();
+        tracing::info!(target: "medlake::audit", by = %by, table = %name, set = filter.is_some(), "row filter changed");
+        Ok(Output::command("ALTER TABLE", 0))
+    }
+
+    /// `ALTER MATERIALIZED VIEW v DECLASSIFY`.
+    async fn declassify(
+        &self,
+        view: datafusion::sql::sqlparser::ast::ObjectName,
+    ) -> Result<Output> {
+        let store = &self.shared.access.store;
+        let by = self.principal.name.clone();
+        let name = self.table_name(&crate::statement::name_parts(&view)?)?;
+        let Some(definition) = self.shared.views.view(&name).await? else {
+            return Err(Error::InvalidValue {
+                what: "DECLASSIFY".into(),
+                reason: format!("{name} is not a materialized view"),
+            });
+        };
+        // Declassifying drops the row filters of the inputs: their owners' call.
+        let state = self.access_state().await?;
+        let mut planning = self.ctx.state();
+        planning.config_mut().options_mut().catalog.default_schema =
+            definition.definition.default_schema.clone();
+        let plan = planning
+            .create_logical_plan(&definition.definition.query)
+            .await
+            .map_err(crate::unwrap_lake_error)?;
+        for reference in protect::scanned(&plan) {
+            let key = table_key(&reference, &definition.definition.default_schema);
+            if state.row_filters.contains_key(&key) {
+                crate::privileges::check(
+                    &self.principal,
+                    &state,
+                    &[crate::privileges::Need {
+                        privilege: medlake_auth::Privilege::Owner,
+                        object: medlake_auth::Object::Table {
+                            schema: key.0.clone(),
+                            table: key.1.clone(),
+                        },
+                    }],
+                )?;
+            }
+        }
+        let key = (name.schema.clone(), name.table.clone());
+        store
+            .change(|state| {
+                state.declassified.insert(key.clone());
+                Ok(())
+            })
+            .await?;
+        self.shared.access.forget_lineage();
+        tracing::warn!(target: "medlake::audit", by = %by, view = %name, "view declassified: it no longer carries its inputs' row filters");
+        Ok(Output::command("ALTER MATERIALIZED VIEW", 0))
     }
 
     /// The schema of a table as the catalog has it.
