@@ -5,26 +5,12 @@
 use arrow::util::pretty::pretty_format_batches;
 use medlake_engine::{Engine, Principal, Role, Session};
 
-use crate::{location, scratch};
+use crate::{location, outcome, scratch};
 
 fn user(engine: &Engine, name: &str, role: Role, roles: &[&str]) -> Session {
     let mut principal = Principal::user(name, role);
     principal.roles = roles.iter().map(|r| r.to_string()).collect();
     engine.session_for(principal)
-}
-
-/// The SQLSTATE of `sql`, or "ok".
-async fn outcome(session: &Session, sql: &str) -> String {
-    let run = async {
-        for output in session.sql(sql).await? {
-            output.collect().await?;
-        }
-        Ok::<_, medlake_engine::Error>(())
-    };
-    match run.await {
-        Ok(()) => "ok".into(),
-        Err(e) => e.code().sqlstate().to_string(),
-    }
 }
 
 /// The rows of `sql` as one text table.

@@ -24,6 +24,20 @@ fn location(dir: &tempfile::TempDir) -> String {
         .to_string()
 }
 
+/// Runs `sql` in `session` and returns its SQLSTATE, or "ok".
+async fn outcome(session: &medlake_engine::Session, sql: &str) -> String {
+    let run = async {
+        for output in session.sql(sql).await? {
+            output.collect().await?;
+        }
+        Ok::<_, medlake_engine::Error>(())
+    };
+    match run.await {
+        Ok(()) => "ok".into(),
+        Err(e) => e.code().sqlstate().to_string(),
+    }
+}
+
 /// A new engine over a scratch warehouse (kept while the TempDir lives).
 async fn scratch() -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 
 use medlake_engine::{Engine, IfExists, Ingest, Principal, Role, Session};
 
-use crate::scratch;
+use crate::{outcome, scratch};
 
 async fn prepared() -> (tempfile::TempDir, Engine) {
     let (dir, engine) = scratch().await;
@@ -22,20 +22,6 @@ async fn prepared() -> (tempfile::TempDir, Engine) {
 
 fn as_role(engine: &Engine, role: Role) -> Session {
     engine.session_for(Principal::user(format!("{role:?}").to_lowercase(), role))
-}
-
-/// Runs `sql` and returns its SQLSTATE, or "ok".
-async fn outcome(session: &Session, sql: &str) -> String {
-    let run = async {
-        for output in session.sql(sql).await? {
-            output.collect().await?;
-        }
-        Ok::<_, medlake_engine::Error>(())
-    };
-    match run.await {
-        Ok(()) => "ok".into(),
-        Err(e) => e.code().sqlstate().to_string(),
-    }
 }
 
 async fn rows(engine: &Engine, sql: &str) -> usize {
