@@ -274,11 +274,18 @@ def run_clients(clients, jobs, connect, send):
 class MedlakeServer:
     """`medlake serve` on free loopback ports, without auth; stopped with SIGTERM."""
 
-    def __init__(self, binary, warehouse, log):
+    def __init__(self, binary, warehouse, log, audit=True):
         self.log = open(log, "w")
+        config = []
+        if not audit:
+            # `[audit] enabled = false`: the same server recording nothing in system.audit, to
+            # measure what the audit costs.
+            path = Path(str(log) + ".audit-off.toml")
+            path.write_text("[audit]\nenabled = false\n")
+            config = ["--config", str(path)]
         self.proc = subprocess.Popen(
             [
-                binary, "serve", "--warehouse", str(warehouse), "--insecure-no-auth",
+                binary, "serve", "--warehouse", str(warehouse), "--insecure-no-auth", *config,
                 "--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0",
             ],
             stdout=subprocess.PIPE,
@@ -543,55 +550,61 @@ def ingest(args):
         # that neither leg commits on top of the other's files), from as many clients, each
         # with its own connection. ADBC ingest has no idempotency key, so nothing is retried:
         # a client whose answer is lost cannot tell whether its batch was committed.
-        flight_warehouse = work / "warehouse-flight"
-        Medlake(args.bin, flight_warehouse).run(sql_file("medlake.sql", "ingest"))
-        server = MedlakeDoors(args.bin, flight_warehouse, work / "serve-flight.log")
-        try:
-            with server.flight_connect() as conn:
-                declared = conn.adbc_get_table_schema("readings", db_schema_filter="bronze")
-                history = flight_history(conn)
-            arrow_batches = readings_arrow(ndjson, args.batch, declared)
-            ingested = [0]
-
-            def put(client, table):
-                rows = client.cursor.adbc_ingest("readings", table, mode="append", db_schema_name="bronze")
-                if rows != table.num_rows:
-                    raise RuntimeError(f"ADBC ingest of {table.num_rows} rows answered {rows}")
-                with counted:
-                    ingested[0] += rows
-                return client
-
-            for r, result in enumerate(rounds):
-                before = max(h["version"] for h in history)
-                load = round(os.getloadavg()[0], 2)
-                seconds, latencies = run_clients(args.clients, arrow_batches, lambda: FlightIngestClient(server), put)
+        # The same leg again with `[audit] enabled = false` (a third warehouse): what recording
+        # every ingest in system.audit before answering costs.
+        ingested = [0]
+        flight_warehouses = []
+        for side, audit in [("medlake_flight", True), ("medlake_flight_audit_off", False)]:
+            flight_warehouse = work / f"warehouse-{side}"
+            Medlake(args.bin, flight_warehouse).run(sql_file("medlake.sql", "ingest"))
+            server = MedlakeDoors(args.bin, flight_warehouse, work / f"serve-{side}.log", audit=audit)
+            try:
                 with server.flight_connect() as conn:
+                    declared = conn.adbc_get_table_schema("readings", db_schema_filter="bronze")
                     history = flight_history(conn)
-                    with conn.cursor() as cur:
-                        cur.execute("SELECT count(*) FROM bronze.readings")
-                        held = cur.fetchone()[0]
-                if held != args.rows * (r + 1):
-                    sys.exit(f"after round {r + 1} the Flight SQL warehouse's bronze.readings holds {held} rows, not {args.rows * (r + 1)}")
-                commits = [h for h in history if h["version"] > before]
-                result["medlake_flight"] = {
-                    "seconds": seconds,
-                    "readings_per_s": args.rows / seconds,
-                    "p50_ms": percentile(latencies, 0.5),
-                    "p99_ms": percentile(latencies, 0.99),
-                    "requests": len(latencies),
-                    "commits": len(commits),
-                    # as the commits record them (deltalake's retries of a commit that found its
-                    # version taken; medlake's blind appends record 0)
-                    "commit_retries": sum(json.loads(h["metrics"] or "{}").get("num_retries", 0) for h in commits),
-                    "load_1min_before": load,
-                }
-                print(f"round {r + 1}/{args.rounds}: medlake flight sql {result['medlake_flight']}", file=sys.stderr)
-        finally:
-            server.stop()
-        if ingested[0] != args.rows * args.rounds:
-            sys.exit(f"medlake's Flight SQL door acknowledged {ingested[0]} rows, not {args.rows * args.rounds}")
-        fingerprints = [Medlake(args.bin, w).rows(INGEST_FINGERPRINT) for w in [warehouse, flight_warehouse]]
-        if fingerprints[0] != fingerprints[1]:
+                arrow_batches = readings_arrow(ndjson, args.batch, declared)
+                ingested[0] = 0
+
+                def put(client, table):
+                    rows = client.cursor.adbc_ingest("readings", table, mode="append", db_schema_name="bronze")
+                    if rows != table.num_rows:
+                        raise RuntimeError(f"ADBC ingest of {table.num_rows} rows answered {rows}")
+                    with counted:
+                        ingested[0] += rows
+                    return client
+
+                for r, result in enumerate(rounds):
+                    before = max(h["version"] for h in history)
+                    load = round(os.getloadavg()[0], 2)
+                    seconds, latencies = run_clients(args.clients, arrow_batches, lambda: FlightIngestClient(server), put)
+                    with server.flight_connect() as conn:
+                        history = flight_history(conn)
+                        with conn.cursor() as cur:
+                            cur.execute("SELECT count(*) FROM bronze.readings")
+                            held = cur.fetchone()[0]
+                    if held != args.rows * (r + 1):
+                        sys.exit(f"after round {r + 1} the Flight SQL warehouse's bronze.readings holds {held} rows, not {args.rows * (r + 1)}")
+                    commits = [h for h in history if h["version"] > before]
+                    result[side] = {
+                        "seconds": seconds,
+                        "readings_per_s": args.rows / seconds,
+                        "p50_ms": percentile(latencies, 0.5),
+                        "p99_ms": percentile(latencies, 0.99),
+                        "requests": len(latencies),
+                        "commits": len(commits),
+                        # as the commits record them (deltalake's retries of a commit that found its
+                        # version taken; medlake's blind appends record 0)
+                        "commit_retries": sum(json.loads(h["metrics"] or "{}").get("num_retries", 0) for h in commits),
+                        "load_1min_before": load,
+                    }
+                    print(f"round {r + 1}/{args.rounds}: {side} {result[side]}", file=sys.stderr)
+            finally:
+                server.stop()
+            if ingested[0] != args.rows * args.rounds:
+                sys.exit(f"medlake's Flight SQL door acknowledged {ingested[0]} rows, not {args.rows * args.rounds}")
+            flight_warehouses.append(flight_warehouse)
+        fingerprints = [Medlake(args.bin, w).rows(INGEST_FINGERPRINT) for w in [warehouse, *flight_warehouses]]
+        if any(f != fingerprints[0] for f in fingerprints[1:]):
             sys.exit(f"the HTTP and Flight SQL warehouses hold different rows: {fingerprints[0]} vs {fingerprints[1]}")
 
         # PostgreSQL: COPY FROM STDIN (CSV), the same batches from the same number of clients,
@@ -645,7 +658,7 @@ def ingest(args):
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(pg_root, ignore_errors=True)
 
-    sides = ["medlake_http", "medlake_flight", "postgres_copy_batches", "postgres_copy_single"]
+    sides = ["medlake_http", "medlake_flight", "medlake_flight_audit_off", "postgres_copy_batches", "postgres_copy_single"]
     median = {side: {k: statistics.median(r[side][k] for r in rounds) for k in rounds[0][side] if rounds[0][side][k] is not None} for side in sides}
     build = "release" if "/release/" in str(Path(args.bin).resolve()) else "debug" if "/debug/" in str(Path(args.bin).resolve()) else "unknown"
     per_s = {side: median[side]["readings_per_s"] for side in sides}
@@ -665,7 +678,8 @@ def ingest(args):
             f"{side}_over_{peer}": per_s[side] / per_s[peer]
             for side in ["medlake_http", "medlake_flight"]
             for peer in ["postgres_copy_batches", "postgres_copy_single"]
-        },
+        }
+        | {"medlake_flight_audit_on_over_off": per_s["medlake_flight"] / per_s["medlake_flight_audit_off"]},
         "medlake": {
             "version": version,
             "build": build,
@@ -716,6 +730,9 @@ def ingest(args):
             f"| medlake ({build} build) | Flight SQL, ADBC `adbc_ingest(\"readings\", table, mode=\"append\", db_schema_name=\"bronze\")`, Arrow | "
             f"{per_s['medlake_flight']:,.0f} | {ratios('medlake_flight')} | {ms('medlake_flight')} | "
             f"{median['medlake_flight']['commits']:.0f} |",
+            f"| medlake ({build} build), `[audit] enabled = false` | the same Flight SQL ingest, recording nothing in `system.audit` | "
+            f"{per_s['medlake_flight_audit_off']:,.0f} | {ratios('medlake_flight_audit_off')} | {ms('medlake_flight_audit_off')} | "
+            f"{median['medlake_flight_audit_off']['commits']:.0f} |",
             f"| PostgreSQL {pg_version}, fsync on | `COPY readings FROM STDIN (FORMAT csv)`, a transaction per batch | "
             f"{per_s['postgres_copy_batches']:,.0f} | 1 | {per_s['postgres_copy_batches'] / per_s['postgres_copy_single']:.3f} | "
             f"{ms('postgres_copy_batches')} | {len(csv_batches)} |",
@@ -729,7 +746,9 @@ def ingest(args):
             "of its own, and each round appends to the same table, which grows by a round's commits: "
             f"HTTP by round {by_round('medlake_http')} readings/s, Flight SQL by round "
             f"{by_round('medlake_flight')} readings/s. Both warehouses hold the same rows afterwards "
-            "(count, NULLs, sums, first and last `taken_at` compared).",
+            "(count, NULLs, sums, first and last `taken_at` compared). The audit's cost on Flight SQL "
+            f"ingest (each ingest recorded in `system.audit` before it is answered): audit on / off "
+            f"{per_s['medlake_flight'] / per_s['medlake_flight_audit_off']:.3f} of the readings/s.",
             "",
             f"Machine load average (1/5/15 min) before: {result['machine']['load_before']}, "
             f"after: {result['machine']['load_after']}; 1-minute load at the start of each round, "
@@ -786,9 +805,9 @@ def postgres_load(pg, create_sql, table, csv_path, after_sql):
 class MedlakeDoors(MedlakeServer):
     """`medlake serve` with its Postgres, Flight SQL and HTTP doors on free loopback ports."""
 
-    def __init__(self, binary, warehouse, log):
+    def __init__(self, binary, warehouse, log, audit=True):
         self.doors = {}
-        super().__init__(binary, warehouse, log)
+        super().__init__(binary, warehouse, log, audit)
         deadline = time.monotonic() + 30
         while len(self.doors) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -1219,6 +1238,23 @@ def dashboard_run(connect, clients, seconds, warmup, queries, patients, seed):
     return latencies
 
 
+def dashboard_measure(name, latencies, seconds):
+    every = [ms for values in latencies.values() for ms in values]
+    measured = {
+        "queries": len(every),
+        "queries_per_s": len(every) / seconds,
+        "p50_ms": percentile(every, 0.5),
+        "p99_ms": percentile(every, 0.99),
+        "by_query": {
+            q: {"queries": len(v), "p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
+            for q, v in latencies.items()
+        },
+    }
+    print(f"{name}: {len(every)} queries, {measured['queries_per_s']:.1f}/s, "
+          f"p50 {measured['p50_ms']:.1f} ms, p99 {measured['p99_ms']:.1f} ms", file=sys.stderr)
+    return measured
+
+
 def dashboard(args):
     import random
 
@@ -1269,20 +1305,17 @@ def dashboard(args):
 
         measured = {}
         for name, connect in sides.items():
+            if name == "postgres":
+                # medlake again, recording nothing in system.audit: what the audit costs.
+                server.stop()
+                server = MedlakeDoors(args.bin, warehouse, work / "serve-audit-off.log", audit=False)
+                latencies = dashboard_run(server.pg_connect, args.clients, args.seconds, args.warmup, queries,
+                                          patients, args.seed)
+                measured["medlake_audit_off"] = dashboard_measure("medlake_audit_off", latencies, args.seconds)
+                server.stop()
+                server = None
             latencies = dashboard_run(connect, args.clients, args.seconds, args.warmup, queries, patients, args.seed)
-            every = [ms for values in latencies.values() for ms in values]
-            measured[name] = {
-                "queries": len(every),
-                "queries_per_s": len(every) / args.seconds,
-                "p50_ms": percentile(every, 0.5),
-                "p99_ms": percentile(every, 0.99),
-                "by_query": {
-                    q: {"queries": len(v), "p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
-                    for q, v in latencies.items()
-                },
-            }
-            print(f"{name}: {len(every)} queries, {measured[name]['queries_per_s']:.1f}/s, "
-                  f"p50 {measured[name]['p50_ms']:.1f} ms, p99 {measured[name]['p99_ms']:.1f} ms", file=sys.stderr)
+            measured[name] = dashboard_measure(name, latencies, args.seconds)
         version = subprocess.run([args.bin, "--version"], capture_output=True, text=True).stdout.strip()
     finally:
         if server:
@@ -1292,7 +1325,7 @@ def dashboard(args):
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(pg_root, ignore_errors=True)
 
-    ours, theirs = measured["medlake"], measured["postgres"]
+    ours, theirs, off = measured["medlake"], measured["postgres"], measured["medlake_audit_off"]
     result = {
         "workload": "dashboard",
         "command": " ".join(sys.argv),
@@ -1309,6 +1342,9 @@ def dashboard(args):
             "medlake_over_postgres_queries_per_s": ours["queries_per_s"] / theirs["queries_per_s"],
             "medlake_over_postgres_p50": ours["p50_ms"] / theirs["p50_ms"],
             "medlake_over_postgres_p99": ours["p99_ms"] / theirs["p99_ms"],
+            "audit_on_over_off_queries_per_s": ours["queries_per_s"] / off["queries_per_s"],
+            "audit_on_over_off_p50": ours["p50_ms"] / off["p50_ms"],
+            "audit_on_over_off_p99": ours["p99_ms"] / off["p99_ms"],
         },
         "medlake": {"version": version, "build": build_of(args.bin)},
         "postgres": {"server_version": pg_version, "indexes": "primary key (patient_id, day, metric), (ward, day), (day)"},
@@ -1344,6 +1380,11 @@ def dashboard(args):
         f"p50 latency {result['ratios']['medlake_over_postgres_p50']:.2f}×, p99 latency {result['ratios']['medlake_over_postgres_p99']:.2f}×. "
         "PostgreSQL has the indexes these queries want (primary key (patient_id, day, metric), (ward, day), (day)); "
         "medlake reads the Delta table's Parquet files.",
+        "",
+        f"The audit's cost (every query recorded in `system.audit`, medlake's default): the same medlake with "
+        f"`[audit] enabled = false` ran {off['queries_per_s']:,.1f} queries/s (p50 {off['p50_ms']:.1f} ms, "
+        f"p99 {off['p99_ms']:.1f} ms); audit on / off: queries/s {result['ratios']['audit_on_over_off_queries_per_s']:.3f}, "
+        f"p50 {result['ratios']['audit_on_over_off_p50']:.2f}×, p99 {result['ratios']['audit_on_over_off_p99']:.2f}×.",
         "",
         f"Machine load average (1/5/15 min) before: {load_before}, after: {result['machine']['load_average_after']}.",
     ]

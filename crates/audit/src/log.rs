@@ -97,6 +97,8 @@ struct Shared {
     state: Mutex<State>,
     wake: Notify,
     settings: Settings,
+    /// False for [`AuditLog::disabled`]: every event is dropped and nothing is written.
+    enabled: bool,
 }
 
 /// A caller of `record_write` or `flush`, told when what was queued before it is committed.
@@ -204,6 +206,7 @@ impl AuditLog {
             }),
             wake: Notify::new(),
             settings,
+            enabled: true,
         });
         let task = tokio::spawn(run(shared.clone(), writer));
         Ok(Self {
@@ -212,6 +215,36 @@ impl AuditLog {
                 task: Mutex::new(Some(task)),
             }),
         })
+    }
+
+    /// A log that records nothing: for an operator who turned auditing off (`[audit]
+    /// enabled = false` in `medlake serve`'s config; benchmarks measure its cost that way).
+    /// Every `record_*` succeeds at once and nothing touches the warehouse.
+    pub fn disabled() -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: VecDeque::new(),
+                due: None,
+                waiters: Vec::new(),
+                healthy: true,
+                last_error: None,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            settings: Settings::default(),
+            enabled: false,
+        });
+        Self {
+            handle: Arc::new(Handle {
+                shared,
+                task: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// False for [`AuditLog::disabled`].
+    pub fn is_enabled(&self) -> bool {
+        self.shared().enabled
     }
 
     fn shared(&self) -> &Shared {
@@ -223,6 +256,9 @@ impl AuditLog {
     /// time share a commit. An error means the event is not durable yet: refuse the
     /// statement's acknowledgement (the event stays queued and is retried).
     pub async fn record_write(&self, event: Event) -> Result<()> {
+        if !self.shared().enabled {
+            return Ok(());
+        }
         let receiver = self.shared().queue(Some(event), true)?;
         wait(receiver).await
     }
@@ -231,6 +267,9 @@ impl AuditLog {
     /// closed: the engine refuses the statement) while the log cannot be written (a commit
     /// and its retry failed, until a commit succeeds) and when the queue is full.
     pub fn record_read(&self, event: Event) -> Result<()> {
+        if !self.shared().enabled {
+            return Ok(());
+        }
         {
             let state = self.shared().lock();
             if state.closed {
@@ -247,6 +286,9 @@ impl AuditLog {
     /// has room. The engine calls this before running a write, so that a write is refused
     /// before it runs rather than after.
     pub fn ensure_available(&self) -> Result<()> {
+        if !self.shared().enabled {
+            return Ok(());
+        }
         let state = self.shared().lock();
         if state.closed {
             return Err(Error::Closed);
@@ -264,6 +306,9 @@ impl AuditLog {
 
     /// Commits everything queued now and waits for it.
     pub async fn flush(&self) -> Result<()> {
+        if !self.shared().enabled {
+            return Ok(());
+        }
         {
             let state = self.shared().lock();
             if state.pending.is_empty() && state.waiters.is_empty() && !state.closed {

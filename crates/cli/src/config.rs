@@ -43,6 +43,9 @@
 //! max_lockout_seconds = 60
 //! window_seconds = 900                          # older failures are forgotten
 //!
+//! [audit]
+//! enabled = true                                # false records nothing (benchmarks only)
+//!
 //! [tls]
 //! cert = "/etc/medlake/server.crt"
 //! key = "/etc/medlake/server.key"
@@ -84,6 +87,22 @@ pub struct Config {
     pub secrets: std::collections::BTreeMap<String, SecretEntry>,
     pub sources: Option<SourcesEntry>,
     pub logins: Option<LoginsEntry>,
+    pub audit: Option<AuditEntry>,
+}
+
+/// `[audit]`: whether statements are recorded in `system.audit` (default: yes).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// `false` records nothing (for measuring the audit's cost; never with patient data).
+    pub enabled: Option<bool>,
+}
+
+impl Config {
+    /// Whether auditing is on (`[audit] enabled`, default true).
+    pub fn audit_enabled(&self) -> bool {
+        self.audit.as_ref().and_then(|a| a.enabled).unwrap_or(true)
+    }
 }
 
 /// How failed logins lock a client address out (every door).

@@ -388,6 +388,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let engine = connectors::engine(&args.warehouse)
         .runtime(runtime)
         .policy(policy)
+        .audit(config.audit_enabled())
         .open()
         .await?;
     if let Some(project) = &args.project {

@@ -233,9 +233,18 @@ pub struct EngineBuilder {
     runtime: Option<runtime::RuntimeSettings>,
     policy: medlake_source::Policy,
     connectors: medlake_source::Registry,
+    audit: bool,
 }
 
 impl EngineBuilder {
+    /// Whether statements are recorded in `system.audit` (default: yes). Off only when the
+    /// operator says so (`[audit] enabled = false`): the engine then records nothing, which a
+    /// HIPAA deployment must not do; benchmarks measure the audit's cost this way.
+    pub fn audit(mut self, enabled: bool) -> Self {
+        self.audit = enabled;
+        self
+    }
+
     /// Memory and spill settings (default: [`runtime::RuntimeSettings::from_env`]).
     pub fn runtime(mut self, runtime: runtime::RuntimeSettings) -> Self {
         self.runtime = Some(runtime);
@@ -312,6 +321,7 @@ impl Engine {
             runtime: None,
             policy: medlake_source::Policy::strict(),
             connectors: medlake_source::Registry::new(),
+            audit: true,
         }
     }
 
@@ -321,6 +331,7 @@ impl Engine {
             runtime,
             mut policy,
             connectors,
+            audit,
         } = builder;
         let runtime = match runtime {
             Some(runtime) => runtime,
@@ -388,9 +399,13 @@ impl Engine {
         let views = Views::new(warehouse.clone(), state.clone(), connectors.clone());
         views.prepare().await?;
         let access = Arc::new(access::Access::open(warehouse.clone()).await?);
-        let audit =
+        let audit = if audit {
             medlake_audit::AuditLog::open(warehouse.clone(), medlake_audit::Settings::default())
-                .await?;
+                .await?
+        } else {
+            tracing::warn!("auditing is off: statements are not recorded in system.audit");
+            medlake_audit::AuditLog::disabled()
+        };
         catalog.set_views(views.clone());
         catalog.set_computed_system_tables(medlake_views::system::computed_tables(&views, &state));
         catalog.refresh().await?;
