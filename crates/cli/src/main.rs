@@ -385,12 +385,15 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let policy = config.source_policy().map_err(Failure::Usage)?;
     tracing::debug!(policy = ?policy, "source policy");
     let runtime = medlake_engine::runtime::RuntimeSettings::from_env()?.or_default_limit();
-    let engine = connectors::engine(&args.warehouse)
+    let mut engine = connectors::engine(&args.warehouse)
         .runtime(runtime)
         .policy(policy)
-        .audit(config.audit_enabled())
-        .open()
-        .await?;
+        .audit(config.audit_enabled());
+    if let medlake_auth::Access::Users(users) = &access {
+        // Views owned by a user refresh with that user's privileges; grants name known users.
+        engine = engine.users(users.iter().map(medlake_auth::User::principal));
+    }
+    let engine = engine.open().await?;
     if let Some(project) = &args.project {
         print_applied(&engine.apply_project(project).await?);
     }

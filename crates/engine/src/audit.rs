@@ -66,7 +66,7 @@ fn text(statement: &Statement) -> Text {
                 on,
                 grantees,
             } => format!(
-                "{} {} ON {on:?} {} {}",
+                "{} {} ON {on} {} {}",
                 if *grant { "GRANT" } else { "REVOKE" },
                 if privileges.is_empty() {
                     "ALL".to_string()
@@ -91,7 +91,11 @@ fn text(statement: &Statement) -> Text {
                 if *grant { "TO" } else { "FROM" },
                 members.join(", ")
             ),
-            A::ShowGrants { .. } => "SHOW GRANTS".into(),
+            A::ShowGrants { to, on } => format!(
+                "SHOW GRANTS{}{}",
+                to.as_ref().map(|t| format!(" TO {t}")).unwrap_or_default(),
+                on.as_ref().map(|o| format!(" ON {o}")).unwrap_or_default()
+            ),
             A::SetMask {
                 table,
                 column,
@@ -112,7 +116,7 @@ fn text(statement: &Statement) -> Text {
                     "DROP ROW FILTER"
                 }
             ),
-            A::OwnerTo { on, owner } => format!("ALTER {on:?} OWNER TO {owner}"),
+            A::OwnerTo { on, owner } => format!("ALTER {on} OWNER TO {owner}"),
             A::Declassify { view } => format!("ALTER MATERIALIZED VIEW {view} DECLASSIFY"),
         },
     };

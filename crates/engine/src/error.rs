@@ -26,6 +26,10 @@ pub enum Error {
     #[error("invalid value for {what}: {reason}")]
     InvalidValue { what: String, reason: String },
 
+    /// A role or user a statement names does not exist (42704).
+    #[error("role \"{name}\" does not exist")]
+    UndefinedRole { name: String },
+
     /// The session's principal lacks a privilege the statement needs.
     #[error("permission denied: {principal} lacks the {privilege} privilege on {object}")]
     PermissionDenied {
@@ -88,6 +92,7 @@ impl Error {
             Error::Syntax { .. } => Code::SyntaxError,
             Error::NotSupported { .. } => Code::FeatureNotSupported,
             Error::InvalidValue { .. } => Code::InvalidParameterValue,
+            Error::UndefinedRole { .. } => Code::UndefinedObject,
             Error::Internal(_) => Code::Internal,
             Error::ReadOnly { .. } => Code::InsufficientPrivilege,
             Error::PermissionDenied { .. } => Code::InsufficientPrivilege,
@@ -137,6 +142,7 @@ fn views_code(e: &medlake_views::Error) -> Code {
         V::ViewNotFound { .. } => Code::UndefinedTable,
         V::WrongObjectType { .. } => Code::WrongObjectType,
         V::RefreshRunning { .. } => Code::ObjectInUse,
+        V::RefreshRefused { .. } => Code::InsufficientPrivilege,
         V::ExpectationFailed { .. } => Code::CheckViolation,
         V::UpstreamFailed { .. } => Code::ObjectNotInPrerequisiteState,
         V::Lake(e) => lake_code(e),

@@ -152,6 +152,8 @@ struct Shared {
     access: Arc<access::Access>,
     /// `system.audit`: every statement of every session.
     audit: medlake_audit::AuditLog,
+    /// The server's configured users (`None`: the local operator's engine).
+    users: access::owner::Directory,
     /// Session ids, for the audit.
     sessions: AtomicU64,
     catalog: Arc<catalog::LakeCatalog>,
@@ -234,9 +236,21 @@ pub struct EngineBuilder {
     policy: medlake_source::Policy,
     connectors: medlake_source::Registry,
     audit: bool,
+    users: access::owner::Directory,
 }
 
 impl EngineBuilder {
+    /// The users the server knows (its configuration's): a materialized view owned by one of
+    /// them refreshes with that user's privileges, and grants name only known users or roles.
+    /// Without it (the local command line, `--insecure-no-auth`) refreshes run as the
+    /// operator and any name may be granted to.
+    pub fn users(mut self, users: impl IntoIterator<Item = Principal>) -> Self {
+        self.users = Some(Arc::new(
+            users.into_iter().map(|p| (p.name.clone(), p)).collect(),
+        ));
+        self
+    }
+
     /// Whether statements are recorded in `system.audit` (default: yes). Off only when the
     /// operator says so (`[audit] enabled = false`): the engine then records nothing, which a
     /// HIPAA deployment must not do; benchmarks measure the audit's cost this way.
@@ -322,6 +336,7 @@ impl Engine {
             policy: medlake_source::Policy::strict(),
             connectors: medlake_source::Registry::new(),
             audit: true,
+            users: None,
         }
     }
 
@@ -332,6 +347,7 @@ impl Engine {
             mut policy,
             connectors,
             audit,
+            users,
         } = builder;
         let runtime = match runtime {
             Some(runtime) => runtime,
@@ -406,6 +422,11 @@ impl Engine {
             tracing::warn!("auditing is off: statements are not recorded in system.audit");
             medlake_audit::AuditLog::disabled()
         };
+        views.set_authority(Arc::new(access::owner::OwnerAuthority {
+            access: access.clone(),
+            directory: users.clone(),
+            audit: audit.clone(),
+        }));
         catalog.set_views(views.clone());
         catalog.set_computed_system_tables(medlake_views::system::computed_tables(&views, &state));
         catalog.refresh().await?;
@@ -415,6 +436,7 @@ impl Engine {
             views,
             access,
             audit,
+            users,
             sessions: AtomicU64::new(0),
             catalog,
             state,
@@ -743,7 +765,22 @@ impl Session {
                     let name =
                         self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
                     create.definition.default_schema = self.default_schema_name();
-                    self.check_view_keys(&create.definition.query).await?;
+                    if create.or_replace && self.shared.views.view(&name).await?.is_some() {
+                        // Replacing a view replaces what everyone who reads it reads: its
+                        // owner's (or an admin's) decision, like DROP.
+                        privileges::check(
+                            &self.principal,
+                            &*self.access_state().await?,
+                            &[privileges::Need {
+                                privilege: Privilege::Owner,
+                                object: Object::Table {
+                                    schema: name.schema.clone(),
+                                    table: name.table.clone(),
+                                },
+                            }],
+                        )?;
+                    }
+                    self.check_view_reads(&create.definition.query).await?;
                     self.check_view_masks(&create.definition.query).await?;
                     let outcome = self
                         .shared
@@ -757,6 +794,7 @@ impl Session {
                     listed?;
                     self.record_owner(medlake_auth::Securable::table(&name.schema, &name.table))
                         .await?;
+                    let rows = self.reportable_rows(&name, rows).await?;
                     Ok(Output::command("CREATE MATERIALIZED VIEW", rows))
                 }
                 Statement::RefreshMaterializedView {
@@ -774,6 +812,7 @@ impl Session {
                         .iter()
                         .find(|o| o.view == name)
                         .map_or(0, |o| o.rows_written);
+                    let rows = self.reportable_rows(&name, rows).await?;
                     Ok(Output::command("REFRESH MATERIALIZED VIEW", rows))
                 }
                 Statement::DropMaterializedView { name, if_exists } => {
@@ -962,6 +1001,15 @@ impl Session {
                     .await;
             }
             (true, IfExists::Replace) => {
+                // Replacing removes every row: DELETE as well as INSERT.
+                privileges::check(
+                    &self.principal,
+                    self.access_state().await?.as_ref(),
+                    &[privileges::Need {
+                        privilege: Privilege::Delete,
+                        object: table_object(&table),
+                    }],
+                )?;
                 warehouse
                     .write(&table, plan, session, WriteMode::Overwrite)
                     .await?

@@ -11,6 +11,7 @@
 
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as PlanStatement, WriteOp};
 use medlake_auth::{AccessState, Object, Principal, Privilege};
 
@@ -110,6 +111,11 @@ pub(crate) fn for_plan(plan: &LogicalPlan, default_schema: &str) -> Result<Vec<N
                 // Each kind of change needs its own privilege; MERGE needs those of every
                 // clause kind it may run (it is refused by the engine until it runs).
                 let privilege = match &dml.op {
+                    // INSERT OVERWRITE / REPLACE removes the rows it does not write.
+                    WriteOp::Insert(InsertOp::Overwrite | InsertOp::Replace) => {
+                        needs.push(Need::new(Privilege::Delete, table(&dml.table_name)));
+                        Privilege::Insert
+                    }
                     WriteOp::Insert(_) | WriteOp::Ctas => Privilege::Insert,
                     WriteOp::Update => Privilege::Update,
                     WriteOp::Delete | WriteOp::Truncate => Privilege::Delete,

@@ -723,6 +723,24 @@ impl VisitorMut for Pinner {
         let TableFactor::Table { name, version, .. } = factor else {
             return ControlFlow::Continue(());
         };
+        // The pinned versions' schema is internal: a statement names its own pins through
+        // `VERSION AS OF`, never another statement's by their names.
+        if name.0.iter().any(|part| {
+            part.as_ident().is_some_and(|i| {
+                i.value
+                    .eq_ignore_ascii_case(crate::catalog::TIME_TRAVEL_SCHEMA)
+            })
+        }) {
+            self.error = Some(Error::PermissionDenied {
+                principal: "this session".into(),
+                privilege: "SELECT",
+                object: format!(
+                    "schema {} (internal: read a past version with VERSION AS OF)",
+                    crate::catalog::TIME_TRAVEL_SCHEMA
+                ),
+            });
+            return ControlFlow::Break(());
+        }
         let Some(spec) = version.take() else {
             return ControlFlow::Continue(());
         };

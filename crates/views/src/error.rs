@@ -61,6 +61,10 @@ pub enum Error {
         why: String,
     },
 
+    /// The view's owner may no longer run its query (a refresh runs as its owner): 42501.
+    #[error("refresh of '{view}' refused: {reason}")]
+    RefreshRefused { view: String, reason: String },
+
     /// Views that read each other in a circle.
     #[error("materialized views depend on each other in a cycle: {cycle}")]
     Cycle { cycle: String },

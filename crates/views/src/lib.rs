@@ -25,7 +25,7 @@ pub use definition::{
 };
 pub use error::{Error, Result};
 pub use refresh::{
-    QUARANTINE_SUFFIX, RefreshOutcome, RefreshState, Status, Trigger, View, Views, error_chain,
-    topological,
+    QUARANTINE_SUFFIX, RefreshAuthority, RefreshOutcome, RefreshState, Status, Trigger, View,
+    Views, error_chain, topological,
 };
 pub use scheduler::Scheduler;

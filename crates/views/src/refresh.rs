@@ -187,6 +187,28 @@ struct Inner {
     connectors: Arc<Registry>,
     /// Views being refreshed in this process, and since when.
     running: Mutex<HashMap<TableName, DateTime<Utc>>>,
+    /// Who refreshes run as (the engine's access rules); none: every refresh may run.
+    authority: std::sync::OnceLock<Arc<dyn RefreshAuthority>>,
+}
+
+/// Who a refresh runs as: before a view's query runs, [`RefreshAuthority::check`] is asked
+/// whether the view's owner may still run it (read its inputs, use the keys it names); a
+/// refusal fails the refresh (SQLSTATE 42501) and is recorded like any failed refresh. The
+/// engine implements it from its grants; the views crate knows nothing of principals.
+#[async_trait::async_trait]
+pub trait RefreshAuthority: Send + Sync {
+    /// `Err(reason)` refuses the refresh of `view`, whose query is `plan` (names resolved
+    /// against `default_schema`).
+    async fn check(
+        &self,
+        view: &TableName,
+        plan: &datafusion::logical_expr::LogicalPlan,
+        default_schema: &str,
+    ) -> std::result::Result<(), String>;
+
+    /// A refresh that no statement asked for (the scheduler's) finished, or failed: for the
+    /// audit.
+    fn scheduled(&self, outcome: &RefreshOutcome);
 }
 
 impl std::fmt::Debug for Views {
@@ -233,8 +255,14 @@ impl Views {
                 state,
                 connectors,
                 running: Mutex::new(HashMap::new()),
+                authority: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Makes every later refresh ask `authority` first (once; later calls are ignored).
+    pub fn set_authority(&self, authority: Arc<dyn RefreshAuthority>) {
+        let _ = self.inner.authority.set(authority);
     }
 
     pub fn warehouse(&self) -> &Warehouse {
@@ -801,6 +829,16 @@ impl Views {
             .await
     }
 
+    /// Tells the authority of a refresh the scheduler ran (statements are audited by the
+    /// session that ran them).
+    fn scheduled(&self, outcome: &RefreshOutcome) {
+        if outcome.trigger == Trigger::Schedule
+            && let Some(authority) = self.inner.authority.get()
+        {
+            authority.scheduled(outcome);
+        }
+    }
+
     /// [`Self::refresh_one`], recording `started` as its start (the scheduler's clock).
     async fn refresh_one_at(
         &self,
@@ -825,12 +863,15 @@ impl Views {
                 // the scheduler remembers it in memory.
                 if !(outcome.status == Status::Skipped && trigger == Trigger::Schedule) {
                     self.record(&outcome).await;
+                    self.scheduled(&outcome);
                 }
                 Ok(outcome)
             }
             Err(e) => {
                 warn!(view = %name, error = %e, "refresh failed");
-                self.record(&failed(name, &id, trigger, started, &e)).await;
+                let outcome = failed(name, &id, trigger, started, &e);
+                self.record(&outcome).await;
+                self.scheduled(&outcome);
                 Err(e)
             }
         }
@@ -883,6 +924,15 @@ impl Views {
                 Ok(single) => self.incremental_plan(&definition, &pinned, single).await,
             }
         };
+        if let Some(authority) = self.inner.authority.get() {
+            authority
+                .check(name, &pinned.plan, &definition.default_schema)
+                .await
+                .map_err(|reason| Error::RefreshRefused {
+                    view: name.to_string(),
+                    reason,
+                })?;
+        }
         let ctx = &pinned.ctx;
         let state = Arc::new(ctx.state());
         let mut checks = self.checks(

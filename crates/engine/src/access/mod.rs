@@ -4,6 +4,7 @@
 //! the SQL functions that tell a mask who is asking ([`functions`]).
 
 pub(crate) mod functions;
+pub(crate) mod owner;
 pub(crate) mod parse;
 pub(crate) mod protect;
 mod session;

@@ -34,6 +34,18 @@ pub enum Target {
     Secret(String),
 }
 
+/// As SQL names it (`TABLE silver.patients`), for the audit.
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Warehouse => write!(f, "WAREHOUSE"),
+            Target::Schema(name) => write!(f, "SCHEMA {name}"),
+            Target::Table(name) => write!(f, "TABLE {name}"),
+            Target::Secret(name) => write!(f, "SECRET {name}"),
+        }
+    }
+}
+
 /// One access-control statement.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccessStatement {

@@ -438,8 +438,31 @@ pub(crate) fn scanned(plan: &LogicalPlan) -> Vec<TableReference> {
 struct Taint {
     masks: Vec<Arc<Mask>>,
     exact: bool,
-    /// The scanned column it passes through unchanged: (table, column).
-    pass: Option<(TableKey, String)>,
+    /// The scanned columns it passes through unchanged: (table, scan, column), the scan
+    /// numbered in the plan (a self-join's two scans are two sources of rows). A union's
+    /// column passes each branch's.
+    pass: Vec<Pass>,
+}
+
+/// A scanned column: (table, which scan of the plan, column).
+type Pass = (TableKey, usize, String);
+
+/// A row filter met under a view's query: the scan it filters, and why it cannot be
+/// carried to the view's rows even if its columns reach them (a window over other rows).
+struct FilterUse {
+    key: TableKey,
+    scan: usize,
+    filter: Filter,
+    mixed: Option<String>,
+}
+
+/// What the lineage walk carries along: the tables' policies, how to name them, the filters
+/// met so far and the next scan's number.
+struct Walk<'a> {
+    sources: &'a HashMap<TableKey, Arc<TablePolicy>>,
+    resolve: &'a dyn Fn(&TableReference) -> Option<TableKey>,
+    filters: Vec<FilterUse>,
+    scans: usize,
 }
 
 impl Taint {
@@ -455,7 +478,7 @@ impl Taint {
         Taint {
             masks,
             exact: false,
-            pass: None,
+            pass: Vec::new(),
         }
     }
 }
@@ -470,8 +493,13 @@ pub(crate) fn lineage(
     view: &str,
     declassified: bool,
 ) -> Result<TablePolicy> {
-    let mut filters: Vec<(TableKey, Filter)> = Vec::new();
-    let taints = taints(definition, sources, resolve, &mut filters)?;
+    let mut walk = Walk {
+        sources,
+        resolve,
+        filters: Vec::new(),
+        scans: 0,
+    };
+    let taints = taints(definition, &mut walk)?;
     let schema = definition.schema();
     let mut policy = TablePolicy::default();
     for (field, taint) in schema.fields().iter().zip(&taints) {
@@ -486,23 +514,35 @@ pub(crate) fn lineage(
             );
         }
     }
-    for (table, filter) in filters {
-        // Each filter column must reach the output unchanged.
+    for FilterUse {
+        key: table,
+        scan,
+        filter,
+        mixed,
+    } in walk.filters
+    {
+        // Each filter column must reach the output unchanged, from the scan it filters.
         let mut renames: HashMap<String, String> = HashMap::new();
         for column in &filter.columns {
+            let wanted = (table.clone(), scan, column.clone());
             let carried = schema
                 .fields()
                 .iter()
                 .zip(&taints)
                 .find_map(|(field, taint)| {
-                    (taint.pass.as_ref() == Some(&(table.clone(), column.clone())))
-                        .then(|| field.name().clone())
+                    taint.pass.contains(&wanted).then(|| field.name().clone())
                 });
             if let Some(out) = carried {
                 renames.insert(column.clone(), out);
             }
         }
-        if renames.len() == filter.columns.len() {
+        if let Some(why) = mixed.filter(|_| !declassified) {
+            policy.refused = Some(format!(
+                "materialized view {view}: it reads {}, whose row filter on ({}) it cannot carry: {why} (its owner may ALTER MATERIALIZED VIEW {view} DECLASSIFY)",
+                filter.source,
+                filter.columns.join(", ")
+            ));
+        } else if renames.len() == filter.columns.len() {
             let qualifier = TableReference::bare("__view");
             let expr = requalify(&filter.expr, &qualifier, &|n| {
                 renames.get(n).cloned().unwrap_or_else(|| n.to_string())
@@ -544,21 +584,52 @@ fn column_taint(input: &LogicalPlan, taints: &[Taint], expr: &Expr) -> Taint {
     }
 }
 
-fn taints(
-    plan: &LogicalPlan,
-    sources: &HashMap<TableKey, Arc<TablePolicy>>,
-    resolve: &dyn Fn(&TableReference) -> Option<TableKey>,
-    filters: &mut Vec<(TableKey, Filter)>,
-) -> Result<Vec<Taint>> {
+/// How each output column of `plan` depends on protected columns, subqueries in its
+/// expressions included: every column of a node with a subquery (`IN`, `EXISTS`, a scalar
+/// subquery) carries the masks of what the subquery returns, and the subquery's row filters
+/// are never carried (it computes over rows the filter would hide).
+fn taints(plan: &LogicalPlan, walk: &mut Walk<'_>) -> Result<Vec<Taint>> {
+    let mut subqueries: Vec<Arc<LogicalPlan>> = Vec::new();
+    for expr in plan.expressions() {
+        expr.apply(|e| {
+            match e {
+                Expr::ScalarSubquery(q) => subqueries.push(q.subquery.clone()),
+                Expr::Exists(x) => subqueries.push(x.subquery.subquery.clone()),
+                Expr::InSubquery(x) => subqueries.push(x.subquery.subquery.clone()),
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+    }
+    let mut out = node_taints(plan, walk)?;
+    for subquery in subqueries {
+        let returned = Taint::merge(taints(&subquery, walk)?);
+        if returned.masks.is_empty() {
+            continue;
+        }
+        for t in &mut out {
+            for m in &returned.masks {
+                if !t.masks.iter().any(|x| Arc::ptr_eq(x, m)) {
+                    t.masks.push(m.clone());
+                }
+            }
+            t.exact = false;
+        }
+    }
+    Ok(out)
+}
+
+fn node_taints(plan: &LogicalPlan, walk: &mut Walk<'_>) -> Result<Vec<Taint>> {
+    let first_filter = walk.filters.len();
     let inputs: Vec<Vec<Taint>> = plan
         .inputs()
         .into_iter()
-        .map(|input| taints(input, sources, resolve, filters))
+        .map(|input| taints(input, walk))
         .collect::<Result<_>>()?;
     let width = plan.schema().fields().len();
     let all_inputs = || Taint::merge(inputs.iter().flatten().cloned());
     Ok(match plan {
-        LogicalPlan::TableScan(scan) => scan_taints(scan, sources, resolve, filters)?,
+        LogicalPlan::TableScan(scan) => scan_taints(scan, walk)?,
         LogicalPlan::Projection(p) => p
             .expr
             .iter()
@@ -574,7 +645,7 @@ fn taints(
             for e in &a.aggr_expr {
                 let mut t = column_taint(&a.input, &inputs[0], e);
                 t.exact = false;
-                t.pass = None;
+                t.pass.clear();
                 out.push(t);
             }
             out.resize_with(width, all_inputs);
@@ -585,8 +656,9 @@ fn taints(
             for e in &w.window_expr {
                 let mut t = column_taint(&w.input, &inputs[0], e);
                 t.exact = false;
-                t.pass = None;
+                t.pass.clear();
                 out.push(t);
+                mix_by_window(&w.input, &inputs[0], e, &mut walk.filters[first_filter..]);
             }
             out
         }
@@ -595,10 +667,12 @@ fn taints(
             .map(|i| {
                 let column: Vec<Taint> = inputs.iter().filter_map(|t| t.get(i).cloned()).collect();
                 let exact = column.iter().all(|t| t.exact);
-                let pass = column
-                    .first()
-                    .and_then(|t| t.pass.clone())
-                    .filter(|p| column.iter().all(|t| t.pass.as_ref() == Some(p)));
+                let mut pass: Vec<Pass> = Vec::new();
+                for p in column.iter().flat_map(|t| t.pass.iter()) {
+                    if !pass.contains(p) {
+                        pass.push(p.clone());
+                    }
+                }
                 let mut t = Taint::merge(column);
                 t.exact = exact && t.masks.len() <= 1;
                 t.pass = pass;
@@ -618,6 +692,34 @@ fn taints(
         // Anything else: every output column may come from every input column.
         _ => vec![all_inputs(); width],
     })
+}
+
+/// A window function computes each row's value from other rows: of its partition, which
+/// must hold only rows that agree on every filtered scan's filter columns (`PARTITION BY`
+/// them), or the value tells a reader about rows its filter hides.
+fn mix_by_window(input: &LogicalPlan, taints: &[Taint], expr: &Expr, filters: &mut [FilterUse]) {
+    let partition: Vec<Taint> = match strip(expr) {
+        Expr::WindowFunction(w) => w
+            .params
+            .partition_by
+            .iter()
+            .map(|e| column_taint(input, taints, e))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for used in filters.iter_mut().filter(|f| f.mixed.is_none()) {
+        let partitioned = used.filter.columns.iter().all(|column| {
+            let wanted = (used.key.clone(), used.scan, column.clone());
+            partition.iter().any(|t| t.pass.contains(&wanted))
+        });
+        if !partitioned {
+            used.mixed = Some(format!(
+                "a window function ({}) computes over rows of other filter values (PARTITION BY {} would not)",
+                expr.schema_name(),
+                used.filter.columns.join(", ")
+            ));
+        }
+    }
 }
 
 /// A join's output: its sides' columns, where columns equal through a join key share their
@@ -672,12 +774,12 @@ fn join_taints(
 /// A scan's columns: the masks its table's policy gives them, and its filters to carry.
 fn scan_taints(
     scan: &datafusion::logical_expr::TableScan,
-    sources: &HashMap<TableKey, Arc<TablePolicy>>,
-    resolve: &dyn Fn(&TableReference) -> Option<TableKey>,
-    filters: &mut Vec<(TableKey, Filter)>,
+    walk: &mut Walk<'_>,
 ) -> Result<Vec<Taint>> {
-    let key = resolve(&scan.table_name);
-    let policy = key.as_ref().and_then(|k| sources.get(k));
+    let number = walk.scans;
+    walk.scans += 1;
+    let key = (walk.resolve)(&scan.table_name);
+    let policy = key.as_ref().and_then(|k| walk.sources.get(k));
     if let (Some(key), Some(policy)) = (&key, policy) {
         if let Some(reason) = &policy.refused {
             return Err(Error::PermissionDenied {
@@ -687,7 +789,12 @@ fn scan_taints(
             });
         }
         for filter in &policy.filters {
-            filters.push((key.clone(), filter.clone()));
+            walk.filters.push(FilterUse {
+                key: key.clone(),
+                scan: number,
+                filter: filter.clone(),
+                mixed: None,
+            });
         }
     }
     Ok(scan
@@ -699,7 +806,11 @@ fn scan_taints(
             Taint {
                 masks: column.map(|c| c.masks.clone()).unwrap_or_default(),
                 exact: column.is_none_or(|c| c.exact),
-                pass: key.clone().map(|k| (k, field.name().clone())),
+                pass: key
+                    .clone()
+                    .map(|k| (k, number, field.name().clone()))
+                    .into_iter()
+                    .collect(),
             }
         })
         .collect())

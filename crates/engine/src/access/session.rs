@@ -104,10 +104,23 @@ impl Session {
             }
             Some(table_key(r, &default_schema))
         };
-        let scanned: BTreeSet<TableKey> = protect::scanned(&plan)
-            .iter()
-            .filter_map(&resolve)
-            .collect();
+        let references = protect::scanned(&plan);
+        // Pinned versions live in one internal schema: a statement reads only its own (its
+        // `VERSION AS OF`), never another session's by name.
+        if let Some(other) = references.iter().find(|r| {
+            r.schema() == Some(crate::TIME_TRAVEL_SCHEMA) && !aliases.contains_key(r.table())
+        }) {
+            return Err(Error::PermissionDenied {
+                principal: self.principal.to_string(),
+                privilege: "SELECT",
+                object: format!(
+                    "{} (internal: read an old version with VERSION AS OF)",
+                    crate::TIME_TRAVEL_SCHEMA
+                ),
+            })
+            .inspect_err(|_| tracing::warn!(target: "medlake::audit", principal = %self.principal.name, table = %other, "internal time-travel table named"));
+        }
+        let scanned: BTreeSet<TableKey> = references.iter().filter_map(&resolve).collect();
         if scanned.is_empty() {
             return Ok(plan);
         }
@@ -140,25 +153,18 @@ impl Session {
         protect::protect(plan, &viewer, &policies, &resolve)
     }
 
-    /// A materialized view's query may use only the de-identification keys its creator may
-    /// use (its refreshes compute with them later, as the system).
-    pub(crate) async fn check_view_keys(&self, query: &str) -> Result<()> {
-        // A query that does not plan here (a view naming itself) is refused by the view's
-        // own checks, with their error; it uses no key.
-        let Ok(plan) = self.ctx.state().create_logical_plan(query).await else {
-            return Ok(());
-        };
-        let keys = medlake_deid::referenced_keys(&plan).map_err(|e| Error::InvalidValue {
-            what: "de-identification key".into(),
-            reason: e.strip_backtrace(),
-        })?;
-        let needs: Vec<crate::privileges::Need> = keys
-            .into_iter()
-            .map(|name| crate::privileges::Need {
-                privilege: medlake_auth::Privilege::UseSecret,
-                object: medlake_auth::Object::Secret(name),
-            })
-            .collect();
+    /// A materialized view's creator must hold what running its query needs: SELECT on every
+    /// table and view it reads and USE SECRET on every de-identification key it names (its
+    /// refreshes run as its owner later and are checked again then). A query that does not
+    /// plan is refused with its planning error.
+    pub(crate) async fn check_view_reads(&self, query: &str) -> Result<()> {
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(query)
+            .await
+            .map_err(crate::unwrap_lake_error)?;
+        let needs = crate::privileges::for_plan(&plan, &self.default_schema_name())?;
         crate::privileges::check(&self.principal, &*self.access_state().await?, &needs)
     }
 
@@ -235,6 +241,32 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The row count a CREATE or REFRESH of `view` may answer with: none (0) when the view
+    /// carries a row filter, whose hidden rows the count would reveal (the local operator
+    /// sees it).
+    pub(crate) async fn reportable_rows(&self, view: &TableName, rows: u64) -> Result<u64> {
+        if self.principal.kind == medlake_auth::PrincipalKind::Local {
+            return Ok(rows);
+        }
+        let state = self.access_state().await?;
+        let key: TableKey = (view.schema.clone(), view.table.clone());
+        let policies = self
+            .shared
+            .access
+            .policies(
+                &state,
+                &self.ctx.state(),
+                &self.shared.views,
+                &self.shared.catalog.materialized_views(),
+                [key.clone()],
+            )
+            .await?;
+        let filtered = policies
+            .get(&key)
+            .is_some_and(|p| !p.filters.is_empty() || p.refused.is_some());
+        Ok(if filtered { 0 } else { rows })
     }
 
     /// Records this session's principal as the owner of what it created (the local
@@ -397,8 +429,14 @@ impl Session {
         for member in &members {
             check_grantee(member)?;
         }
+        let users = &self.shared.users;
         store
             .change(|state| {
+                if grant {
+                    for member in &members {
+                        check_known(users, state, member)?;
+                    }
+                }
                 for role in &roles {
                     if !state.role_exists(role) || role == "public" {
                         return Err(undefined_role(role));
@@ -455,8 +493,14 @@ impl Session {
         for grantee in &grantees {
             check_grantee(grantee)?;
         }
+        let users = &self.shared.users;
         store
             .change(|state| {
+                if grant {
+                    for grantee in &grantees {
+                        check_known(users, state, grantee)?;
+                    }
+                }
                 for grantee in &grantees {
                     for privilege in &privileges {
                         let g = Grant {
@@ -485,8 +529,10 @@ impl Session {
         let on = self.securable(&on)?;
         self.check_exists(&on).await?;
         check_grantee(&owner)?;
+        let users = &self.shared.users;
         store
             .change(|state| {
+                check_known(users, state, &owner)?;
                 state.owners.insert(on.clone(), owner.clone());
                 Ok(())
             })
@@ -815,9 +861,23 @@ fn catalog_listing_policy(
 }
 
 fn undefined_role(name: &str) -> Error {
-    Error::InvalidValue {
-        what: "role".into(),
-        reason: format!("role \"{name}\" does not exist"),
+    Error::UndefinedRole {
+        name: name.to_string(),
+    }
+}
+
+/// Refuses a grantee (or new owner) that is neither PUBLIC, a role, nor a user the server
+/// knows (when it knows its users: `medlake serve` with a config).
+fn check_known(
+    directory: &crate::access::owner::Directory,
+    state: &AccessState,
+    name: &str,
+) -> Result<()> {
+    match directory {
+        Some(users) if !users.contains_key(name) && !state.role_exists(name) => {
+            Err(undefined_role(name))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -127,7 +127,7 @@ async fn grants_decide_who_reads_what_and_survive_a_restart() {
     );
     assert_eq!(
         outcome(&engine.local_session(), "GRANT nosuchrole TO x").await,
-        "22023"
+        "42704"
     );
     assert_eq!(
         outcome(&engine.local_session(), "CREATE ROLE admin").await,

@@ -1,0 +1,328 @@
+//! Bypasses of the access model an attacker tried (issue 23's review), each closed: a
+//! materialized view reading what its creator may not, another session's pinned version
+//! read by name, row filters escaping through self-joins, windows and subqueries, masks
+//! escaping through a scalar subquery, INSERT OVERWRITE with only INSERT, replacing a view
+//! one does not own, refreshes after the owner lost a grant, grants to unknown names.
+
+use arrow::util::pretty::pretty_format_batches;
+use medlake_engine::{Engine, Principal, Role, Session};
+
+use crate::{location, outcome};
+
+fn principal(name: &str, role: Role, roles: &[&str]) -> Principal {
+    let mut principal = Principal::user(name, role);
+    principal.roles = roles.iter().map(|r| r.to_string()).collect();
+    principal
+}
+
+async fn text(session: &Session, sql: &str) -> String {
+    let batches = session
+        .query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// An engine that knows its users, as `medlake serve` with a config does.
+async fn server() -> (tempfile::TempDir, Engine, [Principal; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    let users = [
+        principal("ann", Role::None, &["analyst"]),
+        principal("clin", Role::None, &["clinician"]),
+        principal("wrt", Role::Writer, &[]),
+    ];
+    let engine = Engine::builder(&location(&dir))
+        .users(users.clone())
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE bronze.raw (patient_id BIGINT, mrn VARCHAR);
+             INSERT INTO bronze.raw VALUES (1, 'MRN-0001');
+             CREATE TABLE silver.patients (patient_id BIGINT, mrn VARCHAR, ward VARCHAR, birth DATE);
+             INSERT INTO silver.patients VALUES
+                 (1, 'MRN-0001', 'icu', DATE '1950-01-02'),
+                 (2, 'MRN-0002', 'cardio', DATE '1960-03-04'),
+                 (3, 'MRN-0003', 'icu', DATE '1970-05-06');
+             CREATE TABLE silver.readings (patient_id BIGINT, hr DOUBLE);
+             INSERT INTO silver.readings VALUES (1, 80.0), (2, 90.0);
+             CREATE SCHEMA scratch;
+             CREATE ROLE analyst;
+             CREATE ROLE clinician;
+             GRANT USAGE ON SCHEMA silver TO analyst, clinician;
+             GRANT SELECT ON TABLE silver.patients TO analyst, clinician;
+             GRANT SELECT ON TABLE silver.readings TO analyst, clinician;
+             GRANT CREATE, USAGE, SELECT ON SCHEMA scratch TO analyst, clinician;
+             ALTER TABLE silver.patients ALTER COLUMN mrn SET MASK CASE WHEN is_member('clinician') THEN mrn ELSE 'MRN-****' END;
+             ALTER TABLE silver.patients SET ROW FILTER is_member('clinician') OR ward = 'icu' ON (ward);",
+        )
+        .await
+        .unwrap();
+    (dir, engine, users)
+}
+
+#[tokio::test]
+async fn a_view_reads_only_what_its_creator_may_read() {
+    let (_dir, engine, [ann, _, wrt]) = server().await;
+    let ann = engine.session_for(ann);
+    assert_eq!(outcome(&ann, "SELECT * FROM bronze.raw").await, "42501");
+    assert_eq!(
+        outcome(
+            &ann,
+            "CREATE MATERIALIZED VIEW scratch.steal AS SELECT * FROM bronze.raw"
+        )
+        .await,
+        "42501"
+    );
+    // Writers read every table, but system.audit is the auditors' and system.grants the
+    // admins'.
+    let wrt = engine.session_for(wrt);
+    for table in ["system.audit", "system.grants"] {
+        assert_eq!(
+            outcome(
+                &wrt,
+                &format!("CREATE MATERIALIZED VIEW scratch.x AS SELECT * FROM {table}")
+            )
+            .await,
+            "42501",
+            "{table}"
+        );
+    }
+    assert_eq!(
+        outcome(
+            &ann,
+            "CREATE MATERIALIZED VIEW scratch.mine AS SELECT patient_id, hr FROM silver.readings"
+        )
+        .await,
+        "ok"
+    );
+    // Replacing a view is its owner's: ann's CREATE on the schema is not enough for the
+    // admin's view.
+    engine
+        .sql("CREATE MATERIALIZED VIEW scratch.theirs AS SELECT patient_id FROM silver.readings")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(
+            &ann,
+            "CREATE OR REPLACE MATERIALIZED VIEW scratch.theirs AS SELECT 666 AS patient_id"
+        )
+        .await,
+        "42501"
+    );
+    assert_eq!(
+        outcome(
+            &ann,
+            "CREATE OR REPLACE MATERIALIZED VIEW scratch.mine AS SELECT patient_id FROM silver.readings"
+        )
+        .await,
+        "ok"
+    );
+}
+
+#[tokio::test]
+async fn refreshes_run_as_the_owner_and_grants_name_known_principals() {
+    let (_dir, engine, [ann, ..]) = server().await;
+    let ann = engine.session_for(ann);
+    assert_eq!(
+        outcome(
+            &ann,
+            "CREATE MATERIALIZED VIEW scratch.hr AS SELECT patient_id, hr FROM silver.readings"
+        )
+        .await,
+        "ok"
+    );
+    engine
+        .sql("INSERT INTO silver.readings VALUES (3, 70.0)")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&ann, "REFRESH MATERIALIZED VIEW scratch.hr").await,
+        "ok"
+    );
+    // The owner loses the grant: nobody's refresh reads for them any more, an admin's
+    // included.
+    engine
+        .sql("REVOKE SELECT ON TABLE silver.readings FROM analyst")
+        .await
+        .unwrap();
+    engine
+        .sql("INSERT INTO silver.readings VALUES (4, 71.0)")
+        .await
+        .unwrap();
+    let admin = engine.session_for(Principal::user("root", Role::Admin));
+    let refused = admin
+        .sql("REFRESH MATERIALIZED VIEW scratch.hr")
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(refused.code().sqlstate(), "42501", "{refused}");
+    assert!(refused.to_string().contains("owner 'ann'"), "{refused}");
+    // Handing the view to someone who may read its input lets it refresh again.
+    assert_eq!(
+        outcome(
+            &admin,
+            "ALTER MATERIALIZED VIEW scratch.hr OWNER TO clinician"
+        )
+        .await,
+        "ok"
+    );
+    assert_eq!(
+        outcome(&admin, "REFRESH MATERIALIZED VIEW scratch.hr").await,
+        "ok"
+    );
+    // Grants and owners name configured users, roles or PUBLIC only.
+    for sql in [
+        "GRANT SELECT ON TABLE silver.readings TO nosuch",
+        "GRANT analyst TO nosuch",
+        "ALTER TABLE silver.readings OWNER TO nosuch",
+    ] {
+        assert_eq!(outcome(&admin, sql).await, "42704", "{sql}");
+    }
+    for sql in [
+        "GRANT SELECT ON TABLE silver.readings TO ann",
+        "GRANT SELECT ON TABLE silver.readings TO public",
+        "GRANT analyst TO wrt",
+    ] {
+        assert_eq!(outcome(&admin, sql).await, "ok", "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn row_filters_do_not_escape_through_self_joins_windows_or_subqueries() {
+    let (_dir, engine, [ann, clin, _]) = server().await;
+    let ann = engine.session_for(ann);
+    let clin = engine.session_for(clin);
+    // Each created by the clinician (who sees every row), read by the analyst (icu only).
+    let views = [
+        (
+            "self_join",
+            "SELECT p.ward, q.patient_id, q.birth FROM silver.patients p CROSS JOIN silver.patients q",
+            false,
+        ),
+        (
+            "self_join_carried",
+            "SELECT p.ward, q.patient_id, q.ward AS qward FROM silver.patients p CROSS JOIN silver.patients q",
+            true,
+        ),
+        (
+            "lagged",
+            "SELECT ward, patient_id, lag(birth) OVER (ORDER BY patient_id) AS prev FROM silver.patients",
+            false,
+        ),
+        (
+            "counted",
+            "SELECT ward, patient_id, count(*) OVER () AS n FROM silver.patients",
+            false,
+        ),
+        (
+            "per_ward",
+            "SELECT ward, patient_id, count(*) OVER (PARTITION BY ward) AS n FROM silver.patients",
+            true,
+        ),
+        (
+            "subquery",
+            "SELECT ward, patient_id, (SELECT max(birth) FROM silver.patients) AS latest FROM silver.patients",
+            false,
+        ),
+        (
+            "semi",
+            "SELECT patient_id, hr FROM silver.readings WHERE patient_id IN (SELECT patient_id FROM silver.patients)",
+            false,
+        ),
+    ];
+    for (name, query, readable) in views {
+        assert_eq!(
+            outcome(
+                &clin,
+                &format!("CREATE MATERIALIZED VIEW scratch.{name} AS {query}")
+            )
+            .await,
+            "ok",
+            "{name}"
+        );
+        let read = outcome(&ann, &format!("SELECT * FROM scratch.{name}")).await;
+        assert_eq!(read == "ok", readable, "{name}: {read}");
+    }
+    // What the carried ones show the analyst: icu rows only, both sides of the join.
+    let carried = text(
+        &ann,
+        "SELECT DISTINCT ward, qward FROM scratch.self_join_carried ORDER BY 1, 2",
+    )
+    .await;
+    assert!(!carried.contains("cardio"), "{carried}");
+    let per_ward = text(&ann, "SELECT DISTINCT n FROM scratch.per_ward").await;
+    assert!(per_ward.contains("| 2 "), "{per_ward}");
+    // CREATE answers no row count for a filtered view (it would count hidden rows).
+    let reply = clin
+        .sql(
+            "CREATE MATERIALIZED VIEW scratch.rows AS SELECT ward, patient_id FROM silver.patients",
+        )
+        .await
+        .unwrap();
+    match reply.into_iter().next() {
+        Some(medlake_engine::Output::Command { rows, .. }) => assert_eq!(rows, 0),
+        _ => panic!("CREATE MATERIALIZED VIEW answered rows"),
+    }
+}
+
+#[tokio::test]
+async fn masks_follow_scalar_subqueries_and_pins_are_private() {
+    let (_dir, engine, [ann, clin, _]) = server().await;
+    let ann = engine.session_for(ann);
+    let clin = engine.session_for(clin);
+    assert_eq!(
+        outcome(
+            &clin,
+            "CREATE MATERIALIZED VIEW scratch.leak AS SELECT patient_id, (SELECT max(mrn) FROM silver.patients) AS m FROM silver.readings"
+        )
+        .await,
+        "ok"
+    );
+    engine
+        .sql("ALTER MATERIALIZED VIEW scratch.leak DECLASSIFY")
+        .await
+        .unwrap();
+    let seen = text(&ann, "SELECT DISTINCT m FROM scratch.leak").await;
+    assert!(!seen.contains("MRN-000"), "{seen}");
+    // Another statement's pinned version, named directly, is refused (it would bypass the
+    // masks and filters its own statement applies).
+    assert_eq!(
+        outcome(
+            &ann,
+            "SELECT * FROM \"__medlake_time_travel\".\"silver.patients@0#1\""
+        )
+        .await,
+        "42501"
+    );
+    let old = text(&ann, "SELECT mrn FROM silver.patients VERSION AS OF 1").await;
+    assert!(!old.contains("MRN-000"), "{old}");
+}
+
+#[tokio::test]
+async fn overwriting_needs_delete_as_well_as_insert() {
+    let (_dir, engine, [ann, ..]) = server().await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.inbox (id BIGINT, note VARCHAR);
+             INSERT INTO bronze.inbox VALUES (1, 'keep');
+             GRANT USAGE ON SCHEMA bronze TO analyst;
+             GRANT INSERT ON TABLE bronze.inbox TO analyst;",
+        )
+        .await
+        .unwrap();
+    let ann = engine.session_for(ann);
+    assert_eq!(
+        outcome(&ann, "INSERT INTO bronze.inbox VALUES (2, 'new')").await,
+        "ok"
+    );
+    assert_eq!(
+        outcome(&ann, "INSERT OVERWRITE bronze.inbox VALUES (9, 'wiped')").await,
+        "42501"
+    );
+    assert_eq!(
+        crate::count(&engine, "SELECT count(*) FROM bronze.inbox").await,
+        2
+    );
+}
