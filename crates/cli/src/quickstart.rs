@@ -60,6 +60,7 @@ const CATALOG: &[(&str, &str)] = &[
 
 /// The reference views (`sql/`), as they are.
 pub(crate) const SQL: &[(&str, &str)] = &[
+    ("access.sql", include_str!("../../../sql/access.sql")),
     (
         "bronze/ehr.sql",
         include_str!("../../../sql/bronze/ehr.sql"),
@@ -315,7 +316,63 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<(), Failure> {
     progress.say(format!(
         "{views} views created; gold.news2_hourly is queryable"
     ));
+    show_roles(&engine, &progress).await?;
     serve(&engine, &args, &plan, now_ms, &progress).await
+}
+
+/// The roles of `sql/access.sql` at work, as three users of a server's config would see them:
+/// a clinician reads patients with their identifiers masked, a data engineer refreshes a gold
+/// view, an auditor reads who did what in `system.audit`.
+async fn show_roles(engine: &Engine, progress: &Progress) -> Result<(), Failure> {
+    let user = |name: &str, role: &str| {
+        let mut principal = medlake_engine::Principal::user(name, medlake_engine::Role::None);
+        principal.roles.insert(role.to_string());
+        engine.session_for(principal)
+    };
+    let clinician = user("clara", "clinician");
+    let engineer = user("eddie", "data_engineer");
+    let auditor = user("audrey", "auditor");
+    let shown = [
+        (
+            &clinician,
+            "clara (clinician)",
+            "SELECT patient_id, mrn, family_name, birth_date FROM silver.patients ORDER BY patient_id LIMIT 3",
+        ),
+        (
+            &engineer,
+            "eddie (data_engineer)",
+            "REFRESH MATERIALIZED VIEW gold.patient_daily_vitals",
+        ),
+        (
+            &auditor,
+            "audrey (auditor)",
+            "SELECT user_name, door, kind, outcome, objects_read FROM system.audit WHERE user_name IN ('clara', 'eddie') ORDER BY seq",
+        ),
+    ];
+    progress.say("roles (sql/access.sql), as three configured users would see them:");
+    for (session, who, sql) in shown {
+        let mut text = String::new();
+        for output in session.sql(sql).await? {
+            match output {
+                medlake_engine::Output::Command { tag, .. } => text.push_str(&tag),
+                rows @ medlake_engine::Output::Rows(_) => {
+                    let batches = rows.collect().await?;
+                    text.push_str(
+                        &arrow::util::pretty::pretty_format_batches(&batches)
+                            .map_err(|e| {
+                                Failure::Error(medlake_engine::Error::Internal(e.to_string()))
+                            })?
+                            .to_string(),
+                    );
+                }
+            }
+        }
+        println!("  {who}: {sql}");
+        for line in text.lines() {
+            println!("    {line}");
+        }
+    }
+    Ok(())
 }
 
 /// Makes `dir` (or starts an earlier quickstart's over) and returns it absolute.
@@ -398,7 +455,11 @@ async fn create_stand_ins(engine: &Engine, project: &Path) -> Result<(), Failure
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| io_error("read", &file, e))?;
         for statement in medlake_engine::parse(&text)? {
-            if matches!(statement, Statement::CreateMaterializedView(_)) {
+            // Views, and the grants and masks on them (sql/access.sql), come with `apply`.
+            if matches!(
+                statement,
+                Statement::CreateMaterializedView(_) | Statement::Access(_)
+            ) {
                 continue;
             }
             if let Output::Rows(stream) = engine.execute(statement).await? {

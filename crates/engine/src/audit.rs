@@ -58,7 +58,7 @@ fn text(statement: &Statement) -> Text {
         ),
         Statement::Vacuum { table, .. } => format!("VACUUM {table}"),
         Statement::Access(access) => match access.as_ref() {
-            A::CreateRole(name) => format!("CREATE ROLE {name}"),
+            A::CreateRole { name, .. } => format!("CREATE ROLE {name}"),
             A::DropRole { name, .. } => format!("DROP ROLE {name}"),
             A::Privileges {
                 grant,
@@ -238,6 +238,27 @@ impl Session {
                 ))))
             }
         }
+    }
+}
+
+impl Session {
+    /// Records a statement a door answered without the engine (the Postgres door's `SET`,
+    /// `SHOW`, `BEGIN`, `DISCARD`, ...), described as `statement` (literals are removed):
+    /// queued like a query's event. Refused while the log cannot be written (fail closed).
+    pub fn audit_door_statement(
+        &self,
+        statement: &str,
+        failed: Option<medlake_common::Code>,
+    ) -> Result<()> {
+        self.audit_available()?;
+        let mut event = self.audit_event(&Statement::ShowMaterializedViews);
+        event.statement = Text::normalize(statement);
+        event.kind = event.statement.kind();
+        if let Some(code) = failed {
+            event.outcome = Outcome::Error;
+            event.code = Some(code);
+        }
+        Ok(self.shared.audit.record_read(event)?)
     }
 }
 

@@ -339,7 +339,7 @@ fn access_needs(
         })
     };
     Ok(match statement {
-        AccessStatement::CreateRole(_)
+        AccessStatement::CreateRole { .. }
         | AccessStatement::DropRole { .. }
         | AccessStatement::Membership { .. } => vec![Need::admin("roles and role membership")],
         AccessStatement::Privileges { on, .. } => vec![owner_of(on)?],

@@ -99,6 +99,8 @@ impl Engine {
             }
         }
         let mut views: BTreeMap<TableName, (CreateView, PathBuf)> = BTreeMap::new();
+        // Roles, grants, masks and row filters name the project's views: run after them.
+        let mut access: Vec<(Statement, PathBuf)> = Vec::new();
         for file in sql_files(&dir.join("sql"), true)? {
             let text = read(&file)?;
             for statement in crate::parse(&text).map_err(|e| in_file(&file, e))? {
@@ -119,6 +121,9 @@ impl Engine {
                             });
                         }
                         views.insert(name, (create, file.clone()));
+                    }
+                    access_statement @ Statement::Access(_) => {
+                        access.push((access_statement, file.clone()));
                     }
                     other => {
                         let output = self.execute(other).await?;
@@ -182,6 +187,15 @@ impl Engine {
                 action,
                 detail,
             });
+        }
+        for (statement, file) in access {
+            if let Output::Command { tag, .. } = self.execute(statement).await? {
+                applied.push(Applied {
+                    object: file.display().to_string(),
+                    action: "ran",
+                    detail: tag,
+                });
+            }
         }
         for view in engine_views.list().await? {
             if !views.contains_key(&view.name) {

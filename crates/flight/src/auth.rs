@@ -16,6 +16,8 @@ use tonic::metadata::MetadataMap;
 pub(crate) struct Caller {
     pub user: String,
     pub principal: Principal,
+    /// The client's address, for the audit (set per request).
+    pub client: Option<std::net::SocketAddr>,
 }
 
 struct Token {
@@ -162,6 +164,7 @@ impl Tokens {
                 Caller {
                     user: principal.name.clone(),
                     principal,
+                    client: None,
                 }
             }
             Access::Users(users) => {
@@ -174,6 +177,7 @@ impl Tokens {
                     Some(known) if known.verify(&password) => Caller {
                         user,
                         principal: known.principal(),
+                        client: None,
                     },
                     _ => {
                         tracing::warn!(target: "medlake::audit", user = %user, "flight sql password authentication failed");
@@ -199,6 +203,7 @@ impl Tokens {
                 return Ok(Caller {
                     user: principal.name.clone(),
                     principal,
+                    client: None,
                 });
             }
             return Err(Status::unauthenticated(

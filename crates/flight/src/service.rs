@@ -395,7 +395,9 @@ impl FlightSql {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        self.inner.tokens.check(request.metadata())
+        let mut caller = self.inner.tokens.check(request.metadata())?;
+        caller.client = request.remote_addr();
+        Ok(caller)
     }
 
     /// Whether a request may be decoded at all (see `Tokens::admit`).
@@ -448,7 +450,7 @@ impl FlightSql {
     async fn run(&self, caller: &Caller, statement: Statement) -> Result<Output, Status> {
         self.inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin())
+            .session_for_at(caller.principal.clone(), flight_origin(&caller))
             .execute(statement)
             .await
             .map_err(|e| status(&e))
@@ -473,7 +475,7 @@ impl FlightSql {
         let batches = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin())
+            .session_for_at(caller.principal.clone(), flight_origin(&caller))
             .query(
                 "SELECT table_schema, table_name, table_type FROM information_schema.tables \
                  WHERE table_schema NOT IN ('information_schema', 'pg_catalog') \
@@ -517,7 +519,7 @@ impl FlightSql {
         let description = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin())
+            .session_for_at(caller.principal.clone(), flight_origin(&caller))
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
@@ -559,7 +561,7 @@ impl FlightSql {
         let session = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin());
+            .session_for_at(caller.principal.clone(), flight_origin(&caller));
         // Checked before a byte of data is read (and again by the engine when it writes).
         let target = medlake_engine::TableName::new(
             schema_name.to_lowercase(),
@@ -648,7 +650,7 @@ impl FlightSqlService for FlightSql {
         let description = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin())
+            .session_for_at(caller.principal.clone(), flight_origin(&caller))
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
@@ -705,7 +707,7 @@ impl FlightSqlService for FlightSql {
         let description = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin())
+            .session_for_at(caller.principal.clone(), flight_origin(&caller))
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
@@ -882,7 +884,7 @@ impl FlightSqlService for FlightSql {
         let description = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin())
+            .session_for_at(caller.principal.clone(), flight_origin(&caller))
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
@@ -1075,7 +1077,7 @@ impl FlightSqlService for FlightSql {
         let schemas = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin())
+            .session_for_at(caller.principal.clone(), flight_origin(&caller))
             .query(
                 "SELECT schema_name FROM information_schema.schemata \
                  WHERE catalog_name = 'medlake' AND schema_name NOT IN ('information_schema', 'pg_catalog')",
@@ -1375,7 +1377,7 @@ impl FlightService for Door {
             self.0
                 .inner
                 .engine
-                .session_for_at(caller.principal.clone(), flight_origin())
+                .session_for_at(caller.principal.clone(), flight_origin(&caller))
                 .describe(&statement)
                 .await
                 .map_err(|e| status(&e))?
@@ -1440,6 +1442,9 @@ impl FlightService for Door {
 
 /// Flight SQL sessions' origin, for the audit (tonic hands the peer address to the
 /// interceptor, not to these calls).
-fn flight_origin() -> medlake_engine::Origin {
-    medlake_engine::Origin::new(medlake_engine::Door::Flight, None)
+fn flight_origin(caller: &Caller) -> medlake_engine::Origin {
+    medlake_engine::Origin::new(
+        medlake_engine::Door::Flight,
+        caller.client.map(|a| a.to_string()),
+    )
 }

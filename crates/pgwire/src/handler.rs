@@ -339,7 +339,11 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     match &prepared.kind {
-        Kind::Command(command) => run_command(client, connection, command, format).await,
+        Kind::Command(command) => {
+            let result = run_command(client, connection, command, format).await;
+            audit_command(connection, command, &result)?;
+            result
+        }
         Kind::Engine(statement) => {
             let statement = bind(statement, values)?;
             let query = connection.begin_query();
@@ -376,6 +380,41 @@ where
             }
         }
     }
+}
+
+/// Puts a statement this door answered itself in the audit (COPY's query is the engine's,
+/// audited there).
+fn audit_command(
+    connection: &Connection,
+    command: &Command,
+    result: &PgWireResult<Response>,
+) -> PgWireResult<()> {
+    let text = match command {
+        Command::Copy(_) | Command::EngineSet => return Ok(()),
+        Command::Set { name, values } => format!(
+            "SET {name} = {}",
+            values.iter().map(|_| "'?'").collect::<Vec<_>>().join(", ")
+        ),
+        Command::Show(name) => format!("SHOW {name}"),
+        Command::ShowAll => "SHOW ALL".into(),
+        Command::Reset(name) => format!("RESET {name}"),
+        Command::ResetAll => "RESET ALL".into(),
+        Command::DiscardAll => "DISCARD ALL".into(),
+        Command::Begin => "BEGIN".into(),
+        Command::Commit => "COMMIT".into(),
+        Command::Rollback => "ROLLBACK".into(),
+        Command::Savepoint(tag) => (*tag).to_string(),
+        Command::Deallocate(_) => "DEALLOCATE".into(),
+        Command::Ignored(tag) => (*tag).to_string(),
+    };
+    let failed = result
+        .as_ref()
+        .err()
+        .map(|_| medlake_common::Code::InvalidParameterValue);
+    connection
+        .session
+        .audit_door_statement(&text, failed)
+        .map_err(|e| crate::error::engine_error(&e))
 }
 
 async fn run_command<C>(

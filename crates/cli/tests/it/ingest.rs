@@ -159,6 +159,10 @@ fn every_acknowledged_batch_survives_a_sigkill_exactly_once() {
         "everything was acknowledged before the kill: the test proves nothing"
     );
 
+    // The audit log was written by the same server, each acknowledged batch's commit audited
+    // before its answer: its hash chain still verifies after the kill.
+    audit_chain_verifies(&wh);
+
     // Phase 2: restart; every client retries every batch with the same key.
     let (mut server, url) = serve(&wh);
     let duplicates: Vec<Vec<usize>> = runtime.block_on(async {
@@ -211,5 +215,21 @@ fn every_acknowledged_batch_survives_a_sigkill_exactly_once() {
     assert!(
         out.contains(&format!("{expected},{expected}")),
         "expected {expected} distinct rows exactly once:\n{out}"
+    );
+    audit_chain_verifies(&wh);
+}
+
+/// `medlake audit verify` passes on the warehouse, and the chain holds audit commits.
+fn audit_chain_verifies(wh: &Path) {
+    let out = std::process::Command::new(super::BIN)
+        .args(["audit", "verify", "--warehouse"])
+        .arg(wh)
+        .output()
+        .unwrap();
+    let report = super::stdout(&out);
+    assert!(
+        out.status.success() && report.contains("chain intact"),
+        "{report}{}",
+        super::stderr(&out)
     );
 }

@@ -84,9 +84,18 @@ fn quickstart_once_at_small_scale_fills_every_gold_view() {
         "psql \"host=127.0.0.1",
         "adbc_driver_flightsql",
         "done (--once)",
+        // The roles of sql/access.sql: masked identifiers for the clinician, a refresh by
+        // the engineer, the audit read by the auditor (which records both).
+        "clara (clinician)",
+        "MRN-****",
+        "REFRESH MATERIALIZED VIEW",
+        "audrey (auditor)",
+        "| eddie ",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
+    // Nobody's MRN reached the clinician's output.
+    assert!(!out.contains("| MRN0"), "{out}");
     let wh = qs.join("warehouse");
     for view in GOLD {
         let rows = count(&wh, &format!("SELECT count(*) FROM {view}"));

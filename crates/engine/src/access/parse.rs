@@ -49,7 +49,10 @@ impl std::fmt::Display for Target {
 /// One access-control statement.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccessStatement {
-    CreateRole(String),
+    CreateRole {
+        name: String,
+        if_not_exists: bool,
+    },
     DropRole {
         name: String,
         if_exists: bool,
@@ -162,9 +165,13 @@ fn parse_with(parser: &mut Parser<'_>) -> Result<Option<AccessStatement>> {
     if is(&first, "CREATE") && is(&second, "ROLE") {
         parser.next_token();
         parser.next_token();
+        let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
         let name = ident(parser, "a role name")?;
         end(parser, "CREATE ROLE")?;
-        return Ok(Some(AccessStatement::CreateRole(name)));
+        return Ok(Some(AccessStatement::CreateRole {
+            name,
+            if_not_exists,
+        }));
     }
     if is(&first, "DROP") && is(&second, "ROLE") {
         parser.next_token();
@@ -429,7 +436,10 @@ mod tests {
     fn grants_and_roles_parse() {
         assert_eq!(
             p("CREATE ROLE Clinician").unwrap(),
-            Some(AccessStatement::CreateRole("clinician".into()))
+            Some(AccessStatement::CreateRole {
+                name: "clinician".into(),
+                if_not_exists: false
+            })
         );
         let Some(AccessStatement::Privileges {
             grant: true,
