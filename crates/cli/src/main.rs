@@ -211,6 +211,10 @@ fn main() -> ExitCode {
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Planning recurses over a statement's expressions (DataFusion's and ours): 32 MiB
+        // per thread (address space; touched only when used) keeps every statement the
+        // engine's depth limit admits (medlake_engine::MAX_DEPTH) far from the stack's end.
+        .thread_stack_size(32 << 20)
         .build()
     {
         Ok(runtime) => runtime,

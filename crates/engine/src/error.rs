@@ -26,6 +26,10 @@ pub enum Error {
     #[error("invalid value for {what}: {reason}")]
     InvalidValue { what: String, reason: String },
 
+    /// A statement nested too deeply to plan safely (54000).
+    #[error("statement too complex: {what}")]
+    TooComplex { what: String },
+
     /// A role or user a statement names does not exist (42704).
     #[error("role \"{name}\" does not exist")]
     UndefinedRole { name: String },
@@ -93,6 +97,7 @@ impl Error {
             Error::NotSupported { .. } => Code::FeatureNotSupported,
             Error::InvalidValue { .. } => Code::InvalidParameterValue,
             Error::UndefinedRole { .. } => Code::UndefinedObject,
+            Error::TooComplex { .. } => Code::ProgramLimitExceeded,
             Error::Internal(_) => Code::Internal,
             Error::ReadOnly { .. } => Code::InsufficientPrivilege,
             Error::PermissionDenied { .. } => Code::InsufficientPrivilege,

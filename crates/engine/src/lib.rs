@@ -52,7 +52,7 @@ pub use medlake_views::{RefreshOutcome, Status as RefreshStatus};
 
 pub use project::Applied;
 pub use statement::{
-    Statement, bind, ends_statement, parse, parse_timestamp, qmark_placeholders, split,
+    MAX_DEPTH, Statement, bind, ends_statement, parse, parse_timestamp, qmark_placeholders, split,
 };
 
 /// The default schema of a session, as in Postgres.
@@ -765,6 +765,7 @@ impl Session {
                     let name =
                         self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
                     create.definition.default_schema = self.default_schema_name();
+                    statement::check_query_depth(&create.definition.query)?;
                     if create.or_replace && self.shared.views.view(&name).await?.is_some() {
                         // Replacing a view replaces what everyone who reads it reads: its
                         // owner's (or an admin's) decision, like DROP.
@@ -782,6 +783,11 @@ impl Session {
                     }
                     self.check_view_reads(&create.definition.query).await?;
                     self.check_view_masks(&create.definition.query).await?;
+                    if create.or_replace {
+                        // A new query over other inputs: its owner declassifies it again if
+                        // it may.
+                        self.undeclassify(&name).await?;
+                    }
                     let outcome = self
                         .shared
                         .views

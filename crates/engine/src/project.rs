@@ -138,9 +138,38 @@ impl Engine {
                 }
             }
         }
+        applied.extend(self.apply_views(&views).await?);
+        for (statement, file) in access {
+            if let Output::Command { tag, .. } = self.execute(statement).await? {
+                applied.push(Applied {
+                    object: file.display().to_string(),
+                    action: "ran",
+                    detail: tag,
+                });
+            }
+        }
+        for view in self.views().list().await? {
+            if !views.contains_key(&view.name) {
+                applied.push(Applied {
+                    object: view.name.to_string(),
+                    action: "kept",
+                    detail: "no project file defines it any more; its data stays (DROP MATERIALIZED VIEW to remove it)".into(),
+                });
+            }
+        }
+        self.shared.catalog.refresh().await?;
+        Ok(applied)
+    }
+
+    /// Creates, replaces or keeps the project's views, upstream first.
+    async fn apply_views(
+        &self,
+        views: &BTreeMap<TableName, (CreateView, PathBuf)>,
+    ) -> Result<Vec<Applied>> {
+        let mut applied = Vec::new();
         let engine_views = self.views();
         let mut graph = BTreeMap::new();
-        for (name, (create, _)) in &views {
+        for (name, (create, _)) in views {
             let upstream = engine_views
                 .references(&create.definition)?
                 .into_iter()
@@ -188,25 +217,6 @@ impl Engine {
                 detail,
             });
         }
-        for (statement, file) in access {
-            if let Output::Command { tag, .. } = self.execute(statement).await? {
-                applied.push(Applied {
-                    object: file.display().to_string(),
-                    action: "ran",
-                    detail: tag,
-                });
-            }
-        }
-        for view in engine_views.list().await? {
-            if !views.contains_key(&view.name) {
-                applied.push(Applied {
-                    object: view.name.to_string(),
-                    action: "kept",
-                    detail: "no project file defines it any more; its data stays (DROP MATERIALIZED VIEW to remove it)".into(),
-                });
-            }
-        }
-        self.shared.catalog.refresh().await?;
         Ok(applied)
     }
 }

@@ -396,6 +396,9 @@ pub fn parse_one(text: &str) -> Result<Statement> {
         return Ok(own);
     }
     let mut statements = DFParser::parse_sql_with_dialect(text, &dialect).map_err(df_syntax)?;
+    for statement in &statements {
+        check_depth(statement)?;
+    }
     match (statements.pop_front(), statements.is_empty()) {
         (Some(DfStatement::Statement(statement)), true) => Ok(Statement::Sql(Box::new(
             DfStatement::Statement(Box::new(crate::postgres::rewrite(text, *statement))),
@@ -409,6 +412,89 @@ pub fn parse_one(text: &str) -> Result<Statement> {
 }
 
 use medlake_views::definition::word;
+
+/// How deeply a statement's expressions and queries may nest (`1 + 1 + ... + 1` nests once
+/// per `+`; `SELECT 1 UNION ALL ...` once per UNION). Planning recurses over them, and a
+/// statement nested deeper would exhaust a thread's stack and abort the server: refused with
+/// `54000` instead, as PostgreSQL refuses what exceeds its `max_stack_depth` (`54001`).
+pub const MAX_DEPTH: usize = 256;
+
+/// Refuses a statement nested deeper than [`MAX_DEPTH`] (the walk stops at the limit).
+pub fn check_depth(statement: &DfStatement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, Visit, Visitor};
+    struct Depth {
+        now: usize,
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
+            self.now += 1;
+            if self.now > MAX_DEPTH {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn post_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
+            self.now -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.pre_visit_expr(&SqlExpr::Value(
+                datafusion::sql::sqlparser::ast::Value::Null.into(),
+            ))
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.post_visit_expr(&SqlExpr::Value(
+                datafusion::sql::sqlparser::ast::Value::Null.into(),
+            ))
+        }
+    }
+    let DfStatement::Statement(statement) = statement else {
+        return Ok(());
+    };
+    let mut depth = Depth { now: 0 };
+    let broke = statement.visit(&mut depth).is_break() || set_depth(statement) > MAX_DEPTH;
+    if broke {
+        return Err(Error::TooComplex {
+            what: format!("the statement nests deeper than {MAX_DEPTH} levels"),
+        });
+    }
+    Ok(())
+}
+
+/// [`check_depth`] for a query kept as text (a materialized view's), before it is planned; a
+/// query that does not parse is left to its planner's error.
+pub fn check_query_depth(query: &str) -> Result<()> {
+    let dialect = MedlakeDialect::default();
+    match DFParser::parse_sql_with_dialect(query, &dialect) {
+        Ok(statements) => statements.iter().try_for_each(check_depth),
+        Err(_) => Ok(()),
+    }
+}
+
+/// How deeply `UNION`/`INTERSECT`/`EXCEPT` nest in a statement's queries (not visited as
+/// queries by sqlparser's visitor).
+fn set_depth(statement: &datafusion::sql::sqlparser::ast::Statement) -> usize {
+    use datafusion::sql::sqlparser::ast::{SetExpr, Statement as SqlStatement};
+    fn of(set: &SetExpr, depth: usize) -> usize {
+        if depth > MAX_DEPTH {
+            return depth;
+        }
+        match set {
+            SetExpr::SetOperation { left, right, .. } => {
+                of(left, depth + 1).max(of(right, depth + 1))
+            }
+            SetExpr::Query(q) => of(&q.body, depth + 1),
+            _ => depth,
+        }
+    }
+    match statement {
+        SqlStatement::Query(q) => of(&q.body, 0),
+        SqlStatement::Insert(insert) => insert.source.as_ref().map_or(0, |q| of(&q.body, 0)),
+        _ => 0,
+    }
+}
 
 /// Whether the statement starts like one of [`crate::access::parse`]'s.
 fn is_access_statement(parser: &Parser<'_>) -> bool {

@@ -450,7 +450,7 @@ impl FlightSql {
     async fn run(&self, caller: &Caller, statement: Statement) -> Result<Output, Status> {
         self.inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin(&caller))
+            .session_for_at(caller.principal.clone(), flight_origin(caller))
             .execute(statement)
             .await
             .map_err(|e| status(&e))
@@ -475,7 +475,7 @@ impl FlightSql {
         let batches = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin(&caller))
+            .session_for_at(caller.principal.clone(), flight_origin(caller))
             .query(
                 "SELECT table_schema, table_name, table_type FROM information_schema.tables \
                  WHERE table_schema NOT IN ('information_schema', 'pg_catalog') \
@@ -519,7 +519,7 @@ impl FlightSql {
         let description = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin(&caller))
+            .session_for_at(caller.principal.clone(), flight_origin(caller))
             .describe(&statement)
             .await
             .map_err(|e| status(&e))?;
@@ -561,7 +561,7 @@ impl FlightSql {
         let session = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin(&caller));
+            .session_for_at(caller.principal.clone(), flight_origin(caller));
         // Checked before a byte of data is read (and again by the engine when it writes).
         let target = medlake_engine::TableName::new(
             schema_name.to_lowercase(),

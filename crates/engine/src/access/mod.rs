@@ -207,7 +207,12 @@ impl Access {
             &sources,
             &resolve,
             &format!("{}.{}", key.0, key.1),
-            state.declassified.contains(key),
+            // DECLASSIFY holds while the view's owner still owns each filtered input (its
+            // check when it ran): an input handed to someone else takes its rows back.
+            &|source: &TableKey| {
+                let owner = |k: &TableKey| state.owner(&medlake_auth::Securable::table(&k.0, &k.1));
+                state.declassified.contains(key) && owner(key) == owner(source)
+            },
         )
     }
 }

@@ -491,7 +491,7 @@ pub(crate) fn lineage(
     sources: &HashMap<TableKey, Arc<TablePolicy>>,
     resolve: &dyn Fn(&TableReference) -> Option<TableKey>,
     view: &str,
-    declassified: bool,
+    declassified: &dyn Fn(&TableKey) -> bool,
 ) -> Result<TablePolicy> {
     let mut walk = Walk {
         sources,
@@ -536,7 +536,8 @@ pub(crate) fn lineage(
                 renames.insert(column.clone(), out);
             }
         }
-        if let Some(why) = mixed.filter(|_| !declassified) {
+        let lifted = declassified(&table);
+        if let Some(why) = mixed.filter(|_| !lifted) {
             policy.refused = Some(format!(
                 "materialized view {view}: it reads {}, whose row filter on ({}) it cannot carry: {why} (its owner may ALTER MATERIALIZED VIEW {view} DECLASSIFY)",
                 filter.source,
@@ -559,7 +560,7 @@ pub(crate) fn lineage(
                 columns: filter.columns.iter().map(|c| renames[c].clone()).collect(),
                 expr,
             });
-        } else if !declassified {
+        } else if !lifted {
             policy.refused = Some(format!(
                 "materialized view {view}: it reads {}, whose row filter on ({}) it does not carry (its owner may ALTER MATERIALIZED VIEW {view} DECLASSIFY)",
                 filter.source,
@@ -589,26 +590,54 @@ fn column_taint(input: &LogicalPlan, taints: &[Taint], expr: &Expr) -> Taint {
 /// subquery) carries the masks of what the subquery returns, and the subquery's row filters
 /// are never carried (it computes over rows the filter would hide).
 fn taints(plan: &LogicalPlan, walk: &mut Walk<'_>) -> Result<Vec<Taint>> {
-    let mut subqueries: Vec<Arc<LogicalPlan>> = Vec::new();
+    let mut subqueries: Vec<(Arc<LogicalPlan>, Vec<Expr>)> = Vec::new();
     for expr in plan.expressions() {
         expr.apply(|e| {
-            match e {
-                Expr::ScalarSubquery(q) => subqueries.push(q.subquery.clone()),
-                Expr::Exists(x) => subqueries.push(x.subquery.subquery.clone()),
-                Expr::InSubquery(x) => subqueries.push(x.subquery.subquery.clone()),
-                _ => {}
-            }
+            let q = match e {
+                Expr::ScalarSubquery(q) => q,
+                Expr::Exists(x) => &x.subquery,
+                Expr::InSubquery(x) => &x.subquery,
+                _ => return Ok(TreeNodeRecursion::Continue),
+            };
+            subqueries.push((q.subquery.clone(), q.outer_ref_columns.clone()));
             Ok(TreeNodeRecursion::Continue)
         })?;
     }
-    let mut out = node_taints(plan, walk)?;
-    for subquery in subqueries {
-        let returned = Taint::merge(taints(&subquery, walk)?);
-        if returned.masks.is_empty() {
+    let first_filter = walk.filters.len();
+    let inputs: Vec<Vec<Taint>> = plan
+        .inputs()
+        .into_iter()
+        .map(|input| taints(input, walk))
+        .collect::<Result<_>>()?;
+    // What a correlated subquery reads of this node's input rows.
+    let outer = |refs: &[Expr]| -> Vec<Arc<Mask>> {
+        let mut masks = Vec::new();
+        for r in refs {
+            let Expr::OuterReferenceColumn(_, column) = r else {
+                continue;
+            };
+            for (input, input_taints) in plan.inputs().into_iter().zip(&inputs) {
+                if let Some(t) = input
+                    .schema()
+                    .maybe_index_of_column(column)
+                    .and_then(|i| input_taints.get(i))
+                {
+                    masks.extend(t.masks.iter().cloned());
+                }
+            }
+        }
+        masks
+    };
+    let outer_masks: Vec<Vec<Arc<Mask>>> = subqueries.iter().map(|(_, refs)| outer(refs)).collect();
+    let mut out = node_taints(plan, walk, inputs, first_filter)?;
+    for ((subquery, _), outer_masks) in subqueries.into_iter().zip(outer_masks) {
+        let mut returned = Taint::merge(taints(&subquery, walk)?).masks;
+        returned.extend(outer_masks);
+        if returned.is_empty() {
             continue;
         }
         for t in &mut out {
-            for m in &returned.masks {
+            for m in &returned {
                 if !t.masks.iter().any(|x| Arc::ptr_eq(x, m)) {
                     t.masks.push(m.clone());
                 }
@@ -619,13 +648,12 @@ fn taints(plan: &LogicalPlan, walk: &mut Walk<'_>) -> Result<Vec<Taint>> {
     Ok(out)
 }
 
-fn node_taints(plan: &LogicalPlan, walk: &mut Walk<'_>) -> Result<Vec<Taint>> {
-    let first_filter = walk.filters.len();
-    let inputs: Vec<Vec<Taint>> = plan
-        .inputs()
-        .into_iter()
-        .map(|input| taints(input, walk))
-        .collect::<Result<_>>()?;
+fn node_taints(
+    plan: &LogicalPlan,
+    walk: &mut Walk<'_>,
+    inputs: Vec<Vec<Taint>>,
+    first_filter: usize,
+) -> Result<Vec<Taint>> {
     let width = plan.schema().fields().len();
     let all_inputs = || Taint::merge(inputs.iter().flatten().cloned());
     Ok(match plan {
@@ -636,11 +664,28 @@ fn node_taints(plan: &LogicalPlan, walk: &mut Walk<'_>) -> Result<Vec<Taint>> {
             .map(|e| column_taint(&p.input, &inputs[0], e))
             .collect(),
         LogicalPlan::Aggregate(a) => {
-            let mut out: Vec<Taint> = a
-                .group_expr
+            // GROUPING SETS / ROLLUP / CUBE: one expression, one output column per distinct
+            // grouping expression plus the grouping id. Their subtotal rows mix every value
+            // of a column, so none passes a filter column through.
+            let (group, sets): (Vec<Expr>, bool) = match a.group_expr.as_slice() {
+                [Expr::GroupingSet(set)] => {
+                    (set.distinct_expr().into_iter().cloned().collect(), true)
+                }
+                other => (other.to_vec(), false),
+            };
+            let mut out: Vec<Taint> = group
                 .iter()
-                .map(|e| column_taint(&a.input, &inputs[0], e))
+                .map(|e| {
+                    let mut t = column_taint(&a.input, &inputs[0], e);
+                    if sets {
+                        t.pass.clear();
+                    }
+                    t
+                })
                 .collect();
+            if sets {
+                out.push(Taint::default());
+            }
             // Grouping sets add an internal id column.
             for e in &a.aggr_expr {
                 let mut t = column_taint(&a.input, &inputs[0], e);
@@ -679,8 +724,12 @@ fn node_taints(plan: &LogicalPlan, walk: &mut Walk<'_>) -> Result<Vec<Taint>> {
                 t
             })
             .collect(),
-        LogicalPlan::Filter(_)
-        | LogicalPlan::Sort(_)
+        LogicalPlan::Filter(f) => {
+            let mut out = inputs.into_iter().next().unwrap_or_default();
+            share_equal(&f.predicate, f.input.schema(), &mut out);
+            out
+        }
+        LogicalPlan::Sort(_)
         | LogicalPlan::Limit(_)
         | LogicalPlan::Repartition(_)
         | LogicalPlan::SubqueryAlias(_)
@@ -692,6 +741,44 @@ fn node_taints(plan: &LogicalPlan, walk: &mut Walk<'_>) -> Result<Vec<Taint>> {
         // Anything else: every output column may come from every input column.
         _ => vec![all_inputs(); width],
     })
+}
+
+/// Columns a predicate says are equal (`a = b`, `a = upper(b)`) tell each other's values: each
+/// side's columns carry the other side's masks as well.
+fn share_equal(predicate: &Expr, schema: &DFSchema, taints: &mut [Taint]) {
+    use datafusion::logical_expr::Operator;
+    use datafusion::logical_expr::utils::split_conjunction;
+    for conjunct in split_conjunction(predicate) {
+        let Expr::BinaryExpr(b) = strip(conjunct) else {
+            continue;
+        };
+        if b.op != Operator::Eq {
+            continue;
+        }
+        let indexes = |e: &Expr| -> Vec<usize> {
+            e.column_refs()
+                .into_iter()
+                .filter_map(|c| schema.maybe_index_of_column(c))
+                .filter(|i| *i < taints.len())
+                .collect()
+        };
+        let (l, r) = (indexes(&b.left), indexes(&b.right));
+        let masks = |ix: &[usize]| -> Vec<Arc<Mask>> {
+            ix.iter().flat_map(|i| taints[*i].masks.clone()).collect()
+        };
+        let (lm, rm) = (masks(&l), masks(&r));
+        for (targets, masks) in [(&l, &rm), (&r, &lm)] {
+            for &i in targets {
+                let target = &mut taints[i];
+                for m in masks {
+                    if !target.masks.iter().any(|x| Arc::ptr_eq(x, m)) {
+                        target.masks.push(m.clone());
+                        target.exact = false;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A window function computes each row's value from other rows: of its partition, which
@@ -755,6 +842,16 @@ fn join_taints(
                 target.exact = false;
             }
         }
+    }
+    // `ON a = b` beyond the equi-keys (the unoptimized plan keeps ON as a filter).
+    if let Some(filter) = &join.filter
+        && let Ok(schema) = join.left.schema().join(join.right.schema())
+    {
+        let split = left.len();
+        let mut both: Vec<Taint> = left.into_iter().chain(right).collect();
+        share_equal(filter, &schema, &mut both);
+        right = both.split_off(split);
+        left = both;
     }
     match join.join_type {
         JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {

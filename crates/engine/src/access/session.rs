@@ -268,6 +268,24 @@ impl Session {
         Ok(if filtered { 0 } else { rows })
     }
 
+    /// Forgets a view's DECLASSIFY (its definition is being replaced).
+    pub(crate) async fn undeclassify(&self, view: &TableName) -> Result<()> {
+        let key: TableKey = (view.schema.clone(), view.table.clone());
+        if !self.access_state().await?.declassified.contains(&key) {
+            return Ok(());
+        }
+        self.shared
+            .access
+            .store
+            .change(|state| {
+                state.declassified.remove(&key);
+                Ok(())
+            })
+            .await?;
+        self.shared.access.forget_lineage();
+        Ok(())
+    }
+
     /// Records this session's principal as the owner of what it created (the local
     /// operator's creations have no owner: admins manage them).
     pub(crate) async fn record_owner(&self, on: Securable) -> Result<()> {

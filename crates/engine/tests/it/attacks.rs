@@ -272,20 +272,61 @@ async fn masks_follow_scalar_subqueries_and_pins_are_private() {
     let (_dir, engine, [ann, clin, _]) = server().await;
     let ann = engine.session_for(ann);
     let clin = engine.session_for(clin);
-    assert_eq!(
-        outcome(
-            &clin,
-            "CREATE MATERIALIZED VIEW scratch.leak AS SELECT patient_id, (SELECT max(mrn) FROM silver.patients) AS m FROM silver.readings"
-        )
-        .await,
-        "ok"
-    );
+    // A masked table without a row filter, and an unmasked one of candidate MRNs.
     engine
-        .sql("ALTER MATERIALIZED VIEW scratch.leak DECLASSIFY")
+        .sql(
+            "CREATE TABLE silver.enc (patient_id BIGINT, mrn VARCHAR, ward VARCHAR);
+             INSERT INTO silver.enc VALUES (1, 'MRN-0001', 'icu'), (2, 'MRN-0002', 'cardio');
+             CREATE TABLE silver.lookup (code VARCHAR);
+             INSERT INTO silver.lookup VALUES ('MRN-0001'), ('MRN-0002'), ('MRN-0009');
+             GRANT SELECT ON TABLE silver.enc TO analyst, clinician;
+             GRANT SELECT ON TABLE silver.lookup TO analyst, clinician;
+             ALTER TABLE silver.enc ALTER COLUMN mrn SET MASK CASE WHEN is_member('clinician') THEN mrn ELSE 'MRN-****' END;",
+        )
         .await
         .unwrap();
-    let seen = text(&ann, "SELECT DISTINCT m FROM scratch.leak").await;
-    assert!(!seen.contains("MRN-000"), "{seen}");
+    for (name, query) in [
+        (
+            "scalar",
+            "SELECT patient_id, (SELECT max(mrn) FROM silver.enc) AS m FROM silver.readings",
+        ),
+        (
+            "correlated",
+            "SELECT (SELECT max(l.code) FROM silver.lookup l WHERE l.code = e.mrn) AS m FROM silver.enc e",
+        ),
+        (
+            "joined_on",
+            "SELECT l.code AS m FROM silver.lookup l JOIN silver.enc e ON l.code = e.mrn",
+        ),
+        (
+            "joined_where",
+            "SELECT l.code AS m FROM silver.lookup l, silver.enc e WHERE l.code = e.mrn",
+        ),
+        (
+            "joined_upper",
+            "SELECT l.code AS m FROM silver.lookup l JOIN silver.enc e ON l.code = upper(e.mrn)",
+        ),
+        (
+            "rollup",
+            "SELECT ward, mrn AS m, count(*) AS n FROM silver.enc GROUP BY ROLLUP (ward, mrn)",
+        ),
+        (
+            "sets",
+            "SELECT patient_id, mrn AS m, count(*) AS n FROM silver.enc GROUP BY GROUPING SETS ((patient_id, mrn))",
+        ),
+    ] {
+        assert_eq!(
+            outcome(
+                &clin,
+                &format!("CREATE MATERIALIZED VIEW scratch.{name} AS {query}")
+            )
+            .await,
+            "ok",
+            "{name}"
+        );
+        let seen = text(&ann, &format!("SELECT DISTINCT m FROM scratch.{name}")).await;
+        assert!(!seen.contains("MRN-000"), "{name}: {seen}");
+    }
     // Another statement's pinned version, named directly, is refused (it would bypass the
     // masks and filters its own statement applies).
     assert_eq!(
@@ -298,6 +339,72 @@ async fn masks_follow_scalar_subqueries_and_pins_are_private() {
     );
     let old = text(&ann, "SELECT mrn FROM silver.patients VERSION AS OF 1").await;
     assert!(!old.contains("MRN-000"), "{old}");
+}
+
+#[tokio::test]
+async fn declassify_does_not_outlive_the_query_or_the_inputs_owner() {
+    let (_dir, engine, [ann, ..]) = server().await;
+    let admin = engine.session_for(Principal::user("root", Role::Admin));
+    engine
+        .sql(
+            "CREATE TABLE scratch.mine (k VARCHAR);
+             INSERT INTO scratch.mine VALUES ('a'), ('b');
+             ALTER TABLE scratch.mine OWNER TO ann;",
+        )
+        .await
+        .unwrap();
+    let ann = engine.session_for(ann);
+    for sql in [
+        "ALTER TABLE scratch.mine SET ROW FILTER k = 'a' ON (k)",
+        "CREATE MATERIALIZED VIEW scratch.dv AS SELECT count(*) AS n FROM scratch.mine",
+        "ALTER MATERIALIZED VIEW scratch.dv DECLASSIFY",
+        "SELECT * FROM scratch.dv",
+    ] {
+        assert_eq!(outcome(&ann, sql).await, "ok", "{sql}");
+    }
+    // The input handed to someone else: the view's rows are no longer ann's to release.
+    assert_eq!(
+        outcome(&admin, "ALTER TABLE scratch.mine OWNER TO clin").await,
+        "ok"
+    );
+    assert_eq!(outcome(&ann, "SELECT * FROM scratch.dv").await, "42501");
+    assert_eq!(
+        outcome(&admin, "ALTER TABLE scratch.mine OWNER TO ann").await,
+        "ok"
+    );
+    assert_eq!(outcome(&ann, "SELECT * FROM scratch.dv").await, "ok");
+    // A new query replaces the declassification with the definition.
+    assert_eq!(
+        outcome(
+            &ann,
+            "CREATE OR REPLACE MATERIALIZED VIEW scratch.dv AS SELECT patient_id, birth FROM silver.patients"
+        )
+        .await,
+        "ok"
+    );
+    assert_eq!(outcome(&ann, "SELECT * FROM scratch.dv").await, "42501");
+}
+
+#[tokio::test]
+async fn statements_nested_too_deep_are_refused_not_a_crash() {
+    let (_dir, engine, [ann, ..]) = server().await;
+    let ann = engine.session_for(ann);
+    let terms = |n: usize, op: &str| vec!["1"; n].join(op);
+    assert_eq!(
+        outcome(&ann, &format!("SELECT {}", terms(100, " + "))).await,
+        "ok"
+    );
+    for sql in [
+        format!("SELECT {}", terms(5000, " + ")),
+        format!("SELECT {}", terms(400, " || ")),
+        vec!["SELECT 1"; 400].join(" UNION ALL "),
+        format!(
+            "CREATE MATERIALIZED VIEW scratch.deep AS SELECT {}",
+            terms(5000, " + ")
+        ),
+    ] {
+        assert_eq!(outcome(&ann, &sql).await, "54000", "{}", &sql[..40]);
+    }
 }
 
 #[tokio::test]
