@@ -12,10 +12,10 @@ import subprocess
 import pyarrow as pa
 import pytest
 
-from attack import MEDLAKE, Server, adbc_connect, http_request, note, pg_connect
+from attack import MEDLAKE, Server, adbc_connect, http_request, note, pg_connect, psql
 
 PASSWORDS = {name: f"Zq{name}x{secrets.token_hex(12)}"
-             for name in ["admin", "clin", "ann", "aud", "doc"]}
+             for name in ["admin", "clin", "ann", "aud", "doc", "wri", "nob"]}
 TOKEN = f"Zqtokenx{secrets.token_hex(16)}"
 USERS = {name: (name, password) for name, password in PASSWORDS.items()}
 
@@ -49,6 +49,16 @@ password_env = "P_G_DOC"
 role = "none"
 roles = ["clinician_lite", "break_glass"]
 
+[[users]]
+name = "wri"
+password_env = "P_G_WRI"
+role = "none"
+
+[[users]]
+name = "nob"
+password_env = "P_G_NOB"
+role = "none"
+
 [[ingest_tokens]]
 name = "bedside-gw"
 token_env = "T_G_GW"
@@ -71,6 +81,8 @@ SEED = [
     "GRANT SELECT ON TABLE silver.patients TO clinician, analyst, clinician_lite",
     "GRANT SELECT ON TABLE silver.readings TO analyst",
     "GRANT SELECT ON SCHEMA gold TO analyst, clinician",
+    "GRANT USAGE ON SCHEMA bronze TO wri",
+    "GRANT INSERT ON TABLE bronze.vitals TO wri",
     "ALTER TABLE silver.patients ALTER COLUMN mrn SET MASK "
     "CASE WHEN is_member('clinician') THEN mrn ELSE 'MRN-****' END",
     "CREATE MATERIALIZED VIEW gold.patient_hr AS SELECT p.mrn, upper(p.name) AS shout, "
@@ -184,6 +196,79 @@ def test_grants_decide_what_each_user_reads(server):
     with pytest.raises(Exception) as refused:
         flight_rows(server, "ann", "SELECT * FROM silver.notes")
     assert "42501" in str(refused.value) or "PERMISSION" in str(refused.value).upper()
+
+
+def test_psql_dp_lists_privileges(server):
+    # An admin sees every grant, in PostgreSQL's aclitem form (medlake records no grantor:
+    # the owner, or `medlake` for the operator's tables).
+    code, out, err = psql(server, USERS["admin"], r"\dp silver.*")
+    assert code == 0, err
+    assert "Access privileges" in out and "patients" in out and "notes" in out, out
+    assert "analyst=r/medlake" in out and "clinician=r/medlake" in out, out
+    assert "clinician_lite=r/medlake" in out, out
+    # ann sees the tables she may use, and her own roles' grants only.
+    code, out, err = psql(server, USERS["ann"], r"\dp")
+    assert code == 0, err
+    assert "patients" in out and "readings" in out and "patient_hr" in out, out
+    assert "analyst=r/medlake" in out, out
+    assert "notes" not in out and "clinician" not in out and "vitals" not in out, out
+    code, out, err = psql(server, USERS["nob"], r"\dp silver.*")
+    assert code == 0, err
+    assert "(0 rows)" in out, out
+
+
+COLUMNS = ("SELECT c.relname, a.attname FROM pg_catalog.pg_attribute a "
+           "JOIN pg_catalog.pg_class c ON a.attrelid = c.oid "
+           "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+           "WHERE n.nspname IN ('silver', 'bronze', 'gold') ORDER BY 1, 2")
+
+
+def test_catalogs_show_columns_only_of_what_one_may_use(server):
+    for sql in [COLUMNS,
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema IN ('silver', 'bronze', 'gold')",
+                "SELECT relname FROM pg_catalog.pg_class WHERE relname IN "
+                "('patients', 'notes', 'vitals', 'readings')"]:
+        assert pg_rows(server, "nob", sql) == "[]", sql
+        rows = pg_rows(server, "ann", sql)
+        assert "patients" in rows and "readings" in rows, rows
+        assert "notes" not in rows and "vitals" not in rows, rows
+    assert "'note'" not in pg_rows(server, "ann", COLUMNS)
+    # One may see the columns of what one may write.
+    rows = pg_rows(server, "wri", COLUMNS)
+    assert "('vitals', 'hr')" in rows and "patients" not in rows, rows
+    assert pg_code(server, "nob", "DESCRIBE silver.notes") == "42501"
+    assert pg_code(server, "ann", "DESCRIBE silver.notes") == "42501"
+    assert pg_code(server, "ann", "DESCRIBE silver.patients") == "ok"
+    assert pg_code(server, "wri", "DESCRIBE bronze.vitals") == "ok"
+    rows = pg_rows(server, "ann", "SELECT has_table_privilege('silver.patients', 'SELECT'), "
+                                  "has_table_privilege('silver.notes', 'SELECT')")
+    assert rows == "[(True, False)]", rows
+
+
+def objects(server, user):
+    with contextlib.closing(adbc_connect(server, USERS[user])) as conn:
+        found = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+    note("adbc objects", repr(found))
+    tables = {}
+    for catalog in found:
+        for schema in catalog["catalog_db_schemas"] or []:
+            for table in schema["db_schema_tables"] or []:
+                name = f"{schema['db_schema_name']}.{table['table_name']}"
+                tables[name] = [c["column_name"] for c in table["table_columns"] or []]
+    return tables
+
+
+def test_adbc_get_objects_lists_what_one_may_use(server):
+    # INSERT alone: the table and its columns, nothing else (and no PERMISSION_DENIED).
+    tables = objects(server, "wri")
+    assert tables.get("bronze.vitals") == ["patient_id", "hr"], tables
+    assert not any(t.startswith(("silver.", "gold.")) for t in tables), tables
+    tables = objects(server, "ann")
+    assert "silver.patients" in tables and "mrn" in tables["silver.patients"], tables
+    assert "silver.notes" not in tables and "bronze.vitals" not in tables, tables
+    tables = objects(server, "nob")
+    assert not any(t.startswith(("silver.", "bronze.", "gold.")) for t in tables), tables
 
 
 def test_break_glass_is_for_its_members_on_their_connection_only(server):

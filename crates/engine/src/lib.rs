@@ -648,6 +648,14 @@ impl Session {
         for udf in access::functions::udfs(principal.clone(), shared.access.clone()) {
             ctx.register_udf(udf);
         }
+        // What pg_catalog lists for it (scans of pg_class, pg_attribute, ... ask).
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(access::CatalogViewer::new(
+                principal.clone(),
+                shared.access.clone(),
+            )));
         Self {
             shared,
             ctx,
@@ -1352,6 +1360,7 @@ impl Session {
         statement: datafusion::sql::parser::Statement,
         aliases: &HashMap<String, access::TableKey>,
     ) -> Result<Output> {
+        self.check_described(&statement).await?;
         let plan = self
             .ctx
             .state()

@@ -8,7 +8,10 @@
 //! fixes what Npgsql (Power BI) and psql need on top of it:
 //! - `pg_type.typreceive`/`typsend` are `regproc` OIDs, so Npgsql's
 //!   `JOIN pg_proc ON pg_proc.oid = a.typreceive` finds every type (the crate stores names);
-//! - materialized views are relkind `m` in `pg_class` (psql `\dm`);
+//! - `pg_class`, `pg_attribute` and `pg_tables` list only the relations the session's
+//!   principal lists (`access::catalog::lists`, asked of the session's `CatalogViewer`);
+//! - materialized views are relkind `m` in `pg_class` (psql `\dm`), `pg_class.relacl` holds
+//!   the grants as `aclitem` text and `pg_policy` has psql's column types (psql `\dp`);
 //! - `information_schema.tables`/`columns` speak Postgres type names, and
 //!   `table_constraints`, `key_column_usage`, `referential_constraints`,
 //!   `constraint_column_usage`, `character_sets` exist (empty where we have no keys).
@@ -21,7 +24,8 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Int32Array, Int32Builder, RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Int32Array, Int32Builder, ListBuilder, RecordBatch,
+    StringArray, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
@@ -34,14 +38,16 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::collect;
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr,
-    Statement as SqlStatement, TableFactor, Visit, Visitor, visit_expressions_mut,
-    visit_relations_mut,
+    Expr as SqlExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, ObjectNamePart, OrderBy,
+    OrderByKind, SelectItem, SetExpr, Statement as SqlStatement, TableFactor, Visit, Visitor,
+    visit_expressions_mut, visit_relations_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
+use crate::access::CatalogViewer;
+use crate::access::catalog::CatalogView;
 pub use crate::catalog::PG_CATALOG;
 use crate::catalog::{CATALOG, LakeCatalog};
 /// The PostgreSQL version medlake reports (`server_version`, `version()`): the SQL dialect
@@ -94,7 +100,78 @@ pub(crate) fn rewrite(text: &str, statement: SqlStatement) -> SqlStatement {
             _ => PARSER.rewrite(statement),
         }
     };
-    aggregate_catalog_subqueries(redirect_information_schema(statement))
+    array_subqueries_as_aggregates(aggregate_catalog_subqueries(redirect_information_schema(
+        statement,
+    )))
+}
+
+/// `ARRAY(SELECT x FROM ... ORDER BY ...)`, which DataFusion cannot plan (psql `\dp` builds
+/// its column privileges and policies with it), becomes the scalar subquery
+/// `(SELECT array_agg(x ORDER BY ...) FROM ...)`: the same array, NULL instead of an empty
+/// one when there are no rows.
+fn array_subqueries_as_aggregates(mut statement: SqlStatement) -> SqlStatement {
+    let _ = visit_expressions_mut(&mut statement, |expr: &mut SqlExpr| {
+        if let SqlExpr::Function(function) = expr
+            && function.name.0.len() == 1
+            && function.name.to_string().eq_ignore_ascii_case("array")
+            && let FunctionArguments::Subquery(query) = &function.args
+            && let SetExpr::Select(select) = query.body.as_ref()
+            && select.projection.len() == 1
+            && matches!(&select.group_by, GroupByExpr::Expressions(keys, _) if keys.is_empty())
+            && let SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. } =
+                &select.projection[0]
+        {
+            // medlake has no policies (`pg_policy` is empty): psql's policy listing is
+            // NULL, without planning its comparisons of `polroles`.
+            if select.from.len() == 1
+                && select.from[0].joins.is_empty()
+                && matches!(&select.from[0].relation, TableFactor::Table { name, .. }
+                    if name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case("pg_policy")))
+                && let Ok(none) = Parser::new(&PostgreSqlDialect {})
+                    .try_with_sql("CAST(NULL AS TEXT[])")
+                    .and_then(|mut p| p.parse_expr())
+            {
+                *expr = none;
+                return ControlFlow::Continue(());
+            }
+            let order = match &query.order_by {
+                None => Vec::new(),
+                Some(OrderBy {
+                    kind: OrderByKind::Expressions(exprs),
+                    ..
+                }) => exprs
+                    .iter()
+                    .map(|e| {
+                        let mut e = e.clone();
+                        // `ORDER BY 1`: the one selected expression.
+                        if e.expr.to_string() == "1" {
+                            e.expr = item.clone();
+                        }
+                        e.to_string()
+                    })
+                    .collect(),
+                Some(_) => return ControlFlow::<()>::Continue(()),
+            };
+            let order = match order.is_empty() {
+                true => String::new(),
+                false => format!(" ORDER BY {}", order.join(", ")),
+            };
+            let Ok(aggregated) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&format!("array_agg({item}{order})"))
+                .and_then(|mut p| p.parse_expr())
+            else {
+                return ControlFlow::Continue(());
+            };
+            let mut query = query.clone();
+            if let SetExpr::Select(select) = query.body.as_mut() {
+                select.projection = vec![SelectItem::UnnamedExpr(aggregated)];
+            }
+            query.order_by = None;
+            *expr = SqlExpr::Subquery(query);
+        }
+        ControlFlow::Continue(())
+    });
+    statement
 }
 
 /// Catalog queries of drivers use correlated scalar subqueries that Postgres knows return
@@ -275,18 +352,20 @@ impl SchemaProvider for PgCatalog {
             return Ok(None);
         };
         let patch = match name {
-            "pg_type" => Patch::ProcOids(
-                self.inner
-                    .table("pg_proc")
-                    .await?
-                    .ok_or_else(|| DataFusionError::Internal("pg_catalog has no pg_proc".into()))?,
-            ),
-            "pg_class" => Patch::MatViews {
-                namespaces: self.inner.table("pg_namespace").await?.ok_or_else(|| {
-                    DataFusionError::Internal("pg_catalog has no pg_namespace".into())
-                })?,
+            "pg_type" => Patch::ProcOids(self.inner_table("pg_proc").await?),
+            "pg_class" => Patch::Classes {
+                namespaces: self.inner_table("pg_namespace").await?,
                 catalog: self.catalog.clone(),
             },
+            "pg_attribute" => Patch::Attributes {
+                classes: self.inner_table("pg_class").await?,
+                namespaces: self.inner_table("pg_namespace").await?,
+            },
+            "pg_tables" => Patch::Listed {
+                schema: "schemaname",
+                table: "tablename",
+            },
+            "pg_policy" => Patch::NoPolicies,
             "pg_database" => Patch::OneDatabase,
             _ => return Ok(Some(table)),
         };
@@ -311,19 +390,53 @@ fn memtable((schema, batches): (SchemaRef, Vec<RecordBatch>)) -> DfResult<Arc<dy
     Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
 }
 
-/// What [`Patched`] changes in a `pg_catalog` table.
+/// What [`Patched`] changes in a `pg_catalog` table. The tables that name relations list
+/// only those the session's principal lists ([`crate::access::catalog::lists`], asked of the
+/// session's [`CatalogViewer`]).
 #[derive(Debug)]
 enum Patch {
     /// `pg_type`: receive/send functions as `pg_proc` OIDs (this is `pg_proc`).
     ProcOids(Arc<dyn TableProvider>),
-    /// `pg_class`: materialized views as relkind `m` (this is `pg_namespace`).
-    MatViews {
+    /// `pg_class`: listed relations only, materialized views as relkind `m`, and `relacl`
+    /// (this is `pg_namespace`).
+    Classes {
         namespaces: Arc<dyn TableProvider>,
         catalog: std::sync::Weak<LakeCatalog>,
     },
+    /// `pg_attribute`: the columns of listed relations only.
+    Attributes {
+        classes: Arc<dyn TableProvider>,
+        namespaces: Arc<dyn TableProvider>,
+    },
+    /// A table with schema and table name columns (`pg_tables`): listed rows only.
+    Listed {
+        schema: &'static str,
+        table: &'static str,
+    },
+    /// `pg_policy`: empty (masks and row filters are not PostgreSQL policies), with
+    /// `polroles` an `oid[]` as psql `\dp` reads it.
+    NoPolicies,
     /// `pg_database`: only `medlake`, the one database a client can connect to.
     OneDatabase,
 }
+
+impl Patch {
+    /// The other `pg_catalog` tables the patch reads.
+    fn reads(&self) -> Vec<Arc<dyn TableProvider>> {
+        match self {
+            Patch::ProcOids(procs) => vec![procs.clone()],
+            Patch::Classes { namespaces, .. } => vec![namespaces.clone()],
+            Patch::Attributes {
+                classes,
+                namespaces,
+            } => vec![classes.clone(), namespaces.clone()],
+            Patch::Listed { .. } | Patch::NoPolicies | Patch::OneDatabase => Vec::new(),
+        }
+    }
+}
+
+/// A collected table: its schema and rows.
+type Collected = (SchemaRef, Vec<RecordBatch>);
 
 /// A `pg_catalog` table corrected when it is scanned, not when it is looked up:
 /// `datafusion-pg-catalog` looks up every table of every schema (ours included) while it
@@ -337,12 +450,12 @@ struct Patched {
 
 impl Patched {
     fn new(inner: Arc<dyn TableProvider>, patch: Patch) -> DfResult<Self> {
-        let procs = match &patch {
-            Patch::ProcOids(procs) => procs.schema(),
-            Patch::MatViews { namespaces, .. } => namespaces.schema(),
-            Patch::OneDatabase => Arc::new(Schema::empty()),
-        };
-        let (schema, _) = Self::apply(&patch, (inner.schema(), Vec::new()), (procs, Vec::new()))?;
+        let reads = patch
+            .reads()
+            .iter()
+            .map(|t| (t.schema(), Vec::new()))
+            .collect();
+        let (schema, _) = Self::apply(&patch, (inner.schema(), Vec::new()), reads, None)?;
         Ok(Self {
             inner,
             patch,
@@ -350,24 +463,64 @@ impl Patched {
         })
     }
 
+    /// The patched table from the collected `table` and the tables the patch `reads`, as
+    /// `view` sees it (`None`: outside a session, only the catalogs' own relations).
     fn apply(
         patch: &Patch,
-        table: (SchemaRef, Vec<RecordBatch>),
-        procs: (SchemaRef, Vec<RecordBatch>),
-    ) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
+        table: Collected,
+        mut reads: Vec<Collected>,
+        view: Option<&CatalogView>,
+    ) -> DfResult<Collected> {
+        let lists = |schema: &str, table: &str| match view {
+            Some(view) => view.lists(schema, table),
+            None => crate::access::catalog::CATALOG_SCHEMAS.contains(&schema),
+        };
+        let mut read = || {
+            if reads.is_empty() {
+                return Err(DataFusionError::Internal(
+                    "a pg_catalog patch is missing a table".into(),
+                ));
+            }
+            Ok(reads.remove(0))
+        };
         match patch {
-            Patch::ProcOids(_) => pg_type_with_proc_oids(table, procs),
-            Patch::MatViews { catalog, .. } => pg_class_with_matviews(
+            Patch::ProcOids(_) => pg_type_with_proc_oids(table, read()?),
+            Patch::Classes { catalog, .. } => pg_class_for(
                 table,
-                procs,
+                &namespace_names(&read()?)?,
                 &catalog
                     .upgrade()
                     .map(|c| c.materialized_views())
                     .unwrap_or_default(),
+                &lists,
+                view,
             ),
+            Patch::Attributes { .. } => {
+                let classes = read()?;
+                let relations = relation_names(&classes, &namespace_names(&read()?)?)?;
+                pg_attribute_for(table, &relations, &lists)
+            }
+            Patch::Listed {
+                schema,
+                table: name,
+            } => listed_rows(table, schema, name, &|s, t| lists(s, t)),
+            Patch::NoPolicies => Ok((no_policies(&table.0), Vec::new())),
             Patch::OneDatabase => only_our_database(table),
         }
     }
+}
+
+/// The columns of `pg_policy` with `polroles` as `oid[]`.
+fn no_policies(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "polroles" => Field::new(f.name(), DataType::new_list(DataType::Int32, true), true),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 #[async_trait]
@@ -388,12 +541,20 @@ impl TableProvider for Patched {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         let table = collect_table(&self.inner).await?;
-        let procs = match &self.patch {
-            Patch::ProcOids(procs) => collect_table(procs).await?,
-            Patch::MatViews { namespaces, .. } => collect_table(namespaces).await?,
-            Patch::OneDatabase => (Arc::new(Schema::empty()), Vec::new()),
+        let mut reads = Vec::new();
+        for read in self.patch.reads() {
+            reads.push(collect_table(&read).await?);
+        }
+        let view = match state.config().get_extension::<CatalogViewer>() {
+            Some(viewer) => Some(
+                viewer
+                    .view()
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
+            ),
+            None => None,
         };
-        memtable(Self::apply(&self.patch, table, procs)?)?
+        memtable(Self::apply(&self.patch, table, reads, view.as_ref())?)?
             .scan(state, projection, filters, limit)
             .await
     }
@@ -463,50 +624,176 @@ fn pg_type_with_proc_oids(
     Ok((new_schema, out))
 }
 
-/// `pg_class` with materialized views as relkind `m` (the `system` views stay `v`).
-fn pg_class_with_matviews(
-    (schema, batches): (SchemaRef, Vec<RecordBatch>),
-    (ns_schema, namespaces): (SchemaRef, Vec<RecordBatch>),
-    views: &std::collections::BTreeSet<(String, String)>,
-) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
-    let at = schema.index_of("relkind")?;
-    let name_at = schema.index_of("relname")?;
-    let ns_at = schema.index_of("relnamespace")?;
-    let mut schema_names: HashMap<i32, String> = HashMap::new();
-    if let (Ok(oid_at), Ok(nsname_at)) = (ns_schema.index_of("oid"), ns_schema.index_of("nspname"))
-    {
-        for batch in &namespaces {
+/// Namespace OIDs to names, from a collected `pg_namespace`.
+fn namespace_names((schema, batches): &Collected) -> DfResult<HashMap<i32, String>> {
+    let mut names = HashMap::new();
+    if let (Ok(oid_at), Ok(name_at)) = (schema.index_of("oid"), schema.index_of("nspname")) {
+        for batch in batches {
             let oids = cast_i32(batch.column(oid_at))?;
-            let names = cast_utf8(batch.column(nsname_at))?;
+            let nspnames = cast_utf8(batch.column(name_at))?;
             for row in 0..batch.num_rows() {
-                if oids.is_valid(row) && names.is_valid(row) {
-                    schema_names.insert(oids.value(row), names.value(row).to_string());
+                if oids.is_valid(row) && nspnames.is_valid(row) {
+                    names.insert(oids.value(row), nspnames.value(row).to_string());
                 }
             }
         }
     }
+    Ok(names)
+}
+
+/// Relation OIDs to (schema, name), from a collected `pg_class`.
+fn relation_names(
+    (schema, batches): &Collected,
+    namespaces: &HashMap<i32, String>,
+) -> DfResult<HashMap<i32, (String, String)>> {
+    let (oid_at, name_at, ns_at) = (
+        schema.index_of("oid")?,
+        schema.index_of("relname")?,
+        schema.index_of("relnamespace")?,
+    );
+    let mut relations = HashMap::new();
+    for batch in batches {
+        let oids = cast_i32(batch.column(oid_at))?;
+        let names = cast_utf8(batch.column(name_at))?;
+        let spaces = cast_i32(batch.column(ns_at))?;
+        for row in 0..batch.num_rows() {
+            if !(oids.is_valid(row) && names.is_valid(row) && spaces.is_valid(row)) {
+                continue;
+            }
+            if let Some(space) = namespaces.get(&spaces.value(row)) {
+                relations.insert(
+                    oids.value(row),
+                    (space.clone(), names.value(row).to_string()),
+                );
+            }
+        }
+    }
+    Ok(relations)
+}
+
+/// `pg_class` as one principal sees it: the relations it lists, materialized views as
+/// relkind `m` (the `system` views stay `v`), and `relacl` (`aclitem[]` as text items,
+/// [`CatalogView::acl`]).
+fn pg_class_for(
+    (schema, batches): Collected,
+    schema_names: &HashMap<i32, String>,
+    views: &std::collections::BTreeSet<(String, String)>,
+    lists: &dyn Fn(&str, &str) -> bool,
+    view: Option<&CatalogView>,
+) -> DfResult<Collected> {
+    let at = schema.index_of("relkind")?;
+    let name_at = schema.index_of("relname")?;
+    let ns_at = schema.index_of("relnamespace")?;
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new_list(
+        "relacl",
+        Field::new_list_field(DataType::Utf8, true),
+        true,
+    ));
+    let out_schema = Arc::new(Schema::new(fields));
     let mut out = Vec::with_capacity(batches.len());
     for batch in batches {
         let kinds = cast_utf8(batch.column(at))?;
         let names = cast_utf8(batch.column(name_at))?;
         let namespaces = cast_i32(batch.column(ns_at))?;
-        let patched: StringArray = (0..batch.num_rows())
-            .map(|row| {
-                let kind = kinds.is_valid(row).then(|| kinds.value(row));
-                let is_view = kind == Some("v")
-                    && names.is_valid(row)
-                    && namespaces.is_valid(row)
-                    && schema_names
+        let mut patched = StringBuilder::new();
+        let mut acls = ListBuilder::new(StringBuilder::new())
+            .with_field(Arc::new(Field::new_list_field(DataType::Utf8, true)));
+        let mut keep = BooleanBuilder::new();
+        for row in 0..batch.num_rows() {
+            let kind = kinds.is_valid(row).then(|| kinds.value(row));
+            let relation = (names.is_valid(row) && namespaces.is_valid(row))
+                .then(|| {
+                    schema_names
                         .get(&namespaces.value(row))
-                        .is_some_and(|schema| {
-                            views.contains(&(schema.clone(), names.value(row).to_string()))
-                        });
-                if is_view { Some("m") } else { kind }
+                        .map(|s| (s.as_str(), names.value(row)))
+                })
+                .flatten();
+            let is_view = kind == Some("v")
+                && relation.is_some_and(|(s, t)| views.contains(&(s.to_string(), t.to_string())));
+            patched.append_option(if is_view { Some("m") } else { kind });
+            keep.append_value(relation.is_some_and(|(s, t)| lists(s, t)));
+            match relation.and_then(|(s, t)| view.and_then(|v| v.acl(s, t))) {
+                Some(items) => {
+                    for item in items {
+                        acls.values().append_value(item);
+                    }
+                    acls.append(true);
+                }
+                None => acls.append(false),
+            }
+        }
+        let mut columns = batch.columns().to_vec();
+        columns[at] = Arc::new(patched.finish());
+        columns.push(Arc::new(acls.finish()));
+        let batch = RecordBatch::try_new(out_schema.clone(), columns)?;
+        out.push(arrow::compute::filter_record_batch(&batch, &keep.finish())?);
+    }
+    Ok((out_schema, out))
+}
+
+/// `pg_attribute` as one principal sees it: the columns of the relations it lists, and
+/// `attacl` an `aclitem[]` (always NULL: medlake has no column privileges).
+fn pg_attribute_for(
+    (schema, batches): Collected,
+    relations: &HashMap<i32, (String, String)>,
+    lists: &dyn Fn(&str, &str) -> bool,
+) -> DfResult<Collected> {
+    let at = schema.index_of("attrelid")?;
+    let acl_at = schema.index_of("attacl")?;
+    let acl_type = DataType::new_list(DataType::Utf8, true);
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match i == acl_at {
+            true => Field::new(f.name(), acl_type.clone(), true),
+            false => f.as_ref().clone(),
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let mut columns = batch.columns().to_vec();
+        columns[acl_at] = arrow::array::new_null_array(&acl_type, batch.num_rows());
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let oids = cast_i32(batch.column(at))?;
+        let keep: arrow::array::BooleanArray = oids
+            .iter()
+            .map(|oid| {
+                Some(
+                    oid.and_then(|oid| relations.get(&oid))
+                        .is_some_and(|(s, t)| lists(s, t)),
+                )
             })
             .collect();
-        let mut columns = batch.columns().to_vec();
-        columns[at] = Arc::new(patched);
-        out.push(RecordBatch::try_new(schema.clone(), columns)?);
+        out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+    }
+    Ok((schema, out))
+}
+
+/// The rows of a table naming relations in columns `schema_column` and `table_column` that
+/// the principal lists.
+fn listed_rows(
+    (schema, batches): Collected,
+    schema_column: &str,
+    table_column: &str,
+    lists: &dyn Fn(&str, &str) -> bool,
+) -> DfResult<Collected> {
+    let (s_at, t_at) = (
+        schema.index_of(schema_column)?,
+        schema.index_of(table_column)?,
+    );
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let schemas = cast_utf8(batch.column(s_at))?;
+        let tables = cast_utf8(batch.column(t_at))?;
+        let keep: arrow::array::BooleanArray = schemas
+            .iter()
+            .zip(tables.iter())
+            .map(|(s, t)| Some(s.zip(t).is_some_and(|(s, t)| lists(s, t))))
+            .collect();
+        out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
     }
     Ok((schema, out))
 }
@@ -546,6 +833,14 @@ struct ColumnInfo {
 }
 
 impl PgCatalog {
+    /// A `pg_catalog` table as `datafusion-pg-catalog` makes it.
+    async fn inner_table(&self, name: &str) -> DfResult<Arc<dyn TableProvider>> {
+        self.inner
+            .table(name)
+            .await?
+            .ok_or_else(|| DataFusionError::Internal(format!("pg_catalog has no {name}")))
+    }
+
     /// Every schema's tables (with their type) from the live catalog.
     async fn relations(&self) -> DfResult<Vec<(String, String, TableType, SchemaRef)>> {
         let Some(catalog) = self.catalog.upgrade() else {

@@ -507,26 +507,32 @@ impl FlightSql {
         Ok(out)
     }
 
+    /// The declared columns of a table for GetTables: `None` when the caller does not list
+    /// it (the engine's listing rule: any of SELECT, INSERT, UPDATE, DELETE, REFRESH, so a
+    /// writer sees the columns it writes). A table that cannot be opened (an external table
+    /// its source policy now refuses) is listed without columns rather than failing the
+    /// whole listing.
     async fn table_schema(
         &self,
         caller: &Caller,
         schema: &str,
         table: &str,
-    ) -> Result<SchemaRef, Status> {
-        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let statement =
-            one_statement(&format!("SELECT * FROM {}.{}", quote(schema), quote(table)))?;
-        let description = self
+    ) -> Result<Option<SchemaRef>, Status> {
+        let described = self
             .inner
             .engine
             .session_for_at(caller.principal.clone(), flight_origin(caller))
-            .describe(&statement)
-            .await
-            .map_err(|e| status(&e))?;
-        let columns = description
-            .columns
-            .unwrap_or_else(|| Arc::new(Schema::empty()));
-        // The table's declared types: scans read strings as views, tables store them plain.
+            .table_columns(schema, table)
+            .await;
+        let columns = match described {
+            Ok(Some(columns)) => columns,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, schema, table, "GetTables: listed without columns");
+                Arc::new(Schema::empty())
+            }
+        };
+        // Plain string and binary types, as tables store them.
         let fields: Vec<Field> = columns
             .fields()
             .iter()
@@ -536,7 +542,7 @@ impl FlightSql {
                 _ => f.as_ref().clone(),
             })
             .collect();
-        Ok(Arc::new(Schema::new(fields)))
+        Ok(Some(Arc::new(Schema::new(fields))))
     }
 
     /// Appends (creating when asked) the batches of a `CommandStatementIngest` in one commit.
@@ -1122,7 +1128,11 @@ impl FlightSqlService for FlightSql {
         let mut builder = query.into_builder();
         for (schema, table, kind) in self.tables(&caller).await? {
             let columns = if include_schema {
-                self.table_schema(&caller, &schema, &table).await?
+                match self.table_schema(&caller, &schema, &table).await? {
+                    Some(columns) => columns,
+                    // No longer listed (a grant revoked since the listing): omitted.
+                    None => continue,
+                }
             } else {
                 Arc::new(Schema::empty())
             };

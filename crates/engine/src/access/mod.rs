@@ -3,6 +3,7 @@
 //! filters applied to every plan and carried through materialized views ([`protect`]), and
 //! the SQL functions that tell a mask who is asking ([`functions`]).
 
+pub(crate) mod catalog;
 pub(crate) mod functions;
 pub(crate) mod owner;
 pub(crate) mod parse;
@@ -10,6 +11,7 @@ pub(crate) mod protect;
 mod session;
 pub(crate) mod store;
 
+pub use catalog::CatalogViewer;
 pub use session::BREAK_GLASS_SETTING;
 
 use std::collections::{BTreeSet, HashMap};

@@ -13,6 +13,7 @@ use medlake_auth::{
 };
 use medlake_lake::TableName;
 
+use super::catalog::{CATALOG_SCHEMAS, LISTING_PRIVILEGES};
 use super::parse::{AccessStatement, Target};
 use super::protect::{self, Viewer};
 use super::{TableKey, table_key};
@@ -39,6 +40,67 @@ impl Session {
     /// The access state as of now (re-read when another server may have changed it).
     pub(crate) async fn access_state(&self) -> Result<Arc<AccessState>> {
         self.shared.access.store.current().await
+    }
+
+    /// Whether this session's principal lists (and may describe) `name`: it holds one of
+    /// [`LISTING_PRIVILEGES`] on it.
+    async fn lists(&self, name: &TableName) -> Result<bool> {
+        let state = self.access_state().await?;
+        let roles = state.roles_of(&self.principal);
+        Ok(super::catalog::lists(
+            &state,
+            &self.principal,
+            &roles,
+            &name.schema,
+            &name.table,
+        ))
+    }
+
+    /// `DESCRIBE t` names a table's columns: refused (42501) unless the principal lists it.
+    pub(crate) async fn check_described(
+        &self,
+        statement: &datafusion::sql::parser::Statement,
+    ) -> Result<()> {
+        use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+        let datafusion::sql::parser::Statement::Statement(statement) = statement else {
+            return Ok(());
+        };
+        let SqlStatement::ExplainTable { table_name, .. } = statement.as_ref() else {
+            return Ok(());
+        };
+        let name = self.table_name(&crate::statement::name_parts(table_name)?)?;
+        if self.lists(&name).await? {
+            return Ok(());
+        }
+        tracing::warn!(target: "medlake::audit", principal = %self.principal.name, table = %name, "permission denied: DESCRIBE");
+        Err(Error::PermissionDenied {
+            principal: self.principal.to_string(),
+            privilege: "SELECT, INSERT, UPDATE, DELETE or REFRESH",
+            object: format!("table {name}"),
+        })
+    }
+
+    /// The columns of `schema.table` as declared, when this session's principal lists it
+    /// (`None` otherwise): for metadata doors (Flight SQL `GetTables` with schemas), which
+    /// describe what a principal may write as well as what it may read.
+    pub async fn table_columns(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<arrow::datatypes::SchemaRef>> {
+        let name = TableName::new(schema, table)?;
+        if !self.lists(&name).await? {
+            return Ok(None);
+        }
+        let provider = self
+            .ctx
+            .table_provider(TableReference::partial(
+                name.schema.as_str(),
+                name.table.as_str(),
+            ))
+            .await
+            .map_err(crate::unwrap_lake_error)?;
+        Ok(Some(provider.schema()))
     }
 
     /// Whether glass is broken on this connection.
@@ -787,13 +849,9 @@ impl Session {
     async fn show_grants(&self, to: Option<String>, on: Option<Target>) -> Result<Output> {
         let state = self.access_state().await?;
         let roles = state.roles_of(&self.principal);
-        let sees_all = self.principal.is_admin() || roles.contains(medlake_auth::AUDITOR);
         let on = on.map(|t| self.securable(&t)).transpose()?;
         let visible = |grantee: &str, object: Option<&Securable>| {
-            sees_all
-                || grantee == self.principal.name
-                || roles.contains(grantee)
-                || object.is_some_and(|o| state.owns(&self.principal, &roles, o))
+            super::catalog::grant_visible(&state, &self.principal, &roles, grantee, object)
         };
         let wanted = |grantee: &str, object: Option<&Securable>| {
             to.as_deref().is_none_or(|t| t == grantee)
@@ -859,7 +917,8 @@ impl Session {
     }
 }
 
-/// The filter every catalog listing gets: the tables the principal holds a privilege on.
+/// The filter every SQL catalog listing gets: the tables the principal holds a privilege on
+/// (`catalog::lists`).
 fn catalog_listing_policy(
     state: &datafusion::execution::context::SessionState,
 ) -> Result<protect::TablePolicy> {
@@ -867,10 +926,17 @@ fn catalog_listing_policy(
         arrow::datatypes::Field::new("table_schema", arrow::datatypes::DataType::Utf8, true),
         arrow::datatypes::Field::new("table_name", arrow::datatypes::DataType::Utf8, true),
     ]))?;
+    // The rule of `catalog::lists`, in SQL.
+    let schemas: Vec<String> = CATALOG_SCHEMAS.iter().map(|s| format!("'{s}'")).collect();
+    let privileges: Vec<&str> = LISTING_PRIVILEGES.iter().map(|p| p.as_str()).collect();
     let expr = protect::plan_expression(
         state,
         &schema,
-        "table_schema IN ('information_schema', 'pg_catalog') OR has_table_privilege(table_schema || '.' || table_name, 'SELECT, INSERT, UPDATE, DELETE, REFRESH')",
+        &format!(
+            "table_schema IN ({}) OR has_table_privilege(table_schema || '.' || table_name, '{}')",
+            schemas.join(", "),
+            privileges.join(", ")
+        ),
         None,
     )?;
     Ok(protect::TablePolicy {

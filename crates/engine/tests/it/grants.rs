@@ -22,6 +22,16 @@ async fn text(session: &Session, sql: &str) -> String {
     pretty_format_batches(&batches).unwrap().to_string()
 }
 
+/// [`text`] with runs of spaces squeezed to one (column widths vary).
+async fn squeezed(session: &Session, sql: &str) -> String {
+    text(session, sql)
+        .await
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 const SETUP: &str = "
     CREATE TABLE silver.patients (patient_id BIGINT, mrn VARCHAR, name VARCHAR, ward VARCHAR, birth DATE);
     INSERT INTO silver.patients VALUES
@@ -575,4 +585,72 @@ async fn quarantined_rows_are_masked_as_their_view_is() {
     )
     .await;
     assert!(raw.contains("| 1 "), "{raw}");
+}
+
+#[tokio::test]
+async fn the_postgres_catalog_lists_only_what_one_may_use_with_its_privileges() {
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(
+            "CREATE TABLE silver.patients (patient_id BIGINT, mrn VARCHAR);
+             CREATE TABLE silver.notes (patient_id BIGINT, note VARCHAR);
+             CREATE ROLE clinician;
+             CREATE ROLE loader;
+             GRANT USAGE ON SCHEMA silver TO clinician, loader;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE silver.patients TO clinician;
+             GRANT SELECT ON TABLE silver.patients TO alice;
+             GRANT INSERT ON TABLE silver.notes TO loader;",
+        )
+        .await
+        .unwrap();
+    let nobody = user(&engine, "nobody", Role::None, &[]);
+    let alice = user(&engine, "alice", Role::None, &["clinician"]);
+    let loader = user(&engine, "lou", Role::None, &["loader"]);
+    let columns = "SELECT c.relname, a.attname FROM pg_catalog.pg_attribute a \
+        JOIN pg_catalog.pg_class c ON a.attrelid = c.oid \
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+        WHERE n.nspname = 'silver' ORDER BY 1, 2";
+    let classes = "SELECT c.relname FROM pg_catalog.pg_class c \
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'silver'";
+    // No privilege: no relation, no column, in any catalog; DESCRIBE is refused.
+    for sql in [
+        columns,
+        classes,
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'silver'",
+        "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = 'silver'",
+    ] {
+        let rows = text(&nobody, sql).await;
+        assert!(
+            !rows.contains("patients") && !rows.contains("mrn") && !rows.contains("note"),
+            "{sql}: {rows}"
+        );
+    }
+    assert_eq!(outcome(&nobody, "DESCRIBE silver.patients").await, "42501");
+    // INSERT alone lists a table and its columns (one may see what one writes).
+    let rows = squeezed(&loader, columns).await;
+    assert!(
+        rows.contains("| notes | note |") && !rows.contains("patients"),
+        "{rows}"
+    );
+    assert_eq!(outcome(&loader, "DESCRIBE silver.notes").await, "ok");
+    assert_eq!(outcome(&loader, "DESCRIBE silver.patients").await, "42501");
+    // relacl: PostgreSQL's aclitem text, the grants one may see (an admin: all).
+    let acl = "SELECT c.relname, array_to_string(c.relacl, ',') AS acl FROM pg_catalog.pg_class c \
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+        WHERE n.nspname = 'silver' ORDER BY 1";
+    let admin = user(&engine, "root", Role::Admin, &[]);
+    let rows = squeezed(&admin, acl).await;
+    assert!(
+        rows.contains("| notes | loader=a/medlake |")
+            && rows.contains("| patients | alice=r/medlake,clinician=arwd/medlake |"),
+        "{rows}"
+    );
+    let rows = squeezed(&alice, acl).await;
+    assert!(
+        rows.contains("| patients | alice=r/medlake,clinician=arwd/medlake |")
+            && !rows.contains("notes"),
+        "{rows}"
+    );
+    let rows = squeezed(&loader, acl).await;
+    assert!(rows.contains("| notes | loader=a/medlake |"), "{rows}");
 }
