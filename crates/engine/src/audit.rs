@@ -57,6 +57,7 @@ fn text(statement: &Statement) -> Text {
             import.remote_schema, import.kind, import.into
         ),
         Statement::Vacuum { table, .. } => format!("VACUUM {table}"),
+        Statement::RestoreTable { table, .. } => format!("RESTORE TABLE {table}"),
         Statement::Access(access) => match access.as_ref() {
             A::CreateRole(name) => format!("CREATE ROLE {name}"),
             A::DropRole { name, .. } => format!("DROP ROLE {name}"),

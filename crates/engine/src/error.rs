@@ -120,6 +120,8 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
             Refusal::Schema => Code::DatatypeMismatch,
         },
         L::RetentionTooShort { .. } => Code::InvalidParameterValue,
+        L::BackupInvalid { .. } | L::RestoreRefused { .. } => Code::InvalidParameterValue,
+        L::BackupRefused { .. } => Code::ObjectNotInPrerequisiteState,
         L::Conflict { .. } => Code::SerializationFailure,
         L::Delta { .. } | L::ObjectStore { .. } => Code::IoError,
         L::DataFusion(e) => datafusion_code(e),

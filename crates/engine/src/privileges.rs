@@ -294,6 +294,10 @@ pub(crate) fn for_own(
         Statement::Optimize { table: name, .. } | Statement::Vacuum { table: name, .. } => {
             vec![Need::new(Privilege::Maintain, table(&name_parts(name)?)?)]
         }
+        // Rewrites the table to an earlier state: its owner's (or an admin's) decision.
+        Statement::RestoreTable { table: name, .. } => {
+            vec![Need::new(Privilege::Owner, table(&name_parts(name)?)?)]
+        }
         Statement::Access(access) => access_needs(access, &table)?,
         Statement::ImportForeignSchema(import) => {
             let mut needs: Vec<Need> = secret_references(

@@ -6,6 +6,7 @@
 //! DESCRIBE HISTORY schema.table [LIMIT n]
 //! OPTIMIZE schema.table [ZORDER BY (col, ...)]
 //! VACUUM schema.table [RETAIN n HOURS] [DRY RUN] [FORCE]
+//! RESTORE [TABLE] schema.table TO VERSION AS OF n | TO TIMESTAMP AS OF 'ts'
 //! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] name [REFRESH ...] [expectations] AS query
 //! REFRESH MATERIALIZED VIEW name [FULL] [CASCADE]
 //! DROP MATERIALIZED VIEW [IF EXISTS] name
@@ -60,6 +61,8 @@ pub enum Statement {
     ImportForeignSchema(Box<ImportForeignSchema>),
     /// Roles, grants, owners, masks and row filters (`GRANT`, `ALTER TABLE ... SET MASK`, ...).
     Access(Box<crate::access::parse::AccessStatement>),
+    /// `RESTORE [TABLE] t TO VERSION AS OF n | TO TIMESTAMP AS OF 'ts'`
+    RestoreTable { table: ObjectName, to: TimeTravel },
     /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`
     Vacuum {
         table: ObjectName,
@@ -453,6 +456,7 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         "OPTIMIZE" => parse_optimize(parser),
         "IMPORT" => parse_import_foreign_schema(parser),
         "VACUUM" => parse_vacuum(parser),
+        "RESTORE" => parse_restore(parser),
         _ => Ok(None),
     }
 }
@@ -626,6 +630,34 @@ fn parse_import_foreign_schema(parser: &mut Parser<'_>) -> Result<Option<Stateme
             options,
         },
     ))))
+}
+
+/// `RESTORE [TABLE] name TO VERSION AS OF n | TO TIMESTAMP AS OF 'ts'`.
+fn parse_restore(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    const FORM: &str = "RESTORE TABLE name TO VERSION AS OF n | TO TIMESTAMP AS OF '...'";
+    parser.next_token();
+    let _table_keyword = parser.parse_keyword(Keyword::TABLE);
+    let table = parser.parse_object_name(false).map_err(syntax)?;
+    if !parser.parse_keyword(Keyword::TO) {
+        return Err(syntax(format!("expected TO after the table name: {FORM}")));
+    }
+    let version = word(parser, "VERSION");
+    if !version && !parser.parse_keyword(Keyword::TIMESTAMP) {
+        return Err(syntax(format!(
+            "expected VERSION or TIMESTAMP after TO: {FORM}"
+        )));
+    }
+    if !parser.parse_keywords(&[Keyword::AS, Keyword::OF]) {
+        return Err(syntax(format!("expected AS OF: {FORM}")));
+    }
+    let to = if version {
+        TimeTravel::Version(parser.parse_literal_uint().map_err(syntax)?)
+    } else {
+        let text = parser.parse_literal_string().map_err(syntax)?;
+        TimeTravel::Timestamp(parse_timestamp(&text)?)
+    };
+    expect_end(parser, "RESTORE TABLE")?;
+    Ok(Some(Statement::RestoreTable { table, to }))
 }
 
 /// `VACUUM name [RETAIN n HOURS] [DRY RUN] [FORCE]`.
@@ -974,6 +1006,11 @@ mod tests {
             "vacuum".into(),
             "optimize".into(),
             "optimize t zorder by (".into(),
+            "restore t".into(),
+            "restore table t to version 3".into(),
+            "restore table t to version as of -1".into(),
+            "restore table t to timestamp as of 'yesterday'".into(),
+            "restore table t to version as of 1 extra".into(),
             "import foreign schema".into(),
             "refresh materialized view".into(),
             "drop materialized".into(),

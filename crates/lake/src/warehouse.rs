@@ -356,6 +356,7 @@ impl Warehouse {
         let url = parse_location(location)?;
         let (store, root) = build_store(&url)?;
         let warehouse = Self { url, store, root };
+        crate::backup::refuse_unfinished_restore(&warehouse).await?;
         for schema in BUILT_IN_SCHEMAS {
             warehouse.put_schema_marker(schema).await?;
         }
@@ -373,7 +374,8 @@ impl Warehouse {
         self.store.clone()
     }
 
-    fn path(&self, parts: &[&str]) -> Path {
+    /// The path of `parts` under the warehouse root, in its object store.
+    pub(crate) fn path(&self, parts: &[&str]) -> Path {
         parts
             .iter()
             .fold(self.root.clone(), |p, part| p.join(*part))
