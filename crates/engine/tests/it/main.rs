@@ -11,6 +11,7 @@ mod cosmos;
 mod grants;
 mod policy;
 mod rest;
+mod restore;
 mod security;
 mod spill;
 mod sqlserver;
