@@ -101,7 +101,8 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
         | L::TableExists { .. }
         | L::TimestampBeforeHistory { .. }
         | L::RetentionTooShort { .. }
-        | L::RestoreRefused { .. } => Code::AuditUnavailable,
+        | L::RestoreRefused { .. }
+        | L::CloneRefused { .. } => Code::AuditUnavailable,
         // A warehouse a restore has not finished writing.
         L::BackupInvalid { .. } | L::BackupRefused { .. } => Code::ObjectNotInPrerequisiteState,
         L::Delta { .. } | L::ObjectStore { .. } | L::DataFusion(_) => Code::IoError,

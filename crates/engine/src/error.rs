@@ -122,6 +122,7 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
         L::RetentionTooShort { .. } => Code::InvalidParameterValue,
         L::BackupInvalid { .. } | L::RestoreRefused { .. } => Code::InvalidParameterValue,
         L::BackupRefused { .. } => Code::ObjectNotInPrerequisiteState,
+        L::CloneRefused { .. } => Code::FeatureNotSupported,
         L::Conflict { .. } => Code::SerializationFailure,
         L::Delta { .. } | L::ObjectStore { .. } => Code::IoError,
         L::DataFusion(e) => datafusion_code(e),

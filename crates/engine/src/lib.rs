@@ -793,6 +793,16 @@ impl Session {
                     force,
                 } => self.vacuum(&table, retain_hours, dry_run, force).await,
                 Statement::RestoreTable { table, to } => self.restore_table(&table, &to).await,
+                Statement::CloneTable {
+                    target,
+                    source,
+                    at,
+                    deep,
+                    if_not_exists,
+                } => {
+                    self.clone_table(&target, &source, at.as_ref(), deep, if_not_exists)
+                        .await
+                }
                 Statement::ImportForeignSchema(import) => {
                     let imported = self.import_foreign_schema(*import).await;
                     let listed = self.shared.catalog.refresh().await;
@@ -1112,6 +1122,7 @@ impl Session {
             Statement::RestoreTable { .. } => {
                 Ok(no_parameters(static_columns(restore::COLUMNS.to_vec())))
             }
+            Statement::CloneTable { .. } => Ok(no_parameters(None)),
             Statement::ImportForeignSchema(_) => Ok(no_parameters(static_columns(vec![
                 ("table", T::Utf8),
                 ("remote_table", T::Utf8),

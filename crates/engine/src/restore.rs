@@ -1,3 +1,4 @@
+//! `CREATE TABLE t SHALLOW | DEEP CLONE s` (the lake's clone; the creator owns the clone) and
 //! `RESTORE TABLE t TO VERSION AS OF n | TO TIMESTAMP AS OF 'ts'`: Delta's own restore, one
 //! commit that brings an earlier version's files back (the table's owner's or an admin's,
 //! checked with every other privilege in `Session::execute`).
@@ -23,6 +24,36 @@ pub(crate) const COLUMNS: [(&str, DataType); 5] = [
 ];
 
 impl Session {
+    pub(crate) async fn clone_table(
+        &self,
+        target: &ObjectName,
+        source: &ObjectName,
+        at: Option<&TimeTravel>,
+        deep: bool,
+        if_not_exists: bool,
+    ) -> Result<Output> {
+        let target = self.table_name(&statement::name_parts(target)?)?;
+        let source = self.table_name(&statement::name_parts(source)?)?;
+        if target.schema == medlake_views::system::SCHEMA {
+            return Err(Error::ReadOnly {
+                what: format!("{target}: the system schema is medlake's"),
+            });
+        }
+        let cloned = self
+            .shared
+            .warehouse
+            .clone_table(&source, at, &target, deep, if_not_exists)
+            .await?;
+        if cloned.is_some() {
+            self.record_owner(medlake_auth::Securable::table(
+                &target.schema,
+                &target.table,
+            ))
+            .await?;
+        }
+        Ok(Output::command("CREATE TABLE", 0))
+    }
+
     pub(crate) async fn restore_table(
         &self,
         table: &ObjectName,

@@ -125,7 +125,7 @@ fn refused(location: &str, reason: impl Into<String>) -> Error {
 
 /// An object store and a prefix in it.
 #[derive(Clone)]
-struct Place {
+pub(crate) struct Place {
     url: Url,
     store: Arc<dyn ObjectStore>,
     root: Path,
@@ -139,7 +139,7 @@ impl Place {
         Ok(Self { url, store, root })
     }
 
-    fn of(warehouse: &Warehouse) -> Self {
+    pub(crate) fn of(warehouse: &Warehouse) -> Self {
         Self {
             url: warehouse.url().clone(),
             store: warehouse.object_store(),
@@ -247,7 +247,7 @@ fn wanted(rel: &str, version: u64) -> bool {
 }
 
 /// Copies `rels` from `from/<from_dir>/` to `to/<to_dir>/` (bounded concurrency).
-async fn copy_all(
+pub(crate) async fn copy_all(
     from: &Place,
     from_dir: &str,
     to: &Place,

@@ -120,6 +120,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// `CREATE TABLE ... CLONE` of a table that cannot be cloned that way.
+    #[error("cannot clone '{schema}.{table}': {reason}")]
+    CloneRefused {
+        schema: String,
+        table: String,
+        reason: String,
+    },
+
     /// A query feeding a write failed.
     #[error(transparent)]
     DataFusion(Box<datafusion::error::DataFusionError>),

@@ -10,12 +10,14 @@
 //! [`Appender`], a table a long-lived server-side writer keeps open between its commits.
 
 pub mod backup;
+mod clone;
 mod error;
 mod guard;
 mod location;
 mod warehouse;
 
 pub use backup::TableRestored;
+pub use clone::Cloned;
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
 pub use warehouse::{

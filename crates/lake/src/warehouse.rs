@@ -803,7 +803,11 @@ impl Warehouse {
     /// and the other fails with `TableExists` (see [`Self::creating`]) without touching the
     /// winner's files. Data files of a crashed or lost CREATE stay behind unreferenced by any
     /// log entry (readers never see them; VACUUM removes them).
-    async fn prepare_create(&self, name: &TableName, if_not_exists: bool) -> Result<bool> {
+    pub(crate) async fn prepare_create(
+        &self,
+        name: &TableName,
+        if_not_exists: bool,
+    ) -> Result<bool> {
         self.require_schema(&name.schema).await?;
         if self.table_exists(name).await? {
             return if if_not_exists {
@@ -861,7 +865,7 @@ impl Warehouse {
             )
     }
 
-    fn exists_error(name: &TableName) -> Error {
+    pub(crate) fn exists_error(name: &TableName) -> Error {
         Error::TableExists {
             schema: name.schema.clone(),
             table: name.table.clone(),

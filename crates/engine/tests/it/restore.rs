@@ -85,3 +85,50 @@ async fn only_owners_and_admins_restore_a_table() {
         "42601"
     );
 }
+
+#[tokio::test]
+async fn a_clone_needs_ownership_of_its_source_and_its_creator_owns_it() {
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(
+            "CREATE ROLE engineers;
+             GRANT CREATE ON SCHEMA bronze TO engineers;
+             GRANT USAGE ON SCHEMA bronze TO engineers;
+             CREATE TABLE bronze.patients (id INT, name VARCHAR);
+             INSERT INTO bronze.patients VALUES (1, 'Ada');
+             GRANT SELECT ON TABLE bronze.patients TO engineers;
+             ALTER TABLE bronze.patients ALTER COLUMN name SET MASK CASE WHEN is_member('admins') THEN name ELSE NULL END;",
+        )
+        .await
+        .unwrap();
+    let eve = user(&engine, "eve", Role::None, &["engineers"]);
+    // A reader of a masked table must not get its rows unmasked in a table of its own.
+    for kind in ["SHALLOW", "DEEP"] {
+        let sql = format!("CREATE TABLE bronze.mine {kind} CLONE bronze.patients");
+        assert_eq!(outcome(&eve, &sql).await, "42501", "{sql}");
+    }
+    assert!(
+        count(&eve, "SELECT count(*) AS n FROM bronze.patients")
+            .await
+            .contains("| 1 |")
+    );
+    // Its owner may, and owns the clone; a user without CREATE in the schema may not.
+    assert_eq!(outcome(&eve, "CREATE TABLE bronze.own (x INT)").await, "ok");
+    assert_eq!(
+        outcome(&eve, "CREATE TABLE bronze.own_copy DEEP CLONE bronze.own").await,
+        "ok"
+    );
+    assert_eq!(
+        outcome(&eve, "RESTORE TABLE bronze.own_copy TO VERSION AS OF 0").await,
+        "22023"
+    );
+    let nobody = user(&engine, "nobody", Role::None, &[]);
+    assert_eq!(
+        outcome(&nobody, "CREATE TABLE bronze.x SHALLOW CLONE bronze.own").await,
+        "42501"
+    );
+    assert_eq!(
+        outcome(&eve, "CREATE TABLE system.x SHALLOW CLONE bronze.own").await,
+        "42501"
+    );
+}
