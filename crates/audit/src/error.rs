@@ -100,7 +100,11 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
         | L::SchemaBuiltIn { .. }
         | L::TableExists { .. }
         | L::TimestampBeforeHistory { .. }
-        | L::RetentionTooShort { .. } => Code::AuditUnavailable,
+        | L::RetentionTooShort { .. }
+        | L::RestoreRefused { .. }
+        | L::CloneRefused { .. } => Code::AuditUnavailable,
+        // A warehouse a restore has not finished writing.
+        L::BackupInvalid { .. } | L::BackupRefused { .. } => Code::ObjectNotInPrerequisiteState,
         L::Delta { .. } | L::ObjectStore { .. } | L::DataFusion(_) => Code::IoError,
         L::Internal(_) => Code::Internal,
     }

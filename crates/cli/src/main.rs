@@ -1,6 +1,7 @@
 //! The `medlake` binary: argument parsing and wiring only. Everything it runs goes through
 //! `medlake_engine::Engine`.
 
+mod backup;
 mod config;
 mod connectors;
 mod doors;
@@ -80,6 +81,17 @@ enum Command {
     /// The audit log, system.audit.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Copy every table, materialized view and system table as of one instant to a folder or
+    /// object store; a later backup to the same place copies only new commits and files.
+    #[command(after_help = "Examples:\n  \
+        medlake backup --warehouse ./wh --to /backups/wh\n  \
+        medlake backup --warehouse az://lake/wh --to az://backups/wh --at '2026-11-23 10:00:00'")]
+    Backup(backup::BackupArgs),
+    /// Write a new warehouse (DEST must be empty) as a backup holds it at one instant.
+    #[command(after_help = "Examples:\n  \
+        medlake restore --from /backups/wh --to ./wh-restored\n  \
+        medlake restore --from az://backups/wh --to az://lake/wh2 --at '2026-11-23 09:30:00'")]
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,6 +245,8 @@ fn main() -> ExitCode {
             Command::Simulate(args) => simulate::run(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
+            Command::Backup(args) => backup::run_backup(args).await,
+            Command::Restore(args) => backup::run_restore(args).await,
         };
         // The engines are gone: their audit logs commit what they still hold before the
         // process exits.

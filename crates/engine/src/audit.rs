@@ -57,6 +57,16 @@ fn text(statement: &Statement) -> Text {
             import.remote_schema, import.kind, import.into
         ),
         Statement::Vacuum { table, .. } => format!("VACUUM {table}"),
+        Statement::RestoreTable { table, .. } => format!("RESTORE TABLE {table}"),
+        Statement::CloneTable {
+            target,
+            source,
+            deep,
+            ..
+        } => format!(
+            "CREATE TABLE {target} {} CLONE {source}",
+            if *deep { "DEEP" } else { "SHALLOW" }
+        ),
         Statement::Access(access) => match access.as_ref() {
             A::CreateRole { name, .. } => format!("CREATE ROLE {name}"),
             A::DropRole { name, .. } => format!("DROP ROLE {name}"),

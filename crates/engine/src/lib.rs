@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod postgres;
 mod privileges;
 mod project;
+mod restore;
 pub mod runtime;
 mod statement;
 
@@ -36,6 +37,8 @@ use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp}
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 pub use medlake_lake::TableName;
+/// `medlake backup` / `medlake restore` (the lake's; the command line reaches it here).
+pub use medlake_lake::backup;
 use medlake_lake::{Appender, Warehouse, WriteMode};
 use medlake_views::{Scheduler, Trigger, Views};
 use tracing::{Instrument, debug, info_span};
@@ -857,6 +860,17 @@ impl Session {
                     dry_run,
                     force,
                 } => self.vacuum(&table, retain_hours, dry_run, force).await,
+                Statement::RestoreTable { table, to } => self.restore_table(&table, &to).await,
+                Statement::CloneTable {
+                    target,
+                    source,
+                    at,
+                    deep,
+                    if_not_exists,
+                } => {
+                    self.clone_table(&target, &source, at.as_ref(), deep, if_not_exists)
+                        .await
+                }
                 Statement::ImportForeignSchema(import) => {
                     let imported = self.import_foreign_schema(*import).await;
                     let listed = self.shared.catalog.refresh().await;
@@ -1182,6 +1196,10 @@ impl Session {
                 ("files_removed", T::Int64),
             ]))),
             Statement::Vacuum { .. } => Ok(no_parameters(static_columns(vec![("path", T::Utf8)]))),
+            Statement::RestoreTable { .. } => {
+                Ok(no_parameters(static_columns(restore::COLUMNS.to_vec())))
+            }
+            Statement::CloneTable { .. } => Ok(no_parameters(None)),
             Statement::ImportForeignSchema(_) => Ok(no_parameters(static_columns(vec![
                 ("table", T::Utf8),
                 ("remote_table", T::Utf8),

@@ -300,6 +300,16 @@ pub(crate) fn for_own(
         Statement::Optimize { table: name, .. } | Statement::Vacuum { table: name, .. } => {
             vec![Need::new(Privilege::Maintain, table(&name_parts(name)?)?)]
         }
+        // Rewrites the table to an earlier state: its owner's (or an admin's) decision.
+        Statement::RestoreTable { table: name, .. } => {
+            vec![Need::new(Privilege::Owner, table(&name_parts(name)?)?)]
+        }
+        // A clone holds every row and column of its source unmasked and unfiltered, and its
+        // creator owns it: the source's owner's (or an admin's) decision, like a grant.
+        Statement::CloneTable { target, source, .. } => vec![
+            Need::new(Privilege::Create, table(&name_parts(target)?)?),
+            Need::new(Privilege::Owner, table(&name_parts(source)?)?),
+        ],
         Statement::Access(access) => access_needs(access, &table)?,
         Statement::ImportForeignSchema(import) => {
             let mut needs: Vec<Need> = secret_references(

@@ -6,6 +6,8 @@
 //! DESCRIBE HISTORY schema.table [LIMIT n]
 //! OPTIMIZE schema.table [ZORDER BY (col, ...)]
 //! VACUUM schema.table [RETAIN n HOURS] [DRY RUN] [FORCE]
+//! RESTORE [TABLE] schema.table TO VERSION AS OF n | TO TIMESTAMP AS OF 'ts'
+//! CREATE TABLE [IF NOT EXISTS] t SHALLOW | DEEP CLONE s [VERSION AS OF n | TIMESTAMP AS OF 'ts']
 //! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] name [REFRESH ...] [expectations] AS query
 //! REFRESH MATERIALIZED VIEW name [FULL] [CASCADE]
 //! DROP MATERIALIZED VIEW [IF EXISTS] name
@@ -60,6 +62,16 @@ pub enum Statement {
     ImportForeignSchema(Box<ImportForeignSchema>),
     /// Roles, grants, owners, masks and row filters (`GRANT`, `ALTER TABLE ... SET MASK`, ...).
     Access(Box<crate::access::parse::AccessStatement>),
+    /// `RESTORE [TABLE] t TO VERSION AS OF n | TO TIMESTAMP AS OF 'ts'`
+    RestoreTable { table: ObjectName, to: TimeTravel },
+    /// `CREATE TABLE [IF NOT EXISTS] t SHALLOW | DEEP CLONE s [VERSION AS OF n | ...]`
+    CloneTable {
+        target: ObjectName,
+        source: ObjectName,
+        at: Option<TimeTravel>,
+        deep: bool,
+        if_not_exists: bool,
+    },
     /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`
     Vacuum {
         table: ObjectName,
@@ -530,6 +542,7 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         matches!(&second, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
     };
     match head.as_str() {
+        "CREATE" if second_is(parser, "TABLE") && is_clone(parser) => parse_clone(parser),
         "CREATE" => Ok(medlake_views::parse_create(parser)?
             .map(|create| Statement::CreateMaterializedView(Box::new(create)))),
         "REFRESH" => parse_refresh(parser),
@@ -539,6 +552,7 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         "OPTIMIZE" => parse_optimize(parser),
         "IMPORT" => parse_import_foreign_schema(parser),
         "VACUUM" => parse_vacuum(parser),
+        "RESTORE" => parse_restore(parser),
         _ => Ok(None),
     }
 }
@@ -712,6 +726,84 @@ fn parse_import_foreign_schema(parser: &mut Parser<'_>) -> Result<Option<Stateme
             options,
         },
     ))))
+}
+
+/// `RESTORE [TABLE] name TO VERSION AS OF n | TO TIMESTAMP AS OF 'ts'`.
+fn parse_restore(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    const FORM: &str = "RESTORE TABLE name TO VERSION AS OF n | TO TIMESTAMP AS OF '...'";
+    parser.next_token();
+    let _table_keyword = parser.parse_keyword(Keyword::TABLE);
+    let table = parser.parse_object_name(false).map_err(syntax)?;
+    if !parser.parse_keyword(Keyword::TO) {
+        return Err(syntax(format!("expected TO after the table name: {FORM}")));
+    }
+    let Some(to) = parse_as_of(parser, FORM)? else {
+        return Err(syntax(format!(
+            "expected VERSION or TIMESTAMP after TO: {FORM}"
+        )));
+    };
+    expect_end(parser, "RESTORE TABLE")?;
+    Ok(Some(Statement::RestoreTable { table, to }))
+}
+
+/// `VERSION AS OF n` or `TIMESTAMP AS OF 'ts'`; `None` if neither comes next.
+fn parse_as_of(parser: &mut Parser<'_>, form: &str) -> Result<Option<TimeTravel>> {
+    let version = word(parser, "VERSION");
+    if !version && !parser.parse_keyword(Keyword::TIMESTAMP) {
+        return Ok(None);
+    }
+    if !parser.parse_keywords(&[Keyword::AS, Keyword::OF]) {
+        return Err(syntax(format!("expected AS OF: {form}")));
+    }
+    Ok(Some(if version {
+        TimeTravel::Version(parser.parse_literal_uint().map_err(syntax)?)
+    } else {
+        let text = parser.parse_literal_string().map_err(syntax)?;
+        TimeTravel::Timestamp(parse_timestamp(&text)?)
+    }))
+}
+
+/// Whether a `CREATE TABLE` is a clone: `SHALLOW`/`DEEP` `CLONE` right after its name
+/// (nothing like a column list or `AS` before).
+fn is_clone(parser: &Parser<'_>) -> bool {
+    let tokens = parser.peek_tokens::<12>();
+    for pair in tokens.windows(2) {
+        let is =
+            |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w));
+        if (is(&pair[0], "SHALLOW") || is(&pair[0], "DEEP")) && is(&pair[1], "CLONE") {
+            return true;
+        }
+        if matches!(pair[0], Token::LParen | Token::EOF) || is(&pair[0], "AS") {
+            return false;
+        }
+    }
+    false
+}
+
+/// `CREATE TABLE [IF NOT EXISTS] t SHALLOW | DEEP CLONE s [VERSION AS OF n | TIMESTAMP AS OF 'ts']`.
+fn parse_clone(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    const FORM: &str =
+        "CREATE TABLE t SHALLOW | DEEP CLONE s [VERSION AS OF n | TIMESTAMP AS OF '...']";
+    parser.next_token();
+    parser.next_token();
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let target = parser.parse_object_name(false).map_err(syntax)?;
+    let deep = word(parser, "DEEP");
+    if !deep && !word(parser, "SHALLOW") || !word(parser, "CLONE") {
+        return Err(syntax(format!(
+            "expected SHALLOW CLONE or DEEP CLONE: {FORM}"
+        )));
+    }
+    let source = parser.parse_object_name(false).map_err(syntax)?;
+    let at = parse_as_of(parser, FORM)?;
+    expect_end(parser, "CREATE TABLE ... CLONE")?;
+    Ok(Some(Statement::CloneTable {
+        target,
+        source,
+        at,
+        deep,
+        if_not_exists,
+    }))
 }
 
 /// `VACUUM name [RETAIN n HOURS] [DRY RUN] [FORCE]`.
@@ -1078,6 +1170,14 @@ mod tests {
             "vacuum".into(),
             "optimize".into(),
             "optimize t zorder by (".into(),
+            "restore t".into(),
+            "restore table t to version 3".into(),
+            "restore table t to version as of -1".into(),
+            "restore table t to timestamp as of 'yesterday'".into(),
+            "restore table t to version as of 1 extra".into(),
+            "create table t deep clone".into(),
+            "create table t shallow clone s version as of x".into(),
+            "create table t deep clone s timestamp as of 'whenever'".into(),
             "import foreign schema".into(),
             "refresh materialized view".into(),
             "drop materialized".into(),

@@ -102,6 +102,32 @@ pub enum Error {
         source: object_store::Error,
     },
 
+    /// A backup target or restore request that cannot be used as given (no backup there, an
+    /// instant no backup covers, an unreadable manifest).
+    #[error("backup at '{location}': {reason}")]
+    BackupInvalid { location: String, reason: String },
+
+    /// A backup or restore that would overwrite or mix with what is there (a non-empty
+    /// destination, an unfinished restore, a concurrent backup).
+    #[error("'{location}' refused: {reason}")]
+    BackupRefused { location: String, reason: String },
+
+    /// `RESTORE TABLE` to a version it cannot go back to (the current one or later).
+    #[error("RESTORE TABLE '{schema}.{table}' refused: {reason}")]
+    RestoreRefused {
+        schema: String,
+        table: String,
+        reason: String,
+    },
+
+    /// `CREATE TABLE ... CLONE` of a table that cannot be cloned that way.
+    #[error("cannot clone '{schema}.{table}': {reason}")]
+    CloneRefused {
+        schema: String,
+        table: String,
+        reason: String,
+    },
+
     /// A query feeding a write failed.
     #[error(transparent)]
     DataFusion(Box<datafusion::error::DataFusionError>),

@@ -1,18 +1,23 @@
 //! `medlake-lake` owns the warehouse: its location (a local folder or an object store), its
 //! schemas (folders) and its tables (Delta tables at `<warehouse>/<schema>/<table>/`), every
 //! write to them (one atomic Delta commit each), time travel, history and maintenance
-//! (OPTIMIZE, VACUUM).
+//! (OPTIMIZE, VACUUM, RESTORE TABLE) and its backups ([`backup`]: `medlake backup` and
+//! `medlake restore`).
 //!
 //! It knows nothing of SQL statements, sessions, views or servers: `medlake-engine` drives it.
 //! It hands out plain data (URLs, names, Delta table providers), never live connections, so
 //! that what it produces can travel to Ballista executors; the one exception is an
 //! [`Appender`], a table a long-lived server-side writer keeps open between its commits.
 
+pub mod backup;
+mod clone;
 mod error;
 mod guard;
 mod location;
 mod warehouse;
 
+pub use backup::TableRestored;
+pub use clone::Cloned;
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
 pub use warehouse::{

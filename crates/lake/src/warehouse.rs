@@ -356,6 +356,7 @@ impl Warehouse {
         let url = parse_location(location)?;
         let (store, root) = build_store(&url)?;
         let warehouse = Self { url, store, root };
+        crate::backup::refuse_unfinished_restore(&warehouse).await?;
         for schema in BUILT_IN_SCHEMAS {
             warehouse.put_schema_marker(schema).await?;
         }
@@ -373,7 +374,8 @@ impl Warehouse {
         self.store.clone()
     }
 
-    fn path(&self, parts: &[&str]) -> Path {
+    /// The path of `parts` under the warehouse root, in its object store.
+    pub(crate) fn path(&self, parts: &[&str]) -> Path {
         parts
             .iter()
             .fold(self.root.clone(), |p, part| p.join(*part))
@@ -801,7 +803,11 @@ impl Warehouse {
     /// and the other fails with `TableExists` (see [`Self::creating`]) without touching the
     /// winner's files. Data files of a crashed or lost CREATE stay behind unreferenced by any
     /// log entry (readers never see them; VACUUM removes them).
-    async fn prepare_create(&self, name: &TableName, if_not_exists: bool) -> Result<bool> {
+    pub(crate) async fn prepare_create(
+        &self,
+        name: &TableName,
+        if_not_exists: bool,
+    ) -> Result<bool> {
         self.require_schema(&name.schema).await?;
         if self.table_exists(name).await? {
             return if if_not_exists {
@@ -859,7 +865,7 @@ impl Warehouse {
             )
     }
 
-    fn exists_error(name: &TableName) -> Error {
+    pub(crate) fn exists_error(name: &TableName) -> Error {
         Error::TableExists {
             schema: name.schema.clone(),
             table: name.table.clone(),

@@ -4,6 +4,7 @@
 //! reference warehouse of catalog/ and sql/ (quickstart.rs).
 
 mod audit;
+mod backup;
 mod extract;
 mod ingest;
 mod layering;

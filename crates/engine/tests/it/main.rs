@@ -12,6 +12,7 @@ mod cosmos;
 mod grants;
 mod policy;
 mod rest;
+mod restore;
 mod security;
 mod spill;
 mod sqlserver;
