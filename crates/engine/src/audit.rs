@@ -252,6 +252,28 @@ impl Session {
 }
 
 impl Session {
+    /// Records a statement that failed before it ran (refused or not planned when prepared),
+    /// queued like a query's event.
+    pub(crate) fn audit_failure(
+        &self,
+        statement: &Statement,
+        error: &Error,
+        started: Instant,
+    ) -> Result<()> {
+        let mut event = self.audit_event(statement);
+        event.outcome = if matches!(
+            error,
+            Error::PermissionDenied { .. } | Error::ReadOnly { .. }
+        ) {
+            Outcome::Denied
+        } else {
+            Outcome::Error
+        };
+        event.code = Some(error.code());
+        event.duration = started.elapsed();
+        Ok(self.shared.audit.record_read(event)?)
+    }
+
     /// Records a statement a door answered without the engine (the Postgres door's `SET`,
     /// `SHOW`, `BEGIN`, `DISCARD`, ...), described as `statement` (literals are removed):
     /// queued like a query's event. Refused while the log cannot be written (fail closed).

@@ -1105,8 +1105,19 @@ impl Session {
     }
 
     /// What `statement` takes and returns, without running it. Side-effect free: commands
-    /// are planned, not run.
+    /// are planned, not run. A statement refused or failing here (a prepare: the extended
+    /// protocol's Parse/Describe, a Flight SQL prepared statement) is audited then, since it
+    /// may never be executed; one that succeeds is audited when it runs.
     pub async fn describe(&self, statement: &Statement) -> Result<Description> {
+        let started = std::time::Instant::now();
+        let result = self.describe_unaudited(statement).await;
+        if let Err(error) = &result {
+            self.audit_failure(statement, error, started)?;
+        }
+        result
+    }
+
+    async fn describe_unaudited(&self, statement: &Statement) -> Result<Description> {
         let static_columns = |columns: Vec<(&str, arrow::datatypes::DataType)>| {
             Some(Arc::new(Schema::new(
                 columns
