@@ -229,7 +229,7 @@ impl Session {
             }
             Ok(Output::Rows(stream)) => {
                 let schema = stream.schema();
-                let guard = Recorder {
+                let mut guard = Recorder {
                     audit,
                     event: Some(event),
                     rows: Arc::new(AtomicU64::new(0)),
@@ -237,9 +237,17 @@ impl Session {
                 };
                 let rows = guard.rows.clone();
                 let counted = stream.map(move |batch| {
-                    let _keep = &guard;
-                    if let Ok(batch) = &batch {
-                        rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    match &batch {
+                        Ok(batch) => {
+                            rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                        }
+                        // A query that fails while streaming (`SELECT 1/0`): its event says so.
+                        Err(e) => {
+                            if let Some(event) = guard.event.as_mut() {
+                                event.outcome = Outcome::Error;
+                                event.code = Some(crate::error::datafusion_code(e));
+                            }
+                        }
                     }
                     batch
                 });

@@ -184,7 +184,7 @@ fn find_source_error<'a>(
     }
 }
 
-fn datafusion_code(e: &DataFusionError) -> Code {
+pub(crate) fn datafusion_code(e: &DataFusionError) -> Code {
     if let Some(source) = find_source_error(e as &(dyn std::error::Error + 'static)) {
         return source_code(source);
     }

@@ -531,6 +531,17 @@ async fn every_statement_is_audited_without_its_literals_and_only_auditors_read_
         "{log}"
     );
     assert!(log.contains("sepsis alert bed 12"), "{log}");
+    // A query that fails while its rows stream is recorded as the error it was.
+    assert_eq!(
+        outcome(
+            &analyst,
+            "SELECT 1 / patient_id * 0 / 0 FROM silver.readings"
+        )
+        .await,
+        "22012"
+    );
+    let failed = audited(&auditor, "user_name = 'ann' AND sqlstate = '22012'", 1).await;
+    assert!(failed.contains("error"), "{failed}");
     // The chain verifies.
     let report = medlake_audit::verify(engine.warehouse()).await.unwrap();
     assert!(report.broken.is_none(), "{report:?}");
