@@ -118,6 +118,20 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Nothing queued, healthy, open.
+    fn empty() -> Self {
+        Self {
+            pending: VecDeque::new(),
+            due: None,
+            waiters: Vec::new(),
+            healthy: true,
+            last_error: None,
+            closed: false,
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-changed (every change
@@ -196,14 +210,7 @@ impl AuditLog {
             "audit log open"
         );
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                pending: VecDeque::new(),
-                due: None,
-                waiters: Vec::new(),
-                healthy: true,
-                last_error: None,
-                closed: false,
-            }),
+            state: Mutex::new(State::empty()),
             wake: Notify::new(),
             settings,
             enabled: true,
@@ -222,14 +229,7 @@ impl AuditLog {
     /// Every `record_*` succeeds at once and nothing touches the warehouse.
     pub fn disabled() -> Self {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                pending: VecDeque::new(),
-                due: None,
-                waiters: Vec::new(),
-                healthy: true,
-                last_error: None,
-                closed: false,
-            }),
+            state: Mutex::new(State::empty()),
             wake: Notify::new(),
             settings: Settings::default(),
             enabled: false,
