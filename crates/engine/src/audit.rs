@@ -207,14 +207,7 @@ impl Session {
         let audit = self.shared.audit.clone();
         match result {
             Err(error) => {
-                event.outcome = if matches!(
-                    error,
-                    Error::PermissionDenied { .. } | Error::ReadOnly { .. }
-                ) {
-                    Outcome::Denied
-                } else {
-                    Outcome::Error
-                };
+                event.outcome = failure_outcome(&error);
                 event.code = Some(error.code());
                 event.duration = started.elapsed();
                 // The statement failed either way; a failing audit log says so too.
@@ -269,14 +262,7 @@ impl Session {
         started: Instant,
     ) -> Result<()> {
         let mut event = self.audit_event(statement);
-        event.outcome = if matches!(
-            error,
-            Error::PermissionDenied { .. } | Error::ReadOnly { .. }
-        ) {
-            Outcome::Denied
-        } else {
-            Outcome::Error
-        };
+        event.outcome = failure_outcome(error);
         event.code = Some(error.code());
         event.duration = started.elapsed();
         Ok(self.shared.audit.record_read(event)?)
@@ -299,6 +285,18 @@ impl Session {
             event.code = Some(code);
         }
         Ok(self.shared.audit.record_read(event)?)
+    }
+}
+
+/// How a failed statement ended: refused by a privilege check, or an error.
+fn failure_outcome(error: &Error) -> Outcome {
+    if matches!(
+        error,
+        Error::PermissionDenied { .. } | Error::ReadOnly { .. }
+    ) {
+        Outcome::Denied
+    } else {
+        Outcome::Error
     }
 }
 

@@ -760,6 +760,51 @@ impl Session {
         self.audited(event, started, result).await
     }
 
+    /// `CREATE [OR REPLACE] MATERIALIZED VIEW`: its creator must read what it reads; replacing
+    /// one is its owner's; the creator owns it.
+    async fn create_view(&self, create: medlake_views::CreateView) -> Result<Output> {
+        let mut create = create;
+        let name = self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
+        create.definition.default_schema = self.default_schema_name();
+        statement::check_query_depth(&create.definition.query)?;
+        if create.or_replace && self.shared.views.view(&name).await?.is_some() {
+            // Replacing a view replaces what everyone who reads it reads: its
+            // owner's (or an admin's) decision, like DROP.
+            privileges::check(
+                &self.principal,
+                &*self.access_state().await?,
+                &[privileges::Need {
+                    privilege: Privilege::Owner,
+                    object: Object::Table {
+                        schema: name.schema.clone(),
+                        table: name.table.clone(),
+                    },
+                }],
+            )?;
+        }
+        self.check_view_reads(&create.definition.query).await?;
+        self.check_view_masks(&create.definition.query).await?;
+        if create.or_replace {
+            // A new query over other inputs: its owner declassifies it again if
+            // it may.
+            self.undeclassify(&name).await?;
+        }
+        let outcome = self
+            .shared
+            .views
+            .create(&name, create, Trigger::Create)
+            .await;
+        // The listings changed (or raced); the statement's own error comes first.
+        let listed = self.shared.catalog.refresh().await;
+        self.shared.access.forget_lineage();
+        let rows = outcome?.map_or(0, |o| o.rows_written);
+        listed?;
+        self.record_owner(medlake_auth::Securable::table(&name.schema, &name.table))
+            .await?;
+        let rows = self.reportable_rows(&name, rows).await?;
+        Ok(Output::command("CREATE MATERIALIZED VIEW", rows))
+    }
+
     async fn run(&self, statement: Statement) -> Result<Output> {
         let id = self.shared.statements.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("statement", id);
@@ -771,49 +816,7 @@ impl Session {
             match statement {
                 Statement::Sql(statement) => self.execute_sql(*statement, id).await,
                 Statement::Access(access) => self.execute_access(*access).await,
-                Statement::CreateMaterializedView(create) => {
-                    let mut create = *create;
-                    let name =
-                        self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
-                    create.definition.default_schema = self.default_schema_name();
-                    statement::check_query_depth(&create.definition.query)?;
-                    if create.or_replace && self.shared.views.view(&name).await?.is_some() {
-                        // Replacing a view replaces what everyone who reads it reads: its
-                        // owner's (or an admin's) decision, like DROP.
-                        privileges::check(
-                            &self.principal,
-                            &*self.access_state().await?,
-                            &[privileges::Need {
-                                privilege: Privilege::Owner,
-                                object: Object::Table {
-                                    schema: name.schema.clone(),
-                                    table: name.table.clone(),
-                                },
-                            }],
-                        )?;
-                    }
-                    self.check_view_reads(&create.definition.query).await?;
-                    self.check_view_masks(&create.definition.query).await?;
-                    if create.or_replace {
-                        // A new query over other inputs: its owner declassifies it again if
-                        // it may.
-                        self.undeclassify(&name).await?;
-                    }
-                    let outcome = self
-                        .shared
-                        .views
-                        .create(&name, create, Trigger::Create)
-                        .await;
-                    // The listings changed (or raced); the statement's own error comes first.
-                    let listed = self.shared.catalog.refresh().await;
-                    self.shared.access.forget_lineage();
-                    let rows = outcome?.map_or(0, |o| o.rows_written);
-                    listed?;
-                    self.record_owner(medlake_auth::Securable::table(&name.schema, &name.table))
-                        .await?;
-                    let rows = self.reportable_rows(&name, rows).await?;
-                    Ok(Output::command("CREATE MATERIALIZED VIEW", rows))
-                }
+                Statement::CreateMaterializedView(create) => self.create_view(*create).await,
                 Statement::RefreshMaterializedView {
                     name,
                     full,
