@@ -1405,7 +1405,14 @@ impl Session {
         let access = self.access_state().await?;
         self.check_plan(&plan, &access)?;
         // Masks and row filters, for every statement that reads a table.
+        let explained = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+        let unprotected = explained.then(|| plan.clone());
         let plan = self.protect(plan, &access, aliases).await?;
+        if let Some(unprotected) = unprotected
+            && unprotected != plan
+        {
+            return self.explain_protected(plan).await;
+        }
         match plan {
             LogicalPlan::Ddl(ddl) => {
                 let output = self.execute_ddl(ddl).await;
@@ -1437,6 +1444,43 @@ impl Session {
                 Ok(Output::Rows(stream))
             }
         }
+    }
+
+    /// EXPLAIN of a plan that masks or row filters changed for this principal: the logical
+    /// plan only. Physical plans carry the table's statistics (row counts and min/max of
+    /// hidden rows and of masked columns) and file paths, and EXPLAIN ANALYZE's metrics count
+    /// the rows a filter hid, so VERBOSE and ANALYZE are the unrestricted principals'.
+    async fn explain_protected(&self, plan: LogicalPlan) -> Result<Output> {
+        let explain = match plan {
+            LogicalPlan::Explain(explain) if !explain.verbose => explain,
+            _ => {
+            return Err(Error::PermissionDenied {
+                principal: self.principal.to_string(),
+                privilege: "EXPLAIN VERBOSE/ANALYZE",
+                object: "a table with column masks or row filters that apply to you \
+                         (plain EXPLAIN shows its logical plan)"
+                    .into(),
+                });
+            }
+        };
+        // The tree format draws the physical plan: the indented logical plan instead.
+        let plan = LogicalPlan::Explain(datafusion::logical_expr::Explain {
+            explain_format: datafusion::common::format::ExplainFormat::Indent,
+            show_statistics: Some(false),
+            ..explain
+        });
+        let mut state = self.ctx.state();
+        let explain = &mut state.config_mut().options_mut().explain;
+        explain.logical_plan_only = true;
+        explain.show_statistics = false;
+        explain.physical_plan_only = false;
+        let physical = state
+            .create_physical_plan(&plan)
+            .await
+            .map_err(unwrap_lake_error)?;
+        let stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
+            .map_err(unwrap_lake_error)?;
+        Ok(Output::Rows(stream))
     }
 
     /// `SET medlake.break_glass = 'reason'` and `RESET medlake.break_glass`.

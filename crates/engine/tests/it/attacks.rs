@@ -433,3 +433,38 @@ async fn overwriting_needs_delete_as_well_as_insert() {
         2
     );
 }
+
+#[tokio::test]
+async fn explain_shows_no_statistics_paths_or_metrics_of_protected_tables() {
+    let (_dir, engine, [ann, clin, _]) = server().await;
+    let ann = engine.session_for(ann);
+    ann.sql("SET datafusion.explain.show_statistics = true")
+        .await
+        .unwrap();
+    // Physical plans carry row counts and min/max of hidden rows ('cardio' is only in the
+    // filtered row) and file paths; ANALYZE counts the rows a filter pruned.
+    for sql in [
+        "EXPLAIN VERBOSE SELECT * FROM silver.patients",
+        "EXPLAIN ANALYZE SELECT * FROM silver.patients",
+        "EXPLAIN ANALYZE VERBOSE SELECT count(*) FROM silver.patients",
+    ] {
+        assert_eq!(outcome(&ann, sql).await, "42501", "{sql}");
+    }
+    for sql in [
+        "EXPLAIN SELECT * FROM silver.patients",
+        "EXPLAIN FORMAT TREE SELECT * FROM silver.patients",
+        "EXPLAIN SELECT p.mrn FROM silver.readings r JOIN silver.patients p USING (patient_id)",
+    ] {
+        let plan = text(&ann, sql).await;
+        assert!(plan.contains("logical_plan"), "{sql}: {plan}");
+        for leak in ["physical_plan", "Rows=", "parquet", "cardio", "MRN-0"] {
+            assert!(!plan.contains(leak), "{sql} shows {leak}: {plan}");
+        }
+    }
+    // A table without policies, and a principal the policies do not restrict: as before.
+    let plan = text(&ann, "EXPLAIN VERBOSE SELECT * FROM silver.readings").await;
+    assert!(plan.contains("physical_plan"), "{plan}");
+    let clin = engine.session_for(clin);
+    let plan = text(&clin, "EXPLAIN ANALYZE SELECT * FROM silver.patients").await;
+    assert!(plan.contains("output_rows=3"), "{plan}");
+}
