@@ -1454,12 +1454,12 @@ impl Session {
         let explain = match plan {
             LogicalPlan::Explain(explain) if !explain.verbose => explain,
             _ => {
-            return Err(Error::PermissionDenied {
-                principal: self.principal.to_string(),
-                privilege: "EXPLAIN VERBOSE/ANALYZE",
-                object: "a table with column masks or row filters that apply to you \
+                return Err(Error::PermissionDenied {
+                    principal: self.principal.to_string(),
+                    privilege: "EXPLAIN VERBOSE/ANALYZE",
+                    object: "a table with column masks or row filters that apply to you \
                          (plain EXPLAIN shows its logical plan)"
-                    .into(),
+                        .into(),
                 });
             }
         };

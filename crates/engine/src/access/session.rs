@@ -32,6 +32,53 @@ const CATALOG_LISTINGS: &[(&str, &str)] = &[
     ("pg_catalog", "__information_schema_columns"),
 ];
 
+/// A `system` table whose rows are about materialized views.
+struct SystemListing {
+    table: &'static str,
+    /// Its columns that name the view.
+    columns: &'static [&'static str],
+    /// The view's `schema.name`, in SQL over those columns.
+    view: &'static str,
+    /// Columns only the view's maintainers (its owner, writers, admins) read: a refresh's
+    /// error may quote the values it failed on, and row counts count rows a filter hides.
+    maintainers_only: &'static [(&'static str, &'static str)],
+}
+
+/// Each principal sees the rows of the views it lists, as in the catalogs.
+const SYSTEM_LISTINGS: &[SystemListing] = &[
+    SystemListing {
+        table: medlake_views::system::MATERIALIZED_VIEWS,
+        columns: &["schema", "name"],
+        view: "\"schema\" || '.' || \"name\"",
+        maintainers_only: &[("rows", "CAST(NULL AS BIGINT)")],
+    },
+    SystemListing {
+        table: medlake_views::system::REFRESHES,
+        columns: &["view"],
+        view: "\"view\"",
+        maintainers_only: &[
+            ("rows_written", "CAST(NULL AS BIGINT)"),
+            (
+                "error",
+                "CASE WHEN \"error\" IS NULL THEN NULL \
+                 ELSE 'the refresh failed (its error is shown to the view''s owner)' END",
+            ),
+        ],
+    },
+    SystemListing {
+        table: medlake_views::system::EXPECTATIONS,
+        columns: &["view"],
+        view: "\"view\"",
+        maintainers_only: &[],
+    },
+    SystemListing {
+        table: medlake_views::system::LINEAGE,
+        columns: &["view"],
+        view: "\"view\"",
+        maintainers_only: &[],
+    },
+];
+
 fn text(values: Vec<String>) -> ArrayRef {
     Arc::new(StringArray::from(values))
 }
@@ -205,6 +252,15 @@ impl Session {
             let key = (schema.to_string(), table.to_string());
             if scanned.contains(&key) {
                 policies.insert(key, Arc::new(catalog_listing_policy(&session_state)?));
+            }
+        }
+        for listing in SYSTEM_LISTINGS {
+            let key = ("system".to_string(), listing.table.to_string());
+            if scanned.contains(&key) {
+                policies.insert(
+                    key,
+                    Arc::new(system_listing_policy(&session_state, listing).await?),
+                );
             }
         }
         let viewer = Viewer {
@@ -945,6 +1001,73 @@ fn catalog_listing_policy(
             expr,
             columns: vec!["table_schema".into(), "table_name".into()],
         }],
+        ..Default::default()
+    })
+}
+
+/// The policy of one of [`SYSTEM_LISTINGS`], over the table's own schema.
+async fn system_listing_policy(
+    state: &datafusion::execution::context::SessionState,
+    listing: &SystemListing,
+) -> Result<protect::TablePolicy> {
+    let provider = state
+        .catalog_list()
+        .catalog(crate::catalog::CATALOG)
+        .and_then(|c| c.schema(medlake_views::system::SCHEMA));
+    let table_schema = match provider {
+        Some(schema) => schema
+            .table(listing.table)
+            .await?
+            .map(|t| t.schema())
+            .ok_or_else(|| Error::Internal(format!("system.{} is missing", listing.table)))?,
+        None => return Err(Error::Internal("the system schema is missing".into())),
+    };
+    let schema = Arc::new(datafusion::common::DFSchema::try_from(
+        table_schema.as_ref().clone(),
+    )?);
+    let privileges: Vec<&str> = LISTING_PRIVILEGES.iter().map(|p| p.as_str()).collect();
+    let filter = protect::plan_expression(
+        state,
+        &schema,
+        &format!(
+            "has_table_privilege({}, '{}')",
+            listing.view,
+            privileges.join(", ")
+        ),
+        None,
+    )?;
+    let mut columns = std::collections::BTreeMap::new();
+    for (column, hidden) in listing.maintainers_only {
+        let expr = protect::plan_expression(
+            state,
+            &schema,
+            &format!(
+                "CASE WHEN has_table_privilege({}, 'MAINTAIN') THEN \"{column}\" ELSE {hidden} END",
+                listing.view
+            ),
+            None,
+        )?;
+        let mask = protect::Mask {
+            column: column.to_string(),
+            expr,
+            schema: schema.clone(),
+        };
+        columns.insert(
+            column.to_string(),
+            protect::ColumnPolicy {
+                masks: vec![Arc::new(mask)],
+                exact: true,
+                direct: true,
+            },
+        );
+    }
+    Ok(protect::TablePolicy {
+        filters: vec![protect::Filter {
+            source: format!("system.{}", listing.table),
+            expr: filter,
+            columns: listing.columns.iter().map(|c| c.to_string()).collect(),
+        }],
+        columns,
         ..Default::default()
     })
 }

@@ -468,3 +468,67 @@ async fn explain_shows_no_statistics_paths_or_metrics_of_protected_tables() {
     let plan = text(&clin, "EXPLAIN ANALYZE SELECT * FROM silver.patients").await;
     assert!(plan.contains("output_rows=3"), "{plan}");
 }
+
+#[tokio::test]
+async fn system_tables_show_a_reader_only_the_views_it_lists_and_no_refresh_errors() {
+    let (_dir, engine, [ann, _, wrt]) = server().await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.codes (code VARCHAR);
+             INSERT INTO bronze.codes VALUES ('1');
+             CREATE MATERIALIZED VIEW silver.codes AS SELECT CAST(code AS BIGINT) AS code FROM bronze.codes;
+             CREATE MATERIALIZED VIEW bronze.hidden AS SELECT count(*) AS n FROM bronze.raw;
+             INSERT INTO bronze.codes VALUES ('MRN-SECRET-7');
+             GRANT SELECT ON TABLE silver.codes TO analyst;
+             GRANT USAGE, SELECT ON SCHEMA system TO analyst;",
+        )
+        .await
+        .unwrap();
+    // The refresh fails on the value it could not cast, and says so to its maintainers.
+    assert_ne!(
+        outcome(
+            &engine.local_session(),
+            "REFRESH MATERIALIZED VIEW silver.codes"
+        )
+        .await,
+        "ok"
+    );
+    let wrt = engine.session_for(wrt);
+    let all = text(
+        &wrt,
+        "SELECT view, rows_written, error FROM system.refreshes ORDER BY view, started",
+    )
+    .await;
+    assert!(
+        all.contains("MRN-SECRET-7") && all.contains("bronze.hidden"),
+        "{all}"
+    );
+    let ann = engine.session_for(ann);
+    for sql in [
+        "SELECT * FROM system.refreshes",
+        "SELECT * FROM system.materialized_views",
+        "SELECT * FROM system.lineage",
+        "SELECT * FROM system.expectations",
+    ] {
+        let rows = text(&ann, sql).await;
+        assert!(
+            !rows.contains("hidden") && !rows.contains("bronze.raw"),
+            "{sql}: {rows}"
+        );
+        assert!(!rows.contains("MRN-SECRET-7"), "{sql}: {rows}");
+    }
+    let refreshes = text(
+        &ann,
+        "SELECT view, status, rows_written, error FROM system.refreshes ORDER BY started",
+    )
+    .await;
+    assert!(
+        refreshes.contains("silver.codes") && refreshes.contains("view's owner"),
+        "{refreshes}"
+    );
+    let views = text(&ann, "SELECT name, rows FROM system.materialized_views").await;
+    assert!(
+        views.contains("codes") && !views.contains("| 1 "),
+        "{views}"
+    );
+}
