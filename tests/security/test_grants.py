@@ -317,6 +317,51 @@ def test_http_ingest_is_audited_before_it_is_acknowledged(server):
     assert TOKEN not in rows
 
 
+def test_refused_logins_requests_and_unparsable_sql_are_audited(server):
+    """Probing leaves a trace: wrong passwords and unknown users on the Postgres and Flight
+    doors, HTTP requests without a token (401) or outside its scope (403), and SQL that does
+    not parse or tokenize, each with its SQLSTATE and client address, and no literal."""
+    import time
+    import psycopg
+    for user in [("ann", "wrong-" + PASSWORDS["ann"]), ("mallory", "guess")]:
+        with pytest.raises(psycopg.OperationalError):
+            pg_connect(server, user).close()
+    with pytest.raises(Exception):
+        with contextlib.closing(adbc_connect(server, ("ann", "wrong"))) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+    status, _, _ = http_request(server, "POST", "/v1/ingest/bronze.vitals", body=b"{}\n")
+    assert status == 401
+    status, _, _ = http_request(server, "POST", "/v1/ingest/silver.patients",
+                                body=b'{"patient_id": 1}\n',
+                                headers={"Authorization": f"Bearer {TOKEN}",
+                                         "Content-Type": "application/x-ndjson"})
+    assert status == 403
+    assert pg_code(server, "ann", "SELEC mrn FROM silver.patients WHERE mrn = 'MRN-0009'") == "42601"
+    assert pg_code(server, "ann", "SELECT 'MRN-0009") == "42601"
+    with pytest.raises(Exception):
+        flight_rows(server, "ann", "SELEC * FROM silver.patients WHERE mrn = 'MRN-0009'")
+    wanted = ["('ann', 'postgres', 'LOGIN', 'error', '28P01')",
+              "('mallory', 'postgres', 'LOGIN', 'error', '28P01')",
+              "('ann', 'flight', 'LOGIN', 'error', '28P01')",
+              "('(no credentials)', 'http', 'LOGIN', 'error', '28000')",
+              "('bedside-gw', 'http', 'INGEST', 'denied', '42501')"]
+    rows = ""
+    for _ in range(50):
+        rows = pg_rows(server, "aud", "SELECT user_name, door, kind, outcome, sqlstate "
+                                      "FROM system.audit ORDER BY seq")
+        if all(w in rows for w in wanted) and rows.count("'42601'") >= 3:
+            break
+        time.sleep(0.2)
+    for w in wanted:
+        assert w in rows, (w, rows)
+    assert rows.count("'42601'") >= 3, rows
+    statements = pg_rows(server, "aud", "SELECT statement, client_addr FROM system.audit "
+                                        "WHERE sqlstate IN ('42601', '28P01', '28000')")
+    assert "MRN-0009" not in statements and "wrong" not in statements, statements
+    assert "does not tokenize" in statements and "127.0.0.1:" in statements, statements
+
+
 def test_the_audit_chain_verifies_after_the_server_stops(server):
     server.stop()
     done = subprocess.run([MEDLAKE, "audit", "verify", "--warehouse", str(server.warehouse)],

@@ -288,6 +288,35 @@ impl Session {
     }
 }
 
+impl crate::Engine {
+    /// Records what a door refused before any session existed: a failed login (`LOGIN`), a
+    /// request with no or an unknown credential (401) or one outside its scope (403), as
+    /// `claimed` (the user name or token name the client gave, cut to 128 characters) from
+    /// `client`. `what` is normalized like any statement. Queued like a query's event; an
+    /// error only when the log cannot be written.
+    pub fn audit_refused(
+        &self,
+        door: Door,
+        client: Option<String>,
+        claimed: &str,
+        what: &str,
+        code: medlake_common::Code,
+    ) -> Result<()> {
+        let claimed: String = claimed.chars().take(128).collect();
+        let event = Event {
+            client,
+            outcome: if code == medlake_common::Code::InsufficientPrivilege {
+                Outcome::Denied
+            } else {
+                Outcome::Error
+            },
+            code: Some(code),
+            ..Event::new(claimed, door, what)
+        };
+        Ok(self.shared.audit.record_read(event)?)
+    }
+}
+
 /// How a failed statement ended: refused by a privilege check, or an error.
 fn failure_outcome(error: &Error) -> Outcome {
     if matches!(

@@ -735,10 +735,29 @@ impl Session {
     /// Query outputs are streams: consume them in order.
     pub async fn sql(&self, sql: &str) -> Result<Vec<Output>> {
         let mut outputs = Vec::new();
-        for statement in parse(sql)? {
+        for statement in self.parse(sql)? {
             outputs.push(self.execute(statement).await?);
         }
         Ok(outputs)
+    }
+
+    /// Parses `sql` for this session. Text that does not parse is audited as the error it is
+    /// (normalized, as every statement), so probing with malformed SQL leaves a trace.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        self.audit_unparsed(sql, parse(sql))
+    }
+
+    /// [`split`] for this session: text that does not split is audited like [`Self::parse`].
+    pub fn split(&self, sql: &str) -> Result<Vec<String>> {
+        self.audit_unparsed(sql, split(sql))
+    }
+
+    /// Audits `sql` as the error `parsed` is, if it is one.
+    pub fn audit_unparsed<T>(&self, sql: &str, parsed: Result<T>) -> Result<T> {
+        parsed.or_else(|e| {
+            self.audit_door_statement(sql, Some(e.code()))?;
+            Err(e)
+        })
     }
 
     /// Runs `sql` and collects the rows of its last statement.

@@ -49,6 +49,22 @@ fn basic_user(header: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Who a refused request claimed to be, for the audit: the Basic user name, or the kind of
+/// credential it presented.
+pub(crate) fn claimed(metadata: &MetadataMap) -> String {
+    let header = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if header.starts_with("Basic ") || header.starts_with("basic ") {
+        basic_user(header)
+    } else if header.is_empty() {
+        "(no credentials)".into()
+    } else {
+        "(bearer token)".into()
+    }
+}
+
 /// 32 random bytes as hex: tokens and handles.
 pub(crate) fn random_id() -> String {
     medlake_auth::random_token(32)

@@ -228,9 +228,12 @@ fn ipc_schema(schema: &Schema) -> Result<Bytes, Status> {
 
 /// Parses the one statement of a request. `?` placeholders (ADBC's qmark paramstyle, JDBC)
 /// are numbered `$1`, `$2`, ... first, so they are described and bound as `$n` ones.
-fn one_statement(sql: &str) -> Result<Statement, Status> {
-    let sql = medlake_engine::qmark_placeholders(sql).map_err(|e| status(&e))?;
-    let mut statements = medlake_engine::parse(&sql).map_err(|e| status(&e))?;
+/// Text that does not parse is audited as the caller's error.
+fn one_statement(session: &medlake_engine::Session, sql: &str) -> Result<Statement, Status> {
+    let numbered = session
+        .audit_unparsed(sql, medlake_engine::qmark_placeholders(sql))
+        .map_err(|e| status(&e))?;
+    let mut statements = session.parse(&numbered).map_err(|e| status(&e))?;
     match (statements.pop(), statements.is_empty()) {
         (Some(statement), true) => Ok(statement),
         (None, _) => Err(Status::invalid_argument("empty statement")),
@@ -406,7 +409,23 @@ impl FlightSql {
         metadata: &tonic::metadata::MetadataMap,
         client: Option<std::net::SocketAddr>,
     ) -> Result<(), Status> {
-        self.inner.tokens.admit(metadata, client)
+        self.inner.tokens.admit(metadata, client).inspect_err(|refused| {
+            let code = match refused.code() {
+                tonic::Code::Unauthenticated => Code::InvalidPassword,
+                tonic::Code::ResourceExhausted => Code::InvalidAuthorization,
+                _ => return,
+            };
+            let claimed = crate::auth::claimed(metadata);
+            let client = client.map(|a| a.to_string());
+            let door = medlake_engine::Door::Flight;
+            if let Err(e) = self
+                .inner
+                .engine
+                .audit_refused(door, client, &claimed, "LOGIN", code)
+            {
+                tracing::warn!(target: "medlake::audit", error = %e, "a refused login could not be audited");
+            }
+        })
     }
 
     /// The prepared statements, locked, with the idle ones expired; and the time now.
@@ -649,17 +668,15 @@ impl FlightSqlService for FlightSql {
         if query.transaction_id.is_some() {
             return Err(Status::unimplemented("transactions are not supported"));
         }
-        let statement = one_statement(&query.query)?;
+        let session = self
+            .inner
+            .engine
+            .session_for_at(caller.principal.clone(), flight_origin(&caller));
+        let statement = one_statement(&session, &query.query)?;
         // A plain query has no way to carry parameter values: one with a parameter is refused
         // here, naming it (22023), not deep in execution.
         medlake_engine::bind(&statement, Vec::new()).map_err(|e| status(&e))?;
-        let description = self
-            .inner
-            .engine
-            .session_for_at(caller.principal.clone(), flight_origin(&caller))
-            .describe(&statement)
-            .await
-            .map_err(|e| status(&e))?;
+        let description = session.describe(&statement).await.map_err(|e| status(&e))?;
         match description.columns {
             Some(schema) => {
                 // A unique ticket per call, so that CancelFlightInfo names this run.
@@ -709,14 +726,12 @@ impl FlightSqlService for FlightSql {
                 Ok(RecordBatch::new_empty(Arc::new(Schema::empty()))),
             )));
         }
-        let statement = one_statement(sql)?;
-        let description = self
+        let session = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin(&caller))
-            .describe(&statement)
-            .await
-            .map_err(|e| status(&e))?;
+            .session_for_at(caller.principal.clone(), flight_origin(&caller));
+        let statement = one_statement(&session, sql)?;
+        let description = session.describe(&statement).await.map_err(|e| status(&e))?;
         let schema = description
             .columns
             .ok_or_else(|| Status::invalid_argument("the ticket's statement returns no rows"))?;
@@ -864,7 +879,11 @@ impl FlightSqlService for FlightSql {
         if ticket.transaction_id.is_some() {
             return Err(Status::unimplemented("transactions are not supported"));
         }
-        let statement = one_statement(&ticket.query)?;
+        let session = self
+            .inner
+            .engine
+            .session_for_at(caller.principal.clone(), flight_origin(&caller));
+        let statement = one_statement(&session, &ticket.query)?;
         self.written(&caller, statement).await
     }
 
@@ -886,14 +905,12 @@ impl FlightSqlService for FlightSql {
         if query.transaction_id.is_some() {
             return Err(Status::unimplemented("transactions are not supported"));
         }
-        let statement = one_statement(&query.query)?;
-        let description = self
+        let session = self
             .inner
             .engine
-            .session_for_at(caller.principal.clone(), flight_origin(&caller))
-            .describe(&statement)
-            .await
-            .map_err(|e| status(&e))?;
+            .session_for_at(caller.principal.clone(), flight_origin(&caller));
+        let statement = one_statement(&session, &query.query)?;
+        let description = session.describe(&statement).await.map_err(|e| status(&e))?;
         let parameters = Arc::new(Schema::new(
             description
                 .parameters
@@ -1383,11 +1400,13 @@ impl FlightService for Door {
             .unpack::<CommandStatementQuery>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?
         {
-            let statement = one_statement(&query.query)?;
-            self.0
+            let session = self
+                .0
                 .inner
                 .engine
-                .session_for_at(caller.principal.clone(), flight_origin(&caller))
+                .session_for_at(caller.principal.clone(), flight_origin(&caller));
+            let statement = one_statement(&session, &query.query)?;
+            session
                 .describe(&statement)
                 .await
                 .map_err(|e| status(&e))?

@@ -272,9 +272,14 @@ pub(crate) struct Authenticated {
     pub token: Option<String>,
 }
 
+/// The address of a request's client (set on each connection).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer(pub std::net::SocketAddr);
+
 pub(crate) async fn handle(
     Extract(state): Extract<State>,
     Path(target): Path<String>,
+    peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -301,6 +306,18 @@ pub(crate) async fn handle(
         }
         Err(failure) => {
             inner.metrics.request(&label, failure.status.as_u16());
+            if matches!(
+                failure.status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
+                audit_refused(
+                    inner,
+                    peer.map(|p| p.0.0),
+                    &headers,
+                    &target,
+                    failure.status,
+                );
+            }
             failure.into_response()
         }
     }
@@ -542,6 +559,51 @@ fn body_failure(e: BodyError) -> Failure {
         _ => StatusCode::BAD_REQUEST,
     };
     Failure::new(status, e.to_string())
+}
+
+/// Records a request refused for its credentials (401) or their scope (403) in
+/// `system.audit`, as the token's name when it is a known token.
+fn audit_refused(
+    inner: &Inner,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    target: &str,
+    status: StatusCode,
+) {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let claimed = match (&inner.auth, presented) {
+        (Auth::Tokens(tokens), Some(presented)) => tokens
+            .iter()
+            .find(|t| t.matches(presented.trim()))
+            .map_or_else(|| "(unknown bearer token)".to_string(), |t| t.name.clone()),
+        (_, None) => "(no credentials)".into(),
+        _ => "(bearer token)".into(),
+    };
+    let (code, what) = if status == StatusCode::FORBIDDEN {
+        // The target is the client's text: quoted as a literal, so normalized away unless it
+        // names a table.
+        let what = match Engine::ingest_name(target) {
+            Ok(table) => format!("INGEST INTO {table}"),
+            Err(_) => "INGEST INTO ?".into(),
+        };
+        (Code::InsufficientPrivilege, what)
+    } else {
+        (Code::InvalidAuthorization, "LOGIN".into())
+    };
+    let door = medlake_engine::Door::Http;
+    let client = peer.map(|p| p.to_string());
+    if let Err(e) = inner
+        .engine
+        .audit_refused(door, client, &claimed, &what, code)
+    {
+        tracing::warn!(target: "medlake::audit", error = %e, "a refused request could not be audited");
+    }
 }
 
 /// Who sent a request and whether they may push into `target`: the bearer token is checked

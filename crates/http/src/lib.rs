@@ -345,7 +345,8 @@ async fn serve_connection<I>(
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.header_read_timeout)
         .keep_alive_timeout(limits.header_read_timeout);
-    let service = TowerToHyperService::new(router);
+    // Who is at the other end, for the audit of refused requests.
+    let service = TowerToHyperService::new(router.layer(axum::Extension(ingest::Peer(peer))));
     // hyper's header deadline starts once the protocol is known: the first bytes have one too.
     let io = FirstBytesDeadline::new(io, limits.header_read_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), service);

@@ -119,6 +119,7 @@ impl Startup {
     fn failed(&self, client: std::net::SocketAddr, user: &str) -> PgWireError {
         warn!(target: "medlake::audit", user = %user, client = %client, "postgres password authentication failed");
         self.logins.failed(client.ip(), user);
+        audit_refused(&self.engine, client, user, Code::InvalidPassword);
         password_failed(user)
     }
 
@@ -225,6 +226,20 @@ fn getrandom(out: &mut [u8]) {
     }
 }
 
+/// Records a refused login in `system.audit` (a log that cannot be written is only logged:
+/// the login fails anyway).
+fn audit_refused(
+    engine: &medlake_engine::Engine,
+    client: std::net::SocketAddr,
+    user: &str,
+    code: Code,
+) {
+    let door = medlake_engine::Door::Postgres;
+    if let Err(e) = engine.audit_refused(door, Some(client.to_string()), user, "LOGIN", code) {
+        warn!(target: "medlake::audit", error = %e, "a refused login could not be audited");
+    }
+}
+
 fn fatal(code: Code, message: impl Into<String>) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "FATAL".to_owned(),
@@ -324,6 +339,12 @@ impl Startup {
                 user = %user,
                 client = %client.socket_addr(),
                 "postgres login refused: locked out after failed logins"
+            );
+            audit_refused(
+                &self.engine,
+                client.socket_addr(),
+                &user,
+                Code::InvalidAuthorization,
             );
             return Err(fatal(Code::InvalidAuthorization, locked.to_string()));
         }

@@ -112,7 +112,10 @@ async fn prepare(
             columns,
         });
     }
-    let mut statements = medlake_engine::parse(text).map_err(|e| engine_error(&e))?;
+    let mut statements = connection
+        .session
+        .parse(text)
+        .map_err(|e| engine_error(&e))?;
     if statements.len() > 1 {
         return Err(user_error(
             Code::SyntaxError,
@@ -559,7 +562,10 @@ where
 
 /// `COPY (query) TO STDOUT`: the rows as text or CSV, one CopyData per row, streamed.
 async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<Response> {
-    let mut statements = medlake_engine::parse(&copy.query).map_err(|e| engine_error(&e))?;
+    let mut statements = connection
+        .session
+        .parse(&copy.query)
+        .map_err(|e| engine_error(&e))?;
     let statement = match (statements.pop(), statements.is_empty()) {
         (Some(s), true) => s,
         _ => {
@@ -719,8 +725,12 @@ impl SimpleQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let connection = connection(client)?;
-        debug!(user = %connection.user, sql = %query, "simple query");
-        let texts = medlake_engine::split(query).map_err(|e| engine_error(&e))?;
+        // Not the text: it may hold patient identifiers (the audit keeps it normalized).
+        debug!(user = %connection.user, bytes = query.len(), "simple query");
+        let texts = connection
+            .session
+            .split(query)
+            .map_err(|e| engine_error(&e))?;
         let mut responses = Vec::with_capacity(texts.len());
         for text in texts {
             // A failing statement ends the query string, as in Postgres; what ran before
@@ -728,7 +738,9 @@ impl SimpleQueryHandler for Queries {
             let outcome = async {
                 let prepared = prepare(&connection, &text, &[], false).await?;
                 if let Kind::Command(Command::EngineSet) = prepared.kind {
-                    let statement = medlake_engine::parse(&text)
+                    let statement = connection
+                        .session
+                        .parse(&text)
                         .map_err(|e| engine_error(&e))?
                         .pop()
                         .ok_or_else(|| user_error(Code::SyntaxError, "empty statement"))?;
@@ -779,14 +791,19 @@ impl QueryParser for Parser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let connection = connection(client)?;
-        debug!(user = %connection.user, sql = %sql, "parse");
-        let texts = medlake_engine::split(sql).map_err(|e| engine_error(&e))?;
+        debug!(user = %connection.user, bytes = sql.len(), "parse");
+        let texts = connection
+            .session
+            .split(sql)
+            .map_err(|e| engine_error(&e))?;
         match texts.as_slice() {
             [] => Ok(None),
             [text] => {
                 let mut prepared = prepare(&connection, text, types, true).await?;
                 if let Kind::Command(Command::EngineSet) = prepared.kind {
-                    let statement = medlake_engine::parse(text)
+                    let statement = connection
+                        .session
+                        .parse(text)
                         .map_err(|e| engine_error(&e))?
                         .pop()
                         .ok_or_else(|| user_error(Code::SyntaxError, "empty statement"))?;
