@@ -197,13 +197,15 @@ struct Inner {
 /// engine implements it from its grants; the views crate knows nothing of principals.
 #[async_trait::async_trait]
 pub trait RefreshAuthority: Send + Sync {
-    /// `Err(reason)` refuses the refresh of `view`, whose query is `plan` (names resolved
-    /// against `default_schema`).
+    /// `Err(reason)` refuses the refresh of `view` (one of `views`), whose query is `plan`
+    /// (names resolved against `default_schema`, planned in `state`).
     async fn check(
         &self,
+        views: &Views,
         view: &TableName,
         plan: &datafusion::logical_expr::LogicalPlan,
         default_schema: &str,
+        state: &datafusion::execution::context::SessionState,
     ) -> std::result::Result<(), String>;
 
     /// A refresh that no statement asked for (the scheduler's) finished, or failed: for the
@@ -926,7 +928,13 @@ impl Views {
         };
         if let Some(authority) = self.inner.authority.get() {
             authority
-                .check(name, &pinned.plan, &definition.default_schema)
+                .check(
+                    self,
+                    name,
+                    &pinned.plan,
+                    &definition.default_schema,
+                    &pinned.ctx.state(),
+                )
                 .await
                 .map_err(|reason| Error::RefreshRefused {
                     view: name.to_string(),

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use medlake_audit::{AuditLog, Door, Event, Outcome};
 use medlake_auth::{Principal, Role, Securable};
@@ -73,9 +74,11 @@ impl OwnerAuthority {
 impl RefreshAuthority for OwnerAuthority {
     async fn check(
         &self,
+        views: &medlake_views::Views,
         view: &TableName,
         plan: &LogicalPlan,
         default_schema: &str,
+        session: &SessionState,
     ) -> Result<(), String> {
         let state = self
             .access
@@ -88,7 +91,40 @@ impl RefreshAuthority for OwnerAuthority {
         };
         let needs = privileges::for_plan(plan, default_schema).map_err(|e| e.to_string())?;
         privileges::check(&principal, &state, &needs)
-            .map_err(|e| format!("a refresh runs as the view's owner '{owner}': {e}"))
+            .map_err(|e| format!("a refresh runs as the view's owner '{owner}': {e}"))?;
+        // A mask set on an input after the view was created: the owner must still see every
+        // masked column the query reads (a WHERE on one would tell them what it hides).
+        let materialized = views
+            .list()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|v| (v.name.schema, v.name.table))
+            .collect();
+        // Masks are SQL over `is_member(...)` and the like: the owner's functions.
+        let mut session = session.clone();
+        for udf in super::functions::udfs(principal.clone(), self.access.clone()) {
+            datafusion::execution::FunctionRegistry::register_udf(&mut session, Arc::new(udf))
+                .map_err(|e| e.to_string())?;
+        }
+        let masked = super::session::first_masked_read(
+            &self.access,
+            &state,
+            &session,
+            views,
+            &materialized,
+            &principal,
+            plan,
+            default_schema,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        match masked {
+            None => Ok(()),
+            Some(column) => Err(format!(
+                "a refresh runs as the view's owner '{owner}', for whom column {column} is masked: a view computes from real values, so its owner must see them"
+            )),
+        }
     }
 
     fn scheduled(&self, outcome: &RefreshOutcome) {

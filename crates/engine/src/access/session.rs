@@ -300,64 +300,28 @@ impl Session {
         let Ok(plan) = state.create_logical_plan(query).await else {
             return Ok(());
         };
-        // Optimized, each scan reads exactly the columns the query uses somewhere.
-        let optimized = state.optimize(&plan).map_err(crate::unwrap_lake_error)?;
-        let default_schema = self.default_schema_name();
-        let mut reads: Vec<(TableKey, Vec<String>)> = Vec::new();
-        optimized.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                let columns = scan
-                    .projected_schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect();
-                reads.push((table_key(&scan.table_name, &default_schema), columns));
-            }
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        })?;
         let access = self.access_state().await?;
-        let keys: Vec<TableKey> = reads.iter().map(|(key, _)| key.clone()).collect();
-        let policies = self
-            .shared
-            .access
-            .policies(
-                &access,
-                &state,
-                &self.shared.views,
-                &self.shared.catalog.materialized_views(),
-                keys,
-            )
-            .await?;
-        let roles = access.roles_of(&self.principal);
-        let viewer = Viewer {
-            principal: &self.principal,
-            roles: &roles,
-            lifted: self.glass_broken(),
-        };
-        for (key, columns) in &reads {
-            let Some(policy) = policies.get(key) else {
-                continue;
-            };
-            for column in columns {
-                let Some(masks) = policy.columns.get(column) else {
-                    continue;
-                };
-                for mask in &masks.masks {
-                    if !viewer.lifts(mask)? {
-                        return Err(Error::PermissionDenied {
-                            principal: self.principal.to_string(),
-                            privilege: "SELECT",
-                            object: format!(
-                                "column {}.{}.{column}, which is masked for you: a materialized view computes from real values, so its creator must see them",
-                                key.0, key.1
-                            ),
-                        });
-                    }
-                }
-            }
+        let masked = first_masked_read(
+            &self.shared.access,
+            &access,
+            &state,
+            &self.shared.views,
+            &self.shared.catalog.materialized_views(),
+            &self.principal,
+            &plan,
+            &self.default_schema_name(),
+        )
+        .await?;
+        match masked {
+            None => Ok(()),
+            Some(column) => Err(Error::PermissionDenied {
+                principal: self.principal.to_string(),
+                privilege: "SELECT",
+                object: format!(
+                    "column {column}, which is masked for you: a materialized view computes from real values, so its creator must see them"
+                ),
+            }),
         }
-        Ok(())
     }
 
     /// The row count a CREATE or REFRESH of `view` may answer with: none (0) when the view
@@ -1003,6 +967,62 @@ fn catalog_listing_policy(
         }],
         ..Default::default()
     })
+}
+
+/// The first column `plan` reads anywhere (its output, a filter, a join, a group key, an
+/// aggregate) that a mask holds for `principal` (`schema.table.column`), if any.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn first_masked_read(
+    access: &super::Access,
+    state: &Arc<AccessState>,
+    session: &datafusion::execution::context::SessionState,
+    views: &medlake_views::Views,
+    materialized: &BTreeSet<TableKey>,
+    principal: &medlake_auth::Principal,
+    plan: &LogicalPlan,
+    default_schema: &str,
+) -> Result<Option<String>> {
+    // Optimized, each scan reads exactly the columns the query uses somewhere.
+    let optimized = session.optimize(plan).map_err(crate::unwrap_lake_error)?;
+    let mut reads: Vec<(TableKey, Vec<String>)> = Vec::new();
+    optimized.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let columns = scan
+                .projected_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            reads.push((table_key(&scan.table_name, default_schema), columns));
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })?;
+    let keys: Vec<TableKey> = reads.iter().map(|(key, _)| key.clone()).collect();
+    let policies = access
+        .policies(state, session, views, materialized, keys)
+        .await?;
+    let roles = state.roles_of(principal);
+    let viewer = Viewer {
+        principal,
+        roles: &roles,
+        lifted: false,
+    };
+    for (key, columns) in &reads {
+        let Some(policy) = policies.get(key) else {
+            continue;
+        };
+        for column in columns {
+            let Some(masks) = policy.columns.get(column) else {
+                continue;
+            };
+            for mask in &masks.masks {
+                if !viewer.lifts(mask)? {
+                    return Ok(Some(format!("{}.{}.{column}", key.0, key.1)));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The policy of one of [`SYSTEM_LISTINGS`], over the table's own schema.

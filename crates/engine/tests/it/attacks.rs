@@ -532,3 +532,63 @@ async fn system_tables_show_a_reader_only_the_views_it_lists_and_no_refresh_erro
         "{views}"
     );
 }
+
+#[tokio::test]
+async fn a_mask_set_after_a_view_was_created_stops_its_owners_refreshes() {
+    let (_dir, engine, [ann, clin, _]) = server().await;
+    let ann = engine.session_for(ann);
+    let clin = engine.session_for(clin);
+    for session in [&ann, &clin] {
+        let who = &session.principal().name;
+        session
+            .sql(&format!(
+                "CREATE MATERIALIZED VIEW scratch.high_{who} AS SELECT patient_id FROM silver.readings WHERE hr > 85"
+            ))
+            .await
+            .unwrap();
+    }
+    engine
+        .sql("ALTER TABLE silver.readings ALTER COLUMN hr SET MASK CASE WHEN is_member('clinician') THEN hr ELSE NULL END")
+        .await
+        .unwrap();
+    engine
+        .sql("INSERT INTO silver.readings VALUES (3, 120.0)")
+        .await
+        .unwrap();
+    // The WHERE would keep telling ann which patients' hidden hr is above 85.
+    let refused = ann
+        .sql("REFRESH MATERIALIZED VIEW scratch.high_ann")
+        .await
+        .err()
+        .expect("the refresh reads a column masked for its owner");
+    assert_eq!(refused.code().sqlstate(), "42501", "{refused}");
+    assert!(
+        refused.to_string().contains("silver.readings.hr"),
+        "{refused}"
+    );
+    // The operator's refresh of ann's view runs as ann, and is refused the same way.
+    assert_eq!(
+        outcome(
+            &engine.local_session(),
+            "REFRESH MATERIALIZED VIEW scratch.high_ann"
+        )
+        .await,
+        "42501"
+    );
+    assert_eq!(
+        text(&ann, "SELECT count(*) AS n FROM scratch.high_ann")
+            .await
+            .matches("| 1 ")
+            .count(),
+        1
+    );
+    // The clinician sees hr: their view refreshes.
+    clin.sql("REFRESH MATERIALIZED VIEW scratch.high_clin")
+        .await
+        .unwrap();
+    assert!(
+        text(&clin, "SELECT count(*) AS n FROM scratch.high_clin")
+            .await
+            .contains("| 2 ")
+    );
+}
