@@ -41,10 +41,25 @@ fn text(statement: &Statement) -> Text {
         Statement::DescribeHistory { table, .. } => format!("DESCRIBE HISTORY {table}"),
         Statement::Optimize { table, .. } => format!("OPTIMIZE {table}"),
         Statement::CreateMaterializedView(create) => {
-            format!(
-                "CREATE MATERIALIZED VIEW {} AS {}",
-                create.name, create.definition.query
-            )
+            let definition = &create.definition;
+            let mut sql = format!(
+                "CREATE {}MATERIALIZED VIEW {}{}",
+                if create.or_replace { "OR REPLACE " } else { "" },
+                if create.if_not_exists {
+                    "IF NOT EXISTS "
+                } else {
+                    ""
+                },
+                create.name
+            );
+            if let Some(schedule) = &definition.schedule {
+                sql.push_str(&format!(" REFRESH {schedule}"));
+            }
+            for expectation in &definition.expectations {
+                sql.push_str(&format!(" {expectation}"));
+            }
+            sql.push_str(&format!(" AS {}", definition.query));
+            sql
         }
         Statement::RefreshMaterializedView { name, full, .. } => format!(
             "REFRESH MATERIALIZED VIEW {name}{}",

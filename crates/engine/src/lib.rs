@@ -786,7 +786,10 @@ impl Session {
         let name = self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
         create.definition.default_schema = self.default_schema_name();
         statement::check_query_depth(&create.definition.query)?;
-        if create.or_replace && self.shared.views.view(&name).await?.is_some() {
+        if create.or_replace
+            && self.shared.warehouse.table_exists(&name).await?
+            && self.shared.views.view(&name).await?.is_some()
+        {
             // Replacing a view replaces what everyone who reads it reads: its
             // owner's (or an admin's) decision, like DROP.
             privileges::check(

@@ -542,6 +542,27 @@ async fn every_statement_is_audited_without_its_literals_and_only_auditors_read_
     );
     let failed = audited(&auditor, "user_name = 'ann' AND sqlstate = '22012'", 1).await;
     assert!(failed.contains("error"), "{failed}");
+    // SQL that does not parse is recorded too, without its literals.
+    assert_eq!(
+        outcome(
+            &analyst,
+            "SELEC * FROM silver.patients WHERE mrn = 'MRN-0002'"
+        )
+        .await,
+        "42601"
+    );
+    let unparsed = audited(&auditor, "user_name = 'ann' AND sqlstate = '42601'", 1).await;
+    assert!(!unparsed.contains("MRN-0002"), "{unparsed}");
+    // A view's statement is recorded whole: OR REPLACE, its schedule and its expectations.
+    admin
+        .sql("CREATE OR REPLACE MATERIALIZED VIEW silver.ids CONSTRAINT positive EXPECT (patient_id > 0) AS SELECT patient_id FROM silver.readings")
+        .await
+        .unwrap();
+    let created = audited(&auditor, "user_name = 'root' AND kind LIKE 'CREATE%'", 1).await;
+    assert!(
+        created.contains("CREATE OR REPLACE MATERIALIZED VIEW silver.ids CONSTRAINT positive EXPECT (patient_id > ?)"),
+        "{created}"
+    );
     // The chain verifies.
     let report = medlake_audit::verify(engine.warehouse()).await.unwrap();
     assert!(report.broken.is_none(), "{report:?}");
