@@ -431,17 +431,61 @@ use medlake_views::definition::word;
 /// `54000` instead, as PostgreSQL refuses what exceeds its `max_stack_depth` (`54001`).
 pub const MAX_DEPTH: usize = 256;
 
-/// Refuses a statement nested deeper than [`MAX_DEPTH`] (the walk stops at the limit).
+/// The most parameters a statement may number (`$65535`), as in PostgreSQL.
+pub const MAX_PARAMETERS: usize = 65_535;
+
+/// The most values one `IN (...)` list may hold: planning and pruning walk a list
+/// recursively, and a list of tens of thousands overflows a worker's stack.
+pub const MAX_IN_LIST: usize = 10_000;
+
+/// Why one expression is too large to plan safely: a parameter numbered beyond
+/// [`MAX_PARAMETERS`] (describing it would allocate a slot for every number below), or an
+/// `IN` list longer than [`MAX_IN_LIST`].
+fn oversized(expr: &datafusion::sql::sqlparser::ast::Expr) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value};
+    match expr {
+        SqlExpr::Value(value) => match &value.value {
+            Value::Placeholder(name) => {
+                let digits = name.strip_prefix('$')?;
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                match digits.parse::<usize>() {
+                    Ok(n) if (1..=MAX_PARAMETERS).contains(&n) => None,
+                    _ => Some(format!(
+                        "parameter ${} is outside $1..${MAX_PARAMETERS}",
+                        digits.chars().take(24).collect::<String>()
+                    )),
+                }
+            }
+            _ => None,
+        },
+        SqlExpr::InList { list, .. } if list.len() > MAX_IN_LIST => Some(format!(
+            "an IN list of {} values (at most {MAX_IN_LIST}; join with a table or VALUES instead)",
+            list.len()
+        )),
+        _ => None,
+    }
+}
+
+/// Refuses a statement nested deeper than [`MAX_DEPTH`] (the walk stops at the limit), or
+/// holding an expression too large to plan safely ([`MAX_PARAMETERS`], [`MAX_IN_LIST`]).
 pub fn check_depth(statement: &DfStatement) -> Result<()> {
     use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, Visit, Visitor};
     struct Depth {
         now: usize,
+        /// Why the walk stopped, when not for depth.
+        refused: Option<String>,
     }
     impl Visitor for Depth {
         type Break = ();
-        fn pre_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
+        fn pre_visit_expr(&mut self, expr: &SqlExpr) -> ControlFlow<()> {
             self.now += 1;
             if self.now > MAX_DEPTH {
+                return ControlFlow::Break(());
+            }
+            self.refused = oversized(expr);
+            if self.refused.is_some() {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
@@ -465,8 +509,14 @@ pub fn check_depth(statement: &DfStatement) -> Result<()> {
     let DfStatement::Statement(statement) = statement else {
         return Ok(());
     };
-    let mut depth = Depth { now: 0 };
+    let mut depth = Depth {
+        now: 0,
+        refused: None,
+    };
     let broke = statement.visit(&mut depth).is_break() || set_depth(statement) > MAX_DEPTH;
+    if let Some(what) = depth.refused {
+        return Err(Error::TooComplex { what });
+    }
     if broke {
         return Err(Error::TooComplex {
             what: format!("the statement nests deeper than {MAX_DEPTH} levels"),

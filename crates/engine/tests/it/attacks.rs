@@ -592,3 +592,52 @@ async fn a_mask_set_after_a_view_was_created_stops_its_owners_refreshes() {
             .contains("| 2 ")
     );
 }
+
+#[test]
+fn huge_parameter_numbers_and_in_lists_are_refused_before_planning() {
+    // The server's workers have 32 MiB stacks (`medlake serve`): so does this test.
+    std::thread::Builder::new()
+        .stack_size(32 << 20)
+        .spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(huge_parameters_and_in_lists())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+async fn huge_parameters_and_in_lists() {
+    let (_dir, engine, [ann, _, _]) = server().await;
+    let ann = engine.session_for(ann);
+    // Describing `$99999999999` once allocated a slot per number below it and aborted.
+    for sql in [
+        "SELECT $99999999999",
+        "SELECT $65536",
+        "SELECT $0",
+        "SELECT $184467440737095516160",
+    ] {
+        let error = medlake_engine::parse(sql).err().expect(sql);
+        assert_eq!(error.code().sqlstate(), "54000", "{sql}: {error}");
+    }
+    let statement = medlake_engine::parse("SELECT $65535").unwrap().remove(0);
+    assert_eq!(
+        ann.describe(&statement).await.unwrap().parameters.len(),
+        65_535
+    );
+    // A 30,000-value IN list overflowed a worker's stack in the scan's pruning.
+    let list = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let long = format!(
+        "SELECT * FROM silver.readings WHERE hr IN ({})",
+        list(30_000)
+    );
+    assert_eq!(outcome(&ann, &long).await, "54000");
+    let fine = format!(
+        "SELECT count(*) FROM silver.readings WHERE hr IN ({})",
+        list(10_000)
+    );
+    assert_eq!(outcome(&ann, &fine).await, "ok");
+}
