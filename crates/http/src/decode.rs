@@ -74,7 +74,7 @@ pub struct Refused {
 /// Decompresses a gzip body, refusing to inflate past `limit` bytes.
 pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
-    let mut decoder = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
+    let mut decoder = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
     decoder
         .read_to_end(&mut out)
         .map_err(|e| BodyError::Gzip(e.to_string()))?;
@@ -590,6 +590,23 @@ mod tests {
         ));
         assert_eq!(gunzip(&gz, 10_000).unwrap().len(), 10_000);
         assert!(matches!(gunzip(b"not gzip", 100), Err(BodyError::Gzip(_))));
+    }
+
+    /// `cat a.gz b.gz` (and pigz) make several gzip members: every one is read, and bytes
+    /// after the last that are not gzip are refused rather than dropped.
+    #[test]
+    fn every_member_of_a_concatenated_gzip_body_is_read() {
+        let member = |text: &str| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+            gz.finish().unwrap()
+        };
+        let mut body = member("{\"a\":1}\n{\"a\":2}\n");
+        body.extend(member("{\"a\":3}\n{\"a\":4}\n"));
+        let text = gunzip(&body, 1000).unwrap();
+        assert_eq!(values(&text, false).unwrap().len(), 4);
+        body.extend(b"{\"a\":5}\n");
+        assert!(matches!(gunzip(&body, 1000), Err(BodyError::Gzip(_))));
     }
 
     /// Found by the fuzz target `http_decode`: the last second a nanosecond timestamp can
