@@ -804,7 +804,7 @@ impl Session {
                 }],
             )?;
         }
-        self.check_view_reads(&create.definition.query).await?;
+        self.check_view_reads(&create.definition).await?;
         self.check_view_masks(&create.definition.query).await?;
         if create.or_replace {
             // A new query over other inputs: its owner declassifies it again if

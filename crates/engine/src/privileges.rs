@@ -27,7 +27,7 @@ pub(crate) struct Need {
 }
 
 impl Need {
-    fn new(privilege: Privilege, object: Object) -> Self {
+    pub(crate) fn new(privilege: Privilege, object: Object) -> Self {
         Self { privilege, object }
     }
 

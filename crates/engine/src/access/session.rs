@@ -277,11 +277,26 @@ impl Session {
     /// plan here does not plan for the views either (they plan with the engine's state, which
     /// this session's extends), and is refused there with the views' own error (a view
     /// naming itself: 42P17).
-    pub(crate) async fn check_view_reads(&self, query: &str) -> Result<()> {
-        let Ok(plan) = self.ctx.state().create_logical_plan(query).await else {
+    pub(crate) async fn check_view_reads(
+        &self,
+        definition: &medlake_views::definition::ViewDefinition,
+    ) -> Result<()> {
+        let state = self.ctx.state();
+        let Ok(plan) = state.create_logical_plan(&definition.query).await else {
             return Ok(());
         };
-        let needs = crate::privileges::for_plan(&plan, &self.default_schema_name())?;
+        let default_schema = self.default_schema_name();
+        let mut needs = crate::privileges::for_plan(&plan, &default_schema)?;
+        // Expectations run over the view's rows with the same rights: the keys they name too.
+        for expectation in &definition.expectations {
+            let sql = format!(
+                "SELECT ({}) FROM ({}) AS __expectation",
+                expectation.expression, definition.query
+            );
+            if let Ok(plan) = state.create_logical_plan(&sql).await {
+                needs.extend(crate::privileges::for_plan(&plan, &default_schema)?);
+            }
+        }
         crate::privileges::check(&self.principal, &*self.access_state().await?, &needs)
     }
 
@@ -670,6 +685,7 @@ impl Session {
         let column = field.name().clone();
         if let Some(sql) = &mask {
             let planned = protect::plan_expression(&self.ctx.state(), &schema, sql, Some(&column))?;
+            self.check_policy_keys(&planned).await?;
             let ty = planned.to_field(&schema)?.1.data_type().clone();
             if !arrow::compute::can_cast_types(&ty, field.data_type()) {
                 return Err(Error::InvalidValue {
@@ -704,6 +720,27 @@ impl Session {
         Ok(Output::command("ALTER TABLE", 0))
     }
 
+    /// A mask or row filter is evaluated for every reader with the keys it names: whoever
+    /// sets one must hold USE SECRET on each (else a mask `pseudonym(v, 'K')` on one's own
+    /// table would compute keyed pseudonyms under a key one may not use).
+    async fn check_policy_keys(&self, planned: &datafusion::logical_expr::Expr) -> Result<()> {
+        let keys =
+            medlake_deid::referenced_keys_in_expr(planned).map_err(|e| Error::InvalidValue {
+                what: "de-identification key".into(),
+                reason: e.strip_backtrace(),
+            })?;
+        let needs: Vec<crate::privileges::Need> = keys
+            .into_iter()
+            .map(|name| {
+                crate::privileges::Need::new(
+                    medlake_auth::Privilege::UseSecret,
+                    medlake_auth::Object::Secret(name),
+                )
+            })
+            .collect();
+        crate::privileges::check(&self.principal, &*self.access_state().await?, &needs)
+    }
+
     /// `ALTER TABLE t SET ROW FILTER ... ON (...) | DROP ROW FILTER`.
     async fn set_row_filter(
         &self,
@@ -717,6 +754,7 @@ impl Session {
         let filter = match filter {
             Some((sql, columns)) => {
                 let planned = protect::plan_expression(&self.ctx.state(), &schema, &sql, None)?;
+                self.check_policy_keys(&planned).await?;
                 let ty = planned.to_field(&schema)?.1.data_type().clone();
                 if ty != arrow::datatypes::DataType::Boolean {
                     return Err(Error::InvalidValue {

@@ -440,10 +440,35 @@ async fn pseudonym_keys_are_secrets_that_need_usage() {
         outcome(&analyst, "CREATE MATERIALIZED VIEW gold.p AS SELECT pseudonym(mrn, 'PSEUDO_KEY') AS p FROM silver.patients").await,
         "42501"
     );
+    // Nor through a mask or row filter on a table of their own, or a view's expectation
+    // (each is evaluated with the key for whoever reads).
+    engine
+        .sql("CREATE SCHEMA own; GRANT CREATE, USAGE ON SCHEMA own TO analyst")
+        .await
+        .unwrap();
+    analyst
+        .sql("CREATE TABLE own.k (v VARCHAR); INSERT INTO own.k VALUES ('MRN-0001')")
+        .await
+        .unwrap();
+    for sql in [
+        "ALTER TABLE own.k ALTER COLUMN v SET MASK pseudonym(v, 'PSEUDO_KEY')",
+        "ALTER TABLE own.k SET ROW FILTER pseudonym(v, 'PSEUDO_KEY') = 'x' ON (v)",
+        "CREATE MATERIALIZED VIEW own.kx CONSTRAINT c EXPECT (CAST(pseudonym(v, 'PSEUDO_KEY') AS INT) > 0) AS SELECT v FROM own.k",
+    ] {
+        assert_eq!(outcome(&analyst, sql).await, "42501", "{sql}");
+    }
     engine
         .sql("GRANT USAGE ON SECRET PSEUDO_KEY TO analyst")
         .await
         .unwrap();
+    assert_eq!(
+        outcome(
+            &analyst,
+            "ALTER TABLE own.k ALTER COLUMN v SET MASK pseudonym(v, 'PSEUDO_KEY')"
+        )
+        .await,
+        "ok"
+    );
     // The pseudonym is of the value the analyst sees (masked here): consistent, not the MRN.
     let rows = text(&analyst, sql).await;
     assert!(
