@@ -1063,6 +1063,8 @@ impl Session {
                         object: table_object(&table),
                     }],
                 )?;
+                self.refuse_restricted_overwrite(&table, "a replacing ingest")
+                    .await?;
                 warehouse
                     .write(&table, plan, session, WriteMode::Overwrite)
                     .await?
@@ -1766,6 +1768,10 @@ impl Session {
                 });
             }
         };
+        if mode == WriteMode::Overwrite {
+            self.refuse_restricted_overwrite(&name, "INSERT OVERWRITE")
+                .await?;
+        }
         let input = Arc::unwrap_or_clone(dml.input);
         let outcome = self
             .shared

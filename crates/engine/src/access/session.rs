@@ -271,6 +271,39 @@ impl Session {
         protect::protect(plan, &viewer, &policies, &resolve)
     }
 
+    /// Refuses `what` (a write that replaces every row of `name`) when a mask or row filter
+    /// of the table holds for this principal: it would remove rows the filter hides from them
+    /// and could write back masked values in place of real ones.
+    pub(crate) async fn refuse_restricted_overwrite(
+        &self,
+        name: &TableName,
+        what: &str,
+    ) -> Result<()> {
+        let sql = format!(
+            "SELECT * FROM \"{}\".\"{}\"",
+            name.schema.replace('"', "\"\""),
+            name.table.replace('"', "\"\"")
+        );
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(&sql)
+            .await
+            .map_err(crate::unwrap_lake_error)?;
+        let state = self.access_state().await?;
+        let protected = self.protect(plan.clone(), &state, &HashMap::new()).await?;
+        if protected == plan {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied {
+            principal: self.principal.to_string(),
+            privilege: "DELETE",
+            object: format!(
+                "{name} with {what}: a mask or row filter of the table holds for you, so it would remove rows you cannot see or write masked values"
+            ),
+        })
+    }
+
     /// A materialized view's creator must hold what running its query needs: SELECT on every
     /// table and view it reads and USE SECRET on every de-identification key it names (its
     /// refreshes run as its owner later and are checked again then). A query that does not

@@ -641,3 +641,49 @@ async fn huge_parameters_and_in_lists() {
     );
     assert_eq!(outcome(&ann, &fine).await, "ok");
 }
+
+#[tokio::test]
+async fn insert_overwrite_is_refused_where_a_mask_or_row_filter_holds() {
+    let (_dir, engine, [ann, clin, _]) = server().await;
+    engine
+        .sql("GRANT INSERT, DELETE ON TABLE silver.patients TO analyst, clinician")
+        .await
+        .unwrap();
+    let ann = engine.session_for(ann);
+    // It would drop the cardio row ann cannot see and write 'MRN-****' over real MRNs.
+    assert_eq!(
+        outcome(
+            &ann,
+            "INSERT OVERWRITE silver.patients SELECT * FROM silver.patients"
+        )
+        .await,
+        "42501"
+    );
+    let all = text(
+        &engine.session_for(clin.clone()),
+        "SELECT mrn FROM silver.patients ORDER BY mrn",
+    )
+    .await;
+    assert!(
+        all.contains("MRN-0002") && all.contains("MRN-0003"),
+        "{all}"
+    );
+    // Appending is still allowed; the clinician, for whom nothing holds, may overwrite.
+    assert_eq!(
+        outcome(
+            &ann,
+            "INSERT INTO silver.patients VALUES (4, 'MRN-0004', 'icu', NULL)"
+        )
+        .await,
+        "ok"
+    );
+    let clin = engine.session_for(clin);
+    assert_eq!(
+        outcome(
+            &clin,
+            "INSERT OVERWRITE silver.patients SELECT * FROM silver.patients WHERE patient_id < 4"
+        )
+        .await,
+        "ok"
+    );
+}
