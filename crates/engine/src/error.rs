@@ -209,7 +209,10 @@ pub(crate) fn datafusion_code(e: &DataFusionError) -> Code {
         DataFusionError::Internal(_) => Code::Internal,
         other => {
             let msg = other.to_string();
-            if msg.contains("table") && msg.contains("not found") {
+            if msg.contains("program limit exceeded") {
+                // crate::bounded's refusals.
+                Code::ProgramLimitExceeded
+            } else if msg.contains("table") && msg.contains("not found") {
                 Code::UndefinedTable
             } else if msg.contains("Invalid function")
                 || msg.contains("function") && msg.contains("not found")

@@ -8,6 +8,7 @@
 
 mod access;
 mod audit;
+mod bounded;
 mod catalog;
 mod dialect;
 mod error;
@@ -403,6 +404,8 @@ impl Engine {
         for udf in medlake_deid::udfs(Arc::new(access::SecretKeys(policy.clone()))) {
             ctx.register_udf(udf);
         }
+        // Functions that could build a value of any size in one call are bounded.
+        bounded::install(&ctx);
         postgres::install(&ctx, &catalog)?;
         ctx.register_udtf(
             "table_history",

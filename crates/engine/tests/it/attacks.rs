@@ -640,6 +640,14 @@ async fn huge_parameters_and_in_lists() {
         list(10_000)
     );
     assert_eq!(outcome(&ann, &fine).await, "ok");
+    // One function call building gigabytes (no memory pool or timeout stops it midway).
+    for sql in [
+        "SELECT repeat('x', 2147483647)",
+        "SELECT cardinality(array_repeat(1, 400000000))",
+        "SELECT count(*) FROM silver.readings WHERE length(lpad('x', 2000000000)) > hr",
+    ] {
+        assert_eq!(outcome(&ann, sql).await, "54000", "{sql}");
+    }
 }
 
 #[tokio::test]
