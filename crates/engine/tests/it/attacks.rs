@@ -559,8 +559,7 @@ async fn a_mask_set_after_a_view_was_created_stops_its_owners_refreshes() {
     let refused = ann
         .sql("REFRESH MATERIALIZED VIEW scratch.high_ann")
         .await
-        .err()
-        .expect("the refresh reads a column masked for its owner");
+        .expect_err("the refresh reads a column masked for its owner");
     assert_eq!(refused.code().sqlstate(), "42501", "{refused}");
     assert!(
         refused.to_string().contains("silver.readings.hr"),
@@ -620,7 +619,7 @@ async fn huge_parameters_and_in_lists() {
         "SELECT $0",
         "SELECT $184467440737095516160",
     ] {
-        let error = medlake_engine::parse(sql).err().expect(sql);
+        let error = medlake_engine::parse(sql).expect_err(sql);
         assert_eq!(error.code().sqlstate(), "54000", "{sql}: {error}");
     }
     let statement = medlake_engine::parse("SELECT $65535").unwrap().remove(0);
