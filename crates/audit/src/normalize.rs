@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect, PostgreSqlDialect};
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
 /// The longest normalized text kept, in characters; longer texts are cut and end with
@@ -25,30 +25,17 @@ pub struct Statement(String);
 impl Statement {
     /// Normalizes `sql` (one statement or a script).
     pub fn normalize(sql: &str) -> Self {
-        let dialect = PostgreSqlDialect {};
-        let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        // Statements run under sqlparser's generic dialect (DataFusion's), which reads some
+        // literals PostgreSQL's does not (`q'..'`, `r'..'`, `B".."`): its literals go first,
+        // then PostgreSQL's (`E'..'`, `$$..$$`) in what remains.
+        let Some(generic) = literals_out(&GenericDialect {}, sql) else {
             return Self(format!(
                 "<statement that does not tokenize: {} bytes>",
                 sql.len()
             ));
         };
-        let mut out = String::with_capacity(sql.len().min(MAX_STATEMENT_CHARS));
-        let mut space = false;
-        for token in &tokens {
-            let text = match token {
-                Token::Whitespace(_) | Token::EOF => {
-                    space = true;
-                    continue;
-                }
-                other => render(other),
-            };
-            if space && !out.is_empty() {
-                out.push(' ');
-            }
-            space = false;
-            out.push_str(&text);
-        }
-        Self(cut(out))
+        let text = literals_out(&PostgreSqlDialect {}, &generic).unwrap_or(generic);
+        Self(cut(text))
     }
 
     /// A fixed description of an action that is not SQL (`INGEST bronze.readings_push`), kept
@@ -82,6 +69,29 @@ impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// `sql` tokenized by `dialect`, literals replaced, comments dropped, whitespace collapsed;
+/// `None` when it does not tokenize.
+fn literals_out(dialect: &dyn Dialect, sql: &str) -> Option<String> {
+    let tokens = Tokenizer::new(dialect, sql).tokenize().ok()?;
+    let mut out = String::with_capacity(sql.len().min(MAX_STATEMENT_CHARS));
+    let mut space = false;
+    for token in &tokens {
+        let text = match token {
+            Token::Whitespace(_) | Token::EOF => {
+                space = true;
+                continue;
+            }
+            other => render(other),
+        };
+        if space && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.push_str(&text);
+    }
+    Some(out)
 }
 
 /// One token as the audit keeps it.
@@ -172,6 +182,10 @@ mod tests {
             ("SELECT U&'J\\0061ne'", "J"),
             ("SELECT B'0101'", "0101"),
             ("SELECT '12345' || '6789'", "123"),
+            // Literals only the generic dialect (which runs statements) reads.
+            ("SELECT q'#x' Ada Lovelace '#' AS y", "Ada"),
+            ("SELECT r'''Ada Lovelace''' AS y", "Ada"),
+            ("SELECT B\"Ada Lovelace\" AS y", "Ada"),
         ] {
             let got = n(sql);
             assert!(!got.contains(secret), "{sql} -> {got}");
