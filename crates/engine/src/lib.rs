@@ -10,6 +10,7 @@ mod access;
 mod audit;
 mod catalog;
 mod dialect;
+mod dml;
 mod error;
 mod history;
 pub mod ingest;
@@ -1689,6 +1690,12 @@ impl Session {
     }
 
     async fn execute_dml(&self, dml: DmlStatement) -> Result<Output> {
+        if matches!(
+            dml.op,
+            WriteOp::Delete | WriteOp::Update | WriteOp::MergeInto(_)
+        ) {
+            return self.execute_change(dml).await;
+        }
         let name = self.resolve(&dml.table_name)?;
         self.check_writable(&name, "INSERT INTO").await?;
         let mode = match dml.op {
