@@ -313,70 +313,18 @@ impl Session {
         if let Some(filter) = &filter {
             on = on.and(filter.clone());
         }
-        let mut clauses = Vec::with_capacity(op.clauses.len());
-        for clause in &op.clauses {
-            let mut predicate = clause.predicate.as_ref().map(rewrite).transpose()?;
-            let when = match clause.kind.canonical() {
-                MergeIntoClauseKind::Matched => MergeWhen::Matched,
-                MergeIntoClauseKind::NotMatchedBySource => {
-                    // Hidden target rows are never "not matched": they are not there.
-                    if let Some(filter) = &filter {
-                        predicate = Some(match predicate {
-                            Some(p) => p.and(filter.clone()),
-                            None => filter.clone(),
-                        });
-                    }
-                    MergeWhen::NotMatchedBySource
-                }
-                _ => MergeWhen::NotMatched,
-            };
-            let action = match &clause.action {
-                MergeIntoAction::Update(set) => MergeAction::Update(
-                    set.iter()
-                        .map(|(c, v)| Ok((c.clone(), rewrite(v)?)))
-                        .collect::<Result<_>>()?,
-                ),
-                MergeIntoAction::Delete => MergeAction::Delete,
-                MergeIntoAction::Insert { columns, values } => {
-                    let columns: Vec<String> = if columns.is_empty() {
-                        dml.target
-                            .schema()
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().clone())
-                            .collect()
-                    } else {
-                        columns.clone()
-                    };
-                    MergeAction::Insert(
-                        columns
-                            .into_iter()
-                            .zip(values)
-                            .map(|(c, v)| Ok((c, rewrite(v)?)))
-                            .collect::<Result<_>>()?,
-                    )
-                }
-            };
-            if matches!(
-                (when, &action),
-                (
-                    MergeWhen::NotMatched,
-                    MergeAction::Update(_) | MergeAction::Delete
-                ) | (
-                    MergeWhen::Matched | MergeWhen::NotMatchedBySource,
-                    MergeAction::Insert(_)
-                )
-            ) {
-                return Err(not_supported(
-                    "this MERGE clause (WHEN MATCHED and NOT MATCHED BY SOURCE update or delete; WHEN NOT MATCHED inserts)",
-                ));
-            }
-            clauses.push(MergeClause {
-                when,
-                predicate,
-                action,
-            });
-        }
+        let fields: Vec<String> = dml
+            .target
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let clauses = op
+            .clauses
+            .iter()
+            .map(|clause| merge_clause(clause, &rewrite, filter.as_ref(), &fields))
+            .collect::<Result<Vec<_>>>()?;
         let merge = Merge {
             source: datafusion::prelude::DataFrame::new(self.ctx.state(), source),
             on,
@@ -392,6 +340,72 @@ impl Session {
             outcome.rows,
         ))
     }
+}
+
+/// One MERGE clause for deltalake: its expressions over `target.c`/`source.c` (`rewrite`),
+/// `filter` (the target's row filter, if any) added to `NOT MATCHED BY SOURCE`.
+fn merge_clause(
+    clause: &datafusion::logical_expr::dml::MergeIntoClause,
+    rewrite: &dyn Fn(&Expr) -> Result<Expr>,
+    filter: Option<&Expr>,
+    fields: &[String],
+) -> Result<MergeClause> {
+    let mut predicate = clause.predicate.as_ref().map(rewrite).transpose()?;
+    let when = match clause.kind.canonical() {
+        MergeIntoClauseKind::Matched => MergeWhen::Matched,
+        MergeIntoClauseKind::NotMatchedBySource => {
+            // Hidden target rows are never "not matched": they are not there.
+            if let Some(filter) = filter {
+                predicate = Some(match predicate {
+                    Some(p) => p.and(filter.clone()),
+                    None => filter.clone(),
+                });
+            }
+            MergeWhen::NotMatchedBySource
+        }
+        _ => MergeWhen::NotMatched,
+    };
+    let action = match &clause.action {
+        MergeIntoAction::Update(set) => MergeAction::Update(
+            set.iter()
+                .map(|(c, v)| Ok((c.clone(), rewrite(v)?)))
+                .collect::<Result<_>>()?,
+        ),
+        MergeIntoAction::Delete => MergeAction::Delete,
+        MergeIntoAction::Insert { columns, values } => {
+            let columns: Vec<String> = if columns.is_empty() {
+                fields.to_vec()
+            } else {
+                columns.clone()
+            };
+            MergeAction::Insert(
+                columns
+                    .into_iter()
+                    .zip(values)
+                    .map(|(c, v)| Ok((c, rewrite(v)?)))
+                    .collect::<Result<_>>()?,
+            )
+        }
+    };
+    if matches!(
+        (when, &action),
+        (
+            MergeWhen::NotMatched,
+            MergeAction::Update(_) | MergeAction::Delete
+        ) | (
+            MergeWhen::Matched | MergeWhen::NotMatchedBySource,
+            MergeAction::Insert(_)
+        )
+    ) {
+        return Err(not_supported(
+            "this MERGE clause (WHEN MATCHED and NOT MATCHED BY SOURCE update or delete; WHEN NOT MATCHED inserts)",
+        ));
+    }
+    Ok(MergeClause {
+        when,
+        predicate,
+        action,
+    })
 }
 
 /// MERGE's source with one plain name per column, and where each of its (qualified)
@@ -446,7 +460,7 @@ fn merge_expr(
     let replaced = expr.clone().transform_up(|e| {
         Ok(match e {
             Expr::Column(c) => {
-                let is_target = c.relation.as_ref().is_some_and(|r| r.resolved_eq(target));
+                let is_target = c.relation.as_ref() == Some(target);
                 let value = if is_target {
                     target_columns.get(&c.name).cloned()
                 } else {
