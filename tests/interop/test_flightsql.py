@@ -348,5 +348,7 @@ def test_adbc_dml_row_counts_through_execute_update(server):
             stmt.set_sql_query(sql)
             counts.append(stmt.execute_update())
         assert counts == [2, 1, 2]
+        # A prepared statement with bound parameters.
+        cur.execute("UPDATE bronze.dml_counts SET v = ? WHERE id = ?", ("p", 3))
         cur.execute("SELECT id, v FROM bronze.dml_counts ORDER BY id")
-        assert cur.fetchall() == [(2, "m"), (3, "x"), (9, "n")]
+        assert cur.fetchall() == [(2, "m"), (3, "p"), (9, "n")]
