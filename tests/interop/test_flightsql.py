@@ -331,3 +331,24 @@ def test_expired_tokens_are_refused(tmp_path):
         assert "expired" in str(expired.value)
     finally:
         serve.stop()
+
+
+def test_adbc_dml_row_counts_through_execute_update(server):
+    """DoPutUpdate (CommandStatementUpdate) answers DELETE, UPDATE and MERGE with their rows."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE bronze.dml_counts (id BIGINT NOT NULL, v VARCHAR)")
+        cur.execute("INSERT INTO bronze.dml_counts VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        stmt = cur.adbc_statement
+        counts = []
+        for sql in ["UPDATE bronze.dml_counts SET v = 'x' WHERE id >= 2",
+                    "DELETE FROM bronze.dml_counts WHERE id = 1",
+                    "MERGE INTO bronze.dml_counts t USING (SELECT 2 AS id UNION ALL SELECT 9) s "
+                    "ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = 'm' "
+                    "WHEN NOT MATCHED THEN INSERT (id, v) VALUES (s.id, 'n')"]:
+            stmt.set_sql_query(sql)
+            counts.append(stmt.execute_update())
+        assert counts == [2, 1, 2]
+        # A prepared statement with bound parameters.
+        cur.execute("UPDATE bronze.dml_counts SET v = ? WHERE id = ?", ("p", 3))
+        cur.execute("SELECT id, v FROM bronze.dml_counts ORDER BY id")
+        assert cur.fetchall() == [(2, "m"), (3, "p"), (9, "n")]

@@ -246,3 +246,33 @@ def test_pgjdbc_metadata_as_dbeaver_reads_it(server):
     assert "column ts timestamp 93 nullable=NO position=5" in out, out
     assert "row pump-1 2 2026-11-23 10:00:00.0" in out, out
     assert "row pump-2 1 2026-11-23 10:01:00.0" in out, out
+
+
+def test_dml_command_tags_over_every_protocol(server):
+    """DELETE, UPDATE and MERGE answer PostgreSQL's command tags with their row counts, over
+    the simple and extended protocols, with parameters and server-side prepared statements."""
+    with psycopg.connect(conninfo(server), autocommit=True) as conn:
+        conn.execute("CREATE TABLE silver.dml_tags (id BIGINT NOT NULL, note VARCHAR)")
+        conn.execute("INSERT INTO silver.dml_tags VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')")
+        with conn.cursor() as cur:
+            cur.execute("UPDATE silver.dml_tags SET note = upper(note) WHERE id <= 2")
+            assert (cur.statusmessage, cur.rowcount) == ("UPDATE 2", 2)
+            cur.execute("UPDATE silver.dml_tags SET note = %s WHERE id = %s", ("z", 3))
+            assert (cur.statusmessage, cur.rowcount) == ("UPDATE 1", 1)
+            cur.execute("DELETE FROM silver.dml_tags WHERE id = %s", (4,), prepare=True)
+            assert (cur.statusmessage, cur.rowcount) == ("DELETE 1", 1)
+            cur.execute("DELETE FROM silver.dml_tags WHERE id = %s", (4,), prepare=True)
+            assert (cur.statusmessage, cur.rowcount) == ("DELETE 0", 0)
+            cur.execute("MERGE INTO silver.dml_tags t USING (SELECT 1 AS id UNION ALL SELECT 5) s "
+                        "ON t.id = s.id WHEN MATCHED THEN DELETE "
+                        "WHEN NOT MATCHED THEN INSERT (id, note) VALUES (s.id, 'new')")
+            assert (cur.statusmessage, cur.rowcount) == ("MERGE 2", 2)
+            with pytest.raises(psycopg.errors.NotNullViolation):
+                cur.execute("UPDATE silver.dml_tags SET id = NULL")
+            with pytest.raises(psycopg.errors.WrongObjectType):
+                cur.execute("DELETE FROM gold.device_counts")
+        rows = conn.execute("SELECT id, note FROM silver.dml_tags ORDER BY id").fetchall()
+        assert rows == [(2, "B"), (3, "z"), (5, "new")]
+    out = psql(server, "DELETE FROM silver.dml_tags WHERE id = 5",
+               "UPDATE silver.dml_tags SET note = 'p'")
+    assert out.splitlines() == ["DELETE 1", "UPDATE 2"], out

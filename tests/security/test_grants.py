@@ -287,6 +287,52 @@ def test_break_glass_is_for_its_members_on_their_connection_only(server):
         assert LEAK not in repr(conn.execute("SELECT mrn FROM silver.patients").fetchall())
 
 
+def pg_count(server, user, sql, params=None, prepare=False):
+    """The row count a DML statement reports on the Postgres door (its command tag)."""
+    with contextlib.closing(pg_connect(server, USERS[user])) as conn:
+        with conn.cursor() as cur:
+            cur.execute(sql, params, prepare=prepare)
+            return note("pg command", f"{cur.statusmessage} {cur.rowcount}")
+
+
+def test_dml_is_no_oracle_and_no_exfiltration_path_for_masked_values(server):
+    """DELETE/UPDATE/MERGE by a role the MRN mask holds for read the masked value: row counts
+    do not tell a guessed MRN, and MERGE copies only the masked value."""
+    admin = "admin"
+    for sql in ["GRANT UPDATE, DELETE ON TABLE silver.patients TO analyst",
+                "GRANT SELECT, INSERT ON TABLE silver.notes TO analyst"]:
+        pg_count(server, admin, sql)
+    try:
+        for sql, params, prepare in [
+            ("DELETE FROM silver.patients WHERE mrn = 'MRN-0001'", None, False),
+            ("DELETE FROM silver.patients WHERE mrn = %s", ("MRN-0001",), False),
+            ("DELETE FROM silver.patients WHERE mrn = %s", ("MRN-0002",), True),
+            ("UPDATE silver.patients SET ward = ward WHERE mrn LIKE 'MRN-0%%'", (), False),
+            ("MERGE INTO silver.patients t USING (SELECT 'MRN-0003' AS m) s ON t.mrn = s.m "
+             "WHEN MATCHED THEN DELETE", None, False),
+        ]:
+            assert pg_count(server, "ann", sql, params, prepare).endswith(" 0"), sql
+        with contextlib.closing(adbc_connect(server, USERS["ann"])) as conn:
+            with conn.cursor() as cur:
+                cur.adbc_statement.set_sql_query(
+                    "UPDATE silver.patients SET ward = ward WHERE mrn = 'MRN-0001'")
+                assert cur.adbc_statement.execute_update() == 0
+        copied = pg_count(server, "ann",
+                          "MERGE INTO silver.notes n USING silver.patients p "
+                          "ON n.patient_id = p.patient_id + 100 WHEN NOT MATCHED THEN "
+                          "INSERT (patient_id, note) VALUES (p.patient_id + 100, p.mrn)")
+        assert copied == "MERGE 3 3", copied
+        notes = pg_rows(server, admin, "SELECT note FROM silver.notes WHERE patient_id > 100")
+        assert LEAK not in notes and "MRN-****" in notes, notes
+        assert pg_code(server, "clin", "DELETE FROM silver.patients") == "42501"
+        rows = pg_rows(server, "clin", "SELECT mrn FROM silver.patients ORDER BY mrn")
+        assert rows.count("MRN-000") == 3, rows
+    finally:
+        pg_count(server, admin, "DELETE FROM silver.notes WHERE patient_id > 100")
+        pg_count(server, admin, "REVOKE UPDATE, DELETE ON TABLE silver.patients FROM analyst")
+        pg_count(server, admin, "REVOKE SELECT, INSERT ON TABLE silver.notes FROM analyst")
+
+
 def test_only_the_auditor_reads_the_audit_and_it_holds_no_literals(server):
     import time
     assert pg_code(server, "admin", "SELECT * FROM system.audit") == "42501"

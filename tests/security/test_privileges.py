@@ -36,8 +36,12 @@ def reader_probes(main, tmp):
                           None, None, []),
         "insert_overwrite": (["INSERT OVERWRITE bronze.readings SELECT * FROM bronze.readings "
                               "WHERE value < 0"], None, None, []),
-        "delete": (["DELETE FROM bronze.readings"], UNEXPRESSIBLE, UNEXPRESSIBLE, []),
-        "update": (["UPDATE bronze.readings SET value = 0"], UNEXPRESSIBLE, UNEXPRESSIBLE, []),
+        "delete": (["DELETE FROM bronze.readings"], None, None, []),
+        "delete_where": (["DELETE FROM bronze.readings WHERE value > 0"], None, None, []),
+        "update": (["UPDATE bronze.readings SET value = 0"], None, None, []),
+        "merge": (["MERGE INTO bronze.readings t USING (SELECT 'x' AS d) s ON t.device_id = s.d "
+                   "WHEN MATCHED THEN DELETE WHEN NOT MATCHED THEN INSERT (device_id) VALUES (s.d)"],
+                  None, None, []),
         "truncate": (["TRUNCATE bronze.readings"], UNEXPRESSIBLE, UNEXPRESSIBLE, []),
         "create_table": (["CREATE TABLE bronze.evil (a INT)"], None, None, []),
         "ctas": (["CREATE TABLE bronze.evil AS SELECT 1 AS a"], None, None, []),

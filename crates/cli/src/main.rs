@@ -212,14 +212,17 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // deltalake 1.1.3 warns "Missing target skipped-file metric" on every MERGE: noise.
     init_logging(match cli.command {
         // The server reports its scheduled refreshes.
-        Command::Serve(_) => "warn,medlake_views=info,medlake_pgwire=info,buoyant_kernel=off",
+        Command::Serve(_) => {
+            "warn,medlake_views=info,medlake_pgwire=info,buoyant_kernel=off,deltalake_core::operations::merge=error"
+        }
         // Progress lines and scheduled refreshes; the lake's lossy-timestamp notes are noise.
         Command::Quickstart(_) => {
-            "warn,medlake_views=info,deltalake_core::kernel::schema::cast=error,buoyant_kernel=off"
+            "warn,medlake_views=info,deltalake_core::kernel::schema::cast=error,buoyant_kernel=off,deltalake_core::operations::merge=error"
         }
-        _ => "warn,buoyant_kernel=off",
+        _ => "warn,buoyant_kernel=off,deltalake_core::operations::merge=error",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,6 +11,7 @@ mod audit;
 mod bounded;
 mod catalog;
 mod dialect;
+mod dml;
 mod error;
 mod history;
 pub mod ingest;
@@ -1760,6 +1761,12 @@ impl Session {
     }
 
     async fn execute_dml(&self, dml: DmlStatement) -> Result<Output> {
+        if matches!(
+            dml.op,
+            WriteOp::Delete | WriteOp::Update | WriteOp::MergeInto(_)
+        ) {
+            return self.execute_change(dml).await;
+        }
         let name = self.resolve(&dml.table_name)?;
         self.check_writable(&name, "INSERT INTO").await?;
         let mode = match dml.op {

@@ -11,7 +11,7 @@
 
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::dml::{InsertOp, MergeIntoAction};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as PlanStatement, WriteOp};
 use medlake_auth::{AccessState, Object, Principal, Privilege};
 
@@ -108,8 +108,9 @@ pub(crate) fn for_plan(plan: &LogicalPlan, default_schema: &str) -> Result<Vec<N
                 needs.push(Need::new(Privilege::Select, table(&scan.table_name)));
             }
             LogicalPlan::Dml(dml) => {
-                // Each kind of change needs its own privilege; MERGE needs those of every
-                // clause kind it may run (it is refused by the engine until it runs).
+                // Each kind of change needs its own privilege. DELETE and UPDATE scan their
+                // target in their input (SELECT, below: stricter than PostgreSQL, which asks
+                // for it only when WHERE or SET reads a column).
                 let privilege = match &dml.op {
                     // INSERT OVERWRITE / REPLACE removes the rows it does not write.
                     WriteOp::Insert(InsertOp::Overwrite | InsertOp::Replace) => {
@@ -119,11 +120,18 @@ pub(crate) fn for_plan(plan: &LogicalPlan, default_schema: &str) -> Result<Vec<N
                     WriteOp::Insert(_) | WriteOp::Ctas => Privilege::Insert,
                     WriteOp::Update => Privilege::Update,
                     WriteOp::Delete | WriteOp::Truncate => Privilege::Delete,
-                    WriteOp::MergeInto(_) => {
-                        for p in [Privilege::Insert, Privilege::Update] {
+                    // MERGE reads its target (ON, conditions, values) and needs the write
+                    // privilege of each clause kind it holds.
+                    WriteOp::MergeInto(merge) => {
+                        for clause in &merge.clauses {
+                            let p = match clause.action {
+                                MergeIntoAction::Update(_) => Privilege::Update,
+                                MergeIntoAction::Insert { .. } => Privilege::Insert,
+                                MergeIntoAction::Delete => Privilege::Delete,
+                            };
                             needs.push(Need::new(p, table(&dml.table_name)));
                         }
-                        Privilege::Delete
+                        Privilege::Select
                     }
                     // A write kind DataFusion adds later: admins only until it has a rule.
                     _ => Privilege::Admin,

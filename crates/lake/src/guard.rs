@@ -169,3 +169,9 @@ pub(crate) fn name_null_column(error: crate::Error, sources: &[(String, String)]
         other => other,
     }
 }
+
+/// `value`, or an error naming `column` where it is NULL (an UPDATE's or MERGE's new value
+/// of a NOT NULL column).
+pub(crate) fn require_not_null(value: Expr, column: &str) -> Expr {
+    REQUIRE_NOT_NULL.call(vec![value, lit(column)])
+}

@@ -11,6 +11,7 @@
 
 pub mod backup;
 mod clone;
+mod dml;
 mod error;
 mod guard;
 mod location;
@@ -18,6 +19,9 @@ mod warehouse;
 
 pub use backup::TableRestored;
 pub use clone::Cloned;
+pub use dml::{
+    ChangeOutcome, Hide, MERGE_SOURCE, MERGE_TARGET, Merge, MergeAction, MergeClause, MergeWhen,
+};
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
 pub use warehouse::{

@@ -355,6 +355,72 @@ fn sigkill_in_the_middle_of_a_large_insert_leaves_the_previous_version() {
     );
 }
 
+#[test]
+fn sigkill_in_the_middle_of_a_merge_leaves_the_previous_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    ok(
+        &wh,
+        &[
+            "-c",
+            "CREATE TABLE bronze.big (id BIGINT NOT NULL, payload VARCHAR NOT NULL)",
+            "-c",
+            "INSERT INTO bronze.big VALUES (0, 'before'), (1, 'before')",
+        ],
+    );
+    let table = wh.join("bronze/big");
+    let before = entries(&table);
+
+    let child = Command::new(BIN)
+        .arg("sql")
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg("-c")
+        .arg(
+            "MERGE INTO bronze.big t \
+             USING (SELECT value AS id, repeat('x', 64) || CAST(value AS VARCHAR) AS payload \
+                    FROM generate_series(1, 400000000)) s \
+             ON t.id = s.id \
+             WHEN MATCHED THEN UPDATE SET payload = s.payload \
+             WHEN NOT MATCHED THEN INSERT (id, payload) VALUES (s.id, s.payload)",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    kill_once_files_appear(child, &table, &before, "merge");
+    assert!(
+        entries(&table).len() > before.len(),
+        "the killed merge had written files"
+    );
+
+    // The table is at its previous version, readable, and writable again.
+    assert_eq!(
+        csv(&wh, "SELECT max(version) FROM table_history('bronze.big')"),
+        ["1"]
+    );
+    assert_eq!(
+        csv(&wh, "SELECT id, payload FROM bronze.big ORDER BY id"),
+        ["0,before", "1,before"]
+    );
+    ok(
+        &wh,
+        &[
+            "-c",
+            "MERGE INTO bronze.big t USING (SELECT 1 AS id) s ON t.id = s.id \
+             WHEN MATCHED THEN UPDATE SET payload = 'after'",
+        ],
+    );
+    assert_eq!(
+        csv(&wh, "SELECT id, payload FROM bronze.big ORDER BY id"),
+        ["0,before", "1,after"]
+    );
+    assert_eq!(
+        csv(&wh, "SELECT max(version) FROM table_history('bronze.big')"),
+        ["2"]
+    );
+}
+
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("medlake runs")
 }

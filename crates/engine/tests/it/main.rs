@@ -9,6 +9,7 @@ use medlake_engine::{Code, Engine};
 mod attacks;
 mod blob;
 mod cosmos;
+mod dml;
 mod grants;
 mod policy;
 mod rest;
