@@ -176,9 +176,9 @@ pub struct Session {
     shared: Arc<Shared>,
     ctx: SessionContext,
     principal: Principal,
-    /// Names of the statements `PREPARE`d in this session (at most
-    /// [`MAX_PREPARED_PER_SESSION`]).
-    prepared: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The statements `PREPARE`d in this session (at most [`MAX_PREPARED_PER_SESSION`]), with
+    /// what running each needs (asked again at each EXECUTE).
+    prepared: std::sync::Mutex<HashMap<String, Vec<privileges::Need>>>,
     /// The reason given with `SET medlake.break_glass`, while glass is broken.
     break_glass: std::sync::Mutex<Option<String>>,
     /// Where its statements come from (door, client address), for the audit.
@@ -1550,7 +1550,31 @@ impl Session {
                         hint: ": DEALLOCATE some",
                     });
                 }
-                (Some(prepare.name.clone()), None)
+                // DataFusion would EXECUTE a prepared write through the table provider,
+                // around the lake's write path (its checks, atomic commit and audit).
+                let mut writes = false;
+                prepare.input.apply_with_subqueries(|node| {
+                    writes |= matches!(
+                        node,
+                        LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Copy(_)
+                    );
+                    Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+                })?;
+                if writes {
+                    return Err(Error::NotSupported {
+                        what: "PREPARE of a write or DDL in SQL (use the protocol's prepared \
+                               statements: psycopg, JDBC and ADBC parameters do)"
+                            .into(),
+                    });
+                }
+                // What it reads is asked again at each EXECUTE (a grant revoked since counts).
+                let needs = privileges::for_plan(&prepare.input, &self.default_schema_name())?;
+                (Some((prepare.name.clone(), needs)), None)
+            }
+            LogicalPlan::Statement(PlanStatement::Execute(execute)) => {
+                let needs = names().get(&execute.name).cloned().unwrap_or_default();
+                privileges::check(&self.principal, &*self.shared.access.store.cached(), &needs)?;
+                (None, None)
             }
             LogicalPlan::Statement(PlanStatement::Deallocate(deallocate)) => {
                 (None, Some(deallocate.name.clone()))
@@ -1559,8 +1583,8 @@ impl Session {
         };
         Ok(move || {
             let mut names = names();
-            if let Some(name) = added {
-                names.insert(name);
+            if let Some((name, needs)) = added {
+                names.insert(name, needs);
             }
             if let Some(name) = removed {
                 names.remove(&name);

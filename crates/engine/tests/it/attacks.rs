@@ -694,3 +694,33 @@ async fn insert_overwrite_is_refused_where_a_mask_or_row_filter_holds() {
         "ok"
     );
 }
+
+#[tokio::test]
+async fn sql_prepare_of_a_write_is_refused_and_execute_asks_again() {
+    let (_dir, engine, [ann, _, wrt]) = server().await;
+    let ann = engine.session_for(ann);
+    let wrt = engine.session_for(wrt);
+    // DataFusion would EXECUTE these through the table provider, around the lake's write path.
+    for sql in [
+        "PREPARE p1 AS INSERT INTO silver.readings VALUES ($1, 1.0)",
+        "PREPARE p2 AS DELETE FROM silver.readings WHERE patient_id = $1",
+        "PREPARE p3 AS UPDATE silver.readings SET hr = $1",
+    ] {
+        assert_eq!(outcome(&wrt, sql).await, "0A000", "{sql}");
+    }
+    assert_eq!(
+        outcome(
+            &ann,
+            "PREPARE p4 AS SELECT mrn FROM silver.patients WHERE patient_id = $1"
+        )
+        .await,
+        "ok"
+    );
+    assert!(text(&ann, "EXECUTE p4(1)").await.contains("MRN-****"));
+    // A grant revoked after PREPARE stops EXECUTE.
+    engine
+        .sql("REVOKE SELECT ON TABLE silver.patients FROM analyst")
+        .await
+        .unwrap();
+    assert_eq!(outcome(&ann, "EXECUTE p4(1)").await, "42501");
+}
