@@ -1573,7 +1573,7 @@ impl Session {
             }
             LogicalPlan::Statement(PlanStatement::Execute(execute)) => {
                 let needs = names().get(&execute.name).cloned().unwrap_or_default();
-                privileges::check(&self.principal, &*self.shared.access.store.cached(), &needs)?;
+                privileges::check(&self.principal, &self.shared.access.store.cached(), &needs)?;
                 (None, None)
             }
             LogicalPlan::Statement(PlanStatement::Deallocate(deallocate)) => {
