@@ -561,6 +561,17 @@ fn body_failure(e: BodyError) -> Failure {
     Failure::new(status, e.to_string())
 }
 
+/// The bearer token a request presents, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+}
+
 /// Records a request refused for its credentials (401) or their scope (403) in
 /// `system.audit`, as the token's name when it is a known token.
 fn audit_refused(
@@ -570,13 +581,7 @@ fn audit_refused(
     target: &str,
     status: StatusCode,
 ) {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+    let presented = bearer(headers);
     let claimed = match (&inner.auth, presented) {
         (Auth::Tokens(tokens), Some(presented)) => tokens
             .iter()
@@ -618,19 +623,12 @@ fn authenticate(
         Auth::InsecureNoAuth => return Ok(Authenticated { token: None }),
         Auth::Tokens(tokens) => tokens,
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .ok_or_else(|| {
-            Failure::new(
-                StatusCode::UNAUTHORIZED,
-                "send Authorization: Bearer <token>",
-            )
-        })?;
+    let presented = bearer(headers).ok_or_else(|| {
+        Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token>",
+        )
+    })?;
     let token = tokens
         .iter()
         .find(|t| t.matches(presented.trim()))
