@@ -51,6 +51,15 @@ impl Seen {
     }
 }
 
+/// `then`, evaluated only where `shown` holds (false elsewhere). A row filter's rows must
+/// never reach the user's predicate: `a AND b` may evaluate `b` on every row, and an error
+/// it raises on a hidden row (a failed cast quoting the row, a division by zero) would tell
+/// what the filter hides. CASE evaluates its THEN only on the rows its WHEN selects.
+fn guarded(shown: Expr, then: Expr) -> Result<Expr> {
+    Ok(datafusion::logical_expr::when(shown, then)
+        .otherwise(datafusion::logical_expr::lit(false))?)
+}
+
 fn not_supported(what: impl Into<String>) -> Error {
     Error::NotSupported { what: what.into() }
 }
@@ -80,7 +89,7 @@ fn seen(plan: &LogicalPlan, target: &TableReference) -> Result<Seen> {
             let mut inner = seen(&filter.input, target)?;
             let predicate = substitute(&filter.predicate, &inner.columns)?;
             inner.predicate = Some(match inner.predicate {
-                Some(p) => p.and(predicate),
+                Some(p) => guarded(p, predicate)?,
                 None => predicate,
             });
             Ok(inner)
@@ -311,7 +320,7 @@ impl Session {
         };
         let mut on = rewrite(&op.on)?;
         if let Some(filter) = &filter {
-            on = on.and(filter.clone());
+            on = guarded(filter.clone(), on)?;
         }
         let fields: Vec<String> = dml
             .target
@@ -357,7 +366,7 @@ fn merge_clause(
             // Hidden target rows are never "not matched": they are not there.
             if let Some(filter) = filter {
                 predicate = Some(match predicate {
-                    Some(p) => p.and(filter.clone()),
+                    Some(p) => guarded(filter.clone(), p)?,
                     None => filter.clone(),
                 });
             }
