@@ -438,6 +438,110 @@ pub const MAX_PARAMETERS: usize = 65_535;
 /// recursively, and a list of tens of thousands overflows a worker's stack.
 pub const MAX_IN_LIST: usize = 10_000;
 
+/// The most columns a select list may have (PostgreSQL's limit on a target list).
+pub const MAX_COLUMNS: usize = 1_664;
+
+/// The most `WHEN`s of one CASE, and of one statement's CASEs together: DataFusion's
+/// simplifier takes time and memory superlinear in them (1,000 took minutes), outside the
+/// memory pool and `statement_timeout`.
+pub const MAX_CASE_BRANCHES: usize = 256;
+const MAX_STATEMENT_CASE_BRANCHES: usize = 1_024;
+
+/// Lists shorter than this do not count towards [`MAX_IN_LIST`]: many small arrays in a bulk
+/// INSERT are fine; long lists are what the planner merges (`x IN (..) OR x IN (..)` becomes
+/// one list) and walks recursively.
+const LONG_LIST: usize = 16;
+
+/// The walk of [`check_depth`]: how deep it is, and what it has counted.
+struct Depth {
+    now: usize,
+    /// Why the walk stopped, when not for depth.
+    refused: Option<String>,
+    /// Values in long lists (IN, arrays, function arguments) and CASE branches so far.
+    values: usize,
+    branches: usize,
+}
+
+impl Depth {
+    /// Adds `expr`'s list values and CASE branches to the statement's; why it is too much.
+    fn count(&mut self, expr: &datafusion::sql::sqlparser::ast::Expr) -> Option<String> {
+        use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, FunctionArguments};
+        let values = match expr {
+            SqlExpr::InList { list, .. } => list.len(),
+            SqlExpr::Array(array) => array.elem.len(),
+            SqlExpr::Function(function) => match &function.args {
+                FunctionArguments::List(list) => list.args.len(),
+                _ => 0,
+            },
+            SqlExpr::Case { conditions, .. } => {
+                self.branches += conditions.len();
+                if conditions.len() > MAX_CASE_BRANCHES
+                    || self.branches > MAX_STATEMENT_CASE_BRANCHES
+                {
+                    return Some(format!(
+                        "CASE expressions with {} WHEN branches (at most {MAX_CASE_BRANCHES} in one CASE, {MAX_STATEMENT_CASE_BRANCHES} in a statement; join with a mapping table instead)",
+                        self.branches.max(conditions.len())
+                    ));
+                }
+                0
+            }
+            _ => 0,
+        };
+        if values >= LONG_LIST {
+            self.values += values;
+        }
+        (self.values > MAX_IN_LIST).then(|| {
+            format!(
+                "{} values in IN lists, arrays and function arguments (at most {MAX_IN_LIST} in a statement; join with a table or VALUES instead)",
+                self.values
+            )
+        })
+    }
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for Depth {
+    type Break = ();
+    fn pre_visit_expr(&mut self, expr: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<()> {
+        self.now += 1;
+        if self.now > MAX_DEPTH {
+            return ControlFlow::Break(());
+        }
+        self.refused = oversized(expr).or_else(|| self.count(expr));
+        if self.refused.is_some() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+    fn post_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<()> {
+        self.now -= 1;
+        ControlFlow::Continue(())
+    }
+    fn pre_visit_query(
+        &mut self,
+        query: &datafusion::sql::sqlparser::ast::Query,
+    ) -> ControlFlow<()> {
+        use datafusion::sql::sqlparser::ast::SetExpr;
+        if let SetExpr::Select(select) = query.body.as_ref()
+            && select.projection.len() > MAX_COLUMNS
+        {
+            self.refused = Some(format!(
+                "a select list of {} columns (at most {MAX_COLUMNS}, as in PostgreSQL)",
+                select.projection.len()
+            ));
+            return ControlFlow::Break(());
+        }
+        self.pre_visit_expr(&datafusion::sql::sqlparser::ast::Expr::Value(
+            datafusion::sql::sqlparser::ast::Value::Null.into(),
+        ))
+    }
+    fn post_visit_query(&mut self, _: &datafusion::sql::sqlparser::ast::Query) -> ControlFlow<()> {
+        self.post_visit_expr(&datafusion::sql::sqlparser::ast::Expr::Value(
+            datafusion::sql::sqlparser::ast::Value::Null.into(),
+        ))
+    }
+}
+
 /// Why one expression is too large to plan safely: a parameter numbered beyond
 /// [`MAX_PARAMETERS`] (describing it would allocate a slot for every number below), or an
 /// `IN` list longer than [`MAX_IN_LIST`].
@@ -471,47 +575,15 @@ fn oversized(expr: &datafusion::sql::sqlparser::ast::Expr) -> Option<String> {
 /// Refuses a statement nested deeper than [`MAX_DEPTH`] (the walk stops at the limit), or
 /// holding an expression too large to plan safely ([`MAX_PARAMETERS`], [`MAX_IN_LIST`]).
 pub fn check_depth(statement: &DfStatement) -> Result<()> {
-    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, Visit, Visitor};
-    struct Depth {
-        now: usize,
-        /// Why the walk stopped, when not for depth.
-        refused: Option<String>,
-    }
-    impl Visitor for Depth {
-        type Break = ();
-        fn pre_visit_expr(&mut self, expr: &SqlExpr) -> ControlFlow<()> {
-            self.now += 1;
-            if self.now > MAX_DEPTH {
-                return ControlFlow::Break(());
-            }
-            self.refused = oversized(expr);
-            if self.refused.is_some() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        }
-        fn post_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
-            self.now -= 1;
-            ControlFlow::Continue(())
-        }
-        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.pre_visit_expr(&SqlExpr::Value(
-                datafusion::sql::sqlparser::ast::Value::Null.into(),
-            ))
-        }
-        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.post_visit_expr(&SqlExpr::Value(
-                datafusion::sql::sqlparser::ast::Value::Null.into(),
-            ))
-        }
-    }
+    use datafusion::sql::sqlparser::ast::Visit;
     let DfStatement::Statement(statement) = statement else {
         return Ok(());
     };
     let mut depth = Depth {
         now: 0,
         refused: None,
+        values: 0,
+        branches: 0,
     };
     let broke = statement.visit(&mut depth).is_break() || set_depth(statement) > MAX_DEPTH;
     if let Some(what) = depth.refused {

@@ -639,6 +639,40 @@ async fn huge_parameters_and_in_lists() {
         list(10_000)
     );
     assert_eq!(outcome(&ann, &fine).await, "ok");
+    // Lists the planner merges or walks like an IN list (review 4), a CASE whose
+    // simplification takes minutes, and a select list wider than PostgreSQL's.
+    let ors = format!(
+        "SELECT * FROM silver.readings WHERE hr IN ({0}) OR hr IN ({0}) OR hr IN ({0})",
+        list(5_000)
+    );
+    let any = format!(
+        "SELECT * FROM silver.readings WHERE hr = ANY(ARRAY[{}])",
+        list(30_000)
+    );
+    let has = format!(
+        "SELECT * FROM silver.readings WHERE array_has(make_array({}), hr)",
+        list(30_000)
+    );
+    let case = format!(
+        "SELECT CASE {} ELSE 0 END FROM silver.readings",
+        (0..300)
+            .map(|i| format!("WHEN hr = {i} THEN {i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let wide = format!(
+        "SELECT {} FROM silver.readings",
+        vec!["hr"; 2_000].join(", ")
+    );
+    for sql in [&ors, &any, &has, &case, &wide] {
+        assert_eq!(outcome(&ann, sql).await, "54000", "{}", &sql[..80]);
+    }
+    // Many short arrays (a bulk INSERT of array rows) are fine.
+    let rows = (0..2_000)
+        .map(|i| format!("({i}, [1.0, 2.0])"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(medlake_engine::parse(&format!("INSERT INTO t VALUES {rows}")).is_ok());
     // One function call building gigabytes (no memory pool or timeout stops it midway).
     for sql in [
         "SELECT repeat('x', 2147483647)",
