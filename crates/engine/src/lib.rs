@@ -1184,12 +1184,10 @@ impl Session {
                         .time_travel()
                         .register_table(pin.alias.clone(), provider)?;
                 }
-                let planned = self
-                    .ctx
-                    .state()
-                    .statement_to_plan(sql)
-                    .await
-                    .map_err(unwrap_lake_error);
+                let planned = match self.ctx.state().statement_to_plan(sql.clone()).await {
+                    Ok(plan) => Ok(plan),
+                    Err(e) => Err(self.refuse_unlisted(&sql, unwrap_lake_error(e)).await),
+                };
                 for pin in &pinned {
                     self.shared
                         .catalog
@@ -1421,12 +1419,12 @@ impl Session {
         aliases: &HashMap<String, access::TableKey>,
     ) -> Result<Output> {
         self.check_described(&statement).await?;
-        let plan = self
-            .ctx
-            .state()
-            .statement_to_plan(statement)
-            .await
-            .map_err(unwrap_lake_error)?;
+        let plan = match self.ctx.state().statement_to_plan(statement.clone()).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                return Err(self.refuse_unlisted(&statement, unwrap_lake_error(e)).await);
+            }
+        };
         if let Some(output) = self.set_or_reset_break_glass(&plan).await? {
             return Ok(output);
         }

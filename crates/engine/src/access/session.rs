@@ -127,6 +127,45 @@ impl Session {
         })
     }
 
+    /// A statement that does not plan may say why by naming a table's columns ("No field
+    /// named x. Valid fields are ..."): when it names an existing table the principal does
+    /// not list, the error is that refusal (42501) instead.
+    pub(crate) async fn refuse_unlisted(
+        &self,
+        statement: &datafusion::sql::parser::Statement,
+        error: Error,
+    ) -> Error {
+        use datafusion::sql::sqlparser::ast::visit_relations;
+        let datafusion::sql::parser::Statement::Statement(statement) = statement else {
+            return error;
+        };
+        let mut names = Vec::new();
+        let _ = visit_relations(statement.as_ref(), |name| {
+            names.push(name.clone());
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        for name in names {
+            let Ok(table) = crate::statement::name_parts(&name).and_then(|p| self.table_name(&p))
+            else {
+                continue;
+            };
+            let exists = self
+                .shared
+                .warehouse
+                .table_exists(&table)
+                .await
+                .unwrap_or(false);
+            if exists && matches!(self.lists(&table).await, Ok(false)) {
+                return Error::PermissionDenied {
+                    principal: self.principal.to_string(),
+                    privilege: "SELECT, INSERT, UPDATE, DELETE or REFRESH",
+                    object: format!("table {table}"),
+                };
+            }
+        }
+        error
+    }
+
     /// The columns of `schema.table` as declared, when this session's principal lists it
     /// (`None` otherwise): for metadata doors (Flight SQL `GetTables` with schemas), which
     /// describe what a principal may write as well as what it may read.

@@ -758,3 +758,32 @@ async fn sql_prepare_of_a_write_is_refused_and_execute_asks_again() {
         .unwrap();
     assert_eq!(outcome(&ann, "EXECUTE p4(1)").await, "42501");
 }
+
+#[tokio::test]
+async fn planning_errors_do_not_name_the_columns_of_tables_one_cannot_list() {
+    let (_dir, engine, [ann, _, _]) = server().await;
+    let ann = engine.session_for(ann);
+    for sql in [
+        "SELECT nosuch FROM bronze.raw",
+        "UPDATE bronze.raw SET nosuch = 1",
+        "DELETE FROM bronze.raw WHERE nosuch = 1",
+        "SELECT nosuch FROM system.audit",
+    ] {
+        let error = ann.sql(sql).await.expect_err(sql);
+        assert_eq!(error.code().sqlstate(), "42501", "{sql}: {error}");
+        let text = error.to_string();
+        assert!(
+            !text.contains("mrn") && !text.contains("statement"),
+            "{sql}: {text}"
+        );
+    }
+    // A table one lists says what is wrong, as before; so does a name nobody has.
+    assert_eq!(
+        outcome(&ann, "SELECT nosuch FROM silver.patients").await,
+        "42703"
+    );
+    assert_eq!(
+        outcome(&ann, "SELECT * FROM bronze.nothing_here").await,
+        "42P01"
+    );
+}
