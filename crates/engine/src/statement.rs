@@ -394,6 +394,34 @@ fn df_syntax(e: datafusion::error::DataFusionError) -> Error {
     }
 }
 
+/// `UPDATE t SET a = 1, a = 2`: refused as in PostgreSQL (42601), where DataFusion would
+/// keep the last.
+fn check_assignments(statement: &DfStatement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{AssignmentTarget, Statement as SqlStatement};
+    let DfStatement::Statement(statement) = statement else {
+        return Ok(());
+    };
+    let SqlStatement::Update(update) = statement.as_ref() else {
+        return Ok(());
+    };
+    let mut seen = std::collections::HashSet::new();
+    for assignment in &update.assignments {
+        let names = match &assignment.target {
+            AssignmentTarget::ColumnName(name) => vec![name],
+            AssignmentTarget::Tuple(names) => names.iter().collect(),
+        };
+        for name in names {
+            let column = name.to_string().to_lowercase();
+            if !seen.insert(column.clone()) {
+                return Err(syntax(format!(
+                    "multiple assignments to the same column \"{column}\""
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses one statement (no `;`).
 pub fn parse_one(text: &str) -> Result<Statement> {
     let dialect = MedlakeDialect::default();
@@ -410,6 +438,7 @@ pub fn parse_one(text: &str) -> Result<Statement> {
     let mut statements = DFParser::parse_sql_with_dialect(text, &dialect).map_err(df_syntax)?;
     for statement in &statements {
         check_depth(statement)?;
+        check_assignments(statement)?;
     }
     match (statements.pop_front(), statements.is_empty()) {
         (Some(DfStatement::Statement(statement)), true) => Ok(Statement::Sql(Box::new(

@@ -258,7 +258,21 @@ impl Warehouse {
                 }
             };
         }
-        let (table, metrics) = builder.await.map_err(delta)?;
+        let (table, metrics) = builder.await.map_err(|e| {
+            // deltalake names the data file and the row's ordinal in it, which counts rows a
+            // row filter hides: the error without them.
+            if e.to_string()
+                .contains("MERGE matched a target row with multiple source rows")
+            {
+                return Error::WriteRefused {
+                    schema: name.schema.clone(),
+                    table: name.table.clone(),
+                    kind: Refusal::Check,
+                    reason: "MERGE matched one target row with several source rows".into(),
+                };
+            }
+            delta(e)
+        })?;
         let version = committed(before, table.version());
         let rows = if version.is_some() {
             (metrics.num_target_rows_inserted
