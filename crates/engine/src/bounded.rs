@@ -1,6 +1,7 @@
 //! Functions whose one call can build a value of any size from a small statement:
 //! `repeat('x', 2147483647)`, `lpad`/`rpad` to two billion characters, `array_repeat(1, 1e9)`,
-//! `array_resize`, `range`/`generate_series` as arrays. One such call allocates gigabytes inside
+//! `array_resize`, `range`/`generate_series` as arrays, `replace`/`regexp_replace` nested
+//! (each multiplies the length), `concat` of many large values. One such call allocates gigabytes inside
 //! a single function evaluation, where neither the memory pool nor `statement_timeout` can
 //! stop it. Each is registered over DataFusion's own under the same name, refusing (`54000`)
 //! a batch whose results would hold more than [`MAX_VALUES`] characters or elements, and
@@ -29,6 +30,11 @@ enum Size {
     Count,
     /// `f(start, stop [, step])` over integers: the number of steps (range, generate_series).
     Steps,
+    /// `f(text, ...)`: the texts' lengths together (concat, concat_ws).
+    Sum,
+    /// `f(text, x, replacement, ...)`: the text's length times the replacement's, as if every
+    /// character were replaced (replace, regexp_replace): nesting them multiplies.
+    Replace,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -49,6 +55,10 @@ pub(crate) fn install(ctx: &SessionContext) {
         ("array_resize", Size::Count),
         ("range", Size::Steps),
         ("generate_series", Size::Steps),
+        ("concat", Size::Sum),
+        ("concat_ws", Size::Sum),
+        ("replace", Size::Replace),
+        ("regexp_replace", Size::Replace),
     ] {
         if let Some(inner) = functions.get(name) {
             let inner = inner.as_ref().clone();
@@ -106,6 +116,8 @@ impl Bounded {
                 let step = int_at(args, 2, row).unwrap_or(1).unsigned_abs().max(1) as u128;
                 (i128::from(stop) - i128::from(start)).unsigned_abs() / step
             }
+            Size::Sum => (0..args.len()).map(|i| text_len_at(args, i, row)).sum(),
+            Size::Replace => text_len_at(args, 0, row) * text_len_at(args, 2, row).max(1),
         }
     }
 }
@@ -177,6 +189,9 @@ mod tests {
             "SELECT generate_series(-9223372036854775807, 9223372036854775807, 1)",
             "SELECT array_resize([1], 1000000000, 0)",
             "SELECT repeat(s, 40000000) FROM (VALUES ('ab'), ('cd')) AS t(s)",
+            "SELECT length(replace(replace(repeat('a', 1000000), 'a', repeat('b', 100)), 'b', 'cc'))",
+            "SELECT length(regexp_replace(repeat('a', 1000000), 'a', repeat('b', 100), 'g'))",
+            "SELECT length(concat(repeat('a', 40000000), repeat('b', 40000000)))",
         ] {
             let error = run(&ctx, sql)
                 .await
@@ -188,7 +203,7 @@ mod tests {
             );
         }
         let batches = ctx
-            .sql("SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, cardinality(range(1, 11)) AS n, cardinality(generate_series(1, 10, 3)) AS g")
+            .sql("SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, cardinality(range(1, 11)) AS n, cardinality(generate_series(1, 10, 3)) AS g, replace('abc', 'b', 'XYZ') AS x, concat('q', 'rs') AS c")
             .await
             .unwrap()
             .collect()
@@ -201,7 +216,9 @@ mod tests {
             text.contains("ababab")
                 && text.contains("007")
                 && text.contains("| 10 ")
-                && text.contains("| 4 "),
+                && text.contains("| 4 ")
+                && text.contains("aXYZc")
+                && text.contains("qrs"),
             "{text}"
         );
     }
