@@ -120,9 +120,33 @@ fn seen(plan: &LogicalPlan, target: &TableReference) -> Result<Seen> {
 /// `expr` with every column replaced by what `columns` says it is. Subqueries are refused:
 /// deltalake evaluates predicates over the target's files alone.
 fn substitute(expr: &Expr, columns: &HashMap<String, Expr>) -> Result<Expr> {
-    let mut subquery = false;
+    rewrite_columns(
+        expr,
+        "a subquery in DELETE or UPDATE (write it as MERGE INTO t USING (subquery) ...)",
+        |c| {
+            columns.get(&c.name).cloned().ok_or_else(|| {
+                datafusion::error::DataFusionError::Plan(format!(
+                    "column {} is not a column of the table",
+                    c.name
+                ))
+            })
+        },
+    )
+}
+
+/// `expr` in the form deltalake evaluates and prints: each column replaced by `resolve`,
+/// aliases dropped, and a mask's TRY_CAST to its column's type made a CAST (deltalake cannot
+/// print TRY_CAST into its commit and refuses the operation; a mask converts by
+/// construction). Subqueries are refused with `subquery`: deltalake evaluates expressions
+/// over the target's (and MERGE's source's) rows alone.
+fn rewrite_columns(
+    expr: &Expr,
+    subquery: &str,
+    resolve: impl Fn(&Column) -> datafusion::error::Result<Expr>,
+) -> Result<Expr> {
+    let mut found = false;
     expr.apply(|e| {
-        subquery |= matches!(
+        found |= matches!(
             e,
             Expr::Exists(_)
                 | Expr::InSubquery(_)
@@ -130,31 +154,19 @@ fn substitute(expr: &Expr, columns: &HashMap<String, Expr>) -> Result<Expr> {
                 | Expr::SetComparison(_)
                 | Expr::OuterReferenceColumn(..)
         );
-        Ok(if subquery {
+        Ok(if found {
             TreeNodeRecursion::Stop
         } else {
             TreeNodeRecursion::Continue
         })
     })?;
-    if subquery {
-        return Err(not_supported(
-            "a subquery in DELETE or UPDATE (write it as MERGE INTO t USING (subquery) ...)",
-        ));
+    if found {
+        return Err(not_supported(subquery));
     }
     let replaced = expr.clone().transform_up(|e| {
         Ok(match e {
-            Expr::Column(c) => match columns.get(&c.name) {
-                Some(value) => Transformed::yes(value.clone()),
-                None => {
-                    return Err(datafusion::error::DataFusionError::Plan(format!(
-                        "column {} is not a column of the table",
-                        c.name
-                    )));
-                }
-            },
+            Expr::Column(c) => Transformed::yes(resolve(&c)?),
             Expr::Alias(alias) => Transformed::yes(*alias.expr),
-            // A mask's TRY_CAST to its column's type: deltalake cannot print TRY_CAST into
-            // its commit (and refuses the operation), and a mask converts by construction.
             Expr::TryCast(t) => Transformed::yes(Expr::Cast(Cast {
                 expr: t.expr,
                 field: t.field,
@@ -449,50 +461,22 @@ fn merge_expr(
     target_columns: &HashMap<String, Expr>,
     sources: &HashMap<Column, String>,
 ) -> Result<Expr> {
-    let mut subquery = false;
-    expr.apply(|e| {
-        subquery |= matches!(
-            e,
-            Expr::Exists(_)
-                | Expr::InSubquery(_)
-                | Expr::ScalarSubquery(_)
-                | Expr::SetComparison(_)
-                | Expr::OuterReferenceColumn(..)
-        );
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    if subquery {
-        return Err(not_supported(
-            "a subquery in a MERGE condition or value (join it into the USING source)",
-        ));
-    }
-    let replaced = expr.clone().transform_up(|e| {
-        Ok(match e {
-            Expr::Column(c) => {
-                let is_target = c.relation.as_ref() == Some(target);
-                let value = if is_target {
-                    target_columns.get(&c.name).cloned()
-                } else {
-                    sources.get(&c).map(|n| {
-                        Expr::Column(Column::new(Some(TableReference::bare(MERGE_SOURCE)), n))
-                    })
-                };
-                match value {
-                    Some(v) => Transformed::yes(v),
-                    None => {
-                        return Err(datafusion::error::DataFusionError::Plan(format!(
-                            "MERGE: column {c} is neither the target's nor the source's"
-                        )));
-                    }
-                }
-            }
-            Expr::Alias(alias) => Transformed::yes(*alias.expr),
-            Expr::TryCast(t) => Transformed::yes(Expr::Cast(Cast {
-                expr: t.expr,
-                field: t.field,
-            })),
-            other => Transformed::no(other),
-        })
-    })?;
-    Ok(replaced.data)
+    rewrite_columns(
+        expr,
+        "a subquery in a MERGE condition or value (join it into the USING source)",
+        |c| {
+            let value = if c.relation.as_ref() == Some(target) {
+                target_columns.get(&c.name).cloned()
+            } else {
+                sources
+                    .get(c)
+                    .map(|n| Expr::Column(Column::new(Some(TableReference::bare(MERGE_SOURCE)), n)))
+            };
+            value.ok_or_else(|| {
+                datafusion::error::DataFusionError::Plan(format!(
+                    "MERGE: column {c} is neither the target's nor the source's"
+                ))
+            })
+        },
+    )
 }

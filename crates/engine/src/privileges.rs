@@ -98,6 +98,40 @@ pub(crate) fn table_object(reference: &TableReference, default_schema: &str) -> 
     }
 }
 
+/// What a change of `target` needs. Each kind of change needs its own privilege. DELETE and
+/// UPDATE scan their target in their input (SELECT, from the scan: stricter than PostgreSQL,
+/// which asks for it only when WHERE or SET reads a column).
+fn dml_needs(dml: &datafusion::logical_expr::DmlStatement, target: Object) -> Vec<Need> {
+    let mut needs = Vec::new();
+    let privilege = match &dml.op {
+        // INSERT OVERWRITE / REPLACE removes the rows it does not write.
+        WriteOp::Insert(InsertOp::Overwrite | InsertOp::Replace) => {
+            needs.push(Need::new(Privilege::Delete, target.clone()));
+            Privilege::Insert
+        }
+        WriteOp::Insert(_) | WriteOp::Ctas => Privilege::Insert,
+        WriteOp::Update => Privilege::Update,
+        WriteOp::Delete | WriteOp::Truncate => Privilege::Delete,
+        // MERGE reads its target (ON, conditions, values) and needs the write privilege of
+        // each clause kind it holds.
+        WriteOp::MergeInto(merge) => {
+            for clause in &merge.clauses {
+                let p = match clause.action {
+                    MergeIntoAction::Update(_) => Privilege::Update,
+                    MergeIntoAction::Insert { .. } => Privilege::Insert,
+                    MergeIntoAction::Delete => Privilege::Delete,
+                };
+                needs.push(Need::new(p, target.clone()));
+            }
+            Privilege::Select
+        }
+        // A write kind DataFusion adds later: admins only until it has a rule.
+        _ => Privilege::Admin,
+    };
+    needs.push(Need::new(privilege, target));
+    needs
+}
+
 /// What running `plan` needs.
 pub(crate) fn for_plan(plan: &LogicalPlan, default_schema: &str) -> Result<Vec<Need>> {
     let mut needs = Vec::new();
@@ -107,37 +141,7 @@ pub(crate) fn for_plan(plan: &LogicalPlan, default_schema: &str) -> Result<Vec<N
             LogicalPlan::TableScan(scan) => {
                 needs.push(Need::new(Privilege::Select, table(&scan.table_name)));
             }
-            LogicalPlan::Dml(dml) => {
-                // Each kind of change needs its own privilege. DELETE and UPDATE scan their
-                // target in their input (SELECT, below: stricter than PostgreSQL, which asks
-                // for it only when WHERE or SET reads a column).
-                let privilege = match &dml.op {
-                    // INSERT OVERWRITE / REPLACE removes the rows it does not write.
-                    WriteOp::Insert(InsertOp::Overwrite | InsertOp::Replace) => {
-                        needs.push(Need::new(Privilege::Delete, table(&dml.table_name)));
-                        Privilege::Insert
-                    }
-                    WriteOp::Insert(_) | WriteOp::Ctas => Privilege::Insert,
-                    WriteOp::Update => Privilege::Update,
-                    WriteOp::Delete | WriteOp::Truncate => Privilege::Delete,
-                    // MERGE reads its target (ON, conditions, values) and needs the write
-                    // privilege of each clause kind it holds.
-                    WriteOp::MergeInto(merge) => {
-                        for clause in &merge.clauses {
-                            let p = match clause.action {
-                                MergeIntoAction::Update(_) => Privilege::Update,
-                                MergeIntoAction::Insert { .. } => Privilege::Insert,
-                                MergeIntoAction::Delete => Privilege::Delete,
-                            };
-                            needs.push(Need::new(p, table(&dml.table_name)));
-                        }
-                        Privilege::Select
-                    }
-                    // A write kind DataFusion adds later: admins only until it has a rule.
-                    _ => Privilege::Admin,
-                };
-                needs.push(Need::new(privilege, table(&dml.table_name)));
-            }
+            LogicalPlan::Dml(dml) => needs.extend(dml_needs(dml, table(&dml.table_name))),
             LogicalPlan::Ddl(ddl) => {
                 let need = match ddl {
                     DdlStatement::CreateMemoryTable(c) => {
