@@ -10,6 +10,7 @@
 //! [`Appender`], a table a long-lived server-side writer keeps open between its commits.
 
 pub mod backup;
+pub mod changes;
 mod clone;
 mod dml;
 mod error;
@@ -18,6 +19,7 @@ mod location;
 mod warehouse;
 
 pub use backup::TableRestored;
+pub use changes::Span;
 pub use clone::Cloned;
 pub use dml::{
     ChangeOutcome, Hide, MERGE_SOURCE, MERGE_TARGET, Merge, MergeAction, MergeClause, MergeWhen,
