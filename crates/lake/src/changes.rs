@@ -62,7 +62,9 @@ impl Warehouse {
         let mut compacted = std::collections::HashSet::new();
         for version in from + 1..=to {
             let Some(actions) = self.commit_actions(name, version).await? else {
-                return Ok(Err(format!("{name} version {version} is no longer in its log")));
+                return Ok(Err(format!(
+                    "{name} version {version} is no longer in its log"
+                )));
             };
             let operation = actions
                 .iter()

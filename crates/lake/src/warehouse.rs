@@ -131,6 +131,9 @@ pub struct CommitOptions {
     pub replace_schema: bool,
     /// Table properties of a table the write creates (`delta.enableExpiredLogCleanup`, ...).
     pub configuration: Vec<(String, String)>,
+    /// An overwrite replaces only the rows matching this predicate (every written row must
+    /// match it): the files holding such rows are rewritten without them, the rest is kept.
+    pub replace_where: Option<datafusion::logical_expr::Expr>,
 }
 
 impl CommitOptions {
@@ -928,6 +931,9 @@ impl Warehouse {
             .with_commit_properties(options.properties());
         if replace_schema {
             builder = builder.with_schema_mode(SchemaMode::Overwrite);
+        }
+        if let (WriteMode::Overwrite, Some(predicate)) = (mode, &options.replace_where) {
+            builder = builder.with_replace_where(predicate.clone());
         }
         let table = builder.await.map_err(|e| {
             crate::guard::name_null_column(Error::delta(&name.schema, &name.table, e), &sources)

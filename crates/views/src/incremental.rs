@@ -1,24 +1,33 @@
 //! Which view queries can be refreshed incrementally, and the plans that do it.
 //!
-//! A refresh is incremental when exactly one input changed since the last refresh, it only
-//! gained rows (appends), and the query has one of two shapes:
+//! A refresh reads what each changed input gained and lost since the view's last refresh
+//! (new data files when an input only gained rows, its change data feed otherwise) and
+//! handles any number of changed inputs. The query must read each changed input once and
+//! have one of these shapes:
 //!
-//! - **linear**: projections, filters, aliases, unions and joins over the changed input,
-//!   where the changed input sits on the preserved side of any outer join and every other
-//!   input is unchanged. The new rows of the view are the query over the input's new rows:
-//!   they are appended.
-//! - **grouped**: a linear part under one `GROUP BY` (optionally under a projection, with
-//!   every group key among the view's columns, no HAVING). The groups the new rows touch
-//!   are recomputed from the whole input and replace their old rows; every other group is
-//!   kept as it is. Any aggregate function works, because touched groups are recomputed.
+//! - **linear**: projections, filters, aliases, UNION ALL and joins, where each changed input
+//!   sits on the preserved side of any outer join. Such a query distributes over changes to
+//!   each input, so what the view gains (loses) is the sum, over the changed inputs in turn,
+//!   of the query over that input's gained (lost) rows, the inputs before it as they are now
+//!   and those after it as they were: Q(new) − Q(old) = Σᵢ Q(new<ᵢ, Δᵢ, old>ᵢ). Gained rows
+//!   only: they are appended. Lost rows too: the rows equal to a changed one are rewritten
+//!   with their new count (a view without a key is a multiset).
+//! - **distinct**: `SELECT DISTINCT` over a linear part, inputs that only gained rows: the
+//!   view gains the distinct new rows it does not hold yet (an anti-join, NULLs equal).
+//! - **keyed**: row-wise operations (projections, filters such as `rn = 1` or HAVING,
+//!   aliases) over one node whose output falls into independent partitions by key: a GROUP
+//!   BY, window functions sharing PARTITION BY columns (`row_number() = 1` dedups, `lag()`),
+//!   or a DISTINCT under removals; under it a linear part. The keys the changes touch (gained
+//!   and lost rows alike) are recomputed from the whole input and replace the view's rows of
+//!   those keys (an overwrite of the matching rows only). Any aggregate or window function
+//!   works, min/max under deletes included, because touched partitions are recomputed. The
+//!   key is the node's keys that are also view columns (a subset partitions coarser, which
+//!   is still exact).
 //!
-//! - **distinct**: `SELECT DISTINCT` over a linear part. The view gains the distinct rows of
-//!   the query over the new input rows that it does not hold yet (an anti-join against the
-//!   view, NULLs equal): appended, so views downstream stay incremental too.
-//!
-//! Everything else (DISTINCT ON, window functions, LIMIT, HAVING, subqueries over the changed
-//! input, a changed input read twice, two changed inputs, deletes or overwrites upstream) is
-//! refreshed fully, and the refresh history says why.
+//! Everything else (DISTINCT ON, LIMIT, subqueries over a changed input, an input read
+//! twice, a changed input on the null-supplying side of an outer join, functions of the
+//! clock such as `now()`, inputs whose schema changed, or more than one changed external
+//! input) is refreshed fully, and the refresh history says why.
 
 use std::sync::Arc;
 
@@ -26,30 +35,39 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ResolvedTableReference, ScalarValue, TableReference};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{
-    Aggregate, Distinct, EmptyRelation, Expr, Filter, JoinType, LogicalPlan, Projection,
-    TableScanBuilder, TableSource, Union, Volatility, col, lit,
+    Aggregate, Distinct, EmptyRelation, Expr, Filter, JoinType, LogicalPlan, TableScanBuilder,
+    TableSource, Union, Volatility, col, lit,
 };
 use medlake_lake::TableName;
 
 /// What an incremental refresh does.
 pub(crate) enum Shape {
-    /// Append the query over the new rows.
+    /// The query distributes over changes to each changed input: the view gains the query
+    /// over the inputs' new rows and loses the query over their removed rows.
     Linear,
-    /// `SELECT DISTINCT` over a linear query: append the distinct new rows the view does not
-    /// hold yet.
+    /// `SELECT DISTINCT` over a linear query, inputs that only gained rows: append the
+    /// distinct new rows the view does not hold yet.
     Distinct,
-    /// Recompute the groups the new rows touch.
-    Grouped(Box<Grouped>),
+    /// A query whose rows fall into independent partitions by key (GROUP BY, window
+    /// functions' PARTITION BY, DISTINCT): recompute the partitions the changes touch.
+    Keyed(Box<Keyed>),
 }
 
-/// The pieces of a grouped view.
-pub(crate) struct Grouped {
+/// The pieces of a keyed view: `plan` is row-wise operations (projections, filters, aliases)
+/// over one keyed node (an aggregate, a window or a DISTINCT) over a linear part.
+pub(crate) struct Keyed {
     /// The view's query without a top-level ORDER BY.
     pub plan: LogicalPlan,
-    /// The aggregate node under the (optional) top projection.
-    pub aggregate: Aggregate,
-    /// For each group expression, the view column holding it.
+    /// The keyed node's input.
+    pub input: Arc<LogicalPlan>,
+    /// The partition key, as expressions over `input`.
+    pub key_exprs: Vec<Expr>,
+    /// For each key expression, the view column holding it.
     pub key_columns: Vec<String>,
+    /// What partitions the view (`GROUP BY`, `window PARTITION BY`, `DISTINCT`).
+    pub kind: &'static str,
+    /// How many single-input steps below `plan` the keyed node is.
+    depth: usize,
 }
 
 fn matches(reference: &TableReference, table: &TableName, default_schema: &str) -> bool {
@@ -194,95 +212,218 @@ fn strip_sort(plan: &LogicalPlan) -> &LogicalPlan {
     }
 }
 
-/// Decides how `plan` can be refreshed when only `table` changed (by appends), or says why
-/// it cannot.
+/// Decides how `plan` can be refreshed after the `changed` inputs changed (`removals`: some
+/// of them lost or rewrote rows), or says why it cannot.
 pub(crate) fn analyze(
     plan: &LogicalPlan,
-    table: &TableName,
+    changed: &[&TableName],
     default_schema: &str,
+    removals: bool,
 ) -> Result<Shape, String> {
     let plan = strip_sort(plan);
-    let count = reads(plan, table, default_schema);
-    if count != 1 {
-        return Err(format!("the query reads {table} {count} times"));
+    for table in changed {
+        let count = reads(plan, table, default_schema);
+        if count != 1 {
+            return Err(format!("the query reads {table} {count} times"));
+        }
     }
-    let linear_reason = match linear(plan, table, default_schema) {
+    let all_linear = |p: &LogicalPlan| {
+        changed
+            .iter()
+            .try_for_each(|table| linear(p, table, default_schema))
+    };
+    let linear_reason = match all_linear(plan) {
         Ok(()) => return Ok(Shape::Linear),
         Err(reason) => reason,
     };
-    if let LogicalPlan::Distinct(Distinct::All(input)) = plan {
-        return linear(input, table, default_schema)
-            .map(|()| Shape::Distinct)
-            .map_err(|reason| format!("under the DISTINCT, {reason}"));
-    }
-    let (projection, aggregate) = match plan {
-        LogicalPlan::Projection(p) => match p.input.as_ref() {
-            LogicalPlan::Aggregate(a) => (Some(p), a),
-            _ => return Err(linear_reason),
-        },
-        LogicalPlan::Aggregate(a) => (None, a),
-        _ => return Err(linear_reason),
-    };
-    if aggregate.group_expr.is_empty() {
-        return Err("the aggregate has no GROUP BY".into());
-    }
-    if aggregate
-        .group_expr
-        .iter()
-        .chain(&aggregate.aggr_expr)
-        .any(|e| matches!(e, Expr::GroupingSet(_)) || time_dependent(e) || has_subquery(e))
+    if let LogicalPlan::Distinct(Distinct::All(input)) = plan
+        && !removals
+        && all_linear(input).is_ok()
     {
-        return Err(
-            "the GROUP BY uses grouping sets, subqueries or functions whose result changes over time"
-                .into(),
-        );
+        return Ok(Shape::Distinct);
     }
-    linear(&aggregate.input, table, default_schema)
-        .map_err(|reason| format!("under the GROUP BY, {reason}"))?;
-    let output = aggregate.schema.columns();
-    let mut key_columns = Vec::new();
-    for (i, group) in aggregate.group_expr.iter().enumerate() {
-        let key = &output[i];
-        let column = match projection {
-            None => Some(key.name.clone()),
-            Some(p) => p
-                .expr
-                .iter()
-                .zip(p.schema.fields())
-                .find(|(e, _)| matches!((*e).clone().unalias(), Expr::Column(c) if c == *key))
-                .map(|(_, field)| field.name().clone()),
-        };
-        match column {
-            Some(c) => key_columns.push(c),
-            None => {
-                return Err(format!(
-                    "group key {group} is not one of the view's columns"
-                ));
-            }
-        }
+    match keyed(plan, changed, default_schema) {
+        Ok(keyed) => Ok(Shape::Keyed(Box::new(keyed))),
+        Err(Some(reason)) => Err(reason),
+        Err(None) => Err(linear_reason),
     }
-    if let Some(p) = projection {
-        for e in &p.expr {
-            if time_dependent(e) || has_subquery(e) {
-                return Err(format!("the select list computes {e} over the groups"));
-            }
-        }
-    }
-    Ok(Shape::Grouped(Box::new(Grouped {
-        plan: plan.clone(),
-        aggregate: aggregate.clone(),
-        key_columns,
-    })))
 }
 
-/// `plan` with every read of `table` replaced by `source` (the table's new rows), and every
-/// UNION branch that does not read `table` emptied (those branches produced their rows at an
-/// earlier refresh already).
-pub(crate) fn replace_scan(
+/// Checks that the expressions of a row-wise node above a keyed one neither depend on time
+/// nor hold subqueries.
+fn row_wise(exprs: &[Expr]) -> Result<(), String> {
+    match exprs.iter().find(|e| time_dependent(e) || has_subquery(e)) {
+        Some(e) => Err(format!(
+            "the query computes {e} over the partitions (it depends on time or has a subquery)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The keyed shape of `plan`: row-wise nodes over an aggregate, a chain of windows or a
+/// DISTINCT over a part linear in every changed input. `Err(None)`: not this shape at all.
+fn keyed(
     plan: &LogicalPlan,
-    table: &TableName,
+    changed: &[&TableName],
+    default_schema: &str,
+) -> Result<Keyed, Option<String>> {
+    let mut depth = 0;
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Projection(p) => row_wise(&p.expr).map_err(Some)?,
+            LogicalPlan::Filter(f) => row_wise(std::slice::from_ref(&f.predicate)).map_err(Some)?,
+            LogicalPlan::SubqueryAlias(_) => {}
+            LogicalPlan::Sort(s) if s.fetch.is_none() => {}
+            _ => break,
+        }
+        node = node.inputs()[0];
+        depth += 1;
+    }
+    let (input, candidates, kind, depth) = match node {
+        LogicalPlan::Aggregate(a) => {
+            if a.group_expr.is_empty() {
+                return Err(Some("the aggregate has no GROUP BY".into()));
+            }
+            if a.group_expr
+                .iter()
+                .chain(&a.aggr_expr)
+                .any(|e| matches!(e, Expr::GroupingSet(_)) || time_dependent(e) || has_subquery(e))
+            {
+                return Err(Some(
+                    "the GROUP BY uses grouping sets, subqueries or functions whose result changes over time"
+                        .into(),
+                ));
+            }
+            let output = a.schema.columns();
+            let candidates = a.group_expr.iter().cloned().zip(output).collect::<Vec<_>>();
+            (a.input.clone(), candidates, "GROUP BY", depth)
+        }
+        LogicalPlan::Window(_) => window_keys(node, depth).map_err(Some)?,
+        LogicalPlan::Distinct(Distinct::All(input)) => {
+            let candidates = input
+                .schema()
+                .columns()
+                .into_iter()
+                .map(|c| (Expr::Column(c.clone()), c))
+                .collect();
+            (input.clone(), candidates, "DISTINCT", depth)
+        }
+        _ => return Err(None),
+    };
+    for table in changed {
+        linear(&input, table, default_schema)
+            .map_err(|reason| Some(format!("under the {kind}, {reason}")))?;
+    }
+    let mut key_exprs = Vec::new();
+    let mut key_columns = Vec::new();
+    for (expr, column) in candidates {
+        if let Some(view_column) = trace(plan, depth, &column) {
+            key_exprs.push(expr);
+            key_columns.push(view_column.name);
+        }
+    }
+    if key_exprs.is_empty() {
+        return Err(Some(format!(
+            "no key of the {kind} is one of the view's columns"
+        )));
+    }
+    Ok(Keyed {
+        plan: plan.clone(),
+        input,
+        key_exprs,
+        key_columns,
+        kind,
+        depth,
+    })
+}
+
+type KeyCandidates = (Arc<LogicalPlan>, Vec<(Expr, Column)>, &'static str, usize);
+
+/// The partition columns shared by every window function of a chain of window nodes (at
+/// `depth`), and the chain's input.
+fn window_keys(top: &LogicalPlan, depth: usize) -> Result<KeyCandidates, String> {
+    let mut node = top;
+    let mut depth = depth;
+    let mut shared: Option<Vec<Column>> = None;
+    while let LogicalPlan::Window(window) = node {
+        for e in &window.window_expr {
+            if time_dependent(e) || has_subquery(e) {
+                return Err(format!(
+                    "the window function {e} depends on time or has a subquery"
+                ));
+            }
+            let Expr::WindowFunction(f) = e.clone().unalias() else {
+                return Err(format!("{e} is not a window function"));
+            };
+            let columns: Vec<Column> = f
+                .params
+                .partition_by
+                .iter()
+                .filter_map(|p| match p {
+                    Expr::Column(c) => Some(c.clone()),
+                    _ => None,
+                })
+                .collect();
+            shared = Some(match shared {
+                None => columns,
+                Some(before) => before.into_iter().filter(|c| columns.contains(c)).collect(),
+            });
+        }
+        if !matches!(window.input.as_ref(), LogicalPlan::Window(_)) {
+            let candidates = shared
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (Expr::Column(c.clone()), c))
+                .collect::<Vec<_>>();
+            if candidates.is_empty() {
+                return Err("a window function has no PARTITION BY column".into());
+            }
+            return Ok((
+                window.input.clone(),
+                candidates,
+                "window PARTITION BY",
+                depth,
+            ));
+        }
+        node = &window.input;
+        depth += 1;
+    }
+    Err("expected a window".into())
+}
+
+/// The view column (of `plan`'s output) that carries `column` of the node `depth` steps
+/// below, through projections that keep it as it is, aliases, filters, sorts and windows.
+fn trace(plan: &LogicalPlan, depth: usize, column: &Column) -> Option<Column> {
+    if depth == 0 {
+        return Some(column.clone());
+    }
+    let below = trace(plan.inputs().first()?, depth - 1, column)?;
+    match plan {
+        LogicalPlan::Projection(p) => p
+            .expr
+            .iter()
+            .position(|e| matches!(e.clone().unalias(), Expr::Column(c) if c == below))
+            .map(|i| Column::from(p.schema.qualified_field(i))),
+        LogicalPlan::SubqueryAlias(a) => {
+            let i = a.input.schema().index_of_column(&below).ok()?;
+            Some(Column::from(a.schema.qualified_field(i)))
+        }
+        LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Window(_) => Some(below),
+        _ => None,
+    }
+}
+
+/// `plan` with every read of `delta_of` replaced by `source` (its changed rows) and every
+/// read of the tables in `others` by the given sources (other inputs at another version),
+/// and every UNION branch that does not read `delta_of` emptied (those branches are the same
+/// before and after the change: they contribute no change).
+pub(crate) fn replace_scans(
+    plan: &LogicalPlan,
+    delta_of: &TableName,
     default_schema: &str,
     source: Arc<dyn TableSource>,
+    others: &[(TableName, Arc<dyn TableSource>)],
 ) -> DfResult<LogicalPlan> {
     let plan = plan
         .clone()
@@ -292,7 +433,7 @@ pub(crate) fn replace_scan(
                     .inputs
                     .iter()
                     .map(|input| {
-                        if reads(input, table, default_schema) == 0 {
+                        if reads(input, delta_of, default_schema) == 0 {
                             Arc::new(LogicalPlan::EmptyRelation(EmptyRelation {
                                 produce_one_row: false,
                                 schema: input.schema().clone(),
@@ -311,8 +452,19 @@ pub(crate) fn replace_scan(
         })?
         .data;
     plan.transform_up(|node| match node {
-        LogicalPlan::TableScan(scan) if matches(&scan.table_name, table, default_schema) => {
-            let replaced = TableScanBuilder::new(scan.table_name.clone(), source.clone())
+        LogicalPlan::TableScan(scan) => {
+            let replacement = if matches(&scan.table_name, delta_of, default_schema) {
+                Some(source.clone())
+            } else {
+                others
+                    .iter()
+                    .find(|(t, _)| matches(&scan.table_name, t, default_schema))
+                    .map(|(_, s)| s.clone())
+            };
+            let Some(replacement) = replacement else {
+                return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+            };
+            let replaced = TableScanBuilder::new(scan.table_name.clone(), replacement)
                 .with_projection(scan.projection.clone())
                 .with_filters(scan.filters.clone())
                 .with_fetch(scan.fetch)
@@ -327,10 +479,18 @@ pub(crate) fn replace_scan(
 /// `expr IN (values) [OR expr IS NULL]` for the distinct values of one group key.
 pub(crate) fn key_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
     let has_null = values.iter().any(ScalarValue::is_null);
+    // As the types Delta stores (a view's rows read back may come as view types): the
+    // predicate also validates written rows in deltalake's replace-where, uncoerced.
     let list: Vec<Expr> = values
         .iter()
         .filter(|v| !v.is_null())
-        .cloned()
+        .map(|v| match v {
+            ScalarValue::Utf8View(s) | ScalarValue::LargeUtf8(s) => ScalarValue::Utf8(s.clone()),
+            ScalarValue::BinaryView(b) | ScalarValue::LargeBinary(b) => {
+                ScalarValue::Binary(b.clone())
+            }
+            other => other.clone(),
+        })
         .map(lit)
         .collect();
     let in_list = if list.is_empty() {
@@ -345,32 +505,35 @@ pub(crate) fn key_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
     }
 }
 
-impl Grouped {
-    /// The view's query restricted to the groups whose keys satisfy `keys` (one predicate per
-    /// group expression, over the aggregate's input).
+/// `plan` with `predicate` filtering the input of the node `depth` steps below.
+fn filter_below(plan: &LogicalPlan, depth: usize, predicate: &Expr) -> DfResult<LogicalPlan> {
+    let inputs: Vec<LogicalPlan> = plan.inputs().into_iter().cloned().collect();
+    let [input] = <[LogicalPlan; 1]>::try_from(inputs).map_err(|_| {
+        datafusion::error::DataFusionError::Internal(format!(
+            "a keyed view's node has several inputs: {}",
+            plan.display()
+        ))
+    })?;
+    let input = if depth == 0 {
+        LogicalPlan::Filter(Filter::try_new(predicate.clone(), Arc::new(input))?)
+    } else {
+        filter_below(&input, depth - 1, predicate)?
+    };
+    plan.with_new_exprs(plan.expressions(), vec![input])
+}
+
+impl Keyed {
+    /// The view's query restricted to the partitions whose keys satisfy `keys` (one list of
+    /// values per key expression).
     pub fn recompute(&self, keys: &[Vec<ScalarValue>]) -> DfResult<LogicalPlan> {
         let predicate = self
-            .aggregate
-            .group_expr
+            .key_exprs
             .iter()
             .zip(keys)
-            .map(|(group, values)| key_predicate(group.clone(), values))
+            .map(|(key, values)| key_predicate(key.clone(), values))
             .reduce(Expr::and)
             .unwrap_or_else(|| lit(true));
-        let filtered =
-            LogicalPlan::Filter(Filter::try_new(predicate, self.aggregate.input.clone())?);
-        let aggregate = LogicalPlan::Aggregate(Aggregate::try_new(
-            Arc::new(filtered),
-            self.aggregate.group_expr.clone(),
-            self.aggregate.aggr_expr.clone(),
-        )?);
-        match &self.plan {
-            LogicalPlan::Projection(p) => Ok(LogicalPlan::Projection(Projection::try_new(
-                p.expr.clone(),
-                Arc::new(aggregate),
-            )?)),
-            _ => Ok(aggregate),
-        }
+        filter_below(&self.plan, self.depth, &predicate)
     }
 
     /// The predicate over the view's columns that selects the rows `recompute` replaces.
@@ -385,12 +548,12 @@ impl Grouped {
             .unwrap_or_else(|| lit(true))
     }
 
-    /// The plan that lists the distinct group keys of `input` (the aggregate's input over
-    /// new rows only).
+    /// The plan that lists the distinct keys of `input` (the keyed node's input over changed
+    /// rows only).
     pub fn keys_of(&self, input: LogicalPlan) -> DfResult<LogicalPlan> {
         Ok(LogicalPlan::Aggregate(Aggregate::try_new(
             Arc::new(input),
-            self.aggregate.group_expr.clone(),
+            self.key_exprs.clone(),
             Vec::new(),
         )?))
     }

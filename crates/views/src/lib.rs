@@ -15,6 +15,7 @@ mod error;
 mod expect;
 mod history;
 mod incremental;
+mod multiset;
 mod outcome;
 pub mod refresh;
 pub mod scheduler;

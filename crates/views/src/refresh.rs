@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use arrow::array::AsArray;
 use arrow::array::RecordBatch;
 use chrono::{DateTime, Utc};
 use datafusion::catalog::{
@@ -25,11 +26,11 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionContext, SessionState};
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
+use datafusion::logical_expr::{EmptyRelation, Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
 use datafusion::physical_plan::collect;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use medlake_lake::{CommitOptions, TableName, TimeTravel, Warehouse, WriteMode};
+use medlake_lake::{CommitOptions, TableName, TimeTravel, Warehouse, WriteMode, changes};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{Instrument, info, info_span, warn};
@@ -41,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::expect::{Checks, ExpectationsExec, PlannedTable, Rule};
 use crate::history;
 use crate::incremental::{self, Shape};
+use crate::multiset;
 pub use crate::outcome::{RefreshOutcome, Status, Trigger};
 
 /// The key of medlake's state in a view commit's `commitInfo`.
@@ -158,19 +160,36 @@ impl Pinned {
 
 enum Plan {
     Full,
-    Linear {
-        table: TableName,
-        new_rows: Arc<dyn TableProvider>,
-    },
-    Distinct {
-        table: TableName,
-        new_rows: Arc<dyn TableProvider>,
-    },
-    Grouped {
-        table: TableName,
-        new_rows: Arc<dyn TableProvider>,
-        grouped: Box<incremental::Grouped>,
-    },
+    /// Append the query over the changes (and remove what it yields over removed rows).
+    Linear(Vec<InputChange>),
+    /// Append the distinct new rows the view does not hold yet.
+    Distinct(Vec<InputChange>),
+    /// Recompute the partitions the changes touch.
+    Keyed(Vec<InputChange>, Box<incremental::Keyed>),
+}
+
+/// What one changed input of a view gained and lost since the view's last refresh.
+struct InputChange {
+    table: TableName,
+    /// The change, as `system.refreshes` says it (`bronze.t gained rows (versions 3 to 5)`).
+    said: String,
+    /// The rows the input gained (inserted, or new images of updated rows).
+    inserted: Arc<dyn TableProvider>,
+    /// The rows it lost (deleted, or old images of updated rows); `None`: it only gained.
+    removed: Option<Arc<dyn TableProvider>>,
+    /// The input as it was at the last refresh, when another input changed too (see
+    /// [`terms`]); `None` for an external input (the first in order).
+    old: Option<Arc<dyn TableProvider>>,
+}
+
+/// What a refresh writes, and how.
+struct Write {
+    mode: &'static str,
+    reason: String,
+    input: LogicalPlan,
+    write_mode: WriteMode,
+    /// Replace only the view rows matching this predicate (an overwrite).
+    replace_where: Option<Expr>,
 }
 
 /// Materialized views over one warehouse. Cheap to clone.
@@ -921,10 +940,7 @@ impl Views {
                     expectations: Vec::new(),
                 });
             }
-            match single_change(&changed) {
-                Err(full) => full,
-                Ok(single) => self.incremental_plan(&definition, &pinned, single).await,
-            }
+            self.incremental_plan(&definition, &pinned, &changed).await
         };
         if let Some(authority) = self.inner.authority.get() {
             authority
@@ -958,11 +974,17 @@ impl Views {
             pinned: &pinned,
             id,
         };
-        let (mode, reason, input, write_mode) =
-            self.write_input(&step, plan, reason, &mut checks).await?;
+        let Write {
+            mode,
+            reason,
+            input,
+            write_mode,
+            replace_where,
+        } = self.write_input(&step, plan, reason, &mut checks).await?;
         let options = CommitOptions {
             // A full refresh takes the query's schema (an input may have gained a column).
             replace_schema: mode == "full",
+            replace_where,
             ..commit_options(&definition, id, mode, started, &pinned, Some(view.version))?
         };
         let written = self
@@ -997,247 +1019,447 @@ impl Views {
         })
     }
 
-    /// How to refresh incrementally after the one input that changed (`single`), or why
-    /// the view is refreshed fully after all.
+    /// How to refresh incrementally after the `changed` inputs changed, or why the view is
+    /// refreshed fully after all.
     async fn incremental_plan(
         &self,
         definition: &ViewDefinition,
         pinned: &Pinned,
-        single: Single<'_>,
+        changed: &[(&TableName, Change)],
     ) -> (Plan, String) {
-        let Single {
-            table,
-            span,
-            delta_span,
-            external_rows,
-        } = single;
         let rule_over_time = definition.expectations.iter().find(|e| {
             pinned
                 .ctx
                 .parse_sql_expr(&e.expression, pinned.plan.schema())
                 .map_or(true, |expr| incremental::time_dependent(&expr))
         });
-        let new_rows = match (rule_over_time, delta_span, external_rows) {
-            (Some(rule), _, _) => Err(format!(
-                "expectation '{}' depends on the time of the refresh; refreshed fully",
-                rule.name
-            )),
-            (None, Some((before, now)), _) => self.new_rows(table, before, now, pinned).await,
-            (None, None, Some(rows)) => rows,
-            (None, None, None) => Err("nothing to read".to_string()),
+        if let Some(rule) = rule_over_time {
+            return (
+                Plan::Full,
+                format!(
+                    "expectation '{}' depends on the time of the refresh; refreshed fully",
+                    rule.name
+                ),
+            );
+        }
+        let changes = match self.input_changes(pinned, changed).await {
+            Ok(changes) => changes,
+            Err(reason) => return (Plan::Full, reason),
         };
-        match new_rows {
-            Err(reason) => (Plan::Full, reason),
-            Ok(new_rows) => {
-                match incremental::analyze(&pinned.plan, table, &definition.default_schema) {
-                    Err(reason) => (Plan::Full, format!("{reason}; refreshed fully")),
-                    Ok(Shape::Linear) => (
-                        Plan::Linear {
-                            table: table.clone(),
-                            new_rows,
-                        },
-                        format!("{table} gained rows ({span}); appended the view's rows for them"),
-                    ),
-                    Ok(Shape::Distinct) => (
-                        Plan::Distinct {
-                            table: table.clone(),
-                            new_rows,
-                        },
-                        format!(
-                            "{table} gained rows ({span}); appended the distinct rows the view did not hold"
-                        ),
-                    ),
-                    Ok(Shape::Grouped(grouped)) => (
-                        Plan::Grouped {
-                            table: table.clone(),
-                            new_rows,
-                            grouped,
-                        },
-                        format!("{table} gained rows ({span}); recomputed the groups they touch"),
-                    ),
-                }
+        let tables: Vec<&TableName> = changes.iter().map(|c| &c.table).collect();
+        let removals = changes.iter().any(|c| c.removed.is_some());
+        let said = changes
+            .iter()
+            .map(|c| c.said.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match incremental::analyze(&pinned.plan, &tables, &definition.default_schema, removals) {
+            Err(reason) => (Plan::Full, format!("{said}; {reason}; refreshed fully")),
+            Ok(Shape::Linear) if removals => (
+                Plan::Linear(changes),
+                format!("{said}; applied the view's rows for them"),
+            ),
+            Ok(Shape::Linear) => (
+                Plan::Linear(changes),
+                format!("{said}; appended the view's rows for them"),
+            ),
+            Ok(Shape::Distinct) => (
+                Plan::Distinct(changes),
+                format!("{said}; appended the distinct rows the view did not hold"),
+            ),
+            Ok(Shape::Keyed(keyed)) => {
+                let reason = format!(
+                    "{said}; recomputed the {} partitions they touch",
+                    keyed.kind
+                );
+                (Plan::Keyed(changes, keyed), reason)
             }
         }
     }
 
+    /// What each changed input gained and lost, ordered so that only the first may lack its
+    /// old version; or why that cannot be told (the view refreshes fully).
+    async fn input_changes(
+        &self,
+        pinned: &Pinned,
+        changed: &[(&TableName, Change)],
+    ) -> std::result::Result<Vec<InputChange>, String> {
+        let several = changed.len() > 1;
+        let mut changes = Vec::new();
+        for (table, change) in changed {
+            changes.push(self.input_change(pinned, table, change, several).await?);
+        }
+        changes.sort_by_key(|c| c.old.is_some());
+        if several && changes.iter().skip(1).any(|c| c.old.is_none()) {
+            return Err(format!(
+                "{} external inputs changed ({}); incremental refresh handles one changed external input",
+                changes.iter().filter(|c| c.old.is_none()).count(),
+                changes
+                    .iter()
+                    .map(|c| c.table.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(changes)
+    }
+
+    /// What one changed input gained and lost since the view's last refresh.
+    async fn input_change(
+        &self,
+        pinned: &Pinned,
+        table: &TableName,
+        change: &Change,
+        with_old: bool,
+    ) -> std::result::Result<InputChange, String> {
+        let full = |reason: String| format!("{reason}; refreshed fully");
+        match change {
+            Change::Delta {
+                now,
+                before: Some(before),
+            } => {
+                let warehouse = &self.inner.warehouse;
+                let span = warehouse
+                    .span(table, *before, *now)
+                    .await
+                    .map_err(|e| full(e.to_string()))?
+                    .map_err(full)?;
+                let (inserted, removed) = if span.rewrote {
+                    let (inserted, removed) = self
+                        .changed_rows(pinned, table, *before + 1, *now)
+                        .await
+                        .map_err(|e| full(format!("cannot read the changes of {table}: {e}")))?;
+                    (inserted, Some(removed))
+                } else {
+                    (self.appended_rows(table, &span.added, pinned)?, None)
+                };
+                let old = if with_old {
+                    let (old, _) = warehouse
+                        .table_provider(table, Some(&TimeTravel::Version(*before)))
+                        .await
+                        .map_err(|e| {
+                            full(format!("cannot read {table} at version {before}: {e}"))
+                        })?;
+                    Some(old)
+                } else {
+                    None
+                };
+                let what = if span.rewrote {
+                    "changed"
+                } else {
+                    "gained rows"
+                };
+                Ok(InputChange {
+                    table: table.clone(),
+                    said: format!("{table} {what} (versions {before} to {now})"),
+                    inserted,
+                    removed,
+                    old,
+                })
+            }
+            Change::Marked {
+                source,
+                before: Some(Some(before)),
+                now: Some(now),
+            } => Ok(InputChange {
+                table: table.clone(),
+                said: format!(
+                    "{table} gained rows (watermark {} from {before} to {now})",
+                    source.column()
+                ),
+                inserted: source.between(before, now).map_err(|e| e.to_string())?,
+                removed: None,
+                old: None,
+            }),
+            Change::Delta { before: None, .. } => Err(format!(
+                "{table} is a new input, or was dropped and created again"
+            )),
+            Change::Marked {
+                before: None,
+                now,
+                source,
+            } => Err(format!(
+                "first extraction of {table} (watermark {} up to {})",
+                source.column(),
+                now.as_deref().unwrap_or("none: no row has one")
+            )),
+            Change::Marked { source, .. } => Err(format!(
+                "{table} no longer has rows with a watermark ({}); extracted fully",
+                source.column()
+            )),
+            Change::Unmarked => Err(format!(
+                "{table} is an external table without a watermark column; extracted fully"
+            )),
+        }
+    }
+
+    /// The rows `table` gained and lost in versions `from` to `to` (its change data feed),
+    /// as two tables with the input's columns and types.
+    async fn changed_rows(
+        &self,
+        pinned: &Pinned,
+        table: &TableName,
+        from: u64,
+        to: u64,
+    ) -> Result<(Arc<dyn TableProvider>, Arc<dyn TableProvider>)> {
+        let schema = pinned
+            .inputs
+            .get(table)
+            .map(|(_, provider, _)| provider.schema())
+            .ok_or_else(|| Error::Internal(format!("{table} is not pinned")))?;
+        let feed = self.inner.warehouse.changes(table, from, to).await?;
+        let frame = pinned.ctx.read_table(feed)?;
+        let columns = same_types(&schema);
+        let pick = |kinds: &[&str]| -> Result<Arc<dyn TableProvider>> {
+            let kinds = kinds
+                .iter()
+                .map(|k| datafusion::logical_expr::lit(*k))
+                .collect();
+            Ok(frame
+                .clone()
+                .filter(
+                    col(datafusion::common::Column::new_unqualified(
+                        changes::CHANGE_TYPE,
+                    ))
+                    .in_list(kinds, false),
+                )?
+                .select(columns.clone())?
+                .into_view())
+        };
+        Ok((pick(changes::ADDED)?, pick(changes::REMOVED)?))
+    }
+
     /// What to write and how, for each plan; the write is the same for all: one commit on
-    /// top of the view version this refresh read. A grouped refresh that touches too many
-    /// groups turns full (and `checks` with it).
+    /// top of the view version this refresh read. An incremental refresh whose change turns
+    /// out too large turns full (and `checks` with it).
     async fn write_input(
         &self,
         step: &Step<'_>,
         plan: Plan,
         reason: String,
         checks: &mut Arc<Checks>,
-    ) -> Result<(&'static str, String, LogicalPlan, WriteMode)> {
+    ) -> Result<Write> {
+        let ctx = &step.pinned.ctx;
+        let default_schema = step.definition.default_schema.as_str();
+        let write = |mode, reason, input, write_mode| Write {
+            mode,
+            reason,
+            input,
+            write_mode,
+            replace_where: None,
+        };
+        match plan {
+            Plan::Full => {
+                let input = self.checked(ctx, &step.pinned.plan, checks).await?;
+                Ok(write("full", reason, input, WriteMode::Overwrite))
+            }
+            Plan::Linear(changes) => {
+                let plus = union_all(terms(&step.pinned.plan, &changes, default_schema, false)?)?;
+                if changes.iter().all(|c| c.removed.is_none()) {
+                    let input = self.checked(ctx, &plus, checks).await?;
+                    return Ok(write("incremental", reason, input, WriteMode::Append));
+                }
+                let minus = union_all(terms(&step.pinned.plan, &changes, default_schema, true)?)?;
+                let plus = self.checked(ctx, &plus, checks).await?;
+                match self.signed(step, plus, minus).await? {
+                    Ok(signed) => Ok(Write {
+                        reason: format!("{reason} ({})", signed.reason),
+                        ..signed
+                    }),
+                    Err(too_many) => self.full_after_all(step, too_many, checks).await,
+                }
+            }
+            Plan::Distinct(changes) => {
+                let delta = union_all(terms(&step.pinned.plan, &changes, default_schema, false)?)?;
+                // The rows the view holds, as the delta's types, to subtract from it.
+                let held = LogicalPlanBuilder::scan("current", self.held_rows(step).await?, None)?
+                    .project(same_types(delta.schema().as_arrow()))?
+                    .build()?;
+                let fresh = LogicalPlanBuilder::except(delta, held, false)?;
+                let input = self.checked(ctx, &fresh, checks).await?;
+                Ok(write("incremental", reason, input, WriteMode::Append))
+            }
+            Plan::Keyed(changes, keyed) => {
+                let mut deltas = terms(&keyed.input, &changes, default_schema, false)?;
+                deltas.extend(terms(&keyed.input, &changes, default_schema, true)?);
+                // The keys of each term (a union's columns lose their qualifiers, which the
+                // key expressions use).
+                let keys_plan = union_all(
+                    deltas
+                        .into_iter()
+                        .map(|delta| keyed.keys_of(delta))
+                        .collect::<datafusion::error::Result<Vec<_>>>()?,
+                )?;
+                let physical = ctx.state().create_physical_plan(&keys_plan).await?;
+                let batches = collect(physical, ctx.task_ctx()).await?;
+                let touched: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                if touched > MAX_CHANGED_GROUPS {
+                    let why = format!(
+                        "{touched} {} partitions changed (more than {MAX_CHANGED_GROUPS}); refreshed fully",
+                        keyed.kind
+                    );
+                    return self.full_after_all(step, why, checks).await;
+                }
+                if touched == 0 {
+                    let nothing = LogicalPlan::EmptyRelation(EmptyRelation {
+                        produce_one_row: false,
+                        schema: step.pinned.plan.schema().clone(),
+                    });
+                    let reason = format!("{reason} (no partition changed)");
+                    return Ok(write("incremental", reason, nothing, WriteMode::Append));
+                }
+                let keys = distinct_keys(&batches, keyed.key_exprs.len())?;
+                let input = self.checked(ctx, &keyed.recompute(&keys)?, checks).await?;
+                Ok(Write {
+                    mode: "incremental",
+                    reason: format!("{reason} ({touched} partition(s))"),
+                    input,
+                    write_mode: WriteMode::Overwrite,
+                    replace_where: Some(keyed.replaced_rows(&keys)),
+                })
+            }
+        }
+    }
+
+    /// A full refresh after all, because an incremental one turned out to change too much.
+    async fn full_after_all(
+        &self,
+        step: &Step<'_>,
+        reason: String,
+        checks: &mut Arc<Checks>,
+    ) -> Result<Write> {
         let Step {
             name,
-            view,
             definition,
             pinned,
             id,
+            ..
         } = *step;
         let ctx = &pinned.ctx;
-        let default_schema = definition.default_schema.as_str();
-        Ok(match plan {
-            Plan::Full => {
-                let input = self.checked(ctx, &pinned.plan, checks).await?;
-                ("full", reason, input, WriteMode::Overwrite)
-            }
-            Plan::Linear { table, new_rows } => {
-                let delta = incremental::replace_scan(
-                    &pinned.plan,
-                    &table,
-                    default_schema,
-                    provider_as_source(new_rows),
-                )?;
-                let input = self.checked(ctx, &delta, checks).await?;
-                ("incremental", reason, input, WriteMode::Append)
-            }
-            Plan::Distinct { table, new_rows } => {
-                let delta = incremental::replace_scan(
-                    &pinned.plan,
-                    &table,
-                    default_schema,
-                    provider_as_source(new_rows),
-                )?;
-                // The rows the view holds, as the delta's types, to subtract from it.
-                let held =
-                    LogicalPlanBuilder::scan("current", self.held_rows(name, view).await?, None)?
-                        .project(same_types(delta.schema().as_arrow()))?
-                        .build()?;
-                let fresh = LogicalPlanBuilder::except(delta, held, false)?;
-                let input = self.checked(ctx, &fresh, checks).await?;
-                ("incremental", reason, input, WriteMode::Append)
-            }
-            Plan::Grouped {
-                table,
-                new_rows,
-                grouped,
-            } => {
-                let delta_input = incremental::replace_scan(
-                    &grouped.aggregate.input,
-                    &table,
-                    default_schema,
-                    provider_as_source(new_rows),
-                )?;
-                let keys_plan = grouped.keys_of(delta_input)?;
-                let physical = ctx.state().create_physical_plan(&keys_plan).await?;
-                let batches = collect(physical, ctx.task_ctx()).await?;
-                let groups: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                if groups > MAX_CHANGED_GROUPS {
-                    let reason = format!(
-                        "{groups} groups changed (more than {MAX_CHANGED_GROUPS}); refreshed fully"
-                    );
-                    *checks = self.checks(ctx, name, definition, pinned.plan.schema(), id, true)?;
-                    let input = self.checked(ctx, &pinned.plan, checks).await?;
-                    ("full", reason, input, WriteMode::Overwrite)
-                } else {
-                    let keys = distinct_keys(&batches, grouped.aggregate.group_expr.len())?;
-                    let recomputed = self
-                        .checked(ctx, &grouped.recompute(&keys)?, checks)
-                        .await?;
-                    // The groups the new rows did not touch, as the view holds them now.
-                    let target = recomputed.schema().clone();
-                    let kept = LogicalPlanBuilder::scan(
-                        "current",
-                        self.held_rows(name, view).await?,
-                        None,
-                    )?
-                    .filter(grouped.replaced_rows(&keys).is_not_true())?
-                    .project(same_types(target.as_arrow()))?
-                    .build()?;
-                    let input = LogicalPlanBuilder::from(kept).union(recomputed)?.build()?;
-                    let reason = format!("{reason} ({groups} group(s))");
-                    ("incremental", reason, input, WriteMode::Overwrite)
-                }
-            }
+        *checks = self.checks(ctx, name, definition, pinned.plan.schema(), id, true)?;
+        let input = self.checked(ctx, &pinned.plan, checks).await?;
+        Ok(Write {
+            mode: "full",
+            reason,
+            input,
+            write_mode: WriteMode::Overwrite,
+            replace_where: None,
         })
+    }
+
+    /// Applies rows gained (`plus`, expectations applied) and rows lost (`minus`) to a view
+    /// without a key: each distinct row's count in the view changes by its count in `plus`
+    /// less its count in `minus`. Only the view rows equal to a changed row are read and
+    /// rewritten (an overwrite of the rows matching their values). A count that would fall
+    /// below zero is a row the view never held (its expectations dropped it: rows equal in
+    /// every column fare the same): it stays at zero. `Err`: too many changed rows.
+    async fn signed(
+        &self,
+        step: &Step<'_>,
+        plus: LogicalPlan,
+        minus: LogicalPlan,
+    ) -> Result<std::result::Result<Write, String>> {
+        let ctx = &step.pinned.ctx;
+        let held_source = self.held_rows(step).await?;
+        let target = held_source.schema();
+        let weight = "__medlake_weight";
+        let weighted = |plan: LogicalPlan, w: i64| -> Result<LogicalPlan> {
+            let mut exprs = same_types(&target);
+            exprs.push(datafusion::logical_expr::lit(w).alias(weight));
+            Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+        };
+        let group: Vec<Expr> = target
+            .fields()
+            .iter()
+            .map(|f| col(datafusion::common::Column::new_unqualified(f.name())))
+            .collect();
+        let net = LogicalPlanBuilder::from(weighted(plus, 1)?)
+            .union(weighted(minus, -1)?)?
+            .aggregate(
+                group.clone(),
+                vec![datafusion::functions_aggregate::sum::sum(col(weight)).alias(weight)],
+            )?
+            .filter(col(weight).not_eq(datafusion::logical_expr::lit(0i64)))?
+            .build()?;
+        let physical = ctx.state().create_physical_plan(&net).await?;
+        let net = collect(physical, ctx.task_ctx()).await?;
+        let changed: usize = net.iter().map(RecordBatch::num_rows).sum();
+        if changed > MAX_CHANGED_GROUPS {
+            return Ok(Err(format!(
+                "{changed} distinct view rows changed (more than {MAX_CHANGED_GROUPS}); refreshed fully"
+            )));
+        }
+        let columns = target.fields().len();
+        let only_gained = net.iter().all(|batch| {
+            batch
+                .column(columns)
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                .is_some_and(|w| w.values().iter().all(|w| *w > 0))
+        });
+        if only_gained {
+            // Nothing the view holds goes: append what it gains (possibly nothing).
+            let rows = multiset::apply(&target, &[], &net, columns)?;
+            let written = rows.num_rows();
+            let table =
+                datafusion::datasource::MemTable::try_new(target.clone(), vec![vec![rows]])?;
+            let input =
+                LogicalPlanBuilder::scan("changed", provider_as_source(Arc::new(table)), None)?
+                    .build()?;
+            return Ok(Ok(Write {
+                mode: "incremental",
+                reason: format!("{written} view row(s) appended"),
+                input,
+                write_mode: WriteMode::Append,
+                replace_where: None,
+            }));
+        }
+        let keys = distinct_keys(&net, columns)?;
+        let region = group
+            .iter()
+            .zip(&keys)
+            .map(|(c, values)| incremental::key_predicate(c.clone(), values))
+            .reduce(Expr::and)
+            .unwrap_or_else(|| datafusion::logical_expr::lit(false));
+        let held = LogicalPlanBuilder::scan("current", held_source.clone(), None)?
+            .filter(region.clone())?
+            .build()?;
+        let physical = ctx.state().create_physical_plan(&held).await?;
+        let held = collect(physical, ctx.task_ctx()).await?;
+        let rows = multiset::apply(&target, &held, &net, columns)?;
+        let written = rows.num_rows();
+        let table = datafusion::datasource::MemTable::try_new(target.clone(), vec![vec![rows]])?;
+        let input = LogicalPlanBuilder::scan("changed", provider_as_source(Arc::new(table)), None)?
+            .build()?;
+        Ok(Ok(Write {
+            mode: "incremental",
+            reason: format!("{changed} distinct row(s) changed, {written} view row(s) rewritten"),
+            input,
+            write_mode: WriteMode::Overwrite,
+            replace_where: Some(region),
+        }))
     }
 
     /// The view's rows at the version this refresh read, as a table source.
     async fn held_rows(
         &self,
-        name: &TableName,
-        view: &View,
+        step: &Step<'_>,
     ) -> Result<Arc<dyn datafusion::logical_expr::TableSource>> {
         let (current, _) = self
             .inner
             .warehouse
-            .table_provider(name, Some(&TimeTravel::Version(view.version)))
+            .table_provider(step.name, Some(&TimeTravel::Version(step.view.version)))
             .await?;
         Ok(provider_as_source(current))
     }
 
-    /// The rows `table` gained after version `from` up to `to`, as a table; or why they
-    /// cannot be told apart (a commit removed rows, changed the schema, or left the log).
-    async fn new_rows(
+    /// The rows of the data files `files` of `table` (what a range of appends added), as a
+    /// table with the input's columns.
+    fn appended_rows(
         &self,
         table: &TableName,
-        from: u64,
-        to: u64,
+        files: &[String],
         pinned: &Pinned,
     ) -> std::result::Result<Arc<dyn TableProvider>, String> {
-        if to < from {
-            return Err(format!(
-                "{table} is older (version {to}) than at the last refresh (version {from}); it was recreated"
-            ));
-        }
-        let warehouse = &self.inner.warehouse;
-        let table_url = warehouse.table_url(table).map_err(|e| e.to_string())?;
-        let mut files = Vec::new();
-        let mut removed = HashSet::new();
-        for version in from + 1..=to {
-            let actions = warehouse
-                .commit_actions(table, version)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{table} version {version} is no longer in its log"))?;
-            let operation = actions
-                .iter()
-                .find_map(|a| a.get("commitInfo")?.get("operation")?.as_str())
-                .unwrap_or("an unknown operation")
-                .to_string();
-            for action in &actions {
-                if let Some(add) = action.get("add") {
-                    if add.get("dataChange").and_then(Value::as_bool) != Some(true) {
-                        continue;
-                    }
-                    let partitioned = add
-                        .get("partitionValues")
-                        .and_then(Value::as_object)
-                        .is_some_and(|p| !p.is_empty());
-                    if partitioned || add.get("deletionVector").is_some_and(|d| !d.is_null()) {
-                        return Err(format!("{table} is partitioned or has deletion vectors"));
-                    }
-                    let path = add
-                        .get("path")
-                        .and_then(Value::as_str)
-                        .ok_or("an add action without a path")?;
-                    files.push(path.to_string());
-                } else if let Some(remove) = action.get("remove") {
-                    if let Some(path) = remove.get("path").and_then(Value::as_str) {
-                        removed.insert(path.to_string());
-                    }
-                    if remove.get("dataChange").and_then(Value::as_bool) != Some(false) {
-                        return Err(format!(
-                            "{table} version {version} ({operation}) removed or rewrote rows"
-                        ));
-                    }
-                } else if action.get("metaData").is_some() || action.get("protocol").is_some() {
-                    return Err(format!(
-                        "{table} version {version} ({operation}) changed the table's schema or properties"
-                    ));
-                }
-            }
-        }
-        // Rows added and then compacted into other files (OPTIMIZE, which adds without
-        // dataChange) in the same range cannot be read from the files that added them.
-        if files.iter().any(|f| removed.contains(f)) {
-            return Err(format!(
-                "{table} was compacted (OPTIMIZE) after rows were added; refreshed fully"
-            ));
-        }
         let schema = pinned
             .inputs
             .get(table)
@@ -1246,6 +1468,11 @@ impl Views {
         if files.is_empty() {
             return Ok(Arc::new(EmptyTable::new(schema)));
         }
+        let table_url = self
+            .inner
+            .warehouse
+            .table_url(table)
+            .map_err(|e| e.to_string())?;
         let urls = files
             .iter()
             .map(|path| {
@@ -1377,17 +1604,6 @@ fn changed_inputs<'a>(view: &View, pinned: &'a Pinned) -> Vec<(&'a TableName, Ch
         .collect()
 }
 
-/// The one changed input an incremental refresh reads, and the rows it gained.
-struct Single<'a> {
-    table: &'a TableName,
-    /// The change, as `system.refreshes` says it (`versions 3 to 5`).
-    span: String,
-    /// A Delta input: the versions before and now.
-    delta_span: Option<(u64, u64)>,
-    /// An external input with a watermark: its rows between the two marks.
-    external_rows: Option<std::result::Result<Arc<dyn TableProvider>, String>>,
-}
-
 /// What one refresh step works on.
 #[derive(Clone, Copy)]
 struct Step<'a> {
@@ -1398,85 +1614,57 @@ struct Step<'a> {
     id: &'a str,
 }
 
-/// The one changed input (of at least one) an incremental refresh can read; otherwise a
-/// full refresh and why.
-fn single_change<'a>(
-    changed: &'a [(&'a TableName, Change)],
-) -> std::result::Result<Single<'a>, (Plan, String)> {
-    match changed {
-        [
-            (
-                table,
-                Change::Delta {
-                    now,
-                    before: Some(before),
-                },
-            ),
-        ] => Ok(Single {
-            table,
-            span: format!("versions {before} to {now}"),
-            delta_span: Some((*before, *now)),
-            external_rows: None,
-        }),
-        [
-            (
-                table,
-                Change::Marked {
-                    source,
-                    before: Some(Some(before)),
-                    now: Some(now),
-                },
-            ),
-        ] => Ok(Single {
-            table,
-            span: format!("watermark {} from {before} to {now}", source.column()),
-            delta_span: None,
-            external_rows: Some(source.between(before, now).map_err(|e| e.to_string())),
-        }),
-        [(table, Change::Delta { before: None, .. })] => Err((
-            Plan::Full,
-            format!("{table} is a new input, or was dropped and created again"),
-        )),
-        [
-            (
-                table,
-                Change::Marked {
-                    before: None,
-                    now,
-                    source,
-                },
-            ),
-        ] => Err((
-            Plan::Full,
-            format!(
-                "first extraction of {table} (watermark {} up to {})",
-                source.column(),
-                now.as_deref().unwrap_or("none: no row has one")
-            ),
-        )),
-        [(table, Change::Marked { source, .. })] => Err((
-            Plan::Full,
-            format!(
-                "{table} no longer has rows with a watermark ({}); extracted fully",
-                source.column()
-            ),
-        )),
-        [(table, Change::Unmarked)] => Err((
-            Plan::Full,
-            format!("{table} is an external table without a watermark column; extracted fully"),
-        )),
-        many => Err((
-            Plan::Full,
-            format!(
-                "{} inputs changed ({}); incremental refresh handles one changed input",
-                many.len(),
-                many.iter()
-                    .map(|(t, _)| t.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
+/// The query `plan` over the change of each changed input in turn: input i's inserted rows
+/// (or, with `removed`, its removed rows), the inputs before it as they are now, the inputs
+/// after it as they were at the last refresh. For a query linear in each input the sum of
+/// these terms is exactly what the query gained (lost): Q(new) − Q(old) = Σᵢ Q(new<ᵢ, Δᵢ, old>ᵢ).
+fn terms(
+    plan: &LogicalPlan,
+    changes: &[InputChange],
+    default_schema: &str,
+    removed: bool,
+) -> Result<Vec<LogicalPlan>> {
+    let mut terms = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        let source = match (removed, &change.removed) {
+            (false, _) => change.inserted.clone(),
+            (true, Some(rows)) => rows.clone(),
+            (true, None) => continue,
+        };
+        let others = changes[i + 1..]
+            .iter()
+            .map(|later| {
+                later
+                    .old
+                    .clone()
+                    .map(|old| (later.table.clone(), provider_as_source(old)))
+                    .ok_or_else(|| {
+                        Error::Internal(format!("{} has no old version to join", later.table))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        terms.push(incremental::replace_scans(
+            plan,
+            &change.table,
+            default_schema,
+            provider_as_source(source),
+            &others,
+        )?);
     }
+    Ok(terms)
+}
+
+/// The rows of every plan (all of one schema), or none.
+fn union_all(plans: Vec<LogicalPlan>) -> Result<LogicalPlan> {
+    let mut plans = plans.into_iter();
+    let first = plans
+        .next()
+        .ok_or_else(|| Error::Internal("no change to read".into()))?;
+    let mut builder = LogicalPlanBuilder::from(first);
+    for plan in plans {
+        builder = builder.union(plan)?;
+    }
+    Ok(builder.build()?)
 }
 
 /// How an input changed since the view's last refresh.
@@ -1562,6 +1750,7 @@ fn commit_options(
         replace_schema: false,
         // A view's state lives in its commit log: never let old log entries expire.
         configuration: vec![("delta.enableExpiredLogCleanup".into(), "false".into())],
+        replace_where: None,
     })
 }
 

@@ -113,6 +113,26 @@ const VIEWS: &[(&str, &str)] = &[
         "AS SELECT patient, value, 'event' AS source FROM bronze.events WHERE metric = 'hr' \
          UNION ALL SELECT patient, NULL, ward FROM bronze.wards",
     ),
+    (
+        "silver.ward_events",
+        "AS SELECT e.patient, w.ward, e.value FROM bronze.events e JOIN bronze.wards w ON e.patient = w.patient",
+    ),
+    (
+        "silver.latest",
+        "AS SELECT patient, metric, value, ts FROM (SELECT *, row_number() OVER \
+         (PARTITION BY patient, metric ORDER BY ts DESC, value DESC NULLS LAST) AS version_rank \
+         FROM bronze.events) WHERE version_rank = 1",
+    ),
+    (
+        "silver.gaps",
+        "AS SELECT patient, ts, value - lag(value) OVER (PARTITION BY patient ORDER BY ts, value) AS step \
+         FROM bronze.events",
+    ),
+    (
+        "gold.busy",
+        "AS SELECT patient, count(*) AS n, min(value) AS low, max(value) AS high \
+         FROM bronze.events GROUP BY patient HAVING count(*) > 3",
+    ),
 ];
 
 #[tokio::test]
@@ -166,13 +186,51 @@ async fn incremental_refresh_yields_exactly_what_a_full_refresh_yields() {
             ))
             .await
             .unwrap();
+        // Removals and corrections: deletes, updates (pre and post images), a MERGE.
+        let patient = rng.below(7);
+        match round % 4 {
+            1 => {
+                let below = rng.below(120);
+                engine
+                    .sql(&format!(
+                        "DELETE FROM bronze.events WHERE patient = 'p{patient}' AND value < {below}"
+                    ))
+                    .await
+                    .unwrap();
+            }
+            2 => {
+                engine
+                    .sql(&format!(
+                        "UPDATE bronze.events SET value = value + 7 WHERE patient = 'p{patient}' AND metric = 'spo2'"
+                    ))
+                    .await
+                    .unwrap();
+            }
+            3 => {
+                engine
+                    .sql(&format!(
+                        "DELETE FROM bronze.events WHERE patient IS NULL OR (patient = 'p{patient}' AND metric = 'hr')"
+                    ))
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
         if round % 7 == 6 {
-            // A changed dimension: joins over it must refresh fully, and still agree.
+            // A changed dimension: a new ward row, a moved patient.
             engine
                 .sql(&format!(
-                    "INSERT INTO bronze.wards VALUES ('p{}', 'ward{round}')",
-                    4 + round / 7
+                    "INSERT INTO bronze.wards VALUES ('p{}', 'ward{round}'); \
+                     UPDATE bronze.wards SET ward = 'moved{round}' WHERE patient = 'p{}'",
+                    4 + round / 7,
+                    rng.below(4)
                 ))
+                .await
+                .unwrap();
+        }
+        if round == 9 {
+            engine
+                .sql("DELETE FROM bronze.wards WHERE patient = 'p2'")
                 .await
                 .unwrap();
         }
@@ -207,31 +265,55 @@ async fn incremental_refresh_yields_exactly_what_a_full_refresh_yields() {
     assert_eq!(
         summary,
         vec![
-            "gold.by_ward full 2",
-            "gold.by_ward incremental 12",
+            "gold.busy incremental 14",
+            "gold.by_ward incremental 14",
             "gold.daily incremental 14",
             "gold.distinct_patients incremental 14",
             "silver.clean incremental 14",
-            "silver.enriched full 2",
-            "silver.enriched incremental 12",
-            "silver.with_wards full 2",
-            "silver.with_wards incremental 12",
+            "silver.enriched full 3",
+            "silver.enriched incremental 11",
+            "silver.gaps incremental 14",
+            "silver.latest incremental 14",
+            "silver.ward_events incremental 14",
+            "silver.with_wards incremental 14",
         ],
         "{summary:?}"
     );
+    // Removals really went through the change feed: rows rewritten by count, partitions
+    // recomputed after deletes and updates.
+    for (view, said) in [
+        ("silver.ward_events", "view row(s) rewritten"),
+        ("gold.busy", "bronze.events changed (versions"),
+        ("silver.latest", "bronze.events changed (versions"),
+    ] {
+        let hits = engine
+            .query(&format!(
+                "SELECT count(*) FROM system.refreshes WHERE view = '{view}' AND mode = 'incremental' \
+                 AND strpos(reason, '{said}') > 0"
+            ))
+            .await
+            .unwrap();
+        assert_ne!(strings(&hits, 0), vec!["0".to_string()], "{view}: {said}");
+    }
+    // A changed dimension on the null-supplying side of a LEFT JOIN is the one full case.
     let reasons = engine
         .query(
             "SELECT DISTINCT reason FROM system.refreshes \
-             WHERE view = 'gold.by_ward' AND trigger = 'manual' AND mode = 'full'",
+             WHERE view = 'silver.enriched' AND trigger = 'manual' AND mode = 'full'",
         )
         .await
         .unwrap();
-    assert_eq!(
-        strings(&reasons, 0),
-        vec![
-            "2 inputs changed (bronze.events, bronze.wards); incremental refresh handles one changed input"
-        ]
-    );
+    let reasons = strings(&reasons, 0);
+    assert!(!reasons.is_empty());
+    for reason in reasons {
+        assert!(
+            reason.contains("bronze.wards changed")
+                && reason.ends_with(
+                    "the changed input is on the null-supplying or filtering side of a Left join; refreshed fully"
+                ),
+            "{reason}"
+        );
+    }
 }
 
 async fn schedule_count(engine: &Engine, view: &str) -> i64 {
