@@ -176,6 +176,11 @@ impl Appender {
         &self.name
     }
 
+    /// Whether its commits are blind appends (see [`blind_appendable`]).
+    pub fn is_blind(&self) -> bool {
+        self.blind
+    }
+
     /// The version the appender knows: its next commit lands directly on top of it.
     pub fn version(&self) -> u64 {
         self.version
@@ -205,6 +210,33 @@ const BLIND_APPEND_FEATURES: &[&str] = &[
     "vacuumProtocolCheck",
     "v2Checkpoint",
 ];
+
+/// The table property that turns the change data feed on (see `changes.rs`).
+pub const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
+
+/// The table properties of a table medlake creates: `configuration` (the caller's) plus the
+/// change data feed, on by default for every table outside the `system` schema. The feed is
+/// declared as a table feature (writer version 7, writer feature `changeDataFeed`), not by
+/// the legacy writer version 4, which [`blind_appendable`] refuses. medlake's own `system`
+/// tables are appended to or overwritten whole (no change files to record) and the audit log
+/// must not keep deleted rows in change files: they stay as they are. A caller that names
+/// the property itself decides.
+pub(crate) fn table_properties(
+    name: &TableName,
+    configuration: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut properties = configuration.to_vec();
+    let named = configuration
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(CHANGE_DATA_FEED));
+    if name.schema != "system" && !named {
+        // deltalake's create: a minimum writer version of 7 first, then the property adds
+        // the `changeDataFeed` writer feature (below 7 it would raise the writer to 4).
+        properties.push(("delta.minWriterVersion".into(), "7".into()));
+        properties.push((CHANGE_DATA_FEED.into(), "true".into()));
+    }
+    properties
+}
 
 /// Whether `table` takes blind appends: writer version 2 without invariants in its schema,
 /// or table features all in [`BLIND_APPEND_FEATURES`].
@@ -388,7 +420,7 @@ impl Warehouse {
             .map_err(|e| Error::Internal(format!("table url for {name}: {e}")))
     }
 
-    async fn exists(&self, path: &Path) -> Result<bool> {
+    pub(crate) async fn exists(&self, path: &Path) -> Result<bool> {
         match self.store.head(path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -727,6 +759,11 @@ impl Warehouse {
             .create()
             .with_table_name(name.table.clone())
             .with_columns(columns)
+            .with_configuration(
+                table_properties(name, &[])
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v))),
+            )
             .with_save_mode(SaveMode::ErrorIfExists)
             .with_commit_properties(Self::creating(CommitProperties::default()))
             .await;
@@ -780,10 +817,9 @@ impl Warehouse {
             .with_table_name(name.table.clone())
             .with_save_mode(SaveMode::ErrorIfExists)
             .with_configuration(
-                options
-                    .configuration
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Some(v.clone()))),
+                table_properties(name, &options.configuration)
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v))),
             )
             .with_commit_properties(Self::creating(options.properties()))
             .await;
