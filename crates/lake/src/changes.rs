@@ -19,6 +19,9 @@ use serde_json::Value;
 use crate::warehouse::{TableName, TimeTravel, Warehouse};
 use crate::{Error, Result};
 
+/// The folder of a table's change files.
+const CHANGE_DATA_FOLDER: &str = "_change_data";
+
 /// The column of a change row that says what happened to it.
 pub const CHANGE_TYPE: &str = "_change_type";
 /// The column of a change row with the version of the commit that made it.
@@ -254,6 +257,53 @@ impl Warehouse {
             Err(Error::TimestampBeforeHistory { .. }) => Ok(earliest),
             Err(e) => Err(e),
         }
+    }
+
+    /// Deletes (or, in a dry run, lists) the change files of `name` written longer than
+    /// `retention` ago: VACUUM's part for the change data feed. Returns their paths relative
+    /// to the table. Ranges of changes that read them then fail (see
+    /// [`Self::change_versions`]).
+    pub(crate) async fn expire_change_files(
+        &self,
+        name: &TableName,
+        retention: chrono::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<String>> {
+        use futures::TryStreamExt as _;
+        use object_store::ObjectStoreExt as _;
+        let folder = self.path(&[&name.schema, &name.table]);
+        let changes = folder.clone().join(CHANGE_DATA_FOLDER);
+        let cutoff = chrono::Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let expired: Vec<object_store::path::Path> = self
+            .store
+            .list(Some(&changes))
+            .try_filter(|meta| std::future::ready(meta.last_modified <= cutoff))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(&changes, e))?;
+        let mut deleted = Vec::with_capacity(expired.len());
+        for path in expired {
+            if !dry_run {
+                match self.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::store(&path, e)),
+                }
+            }
+            let relative = path
+                .prefix_match(&folder)
+                .map(|parts| {
+                    parts
+                        .map(|p| p.as_ref().to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .unwrap_or_else(|| path.to_string());
+            deleted.push(relative);
+        }
+        Ok(deleted)
     }
 
     /// The rows `name` gained and lost in versions `from` to `to` (both included), as a table

@@ -198,11 +198,15 @@ impl Appender {
 }
 
 /// Writer features whose tables a blind append (data files plus one log entry with their
-/// `add` actions) writes correctly. Anything else (constraints, invariants, generated or
-/// identity columns, column mapping, row tracking, in-commit timestamps, clustering) needs
-/// deltalake's write operation.
+/// `add` actions) writes correctly. Anything else (constraints, generated or identity
+/// columns, column mapping, row tracking, in-commit timestamps, clustering) needs deltalake's
+/// write operation. `invariants` is the feature every table upgraded from writer version 2
+/// lists (deltalake adds it with `appendOnly` when it creates a table at writer version 7, as
+/// every table with the change data feed is): the invariants themselves are column metadata,
+/// which [`blind_appendable`] refuses on its own.
 const BLIND_APPEND_FEATURES: &[&str] = &[
     "appendOnly",
+    "invariants",
     "timestampNtz",
     "deletionVectors",
     "changeDataFeed",
@@ -232,14 +236,16 @@ pub(crate) fn table_properties(
     if name.schema != "system" && !named {
         // deltalake's create: a minimum writer version of 7 first, then the property adds
         // the `changeDataFeed` writer feature (below 7 it would raise the writer to 4).
+        // deltalake also lists writer version 2's features (`appendOnly`, `invariants`, not
+        // turned on) and raises the reader version to 2.
         properties.push(("delta.minWriterVersion".into(), "7".into()));
         properties.push((CHANGE_DATA_FEED.into(), "true".into()));
     }
     properties
 }
 
-/// Whether `table` takes blind appends: writer version 2 without invariants in its schema,
-/// or table features all in [`BLIND_APPEND_FEATURES`].
+/// Whether `table` takes blind appends: writer version 2, or table features all in
+/// [`BLIND_APPEND_FEATURES`], without invariants in its schema or CHECK constraints.
 fn blind_appendable(table: &DeltaTable) -> bool {
     let Ok(state) = table.snapshot() else {
         return false;
@@ -368,7 +374,7 @@ pub struct VacuumOutcome {
 #[derive(Clone)]
 pub struct Warehouse {
     url: Url,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     root: Path,
 }
 
@@ -1636,14 +1642,22 @@ impl Warehouse {
         force: bool,
     ) -> Result<VacuumOutcome> {
         let table = self.open_table(name).await?;
+        let retention = match retain {
+            Some(retain) => retain,
+            None => table
+                .snapshot()
+                .map_err(|e| Error::delta(&name.schema, &name.table, e))?
+                .table_config()
+                .deleted_file_retention_duration(),
+        };
+        let retention = chrono::Duration::from_std(retention)
+            .map_err(|e| Error::Internal(format!("retention out of range: {e}")))?;
         let mut builder = table
             .vacuum()
             .with_dry_run(dry_run)
             .with_enforce_retention_duration(!force);
-        if let Some(retain) = retain {
-            let retain = chrono::Duration::from_std(retain)
-                .map_err(|e| Error::Internal(format!("retention out of range: {e}")))?;
-            builder = builder.with_retention_period(retain);
+        if retain.is_some() {
+            builder = builder.with_retention_period(retention);
         }
         let (_table, metrics) = builder.await.map_err(|e| match e {
             DeltaTableError::GenericError { source }
@@ -1657,9 +1671,13 @@ impl Warehouse {
             }
             e => Error::delta(&name.schema, &name.table, e),
         })?;
+        // deltalake's (lite) vacuum deletes only files a commit removed; change files are
+        // never removed, so they are deleted here once past the same retention.
+        let mut files = metrics.files_deleted;
+        files.extend(self.expire_change_files(name, retention, dry_run).await?);
         Ok(VacuumOutcome {
             dry_run: metrics.dry_run,
-            files: metrics.files_deleted,
+            files,
         })
     }
 }

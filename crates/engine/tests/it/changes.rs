@@ -336,10 +336,18 @@ async fn dml_writes_change_files_and_new_tables_take_blind_appends() {
     }
     // VACUUM removes change files past retention: an old range then fails clearly, without
     // a path.
+    let changes = dir.path().join("wh/bronze/t/_change_data");
+    let change_files_left = || std::fs::read_dir(&changes).map_or(0, |d| d.count());
+    assert!(change_files_left() >= 3);
     engine
         .sql("VACUUM bronze.t RETAIN 0 HOURS FORCE")
         .await
         .unwrap();
+    assert_eq!(
+        change_files_left(),
+        0,
+        "VACUUM deletes expired change files"
+    );
     let err = engine
         .query("SELECT * FROM table_changes('bronze.t', 2, 2)")
         .await

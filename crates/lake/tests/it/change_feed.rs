@@ -17,6 +17,8 @@ async fn created(warehouse: &Warehouse, name: &TableName) -> (Value, Value) {
     (protocol.clone(), metadata["configuration"].clone())
 }
 
+/// Writer version 7 with the `changeDataFeed` feature (deltalake lists writer version 2's
+/// features too: appendOnly and invariants) and the property on; not the legacy writer 4.
 fn records_changes(protocol: &Value, configuration: &Value) -> bool {
     let features = protocol["writerFeatures"].as_array().cloned();
     protocol["minWriterVersion"] == 7
