@@ -162,12 +162,14 @@ fn table_name_parts(text: &str) -> Result<Vec<String>> {
     Ok(parts)
 }
 
-/// The change rows of `name` from `from` to `to`, for the time-travel schema.
+/// The change rows of `name` from `from` to `to`, for the time-travel schema. `view`: the
+/// table is a materialized view.
 pub async fn provider(
     warehouse: &Warehouse,
     name: &TableName,
     from: &TimeTravel,
     to: Option<&TimeTravel>,
+    view: bool,
 ) -> Result<Arc<dyn TableProvider>> {
     if warehouse.external(name).await?.is_some() {
         return Err(Error::NotSupported {
@@ -175,8 +177,49 @@ pub async fn provider(
         });
     }
     let (from, to) = warehouse.change_versions(name, from, to).await?;
+    if view {
+        check_definition(warehouse, name, from).await?;
+    }
     let inner = warehouse.changes(name, from, to).await?;
     Ok(Arc::new(ChangeRows::new(inner)))
+}
+
+/// A materialized view's masks and row filters come from its current definition (lineage),
+/// so its change rows must all have been computed by that definition: a range that reaches
+/// rows of an earlier one (before a `CREATE OR REPLACE`, or the rows that replace removed) is
+/// refused. Each commit of a view records its definition in its `commitInfo`
+/// (`medlake.view`, written by the views crate); commits without one (OPTIMIZE) are skipped.
+async fn check_definition(warehouse: &Warehouse, name: &TableName, from: u64) -> Result<()> {
+    let versions = warehouse.versions(name).await?;
+    let floor = from.saturating_sub(1);
+    let mut current: Option<(serde_json::Value, u64)> = None;
+    for &version in versions.iter().rev().take_while(|v| **v >= floor) {
+        let Some(actions) = warehouse.commit_actions(name, version).await? else {
+            continue;
+        };
+        let Some(definition) = actions
+            .iter()
+            .find_map(|a| a.get("commitInfo")?.get("medlake")?.get("view"))
+        else {
+            continue;
+        };
+        match &mut current {
+            None => current = Some((definition.clone(), version)),
+            Some((def, oldest)) if def == definition => *oldest = version,
+            Some((_, oldest)) => {
+                return Err(Error::Lake(medlake_lake::Error::InvalidRange {
+                    schema: name.schema.clone(),
+                    table: name.table.clone(),
+                    reason: format!(
+                        "the materialized view was redefined (CREATE OR REPLACE) at version \
+                         {oldest}; read its changes from version {} on",
+                        oldest.saturating_add(1)
+                    ),
+                }));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The change rows with medlake's types for the commit columns (those of `table_history`):

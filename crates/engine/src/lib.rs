@@ -1393,7 +1393,8 @@ impl Session {
                     provider
                 }
                 statement::Pin::Changes { from, to } => {
-                    changes::provider(warehouse, &name, from, to.as_ref()).await?
+                    let view = self.shared.views.view(&name).await?.is_some();
+                    changes::provider(warehouse, &name, from, to.as_ref(), view).await?
                 }
             };
             self.shared
