@@ -100,6 +100,7 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
         | L::SchemaBuiltIn { .. }
         | L::TableExists { .. }
         | L::TimestampBeforeHistory { .. }
+        | L::InvalidRange { .. }
         | L::RetentionTooShort { .. }
         | L::RestoreRefused { .. }
         | L::CloneRefused { .. } => Code::AuditUnavailable,

@@ -122,7 +122,9 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
         L::SchemaBuiltIn { .. } => Code::InsufficientPrivilege,
         L::TableNotFound { .. } => Code::UndefinedTable,
         L::TableExists { .. } => Code::DuplicateTable,
-        L::VersionNotFound { .. } | L::TimestampBeforeHistory { .. } => Code::InvalidParameterValue,
+        L::VersionNotFound { .. } | L::TimestampBeforeHistory { .. } | L::InvalidRange { .. } => {
+            Code::InvalidParameterValue
+        }
         L::WriteRefused { kind, reason, .. } => match kind {
             Refusal::NotNull => Code::NotNullViolation,
             Refusal::Check => Code::CheckViolation,

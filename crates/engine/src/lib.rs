@@ -10,6 +10,7 @@ mod access;
 mod audit;
 mod bounded;
 mod catalog;
+mod changes;
 mod dialect;
 mod dml;
 mod error;
@@ -414,6 +415,9 @@ impl Engine {
                 warehouse: warehouse.clone(),
             }),
         );
+        // `table_changes(...)` is replaced before planning (changes.rs); this refuses the
+        // calls that are not.
+        ctx.register_udtf(changes::FUNCTION, Arc::new(changes::Unreplaced));
         // Object-store warehouses: DataFusion reads the tables' files through this store.
         if warehouse.url().scheme() != "file" {
             ctx.register_object_store(warehouse.url(), warehouse.object_store());
@@ -790,6 +794,7 @@ impl Session {
         let name = self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
         create.definition.default_schema = self.default_schema_name();
         statement::check_query_depth(&create.definition.query)?;
+        statement::refuse_changes_in_view(&create.definition.query)?;
         if create.or_replace
             && self.shared.warehouse.table_exists(&name).await?
             && self.shared.views.view(&name).await?.is_some()
@@ -1172,28 +1177,14 @@ impl Session {
                 let mut sql = (**sql).clone();
                 let pinned = statement::pin_versions(&mut sql, id)?;
                 self.refresh_listings_for(&sql).await?;
-                for pin in &pinned {
-                    let name = self.table_name(&pin.parts)?;
-                    let (provider, _) = self
-                        .shared
-                        .warehouse
-                        .table_provider(&name, Some(&pin.at))
-                        .await?;
-                    self.shared
-                        .catalog
-                        .time_travel()
-                        .register_table(pin.alias.clone(), provider)?;
-                }
-                let planned = match self.ctx.state().statement_to_plan(sql.clone()).await {
-                    Ok(plan) => Ok(plan),
-                    Err(e) => Err(self.refuse_unlisted(&sql, unwrap_lake_error(e)).await),
+                let planned = match self.register_pins(&pinned).await {
+                    Ok(_) => match self.ctx.state().statement_to_plan(sql.clone()).await {
+                        Ok(plan) => Ok(plan),
+                        Err(e) => Err(self.refuse_unlisted(&sql, unwrap_lake_error(e)).await),
+                    },
+                    Err(e) => Err(e),
                 };
-                for pin in &pinned {
-                    self.shared
-                        .catalog
-                        .time_travel()
-                        .deregister_table(&pin.alias)?;
-                }
+                self.deregister_pins(&pinned)?;
                 let plan = planned?;
                 self.check_plan(&plan, &state)?;
                 let types = plan.get_parameter_types()?;
@@ -1360,36 +1351,70 @@ impl Session {
     ) -> Result<Output> {
         let pinned = statement::pin_versions(&mut statement, id)?;
         self.refresh_listings_for(&statement).await?;
-        for pin in &pinned {
+        let registered = self.register_pins(&pinned).await;
+        let result = match registered {
+            // Boxed: planning and running nest deep futures; on the caller's stack they
+            // overflow a 2 MiB thread in debug builds.
+            Ok(aliases) => Box::pin(self.plan_and_run(statement, &aliases)).await,
+            Err(e) => Err(e),
+        };
+        self.deregister_pins(&pinned)?;
+        result
+    }
+
+    /// Opens what each pinned reference of a statement reads (a past version, a range of
+    /// changes) into the time-travel schema, and returns the table each alias reads. A pin
+    /// is a read of its table: this session's principal must hold SELECT on it before it is
+    /// opened, so that a table it may not read tells nothing of its versions, its history or
+    /// its existence (the plan is checked again as a whole, and masked and filtered, like
+    /// any other).
+    async fn register_pins(
+        &self,
+        pinned: &[statement::PinnedTable],
+    ) -> Result<HashMap<String, access::TableKey>> {
+        let mut aliases = HashMap::new();
+        if pinned.is_empty() {
+            return Ok(aliases);
+        }
+        let state = self.access_state().await?;
+        for pin in pinned {
             let name = self.table_name(&pin.parts)?;
-            let (provider, version) = self
-                .shared
-                .warehouse
-                .table_provider(&name, Some(&pin.at))
-                .await?;
-            debug!(table = %name, version, "pinned for time travel");
+            let needs = [privileges::Need::new(
+                Privilege::Select,
+                table_object(&name),
+            )];
+            self.touch(&needs);
+            privileges::check(&self.principal, &state, &needs)?;
+            let warehouse = &self.shared.warehouse;
+            let provider = match &pin.at {
+                statement::Pin::AsOf(at) => {
+                    let (provider, version) = warehouse.table_provider(&name, Some(at)).await?;
+                    debug!(table = %name, version, "pinned for time travel");
+                    provider
+                }
+                statement::Pin::Changes { from, to } => {
+                    let view = self.shared.views.view(&name).await?.is_some();
+                    changes::provider(warehouse, &name, from, to.as_ref(), view).await?
+                }
+            };
             self.shared
                 .catalog
                 .time_travel()
                 .register_table(pin.alias.clone(), provider)?;
+            aliases.insert(pin.alias.clone(), (name.schema, name.table));
         }
-        let aliases: HashMap<String, access::TableKey> = pinned
-            .iter()
-            .map(|pin| {
-                let name = self.table_name(&pin.parts)?;
-                Ok((pin.alias.clone(), (name.schema, name.table)))
-            })
-            .collect::<Result<_>>()?;
-        // Boxed: planning and running nest deep futures; on the caller's stack they overflow
-        // a 2 MiB thread in debug builds.
-        let result = Box::pin(self.plan_and_run(statement, &aliases)).await;
-        for pin in &pinned {
+        Ok(aliases)
+    }
+
+    /// Removes a statement's pins from the time-travel schema (those registered).
+    fn deregister_pins(&self, pinned: &[statement::PinnedTable]) -> Result<()> {
+        for pin in pinned {
             self.shared
                 .catalog
                 .time_travel()
                 .deregister_table(&pin.alias)?;
         }
-        result
+        Ok(())
     }
 
     /// Tables are always opened from the warehouse, but the names DataFusion plans against

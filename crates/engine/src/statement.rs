@@ -636,6 +636,24 @@ pub fn check_query_depth(query: &str) -> Result<()> {
     }
 }
 
+/// Refuses `table_changes(...)` in a materialized view's query (its refreshes plan the query
+/// themselves, where nothing replaces the call): 0A000, said plainly.
+pub fn refuse_changes_in_view(query: &str) -> Result<()> {
+    let dialect = MedlakeDialect::default();
+    let Ok(statements) = DFParser::parse_sql_with_dialect(query, &dialect) else {
+        return Ok(());
+    };
+    for mut statement in statements {
+        let pinned = pin_versions(&mut statement, 0)?;
+        if pinned.iter().any(|p| matches!(p.at, Pin::Changes { .. })) {
+            return Err(Error::NotSupported {
+                what: "table_changes(...) in a materialized view's query".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// How deeply `UNION`/`INTERSECT`/`EXCEPT` nest in a statement's queries (not visited as
 /// queries by sqlparser's visitor).
 fn set_depth(statement: &datafusion::sql::sqlparser::ast::Statement) -> usize {
@@ -1006,20 +1024,34 @@ pub fn name_parts(name: &ObjectName) -> Result<Vec<String>> {
     Ok(medlake_views::definition::name_parts(name)?)
 }
 
-/// A table reference that asked for a past version.
+/// What a pinned table reference reads of its table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// `t VERSION AS OF n` / `t TIMESTAMP AS OF '...'`: a past state.
+    AsOf(TimeTravel),
+    /// `table_changes('t', from [, to])`: the changes of a range of commits.
+    Changes {
+        from: TimeTravel,
+        to: Option<TimeTravel>,
+    },
+}
+
+/// A table reference that asked for a past version or for changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinnedTable {
     /// The name as written (normalized parts).
     pub parts: Vec<String>,
-    /// The state asked for.
-    pub at: TimeTravel,
+    /// What it reads.
+    pub at: Pin,
     /// The name the statement now uses for it, in the time-travel schema.
     pub alias: String,
 }
 
-/// Replaces every `t VERSION AS OF n` / `t TIMESTAMP AS OF '...'` in the statement by a
-/// reference into the time-travel schema, and returns what must be registered there.
-/// `tag` makes the names unique to the statement.
+/// Replaces every `t VERSION AS OF n` / `t TIMESTAMP AS OF '...'` and every
+/// `table_changes('t', ...)` in the statement by a reference into the time-travel schema,
+/// and returns what must be registered there. The alias names the table (`schema.table@…`),
+/// which is what privileges, masks and row filters see. `tag` makes the names unique to the
+/// statement.
 pub fn pin_versions(statement: &mut DfStatement, tag: u64) -> Result<Vec<PinnedTable>> {
     let mut pinner = Pinner {
         tag,
@@ -1049,32 +1081,52 @@ impl VisitorMut for Pinner {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-        let TableFactor::Table { name, version, .. } = factor else {
+        let TableFactor::Table {
+            name,
+            version,
+            args,
+            ..
+        } = factor
+        else {
             return ControlFlow::Continue(());
         };
         // The pinned versions' schema is internal: a statement names its own pins through
         // `VERSION AS OF`, never another statement's by their names.
-        if name.0.iter().any(|part| {
-            part.as_ident().is_some_and(|i| {
-                i.value
-                    .eq_ignore_ascii_case(crate::catalog::TIME_TRAVEL_SCHEMA)
-            })
-        }) {
-            self.error = Some(Error::PermissionDenied {
-                principal: "this session".into(),
-                privilege: "SELECT",
-                object: format!(
-                    "schema {} (internal: read a past version with VERSION AS OF)",
-                    crate::catalog::TIME_TRAVEL_SCHEMA
-                ),
-            });
+        if name
+            .0
+            .iter()
+            .any(|part| part.as_ident().is_some_and(|i| internal(&i.value)))
+        {
+            self.error = Some(internal_named());
             return ControlFlow::Break(());
         }
-        let Some(spec) = version.take() else {
-            return ControlFlow::Continue(());
+        let changes = args.is_some() && crate::changes::is_call(name);
+        let resolved = match (version.take(), args.take()) {
+            (None, Some(call)) if changes => crate::changes::parse_call(&call).map(|call| {
+                let at = Pin::Changes {
+                    from: call.from,
+                    to: call.to,
+                };
+                (call.parts, at)
+            }),
+            (None, call) => {
+                // Not ours (a plain table, or another table function): as it was.
+                *args = call;
+                return ControlFlow::Continue(());
+            }
+            (Some(_), Some(_)) => Err(Error::NotSupported {
+                what: "VERSION AS OF on a table function".into(),
+            }),
+            (Some(spec), None) => {
+                time_travel(&spec).and_then(|at| Ok((name_parts(name)?, Pin::AsOf(at))))
+            }
         };
-        let resolved = time_travel(&spec).and_then(|at| Ok((name_parts(name)?, at)));
         match resolved {
+            // Nor through a name written in table_changes' string.
+            Ok((parts, _)) if parts.iter().any(|p| internal(p)) => {
+                self.error = Some(internal_named());
+                ControlFlow::Break(())
+            }
             Ok((parts, at)) => {
                 let alias = format!("{}@{}#{}", parts.join("."), self.pinned.len(), self.tag);
                 *name = ObjectName::from(vec![
@@ -1090,6 +1142,21 @@ impl VisitorMut for Pinner {
                 ControlFlow::Break(())
             }
         }
+    }
+}
+
+fn internal(part: &str) -> bool {
+    part.eq_ignore_ascii_case(crate::catalog::TIME_TRAVEL_SCHEMA)
+}
+
+fn internal_named() -> Error {
+    Error::PermissionDenied {
+        principal: "this session".into(),
+        privilege: "SELECT",
+        object: format!(
+            "schema {} (internal: read a past version with VERSION AS OF)",
+            crate::catalog::TIME_TRAVEL_SCHEMA
+        ),
     }
 }
 
@@ -1260,9 +1327,9 @@ mod tests {
         };
         let pinned = pin_versions(stmt, 7).unwrap();
         assert_eq!(pinned.len(), 2);
-        assert_eq!(pinned[0].at, TimeTravel::Version(3));
+        assert_eq!(pinned[0].at, Pin::AsOf(TimeTravel::Version(3)));
         assert_eq!(pinned[0].parts, vec!["bronze", "t"]);
-        assert!(matches!(pinned[1].at, TimeTravel::Timestamp(_)));
+        assert!(matches!(pinned[1].at, Pin::AsOf(TimeTravel::Timestamp(_))));
         assert!(stmt.to_string().contains("__medlake_time_travel"));
     }
 

@@ -19,6 +19,9 @@ use serde_json::Value;
 use crate::warehouse::{TableName, TimeTravel, Warehouse};
 use crate::{Error, Result};
 
+/// The folder of a table's change files.
+const CHANGE_DATA_FOLDER: &str = "_change_data";
+
 /// The column of a change row that says what happened to it.
 pub const CHANGE_TYPE: &str = "_change_type";
 /// The column of a change row with the version of the commit that made it.
@@ -113,6 +116,194 @@ impl Warehouse {
             )));
         }
         Ok(Ok(span))
+    }
+
+    /// The versions a change range names, both included: `from` is a version or the first
+    /// commit at or after a timestamp, `to` a version, the last commit at or before a
+    /// timestamp, or (`None`) the latest version. Every version of the range must still be in
+    /// the table's log, and `from` must not come after `to`.
+    pub async fn change_versions(
+        &self,
+        name: &TableName,
+        from: &TimeTravel,
+        to: Option<&TimeTravel>,
+    ) -> Result<(u64, u64)> {
+        let versions = self.versions(name).await?;
+        let (Some(&earliest), Some(&latest)) = (versions.first(), versions.last()) else {
+            return Err(Error::TableNotFound {
+                schema: name.schema.clone(),
+                table: name.table.clone(),
+            });
+        };
+        let missing = |version| Error::VersionNotFound {
+            schema: name.schema.clone(),
+            table: name.table.clone(),
+            version,
+            earliest,
+            latest,
+        };
+        let to = match to {
+            None => latest,
+            Some(TimeTravel::Version(v)) if (earliest..=latest).contains(v) => *v,
+            Some(TimeTravel::Version(v)) => return Err(missing(*v)),
+            Some(at @ TimeTravel::Timestamp(_)) => self.version_as_of(name, at).await?,
+        };
+        let from = match from {
+            TimeTravel::Version(v) if (earliest..=latest).contains(v) => *v,
+            TimeTravel::Version(v) => return Err(missing(*v)),
+            TimeTravel::Timestamp(ts) => match self.first_version_from(name, ts, earliest).await? {
+                v if v > latest => {
+                    return Err(Error::InvalidRange {
+                        schema: name.schema.clone(),
+                        table: name.table.clone(),
+                        reason: format!("nothing was committed at or after {}", ts.to_rfc3339()),
+                    });
+                }
+                v => v,
+            },
+        };
+        if from > to {
+            return Err(Error::InvalidRange {
+                schema: name.schema.clone(),
+                table: name.table.clone(),
+                reason: format!("it starts at version {from}, after its end (version {to})"),
+            });
+        }
+        self.check_change_files(name, from, to).await?;
+        Ok((from, to))
+    }
+
+    /// Refuses a range whose change rows cannot all be read: a commit's files (its change
+    /// files, or the data files it added or removed) were deleted by VACUUM, or the range
+    /// starts at a commit that set the table's properties without the change data feed
+    /// (deltalake refuses to read from there).
+    async fn check_change_files(&self, name: &TableName, from: u64, to: u64) -> Result<()> {
+        let refused = |reason: String| Error::InvalidRange {
+            schema: name.schema.clone(),
+            table: name.table.clone(),
+            reason,
+        };
+        let folder = self.path(&[&name.schema, &name.table]);
+        for version in from..=to {
+            let Some(actions) = self.commit_actions(name, version).await? else {
+                return Err(refused(format!(
+                    "version {version} is no longer in its log"
+                )));
+            };
+            let feed_off = |metadata: &Value| {
+                metadata
+                    .pointer("/configuration/delta.enableChangeDataFeed")
+                    .and_then(Value::as_str)
+                    .is_none_or(|v| !v.eq_ignore_ascii_case("true"))
+            };
+            if version == from
+                && actions
+                    .iter()
+                    .filter_map(|a| a.get("metaData"))
+                    .any(feed_off)
+            {
+                return Err(refused(format!(
+                    "version {version} set the table's properties without the change data feed;                      start the range after it"
+                )));
+            }
+            let has_cdc = actions.iter().any(|a| a.get("cdc").is_some());
+            let files = actions.iter().filter_map(|a| {
+                let file = match has_cdc {
+                    true => a.get("cdc"),
+                    false => a.get("add").or_else(|| a.get("remove")),
+                }?;
+                (file.get("dataChange").and_then(Value::as_bool) != Some(false) || has_cdc)
+                    .then(|| file.get("path")?.as_str())
+                    .flatten()
+            });
+            for file in files {
+                let path = object_store::path::Path::from_url_path(format!("{folder}/{file}"))
+                    .map_err(|_| Error::Internal(format!("{name}: a file path in its log")))?;
+                if !self.exists(&path).await? {
+                    return Err(refused(format!(
+                        "the files of version {version} were removed by VACUUM (past the \
+                         table's retention); read a later range"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The version `name` was at `at`.
+    async fn version_as_of(&self, name: &TableName, at: &TimeTravel) -> Result<u64> {
+        self.open_table_as_of(name, Some(at))
+            .await?
+            .version()
+            .ok_or_else(|| Error::Internal(format!("{name} opened without a version")))
+    }
+
+    /// The first version of `name` committed at or after `ts`.
+    async fn first_version_from(
+        &self,
+        name: &TableName,
+        ts: &chrono::DateTime<chrono::Utc>,
+        earliest: u64,
+    ) -> Result<u64> {
+        let Some(before) = ts.checked_sub_signed(chrono::TimeDelta::microseconds(1)) else {
+            return Ok(earliest);
+        };
+        match self
+            .version_as_of(name, &TimeTravel::Timestamp(before))
+            .await
+        {
+            // Committed before `ts`: the range starts with the next commit.
+            Ok(version) => Ok(version.saturating_add(1)),
+            Err(Error::TimestampBeforeHistory { .. }) => Ok(earliest),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes (or, in a dry run, lists) the change files of `name` written longer than
+    /// `retention` ago: VACUUM's part for the change data feed. Returns their paths relative
+    /// to the table. Ranges of changes that read them then fail (see
+    /// [`Self::change_versions`]).
+    pub(crate) async fn expire_change_files(
+        &self,
+        name: &TableName,
+        retention: chrono::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<String>> {
+        use futures::TryStreamExt as _;
+        use object_store::ObjectStoreExt as _;
+        let folder = self.path(&[&name.schema, &name.table]);
+        let changes = folder.clone().join(CHANGE_DATA_FOLDER);
+        let cutoff = chrono::Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let expired: Vec<object_store::path::Path> = self
+            .store
+            .list(Some(&changes))
+            .try_filter(|meta| std::future::ready(meta.last_modified <= cutoff))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(&changes, e))?;
+        let mut deleted = Vec::with_capacity(expired.len());
+        for path in expired {
+            if !dry_run {
+                match self.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::store(&path, e)),
+                }
+            }
+            let relative = path
+                .prefix_match(&folder)
+                .map(|parts| {
+                    parts
+                        .map(|p| p.as_ref().to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .unwrap_or_else(|| path.to_string());
+            deleted.push(relative);
+        }
+        Ok(deleted)
     }
 
     /// The rows `name` gained and lost in versions `from` to `to` (both included), as a table

@@ -203,8 +203,11 @@ impl Warehouse {
         let before = table.version();
         let schema = arrow_schema(name, &table)?;
         let delta = |e| refused(name, e);
+        let source = without_idle_rows(&table, &schema, merge.source, &merge.on, &merge.clauses)
+            .await
+            .map_err(|e| Error::DataFusion(Box::new(e)))?;
         let mut builder = table
-            .merge(merge.source, merge.on)
+            .merge(source, merge.on)
             .with_source_alias(MERGE_SOURCE)
             .with_target_alias(MERGE_TARGET)
             .with_session_state(session);
@@ -303,6 +306,68 @@ impl Warehouse {
 }
 
 /// The new version, if the operation committed one.
+/// `source` without the rows no clause of a MERGE applies to (they match no target row and
+/// no `WHEN NOT MATCHED` clause takes them), when the table records its changes and has
+/// NOT NULL columns or row rules. deltalake 1.1.3 keeps such rows in a change-recording
+/// MERGE's output (as `source_delete`, every target column NULL) and checks the table's NOT
+/// NULL columns and rules on them before it sets them aside, so the MERGE would fail. Rows
+/// that match no target row change nothing, so leaving them out changes nothing either.
+async fn without_idle_rows(
+    table: &DeltaTable,
+    schema: &arrow::datatypes::Schema,
+    source: DataFrame,
+    on: &Expr,
+    clauses: &[MergeClause],
+) -> datafusion::error::Result<DataFrame> {
+    use datafusion::datasource::provider_as_source;
+    use datafusion::logical_expr::{JoinType, LogicalPlanBuilder};
+    let Ok(snapshot) = table.snapshot() else {
+        return Ok(source);
+    };
+    let configuration = snapshot.metadata().configuration();
+    let records_changes = configuration
+        .get("delta.enableChangeDataFeed")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let rules = configuration
+        .keys()
+        .any(|k| k.starts_with("delta.constraints."))
+        || schema
+            .fields()
+            .iter()
+            .any(|f| !f.is_nullable() || !f.metadata().is_empty());
+    let inserts: Vec<Option<&Expr>> = clauses
+        .iter()
+        .filter(|c| c.when == MergeWhen::NotMatched)
+        .map(|c| c.predicate.as_ref())
+        .collect();
+    // Every row that matches nothing is inserted: none is idle.
+    if !records_changes || !rules || inserts.iter().any(Option::is_none) {
+        return Ok(source);
+    }
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let (state, plan) = source.into_parts();
+    let target =
+        LogicalPlanBuilder::scan(MERGE_TARGET, provider_as_source(provider), None)?.build()?;
+    let source = DataFrame::new(state.clone(), plan).alias(MERGE_SOURCE)?;
+    let target = DataFrame::new(state, target);
+    let matched = source
+        .clone()
+        .join_on(target.clone(), JoinType::LeftSemi, [on.clone()])?;
+    let taken = inserts.into_iter().flatten().cloned().reduce(Expr::or);
+    match taken {
+        None => Ok(matched),
+        Some(taken) => {
+            let inserted = source
+                .join_on(target, JoinType::LeftAnti, [on.clone()])?
+                .filter(taken)?;
+            matched.union(inserted)
+        }
+    }
+}
+
 fn committed(before: Option<u64>, after: Option<u64>) -> Option<u64> {
     match (before, after) {
         (Some(b), Some(a)) if a > b => Some(a),

@@ -49,6 +49,14 @@ pub enum Error {
         latest: u64,
     },
 
+    /// A range of versions (of changes) that names no commits.
+    #[error("table '{schema}.{table}': invalid range of versions: {reason}")]
+    InvalidRange {
+        schema: String,
+        table: String,
+        reason: String,
+    },
+
     #[error("table '{schema}.{table}' has no version at or before {timestamp}")]
     TimestampBeforeHistory {
         schema: String,

@@ -179,6 +179,11 @@ impl Appender {
         &self.name
     }
 
+    /// Whether its commits are blind appends (see [`blind_appendable`]).
+    pub fn is_blind(&self) -> bool {
+        self.blind
+    }
+
     /// The version the appender knows: its next commit lands directly on top of it.
     pub fn version(&self) -> u64 {
         self.version
@@ -196,11 +201,15 @@ impl Appender {
 }
 
 /// Writer features whose tables a blind append (data files plus one log entry with their
-/// `add` actions) writes correctly. Anything else (constraints, invariants, generated or
-/// identity columns, column mapping, row tracking, in-commit timestamps, clustering) needs
-/// deltalake's write operation.
+/// `add` actions) writes correctly. Anything else (constraints, generated or identity
+/// columns, column mapping, row tracking, in-commit timestamps, clustering) needs deltalake's
+/// write operation. `invariants` is the feature every table upgraded from writer version 2
+/// lists (deltalake adds it with `appendOnly` when it creates a table at writer version 7, as
+/// every table with the change data feed is): the invariants themselves are column metadata,
+/// which [`blind_appendable`] refuses on its own.
 const BLIND_APPEND_FEATURES: &[&str] = &[
     "appendOnly",
+    "invariants",
     "timestampNtz",
     "deletionVectors",
     "changeDataFeed",
@@ -209,8 +218,37 @@ const BLIND_APPEND_FEATURES: &[&str] = &[
     "v2Checkpoint",
 ];
 
-/// Whether `table` takes blind appends: writer version 2 without invariants in its schema,
-/// or table features all in [`BLIND_APPEND_FEATURES`].
+/// The table property that turns the change data feed on (see `changes.rs`).
+pub const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
+
+/// The table properties of a table medlake creates: `configuration` (the caller's) plus the
+/// change data feed, on by default for every table outside the `system` schema. The feed is
+/// declared as a table feature (writer version 7, writer feature `changeDataFeed`), not by
+/// the legacy writer version 4, which [`blind_appendable`] refuses. medlake's own `system`
+/// tables are appended to or overwritten whole (no change files to record) and the audit log
+/// must not keep deleted rows in change files: they stay as they are. A caller that names
+/// the property itself decides.
+pub(crate) fn table_properties(
+    name: &TableName,
+    configuration: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut properties = configuration.to_vec();
+    let named = configuration
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(CHANGE_DATA_FEED));
+    if name.schema != "system" && !named {
+        // deltalake's create: a minimum writer version of 7 first, then the property adds
+        // the `changeDataFeed` writer feature (below 7 it would raise the writer to 4).
+        // deltalake also lists writer version 2's features (`appendOnly`, `invariants`, not
+        // turned on) and raises the reader version to 2.
+        properties.push(("delta.minWriterVersion".into(), "7".into()));
+        properties.push((CHANGE_DATA_FEED.into(), "true".into()));
+    }
+    properties
+}
+
+/// Whether `table` takes blind appends: writer version 2, or table features all in
+/// [`BLIND_APPEND_FEATURES`], without invariants in its schema or CHECK constraints.
 fn blind_appendable(table: &DeltaTable) -> bool {
     let Ok(state) = table.snapshot() else {
         return false;
@@ -339,7 +377,7 @@ pub struct VacuumOutcome {
 #[derive(Clone)]
 pub struct Warehouse {
     url: Url,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     root: Path,
 }
 
@@ -391,7 +429,7 @@ impl Warehouse {
             .map_err(|e| Error::Internal(format!("table url for {name}: {e}")))
     }
 
-    async fn exists(&self, path: &Path) -> Result<bool> {
+    pub(crate) async fn exists(&self, path: &Path) -> Result<bool> {
         match self.store.head(path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -730,6 +768,11 @@ impl Warehouse {
             .create()
             .with_table_name(name.table.clone())
             .with_columns(columns)
+            .with_configuration(
+                table_properties(name, &[])
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v))),
+            )
             .with_save_mode(SaveMode::ErrorIfExists)
             .with_commit_properties(Self::creating(CommitProperties::default()))
             .await;
@@ -783,10 +826,9 @@ impl Warehouse {
             .with_table_name(name.table.clone())
             .with_save_mode(SaveMode::ErrorIfExists)
             .with_configuration(
-                options
-                    .configuration
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Some(v.clone()))),
+                table_properties(name, &options.configuration)
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v))),
             )
             .with_commit_properties(Self::creating(options.properties()))
             .await;
@@ -1606,14 +1648,22 @@ impl Warehouse {
         force: bool,
     ) -> Result<VacuumOutcome> {
         let table = self.open_table(name).await?;
+        let retention = match retain {
+            Some(retain) => retain,
+            None => table
+                .snapshot()
+                .map_err(|e| Error::delta(&name.schema, &name.table, e))?
+                .table_config()
+                .deleted_file_retention_duration(),
+        };
+        let retention = chrono::Duration::from_std(retention)
+            .map_err(|e| Error::Internal(format!("retention out of range: {e}")))?;
         let mut builder = table
             .vacuum()
             .with_dry_run(dry_run)
             .with_enforce_retention_duration(!force);
-        if let Some(retain) = retain {
-            let retain = chrono::Duration::from_std(retain)
-                .map_err(|e| Error::Internal(format!("retention out of range: {e}")))?;
-            builder = builder.with_retention_period(retain);
+        if retain.is_some() {
+            builder = builder.with_retention_period(retention);
         }
         let (_table, metrics) = builder.await.map_err(|e| match e {
             DeltaTableError::GenericError { source }
@@ -1627,9 +1677,13 @@ impl Warehouse {
             }
             e => Error::delta(&name.schema, &name.table, e),
         })?;
+        // deltalake's (lite) vacuum deletes only files a commit removed; change files are
+        // never removed, so they are deleted here once past the same retention.
+        let mut files = metrics.files_deleted;
+        files.extend(self.expire_change_files(name, retention, dry_run).await?);
         Ok(VacuumOutcome {
             dry_run: metrics.dry_run,
-            files: metrics.files_deleted,
+            files,
         })
     }
 }

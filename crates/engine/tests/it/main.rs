@@ -8,6 +8,7 @@ use medlake_engine::{Code, Engine};
 
 mod attacks;
 mod blob;
+mod changes;
 mod cosmos;
 mod dml;
 mod grants;

@@ -1,3 +1,4 @@
 //! medlake-lake's integration tests (one test binary for the crate).
 
+mod change_feed;
 mod create_race;
