@@ -477,15 +477,17 @@ impl AutoCdc {
         );
         // A version begins at a key's first event, after a delete, or where a tracked column
         // changed; a delete is kept here (it ends a version) and dropped at the end.
+        // (Every term in parentheses: dialects differ in how IS binds next to OR.)
         let mut begins = vec![
-            format!("{INTERNAL}delete"),
-            format!("lag({INTERNAL}delete) {window} IS NOT FALSE"),
+            format!("({INTERNAL}delete)"),
+            format!("((lag({INTERNAL}delete) {window}) IS NOT FALSE)"),
         ];
-        begins.extend(
-            tracked
-                .iter()
-                .map(|c| format!("lag({q}) {window} IS DISTINCT FROM {q}", q = quote(c))),
-        );
+        begins.extend(tracked.iter().map(|c| {
+            format!(
+                "((lag({q}) {window}) IS DISTINCT FROM {q})",
+                q = quote(c)
+            )
+        }));
         format!(
             "SELECT {columns}, {START_AT}, {END_AT} FROM (\
              SELECT *, lead({START_AT}) {window} AS {END_AT} FROM (\
