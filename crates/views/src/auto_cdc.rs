@@ -18,9 +18,10 @@
 //!
 //! Rules (the README's "AUTO CDC" section says the same):
 //! - events whose SEQUENCE BY value (any of them) is NULL are ignored;
-//! - the order of a key's events is the SEQUENCE BY values, then, for events tied on all of
-//!   them, every other source column of an orderable type, in the source's column order, NULL
-//!   lowest: a total order up to identical rows, so the result never depends on arrival;
+//! - the order of a key's events is the SEQUENCE BY values; among events tied on all of them
+//!   a delete comes last, then the view's other columns (of orderable types, in the view's
+//!   order, NULL lowest) decide: events still tied give the same rows whichever comes first,
+//!   so the result never depends on arrival;
 //! - SCD type 1: one row per key, its greatest event, absent when that event is a delete;
 //! - SCD type 2: one row per version with `__start_at` (the first SEQUENCE BY value of the
 //!   event that began it) and `__end_at` (that of the next version or delete of the key; NULL
@@ -335,25 +336,28 @@ impl AutoCdc {
         for column in &sequence_columns {
             self.known(&names, column, "SEQUENCE BY")?;
         }
-        let ties: Vec<&str> = schema
-            .fields()
+        // The view's columns that can change between a key's events.
+        let tracked: Vec<&str> = output
             .iter()
-            .filter(|f| orderable(f.data_type()))
-            .map(|f| f.name().as_str())
+            .copied()
             .filter(|n| !self.keys.iter().any(|k| k == n))
             .filter(|n| !sequence_columns.iter().any(|s| s == n))
             .collect();
+        // Ties on the sequence are broken by what the view shows of an event (so events that
+        // still tie give the same rows, whichever comes first): its columns, not others the
+        // creator did not ask for (and may see masked).
+        let ties: Vec<&str> = tracked
+            .iter()
+            .copied()
+            .filter(|n| {
+                schema
+                    .field_with_name(n)
+                    .is_ok_and(|f| orderable(f.data_type()))
+            })
+            .collect();
         Ok(match self.scd {
             ScdType::Type1 => self.type1(&output, &ties),
-            ScdType::Type2 => {
-                let tracked: Vec<&str> = output
-                    .iter()
-                    .copied()
-                    .filter(|n| !self.keys.iter().any(|k| k == n))
-                    .filter(|n| !sequence_columns.iter().any(|s| s == n))
-                    .collect();
-                self.type2(&output, &tracked, &ties)
-            }
+            ScdType::Type2 => self.type2(&output, &tracked, &ties),
         })
     }
 
@@ -428,8 +432,8 @@ impl AutoCdc {
         self.keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
     }
 
-    /// `ORDER BY` of a key's events: the sequence, then the tie breakers, ascending with NULL
-    /// lowest (`descending` reverses all of it).
+    /// `ORDER BY` of a key's events: the sequence, then a delete after an upsert, then the
+    /// tie breakers; ascending with NULL lowest (`descending` reverses all of it).
     fn order(&self, ties: &[&str], descending: bool) -> String {
         let (dir, nulls) = if descending {
             ("DESC", "NULLS LAST")
@@ -437,8 +441,12 @@ impl AutoCdc {
             ("ASC", "NULLS FIRST")
         };
         let sequence = self.sequence.iter().map(|s| format!("({s}) {dir}"));
+        let delete = self
+            .delete_when
+            .is_some()
+            .then(|| format!("{} {dir}", self.is_delete()));
         let ties = ties.iter().map(|t| format!("{} {dir} {nulls}", quote(t)));
-        sequence.chain(ties).collect::<Vec<_>>().join(", ")
+        sequence.chain(delete).chain(ties).collect::<Vec<_>>().join(", ")
     }
 
     fn events(&self) -> String {
@@ -836,6 +844,10 @@ mod tests {
         // Tied on the sequence: the greater row (by name) wins.
         (4, "n", Some("dee"), "U", Some(5)),
         (4, "n", Some("dan"), "U", Some(5)),
+        // Tied with a delete: the delete comes last, and wins.
+        (6, "n", Some("fay"), "I", Some(1)),
+        (6, "n", None, "D", Some(2)),
+        (6, "n", Some("fae"), "U", Some(2)),
         // Unchanged re-deliveries do not begin a version (type 2).
         (5, "n", Some("eve"), "I", Some(1)),
         (5, "n", Some("eve"), "U", Some(2)),
@@ -888,6 +900,8 @@ mod tests {
 | 5  | n      | eva  | 3          | 4        |
 | 5  | n      | eve  | 1          | 3        |
 | 5  | n      | eve  | 4          |          |
+| 6  | n      | fae  | 2          | 2        |
+| 6  | n      | fay  | 1          | 2        |
 +----+--------+------+------------+----------+";
         assert_eq!(out, expected);
     }
