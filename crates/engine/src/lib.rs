@@ -836,10 +836,7 @@ impl Session {
     /// other views). The source must exist (42P01) and be listed by this session's principal
     /// (42501, as DESCRIBE: the errors name its columns); its SELECT privilege and masks are
     /// checked on the computed query like any view's.
-    async fn resolve_auto_cdc(
-        &self,
-        definition: &mut medlake_views::ViewDefinition,
-    ) -> Result<()> {
+    async fn resolve_auto_cdc(&self, definition: &mut medlake_views::ViewDefinition) -> Result<()> {
         let Some(cdc) = &definition.auto_cdc else {
             return Ok(());
         };

@@ -126,15 +126,17 @@ pub fn parse(parser: &mut Parser<'_>) -> Result<Option<AutoCdc>> {
     let keys = identifiers(parser)?;
     parser.expect_token(&Token::RParen).map_err(syntax)?;
     let clauses = parse_clauses(parser)?;
-    let sequence = clauses
-        .sequence
-        .ok_or_else(|| syntax("AUTO CDC needs SEQUENCE BY (the column that orders a key's changes)"))?;
+    let sequence = clauses.sequence.ok_or_else(|| {
+        syntax("AUTO CDC needs SEQUENCE BY (the column that orders a key's changes)")
+    })?;
     let cdc = AutoCdc {
         source,
         keys,
         sequence,
         delete_when: clauses.delete_when,
-        columns: clauses.columns.unwrap_or(CdcColumns::All { except: Vec::new() }),
+        columns: clauses
+            .columns
+            .unwrap_or(CdcColumns::All { except: Vec::new() }),
         scd: clauses.scd.unwrap_or(ScdType::Type1),
     };
     cdc.check()?;
@@ -429,7 +431,11 @@ impl AutoCdc {
     }
 
     fn partition(&self) -> String {
-        self.keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+        self.keys
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// `ORDER BY` of a key's events: the sequence, then a delete after an upsert, then the
@@ -446,7 +452,11 @@ impl AutoCdc {
             .is_some()
             .then(|| format!("{} {dir}", self.is_delete()));
         let ties = ties.iter().map(|t| format!("{} {dir} {nulls}", quote(t)));
-        sequence.chain(delete).chain(ties).collect::<Vec<_>>().join(", ")
+        sequence
+            .chain(delete)
+            .chain(ties)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn events(&self) -> String {
@@ -490,12 +500,11 @@ impl AutoCdc {
             format!("({INTERNAL}delete)"),
             format!("((lag({INTERNAL}delete) {window}) IS NOT FALSE)"),
         ];
-        begins.extend(tracked.iter().map(|c| {
-            format!(
-                "((lag({q}) {window}) IS DISTINCT FROM {q})",
-                q = quote(c)
-            )
-        }));
+        begins.extend(
+            tracked
+                .iter()
+                .map(|c| format!("((lag({q}) {window}) IS DISTINCT FROM {q})", q = quote(c))),
+        );
         format!(
             "SELECT {columns}, {START_AT}, {END_AT} FROM (\
              SELECT *, lead({START_AT}) {window} AS {END_AT} FROM (\
@@ -536,7 +545,11 @@ fn quote(name: &str) -> String {
 }
 
 fn quote_all(names: &[&str]) -> String {
-    names.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| quote(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Words that start an AUTO CDC clause: quoted when they name a column, so a list reads back.
@@ -553,7 +566,11 @@ fn display_ident(name: &str) -> String {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !CLAUSE_WORDS.contains(&name);
-    if simple { name.to_string() } else { quote(name) }
+    if simple {
+        name.to_string()
+    } else {
+        quote(name)
+    }
 }
 
 fn display_list(names: &[String]) -> String {
@@ -578,7 +595,9 @@ impl fmt::Display for AutoCdc {
         write!(f, " SEQUENCE BY {}", self.sequence.join(", "))?;
         match &self.columns {
             CdcColumns::All { except } if except.is_empty() => {}
-            CdcColumns::All { except } => write!(f, " COLUMNS * EXCEPT ({})", display_list(except))?,
+            CdcColumns::All { except } => {
+                write!(f, " COLUMNS * EXCEPT ({})", display_list(except))?
+            }
             CdcColumns::List { columns } => write!(f, " COLUMNS {}", display_list(columns))?,
         }
         let n = match self.scd {
@@ -642,9 +661,17 @@ mod tests {
         assert_eq!(cdc.keys, ["id", "region"]);
         assert_eq!(cdc.sequence, ["seq", "\"Tie\""]);
         assert_eq!(cdc.delete_when.as_deref(), Some("op = 'D'"));
-        assert_eq!(cdc.columns, CdcColumns::All { except: vec!["op".into()] });
+        assert_eq!(
+            cdc.columns,
+            CdcColumns::All {
+                except: vec!["op".into()]
+            }
+        );
         assert_eq!(cdc.scd, ScdType::Type2);
-        assert_eq!(view.definition.query, "", "computed from the source's schema later");
+        assert_eq!(
+            view.definition.query, "",
+            "computed from the source's schema later"
+        );
         let sql = view.definition.to_sql("silver", "p");
         assert_eq!(
             sql,
@@ -660,21 +687,31 @@ mod tests {
     /// Definitions stored before AUTO CDC (no `auto_cdc` field) still load; new ones keep it.
     #[test]
     fn stored_definitions_load() {
-        let old = r#"{"query":"SELECT 1","schedule":null,"expectations":[],"default_schema":"silver"}"#;
+        let old =
+            r#"{"query":"SELECT 1","schedule":null,"expectations":[],"default_schema":"silver"}"#;
         let definition: ViewDefinition = serde_json::from_str(old).unwrap();
         assert_eq!(definition.auto_cdc, None);
         assert_eq!(definition.body(), "SELECT 1");
-        let mut view = create("CREATE MATERIALIZED VIEW s.v AS AUTO CDC FROM t KEYS (id) SEQUENCE BY seq")
-            .unwrap()
-            .unwrap()
-            .definition;
+        let mut view =
+            create("CREATE MATERIALIZED VIEW s.v AS AUTO CDC FROM t KEYS (id) SEQUENCE BY seq")
+                .unwrap()
+                .unwrap()
+                .definition;
         view.resolve(&schema()).unwrap();
         assert!(view.query.contains("PARTITION BY \"id\""), "{}", view.query);
         let stored = serde_json::to_string(&view).unwrap();
-        assert!(!serde_json::to_string(&definition).unwrap().contains("auto_cdc"));
+        assert!(
+            !serde_json::to_string(&definition)
+                .unwrap()
+                .contains("auto_cdc")
+        );
         let loaded: ViewDefinition = serde_json::from_str(&stored).unwrap();
         assert_eq!(loaded, view);
-        assert!(loaded.body().starts_with("AUTO CDC FROM t"), "{}", loaded.body());
+        assert!(
+            loaded.body().starts_with("AUTO CDC FROM t"),
+            "{}",
+            loaded.body()
+        );
     }
 
     #[test]
@@ -693,7 +730,11 @@ mod tests {
             }
         );
         // A clause's word as a column name is quoted when shown, so that it parses back.
-        assert!(c.to_string().contains("COLUMNS id, select, \"stored\" STORED"), "{c}");
+        assert!(
+            c.to_string()
+                .contains("COLUMNS id, select, \"stored\" STORED"),
+            "{c}"
+        );
         assert_eq!(cdc(&c.to_string()).unwrap(), c);
     }
 
@@ -701,12 +742,27 @@ mod tests {
     fn syntax_errors() {
         for (body, message) in [
             ("AUTO CDC FROM t KEYS (id)", "needs SEQUENCE BY"),
-            ("AUTO CDC FROM t KEYS (id) SEQUENCE BY seq STORED AS SCD TYPE 3", "SCD TYPE 3"),
-            ("AUTO CDC FROM t KEYS (id) SEQUENCE BY seq STORED AS SCD TYPE x", "SCD TYPE 1 or"),
-            ("AUTO CDC FROM (SELECT * FROM t) KEYS (id) SEQUENCE BY seq", "not a query"),
+            (
+                "AUTO CDC FROM t KEYS (id) SEQUENCE BY seq STORED AS SCD TYPE 3",
+                "SCD TYPE 3",
+            ),
+            (
+                "AUTO CDC FROM t KEYS (id) SEQUENCE BY seq STORED AS SCD TYPE x",
+                "SCD TYPE 1 or",
+            ),
+            (
+                "AUTO CDC FROM (SELECT * FROM t) KEYS (id) SEQUENCE BY seq",
+                "not a query",
+            ),
             ("AUTO CDC FROM t SEQUENCE BY seq", "expected KEYS"),
-            ("AUTO CDC FROM t KEYS (id) SEQUENCE BY a SEQUENCE BY b", "given twice"),
-            ("AUTO CDC FROM t KEYS (id) SEQUENCE BY a TRACK HISTORY", "found 'TRACK'"),
+            (
+                "AUTO CDC FROM t KEYS (id) SEQUENCE BY a SEQUENCE BY b",
+                "given twice",
+            ),
+            (
+                "AUTO CDC FROM t KEYS (id) SEQUENCE BY a TRACK HISTORY",
+                "found 'TRACK'",
+            ),
             ("AUTO CDC t KEYS (id) SEQUENCE BY a", "expected FROM"),
         ] {
             let e = cdc(body).unwrap_err();
@@ -726,10 +782,16 @@ mod tests {
                 "AUTO CDC FROM t KEYS (id, region) SEQUENCE BY seq COLUMNS id, name",
                 "must include the KEYS column 'region'",
             ),
-            ("AUTO CDC FROM t KEYS (id, ID) SEQUENCE BY seq", "KEYS names 'id' twice"),
+            (
+                "AUTO CDC FROM t KEYS (id, ID) SEQUENCE BY seq",
+                "KEYS names 'id' twice",
+            ),
         ] {
             let e = cdc(body).unwrap_err();
-            assert!(matches!(e, Error::InvalidDefinition { .. }), "{body}: {e:?}");
+            assert!(
+                matches!(e, Error::InvalidDefinition { .. }),
+                "{body}: {e:?}"
+            );
             assert!(e.to_string().contains(message), "{body}: {e}");
         }
     }
@@ -738,15 +800,27 @@ mod tests {
     fn unknown_columns_are_named() {
         for (body, clause, column) in [
             ("AUTO CDC FROM t KEYS (idx) SEQUENCE BY seq", "KEYS", "idx"),
-            ("AUTO CDC FROM t KEYS (id) SEQUENCE BY sequ", "SEQUENCE BY", "sequ"),
+            (
+                "AUTO CDC FROM t KEYS (id) SEQUENCE BY sequ",
+                "SEQUENCE BY",
+                "sequ",
+            ),
             (
                 "AUTO CDC FROM t KEYS (id) SEQUENCE BY seq COLUMNS * EXCEPT (opp)",
                 "COLUMNS * EXCEPT",
                 "opp",
             ),
-            ("AUTO CDC FROM t KEYS (id) SEQUENCE BY seq COLUMNS id, nme", "COLUMNS", "nme"),
+            (
+                "AUTO CDC FROM t KEYS (id) SEQUENCE BY seq COLUMNS id, nme",
+                "COLUMNS",
+                "nme",
+            ),
             // Quoted: case matters.
-            ("AUTO CDC FROM t KEYS (\"ID\") SEQUENCE BY seq", "KEYS", "ID"),
+            (
+                "AUTO CDC FROM t KEYS (\"ID\") SEQUENCE BY seq",
+                "KEYS",
+                "ID",
+            ),
         ] {
             let e = cdc(body).unwrap().desugar(&schema()).unwrap_err();
             let Error::UnknownColumn {
@@ -779,7 +853,11 @@ mod tests {
         let c = cdc("AUTO CDC FROM t KEYS (id) SEQUENCE BY seq").unwrap();
         assert!(c.desugar(&clash).is_ok());
         let mut fields = schema().fields().to_vec();
-        fields.push(Arc::new(Field::new("__medlake_rank", DataType::Int64, true)));
+        fields.push(Arc::new(Field::new(
+            "__medlake_rank",
+            DataType::Int64,
+            true,
+        )));
         let e = c.desugar(&Schema::new(fields)).unwrap_err();
         assert!(e.to_string().contains("medlake's own"), "{e}");
     }
