@@ -862,8 +862,17 @@ mod tests {
         assert!(e.to_string().contains("medlake's own"), "{e}");
     }
 
+    /// (id, region, name, op, seq)
+    type Event = (
+        i64,
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        Option<i64>,
+    );
+
     /// Runs the desugared query over `rows` (id, region, name, op, seq), in arrival order.
-    async fn run(body: &str, rows: &[(i64, &str, Option<&str>, &str, Option<i64>)]) -> String {
+    async fn run(body: &str, rows: &[Event]) -> String {
         let schema = Arc::new(schema());
         let batch = RecordBatch::try_new(
             schema.clone(),
@@ -904,7 +913,7 @@ mod tests {
             .collect()
     }
 
-    const EVENTS: &[(i64, &str, Option<&str>, &str, Option<i64>)] = &[
+    const EVENTS: &[Event] = &[
         (1, "n", Some("ann"), "I", Some(1)),
         (1, "n", Some("anne"), "U", Some(3)),
         // Arrives late with an older sequence: does not win.
