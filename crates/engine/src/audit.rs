@@ -58,7 +58,7 @@ fn text(statement: &Statement) -> Text {
             for expectation in &definition.expectations {
                 sql.push_str(&format!(" {expectation}"));
             }
-            sql.push_str(&format!(" AS {}", definition.query));
+            sql.push_str(&format!(" AS {}", definition.body()));
             sql
         }
         Statement::RefreshMaterializedView { name, full, .. } => format!(

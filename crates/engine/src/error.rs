@@ -148,6 +148,7 @@ fn views_code(e: &medlake_views::Error) -> Code {
         V::Syntax { .. } => Code::SyntaxError,
         V::InvalidDefinition { .. } | V::Cycle { .. } => Code::InvalidObjectDefinition,
         V::NotSupported { .. } => Code::FeatureNotSupported,
+        V::UnknownColumn { .. } => Code::UndefinedColumn,
         V::InvalidValue { .. } => Code::InvalidParameterValue,
         V::ViewNotFound { .. } => Code::UndefinedTable,
         V::WrongObjectType { .. } => Code::WrongObjectType,

@@ -793,6 +793,7 @@ impl Session {
         let mut create = create;
         let name = self.table_name(&medlake_views::definition::name_parts(&create.name)?)?;
         create.definition.default_schema = self.default_schema_name();
+        self.resolve_auto_cdc(&mut create.definition).await?;
         statement::check_query_depth(&create.definition.query)?;
         statement::refuse_changes_in_view(&create.definition.query)?;
         if create.or_replace
@@ -834,6 +835,34 @@ impl Session {
             .await?;
         let rows = self.reportable_rows(&name, rows).await?;
         Ok(Output::command("CREATE MATERIALIZED VIEW", rows))
+    }
+
+    /// An `AUTO CDC` view's query, computed from its source's columns (nothing to do for
+    /// other views). The source must exist (42P01) and be listed by this session's principal
+    /// (42501, as DESCRIBE: the errors name its columns); its SELECT privilege and masks are
+    /// checked on the computed query like any view's.
+    async fn resolve_auto_cdc(&self, definition: &mut medlake_views::ViewDefinition) -> Result<()> {
+        let Some(cdc) = &definition.auto_cdc else {
+            return Ok(());
+        };
+        let parts = medlake_views::definition::name_parts(&cdc.source_name()?)?;
+        let source = self.table_name(&parts)?;
+        if !self.shared.warehouse.table_exists(&source).await? {
+            return Err(Error::Lake(medlake_lake::Error::TableNotFound {
+                schema: source.schema,
+                table: source.table,
+            }));
+        }
+        let Some(schema) = self.table_columns(&source.schema, &source.table).await? else {
+            tracing::warn!(target: "medlake::audit", principal = %self.principal.name, table = %source, "permission denied: AUTO CDC source");
+            return Err(Error::PermissionDenied {
+                principal: self.principal.to_string(),
+                privilege: "SELECT",
+                object: format!("table {source}"),
+            });
+        };
+        definition.resolve(&schema)?;
+        Ok(())
     }
 
     async fn run(&self, statement: Statement) -> Result<Output> {

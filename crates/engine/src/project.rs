@@ -170,17 +170,25 @@ impl Engine {
         let engine_views = self.views();
         let mut graph = BTreeMap::new();
         for (name, (create, _)) in views {
+            // An AUTO CDC view's query is computed below, once its source exists.
+            let mut reads = create.definition.clone();
+            if let Some(cdc) = &reads.auto_cdc {
+                reads.query = cdc.source_query();
+            }
             let upstream = engine_views
-                .references(&create.definition)?
+                .references(&reads)?
                 .into_iter()
                 .filter(|r| views.contains_key(r))
                 .collect();
             graph.insert(name.clone(), upstream);
         }
         for name in medlake_views::topological(&graph)? {
-            let Some((create, _file)) = views.get(&name).cloned() else {
+            let Some((mut create, _file)) = views.get(&name).cloned() else {
                 continue;
             };
+            self.default
+                .resolve_auto_cdc(&mut create.definition)
+                .await?;
             let existing = if self.warehouse().table_exists(&name).await? {
                 match engine_views.view(&name).await? {
                     Some(view) => Some(view),

@@ -5,8 +5,10 @@
 //!     [REFRESH EVERY '5 minutes' | REFRESH CRON '0 * * * *']
 //!     [( ] [CONSTRAINT rule EXPECT (boolean expression)
 //!         [ON VIOLATION DROP ROW | ON VIOLATION FAIL UPDATE | ON VIOLATION QUARANTINE]] [, ...] [ )]
-//! AS query
+//! AS { query | AUTO CDC FROM source KEYS (...) SEQUENCE BY ... [...] }
 //! ```
+//!
+//! (`AUTO CDC` is [`crate::auto_cdc`]'s)
 //!
 //! and stored as JSON in the view's own Delta commits.
 
@@ -22,6 +24,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 use serde::{Deserialize, Serialize};
 
+use crate::auto_cdc::{self, AutoCdc};
 use crate::cron::Cron;
 use crate::error::{Error, Result};
 
@@ -201,6 +204,10 @@ pub struct ViewDefinition {
     pub expectations: Vec<Expectation>,
     /// The schema unqualified table names in the query resolve against.
     pub default_schema: String,
+    /// `AS AUTO CDC ...`: what the user wrote, which `query` (what a refresh plans) was
+    /// desugared from. Absent in definitions stored before AUTO CDC existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_cdc: Option<AutoCdc>,
 }
 
 impl ViewDefinition {
@@ -213,8 +220,25 @@ impl ViewDefinition {
         for expectation in &self.expectations {
             sql.push_str(&format!(" {expectation}"));
         }
-        sql.push_str(&format!(" AS {}", self.query));
+        sql.push_str(&format!(" AS {}", self.body()));
         sql
+    }
+
+    /// What follows `AS` as the user wrote it: the query, or the `AUTO CDC` clause.
+    pub fn body(&self) -> String {
+        match &self.auto_cdc {
+            Some(cdc) => cdc.to_string(),
+            None => self.query.clone(),
+        }
+    }
+
+    /// For an `AUTO CDC` view, computes `query` from the source's columns (`source_schema`);
+    /// the source is [`AutoCdc::source`]. Other views are left as they are.
+    pub fn resolve(&mut self, source_schema: &datafusion::arrow::datatypes::Schema) -> Result<()> {
+        if let Some(cdc) = &self.auto_cdc {
+            self.query = cdc.desugar(source_schema)?;
+        }
+        Ok(())
     }
 }
 
@@ -286,32 +310,50 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
         ));
     }
     let name = parser.parse_object_name(false).map_err(syntax)?;
+    let (schedule, expectations) = parse_options(parser)?;
+    if !parser.parse_keyword(Keyword::AS) {
+        return Err(syntax(format!(
+            "expected AS before the view's query, found '{}'",
+            parser.peek_token().token
+        )));
+    }
+    let mut definition = ViewDefinition {
+        query: String::new(),
+        schedule,
+        expectations,
+        default_schema: String::new(),
+        auto_cdc: None,
+    };
+    if let Some(cdc) = auto_cdc::parse(parser)? {
+        // The query is computed from the source's columns: see `ViewDefinition::resolve`.
+        definition.auto_cdc = Some(cdc);
+    } else {
+        let query = parser.parse_query().map_err(syntax)?;
+        if parser.peek_token().token != Token::EOF {
+            return Err(syntax(format!(
+                "unexpected '{}' after the view's query",
+                parser.peek_token().token
+            )));
+        }
+        check_query(&query)?;
+        definition.query = query.to_string();
+    }
+    Ok(Some(CreateView {
+        name,
+        or_replace,
+        if_not_exists,
+        definition,
+    }))
+}
+
+/// `REFRESH ...` and the expectations, in any order, up to `AS`.
+fn parse_options(parser: &mut Parser<'_>) -> Result<(Option<Schedule>, Vec<Expectation>)> {
     let mut schedule = None;
     let mut expectations: Vec<Expectation> = Vec::new();
     loop {
         if word(parser, "REFRESH") {
-            if schedule.is_some() {
+            if schedule.replace(parse_schedule(parser)?).is_some() {
                 return Err(syntax("REFRESH is given twice"));
-            }
-            if word(parser, "EVERY") {
-                let text = string(parser, "after REFRESH EVERY")?;
-                schedule = Some(Schedule::Every {
-                    seconds: parse_interval(&text)?.as_secs(),
-                });
-            } else if word(parser, "CRON") {
-                let text = string(parser, "after REFRESH CRON")?;
-                let cron = Cron::parse(&text).map_err(|reason| Error::InvalidValue {
-                    what: "REFRESH CRON".into(),
-                    reason,
-                })?;
-                schedule = Some(Schedule::Cron {
-                    expression: cron.as_str().to_string(),
-                });
-            } else {
-                return Err(syntax(format!(
-                    "expected EVERY or CRON after REFRESH, found '{}'",
-                    parser.peek_token().token
-                )));
             }
         } else if parser.peek_token().token == Token::LParen {
             parser.next_token();
@@ -337,31 +379,31 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
             });
         }
     }
-    if !parser.parse_keyword(Keyword::AS) {
-        return Err(syntax(format!(
-            "expected AS before the view's query, found '{}'",
+    Ok((schedule, expectations))
+}
+
+/// `EVERY '5 minutes'` or `CRON '0 * * * *'`, after `REFRESH`.
+fn parse_schedule(parser: &mut Parser<'_>) -> Result<Schedule> {
+    if word(parser, "EVERY") {
+        let text = string(parser, "after REFRESH EVERY")?;
+        Ok(Schedule::Every {
+            seconds: parse_interval(&text)?.as_secs(),
+        })
+    } else if word(parser, "CRON") {
+        let text = string(parser, "after REFRESH CRON")?;
+        let cron = Cron::parse(&text).map_err(|reason| Error::InvalidValue {
+            what: "REFRESH CRON".into(),
+            reason,
+        })?;
+        Ok(Schedule::Cron {
+            expression: cron.as_str().to_string(),
+        })
+    } else {
+        Err(syntax(format!(
+            "expected EVERY or CRON after REFRESH, found '{}'",
             parser.peek_token().token
-        )));
+        )))
     }
-    let query = parser.parse_query().map_err(syntax)?;
-    if parser.peek_token().token != Token::EOF {
-        return Err(syntax(format!(
-            "unexpected '{}' after the view's query",
-            parser.peek_token().token
-        )));
-    }
-    check_query(&query)?;
-    Ok(Some(CreateView {
-        name,
-        or_replace,
-        if_not_exists,
-        definition: ViewDefinition {
-            query: query.to_string(),
-            schedule,
-            expectations,
-            default_schema: String::new(),
-        },
-    }))
 }
 
 fn parse_expectation(parser: &mut Parser<'_>) -> Result<Expectation> {

@@ -21,6 +21,17 @@ pub enum Error {
     #[error("invalid value for {what}: {reason}")]
     InvalidValue { what: String, reason: String },
 
+    /// A column an `AUTO CDC` clause names is not a column of its source: 42703.
+    #[error(
+        "AUTO CDC {clause} names '{column}', which is not a column of {source_name} (its columns: {columns})"
+    )]
+    UnknownColumn {
+        column: String,
+        clause: String,
+        source_name: String,
+        columns: String,
+    },
+
     /// Valid SQL that views do not support.
     #[error("not supported: {what}")]
     NotSupported { what: String },

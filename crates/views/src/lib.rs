@@ -9,6 +9,7 @@
 //! knows nothing of clients, servers or connectors: external inputs are opened through the
 //! connector `Registry` (`medlake-source`) the engine hands it.
 
+pub mod auto_cdc;
 pub mod cron;
 pub mod definition;
 mod error;
@@ -21,6 +22,7 @@ pub mod refresh;
 pub mod scheduler;
 pub mod system;
 
+pub use auto_cdc::{AutoCdc, CdcColumns, ScdType};
 pub use definition::{
     CreateView, Expectation, OnViolation, Schedule, ViewDefinition, parse_create,
 };

@@ -711,3 +711,47 @@ async fn the_postgres_catalog_lists_only_what_one_may_use_with_its_privileges() 
     let rows = squeezed(&loader, acl).await;
     assert!(rows.contains("| notes | loader=a/medlake |"), "{rows}");
 }
+
+/// An AUTO CDC view reads its source like any view: its creator must list the source (or its
+/// columns are not named in errors), hold SELECT on it and see unmasked what the view reads,
+/// which is only the columns it names (the tie order reads no others).
+#[tokio::test]
+async fn auto_cdc_views_read_their_source_as_any_view() {
+    let (_dir, engine) = scratch().await;
+    engine.sql(SETUP).await.unwrap();
+    let nobody = user(&engine, "nobody", Role::None, &[]);
+    let writer = user(&engine, "w", Role::Writer, &[]);
+    for sql in [
+        "CREATE MATERIALIZED VIEW gold.cdc AS AUTO CDC FROM silver.patients KEYS (patient_id) SEQUENCE BY birth",
+        // An unknown column is not told apart from a known one: the source is not listed.
+        "CREATE MATERIALIZED VIEW gold.cdc AS AUTO CDC FROM silver.patients KEYS (secret) SEQUENCE BY birth",
+    ] {
+        assert_eq!(outcome(&nobody, sql).await, "42501", "{sql}");
+    }
+    // mrn and name are masked for the writer: a view of every column would compute from them.
+    assert_eq!(
+        outcome(
+            &writer,
+            "CREATE MATERIALIZED VIEW gold.cdc AS AUTO CDC FROM silver.patients KEYS (patient_id) SEQUENCE BY birth"
+        )
+        .await,
+        "42501"
+    );
+    assert_eq!(
+        outcome(
+            &writer,
+            "CREATE MATERIALIZED VIEW gold.cdc AS AUTO CDC FROM silver.patients KEYS (patient_id) SEQUENCE BY birth COLUMNS * EXCEPT (mrn, name)"
+        )
+        .await,
+        "ok"
+    );
+    let rows = squeezed(
+        &engine.local_session(),
+        "SELECT patient_id, ward FROM gold.cdc ORDER BY patient_id",
+    )
+    .await;
+    assert!(
+        rows.contains("| 1 | icu |") && rows.contains("| 3 | icu |"),
+        "{rows}"
+    );
+}

@@ -580,6 +580,7 @@ async fn out_of_range_schedules_are_refused_and_stored_ones_do_not_stop_the_sche
                 schedule: Some(schedule.clone()),
                 expectations: Vec::new(),
                 default_schema: "bronze".into(),
+                auto_cdc: None,
             },
         };
         engine
@@ -626,4 +627,68 @@ async fn out_of_range_schedules_are_refused_and_stored_ones_do_not_stop_the_sche
         .sql("REFRESH MATERIALIZED VIEW silver.huge")
         .await
         .unwrap();
+}
+
+/// `medlake apply` with AUTO CDC views: one over a view of the same project (which does not
+/// exist until the apply creates it) and a second apply that finds both unchanged; a source
+/// that gains a column replaces the view that takes all of its columns.
+#[tokio::test]
+async fn auto_cdc_views_apply_from_a_project() {
+    let (_dir, engine) = scratch().await;
+    let project = tempfile::tempdir().unwrap();
+    let sql = project.path().join("sql");
+    std::fs::create_dir_all(&sql).unwrap();
+    std::fs::write(
+        sql.join("a_bronze.sql"),
+        "CREATE TABLE IF NOT EXISTS bronze.feed (id BIGINT, v VARCHAR, op VARCHAR, seq BIGINT);",
+    )
+    .unwrap();
+    // File names put gold first: the order comes from the lineage.
+    std::fs::write(
+        sql.join("b_gold.sql"),
+        "CREATE MATERIALIZED VIEW gold.latest AS AUTO CDC FROM silver.history KEYS (id)
+           SEQUENCE BY __start_at COLUMNS id, v;",
+    )
+    .unwrap();
+    std::fs::write(
+        sql.join("c_silver.sql"),
+        "CREATE MATERIALIZED VIEW silver.history AS AUTO CDC FROM bronze.feed KEYS (id)
+           APPLY AS DELETE WHEN op = 'D' SEQUENCE BY seq COLUMNS * EXCEPT (op) STORED AS SCD TYPE 2;",
+    )
+    .unwrap();
+    let actions = |applied: Vec<medlake_engine::Applied>| {
+        applied
+            .into_iter()
+            .filter(|a| a.object.contains('.') && !a.object.ends_with(".sql"))
+            .map(|a| format!("{} {}", a.object, a.action))
+            .collect::<Vec<_>>()
+    };
+    let first = engine.apply_project(project.path()).await.unwrap();
+    assert_eq!(
+        actions(first),
+        ["silver.history created", "gold.latest created"]
+    );
+    engine
+        .sql("INSERT INTO bronze.feed VALUES (1, 'a', 'I', 1), (1, 'b', 'U', 2), (2, 'c', 'I', 1), (2, NULL, 'D', 3)")
+        .await
+        .unwrap();
+    engine
+        .sql("REFRESH MATERIALIZED VIEW gold.latest CASCADE")
+        .await
+        .unwrap();
+    assert_eq!(rows(&engine, "gold.latest").await, ["1|b", "2|c"]);
+    let again = engine.apply_project(project.path()).await.unwrap();
+    assert_eq!(
+        actions(again),
+        ["silver.history unchanged", "gold.latest unchanged"]
+    );
+    engine
+        .sql("DROP TABLE bronze.feed; CREATE TABLE bronze.feed (id BIGINT, v VARCHAR, op VARCHAR, seq BIGINT, note VARCHAR)")
+        .await
+        .unwrap();
+    let evolved = engine.apply_project(project.path()).await.unwrap();
+    assert_eq!(
+        actions(evolved),
+        ["silver.history replaced", "gold.latest unchanged"]
+    );
 }
