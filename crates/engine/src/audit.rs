@@ -55,6 +55,9 @@ fn text(statement: &Statement) -> Text {
             if let Some(schedule) = &definition.schedule {
                 sql.push_str(&format!(" REFRESH {schedule}"));
             }
+            if !definition.policy.is_auto() {
+                sql.push_str(&format!(" REFRESH POLICY {}", definition.policy));
+            }
             for expectation in &definition.expectations {
                 sql.push_str(&format!(" {expectation}"));
             }
@@ -65,6 +68,7 @@ fn text(statement: &Statement) -> Text {
             "REFRESH MATERIALIZED VIEW {name}{}",
             if *full { " FULL" } else { "" }
         ),
+        Statement::ExplainRefresh { name } => format!("EXPLAIN REFRESH MATERIALIZED VIEW {name}"),
         Statement::DropMaterializedView { name, .. } => format!("DROP MATERIALIZED VIEW {name}"),
         Statement::ShowMaterializedViews => "SHOW MATERIALIZED VIEWS".into(),
         Statement::ImportForeignSchema(import) => format!(

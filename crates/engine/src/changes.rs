@@ -185,41 +185,58 @@ pub async fn provider(
 }
 
 /// A materialized view's masks and row filters come from its current definition (lineage),
-/// so its change rows must all have been computed by that definition: a range that reaches
-/// rows of an earlier one (before a `CREATE OR REPLACE`, or the rows that replace removed) is
-/// refused. Each commit of a view records its definition in its `commitInfo`
-/// (`medlake.view`, written by the views crate); commits without one (OPTIMIZE) are skipped.
-async fn check_definition(warehouse: &Warehouse, name: &TableName, from: u64) -> Result<()> {
+/// so rows read from its past must all have been computed by that definition: the rows it
+/// held at `floor` (those a range of changes from `floor + 1` removes, or those `VERSION AS OF
+/// floor` reads) and every commit after. A `CREATE OR REPLACE` rewrites all rows in the
+/// commit that records the new definition, so this holds when the definition in effect at
+/// `floor` and every definition recorded after it equal the current one. Each commit of a
+/// view records its definition in its `commitInfo` (`medlake.view`, written by the views
+/// crate); commits without one (OPTIMIZE) carry the rows they had. `Err(version)`: the view
+/// was redefined at `version` (or, if a log entry is gone, what it held cannot be told, and
+/// `version` is that entry's successor).
+pub(crate) async fn same_definition_since(
+    warehouse: &Warehouse,
+    name: &TableName,
+    floor: u64,
+) -> Result<std::result::Result<(), u64>> {
     let versions = warehouse.versions(name).await?;
-    let floor = from.saturating_sub(1);
     let mut current: Option<(serde_json::Value, u64)> = None;
-    for &version in versions.iter().rev().take_while(|v| **v >= floor) {
+    for &version in versions.iter().rev() {
         let Some(actions) = warehouse.commit_actions(name, version).await? else {
-            continue;
+            let since = current.map_or(version.saturating_add(1), |(_, oldest)| oldest);
+            return Ok(Err(since));
         };
-        let Some(definition) = actions
+        if let Some(definition) = actions
             .iter()
             .find_map(|a| a.get("commitInfo")?.get("medlake")?.get("view"))
-        else {
-            continue;
-        };
-        match &mut current {
-            None => current = Some((definition.clone(), version)),
-            Some((def, oldest)) if def == definition => *oldest = version,
-            Some((_, oldest)) => {
-                return Err(Error::Lake(medlake_lake::Error::InvalidRange {
-                    schema: name.schema.clone(),
-                    table: name.table.clone(),
-                    reason: format!(
-                        "the materialized view was redefined (CREATE OR REPLACE) at version \
-                         {oldest}; read its changes from version {} on",
-                        oldest.saturating_add(1)
-                    ),
-                }));
+        {
+            match &mut current {
+                None => current = Some((definition.clone(), version)),
+                Some((def, oldest)) if def == definition => *oldest = version,
+                Some((_, oldest)) => return Ok(Err(*oldest)),
+            }
+            if version <= floor {
+                break;
             }
         }
     }
-    Ok(())
+    Ok(Ok(()))
+}
+
+/// Refuses a range of a view's changes that reaches rows of an earlier definition.
+async fn check_definition(warehouse: &Warehouse, name: &TableName, from: u64) -> Result<()> {
+    match same_definition_since(warehouse, name, from.saturating_sub(1)).await? {
+        Ok(()) => Ok(()),
+        Err(since) => Err(Error::Lake(medlake_lake::Error::InvalidRange {
+            schema: name.schema.clone(),
+            table: name.table.clone(),
+            reason: format!(
+                "the materialized view was redefined (CREATE OR REPLACE) at version \
+                 {since}; read its changes from version {} on",
+                since.saturating_add(1)
+            ),
+        })),
+    }
 }
 
 /// The change rows with medlake's types for the commit columns (those of `table_history`):

@@ -14,6 +14,7 @@ mod changes;
 mod dialect;
 mod dml;
 mod error;
+mod explain_refresh;
 mod history;
 pub mod ingest;
 pub mod postgres;
@@ -895,6 +896,10 @@ impl Session {
                     let rows = self.reportable_rows(&name, rows).await?;
                     Ok(Output::command("REFRESH MATERIALIZED VIEW", rows))
                 }
+                Statement::ExplainRefresh { name } => {
+                    let name = self.table_name(&statement::name_parts(&name)?)?;
+                    self.explain_refresh(&name).await
+                }
                 Statement::DropMaterializedView { name, if_exists } => {
                     let name = self.table_name(&statement::name_parts(&name)?)?;
                     let dropped = self.shared.views.drop(&name, if_exists).await;
@@ -1265,6 +1270,9 @@ impl Session {
                 ("remote_table", T::Utf8),
                 ("status", T::Utf8),
             ]))),
+            Statement::ExplainRefresh { .. } => {
+                Ok(no_parameters(Some(explain_refresh::schema())))
+            }
             Statement::CreateMaterializedView(_)
             | Statement::RefreshMaterializedView { .. }
             | Statement::DropMaterializedView { .. } => Ok(no_parameters(None)),
@@ -1419,6 +1427,20 @@ impl Session {
                 statement::Pin::AsOf(at) => {
                     let (provider, version) = warehouse.table_provider(&name, Some(at)).await?;
                     debug!(table = %name, version, "pinned for time travel");
+                    if self.shared.views.view(&name).await?.is_some() {
+                        if let Err(since) =
+                            changes::same_definition_since(warehouse, &name, version).await?
+                        {
+                            return Err(Error::NotSupported {
+                                what: format!(
+                                    "reading {name} at version {version}: the materialized view \
+                                     was redefined at version {since}, and its masks and row \
+                                     filters follow its current definition; read a version \
+                                     from {since} on"
+                                ),
+                            });
+                        }
+                    }
                     provider
                 }
                 statement::Pin::Changes { from, to } => {

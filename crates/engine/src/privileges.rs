@@ -296,7 +296,7 @@ pub(crate) fn for_own(
             let parts = medlake_views::definition::name_parts(&create.name)?;
             vec![Need::new(Privilege::Create, table(&parts)?)]
         }
-        Statement::RefreshMaterializedView { name, .. } => {
+        Statement::RefreshMaterializedView { name, .. } | Statement::ExplainRefresh { name } => {
             vec![Need::new(Privilege::Refresh, table(&name_parts(name)?)?)]
         }
         Statement::DropMaterializedView { name, .. } => {

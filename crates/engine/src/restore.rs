@@ -3,7 +3,11 @@
 //! commit that brings an earlier version's files back (the table's owner's or an admin's,
 //! checked with every other privilege in `Session::execute`).
 //!
-//! Refused for materialized views (their definition and refresh state live in their commits:
+//! A materialized view (or its quarantine table) cannot be cloned: its rows are stored unmasked and read through the
+//! masks and row filters of its inputs (lineage), which a table copied from it would lose,
+//! and its owner need not be the owner of those inputs.
+//!
+//! RESTORE is refused for materialized views (their definition and refresh state live in their commits:
 //! a restore would leave a view whose recorded inputs no longer explain its rows; refresh it
 //! instead, with FULL to recompute) and for the `system` schema (the audit log's hash chain,
 //! the grants: `medlake restore` restores those with the rest of the warehouse).
@@ -38,6 +42,24 @@ impl Session {
             return Err(Error::ReadOnly {
                 what: format!("{target}: the system schema is medlake's"),
             });
+        }
+        let view_of_quarantine = match source.table.strip_suffix(medlake_views::QUARANTINE_SUFFIX) {
+            Some(view) => Some(medlake_lake::TableName::new(&source.schema, view)?),
+            None => None,
+        };
+        let of_view = match &view_of_quarantine {
+            Some(view) => self.shared.views.view(view).await?.is_some(),
+            None => false,
+        };
+        if of_view || self.shared.views.view(&source).await?.is_some() {
+            return Err(medlake_views::Error::WrongObjectType {
+                name: source.to_string(),
+                is: "a materialized view or its quarantine (its rows are protected by the masks and row filters \
+                     of its inputs, which a copy would not carry; CREATE TABLE ... AS SELECT \
+                     copies what you may read)",
+                expected: "a table CLONE can copy",
+            }
+            .into());
         }
         let cloned = self
             .shared

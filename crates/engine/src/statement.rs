@@ -10,6 +10,7 @@
 //! CREATE TABLE [IF NOT EXISTS] t SHALLOW | DEEP CLONE s [VERSION AS OF n | TIMESTAMP AS OF 'ts']
 //! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] name [REFRESH ...] [expectations] AS query
 //! REFRESH MATERIALIZED VIEW name [FULL] [CASCADE]
+//! EXPLAIN REFRESH MATERIALIZED VIEW name
 //! DROP MATERIALIZED VIEW [IF EXISTS] name
 //! SHOW MATERIALIZED VIEWS
 //! ```
@@ -53,6 +54,8 @@ pub enum Statement {
         full: bool,
         cascade: bool,
     },
+    /// `EXPLAIN REFRESH MATERIALIZED VIEW name`
+    ExplainRefresh { name: ObjectName },
     /// `DROP MATERIALIZED VIEW [IF EXISTS] name`
     DropMaterializedView { name: ObjectName, if_exists: bool },
     /// `SHOW MATERIALIZED VIEWS`
@@ -715,6 +718,20 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         "CREATE" => Ok(medlake_views::parse_create(parser)?
             .map(|create| Statement::CreateMaterializedView(Box::new(create)))),
         "REFRESH" => parse_refresh(parser),
+        "EXPLAIN" if second_is(parser, "REFRESH") => {
+            parser.next_token();
+            let Some(Statement::RefreshMaterializedView { name, full, cascade }) =
+                parse_refresh(parser)?
+            else {
+                return Err(syntax("expected REFRESH MATERIALIZED VIEW after EXPLAIN"));
+            };
+            if full || cascade {
+                return Err(syntax(
+                    "EXPLAIN REFRESH MATERIALIZED VIEW takes a view name only (no FULL or CASCADE)",
+                ));
+            }
+            Ok(Some(Statement::ExplainRefresh { name }))
+        }
         "DROP" if second_is(parser, "MATERIALIZED") => parse_drop_materialized_view(parser),
         "SHOW" if second_is(parser, "MATERIALIZED") => parse_show_materialized_views(parser),
         "DESCRIBE" | "DESC" => parse_describe_history(parser),

@@ -3,6 +3,7 @@
 //! ```sql
 //! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] schema.name
 //!     [REFRESH EVERY '5 minutes' | REFRESH CRON '0 * * * *']
+//!     [REFRESH POLICY AUTO | INCREMENTAL | INCREMENTAL STRICT | FULL]
 //!     [( ] [CONSTRAINT rule EXPECT (boolean expression)
 //!         [ON VIOLATION DROP ROW | ON VIOLATION FAIL UPDATE | ON VIOLATION QUARANTINE]] [, ...] [ )]
 //! AS { query | AUTO CDC FROM source KEYS (...) SEQUENCE BY ... [...] }
@@ -36,6 +37,41 @@ pub enum Schedule {
     Every { seconds: u64 },
     /// `REFRESH CRON '0 * * * *'` (UTC)
     Cron { expression: String },
+}
+
+/// How a view chooses between an incremental and a full refresh (`REFRESH POLICY`, as in
+/// Databricks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshPolicy {
+    /// Incremental where the query allows it, unless the changes are a large part of the
+    /// inputs (see [`crate::AUTO_FULL_FRACTION`]): then recomputing is cheaper.
+    #[default]
+    Auto,
+    /// Incremental wherever the query allows it, however large the changes.
+    Incremental,
+    /// Incremental or nothing: a refresh that would have to recompute fails instead, and a
+    /// query that cannot be refreshed incrementally is refused when the view is created.
+    IncrementalStrict,
+    /// Always recompute.
+    Full,
+}
+
+impl RefreshPolicy {
+    pub fn is_auto(&self) -> bool {
+        *self == RefreshPolicy::Auto
+    }
+}
+
+impl fmt::Display for RefreshPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RefreshPolicy::Auto => "AUTO",
+            RefreshPolicy::Incremental => "INCREMENTAL",
+            RefreshPolicy::IncrementalStrict => "INCREMENTAL STRICT",
+            RefreshPolicy::Full => "FULL",
+        })
+    }
 }
 
 /// The shortest `REFRESH EVERY` interval: one second.
@@ -208,6 +244,10 @@ pub struct ViewDefinition {
     /// desugared from. Absent in definitions stored before AUTO CDC existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_cdc: Option<AutoCdc>,
+    /// `REFRESH POLICY ...`; stored only when not `AUTO`, so definitions written before
+    /// policies existed read (and compare) as they were.
+    #[serde(default, skip_serializing_if = "RefreshPolicy::is_auto")]
+    pub policy: RefreshPolicy,
 }
 
 impl ViewDefinition {
@@ -216,6 +256,9 @@ impl ViewDefinition {
         let mut sql = format!("CREATE MATERIALIZED VIEW {schema}.{name}");
         if let Some(schedule) = &self.schedule {
             sql.push_str(&format!(" REFRESH {schedule}"));
+        }
+        if !self.policy.is_auto() {
+            sql.push_str(&format!(" REFRESH POLICY {}", self.policy));
         }
         for expectation in &self.expectations {
             sql.push_str(&format!(" {expectation}"));
@@ -310,7 +353,7 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
         ));
     }
     let name = parser.parse_object_name(false).map_err(syntax)?;
-    let (schedule, expectations) = parse_options(parser)?;
+    let (schedule, policy, expectations) = parse_options(parser)?;
     if !parser.parse_keyword(Keyword::AS) {
         return Err(syntax(format!(
             "expected AS before the view's query, found '{}'",
@@ -323,6 +366,7 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
         expectations,
         default_schema: String::new(),
         auto_cdc: None,
+        policy,
     };
     if let Some(cdc) = auto_cdc::parse(parser)? {
         // The query is computed from the source's columns: see `ViewDefinition::resolve`.
@@ -347,12 +391,19 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
 }
 
 /// `REFRESH ...` and the expectations, in any order, up to `AS`.
-fn parse_options(parser: &mut Parser<'_>) -> Result<(Option<Schedule>, Vec<Expectation>)> {
+type Options = (Option<Schedule>, RefreshPolicy, Vec<Expectation>);
+
+fn parse_options(parser: &mut Parser<'_>) -> Result<Options> {
     let mut schedule = None;
+    let mut policy = None;
     let mut expectations: Vec<Expectation> = Vec::new();
     loop {
         if word(parser, "REFRESH") {
-            if schedule.replace(parse_schedule(parser)?).is_some() {
+            if word(parser, "POLICY") {
+                if policy.replace(parse_policy(parser)?).is_some() {
+                    return Err(syntax("REFRESH POLICY is given twice"));
+                }
+            } else if schedule.replace(parse_schedule(parser)?).is_some() {
                 return Err(syntax("REFRESH is given twice"));
             }
         } else if parser.peek_token().token == Token::LParen {
@@ -379,7 +430,27 @@ fn parse_options(parser: &mut Parser<'_>) -> Result<(Option<Schedule>, Vec<Expec
             });
         }
     }
-    Ok((schedule, expectations))
+    Ok((schedule, policy.unwrap_or_default(), expectations))
+}
+
+/// `AUTO | INCREMENTAL [STRICT] | FULL`, after `REFRESH POLICY`.
+fn parse_policy(parser: &mut Parser<'_>) -> Result<RefreshPolicy> {
+    if word(parser, "AUTO") {
+        Ok(RefreshPolicy::Auto)
+    } else if word(parser, "INCREMENTAL") {
+        if word(parser, "STRICT") {
+            Ok(RefreshPolicy::IncrementalStrict)
+        } else {
+            Ok(RefreshPolicy::Incremental)
+        }
+    } else if word(parser, "FULL") {
+        Ok(RefreshPolicy::Full)
+    } else {
+        Err(syntax(format!(
+            "expected AUTO, INCREMENTAL, INCREMENTAL STRICT or FULL after REFRESH POLICY, found '{}'",
+            parser.peek_token().token
+        )))
+    }
 }
 
 /// `EVERY '5 minutes'` or `CRON '0 * * * *'`, after `REFRESH`.

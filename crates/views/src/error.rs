@@ -72,6 +72,13 @@ pub enum Error {
         why: String,
     },
 
+    /// The view's `REFRESH POLICY` is `INCREMENTAL STRICT` and this refresh would have to
+    /// recompute the view: 55000.
+    #[error(
+        "'{view}' was not refreshed: its REFRESH POLICY is INCREMENTAL STRICT, and {reason} (REFRESH MATERIALIZED VIEW ... FULL recomputes it)"
+    )]
+    NotIncremental { view: String, reason: String },
+
     /// The view's owner may no longer run its query (a refresh runs as its owner): 42501.
     #[error("refresh of '{view}' refused: {reason}")]
     RefreshRefused { view: String, reason: String },

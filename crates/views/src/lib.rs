@@ -24,11 +24,11 @@ pub mod system;
 
 pub use auto_cdc::{AutoCdc, CdcColumns, ScdType};
 pub use definition::{
-    CreateView, Expectation, OnViolation, Schedule, ViewDefinition, parse_create,
+    CreateView, Expectation, OnViolation, RefreshPolicy, Schedule, ViewDefinition, parse_create,
 };
 pub use error::{Error, Result};
 pub use refresh::{
-    QUARANTINE_SUFFIX, RefreshAuthority, RefreshOutcome, RefreshState, Status, Trigger, View,
+    AUTO_FULL_FRACTION, InputVolume, QUARANTINE_SUFFIX, RefreshAuthority, RefreshPlan, RefreshOutcome, RefreshState, Status, Trigger, View,
     Views, error_chain, topological,
 };
 pub use scheduler::Scheduler;

@@ -37,7 +37,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use medlake_source::{External, Registry, Watermarked};
 
-use crate::definition::{CreateView, ViewDefinition};
+use crate::definition::{CreateView, RefreshPolicy, ViewDefinition};
 use crate::error::{Error, Result};
 use crate::expect::{Checks, ExpectationsExec, PlannedTable, Rule};
 use crate::history;
@@ -49,6 +49,13 @@ pub use crate::outcome::{RefreshOutcome, Status, Trigger};
 const METADATA_KEY: &str = "medlake";
 /// More changed groups than this and a grouped view refreshes fully.
 const MAX_CHANGED_GROUPS: usize = 100_000;
+/// Above this fraction of changed rows (gained plus lost, over the changed inputs' rows),
+/// `REFRESH POLICY AUTO` recomputes a keyed view (GROUP BY, windows), or a linear one whose
+/// inputs lost rows, instead of patching it: those plans read the input of every touched key
+/// and rewrite the touched view rows, which for most of the table costs more than a full
+/// refresh. Appends to a linear view are always incremental (they read only the new rows).
+/// A starting point, not yet tuned against a release-build benchmark.
+pub const AUTO_FULL_FRACTION: f64 = 0.5;
 /// The suffix of a view's quarantine table (`silver.readings_quarantine`).
 pub const QUARANTINE_SUFFIX: &str = "_quarantine";
 
@@ -158,6 +165,45 @@ impl Pinned {
     }
 }
 
+/// What a refresh of a view would do now, without doing it (`EXPLAIN REFRESH MATERIALIZED
+/// VIEW`).
+#[derive(Clone, Debug)]
+pub struct RefreshPlan {
+    pub view: TableName,
+    pub policy: RefreshPolicy,
+    /// `incremental`, `full`, `none` (nothing changed) or `refused` (`INCREMENTAL STRICT`
+    /// and the refresh would have to recompute).
+    pub mode: &'static str,
+    /// What `system.refreshes.reason` would say (or the refusal).
+    pub reason: String,
+    /// One entry per changed input.
+    pub inputs: Vec<InputVolume>,
+}
+
+/// How much one changed input of a view changed since the view's last refresh.
+#[derive(Clone, Debug)]
+pub struct InputVolume {
+    pub table: TableName,
+    /// The Delta versions the change spans (`None` for an external input, or an input the
+    /// view has not read before).
+    pub from_version: Option<u64>,
+    pub to_version: Option<u64>,
+    /// Rows gained and lost, and the input's rows now: Delta inputs whose changes an
+    /// incremental plan reads (`None` otherwise).
+    pub inserted: Option<u64>,
+    pub removed: Option<u64>,
+    pub rows: Option<u64>,
+}
+
+/// What a refresh does, decided from the view's policy and what changed.
+enum Decision {
+    /// Nothing changed.
+    Skip(String),
+    Run(Plan, String),
+    /// `INCREMENTAL STRICT`, and the plan is full.
+    Refuse(String),
+}
+
 enum Plan {
     Full,
     /// Append the query over the changes (and remove what it yields over removed rows).
@@ -166,6 +212,25 @@ enum Plan {
     Distinct(Vec<InputChange>),
     /// Recompute the partitions the changes touch.
     Keyed(Vec<InputChange>, Box<incremental::Keyed>),
+}
+
+impl Plan {
+    fn changes(&self) -> &[InputChange] {
+        match self {
+            Plan::Full => &[],
+            Plan::Linear(changes) | Plan::Distinct(changes) | Plan::Keyed(changes, _) => changes,
+        }
+    }
+
+    /// Whether the incremental plan reads more than the changed rows and rewrites view rows
+    /// (so that for large changes a full refresh is cheaper).
+    fn rewrites(&self) -> bool {
+        match self {
+            Plan::Keyed(..) => true,
+            Plan::Linear(changes) => changes.iter().any(|c| c.removed.is_some()),
+            Plan::Full | Plan::Distinct(_) => false,
+        }
+    }
 }
 
 /// What one changed input of a view gained and lost since the view's last refresh.
@@ -565,6 +630,7 @@ impl Views {
         let span = info_span!("create_view", view = %name, refresh_id = %id);
         let result = async {
             let pinned = self.pin(name, &definition).await?;
+            check_strict(&definition, &pinned)?;
             let checks = self.checks(
                 &pinned.ctx,
                 name,
@@ -913,34 +979,41 @@ impl Views {
         let replacing = replace.is_some();
         let definition = replace.unwrap_or_else(|| view.definition.clone());
         let pinned = self.pin(name, &definition).await?;
+        if replacing {
+            check_strict(&definition, &pinned)?;
+        }
         let inputs = pinned.versions();
         let (plan, reason) = if replacing {
             (Plan::Full, "the definition was replaced".to_string())
         } else if full {
             (Plan::Full, "FULL was asked for".to_string())
         } else {
-            let changed = changed_inputs(&view, &pinned);
-            if changed.is_empty() {
-                return Ok(RefreshOutcome {
-                    view: name.clone(),
-                    refresh_id: id.to_string(),
-                    trigger,
-                    started,
-                    finished: Utc::now(),
-                    mode: "none",
-                    reason: format!(
-                        "no input changed since the last refresh (view version {})",
-                        view.version
-                    ),
-                    inputs,
-                    rows_written: 0,
-                    version: Some(view.version),
-                    status: Status::Skipped,
-                    error: None,
-                    expectations: Vec::new(),
-                });
+            match self.decide(&view, &definition, &pinned, false).await.0 {
+                Decision::Run(plan, reason) => (plan, reason),
+                Decision::Refuse(reason) => {
+                    return Err(Error::NotIncremental {
+                        view: name.to_string(),
+                        reason,
+                    });
+                }
+                Decision::Skip(reason) => {
+                    return Ok(RefreshOutcome {
+                        view: name.clone(),
+                        refresh_id: id.to_string(),
+                        trigger,
+                        started,
+                        finished: Utc::now(),
+                        mode: "none",
+                        reason,
+                        inputs,
+                        rows_written: 0,
+                        version: Some(view.version),
+                        status: Status::Skipped,
+                        error: None,
+                        expectations: Vec::new(),
+                    });
+                }
             }
-            self.incremental_plan(&definition, &pinned, &changed).await
         };
         if let Some(authority) = self.inner.authority.get() {
             authority
@@ -1017,6 +1090,89 @@ impl Views {
                 counts
             },
         })
+    }
+
+    /// `EXPLAIN REFRESH MATERIALIZED VIEW name`: what a refresh would do now, with the
+    /// volume of each changed input, without writing anything.
+    pub async fn explain_refresh(&self, name: &TableName) -> Result<RefreshPlan> {
+        let Some(view) = self.view(name).await? else {
+            return Err(Error::WrongObjectType {
+                name: name.to_string(),
+                is: "a table",
+                expected: "a materialized view",
+            });
+        };
+        let pinned = self.pin(name, &view.definition).await?;
+        let (decision, inputs) = self.decide(&view, &view.definition, &pinned, true).await;
+        let (mode, reason) = match decision {
+            Decision::Skip(reason) => ("none", reason),
+            Decision::Run(Plan::Full, reason) => ("full", reason),
+            Decision::Run(_, reason) => ("incremental", reason),
+            Decision::Refuse(reason) => ("refused", reason),
+        };
+        Ok(RefreshPlan {
+            view: name.clone(),
+            policy: view.definition.policy,
+            mode,
+            reason,
+            inputs,
+        })
+    }
+
+    /// What a refresh of `view` does under its `REFRESH POLICY`, given what changed; with
+    /// the volume of each changed input when `explain` (or when `AUTO` needs it).
+    async fn decide(
+        &self,
+        view: &View,
+        definition: &ViewDefinition,
+        pinned: &Pinned,
+        explain: bool,
+    ) -> (Decision, Vec<InputVolume>) {
+        let changed = changed_inputs(view, pinned);
+        if changed.is_empty() {
+            let reason = format!(
+                "no input changed since the last refresh (view version {})",
+                view.version
+            );
+            return (Decision::Skip(reason), Vec::new());
+        }
+        let policy = definition.policy;
+        let (plan, reason) = if policy == RefreshPolicy::Full && !explain {
+            (Plan::Full, String::new())
+        } else {
+            self.incremental_plan(definition, pinned, &changed).await
+        };
+        let count = explain || (policy == RefreshPolicy::Auto && plan.rewrites());
+        let volumes = volumes(pinned, &changed, &plan, count).await;
+        let decision = match policy {
+            RefreshPolicy::Full => {
+                let names: Vec<String> = changed.iter().map(|(t, _)| t.to_string()).collect();
+                Decision::Run(
+                    Plan::Full,
+                    format!(
+                        "{} changed; REFRESH POLICY FULL recomputes the view",
+                        names.join(", ")
+                    ),
+                )
+            }
+            RefreshPolicy::IncrementalStrict if matches!(plan, Plan::Full) => {
+                Decision::Refuse(reason)
+            }
+            RefreshPolicy::Auto if plan.rewrites() && above_auto_fraction(&volumes) => {
+                let said: Vec<&str> = plan.changes().iter().map(|c| c.said.as_str()).collect();
+                Decision::Run(
+                    Plan::Full,
+                    format!(
+                        "{}; the changed rows are more than {}% of the inputs' rows, so REFRESH \
+                         POLICY AUTO recomputes the view",
+                        said.join(", "),
+                        AUTO_FULL_FRACTION * 100.0
+                    ),
+                )
+            }
+            _ => Decision::Run(plan, reason),
+        };
+        (decision, volumes)
     }
 
     /// How to refresh incrementally after the `changed` inputs changed, or why the view is
@@ -1563,6 +1719,110 @@ fn expectation_counts(checks: &Checks) -> Vec<(String, String, &'static str, u64
 }
 
 /// The inputs that changed since the view's last refresh, and how.
+/// `REFRESH POLICY INCREMENTAL STRICT` refuses, when the view is created or replaced, a query
+/// that some change to its inputs would make recompute: every input is taken as changed,
+/// rows lost included.
+fn check_strict(definition: &ViewDefinition, pinned: &Pinned) -> Result<()> {
+    if definition.policy != RefreshPolicy::IncrementalStrict {
+        return Ok(());
+    }
+    let refuse = |reason: String| Error::InvalidDefinition {
+        reason: format!(
+            "REFRESH POLICY INCREMENTAL STRICT, but {reason}, so a refresh would recompute the \
+             view (use REFRESH POLICY AUTO or INCREMENTAL)"
+        ),
+    };
+    for rule in &definition.expectations {
+        let over_time = pinned
+            .ctx
+            .parse_sql_expr(&rule.expression, pinned.plan.schema())
+            .map_or(true, |expr| incremental::time_dependent(&expr));
+        if over_time {
+            return Err(refuse(format!(
+                "expectation '{}' depends on the time of the refresh",
+                rule.name
+            )));
+        }
+    }
+    if let Some((table, _)) = pinned.external.iter().find(|(_, e)| e.watermarked.is_none()) {
+        return Err(refuse(format!(
+            "{table} is an external table without a watermark column (each refresh extracts \
+             it fully)"
+        )));
+    }
+    let tables: Vec<&TableName> = pinned.inputs.keys().collect();
+    if pinned.external.len() > 1 {
+        return Err(refuse(format!(
+            "it reads {} external tables (a refresh handles one changed external input)",
+            pinned.external.len()
+        )));
+    }
+    incremental::analyze(&pinned.plan, &tables, &definition.default_schema, true)
+        .map(|_| ())
+        .map_err(refuse)
+}
+
+/// The volume of each changed input; rows counted when `count` and the plan reads the
+/// input's changes (Delta inputs only: counting an external one would extract it twice).
+async fn volumes(
+    pinned: &Pinned,
+    changed: &[(&TableName, Change)],
+    plan: &Plan,
+    count: bool,
+) -> Vec<InputVolume> {
+    let mut out = Vec::new();
+    for (table, change) in changed {
+        let (from_version, to_version) = match change {
+            Change::Delta { now, before } => (*before, Some(*now)),
+            _ => (None, None),
+        };
+        let mut volume = InputVolume {
+            table: (*table).clone(),
+            from_version,
+            to_version,
+            inserted: None,
+            removed: None,
+            rows: None,
+        };
+        let read = plan.changes().iter().find(|c| &c.table == *table);
+        if let (true, Some(read), Change::Delta { .. }) = (count, read, change) {
+            volume.inserted = count_rows(&pinned.ctx, &read.inserted).await;
+            volume.removed = match &read.removed {
+                Some(removed) => count_rows(&pinned.ctx, removed).await,
+                None => Some(0),
+            };
+            if let Some((_, provider, _)) = pinned.inputs.get(*table) {
+                volume.rows = count_rows(&pinned.ctx, provider).await;
+            }
+        }
+        out.push(volume);
+    }
+    out
+}
+
+async fn count_rows(ctx: &SessionContext, provider: &Arc<dyn TableProvider>) -> Option<u64> {
+    let frame = ctx.read_table(provider.clone()).ok()?;
+    let rows = frame.count().await.ok()?;
+    u64::try_from(rows).ok()
+}
+
+/// Whether the changed rows exceed [`AUTO_FULL_FRACTION`] of the changed inputs' rows (not
+/// when any count is unknown).
+fn above_auto_fraction(volumes: &[InputVolume]) -> bool {
+    let mut changed = 0u64;
+    let mut rows = 0u64;
+    for volume in volumes {
+        let (Some(inserted), Some(removed), Some(now)) =
+            (volume.inserted, volume.removed, volume.rows)
+        else {
+            return false;
+        };
+        changed = changed.saturating_add(inserted).saturating_add(removed);
+        rows = rows.saturating_add(now.max(removed));
+    }
+    rows > 0 && changed as f64 > AUTO_FULL_FRACTION * rows as f64
+}
+
 fn changed_inputs<'a>(view: &View, pinned: &'a Pinned) -> Vec<(&'a TableName, Change)> {
     pinned
         .inputs
