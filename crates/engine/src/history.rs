@@ -68,6 +68,18 @@ pub(crate) fn history_batch(history: &[HistoryEntry]) -> DfResult<RecordBatch> {
     Ok(RecordBatch::try_new(SCHEMA.clone(), columns)?)
 }
 
+/// The name of the function.
+pub(crate) const FUNCTION: &str = "table_history";
+
+/// The table a `table_history('...')` call names, as the function reads it: `table` or
+/// `schema.table` (`None`: not a name the function accepts). The statement's pins
+/// ([`crate::statement::pin_versions`]) read the same parts, so that SELECT on exactly the
+/// table whose history is shown is checked before the query is planned.
+pub(crate) fn target_parts(text: &str) -> Option<Vec<String>> {
+    let parts: Vec<String> = text.split('.').map(str::to_string).collect();
+    (1..=2).contains(&parts.len()).then_some(parts)
+}
+
 /// `table_history('schema.table' [, limit])`
 #[derive(Debug)]
 pub(crate) struct TableHistoryFunction {
@@ -99,9 +111,9 @@ impl TableFunctionImpl for TableHistoryFunction {
         if args.len() > 2 {
             return Err(usage());
         }
-        let name = match name.split('.').collect::<Vec<_>>().as_slice() {
-            [table] => TableName::new(default_schema, *table),
-            [schema, table] => TableName::new(*schema, *table),
+        let name = match target_parts(&name).as_deref() {
+            Some([table]) => TableName::new(default_schema, table),
+            Some([schema, table]) => TableName::new(schema, table),
             _ => return Err(usage()),
         }
         .map_err(|e| DataFusionError::External(Box::new(e)))?;

@@ -1423,6 +1423,15 @@ impl Session {
             self.touch(&needs);
             privileges::check(&self.principal, &state, &needs)?;
             let warehouse = &self.shared.warehouse;
+            if pin.at != statement::Pin::History && self.is_quarantine(&name).await? {
+                return Err(Error::NotSupported {
+                    what: format!(
+                        "reading past versions or changes of {name}, a materialized view's \
+                         quarantine (its rows are protected through the view's current \
+                         definition, which earlier rows may not share); read its current rows"
+                    ),
+                });
+            }
             let provider = match &pin.at {
                 statement::Pin::AsOf(at) => {
                     let (provider, version) = warehouse.table_provider(&name, Some(at)).await?;
@@ -1443,6 +1452,21 @@ impl Session {
                     }
                     provider
                 }
+                statement::Pin::History => {
+                    // The history's row counts would tell what the table's row filter
+                    // hides from this principal.
+                    if self.row_filtered(&name).await? {
+                        return Err(Error::PermissionDenied {
+                            principal: self.principal.name.clone(),
+                            privilege: "SELECT",
+                            object: format!(
+                                "the history of {name} (its row counts would tell rows its row \
+                                 filter hides from you)"
+                            ),
+                        });
+                    }
+                    continue;
+                }
                 statement::Pin::Changes { from, to } => {
                     let view = self.shared.views.view(&name).await?.is_some();
                     changes::provider(warehouse, &name, from, to.as_ref(), view).await?
@@ -1457,9 +1481,20 @@ impl Session {
         Ok(aliases)
     }
 
+    /// Whether `name` is the quarantine table of a materialized view.
+    async fn is_quarantine(&self, name: &TableName) -> Result<bool> {
+        let Some(view) = name.table.strip_suffix(medlake_views::QUARANTINE_SUFFIX) else {
+            return Ok(false);
+        };
+        let Ok(view) = TableName::new(&name.schema, view) else {
+            return Ok(false);
+        };
+        Ok(self.shared.views.view(&view).await?.is_some())
+    }
+
     /// Removes a statement's pins from the time-travel schema (those registered).
     fn deregister_pins(&self, pinned: &[statement::PinnedTable]) -> Result<()> {
-        for pin in pinned {
+        for pin in pinned.iter().filter(|p| p.at != statement::Pin::History) {
             self.shared
                 .catalog
                 .time_travel()
@@ -2015,7 +2050,14 @@ impl Session {
     }
 
     async fn describe_history(&self, name: &TableName, limit: Option<usize>) -> Result<Output> {
-        let history = self.shared.warehouse.history(name, limit).await?;
+        let mut history = self.shared.warehouse.history(name, limit).await?;
+        // Row counts would tell what the table's row filter hides from this principal.
+        if self.row_filtered(name).await? {
+            for entry in &mut history {
+                entry.rows_written = None;
+                entry.metrics = "{}".into();
+            }
+        }
         Ok(Output::batch(history::history_batch(&history)?))
     }
 }

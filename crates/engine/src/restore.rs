@@ -43,15 +43,7 @@ impl Session {
                 what: format!("{target}: the system schema is medlake's"),
             });
         }
-        let view_of_quarantine = match source.table.strip_suffix(medlake_views::QUARANTINE_SUFFIX) {
-            Some(view) => Some(medlake_lake::TableName::new(&source.schema, view)?),
-            None => None,
-        };
-        let of_view = match &view_of_quarantine {
-            Some(view) => self.shared.views.view(view).await?.is_some(),
-            None => false,
-        };
-        if of_view || self.shared.views.view(&source).await?.is_some() {
+        if self.is_quarantine(&source).await? || self.shared.views.view(&source).await?.is_some() {
             return Err(medlake_views::Error::WrongObjectType {
                 name: source.to_string(),
                 is: "a materialized view or its quarantine (its rows are protected by the masks and row filters \

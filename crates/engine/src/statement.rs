@@ -21,7 +21,8 @@ use std::ops::ControlFlow;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    Expr, Ident, ObjectName, TableFactor, TableVersion, Value, VisitMut, VisitorMut,
+    Expr, FunctionArg, FunctionArgExpr, Ident, ObjectName, TableFactor, TableVersion, Value,
+    VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -648,9 +649,14 @@ pub fn refuse_changes_in_view(query: &str) -> Result<()> {
     };
     for mut statement in statements {
         let pinned = pin_versions(&mut statement, 0)?;
-        if pinned.iter().any(|p| matches!(p.at, Pin::Changes { .. })) {
+        for pin in &pinned {
+            let what = match pin.at {
+                Pin::Changes { .. } => "table_changes(...)",
+                Pin::History => "table_history(...)",
+                Pin::AsOf(_) => "VERSION AS OF / TIMESTAMP AS OF (time travel)",
+            };
             return Err(Error::NotSupported {
-                what: "table_changes(...) in a materialized view's query".into(),
+                what: format!("{what} in a materialized view's query"),
             });
         }
     }
@@ -1051,6 +1057,9 @@ pub enum Pin {
         from: TimeTravel,
         to: Option<TimeTravel>,
     },
+    /// `table_history('t' [, limit])`: the table's commit history. The call stays as it is
+    /// (a table function); the pin makes the statement need SELECT on `t`.
+    History,
 }
 
 /// A table reference that asked for a past version or for changes.
@@ -1117,6 +1126,29 @@ impl VisitorMut for Pinner {
             self.error = Some(internal_named());
             return ControlFlow::Break(());
         }
+        if version.is_none() && is_function(name, crate::history::FUNCTION) {
+            let target = args.as_ref().and_then(|call| match call.args.first() {
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => {
+                    match &v.value {
+                        Value::SingleQuotedString(text) => crate::history::target_parts(text),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            });
+            if let Some(parts) = target {
+                if parts.iter().any(|p| internal(p)) {
+                    self.error = Some(internal_named());
+                    return ControlFlow::Break(());
+                }
+                self.pinned.push(PinnedTable {
+                    parts,
+                    at: Pin::History,
+                    alias: String::new(),
+                });
+            }
+            return ControlFlow::Continue(());
+        }
         let changes = args.is_some() && crate::changes::is_call(name);
         let resolved = match (version.take(), args.take()) {
             (None, Some(call)) if changes => crate::changes::parse_call(&call).map(|call| {
@@ -1159,6 +1191,14 @@ impl VisitorMut for Pinner {
                 ControlFlow::Break(())
             }
         }
+    }
+}
+
+/// Whether `name` is the one-part name of the table function `function`.
+fn is_function(name: &ObjectName, function: &str) -> bool {
+    match name.0.as_slice() {
+        [part] => part.as_ident().is_some_and(|i| normalize(i) == function),
+        _ => false,
     }
 }
 

@@ -84,6 +84,17 @@ pub struct Merge {
 impl Warehouse {
     /// Opens `name` at its newest version with a log store that scrubs commitInfo.
     async fn open_scrubbed(&self, name: &TableName, hide: Hide) -> Result<DeltaTable> {
+        self.open_scrubbed_at(name, hide, None).await
+    }
+
+    /// Opens `name` at `version` (its newest when `None`) with a log store that scrubs
+    /// commitInfo: the commits made through it keep no predicate values.
+    pub(crate) async fn open_scrubbed_at(
+        &self,
+        name: &TableName,
+        hide: Hide,
+        version: Option<u64>,
+    ) -> Result<DeltaTable> {
         if !self.table_exists(name).await? {
             return Err(Error::TableNotFound {
                 schema: name.schema.clone(),
@@ -100,7 +111,24 @@ impl Warehouse {
             hide,
         });
         let mut table = DeltaTable::new(store);
-        table.load().await.map_err(delta)?;
+        match version {
+            Some(version) => {
+                let versions = self
+                    .log_versions(&self.path(&[&name.schema, &name.table]))
+                    .await?;
+                if !versions.contains(&version) {
+                    return Err(Error::VersionNotFound {
+                        schema: name.schema.clone(),
+                        table: name.table.clone(),
+                        version,
+                        earliest: versions.first().copied().unwrap_or(0),
+                        latest: versions.last().copied().unwrap_or(0),
+                    });
+                }
+                table.load_version(version).await.map_err(delta)?;
+            }
+            None => table.load().await.map_err(delta)?,
+        }
         Ok(table)
     }
 

@@ -942,12 +942,20 @@ impl Warehouse {
         mode: WriteMode,
         options: &CommitOptions,
     ) -> Result<WriteOutcome> {
-        let table = match options.base_version {
-            Some(version) => {
+        let table = match (&options.replace_where, options.base_version) {
+            // deltalake records a replaceWhere predicate in the commit's commitInfo, where
+            // DESCRIBE HISTORY would show its values (a view's changed keys, read from inputs
+            // whose masks and row filters its readers are held to): the commit keeps none.
+            (Some(_), version) if mode == WriteMode::Overwrite => {
+                let hide: crate::dml::Hide =
+                    Arc::new(|_: &str| "the rows of the changed keys".to_string());
+                self.open_scrubbed_at(name, hide, version).await?
+            }
+            (_, Some(version)) => {
                 self.open_table_as_of(name, Some(&TimeTravel::Version(version)))
                     .await?
             }
-            None => self.open_table(name).await?,
+            (_, None) => self.open_table(name).await?,
         };
         let schema = table
             .snapshot()
@@ -1519,7 +1527,7 @@ impl Warehouse {
     }
 
     /// The commit versions present in a table folder's log, ascending.
-    async fn log_versions(&self, folder: &Path) -> Result<Vec<u64>> {
+    pub(crate) async fn log_versions(&self, folder: &Path) -> Result<Vec<u64>> {
         let log = folder.clone().join(DELTA_LOG);
         let listing = self
             .store

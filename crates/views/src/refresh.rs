@@ -56,6 +56,9 @@ const MAX_CHANGED_GROUPS: usize = 100_000;
 /// refresh. Appends to a linear view are always incremental (they read only the new rows).
 /// A starting point, not yet tuned against a release-build benchmark.
 pub const AUTO_FULL_FRACTION: f64 = 0.5;
+/// Below this many input rows `REFRESH POLICY AUTO` does not weigh the change: either plan
+/// takes moments, and the incremental one writes less.
+pub const AUTO_MIN_ROWS: u64 = 10_000;
 /// The suffix of a view's quarantine table (`silver.readings_quarantine`).
 pub const QUARANTINE_SUFFIX: &str = "_quarantine";
 
@@ -559,7 +562,7 @@ impl Views {
         let quarantine = if quarantine {
             Some((
                 self.inner.warehouse.clone(),
-                TableName::new(&name.schema, format!("{}{QUARANTINE_SUFFIX}", name.table))?,
+                quarantine_of(name)?,
             ))
         } else {
             None
@@ -695,7 +698,7 @@ impl Views {
         Ok(Some(outcome))
     }
 
-    /// `DROP MATERIALIZED VIEW [IF EXISTS] name`. Its quarantine table, if any, stays.
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] name`, and its quarantine table.
     pub async fn drop(&self, name: &TableName, if_exists: bool) -> Result<bool> {
         if !self.inner.warehouse.table_exists(name).await? {
             return if if_exists {
@@ -715,7 +718,19 @@ impl Views {
         }
         let _running = self.start(name)?;
         self.inner.warehouse.drop_table(name, false).await?;
+        self.drop_quarantine(name).await?;
         Ok(true)
+    }
+
+    /// Drops a view's quarantine table, if it has one. Its rows are protected by the view's
+    /// lineage (the masks and row filters of the view's inputs), which it would lose with the
+    /// view or with a definition that no longer quarantines.
+    async fn drop_quarantine(&self, view: &TableName) -> Result<()> {
+        let quarantine = quarantine_of(view)?;
+        if self.inner.warehouse.table_exists(&quarantine).await? {
+            self.inner.warehouse.drop_table(&quarantine, true).await?;
+        }
+        Ok(())
     }
 
     /// `REFRESH MATERIALIZED VIEW name [FULL] [CASCADE]`. With `cascade`, the views it reads
@@ -1071,6 +1086,15 @@ impl Views {
                     .or_else(|| pinned.source_failure())
                     .unwrap_or(Error::Lake(e))
             })?;
+        let quarantines = definition
+            .expectations
+            .iter()
+            .any(|e| e.on_violation == crate::OnViolation::Quarantine);
+        if replacing && !quarantines {
+            // Rows quarantined under the old definition would be read through the new one's
+            // lineage.
+            self.drop_quarantine(name).await?;
+        }
         Ok(RefreshOutcome {
             view: name.clone(),
             refresh_id: id.to_string(),
@@ -1806,8 +1830,8 @@ async fn count_rows(ctx: &SessionContext, provider: &Arc<dyn TableProvider>) -> 
     u64::try_from(rows).ok()
 }
 
-/// Whether the changed rows exceed [`AUTO_FULL_FRACTION`] of the changed inputs' rows (not
-/// when any count is unknown).
+/// Whether the changed rows exceed [`AUTO_FULL_FRACTION`] of the changed inputs' rows, those
+/// being at least [`AUTO_MIN_ROWS`] (not when any count is unknown).
 fn above_auto_fraction(volumes: &[InputVolume]) -> bool {
     let mut changed = 0u64;
     let mut rows = 0u64;
@@ -1820,7 +1844,15 @@ fn above_auto_fraction(volumes: &[InputVolume]) -> bool {
         changed = changed.saturating_add(inserted).saturating_add(removed);
         rows = rows.saturating_add(now.max(removed));
     }
-    rows > 0 && changed as f64 > AUTO_FULL_FRACTION * rows as f64
+    rows >= AUTO_MIN_ROWS && changed as f64 > AUTO_FULL_FRACTION * rows as f64
+}
+
+/// The quarantine table of `view` (`silver.readings_quarantine`).
+pub fn quarantine_of(view: &TableName) -> Result<TableName> {
+    Ok(TableName::new(
+        &view.schema,
+        format!("{}{QUARANTINE_SUFFIX}", view.table),
+    )?)
 }
 
 fn changed_inputs<'a>(view: &View, pinned: &'a Pinned) -> Vec<(&'a TableName, Change)> {

@@ -415,11 +415,18 @@ impl Session {
     /// carries a row filter, whose hidden rows the count would reveal (the local operator
     /// sees it).
     pub(crate) async fn reportable_rows(&self, view: &TableName, rows: u64) -> Result<u64> {
+        Ok(if self.row_filtered(view).await? { 0 } else { rows })
+    }
+
+    /// Whether a row filter of `table` (its own, or one its lineage carries) holds for this
+    /// session's principal: counts of its rows would then tell what the filter hides (the
+    /// local operator is held to none).
+    pub(crate) async fn row_filtered(&self, table: &TableName) -> Result<bool> {
         if self.principal.kind == medlake_auth::PrincipalKind::Local {
-            return Ok(rows);
+            return Ok(false);
         }
         let state = self.access_state().await?;
-        let key: TableKey = (view.schema.clone(), view.table.clone());
+        let key: TableKey = (table.schema.clone(), table.table.clone());
         let policies = self
             .shared
             .access
@@ -431,10 +438,9 @@ impl Session {
                 [key.clone()],
             )
             .await?;
-        let filtered = policies
+        Ok(policies
             .get(&key)
-            .is_some_and(|p| !p.filters.is_empty() || p.refused.is_some());
-        Ok(if filtered { 0 } else { rows })
+            .is_some_and(|p| !p.filters.is_empty() || p.refused.is_some()))
     }
 
     /// Forgets a view's DECLASSIFY (its definition is being replaced).

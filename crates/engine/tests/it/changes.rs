@@ -436,3 +436,138 @@ async fn a_redefined_views_older_versions_are_not_read_by_time_travel() {
         assert_eq!(err.code().sqlstate(), "42809", "{source}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_views_history_keeps_no_values_of_the_keys_a_refresh_rewrote() {
+    // Keyed and multiset refreshes overwrite the view rows of the changed keys (a Delta
+    // replaceWhere): the predicate naming those keys must not reach the commit log, where
+    // DESCRIBE HISTORY would show the analyst unmasked MRNs.
+    let (_dir, engine) = scratch().await;
+    engine.sql(SETUP).await.unwrap();
+    engine
+        .sql(
+            "CREATE MATERIALIZED VIEW gold.by_mrn AS SELECT mrn, ward, count(*) AS n FROM silver.patients GROUP BY mrn, ward;
+             CREATE MATERIALIZED VIEW gold.rows AS SELECT patient_id, mrn, ward FROM silver.patients;
+             INSERT INTO silver.patients VALUES (7, 'MRN-0007', 'Seven', 'icu');
+             UPDATE silver.patients SET ward = 'icu' WHERE patient_id = 1;
+             REFRESH MATERIALIZED VIEW gold.by_mrn;
+             REFRESH MATERIALIZED VIEW gold.rows;",
+        )
+        .await
+        .unwrap();
+    let local = engine.local_session();
+    let modes = text(
+        &local,
+        "SELECT view, mode FROM system.refreshes WHERE trigger = 'manual' ORDER BY view",
+    )
+    .await;
+    assert_eq!(modes.matches("incremental").count(), 2, "{modes}");
+    let analyst = user(&engine, "ann", Role::None, &["analyst"]);
+    for view in ["gold.by_mrn", "gold.rows"] {
+        for sql in [
+            format!("DESCRIBE HISTORY {view}"),
+            format!("SELECT * FROM table_history('{view}')"),
+        ] {
+            let history = text(&local, &sql).await;
+            assert!(!history.contains("MRN-0"), "{sql}: {history}");
+        }
+        // The view inherits silver.patients' row filter: the analyst's history has no
+        // counts, and no values either.
+        let history = text(&analyst, &format!("DESCRIBE HISTORY {view}")).await;
+        assert!(!history.contains("MRN-0"), "{history}");
+    }
+}
+
+#[tokio::test]
+async fn history_needs_select_on_its_table_and_tells_no_filtered_counts() {
+    let (_dir, engine) = scratch().await;
+    engine.sql(SETUP).await.unwrap();
+    // Only SELECT on gold: the history of silver's table is not theirs to read, whatever
+    // the default schema.
+    let nobody = user(&engine, "nob", Role::None, &[]);
+    engine
+        .sql("CREATE TABLE gold.g (x INT); GRANT SELECT ON SCHEMA gold TO nob")
+        .await
+        .unwrap();
+    nobody.set_default_schema("gold").unwrap();
+    for sql in [
+        "SELECT * FROM table_history('silver.patients')",
+        "SELECT count(*) FROM (SELECT * FROM table_history('silver.patients', 3)) h",
+        "SELECT * FROM gold.g, table_history('silver.patients')",
+        "DESCRIBE HISTORY silver.patients",
+    ] {
+        assert_eq!(outcome(&nobody, sql).await, "42501", "{sql}");
+    }
+    assert_eq!(
+        outcome(&nobody, "SELECT * FROM table_history('g')").await,
+        "ok"
+    );
+    // The analyst reads silver.patients through a row filter: history's row counts would
+    // tell the rows it hides, so table_history is refused and DESCRIBE HISTORY shows none.
+    let analyst = user(&engine, "ann", Role::None, &["analyst"]);
+    assert_eq!(
+        outcome(&analyst, "SELECT * FROM table_history('silver.patients')").await,
+        "42501"
+    );
+    let history = text(
+        &analyst,
+        "DESCRIBE HISTORY silver.patients",
+    )
+    .await;
+    assert!(!history.contains("num_deleted_rows"), "{history}");
+    let local = text(&engine.local_session(), "DESCRIBE HISTORY silver.patients").await;
+    assert!(local.contains("num_deleted_rows"), "{local}");
+}
+
+#[tokio::test]
+async fn a_quarantine_follows_its_view() {
+    let (_dir, engine) = scratch().await;
+    engine.sql(SETUP).await.unwrap();
+    engine
+        .sql(
+            "CREATE MATERIALIZED VIEW gold.ids CONSTRAINT k EXPECT (patient_id > 1) ON VIOLATION QUARANTINE
+                 AS SELECT patient_id, ward, mrn AS id FROM silver.patients;
+             INSERT INTO silver.patients VALUES (0, 'MRN-0000', 'Zero', 'icu');
+             REFRESH MATERIALIZED VIEW gold.ids;",
+        )
+        .await
+        .unwrap();
+    let analyst = user(&engine, "ann", Role::None, &["analyst"]);
+    let rows = text(&analyst, "SELECT id FROM gold.ids_quarantine").await;
+    assert!(rows.contains("MRN-****") && !rows.contains("MRN-000"), "{rows}");
+    // Its past is not read (rows of an earlier definition would take the current lineage).
+    for sql in [
+        "SELECT id FROM gold.ids_quarantine VERSION AS OF 0",
+        "SELECT id FROM table_changes('gold.ids_quarantine', 0)",
+    ] {
+        assert_eq!(outcome(&analyst, sql).await, "0A000", "{sql}");
+    }
+    // A definition without QUARANTINE takes the quarantine away with the old lineage.
+    engine
+        .sql("CREATE OR REPLACE MATERIALIZED VIEW gold.ids AS SELECT patient_id, ward, CAST(patient_id AS VARCHAR) AS id FROM silver.patients")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&analyst, "SELECT id FROM gold.ids_quarantine").await,
+        "42P01"
+    );
+    // DROP MATERIALIZED VIEW drops its quarantine too.
+    engine
+        .sql(
+            "CREATE OR REPLACE MATERIALIZED VIEW gold.ids CONSTRAINT k EXPECT (patient_id > 1) ON VIOLATION QUARANTINE
+                 AS SELECT patient_id, ward, mrn AS id FROM silver.patients;
+             DROP MATERIALIZED VIEW gold.ids;",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&engine.local_session(), "SELECT * FROM gold.ids_quarantine").await,
+        "42P01"
+    );
+    // Time travel inside a view's query is refused, not silently ignored.
+    let err = engine
+        .sql("CREATE MATERIALIZED VIEW gold.old AS SELECT * FROM silver.patients VERSION AS OF 1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "0A000", "{err}");
+}
