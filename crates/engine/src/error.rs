@@ -155,9 +155,7 @@ fn views_code(e: &medlake_views::Error) -> Code {
         V::RefreshRunning { .. } => Code::ObjectInUse,
         V::RefreshRefused { .. } => Code::InsufficientPrivilege,
         V::ExpectationFailed { .. } => Code::CheckViolation,
-        V::UpstreamFailed { .. } | V::NotIncremental { .. } => {
-            Code::ObjectNotInPrerequisiteState
-        }
+        V::UpstreamFailed { .. } | V::NotIncremental { .. } => Code::ObjectNotInPrerequisiteState,
         V::Lake(e) => lake_code(e),
         V::DataFusion(e) => datafusion_code(e),
         V::Source { source, .. } => source_code(source),

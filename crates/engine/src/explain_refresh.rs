@@ -35,8 +35,8 @@ pub(crate) fn schema() -> SchemaRef {
 impl Session {
     pub(crate) async fn explain_refresh(&self, name: &TableName) -> Result<Output> {
         let plan = self.shared.views.explain_refresh(name).await?;
-        let counts = self.principal.is_admin()
-            || self.principal.kind == medlake_auth::PrincipalKind::Local;
+        let counts =
+            self.principal.is_admin() || self.principal.kind == medlake_auth::PrincipalKind::Local;
         let rows = plan.inputs.len().max(1);
         let repeat = |value: String| -> ArrayRef {
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
@@ -44,19 +44,18 @@ impl Session {
             )))
         };
         let number = |value: Option<u64>| value.and_then(|v| i64::try_from(v).ok());
-        let column = |pick: &dyn Fn(&medlake_views::InputVolume) -> Option<u64>,
-                      shown: bool|
-         -> ArrayRef {
-            let values: Vec<Option<i64>> = if plan.inputs.is_empty() {
-                vec![None]
-            } else {
-                plan.inputs
-                    .iter()
-                    .map(|input| if shown { number(pick(input)) } else { None })
-                    .collect()
+        let column =
+            |pick: &dyn Fn(&medlake_views::InputVolume) -> Option<u64>, shown: bool| -> ArrayRef {
+                let values: Vec<Option<i64>> = if plan.inputs.is_empty() {
+                    vec![None]
+                } else {
+                    plan.inputs
+                        .iter()
+                        .map(|input| if shown { number(pick(input)) } else { None })
+                        .collect()
+                };
+                Arc::new(Int64Array::from(values))
             };
-            Arc::new(Int64Array::from(values))
-        };
         let inputs: ArrayRef = Arc::new(StringArray::from(if plan.inputs.is_empty() {
             vec![None]
         } else {

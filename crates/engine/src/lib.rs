@@ -1270,9 +1270,7 @@ impl Session {
                 ("remote_table", T::Utf8),
                 ("status", T::Utf8),
             ]))),
-            Statement::ExplainRefresh { .. } => {
-                Ok(no_parameters(Some(explain_refresh::schema())))
-            }
+            Statement::ExplainRefresh { .. } => Ok(no_parameters(Some(explain_refresh::schema()))),
             Statement::CreateMaterializedView(_)
             | Statement::RefreshMaterializedView { .. }
             | Statement::DropMaterializedView { .. } => Ok(no_parameters(None)),

@@ -726,8 +726,11 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         "REFRESH" => parse_refresh(parser),
         "EXPLAIN" if second_is(parser, "REFRESH") => {
             parser.next_token();
-            let Some(Statement::RefreshMaterializedView { name, full, cascade }) =
-                parse_refresh(parser)?
+            let Some(Statement::RefreshMaterializedView {
+                name,
+                full,
+                cascade,
+            }) = parse_refresh(parser)?
             else {
                 return Err(syntax("expected REFRESH MATERIALIZED VIEW after EXPLAIN"));
             };

@@ -242,6 +242,17 @@ pub(crate) fn analyze(
     {
         return Ok(Shape::Distinct);
     }
+    let keyed_node = plan
+        .exists(|node| {
+            Ok(matches!(
+                node,
+                LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Distinct(_)
+            ))
+        })
+        .unwrap_or(false);
+    if !keyed_node {
+        return Err(linear_reason);
+    }
     match keyed(plan, changed, default_schema) {
         Ok(keyed) => Ok(Shape::Keyed(Box::new(keyed))),
         Err(Some(reason)) => Err(reason),

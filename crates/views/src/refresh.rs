@@ -560,10 +560,7 @@ impl Views {
             });
         }
         let quarantine = if quarantine {
-            Some((
-                self.inner.warehouse.clone(),
-                quarantine_of(name)?,
-            ))
+            Some((self.inner.warehouse.clone(), quarantine_of(name)?))
         } else {
             None
         };
@@ -1768,7 +1765,11 @@ fn check_strict(definition: &ViewDefinition, pinned: &Pinned) -> Result<()> {
             )));
         }
     }
-    if let Some((table, _)) = pinned.external.iter().find(|(_, e)| e.watermarked.is_none()) {
+    if let Some((table, _)) = pinned
+        .external
+        .iter()
+        .find(|(_, e)| e.watermarked.is_none())
+    {
         return Err(refuse(format!(
             "{table} is an external table without a watermark column (each refresh extracts \
              it fully)"
@@ -1842,7 +1843,9 @@ fn above_auto_fraction(volumes: &[InputVolume]) -> bool {
             return false;
         };
         changed = changed.saturating_add(inserted).saturating_add(removed);
-        rows = rows.saturating_add(now.max(removed));
+        // The larger of the input's rows before and after the change.
+        let before = now.saturating_add(removed).saturating_sub(inserted);
+        rows = rows.saturating_add(now.max(before));
     }
     rows >= AUTO_MIN_ROWS && changed as f64 > AUTO_FULL_FRACTION * rows as f64
 }

@@ -415,7 +415,11 @@ impl Session {
     /// carries a row filter, whose hidden rows the count would reveal (the local operator
     /// sees it).
     pub(crate) async fn reportable_rows(&self, view: &TableName, rows: u64) -> Result<u64> {
-        Ok(if self.row_filtered(view).await? { 0 } else { rows })
+        Ok(if self.row_filtered(view).await? {
+            0
+        } else {
+            rows
+        })
     }
 
     /// Whether a row filter of `table` (its own, or one its lineage carries) holds for this

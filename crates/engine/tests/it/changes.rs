@@ -430,7 +430,9 @@ async fn a_redefined_views_older_versions_are_not_read_by_time_travel() {
     // is refused (a copy would be read without the masks of the view's inputs).
     for source in ["gold.ids", "gold.ids_quarantine"] {
         let err = engine
-            .sql(&format!("CREATE TABLE gold.copy SHALLOW CLONE {source} VERSION AS OF 0"))
+            .sql(&format!(
+                "CREATE TABLE gold.copy SHALLOW CLONE {source} VERSION AS OF 0"
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code().sqlstate(), "42809", "{source}: {err}");
@@ -509,11 +511,7 @@ async fn history_needs_select_on_its_table_and_tells_no_filtered_counts() {
         outcome(&analyst, "SELECT * FROM table_history('silver.patients')").await,
         "42501"
     );
-    let history = text(
-        &analyst,
-        "DESCRIBE HISTORY silver.patients",
-    )
-    .await;
+    let history = text(&analyst, "DESCRIBE HISTORY silver.patients").await;
     assert!(!history.contains("num_deleted_rows"), "{history}");
     let local = text(&engine.local_session(), "DESCRIBE HISTORY silver.patients").await;
     assert!(local.contains("num_deleted_rows"), "{local}");
@@ -534,7 +532,10 @@ async fn a_quarantine_follows_its_view() {
         .unwrap();
     let analyst = user(&engine, "ann", Role::None, &["analyst"]);
     let rows = text(&analyst, "SELECT id FROM gold.ids_quarantine").await;
-    assert!(rows.contains("MRN-****") && !rows.contains("MRN-000"), "{rows}");
+    assert!(
+        rows.contains("MRN-****") && !rows.contains("MRN-000"),
+        "{rows}"
+    );
     // Its past is not read (rows of an earlier definition would take the current lineage).
     for sql in [
         "SELECT id FROM gold.ids_quarantine VERSION AS OF 0",
