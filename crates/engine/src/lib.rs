@@ -1434,19 +1434,18 @@ impl Session {
                 statement::Pin::AsOf(at) => {
                     let (provider, version) = warehouse.table_provider(&name, Some(at)).await?;
                     debug!(table = %name, version, "pinned for time travel");
-                    if self.shared.views.view(&name).await?.is_some() {
-                        if let Err(since) =
+                    if self.shared.views.view(&name).await?.is_some()
+                        && let Err(since) =
                             changes::same_definition_since(warehouse, &name, version).await?
-                        {
-                            return Err(Error::NotSupported {
-                                what: format!(
-                                    "reading {name} at version {version}: the materialized view \
+                    {
+                        return Err(Error::NotSupported {
+                            what: format!(
+                                "reading {name} at version {version}: the materialized view \
                                      was redefined at version {since}, and its masks and row \
                                      filters follow its current definition; read a version \
                                      from {since} on"
-                                ),
-                            });
-                        }
+                            ),
+                        });
                     }
                     provider
                 }

@@ -649,7 +649,7 @@ pub fn refuse_changes_in_view(query: &str) -> Result<()> {
     };
     for mut statement in statements {
         let pinned = pin_versions(&mut statement, 0)?;
-        for pin in &pinned {
+        if let Some(pin) = pinned.first() {
             let what = match pin.at {
                 Pin::Changes { .. } => "table_changes(...)",
                 Pin::History => "table_history(...)",
