@@ -133,11 +133,20 @@ fn dml_needs(dml: &datafusion::logical_expr::DmlStatement, target: Object) -> Ve
 }
 
 /// What running `plan` needs.
+/// Whether a scan is the one DataFusion plans for a `table_history(...)` call (no table can
+/// have that name: names are letters, digits, `_` and `-`).
+fn is_history_scan(name: &TableReference) -> bool {
+    matches!(name, TableReference::Bare { table } if **table == format!("{}()", crate::history::FUNCTION))
+}
+
 pub(crate) fn for_plan(plan: &LogicalPlan, default_schema: &str) -> Result<Vec<Need>> {
     let mut needs = Vec::new();
     let table = |r: &TableReference| table_object(r, default_schema);
     plan.apply_with_subqueries(|node| {
         match node {
+            // `table_history('t')`'s scan is named after the function: SELECT on `t` was
+            // checked before planning, through the statement's pins (`pin_versions`).
+            LogicalPlan::TableScan(scan) if is_history_scan(&scan.table_name) => {}
             LogicalPlan::TableScan(scan) => {
                 needs.push(Need::new(Privilege::Select, table(&scan.table_name)));
             }

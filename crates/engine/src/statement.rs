@@ -1139,17 +1139,26 @@ impl VisitorMut for Pinner {
                 }
                 _ => None,
             });
-            if let Some(parts) = target {
-                if parts.iter().any(|p| internal(p)) {
-                    self.error = Some(internal_named());
-                    return ControlFlow::Break(());
-                }
-                self.pinned.push(PinnedTable {
-                    parts,
-                    at: Pin::History,
-                    alias: String::new(),
+            // Every call must name its table where this can read it: the plan's check skips
+            // the function's scan, trusting this pin.
+            let Some(parts) = target else {
+                self.error = Some(Error::InvalidValue {
+                    what: crate::history::FUNCTION.into(),
+                    reason: "it takes a table name as a string and an optional limit: \
+                             table_history('bronze.readings', 10)"
+                        .into(),
                 });
+                return ControlFlow::Break(());
+            };
+            if parts.iter().any(|p| internal(p)) {
+                self.error = Some(internal_named());
+                return ControlFlow::Break(());
             }
+            self.pinned.push(PinnedTable {
+                parts,
+                at: Pin::History,
+                alias: String::new(),
+            });
             return ControlFlow::Continue(());
         }
         let changes = args.is_some() && crate::changes::is_call(name);
