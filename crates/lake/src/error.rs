@@ -160,6 +160,20 @@ pub enum Refusal {
 
 /// deltalake turns DataFusion errors met while writing into strings
 /// (`DeltaTableError::Generic`): tell the data errors among them apart from the rest.
+/// `text` without the backtrace the Delta kernel appends to its errors when `RUST_BACKTRACE`
+/// is set (numbered frames, with the build's source paths): a client gets the message only.
+pub(crate) fn strip_backtrace(text: &str) -> String {
+    let frame = |line: &str| {
+        let line = line.trim_start();
+        let digits = line.chars().take_while(char::is_ascii_digit).count();
+        (digits > 0 && line[digits..].starts_with(": "))
+            || line.starts_with("at /")
+            || line.starts_with("Stack backtrace:")
+    };
+    let kept: Vec<&str> = text.lines().take_while(|line| !frame(line)).collect();
+    kept.join("\n").trim_end().to_string()
+}
+
 fn classify_write_failure(message: &str) -> Option<(Refusal, String)> {
     let last = message
         .lines()
@@ -210,6 +224,23 @@ impl Error {
     /// Wraps a deltalake error on a table, telling schema violations and conflicts apart from
     /// storage failures.
     pub(crate) fn delta(schema: &str, table: &str, source: DeltaTableError) -> Self {
+        match Self::delta_unstripped(schema, table, source) {
+            Error::WriteRefused {
+                schema,
+                table,
+                kind,
+                reason,
+            } => Error::WriteRefused {
+                schema,
+                table,
+                kind,
+                reason: strip_backtrace(&reason),
+            },
+            other => other,
+        }
+    }
+
+    fn delta_unstripped(schema: &str, table: &str, source: DeltaTableError) -> Self {
         let (schema, table) = (schema.to_string(), table.to_string());
         match source {
             DeltaTableError::InvalidData { message } => Error::WriteRefused {
@@ -269,5 +300,24 @@ impl Error {
             path: path.to_string(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_backtrace;
+
+    #[test]
+    fn backtraces_never_reach_a_message() {
+        let text = "External error: Schema error: Invalid data type for Delta Lake: Duration(ns)\n   \
+                    0: buoyant_kernel::error::Error::with_backtrace\n             \
+                    at /root/.cargo/registry/src/kernel/src/error.rs:12:5\n   \
+                    1: core::ops::function::FnOnce::call_once";
+        assert_eq!(
+            strip_backtrace(text),
+            "External error: Schema error: Invalid data type for Delta Lake: Duration(ns)"
+        );
+        let plain = "Invalid data found:\ncolumn x is NULL";
+        assert_eq!(strip_backtrace(plain), plain);
     }
 }
