@@ -719,6 +719,25 @@ impl Views {
         Ok(true)
     }
 
+    /// After a view's definition was replaced: drops its quarantine unless the new definition
+    /// quarantines too (then its full refresh replaced the quarantine's rows). Rows
+    /// quarantined under the old definition would be read through the new one's lineage.
+    async fn keep_quarantine_if_used(
+        &self,
+        name: &TableName,
+        definition: &ViewDefinition,
+    ) -> Result<()> {
+        let quarantines = definition
+            .expectations
+            .iter()
+            .any(|e| e.on_violation == crate::OnViolation::Quarantine);
+        if quarantines {
+            Ok(())
+        } else {
+            self.drop_quarantine(name).await
+        }
+    }
+
     /// Drops a view's quarantine table, if it has one. Its rows are protected by the view's
     /// lineage (the masks and row filters of the view's inputs), which it would lose with the
     /// view or with a definition that no longer quarantines.
@@ -1009,21 +1028,8 @@ impl Views {
                     });
                 }
                 Decision::Skip(reason) => {
-                    return Ok(RefreshOutcome {
-                        view: name.clone(),
-                        refresh_id: id.to_string(),
-                        trigger,
-                        started,
-                        finished: Utc::now(),
-                        mode: "none",
-                        reason,
-                        inputs,
-                        rows_written: 0,
-                        version: Some(view.version),
-                        status: Status::Skipped,
-                        error: None,
-                        expectations: Vec::new(),
-                    });
+                    let refresh = (name, id, trigger, started);
+                    return Ok(skipped(refresh, reason, inputs, view.version));
                 }
             }
         };
@@ -1083,14 +1089,8 @@ impl Views {
                     .or_else(|| pinned.source_failure())
                     .unwrap_or(Error::Lake(e))
             })?;
-        let quarantines = definition
-            .expectations
-            .iter()
-            .any(|e| e.on_violation == crate::OnViolation::Quarantine);
-        if replacing && !quarantines {
-            // Rows quarantined under the old definition would be read through the new one's
-            // lineage.
-            self.drop_quarantine(name).await?;
+        if replacing {
+            self.keep_quarantine_if_used(name, &definition).await?;
         }
         Ok(RefreshOutcome {
             view: name.clone(),
@@ -1675,6 +1675,30 @@ impl Views {
         if let Err(e) = history::record(&self.inner.warehouse, outcome).await {
             warn!(view = %outcome.view, error = %e, "could not record the refresh in system.refreshes");
         }
+    }
+}
+
+/// A refresh that found nothing to do: `refresh` is (view, refresh id, trigger, start).
+fn skipped(
+    (name, id, trigger, started): (&TableName, &str, Trigger, DateTime<Utc>),
+    reason: String,
+    inputs: BTreeMap<String, u64>,
+    version: u64,
+) -> RefreshOutcome {
+    RefreshOutcome {
+        view: name.clone(),
+        refresh_id: id.to_string(),
+        trigger,
+        started,
+        finished: Utc::now(),
+        mode: "none",
+        reason,
+        inputs,
+        rows_written: 0,
+        version: Some(version),
+        status: Status::Skipped,
+        error: None,
+        expectations: Vec::new(),
     }
 }
 
