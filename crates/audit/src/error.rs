@@ -62,25 +62,10 @@ impl Error {
         }
     }
 
-    /// The whole cause chain as one line (what a user of a refused statement sees).
-    pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(cause) = source {
-            let next = cause.to_string();
-            if !text.contains(&next) {
-                text.push_str(": ");
-                text.push_str(&next);
-            }
-            source = cause.source();
-        }
-        text
-    }
-
     /// A lake failure while writing: the log is unavailable.
     pub(crate) fn unavailable(e: &(dyn std::error::Error + 'static)) -> Self {
         Error::Unavailable {
-            reason: Self::chain(e),
+            reason: medlake_common::error_chain(e),
         }
     }
 }

@@ -6,7 +6,6 @@ mod config;
 mod connectors;
 mod doors;
 mod quickstart;
-mod simulate;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -68,7 +67,7 @@ enum Command {
         medlake simulate --target http://127.0.0.1:8080 --devices 50 --rate 2 --duration 300\n  \
         MEDLAKE_TOKEN=... medlake simulate --target https://lake:8080 --token-env MEDLAKE_TOKEN --gzip\n  \
         medlake simulate --output readings.ndjson --devices 100 --duration 600 --seed 1")]
-    Simulate(simulate::SimulateArgs),
+    Simulate(medlake_demo::simulate::SimulateArgs),
     /// Run the reference IoMT warehouse (catalog/ and sql/) end to end on this machine: a demo
     /// hospital in local stand-ins of the five sources, the bronze/silver/gold views, live
     /// readings pushed through the HTTP door, and the Postgres, Flight SQL and HTTP doors on
@@ -245,7 +244,7 @@ fn main() -> ExitCode {
             Command::Apply(args) => apply(args).await,
             Command::Serve(args) => serve(args).await,
             Command::Extract(args) => extract(args).await,
-            Command::Simulate(args) => simulate::run(args).await,
+            Command::Simulate(args) => Ok(medlake_demo::simulate::run(args).await?),
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
             Command::Backup(args) => backup::run_backup(args).await,
@@ -294,6 +293,16 @@ enum Failure {
 impl From<medlake_engine::Error> for Failure {
     fn from(e: medlake_engine::Error) -> Self {
         Failure::Error(e)
+    }
+}
+
+impl From<medlake_demo::Failure> for Failure {
+    fn from(e: medlake_demo::Failure) -> Self {
+        match e {
+            medlake_demo::Failure::Reported => Failure::Reported,
+            medlake_demo::Failure::Usage(message) => Failure::Usage(message),
+            medlake_demo::Failure::Error(e) => Failure::Error(e),
+        }
     }
 }
 

@@ -9,7 +9,9 @@
 //! It depends on no other medlake crate.
 
 mod code;
+mod error;
 mod redact;
 
 pub use code::Code;
+pub use error::error_chain;
 pub use redact::redact;

@@ -2010,14 +2010,7 @@ impl Session {
             return Ok("exists".into());
         }
         let mut options = options.clone();
-        options.insert(
-            "table".into(),
-            format!(
-                "[{}].[{}]",
-                table.schema.replace(']', "]]"),
-                table.name.replace(']', "]]")
-            ),
-        );
+        options.extend(table.options.clone());
         let defined = self
             .shared
             .connectors

@@ -624,7 +624,7 @@ fn read_header(bytes: &[u8], complete: bool, wanted: Vec<Tag>) -> Result<Header,
             && ts.uid() != "1.2.840.10008.1.2"
             && data.get(4..6).is_some_and(|vr| !is_vr(vr));
     let reader = DataSetReader::new_with_ts_options(source, ts, options)
-        .map_err(|e| Cut::Failed(error_chain(&e)))?;
+        .map_err(|e| Cut::Failed(medlake_common::error_chain(&e)))?;
     let (elements, cut) = data_set(reader, &ended, complete, &wanted)?;
     if cut.is_none() && ended.get() && !complete {
         // The bytes at hand ended exactly between elements: the header may go on.
@@ -732,7 +732,7 @@ fn data_set(
                 if ended.get() && !complete {
                     return Err(Cut::More);
                 }
-                let message = error_chain(&e);
+                let message = medlake_common::error_chain(&e);
                 cut = Some(if ended.get() {
                     format!("the file is cut short; read up to the cut: {message}")
                 } else {
@@ -770,17 +770,6 @@ fn data_set(
         }
     }
     Ok((elements, cut))
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 /// DA `YYYYMMDD` (or `YYYY.MM.DD`) as days since the epoch.

@@ -314,7 +314,7 @@ pub fn store_error(location: &str, e: object_store::Error, secrets: &[String]) -
     if let Some(refused) = medlake_source::policy::find_refusal(&e) {
         return refused;
     }
-    let message = scrub(&full_message(&e), secrets);
+    let message = scrub(&medlake_common::error_chain(&e), secrets);
     let lower = message.to_ascii_lowercase();
     match e {
         object_store::Error::NotFound { .. } => Error::LocationNotFound {
@@ -362,20 +362,6 @@ pub fn store_error(location: &str, e: object_store::Error, secrets: &[String]) -
             message,
         },
     }
-}
-
-fn full_message(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
 }
 
 /// Removes secrets from a message: each value, its parts (a SAS token's parameters), their

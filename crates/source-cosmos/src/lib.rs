@@ -997,51 +997,6 @@ impl Shared {
             }
         }
     }
-
-    /// The highest watermark now, held back by `watermark_lag_seconds` when it is `_ts`
-    /// (whole seconds: documents written later in the same second must not fall below it).
-    async fn high_mark(&self) -> Result<Option<String>> {
-        let Some(w) = self.watermark else {
-            return Ok(None);
-        };
-        let config = &self.config;
-        let container = connect_retrying(config, &self.policy).await?;
-        let path = &self.columns[w].column.path;
-        let property = query::accessor(path);
-        // The SDK plans ORDER BY across partitions itself, and only over dotted paths
-        // (`c._ts`); another path is read whole (`SELECT VALUE`, numbers only).
-        let text = match query::dotted(path) {
-            Some(dotted) => format!(
-                "SELECT TOP 1 VALUE {dotted} FROM c WHERE IS_NUMBER({dotted}) ORDER BY {dotted} DESC"
-            ),
-            None => format!("SELECT VALUE {property} FROM c WHERE IS_NUMBER({property})"),
-        };
-        let found = collect(
-            config,
-            &container,
-            Query::from(text),
-            "reading the high watermark",
-        )
-        .await?;
-        let Some(max) = found
-            .iter()
-            .filter_map(Value::as_f64)
-            .max_by(|a, b| a.total_cmp(b))
-        else {
-            return Ok(None);
-        };
-        let mut mark = max.floor() as i64;
-        if matches!(&self.columns[w].column.path, Path::Key(k) if k == "_ts") {
-            mark = mark.min(chrono::Utc::now().timestamp() - config.lag_seconds);
-        }
-        Ok(Some(mark.to_string()))
-    }
-
-    fn mark(&self, mark: &str) -> Result<i64> {
-        mark.trim()
-            .parse()
-            .map_err(|_| invalid("watermark", format!("watermark '{mark}' is not an integer")))
-    }
 }
 
 /// A value as the scan reads it into `col`: scalar columns take values of their JSON type
@@ -1176,7 +1131,9 @@ impl medlake_source::scan::Marked for Shared {
     type Mark = i64;
 
     fn mark(&self, mark: &str) -> Result<i64> {
-        Shared::mark(self, mark)
+        mark.trim()
+            .parse()
+            .map_err(|_| invalid("watermark", format!("watermark '{mark}' is not an integer")))
     }
 }
 
@@ -1186,8 +1143,43 @@ impl medlake_source::scan::Source for Shared {
         self.watermark.map(|w| self.columns[w].column.name.as_str())
     }
 
+    /// The highest watermark now, held back by `watermark_lag_seconds` when it is `_ts`
+    /// (whole seconds: documents written later in the same second must not fall below it).
     async fn high_mark(&self) -> Result<Option<String>> {
-        Shared::high_mark(self).await
+        let Some(w) = self.watermark else {
+            return Ok(None);
+        };
+        let config = &self.config;
+        let container = connect_retrying(config, &self.policy).await?;
+        let path = &self.columns[w].column.path;
+        let property = query::accessor(path);
+        // The SDK plans ORDER BY across partitions itself, and only over dotted paths
+        // (`c._ts`); another path is read whole (`SELECT VALUE`, numbers only).
+        let text = match query::dotted(path) {
+            Some(dotted) => format!(
+                "SELECT TOP 1 VALUE {dotted} FROM c WHERE IS_NUMBER({dotted}) ORDER BY {dotted} DESC"
+            ),
+            None => format!("SELECT VALUE {property} FROM c WHERE IS_NUMBER({property})"),
+        };
+        let found = collect(
+            config,
+            &container,
+            Query::from(text),
+            "reading the high watermark",
+        )
+        .await?;
+        let Some(max) = found
+            .iter()
+            .filter_map(Value::as_f64)
+            .max_by(|a, b| a.total_cmp(b))
+        else {
+            return Ok(None);
+        };
+        let mut mark = max.floor() as i64;
+        if matches!(&self.columns[w].column.path, Path::Key(k) if k == "_ts") {
+            mark = mark.min(chrono::Utc::now().timestamp() - config.lag_seconds);
+        }
+        Ok(Some(mark.to_string()))
     }
 
     fn failure(&self) -> &std::sync::Mutex<Option<Error>> {

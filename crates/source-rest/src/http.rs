@@ -74,21 +74,6 @@ fn header_value(option: &str, value: &str, sensitive: bool) -> Result<HeaderValu
     Ok(header)
 }
 
-/// The cause chain of an error, for a message (reqwest's own text is only the outer layer).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// `Retry-After` as a wait: delay-seconds, or an HTTP date (RFC 9110 IMF-fixdate) from `now`.
 pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
@@ -201,7 +186,7 @@ impl Http {
             .build()
             .map_err(|e| Error::Connect {
                 server: config.server.clone(),
-                message: chain(&e.without_url()),
+                message: medlake_common::error_chain(&e.without_url()),
             })?;
         Ok(Self {
             client,
@@ -399,13 +384,13 @@ impl Http {
         } else if e.is_connect() {
             Error::Connect {
                 server: self.server.clone(),
-                message: self.scrub(&chain(&e)),
+                message: self.scrub(&medlake_common::error_chain(&e)),
             }
         } else {
             Error::ConnectionLost {
                 server: self.server.clone(),
                 table: format!("page {page}"),
-                message: self.scrub(&chain(&e)),
+                message: self.scrub(&medlake_common::error_chain(&e)),
             }
         };
         Failure::transient(error, None)

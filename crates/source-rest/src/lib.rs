@@ -678,6 +678,52 @@ impl Shared {
         }
     }
 
+    /// Reads every page of a scan into `sink`, one batch per page.
+    pub(crate) async fn read(
+        &self,
+        params: &[(String, String)],
+        predicates: &[Predicate],
+        projection: &[usize],
+        limit: Option<usize>,
+        sink: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>,
+    ) -> Result<()> {
+        let http = Http::new(&self.config, &self.policy)?;
+        let mut pager = Pager::new(&http, &self.config, params);
+        let mut remaining = limit;
+        while let Some(page) = pager.next().await? {
+            let batch = self
+                .converter
+                .convert(&page.records)
+                .map_err(|m| self.malformed(page.number, m))?;
+            drop(page.records);
+            let mut batch = pushdown::apply(&batch, predicates)
+                .and_then(|b| b.project(projection))
+                .map_err(|e| Error::Data {
+                    what: format!("{} page {}", self.config.server, page.number),
+                    message: e.to_string(),
+                })?;
+            if let Some(left) = remaining.as_mut() {
+                batch = batch.slice(0, batch.num_rows().min(*left));
+                *left -= batch.num_rows();
+            }
+            if batch.num_rows() > 0 && sink.send(Ok(batch)).await.is_err() {
+                return Ok(()); // the reader is gone
+            }
+            if remaining == Some(0) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl medlake_source::scan::Planner for Shared {
+    type Window = Window;
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
     fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
         let columns = self.converter.columns();
         filters
@@ -757,43 +803,25 @@ impl Shared {
             limit,
         )))
     }
+}
 
-    /// Reads every page of a scan into `sink`, one batch per page.
-    pub(crate) async fn read(
-        &self,
-        params: &[(String, String)],
-        predicates: &[Predicate],
-        projection: &[usize],
-        limit: Option<usize>,
-        sink: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>,
-    ) -> Result<()> {
-        let http = Http::new(&self.config, &self.policy)?;
-        let mut pager = Pager::new(&http, &self.config, params);
-        let mut remaining = limit;
-        while let Some(page) = pager.next().await? {
-            let batch = self
-                .converter
-                .convert(&page.records)
-                .map_err(|m| self.malformed(page.number, m))?;
-            drop(page.records);
-            let mut batch = pushdown::apply(&batch, predicates)
-                .and_then(|b| b.project(projection))
-                .map_err(|e| Error::Data {
-                    what: format!("{} page {}", self.config.server, page.number),
-                    message: e.to_string(),
-                })?;
-            if let Some(left) = remaining.as_mut() {
-                batch = batch.slice(0, batch.num_rows().min(*left));
-                *left -= batch.num_rows();
-            }
-            if batch.num_rows() > 0 && sink.send(Ok(batch)).await.is_err() {
-                return Ok(()); // the reader is gone
-            }
-            if remaining == Some(0) {
-                break;
-            }
-        }
-        Ok(())
+impl medlake_source::scan::Marked for Shared {
+    type Mark = ScalarValue;
+
+    fn mark(&self, mark: &str) -> Result<ScalarValue> {
+        let w = self
+            .watermark
+            .ok_or_else(|| invalid("watermark", "the table has no watermark column"))?;
+        parse_mark(mark, &self.converter.columns()[w].data_type)
+            .map_err(|reason| invalid("watermark", reason))
+    }
+}
+
+#[async_trait]
+impl medlake_source::scan::Source for Shared {
+    fn watermark(&self) -> Option<&str> {
+        self.watermark
+            .map(|w| self.converter.columns()[w].name.as_str())
     }
 
     /// The highest watermark: over the first page of the `high_mark_query` request, else
@@ -823,56 +851,6 @@ impl Shared {
             }
         }
         Ok(best.as_ref().and_then(encode_mark))
-    }
-
-    fn mark(&self, mark: &str) -> Result<ScalarValue> {
-        let w = self
-            .watermark
-            .ok_or_else(|| invalid("watermark", "the table has no watermark column"))?;
-        parse_mark(mark, &self.converter.columns()[w].data_type)
-            .map_err(|reason| invalid("watermark", reason))
-    }
-}
-
-impl medlake_source::scan::Planner for Shared {
-    type Window = Window;
-
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
-        Shared::filter_pushdown(self, filters)
-    }
-
-    fn plan(
-        self: &Arc<Self>,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-        window: &Window,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Shared::plan(self, projection, filters, limit, window)
-    }
-}
-
-impl medlake_source::scan::Marked for Shared {
-    type Mark = ScalarValue;
-
-    fn mark(&self, mark: &str) -> Result<ScalarValue> {
-        Shared::mark(self, mark)
-    }
-}
-
-#[async_trait]
-impl medlake_source::scan::Source for Shared {
-    fn watermark(&self) -> Option<&str> {
-        self.watermark
-            .map(|w| self.converter.columns()[w].name.as_str())
-    }
-
-    async fn high_mark(&self) -> Result<Option<String>> {
-        Shared::high_mark(self).await
     }
 
     fn failure(&self) -> &std::sync::Mutex<Option<Error>> {

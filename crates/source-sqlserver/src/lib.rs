@@ -671,9 +671,16 @@ pub async fn list_tables(
     Ok(found
         .iter()
         .filter_map(|row| {
+            let (schema, name) = (text(row.first()?)?, text(row.get(1)?)?);
+            let quoted = format!(
+                "[{}].[{}]",
+                schema.replace(']', "]]"),
+                name.replace(']', "]]")
+            );
             Some(RemoteTable {
-                schema: text(row.first()?)?,
-                name: text(row.get(1)?)?,
+                schema,
+                name,
+                options: BTreeMap::from([("table".to_string(), quoted)]),
             })
         })
         .collect())
@@ -922,7 +929,13 @@ fn partitioning(
 /// Rows restricted by a watermark range, on top of the table's own filters.
 pub(crate) type Window = medlake_source::scan::Window<Param>;
 
-impl Shared {
+impl medlake_source::scan::Planner for Shared {
+    type Window = Window;
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
     fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
         filters
             .iter()
@@ -1050,6 +1063,28 @@ impl Shared {
             statements,
         )))
     }
+}
+
+impl medlake_source::scan::Marked for Shared {
+    type Mark = Param;
+
+    fn mark(&self, mark: &str) -> Result<Param> {
+        let w = self.watermark.ok_or_else(|| Error::InvalidOption {
+            option: "watermark".into(),
+            reason: "the table has no watermark column".into(),
+        })?;
+        Param::from_mark(mark, &self.columns[w].data_type).map_err(|reason| Error::InvalidOption {
+            option: "watermark".into(),
+            reason,
+        })
+    }
+}
+
+#[async_trait]
+impl medlake_source::scan::Source for Shared {
+    fn watermark(&self) -> Option<&str> {
+        self.watermark.map(|w| self.columns[w].name.as_str())
+    }
 
     /// The highest watermark at the source now.
     async fn high_mark(&self) -> Result<Option<String>> {
@@ -1084,58 +1119,6 @@ impl Shared {
             message: e.to_string(),
         })?;
         Ok(pushdown::encode_mark(&scalar))
-    }
-
-    fn mark_param(&self, mark: &str) -> Result<Param> {
-        let w = self.watermark.ok_or_else(|| Error::InvalidOption {
-            option: "watermark".into(),
-            reason: "the table has no watermark column".into(),
-        })?;
-        Param::from_mark(mark, &self.columns[w].data_type).map_err(|reason| Error::InvalidOption {
-            option: "watermark".into(),
-            reason,
-        })
-    }
-}
-
-impl medlake_source::scan::Planner for Shared {
-    type Window = Window;
-
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn filter_pushdown(&self, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
-        Shared::filter_pushdown(self, filters)
-    }
-
-    fn plan(
-        self: &Arc<Self>,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-        window: &Window,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Shared::plan(self, projection, filters, limit, window)
-    }
-}
-
-impl medlake_source::scan::Marked for Shared {
-    type Mark = Param;
-
-    fn mark(&self, mark: &str) -> Result<Param> {
-        Shared::mark_param(self, mark)
-    }
-}
-
-#[async_trait]
-impl medlake_source::scan::Source for Shared {
-    fn watermark(&self) -> Option<&str> {
-        self.watermark.map(|w| self.columns[w].name.as_str())
-    }
-
-    async fn high_mark(&self) -> Result<Option<String>> {
-        Shared::high_mark(self).await
     }
 
     fn failure(&self) -> &std::sync::Mutex<Option<Error>> {

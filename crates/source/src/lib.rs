@@ -177,4 +177,7 @@ pub trait Watermarked: Send + Sync + std::fmt::Debug {
 pub struct RemoteTable {
     pub schema: String,
     pub name: String,
+    /// The OPTIONS that name this table to its connector (SQL Server: `table` as
+    /// `[schema].[name]`), laid over the import's own options to define it.
+    pub options: BTreeMap<String, String>,
 }

@@ -29,7 +29,7 @@ pub use definition::{
 pub use error::{Error, Result};
 pub use refresh::{
     AUTO_FULL_FRACTION, AUTO_MIN_ROWS, InputVolume, QUARANTINE_SUFFIX, RefreshAuthority,
-    RefreshOutcome, RefreshPlan, RefreshState, Status, Trigger, View, Views, error_chain,
-    quarantine_of, topological,
+    RefreshOutcome, RefreshPlan, RefreshState, Status, Trigger, View, Views, quarantine_of,
+    topological,
 };
 pub use scheduler::Scheduler;

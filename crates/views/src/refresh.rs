@@ -1725,24 +1725,9 @@ fn failed(
         } else {
             Status::Failed
         },
-        error: Some(error_chain(e)),
+        error: Some(medlake_common::error_chain(e)),
         expectations: Vec::new(),
     }
-}
-
-/// An error with its causes, as users see it.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn expectation_counts(checks: &Checks) -> Vec<(String, String, &'static str, u64, u64)> {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+use medlake_common::error_chain;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use tokio_util::sync::CancellationToken;
@@ -50,7 +51,7 @@ const P_DUPLICATE: f64 = 0.01;
 const P_DROPOUT: f64 = 0.15;
 
 #[derive(clap::Args, Debug)]
-pub(crate) struct SimulateArgs {
+pub struct SimulateArgs {
     /// The server's HTTP address (`medlake serve --http`), e.g. http://127.0.0.1:8080; the
     /// readings go to URL/v1/ingest/TABLE (a URL that already holds /v1/ingest/ is used as is).
     #[arg(long, value_name = "URL", required_unless_present = "output")]
@@ -111,19 +112,19 @@ fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
 
 /// What the generator is asked for.
 #[derive(Clone, Debug)]
-pub(crate) struct Plan {
-    pub(crate) devices: u32,
-    pub(crate) rate: f64,
-    pub(crate) duration_s: f64,
-    pub(crate) batch: usize,
-    pub(crate) seed: u64,
-    pub(crate) start_ms: i64,
+pub struct Plan {
+    pub devices: u32,
+    pub rate: f64,
+    pub duration_s: f64,
+    pub batch: usize,
+    pub seed: u64,
+    pub start_ms: i64,
 }
 
 impl SimulateArgs {
     /// What `medlake quickstart` posts: `devices` devices at 1 Hz from `start` for `duration`
     /// seconds to `target`'s bronze.readings_push, quietly.
-    pub(crate) fn quickstart(
+    pub fn quickstart(
         target: String,
         devices: u32,
         duration: f64,
@@ -192,10 +193,10 @@ impl SimulateArgs {
 /// SplitMix64: small, fast, and the same on every platform (the data must not depend on a
 /// crate's choice of algorithm).
 #[derive(Clone, Debug)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
@@ -204,7 +205,7 @@ impl Rng {
         Rng(mix.next_u64())
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -238,7 +239,7 @@ impl Rng {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Metric {
+pub enum Metric {
     HeartRate,
     Spo2,
     RespirationRate,
@@ -249,7 +250,7 @@ pub(crate) enum Metric {
 }
 
 impl Metric {
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Metric::HeartRate => "heart_rate",
             Metric::Spo2 => "spo2",
@@ -280,7 +281,7 @@ impl Metric {
     /// Values a clinician would believe (in the metric's SI unit; °C for temperature). Glitches
     /// are outside; a deteriorating patient stays inside.
     #[cfg(test)]
-    pub(crate) fn plausible(self) -> std::ops::RangeInclusive<f64> {
+    pub fn plausible(self) -> std::ops::RangeInclusive<f64> {
         match self {
             Metric::HeartRate => 20.0..=250.0,
             Metric::Spo2 => 50.0..=100.0,
@@ -377,13 +378,13 @@ impl Kind {
 
 /// One row of the target table.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Reading {
-    pub(crate) device_id: Arc<str>,
-    pub(crate) patient_id: i32,
-    pub(crate) metric: Metric,
-    pub(crate) value: Option<f64>,
-    pub(crate) unit: &'static str,
-    pub(crate) taken_at_ms: i64,
+pub struct Reading {
+    pub device_id: Arc<str>,
+    pub patient_id: i32,
+    pub metric: Metric,
+    pub value: Option<f64>,
+    pub unit: &'static str,
+    pub taken_at_ms: i64,
 }
 
 #[derive(serde::Serialize)]
@@ -398,7 +399,7 @@ struct Row<'a> {
 
 impl Reading {
     /// One NDJSON line (with its newline).
-    pub(crate) fn write_ndjson(&self, out: &mut Vec<u8>) {
+    pub fn write_ndjson(&self, out: &mut Vec<u8>) {
         let row = Row {
             device_id: &self.device_id,
             patient_id: self.patient_id,
@@ -424,17 +425,17 @@ fn rfc3339_millis(ms: i64) -> String {
 
 /// Rows one gateway posts in one request.
 #[derive(Clone, Debug)]
-pub(crate) struct Batch {
+pub struct Batch {
     /// Position in the run (unique).
-    pub(crate) seq: u64,
-    pub(crate) gateway: usize,
+    pub seq: u64,
+    pub gateway: usize,
     /// When it is to be posted, counted from the start of the run.
-    pub(crate) due_ms: u64,
-    pub(crate) readings: Vec<Reading>,
+    pub due_ms: u64,
+    pub readings: Vec<Reading>,
 }
 
 impl Batch {
-    pub(crate) fn ndjson(&self) -> Vec<u8> {
+    pub fn ndjson(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.readings.len() * 140);
         for r in &self.readings {
             r.write_ndjson(&mut out);
@@ -445,23 +446,23 @@ impl Batch {
 
 /// What the generator made, flaws counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Counts {
+pub struct Counts {
     /// Readings measured (each once; duplicates not counted).
-    pub(crate) readings: u64,
+    pub readings: u64,
     /// Rows that repeat an earlier row exactly (a device resending).
-    pub(crate) duplicates: u64,
-    pub(crate) out_of_range: u64,
-    pub(crate) missing: u64,
+    pub duplicates: u64,
+    pub out_of_range: u64,
+    pub missing: u64,
     /// Readings whose taken_at lies 1 to 10 minutes before they were sent.
-    pub(crate) late: u64,
+    pub late: u64,
     /// Devices that went silent once, and the readings they sent in a burst afterwards.
-    pub(crate) dropouts: u64,
-    pub(crate) held: u64,
-    pub(crate) batches: u64,
+    pub dropouts: u64,
+    pub held: u64,
+    pub batches: u64,
 }
 
 impl Counts {
-    pub(crate) fn rows(&self) -> u64 {
+    pub fn rows(&self) -> u64 {
         self.readings + self.duplicates
     }
 }
@@ -560,7 +561,7 @@ struct Gateway {
 }
 
 /// The deterministic generator: an iterator of batches in the order they are due.
-pub(crate) struct Simulation {
+pub struct Simulation {
     plan: Plan,
     duration_us: u64,
     period_us: f64,
@@ -576,7 +577,7 @@ pub(crate) struct Simulation {
 }
 
 impl Simulation {
-    pub(crate) fn new(plan: &Plan) -> Self {
+    pub fn new(plan: &Plan) -> Self {
         let mut rng = Rng::derive(plan.seed, 0);
         let devices_n = plan.devices as usize;
         let patients_n = devices_n.div_ceil(2).max(1);
@@ -661,21 +662,21 @@ impl Simulation {
         }
     }
 
-    pub(crate) fn counts(&self) -> &Counts {
+    pub fn counts(&self) -> &Counts {
         &self.counts
     }
 
-    pub(crate) fn patients(&self) -> usize {
+    pub fn patients(&self) -> usize {
         self.patients.len()
     }
 
-    pub(crate) fn gateways(&self) -> usize {
+    pub fn gateways(&self) -> usize {
         self.gateways.len()
     }
 
     /// Each device's id, kind (`monitor`, `oximeter`, `thermo`, `bpcuff`, `glucometer`) and
     /// patient, for `medlake quickstart`'s device register.
-    pub(crate) fn device_list(&self) -> Vec<(Arc<str>, &'static str, i32)> {
+    pub fn device_list(&self) -> Vec<(Arc<str>, &'static str, i32)> {
         self.devices
             .iter()
             .map(|d| (d.id.clone(), d.kind.prefix(), self.patients[d.patient].id))
@@ -683,7 +684,7 @@ impl Simulation {
     }
 
     /// Patients who deteriorate during the run.
-    pub(crate) fn deteriorating(&self) -> Vec<i32> {
+    pub fn deteriorating(&self) -> Vec<i32> {
         self.patients
             .iter()
             .filter(|p| p.deterioration.is_some())
@@ -904,7 +905,7 @@ enum Outcome {
 }
 
 /// Where the readings go: URL/v1/ingest/TABLE, or URL itself when it names an ingest path.
-pub(crate) fn ingest_url(target: &str, table: &str) -> Result<reqwest::Url, String> {
+pub fn ingest_url(target: &str, table: &str) -> Result<reqwest::Url, String> {
     let base = target.trim_end_matches('/');
     let full = if base.contains("/v1/ingest/") {
         base.to_string()
@@ -921,13 +922,13 @@ pub(crate) fn ingest_url(target: &str, table: &str) -> Result<reqwest::Url, Stri
 }
 
 /// `Retry-After` in seconds (the only form the ingest API sends; an HTTP date is ignored).
-pub(crate) fn retry_after(value: Option<&str>) -> Option<Duration> {
+pub fn retry_after(value: Option<&str>) -> Option<Duration> {
     let seconds: u64 = value?.trim().parse().ok()?;
     Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 /// Exponential backoff with jitter: ~250 ms, 500 ms, 1 s, ... at most `MAX_BACKOFF`.
-pub(crate) fn backoff(attempt: u32, jitter: &mut Rng) -> Duration {
+pub fn backoff(attempt: u32, jitter: &mut Rng) -> Duration {
     let ceiling = Duration::from_millis(250)
         .saturating_mul(1u32 << attempt.min(16))
         .min(MAX_BACKOFF);
@@ -1082,20 +1083,6 @@ impl Poster {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(data.len() / 4),
@@ -1106,7 +1093,7 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Nearest-rank percentile of sorted values.
-pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
@@ -1114,7 +1101,7 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     Some(sorted[rank - 1])
 }
 
-pub(crate) async fn run(args: SimulateArgs) -> Result<(), Failure> {
+pub async fn run(args: SimulateArgs) -> Result<(), Failure> {
     let plan = args.plan().map_err(Failure::Usage)?;
     let simulation = Simulation::new(&plan);
     if let Some(path) = &args.output {
