@@ -355,17 +355,6 @@ fn decode_param(r: &mut Reader<'_>) -> Result<RpcParam> {
 /// Read TYPE_INFO (after its type byte) and the value that follows it.
 fn decode_typed_value(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Value)> {
     let what = r.what;
-    let le_int = |bytes: &[u8]| -> i64 {
-        let mut a = [0u8; 8];
-        a[..bytes.len()].copy_from_slice(bytes);
-        let v = i64::from_le_bytes(a);
-        let shift = 64 - 8 * bytes.len() as u32;
-        if shift == 64 {
-            0
-        } else {
-            (v << shift) >> shift
-        }
-    };
     Ok(match ty {
         0x1F => (None, Value::Null),
         // Fixed-length types.
@@ -391,200 +380,14 @@ fn decode_typed_value(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Va
         0x3D => (Some(SqlType::DateTime), datetime(r.take(8)?)),
         0x3A => (Some(SqlType::SmallDateTime), datetime(r.take(4)?)),
         // Nullable fixed-size types: max length, then a length-prefixed value.
-        0x26 | 0x68 | 0x6D | 0x6E | 0x6F | 0x24 => {
-            let max = r.u8()?;
-            let len = usize::from(r.u8()?);
-            let sql_type = match (ty, max) {
-                (0x26, 1) => SqlType::TinyInt,
-                (0x26, 2) => SqlType::SmallInt,
-                (0x26, 4) => SqlType::Int,
-                (0x26, _) => SqlType::BigInt,
-                (0x68, _) => SqlType::Bit,
-                (0x6D, 4) => SqlType::Real,
-                (0x6D, _) => SqlType::Float,
-                (0x6E, 4) => SqlType::SmallMoney,
-                (0x6E, _) => SqlType::Money,
-                (0x6F, 4) => SqlType::SmallDateTime,
-                (0x6F, _) => SqlType::DateTime,
-                _ => SqlType::UniqueIdentifier,
-            };
-            if len == 0 {
-                return Ok((Some(sql_type), Value::Null));
-            }
-            let valid = match ty {
-                0x26 => matches!(len, 1 | 2 | 4 | 8),
-                0x68 => len == 1,
-                0x24 => len == 16,
-                _ => matches!(len, 4 | 8),
-            };
-            if !valid {
-                return Err(bad(what, format!("length {len} for type 0x{ty:02X}")));
-            }
-            let bytes = r.take(len)?;
-            let value = match sql_type {
-                SqlType::TinyInt if len == 1 => Value::TinyInt(bytes[0]),
-                SqlType::TinyInt | SqlType::SmallInt | SqlType::Int | SqlType::BigInt => {
-                    Value::Int(le_int(bytes))
-                }
-                SqlType::Bit => Value::Bit(bytes[0] != 0),
-                SqlType::Real | SqlType::Float if len == 4 => Value::Real(f32::from_le_bytes(
-                    bytes.try_into().map_err(|_| bad(what, "real"))?,
-                )),
-                SqlType::Real | SqlType::Float => Value::Float(f64::from_le_bytes(
-                    bytes.try_into().map_err(|_| bad(what, "float"))?,
-                )),
-                SqlType::Money | SqlType::SmallMoney => money(bytes),
-                SqlType::DateTime | SqlType::SmallDateTime => datetime(bytes),
-                _ => {
-                    let mut b: [u8; 16] = bytes.try_into().map_err(|_| bad(what, "guid"))?;
-                    reorder_guid(&mut b);
-                    Value::Guid(format_guid(&b))
-                }
-            };
-            (Some(sql_type), value)
-        }
-        0x6A | 0x6C => {
-            let _max = r.u8()?;
-            let precision = r.u8()?;
-            let scale = r.u8()?;
-            let sql_type = if ty == 0x6A {
-                SqlType::Decimal { precision, scale }
-            } else {
-                SqlType::Numeric { precision, scale }
-            };
-            let len = usize::from(r.u8()?);
-            if len == 0 {
-                return Ok((Some(sql_type), Value::Null));
-            }
-            let bytes = r.take(len)?;
-            let mut magnitude = [0u8; 16];
-            let m = &bytes[1..];
-            if m.len() > 16 {
-                return Err(bad(what, "decimal too long"));
-            }
-            magnitude[..m.len()].copy_from_slice(m);
-            let magnitude = i128::try_from(u128::from_le_bytes(magnitude))
-                .map_err(|_| bad(what, "decimal magnitude"))?;
-            let v = if bytes[0] == 0 { -magnitude } else { magnitude };
-            (Some(sql_type), Value::Decimal(v, precision, scale))
-        }
-        0x28 => {
-            let len = r.u8()?;
-            if len == 0 {
-                return Ok((Some(SqlType::Date), Value::Null));
-            }
-            (Some(SqlType::Date), Value::Date(le_uint(r.take(3)?) as i64))
-        }
-        0x29..=0x2B => {
-            let scale = r.u8()?;
-            let len = usize::from(r.u8()?);
-            let sql_type = match ty {
-                0x29 => SqlType::Time { scale },
-                0x2A => SqlType::DateTime2 { scale },
-                _ => SqlType::DateTimeOffset { scale },
-            };
-            if len == 0 {
-                return Ok((Some(sql_type), Value::Null));
-            }
-            let bytes = r.take(len)?;
-            let tlen = usize::from(crate::encode::time_len(scale));
-            if bytes.len() < tlen {
-                return Err(bad(what, "time value too short"));
-            }
-            let increments = le_uint(&bytes[..tlen]);
-            let ns = increments * 10u64.pow(9 - u32::from(scale.min(7)));
-            let value = match ty {
-                0x29 => Value::Time(ns),
-                0x2A if bytes.len() >= tlen + 3 => {
-                    Value::DateTime(le_uint(&bytes[tlen..tlen + 3]) as i64, ns)
-                }
-                0x2B if bytes.len() >= tlen + 5 => {
-                    let offset = i16::from_le_bytes([bytes[tlen + 3], bytes[tlen + 4]]);
-                    Value::DateTimeOffset(le_uint(&bytes[tlen..tlen + 3]) as i64, ns, offset)
-                }
-                _ => return Err(bad(what, "date/time value too short")),
-            };
-            (Some(sql_type), value)
-        }
+        0x26 | 0x68 | 0x6D | 0x6E | 0x6F | 0x24 => decode_nullable_fixed(r, ty)?,
+        0x6A | 0x6C => decode_decimal(r, ty)?,
+        0x28 => decode_date(r)?,
+        0x29..=0x2B => decode_time(r, ty)?,
         // Character and binary types with a two-byte max length.
-        0xA7 | 0xAF | 0xE7 | 0xEF | 0xA5 | 0xAD => {
-            let max = r.u16()?;
-            let has_collation = matches!(ty, 0xA7 | 0xAF | 0xE7 | 0xEF);
-            if has_collation {
-                r.take(5)?;
-            }
-            let sized = (max != 0xFFFF).then_some(max);
-            let sql_type = match ty {
-                0xA7 => SqlType::VarChar(sized),
-                0xAF => SqlType::Char(max),
-                0xE7 => SqlType::NVarChar(sized.map(|m| m / 2)),
-                0xEF => SqlType::NChar(max / 2),
-                0xA5 => SqlType::VarBinary(sized),
-                _ => SqlType::Binary(max),
-            };
-            let bytes = if max == 0xFFFF {
-                read_plp(r)?
-            } else {
-                let len = r.u16()?;
-                if len == 0xFFFF {
-                    None
-                } else {
-                    Some(r.take(usize::from(len))?.to_vec())
-                }
-            };
-            let Some(bytes) = bytes else {
-                return Ok((Some(sql_type), Value::Null));
-            };
-            let value = match ty {
-                0xA7 | 0xAF => Value::String(cp1252_decode(&bytes)),
-                0xE7 | 0xEF => Value::String(utf16_string(&bytes).map_err(|e| bad(what, e))?),
-                _ => Value::Binary(bytes),
-            };
-            (Some(sql_type), value)
-        }
-        0xF1 => {
-            let schema = r.u8()?;
-            if schema != 0 {
-                let db = usize::from(r.u8()?);
-                r.utf16(db)?;
-                let owner = usize::from(r.u8()?);
-                r.utf16(owner)?;
-                let coll = usize::from(r.u16()?);
-                r.utf16(coll)?;
-            }
-            match read_plp(r)? {
-                None => (Some(SqlType::Xml), Value::Null),
-                Some(bytes) => {
-                    let bytes = bytes.strip_prefix(&[0xFF, 0xFE]).unwrap_or(&bytes);
-                    (
-                        Some(SqlType::Xml),
-                        Value::String(utf16_string(bytes).map_err(|e| bad(what, e))?),
-                    )
-                }
-            }
-        }
-        0x23 | 0x63 | 0x22 => {
-            let _max = r.u32()?;
-            if ty != 0x22 {
-                r.take(5)?;
-            }
-            let sql_type = match ty {
-                0x23 => SqlType::Text,
-                0x63 => SqlType::NText,
-                _ => SqlType::VarBinary(None),
-            };
-            let len = r.u32()?;
-            if len == 0xFFFF_FFFF {
-                return Ok((Some(sql_type), Value::Null));
-            }
-            let bytes = r.take(len as usize)?;
-            let value = match ty {
-                0x23 => Value::String(cp1252_decode(bytes)),
-                0x63 => Value::String(utf16_string(bytes).map_err(|e| bad(what, e))?),
-                _ => Value::Binary(bytes.to_vec()),
-            };
-            (Some(sql_type), value)
-        }
+        0xA7 | 0xAF | 0xE7 | 0xEF | 0xA5 | 0xAD => decode_short_text(r, ty)?,
+        0xF1 => decode_xml(r)?,
+        0x23 | 0x63 | 0x22 => decode_long_text(r, ty)?,
         other => {
             return Err(bad(
                 what,
@@ -592,6 +395,232 @@ fn decode_typed_value(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Va
             ));
         }
     })
+}
+
+/// A little-endian signed integer of 1 to 8 bytes, sign-extended.
+fn le_int(bytes: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a[..bytes.len()].copy_from_slice(bytes);
+    let v = i64::from_le_bytes(a);
+    let shift = 64 - 8 * bytes.len() as u32;
+    if shift == 64 {
+        0
+    } else {
+        (v << shift) >> shift
+    }
+}
+
+/// Nullable fixed-size types: max length, then a length-prefixed value.
+fn decode_nullable_fixed(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Value)> {
+    let what = r.what;
+    let max = r.u8()?;
+    let len = usize::from(r.u8()?);
+    let sql_type = match (ty, max) {
+        (0x26, 1) => SqlType::TinyInt,
+        (0x26, 2) => SqlType::SmallInt,
+        (0x26, 4) => SqlType::Int,
+        (0x26, _) => SqlType::BigInt,
+        (0x68, _) => SqlType::Bit,
+        (0x6D, 4) => SqlType::Real,
+        (0x6D, _) => SqlType::Float,
+        (0x6E, 4) => SqlType::SmallMoney,
+        (0x6E, _) => SqlType::Money,
+        (0x6F, 4) => SqlType::SmallDateTime,
+        (0x6F, _) => SqlType::DateTime,
+        _ => SqlType::UniqueIdentifier,
+    };
+    if len == 0 {
+        return Ok((Some(sql_type), Value::Null));
+    }
+    let valid = match ty {
+        0x26 => matches!(len, 1 | 2 | 4 | 8),
+        0x68 => len == 1,
+        0x24 => len == 16,
+        _ => matches!(len, 4 | 8),
+    };
+    if !valid {
+        return Err(bad(what, format!("length {len} for type 0x{ty:02X}")));
+    }
+    let bytes = r.take(len)?;
+    let value = match sql_type {
+        SqlType::TinyInt if len == 1 => Value::TinyInt(bytes[0]),
+        SqlType::TinyInt | SqlType::SmallInt | SqlType::Int | SqlType::BigInt => {
+            Value::Int(le_int(bytes))
+        }
+        SqlType::Bit => Value::Bit(bytes[0] != 0),
+        SqlType::Real | SqlType::Float if len == 4 => Value::Real(f32::from_le_bytes(
+            bytes.try_into().map_err(|_| bad(what, "real"))?,
+        )),
+        SqlType::Real | SqlType::Float => Value::Float(f64::from_le_bytes(
+            bytes.try_into().map_err(|_| bad(what, "float"))?,
+        )),
+        SqlType::Money | SqlType::SmallMoney => money(bytes),
+        SqlType::DateTime | SqlType::SmallDateTime => datetime(bytes),
+        _ => {
+            let mut b: [u8; 16] = bytes.try_into().map_err(|_| bad(what, "guid"))?;
+            reorder_guid(&mut b);
+            Value::Guid(format_guid(&b))
+        }
+    };
+    Ok((Some(sql_type), value))
+}
+
+/// DECIMAL / NUMERIC: max length, precision, scale, then sign and magnitude.
+fn decode_decimal(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Value)> {
+    let what = r.what;
+    let _max = r.u8()?;
+    let precision = r.u8()?;
+    let scale = r.u8()?;
+    let sql_type = if ty == 0x6A {
+        SqlType::Decimal { precision, scale }
+    } else {
+        SqlType::Numeric { precision, scale }
+    };
+    let len = usize::from(r.u8()?);
+    if len == 0 {
+        return Ok((Some(sql_type), Value::Null));
+    }
+    let bytes = r.take(len)?;
+    let mut magnitude = [0u8; 16];
+    let m = &bytes[1..];
+    if m.len() > 16 {
+        return Err(bad(what, "decimal too long"));
+    }
+    magnitude[..m.len()].copy_from_slice(m);
+    let magnitude = i128::try_from(u128::from_le_bytes(magnitude))
+        .map_err(|_| bad(what, "decimal magnitude"))?;
+    let v = if bytes[0] == 0 { -magnitude } else { magnitude };
+    Ok((Some(sql_type), Value::Decimal(v, precision, scale)))
+}
+
+/// DATE: a length, then three bytes of days.
+fn decode_date(r: &mut Reader<'_>) -> Result<(Option<SqlType>, Value)> {
+    let len = r.u8()?;
+    if len == 0 {
+        return Ok((Some(SqlType::Date), Value::Null));
+    }
+    Ok((Some(SqlType::Date), Value::Date(le_uint(r.take(3)?) as i64)))
+}
+
+/// TIME, DATETIME2, DATETIMEOFFSET: scale, length, time increments, then days (and an offset).
+fn decode_time(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Value)> {
+    let what = r.what;
+    let scale = r.u8()?;
+    let len = usize::from(r.u8()?);
+    let sql_type = match ty {
+        0x29 => SqlType::Time { scale },
+        0x2A => SqlType::DateTime2 { scale },
+        _ => SqlType::DateTimeOffset { scale },
+    };
+    if len == 0 {
+        return Ok((Some(sql_type), Value::Null));
+    }
+    let bytes = r.take(len)?;
+    let tlen = usize::from(crate::encode::time_len(scale));
+    if bytes.len() < tlen {
+        return Err(bad(what, "time value too short"));
+    }
+    let increments = le_uint(&bytes[..tlen]);
+    let ns = increments * 10u64.pow(9 - u32::from(scale.min(7)));
+    let value = match ty {
+        0x29 => Value::Time(ns),
+        0x2A if bytes.len() >= tlen + 3 => {
+            Value::DateTime(le_uint(&bytes[tlen..tlen + 3]) as i64, ns)
+        }
+        0x2B if bytes.len() >= tlen + 5 => {
+            let offset = i16::from_le_bytes([bytes[tlen + 3], bytes[tlen + 4]]);
+            Value::DateTimeOffset(le_uint(&bytes[tlen..tlen + 3]) as i64, ns, offset)
+        }
+        _ => return Err(bad(what, "date/time value too short")),
+    };
+    Ok((Some(sql_type), value))
+}
+
+/// Character and binary types with a two-byte max length (or PLP for MAX).
+fn decode_short_text(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Value)> {
+    let what = r.what;
+    let max = r.u16()?;
+    let has_collation = matches!(ty, 0xA7 | 0xAF | 0xE7 | 0xEF);
+    if has_collation {
+        r.take(5)?;
+    }
+    let sized = (max != 0xFFFF).then_some(max);
+    let sql_type = match ty {
+        0xA7 => SqlType::VarChar(sized),
+        0xAF => SqlType::Char(max),
+        0xE7 => SqlType::NVarChar(sized.map(|m| m / 2)),
+        0xEF => SqlType::NChar(max / 2),
+        0xA5 => SqlType::VarBinary(sized),
+        _ => SqlType::Binary(max),
+    };
+    let bytes = if max == 0xFFFF {
+        read_plp(r)?
+    } else {
+        let len = r.u16()?;
+        if len == 0xFFFF {
+            None
+        } else {
+            Some(r.take(usize::from(len))?.to_vec())
+        }
+    };
+    let Some(bytes) = bytes else {
+        return Ok((Some(sql_type), Value::Null));
+    };
+    let value = match ty {
+        0xA7 | 0xAF => Value::String(cp1252_decode(&bytes)),
+        0xE7 | 0xEF => Value::String(utf16_string(&bytes).map_err(|e| bad(what, e))?),
+        _ => Value::Binary(bytes),
+    };
+    Ok((Some(sql_type), value))
+}
+
+/// XML: optional schema names, then a PLP UTF-16 value.
+fn decode_xml(r: &mut Reader<'_>) -> Result<(Option<SqlType>, Value)> {
+    let what = r.what;
+    let schema = r.u8()?;
+    if schema != 0 {
+        let db = usize::from(r.u8()?);
+        r.utf16(db)?;
+        let owner = usize::from(r.u8()?);
+        r.utf16(owner)?;
+        let coll = usize::from(r.u16()?);
+        r.utf16(coll)?;
+    }
+    Ok(match read_plp(r)? {
+        None => (Some(SqlType::Xml), Value::Null),
+        Some(bytes) => {
+            let bytes = bytes.strip_prefix(&[0xFF, 0xFE]).unwrap_or(&bytes);
+            (
+                Some(SqlType::Xml),
+                Value::String(utf16_string(bytes).map_err(|e| bad(what, e))?),
+            )
+        }
+    })
+}
+
+/// TEXT, NTEXT, IMAGE: four-byte lengths and a collation for text.
+fn decode_long_text(r: &mut Reader<'_>, ty: u8) -> Result<(Option<SqlType>, Value)> {
+    let what = r.what;
+    let _max = r.u32()?;
+    if ty != 0x22 {
+        r.take(5)?;
+    }
+    let sql_type = match ty {
+        0x23 => SqlType::Text,
+        0x63 => SqlType::NText,
+        _ => SqlType::VarBinary(None),
+    };
+    let len = r.u32()?;
+    if len == 0xFFFF_FFFF {
+        return Ok((Some(sql_type), Value::Null));
+    }
+    let bytes = r.take(len as usize)?;
+    let value = match ty {
+        0x23 => Value::String(cp1252_decode(bytes)),
+        0x63 => Value::String(utf16_string(bytes).map_err(|e| bad(what, e))?),
+        _ => Value::Binary(bytes.to_vec()),
+    };
+    Ok((Some(sql_type), value))
 }
 
 fn le_uint(bytes: &[u8]) -> u64 {
