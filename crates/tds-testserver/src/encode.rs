@@ -110,6 +110,81 @@ impl ColumnEncoder {
                 let v = downcast::<Decimal128Array>(a)?.value(row);
                 write_decimal(buf, precision, v)?;
             }
+            SqlType::Money | SqlType::SmallMoney => self.write_money(row, buf, fixed)?,
+            SqlType::Date => {
+                let days = i64::from(downcast::<Date32Array>(a)?.value(row)) + DAYS_CE_TO_EPOCH;
+                buf.push(3);
+                write_date(buf, days)?;
+            }
+            SqlType::Time { scale } => {
+                let ns = downcast::<Time64NanosecondArray>(a)?.value(row);
+                let ns = u64::try_from(ns).map_err(|_| err("negative time value"))?;
+                buf.push(time_len(scale));
+                write_time(buf, scale, ns);
+            }
+            SqlType::DateTime
+            | SqlType::SmallDateTime
+            | SqlType::DateTime2 { .. }
+            | SqlType::DateTimeOffset { .. } => self.write_datetime(row, ordinal, buf, fixed)?,
+            SqlType::Char(n) => {
+                let mut bytes = cp1252(downcast::<StringArray>(a)?.value(row));
+                if bytes.len() < usize::from(n) {
+                    bytes.resize(usize::from(n), b' ');
+                }
+                write_u16_len(buf, &bytes)?;
+            }
+            SqlType::VarChar(Some(_)) => {
+                write_u16_len(buf, &cp1252(downcast::<StringArray>(a)?.value(row)))?
+            }
+            SqlType::VarChar(None) => {
+                write_plp(buf, &cp1252(downcast::<StringArray>(a)?.value(row)))
+            }
+            SqlType::NChar(n) => {
+                let s = downcast::<StringArray>(a)?.value(row);
+                let mut units: Vec<u16> = s.encode_utf16().collect();
+                if units.len() < usize::from(n) {
+                    units.resize(usize::from(n), u16::from(b' '));
+                }
+                write_u16_len(buf, &units_to_bytes(&units))?;
+            }
+            SqlType::NVarChar(Some(_)) => {
+                write_u16_len(buf, &utf16(downcast::<StringArray>(a)?.value(row)))?
+            }
+            SqlType::NVarChar(None) | SqlType::Xml => {
+                write_plp(buf, &utf16(downcast::<StringArray>(a)?.value(row)))
+            }
+            SqlType::UniqueIdentifier => {
+                let s = downcast::<StringArray>(a)?.value(row);
+                buf.push(16);
+                buf.extend_from_slice(&guid_to_wire(s)?);
+            }
+            SqlType::Binary(n) => {
+                let mut bytes = downcast::<BinaryArray>(a)?.value(row).to_vec();
+                if bytes.len() < usize::from(n) {
+                    bytes.resize(usize::from(n), 0);
+                }
+                write_u16_len(buf, &bytes)?;
+            }
+            SqlType::VarBinary(Some(_)) | SqlType::RowVersion => {
+                write_u16_len(buf, downcast::<BinaryArray>(a)?.value(row))?
+            }
+            SqlType::VarBinary(None) => write_plp(buf, downcast::<BinaryArray>(a)?.value(row)),
+            SqlType::Text | SqlType::NText | SqlType::SqlVariant => {
+                self.write_legacy_text(row, buf)?
+            }
+        }
+        Ok(())
+    }
+
+    /// MONEY (8 bytes: high then low 32 bits) and SMALLMONEY (4 bytes), in ten-thousandths.
+    fn write_money(&self, row: usize, buf: &mut Vec<u8>, fixed: bool) -> Result<(), String> {
+        let a = &self.array;
+        let len_prefix = |buf: &mut Vec<u8>, n: u8| {
+            if !fixed {
+                buf.push(n)
+            }
+        };
+        match self.ty {
             SqlType::Money => {
                 let v = downcast::<Decimal128Array>(a)?.value(row);
                 let v = i64::try_from(v).map_err(|_| err("money value out of range"))?;
@@ -123,17 +198,27 @@ impl ColumnEncoder {
                 len_prefix(buf, 4);
                 buf.extend_from_slice(&v.to_le_bytes());
             }
-            SqlType::Date => {
-                let days = i64::from(downcast::<Date32Array>(a)?.value(row)) + DAYS_CE_TO_EPOCH;
-                buf.push(3);
-                write_date(buf, days)?;
+            _ => return Err(err("not a money type")),
+        }
+        Ok(())
+    }
+
+    /// DATETIME (days since 1900 and 1/300 s ticks), SMALLDATETIME (days and minutes),
+    /// DATETIME2 and DATETIMEOFFSET (time increments, days since year 1, the offset); `ordinal`
+    /// picks the demo offset of a DATETIMEOFFSET row.
+    fn write_datetime(
+        &self,
+        row: usize,
+        ordinal: u64,
+        buf: &mut Vec<u8>,
+        fixed: bool,
+    ) -> Result<(), String> {
+        let len_prefix = |buf: &mut Vec<u8>, n: u8| {
+            if !fixed {
+                buf.push(n)
             }
-            SqlType::Time { scale } => {
-                let ns = downcast::<Time64NanosecondArray>(a)?.value(row);
-                let ns = u64::try_from(ns).map_err(|_| err("negative time value"))?;
-                buf.push(time_len(scale));
-                write_time(buf, scale, ns);
-            }
+        };
+        match self.ty {
             SqlType::DateTime => {
                 let (days, ns) = split_nanos(self.timestamp_nanos(row)?);
                 let mut days = days + DAYS_1900_TO_EPOCH;
@@ -180,49 +265,15 @@ impl ColumnEncoder {
                 let offset = DTO_OFFSETS[(ordinal % 2) as usize];
                 buf.extend_from_slice(&offset.to_le_bytes());
             }
-            SqlType::Char(n) => {
-                let mut bytes = cp1252(downcast::<StringArray>(a)?.value(row));
-                if bytes.len() < usize::from(n) {
-                    bytes.resize(usize::from(n), b' ');
-                }
-                write_u16_len(buf, &bytes)?;
-            }
-            SqlType::VarChar(Some(_)) => {
-                write_u16_len(buf, &cp1252(downcast::<StringArray>(a)?.value(row)))?
-            }
-            SqlType::VarChar(None) => {
-                write_plp(buf, &cp1252(downcast::<StringArray>(a)?.value(row)))
-            }
-            SqlType::NChar(n) => {
-                let s = downcast::<StringArray>(a)?.value(row);
-                let mut units: Vec<u16> = s.encode_utf16().collect();
-                if units.len() < usize::from(n) {
-                    units.resize(usize::from(n), u16::from(b' '));
-                }
-                write_u16_len(buf, &units_to_bytes(&units))?;
-            }
-            SqlType::NVarChar(Some(_)) => {
-                write_u16_len(buf, &utf16(downcast::<StringArray>(a)?.value(row)))?
-            }
-            SqlType::NVarChar(None) | SqlType::Xml => {
-                write_plp(buf, &utf16(downcast::<StringArray>(a)?.value(row)))
-            }
-            SqlType::UniqueIdentifier => {
-                let s = downcast::<StringArray>(a)?.value(row);
-                buf.push(16);
-                buf.extend_from_slice(&guid_to_wire(s)?);
-            }
-            SqlType::Binary(n) => {
-                let mut bytes = downcast::<BinaryArray>(a)?.value(row).to_vec();
-                if bytes.len() < usize::from(n) {
-                    bytes.resize(usize::from(n), 0);
-                }
-                write_u16_len(buf, &bytes)?;
-            }
-            SqlType::VarBinary(Some(_)) | SqlType::RowVersion => {
-                write_u16_len(buf, downcast::<BinaryArray>(a)?.value(row))?
-            }
-            SqlType::VarBinary(None) => write_plp(buf, downcast::<BinaryArray>(a)?.value(row)),
+            _ => return Err(err("not a date-and-time type")),
+        }
+        Ok(())
+    }
+
+    /// TEXT/NTEXT (a text pointer, a timestamp, then the data) and SQL_VARIANT (as NVARCHAR).
+    fn write_legacy_text(&self, row: usize, buf: &mut Vec<u8>) -> Result<(), String> {
+        let a = &self.array;
+        match self.ty {
             SqlType::Text | SqlType::NText => {
                 let s = downcast::<StringArray>(a)?.value(row);
                 let bytes = if self.ty == SqlType::Text {
@@ -252,6 +303,7 @@ impl ColumnEncoder {
                 buf.extend_from_slice(&8000u16.to_le_bytes());
                 buf.extend_from_slice(&data);
             }
+            _ => return Err(err("not a TEXT, NTEXT or SQL_VARIANT type")),
         }
         Ok(())
     }
