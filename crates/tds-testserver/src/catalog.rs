@@ -150,6 +150,34 @@ fn conform(t: &Table, batch: RecordBatch) -> Result<RecordBatch> {
 
 /// The INFORMATION_SCHEMA views: their declared columns and their current rows.
 pub(crate) fn information_schema(catalog: &Catalog, database: &str) -> Result<Vec<Table>> {
+    let (tables_columns, tables_arrays) = tables_view(catalog, database);
+    let (columns_columns, columns_arrays) = columns_view(catalog, database);
+
+    let mut out = Vec::new();
+    for (name, columns, arrays) in [
+        ("TABLES", tables_columns, tables_arrays),
+        ("COLUMNS", columns_columns, columns_arrays),
+    ] {
+        let arrow_schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|c| Field::new(c.name.to_lowercase(), c.sql_type.arrow_type(), c.nullable))
+                .collect::<Vec<_>>(),
+        ));
+        let batches = vec![RecordBatch::try_new(arrow_schema.clone(), arrays)?];
+        out.push(Table {
+            schema: "INFORMATION_SCHEMA".into(),
+            name: name.into(),
+            columns,
+            arrow_schema,
+            batches,
+        });
+    }
+    Ok(out)
+}
+
+/// INFORMATION_SCHEMA.TABLES: its columns and rows.
+fn tables_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayRef>) {
     let tables_columns = vec![
         Column::new("TABLE_CATALOG", SqlType::NVarChar(Some(128))),
         Column::new("TABLE_SCHEMA", SqlType::NVarChar(Some(128))),
@@ -169,7 +197,11 @@ pub(crate) fn information_schema(catalog: &Catalog, database: &str) -> Result<Ve
         Arc::new(StringArray::from(names.2)),
         Arc::new(StringArray::from(vec!["BASE TABLE"; n])),
     ];
+    (tables_columns, tables_arrays)
+}
 
+/// INFORMATION_SCHEMA.COLUMNS: its columns and rows.
+fn columns_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayRef>) {
     let columns_columns = vec![
         Column::new("TABLE_CATALOG", SqlType::NVarChar(Some(128))),
         Column::new("TABLE_SCHEMA", SqlType::NVarChar(Some(128))),
@@ -257,26 +289,5 @@ pub(crate) fn information_schema(catalog: &Catalog, database: &str) -> Result<Ve
         null_text(),
         null_text(),
     ];
-
-    let mut out = Vec::new();
-    for (name, columns, arrays) in [
-        ("TABLES", tables_columns, tables_arrays),
-        ("COLUMNS", columns_columns, columns_arrays),
-    ] {
-        let arrow_schema = Arc::new(Schema::new(
-            columns
-                .iter()
-                .map(|c| Field::new(c.name.to_lowercase(), c.sql_type.arrow_type(), c.nullable))
-                .collect::<Vec<_>>(),
-        ));
-        let batches = vec![RecordBatch::try_new(arrow_schema.clone(), arrays)?];
-        out.push(Table {
-            schema: "INFORMATION_SCHEMA".into(),
-            name: name.into(),
-            columns,
-            arrow_schema,
-            batches,
-        });
-    }
-    Ok(out)
+    (columns_columns, columns_arrays)
 }

@@ -832,91 +832,100 @@ impl VisitorMut for Rewriter<'_> {
             {
                 *op = ast::BinaryOperator::StringConcat;
             }
-            Expr::Function(f) => {
-                let name = f.name.to_string().to_lowercase();
-                let name = name.trim_matches(|c| c == '[' || c == ']' || c == '"');
-                match name {
-                    "count_big" => rename(f, "count"),
-                    "count" => {
-                        rename(f, "count");
-                        let call = std::mem::replace(expr, number(0));
-                        *expr = cast(call, SqlDataType::Int(None));
-                    }
-                    "isnull" => rename(f, "coalesce"),
-                    "len" => {
-                        let args = function_args(f);
-                        rename(f, "character_length");
-                        if let Some(arg) = args.into_iter().next() {
-                            let trimmed = Expr::Function(Function {
-                                name: ObjectName::from(vec![Ident::new("rtrim")]),
-                                uses_odbc_syntax: false,
-                                parameters: FunctionArguments::None,
-                                args: FunctionArguments::List(ast::FunctionArgumentList {
-                                    duplicate_treatment: None,
-                                    args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))],
-                                    clauses: vec![],
-                                }),
-                                filter: None,
-                                null_treatment: None,
-                                over: None,
-                                within_group: vec![],
-                            });
-                            f.args = FunctionArguments::List(ast::FunctionArgumentList {
-                                duplicate_treatment: None,
-                                args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(trimmed))],
-                                clauses: vec![],
-                            });
-                        }
-                    }
-                    "datalength" => rename(f, "octet_length"),
-                    "getdate" | "sysdatetime" | "getutcdate" | "sysutcdatetime"
-                    | "current_timestamp" => {
-                        *expr = cast(
-                            Expr::Function(Function {
-                                name: ObjectName::from(vec![Ident::new("now")]),
-                                uses_odbc_syntax: false,
-                                parameters: FunctionArguments::None,
-                                args: FunctionArguments::List(ast::FunctionArgumentList {
-                                    duplicate_treatment: None,
-                                    args: vec![],
-                                    clauses: vec![],
-                                }),
-                                filter: None,
-                                null_treatment: None,
-                                over: None,
-                                within_group: vec![],
-                            }),
-                            SqlDataType::Timestamp(Some(6), TimezoneInfo::None),
-                        );
-                    }
-                    "db_name" => *expr = string(self.session.database),
-                    "schema_name" => *expr = string("dbo"),
-                    "serverproperty" => {
-                        let arg = function_args(f)
-                            .into_iter()
-                            .next()
-                            .map(|a| a.to_string().trim_matches('\'').to_lowercase())
-                            .unwrap_or_default();
-                        let (major, minor, build) = crate::wire::SERVER_VERSION;
-                        *expr = match arg.as_str() {
-                            "productversion" => string(format!("{major}.{minor}.{build}.0")),
-                            "productmajorversion" => string(major.to_string()),
-                            "edition" => string("Developer Edition (64-bit)"),
-                            "engineedition" => cast(number(3), SqlDataType::Int(None)),
-                            "servername" | "machinename" => string("MEDLAKE-TDS"),
-                            "collation" => string(crate::types::COLLATION_NAME),
-                            _ => Expr::Value(Value::Null.into()),
-                        };
-                    }
-                    other => {
-                        let other = other.to_string();
-                        rename(f, &other);
-                    }
-                }
-            }
+            Expr::Function(_) => self.rewrite_function(expr),
             _ => {}
         }
         ControlFlow::Continue(())
+    }
+}
+
+impl Rewriter<'_> {
+    /// A T-SQL function call in DataFusion's terms: renamed (`ISNULL` → `coalesce`, `LEN` →
+    /// `character_length(rtrim(..))`), typed as SQL Server types it (`COUNT` is int), or
+    /// answered from the session (`DB_NAME()`, `SERVERPROPERTY(..)`, the clock functions).
+    fn rewrite_function(&self, expr: &mut Expr) {
+        let Expr::Function(f) = expr else {
+            return;
+        };
+        let name = f.name.to_string().to_lowercase();
+        let name = name.trim_matches(|c| c == '[' || c == ']' || c == '"');
+        match name {
+            "count_big" => rename(f, "count"),
+            "count" => {
+                rename(f, "count");
+                let call = std::mem::replace(expr, number(0));
+                *expr = cast(call, SqlDataType::Int(None));
+            }
+            "isnull" => rename(f, "coalesce"),
+            "len" => {
+                let args = function_args(f);
+                rename(f, "character_length");
+                if let Some(arg) = args.into_iter().next() {
+                    let trimmed = Expr::Function(Function {
+                        name: ObjectName::from(vec![Ident::new("rtrim")]),
+                        uses_odbc_syntax: false,
+                        parameters: FunctionArguments::None,
+                        args: FunctionArguments::List(ast::FunctionArgumentList {
+                            duplicate_treatment: None,
+                            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))],
+                            clauses: vec![],
+                        }),
+                        filter: None,
+                        null_treatment: None,
+                        over: None,
+                        within_group: vec![],
+                    });
+                    f.args = FunctionArguments::List(ast::FunctionArgumentList {
+                        duplicate_treatment: None,
+                        args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(trimmed))],
+                        clauses: vec![],
+                    });
+                }
+            }
+            "datalength" => rename(f, "octet_length"),
+            "getdate" | "sysdatetime" | "getutcdate" | "sysutcdatetime" | "current_timestamp" => {
+                *expr = cast(
+                    Expr::Function(Function {
+                        name: ObjectName::from(vec![Ident::new("now")]),
+                        uses_odbc_syntax: false,
+                        parameters: FunctionArguments::None,
+                        args: FunctionArguments::List(ast::FunctionArgumentList {
+                            duplicate_treatment: None,
+                            args: vec![],
+                            clauses: vec![],
+                        }),
+                        filter: None,
+                        null_treatment: None,
+                        over: None,
+                        within_group: vec![],
+                    }),
+                    SqlDataType::Timestamp(Some(6), TimezoneInfo::None),
+                );
+            }
+            "db_name" => *expr = string(self.session.database),
+            "schema_name" => *expr = string("dbo"),
+            "serverproperty" => {
+                let arg = function_args(f)
+                    .into_iter()
+                    .next()
+                    .map(|a| a.to_string().trim_matches('\'').to_lowercase())
+                    .unwrap_or_default();
+                let (major, minor, build) = crate::wire::SERVER_VERSION;
+                *expr = match arg.as_str() {
+                    "productversion" => string(format!("{major}.{minor}.{build}.0")),
+                    "productmajorversion" => string(major.to_string()),
+                    "edition" => string("Developer Edition (64-bit)"),
+                    "engineedition" => cast(number(3), SqlDataType::Int(None)),
+                    "servername" | "machinename" => string("MEDLAKE-TDS"),
+                    "collation" => string(crate::types::COLLATION_NAME),
+                    _ => Expr::Value(Value::Null.into()),
+                };
+            }
+            other => {
+                let other = other.to_string();
+                rename(f, &other);
+            }
+        }
     }
 }
 
