@@ -1,33 +1,41 @@
 -- Gold: data completeness per device, ward and day, for compliance reporting.
 --   expected: the readings the device should have sent while attached to a patient in that
---     ward (assignment and ward stay overlapping, ongoing ones up to now) at its nominal sample
---     rate (ehr.devices.sample_rate_hz);
+--     ward (assignment and ward stay overlapping) at its nominal sample rate
+--     (ehr.devices.sample_rate_hz). A stay still open counts up to the day's data horizon:
+--     the newest reading the warehouse holds for that day (the end of a past day; for today,
+--     how far the feeds have reached). The clock is not used, so the view refreshes
+--     incrementally (a view calling now() recomputes fully), and a late pipeline does not
+--     show as missing readings;
 --   received: the readings that reached the lake (validated + quarantined);
 --   accepted: the validated ones; completeness_pct = accepted / expected.
 CREATE MATERIALIZED VIEW gold.data_completeness REFRESH EVERY '15 minutes' AS
 WITH stays AS (
+    -- to_at NULL: still attached.
     SELECT a.device_id, e.ward,
            greatest(a.valid_from, e.admitted_at) AS from_at,
-           least(coalesce(a.valid_to, CAST(now() AS TIMESTAMP)),
-                 coalesce(e.discharged_at, CAST(now() AS TIMESTAMP))) AS to_at
+           CASE WHEN a.valid_to IS NULL THEN e.discharged_at
+                WHEN e.discharged_at IS NULL THEN a.valid_to
+                ELSE least(a.valid_to, e.discharged_at) END AS to_at
     FROM silver.device_assignments AS a
     JOIN silver.encounters AS e
         ON e.patient_id = a.patient_id
-       AND e.admitted_at < coalesce(a.valid_to, CAST(now() AS TIMESTAMP))
+       AND (a.valid_to IS NULL OR e.admitted_at < a.valid_to)
        AND (e.discharged_at IS NULL OR e.discharged_at > a.valid_from)
 ),
 days AS (
-    SELECT DISTINCT CAST(taken_at AS DATE) AS day FROM silver.readings
+    SELECT CAST(taken_at AS DATE) AS day, max(taken_at) AS horizon
+    FROM silver.readings GROUP BY CAST(taken_at AS DATE)
 ),
 expected AS (
     SELECT s.device_id, s.ward, d.day,
-           sum(date_part('epoch', least(s.to_at, CAST(d.day AS TIMESTAMP) + INTERVAL '1 day'))
+           sum(date_part('epoch', least(coalesce(s.to_at, d.horizon),
+                                        CAST(d.day AS TIMESTAMP) + INTERVAL '1 day'))
                - date_part('epoch', greatest(s.from_at, CAST(d.day AS TIMESTAMP))))
                AS attached_seconds
     FROM stays AS s
     JOIN days AS d
         ON s.from_at < CAST(d.day AS TIMESTAMP) + INTERVAL '1 day'
-       AND s.to_at > CAST(d.day AS TIMESTAMP)
+       AND coalesce(s.to_at, d.horizon) > CAST(d.day AS TIMESTAMP)
     GROUP BY s.device_id, s.ward, d.day
 ),
 accepted AS (

@@ -573,19 +573,34 @@ async fn sql(args: SqlArgs) -> Result<(), Failure> {
     let engine = connectors::open_local(&args.warehouse).await?;
     let scripted = !args.commands.is_empty() || !args.files.is_empty();
     if !scripted {
-        return interactive(&engine).await;
+        let result = interactive(&engine).await;
+        engine.warehouse().settle().await;
+        return result;
     }
     for command in &args.commands {
-        run_script(&engine, command, args.timing, args.format).await?;
+        if let Err(e) = run_script(&engine, command, args.timing, args.format).await {
+            engine.warehouse().settle().await;
+            return Err(e);
+        }
     }
+    let mut result = Ok(());
     for file in &args.files {
-        let script = std::fs::read_to_string(file).map_err(|e| {
-            eprintln!("error: cannot read {}: {e}", file.display());
-            Failure::Reported
-        })?;
-        run_script(&engine, &script, args.timing, args.format).await?;
+        let script = match std::fs::read_to_string(file) {
+            Ok(script) => script,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", file.display());
+                result = Err(Failure::Reported);
+                break;
+            }
+        };
+        result = run_script(&engine, &script, args.timing, args.format).await;
+        if result.is_err() {
+            break;
+        }
     }
-    Ok(())
+    // A checkpoint an INSERT started finishes before the process ends.
+    engine.warehouse().settle().await;
+    result
 }
 
 /// Runs every statement of `script`, printing each result; stops at the first error.

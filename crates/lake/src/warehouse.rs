@@ -379,6 +379,8 @@ pub struct Warehouse {
     url: Url,
     pub(crate) store: Arc<dyn ObjectStore>,
     root: Path,
+    /// Work a commit left running (checkpoints): [`Warehouse::settle`] waits for it.
+    background: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
 }
 
 impl fmt::Debug for Warehouse {
@@ -396,7 +398,12 @@ impl Warehouse {
         register_cloud_schemes();
         let url = parse_location(location)?;
         let (store, root) = build_store(&url)?;
-        let warehouse = Self { url, store, root };
+        let warehouse = Self {
+            url,
+            store,
+            root,
+            background: Arc::default(),
+        };
         crate::backup::refuse_unfinished_restore(&warehouse).await?;
         for schema in BUILT_IN_SCHEMAS {
             warehouse.put_schema_marker(schema).await?;
@@ -997,6 +1004,16 @@ impl Warehouse {
         Ok(outcome)
     }
 
+    /// Waits for the work commits left running (checkpoints), so that a process can end
+    /// without cutting it off: a command-line run calls it before it exits.
+    pub async fn settle(&self) {
+        let mut running = match self.background.lock() {
+            Ok(mut background) => std::mem::take(&mut *background),
+            Err(_) => return,
+        };
+        while running.join_next().await.is_some() {}
+    }
+
     /// Opens `name` at its newest version for [`Self::append_to`].
     #[instrument(skip(self), fields(table = %name))]
     pub async fn open_appender(&self, name: &TableName) -> Result<Appender> {
@@ -1256,7 +1273,11 @@ impl Warehouse {
         let retention = config.log_retention_duration();
         let cleanup = config.enable_expired_log_cleanup();
         let (warehouse, name, version) = (self.clone(), appender.name.clone(), appender.version);
-        tokio::spawn(async move {
+        let Ok(mut background) = self.background.lock() else {
+            return;
+        };
+        while background.try_join_next().is_some() {}
+        background.spawn(async move {
             let started = std::time::Instant::now();
             let delta = |e| Error::delta(&name.schema, &name.table, e);
             let outcome = async {
@@ -1345,6 +1366,44 @@ impl Warehouse {
             }
         }
         Err(Error::Internal(format!("append to {name} did not settle")))
+    }
+
+    /// Replaces the rows of `name` matching `predicate` with `batches` (each must match it)
+    /// in one commit; a table that does not exist yet is created with them. For medlake's
+    /// own tables (a view's quarantine after an incremental refresh recomputed a region).
+    /// The commit does not record the predicate's values.
+    #[instrument(skip(self, batches, schema, predicate), fields(table = %name))]
+    pub async fn replace_rows_where(
+        &self,
+        name: &TableName,
+        batches: Vec<RecordBatch>,
+        schema: SchemaRef,
+        predicate: datafusion::logical_expr::Expr,
+    ) -> Result<WriteOutcome> {
+        if !self.table_exists(name).await? {
+            if batches.is_empty() {
+                return Ok(WriteOutcome {
+                    version: 0,
+                    rows: 0,
+                });
+            }
+            return self.write_batches(name, batches, WriteMode::Append).await;
+        }
+        let hide: crate::dml::Hide = Arc::new(|_: &str| "the rows of the changed keys".to_string());
+        let table = self.open_scrubbed_at(name, hide, None).await?;
+        let batches = if batches.is_empty() {
+            vec![RecordBatch::new_empty(schema)]
+        } else {
+            batches
+        };
+        let table = table
+            .write(batches)
+            .with_table_name(name.table.clone())
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(predicate)
+            .await
+            .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
+        self.outcome(name, &table).await
     }
 
     async fn outcome(&self, name: &TableName, table: &DeltaTable) -> Result<WriteOutcome> {

@@ -52,6 +52,9 @@ pub(crate) struct Checks {
     /// A full refresh replaces the quarantine (its rows are re-checked); an incremental one
     /// appends to it.
     replace_quarantine: bool,
+    /// An incremental refresh that recomputes a region of the view (keys, partitions)
+    /// replaces the quarantine's rows of that region: they were checked again.
+    region: std::sync::OnceLock<datafusion::logical_expr::Expr>,
     partitions_left: AtomicUsize,
 }
 
@@ -74,8 +77,15 @@ impl Checks {
             quarantined: Mutex::new(Vec::new()),
             quarantine,
             replace_quarantine,
+            region: std::sync::OnceLock::new(),
             partitions_left: AtomicUsize::new(0),
         }
+    }
+
+    /// The refresh recomputes the view's rows matching `region` (a predicate over the view's
+    /// columns): the quarantine's rows there are replaced by the ones this refresh finds.
+    pub fn replace_region(&self, region: datafusion::logical_expr::Expr) {
+        let _ = self.region.set(region);
     }
 
     /// The failure a `FAIL UPDATE` rule caused, if one did. Writes report errors from their
@@ -205,6 +215,17 @@ impl Checks {
             };
             warehouse
                 .write_batches(table, batches, medlake_lake::WriteMode::Overwrite)
+                .await
+        } else if let Some(region) = self.region.get() {
+            let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+            fields.extend(quarantine_fields());
+            warehouse
+                .replace_rows_where(
+                    table,
+                    batches,
+                    Arc::new(Schema::new(fields)),
+                    region.clone(),
+                )
                 .await
         } else if batches.is_empty() {
             return Ok(());

@@ -70,7 +70,7 @@ pub(crate) struct Keyed {
     depth: usize,
 }
 
-fn matches(reference: &TableReference, table: &TableName, default_schema: &str) -> bool {
+pub(crate) fn matches(reference: &TableReference, table: &TableName, default_schema: &str) -> bool {
     let ResolvedTableReference {
         schema,
         table: name,
@@ -192,7 +192,7 @@ fn linear(plan: &LogicalPlan, table: &TableName, default_schema: &str) -> Result
     }
 }
 
-fn describe(plan: &LogicalPlan) -> String {
+pub(crate) fn describe(plan: &LogicalPlan) -> String {
     match plan {
         LogicalPlan::Aggregate(_) => "an aggregate".into(),
         LogicalPlan::Distinct(_) => "DISTINCT".into(),
@@ -205,7 +205,7 @@ fn describe(plan: &LogicalPlan) -> String {
 }
 
 /// Removes a top-level ORDER BY (without LIMIT): a table has no order.
-fn strip_sort(plan: &LogicalPlan) -> &LogicalPlan {
+pub(crate) fn strip_sort(plan: &LogicalPlan) -> &LogicalPlan {
     match plan {
         LogicalPlan::Sort(s) if s.fetch.is_none() => strip_sort(&s.input),
         other => other,
@@ -436,7 +436,31 @@ pub(crate) fn replace_scans(
     source: Arc<dyn TableSource>,
     others: &[(TableName, Arc<dyn TableSource>)],
 ) -> DfResult<LogicalPlan> {
-    let plan = plan
+    let plan = branches_reading(plan, delta_of, default_schema)?;
+    let mut sources = vec![(delta_of.clone(), source)];
+    sources.extend(others.iter().cloned());
+    with_sources(plan, default_schema, &sources)
+}
+
+/// Whether the term of `delta_of` (see [`replace_scans`]) reads `other`: then it needs
+/// `other` as it was at the last refresh.
+pub(crate) fn term_reads(
+    plan: &LogicalPlan,
+    delta_of: &TableName,
+    other: &TableName,
+    default_schema: &str,
+) -> bool {
+    branches_reading(plan, delta_of, default_schema)
+        .map_or(true, |plan| reads(&plan, other, default_schema) > 0)
+}
+
+/// `plan` with every UNION branch that does not read `delta_of` emptied.
+fn branches_reading(
+    plan: &LogicalPlan,
+    delta_of: &TableName,
+    default_schema: &str,
+) -> DfResult<LogicalPlan> {
+    Ok(plan
         .clone()
         .transform_down(|node| match node {
             LogicalPlan::Union(union) => {
@@ -461,17 +485,22 @@ pub(crate) fn replace_scans(
             }
             other => Ok(Transformed::no(other)),
         })?
-        .data;
+        .data)
+}
+
+/// `plan` with every read of a table in `sources` replaced by its given source (its rows at
+/// another version, or its changed rows).
+pub(crate) fn with_sources(
+    plan: LogicalPlan,
+    default_schema: &str,
+    sources: &[(TableName, Arc<dyn TableSource>)],
+) -> DfResult<LogicalPlan> {
     plan.transform_up(|node| match node {
         LogicalPlan::TableScan(scan) => {
-            let replacement = if matches(&scan.table_name, delta_of, default_schema) {
-                Some(source.clone())
-            } else {
-                others
-                    .iter()
-                    .find(|(t, _)| matches(&scan.table_name, t, default_schema))
-                    .map(|(_, s)| s.clone())
-            };
+            let replacement = sources
+                .iter()
+                .find(|(t, _)| matches(&scan.table_name, t, default_schema))
+                .map(|(_, s)| s.clone());
             let Some(replacement) = replacement else {
                 return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
             };
@@ -495,13 +524,7 @@ pub(crate) fn key_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
     let list: Vec<Expr> = values
         .iter()
         .filter(|v| !v.is_null())
-        .map(|v| match v {
-            ScalarValue::Utf8View(s) | ScalarValue::LargeUtf8(s) => ScalarValue::Utf8(s.clone()),
-            ScalarValue::BinaryView(b) | ScalarValue::LargeBinary(b) => {
-                ScalarValue::Binary(b.clone())
-            }
-            other => other.clone(),
-        })
+        .map(stored_type)
         .map(lit)
         .collect();
     let in_list = if list.is_empty() {
@@ -513,6 +536,15 @@ pub(crate) fn key_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
         in_list.or(expr.is_null())
     } else {
         in_list
+    }
+}
+
+/// `value` as the type Delta stores (strings and binaries as plain Utf8/Binary).
+pub(crate) fn stored_type(value: &ScalarValue) -> ScalarValue {
+    match value {
+        ScalarValue::Utf8View(s) | ScalarValue::LargeUtf8(s) => ScalarValue::Utf8(s.clone()),
+        ScalarValue::BinaryView(b) | ScalarValue::LargeBinary(b) => ScalarValue::Binary(b.clone()),
+        other => other.clone(),
     }
 }
 

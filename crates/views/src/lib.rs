@@ -16,6 +16,7 @@ mod error;
 mod expect;
 mod history;
 mod incremental;
+mod lineage;
 mod multiset;
 mod outcome;
 pub mod refresh;

@@ -33,7 +33,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use medlake_lake::{CommitOptions, TableName, TimeTravel, Warehouse, WriteMode, changes};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use medlake_source::{External, Registry, Watermarked};
 
@@ -42,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::expect::{Checks, ExpectationsExec, PlannedTable, Rule};
 use crate::history;
 use crate::incremental::{self, Shape};
+use crate::lineage;
 use crate::multiset;
 pub use crate::outcome::{RefreshOutcome, Status, Trigger};
 
@@ -215,13 +216,18 @@ enum Plan {
     Distinct(Vec<InputChange>),
     /// Recompute the partitions the changes touch.
     Keyed(Vec<InputChange>, Box<incremental::Keyed>),
+    /// Recompute the regions of the view the changes touch (see [`crate::lineage`]).
+    Regions(Vec<InputChange>, Box<lineage::Regions>),
 }
 
 impl Plan {
     fn changes(&self) -> &[InputChange] {
         match self {
             Plan::Full => &[],
-            Plan::Linear(changes) | Plan::Distinct(changes) | Plan::Keyed(changes, _) => changes,
+            Plan::Linear(changes)
+            | Plan::Distinct(changes)
+            | Plan::Keyed(changes, _)
+            | Plan::Regions(changes, _) => changes,
         }
     }
 
@@ -229,7 +235,7 @@ impl Plan {
     /// (so that for large changes a full refresh is cheaper).
     fn rewrites(&self) -> bool {
         match self {
-            Plan::Keyed(..) => true,
+            Plan::Keyed(..) | Plan::Regions(..) => true,
             Plan::Linear(changes) => changes.iter().any(|c| c.removed.is_some()),
             Plan::Full | Plan::Distinct(_) => false,
         }
@@ -246,8 +252,10 @@ struct InputChange {
     /// The rows it lost (deleted, or old images of updated rows); `None`: it only gained.
     removed: Option<Arc<dyn TableProvider>>,
     /// The input as it was at the last refresh, when another input changed too (see
-    /// [`terms`]); `None` for an external input (the first in order).
+    /// [`terms`]); `None` for an external input.
     old: Option<Arc<dyn TableProvider>>,
+    /// The input's version at the last refresh (Delta inputs).
+    before: Option<u64>,
 }
 
 /// What a refresh writes, and how.
@@ -258,6 +266,9 @@ struct Write {
     write_mode: WriteMode,
     /// Replace only the view rows matching this predicate (an overwrite).
     replace_where: Option<Expr>,
+    /// Inputs this write takes as they were at the last refresh (their versions), for a
+    /// second refresh to apply what they gained.
+    held: BTreeMap<String, u64>,
 }
 
 /// Materialized views over one warehouse. Cheap to clone.
@@ -641,7 +652,15 @@ impl Views {
             )?;
             let input = self.checked(&pinned.ctx, &pinned.plan, &checks).await?;
             let inputs = pinned.versions();
-            let options = commit_options(&definition, &id, "full", started, &pinned, None)?;
+            let options = commit_options(
+                &definition,
+                &id,
+                "full",
+                started,
+                &pinned.versions(),
+                &pinned,
+                None,
+            )?;
             let created = self
                 .inner
                 .warehouse
@@ -967,32 +986,52 @@ impl Views {
         started: DateTime<Utc>,
     ) -> Result<RefreshOutcome> {
         let _running = self.start(name)?;
-        let id = refresh_id(started);
-        let span =
-            info_span!("refresh", view = %name, refresh_id = %id, trigger = trigger.as_str());
-        let result = self
-            .run(name, full, trigger, replace, started, &id)
-            .instrument(span)
-            .await;
-        match result {
-            Ok(outcome) => {
-                info!(view = %name, mode = outcome.mode, rows = outcome.rows_written, status = outcome.status.as_str(), "refresh finished");
-                // A scheduled look that found nothing to do is not history worth a commit;
-                // the scheduler remembers it in memory.
-                if !(outcome.status == Status::Skipped && trigger == Trigger::Schedule) {
-                    self.record(&outcome).await;
-                    self.scheduled(&outcome);
-                }
-                Ok(outcome)
-            }
-            Err(e) => {
-                warn!(view = %name, error = %e, "refresh failed");
-                let outcome = failed(name, &id, trigger, started, &e);
+        let mut started = started;
+        let mut replace = replace;
+        let mut followed_up = false;
+        loop {
+            let id = refresh_id(started);
+            let span =
+                info_span!("refresh", view = %name, refresh_id = %id, trigger = trigger.as_str());
+            let result = self
+                .run(name, full, trigger, replace.take(), started, &id)
+                .instrument(span)
+                .await;
+            let (outcome, again) = match result {
+                Ok(done) => done,
+                Err(e) => return Err(self.failed_refresh(name, &id, trigger, started, e).await),
+            };
+            info!(view = %name, mode = outcome.mode, rows = outcome.rows_written, status = outcome.status.as_str(), "refresh finished");
+            // A scheduled look that found nothing to do is not history worth a commit;
+            // the scheduler remembers it in memory.
+            if !(outcome.status == Status::Skipped && trigger == Trigger::Schedule) {
                 self.record(&outcome).await;
                 self.scheduled(&outcome);
-                Err(e)
             }
+            // The refresh held inputs back (see `lineage::Regions`): a second one applies
+            // what they gained. Once: an input rewritten again meanwhile may hold them back
+            // again, and the next refresh applies them then.
+            if !again || followed_up {
+                return Ok(outcome);
+            }
+            followed_up = true;
+            started = Utc::now();
         }
+    }
+
+    async fn failed_refresh(
+        &self,
+        name: &TableName,
+        id: &str,
+        trigger: Trigger,
+        started: DateTime<Utc>,
+        e: Error,
+    ) -> Error {
+        warn!(view = %name, error = %e, "refresh failed");
+        let outcome = failed(name, id, trigger, started, &e);
+        self.record(&outcome).await;
+        self.scheduled(&outcome);
+        e
     }
 
     async fn run(
@@ -1003,7 +1042,7 @@ impl Views {
         replace: Option<ViewDefinition>,
         started: DateTime<Utc>,
         id: &str,
-    ) -> Result<RefreshOutcome> {
+    ) -> Result<(RefreshOutcome, bool)> {
         let view = self.view(name).await?.ok_or_else(|| Error::ViewNotFound {
             view: name.to_string(),
         })?;
@@ -1029,7 +1068,7 @@ impl Views {
                 }
                 Decision::Skip(reason) => {
                     let refresh = (name, id, trigger, started);
-                    return Ok(skipped(refresh, reason, inputs, view.version));
+                    return Ok((skipped(refresh, reason, inputs, view.version), false));
                 }
             }
         };
@@ -1071,12 +1110,25 @@ impl Views {
             input,
             write_mode,
             replace_where,
+            held,
         } = self.write_input(&step, plan, reason, &mut checks).await?;
+        let mut inputs = inputs;
+        for (table, version) in &held {
+            inputs.insert(table.clone(), *version);
+        }
         let options = CommitOptions {
             // A full refresh takes the query's schema (an input may have gained a column).
             replace_schema: mode == "full",
             replace_where,
-            ..commit_options(&definition, id, mode, started, &pinned, Some(view.version))?
+            ..commit_options(
+                &definition,
+                id,
+                mode,
+                started,
+                &inputs,
+                &pinned,
+                Some(view.version),
+            )?
         };
         let written = self
             .inner
@@ -1092,7 +1144,7 @@ impl Views {
         if replacing {
             self.keep_quarantine_if_used(name, &definition).await?;
         }
-        Ok(RefreshOutcome {
+        let outcome = RefreshOutcome {
             view: name.clone(),
             refresh_id: id.to_string(),
             trigger,
@@ -1110,7 +1162,8 @@ impl Views {
                 counts.extend(pinned.source_mismatches());
                 counts
             },
-        })
+        };
+        Ok((outcome, !held.is_empty()))
     }
 
     /// `EXPLAIN REFRESH MATERIALIZED VIEW name`: what a refresh would do now, with the
@@ -1230,8 +1283,42 @@ impl Views {
             .map(|c| c.said.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        match incremental::analyze(&pinned.plan, &tables, &definition.default_schema, removals) {
-            Err(reason) => (Plan::Full, format!("{said}; {reason}; refreshed fully")),
+        let default_schema = definition.default_schema.as_str();
+        let shape = incremental::analyze(&pinned.plan, &tables, default_schema, removals).and_then(
+            |shape| {
+                needs_missing_old(&pinned.plan, &changes, default_schema)?;
+                Ok(shape)
+            },
+        );
+        match shape {
+            Err(reason) => {
+                let changed: Vec<(&TableName, bool)> = changes
+                    .iter()
+                    .map(|c| (&c.table, c.removed.is_none() && c.old.is_some()))
+                    .collect();
+                match lineage::regions(&pinned.plan, &changed, default_schema) {
+                    Ok(regions) => {
+                        let later = if regions.later.is_empty() {
+                            String::new()
+                        } else {
+                            let names: Vec<String> =
+                                regions.later.iter().map(ToString::to_string).collect();
+                            format!(
+                                "; {} as they were (a second refresh appends what they gained)",
+                                names.join(", ")
+                            )
+                        };
+                        (
+                            Plan::Regions(changes, Box::new(regions)),
+                            format!("{said}; recomputed the view where they touch it{later}"),
+                        )
+                    }
+                    Err(why) => (
+                        Plan::Full,
+                        format!("{said}; {reason}; {why}; refreshed fully"),
+                    ),
+                }
+            }
             Ok(Shape::Linear) if removals => (
                 Plan::Linear(changes),
                 format!("{said}; applied the view's rows for them"),
@@ -1267,17 +1354,6 @@ impl Views {
             changes.push(self.input_change(pinned, table, change, several).await?);
         }
         changes.sort_by_key(|c| c.old.is_some());
-        if several && changes.iter().skip(1).any(|c| c.old.is_none()) {
-            return Err(format!(
-                "{} external inputs changed ({}); incremental refresh handles one changed external input",
-                changes.iter().filter(|c| c.old.is_none()).count(),
-                changes
-                    .iter()
-                    .map(|c| c.table.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
         Ok(changes)
     }
 
@@ -1332,6 +1408,7 @@ impl Views {
                     inserted,
                     removed,
                     old,
+                    before: Some(*before),
                 })
             }
             Change::Marked {
@@ -1347,6 +1424,7 @@ impl Views {
                 inserted: source.between(before, now).map_err(|e| e.to_string())?,
                 removed: None,
                 old: None,
+                before: None,
             }),
             Change::Delta { before: None, .. } => Err(format!(
                 "{table} is a new input, or was dropped and created again"
@@ -1424,6 +1502,7 @@ impl Views {
             input,
             write_mode,
             replace_where: None,
+            held: BTreeMap::new(),
         };
         match plan {
             Plan::Full => {
@@ -1486,6 +1565,7 @@ impl Views {
                     return Ok(write("incremental", reason, nothing, WriteMode::Append));
                 }
                 let keys = distinct_keys(&batches, keyed.key_exprs.len())?;
+                checks.replace_region(keyed.replaced_rows(&keys));
                 let input = self.checked(ctx, &keyed.recompute(&keys)?, checks).await?;
                 Ok(Write {
                     mode: "incremental",
@@ -1493,9 +1573,140 @@ impl Views {
                     input,
                     write_mode: WriteMode::Overwrite,
                     replace_where: Some(keyed.replaced_rows(&keys)),
+                    held: BTreeMap::new(),
                 })
             }
+            Plan::Regions(changes, regions) => {
+                self.regions(step, &changes, &regions, reason, checks).await
+            }
         }
+    }
+
+    /// Recomputes the regions of the view that the changes touch (see [`crate::lineage`])
+    /// and replaces the view's rows there; inputs held for a second refresh are read as they
+    /// were at the last refresh.
+    async fn regions(
+        &self,
+        step: &Step<'_>,
+        changes: &[InputChange],
+        regions: &lineage::Regions,
+        reason: String,
+        checks: &mut Arc<Checks>,
+    ) -> Result<Write> {
+        let ctx = &step.pinned.ctx;
+        let default_schema = step.definition.default_schema.as_str();
+        let mut held = BTreeMap::new();
+        let mut sources = Vec::new();
+        for change in changes.iter().filter(|c| regions.later.contains(&c.table)) {
+            let (Some(old), Some(before)) = (&change.old, change.before) else {
+                return Err(Error::Internal(format!(
+                    "{} has no old version to hold",
+                    change.table
+                )));
+            };
+            held.insert(change.table.to_string(), before);
+            sources.push((change.table.clone(), provider_as_source(old.clone())));
+        }
+        let query = incremental::with_sources(
+            incremental::strip_sort(&step.pinned.plan).clone(),
+            default_schema,
+            &sources,
+        )?;
+        let mut predicates: Vec<Expr> = Vec::new();
+        for key in &regions.keys {
+            let change = changes
+                .iter()
+                .find(|c| c.table == key.table)
+                .ok_or_else(|| Error::Internal(format!("no change of {}", key.table)))?;
+            let mut rows = LogicalPlanBuilder::scan(
+                "changes",
+                provider_as_source(change.inserted.clone()),
+                None,
+            )?;
+            if let Some(removed) = &change.removed {
+                rows = rows.union(
+                    LogicalPlanBuilder::scan("changes", provider_as_source(removed.clone()), None)?
+                        .build()?,
+                )?;
+            }
+            let group: Vec<Expr> = key
+                .pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (_, k))| k.clone().alias(format!("__medlake_key_{i}")))
+                .collect();
+            let touched = rows.aggregate(group, Vec::<Expr>::new())?.build()?;
+            // The key expressions run on every changed row, outside the guards of the view's
+            // query (a WHERE that leaves out what a CAST cannot take): when they fail, the
+            // view is recomputed (the error, which may quote a value, is not the reason).
+            let batches = match collect_plan(ctx, &touched).await {
+                Ok(batches) => batches,
+                Err(e) => {
+                    debug!(view = %step.name, error = %e, "region keys failed");
+                    let why = format!(
+                        "{reason}; the keys of the changed rows could not be computed; refreshed fully"
+                    );
+                    return self.full_after_all(step, why, checks).await;
+                }
+            };
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                continue;
+            }
+            let values = distinct_keys(&batches, key.pairs.len())?;
+            let predicate = key
+                .pairs
+                .iter()
+                .zip(&values)
+                .map(|((view, _), values)| lineage::region_predicate(view.clone(), values))
+                .reduce(Expr::and)
+                .unwrap_or_else(|| datafusion::logical_expr::lit(true));
+            if !predicates.contains(&predicate) {
+                predicates.push(predicate);
+            }
+        }
+        if predicates.is_empty() {
+            let nothing = LogicalPlan::EmptyRelation(EmptyRelation {
+                produce_one_row: false,
+                schema: step.pinned.plan.schema().clone(),
+            });
+            return Ok(Write {
+                mode: "incremental",
+                reason: format!("{reason} (no region changed)"),
+                input: nothing,
+                write_mode: WriteMode::Append,
+                replace_where: None,
+                held,
+            });
+        }
+        // Each region once: the rows of region i that no earlier region holds.
+        let mut parts = Vec::new();
+        for (i, predicate) in predicates.iter().enumerate() {
+            let mut only = predicate.clone().is_true();
+            if let Some(earlier) = predicates[..i].iter().cloned().reduce(Expr::or) {
+                only = only.and(earlier.is_not_true());
+            }
+            parts.push(
+                LogicalPlanBuilder::from(query.clone())
+                    .filter(only)?
+                    .build()?,
+            );
+        }
+        let replaced = predicates
+            .iter()
+            .cloned()
+            .map(lineage::unqualified)
+            .reduce(Expr::or)
+            .unwrap_or_else(|| datafusion::logical_expr::lit(false));
+        checks.replace_region(replaced.clone());
+        let input = self.checked(ctx, &union_all(parts)?, checks).await?;
+        Ok(Write {
+            mode: "incremental",
+            reason: format!("{reason} ({} region(s))", predicates.len()),
+            input,
+            write_mode: WriteMode::Overwrite,
+            replace_where: Some(replaced),
+            held,
+        })
     }
 
     /// A full refresh after all, because an incremental one turned out to change too much.
@@ -1521,6 +1732,7 @@ impl Views {
             input,
             write_mode: WriteMode::Overwrite,
             replace_where: None,
+            held: BTreeMap::new(),
         })
     }
 
@@ -1588,6 +1800,7 @@ impl Views {
                 input,
                 write_mode: WriteMode::Append,
                 replace_where: None,
+                held: BTreeMap::new(),
             }));
         }
         let keys = distinct_keys(&net, columns)?;
@@ -1613,6 +1826,7 @@ impl Views {
             input,
             write_mode: WriteMode::Overwrite,
             replace_where: Some(region),
+            held: BTreeMap::new(),
         }))
     }
 
@@ -1749,6 +1963,15 @@ fn expectation_counts(checks: &Checks) -> Vec<(String, String, &'static str, u64
 }
 
 /// The inputs that changed since the view's last refresh, and how.
+/// Runs `plan` to its batches.
+async fn collect_plan(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    let physical = ctx.state().create_physical_plan(plan).await?;
+    collect(physical, ctx.task_ctx()).await
+}
+
 /// `REFRESH POLICY INCREMENTAL STRICT` refuses, when the view is created or replaced, a query
 /// that some change to its inputs would make recompute: every input is taken as changed,
 /// rows lost included.
@@ -1791,9 +2014,17 @@ fn check_strict(definition: &ViewDefinition, pinned: &Pinned) -> Result<()> {
             pinned.external.len()
         )));
     }
-    incremental::analyze(&pinned.plan, &tables, &definition.default_schema, true)
-        .map(|_| ())
-        .map_err(refuse)
+    let default_schema = definition.default_schema.as_str();
+    match incremental::analyze(&pinned.plan, &tables, default_schema, true) {
+        Ok(_) => Ok(()),
+        Err(reason) => {
+            // What the shapes cannot take, regions may: recomputed where the change touches.
+            let changed: Vec<(&TableName, bool)> = tables.iter().map(|t| (*t, false)).collect();
+            lineage::regions(&pinned.plan, &changed, default_schema)
+                .map(|_| ())
+                .map_err(|why| refuse(format!("{reason}; {why}")))
+        }
+    }
 }
 
 /// The volume of each changed input; rows counted when `count` and the plan reads the
@@ -1935,18 +2166,17 @@ fn terms(
             (true, Some(rows)) => rows.clone(),
             (true, None) => continue,
         };
-        let others = changes[i + 1..]
+        // (An input without its old version is one this term does not read: see
+        // `needs_missing_old`.)
+        let others: Vec<_> = changes[i + 1..]
             .iter()
-            .map(|later| {
+            .filter_map(|later| {
                 later
                     .old
                     .clone()
                     .map(|old| (later.table.clone(), provider_as_source(old)))
-                    .ok_or_else(|| {
-                        Error::Internal(format!("{} has no old version to join", later.table))
-                    })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         terms.push(incremental::replace_scans(
             plan,
             &change.table,
@@ -1956,6 +2186,28 @@ fn terms(
         )?);
     }
     Ok(terms)
+}
+
+/// Refuses changes where one input's term must read another input as it was and that input
+/// is external (no old version to read).
+fn needs_missing_old(
+    plan: &LogicalPlan,
+    changes: &[InputChange],
+    default_schema: &str,
+) -> std::result::Result<(), String> {
+    for (i, change) in changes.iter().enumerate() {
+        for later in &changes[i + 1..] {
+            if later.old.is_none()
+                && incremental::term_reads(plan, &change.table, &later.table, default_schema)
+            {
+                return Err(format!(
+                    "{} and {} changed and {} is external (its rows as they were cannot be read)",
+                    change.table, later.table, later.table
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The rows of every plan (all of one schema), or none.
@@ -2032,6 +2284,7 @@ fn commit_options(
     id: &str,
     mode: &str,
     started: DateTime<Utc>,
+    inputs: &BTreeMap<String, u64>,
     pinned: &Pinned,
     base_version: Option<u64>,
 ) -> Result<CommitOptions> {
@@ -2041,7 +2294,7 @@ fn commit_options(
             id: id.to_string(),
             mode: mode.to_string(),
             started,
-            inputs: pinned.versions(),
+            inputs: inputs.clone(),
             input_ids: pinned.ids(),
             input_marks: pinned.marks(),
         },
