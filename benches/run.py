@@ -9,6 +9,7 @@ on the same data, in the same run.
     python benches/run.py serve --bin target/release/medlake [--rows 10000000] [--rounds 3]
     python benches/run.py dashboard --bin target/release/medlake [--rows 1000000] [--clients 32] [--seconds 30]
     python benches/run.py spill --bin target/release/medlake [--rows 50000000] [--memory-limit 256MB]
+    python benches/run.py warehouse --bin target/release/medlake [--patients N --hours H --rate R]
 
 refresh: incremental vs full REFRESH MATERIALIZED VIEW after appending 1% to a bronze table,
 with DuckDB recomputing the same gold table from bronze's Parquet files as the peer.
@@ -30,6 +31,10 @@ a gold table over the Postgres wire, against PostgreSQL 15 with indexes; p50/p99
 
 spill: a FULL refresh whose aggregation is far larger than MEDLAKE_MEMORY_LIMIT, at 1x and 2x
 the data, with and without the limit, against DuckDB under the same memory_limit.
+
+warehouse (warehouse.py): the reference warehouse of `medlake quickstart` after one percent
+more in every source: a CASCADE refresh of every view of sql/ (incremental) against a FULL
+CASCADE refresh of the same views, results checked equal.
 """
 
 import argparse
@@ -1660,6 +1665,7 @@ def add_serve_dashboard_spill_parsers(sub):
 
 def main():
     import medallion  # its own module; both share harness.py
+    import warehouse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="workload", required=True)
@@ -1676,10 +1682,11 @@ def main():
     i.add_argument("--pg-bin", help="PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)")
     add_serve_dashboard_spill_parsers(sub)
     medallion.add_parser(sub)
+    warehouse.add_parser(sub)
     args = parser.parse_args()
     ensure_python_peers()
     {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill,
-     "medallion": medallion.medallion}[args.workload](args)
+     "medallion": medallion.medallion, "warehouse": warehouse.warehouse}[args.workload](args)
 
 
 if __name__ == "__main__":

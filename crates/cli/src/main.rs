@@ -138,7 +138,7 @@ struct RefreshArgs {
     /// Recompute fully even where an incremental refresh is possible.
     #[arg(long)]
     full: bool,
-    /// Refresh the views each one reads first, in dependency order.
+    /// Refresh the views they read first (each once), in dependency order.
     #[arg(long)]
     cascade: bool,
 }
@@ -308,18 +308,19 @@ impl From<medlake_demo::Failure> for Failure {
 
 async fn refresh(args: RefreshArgs) -> Result<(), Failure> {
     let engine = connectors::open_local(&args.warehouse).await?;
-    for view in &args.views {
-        for outcome in engine.refresh(view, args.full, args.cascade).await? {
-            println!(
-                "{}: {} ({}), {} rows written, version {}: {}",
-                outcome.view,
-                outcome.status.as_str(),
-                outcome.mode,
-                outcome.rows_written,
-                outcome.version.map_or("-".to_string(), |v| v.to_string()),
-                outcome.reason
-            );
-        }
+    let views: Vec<&str> = args.views.iter().map(String::as_str).collect();
+    let result = engine.refresh_many(&views, args.full, args.cascade).await;
+    engine.warehouse().settle().await;
+    for outcome in result? {
+        println!(
+            "{}: {} ({}), {} rows written, version {}: {}",
+            outcome.view,
+            outcome.status.as_str(),
+            outcome.mode,
+            outcome.rows_written,
+            outcome.version.map_or("-".to_string(), |v| v.to_string()),
+            outcome.reason
+        );
     }
     Ok(())
 }

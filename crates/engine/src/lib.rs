@@ -476,24 +476,39 @@ impl Engine {
     }
 
     /// Refreshes the view named `name` (as written in SQL), with its upstream views first when
-    /// `cascade`; what `REFRESH MATERIALIZED VIEW` and `medlake refresh` run.
+    /// `cascade`; what `REFRESH MATERIALIZED VIEW` runs.
     pub async fn refresh(
         &self,
         name: &str,
         full: bool,
         cascade: bool,
     ) -> Result<Vec<RefreshOutcome>> {
-        let parsed = datafusion::sql::sqlparser::parser::Parser::new(&MedlakeDialect::default())
-            .try_with_sql(name)
-            .and_then(|mut p| p.parse_object_name(false))
-            .map_err(|e| Error::Syntax {
-                message: format!("'{name}' is not a view name: {e}"),
-            })?;
-        let name = self.default.table_name(&statement::name_parts(&parsed)?)?;
+        self.refresh_many(&[name], full, cascade).await
+    }
+
+    /// Refreshes the views `names` (as written in SQL), with their upstream views first, each
+    /// once, when `cascade`; what `medlake refresh` runs.
+    pub async fn refresh_many(
+        &self,
+        names: &[&str],
+        full: bool,
+        cascade: bool,
+    ) -> Result<Vec<RefreshOutcome>> {
+        let mut views = Vec::new();
+        for name in names {
+            let parsed =
+                datafusion::sql::sqlparser::parser::Parser::new(&MedlakeDialect::default())
+                    .try_with_sql(name)
+                    .and_then(|mut p| p.parse_object_name(false))
+                    .map_err(|e| Error::Syntax {
+                        message: format!("'{name}' is not a view name: {e}"),
+                    })?;
+            views.push(self.default.table_name(&statement::name_parts(&parsed)?)?);
+        }
         Ok(self
             .shared
             .views
-            .refresh(&name, full, cascade, Trigger::Manual)
+            .refresh_many(&views, full, cascade, Trigger::Manual)
             .await?)
     }
 

@@ -82,6 +82,11 @@ impl Checks {
         }
     }
 
+    /// The quarantine table rows are written to, if the view has one.
+    pub fn quarantine_table(&self) -> Option<&TableName> {
+        self.quarantine.as_ref().map(|(_, table)| table)
+    }
+
     /// The refresh recomputes the view's rows matching `region` (a predicate over the view's
     /// columns): the quarantine's rows there are replaced by the ones this refresh finds.
     pub fn replace_region(&self, region: datafusion::logical_expr::Expr) {

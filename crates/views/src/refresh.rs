@@ -779,18 +779,37 @@ impl Views {
         cascade: bool,
         trigger: Trigger,
     ) -> Result<Vec<RefreshOutcome>> {
-        let Some(view) = self.view(name).await? else {
-            return Err(Error::WrongObjectType {
-                name: name.to_string(),
-                is: "a table",
-                expected: "a materialized view",
-            });
-        };
+        self.refresh_many(std::slice::from_ref(name), full, cascade, trigger)
+            .await
+    }
+
+    /// [`Self::refresh`] of several views at once: with `cascade`, each view they read is
+    /// refreshed once, before every view that reads it.
+    pub async fn refresh_many(
+        &self,
+        names: &[TableName],
+        full: bool,
+        cascade: bool,
+        trigger: Trigger,
+    ) -> Result<Vec<RefreshOutcome>> {
+        let mut named = Vec::new();
+        for name in names {
+            let Some(view) = self.view(name).await? else {
+                return Err(Error::WrongObjectType {
+                    name: name.to_string(),
+                    is: "a table",
+                    expected: "a materialized view",
+                });
+            };
+            if !named.contains(&view.name) {
+                named.push(view.name);
+            }
+        }
         let order = if cascade {
             let all = self.list().await?;
             let graph = self.graph(&all)?;
             let mut wanted = BTreeSet::new();
-            let mut stack = vec![view.name.clone()];
+            let mut stack = named.clone();
             while let Some(next) = stack.pop() {
                 if wanted.insert(next.clone()) {
                     stack.extend(graph.get(&next).cloned().unwrap_or_default());
@@ -801,7 +820,7 @@ impl Views {
                 .filter(|v| wanted.contains(v))
                 .collect()
         } else {
-            vec![view.name.clone()]
+            named.clone()
         };
         let mut outcomes = Vec::new();
         let mut first_error = None;
@@ -810,7 +829,11 @@ impl Views {
                 &order,
                 full,
                 |v| {
-                    if v == name { trigger } else { Trigger::Cascade }
+                    if named.contains(v) {
+                        trigger
+                    } else {
+                        Trigger::Cascade
+                    }
                 },
                 None,
             )
@@ -1531,7 +1554,23 @@ impl Views {
                 let held = LogicalPlanBuilder::scan("current", self.held_rows(step).await?, None)?
                     .project(same_types(delta.schema().as_arrow()))?
                     .build()?;
-                let fresh = LogicalPlanBuilder::except(delta, held, false)?;
+                let mut fresh = LogicalPlanBuilder::except(delta, held, false)?;
+                // Rows a rule quarantined are not in the view but were taken: a copy sent
+                // again is no new row (a full refresh quarantines it once).
+                let warehouse = &self.inner.warehouse;
+                if let Some(quarantine) = checks.quarantine_table().cloned()
+                    && warehouse.table_exists(&quarantine).await?
+                {
+                    let (provider, _) = warehouse.table_provider(&quarantine, None).await?;
+                    let quarantined = LogicalPlanBuilder::scan(
+                        "quarantined",
+                        provider_as_source(provider),
+                        None,
+                    )?
+                    .project(same_types(fresh.schema().as_arrow()))?
+                    .build()?;
+                    fresh = LogicalPlanBuilder::except(fresh, quarantined, false)?;
+                }
                 let input = self.checked(ctx, &fresh, checks).await?;
                 Ok(write("incremental", reason, input, WriteMode::Append))
             }

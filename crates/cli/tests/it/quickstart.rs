@@ -744,64 +744,12 @@ fn every_view_refreshes_incrementally_after_one_percent_more_in_every_source() {
         .path();
     std::fs::create_dir_all(pacs.join("second-export")).unwrap();
     std::fs::copy(&image, pacs.join("second-export").join("1.dcm")).unwrap();
-    // 1% more rows in every stand-in source (at least one): new versions of existing rows
-    // where the source updates rows, new rows where it appends.
-    let now = "CAST(now() AS TIMESTAMP)";
-    let one_percent =
-        |table: &str| (count(&wh, &format!("SELECT count(*) FROM {table}")) / 100).max(1);
-    let statements = [
-        format!(
-            "INSERT INTO ehr.patients SELECT patient_id, mrn, family_name, 'Corrected', birth_date, sex, {now} FROM ehr.patients LIMIT {}",
-            one_percent("ehr.patients")
-        ),
-        format!(
-            "INSERT INTO ehr.devices SELECT device_id, kind, manufacturer, model, serial_number, sample_rate_hz, {now} FROM ehr.devices LIMIT {}",
-            one_percent("ehr.devices")
-        ),
-        format!(
-            "INSERT INTO ehr.device_assignments SELECT assignment_id, device_id, patient_id, valid_from, valid_to, {now} FROM ehr.device_assignments ORDER BY assignment_id DESC LIMIT {}",
-            one_percent("ehr.device_assignments")
-        ),
-        format!(
-            "INSERT INTO ehr.encounters SELECT encounter_id, patient_id, ward, bed, admitted_at, discharged_at, {now} FROM ehr.encounters ORDER BY encounter_id DESC LIMIT {}",
-            one_percent("ehr.encounters")
-        ),
-        format!(
-            "INSERT INTO ehr.observations SELECT observation_id + 1000000, patient_id, observed_at + INTERVAL '1 minute', respiration_rate, spo2, on_oxygen, systolic_bp, heart_rate, consciousness, temperature, recorded_by, {now} FROM ehr.observations LIMIT {}",
-            one_percent("ehr.observations")
-        ),
-        format!(
-            "INSERT INTO events.alerts SELECT id, device_id, patient_id, alert_type, severity, message, raised_at, raised_at + INTERVAL '2 minutes', 'nurse.on.duty', _ts + 1000000 FROM events.alerts LIMIT {}",
-            one_percent("events.alerts")
-        ),
-        format!(
-            "INSERT INTO events.device_events SELECT concat(id, '-2'), device_id, event_type, battery_pct, detail, occurred_at + INTERVAL '1 minute', _ts + 1000000 FROM events.device_events LIMIT {}",
-            one_percent("events.device_events")
-        ),
-        format!(
-            "INSERT INTO telemetry.device_cloud SELECT concat(reading_id, '-2'), device_id, patient_id, metric, value, unit, taken_at + INTERVAL '1 second', {now} FROM telemetry.device_cloud ORDER BY received_at DESC LIMIT {}",
-            one_percent("telemetry.device_cloud")
-        ),
-        format!(
-            "INSERT INTO trials.trials SELECT trial_id, title, phase, sponsor, status, start_date, {now} FROM trials.trials LIMIT {}",
-            one_percent("trials.trials")
-        ),
-        format!(
-            "INSERT INTO trials.enrollments SELECT enrollment_id, trial_id, patient_id, arm, consented_at, withdrawn_at, {now} FROM trials.enrollments LIMIT {}",
-            one_percent("trials.enrollments")
-        ),
-        format!(
-            "INSERT INTO trials.research_logs SELECT log_id + 1000000, trial_id, patient_id, logged_at, category, entry, {now} FROM trials.research_logs LIMIT {}",
-            one_percent("trials.research_logs")
-        ),
-        format!(
-            "INSERT INTO bronze.readings_push SELECT device_id, patient_id, metric, value, unit, taken_at + INTERVAL '1 second' FROM bronze.readings_push ORDER BY taken_at DESC LIMIT {}",
-            one_percent("bronze.readings_push")
-        ),
-    ];
-    for statement in &statements {
-        ok(&wh, &["-c", statement]);
-    }
+    // 1% more rows in every stand-in source (the statements the `warehouse` benchmark runs).
+    let append = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../benches/warehouse/append.sql"
+    );
+    ok(&wh, &["-f", append]);
     let views = csv(
         &wh,
         "SELECT schema || '.' || name FROM system.materialized_views ORDER BY 1",

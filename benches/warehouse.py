@@ -1,0 +1,164 @@
+"""warehouse (P3): the reference warehouse (`medlake quickstart`'s sources and every view of
+sql/) after one percent more in every source: a CASCADE refresh of every view (incremental
+where medlake can) against a FULL CASCADE refresh of the same views over the same data.
+Every view's incremental result is checked equal to its FULL result (floats to 6 decimals)
+before any time is reported.
+
+    python benches/run.py warehouse --bin target/release/medlake            # default scale
+    python benches/run.py warehouse --bin ... --patients 10 --hours 3 --rate 0.2   # small
+"""
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import HERE, Medlake, build_of, load_average, sql_file, workload_parser, write_result
+
+FLOATS = {"double", "float", "real", "double precision", "float64", "float32"}
+
+
+def run(args, what):
+    started = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"{what} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return seconds
+
+
+def one_percent_more_files(landing):
+    """New landing files: a copy of the newest CSV and Parquet batch, a document, a DICOM."""
+    for kind in ["csv", "parquet"]:
+        folder = landing / "readings" / kind
+        latest = sorted(p for p in folder.iterdir() if p.is_dir())[-1]
+        nxt = folder / (latest.name[:-2] + "59")
+        shutil.copytree(latest, nxt)
+    documents = landing / "documents"
+    document = sorted(documents.iterdir())[0]
+    shutil.copy(document, documents / "MRN0009999_discharge_letter.pdf")
+    pacs = landing / "pacs-export"
+    study = sorted(p for p in pacs.iterdir() if p.is_dir())[0]
+    image = sorted(study.iterdir())[0]
+    (pacs / "second-export").mkdir()
+    shutil.copy(image, pacs / "second-export" / "1.dcm")
+
+
+def view_columns(medlake, view):
+    schema, name = view.split(".")
+    rows = medlake.rows(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        f"WHERE table_schema = '{schema}' AND table_name = '{name}' ORDER BY ordinal_position"
+    )
+    return [f"round({c}, 6)" if t.lower() in FLOATS else c for c, t in rows]
+
+
+def refreshes(medlake, after):
+    """The refreshes recorded after the first `after`: view, mode, seconds."""
+    return medlake.rows(
+        "SELECT view, mode, date_part('epoch', finished) - date_part('epoch', started) FROM "
+        "(SELECT *, row_number() OVER (ORDER BY started, refresh_id) AS n FROM system.refreshes) "
+        f"WHERE n > {after} AND mode <> 'none' ORDER BY started"
+    )
+
+
+def warehouse(args):
+    work = Path(tempfile.mkdtemp(prefix="medlake-bench-warehouse-"))
+    try:
+        measure(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args, work):
+    qs = work / "qs"
+    command = [args.bin, "quickstart", "--dir", str(qs), "--once", "--live-seconds", "3",
+               "--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+    for flag in ["patients", "hours", "rate"]:
+        if getattr(args, flag) is not None:
+            command += [f"--{flag}", str(getattr(args, flag))]
+    print(f"warehouse: {' '.join(command)}", file=sys.stderr)
+    build_s = run(command, "quickstart")
+    wh = qs / "warehouse"
+    medlake = Medlake(args.bin, wh)
+    readings = int(medlake.rows("SELECT count(*) FROM silver.readings")[0][0])
+    views = [v for (v,) in medlake.rows(
+        "SELECT schema || '.' || name FROM system.materialized_views ORDER BY 1")]
+    one_percent_more_files(qs / "landing")
+    started = time.perf_counter()
+    medlake.run(sql_file("append.sql", "warehouse"))
+    append_s = time.perf_counter() - started
+    before = int(medlake.rows("SELECT count(*) FROM system.refreshes")[0][0])
+    refresh = [args.bin, "refresh", "--cascade", "--warehouse", str(wh)]
+    incremental_s = run(refresh + views, "incremental refresh")
+    incremental = refreshes(medlake, before)
+    full_views = sorted({v for v, m, _ in incremental if m != "incremental"})
+    versions = dict(medlake.rows(
+        "SELECT schema || '.' || name, table_version FROM system.materialized_views"))
+    after = int(medlake.rows("SELECT count(*) FROM system.refreshes")[0][0])
+    full_s = run(refresh + ["--full"] + views, "FULL refresh")
+    full = refreshes(medlake, after)
+    differ = {}
+    for view in views:
+        columns = ", ".join(view_columns(medlake, view))
+        old = f"SELECT {columns} FROM {view} VERSION AS OF {versions[view]}"
+        new = f"SELECT {columns} FROM {view}"
+        n = int(medlake.rows(
+            f"SELECT (SELECT count(*) FROM ({old} EXCEPT ALL {new})) + "
+            f"(SELECT count(*) FROM ({new} EXCEPT ALL {old}))")[0][0])
+        if n:
+            differ[view] = n
+    if differ:
+        sys.exit(f"incremental and FULL results differ (rows): {differ}")
+
+    def slowest(rows):
+        return sorted(((v, m, float(s)) for v, m, s in rows), key=lambda r: -r[2])[:5]
+
+    result = {
+        "workload": "warehouse",
+        "command": " ".join(sys.argv),
+        "readings": readings,
+        "views": len(views),
+        "quickstart_seconds": build_s,
+        "append_seconds": append_s,
+        "incremental_seconds": incremental_s,
+        "full_seconds": full_s,
+        "ratio_incremental_over_full": incremental_s / full_s,
+        "not_incremental": full_views,
+        "slowest_incremental": slowest(incremental),
+        "slowest_full": slowest(full),
+        "medlake": {"binary": args.bin, "build": build_of(args.bin)},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_after": load_average()},
+    }
+    if full_views:
+        sys.exit(f"views not refreshed incrementally: {full_views}\n{json.dumps(result, indent=2)}")
+    table = "\n".join([
+        f"The reference warehouse ({readings:,} readings in silver.readings, {len(views)} views), "
+        "after one percent more in every source (`benches/warehouse/append.sql` and new landing files):",
+        "",
+        "| CASCADE refresh of every view | seconds |",
+        "|---|---:|",
+        f"| incremental (every view incremental) | {incremental_s:.1f} |",
+        f"| FULL | {full_s:.1f} |",
+        "",
+        f"incremental / FULL = {incremental_s / full_s:.3f} (goal ≤ 0.05). Slowest incremental views: "
+        + ", ".join(f"{v} {s:.1f} s" for v, _, s in result["slowest_incremental"]) + ".",
+    ])
+    intro = (f"`{result['command']}` on {os.cpu_count()} cores (quickstart build {build_s:.0f} s, "
+             f"the 1% append {append_s:.1f} s).")
+    write_result(args, "warehouse", result, table, intro)
+
+
+def add_parser(sub):
+    w = workload_parser(sub, "warehouse", "the reference warehouse: CASCADE refresh after 1% more in every source, incremental vs FULL")
+    w.add_argument("--patients", type=int, help="quickstart --patients (default: the quickstart's)")
+    w.add_argument("--hours", type=float, help="quickstart --hours")
+    w.add_argument("--rate", type=float, help="quickstart --rate (readings per second per device)")
+    w.add_argument("--keep", action="store_true", help="keep the work folder")
