@@ -180,90 +180,8 @@ fn through(plan: &LogicalPlan, side: usize, pairs: Pairs) -> Result<Pairs, Strin
         LogicalPlan::SubqueryAlias(a) => {
             renamed(pairs, a.input.schema().columns(), a.schema.columns())
         }
-        LogicalPlan::Union(u) => {
-            let branch = u.inputs[side].schema();
-            let pairs = pairs
-                .into_iter()
-                .map(|(e, k)| {
-                    let Expr::Column(c) = &e else {
-                        return (e, k);
-                    };
-                    let (Ok(from), Ok(i)) =
-                        (e.get_type(branch.as_ref()), branch.index_of_column(c))
-                    else {
-                        return (e, k);
-                    };
-                    let to = u.schema.field(i).data_type();
-                    if &from == to {
-                        (e, k)
-                    } else {
-                        (e, cast(k, to.clone()))
-                    }
-                })
-                .collect();
-            renamed(pairs, branch.columns(), u.schema.columns())
-        }
-        LogicalPlan::Join(j) => {
-            let equalities = equi_pairs(j);
-            let on: Vec<(&Expr, &Expr)> = equalities
-                .iter()
-                .map(|(l, r)| if side == 0 { (l, r) } else { (r, l) })
-                .collect();
-            // `a = b` compares after coercion: b holds a's value only when both have one type.
-            let (mine_schema, other_schema) = if side == 0 {
-                (j.left.schema(), j.right.schema())
-            } else {
-                (j.right.schema(), j.left.schema())
-            };
-            let across = || -> Pairs {
-                on.iter()
-                    .filter(|(mine, other)| {
-                        matches!(
-                            (mine.get_type(mine_schema.as_ref()), other.get_type(other_schema.as_ref())),
-                            (Ok(a), Ok(b)) if a == b
-                        )
-                    })
-                    .filter_map(|(mine, other)| lookup(&pairs, mine).map(|k| ((*other).clone(), k)))
-                    .collect()
-            };
-            let preserved = matches!(
-                (j.join_type, side),
-                (JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti, 0)
-                    | (
-                        JoinType::Right | JoinType::RightSemi | JoinType::RightAnti,
-                        1
-                    )
-            );
-            let supplying = matches!(
-                (j.join_type, side),
-                (JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti, 1)
-                    | (
-                        JoinType::Right | JoinType::RightSemi | JoinType::RightAnti,
-                        0
-                    )
-            );
-            if j.join_type == JoinType::Inner {
-                let mut out = across();
-                out.extend(pairs);
-                out
-            } else if preserved {
-                pairs
-            } else if supplying {
-                let out = across();
-                if out.is_empty() {
-                    return Err(format!(
-                        "the changed input is on the null-supplying or filtering side of a {} join whose keys are not its columns",
-                        j.join_type
-                    ));
-                }
-                out
-            } else {
-                return Err(format!(
-                    "the query has a {} join over the changed input",
-                    j.join_type
-                ));
-            }
-        }
+        LogicalPlan::Union(u) => through_union(u, side, pairs),
+        LogicalPlan::Join(j) => through_join(j, side, pairs)?,
         LogicalPlan::Aggregate(a) => {
             if a.group_expr
                 .iter()
@@ -282,34 +200,7 @@ fn through(plan: &LogicalPlan, side: usize, pairs: Pairs) -> Result<Pairs, Strin
             }
             out
         }
-        LogicalPlan::Window(w) => {
-            let mut shared: Option<Vec<Expr>> = None;
-            for e in &w.window_expr {
-                let Expr::WindowFunction(f) = e.clone().unalias() else {
-                    return Err(format!("{e} is not a window function"));
-                };
-                let partition = f.params.partition_by.clone();
-                shared = Some(match shared {
-                    None => partition,
-                    Some(before) => before
-                        .into_iter()
-                        .filter(|p| partition.contains(p))
-                        .collect(),
-                });
-            }
-            let out: Pairs = shared
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|p| lookup(&pairs, p).map(|k| (p.clone(), k)))
-                .collect();
-            if out.is_empty() {
-                return Err(
-                    "no PARTITION BY expression shared by the window functions is a key of the changed input"
-                        .into(),
-                );
-            }
-            out
-        }
+        LogicalPlan::Window(w) => through_window(w, pairs)?,
         other => {
             return Err(format!(
                 "the query has {} over the changed input",
@@ -324,6 +215,128 @@ fn through(plan: &LogicalPlan, side: usize, pairs: Pairs) -> Result<Pairs, Strin
         }
     }
     Ok(unique)
+}
+
+/// The pairs of a union's output, given those of its input `side`: a key whose branch type
+/// differs from the union's is cast to it (the union casts the branch's values).
+fn through_union(u: &datafusion::logical_expr::Union, side: usize, pairs: Pairs) -> Pairs {
+    let branch = u.inputs[side].schema();
+    let pairs = pairs
+        .into_iter()
+        .map(|(e, k)| {
+            let Expr::Column(c) = &e else {
+                return (e, k);
+            };
+            let (Ok(from), Ok(i)) = (e.get_type(branch.as_ref()), branch.index_of_column(c)) else {
+                return (e, k);
+            };
+            let to = u.schema.field(i).data_type();
+            if &from == to {
+                (e, k)
+            } else {
+                (e, cast(k, to.clone()))
+            }
+        })
+        .collect();
+    renamed(pairs, branch.columns(), u.schema.columns())
+}
+
+/// The pairs of a join's output, given those of its input `side`.
+fn through_join(
+    j: &datafusion::logical_expr::Join,
+    side: usize,
+    pairs: Pairs,
+) -> Result<Pairs, String> {
+    let equalities = equi_pairs(j);
+    let on: Vec<(&Expr, &Expr)> = equalities
+        .iter()
+        .map(|(l, r)| if side == 0 { (l, r) } else { (r, l) })
+        .collect();
+    // `a = b` compares after coercion: b holds a's value only when both have one type.
+    let (mine_schema, other_schema) = if side == 0 {
+        (j.left.schema(), j.right.schema())
+    } else {
+        (j.right.schema(), j.left.schema())
+    };
+    let across = || -> Pairs {
+        on.iter()
+            .filter(|(mine, other)| {
+                matches!(
+                    (mine.get_type(mine_schema.as_ref()), other.get_type(other_schema.as_ref())),
+                    (Ok(a), Ok(b)) if a == b
+                )
+            })
+            .filter_map(|(mine, other)| lookup(&pairs, mine).map(|k| ((*other).clone(), k)))
+            .collect()
+    };
+    let preserved = matches!(
+        (j.join_type, side),
+        (JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti, 0)
+            | (
+                JoinType::Right | JoinType::RightSemi | JoinType::RightAnti,
+                1
+            )
+    );
+    let supplying = matches!(
+        (j.join_type, side),
+        (JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti, 1)
+            | (
+                JoinType::Right | JoinType::RightSemi | JoinType::RightAnti,
+                0
+            )
+    );
+    if j.join_type == JoinType::Inner {
+        let mut out = across();
+        out.extend(pairs);
+        Ok(out)
+    } else if preserved {
+        Ok(pairs)
+    } else if supplying {
+        let out = across();
+        if out.is_empty() {
+            return Err(format!(
+                "the changed input is on the null-supplying or filtering side of a {} join whose keys are not its columns",
+                j.join_type
+            ));
+        }
+        Ok(out)
+    } else {
+        Err(format!(
+            "the query has a {} join over the changed input",
+            j.join_type
+        ))
+    }
+}
+
+/// The pairs of a window node's output: the PARTITION BY expressions all its functions share
+/// that are keys.
+fn through_window(w: &datafusion::logical_expr::Window, pairs: Pairs) -> Result<Pairs, String> {
+    let mut shared: Option<Vec<Expr>> = None;
+    for e in &w.window_expr {
+        let Expr::WindowFunction(f) = e.clone().unalias() else {
+            return Err(format!("{e} is not a window function"));
+        };
+        let partition = f.params.partition_by.clone();
+        shared = Some(match shared {
+            None => partition,
+            Some(before) => before
+                .into_iter()
+                .filter(|p| partition.contains(p))
+                .collect(),
+        });
+    }
+    let out: Pairs = shared
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| lookup(&pairs, p).map(|k| (p.clone(), k)))
+        .collect();
+    if out.is_empty() {
+        return Err(
+            "no PARTITION BY expression shared by the window functions is a key of the changed input"
+                .into(),
+        );
+    }
+    Ok(out)
 }
 
 /// The equalities `left expression = right expression` a join matches on: its equi-join

@@ -1057,6 +1057,49 @@ impl Views {
         e
     }
 
+    /// The refresh's authority (the owner's privileges, masks) over the pinned query.
+    async fn check_authority(
+        &self,
+        name: &TableName,
+        definition: &ViewDefinition,
+        pinned: &Pinned,
+    ) -> Result<()> {
+        if let Some(authority) = self.inner.authority.get() {
+            authority
+                .check(
+                    self,
+                    name,
+                    &pinned.plan,
+                    &definition.default_schema,
+                    &pinned.ctx.state(),
+                )
+                .await
+                .map_err(|reason| Error::RefreshRefused {
+                    view: name.to_string(),
+                    reason,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The plan an incremental-where-possible refresh runs and why; `Err`: nothing to do,
+    /// and why. A refusal (`INCREMENTAL STRICT`) is the error.
+    async fn choose(
+        &self,
+        view: &View,
+        definition: &ViewDefinition,
+        pinned: &Pinned,
+    ) -> Result<std::result::Result<(Plan, String), String>> {
+        match self.decide(view, definition, pinned, false).await.0 {
+            Decision::Run(plan, reason) => Ok(Ok((plan, reason))),
+            Decision::Refuse(reason) => Err(Error::NotIncremental {
+                view: view.name.to_string(),
+                reason,
+            }),
+            Decision::Skip(reason) => Ok(Err(reason)),
+        }
+    }
+
     async fn run(
         &self,
         name: &TableName,
@@ -1076,40 +1119,21 @@ impl Views {
             check_strict(&definition, &pinned)?;
         }
         let inputs = pinned.versions();
-        let (plan, reason) = if replacing {
-            (Plan::Full, "the definition was replaced".to_string())
+        let chosen = if replacing {
+            Ok((Plan::Full, "the definition was replaced".to_string()))
         } else if full {
-            (Plan::Full, "FULL was asked for".to_string())
+            Ok((Plan::Full, "FULL was asked for".to_string()))
         } else {
-            match self.decide(&view, &definition, &pinned, false).await.0 {
-                Decision::Run(plan, reason) => (plan, reason),
-                Decision::Refuse(reason) => {
-                    return Err(Error::NotIncremental {
-                        view: name.to_string(),
-                        reason,
-                    });
-                }
-                Decision::Skip(reason) => {
-                    let refresh = (name, id, trigger, started);
-                    return Ok((skipped(refresh, reason, inputs, view.version), false));
-                }
+            self.choose(&view, &definition, &pinned).await?
+        };
+        let (plan, reason) = match chosen {
+            Ok(chosen) => chosen,
+            Err(reason) => {
+                let refresh = (name, id, trigger, started);
+                return Ok((skipped(refresh, reason, inputs, view.version), false));
             }
         };
-        if let Some(authority) = self.inner.authority.get() {
-            authority
-                .check(
-                    self,
-                    name,
-                    &pinned.plan,
-                    &definition.default_schema,
-                    &pinned.ctx.state(),
-                )
-                .await
-                .map_err(|reason| Error::RefreshRefused {
-                    view: name.to_string(),
-                    reason,
-                })?;
-        }
+        self.check_authority(name, &definition, &pinned).await?;
         let ctx = &pinned.ctx;
         let state = Arc::new(ctx.state());
         let mut checks = self.checks(
@@ -1651,59 +1675,17 @@ impl Views {
             default_schema,
             &sources,
         )?;
-        let mut predicates: Vec<Expr> = Vec::new();
-        for key in &regions.keys {
-            let change = changes
-                .iter()
-                .find(|c| c.table == key.table)
-                .ok_or_else(|| Error::Internal(format!("no change of {}", key.table)))?;
-            let mut rows = LogicalPlanBuilder::scan(
-                "changes",
-                provider_as_source(change.inserted.clone()),
-                None,
-            )?;
-            if let Some(removed) = &change.removed {
-                rows = rows.union(
-                    LogicalPlanBuilder::scan("changes", provider_as_source(removed.clone()), None)?
-                        .build()?,
-                )?;
-            }
-            let group: Vec<Expr> = key
-                .pairs
-                .iter()
-                .enumerate()
-                .map(|(i, (_, k))| k.clone().alias(format!("__medlake_key_{i}")))
-                .collect();
-            let touched = rows.aggregate(group, Vec::<Expr>::new())?.build()?;
+        let Some(predicates) = region_predicates(ctx, changes, regions).await? else {
             // The key expressions run on every changed row, outside the guards of the view's
             // query (a WHERE that leaves out what a CAST cannot take): when they fail, the
-            // view is recomputed (the error, which may quote a value, is not the reason).
-            let batches = match collect_plan(ctx, &touched).await {
-                Ok(batches) => batches,
-                Err(_) => {
-                    // Not the error either: it may quote a patient's value.
-                    debug!(view = %step.name, "region keys failed; recomputing the view");
-                    let why = format!(
-                        "{reason}; the keys of the changed rows could not be computed; refreshed fully"
-                    );
-                    return self.full_after_all(step, why, checks).await;
-                }
-            };
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                continue;
-            }
-            let values = distinct_keys(&batches, key.pairs.len())?;
-            let predicate = key
-                .pairs
-                .iter()
-                .zip(&values)
-                .map(|((view, _), values)| lineage::region_predicate(view.clone(), values))
-                .reduce(Expr::and)
-                .unwrap_or_else(|| datafusion::logical_expr::lit(true));
-            if !predicates.contains(&predicate) {
-                predicates.push(predicate);
-            }
-        }
+            // view is recomputed (the error, which may quote a value, is neither the reason
+            // nor logged).
+            debug!(view = %step.name, "region keys failed; recomputing the view");
+            let why = format!(
+                "{reason}; the keys of the changed rows could not be computed; refreshed fully"
+            );
+            return self.full_after_all(step, why, checks).await;
+        };
         if predicates.is_empty() {
             let nothing = LogicalPlan::EmptyRelation(EmptyRelation {
                 produce_one_row: false,
@@ -2003,6 +1985,55 @@ fn expectation_counts(checks: &Checks) -> Vec<(String, String, &'static str, u64
 }
 
 /// The inputs that changed since the view's last refresh, and how.
+/// One predicate (over the view's columns) per region the changes of `regions.keys` touch;
+/// `None` when a key expression failed on some changed row.
+async fn region_predicates(
+    ctx: &SessionContext,
+    changes: &[InputChange],
+    regions: &lineage::Regions,
+) -> Result<Option<Vec<Expr>>> {
+    let mut predicates: Vec<Expr> = Vec::new();
+    for key in &regions.keys {
+        let change = changes
+            .iter()
+            .find(|c| c.table == key.table)
+            .ok_or_else(|| Error::Internal(format!("no change of {}", key.table)))?;
+        let mut rows =
+            LogicalPlanBuilder::scan("changes", provider_as_source(change.inserted.clone()), None)?;
+        if let Some(removed) = &change.removed {
+            rows = rows.union(
+                LogicalPlanBuilder::scan("changes", provider_as_source(removed.clone()), None)?
+                    .build()?,
+            )?;
+        }
+        let group: Vec<Expr> = key
+            .pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, k))| k.clone().alias(format!("__medlake_key_{i}")))
+            .collect();
+        let touched = rows.aggregate(group, Vec::<Expr>::new())?.build()?;
+        let Ok(batches) = collect_plan(ctx, &touched).await else {
+            return Ok(None);
+        };
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            continue;
+        }
+        let values = distinct_keys(&batches, key.pairs.len())?;
+        let predicate = key
+            .pairs
+            .iter()
+            .zip(&values)
+            .map(|((view, _), values)| lineage::region_predicate(view.clone(), values))
+            .reduce(Expr::and)
+            .unwrap_or_else(|| datafusion::logical_expr::lit(true));
+        if !predicates.contains(&predicate) {
+            predicates.push(predicate);
+        }
+    }
+    Ok(Some(predicates))
+}
+
 /// Runs `plan` to its batches.
 async fn collect_plan(
     ctx: &SessionContext,
