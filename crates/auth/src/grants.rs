@@ -199,7 +199,8 @@ impl AccessState {
                     return matches!(privilege, Privilege::Select | Privilege::Maintain)
                         && roles.contains(AUDITOR);
                 }
-                "grants" => {
+                // Who may grant what, and which identifiers were erased (as hashes).
+                "grants" | "erasures" => {
                     return *privilege == Privilege::Select
                         && (principal.is_admin() || roles.contains(AUDITOR));
                 }

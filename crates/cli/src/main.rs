@@ -77,6 +77,15 @@ enum Command {
         medlake quickstart --dir /tmp/qs --patients 20 --hours 2 --once --pg 127.0.0.1:0 \\\n      \
         --flight 127.0.0.1:0 --http 127.0.0.1:0             (small, refresh once and exit)")]
     Quickstart(quickstart::QuickstartArgs),
+    /// Erase a patient from the warehouse for an erasure request: their rows in every table
+    /// and view (bronze to gold, quarantines included), what views derived from them, and
+    /// the tables' history that held them; later extractions and ingest leave them out.
+    /// Runs `ERASE PATIENT` as the local operator.
+    #[command(after_help = "Examples:
+          medlake erase patient 123 --warehouse ./wh --dry-run     (what would be erased)
+          medlake erase patient 123 --warehouse ./wh
+          medlake erase patient S-0042 --column subject_id --column mrn")]
+    Erase(EraseArgs),
     /// The audit log, system.audit.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -102,6 +111,25 @@ enum AuditCommand {
         medlake audit verify --warehouse ./wh\n  \
         medlake audit verify --warehouse az://lake/warehouse")]
     Verify(AuditVerifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct EraseArgs {
+    /// Warehouse location: a folder, file://, az://, abfss://, s3:// or gs:// URL.
+    #[arg(long, env = "MEDLAKE_WAREHOUSE", default_value = "./warehouse")]
+    warehouse: String,
+    /// What to erase (only `patient`).
+    #[arg(value_parser = ["patient"])]
+    kind: String,
+    /// The patient's identifiers (linked ones, such as the MRN, are found).
+    #[arg(required = true, value_name = "ID")]
+    ids: Vec<String>,
+    /// An identifying column (repeatable); default patient_id and mrn.
+    #[arg(long = "column", value_name = "COLUMN")]
+    columns: Vec<String>,
+    /// Only report what would be erased.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -246,6 +274,7 @@ fn main() -> ExitCode {
             Command::Extract(args) => extract(args).await,
             Command::Simulate(args) => Ok(medlake_demo::simulate::run(args).await?),
             Command::Quickstart(args) => quickstart::run(args).await,
+            Command::Erase(args) => erase(args).await,
             Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
             Command::Backup(args) => backup::run_backup(args).await,
             Command::Restore(args) => backup::run_restore(args).await,
@@ -323,6 +352,30 @@ async fn refresh(args: RefreshArgs) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+async fn erase(args: EraseArgs) -> Result<(), Failure> {
+    if args.kind != "patient" {
+        return Err(Failure::Usage(format!("cannot erase a {}", args.kind)));
+    }
+    let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let ids: Vec<String> = args.ids.iter().map(|id| quote(id)).collect();
+    let mut sql = format!("ERASE PATIENT {}", ids.join(", "));
+    if !args.columns.is_empty() {
+        let columns: Vec<String> = args
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+            .collect();
+        sql.push_str(&format!(" IN COLUMNS ({})", columns.join(", ")));
+    }
+    if args.dry_run {
+        sql.push_str(" DRY RUN");
+    }
+    let engine = connectors::open_local(&args.warehouse).await?;
+    let result = run_script(&engine, &sql, false, Format::Table).await;
+    engine.warehouse().settle().await;
+    result
 }
 
 async fn extract(args: ExtractArgs) -> Result<(), Failure> {

@@ -13,6 +13,7 @@ mod catalog;
 mod changes;
 mod dialect;
 mod dml;
+mod erase;
 mod error;
 mod explain_refresh;
 mod history;
@@ -944,6 +945,7 @@ impl Session {
                     force,
                 } => self.vacuum(&table, retain_hours, dry_run, force).await,
                 Statement::RestoreTable { table, to } => self.restore_table(&table, &to).await,
+                Statement::Erase(erase) => self.erase(erase).await,
                 Statement::CloneTable {
                     target,
                     source,
@@ -1276,6 +1278,12 @@ impl Session {
                 ("files_removed", T::Int64),
             ]))),
             Statement::Vacuum { .. } => Ok(no_parameters(static_columns(vec![("path", T::Utf8)]))),
+            Statement::Erase(_) => Ok(no_parameters(static_columns(vec![
+                ("table", T::Utf8),
+                ("rows_erased", T::Int64),
+                ("identifiers", T::Int64),
+                ("status", T::Utf8),
+            ]))),
             Statement::RestoreTable { .. } => {
                 Ok(no_parameters(static_columns(restore::COLUMNS.to_vec())))
             }

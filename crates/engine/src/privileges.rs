@@ -321,6 +321,8 @@ pub(crate) fn for_own(
         Statement::Optimize { table: name, .. } | Statement::Vacuum { table: name, .. } => {
             vec![Need::new(Privilege::Maintain, table(&name_parts(name)?)?)]
         }
+        // Deletes rows and history from every table: the warehouse's admins only.
+        Statement::Erase(_) => vec![Need::admin("erasure of a patient from every table")],
         // Rewrites the table to an earlier state: its owner's (or an admin's) decision.
         Statement::RestoreTable { table: name, .. } => {
             vec![Need::new(Privilege::Owner, table(&name_parts(name)?)?)]

@@ -76,6 +76,8 @@ pub enum Statement {
         deep: bool,
         if_not_exists: bool,
     },
+    /// `ERASE PATIENT 'id' [, ...] [IN COLUMNS (c, ...)] [DRY RUN]`
+    Erase(crate::erase::Erase),
     /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`
     Vacuum {
         table: ObjectName,
@@ -748,6 +750,7 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         "IMPORT" => parse_import_foreign_schema(parser),
         "VACUUM" => parse_vacuum(parser),
         "RESTORE" => parse_restore(parser),
+        "ERASE" => parse_erase(parser),
         _ => Ok(None),
     }
 }
@@ -1041,6 +1044,80 @@ fn parse_vacuum(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         dry_run,
         force,
     }))
+}
+
+/// Most identifiers one `ERASE PATIENT` names, and the longest one.
+const MAX_ERASE_IDENTIFIERS: usize = 32;
+const MAX_IDENTIFIER_LENGTH: usize = 256;
+
+/// `ERASE PATIENT 'id' [, ...] [IN COLUMNS (c, ...)] [DRY RUN]`: identifiers are string or
+/// integer literals (never parameters: the statement is an operator's, typed or scripted).
+fn parse_erase(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    parser.next_token();
+    if !word(parser, "PATIENT") {
+        return Err(syntax("expected PATIENT after ERASE"));
+    }
+    let mut identifiers = Vec::new();
+    loop {
+        let value = match parser.next_token().token {
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => n,
+            _ => {
+                return Err(syntax(
+                    "ERASE PATIENT takes identifiers as string or integer literals",
+                ));
+            }
+        };
+        let value = value.trim().to_string();
+        if value.is_empty() || value.chars().count() > MAX_IDENTIFIER_LENGTH {
+            return Err(Error::InvalidValue {
+                what: "ERASE PATIENT".into(),
+                reason: format!("an identifier must have 1 to {MAX_IDENTIFIER_LENGTH} characters"),
+            });
+        }
+        identifiers.push(value);
+        if identifiers.len() > MAX_ERASE_IDENTIFIERS {
+            return Err(Error::InvalidValue {
+                what: "ERASE PATIENT".into(),
+                reason: format!("at most {MAX_ERASE_IDENTIFIERS} identifiers at once"),
+            });
+        }
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    let mut columns = Vec::new();
+    let mut dry_run = false;
+    loop {
+        if parser.parse_keyword(Keyword::IN) {
+            if !word(parser, "COLUMNS") {
+                return Err(syntax("expected COLUMNS after IN"));
+            }
+            let idents = parser
+                .parse_parenthesized_column_list(
+                    datafusion::sql::sqlparser::parser::IsOptional::Mandatory,
+                    false,
+                )
+                .map_err(syntax)?;
+            if idents.len() > MAX_ERASE_IDENTIFIERS {
+                return Err(syntax("too many columns in IN COLUMNS"));
+            }
+            columns = idents.iter().map(normalize).collect();
+        } else if word(parser, "DRY") {
+            if !word(parser, "RUN") {
+                return Err(syntax("expected RUN after DRY"));
+            }
+            dry_run = true;
+        } else {
+            break;
+        }
+    }
+    expect_end(parser, "ERASE PATIENT")?;
+    Ok(Some(Statement::Erase(crate::erase::Erase {
+        identifiers,
+        columns,
+        dry_run,
+    })))
 }
 
 pub use medlake_views::definition::normalize;

@@ -161,9 +161,28 @@ impl Warehouse {
         session: Arc<dyn Session>,
         hide: Hide,
     ) -> Result<ChangeOutcome> {
+        self.delete_rows_with(name, predicate, session, hide, Vec::new())
+            .await
+    }
+
+    /// [`Self::delete_rows`] with extra top-level `commitInfo` fields (a view's state, which
+    /// an erasure's delete carries forward so that the view stays a view).
+    pub(crate) async fn delete_rows_with(
+        &self,
+        name: &TableName,
+        predicate: Option<Expr>,
+        session: Arc<dyn Session>,
+        hide: Hide,
+        metadata: Vec<(String, serde_json::Value)>,
+    ) -> Result<ChangeOutcome> {
         let table = self.open_scrubbed(name, hide).await?;
         let before = table.version();
-        let mut builder = table.delete().with_session_state(session);
+        let mut builder = table
+            .delete()
+            .with_session_state(session)
+            .with_commit_properties(
+                deltalake::kernel::transaction::CommitProperties::default().with_metadata(metadata),
+            );
         if let Some(predicate) = predicate {
             builder = builder.with_predicate(predicate);
         }

@@ -13,6 +13,7 @@ pub mod backup;
 pub mod changes;
 mod clone;
 mod dml;
+pub mod erasure;
 mod error;
 mod guard;
 mod location;
@@ -24,6 +25,7 @@ pub use clone::Cloned;
 pub use dml::{
     ChangeOutcome, Hide, MERGE_SOURCE, MERGE_TARGET, Merge, MergeAction, MergeClause, MergeWhen,
 };
+pub use erasure::{Purged, Suppression};
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
 pub use warehouse::{

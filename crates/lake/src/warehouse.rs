@@ -381,6 +381,8 @@ pub struct Warehouse {
     root: Path,
     /// Work a commit left running (checkpoints): [`Warehouse::settle`] waits for it.
     background: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    /// The suppression list of erased identifiers, as last read ([`Warehouse::suppression`]).
+    pub(crate) erasures: Arc<tokio::sync::Mutex<Option<crate::erasure::Loaded>>>,
 }
 
 impl fmt::Debug for Warehouse {
@@ -403,6 +405,7 @@ impl Warehouse {
             store,
             root,
             background: Arc::default(),
+            erasures: Arc::default(),
         };
         crate::backup::refuse_unfinished_restore(&warehouse).await?;
         for schema in BUILT_IN_SCHEMAS {
@@ -822,6 +825,7 @@ impl Warehouse {
         if !self.prepare_create(name, if_not_exists).await? {
             return Ok(None);
         }
+        let input = self.suppress_plan(name, input).await?;
         let delta = |e| Error::delta(&name.schema, &name.table, e);
         let table = DeltaTable::try_from_url(self.table_url(name)?)
             .await
@@ -975,6 +979,7 @@ impl Warehouse {
         } else {
             crate::guard::guard_not_null(input, &schema)?
         };
+        let input = self.suppress_plan(name, input).await?;
         let save_mode = match mode {
             WriteMode::Append => SaveMode::Append,
             WriteMode::Overwrite => SaveMode::Overwrite,
@@ -1117,6 +1122,7 @@ impl Warehouse {
         let name = appender.name.clone();
         let schema = appender.schema()?;
         let input = crate::guard::guard_not_null(input, &schema)?;
+        let input = self.suppress_plan(&name, input).await?;
         let sources = crate::guard::source_columns(&input);
         let refused = |e| {
             crate::guard::name_null_column(Error::delta(&name.schema, &name.table, e), &sources)
@@ -1343,6 +1349,7 @@ impl Warehouse {
             WriteMode::Overwrite => (SaveMode::Overwrite, SchemaMode::Overwrite),
         };
         let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let batches = self.suppress_batches(name, batches).await?;
         for attempt in 0..2 {
             let table = if self.table_exists(name).await? {
                 self.open_table(name).await?
@@ -1391,6 +1398,7 @@ impl Warehouse {
         }
         let hide: crate::dml::Hide = Arc::new(|_: &str| "the rows of the changed keys".to_string());
         let table = self.open_scrubbed_at(name, hide, None).await?;
+        let batches = self.suppress_batches(name, batches).await?;
         let batches = if batches.is_empty() {
             vec![RecordBatch::new_empty(schema)]
         } else {

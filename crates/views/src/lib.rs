@@ -12,6 +12,7 @@
 pub mod auto_cdc;
 pub mod cron;
 pub mod definition;
+mod erasure;
 mod error;
 mod expect;
 mod history;

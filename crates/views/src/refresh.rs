@@ -47,7 +47,7 @@ use crate::multiset;
 pub use crate::outcome::{RefreshOutcome, Status, Trigger};
 
 /// The key of medlake's state in a view commit's `commitInfo`.
-const METADATA_KEY: &str = "medlake";
+pub(crate) const METADATA_KEY: &str = "medlake";
 /// More changed groups than this and a grouped view refreshes fully.
 const MAX_CHANGED_GROUPS: usize = 100_000;
 /// Above this fraction of changed rows (gained plus lost, over the changed inputs' rows),
@@ -82,9 +82,9 @@ pub struct RefreshState {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Stored {
-    view: ViewDefinition,
-    refresh: RefreshState,
+pub(crate) struct Stored {
+    pub(crate) view: ViewDefinition,
+    pub(crate) refresh: RefreshState,
 }
 
 /// A materialized view as the warehouse holds it.
@@ -320,7 +320,7 @@ impl std::fmt::Debug for Views {
 }
 
 /// Releases a view's refresh slot when the refresh ends, however it ends.
-struct Running<'a> {
+pub(crate) struct Running<'a> {
     views: &'a Views,
     name: TableName,
 }
@@ -376,6 +376,17 @@ impl Views {
 
     /// The view `name`; `None` if `name` is a plain table. A missing table is an error.
     pub async fn view(&self, name: &TableName) -> Result<Option<View>> {
+        Ok(self
+            .view_with_state_version(name)
+            .await?
+            .map(|(view, _)| view))
+    }
+
+    /// [`Self::view`] and the version of the commit that holds its state.
+    pub(crate) async fn view_with_state_version(
+        &self,
+        name: &TableName,
+    ) -> Result<Option<(View, u64)>> {
         let warehouse = &self.inner.warehouse;
         let versions = warehouse.versions(name).await?;
         let Some(&latest) = versions.last() else {
@@ -395,12 +406,13 @@ impl Views {
                         "view state of {name} at version {version} is unreadable: {e}"
                     ))
                 })?;
-                return Ok(Some(View {
+                let view = View {
                     name: name.clone(),
                     definition: stored.view,
                     version: latest,
                     last: stored.refresh,
-                }));
+                };
+                return Ok(Some((view, version)));
             }
             // A plain table's writes carry no state; views are written by medlake only.
             let operation = info.get("operation").and_then(Value::as_str).unwrap_or("");
@@ -433,7 +445,7 @@ impl Views {
         Ok(views)
     }
 
-    fn start(&self, name: &TableName) -> Result<Running<'_>> {
+    pub(crate) fn start(&self, name: &TableName) -> Result<Running<'_>> {
         let mut running = self
             .inner
             .running

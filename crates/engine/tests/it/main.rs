@@ -11,6 +11,7 @@ mod blob;
 mod changes;
 mod cosmos;
 mod dml;
+mod erase;
 mod grants;
 mod policy;
 mod rest;
