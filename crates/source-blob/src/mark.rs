@@ -13,7 +13,11 @@
 //! - a file that lands while a refresh runs is not in the mark that refresh pinned (it was not
 //!   listed), so the next refresh takes it.
 //!
-//! Marks are compact JSON, stored in the view's commit: `{"max":…,"lookback":…,"recent":[…]}`.
+//! Marks are compact JSON, stored in the view's commit and shown in `system.refreshes`:
+//! `{"max":…,"lookback":…,"recent_sha256":[…]}`. The recent files are named by a hash of their
+//! path, never the path: hospitals name files after patients (`MRN0000042_discharge.pdf`), and
+//! a view's state must not keep a name an erasure removed. (Marks written before kept the paths
+//! in `recent`; they are still read.)
 
 use std::collections::BTreeSet;
 
@@ -28,8 +32,22 @@ pub struct Mark {
     pub max: Option<i64>,
     /// The lookback window (µs).
     pub lookback: i64,
-    /// The files modified at or after `max - lookback`, relative to the table's location.
+    /// Marks written before paths were hashed: the recent files' paths (read, never written).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub recent: BTreeSet<String>,
+    /// The files modified at or after `max - lookback`: [`path_hash`] of each path, relative to
+    /// the table's location.
+    #[serde(default)]
+    pub recent_sha256: BTreeSet<String>,
+}
+
+/// How a mark names a file: the first 16 bytes of the SHA-256 of its path, in hex.
+pub fn path_hash(path: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(path.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Mark {
@@ -41,13 +59,14 @@ impl Mark {
             Some(max) => files
                 .into_iter()
                 .filter(|(_, m)| *m >= max.saturating_sub(lookback))
-                .map(|(p, _)| p.to_string())
+                .map(|(p, _)| path_hash(p))
                 .collect(),
         };
         Self {
             max,
             lookback,
-            recent,
+            recent: BTreeSet::new(),
+            recent_sha256: recent,
         }
     }
 
@@ -55,7 +74,11 @@ impl Mark {
     pub fn contains(&self, path: &str, modified: i64) -> bool {
         match self.max {
             None => false,
-            Some(max) => modified < max.saturating_sub(self.lookback) || self.recent.contains(path),
+            Some(max) => {
+                modified < max.saturating_sub(self.lookback)
+                    || self.recent_sha256.contains(&path_hash(path))
+                    || self.recent.contains(path)
+            }
         }
     }
 

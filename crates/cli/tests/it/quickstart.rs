@@ -835,4 +835,64 @@ fn every_view_refreshes_incrementally_after_one_percent_more_in_every_source() {
         );
         assert_eq!(differ, 0, "{view}: incremental and FULL results differ");
     }
+    erasure_leaves_no_trace_of_the_patient(&wh, &views);
+}
+
+/// `medlake erase patient 1001` (the first demo patient) on the quickstart's warehouse: afterwards no file under it holds
+/// the patient's MRN (it did before: the check can fail), the silver and gold views hold none
+/// of their rows, and every view still refreshes.
+fn erasure_leaves_no_trace_of_the_patient(wh: &Path, views: &[String]) {
+    const MRN: &str = "MRN0001001";
+    let holding = || {
+        let mut found = Vec::new();
+        let mut stack = vec![wh.to_path_buf()];
+        while let Some(next) = stack.pop() {
+            for entry in std::fs::read_dir(&next).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if std::fs::read(&path)
+                    .unwrap()
+                    .windows(MRN.len())
+                    .any(|w| w == MRN.as_bytes())
+                {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+        found
+    };
+    assert!(!holding().is_empty(), "the warehouse held no {MRN} to begin with");
+    let erase = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["erase", "patient", "1001", "--warehouse"])
+            .arg(wh)
+            .args(extra)
+            .output()
+            .expect("medlake runs");
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        stdout(&out)
+    };
+    let dry = erase(&["--dry-run"]);
+    assert!(dry.contains("bronze.documents") && dry.contains("would be erased"), "{dry}");
+    let report = erase(&[]);
+    assert!(report.contains("silver.patients"), "{report}");
+    let left = holding();
+    assert!(left.is_empty(), "{MRN} is still in:\n{left:#?}\n{report}");
+    for sql in [
+        "SELECT count(*) FROM silver.patients WHERE patient_id = 1001",
+        "SELECT count(*) FROM silver.readings WHERE patient_id = 1001",
+        "SELECT count(*) FROM gold.news2_hourly WHERE patient_id = 1001",
+        "SELECT count(*) FROM gold.patient_daily_vitals WHERE patient_id = 1001",
+    ] {
+        assert_eq!(count(wh, sql), 0, "{sql}");
+    }
+    let out = Command::new(BIN)
+        .args(["refresh", "--cascade", "--warehouse"])
+        .arg(wh)
+        .args(views)
+        .output()
+        .expect("medlake runs");
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(holding().is_empty());
 }
