@@ -862,7 +862,10 @@ fn erasure_leaves_no_trace_of_the_patient(wh: &Path, views: &[String]) {
         }
         found
     };
-    assert!(!holding().is_empty(), "the warehouse held no {MRN} to begin with");
+    assert!(
+        !holding().is_empty(),
+        "the warehouse held no {MRN} to begin with"
+    );
     let erase = |extra: &[&str]| {
         let out = Command::new(BIN)
             .args(["erase", "patient", "1001", "--warehouse"])
@@ -874,7 +877,10 @@ fn erasure_leaves_no_trace_of_the_patient(wh: &Path, views: &[String]) {
         stdout(&out)
     };
     let dry = erase(&["--dry-run"]);
-    assert!(dry.contains("bronze.documents") && dry.contains("would be erased"), "{dry}");
+    assert!(
+        dry.contains("bronze.documents") && dry.contains("would be erased"),
+        "{dry}"
+    );
     let report = erase(&[]);
     assert!(report.contains("silver.patients"), "{report}");
     let left = holding();

@@ -240,6 +240,30 @@ async fn erasure_is_seen_by_another_process_writing_to_the_warehouse() {
         .await,
         0
     );
+    // Push ingest (the Flight door's path, and the HTTP door's appender) too.
+    let batch = engine
+        .query("SELECT patient_id, CAST(v AS INT) AS v FROM (VALUES ('P-1', 6), ('P-4', 7)) AS t(patient_id, v)")
+        .await
+        .unwrap()
+        .remove(0);
+    let how = medlake_engine::Ingest {
+        create: false,
+        exists: medlake_engine::IfExists::Append,
+    };
+    other
+        .local_session()
+        .ingest("bronze.obs", batch.schema(), vec![batch], how)
+        .await
+        .unwrap();
+    assert_eq!(count(&engine, "SELECT count(*) FROM bronze.obs").await, 3);
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM bronze.obs WHERE patient_id = 'P-1'"
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
