@@ -28,6 +28,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::datatypes::DataType;
 use datafusion::common::Column;
+use datafusion::functions::regex::expr_fn::regexp_like;
 use datafusion::logical_expr::{Expr, cast, lit};
 use datafusion::prelude::SessionContext;
 use medlake_lake::TableName;
@@ -55,6 +56,8 @@ pub struct Erase {
 struct Target {
     name: TableName,
     columns: Vec<String>,
+    /// A quarantine's `raw` column (refused rows as sent), searched token by token.
+    raw: Option<String>,
 }
 
 /// What the erasure did to one table.
@@ -63,22 +66,63 @@ struct Done {
     rows: u64,
     files: u64,
     log_entries: u64,
+    /// Rows matched again after the first delete (derived again, or written meanwhile).
+    again: bool,
     notes: Vec<String>,
 }
 
+impl Done {
+    fn status(&self) -> String {
+        let mut status = format!(
+            "erased{}; {} file(s) and {} log entr{} purged",
+            if self.again {
+                " (twice: rows came back)"
+            } else {
+                ""
+            },
+            self.files,
+            self.log_entries,
+            if self.log_entries == 1 { "y" } else { "ies" }
+        );
+        for note in &self.notes {
+            status.push_str("; ");
+            status.push_str(note);
+        }
+        status
+    }
+}
+
 impl Target {
-    /// `CAST(c AS VARCHAR) IN (identifiers)` over its identifying columns, OR-ed.
+    /// `CAST(c AS VARCHAR) IN (identifiers)` over its identifying columns, and an identifier
+    /// as a token of its `raw` column, OR-ed.
     fn predicate(&self, identifiers: &BTreeSet<String>) -> Expr {
         let values: Vec<Expr> = identifiers.iter().map(|v| lit(v.clone())).collect();
-        self.columns
-            .iter()
-            .map(|c| {
-                cast(Expr::Column(Column::from_name(c)), DataType::Utf8)
-                    .in_list(values.clone(), false)
+        let by_value = self.columns.iter().map(|c| {
+            cast(Expr::Column(Column::from_name(c)), DataType::Utf8).in_list(values.clone(), false)
+        });
+        let by_token = self.raw.iter().flat_map(|raw| {
+            identifiers.iter().map(move |v| {
+                let pattern = format!("(^|[^\\w-]){}($|[^\\w-])", regex_escape(v));
+                regexp_like(Expr::Column(Column::from_name(raw)), lit(pattern), None)
             })
+        });
+        by_value
+            .chain(by_token)
             .reduce(Expr::or)
             .unwrap_or_else(|| lit(false))
     }
+}
+
+/// `text` with the regular expression syntax escaped (as `regex::escape` does).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn comparable(data_type: &DataType) -> bool {
@@ -97,7 +141,7 @@ impl Session {
             erase.columns.iter().map(|c| c.to_lowercase()).collect()
         };
         let targets = self.erasure_targets(&columns).await?;
-        let identifiers = self
+        let (identifiers, links) = self
             .linked_identifiers(&erase.identifiers, &targets)
             .await?;
         if erase.dry_run {
@@ -106,6 +150,14 @@ impl Session {
                 let rows = self.count_matching(target, &identifiers).await?;
                 report.push((target.name.to_string(), rows, "would be erased".to_string()));
             }
+            // What the links added, so that an admin sees whom the erasure takes.
+            for (identifier, table) in links {
+                report.push((
+                    table.to_string(),
+                    0,
+                    format!("linked identifier '{identifier}' found here"),
+                ));
+            }
             return erasure_report(report, identifiers.len());
         }
         let listed: Vec<String> = identifiers.iter().cloned().collect();
@@ -113,47 +165,81 @@ impl Session {
             .warehouse
             .record_erasure(&self.principal.name, &columns, &listed)
             .await?;
+        // Another process on the warehouse reads the new list within this time; its writes
+        // planned before then may still add rows, which the checks below catch.
+        tokio::time::sleep(medlake_lake::erasure::RELOAD_AFTER).await;
         let mut done: Vec<Done> = Vec::new();
         for target in &targets {
             done.push(self.erase_target(target, &identifiers).await?);
         }
-        let refreshes = self.refresh_after_erasure(&targets, &mut done).await?;
+        let (downstream, refreshes) = self.refresh_after_erasure(&targets, &mut done).await?;
+        self.erase_what_came_back(&targets, &identifiers, &mut done)
+            .await?;
         for (target, done) in targets.iter().zip(done.iter_mut()) {
-            if self.count_matching(target, &identifiers).await? > 0 {
-                let again = self.erase_target(target, &identifiers).await?;
-                done.rows += again.rows;
-                done.notes
-                    .push("derived again by its refresh; erased again".into());
-            }
-            let keep_from = self.shared.views.history_needed_from(&target.name).await?;
-            let purged = self
-                .shared
-                .warehouse
-                .purge_history(&target.name, keep_from)
-                .await?;
+            let purged = self.purge(&target.name).await?;
             done.files += purged.files as u64;
             done.log_entries += purged.log_entries as u64;
         }
+        // Views without identifying columns hold aggregates over the erased rows in their
+        // history: it goes too.
+        let mut purged_views = Vec::new();
+        for view in downstream
+            .iter()
+            .filter(|v| !targets.iter().any(|t| t.name == **v))
+        {
+            let purged = self.purge(view).await?;
+            purged_views.push((view.to_string(), purged));
+        }
+        self.erase_what_came_back(&targets, &identifiers, &mut done)
+            .await?;
         self.shared.catalog.refresh().await?;
         let mut report: Vec<(String, u64, String)> = targets
             .iter()
             .zip(done)
-            .map(|(t, d)| {
-                let status = if d.notes.is_empty() {
-                    format!(
-                        "erased; {} file(s) and {} log entr{} purged",
-                        d.files,
-                        d.log_entries,
-                        if d.log_entries == 1 { "y" } else { "ies" }
-                    )
-                } else {
-                    d.notes.join("; ")
-                };
-                (t.name.to_string(), d.rows, status)
-            })
+            .map(|(t, d)| (t.name.to_string(), d.rows, d.status()))
             .collect();
         report.extend(refreshes);
+        report.extend(purged_views.into_iter().map(|(view, p)| {
+            let status = format!(
+                "recomputed without them; {} file(s) and {} log entr{} purged",
+                p.files,
+                p.log_entries,
+                if p.log_entries == 1 { "y" } else { "ies" }
+            );
+            (view, 0, status)
+        }));
         erasure_report(report, identifiers.len())
+    }
+
+    async fn purge(&self, name: &TableName) -> Result<medlake_lake::Purged> {
+        let keep_from = self.shared.views.history_needed_from(name).await?;
+        Ok(self.shared.warehouse.purge_history(name, keep_from).await?)
+    }
+
+    /// Erases again the rows a refresh derived again, or a write planned before the
+    /// suppression list reached it added (a few rounds; what is still there is reported).
+    async fn erase_what_came_back(
+        &self,
+        targets: &[Target],
+        identifiers: &BTreeSet<String>,
+        done: &mut [Done],
+    ) -> Result<()> {
+        for (target, done) in targets.iter().zip(done.iter_mut()) {
+            for round in 0..=3 {
+                if self.count_matching(target, identifiers).await? == 0 {
+                    break;
+                }
+                if round == 3 {
+                    done.notes
+                        .push("rows keep coming back: run ERASE PATIENT again".into());
+                    break;
+                }
+                let again = self.erase_target(target, identifiers).await?;
+                done.rows += again.rows;
+                done.again = true;
+            }
+        }
+        Ok(())
     }
 
     /// Every Delta table and view of the warehouse (not `system`, not external tables) with at
@@ -183,10 +269,24 @@ impl Session {
                     .filter(|f| columns.contains(&f.name().to_lowercase()))
                     .map(|f| f.name().clone())
                     .collect();
-                if !found.is_empty() {
+                let raw = provider
+                    .schema()
+                    .fields()
+                    .iter()
+                    .find(|f| {
+                        f.name() == medlake_lake::erasure::RAW_COLUMN
+                            && matches!(
+                                f.data_type(),
+                                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                            )
+                    })
+                    .filter(|_| table.ends_with(medlake_lake::erasure::QUARANTINE_SUFFIX))
+                    .map(|f| f.name().clone());
+                if !found.is_empty() || raw.is_some() {
                     targets.push(Target {
                         name,
                         columns: found,
+                        raw,
                     });
                 }
             }
@@ -200,8 +300,9 @@ impl Session {
         &self,
         given: &[String],
         targets: &[Target],
-    ) -> Result<BTreeSet<String>> {
+    ) -> Result<(BTreeSet<String>, Vec<(String, TableName)>)> {
         let mut identifiers: BTreeSet<String> = given.iter().cloned().collect();
+        let mut links: Vec<(String, TableName)> = Vec::new();
         for _ in 0..LINK_ROUNDS {
             let before = identifiers.len();
             for target in targets.iter().filter(|t| t.columns.len() > 1) {
@@ -216,9 +317,15 @@ impl Session {
                     .select(selected)?
                     .collect()
                     .await?;
+                let mut found = BTreeSet::new();
                 for batch in &batches {
                     for column in batch.columns() {
-                        collect_text(column, &mut identifiers);
+                        collect_text(column, &mut found);
+                    }
+                }
+                for identifier in found {
+                    if identifiers.insert(identifier.clone()) {
+                        links.push((identifier, target.name.clone()));
                     }
                 }
                 if identifiers.len() > MAX_IDENTIFIERS {
@@ -235,7 +342,7 @@ impl Session {
                 break;
             }
         }
-        Ok(identifiers)
+        Ok((identifiers, links))
     }
 
     async fn raw_frame(&self, name: &TableName) -> Result<datafusion::dataframe::DataFrame> {
@@ -272,10 +379,11 @@ impl Session {
         &self,
         targets: &[Target],
         done: &mut [Done],
-    ) -> Result<Vec<(String, u64, String)>> {
+    ) -> Result<(Vec<TableName>, Vec<(String, u64, String)>)> {
         let names: Vec<TableName> = targets.iter().map(|t| t.name.clone()).collect();
         let mut others = Vec::new();
-        for view in self.shared.views.downstream(&names).await? {
+        let downstream = self.shared.views.downstream(&names).await?;
+        for view in downstream.iter().cloned() {
             let refreshed = self
                 .shared
                 .views
@@ -289,7 +397,7 @@ impl Session {
                 }
             }
         }
-        Ok(others)
+        Ok((downstream, others))
     }
 }
 

@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, instrument};
 
 use crate::dml::{ChangeOutcome, Hide};
-use crate::warehouse::{TableName, TimeTravel, Warehouse, WriteMode};
+use crate::warehouse::{TableName, Warehouse, WriteMode};
 use crate::{Error, Result};
 
 /// The schema of the suppression list.
@@ -47,6 +47,8 @@ pub const ERASURES: &str = "erasures";
 /// How long a loaded suppression list is used before its log is looked at again: another
 /// process's erasure reaches this one's writes within this time.
 pub const RELOAD_AFTER: Duration = Duration::from_secs(5);
+/// The suffix of quarantine tables (a view's, the HTTP door's).
+pub const QUARANTINE_SUFFIX: &str = "_quarantine";
 /// Files no commit references are deleted by an erasure only from this age: a younger one may
 /// belong to a commit in flight.
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);
@@ -95,15 +97,26 @@ fn comparable(data_type: &DataType) -> bool {
 /// The erased identifiers (as salted hashes) and the columns they were erased from.
 #[derive(Debug, Default)]
 pub struct Suppression {
-    salt: Vec<u8>,
-    hashes: HashSet<[u8; 32]>,
+    /// The hashes under each salt. One salt normally; two erasures that were the first at the
+    /// same time may each have made one, and both lists hold.
+    hashes: Vec<(Vec<u8>, HashSet<[u8; 32]>)>,
     columns: BTreeSet<String>,
 }
+
+/// Whether `c` belongs to a token of text searched for identifiers (a `raw` JSON document):
+/// letters, digits, `-` and `_`.
+pub fn token_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '-' || c == '_'
+}
+
+/// The column in which the HTTP door keeps a refused row as it was sent (in a `_quarantine`
+/// table): searched token by token.
+pub const RAW_COLUMN: &str = "raw";
 
 impl Suppression {
     /// Whether nothing was ever erased.
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.hashes.iter().all(|(_, h)| h.is_empty())
     }
 
     /// The columns identifiers were erased from (lower case).
@@ -113,11 +126,47 @@ impl Suppression {
 
     /// Whether `value` is an erased identifier.
     pub fn contains(&self, value: &str) -> bool {
-        !self.hashes.is_empty() && self.hashes.contains(&identifier_hash(&self.salt, value))
+        self.hashes
+            .iter()
+            .any(|(salt, hashes)| hashes.contains(&identifier_hash(salt, value)))
     }
 
     fn applies_to(&self, field: &Field) -> bool {
         comparable(field.data_type()) && self.columns.contains(&field.name().to_lowercase())
+    }
+
+    /// How a column of a table is searched: `Some(false)` by value, `Some(true)` token by
+    /// token (a quarantine's `raw` document), `None` not at all.
+    fn search(&self, field: &Field, quarantine: bool) -> Option<bool> {
+        if self.applies_to(field) {
+            Some(false)
+        } else if quarantine
+            && field.name() == RAW_COLUMN
+            && matches!(
+                field.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
+        {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    /// Which rows of `array` (text) hold an erased identifier as one of their tokens.
+    fn erased_tokens(&self, array: &ArrayRef) -> DfResult<BooleanArray> {
+        let text = cast(array, &DataType::Utf8)?;
+        let text: &StringArray = text.as_string();
+        Ok(text
+            .iter()
+            .map(|value| {
+                Some(value.is_some_and(|v| {
+                    v.split(|c: char| !token_char(c))
+                        .filter(|t| !t.is_empty())
+                        .any(|t| self.contains(t))
+                }))
+            })
+            .collect())
     }
 
     /// Which rows of `array` hold an erased identifier (NULL never does).
@@ -135,42 +184,52 @@ impl Suppression {
 
     /// `input` without the rows that hold an erased identifier in a column the list applies
     /// to; `input` itself when there is none.
-    pub(crate) fn guard(self: &Arc<Self>, input: LogicalPlan) -> DfResult<LogicalPlan> {
+    pub(crate) fn guard(
+        self: &Arc<Self>,
+        input: LogicalPlan,
+        quarantine: bool,
+    ) -> DfResult<LogicalPlan> {
         if self.is_empty() {
             return Ok(input);
         }
-        let columns: Vec<Expr> = input
+        let columns: Vec<(Expr, bool)> = input
             .schema()
             .iter()
-            .filter(|(_, field)| self.applies_to(field))
-            .map(|(qualifier, field)| Expr::Column(Column::from((qualifier, field))))
+            .filter_map(|(qualifier, field)| {
+                let tokens = self.search(field, quarantine)?;
+                Some((Expr::Column(Column::from((qualifier, field))), tokens))
+            })
             .collect();
         if columns.is_empty() {
             return Ok(input);
         }
-        let udf = Arc::new(ScalarUDF::new_from_impl(Erased {
-            list: self.clone(),
-            signature: Signature::any(1, Volatility::Volatile),
-        }));
+        let udf = |tokens: bool| {
+            Arc::new(ScalarUDF::new_from_impl(Erased {
+                list: self.clone(),
+                tokens,
+                signature: Signature::any(1, Volatility::Volatile),
+            }))
+        };
         let predicate = columns
             .into_iter()
-            .map(|column| Expr::Not(Box::new(udf.call(vec![column]))))
+            .map(|(column, tokens)| Expr::Not(Box::new(udf(tokens).call(vec![column]))))
             .reduce(Expr::and)
             .unwrap_or_else(|| datafusion::logical_expr::lit(true));
         LogicalPlanBuilder::from(input).filter(predicate)?.build()
     }
 
     /// `batch` without the rows that hold an erased identifier.
-    pub(crate) fn filter_batch(&self, batch: RecordBatch) -> Result<RecordBatch> {
+    pub(crate) fn filter_batch(&self, batch: RecordBatch, quarantine: bool) -> Result<RecordBatch> {
         if self.is_empty() {
             return Ok(batch);
         }
         let mut keep: Option<BooleanArray> = None;
         for (i, field) in batch.schema().fields().iter().enumerate() {
-            if !self.applies_to(field) {
-                continue;
-            }
-            let erased = self.erased(batch.column(i))?;
+            let erased = match self.search(field, quarantine) {
+                None => continue,
+                Some(false) => self.erased(batch.column(i))?,
+                Some(true) => self.erased_tokens(batch.column(i))?,
+            };
             let kept = arrow::compute::not(&erased).map_err(arrow_error)?;
             keep = Some(match keep {
                 Some(keep) => and(&keep, &kept).map_err(arrow_error)?,
@@ -188,12 +247,14 @@ impl Suppression {
 #[derive(Debug)]
 struct Erased {
     list: Arc<Suppression>,
+    /// Search the value's tokens (a quarantine's `raw` document), not the value.
+    tokens: bool,
     signature: Signature,
 }
 
 impl PartialEq for Erased {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.list, &other.list)
+        Arc::ptr_eq(&self.list, &other.list) && self.tokens == other.tokens
     }
 }
 
@@ -202,6 +263,7 @@ impl Eq for Erased {}
 impl Hash for Erased {
     fn hash<H: Hasher>(&self, state: &mut H) {
         std::ptr::hash(Arc::as_ptr(&self.list), state);
+        self.tokens.hash(state);
     }
 }
 
@@ -224,7 +286,12 @@ impl ScalarUDFImpl for Erased {
             return datafusion::common::exec_err!("medlake_erased takes one argument");
         };
         let array = value.into_array(rows)?;
-        Ok(ColumnarValue::Array(Arc::new(self.list.erased(&array)?)))
+        let erased = if self.tokens {
+            self.list.erased_tokens(&array)?
+        } else {
+            self.list.erased(&array)?
+        };
+        Ok(ColumnarValue::Array(Arc::new(erased)))
     }
 }
 
@@ -304,15 +371,15 @@ impl Warehouse {
                         .filter(|c| !c.is_empty()),
                 );
                 let salt = hex_bytes(salts.value(row))?;
-                if list.salt.is_empty() {
-                    list.salt = salt;
-                } else if list.salt != salt {
-                    return Err(Error::Internal("system.erasures holds two salts".into()));
-                }
                 let hash: [u8; 32] = hex_bytes(hashes.value(row))?
                     .try_into()
                     .map_err(|_| Error::Internal("system.erasures holds a short hash".into()))?;
-                list.hashes.insert(hash);
+                match list.hashes.iter_mut().find(|(s, _)| *s == salt) {
+                    Some((_, set)) => {
+                        set.insert(hash);
+                    }
+                    None => list.hashes.push((salt, HashSet::from([hash]))),
+                }
             }
         }
         Ok(list)
@@ -329,13 +396,14 @@ impl Warehouse {
     ) -> Result<String> {
         let erasure_id = uuid::Uuid::new_v4().to_string();
         let current = self.suppression_now().await?;
-        let salt = if current.salt.is_empty() {
-            let mut salt = Vec::with_capacity(32);
-            salt.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-            salt.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-            salt
-        } else {
-            current.salt.clone()
+        let salt = match current.hashes.first() {
+            Some((salt, _)) => salt.clone(),
+            None => {
+                let mut salt = Vec::with_capacity(32);
+                salt.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+                salt.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+                salt
+            }
         };
         let n = identifiers.len();
         let now = chrono::Utc::now().timestamp_micros();
@@ -381,7 +449,8 @@ impl Warehouse {
         if name.schema == ERASURES_SCHEMA {
             return Ok(input);
         }
-        Ok(self.suppression().await?.guard(input)?)
+        let quarantine = name.table.ends_with(QUARANTINE_SUFFIX);
+        Ok(self.suppression().await?.guard(input, quarantine)?)
     }
 
     /// `batches` without the rows of erased identifiers, for a write into `name`.
@@ -397,9 +466,10 @@ impl Warehouse {
         if list.is_empty() {
             return Ok(batches);
         }
+        let quarantine = name.table.ends_with(QUARANTINE_SUFFIX);
         batches
             .into_iter()
-            .map(|batch| list.filter_batch(batch))
+            .map(|batch| list.filter_batch(batch, quarantine))
             .collect()
     }
 
@@ -433,8 +503,17 @@ impl Warehouse {
     #[instrument(skip(self), fields(table = %name))]
     pub async fn purge_history(&self, name: &TableName, keep_from: u64) -> Result<Purged> {
         let mut purged = Purged::default();
-        let removed = self.vacuum(name, Some(Duration::ZERO), false, true).await?;
-        purged.files += removed.files.len();
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let table = self.open_table(name).await?;
+        let latest = table.version().unwrap_or(0);
+        let (_, metrics) = table
+            .vacuum()
+            .with_retention_period(chrono::Duration::zero())
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(delta)?;
+        purged.files += metrics.files_deleted.len();
+        purged.files += self.delete_change_files(name, latest).await?;
         let table = self.open_table(name).await?;
         let (_, metrics) = table
             .vacuum()
@@ -445,7 +524,7 @@ impl Warehouse {
             )
             .with_enforce_retention_duration(false)
             .await
-            .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
+            .map_err(delta)?;
         purged.files += metrics.files_deleted.len();
         purged.log_entries = self.truncate_log(name, keep_from).await?;
         info!(
@@ -456,44 +535,123 @@ impl Warehouse {
         Ok(purged)
     }
 
-    /// Writes checkpoints at `keep_from` and at the latest version, then deletes every log
-    /// entry (commit, checkpoint, checksum) of a version before `keep_from`.
+    /// Deletes the change files the commits up to `upto` wrote (not those of a commit still
+    /// in flight, which no commit names yet; unreferenced ones go with the orphans).
+    async fn delete_change_files(&self, name: &TableName, upto: u64) -> Result<usize> {
+        let folder = self.path(&[&name.schema, &name.table]);
+        let mut deleted = 0;
+        for version in self.versions(name).await? {
+            if version > upto {
+                break;
+            }
+            let Some(actions) = self.commit_actions(name, version).await? else {
+                continue;
+            };
+            for action in &actions {
+                let Some(path) = action
+                    .get("cdc")
+                    .and_then(|c| c.get("path"))
+                    .and_then(serde_json::Value::as_str)
+                else {
+                    continue;
+                };
+                let Ok(relative) = object_store::path::Path::parse(path) else {
+                    continue;
+                };
+                let location = relative
+                    .parts()
+                    .fold(folder.clone(), |p, part| p.join(part.as_ref()));
+                match self.store.delete(&location).await {
+                    Ok(()) => deleted += 1,
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::store(&location, e)),
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Forgets what the log remembers of the rows before version `keep_from`: writes a
+    /// checkpoint at the latest version, deletes the checkpoints (and checksums) of earlier
+    /// versions, and rewrites each earlier commit without the column statistics of the files
+    /// it added (their minimum and maximum values). The commits themselves stay, so that no
+    /// writer holding an old snapshot can put a commit into a freed version.
     async fn truncate_log(&self, name: &TableName, keep_from: u64) -> Result<usize> {
         let delta = |e| Error::delta(&name.schema, &name.table, e);
-        let at = self
-            .open_table_as_of(name, Some(&TimeTravel::Version(keep_from)))
-            .await?;
-        deltalake::checkpoints::create_checkpoint(&at, None)
+        let latest = self.open_table(name).await?;
+        deltalake::checkpoints::create_checkpoint(&latest, None)
             .await
             .map_err(delta)?;
-        let latest = self.open_table(name).await?;
-        if latest.version() != Some(keep_from) {
-            deltalake::checkpoints::create_checkpoint(&latest, None)
-                .await
-                .map_err(delta)?;
-        }
+        let latest = latest.version().unwrap_or(0);
         let log = self.path(&[&name.schema, &name.table, "_delta_log"]);
         let listing = self
             .store
             .list_with_delimiter(Some(&log))
             .await
             .map_err(|e| Error::store(&log, e))?;
-        let mut deleted = 0;
+        let mut changed = 0;
         for object in listing.objects {
             let Some(file) = object.location.filename() else {
                 continue;
             };
             let digits: String = file.chars().take_while(char::is_ascii_digit).collect();
-            let older = digits.len() == 20 && digits.parse::<u64>().is_ok_and(|v| v < keep_from);
-            if !older {
+            let Some(version) = (digits.len() == 20)
+                .then(|| digits.parse::<u64>().ok())
+                .flatten()
+            else {
+                continue;
+            };
+            let commit = file.len() == 25 && file.ends_with(".json");
+            if version >= keep_from || (!commit && version >= latest) {
+                continue;
+            }
+            if commit {
+                if self.strip_statistics(&object.location).await? {
+                    changed += 1;
+                }
                 continue;
             }
             match self.store.delete(&object.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => changed += 1,
                 Err(e) => return Err(Error::store(&object.location, e)),
             }
         }
-        Ok(deleted)
+        Ok(changed)
+    }
+
+    /// Rewrites one commit file without the `stats` of its `add` actions; whether it had any.
+    async fn strip_statistics(&self, path: &object_store::path::Path) -> Result<bool> {
+        let bytes = self
+            .store
+            .get(path)
+            .await
+            .map_err(|e| Error::store(path, e))?
+            .bytes()
+            .await
+            .map_err(|e| Error::store(path, e))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut stripped = false;
+        let mut out = String::with_capacity(text.len());
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut action: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| Error::Internal(format!("{path} is not a Delta commit: {e}")))?;
+            if let Some(add) = action
+                .get_mut("add")
+                .and_then(serde_json::Value::as_object_mut)
+                && add.remove("stats").is_some()
+            {
+                stripped = true;
+            }
+            out.push_str(&action.to_string());
+            out.push('\n');
+        }
+        if stripped {
+            self.store
+                .put(path, object_store::PutPayload::from(out))
+                .await
+                .map_err(|e| Error::store(path, e))?;
+        }
+        Ok(stripped)
     }
 }
 
@@ -529,9 +687,9 @@ mod tests {
 
     fn list(values: &[&str], columns: &[&str]) -> Suppression {
         let salt = b"salt".to_vec();
+        let hashes = values.iter().map(|v| identifier_hash(&salt, v)).collect();
         Suppression {
-            hashes: values.iter().map(|v| identifier_hash(&salt, v)).collect(),
-            salt,
+            hashes: vec![(salt, hashes)],
             columns: columns.iter().map(|c| c.to_string()).collect(),
         }
     }
@@ -563,19 +721,21 @@ mod tests {
         )
         .unwrap();
         let kept = list(&["123", "MRN-9"], &["patient_id", "mrn"])
-            .filter_batch(batch.clone())
+            .filter_batch(batch.clone(), false)
             .unwrap();
         let ids = kept.column(0).as_primitive::<arrow::datatypes::Int64Type>();
         assert_eq!(ids.iter().collect::<Vec<_>>(), vec![Some(1), Some(7)]);
         // Nothing erased: the batch as it was.
         assert_eq!(
-            Suppression::default().filter_batch(batch.clone()).unwrap(),
+            Suppression::default()
+                .filter_batch(batch.clone(), false)
+                .unwrap(),
             batch
         );
         // A column not listed is not looked at ("123" in note).
         assert_eq!(
             list(&["123"], &["mrn"])
-                .filter_batch(batch)
+                .filter_batch(batch, false)
                 .unwrap()
                 .num_rows(),
             4
