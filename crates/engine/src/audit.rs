@@ -76,11 +76,7 @@ fn text(statement: &Statement) -> Text {
             import.remote_schema, import.kind, import.into
         ),
         Statement::Vacuum { table, .. } => format!("VACUUM {table}"),
-        // Never the identifiers: the audit outlives the erasure.
-        Statement::Erase(erase) => format!(
-            "ERASE PATIENT ?{}",
-            if erase.dry_run { " DRY RUN" } else { "" }
-        ),
+        Statement::Erase(erase) => erase.audit_text(),
         Statement::RestoreTable { table, .. } => format!("RESTORE TABLE {table}"),
         Statement::CloneTable {
             target,

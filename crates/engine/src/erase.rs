@@ -15,9 +15,13 @@
 //! 4. **What was derived from them.** Every view that reads such a table is refreshed (in
 //!    dependency order, incrementally where it can be), so aggregates over the erased rows
 //!    are recomputed without them; a view that still holds matching rows loses them again.
-//! 5. **History.** Each table with an identifying column forgets its past: removed files
-//!    (VACUUM without retention), change files, and log entries before the oldest version it
-//!    must keep (their statistics hold old values), after checkpoints.
+//! 5. **History.** Each table with an identifying column, and each view refreshed in 4,
+//!    forgets its past: removed files (VACUUM without retention), change files, earlier
+//!    checkpoints and the statistics of earlier commits (`medlake-lake`'s `purge_history`).
+//!    Rows that came back meanwhile are erased again before and after.
+//!
+//! `DRY RUN` reports the rows per table and each linked identifier with the table it was found
+//! in: links come from rows anyone with write access to such a table could have written.
 //!
 //! External tables are the sources' own: their rows are not the warehouse's to delete, and
 //! the suppression list keeps them out of every later extraction.
@@ -50,6 +54,16 @@ pub struct Erase {
     pub identifiers: Vec<String>,
     pub columns: Vec<String>,
     pub dry_run: bool,
+}
+
+impl Erase {
+    /// What the audit log records: never the identifiers (the audit outlives the erasure).
+    pub fn audit_text(&self) -> String {
+        format!(
+            "ERASE PATIENT ?{}",
+            if self.dry_run { " DRY RUN" } else { "" }
+        )
+    }
 }
 
 /// A table of the warehouse with identifying columns.

@@ -9,11 +9,12 @@
 //!   a column hashes to an erased identifier ([`Warehouse::suppression`], applied in each
 //!   write path). Another process's erasure is seen within [`RELOAD_AFTER`];
 //! - [`Warehouse::erase_rows`]: a delete whose `commitInfo` keeps no values;
-//! - [`Warehouse::purge_history`]: a table's history before a version, deleted: every file a
-//!   commit removed (VACUUM without retention), files no commit references that are older
-//!   than an hour, every change file, and the log entries before the version (after writing
-//!   checkpoints), so that neither time travel, `table_changes`, nor the statistics of old
-//!   log entries hold the erased rows.
+//! - [`Warehouse::purge_history`]: a table's history before a version, forgotten: every file a
+//!   commit removed (VACUUM without retention), the change files commits wrote, files no
+//!   commit references that are older than an hour, earlier checkpoints, and the column
+//!   statistics earlier commits recorded (those commits are rewritten without them but keep
+//!   their version, so no stale writer can commit into a freed one). Neither time travel,
+//!   `table_changes`, nor the log then holds the erased rows.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -497,9 +498,8 @@ impl Warehouse {
 
     /// Deletes what `name`'s files remember from before version `keep_from`: every data file
     /// a commit removed (whatever its age), files no commit references that are older than
-    /// an hour, every change file, and every log entry before `keep_from` once checkpoints
-    /// at `keep_from` and at the latest version exist. Time travel then reaches back to
-    /// `keep_from` only.
+    /// an hour, the change files commits wrote, checkpoints before the latest version's (one
+    /// is written), and the statistics of the commits before `keep_from`.
     #[instrument(skip(self), fields(table = %name))]
     pub async fn purge_history(&self, name: &TableName, keep_from: u64) -> Result<Purged> {
         let mut purged = Purged::default();
