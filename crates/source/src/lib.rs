@@ -170,6 +170,15 @@ pub trait Watermarked: Send + Sync + std::fmt::Debug {
     /// The rows whose watermark is above `after` and at most `upto`: what changed between two
     /// extractions.
     fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>>;
+
+    /// Whether the source still keeps every change after `after`, so that [`Self::between`]
+    /// is complete. `false` when the source's change retention has passed the mark (SQL
+    /// Server Change Tracking's `CHANGE_TRACKING_MIN_VALID_VERSION`, a Cosmos DB change feed
+    /// continuation that expired): the next extraction must be a full one (a re-snapshot).
+    /// Sources whose rows carry their own watermark always keep them.
+    async fn changes_kept_since(&self, _after: &str) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// The tables of a remote schema, for `IMPORT FOREIGN SCHEMA`.

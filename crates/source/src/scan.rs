@@ -216,6 +216,11 @@ pub trait Source: Marked {
     /// Where the first error a scan raised is kept.
     fn failure(&self) -> &std::sync::Mutex<Option<crate::Error>>;
 
+    /// See [`Watermarked::changes_kept_since`](crate::Watermarked::changes_kept_since).
+    async fn changes_kept_since(&self, _after: &str) -> crate::Result<bool> {
+        Ok(true)
+    }
+
     /// The values scans read as NULL because they had the wrong type, since the last call.
     fn take_mismatches(&self) -> Option<crate::Mismatches> {
         None
@@ -273,5 +278,9 @@ impl<S: Source> crate::Watermarked for Table<S> {
 
     fn between(&self, after: &str, upto: &str) -> crate::Result<Arc<dyn TableProvider>> {
         Windowed::between(&self.0, after, upto)
+    }
+
+    async fn changes_kept_since(&self, after: &str) -> crate::Result<bool> {
+        self.0.changes_kept_since(after).await
     }
 }

@@ -1474,6 +1474,17 @@ impl Views {
                 source,
                 before: Some(Some(before)),
                 now: Some(now),
+            } if !source.changes_kept_since(before).await.map_err(|e| e.to_string())? => {
+                Err(format!(
+                    "the source of {table} no longer keeps its changes since {} {before}; \
+                     extracted fully (a new snapshot)",
+                    source.column()
+                ))
+            }
+            Change::Marked {
+                source,
+                before: Some(Some(before)),
+                now: Some(now),
             } => Ok(InputChange {
                 table: table.clone(),
                 said: format!(
