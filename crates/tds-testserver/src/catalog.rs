@@ -23,6 +23,8 @@ pub(crate) struct Table {
     /// Lower-case field names; this is the schema DataFusion sees.
     pub arrow_schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// Change tracking, when enabled (with the table's primary key).
+    pub tracking: Option<crate::tracking::Tracking>,
 }
 
 impl Table {
@@ -43,6 +45,8 @@ pub(crate) fn key(schema: &str, table: &str) -> Key {
 #[derive(Debug, Default)]
 pub(crate) struct Catalog {
     pub tables: BTreeMap<Key, Arc<Table>>,
+    /// `CHANGE_TRACKING_CURRENT_VERSION()`: advanced by every change of a tracked table.
+    pub version: i64,
 }
 
 impl Catalog {
@@ -71,6 +75,7 @@ impl Catalog {
             columns,
             arrow_schema,
             batches: Vec::new(),
+            tracking: None,
         };
         for batch in batches {
             let batch = conform(&t, batch)?;
@@ -92,9 +97,15 @@ impl Catalog {
             table: table.into(),
         })?;
         let mut t = Table::clone(existing);
+        let mut added = Vec::new();
         for batch in batches {
             let batch = conform(&t, batch)?;
+            added.push(batch.clone());
             t.batches.push(batch);
+        }
+        if t.tracking.is_some() && !added.is_empty() {
+            let all = arrow::compute::concat_batches(&t.arrow_schema, &added)?;
+            self.log_changes(&mut t, &all, 'I')?;
         }
         self.tables.insert(k, Arc::new(t));
         Ok(())
@@ -107,7 +118,7 @@ impl Catalog {
 
 /// Rebuild a user batch with the table's schema: canonical Arrow types (casting when Arrow
 /// can), lower-case names, GUIDs in canonical text, NOT NULL checked.
-fn conform(t: &Table, batch: RecordBatch) -> Result<RecordBatch> {
+pub(crate) fn conform(t: &Table, batch: RecordBatch) -> Result<RecordBatch> {
     if batch.num_columns() != t.columns.len() {
         return Err(Error::ColumnCount {
             schema: t.schema.clone(),
@@ -152,11 +163,15 @@ fn conform(t: &Table, batch: RecordBatch) -> Result<RecordBatch> {
 pub(crate) fn information_schema(catalog: &Catalog, database: &str) -> Result<Vec<Table>> {
     let (tables_columns, tables_arrays) = tables_view(catalog, database);
     let (columns_columns, columns_arrays) = columns_view(catalog, database);
+    let (constraints_columns, constraints_arrays) = constraints_view(catalog, database);
+    let (usage_columns, usage_arrays) = key_usage_view(catalog, database);
 
     let mut out = Vec::new();
     for (name, columns, arrays) in [
         ("TABLES", tables_columns, tables_arrays),
         ("COLUMNS", columns_columns, columns_arrays),
+        ("TABLE_CONSTRAINTS", constraints_columns, constraints_arrays),
+        ("KEY_COLUMN_USAGE", usage_columns, usage_arrays),
     ] {
         let arrow_schema = Arc::new(Schema::new(
             columns
@@ -171,9 +186,80 @@ pub(crate) fn information_schema(catalog: &Catalog, database: &str) -> Result<Ve
             columns,
             arrow_schema,
             batches,
+            tracking: None,
         });
     }
     Ok(out)
+}
+
+/// INFORMATION_SCHEMA.TABLE_CONSTRAINTS: the primary keys (of tables with change tracking).
+fn constraints_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayRef>) {
+    let columns = vec![
+        Column::new("CONSTRAINT_CATALOG", SqlType::NVarChar(Some(128))),
+        Column::new("CONSTRAINT_SCHEMA", SqlType::NVarChar(Some(128))),
+        Column::new("CONSTRAINT_NAME", SqlType::NVarChar(Some(128))).not_null(),
+        Column::new("TABLE_CATALOG", SqlType::NVarChar(Some(128))),
+        Column::new("TABLE_SCHEMA", SqlType::NVarChar(Some(128))),
+        Column::new("TABLE_NAME", SqlType::NVarChar(Some(128))).not_null(),
+        Column::new("CONSTRAINT_TYPE", SqlType::VarChar(Some(11))),
+    ];
+    let keys = crate::tracking::primary_keys(catalog);
+    let n = keys.len();
+    let text = |f: &dyn Fn(&(String, String, String, Vec<String>)) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(keys.iter().map(f).collect::<Vec<_>>()))
+    };
+    let arrays = vec![
+        text(&|_| database.to_string()),
+        text(&|k| k.0.clone()),
+        text(&|k| k.2.clone()),
+        text(&|_| database.to_string()),
+        text(&|k| k.0.clone()),
+        text(&|k| k.1.clone()),
+        Arc::new(StringArray::from(vec!["PRIMARY KEY"; n])) as ArrayRef,
+    ];
+    (columns, arrays)
+}
+
+/// INFORMATION_SCHEMA.KEY_COLUMN_USAGE: the columns of each primary key, in key order.
+fn key_usage_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayRef>) {
+    let columns = vec![
+        Column::new("CONSTRAINT_CATALOG", SqlType::NVarChar(Some(128))),
+        Column::new("CONSTRAINT_SCHEMA", SqlType::NVarChar(Some(128))),
+        Column::new("CONSTRAINT_NAME", SqlType::NVarChar(Some(128))).not_null(),
+        Column::new("TABLE_CATALOG", SqlType::NVarChar(Some(128))),
+        Column::new("TABLE_SCHEMA", SqlType::NVarChar(Some(128))),
+        Column::new("TABLE_NAME", SqlType::NVarChar(Some(128))).not_null(),
+        Column::new("COLUMN_NAME", SqlType::NVarChar(Some(128))),
+        Column::new("ORDINAL_POSITION", SqlType::Int).not_null(),
+    ];
+    let mut rows: Vec<(String, String, String, String, i32)> = Vec::new();
+    for (schema, table, constraint, keys) in crate::tracking::primary_keys(catalog) {
+        for (i, column) in keys.into_iter().enumerate() {
+            rows.push((
+                schema.clone(),
+                table.clone(),
+                constraint.clone(),
+                column,
+                i as i32 + 1,
+            ));
+        }
+    }
+    let text = |f: &dyn Fn(&(String, String, String, String, i32)) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let arrays = vec![
+        text(&|_| database.to_string()),
+        text(&|r| r.0.clone()),
+        text(&|r| r.2.clone()),
+        text(&|_| database.to_string()),
+        text(&|r| r.0.clone()),
+        text(&|r| r.1.clone()),
+        text(&|r| r.3.clone()),
+        Arc::new(Int32Array::from(
+            rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+        )) as ArrayRef,
+    ];
+    (columns, arrays)
 }
 
 /// INFORMATION_SCHEMA.TABLES: its columns and rows.

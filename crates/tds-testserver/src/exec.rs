@@ -101,6 +101,15 @@ fn session(tables: &[Arc<Table>]) -> datafusion::error::Result<SessionContext> {
         options.execution.time_zone = Some("+00:00".into());
     }
     let ctx = SessionContext::new_with_config(config);
+    let tracked = tables
+        .iter()
+        .filter(|t| t.tracking.is_some())
+        .map(|t| (crate::catalog::key(&t.schema, &t.name), t.clone()))
+        .collect();
+    ctx.register_udtf(
+        crate::tracking::CHANGES_FUNCTION,
+        Arc::new(crate::tracking::ChangeTable { tables: tracked }),
+    );
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
@@ -134,6 +143,9 @@ pub(crate) fn map_error(err: &DataFusionError, spellings: &HashMap<String, Strin
             if matches!(e.as_ref(), arrow::error::ArrowError::DivideByZero) =>
         {
             SqlError::new(8134, 16, "Divide by zero error encountered.")
+        }
+        DataFusionError::Plan(msg) if msg.starts_with(crate::tracking::NOT_TRACKED) => {
+            SqlError::new(22105, 16, msg[crate::tracking::NOT_TRACKED.len()..].trim())
         }
         DataFusionError::Plan(msg) if msg.contains("not found") && msg.starts_with("table") => {
             let name = msg.split('\'').nth(1).unwrap_or(msg);

@@ -34,7 +34,16 @@
 //! - `SET ...` (acknowledged with DONE), `USE db`, several statements per batch (one result
 //!   each);
 //! - `INFORMATION_SCHEMA.TABLES` and `INFORMATION_SCHEMA.COLUMNS` for the declared tables,
-//!   filled as SQL Server fills them.
+//!   filled as SQL Server fills them; `TABLE_CONSTRAINTS` and `KEY_COLUMN_USAGE` with the
+//!   primary keys of tables with change tracking;
+//! - Change Tracking ([`TdsServer::enable_change_tracking`], then [`TdsServer::append_rows`],
+//!   [`TdsServer::update_rows`], [`TdsServer::delete_rows`] each one version):
+//!   `CHANGE_TRACKING_CURRENT_VERSION()`, `CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(..))`
+//!   (NULL for an untracked table) and `CHANGETABLE(CHANGES t, @last_sync_version) AS ct`
+//!   (`SYS_CHANGE_VERSION`, `SYS_CHANGE_CREATION_VERSION`, `SYS_CHANGE_OPERATION`,
+//!   `SYS_CHANGE_COLUMNS`, `SYS_CHANGE_CONTEXT` and the key columns; one row per changed key,
+//!   net of its changes since the baseline); [`TdsServer::forget_changes`] plays the retention
+//!   cleanup.
 //!
 //! Not SQL Server: text comparisons are case- and trailing-space-sensitive (DataFusion's), a
 //! GUID compares as its lower-case text, `LIKE '[a-c]%'` classes, `+` between two string
@@ -49,6 +58,7 @@ mod exec;
 mod request;
 mod session;
 mod tls;
+mod tracking;
 mod tsql;
 mod types;
 mod wire;
@@ -219,6 +229,15 @@ impl Shared {
         tables
     }
 
+    /// What `CHANGE_TRACKING_*` functions answer, as of now.
+    fn tracking_facts(&self) -> tracking::Facts {
+        let catalog = self
+            .catalog
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        tracking::facts(&catalog)
+    }
+
     fn catalog_mut(&self) -> std::sync::RwLockWriteGuard<'_, catalog::Catalog> {
         self.catalog
             .write()
@@ -352,6 +371,63 @@ impl TdsServer {
 
     pub fn drop_table(&self, schema: &str, table: &str) {
         self.shared.catalog_mut().drop_table(schema, table);
+    }
+
+    /// `ALTER TABLE schema.table ENABLE CHANGE_TRACKING`, with `keys` as the table's primary
+    /// key (change tracking needs one; it shows in INFORMATION_SCHEMA.TABLE_CONSTRAINTS and
+    /// KEY_COLUMN_USAGE as `PK_<table>`). From now on [`Self::append_rows`],
+    /// [`Self::update_rows`] and [`Self::delete_rows`] on it are logged, one version per call.
+    ///
+    /// # Panics
+    /// If the table is not declared or a key is not one of its columns.
+    pub fn enable_change_tracking(&self, schema: &str, table: &str, keys: &[&str]) {
+        if let Err(e) = self
+            .shared
+            .catalog_mut()
+            .enable_tracking(schema, table, keys)
+        {
+            panic!("enable_change_tracking({schema}.{table}): {e}");
+        }
+    }
+
+    /// `UPDATE`: the rows of `batch` (whole rows) replace the rows with the same primary key.
+    ///
+    /// # Panics
+    /// If the table has no primary key (change tracking) or the batch does not fit it.
+    pub fn update_rows(&self, schema: &str, table: &str, batch: RecordBatch) {
+        let result = self
+            .shared
+            .catalog_mut()
+            .change_rows(schema, table, batch, false);
+        if let Err(e) = result {
+            panic!("update_rows({schema}.{table}): {e}");
+        }
+    }
+
+    /// `DELETE`: removes the rows whose primary key is in `keys` (a batch of the key columns,
+    /// in key order).
+    ///
+    /// # Panics
+    /// If the table has no primary key (change tracking) or the batch does not fit it.
+    pub fn delete_rows(&self, schema: &str, table: &str, keys: RecordBatch) {
+        let result = self
+            .shared
+            .catalog_mut()
+            .change_rows(schema, table, keys, true);
+        if let Err(e) = result {
+            panic!("delete_rows({schema}.{table}): {e}");
+        }
+    }
+
+    /// As if the change retention period passed: the table's changes so far are forgotten and
+    /// `CHANGE_TRACKING_MIN_VALID_VERSION` moves to the current version.
+    ///
+    /// # Panics
+    /// If the table is not declared.
+    pub fn forget_changes(&self, schema: &str, table: &str) {
+        if let Err(e) = self.shared.catalog_mut().forget_changes(schema, table) {
+            panic!("forget_changes({schema}.{table}): {e}");
+        }
     }
 
     /// Every batch and RPC received so far, in order.

@@ -512,6 +512,7 @@ impl Session {
             let info = SessionInfo {
                 database: &self.database,
                 spid: self.spid,
+                tracking: shared.tracking_facts(),
             };
             let prepared = match tsql::prepare(statement, params, &info) {
                 Ok(p) => p,

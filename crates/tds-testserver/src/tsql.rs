@@ -17,6 +17,7 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
 use crate::catalog::Key;
 use crate::request::Value as ParamValue;
+use crate::tracking::CHANGES_FUNCTION;
 use crate::types::SqlType;
 
 /// A T-SQL error as SQL Server reports it (ERROR token).
@@ -93,6 +94,8 @@ pub(crate) type Params = HashMap<String, (Option<SqlType>, ParamValue)>;
 pub(crate) struct SessionInfo<'a> {
     pub database: &'a str,
     pub spid: u16,
+    /// What the `CHANGE_TRACKING_*` functions answer.
+    pub tracking: crate::tracking::Facts,
 }
 
 /// A statement of a batch as parsed.
@@ -106,6 +109,7 @@ pub(crate) enum Parsed {
 /// Parse a batch into statements. Statements sqlparser cannot read are reported with SQL
 /// Server's syntax error (102), except `SET` options which are acknowledged.
 pub(crate) fn parse_batch(sql: &str) -> Result<Vec<Parsed>, SqlError> {
+    let sql = &changetable_syntax(sql);
     match Parser::parse_sql(&MsSqlDialect {}, sql) {
         Ok(statements) => Ok(statements
             .into_iter()
@@ -130,6 +134,37 @@ pub(crate) fn parse_batch(sql: &str) -> Result<Vec<Parsed>, SqlError> {
             Ok(out)
         }
     }
+}
+
+/// `CHANGETABLE(CHANGES t, v)` as a function call sqlparser reads (`CHANGETABLE(t, v)`); the
+/// rewriter turns it into the change table function.
+fn changetable_syntax(sql: &str) -> std::borrow::Cow<'_, str> {
+    let upper = sql.to_ascii_uppercase();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = upper[from..].find("CHANGETABLE") {
+        let start = from + found + "CHANGETABLE".len();
+        from = start;
+        let rest = &upper[start..];
+        let open = rest.len() - rest.trim_start().len();
+        if !rest[open..].starts_with('(') {
+            continue;
+        }
+        let inner = &rest[open + 1..];
+        let spaces = inner.len() - inner.trim_start().len();
+        let word = &inner[spaces..];
+        if word.starts_with("CHANGES") && word[7..].starts_with(char::is_whitespace) {
+            let cut = start + open + 1 + spaces;
+            out.push_str(&sql[copied..cut]);
+            copied = cut + "CHANGES".len();
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    out.push_str(&sql[copied..]);
+    std::borrow::Cow::Owned(out)
 }
 
 fn is_set(sql: &str) -> bool {
@@ -709,11 +744,28 @@ impl VisitorMut for Rewriter<'_> {
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
         match factor {
             TableFactor::Table {
-                alias, with_hints, ..
+                name,
+                alias,
+                with_hints,
+                args,
+                ..
             } => {
                 with_hints.clear();
                 if let Some(alias) = alias {
                     self.ident(&mut alias.name);
+                }
+                let last = name.0.last().map(|p| p.to_string().to_ascii_lowercase());
+                if let (Some("changetable"), Some(args)) = (last.as_deref(), args.as_mut()) {
+                    let table = args.args.first().map(|a| match a {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => e.to_string(),
+                        other => other.to_string(),
+                    });
+                    if let (Some(table), 2) = (table, args.args.len()) {
+                        args.args[0] = FunctionArg::Unnamed(FunctionArgExpr::Expr(string(table)));
+                        *name = ObjectName::from(vec![Ident::new(CHANGES_FUNCTION)]);
+                    } else {
+                        return self.fail(SqlError::syntax("CHANGETABLE"));
+                    }
                 }
             }
             TableFactor::Derived {
@@ -731,6 +783,9 @@ impl VisitorMut for Rewriter<'_> {
 
     fn pre_visit_relation(&mut self, relation: &mut ObjectName) -> ControlFlow<()> {
         let written = name_parts(relation);
+        if written == [CHANGES_FUNCTION] {
+            return ControlFlow::Continue(());
+        }
         // server.db.schema.table / db.schema.table -> schema.table; db..table -> dbo.table
         let mut parts: Vec<Ident> = relation
             .0
@@ -902,6 +957,35 @@ impl Rewriter<'_> {
                     SqlDataType::Timestamp(Some(6), TimezoneInfo::None),
                 );
             }
+            "change_tracking_current_version" => {
+                *expr = cast(
+                    number(self.session.tracking.current_version),
+                    SqlDataType::BigInt(None),
+                );
+            }
+            "change_tracking_min_valid_version" => {
+                let table = function_args(f).into_iter().next().and_then(|a| match a {
+                    Expr::Function(inner)
+                        if inner.name.to_string().eq_ignore_ascii_case("object_id") =>
+                    {
+                        match function_args(&inner).into_iter().next() {
+                            Some(Expr::Value(ValueWithSpan {
+                                value: Value::SingleQuotedString(name),
+                                ..
+                            })) => Some(name),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                });
+                let valid = table
+                    .map(|t| crate::tracking::object_key(&t))
+                    .and_then(|k| self.session.tracking.min_valid.get(&k).copied());
+                *expr = match valid {
+                    Some(v) => cast(number(v), SqlDataType::BigInt(None)),
+                    None => cast(Expr::Value(Value::Null.into()), SqlDataType::BigInt(None)),
+                };
+            }
             "db_name" => *expr = string(self.session.database),
             "schema_name" => *expr = string("dbo"),
             "serverproperty" => {
@@ -1017,6 +1101,7 @@ mod tests {
         let session = SessionInfo {
             database: "master",
             spid: 51,
+            tracking: Default::default(),
         };
         let mut stmts = parse_batch(sql).unwrap();
         match prepare(stmts.remove(0), &params, &session).unwrap() {

@@ -7,4 +7,5 @@ mod login;
 mod params;
 mod queries;
 mod smoke;
+mod tracking;
 mod types;
