@@ -13,6 +13,7 @@
 
 mod exec;
 pub mod pushdown;
+pub mod tracking;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,7 @@ pub const OPTIONS: &[&str] = &[
     "upper_bound",
     "num_partitions",
     "batch_size",
+    "changes",
     "connect_timeout_seconds",
     "query_timeout_seconds",
     "retries",
@@ -487,6 +489,9 @@ struct Remote {
     schema: String,
     table: String,
     columns: Vec<Column>,
+    /// Read through Change Tracking (`'changes' 'change_tracking'`): the primary key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tracked: Option<tracking::Tracked>,
 }
 
 fn check_options(options: &BTreeMap<String, String>) -> Result<()> {
@@ -637,10 +642,18 @@ pub async fn define(
             });
         }
     }
+    let tracked = if tracking::wanted(&options)? {
+        let tracked = tracking::define(&mut client, &connection, &schema, &table).await?;
+        tracking::add_columns(&mut columns, &tracked, &qualified)?;
+        Some(tracked)
+    } else {
+        None
+    };
     let remote = Remote {
         schema,
         table,
         columns,
+        tracked,
     };
     let definition = Definition::new("sqlserver", location, options, &remote)?;
     // Opening checks the scan options (watermark, partitions) against the columns.
@@ -706,6 +719,8 @@ pub(crate) struct Shared {
     pub schema: SchemaRef,
     partitioning: Option<Partitioning>,
     pub watermark: Option<usize>,
+    /// Read through Change Tracking: the watermark is `_change_version`.
+    pub(crate) tracked: Option<tracking::Tracked>,
     pub batch_size: usize,
     /// The first error a scan raised (see [`External::take_failure`]).
     pub failure: std::sync::Mutex<Option<Error>>,
@@ -757,7 +772,36 @@ impl Shared {
                     ),
                 })
         };
-        let watermark = find("watermark")?;
+        let tracked = match (tracking::wanted(options)?, &remote.tracked) {
+            (true, Some(t)) => Some(t.clone()),
+            (false, None) => None,
+            _ => {
+                return Err(Error::InvalidOption {
+                    option: "changes".into(),
+                    reason: "the table was defined without it; create it again".into(),
+                });
+            }
+        };
+        let watermark = if tracked.is_some() {
+            let version = remote
+                .columns
+                .iter()
+                .position(|c| c.name == tracking::VERSION);
+            match options.get("watermark") {
+                Some(w) if !w.eq_ignore_ascii_case(tracking::VERSION) => {
+                    return Err(Error::InvalidOption {
+                        option: "watermark".into(),
+                        reason: format!(
+                            "a table read through Change Tracking is extracted by {}",
+                            tracking::VERSION
+                        ),
+                    });
+                }
+                _ => version,
+            }
+        } else {
+            find("watermark")?
+        };
         if let Some(w) = watermark {
             let t = &remote.columns[w].data_type;
             if matches!(t, DataType::Boolean | DataType::Float32 | DataType::Float64) {
@@ -800,6 +844,7 @@ impl Shared {
             schema,
             partitioning,
             watermark,
+            tracked,
             batch_size,
             failure: std::sync::Mutex::new(None),
             policy: policy.clone(),
@@ -985,7 +1030,15 @@ impl medlake_source::scan::Planner for Shared {
                 None => all_exact = false,
             }
         }
-        if let Some(w) = self.watermark {
+        let from = match &self.tracked {
+            Some(tracked) => {
+                let (from, window_conditions) = tracking::source(self, tracked, window, &mut base);
+                conditions.extend(window_conditions);
+                from
+            }
+            None => self.from.clone(),
+        };
+        if let (Some(w), None) = (self.watermark, &self.tracked) {
             let column = self.columns[w].quoted();
             match (&window.after, &window.upto) {
                 (Some(after), Some(upto)) => {
@@ -1048,7 +1101,7 @@ impl medlake_source::scan::Planner for Shared {
                     conditions.push(sql);
                     params.extend(extra);
                 }
-                let mut sql = format!("SELECT {top}{select} FROM {}", self.from);
+                let mut sql = format!("SELECT {top}{select} FROM {from}");
                 if !conditions.is_empty() {
                     sql.push_str(" WHERE ");
                     sql.push_str(&conditions.join(" AND "));
@@ -1091,6 +1144,9 @@ impl medlake_source::scan::Source for Shared {
         let Some(w) = self.watermark else {
             return Ok(None);
         };
+        if self.tracked.is_some() {
+            return tracking::current_version(self).await;
+        }
         let column = &self.columns[w];
         let mut client = self.connection.connect(&self.policy).await?;
         let server = self.connection.server();
@@ -1123,6 +1179,13 @@ impl medlake_source::scan::Source for Shared {
 
     fn failure(&self) -> &std::sync::Mutex<Option<Error>> {
         &self.failure
+    }
+
+    async fn changes_kept_since(&self, after: &str) -> Result<bool> {
+        match self.tracked {
+            Some(_) => tracking::kept_since(self, after).await,
+            None => Ok(true),
+        }
     }
 }
 

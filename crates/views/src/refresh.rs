@@ -1474,7 +1474,11 @@ impl Views {
                 source,
                 before: Some(Some(before)),
                 now: Some(now),
-            } if !source.changes_kept_since(before).await.map_err(|e| e.to_string())? => {
+            } if !source
+                .changes_kept_since(before)
+                .await
+                .map_err(|e| e.to_string())? =>
+            {
                 Err(format!(
                     "the source of {table} no longer keeps its changes since {} {before}; \
                      extracted fully (a new snapshot)",

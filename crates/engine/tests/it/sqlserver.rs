@@ -1198,3 +1198,196 @@ async fn azure_sql_signs_in_with_an_azure_ad_access_token_over_tls() {
     assert_eq!(err.code().sqlstate(), "HV024", "{err}");
     assert!(!err.to_string().contains(&token), "{err}");
 }
+
+/// The source's current patients as `id|name|ward` lines, to compare with silver.
+async fn current_rows(engine: &Engine, sql: &str) -> Vec<String> {
+    let batches = engine.query(sql).await.unwrap();
+    let mut out = Vec::new();
+    for b in &batches {
+        let ids = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Int32).unwrap();
+        let ids = ids.as_any().downcast_ref::<Int32Array>().unwrap();
+        let names = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+        let names = names.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            out.push(format!("{}|{}", ids.value(i), names.value(i)));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn expected_rows(ids: impl Iterator<Item = i32>, renamed: &[(i32, &str)]) -> Vec<String> {
+    let mut out: Vec<String> = ids
+        .map(|i| match renamed.iter().find(|(id, _)| *id == i) {
+            Some((_, name)) => format!("{i}|{name}"),
+            None => format!("{i}|Patient {i:03}"),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn change_tracking_brings_updates_and_deletes_at_the_source_to_silver() {
+    let server = server(Encryption::NotSupported).await;
+    patients(&server);
+    let (_dir, engine) = scratch().await;
+    create_schema(&engine, "ehr").await;
+    let define = |table: &str, extra: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE ehr.patients STORED AS SQLSERVER {}",
+            options(&server, table, extra)
+        )
+    };
+    // Change Tracking must be on, and the table is extracted by its version, not another column.
+    let err = engine
+        .sql(&define("dbo.Patients", ", 'changes' 'change_tracking'"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Change Tracking is not enabled"),
+        "{err}"
+    );
+    server.enable_change_tracking("dbo", "Patients", &["PatientID"]);
+    let err = engine
+        .sql(&define(
+            "dbo.Patients",
+            ", 'changes' 'change_tracking', 'watermark' 'BirthDate'",
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("_change_version"), "{err}");
+    engine
+        .sql(&define("dbo.Patients", ", 'changes' 'change_tracking'"))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM ehr.patients WHERE _change_operation = 'S'"
+        )
+        .await,
+        100
+    );
+    engine
+        .sql("CREATE MATERIALIZED VIEW bronze.patients AS SELECT * FROM ehr.patients")
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE MATERIALIZED VIEW silver.patients AS AUTO CDC FROM bronze.patients \
+             KEYS (patientid) APPLY AS DELETE WHEN _change_operation = 'D' \
+             SEQUENCE BY _change_version COLUMNS * EXCEPT (_change_operation, _change_version)",
+        )
+        .await
+        .unwrap();
+    let silver = "SELECT patientid, name FROM silver.patients";
+    assert_eq!(
+        current_rows(&engine, silver).await,
+        expected_rows(1..=100, &[])
+    );
+
+    // Inserts, an update and deletes at the source, then an update of a new row.
+    let more: Vec<i32> = (101..=105).collect();
+    let rows = |ids: Vec<i32>, name: &dyn Fn(i32) -> String| {
+        let names: Vec<String> = ids.iter().map(|i| name(*i)).collect();
+        let n = ids.len();
+        batch(vec![
+            Arc::new(Int32Array::from(ids)),
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(vec![Some("ICU"); n])),
+            Arc::new(Date32Array::from(vec![Some(0); n])),
+        ])
+    };
+    server.append_rows(
+        "dbo",
+        "Patients",
+        vec![rows(more, &|i| format!("Patient {i:03}"))],
+    );
+    server.update_rows(
+        "dbo",
+        "Patients",
+        rows(vec![1, 104], &|i| format!("Renamed {i}")),
+    );
+    let keys = |ids: Vec<i32>| batch(vec![Arc::new(Int32Array::from(ids)) as ArrayRef]);
+    server.delete_rows("dbo", "Patients", keys(vec![2, 3, 105]));
+    server.clear_received();
+    let outcome = engine
+        .refresh("bronze.patients", false, false)
+        .await
+        .unwrap();
+    assert_eq!(outcome[0].mode, "incremental", "{:?}", outcome[0]);
+    // 101..=104 inserted (104 renamed since: still one net insert), 1 updated, 2 and 3
+    // deleted, 105 inserted and deleted since the baseline: a delete of a key bronze never had.
+    assert_eq!(outcome[0].rows_written, 8, "{:?}", outcome[0]);
+    let scan = server
+        .received()
+        .into_iter()
+        .find(|r| r.sql.contains("CHANGETABLE(CHANGES [dbo].[Patients], @P"))
+        .expect("changes are read through CHANGETABLE");
+    assert!(
+        scan.sql.contains("LEFT OUTER JOIN [dbo].[Patients]"),
+        "{}",
+        scan.sql
+    );
+    let outcome = engine
+        .refresh("silver.patients", false, false)
+        .await
+        .unwrap();
+    assert_eq!(outcome[0].mode, "incremental", "{:?}", outcome[0]);
+    let expected = expected_rows(
+        (1..=104).filter(|i| ![2, 3].contains(i)),
+        &[(1, "Renamed 1"), (104, "Renamed 104")],
+    );
+    assert_eq!(current_rows(&engine, silver).await, expected);
+    let unchanged = engine
+        .refresh("bronze.patients", false, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        unchanged[0].status.as_str(),
+        "skipped",
+        "{:?}",
+        unchanged[0]
+    );
+
+    // The retention cleaned the changes after bronze's baseline: a new snapshot.
+    server.delete_rows("dbo", "Patients", keys(vec![4]));
+    server.forget_changes("dbo", "Patients");
+    let outcome = engine
+        .refresh("bronze.patients", false, false)
+        .await
+        .unwrap();
+    assert_eq!(outcome[0].mode, "full", "{:?}", outcome[0]);
+    assert!(
+        outcome[0].reason.contains("no longer keeps"),
+        "{}",
+        outcome[0].reason
+    );
+    engine
+        .refresh("silver.patients", false, false)
+        .await
+        .unwrap();
+    let expected = expected_rows(
+        (1..=104).filter(|i| ![2, 3, 4].contains(i)),
+        &[(1, "Renamed 1"), (104, "Renamed 104")],
+    );
+    assert_eq!(current_rows(&engine, silver).await, expected);
+
+    // And the feed goes on from the snapshot.
+    server.update_rows("dbo", "Patients", rows(vec![5], &|_| "Renamed 5".into()));
+    let outcome = engine
+        .refresh("bronze.patients", false, false)
+        .await
+        .unwrap();
+    assert_eq!(outcome[0].mode, "incremental", "{:?}", outcome[0]);
+    engine
+        .refresh("silver.patients", false, false)
+        .await
+        .unwrap();
+    let expected = expected_rows(
+        (1..=104).filter(|i| ![2, 3, 4].contains(i)),
+        &[(1, "Renamed 1"), (5, "Renamed 5"), (104, "Renamed 104")],
+    );
+    assert_eq!(current_rows(&engine, silver).await, expected);
+}
