@@ -19,6 +19,11 @@
 //! failed scan. Throttling (429 with `x-ms-retry-after-ms`) is retried by the SDK; transient
 //! failures and timeouts are retried here from the last continuation token. Errors carry the
 //! Cosmos DB status and activity id, never the key.
+//!
+//! A table declared with `'changes' 'all_versions_and_deletes'` is extracted by the container's
+//! change feed in "all versions and deletes" mode instead of a `_ts` watermark ([`feed`]): its
+//! marks are change feed continuations, a snapshot is the query above with `_change_operation`
+//! `S`, and the rows between two marks are the feed's changes (creates, replaces, deletes).
 
 mod feed;
 mod query;
@@ -1510,6 +1515,21 @@ mod tests {
             .is_ok()
         );
         assert!(parse(&[("key", "${K}"), ("page_size", "0")], url).is_err());
+        // The change feed mode, and its implicit watermark.
+        let changes = ("changes", "all_versions_and_deletes");
+        assert!(parse(&[("key", "${K}"), changes], url).unwrap().changes);
+        assert!(
+            parse(
+                &[("key", "${K}"), changes, ("watermark", "_change_version")],
+                url
+            )
+            .is_ok()
+        );
+        let e = parse(&[("key", "${K}"), changes, ("watermark", "_ts")], url).unwrap_err();
+        assert!(e.to_string().contains("_change_version"), "{e}");
+        assert_eq!(e.sqlstate(), "HV024");
+        let e = parse(&[("key", "${K}"), ("changes", "latest_version")], url).unwrap_err();
+        assert!(e.to_string().contains("all_versions_and_deletes"), "{e}");
         // Untrusted numbers are bounded (the old code took any u32 / u64 / i64).
         for (option, value) in [
             ("retries", "4294967295"),
