@@ -16,6 +16,9 @@
 //                          first query, unanswered); later connections are dropped
 //   --throttle-first N     fault injection: the first N document query requests answer 429
 //                          TooManyRequests with x-ms-retry-after-ms: 50
+//   --feed-retention N     the change feed keeps only the last N changes of each container; a
+//                          continuation older than that answers 400 (as an expired all versions
+//                          and deletes continuation does); default: every change is kept
 //   --ignore-stdin         do not exit when stdin closes (for manual runs with stdin at /dev/null)
 //   -h, --help             print this help
 //
@@ -46,6 +49,11 @@
 //      package ignores the header); patched Documents.prototype.query.
 //   e. a point read of a missing document answers 404 NotFound instead of 500 (the package's
 //      lib/handler/read-document.js dereferences the missing document); wrapped that handler.
+//   f. the change feed in "all versions and deletes" mode (the package has none): every create,
+//      replace (and upsert) and delete of a document is recorded per container with an LSN, and
+//      GET .../docs with A-IM: Full-Fidelity Feed serves it (If-None-Match: * = now, "L" = after
+//      LSN L; 304 when nothing is newer; x-ms-max-item-count pages; ETag "L" = the last LSN
+//      served). See tests/cosmos/README.md, "Change feed".
 "use strict";
 
 const fs = require("fs");
@@ -54,7 +62,7 @@ const path = require("path");
 const crypto = require("crypto");
 const { AsyncLocalStorage } = require("async_hooks");
 
-const HELP = fs.readFileSync(__filename, "utf8").split("\n").slice(5, 21).map((l) => l.replace(/^\/\/ ?/, "")).join("\n");
+const HELP = fs.readFileSync(__filename, "utf8").split("\n").slice(5, 24).map((l) => l.replace(/^\/\/ ?/, "")).join("\n");
 
 function fail(msg) {
   process.stderr.write(`cosmos server: ${msg}\n`);
@@ -62,7 +70,7 @@ function fail(msg) {
 }
 
 function parseArgs(argv) {
-  const args = { port: 0, ssl: true, parentPid: null, dieAfterPages: null, throttleFirst: 0, ignoreStdin: false };
+  const args = { port: 0, ssl: true, parentPid: null, dieAfterPages: null, throttleFirst: 0, ignoreStdin: false, feedRetention: null };
   const int = (name, v) => {
     if (v === undefined || !/^\d+$/.test(v)) fail(`${name} needs a non-negative integer, got ${v}`);
     return parseInt(v, 10);
@@ -75,6 +83,7 @@ function parseArgs(argv) {
       case "--parent-pid": args.parentPid = int(a, argv[++i]); break;
       case "--die-after-pages": args.dieAfterPages = int(a, argv[++i]); break;
       case "--throttle-first": args.throttleFirst = int(a, argv[++i]); break;
+      case "--feed-retention": args.feedRetention = int(a, argv[++i]); break;
       case "--ignore-stdin": args.ignoreStdin = true; break;
       case "-h": case "--help": process.stdout.write(`${HELP}\n`); process.exit(0); break;
       default: fail(`unknown option ${a} (see --help)`);
@@ -151,6 +160,54 @@ readDocument.default = async (account, req, res, params) => {
   }
 };
 
+// (f) the change feed: every change of a container's documents, with an LSN. Documents.create /
+// replace / delete are wrapped; replace calls delete and _set inside, so only the outermost call
+// of a change records it (upsert calls create or replace).
+const feeds = new WeakMap(); // Documents -> { lsn, changes: [{ lsn, op, current, previous, crts }], dropped, lsnOf: _rid -> LSN }
+const copy = (v) => (v === undefined || v === null ? null : JSON.parse(JSON.stringify(v)));
+let changing = 0;
+function feedOf(docs) {
+  let feed = feeds.get(docs);
+  if (!feed) { feed = { lsn: 0, changes: [], dropped: 0, lsnOf: new Map() }; feeds.set(docs, feed); }
+  return feed;
+}
+function record(docs, op, current, previous) {
+  const feed = feedOf(docs);
+  feed.lsn += 1;
+  const prev = copy(previous);
+  if (prev && feed.lsnOf.has(prev._rid)) prev._lsn = feed.lsnOf.get(prev._rid);
+  if (current) feed.lsnOf.set(current._rid, feed.lsn);
+  if (prev && op === "delete") feed.lsnOf.delete(prev._rid);
+  feed.changes.push({ lsn: feed.lsn, op, current: copy(current), previous: prev, crts: Math.floor(Date.now() / 1000) });
+  while (args.feedRetention !== null && feed.changes.length > args.feedRetention) {
+    feed.changes.shift();
+    feed.dropped += 1;
+  }
+}
+function recorded(name, op, before) {
+  const original = Items.prototype[name];
+  Documents.prototype[name] = function change(...params) {
+    const outer = changing === 0;
+    const previous = outer && before ? before.call(this, ...params) : null;
+    changing += 1;
+    let result;
+    try { result = original.call(this, ...params); } finally { changing -= 1; }
+    if (outer) record(this, op, op === "delete" ? null : result, previous);
+    return result;
+  };
+}
+recorded("create", "create", null);
+recorded("replace", "replace", function before(data) { return this._item("/id", data.id, this._getPartition(data)).read(); });
+recorded("delete", "delete", function before(idOrRid, partition) { return this._item("/id", idOrRid, partition).read(); });
+
+// The account the package creates when the server listens (lib/index.js: new account_1.default).
+const accountModule = lib("account");
+const PackageAccount = accountModule.default;
+let account = null;
+accountModule.default = class RecordedAccount extends PackageAccount {
+  constructor(...params) { super(...params); account = this; } // eslint-disable-line constructor-super
+};
+
 // Loaded after the patches above: lib/routes.js captures the handlers when it is first required.
 const cosmos = lib("index");
 const server = args.ssl ? cosmos.createHttpsServer() : cosmos.createHttpServer();
@@ -201,6 +258,80 @@ function die(res) {
   if (!res.socket || res.socket.destroyed) exit();
 }
 
+const FEED_PATH = /^\/+dbs\/([^/]+)\/colls\/([^/]+)\/docs\/?$/;
+const header = (req, name) => { const v = req.headers[name]; return Array.isArray(v) ? v[0] : v; };
+
+function answer(res, status, headers, body) {
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "x-ms-activity-id": crypto.randomUUID(),
+    "x-ms-request-charge": "1",
+    connection: "close",
+    ...headers,
+  });
+  res.end(body === undefined ? undefined : JSON.stringify(body));
+}
+
+// One page of the full-fidelity feed (f), in the wire shape of
+// x-ms-cosmos-changefeed-wire-format-version 2021-09-15: { current, previous, metadata }.
+function feedItem(change, pkPath) {
+  const metadata = { operationType: change.op, lsn: change.lsn, crts: change.crts };
+  const item = { metadata };
+  if (change.op === "delete") {
+    const prev = change.previous || {};
+    metadata.id = prev.id;
+    metadata.previousImageLSN = prev._lsn;
+    const pkKey = pkPath.length === 1 ? pkPath[0] : null;
+    if (pkKey !== null) metadata.partitionKey = { [pkKey]: prev[pkKey] === undefined ? null : prev[pkKey] };
+    item.current = {};
+  } else {
+    item.current = { ...change.current, _lsn: change.lsn };
+    if (change.previous) metadata.previousImageLSN = change.previous._lsn;
+  }
+  if (change.previous) item.previous = change.previous;
+  return item;
+}
+
+function serveFeed(req, res, dbId, collId) {
+  req.resume();
+  const aim = String(header(req, "a-im") || "");
+  const collection = account.database(decodeURIComponent(dbId)).collection(decodeURIComponent(collId));
+  if (!collection.read()) { answer(res, 404, {}, { code: "NotFound", message: "Resource Not Found" }); return; }
+  if (aim.toLowerCase() !== "full-fidelity feed") {
+    answer(res, 400, {}, { code: "BadRequest", message: `this test server serves only A-IM: Full-Fidelity Feed, not ${aim}` });
+    return;
+  }
+  const feed = feedOf(collection.documents);
+  const ifNoneMatch = String(header(req, "if-none-match") || "").replace(/^W\//, "").replace(/"/g, "");
+  if (ifNoneMatch === "") {
+    answer(res, 400, {}, { code: "BadRequest", message: "Full-Fidelity Feed must start from now (If-None-Match: *) or a continuation: reading from the beginning is not supported" });
+    return;
+  }
+  if (ifNoneMatch === "*") { answer(res, 304, { etag: `"${feed.lsn}"` }); return; }
+  if (!/^\d+$/.test(ifNoneMatch)) {
+    answer(res, 400, {}, { code: "BadRequest", message: `invalid continuation ${ifNoneMatch}` });
+    return;
+  }
+  const after = parseInt(ifNoneMatch, 10);
+  const oldest = feed.changes.length ? feed.changes[0].lsn : feed.lsn + 1;
+  if (feed.dropped > 0 && after < oldest - 1) {
+    answer(res, 400, { "x-ms-substatus": "0" }, {
+      code: "BadRequest",
+      message: `Message: {"Errors":["The continuation (LSN ${after}) is outside the change feed retention window: changes up to LSN ${oldest - 1} are no longer kept"]}`,
+    });
+    return;
+  }
+  const max = parseInt(header(req, "x-ms-max-item-count") || "-1", 10);
+  const newer = feed.changes.filter((c) => c.lsn > after);
+  const page = max > 0 ? newer.slice(0, max) : newer;
+  if (page.length === 0) { answer(res, 304, { etag: `"${after}"` }); return; }
+  const pkPath = collection.documents._getPartitionKeyPath();
+  const last = page[page.length - 1].lsn;
+  const documents = page.map((c) => feedItem(c, pkPath));
+  answer(res, 200, { etag: `"${last}"`, "x-ms-item-count": String(documents.length) },
+    { _rid: collection.read()._rid, Documents: documents, _count: documents.length });
+}
+
 const [packageHandler] = server.listeners("request");
 server.removeAllListeners("request");
 server.on("request", (req, res) => {
@@ -211,6 +342,8 @@ server.on("request", (req, res) => {
       String(name).toLowerCase() === "content-location" ? String(value).replace(/^https:/, "http:") : value);
   }
   const pathname = (req.url || "").split("?")[0];
+  const feedPath = req.method === "GET" && header(req, "a-im") ? FEED_PATH.exec(pathname) : null;
+  if (feedPath) { serveFeed(req, res, feedPath[1], feedPath[2]); return; }
   const isDocQuery = req.method === "POST" && DOCS_PATH.test(pathname)
     && (isTrue(req.headers["x-ms-documentdb-isquery"]) || req.headers["content-type"] === "application/query+json")
     && !isTrue(req.headers["x-ms-cosmos-is-query-plan-request"]);

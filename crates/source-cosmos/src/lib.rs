@@ -19,7 +19,13 @@
 //! failed scan. Throttling (429 with `x-ms-retry-after-ms`) is retried by the SDK; transient
 //! failures and timeouts are retried here from the last continuation token. Errors carry the
 //! Cosmos DB status and activity id, never the key.
+//!
+//! A table declared with `'changes' 'all_versions_and_deletes'` is extracted by the container's
+//! change feed in "all versions and deletes" mode instead of a `_ts` watermark ([`feed`]): its
+//! marks are change feed continuations, a snapshot is the query above with `_change_operation`
+//! `S`, and the rows between two marks are the feed's changes (creates, replaces, deletes).
 
+mod feed;
 mod query;
 
 use std::collections::BTreeMap;
@@ -71,6 +77,7 @@ pub const OPTIONS: &[&str] = &[
     "access_token",
     "watermark",
     "watermark_lag_seconds",
+    "changes",
     "page_size",
     "sample_size",
     "names",
@@ -107,6 +114,8 @@ struct Config {
     timeout: Duration,
     retries: u32,
     lag_seconds: i64,
+    /// `'changes' 'all_versions_and_deletes'`: extraction follows the change feed.
+    changes: bool,
 }
 
 impl Config {
@@ -152,11 +161,41 @@ impl Config {
                 0..=86_400,
                 "a number of seconds",
             )?,
+            changes: changes(options)?,
         })
     }
 
     fn target(&self) -> String {
         format!("{}/{}", self.database, self.container)
+    }
+}
+
+/// Whether the table reads the change feed (`'changes' 'all_versions_and_deletes'`); its
+/// watermark is then `_change_version`, implicitly.
+fn changes(options: &BTreeMap<String, String>) -> Result<bool> {
+    let Some(mode) = options.get("changes") else {
+        return Ok(false);
+    };
+    if !mode.trim().eq_ignore_ascii_case(feed::MODE) {
+        return Err(invalid(
+            "changes",
+            format!(
+                "'{mode}' is not a change feed mode COSMOS reads; write '{}'",
+                feed::MODE
+            ),
+        ));
+    }
+    match options.get("watermark") {
+        Some(w) if !w.trim().eq_ignore_ascii_case(feed::VERSION) => Err(invalid(
+            "watermark",
+            format!(
+                "a table with 'changes' '{}' is extracted by {}, its change feed position; \
+                 leave 'watermark' out (it cannot be '{w}')",
+                feed::MODE,
+                feed::VERSION
+            ),
+        )),
+        _ => Ok(true),
     }
 }
 
@@ -730,7 +769,21 @@ impl Shared {
                 message: e.to_string(),
             })?;
         let columns = remote.columns;
+        if config.changes
+            && let Some(c) = columns
+                .iter()
+                .find(|c| [feed::OPERATION, feed::VERSION].contains(&c.column.name.as_str()))
+        {
+            return Err(invalid(
+                "changes",
+                format!(
+                    "the documents' column '{}' has the name of a change column; rename it with 'field.<other name>' or declare the columns",
+                    c.column.name
+                ),
+            ));
+        }
         let watermark = match definition.options.get("watermark") {
+            _ if config.changes => None,
             None => None,
             Some(name) => {
                 let w = columns
@@ -760,18 +813,21 @@ impl Shared {
                 Some(w)
             }
         };
-        let schema = Arc::new(Schema::new(
-            columns
-                .iter()
-                .map(|c| {
-                    Field::new(
-                        &c.column.name,
-                        c.column.data_type.clone(),
-                        c.column.nullable,
-                    )
-                })
-                .collect::<Vec<_>>(),
-        ));
+        let mut fields: Vec<Field> = columns
+            .iter()
+            .map(|c| {
+                Field::new(
+                    &c.column.name,
+                    c.column.data_type.clone(),
+                    c.column.nullable,
+                )
+            })
+            .collect();
+        if config.changes {
+            fields.push(Field::new(feed::OPERATION, DataType::Utf8, false));
+            fields.push(Field::new(feed::VERSION, DataType::Int64, false));
+        }
+        let schema = Arc::new(Schema::new(fields));
         let n = columns.len();
         Ok(Self {
             config,
@@ -787,7 +843,16 @@ impl Shared {
 }
 
 /// Rows restricted by a watermark range, on top of the table's own filters.
-pub(crate) type Window = medlake_source::scan::Window<i64>;
+pub(crate) type Window = medlake_source::scan::Window<Mark>;
+
+/// A stored mark as the connector holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// A value of the watermark column (`_ts`).
+    Value(i64),
+    /// A change feed position: the SDK's continuation token (see [`feed`]).
+    Feed(String),
+}
 
 /// A planned scan: the query and where it runs.
 #[derive(Clone, Debug)]
@@ -796,9 +861,14 @@ struct Planned {
     params: Vec<(String, Value)>,
     /// The partition key value, when a filter fixes it.
     partition: Option<Value>,
-    /// Columns of the table the scan returns, in order.
+    /// Document columns of the table the scan returns, in order (the change columns follow).
     projection: Vec<usize>,
     limit: Option<usize>,
+    /// Whether the scan returns `_change_operation` and `_change_version`.
+    operation: bool,
+    version: bool,
+    /// Changes between two change feed marks (after, upto) instead of the query.
+    feed: Option<(String, String)>,
 }
 
 impl Shared {
@@ -851,14 +921,17 @@ impl Shared {
         Ok(row)
     }
 
-    /// The batch of one page.
+    /// The batch of one page; `changes` holds each document's operation and version (`None`:
+    /// rows of a snapshot, `S` and 0).
     fn convert(
         &self,
         docs: &[Value],
-        projection: &[usize],
+        planned: &Planned,
         schema: &SchemaRef,
+        changes: Option<&[(&'static str, i64)]>,
     ) -> std::result::Result<RecordBatch, String> {
-        if projection.is_empty() {
+        let projection = planned.projection.as_slice();
+        if schema.fields().is_empty() {
             return RecordBatch::try_new_with_options(
                 schema.clone(),
                 Vec::new(),
@@ -868,8 +941,16 @@ impl Shared {
         }
         let mut counts = vec![0u64; self.columns.len()];
         let mut rows = Vec::with_capacity(docs.len());
-        for doc in docs {
-            rows.push(self.row(doc, projection, &mut counts)?);
+        for (i, doc) in docs.iter().enumerate() {
+            let mut row = self.row(doc, projection, &mut counts)?;
+            let (operation, version) = changes.and_then(|c| c.get(i)).copied().unwrap_or(("S", 0));
+            if planned.operation {
+                row.insert(feed::OPERATION.into(), Value::from(operation));
+            }
+            if planned.version {
+                row.insert(feed::VERSION.into(), Value::from(version));
+            }
+            rows.push(row);
         }
         if let Ok(mut m) = self.mismatches.lock() {
             m.0 += docs.len() as u64;
@@ -976,13 +1057,13 @@ impl Shared {
                 pages_read += 1;
                 token = pages.to_continuation_token().ok();
                 let docs = page.into_items();
-                let mut batch =
-                    self.convert(&docs, &planned.projection, schema)
-                        .map_err(|message| Error::MalformedPage {
-                            server: config.server.clone(),
-                            page: pages_read,
-                            message,
-                        })?;
+                let mut batch = self
+                    .convert(&docs, planned, schema, None)
+                    .map_err(|message| Error::MalformedPage {
+                        server: config.server.clone(),
+                        page: pages_read,
+                        message,
+                    })?;
                 drop(docs);
                 if let Some(left) = remaining.as_mut() {
                     batch = batch.slice(0, batch.num_rows().min(*left));
@@ -1031,6 +1112,8 @@ impl medlake_source::scan::Planner for Shared {
             .map(|f| {
                 let mut scratch = Sql::default();
                 match query::translate(f, &self.columns, &mut scratch) {
+                    // A change feed read applies no filter: DataFusion checks them all again.
+                    Some(_) if self.config.changes => TableProviderFilterPushDown::Inexact,
                     Some((_, fit)) => fit.pushdown(),
                     None => TableProviderFilterPushDown::Unsupported,
                 }
@@ -1045,11 +1128,39 @@ impl medlake_source::scan::Planner for Shared {
         limit: Option<usize>,
         window: &Window,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let projection: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.columns.len()).collect(),
+        let all: Vec<usize>;
+        let projection = match projection {
+            Some(p) => p,
+            None => {
+                all = (0..self.schema.fields().len()).collect();
+                &all
+            }
         };
-        let schema = Arc::new(self.schema.project(&projection)?);
+        let schema = Arc::new(self.schema.project(projection)?);
+        let n = self.columns.len();
+        let change_column = |name: &str| {
+            projection.iter().any(|&i| {
+                self.schema
+                    .fields()
+                    .get(i)
+                    .is_some_and(|f| i >= n && f.name() == name)
+            })
+        };
+        let (operation, version) = (change_column(feed::OPERATION), change_column(feed::VERSION));
+        let projection: Vec<usize> = projection.iter().copied().filter(|&i| i < n).collect();
+        if let (Some(Mark::Feed(after)), Some(Mark::Feed(upto))) = (&window.after, &window.upto) {
+            let planned = Planned {
+                text: String::new(),
+                params: Vec::new(),
+                partition: None,
+                projection,
+                limit,
+                operation,
+                version,
+                feed: Some((after.clone(), upto.clone())),
+            };
+            return Ok(Arc::new(CosmosExec::new(self.clone(), schema, planned)));
+        }
         let mut sql = Sql::default();
         let mut conditions = Vec::new();
         let mut all_exact = true;
@@ -1064,11 +1175,11 @@ impl medlake_source::scan::Planner for Shared {
         }
         if let Some(w) = self.watermark {
             let property = query::accessor(&self.columns[w].column.path);
-            if let Some(after) = window.after {
+            if let Some(Mark::Value(after)) = window.after {
                 let p = sql.param(Value::from(after));
                 conditions.push(format!("{property} > {p}"));
             }
-            if let Some(upto) = window.upto {
+            if let Some(Mark::Value(upto)) = window.upto {
                 let p = sql.param(Value::from(upto));
                 conditions.push(if window.after.is_some() {
                     format!("{property} <= {p}")
@@ -1122,17 +1233,31 @@ impl medlake_source::scan::Planner for Shared {
             partition,
             projection,
             limit,
+            operation,
+            version,
+            feed: None,
         };
         Ok(Arc::new(CosmosExec::new(self.clone(), schema, planned)))
     }
 }
 
 impl medlake_source::scan::Marked for Shared {
-    type Mark = i64;
+    type Mark = Mark;
 
-    fn mark(&self, mark: &str) -> Result<i64> {
+    fn mark(&self, mark: &str) -> Result<Mark> {
+        if self.config.changes {
+            return if feed::is_token(mark) {
+                Ok(Mark::Feed(mark.trim().to_string()))
+            } else {
+                Err(invalid(
+                    "watermark",
+                    format!("'{mark}' is not a change feed position of this table"),
+                ))
+            };
+        }
         mark.trim()
             .parse()
+            .map(Mark::Value)
             .map_err(|_| invalid("watermark", format!("watermark '{mark}' is not an integer")))
     }
 }
@@ -1140,12 +1265,25 @@ impl medlake_source::scan::Marked for Shared {
 #[async_trait]
 impl medlake_source::scan::Source for Shared {
     fn watermark(&self) -> Option<&str> {
+        if self.config.changes {
+            return Some(feed::VERSION);
+        }
         self.watermark.map(|w| self.columns[w].column.name.as_str())
+    }
+
+    async fn changes_kept_since(&self, after: &str) -> Result<bool> {
+        if !self.config.changes {
+            return Ok(true);
+        }
+        self.feed_kept_since(after).await
     }
 
     /// The highest watermark now, held back by `watermark_lag_seconds` when it is `_ts`
     /// (whole seconds: documents written later in the same second must not fall below it).
     async fn high_mark(&self) -> Result<Option<String>> {
+        if self.config.changes {
+            return self.feed_position().await.map(Some);
+        }
         let Some(w) = self.watermark else {
             return Ok(None);
         };
@@ -1234,6 +1372,12 @@ impl CosmosExec {
 impl DisplayAs for CosmosExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CosmosExec: container={} ", self.shared.config.target())?;
+        if self.planned.feed.is_some() {
+            return write!(
+                f,
+                "change feed (all versions and deletes) between two marks"
+            );
+        }
         if let Some(p) = &self.planned.partition {
             write!(f, "partition={p} ")?;
         }
@@ -1270,7 +1414,13 @@ impl ExecutionPlan for CosmosExec {
         Ok(medlake_source::scan::spawned(
             self.schema.clone(),
             move |tx| async move {
-                if let Err(e) = shared.read(&planned, &schema, &tx).await {
+                let read = match &planned.feed {
+                    Some((after, upto)) => {
+                        shared.read_feed(&planned, after, upto, &schema, &tx).await
+                    }
+                    None => shared.read(&planned, &schema, &tx).await,
+                };
+                if let Err(e) = read {
                     shared.record_failure(&e);
                     let _ = tx.send(Err(DataFusionError::from(e))).await;
                 }
@@ -1365,6 +1515,21 @@ mod tests {
             .is_ok()
         );
         assert!(parse(&[("key", "${K}"), ("page_size", "0")], url).is_err());
+        // The change feed mode, and its implicit watermark.
+        let changes = ("changes", "all_versions_and_deletes");
+        assert!(parse(&[("key", "${K}"), changes], url).unwrap().changes);
+        assert!(
+            parse(
+                &[("key", "${K}"), changes, ("watermark", "_change_version")],
+                url
+            )
+            .is_ok()
+        );
+        let e = parse(&[("key", "${K}"), changes, ("watermark", "_ts")], url).unwrap_err();
+        assert!(e.to_string().contains("_change_version"), "{e}");
+        assert_eq!(e.sqlstate(), "HV024");
+        let e = parse(&[("key", "${K}"), ("changes", "latest_version")], url).unwrap_err();
+        assert!(e.to_string().contains("all_versions_and_deletes"), "{e}");
         // Untrusted numbers are bounded (the old code took any u32 / u64 / i64).
         for (option, value) in [
             ("retries", "4294967295"),

@@ -584,3 +584,190 @@ async fn errors_name_the_problem_and_never_the_key() {
         3
     );
 }
+
+/// The rows of `sql` as text, one string per row (columns joined by `|`).
+async fn rows(engine: &Engine, sql: &str) -> Vec<String> {
+    texts(&engine.query(sql).await.unwrap())
+        .into_iter()
+        .map(|r| r.join("|"))
+        .collect()
+}
+
+/// A small alert document.
+fn alert(id: &str, device: &str, severity: i64) -> Value {
+    json!({"id": id, "deviceId": device, "kind": "spo2_low", "severity": severity})
+}
+
+const SILVER_CDC: &str = "CREATE MATERIALIZED VIEW silver.alerts AS AUTO CDC FROM bronze.alerts \
+     KEYS (id) APPLY AS DELETE WHEN _change_operation = 'D' SEQUENCE BY _change_version \
+     COLUMNS * EXCEPT (_change_operation)";
+
+/// Refreshes bronze then silver; returns bronze's outcome (mode, reason).
+async fn refresh_both(engine: &Engine) -> (String, String, u64) {
+    let bronze = engine.refresh("bronze.alerts", false, false).await.unwrap();
+    engine.refresh("silver.alerts", false, false).await.unwrap();
+    let b = &bronze[0];
+    (b.mode.to_string(), b.reason.clone(), b.rows_written)
+}
+
+#[tokio::test]
+async fn the_change_feed_brings_creates_replaces_and_deletes_through_auto_cdc() {
+    // The server keeps the last 6 changes of each container.
+    let cosmos = Cosmos::start(&["--feed-retention", "6"]);
+    let first: Vec<Value> = (0..4).map(|i| alert(&format!("a{i}"), "d1", 1)).collect();
+    let container = cosmos.container("iomt", "alerts", &first).await;
+    let (_dir, engine) = scratch().await;
+    engine.sql("CREATE SCHEMA events").await.unwrap();
+    // A watermark other than the change version is refused, naming the option.
+    let e = engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE events.bad STORED AS COSMOS {}",
+            cosmos.options(
+                "alerts",
+                ", 'changes' 'all_versions_and_deletes', 'watermark' '_ts'"
+            )
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("watermark") && e.contains("_change_version"),
+        "{e}"
+    );
+    let e = engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE events.bad STORED AS COSMOS {}",
+            cosmos.options("alerts", ", 'changes' 'latest'")
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("changes") && e.contains("all_versions_and_deletes"),
+        "{e}"
+    );
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE events.alerts STORED AS COSMOS {}",
+            cosmos.options(
+                "alerts",
+                ", 'changes' 'all_versions_and_deletes', 'page_size' '2'"
+            )
+        ))
+        .await
+        .unwrap();
+    let columns = rows(
+        &engine,
+        "SELECT column_name, data_type FROM information_schema.columns \
+         WHERE table_name = 'alerts' AND table_schema = 'events' ORDER BY ordinal_position",
+    )
+    .await;
+    assert_eq!(
+        columns[columns.len() - 2..],
+        ["_change_operation|text", "_change_version|bigint"],
+        "{columns:?}"
+    );
+    engine
+        .sql("CREATE MATERIALIZED VIEW bronze.alerts AS SELECT * FROM events.alerts")
+        .await
+        .unwrap();
+    engine.sql(SILVER_CDC).await.unwrap();
+    // The first refresh snapshots: every document once, operation S, version 0.
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT _change_operation, _change_version, count(*) FROM bronze.alerts GROUP BY 1, 2"
+        )
+        .await,
+        ["S|0|4"]
+    );
+
+    // Replace a1 twice, delete a2, create a9 (one in another partition).
+    upsert(&container, &[alert("a1", "d1", 5), alert("a1", "d1", 7)]).await;
+    container.delete_item("d1", "a2", None).await.unwrap();
+    upsert(&container, &[alert("a9", "d2", 3)]).await;
+    let (mode, reason, written) = refresh_both(&engine).await;
+    assert_eq!((mode.as_str(), written), ("incremental", 4), "{reason}");
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT id, _change_operation, severity, deviceid FROM bronze.alerts \
+             WHERE _change_operation <> 'S' ORDER BY _change_version"
+        )
+        .await,
+        // The delete carries the previous image (the test server keeps pre-images).
+        ["a1|U|5|d1", "a1|U|7|d1", "a2|D|1|d1", "a9|I|3|d2"]
+    );
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT id, severity FROM silver.alerts ORDER BY id"
+        )
+        .await,
+        ["a0|1", "a1|7", "a3|1", "a9|3"]
+    );
+    // Versions increase per document, from its snapshot row to its changes.
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM bronze.alerts a JOIN bronze.alerts b ON a.id = b.id \
+             AND a._change_operation = 'S' AND b._change_operation <> 'S' \
+             WHERE b._change_version <= a._change_version"
+        )
+        .await,
+        0
+    );
+
+    // Nothing changed: nothing to do.
+    let outcome = engine.refresh("bronze.alerts", false, false).await.unwrap();
+    assert_eq!(outcome[0].status.as_str(), "skipped", "{:?}", outcome[0]);
+
+    // More changes than the server keeps: the stored continuation expires, and the next
+    // refresh takes a new snapshot.
+    for s in 0..6 {
+        upsert(&container, &[alert("a0", "d1", 10 + s)]).await;
+    }
+    container.delete_item("d1", "a3", None).await.unwrap();
+    let (mode, reason, _) = refresh_both(&engine).await;
+    assert_eq!(mode, "full", "{reason}");
+    assert!(reason.contains("no longer keeps its changes"), "{reason}");
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT id, severity FROM silver.alerts ORDER BY id"
+        )
+        .await,
+        ["a0|15", "a1|7", "a9|3"]
+    );
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM bronze.alerts WHERE _change_operation <> 'S'"
+        )
+        .await,
+        0
+    );
+    // ... and the feed goes on from the new snapshot.
+    container.delete_item("d2", "a9", None).await.unwrap();
+    let (mode, reason, _) = refresh_both(&engine).await;
+    assert_eq!(mode, "incremental", "{reason}");
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT id, severity FROM silver.alerts ORDER BY id"
+        )
+        .await,
+        ["a0|15", "a1|7"]
+    );
+    let modes = rows(
+        &engine,
+        "SELECT mode FROM system.refreshes WHERE view = 'bronze.alerts' ORDER BY started",
+    )
+    .await;
+    // ("none": the refresh that found nothing changed.)
+    assert_eq!(
+        modes,
+        ["full", "incremental", "none", "full", "incremental"],
+        "{modes:?}"
+    );
+}
