@@ -51,7 +51,7 @@ class Medlake:
         return [line.split(",") for line in self.run(query, csv=True).splitlines()[1:]]
 
 
-WORKLOADS = ["refresh", "medallion", "warehouse", "ingest", "serve", "dashboard", "spill"]
+WORKLOADS = ["refresh", "medallion", "warehouse", "merge", "ingest", "serve", "dashboard", "spill"]
 
 
 def write_results_md(workload, section):

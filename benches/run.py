@@ -10,6 +10,7 @@ on the same data, in the same run.
     python benches/run.py dashboard --bin target/release/medlake [--rows 1000000] [--clients 32] [--seconds 30]
     python benches/run.py spill --bin target/release/medlake [--rows 50000000] [--memory-limit 256MB]
     python benches/run.py warehouse --bin target/release/medlake [--patients N --hours H --rate R]
+    python benches/run.py merge --bin target/release/medlake [--rows 10000000] [--rounds 3]
 
 refresh: incremental vs full REFRESH MATERIALIZED VIEW after appending 1% to a bronze table,
 with DuckDB recomputing the same gold table from bronze's Parquet files as the peer.
@@ -35,6 +36,9 @@ the data, with and without the limit, against DuckDB under the same memory_limit
 warehouse (warehouse.py): the reference warehouse of `medlake quickstart` after one percent
 more in every source: a CASCADE refresh of every view of sql/ (incremental) against a FULL
 CASCADE refresh of the same views, results checked equal.
+
+merge (merge.py): MERGE of 1% changed rows (scattered updates and inserts) into a 10M-row
+table, against DuckDB's MERGE INTO on its own database file, tables checked equal each round.
 """
 
 import argparse
@@ -1665,6 +1669,7 @@ def add_serve_dashboard_spill_parsers(sub):
 
 def main():
     import medallion  # its own module; both share harness.py
+    import merge
     import warehouse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1683,10 +1688,12 @@ def main():
     add_serve_dashboard_spill_parsers(sub)
     medallion.add_parser(sub)
     warehouse.add_parser(sub)
+    merge.add_parser(sub)
     args = parser.parse_args()
     ensure_python_peers()
     {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill,
-     "medallion": medallion.medallion, "warehouse": warehouse.warehouse}[args.workload](args)
+     "medallion": medallion.medallion, "warehouse": warehouse.warehouse,
+     "merge": merge.merge}[args.workload](args)
 
 
 if __name__ == "__main__":
