@@ -86,6 +86,10 @@ step "the medallion benchmark, small (bronze -> silver -> gold in medlake, DuckD
 "$VENV/bin/python" benches/run.py medallion --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"
 
+step "the merge benchmark, small (MERGE of 1% changed rows against DuckDB's MERGE INTO, tables checked equal)"
+"$VENV/bin/python" benches/run.py merge --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
+    --out "$demo/bench-results"
+
 step "the ingest benchmark, small (medlake simulate's data over HTTP and Flight SQL ADBC ingest against PostgreSQL COPY)"
 "$VENV/bin/python" benches/run.py ingest --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"
