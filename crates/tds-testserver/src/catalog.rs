@@ -12,6 +12,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 
 use crate::encode::normalize_guid_array;
 use crate::error::{Error, Result};
+use crate::tracking::PrimaryKey;
 use crate::types::{Column, SqlType};
 
 /// A declared table.
@@ -204,18 +205,17 @@ fn constraints_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<Arra
         Column::new("CONSTRAINT_TYPE", SqlType::VarChar(Some(11))),
     ];
     let keys = crate::tracking::primary_keys(catalog);
-    let n = keys.len();
-    let text = |f: &dyn Fn(&(String, String, String, Vec<String>)) -> String| -> ArrayRef {
+    let text = |f: &dyn Fn(&PrimaryKey) -> String| -> ArrayRef {
         Arc::new(StringArray::from(keys.iter().map(f).collect::<Vec<_>>()))
     };
     let arrays = vec![
         text(&|_| database.to_string()),
-        text(&|k| k.0.clone()),
-        text(&|k| k.2.clone()),
+        text(&|k| k.schema.clone()),
+        text(&|k| k.constraint.clone()),
         text(&|_| database.to_string()),
-        text(&|k| k.0.clone()),
-        text(&|k| k.1.clone()),
-        Arc::new(StringArray::from(vec!["PRIMARY KEY"; n])) as ArrayRef,
+        text(&|k| k.schema.clone()),
+        text(&|k| k.table.clone()),
+        text(&|_| "PRIMARY KEY".to_string()),
     ];
     (columns, arrays)
 }
@@ -232,31 +232,39 @@ fn key_usage_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayR
         Column::new("COLUMN_NAME", SqlType::NVarChar(Some(128))),
         Column::new("ORDINAL_POSITION", SqlType::Int).not_null(),
     ];
-    let mut rows: Vec<(String, String, String, String, i32)> = Vec::new();
-    for (schema, table, constraint, keys) in crate::tracking::primary_keys(catalog) {
-        for (i, column) in keys.into_iter().enumerate() {
-            rows.push((
-                schema.clone(),
-                table.clone(),
-                constraint.clone(),
-                column,
-                i as i32 + 1,
-            ));
-        }
-    }
-    let text = |f: &dyn Fn(&(String, String, String, String, i32)) -> String| -> ArrayRef {
-        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    // (key, column, ordinal)
+    let rows: Vec<(PrimaryKey, String, i32)> = crate::tracking::primary_keys(catalog)
+        .into_iter()
+        .flat_map(|k| {
+            let columns = k.columns.clone();
+            columns.into_iter().enumerate().map(move |(i, c)| {
+                let key = PrimaryKey {
+                    schema: k.schema.clone(),
+                    table: k.table.clone(),
+                    constraint: k.constraint.clone(),
+                    columns: Vec::new(),
+                };
+                (key, c, i as i32 + 1)
+            })
+        })
+        .collect();
+    let text = |f: &dyn Fn(&PrimaryKey) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(
+            rows.iter().map(|r| f(&r.0)).collect::<Vec<_>>(),
+        ))
     };
     let arrays = vec![
         text(&|_| database.to_string()),
-        text(&|r| r.0.clone()),
-        text(&|r| r.2.clone()),
+        text(&|k| k.schema.clone()),
+        text(&|k| k.constraint.clone()),
         text(&|_| database.to_string()),
-        text(&|r| r.0.clone()),
-        text(&|r| r.1.clone()),
-        text(&|r| r.3.clone()),
+        text(&|k| k.schema.clone()),
+        text(&|k| k.table.clone()),
+        Arc::new(StringArray::from(
+            rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        )) as ArrayRef,
         Arc::new(Int32Array::from(
-            rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
         )) as ArrayRef,
     ];
     (columns, arrays)

@@ -389,25 +389,33 @@ fn net_changes(t: &Table, since: Option<i64>) -> datafusion::error::Result<MemTa
     MemTable::try_new(schema, vec![vec![batch]])
 }
 
+/// A tracked table's primary key, as INFORMATION_SCHEMA shows it.
+pub(crate) struct PrimaryKey {
+    pub schema: String,
+    pub table: String,
+    /// `PK_<table>`
+    pub constraint: String,
+    pub columns: Vec<String>,
+}
+
 /// INFORMATION_SCHEMA.TABLE_CONSTRAINTS and KEY_COLUMN_USAGE rows: the primary key of each
-/// tracked table (`PK_<table>`).
-pub(crate) fn primary_keys(catalog: &Catalog) -> Vec<(String, String, String, Vec<String>)> {
+/// tracked table.
+pub(crate) fn primary_keys(catalog: &Catalog) -> Vec<PrimaryKey> {
     catalog
         .tables
         .values()
         .filter_map(|t| {
             let tracking = t.tracking.as_ref()?;
-            let columns = tracking
-                .keys
-                .iter()
-                .map(|k| t.columns[*k].name.clone())
-                .collect();
-            Some((
-                t.schema.clone(),
-                t.name.clone(),
-                format!("PK_{}", t.name),
-                columns,
-            ))
+            Some(PrimaryKey {
+                schema: t.schema.clone(),
+                table: t.name.clone(),
+                constraint: format!("PK_{}", t.name),
+                columns: tracking
+                    .keys
+                    .iter()
+                    .map(|k| t.columns[*k].name.clone())
+                    .collect(),
+            })
         })
         .collect()
 }
