@@ -193,17 +193,22 @@ pub(crate) fn information_schema(catalog: &Catalog, database: &str) -> Result<Ve
     Ok(out)
 }
 
-/// INFORMATION_SCHEMA.TABLE_CONSTRAINTS: the primary keys (of tables with change tracking).
-fn constraints_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayRef>) {
-    let columns = vec![
+/// The columns TABLE_CONSTRAINTS and KEY_COLUMN_USAGE start with.
+fn constraint_columns() -> Vec<Column> {
+    vec![
         Column::new("CONSTRAINT_CATALOG", SqlType::NVarChar(Some(128))),
         Column::new("CONSTRAINT_SCHEMA", SqlType::NVarChar(Some(128))),
         Column::new("CONSTRAINT_NAME", SqlType::NVarChar(Some(128))).not_null(),
         Column::new("TABLE_CATALOG", SqlType::NVarChar(Some(128))),
         Column::new("TABLE_SCHEMA", SqlType::NVarChar(Some(128))),
         Column::new("TABLE_NAME", SqlType::NVarChar(Some(128))).not_null(),
-        Column::new("CONSTRAINT_TYPE", SqlType::VarChar(Some(11))),
-    ];
+    ]
+}
+
+/// INFORMATION_SCHEMA.TABLE_CONSTRAINTS: the primary keys (of tables with change tracking).
+fn constraints_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayRef>) {
+    let mut columns = constraint_columns();
+    columns.push(Column::new("CONSTRAINT_TYPE", SqlType::VarChar(Some(11))));
     let keys = crate::tracking::primary_keys(catalog);
     let text = |f: &dyn Fn(&PrimaryKey) -> String| -> ArrayRef {
         Arc::new(StringArray::from(keys.iter().map(f).collect::<Vec<_>>()))
@@ -222,16 +227,9 @@ fn constraints_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<Arra
 
 /// INFORMATION_SCHEMA.KEY_COLUMN_USAGE: the columns of each primary key, in key order.
 fn key_usage_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayRef>) {
-    let columns = vec![
-        Column::new("CONSTRAINT_CATALOG", SqlType::NVarChar(Some(128))),
-        Column::new("CONSTRAINT_SCHEMA", SqlType::NVarChar(Some(128))),
-        Column::new("CONSTRAINT_NAME", SqlType::NVarChar(Some(128))).not_null(),
-        Column::new("TABLE_CATALOG", SqlType::NVarChar(Some(128))),
-        Column::new("TABLE_SCHEMA", SqlType::NVarChar(Some(128))),
-        Column::new("TABLE_NAME", SqlType::NVarChar(Some(128))).not_null(),
-        Column::new("COLUMN_NAME", SqlType::NVarChar(Some(128))),
-        Column::new("ORDINAL_POSITION", SqlType::Int).not_null(),
-    ];
+    let mut columns = constraint_columns();
+    columns.push(Column::new("COLUMN_NAME", SqlType::NVarChar(Some(128))));
+    columns.push(Column::new("ORDINAL_POSITION", SqlType::Int).not_null());
     // (key, column, ordinal)
     let rows: Vec<(PrimaryKey, String, i32)> = crate::tracking::primary_keys(catalog)
         .into_iter()

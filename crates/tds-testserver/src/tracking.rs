@@ -329,7 +329,12 @@ impl TableFunctionImpl for ChangeTable {
 
 /// The net change of each key changed after `since` (every retained change when NULL).
 fn net_changes(t: &Table, since: Option<i64>) -> datafusion::error::Result<MemTable> {
-    let tracking = t.tracking.as_ref().expect("tracked");
+    let Some(tracking) = t.tracking.as_ref() else {
+        return Err(DataFusionError::Plan(format!(
+            "{NOT_TRACKED} Change tracking is not enabled on table '{}'.",
+            t.name
+        )));
+    };
     let mut net: BTreeMap<usize, (i64, Option<i64>, char, char)> = BTreeMap::new();
     let mut first_of: HashMap<&Vec<ScalarValue>, usize> = HashMap::new();
     let mut order: Vec<&Vec<ScalarValue>> = Vec::new();
