@@ -205,23 +205,30 @@ fn constraint_columns() -> Vec<Column> {
     ]
 }
 
-/// INFORMATION_SCHEMA.TABLE_CONSTRAINTS: the primary keys (of tables with change tracking).
-fn constraints_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayRef>) {
-    let mut columns = constraint_columns();
-    columns.push(Column::new("CONSTRAINT_TYPE", SqlType::VarChar(Some(11))));
-    let keys = crate::tracking::primary_keys(catalog);
+/// The values of [`constraint_columns`] for each row's key.
+fn constraint_arrays(keys: &[&PrimaryKey], database: &str) -> Vec<ArrayRef> {
     let text = |f: &dyn Fn(&PrimaryKey) -> String| -> ArrayRef {
-        Arc::new(StringArray::from(keys.iter().map(f).collect::<Vec<_>>()))
+        Arc::new(StringArray::from(
+            keys.iter().map(|k| f(k)).collect::<Vec<_>>(),
+        ))
     };
-    let arrays = vec![
+    vec![
         text(&|_| database.to_string()),
         text(&|k| k.schema.clone()),
         text(&|k| k.constraint.clone()),
         text(&|_| database.to_string()),
         text(&|k| k.schema.clone()),
         text(&|k| k.table.clone()),
-        text(&|_| "PRIMARY KEY".to_string()),
-    ];
+    ]
+}
+
+/// INFORMATION_SCHEMA.TABLE_CONSTRAINTS: the primary keys (of tables with change tracking).
+fn constraints_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayRef>) {
+    let mut columns = constraint_columns();
+    columns.push(Column::new("CONSTRAINT_TYPE", SqlType::VarChar(Some(11))));
+    let keys = crate::tracking::primary_keys(catalog);
+    let mut arrays = constraint_arrays(&keys.iter().collect::<Vec<_>>(), database);
+    arrays.push(Arc::new(StringArray::from(vec!["PRIMARY KEY"; keys.len()])));
     (columns, arrays)
 }
 
@@ -246,25 +253,13 @@ fn key_usage_view(catalog: &Catalog, database: &str) -> (Vec<Column>, Vec<ArrayR
             })
         })
         .collect();
-    let text = |f: &dyn Fn(&PrimaryKey) -> String| -> ArrayRef {
-        Arc::new(StringArray::from(
-            rows.iter().map(|r| f(&r.0)).collect::<Vec<_>>(),
-        ))
-    };
-    let arrays = vec![
-        text(&|_| database.to_string()),
-        text(&|k| k.schema.clone()),
-        text(&|k| k.constraint.clone()),
-        text(&|_| database.to_string()),
-        text(&|k| k.schema.clone()),
-        text(&|k| k.table.clone()),
-        Arc::new(StringArray::from(
-            rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
-        )) as ArrayRef,
-        Arc::new(Int32Array::from(
-            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
-        )) as ArrayRef,
-    ];
+    let mut arrays = constraint_arrays(&rows.iter().map(|r| &r.0).collect::<Vec<_>>(), database);
+    arrays.push(Arc::new(StringArray::from(
+        rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+    )));
+    arrays.push(Arc::new(Int32Array::from(
+        rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+    )));
     (columns, arrays)
 }
 
