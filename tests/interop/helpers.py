@@ -106,3 +106,38 @@ class MedlakeServe:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+
+@contextlib.contextmanager
+def postgres15():
+    """A throwaway PostgreSQL 15 cluster on a free loopback port (trust authentication), as
+    the `postgres` user when run as root; yields its port and stops it when the block ends.
+    tests/run.sh installs postgresql-15; a missing server fails the test."""
+    import pwd
+    import shutil
+    import tempfile
+
+    bin_dir = "/usr/lib/postgresql/15/bin"
+    if not os.path.exists(f"{bin_dir}/postgres"):
+        pytest.fail("PostgreSQL 15 is not installed (Debian package postgresql-15)")
+    root = tempfile.mkdtemp(prefix="medlake-pg15-")
+    prefix = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, port = f"{root}/data", free_port()
+
+    def run(*args):
+        done = subprocess.run(prefix + list(args), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{args[0]} failed: {done.stdout}\n{done.stderr}"
+
+    run(f"{bin_dir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions")
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} -c TimeZone=UTC"
+    run(f"{bin_dir}/pg_ctl", "-D", data, "-l", f"{root}/postgres.log", "-w", "-t", "120", "-o", options, "start")
+    try:
+        yield port
+    finally:
+        subprocess.run(prefix + [f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)

@@ -383,6 +383,9 @@ impl Engine {
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
+            // `TIMESTAMP WITH TIME ZONE` is a UTC instant (Delta's `timestamp`, Postgres'
+            // timestamptz); without a zone DataFusion 55 makes it a timestamp without one.
+            .set_str("datafusion.execution.time_zone", "UTC")
             // deltalake's workaround: IN-list pushdown of hash joins can panic on the
             // dictionary-encoded partition values of Delta scans.
             .set_usize("datafusion.optimizer.hash_join_inlist_pushdown_max_size", 0)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use pgwire::error::PgWireResult;
+use pgwire::error::{PgWireError, PgWireResult};
 
 use crate::connection::{Connection, KNOWN, reported_name};
 use crate::error::user_error;
@@ -521,6 +521,37 @@ pub(crate) fn check_setting(name: &str, values: &[String]) -> PgWireResult<Setti
                 })?;
             Ok(Setting::Value(digits.to_string()))
         }
+        "timezone" => {
+            let zone = value.trim();
+            let utc = matches!(
+                zone.to_ascii_uppercase().as_str(),
+                "UTC" | "ETC/UTC" | "GMT" | "Z" | "LOCAL"
+            );
+            if !utc && zone.parse::<arrow::array::timezone::Tz>().is_err() {
+                return Err(user_error(
+                    Code::InvalidParameterValue,
+                    format!("invalid value for parameter \"TimeZone\": \"{value}\""),
+                ));
+            }
+            Ok(Setting::Value(if zone.eq_ignore_ascii_case("local") {
+                "UTC".into()
+            } else {
+                zone.to_string()
+            }))
+        }
+        // The output formats medlake writes: PostgreSQL's defaults (the text of every value is
+        // PostgreSQL's own in these styles).
+        "datestyle" if !value.to_ascii_uppercase().contains("ISO") => Err(unsupported_style(
+            "DateStyle",
+            &value,
+            "ISO (ISO, MDY or ISO, DMY)",
+        )),
+        "intervalstyle" if !value.trim().eq_ignore_ascii_case("postgres") => {
+            Err(unsupported_style("IntervalStyle", &value, "postgres"))
+        }
+        "bytea_output" if !value.trim().eq_ignore_ascii_case("hex") => {
+            Err(unsupported_style("bytea_output", &value, "hex"))
+        }
         "client_encoding" => {
             let v = value.to_ascii_uppercase().replace('-', "");
             if v != "UTF8" && v != "UNICODE" {
@@ -550,6 +581,14 @@ pub(crate) fn check_setting(name: &str, values: &[String]) -> PgWireResult<Setti
         )),
         _ => Ok(Setting::Value(value)),
     }
+}
+
+/// A `SET` of an output style medlake does not write (0A000).
+fn unsupported_style(name: &str, value: &str, supported: &str) -> PgWireError {
+    user_error(
+        Code::FeatureNotSupported,
+        format!("{name} \"{value}\" is not supported; medlake writes {name} {supported}"),
+    )
 }
 
 /// Applies `SET name = values`. Returns the ParameterStatus to report, if any.

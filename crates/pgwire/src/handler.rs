@@ -34,6 +34,7 @@ use tracing::debug;
 
 use crate::commands::{self, Command, CopyOut};
 use crate::connection::{Connection, Query};
+use crate::encode::{CopyFormat, Encoder, Style};
 use crate::error::{engine_error, stream_error, user_error};
 
 /// A statement as the server keeps it between Parse and Execute.
@@ -299,10 +300,14 @@ fn rows_response(
         Some(format_options(connection)),
     )?);
     let encode = fields.clone();
+    let style = Style::from_settings(&connection.settings().values);
     let rows = guarded(connection.clone(), query, stream)
         .map(move |batch| {
             let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> = match batch {
-                Ok(batch) => encode_recordbatch(encode.clone(), batch),
+                Ok(batch) => match Encoder::new(&encode, &batch) {
+                    Some(encoder) => Box::new(encoder.data_rows(&style).into_iter().map(Ok)),
+                    None => encode_recordbatch(encode.clone(), batch),
+                },
                 Err(e) => Box::new(std::iter::once(Err(e))),
             };
             stream::iter(rows)
@@ -618,14 +623,29 @@ async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<
     });
     let options = copy.clone();
     let encode = fields.clone();
+    let style = Style::from_settings(&connection.settings().values);
     let rows = guarded(connection.clone(), query, stream)
         .map(move |batch| {
             let options = options.clone();
             let lines: Box<dyn Iterator<Item = PgWireResult<CopyData>> + Send> = match batch {
-                Ok(batch) => Box::new(encode_recordbatch(encode.clone(), batch).map(move |row| {
-                    let row = row?;
-                    Ok(CopyData::new(copy_line(&row_fields(&row), &options)))
-                })),
+                Ok(batch) => match Encoder::new(&encode, &batch) {
+                    // One CopyData per batch: clients read COPY data as a byte stream.
+                    Some(encoder) => {
+                        let mut delimiter = [0u8; 4];
+                        let format = CopyFormat {
+                            csv: options.csv,
+                            delimiter: options.delimiter.encode_utf8(&mut delimiter).as_bytes(),
+                            null: options.null.as_bytes(),
+                        };
+                        let mut out = BytesMut::with_capacity(batch.num_rows() * 64);
+                        encoder.copy_lines(&style, &format, &mut out);
+                        Box::new(std::iter::once(Ok(CopyData::new(out.freeze()))))
+                    }
+                    None => Box::new(encode_recordbatch(encode.clone(), batch).map(move |row| {
+                        let row = row?;
+                        Ok(CopyData::new(copy_line(&row_fields(&row), &options)))
+                    })),
+                },
                 Err(e) => Box::new(std::iter::once(Err(e))),
             };
             stream::iter(lines)

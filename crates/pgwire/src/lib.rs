@@ -5,13 +5,14 @@
 //! the catalog (`pg_catalog`, `information_schema`) and the errors (with their SQLSTATE) are
 //! the engine's. This crate owns the protocol: authentication (SCRAM-SHA-256, md5), TLS that
 //! fails closed, the simple and extended query protocols with text and binary results
-//! (encoded by `arrow-pg`), connection settings (`SET`/`SHOW`/`RESET`/`DISCARD ALL`),
+//! (encoded column by column in `encode`, with PostgreSQL's own text for every type), connection settings (`SET`/`SHOW`/`RESET`/`DISCARD ALL`),
 //! transaction statements as tools send them, `COPY ... TO STDOUT`, CancelRequest and
 //! `statement_timeout`. Results stream batch by batch: a large SELECT never sits in memory.
 
 mod auth;
 mod commands;
 mod connection;
+mod encode;
 mod error;
 mod handler;
 
