@@ -88,7 +88,8 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
         | L::InvalidRange { .. }
         | L::RetentionTooShort { .. }
         | L::RestoreRefused { .. }
-        | L::CloneRefused { .. } => Code::AuditUnavailable,
+        | L::CloneRefused { .. }
+        | L::InvalidClusterBy { .. } => Code::AuditUnavailable,
         // A warehouse a restore has not finished writing.
         L::BackupInvalid { .. } | L::BackupRefused { .. } => Code::ObjectNotInPrerequisiteState,
         L::Delta { .. } | L::ObjectStore { .. } | L::DataFusion(_) => Code::IoError,

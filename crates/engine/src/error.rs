@@ -135,6 +135,7 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
         L::BackupInvalid { .. } | L::RestoreRefused { .. } => Code::InvalidParameterValue,
         L::BackupRefused { .. } => Code::ObjectNotInPrerequisiteState,
         L::CloneRefused { .. } => Code::FeatureNotSupported,
+        L::InvalidClusterBy { .. } => Code::UndefinedColumn,
         L::Conflict { .. } => Code::SerializationFailure,
         L::Delta { .. } | L::ObjectStore { .. } => Code::IoError,
         L::DataFusion(e) => datafusion_code(e),

@@ -66,10 +66,6 @@ pub use statement::{
 /// The default schema of a session, as in Postgres.
 pub const DEFAULT_SCHEMA: &str = "public";
 
-/// Rows per Parquet row group of the tables medlake writes (the unit a query skips by its
-/// statistics, and the unit scans split across cores).
-pub const ROW_GROUP_ROWS: usize = 65_536;
-
 /// How [`Session::ingest`] treats its target table.
 #[derive(Clone, Copy, Debug)]
 pub struct Ingest {
@@ -387,13 +383,6 @@ impl Engine {
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
-            // Row groups a query can skip: a table's rows in groups of 64Ki with min/max
-            // statistics (DataFusion's default, 1Mi rows, makes a 1M-row gold table one row
-            // group that every dashboard query reads whole, on one core).
-            .set_usize(
-                "datafusion.execution.parquet.max_row_group_size",
-                ROW_GROUP_ROWS,
-            )
             // deltalake's workaround: IN-list pushdown of hash joins can panic on the
             // dictionary-encoded partition values of Delta scans.
             .set_usize("datafusion.optimizer.hash_join_inlist_pushdown_max_size", 0)

@@ -180,6 +180,7 @@ impl Warehouse {
         let mut builder = table
             .delete()
             .with_session_state(session)
+            .with_writer_properties(crate::warehouse::writer_properties())
             .with_commit_properties(
                 deltalake::kernel::transaction::CommitProperties::default().with_metadata(metadata),
             );
@@ -212,7 +213,10 @@ impl Warehouse {
         let table = self.open_scrubbed(name, hide).await?;
         let before = table.version();
         let schema = arrow_schema(name, &table)?;
-        let mut builder = table.update().with_session_state(session);
+        let mut builder = table
+            .update()
+            .with_session_state(session)
+            .with_writer_properties(crate::warehouse::writer_properties());
         if let Some(predicate) = predicate {
             builder = builder.with_predicate(predicate);
         }
@@ -257,7 +261,8 @@ impl Warehouse {
             .merge(source, merge.on)
             .with_source_alias(MERGE_SOURCE)
             .with_target_alias(MERGE_TARGET)
-            .with_session_state(session);
+            .with_session_state(session)
+            .with_writer_properties(crate::warehouse::writer_properties());
         for clause in merge.clauses {
             let predicate = clause.predicate;
             let with = |set: Vec<(String, Expr)>| -> Vec<(String, Expr)> {

@@ -136,6 +136,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// `CLUSTER BY` names a column the written rows do not have.
+    #[error("CLUSTER BY column \"{column}\" is not a column of {table}")]
+    InvalidClusterBy { table: String, column: String },
+
     /// A query feeding a write failed.
     #[error(transparent)]
     DataFusion(Box<datafusion::error::DataFusionError>),

@@ -12,6 +12,7 @@
 pub mod backup;
 pub mod changes;
 mod clone;
+mod cluster;
 mod dml;
 pub mod erasure;
 mod error;
@@ -29,8 +30,8 @@ pub use erasure::{Purged, Suppression};
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
 pub use warehouse::{
-    Appender, BUILT_IN_SCHEMAS, CommitOptions, HistoryEntry, OptimizeOutcome, TableName,
-    TimeTravel, VacuumOutcome, Warehouse, WriteMode, WriteOutcome, validate_name,
+    Appender, BUILT_IN_SCHEMAS, CommitOptions, HistoryEntry, OptimizeOutcome, ROW_GROUP_ROWS,
+    TableName, TimeTravel, VacuumOutcome, Warehouse, WriteMode, WriteOutcome, validate_name,
 };
 
 /// The query planner a session must use for Delta writes: DataFusion's, plus the plan nodes

@@ -4,6 +4,7 @@
 //! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] schema.name
 //!     [REFRESH EVERY '5 minutes' | REFRESH CRON '0 * * * *']
 //!     [REFRESH POLICY AUTO | INCREMENTAL | INCREMENTAL STRICT | FULL]
+//!     [CLUSTER BY (column, ...)]
 //!     [( ] [CONSTRAINT rule EXPECT (boolean expression)
 //!         [ON VIOLATION DROP ROW | ON VIOLATION FAIL UPDATE | ON VIOLATION QUARANTINE]] [, ...] [ )]
 //! AS { query | AUTO CDC FROM source KEYS (...) SEQUENCE BY ... [...] }
@@ -248,6 +249,11 @@ pub struct ViewDefinition {
     /// policies existed read (and compare) as they were.
     #[serde(default, skip_serializing_if = "RefreshPolicy::is_auto")]
     pub policy: RefreshPolicy,
+    /// `CLUSTER BY (columns)`: every write of the view's rows (full and incremental refreshes)
+    /// is sorted by these columns, so that the row groups of its files hold narrow ranges of
+    /// them and a query on them skips the rest by their statistics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_by: Vec<String>,
 }
 
 impl ViewDefinition {
@@ -259,6 +265,9 @@ impl ViewDefinition {
         }
         if !self.policy.is_auto() {
             sql.push_str(&format!(" REFRESH POLICY {}", self.policy));
+        }
+        if !self.cluster_by.is_empty() {
+            sql.push_str(&format!(" CLUSTER BY ({})", self.cluster_by.join(", ")));
         }
         for expectation in &self.expectations {
             sql.push_str(&format!(" {expectation}"));
@@ -353,7 +362,12 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
         ));
     }
     let name = parser.parse_object_name(false).map_err(syntax)?;
-    let (schedule, policy, expectations) = parse_options(parser)?;
+    let Options {
+        schedule,
+        policy,
+        expectations,
+        cluster_by,
+    } = parse_options(parser)?;
     if !parser.parse_keyword(Keyword::AS) {
         return Err(syntax(format!(
             "expected AS before the view's query, found '{}'",
@@ -367,6 +381,7 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
         default_schema: String::new(),
         auto_cdc: None,
         policy,
+        cluster_by,
     };
     if let Some(cdc) = auto_cdc::parse(parser)? {
         // The query is computed from the source's columns: see `ViewDefinition::resolve`.
@@ -390,15 +405,26 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
     }))
 }
 
-/// `REFRESH ...` and the expectations, in any order, up to `AS`.
-type Options = (Option<Schedule>, RefreshPolicy, Vec<Expectation>);
+/// `REFRESH ...`, `CLUSTER BY (...)` and the expectations, in any order, up to `AS`.
+struct Options {
+    schedule: Option<Schedule>,
+    policy: RefreshPolicy,
+    expectations: Vec<Expectation>,
+    cluster_by: Vec<String>,
+}
 
 fn parse_options(parser: &mut Parser<'_>) -> Result<Options> {
     let mut schedule = None;
     let mut policy = None;
     let mut expectations: Vec<Expectation> = Vec::new();
+    let mut cluster_by: Option<Vec<String>> = None;
     loop {
-        if word(parser, "REFRESH") {
+        if word(parser, "CLUSTER") {
+            expect_word(parser, "BY", "after CLUSTER")?;
+            if cluster_by.replace(parse_cluster_by(parser)?).is_some() {
+                return Err(syntax("CLUSTER BY is given twice"));
+            }
+        } else if word(parser, "REFRESH") {
             if word(parser, "POLICY") {
                 if policy.replace(parse_policy(parser)?).is_some() {
                     return Err(syntax("REFRESH POLICY is given twice"));
@@ -430,7 +456,37 @@ fn parse_options(parser: &mut Parser<'_>) -> Result<Options> {
             });
         }
     }
-    Ok((schedule, policy.unwrap_or_default(), expectations))
+    Ok(Options {
+        schedule,
+        policy: policy.unwrap_or_default(),
+        expectations,
+        cluster_by: cluster_by.unwrap_or_default(),
+    })
+}
+
+/// `(column, ...)` after `CLUSTER BY`: distinct column names (lower case unless quoted).
+fn parse_cluster_by(parser: &mut Parser<'_>) -> Result<Vec<String>> {
+    parser.expect_token(&Token::LParen).map_err(syntax)?;
+    let mut columns: Vec<String> = Vec::new();
+    loop {
+        let ident = parser.parse_identifier().map_err(syntax)?;
+        let column = if ident.quote_style.is_some() {
+            ident.value
+        } else {
+            ident.value.to_lowercase()
+        };
+        if columns.contains(&column) {
+            return Err(syntax(format!(
+                "column \"{column}\" is named twice in CLUSTER BY"
+            )));
+        }
+        columns.push(column);
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen).map_err(syntax)?;
+    Ok(columns)
 }
 
 /// `AUTO | INCREMENTAL [STRICT] | FULL`, after `REFRESH POLICY`.
@@ -580,7 +636,7 @@ mod tests {
     fn parses_the_whole_statement() {
         let v = parse(
             "CREATE OR REPLACE MATERIALIZED VIEW silver.r REFRESH EVERY '5 minutes' \
-             (CONSTRAINT valid_hr EXPECT (hr BETWEEN 20 AND 300) ON VIOLATION DROP ROW, \
+             CLUSTER BY (Patient, \"Ts\") (CONSTRAINT valid_hr EXPECT (hr BETWEEN 20 AND 300) ON VIOLATION DROP ROW, \
               CONSTRAINT has_patient EXPECT (patient IS NOT NULL) ON VIOLATION QUARANTINE) \
              CONSTRAINT recent EXPECT (ts > '2020-01-01') \
              AS select  patient, hr from bronze.t where hr > 0",
@@ -593,6 +649,7 @@ mod tests {
             Some(Schedule::Every { seconds: 300 })
         );
         assert_eq!(v.definition.expectations.len(), 3);
+        assert_eq!(v.definition.cluster_by, vec!["patient", "Ts"]);
         assert_eq!(v.definition.expectations[0].on_violation, OnViolation::Drop);
         assert_eq!(
             v.definition.expectations[0].expression,

@@ -2406,6 +2406,7 @@ fn commit_options(
         // A view's state lives in its commit log: never let old log entries expire.
         configuration: vec![("delta.enableExpiredLogCleanup".into(), "false".into())],
         replace_where: None,
+        cluster_by: definition.cluster_by.clone(),
     })
 }
 
