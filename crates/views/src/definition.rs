@@ -267,7 +267,8 @@ impl ViewDefinition {
             sql.push_str(&format!(" REFRESH POLICY {}", self.policy));
         }
         if !self.cluster_by.is_empty() {
-            sql.push_str(&format!(" CLUSTER BY ({})", self.cluster_by.join(", ")));
+            let columns: Vec<String> = self.cluster_by.iter().map(|c| identifier(c)).collect();
+            sql.push_str(&format!(" CLUSTER BY ({})", columns.join(", ")));
         }
         for expectation in &self.expectations {
             sql.push_str(&format!(" {expectation}"));
@@ -462,6 +463,23 @@ fn parse_options(parser: &mut Parser<'_>) -> Result<Options> {
         expectations,
         cluster_by: cluster_by.unwrap_or_default(),
     })
+}
+
+/// A column name as SQL: as it is when it reads back the same unquoted (lower case letters,
+/// digits, `_`), double-quoted otherwise.
+fn identifier(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
 }
 
 /// `(column, ...)` after `CLUSTER BY`: distinct column names (lower case unless quoted).

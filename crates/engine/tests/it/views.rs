@@ -806,11 +806,17 @@ async fn cluster_by_sorts_every_refresh_so_queries_skip_row_groups() {
         .await
         .unwrap();
     engine.sql(&scattered(340_000, 1_000)).await.unwrap();
-    engine.sql("REFRESH MATERIALIZED VIEW gold.daily").await.unwrap();
+    engine
+        .sql("REFRESH MATERIALIZED VIEW gold.daily")
+        .await
+        .unwrap();
     let incremental = "SELECT count(*) FROM system.refreshes \
                        WHERE view = 'gold.daily' AND mode = 'incremental'";
     assert_eq!(count(&engine, incremental).await, 1);
-    assert_eq!(count(&engine, "SELECT sum(n) FROM gold.daily").await, 341_000);
+    assert_eq!(
+        count(&engine, "SELECT sum(n) FROM gold.daily").await,
+        341_000
+    );
     // The definition keeps the clause; a column the query does not have is refused.
     let shown = engine
         .query("SELECT definition FROM system.materialized_views WHERE name = 'clustered'")

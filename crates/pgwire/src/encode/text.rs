@@ -218,7 +218,7 @@ fn fraction(out: &mut BytesMut, micros: u64) {
     }
     let mut micros = micros;
     let mut width = 6;
-    while micros % 10 == 0 {
+    while micros.is_multiple_of(10) {
         micros /= 10;
         width -= 1;
     }
