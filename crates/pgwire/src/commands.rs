@@ -897,6 +897,21 @@ mod tests {
                 "{v}"
             );
         }
+        // The output styles medlake writes, and time zones it can convert to.
+        for (name, good, bad) in [
+            ("timezone", "Europe/Berlin", "Mars/Olympus_Mons"),
+            ("timezone", "+05:30", "\u{0}\u{ffff}"),
+            ("datestyle", "ISO, DMY", "German"),
+            ("intervalstyle", "postgres", "iso_8601"),
+            ("bytea_output", "hex", "escape"),
+        ] {
+            assert!(check_setting(name, &[good.into()]).is_ok(), "{name} {good}");
+            assert!(check_setting(name, &[bad.into()]).is_err(), "{name} {bad}");
+        }
+        assert_eq!(
+            check_setting("timezone", &["local".into()]).unwrap(),
+            Setting::Value("UTC".into())
+        );
     }
 
     /// Every connection-level parser over hostile inputs: `Ok` or `Err`, never a panic. (The
