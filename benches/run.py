@@ -283,7 +283,7 @@ def run_clients(clients, jobs, connect, send):
 class MedlakeServer:
     """`medlake serve` on free loopback ports, without auth; stopped with SIGTERM."""
 
-    def __init__(self, binary, warehouse, log, audit=True):
+    def __init__(self, binary, warehouse, log, audit=True, env=None):
         self.log = open(log, "w")
         config = []
         if not audit:
@@ -300,6 +300,7 @@ class MedlakeServer:
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
+            env=dict(os.environ, **(env or {})),
         )
         found = []
         reader = threading.Thread(target=self._read, args=(found,), daemon=True)
@@ -814,9 +815,9 @@ def postgres_load(pg, create_sql, table, csv_path, after_sql):
 class MedlakeDoors(MedlakeServer):
     """`medlake serve` with its Postgres, Flight SQL and HTTP doors on free loopback ports."""
 
-    def __init__(self, binary, warehouse, log, audit=True):
+    def __init__(self, binary, warehouse, log, audit=True, env=None):
         self.doors = {}
-        super().__init__(binary, warehouse, log, audit)
+        super().__init__(binary, warehouse, log, audit, env)
         deadline = time.monotonic() + 30
         while len(self.doors) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -1315,6 +1316,13 @@ def dashboard(args):
         measured = {}
         for name, connect in sides.items():
             if name == "postgres":
+                # medlake again without its result cache (every query planned and run).
+                server.stop()
+                server = MedlakeDoors(args.bin, warehouse, work / "serve-cache-off.log",
+                                      env={"MEDLAKE_RESULT_CACHE": "0"})
+                latencies = dashboard_run(server.pg_connect, args.clients, args.seconds, args.warmup, queries,
+                                          patients, args.seed)
+                measured["medlake_cache_off"] = dashboard_measure("medlake_cache_off", latencies, args.seconds)
                 # medlake again, recording nothing in system.audit: what the audit costs.
                 server.stop()
                 server = MedlakeDoors(args.bin, warehouse, work / "serve-audit-off.log", audit=False)
@@ -1335,6 +1343,7 @@ def dashboard(args):
         shutil.rmtree(pg_root, ignore_errors=True)
 
     ours, theirs, off = measured["medlake"], measured["postgres"], measured["medlake_audit_off"]
+    uncached = measured["medlake_cache_off"]
     result = {
         "workload": "dashboard",
         "command": " ".join(sys.argv),
@@ -1351,6 +1360,8 @@ def dashboard(args):
             "medlake_over_postgres_queries_per_s": ours["queries_per_s"] / theirs["queries_per_s"],
             "medlake_over_postgres_p50": ours["p50_ms"] / theirs["p50_ms"],
             "medlake_over_postgres_p99": ours["p99_ms"] / theirs["p99_ms"],
+            "cache_off_over_postgres_queries_per_s": uncached["queries_per_s"] / theirs["queries_per_s"],
+            "cache_off_over_postgres_p99": uncached["p99_ms"] / theirs["p99_ms"],
             "audit_on_over_off_queries_per_s": ours["queries_per_s"] / off["queries_per_s"],
             "audit_on_over_off_p50": ours["p50_ms"] / off["p50_ms"],
             "audit_on_over_off_p99": ours["p99_ms"] / off["p99_ms"],
@@ -1371,19 +1382,23 @@ def dashboard(args):
         f"(threads of one process, on the same 2 cores) run a weighted mix of `benches/dashboard/*.sql` back to back "
         f"for {args.seconds} s after {args.warmup} s of warm-up, each side alone; the answers were checked equal first:",
         "",
-        f"| query (weight) | medlake p50 / p99 ms | PostgreSQL {pg_short} p50 / p99 ms |",
-        "|---|---:|---:|",
+        f"| query (weight) | medlake p50 / p99 ms | medlake, result cache off | PostgreSQL {pg_short} p50 / p99 ms |",
+        "|---|---:|---:|---:|",
     ]
+
+    def ms(x):
+        return "–" if x["p50_ms"] is None else f"{x['p50_ms']:.1f} / {x['p99_ms']:.1f}"
+
     for name, weight, _ in queries:
-        a, b = ours["by_query"][name], theirs["by_query"][name]
-
-        def ms(x):
-            return "–" if x["p50_ms"] is None else f"{x['p50_ms']:.1f} / {x['p99_ms']:.1f}"
-
-        lines.append(f"| `{name}` ({weight}) | {ms(a)} | {ms(b)} |")
+        a, c, b = ours["by_query"][name], uncached["by_query"][name], theirs["by_query"][name]
+        lines.append(f"| `{name}` ({weight}) | {ms(a)} | {ms(c)} | {ms(b)} |")
     lines += [
-        f"| **all** | {ours['p50_ms']:.1f} / {ours['p99_ms']:.1f} | {theirs['p50_ms']:.1f} / {theirs['p99_ms']:.1f} |",
-        f"| **queries/s** | {ours['queries_per_s']:,.1f} | {theirs['queries_per_s']:,.1f} |",
+        f"| **all** | {ms(ours)} | {ms(uncached)} | {ms(theirs)} |",
+        f"| **queries/s** | {ours['queries_per_s']:,.1f} | {uncached['queries_per_s']:,.1f} | {theirs['queries_per_s']:,.1f} |",
+        "",
+        f"Parameters are random per query (seeded; the same sequence for every side). Result cache off "
+        f"(`MEDLAKE_RESULT_CACHE=0`) / PostgreSQL: queries/s {result['ratios']['cache_off_over_postgres_queries_per_s']:.3f}, "
+        f"p99 {result['ratios']['cache_off_over_postgres_p99']:.2f}×.",
         "",
         f"medlake / PostgreSQL: queries/s {result['ratios']['medlake_over_postgres_queries_per_s']:.3f}, "
         f"p50 latency {result['ratios']['medlake_over_postgres_p50']:.2f}×, p99 latency {result['ratios']['medlake_over_postgres_p99']:.2f}×. "

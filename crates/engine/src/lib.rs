@@ -22,6 +22,7 @@ pub mod postgres;
 mod privileges;
 mod project;
 mod restore;
+pub mod result_cache;
 pub mod runtime;
 mod statement;
 
@@ -170,6 +171,8 @@ struct Shared {
     statements: AtomicU64,
     /// Tables held open for Flight SQL ingest appends, one appender per table.
     appenders: std::sync::Mutex<HashMap<TableName, Arc<tokio::sync::Mutex<Option<Appender>>>>>,
+    /// Rows of repeated queries ([`result_cache`]).
+    results: Arc<result_cache::ResultCache>,
 }
 
 /// One client's session: its principal (whose privileges every statement is checked
@@ -245,9 +248,17 @@ pub struct EngineBuilder {
     connectors: medlake_source::Registry,
     audit: bool,
     users: access::owner::Directory,
+    result_cache: Option<usize>,
 }
 
 impl EngineBuilder {
+    /// Bytes of query results kept for repeated queries ([`result_cache`]; `0` turns the
+    /// cache off). Default: `MEDLAKE_RESULT_CACHE`, else 256 MiB.
+    pub fn result_cache(mut self, bytes: usize) -> Self {
+        self.result_cache = Some(bytes);
+        self
+    }
+
     /// The users the server knows (its configuration's): a materialized view owned by one of
     /// them refreshes with that user's privileges, and grants name only known users or roles.
     /// Without it (the local command line, `--insecure-no-auth`) refreshes run as the
@@ -345,6 +356,7 @@ impl Engine {
             connectors: medlake_source::Registry::new(),
             audit: true,
             users: None,
+            result_cache: None,
         }
     }
 
@@ -356,7 +368,12 @@ impl Engine {
             connectors,
             audit,
             users,
+            result_cache,
         } = builder;
+        let result_cache = match result_cache {
+            Some(bytes) => bytes,
+            None => result_cache::ResultCache::capacity_from_env()?,
+        };
         let runtime = match runtime {
             Some(runtime) => runtime,
             None => runtime::RuntimeSettings::from_env()?,
@@ -455,9 +472,15 @@ impl Engine {
             state,
             statements: AtomicU64::new(0),
             appenders: Default::default(),
+            results: Arc::new(result_cache::ResultCache::new(result_cache)),
         });
         let default = Arc::new(Session::new(shared.clone(), Principal::local("local")));
         Ok(Self { shared, default })
+    }
+
+    /// Hits, misses and size of the result cache ([`result_cache`]).
+    pub fn result_cache_stats(&self) -> result_cache::CacheStats {
+        self.shared.results.stats()
     }
 
     /// The warehouse under this engine.
@@ -724,7 +747,11 @@ impl Session {
     }
 
     /// Checks the privileges a planned SQL statement needs.
-    fn check_plan(&self, plan: &LogicalPlan, state: &medlake_auth::AccessState) -> Result<()> {
+    fn check_plan(
+        &self,
+        plan: &LogicalPlan,
+        state: &medlake_auth::AccessState,
+    ) -> Result<Vec<privileges::Need>> {
         use datafusion::logical_expr::Statement as PlanStatement;
         if let LogicalPlan::Statement(
             PlanStatement::SetVariable(datafusion::logical_expr::SetVariable { variable, .. })
@@ -742,7 +769,8 @@ impl Session {
         }
         let needs = privileges::for_plan(plan, &self.default_schema_name())?;
         self.touch(&needs);
-        privileges::check(&self.principal, state, &needs)
+        privileges::check(&self.principal, state, &needs)?;
+        Ok(needs)
     }
 
     /// Notes the tables a statement reads and writes, for its audit event.
@@ -1409,11 +1437,24 @@ impl Session {
     ) -> Result<Output> {
         let pinned = statement::pin_versions(&mut statement, id)?;
         self.refresh_listings_for(&statement).await?;
+        let key = if pinned.is_empty() {
+            self.result_key(&statement).await?
+        } else {
+            None
+        };
+        if let Some(key) = &key
+            && let Some(hit) = self.shared.results.get(key)
+        {
+            self.touch(&hit.needs);
+            let state = self.access_state().await?;
+            privileges::check(&self.principal, &state, &hit.needs)?;
+            return Ok(Output::Rows(hit.stream));
+        }
         let registered = self.register_pins(&pinned).await;
         let result = match registered {
             // Boxed: planning and running nest deep futures; on the caller's stack they
             // overflow a 2 MiB thread in debug builds.
-            Ok(aliases) => Box::pin(self.plan_and_run(statement, &aliases)).await,
+            Ok(aliases) => Box::pin(self.plan_and_run(statement, &aliases, key)).await,
             Err(e) => Err(e),
         };
         self.deregister_pins(&pinned)?;
@@ -1548,6 +1589,7 @@ impl Session {
         &self,
         statement: datafusion::sql::parser::Statement,
         aliases: &HashMap<String, access::TableKey>,
+        key: Option<result_cache::Key>,
     ) -> Result<Output> {
         self.check_described(&statement).await?;
         let plan = match self.ctx.state().statement_to_plan(statement.clone()).await {
@@ -1560,7 +1602,7 @@ impl Session {
             return Ok(output);
         }
         let access = self.access_state().await?;
-        self.check_plan(&plan, &access)?;
+        let needs = self.check_plan(&plan, &access)?;
         // Masks and row filters, for every statement that reads a table.
         let explained = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
         let unprotected = explained.then(|| plan.clone());
@@ -1591,6 +1633,7 @@ impl Session {
             }),
             plan => {
                 let prepared = self.count_prepared(&plan)?;
+                let key = key.filter(|key| result_cache::keepable(&plan, &key.reads));
                 let frame = self
                     .ctx
                     .execute_logical_plan(plan)
@@ -1598,7 +1641,10 @@ impl Session {
                     .map_err(unwrap_lake_error)?;
                 prepared();
                 let stream = frame.execute_stream().await.map_err(unwrap_lake_error)?;
-                Ok(Output::Rows(stream))
+                Ok(Output::Rows(match key {
+                    Some(key) => self.shared.results.keep(key, needs, stream),
+                    None => stream,
+                }))
             }
         }
     }

@@ -239,9 +239,47 @@ impl IntoResponse for Failure {
 pub(crate) async fn metrics(Extract(state): Extract<State>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics().text(),
+        state.metrics().text() + &result_cache_text(&state.inner.engine),
     )
         .into_response()
+}
+
+/// The result cache's series (engine-wide: every door's queries).
+fn result_cache_text(engine: &medlake_engine::Engine) -> String {
+    let stats = engine.result_cache_stats();
+    let series = [
+        (
+            "medlake_result_cache_hits_total",
+            "counter",
+            "Queries answered by the result cache.",
+            stats.hits,
+        ),
+        (
+            "medlake_result_cache_misses_total",
+            "counter",
+            "Cacheable queries the result cache could not answer.",
+            stats.misses,
+        ),
+        (
+            "medlake_result_cache_bytes",
+            "gauge",
+            "Bytes of rows the result cache holds.",
+            stats.bytes as u64,
+        ),
+        (
+            "medlake_result_cache_entries",
+            "gauge",
+            "Results the result cache holds.",
+            stats.entries as u64,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in series {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    out
 }
 
 pub(crate) async fn health(Extract(state): Extract<State>) -> Response {

@@ -18,6 +18,7 @@ pub mod erasure;
 mod error;
 mod guard;
 mod location;
+mod snapshots;
 mod warehouse;
 
 pub use backup::TableRestored;
@@ -29,6 +30,7 @@ pub use dml::{
 pub use erasure::{Purged, Suppression};
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
+pub use snapshots::Latest;
 pub use warehouse::{
     Appender, BUILT_IN_SCHEMAS, CommitOptions, HistoryEntry, OptimizeOutcome, ROW_GROUP_ROWS,
     TableName, TimeTravel, VacuumOutcome, Warehouse, WriteMode, WriteOutcome, validate_name,

@@ -39,7 +39,7 @@ pub const BUILT_IN_SCHEMAS: &[&str] = &["public", "bronze", "silver", "gold", "s
 /// The object that makes a folder of the warehouse root a schema.
 const SCHEMA_MARKER: &str = "_medlake_schema.json";
 /// The object that hides a table whose files are being deleted by DROP TABLE.
-const DROPPED_MARKER: &str = "_medlake_dropped";
+pub(crate) const DROPPED_MARKER: &str = "_medlake_dropped";
 const DELTA_LOG: &str = "_delta_log";
 /// The object that makes a table folder an external table: its definition (source kind,
 /// location, options with `${NAME}` secret references, never secret values).
@@ -401,6 +401,8 @@ pub struct Warehouse {
     background: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
     /// The suppression list of erased identifiers, as last read ([`Warehouse::suppression`]).
     pub(crate) erasures: Arc<tokio::sync::Mutex<Option<crate::erasure::Loaded>>>,
+    /// Table snapshots kept between statements ([`Warehouse::latest`]).
+    pub(crate) snapshots: Arc<crate::snapshots::Snapshots>,
 }
 
 impl fmt::Debug for Warehouse {
@@ -424,6 +426,7 @@ impl Warehouse {
             root,
             background: Arc::default(),
             erasures: Arc::default(),
+            snapshots: Arc::default(),
         };
         crate::backup::refuse_unfinished_restore(&warehouse).await?;
         for schema in BUILT_IN_SCHEMAS {
@@ -745,24 +748,21 @@ impl Warehouse {
         &self,
         name: &TableName,
     ) -> Result<(Arc<dyn TableProvider>, u64, String)> {
-        let table = self.open_table(name).await?;
-        let version = table.version().unwrap_or_default();
-        let id = table
-            .snapshot()
-            .map_err(|e| Error::delta(&name.schema, &name.table, e))?
-            .metadata()
-            .id()
-            .to_string();
-        let provider = table.table_provider().await.map_err(Error::from)?;
-        Ok((provider, version, id))
+        let latest = self.latest(name).await?;
+        Ok((latest.provider, latest.version, latest.id))
     }
 
-    /// A DataFusion table provider over the table, at its latest version or a past one.
+    /// A DataFusion table provider over the table, at its latest version (a kept snapshot,
+    /// checked to be the newest: [`Self::latest`]) or a past one.
     pub async fn table_provider(
         &self,
         name: &TableName,
         at: Option<&TimeTravel>,
     ) -> Result<(Arc<dyn TableProvider>, u64)> {
+        if at.is_none() {
+            let latest = self.latest(name).await?;
+            return Ok((latest.provider, latest.version));
+        }
         let table = self.open_table_as_of(name, at).await?;
         let version = table.version().unwrap_or_default();
         let provider = table.table_provider().await.map_err(Error::from)?;
@@ -1064,7 +1064,11 @@ impl Warehouse {
     }
 
     /// The metadata of a table's log entry for `version`, if it is there.
-    async fn log_entry(&self, name: &TableName, version: u64) -> Result<Option<ObjectMeta>> {
+    pub(crate) async fn log_entry(
+        &self,
+        name: &TableName,
+        version: u64,
+    ) -> Result<Option<ObjectMeta>> {
         let path = self
             .path(&[&name.schema, &name.table, DELTA_LOG])
             .join(format!("{version:020}.json"));

@@ -75,6 +75,14 @@ impl AccessStore {
         })
     }
 
+    /// The version of `system.grants` the access state was read at (after looking for another
+    /// server's change as [`Self::current`] does): what a result cached for a principal
+    /// depends on.
+    pub async fn current_version(&self) -> Result<Option<u64>> {
+        self.current().await?;
+        Ok(self.read().version)
+    }
+
     /// The access state, re-read when another server may have changed it.
     pub async fn current(&self) -> Result<Arc<AccessState>> {
         {

@@ -16,6 +16,7 @@ mod grants;
 mod policy;
 mod rest;
 mod restore;
+mod result_cache;
 mod security;
 mod spill;
 mod sqlserver;

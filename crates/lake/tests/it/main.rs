@@ -2,3 +2,4 @@
 
 mod change_feed;
 mod create_race;
+mod snapshots;
