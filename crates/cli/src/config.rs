@@ -88,6 +88,16 @@ pub struct Config {
     pub sources: Option<SourcesEntry>,
     pub logins: Option<LoginsEntry>,
     pub audit: Option<AuditEntry>,
+    pub storage: Option<StorageEntry>,
+}
+
+/// `[storage]`: how the warehouse's writes are acknowledged.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageEntry {
+    /// `true`: on a file:// warehouse every data file, log entry and the folders naming them
+    /// are synced to disk before a write is acknowledged (also `MEDLAKE_FSYNC=on`).
+    pub fsync: Option<bool>,
 }
 
 /// `[audit]`: whether statements are recorded in `system.audit` (default: yes).
@@ -99,6 +109,15 @@ pub struct AuditEntry {
 }
 
 impl Config {
+    /// Whether writes are synced before they are acknowledged (`[storage] fsync`, or
+    /// `MEDLAKE_FSYNC` = `on`/`true`/`1`; default off).
+    pub fn fsync(&self) -> bool {
+        let env = std::env::var("MEDLAKE_FSYNC")
+            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "on" | "true" | "1"))
+            .unwrap_or(false);
+        env || self.storage.as_ref().and_then(|s| s.fsync).unwrap_or(false)
+    }
+
     /// Whether auditing is on (`[audit] enabled`, default true).
     pub fn audit_enabled(&self) -> bool {
         self.audit.as_ref().and_then(|a| a.enabled).unwrap_or(true)

@@ -468,6 +468,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let (access, http_auth) = access_of(&config, args.insecure_no_auth)?;
     let policy = config.source_policy().map_err(Failure::Usage)?;
     tracing::debug!(policy = ?policy, "source policy");
+    if config.fsync() {
+        // Before the warehouse opens: every store it and deltalake build is then durable.
+        medlake_engine::enable_fsync();
+        tracing::info!("fsync durability: writes are synced to disk before they are acknowledged");
+    }
     let runtime = medlake_engine::runtime::RuntimeSettings::from_env()?.or_default_limit();
     let mut engine = connectors::engine(&args.warehouse)
         .runtime(runtime)

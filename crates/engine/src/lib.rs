@@ -45,6 +45,7 @@ use futures::TryStreamExt;
 pub use medlake_lake::TableName;
 /// `medlake backup` / `medlake restore` (the lake's; the command line reaches it here).
 pub use medlake_lake::backup;
+pub use medlake_lake::durable::{enable_fsync, fsync_enabled};
 use medlake_lake::{Appender, Warehouse, WriteMode};
 use medlake_views::{Scheduler, Trigger, Views};
 use tracing::{Instrument, debug, info_span};

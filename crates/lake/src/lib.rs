@@ -14,6 +14,7 @@ pub mod changes;
 mod clone;
 mod cluster;
 mod dml;
+pub mod durable;
 pub mod erasure;
 mod error;
 mod guard;

@@ -123,7 +123,7 @@ fn cloud_store_with(url: &Url, config: &[(String, String)]) -> DeltaResult<(Obje
     use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
     let path = Path::from_url_path(url.path())?;
     let store: ObjectStoreRef = match url.scheme() {
-        "file" => Arc::new(object_store::local::LocalFileSystem::new()),
+        "file" => return crate::durable::local_store(url),
         "az" | "abfs" | "abfss" | "azure" => {
             let mut builder = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
             for (key, value) in config {

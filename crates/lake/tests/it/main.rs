@@ -2,4 +2,5 @@
 
 mod change_feed;
 mod create_race;
+mod fsync;
 mod snapshots;
