@@ -488,71 +488,76 @@ def ingest(args):
         all_csv = b"\n".join(csv_lines) + b"\n"
         rounds = [{} for _ in range(args.rounds)]
 
-        # medlake: POST /v1/ingest/bronze.readings, NDJSON, one Idempotency-Key per batch.
-        warehouse = work / "warehouse"
-        Medlake(args.bin, warehouse).run(sql_file("medlake.sql", "ingest"))
-        server = MedlakeServer(args.bin, warehouse, work / "serve.log")
-        try:
-            path = "/v1/ingest/bronze.readings"
-            counted = threading.Lock()
-            acknowledged = [0]
-            retries = [0]
+        # medlake: POST /v1/ingest/bronze.readings, NDJSON, one Idempotency-Key per batch; then
+        # the same into a fresh warehouse with `MEDLAKE_FSYNC=on` (every data file, log entry and
+        # folder synced before the answer: PostgreSQL's fsync = on promise).
+        http_warehouses = []
+        for http_side, http_env in [("medlake_http", {}), ("medlake_http_fsync", {"MEDLAKE_FSYNC": "on"})]:
+            warehouse = work / f"warehouse-{http_side}"
+            http_warehouses.append(warehouse)
+            Medlake(args.bin, warehouse).run(sql_file("medlake.sql", "ingest"))
+            server = MedlakeServer(args.bin, warehouse, work / f"serve-{http_side}.log", env=http_env)
+            try:
+                path = "/v1/ingest/bronze.readings"
+                counted = threading.Lock()
+                acknowledged = [0]
+                retries = [0]
 
-            def connect():
-                return http.client.HTTPConnection(server.host, server.port, timeout=600)
+                def connect():
+                    return http.client.HTTPConnection(server.host, server.port, timeout=600)
 
-            def post(conn, job):
-                key, body, rows = job
-                for attempt in range(30):
-                    try:
-                        conn.request("POST", path, body=body, headers={"Content-Type": "application/x-ndjson", "Idempotency-Key": key})
-                        response = conn.getresponse()
-                        answer = response.read()
-                    except (OSError, http.client.HTTPException):
-                        conn.close()
-                        conn = connect()
-                        wait = min(0.1 * 2**attempt, 5)
-                    else:
-                        if response.status == 200:
-                            reply = json.loads(answer)
-                            if reply.get("rows") != rows or reply.get("duplicate"):
-                                raise RuntimeError(f"unexpected acknowledgement of {rows} rows: {reply}")
-                            with counted:
-                                acknowledged[0] += rows
-                            return conn
-                        if response.status not in (429, 503) and response.status < 500:
-                            raise RuntimeError(f"medlake answered {response.status}: {answer[:300]!r}")
-                        wait = float(response.getheader("Retry-After") or min(0.1 * 2**attempt, 5))
-                    with counted:
-                        retries[0] += 1
-                    time.sleep(wait)
-                raise RuntimeError(f"batch {key} not acknowledged after 30 attempts")
+                def post(conn, job):
+                    key, body, rows = job
+                    for attempt in range(30):
+                        try:
+                            conn.request("POST", path, body=body, headers={"Content-Type": "application/x-ndjson", "Idempotency-Key": key})
+                            response = conn.getresponse()
+                            answer = response.read()
+                        except (OSError, http.client.HTTPException):
+                            conn.close()
+                            conn = connect()
+                            wait = min(0.1 * 2**attempt, 5)
+                        else:
+                            if response.status == 200:
+                                reply = json.loads(answer)
+                                if reply.get("rows") != rows or reply.get("duplicate"):
+                                    raise RuntimeError(f"unexpected acknowledgement of {rows} rows: {reply}")
+                                with counted:
+                                    acknowledged[0] += rows
+                                return conn
+                            if response.status not in (429, 503) and response.status < 500:
+                                raise RuntimeError(f"medlake answered {response.status}: {answer[:300]!r}")
+                            wait = float(response.getheader("Retry-After") or min(0.1 * 2**attempt, 5))
+                        with counted:
+                            retries[0] += 1
+                        time.sleep(wait)
+                    raise RuntimeError(f"batch {key} not acknowledged after 30 attempts")
 
-            commits_before = server.metric("medlake_ingest_commits_total") or 0
-            for r, result in enumerate(rounds):
-                jobs = [(f"bench-{os.getpid()}-{r}-{i}", body, body.count(b"\n")) for i, body in enumerate(ndjson_batches)]
-                load = round(os.getloadavg()[0], 2)
-                seconds, latencies = run_clients(args.clients, jobs, connect, post)
-                commits = server.metric("medlake_ingest_commits_total")
-                result["medlake_http"] = {
-                    "seconds": seconds,
-                    "readings_per_s": args.rows / seconds,
-                    "p50_ms": percentile(latencies, 0.5),
-                    "p99_ms": percentile(latencies, 0.99),
-                    "requests": len(latencies),
-                    "commits": None if commits is None else commits - commits_before,
-                    "load_1min_before": load,
-                }
-                commits_before = commits or 0
-                print(f"round {r + 1}/{args.rounds}: medlake {result['medlake_http']}", file=sys.stderr)
-            busy = server.metric("medlake_ingest_rejected_busy_total")
-        finally:
-            server.stop()
-        if acknowledged[0] != args.rows * args.rounds:
-            sys.exit(f"medlake acknowledged {acknowledged[0]} rows, not {args.rows * args.rounds}")
-        count = Medlake(args.bin, warehouse).rows("SELECT count(*) FROM bronze.readings")
-        if count != [[str(args.rows * args.rounds)]]:
-            sys.exit(f"bronze.readings holds {count} rows, not {args.rows * args.rounds}")
+                commits_before = server.metric("medlake_ingest_commits_total") or 0
+                for r, result in enumerate(rounds):
+                    jobs = [(f"bench-{os.getpid()}-{http_side}-{r}-{i}", body, body.count(b"\n")) for i, body in enumerate(ndjson_batches)]
+                    load = round(os.getloadavg()[0], 2)
+                    seconds, latencies = run_clients(args.clients, jobs, connect, post)
+                    commits = server.metric("medlake_ingest_commits_total")
+                    result[http_side] = {
+                        "seconds": seconds,
+                        "readings_per_s": args.rows / seconds,
+                        "p50_ms": percentile(latencies, 0.5),
+                        "p99_ms": percentile(latencies, 0.99),
+                        "requests": len(latencies),
+                        "commits": None if commits is None else commits - commits_before,
+                        "load_1min_before": load,
+                    }
+                    commits_before = commits or 0
+                    print(f"round {r + 1}/{args.rounds}: {http_side} {result[http_side]}", file=sys.stderr)
+                busy = server.metric("medlake_ingest_rejected_busy_total")
+            finally:
+                server.stop()
+            if acknowledged[0] != args.rows * args.rounds:
+                sys.exit(f"medlake acknowledged {acknowledged[0]} rows, not {args.rows * args.rounds}")
+            count = Medlake(args.bin, warehouse).rows("SELECT count(*) FROM bronze.readings")
+            if count != [[str(args.rows * args.rounds)]]:
+                sys.exit(f"bronze.readings holds {count} rows, not {args.rows * args.rounds}")
         version = subprocess.run([args.bin, "--version"], capture_output=True, text=True).stdout.strip()
 
         # medlake over Flight SQL: ADBC `adbc_ingest` (CommandStatementIngest, append) of the
@@ -613,7 +618,7 @@ def ingest(args):
             if ingested[0] != args.rows * args.rounds:
                 sys.exit(f"medlake's Flight SQL door acknowledged {ingested[0]} rows, not {args.rows * args.rounds}")
             flight_warehouses.append(flight_warehouse)
-        fingerprints = [Medlake(args.bin, w).rows(INGEST_FINGERPRINT) for w in [warehouse, *flight_warehouses]]
+        fingerprints = [Medlake(args.bin, w).rows(INGEST_FINGERPRINT) for w in [*http_warehouses, *flight_warehouses]]
         if any(f != fingerprints[0] for f in fingerprints[1:]):
             sys.exit(f"the HTTP and Flight SQL warehouses hold different rows: {fingerprints[0]} vs {fingerprints[1]}")
 
@@ -668,7 +673,7 @@ def ingest(args):
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(pg_root, ignore_errors=True)
 
-    sides = ["medlake_http", "medlake_flight", "medlake_flight_audit_off", "postgres_copy_batches", "postgres_copy_single"]
+    sides = ["medlake_http", "medlake_http_fsync", "medlake_flight", "medlake_flight_audit_off", "postgres_copy_batches", "postgres_copy_single"]
     median = {side: {k: statistics.median(r[side][k] for r in rounds) for k in rounds[0][side] if rounds[0][side][k] is not None} for side in sides}
     build = "release" if "/release/" in str(Path(args.bin).resolve()) else "debug" if "/debug/" in str(Path(args.bin).resolve()) else "unknown"
     per_s = {side: median[side]["readings_per_s"] for side in sides}
@@ -686,7 +691,7 @@ def ingest(args):
         "median": median,
         "ratios": {
             f"{side}_over_{peer}": per_s[side] / per_s[peer]
-            for side in ["medlake_http", "medlake_flight"]
+            for side in ["medlake_http", "medlake_http_fsync", "medlake_flight"]
             for peer in ["postgres_copy_batches", "postgres_copy_single"]
         }
         | {"medlake_flight_audit_on_over_off": per_s["medlake_flight"] / per_s["medlake_flight_audit_off"]},
@@ -700,8 +705,9 @@ def ingest(args):
         "postgres": settings,
         "durability": "medlake answers (HTTP 200, Flight SQL's DoPut result) once the Delta commit "
         "holding the batch exists (files written and the commit file created through "
-        "object_store's local file system, which does not fsync); PostgreSQL answers once the "
-        "transaction's WAL is fsynced (fsync=on, synchronous_commit=on).",
+        "object_store's local file system, which does not fsync), and in the medlake_http_fsync leg "
+        "(MEDLAKE_FSYNC=on) once every data file, the log entry and their folders are fsynced; "
+        "PostgreSQL answers once the transaction's WAL is fsynced (fsync=on, synchronous_commit=on).",
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -737,6 +743,9 @@ def ingest(args):
             f"| medlake ({build} build) | HTTP `POST /v1/ingest/bronze.readings`, NDJSON | "
             f"{per_s['medlake_http']:,.0f} | {ratios('medlake_http')} | {ms('medlake_http')} | "
             f"{median['medlake_http'].get('commits', float('nan')):.0f} |",
+            f"| medlake ({build} build), `MEDLAKE_FSYNC=on` | the same HTTP ingest, every file, log entry and folder fsynced before the answer | "
+            f"{per_s['medlake_http_fsync']:,.0f} | {ratios('medlake_http_fsync')} | {ms('medlake_http_fsync')} | "
+            f"{median['medlake_http_fsync'].get('commits', float('nan')):.0f} |",
             f"| medlake ({build} build) | Flight SQL, ADBC `adbc_ingest(\"readings\", table, mode=\"append\", db_schema_name=\"bronze\")`, Arrow | "
             f"{per_s['medlake_flight']:,.0f} | {ratios('medlake_flight')} | {ms('medlake_flight')} | "
             f"{median['medlake_flight']['commits']:.0f} |",
