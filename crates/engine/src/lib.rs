@@ -16,6 +16,7 @@ mod dml;
 mod erase;
 mod error;
 mod explain_refresh;
+mod group_commit;
 mod history;
 pub mod ingest;
 pub mod postgres;
@@ -46,7 +47,7 @@ pub use medlake_lake::TableName;
 /// `medlake backup` / `medlake restore` (the lake's; the command line reaches it here).
 pub use medlake_lake::backup;
 pub use medlake_lake::durable::{enable_fsync, fsync_enabled};
-use medlake_lake::{Appender, Warehouse, WriteMode};
+use medlake_lake::{Warehouse, WriteMode};
 use medlake_views::{Scheduler, Trigger, Views};
 use tracing::{Instrument, debug, info_span};
 
@@ -171,9 +172,31 @@ struct Shared {
     state: SessionState,
     statements: AtomicU64,
     /// Tables held open for Flight SQL ingest appends, one appender per table.
-    appenders: std::sync::Mutex<HashMap<TableName, Arc<tokio::sync::Mutex<Option<Appender>>>>>,
+    appenders: std::sync::Mutex<HashMap<TableName, Arc<group_commit::AppendGroup>>>,
     /// Rows of repeated queries ([`result_cache`]).
     results: Arc<result_cache::ResultCache>,
+}
+
+impl Shared {
+    /// Refuses writes to the system schema and to materialized views.
+    async fn check_writable(&self, name: &TableName, what: &str) -> Result<()> {
+        if name.schema == medlake_views::system::SCHEMA {
+            return Err(Error::ReadOnly {
+                what: format!("the system schema is read-only ({what} {name})"),
+            });
+        }
+        if self.warehouse.table_exists(name).await? && self.views.view(name).await?.is_some() {
+            return Err(Error::Views(medlake_views::Error::WrongObjectType {
+                name: name.to_string(),
+                is: "a materialized view",
+                expected: match what {
+                    "DROP TABLE" => "a table (use DROP MATERIALIZED VIEW)",
+                    _ => "a table (its rows come from REFRESH MATERIALIZED VIEW)",
+                },
+            }));
+        }
+        Ok(())
+    }
 }
 
 /// One client's session: its principal (whose privileges every statement is checked
@@ -1088,7 +1111,7 @@ impl Session {
         let table = self.table_name(&parts)?;
         self.authorize_ingest(&table)?;
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let provider = MemTable::try_new(schema, vec![batches])?;
+        let provider = MemTable::try_new(schema.clone(), vec![batches.clone()])?;
         let plan =
             LogicalPlanBuilder::scan("ingest", provider_as_source(Arc::new(provider)), None)?
                 .build()?;
@@ -1096,7 +1119,7 @@ impl Session {
         // A table already held open for appends was checked when it was opened.
         if matches!(how.exists, IfExists::Append) && self.appender_open(&table) {
             match self
-                .ingest_append_existing(&table, plan.clone(), session.clone(), rows)
+                .append_grouped(&table, schema.clone(), batches.clone(), rows)
                 .await
             {
                 Err(Error::Lake(medlake_lake::Error::TableNotFound { .. })) if how.create => {}
@@ -1138,9 +1161,7 @@ impl Session {
                 }));
             }
             (true, IfExists::Append) => {
-                return self
-                    .ingest_append_existing(&table, plan, session, rows)
-                    .await;
+                return self.append_grouped(&table, schema, batches, rows).await;
             }
             (true, IfExists::Replace) => {
                 // Replacing removes every row: DELETE as well as INSERT.
@@ -1171,53 +1192,7 @@ impl Session {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(table)
-            .is_some_and(|slot| slot.try_lock().map_or(true, |appender| appender.is_some()))
-    }
-
-    /// Appends `plan`'s rows to an existing table through the engine's appender for it, kept
-    /// open between ingests (see [`Warehouse::append_to`]): one ingest at a time per table,
-    /// each committing directly on top of the version the appender knows, and on top of
-    /// another writer's newer commits when it finds them (an append conflicts with nothing).
-    async fn ingest_append_existing(
-        &self,
-        table: &TableName,
-        plan: LogicalPlan,
-        session: Arc<dyn datafusion::catalog::Session>,
-        rows: u64,
-    ) -> Result<u64> {
-        const ATTEMPTS: usize = 8;
-        let slot = self
-            .shared
-            .appenders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(table.clone())
-            .or_default()
-            .clone();
-        let mut slot = slot.lock().await;
-        let warehouse = &self.shared.warehouse;
-        let options = medlake_lake::CommitOptions::default();
-        for _ in 0..ATTEMPTS {
-            let appender = match slot.as_mut() {
-                Some(appender) => appender,
-                None => {
-                    // Checked at every open: a dropped table's name may now be a view's.
-                    self.check_writable(table, "ingest into").await?;
-                    slot.insert(warehouse.open_appender(table).await?)
-                }
-            };
-            let version = warehouse
-                .append_to(appender, plan.clone(), session.clone(), &options)
-                .await?;
-            if version.is_some() {
-                return Ok(rows);
-            }
-            // Someone committed first, or the table was dropped (perhaps created again).
-            if warehouse.refresh_appender(appender).await?.is_none() {
-                *slot = None;
-            }
-        }
-        Err(medlake_lake::Error::conflict_after(table, ATTEMPTS).into())
+            .is_some_and(|group| group.is_open())
     }
 
     /// What `statement` takes and returns, without running it. Side-effect free: commands
@@ -1354,24 +1329,7 @@ impl Session {
 
     /// Refuses writes to the `system` schema and plain-table writes to materialized views.
     async fn check_writable(&self, name: &TableName, what: &str) -> Result<()> {
-        if name.schema == medlake_views::system::SCHEMA {
-            return Err(Error::ReadOnly {
-                what: format!("the system schema is read-only ({what} {name})"),
-            });
-        }
-        if self.shared.warehouse.table_exists(name).await?
-            && self.shared.views.view(name).await?.is_some()
-        {
-            return Err(Error::Views(medlake_views::Error::WrongObjectType {
-                name: name.to_string(),
-                is: "a materialized view",
-                expected: match what {
-                    "DROP TABLE" => "a table (use DROP MATERIALIZED VIEW)",
-                    _ => "a table (its rows come from REFRESH MATERIALIZED VIEW)",
-                },
-            }));
-        }
-        Ok(())
+        self.shared.check_writable(name, what).await
     }
 
     /// Resolves a written table name (1 to 3 parts) against the session's defaults

@@ -24,7 +24,7 @@
 //! privileges the query needed when it was planned, audited like any query (its objects and
 //! rows), and streamed from memory.
 //!
-//! `MEDLAKE_RESULT_CACHE` sizes it (`256MiB` by default; `0` turns it off); one entry holds at
+//! `MEDLAKE_RESULT_CACHE` sizes it (`256MiB` by default; `0` or `off` turns it off); one entry holds at
 //! most a sixteenth of it, larger results are not kept.
 
 use std::collections::HashMap;
@@ -142,6 +142,7 @@ impl ResultCache {
     /// The capacity `MEDLAKE_RESULT_CACHE` asks for (an unreadable size is refused).
     pub fn capacity_from_env() -> crate::Result<usize> {
         match std::env::var(RESULT_CACHE_VAR) {
+            Ok(text) if matches!(text.trim().to_ascii_lowercase().as_str(), "0" | "off") => Ok(0),
             Ok(text) if !text.trim().is_empty() => {
                 crate::runtime::parse_bytes(&text).map_err(|reason| crate::Error::InvalidValue {
                     what: RESULT_CACHE_VAR.to_string(),

@@ -13,6 +13,7 @@ mod cosmos;
 mod dml;
 mod erase;
 mod grants;
+mod group_commit;
 mod policy;
 mod rest;
 mod restore;
