@@ -997,7 +997,12 @@ impl Session {
                     force,
                 } => self.vacuum(&table, retain_hours, dry_run, force).await,
                 Statement::RestoreTable { table, to } => self.restore_table(&table, &to).await,
-                Statement::Erase(erase) => self.erase(erase).await,
+                Statement::Erase(erase) => {
+                    let erased = self.erase(erase).await;
+                    // Results kept from before hold the patient's rows: none may stay.
+                    self.shared.results.clear();
+                    erased
+                }
                 Statement::CloneTable {
                     target,
                     source,

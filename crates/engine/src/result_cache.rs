@@ -161,6 +161,13 @@ impl ResultCache {
         self.capacity / 16
     }
 
+    /// Forgets every kept result (after an erasure: no erased row stays in memory).
+    pub fn clear(&self) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.map.clear();
+        entries.bytes = 0;
+    }
+
     pub fn stats(&self) -> CacheStats {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         CacheStats {
@@ -226,6 +233,15 @@ impl ResultCache {
         needs: Vec<Need>,
         stream: SendableRecordBatchStream,
     ) -> SendableRecordBatchStream {
+        // The key counts too: many distinct long statements with small results must not grow
+        // the cache past its size.
+        let key_bytes = key.sql.len()
+            + key.principal.len()
+            + key
+                .reads
+                .iter()
+                .map(|r| r.table.schema.len() + r.table.table.len() + r.id.len() + 8)
+                .sum::<usize>();
         Box::pin(Keeping {
             schema: stream.schema(),
             inner: stream,
@@ -233,7 +249,7 @@ impl ResultCache {
             key: Some(key),
             needs,
             batches: Vec::new(),
-            bytes: 0,
+            bytes: key_bytes,
         })
     }
 }

@@ -94,8 +94,14 @@ async fn an_erased_patient_leaves_every_table_view_and_file_and_stays_out() {
     let nurse = engine.session_for(Principal::user("nina", Role::None));
     assert_eq!(outcome(&nurse, "ERASE PATIENT 123").await, "42501");
 
+    assert!(
+        engine.result_cache_stats().entries > 0,
+        "the counts above are kept by the result cache"
+    );
     let report = text(&engine, "ERASE PATIENT 123").await;
     assert!(report.contains("bronze.patients"), "{report}");
+    // No result kept from before the erasure (the patient's rows among them) stays in memory.
+    assert_eq!(engine.result_cache_stats().entries, 0);
     for (sql, expected) in [
         ("SELECT count(*) FROM bronze.patients", 2),
         ("SELECT count(*) FROM bronze.readings", 2),
