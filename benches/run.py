@@ -758,12 +758,13 @@ def ingest(args):
             f"| PostgreSQL {pg_version}, fsync on | one `COPY` of every row, one transaction | "
             f"{per_s['postgres_copy_single']:,.0f} | {per_s['postgres_copy_single'] / per_s['postgres_copy_batches']:.3f} | 1 | | 1 |",
             "",
-            "The HTTP door groups the batches that arrive together into one Delta commit; each Flight "
-            "SQL ingest is a commit of its own (concurrent ingests into one table wait for its "
-            "appender in turn). ADBC ingest carries no idempotency key, so a Flight SQL ingest is "
+            "The HTTP door groups the batches that arrive together into one Delta commit; so does the "
+            "engine for Flight SQL ingests (the requests that wait while a commit is written share the "
+            "next one). ADBC ingest carries no idempotency key, so a Flight SQL ingest is "
             "never retried. Each medlake leg has a warehouse "
             "of its own, and each round appends to the same table, which grows by a round's commits: "
-            f"HTTP by round {by_round('medlake_http')} readings/s, Flight SQL by round "
+            f"HTTP by round {by_round('medlake_http')} readings/s, HTTP with fsync by round "
+            f"{by_round('medlake_http_fsync')} readings/s, Flight SQL by round "
             f"{by_round('medlake_flight')} readings/s. Both warehouses hold the same rows afterwards "
             "(count, NULLs, sums, first and last `taken_at` compared). The audit's cost on Flight SQL "
             f"ingest (each ingest recorded in `system.audit` before it is answered): audit on / off "
