@@ -608,14 +608,17 @@ async fn concurrent_ingest_appends_and_a_replaced_table() {
         count(&mut c, "SELECT count(*) FROM bronze.readings").await,
         expected
     );
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM table_history('bronze.readings') WHERE operation = 'WRITE'"
-        )
-        .await,
-        (1 + clients * ingests) as i64,
-        "one commit per ingest after the seed"
+    // Concurrent ingests share commits (group commit); one client's ingests follow each other,
+    // so there are at least as many commits as one client's ingests, at most one per ingest.
+    let commits = count(
+        &mut c,
+        "SELECT count(*) FROM table_history('bronze.readings') WHERE operation = 'WRITE'",
+    )
+    .await;
+    assert!(
+        ((1 + ingests) as i64..=(1 + clients * ingests) as i64).contains(&commits),
+        "{commits} commits after the seed for {} ingests",
+        clients * ingests
     );
 
     for sql in [
