@@ -35,7 +35,6 @@ use std::task::{Context, Poll};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::common::TableReference;
 use datafusion::common::tree_node::{TreeNode as _, TreeNodeRecursion};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
@@ -406,18 +405,7 @@ impl crate::Session {
         }
         let mut reads = Vec::with_capacity(references.len());
         for reference in references {
-            let parts: Vec<String> = match reference {
-                TableReference::Bare { table } => vec![table.to_string()],
-                TableReference::Partial { schema, table } => {
-                    vec![schema.to_string(), table.to_string()]
-                }
-                TableReference::Full {
-                    catalog,
-                    schema,
-                    table,
-                } => vec![catalog.to_string(), schema.to_string(), table.to_string()],
-            };
-            let Ok(table) = self.table_name(&parts) else {
+            let Ok(table) = self.resolve(&reference) else {
                 return Ok(None);
             };
             if UNKEPT_SCHEMAS.contains(&table.schema.as_str()) {
