@@ -1166,16 +1166,41 @@ def dashboard_params(rng, patients):
     return {
         "patient": rng.randrange(patients),
         "ward": f"ward-{rng.randrange(20):02d}",
-        "day": day.isoformat(),
-        "week_start": (day - datetime.timedelta(days=6)).isoformat(),
-        "fortnight_start": (day - datetime.timedelta(days=13)).isoformat(),
+        "day": day,
+        "week_start": day - datetime.timedelta(days=6),
+        "fortnight_start": day - datetime.timedelta(days=13),
     }
 
 
+def sql_literal(value):
+    """`value` as a SQL literal: dates as DATE '...', text quoted, numbers as they are."""
+    import datetime
+
+    if isinstance(value, datetime.date):
+        return f"DATE '{value.isoformat()}'"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
 def fill(template, params):
+    """The query with its parameters written in as literals (what a BI tool sends)."""
     for key, value in params.items():
-        template = template.replace("{" + key + "}", str(value))
+        template = template.replace("{" + key + "}", sql_literal(value))
     return template
+
+
+def placeholders(template):
+    """The query with psycopg's named placeholders, for a prepared statement (`$1`, ... on
+    the wire; psycopg prepares it on the server from its fifth execution on a connection)."""
+    return re.sub(r"\{(\w+)\}", r"%(\1)s", template)
+
+
+def dashboard_execute(cur, template, params, prepared):
+    if prepared:
+        cur.execute(placeholders(template), params)
+    else:
+        cur.execute(fill(template, params))
 
 
 def normalized(rows):
@@ -1193,7 +1218,7 @@ def normalized(rows):
     return [tuple(value(v) for v in row) for row in rows]
 
 
-def dashboard_run(connect, clients, seconds, warmup, queries, patients, seed):
+def dashboard_run(connect, clients, seconds, warmup, queries, patients, seed, prepared=False):
     """`clients` threads, each on its own connection, run weighted random queries back to back
     for `warmup` + `seconds`; returns {query: [latency ms]} of the queries started in the
     measured window, and the window's length."""
@@ -1229,7 +1254,7 @@ def dashboard_run(connect, clients, seconds, warmup, queries, patients, seed):
                     if t >= window["end"]:
                         break
                     name = rng.choices(names, weights)[0]
-                    cur.execute(fill(templates[name], dashboard_params(rng, patients)))
+                    dashboard_execute(cur, templates[name], dashboard_params(rng, patients), prepared)
                     cur.fetchall()
                     if t >= window["start"]:
                         mine.append((name, (time.perf_counter() - t) * 1000))
@@ -1313,9 +1338,16 @@ def dashboard(args):
         with sides["medlake"]() as ours, sides["postgres"]() as theirs:
             for name, _, template in queries:
                 for _ in range(args.check_params):
-                    sql = fill(template, dashboard_params(rng, patients))
+                    params = dashboard_params(rng, patients)
+                    sql = fill(template, params)
                     a = normalized(ours.execute(sql).fetchall())
                     b = normalized(theirs.execute(sql).fetchall())
+                    if args.prepared:
+                        # The prepared form gives the same rows on both sides too.
+                        pa = normalized(ours.execute(placeholders(template), params).fetchall())
+                        pb = normalized(theirs.execute(placeholders(template), params).fetchall())
+                        if pa != a or pb != b:
+                            sys.exit(f"check {name}: the prepared form of\n{sql}\ndiffers from the literal one")
                     if a != b:
                         sys.exit(f"check {name}: medlake and PostgreSQL differ on\n{sql}\nmedlake: {a[:5]}\nPostgreSQL: {b[:5]}")
                     if not a:
@@ -1331,17 +1363,18 @@ def dashboard(args):
                 server = MedlakeDoors(args.bin, warehouse, work / "serve-cache-off.log",
                                       env={"MEDLAKE_RESULT_CACHE": "0"})
                 latencies = dashboard_run(server.pg_connect, args.clients, args.seconds, args.warmup, queries,
-                                          patients, args.seed)
+                                          patients, args.seed, args.prepared)
                 measured["medlake_cache_off"] = dashboard_measure("medlake_cache_off", latencies, args.seconds)
                 # medlake again, recording nothing in system.audit: what the audit costs.
                 server.stop()
                 server = MedlakeDoors(args.bin, warehouse, work / "serve-audit-off.log", audit=False)
                 latencies = dashboard_run(server.pg_connect, args.clients, args.seconds, args.warmup, queries,
-                                          patients, args.seed)
+                                          patients, args.seed, args.prepared)
                 measured["medlake_audit_off"] = dashboard_measure("medlake_audit_off", latencies, args.seconds)
                 server.stop()
                 server = None
-            latencies = dashboard_run(connect, args.clients, args.seconds, args.warmup, queries, patients, args.seed)
+            latencies = dashboard_run(connect, args.clients, args.seconds, args.warmup, queries, patients, args.seed,
+                                      args.prepared)
             measured[name] = dashboard_measure(name, latencies, args.seconds)
         version = subprocess.run([args.bin, "--version"], capture_output=True, text=True).stdout.strip()
     finally:
@@ -1364,6 +1397,7 @@ def dashboard(args):
         "seconds": args.seconds,
         "warmup_seconds": args.warmup,
         "queries": {name: weight for name, weight, _ in queries},
+        "prepared": args.prepared,
         "checked_queries": checked,
         "measured": measured,
         "ratios": {
@@ -1390,7 +1424,9 @@ def dashboard(args):
     lines = [
         f"{rows:,} gold rows ({patients:,} patients, {DASHBOARD_DAYS} days, 5 metrics); {args.clients} psycopg clients "
         f"(threads of one process, on the same 2 cores) run a weighted mix of `benches/dashboard/*.sql` back to back "
-        f"for {args.seconds} s after {args.warmup} s of warm-up, each side alone; the answers were checked equal first:",
+        f"for {args.seconds} s after {args.warmup} s of warm-up, each side alone; the answers were checked equal first; "
+        + ("each query is a prepared statement with parameters (psycopg prepares it on the server from its fifth "
+           "execution on a connection):" if args.prepared else "parameters are written into each query as literals:"),
         "",
         f"| query (weight) | medlake p50 / p99 ms | medlake, result cache off | PostgreSQL {pg_short} p50 / p99 ms |",
         "|---|---:|---:|---:|",
@@ -1682,6 +1718,9 @@ def add_serve_dashboard_spill_parsers(sub):
     d.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before")
     d.add_argument("--check-params", type=int, default=5, help="parameter sets per query in the check")
     d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--prepared", action="store_true",
+                   help="send each query as a prepared statement with parameters (as JDBC and app code do) "
+                        "instead of with literals written in (as BI tools do)")
     d.add_argument("--pg-bin", help="PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)")
     p = workload_parser(sub, "spill", "a refresh far larger than MEDLAKE_MEMORY_LIMIT, at 1x and 2x data, vs DuckDB")
     p.add_argument("--rows", type=int, default=50_000_000, help="bronze rows at 1x")

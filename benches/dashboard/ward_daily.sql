@@ -3,6 +3,6 @@
 SELECT day, metric, count(*) AS patients, sum(readings) AS readings,
        avg(average) AS average, max(maximum) AS maximum
 FROM gold.patient_daily_vitals
-WHERE ward = '{ward}' AND day BETWEEN DATE '{fortnight_start}' AND DATE '{day}'
+WHERE ward = {ward} AND day BETWEEN {fortnight_start} AND {day}
 GROUP BY day, metric
 ORDER BY day, metric

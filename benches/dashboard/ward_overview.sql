@@ -4,6 +4,6 @@ SELECT ward, count(DISTINCT patient_id) AS patients, sum(alerts) AS alerts,
        avg(CASE WHEN metric = 'heart_rate' THEN average END) AS heart_rate,
        avg(CASE WHEN metric = 'spo2' THEN average END) AS spo2
 FROM gold.patient_daily_vitals
-WHERE day = DATE '{day}'
+WHERE day = {day}
 GROUP BY ward
 ORDER BY ward

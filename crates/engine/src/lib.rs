@@ -23,6 +23,7 @@ pub mod postgres;
 mod privileges;
 mod project;
 mod restore;
+pub mod plan_cache;
 pub mod result_cache;
 pub mod runtime;
 mod statement;
@@ -175,6 +176,8 @@ struct Shared {
     appenders: std::sync::Mutex<HashMap<TableName, Arc<group_commit::AppendGroup>>>,
     /// Rows of repeated queries ([`result_cache`]).
     results: Arc<result_cache::ResultCache>,
+    /// Plans of statements prepared with parameters ([`plan_cache`]).
+    plans: plan_cache::PlanCache,
 }
 
 impl Shared {
@@ -273,6 +276,7 @@ pub struct EngineBuilder {
     audit: bool,
     users: access::owner::Directory,
     result_cache: Option<usize>,
+    plan_cache: Option<usize>,
 }
 
 impl EngineBuilder {
@@ -280,6 +284,13 @@ impl EngineBuilder {
     /// cache off). Default: `MEDLAKE_RESULT_CACHE`, else 256 MiB.
     pub fn result_cache(mut self, bytes: usize) -> Self {
         self.result_cache = Some(bytes);
+        self
+    }
+
+    /// Plans kept for statements prepared with parameters ([`plan_cache`]; `0` turns the
+    /// cache off). Default: `MEDLAKE_PLAN_CACHE`, else 1024.
+    pub fn plan_cache(mut self, plans: usize) -> Self {
+        self.plan_cache = Some(plans);
         self
     }
 
@@ -381,6 +392,7 @@ impl Engine {
             audit: true,
             users: None,
             result_cache: None,
+            plan_cache: None,
         }
     }
 
@@ -393,10 +405,15 @@ impl Engine {
             audit,
             users,
             result_cache,
+            plan_cache,
         } = builder;
         let result_cache = match result_cache {
             Some(bytes) => bytes,
             None => result_cache::ResultCache::capacity_from_env()?,
+        };
+        let plan_cache = match plan_cache {
+            Some(plans) => plans,
+            None => plan_cache::PlanCache::capacity_from_env()?,
         };
         let runtime = match runtime {
             Some(runtime) => runtime,
@@ -497,6 +514,7 @@ impl Engine {
             statements: AtomicU64::new(0),
             appenders: Default::default(),
             results: Arc::new(result_cache::ResultCache::new(result_cache)),
+            plans: plan_cache::PlanCache::new(plan_cache),
         });
         let default = Arc::new(Session::new(shared.clone(), Principal::local("local")));
         Ok(Self { shared, default })
@@ -505,6 +523,11 @@ impl Engine {
     /// Hits, misses and size of the result cache ([`result_cache`]).
     pub fn result_cache_stats(&self) -> result_cache::CacheStats {
         self.shared.results.stats()
+    }
+
+    /// Hits, misses and size of the plan cache ([`plan_cache`]).
+    pub fn plan_cache_stats(&self) -> plan_cache::PlanCacheStats {
+        self.shared.plans.stats()
     }
 
     /// The warehouse under this engine.
@@ -710,6 +733,13 @@ impl Engine {
     }
 }
 
+/// A statement prepared with parameters: its text with placeholders, and one execution's
+/// values ([`Session::execute_bound`]).
+struct Template {
+    statement: datafusion::sql::parser::Statement,
+    values: Vec<datafusion::scalar::ScalarValue>,
+}
+
 impl Session {
     fn new(shared: Arc<Shared>, principal: Principal) -> Self {
         Self::at(shared, principal, None)
@@ -849,10 +879,36 @@ impl Session {
     /// Runs one statement, audited (`system.audit`): refused while the audit log cannot be
     /// written; a command is acknowledged once its event is committed.
     pub async fn execute(&self, statement: Statement) -> Result<Output> {
+        self.execute_with(statement, None).await
+    }
+
+    /// Runs a statement prepared with parameters (`$1`, ...) with one execution's `values`:
+    /// as [`Self::execute`] of the statement with the values bound into its text (that is what
+    /// is audited and what the result cache is keyed by), planned once per statement shape by
+    /// the plan cache ([`plan_cache`]) and only bound at each later execution.
+    pub async fn execute_bound(
+        &self,
+        statement: &Statement,
+        values: Vec<datafusion::scalar::ScalarValue>,
+    ) -> Result<Output> {
+        let bound = statement::bind(statement, values.clone())?;
+        let template = match statement {
+            Statement::Sql(sql) if !values.is_empty() && self.shared.plans.enabled() => {
+                Some(Template {
+                    statement: (**sql).clone(),
+                    values,
+                })
+            }
+            _ => None,
+        };
+        self.execute_with(bound, template).await
+    }
+
+    async fn execute_with(&self, statement: Statement, template: Option<Template>) -> Result<Output> {
         self.audit_available()?;
         let event = self.audit_event(&statement);
         let started = std::time::Instant::now();
-        let result = Box::pin(self.run(statement)).await;
+        let result = Box::pin(self.run(statement, template)).await;
         self.audited(event, started, result).await
     }
 
@@ -934,7 +990,7 @@ impl Session {
         Ok(())
     }
 
-    async fn run(&self, statement: Statement) -> Result<Output> {
+    async fn run(&self, statement: Statement, template: Option<Template>) -> Result<Output> {
         let id = self.shared.statements.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("statement", id);
         async move {
@@ -943,7 +999,7 @@ impl Session {
                 self.check_own(&statement, &state)?;
             }
             match statement {
-                Statement::Sql(statement) => self.execute_sql(*statement, id).await,
+                Statement::Sql(statement) => self.execute_sql(*statement, id, template).await,
                 Statement::Access(access) => self.execute_access(*access).await,
                 Statement::CreateMaterializedView(create) => self.create_view(*create).await,
                 Statement::RefreshMaterializedView {
@@ -999,8 +1055,10 @@ impl Session {
                 Statement::RestoreTable { table, to } => self.restore_table(&table, &to).await,
                 Statement::Erase(erase) => {
                     let erased = self.erase(erase).await;
-                    // Results kept from before hold the patient's rows: none may stay.
+                    // Results kept from before hold the patient's rows: none may stay (nor
+                    // plans of the snapshots before the erasure).
                     self.shared.results.clear();
+                    self.shared.plans.clear();
                     erased
                 }
                 Statement::CloneTable {
@@ -1038,10 +1096,16 @@ impl Session {
                 what: "system.audit is append-only (OPTIMIZE would rewrite the files its hash chain covers)".into(),
             });
         }
+        // A materialized view is clustered as its definition says (views made before the
+        // table property existed have it only there).
+        let cluster_by = match self.shared.views.view(&name).await? {
+            Some(view) => view.definition.cluster_by,
+            None => Vec::new(),
+        };
         let outcome = self
             .shared
             .warehouse
-            .optimize(&name, zorder, None, Arc::new(self.ctx.state()))
+            .optimize(&name, zorder, &cluster_by, None, Arc::new(self.ctx.state()))
             .await?;
         Ok(Output::batch(record_batch(vec![
             ("table", text([name.to_string()])),
@@ -1398,14 +1462,25 @@ impl Session {
         &self,
         mut statement: datafusion::sql::parser::Statement,
         id: u64,
+        template: Option<Template>,
     ) -> Result<Output> {
         let pinned = statement::pin_versions(&mut statement, id)?;
         self.refresh_listings_for(&statement).await?;
+        let template = template.filter(|_| pinned.is_empty());
         let key = if pinned.is_empty() {
-            self.result_key(&statement).await?
+            self.cache_key(&statement, template.is_some()).await?
         } else {
             None
         };
+        // The plan cache's key: the same, with the template's text.
+        let plan_key = match (&template, &key) {
+            (Some(template), Some(key)) => Some(result_cache::Key {
+                sql: template.statement.to_string(),
+                ..key.clone()
+            }),
+            _ => None,
+        };
+        let key = key.filter(|_| self.shared.results.enabled());
         if let Some(key) = &key
             && let Some(hit) = self.shared.results.get(key)
         {
@@ -1413,6 +1488,11 @@ impl Session {
             let state = self.access_state().await?;
             privileges::check(&self.principal, &state, &hit.needs)?;
             return Ok(Output::Rows(hit.stream));
+        }
+        if let (Some(plan_key), Some(template)) = (plan_key, template)
+            && let Some(output) = self.run_template(plan_key, template, key.clone()).await?
+        {
+            return Ok(output);
         }
         let registered = self.register_pins(&pinned).await;
         let result = match registered {
@@ -1555,6 +1635,8 @@ impl Session {
         aliases: &HashMap<String, access::TableKey>,
         key: Option<result_cache::Key>,
     ) -> Result<Output> {
+        let mut statement = statement;
+        let cluster_by = statement::take_cluster_by(&mut statement)?;
         self.check_described(&statement).await?;
         let plan = match self.ctx.state().statement_to_plan(statement.clone()).await {
             Ok(plan) => plan,
@@ -1578,7 +1660,7 @@ impl Session {
         }
         match plan {
             LogicalPlan::Ddl(ddl) => {
-                let output = self.execute_ddl(ddl).await;
+                let output = self.execute_ddl(ddl, cluster_by).await;
                 // Our own DDL changed the listings (even a failed one may have raced another).
                 self.shared.catalog.refresh().await?;
                 output
@@ -1597,20 +1679,102 @@ impl Session {
             }),
             plan => {
                 let prepared = self.count_prepared(&plan)?;
-                let key = key.filter(|key| result_cache::keepable(&plan, &key.reads));
-                let frame = self
-                    .ctx
-                    .execute_logical_plan(plan)
-                    .await
-                    .map_err(unwrap_lake_error)?;
+                let output = self.run_query(plan, needs, key).await?;
                 prepared();
-                let stream = frame.execute_stream().await.map_err(unwrap_lake_error)?;
-                Ok(Output::Rows(match key {
-                    Some(key) => self.shared.results.keep(key, needs, stream),
-                    None => stream,
-                }))
+                Ok(output)
             }
         }
+    }
+
+    /// Runs a checked and protected query plan; its rows are kept in the result cache under
+    /// `key` if they are a function of it.
+    async fn run_query(
+        &self,
+        plan: LogicalPlan,
+        needs: Vec<privileges::Need>,
+        key: Option<result_cache::Key>,
+    ) -> Result<Output> {
+        let key = key.filter(|key| result_cache::keepable(&plan, &key.reads));
+        let frame = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(unwrap_lake_error)?;
+        let stream = frame.execute_stream().await.map_err(unwrap_lake_error)?;
+        Ok(Output::Rows(match key {
+            Some(key) => self.shared.results.keep(key, needs, stream),
+            None => stream,
+        }))
+    }
+
+    /// Runs a statement prepared with parameters from the plan of its template, planned,
+    /// checked and protected at its first execution and kept under `plan_key`; `None` when the
+    /// template does not plan on its own (the caller runs the bound statement instead).
+    async fn run_template(
+        &self,
+        plan_key: result_cache::Key,
+        template: Template,
+        key: Option<result_cache::Key>,
+    ) -> Result<Option<Output>> {
+        use plan_cache::Planned;
+        let (plan, needs) = match self.shared.plans.get(&plan_key) {
+            Some(Planned::Plan { plan, needs }) => {
+                // Planned under this access state's version (the key), checked again as
+                // every hit of the result cache is.
+                self.touch(&needs);
+                let access = self.access_state().await?;
+                privileges::check(&self.principal, &access, &needs)?;
+                (plan, needs)
+            }
+            Some(Planned::Unfit) => return Ok(None),
+            None => match self.plan_template(&template.statement).await {
+                Some((plan, needs)) => {
+                    let planned = Planned::Plan {
+                        plan: plan.clone(),
+                        needs: needs.clone(),
+                    };
+                    self.shared.plans.insert(plan_key, planned);
+                    (plan, needs)
+                }
+                None => {
+                    self.shared.plans.insert(plan_key, Planned::Unfit);
+                    return Ok(None);
+                }
+            },
+        };
+        let Ok(plan) = plan.with_param_values(template.values) else {
+            return Ok(None);
+        };
+        self.run_query(plan, needs, key).await.map(Some)
+    }
+
+    /// The checked and protected plan of a query with placeholders; `None` when it does not
+    /// plan, is not a query, or is refused (the bound statement then says why).
+    async fn plan_template(
+        &self,
+        statement: &datafusion::sql::parser::Statement,
+    ) -> Option<(LogicalPlan, Vec<privileges::Need>)> {
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(statement.clone())
+            .await
+            .ok()?;
+        if matches!(
+            plan,
+            LogicalPlan::Explain(_)
+                | LogicalPlan::Analyze(_)
+                | LogicalPlan::Ddl(_)
+                | LogicalPlan::Dml(_)
+                | LogicalPlan::Copy(_)
+                | LogicalPlan::Statement(_)
+        ) {
+            return None;
+        }
+        let access = self.access_state().await.ok()?;
+        let needs = self.check_plan(&plan, &access).ok()?;
+        let plan = self.protect(plan, &access, &HashMap::new()).await.ok()?;
+        Some((plan, needs))
     }
 
     /// EXPLAIN of a plan that masks or row filters changed for this principal: the logical
@@ -1731,7 +1895,7 @@ impl Session {
         })
     }
 
-    async fn execute_ddl(&self, ddl: DdlStatement) -> Result<Output> {
+    async fn execute_ddl(&self, ddl: DdlStatement, cluster_by: Vec<String>) -> Result<Output> {
         match ddl {
             DdlStatement::CreateCatalogSchema(create) => {
                 let parts: Vec<&str> = create.schema_name.split('.').collect();
@@ -1771,7 +1935,7 @@ impl Session {
                 self.forget(&schema, None).await?;
                 Ok(Output::command("DROP SCHEMA", 0))
             }
-            DdlStatement::CreateMemoryTable(create) => self.create_table(create).await,
+            DdlStatement::CreateMemoryTable(create) => self.create_table(create, cluster_by).await,
             DdlStatement::DropTable(drop) => {
                 let name = self.resolve(&drop.name)?;
                 self.check_writable(&name, "DROP TABLE").await?;
@@ -1792,10 +1956,12 @@ impl Session {
         }
     }
 
-    /// `CREATE TABLE`, `CREATE TABLE AS` and `SELECT ... INTO`: a new Delta table.
+    /// `CREATE TABLE`, `CREATE TABLE AS` and `SELECT ... INTO`: a new Delta table, clustered
+    /// by `cluster_by` (`CLUSTER BY`) if given.
     async fn create_table(
         &self,
         create: datafusion::logical_expr::CreateMemoryTable,
+        cluster_by: Vec<String>,
     ) -> Result<Output> {
         let name = self.resolve(&create.name)?;
         self.check_writable(&name, "CREATE TABLE").await?;
@@ -1826,7 +1992,7 @@ impl Session {
                 let schema = empty.schema.as_arrow();
                 self.shared
                     .warehouse
-                    .create_table(&name, schema, create.if_not_exists)
+                    .create_table_clustered(&name, schema, create.if_not_exists, &cluster_by)
                     .await?;
                 self.record_owner(medlake_auth::Securable::table(&name.schema, &name.table))
                     .await?;
@@ -1837,11 +2003,15 @@ impl Session {
                 let outcome = self
                     .shared
                     .warehouse
-                    .create_table_as(
+                    .create_table_as_with(
                         &name,
                         input,
                         Arc::new(self.ctx.state()),
                         create.if_not_exists,
+                        &medlake_lake::CommitOptions {
+                            cluster_by,
+                            ..Default::default()
+                        },
                     )
                     .await?;
                 let rows = outcome.map_or(0, |o| o.rows);

@@ -379,15 +379,18 @@ pub(crate) fn settings_fingerprint(state: &datafusion::execution::SessionState) 
 }
 
 impl crate::Session {
-    /// The key under which the result cache may answer `statement`; `None` for a statement it
-    /// never answers (see the module documentation).
-    pub(crate) async fn result_key(
+    /// The key under which the result cache (and, with `plans`, the plan cache) may answer
+    /// `statement`; `None` for a statement they never answer (see the module documentation)
+    /// or when the caches it would serve are off.
+    pub(crate) async fn cache_key(
         &self,
         statement: &datafusion::sql::parser::Statement,
+        plans: bool,
     ) -> crate::Result<Option<Key>> {
         use datafusion::sql::parser::Statement as DfStatement;
         use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-        if !self.shared.results.enabled() || self.break_glass_reason().is_some() {
+        let wanted = self.shared.results.enabled() || (plans && self.shared.plans.enabled());
+        if !wanted || self.break_glass_reason().is_some() {
             return Ok(None);
         }
         let DfStatement::Statement(inner) = statement else {

@@ -1123,6 +1123,47 @@ fn parse_erase(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
 pub use medlake_views::definition::normalize;
 
 /// The identifier parts of a name, normalized.
+/// Takes `CLUSTER BY (a, b)` (or `CLUSTER BY a, b`) off a `CREATE TABLE`, which DataFusion
+/// refuses, and returns its column names (normalized as identifiers; none for any other
+/// statement). Anything but distinct column names is a syntax error.
+pub fn take_cluster_by(statement: &mut DfStatement) -> Result<Vec<String>> {
+    use datafusion::sql::sqlparser::ast::{Statement as Sql, WrappedCollection};
+    let DfStatement::Statement(ast) = statement else {
+        return Ok(Vec::new());
+    };
+    let Sql::CreateTable(create) = ast.as_mut() else {
+        return Ok(Vec::new());
+    };
+    let Some(clause) = create.cluster_by.take() else {
+        return Ok(Vec::new());
+    };
+    let (WrappedCollection::NoWrapping(exprs) | WrappedCollection::Parentheses(exprs)) = clause;
+    fn names(expr: &Expr, columns: &mut Vec<String>) -> Result<()> {
+        match expr {
+            Expr::Identifier(ident) => {
+                let column = normalize(ident);
+                if columns.contains(&column) {
+                    return Err(syntax(format!(
+                        "column \"{column}\" is named twice in CLUSTER BY"
+                    )));
+                }
+                columns.push(column);
+                Ok(())
+            }
+            Expr::Nested(inner) => names(inner, columns),
+            Expr::Tuple(items) => items.iter().try_for_each(|e| names(e, columns)),
+            other => Err(syntax(format!(
+                "CLUSTER BY takes column names, not {other}"
+            ))),
+        }
+    }
+    let mut columns = Vec::new();
+    for expr in &exprs {
+        names(expr, &mut columns)?;
+    }
+    Ok(columns)
+}
+
 pub fn name_parts(name: &ObjectName) -> Result<Vec<String>> {
     Ok(medlake_views::definition::name_parts(name)?)
 }
@@ -1384,6 +1425,36 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cluster_by_of(sql: &str) -> Result<(Vec<String>, String)> {
+        let Statement::Sql(mut statement) = parse_one(sql)? else {
+            panic!("{sql} is not DataFusion's");
+        };
+        let columns = take_cluster_by(&mut statement)?;
+        Ok((columns, statement.to_string()))
+    }
+
+    #[test]
+    fn cluster_by_comes_off_create_table_as_its_column_names() {
+        let (columns, rest) =
+            cluster_by_of("CREATE TABLE t (a INT, \"B\" INT) CLUSTER BY (a, \"B\")").unwrap();
+        assert_eq!(columns, ["a", "B"]);
+        assert!(!rest.to_uppercase().contains("CLUSTER"), "{rest}");
+        let (columns, _) = cluster_by_of("create table t cluster by A, b as select 1 as a, 2 as b").unwrap();
+        assert_eq!(columns, ["a", "b"]);
+        let (columns, _) = cluster_by_of("CREATE TABLE t (a INT)").unwrap();
+        assert!(columns.is_empty());
+        let (columns, _) = cluster_by_of("SELECT 1").unwrap();
+        assert!(columns.is_empty());
+        for bad in [
+            "CREATE TABLE t (a INT) CLUSTER BY (a, a)",
+            "CREATE TABLE t (a INT) CLUSTER BY (a + 1)",
+            "CREATE TABLE t (a INT) CLUSTER BY (lower(a))",
+        ] {
+            let e = cluster_by_of(bad).unwrap_err();
+            assert_eq!(e.code(), crate::Code::SyntaxError, "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn splits_on_semicolons_outside_strings_and_comments() {

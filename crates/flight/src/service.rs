@@ -475,6 +475,22 @@ impl FlightSql {
             .map_err(|e| status(&e))
     }
 
+    /// Runs a prepared statement with one row of values (its plan kept by the engine's plan
+    /// cache between executions).
+    async fn run_bound(
+        &self,
+        caller: &Caller,
+        statement: &Statement,
+        values: Vec<datafusion::scalar::ScalarValue>,
+    ) -> Result<Output, Status> {
+        self.inner
+            .engine
+            .session_for_at(caller.principal.clone(), flight_origin(caller))
+            .execute_bound(statement, values)
+            .await
+            .map_err(|e| status(&e))
+    }
+
     async fn written(&self, caller: &Caller, statement: Statement) -> Result<i64, Status> {
         match self.run(caller, statement).await? {
             Output::Command { rows, .. } => Ok(i64::try_from(rows).unwrap_or(i64::MAX)),
@@ -807,13 +823,14 @@ impl FlightSqlService for FlightSql {
         let caller = self.caller(&request)?;
         let prepared = self.prepared(&query.prepared_statement_handle, &caller)?;
         let values = prepared.bound.first().cloned().unwrap_or_default();
-        let statement =
-            medlake_engine::bind(&prepared.statement, values).map_err(|e| status(&e))?;
         let schema = prepared
             .dataset
             .clone()
             .ok_or_else(|| Status::invalid_argument("the prepared statement returns no rows"))?;
-        match self.run(&caller, statement).await? {
+        match self
+            .run_bound(&caller, &prepared.statement, values)
+            .await?
+        {
             Output::Rows(stream) => Ok(Response::new(flight_stream(schema, stream, None))),
             Output::Command { .. } => Err(Status::invalid_argument(
                 "the prepared statement returns no rows",

@@ -244,9 +244,10 @@ pub(crate) async fn metrics(Extract(state): Extract<State>) -> Response {
         .into_response()
 }
 
-/// The result cache's series (engine-wide: every door's queries).
+/// The result and plan caches' series (engine-wide: every door's queries).
 fn result_cache_text(engine: &medlake_engine::Engine) -> String {
     let stats = engine.result_cache_stats();
+    let plans = engine.plan_cache_stats();
     let series = [
         (
             "medlake_result_cache_hits_total",
@@ -271,6 +272,24 @@ fn result_cache_text(engine: &medlake_engine::Engine) -> String {
             "gauge",
             "Results the result cache holds.",
             stats.entries as u64,
+        ),
+        (
+            "medlake_plan_cache_hits_total",
+            "counter",
+            "Executions of prepared statements that reused a kept plan.",
+            plans.hits,
+        ),
+        (
+            "medlake_plan_cache_misses_total",
+            "counter",
+            "Executions of prepared statements that were planned.",
+            plans.misses,
+        ),
+        (
+            "medlake_plan_cache_entries",
+            "gauge",
+            "Plans the plan cache holds.",
+            plans.entries as u64,
         ),
     ];
     let mut out = String::new();

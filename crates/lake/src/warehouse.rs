@@ -1,5 +1,6 @@
 //! The warehouse: schemas are folders, tables are Delta tables at `<root>/<schema>/<table>/`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -223,6 +224,29 @@ const BLIND_APPEND_FEATURES: &[&str] = &[
 
 /// The table property that turns the change data feed on (see `changes.rs`).
 pub const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
+
+/// The table property holding a table's `CLUSTER BY` columns (a JSON array of names): every
+/// write sorts its rows by them and `OPTIMIZE` re-clusters the table along a Z-order curve of
+/// them. A medlake property, not Delta's `clustering` domain metadata (a writer feature
+/// deltalake 1.1 cannot write: every later write would fail).
+pub const CLUSTER_BY: &str = "medlake.clusterBy";
+
+/// The `CLUSTER BY` columns recorded in a table's properties (none when the property is
+/// absent or not a JSON array of names).
+pub fn cluster_columns(configuration: &HashMap<String, String>) -> Vec<String> {
+    configuration
+        .get(CLUSTER_BY)
+        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
+        .unwrap_or_default()
+}
+
+/// The table property value recording `columns` as the table's clustering.
+pub fn cluster_property(columns: &[String]) -> (String, String) {
+    (
+        CLUSTER_BY.to_string(),
+        serde_json::to_string(columns).unwrap_or_else(|_| "[]".into()),
+    )
+}
 
 /// Rows per Parquet row group of every file medlake writes: the unit a query skips by its
 /// min/max statistics, and the unit scans split across cores. deltalake's writer would take
@@ -778,6 +802,33 @@ impl Warehouse {
         schema: &ArrowSchema,
         if_not_exists: bool,
     ) -> Result<bool> {
+        self.create_table_clustered(name, schema, if_not_exists, &[])
+            .await
+    }
+
+    /// [`Self::create_table`] with `CLUSTER BY` columns (each one of `schema`'s), recorded in
+    /// the table's properties ([`CLUSTER_BY`]) for its writes and `OPTIMIZE`.
+    pub async fn create_table_clustered(
+        &self,
+        name: &TableName,
+        schema: &ArrowSchema,
+        if_not_exists: bool,
+        cluster_by: &[String],
+    ) -> Result<bool> {
+        if let Some(column) = cluster_by
+            .iter()
+            .find(|c| schema.field_with_name(c).is_err())
+        {
+            return Err(Error::InvalidClusterBy {
+                table: name.to_string(),
+                column: column.clone(),
+            });
+        }
+        let configuration: Vec<(String, String)> = if cluster_by.is_empty() {
+            Vec::new()
+        } else {
+            vec![cluster_property(cluster_by)]
+        };
         if !self.prepare_create(name, if_not_exists).await? {
             return Ok(false);
         }
@@ -797,7 +848,7 @@ impl Warehouse {
             .with_table_name(name.table.clone())
             .with_columns(columns)
             .with_configuration(
-                table_properties(name, &[])
+                table_properties(name, &configuration)
                     .into_iter()
                     .map(|(k, v)| (k, Some(v))),
             )
@@ -846,6 +897,10 @@ impl Warehouse {
         let input = self.suppress_plan(name, input).await?;
         let input =
             crate::cluster::sorted(name, input, &options.cluster_by, session.as_ref()).await?;
+        let mut configuration = options.configuration.clone();
+        if !options.cluster_by.is_empty() {
+            configuration.push(cluster_property(&options.cluster_by));
+        }
         let delta = |e| Error::delta(&name.schema, &name.table, e);
         let table = DeltaTable::try_from_url(self.table_url(name)?)
             .await
@@ -858,7 +913,7 @@ impl Warehouse {
             .with_table_name(name.table.clone())
             .with_save_mode(SaveMode::ErrorIfExists)
             .with_configuration(
-                table_properties(name, &options.configuration)
+                table_properties(name, &configuration)
                     .into_iter()
                     .map(|(k, v)| (k, Some(v))),
             )
@@ -1001,8 +1056,16 @@ impl Warehouse {
             crate::guard::guard_not_null(input, &schema)?
         };
         let input = self.suppress_plan(name, input).await?;
-        let input =
-            crate::cluster::sorted(name, input, &options.cluster_by, session.as_ref()).await?;
+        // The writer's own clustering (a view's definition) or else the table's.
+        let cluster_by = if options.cluster_by.is_empty() {
+            let snapshot = table
+                .snapshot()
+                .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
+            cluster_columns(snapshot.metadata().configuration())
+        } else {
+            options.cluster_by.clone()
+        };
+        let input = crate::cluster::sorted(name, input, &cluster_by, session.as_ref()).await?;
         let save_mode = match mode {
             WriteMode::Append => SaveMode::Append,
             WriteMode::Overwrite => SaveMode::Overwrite,
@@ -1716,17 +1779,31 @@ impl Warehouse {
         Ok(entries)
     }
 
-    /// `OPTIMIZE name [ZORDER BY (cols)]`: compacts small files in one commit.
+    /// `OPTIMIZE name [ZORDER BY (cols)]`: compacts small files in one commit. Without
+    /// ZORDER BY, a clustered table (`cluster_by`, a view's definition, or else the table's
+    /// [`CLUSTER_BY`] property) is rewritten along a Z-order curve of its clustering columns.
     #[instrument(skip(self, session), fields(table = %name))]
     pub async fn optimize(
         &self,
         name: &TableName,
         zorder: Vec<String>,
+        cluster_by: &[String],
         target_size: Option<NonZeroU64>,
         session: Arc<dyn Session>,
     ) -> Result<OptimizeOutcome> {
         let table = self.open_table(name).await?;
         let before = table.version().unwrap_or_default();
+        // A clustered table is re-clustered: a Z-order of its CLUSTER BY columns.
+        let zorder = if zorder.is_empty() && cluster_by.is_empty() {
+            let snapshot = table
+                .snapshot()
+                .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
+            cluster_columns(snapshot.metadata().configuration())
+        } else if zorder.is_empty() {
+            cluster_by.to_vec()
+        } else {
+            zorder
+        };
         let mut builder = table
             .optimize()
             .with_session_state(session)

@@ -193,13 +193,6 @@ fn text_rows(names: &[&str], rows: Vec<Vec<String>>) -> PgWireResult<SendableRec
 
 /// Binds parameter values into a statement (the engine's binder: typed literals in the
 /// syntax tree, never text).
-fn bind(
-    statement: &Statement,
-    values: Vec<datafusion::scalar::ScalarValue>,
-) -> PgWireResult<Statement> {
-    medlake_engine::bind(statement, values).map_err(|e| engine_error(&e))
-}
-
 /// A stream of batches that stops at a CancelRequest or at the statement's deadline.
 fn guarded(
     connection: Arc<Connection>,
@@ -353,10 +346,9 @@ where
             result
         }
         Kind::Engine(statement) => {
-            let statement = bind(statement, values)?;
             let query = connection.begin_query();
             let output = {
-                let execute = connection.session.execute(statement);
+                let execute = connection.session.execute_bound(statement, values);
                 let stopped = connection.stopped(&query);
                 tokio::pin!(execute, stopped);
                 tokio::select! {

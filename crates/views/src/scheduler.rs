@@ -141,7 +141,7 @@ impl Scheduler {
             if let Err(e) = self
                 .views
                 .warehouse()
-                .optimize(&name, Vec::new(), None, session)
+                .optimize(&name, Vec::new(), &[], None, session)
                 .await
             {
                 warn!(table = %name, error = %e, "compacting a system table failed");

@@ -8,12 +8,14 @@ use medlake_engine::{Code, Engine};
 
 mod attacks;
 mod blob;
+mod cluster;
 mod changes;
 mod cosmos;
 mod dml;
 mod erase;
 mod grants;
 mod group_commit;
+mod plan_cache;
 mod policy;
 mod rest;
 mod restore;
@@ -60,6 +62,32 @@ async fn count(engine: &Engine, sql: &str) -> i64 {
         .downcast_ref::<Int64Array>()
         .expect("a count")
         .value(0)
+}
+
+/// The row groups `SELECT count(*) FROM table WHERE predicate` reads, and how many there are
+/// (from EXPLAIN ANALYZE's `row_groups_pruned_statistics=N total → M matched`).
+async fn row_groups_read(engine: &Engine, table: &str, predicate: &str) -> (u64, u64) {
+    let sql = format!("EXPLAIN ANALYZE SELECT count(*) FROM {table} WHERE {predicate}");
+    let batches = engine.query(&sql).await.expect("explain analyze");
+    let mut text = String::new();
+    for batch in &batches {
+        let plans = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        for row in 0..plans.len() {
+            text.push_str(plans.value(row));
+        }
+    }
+    let at = text
+        .find("row_groups_pruned_statistics=")
+        .unwrap_or_else(|| panic!("no row group pruning in\n{text}"));
+    let words: Vec<&str> = text[at..].split_whitespace().collect();
+    let total = words[0].trim_start_matches("row_groups_pruned_statistics=");
+    assert_eq!(words[1], "total", "{text}");
+    let matched = words[3];
+    (matched.parse().unwrap(), total.parse().unwrap())
 }
 
 fn column<T: 'static>(batches: &[RecordBatch], index: usize) -> &T {

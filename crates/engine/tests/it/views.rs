@@ -9,7 +9,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{Duration, Timelike, Utc};
 use medlake_engine::{Code, Engine};
 
-use crate::{count, location, scratch};
+use crate::{count, location, row_groups_read, scratch};
 
 /// A small deterministic generator (xorshift64*): the same rounds on every run.
 struct Rng(u64);
@@ -719,34 +719,6 @@ async fn auto_cdc_views_apply_from_a_project() {
     );
 }
 
-/// The row groups a query on `gold.clustered` reads for `day = 7`, and how many there are
-/// (from EXPLAIN ANALYZE's `row_groups_pruned_statistics=N total → M matched`).
-async fn row_groups_read(engine: &Engine) -> (u64, u64) {
-    let batches = engine
-        .query("EXPLAIN ANALYZE SELECT count(*) FROM gold.clustered WHERE day = 7")
-        .await
-        .expect("explain analyze");
-    let mut text = String::new();
-    for batch in &batches {
-        let plans = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        for row in 0..plans.len() {
-            text.push_str(plans.value(row));
-        }
-    }
-    let at = text
-        .find("row_groups_pruned_statistics=")
-        .unwrap_or_else(|| panic!("no row group pruning in\n{text}"));
-    let words: Vec<&str> = text[at..].split_whitespace().collect();
-    let total = words[0].trim_start_matches("row_groups_pruned_statistics=");
-    assert_eq!(words[1], "total", "{text}");
-    let matched = words[3];
-    (matched.parse().unwrap(), total.parse().unwrap())
-}
-
 /// Rows of `bronze.scattered`: `day` jumps around (7919 is prime to 50), as an unordered
 /// source delivers them.
 fn scattered(from: u64, rows: u64) -> String {
@@ -772,7 +744,7 @@ async fn cluster_by_sorts_every_refresh_so_queries_skip_row_groups() {
         .await
         .unwrap();
     // 200,000 rows in row groups of 64Ki, sorted by day: day 7 lies in the first alone.
-    let (matched, total) = row_groups_read(&engine).await;
+    let (matched, total) = row_groups_read(&engine, "gold.clustered", "day = 7").await;
     assert_eq!((matched, total), (1, 4));
     // An incremental refresh writes what the input gained sorted too (unsorted, each of its
     // row groups would span every day).
@@ -784,14 +756,14 @@ async fn cluster_by_sorts_every_refresh_so_queries_skip_row_groups() {
     let incremental = "SELECT count(*) FROM system.refreshes \
                        WHERE view = 'gold.clustered' AND mode = 'incremental'";
     assert_eq!(count(&engine, incremental).await, 1);
-    let (matched, total) = row_groups_read(&engine).await;
+    let (matched, total) = row_groups_read(&engine, "gold.clustered", "day = 7").await;
     assert_eq!((matched, total), (2, 7));
     // A full refresh rewrites the whole view in one sorted run.
     engine
         .sql("REFRESH MATERIALIZED VIEW gold.clustered FULL")
         .await
         .unwrap();
-    let (matched, total) = row_groups_read(&engine).await;
+    let (matched, total) = row_groups_read(&engine, "gold.clustered", "day = 7").await;
     assert_eq!((matched, total), (1, 6));
     assert_eq!(
         count(&engine, "SELECT count(*) FROM gold.clustered WHERE day = 7").await,

@@ -1,0 +1,126 @@
+//! `CREATE TABLE ... CLUSTER BY (...)`: the clustering is a table property that every write
+//! and `OPTIMIZE` keep, so queries on the clustering columns skip row groups.
+
+use medlake_engine::{Code, Engine};
+
+use crate::{count, row_groups_read, scratch};
+
+/// `rows` rows whose `day` jumps around (7919 is prime to 50), as an unordered source
+/// delivers them, into `table`.
+fn scattered(table: &str, from: u64, rows: u64) -> String {
+    format!(
+        "INSERT INTO {table} SELECT CAST(((value + {from}) * 7919) % 50 AS INT), \
+         CAST((value + {from}) % 1000 AS INT), CAST(value AS DOUBLE) FROM range(0, {rows})"
+    )
+}
+
+async fn code(engine: &Engine, sql: &str) -> Code {
+    match engine.sql(sql).await {
+        Ok(_) => panic!("{sql} succeeded"),
+        Err(e) => e.code(),
+    }
+}
+
+#[tokio::test]
+async fn a_clustered_table_keeps_its_order_through_inserts_and_optimize() {
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.c (day INT NOT NULL, patient INT, v DOUBLE) \
+             CLUSTER BY (day, patient)",
+        )
+        .await
+        .unwrap();
+    engine.sql(&scattered("bronze.c", 0, 200_000)).await.unwrap();
+    // 200,000 rows in row groups of 64Ki, sorted by day: day 7 lies in one of them.
+    assert_eq!(
+        row_groups_read(&engine, "bronze.c", "day = 7").await,
+        (1, 4)
+    );
+    // A second insert is sorted too: its own file, whose row groups each hold few days.
+    engine
+        .sql(&scattered("bronze.c", 200_000, 140_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        row_groups_read(&engine, "bronze.c", "day = 7").await,
+        (2, 7)
+    );
+    // OPTIMIZE re-clusters the whole table along a Z-order curve of (day, patient): one
+    // file again, a day still in few row groups, a patient's rows too.
+    engine.sql("OPTIMIZE bronze.c").await.unwrap();
+    let (matched, total) = row_groups_read(&engine, "bronze.c", "day = 7").await;
+    assert_eq!(total, 6);
+    assert!(matched <= 2, "day = 7 reads {matched} of {total} row groups");
+    let (matched, _) = row_groups_read(&engine, "bronze.c", "patient = 7").await;
+    assert!(matched <= 3, "patient = 7 reads {matched} of {total} row groups");
+    assert_eq!(count(&engine, "SELECT count(*) FROM bronze.c").await, 340_000);
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM bronze.c WHERE day = 7").await,
+        6_800
+    );
+    // An unclustered table of the same rows: every row group holds every day.
+    engine
+        .sql("CREATE TABLE bronze.u (day INT NOT NULL, patient INT, v DOUBLE)")
+        .await
+        .unwrap();
+    engine.sql(&scattered("bronze.u", 0, 200_000)).await.unwrap();
+    assert_eq!(
+        row_groups_read(&engine, "bronze.u", "day = 7").await,
+        (4, 4)
+    );
+    // CREATE TABLE AS with CLUSTER BY writes its rows sorted, and the table stays clustered.
+    engine
+        .sql("CREATE TABLE gold.c2 CLUSTER BY day AS SELECT * FROM bronze.u")
+        .await
+        .unwrap();
+    assert_eq!(
+        row_groups_read(&engine, "gold.c2", "day = 7").await,
+        (1, 4)
+    );
+    engine.sql(&scattered("gold.c2", 0, 70_000)).await.unwrap();
+    assert_eq!(
+        row_groups_read(&engine, "gold.c2", "day = 7").await,
+        (2, 6)
+    );
+}
+
+#[tokio::test]
+async fn cluster_by_takes_distinct_columns_of_the_table() {
+    let (_dir, engine) = scratch().await;
+    assert_eq!(
+        code(&engine, "CREATE TABLE bronze.x (a INT, b INT) CLUSTER BY (c)").await,
+        Code::UndefinedColumn
+    );
+    assert_eq!(
+        code(&engine, "CREATE TABLE bronze.x (a INT, b INT) CLUSTER BY (a, a)").await,
+        Code::SyntaxError
+    );
+    assert_eq!(
+        code(&engine, "CREATE TABLE bronze.x (a INT, b INT) CLUSTER BY (a + 1)").await,
+        Code::SyntaxError
+    );
+    assert_eq!(
+        code(&engine, "CREATE TABLE bronze.x CLUSTER BY (z) AS SELECT 1 AS a").await,
+        Code::UndefinedColumn
+    );
+    // Nothing was created by the refused statements.
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'x'"
+        )
+        .await,
+        0
+    );
+    // Quoted names keep their case.
+    engine
+        .sql("CREATE TABLE bronze.q (\"Day\" INT, b INT) CLUSTER BY (\"Day\")")
+        .await
+        .unwrap();
+    engine
+        .sql("INSERT INTO bronze.q VALUES (3, 1), (1, 2), (2, 3)")
+        .await
+        .unwrap();
+    assert_eq!(count(&engine, "SELECT count(*) FROM bronze.q").await, 3);
+}
