@@ -19,11 +19,11 @@ mod explain_refresh;
 mod group_commit;
 mod history;
 pub mod ingest;
+pub mod plan_cache;
 pub mod postgres;
 mod privileges;
 mod project;
 mod restore;
-pub mod plan_cache;
 pub mod result_cache;
 pub mod runtime;
 mod statement;
@@ -266,6 +266,19 @@ pub fn all_connectors() -> medlake_source::Registry {
         .with(medlake_source_cosmos::CosmosConnector)
 }
 
+/// The sizes of the result and plan caches: the builder's, else their environment variables'.
+fn cache_sizes(results: Option<usize>, plans: Option<usize>) -> Result<(usize, usize)> {
+    let results = match results {
+        Some(bytes) => bytes,
+        None => result_cache::ResultCache::capacity_from_env()?,
+    };
+    let plans = match plans {
+        Some(plans) => plans,
+        None => plan_cache::PlanCache::capacity_from_env()?,
+    };
+    Ok((results, plans))
+}
+
 /// How an [`Engine`] is built ([`Engine::builder`]).
 #[derive(Debug)]
 pub struct EngineBuilder {
@@ -407,14 +420,7 @@ impl Engine {
             result_cache,
             plan_cache,
         } = builder;
-        let result_cache = match result_cache {
-            Some(bytes) => bytes,
-            None => result_cache::ResultCache::capacity_from_env()?,
-        };
-        let plan_cache = match plan_cache {
-            Some(plans) => plans,
-            None => plan_cache::PlanCache::capacity_from_env()?,
-        };
+        let (result_cache, plan_cache) = cache_sizes(result_cache, plan_cache)?;
         let runtime = match runtime {
             Some(runtime) => runtime,
             None => runtime::RuntimeSettings::from_env()?,
@@ -904,7 +910,11 @@ impl Session {
         self.execute_with(bound, template).await
     }
 
-    async fn execute_with(&self, statement: Statement, template: Option<Template>) -> Result<Output> {
+    async fn execute_with(
+        &self,
+        statement: Statement,
+        template: Option<Template>,
+    ) -> Result<Output> {
         self.audit_available()?;
         let event = self.audit_event(&statement);
         let started = std::time::Instant::now();
@@ -2009,11 +2019,17 @@ impl Session {
                         Arc::new(self.ctx.state()),
                         create.if_not_exists,
                         &medlake_lake::CommitOptions {
-                            cluster_by,
+                            cluster_by: cluster_by.clone(),
                             ..Default::default()
                         },
                     )
                     .await?;
+                if outcome.is_some() && !cluster_by.is_empty() {
+                    self.shared
+                        .warehouse
+                        .set_cluster_by(&name, &cluster_by)
+                        .await?;
+                }
                 let rows = outcome.map_or(0, |o| o.rows);
                 self.record_owner(medlake_auth::Securable::table(&name.schema, &name.table))
                     .await?;

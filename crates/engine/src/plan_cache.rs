@@ -38,10 +38,7 @@ pub const DEFAULT_PLANS: usize = 1024;
 #[derive(Clone)]
 pub(crate) enum Planned {
     /// Its protected plan, with placeholders, and the privileges it needs.
-    Plan {
-        plan: LogicalPlan,
-        needs: Vec<Need>,
-    },
+    Plan { plan: LogicalPlan, needs: Vec<Need> },
     /// The template does not plan on its own: bind its values into the text instead.
     Unfit,
 }
@@ -186,7 +183,10 @@ mod tests {
         cache.insert(key("b"), Planned::Unfit);
         assert!(cache.get(&key("a")).is_some());
         cache.insert(key("c"), Planned::Unfit);
-        assert!(cache.get(&key("b")).is_none(), "b was the least recently used");
+        assert!(
+            cache.get(&key("b")).is_none(),
+            "b was the least recently used"
+        );
         assert!(cache.get(&key("a")).is_some());
         assert!(cache.get(&key("c")).is_some());
         assert_eq!(cache.stats().entries, 2);

@@ -1440,7 +1440,8 @@ mod tests {
             cluster_by_of("CREATE TABLE t (a INT, \"B\" INT) CLUSTER BY (a, \"B\")").unwrap();
         assert_eq!(columns, ["a", "B"]);
         assert!(!rest.to_uppercase().contains("CLUSTER"), "{rest}");
-        let (columns, _) = cluster_by_of("create table t cluster by A, b as select 1 as a, 2 as b").unwrap();
+        let (columns, _) =
+            cluster_by_of("create table t cluster by A, b as select 1 as a, 2 as b").unwrap();
         assert_eq!(columns, ["a", "b"]);
         let (columns, _) = cluster_by_of("CREATE TABLE t (a INT)").unwrap();
         assert!(columns.is_empty());

@@ -827,10 +827,7 @@ impl FlightSqlService for FlightSql {
             .dataset
             .clone()
             .ok_or_else(|| Status::invalid_argument("the prepared statement returns no rows"))?;
-        match self
-            .run_bound(&caller, &prepared.statement, values)
-            .await?
-        {
+        match self.run_bound(&caller, &prepared.statement, values).await? {
             Output::Rows(stream) => Ok(Response::new(flight_stream(schema, stream, None))),
             Output::Command { .. } => Err(Status::invalid_argument(
                 "the prepared statement returns no rows",

@@ -33,9 +33,9 @@ pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
 pub use snapshots::Latest;
 pub use warehouse::{
-    Appender, BUILT_IN_SCHEMAS, CLUSTER_BY, CommitOptions, HistoryEntry, OptimizeOutcome, ROW_GROUP_ROWS,
-    TableName, TimeTravel, VacuumOutcome, Warehouse, WriteMode, WriteOutcome, cluster_columns,
-    validate_name,
+    Appender, BUILT_IN_SCHEMAS, CLUSTER_BY, CommitOptions, HistoryEntry, OptimizeOutcome,
+    ROW_GROUP_ROWS, TableName, TimeTravel, VacuumOutcome, Warehouse, WriteMode, WriteOutcome,
+    cluster_columns, validate_name,
 };
 
 /// The query planner a session must use for Delta writes: DataFusion's, plus the plan nodes

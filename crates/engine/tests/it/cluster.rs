@@ -31,7 +31,10 @@ async fn a_clustered_table_keeps_its_order_through_inserts_and_optimize() {
         )
         .await
         .unwrap();
-    engine.sql(&scattered("bronze.c", 0, 200_000)).await.unwrap();
+    engine
+        .sql(&scattered("bronze.c", 0, 200_000))
+        .await
+        .unwrap();
     // 200,000 rows in row groups of 64Ki, sorted by day: day 7 lies in one of them.
     assert_eq!(
         row_groups_read(&engine, "bronze.c", "day = 7").await,
@@ -46,15 +49,21 @@ async fn a_clustered_table_keeps_its_order_through_inserts_and_optimize() {
         row_groups_read(&engine, "bronze.c", "day = 7").await,
         (2, 7)
     );
-    // OPTIMIZE re-clusters the whole table along a Z-order curve of (day, patient): one
-    // file again, a day still in few row groups, a patient's rows too.
+    // OPTIMIZE re-clusters the whole table along deltalake's Z-order curve of (day, patient):
+    // one file again. deltalake interleaves the values' bits as they are, so the column with
+    // the wider range (patient: 10 bits against day's 6) leads: a patient's rows sit in one
+    // row group, a day's in most (README: Clustering).
     engine.sql("OPTIMIZE bronze.c").await.unwrap();
-    let (matched, total) = row_groups_read(&engine, "bronze.c", "day = 7").await;
+    let (matched, total) = row_groups_read(&engine, "bronze.c", "patient = 7").await;
     assert_eq!(total, 6);
-    assert!(matched <= 2, "day = 7 reads {matched} of {total} row groups");
-    let (matched, _) = row_groups_read(&engine, "bronze.c", "patient = 7").await;
-    assert!(matched <= 3, "patient = 7 reads {matched} of {total} row groups");
-    assert_eq!(count(&engine, "SELECT count(*) FROM bronze.c").await, 340_000);
+    assert!(
+        matched <= 2,
+        "patient = 7 reads {matched} of {total} row groups"
+    );
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM bronze.c").await,
+        340_000
+    );
     assert_eq!(
         count(&engine, "SELECT count(*) FROM bronze.c WHERE day = 7").await,
         6_800
@@ -64,7 +73,10 @@ async fn a_clustered_table_keeps_its_order_through_inserts_and_optimize() {
         .sql("CREATE TABLE bronze.u (day INT NOT NULL, patient INT, v DOUBLE)")
         .await
         .unwrap();
-    engine.sql(&scattered("bronze.u", 0, 200_000)).await.unwrap();
+    engine
+        .sql(&scattered("bronze.u", 0, 200_000))
+        .await
+        .unwrap();
     assert_eq!(
         row_groups_read(&engine, "bronze.u", "day = 7").await,
         (4, 4)
@@ -74,34 +86,44 @@ async fn a_clustered_table_keeps_its_order_through_inserts_and_optimize() {
         .sql("CREATE TABLE gold.c2 CLUSTER BY day AS SELECT * FROM bronze.u")
         .await
         .unwrap();
-    assert_eq!(
-        row_groups_read(&engine, "gold.c2", "day = 7").await,
-        (1, 4)
-    );
+    assert_eq!(row_groups_read(&engine, "gold.c2", "day = 7").await, (1, 4));
     engine.sql(&scattered("gold.c2", 0, 70_000)).await.unwrap();
-    assert_eq!(
-        row_groups_read(&engine, "gold.c2", "day = 7").await,
-        (2, 6)
-    );
+    assert_eq!(row_groups_read(&engine, "gold.c2", "day = 7").await, (2, 6));
 }
 
 #[tokio::test]
 async fn cluster_by_takes_distinct_columns_of_the_table() {
     let (_dir, engine) = scratch().await;
     assert_eq!(
-        code(&engine, "CREATE TABLE bronze.x (a INT, b INT) CLUSTER BY (c)").await,
+        code(
+            &engine,
+            "CREATE TABLE bronze.x (a INT, b INT) CLUSTER BY (c)"
+        )
+        .await,
         Code::UndefinedColumn
     );
     assert_eq!(
-        code(&engine, "CREATE TABLE bronze.x (a INT, b INT) CLUSTER BY (a, a)").await,
+        code(
+            &engine,
+            "CREATE TABLE bronze.x (a INT, b INT) CLUSTER BY (a, a)"
+        )
+        .await,
         Code::SyntaxError
     );
     assert_eq!(
-        code(&engine, "CREATE TABLE bronze.x (a INT, b INT) CLUSTER BY (a + 1)").await,
+        code(
+            &engine,
+            "CREATE TABLE bronze.x (a INT, b INT) CLUSTER BY (a + 1)"
+        )
+        .await,
         Code::SyntaxError
     );
     assert_eq!(
-        code(&engine, "CREATE TABLE bronze.x CLUSTER BY (z) AS SELECT 1 AS a").await,
+        code(
+            &engine,
+            "CREATE TABLE bronze.x CLUSTER BY (z) AS SELECT 1 AS a"
+        )
+        .await,
         Code::UndefinedColumn
     );
     // Nothing was created by the refused statements.

@@ -8,8 +8,8 @@ use medlake_engine::{Code, Engine};
 
 mod attacks;
 mod blob;
-mod cluster;
 mod changes;
+mod cluster;
 mod cosmos;
 mod dml;
 mod erase;
@@ -67,6 +67,7 @@ async fn count(engine: &Engine, sql: &str) -> i64 {
 /// The row groups `SELECT count(*) FROM table WHERE predicate` reads, and how many there are
 /// (from EXPLAIN ANALYZE's `row_groups_pruned_statistics=N total → M matched`).
 async fn row_groups_read(engine: &Engine, table: &str, predicate: &str) -> (u64, u64) {
+    use arrow::array::Array as _;
     let sql = format!("EXPLAIN ANALYZE SELECT count(*) FROM {table} WHERE {predicate}");
     let batches = engine.query(&sql).await.expect("explain analyze");
     let mut text = String::new();

@@ -62,13 +62,19 @@ async fn a_prepared_query_is_planned_once_and_replanned_when_what_it_read_change
         .unwrap();
     let statement = prepared(&admin, QUERY);
     let first = run(&admin, &statement, int(2)).await;
-    assert!(first.contains("MRN-0002") && first.contains("MRN-0003"), "{first}");
+    assert!(
+        first.contains("MRN-0002") && first.contains("MRN-0003"),
+        "{first}"
+    );
     assert!(!first.contains("MRN-0001"), "{first}");
     let stats = engine.plan_cache_stats();
     assert_eq!((stats.hits, stats.misses, stats.entries), (0, 1, 1));
     // Each later execution binds its own value into the kept plan.
     let third = run(&admin, &statement, int(3)).await;
-    assert!(third.contains("MRN-0003") && !third.contains("MRN-0002"), "{third}");
+    assert!(
+        third.contains("MRN-0003") && !third.contains("MRN-0002"),
+        "{third}"
+    );
     let all = run(&admin, &statement, int(0)).await;
     assert_eq!(all.matches("MRN-").count(), 3, "{all}");
     assert_eq!(engine.plan_cache_stats().hits, 2);
@@ -86,7 +92,10 @@ async fn a_prepared_query_is_planned_once_and_replanned_when_what_it_read_change
         .await
         .unwrap();
     let after = run(&admin, &statement, int(3)).await;
-    assert!(!after.contains("MRN-0003") && after.contains("MRN-0004"), "{after}");
+    assert!(
+        !after.contains("MRN-0003") && after.contains("MRN-0004"),
+        "{after}"
+    );
 
     // The same answers as the statement with its value bound into the text.
     let bound = admin
@@ -98,7 +107,12 @@ async fn a_prepared_query_is_planned_once_and_replanned_when_what_it_read_change
         pretty_format_batches(&bound).unwrap().to_string()
     );
     // A wrong value type is the bound statement's error, not a plan's.
-    let text = run(&admin, &statement, vec![ScalarValue::Utf8(Some("x".into()))]).await;
+    let text = run(
+        &admin,
+        &statement,
+        vec![ScalarValue::Utf8(Some("x".into()))],
+    )
+    .await;
     assert_eq!(text, "22P02", "a text that is no number");
 }
 
@@ -124,11 +138,18 @@ async fn grants_masks_and_row_filters_apply_to_kept_plans_at_once() {
     let statement = prepared(&clinician, QUERY);
     let seen = run(&clinician, &statement, int(0)).await;
     assert!(seen.contains("MRN-0001"), "{seen}");
-    assert!(run(&clinician, &statement, int(0)).await.contains("MRN-0001"));
+    assert!(
+        run(&clinician, &statement, int(0))
+            .await
+            .contains("MRN-0001")
+    );
     assert_eq!(engine.plan_cache_stats().hits, 1);
     // Another principal: its own plan, masked; never the clinician's.
     let masked = run(&analyst, &statement, int(0)).await;
-    assert!(masked.contains("MRN-****") && !masked.contains("MRN-0001"), "{masked}");
+    assert!(
+        masked.contains("MRN-****") && !masked.contains("MRN-0001"),
+        "{masked}"
+    );
     let masked = run(&analyst, &statement, int(0)).await;
     assert!(!masked.contains("MRN-0001"), "{masked}");
 
@@ -138,7 +159,10 @@ async fn grants_masks_and_row_filters_apply_to_kept_plans_at_once() {
         .await
         .unwrap();
     let filtered = run(&clinician, &statement, int(0)).await;
-    assert!(filtered.contains("MRN-0001") && !filtered.contains("MRN-0002"), "{filtered}");
+    assert!(
+        filtered.contains("MRN-0001") && !filtered.contains("MRN-0002"),
+        "{filtered}"
+    );
     // A revoke too.
     admin
         .sql("REVOKE SELECT ON TABLE silver.patients FROM clinician")
