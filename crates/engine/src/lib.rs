@@ -1056,6 +1056,16 @@ impl Session {
                     self.describe_history(&name, limit).await
                 }
                 Statement::Optimize { table, zorder } => self.optimize(&table, zorder).await,
+                Statement::ClusterBy { table, columns } => {
+                    let name = self.table_name(&statement::name_parts(&table)?)?;
+                    self.check_writable(&name, "ALTER TABLE ... CLUSTER BY")
+                        .await?;
+                    self.shared
+                        .warehouse
+                        .set_cluster_by(&name, &columns)
+                        .await?;
+                    Ok(Output::command("ALTER TABLE", 0))
+                }
                 Statement::Vacuum {
                     table,
                     retain_hours,
@@ -1370,7 +1380,7 @@ impl Session {
             Statement::RestoreTable { .. } => {
                 Ok(no_parameters(static_columns(restore::COLUMNS.to_vec())))
             }
-            Statement::CloneTable { .. } => Ok(no_parameters(None)),
+            Statement::CloneTable { .. } | Statement::ClusterBy { .. } => Ok(no_parameters(None)),
             Statement::ImportForeignSchema(_) => Ok(no_parameters(static_columns(vec![
                 ("table", T::Utf8),
                 ("remote_table", T::Utf8),

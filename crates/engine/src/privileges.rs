@@ -323,8 +323,9 @@ pub(crate) fn for_own(
         }
         // Deletes rows and history from every table: the warehouse's admins only.
         Statement::Erase(_) => vec![Need::admin("erasure of a patient from every table")],
-        // Rewrites the table to an earlier state: its owner's (or an admin's) decision.
-        Statement::RestoreTable { table: name, .. } => {
+        // Rewrites the table to an earlier state, or changes how every later write lays out
+        // its rows: its owner's (or an admin's) decision.
+        Statement::RestoreTable { table: name, .. } | Statement::ClusterBy { table: name, .. } => {
             vec![Need::new(Privilege::Owner, table(&name_parts(name)?)?)]
         }
         // A clone holds every row and column of its source unmasked and unfiltered, and its

@@ -5,6 +5,7 @@
 //! ```sql
 //! DESCRIBE HISTORY schema.table [LIMIT n]
 //! OPTIMIZE schema.table [ZORDER BY (col, ...)]
+//! ALTER TABLE schema.table CLUSTER BY (col, ...) | CLUSTER BY NONE
 //! VACUUM schema.table [RETAIN n HOURS] [DRY RUN] [FORCE]
 //! RESTORE [TABLE] schema.table TO VERSION AS OF n | TO TIMESTAMP AS OF 'ts'
 //! CREATE TABLE [IF NOT EXISTS] t SHALLOW | DEEP CLONE s [VERSION AS OF n | TIMESTAMP AS OF 'ts']
@@ -46,6 +47,11 @@ pub enum Statement {
     Optimize {
         table: ObjectName,
         zorder: Vec<String>,
+    },
+    /// `ALTER TABLE t CLUSTER BY (cols) | CLUSTER BY NONE` (no columns)
+    ClusterBy {
+        table: ObjectName,
+        columns: Vec<String>,
     },
     /// `CREATE [OR REPLACE] MATERIALIZED VIEW ...`
     CreateMaterializedView(Box<medlake_views::CreateView>),
@@ -747,6 +753,7 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         "SHOW" if second_is(parser, "MATERIALIZED") => parse_show_materialized_views(parser),
         "DESCRIBE" | "DESC" => parse_describe_history(parser),
         "OPTIMIZE" => parse_optimize(parser),
+        "ALTER" if second_is(parser, "TABLE") => parse_alter_cluster_by(parser),
         "IMPORT" => parse_import_foreign_schema(parser),
         "VACUUM" => parse_vacuum(parser),
         "RESTORE" => parse_restore(parser),
@@ -826,6 +833,43 @@ fn parse_describe_history(parser: &mut Parser<'_>) -> Result<Option<Statement>> 
     };
     expect_end(parser, "DESCRIBE HISTORY")?;
     Ok(Some(Statement::DescribeHistory { table, limit }))
+}
+
+/// `ALTER TABLE name CLUSTER BY (columns) | CLUSTER BY NONE`; any other ALTER TABLE is not
+/// ours (`None`: DataFusion's, which refuses it).
+fn parse_alter_cluster_by(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+    parser.next_token();
+    parser.next_token();
+    let Ok(table) = parser.parse_object_name(false) else {
+        return Ok(None);
+    };
+    if !word(parser, "CLUSTER") {
+        return Ok(None);
+    }
+    if !parser.parse_keyword(Keyword::BY) {
+        return Err(syntax("expected BY after CLUSTER"));
+    }
+    let mut columns = Vec::new();
+    if !word(parser, "NONE") {
+        let parenthesized = parser.consume_token(&Token::LParen);
+        loop {
+            let column = normalize(&parser.parse_identifier().map_err(syntax)?);
+            if columns.contains(&column) {
+                return Err(syntax(format!(
+                    "column \"{column}\" is named twice in CLUSTER BY"
+                )));
+            }
+            columns.push(column);
+            if !parser.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        if parenthesized {
+            parser.expect_token(&Token::RParen).map_err(syntax)?;
+        }
+    }
+    expect_end(parser, "ALTER TABLE ... CLUSTER BY")?;
+    Ok(Some(Statement::ClusterBy { table, columns }))
 }
 
 /// `OPTIMIZE [TABLE] name [ZORDER BY (columns)]`.

@@ -146,3 +146,74 @@ async fn cluster_by_takes_distinct_columns_of_the_table() {
         .unwrap();
     assert_eq!(count(&engine, "SELECT count(*) FROM bronze.q").await, 3);
 }
+
+#[tokio::test]
+async fn alter_table_cluster_by_changes_how_later_writes_are_laid_out() {
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql("CREATE TABLE bronze.a (day INT NOT NULL, patient INT, v DOUBLE)")
+        .await
+        .unwrap();
+    engine
+        .sql(&scattered("bronze.a", 0, 200_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        row_groups_read(&engine, "bronze.a", "day = 7").await,
+        (4, 4)
+    );
+    let outputs = engine
+        .sql("ALTER TABLE bronze.a CLUSTER BY (day)")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outputs[0], medlake_engine::Output::Command { tag, .. } if tag == "ALTER TABLE")
+    );
+    // The next write is sorted: its own row groups each hold few days.
+    engine
+        .sql(&scattered("bronze.a", 200_000, 140_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        row_groups_read(&engine, "bronze.a", "day = 7").await,
+        (5, 7)
+    );
+    // CLUSTER BY NONE: writes in arrival order again.
+    engine
+        .sql("ALTER TABLE bronze.a CLUSTER BY NONE")
+        .await
+        .unwrap();
+    engine
+        .sql(&scattered("bronze.a", 340_000, 70_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        row_groups_read(&engine, "bronze.a", "day = 7").await,
+        (7, 9)
+    );
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM bronze.a").await,
+        410_000
+    );
+    assert_eq!(
+        code(&engine, "ALTER TABLE bronze.a CLUSTER BY (nope)").await,
+        Code::UndefinedColumn
+    );
+    assert_eq!(
+        code(&engine, "ALTER TABLE bronze.a CLUSTER BY (day, day)").await,
+        Code::SyntaxError
+    );
+    assert_eq!(
+        code(&engine, "ALTER TABLE bronze.missing CLUSTER BY (day)").await,
+        Code::UndefinedTable
+    );
+    // A view's clustering is its definition's.
+    engine
+        .sql("CREATE MATERIALIZED VIEW gold.v AS SELECT day FROM bronze.a")
+        .await
+        .unwrap();
+    assert_eq!(
+        code(&engine, "ALTER TABLE gold.v CLUSTER BY (day)").await,
+        Code::WrongObjectType
+    );
+}
