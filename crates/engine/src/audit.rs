@@ -40,10 +40,7 @@ fn text(statement: &Statement) -> Text {
         Statement::Sql(sql) => sql.to_string(),
         Statement::DescribeHistory { table, .. } => format!("DESCRIBE HISTORY {table}"),
         Statement::Optimize { table, .. } => format!("OPTIMIZE {table}"),
-        Statement::ClusterBy { table, columns } => match columns.as_slice() {
-            [] => format!("ALTER TABLE {table} CLUSTER BY NONE"),
-            _ => format!("ALTER TABLE {table} CLUSTER BY ({})", columns.join(", ")),
-        },
+        Statement::ClusterBy { table, .. } => format!("ALTER TABLE {table} CLUSTER BY"),
         Statement::CreateMaterializedView(create) => {
             let definition = &create.definition;
             let mut sql = format!(

@@ -835,8 +835,8 @@ fn parse_describe_history(parser: &mut Parser<'_>) -> Result<Option<Statement>> 
     Ok(Some(Statement::DescribeHistory { table, limit }))
 }
 
-/// `ALTER TABLE name CLUSTER BY (columns) | CLUSTER BY NONE`; any other ALTER TABLE is not
-/// ours (`None`: DataFusion's, which refuses it).
+/// `ALTER TABLE name CLUSTER BY (columns) | CLUSTER BY NONE` (the list parsed as a view's);
+/// any other ALTER TABLE is not ours (`None`: DataFusion's, which refuses it).
 fn parse_alter_cluster_by(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
     parser.next_token();
     parser.next_token();
@@ -849,25 +849,11 @@ fn parse_alter_cluster_by(parser: &mut Parser<'_>) -> Result<Option<Statement>> 
     if !parser.parse_keyword(Keyword::BY) {
         return Err(syntax("expected BY after CLUSTER"));
     }
-    let mut columns = Vec::new();
-    if !word(parser, "NONE") {
-        let parenthesized = parser.consume_token(&Token::LParen);
-        loop {
-            let column = normalize(&parser.parse_identifier().map_err(syntax)?);
-            if columns.contains(&column) {
-                return Err(syntax(format!(
-                    "column \"{column}\" is named twice in CLUSTER BY"
-                )));
-            }
-            columns.push(column);
-            if !parser.consume_token(&Token::Comma) {
-                break;
-            }
-        }
-        if parenthesized {
-            parser.expect_token(&Token::RParen).map_err(syntax)?;
-        }
-    }
+    let columns = if word(parser, "NONE") {
+        Vec::new()
+    } else {
+        medlake_views::definition::parse_cluster_by(parser)?
+    };
     expect_end(parser, "ALTER TABLE ... CLUSTER BY")?;
     Ok(Some(Statement::ClusterBy { table, columns }))
 }

@@ -483,7 +483,7 @@ fn identifier(name: &str) -> String {
 }
 
 /// `(column, ...)` after `CLUSTER BY`: distinct column names (lower case unless quoted).
-fn parse_cluster_by(parser: &mut Parser<'_>) -> Result<Vec<String>> {
+pub fn parse_cluster_by(parser: &mut Parser<'_>) -> Result<Vec<String>> {
     parser.expect_token(&Token::LParen).map_err(syntax)?;
     let mut columns: Vec<String> = Vec::new();
     loop {
