@@ -217,3 +217,27 @@ async fn alter_table_cluster_by_changes_how_later_writes_are_laid_out() {
         Code::WrongObjectType
     );
 }
+
+#[tokio::test]
+async fn only_the_owner_changes_a_tables_clustering() {
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.o (day INT, v DOUBLE);
+             CREATE ROLE loader; GRANT USAGE ON SCHEMA bronze TO loader;
+             GRANT SELECT, INSERT ON TABLE bronze.o TO loader;",
+        )
+        .await
+        .unwrap();
+    let mut principal = medlake_engine::Principal::user("rita", medlake_engine::Role::None);
+    principal.roles = ["loader"].iter().map(|r| r.to_string()).collect();
+    let rita = engine.session_for(principal);
+    assert_eq!(
+        crate::outcome(&rita, "ALTER TABLE bronze.o CLUSTER BY (day)").await,
+        "42501"
+    );
+    assert_eq!(
+        crate::outcome(&rita, "INSERT INTO bronze.o VALUES (1, 1.0)").await,
+        "ok"
+    );
+}
