@@ -17,6 +17,8 @@ pub enum Door {
     Cli,
     /// The server's own scheduled work (refreshes).
     Scheduler,
+    /// Alert rules evaluated after a refresh, as their owner.
+    Alerts,
 }
 
 impl Door {
@@ -27,6 +29,7 @@ impl Door {
             Door::Http => "http",
             Door::Cli => "cli",
             Door::Scheduler => "scheduler",
+            Door::Alerts => "alerts",
         }
     }
 }

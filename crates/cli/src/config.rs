@@ -50,6 +50,18 @@
 //! cert = "/etc/medlake/server.crt"
 //! key = "/etc/medlake/server.key"
 //!
+//! [[webhooks]]                                 # where alert rules (CREATE ALERT ... NOTIFY) post
+//! name = "ward-pager"
+//! url = "https://pager.hospital.internal/medlake"   # https (http only to loopback)
+//! secret = "PAGER_HMAC"                         # a [secrets] name: signs each payload (HMAC-SHA-256)
+//! timeout_seconds = 10
+//!
+//! [alerts]
+//! max_attempts = 8                              # per webhook, then the delivery is 'failed'
+//! first_backoff_seconds = 1                     # doubled after each failed attempt
+//! max_backoff_seconds = 60
+//! console_url = "https://medlake.hospital.internal:8080"   # the payload's link
+//!
 //! [[ingest_tokens]]                             # bearer tokens of the HTTP ingest door
 //! name = "ward-3-gateway"
 //! token_env = "MEDLAKE_WARD3_TOKEN"             # or token_file
@@ -89,6 +101,30 @@ pub struct Config {
     pub logins: Option<LoginsEntry>,
     pub audit: Option<AuditEntry>,
     pub storage: Option<StorageEntry>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookEntry>,
+    pub alerts: Option<AlertsEntry>,
+}
+
+/// `[[webhooks]]`: a receiver of alert firings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEntry {
+    pub name: String,
+    pub url: String,
+    /// A `[secrets]` name whose value signs each payload.
+    pub secret: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// `[alerts]`: how firings are delivered.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsEntry {
+    pub max_attempts: Option<u32>,
+    pub first_backoff_seconds: Option<u64>,
+    pub max_backoff_seconds: Option<u64>,
+    pub console_url: Option<String>,
 }
 
 /// `[storage]`: how the warehouse's writes are acknowledged.
@@ -408,6 +444,96 @@ impl Config {
             );
         }
         Ok(policy)
+    }
+
+    /// How alert rules are delivered: `[[webhooks]]` (secrets from `[secrets]`) and
+    /// `[alerts]`; `active` for the server that evaluates them.
+    pub fn alert_settings(&self, active: bool) -> Result<medlake_alerts::Settings, String> {
+        let store = self.secret_store()?;
+        let mut webhooks = Vec::new();
+        for entry in &self.webhooks {
+            if !medlake_alerts::deliver::valid_webhook_name(&entry.name) {
+                return Err(format!(
+                    "webhook name '{}': use letters, digits, - and _ (and not 'postgres')",
+                    entry.name
+                ));
+            }
+            if webhooks
+                .iter()
+                .any(|w: &medlake_alerts::Webhook| w.name == entry.name)
+            {
+                return Err(format!("webhook '{}' is declared twice", entry.name));
+            }
+            let url = url::Url::parse(&entry.url)
+                .map_err(|e| format!("webhook '{}': its url does not parse: {e}", entry.name))?;
+            let loopback = matches!(
+                url.host(),
+                Some(url::Host::Domain("localhost"))
+                    | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
+                    | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+            );
+            match url.scheme() {
+                "https" => {}
+                "http" if loopback => {}
+                _ => {
+                    return Err(format!(
+                        "webhook '{}': its url must be https:// (http:// only to a loopback address)",
+                        entry.name
+                    ));
+                }
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(format!(
+                    "webhook '{}': no credentials in its url (give secret = \"NAME\" to sign payloads)",
+                    entry.name
+                ));
+            }
+            let secret = match &entry.secret {
+                Some(name) => Some(store.get(name).cloned().ok_or_else(|| {
+                    format!(
+                        "webhook '{}': secret '{name}' is not declared in [secrets]",
+                        entry.name
+                    )
+                })?),
+                None => None,
+            };
+            webhooks.push(medlake_alerts::Webhook {
+                name: entry.name.clone(),
+                url,
+                secret,
+                timeout: std::time::Duration::from_secs(
+                    entry.timeout_seconds.unwrap_or(10).clamp(1, 300),
+                ),
+            });
+        }
+        let alerts = self.alerts.as_ref();
+        let default = medlake_alerts::Retry::default();
+        let seconds = |s: Option<u64>, default: std::time::Duration| {
+            s.map_or(default, |s| {
+                std::time::Duration::from_secs(s.clamp(1, 86_400))
+            })
+        };
+        Ok(medlake_alerts::Settings {
+            webhooks,
+            retry: medlake_alerts::Retry {
+                max_attempts: alerts
+                    .and_then(|a| a.max_attempts)
+                    .map_or(default.max_attempts, |n| n.clamp(1, 100)),
+                first_backoff: seconds(
+                    alerts.and_then(|a| a.first_backoff_seconds),
+                    default.first_backoff,
+                ),
+                max_backoff: seconds(
+                    alerts.and_then(|a| a.max_backoff_seconds),
+                    default.max_backoff,
+                ),
+            },
+            link_base: alerts
+                .and_then(|a| a.console_url.clone())
+                .unwrap_or_default(),
+            policy: std::sync::Arc::new(medlake_source::Policy::strict()),
+            active,
+        })
     }
 
     /// The folders that hold secret files (no external table may read them).

@@ -477,7 +477,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let mut engine = connectors::engine(&args.warehouse)
         .runtime(runtime)
         .policy(policy)
-        .audit(config.audit_enabled());
+        .audit(config.audit_enabled())
+        .alerts(config.alert_settings(true).map_err(Failure::Usage)?);
     if let medlake_auth::Access::Users(users) = &access {
         // Views owned by a user refresh with that user's privileges; grants name known users.
         engine = engine.users(users.iter().map(medlake_auth::User::principal));

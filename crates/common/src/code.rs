@@ -34,6 +34,8 @@ pub enum Code {
     UndefinedObject,
     DuplicateTable,
     DuplicateSchema,
+    /// A named object other than a table or schema exists already (an alert rule: `42710`).
+    DuplicateObject,
     DatatypeMismatch,
     /// The object is of the wrong kind for the statement (DROP TABLE of a view, ...).
     WrongObjectType,
@@ -103,6 +105,7 @@ impl Code {
         Code::UndefinedObject,
         Code::DuplicateTable,
         Code::DuplicateSchema,
+        Code::DuplicateObject,
         Code::DatatypeMismatch,
         Code::WrongObjectType,
         Code::InvalidObjectDefinition,
@@ -154,6 +157,7 @@ impl Code {
             Code::UndefinedObject => "42704",
             Code::DuplicateTable => "42P07",
             Code::DuplicateSchema => "42P06",
+            Code::DuplicateObject => "42710",
             Code::DatatypeMismatch => "42804",
             Code::WrongObjectType => "42809",
             Code::InvalidObjectDefinition => "42P17",

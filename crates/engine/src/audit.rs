@@ -77,6 +77,7 @@ fn text(statement: &Statement) -> Text {
             import.remote_schema, import.kind, import.into
         ),
         Statement::Vacuum { table, .. } => format!("VACUUM {table}"),
+        Statement::Alert(alert) => alert.audit_text(),
         Statement::Erase(erase) => erase.audit_text(),
         Statement::RestoreTable { table, .. } => format!("RESTORE TABLE {table}"),
         Statement::CloneTable {

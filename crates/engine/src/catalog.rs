@@ -89,6 +89,14 @@ impl LakeCatalog {
             .collect();
     }
 
+    /// Whether `table` is one of the computed tables of the `system` schema.
+    pub fn is_computed_system_table(&self, table: &str) -> bool {
+        self.computed
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(table)
+    }
+
     /// The schema of pinned versions.
     pub fn time_travel(&self) -> &Arc<MemorySchemaProvider> {
         &self.time_travel

@@ -66,6 +66,10 @@ pub enum Error {
     #[error(transparent)]
     Audit(#[from] medlake_audit::Error),
 
+    /// An alert rule's error (definition, acknowledgement, the alert log).
+    #[error(transparent)]
+    Alerts(#[from] medlake_alerts::Error),
+
     /// A source connector's error (external tables).
     #[error(transparent)]
     Source(#[from] medlake_source::Error),
@@ -107,7 +111,19 @@ impl Error {
             Error::Views(e) => views_code(e),
             Error::DataFusion(e) => datafusion_code(e),
             Error::Source(e) => source_code(e),
+            Error::Alerts(e) => alerts_code(e),
         }
+    }
+}
+
+fn alerts_code(e: &medlake_alerts::Error) -> Code {
+    use medlake_alerts::Error as A;
+    match e {
+        A::Syntax(_) | A::InvalidName { .. } | A::KeyArity { .. } => Code::SyntaxError,
+        A::NotFound { .. } | A::UnknownTarget { .. } => Code::UndefinedObject,
+        A::Exists { .. } => Code::DuplicateObject,
+        A::Lake(e) => lake_code(e),
+        A::Internal(_) => Code::Internal,
     }
 }
 

@@ -7,6 +7,7 @@
 //! (`medlake-lake`), time travel, history and maintenance. It must not write files itself.
 
 mod access;
+mod alerting;
 mod audit;
 mod bounded;
 mod catalog;
@@ -178,6 +179,8 @@ struct Shared {
     results: Arc<result_cache::ResultCache>,
     /// Plans of statements prepared with parameters ([`plan_cache`]).
     plans: plan_cache::PlanCache,
+    /// Alert rules, their firings and deliveries ([`alerting`]).
+    alerts: medlake_alerts::Alerts,
 }
 
 impl Shared {
@@ -290,9 +293,18 @@ pub struct EngineBuilder {
     users: access::owner::Directory,
     result_cache: Option<usize>,
     plan_cache: Option<usize>,
+    alerts: medlake_alerts::Settings,
 }
 
 impl EngineBuilder {
+    /// How alert rules are delivered, and whether this engine evaluates them
+    /// ([`medlake_alerts::Settings::active`]: `medlake serve`). Webhooks reach only what the
+    /// engine's source policy allows (`[sources] allowed_hosts`).
+    pub fn alerts(mut self, settings: medlake_alerts::Settings) -> Self {
+        self.alerts = settings;
+        self
+    }
+
     /// Bytes of query results kept for repeated queries ([`result_cache`]; `0` turns the
     /// cache off). Default: `MEDLAKE_RESULT_CACHE`, else 256 MiB.
     pub fn result_cache(mut self, bytes: usize) -> Self {
@@ -406,6 +418,7 @@ impl Engine {
             users: None,
             result_cache: None,
             plan_cache: None,
+            alerts: medlake_alerts::Settings::default(),
         }
     }
 
@@ -419,6 +432,7 @@ impl Engine {
             users,
             result_cache,
             plan_cache,
+            alerts,
         } = builder;
         let (result_cache, plan_cache) = cache_sizes(result_cache, plan_cache)?;
         let runtime = match runtime {
@@ -505,8 +519,24 @@ impl Engine {
             audit: audit.clone(),
         }));
         catalog.set_views(views.clone());
-        catalog.set_computed_system_tables(medlake_views::system::computed_tables(&views, &state));
+        let alerts = medlake_alerts::Alerts::open(
+            warehouse.clone(),
+            state.clone(),
+            medlake_alerts::Settings {
+                policy: policy.clone(),
+                ..alerts
+            },
+        )
+        .await?;
+        let mut computed = medlake_views::system::computed_tables(&views, &state);
+        computed.extend(medlake_alerts::computed_tables(&alerts));
+        catalog.set_computed_system_tables(computed);
         catalog.refresh().await?;
+        let evaluations = alerts.active().then(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            views.set_listener(Arc::new(alerting::Listener { tx }));
+            rx
+        });
         let shared = Arc::new(Shared {
             warehouse,
             connectors,
@@ -521,7 +551,11 @@ impl Engine {
             appenders: Default::default(),
             results: Arc::new(result_cache::ResultCache::new(result_cache)),
             plans: plan_cache::PlanCache::new(plan_cache),
+            alerts,
         });
+        if let Some(rx) = evaluations {
+            alerting::spawn_evaluator(Arc::downgrade(&shared), rx);
+        }
         let default = Arc::new(Session::new(shared.clone(), Principal::local("local")));
         Ok(Self { shared, default })
     }
@@ -1072,6 +1106,7 @@ impl Session {
                     dry_run,
                     force,
                 } => self.vacuum(&table, retain_hours, dry_run, force).await,
+                Statement::Alert(alert) => self.alert_statement(alert).await,
                 Statement::RestoreTable { table, to } => self.restore_table(&table, &to).await,
                 Statement::Erase(erase) => {
                     let erased = self.erase(erase).await;
@@ -1381,6 +1416,10 @@ impl Session {
                 Ok(no_parameters(static_columns(restore::COLUMNS.to_vec())))
             }
             Statement::CloneTable { .. } | Statement::ClusterBy { .. } => Ok(no_parameters(None)),
+            Statement::Alert(medlake_alerts::AlertStatement::Show) => {
+                Ok(no_parameters(Some(medlake_alerts::tables::rules_schema())))
+            }
+            Statement::Alert(_) => Ok(no_parameters(None)),
             Statement::ImportForeignSchema(_) => Ok(no_parameters(static_columns(vec![
                 ("table", T::Utf8),
                 ("remote_table", T::Utf8),

@@ -335,6 +335,7 @@ pub(crate) fn for_own(
             Need::new(Privilege::Owner, table(&name_parts(source)?)?),
         ],
         Statement::Access(access) => access_needs(access, &table)?,
+        Statement::Alert(alert) => alert_needs(alert, &table)?,
         Statement::ImportForeignSchema(import) => {
             let mut needs: Vec<Need> = secret_references(
                 import
@@ -352,6 +353,28 @@ pub(crate) fn for_own(
             ));
             needs
         }
+    })
+}
+
+/// What an alert statement needs. A rule sends what it finds out of the warehouse (to the
+/// server's webhooks), so creating one on a view is its owner's decision; dropping and
+/// acknowledging name a rule, whose view is known only when it is looked up: the session
+/// checks those against the rule's view (`alerting.rs`), with the same privileges.
+fn alert_needs(
+    statement: &medlake_alerts::AlertStatement,
+    table: &impl Fn(&[String]) -> Result<Object>,
+) -> Result<Vec<Need>> {
+    use medlake_alerts::AlertStatement as A;
+    Ok(match statement {
+        A::Create(create) => vec![Need::new(
+            Privilege::Owner,
+            table(&crate::statement::name_parts(&create.on)?)?,
+        )],
+        A::Drop { .. } | A::Acknowledge { .. } => Vec::new(),
+        A::Show => vec![Need::new(
+            Privilege::Select,
+            Object::Warehouse("alert rules".into()),
+        )],
     })
 }
 

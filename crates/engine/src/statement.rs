@@ -84,6 +84,8 @@ pub enum Statement {
     },
     /// `ERASE PATIENT 'id' [, ...] [IN COLUMNS (c, ...)] [DRY RUN]`
     Erase(crate::erase::Erase),
+    /// `CREATE [OR REPLACE] ALERT`, `DROP ALERT`, `ACKNOWLEDGE ALERT`, `SHOW ALERTS`
+    Alert(medlake_alerts::AlertStatement),
     /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`
     Vacuum {
         table: ObjectName,
@@ -727,6 +729,11 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         let [_, second] = parser.peek_tokens::<2>();
         matches!(&second, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
     };
+    if matches!(head.as_str(), "CREATE" | "DROP" | "ACKNOWLEDGE" | "SHOW")
+        && let Some(alert) = medlake_alerts::rule::parse(parser)?
+    {
+        return Ok(Some(Statement::Alert(alert)));
+    }
     match head.as_str() {
         "CREATE" if second_is(parser, "TABLE") && is_clone(parser) => parse_clone(parser),
         "CREATE" => Ok(medlake_views::parse_create(parser)?

@@ -183,7 +183,7 @@ pub(crate) fn grpc_code(code: Code) -> tonic::Code {
         Code::InvalidAuthorization | Code::InvalidPassword => G::Unauthenticated,
         Code::QueryCanceled => G::Cancelled,
         Code::FeatureNotSupported => G::Unimplemented,
-        Code::DuplicateTable | Code::DuplicateSchema => G::AlreadyExists,
+        Code::DuplicateTable | Code::DuplicateSchema | Code::DuplicateObject => G::AlreadyExists,
         Code::SyntaxError
         | Code::UndefinedColumn
         | Code::DatatypeMismatch

@@ -193,6 +193,7 @@ fn http_status(code: Code) -> StatusCode {
         | Code::UndefinedObject
         | Code::DuplicateTable
         | Code::DuplicateSchema
+        | Code::DuplicateObject
         | Code::DatatypeMismatch
         | Code::WrongObjectType
         | Code::InvalidObjectDefinition

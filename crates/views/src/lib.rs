@@ -31,7 +31,7 @@ pub use definition::{
 pub use error::{Error, Result};
 pub use refresh::{
     AUTO_FULL_FRACTION, AUTO_MIN_ROWS, InputVolume, QUARANTINE_SUFFIX, RefreshAuthority,
-    RefreshOutcome, RefreshPlan, RefreshState, Status, Trigger, View, Views, quarantine_of,
-    topological,
+    RefreshListener, RefreshOutcome, RefreshPlan, RefreshState, Status, Trigger, View, Views,
+    quarantine_of, topological,
 };
 pub use scheduler::Scheduler;

@@ -287,6 +287,15 @@ struct Inner {
     running: Mutex<HashMap<TableName, DateTime<Utc>>>,
     /// Who refreshes run as (the engine's access rules); none: every refresh may run.
     authority: std::sync::OnceLock<Arc<dyn RefreshAuthority>>,
+    /// Who hears of each committed refresh (the engine's alert rules).
+    listener: std::sync::OnceLock<Arc<dyn RefreshListener>>,
+}
+
+/// Hears of every refresh that committed a new version of a view, whatever ran it (a
+/// statement, a cascade, the scheduler): the engine evaluates the alert rules watching the
+/// view. Called after the refresh is recorded; it must not block (hand the work to a task).
+pub trait RefreshListener: Send + Sync {
+    fn committed(&self, view: &TableName, version: u64);
 }
 
 /// Who a refresh runs as: before a view's query runs, [`RefreshAuthority::check`] is asked
@@ -356,6 +365,7 @@ impl Views {
                 connectors,
                 running: Mutex::new(HashMap::new()),
                 authority: std::sync::OnceLock::new(),
+                listener: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -363,6 +373,12 @@ impl Views {
     /// Makes every later refresh ask `authority` first (once; later calls are ignored).
     pub fn set_authority(&self, authority: Arc<dyn RefreshAuthority>) {
         let _ = self.inner.authority.set(authority);
+    }
+
+    /// Makes every later committed refresh known to `listener` (once; later calls are
+    /// ignored).
+    pub fn set_listener(&self, listener: Arc<dyn RefreshListener>) {
+        let _ = self.inner.listener.set(listener);
     }
 
     pub fn warehouse(&self) -> &Warehouse {
@@ -1042,6 +1058,12 @@ impl Views {
             if !(outcome.status == Status::Skipped && trigger == Trigger::Schedule) {
                 self.record(&outcome).await;
                 self.scheduled(&outcome);
+            }
+            if outcome.status == Status::Succeeded
+                && let (Some(version), Some(listener)) =
+                    (outcome.version, self.inner.listener.get())
+            {
+                listener.committed(name, version);
             }
             // The refresh held inputs back (see `lineage::Regions`): a second one applies
             // what they gained. Once: an input rewritten again meanwhile may hold them back

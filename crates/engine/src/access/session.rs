@@ -71,6 +71,24 @@ const SYSTEM_LISTINGS: &[SystemListing] = &[
         view: "\"view\"",
         maintainers_only: &[],
     },
+    // A firing's key and row are the rule owner's reading of the view (their masks, their
+    // row filters): only the view's maintainers read them; whoever lists the view sees that
+    // an alert fired, its severity and its delivery.
+    SystemListing {
+        table: medlake_alerts::ALERTS,
+        columns: &["view"],
+        view: "\"view\"",
+        maintainers_only: &[
+            ("key", "CAST(NULL AS VARCHAR)"),
+            ("row", "CAST(NULL AS VARCHAR)"),
+        ],
+    },
+    SystemListing {
+        table: medlake_alerts::ALERT_RULES,
+        columns: &["view"],
+        view: "\"view\"",
+        maintainers_only: &[],
+    },
     SystemListing {
         table: medlake_views::system::LINEAGE,
         columns: &["view"],
@@ -963,7 +981,9 @@ impl Session {
         match on {
             Securable::Table { schema, table } => {
                 let name = TableName::new(schema, table)?;
-                if !self.shared.warehouse.table_exists(&name).await? {
+                let computed = schema == medlake_views::system::SCHEMA
+                    && self.shared.catalog.is_computed_system_table(table);
+                if !computed && !self.shared.warehouse.table_exists(&name).await? {
                     return Err(medlake_lake::Error::TableNotFound {
                         schema: schema.clone(),
                         table: table.clone(),
