@@ -132,6 +132,15 @@ pub enum AlertStatement {
         key: Option<Vec<String>>,
     },
     Show,
+    /// `LISTEN name`: this session hears the rule's firings (as `NotificationResponse` on
+    /// the Postgres door), each checked against its privileges when it arrives.
+    Listen {
+        channel: String,
+    },
+    /// `UNLISTEN name | *` (`None`: every channel).
+    Unlisten {
+        channel: Option<String>,
+    },
 }
 
 impl AlertStatement {
@@ -151,6 +160,10 @@ impl AlertStatement {
                 if key.is_some() { " KEY (...)" } else { "" }
             ),
             AlertStatement::Show => "SHOW ALERTS".into(),
+            AlertStatement::Listen { channel } => format!("LISTEN {channel}"),
+            AlertStatement::Unlisten { channel } => {
+                format!("UNLISTEN {}", channel.as_deref().unwrap_or("*"))
+            }
         }
     }
 }
@@ -276,6 +289,26 @@ pub fn parse(parser: &mut Parser<'_>) -> Result<Option<AlertStatement>> {
         };
         expect_end(parser, "ACKNOWLEDGE ALERT")?;
         return Ok(Some(AlertStatement::Acknowledge { name, key }));
+    }
+    if word(parser, "LISTEN") {
+        let ident = parser
+            .parse_identifier()
+            .map_err(|e| syntax(format!("LISTEN needs a channel name: {e}")))?;
+        let channel = column_name(ident);
+        expect_end(parser, "LISTEN")?;
+        return Ok(Some(AlertStatement::Listen { channel }));
+    }
+    if word(parser, "UNLISTEN") {
+        let channel = if parser.consume_token(&Token::Mul) {
+            None
+        } else {
+            let ident = parser
+                .parse_identifier()
+                .map_err(|e| syntax(format!("UNLISTEN needs a channel name or *: {e}")))?;
+            Some(column_name(ident))
+        };
+        expect_end(parser, "UNLISTEN")?;
+        return Ok(Some(AlertStatement::Unlisten { channel }));
     }
     if words(parser, &["SHOW", "ALERTS"]) {
         expect_end(parser, "SHOW ALERTS")?;

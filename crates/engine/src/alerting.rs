@@ -34,6 +34,22 @@ pub const CATCH_UP: Duration = Duration::from_secs(10);
 const KEY_PREFIX: &str = "__medlake_key_";
 const SEVERITY: &str = "__medlake_severity";
 
+/// What a session listens to.
+#[derive(Default)]
+pub(crate) struct Listening {
+    channels: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    receiver:
+        tokio::sync::Mutex<Option<tokio::sync::broadcast::Receiver<medlake_alerts::Notification>>>,
+}
+
+impl Listening {
+    fn channels(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Tells the evaluator of each committed refresh.
 pub(crate) struct Listener {
     pub tx: mpsc::UnboundedSender<TableName>,
@@ -305,6 +321,23 @@ impl Session {
                     .await?;
                 Ok(Output::command("ACKNOWLEDGE ALERT", n))
             }
+            AlertStatement::Listen { channel } => {
+                let mut receiver = self.listening.receiver.lock().await;
+                if receiver.is_none() {
+                    *receiver = Some(self.shared.alerts.subscribe());
+                }
+                self.listening.channels().insert(channel);
+                Ok(Output::command("LISTEN", 0))
+            }
+            AlertStatement::Unlisten { channel } => {
+                match channel {
+                    Some(channel) => {
+                        self.listening.channels().remove(&channel);
+                    }
+                    None => self.listening.channels().clear(),
+                }
+                Ok(Output::command("UNLISTEN", 0))
+            }
             AlertStatement::Show => {
                 let sql = format!(
                     "SELECT * FROM {}.{} ORDER BY name",
@@ -326,6 +359,67 @@ impl Session {
                 self.execute_sql(*sql, id, None).await
             }
         }
+    }
+
+    /// The next firing on a channel this session `LISTEN`s to whose view its principal may
+    /// read, as (channel, payload); the payload's key is left out unless the principal
+    /// maintains the view (as `system.alerts` shows it). Waits as long as it takes (forever
+    /// when nothing is listened to); cancel-safe, for a door's connection loop.
+    pub async fn next_notification(&self) -> (String, String) {
+        loop {
+            let received = {
+                let mut receiver = self.listening.receiver.lock().await;
+                match receiver.as_mut() {
+                    Some(receiver) => receiver.recv().await,
+                    None => {
+                        drop(receiver);
+                        std::future::pending::<()>().await;
+                        continue;
+                    }
+                }
+            };
+            let notification = match received {
+                Ok(n) => n,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(
+                        missed,
+                        "a listening session fell behind; alert notifications were dropped (system.alerts has them)"
+                    );
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await;
+                    continue;
+                }
+            };
+            if !self.listening.channels().contains(&notification.channel) {
+                continue;
+            }
+            if let Some(payload) = self.visible_payload(&notification).await {
+                return (notification.channel, payload);
+            }
+        }
+    }
+
+    /// Forgets every channel this session listens to (`DISCARD ALL`, as in PostgreSQL).
+    pub fn unlisten_all(&self) {
+        self.listening.channels().clear();
+    }
+
+    /// The payload as this session's principal may see it: `None` without SELECT on the
+    /// rule's view, the key removed without MAINTAIN.
+    async fn visible_payload(&self, notification: &medlake_alerts::Notification) -> Option<String> {
+        let rule = self.shared.alerts.rule(&notification.channel)?;
+        if self.check_on_rule(&rule, Privilege::Select).await.is_err() {
+            return None;
+        }
+        if self.check_on_rule(&rule, Privilege::Maintain).await.is_ok() {
+            return Some(notification.payload.clone());
+        }
+        let mut payload: serde_json::Value = serde_json::from_str(&notification.payload).ok()?;
+        payload["key"] = serde_json::Value::Null;
+        payload["key_hidden"] = serde_json::Value::Bool(true);
+        Some(payload.to_string())
     }
 
     /// The privilege `privilege` on the view `rule` watches (42501 otherwise).

@@ -224,6 +224,8 @@ pub struct Session {
     /// The tables the running statement reads and writes (from its privilege check), for
     /// the audit.
     touched: std::sync::Mutex<(Vec<String>, Vec<String>)>,
+    /// The alert channels this session `LISTEN`s to, and its subscription to firings.
+    listening: alerting::Listening,
 }
 
 /// SQL `PREPARE`d statements one session may hold; `DEALLOCATE` makes room.
@@ -810,6 +812,7 @@ impl Session {
             origin,
             id,
             touched: Default::default(),
+            listening: Default::default(),
         }
     }
 

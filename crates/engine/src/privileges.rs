@@ -370,7 +370,11 @@ fn alert_needs(
             Privilege::Owner,
             table(&crate::statement::name_parts(&create.on)?)?,
         )],
-        A::Drop { .. } | A::Acknowledge { .. } => Vec::new(),
+        // Anyone may listen: each notification is checked against the listener's privileges
+        // on the rule's view when it arrives (`Session::next_notification`).
+        A::Drop { .. } | A::Acknowledge { .. } | A::Listen { .. } | A::Unlisten { .. } => {
+            Vec::new()
+        }
         A::Show => vec![Need::new(
             Privilege::Select,
             Object::Warehouse("alert rules".into()),

@@ -729,8 +729,10 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         let [_, second] = parser.peek_tokens::<2>();
         matches!(&second, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
     };
-    if matches!(head.as_str(), "CREATE" | "DROP" | "ACKNOWLEDGE" | "SHOW")
-        && let Some(alert) = medlake_alerts::rule::parse(parser)?
+    if matches!(
+        head.as_str(),
+        "CREATE" | "DROP" | "ACKNOWLEDGE" | "SHOW" | "LISTEN" | "UNLISTEN"
+    ) && let Some(alert) = medlake_alerts::rule::parse(parser)?
     {
         return Ok(Some(Statement::Alert(alert)));
     }

@@ -34,7 +34,7 @@ pub(crate) enum Command {
     Rollback,
     Savepoint(&'static str),
     Deallocate(Option<String>),
-    /// Accepted and ignored (`LISTEN`, `UNLISTEN`, `CLOSE ALL`, `CHECKPOINT`).
+    /// Accepted and ignored (`CLOSE ALL`, `CHECKPOINT`).
     Ignored(&'static str),
     Copy(CopyOut),
 }
@@ -170,8 +170,6 @@ pub(crate) fn parse(text: &str) -> PgWireResult<Option<Command>> {
                 }
             }
         }
-        "listen" => Some(Command::Ignored("LISTEN")),
-        "unlisten" => Some(Command::Ignored("UNLISTEN")),
         "checkpoint" => Some(Command::Ignored("CHECKPOINT")),
         "close" => Some(Command::Ignored("CLOSE CURSOR")),
         "copy" => Some(Command::Copy(parse_copy(text)?)),

@@ -464,6 +464,7 @@ where
         }
         Command::DiscardAll => {
             commands::reset_all(connection)?;
+            connection.session.unlisten_all();
             client.portal_store().clear_portals();
             connection
                 .wrote_in_transaction

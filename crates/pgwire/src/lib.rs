@@ -15,6 +15,7 @@ mod connection;
 mod encode;
 mod error;
 mod handler;
+mod socket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -152,7 +153,7 @@ impl Server {
                         let tls = self.tls.clone();
                         tokio::spawn(async move {
                             debug!(client = %addr, "postgres connection");
-                            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                            if let Err(e) = socket::serve(socket, tls, handlers).await {
                                 debug!(client = %addr, error = %e, "postgres connection ended with an error");
                             }
                             drop(slot);
