@@ -2,7 +2,7 @@
 //!
 //! ```sql
 //! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] schema.name
-//!     [REFRESH EVERY '5 minutes' | REFRESH CRON '0 * * * *']
+//!     [REFRESH EVERY '5 minutes' | REFRESH CRON '0 * * * *' | REFRESH ON CHANGE]
 //!     [REFRESH POLICY AUTO | INCREMENTAL | INCREMENTAL STRICT | FULL]
 //!     [CLUSTER BY (column, ...)]
 //!     [( ] [CONSTRAINT rule EXPECT (boolean expression)
@@ -38,6 +38,9 @@ pub enum Schedule {
     Every { seconds: u64 },
     /// `REFRESH CRON '0 * * * *'` (UTC)
     Cron { expression: String },
+    /// `REFRESH ON CHANGE`: refreshed (incrementally where it can) soon after one of its
+    /// Delta inputs commits ([`crate::Scheduler`]).
+    OnChange,
 }
 
 /// How a view chooses between an incremental and a full refresh (`REFRESH POLICY`, as in
@@ -97,6 +100,7 @@ impl Schedule {
                         reason,
                     })
             }
+            Schedule::OnChange => Ok(()),
         }
     }
 
@@ -115,6 +119,8 @@ impl Schedule {
                 last.checked_add_signed(step)
             }
             Schedule::Cron { expression } => Cron::parse(expression).ok()?.next_after(last),
+            // Not a time: the scheduler watches its inputs instead.
+            Schedule::OnChange => None,
         }
     }
 }
@@ -139,6 +145,7 @@ impl fmt::Display for Schedule {
         match self {
             Schedule::Every { seconds } => write!(f, "EVERY '{}'", humanize(*seconds)),
             Schedule::Cron { expression } => write!(f, "CRON '{expression}'"),
+            Schedule::OnChange => write!(f, "ON CHANGE"),
         }
     }
 }
@@ -527,9 +534,12 @@ fn parse_policy(parser: &mut Parser<'_>) -> Result<RefreshPolicy> {
     }
 }
 
-/// `EVERY '5 minutes'` or `CRON '0 * * * *'`, after `REFRESH`.
+/// `EVERY '5 minutes'`, `CRON '0 * * * *'` or `ON CHANGE`, after `REFRESH`.
 fn parse_schedule(parser: &mut Parser<'_>) -> Result<Schedule> {
-    if word(parser, "EVERY") {
+    if parser.parse_keyword(datafusion::sql::sqlparser::keywords::Keyword::ON) {
+        expect_word(parser, "CHANGE", "after REFRESH ON")?;
+        Ok(Schedule::OnChange)
+    } else if word(parser, "EVERY") {
         let text = string(parser, "after REFRESH EVERY")?;
         Ok(Schedule::Every {
             seconds: parse_interval(&text)?.as_secs(),
@@ -545,7 +555,7 @@ fn parse_schedule(parser: &mut Parser<'_>) -> Result<Schedule> {
         })
     } else {
         Err(syntax(format!(
-            "expected EVERY or CRON after REFRESH, found '{}'",
+            "expected EVERY, CRON or ON CHANGE after REFRESH, found '{}'",
             parser.peek_token().token
         )))
     }

@@ -14,10 +14,17 @@ pub enum Trigger {
     Manual,
     Cascade,
     Schedule,
+    /// `REFRESH ON CHANGE`: an input committed.
+    Change,
     Apply,
 }
 
 impl Trigger {
+    /// Whether the server ran it by itself (no statement asked for it).
+    pub fn is_automatic(self) -> bool {
+        matches!(self, Trigger::Schedule | Trigger::Change)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Create => "create",
@@ -25,6 +32,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Cascade => "cascade",
             Trigger::Schedule => "schedule",
+            Trigger::Change => "change",
             Trigger::Apply => "apply",
         }
     }

@@ -944,7 +944,10 @@ impl Views {
                     Ok(outcome) => (outcome, None),
                     // Someone else is refreshing it right now: its rows will be fine.
                     Err(Error::RefreshRunning { .. })
-                        if matches!(trigger(name), Trigger::Schedule | Trigger::Cascade) =>
+                        if matches!(
+                            trigger(name),
+                            Trigger::Schedule | Trigger::Change | Trigger::Cascade
+                        ) =>
                     {
                         continue;
                     }
@@ -1020,7 +1023,7 @@ impl Views {
     /// Tells the authority of a refresh the scheduler ran (statements are audited by the
     /// session that ran them).
     fn scheduled(&self, outcome: &RefreshOutcome) {
-        if outcome.trigger == Trigger::Schedule
+        if outcome.trigger.is_automatic()
             && let Some(authority) = self.inner.authority.get()
         {
             authority.scheduled(outcome);
@@ -1055,7 +1058,7 @@ impl Views {
             info!(view = %name, mode = outcome.mode, rows = outcome.rows_written, status = outcome.status.as_str(), "refresh finished");
             // A scheduled look that found nothing to do is not history worth a commit;
             // the scheduler remembers it in memory.
-            if !(outcome.status == Status::Skipped && trigger == Trigger::Schedule) {
+            if !(outcome.status == Status::Skipped && trigger.is_automatic()) {
                 self.record(&outcome).await;
                 self.scheduled(&outcome);
             }

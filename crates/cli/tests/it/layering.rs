@@ -5,7 +5,7 @@
 //! Layers, bottom up: `medlake-common`; `medlake-auth`, `medlake-lake`, `medlake-deid` (the
 //! de-identification functions: DataFusion only); the audit log
 //! `medlake-audit` and the source contract `medlake-source(s)`; the connectors
-//! `medlake-source-*`; `medlake-views`; `medlake-engine`; the doors (`medlake-pgwire`,
+//! `medlake-source-*`; `medlake-views` and `medlake-alerts`; `medlake-engine`; the doors (`medlake-pgwire`,
 //! `medlake-flight`, `medlake-http`); the demo hospital `medlake-demo`; the `medlake` command
 //! line on top, the only crate that
 //! knows every other.
@@ -67,7 +67,8 @@ fn layer(name: &str) -> Option<u8> {
         // The audit log writes through the lake, beside the source contract.
         "medlake-source" | "medlake-sources" | "medlake-audit" => 2,
         n if n.starts_with("medlake-source-") => 3,
-        "medlake-views" => 4,
+        // Alert rules and their delivery beside the views: the engine evaluates them.
+        "medlake-views" | "medlake-alerts" => 4,
         "medlake-engine" => 5,
         "medlake-pgwire" | "medlake-flight" | "medlake-http" => 6,
         "medlake-demo" => 7,

@@ -16,6 +16,7 @@ mod dml;
 mod erase;
 mod grants;
 mod group_commit;
+mod on_change;
 mod plan_cache;
 mod policy;
 mod rest;
