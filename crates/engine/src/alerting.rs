@@ -50,14 +50,109 @@ impl Listening {
     }
 }
 
-/// Tells the evaluator of each committed refresh.
+/// Tells the evaluator (in a server that evaluates alert rules) of each committed refresh,
+/// and the metrics of every refresh.
 pub(crate) struct Listener {
-    pub tx: mpsc::UnboundedSender<TableName>,
+    pub tx: Option<mpsc::UnboundedSender<TableName>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl RefreshListener for Listener {
     fn committed(&self, view: &TableName, _version: u64) {
-        let _ = self.tx.send(view.clone());
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(view.clone());
+        }
+    }
+
+    fn finished(&self, outcome: &medlake_views::RefreshOutcome) {
+        self.metrics.refreshed(outcome);
+    }
+}
+
+/// The series read when scraped: each view's staleness, alert firings and deliveries.
+pub(crate) async fn metrics_text(shared: &Shared, out: &mut String) {
+    use crate::metrics::label;
+    use std::fmt::Write as _;
+    if let Ok(latest) =
+        medlake_views::system::latest_refreshes(&shared.warehouse, &shared.state).await
+    {
+        let _ = writeln!(
+            out,
+            "# HELP medlake_view_seconds_since_refresh Seconds since each view's last successful refresh.\n\
+             # TYPE medlake_view_seconds_since_refresh gauge"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP medlake_view_last_refresh_failed Whether each view's latest refresh failed (1) or not (0).\n\
+             # TYPE medlake_view_last_refresh_failed gauge"
+        );
+        let now = chrono::Utc::now();
+        let mut views: Vec<_> = latest.into_iter().collect();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        for (view, last) in views {
+            let name = label(&view.to_string());
+            if let Some(success) = last.last_success {
+                let age = (now - success).num_milliseconds() as f64 / 1000.0;
+                let _ = writeln!(
+                    out,
+                    "medlake_view_seconds_since_refresh{{view=\"{name}\"}} {age}"
+                );
+            }
+            let failed = u8::from(last.status == "failed");
+            let _ = writeln!(
+                out,
+                "medlake_view_last_refresh_failed{{view=\"{name}\"}} {failed}"
+            );
+        }
+    }
+    let Ok(state) = shared.alerts.snapshot().await else {
+        return;
+    };
+    let mut firings: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut deliveries: std::collections::BTreeMap<(String, String, &'static str), u64> =
+        Default::default();
+    for firing in state.firings.values() {
+        *firings
+            .entry((firing.rule.clone(), firing.severity.clone()))
+            .or_default() += 1;
+        for (target, delivery) in &firing.deliveries {
+            let status = if delivery.delivered_at.is_some() {
+                "delivered"
+            } else if delivery.gave_up {
+                "failed"
+            } else {
+                "pending"
+            };
+            *deliveries
+                .entry((firing.rule.clone(), target.clone(), status))
+                .or_default() += 1;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP medlake_alert_firings_total Alert firings by rule and severity.\n\
+         # TYPE medlake_alert_firings_total counter"
+    );
+    for ((rule, severity), n) in firings {
+        let _ = writeln!(
+            out,
+            "medlake_alert_firings_total{{alert=\"{}\",severity=\"{}\"}} {n}",
+            label(&rule),
+            label(&severity)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP medlake_alert_deliveries Alert deliveries by rule, target and status.\n\
+         # TYPE medlake_alert_deliveries gauge"
+    );
+    for ((rule, target, status), n) in deliveries {
+        let _ = writeln!(
+            out,
+            "medlake_alert_deliveries{{alert=\"{}\",target=\"{}\",status=\"{status}\"}} {n}",
+            label(&rule),
+            label(&target)
+        );
     }
 }
 

@@ -172,7 +172,7 @@ pub(crate) fn objects(needs: &[Need]) -> (Vec<String>, Vec<String>) {
 }
 
 impl Session {
-    fn door(&self) -> Door {
+    pub(crate) fn door(&self) -> Door {
         match &self.origin {
             Some(origin) => origin.door,
             None => match self.principal.kind {

@@ -20,6 +20,7 @@ mod explain_refresh;
 mod group_commit;
 mod history;
 pub mod ingest;
+mod metrics;
 pub mod plan_cache;
 pub mod postgres;
 mod privileges;
@@ -181,6 +182,8 @@ struct Shared {
     plans: plan_cache::PlanCache,
     /// Alert rules, their firings and deliveries ([`alerting`]).
     alerts: medlake_alerts::Alerts,
+    /// Statement, session and refresh series for `/metrics`.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Shared {
@@ -230,6 +233,12 @@ pub struct Session {
 
 /// SQL `PREPARE`d statements one session may hold; `DEALLOCATE` makes room.
 pub const MAX_PREPARED_PER_SESSION: usize = 1000;
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.metrics.session(self.door().as_str(), -1);
+    }
+}
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -534,11 +543,13 @@ impl Engine {
         computed.extend(medlake_alerts::computed_tables(&alerts));
         catalog.set_computed_system_tables(computed);
         catalog.refresh().await?;
-        let evaluations = alerts.active().then(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            views.set_listener(Arc::new(alerting::Listener { tx }));
-            rx
-        });
+        let metrics = Arc::new(metrics::Metrics::default());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let evaluations = alerts.active().then_some(rx);
+        views.set_listener(Arc::new(alerting::Listener {
+            tx: evaluations.is_some().then_some(tx),
+            metrics: metrics.clone(),
+        }));
         let shared = Arc::new(Shared {
             warehouse,
             connectors,
@@ -554,12 +565,22 @@ impl Engine {
             results: Arc::new(result_cache::ResultCache::new(result_cache)),
             plans: plan_cache::PlanCache::new(plan_cache),
             alerts,
+            metrics,
         });
         if let Some(rx) = evaluations {
             alerting::spawn_evaluator(Arc::downgrade(&shared), rx);
         }
         let default = Arc::new(Session::new(shared.clone(), Principal::local("local")));
         Ok(Self { shared, default })
+    }
+
+    /// The engine's Prometheus series: statement durations and open sessions by door,
+    /// refresh durations and rows by view, each view's seconds since its last successful
+    /// refresh, alert firings and deliveries by rule and status.
+    pub async fn metrics_text(&self) -> String {
+        let mut out = self.shared.metrics.text();
+        alerting::metrics_text(&self.shared, &mut out).await;
+        out
     }
 
     /// Hits, misses and size of the result cache ([`result_cache`]).
@@ -803,7 +824,7 @@ impl Session {
                 principal.clone(),
                 shared.access.clone(),
             )));
-        Self {
+        let session = Self {
             shared,
             ctx,
             principal,
@@ -813,7 +834,9 @@ impl Session {
             id,
             touched: Default::default(),
             listening: Default::default(),
-        }
+        };
+        session.shared.metrics.session(session.door().as_str(), 1);
+        session
     }
 
     /// Who runs this session's statements.
@@ -956,7 +979,13 @@ impl Session {
         let event = self.audit_event(&statement);
         let started = std::time::Instant::now();
         let result = Box::pin(self.run(statement, template)).await;
-        self.audited(event, started, result).await
+        let result = self.audited(event, started, result).await;
+        self.shared.metrics.statement(
+            self.door().as_str(),
+            result.is_ok(),
+            started.elapsed().as_secs_f64(),
+        );
+        result
     }
 
     /// `CREATE [OR REPLACE] MATERIALIZED VIEW`: its creator must read what it reads; replacing

@@ -240,7 +240,9 @@ impl IntoResponse for Failure {
 pub(crate) async fn metrics(Extract(state): Extract<State>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics().text() + &result_cache_text(&state.inner.engine),
+        state.metrics().text()
+            + &result_cache_text(&state.inner.engine)
+            + &state.inner.engine.metrics_text().await,
     )
         .into_response()
 }

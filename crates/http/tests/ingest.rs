@@ -1074,3 +1074,47 @@ async fn an_idempotency_key_reused_for_another_body_or_token_is_a_conflict() {
         total
     );
 }
+
+/// `/metrics` also carries the engine's series: refresh durations and rows by view, each
+/// view's age and whether its last refresh failed, statements by door, open sessions.
+#[tokio::test]
+async fn metrics_carry_refreshes_statements_and_view_staleness() {
+    let door = door(|_| {}).await;
+    door.engine
+        .sql(
+            "CREATE MATERIALIZED VIEW gold.per_metric AS \
+             SELECT metric, count(*) AS n FROM bronze.readings GROUP BY metric; \
+             CREATE MATERIALIZED VIEW gold.broken CONSTRAINT at_most_none EXPECT (n < 1) ON VIOLATION FAIL UPDATE \
+             AS SELECT count(*) AS n FROM bronze.other",
+        )
+        .await
+        .unwrap();
+    door.engine
+        .sql("INSERT INTO bronze.other VALUES (1)")
+        .await
+        .unwrap();
+    assert!(
+        door.engine
+            .sql("REFRESH MATERIALIZED VIEW gold.broken")
+            .await
+            .is_err()
+    );
+    let metrics = reqwest::get(format!("{}/metrics", door.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "medlake_refresh_duration_seconds_count{view=\"gold.per_metric\",status=\"succeeded\"} 1",
+        "medlake_refresh_duration_seconds_count{view=\"gold.broken\",status=\"failed\"} 1",
+        "medlake_view_last_refresh_failed{view=\"gold.broken\"} 1",
+        "medlake_view_last_refresh_failed{view=\"gold.per_metric\"} 0",
+        "medlake_view_seconds_since_refresh{view=\"gold.per_metric\"}",
+        "medlake_statement_duration_seconds_count{door=\"cli\",outcome=\"error\"} 1",
+        "medlake_sessions{door=\"cli\"} 1",
+        "# TYPE medlake_alert_deliveries gauge",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
+}

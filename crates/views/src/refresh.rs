@@ -296,6 +296,9 @@ struct Inner {
 /// view. Called after the refresh is recorded; it must not block (hand the work to a task).
 pub trait RefreshListener: Send + Sync {
     fn committed(&self, view: &TableName, version: u64);
+
+    /// Every refresh recorded in `system.refreshes`, however it ended (for metrics).
+    fn finished(&self, _outcome: &RefreshOutcome) {}
 }
 
 /// Who a refresh runs as: before a view's query runs, [`RefreshAuthority::check`] is asked
@@ -1962,6 +1965,9 @@ impl Views {
     async fn record(&self, outcome: &RefreshOutcome) {
         if let Err(e) = history::record(&self.inner.warehouse, outcome).await {
             warn!(view = %outcome.view, error = %e, "could not record the refresh in system.refreshes");
+        }
+        if let Some(listener) = self.inner.listener.get() {
+            listener.finished(outcome);
         }
     }
 }
