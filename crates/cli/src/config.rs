@@ -62,6 +62,11 @@
 //! max_backoff_seconds = 60
 //! console_url = "https://medlake.hospital.internal:8080"   # the payload's link
 //!
+//! [scheduler]
+//! retry_attempts = 3                            # a failed scheduled refresh is retried
+//! retry_backoff_seconds = 30                    # doubled after each failure
+//! max_retry_backoff_seconds = 600
+//!
 //! [[ingest_tokens]]                             # bearer tokens of the HTTP ingest door
 //! name = "ward-3-gateway"
 //! token_env = "MEDLAKE_WARD3_TOKEN"             # or token_file
@@ -104,6 +109,16 @@ pub struct Config {
     #[serde(default)]
     pub webhooks: Vec<WebhookEntry>,
     pub alerts: Option<AlertsEntry>,
+    pub scheduler: Option<SchedulerEntry>,
+}
+
+/// `[scheduler]`: how failed scheduled and on-change refreshes are retried.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerEntry {
+    pub retry_attempts: Option<u32>,
+    pub retry_backoff_seconds: Option<u64>,
+    pub max_retry_backoff_seconds: Option<u64>,
 }
 
 /// `[[webhooks]]`: a receiver of alert firings.
@@ -444,6 +459,30 @@ impl Config {
             );
         }
         Ok(policy)
+    }
+
+    /// How failed automatic refreshes are retried (`[scheduler]`).
+    pub fn scheduler_retries(&self) -> medlake_engine::RefreshRetries {
+        let default = medlake_engine::RefreshRetries::default();
+        let entry = self.scheduler.as_ref();
+        let seconds = |s: Option<u64>, default: std::time::Duration| {
+            s.map_or(default, |s| {
+                std::time::Duration::from_secs(s.clamp(1, 86_400))
+            })
+        };
+        medlake_engine::RefreshRetries {
+            attempts: entry
+                .and_then(|e| e.retry_attempts)
+                .map_or(default.attempts, |n| n.min(100)),
+            first_backoff: seconds(
+                entry.and_then(|e| e.retry_backoff_seconds),
+                default.first_backoff,
+            ),
+            max_backoff: seconds(
+                entry.and_then(|e| e.max_retry_backoff_seconds),
+                default.max_backoff,
+            ),
+        }
     }
 
     /// How alert rules are delivered: `[[webhooks]]` (secrets from `[secrets]`) and

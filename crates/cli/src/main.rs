@@ -300,15 +300,23 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr; `MEDLAKE_LOG` (or `RUST_LOG`) sets the filter. By default only
 /// warnings, and not the Delta kernel's own error lines: medlake reports those errors itself.
+/// `MEDLAKE_LOG_FORMAT=json` writes one JSON object per line (for log shippers).
 fn init_logging(default: &str) {
     let filter = std::env::var("MEDLAKE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default.to_string());
-    let _ = tracing_subscriber::fmt()
+    let json =
+        std::env::var("MEDLAKE_LOG_FORMAT").is_ok_and(|f| f.trim().eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
 }
 
 enum Failure {
@@ -498,7 +506,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         doors::shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let scheduler = engine.scheduler();
+    let scheduler = engine.scheduler().with_retries(config.scheduler_retries());
     tokio::join!(
         doors.serve(stopped.clone()),
         scheduler.run(

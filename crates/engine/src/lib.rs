@@ -62,6 +62,7 @@ pub use ingest::Appended;
 pub use medlake_audit::Door;
 pub use medlake_auth::{Object, Principal, PrincipalKind, Privilege, Role};
 pub use medlake_lake::redact as redact_location;
+pub use medlake_views::scheduler::Retries as RefreshRetries;
 pub use medlake_views::{RefreshOutcome, Status as RefreshStatus};
 
 pub use project::Applied;

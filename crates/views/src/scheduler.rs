@@ -255,6 +255,18 @@ impl Scheduler {
         }
         for (outcome, _) in &outcomes {
             self.note(outcome);
+            let interval = all.iter().find(|v| v.name == outcome.view).and_then(|v| {
+                match v.definition.schedule {
+                    Some(Schedule::Every { seconds }) => Some(seconds),
+                    _ => None,
+                }
+            });
+            let took = (outcome.finished - outcome.started).num_seconds();
+            if let Some(interval) = interval
+                && took > i64::try_from(interval).unwrap_or(i64::MAX)
+            {
+                warn!(view = %outcome.view, seconds = took, interval, "the refresh took longer than its schedule's interval: runs are skipped until it catches up");
+            }
         }
         Ok(outcomes.into_iter().map(|(o, _)| o).collect())
     }
