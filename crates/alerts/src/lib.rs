@@ -83,7 +83,7 @@ struct Inner {
     webhooks: BTreeMap<String, Webhook>,
     client: reqwest::Client,
     retry: Retry,
-    link_base: String,
+    link_base: std::sync::RwLock<String>,
     notifications: broadcast::Sender<Notification>,
     active: bool,
     /// Which hosts webhooks may reach (names are vetted as they resolve, addresses here).
@@ -131,16 +131,35 @@ impl Alerts {
                 webhooks,
                 client,
                 retry: settings.retry,
-                link_base: settings.link_base,
+                link_base: std::sync::RwLock::new(settings.link_base),
                 notifications,
                 active: settings.active,
                 policy,
             }),
         };
         if alerts.inner.active {
+            for rule in alerts.rules() {
+                for target in rule
+                    .notify
+                    .iter()
+                    .filter(|t| *t != POSTGRES && !alerts.inner.webhooks.contains_key(t.as_str()))
+                {
+                    warn!(alert = %rule.name, webhook = %target, "an alert rule notifies a webhook this server does not declare in [[webhooks]]: its firings stay pending");
+                }
+            }
             alerts.resume();
         }
         Ok(alerts)
+    }
+
+    /// The console's address for the payloads' links, when it is known only once the HTTP
+    /// door is bound (a configured `console_url` is kept).
+    pub fn set_link_base(&self, base: &str) {
+        if let Ok(mut link) = self.inner.link_base.write()
+            && link.is_empty()
+        {
+            *link = base.to_string();
+        }
     }
 
     /// Whether this process evaluates rules and delivers their firings.
@@ -165,8 +184,13 @@ impl Alerts {
         Ok(self.state().clone())
     }
 
-    /// Refuses a `NOTIFY` list naming a webhook this server does not declare.
+    /// Refuses a `NOTIFY` list naming a webhook this server does not declare. A process that
+    /// does not deliver (the command line: `medlake apply` without the server's config)
+    /// accepts any name; the server warns of undeclared ones when it delivers.
     pub fn check_targets(&self, notify: &[String]) -> Result<()> {
+        if !self.inner.active {
+            return Ok(());
+        }
         for target in notify {
             if target != POSTGRES && !self.inner.webhooks.contains_key(target) {
                 return Err(Error::UnknownTarget {
@@ -354,7 +378,13 @@ impl Alerts {
     }
 
     async fn deliver_to(&self, firing: &Firing, target: &str, attempts_before: u32) {
-        let body = deliver::payload(firing, &self.inner.link_base);
+        let link_base = self
+            .inner
+            .link_base
+            .read()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        let body = deliver::payload(firing, &link_base);
         if target == POSTGRES {
             // LISTEN is best effort, as in PostgreSQL: delivered to whoever listens now.
             let _ = self.inner.notifications.send(Notification {

@@ -58,9 +58,13 @@ impl Doors {
     /// as `medlake {command}: ...`.
     pub(crate) async fn bind(
         engine: &Engine,
-        config: DoorsConfig,
+        mut config: DoorsConfig,
         command: &str,
     ) -> Result<Self, Failure> {
+        // The operator console on the HTTP door logs in the password doors' users, and counts
+        // its failed logins in the same record.
+        config.http.console.access = Some(config.pg.access.clone());
+        config.http.console.logins = config.pg.logins.clone();
         let (pg_listen, flight_listen, http_listen) =
             (config.pg.listen, config.flight.listen, config.http.listen);
         let http = medlake_http::Server::bind(engine.clone(), config.http)

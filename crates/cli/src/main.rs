@@ -496,7 +496,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         print_applied(&engine.apply_project(project).await?);
     }
     let doors_config = doors_config(&args, &config, access, http_auth);
+    let tls = doors_config.http.tls.is_some();
     let doors = doors::Doors::bind(&engine, doors_config, "serve").await?;
+    engine.set_alert_link_base(&format!(
+        "{}://{}",
+        if tls { "https" } else { "http" },
+        doors.http_addr
+    ));
     println!(
         "medlake serve: refreshing scheduled views of {} (Ctrl-C stops)",
         medlake_engine::redact_location(engine.warehouse().url().as_str())

@@ -119,8 +119,16 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<(), Failure> {
         allowed_hosts: vec!["127.0.0.1".into(), "::1".into(), "localhost".into()],
         ..medlake_source::Policy::strict()
     };
+    // The ward pager: a local webhook receiver that prints each alert the rules of
+    // sql/alerts/ fire (signed, as a real receiver would check).
+    let pager = Pager::start(&dir).await?;
     let engine = crate::connectors::engine(&warehouse.display().to_string())
         .policy(sources)
+        .alerts(medlake_alerts::Settings {
+            webhooks: vec![pager.webhook()],
+            active: true,
+            ..Default::default()
+        })
         .open()
         .await?;
     create_stand_ins(&engine, &project).await?;
@@ -159,6 +167,85 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<(), Failure> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The ward pager
+
+/// A webhook receiver on loopback standing in for the ward's pager: it checks each payload's
+/// signature, prints the alert and appends it to `DIR/alerts.ndjson`.
+struct Pager {
+    url: url::Url,
+    secret: medlake_alerts::Secret,
+}
+
+impl Pager {
+    async fn start(dir: &Path) -> Result<Self, Failure> {
+        let secret = medlake_alerts::Secret::new(medlake_auth::random_token(32));
+        let log = dir.join("alerts.ndjson");
+        let checking = secret.clone();
+        let app = axum::Router::new().route(
+            "/pager",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let (secret, log) = (checking.clone(), log.clone());
+                async move { Pager::receive(&secret, &log, &headers, &body) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Failure::Usage(format!("cannot start the ward pager: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::Usage(format!("cannot start the ward pager: {e}")))?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let url = url::Url::parse(&format!("http://{addr}/pager"))
+            .map_err(|e| Failure::Usage(format!("the ward pager's address: {e}")))?;
+        Ok(Self { url, secret })
+    }
+
+    fn webhook(&self) -> medlake_alerts::Webhook {
+        medlake_alerts::Webhook {
+            name: "ward-pager".into(),
+            url: self.url.clone(),
+            secret: Some(self.secret.clone()),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn receive(
+        secret: &medlake_alerts::Secret,
+        log: &Path,
+        headers: &axum::http::HeaderMap,
+        body: &str,
+    ) -> axum::http::StatusCode {
+        let signature = headers
+            .get(medlake_alerts::deliver::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let now = Utc::now().timestamp();
+        if !medlake_alerts::deliver::verify(secret, signature, body, now, 300) {
+            return axum::http::StatusCode::UNAUTHORIZED;
+        }
+        let payload: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        println!(
+            "[ward pager] {} {} {} {}",
+            payload["severity"].as_str().unwrap_or("?"),
+            payload["alert"].as_str().unwrap_or("?"),
+            payload["key"],
+            payload["link"].as_str().unwrap_or("")
+        );
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(file, "{body}");
+        }
+        axum::http::StatusCode::NO_CONTENT
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Serving
 
 async fn serve(
@@ -171,6 +258,7 @@ async fn serve(
     let config = crate::doors::DoorsConfig::insecure_local(args.pg, args.flight, args.http);
     let doors = crate::doors::Doors::bind(engine, config, "quickstart").await?;
     let (pg_addr, flight_addr, http_addr) = (doors.pg_addr, doors.flight_addr, doors.http_addr);
+    engine.set_alert_link_base(&format!("http://{http_addr}"));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let doors = tokio::spawn(doors.serve(stopped.clone()));
     let live_start = Utc
@@ -197,6 +285,13 @@ async fn serve(
                 progress.say("refreshing every view once (upstream first)");
                 let refreshed = refresh_all(engine, progress).await.map_err(Failure::from);
                 if refreshed.is_ok() {
+                    let (firings, pending) = engine
+                        .settle_alerts(Duration::from_secs(30))
+                        .await
+                        .map_err(Failure::from)?;
+                    progress.say(format!(
+                        "alert rules of sql/alerts/: {firings} firing(s) so far, {pending} delivery(ies) pending (DIR/alerts.ndjson; SELECT * FROM system.alerts)"
+                    ));
                     print_connect(pg_addr, flight_addr, http_addr, &args.dir);
                     progress.say("done (--once): the warehouse stays in DIR/warehouse");
                 }

@@ -39,6 +39,14 @@ const CATALOG: &[(&str, &str)] = &[
 pub const SQL: &[(&str, &str)] = &[
     ("access.sql", include_str!("../../../sql/access.sql")),
     (
+        "alerts/clinical.sql",
+        include_str!("../../../sql/alerts/clinical.sql"),
+    ),
+    (
+        "alerts/operations.sql",
+        include_str!("../../../sql/alerts/operations.sql"),
+    ),
+    (
         "bronze/ehr.sql",
         include_str!("../../../sql/bronze/ehr.sql"),
     ),
@@ -269,7 +277,7 @@ pub async fn create_stand_ins(engine: &Engine, project: &Path) -> Result<(), Fai
             // Views, and the grants and masks on them (sql/access.sql), come with `apply`.
             if matches!(
                 statement,
-                Statement::CreateMaterializedView(_) | Statement::Access(_)
+                Statement::CreateMaterializedView(_) | Statement::Access(_) | Statement::Alert(_)
             ) {
                 continue;
             }

@@ -193,6 +193,38 @@ pub(crate) fn spawn_evaluator(shared: Weak<Shared>, mut rx: mpsc::UnboundedRecei
     });
 }
 
+impl crate::Engine {
+    /// Where alert payloads link to (the HTTP door's console), unless `[alerts]
+    /// console_url` said so already.
+    pub fn set_alert_link_base(&self, base: &str) {
+        self.shared.alerts.set_link_base(base);
+    }
+
+    /// Evaluates every alert rule up to its view's latest version now (not waiting for the
+    /// evaluator), then waits at most `within` for the deliveries to settle. Returns the
+    /// firings there are and the deliveries still pending. For `medlake quickstart --once`
+    /// and tests, which end right after their refreshes.
+    pub async fn settle_alerts(&self, within: Duration) -> Result<(usize, usize)> {
+        for rule in self.shared.alerts.rules() {
+            try_evaluate(&self.shared, &rule).await?;
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let state = self.shared.alerts.snapshot().await?;
+            let pending = state
+                .firings
+                .values()
+                .flat_map(|f| f.deliveries.values())
+                .filter(|d| d.pending())
+                .count();
+            if pending == 0 || std::time::Instant::now() >= deadline {
+                return Ok((state.firings.len(), pending));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Evaluates `rule` up to its view's latest version; failures are logged, and the rows are
 /// evaluated again next time (nothing is marked evaluated).
 async fn evaluate(shared: &Arc<Shared>, rule: &AlertRule) {

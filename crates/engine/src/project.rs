@@ -8,6 +8,8 @@
 //!   views it reads), whatever their file names.
 //! - A view whose definition (query, schedule, expectations) is unchanged keeps its data; a
 //!   changed one is replaced and refreshed fully in one commit; a new one is created.
+//! - Access statements (GRANT, masks, ...) and alert rules (`CREATE OR REPLACE ALERT`, kept
+//!   as they are when unchanged) run after the views they name.
 //! - A view of the warehouse that no file defines any more is kept, data and all, and
 //!   reported: dropping data is a decision for `DROP MATERIALIZED VIEW`, not for a deleted
 //!   file.
@@ -124,6 +126,10 @@ impl Engine {
                     }
                     access_statement @ Statement::Access(_) => {
                         access.push((access_statement, file.clone()));
+                    }
+                    // Alert rules watch views: run after them too.
+                    alert @ Statement::Alert(_) => {
+                        access.push((alert, file.clone()));
                     }
                     other => {
                         let output = self.execute(other).await?;

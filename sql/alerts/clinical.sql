@@ -1,0 +1,31 @@
+-- Alert rules on patients (evaluated by `medlake serve` after each refresh of their view, over
+-- the rows that refresh added or changed; each key and severity fires once; README
+-- "Monitoring and alerting"). These are secondary notifications for the ward team, not a
+-- medical alarm system: bedside monitors keep alarming at the bedside.
+--
+-- 'ward-pager' is a webhook of the server's config ([[webhooks]]); 'postgres' notifies
+-- clients that ran `LISTEN <rule>`.
+
+-- NEWS2 medium (5-6: urgent review) or high (7+: emergency response), once per patient,
+-- hour and risk: an escalation from medium to high within the hour fires again.
+CREATE OR REPLACE ALERT news2_deterioration ON gold.news2_hourly
+    WHEN risk IN ('medium', 'high')
+    KEY (patient_id, hour)
+    SEVERITY risk
+    NOTIFY 'ward-pager', 'postgres';
+
+-- A single parameter scoring 3 with a total below 5 (RCP: low-medium, urgent ward-based
+-- response).
+CREATE OR REPLACE ALERT news2_single_parameter ON gold.news2_hourly
+    WHEN risk = 'low-medium'
+    KEY (patient_id, hour)
+    SEVERITY 'low-medium'
+    NOTIFY 'ward-pager', 'postgres';
+
+-- SpO2 below 88 % measured by a device (a validated silver reading, not a nursing entry),
+-- once per patient and hour.
+CREATE OR REPLACE ALERT spo2_below_88 ON silver.readings
+    WHEN metric = 'spo2' AND value < 88
+    KEY (patient_id, hour)
+    SEVERITY 'high'
+    NOTIFY 'ward-pager', 'postgres';
