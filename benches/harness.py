@@ -51,7 +51,8 @@ class Medlake:
         return [line.split(",") for line in self.run(query, csv=True).splitlines()[1:]]
 
 
-WORKLOADS = ["refresh", "medallion", "warehouse", "merge", "ingest", "serve", "dashboard", "spill"]
+WORKLOADS = ["refresh", "medallion", "warehouse", "merge", "ingest", "serve", "dashboard", "spill",
+             "alerting"]
 
 
 def write_results_md(workload, section):

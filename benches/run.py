@@ -11,6 +11,7 @@ on the same data, in the same run.
     python benches/run.py spill --bin target/release/medlake [--rows 50000000] [--memory-limit 256MB]
     python benches/run.py warehouse --bin target/release/medlake [--patients N --hours H --rate R]
     python benches/run.py merge --bin target/release/medlake [--rows 10000000] [--rounds 3]
+    python benches/run.py alerting --bin target/release/medlake [--devices 400] [--seconds 120]
 
 refresh: incremental vs full REFRESH MATERIALIZED VIEW after appending 1% to a bronze table,
 with DuckDB recomputing the same gold table from bronze's Parquet files as the peer.
@@ -39,6 +40,10 @@ CASCADE refresh of the same views, results checked equal.
 
 merge (merge.py): MERGE of 1% changed rows (scattered updates and inserts) into a 10M-row
 table, against DuckDB's MERGE INTO on its own database file, tables checked equal each round.
+
+alerting (alerting.py): live 1 Hz readings of 400 devices over the HTTP door into bronze ->
+silver -> gold (REFRESH ON CHANGE) with an alert rule on gold; the distribution of reading
+acknowledged -> webhook delivered for probe readings (no peer: a latency goal, <= 5 s p99).
 """
 
 import argparse
@@ -1732,6 +1737,7 @@ def add_serve_dashboard_spill_parsers(sub):
 
 
 def main():
+    import alerting
     import medallion  # its own module; both share harness.py
     import merge
     import warehouse
@@ -1753,11 +1759,12 @@ def main():
     medallion.add_parser(sub)
     warehouse.add_parser(sub)
     merge.add_parser(sub)
+    alerting.add_parser(sub)
     args = parser.parse_args()
     ensure_python_peers()
     {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill,
      "medallion": medallion.medallion, "warehouse": warehouse.warehouse,
-     "merge": merge.merge}[args.workload](args)
+     "merge": merge.merge, "alerting": alerting.alerting}[args.workload](args)
 
 
 if __name__ == "__main__":
