@@ -199,8 +199,10 @@ impl AccessState {
                     return matches!(privilege, Privilege::Select | Privilege::Maintain)
                         && roles.contains(AUDITOR);
                 }
-                // Who may grant what, and which identifiers were erased (as hashes).
-                "grants" | "erasures" => {
+                // Who may grant what, which identifiers were erased (as hashes), and the
+                // alert log (each firing's row as its rule's owner read it: readers see
+                // firings through `system.alerts`, filtered by the views they list).
+                "grants" | "erasures" | "alert_events" => {
                     return *privilege == Privilege::Select
                         && (principal.is_admin() || roles.contains(AUDITOR));
                 }

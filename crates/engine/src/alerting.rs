@@ -31,6 +31,9 @@ use crate::{Output, Session, Shared, privileges, statement};
 /// How often rules look for versions of their views they have not evaluated.
 pub const CATCH_UP: Duration = Duration::from_secs(10);
 
+/// Channels one session may `LISTEN` to.
+pub const MAX_LISTEN: usize = 1000;
+
 const KEY_PREFIX: &str = "__medlake_key_";
 const SEVERITY: &str = "__medlake_severity";
 
@@ -449,6 +452,14 @@ impl Session {
                 Ok(Output::command("ACKNOWLEDGE ALERT", n))
             }
             AlertStatement::Listen { channel } => {
+                let listened = self.listening.channels().len();
+                if listened >= MAX_LISTEN && !self.listening.channels().contains(&channel) {
+                    return Err(Error::LimitExceeded {
+                        what: "LISTEN channels in one session",
+                        limit: MAX_LISTEN,
+                        hint: " (UNLISTEN some)",
+                    });
+                }
                 let mut receiver = self.listening.receiver.lock().await;
                 if receiver.is_none() {
                     *receiver = Some(self.shared.alerts.subscribe());

@@ -392,6 +392,17 @@ async fn alert_statements_need_the_views_privileges_and_name_known_webhooks() {
     assert_eq!(outcome(&stranger, "ACKNOWLEDGE ALERT h").await, "42501");
     let listed = stranger.query("SELECT * FROM system.alerts").await.unwrap();
     assert_eq!(listed.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    // The log behind system.alerts holds every firing's row: admins and auditors only, even
+    // for a reader of everything.
+    let reader = engine.session_for(Principal::user("rhea", Role::Reader));
+    assert_eq!(
+        outcome(&reader, "SELECT * FROM system.alert_events").await,
+        "42501"
+    );
+    assert_eq!(
+        outcome(&olga, "SELECT * FROM system.alert_events").await,
+        "42501"
+    );
     assert_eq!(outcome(&olga, "DROP ALERT h").await, "ok");
     assert_eq!(outcome(&olga, "DROP ALERT h").await, "42704");
     assert_eq!(outcome(&olga, "DROP ALERT IF EXISTS h").await, "ok");
