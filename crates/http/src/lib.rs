@@ -14,7 +14,11 @@
 //! without them costs its headers only; headers, bodies and TLS handshakes have deadlines and
 //! the number of open connections is capped (see [`Config`]). `/metrics` keeps per-table
 //! series only for tables that exist and that the request's token may push into.
+//!
+//! `/console` is the operator console ([`console`]): a small web app behind the server's
+//! users, whose panels are SQL run as the logged-in user.
 
+pub mod console;
 mod decode;
 mod ingest;
 mod metrics;
@@ -33,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
+pub use console::ConsoleConfig;
 pub use decode::Refused;
 #[doc(hidden)] // for the fuzz target `http_decode` (fuzz/): not an API
 pub use decode::{gunzip, rows, values};
@@ -108,6 +113,8 @@ pub struct Config {
     /// Most connections open at once (TLS handshakes included); a connection accepted beyond
     /// is closed at once, before anything is read from it (default 1024).
     pub max_connections: usize,
+    /// The operator console (`/console`): off unless its `access` is set.
+    pub console: ConsoleConfig,
 }
 
 impl Config {
@@ -125,6 +132,7 @@ impl Config {
             body_read_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -184,7 +192,13 @@ impl Server {
                 config.listen
             )));
         }
+        if let Some(access) = &config.console.access {
+            access
+                .check(config.listen, "console", config.tls.is_some())
+                .map_err(Error::Config)?;
+        }
         for (name, value) in [
+            ("console idle_timeout", config.console.idle_timeout),
             ("header_read_timeout", config.header_read_timeout),
             ("body_read_timeout", config.body_read_timeout),
             ("tls_handshake_timeout", config.tls_handshake_timeout),
@@ -225,13 +239,15 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        let console = console::router(engine.clone(), &config.console, tls.is_some());
         let state = ingest::State::new(engine, &config);
         let router = Router::new()
             .route("/v1/ingest/{target}", post(ingest::handle))
             .route("/healthz", get(ingest::health))
             .route("/metrics", get(ingest::metrics))
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
-            .with_state(state);
+            .with_state(state)
+            .merge(console);
         Ok(Self {
             listener,
             router,
