@@ -238,6 +238,15 @@ async fn evaluate(shared: &Arc<Shared>, rule: &AlertRule) {
 
 async fn try_evaluate(shared: &Arc<Shared>, rule: &AlertRule) -> Result<()> {
     let view = view_name(&rule.view)?;
+    if is_computed(shared, &view) {
+        // `system.sources` and the like have no versions: their rows as they are now, at
+        // each evaluation (every catch-up); deduplication keeps each key and severity once.
+        let session = owner_session(shared, rule).await?;
+        let batches = session.query(&query(rule, None, None)).await?;
+        let candidates = candidates(rule, &batches)?;
+        shared.alerts.record_evaluation(rule, 0, candidates).await?;
+        return Ok(());
+    }
     let Some(latest) = shared.warehouse.versions(&view).await?.last().copied() else {
         return Ok(());
     };
@@ -247,13 +256,13 @@ async fn try_evaluate(shared: &Arc<Shared>, rule: &AlertRule) -> Result<()> {
     }
     let session = owner_session(shared, rule).await?;
     let batches = match session
-        .query(&query(rule, Some((from, latest)), latest))
+        .query(&query(rule, Some((from, latest)), Some(latest)))
         .await
     {
         Ok(batches) => batches,
         Err(e) => {
             debug!(alert = %rule.name, error = %e, "the view's changes cannot be read; evaluating its rows");
-            session.query(&query(rule, None, latest)).await?
+            session.query(&query(rule, None, Some(latest))).await?
         }
     };
     let candidates = candidates(rule, &batches)?;
@@ -266,6 +275,12 @@ async fn try_evaluate(shared: &Arc<Shared>, rule: &AlertRule) -> Result<()> {
 
 fn arrow_error(e: arrow::error::ArrowError) -> Error {
     Error::Internal(format!("an alert's rows: {e}"))
+}
+
+/// Whether `view` is one of the `system` tables computed when read (no Delta versions).
+fn is_computed(shared: &Shared, view: &TableName) -> bool {
+    view.schema == medlake_views::system::SCHEMA
+        && shared.catalog.is_computed_system_table(&view.table)
 }
 
 fn view_name(view: &str) -> Result<TableName> {
@@ -304,7 +319,7 @@ async fn owner_session(shared: &Arc<Shared>, rule: &AlertRule) -> Result<Session
 /// The rule's query: its key, severity and every column of the rows that met its condition,
 /// among the rows versions `changes` (from, to) inserted or updated, or (None) among all rows
 /// of version `at`.
-fn query(rule: &AlertRule, changes: Option<(u64, u64)>, at: u64) -> String {
+fn query(rule: &AlertRule, changes: Option<(u64, u64)>, at: Option<u64>) -> String {
     let mut select: Vec<String> = rule
         .key
         .iter()
@@ -326,10 +341,13 @@ fn query(rule: &AlertRule, changes: Option<(u64, u64)>, at: u64) -> String {
             format!("table_changes({}, {from}, {to})", quote_literal(&rule.view)),
             "\"_change_type\" IN ('insert', 'update_postimage') AND ",
         ),
-        None => (
-            format!("{} VERSION AS OF {at}", quoted_view(&rule.view)),
-            "",
-        ),
+        None => match at {
+            Some(at) => (
+                format!("{} VERSION AS OF {at}", quoted_view(&rule.view)),
+                "",
+            ),
+            None => (quoted_view(&rule.view), ""),
+        },
     };
     format!(
         "SELECT {} FROM {from} WHERE {changed}({})",
@@ -573,21 +591,25 @@ impl Session {
 
     async fn create_alert(&self, create: CreateAlert) -> Result<Output> {
         let view = self.table_name(&statement::name_parts(&create.on)?)?;
-        if !self.shared.warehouse.table_exists(&view).await? {
+        let computed = is_computed(&self.shared, &view);
+        if !computed && !self.shared.warehouse.table_exists(&view).await? {
             return Err(Error::Lake(medlake_lake::Error::TableNotFound {
                 schema: view.schema,
                 table: view.table,
             }));
         }
         self.shared.alerts.check_targets(&create.notify)?;
-        let from_version = self
-            .shared
-            .warehouse
-            .versions(&view)
-            .await?
-            .last()
-            .copied()
-            .unwrap_or(0);
+        let from_version = if computed {
+            0
+        } else {
+            self.shared
+                .warehouse
+                .versions(&view)
+                .await?
+                .last()
+                .copied()
+                .unwrap_or(0)
+        };
         let rule = AlertRule {
             id: AlertRule::new_id(),
             name: create.name,
@@ -605,7 +627,10 @@ impl Session {
         };
         // The rule must plan over its view as its creator reads it (columns, types, the
         // condition a boolean): evaluated now over no rows.
-        let probe = format!("{} LIMIT 0", query(&rule, None, from_version));
+        let probe = format!(
+            "{} LIMIT 0",
+            query(&rule, None, (!computed).then_some(from_version))
+        );
         self.query(&probe).await.map_err(|e| match e {
             Error::PermissionDenied { .. } => e,
             other => Error::InvalidValue {

@@ -5,6 +5,7 @@
 //!     [REFRESH EVERY '5 minutes' | REFRESH CRON '0 * * * *' | REFRESH ON CHANGE]
 //!     [REFRESH POLICY AUTO | INCREMENTAL | INCREMENTAL STRICT | FULL]
 //!     [CLUSTER BY (column, ...)]
+//!     [FRESHNESS WARN AFTER '10 minutes' [ERROR AFTER '1 hour']]
 //!     [( ] [CONSTRAINT rule EXPECT (boolean expression)
 //!         [ON VIOLATION DROP ROW | ON VIOLATION FAIL UPDATE | ON VIOLATION QUARANTINE]] [, ...] [ )]
 //! AS { query | AUTO CDC FROM source KEYS (...) SEQUENCE BY ... [...] }
@@ -261,6 +262,41 @@ pub struct ViewDefinition {
     /// them and a query on them skips the rest by their statistics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_by: Vec<String>,
+    /// `FRESHNESS WARN AFTER '10 minutes' [ERROR AFTER '1 hour']`: how old the view's last
+    /// successful refresh may be before `system.sources` calls it stale (for views that
+    /// extract a source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Freshness>,
+}
+
+/// A view's freshness bounds, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freshness {
+    pub warn_after: u64,
+    pub error_after: Option<u64>,
+}
+
+impl Freshness {
+    /// `fresh`, `warn` or `error` for a last success `age_seconds` ago.
+    pub fn status(&self, age_seconds: u64) -> &'static str {
+        if self.error_after.is_some_and(|e| age_seconds > e) {
+            "error"
+        } else if age_seconds > self.warn_after {
+            "warn"
+        } else {
+            "fresh"
+        }
+    }
+}
+
+impl fmt::Display for Freshness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FRESHNESS WARN AFTER '{}'", humanize(self.warn_after))?;
+        if let Some(error) = self.error_after {
+            write!(f, " ERROR AFTER '{}'", humanize(error))?;
+        }
+        Ok(())
+    }
 }
 
 impl ViewDefinition {
@@ -276,6 +312,9 @@ impl ViewDefinition {
         if !self.cluster_by.is_empty() {
             let columns: Vec<String> = self.cluster_by.iter().map(|c| identifier(c)).collect();
             sql.push_str(&format!(" CLUSTER BY ({})", columns.join(", ")));
+        }
+        if let Some(freshness) = &self.freshness {
+            sql.push_str(&format!(" {freshness}"));
         }
         for expectation in &self.expectations {
             sql.push_str(&format!(" {expectation}"));
@@ -375,6 +414,7 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
         policy,
         expectations,
         cluster_by,
+        freshness,
     } = parse_options(parser)?;
     if !parser.parse_keyword(Keyword::AS) {
         return Err(syntax(format!(
@@ -390,6 +430,7 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
         auto_cdc: None,
         policy,
         cluster_by,
+        freshness,
     };
     if let Some(cdc) = auto_cdc::parse(parser)? {
         // The query is computed from the source's columns: see `ViewDefinition::resolve`.
@@ -419,6 +460,31 @@ struct Options {
     policy: RefreshPolicy,
     expectations: Vec<Expectation>,
     cluster_by: Vec<String>,
+    freshness: Option<Freshness>,
+}
+
+/// `WARN AFTER 'interval' [ERROR AFTER 'interval']`, after `FRESHNESS`.
+fn parse_freshness(parser: &mut Parser<'_>) -> Result<Freshness> {
+    expect_word(parser, "WARN", "after FRESHNESS")?;
+    expect_word(parser, "AFTER", "after FRESHNESS WARN")?;
+    let warn_after = parse_interval(&string(parser, "after FRESHNESS WARN AFTER")?)?.as_secs();
+    let error_after = if word(parser, "ERROR") {
+        expect_word(parser, "AFTER", "after ERROR")?;
+        let error = parse_interval(&string(parser, "after ERROR AFTER")?)?.as_secs();
+        if error < warn_after {
+            return Err(Error::InvalidValue {
+                what: "FRESHNESS".into(),
+                reason: "ERROR AFTER must not be shorter than WARN AFTER".into(),
+            });
+        }
+        Some(error)
+    } else {
+        None
+    };
+    Ok(Freshness {
+        warn_after,
+        error_after,
+    })
 }
 
 fn parse_options(parser: &mut Parser<'_>) -> Result<Options> {
@@ -426,8 +492,13 @@ fn parse_options(parser: &mut Parser<'_>) -> Result<Options> {
     let mut policy = None;
     let mut expectations: Vec<Expectation> = Vec::new();
     let mut cluster_by: Option<Vec<String>> = None;
+    let mut freshness = None;
     loop {
-        if word(parser, "CLUSTER") {
+        if word(parser, "FRESHNESS") {
+            if freshness.replace(parse_freshness(parser)?).is_some() {
+                return Err(syntax("FRESHNESS is given twice"));
+            }
+        } else if word(parser, "CLUSTER") {
             expect_word(parser, "BY", "after CLUSTER")?;
             if cluster_by.replace(parse_cluster_by(parser)?).is_some() {
                 return Err(syntax("CLUSTER BY is given twice"));
@@ -469,6 +540,7 @@ fn parse_options(parser: &mut Parser<'_>) -> Result<Options> {
         policy: policy.unwrap_or_default(),
         expectations,
         cluster_by: cluster_by.unwrap_or_default(),
+        freshness,
     })
 }
 

@@ -233,3 +233,95 @@ pub async fn latest_refreshes(
     }
     Ok(latest)
 }
+
+/// How a view that extracts a source has been doing, from `system.refreshes`.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub last_success: Option<DateTime<Utc>>,
+    /// Rows the last successful refresh wrote.
+    pub last_rows: Option<u64>,
+    /// Failed refreshes since the last successful one.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub last_status: Option<String>,
+}
+
+/// Each view's [`Health`].
+pub async fn health(
+    warehouse: &Warehouse,
+    state: &SessionState,
+) -> Result<HashMap<TableName, Health>> {
+    let name = table(REFRESHES)?;
+    if !warehouse.table_exists(&name).await? {
+        return Ok(HashMap::new());
+    }
+    let (provider, _) = warehouse.table_provider(&name, None).await?;
+    let ctx = SessionContext::new_with_state(state.clone());
+    let frame = ctx.read_table(provider)?.select_columns(&[
+        "view",
+        "status",
+        "finished",
+        "rows_written",
+        "error",
+    ])?;
+    let batches: Vec<RecordBatch> = frame.execute_stream().await?.try_collect().await?;
+    let mut rows: Vec<(TableName, String, i64, i64, Option<String>)> = Vec::new();
+    for batch in &batches {
+        let text = |i: usize| -> Result<StringArray> {
+            let a = arrow::compute::cast(batch.column(i), &DataType::Utf8)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            Ok(a.as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .unwrap_or_else(|| StringArray::new_null(batch.num_rows())))
+        };
+        let number = |i: usize, via: DataType| -> Result<Int64Array> {
+            let a = arrow::compute::cast(batch.column(i), &via)
+                .and_then(|a| arrow::compute::cast(&a, &DataType::Int64))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            Ok(a.as_any()
+                .downcast_ref::<Int64Array>()
+                .cloned()
+                .unwrap_or_else(|| Int64Array::new_null(batch.num_rows())))
+        };
+        let (view, status, error) = (text(0)?, text(1)?, text(4)?);
+        let finished = number(2, DataType::Timestamp(TimeUnit::Microsecond, None))?;
+        let written = number(3, DataType::Int64)?;
+        for row in 0..batch.num_rows() {
+            let Some((schema, t)) = view.value(row).split_once('.') else {
+                continue;
+            };
+            let Ok(name) = TableName::new(schema, t) else {
+                continue;
+            };
+            rows.push((
+                name,
+                status.value(row).to_string(),
+                finished.value(row),
+                written.value(row),
+                error.is_valid(row).then(|| error.value(row).to_string()),
+            ));
+        }
+    }
+    rows.sort_by_key(|r| r.2);
+    let mut health: HashMap<TableName, Health> = HashMap::new();
+    for (name, status, finished, written, error) in rows {
+        let h = health.entry(name).or_default();
+        match status.as_str() {
+            "succeeded" | "skipped" => {
+                h.last_success = DateTime::from_timestamp_micros(finished);
+                if status == "succeeded" {
+                    h.last_rows = u64::try_from(written).ok();
+                }
+                h.failures = 0;
+            }
+            "failed" => {
+                h.failures += 1;
+                h.last_error = error;
+            }
+            _ => {}
+        }
+        h.last_status = Some(status);
+    }
+    Ok(health)
+}

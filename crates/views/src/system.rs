@@ -21,6 +21,93 @@ use crate::refresh::Views;
 
 pub const MATERIALIZED_VIEWS: &str = "materialized_views";
 pub const LINEAGE: &str = "lineage";
+pub const SOURCES: &str = "sources";
+
+fn sources_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("sources", DataType::Utf8, false),
+        Field::new("last_success", timestamp(), true),
+        Field::new("lag_seconds", DataType::Int64, true),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("consecutive_failures", DataType::Int64, false),
+        Field::new("last_status", DataType::Utf8, true),
+        Field::new("last_error", DataType::Utf8, true),
+        Field::new("freshness", DataType::Utf8, false),
+        Field::new("warn_after_seconds", DataType::Int64, true),
+        Field::new("error_after_seconds", DataType::Int64, true),
+    ]))
+}
+
+/// `system.sources`: one row per view that extracts an external table (or declares
+/// FRESHNESS): when it last succeeded and how long ago, the rows that refresh wrote, failures
+/// since, the last error, and `fresh` / `warn` / `error` by its FRESHNESS (`never` before a
+/// first success, `unknown` without FRESHNESS).
+pub async fn sources(views: &Views, state: &SessionState) -> Result<RecordBatch> {
+    let warehouse = views.warehouse();
+    let health = crate::history::health(warehouse, state).await?;
+    let now = chrono::Utc::now();
+    let mut c: [Vec<Option<String>>; 5] = Default::default();
+    let mut last = Vec::new();
+    let mut ints: [Vec<Option<i64>>; 5] = Default::default();
+    for view in views.list().await? {
+        let mut external = Vec::new();
+        for input in views.references(&view.definition)? {
+            if warehouse.external(&input).await.ok().flatten().is_some() {
+                external.push(input.to_string());
+            }
+        }
+        let freshness = view.definition.freshness;
+        if external.is_empty() && freshness.is_none() {
+            continue;
+        }
+        let h = health.get(&view.name).cloned().unwrap_or_default();
+        let lag = h.last_success.map(|t| (now - t).num_seconds().max(0));
+        let status = match (lag, freshness) {
+            (None, _) => "never".to_string(),
+            (Some(_), None) => "unknown".to_string(),
+            (Some(lag), Some(f)) => f.status(u64::try_from(lag).unwrap_or(0)).to_string(),
+        };
+        for (column, value) in c.iter_mut().zip([
+            Some(view.name.to_string()),
+            Some(external.join(", ")),
+            h.last_status.clone(),
+            h.last_error.clone(),
+            Some(status),
+        ]) {
+            column.push(value);
+        }
+        last.push(h.last_success.map(|t| t.timestamp_micros()));
+        for (column, value) in ints.iter_mut().zip([
+            lag,
+            h.last_rows.map(to_i64),
+            Some(i64::from(h.failures)),
+            freshness.map(|f| to_i64(f.warn_after)),
+            freshness.and_then(|f| f.error_after.map(to_i64)),
+        ]) {
+            column.push(value);
+        }
+    }
+    let [view, sources, status, error, freshness] = c;
+    let [lag, rows, failures, warn, error_after] = ints;
+    RecordBatch::try_new(
+        sources_schema(),
+        vec![
+            Arc::new(StringArray::from(view)),
+            Arc::new(StringArray::from(sources)),
+            Arc::new(TimestampMicrosecondArray::from(last).with_timezone("UTC")),
+            Arc::new(Int64Array::from(lag)),
+            Arc::new(Int64Array::from(rows)),
+            Arc::new(Int64Array::from(failures)),
+            Arc::new(StringArray::from(status)),
+            Arc::new(StringArray::from(error)),
+            Arc::new(StringArray::from(freshness)),
+            Arc::new(Int64Array::from(warn)),
+            Arc::new(Int64Array::from(error_after)),
+        ],
+    )
+    .map_err(|e| Error::Internal(format!("sources listing: {e}")))
+}
 
 fn materialized_views_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -183,7 +270,7 @@ pub fn computed_tables(
     views: &Views,
     state: &SessionState,
 ) -> Vec<(&'static str, Arc<dyn TableProvider>)> {
-    [MATERIALIZED_VIEWS, LINEAGE]
+    [MATERIALIZED_VIEWS, LINEAGE, SOURCES]
         .into_iter()
         .map(|name| {
             let table: Arc<dyn TableProvider> = Arc::new(ComputedTable {
@@ -199,10 +286,10 @@ pub fn computed_tables(
 #[async_trait]
 impl TableProvider for ComputedTable {
     fn schema(&self) -> SchemaRef {
-        if self.name == LINEAGE {
-            lineage_schema()
-        } else {
-            materialized_views_schema()
+        match self.name {
+            LINEAGE => lineage_schema(),
+            SOURCES => sources_schema(),
+            _ => materialized_views_schema(),
         }
     }
 
@@ -217,10 +304,10 @@ impl TableProvider for ComputedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = if self.name == LINEAGE {
-            lineage(&self.views).await
-        } else {
-            materialized_views(&self.views, &self.state).await
+        let batch = match self.name {
+            LINEAGE => lineage(&self.views).await,
+            SOURCES => sources(&self.views, &self.state).await,
+            _ => materialized_views(&self.views, &self.state).await,
         }
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let table = MemTable::try_new(self.schema(), vec![vec![batch]])?;

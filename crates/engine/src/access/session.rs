@@ -90,6 +90,19 @@ const SYSTEM_LISTINGS: &[SystemListing] = &[
         maintainers_only: &[],
     },
     SystemListing {
+        table: medlake_views::system::SOURCES,
+        columns: &["view"],
+        view: "\"view\"",
+        maintainers_only: &[
+            ("rows", "CAST(NULL AS BIGINT)"),
+            (
+                "last_error",
+                "CASE WHEN \"last_error\" IS NULL THEN NULL \
+                 ELSE 'the refresh failed (its error is shown to the view''s owner)' END",
+            ),
+        ],
+    },
+    SystemListing {
         table: medlake_views::system::LINEAGE,
         columns: &["view"],
         view: "\"view\"",

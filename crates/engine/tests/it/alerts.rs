@@ -407,3 +407,83 @@ async fn alert_statements_need_the_views_privileges_and_name_known_webhooks() {
     assert_eq!(outcome(&olga, "DROP ALERT h").await, "42704");
     assert_eq!(outcome(&olga, "DROP ALERT IF EXISTS h").await, "ok");
 }
+
+/// `FRESHNESS` on a view that extracts a source: `system.sources` says how old its last
+/// success is, how many refreshes failed since and why, and a rule on it alerts once per
+/// stale episode.
+#[tokio::test]
+async fn a_stale_source_shows_in_system_sources_and_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, received) = receiver(0).await;
+    let engine = alerting_engine(&dir, url, false).await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.raw (n INT NOT NULL);
+             CREATE MATERIALIZED VIEW bronze.feed FRESHNESS WARN AFTER '1 second' ERROR AFTER '2 seconds'
+               CONSTRAINT small EXPECT (n < 10) ON VIOLATION FAIL UPDATE
+               AS SELECT n FROM bronze.raw;
+             CREATE ALERT stale_source ON system.sources WHEN freshness = 'error'
+               KEY (view, last_success) SEVERITY 'high' NOTIFY 'pager'",
+        )
+        .await
+        .unwrap();
+    let status = |engine: &Engine| {
+        let engine = engine.clone();
+        async move {
+            let batches = engine
+                .query(
+                    "SELECT freshness, consecutive_failures, last_error, warn_after_seconds \
+                     FROM system.sources WHERE view = 'bronze.feed'",
+                )
+                .await
+                .unwrap();
+            let text = |i: usize| {
+                let a = batches[0]
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap();
+                (!a.is_null(0)).then(|| a.value(0).to_string())
+            };
+            let ints = |i: usize| {
+                batches[0]
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .value(0)
+            };
+            (text(0).unwrap(), ints(1), text(2), ints(3))
+        }
+    };
+    assert_eq!(status(&engine).await, ("fresh".into(), 0, None, 1));
+    engine
+        .sql("INSERT INTO bronze.raw VALUES (99)")
+        .await
+        .unwrap();
+    assert!(
+        engine
+            .sql("REFRESH MATERIALIZED VIEW bronze.feed")
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (freshness, failures, error, _) = status(&engine).await;
+    assert_eq!((freshness.as_str(), failures), ("error", 1));
+    assert!(
+        error.unwrap().contains("small"),
+        "the failed refresh's reason"
+    );
+    let (firings, pending) = engine.settle_alerts(Duration::from_secs(20)).await.unwrap();
+    assert_eq!((firings, pending), (1, 0));
+    // The same stale episode does not fire again.
+    let (firings, _) = engine.settle_alerts(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(firings, 1);
+    let got = received.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].2.contains("\"view\":\"bronze.feed\""),
+        "{}",
+        got[0].2
+    );
+}

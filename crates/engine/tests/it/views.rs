@@ -607,6 +607,7 @@ async fn out_of_range_schedules_are_refused_and_stored_ones_do_not_stop_the_sche
                 auto_cdc: None,
                 policy: Default::default(),
                 cluster_by: Vec::new(),
+                freshness: None,
             },
         };
         engine
