@@ -47,3 +47,12 @@ CREATE OR REPLACE ALERT alarm_unacknowledged ON gold.unacknowledged_alarms
     KEY (alert_id)
     SEVERITY 'high'
     NOTIFY 'ward-pager', 'postgres';
+
+-- A source whose extraction (the bronze view that copies it) last succeeded longer ago than
+-- its FRESHNESS ERROR AFTER (sql/bronze/): once per stale episode. system.sources is computed
+-- when read: the server evaluates this rule every 10 seconds.
+CREATE OR REPLACE ALERT source_stale ON system.sources
+    WHEN freshness = 'error'
+    KEY (view, last_success)
+    SEVERITY 'high'
+    NOTIFY 'ward-pager';

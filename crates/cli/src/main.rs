@@ -42,6 +42,9 @@ enum Command {
     Sql(SqlArgs),
     /// Refresh materialized views now (incrementally where their queries allow).
     Refresh(RefreshArgs),
+    /// Print the warehouse's health for a person: each source's freshness (system.sources),
+    /// each view's last refresh and staleness, and the alerts nobody acknowledged.
+    Status(StatusArgs),
     /// Apply a project folder: catalog/*.sql, then the views of sql/**/*.sql in dependency
     /// order. Unchanged views keep their data; changed ones are replaced and refreshed.
     Apply(ApplyArgs),
@@ -153,6 +156,13 @@ struct ExtractArgs {
     /// How many tables are copied at once.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// Warehouse location: a folder, file://, az://, abfss://, s3:// or gs:// URL.
+    #[arg(long, env = "MEDLAKE_WAREHOUSE", default_value = "./warehouse")]
+    warehouse: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -269,6 +279,7 @@ fn main() -> ExitCode {
         let result = match cli.command {
             Command::Sql(args) => sql(args).await,
             Command::Refresh(args) => refresh(args).await,
+            Command::Status(args) => status(args).await,
             Command::Apply(args) => apply(args).await,
             Command::Serve(args) => serve(args).await,
             Command::Extract(args) => extract(args).await,
@@ -358,6 +369,40 @@ async fn refresh(args: RefreshArgs) -> Result<(), Failure> {
             outcome.version.map_or("-".to_string(), |v| v.to_string()),
             outcome.reason
         );
+    }
+    Ok(())
+}
+
+/// `medlake status`: sources, views and open alerts, as tables.
+async fn status(args: StatusArgs) -> Result<(), Failure> {
+    let engine = connectors::open_local(&args.warehouse).await?;
+    for (title, sql) in [
+        (
+            "Sources (system.sources)",
+            "SELECT view, sources, freshness, last_success, lag_seconds, rows, \
+             consecutive_failures AS failures, last_error FROM system.sources ORDER BY view",
+        ),
+        (
+            "Views (system.materialized_views)",
+            "SELECT schema || '.' || name AS view, schedule, status, last_refresh, staleness \
+             FROM system.materialized_views ORDER BY 1",
+        ),
+        (
+            "Open alerts (system.alerts, not acknowledged)",
+            "SELECT alert, severity, count(DISTINCT firing) AS firings, min(fired_at) AS first, \
+             max(fired_at) AS latest, sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) \
+             AS failed_deliveries FROM system.alerts WHERE acknowledged_by IS NULL \
+             GROUP BY alert, severity ORDER BY alert, severity",
+        ),
+    ] {
+        println!("{title}");
+        let mut outputs = engine.sql(sql).await?;
+        if let Some(medlake_engine::Output::Rows(stream)) = outputs.pop() {
+            let schema = stream.schema();
+            let batches = medlake_engine::Output::Rows(stream).collect().await?;
+            print_rows(&schema, &batches);
+        }
+        println!();
     }
     Ok(())
 }
