@@ -332,6 +332,11 @@ fn print_connect(pg: SocketAddr, flight: SocketAddr, http: SocketAddr, dir: &Pat
         "
 Connect (no password: the quickstart serves loopback only):
 
+  Operator console (view DAG, refreshes, sources, quarantine, alerts, NEWS2 ward board):
+  http://{http}/console
+  Alerts the rules of sql/alerts/ fire go to the ward pager (printed here, DIR/alerts.ndjson)
+  and to Postgres clients that ran LISTEN news2_deterioration.
+
   psql \"host={pg_ip} port={pg_port} dbname=medlake user=demo sslmode=disable\"
 
   # Python, ADBC Flight SQL (pip install adbc-driver-flightsql pyarrow)
