@@ -21,12 +21,14 @@ step "toolchain components"
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-step "Debian packages: psql (postgresql-client), pgjdbc (libpostgresql-jdbc-java), Java (pgjdbc, the medallion benchmark's PySpark), PostgreSQL 15 (the ingest benchmark's peer)"
+step "Debian packages: psql (postgresql-client), pgjdbc (libpostgresql-jdbc-java), Java (pgjdbc, the medallion benchmark's PySpark), PostgreSQL 15 (the ingest benchmark's peer), Chromium and its WebDriver (the console's browser test)"
 need=()
 command -v psql >/dev/null || need+=(postgresql-client)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 [ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
 command -v java >/dev/null || need+=(default-jre-headless)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q "${need[@]}" || { apt-get update -q && apt-get install -y -q "${need[@]}"; }
@@ -34,7 +36,8 @@ fi
 
 step "python test tools into $VENV"
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt \
+    -r tests/console/requirements.txt
 
 step "Azurite $AZURITE_VERSION (npm) into $NPM"
 mkdir -p "$NPM"
@@ -64,6 +67,9 @@ cargo test --workspace --locked
 step "interop: Delta (deltalake Python package); az:// and s3:// warehouses (Azurite, moto); Postgres wire (psql, psycopg, pgjdbc); Flight SQL (ADBC, pyarrow.flight)"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/interop
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/security
+
+step "the operator console in headless Chromium (Selenium): login, panels, a failed refresh in red, an alert"
+MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/console
 
 step "the README's demo command"
 demo="$(mktemp -d)"

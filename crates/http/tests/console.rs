@@ -17,6 +17,7 @@ const NURSE: (&str, &str) = ("nurse", "nurse-password-1");
 
 struct Door {
     _dir: tempfile::TempDir,
+    engine: Engine,
     base: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -71,7 +72,7 @@ async fn door(configure: impl FnOnce(&mut Config)) -> Door {
         user(NURSE.0, NURSE.1, Role::None, &["ward_staff"]),
     ]));
     configure(&mut config);
-    let server = Server::bind(engine, config).await.unwrap();
+    let server = Server::bind(engine.clone(), config).await.unwrap();
     let base = format!("http://{}", server.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.serve(async move {
@@ -79,6 +80,7 @@ async fn door(configure: impl FnOnce(&mut Config)) -> Door {
     }));
     Door {
         _dir: dir,
+        engine,
         base,
         stop: Some(stop),
     }
@@ -171,6 +173,16 @@ async fn login_sets_a_strict_session_cookie_and_wrong_passwords_get_401() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{wrong:?}");
         assert!(response.headers().get(SET_COOKIE).is_none());
     }
+    // A login form posted from another site is refused, with the right password too.
+    let response = client()
+        .post(format!("{}/console/login", door.base))
+        .header("origin", "http://evil.example")
+        .form(&[("username", ADMIN.0), ("password", ADMIN.1)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(response.headers().get(SET_COOKIE).is_none());
     // A body that is not a form, or too large, is refused without a session.
     let response = client()
         .post(format!("{}/console/login", door.base))
@@ -330,8 +342,16 @@ async fn panels_run_as_the_logged_in_user() {
     assert_eq!(ward["rows"][0]["trend"], "up");
     assert_eq!(ward["rows"][0]["risk"], "medium");
     assert!(all["refreshes"]["rows"].as_array().unwrap().len() >= 2);
-    // No system.sources in this warehouse: that panel is left out.
-    assert_eq!(all["sources"]["available"], false);
+    for panel in ["dag", "refreshes", "quarantine", "alerts", "ward"] {
+        assert_eq!(all[panel]["available"], true, "{panel}: {}", all[panel]);
+    }
+    // Source health is there exactly when the server has system.sources.
+    let has_sources = door
+        .engine
+        .query("SELECT * FROM system.sources LIMIT 0")
+        .await
+        .is_ok();
+    assert_eq!(all["sources"]["available"], has_sources);
 
     // The nurse may read gold.open_view but not gold.news2_hourly.
     let dag = json(&door, "/console/api/dag", &nurse).await;

@@ -117,7 +117,8 @@ async fn security_headers(mut response: Response) -> Response {
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::CACHE_CONTROL, "no-store"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: with it browsers send `Origin: null` on the login form's POST.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_FRAME_OPTIONS, "DENY"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -245,11 +246,12 @@ struct Credentials {
 async fn login(
     State(console): State<Console>,
     peer: Option<Extension<Peer>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     form: Result<Form<Credentials>, FormRejection>,
 ) -> Response {
     let client = client(peer);
-    if !same_origin(&headers) {
+    if !same_origin(&headers, &uri) {
         return login_html(StatusCode::FORBIDDEN, Some("Cross-site login refused."));
     }
     if matches!(console.access, Access::InsecureNoAuth) {
@@ -306,12 +308,16 @@ async fn login(
     console.logged_in(&token, StatusCode::SEE_OTHER, redirect("/console"))
 }
 
-/// Whether a browser's `Origin` (when it sends one) is this server.
-fn same_origin(headers: &HeaderMap) -> bool {
+/// Whether a browser's `Origin` (when it sends one) is this server (`Host`, or the
+/// authority of an HTTP/2 request).
+fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
     let origin = origin.to_str().ok().and_then(|o| {
         o.strip_prefix("http://")
             .or_else(|| o.strip_prefix("https://"))

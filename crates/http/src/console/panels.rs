@@ -28,14 +28,15 @@ pub(crate) const PANELS: [&str; 7] = [
 
 const VIEWS: &str = "SELECT schema, name, schedule, last_refresh, status, staleness, rows \
     FROM system.materialized_views ORDER BY schema, name";
-const LINEAGE: &str = "SELECT view, input, input_is_view FROM system.lineage ORDER BY view, input";
-const REFRESHES: &str = "SELECT view, trigger, started, finished, mode, rows_written, status, \
+const LINEAGE: &str =
+    "SELECT \"view\", input, input_is_view FROM system.lineage ORDER BY \"view\", input";
+const REFRESHES: &str = "SELECT \"view\", \"trigger\", started, finished, mode, rows_written, status, \
     error FROM system.refreshes ORDER BY started DESC LIMIT 200";
-const EXPECTATIONS: &str = "SELECT view, expectation, on_violation, \
+const EXPECTATIONS: &str = "SELECT \"view\", expectation, on_violation, \
     sum(violations) AS violations, sum(rows_checked) AS rows_checked, max(recorded) AS last \
-    FROM system.expectations GROUP BY view, expectation, on_violation \
-    ORDER BY violations DESC, view, expectation LIMIT 200";
-const ALERTS: &str = "SELECT alert, view, severity, key, fired_at, status, acknowledged_by \
+    FROM system.expectations GROUP BY \"view\", expectation, on_violation \
+    ORDER BY violations DESC, \"view\", expectation LIMIT 200";
+const ALERTS: &str = "SELECT alert, \"view\", severity, \"key\", fired_at, status, acknowledged_by \
     FROM system.alerts \
     ORDER BY acknowledged_by IS NULL DESC, fired_at DESC LIMIT 200";
 const WARD: &str = "WITH ranked AS (\

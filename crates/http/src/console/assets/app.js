@@ -147,10 +147,21 @@ function drawTimeline(panel) {
   box.append(root);
 }
 
+// An alert's key (a JSON object) as `a=1, b=2`.
+function key(text) {
+  try {
+    const parsed = JSON.parse(text);
+    if (parsed && typeof parsed === "object") {
+      return Object.entries(parsed).map(([k, v]) => `${k}=${typeof v === "string" ? when(v) || v : JSON.stringify(v)}`).join(", ");
+    }
+  } catch (e) { /* not JSON: shown as it is */ }
+  return show(text);
+}
+
 function drawAlerts(panel) {
   const box = document.getElementById("alerts");
   box.replaceChildren(panel.available ? table(panel.rows, [
-    ["alert", "Alert"], ["view", "View"], ["severity", "Severity"], ["key", "Key"],
+    ["alert", "Alert"], ["view", "View"], ["severity", "Severity"], ["key", "Key", key],
     ["fired_at", "Fired", when], ["status", "Delivery"], ["acknowledged_by", "Acknowledged by"],
   ], (r) => `severity-${show(r.severity)}${r.acknowledged_by ? " acknowledged" : ""}`) : unavailable(panel));
 }
@@ -165,7 +176,10 @@ function drawQuarantine(panel) {
   ], (r) => (r.violations > 0 ? "violated" : "")));
   for (const [view, sample] of Object.entries(panel.samples || {})) {
     if (!sample.length) continue;
-    const cols = Object.keys(sample[0]).slice(0, 8).map((k) => [k, k]);
+    // The view's own columns first, medlake's bookkeeping (_medlake_*) after them.
+    const keys = Object.keys(sample[0]);
+    const ordered = keys.filter((k) => !k.startsWith("_medlake")).concat(keys.filter((k) => k.startsWith("_medlake_rules")));
+    const cols = ordered.slice(0, 8).map((k) => [k, k === "_medlake_rules" ? "broke" : k]);
     box.append(el("h3", {}, `${view}_quarantine (sample)`), table(sample, cols));
   }
 }
@@ -199,8 +213,13 @@ function drawSources(panel) {
   section.hidden = !panel.available;
   if (!panel.available) return;
   const rows = panel.rows;
-  const cols = rows.length ? Object.keys(rows[0]).map((k) => [k, k]) : [];
-  document.getElementById("sources").replaceChildren(table(rows, cols));
+  const first = ["view", "sources", "freshness", "last_success", "lag_seconds", "rows",
+    "consecutive_failures", "last_status", "last_error"];
+  const keys = rows.length ? Object.keys(rows[0]) : [];
+  const ordered = first.filter((k) => keys.includes(k)).concat(keys.filter((k) => !first.includes(k)));
+  const fmt = (k) => (k === "last_success" ? when : undefined);
+  const cols = ordered.map((k) => [k, k.replace(/_/g, " "), fmt(k)]);
+  document.getElementById("sources").replaceChildren(table(rows, cols, (r) => `freshness-${show(r.freshness)}`));
 }
 
 async function api(path, options) {
