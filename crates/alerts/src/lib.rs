@@ -184,6 +184,14 @@ impl Alerts {
         Ok(self.state().clone())
     }
 
+    /// Reads the log again (after an erasure rewrote it).
+    pub async fn reload(&self) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        let fresh = State::fold(log::load(&self.inner.warehouse, &self.inner.session).await?);
+        *self.state() = fresh;
+        Ok(())
+    }
+
     /// Refuses a `NOTIFY` list naming a webhook this server does not declare. A process that
     /// does not deliver (the command line: `medlake apply` without the server's config)
     /// accepts any name; the server warns of undeclared ones when it delivers.
@@ -529,7 +537,9 @@ fn key_matches(rule: &AlertRule, key: &str, values: &[String]) -> bool {
         .all(|(column, value)| match object.get(column) {
             Some(serde_json::Value::String(s)) => s == value,
             Some(serde_json::Value::Null) | None => false,
-            Some(other) => other.to_string() == *value,
+            Some(other) => {
+                serde_json::from_str::<serde_json::Value>(value).is_ok_and(|v| &v == other)
+            }
         })
 }
 

@@ -70,8 +70,9 @@ impl Erase {
 struct Target {
     name: TableName,
     columns: Vec<String>,
-    /// A quarantine's `raw` column (refused rows as sent), searched token by token.
-    raw: Option<String>,
+    /// Text columns searched token by token: a quarantine's `raw` column (refused rows as
+    /// sent), the alert log's `key` and `row` (JSON of a firing's row).
+    raw: Vec<String>,
 }
 
 /// What the erasure did to one table.
@@ -207,6 +208,8 @@ impl Session {
         self.erase_what_came_back(&targets, &identifiers, &mut done)
             .await?;
         self.shared.catalog.refresh().await?;
+        // The alert log lost the patient's firings: this server's copy of it too.
+        self.shared.alerts.reload().await?;
         let mut report: Vec<(String, u64, String)> = targets
             .iter()
             .zip(done)
@@ -262,10 +265,14 @@ impl Session {
         let warehouse = &self.shared.warehouse;
         let mut targets = Vec::new();
         for schema in warehouse.list_schemas().await? {
-            if schema == medlake_lake::erasure::ERASURES_SCHEMA {
-                continue;
-            }
             for table in warehouse.list_tables(&schema).await? {
+                // medlake's own tables hold no patient rows, but the alert log does (each
+                // firing's key and row).
+                let alert_log =
+                    schema == medlake_alerts::log::SCHEMA && table == medlake_alerts::log::EVENTS;
+                if schema == medlake_lake::erasure::ERASURES_SCHEMA && !alert_log {
+                    continue;
+                }
                 let name = TableName::new(&schema, &table)?;
                 if warehouse.external(&name).await?.is_some() {
                     continue;
@@ -296,7 +303,11 @@ impl Session {
                     })
                     .filter(|_| table.ends_with(medlake_lake::erasure::QUARANTINE_SUFFIX))
                     .map(|f| f.name().clone());
-                if !found.is_empty() || raw.is_some() {
+                let mut raw: Vec<String> = raw.into_iter().collect();
+                if alert_log {
+                    raw = vec!["key".into(), "row".into()];
+                }
+                if !found.is_empty() || !raw.is_empty() {
                     targets.push(Target {
                         name,
                         columns: found,

@@ -781,7 +781,13 @@ fn every_view_refreshes_incrementally_after_one_percent_more_in_every_source() {
             refreshes.join("\n")
         );
     }
-    let full: Vec<&String> = refreshes.iter().filter(|l| l.contains(",full,")).collect();
+    // The two views of sql/alerts/operations.sql read the clock (now()): recomputed at every
+    // refresh by design, and a FULL refresh a moment later may rightly differ.
+    let clock = ["gold.silent_devices", "gold.unacknowledged_alarms"];
+    let full: Vec<&String> = refreshes
+        .iter()
+        .filter(|l| l.contains(",full,") && !clock.iter().any(|c| l.starts_with(&format!("{c},"))))
+        .collect();
     assert!(full.is_empty(), "refreshed fully:\n{full:#?}");
     // And each view holds what a FULL refresh computes (floats to 6 decimals).
     let versions: BTreeMap<String, String> = csv(
@@ -833,7 +839,10 @@ fn every_view_refreshes_incrementally_after_one_percent_more_in_every_source() {
                  (SELECT count(*) FROM ({new} EXCEPT ALL {old}))"
             ),
         );
-        assert_eq!(differ, 0, "{view}: incremental and FULL results differ");
+        assert!(
+            differ == 0 || clock.contains(&view.as_str()),
+            "{view}: incremental and FULL results differ ({differ} rows)"
+        );
     }
     erasure_leaves_no_trace_of_the_patient(&wh, &views);
 }

@@ -467,7 +467,7 @@ async fn a_stale_source_shows_in_system_sources_and_alerts() {
             .await
             .is_err()
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let (freshness, failures, error, _) = status(&engine).await;
     assert_eq!((freshness.as_str(), failures), ("error", 1));
     assert!(
@@ -486,4 +486,55 @@ async fn a_stale_source_shows_in_system_sources_and_alerts() {
         "{}",
         got[0].2
     );
+}
+
+/// An erased patient leaves no firing behind: the alert log's key and row are searched like
+/// a quarantine's raw rows, and its history purged.
+#[tokio::test]
+async fn erasing_a_patient_removes_their_firings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _) = receiver(0).await;
+    let engine = alerting_engine(&dir, url, false).await;
+    engine.sql(SETUP).await.unwrap();
+    engine
+        .sql("CREATE ALERT h ON gold.risk WHEN risk = 'high' KEY (patient_id) NOTIFY 'pager'")
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "INSERT INTO bronze.obs VALUES ('p-1', 1, 9, 'Ada'), ('p-2', 1, 9, 'Bob');
+             REFRESH MATERIALIZED VIEW gold.risk",
+        )
+        .await
+        .unwrap();
+    let (firings, _) = engine.settle_alerts(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(firings, 2);
+    engine.sql("ERASE PATIENT 'p-1'").await.unwrap();
+    let left = firings_of(&engine).await;
+    assert_eq!(left, vec![r#"{"patient_id":"p-2"}"#.to_string()]);
+    assert_eq!(
+        crate::count(
+            &engine,
+            "SELECT count(*) FROM system.alert_events WHERE key LIKE '%p-1%' OR \"row\" LIKE '%Ada%'"
+        )
+        .await,
+        0
+    );
+}
+
+async fn firings_of(engine: &Engine) -> Vec<String> {
+    let batches = engine
+        .query("SELECT DISTINCT key FROM system.alerts ORDER BY key")
+        .await
+        .unwrap();
+    let mut keys = Vec::new();
+    for batch in &batches {
+        let a = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        keys.extend((0..a.len()).map(|i| a.value(i).to_string()));
+    }
+    keys
 }
