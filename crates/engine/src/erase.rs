@@ -128,6 +128,10 @@ impl Target {
     }
 }
 
+fn name_of(schema: &str, table: &str) -> Result<TableName> {
+    Ok(TableName::new(schema, table)?)
+}
+
 /// `text` with the regular expression syntax escaped (as `regex::escape` does).
 fn regex_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -271,6 +275,12 @@ impl Session {
                 let alert_log =
                     schema == medlake_alerts::log::SCHEMA && table == medlake_alerts::log::EVENTS;
                 if schema == medlake_lake::erasure::ERASURES_SCHEMA && !alert_log {
+                    continue;
+                }
+                // An alert log nothing was ever written to (version 0) holds no one.
+                if alert_log
+                    && warehouse.versions(&name_of(&schema, &table)?).await?.last() == Some(&0)
+                {
                     continue;
                 }
                 let name = TableName::new(&schema, &table)?;
