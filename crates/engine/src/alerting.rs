@@ -159,9 +159,53 @@ pub(crate) async fn metrics_text(shared: &Shared, out: &mut String) {
     }
 }
 
+/// The engine's alert rules and metrics: opens the alert log, adds the computed alert tables
+/// to the `system` schema, and hears every refresh (for metrics, and for evaluation in a
+/// server that evaluates: the receiver is then returned for [`spawn_evaluator`]).
+pub(crate) async fn open(
+    warehouse: &medlake_lake::Warehouse,
+    state: &datafusion::execution::context::SessionState,
+    views: &medlake_views::Views,
+    catalog: &crate::catalog::LakeCatalog,
+    settings: medlake_alerts::Settings,
+    policy: &Arc<medlake_source::Policy>,
+) -> Result<(
+    medlake_alerts::Alerts,
+    Arc<crate::metrics::Metrics>,
+    Option<mpsc::UnboundedReceiver<TableName>>,
+)> {
+    let alerts = medlake_alerts::Alerts::open(
+        warehouse.clone(),
+        state.clone(),
+        medlake_alerts::Settings {
+            policy: policy.clone(),
+            ..settings
+        },
+    )
+    .await?;
+    let mut computed = medlake_views::system::computed_tables(views, state);
+    computed.extend(medlake_alerts::computed_tables(&alerts));
+    catalog.set_computed_system_tables(computed);
+    catalog.refresh().await?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let evaluations = alerts.active().then_some(rx);
+    views.set_listener(Arc::new(Listener {
+        tx: evaluations.is_some().then_some(tx),
+        metrics: metrics.clone(),
+    }));
+    Ok((alerts, metrics, evaluations))
+}
+
 /// Evaluates rules as their views commit, and catches up every [`CATCH_UP`], until the
 /// engine is gone.
-pub(crate) fn spawn_evaluator(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<TableName>) {
+pub(crate) fn spawn_evaluator(
+    shared: Weak<Shared>,
+    rx: Option<mpsc::UnboundedReceiver<TableName>>,
+) {
+    let Some(mut rx) = rx else {
+        return;
+    };
     tokio::spawn(async move {
         // At start: whatever committed while no server evaluated.
         let mut catch_up = true;

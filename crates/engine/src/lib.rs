@@ -531,26 +531,8 @@ impl Engine {
             audit: audit.clone(),
         }));
         catalog.set_views(views.clone());
-        let alerts = medlake_alerts::Alerts::open(
-            warehouse.clone(),
-            state.clone(),
-            medlake_alerts::Settings {
-                policy: policy.clone(),
-                ..alerts
-            },
-        )
-        .await?;
-        let mut computed = medlake_views::system::computed_tables(&views, &state);
-        computed.extend(medlake_alerts::computed_tables(&alerts));
-        catalog.set_computed_system_tables(computed);
-        catalog.refresh().await?;
-        let metrics = Arc::new(metrics::Metrics::default());
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let evaluations = alerts.active().then_some(rx);
-        views.set_listener(Arc::new(alerting::Listener {
-            tx: evaluations.is_some().then_some(tx),
-            metrics: metrics.clone(),
-        }));
+        let (alerts, metrics, evaluations) =
+            alerting::open(&warehouse, &state, &views, &catalog, alerts, &policy).await?;
         let shared = Arc::new(Shared {
             warehouse,
             connectors,
@@ -568,9 +550,7 @@ impl Engine {
             alerts,
             metrics,
         });
-        if let Some(rx) = evaluations {
-            alerting::spawn_evaluator(Arc::downgrade(&shared), rx);
-        }
+        alerting::spawn_evaluator(Arc::downgrade(&shared), evaluations);
         let default = Arc::new(Session::new(shared.clone(), Principal::local("local")));
         Ok(Self { shared, default })
     }
