@@ -84,16 +84,20 @@ impl AlertRule {
     }
 }
 
-/// `"name"` when the name needs quoting, else as it is.
-pub fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
+/// Whether `name` reads back the same unquoted: lower-case letters, digits and `_`, not
+/// starting with a digit.
+fn is_plain(name: &str) -> bool {
+    name.chars()
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// `"name"` when the name needs quoting, else as it is.
+pub fn quote_ident(name: &str) -> String {
+    if is_plain(name) {
         name.to_string()
     } else {
         format!("\"{}\"", name.replace('"', "\"\""))
@@ -221,16 +225,7 @@ fn check_name(ident: &Ident) -> Result<String> {
     } else {
         ident.value.to_ascii_lowercase()
     };
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if valid {
+    if name.len() <= 63 && is_plain(&name) {
         Ok(name)
     } else {
         Err(Error::InvalidName { name })
