@@ -13,6 +13,8 @@ pub enum Door {
     Postgres,
     Flight,
     Http,
+    /// HL7 v2 messages over MLLP (`medlake-mllp`).
+    Mllp,
     /// The local command line (`medlake sql`, `apply`, `refresh`, ...).
     Cli,
     /// The server's own scheduled work (refreshes).
@@ -27,6 +29,7 @@ impl Door {
             Door::Postgres => "postgres",
             Door::Flight => "flight",
             Door::Http => "http",
+            Door::Mllp => "mllp",
             Door::Cli => "cli",
             Door::Scheduler => "scheduler",
             Door::Alerts => "alerts",

@@ -28,7 +28,7 @@ pub use grants::{
 pub use principal::{Object, Principal, PrincipalKind, Privilege, Role, TablePattern};
 pub use secret::{Secret, SecretSource, SecretStore, constant_time_eq, random_token};
 pub use throttle::{LockedOut, LoginPolicy, Logins};
-pub use tls::{Loaded as LoadedTls, TlsFiles};
+pub use tls::{Loaded as LoadedTls, TlsFiles, certificate_names};
 
 /// Errors of this crate: configuration that cannot be used. Nothing is half-loaded.
 #[derive(Debug, thiserror::Error)]

@@ -213,19 +213,27 @@ impl Engine {
         batches: Vec<RecordBatch>,
         keys: &[IngestKey],
         senders: &[String],
+        door: medlake_audit::Door,
     ) -> Result<Option<Appended>> {
         let appended = self
             .ingest_append_unaudited(log, schema, batches, keys)
             .await;
         if let Ok(Some(done)) = &appended {
-            self.audit_ingest(&log.name, senders, done.rows).await?;
+            self.audit_ingest(&log.name, senders, done.rows, door)
+                .await?;
         }
         appended
     }
 
-    /// Records an HTTP ingest commit in `system.audit` before the door acknowledges it: one
-    /// event per commit, naming the tokens (`senders`) of its requests, never their secrets.
-    async fn audit_ingest(&self, table: &TableName, senders: &[String], rows: u64) -> Result<()> {
+    /// Records an ingest commit in `system.audit` before the door acknowledges it: one event
+    /// per commit, naming the senders (tokens, MLLP senders) of its requests, never secrets.
+    async fn audit_ingest(
+        &self,
+        table: &TableName,
+        senders: &[String],
+        rows: u64,
+        door: medlake_audit::Door,
+    ) -> Result<()> {
         let user = if senders.is_empty() {
             "ingest".to_string()
         } else {
@@ -233,7 +241,7 @@ impl Engine {
         };
         let mut event = medlake_audit::Event::of(
             user,
-            medlake_audit::Door::Http,
+            door,
             medlake_audit::Statement::normalize(&format!("INGEST INTO {table}")),
         );
         event.kind = "INGEST".into();

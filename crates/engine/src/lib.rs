@@ -25,6 +25,7 @@ pub mod plan_cache;
 pub mod postgres;
 mod privileges;
 mod project;
+pub mod push;
 mod restore;
 pub mod result_cache;
 pub mod runtime;

@@ -1,16 +1,11 @@
 //! `POST /v1/ingest/{schema}.{table}`: validation, micro-batching, durable acknowledgement.
 //!
-//! Each table has one writer task. Requests queue for it (a bounded queue: a full one answers
-//! 503); the writer takes everything queued, drops requests whose `Idempotency-Key` an earlier
-//! commit already holds (answered as duplicates), and appends the rest in one commit that
-//! records their keys. Only then are they answered 200.
-//!
-//! The writer keeps its table open between commits, with the keys of its recent commits, and
-//! commits directly on top of the version it knows: when another process committed meanwhile
-//! the commit fails without writing anything, the writer reads just the newer commits (whose
-//! keys may turn requests into duplicates) and tries again. A commit thus costs no listing of
-//! the log and no reload of the table; a request costs no lookup of its table after the first
-//! (the table and its schema are remembered until the writer finds it dropped or replaced).
+//! Each table has one writer task (the engine's [`Writers`], shared with the MLLP door).
+//! Requests queue for it (a bounded queue: a full one answers 503); the writer takes everything
+//! queued, drops requests whose `Idempotency-Key` an earlier commit already holds (answered as
+//! duplicates), and appends the rest in one commit that records their keys. Only then are they
+//! answered 200. A request costs no lookup of its table after the first (the table and its
+//! schema are remembered until the writer finds it dropped or replaced).
 
 use medlake_common::Code;
 use std::collections::HashMap;
@@ -18,18 +13,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State as Extract};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
-use medlake_engine::ingest::{IngestKey, IngestTable};
+use medlake_engine::ingest::IngestKey;
 use medlake_engine::{Engine, TableName};
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
-use tracing::{debug, warn};
+use medlake_engine::push::{Push, PushConfig, PushError, PushObserver, Pushed, Writers};
+use tokio::sync::Semaphore;
+use tracing::debug;
 
 use crate::decode::{self, BodyError, Refused};
 use crate::metrics::Metrics;
@@ -56,36 +51,44 @@ struct Inner {
     engine: Engine,
     auth: Auth,
     max_body: usize,
-    queue_requests: usize,
     in_flight: Semaphore,
     invalid_rows: HashMap<String, InvalidRows>,
-    key_commits: usize,
     body_read_timeout: std::time::Duration,
     /// Tables requests were resolved to, with their schemas (see [`resolve`]).
-    targets: RwLock<HashMap<TableName, SchemaRef>>,
-    writers: Mutex<HashMap<TableName, mpsc::Sender<Pending>>>,
-    metrics: Metrics,
+    targets: Arc<RwLock<HashMap<TableName, SchemaRef>>>,
+    writers: Writers,
+    metrics: Arc<Metrics>,
 }
 
 impl State {
     pub fn new(engine: Engine, config: &Config) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let targets = Arc::new(RwLock::new(HashMap::new()));
+        let push = PushConfig {
+            queue: config.queue_requests.max(1),
+            key_commits: config.key_commits,
+            door: medlake_engine::Door::Http,
+            quarantine_schema: Some(decode::quarantine_schema()),
+        };
+        let observer = Arc::new(Observer {
+            metrics: metrics.clone(),
+            targets: targets.clone(),
+        });
         Self {
             inner: Arc::new(Inner {
+                writers: Writers::new(engine.clone(), push, observer),
                 engine,
                 auth: config.auth.clone(),
                 max_body: config.max_body_bytes,
-                queue_requests: config.queue_requests.max(1),
                 in_flight: Semaphore::new(config.max_in_flight.max(1)),
                 invalid_rows: config
                     .invalid_rows
                     .iter()
                     .map(|(k, v)| (k.to_ascii_lowercase(), *v))
                     .collect(),
-                key_commits: config.key_commits,
                 body_read_timeout: config.body_read_timeout,
-                targets: RwLock::new(HashMap::new()),
-                writers: Mutex::new(HashMap::new()),
-                metrics: Metrics::default(),
+                targets,
+                metrics,
             }),
         }
     }
@@ -93,25 +96,6 @@ impl State {
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
-}
-
-/// A validated request waiting for its commit.
-struct Pending {
-    schema: SchemaRef,
-    rows: Option<RecordBatch>,
-    quarantine: Vec<Refused>,
-    key: Option<IngestKey>,
-    /// The token that sent it (its name), for the audit.
-    token: Option<String>,
-    answer: oneshot::Sender<Result<Ack, Failure>>,
-}
-
-#[derive(Clone, Debug)]
-struct Ack {
-    rows: u64,
-    quarantined: u64,
-    version: Option<u64>,
-    duplicate: bool,
 }
 
 /// An error answer.
@@ -151,6 +135,23 @@ impl Failure {
 }
 
 impl Failure {
+    /// The writer's answer: nothing of the request was written.
+    fn push(inner: &Inner, table: &TableName, e: &PushError) -> Self {
+        match e {
+            PushError::Engine(e) => {
+                if e.code() == Code::UndefinedTable {
+                    forget_target(inner, table);
+                }
+                Self::engine(e)
+            }
+            PushError::KeyReused(key) => Self::key_reused(key),
+            PushError::Retry(why) => Self::busy(
+                StatusCode::SERVICE_UNAVAILABLE,
+                why.replace("idempotency key", "Idempotency-Key"),
+            ),
+        }
+    }
+
     /// An `Idempotency-Key` already committed (or being committed) for another request: a
     /// different body or another token. Nothing is written: taking it for a retry would drop
     /// the rows silently.
@@ -392,7 +393,7 @@ async fn ingest(
     headers: &HeaderMap,
     body: Body,
     label: &mut String,
-) -> Result<Ack, Failure> {
+) -> Result<Pushed, Failure> {
     let who = authenticate(inner, headers, target)?;
     let key = idempotency_key(headers)?;
     let started = Instant::now();
@@ -457,23 +458,21 @@ async fn ingest(
             return Err(refusal(refused, refused_total, total));
         }
     }
-    let (answer, answered) = oneshot::channel();
-    let pending = Pending {
+    let quarantine = (!refused.is_empty())
+        .then(|| decode::quarantine_rows(&refused, key.as_ref().map(|k| k.key.as_str())));
+    let push = Push {
         schema,
         rows,
-        quarantine: refused,
+        quarantine,
         key,
-        token: who.token.clone(),
-        answer,
+        sender: who.token.clone(),
     };
     let t_decode = started.elapsed().as_micros() as u64 - t_target;
-    enqueue(inner, &table, pending).await?;
-    let answer = answered.await.unwrap_or_else(|_| {
-        Err(Failure::busy(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the writer stopped before committing; retry with the same Idempotency-Key",
-        ))
-    });
+    let answer = inner
+        .writers
+        .push(&table, push)
+        .await
+        .map_err(|e| Failure::push(inner, &table, &e));
     debug!(
         %table,
         target_us = t_target,
@@ -555,25 +554,6 @@ fn refusal(refused: Vec<Refused>, refused_total: usize, total: usize) -> Failure
         status: StatusCode::UNPROCESSABLE_ENTITY,
         body,
         retry_after: None,
-    }
-}
-
-/// Hands a checked request to its table's writer (503 when its queue is full).
-async fn enqueue(inner: &Arc<Inner>, table: &TableName, pending: Pending) -> Result<(), Failure> {
-    let writer = writer(inner, table).await;
-    match writer.try_send(pending) {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Full(_)) => Err(Failure::busy(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the ingest queue of {table} is full; retry with the same Idempotency-Key"),
-        )),
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            inner.writers.lock().await.remove(table);
-            Err(Failure::busy(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the writer of {table} stopped; retry"),
-            ))
-        }
     }
 }
 
@@ -798,360 +778,27 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex
 }
 
-/// The writer task of `table`, started on first use.
-async fn writer(inner: &Arc<Inner>, table: &TableName) -> mpsc::Sender<Pending> {
-    let mut writers = inner.writers.lock().await;
-    if let Some(tx) = writers.get(table).filter(|tx| !tx.is_closed()) {
-        return tx.clone();
+/// What the door hears of its writers: commits and quarantines for its metrics, and tables
+/// found dropped or replaced, whose remembered schema it forgets.
+struct Observer {
+    metrics: Arc<Metrics>,
+    targets: Arc<RwLock<HashMap<TableName, SchemaRef>>>,
+}
+
+impl PushObserver for Observer {
+    fn committed(&self, table: &TableName, rows: u64, micros: u64) {
+        self.metrics.committed(&table.to_string(), rows, micros);
     }
-    let (tx, rx) = mpsc::channel(inner.queue_requests);
-    writers.insert(table.clone(), tx.clone());
-    tokio::spawn(write_loop(inner.clone(), table.clone(), rx));
-    tx
-}
 
-/// Most attempts at one group's commit when other writers keep committing first.
-const MAX_ATTEMPTS: usize = 8;
+    fn quarantined(&self, rows: u64) {
+        self.metrics.quarantined(rows);
+    }
 
-/// What a writer task keeps between commits: its table and quarantine table held open at the
-/// newest version it knows, with the idempotency keys of their recent commits. `None` until
-/// the first group, and again after a failure that leaves the state in doubt.
-#[derive(Default)]
-struct Logs {
-    table: Option<IngestTable>,
-    quarantine: Option<IngestTable>,
-}
-
-async fn write_loop(inner: Arc<Inner>, table: TableName, mut rx: mpsc::Receiver<Pending>) {
-    let quarantine = TableName::new(&table.schema, format!("{}_quarantine", table.table)).ok();
-    let mut logs = Logs::default();
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            group.push(more);
-        }
-        commit_group(&inner, &table, quarantine.as_ref(), &mut logs, group).await;
+    fn forget(&self, table: &TableName) {
+        self.targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(table);
     }
 }
 
-fn answer_all(group: Vec<Pending>, failure: &Failure) {
-    for p in group {
-        let _ = p.answer.send(Err(failure.clone()));
-    }
-}
-
-/// A failure to open or refresh a table's log: the table is gone (404: it is forgotten, so
-/// the next request looks it up again) or cannot be read now (503).
-fn log_failure(inner: &Inner, table: &TableName, e: &medlake_engine::Error) -> Failure {
-    if e.code() == Code::UndefinedTable {
-        forget_target(inner, table);
-        Failure::engine(e)
-    } else {
-        warn!(%table, error = %e, "reading the ingest log");
-        Failure::busy(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot read the log of {table}; retry"),
-        )
-    }
-}
-
-/// Opens the table's ingest log unless the writer holds it already.
-async fn open_log(inner: &Arc<Inner>, table: &TableName, logs: &mut Logs) -> Result<(), Failure> {
-    if logs.table.is_none() {
-        let log = inner
-            .engine
-            .ingest_open(table, inner.key_commits, false)
-            .await
-            .map_err(|e| log_failure(inner, table, &e))?;
-        logs.table = Some(log);
-    }
-    Ok(())
-}
-
-/// Commits one group of requests: duplicates are answered as such, the rest are appended in
-/// one commit on top of the version the writer knows. If someone else committed since, the
-/// writer reads just those commits (their keys may make more requests duplicates) and tries
-/// again.
-async fn commit_group(
-    inner: &Arc<Inner>,
-    table: &TableName,
-    quarantine: Option<&TableName>,
-    logs: &mut Logs,
-    mut group: Vec<Pending>,
-) {
-    let started = Instant::now();
-    if let Err(failure) = open_log(inner, table, logs).await {
-        return answer_all(group, &failure);
-    }
-    let (mut t_refresh, mut t_quarantine, mut t_append) = (0u128, 0u128, 0u128);
-    for attempt in 1..=MAX_ATTEMPTS {
-        let Some(log) = logs.table.as_mut() else {
-            return;
-        };
-        let (writing, followers) = sort_out_keys(log, group);
-        if writing.is_empty() {
-            return;
-        }
-        // The quarantine commit goes first: a crash before the table's commit leaves the
-        // request unanswered, and its retry skips what the quarantine already holds.
-        let t = Instant::now();
-        let quarantined = match quarantine {
-            Some(q) => match commit_quarantine(inner, q, &mut logs.quarantine, &writing).await {
-                Ok(quarantined) => quarantined,
-                Err(failure) => {
-                    answer_all(writing, &failure);
-                    return answer_all(followers, &failure);
-                }
-            },
-            None => HashMap::new(),
-        };
-        t_quarantine += t.elapsed().as_micros();
-        let Some(log) = logs.table.as_mut() else {
-            return;
-        };
-        let batches: Vec<RecordBatch> = writing.iter().filter_map(|p| p.rows.clone()).collect();
-        let row_counts: Vec<u64> = writing
-            .iter()
-            .map(|p| p.rows.as_ref().map_or(0, |b| b.num_rows() as u64))
-            .collect();
-        let result = if batches.is_empty() {
-            Ok(log.version())
-        } else {
-            let new_keys: Vec<IngestKey> = writing.iter().filter_map(|p| p.key.clone()).collect();
-            let schema = writing[0].schema.clone();
-            let t = Instant::now();
-            let appended = inner
-                .engine
-                .ingest_append(log, schema, batches, &new_keys, &senders(&writing))
-                .await;
-            t_append += t.elapsed().as_micros();
-            match appended {
-                Ok(Some(done)) => {
-                    inner.metrics.committed(
-                        &table.to_string(),
-                        done.rows,
-                        t.elapsed().as_micros() as u64,
-                    );
-                    debug!(
-                        %table,
-                        rows = done.rows,
-                        version = done.version,
-                        requests = writing.len(),
-                        attempt,
-                        refresh_us = t_refresh as u64,
-                        quarantine_us = t_quarantine as u64,
-                        append_us = t_append as u64,
-                        total_us = started.elapsed().as_micros() as u64,
-                        "ingest commit"
-                    );
-                    Ok(Some(done.version))
-                }
-                Ok(None) => {
-                    // Someone committed since the version this writer knows: read just that.
-                    debug!(%table, attempt, "ingest commit behind; refreshing");
-                    let t = Instant::now();
-                    let refreshed = inner.engine.ingest_refresh(log).await;
-                    t_refresh += t.elapsed().as_micros();
-                    group = writing.into_iter().chain(followers).collect();
-                    match refreshed {
-                        Ok(false) => continue,
-                        // Another table under this name now: its schema may differ from
-                        // the one these rows were checked against.
-                        Ok(true) => {
-                            forget_target(inner, table);
-                            return answer_all(
-                                group,
-                                &Failure::busy(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    format!("{table} was replaced; retry"),
-                                ),
-                            );
-                        }
-                        Err(e) => {
-                            logs.table = None;
-                            return answer_all(group, &log_failure(inner, table, &e));
-                        }
-                    }
-                }
-                Err(e) => {
-                    warn!(%table, error = %e, "ingest commit failed");
-                    Err(Failure::engine(&e))
-                }
-            }
-        };
-        answer_group(writing, row_counts, followers, &result, &quarantined);
-        return;
-    }
-    answer_all(
-        group,
-        &Failure::busy(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("other writers kept committing to {table} first; retry"),
-        ),
-    );
-}
-
-/// Splits a group by idempotency key: the requests to write (no key, or the first of a new
-/// key) and the followers (the same key again in this group, answered like the first).
-/// Requests whose key is committed are answered now: duplicates, unless they are provably
-/// another request under a used key (another body or token: 409, nothing written).
-fn sort_out_keys(log: &IngestTable, group: Vec<Pending>) -> (Vec<Pending>, Vec<Pending>) {
-    let mut writing: Vec<Pending> = Vec::new();
-    let mut followers: Vec<Pending> = Vec::new();
-    let mut seen: HashMap<String, IngestKey> = HashMap::new();
-    for p in group {
-        let Some(k) = &p.key else {
-            writing.push(p);
-            continue;
-        };
-        if let Some(recorded) = log.recorded(&k.key) {
-            let answer = if recorded.conflicts_with(k) {
-                Err(Failure::key_reused(&k.key))
-            } else {
-                Ok(Ack {
-                    rows: 0,
-                    quarantined: 0,
-                    version: log.version(),
-                    duplicate: true,
-                })
-            };
-            let _ = p.answer.send(answer);
-        } else if let Some(first) = seen.get(&k.key) {
-            if first.conflicts_with(k) {
-                let failure = Failure::key_reused(&k.key);
-                let _ = p.answer.send(Err(failure));
-            } else {
-                followers.push(p);
-            }
-        } else {
-            seen.insert(k.key.clone(), k.clone());
-            writing.push(p);
-        }
-    }
-    (writing, followers)
-}
-
-/// Answers the requests of a commit (or of its failure), and their followers as duplicates.
-fn answer_group(
-    writing: Vec<Pending>,
-    row_counts: Vec<u64>,
-    followers: Vec<Pending>,
-    result: &Result<Option<u64>, Failure>,
-    quarantined: &HashMap<Option<String>, u64>,
-) {
-    let mut answers: HashMap<Option<String>, Result<Ack, Failure>> = HashMap::new();
-    let name = |p: &Pending| p.key.as_ref().map(|k| k.key.clone());
-    for (p, rows) in writing.into_iter().zip(row_counts) {
-        let answer = result.clone().map(|version| Ack {
-            rows,
-            quarantined: quarantined.get(&name(&p)).copied().unwrap_or(0),
-            version,
-            duplicate: false,
-        });
-        if p.key.is_some() {
-            answers.insert(name(&p), answer.clone());
-        }
-        let _ = p.answer.send(answer);
-    }
-    for p in followers {
-        let answer = answers
-            .get(&name(&p))
-            .cloned()
-            .unwrap_or_else(|| Err(Failure::busy(StatusCode::SERVICE_UNAVAILABLE, "retry")));
-        let _ = p.answer.send(answer.map(|ack| Ack {
-            duplicate: true,
-            ..ack
-        }));
-    }
-}
-
-/// Writes the refused rows of `writing` that the quarantine table does not hold yet (by
-/// idempotency key) to it, creating it on first use; returns how many rows each key had
-/// refused.
-/// The names of the tokens that sent `requests` (for the audit; never their secrets).
-fn senders(requests: &[Pending]) -> Vec<String> {
-    let mut names: Vec<String> = requests.iter().filter_map(|p| p.token.clone()).collect();
-    names.sort_unstable();
-    names.dedup();
-    names
-}
-
-async fn commit_quarantine(
-    inner: &Arc<Inner>,
-    q: &TableName,
-    log: &mut Option<IngestTable>,
-    writing: &[Pending],
-) -> Result<HashMap<Option<String>, u64>, Failure> {
-    let rows: Vec<(Option<&IngestKey>, &Vec<Refused>)> = writing
-        .iter()
-        .filter(|p| !p.quarantine.is_empty())
-        .map(|p| (p.key.as_ref(), &p.quarantine))
-        .collect();
-    let quarantined = rows
-        .iter()
-        .map(|(k, refused)| (k.map(|k| k.key.clone()), refused.len() as u64))
-        .collect();
-    if rows.is_empty() {
-        return Ok(quarantined);
-    }
-    let failed = |e: &medlake_engine::Error| {
-        warn!(table = %q, error = %e, "quarantine commit failed");
-        Failure::engine(e)
-    };
-    for _ in 0..MAX_ATTEMPTS {
-        if log.is_none() {
-            *log = Some(
-                inner
-                    .engine
-                    .ingest_open(q, inner.key_commits, true)
-                    .await
-                    .map_err(|e| failed(&e))?,
-            );
-        }
-        let Some(open) = log.as_mut() else {
-            continue;
-        };
-        let fresh: Vec<&(Option<&IngestKey>, &Vec<Refused>)> = rows
-            .iter()
-            .filter(|(k, _)| k.is_none_or(|k| !open.contains(&k.key)))
-            .collect();
-        if fresh.is_empty() {
-            return Ok(quarantined);
-        }
-        let batches: Vec<RecordBatch> = fresh
-            .iter()
-            .map(|(k, refused)| decode::quarantine_rows(refused, k.map(|k| k.key.as_str())))
-            .collect();
-        let keys: Vec<IngestKey> = fresh
-            .iter()
-            .filter_map(|(k, _)| k.map(IngestKey::clone))
-            .collect();
-        match inner
-            .engine
-            .ingest_append(
-                open,
-                decode::quarantine_schema(),
-                batches,
-                &keys,
-                &senders(writing),
-            )
-            .await
-        {
-            Ok(Some(done)) => {
-                inner.metrics.quarantined(done.rows);
-                return Ok(quarantined);
-            }
-            Ok(None) => {
-                if let Err(e) = inner.engine.ingest_refresh(open).await {
-                    *log = None;
-                    return Err(failed(&e));
-                }
-            }
-            Err(e) => return Err(failed(&e)),
-        }
-    }
-    Err(Failure::busy(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("other writers kept committing to {q} first; retry"),
-    ))
-}

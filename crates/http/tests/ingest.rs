@@ -1059,6 +1059,7 @@ async fn an_idempotency_key_reused_for_another_body_or_token_is_a_conflict() {
             vec![batch],
             &[medlake_engine::ingest::IngestKey::bare("legacy-1")],
             &[],
+            medlake_engine::Door::Http,
         )
         .await
         .unwrap()
