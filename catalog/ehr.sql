@@ -44,3 +44,14 @@ CREATE EXTERNAL TABLE IF NOT EXISTS ehr.observations (
 STORED AS SQLSERVER LOCATION 'sqlserver://ehr-db.hospital.local:1433/EHR'
 OPTIONS ('table' 'dbo.NursingObservations', 'user' '${EHR_USER}', 'password' '${EHR_PASSWORD}',
          'encrypt' 'true', 'watermark' 'modified_at');
+
+-- SpO2 target ranges prescribed by a clinician (the oxygen prescription): a target of 88-92 %
+-- (hypercapnic respiratory failure) puts the patient on NEWS2's SpO2 scale 2 from flagged_at
+-- until ended_at (NULL: still in force). Ending or changing a target updates its row.
+CREATE EXTERNAL TABLE IF NOT EXISTS ehr.spo2_targets (
+    target_id BIGINT NOT NULL, patient_id INT NOT NULL, target_low DOUBLE, target_high DOUBLE,
+    reason VARCHAR, flagged_by VARCHAR, flagged_at TIMESTAMP NOT NULL, ended_at TIMESTAMP,
+    modified_at TIMESTAMP)
+STORED AS SQLSERVER LOCATION 'sqlserver://ehr-db.hospital.local:1433/EHR'
+OPTIONS ('table' 'dbo.OxygenTargets', 'user' '${EHR_USER}', 'password' '${EHR_PASSWORD}',
+         'encrypt' 'true', 'watermark' 'modified_at');

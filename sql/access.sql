@@ -31,6 +31,7 @@ GRANT SELECT ON TABLE silver.readings TO clinician;
 GRANT SELECT ON TABLE silver.encounters TO clinician;
 GRANT SELECT ON TABLE silver.alerts TO clinician;
 GRANT SELECT ON TABLE silver.nursing_observations TO clinician;
+GRANT SELECT ON TABLE silver.spo2_targets TO clinician;
 
 GRANT USAGE ON SCHEMA bronze TO data_engineer;
 GRANT SELECT, REFRESH ON SCHEMA bronze TO data_engineer;

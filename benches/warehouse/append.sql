@@ -43,3 +43,7 @@ FROM (SELECT *, row_number() OVER () AS n FROM trials.research_logs) WHERE n % 1
 INSERT INTO bronze.readings_push
 SELECT device_id, patient_id, metric, value, unit, taken_at + INTERVAL '1 second'
 FROM (SELECT *, row_number() OVER (ORDER BY taken_at DESC) AS n FROM bronze.readings_push) WHERE n % 100 = 1;
+INSERT INTO ehr.spo2_targets
+SELECT target_id, patient_id, target_low, target_high, reason, flagged_by, flagged_at, ended_at,
+       CAST(now() AS TIMESTAMP)
+FROM (SELECT *, row_number() OVER () AS n FROM ehr.spo2_targets) WHERE n % 100 = 1;

@@ -18,3 +18,7 @@ CREATE TABLE IF NOT EXISTS ehr.observations (
     respiration_rate DOUBLE, spo2 DOUBLE, on_oxygen BOOLEAN, systolic_bp DOUBLE,
     heart_rate DOUBLE, consciousness VARCHAR, temperature DOUBLE, recorded_by VARCHAR,
     modified_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS ehr.spo2_targets (
+    target_id BIGINT NOT NULL, patient_id INT NOT NULL, target_low DOUBLE, target_high DOUBLE,
+    reason VARCHAR, flagged_by VARCHAR, flagged_at TIMESTAMP NOT NULL, ended_at TIMESTAMP,
+    modified_at TIMESTAMP);

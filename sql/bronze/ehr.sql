@@ -34,3 +34,9 @@ CREATE MATERIALIZED VIEW bronze.ehr_observations REFRESH EVERY '5 minutes'
 SELECT *, 'ehr.observations' AS _source, CAST(modified_at AS VARCHAR) AS _batch,
        modified_at AS _ingested_at
 FROM ehr.observations;
+
+CREATE MATERIALIZED VIEW bronze.ehr_spo2_targets REFRESH EVERY '5 minutes'
+    FRESHNESS WARN AFTER '30 minutes' ERROR AFTER '2 hours' AS
+SELECT *, 'ehr.spo2_targets' AS _source, CAST(modified_at AS VARCHAR) AS _batch,
+       modified_at AS _ingested_at
+FROM ehr.spo2_targets;

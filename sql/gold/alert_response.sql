@@ -1,9 +1,10 @@
 -- Gold: alerts by ward, severity and day, and how fast they were acknowledged (seconds from
--- raised to acknowledged; open alerts are counted, not timed).
+-- raised to acknowledged; open alerts are counted, not timed). Days are the hospital's
+-- (local_date(): the server's [clinical] time_zone, UTC by default).
 CREATE MATERIALIZED VIEW gold.alert_response REFRESH EVERY '5 minutes' AS
 SELECT coalesce(ward, 'unknown') AS ward,
        severity,
-       CAST(raised_at AS DATE) AS day,
+       local_date(raised_at) AS day,
        count(*) AS alerts,
        count(acknowledged_at) AS acknowledged,
        count(*) - count(acknowledged_at) AS open,
@@ -13,4 +14,4 @@ SELECT coalesce(ward, 'unknown') AS ward,
            AS p90_seconds_to_acknowledge,
        round(max(seconds_to_acknowledge), 1) AS max_seconds_to_acknowledge
 FROM silver.alerts
-GROUP BY coalesce(ward, 'unknown'), severity, CAST(raised_at AS DATE);
+GROUP BY coalesce(ward, 'unknown'), severity, local_date(raised_at);

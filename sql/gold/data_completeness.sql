@@ -1,4 +1,6 @@
--- Gold: data completeness per device, ward and day, for compliance reporting.
+-- Gold: data completeness per device, ward and day, for compliance reporting. Days are the
+-- hospital's (local_date(): the server's [clinical] time_zone, UTC by default) and last from
+-- local_day_start(day) to local_day_start(day + 1): 23 or 25 hours when the clocks change.
 --   expected: the readings the device should have sent while attached to a patient in that
 --     ward (assignment and ward stay overlapping) at its nominal sample rate
 --     (ehr.devices.sample_rate_hz). A stay still open counts up to the day's data horizon:
@@ -23,28 +25,28 @@ WITH stays AS (
        AND (e.discharged_at IS NULL OR e.discharged_at > a.valid_from)
 ),
 days AS (
-    SELECT CAST(taken_at AS DATE) AS day, max(taken_at) AS horizon
-    FROM silver.readings GROUP BY CAST(taken_at AS DATE)
+    SELECT local_date(taken_at) AS day, max(taken_at) AS horizon
+    FROM silver.readings GROUP BY local_date(taken_at)
 ),
 expected AS (
     SELECT s.device_id, s.ward, d.day,
            sum(date_part('epoch', least(coalesce(s.to_at, d.horizon),
-                                        CAST(d.day AS TIMESTAMP) + INTERVAL '1 day'))
-               - date_part('epoch', greatest(s.from_at, CAST(d.day AS TIMESTAMP))))
+                                        local_day_start(d.day + INTERVAL '1 day')))
+               - date_part('epoch', greatest(s.from_at, local_day_start(d.day))))
                AS attached_seconds
     FROM stays AS s
     JOIN days AS d
-        ON s.from_at < CAST(d.day AS TIMESTAMP) + INTERVAL '1 day'
-       AND coalesce(s.to_at, d.horizon) > CAST(d.day AS TIMESTAMP)
+        ON s.from_at < local_day_start(d.day + INTERVAL '1 day')
+       AND coalesce(s.to_at, d.horizon) > local_day_start(d.day)
     GROUP BY s.device_id, s.ward, d.day
 ),
 accepted AS (
-    SELECT device_id, ward, CAST(taken_at AS DATE) AS day, count(*) AS accepted
-    FROM silver.readings GROUP BY device_id, ward, CAST(taken_at AS DATE)
+    SELECT device_id, ward, local_date(taken_at) AS day, count(*) AS accepted
+    FROM silver.readings GROUP BY device_id, ward, local_date(taken_at)
 ),
 rejected AS (
-    SELECT device_id, ward, CAST(taken_at AS DATE) AS day, count(*) AS rejected
-    FROM silver.readings_quarantine GROUP BY device_id, ward, CAST(taken_at AS DATE)
+    SELECT device_id, ward, local_date(taken_at) AS day, count(*) AS rejected
+    FROM silver.readings_quarantine GROUP BY device_id, ward, local_date(taken_at)
 )
 SELECT x.device_id, dev.kind, x.ward, x.day,
        round(x.attached_seconds / 3600.0, 2) AS attached_hours,

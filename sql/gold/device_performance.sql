@@ -1,4 +1,5 @@
--- Gold: how each device performed each day.
+-- Gold: how each device performed each day (the hospital's days: local_date(), the server's
+-- [clinical] time_zone, UTC by default).
 --   readings / rejected: validated readings, and readings that went to quarantine;
 --   gaps: times the device was silent for more than 30 seconds (by the time of measurement:
 --     readings a device held during a dropout and sent later fill their gap), and the longest;
@@ -8,8 +9,8 @@
 --     events), and how many disconnects and errors it reported.
 CREATE MATERIALIZED VIEW gold.device_performance REFRESH EVERY '15 minutes' AS
 WITH ordered AS (
-    SELECT device_id, CAST(taken_at AS DATE) AS day, taken_at,
-           lag(taken_at) OVER (PARTITION BY device_id, CAST(taken_at AS DATE)
+    SELECT device_id, local_date(taken_at) AS day, taken_at,
+           lag(taken_at) OVER (PARTITION BY device_id, local_date(taken_at)
                                ORDER BY taken_at) AS previous_at
     FROM (SELECT DISTINCT device_id, taken_at FROM silver.readings) AS instants
 ),
@@ -29,21 +30,21 @@ per_day AS (
     GROUP BY device_id, day
 ),
 accepted AS (
-    SELECT device_id, CAST(taken_at AS DATE) AS day, count(*) AS readings
-    FROM silver.readings GROUP BY device_id, CAST(taken_at AS DATE)
+    SELECT device_id, local_date(taken_at) AS day, count(*) AS readings
+    FROM silver.readings GROUP BY device_id, local_date(taken_at)
 ),
 rejected AS (
-    SELECT device_id, CAST(taken_at AS DATE) AS day, count(*) AS rejected
-    FROM silver.readings_quarantine GROUP BY device_id, CAST(taken_at AS DATE)
+    SELECT device_id, local_date(taken_at) AS day, count(*) AS rejected
+    FROM silver.readings_quarantine GROUP BY device_id, local_date(taken_at)
 ),
 battery AS (
-    SELECT device_id, CAST(occurred_at AS DATE) AS day,
+    SELECT device_id, local_date(occurred_at) AS day,
            min(battery_pct) AS min_battery_pct,
            last_value(battery_pct ORDER BY occurred_at) AS last_battery_pct,
            sum(CASE WHEN event_type = 'disconnected' THEN 1 ELSE 0 END) AS disconnects,
            sum(CASE WHEN event_type = 'error' THEN 1 ELSE 0 END) AS errors
     FROM silver.device_events
-    GROUP BY device_id, CAST(occurred_at AS DATE)
+    GROUP BY device_id, local_date(occurred_at)
 )
 SELECT p.device_id, d.kind, p.day, a.readings, coalesce(r.rejected, 0) AS rejected,
        p.first_reading, p.last_reading, p.gaps,

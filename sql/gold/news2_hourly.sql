@@ -6,6 +6,9 @@
 -- vitals plus consciousness on the ACVPU scale and air or supplemental oxygen, which devices do
 -- not report). Statistical outliers are not removed (see silver.reading_outliers).
 --
+-- Hours are the hospital's (local_hour(): the server's [clinical] time_zone, UTC by default),
+-- given as the instant each local hour began.
+--
 -- Hourly aggregation: for each parameter, the latest observation at or before the end of the
 -- hour — the hour's own latest if there is one, otherwise carried forward from earlier hours,
 -- at most 4 hours back for the measured vitals and 12 hours back for consciousness and
@@ -14,9 +17,11 @@
 -- when all seven parameters are known (complete = true); otherwise news2 and risk are NULL
 -- and missing names what is absent.
 --
--- Chart (SpO2 scale 1):
+-- Chart:
 --   respiration rate  <=8: 3 | 9-11: 1 | 12-20: 0 | 21-24: 2 | >=25: 3
---   SpO2              <=91: 3 | 92-93: 2 | 94-95: 1 | >=96: 0
+--   SpO2 scale 1      <=91: 3 | 92-93: 2 | 94-95: 1 | >=96: 0
+--   SpO2 scale 2      <=83: 3 | 84-85: 2 | 86-87: 1 | 88-92: 0 | >=93 on air: 0
+--                     | 93-94 on oxygen: 1 | 95-96 on oxygen: 2 | >=97 on oxygen: 3
 --   air or oxygen     air: 0 | oxygen: 2
 --   systolic BP       <=90: 3 | 91-100: 2 | 101-110: 1 | 111-219: 0 | >=220: 3
 --   pulse             <=40: 3 | 41-50: 1 | 51-90: 0 | 91-110: 1 | 111-130: 2 | >=131: 3
@@ -25,6 +30,14 @@
 -- Risk: 0-4 low, unless a single parameter scores 3 (low-medium); 5-6 medium; 7 or more high.
 -- Values between the chart's whole numbers (a converted temperature, say) fall to the band
 -- whose upper bound they do not exceed: 35.05 degC scores as 35.1-36.0.
+--
+-- SpO2 scale 2 (spo2_scale = 2) is used for a patient with a clinician's 88-92 % target in
+-- force at the end of the hour (silver.spo2_targets: flagged_at before the hour's end,
+-- ended_at NULL or not before it); every other patient is scored on scale 1, as the RCP
+-- prescribes. On scale 2 a saturation of 93 % or more scores by air or oxygen; when that is
+-- not known (no nursing chart in the last 12 hours) spo2_score is NULL, like air_or_oxygen's
+-- own score, and the row is incomplete (missing names air_or_oxygen). Saturations of 92 % or
+-- less score the same on air or oxygen, so spo2_score is given without it.
 CREATE MATERIALIZED VIEW gold.news2_hourly REFRESH EVERY '5 minutes' AS
 WITH observations AS (
     SELECT patient_id, metric AS parameter, value, taken_at AS observed_at
@@ -54,13 +67,22 @@ WITH observations AS (
     FROM silver.nursing_observations WHERE consciousness IS NOT NULL
 ),
 latest_in_hour AS (
-    SELECT patient_id, parameter, date_trunc('hour', observed_at) AS hour,
+    SELECT patient_id, parameter, local_hour(observed_at) AS hour,
            last_value(value ORDER BY observed_at) AS value
     FROM observations
-    GROUP BY patient_id, parameter, date_trunc('hour', observed_at)
+    GROUP BY patient_id, parameter, local_hour(observed_at)
 ),
 hours AS (
     SELECT DISTINCT patient_id, hour FROM latest_in_hour
+),
+scale_2 AS (
+    SELECT DISTINCT h.patient_id, h.hour
+    FROM hours AS h
+    JOIN silver.spo2_targets AS t
+        ON t.patient_id = h.patient_id
+       AND t.flagged_at < h.hour + INTERVAL '1 hour'
+       AND (t.ended_at IS NULL OR t.ended_at >= h.hour + INTERVAL '1 hour')
+    WHERE t.spo2_scale = 2
 ),
 carried AS (
     SELECT h.patient_id, h.hour, o.parameter, last_value(o.value ORDER BY o.hour) AS value
@@ -85,12 +107,19 @@ parameters AS (
     GROUP BY patient_id, hour
 ),
 scored AS (
-    SELECT *,
+    SELECT p.*,
+        CASE WHEN s.patient_id IS NULL THEN 1 ELSE 2 END AS spo2_scale,
         CASE WHEN respiration_rate <= 8 THEN 3 WHEN respiration_rate <= 11 THEN 1
              WHEN respiration_rate <= 20 THEN 0 WHEN respiration_rate <= 24 THEN 2
              WHEN respiration_rate IS NOT NULL THEN 3 END AS respiration_score,
-        CASE WHEN spo2 <= 91 THEN 3 WHEN spo2 <= 93 THEN 2 WHEN spo2 <= 95 THEN 1
-             WHEN spo2 IS NOT NULL THEN 0 END AS spo2_score,
+        CASE WHEN s.patient_id IS NULL THEN
+                 CASE WHEN spo2 <= 91 THEN 3 WHEN spo2 <= 93 THEN 2 WHEN spo2 <= 95 THEN 1
+                      WHEN spo2 IS NOT NULL THEN 0 END
+             WHEN spo2 <= 83 THEN 3 WHEN spo2 <= 85 THEN 2 WHEN spo2 <= 87 THEN 1
+             WHEN spo2 <= 92 THEN 0
+             WHEN oxygen = 0 THEN 0
+             WHEN oxygen = 1 AND spo2 <= 94 THEN 1 WHEN oxygen = 1 AND spo2 <= 96 THEN 2
+             WHEN oxygen = 1 THEN 3 END AS spo2_score,
         CASE WHEN oxygen = 1 THEN 2 WHEN oxygen IS NOT NULL THEN 0 END AS oxygen_score,
         CASE WHEN systolic_bp <= 90 THEN 3 WHEN systolic_bp <= 100 THEN 2
              WHEN systolic_bp <= 110 THEN 1 WHEN systolic_bp <= 219 THEN 0
@@ -103,7 +132,8 @@ scored AS (
         CASE WHEN temperature <= 35.0 THEN 3 WHEN temperature <= 36.0 THEN 1
              WHEN temperature <= 38.0 THEN 0 WHEN temperature <= 39.0 THEN 1
              WHEN temperature IS NOT NULL THEN 2 END AS temperature_score
-    FROM parameters
+    FROM parameters AS p
+    LEFT JOIN scale_2 AS s ON s.patient_id = p.patient_id AND s.hour = p.hour
 ),
 totals AS (
     SELECT *,
@@ -114,7 +144,7 @@ totals AS (
     FROM scored
 )
 SELECT t.patient_id, t.hour, e.ward, e.bed,
-       t.respiration_rate, t.spo2, t.oxygen = 1 AS on_oxygen, t.systolic_bp, t.pulse,
+       t.respiration_rate, t.spo2, t.spo2_scale, t.oxygen = 1 AS on_oxygen, t.systolic_bp, t.pulse,
        CASE WHEN t.not_alert = 1 THEN 'CVPU' WHEN t.not_alert = 0 THEN 'A' END
            AS consciousness,
        t.temperature,

@@ -50,3 +50,23 @@ FROM (SELECT *, row_number() OVER (PARTITION BY observation_id
                                    ORDER BY modified_at DESC, _ingested_at DESC) AS version_rank
       FROM bronze.ehr_observations)
 WHERE version_rank = 1;
+
+-- SpO2 target ranges a clinician prescribed, latest version of each. A target of 88-92 %
+-- (hypercapnic respiratory failure: COPD, obesity hypoventilation, neuromuscular disease)
+-- puts the patient on NEWS2's SpO2 scale 2 (spo2_scale = 2) from flagged_at until ended_at
+-- (NULL: still in force); any other target keeps scale 1, as the RCP chart says. A target
+-- without a prescriber or with an impossible range is quarantined: the patient is then scored
+-- on scale 1, which scores low saturations higher, never lower.
+CREATE MATERIALIZED VIEW silver.spo2_targets REFRESH EVERY '5 minutes'
+    CONSTRAINT target_range_plausible
+        EXPECT (target_low >= 70 AND target_high <= 100 AND target_low < target_high)
+        ON VIOLATION QUARANTINE
+    CONSTRAINT target_prescribed_by EXPECT (flagged_by IS NOT NULL) ON VIOLATION QUARANTINE
+AS
+SELECT target_id, patient_id, target_low, target_high,
+       CASE WHEN target_low = 88 AND target_high = 92 THEN 2 ELSE 1 END AS spo2_scale,
+       reason, flagged_by, flagged_at, ended_at, modified_at
+FROM (SELECT *, row_number() OVER (PARTITION BY target_id
+                                   ORDER BY modified_at DESC, _ingested_at DESC) AS version_rank
+      FROM bronze.ehr_spo2_targets)
+WHERE version_rank = 1;

@@ -13,6 +13,8 @@
 -- * Enriched as of the reading's time: the patient the device was attached to then
 --   (ehr.device_assignments: valid_from <= taken_at < valid_to) and that patient's ward and
 --   bed then (ehr.encounters: admitted_at <= taken_at < discharged_at).
+-- * hour: the hospital's local hour of the measurement (local_hour(): the server's
+--   [clinical] time_zone, UTC by default), as the instant it began.
 -- * Validated: physiological ranges per metric (after conversion), a value, a standard unit,
 --   a device attached to a patient at that time, and the same patient as the device says.
 --   Failing readings go to silver.readings_quarantine with the rules they broke.
@@ -69,7 +71,7 @@ SELECT DISTINCT
         ELSE r.unit
     END AS VARCHAR) AS unit,
     r.taken_at,
-    date_trunc('hour', r.taken_at) AS hour,
+    local_hour(r.taken_at) AS hour,
     r.value AS raw_value,
     r.unit AS raw_unit,
     r.source,

@@ -30,6 +30,8 @@ pub struct Webhook {
     pub secret: Option<Secret>,
     /// One attempt's limit.
     pub timeout: Duration,
+    /// Send a heartbeat this often while the pipeline is healthy (`heartbeat_seconds`).
+    pub heartbeat: Option<Duration>,
 }
 
 /// Whether `name` may name a webhook: letters, digits, `-` and `_` (it is stored in a
@@ -101,6 +103,53 @@ pub fn payload(firing: &Firing, link_base: &str) -> String {
     body["key"] = Value::Null;
     body["key_truncated"] = Value::Bool(true);
     body.to_string()
+}
+
+/// What a heartbeat says about the pipeline. A heartbeat is sent only while it is healthy
+/// ([`Health::healthy`]): a receiver that stops hearing them knows the pipeline went silent
+/// (the server stopped, cannot read its warehouse, a source is past its FRESHNESS ERROR AFTER,
+/// or a view's latest refresh failed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The newest successful refresh of any view.
+    pub newest_refresh: Option<chrono::DateTime<chrono::Utc>>,
+    /// Sources past their FRESHNESS WARN AFTER (not yet ERROR AFTER).
+    pub stale_sources: u64,
+    /// Sources past their FRESHNESS ERROR AFTER.
+    pub failed_sources: u64,
+    /// Views whose latest refresh failed.
+    pub failed_views: u64,
+    /// Deliveries of firings not yet delivered (retrying).
+    pub pending_deliveries: u64,
+}
+
+impl Health {
+    /// Whether heartbeats are sent: no source past ERROR AFTER and no view whose latest
+    /// refresh failed.
+    pub fn healthy(&self) -> bool {
+        self.failed_sources == 0 && self.failed_views == 0
+    }
+}
+
+/// The payload of heartbeat number `sequence` (counted from 1 by each server process).
+pub fn heartbeat_payload(
+    health: &Health,
+    sequence: u64,
+    sent_at: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    json!({
+        "heartbeat": sequence,
+        "status": if health.healthy() { "ok" } else { "unhealthy" },
+        "sent_at": time(sent_at),
+        "newest_refresh": health.newest_refresh.map(time),
+        "stale_sources": health.stale_sources,
+        "failed_sources": health.failed_sources,
+        "failed_views": health.failed_views,
+        "pending_deliveries": health.pending_deliveries,
+    })
+    .to_string()
 }
 
 /// The signature header's value for `body` at `unix_seconds`.

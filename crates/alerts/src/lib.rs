@@ -24,7 +24,7 @@ use medlake_lake::Warehouse;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-pub use deliver::{Notification, Retry, Webhook};
+pub use deliver::{Health, Notification, Retry, Webhook};
 pub use error::{Error, Result};
 pub use log::{Delivery, Event, Firing, Kind, State};
 pub use medlake_auth::Secret;
@@ -518,6 +518,38 @@ impl Alerts {
             state.apply(event);
         }
         Ok(open.len() as u64)
+    }
+
+    /// The webhooks of an active instance that want heartbeats, with their intervals.
+    pub fn heartbeats(&self) -> Vec<(String, std::time::Duration)> {
+        if !self.inner.active {
+            return Vec::new();
+        }
+        self.inner
+            .webhooks
+            .values()
+            .filter_map(|w| w.heartbeat.map(|every| (w.name.clone(), every)))
+            .collect()
+    }
+
+    /// Sends heartbeat `sequence` to the webhook `name`: one signed POST (no retry: the next
+    /// heartbeat follows). `Err` says why it was not delivered.
+    pub async fn send_heartbeat(
+        &self,
+        name: &str,
+        sequence: u64,
+        health: &Health,
+    ) -> std::result::Result<(), String> {
+        let Some(webhook) = self.inner.webhooks.get(name) else {
+            return Err(format!("no webhook '{name}'"));
+        };
+        self.inner
+            .policy
+            .check_literal_host(&webhook.url)
+            .map_err(|e| format!("refused: {e}"))?;
+        let body = deliver::heartbeat_payload(health, sequence, Utc::now());
+        let delivery = format!("heartbeat-{sequence}/{name}");
+        deliver::post(&self.inner.client, webhook, &delivery, &body).await
     }
 
     /// Notifications for the Postgres door's `LISTEN`.

@@ -55,12 +55,16 @@
 //! url = "https://pager.hospital.internal/medlake"   # https (http only to loopback)
 //! secret = "PAGER_HMAC"                         # a [secrets] name: signs each payload (HMAC-SHA-256)
 //! timeout_seconds = 10
+//! heartbeat_seconds = 60                        # a signed heartbeat this often while the pipeline is healthy
 //!
 //! [alerts]
 //! max_attempts = 8                              # per webhook, then the delivery is 'failed'
 //! first_backoff_seconds = 1                     # doubled after each failed attempt
 //! max_backoff_seconds = 60
 //! console_url = "https://medlake.hospital.internal:8080"   # the payload's link
+//!
+//! [clinical]
+//! time_zone = "Europe/London"                   # hours and days of gold views (default UTC)
 //!
 //! [scheduler]
 //! retry_attempts = 3                            # a failed scheduled refresh is retried
@@ -110,6 +114,16 @@ pub struct Config {
     pub webhooks: Vec<WebhookEntry>,
     pub alerts: Option<AlertsEntry>,
     pub scheduler: Option<SchedulerEntry>,
+    pub clinical: Option<ClinicalEntry>,
+}
+
+/// `[clinical]`: how the hospital's clinical reports are computed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicalEntry {
+    /// The hospital's IANA time zone: the hours and days `local_hour()` / `local_date()`
+    /// bucket by (gold views). Default UTC (or `MEDLAKE_TIME_ZONE`).
+    pub time_zone: Option<String>,
 }
 
 /// `[scheduler]`: how failed scheduled and on-change refreshes are retried.
@@ -130,6 +144,8 @@ pub struct WebhookEntry {
     /// A `[secrets]` name whose value signs each payload.
     pub secret: Option<String>,
     pub timeout_seconds: Option<u64>,
+    /// Seconds between heartbeats (none without it).
+    pub heartbeat_seconds: Option<u64>,
 }
 
 /// `[alerts]`: how firings are delivered.
@@ -543,6 +559,9 @@ impl Config {
                 timeout: std::time::Duration::from_secs(
                     entry.timeout_seconds.unwrap_or(10).clamp(1, 300),
                 ),
+                heartbeat: entry
+                    .heartbeat_seconds
+                    .map(|s| std::time::Duration::from_secs(s.clamp(1, 86_400))),
             });
         }
         let alerts = self.alerts.as_ref();
@@ -573,6 +592,18 @@ impl Config {
             policy: std::sync::Arc::new(medlake_source::Policy::strict()),
             active,
         })
+    }
+
+    /// The hospital's time zone (`[clinical] time_zone`), when set.
+    pub fn time_zone(&self) -> Result<Option<medlake_engine::local_time::ClinicalZone>, String> {
+        self.clinical
+            .as_ref()
+            .and_then(|c| c.time_zone.as_deref())
+            .map(|name| {
+                medlake_engine::local_time::ClinicalZone::parse(name)
+                    .map_err(|e| format!("[clinical] time_zone: {e}"))
+            })
+            .transpose()
     }
 
     /// The folders that hold secret files (no external table may read them).

@@ -532,6 +532,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .policy(policy)
         .audit(config.audit_enabled())
         .alerts(config.alert_settings(true).map_err(Failure::Usage)?);
+    if let Some(zone) = config.time_zone().map_err(Failure::Usage)? {
+        engine = engine.time_zone(zone);
+    }
     if let medlake_auth::Access::Users(users) = &access {
         // Views owned by a user refresh with that user's privileges; grants name known users.
         engine = engine.users(users.iter().map(medlake_auth::User::principal));

@@ -208,6 +208,7 @@ impl Pager {
             url: self.url.clone(),
             secret: Some(self.secret.clone()),
             timeout: Duration::from_secs(5),
+            heartbeat: None,
         }
     }
 

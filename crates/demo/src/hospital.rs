@@ -365,6 +365,10 @@ struct PatientState {
     next_observation_ms: i64,
     /// Last alert time per alert type (a device does not re-raise within 30 minutes).
     last_alert: BTreeMap<&'static str, i64>,
+    /// Chronic hypercapnia: SpO2 88-92 % is the patient's normal (charted by nurses when no
+    /// device measures it), and the oximeter alarms below 86 % instead of 90 % (alarm limits
+    /// set to the prescribed target, as wards do).
+    hypercapnic: bool,
 }
 
 fn plausible(metric: &str, v: f64) -> bool {
@@ -511,7 +515,9 @@ fn note_vitals(
         {
             state.latest[slot] = Some(celsius);
         }
-        if let Some((kind, severity, message)) = alarm(metric, celsius) {
+        if let Some((kind, severity, message)) =
+            alarm(metric, celsius, if state.hypercapnic { 86.0 } else { 90.0 })
+        {
             let last = state.last_alert.get(kind).copied();
             if last.is_none_or(|t| r.taken_at_ms - t > 30 * 60_000) {
                 state.last_alert.insert(kind, r.taken_at_ms);
@@ -563,7 +569,8 @@ fn chart(
     while state.next_observation_ms <= clock && state.next_observation_ms < end {
         let at = state.next_observation_ms;
         let worse = worsening && at > start + (end - start) / 2;
-        let defaults = [16.0, 97.0, 124.0, 78.0, 36.8];
+        let usual_spo2 = if state.hypercapnic { 90.0 } else { 97.0 };
+        let defaults = [16.0, usual_spo2, 124.0, 78.0, 36.8];
         let sds = [2.0, 1.0, 12.0, 8.0, 0.3];
         let mut values = [0.0; 5];
         for k in 0..5 {
@@ -606,7 +613,7 @@ fn chart(
 fn ehr_people(
     dice: &mut Dice,
     patient_count: usize,
-    deteriorating: &[i32],
+    (deteriorating, hypercapnic): (&[i32], &[i32]),
     start: i64,
     end: i64,
 ) -> (Rows, Rows, Vec<PatientState>) {
@@ -687,6 +694,7 @@ fn ehr_people(
             latest: [None; 5],
             next_observation_ms: start + (dice.uniform() * 50.0 * 60_000.0) as i64,
             last_alert: BTreeMap::new(),
+            hypercapnic: hypercapnic.contains(&id),
         });
     }
     for k in 0..3 {
@@ -713,6 +721,28 @@ fn ehr_people(
     }
 
     (patients, encounters, states)
+}
+
+/// The SpO2 targets a respiratory physician prescribed: 88-92 % for each patient with chronic
+/// hypercapnia, from shortly after admission (two hours before monitoring starts), which
+/// puts them on NEWS2's SpO2 scale 2.
+fn spo2_targets(hypercapnic: &[i32], start: i64) -> Rows {
+    let mut targets = Rows::new("ehr.spo2_targets");
+    let flagged = start - 2 * 3_600_000 + 20 * 60_000;
+    for (i, id) in hypercapnic.iter().enumerate() {
+        targets.push(&[
+            (i + 1).to_string(),
+            id.to_string(),
+            num(Some(88.0)),
+            num(Some(92.0)),
+            text("COPD with chronic hypercapnic respiratory failure"),
+            text("Dr A. Okafor (respiratory)"),
+            ts_sql(flagged),
+            "NULL".into(),
+            ts_sql(flagged),
+        ]);
+    }
+    targets
 }
 
 /// The device register and who each device is attached to (the first three were on a
@@ -782,8 +812,13 @@ pub async fn generate(
         ..Hospital::default()
     };
 
-    let (patients, encounters, mut states) =
-        ehr_people(&mut dice, simulation.patients(), &deteriorating, start, end);
+    let (patients, encounters, mut states) = ehr_people(
+        &mut dice,
+        simulation.patients(),
+        (&deteriorating, &simulation.hypercapnic()),
+        start,
+        end,
+    );
     let (register, assignments) = device_rows(&devices, plan.rate, start);
     insert_ehr(
         engine,
@@ -791,6 +826,9 @@ pub async fn generate(
         [&patients, &encounters, &register, &assignments],
     )
     .await?;
+    spo2_targets(&simulation.hypercapnic(), start)
+        .insert(engine)
+        .await?;
 
     let outages = outages(&mut dice, &devices, start, end);
 
@@ -883,14 +921,18 @@ pub async fn generate(
 }
 
 /// An alert a device raises for a reading: (type, severity, message).
-fn alarm(metric: &str, v: f64) -> Option<(&'static str, &'static str, &'static str)> {
+fn alarm(
+    metric: &str,
+    v: f64,
+    spo2_below: f64,
+) -> Option<(&'static str, &'static str, &'static str)> {
     if !plausible(metric, v) {
         return Some(("technical", "low", "implausible value, check the sensor"));
     }
     match metric {
         "heart_rate" if v > 130.0 => Some(("tachycardia", "high", "heart rate high")),
         "heart_rate" if v < 45.0 => Some(("bradycardia", "high", "heart rate low")),
-        "spo2" if v < 90.0 => Some(("desaturation", "high", "SpO2 low")),
+        "spo2" if v < spo2_below => Some(("desaturation", "high", "SpO2 low")),
         "systolic_bp" if v < 90.0 => Some(("hypotension", "medium", "systolic BP low")),
         "temperature" if v >= 39.0 => Some(("fever", "medium", "temperature high")),
         "respiration_rate" if v >= 25.0 => Some(("tachypnoea", "medium", "respiration rate high")),

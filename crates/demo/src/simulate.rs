@@ -473,6 +473,9 @@ struct Patient {
     drift: [f64; 7],
     /// Onset and ramp of a deterioration (sepsis-like), in seconds from the start.
     deterioration: Option<(f64, f64)>,
+    /// Chronic hypercapnic respiratory failure (COPD): saturations of 88-92 % are this
+    /// patient's normal, the target a clinician prescribes (NEWS2 SpO2 scale 2).
+    hypercapnic: bool,
     circadian_shift_h: f64,
 }
 
@@ -497,6 +500,7 @@ impl Patient {
             baseline,
             drift: [0.0; 7],
             deterioration: None,
+            hypercapnic: false,
             circadian_shift_h: rng.normal(0.0, 1.0),
         }
     }
@@ -558,6 +562,32 @@ struct Gateway {
     buffer: Vec<Reading>,
     /// Rows a device sends again, with the gateway's next request.
     resend: Vec<Reading>,
+}
+
+/// With three patients or more, one who does not deteriorate has chronic hypercapnia: the
+/// last one whose devices measure SpO2 (else the last one). Chosen without drawing from the
+/// generator: everyone else's readings stay the same.
+fn mark_hypercapnic(patients: &mut [Patient], devices: &[Device]) {
+    if patients.len() < 3 {
+        return;
+    }
+    let measured = |i: usize| {
+        devices
+            .iter()
+            .any(|d| d.patient == i && d.kind.metrics().contains(&Metric::Spo2))
+    };
+    let candidates: Vec<usize> = (0..patients.len())
+        .filter(|i| patients[*i].deterioration.is_none())
+        .collect();
+    let chosen = candidates
+        .iter()
+        .rev()
+        .find(|i| measured(**i))
+        .or(candidates.last());
+    if let Some(&i) = chosen {
+        patients[i].hypercapnic = true;
+        patients[i].baseline[Metric::Spo2.index()] = 90.0;
+    }
 }
 
 /// The deterministic generator: an iterator of batches in the order they are due.
@@ -636,6 +666,7 @@ impl Simulation {
             let d = rng.below(devices_n);
             devices[d].dropout = Some(dropout_window(&mut rng, duration_us));
         }
+        mark_hypercapnic(&mut patients, &devices);
         let counts = Counts {
             dropouts: devices.iter().filter(|d| d.dropout.is_some()).count() as u64,
             ..Counts::default()
@@ -688,6 +719,15 @@ impl Simulation {
         self.patients
             .iter()
             .filter(|p| p.deterioration.is_some())
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Patients with chronic hypercapnic respiratory failure (SpO2 88-92 % is their normal).
+    pub fn hypercapnic(&self) -> Vec<i32> {
+        self.patients
+            .iter()
+            .filter(|p| p.hypercapnic)
             .map(|p| p.id)
             .collect()
     }
@@ -1643,6 +1683,43 @@ mod tests {
         assert!(
             compared >= 3 && sick_compared >= 1,
             "{compared} {sick_compared}"
+        );
+    }
+
+    #[test]
+    fn one_patient_lives_at_88_to_92_percent_and_the_others_do_not() {
+        let p = plan(20, 2.0, 600.0, 11);
+        let sim = Simulation::new(&p);
+        let copd = sim.hypercapnic();
+        assert_eq!(copd.len(), 1, "{copd:?}");
+        assert!(!sim.deteriorating().contains(&copd[0]));
+        let (batches, _) = all(&p);
+        let mean_spo2 = |patient: i32| {
+            let v: Vec<f64> = batches
+                .iter()
+                .flat_map(|b| &b.readings)
+                .filter(|r| r.patient_id == patient && r.metric == Metric::Spo2)
+                .filter_map(|r| r.value)
+                .filter(|v| Metric::Spo2.plausible().contains(v))
+                .collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        };
+        // Measured by a device of theirs (a monitor or an oximeter).
+        let copd_mean = mean_spo2(copd[0]);
+        assert!((88.0..=92.0).contains(&copd_mean), "{copd_mean}");
+        let others: Vec<f64> = (1001..=1010)
+            .filter(|p| *p != copd[0] && !sim.deteriorating().contains(p))
+            .map(mean_spo2)
+            .filter(|m| *m > 0.0)
+            .collect();
+        assert!(
+            !others.is_empty() && others.iter().all(|m| *m > 93.0),
+            "{others:?}"
+        );
+        assert!(
+            Simulation::new(&plan(4, 1.0, 10.0, 1))
+                .hypercapnic()
+                .is_empty()
         );
     }
 

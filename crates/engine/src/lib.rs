@@ -18,8 +18,10 @@ mod erase;
 mod error;
 mod explain_refresh;
 mod group_commit;
+mod heartbeat;
 mod history;
 pub mod ingest;
+pub mod local_time;
 mod metrics;
 pub mod plan_cache;
 pub mod postgres;
@@ -307,9 +309,17 @@ pub struct EngineBuilder {
     result_cache: Option<usize>,
     plan_cache: Option<usize>,
     alerts: medlake_alerts::Settings,
+    time_zone: Option<local_time::ClinicalZone>,
 }
 
 impl EngineBuilder {
+    /// The hospital's time zone for `local_date()`, `local_hour()` and `local_day_start()`
+    /// (`[clinical] time_zone`; see [`local_time`]). Default: `MEDLAKE_TIME_ZONE`, else UTC.
+    pub fn time_zone(mut self, zone: local_time::ClinicalZone) -> Self {
+        self.time_zone = Some(zone);
+        self
+    }
+
     /// How alert rules are delivered, and whether this engine evaluates them
     /// ([`medlake_alerts::Settings::active`]: `medlake serve`). Webhooks reach only what the
     /// engine's source policy allows (`[sources] allowed_hosts`).
@@ -432,6 +442,7 @@ impl Engine {
             result_cache: None,
             plan_cache: None,
             alerts: medlake_alerts::Settings::default(),
+            time_zone: None,
         }
     }
 
@@ -446,7 +457,12 @@ impl Engine {
             result_cache,
             plan_cache,
             alerts,
+            time_zone,
         } = builder;
+        let time_zone = match time_zone {
+            Some(zone) => zone,
+            None => local_time::ClinicalZone::from_env()?.unwrap_or_default(),
+        };
         let (result_cache, plan_cache) = cache_sizes(result_cache, plan_cache)?;
         let runtime = match runtime {
             Some(runtime) => runtime,
@@ -501,6 +517,10 @@ impl Engine {
         }
         // Functions that could build a value of any size in one call are bounded.
         bounded::install(&ctx);
+        // The hospital's clock (every session, refresh and rule sees the same zone).
+        for udf in local_time::udfs(&time_zone) {
+            ctx.register_udf(udf);
+        }
         postgres::install(&ctx, &catalog)?;
         ctx.register_udtf(
             "table_history",
@@ -552,6 +572,7 @@ impl Engine {
             metrics,
         });
         alerting::spawn_evaluator(Arc::downgrade(&shared), evaluations);
+        heartbeat::spawn(&shared);
         let default = Arc::new(Session::new(shared.clone(), Principal::local("local")));
         Ok(Self { shared, default })
     }

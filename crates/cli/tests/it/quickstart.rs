@@ -169,6 +169,22 @@ fn quickstart_once_at_small_scale_fills_every_gold_view() {
         ),
         0
     );
+    // The demo's patient with chronic hypercapnia is scored on SpO2 scale 2: their usual
+    // 88-92 % scores nothing (on scale 1 it would score 3 every hour).
+    assert!(
+        count(
+            &wh,
+            "SELECT count(*) FROM gold.news2_hourly WHERE spo2_scale = 2 AND spo2 IS NOT NULL"
+        ) > 0
+    );
+    assert_eq!(
+        count(
+            &wh,
+            "SELECT count(*) FROM gold.news2_hourly WHERE spo2_scale = 2 \
+             AND spo2 BETWEEN 88 AND 92 AND spo2_score <> 0"
+        ),
+        0
+    );
     // Files: DICOM headers parsed, documents listed.
     assert!(
         count(
@@ -206,6 +222,18 @@ fn quickstart_once_at_small_scale_fills_every_gold_view() {
 
 const RESPIRATION: &[(f64, u32)] = &[(8.0, 3), (11.0, 1), (20.0, 0), (24.0, 2), (f64::MAX, 3)];
 const SPO2_SCALE_1: &[(f64, u32)] = &[(91.0, 3), (93.0, 2), (95.0, 1), (f64::MAX, 0)];
+/// SpO2 scale 2 (a prescribed target of 88-92 %: hypercapnic respiratory failure), on air
+/// and on oxygen.
+const SPO2_SCALE_2_AIR: &[(f64, u32)] = &[(83.0, 3), (85.0, 2), (87.0, 1), (f64::MAX, 0)];
+const SPO2_SCALE_2_OXYGEN: &[(f64, u32)] = &[
+    (83.0, 3),
+    (85.0, 2),
+    (87.0, 1),
+    (92.0, 0),
+    (94.0, 1),
+    (96.0, 2),
+    (f64::MAX, 3),
+];
 const SYSTOLIC: &[(f64, u32)] = &[(90.0, 3), (100.0, 2), (110.0, 1), (219.0, 0), (f64::MAX, 3)];
 const PULSE: &[(f64, u32)] = &[
     (40.0, 3),
@@ -234,6 +262,9 @@ struct Obs {
     pulse: f64,
     consciousness: &'static str,
     temperature: f64,
+    /// The patient's SpO2 target in ehr.spo2_targets: "" none, "88-92" (scale 2),
+    /// "88-92 ended" (ended before the hour: scale 1), "94-98" (scale 1).
+    target: &'static str,
 }
 
 const NORMAL: Obs = Obs {
@@ -244,12 +275,22 @@ const NORMAL: Obs = Obs {
     pulse: 70.0,
     consciousness: "A",
     temperature: 37.0,
+    target: "",
 };
+
+/// The SpO2 score of `o` on the scale its target puts it on.
+fn spo2_score(o: &Obs) -> u32 {
+    match (o.target, o.oxygen) {
+        ("88-92", false) => chart(SPO2_SCALE_2_AIR, o.spo2),
+        ("88-92", true) => chart(SPO2_SCALE_2_OXYGEN, o.spo2),
+        _ => chart(SPO2_SCALE_1, o.spo2),
+    }
+}
 
 fn news2(o: &Obs) -> (u32, &'static str) {
     let scores = [
         chart(RESPIRATION, o.respiration_rate),
-        chart(SPO2_SCALE_1, o.spo2),
+        spo2_score(o),
         if o.oxygen { 2 } else { 0 },
         chart(SYSTOLIC, o.systolic),
         chart(PULSE, o.pulse),
@@ -295,6 +336,28 @@ fn news2_hourly_matches_the_rcp_chart_at_every_band_boundary() {
     }
     for v in edges(SPO2_SCALE_1, 1.0) {
         cases.push(Obs { spo2: v, ..NORMAL });
+    }
+    // Scale 2 for the patients with an 88-92 % target, on air and on oxygen; scale 1 for a
+    // target that ended before the hour and for another target range.
+    for (table, oxygen) in [(SPO2_SCALE_2_AIR, false), (SPO2_SCALE_2_OXYGEN, true)] {
+        for v in edges(table, 1.0) {
+            cases.push(Obs {
+                spo2: v,
+                oxygen,
+                target: "88-92",
+                ..NORMAL
+            });
+        }
+    }
+    for target in ["", "88-92", "88-92 ended", "94-98"] {
+        for oxygen in [false, true] {
+            cases.push(Obs {
+                spo2: 89.0,
+                oxygen,
+                target,
+                ..NORMAL
+            });
+        }
     }
     for v in edges(SYSTOLIC, 1.0) {
         cases.push(Obs {
@@ -385,6 +448,17 @@ fn news2_hourly_matches_the_rcp_chart_at_every_band_boundary() {
     for (i, o) in cases.iter().enumerate() {
         let p = 5000 + i;
         expected.insert(p, news2(o));
+        let (range, ended) = match o.target {
+            "" => (None, "NULL"),
+            "88-92" => (Some("88, 92"), "NULL"),
+            "88-92 ended" => (Some("88, 92"), "TIMESTAMP '2026-11-23 09:30:00'"),
+            _ => (Some("94, 98"), "NULL"),
+        };
+        if let Some(range) = range {
+            sql.push_str(&format!(
+                "INSERT INTO ehr.spo2_targets VALUES ({p}, {p}, {range}, 'COPD', 'Dr Test', TIMESTAMP '2026-11-23 08:00:00', {ended}, TIMESTAMP '2026-11-23 08:00:00');\n"
+            ));
+        }
         sql.push_str(&format!(
             "INSERT INTO ehr.patients VALUES ({p}, 'MRN{p}', 'Case', 'Test', DATE '1950-01-01', 'F', TIMESTAMP '2026-11-23 00:00:00');
              INSERT INTO ehr.encounters VALUES ({p}, {p}, 'Ward 1', 'B1', TIMESTAMP '2026-11-23 00:00:00', NULL, TIMESTAMP '2026-11-23 00:00:00');
@@ -411,7 +485,7 @@ fn news2_hourly_matches_the_rcp_chart_at_every_band_boundary() {
     apply(&wh, &project);
     let rows = csv(
         &wh,
-        "SELECT patient_id, news2, risk, temperature, pulse FROM gold.news2_hourly \
+        "SELECT patient_id, news2, risk, temperature, pulse, spo2_score, spo2_scale FROM gold.news2_hourly \
          WHERE hour = TIMESTAMP '2026-11-23 10:00:00' ORDER BY patient_id",
     );
     assert_eq!(rows.len(), cases.len(), "{rows:?}");
@@ -429,7 +503,147 @@ fn news2_hourly_matches_the_rcp_chart_at_every_band_boundary() {
             (temperature - o.temperature).abs() < 1e-9,
             "case {o:?}: the hour's temperature is the degF reading converted, got {row}"
         );
+        let scale = if o.target == "88-92" { "2" } else { "1" };
+        assert_eq!(
+            (fields[5], fields[6]),
+            (spo2_score(o).to_string().as_str(), scale),
+            "case {o:?}: SpO2 score and scale, got {row}"
+        );
     }
+    // The case the scale exists for: SpO2 89 % on air scores 3 on scale 1 (an unflagged
+    // patient) and 0 on scale 2 (a patient with an 88-92 % target).
+    let at_89 = |target: &str| {
+        let o = cases
+            .iter()
+            .position(|o| o.spo2 == 89.0 && !o.oxygen && o.target == target)
+            .unwrap();
+        rows[o].split(',').nth(5).unwrap().to_string()
+    };
+    assert_eq!((at_89(""), at_89("88-92")), ("3".into(), "0".into()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hours and days in the hospital's time zone.
+
+/// `medlake sql --format csv` with the hospital's time zone `zone` (MEDLAKE_TIME_ZONE).
+fn csv_in(zone: &str, warehouse: &Path, sql: &str) -> Vec<String> {
+    let out = Command::new(BIN)
+        .env("MEDLAKE_TIME_ZONE", zone)
+        .args(["sql", "--format", "csv", "--warehouse"])
+        .arg(warehouse)
+        .args(["-c", sql])
+        .output()
+        .expect("medlake runs");
+    assert!(out.status.success(), "{sql}: {}", stderr(&out));
+    stdout(&out).lines().skip(1).map(str::to_string).collect()
+}
+
+/// A monitor on one patient from 2026-03-28 to 2026-03-31 and from 2026-10-24 to 2026-10-27
+/// (UTC), a heart rate every 20 minutes: with `MEDLAKE_TIME_ZONE=Europe/London` the views
+/// of sql/ give the local day of the spring change (29 March) 23 NEWS2 hours, 69 readings
+/// and 23 attached hours, the autumn one (25 October) 25, 75 and 25, the days after 24.
+#[test]
+fn gold_views_count_hours_and_days_in_the_hospitals_time_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, project) = prepared(dir.path());
+    let mut readings = Vec::new();
+    for (from, to) in [
+        ("2026-03-28 00:00:00", "2026-03-31 00:00:00"),
+        ("2026-10-24 00:00:00", "2026-10-27 00:00:00"),
+    ] {
+        let parse =
+            |t: &str| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S").unwrap();
+        let mut at = parse(from);
+        while at < parse(to) {
+            readings.push(format!(
+                "('monitor-1', 1, 'heart_rate', 72, 'bpm', TIMESTAMP '{}')",
+                at.format("%Y-%m-%d %H:%M:%S")
+            ));
+            at += chrono::TimeDelta::minutes(20);
+        }
+    }
+    ok(
+        &wh,
+        &[
+            "-c",
+            "INSERT INTO ehr.patients VALUES (1, 'MRN1', 'A', 'B', DATE '1950-01-01', 'F', TIMESTAMP '2026-03-01 00:00:00')",
+            "-c",
+            "INSERT INTO ehr.devices VALUES ('monitor-1', 'monitor', 'Acme', 'M', 'S', 1.0, TIMESTAMP '2026-03-01 00:00:00')",
+            "-c",
+            "INSERT INTO ehr.device_assignments VALUES (1, 'monitor-1', 1, TIMESTAMP '2026-03-27 00:00:00', TIMESTAMP '2026-10-28 00:00:00', TIMESTAMP '2026-03-27 00:00:00')",
+            "-c",
+            "INSERT INTO ehr.encounters VALUES (1, 1, 'Ward 1', 'B1', TIMESTAMP '2026-03-27 00:00:00', NULL, TIMESTAMP '2026-03-27 00:00:00')",
+            "-c",
+            &format!(
+                "INSERT INTO bronze.readings_push VALUES {}",
+                readings.join(", ")
+            ),
+        ],
+    );
+    let out = Command::new(BIN)
+        .env("MEDLAKE_TIME_ZONE", "Europe/London")
+        .args(["apply", "--warehouse"])
+        .arg(&wh)
+        .arg("--project")
+        .arg(&project)
+        .output()
+        .expect("medlake runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let london = |sql: &str| csv_in("Europe/London", &wh, sql);
+    let days = "('2026-03-29', '2026-03-30', '2026-10-25', '2026-10-26')";
+    assert_eq!(
+        london(&format!(
+            "SELECT local_date(hour), count(*) FROM gold.news2_hourly \
+             WHERE CAST(local_date(hour) AS VARCHAR) IN {days} GROUP BY 1 ORDER BY 1"
+        )),
+        [
+            "2026-03-29,23",
+            "2026-03-30,24",
+            "2026-10-25,25",
+            "2026-10-26,24"
+        ]
+    );
+    assert_eq!(
+        london(&format!(
+            "SELECT day, readings FROM gold.patient_daily_vitals \
+             WHERE CAST(day AS VARCHAR) IN {days} ORDER BY day"
+        )),
+        [
+            "2026-03-29,69",
+            "2026-03-30,72",
+            "2026-10-25,75",
+            "2026-10-26,72"
+        ]
+    );
+    assert_eq!(
+        london(&format!(
+            "SELECT day, attached_hours, accepted FROM gold.data_completeness \
+             WHERE CAST(day AS VARCHAR) IN {days} ORDER BY day"
+        )),
+        [
+            "2026-03-29,23.0,69",
+            "2026-03-30,24.0,72",
+            "2026-10-25,25.0,75",
+            "2026-10-26,24.0,72"
+        ]
+    );
+    // Local midnight in summer is 23:00 UTC the day before; the hours are the instants
+    // each local hour began.
+    assert_eq!(
+        london(
+            "SELECT local_day_start(DATE '2026-03-30'), min(hour) FROM gold.news2_hourly \
+             WHERE local_date(hour) = DATE '2026-03-30'"
+        ),
+        ["2026-03-29T23:00:00,2026-03-29T23:00:00"]
+    );
+    // Without a zone: UTC (the default). 23:30 UTC on 30 June is 00:30 on 1 July in London.
+    let sql = "SELECT clinical_time_zone(), local_date(TIMESTAMP '2026-06-30 23:30:00'), \
+               local_hour(TIMESTAMP '2026-06-30 23:30:00')";
+    assert_eq!(csv(&wh, sql), ["UTC,2026-06-30,2026-06-30T23:00:00"]);
+    assert_eq!(
+        london(sql),
+        ["Europe/London,2026-07-01,2026-06-30T23:00:00"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -613,6 +827,29 @@ fn every_silver_rule_quarantines_its_case() {
             &format!("INSERT INTO ehr.observations VALUES {}", values.join(", ")),
         ],
     );
+    // SpO2 targets: one good, one breaking each rule (target_low, target_high, flagged_by).
+    let targets: &[(&str, &str)] = &[
+        ("ok", "88, 92, 'Dr A'"),
+        ("target_range_plausible", "92, 88, 'Dr A'"),
+        ("target_prescribed_by", "88, 92, NULL"),
+    ];
+    let values: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, (_, v))| {
+            let (range, by) = v.rsplit_once(", ").unwrap();
+            format!(
+                "({i}, 1, {range}, 'COPD', {by}, TIMESTAMP '2026-11-23 09:00:00', NULL, TIMESTAMP '2026-11-23 09:00:00')"
+            )
+        })
+        .collect();
+    ok(
+        &wh,
+        &[
+            "-c",
+            &format!("INSERT INTO ehr.spo2_targets VALUES {}", values.join(", ")),
+        ],
+    );
     apply(&wh, &project);
 
     let mut covered = BTreeSet::new();
@@ -667,6 +904,28 @@ fn every_silver_rule_quarantines_its_case() {
             assert_eq!((kept, quarantined.len()), (1, 0), "the good observation");
         } else {
             assert_eq!(kept, 0, "{rule}: the observation reached silver");
+            assert!(
+                quarantined.len() == 1 && quarantined[0].contains(rule),
+                "{rule}: quarantined as {quarantined:?}"
+            );
+            covered.insert(rule.to_string());
+        }
+    }
+    for (i, (rule, _)) in targets.iter().enumerate() {
+        let quarantined = csv(
+            &wh,
+            &format!(
+                "SELECT _medlake_rules FROM silver.spo2_targets_quarantine WHERE target_id = {i}"
+            ),
+        );
+        let kept = count(
+            &wh,
+            &format!("SELECT count(*) FROM silver.spo2_targets WHERE target_id = {i}"),
+        );
+        if *rule == "ok" {
+            assert_eq!((kept, quarantined.len()), (1, 0), "the good target");
+        } else {
+            assert_eq!(kept, 0, "{rule}: the target reached silver");
             assert!(
                 quarantined.len() == 1 && quarantined[0].contains(rule),
                 "{rule}: quarantined as {quarantined:?}"

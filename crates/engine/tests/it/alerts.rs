@@ -64,6 +64,7 @@ async fn alerting_engine(dir: &tempfile::TempDir, url: url::Url, users: bool) ->
             url,
             secret: Some(Secret::new("pager-key")),
             timeout: Duration::from_secs(5),
+            heartbeat: None,
         }],
         retry: Retry {
             max_attempts: 5,
