@@ -539,3 +539,129 @@ async fn firings_of(engine: &Engine) -> Vec<String> {
     }
     keys
 }
+
+/// `[[webhooks]] heartbeat_seconds`: signed heartbeats on the interval while the pipeline is
+/// healthy, none while a view's latest refresh failed or a source is past its FRESHNESS
+/// ERROR AFTER, and again once it recovers.
+#[tokio::test]
+async fn heartbeats_are_signed_and_stop_while_the_pipeline_is_unhealthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, received) = receiver(0).await;
+    let settings = medlake_alerts::Settings {
+        webhooks: vec![Webhook {
+            name: "pager".into(),
+            url,
+            secret: Some(Secret::new("pager-key")),
+            timeout: Duration::from_secs(5),
+            heartbeat: Some(Duration::from_millis(200)),
+        }],
+        active: true,
+        ..Default::default()
+    };
+    let engine = Engine::builder(&location(&dir))
+        .policy(medlake_source::Policy::permissive())
+        .alerts(settings)
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE bronze.raw (n INT NOT NULL);
+             CREATE MATERIALIZED VIEW bronze.feed FRESHNESS WARN AFTER '2 seconds' ERROR AFTER '4 seconds'
+               CONSTRAINT small EXPECT (n < 10) ON VIOLATION FAIL UPDATE
+               AS SELECT n FROM bronze.raw",
+        )
+        .await
+        .unwrap();
+    // The first heartbeat goes out as the server starts, the next ones every 200 ms.
+    let created = received.lock().unwrap().len();
+    assert!(
+        heard_more_than(&received, created + 1).await >= created + 2,
+        "two heartbeats since the view was created"
+    );
+    let now = chrono::Utc::now().timestamp();
+    for (i, (signature, delivery, body)) in received.lock().unwrap().iter().enumerate() {
+        assert!(
+            medlake_alerts::deliver::verify(&Secret::new("pager-key"), signature, body, now, 60),
+            "heartbeat {i} is signed: {signature}"
+        );
+        assert_eq!(delivery, &format!("heartbeat-{}/pager", i + 1));
+        let payload: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(payload["heartbeat"], i + 1, "{body}");
+        assert_eq!(payload["status"], "ok", "{body}");
+        if i >= created {
+            assert!(payload["newest_refresh"].is_string(), "{body}");
+        }
+        assert_eq!(
+            (&payload["failed_views"], &payload["failed_sources"]),
+            (&serde_json::json!(0), &serde_json::json!(0)),
+            "{body}"
+        );
+    }
+    // A failed refresh: no heartbeat until a refresh succeeds again.
+    engine
+        .sql("INSERT INTO bronze.raw VALUES (99)")
+        .await
+        .unwrap();
+    assert!(
+        engine
+            .sql("REFRESH MATERIALIZED VIEW bronze.feed")
+            .await
+            .is_err()
+    );
+    let (before, after) = silent(&received).await;
+    assert_eq!(
+        before, after,
+        "no heartbeat while the view's refresh failed"
+    );
+    engine
+        .sql("DELETE FROM bronze.raw WHERE n = 99")
+        .await
+        .unwrap();
+    engine
+        .sql("REFRESH MATERIALIZED VIEW bronze.feed FULL")
+        .await
+        .unwrap();
+    let refreshed = std::time::Instant::now();
+    assert!(
+        heard_more_than(&received, after).await > after,
+        "heartbeats resume"
+    );
+    // The source goes past ERROR AFTER (4 s without a successful extraction, counted in whole
+    // seconds): silence.
+    tokio::time::sleep(Duration::from_millis(5200).saturating_sub(refreshed.elapsed())).await;
+    let (before, after) = silent(&received).await;
+    assert_eq!(
+        before, after,
+        "no heartbeat while a source is past ERROR AFTER"
+    );
+    // Every heartbeat numbered in order, none lost or repeated.
+    let numbers: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, delivery, _)| delivery.clone())
+        .collect();
+    let expected: Vec<String> = (1..=numbers.len())
+        .map(|i| format!("heartbeat-{i}/pager"))
+        .collect();
+    assert_eq!(numbers, expected);
+}
+
+/// Waits (at most 20 s) until the receiver got more than `n` requests; returns how many.
+async fn heard_more_than(received: &Received, n: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while received.lock().unwrap().len() <= n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    received.lock().unwrap().len()
+}
+
+/// What the receiver counted before and after a second of listening (after 600 ms for the
+/// requests in flight to land).
+async fn silent(received: &Received) -> (usize, usize) {
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = received.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (before, received.lock().unwrap().len())
+}
