@@ -115,6 +115,8 @@ pub struct Config {
     pub alerts: Option<AlertsEntry>,
     pub scheduler: Option<SchedulerEntry>,
     pub clinical: Option<ClinicalEntry>,
+    /// `[mllp]`: the HL7 v2 door (see `mllp_door.rs`).
+    pub mllp: Option<crate::mllp_door::MllpEntry>,
 }
 
 /// `[clinical]`: how the hospital's clinical reports are computed.

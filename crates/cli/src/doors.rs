@@ -1,5 +1,5 @@
-//! The three doors (Postgres wire, Flight SQL, HTTP ingest) as `serve` and `quickstart` start
-//! them: bound together, announced together, stopped together.
+//! The doors (Postgres wire, Flight SQL, HTTP ingest, and HL7 v2 over MLLP when asked for) as
+//! `serve` and `quickstart` start them: bound together, announced together, stopped together.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,6 +14,8 @@ pub(crate) struct DoorsConfig {
     pub pg: medlake_pgwire::Config,
     pub flight: medlake_flight::Config,
     pub http: medlake_http::Config,
+    /// The HL7 v2 door, when `--mllp` or `[mllp] listen` asks for it.
+    pub mllp: Option<medlake_mllp::Config>,
 }
 
 impl DoorsConfig {
@@ -39,6 +41,7 @@ impl DoorsConfig {
                 logins: medlake_auth::Logins::default(),
             },
             http: medlake_http::Config::new(http, medlake_http::Auth::InsecureNoAuth),
+            mllp: None,
         }
     }
 }
@@ -48,9 +51,11 @@ pub(crate) struct Doors {
     pg: medlake_pgwire::Server,
     flight: medlake_flight::Server,
     http: medlake_http::Server,
+    mllp: Option<medlake_mllp::Server>,
     pub pg_addr: SocketAddr,
     pub flight_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub mllp_addr: Option<SocketAddr>,
 }
 
 impl Doors {
@@ -76,6 +81,17 @@ impl Doors {
         let pg = medlake_pgwire::Server::bind(engine.clone(), config.pg)
             .await
             .map_err(|e| Failure::Usage(format!("postgres door on {pg_listen}: {e}")))?;
+        let mllp = match config.mllp {
+            Some(mllp) => {
+                let listen = mllp.listen;
+                Some(
+                    medlake_mllp::Server::bind(engine.clone(), mllp)
+                        .await
+                        .map_err(|e| Failure::Usage(format!("mllp door on {listen}: {e}")))?,
+                )
+            }
+            None => None,
+        };
         let address = |a: std::io::Result<SocketAddr>, door: &str| {
             a.map_err(|e| Failure::Usage(format!("{door} door: {e}")))
         };
@@ -83,9 +99,14 @@ impl Doors {
             pg_addr: address(pg.local_addr(), "postgres")?,
             flight_addr: address(flight.local_addr(), "flight sql")?,
             http_addr: address(http.local_addr(), "http")?,
+            mllp_addr: mllp
+                .as_ref()
+                .map(|m| address(m.local_addr(), "mllp"))
+                .transpose()?,
             pg,
             flight,
             http,
+            mllp,
         };
         let tls = |on: bool| if on { " (TLS required)" } else { "" };
         println!(
@@ -103,16 +124,28 @@ impl Doors {
             doors.http_addr,
             tls(doors.http.tls())
         );
+        if let (Some(addr), Some(mllp)) = (doors.mllp_addr, &doors.mllp) {
+            println!(
+                "medlake {command}: hl7 mllp on {addr}{}",
+                tls(mllp.tls())
+            );
+        }
         Ok(doors)
     }
 
     /// Serves until `stopped` turns true; connections in progress are then dropped (HTTP
     /// requests in progress finish).
     pub(crate) async fn serve(self, stopped: watch::Receiver<bool>) {
+        let mllp = async {
+            if let Some(mllp) = self.mllp {
+                mllp.serve(until(stopped.clone())).await;
+            }
+        };
         tokio::join!(
             self.pg.serve(until(stopped.clone())),
             self.flight.serve(until(stopped.clone())),
-            self.http.serve(until(stopped)),
+            self.http.serve(until(stopped.clone())),
+            mllp,
         );
     }
 }

@@ -5,6 +5,7 @@ mod backup;
 mod config;
 mod connectors;
 mod doors;
+mod mllp_door;
 mod quickstart;
 
 use std::io::IsTerminal;
@@ -214,6 +215,10 @@ struct ServeArgs {
     /// HTTP address (device ingest, /healthz, /metrics); port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     http: std::net::SocketAddr,
+    /// HL7 v2 over MLLP (device gateways, ADT feeds); off unless given here or as
+    /// `[mllp] listen`. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    mllp: Option<std::net::SocketAddr>,
     /// Serve without passwords (loopback addresses only; for demos).
     #[arg(long)]
     insecure_no_auth: bool,
@@ -543,7 +548,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if let Some(project) = &args.project {
         print_applied(&engine.apply_project(project).await?);
     }
-    let doors_config = doors_config(&args, &config, access, http_auth);
+    let mut doors_config = doors_config(&args, &config, access, http_auth);
+    doors_config.mllp = mllp_door::config(args.mllp, &config, args.insecure_no_auth)?;
     let tls = doors_config.http.tls.is_some();
     let doors = doors::Doors::bind(&engine, doors_config, "serve").await?;
     engine.set_alert_link_base(&format!(
@@ -688,6 +694,7 @@ fn doors_config(
             logins,
         },
         http: http_config,
+        mllp: None,
     }
 }
 

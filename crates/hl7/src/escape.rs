@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `EFE` `ESE` `ETE` `ERE` `EEE` | the field, component, subcomponent, repetition, escape character |
 //! | `EPE` | the truncation character (MSH-2 of 5 characters, v2.7); kept as written without one |
-//! | `EXhh..E` | the bytes `hh..` (an even number of hex digits), decoded in the message's character set |
+//! | `EXhh..E` | the bytes `hh..` (an even number of hex digits), decoded in the message's character set; when they are not text in it, the hex number as one Unicode code point (`EXfcE` = `ü`, as python-hl7 writes it) |
 //! | `E.brE` | a line feed (`\n`) |
 //! | anything else (`EHE`, `ENE`, `E.spE`, `ECxxyyE`, ...), an `EX..E` that is not hex or not valid text, an escape character without a closing one | kept as written |
 
@@ -111,7 +111,10 @@ fn expand(seq: &str, d: &Delims, out: &mut String) -> bool {
             let Some(hex) = seq.strip_prefix('X') else {
                 return false;
             };
-            return match hex_bytes(hex).and_then(|b| decode_escaped(b, d.text)) {
+            let text = hex_bytes(hex)
+                .and_then(|b| decode_escaped(b, d.text))
+                .or_else(|| code_point(hex));
+            return match text {
                 Some(s) => {
                     out.push_str(&s);
                     true
@@ -122,6 +125,17 @@ fn expand(seq: &str, d: &Delims, out: &mut String) -> bool {
     };
     out.push(c);
     true
+}
+
+/// `\Xhh..\` whose bytes are not text in the message's character set, read as one Unicode
+/// code point: what some senders write (python-hl7's `escape` writes `\Xfc\` for `ü` and
+/// `\X20ac\` for `€`, whatever MSH-18 says). At most six hex digits; anything else is kept.
+fn code_point(hex: &str) -> Option<String> {
+    if hex.len() > 6 {
+        return None;
+    }
+    let n = u32::from_str_radix(hex, 16).ok()?;
+    char::from_u32(n).filter(|c| !c.is_control()).map(String::from)
 }
 
 fn hex_bytes(hex: &str) -> Option<Vec<u8>> {

@@ -3,10 +3,10 @@
 //! architecture section draws the same graph.
 //!
 //! Layers, bottom up: `medlake-common`; `medlake-auth`, `medlake-lake`, `medlake-deid` (the
-//! de-identification functions: DataFusion only); the audit log
+//! de-identification functions: DataFusion only), `medlake-hl7` (HL7 v2 reading); the audit log
 //! `medlake-audit` and the source contract `medlake-source(s)`; the connectors
 //! `medlake-source-*`; `medlake-views` and `medlake-alerts`; `medlake-engine`; the doors (`medlake-pgwire`,
-//! `medlake-flight`, `medlake-http`); the demo hospital `medlake-demo`; the `medlake` command
+//! `medlake-flight`, `medlake-http`, `medlake-mllp`); the demo hospital `medlake-demo`; the `medlake` command
 //! line on top, the only crate that
 //! knows every other.
 
@@ -63,14 +63,15 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 fn layer(name: &str) -> Option<u8> {
     Some(match name {
         "medlake-common" => 0,
-        "medlake-auth" | "medlake-lake" | "medlake-deid" => 1,
+        // HL7 v2 reading is pure (std and chrono): beside the lowest services.
+        "medlake-auth" | "medlake-lake" | "medlake-deid" | "medlake-hl7" => 1,
         // The audit log writes through the lake, beside the source contract.
         "medlake-source" | "medlake-sources" | "medlake-audit" => 2,
         n if n.starts_with("medlake-source-") => 3,
         // Alert rules and their delivery beside the views: the engine evaluates them.
         "medlake-views" | "medlake-alerts" => 4,
         "medlake-engine" => 5,
-        "medlake-pgwire" | "medlake-flight" | "medlake-http" => 6,
+        "medlake-pgwire" | "medlake-flight" | "medlake-http" | "medlake-mllp" => 6,
         "medlake-demo" => 7,
         "medlake" => 8,
         // Test fixtures (a TDS server) stand apart: only tests use them.

@@ -256,8 +256,8 @@ fn utf8_declared() {
     assert_eq!(m.get("PID-5").as_deref(), Some("Øster"));
     assert_eq!(
         m.get("PID-5-2").as_deref(),
-        Some("Zoë\\X20E2\\"),
-        "invalid UTF-8 in \\X is kept"
+        Some("Zoë\u{20E2}"),
+        "hex that is not UTF-8 is read as a code point (python-hl7 writes those)"
     );
 
     let mut bad = text.as_bytes().to_vec();
@@ -502,4 +502,12 @@ fn z_segments_and_helpers() {
     assert_eq!(m.get("ZPD-1").as_deref(), Some("custom"));
     assert_eq!(m.get("ZPD-4-2").as_deref(), Some("y"));
     assert_eq!(m.get("ZPD-2"), None);
+}
+
+#[test]
+fn hex_escapes_as_python_hl7_writes_them() {
+    let text = "MSH|^~\\&|S|F|R|F|20240101||ADT^A08|C1|P|2.6||||||UNICODE UTF-8\rPID|||1||M\\Xfc\\ller \\T\\ S\\Xf6\\hne^Anna \\X20ac\\\r";
+    let m = parse(text.as_bytes()).unwrap();
+    assert_eq!(m.get("PID-5").as_deref(), Some("Müller & Söhne"));
+    assert_eq!(m.get("PID-5-2").as_deref(), Some("Anna €"));
 }
