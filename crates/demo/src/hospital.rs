@@ -415,12 +415,12 @@ async fn finish_channels(
 async fn insert_ehr(
     engine: &Engine,
     progress: &Progress,
-    tables: [&Rows; 4],
+    tables: [&Rows; 5],
 ) -> Result<(), Failure> {
     for rows in tables {
         rows.insert(engine).await?;
     }
-    let [patients, encounters, register, _] = tables;
+    let [patients, encounters, register, ..] = tables;
     progress.say(format!(
         "EHR stand-in: {} patients, {} ward stays, {} devices and their assignments",
         patients.rows.len(),
@@ -612,11 +612,15 @@ fn chart(
 /// them), and each current patient's simulation state.
 fn ehr_people(
     dice: &mut Dice,
-    patient_count: usize,
-    (deteriorating, hypercapnic): (&[i32], &[i32]),
+    simulation: &Simulation,
     start: i64,
     end: i64,
 ) -> (Rows, Rows, Vec<PatientState>) {
+    let (patient_count, deteriorating, hypercapnic) = (
+        simulation.patients(),
+        simulation.deteriorating(),
+        simulation.hypercapnic(),
+    );
     // Patients, their ward stays, and a few discharged earlier (whose devices went on to the
     // current patients: the as-of join must not give their readings to them).
     let mut patients = Rows::new("ehr.patients");
@@ -812,23 +816,15 @@ pub async fn generate(
         ..Hospital::default()
     };
 
-    let (patients, encounters, mut states) = ehr_people(
-        &mut dice,
-        simulation.patients(),
-        (&deteriorating, &simulation.hypercapnic()),
-        start,
-        end,
-    );
+    let (patients, encounters, mut states) = ehr_people(&mut dice, &simulation, start, end);
     let (register, assignments) = device_rows(&devices, plan.rate, start);
+    let targets = spo2_targets(&simulation.hypercapnic(), start);
     insert_ehr(
         engine,
         progress,
-        [&patients, &encounters, &register, &assignments],
+        [&patients, &encounters, &register, &assignments, &targets],
     )
     .await?;
-    spo2_targets(&simulation.hypercapnic(), start)
-        .insert(engine)
-        .await?;
 
     let outages = outages(&mut dice, &devices, start, end);
 

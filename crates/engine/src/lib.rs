@@ -297,6 +297,30 @@ fn cache_sizes(results: Option<usize>, plans: Option<usize>) -> Result<(usize, u
     Ok((results, plans))
 }
 
+/// The engine's own SQL functions, for every session, refresh and alert rule.
+fn install_functions(
+    ctx: &SessionContext,
+    policy: &Arc<medlake_source::Policy>,
+    time_zone: Option<local_time::ClinicalZone>,
+) -> Result<()> {
+    // De-identification: keyed functions read their keys from the secret store (the
+    // privilege to USE each key is checked on every plan: privileges::for_plan).
+    for udf in medlake_deid::udfs(Arc::new(access::SecretKeys(policy.clone()))) {
+        ctx.register_udf(udf);
+    }
+    // Functions that could build a value of any size in one call are bounded.
+    bounded::install(ctx);
+    // The hospital's clock: the builder's zone, else MEDLAKE_TIME_ZONE's, else UTC.
+    let zone = match time_zone {
+        Some(zone) => zone,
+        None => local_time::ClinicalZone::from_env()?.unwrap_or_default(),
+    };
+    for udf in local_time::udfs(&zone) {
+        ctx.register_udf(udf);
+    }
+    Ok(())
+}
+
 /// How an [`Engine`] is built ([`Engine::builder`]).
 #[derive(Debug)]
 pub struct EngineBuilder {
@@ -459,10 +483,6 @@ impl Engine {
             alerts,
             time_zone,
         } = builder;
-        let time_zone = match time_zone {
-            Some(zone) => zone,
-            None => local_time::ClinicalZone::from_env()?.unwrap_or_default(),
-        };
         let (result_cache, plan_cache) = cache_sizes(result_cache, plan_cache)?;
         let runtime = match runtime {
             Some(runtime) => runtime,
@@ -510,17 +530,7 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(CATALOG, catalog.clone() as Arc<dyn CatalogProvider>);
-        // De-identification: keyed functions read their keys from the secret store (the
-        // privilege to USE each key is checked on every plan: privileges::for_plan).
-        for udf in medlake_deid::udfs(Arc::new(access::SecretKeys(policy.clone()))) {
-            ctx.register_udf(udf);
-        }
-        // Functions that could build a value of any size in one call are bounded.
-        bounded::install(&ctx);
-        // The hospital's clock (every session, refresh and rule sees the same zone).
-        for udf in local_time::udfs(&time_zone) {
-            ctx.register_udf(udf);
-        }
+        install_functions(&ctx, &policy, time_zone)?;
         postgres::install(&ctx, &catalog)?;
         ctx.register_udtf(
             "table_history",

@@ -732,6 +732,25 @@ fn serve_refuses_unsafe_or_incomplete_setups() {
     assert!(err.contains("TLS"), "{err}");
     assert!(!err.contains("s3cret-value"), "{err}");
 
+    // A hospital time zone that is not one: refused before anything is computed with it.
+    for zone in ["Europe/Londinium", "+01:00"] {
+        write(
+            &config,
+            &format!(
+                "[[users]]\nname = \"alice\"\npassword_env = \"TEST_PASSWORD\"\n[clinical]\ntime_zone = \"{zone}\"\n"
+            ),
+        );
+        let (code, err) = run(
+            &["--config", config.to_str().unwrap()],
+            &[("TEST_PASSWORD", "s3cret-value")],
+        );
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("[clinical] time_zone") && err.contains(zone),
+            "{err}"
+        );
+    }
+
     // No-auth mode beyond loopback.
     let out = Command::new(BIN)
         .args([
