@@ -43,6 +43,15 @@ FROM (SELECT *, row_number() OVER () AS n FROM trials.research_logs) WHERE n % 1
 INSERT INTO bronze.readings_push
 SELECT device_id, patient_id, metric, value, unit, taken_at + INTERVAL '1 second'
 FROM (SELECT *, row_number() OVER (ORDER BY taken_at DESC) AS n FROM bronze.readings_push) WHERE n % 100 = 1;
+INSERT INTO bronze.hl7_observations
+SELECT concat(message_id, '-next'), sending_application, sending_facility, message_type,
+       message_time + INTERVAL '1 second', received_at + INTERVAL '1 second', sender, patient_id,
+       patient_id_authority, patient_name, location, visit_number, order_id, order_code, set_id,
+       value_type, code, code_text, coding_system, sub_id, value, numeric_value, units,
+       units_system, reference_range, abnormal_flags, status, observed_at + INTERVAL '1 second',
+       equipment, raw
+FROM (SELECT *, row_number() OVER (ORDER BY received_at DESC) AS n FROM bronze.hl7_observations)
+WHERE n % 100 = 1;
 INSERT INTO ehr.spo2_targets
 SELECT target_id, patient_id, target_low, target_high, reason, flagged_by, flagged_at, ended_at,
        CAST(now() AS TIMESTAMP)

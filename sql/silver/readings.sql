@@ -1,4 +1,5 @@
--- Silver: every device reading, from the three telemetry channels, validated and enriched.
+-- Silver: every device reading, from the four telemetry channels (HTTP push, the device cloud,
+-- batch files, HL7 v2 over MLLP), validated and enriched.
 --
 -- * Units standardised: degF -> degC ((F - 32) * 5/9, 0.1 degC), mmol/L -> mg/dL (x 18.016,
 --   glucose), kPa -> mmHg (x 7.50062, blood pressure). raw_value / raw_unit keep what the
@@ -89,6 +90,9 @@ FROM (
     UNION ALL
     SELECT device_id, patient_id, metric, value, unit, taken_at, 'file' AS source
     FROM bronze.readings_files
+    UNION ALL
+    SELECT device_id, patient_id, metric, value, unit, taken_at, 'hl7' AS source
+    FROM silver.hl7_readings
 ) AS r
 LEFT JOIN silver.device_assignments AS a
     ON a.device_id = r.device_id

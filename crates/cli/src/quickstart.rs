@@ -58,6 +58,10 @@ pub(crate) struct QuickstartArgs {
     /// HTTP ingest address (loopback only; port 0 picks a free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// HL7 v2 over MLLP address (loopback only; port 0 picks a free port): a quarter of the
+    /// live device gateways send ORU^R01 messages here.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2575")]
+    mllp: SocketAddr,
     /// Push --live-seconds of live readings, refresh every view once, print how to connect,
     /// and exit (for CI and scripts), leaving the warehouse in DIR/warehouse.
     #[arg(long)]
@@ -80,6 +84,7 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<(), Failure> {
         ("--pg", args.pg),
         ("--flight", args.flight),
         ("--http", args.http),
+        ("--mllp", args.mllp),
     ] {
         if !addr.ip().is_loopback() {
             return Err(Failure::Usage(format!(
@@ -256,8 +261,13 @@ async fn serve(
     now_ms: i64,
     progress: &Progress,
 ) -> Result<(), Failure> {
-    let config = crate::doors::DoorsConfig::insecure_local(args.pg, args.flight, args.http);
+    let mut config = crate::doors::DoorsConfig::insecure_local(args.pg, args.flight, args.http);
+    config.mllp = Some(medlake_mllp::Config::new(
+        args.mllp,
+        medlake_mllp::Auth::InsecureNoAuth,
+    ));
     let doors = crate::doors::Doors::bind(engine, config, "quickstart").await?;
+    let mllp_addr = doors.mllp_addr;
     let (pg_addr, flight_addr, http_addr) = (doors.pg_addr, doors.flight_addr, doors.http_addr);
     engine.set_alert_link_base(&format!("http://{http_addr}"));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -269,7 +279,8 @@ async fn serve(
     let target = format!("http://{http_addr}");
     let result = if args.once {
         progress.say(format!(
-            "pushing {} s of live readings from {} devices through the HTTP door",
+            "pushing {} s of live readings from {} devices through the HTTP door (a quarter of \
+             the gateways as HL7 v2 over MLLP)",
             args.live_seconds, plan.devices
         ));
         let pushed = medlake_demo::simulate::run(SimulateArgs::quickstart(
@@ -278,7 +289,8 @@ async fn serve(
             args.live_seconds,
             plan.seed,
             live_start,
-        ))
+        )
+        .with_mllp(mllp_addr))
         .await
         .map_err(Failure::from);
         match pushed {
@@ -313,7 +325,8 @@ async fn serve(
             7.0 * 86_400.0,
             plan.seed,
             live_start,
-        )));
+        )
+        .with_mllp(mllp_addr)));
         let poll = Duration::from_secs(args.poll_seconds.max(1));
         tokio::select! {
             _ = scheduler.run(poll, crate::doors::until(stopped.clone())) => {}

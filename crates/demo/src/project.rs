@@ -59,6 +59,10 @@ pub const SQL: &[(&str, &str)] = &[
         include_str!("../../../sql/bronze/files.sql"),
     ),
     (
+        "bronze/hl7.sql",
+        include_str!("../../../sql/bronze/hl7.sql"),
+    ),
+    (
         "bronze/telemetry.sql",
         include_str!("../../../sql/bronze/telemetry.sql"),
     ),
@@ -73,6 +77,10 @@ pub const SQL: &[(&str, &str)] = &[
     (
         "silver/events.sql",
         include_str!("../../../sql/silver/events.sql"),
+    ),
+    (
+        "silver/hl7.sql",
+        include_str!("../../../sql/silver/hl7.sql"),
     ),
     (
         "silver/readings.sql",

@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
 
+mod hl7;
+
 /// How often a gateway posts what its devices measured (simulated time).
 const FLUSH_US: u64 = 1_000_000;
 /// Devices per gateway (a bedside hub of one bay).
@@ -95,6 +97,11 @@ pub struct SimulateArgs {
     /// as they are generated.
     #[arg(long, value_name = "FILE", conflicts_with = "target")]
     output: Option<PathBuf>,
+    /// Send the readings of every fourth gateway as HL7 v2 ORU^R01 messages over MLLP to ADDR
+    /// (`medlake serve --mllp`) instead of posting them (readings without a value still go
+    /// over HTTP: a monitor does not send an OBX without a value).
+    #[arg(long, value_name = "ADDR")]
+    mllp: Option<std::net::SocketAddr>,
     /// Set by `medlake quickstart`: no progress lines and no summary (errors still print).
     #[arg(skip)]
     quiet: bool,
@@ -145,8 +152,15 @@ impl SimulateArgs {
             gzip: false,
             max_retries: 10,
             output: None,
+            mllp: None,
             quiet: true,
         }
+    }
+
+    /// [`Self::quickstart`] with every fourth gateway speaking HL7 v2 to the MLLP door.
+    pub fn with_mllp(mut self, addr: Option<std::net::SocketAddr>) -> Self {
+        self.mllp = addr;
+        self
     }
 
     fn plan(&self) -> Result<Plan, String> {
@@ -944,6 +958,41 @@ enum Outcome {
     Abandoned,
 }
 
+/// Sends `readings` as HL7 v2 over MLLP (see [`hl7`]), counted like a posted batch.
+fn spawn_hl7(
+    tasks: &mut tokio::task::JoinSet<()>,
+    poster: &Arc<Poster>,
+    addr: std::net::SocketAddr,
+    readings: Vec<Reading>,
+    key: &str,
+    mut jitter: Rng,
+    max_retries: u32,
+) {
+    if readings.is_empty() {
+        return;
+    }
+    let rows = readings.len() as u64;
+    let refs: Vec<&Reading> = readings.iter().collect();
+    let messages = hl7::messages(&refs, key);
+    Stats::add(&poster.stats.sent_rows, rows);
+    Stats::add(&poster.stats.sent_batches, 1);
+    let poster = poster.clone();
+    tasks.spawn(async move {
+        let started = std::time::Instant::now();
+        match hl7::send(addr, messages, max_retries, &mut jitter).await {
+            hl7::Sent::Acknowledged => {
+                poster.stats.latency(started.elapsed());
+                Stats::add(&poster.stats.acked_rows, rows);
+                Stats::add(&poster.stats.acked_batches, 1);
+            }
+            hl7::Sent::GaveUp(message) => {
+                Stats::add(&poster.stats.failed_batches, 1);
+                eprintln!("warning: {message}");
+            }
+        }
+    });
+}
+
 /// Where the readings go: URL/v1/ingest/TABLE, or URL itself when it names an ingest path.
 pub fn ingest_url(target: &str, table: &str) -> Result<reqwest::Url, String> {
     let base = target.trim_end_matches('/');
@@ -1313,6 +1362,18 @@ async fn post_all(
         let Ok(slot) = slot else { break };
         while tasks.try_join_next().is_some() {}
         let key = format!("sim-{run_id:016x}-g{}-{}", batch.gateway, batch.seq);
+        let mut batch = batch;
+        if let Some(addr) = args.mllp.filter(|_| batch.gateway % 4 == 1) {
+            let (valued, rest): (Vec<Reading>, Vec<Reading>) =
+                batch.readings.drain(..).partition(|r| r.value.is_some());
+            batch.readings = rest;
+            let jitter = Rng::new(batch.seq ^ run_id);
+            spawn_hl7(&mut tasks, &poster, addr, valued, &key, jitter, args.max_retries);
+            if batch.readings.is_empty() {
+                drop(slot);
+                continue;
+            }
+        }
         let rows = batch.readings.len();
         let ndjson = batch.ndjson();
         let body = if poster.gzip {

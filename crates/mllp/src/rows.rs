@@ -16,8 +16,10 @@ pub const OBSERVATIONS: &str = "hl7_observations";
 pub const ADT: &str = "hl7_adt";
 pub const QUARANTINE: &str = "hl7_quarantine";
 
+/// Times are UTC instants stored as `TIMESTAMP` (no zone), as every table of the warehouse
+/// keeps them (`sql/bronze/hl7.sql` declares the same columns).
 fn utc() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    DataType::Timestamp(TimeUnit::Microsecond, None)
 }
 
 /// The columns every row of a read message starts with: where it came from and when.
@@ -169,7 +171,7 @@ fn repeat(value: &str, n: usize) -> ArrayRef {
 }
 
 fn utc_array(values: Vec<Option<i64>>) -> ArrayRef {
-    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+    Arc::new(TimestampMicrosecondArray::from(values))
 }
 
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
@@ -197,7 +199,7 @@ pub fn observation_rows(ctx: &Context, obs: &[Observation]) -> Result<RecordBatc
     ]);
     let mut set_id = Int64Builder::with_capacity(n);
     let mut numeric = Float64Builder::with_capacity(n);
-    let mut observed = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut observed = TimestampMicrosecondBuilder::with_capacity(n);
     for o in obs {
         set_id.append_option(o.set_id);
         numeric.append_option(o.numeric.filter(|v| v.is_finite()));

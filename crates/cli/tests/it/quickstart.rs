@@ -23,7 +23,7 @@ fn quickstart(dir: &Path, args: &[&str]) -> String {
         .arg("--dir")
         .arg(dir)
         .args(["--pg", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
-        .args(["--http", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--mllp", "127.0.0.1:0"])
         .args(args)
         .output()
         .expect("medlake runs");
@@ -106,7 +106,7 @@ fn quickstart_once_at_small_scale_fills_every_gold_view() {
         &wh,
         "SELECT DISTINCT source FROM silver.readings ORDER BY 1",
     );
-    assert_eq!(sources, ["file", "push", "rest"]);
+    assert_eq!(sources, ["file", "hl7", "push", "rest"]);
     // The live readings arrived through the HTTP door: commits after the history's one.
     let versions = count(
         &wh,
@@ -1033,7 +1033,9 @@ fn every_view_refreshes_incrementally_after_one_percent_more_in_every_source() {
         .iter()
         .map(|line| line.split(',').next().unwrap().to_string())
         .collect();
-    for view in &views {
+    // Code tables (VALUES, no input) have nothing to follow.
+    let constant = ["silver.hl7_metric_codes", "silver.hl7_unit_codes"];
+    for view in views.iter().filter(|v| !constant.contains(&v.as_str())) {
         assert!(
             refreshed.contains(view),
             "{view} was not refreshed:\n{}",
