@@ -195,7 +195,7 @@ pub(crate) struct Inner {
     pub config: Config,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub writers: Writers,
-    pub connections: Semaphore,
+    pub connections: Arc<Semaphore>,
     control_ids: AtomicU64,
     started: String,
 }
@@ -250,7 +250,7 @@ impl Server {
             listener,
             inner: Arc::new(Inner {
                 engine,
-                connections: Semaphore::new(config.max_connections.max(1)),
+                connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
                 config,
                 tls,
                 writers,
@@ -286,15 +286,15 @@ impl Server {
                     continue;
                 }
             };
-            let Ok(permit) = self.inner.connections.try_acquire() else {
+            let Ok(permit) = self.inner.connections.clone().try_acquire_owned() else {
                 warn!(%peer, "mllp: too many connections; closing");
                 continue;
             };
-            permit.forget();
             let inner = self.inner.clone();
             tokio::spawn(async move {
+                // Held for the connection's life, however it ends.
+                let _permit = permit;
                 conn::accept(&inner, stream, peer).await;
-                inner.connections.add_permits(1);
             });
         }
         info!("mllp door stopped");

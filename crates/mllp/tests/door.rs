@@ -527,3 +527,39 @@ async fn unsafe_configurations_are_refused() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn the_reference_warehouse_declares_the_doors_own_tables() {
+    // sql/bronze/hl7.sql creates the tables before the door ever ran: the door must take them
+    // as they are (same columns, same types), or the project and the door disagree.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path().join("wh").to_str().unwrap())
+        .await
+        .unwrap();
+    engine
+        .sql(include_str!("../../../sql/bronze/hl7.sql"))
+        .await
+        .unwrap();
+    let config = Config::new("127.0.0.1:0".parse().unwrap(), Auth::InsecureNoAuth);
+    let server = Server::bind(engine.clone(), config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let (code, text) = send(&mut stream, &oru("S-1", "P1", "97")).await;
+    assert_eq!(code, "AA", "{text}");
+    let (code, text) = send(&mut stream, &adt("S-2", "A01", "P1", "Bed 1")).await;
+    assert_eq!(code, "AA", "{text}");
+    let (code, _) = send(&mut stream, "not hl7").await;
+    assert_eq!(code, "AR");
+    for (table, rows) in [("hl7_observations", 2), ("hl7_adt", 1), ("hl7_quarantine", 1)] {
+        assert_eq!(
+            count(&engine, &format!("SELECT count(*) FROM bronze.{table}")).await,
+            rows,
+            "{table}"
+        );
+    }
+    let _ = stop.send(());
+}
