@@ -125,5 +125,7 @@ pub fn certificate_names(der: &[u8], name: &str) -> bool {
     let Ok(server_name) = rustls::pki_types::ServerName::try_from(name) else {
         return false;
     };
-    parsed.verify_is_valid_for_subject_name(&server_name).is_ok()
+    parsed
+        .verify_is_valid_for_subject_name(&server_name)
+        .is_ok()
 }

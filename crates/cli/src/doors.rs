@@ -125,10 +125,7 @@ impl Doors {
             tls(doors.http.tls())
         );
         if let (Some(addr), Some(mllp)) = (doors.mllp_addr, &doors.mllp) {
-            println!(
-                "medlake {command}: hl7 mllp on {addr}{}",
-                tls(mllp.tls())
-            );
+            println!("medlake {command}: hl7 mllp on {addr}{}", tls(mllp.tls()));
         }
         Ok(doors)
     }

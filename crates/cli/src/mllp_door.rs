@@ -84,7 +84,11 @@ pub(crate) fn config(
         cert: t.cert.clone(),
         key: t.key.clone(),
     });
-    if let Some(zone) = config.clinical.as_ref().and_then(|c| c.time_zone.as_deref()) {
+    if let Some(zone) = config
+        .clinical
+        .as_ref()
+        .and_then(|c| c.time_zone.as_deref())
+    {
         mllp.time_zone = zone
             .parse()
             .map_err(|_| Failure::Usage(format!("[clinical] time_zone: unknown zone '{zone}'")))?;
@@ -118,7 +122,12 @@ fn sender(entry: &SenderEntry) -> Result<medlake_mllp::Sender, String> {
         .map(|a| {
             a.parse::<ipnet::IpNet>()
                 .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| format!("sender '{}': '{a}' is not an address or network", entry.name))
+                .map_err(|_| {
+                    format!(
+                        "sender '{}': '{a}' is not an address or network",
+                        entry.name
+                    )
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(medlake_mllp::Sender {

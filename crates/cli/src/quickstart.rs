@@ -283,14 +283,16 @@ async fn serve(
              the gateways as HL7 v2 over MLLP)",
             args.live_seconds, plan.devices
         ));
-        let pushed = medlake_demo::simulate::run(SimulateArgs::quickstart(
-            target,
-            plan.devices,
-            args.live_seconds,
-            plan.seed,
-            live_start,
+        let pushed = medlake_demo::simulate::run(
+            SimulateArgs::quickstart(
+                target,
+                plan.devices,
+                args.live_seconds,
+                plan.seed,
+                live_start,
+            )
+            .with_mllp(mllp_addr),
         )
-        .with_mllp(mllp_addr))
         .await
         .map_err(Failure::from);
         match pushed {
@@ -319,14 +321,10 @@ async fn serve(
              (Ctrl-C stops)",
         );
         let scheduler = engine.scheduler();
-        let live = tokio::spawn(medlake_demo::simulate::run(SimulateArgs::quickstart(
-            target,
-            plan.devices,
-            7.0 * 86_400.0,
-            plan.seed,
-            live_start,
-        )
-        .with_mllp(mllp_addr)));
+        let live = tokio::spawn(medlake_demo::simulate::run(
+            SimulateArgs::quickstart(target, plan.devices, 7.0 * 86_400.0, plan.seed, live_start)
+                .with_mllp(mllp_addr),
+        ));
         let poll = Duration::from_secs(args.poll_seconds.max(1));
         tokio::select! {
             _ = scheduler.run(poll, crate::doors::until(stopped.clone())) => {}

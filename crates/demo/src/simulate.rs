@@ -1368,7 +1368,15 @@ async fn post_all(
                 batch.readings.drain(..).partition(|r| r.value.is_some());
             batch.readings = rest;
             let jitter = Rng::new(batch.seq ^ run_id);
-            spawn_hl7(&mut tasks, &poster, addr, valued, &key, jitter, args.max_retries);
+            spawn_hl7(
+                &mut tasks,
+                &poster,
+                addr,
+                valued,
+                &key,
+                jitter,
+                args.max_retries,
+            );
             if batch.readings.is_empty() {
                 drop(slot);
                 continue;

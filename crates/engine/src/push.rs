@@ -67,7 +67,6 @@ impl PushError {
     fn engine(e: Error) -> Self {
         Self::Engine(Arc::new(e))
     }
-
 }
 
 impl std::fmt::Display for PushError {
@@ -306,10 +305,7 @@ async fn commit_attempt(
     let Some(log) = logs.table.as_mut() else {
         return Attempt::Done;
     };
-    let batches: Vec<RecordBatch> = writing
-        .iter()
-        .filter_map(|p| p.push.rows.clone())
-        .collect();
+    let batches: Vec<RecordBatch> = writing.iter().filter_map(|p| p.push.rows.clone()).collect();
     let row_counts: Vec<u64> = writing.iter().map(|p| rows_of(&p.push.rows)).collect();
     let result = if batches.is_empty() {
         Ok(log.version())

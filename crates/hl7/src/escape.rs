@@ -135,7 +135,9 @@ fn code_point(hex: &str) -> Option<String> {
         return None;
     }
     let n = u32::from_str_radix(hex, 16).ok()?;
-    char::from_u32(n).filter(|c| !c.is_control()).map(String::from)
+    char::from_u32(n)
+        .filter(|c| !c.is_control())
+        .map(String::from)
 }
 
 fn hex_bytes(hex: &str) -> Option<Vec<u8>> {

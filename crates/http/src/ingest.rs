@@ -20,9 +20,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use medlake_engine::ingest::IngestKey;
+use medlake_engine::push::{Push, PushConfig, PushError, PushObserver, Pushed, Writers};
 use medlake_engine::{Engine, TableName};
 use serde_json::{Value, json};
-use medlake_engine::push::{Push, PushConfig, PushError, PushObserver, Pushed, Writers};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
@@ -801,4 +801,3 @@ impl PushObserver for Observer {
             .remove(table);
     }
 }
-

@@ -35,11 +35,9 @@ pub(crate) async fn accept(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAd
             serve(inner, stream, peer, who).await;
         }
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(stream),
-            )
-            .await;
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
+                    .await;
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -177,9 +175,13 @@ async fn handle(inner: &Inner, who: &Who, peer: SocketAddr, frame: Vec<u8>) -> V
     };
     match outcome {
         Ok(()) => medlake_hl7::ack(header, AckCode::Accept, None, &control_id, Utc::now()),
-        Err(r) if r.hl7 == RETRY => {
-            medlake_hl7::ack(header, AckCode::Reject, Some((207, &r.reason)), &control_id, now)
-        }
+        Err(r) if r.hl7 == RETRY => medlake_hl7::ack(
+            header,
+            AckCode::Reject,
+            Some((207, &r.reason)),
+            &control_id,
+            now,
+        ),
         Err(r) => {
             let refusal = Refusal {
                 received_at: now.timestamp_micros(),
@@ -214,7 +216,13 @@ const RETRY: u16 = 0;
 fn retry_later(header: Option<&Header>, failure: &str, control_id: &str) -> Vec<u8> {
     let reason = format!("not stored now ({failure}); send it again");
     match header {
-        Some(h) => medlake_hl7::ack(h, AckCode::Reject, Some((207, &reason)), control_id, Utc::now()),
+        Some(h) => medlake_hl7::ack(
+            h,
+            AckCode::Reject,
+            Some((207, &reason)),
+            control_id,
+            Utc::now(),
+        ),
         None => medlake_hl7::reject_unparsed_code(207, &reason, control_id, Utc::now()),
     }
 }
@@ -344,11 +352,7 @@ async fn write(
     let table = table_name(inner, table).map_err(|e| refused(AckCode::Reject, RETRY, e))?;
     // The engine decides whether this sender may push into the table.
     let principal = inner.principal(&who.name);
-    if let Err(e) = inner
-        .engine
-        .session_for(principal)
-        .authorize_ingest(&table)
-    {
+    if let Err(e) = inner.engine.session_for(principal).authorize_ingest(&table) {
         return Err(refused(AckCode::Reject, 207, e.to_string()));
     }
     let push = Push {

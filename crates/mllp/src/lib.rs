@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use medlake_auth::TlsFiles;
 use medlake_engine::push::{PushConfig, Unobserved, Writers};
-use medlake_engine::{Engine, Ingest, IfExists, Principal};
+use medlake_engine::{Engine, IfExists, Ingest, Principal};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -119,12 +119,13 @@ fn private(net: &ipnet::IpNet) -> bool {
         ipnet::IpNet::V4(n) => {
             let a = n.network();
             (a.is_private() || a.is_loopback() || a.is_link_local())
-                && n.prefix_len() >= match a.octets()[0] {
-                    10 | 127 => 8,
-                    172 => 12,
-                    192 => 16,
-                    _ => 16,
-                }
+                && n.prefix_len()
+                    >= match a.octets()[0] {
+                        10 | 127 => 8,
+                        172 => 12,
+                        192 => 16,
+                        _ => 16,
+                    }
         }
         ipnet::IpNet::V6(n) => {
             let first = n.network().segments()[0];

@@ -283,7 +283,9 @@ pub fn quarantine_row(r: &Refusal) -> RecordBatch {
         repeat(h(|h| &h.control_id), 1),
         repeat(&message_type, 1),
         repeat(r.ack_code, 1),
-        Arc::new(arrow::array::Int64Array::from(vec![i64::from(r.error_code)])),
+        Arc::new(arrow::array::Int64Array::from(vec![i64::from(
+            r.error_code,
+        )])),
         repeat(r.reason, 1),
         repeat(r.raw, 1),
     ];

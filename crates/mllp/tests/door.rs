@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use arrow::array::Int64Array;
 use arrow::util::display::array_value_to_string;
-use medlake_engine::{Principal, Role};
 use medlake_engine::Engine;
+use medlake_engine::{Principal, Role};
 use medlake_mllp::{Auth, Config, Sender, Server};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -240,7 +240,11 @@ async fn malformed_and_unsupported_messages_are_refused_and_quarantined() {
 async fn adt_events_are_stored() {
     let door = door(|_| {}).await;
     let mut stream = TcpStream::connect(door.addr).await.unwrap();
-    for (id, event, bed) in [("A-1", "A01", "Bed 3"), ("A-2", "A02", "Bed 4"), ("A-3", "A03", "Bed 4")] {
+    for (id, event, bed) in [
+        ("A-1", "A01", "Bed 3"),
+        ("A-2", "A02", "Bed 4"),
+        ("A-3", "A03", "Bed 4"),
+    ] {
         let (code, text) = send(&mut stream, &adt(id, event, "P2002", bed)).await;
         assert_eq!(code, "AA", "{event}: {text}");
     }
@@ -356,9 +360,7 @@ impl Pki {
             rcgen::ExtendedKeyUsagePurpose::ServerAuth
         }];
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params
-            .signed_by(&key, &self.ca_cert, &self.ca_key)
-            .unwrap();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
     }
 
@@ -372,7 +374,9 @@ fn connector(pki: &Pki, client: Option<(String, String)>) -> tokio_rustls::TlsCo
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(rustls::pki_types::CertificateDer::from(pki.ca_cert.der().to_vec()))
+        .add(rustls::pki_types::CertificateDer::from(
+            pki.ca_cert.der().to_vec(),
+        ))
         .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -390,7 +394,9 @@ fn connector(pki: &Pki, client: Option<(String, String)>) -> tokio_rustls::TlsCo
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-fn rustls_pemfile_certs(pem: &str) -> Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
+fn rustls_pemfile_certs(
+    pem: &str,
+) -> Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     tokio_rustls::rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
         .map(Result::unwrap)
@@ -398,7 +404,11 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<tokio_rustls::rustls::pki_types::Certi
 }
 
 async fn tls_door(pki: &Pki) -> Door {
-    let (ca, cert, key) = (pki.path("ca.pem"), pki.path("server.pem"), pki.path("server.key"));
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("server.pem"),
+        pki.path("server.key"),
+    );
     door(move |c| {
         c.tls = Some(medlake_auth::TlsFiles { cert, key });
         c.client_ca = Some(ca);
@@ -439,14 +449,21 @@ async fn mutual_tls_names_the_sender_and_msh_is_checked_against_it() {
     let (code, text) = send(&mut stream, &spoofed).await;
     assert_eq!(code, "AR", "{text}");
     assert!(text.contains("MSH-3"), "{text}");
-    let senders = rows(&door.engine, "SELECT DISTINCT sender FROM bronze.hl7_observations").await;
+    let senders = rows(
+        &door.engine,
+        "SELECT DISTINCT sender FROM bronze.hl7_observations",
+    )
+    .await;
     assert_eq!(senders, [["icu-gateway"]]);
 
     // No client certificate, or one for another name, or from another CA: no session.
     for client in [
         connector(&pki, None),
         connector(&pki, Some(pki.issue("lab-gateway.hospital.example", true))),
-        connector(&pki, Some(Pki::new().issue("icu-gateway.hospital.example", true))),
+        connector(
+            &pki,
+            Some(Pki::new().issue("icu-gateway.hospital.example", true)),
+        ),
     ] {
         match tls_connect(&door, &client).await {
             Err(_) => {}
@@ -554,7 +571,11 @@ async fn the_reference_warehouse_declares_the_doors_own_tables() {
     assert_eq!(code, "AA", "{text}");
     let (code, _) = send(&mut stream, "not hl7").await;
     assert_eq!(code, "AR");
-    for (table, rows) in [("hl7_observations", 2), ("hl7_adt", 1), ("hl7_quarantine", 1)] {
+    for (table, rows) in [
+        ("hl7_observations", 2),
+        ("hl7_adt", 1),
+        ("hl7_quarantine", 1),
+    ] {
         assert_eq!(
             count(&engine, &format!("SELECT count(*) FROM bronze.{table}")).await,
             rows,

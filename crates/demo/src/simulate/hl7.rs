@@ -77,9 +77,10 @@ fn text(value: &str) -> String {
 pub(super) fn messages(readings: &[&Reading], key: &str) -> Vec<(String, Vec<u8>)> {
     let mut groups: Vec<Vec<&Reading>> = Vec::new();
     for r in readings {
-        match groups.iter_mut().find(|g| {
-            g[0].device_id == r.device_id && g[0].taken_at_ms == r.taken_at_ms
-        }) {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].device_id == r.device_id && g[0].taken_at_ms == r.taken_at_ms)
+        {
             Some(group) => group.push(r),
             None => groups.push(vec![r]),
         }
@@ -224,10 +225,16 @@ mod tests {
         assert_eq!(obs[0].equipment, "monitor-7");
         assert_eq!(obs[0].patient_id, "1007");
         let at = obs[0].observed_at.as_ref().unwrap();
-        assert_eq!(at.to_utc_micros(chrono_tz::UTC).unwrap(), 1_795_000_000_000_000);
-        let glucose = medlake_hl7::observations(&medlake_hl7::parse(&messages[1].1).unwrap())
-            .unwrap();
-        assert_eq!((glucose[0].code.as_str(), glucose[0].coding_system.as_str()), ("15074-8", "LN"));
+        assert_eq!(
+            at.to_utc_micros(chrono_tz::UTC).unwrap(),
+            1_795_000_000_000_000
+        );
+        let glucose =
+            medlake_hl7::observations(&medlake_hl7::parse(&messages[1].1).unwrap()).unwrap();
+        assert_eq!(
+            (glucose[0].code.as_str(), glucose[0].coding_system.as_str()),
+            ("15074-8", "LN")
+        );
         assert_eq!(glucose[0].units, "mmol/L");
     }
 }
