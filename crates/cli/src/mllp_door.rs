@@ -16,6 +16,7 @@
 //! addresses = ["10.20.0.0/16"]                   # private networks only
 //! applications = ["MONITOR_GW"]                  # MSH-3 it may claim (empty: any)
 //! facilities = ["ICU"]                           # MSH-4 it may claim (empty: any)
+//! message_types = ["ORU"]                        # MSH-9 it may send (empty: any)
 //! ```
 //! Timestamps sent without an offset are read in `[clinical] time_zone` (default UTC).
 
@@ -51,6 +52,8 @@ pub struct SenderEntry {
     pub applications: Vec<String>,
     #[serde(default)]
     pub facilities: Vec<String>,
+    #[serde(default)]
+    pub message_types: Vec<String>,
 }
 
 /// The MLLP door's configuration, when it is asked for (`--mllp ADDR` or `[mllp] listen`).
@@ -136,5 +139,10 @@ fn sender(entry: &SenderEntry) -> Result<medlake_mllp::Sender, String> {
         addresses,
         applications: entry.applications.clone(),
         facilities: entry.facilities.clone(),
+        message_types: entry
+            .message_types
+            .iter()
+            .map(|t| t.to_ascii_uppercase())
+            .collect(),
     })
 }

@@ -27,6 +27,10 @@ struct Who {
 /// Runs one connection to its end (closed by the peer, idle, refused).
 pub(crate) async fn accept(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    if !may_connect(inner, peer) {
+        // No sender can be at this address: closed before a TLS handshake costs anything.
+        return refuse(inner, peer, "(address not allowed)");
+    }
     match &inner.tls {
         None => {
             let Some(who) = recognise(inner, peer, None) else {
@@ -60,6 +64,23 @@ pub(crate) async fn accept(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAd
     }
 }
 
+/// Whether any sender may connect from `peer` (senders without addresses: any).
+fn may_connect(inner: &Inner, peer: SocketAddr) -> bool {
+    match &inner.config.auth {
+        Auth::InsecureNoAuth => true,
+        Auth::Senders(senders) => senders
+            .iter()
+            .any(|s| s.addresses.is_empty() || within(&s.addresses, peer.ip())),
+    }
+}
+
+/// A certificate valid for a made-up name under `name`'s parent: a wildcard certificate,
+/// which names no one sender.
+fn wildcard(der: &[u8], name: &str) -> bool {
+    let parent = name.split_once('.').map_or("", |(_, rest)| rest);
+    !parent.is_empty() && medlake_auth::certificate_names(der, &format!("medlake-probe-0.{parent}"))
+}
+
 /// Which configured sender this is: certificate and address both as configured.
 fn recognise(inner: &Inner, peer: SocketAddr, cert: Option<&[u8]>) -> Option<Who> {
     let senders = match &inner.config.auth {
@@ -76,7 +97,9 @@ fn recognise(inner: &Inner, peer: SocketAddr, cert: Option<&[u8]>) -> Option<Who
         .find(|s| {
             let by_cert = match (&s.certificate, cert) {
                 (None, _) => true,
-                (Some(name), Some(der)) => medlake_auth::certificate_names(der, name),
+                (Some(name), Some(der)) => {
+                    medlake_auth::certificate_names(der, name) && !wildcard(der, name)
+                }
                 (Some(_), None) => false,
             };
             let by_address = s.addresses.is_empty() || within(&s.addresses, peer.ip());
@@ -119,7 +142,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => {
                     let now = Utc::now();
                     let reason = format!("MLLP framing: {e}");
-                    quarantine_unread(inner, &who, peer, &reason, b"").await;
+                    // A start block inside a frame that lost nothing is not worth a row (and
+                    // one per byte would be a quarantine flood).
+                    if !matches!(e, mllp::FrameError::Interrupted { discarded: 0 }) {
+                        quarantine_unread(inner, &who, peer, &reason, b"").await;
+                    }
                     medlake_hl7::reject_unparsed_code(207, &reason, &inner.next_control_id(), now)
                 }
             };
@@ -169,7 +196,7 @@ async fn handle(inner: &Inner, who: &Who, peer: SocketAddr, frame: Vec<u8>) -> V
     let header = msg.header();
     let key = key_of(header, &frame, who);
     let raw = rows::raw_text(&msg);
-    let outcome = match admit(inner, who, header) {
+    let outcome = match admit(inner, who, &msg) {
         Err(refusal) => Err(refusal),
         Ok(()) => write(inner, who, &msg, &raw, key.clone(), now.timestamp_micros()).await,
     };
@@ -228,7 +255,31 @@ fn retry_later(header: Option<&Header>, failure: &str, control_id: &str) -> Vec<
 }
 
 /// Whether `who` may send this message at all: processing id, MSH-3 and MSH-4.
-fn admit(inner: &Inner, who: &Who, header: &Header) -> Result<(), Refused> {
+fn admit(inner: &Inner, who: &Who, msg: &Message) -> Result<(), Refused> {
+    let header = msg.header();
+    let refuse = |hl7: u16, reason: String| Refused {
+        code: AckCode::Reject,
+        hl7,
+        reason,
+    };
+    for (field, value) in [
+        ("MSH-3", &header.sending_application),
+        ("MSH-4", &header.sending_facility),
+        ("MSH-10", &header.control_id),
+    ] {
+        if value.len() > MAX_ID_BYTES {
+            return Err(refuse(
+                102,
+                format!("{field} is longer than {MAX_ID_BYTES} bytes"),
+            ));
+        }
+    }
+    if msg.segments("PID").nth(1).is_some() {
+        return Err(refuse(
+            100,
+            "one patient per message: this message has more than one PID".into(),
+        ));
+    }
     if !inner
         .config
         .processing_ids
@@ -248,6 +299,20 @@ fn admit(inner: &Inner, who: &Who, header: &Header) -> Result<(), Refused> {
     let Some(sender) = &who.sender else {
         return Ok(());
     };
+    if !sender.message_types.is_empty()
+        && !sender
+            .message_types
+            .iter()
+            .any(|t| *t == header.message_code)
+    {
+        return Err(refuse(
+            200,
+            format!(
+                "sender '{}' may not send {} messages (MSH-9)",
+                who.name, header.message_code
+            ),
+        ));
+    }
     let namespace = |hd: &str| hd.split('^').next().unwrap_or("").to_string();
     let app = namespace(&header.sending_application);
     let facility = namespace(&header.sending_facility);
@@ -266,20 +331,35 @@ fn admit(inner: &Inner, who: &Who, header: &Header) -> Result<(), Refused> {
     Ok(())
 }
 
+/// Longest MSH-3, MSH-4 and MSH-10 taken (HL7 allows 199 characters at most for an EI/HD).
+const MAX_ID_BYTES: usize = 199;
+
+/// Most observations one message may carry, and most bytes its rows may hold (each row keeps
+/// the message): beyond, AR without building anything.
+const MAX_OBSERVATIONS: usize = 5_000;
+const MAX_ROW_BYTES: usize = 32 << 20;
+
+/// Most bytes of a refused message kept in the quarantine (its length and hash say the rest).
+const MAX_QUARANTINED_BYTES: usize = 64 << 10;
+
 /// The idempotency key of a message: its sending application, facility and control id, with
 /// the SHA-256 of its bytes and the sender's name.
 fn key_of(header: &Header, frame: &[u8], who: &Who) -> IngestKey {
-    let mut key = format!(
-        "hl7:{}|{}|{}",
-        header.sending_application, header.sending_facility, header.control_id
-    );
-    if key.len() > 200 {
-        // Kept bounded: the hash of the long parts stands for them.
-        let digest = hex(&Sha256::digest(key.as_bytes()));
-        key = format!("hl7#{digest}");
+    // The sender is part of the key: another sender reusing MSH-3/4/10 (by accident or to
+    // shadow this one's next messages) is another message. Parts are length-prefixed, so no
+    // value can be made to look like two.
+    let mut h = Sha256::new();
+    for part in [
+        who.name.as_str(),
+        &header.sending_application,
+        &header.sending_facility,
+        &header.control_id,
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
     }
     IngestKey {
-        key,
+        key: format!("hl7:{}", hex(&h.finalize())),
         body_sha256: Some(hex(&Sha256::digest(frame))),
         token: Some(who.name.clone()),
     }
@@ -318,6 +398,20 @@ fn rows_of(
     match header.message_code.as_str() {
         "ORU" => {
             let obs = medlake_hl7::observations(msg).map_err(parse_error)?;
+            if obs.len() > MAX_OBSERVATIONS || obs.len().saturating_mul(raw.len()) > MAX_ROW_BYTES {
+                return Err(Refused {
+                    code: AckCode::Reject,
+                    hl7: 207,
+                    reason: format!(
+                        "{} observations in a message of {} bytes: more than this receiver \
+                         takes in one message ({MAX_OBSERVATIONS} observations, {} MiB of rows); \
+                         split it",
+                        obs.len(),
+                        raw.len(),
+                        MAX_ROW_BYTES >> 20
+                    ),
+                });
+            }
             let batch = rows::observation_rows(&ctx, &obs).map_err(content)?;
             Ok((rows::OBSERVATIONS, batch))
         }
@@ -410,7 +504,7 @@ async fn quarantine(
     key: Option<IngestKey>,
 ) -> Result<(), String> {
     let table = table_name(inner, rows::QUARANTINE)?;
-    let batch = rows::quarantine_row(refusal);
+    let batch = rows::quarantine_row(refusal, MAX_QUARANTINED_BYTES);
     let push = Push {
         schema: batch.schema(),
         rows: Some(batch),

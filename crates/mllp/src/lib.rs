@@ -47,6 +47,8 @@ pub struct Sender {
     pub applications: Vec<String>,
     /// MSH-4 values it may send (namespace id); empty: any.
     pub facilities: Vec<String>,
+    /// MSH-9 message codes it may send (`ORU`, `ADT`); empty: any.
+    pub message_types: Vec<String>,
 }
 
 /// How the door authenticates.
@@ -164,6 +166,20 @@ impl Config {
             if s.certificate.is_none() && s.addresses.is_empty() {
                 return Err(Error::Config(format!(
                     "sender '{}' has neither a certificate name nor addresses",
+                    s.name
+                )));
+            }
+            if s.certificate.is_none() && self.client_ca.is_some() {
+                return Err(Error::Config(format!(
+                    "sender '{}' has no certificate name: with client_ca every sender is \
+                     recognised by its certificate (an address alone would take any \
+                     certificate of that CA)",
+                    s.name
+                )));
+            }
+            if s.name == "local" || senders.iter().filter(|o| o.name == s.name).count() > 1 {
+                return Err(Error::Config(format!(
+                    "sender name '{}' is reserved or given twice",
                     s.name
                 )));
             }

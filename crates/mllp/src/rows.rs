@@ -268,8 +268,29 @@ pub struct Refusal<'a> {
     pub raw: &'a str,
 }
 
-/// The quarantine row of a refused message.
-pub fn quarantine_row(r: &Refusal) -> RecordBatch {
+/// `raw` cut to `max` bytes (on a character boundary), with its full length and SHA-256 noted.
+fn bounded(raw: &str, max: usize) -> String {
+    if raw.len() <= max {
+        return raw.to_string();
+    }
+    let mut end = max;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    use sha2::Digest as _;
+    let digest: String = sha2::Sha256::digest(raw.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}\n[cut: {} bytes in all, sha256 {digest}]",
+        &raw[..end],
+        raw.len()
+    )
+}
+
+/// The quarantine row of a refused message (`raw` kept up to `max_raw` bytes).
+pub fn quarantine_row(r: &Refusal, max_raw: usize) -> RecordBatch {
     let h = |f: fn(&Header) -> &str| r.header.map_or("", f);
     let message_type = r.header.map_or(String::new(), |h| {
         format!("{}^{}", h.message_code, h.trigger_event)
@@ -287,7 +308,7 @@ pub fn quarantine_row(r: &Refusal) -> RecordBatch {
             r.error_code,
         )])),
         repeat(r.reason, 1),
-        repeat(r.raw, 1),
+        repeat(&bounded(r.raw, max_raw), 1),
     ];
     // The columns are built from the schema's own list, in its order.
     RecordBatch::try_new(QUARANTINE_SCHEMA.clone(), columns)

@@ -210,6 +210,19 @@ async fn malformed_and_unsupported_messages_are_refused_and_quarantined() {
     let (code, text) = send(&mut stream, &training).await;
     assert_eq!(code, "AR", "{text}");
     assert!(text.contains("MSH-11"), "{text}");
+    // Two patients in one message, and more observations than one message may carry.
+    let two = oru("M-6", "P1", "97").replacen("PV1|", "PID|||P2^^^HOSP^MR||Other^Pat\rPV1|", 1);
+    let (code, text) = send(&mut stream, &two).await;
+    assert_eq!(code, "AR", "{text}");
+    let mut many = oru("M-7", "P1", "97");
+    for i in 0..5_001 {
+        many.push_str(&format!(
+            "OBX|{i}|NM|147842^MDC_ECG_HEART_RATE^MDC||72|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F\r"
+        ));
+    }
+    let (code, text) = send(&mut stream, &many).await;
+    assert_eq!(code, "AR", "{text}");
+    assert!(text.contains("split it"), "{text}");
     // The connection still works, and nothing of the refused ones was stored.
     let (code, _) = send(&mut stream, &oru("M-5", "P1", "97")).await;
     assert_eq!(code, "AA");
@@ -222,7 +235,7 @@ async fn malformed_and_unsupported_messages_are_refused_and_quarantined() {
         "SELECT ack_code, error_code, raw FROM bronze.hl7_quarantine ORDER BY received_at",
     )
     .await;
-    assert_eq!(kept.len(), 4, "{kept:?}");
+    assert_eq!(kept.len(), 6, "{kept:?}");
     assert_eq!(kept[0][..2], ["AR", "100"], "{kept:?}");
     assert!(kept[0][2].contains("not hl7"));
     assert_eq!(kept[1][..2], ["AE", "101"], "{kept:?}");
@@ -232,7 +245,7 @@ async fn malformed_and_unsupported_messages_are_refused_and_quarantined() {
     assert_eq!(code, "AR");
     assert_eq!(
         count(&door.engine, "SELECT count(*) FROM bronze.hl7_quarantine").await,
-        4
+        6
     );
 }
 
@@ -418,6 +431,7 @@ async fn tls_door(pki: &Pki) -> Door {
             addresses: Vec::new(),
             applications: vec!["MON".into()],
             facilities: vec!["ICU".into()],
+            message_types: vec!["ORU".into()],
         }]);
     })
     .await
@@ -456,8 +470,13 @@ async fn mutual_tls_names_the_sender_and_msh_is_checked_against_it() {
     .await;
     assert_eq!(senders, [["icu-gateway"]]);
 
-    // No client certificate, or one for another name, or from another CA: no session.
+    // Only the message types it may send (ORU): an ADT from it is refused.
+    let (code, text) = send(&mut stream, &adt("A-9", "A01", "P1", "Bed 1")).await;
+    assert_eq!(code, "AR", "{text}");
+    // No client certificate, or one for another name, or from another CA, or a wildcard
+    // certificate of the right CA: no session.
     for client in [
+        connector(&pki, Some(pki.issue("*.hospital.example", true))),
         connector(&pki, None),
         connector(&pki, Some(pki.issue("lab-gateway.hospital.example", true))),
         connector(
@@ -500,6 +519,7 @@ async fn unsafe_configurations_are_refused() {
         addresses: nets.iter().map(|n| n.parse().unwrap()).collect(),
         applications: Vec::new(),
         facilities: Vec::new(),
+        message_types: Vec::new(),
     };
     // No authentication off loopback.
     let config = Config::new("0.0.0.0:0".parse().unwrap(), Auth::InsecureNoAuth);
