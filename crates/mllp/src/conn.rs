@@ -299,12 +299,7 @@ fn admit(inner: &Inner, who: &Who, msg: &Message) -> Result<(), Refused> {
     let Some(sender) = &who.sender else {
         return Ok(());
     };
-    if !sender.message_types.is_empty()
-        && !sender
-            .message_types
-            .iter()
-            .any(|t| *t == header.message_code)
-    {
+    if !sender.message_types.is_empty() && !sender.message_types.contains(&header.message_code) {
         return Err(refuse(
             200,
             format!(
