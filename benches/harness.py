@@ -52,7 +52,7 @@ class Medlake:
 
 
 WORKLOADS = ["refresh", "medallion", "warehouse", "merge", "ingest", "serve", "dashboard", "spill",
-             "alerting"]
+             "alerting", "mllp"]
 
 
 def write_results_md(workload, section):

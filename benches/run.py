@@ -12,6 +12,7 @@ on the same data, in the same run.
     python benches/run.py warehouse --bin target/release/medlake [--patients N --hours H --rate R]
     python benches/run.py merge --bin target/release/medlake [--rows 10000000] [--rounds 3]
     python benches/run.py alerting --bin target/release/medlake [--devices 400] [--seconds 120]
+    python benches/run.py mllp --bin target/release/medlake [--messages 20000] [--concurrent-messages 200000]
 
 refresh: incremental vs full REFRESH MATERIALIZED VIEW after appending 1% to a bronze table,
 with DuckDB recomputing the same gold table from bronze's Parquet files as the peer.
@@ -44,6 +45,10 @@ table, against DuckDB's MERGE INTO on its own database file, tables checked equa
 alerting (alerting.py): live 1 Hz readings of 400 devices over the HTTP door into bronze ->
 silver -> gold (REFRESH ON CHANGE) with an alert rule on gold; the distribution of reading
 acknowledged -> webhook delivered for probe readings (no peer: a latency goal, <= 5 s p99).
+
+mllp (mllp.py): HL7 v2 ORU^R01 messages (4 observations each) acknowledged after their Delta
+commit over MLLP at 1 and 64 connections, against the HTTP door taking the same readings as
+NDJSON requests with Idempotency-Keys; messages/s, p50/p99, commits, rows checked per leg.
 """
 
 import argparse
@@ -414,6 +419,7 @@ PYTHON_PEERS = {
     "adbc_driver_flightsql": "adbc-driver-flightsql",
     "adbc_driver_postgresql": "adbc-driver-postgresql",
     "deltalake": "deltalake",
+    "hl7": "hl7",  # python-hl7: reads back the mllp workload's hand-built ORU^R01
 }
 
 
@@ -1740,6 +1746,7 @@ def main():
     import alerting
     import medallion  # its own module; both share harness.py
     import merge
+    import mllp
     import warehouse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1760,11 +1767,12 @@ def main():
     warehouse.add_parser(sub)
     merge.add_parser(sub)
     alerting.add_parser(sub)
+    mllp.add_parser(sub)
     args = parser.parse_args()
     ensure_python_peers()
     {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill,
      "medallion": medallion.medallion, "warehouse": warehouse.warehouse,
-     "merge": merge.merge, "alerting": alerting.alerting}[args.workload](args)
+     "merge": merge.merge, "alerting": alerting.alerting, "mllp": mllp.mllp}[args.workload](args)
 
 
 if __name__ == "__main__":
