@@ -604,3 +604,44 @@ async fn the_reference_warehouse_declares_the_doors_own_tables() {
     }
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn erase_patient_reaches_hl7_rows_and_quarantined_messages() {
+    let door = door(|_| {}).await;
+    let mut stream = TcpStream::connect(door.addr).await.unwrap();
+    assert_eq!(send(&mut stream, &oru("E-1", "7001", "97")).await.0, "AA");
+    assert_eq!(
+        send(&mut stream, &adt("E-2", "A01", "7001", "Bed 2"))
+            .await
+            .0,
+        "AA"
+    );
+    assert_eq!(send(&mut stream, &oru("E-3", "7002", "96")).await.0, "AA");
+    // A refused message about the same patient: only its raw text names them.
+    let broken = oru("E-4", "7001", "97").replace("150456^MDC_PULS_OXIM_SAT_O2^MDC", "");
+    assert_eq!(send(&mut stream, &broken).await.0, "AE");
+    let erased = door.engine.sql("ERASE PATIENT 7001").await;
+    assert!(erased.is_ok(), "{erased:?}");
+    let left = |table: &str, patient: &str| {
+        format!(
+            "SELECT count(*) FROM bronze.{table} WHERE {}",
+            if table == "hl7_quarantine" {
+                format!("raw LIKE '%{patient}^%'")
+            } else {
+                format!("patient_id = '{patient}'")
+            }
+        )
+    };
+    for table in ["hl7_observations", "hl7_adt", "hl7_quarantine"] {
+        assert_eq!(
+            count(&door.engine, &left(table, "7001")).await,
+            0,
+            "{table}"
+        );
+    }
+    // The other patient stays.
+    assert_eq!(
+        count(&door.engine, &left("hl7_observations", "7002")).await,
+        2
+    );
+}
