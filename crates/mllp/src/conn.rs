@@ -308,9 +308,10 @@ fn admit(inner: &Inner, who: &Who, msg: &Message) -> Result<(), Refused> {
             ),
         ));
     }
-    let namespace = |hd: &str| hd.split('^').next().unwrap_or("").to_string();
-    let app = namespace(&header.sending_application);
-    let facility = namespace(&header.sending_facility);
+    // The namespace ids themselves (component 1, unescaped): an escaped component separator
+    // inside them (`MONITOR_GW\S\X`) is part of the value, not a way past the check.
+    let app = msg.get("MSH-3-1").unwrap_or_default();
+    let facility = msg.get("MSH-4-1").unwrap_or_default();
     let allowed = |list: &[String], v: &str| list.is_empty() || list.iter().any(|a| a == v);
     if !allowed(&sender.applications, &app) || !allowed(&sender.facilities, &facility) {
         return Err(Refused {

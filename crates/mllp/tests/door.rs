@@ -463,6 +463,10 @@ async fn mutual_tls_names_the_sender_and_msh_is_checked_against_it() {
     let (code, text) = send(&mut stream, &spoofed).await;
     assert_eq!(code, "AR", "{text}");
     assert!(text.contains("MSH-3"), "{text}");
+    // Nor by escaping a component separator into its namespace id.
+    let escaped = oru("M-8", "P1", "97").replace("MON^0001^EUI-64|ICU", "MON\\S\\X|ICU");
+    let (code, text) = send(&mut stream, &escaped).await;
+    assert_eq!(code, "AR", "{text}");
     let senders = rows(
         &door.engine,
         "SELECT DISTINCT sender FROM bronze.hl7_observations",
