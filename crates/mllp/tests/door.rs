@@ -28,6 +28,20 @@ impl Drop for Door {
     }
 }
 
+/// Binds a door on `engine` and serves it until the returned sender is used or dropped.
+async fn start(
+    engine: &Engine,
+    config: Config,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let server = Server::bind(engine.clone(), config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
 async fn door(configure: impl FnOnce(&mut Config)) -> Door {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path().join("wh").to_str().unwrap())
@@ -35,12 +49,7 @@ async fn door(configure: impl FnOnce(&mut Config)) -> Door {
         .unwrap();
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), Auth::InsecureNoAuth);
     configure(&mut config);
-    let server = Server::bind(engine.clone(), config).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let (addr, stop) = start(&engine, config).await;
     Door {
         _dir: dir,
         engine,
@@ -553,12 +562,7 @@ async fn unsafe_configurations_are_refused() {
         "127.0.0.1:0".parse().unwrap(),
         Auth::Senders(vec![sender(&["10.1.0.0/16"])]),
     );
-    let server = Server::bind(engine.clone(), config).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let (addr, stop) = start(&engine, config).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let _ = stream.write_all(&frame(&oru("X-1", "P1", "97"))).await;
     let mut buf = [0u8; 64];
@@ -582,12 +586,7 @@ async fn the_reference_warehouse_declares_the_doors_own_tables() {
         .await
         .unwrap();
     let config = Config::new("127.0.0.1:0".parse().unwrap(), Auth::InsecureNoAuth);
-    let server = Server::bind(engine.clone(), config).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let (addr, stop) = start(&engine, config).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let (code, text) = send(&mut stream, &oru("S-1", "P1", "97")).await;
     assert_eq!(code, "AA", "{text}");
