@@ -44,6 +44,10 @@ pub struct Settings {
     /// Whether this process evaluates rules and delivers (`medlake serve`); other processes
     /// (the command line) only define rules and read the log.
     pub active: bool,
+    /// An active server that shares its warehouse with others: it neither evaluates nor
+    /// delivers until [`Alerts::set_leading`] says it holds the scheduler lease, and then
+    /// reads the log again at each catch-up (rules another server created).
+    pub standby: bool,
 }
 
 impl Default for Settings {
@@ -54,6 +58,7 @@ impl Default for Settings {
             link_base: String::new(),
             policy: Arc::new(medlake_source::Policy::strict()),
             active: false,
+            standby: false,
         }
     }
 }
@@ -86,6 +91,9 @@ struct Inner {
     link_base: std::sync::RwLock<String>,
     notifications: broadcast::Sender<Notification>,
     active: bool,
+    standby: bool,
+    /// Whether this process holds the scheduler lease (always, without `standby`).
+    leading: std::sync::atomic::AtomicBool,
     /// Which hosts webhooks may reach (names are vetted as they resolve, addresses here).
     policy: Arc<medlake_source::Policy>,
 }
@@ -134,6 +142,8 @@ impl Alerts {
                 link_base: std::sync::RwLock::new(settings.link_base),
                 notifications,
                 active: settings.active,
+                standby: settings.standby,
+                leading: std::sync::atomic::AtomicBool::new(!settings.standby),
                 policy,
             }),
         };
@@ -147,7 +157,9 @@ impl Alerts {
                     warn!(alert = %rule.name, webhook = %target, "an alert rule notifies a webhook this server does not declare in [[webhooks]]: its firings stay pending");
                 }
             }
-            alerts.resume();
+            if alerts.delivering() {
+                alerts.resume();
+            }
         }
         Ok(alerts)
     }
@@ -167,6 +179,31 @@ impl Alerts {
         self.inner.active
     }
 
+    /// Whether this process evaluates and delivers now: it is active and, when it shares its
+    /// warehouse (`standby`), holds the scheduler lease.
+    pub fn delivering(&self) -> bool {
+        self.inner.active && self.inner.leading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether this process shares its warehouse with other servers (`standby`).
+    pub fn standby(&self) -> bool {
+        self.inner.standby
+    }
+
+    /// Says whether this process holds the scheduler lease. When it takes it, the log is read
+    /// again (what the previous holder recorded) and the deliveries it left pending resume.
+    pub async fn set_leading(&self, leading: bool) -> Result<()> {
+        let was = self
+            .inner
+            .leading
+            .swap(leading, std::sync::atomic::Ordering::SeqCst);
+        if leading && !was && self.inner.active {
+            self.reload().await?;
+            self.resume();
+        }
+        Ok(())
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner
             .state
@@ -174,9 +211,10 @@ impl Alerts {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The log folded, as this process knows it (an inactive one reads it again first).
+    /// The log folded, as this process knows it (one that does not deliver now reads it
+    /// again first).
     pub async fn snapshot(&self) -> Result<State> {
-        if !self.inner.active {
+        if !self.delivering() {
             let _writer = self.inner.writer.lock().await;
             let fresh = State::fold(log::load(&self.inner.warehouse, &self.inner.session).await?);
             *self.state() = fresh;
@@ -342,7 +380,7 @@ impl Alerts {
         if !fired.is_empty() {
             info!(alert = %rule.name, firings = fired.len(), version, "alert fired");
         }
-        if self.inner.active {
+        if self.delivering() {
             for firing in &fired {
                 self.deliver(firing);
             }

@@ -70,6 +70,9 @@
 //! retry_attempts = 3                            # a failed scheduled refresh is retried
 //! retry_backoff_seconds = 30                    # doubled after each failure
 //! max_retry_backoff_seconds = 600
+//! lease_seconds = 15                            # the scheduler lease's time to live: servers
+//!                                               # sharing a warehouse run one scheduler; another
+//!                                               # takes over within ~1.4x this when it dies
 //!
 //! [[ingest_tokens]]                             # bearer tokens of the HTTP ingest door
 //! name = "ward-3-gateway"
@@ -135,6 +138,8 @@ pub struct SchedulerEntry {
     pub retry_attempts: Option<u32>,
     pub retry_backoff_seconds: Option<u64>,
     pub max_retry_backoff_seconds: Option<u64>,
+    /// The scheduler lease's time to live (default 15 s; 0.5 s to 1 h).
+    pub lease_seconds: Option<f64>,
 }
 
 /// `[[webhooks]]`: a receiver of alert firings.
@@ -503,6 +508,19 @@ impl Config {
         }
     }
 
+    /// The scheduler lease's time to live (`[scheduler] lease_seconds`).
+    pub fn scheduler_lease(&self) -> Result<std::time::Duration, String> {
+        let Some(seconds) = self.scheduler.as_ref().and_then(|s| s.lease_seconds) else {
+            return Ok(medlake_engine::DEFAULT_SCHEDULER_LEASE);
+        };
+        if !(0.5..=3600.0).contains(&seconds) {
+            return Err(format!(
+                "[scheduler] lease_seconds must be between 0.5 and 3600, not {seconds}"
+            ));
+        }
+        Ok(std::time::Duration::from_secs_f64(seconds))
+    }
+
     /// How alert rules are delivered: `[[webhooks]]` (secrets from `[secrets]`) and
     /// `[alerts]`; `active` for the server that evaluates them.
     pub fn alert_settings(&self, active: bool) -> Result<medlake_alerts::Settings, String> {
@@ -593,6 +611,7 @@ impl Config {
                 .unwrap_or_default(),
             policy: std::sync::Arc::new(medlake_source::Policy::strict()),
             active,
+            standby: false,
         })
     }
 

@@ -532,11 +532,17 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("fsync durability: writes are synced to disk before they are acknowledged");
     }
     let runtime = medlake_engine::runtime::RuntimeSettings::from_env()?.or_default_limit();
+    let lease_ttl = config.scheduler_lease().map_err(Failure::Usage)?;
+    // Alerts are evaluated and delivered by the server holding the scheduler lease.
+    let alerts = medlake_alerts::Settings {
+        standby: true,
+        ..config.alert_settings(true).map_err(Failure::Usage)?
+    };
     let mut engine = connectors::engine(&args.warehouse)
         .runtime(runtime)
         .policy(policy)
         .audit(config.audit_enabled())
-        .alerts(config.alert_settings(true).map_err(Failure::Usage)?);
+        .alerts(alerts);
     if let Some(zone) = config.time_zone().map_err(Failure::Usage)? {
         engine = engine.time_zone(zone);
     }
@@ -566,7 +572,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         doors::shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let scheduler = engine.scheduler().with_retries(config.scheduler_retries());
+    let lease = engine.contend_for_scheduler(lease_ttl, stopped.clone());
+    tokio::spawn(say_leadership(lease.leading.clone(), lease.holder.clone()));
+    let scheduler = engine
+        .scheduler()
+        .with_retries(config.scheduler_retries())
+        .with_leadership(lease.leading.clone());
     tokio::join!(
         doors.serve(stopped.clone()),
         scheduler.run(
@@ -574,8 +585,21 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             doors::until(stopped),
         ),
     );
+    lease.released(std::time::Duration::from_secs(5)).await;
     println!("medlake serve: stopped");
     Ok(())
+}
+
+/// Prints each change of who runs the scheduler, as the doors' addresses are printed.
+async fn say_leadership(mut leading: tokio::sync::watch::Receiver<bool>, holder: String) {
+    println!("medlake serve: scheduler lease holder id {holder}; standing by until it holds the lease");
+    while leading.changed().await.is_ok() {
+        if *leading.borrow_and_update() {
+            println!("medlake serve: scheduler lease held by this server ({holder}): it runs scheduled refreshes, alerts and heartbeats");
+        } else {
+            println!("medlake serve: scheduler lease not held by this server: another runs the scheduler (see system.scheduler_lease)");
+        }
+    }
 }
 
 /// Who may use the password doors, and the HTTP door: configured users and tokens, or no

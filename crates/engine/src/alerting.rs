@@ -31,6 +31,9 @@ use crate::{Output, Session, Shared, privileges, statement};
 /// How often rules look for versions of their views they have not evaluated.
 pub const CATCH_UP: Duration = Duration::from_secs(10);
 
+/// How often a server that does not hold the scheduler lease looks whether it took it.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+
 /// Channels one session may `LISTEN` to.
 pub const MAX_LISTEN: usize = 1000;
 
@@ -108,6 +111,13 @@ pub(crate) async fn metrics_text(shared: &Shared, out: &mut String) {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP medlake_scheduler_leader Whether this server holds the scheduler lease (runs scheduled refreshes, alert evaluation and heartbeats).\n\
+         # TYPE medlake_scheduler_leader gauge\n\
+         medlake_scheduler_leader {}",
+        u8::from(shared.alerts.delivering())
+    );
     let Ok(state) = shared.alerts.snapshot().await else {
         return;
     };
@@ -185,6 +195,12 @@ pub(crate) async fn open(
     .await?;
     let mut computed = medlake_views::system::computed_tables(views, state);
     computed.extend(medlake_alerts::computed_tables(&alerts));
+    computed.push((
+        crate::leadership::TABLE,
+        Arc::new(crate::leadership::LeaseTable {
+            warehouse: warehouse.clone(),
+        }),
+    ));
     catalog.set_computed_system_tables(computed);
     catalog.refresh().await?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
@@ -228,6 +244,20 @@ pub(crate) fn spawn_evaluator(
             let Some(shared) = shared.upgrade() else {
                 return;
             };
+            if !shared.alerts.delivering() {
+                // Another server holds the scheduler lease and evaluates; whatever commits
+                // meanwhile is caught up once this one takes it.
+                drop(shared);
+                catch_up = true;
+                tokio::time::sleep(STANDBY_POLL).await;
+                continue;
+            }
+            if catch_up
+                && shared.alerts.standby()
+                && let Err(e) = shared.alerts.reload().await
+            {
+                warn!(error = %e, "reading the alert log again failed");
+            }
             let rules = shared.alerts.rules();
             for rule in rules {
                 let watched = views.iter().any(|v| v.to_string() == rule.view);

@@ -18,6 +18,7 @@ pub mod durable;
 pub mod erasure;
 mod error;
 mod guard;
+pub mod lease;
 mod location;
 mod snapshots;
 mod warehouse;

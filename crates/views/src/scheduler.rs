@@ -13,6 +13,10 @@
 //! in `system.refreshes`, or of the refresh its last commit recorded), so a restarted server
 //! neither repeats a run nor makes up for every missed one: a view that missed several runs
 //! while the server was down is refreshed once, then follows its schedule again.
+//!
+//! Servers that share a warehouse run one scheduler between them: given a leadership signal
+//! ([`Scheduler::with_leadership`], the warehouse's scheduler lease), a scheduler refreshes
+//! nothing while its server does not hold the lease. Manual refreshes are not its business.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -99,6 +103,8 @@ pub struct Scheduler {
     /// Views whose last automatic refresh failed.
     failing: Arc<Mutex<HashMap<TableName, Failing>>>,
     watch: Arc<tokio::sync::Mutex<Watch>>,
+    /// Whether this server holds the scheduler lease (`None`: no lease, always).
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Scheduler {
@@ -111,7 +117,28 @@ impl Scheduler {
             retries: Retries::default(),
             failing: Arc::new(Mutex::new(HashMap::new())),
             watch: Arc::new(tokio::sync::Mutex::new(Watch::default())),
+            leading: None,
         }
+    }
+
+    /// Runs only while `leading` says `true` (the warehouse's scheduler lease is this
+    /// server's): a refresh started before the lease was lost still finishes.
+    pub fn with_leadership(mut self, leading: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.leading = Some(leading);
+        self
+    }
+
+    /// Whether this scheduler may refresh now.
+    pub fn leads(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
+    }
+
+    /// Waits at most `at_most` for this server to lead (at once when it does).
+    async fn until_leading(&self, at_most: Duration) {
+        let Some(mut leading) = self.leading.clone() else {
+            return;
+        };
+        let _ = tokio::time::timeout(at_most, leading.wait_for(|l| *l)).await;
     }
 
     /// How failed automatic refreshes are retried.
@@ -384,6 +411,13 @@ impl Scheduler {
         let reacting = tokio::spawn(async move {
             let mut stopped = stopped;
             loop {
+                if !changes.leads() {
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        () = changes.until_leading(CHANGE_POLL) => {}
+                    }
+                    continue;
+                }
                 match changes.react(Utc::now()).await {
                     Ok(outcomes) => {
                         for o in outcomes {
@@ -409,6 +443,13 @@ impl Scheduler {
         tokio::pin!(shutdown);
         let mut compacted = std::time::Instant::now();
         loop {
+            if !self.leads() {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = self.until_leading(poll) => {}
+                }
+                continue;
+            }
             // Every refresh appends one small commit to the system tables: compact them hourly
             // so that reading the history (every tick) stays fast.
             if compacted.elapsed() >= Duration::from_secs(3600) {

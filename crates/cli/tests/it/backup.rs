@@ -341,7 +341,7 @@ fn restore_refuses_a_destination_that_is_not_empty_and_bad_input() {
 
 /// Azurite (from `$AZURITE_BLOB`, as tests/run.sh installs it) on a free loopback port,
 /// killed on drop.
-struct Azurite {
+pub(crate) struct Azurite {
     child: Child,
     port: u16,
 }
@@ -349,7 +349,7 @@ struct Azurite {
 const ACCOUNT: &str = "devstoreaccount1";
 
 impl Azurite {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let program = std::env::var("AZURITE_BLOB").expect(
             "AZURITE_BLOB must point at Azurite's azurite-blob program (tests/run.sh installs it)",
         );
@@ -380,7 +380,7 @@ impl Azurite {
 
     /// Creates a container: a SharedKey-signed `PUT ?restype=container` (object_store cannot
     /// create containers), signed with Node's crypto (Azurite runs on Node).
-    fn create_container(&self, name: &str) {
+    pub(crate) fn create_container(&self, name: &str) {
         const SCRIPT: &str = r#"
 const [port, name, account, key] = process.argv.slice(1);
 const crypto = require('crypto'), http = require('http');
@@ -406,7 +406,7 @@ req.end();
     }
 
     /// The environment that points object_store's Azure client at this Azurite.
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
             (

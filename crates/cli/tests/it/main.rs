@@ -9,6 +9,7 @@ mod extract;
 mod ingest;
 mod layering;
 mod quickstart;
+mod scheduler_lease;
 mod simulate;
 
 use std::path::Path;

@@ -22,6 +22,7 @@ mod policy;
 mod rest;
 mod restore;
 mod result_cache;
+mod scheduler_lease;
 mod security;
 mod spill;
 mod sqlserver;
