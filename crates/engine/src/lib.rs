@@ -310,6 +310,8 @@ fn install_functions(
     for udf in medlake_deid::udfs(Arc::new(access::SecretKeys(policy.clone()))) {
         ctx.register_udf(udf);
     }
+    // SQL-on-FHIR v2: the rows of a ViewDefinition for a resource's JSON (FHIR VIEW).
+    ctx.register_udf(medlake_fhir::fhir_view_udf());
     // Functions that could build a value of any size in one call are bounded.
     bounded::install(ctx);
     // The hospital's clock: the builder's zone, else MEDLAKE_TIME_ZONE's, else UTC.

@@ -8,10 +8,11 @@
 //!     [FRESHNESS WARN AFTER '10 minutes' [ERROR AFTER '1 hour']]
 //!     [( ] [CONSTRAINT rule EXPECT (boolean expression)
 //!         [ON VIOLATION DROP ROW | ON VIOLATION FAIL UPDATE | ON VIOLATION QUARANTINE]] [, ...] [ )]
-//! AS { query | AUTO CDC FROM source KEYS (...) SEQUENCE BY ... [...] }
+//! AS { query | AUTO CDC FROM source KEYS (...) SEQUENCE BY ... [...]
+//!      | FHIR VIEW '<ViewDefinition JSON>' FROM source [COLUMN name] }
 //! ```
 //!
-//! (`AUTO CDC` is [`crate::auto_cdc`]'s)
+//! (`AUTO CDC` is [`crate::auto_cdc`]'s, `FHIR VIEW` [`crate::fhir_view`]'s)
 //!
 //! and stored as JSON in the view's own Delta commits.
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::auto_cdc::{self, AutoCdc};
 use crate::cron::Cron;
 use crate::error::{Error, Result};
+use crate::fhir_view::{self, FhirView};
 
 /// When a view refreshes by itself (in `medlake serve`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +255,10 @@ pub struct ViewDefinition {
     /// desugared from. Absent in definitions stored before AUTO CDC existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_cdc: Option<AutoCdc>,
+    /// `AS FHIR VIEW '...' FROM source`: what the user wrote, which `query` was compiled from
+    /// ([`crate::fhir_view`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir_view: Option<FhirView>,
     /// `REFRESH POLICY ...`; stored only when not `AUTO`, so definitions written before
     /// policies existed read (and compare) as they were.
     #[serde(default, skip_serializing_if = "RefreshPolicy::is_auto")]
@@ -323,11 +329,13 @@ impl ViewDefinition {
         sql
     }
 
-    /// What follows `AS` as the user wrote it: the query, or the `AUTO CDC` clause.
+    /// What follows `AS` as the user wrote it: the query, the `AUTO CDC` clause or the
+    /// `FHIR VIEW` clause.
     pub fn body(&self) -> String {
-        match &self.auto_cdc {
-            Some(cdc) => cdc.to_string(),
-            None => self.query.clone(),
+        match (&self.auto_cdc, &self.fhir_view) {
+            (Some(cdc), _) => cdc.to_string(),
+            (None, Some(fhir)) => fhir.to_string(),
+            (None, None) => self.query.clone(),
         }
     }
 
@@ -428,6 +436,7 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
         expectations,
         default_schema: String::new(),
         auto_cdc: None,
+        fhir_view: None,
         policy,
         cluster_by,
         freshness,
@@ -435,6 +444,10 @@ pub fn parse_create(parser: &mut Parser<'_>) -> Result<Option<CreateView>> {
     if let Some(cdc) = auto_cdc::parse(parser)? {
         // The query is computed from the source's columns: see `ViewDefinition::resolve`.
         definition.auto_cdc = Some(cdc);
+    } else if let Some(fhir) = fhir_view::parse(parser)? {
+        // Compiled now: the query does not depend on the source's columns.
+        definition.query = fhir.query()?;
+        definition.fhir_view = Some(fhir);
     } else {
         let query = parser.parse_query().map_err(syntax)?;
         if parser.peek_token().token != Token::EOF {

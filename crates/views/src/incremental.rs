@@ -155,6 +155,9 @@ fn linear(plan: &LogicalPlan, table: &TableName, default_schema: &str) -> Result
             linear(&f.input, table, default_schema)
         }
         LogicalPlan::SubqueryAlias(a) => linear(&a.input, table, default_schema),
+        // Each input row unnests into its own rows (a FHIR VIEW's `unnest(fhir_view(...))`):
+        // the rows of a change are the unnested rows of the changed rows.
+        LogicalPlan::Unnest(u) => linear(&u.input, table, default_schema),
         LogicalPlan::Union(u) => u
             .inputs
             .iter()

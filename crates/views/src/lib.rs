@@ -15,6 +15,7 @@ pub mod definition;
 mod erasure;
 mod error;
 mod expect;
+pub mod fhir_view;
 mod history;
 mod incremental;
 mod lineage;

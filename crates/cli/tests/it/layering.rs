@@ -63,8 +63,9 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 fn layer(name: &str) -> Option<u8> {
     Some(match name {
         "medlake-common" => 0,
-        // HL7 v2 reading is pure (std and chrono): beside the lowest services.
-        "medlake-auth" | "medlake-lake" | "medlake-deid" | "medlake-hl7" => 1,
+        // HL7 v2 reading is pure (std and chrono), SQL-on-FHIR views pure (serde_json and the
+        // fhir_view() DataFusion function): beside the lowest services.
+        "medlake-auth" | "medlake-lake" | "medlake-deid" | "medlake-hl7" | "medlake-fhir" => 1,
         // The audit log writes through the lake, beside the source contract.
         "medlake-source" | "medlake-sources" | "medlake-audit" => 2,
         n if n.starts_with("medlake-source-") => 3,

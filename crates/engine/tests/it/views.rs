@@ -605,6 +605,7 @@ async fn out_of_range_schedules_are_refused_and_stored_ones_do_not_stop_the_sche
                 expectations: Vec::new(),
                 default_schema: "bronze".into(),
                 auto_cdc: None,
+                fhir_view: None,
                 policy: Default::default(),
                 cluster_by: Vec::new(),
                 freshness: None,

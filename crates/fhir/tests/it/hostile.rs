@@ -1,0 +1,128 @@
+//! Whatever a ViewDefinition, a path or a resource holds, evaluation returns rows or an
+//! error: never a panic, never unbounded work.
+
+use medlake_fhir::ViewDefinition;
+use medlake_fhir::path::Path;
+use serde_json::json;
+
+/// A small deterministic generator (no dependency).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+#[test]
+fn random_paths_never_panic() {
+    const PIECES: &[&str] = &[
+        "name",
+        ".",
+        "given",
+        "(",
+        ")",
+        "[",
+        "]",
+        "0",
+        "'x'",
+        "=",
+        "and",
+        "or",
+        "where",
+        "first()",
+        "exists(",
+        "%rowIndex",
+        "$this",
+        "|",
+        "+",
+        "-",
+        "*",
+        "/",
+        "div",
+        "mod",
+        "ofType(",
+        "string",
+        "{}",
+        ",",
+        "1.5",
+        "is",
+        "as",
+        "`a`",
+        "extension(",
+        "join(",
+        "not()",
+        "'\\u00e9'",
+        "\\",
+        "%`c`",
+        "iif(",
+        "9999999999999999999",
+        "'unterminated",
+    ];
+    let resource = json!({"resourceType": "Patient", "id": "p", "name": [{"given": ["a", "b"], "family": "f"}],
+        "extension": [{"url": "x", "valueString": "y"}]});
+    let mut rng = Lcg(42);
+    for _ in 0..20_000 {
+        let len = 1 + rng.next() % 12;
+        let text: String = (0..len)
+            .map(|_| PIECES[(rng.next() as usize) % PIECES.len()])
+            .collect::<Vec<_>>()
+            .join("");
+        if let Ok(path) = Path::parse(&text) {
+            let view = json!({"resource": "Patient", "select": [{"column": [{"name": "c", "path": text, "collection": true}]}]});
+            if let Ok(view) = ViewDefinition::from_json(&view) {
+                let _ = view.rows(&resource);
+            }
+            let _ = path.text();
+        }
+    }
+}
+
+#[test]
+fn hostile_definitions_are_refused() {
+    let refused = [
+        json!({}),
+        json!([]),
+        json!({"resource": "Patient"}),
+        json!({"resource": "Patient", "select": []}),
+        json!({"resource": "Patient", "select": [{"column": [{"name": "1bad", "path": "id"}]}]}),
+        json!({"resource": "Patient", "select": [{"column": [{"name": "a", "path": "id"}, {"name": "A", "path": "id"}]}]}),
+        json!({"resource": "Patient", "select": [{"column": [{"name": "a", "path": "%nope"}]}]}),
+        json!({"resource": "Patient", "select": [{"forEach": "name", "forEachOrNull": "name", "column": [{"name": "a", "path": "id"}]}]}),
+        json!({"resource": "Patient", "select": [{"unionAll": [{"column": [{"name": "a", "path": "id"}]}, {"column": [{"name": "b", "path": "id"}]}]}]}),
+        json!({"resource": "Patient", "select": [{"column": [{"name": "a", "path": "id"}]}], "bogus": 1}),
+        json!({"resource": "Pa'tient", "select": [{"column": [{"name": "a", "path": "id"}]}]}),
+        json!({"resource": "Patient", "constant": [{"name": "c", "valueString": "x", "valueInteger": 1}], "select": [{"column": [{"name": "a", "path": "id"}]}]}),
+    ];
+    for d in refused {
+        assert!(ViewDefinition::from_json(&d).is_err(), "accepted {d}");
+    }
+    // Nesting beyond the limit is refused, not a stack overflow.
+    let mut select = json!({"column": [{"name": "a", "path": "id"}]});
+    for _ in 0..200 {
+        select = json!({"select": [select]});
+    }
+    assert!(
+        ViewDefinition::from_json(&json!({"resource": "Patient", "select": [select]})).is_err()
+    );
+}
+
+#[test]
+fn runaway_rows_are_an_error() {
+    // 1,000 names x 1,000 names = a million rows from one resource: refused.
+    let names: Vec<_> = (0..1000)
+        .map(|i| json!({"family": format!("f{i}")}))
+        .collect();
+    let resource = json!({"resourceType": "Patient", "id": "p", "name": names});
+    let view = ViewDefinition::from_json(&json!({"resource": "Patient", "select": [
+        {"forEach": "name", "column": [{"name": "a", "path": "family"}]},
+        {"forEach": "name", "column": [{"name": "b", "path": "family"}]}
+    ]}))
+    .unwrap();
+    let e = view.rows(&resource).unwrap_err().to_string();
+    assert!(e.contains("more than"), "{e}");
+}
