@@ -68,6 +68,9 @@ step "interop: Delta (deltalake Python package); az:// and s3:// warehouses (Azu
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/interop
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/security
 
+step "chaos: 10 random SIGKILLs of medlake serve under HTTP and Flight ingest, refreshes, MERGE/DELETE, OPTIMIZE and VACUUM, checked after each restart (the 100-kill run: tests/README.md)"
+MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/python" tests/chaos/chaos.py --kills 10
+
 step "the operator console in headless Chromium (Selenium): login, panels, a failed refresh in red, an alert"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/console
 

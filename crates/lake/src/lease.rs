@@ -550,8 +550,12 @@ impl Lease {
                 None
             }
         };
-        if let Some(Standing::Leading { until: u, .. }) = &standing {
-            *until = Some(*u);
+        match &standing {
+            Some(Standing::Leading { until: u, .. }) => *until = Some(*u),
+            // Another server wrote on top of this one's record: it leads no longer.
+            Some(Standing::Following { .. }) => *until = None,
+            // Unknown (the store failed): leading until the last renewal's time runs out.
+            None => {}
         }
         let leading = until.is_some_and(|u| Instant::now() < u);
         if !leading {
