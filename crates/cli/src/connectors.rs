@@ -11,6 +11,7 @@ pub fn engine(warehouse: &str) -> EngineBuilder {
         .with_connector(medlake_source_rest::RestConnector)
         .with_connector(medlake_source_blob::BlobConnector)
         .with_connector(medlake_source_cosmos::CosmosConnector)
+        .with_connector(medlake_source_fhir::FhirConnector)
 }
 
 /// The engine of the local commands (`sql`, `apply`, `refresh`, `extract`): every connector,

@@ -284,6 +284,7 @@ pub fn all_connectors() -> medlake_source::Registry {
         .with(medlake_source_rest::RestConnector)
         .with(medlake_source_blob::BlobConnector)
         .with(medlake_source_cosmos::CosmosConnector)
+        .with(medlake_source_fhir::FhirConnector)
 }
 
 /// The sizes of the result and plan caches: the builder's, else their environment variables'.

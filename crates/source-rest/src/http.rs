@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue, LINK, RETRY_AFTER};
 use serde_json::Value;
 use tracing::{debug, warn};
@@ -74,15 +74,7 @@ fn header_value(option: &str, value: &str, sensitive: bool) -> Result<HeaderValu
     Ok(header)
 }
 
-/// `Retry-After` as a wait: delay-seconds, or an HTTP date (RFC 9110 IMF-fixdate) from `now`.
-pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?.to_utc();
-    Some((at - now).to_std().unwrap_or(Duration::ZERO))
-}
+pub(crate) use medlake_source::http::parse_retry_after;
 
 /// The `rel="next"` target of `Link` headers (RFC 8288), as written.
 pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
@@ -584,23 +576,9 @@ impl<'a> Pager<'a> {
     ) -> Result<Option<Url>> {
         let link = match &self.config.pagination {
             Pagination::None => None,
-            Pagination::Fhir => body
-                .get("link")
-                .and_then(Value::as_array)
-                .and_then(|links| {
-                    links
-                        .iter()
-                        .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
-                })
-                .map(|l| {
-                    l.get("url")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .ok_or_else(|| {
-                            self.malformed("its Bundle link 'next' has no url".to_string())
-                        })
-                })
-                .transpose()?,
+            Pagination::Fhir => medlake_source::http::fhir_next_link(body)
+                .map_err(|e| self.malformed(e))?
+                .map(str::to_string),
             Pagination::NextLink { pointer } => match body.pointer(pointer) {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.is_empty() => None,
@@ -676,23 +654,6 @@ impl<'a> Pager<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
-            .unwrap()
-            .to_utc();
-        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
 
     #[test]
     fn link_headers_give_the_next_target() {

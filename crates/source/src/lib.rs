@@ -10,10 +10,11 @@
 //! also implement [`Watermarked`]: rows up to a high mark, and rows between two marks.
 //!
 //! This crate is the contract between the engine and the connectors: a [`Connector`] serves
-//! some `STORED AS` kinds (`medlake-source-sqlserver`, `-rest`, `-blob`, `-cosmos`, one crate
+//! some `STORED AS` kinds (`medlake-source-sqlserver`, `-rest`, `-blob`, `-cosmos`, `-fhir`, one crate
 //! each); a [`Registry`] maps each kind to its connector and is the one place that defines,
 //! opens and lists external tables. Also here, what several connectors share: the scan
 //! skeleton ([`scan`]), JSON schema inference ([`json`]), watermarks as text ([`mark`]),
+//! `Retry-After` and FHIR search paging ([`http`]),
 //! secrets ([`secret`]) and the operator's [`Policy`].
 //!
 //! What a table may reach (secrets, local paths, hosts, the server's cloud identity) is the
@@ -22,6 +23,7 @@
 //! storage, and knows no connector by name.
 
 pub mod error;
+pub mod http;
 pub mod json;
 pub mod mark;
 pub mod options;

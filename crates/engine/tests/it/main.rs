@@ -14,6 +14,7 @@ mod cluster;
 mod cosmos;
 mod dml;
 mod erase;
+mod fhir;
 mod fhir_view;
 mod grants;
 mod group_commit;
