@@ -233,23 +233,34 @@ MAINTENANCE = [
 ]
 
 
-def maintenance_worker(server, state, stop, rng):
+def refresh_worker(server, state, stop, rng):
+    maintenance_worker(server, state, stop, rng, [m for m in MAINTENANCE if m[0].startswith("refresh")])
+
+
+def upkeep_worker(server, state, stop, rng):
+    maintenance_worker(server, state, stop, rng, [m for m in MAINTENANCE if not m[0].startswith("refresh")])
+
+
+def maintenance_worker(server, state, stop, rng, statements):
     try:
         conn = server.pg()
     except Exception:  # noqa: BLE001
         return
     while not stop.is_set():
-        kind, sql = rng.choice(MAINTENANCE)
+        kind, sql = rng.choice(statements)
+        with state.lock:
+            state.counts[f"{kind}_started"] += 1
         try:
             conn.execute(sql)
             with state.lock:
                 state.counts[kind] += 1
-        except psycopg.OperationalError:
-            return
         except psycopg.Error as e:
-            # A refresh or OPTIMIZE that loses to a concurrent commit fails cleanly: counted.
+            if lost_connection(conn, e):
+                return
+            # A refresh that meets another (55006) or loses to a concurrent commit (40001)
+            # fails cleanly: counted.
             with state.lock:
-                state.errors[f"{kind}: {str(e).splitlines()[0][:120]}"] += 1
+                state.errors[f"{kind}: {e.sqlstate} {str(e).splitlines()[0][:100]}"] += 1
         time.sleep(rng.uniform(0, 0.3))
 
 
@@ -271,17 +282,22 @@ def dml_worker(server, state, stop, rng):
             state.dml_inflight = op
         try:
             conn.execute(sql)
-        except psycopg.OperationalError:
-            return
         except psycopg.Error as e:
+            if lost_connection(conn, e):
+                return
             with state.lock:
                 state.dml_inflight = None
-                state.errors[f"dml: {str(e).splitlines()[0][:120]}"] += 1
+                state.errors[f"dml: {e.sqlstate} {str(e).splitlines()[0][:100]}"] += 1
             continue
         with state.lock:
             apply_dml(state.dml_model, op)
             state.dml_inflight = None
             state.counts["dml_acked"] += 1
+
+
+def lost_connection(conn, error):
+    """Whether `error` is the server going away (no SQLSTATE), not a statement's answer."""
+    return conn.broken or conn.closed or error.sqlstate is None
 
 
 def apply_dml(model, op):
@@ -404,7 +420,7 @@ def explain_view(conn, view, state, warehouse):
 def run_round(server, state, rng, report):
     stop = threading.Event()
     workers = [threading.Thread(target=w, args=(server, state, stop, random.Random(rng.random())), daemon=True)
-               for w in (http_worker, http_worker, flight_worker, maintenance_worker, dml_worker)]
+               for w in (http_worker, http_worker, flight_worker, refresh_worker, upkeep_worker, dml_worker)]
     errors = []
 
     def guard(t):
@@ -503,7 +519,8 @@ def run(args, root, warehouse, env):
                 check(server, state, report, warehouse)
             run_round(server, state, rng, report)
             report["kills"] += 1
-            print(f"kill {i + 1}/{args.kills}: {dict(state.counts)}", flush=True)
+            print(f"kill {i + 1}/{args.kills}: {dict(state.counts)} errors: {sum(state.errors.values())}",
+                  flush=True)
         server = Server(args.bin, warehouse, root, env)
         check(server, state, report, warehouse)
         server.stop()
