@@ -86,3 +86,66 @@ LEFT JOIN silver.hl7_metric_codes AS c
     ON c.coding_system = o.coding_system AND c.code = o.code
 WHERE c.code IS NULL
 GROUP BY o.coding_system, o.code;
+
+-- Bed stays from HL7 v2 ADT (the route for sites whose encounters come from the ADT feed
+-- rather than the EHR's tables; silver.encounters takes both). One row per stay in a
+-- location of a visit (PV1-19): an admission (A01, A04) or a transfer (A02) begins one, the
+-- next transfer or the discharge (A03) ends it. A cancel removes the latest event it cancels
+-- at or before it: A11 an admission, A12 a transfer, A13 a discharge (the stay is then open
+-- again). A resent event (same visit, event, time and location) counts once. The time of an
+-- event is EVN-6 (when it happened), else EVN-2, else MSH-7; the location PV1-3 is
+-- point of care^room^bed. encounter_id is negative, from the visit and the stay's start
+-- (48 bits of their MD5), so it never meets an EHR id.
+CREATE MATERIALIZED VIEW silver.hl7_encounters REFRESH ON CHANGE AS
+WITH events AS (
+    SELECT DISTINCT visit_number, patient_id, event, location,
+           coalesce(occurred_at, recorded_at, message_time) AS at
+    FROM bronze.hl7_adt
+    WHERE visit_number <> ''
+      AND event IN ('A01', 'A02', 'A03', 'A04', 'A11', 'A12', 'A13')
+      AND coalesce(occurred_at, recorded_at, message_time) IS NOT NULL
+),
+cancelled AS (
+    SELECT e.visit_number, e.event, max(e.at) AS at
+    FROM events AS c
+    JOIN events AS e
+      ON e.visit_number = c.visit_number AND e.at <= c.at
+     AND ((c.event = 'A11' AND e.event IN ('A01', 'A04'))
+       OR (c.event = 'A12' AND e.event = 'A02')
+       OR (c.event = 'A13' AND e.event = 'A03'))
+    GROUP BY c.visit_number, c.event, c.at, e.visit_number, e.event
+),
+live AS (
+    SELECT e.*
+    FROM events AS e
+    LEFT JOIN cancelled AS x
+      ON x.visit_number = e.visit_number AND x.event = e.event AND x.at = e.at
+    WHERE x.visit_number IS NULL AND e.event IN ('A01', 'A02', 'A03', 'A04')
+),
+stays AS (
+    SELECT visit_number, patient_id, event, location, at AS admitted_at,
+           lead(at) OVER (PARTITION BY visit_number ORDER BY at, event) AS discharged_at,
+           md5(visit_number || '|' || CAST(at AS VARCHAR)) AS h
+    FROM live
+)
+SELECT -1 - (
+         (strpos('0123456789abcdef', substr(h, 1, 1)) - 1) * 17592186044416
+       + (strpos('0123456789abcdef', substr(h, 2, 1)) - 1) * 1099511627776
+       + (strpos('0123456789abcdef', substr(h, 3, 1)) - 1) * 68719476736
+       + (strpos('0123456789abcdef', substr(h, 4, 1)) - 1) * 4294967296
+       + (strpos('0123456789abcdef', substr(h, 5, 1)) - 1) * 268435456
+       + (strpos('0123456789abcdef', substr(h, 6, 1)) - 1) * 16777216
+       + (strpos('0123456789abcdef', substr(h, 7, 1)) - 1) * 1048576
+       + (strpos('0123456789abcdef', substr(h, 8, 1)) - 1) * 65536
+       + (strpos('0123456789abcdef', substr(h, 9, 1)) - 1) * 4096
+       + (strpos('0123456789abcdef', substr(h, 10, 1)) - 1) * 256
+       + (strpos('0123456789abcdef', substr(h, 11, 1)) - 1) * 16
+       + (strpos('0123456789abcdef', substr(h, 12, 1)) - 1) * 1) AS encounter_id,
+       TRY_CAST(patient_id AS INT) AS patient_id,
+       nullif(split_part(location, '^', 1), '') AS ward,
+       nullif(split_part(location, '^', 3), '') AS bed,
+       admitted_at,
+       discharged_at,
+       visit_number
+FROM stays
+WHERE event <> 'A03';

@@ -21,6 +21,7 @@ mod group_commit;
 mod on_change;
 mod plan_cache;
 mod policy;
+mod reference_sql;
 mod rest;
 mod restore;
 mod result_cache;
