@@ -70,10 +70,12 @@ enum Fault {
     LongLine,
 }
 
+/// A resource as the server keeps it: version, lastUpdated, JSON text.
+type Stored = (u32, DateTime<Utc>, String);
+
 struct Server {
     clock: Mutex<DateTime<Utc>>,
-    /// id → (version, lastUpdated, JSON text)
-    resources: Mutex<BTreeMap<String, (u32, DateTime<Utc>, String)>>,
+    resources: Mutex<BTreeMap<String, Stored>>,
     deleted: Mutex<Vec<(String, DateTime<Utc>)>>,
     /// kid → (alg, public key)
     keys: HashMap<String, (&'static str, Vec<u8>)>,
@@ -239,7 +241,7 @@ async fn token(State(s): State<Arc<Server>>, body: String) -> Response {
     if form.get("grant_type").map(String::as_str) != Some("client_credentials")
         || form.get("client_assertion_type").map(String::as_str)
             != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-        || form.get("scope").is_none()
+        || !form.contains_key("scope")
     {
         return refuse("not a client_credentials grant with a JWT assertion");
     }
