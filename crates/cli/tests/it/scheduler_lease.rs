@@ -269,14 +269,16 @@ fn one_scheduler_and_takeover(wh: &str, env: &[(&'static str, String)], dir: &Pa
     a.kill9();
     let took = b.wait_for(
         "scheduler lease held by this server",
-        Duration::from_secs_f64(TTL * 1.4 + 10.0),
+        Duration::from_secs_f64(TTL * 1.4 + 20.0),
     ) - killed;
     eprintln!("takeover after SIGKILL: {took:?} (TTL {TTL} s)");
     assert!(
         took >= Duration::from_secs_f64(TTL * 0.5),
         "{took:?}: before the lease lapsed"
     );
-    assert!(took <= Duration::from_secs_f64(TTL * 1.4 + 3.0), "{took:?}");
+    // At most the TTL and two of the follower's polls (a fifth of the TTL each), plus a
+    // margin for a machine busy with other tests.
+    assert!(took <= Duration::from_secs_f64(TTL * 1.4 + 6.0), "{took:?}");
     assert_eq!(lease_holder(wh, env), Some((b.pid(), false)));
     let after = scheduled_commits(wh, env);
     let deadline = Instant::now() + Duration::from_secs(30);
