@@ -56,3 +56,22 @@ INSERT INTO ehr.spo2_targets
 SELECT target_id, patient_id, target_low, target_high, reason, flagged_by, flagged_at, ended_at,
        CAST(now() AS TIMESTAMP)
 FROM (SELECT *, row_number() OVER () AS n FROM ehr.spo2_targets) WHERE n % 100 = 1;
+-- HL7 v2 ADT: every hundredth event sent again a second later (a new event of the same visit).
+INSERT INTO bronze.hl7_adt
+SELECT concat(message_id, '-next'), sending_application, sending_facility, message_type,
+       message_time + INTERVAL '1 second', received_at + INTERVAL '1 second', sender, event,
+       recorded_at + INTERVAL '1 second', occurred_at + INTERVAL '1 second', patient_id,
+       patient_id_authority, patient_name, birth_date, sex, patient_class, location,
+       prior_location, attending, visit_number, admitted_at, discharged_at, merged_patient_id,
+       merged_patient_id_authority, raw
+FROM (SELECT *, row_number() OVER (ORDER BY received_at DESC) AS n FROM bronze.hl7_adt)
+WHERE n % 100 = 1;
+-- FHIR: a new version of every hundredth Patient and Observation (lastUpdated a second later).
+INSERT INTO fhir.patients
+SELECT resource_type, id, last_updated + INTERVAL '1 second', deleted,
+       replace(resource, '"active":true', '"active":false'), transaction_time
+FROM (SELECT *, row_number() OVER (ORDER BY id) AS n FROM fhir.patients) WHERE n % 100 = 1;
+INSERT INTO fhir.observations
+SELECT resource_type, id, last_updated + INTERVAL '1 second', deleted,
+       replace(resource, '"status":"final"', '"status":"amended"'), transaction_time
+FROM (SELECT *, row_number() OVER (ORDER BY id) AS n FROM fhir.observations) WHERE n % 100 = 1;

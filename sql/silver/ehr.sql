@@ -21,20 +21,14 @@ FROM (SELECT *, row_number() OVER (PARTITION BY assignment_id
       FROM bronze.ehr_device_assignments)
 WHERE version_rank = 1;
 
--- Encounters from the EHR's tables and, for sites that send ADT, the stays HL7 v2 ADT
--- messages describe (silver.hl7_encounters: negative ids; a stay "changed" when it began or
--- ended).
+-- Encounters from the EHR's tables. (A site whose stays come from its ADT feed instead reads
+-- silver.hl7_encounters, in the same columns, here.)
 CREATE MATERIALIZED VIEW silver.encounters REFRESH EVERY '5 minutes' AS
 SELECT encounter_id, patient_id, ward, bed, admitted_at, discharged_at, modified_at
 FROM (SELECT *, row_number() OVER (PARTITION BY encounter_id
                                    ORDER BY modified_at DESC, _ingested_at DESC) AS version_rank
       FROM bronze.ehr_encounters)
-WHERE version_rank = 1
-UNION ALL
-SELECT encounter_id, patient_id, ward, bed, admitted_at, discharged_at,
-       coalesce(discharged_at, admitted_at) AS modified_at
-FROM silver.hl7_encounters
-WHERE patient_id IS NOT NULL;
+WHERE version_rank = 1;
 
 -- Nursing observations (the NEWS2 set charted at the bedside), latest version of each, with
 -- the same physiological ranges as device readings and a valid ACVPU code. Failing rows go to

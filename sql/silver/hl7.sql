@@ -87,8 +87,9 @@ LEFT JOIN silver.hl7_metric_codes AS c
 WHERE c.code IS NULL
 GROUP BY o.coding_system, o.code;
 
--- Bed stays from HL7 v2 ADT (the route for sites whose encounters come from the ADT feed
--- rather than the EHR's tables; silver.encounters takes both). One row per stay in a
+-- Bed stays from HL7 v2 ADT, in silver.encounters' columns (the route for sites whose
+-- encounters come from the ADT feed rather than the EHR's tables: point silver.encounters at
+-- this view instead; both together would count each stay twice). One row per stay in a
 -- location of a visit (PV1-19): an admission (A01, A04) or a transfer (A02) begins one, the
 -- next transfer or the discharge (A03) ends it. A cancel removes the latest event it cancels
 -- at or before it: A11 an admission, A12 a transfer, A13 a discharge (the stay is then open

@@ -592,12 +592,18 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
 
 /// Prints each change of who runs the scheduler, as the doors' addresses are printed.
 async fn say_leadership(mut leading: tokio::sync::watch::Receiver<bool>, holder: String) {
-    println!("medlake serve: scheduler lease holder id {holder}; standing by until it holds the lease");
+    println!(
+        "medlake serve: scheduler lease holder id {holder}; standing by until it holds the lease"
+    );
     while leading.changed().await.is_ok() {
         if *leading.borrow_and_update() {
-            println!("medlake serve: scheduler lease held by this server ({holder}): it runs scheduled refreshes, alerts and heartbeats");
+            println!(
+                "medlake serve: scheduler lease held by this server ({holder}): it runs scheduled refreshes, alerts and heartbeats"
+            );
         } else {
-            println!("medlake serve: scheduler lease not held by this server: another runs the scheduler (see system.scheduler_lease)");
+            println!(
+                "medlake serve: scheduler lease not held by this server: another runs the scheduler (see system.scheduler_lease)"
+            );
         }
     }
 }

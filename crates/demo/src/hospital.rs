@@ -905,6 +905,14 @@ pub async fn generate(
     hospital.csv_files = write_csv_uploads(&mut csv, &devices, end, landing)?;
     hospital.observations = observations.rows.len();
     observations.insert(engine).await?;
+    // The same EHR as a FHIR server would export it (the stand-in fhir.* tables), and its
+    // stays as an ADT interface would have sent them (bronze.hl7_adt).
+    engine
+        .sql(include_str!("../../../catalog/quickstart/fhir_export.sql"))
+        .await?;
+    engine
+        .sql(include_str!("../../../catalog/quickstart/adt_feed.sql"))
+        .await?;
     hospital.alerts = alert_id as usize;
     alerts.insert(engine).await?;
 

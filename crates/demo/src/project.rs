@@ -26,6 +26,10 @@ const CATALOG: &[(&str, &str)] = &[
         include_str!("../../../catalog/quickstart/ehr.sql"),
     ),
     (
+        "fhir.sql",
+        include_str!("../../../catalog/quickstart/fhir.sql"),
+    ),
+    (
         "telemetry.sql",
         include_str!("../../../catalog/quickstart/telemetry.sql"),
     ),
@@ -59,6 +63,10 @@ pub const SQL: &[(&str, &str)] = &[
         include_str!("../../../sql/bronze/files.sql"),
     ),
     (
+        "bronze/fhir.sql",
+        include_str!("../../../sql/bronze/fhir.sql"),
+    ),
+    (
         "bronze/hl7.sql",
         include_str!("../../../sql/bronze/hl7.sql"),
     ),
@@ -77,6 +85,10 @@ pub const SQL: &[(&str, &str)] = &[
     (
         "silver/events.sql",
         include_str!("../../../sql/silver/events.sql"),
+    ),
+    (
+        "silver/fhir.sql",
+        include_str!("../../../sql/silver/fhir.sql"),
     ),
     (
         "silver/hl7.sql",

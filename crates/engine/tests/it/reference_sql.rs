@@ -141,6 +141,40 @@ async fn adt_events_become_stays_with_cancels_applied() {
         ]
     );
     assert!(ids.iter().all(|id| *id < 0), "{ids:?}");
+    // V4 is discharged later: the refresh follows the change.
+    let later = [adt((
+        "m12",
+        "A03",
+        "V4",
+        "X-9",
+        "ICU^102^4",
+        "2026-12-04 09:00:00",
+    ))];
+    engine
+        .sql(&format!(
+            "INSERT INTO bronze.hl7_adt VALUES {}",
+            later.join(", ")
+        ))
+        .await
+        .unwrap();
+    engine
+        .sql("REFRESH MATERIALIZED VIEW silver.hl7_encounters")
+        .await
+        .unwrap();
+    let modes = engine
+        .query("SELECT mode, reason FROM system.refreshes WHERE view = 'silver.hl7_encounters' ORDER BY started DESC LIMIT 1")
+        .await
+        .unwrap();
+    println!(
+        "{}",
+        arrow::util::pretty::pretty_format_batches(&modes).unwrap()
+    );
+    let open = crate::count(
+        &engine,
+        "SELECT count(*) FROM silver.hl7_encounters WHERE visit_number = 'V4' AND discharged_at IS NULL",
+    )
+    .await;
+    assert_eq!(open, 0);
     let mut unique = ids.clone();
     unique.sort_unstable();
     unique.dedup();
