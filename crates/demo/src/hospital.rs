@@ -905,14 +905,7 @@ pub async fn generate(
     hospital.csv_files = write_csv_uploads(&mut csv, &devices, end, landing)?;
     hospital.observations = observations.rows.len();
     observations.insert(engine).await?;
-    // The same EHR as a FHIR server would export it (the stand-in fhir.* tables), and its
-    // stays as an ADT interface would have sent them (bronze.hl7_adt).
-    engine
-        .sql(include_str!("../../../catalog/quickstart/fhir_export.sql"))
-        .await?;
-    engine
-        .sql(include_str!("../../../catalog/quickstart/adt_feed.sql"))
-        .await?;
+    standards_feeds(engine).await?;
     hospital.alerts = alert_id as usize;
     alerts.insert(engine).await?;
 
@@ -922,6 +915,18 @@ pub async fn generate(
     (hospital.dicom_files, hospital.documents) =
         files(landing, &mut dice, simulation.patients(), start)?;
     Ok(hospital)
+}
+
+/// The same EHR as a FHIR server would export it (the stand-in fhir.* tables), and its stays
+/// as an ADT interface would have sent them (bronze.hl7_adt).
+async fn standards_feeds(engine: &Engine) -> Result<(), Failure> {
+    engine
+        .sql(include_str!("../../../catalog/quickstart/fhir_export.sql"))
+        .await?;
+    engine
+        .sql(include_str!("../../../catalog/quickstart/adt_feed.sql"))
+        .await?;
+    Ok(())
 }
 
 /// An alert a device raises for a reading: (type, severity, message).

@@ -1131,6 +1131,19 @@ fn call<'a>(
             let name = args.first().and_then(type_name).unwrap_or_default();
             base.into_iter().filter(|i| i.is_type(name)).collect()
         }
+        _ => call_more(f, base, args, env)?,
+    })
+}
+
+/// The functions on FHIR elements and text (the rest of [`call`]).
+fn call_more<'a>(
+    f: Function,
+    base: Vec<Item<'a>>,
+    args: &[Expr],
+    env: &Env<'a>,
+) -> Result<Vec<Item<'a>>, Error> {
+    use Function::*;
+    Ok(match f {
         Extension => {
             let url = str_arg(args, env, &base)?.unwrap_or_default();
             let mut out = Vec::new();
@@ -1220,6 +1233,10 @@ fn call<'a>(
                 }
             }
             out
+        }
+        Where | Select | Exists | All | Empty | First | Last | Tail | Skip | Take | Count | Not
+        | AllTrue | AnyTrue | OfType => {
+            return eval_err(format!("{f:?}() is evaluated by call()"));
         }
     })
 }

@@ -160,10 +160,10 @@ async fn run_case(case: &Value, resources: &[Value]) -> Result<(), String> {
                 return Err(format!("{how}: columns {names:?}, expected {want:?}"));
             }
         }
-        if let Some(want) = case.get("expect").and_then(Value::as_array) {
-            if !same_rows(&rows, want) {
-                return Err(format!("{how}: rows {rows:?}\n  expected {want:?}"));
-            }
+        if let Some(want) = case.get("expect").and_then(Value::as_array)
+            && !same_rows(&rows, want)
+        {
+            return Err(format!("{how}: rows {rows:?}\n  expected {want:?}"));
         }
     }
     Ok(())
