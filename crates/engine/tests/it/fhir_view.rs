@@ -295,3 +295,62 @@ async fn fhir_view_function_answers_ad_hoc_queries() {
         .unwrap_err();
     assert!(e.to_string().contains("string literal"), "{e}");
 }
+
+/// A mask on the JSON column follows a FHIR VIEW's lineage: every column computed from the
+/// masked resource is NULL for a reader the mask holds for, real for one it is lifted for;
+/// a creator who sees only the mask cannot define the view at all.
+#[tokio::test]
+async fn a_mask_on_the_resources_follows_the_fhir_view() {
+    use medlake_engine::{Principal, Role};
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.fhir_observations (resource_type STRING NOT NULL, id STRING NOT NULL, resource STRING);
+             CREATE ROLE clinician; CREATE ROLE analyst;
+             GRANT USAGE ON SCHEMA bronze TO clinician, analyst;
+             GRANT SELECT ON TABLE bronze.fhir_observations TO clinician, analyst;
+             GRANT USAGE, CREATE ON SCHEMA silver TO analyst;
+             ALTER TABLE bronze.fhir_observations ALTER COLUMN resource
+                 SET MASK CASE WHEN is_member('clinician') THEN resource ELSE NULL END",
+        )
+        .await
+        .unwrap();
+    insert(
+        &engine,
+        &[("o1", observation("o1", "p1", "149530", 72.0, "final"))],
+    )
+    .await;
+    let create = format!(
+        "CREATE MATERIALIZED VIEW silver.fhir_vitals AS FHIR VIEW '{}' FROM bronze.fhir_observations",
+        VITALS.replace('\'', "''")
+    );
+    let user = |name: &str, role: &str| {
+        let mut principal = Principal::user(name, Role::None);
+        principal.roles.insert(role.to_owned());
+        engine.session_for(principal)
+    };
+    let analyst = user("ann", "analyst");
+    let clinician = user("cleo", "clinician");
+    // The analyst sees only the mask: defining a view over the real JSON is refused.
+    assert_eq!(crate::outcome(&analyst, &create).await, "42501");
+    engine.sql(&create).await.unwrap();
+    engine
+        .sql("GRANT USAGE ON SCHEMA silver TO clinician; GRANT SELECT ON TABLE silver.fhir_vitals TO clinician, analyst")
+        .await
+        .unwrap();
+    let read = "SELECT count(*) AS n, count(patient_id) AS patients, count(value) AS vals FROM silver.fhir_vitals";
+    let counts = |b: Vec<arrow::array::RecordBatch>| -> Vec<i64> {
+        (0..3)
+            .map(|i| {
+                b[0].column(i)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .value(0)
+            })
+            .collect()
+    };
+    assert_eq!(counts(clinician.query(read).await.unwrap()), [1, 1, 1]);
+    let masked = analyst.query(read).await.unwrap();
+    assert_eq!(counts(masked), [1, 0, 0], "the analyst reads NULLs");
+}
