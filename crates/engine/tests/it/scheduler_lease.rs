@@ -23,7 +23,7 @@ fn follows(s: &Standing, holder: &str) -> bool {
 async fn acquired_renewed_taken_over_after_expiry_and_released() {
     let dir = tempfile::tempdir().unwrap();
     let wh = Warehouse::open(&location(&dir)).await.unwrap();
-    let ttl = Duration::from_millis(500);
+    let ttl = Duration::from_secs(1);
     let a = Lease::new(&wh, lease::SCHEDULER, "a".into(), ttl);
     let b = Lease::new(&wh, lease::SCHEDULER, "b".into(), ttl);
     assert_eq!(a.mechanism(), Mechanism::Log);
@@ -48,7 +48,7 @@ async fn acquired_renewed_taken_over_after_expiry_and_released() {
         tokio::time::sleep(ttl / 5).await;
     }
     let took = since.elapsed();
-    assert!(took >= ttl && took < ttl * 2, "{took:?}");
+    assert!(took >= ttl && took < ttl * 3, "{took:?}");
     assert!(follows(&a.step().await.unwrap(), "b"));
     // A clean stop: released, and taken at once.
     assert!(b.release().await.unwrap());
@@ -148,7 +148,7 @@ async fn two_engines_on_one_warehouse_have_one_leader() {
         .open()
         .await
         .unwrap();
-    let ttl = Duration::from_millis(600);
+    let ttl = Duration::from_millis(1500);
     let (stop_a, stopped_a) = tokio::sync::watch::channel(false);
     let (_stop_b, stopped_b) = tokio::sync::watch::channel(false);
     let la = a.contend_for_scheduler(ttl, stopped_a);
@@ -157,7 +157,7 @@ async fn two_engines_on_one_warehouse_have_one_leader() {
         .expect("a leads")
         .unwrap();
     let lb = b.contend_for_scheduler(ttl, stopped_b);
-    let end = Instant::now() + ttl * 4;
+    let end = Instant::now() + ttl * 3;
     while Instant::now() < end {
         assert!(*la.leading.borrow() && !*lb.leading.borrow());
         tokio::time::sleep(Duration::from_millis(20)).await;

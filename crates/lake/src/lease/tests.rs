@@ -8,7 +8,8 @@ use object_store::path::Path;
 
 use super::{Lease, LeaseRecord, Mechanism, Place, Standing, Token};
 
-const TTL: Duration = Duration::from_millis(400);
+/// Long enough that a busy machine does not stall a renewal past it.
+const TTL: Duration = Duration::from_secs(1);
 
 /// A lease place of each mechanism: ETags on an in-memory store (it has conditional
 /// updates, as Azure does), the log on a local folder.
@@ -73,7 +74,7 @@ async fn acquire_renew_follow_and_take_over_after_expiry() {
             tokio::time::sleep(TTL / 5).await;
         };
         assert!(taken >= TTL, "{m:?}: taken over after {taken:?}");
-        assert!(taken < TTL * 2, "{m:?}: taken over after {taken:?}");
+        assert!(taken < TTL * 3, "{m:?}: taken over after {taken:?}");
         // a comes back: it follows b, and its old token no longer writes.
         assert!(follows(&a.step().await.unwrap(), "b"), "{m:?}");
         let (record, _) = place.read().await.unwrap().unwrap();
