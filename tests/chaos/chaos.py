@@ -320,6 +320,16 @@ def check(server, state, report, warehouse):
         now = query(conn, f"SELECT count(*) FROM {table} VERSION AS OF {latest}")[0][0]
         query(conn, f"SELECT count(*) FROM {table}")
         report["rows"][table] = now
+        if "://" not in warehouse:
+            # Log entries a reader replays after the last checkpoint (the most seen).
+            schema, name = table.split(".")
+            try:
+                with open(os.path.join(warehouse, schema, name, "_delta_log", "_last_checkpoint")) as f:
+                    checkpoint = json.load(f)["version"]
+            except FileNotFoundError:
+                checkpoint = -1
+            lag = report.setdefault("max_log_entries_after_last_checkpoint", {})
+            lag[table] = max(lag.get(table, 0), latest - checkpoint)
     # HTTP: retry what was never answered, under its key; then every batch exactly once.
     url = server.http_url("bronze.http_in")
     for key, (body, rows) in sorted(state.http_pending.items()):
