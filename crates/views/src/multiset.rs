@@ -15,6 +15,59 @@ fn arrow(e: arrow::error::ArrowError) -> Error {
     Error::from(DataFusionError::ArrowError(Box::new(e), None))
 }
 
+/// `net` (rows of `columns` columns plus an Int64 weight) split into the rows it gains, each
+/// repeated as often as its positive weight, as `target`'s rows; and the rows it loses (a
+/// negative weight), as they are (`schema`: `net`'s).
+pub(crate) fn split(
+    target: &SchemaRef,
+    schema: &SchemaRef,
+    net: &[RecordBatch],
+    columns: usize,
+) -> Result<(Vec<RecordBatch>, RecordBatch)> {
+    let mut gains = Vec::new();
+    let mut losses = Vec::new();
+    for batch in net {
+        let weights = batch
+            .column(columns)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| Error::Internal("a change weight that is not an Int64".into()))?;
+        let mut gained: Vec<u32> = Vec::new();
+        let mut lost: Vec<u32> = Vec::new();
+        for i in 0..batch.num_rows() {
+            let w = if weights.is_valid(i) {
+                weights.value(i)
+            } else {
+                0
+            };
+            let index =
+                u32::try_from(i).map_err(|_| Error::Internal("a batch over 2^32 rows".into()))?;
+            if w > 0 {
+                gained.extend(std::iter::repeat_n(index, usize::try_from(w).unwrap_or(0)));
+            } else if w < 0 {
+                lost.push(index);
+            }
+        }
+        let take = |indices: Vec<u32>, upto: usize| -> Result<Vec<arrow::array::ArrayRef>> {
+            let indices = arrow::array::UInt32Array::from(indices);
+            batch.columns()[..upto]
+                .iter()
+                .map(|c| arrow::compute::take(c.as_ref(), &indices, None).map_err(arrow))
+                .collect()
+        };
+        if !gained.is_empty() {
+            gains
+                .push(RecordBatch::try_new(target.clone(), take(gained, columns)?).map_err(arrow)?);
+        }
+        if !lost.is_empty() {
+            losses.push(
+                RecordBatch::try_new(schema.clone(), take(lost, columns + 1)?).map_err(arrow)?,
+            );
+        }
+    }
+    let losses = arrow::compute::concat_batches(schema, &losses).map_err(arrow)?;
+    Ok((gains, losses))
+}
+
 /// The rows of `held` with each distinct row's count changed by its weight in `net` (rows of
 /// the same columns plus a last Int64 column: the weight). A count below zero stays at zero.
 /// The result has `target`'s schema; `columns` is how many columns a row has.

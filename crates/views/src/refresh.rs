@@ -1618,8 +1618,9 @@ impl Views {
                     return Ok(write("incremental", reason, input, WriteMode::Append));
                 }
                 let minus = union_all(terms(&step.pinned.plan, &changes, default_schema, true)?)?;
-                let plus = self.checked(ctx, &plus, checks).await?;
-                match self.signed(step, plus, minus).await? {
+                // The expectations see what the view gains net of what it loses: a row
+                // inserted and deleted again between two refreshes is no row to check.
+                match self.signed(step, plus, minus, checks).await? {
                     Ok(signed) => Ok(Write {
                         reason: format!("{reason} ({})", signed.reason),
                         ..signed
@@ -1813,17 +1814,20 @@ impl Views {
         })
     }
 
-    /// Applies rows gained (`plus`, expectations applied) and rows lost (`minus`) to a view
-    /// without a key: each distinct row's count in the view changes by its count in `plus`
-    /// less its count in `minus`. Only the view rows equal to a changed row are read and
-    /// rewritten (an overwrite of the rows matching their values). A count that would fall
-    /// below zero is a row the view never held (its expectations dropped it: rows equal in
-    /// every column fare the same): it stays at zero. `Err`: too many changed rows.
+    /// Applies rows gained (`plus`) and rows lost (`minus`) to a view without a key: each
+    /// distinct row's count in the view changes by its count in `plus` less its count in
+    /// `minus`, and the view's expectations (`checks`) judge the rows that count gains (so
+    /// a row inserted and deleted again between two refreshes is never judged). Only the
+    /// view rows equal to a changed row are read and rewritten (an overwrite of the rows
+    /// matching their values). A count that would fall below zero is a row the view never
+    /// held (its expectations dropped it: rows equal in every column fare the same): it
+    /// stays at zero. `Err`: too many changed rows.
     async fn signed(
         &self,
         step: &Step<'_>,
         plus: LogicalPlan,
         minus: LogicalPlan,
+        checks: &Arc<Checks>,
     ) -> Result<std::result::Result<Write, String>> {
         let ctx = &step.pinned.ctx;
         let held_source = self.held_rows(step).await?;
@@ -1839,14 +1843,51 @@ impl Views {
             .iter()
             .map(|f| col(datafusion::common::Column::new_unqualified(f.name())))
             .collect();
-        let net = LogicalPlanBuilder::from(weighted(plus, 1)?)
-            .union(weighted(minus, -1)?)?
-            .aggregate(
-                group.clone(),
-                vec![datafusion::functions_aggregate::sum::sum(col(weight)).alias(weight)],
-            )?
-            .filter(col(weight).not_eq(datafusion::logical_expr::lit(0i64)))?
-            .build()?;
+        let netted = |signed: LogicalPlan| -> Result<LogicalPlan> {
+            Ok(LogicalPlanBuilder::from(signed)
+                .aggregate(
+                    group.clone(),
+                    vec![datafusion::functions_aggregate::sum::sum(col(weight)).alias(weight)],
+                )?
+                .filter(col(weight).not_eq(datafusion::logical_expr::lit(0i64)))?
+                .build()?)
+        };
+        let net = netted(
+            LogicalPlanBuilder::from(weighted(plus, 1)?)
+                .union(weighted(minus, -1)?)?
+                .build()?,
+        )?;
+        let physical = ctx.state().create_physical_plan(&net).await?;
+        let net_schema = physical.schema();
+        let net = collect(physical, ctx.task_ctx()).await?;
+        let columns = target.fields().len();
+        // The gains, one row per copy, through the expectations; then netted again with the
+        // losses.
+        let (gains, losses) = multiset::split(&target, &net_schema, &net, columns)?;
+        let gains_plan = LogicalPlanBuilder::scan(
+            "gained",
+            provider_as_source(Arc::new(datafusion::datasource::MemTable::try_new(
+                target.clone(),
+                vec![gains],
+            )?)),
+            None,
+        )?
+        .build()?;
+        let losses_plan = LogicalPlanBuilder::scan(
+            "lost",
+            provider_as_source(Arc::new(datafusion::datasource::MemTable::try_new(
+                net_schema,
+                vec![vec![losses]],
+            )?)),
+            None,
+        )?
+        .build()?;
+        let checked = self.checked(ctx, &gains_plan, checks).await?;
+        let net = netted(
+            LogicalPlanBuilder::from(weighted(checked, 1)?)
+                .union(losses_plan)?
+                .build()?,
+        )?;
         let physical = ctx.state().create_physical_plan(&net).await?;
         let net = collect(physical, ctx.task_ctx()).await?;
         let changed: usize = net.iter().map(RecordBatch::num_rows).sum();
@@ -1855,7 +1896,6 @@ impl Views {
                 "{changed} distinct view rows changed (more than {MAX_CHANGED_GROUPS}); refreshed fully"
             )));
         }
-        let columns = target.fields().len();
         let only_gained = net.iter().all(|batch| {
             batch
                 .column(columns)

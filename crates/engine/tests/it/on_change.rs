@@ -73,7 +73,7 @@ async fn a_failed_scheduled_refresh_is_retried_before_its_next_interval() {
     engine
         .sql(
             "CREATE TABLE bronze.f (v INT NOT NULL);
-             CREATE MATERIALIZED VIEW silver.f REFRESH EVERY '1 hour' REFRESH POLICY FULL
+             CREATE MATERIALIZED VIEW silver.f REFRESH EVERY '1 hour'
                CONSTRAINT positive EXPECT (v > 0) ON VIOLATION FAIL UPDATE
                AS SELECT v FROM bronze.f",
         )
