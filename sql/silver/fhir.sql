@@ -19,7 +19,7 @@ FHIR VIEW '{
   "resourceType": "ViewDefinition", "name": "fhir_patients", "resource": "Patient",
   "select": [{"column": [
     {"name": "patient_key", "path": "getResourceKey()", "type": "id"},
-    {"name": "mrn", "path": "identifier.where(type.coding.code = ''MR'').value.first()", "type": "string"},
+    {"name": "mrn", "path": "identifier.where(type.coding.where(code = ''MR'').exists()).value.first()", "type": "string"},
     {"name": "family_name", "path": "iif(name.where(use = ''official'').exists(), name.where(use = ''official''), name).first().family", "type": "string"},
     {"name": "given_name", "path": "iif(name.where(use = ''official'').exists(), name.where(use = ''official''), name).first().given.first()", "type": "string"},
     {"name": "birth_date", "path": "birthDate", "type": "date"},
@@ -55,14 +55,15 @@ FHIR VIEW '{
 
 -- The FHIR vitals in silver.readings' terms: metric names from the same LOINC table the HL7
 -- route uses (silver.hl7_metric_codes), units as the warehouse spells them, the patient as
--- the EHR's number, the time in UTC.
+-- the EHR's number, the time in UTC (a partial dateTime, such as "2026-12", is no time of
+-- measurement: NULL).
 CREATE MATERIALIZED VIEW silver.fhir_readings REFRESH ON CHANGE AS
 SELECT v.observation_key,
        TRY_CAST(v.patient_key AS INT) AS patient_id,
        c.metric,
        v.value,
        coalesce(u.unit, v.unit) AS unit,
-       CAST(to_timestamp(v.effective) AS TIMESTAMP) AS taken_at
+       TRY_CAST(v.effective AS TIMESTAMP) AS taken_at
 FROM silver.fhir_vital_signs AS v
 JOIN silver.hl7_metric_codes AS c ON c.coding_system = 'LN' AND c.code = v.loinc_code
 LEFT JOIN silver.hl7_unit_codes AS u ON u.units_system = 'UCUM' AND u.units = v.unit;

@@ -91,9 +91,11 @@ GROUP BY o.coding_system, o.code;
 -- encounters come from the ADT feed rather than the EHR's tables: point silver.encounters at
 -- this view instead; both together would count each stay twice). One row per stay in a
 -- location of a visit (PV1-19): an admission (A01, A04) or a transfer (A02) begins one, the
--- next transfer or the discharge (A03) ends it. A cancel removes the latest event it cancels
--- at or before it: A11 an admission, A12 a transfer, A13 a discharge (the stay is then open
--- again). A resent event (same visit, event, time and location) counts once. The time of an
+-- next transfer or the discharge (A03) ends it. A cancel removes the latest event of its
+-- kind at or before it: A11 an admission (A01 or A04, whichever came last), A12 a transfer,
+-- A13 a discharge (the stay is then open again); two cancels in a row both hit that latest
+-- one (a limit: cancel, resend, cancel is how interfaces do it). A resent event (same visit,
+-- event, time and location) counts once. The time of an
 -- event is EVN-6 (when it happened), else EVN-2, else MSH-7; the location PV1-3 is
 -- point of care^room^bed. encounter_id is negative, from the visit and the stay's start
 -- (48 bits of their MD5), so it never meets an EHR id.
@@ -106,22 +108,28 @@ WITH events AS (
       AND event IN ('A01', 'A02', 'A03', 'A04', 'A11', 'A12', 'A13')
       AND coalesce(occurred_at, recorded_at, message_time) IS NOT NULL
 ),
+classed AS (
+    SELECT *, CASE WHEN event IN ('A01', 'A04', 'A11') THEN 'admit'
+                   WHEN event IN ('A02', 'A12') THEN 'transfer'
+                   ELSE 'discharge' END AS class,
+           event IN ('A11', 'A12', 'A13') AS is_cancel
+    FROM events
+),
 cancelled AS (
-    SELECT e.visit_number, e.event, max(e.at) AS at
-    FROM events AS c
-    JOIN events AS e
-      ON e.visit_number = c.visit_number AND e.at <= c.at
-     AND ((c.event = 'A11' AND e.event IN ('A01', 'A04'))
-       OR (c.event = 'A12' AND e.event = 'A02')
-       OR (c.event = 'A13' AND e.event = 'A03'))
-    GROUP BY c.visit_number, c.event, c.at, e.visit_number, e.event
+    SELECT c.visit_number, c.class, max(e.at) AS at
+    FROM classed AS c
+    JOIN classed AS e
+      ON e.visit_number = c.visit_number AND e.class = c.class AND e.at <= c.at
+     AND NOT e.is_cancel
+    WHERE c.is_cancel
+    GROUP BY c.visit_number, c.class, c.at
 ),
 live AS (
-    SELECT e.*
-    FROM events AS e
+    SELECT e.visit_number, e.patient_id, e.event, e.location, e.at
+    FROM classed AS e
     LEFT JOIN cancelled AS x
-      ON x.visit_number = e.visit_number AND x.event = e.event AND x.at = e.at
-    WHERE x.visit_number IS NULL AND e.event IN ('A01', 'A02', 'A03', 'A04')
+      ON x.visit_number = e.visit_number AND x.class = e.class AND x.at = e.at
+    WHERE x.visit_number IS NULL AND NOT e.is_cancel
 ),
 stays AS (
     SELECT visit_number, patient_id, event, location, at AS admitted_at,

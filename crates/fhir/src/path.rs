@@ -19,6 +19,9 @@ use crate::Error;
 /// The most nested a path may be (parentheses, invocations): deeper input is refused,
 /// never a stack overflow.
 const MAX_DEPTH: usize = 64;
+/// The deepest expression tree accepted (a chain of invocations or operators is as deep as
+/// it is long).
+const MAX_TREE_DEPTH: usize = 256;
 /// The longest path text accepted.
 const MAX_LEN: usize = 4096;
 
@@ -340,6 +343,54 @@ pub struct Env<'a> {
     pub resource: &'a Value,
     pub constants: &'a HashMap<String, Value>,
     pub row_index: i64,
+    /// The work one resource may cost (shared by every path evaluated for it).
+    pub budget: &'a Budget,
+}
+
+/// How much work evaluating a view over one resource may do: every step of a path, every
+/// item it produces and every pair a union or `distinct()` compares spends from it, so that
+/// a hostile view (collections that double at each step, selects nested around empty
+/// `forEach`es) fails with an error instead of holding a thread or its memory.
+#[derive(Debug)]
+pub struct Budget {
+    left: std::cell::Cell<u64>,
+    limit: u64,
+}
+
+impl Budget {
+    /// The default: generous for any real resource (a ViewDefinition over a Bundle of
+    /// thousands of entries spends a few hundred thousand).
+    pub const DEFAULT: u64 = 4_000_000;
+
+    pub fn new(limit: u64) -> Budget {
+        Budget {
+            left: std::cell::Cell::new(limit),
+            limit,
+        }
+    }
+
+    /// Spends `n`; an error once the budget is gone.
+    pub fn spend(&self, n: u64) -> Result<(), Error> {
+        match self.left.get().checked_sub(n) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => {
+                self.left.set(0);
+                Err(Error::Eval(format!(
+                    "evaluating the view over one resource took more than {} steps",
+                    self.limit
+                )))
+            }
+        }
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::new(Budget::DEFAULT)
+    }
 }
 
 impl Path {
@@ -357,6 +408,13 @@ impl Path {
             depth: 0,
         };
         let expr = parser.expr(0)?;
+        // Long chains (`a.b.c...`, `1 + 1 + ...`) nest the tree without nesting the text:
+        // evaluation recurses as deep as the tree, so it is bounded too.
+        if expr.depth() > MAX_TREE_DEPTH {
+            return Err(Error::Invalid(format!(
+                "FHIRPath '{text}': more than {MAX_TREE_DEPTH} steps in one chain"
+            )));
+        }
         if parser.at != parser.tokens.len() {
             return Err(Error::Invalid(format!(
                 "FHIRPath '{text}': unexpected '{}'",
@@ -448,6 +506,33 @@ impl Path {
 }
 
 impl Expr {
+    /// The tree's depth (iteratively: a deep tree is what this guards against).
+    fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 1usize)];
+        while let Some((e, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            if d > MAX_TREE_DEPTH {
+                break;
+            }
+            match e {
+                Expr::Member(b, _) | Expr::Negate(b) | Expr::Type(_, b, _) => {
+                    stack.push((b, d + 1))
+                }
+                Expr::Call(b, _, args) => {
+                    stack.push((b, d + 1));
+                    stack.extend(args.iter().map(|a| (a, d + 1)));
+                }
+                Expr::Index(a, b) | Expr::Binary(_, a, b) => {
+                    stack.push((a, d + 1));
+                    stack.push((b, d + 1));
+                }
+                Expr::This | Expr::Literal(_) | Expr::Constant(_) => {}
+            }
+        }
+        deepest
+    }
+
     fn walk<'e>(&'e self, f: &mut impl FnMut(&'e Expr)) {
         f(self);
         match self {
@@ -711,7 +796,12 @@ impl Parser {
         matches!(self.peek(), Some(Tok::Ident(x)) if x == w)
     }
 
+    /// An expression from precedence `level` on. Only a whole expression (level 0: the
+    /// path, a parenthesis, an argument, an index) counts as one level of nesting.
     fn expr(&mut self, level: usize) -> Result<Expr, Error> {
+        if level > 0 {
+            return self.level(level);
+        }
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(Error::Invalid(format!(
@@ -887,6 +977,13 @@ fn eval_err<T>(m: impl Into<String>) -> Result<T, Error> {
 }
 
 fn eval<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Result<Vec<Item<'a>>, Error> {
+    env.budget.spend(1 + focus.len() as u64)?;
+    let out = eval_node(expr, focus, env)?;
+    env.budget.spend(out.len() as u64)?;
+    Ok(out)
+}
+
+fn eval_node<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Result<Vec<Item<'a>>, Error> {
     Ok(match expr {
         Expr::This => focus.to_vec(),
         Expr::Literal(l) => match l {
@@ -1081,7 +1178,9 @@ fn call<'a>(
         Select => {
             let mut out = Vec::new();
             for item in &base {
-                out.extend(eval(&args[0], std::slice::from_ref(item), env)?);
+                let found = eval(&args[0], std::slice::from_ref(item), env)?;
+                env.budget.spend(found.len() as u64)?;
+                out.extend(found);
             }
             out
         }
@@ -1226,6 +1325,8 @@ fn call_more<'a>(
             Some(i) => boundary(i, f == HighBoundary).into_iter().collect(),
         },
         Distinct => {
+            let n = base.len() as u64;
+            env.budget.spend(n.saturating_mul(n))?;
             let mut out: Vec<Item<'a>> = Vec::new();
             for item in base {
                 if !out.iter().any(|o| equal(o, &item)) {
@@ -1480,6 +1581,8 @@ fn binary<'a>(
     let right = eval(r, focus, env)?;
     Ok(match op {
         BinOp::Union => {
+            let n = (left.len() + right.len()) as u64;
+            env.budget.spend(n.saturating_mul(n))?;
             let mut out: Vec<Item<'a>> = Vec::new();
             for item in left.into_iter().chain(right) {
                 if !out.iter().any(|o| equal(o, &item)) {

@@ -26,6 +26,10 @@ pub const FHIR_VIEW: &str = "fhir_view";
 
 /// The longest resource text read (a larger one is an error, not an allocation).
 const MAX_RESOURCE_BYTES: usize = 64 << 20;
+/// The most rows one batch of resources may give.
+const MAX_BATCH_ROWS: usize = 20_000_000;
+/// The most text one column of one batch may hold (Utf8 offsets are 32-bit).
+const MAX_TEXT_BYTES: usize = 1 << 30;
 
 /// The function, to register with a session.
 pub fn fhir_view_udf() -> ScalarUDF {
@@ -167,6 +171,11 @@ pub fn evaluate(view: &ViewDefinition, resources: &ArrayRef) -> DfResult<ArrayRe
                 }
                 total += 1;
             }
+            if total > MAX_BATCH_ROWS {
+                return exec_err!(
+                    "{FHIR_VIEW}: one batch of resources gives more than {MAX_BATCH_ROWS} rows"
+                );
+            }
         }
         let Ok(end) = i32::try_from(total) else {
             return exec_err!("{FHIR_VIEW}: more than 2^31 rows in one batch");
@@ -243,15 +252,29 @@ fn build(cells: Vec<Cell>, data_type: &DataType) -> DfResult<ArrayRef> {
                 })
                 .collect::<Float64Array>(),
         ),
-        DataType::Utf8 => Arc::new(
-            cells
-                .into_iter()
+        DataType::Utf8 => {
+            let bytes: usize = cells
+                .iter()
                 .map(|c| match c {
-                    Cell::Text(s) => Some(s),
-                    _ => None,
+                    Cell::Text(s) => s.len(),
+                    _ => 0,
                 })
-                .collect::<StringArray>(),
-        ),
+                .sum();
+            if bytes > MAX_TEXT_BYTES {
+                return exec_err!(
+                    "{FHIR_VIEW}: a column of one batch holds more than {MAX_TEXT_BYTES} bytes of text"
+                );
+            }
+            Arc::new(
+                cells
+                    .into_iter()
+                    .map(|c| match c {
+                        Cell::Text(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect::<StringArray>(),
+            )
+        }
         DataType::List(item) => {
             let mut offsets = vec![0i32];
             let mut values = Vec::new();

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use crate::Error;
-use crate::path::{Env, Item, Path, to_text};
+use crate::path::{Budget, Env, Item, Path, to_text};
 
 /// The most nested a definition's `select`s may be.
 const MAX_NESTING: usize = 32;
@@ -497,10 +497,12 @@ impl ViewDefinition {
         if resource.get("resourceType").and_then(Value::as_str) != Some(self.resource.as_str()) {
             return Ok(vec![]);
         }
+        let budget = Budget::default();
         let env = Env {
             resource,
             constants: &self.constants,
             row_index: 0,
+            budget: &budget,
         };
         let focus = [Item::Node(resource, None)];
         for filter in &self.filters {
@@ -557,9 +559,11 @@ impl ViewDefinition {
         };
         let mut out = Vec::new();
         for (index, node) in nodes.iter().enumerate() {
+            env.budget.spend(1)?;
             let env = Env {
                 resource: env.resource,
                 constants: env.constants,
+                budget: env.budget,
                 row_index: if matches!(select.nodes, Nodes::Current) {
                     env.row_index
                 } else {
@@ -672,6 +676,7 @@ fn repeat<'a>(
         stack.push((child, 1));
     }
     while let Some((node, depth)) = stack.pop() {
+        env.budget.spend(1)?;
         if depth > 64 || out.len() > MAX_ROWS {
             return Err(Error::Eval(
                 "repeat goes deeper than 64 levels or past the row limit".into(),
@@ -688,13 +693,22 @@ fn repeat<'a>(
 
 /// An item as a cell of `column`'s type.
 fn convert(item: &Item<'_>, column: &Column) -> Result<Cell, Error> {
+    // The error names what kind of value came, never the value (it would be stored with
+    // the refresh's error, where the view's masks do not reach).
     let wrong = || {
+        let kind = match item.to_json() {
+            Value::Null => "null".to_owned(),
+            Value::Bool(_) => "a boolean".to_owned(),
+            Value::Number(_) => "a number".to_owned(),
+            Value::String(s) => format!("a string of {} characters", s.chars().count()),
+            Value::Array(a) => format!("an array of {} items", a.len()),
+            Value::Object(_) => "an object".to_owned(),
+        };
         Error::Eval(format!(
-            "column {} is {}, but '{}' gave {}",
+            "column {} is {}, but '{}' gave {kind}",
             column.name,
             column.fhir_type.as_deref().unwrap_or("text"),
             column.path.text(),
-            item.to_json()
         ))
     };
     let json = match item {

@@ -117,6 +117,7 @@ impl Client {
     fn remember(&self, secret: &Secret) {
         if secret.expose().len() >= 4
             && let Ok(mut list) = self.scrub.lock()
+            && !list.iter().any(|known| known.expose() == secret.expose())
         {
             list.push(secret.clone());
         }

@@ -64,8 +64,22 @@ pub(crate) async fn read(
     }
     let mut next = Some(url);
     let mut page = 0usize;
+    // Pages already read: a server whose `next` links go round in a circle is an error, not
+    // a read that never ends; and no read goes on past MAX_PAGES pages.
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     while let Some(url) = next.take() {
         page += 1;
+        if page > MAX_PAGES || !seen.insert(url.as_str().to_owned()) {
+            return Err(Error::MalformedPage {
+                server: config.server.clone(),
+                page,
+                message: if page > MAX_PAGES {
+                    format!("more than {MAX_PAGES} pages")
+                } else {
+                    "its next link leads to a page already read".to_owned()
+                },
+            });
+        }
         let what = format!("page {page}");
         let response = client.send(Request::get(&url, &what, true)).await?;
         let body = client.body(response, config.max_page_bytes, &what).await?;
@@ -105,6 +119,9 @@ pub(crate) async fn read(
     }
     Ok(())
 }
+
+/// The most pages one search read follows.
+const MAX_PAGES: usize = 100_000;
 
 /// The next page's URL: on the server's origin (it receives the token), not the page itself.
 fn next_page(client: &Client, current: &Url, link: &str, page: usize) -> Result<Url> {

@@ -180,7 +180,9 @@ macro_rules! leaf_plan {
 }
 
 /// The batches `read` sends, as a stream; `read` runs as its own task, aborted when the
-/// stream is dropped (the client went away, a LIMIT was reached).
+/// stream is dropped (the client went away, a LIMIT was reached). A task that ends without
+/// finishing (it panicked) ends the stream with an error, never as if every row had come: a
+/// refresh must not commit a partial read and move its watermark past the rest.
 pub fn spawned<F>(
     schema: SchemaRef,
     read: impl FnOnce(Sender<DfResult<RecordBatch>>) -> F,
@@ -190,9 +192,26 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let abort = AbortOnDrop(tokio::spawn(read(tx)));
-    let stream = futures::stream::unfold((rx, abort), |(mut rx, abort)| async move {
-        rx.recv().await.map(|item| (item, (rx, abort)))
-    });
+    let stream = futures::stream::unfold(
+        (rx, abort, false),
+        |(mut rx, mut abort, done)| async move {
+            if done {
+                return None;
+            }
+            match rx.recv().await {
+                Some(item) => Some((item, (rx, abort, false))),
+                None => match (&mut abort.0).await {
+                    Err(e) if e.is_panic() => Some((
+                        Err(datafusion::error::DataFusionError::Execution(
+                            "the source's read stopped unexpectedly (a bug: it panicked); nothing of it is kept".into(),
+                        )),
+                        (rx, abort, true),
+                    )),
+                    _ => None,
+                },
+            }
+        },
+    );
     Box::pin(RecordBatchStreamAdapter::new(schema, stream))
 }
 

@@ -61,6 +61,11 @@ async fn adt_events_become_stays_with_cancels_applied() {
             "ICU^102^4",
             "2026-12-03 12:00:00",
         ),
+        // V5: registered in the ED (A04), admitted (A01), the admission cancelled (A11): the
+        // ED stay stays.
+        ("m13", "A04", "V5", "1005", "ED^2^7", "2026-12-03 08:00:00"),
+        ("m14", "A01", "V5", "1005", "W1^3^1", "2026-12-03 09:00:00"),
+        ("m15", "A11", "V5", "1005", "W1^3^1", "2026-12-03 09:30:00"),
     ];
     let values: Vec<String> = rows.into_iter().map(adt).collect();
     engine
@@ -138,6 +143,7 @@ async fn adt_events_become_stays_with_cancels_applied() {
             "V1 1001 W5 2 01 20:00 .. 02 10:00",
             "V2 1002 ED 3 03 09:00 .. open",
             "V4 - ICU 4 03 12:00 .. open",
+            "V5 1005 ED 7 03 08:00 .. open",
         ]
     );
     assert!(ids.iter().all(|id| *id < 0), "{ids:?}");

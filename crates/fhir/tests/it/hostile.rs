@@ -126,3 +126,54 @@ fn runaway_rows_are_an_error() {
     let e = view.rows(&resource).unwrap_err().to_string();
     assert!(e.contains("more than"), "{e}");
 }
+
+#[test]
+fn views_that_would_work_forever_run_out_of_budget() {
+    let resource = json!({"resourceType": "Patient", "id": "p"});
+    let started = std::time::Instant::now();
+    // A collection that doubles at every step: 2^36 items if nothing stopped it.
+    let doubling = format!("(1|2){}.count()", ".select(1|2)".repeat(35));
+    let view = ViewDefinition::from_json(&json!({"resource": "Patient",
+        "select": [{"column": [{"name": "n", "path": doubling}]}]}))
+    .unwrap();
+    let e = view.rows(&resource).unwrap_err().to_string();
+    assert!(e.contains("steps"), "{e}");
+    // Selects nested around forEaches of four that end in an empty one: 4^31 visits, no row.
+    let mut select = json!({"forEach": "{}", "column": [{"name": "x", "path": "1"}]});
+    for _ in 0..30 {
+        select = json!({"forEach": "(1|2|3|4)", "select": [select]});
+    }
+    let view =
+        ViewDefinition::from_json(&json!({"resource": "Patient", "select": [select]})).unwrap();
+    let e = view.rows(&resource).unwrap_err().to_string();
+    assert!(e.contains("steps"), "{e}");
+    // distinct() over many values compares every pair.
+    let many: Vec<_> = (0..100_000).collect();
+    let big = json!({"resourceType": "Patient", "id": "p", "n": many});
+    let view = ViewDefinition::from_json(&json!({"resource": "Patient",
+        "select": [{"column": [{"name": "n", "path": "n.distinct().count()"}]}]}))
+    .unwrap();
+    let e = view.rows(&big).unwrap_err().to_string();
+    assert!(e.contains("steps"), "{e}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn nesting_is_counted_by_expressions_and_chains_are_bounded() {
+    // Five nested where()s are ordinary FHIRPath.
+    assert!(Path::parse("a.where(b.where(c.where(d.where(e.where(f.exists())))))").is_ok());
+    // A chain as deep as the text allows is refused when it is parsed, not evaluated.
+    let chain = vec!["1"; 1500].join("+");
+    assert!(
+        Path::parse(&chain)
+            .unwrap_err()
+            .to_string()
+            .contains("chain")
+    );
+    let members = format!("a{}", ".b".repeat(1000));
+    assert!(Path::parse(&members).is_err());
+}

@@ -8,10 +8,12 @@ use serde_json::{Value, json};
 
 fn eval(path: &str, resource: &Value) -> Result<Vec<Value>, String> {
     let constants: HashMap<String, Value> = [("five".to_owned(), json!(5))].into();
+    let budget = medlake_fhir::path::Budget::default();
     let env = Env {
         resource,
         constants: &constants,
         row_index: 3,
+        budget: &budget,
     };
     let p = Path::parse(path).map_err(|e| e.to_string())?;
     let out = p
