@@ -6,7 +6,9 @@
 #
 # Environment: CARGO_TARGET_DIR (default ~/.cache/medlake-target, shared across clones so
 # builds are reused), MEDLAKE_VENV (default ~/.cache/medlake-venv, the Python test tools),
-# MEDLAKE_NPM (default ~/.cache/medlake-npm, Azurite from npm).
+# MEDLAKE_NPM (default ~/.cache/medlake-npm, Azurite from npm), MEDLAKE_TOOLS (default
+# ~/.cache/medlake-tools, cargo-deny and cargo-audit; see tests/supply-chain.sh for
+# MEDLAKE_ADVISORY_DB and MEDLAKE_REQUIRE_ADVISORIES).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +59,9 @@ export COSMOS_SERVER_JS="$PWD/tests/cosmos/server.js"
 
 step "cargo fmt --check"
 cargo fmt --all --check
+
+step "supply chain: cargo deny (licenses, bans, sources; advisories and cargo audit when the RustSec database can be had, else a loud SKIPPED), tools into ${MEDLAKE_TOOLS:-~/.cache/medlake-tools}"
+tests/supply-chain.sh
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::{Error, Result};
 
@@ -53,15 +55,16 @@ impl TlsFiles {
         };
         let cert_pem = std::fs::read(&self.cert).map_err(|e| fail(&self.cert, e.to_string()))?;
         let key_pem = std::fs::read(&self.key).map_err(|e| fail(&self.key, e.to_string()))?;
-        let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| fail(&self.cert, e.to_string()))?;
         if certs.is_empty() {
             return Err(fail(&self.cert, "no certificate in the file".into()));
         }
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|e| fail(&self.key, e.to_string()))?
-            .ok_or_else(|| fail(&self.key, "no private key in the file".into()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            pem::Error::NoItemsFound => fail(&self.key, "no private key in the file".into()),
+            e => fail(&self.key, e.to_string()),
+        })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -102,7 +105,7 @@ fn client_verifier(
     };
     let pem = std::fs::read(ca).map_err(|e| fail(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| fail(e.to_string()))?;
         roots.add(cert).map_err(|e| fail(e.to_string()))?;
     }
