@@ -27,22 +27,24 @@ ALTER TABLE bronze.ehr_patients ALTER COLUMN birth_date
 -- JSON (a Patient's identifiers, names and birth date; an Observation's subject display) and
 -- the HL7 v2 messages (PID in `raw`, names and birth dates in the ADT columns). Everything
 -- computed from them (silver.fhir_patients, silver.fhir_vital_signs, ...) inherits the masks.
+-- The HL7 columns are NOT NULL: masked, they read as '' (a copy of masked rows stays
+-- writable).
 ALTER TABLE bronze.fhir_patients ALTER COLUMN resource
     SET MASK CASE WHEN is_member('care_team') THEN resource ELSE NULL END;
 ALTER TABLE bronze.fhir_observations ALTER COLUMN resource
     SET MASK CASE WHEN is_member('care_team') THEN resource ELSE NULL END;
 ALTER TABLE bronze.hl7_observations ALTER COLUMN patient_name
-    SET MASK CASE WHEN is_member('care_team') THEN patient_name ELSE NULL END;
+    SET MASK CASE WHEN is_member('care_team') THEN patient_name ELSE '' END;
 ALTER TABLE bronze.hl7_observations ALTER COLUMN raw
-    SET MASK CASE WHEN is_member('care_team') THEN raw ELSE NULL END;
+    SET MASK CASE WHEN is_member('care_team') THEN raw ELSE '' END;
 ALTER TABLE bronze.hl7_adt ALTER COLUMN patient_name
-    SET MASK CASE WHEN is_member('care_team') THEN patient_name ELSE NULL END;
+    SET MASK CASE WHEN is_member('care_team') THEN patient_name ELSE '' END;
 ALTER TABLE bronze.hl7_adt ALTER COLUMN birth_date
-    SET MASK CASE WHEN is_member('care_team') THEN birth_date ELSE NULL END;
+    SET MASK CASE WHEN is_member('care_team') THEN birth_date ELSE '' END;
 ALTER TABLE bronze.hl7_adt ALTER COLUMN raw
-    SET MASK CASE WHEN is_member('care_team') THEN raw ELSE NULL END;
+    SET MASK CASE WHEN is_member('care_team') THEN raw ELSE '' END;
 ALTER TABLE bronze.hl7_quarantine ALTER COLUMN raw
-    SET MASK CASE WHEN is_member('care_team') THEN raw ELSE NULL END;
+    SET MASK CASE WHEN is_member('care_team') THEN raw ELSE '' END;
 
 GRANT USAGE ON SCHEMA silver TO clinician, data_engineer;
 GRANT USAGE ON SCHEMA gold TO clinician, data_engineer;
