@@ -1832,64 +1832,15 @@ impl Views {
         let ctx = &step.pinned.ctx;
         let held_source = self.held_rows(step).await?;
         let target = held_source.schema();
-        let weight = "__medlake_weight";
-        let weighted = |plan: LogicalPlan, w: i64| -> Result<LogicalPlan> {
-            let mut exprs = same_types(&target);
-            exprs.push(datafusion::logical_expr::lit(w).alias(weight));
-            Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
-        };
         let group: Vec<Expr> = target
             .fields()
             .iter()
             .map(|f| col(datafusion::common::Column::new_unqualified(f.name())))
             .collect();
-        let netted = |signed: LogicalPlan| -> Result<LogicalPlan> {
-            Ok(LogicalPlanBuilder::from(signed)
-                .aggregate(
-                    group.clone(),
-                    vec![datafusion::functions_aggregate::sum::sum(col(weight)).alias(weight)],
-                )?
-                .filter(col(weight).not_eq(datafusion::logical_expr::lit(0i64)))?
-                .build()?)
-        };
-        let net = netted(
-            LogicalPlanBuilder::from(weighted(plus, 1)?)
-                .union(weighted(minus, -1)?)?
-                .build()?,
-        )?;
-        let physical = ctx.state().create_physical_plan(&net).await?;
-        let net_schema = physical.schema();
-        let net = collect(physical, ctx.task_ctx()).await?;
+        let net = self
+            .judged_net(ctx, &target, &group, plus, minus, checks)
+            .await?;
         let columns = target.fields().len();
-        // The gains, one row per copy, through the expectations; then netted again with the
-        // losses.
-        let (gains, losses) = multiset::split(&target, &net_schema, &net, columns)?;
-        let gains_plan = LogicalPlanBuilder::scan(
-            "gained",
-            provider_as_source(Arc::new(datafusion::datasource::MemTable::try_new(
-                target.clone(),
-                vec![gains],
-            )?)),
-            None,
-        )?
-        .build()?;
-        let losses_plan = LogicalPlanBuilder::scan(
-            "lost",
-            provider_as_source(Arc::new(datafusion::datasource::MemTable::try_new(
-                net_schema,
-                vec![vec![losses]],
-            )?)),
-            None,
-        )?
-        .build()?;
-        let checked = self.checked(ctx, &gains_plan, checks).await?;
-        let net = netted(
-            LogicalPlanBuilder::from(weighted(checked, 1)?)
-                .union(losses_plan)?
-                .build()?,
-        )?;
-        let physical = ctx.state().create_physical_plan(&net).await?;
-        let net = collect(physical, ctx.task_ctx()).await?;
         let changed: usize = net.iter().map(RecordBatch::num_rows).sum();
         if changed > MAX_CHANGED_GROUPS {
             return Ok(Err(format!(
@@ -1945,6 +1896,73 @@ impl Views {
             replace_where: Some(region),
             held: BTreeMap::new(),
         }))
+    }
+
+    /// The net change `plus` less `minus` (each distinct row with its weight, zero weights
+    /// left out), after the expectations (`checks`) judged the rows it gains.
+    async fn judged_net(
+        &self,
+        ctx: &SessionContext,
+        target: &arrow::datatypes::SchemaRef,
+        group: &[Expr],
+        plus: LogicalPlan,
+        minus: LogicalPlan,
+        checks: &Arc<Checks>,
+    ) -> Result<Vec<RecordBatch>> {
+        let weight = "__medlake_weight";
+        let weighted = |plan: LogicalPlan, w: i64| -> Result<LogicalPlan> {
+            let mut exprs = same_types(target);
+            exprs.push(datafusion::logical_expr::lit(w).alias(weight));
+            Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+        };
+        let netted = |signed: LogicalPlan| -> Result<LogicalPlan> {
+            Ok(LogicalPlanBuilder::from(signed)
+                .aggregate(
+                    group.to_vec(),
+                    vec![datafusion::functions_aggregate::sum::sum(col(weight)).alias(weight)],
+                )?
+                .filter(col(weight).not_eq(datafusion::logical_expr::lit(0i64)))?
+                .build()?)
+        };
+        let net = netted(
+            LogicalPlanBuilder::from(weighted(plus, 1)?)
+                .union(weighted(minus, -1)?)?
+                .build()?,
+        )?;
+        let physical = ctx.state().create_physical_plan(&net).await?;
+        let net_schema = physical.schema();
+        let net = collect(physical, ctx.task_ctx()).await?;
+        let columns = target.fields().len();
+        // The gains, one row per copy, through the expectations; then netted again with the
+        // losses.
+        let (gains, losses) = multiset::split(target, &net_schema, &net, columns)?;
+        let gains_plan = LogicalPlanBuilder::scan(
+            "gained",
+            provider_as_source(Arc::new(datafusion::datasource::MemTable::try_new(
+                target.clone(),
+                vec![gains],
+            )?)),
+            None,
+        )?
+        .build()?;
+        let losses_plan = LogicalPlanBuilder::scan(
+            "lost",
+            provider_as_source(Arc::new(datafusion::datasource::MemTable::try_new(
+                net_schema,
+                vec![vec![losses]],
+            )?)),
+            None,
+        )?
+        .build()?;
+        let checked = self.checked(ctx, &gains_plan, checks).await?;
+        let net = netted(
+            LogicalPlanBuilder::from(weighted(checked, 1)?)
+                .union(losses_plan)?
+                .build()?,
+        )?;
+        let physical = ctx.state().create_physical_plan(&net).await?;
+        let net = collect(physical, ctx.task_ctx()).await?;
+        Ok(net)
     }
 
     /// The view's rows at the version this refresh read, as a table source.
