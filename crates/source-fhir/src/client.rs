@@ -333,7 +333,9 @@ impl Client {
                 return Err(if attempt == 0 {
                     failure.error
                 } else {
-                    note(failure.error, &format!("gave up after {attempt} retries"))
+                    failure
+                        .error
+                        .with_note(&format!("gave up after {attempt} retries"))
                 });
             }
             let backoff = self
@@ -343,9 +345,7 @@ impl Client {
                 .min(self.config.retry_max_wait);
             let wait = match failure.retry_after {
                 Some(asked) if asked > self.config.retry_max_wait => {
-                    return Err(note(
-                        failure.error,
-                        &format!(
+                    return Err(failure.error.with_note(&format!(
                             "the server asked to wait {} s (Retry-After), more than retry_max_wait_seconds",
                             asked.as_secs()
                         ),
@@ -541,44 +541,6 @@ pub(crate) fn outcome(value: &Value) -> String {
         "an OperationOutcome without issues".into()
     } else {
         format!("OperationOutcome: {}", issues.join("; "))
-    }
-}
-
-/// `error` with `text` added to its message.
-pub(crate) fn note(error: Error, text: &str) -> Error {
-    match error {
-        Error::Remote {
-            server,
-            code,
-            message,
-        } => Error::Remote {
-            server,
-            code,
-            message: format!("{message} ({text})"),
-        },
-        Error::Connect { server, message } => Error::Connect {
-            server,
-            message: format!("{message} ({text})"),
-        },
-        Error::ConnectionLost {
-            server,
-            table,
-            message,
-        } => Error::ConnectionLost {
-            server,
-            table,
-            message: format!("{message} ({text})"),
-        },
-        Error::Timeout {
-            server,
-            seconds,
-            during,
-        } => Error::Timeout {
-            server,
-            seconds,
-            during: format!("{during} ({text})"),
-        },
-        other => other,
     }
 }
 

@@ -218,13 +218,10 @@ impl Http {
                 return Err(if attempt == 0 {
                     failure.error
                 } else {
-                    with_note(
-                        failure.error,
-                        &format!(
-                            "gave up after {attempt} {}",
-                            if attempt == 1 { "retry" } else { "retries" }
-                        ),
-                    )
+                    failure.error.with_note(&format!(
+                        "gave up after {attempt} {}",
+                        if attempt == 1 { "retry" } else { "retries" }
+                    ))
                 });
             }
             let backoff = self
@@ -233,9 +230,7 @@ impl Http {
                 .min(self.retry_max_wait);
             let wait = match failure.retry_after {
                 Some(asked) if asked > self.retry_max_wait => {
-                    return Err(with_note(
-                        failure.error,
-                        &format!(
+                    return Err(failure.error.with_note(&format!(
                             "the server asked to wait {} s (Retry-After), more than retry_max_wait_seconds ({} s)",
                             asked.as_secs(),
                             self.retry_max_wait.as_secs()
@@ -386,44 +381,6 @@ impl Http {
             }
         };
         Failure::transient(error, None)
-    }
-}
-
-/// `error` with `note` added to its message.
-fn with_note(error: Error, note: &str) -> Error {
-    match error {
-        Error::Remote {
-            server,
-            code,
-            message,
-        } => Error::Remote {
-            server,
-            code,
-            message: format!("{message} ({note})"),
-        },
-        Error::Connect { server, message } => Error::Connect {
-            server,
-            message: format!("{message} ({note})"),
-        },
-        Error::ConnectionLost {
-            server,
-            table,
-            message,
-        } => Error::ConnectionLost {
-            server,
-            table,
-            message: format!("{message} ({note})"),
-        },
-        Error::Timeout {
-            server,
-            seconds,
-            during,
-        } => Error::Timeout {
-            server,
-            seconds,
-            during: format!("{during} ({note})"),
-        },
-        other => other,
     }
 }
 

@@ -87,6 +87,45 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error with `note` added to its message (remote, connect, connection-lost and
+    /// timeout errors; others as they are): what a retry loop gave up after.
+    pub fn with_note(self, note: &str) -> Error {
+        match self {
+            Error::Remote {
+                server,
+                code,
+                message,
+            } => Error::Remote {
+                server,
+                code,
+                message: format!("{message} ({note})"),
+            },
+            Error::Connect { server, message } => Error::Connect {
+                server,
+                message: format!("{message} ({note})"),
+            },
+            Error::ConnectionLost {
+                server,
+                table,
+                message,
+            } => Error::ConnectionLost {
+                server,
+                table,
+                message: format!("{message} ({note})"),
+            },
+            Error::Timeout {
+                server,
+                seconds,
+                during,
+            } => Error::Timeout {
+                server,
+                seconds,
+                during: format!("{during} ({note})"),
+            },
+            other => other,
+        }
+    }
+
     /// The kind of the error (mostly the foreign-data class `HV` of the SQL standard).
     pub fn code(&self) -> Code {
         match self {
