@@ -19,6 +19,22 @@ AZURITE_VERSION=3.35.0
 started=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$*" "$((SECONDS - started))"; }
 
+step "disk: the build needs ~25 GiB free under $CARGO_TARGET_DIR"
+# CI builds from scratch once and never edits, so incremental compilation only costs disk
+# (~13 GiB for the workspace); a full disk shows up as a linker "Bus error", not as a clear one.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+mkdir -p "$CARGO_TARGET_DIR"
+free_gib() { df -Pk "$CARGO_TARGET_DIR" | awk 'NR==2 {print int($4 / 1048576)}'; }
+if [ "$(free_gib)" -lt 25 ]; then
+  echo "only $(free_gib) GiB free: removing $CARGO_TARGET_DIR/debug/incremental (rebuilt when needed)"
+  rm -rf "$CARGO_TARGET_DIR/debug/incremental"
+fi
+if [ "$(free_gib)" -lt 25 ]; then
+  echo "only $(free_gib) GiB free: removing $CARGO_TARGET_DIR/debug (a cold build follows)"
+  rm -rf "$CARGO_TARGET_DIR/debug"
+fi
+echo "$(free_gib) GiB free"
+
 step "toolchain components"
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

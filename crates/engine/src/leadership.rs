@@ -72,13 +72,35 @@ impl crate::Engine {
         let holder = lease.holder().to_string();
         let (leading, task) = lease.keep(shutdown);
         let alerts = self.shared.alerts.clone();
+        let views = self.views().clone();
         let mut follow = leading.clone();
         tokio::spawn(async move {
+            let mut led = false;
             loop {
                 let now = *follow.borrow_and_update();
                 if let Err(e) = alerts.set_leading(now).await {
                     warn!(error = %e, "alert evaluation could not take over (reading the alert log failed)");
                 }
+                if now && !led {
+                    // A server killed between a view's commit and its system.refreshes row
+                    // left a refresh unrecorded: the new leader records it.
+                    let views = views.clone();
+                    tokio::spawn(async move {
+                        match views.recover_history().await {
+                            Ok(recovered) if !recovered.is_empty() => {
+                                info!(
+                                    views = recovered.len(),
+                                    "recorded refreshes a stopped server left unrecorded"
+                                )
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                warn!(error = %e, "could not check system.refreshes against the views' commits")
+                            }
+                        }
+                    });
+                }
+                led = now;
                 if follow.changed().await.is_err() {
                     let _ = alerts.set_leading(false).await;
                     return;

@@ -166,6 +166,11 @@ pub struct Appender {
     /// Whether the table's protocol allows the blind-append commit (see [`blind_appendable`]);
     /// otherwise each commit goes through deltalake's write operation.
     blind: bool,
+    /// The newest checkpoint's version as far as the appender knows (`_last_checkpoint` at
+    /// open, then the checkpoints it started itself): a checkpoint is due once the log has
+    /// grown by `delta.checkpointInterval` entries since, so one missed (a kill while it was
+    /// being written, a failure) is caught up by the next append instead of never.
+    checkpointed: Option<u64>,
 }
 
 impl fmt::Debug for Appender {
@@ -296,6 +301,16 @@ pub(crate) fn table_properties(
         properties.push((CHANGE_DATA_FEED.into(), "true".into()));
     }
     properties
+}
+
+/// Whether a checkpoint of `version` is due: the log has `interval` entries or more since
+/// the newest checkpoint `checkpointed` (or since the table's first version, when it has
+/// none: the first checkpoint is of version `interval - 1`, as before).
+fn checkpoint_due(version: u64, checkpointed: Option<u64>, interval: u64) -> bool {
+    match checkpointed {
+        Some(at) => version.saturating_sub(at) >= interval.max(1),
+        None => version + 1 >= interval.max(1),
+    }
 }
 
 /// Whether `table` takes blind appends: writer version 2, or table features all in
@@ -1149,13 +1164,26 @@ impl Warehouse {
             .log_entry(name, version)
             .await?
             .ok_or_else(|| Self::not_found(name))?;
+        let checkpointed = self.last_checkpoint(name).await;
         Ok(Appender {
             name: name.clone(),
             blind: blind_appendable(&table),
             table,
             version,
             entry,
+            checkpointed,
         })
+    }
+
+    /// The version in a table's `_last_checkpoint`, if the file is there and readable (a
+    /// missing or damaged hint only makes the next checkpoint come sooner).
+    async fn last_checkpoint(&self, name: &TableName) -> Option<u64> {
+        let path = self
+            .path(&[&name.schema, &name.table, DELTA_LOG])
+            .join("_last_checkpoint");
+        let bytes = self.store.get(&path).await.ok()?.bytes().await.ok()?;
+        let hint: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        hint.get("version")?.as_u64()
     }
 
     /// The metadata of a table's log entry for `version`, if it is there.
@@ -1214,6 +1242,9 @@ impl Warehouse {
         appender.table = table;
         appender.version = after;
         appender.entry = entry;
+        if let Some(newest) = self.last_checkpoint(&name).await {
+            appender.checkpointed = Some(appender.checkpointed.map_or(newest, |c| c.max(newest)));
+        }
         Ok(Some(before + 1..=after))
     }
 
@@ -1386,21 +1417,23 @@ impl Warehouse {
         }
     }
 
-    /// After a blind append: a checkpoint of the appender's version when it is due
-    /// (`delta.checkpointInterval`, 100 by default), then the expired log entries cleaned
+    /// After a blind append: a checkpoint of the appender's version when it is due (the log
+    /// has grown by `delta.checkpointInterval` entries, 100 by default, since the newest
+    /// checkpoint the appender knows of), then the expired log entries cleaned
     /// up when the table asks for it, as deltalake's post-commit hook does. Written by a task
     /// of its own, so the appender's next commit does not wait for it (it reads the log up
     /// to that version: 100-250 ms). A failure is logged, not returned: the commit stands,
     /// and readers only replay more log.
-    fn checkpoint_if_due(&self, appender: &Appender) {
+    fn checkpoint_if_due(&self, appender: &mut Appender) {
         let Ok(state) = appender.table.snapshot() else {
             return;
         };
         let config = state.table_config();
         let interval = config.checkpoint_interval().get();
-        if !(appender.version + 1).is_multiple_of(interval) {
+        if !checkpoint_due(appender.version, appender.checkpointed, interval) {
             return;
         }
+        appender.checkpointed = Some(appender.version);
         let retention = config.log_retention_duration();
         let cleanup = config.enable_expired_log_cleanup();
         let (warehouse, name, version) = (self.clone(), appender.name.clone(), appender.version);

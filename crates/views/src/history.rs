@@ -2,11 +2,11 @@
 //! `system.expectations`, Delta tables that every refresh appends to (its outcome and its
 //! expectation counts). The computed ones are in `system.rs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
@@ -143,6 +143,39 @@ pub(crate) async fn record(warehouse: &Warehouse, o: &RefreshOutcome) -> Result<
             .await?;
     }
     Ok(())
+}
+
+/// Every (view, refresh id) `system.refreshes` holds.
+pub(crate) async fn recorded_ids(
+    warehouse: &Warehouse,
+    state: &SessionState,
+) -> Result<HashSet<(String, String)>> {
+    let name = table(REFRESHES)?;
+    if !warehouse.table_exists(&name).await? {
+        return Ok(HashSet::new());
+    }
+    let (provider, _) = warehouse.table_provider(&name, None).await?;
+    let ctx = SessionContext::new_with_state(state.clone());
+    let frame = ctx
+        .read_table(provider)?
+        .select_columns(&["view", "refresh_id"])?;
+    let batches: Vec<RecordBatch> = frame.execute_stream().await?.try_collect().await?;
+    let mut ids = HashSet::new();
+    for batch in &batches {
+        let text = |i: usize| {
+            arrow::compute::cast(batch.column(i), &DataType::Utf8)
+                .map_err(|e| Error::Internal(e.to_string()))
+        };
+        let (views, refreshes) = (text(0)?, text(1)?);
+        let (views, refreshes) = (views.as_string::<i32>(), refreshes.as_string::<i32>());
+        for row in 0..batch.num_rows() {
+            ids.insert((
+                views.value(row).to_string(),
+                refreshes.value(row).to_string(),
+            ));
+        }
+    }
+    Ok(ids)
 }
 
 /// The latest refresh of a view, as `system.refreshes` has it.

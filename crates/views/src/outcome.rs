@@ -17,6 +17,10 @@ pub enum Trigger {
     /// `REFRESH ON CHANGE`: an input committed.
     Change,
     Apply,
+    /// Recorded after a restart for a refresh whose commit stands but whose
+    /// `system.refreshes` row was never written, when its commit does not say what ran it
+    /// (commits before the trigger was kept in the view's state).
+    Unknown,
 }
 
 impl Trigger {
@@ -34,7 +38,23 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Change => "change",
             Trigger::Apply => "apply",
+            Trigger::Unknown => "unknown",
         }
+    }
+
+    /// The trigger [`Self::as_str`] names.
+    pub fn parse(text: &str) -> Option<Trigger> {
+        [
+            Trigger::Create,
+            Trigger::Replace,
+            Trigger::Manual,
+            Trigger::Cascade,
+            Trigger::Schedule,
+            Trigger::Change,
+            Trigger::Apply,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == text)
     }
 }
 

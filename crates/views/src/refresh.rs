@@ -79,6 +79,11 @@ pub struct RefreshState {
     /// row had one). The next refresh extracts only rows above it.
     #[serde(default)]
     pub input_marks: BTreeMap<String, Option<String>>,
+    /// What ran the refresh ([`Trigger::as_str`]), so that a refresh whose
+    /// `system.refreshes` row was lost can be recorded as what it was
+    /// ([`Views::recover_history`]); empty in commits written before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trigger: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -442,6 +447,75 @@ impl Views {
         Ok(None)
     }
 
+    /// Records in `system.refreshes` each view's last committed refresh that has no row
+    /// there: a server stopped (killed) between the view's commit and the row. The view's
+    /// rows and incremental state are in its commit either way; this keeps the history
+    /// complete. The row is built from the commit (its refresh id, trigger, mode, inputs,
+    /// start, and the commit's time as the finish) and says it was recovered. Returns the
+    /// views recorded. The server that takes the scheduler lease runs it.
+    pub async fn recover_history(&self) -> Result<Vec<TableName>> {
+        let warehouse = &self.inner.warehouse;
+        // A commit from after this point is a refresh running now, which records itself.
+        let since = Utc::now();
+        let recorded = history::recorded_ids(warehouse, &self.inner.state).await?;
+        let mut recovered = Vec::new();
+        for view in self.list().await? {
+            let key = (view.name.to_string(), view.last.id.clone());
+            if view.last.id.is_empty() || recorded.contains(&key) {
+                continue;
+            }
+            let Some((view, version)) = self.view_with_state_version(&view.name).await? else {
+                continue;
+            };
+            let info = warehouse
+                .commit_actions(&view.name, version)
+                .await?
+                .and_then(|actions| {
+                    actions
+                        .into_iter()
+                        .find_map(|a| a.get("commitInfo").cloned())
+                });
+            let info = info.unwrap_or(Value::Null);
+            let finished = info
+                .get("timestamp")
+                .and_then(Value::as_i64)
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or(view.last.started);
+            if finished >= since {
+                continue;
+            }
+            let rows_written = info
+                .pointer("/operationMetrics/num_added_rows")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let last = &view.last;
+            let outcome = RefreshOutcome {
+                view: view.name.clone(),
+                refresh_id: last.id.clone(),
+                trigger: Trigger::parse(&last.trigger).unwrap_or(Trigger::Unknown),
+                started: last.started,
+                finished,
+                mode: match last.mode.as_str() {
+                    "incremental" => "incremental",
+                    _ => "full",
+                },
+                reason: "recorded after a restart: the server stopped between the view's commit \
+                         and this row"
+                    .into(),
+                inputs: last.inputs.clone(),
+                rows_written,
+                version: Some(version),
+                status: Status::Succeeded,
+                error: None,
+                expectations: Vec::new(),
+            };
+            history::record(warehouse, &outcome).await?;
+            info!(view = %view.name, refresh_id = %last.id, version, "refresh recorded after a restart");
+            recovered.push(view.name);
+        }
+        Ok(recovered)
+    }
+
     /// Every materialized view of the warehouse, by name.
     pub async fn list(&self) -> Result<Vec<View>> {
         let warehouse = &self.inner.warehouse;
@@ -685,7 +759,7 @@ impl Views {
             let inputs = pinned.versions();
             let options = commit_options(
                 &definition,
-                &id,
+                (&id, trigger),
                 "full",
                 started,
                 &pinned.versions(),
@@ -1209,7 +1283,7 @@ impl Views {
             replace_where,
             ..commit_options(
                 &definition,
-                id,
+                (id, trigger),
                 mode,
                 started,
                 &inputs,
@@ -2468,7 +2542,7 @@ async fn pin_external(
 
 fn commit_options(
     definition: &ViewDefinition,
-    id: &str,
+    (id, trigger): (&str, Trigger),
     mode: &str,
     started: DateTime<Utc>,
     inputs: &BTreeMap<String, u64>,
@@ -2484,6 +2558,7 @@ fn commit_options(
             inputs: inputs.clone(),
             input_ids: pinned.ids(),
             input_marks: pinned.marks(),
+            trigger: trigger.as_str().to_string(),
         },
     };
     let value = serde_json::to_value(&stored)

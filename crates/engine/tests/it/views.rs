@@ -812,3 +812,72 @@ async fn cluster_by_sorts_every_refresh_so_queries_skip_row_groups() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::UndefinedColumn, "{refused}");
 }
+
+/// A server killed between a view's commit and its `system.refreshes` row (issue 29's chaos
+/// finding): the next scheduler leader records the refresh from the view's commit, once.
+#[tokio::test]
+async fn a_refresh_whose_history_row_was_lost_is_recorded_from_its_commit() {
+    let (_dir, engine) = scratch().await;
+    engine
+        .sql(
+            "CREATE TABLE bronze.t (v INT NOT NULL); INSERT INTO bronze.t VALUES (1), (2); \
+             CREATE MATERIALIZED VIEW silver.s AS SELECT v FROM bronze.t; \
+             INSERT INTO bronze.t VALUES (3); \
+             REFRESH MATERIALIZED VIEW silver.s",
+        )
+        .await
+        .unwrap();
+    let history = "SELECT count(*) FROM system.refreshes WHERE view = 'silver.s'";
+    assert_eq!(count(&engine, history).await, 2);
+    let views = engine.views();
+    assert!(
+        views.recover_history().await.unwrap().is_empty(),
+        "nothing lost"
+    );
+    let last = views
+        .view(&medlake_lake::TableName::new("silver", "s").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .last;
+    assert_eq!(last.trigger, "manual");
+    // The row of the last refresh never made it.
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_default_features()
+        .with_query_planner(medlake_lake::delta_query_planner())
+        .build();
+    let session: Arc<dyn datafusion::catalog::Session> = Arc::new(state);
+    let hide: medlake_lake::Hide = Arc::new(|s: &str| s.to_string());
+    engine
+        .warehouse()
+        .delete_rows(
+            &medlake_lake::TableName::new("system", "refreshes").unwrap(),
+            Some(
+                datafusion::prelude::col("refresh_id")
+                    .eq(datafusion::prelude::lit(last.id.clone())),
+            ),
+            session,
+            hide,
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(&engine, history).await, 1);
+    let recovered = views.recover_history().await.unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert!(views.recover_history().await.unwrap().is_empty(), "once");
+    let batches = engine
+        .query(&format!(
+            "SELECT trigger, mode, status, input_versions, table_version, reason \
+             FROM system.refreshes WHERE refresh_id = '{}'",
+            last.id
+        ))
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("| manual "), "{text}");
+    assert!(text.contains("succeeded"), "{text}");
+    assert!(text.contains("bronze.t"), "{text}");
+    assert!(text.contains("recorded after a restart"), "{text}");
+}

@@ -1,6 +1,7 @@
 //! medlake-lake's integration tests (one test binary for the crate).
 
 mod change_feed;
+mod checkpoints;
 mod create_race;
 mod fsync;
 mod snapshots;

@@ -1,0 +1,92 @@
+//! Checkpoints of blind appends: one every `delta.checkpointInterval` log entries, and one
+//! missed (the server killed while writing it) is caught up by the next append instead of
+//! being skipped until the next exact multiple (issue 29's chaos finding: log replay grew to
+//! ~2,000 entries).
+
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::SessionContext;
+use medlake_lake::{Appender, CommitOptions, TableName, Warehouse};
+
+fn last_checkpoint(table: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(table.join("_delta_log/_last_checkpoint")).ok()?;
+    let hint: serde_json::Value = serde_json::from_str(&text).unwrap();
+    hint["version"].as_u64()
+}
+
+async fn append(warehouse: &Warehouse, appender: &mut Appender, n: i64) -> u64 {
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![n]))]).unwrap();
+    let ctx = SessionContext::new();
+    let plan = ctx.read_batch(batch).unwrap().logical_plan().clone();
+    let state: Arc<dyn datafusion::catalog::Session> = Arc::new(ctx.state());
+    warehouse
+        .append_to(appender, plan, state, &CommitOptions::default())
+        .await
+        .unwrap()
+        .expect("nobody else committed")
+}
+
+#[tokio::test]
+async fn a_missed_checkpoint_is_caught_up_by_the_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = Warehouse::open(dir.path().join("wh").to_str().unwrap())
+        .await
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+    let name = TableName::new("bronze", "appended").unwrap();
+    warehouse.create_table(&name, &schema, false).await.unwrap();
+    let table = dir.path().join("wh/bronze/appended");
+    let mut appender = warehouse.open_appender(&name).await.unwrap();
+    assert!(appender.is_blind());
+    let mut version = 0;
+    for n in 1..=99 {
+        version = append(&warehouse, &mut appender, n).await;
+    }
+    assert_eq!(version, 99);
+    warehouse.settle().await;
+    assert_eq!(
+        last_checkpoint(&table),
+        Some(99),
+        "the interval's checkpoint"
+    );
+
+    // The server died before the checkpoint of 99 was written.
+    let log = table.join("_delta_log");
+    std::fs::remove_file(log.join("_last_checkpoint")).unwrap();
+    std::fs::remove_file(log.join(format!("{:020}.checkpoint.parquet", 99))).unwrap();
+    let mut appender = warehouse.open_appender(&name).await.unwrap();
+    assert_eq!(append(&warehouse, &mut appender, 100).await, 100);
+    warehouse.settle().await;
+    assert_eq!(
+        last_checkpoint(&table),
+        Some(100),
+        "caught up at the next append, not at version 199"
+    );
+    for n in 101..=110 {
+        append(&warehouse, &mut appender, n).await;
+    }
+    warehouse.settle().await;
+    assert_eq!(
+        last_checkpoint(&table),
+        Some(100),
+        "not due again until 200"
+    );
+
+    // The table reads back whole from the new checkpoint.
+    let (provider, version) = warehouse.table_provider(&name, None).await.unwrap();
+    assert_eq!(version, 110);
+    let ctx = SessionContext::new();
+    let rows: usize = ctx
+        .read_table(provider)
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(rows, 110);
+}
