@@ -160,10 +160,22 @@ fn hex_digit(b: u8) -> Option<u8> {
 }
 
 /// `text` with every delimiter, the escape character and line breaks escaped, ready to be
-/// put into one field, component or subcomponent.
+/// put into one field, component or subcomponent. A line feed is `E.brE`, or `EX0AE` when
+/// `.` is one of the message's delimiters or its escape character (it would split, or
+/// end, `.br`).
 pub(crate) fn escape(text: &str, d: &Delims) -> String {
     let mut out = String::with_capacity(text.len());
     let e = d.enc.escape;
+    let dot_is_special = [
+        d.field,
+        d.enc.component,
+        d.enc.repetition,
+        d.enc.subcomponent,
+        d.enc.escape,
+    ]
+    .contains(&'.')
+        || d.enc.truncation == Some('.');
+    let line_feed = if dot_is_special { "X0A" } else { ".br" };
     for c in text.chars() {
         let seq = if c == d.field {
             "F"
@@ -178,7 +190,7 @@ pub(crate) fn escape(text: &str, d: &Delims) -> String {
         } else if Some(c) == d.enc.truncation {
             "P"
         } else if c == '\n' {
-            ".br"
+            line_feed
         } else if c == '\r' {
             "X0D"
         } else {

@@ -94,8 +94,8 @@ pub use segment::{Component, Field, Repetition, Segment};
 pub use timestamp::{Precision, Timestamp};
 
 /// Escapes `text` for one HL7 value with the delimiters of `header` (field, component,
-/// repetition, subcomponent, escape and truncation characters; `\n` as `\.br\`, `\r` as
-/// `\X0D\`).
+/// repetition, subcomponent, escape and truncation characters; `\n` as `\.br\` (`\X0A\`
+/// when `.` is a delimiter or the escape character), `\r` as `\X0D\`).
 pub fn escape_text(text: &str, header: &Header) -> String {
     escape::escape(text, &header.delims())
 }

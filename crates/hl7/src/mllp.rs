@@ -7,8 +7,9 @@
 //!
 //! - bytes before a start block (garbage, CR/LF between frames) are dropped;
 //! - a frame whose payload is longer than the limit is [`FrameError::TooLarge`]; its bytes
-//!   are dropped as they arrive, up to its end block, and decoding goes on after it;
-//! - a start block inside a frame means the sender gave up on that frame:
+//!   are dropped as they arrive, up to its end block or a new start block, and decoding
+//!   goes on after it (with the new frame);
+//! - a start block inside a frame within the limit means the sender gave up on that frame:
 //!   [`FrameError::Interrupted`], and decoding goes on with the new frame;
 //! - `0x1C` not followed by `0x0D` is payload.
 //!
@@ -119,13 +120,21 @@ impl Decoder {
         let mut pos = 0;
         loop {
             if self.skipping {
-                match scan(buf, pos + self.scanned, false) {
+                // A new start block ends a frame being dropped as surely as its end block:
+                // the sender gave up on it (as in `Scan::Start` below, which sees the same
+                // bytes when they arrive in one read).
+                match scan(buf, pos + self.scanned, true) {
                     Scan::End(i) => {
                         pos = i + END.len();
                         self.skipping = false;
                         self.scanned = 0;
                     }
-                    Scan::Start(_) | Scan::Incomplete(_) => {
+                    Scan::Start(i) => {
+                        pos = i;
+                        self.skipping = false;
+                        self.scanned = 0;
+                    }
+                    Scan::Incomplete(_) => {
                         // Drop all but a 0x1C that may begin the end block.
                         let keep = usize::from(buf.last() == Some(&END[0]));
                         pos = buf.len() - keep;
@@ -156,9 +165,14 @@ impl Decoder {
                     self.scanned = 0;
                 }
                 Scan::Start(i) => {
-                    self.ready.push_back(Err(FrameError::Interrupted {
-                        discarded: i - pos - 1,
-                    }));
+                    let discarded = i - pos - 1;
+                    // Too large whatever ends it: read in smaller pieces, these bytes would
+                    // have been reported (and dropped) as too large before the start block.
+                    self.ready.push_back(if discarded > self.max_frame {
+                        Err(self.too_large())
+                    } else {
+                        Err(FrameError::Interrupted { discarded })
+                    });
                     pos = i;
                     self.scanned = 0;
                 }

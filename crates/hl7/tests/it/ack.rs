@@ -205,3 +205,35 @@ fn errors_are_answered_with_the_senders_control_id() {
         (Some("AR"), None)
     );
 }
+
+/// Found by fuzzing (fuzz/light, `hl7_message`): with `.` as a delimiter (here the
+/// subcomponent separator, MSH-2 `^~\.&`), a line feed escaped as `\.br\` was split at the
+/// `.` and an ACK's error text lost everything from its first line break on; with `.` as the
+/// escape character (MSH-2 `^~.\&`), `..br.` was no escape sequence at all. It is `\X0A\`
+/// then.
+#[test]
+fn a_line_break_survives_a_dot_delimiter() {
+    for msh in [
+        r"MSH|^~\.&|LAB|HOSP|MEDLAKE|HOSP|20240315120000||ORU^R01|LAB123|P|2.5.1",
+        r"MSH.^~\&.LAB.HOSP.MEDLAKE.HOSP.20240315120000..ORU^R01.LAB123.P.2.5.1",
+        r"MSH|^.\&|LAB|HOSP|MEDLAKE|HOSP|20240315120000||ORU^R01|LAB123|P|2.5.1",
+        r"MSH|^~.\&|LAB|HOSP|MEDLAKE|HOSP|20240315120000||ORU^R01|LAB123|P|2.5.1",
+    ] {
+        let original = parse(&msg(&[msh])).unwrap();
+        let h = original.header();
+        let text = "first line\nsecond. line\r\nthird";
+        let escaped = medlake_hl7::escape_text(text, h);
+        assert_eq!(medlake_hl7::unescape_text(&escaped, h), text);
+        let back = parse(&ack(h, AckCode::Error, Some((102, text)), "A1", now())).unwrap();
+        assert_eq!(back.get("ERR-8").as_deref(), Some(text), "{msh}");
+        assert_eq!(back.get("MSA-2").as_deref(), Some("LAB123"));
+        let e = h.encoding.escape;
+        assert!(escaped.contains(&format!("{e}X0A{e}")), "{escaped}");
+    }
+    // Without a `.` delimiter, the usual formatting escape.
+    let original = parse(&msg(PCD01)).unwrap();
+    assert_eq!(
+        medlake_hl7::escape_text("a\nb", original.header()),
+        r"a\.br\b"
+    );
+}

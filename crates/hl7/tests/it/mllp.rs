@@ -138,6 +138,54 @@ fn a_new_start_interrupts_a_frame() {
     );
 }
 
+/// Found by fuzzing (fuzz/light, `hl7_mllp`): a frame past the limit that a new start block
+/// interrupts. Read in one piece it was `Interrupted` and the next frame was delivered; read
+/// in small pieces it was `TooLarge`, and dropping it up to an end block swallowed the next
+/// frame. Now both ways: `TooLarge`, then the next frame.
+#[test]
+fn a_too_large_frame_interrupted_by_a_new_start_is_read_the_same_way_however_split() {
+    let mut stream = b"\x0b0123456789ABCDEF".to_vec();
+    stream.extend(frame(b"next"));
+    stream.extend(frame(b"0123456789ABCDEF"));
+    stream.extend(frame(b"last"));
+    let want = [
+        Err(FrameError::TooLarge { limit: 10 }),
+        Ok(b"next".to_vec()),
+        Err(FrameError::TooLarge { limit: 10 }),
+        Ok(b"last".to_vec()),
+    ];
+    for chunk in 1..=stream.len() {
+        let mut d = Decoder::new(10);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        for part in stream.chunks(chunk) {
+            buf.extend_from_slice(part);
+            got.extend(drain(&mut d, &mut buf));
+        }
+        assert_eq!(got, want, "reads of {chunk} bytes");
+        assert!(buf.is_empty());
+    }
+    // Within the limit, a new start block is an interruption, however the bytes arrive.
+    let stream = b"\x0b0123456789\x0bnext\x1c\x0d";
+    for chunk in 1..=stream.len() {
+        let mut d = Decoder::new(10);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        for part in stream.chunks(chunk) {
+            buf.extend_from_slice(part);
+            got.extend(drain(&mut d, &mut buf));
+        }
+        assert_eq!(
+            got,
+            [
+                Err(FrameError::Interrupted { discarded: 10 }),
+                Ok(b"next".to_vec())
+            ],
+            "reads of {chunk} bytes"
+        );
+    }
+}
+
 #[test]
 fn many_tiny_frames_take_linear_time() {
     let mut buf = Vec::new();
