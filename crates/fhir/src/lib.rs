@@ -6,18 +6,24 @@
 //!   `serde_json` values without copying them.
 //! - [`view`]: the ViewDefinition itself (`select`, `column`, `forEach`, `forEachOrNull`,
 //!   `repeat`, `unionAll`, `where`, `constant`), checked when it is read.
-//! - [`udf`]: `fhir_view(resource, '<ViewDefinition>')`, the SQL function a
-//!   `CREATE MATERIALIZED VIEW ... AS FHIR VIEW '...' FROM t` is compiled to (see
-//!   [`view_query`]).
+//! - `udf` (feature `udf`, on by default): `fhir_view(resource, '<ViewDefinition>')`, the
+//!   SQL function a `CREATE MATERIALIZED VIEW ... AS FHIR VIEW '...' FROM t` is compiled to
+//!   (see [`view_query`]).
 //!
-//! Pure: DataFusion and `serde_json`, no I/O.
+//! Pure: `serde_json`, and DataFusion for the function; no I/O. Without the `udf` feature
+//! nothing here depends on Arrow or DataFusion (the light fuzz targets, `fuzz/light/`).
 
 pub mod path;
+#[cfg(feature = "udf")]
 pub mod udf;
 pub mod view;
 
-pub use udf::{FHIR_VIEW, fhir_view_udf};
+#[cfg(feature = "udf")]
+pub use udf::fhir_view_udf;
 pub use view::{Cell, Column, ColumnType, ViewDefinition};
+
+/// The SQL name of the `fhir_view()` function.
+pub const FHIR_VIEW: &str = "fhir_view";
 
 /// Why a ViewDefinition or a path was refused, or failed on a resource.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

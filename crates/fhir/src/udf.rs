@@ -19,10 +19,8 @@ use datafusion::logical_expr::{
 };
 use serde_json::Value;
 
+use crate::FHIR_VIEW;
 use crate::view::{Cell, ColumnType, ViewDefinition};
-
-/// The SQL name of the function.
-pub const FHIR_VIEW: &str = "fhir_view";
 
 /// The longest resource text read (a larger one is an error, not an allocation).
 const MAX_RESOURCE_BYTES: usize = 64 << 20;

@@ -3,7 +3,8 @@
 //! architecture section draws the same graph.
 //!
 //! Layers, bottom up: `medlake-common`; `medlake-auth`, `medlake-lake`, `medlake-deid` (the
-//! de-identification functions: DataFusion only), `medlake-hl7` (HL7 v2 reading); the audit log
+//! de-identification functions: DataFusion only), `medlake-hl7` (HL7 v2 reading), `medlake-dicom`
+//! (DICOM header reading), `medlake-fhir` (SQL-on-FHIR views); the audit log
 //! `medlake-audit` and the source contract `medlake-source(s)`; the connectors
 //! `medlake-source-*`; `medlake-views` and `medlake-alerts`; `medlake-engine`; the doors (`medlake-pgwire`,
 //! `medlake-flight`, `medlake-http`, `medlake-mllp`); the demo hospital `medlake-demo`; the `medlake` command
@@ -63,9 +64,11 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 fn layer(name: &str) -> Option<u8> {
     Some(match name {
         "medlake-common" => 0,
-        // HL7 v2 reading is pure (std and chrono), SQL-on-FHIR views pure (serde_json and the
-        // fhir_view() DataFusion function): beside the lowest services.
-        "medlake-auth" | "medlake-lake" | "medlake-deid" | "medlake-hl7" | "medlake-fhir" => 1,
+        // HL7 v2 reading is pure (std and chrono), DICOM header reading pure (dicom-rs),
+        // SQL-on-FHIR views pure (serde_json and the fhir_view() DataFusion function): beside
+        // the lowest services.
+        "medlake-auth" | "medlake-lake" | "medlake-deid" | "medlake-hl7" | "medlake-dicom"
+        | "medlake-fhir" => 1,
         // The audit log writes through the lake, beside the source contract.
         "medlake-source" | "medlake-sources" | "medlake-audit" => 2,
         n if n.starts_with("medlake-source-") => 3,
