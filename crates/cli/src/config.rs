@@ -15,8 +15,8 @@
 //! secrets = ["EHR_PASSWORD"]                    # may reference ${EHR_PASSWORD} in OPTIONS
 //!
 //! [secrets]                                     # the only names ${NAME} resolves
-//! EHR_PASSWORD = { env = "MEDLAKE_EHR_PASSWORD" }
-//! LANDING_KEY = { file = "/run/secrets/landing_key" }
+//! EHR_PASSWORD = { env = "MEDLAKE_EHR_PASSWORD", locations = ["sqlserver://ehr-db.hospital.local"] }
+//! LANDING_KEY = { file = "/run/secrets/landing_key" }   # no locations: wherever its users point it
 //!
 //! [sources]                                     # what external tables may reach
 //! allowed_paths = ["/srv/landing"]              # local LOCATIONs only under these
@@ -238,6 +238,10 @@ impl LoginsEntry {
 pub struct SecretEntry {
     pub env: Option<String>,
     pub file: Option<PathBuf>,
+    /// URL prefixes the secret may be sent under (an external table's LOCATION and the URLs
+    /// in its OPTIONS); empty: wherever a table that may use it points.
+    #[serde(default)]
+    pub locations: Vec<String>,
 }
 
 /// What external tables may reach outside the warehouse.
@@ -460,6 +464,21 @@ impl Config {
     pub fn source_policy(&self) -> Result<medlake_source::Policy, String> {
         let mut policy = medlake_source::Policy::strict();
         policy.secrets = self.secret_store()?;
+        for (name, entry) in &self.secrets {
+            for location in &entry.locations {
+                let parsed = url::Url::parse(location.trim()).ok();
+                if !parsed.is_some_and(|u| u.host_str().is_some_and(|h| !h.is_empty())) {
+                    return Err(format!(
+                        "secret '{name}': location '{location}' is not a URL with a host (e.g. 'https://ehr.hospital.local/fhir')"
+                    ));
+                }
+            }
+            if !entry.locations.is_empty() {
+                policy
+                    .secret_locations
+                    .insert(name.clone(), entry.locations.clone());
+            }
+        }
         if let Some(sources) = &self.sources {
             for path in &sources.allowed_paths {
                 if !path.is_absolute() {

@@ -50,6 +50,11 @@ pub struct Policy {
     pub ambient_identity: Vec<String>,
     /// The warehouse: no blob LOCATION may lie in its container, bucket or folder.
     pub warehouse: Option<Url>,
+    /// Where each bound secret may be sent (the config's `[secrets] NAME = { ...,
+    /// locations = [...] }`): URL prefixes that the LOCATION, and every URL in the OPTIONS, of
+    /// a definition that references the secret must lie under. A secret not listed here may go
+    /// wherever a definition points (its `USE` grant is the only limit).
+    pub secret_locations: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Policy {
@@ -70,6 +75,7 @@ impl Policy {
             allowed_hosts: vec!["*".into()],
             ambient_identity: vec!["*".into()],
             warehouse: None,
+            secret_locations: Default::default(),
         }
     }
 
@@ -259,6 +265,47 @@ impl Policy {
         self.vet(bare, addrs).map(|_| ())
     }
 
+    /// Checks that a definition sends each secret it references only where the secret is
+    /// bound ([`Policy::secret_locations`]): its LOCATION and every URL among its option
+    /// values (token endpoints, file origins, endpoints; lists split on commas and spaces) must
+    /// lie under one of the secret's locations. URLs are compared parsed (scheme, host, port,
+    /// then the path by whole segments), so `https://ehr@evil.example/` or
+    /// `https://ehr.example.evil/` is not under `https://ehr.example`. A refusal names the
+    /// secret and the destination, never a value.
+    pub fn check_secret_destinations(
+        &self,
+        location: &str,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let bound: Vec<(&str, &Vec<String>)> = options
+            .values()
+            .filter_map(|v| crate::secret::reference(v))
+            .filter_map(|name| Some((name, self.secret_locations.get(name)?)))
+            .collect();
+        if bound.is_empty() {
+            return Ok(());
+        }
+        let destinations = destinations(location, options);
+        for (name, allowed) in bound {
+            for destination in &destinations {
+                let under = allowed
+                    .iter()
+                    .filter_map(|prefix| Url::parse(prefix.trim()).ok())
+                    .any(|prefix| url_under(destination, &prefix));
+                if !under {
+                    return Err(Self::refused(
+                        format!("secret {name}"),
+                        format!(
+                            "it may be sent only under its [secrets] locations, and this table sends it to {}",
+                            origin_of(destination)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `location` may use the server's own cloud identity.
     pub fn ambient_allowed(&self, location: &str) -> bool {
         self.ambient_identity.iter().any(|prefix| {
@@ -272,6 +319,50 @@ impl Policy {
                     .strip_prefix(prefix)
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
+    }
+}
+
+/// Where a definition sends what it holds: its LOCATION and every absolute URL (with a
+/// host) among its option values, lists split on commas and whitespace. A LOCATION that is no
+/// URL (a local path) sends nothing anywhere.
+fn destinations(location: &str, options: &std::collections::BTreeMap<String, String>) -> Vec<Url> {
+    std::iter::once(location)
+        .chain(options.values().map(String::as_str))
+        .flat_map(|v| v.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|v| v.contains("://"))
+        .filter_map(|v| Url::parse(v).ok())
+        .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
+        .collect()
+}
+
+/// Whether `url` lies under `prefix`: same scheme, host and port, and the prefix's path is a
+/// whole-segment prefix of the URL's.
+fn url_under(url: &Url, prefix: &Url) -> bool {
+    let host = |u: &Url| u.host_str().map(str::to_ascii_lowercase);
+    if url.scheme() != prefix.scheme()
+        || host(url) != host(prefix)
+        || host(url).is_none()
+        || url.port_or_known_default() != prefix.port_or_known_default()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return false;
+    }
+    let base = prefix.path().trim_end_matches('/');
+    let path = url.path();
+    base.is_empty()
+        || path == base
+        || path
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// `scheme://host[:port]` of a URL, for messages (no path, query or credentials).
+fn origin_of(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{}://{host}:{port}", url.scheme()),
+        (Some(host), None) => format!("{}://{host}", url.scheme()),
+        _ => url.scheme().to_string(),
     }
 }
 
@@ -488,6 +579,76 @@ mod tests {
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             ..Policy::default()
         }
+    }
+
+    #[test]
+    fn bound_secrets_go_only_under_their_locations() {
+        let mut p = Policy::default()
+            .with_secret("FHIR_KEY", "k")
+            .with_secret("FREE", "f");
+        p.secret_locations.insert(
+            "FHIR_KEY".into(),
+            vec![
+                "https://ehr.hospital.example/fhir".into(),
+                "https://auth.hospital.example:8443/".into(),
+            ],
+        );
+        let options = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let key = ("private_key", "${FHIR_KEY}");
+        let ok = |location: &str, more: &[(&str, &str)]| {
+            let mut o = options(more);
+            o.insert(key.0.into(), key.1.into());
+            p.check_secret_destinations(location, &o)
+        };
+        assert!(ok("https://ehr.hospital.example/fhir", &[]).is_ok());
+        assert!(ok("https://EHR.hospital.example/fhir/R4/", &[]).is_ok());
+        assert!(
+            ok(
+                "https://ehr.hospital.example/fhir",
+                &[("token_url", "https://auth.hospital.example:8443/token")]
+            )
+            .is_ok()
+        );
+        for (location, more) in [
+            ("https://attacker.example/fhir", &[][..]),
+            ("https://ehr.hospital.example/fhirx", &[]),
+            ("https://ehr.hospital.example/", &[]),
+            ("http://ehr.hospital.example/fhir", &[]),
+            ("https://ehr.hospital.example:444/fhir", &[]),
+            ("https://ehr.hospital.example@attacker.example/fhir", &[]),
+            ("https://ehr.hospital.example.attacker.example/fhir", &[]),
+            (
+                "https://ehr.hospital.example/fhir",
+                &[("token_url", "https://auth.hospital.example/token")][..],
+            ),
+            (
+                "https://ehr.hospital.example/fhir",
+                &[(
+                    "file_origins",
+                    "https://auth.hospital.example:8443, https://files.attacker.example",
+                )][..],
+            ),
+        ] {
+            let err = ok(location, more).expect_err(location);
+            assert_eq!(err.sqlstate(), "42501", "{location}");
+            assert!(err.to_string().contains("FHIR_KEY"), "{err}");
+            assert!(!err.to_string().contains("\"k\""), "{err}");
+        }
+        // An unbound secret goes wherever the table points; no secret, no check.
+        let free = options(&[("bearer_token", "${FREE}")]);
+        assert!(
+            p.check_secret_destinations("https://anywhere.example", &free)
+                .is_ok()
+        );
+        assert!(
+            p.check_secret_destinations("https://anywhere.example", &options(&[]))
+                .is_ok()
+        );
     }
 
     #[test]

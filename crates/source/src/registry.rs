@@ -73,6 +73,7 @@ impl Registry {
         policy: &Arc<Policy>,
     ) -> Result<Definition> {
         let upper = kind.to_ascii_uppercase();
+        policy.check_secret_destinations(location, &options)?;
         self.connector(&upper)?
             .define(&upper, location, options, declared, policy)
             .await
@@ -83,6 +84,7 @@ impl Registry {
     /// kept for the table's connections.
     pub fn open(&self, definition: &Definition, policy: &Arc<Policy>) -> Result<Arc<dyn External>> {
         secret::check_references(&definition.options, policy)?;
+        policy.check_secret_destinations(&definition.location, &definition.options)?;
         self.connector(&definition.kind)?.open(definition, policy)
     }
 
@@ -96,6 +98,7 @@ impl Registry {
         policy: &Arc<Policy>,
     ) -> Result<Vec<RemoteTable>> {
         let upper = kind.to_ascii_uppercase();
+        policy.check_secret_destinations(location, options)?;
         self.connector(&upper)?
             .list_tables(&upper, location, options, remote_schema, policy)
             .await

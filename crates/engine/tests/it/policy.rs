@@ -190,6 +190,61 @@ async fn secrets_resolve_only_from_the_servers_store() {
     assert_eq!(medlake_source::secret_references(&options), ["API_TOKEN"]);
 }
 
+/// A secret bound to locations (`[secrets] NAME = { ..., locations = [...] }`) is sent only
+/// there: a user who may use it cannot point a table of their own at another server and
+/// receive it (nothing is sent; refused at CREATE, and at every use if the binding changes).
+#[tokio::test]
+async fn a_bound_secret_is_sent_only_under_its_locations() {
+    let (address, hits) = api().await;
+    let (elsewhere, elsewhere_hits) = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bound = |to: &str| {
+        let mut p = loopback().with_secret("API_TOKEN", TOKEN);
+        p.secret_locations
+            .insert("API_TOKEN".into(), vec![format!("http://{to}/items")]);
+        p
+    };
+    let e = engine(&dir, bound(&address)).await;
+    for location in [
+        format!("http://{elsewhere}/items"),
+        format!("http://{address}/itemsx"),
+        format!("http://{address}@{elsewhere}/items"),
+    ] {
+        let (state, message) = refused(
+            &e,
+            &format!(
+                "CREATE EXTERNAL TABLE bronze.stolen STORED AS REST LOCATION '{location}' \
+                 OPTIONS ('bearer_token' '${{API_TOKEN}}')"
+            ),
+        )
+        .await;
+        assert_eq!(state, "42501", "{location}: {message}");
+        assert!(message.contains("API_TOKEN"), "{message}");
+        assert!(!message.contains(TOKEN), "{message}");
+    }
+    assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0, "nothing was sent");
+    e.sql(&format!(
+        "CREATE EXTERNAL TABLE bronze.items STORED AS REST LOCATION 'http://{address}/items' \
+         OPTIONS ('bearer_token' '${{API_TOKEN}}')"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        super::count(&e, "SELECT count(*) FROM bronze.items").await,
+        2
+    );
+    drop(e);
+    // The operator moves the binding: the stored table is refused at its next use.
+    let moved = engine(&dir, bound(&elsewhere)).await;
+    let before = hits.load(Ordering::SeqCst);
+    let err = moved
+        .query("SELECT count(*) FROM bronze.items")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().sqlstate(), "42501", "{err}");
+    assert_eq!(hits.load(Ordering::SeqCst), before, "nothing was sent");
+}
+
 #[tokio::test]
 async fn local_paths_must_be_allowed_and_never_the_warehouse() {
     let dir = tempfile::tempdir().unwrap();
