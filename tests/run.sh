@@ -7,8 +7,8 @@
 # Environment: CARGO_TARGET_DIR (default ~/.cache/medlake-target, shared across clones so
 # builds are reused), MEDLAKE_VENV (default ~/.cache/medlake-venv, the Python test tools),
 # MEDLAKE_NPM (default ~/.cache/medlake-npm, Azurite from npm), MEDLAKE_TOOLS (default
-# ~/.cache/medlake-tools, cargo-deny and cargo-audit; see tests/supply-chain.sh for
-# MEDLAKE_ADVISORY_DB and MEDLAKE_REQUIRE_ADVISORIES).
+# ~/.cache/medlake-tools, cargo-deny, cargo-audit and cargo-fuzz; see tests/supply-chain.sh for
+# MEDLAKE_ADVISORY_DB and MEDLAKE_REQUIRE_ADVISORIES, tests/fuzz.sh for MEDLAKE_FUZZ_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +81,9 @@ tests/supply-chain.sh
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "fuzz: the light targets (HL7 messages and MLLP framing, FHIRPath, ViewDefinitions, DICOM headers) built with cargo-fuzz into \$CARGO_TARGET_DIR/fuzz-light and run 60 s each from their seeds; a crash, hang or memory blow-up fails (fuzz/README.md; the heavy targets of fuzz/ are not run in CI)"
+tests/fuzz.sh
 
 step "cargo test (unit, sqllogictest, integration)"
 cargo test --workspace --locked
