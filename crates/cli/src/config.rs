@@ -467,7 +467,7 @@ impl Config {
         for (name, entry) in &self.secrets {
             for location in &entry.locations {
                 let parsed = url::Url::parse(location.trim()).ok();
-                if !parsed.is_some_and(|u| u.host_str().is_some_and(|h| !h.is_empty())) {
+                if parsed.is_none_or(|u| u.host_str().is_none_or(str::is_empty)) {
                     return Err(format!(
                         "secret '{name}': location '{location}' is not a URL with a host (e.g. 'https://ehr.hospital.local/fhir')"
                     ));
