@@ -95,6 +95,9 @@ MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/securi
 step "chaos: 10 random SIGKILLs of medlake serve under HTTP and Flight ingest, refreshes, MERGE/DELETE, OPTIMIZE and VACUUM, checked after each restart (the 100-kill run: tests/README.md)"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/python" tests/chaos/chaos.py --kills 10
 
+step "soak: 5 minutes of the quickstart's live load with 32 Postgres-wire dashboards, Flight SQL readers and writers and manual refreshes; RSS, open files, threads and Delta logs sampled every 10 s, checked flat, every client error counted (the 1-hour run: tests/README.md)"
+MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/python" tests/soak/soak.py --minutes 5
+
 step "the operator console in headless Chromium (Selenium): login, panels, a failed refresh in red, an alert"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/console
 
