@@ -89,7 +89,8 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
         | L::RetentionTooShort { .. }
         | L::RestoreRefused { .. }
         | L::CloneRefused { .. }
-        | L::InvalidClusterBy { .. } => Code::AuditUnavailable,
+        | L::InvalidClusterBy { .. }
+        | L::InvalidTableProperty { .. } => Code::AuditUnavailable,
         // A warehouse a restore has not finished writing.
         L::BackupInvalid { .. } | L::BackupRefused { .. } => Code::ObjectNotInPrerequisiteState,
         L::Delta { .. } | L::ObjectStore { .. } | L::DataFusion(_) => Code::IoError,

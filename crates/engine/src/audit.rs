@@ -41,6 +41,9 @@ fn text(statement: &Statement) -> Text {
         Statement::DescribeHistory { table, .. } => format!("DESCRIBE HISTORY {table}"),
         Statement::Optimize { table, .. } => format!("OPTIMIZE {table}"),
         Statement::ClusterBy { table, .. } => format!("ALTER TABLE {table} CLUSTER BY"),
+        Statement::SetTableProperties { table, .. } => {
+            format!("ALTER TABLE {table} SET TBLPROPERTIES")
+        }
         Statement::CreateMaterializedView(create) => {
             let definition = &create.definition;
             let mut sql = format!(

@@ -152,6 +152,7 @@ fn lake_code(e: &medlake_lake::Error) -> Code {
         L::BackupRefused { .. } => Code::ObjectNotInPrerequisiteState,
         L::CloneRefused { .. } => Code::FeatureNotSupported,
         L::InvalidClusterBy { .. } => Code::UndefinedColumn,
+        L::InvalidTableProperty { .. } => Code::InvalidParameterValue,
         L::Conflict { .. } => Code::SerializationFailure,
         L::Delta { .. } | L::ObjectStore { .. } => Code::IoError,
         L::DataFusion(e) => datafusion_code(e),

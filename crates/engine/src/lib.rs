@@ -1150,6 +1150,16 @@ impl Session {
                         .await?;
                     Ok(Output::command("ALTER TABLE", 0))
                 }
+                Statement::SetTableProperties { table, properties } => {
+                    let name = self.table_name(&statement::name_parts(&table)?)?;
+                    self.check_writable(&name, "ALTER TABLE ... SET TBLPROPERTIES")
+                        .await?;
+                    self.shared
+                        .warehouse
+                        .set_table_properties(&name, &properties)
+                        .await?;
+                    Ok(Output::command("ALTER TABLE", 0))
+                }
                 Statement::Vacuum {
                     table,
                     retain_hours,
@@ -1465,7 +1475,9 @@ impl Session {
             Statement::RestoreTable { .. } => {
                 Ok(no_parameters(static_columns(restore::COLUMNS.to_vec())))
             }
-            Statement::CloneTable { .. } | Statement::ClusterBy { .. } => Ok(no_parameters(None)),
+            Statement::CloneTable { .. }
+            | Statement::ClusterBy { .. }
+            | Statement::SetTableProperties { .. } => Ok(no_parameters(None)),
             Statement::Alert(medlake_alerts::AlertStatement::Show) => {
                 Ok(no_parameters(Some(medlake_alerts::tables::rules_schema())))
             }

@@ -325,7 +325,9 @@ pub(crate) fn for_own(
         Statement::Erase(_) => vec![Need::admin("erasure of a patient from every table")],
         // Rewrites the table to an earlier state, or changes how every later write lays out
         // its rows: its owner's (or an admin's) decision.
-        Statement::RestoreTable { table: name, .. } | Statement::ClusterBy { table: name, .. } => {
+        Statement::RestoreTable { table: name, .. }
+        | Statement::ClusterBy { table: name, .. }
+        | Statement::SetTableProperties { table: name, .. } => {
             vec![Need::new(Privilege::Owner, table(&name_parts(name)?)?)]
         }
         // A clone holds every row and column of its source unmasked and unfiltered, and its

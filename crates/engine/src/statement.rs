@@ -53,6 +53,12 @@ pub enum Statement {
         table: ObjectName,
         columns: Vec<String>,
     },
+    /// `ALTER TABLE t SET TBLPROPERTIES ('k' = 'v', ...)` (the automatic compaction policy:
+    /// `medlake_lake::maintenance::SETTABLE_PROPERTIES`)
+    SetTableProperties {
+        table: ObjectName,
+        properties: Vec<(String, String)>,
+    },
     /// `CREATE [OR REPLACE] MATERIALIZED VIEW ...`
     CreateMaterializedView(Box<medlake_views::CreateView>),
     /// `REFRESH MATERIALIZED VIEW name [FULL] [CASCADE]`
@@ -762,7 +768,7 @@ fn parse_own(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
         "SHOW" if second_is(parser, "MATERIALIZED") => parse_show_materialized_views(parser),
         "DESCRIBE" | "DESC" => parse_describe_history(parser),
         "OPTIMIZE" => parse_optimize(parser),
-        "ALTER" if second_is(parser, "TABLE") => parse_alter_cluster_by(parser),
+        "ALTER" if second_is(parser, "TABLE") => parse_alter_table(parser),
         "IMPORT" => parse_import_foreign_schema(parser),
         "VACUUM" => parse_vacuum(parser),
         "RESTORE" => parse_restore(parser),
@@ -844,14 +850,23 @@ fn parse_describe_history(parser: &mut Parser<'_>) -> Result<Option<Statement>> 
     Ok(Some(Statement::DescribeHistory { table, limit }))
 }
 
-/// `ALTER TABLE name CLUSTER BY (columns) | CLUSTER BY NONE` (the list parsed as a view's);
-/// any other ALTER TABLE is not ours (`None`: DataFusion's, which refuses it).
-fn parse_alter_cluster_by(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
+/// `ALTER TABLE name CLUSTER BY (columns) | CLUSTER BY NONE` (the list parsed as a view's)
+/// and `ALTER TABLE name SET TBLPROPERTIES ('key' = 'value', ...)`; any other ALTER TABLE is
+/// not ours (`None`: DataFusion's, which refuses it).
+fn parse_alter_table(parser: &mut Parser<'_>) -> Result<Option<Statement>> {
     parser.next_token();
     parser.next_token();
     let Ok(table) = parser.parse_object_name(false) else {
         return Ok(None);
     };
+    if parser.parse_keyword(Keyword::SET) {
+        if !word(parser, "TBLPROPERTIES") {
+            return Ok(None);
+        }
+        let properties = parse_properties(parser)?;
+        expect_end(parser, "ALTER TABLE ... SET TBLPROPERTIES")?;
+        return Ok(Some(Statement::SetTableProperties { table, properties }));
+    }
     if !word(parser, "CLUSTER") {
         return Ok(None);
     }
@@ -865,6 +880,23 @@ fn parse_alter_cluster_by(parser: &mut Parser<'_>) -> Result<Option<Statement>> 
     };
     expect_end(parser, "ALTER TABLE ... CLUSTER BY")?;
     Ok(Some(Statement::ClusterBy { table, columns }))
+}
+
+/// `('key' = 'value', ...)`: string literals, at least one pair.
+fn parse_properties(parser: &mut Parser<'_>) -> Result<Vec<(String, String)>> {
+    parser.expect_token(&Token::LParen).map_err(syntax)?;
+    let mut properties = Vec::new();
+    loop {
+        let key = parser.parse_literal_string().map_err(syntax)?;
+        parser.expect_token(&Token::Eq).map_err(syntax)?;
+        let value = parser.parse_literal_string().map_err(syntax)?;
+        properties.push((key, value));
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen).map_err(syntax)?;
+    Ok(properties)
 }
 
 /// `OPTIMIZE [TABLE] name [ZORDER BY (columns)]`.

@@ -48,8 +48,7 @@ impl Warehouse {
     /// Classifies the commits after version `from` up to `to` from their log entries, or says
     /// why their rows cannot be read as changes: a commit left the log, changed the table's
     /// schema or protocol, added files to a partitioned table or with deletion vectors, or
-    /// compacted files the range added (their rows cannot be read from the files that added
-    /// them then).
+    /// a file the range added was compacted away and then deleted by VACUUM.
     pub async fn span(
         &self,
         name: &TableName,
@@ -110,10 +109,22 @@ impl Warehouse {
                 }
             }
         }
-        if span.added.iter().any(|f| compacted.contains(f)) {
-            return Ok(Err(format!(
-                "{name} was compacted (OPTIMIZE) after rows were added"
-            )));
+        // A file the range added and a compaction (OPTIMIZE, automatic or not) removed since
+        // is no longer in the table's snapshot, but its rows are still read from it by path
+        // until VACUUM deletes it (after the table's retention, 7 days by default).
+        for path in span.added.iter().filter(|f| compacted.contains(*f)) {
+            let relative = object_store::path::Path::from_url_path(path)
+                .map_err(|e| Error::Internal(format!("{name}: data file path {path}: {e}")))?;
+            let file: object_store::path::Path = self
+                .path(&[&name.schema, &name.table])
+                .parts()
+                .chain(relative.parts())
+                .collect();
+            if !self.exists(&file).await? {
+                return Ok(Err(format!(
+                    "{name} was compacted (OPTIMIZE) and vacuumed after rows were added"
+                )));
+            }
         }
         Ok(Ok(span))
     }

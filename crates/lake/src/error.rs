@@ -140,6 +140,11 @@ pub enum Error {
     #[error("CLUSTER BY column \"{column}\" is not a column of {table}")]
     InvalidClusterBy { table: String, column: String },
 
+    /// `ALTER TABLE ... SET TBLPROPERTIES` with a property that cannot be set or a value out
+    /// of its range.
+    #[error("cannot set the properties of {table}: {reason}")]
+    InvalidTableProperty { table: String, reason: String },
+
     /// A query feeding a write failed.
     #[error(transparent)]
     DataFusion(Box<datafusion::error::DataFusionError>),

@@ -20,6 +20,7 @@ mod error;
 mod guard;
 pub mod lease;
 mod location;
+pub mod maintenance;
 mod snapshots;
 mod warehouse;
 

@@ -25,6 +25,14 @@ use crate::warehouse::{DROPPED_MARKER, TableName, Warehouse};
 /// How many tables' snapshots are kept; the least recently read goes first.
 const CAPACITY: usize = 512;
 
+/// How many commits a kept snapshot is brought forward by before it is loaded again from the
+/// newest checkpoint instead. deltalake keeps the files of each replayed commit as record
+/// batches of their own beside those it loaded (one small batch per commit, each with every
+/// column of the add action: tens of KiB for one file), so a snapshot brought forward commit
+/// by commit grows without bound under micro-batched ingest (the soak measured ~28 KiB per
+/// commit); loaded again, the same files come back as a few large batches.
+const REPLAYS_BEFORE_RELOAD: u64 = 100;
+
 /// A table at its latest version as a statement reads it.
 #[derive(Clone)]
 pub struct Latest {
@@ -51,6 +59,8 @@ struct Kept {
     /// The log entry of `latest.version` when it was loaded.
     entry: ObjectMeta,
     used: Instant,
+    /// The version it was loaded at (from the newest checkpoint and the commits since).
+    loaded: u64,
 }
 
 /// One table's slot: an async lock so that concurrent statements load it once.
@@ -136,11 +146,12 @@ impl Warehouse {
                     current.used = Instant::now();
                     return Ok(current.latest.clone());
                 }
-                Check::Behind => {
+                Check::Behind if current.latest.version < current.loaded + REPLAYS_BEFORE_RELOAD => {
                     if self.bring_forward(name, current).await.is_ok() {
                         return Ok(current.latest.clone());
                     }
                 }
+                Check::Behind => {}
                 Check::Gone => {}
             }
         }
@@ -199,6 +210,7 @@ impl Warehouse {
         let latest = Self::latest_of(name, &table).await?;
         Ok(Kept {
             table,
+            loaded: latest.version,
             latest,
             entry,
             used: Instant::now(),

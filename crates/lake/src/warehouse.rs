@@ -25,7 +25,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 use serde_json::Value;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, info, instrument};
 use url::Url;
 use uuid::Uuid;
 
@@ -154,12 +154,12 @@ impl CommitOptions {
 /// writer task), so that a commit neither reloads the table nor re-reads its log: see
 /// [`Warehouse::append_to`]. Server-side only; it is not plain data.
 pub struct Appender {
-    name: TableName,
+    pub(crate) name: TableName,
     /// The table as last read from its log (at open, or when another writer's commits were
     /// read); the appender's own commits since are not replayed into it.
-    table: DeltaTable,
+    pub(crate) table: DeltaTable,
     /// The newest version the appender knows: the table's, or the appender's own last commit.
-    version: u64,
+    pub(crate) version: u64,
     /// The log entry of `version` as written or read: finding another one under that name
     /// means the table was dropped (and perhaps created again) since.
     entry: ObjectMeta,
@@ -170,7 +170,7 @@ pub struct Appender {
     /// open, then the checkpoints it started itself): a checkpoint is due once the log has
     /// grown by `delta.checkpointInterval` entries since, so one missed (a kill while it was
     /// being written, a failure) is caught up by the next append instead of never.
-    checkpointed: Option<u64>,
+    pub(crate) checkpointed: Option<u64>,
 }
 
 impl fmt::Debug for Appender {
@@ -303,16 +303,6 @@ pub(crate) fn table_properties(
     properties
 }
 
-/// Whether a checkpoint of `version` is due: the log has `interval` entries or more since
-/// the newest checkpoint `checkpointed` (or since the table's first version, when it has
-/// none: the first checkpoint is of version `interval - 1`, as before).
-fn checkpoint_due(version: u64, checkpointed: Option<u64>, interval: u64) -> bool {
-    match checkpointed {
-        Some(at) => version.saturating_sub(at) >= interval.max(1),
-        None => version + 1 >= interval.max(1),
-    }
-}
-
 /// Whether `table` takes blind appends: writer version 2, or table features all in
 /// [`BLIND_APPEND_FEATURES`], without invariants in its schema or CHECK constraints.
 fn blind_appendable(table: &DeltaTable) -> bool {
@@ -349,7 +339,7 @@ fn blind_appendable(table: &DeltaTable) -> bool {
 /// narrower integer or float to a wider one, another timestamp unit); a batch of another
 /// shape (a column missing, extra or of another type) is refused, as deltalake's write
 /// refuses it.
-fn conform(
+pub(crate) fn conform(
     batch: RecordBatch,
     target: &SchemaRef,
 ) -> std::result::Result<RecordBatch, DeltaTableError> {
@@ -446,11 +436,14 @@ pub struct Warehouse {
     pub(crate) store: Arc<dyn ObjectStore>,
     root: Path,
     /// Work a commit left running (checkpoints): [`Warehouse::settle`] waits for it.
-    background: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    pub(crate) background: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
     /// The suppression list of erased identifiers, as last read ([`Warehouse::suppression`]).
     pub(crate) erasures: Arc<tokio::sync::Mutex<Option<crate::erasure::Loaded>>>,
     /// Table snapshots kept between statements ([`Warehouse::latest`]).
     pub(crate) snapshots: Arc<crate::snapshots::Snapshots>,
+    /// Tables whose checkpoint or automatic compaction is running (`maintenance.rs`): at
+    /// most one at a time per table.
+    pub(crate) maintaining: Arc<std::sync::Mutex<std::collections::HashSet<TableName>>>,
 }
 
 impl fmt::Debug for Warehouse {
@@ -475,6 +468,7 @@ impl Warehouse {
             background: Arc::default(),
             erasures: Arc::default(),
             snapshots: Arc::default(),
+            maintaining: Arc::default(),
         };
         crate::backup::refuse_unfinished_restore(&warehouse).await?;
         for schema in BUILT_IN_SCHEMAS {
@@ -1309,7 +1303,7 @@ impl Warehouse {
             "append committed"
         );
         if appender.blind {
-            self.checkpoint_if_due(appender);
+            self.maintain_after_append(appender);
         }
         Ok(Some(version))
     }
@@ -1415,71 +1409,6 @@ impl Warehouse {
             ) => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    /// After a blind append: a checkpoint of the appender's version when it is due (the log
-    /// has grown by `delta.checkpointInterval` entries, 100 by default, since the newest
-    /// checkpoint the appender knows of), then the expired log entries cleaned
-    /// up when the table asks for it, as deltalake's post-commit hook does. Written by a task
-    /// of its own, so the appender's next commit does not wait for it (it reads the log up
-    /// to that version: 100-250 ms). A failure is logged, not returned: the commit stands,
-    /// and readers only replay more log.
-    fn checkpoint_if_due(&self, appender: &mut Appender) {
-        let Ok(state) = appender.table.snapshot() else {
-            return;
-        };
-        let config = state.table_config();
-        let interval = config.checkpoint_interval().get();
-        if !checkpoint_due(appender.version, appender.checkpointed, interval) {
-            return;
-        }
-        appender.checkpointed = Some(appender.version);
-        let retention = config.log_retention_duration();
-        let cleanup = config.enable_expired_log_cleanup();
-        let (warehouse, name, version) = (self.clone(), appender.name.clone(), appender.version);
-        let Ok(mut background) = self.background.lock() else {
-            return;
-        };
-        while background.try_join_next().is_some() {}
-        background.spawn(async move {
-            let started = std::time::Instant::now();
-            let delta = |e| Error::delta(&name.schema, &name.table, e);
-            let outcome = async {
-                let table = DeltaTableBuilder::from_url(warehouse.table_url(&name)?)
-                    .map_err(delta)?
-                    .with_version(version)
-                    .load()
-                    .await
-                    .map_err(delta)?;
-                deltalake::checkpoints::create_checkpoint(&table, None)
-                    .await
-                    .map_err(delta)?;
-                if cleanup {
-                    let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
-                    deltalake::checkpoints::cleanup_expired_logs_for(
-                        version,
-                        table.log_store().as_ref(),
-                        cutoff,
-                        None,
-                    )
-                    .await
-                    .map_err(delta)?;
-                }
-                Ok::<_, Error>(())
-            }
-            .await;
-            match outcome {
-                Ok(()) => debug!(
-                    table = %name,
-                    version,
-                    ms = started.elapsed().as_millis() as u64,
-                    "checkpoint written"
-                ),
-                Err(e) => {
-                    warn!(table = %name, version, error = %e, "checkpoint after an append failed")
-                }
-            }
-        });
     }
 
     /// Appends record batches in one commit, creating the table (in an existing schema) on

@@ -2,6 +2,7 @@
 
 mod change_feed;
 mod checkpoints;
+mod compaction;
 mod create_race;
 mod fsync;
 mod snapshots;

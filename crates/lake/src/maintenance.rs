@@ -1,0 +1,540 @@
+//! What a blind append leaves to be done in the background so that a table micro-batched by
+//! the ingest doors stays cheap to read: checkpoints and automatic compaction.
+//!
+//! The HTTP, Flight SQL and MLLP doors (and the audit log) commit a small file every few
+//! hundred milliseconds. Without compaction such a table gains ~36,000 files an hour: every
+//! reader of it replays them, every checkpoint holds them all (each larger than the last, so
+//! the log grows quadratically: the soak measured 1 GB of log in 32 minutes for one HL7
+//! table) and every snapshot kept in memory grows with them. So, when a checkpoint is due
+//! (every `delta.checkpointInterval` commits, 100 by default) a task of its own writes it
+//! and then, when the table holds at least `medlake.autoCompact.minFiles` files smaller than
+//! `medlake.autoCompact.targetFileSize`, compacts them (deltalake's OPTIMIZE, bin-packing:
+//! `dataChange: false`, so readers of the change feed and incremental refreshes see no
+//! change). The compaction never blocks an append: appends are put-if-absent commits of
+//! their own, and the compaction's commit is rebased by deltalake's conflict checker over
+//! the appends that landed meanwhile (appends never conflict with a compaction). At most one
+//! such task runs per table; a due checkpoint skipped because one is running is written by a
+//! later append (due = the log has grown by the interval since the newest checkpoint).
+//!
+//! `ALTER TABLE t SET TBLPROPERTIES ('medlake.autoCompact' = 'false')` turns it off for a
+//! table (for example one that a manual `OPTIMIZE ... ZORDER BY` keeps in order).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::PoisonError;
+
+use chrono::Utc;
+use deltalake::kernel::Action;
+use deltalake::kernel::transaction::{CommitData, TransactionError};
+use deltalake::logstore::CommitOrBytes;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::protocol::DeltaOperation;
+use deltalake::table::config::TablePropertiesExt as _;
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use object_store::ObjectStoreExt as _;
+use object_store::path::Path;
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::warehouse::{Appender, TableName, Warehouse, conform, writer_properties};
+
+/// The table property turning automatic compaction off (`'false'`) or on (`'true'`, the
+/// default).
+pub const AUTO_COMPACT: &str = "medlake.autoCompact";
+/// The table property: how many small files a table must hold before they are compacted.
+pub const AUTO_COMPACT_MIN_FILES: &str = "medlake.autoCompact.minFiles";
+/// The table property: the size (bytes) below which a file counts as small, and the size of
+/// the files a compaction writes.
+pub const AUTO_COMPACT_TARGET_SIZE: &str = "medlake.autoCompact.targetFileSize";
+
+/// Small files before a compaction, unless the table says otherwise.
+pub const DEFAULT_MIN_FILES: usize = 50;
+/// The size below which a file is small and that compactions write, unless the table says
+/// otherwise: 32 MiB, a few million readings.
+pub const DEFAULT_TARGET_SIZE: u64 = 32 << 20;
+
+/// The table properties `ALTER TABLE ... SET TBLPROPERTIES` accepts.
+pub const SETTABLE_PROPERTIES: &[&str] =
+    &[AUTO_COMPACT, AUTO_COMPACT_MIN_FILES, AUTO_COMPACT_TARGET_SIZE];
+
+/// A table's automatic compaction policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoCompact {
+    pub min_files: usize,
+    pub target_size: u64,
+}
+
+impl AutoCompact {
+    /// The policy a table's properties give (`None`: off). Values that do not parse (they
+    /// are checked when set; another engine may have written them) mean the default.
+    pub fn of(configuration: &HashMap<String, String>) -> Option<Self> {
+        let get = |key: &str| {
+            configuration
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.trim())
+        };
+        if get(AUTO_COMPACT).is_some_and(|v| v.eq_ignore_ascii_case("false")) {
+            return None;
+        }
+        Some(Self {
+            min_files: get(AUTO_COMPACT_MIN_FILES)
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n >= 2)
+                .unwrap_or(DEFAULT_MIN_FILES),
+            target_size: get(AUTO_COMPACT_TARGET_SIZE)
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n >= 1 << 20)
+                .unwrap_or(DEFAULT_TARGET_SIZE),
+        })
+    }
+}
+
+/// Checks one `key = value` of `ALTER TABLE ... SET TBLPROPERTIES`; returns the key as it is
+/// stored (its canonical spelling).
+pub fn check_property(key: &str, value: &str) -> std::result::Result<&'static str, String> {
+    let Some(known) = SETTABLE_PROPERTIES
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(key))
+    else {
+        return Err(format!(
+            "table property '{}' cannot be set; settable: {}",
+            key.chars().take(100).collect::<String>(),
+            SETTABLE_PROPERTIES.join(", ")
+        ));
+    };
+    let value = value.trim();
+    let fine = match *known {
+        AUTO_COMPACT => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
+        AUTO_COMPACT_MIN_FILES => value.parse::<usize>().is_ok_and(|n| (2..=1_000_000).contains(&n)),
+        _ => value
+            .parse::<u64>()
+            .is_ok_and(|n| ((1 << 20)..=(1 << 40)).contains(&n)),
+    };
+    if fine {
+        Ok(known)
+    } else {
+        let expected = match *known {
+            AUTO_COMPACT => "'true' or 'false'",
+            AUTO_COMPACT_MIN_FILES => "a whole number from 2 to 1000000",
+            _ => "a size in bytes from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
+        };
+        Err(format!("{known} must be {expected}"))
+    }
+}
+
+/// Whether a checkpoint of `version` is due: the log has `interval` entries or more since
+/// the newest checkpoint `checkpointed` (or since the table's first version, when it has
+/// none: the first checkpoint is of version `interval - 1`, as before).
+pub(crate) fn checkpoint_due(version: u64, checkpointed: Option<u64>, interval: u64) -> bool {
+    match checkpointed {
+        Some(at) => version.saturating_sub(at) >= interval.max(1),
+        None => version + 1 >= interval.max(1),
+    }
+}
+
+/// Takes a table out of [`Warehouse::maintaining`] when its task ends, however it ends.
+struct Running {
+    warehouse: Warehouse,
+    name: TableName,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.warehouse
+            .maintaining
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.name);
+    }
+}
+
+impl Warehouse {
+    /// After a blind append: when a checkpoint is due (the log has grown by
+    /// `delta.checkpointInterval` entries since the newest checkpoint the appender knows),
+    /// a task of its own writes it, cleans up expired log entries when the table asks for it
+    /// (as deltalake's post-commit hook does) and compacts the table's small files when its
+    /// policy says so (see the module documentation). The appender's next commit does not
+    /// wait for it. A failure is logged, not returned: the commit stands, and readers only
+    /// replay more log.
+    pub(crate) fn maintain_after_append(&self, appender: &mut Appender) {
+        let Ok(state) = appender.table.snapshot() else {
+            return;
+        };
+        let config = state.table_config();
+        let interval = config.checkpoint_interval().get();
+        if !checkpoint_due(appender.version, appender.checkpointed, interval) {
+            return;
+        }
+        let retention = config.log_retention_duration();
+        let cleanup = config.enable_expired_log_cleanup();
+        let name = appender.name.clone();
+        {
+            let mut maintaining = self
+                .maintaining
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !maintaining.insert(name.clone()) {
+                // The running task's checkpoint is older: a later append writes this one.
+                return;
+            }
+        }
+        let running = Running {
+            warehouse: self.clone(),
+            name: name.clone(),
+        };
+        appender.checkpointed = Some(appender.version);
+        let (warehouse, version) = (self.clone(), appender.version);
+        let Ok(mut background) = self.background.lock() else {
+            return;
+        };
+        while background.try_join_next().is_some() {}
+        background.spawn(async move {
+            let _running = running;
+            let started = std::time::Instant::now();
+            let delta = |e| Error::delta(&name.schema, &name.table, e);
+            let outcome = async {
+                let table = DeltaTableBuilder::from_url(warehouse.table_url(&name)?)
+                    .map_err(delta)?
+                    .with_version(version)
+                    .load()
+                    .await
+                    .map_err(delta)?;
+                deltalake::checkpoints::create_checkpoint(&table, None)
+                    .await
+                    .map_err(delta)?;
+                if cleanup {
+                    let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
+                    deltalake::checkpoints::cleanup_expired_logs_for(
+                        version,
+                        table.log_store().as_ref(),
+                        cutoff,
+                        None,
+                    )
+                    .await
+                    .map_err(delta)?;
+                }
+                Ok::<_, Error>(table)
+            }
+            .await;
+            let table = match outcome {
+                Ok(table) => {
+                    debug!(
+                        table = %name,
+                        version,
+                        ms = started.elapsed().as_millis() as u64,
+                        "checkpoint written"
+                    );
+                    table
+                }
+                Err(e) => {
+                    warn!(table = %name, version, error = %e, "checkpoint after an append failed");
+                    return;
+                }
+            };
+            if let Err(e) = warehouse.auto_compact(&name, table).await {
+                warn!(table = %name, error = %e, "automatic compaction failed (the next one tries again)");
+            }
+        });
+    }
+
+    /// `ALTER TABLE name SET TBLPROPERTIES (...)`: one metadata commit setting the given
+    /// properties, each checked by [`check_property`] first (nothing is set when one is
+    /// refused). Returns the new version.
+    pub async fn set_table_properties(
+        &self,
+        name: &TableName,
+        properties: &[(String, String)],
+    ) -> Result<u64> {
+        let mut set = HashMap::new();
+        for (key, value) in properties {
+            let key = check_property(key, value).map_err(|reason| Error::InvalidTableProperty {
+                table: name.to_string(),
+                reason,
+            })?;
+            set.insert(key.to_string(), value.trim().to_ascii_lowercase());
+        }
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let table = self.open_table(name).await?;
+        let table = table
+            .set_tbl_properties()
+            .with_properties(set)
+            .with_raise_if_not_exists(false)
+            .await
+            .map_err(delta)?;
+        Ok(table.version().unwrap_or_default())
+    }
+
+    /// Compacts `table`'s small files when its policy says so (see the module
+    /// documentation). Returns the version committed, if it did.
+    pub(crate) async fn auto_compact(
+        &self,
+        name: &TableName,
+        table: DeltaTable,
+    ) -> Result<Option<u64>> {
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let snapshot = table.snapshot().map_err(delta)?;
+        let Some(policy) = AutoCompact::of(snapshot.metadata().configuration()) else {
+            return Ok(None);
+        };
+        // Partitioned tables (medlake creates none) and files with deletion vectors (written
+        // by another engine) are left to OPTIMIZE.
+        if !snapshot.metadata().partition_columns().is_empty() {
+            return Ok(None);
+        }
+        let small: Vec<_> = snapshot
+            .log_data()
+            .iter()
+            .filter(|file| {
+                (file.size().max(0) as u64) < policy.target_size
+                    && file.deletion_vector_descriptor().is_none()
+            })
+            .collect();
+        if small.len() < policy.min_files {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        // Bins of files whose sizes add up to at most the target, in the snapshot's order.
+        let mut bins: Vec<Vec<_>> = vec![Vec::new()];
+        let mut filled = 0u64;
+        for file in small {
+            let size = file.size().max(0) as u64;
+            if filled + size > policy.target_size && !bins.last().is_some_and(Vec::is_empty) {
+                bins.push(Vec::new());
+                filled = 0;
+            }
+            filled += size;
+            if let Some(bin) = bins.last_mut() {
+                bin.push(file);
+            }
+        }
+        bins.retain(|bin| bin.len() > 1);
+        let mut removes = Vec::new();
+        let mut adds = Vec::new();
+        for bin in &bins {
+            let mut writer = RecordBatchWriter::for_table(&table)
+                .map_err(delta)?
+                .with_writer_properties(writer_properties());
+            let target = writer.arrow_schema();
+            for file in bin {
+                let path: Path = self
+                    .path(&[&name.schema, &name.table])
+                    .parts()
+                    .chain(file.object_store_path().parts())
+                    .collect();
+                // A small file (below the target size) is read whole.
+                let bytes = self
+                    .store
+                    .get(&path)
+                    .await
+                    .map_err(|e| Error::store(&path, e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::store(&path, e))?;
+                let read = |e: deltalake::parquet::errors::ParquetError| {
+                    Error::Internal(format!("{name}: reading {path} to compact it: {e}"))
+                };
+                let batches = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .map_err(read)?
+                    .build()
+                    .map_err(read)?;
+                for batch in batches {
+                    let batch = batch.map_err(|e| read(e.into()))?;
+                    let batch = conform(batch, &target).map_err(delta)?;
+                    writer.write(batch).await.map_err(delta)?;
+                }
+                removes.push(file.remove_action(false));
+            }
+            adds.extend(writer.flush().await.map_err(delta)?);
+        }
+        if removes.is_empty() {
+            return Ok(None);
+        }
+        let removed: HashSet<String> = removes.iter().map(|r| r.path.clone()).collect();
+        let (files_removed, files_added) = (removes.len(), adds.len());
+        let read_version = table.version().unwrap_or_default();
+        let operation = DeltaOperation::Optimize {
+            predicate: None,
+            target_size: policy.target_size.min(i64::MAX as u64) as i64,
+        };
+        let metadata = [
+            (
+                "operationMetrics".to_string(),
+                serde_json::json!({
+                    "numFilesAdded": files_added,
+                    "numFilesRemoved": files_removed,
+                    "numBatches": bins.len(),
+                    "totalConsideredFiles": files_removed,
+                }),
+            ),
+            ("readVersion".to_string(), read_version.into()),
+            ("medlakeAutoCompaction".to_string(), true.into()),
+        ]
+        .into_iter()
+        .collect();
+        let actions: Vec<Action> = removes
+            .into_iter()
+            .map(Action::Remove)
+            .chain(adds.iter().cloned().map(|mut add| {
+                add.data_change = false;
+                Action::Add(add)
+            }))
+            .collect();
+        let entry = CommitData::new(actions, operation, metadata, Vec::new())
+            .get_bytes()
+            .map_err(|e| delta(e.into()))?;
+        let committed = self
+            .commit_compaction(name, &table, read_version, entry, &removed)
+            .await;
+        let version = match committed {
+            Ok(Some(version)) => version,
+            outcome => {
+                // Nothing refers to the files just written: take them away again.
+                for add in &adds {
+                    let path: Path = self
+                        .path(&[&name.schema, &name.table])
+                        .parts()
+                        .chain(Path::from(add.path.as_str()).parts())
+                        .collect();
+                    let _ = self.store.delete(&path).await;
+                }
+                return outcome;
+            }
+        };
+        info!(
+            table = %name,
+            version,
+            files_removed,
+            files_added,
+            ms = started.elapsed().as_millis() as u64,
+            "automatic compaction"
+        );
+        Ok(Some(version))
+    }
+
+    /// Puts a compaction's log entry at the first free version after `read_version`. Only a
+    /// commit that removed one of the compacted files (a DELETE, UPDATE, MERGE, OPTIMIZE or
+    /// RESTORE) or changed the table's schema or protocol stands in its way (`Ok(None)`):
+    /// appends never do. Each step is one put-if-absent and, when it loses, one read of the
+    /// winning entry, so a compaction is not starved by appends landing every few
+    /// milliseconds (deltalake's OPTIMIZE recomputes its whole read set per winning commit
+    /// and gave up after 15 tries under the soak's ingest).
+    async fn commit_compaction(
+        &self,
+        name: &TableName,
+        table: &DeltaTable,
+        read_version: u64,
+        entry: bytes::Bytes,
+        removed: &HashSet<String>,
+    ) -> Result<Option<u64>> {
+        const MAX_STEPS: u64 = 10_000;
+        let log_store = table.log_store();
+        for version in read_version + 1..=read_version + MAX_STEPS {
+            match log_store
+                .write_commit_entry(
+                    version,
+                    CommitOrBytes::LogBytes(entry.clone()),
+                    uuid::Uuid::new_v4(),
+                )
+                .await
+            {
+                Ok(()) => return Ok(Some(version)),
+                Err(TransactionError::VersionAlreadyExists(_)) => {}
+                Err(e) => return Err(Error::delta(&name.schema, &name.table, e.into())),
+            }
+            let Some(winner) = self.commit_actions(name, version).await? else {
+                return Ok(None);
+            };
+            let conflicts = winner.iter().any(|action| {
+                action.get("metaData").is_some()
+                    || action.get("protocol").is_some()
+                    || action
+                        .get("remove")
+                        .and_then(|r| r.get("path"))
+                        .and_then(Value::as_str)
+                        .is_some_and(|path| {
+                            removed.contains(path)
+                                || Path::from_url_path(path)
+                                    .is_ok_and(|p| removed.contains(p.as_ref()))
+                        })
+            });
+            if conflicts {
+                debug!(table = %name, version, "automatic compaction gave way to a commit that rewrote its files");
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_comes_from_the_table_properties() {
+        let props = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(
+            AutoCompact::of(&props(&[])),
+            Some(AutoCompact {
+                min_files: DEFAULT_MIN_FILES,
+                target_size: DEFAULT_TARGET_SIZE
+            })
+        );
+        assert_eq!(AutoCompact::of(&props(&[(AUTO_COMPACT, "FALSE")])), None);
+        let set = AutoCompact::of(&props(&[
+            (AUTO_COMPACT_MIN_FILES, "8"),
+            (AUTO_COMPACT_TARGET_SIZE, "2097152"),
+        ]));
+        assert_eq!(
+            set,
+            Some(AutoCompact {
+                min_files: 8,
+                target_size: 2 << 20
+            })
+        );
+        // Written by someone else, out of range: the defaults.
+        let odd = AutoCompact::of(&props(&[
+            (AUTO_COMPACT_MIN_FILES, "1"),
+            (AUTO_COMPACT_TARGET_SIZE, "x"),
+        ]));
+        assert_eq!(
+            odd,
+            Some(AutoCompact {
+                min_files: DEFAULT_MIN_FILES,
+                target_size: DEFAULT_TARGET_SIZE
+            })
+        );
+    }
+
+    #[test]
+    fn only_known_properties_with_sane_values_are_settable() {
+        assert_eq!(check_property("MEDLAKE.AUTOCOMPACT", " false "), Ok(AUTO_COMPACT));
+        assert!(check_property(AUTO_COMPACT, "maybe").is_err());
+        assert!(check_property(AUTO_COMPACT_MIN_FILES, "1").is_err());
+        assert!(check_property(AUTO_COMPACT_MIN_FILES, "-5").is_err());
+        assert_eq!(check_property(AUTO_COMPACT_MIN_FILES, "64"), Ok(AUTO_COMPACT_MIN_FILES));
+        assert!(check_property(AUTO_COMPACT_TARGET_SIZE, "1024").is_err());
+        assert!(check_property(AUTO_COMPACT_TARGET_SIZE, "18446744073709551615").is_err());
+        let refused = check_property("delta.appendOnly", "true").unwrap_err();
+        assert!(refused.contains("cannot be set"), "{refused}");
+        assert!(check_property("delta.enableChangeDataFeed", "false").is_err());
+        assert!(check_property(&"x".repeat(10_000), "1").unwrap_err().len() < 400);
+    }
+
+    #[test]
+    fn a_checkpoint_is_due_after_an_interval_of_log_since_the_newest() {
+        assert!(!checkpoint_due(98, None, 100));
+        assert!(checkpoint_due(99, None, 100));
+        assert!(!checkpoint_due(150, Some(99), 100));
+        assert!(checkpoint_due(199, Some(99), 100));
+        // A missed one (a kill while it was written) is caught up by the next append.
+        assert!(checkpoint_due(257, Some(99), 100));
+    }
+}
