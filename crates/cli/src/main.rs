@@ -315,6 +315,14 @@ fn main() -> ExitCode {
         medlake_audit::drain().await;
         result
     });
+    // The runtime is not shut down: the process ends with it. Work still running on its
+    // blocking threads (a log replay that a query cut short by the stop had started) holds
+    // nothing to save (every commit is atomic, the audit log is drained above, checkpoints and
+    // compactions were waited for), and shutting the runtime down would wait for it without
+    // end (a stopped server that never exits) or, with a timeout, make the Delta kernel's
+    // executor panic in it ("TokioMultiThreadExecutor has crashed") once the runtime's tasks
+    // are gone.
+    std::mem::forget(runtime);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Reported) => ExitCode::FAILURE,
@@ -601,8 +609,23 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         ),
     );
     lease.released(std::time::Duration::from_secs(5)).await;
+    settle(&engine).await;
     println!("medlake serve: stopped");
     Ok(())
+}
+
+/// Waits (at most 30 s) for the checkpoints and compactions the last commits started, so a
+/// stopped server leaves none half-done (they are safe to cut, only wasted).
+pub(crate) async fn settle(engine: &Engine) {
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        engine.warehouse().settle(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("stopping without waiting longer for a checkpoint or compaction");
+    }
 }
 
 /// Prints each change of who runs the scheduler, as the doors' addresses are printed.

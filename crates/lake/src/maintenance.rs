@@ -54,9 +54,22 @@ pub const DEFAULT_MIN_FILES: usize = 50;
 /// otherwise: 32 MiB, a few million readings.
 pub const DEFAULT_TARGET_SIZE: u64 = 32 << 20;
 
+/// Blind-appended tables are checkpointed at least every this many commits (their
+/// `delta.checkpointInterval` when smaller). Every reader that opens a table replays the
+/// commits since its newest checkpoint, and the Delta kernel (through deltalake 1.1, which
+/// fixes its settings) reads up to 1,000 of them at once, each with a JSON decoder sized for
+/// 1,000 rows of the whole action schema: about 3 MiB per commit file. 100 commits since a
+/// checkpoint made each open of a micro-batched table allocate ~300 MiB for a moment, and
+/// the soak saw 1.5 GiB of such decoders at once; with 10 it is ~30 MiB. The checkpoint of a
+/// compacted table (a few hundred files) is small and quick to write.
+pub const APPEND_CHECKPOINT_INTERVAL: u64 = 10;
+
 /// The table properties `ALTER TABLE ... SET TBLPROPERTIES` accepts.
-pub const SETTABLE_PROPERTIES: &[&str] =
-    &[AUTO_COMPACT, AUTO_COMPACT_MIN_FILES, AUTO_COMPACT_TARGET_SIZE];
+pub const SETTABLE_PROPERTIES: &[&str] = &[
+    AUTO_COMPACT,
+    AUTO_COMPACT_MIN_FILES,
+    AUTO_COMPACT_TARGET_SIZE,
+];
 
 /// A table's automatic compaction policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +120,9 @@ pub fn check_property(key: &str, value: &str) -> std::result::Result<&'static st
     let value = value.trim();
     let fine = match *known {
         AUTO_COMPACT => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
-        AUTO_COMPACT_MIN_FILES => value.parse::<usize>().is_ok_and(|n| (2..=1_000_000).contains(&n)),
+        AUTO_COMPACT_MIN_FILES => value
+            .parse::<usize>()
+            .is_ok_and(|n| (2..=1_000_000).contains(&n)),
         _ => value
             .parse::<u64>()
             .is_ok_and(|n| ((1 << 20)..=(1 << 40)).contains(&n)),
@@ -134,7 +149,7 @@ pub(crate) fn checkpoint_due(version: u64, checkpointed: Option<u64>, interval: 
     }
 }
 
-/// Takes a table out of [`Warehouse::maintaining`] when its task ends, however it ends.
+/// Takes a table out of [`Warehouse::maintaining`] when its task ends early (a failure).
 struct Running {
     warehouse: Warehouse,
     name: TableName,
@@ -152,91 +167,115 @@ impl Drop for Running {
 
 impl Warehouse {
     /// After a blind append: when a checkpoint is due (the log has grown by
-    /// `delta.checkpointInterval` entries since the newest checkpoint the appender knows),
-    /// a task of its own writes it, cleans up expired log entries when the table asks for it
-    /// (as deltalake's post-commit hook does) and compacts the table's small files when its
-    /// policy says so (see the module documentation). The appender's next commit does not
-    /// wait for it. A failure is logged, not returned: the commit stands, and readers only
-    /// replay more log.
+    /// `delta.checkpointInterval` entries, at most [`APPEND_CHECKPOINT_INTERVAL`], since the
+    /// newest checkpoint the appender knows), a task of its own writes it, cleans up expired
+    /// log entries when the table asks for it (as deltalake's post-commit hook does) and
+    /// compacts the table's small files when its policy says so (see the module
+    /// documentation). The appender's next commit does not wait for it. One task per table:
+    /// a checkpoint that falls due while it runs is left to it (the newest such version),
+    /// written when it is done with the last one. A failure is logged, not returned: the
+    /// commit stands, and readers only replay more log.
     pub(crate) fn maintain_after_append(&self, appender: &mut Appender) {
         let Ok(state) = appender.table.snapshot() else {
             return;
         };
         let config = state.table_config();
-        let interval = config.checkpoint_interval().get();
+        let interval = config
+            .checkpoint_interval()
+            .get()
+            .min(APPEND_CHECKPOINT_INTERVAL);
         if !checkpoint_due(appender.version, appender.checkpointed, interval) {
             return;
         }
         let retention = config.log_retention_duration();
         let cleanup = config.enable_expired_log_cleanup();
-        let name = appender.name.clone();
+        let (name, version) = (appender.name.clone(), appender.version);
+        appender.checkpointed = Some(version);
         {
             let mut maintaining = self
                 .maintaining
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if !maintaining.insert(name.clone()) {
-                // The running task's checkpoint is older: a later append writes this one.
+            if let Some(pending) = maintaining.get_mut(&name) {
+                *pending = Some(version);
                 return;
             }
+            maintaining.insert(name.clone(), None);
         }
         let running = Running {
             warehouse: self.clone(),
             name: name.clone(),
         };
-        appender.checkpointed = Some(appender.version);
-        let (warehouse, version) = (self.clone(), appender.version);
+        let warehouse = self.clone();
         let Ok(mut background) = self.background.lock() else {
             return;
         };
         while background.try_join_next().is_some() {}
         background.spawn(async move {
             let _running = running;
-            let started = std::time::Instant::now();
-            let delta = |e| Error::delta(&name.schema, &name.table, e);
-            let outcome = async {
-                let table = DeltaTableBuilder::from_url(warehouse.table_url(&name)?)
-                    .map_err(delta)?
-                    .with_version(version)
-                    .load()
+            let mut version = version;
+            loop {
+                if let Err(e) = warehouse
+                    .checkpoint_and_compact(&name, version, cleanup.then_some(retention))
                     .await
-                    .map_err(delta)?;
-                deltalake::checkpoints::create_checkpoint(&table, None)
-                    .await
-                    .map_err(delta)?;
-                if cleanup {
-                    let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
-                    deltalake::checkpoints::cleanup_expired_logs_for(
-                        version,
-                        table.log_store().as_ref(),
-                        cutoff,
-                        None,
-                    )
-                    .await
-                    .map_err(delta)?;
+                {
+                    warn!(table = %name, version, error = %e, "checkpoint or compaction after an append failed");
                 }
-                Ok::<_, Error>(table)
-            }
-            .await;
-            let table = match outcome {
-                Ok(table) => {
-                    debug!(
-                        table = %name,
-                        version,
-                        ms = started.elapsed().as_millis() as u64,
-                        "checkpoint written"
-                    );
-                    table
+                let mut maintaining = warehouse
+                    .maintaining
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match maintaining.get_mut(&name).and_then(Option::take) {
+                    Some(next) => version = next,
+                    None => {
+                        maintaining.remove(&name);
+                        return;
+                    }
                 }
-                Err(e) => {
-                    warn!(table = %name, version, error = %e, "checkpoint after an append failed");
-                    return;
-                }
-            };
-            if let Err(e) = warehouse.auto_compact(&name, table).await {
-                warn!(table = %name, error = %e, "automatic compaction failed (the next one tries again)");
             }
         });
+    }
+
+    /// The checkpoint of the newest version (`version` or later), the expired log cleaned up
+    /// (entries older than `cleanup`, when given), then the automatic compaction.
+    async fn checkpoint_and_compact(
+        &self,
+        name: &TableName,
+        version: u64,
+        cleanup: Option<std::time::Duration>,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        // The newest version, not `version` itself: a compaction committed since the
+        // checkpoint fell due has already replaced files that `version` still lists.
+        let table = DeltaTableBuilder::from_url(self.table_url(name)?)
+            .map_err(delta)?
+            .load()
+            .await
+            .map_err(delta)?;
+        let version = table.version().unwrap_or(version);
+        deltalake::checkpoints::create_checkpoint(&table, None)
+            .await
+            .map_err(delta)?;
+        if let Some(retention) = cleanup {
+            let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
+            deltalake::checkpoints::cleanup_expired_logs_for(
+                version,
+                table.log_store().as_ref(),
+                cutoff,
+                None,
+            )
+            .await
+            .map_err(delta)?;
+        }
+        debug!(
+            table = %name,
+            version,
+            ms = started.elapsed().as_millis() as u64,
+            "checkpoint written"
+        );
+        self.auto_compact(name, table).await?;
+        Ok(())
     }
 
     /// `ALTER TABLE name SET TBLPROPERTIES (...)`: one metadata commit setting the given
@@ -515,11 +554,17 @@ mod tests {
 
     #[test]
     fn only_known_properties_with_sane_values_are_settable() {
-        assert_eq!(check_property("MEDLAKE.AUTOCOMPACT", " false "), Ok(AUTO_COMPACT));
+        assert_eq!(
+            check_property("MEDLAKE.AUTOCOMPACT", " false "),
+            Ok(AUTO_COMPACT)
+        );
         assert!(check_property(AUTO_COMPACT, "maybe").is_err());
         assert!(check_property(AUTO_COMPACT_MIN_FILES, "1").is_err());
         assert!(check_property(AUTO_COMPACT_MIN_FILES, "-5").is_err());
-        assert_eq!(check_property(AUTO_COMPACT_MIN_FILES, "64"), Ok(AUTO_COMPACT_MIN_FILES));
+        assert_eq!(
+            check_property(AUTO_COMPACT_MIN_FILES, "64"),
+            Ok(AUTO_COMPACT_MIN_FILES)
+        );
         assert!(check_property(AUTO_COMPACT_TARGET_SIZE, "1024").is_err());
         assert!(check_property(AUTO_COMPACT_TARGET_SIZE, "18446744073709551615").is_err());
         let refused = check_property("delta.appendOnly", "true").unwrap_err();

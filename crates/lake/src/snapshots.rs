@@ -146,7 +146,9 @@ impl Warehouse {
                     current.used = Instant::now();
                     return Ok(current.latest.clone());
                 }
-                Check::Behind if current.latest.version < current.loaded + REPLAYS_BEFORE_RELOAD => {
+                Check::Behind
+                    if current.latest.version < current.loaded + REPLAYS_BEFORE_RELOAD =>
+                {
                     if self.bring_forward(name, current).await.is_ok() {
                         return Ok(current.latest.clone());
                     }

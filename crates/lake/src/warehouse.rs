@@ -441,9 +441,9 @@ pub struct Warehouse {
     pub(crate) erasures: Arc<tokio::sync::Mutex<Option<crate::erasure::Loaded>>>,
     /// Table snapshots kept between statements ([`Warehouse::latest`]).
     pub(crate) snapshots: Arc<crate::snapshots::Snapshots>,
-    /// Tables whose checkpoint or automatic compaction is running (`maintenance.rs`): at
-    /// most one at a time per table.
-    pub(crate) maintaining: Arc<std::sync::Mutex<std::collections::HashSet<TableName>>>,
+    /// Tables whose checkpoint or automatic compaction is running (`maintenance.rs`: one task
+    /// per table), each with the newest version whose checkpoint fell due meanwhile.
+    pub(crate) maintaining: Arc<std::sync::Mutex<HashMap<TableName, Option<u64>>>>,
 }
 
 impl fmt::Debug for Warehouse {

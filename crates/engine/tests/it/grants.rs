@@ -405,6 +405,32 @@ async fn owners_manage_their_tables_and_listings_show_what_one_may_use() {
     );
     let has = text(&eng, "SELECT has_table_privilege('bronze.secret_notes', 'SELECT') AS a, has_table_privilege('bronze.mine', 'SELECT') AS b").await;
     assert!(has.contains("| false | true |"), "{has}");
+    // The automatic compaction policy is the owner's: not a reader's, nor one with every
+    // privilege but ownership, and only its own properties with sane values.
+    let policy = "ALTER TABLE bronze.mine SET TBLPROPERTIES ('medlake.autoCompact' = 'false')";
+    assert_eq!(outcome(&other, policy).await, "42501");
+    assert_eq!(
+        outcome(&eng, "GRANT ALL PRIVILEGES ON TABLE bronze.mine TO oscar").await,
+        "ok"
+    );
+    assert_eq!(outcome(&other, policy).await, "42501");
+    assert_eq!(outcome(&eng, policy).await, "ok");
+    for refused in [
+        "ALTER TABLE bronze.mine SET TBLPROPERTIES ('delta.appendOnly' = 'true')",
+        "ALTER TABLE bronze.mine SET TBLPROPERTIES ('medlake.autoCompact.minFiles' = '0')",
+        "ALTER TABLE bronze.mine SET TBLPROPERTIES ('medlake.autoCompact' = 'on', 'medlake.autoCompact.minFiles' = '9')",
+    ] {
+        assert_eq!(outcome(&eng, refused).await, "22023", "{refused}");
+    }
+    assert_eq!(
+        outcome(
+            &user(&engine, "root", Role::Admin, &[]),
+            "ALTER TABLE system.audit SET TBLPROPERTIES ('medlake.autoCompact' = 'false')"
+        )
+        .await,
+        "25006",
+        "the system schema is read-only"
+    );
     assert_eq!(
         outcome(&eng, "ALTER TABLE bronze.mine OWNER TO oscar").await,
         "ok"

@@ -118,8 +118,8 @@ async fn appended_tables_are_compacted_without_losing_or_doubling_a_row() {
         .await
         .unwrap();
 
-    // 98 appends: versions 2..=99; the checkpoint due at 99 starts a compaction, and the
-    // appends go on while it runs (its commit lands between theirs).
+    // Appends; from the first checkpoint with 10 small files on, compactions run while the
+    // appends go on (their commits land between the appends').
     let mut appender = warehouse.open_appender(&name).await.unwrap();
     let mut n = 0;
     while appender.version() < 99 {
@@ -132,12 +132,12 @@ async fn appended_tables_are_compacted_without_losing_or_doubling_a_row() {
     }
     warehouse.settle().await;
     let compacted = compactions(&warehouse, &name).await;
-    assert_eq!(compacted.len(), 1, "one compaction: {compacted:?}");
+    assert!(!compacted.is_empty(), "compacted");
     assert_eq!(rows(&warehouse, &name).await, (n, n, n * (n + 1) / 2));
     let after = files(&warehouse, &name).await;
     assert!(
-        after <= 61,
-        "the 98 files up to the checkpoint became one: {after} files"
+        after <= 25,
+        "{n} appends, at most ~20 live files (minFiles 10, a checkpoint every 10 commits): {after}"
     );
 
     // A change range across the compaction still reads the rows its appends added: the
