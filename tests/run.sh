@@ -95,11 +95,8 @@ MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/securi
 step "chaos: 10 random SIGKILLs of medlake serve under HTTP and Flight ingest, refreshes, MERGE/DELETE, OPTIMIZE and VACUUM, checked after each restart (the 100-kill run: tests/README.md)"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/python" tests/chaos/chaos.py --kills 10
 
-# The 5-minute soak (tests/soak/soak.py --minutes 5) belongs here, and is BLOCKED: it fails on
-# real server problems it found (memory that grows with every ingest commit, Delta logs of
-# micro-batched tables that grow quadratically, reads starved under 32 dashboards; issue 29's
-# note and tests/README.md, "Soak"). It joins this script when it passes; a step that always
-# fails would only stop every other change from landing.
+step "soak: 5 minutes of medlake quickstart's live load plus 32 Postgres-wire dashboards, Flight SQL readers and writers and manual refreshes; RSS flat within 10% after warm-up, no descriptor growth, 0 client errors, a clean stop (the hour: tests/README.md)"
+MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/python" tests/soak/soak.py --minutes 5
 
 step "the operator console in headless Chromium (Selenium): login, panels, a failed refresh in red, an alert"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/console
