@@ -335,7 +335,7 @@ async fn serve(
     };
     let _ = stop.send(true);
     let _ = doors.await;
-    crate::settle(&engine).await;
+    crate::settle(engine).await;
     println!("medlake quickstart: stopped");
     result
 }

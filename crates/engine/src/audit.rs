@@ -35,14 +35,13 @@ impl Origin {
 /// The statement as audit text: SQL (its literals are removed by the normalizer), or a
 /// description of our own statements naming only objects.
 fn text(statement: &Statement) -> Text {
-    use crate::access::parse::AccessStatement as A;
     let sql = match statement {
         Statement::Sql(sql) => sql.to_string(),
         Statement::DescribeHistory { table, .. } => format!("DESCRIBE HISTORY {table}"),
         Statement::Optimize { table, .. } => format!("OPTIMIZE {table}"),
         Statement::ClusterBy { table, .. } => format!("ALTER TABLE {table} CLUSTER BY"),
-        Statement::SetTableProperties { table, .. } => {
-            format!("ALTER TABLE {table} SET TBLPROPERTIES")
+        Statement::SetTableProperties { table: t, .. } => {
+            format!("ALTER TABLE {t} SET TBLPROPERTIES")
         }
         Statement::CreateMaterializedView(create) => {
             let definition = &create.definition;
@@ -92,70 +91,76 @@ fn text(statement: &Statement) -> Text {
             "CREATE TABLE {target} {} CLONE {source}",
             if *deep { "DEEP" } else { "SHALLOW" }
         ),
-        Statement::Access(access) => match access.as_ref() {
-            A::CreateRole { name, .. } => format!("CREATE ROLE {name}"),
-            A::DropRole { name, .. } => format!("DROP ROLE {name}"),
-            A::Privileges {
-                grant,
-                privileges,
-                on,
-                grantees,
-            } => format!(
-                "{} {} ON {on} {} {}",
-                if *grant { "GRANT" } else { "REVOKE" },
-                if privileges.is_empty() {
-                    "ALL".to_string()
-                } else {
-                    privileges
-                        .iter()
-                        .map(|p| p.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
-                if *grant { "TO" } else { "FROM" },
-                grantees.join(", ")
-            ),
-            A::Membership {
-                grant,
-                roles,
-                members,
-            } => format!(
-                "{} {} {} {}",
-                if *grant { "GRANT" } else { "REVOKE" },
-                roles.join(", "),
-                if *grant { "TO" } else { "FROM" },
-                members.join(", ")
-            ),
-            A::ShowGrants { to, on } => format!(
-                "SHOW GRANTS{}{}",
-                to.as_ref().map(|t| format!(" TO {t}")).unwrap_or_default(),
-                on.as_ref().map(|o| format!(" ON {o}")).unwrap_or_default()
-            ),
-            A::SetMask {
-                table,
-                column,
-                mask,
-            } => format!(
-                "ALTER TABLE {table} ALTER COLUMN {column} {}",
-                if mask.is_some() {
-                    "SET MASK ?"
-                } else {
-                    "DROP MASK"
-                }
-            ),
-            A::SetRowFilter { table, filter } => format!(
-                "ALTER TABLE {table} {}",
-                if filter.is_some() {
-                    "SET ROW FILTER ?"
-                } else {
-                    "DROP ROW FILTER"
-                }
-            ),
-            A::OwnerTo { on, owner } => format!("ALTER {on} OWNER TO {owner}"),
-            A::Declassify { view } => format!("ALTER MATERIALIZED VIEW {view} DECLASSIFY"),
-        },
+        Statement::Access(access) => access_text(access),
     };
     Text::normalize(&sql)
+}
+
+/// The audit text of a grant, role, mask, row filter or ownership statement.
+fn access_text(access: &crate::access::parse::AccessStatement) -> String {
+    use crate::access::parse::AccessStatement as A;
+    match access {
+        A::CreateRole { name, .. } => format!("CREATE ROLE {name}"),
+        A::DropRole { name, .. } => format!("DROP ROLE {name}"),
+        A::Privileges {
+            grant,
+            privileges,
+            on,
+            grantees,
+        } => format!(
+            "{} {} ON {on} {} {}",
+            if *grant { "GRANT" } else { "REVOKE" },
+            if privileges.is_empty() {
+                "ALL".to_string()
+            } else {
+                privileges
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            if *grant { "TO" } else { "FROM" },
+            grantees.join(", ")
+        ),
+        A::Membership {
+            grant,
+            roles,
+            members,
+        } => format!(
+            "{} {} {} {}",
+            if *grant { "GRANT" } else { "REVOKE" },
+            roles.join(", "),
+            if *grant { "TO" } else { "FROM" },
+            members.join(", ")
+        ),
+        A::ShowGrants { to, on } => format!(
+            "SHOW GRANTS{}{}",
+            to.as_ref().map(|t| format!(" TO {t}")).unwrap_or_default(),
+            on.as_ref().map(|o| format!(" ON {o}")).unwrap_or_default()
+        ),
+        A::SetMask {
+            table,
+            column,
+            mask,
+        } => format!(
+            "ALTER TABLE {table} ALTER COLUMN {column} {}",
+            if mask.is_some() {
+                "SET MASK ?"
+            } else {
+                "DROP MASK"
+            }
+        ),
+        A::SetRowFilter { table, filter } => format!(
+            "ALTER TABLE {table} {}",
+            if filter.is_some() {
+                "SET ROW FILTER ?"
+            } else {
+                "DROP ROW FILTER"
+            }
+        ),
+        A::OwnerTo { on, owner } => format!("ALTER {on} OWNER TO {owner}"),
+        A::Declassify { view } => format!("ALTER MATERIALIZED VIEW {view} DECLASSIFY"),
+    }
 }
 
 /// The tables a statement read and wrote, from the privileges it needed.

@@ -349,44 +349,7 @@ impl Warehouse {
             }
         }
         bins.retain(|bin| bin.len() > 1);
-        let mut removes = Vec::new();
-        let mut adds = Vec::new();
-        for bin in &bins {
-            let mut writer = RecordBatchWriter::for_table(&table)
-                .map_err(delta)?
-                .with_writer_properties(writer_properties());
-            let target = writer.arrow_schema();
-            for file in bin {
-                let path: Path = self
-                    .path(&[&name.schema, &name.table])
-                    .parts()
-                    .chain(file.object_store_path().parts())
-                    .collect();
-                // A small file (below the target size) is read whole.
-                let bytes = self
-                    .store
-                    .get(&path)
-                    .await
-                    .map_err(|e| Error::store(&path, e))?
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::store(&path, e))?;
-                let read = |e: deltalake::parquet::errors::ParquetError| {
-                    Error::Internal(format!("{name}: reading {path} to compact it: {e}"))
-                };
-                let batches = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .map_err(read)?
-                    .build()
-                    .map_err(read)?;
-                for batch in batches {
-                    let batch = batch.map_err(|e| read(e.into()))?;
-                    let batch = conform(batch, &target).map_err(delta)?;
-                    writer.write(batch).await.map_err(delta)?;
-                }
-                removes.push(file.remove_action(false));
-            }
-            adds.extend(writer.flush().await.map_err(delta)?);
-        }
+        let (removes, adds) = self.rewrite_bins(name, &table, &bins).await?;
         if removes.is_empty() {
             return Ok(None);
         }
@@ -431,11 +394,7 @@ impl Warehouse {
             outcome => {
                 // Nothing refers to the files just written: take them away again.
                 for add in &adds {
-                    let path: Path = self
-                        .path(&[&name.schema, &name.table])
-                        .parts()
-                        .chain(Path::from(add.path.as_str()).parts())
-                        .collect();
+                    let path = self.data_file(name, &Path::from(add.path.as_str()));
                     let _ = self.store.delete(&path).await;
                 }
                 return outcome;
@@ -450,6 +409,60 @@ impl Warehouse {
             "automatic compaction"
         );
         Ok(Some(version))
+    }
+
+    /// A data file of `name` by its path relative to the table.
+    fn data_file(&self, name: &TableName, relative: &Path) -> Path {
+        self.path(&[&name.schema, &name.table])
+            .parts()
+            .chain(relative.parts())
+            .collect()
+    }
+
+    /// Writes each bin's files as one new file (each small file is read whole): the remove
+    /// actions of the files read and the add actions of the files written.
+    async fn rewrite_bins(
+        &self,
+        name: &TableName,
+        table: &DeltaTable,
+        bins: &[Vec<deltalake::kernel::LogicalFileView>],
+    ) -> Result<(Vec<deltalake::kernel::Remove>, Vec<deltalake::kernel::Add>)> {
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let mut removes = Vec::new();
+        let mut adds = Vec::new();
+        for bin in bins {
+            let mut writer = RecordBatchWriter::for_table(table)
+                .map_err(delta)?
+                .with_writer_properties(writer_properties());
+            let target = writer.arrow_schema();
+            for file in bin {
+                let path = self.data_file(name, &file.object_store_path());
+                // A small file (below the target size) is read whole.
+                let bytes = self
+                    .store
+                    .get(&path)
+                    .await
+                    .map_err(|e| Error::store(&path, e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::store(&path, e))?;
+                let read = |e: deltalake::parquet::errors::ParquetError| {
+                    Error::Internal(format!("{name}: reading {path} to compact it: {e}"))
+                };
+                let batches = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .map_err(read)?
+                    .build()
+                    .map_err(read)?;
+                for batch in batches {
+                    let batch = batch.map_err(|e| read(e.into()))?;
+                    let batch = conform(batch, &target).map_err(delta)?;
+                    writer.write(batch).await.map_err(delta)?;
+                }
+                removes.push(file.remove_action(false));
+            }
+            adds.extend(writer.flush().await.map_err(delta)?);
+        }
+        Ok((removes, adds))
     }
 
     /// Puts a compaction's log entry at the first free version after `read_version`. Only a
