@@ -428,8 +428,8 @@ async fn owners_manage_their_tables_and_listings_show_what_one_may_use() {
             "ALTER TABLE system.audit SET TBLPROPERTIES ('medlake.autoCompact' = 'false')"
         )
         .await,
-        "25006",
-        "the system schema is read-only"
+        "42501",
+        "the audit log is no one's to reconfigure, an admin's neither"
     );
     assert_eq!(
         outcome(&eng, "ALTER TABLE bronze.mine OWNER TO oscar").await,
