@@ -64,6 +64,12 @@ pub const DEFAULT_TARGET_SIZE: u64 = 32 << 20;
 /// compacted table (a few hundred files) is small and quick to write.
 pub const APPEND_CHECKPOINT_INTERVAL: u64 = 10;
 
+/// The smallest target size a table may set.
+const MIN_TARGET_SIZE: u64 = 1 << 20;
+/// The largest target size a table may set: a compaction reads each small file whole, so a
+/// file below the target is held in memory for a moment.
+const MAX_TARGET_SIZE: u64 = 256 << 20;
+
 /// The table properties `ALTER TABLE ... SET TBLPROPERTIES` accepts.
 pub const SETTABLE_PROPERTIES: &[&str] = &[
     AUTO_COMPACT,
@@ -98,7 +104,7 @@ impl AutoCompact {
                 .unwrap_or(DEFAULT_MIN_FILES),
             target_size: get(AUTO_COMPACT_TARGET_SIZE)
                 .and_then(|v| v.parse().ok())
-                .filter(|n| *n >= 1 << 20)
+                .filter(|n| (MIN_TARGET_SIZE..=MAX_TARGET_SIZE).contains(n))
                 .unwrap_or(DEFAULT_TARGET_SIZE),
         })
     }
@@ -125,7 +131,7 @@ pub fn check_property(key: &str, value: &str) -> std::result::Result<&'static st
             .is_ok_and(|n| (2..=1_000_000).contains(&n)),
         _ => value
             .parse::<u64>()
-            .is_ok_and(|n| ((1 << 20)..=(1 << 40)).contains(&n)),
+            .is_ok_and(|n| (MIN_TARGET_SIZE..=MAX_TARGET_SIZE).contains(&n)),
     };
     if fine {
         Ok(known)
@@ -133,7 +139,7 @@ pub fn check_property(key: &str, value: &str) -> std::result::Result<&'static st
         let expected = match *known {
             AUTO_COMPACT => "'true' or 'false'",
             AUTO_COMPACT_MIN_FILES => "a whole number from 2 to 1000000",
-            _ => "a size in bytes from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
+            _ => "a size in bytes from 1048576 (1 MiB) to 268435456 (256 MiB)",
         };
         Err(format!("{known} must be {expected}"))
     }
@@ -587,6 +593,8 @@ mod tests {
         );
         assert!(check_property(AUTO_COMPACT_TARGET_SIZE, "1024").is_err());
         assert!(check_property(AUTO_COMPACT_TARGET_SIZE, "18446744073709551615").is_err());
+        assert!(check_property(AUTO_COMPACT_TARGET_SIZE, "1099511627776").is_err());
+        assert!(check_property(AUTO_COMPACT_TARGET_SIZE, "268435456").is_ok());
         let refused = check_property("delta.appendOnly", "true").unwrap_err();
         assert!(refused.contains("cannot be set"), "{refused}");
         assert!(check_property("delta.enableChangeDataFeed", "false").is_err());
