@@ -6,15 +6,19 @@
 //! reader of it replays them, every checkpoint holds them all (each larger than the last, so
 //! the log grows quadratically: the soak measured 1 GB of log in 32 minutes for one HL7
 //! table) and every snapshot kept in memory grows with them. So, when a checkpoint is due
-//! (every `delta.checkpointInterval` commits, 100 by default) a task of its own writes it
-//! and then, when the table holds at least `medlake.autoCompact.minFiles` files smaller than
-//! `medlake.autoCompact.targetFileSize`, compacts them (deltalake's OPTIMIZE, bin-packing:
-//! `dataChange: false`, so readers of the change feed and incremental refreshes see no
-//! change). The compaction never blocks an append: appends are put-if-absent commits of
-//! their own, and the compaction's commit is rebased by deltalake's conflict checker over
-//! the appends that landed meanwhile (appends never conflict with a compaction). At most one
-//! such task runs per table; a due checkpoint skipped because one is running is written by a
-//! later append (due = the log has grown by the interval since the newest checkpoint).
+//! (every `delta.checkpointInterval` commits, at most [`APPEND_CHECKPOINT_INTERVAL`]) a task
+//! of its own writes it and then, when the table holds at least
+//! `medlake.autoCompact.minFiles` files smaller than `medlake.autoCompact.targetFileSize`,
+//! compacts them: bins of small files up to the target size, each rewritten as one file, and
+//! one `OPTIMIZE` commit whose removes and adds say `dataChange: false` (so readers of the
+//! change feed and incremental refreshes see no change). The compaction never blocks an
+//! append: appends are put-if-absent commits of their own, and the compaction's entry is put
+//! at the first free version after the appends that landed meanwhile (appends never conflict
+//! with it; only a commit that removed one of its files or changed the schema or protocol
+//! makes it give way, its new files deleted again). At most one such task runs per table; a
+//! checkpoint that falls due while it runs is written by it afterwards (the newest such
+//! version). The audit log is compacted too: `medlake audit verify` reads every audit
+//! commit's rows by `seq` from whichever files hold them now.
 //!
 //! `ALTER TABLE t SET TBLPROPERTIES ('medlake.autoCompact' = 'false')` turns it off for a
 //! table (for example one that a manual `OPTIMIZE ... ZORDER BY` keeps in order).
@@ -225,7 +229,7 @@ impl Warehouse {
                     .checkpoint_and_compact(&name, version, cleanup.then_some(retention))
                     .await
                 {
-                    warn!(table = %name, version, error = %e, "checkpoint or compaction after an append failed");
+                    warn!(table = %name, version, error = %medlake_common::error_chain(&e), "checkpoint or compaction after an append failed");
                 }
                 let mut maintaining = warehouse
                     .maintaining
@@ -318,13 +322,6 @@ impl Warehouse {
         name: &TableName,
         table: DeltaTable,
     ) -> Result<Option<u64>> {
-        // The audit log is verified commit by commit (`medlake audit verify` reads each
-        // audit commit's own data files and admits no other commit with files): a
-        // compaction would read as tampering. Not compacted until the verifier can check
-        // that a compaction's files hold exactly the rows of the files it replaced.
-        if name.schema == "system" && name.table == "audit" {
-            return Ok(None);
-        }
         let delta = |e| Error::delta(&name.schema, &name.table, e);
         let snapshot = table.snapshot().map_err(delta)?;
         let Some(policy) = AutoCompact::of(snapshot.metadata().configuration()) else {

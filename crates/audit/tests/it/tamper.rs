@@ -149,3 +149,153 @@ async fn delta_writers_refuse_to_overwrite_the_audit() {
     let report = verify(&wh).await.unwrap();
     assert!(report.is_ok(), "{report}");
 }
+
+/// Writes `actions` as version `version` of `system.audit`'s log, behind medlake's back.
+fn commit_entry(table: &Path, version: u64, actions: &[serde_json::Value]) {
+    let entry = actions
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        table.join("_delta_log").join(format!("{version:020}.json")),
+        entry,
+    )
+    .unwrap();
+}
+
+/// An `OPTIMIZE` entry as any Delta writer's compaction: `removed` out, `added` in, no
+/// change of data.
+fn optimize(removed: &[String], added: &[(&str, usize)]) -> Vec<serde_json::Value> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut actions = vec![serde_json::json!({"commitInfo": {
+        "timestamp": now, "operation": "OPTIMIZE",
+        "operationParameters": {"targetSize": "33554432"}}})];
+    actions.extend(removed.iter().map(|path| {
+        serde_json::json!({"remove": {"path": path, "deletionTimestamp": now, "dataChange": false}})
+    }));
+    actions.extend(added.iter().map(|(path, size)| {
+        serde_json::json!({"add": {"path": path, "partitionValues": {}, "size": size,
+            "modificationTime": now, "dataChange": false}})
+    }));
+    actions
+}
+
+/// The audit log is compacted automatically like any micro-batched table (one small file per
+/// audit commit): verify reads every audit commit's rows from the compacted files, also
+/// after VACUUM deleted the files the commits added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_and_vacuumed_audit_log_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = warehouse(dir.path()).await;
+    let log = AuditLog::open(wh.clone(), settings()).await.unwrap();
+    // 70 commits: the checkpoint of version 59 finds 59 small files (the default policy
+    // compacts 50 or more).
+    for i in 0..70 {
+        log.record_write(write(i)).await.unwrap();
+        if i == 60 {
+            wh.settle().await;
+        }
+    }
+    log.close().await.unwrap();
+    wh.settle().await;
+    let report = verify(&wh).await.unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert!(report.compactions >= 1, "{report}");
+    assert_eq!((report.commits, report.events), (70, 70), "{report}");
+    let live = wh
+        .open_table(&table_name())
+        .await
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .num_files();
+    assert!(live < 30, "{live} files after compaction");
+    // VACUUM (forced, no retention) deletes the files the first audit commits added.
+    let first = table_dir(dir.path()).join(file_of(&wh, 1).await);
+    wh.vacuum(&table_name(), Some(std::time::Duration::ZERO), false, true)
+        .await
+        .unwrap();
+    assert!(!first.exists(), "VACUUM kept {}", first.display());
+    let report = verify(&wh).await.unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!((report.commits, report.events), (70, 70), "{report}");
+    assert!(report.other_commits >= 2, "VACUUM START and END: {report}");
+    assert!(report.to_string().contains("compactions"), "{report}");
+}
+
+/// A compaction is checked by what it kept: one that rewrites a file with a value changed
+/// breaks the chain at the audit commit whose row it changed; one that drops a file's rows,
+/// at the commit whose rows are gone; one that holds a row twice, there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_that_changes_drops_or_repeats_rows_breaks_the_chain() {
+    for (case, version, seq, reason) in [
+        ("changed", 2, 3, "a value was changed"),
+        ("dropped", 3, 5, "the table holds 0 of its rows"),
+        ("repeated", 2, 3, "the table holds 4 of its rows"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = warehouse(dir.path()).await;
+        three_commits(&wh).await;
+        let table = table_dir(dir.path());
+        let (second, third) = (file_of(&wh, 2).await, file_of(&wh, 3).await);
+        let entry = match case {
+            "changed" => {
+                let edited = tampered(&table.join(&second));
+                std::fs::write(
+                    table.join("part-00000-compacted-c000.snappy.parquet"),
+                    &edited,
+                )
+                .unwrap();
+                optimize(
+                    std::slice::from_ref(&second),
+                    &[("part-00000-compacted-c000.snappy.parquet", edited.len())],
+                )
+            }
+            "dropped" => optimize(std::slice::from_ref(&third), &[]),
+            _ => {
+                let copy = std::fs::read(table.join(&second)).unwrap();
+                let copies = [
+                    "part-00000-a-c000.snappy.parquet",
+                    "part-00000-b-c000.snappy.parquet",
+                ];
+                for name in copies {
+                    std::fs::write(table.join(name), &copy).unwrap();
+                }
+                optimize(
+                    std::slice::from_ref(&second),
+                    &copies.map(|name| (name, copy.len())),
+                )
+            }
+        };
+        commit_entry(&table, 4, &entry);
+        let report = verify(&wh).await.unwrap();
+        let broken = report.broken.clone().expect("the chain is broken");
+        assert_eq!(
+            (broken.version, broken.seq),
+            (version, Some(seq)),
+            "{case}: {report}"
+        );
+        assert!(broken.reason.contains(reason), "{case}: {report}");
+        assert_eq!(report.commits, version - 1, "{case}: {report}");
+    }
+}
+
+/// An entry that says OPTIMIZE but changes data (a remove with `dataChange: true`) is not a
+/// compaction: the chain breaks at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optimize_that_changes_data_is_not_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = warehouse(dir.path()).await;
+    three_commits(&wh).await;
+    let table = table_dir(dir.path());
+    let mut entry = optimize(&[file_of(&wh, 3).await], &[]);
+    entry[1]["remove"]["dataChange"] = true.into();
+    commit_entry(&table, 4, &entry);
+    let report = verify(&wh).await.unwrap();
+    let broken = report.broken.clone().expect("the chain is broken");
+    assert_eq!((broken.version, broken.seq), (4, None), "{report}");
+    assert!(broken.reason.contains("not a compaction"), "{report}");
+    assert_eq!((report.commits, report.events), (3, 6), "{report}");
+}

@@ -164,26 +164,3 @@ async fn appended_tables_are_compacted_without_losing_or_doubling_a_row() {
     assert_eq!(compactions(&warehouse, &name).await, compacted);
     assert_eq!(rows(&warehouse, &name).await, (n, n, n * (n + 1) / 2));
 }
-
-/// `system.audit` is verified commit by commit (`medlake audit verify`): never compacted.
-#[tokio::test]
-async fn the_audit_log_is_never_compacted() {
-    let dir = tempfile::tempdir().unwrap();
-    let warehouse = Warehouse::open(dir.path().join("wh").to_str().unwrap())
-        .await
-        .unwrap();
-    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
-    let name = TableName::new("system", "audit").unwrap();
-    warehouse.create_table(&name, &schema, false).await.unwrap();
-    warehouse
-        .set_table_properties(&name, &[(AUTO_COMPACT_MIN_FILES.into(), "2".into())])
-        .await
-        .unwrap();
-    let mut appender = warehouse.open_appender(&name).await.unwrap();
-    for n in 1..=40 {
-        append(&warehouse, &mut appender, n).await;
-    }
-    warehouse.settle().await;
-    assert!(compactions(&warehouse, &name).await.is_empty());
-    assert_eq!(files(&warehouse, &name).await, 40);
-}
