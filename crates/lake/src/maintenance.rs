@@ -327,21 +327,49 @@ impl Warehouse {
         let Some(policy) = AutoCompact::of(snapshot.metadata().configuration()) else {
             return Ok(None);
         };
-        // Partitioned tables (medlake creates none) and files with deletion vectors (written
-        // by another engine) are left to OPTIMIZE.
-        if !snapshot.metadata().partition_columns().is_empty() {
-            return Ok(None);
+        Ok(match self.compact(name, &table, &policy, true).await? {
+            Compaction::Committed { version, .. } => Some(version),
+            Compaction::Nothing | Compaction::GaveWay => None,
+        })
+    }
+
+    /// Whether [`Warehouse::compact`] can compact `table`: it holds no partitions (medlake
+    /// creates none) and no file with a deletion vector (written by another engine); those
+    /// are left to deltalake's OPTIMIZE.
+    pub(crate) fn compactable(table: &DeltaTable) -> bool {
+        table.snapshot().is_ok_and(|snapshot| {
+            snapshot.metadata().partition_columns().is_empty()
+                && snapshot
+                    .log_data()
+                    .iter()
+                    .all(|file| file.deletion_vector_descriptor().is_none())
+        })
+    }
+
+    /// Rewrites `table`'s files smaller than `policy.target_size` into bins of up to that
+    /// size, when there are at least `policy.min_files` of them, and commits one `OPTIMIZE`
+    /// (`dataChange: false`) at the first free version: appends landing meanwhile never
+    /// stand in its way (see [`Warehouse::commit_compaction`]). Automatic compactions and
+    /// `OPTIMIZE` without ZORDER BY share it.
+    pub(crate) async fn compact(
+        &self,
+        name: &TableName,
+        table: &DeltaTable,
+        policy: &AutoCompact,
+        automatic: bool,
+    ) -> Result<Compaction> {
+        if !Self::compactable(table) {
+            return Ok(Compaction::Nothing);
         }
+        let delta = |e| Error::delta(&name.schema, &name.table, e);
+        let snapshot = table.snapshot().map_err(delta)?;
         let small: Vec<_> = snapshot
             .log_data()
             .iter()
-            .filter(|file| {
-                (file.size().max(0) as u64) < policy.target_size
-                    && file.deletion_vector_descriptor().is_none()
-            })
+            .filter(|file| (file.size().max(0) as u64) < policy.target_size)
             .collect();
         if small.len() < policy.min_files {
-            return Ok(None);
+            return Ok(Compaction::Nothing);
         }
         let started = std::time::Instant::now();
         // Bins of files whose sizes add up to at most the target, in the snapshot's order.
@@ -359,45 +387,24 @@ impl Warehouse {
             }
         }
         bins.retain(|bin| bin.len() > 1);
-        let (removes, adds) = self.rewrite_bins(name, &table, &bins).await?;
+        let (removes, adds) = self.rewrite_bins(name, table, &bins).await?;
         if removes.is_empty() {
-            return Ok(None);
+            return Ok(Compaction::Nothing);
         }
         let removed: HashSet<String> = removes.iter().map(|r| r.path.clone()).collect();
         let (files_removed, files_added) = (removes.len(), adds.len());
         let read_version = table.version().unwrap_or_default();
-        let operation = DeltaOperation::Optimize {
-            predicate: None,
-            target_size: policy.target_size.min(i64::MAX as u64) as i64,
-        };
-        let metadata = [
-            (
-                "operationMetrics".to_string(),
-                serde_json::json!({
-                    "numFilesAdded": files_added,
-                    "numFilesRemoved": files_removed,
-                    "numBatches": bins.len(),
-                    "totalConsideredFiles": files_removed,
-                }),
-            ),
-            ("readVersion".to_string(), read_version.into()),
-            ("medlakeAutoCompaction".to_string(), true.into()),
-        ]
-        .into_iter()
-        .collect();
-        let actions: Vec<Action> = removes
-            .into_iter()
-            .map(Action::Remove)
-            .chain(adds.iter().cloned().map(|mut add| {
-                add.data_change = false;
-                Action::Add(add)
-            }))
-            .collect();
-        let entry = CommitData::new(actions, operation, metadata, Vec::new())
-            .get_bytes()
-            .map_err(|e| delta(e.into()))?;
+        let entry = compaction_entry(
+            removes,
+            &adds,
+            policy.target_size,
+            read_version,
+            bins.len(),
+            automatic,
+        )
+        .map_err(delta)?;
         let committed = self
-            .commit_compaction(name, &table, read_version, entry, &removed)
+            .commit_compaction(name, table, read_version, entry, &removed)
             .await;
         let version = match committed {
             Ok(Some(version)) => version,
@@ -407,7 +414,7 @@ impl Warehouse {
                     let path = self.data_file(name, &Path::from(add.path.as_str()));
                     let _ = self.store.delete(&path).await;
                 }
-                return outcome;
+                return outcome.map(|_| Compaction::GaveWay);
             }
         };
         info!(
@@ -415,10 +422,15 @@ impl Warehouse {
             version,
             files_removed,
             files_added,
+            automatic,
             ms = started.elapsed().as_millis() as u64,
-            "automatic compaction"
+            "compaction"
         );
-        Ok(Some(version))
+        Ok(Compaction::Committed {
+            version,
+            files_removed: files_removed as u64,
+            files_added: files_added as u64,
+        })
     }
 
     /// A data file of `name` by its path relative to the table.
@@ -528,6 +540,63 @@ impl Warehouse {
         }
         Ok(None)
     }
+}
+
+/// What [`Warehouse::compact`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Compaction {
+    /// Too few small files (or a table it leaves to deltalake's OPTIMIZE).
+    Nothing,
+    /// A commit that rewrote one of its files, or changed the schema or protocol, landed
+    /// first: nothing was committed, its files were deleted again.
+    GaveWay,
+    Committed {
+        version: u64,
+        files_removed: u64,
+        files_added: u64,
+    },
+}
+
+/// The log entry of a compaction: its removes, its adds (`dataChange: false`) and an
+/// `OPTIMIZE` commitInfo with deltalake's operation metrics.
+fn compaction_entry(
+    removes: Vec<deltalake::kernel::Remove>,
+    adds: &[deltalake::kernel::Add],
+    target_size: u64,
+    read_version: u64,
+    bins: usize,
+    automatic: bool,
+) -> std::result::Result<bytes::Bytes, deltalake::DeltaTableError> {
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: target_size.min(i64::MAX as u64) as i64,
+    };
+    let mut metadata: HashMap<String, Value> = [
+        (
+            "operationMetrics".to_string(),
+            serde_json::json!({
+                "numFilesAdded": adds.len(),
+                "numFilesRemoved": removes.len(),
+                "numBatches": bins,
+                "totalConsideredFiles": removes.len(),
+            }),
+        ),
+        ("readVersion".to_string(), read_version.into()),
+    ]
+    .into_iter()
+    .collect();
+    if automatic {
+        metadata.insert("medlakeAutoCompaction".to_string(), true.into());
+    }
+    let actions: Vec<Action> = removes
+        .into_iter()
+        .map(Action::Remove)
+        .chain(adds.iter().cloned().map(|mut add| {
+            add.data_change = false;
+            Action::Add(add)
+        }))
+        .collect();
+    Ok(CommitData::new(actions, operation, metadata, Vec::new()).get_bytes()?)
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::location::{build_store, parse_location, redact, register_cloud_schemes};
+use crate::maintenance::{AutoCompact, Compaction};
 
 /// Schemas every warehouse has. `public` is the default schema of a session, as in Postgres.
 /// `system` holds medlake's own tables (refresh history, expectation results); the engine
@@ -1798,6 +1799,47 @@ impl Warehouse {
         } else {
             zorder
         };
+        // Bin-packing of a table medlake can compact itself: its own compaction, whose
+        // commit never loses to appends (deltalake's rechecks its whole read set for every
+        // newer commit and gave up under a busy ingest door with 40001).
+        if zorder.is_empty() && Self::compactable(&table) {
+            let target = match target_size {
+                Some(size) => size.get(),
+                None => table
+                    .snapshot()
+                    .map_err(|e| Error::delta(&name.schema, &name.table, e))?
+                    .table_config()
+                    .target_file_size()
+                    .get(),
+            };
+            let policy = AutoCompact {
+                min_files: 2,
+                target_size: target,
+            };
+            return match self.compact(name, &table, &policy, false).await? {
+                Compaction::Nothing => Ok(OptimizeOutcome {
+                    version: before,
+                    files_added: 0,
+                    files_removed: 0,
+                }),
+                Compaction::GaveWay => Err(Error::Conflict {
+                    schema: name.schema.clone(),
+                    table: name.table.clone(),
+                    source: Box::new(deltalake::DeltaTableError::Generic(
+                        "a concurrent commit rewrote files OPTIMIZE was compacting".into(),
+                    )),
+                }),
+                Compaction::Committed {
+                    version,
+                    files_removed,
+                    files_added,
+                } => Ok(OptimizeOutcome {
+                    version,
+                    files_added,
+                    files_removed,
+                }),
+            };
+        }
         let mut builder = table
             .optimize()
             .with_session_state(session)
