@@ -1816,7 +1816,17 @@ impl Warehouse {
                 min_files: 2,
                 target_size: target,
             };
-            return match self.compact(name, &table, &policy, false).await? {
+            // A commit that rewrote files it was compacting (the automatic compaction, a
+            // DELETE or MERGE) makes it start over from the new snapshot, twice at most.
+            let mut outcome = self.compact(name, &table, &policy, false).await?;
+            for _ in 0..2 {
+                if outcome != Compaction::GaveWay {
+                    break;
+                }
+                let table = self.open_table(name).await?;
+                outcome = self.compact(name, &table, &policy, false).await?;
+            }
+            return match outcome {
                 Compaction::Nothing => Ok(OptimizeOutcome {
                     version: before,
                     files_added: 0,
