@@ -96,20 +96,15 @@ async fn a_commit_that_replaces_a_file_breaks_the_chain() {
     std::fs::write(table.join(replacement), &edited).unwrap();
     // Version 4, written as any Delta writer would: remove the file, add the edited one.
     let now = chrono::Utc::now().timestamp_millis();
-    let entry = [
-        serde_json::json!({"commitInfo": {"timestamp": now, "operation": "WRITE", "operationParameters": {"mode": "Overwrite"}}}),
-        serde_json::json!({"remove": {"path": original, "deletionTimestamp": now, "dataChange": true}}),
-        serde_json::json!({"add": {"path": replacement, "partitionValues": {}, "size": edited.len(), "modificationTime": now, "dataChange": true}}),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect::<Vec<_>>()
-    .join("\n");
-    std::fs::write(
-        table.join("_delta_log").join(format!("{:020}.json", 4)),
-        entry,
-    )
-    .unwrap();
+    commit_entry(
+        &table,
+        4,
+        &[
+            serde_json::json!({"commitInfo": {"timestamp": now, "operation": "WRITE", "operationParameters": {"mode": "Overwrite"}}}),
+            serde_json::json!({"remove": {"path": original, "deletionTimestamp": now, "dataChange": true}}),
+            serde_json::json!({"add": {"path": replacement, "partitionValues": {}, "size": edited.len(), "modificationTime": now, "dataChange": true}}),
+        ],
+    );
     // Readers of the table now see the edited row...
     let users = texts(&rows(&wh).await, "user_name");
     assert!(users.contains(&"nobody".to_string()), "{users:?}");
