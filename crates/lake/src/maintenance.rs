@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::PoisonError;
 
 use chrono::Utc;
+use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 use deltalake::kernel::transaction::{CommitData, TransactionError};
 use deltalake::logstore::CommitOrBytes;
@@ -34,7 +35,6 @@ use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableBuilder};
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
 use serde_json::Value;
@@ -258,9 +258,7 @@ impl Warehouse {
         let delta = |e| Error::delta(&name.schema, &name.table, e);
         // The newest version, not `version` itself: a compaction committed since the
         // checkpoint fell due has already replaced files that `version` still lists.
-        let table = DeltaTableBuilder::from_url(self.table_url(name)?)
-            .map_err(delta)?
-            .load()
+        let table = crate::warehouse::load_newest(self.table_url(name)?)
             .await
             .map_err(delta)?;
         let version = table.version().unwrap_or(version);

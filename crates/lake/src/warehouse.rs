@@ -237,6 +237,30 @@ pub const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
 /// deltalake 1.1 cannot write: every later write would fail).
 pub const CLUSTER_BY: &str = "medlake.clusterBy";
 
+/// Loads the newest version of the table at `url`. A listing of `_delta_log` taken while
+/// other writers put commits can miss a new entry and see a newer one (a local folder's
+/// readdir is no snapshot when entries are added during it), which the Delta kernel reports
+/// as "Expected contiguous commit files, but found gap" (a generic error, known only by its
+/// text): such a load is tried again, three times at most, 20, 40 and 60 ms later.
+pub(crate) async fn load_newest(url: Url) -> std::result::Result<DeltaTable, DeltaTableError> {
+    let mut tries = 0u64;
+    loop {
+        match DeltaTableBuilder::from_url(url.clone())?.load().await {
+            Err(e) if tries < 3 && listing_raced(&e) => {
+                tries += 1;
+                debug!(error = %e, tries, "a log listing raced a commit; loading again");
+                tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+            }
+            loaded => return loaded,
+        }
+    }
+}
+
+/// Whether a load failed only because its log listing raced a commit (see [`load_newest`]).
+fn listing_raced(e: &DeltaTableError) -> bool {
+    medlake_common::error_chain(e).contains("Expected contiguous commit files, but found gap")
+}
+
 /// The `CLUSTER BY` columns recorded in a table's properties (none when the property is
 /// absent or not a JSON array of names).
 pub fn cluster_columns(configuration: &HashMap<String, String>) -> Vec<String> {
@@ -702,9 +726,9 @@ impl Warehouse {
         }
         let url = self.table_url(name)?;
         let delta = |e| Error::delta(&name.schema, &name.table, e);
-        let builder = DeltaTableBuilder::from_url(url).map_err(delta)?;
+        let builder = DeltaTableBuilder::from_url(url.clone()).map_err(delta)?;
         match at {
-            None => builder.load().await.map_err(delta),
+            None => load_newest(url).await.map_err(delta),
             Some(TimeTravel::Version(version)) => {
                 let versions = self
                     .log_versions(&self.path(&[&name.schema, &name.table]))
@@ -1951,5 +1975,23 @@ fn history_entry(version: u64, info: &Value) -> HistoryEntry {
             .or_else(|| info.get("clientVersion"))
             .and_then(Value::as_str)
             .map(str::to_string),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_listing_that_raced_a_commit_is_loaded_again() {
+        let raced = DeltaTableError::Generic(
+            "Generic delta kernel error: Expected contiguous commit files, but found gap: \
+             ParsedLogPath { filename: \"00000000000000002347.json\" }"
+                .into(),
+        );
+        assert!(listing_raced(&raced));
+        let other = DeltaTableError::Generic("No files in log segment".into());
+        assert!(!listing_raced(&other));
+        assert!(!listing_raced(&DeltaTableError::NotATable("t".into())));
     }
 }
