@@ -128,6 +128,10 @@ sbom() {
 case "${1:-check}" in
   check)
     install cargo-deny "$CARGO_DENY_VERSION" cargo-deny
+    # cargo deny reads the crates' manifests (cargo metadata) offline: on a machine whose
+    # registry is empty (a fresh CI runner) they must be downloaded first, as Cargo.lock says.
+    echo "== cargo fetch --locked (the crates cargo deny reads)"
+    cargo fetch --locked
     echo "== cargo deny check licenses bans sources (deny.toml; offline)"
     # Without the inclusion graphs the 24 duplicate-version warnings take 170 lines, not
     # 13,000; `cargo deny check bans` shows who pulls each version.
