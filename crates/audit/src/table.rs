@@ -94,14 +94,21 @@ pub(crate) enum Kind {
 }
 
 /// Table properties of `system.audit`: append-only (Delta writers refuse to remove rows),
-/// and neither VACUUM nor log cleanup below the 6 years of [`MIN_RETENTION`] by default.
+/// and no log cleanup below the 6 years of [`MIN_RETENTION`] (the log's commits are the
+/// chain). Removed files are kept as tombstones for Delta's default week, not 6 years: the
+/// automatic compaction removes every small file of the log once its rows are in a larger
+/// one (`medlake audit verify` reads each commit's rows wherever they are now), and every
+/// checkpoint lists every tombstone still kept, so 6 years of them made each checkpoint
+/// larger than the last without end (one per audit commit ever compacted). A VACUUM of the
+/// log still keeps 6 years unless an auditor forces less ([`crate::check_vacuum`], the
+/// engine's rule); it only ever deletes such replaced copies.
 fn properties() -> Vec<(String, String)> {
     let days = MIN_RETENTION.as_secs() / 86_400;
     vec![
         ("delta.appendOnly".into(), "true".into()),
         (
             "delta.deletedFileRetentionDuration".into(),
-            format!("interval {days} days"),
+            "interval 7 days".into(),
         ),
         (
             "delta.logRetentionDuration".into(),

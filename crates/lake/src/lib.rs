@@ -11,6 +11,7 @@
 
 pub mod backup;
 pub mod changes;
+pub mod checkpoints;
 mod clone;
 mod cluster;
 mod dml;

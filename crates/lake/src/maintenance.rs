@@ -6,7 +6,8 @@
 //! reader of it replays them, every checkpoint holds them all (each larger than the last, so
 //! the log grows quadratically: the soak measured 1 GB of log in 32 minutes for one HL7
 //! table) and every snapshot kept in memory grows with them. So, when a checkpoint is due
-//! (every `delta.checkpointInterval` commits, at most [`APPEND_CHECKPOINT_INTERVAL`]) a task
+//! (every `delta.checkpointInterval` commits, at most [`APPEND_CHECKPOINT_INTERVAL`], more
+//! as the checkpoint grows: see `checkpoints.rs`, which also deletes superseded ones) a task
 //! of its own writes it and then, when the table holds at least
 //! `medlake.autoCompact.minFiles` files smaller than `medlake.autoCompact.targetFileSize`,
 //! compacts them: bins of small files up to the target size, each rewritten as one file, and
@@ -58,15 +59,7 @@ pub const DEFAULT_MIN_FILES: usize = 50;
 /// otherwise: 32 MiB, a few million readings.
 pub const DEFAULT_TARGET_SIZE: u64 = 32 << 20;
 
-/// Blind-appended tables are checkpointed at least every this many commits (their
-/// `delta.checkpointInterval` when smaller). Every reader that opens a table replays the
-/// commits since its newest checkpoint, and the Delta kernel (through deltalake 1.1, which
-/// fixes its settings) reads up to 1,000 of them at once, each with a JSON decoder sized for
-/// 1,000 rows of the whole action schema: about 3 MiB per commit file. 100 commits since a
-/// checkpoint made each open of a micro-batched table allocate ~300 MiB for a moment, and
-/// the soak saw 1.5 GiB of such decoders at once; with 10 it is ~30 MiB. The checkpoint of a
-/// compacted table (a few hundred files) is small and quick to write.
-pub const APPEND_CHECKPOINT_INTERVAL: u64 = 10;
+pub use crate::checkpoints::APPEND_CHECKPOINT_INTERVAL;
 
 /// The smallest target size a table may set.
 const MIN_TARGET_SIZE: u64 = 1 << 20;
@@ -190,10 +183,14 @@ impl Warehouse {
             return;
         };
         let config = state.table_config();
-        let interval = config
-            .checkpoint_interval()
-            .get()
-            .min(APPEND_CHECKPOINT_INTERVAL);
+        let actions = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&appender.name)
+            .map_or(0, |log| log.actions);
+        let interval =
+            crate::checkpoints::append_interval(config.checkpoint_interval().get(), actions);
         if !checkpoint_due(appender.version, appender.checkpointed, interval) {
             return;
         }
@@ -265,6 +262,30 @@ impl Warehouse {
         deltalake::checkpoints::create_checkpoint(&table, None)
             .await
             .map_err(delta)?;
+        let actions = self.last_checkpoint_hint(name).await.map_or(0, |(_, n)| n);
+        let (anchor, cleaned) = {
+            let mut logs = self
+                .checkpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let log = logs.entry(name.clone()).or_default();
+            log.actions = actions;
+            (log.anchor, log.cleaned)
+        };
+        let anchor = self.thin_checkpoints(name, anchor).await?;
+        let cleanup = cleanup
+            .filter(|_| cleaned.is_none_or(|at| at.elapsed() >= crate::checkpoints::CLEANUP_EVERY));
+        {
+            let mut logs = self
+                .checkpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let log = logs.entry(name.clone()).or_default();
+            log.anchor = anchor;
+            if cleanup.is_some() {
+                log.cleaned = Some(std::time::Instant::now());
+            }
+        }
         if let Some(retention) = cleanup {
             let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
             deltalake::checkpoints::cleanup_expired_logs_for(
@@ -279,11 +300,56 @@ impl Warehouse {
         debug!(
             table = %name,
             version,
+            actions,
             ms = started.elapsed().as_millis() as u64,
             "checkpoint written"
         );
         self.auto_compact(name, table).await?;
         Ok(())
+    }
+
+    /// Deletes the checkpoints of `name` that [`crate::checkpoints::thinning`] lets go (those
+    /// newer than `anchor`, or all when `None`, are looked at); returns the new anchor.
+    async fn thin_checkpoints(&self, name: &TableName, anchor: Option<u64>) -> Result<Option<u64>> {
+        use futures::TryStreamExt as _;
+        let log = self.path(&[&name.schema, &name.table, crate::warehouse::DELTA_LOG]);
+        let offset = anchor.map(|a| log.clone().join(format!("{a:020}.checkpoint.parquet")));
+        let listing = match &offset {
+            Some(offset) => self.store.list_with_offset(Some(&log), offset),
+            None => self.store.list(Some(&log)),
+        };
+        let files: Vec<object_store::ObjectMeta> = listing
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(&log, e))?;
+        let checkpoints: Vec<(u64, Path, chrono::DateTime<Utc>)> = files
+            .into_iter()
+            .filter_map(|meta| {
+                let file = meta.location.filename()?;
+                let (digits, rest) = file.split_at_checked(20)?;
+                let version = digits.parse::<u64>().ok()?;
+                rest.starts_with(".checkpoint.").then_some((
+                    version,
+                    meta.location,
+                    meta.last_modified,
+                ))
+            })
+            .collect();
+        let listed: Vec<_> = checkpoints.iter().map(|(v, _, at)| (*v, *at)).collect();
+        let (anchor, delete) =
+            crate::checkpoints::thinning(anchor, &listed, Utc::now(), self.checkpoint_grace);
+        for (version, path, _) in &checkpoints {
+            if delete.contains(version) {
+                match self.store.delete(path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::store(path, e)),
+                }
+            }
+        }
+        if !delete.is_empty() {
+            debug!(table = %name, deleted = delete.len(), ?anchor, "superseded checkpoints deleted");
+        }
+        Ok(anchor)
     }
 
     /// `ALTER TABLE name SET TBLPROPERTIES (...)`: one metadata commit setting the given

@@ -42,7 +42,7 @@ pub const BUILT_IN_SCHEMAS: &[&str] = &["public", "bronze", "silver", "gold", "s
 const SCHEMA_MARKER: &str = "_medlake_schema.json";
 /// The object that hides a table whose files are being deleted by DROP TABLE.
 pub(crate) const DROPPED_MARKER: &str = "_medlake_dropped";
-const DELTA_LOG: &str = "_delta_log";
+pub(crate) const DELTA_LOG: &str = "_delta_log";
 /// The object that makes a table folder an external table: its definition (source kind,
 /// location, options with `${NAME}` secret references, never secret values).
 const EXTERNAL_MARKER: &str = "_medlake_external.json";
@@ -469,6 +469,11 @@ pub struct Warehouse {
     /// Tables whose checkpoint or automatic compaction is running (`maintenance.rs`: one task
     /// per table), each with the newest version whose checkpoint fell due meanwhile.
     pub(crate) maintaining: Arc<std::sync::Mutex<HashMap<TableName, Option<u64>>>>,
+    /// What the maintenance tasks remember of each table's checkpoints (`checkpoints.rs`).
+    pub(crate) checkpoints:
+        Arc<std::sync::Mutex<HashMap<TableName, crate::checkpoints::CheckpointLog>>>,
+    /// How long a superseded checkpoint stays ([`crate::checkpoints::GRACE`]).
+    pub(crate) checkpoint_grace: std::time::Duration,
 }
 
 impl fmt::Debug for Warehouse {
@@ -494,6 +499,8 @@ impl Warehouse {
             erasures: Arc::default(),
             snapshots: Arc::default(),
             maintaining: Arc::default(),
+            checkpoints: Arc::default(),
+            checkpoint_grace: crate::checkpoints::GRACE,
         };
         crate::backup::refuse_unfinished_restore(&warehouse).await?;
         for schema in BUILT_IN_SCHEMAS {
@@ -501,6 +508,14 @@ impl Warehouse {
         }
         info!(url = %redact(warehouse.url.as_str()), "warehouse open");
         Ok(warehouse)
+    }
+
+    /// This warehouse with superseded checkpoints deleted `grace` after the checkpoint that
+    /// supersedes them was written instead of [`crate::checkpoints::GRACE`]: for tests.
+    #[doc(hidden)]
+    pub fn with_checkpoint_grace(mut self, grace: std::time::Duration) -> Self {
+        self.checkpoint_grace = grace;
+        self
     }
 
     /// The warehouse's root URL (ends with `/`).
@@ -1197,12 +1212,21 @@ impl Warehouse {
     /// The version in a table's `_last_checkpoint`, if the file is there and readable (a
     /// missing or damaged hint only makes the next checkpoint come sooner).
     async fn last_checkpoint(&self, name: &TableName) -> Option<u64> {
+        self.last_checkpoint_hint(name)
+            .await
+            .map(|(version, _)| version)
+    }
+
+    /// The version and the number of actions (`size`; 0 when missing) in a table's
+    /// `_last_checkpoint`, if the file is there and readable.
+    pub(crate) async fn last_checkpoint_hint(&self, name: &TableName) -> Option<(u64, u64)> {
         let path = self
             .path(&[&name.schema, &name.table, DELTA_LOG])
             .join("_last_checkpoint");
         let bytes = self.store.get(&path).await.ok()?.bytes().await.ok()?;
         let hint: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        hint.get("version")?.as_u64()
+        let size = hint.get("size").and_then(serde_json::Value::as_u64);
+        Some((hint.get("version")?.as_u64()?, size.unwrap_or(0)))
     }
 
     /// The metadata of a table's log entry for `version`, if it is there.

@@ -112,3 +112,80 @@ async fn a_missed_checkpoint_is_caught_up_by_the_next_append() {
         .sum();
     assert_eq!(rows, 109);
 }
+
+fn checkpoint_versions(table: &std::path::Path) -> Vec<u64> {
+    let mut versions: Vec<u64> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".checkpoint.parquet")?.parse().ok()
+        })
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
+async fn rows_at(warehouse: &Warehouse, name: &TableName, version: u64) -> usize {
+    let at = medlake_lake::TimeTravel::Version(version);
+    let (provider, read) = warehouse.table_provider(name, Some(&at)).await.unwrap();
+    assert_eq!(read, version);
+    SessionContext::new()
+        .read_table(provider)
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum()
+}
+
+/// Superseded checkpoints are deleted (`checkpoints.rs`): of 45 written, one per 200 versions
+/// and the newest stay, and every version still reads back (time travel starts from an older
+/// checkpoint and replays more commits).
+#[tokio::test]
+async fn superseded_checkpoints_are_deleted_and_every_version_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = Warehouse::open(dir.path().join("wh").to_str().unwrap())
+        .await
+        .unwrap()
+        .with_checkpoint_grace(std::time::Duration::ZERO);
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+    let name = TableName::new("bronze", "appended").unwrap();
+    warehouse.create_table(&name, &schema, false).await.unwrap();
+    let table = dir.path().join("wh/bronze/appended");
+    warehouse
+        .set_table_properties(&name, &[("medlake.autoCompact".into(), "false".into())])
+        .await
+        .unwrap();
+    let mut appender = warehouse.open_appender(&name).await.unwrap();
+    let mut version = 1;
+    while version < 450 {
+        version = append(&warehouse, &mut appender, version as i64).await;
+    }
+    warehouse.settle().await;
+    let kept = checkpoint_versions(&table);
+    let newest = last_checkpoint(&table).expect("a checkpoint");
+    assert!(newest >= 440, "checkpointed up to {newest}");
+    assert_eq!(kept.last(), Some(&newest), "the newest stays: {kept:?}");
+    assert!(
+        (3..=5).contains(&kept.len()),
+        "one checkpoint per 200 versions and the newest: {kept:?}"
+    );
+    for pair in kept.windows(2) {
+        // 200 and up to an interval more: a checkpoint falling due while one is written is
+        // written after it, of the newest version then.
+        assert!(
+            pair[1] - pair[0] <= 240,
+            "anchors ~200 versions apart: {kept:?}"
+        );
+    }
+    // Versions 2.. are the appends, one row each.
+    for version in (2..=450).step_by(37).chain([newest - 1, 450]) {
+        assert_eq!(
+            rows_at(&warehouse, &name, version).await,
+            version as usize - 1,
+            "version {version}"
+        );
+    }
+}
