@@ -11,9 +11,11 @@
 //!
 //! The versions are read from the log before the lookup (the kept snapshot's check, three
 //! HEADs per table: `medlake_lake::Warehouse::latest`), so an INSERT, a refresh, a DML
-//! statement or another server's commit to any table a query reads changes its key: nothing
-//! is ever invalidated, the next query simply misses and the old entry ages out. A refresh
-//! therefore invalidates exactly the queries over the views it changed.
+//! statement or another server's commit to any table a query reads changes its key: the next
+//! query simply misses. A refresh therefore invalidates exactly the queries over the views it
+//! changed. Entries that can no longer be hit (another entry read a later version of one of
+//! their tables, or was planned under a later access state) are dropped when such an entry is
+//! kept, instead of holding memory until the least recently used go.
 //!
 //! Only queries whose rows are a function of that key are kept: plain queries (`SELECT`,
 //! `WITH`, `VALUES`; no time travel, no EXPLAIN) over Delta tables of the warehouse (not
@@ -94,6 +96,22 @@ struct Entries {
     map: HashMap<Key, Entry>,
     bytes: usize,
     tick: u64,
+}
+
+/// Whether `newer` saw a later version of a table `older` read (the same Delta table: same
+/// id), or a later access state: then nothing will look `older` up again.
+fn supersedes(newer: &Key, older: &Key) -> bool {
+    let access = matches!(
+        (newer.access_version, older.access_version),
+        (Some(n), Some(o)) if n > o
+    );
+    access
+        || newer.reads.iter().any(|n| {
+            older
+                .reads
+                .iter()
+                .any(|o| o.table == n.table && o.id == n.id && o.version < n.version)
+        })
 }
 
 /// A hit: the kept rows and the privileges they need.
@@ -206,6 +224,25 @@ impl ResultCache {
         };
         if let Some(old) = entries.map.remove(&key) {
             entries.bytes -= old.bytes;
+        }
+        // An entry over an older version of a table (or an older access state) than another
+        // entry's can never be hit again: lookups see versions only grow. Such entries go at
+        // once instead of ageing out (the cache held dead results up to its size, and the
+        // soak's RSS grew with them); a result that is already stale is not kept.
+        if entries.map.keys().any(|other| supersedes(other, &key)) {
+            return;
+        }
+        let before = entries.map.len();
+        let mut freed = 0;
+        entries.map.retain(|other, kept| {
+            let dead = supersedes(&key, other);
+            if dead {
+                freed += kept.bytes;
+            }
+            !dead
+        });
+        if entries.map.len() != before {
+            entries.bytes -= freed;
         }
         while entries.bytes + entry.bytes > self.capacity {
             let Some(oldest) = entries
@@ -444,3 +481,68 @@ const UNKEPT_SCHEMAS: &[&str] = &[
     "information_schema",
     crate::postgres::PG_CATALOG,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn key(sql: &str, access: u64, reads: &[(&str, u64)]) -> Key {
+        Key {
+            sql: sql.into(),
+            principal: "clinician".into(),
+            access_version: Some(access),
+            settings: 0,
+            reads: reads
+                .iter()
+                .map(|(table, version)| Read {
+                    table: TableName::new("gold", *table).unwrap(),
+                    id: format!("id-{table}"),
+                    version: *version,
+                })
+                .collect(),
+        }
+    }
+
+    fn entry() -> Entry {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1]))])
+            .unwrap();
+        Entry {
+            schema,
+            batches: vec![batch],
+            bytes: 100,
+            needs: Vec::new(),
+            used: 0,
+        }
+    }
+
+    #[test]
+    fn results_over_superseded_versions_go_at_once() {
+        let cache = ResultCache::new(1 << 20);
+        cache.insert(key("a", 1, &[("vitals", 3)]), entry());
+        cache.insert(key("b", 1, &[("vitals", 3), ("news2", 7)]), entry());
+        cache.insert(key("c", 1, &[("news2", 7)]), entry());
+        assert_eq!(cache.stats().entries, 3);
+        // A query that saw vitals at version 4: both entries over version 3 are dead.
+        cache.insert(key("d", 1, &[("vitals", 4)]), entry());
+        let stats = cache.stats();
+        assert_eq!((stats.entries, stats.bytes), (2, 200));
+        assert!(cache.get(&key("c", 1, &[("news2", 7)])).is_some());
+        assert!(cache.get(&key("a", 1, &[("vitals", 3)])).is_none());
+        // A result that was stale when it ended (its query saw version 3) is not kept.
+        cache.insert(key("e", 1, &[("vitals", 3)]), entry());
+        assert!(cache.get(&key("e", 1, &[("vitals", 3)])).is_none());
+        assert_eq!(cache.stats().entries, 2);
+        // A table dropped and created again (another id) is another table.
+        let mut other = key("f", 1, &[("vitals", 1)]);
+        other.reads[0].id = "id-recreated".into();
+        cache.insert(other.clone(), entry());
+        assert!(cache.get(&other).is_some());
+        // New grants, masks or row filters: every entry planned under the old ones goes.
+        cache.insert(key("g", 2, &[("labs", 1)]), entry());
+        let stats = cache.stats();
+        assert_eq!((stats.entries, stats.bytes), (1, 100));
+    }
+}

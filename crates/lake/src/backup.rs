@@ -232,6 +232,15 @@ fn log_file_version(file: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Whether `rel` (a path in a table folder) is a checkpoint file of its log.
+fn is_checkpoint(rel: &str) -> bool {
+    rel.strip_prefix(DELTA_LOG)
+        .and_then(|r| r.strip_prefix('/'))
+        .is_some_and(|file| {
+            log_file_version(file).is_some() && file[20..].starts_with(".checkpoint.")
+        })
+}
+
 /// Which objects of a table folder belong to the table at `version`: every data file (a file
 /// no version needs is harmless), the log up to `version`. `_last_checkpoint` may point past
 /// `version`: left out, readers list the log instead. Markers are the warehouse's, not the
@@ -258,26 +267,32 @@ pub(crate) async fn copy_all(
         .map(|(rel, size)| async move {
             let source = from.at(&format!("{from_dir}/{rel}"))?;
             let target = to.at(&format!("{to_dir}/{rel}"))?;
-            let bytes = from
-                .store
-                .get(&source)
-                .await
-                .map_err(|e| Error::store(&source, e))?
-                .bytes()
-                .await
-                .map_err(|e| Error::store(&source, e))?;
+            let got = match from.store.get(&source).await {
+                // A checkpoint is a shortcut through the log, deleted once superseded
+                // (`checkpoints.rs`) while a copy of a live warehouse runs: the commits it
+                // summarizes are copied, so a reader of the copy replays them instead.
+                Err(object_store::Error::NotFound { .. }) if is_checkpoint(&rel) => {
+                    return Ok(None);
+                }
+                got => got.map_err(|e| Error::store(&source, e))?,
+            };
+            let bytes = match got.bytes().await {
+                Err(object_store::Error::NotFound { .. }) if is_checkpoint(&rel) => {
+                    return Ok(None);
+                }
+                bytes => bytes.map_err(|e| Error::store(&source, e))?,
+            };
             to.store
                 .put(&target, PutPayload::from(bytes))
                 .await
                 .map_err(|e| Error::store(&target, e))?;
-            Ok::<u64, Error>(size)
+            Ok::<Option<u64>, Error>(Some(size))
         })
         .buffer_unordered(PARALLEL_COPIES);
     copies
-        .try_fold(
-            (0u64, 0u64),
-            |(n, b), size| async move { Ok((n + 1, b + size)) },
-        )
+        .try_fold((0u64, 0u64), |(n, b), copied| async move {
+            Ok(copied.map_or((n, b), |size| (n + 1, b + size)))
+        })
         .await
 }
 
@@ -820,6 +835,12 @@ mod tests {
         ));
         assert!(!wanted("_delta_log/00000000000000000004.json", 3));
         assert!(!wanted("_delta_log/_last_checkpoint", 3));
+        assert!(is_checkpoint(
+            "_delta_log/00000000000000000002.checkpoint.parquet"
+        ));
+        assert!(!is_checkpoint("_delta_log/00000000000000000002.json"));
+        assert!(!is_checkpoint("_delta_log/_last_checkpoint"));
+        assert!(!is_checkpoint("part-00000.checkpoint.parquet"));
         assert!(!wanted("_delta_log/_commits/x.json", 3));
         assert!(wanted("part-0001.parquet", 0));
         assert!(wanted("date=2026-01-01/part-0001.parquet", 0));

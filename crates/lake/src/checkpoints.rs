@@ -23,7 +23,9 @@
 //!   it keeps) finds an anchor where it found any checkpoint before.
 //!
 //! The expired-log cleanup lists the whole log, so it runs at most once per
-//! [`CLEANUP_EVERY`] per table instead of after every checkpoint.
+//! [`CLEANUP_EVERY`] per table instead of after every checkpoint; the thinning then starts
+//! from the first checkpoint left (which it never deletes: after a cleanup, the versions
+//! after it are read from it), otherwise from the last anchor.
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +57,8 @@ pub const ANCHOR_SPACING: u64 = 200;
 /// How long a superseded checkpoint stays after the checkpoint that supersedes it was written.
 pub const GRACE: Duration = Duration::from_secs(60);
 
-/// The expired-log cleanup of a table runs at most this often.
+/// The expired-log cleanup of a table (and a thinning from its first checkpoint) runs at
+/// most this often.
 pub const CLEANUP_EVERY: Duration = Duration::from_secs(600);
 
 /// The checkpoint interval of a blind-appended table whose newest checkpoint holds `actions`
@@ -72,8 +75,9 @@ pub(crate) struct CheckpointLog {
     pub actions: u64,
     /// The newest checkpoint kept as an anchor; `None` until the first thinning.
     pub anchor: Option<u64>,
-    /// When the expired log was last cleaned up.
-    pub cleaned: Option<Instant>,
+    /// When the whole log was last listed (the expired-log cleanup, and the thinning from
+    /// the first checkpoint instead of the anchor).
+    pub listed: Option<Instant>,
 }
 
 /// Which checkpoints to delete, and the new anchor, given the table's checkpoints newer than

@@ -263,30 +263,20 @@ impl Warehouse {
             .await
             .map_err(delta)?;
         let actions = self.last_checkpoint_hint(name).await.map_or(0, |(_, n)| n);
-        let (anchor, cleaned) = {
+        let (anchor, listed) = {
             let mut logs = self
                 .checkpoints
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let log = logs.entry(name.clone()).or_default();
             log.actions = actions;
-            (log.anchor, log.cleaned)
+            (log.anchor, log.listed)
         };
-        let anchor = self.thin_checkpoints(name, anchor).await?;
-        let cleanup = cleanup
-            .filter(|_| cleaned.is_none_or(|at| at.elapsed() >= crate::checkpoints::CLEANUP_EVERY));
-        {
-            let mut logs = self
-                .checkpoints
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let log = logs.entry(name.clone()).or_default();
-            log.anchor = anchor;
-            if cleanup.is_some() {
-                log.cleaned = Some(std::time::Instant::now());
-            }
-        }
-        if let Some(retention) = cleanup {
+        // Every CLEANUP_EVERY the whole log is listed: the expired-log cleanup (which keeps
+        // the newest checkpoint at or before the oldest version it keeps), then the thinning
+        // from the first checkpoint left (never deleted: the versions after it need it).
+        let whole = listed.is_none_or(|at| at.elapsed() >= crate::checkpoints::CLEANUP_EVERY);
+        if let Some(retention) = cleanup.filter(|_| whole) {
             let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
             deltalake::checkpoints::cleanup_expired_logs_for(
                 version,
@@ -296,6 +286,20 @@ impl Warehouse {
             )
             .await
             .map_err(delta)?;
+        }
+        let anchor = self
+            .thin_checkpoints(name, if whole { None } else { anchor })
+            .await?;
+        {
+            let mut logs = self
+                .checkpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let log = logs.entry(name.clone()).or_default();
+            log.anchor = anchor;
+            if whole {
+                log.listed = Some(std::time::Instant::now());
+            }
         }
         debug!(
             table = %name,
