@@ -263,15 +263,10 @@ impl Warehouse {
             .await
             .map_err(delta)?;
         let actions = self.last_checkpoint_hint(name).await.map_or(0, |(_, n)| n);
-        let (anchor, listed) = {
-            let mut logs = self
-                .checkpoints
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let log = logs.entry(name.clone()).or_default();
+        let (anchor, listed) = self.checkpoint_log(name, |log| {
             log.actions = actions;
             (log.anchor, log.listed)
-        };
+        });
         // Every CLEANUP_EVERY the whole log is listed: the expired-log cleanup (which keeps
         // the newest checkpoint at or before the oldest version it keeps), then the thinning
         // from the first checkpoint left (never deleted: the versions after it need it).
@@ -290,17 +285,12 @@ impl Warehouse {
         let anchor = self
             .thin_checkpoints(name, if whole { None } else { anchor })
             .await?;
-        {
-            let mut logs = self
-                .checkpoints
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let log = logs.entry(name.clone()).or_default();
+        self.checkpoint_log(name, |log| {
             log.anchor = anchor;
             if whole {
                 log.listed = Some(std::time::Instant::now());
             }
-        }
+        });
         debug!(
             table = %name,
             version,
@@ -310,6 +300,19 @@ impl Warehouse {
         );
         self.auto_compact(name, table).await?;
         Ok(())
+    }
+
+    /// `f` applied to what is remembered of `name`'s checkpoints.
+    fn checkpoint_log<T>(
+        &self,
+        name: &TableName,
+        f: impl FnOnce(&mut crate::checkpoints::CheckpointLog) -> T,
+    ) -> T {
+        let mut logs = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(logs.entry(name.clone()).or_default())
     }
 
     /// Deletes the checkpoints of `name` that [`crate::checkpoints::thinning`] lets go (those

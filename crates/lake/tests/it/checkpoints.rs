@@ -29,21 +29,33 @@ async fn append(warehouse: &Warehouse, appender: &mut Appender, n: i64) -> u64 {
         .expect("nobody else committed")
 }
 
-#[tokio::test]
-async fn a_missed_checkpoint_is_caught_up_by_the_next_append() {
-    let dir = tempfile::tempdir().unwrap();
-    let warehouse = Warehouse::open(dir.path().join("wh").to_str().unwrap())
+/// `bronze.appended (n BIGINT)` in a warehouse under `dir`, without automatic compaction (no
+/// commit but the appends' after version 1), and the table's folder. `grace`: how long
+/// superseded checkpoints stay (the default when `None`).
+async fn appended_table(
+    dir: &std::path::Path,
+    grace: Option<std::time::Duration>,
+) -> (Warehouse, TableName, std::path::PathBuf) {
+    let mut warehouse = Warehouse::open(dir.join("wh").to_str().unwrap())
         .await
         .unwrap();
+    if let Some(grace) = grace {
+        warehouse = warehouse.with_checkpoint_grace(grace);
+    }
     let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
     let name = TableName::new("bronze", "appended").unwrap();
     warehouse.create_table(&name, &schema, false).await.unwrap();
-    let table = dir.path().join("wh/bronze/appended");
-    // Without automatic compaction, no commit but the appends' (version 1).
     warehouse
         .set_table_properties(&name, &[("medlake.autoCompact".into(), "false".into())])
         .await
         .unwrap();
+    (warehouse, name, dir.join("wh/bronze/appended"))
+}
+
+#[tokio::test]
+async fn a_missed_checkpoint_is_caught_up_by_the_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warehouse, name, table) = appended_table(dir.path(), None).await;
     let mut appender = warehouse.open_appender(&name).await.unwrap();
     assert!(appender.is_blind());
     let mut version = 0;
@@ -146,18 +158,8 @@ async fn rows_at(warehouse: &Warehouse, name: &TableName, version: u64) -> usize
 #[tokio::test]
 async fn superseded_checkpoints_are_deleted_and_every_version_still_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let warehouse = Warehouse::open(dir.path().join("wh").to_str().unwrap())
-        .await
-        .unwrap()
-        .with_checkpoint_grace(std::time::Duration::ZERO);
-    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
-    let name = TableName::new("bronze", "appended").unwrap();
-    warehouse.create_table(&name, &schema, false).await.unwrap();
-    let table = dir.path().join("wh/bronze/appended");
-    warehouse
-        .set_table_properties(&name, &[("medlake.autoCompact".into(), "false".into())])
-        .await
-        .unwrap();
+    let grace = Some(std::time::Duration::ZERO);
+    let (warehouse, name, table) = appended_table(dir.path(), grace).await;
     let mut appender = warehouse.open_appender(&name).await.unwrap();
     let mut version = 1;
     while version < 450 {
