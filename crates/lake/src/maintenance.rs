@@ -152,19 +152,48 @@ pub(crate) fn checkpoint_due(version: u64, checkpointed: Option<u64>, interval: 
     }
 }
 
-/// Takes a table out of [`Warehouse::maintaining`] when its task ends early (a failure).
+/// Which tables' maintenance tasks run, and which tables may not start one.
+#[derive(Debug, Default)]
+pub(crate) struct Upkeep {
+    /// Tables whose task runs, each with the newest version whose checkpoint fell due
+    /// meanwhile.
+    running: HashMap<TableName, Option<u64>>,
+    /// Tables being dropped ([`Warehouse::pause_maintenance`]), with how many drops hold them.
+    paused: HashMap<TableName, usize>,
+}
+
+/// Takes a table out of [`Upkeep::running`] when its task ends early (a panic, or the runtime
+/// shutting down); a task that ends normally does it under the same lock in which it found
+/// nothing more to do.
 struct Running {
     warehouse: Warehouse,
     name: TableName,
+    ended: bool,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.warehouse
-            .maintaining
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.name);
+        if !self.ended {
+            self.warehouse.upkeep().running.remove(&self.name);
+        }
+    }
+}
+
+/// A table's maintenance paused ([`Warehouse::pause_maintenance`]) until this is dropped.
+pub(crate) struct Paused {
+    warehouse: Warehouse,
+    name: TableName,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let mut upkeep = self.warehouse.upkeep();
+        if let Some(holds) = upkeep.paused.get_mut(&self.name) {
+            *holds -= 1;
+            if *holds == 0 {
+                upkeep.paused.remove(&self.name);
+            }
+        }
     }
 }
 
@@ -199,19 +228,20 @@ impl Warehouse {
         let (name, version) = (appender.name.clone(), appender.version);
         appender.checkpointed = Some(version);
         {
-            let mut maintaining = self
-                .maintaining
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(pending) = maintaining.get_mut(&name) {
+            let mut upkeep = self.upkeep();
+            if upkeep.paused.contains_key(&name) {
+                return;
+            }
+            if let Some(pending) = upkeep.running.get_mut(&name) {
                 *pending = Some(version);
                 return;
             }
-            maintaining.insert(name.clone(), None);
+            upkeep.running.insert(name.clone(), None);
         }
         let running = Running {
             warehouse: self.clone(),
             name: name.clone(),
+            ended: false,
         };
         let warehouse = self.clone();
         let Ok(mut background) = self.background.lock() else {
@@ -219,7 +249,9 @@ impl Warehouse {
         };
         while background.try_join_next().is_some() {}
         background.spawn(async move {
-            let _running = running;
+            // The whole guard moves in (a block naming only its `ended` would copy the bool and
+            // leave the guard to be dropped here, at once).
+            let mut running = running;
             let mut version = version;
             loop {
                 if let Err(e) = warehouse
@@ -228,19 +260,40 @@ impl Warehouse {
                 {
                     warn!(table = %name, version, error = %medlake_common::error_chain(&e), "checkpoint or compaction after an append failed");
                 }
-                let mut maintaining = warehouse
-                    .maintaining
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                match maintaining.get_mut(&name).and_then(Option::take) {
+                let mut upkeep = warehouse.upkeep();
+                let next = upkeep.running.get_mut(&name).and_then(Option::take);
+                match next.filter(|_| !upkeep.paused.contains_key(&name)) {
                     Some(next) => version = next,
                     None => {
-                        maintaining.remove(&name);
+                        upkeep.running.remove(&name);
+                        running.ended = true;
                         return;
                     }
                 }
             }
         });
+    }
+
+    fn upkeep(&self) -> std::sync::MutexGuard<'_, Upkeep> {
+        self.maintaining
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops `name`'s maintenance until the returned guard is dropped: no task starts, and the
+    /// running one (if any) has ended when this returns. `DROP TABLE` holds it while it hides
+    /// and deletes the table: a checkpoint or compaction written after the DROP marker would
+    /// be kept as a new table's (see `clear_dropped`) and bring the dropped one back.
+    pub(crate) async fn pause_maintenance(&self, name: &TableName) -> Paused {
+        *self.upkeep().paused.entry(name.clone()).or_default() += 1;
+        let paused = Paused {
+            warehouse: self.clone(),
+            name: name.clone(),
+        };
+        while self.upkeep().running.contains_key(name) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        paused
     }
 
     /// The checkpoint of the newest version (`version` or later), the expired log cleaned up

@@ -256,6 +256,14 @@ pub(crate) async fn load_newest(url: Url) -> std::result::Result<DeltaTable, Del
     }
 }
 
+/// The version of a Delta log commit file's name (`00000000000000000042.json`).
+fn commit_version(file: &str) -> Option<u64> {
+    let digits = file.strip_suffix(".json")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
 /// Whether a load failed only because its log listing raced a commit (see [`load_newest`]).
 fn listing_raced(e: &DeltaTableError) -> bool {
     medlake_common::error_chain(e).contains("Expected contiguous commit files, but found gap")
@@ -467,8 +475,8 @@ pub struct Warehouse {
     /// Table snapshots kept between statements ([`Warehouse::latest`]).
     pub(crate) snapshots: Arc<crate::snapshots::Snapshots>,
     /// Tables whose checkpoint or automatic compaction is running (`maintenance.rs`: one task
-    /// per table), each with the newest version whose checkpoint fell due meanwhile.
-    pub(crate) maintaining: Arc<std::sync::Mutex<HashMap<TableName, Option<u64>>>>,
+    /// per table), and tables being dropped, whose maintenance may not start.
+    pub(crate) maintaining: Arc<std::sync::Mutex<crate::maintenance::Upkeep>>,
     /// What the maintenance tasks remember of each table's checkpoints (`checkpoints.rs`).
     pub(crate) checkpoints:
         Arc<std::sync::Mutex<HashMap<TableName, crate::checkpoints::CheckpointLog>>>,
@@ -1031,8 +1039,9 @@ impl Warehouse {
         }
         // A dropped table whose files were not all deleted (a crash during DROP): its log
         // would stand in the way of the new table's.
-        self.clear_dropped(&self.path(&[&name.schema, &name.table]))
-            .await?;
+        let folder = self.path(&[&name.schema, &name.table]);
+        self.clear_dropped(&folder).await?;
+        self.clear_orphaned_checkpoints(&folder).await?;
         // Delta's kernel wants a local table folder to exist before its first commit.
         if self.url.scheme() == "file" {
             let url = self.table_url(name)?;
@@ -1580,12 +1589,19 @@ impl Warehouse {
                 Err(Self::not_found(name))
             };
         }
+        // No checkpoint or compaction of the table may land after its marker.
+        let _paused = self.pause_maintenance(name).await;
         let folder = self.path(&[&name.schema, &name.table]);
         let marker = folder.clone().join(DROPPED_MARKER);
         self.store
             .put(&marker, PutPayload::from_static(b"dropped"))
             .await
             .map_err(|e| Error::store(&marker, e))?;
+        // A table created again under the name starts its checkpoints afresh.
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
         self.clear_dropped(&folder).await
     }
 
@@ -1629,6 +1645,38 @@ impl Warehouse {
         self.delete_if_not_after(&marker, dropped_at).await?;
         if self.url.scheme() == "file" {
             let _ = tokio::fs::remove_dir(format!("/{}", folder.as_ref())).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes the checkpoints (and `_last_checkpoint`) in a log that holds no commit: what
+    /// a dropped table's checkpoint written after its DROP marker left (another server's
+    /// maintenance; this one's waits for DROP). Delta would take them for a table, and a new
+    /// table's first commit never comes with a checkpoint.
+    async fn clear_orphaned_checkpoints(&self, folder: &Path) -> Result<()> {
+        let log = folder.clone().join(DELTA_LOG);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&log))
+            .await
+            .map_err(|e| Error::store(&log, e))?;
+        let files: Vec<&Path> = listing.objects.iter().map(|o| &o.location).collect();
+        if files
+            .iter()
+            .any(|p| p.filename().and_then(commit_version).is_some())
+        {
+            return Ok(());
+        }
+        for path in files {
+            let orphan = path
+                .filename()
+                .is_some_and(|f| f == "_last_checkpoint" || f.contains(".checkpoint."));
+            if orphan {
+                match self.store.delete(path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::store(path, e)),
+                }
+            }
         }
         Ok(())
     }
@@ -1743,9 +1791,7 @@ impl Warehouse {
             .objects
             .iter()
             .filter_map(|o| o.location.filename())
-            .filter_map(|f| f.strip_suffix(".json"))
-            .filter(|v| v.len() == 20 && v.bytes().all(|b| b.is_ascii_digit()))
-            .filter_map(|v| v.parse().ok())
+            .filter_map(commit_version)
             .collect();
         versions.sort_unstable();
         Ok(versions)

@@ -172,3 +172,72 @@ async fn superseded_checkpoints_are_deleted_and_every_version_still_reads() {
         );
     }
 }
+
+/// A table dropped while its checkpoint task runs stays dropped: DROP waits for the task, and
+/// none starts meanwhile (CI stop 47: the task's checkpoint, written after the DROP marker,
+/// was kept as a new table's file, and the next CREATE found "a table" at version 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_while_its_checkpoint_is_written_can_be_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warehouse, name, table) = appended_table(dir.path(), None).await;
+    let schema = Schema::new(vec![Field::new("n", DataType::Int64, true)]);
+    for round in 0..16u64 {
+        let mut appender = warehouse.open_appender(&name).await.unwrap();
+        let mut version = 0;
+        while version < 10 {
+            version = append(&warehouse, &mut appender, round as i64).await;
+        }
+        // The checkpoint of version 10 is being written in the background now: the DROP
+        // comes at a different moment of it each round.
+        tokio::time::sleep(std::time::Duration::from_millis(round * 4)).await;
+        warehouse.drop_table(&name, false).await.unwrap();
+        assert!(
+            !table.join("_delta_log").exists(),
+            "round {round}: nothing of the dropped table is left"
+        );
+        warehouse
+            .create_table(&name, &schema, false)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: created again: {e}"));
+        warehouse
+            .set_table_properties(&name, &[("medlake.autoCompact".into(), "false".into())])
+            .await
+            .unwrap();
+        assert_eq!(rows_at(&warehouse, &name, 1).await, 0, "round {round}");
+    }
+    warehouse.settle().await;
+}
+
+/// Checkpoints left in a log without commits (another server's checkpoint written after this
+/// one's DROP marker) do not stand in the way of a new table under the name.
+#[tokio::test]
+async fn a_checkpoint_left_by_a_dropped_table_is_cleared_by_the_next_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warehouse, name, table) = appended_table(dir.path(), None).await;
+    let mut appender = warehouse.open_appender(&name).await.unwrap();
+    for n in 0..9 {
+        append(&warehouse, &mut appender, n).await;
+    }
+    warehouse.settle().await;
+    let log = table.join("_delta_log");
+    let leftovers = [
+        "00000000000000000009.checkpoint.parquet",
+        "_last_checkpoint",
+    ];
+    let saved: Vec<Vec<u8>> = leftovers
+        .iter()
+        .map(|f| std::fs::read(log.join(f)).expect("the checkpoint of version 9"))
+        .collect();
+    warehouse.drop_table(&name, false).await.unwrap();
+    std::fs::create_dir_all(&log).unwrap();
+    for (file, bytes) in leftovers.iter().zip(&saved) {
+        std::fs::write(log.join(file), bytes).unwrap();
+    }
+    assert!(!warehouse.table_exists(&name).await.unwrap());
+    let schema = Schema::new(vec![Field::new("n", DataType::Int64, true)]);
+    warehouse.create_table(&name, &schema, false).await.unwrap();
+    assert_eq!(rows_at(&warehouse, &name, 0).await, 0);
+    for file in leftovers {
+        assert!(!log.join(file).exists(), "{file} cleared");
+    }
+}
