@@ -86,6 +86,45 @@ pub struct RefreshState {
     pub trigger: String,
 }
 
+/// How many of a view's newest refreshes [`Views::recover_history`] looks at: a row lost at
+/// a kill is recorded by the next scheduler leader unless this many refreshes of the view
+/// committed before that leader's recovery ran.
+const RECOVERY_DEPTH: usize = 32;
+
+/// The `system.refreshes` row of a refresh whose own row was lost, from its commit.
+fn recovered_outcome(
+    view: &TableName,
+    state: RefreshState,
+    version: u64,
+    info: &Value,
+    finished: DateTime<Utc>,
+) -> RefreshOutcome {
+    let rows_written = info
+        .pointer("/operationMetrics/num_added_rows")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    RefreshOutcome {
+        view: view.clone(),
+        trigger: Trigger::parse(&state.trigger).unwrap_or(Trigger::Unknown),
+        started: state.started,
+        finished,
+        mode: match state.mode.as_str() {
+            "incremental" => "incremental",
+            _ => "full",
+        },
+        reason: "recorded after a restart: the server stopped between the view's commit and \
+                 this row"
+            .into(),
+        inputs: state.inputs,
+        refresh_id: state.id,
+        rows_written,
+        version: Some(version),
+        status: Status::Succeeded,
+        error: None,
+        expectations: Vec::new(),
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Stored {
     pub(crate) view: ViewDefinition,
@@ -447,12 +486,15 @@ impl Views {
         Ok(None)
     }
 
-    /// Records in `system.refreshes` each view's last committed refresh that has no row
-    /// there: a server stopped (killed) between the view's commit and the row. The view's
-    /// rows and incremental state are in its commit either way; this keeps the history
-    /// complete. The row is built from the commit (its refresh id, trigger, mode, inputs,
-    /// start, and the commit's time as the finish) and says it was recovered. Returns the
-    /// views recorded. The server that takes the scheduler lease runs it.
+    /// Records in `system.refreshes` each committed refresh that has no row there: a server
+    /// stopped (killed) between a view's commit and its row. The view's rows and incremental
+    /// state are in its commit either way; this keeps the history complete. Every view's
+    /// last [`RECOVERY_DEPTH`] refresh commits are looked at, not only its newest: a refresh
+    /// that committed (with its row) after a lost one, such as this server's own scheduled
+    /// or requested refresh before it took the lease, does not hide it. Each row
+    /// is built from its commit (refresh id, trigger, mode, inputs, start, and the commit's
+    /// time as the finish) and says it was recovered. Returns the views recorded, once per
+    /// row. The server that takes the scheduler lease runs it.
     pub async fn recover_history(&self) -> Result<Vec<TableName>> {
         let warehouse = &self.inner.warehouse;
         // A commit from after this point is a refresh running now, which records itself.
@@ -460,62 +502,66 @@ impl Views {
         let recorded = history::recorded_ids(warehouse, &self.inner.state).await?;
         let mut recovered = Vec::new();
         for view in self.list().await? {
-            let key = (view.name.to_string(), view.last.id.clone());
-            if view.last.id.is_empty() || recorded.contains(&key) {
-                continue;
+            let lost = self.unrecorded_refreshes(&view.name, &recorded).await?;
+            for (state, version, info) in lost.into_iter().rev() {
+                let finished = info
+                    .get("timestamp")
+                    .and_then(Value::as_i64)
+                    .and_then(DateTime::from_timestamp_millis)
+                    .unwrap_or(state.started);
+                if finished >= since {
+                    continue;
+                }
+                let outcome = recovered_outcome(&view.name, state, version, &info, finished);
+                history::record(warehouse, &outcome).await?;
+                info!(view = %view.name, refresh_id = %outcome.refresh_id, version, "refresh recorded after a restart");
+                recovered.push(view.name.clone());
             }
-            let Some((view, version)) = self.view_with_state_version(&view.name).await? else {
-                continue;
-            };
-            let info = warehouse
-                .commit_actions(&view.name, version)
-                .await?
-                .and_then(|actions| {
-                    actions
-                        .into_iter()
-                        .find_map(|a| a.get("commitInfo").cloned())
-                });
-            let info = info.unwrap_or(Value::Null);
-            let finished = info
-                .get("timestamp")
-                .and_then(Value::as_i64)
-                .and_then(DateTime::from_timestamp_millis)
-                .unwrap_or(view.last.started);
-            if finished >= since {
-                continue;
-            }
-            let rows_written = info
-                .pointer("/operationMetrics/num_added_rows")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let last = &view.last;
-            let outcome = RefreshOutcome {
-                view: view.name.clone(),
-                refresh_id: last.id.clone(),
-                trigger: Trigger::parse(&last.trigger).unwrap_or(Trigger::Unknown),
-                started: last.started,
-                finished,
-                mode: match last.mode.as_str() {
-                    "incremental" => "incremental",
-                    _ => "full",
-                },
-                reason: "recorded after a restart: the server stopped between the view's commit \
-                         and this row"
-                    .into(),
-                inputs: last.inputs.clone(),
-                rows_written,
-                version: Some(version),
-                status: Status::Succeeded,
-                error: None,
-                expectations: Vec::new(),
-            };
-            history::record(warehouse, &outcome).await?;
-            info!(view = %view.name, refresh_id = %last.id, version, "refresh recorded after a restart");
-            recovered.push(view.name);
         }
         Ok(recovered)
     }
 
+    /// The refresh commits among view `name`'s last [`RECOVERY_DEPTH`] that `recorded` does
+    /// not hold, newest first: each one's refresh state, version and commit info.
+    async fn unrecorded_refreshes(
+        &self,
+        name: &TableName,
+        recorded: &std::collections::HashSet<(String, String)>,
+    ) -> Result<Vec<(RefreshState, u64, Value)>> {
+        let warehouse = &self.inner.warehouse;
+        let versions = warehouse.versions(name).await?;
+        let mut lost: Vec<(RefreshState, u64, Value)> = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        // OPTIMIZE and VACUUM commits carry no state: a bounded walk past them too.
+        for &version in versions.iter().rev().take(RECOVERY_DEPTH * 4) {
+            if seen.len() >= RECOVERY_DEPTH {
+                break;
+            }
+            let Some(actions) = warehouse.commit_actions(name, version).await? else {
+                break;
+            };
+            let Some(info) = actions.into_iter().find_map(|a| a.get("commitInfo").cloned()) else {
+                continue;
+            };
+            let Some(stored) = info.get(METADATA_KEY) else {
+                continue;
+            };
+            let Ok(stored) = serde_json::from_value::<Stored>(stored.clone()) else {
+                break;
+            };
+            let state = stored.refresh;
+            // Two commits of one refresh (a follow-up pass) carry the same id: one row, of the
+            // newer.
+            if state.id.is_empty() || seen.contains(&state.id) {
+                continue;
+            }
+            seen.push(state.id.clone());
+            if !recorded.contains(&(name.to_string(), state.id.clone())) {
+                lost.push((state, version, info));
+            }
+        }
+        Ok(lost)
+    }
     /// Every materialized view of the warehouse, by name.
     pub async fn list(&self) -> Result<Vec<View>> {
         let warehouse = &self.inner.warehouse;

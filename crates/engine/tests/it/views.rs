@@ -862,8 +862,16 @@ async fn a_refresh_whose_history_row_was_lost_is_recorded_from_its_commit() {
         .await
         .unwrap();
     assert_eq!(count(&engine, history).await, 1);
+    // A refresh that committed, with its row, after the lost one (the restarted server's own,
+    // before it took the scheduler lease) does not hide it.
+    engine
+        .sql("INSERT INTO bronze.t VALUES (4); REFRESH MATERIALIZED VIEW silver.s")
+        .await
+        .unwrap();
+    assert_eq!(count(&engine, history).await, 2);
     let recovered = views.recover_history().await.unwrap();
     assert_eq!(recovered.len(), 1);
+    assert_eq!(count(&engine, history).await, 3);
     assert!(views.recover_history().await.unwrap().is_empty(), "once");
     let batches = engine
         .query(&format!(
