@@ -554,7 +554,8 @@ def metric_values(text):
 COLUMNS = ["t_s", "rss_kb", "rss_anon_kb", "rss_file_kb", "hwm_kb", "threads", "fds", "delta_log_bytes", "delta_log_entries", "delta_logs",
            "warehouse_bytes", "pg_dashboard_queries", "flight_reads", "flight_batches", "manual_refreshes",
            "client_errors", "ingest_rows_total", "ingest_requests_total", "result_cache_bytes",
-           "result_cache_entries", "sessions"]
+           "result_cache_entries", "sessions", "mem_allocated_kb", "mem_resident_kb", "mem_retained_kb",
+           "table_snapshots", "table_snapshot_files", "table_snapshot_replayed"]
 
 
 class Sampler:
@@ -601,6 +602,13 @@ class Sampler:
             "result_cache_bytes": int(m.get("medlake_result_cache_bytes", 0)),
             "result_cache_entries": int(m.get("medlake_result_cache_entries", 0)),
             "sessions": int(sum(v for k, v in m.items() if k.startswith("medlake_sessions"))),
+            # What the allocator says the server's objects hold, against what RSS shows.
+            "mem_allocated_kb": int(m.get('medlake_memory_bytes{kind="allocated"}', 0) // 1024),
+            "mem_resident_kb": int(m.get('medlake_memory_bytes{kind="resident"}', 0) // 1024),
+            "mem_retained_kb": int(m.get('medlake_memory_bytes{kind="retained"}', 0) // 1024),
+            "table_snapshots": int(m.get("medlake_table_snapshots", 0)),
+            "table_snapshot_files": int(m.get("medlake_table_snapshot_files", 0)),
+            "table_snapshot_replayed": int(m.get("medlake_table_snapshot_replayed_commits", 0)),
         }
         self.rows.append(row)
         self.csv.writerow(row)
@@ -746,7 +754,9 @@ def soak(args, server, out):
             break
         if now >= next_sample:
             row = sampler.sample(now)
-            print(f"[{now:7.0f} s] rss {row['rss_kb'] / 1024:.0f} MiB, {row['threads']} threads, {row['fds']} fds, "
+            print(f"[{now:7.0f} s] rss {row['rss_kb'] / 1024:.0f} MiB (allocated {row['mem_allocated_kb'] / 1024:.0f}, "
+                  f"{row['table_snapshot_files']} files in {row['table_snapshots']} snapshots), "
+                  f"{row['threads']} threads, {row['fds']} fds, "
                   f"delta logs {row['delta_log_entries']} entries {row['delta_log_bytes'] / 1e6:.1f} MB, "
                   f"{row['pg_dashboard_queries']} pg queries, {row['flight_reads']} flight reads, "
                   f"{row['flight_batches']} flight batches, {row['manual_refreshes']} refreshes, "

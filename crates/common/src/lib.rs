@@ -5,11 +5,13 @@
 //!   Postgres wire sends [`Code::sqlstate`], Flight SQL maps it to a gRPC status, HTTP to a
 //!   status code). No SQLSTATE is spelled anywhere else.
 //! - [`redact`]: a location as it may be shown (no password, no query string).
+//! - [`memory`]: the allocator's statistics, when the binary registered a probe.
 //!
 //! It depends on no other medlake crate.
 
 mod code;
 mod error;
+pub mod memory;
 mod redact;
 
 pub use code::Code;

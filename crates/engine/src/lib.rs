@@ -598,6 +598,7 @@ impl Engine {
     pub async fn metrics_text(&self) -> String {
         let mut out = self.shared.metrics.text();
         alerting::metrics_text(&self.shared, &mut out).await;
+        metrics::memory_text(&mut out, &self.shared.warehouse.kept_snapshots());
         out
     }
 

@@ -170,6 +170,46 @@ impl Metrics {
     }
 }
 
+/// The allocator's figures (when the binary registered a probe: see
+/// [`medlake_common::memory`]) and what the kept table snapshots hold, for telling what a
+/// server's memory grows with.
+pub(crate) fn memory_text(out: &mut String, snapshots: &medlake_lake::KeptSnapshots) {
+    let figures = medlake_common::memory::probe();
+    if !figures.is_empty() {
+        header(
+            out,
+            "medlake_memory_bytes",
+            "gauge",
+            "The allocator's bytes by kind: allocated (held by objects), active, metadata, \
+             resident, mapped, retained (kept by the allocator for reuse).",
+        );
+        for (kind, bytes) in figures {
+            let _ = writeln!(out, "medlake_memory_bytes{{kind=\"{kind}\"}} {bytes}");
+        }
+    }
+    let series = [
+        (
+            "medlake_table_snapshots",
+            "Table snapshots kept between statements.",
+            snapshots.tables,
+        ),
+        (
+            "medlake_table_snapshot_files",
+            "Data files the kept table snapshots list.",
+            snapshots.files,
+        ),
+        (
+            "medlake_table_snapshot_replayed_commits",
+            "Commits replayed onto the kept snapshots since each was loaded.",
+            snapshots.replayed,
+        ),
+    ];
+    for (name, help, value) in series {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

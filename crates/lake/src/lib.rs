@@ -34,7 +34,7 @@ pub use dml::{
 pub use erasure::{Purged, Suppression};
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
-pub use snapshots::Latest;
+pub use snapshots::{KeptSnapshots, Latest};
 pub use warehouse::{
     Appender, BUILT_IN_SCHEMAS, CLUSTER_BY, CommitOptions, HistoryEntry, OptimizeOutcome,
     ROW_GROUP_ROWS, TableName, TimeTravel, VacuumOutcome, Warehouse, WriteMode, WriteOutcome,

@@ -93,7 +93,45 @@ fn same_entry(a: &ObjectMeta, b: &ObjectMeta) -> bool {
     a.e_tag == b.e_tag && a.size == b.size && a.last_modified == b.last_modified
 }
 
+/// What the kept snapshots hold ([`Warehouse::kept_snapshots`]); snapshots being loaded or
+/// checked at that moment are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeptSnapshots {
+    /// Tables with a kept snapshot.
+    pub tables: u64,
+    /// Data files those snapshots list.
+    pub files: u64,
+    /// Commits replayed onto them since each was loaded from its checkpoint.
+    pub replayed: u64,
+}
+
 impl Snapshots {
+    fn kept(&self) -> KeptSnapshots {
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut kept = KeptSnapshots::default();
+        for slot in slots {
+            let Ok(guard) = slot.0.try_lock() else {
+                continue;
+            };
+            let Some(k) = guard.as_ref() else {
+                continue;
+            };
+            kept.tables += 1;
+            kept.files += k
+                .table
+                .snapshot()
+                .map_or(0, |s| s.log_data().num_files() as u64);
+            kept.replayed += k.latest.version.saturating_sub(k.loaded);
+        }
+        kept
+    }
+
     fn slot(&self, name: &TableName) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = slots.get(name) {
@@ -229,6 +267,11 @@ impl Warehouse {
             version,
             id,
         })
+    }
+
+    /// What the kept snapshots hold now (for `/metrics`).
+    pub fn kept_snapshots(&self) -> KeptSnapshots {
+        self.snapshots.kept()
     }
 
     /// Forgets the kept snapshots, so the next statements open every table from scratch.

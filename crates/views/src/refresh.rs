@@ -540,7 +540,10 @@ impl Views {
             let Some(actions) = warehouse.commit_actions(name, version).await? else {
                 break;
             };
-            let Some(info) = actions.into_iter().find_map(|a| a.get("commitInfo").cloned()) else {
+            let Some(info) = actions
+                .into_iter()
+                .find_map(|a| a.get("commitInfo").cloned())
+            else {
                 continue;
             };
             let Some(stored) = info.get(METADATA_KEY) else {

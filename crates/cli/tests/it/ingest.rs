@@ -189,6 +189,28 @@ fn every_acknowledged_batch_survives_a_sigkill_exactly_once() {
         }
         all
     });
+    // The binary's allocator reports what it holds, beside the kept snapshots.
+    let metrics = runtime.block_on(async {
+        let url = url.replace("/v1/ingest/bronze.readings", "/metrics");
+        http.get(url).send().await.unwrap().text().await.unwrap()
+    });
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} in /metrics:\n{metrics}"))
+    };
+    for kind in ["allocated", "resident", "retained"] {
+        let bytes = value(&format!("medlake_memory_bytes{{kind=\"{kind}\"}}"));
+        assert!(kind == "retained" || bytes > 1e6, "{kind}: {bytes}");
+    }
+    for series in [
+        "medlake_table_snapshots",
+        "medlake_table_snapshot_files",
+        "medlake_table_snapshot_replayed_commits",
+    ] {
+        assert!(value(series) >= 0.0, "{series}");
+    }
     server.kill().unwrap();
     let _ = server.wait();
 
