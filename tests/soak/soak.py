@@ -555,7 +555,7 @@ COLUMNS = ["t_s", "rss_kb", "rss_anon_kb", "rss_file_kb", "hwm_kb", "threads", "
            "warehouse_bytes", "pg_dashboard_queries", "flight_reads", "flight_batches", "manual_refreshes",
            "client_errors", "ingest_rows_total", "ingest_requests_total", "result_cache_bytes",
            "result_cache_entries", "sessions", "mem_allocated_kb", "mem_resident_kb", "mem_retained_kb",
-           "table_snapshots", "table_snapshot_files", "table_snapshot_replayed"]
+           "table_snapshots", "table_snapshot_files", "table_snapshot_replayed", "parquet_metadata_cache_kb"]
 
 
 class Sampler:
@@ -609,6 +609,7 @@ class Sampler:
             "table_snapshots": int(m.get("medlake_table_snapshots", 0)),
             "table_snapshot_files": int(m.get("medlake_table_snapshot_files", 0)),
             "table_snapshot_replayed": int(m.get("medlake_table_snapshot_replayed_commits", 0)),
+            "parquet_metadata_cache_kb": int(m.get("medlake_parquet_metadata_cache_bytes", 0) // 1024),
         }
         self.rows.append(row)
         self.csv.writerow(row)

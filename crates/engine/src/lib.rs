@@ -598,7 +598,11 @@ impl Engine {
     pub async fn metrics_text(&self) -> String {
         let mut out = self.shared.metrics.text();
         alerting::metrics_text(&self.shared, &mut out).await;
-        metrics::memory_text(&mut out, &self.shared.warehouse.kept_snapshots());
+        metrics::memory_text(
+            &mut out,
+            &self.shared.warehouse.kept_snapshots(),
+            &self.shared.state.runtime_env().cache_manager,
+        );
         out
     }
 

@@ -173,7 +173,11 @@ impl Metrics {
 /// The allocator's figures (when the binary registered a probe: see
 /// [`medlake_common::memory`]) and what the kept table snapshots hold, for telling what a
 /// server's memory grows with.
-pub(crate) fn memory_text(out: &mut String, snapshots: &medlake_lake::KeptSnapshots) {
+pub(crate) fn memory_text(
+    out: &mut String,
+    snapshots: &medlake_lake::KeptSnapshots,
+    caches: &datafusion::execution::cache::cache_manager::CacheManager,
+) {
     let figures = medlake_common::memory::probe();
     if !figures.is_empty() {
         header(
@@ -187,7 +191,25 @@ pub(crate) fn memory_text(out: &mut String, snapshots: &medlake_lake::KeptSnapsh
             let _ = writeln!(out, "medlake_memory_bytes{{kind=\"{kind}\"}} {bytes}");
         }
     }
+    // DataFusion's Parquet footer cache (one per process; `datafusion.runtime.
+    // metadata_cache_limit`, 50 MiB by default).
+    let footers = caches.get_file_metadata_cache();
+    let footer_bytes: usize = footers
+        .list_entries()
+        .values()
+        .map(|entry| entry.size_bytes)
+        .sum();
     let series = [
+        (
+            "medlake_parquet_metadata_cache_bytes",
+            "Bytes of Parquet footers DataFusion keeps.",
+            footer_bytes as u64,
+        ),
+        (
+            "medlake_parquet_metadata_cache_entries",
+            "Parquet footers DataFusion keeps.",
+            footers.len() as u64,
+        ),
         (
             "medlake_table_snapshots",
             "Table snapshots kept between statements.",
