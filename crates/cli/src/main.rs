@@ -263,11 +263,13 @@ enum Format {
 }
 
 /// Freed pages go back to the system about a second after they were last used (jemalloc's
-/// default: 10 s dirty, then 10 s more "muzzy"). A server's peaks — a refresh, a checkpoint of
-/// a busy table, a large result — otherwise stay resident for up to 20 s in each of the
-/// allocator's arenas, and its RSS shows its peaks rather than what it holds (the soak
-/// measured ~180 MiB resident beyond ~120 MiB allocated). `_RJEM_MALLOC_CONF` (jemalloc's
-/// `MALLOC_CONF` under this binary's prefix), when set, is the operator's choice instead.
+/// default: 10 s dirty, then 10 s more "muzzy"), so that a server's peaks — a refresh, a
+/// checkpoint of a busy table, a large result — do not stay resident in each of the
+/// allocator's arenas. In the soak jemalloc's own `resident` fell from ~300 to ~230 MiB with
+/// it (beside ~120-170 MiB allocated); the process's anonymous RSS did not move measurably in
+/// 6 minutes, so most of what RSS holds beyond `allocated` is not jemalloc's dirty pages.
+/// `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF` under this binary's prefix), when set, is the
+/// operator's choice instead.
 fn return_freed_pages_promptly() {
     use tikv_jemalloc_ctl::{Access as _, AsName as _};
     if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
