@@ -1654,13 +1654,8 @@ impl Warehouse {
     /// maintenance; this one's waits for DROP). Delta would take them for a table, and a new
     /// table's first commit never comes with a checkpoint.
     async fn clear_orphaned_checkpoints(&self, folder: &Path) -> Result<()> {
-        let log = folder.clone().join(DELTA_LOG);
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&log))
-            .await
-            .map_err(|e| Error::store(&log, e))?;
-        let files: Vec<&Path> = listing.objects.iter().map(|o| &o.location).collect();
+        let listing = self.log_listing(folder).await?;
+        let files: Vec<&Path> = listing.iter().map(|o| &o.location).collect();
         if files
             .iter()
             .any(|p| p.filename().and_then(commit_version).is_some())
@@ -1779,16 +1774,22 @@ impl Warehouse {
         })
     }
 
-    /// The commit versions present in a table folder's log, ascending.
-    pub(crate) async fn log_versions(&self, folder: &Path) -> Result<Vec<u64>> {
+    /// The files directly in a table folder's `_delta_log`.
+    async fn log_listing(&self, folder: &Path) -> Result<Vec<ObjectMeta>> {
         let log = folder.clone().join(DELTA_LOG);
         let listing = self
             .store
             .list_with_delimiter(Some(&log))
             .await
             .map_err(|e| Error::store(&log, e))?;
-        let mut versions: Vec<u64> = listing
-            .objects
+        Ok(listing.objects)
+    }
+
+    /// The commit versions present in a table folder's log, ascending.
+    pub(crate) async fn log_versions(&self, folder: &Path) -> Result<Vec<u64>> {
+        let mut versions: Vec<u64> = self
+            .log_listing(folder)
+            .await?
             .iter()
             .filter_map(|o| o.location.filename())
             .filter_map(commit_version)
