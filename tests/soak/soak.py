@@ -555,7 +555,8 @@ COLUMNS = ["t_s", "rss_kb", "rss_anon_kb", "rss_file_kb", "hwm_kb", "threads", "
            "warehouse_bytes", "pg_dashboard_queries", "flight_reads", "flight_batches", "manual_refreshes",
            "client_errors", "ingest_rows_total", "ingest_requests_total", "result_cache_bytes",
            "result_cache_entries", "sessions", "mem_allocated_kb", "mem_resident_kb", "mem_retained_kb",
-           "table_snapshots", "table_snapshot_files", "table_snapshot_replayed", "parquet_metadata_cache_kb"]
+           "table_snapshots", "table_snapshot_files", "table_snapshot_replayed", "parquet_metadata_cache_kb",
+           "local_io_waits", "local_io_operations"]
 
 
 class Sampler:
@@ -610,6 +611,9 @@ class Sampler:
             "table_snapshot_files": int(m.get("medlake_table_snapshot_files", 0)),
             "table_snapshot_replayed": int(m.get("medlake_table_snapshot_replayed_commits", 0)),
             "parquet_metadata_cache_kb": int(m.get("medlake_parquet_metadata_cache_bytes", 0) // 1024),
+            # Local file operations, and how many found the process's bound reached.
+            "local_io_waits": int(m.get("medlake_local_io_waits_total", 0)),
+            "local_io_operations": int(m.get("medlake_local_io_operations_total", 0)),
         }
         self.rows.append(row)
         self.csv.writerow(row)
@@ -757,7 +761,7 @@ def soak(args, server, out):
             row = sampler.sample(now)
             print(f"[{now:7.0f} s] rss {row['rss_kb'] / 1024:.0f} MiB (allocated {row['mem_allocated_kb'] / 1024:.0f}, "
                   f"{row['table_snapshot_files']} files in {row['table_snapshots']} snapshots), "
-                  f"{row['threads']} threads, {row['fds']} fds, "
+                  f"{row['threads']} threads ({row['local_io_waits']} waits of {row['local_io_operations']} local I/O), {row['fds']} fds, "
                   f"delta logs {row['delta_log_entries']} entries {row['delta_log_bytes'] / 1e6:.1f} MB, "
                   f"{row['pg_dashboard_queries']} pg queries, {row['flight_reads']} flight reads, "
                   f"{row['flight_batches']} flight batches, {row['manual_refreshes']} refreshes, "

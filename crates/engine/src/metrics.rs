@@ -230,6 +230,57 @@ pub(crate) fn memory_text(
         header(out, name, "gauge", help);
         let _ = writeln!(out, "{name} {value}");
     }
+    local_io_text(out);
+}
+
+/// The process's threads and its local I/O pool (`medlake_common::local_io`): a burst of
+/// local reads used to grow tokio's blocking pool for good.
+fn local_io_text(out: &mut String) {
+    let io = medlake_common::local_io::stats();
+    let series = [
+        (
+            "medlake_local_io_operations_total",
+            "counter",
+            "Local file operations run on the process's I/O threads.",
+            io.operations,
+        ),
+        (
+            "medlake_local_io_waits_total",
+            "counter",
+            "Local file operations that queued because every I/O thread was busy.",
+            io.waited,
+        ),
+        (
+            "medlake_local_io_in_flight",
+            "gauge",
+            "Local file operations queued or running now.",
+            io.in_flight,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    if let Some(threads) = process_threads() {
+        header(
+            out,
+            "medlake_process_threads",
+            "gauge",
+            "Threads of the server process.",
+        );
+        let _ = writeln!(out, "medlake_process_threads {threads}");
+    }
+}
+
+/// The `Threads:` line of `/proc/self/status` (Linux).
+fn process_threads() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

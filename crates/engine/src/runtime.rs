@@ -63,7 +63,7 @@ impl RuntimeSettings {
 
     /// The DataFusion runtime: a fair spill pool of `memory_limit` bytes (each spilling
     /// operator gets an equal share of what the others do not hold) that names its five largest
-    /// consumers when it refuses memory, and spill files in `spill_dir`.
+    /// consumers when it refuses memory, spill files in `spill_dir`, and a bounded local store.
     pub fn runtime_env(&self) -> Result<Arc<RuntimeEnv>> {
         let mut builder = RuntimeEnvBuilder::new();
         if let Some(limit) = self.memory_limit {
@@ -75,7 +75,18 @@ impl RuntimeSettings {
         if let Some(dir) = &self.spill_dir {
             builder = builder.with_temp_file_path(dir);
         }
-        Ok(builder.build_arc()?)
+        let env = builder.build_arc()?;
+        // Files DataFusion reads by a file:// URL share the process's bound on local I/O
+        // (its default local store would spawn a blocking thread per read in flight).
+        if let Ok(local) = url::Url::parse("file://") {
+            env.register_object_store(
+                &local,
+                medlake_common::local_io::bounded(Arc::new(
+                    datafusion::object_store::local::LocalFileSystem::new(),
+                )),
+            );
+        }
+        Ok(env)
     }
 }
 

@@ -9,9 +9,9 @@
 //! only once it survives a power loss, which is PostgreSQL's promise with `fsync = on`.
 //!
 //! Every writer reaches the disk through one object store: the warehouse's own (blind
-//! appends, markers) and deltalake's (writes, DML, OPTIMIZE), for which the `file://` factory
-//! is replaced while the mode is on. Cloud stores acknowledge a put once it is durable; the
-//! mode does not change them.
+//! appends, markers) and deltalake's (writes, DML, OPTIMIZE), whose `file://` factory is ours
+//! ([`register_local_scheme`], which also bounds local I/O). Cloud stores acknowledge a put
+//! once it is durable; the mode does not change them.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -42,8 +42,14 @@ const FOLDERS: usize = 3;
 /// Turns the mode on for this process (before the warehouse is opened).
 pub fn enable_fsync() {
     FSYNC.store(true, Ordering::SeqCst);
+    register_local_scheme();
+}
+
+/// Makes deltalake open `file://` tables through [`local_store`] (bounded, and durable while
+/// the mode is on) instead of its own unbounded local file system. Idempotent.
+pub(crate) fn register_local_scheme() {
     if let Ok(key) = Url::parse("file://") {
-        object_store_factories().insert(key, Arc::new(DurableFactory));
+        object_store_factories().insert(key, Arc::new(LocalFactory));
     }
 }
 
@@ -57,7 +63,9 @@ pub fn fsync_enabled() -> bool {
     FSYNC.load(Ordering::SeqCst)
 }
 
-/// A local store for `url` (durable while the mode is on) and the path of `url` in it.
+/// A local store for `url` and the path of `url` in it: its operations share the process's
+/// bound on blocking threads (`medlake_common::local_io`), and it is durable while the mode
+/// is on.
 pub(crate) fn local_store(url: &Url) -> DeltaResult<(ObjectStoreRef, Path)> {
     let path = Path::from_url_path(url.path())?;
     let local = Arc::new(LocalFileSystem::new());
@@ -66,13 +74,13 @@ pub(crate) fn local_store(url: &Url) -> DeltaResult<(ObjectStoreRef, Path)> {
     } else {
         local
     };
-    Ok((store, path))
+    Ok((medlake_common::local_io::bounded(store), path))
 }
 
-/// deltalake's store factory for `file://` while the mode is on.
-struct DurableFactory;
+/// deltalake's store factory for `file://`.
+struct LocalFactory;
 
-impl ObjectStoreFactory for DurableFactory {
+impl ObjectStoreFactory for LocalFactory {
     fn parse_url_opts(
         &self,
         url: &Url,
@@ -97,16 +105,21 @@ impl fmt::Display for Durable {
 /// Syncs the file at `location` and the folders above it.
 async fn sync(store: &LocalFileSystem, location: &Path) -> object_store::Result<()> {
     let file = store.path_to_filesystem(location)?;
-    tokio::task::spawn_blocking(move || sync_blocking(file))
-        .await
-        .map_err(|e| object_store::Error::Generic {
-            store: "Durable",
-            source: Box::new(e),
-        })?
-        .map_err(|e| object_store::Error::Generic {
-            store: "Durable",
-            source: Box::new(e),
-        })
+    let synced = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime
+            .spawn_blocking(move || sync_blocking(file))
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "Durable",
+                source: Box::new(e),
+            })?,
+        // On a thread of the local I/O pool (`medlake_common::local_io`): in place.
+        Err(_) => sync_blocking(file),
+    };
+    synced.map_err(|e| object_store::Error::Generic {
+        store: "Durable",
+        source: Box::new(e),
+    })
 }
 
 fn sync_blocking(file: PathBuf) -> std::io::Result<()> {

@@ -154,10 +154,12 @@ fn cloud_store_with(url: &Url, config: &[(String, String)]) -> DeltaResult<(Obje
     Ok((store, path))
 }
 
-/// Teaches deltalake the cloud schemes, with credentials from the environment. Idempotent.
+/// Teaches deltalake the cloud schemes, with credentials from the environment, and our local
+/// file system for `file://`. Idempotent.
 pub(crate) fn register_cloud_schemes() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        crate::durable::register_local_scheme();
         for scheme in CLOUD_SCHEMES {
             let Ok(key) = Url::parse(&format!("{scheme}://")) else {
                 continue;

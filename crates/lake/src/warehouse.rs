@@ -264,6 +264,20 @@ fn commit_version(file: &str) -> Option<u64> {
         .flatten()
 }
 
+/// Whether a table log (its listing) cannot be read from its start: no commit at all (a crashed
+/// CREATE, or only checkpoints a dropped table's maintenance left), or commits with neither
+/// version 0 nor a checkpoint to start from (an append that raced its table's DROP). Such a
+/// log is not a table, and the next CREATE clears it.
+fn headless_log(listing: &[ObjectMeta]) -> bool {
+    let names = || listing.iter().filter_map(|o| o.location.filename());
+    let mut commits = names().filter_map(commit_version).peekable();
+    if commits.peek().is_none() {
+        return true;
+    }
+    let starts = commits.any(|v| v == 0) || names().any(|f| f.contains(".checkpoint."));
+    !starts
+}
+
 /// Whether a load failed only because its log listing raced a commit (see [`load_newest`]).
 fn listing_raced(e: &DeltaTableError) -> bool {
     medlake_common::error_chain(e).contains("Expected contiguous commit files, but found gap")
@@ -482,6 +496,9 @@ pub struct Warehouse {
         Arc<std::sync::Mutex<HashMap<TableName, crate::checkpoints::CheckpointLog>>>,
     /// How long a superseded checkpoint stays ([`crate::checkpoints::GRACE`]).
     pub(crate) checkpoint_grace: std::time::Duration,
+    /// One gate per table appended to: appends hold it shared from their check of the
+    /// table to their commit, `DROP TABLE` exclusively ([`Warehouse::table_gate`]).
+    gates: Arc<std::sync::Mutex<HashMap<TableName, Arc<tokio::sync::RwLock<()>>>>>,
 }
 
 impl fmt::Debug for Warehouse {
@@ -507,6 +524,7 @@ impl Warehouse {
             erasures: Arc::default(),
             snapshots: Arc::default(),
             maintaining: Arc::default(),
+            gates: Arc::default(),
             checkpoints: Arc::default(),
             checkpoint_grace: crate::checkpoints::GRACE,
         };
@@ -705,8 +723,9 @@ impl Warehouse {
         if !has_log {
             return Ok(false);
         }
-        // A folder whose log holds no commit yet (a crashed CREATE) is not a table.
-        Ok(!self.log_versions(folder).await?.is_empty())
+        // A folder whose log holds no commit yet (a crashed CREATE) is not a table, nor one
+        // whose log cannot be read from its start (see `headless_log`).
+        Ok(!headless_log(&self.log_listing(folder).await?))
     }
 
     /// Whether the table exists.
@@ -1041,7 +1060,7 @@ impl Warehouse {
         // would stand in the way of the new table's.
         let folder = self.path(&[&name.schema, &name.table]);
         self.clear_dropped(&folder).await?;
-        self.clear_orphaned_checkpoints(&folder).await?;
+        self.clear_headless_log(&folder).await?;
         // Delta's kernel wants a local table folder to exist before its first commit.
         if self.url.scheme() == "file" {
             let url = self.table_url(name)?;
@@ -1254,6 +1273,19 @@ impl Warehouse {
         }
     }
 
+    /// The gate that orders `name`'s appends against its DROP in this process: an append that
+    /// found the table current must not put its log entry after the DROP marker (Delta would
+    /// take the lone entry, kept as a newer table's, for a table). Another server's append
+    /// can still race a DROP; the next CREATE clears what it leaves (`prepare_create`).
+    fn table_gate(&self, name: &TableName) -> Arc<tokio::sync::RwLock<()>> {
+        self.gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name.clone())
+            .or_default()
+            .clone()
+    }
+
     /// Whether the appender's version is still the log entry it read (one HEAD): the table
     /// was neither dropped nor replaced since.
     async fn appender_current(&self, appender: &Appender) -> Result<bool> {
@@ -1321,6 +1353,7 @@ impl Warehouse {
         options: &CommitOptions,
     ) -> Result<Option<u64>> {
         let started = std::time::Instant::now();
+        let _gate = self.table_gate(&appender.name).read_owned().await;
         if !self.appender_current(appender).await? {
             return Ok(None);
         }
@@ -1589,8 +1622,10 @@ impl Warehouse {
                 Err(Self::not_found(name))
             };
         }
-        // No checkpoint or compaction of the table may land after its marker.
+        // No checkpoint or compaction of the table, and no append of this process, may land
+        // after its marker.
         let _paused = self.pause_maintenance(name).await;
+        let _gate = self.table_gate(name).write_owned().await;
         let folder = self.path(&[&name.schema, &name.table]);
         let marker = folder.clone().join(DROPPED_MARKER);
         self.store
@@ -1649,24 +1684,23 @@ impl Warehouse {
         Ok(())
     }
 
-    /// Deletes the checkpoints (and `_last_checkpoint`) in a log that holds no commit: what
-    /// a dropped table's checkpoint written after its DROP marker left (another server's
-    /// maintenance; this one's waits for DROP). Delta would take them for a table, and a new
-    /// table's first commit never comes with a checkpoint.
-    async fn clear_orphaned_checkpoints(&self, folder: &Path) -> Result<()> {
+    /// Deletes what a log that cannot be read from its start holds (see `headless_log`):
+    /// checkpoints and `_last_checkpoint` in a log without commits (a dropped table's
+    /// checkpoint written after its DROP marker by another server's maintenance; this one's
+    /// waits for DROP), or lone commits with neither version 0 nor a checkpoint before them
+    /// (another server's append that raced the DROP; this one's waits for it). Delta would
+    /// take either for a table, and a new table's log starts with version 0 alone.
+    async fn clear_headless_log(&self, folder: &Path) -> Result<()> {
         let listing = self.log_listing(folder).await?;
-        let files: Vec<&Path> = listing.iter().map(|o| &o.location).collect();
-        if files
-            .iter()
-            .any(|p| p.filename().and_then(commit_version).is_some())
-        {
+        if !headless_log(&listing) {
             return Ok(());
         }
-        for path in files {
-            let orphan = path
-                .filename()
-                .is_some_and(|f| f == "_last_checkpoint" || f.contains(".checkpoint."));
-            if orphan {
+        for meta in listing {
+            let path = &meta.location;
+            let leftover = path.filename().is_some_and(|f| {
+                f == "_last_checkpoint" || f.contains(".checkpoint.") || commit_version(f).is_some()
+            });
+            if leftover {
                 match self.store.delete(path).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(Error::store(path, e)),

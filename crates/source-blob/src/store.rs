@@ -739,7 +739,10 @@ fn build(
     };
     let key_error = |key: &str, e: object_store::Error| format!("option '{key}': {e}");
     let store: Arc<dyn ObjectStore> = match url.scheme() {
-        "file" => Arc::new(object_store::local::LocalFileSystem::new()),
+        // Local reads share the process's bound on blocking threads.
+        "file" => {
+            medlake_common::local_io::bounded(Arc::new(object_store::local::LocalFileSystem::new()))
+        }
         "az" | "abfs" | "abfss" | "azure" => {
             let mut builder = if ambient {
                 MicrosoftAzureBuilder::from_env()

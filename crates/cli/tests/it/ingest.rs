@@ -208,9 +208,14 @@ fn every_acknowledged_batch_survives_a_sigkill_exactly_once() {
         "medlake_table_snapshots",
         "medlake_table_snapshot_files",
         "medlake_table_snapshot_replayed_commits",
+        "medlake_local_io_waits_total",
+        "medlake_local_io_in_flight",
     ] {
         assert!(value(series) >= 0.0, "{series}");
     }
+    // The server's local reads and writes ran on the process's I/O pool.
+    assert!(value("medlake_local_io_operations_total") > 0.0);
+    assert!(value("medlake_process_threads") >= 2.0);
     server.kill().unwrap();
     let _ = server.wait();
 

@@ -241,3 +241,95 @@ async fn a_checkpoint_left_by_a_dropped_table_is_cleared_by_the_next_create() {
         assert!(!log.join(file).exists(), "{file} cleared");
     }
 }
+
+/// Appends racing their table's DROP in the same process never land a log entry after the
+/// DROP marker (Delta would take the lone entry for a table: "already exists" at the next
+/// CREATE, or an unreadable table): DROP waits for the appends in flight, and those that come
+/// after it find the table gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_racing_a_drop_leave_nothing_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warehouse, name, table) = appended_table(dir.path(), None).await;
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+    for round in 0..12u64 {
+        let appenders = (0..3).map(|_| {
+            let warehouse = warehouse.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let Ok(mut appender) = warehouse.open_appender(&name).await else {
+                    return;
+                };
+                let ctx = SessionContext::new();
+                for n in 0..8 {
+                    let batch = RecordBatch::try_new(
+                        Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)])),
+                        vec![Arc::new(Int64Array::from(vec![n]))],
+                    )
+                    .unwrap();
+                    let plan = ctx.read_batch(batch).unwrap().logical_plan().clone();
+                    let state: Arc<dyn datafusion::catalog::Session> = Arc::new(ctx.state());
+                    match warehouse
+                        .append_to(&mut appender, plan, state, &CommitOptions::default())
+                        .await
+                    {
+                        Ok(Some(_)) => {}
+                        // Someone committed first, or the table is gone: open again.
+                        Ok(None) => match warehouse.refresh_appender(&mut appender).await {
+                            Ok(Some(_)) => {}
+                            _ => return,
+                        },
+                        Err(_) => return,
+                    }
+                }
+            })
+        });
+        let appenders: Vec<_> = appenders.collect();
+        tokio::time::sleep(std::time::Duration::from_millis(5 + round * 3)).await;
+        warehouse.drop_table(&name, false).await.unwrap();
+        for appender in appenders {
+            appender.await.unwrap();
+        }
+        assert!(
+            !table.join("_delta_log").exists(),
+            "round {round}: nothing of the dropped table is left: {:?}",
+            std::fs::read_dir(table.join("_delta_log")).map(|d| d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>())
+        );
+        warehouse
+            .create_table(&name, &schema, false)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: created again: {e}"));
+        warehouse
+            .set_table_properties(&name, &[("medlake.autoCompact".into(), "false".into())])
+            .await
+            .unwrap();
+        assert_eq!(rows_at(&warehouse, &name, 1).await, 0, "round {round}");
+    }
+    warehouse.settle().await;
+}
+
+/// A lone log entry left after a DROP (another server's append that raced it) is not a
+/// table, and the next CREATE clears it.
+#[tokio::test]
+async fn a_lone_commit_left_by_a_dropped_table_is_not_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warehouse, name, table) = appended_table(dir.path(), None).await;
+    let mut appender = warehouse.open_appender(&name).await.unwrap();
+    for n in 0..3 {
+        append(&warehouse, &mut appender, n).await;
+    }
+    warehouse.settle().await;
+    let log = table.join("_delta_log");
+    let lone = format!("{:020}.json", 4);
+    let entry = std::fs::read(log.join(format!("{:020}.json", 3))).unwrap();
+    warehouse.drop_table(&name, false).await.unwrap();
+    std::fs::create_dir_all(&log).unwrap();
+    std::fs::write(log.join(&lone), entry).unwrap();
+    assert!(!warehouse.table_exists(&name).await.unwrap());
+    let schema = Schema::new(vec![Field::new("n", DataType::Int64, true)]);
+    warehouse.create_table(&name, &schema, false).await.unwrap();
+    assert_eq!(rows_at(&warehouse, &name, 0).await, 0);
+    assert!(!log.join(&lone).exists(), "{lone} cleared");
+}
