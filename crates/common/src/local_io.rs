@@ -113,6 +113,15 @@ fn failed(reason: &'static str) -> object_store::Error {
     }
 }
 
+/// One operation counted in [`PENDING`] until dropped.
+struct Pending;
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        PENDING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Runs `job` on the pool and waits for its answer without holding a thread.
 async fn run<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
@@ -122,13 +131,14 @@ async fn run<T: Send + 'static>(
         WAITED.fetch_add(1, Ordering::Relaxed);
     }
     let (answer, answered) = futures::channel::oneshot::channel();
+    // Counted out when the job ends, panicking or not, or is never run.
+    let pending = Pending;
     let job: Job = Box::new(move || {
         let result = job();
-        PENDING.fetch_sub(1, Ordering::Relaxed);
+        drop(pending);
         let _ = answer.send(result);
     });
     if pool().send(job).is_err() {
-        PENDING.fetch_sub(1, Ordering::Relaxed);
         return Err(failed("the local I/O threads are gone"));
     }
     answered

@@ -295,3 +295,12 @@ fn a_runtime_blocked_on_a_read_does_not_stop_the_pool() {
         }
     });
 }
+
+/// An operation that panics on the pool fails its caller with an error, and the pool carries
+/// on.
+#[tokio::test]
+async fn a_panicking_operation_fails_its_caller_and_not_the_pool() {
+    let failed = run(|| -> u8 { panic!("an operation panics") }).await;
+    assert!(failed.is_err());
+    assert_eq!(run(|| 7u8).await.unwrap(), 7);
+}
