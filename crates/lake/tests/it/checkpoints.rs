@@ -52,6 +52,20 @@ async fn appended_table(
     (warehouse, name, dir.join("wh/bronze/appended"))
 }
 
+/// `name` created again after its DROP (round `round` of a race test), without automatic
+/// compaction, and empty.
+async fn created_again_empty(warehouse: &Warehouse, name: &TableName, schema: &Schema, round: u64) {
+    warehouse
+        .create_table(name, schema, false)
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: created again: {e}"));
+    warehouse
+        .set_table_properties(name, &[("medlake.autoCompact".into(), "false".into())])
+        .await
+        .unwrap();
+    assert_eq!(rows_at(warehouse, name, 1).await, 0, "round {round}");
+}
+
 #[tokio::test]
 async fn a_missed_checkpoint_is_caught_up_by_the_next_append() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,15 +209,7 @@ async fn a_table_dropped_while_its_checkpoint_is_written_can_be_created_again() 
             !table.join("_delta_log").exists(),
             "round {round}: nothing of the dropped table is left"
         );
-        warehouse
-            .create_table(&name, &schema, false)
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: created again: {e}"));
-        warehouse
-            .set_table_properties(&name, &[("medlake.autoCompact".into(), "false".into())])
-            .await
-            .unwrap();
-        assert_eq!(rows_at(&warehouse, &name, 1).await, 0, "round {round}");
+        created_again_empty(&warehouse, &name, &schema, round).await;
     }
     warehouse.settle().await;
 }
@@ -297,15 +303,7 @@ async fn appends_racing_a_drop_leave_nothing_behind_it() {
                 .map(|e| e.file_name())
                 .collect::<Vec<_>>())
         );
-        warehouse
-            .create_table(&name, &schema, false)
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: created again: {e}"));
-        warehouse
-            .set_table_properties(&name, &[("medlake.autoCompact".into(), "false".into())])
-            .await
-            .unwrap();
-        assert_eq!(rows_at(&warehouse, &name, 1).await, 0, "round {round}");
+        created_again_empty(&warehouse, &name, &schema, round).await;
     }
     warehouse.settle().await;
 }
