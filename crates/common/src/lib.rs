@@ -6,12 +6,14 @@
 //!   status code). No SQLSTATE is spelled anywhere else.
 //! - [`redact`]: a location as it may be shown (no password, no query string).
 //! - [`memory`]: the allocator's statistics, when the binary registered a probe.
-//! - [`local_io`]: local file stores whose operations run on a fixed pool of I/O threads.
+//! - `local_io` (feature `local-io`): local file stores whose operations run on a fixed pool
+//!   of I/O threads.
 //!
 //! It depends on no other medlake crate.
 
 mod code;
 mod error;
+#[cfg(feature = "local-io")]
 pub mod local_io;
 pub mod memory;
 mod redact;
