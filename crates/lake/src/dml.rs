@@ -645,6 +645,10 @@ impl LogStore for ScrubbedLog {
         self.inner.root_object_store(operation_id)
     }
 
+    fn engine(&self, operation_id: Option<Uuid>) -> Arc<dyn buoyant_kernel::Engine> {
+        self.inner.engine(operation_id)
+    }
+
     fn config(&self) -> &LogStoreConfig {
         self.inner.config()
     }

@@ -21,6 +21,7 @@ mod error;
 mod guard;
 pub mod lease;
 mod location;
+mod log_store;
 pub mod maintenance;
 mod snapshots;
 mod warehouse;

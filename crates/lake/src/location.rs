@@ -10,10 +10,11 @@
 use std::sync::{Arc, Once};
 
 use deltalake::logstore::{
-    LogStore, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
-    logstore_factories, object_store_factories,
+    ObjectStoreFactory, ObjectStoreRef, StorageConfig, logstore_factories, object_store_factories,
 };
 use deltalake::{DeltaResult, DeltaTableError};
+
+use crate::log_store::WarehouseLogStores;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use url::Url;
@@ -155,17 +156,21 @@ fn cloud_store_with(url: &Url, config: &[(String, String)]) -> DeltaResult<(Obje
 }
 
 /// Teaches deltalake the cloud schemes, with credentials from the environment, and our local
-/// file system for `file://`. Idempotent.
+/// file system for `file://`; every scheme's tables get our log store (`log_store.rs`: the
+/// default one, replaying a log a few files at a time). Idempotent.
 pub(crate) fn register_cloud_schemes() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         crate::durable::register_local_scheme();
+        if let Ok(key) = Url::parse("file://") {
+            logstore_factories().insert(key, Arc::new(WarehouseLogStores));
+        }
         for scheme in CLOUD_SCHEMES {
             let Ok(key) = Url::parse(&format!("{scheme}://")) else {
                 continue;
             };
             object_store_factories().insert(key.clone(), Arc::new(EnvStoreFactory));
-            logstore_factories().insert(key, Arc::new(DefaultLogStores));
+            logstore_factories().insert(key, Arc::new(WarehouseLogStores));
         }
     });
 }
@@ -180,26 +185,6 @@ impl ObjectStoreFactory for EnvStoreFactory {
         _config: &StorageConfig,
     ) -> DeltaResult<(ObjectStoreRef, Path)> {
         cloud_store(url)
-    }
-}
-
-/// The default Delta log store (commits by put-if-absent), for our cloud schemes.
-struct DefaultLogStores;
-
-impl LogStoreFactory for DefaultLogStores {
-    fn with_options(
-        &self,
-        prefixed_store: ObjectStoreRef,
-        root_store: ObjectStoreRef,
-        location: &Url,
-        options: &StorageConfig,
-    ) -> DeltaResult<Arc<dyn LogStore>> {
-        Ok(default_logstore(
-            prefixed_store,
-            root_store,
-            location,
-            options,
-        ))
     }
 }
 
