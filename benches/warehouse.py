@@ -86,9 +86,9 @@ def compare(medlake, views, versions, buckets=8):
 
 
 def refreshes(medlake, after):
-    """The refreshes recorded after the first `after`: view, mode, seconds."""
+    """The refreshes recorded after the first `after`: view, mode, seconds, reason."""
     return medlake.rows(
-        "SELECT view, mode, date_part('epoch', finished) - date_part('epoch', started) FROM "
+        "SELECT view, mode, date_part('epoch', finished) - date_part('epoch', started), reason FROM "
         "(SELECT *, row_number() OVER (ORDER BY started, refresh_id) AS n FROM system.refreshes) "
         f"WHERE n > {after} AND mode <> 'none' ORDER BY started"
     )
@@ -125,7 +125,11 @@ def measure(args, work):
     refresh = [args.bin, "refresh", "--cascade", "--warehouse", str(wh)]
     incremental_s = run(refresh + views, "incremental refresh")
     incremental = refreshes(medlake, before)
-    full_views = sorted({v for v, m, _ in incremental if m != "incremental"})
+    # REFRESH POLICY AUTO recomputes a view whose incremental plan would read most of its
+    # inputs (crates/views/src/cost.rs): counted apart, not a failure.
+    auto_full = sorted({v for v, m, _, why in incremental
+                        if m != "incremental" and "recomputing them would read" in why})
+    full_views = sorted({v for v, m, _, _ in incremental if m != "incremental"} - set(auto_full))
     versions = dict(medlake.rows(
         "SELECT schema || '.' || name, table_version FROM system.materialized_views"))
     after = int(medlake.rows("SELECT count(*) FROM system.refreshes")[0][0])
@@ -136,7 +140,7 @@ def measure(args, work):
         sys.exit(f"incremental and FULL results differ (rows): {differ}")
 
     def slowest(rows):
-        return sorted(((v, m, float(s)) for v, m, s in rows), key=lambda r: -r[2])[:5]
+        return sorted(((v, m, float(s)) for v, m, s, _ in rows), key=lambda r: -r[2])[:5]
 
     result = {
         "workload": "warehouse",
@@ -149,6 +153,7 @@ def measure(args, work):
         "full_seconds": full_s,
         "ratio_incremental_over_full": incremental_s / full_s,
         "not_incremental": full_views,
+        "auto_full_by_read_estimate": auto_full,
         "slowest_incremental": slowest(incremental),
         "slowest_full": slowest(full),
         "medlake": {"binary": args.bin, "build": build_of(args.bin)},
@@ -163,7 +168,8 @@ def measure(args, work):
         "",
         "| CASCADE refresh of every view | seconds |",
         "|---|---:|",
-        f"| incremental (every view incremental) | {incremental_s:.1f} |",
+        f"| incremental (AUTO: {len(auto_full)} view(s) recomputed, their incremental plan reading "
+        f"most of the inputs) | {incremental_s:.1f} |",
         f"| FULL | {full_s:.1f} |",
         "",
         f"incremental / FULL = {incremental_s / full_s:.3f} (goal ≤ 0.05). Slowest incremental views: "

@@ -10,6 +10,7 @@
 //! connector `Registry` (`medlake-source`) the engine hands it.
 
 pub mod auto_cdc;
+mod cost;
 pub mod cron;
 pub mod definition;
 mod erasure;
@@ -31,8 +32,8 @@ pub use definition::{
 };
 pub use error::{Error, Result};
 pub use refresh::{
-    AUTO_FULL_FRACTION, AUTO_MIN_ROWS, InputVolume, QUARANTINE_SUFFIX, RefreshAuthority,
-    RefreshListener, RefreshOutcome, RefreshPlan, RefreshState, Status, Trigger, View, Views,
-    quarantine_of, topological,
+    AUTO_FULL_FRACTION, AUTO_MIN_ROWS, AUTO_READ_FRACTION, InputVolume, QUARANTINE_SUFFIX,
+    RefreshAuthority, RefreshListener, RefreshOutcome, RefreshPlan, RefreshState, Status, Trigger,
+    View, Views, quarantine_of, topological,
 };
 pub use scheduler::Scheduler;

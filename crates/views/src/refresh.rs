@@ -8,6 +8,7 @@
 //! another one in a second process fails instead of applying its changes twice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::slice;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::AsArray;
@@ -37,6 +38,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use medlake_source::{External, Registry, Watermarked};
 
+use crate::cost;
 use crate::definition::{CreateView, RefreshPolicy, ViewDefinition};
 use crate::error::{Error, Result};
 use crate::expect::{Checks, ExpectationsExec, PlannedTable, Rule};
@@ -60,6 +62,15 @@ pub const AUTO_FULL_FRACTION: f64 = 0.5;
 /// Below this many input rows `REFRESH POLICY AUTO` does not weigh the change: either plan
 /// takes moments, and the incremental one writes less.
 pub const AUTO_MIN_ROWS: u64 = 10_000;
+/// `REFRESH POLICY AUTO`'s second rule: when the recompute of the keys (GROUP BY, window
+/// partitions) or regions a change touches would read more than this fraction of the input
+/// rows the view's whole query reads (both estimated from file statistics after filter
+/// pushdown and Delta's file skipping: [`crate::cost`]), that being at least
+/// [`AUTO_MIN_ROWS`], the view is recomputed instead: the touched keys span most files of
+/// inputs not clustered by them, so the incremental plan would read as much as a full one and
+/// also read the changes and rewrite the touched rows (once per region for region plans).
+/// Measured on the reference warehouse (benches/RESULTS.md, "warehouse").
+pub const AUTO_READ_FRACTION: f64 = 0.5;
 /// The suffix of a view's quarantine table (`silver.readings_quarantine`).
 pub const QUARANTINE_SUFFIX: &str = "_quarantine";
 
@@ -1807,8 +1818,13 @@ impl Views {
                     return Ok(write("incremental", reason, nothing, WriteMode::Append));
                 }
                 let keys = distinct_keys(&batches, keyed.key_exprs.len())?;
+                let recompute = keyed.recompute(&keys)?;
+                if let Some(why) = self.reads_too_much(step, slice::from_ref(&recompute)).await {
+                    let why = format!("{reason}; {touched} partition(s): {why}");
+                    return self.full_after_all(step, why, checks).await;
+                }
                 checks.replace_region(keyed.replaced_rows(&keys));
-                let input = self.checked(ctx, &keyed.recompute(&keys)?, checks).await?;
+                let input = self.checked(ctx, &recompute, checks).await?;
                 Ok(Write {
                     mode: "incremental",
                     reason: format!("{reason} ({touched} partition(s))"),
@@ -1892,6 +1908,10 @@ impl Views {
                     .build()?,
             );
         }
+        if let Some(why) = self.reads_too_much(step, &parts).await {
+            let why = format!("{reason}; {} region(s): {why}", predicates.len());
+            return self.full_after_all(step, why, checks).await;
+        }
         let replaced = predicates
             .iter()
             .cloned()
@@ -1907,6 +1927,32 @@ impl Views {
             write_mode: WriteMode::Overwrite,
             replace_where: Some(replaced),
             held,
+        })
+    }
+
+    /// Under `REFRESH POLICY AUTO`, why recomputing `parts` (a keyed or region plan's
+    /// queries) would read more than [`AUTO_READ_FRACTION`] of what the view's query reads in
+    /// full; `None`: refresh incrementally (another policy, a small view, or a read that
+    /// cannot be estimated, such as an external input's).
+    async fn reads_too_much(&self, step: &Step<'_>, parts: &[LogicalPlan]) -> Option<String> {
+        if step.definition.policy != RefreshPolicy::Auto {
+            return None;
+        }
+        let ctx = &step.pinned.ctx;
+        let full = cost::rows_read(ctx, slice::from_ref(&step.pinned.plan)).await?;
+        if full < AUTO_MIN_ROWS {
+            return None;
+        }
+        let incremental = cost::rows_read(ctx, parts).await?;
+        let share = incremental as f64 / full as f64;
+        (share > AUTO_READ_FRACTION).then(|| {
+            format!(
+                "recomputing them would read {incremental} input rows, {:.0}% of the {full} \
+                 the view's query reads (more than {}%: the files holding those keys span \
+                 most of the inputs), so REFRESH POLICY AUTO recomputes the view",
+                share * 100.0,
+                AUTO_READ_FRACTION * 100.0
+            )
         })
     }
 

@@ -942,7 +942,8 @@ fn every_silver_rule_quarantines_its_case() {
 
 /// 1% more in every source of the quickstart (new rows; new versions of EHR, trial and
 /// Cosmos rows, which silver resolves; new CSV, Parquet, DICOM and document files) and a
-/// CASCADE refresh of every view: each view of sql/ refreshes incrementally, none fully.
+/// CASCADE refresh of every view: each view of sql/ refreshes incrementally, none fully, except
+/// where REFRESH POLICY AUTO finds the incremental plan would read most of the inputs.
 #[test]
 fn every_view_refreshes_incrementally_after_one_percent_more_in_every_source() {
     let dir = tempfile::tempdir().unwrap();
@@ -1045,9 +1046,13 @@ fn every_view_refreshes_incrementally_after_one_percent_more_in_every_source() {
     // The two views of sql/alerts/operations.sql read the clock (now()): recomputed at every
     // refresh by design, and a FULL refresh a moment later may rightly differ.
     let clock = ["gold.silent_devices", "gold.unacknowledged_alarms"];
+    // REFRESH POLICY AUTO may still recompute a view whose incremental plan would read most
+    // of its inputs (its reason names the plan and what it would read): every other view
+    // refreshes incrementally.
     let full: Vec<&String> = refreshes
         .iter()
         .filter(|l| l.contains(",full,") && !clock.iter().any(|c| l.starts_with(&format!("{c},"))))
+        .filter(|l| !l.contains("recomputing them would read"))
         .collect();
     assert!(full.is_empty(), "refreshed fully:\n{full:#?}");
     // And each view holds what a FULL refresh computes (floats to 6 decimals).
