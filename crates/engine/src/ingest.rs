@@ -2,7 +2,8 @@
 //! they answer in the same Delta commit, so that "was this batch written?" has a durable,
 //! atomic answer that survives a crash between the commit and the acknowledgement.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -118,6 +119,8 @@ impl Engine {
             appender: None,
             keys: HashMap::new(),
             commits: VecDeque::new(),
+            prints: Fingerprints::new(),
+            tokens: HashSet::new(),
             window: window.max(1),
             create,
         };
@@ -361,17 +364,94 @@ fn recorded_keys(ingest: &Value) -> Vec<IngestKey> {
 /// One table's ingest state as its writer keeps it between commits: the table held open at
 /// the newest version the writer knows, and the idempotency keys of its newest `window`
 /// commits (older ones are forgotten, so memory stays bounded).
+///
+/// A busy door's window holds tens of thousands of keys (10,000 commits of several HL7
+/// messages each), so each is kept small: its 128-bit [`Fingerprints`] instead of its text,
+/// the body's SHA-256 as 32 bytes, the token's name shared (~130 bytes a key instead of
+/// ~500 with three copies of the text and the hash in hex; in the soak the window was one of
+/// the few things that grew through the hour).
 #[derive(Debug)]
 pub struct IngestTable {
     name: TableName,
     /// `None` while a table opened with `create` does not exist.
     appender: Option<Appender>,
-    /// Key → the version that recorded it, and what it recorded with it.
-    keys: HashMap<String, (u64, IngestKey)>,
-    /// The remembered commits that recorded keys, oldest first.
-    commits: VecDeque<(u64, Vec<String>)>,
+    /// Key's fingerprint → the version that recorded it, and what it recorded with it.
+    keys: HashMap<u128, Remembered>,
+    /// The remembered commits that recorded keys (their fingerprints), oldest first.
+    commits: VecDeque<(u64, Vec<u128>)>,
+    prints: Fingerprints,
+    /// The token names seen, each kept once.
+    tokens: HashSet<Arc<str>>,
     window: usize,
     create: bool,
+}
+
+/// A key's fingerprint: two SipHash-1-3 of the key under the process's random keys, 128 bits.
+/// Two of n remembered keys share one with probability ~n²/2¹²⁹ (10⁻²⁹ for 10⁵ keys), and
+/// the random keys keep a sender from choosing keys that collide.
+#[derive(Debug)]
+struct Fingerprints([RandomState; 2]);
+
+impl Fingerprints {
+    fn new() -> Self {
+        Self([RandomState::new(), RandomState::new()])
+    }
+
+    fn of(&self, key: &str) -> u128 {
+        let [high, low] = &self.0;
+        (u128::from(high.hash_one(key)) << 64) | u128::from(low.hash_one(key))
+    }
+}
+
+/// What a remembered commit recorded of one key.
+#[derive(Debug)]
+struct Remembered {
+    version: u64,
+    body_sha256: Option<BodyHash>,
+    token: Option<Arc<str>>,
+}
+
+/// A body's SHA-256 as a commit recorded it: 32 bytes when it is 64 lowercase hex digits
+/// (what medlake writes), the text as it was otherwise.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyHash {
+    Sha256([u8; 32]),
+    Text(Box<str>),
+}
+
+impl BodyHash {
+    fn new(hex: String) -> Self {
+        let mut bytes = [0u8; 32];
+        let digits = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let parsed = hex.len() == 64
+            && hex
+                .as_bytes()
+                .chunks(2)
+                .zip(bytes.iter_mut())
+                .all(|(pair, byte)| match (digits(pair[0]), digits(pair[1])) {
+                    (Some(high), Some(low)) => {
+                        *byte = (high << 4) | low;
+                        true
+                    }
+                    _ => false,
+                });
+        if parsed {
+            BodyHash::Sha256(bytes)
+        } else {
+            BodyHash::Text(hex.into_boxed_str())
+        }
+    }
+
+    fn to_hex(&self) -> String {
+        match self {
+            BodyHash::Sha256(bytes) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            BodyHash::Text(text) => text.to_string(),
+        }
+    }
 }
 
 impl IngestTable {
@@ -381,12 +461,16 @@ impl IngestTable {
 
     /// Whether a remembered commit holds `key`.
     pub fn contains(&self, key: &str) -> bool {
-        self.keys.contains_key(key)
+        self.keys.contains_key(&self.prints.of(key))
     }
 
     /// The remembered record of `key` (its body hash and token where the commit has them).
-    pub fn recorded(&self, key: &str) -> Option<&IngestKey> {
-        self.keys.get(key).map(|(_, recorded)| recorded)
+    pub fn recorded(&self, key: &str) -> Option<IngestKey> {
+        self.keys.get(&self.prints.of(key)).map(|r| IngestKey {
+            key: key.to_string(),
+            body_sha256: r.body_sha256.as_ref().map(BodyHash::to_hex),
+            token: r.token.as_deref().map(str::to_string),
+        })
     }
 
     /// The version the writer knows (`None` while the table does not exist).
@@ -398,27 +482,86 @@ impl IngestTable {
         if keys.is_empty() {
             return;
         }
-        let names = keys.iter().map(|k| k.key.clone()).collect();
+        let mut prints = Vec::with_capacity(keys.len());
         for key in keys {
-            self.keys.insert(key.key.clone(), (version, key));
+            let print = self.prints.of(&key.key);
+            let token = key.token.map(|name| self.token(name));
+            let remembered = Remembered {
+                version,
+                body_sha256: key.body_sha256.map(BodyHash::new),
+                token,
+            };
+            self.keys.insert(print, remembered);
+            prints.push(print);
         }
-        self.commits.push_back((version, names));
+        self.commits.push_back((version, prints));
         while self.commits.len() > self.window {
-            let Some((old, keys)) = self.commits.pop_front() else {
+            let Some((old, prints)) = self.commits.pop_front() else {
                 break;
             };
-            for key in keys {
-                if self.keys.get(&key).is_some_and(|(v, _)| *v == old) {
-                    self.keys.remove(&key);
+            for print in prints {
+                if self.keys.get(&print).is_some_and(|r| r.version == old) {
+                    self.keys.remove(&print);
                 }
             }
         }
+    }
+
+    /// The token name, shared with the keys that already carry it.
+    fn token(&mut self, name: String) -> Arc<str> {
+        if let Some(known) = self.tokens.get(name.as_str()) {
+            return known.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.tokens.insert(name.clone());
+        name
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_keeps_keys_compact_and_gives_them_back_whole() {
+        let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let mut table = IngestTable {
+            name: TableName::new("bronze", "t").unwrap(),
+            appender: None,
+            keys: HashMap::new(),
+            commits: VecDeque::new(),
+            prints: Fingerprints::new(),
+            tokens: HashSet::new(),
+            window: 2,
+            create: true,
+        };
+        let key = |k: &str, body: &str, token: &str| IngestKey {
+            key: k.into(),
+            body_sha256: Some(body.into()),
+            token: Some(token.into()),
+        };
+        table.remember(1, vec![key("a", sha, "ward-3"), key("b", "00ff", "ward-3")]);
+        table.remember(2, vec![IngestKey::bare("c")]);
+        // The hash as 32 bytes, an odd one as it was; one copy of the token's name.
+        assert!(matches!(
+            table.keys[&table.prints.of("a")].body_sha256,
+            Some(BodyHash::Sha256(_))
+        ));
+        assert_eq!(table.tokens.len(), 1);
+        assert_eq!(table.recorded("a"), Some(key("a", sha, "ward-3")));
+        assert_eq!(table.recorded("b"), Some(key("b", "00ff", "ward-3")));
+        assert_eq!(table.recorded("c"), Some(IngestKey::bare("c")));
+        assert!(table.contains("c") && !table.contains("d"));
+        assert_ne!(table.prints.of("a"), table.prints.of("b"));
+        // A third commit pushes the first out of the window of two.
+        table.remember(3, vec![IngestKey::bare("d")]);
+        assert!(!table.contains("a") && !table.contains("b"));
+        assert!(table.contains("c") && table.contains("d"));
+        // A key recorded again by a newer commit stays while that commit is remembered.
+        table.remember(4, vec![IngestKey::bare("c")]);
+        table.remember(5, vec![IngestKey::bare("e")]);
+        assert!(table.contains("c") && !table.contains("d"));
+    }
 
     #[test]
     fn records_carry_hashes_and_tokens_and_old_records_still_read() {

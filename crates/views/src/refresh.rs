@@ -1932,10 +1932,11 @@ impl Views {
 
     /// Under `REFRESH POLICY AUTO`, why recomputing `parts` (a keyed or region plan's
     /// queries) would read more than [`AUTO_READ_FRACTION`] of what the view's query reads in
-    /// full; `None`: refresh incrementally (another policy, a small view, or a read that
-    /// cannot be estimated, such as an external input's).
+    /// full; `None`: refresh incrementally (another policy, a small view, an external input,
+    /// or a read that cannot be estimated).
     async fn reads_too_much(&self, step: &Step<'_>, parts: &[LogicalPlan]) -> Option<String> {
-        if step.definition.policy != RefreshPolicy::Auto {
+        // Planning an external table's scan may already reach its source: not for a guess.
+        if step.definition.policy != RefreshPolicy::Auto || !step.pinned.external.is_empty() {
             return None;
         }
         let ctx = &step.pinned.ctx;
