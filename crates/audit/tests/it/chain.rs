@@ -197,7 +197,7 @@ async fn vacuum_below_six_years_is_refused_by_the_table_too() {
     let log = AuditLog::open(wh.clone(), settings()).await.unwrap();
     log.record_write(write(0)).await.unwrap();
     log.close().await.unwrap();
-    // The table's properties: append-only, 6 years of log entries, a week of tombstones
+    // The table's properties: append-only, 6 years of log entries, an hour of tombstones
     // (removed files are compacted copies; checkpoints list every tombstone kept).
     let created = wh.commit_actions(&table_name(), 0).await.unwrap().unwrap();
     let config = created
@@ -206,7 +206,7 @@ async fn vacuum_below_six_years_is_refused_by_the_table_too() {
         .unwrap();
     assert_eq!(config["delta.appendOnly"], "true", "{config}");
     assert_eq!(
-        config["delta.deletedFileRetentionDuration"], "interval 7 days",
+        config["delta.deletedFileRetentionDuration"], "interval 1 hours",
         "{config}"
     );
     assert_eq!(config["delta.logRetentionDuration"], "interval 2192 days");
@@ -215,7 +215,7 @@ async fn vacuum_below_six_years_is_refused_by_the_table_too() {
     assert_eq!(protocol["minWriterVersion"], 2, "{protocol}");
     let week = Duration::from_secs(7 * 86_400);
     // The engine refuses a VACUUM of the log keeping less than 6 years unless an auditor
-    // forces it; the table's own tombstone retention is a week (what deltalake checks), and
+    // forces it; the table's own tombstone retention is an hour (what deltalake checks), and
     // what such a VACUUM deletes are files whose rows a compaction copied.
     assert!(check_vacuum(week, false).is_err());
     assert!(check_vacuum(week, true).is_ok());
