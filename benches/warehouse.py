@@ -126,9 +126,10 @@ def measure(args, work):
     incremental_s = run(refresh + views, "incremental refresh")
     incremental = refreshes(medlake, before)
     # REFRESH POLICY AUTO recomputes a view whose incremental plan would read most of its
-    # inputs (crates/views/src/cost.rs): counted apart, not a failure.
+    # inputs (crates/views/src/cost.rs), and then the views over it, whose inputs changed
+    # everywhere: counted apart, not a failure.
     auto_full = sorted({v for v, m, _, why in incremental
-                        if m != "incremental" and "recomputing them would read" in why})
+                        if m != "incremental" and "so REFRESH POLICY AUTO recomputes the view" in why})
     full_views = sorted({v for v, m, _, _ in incremental if m != "incremental"} - set(auto_full))
     versions = dict(medlake.rows(
         "SELECT schema || '.' || name, table_version FROM system.materialized_views"))
@@ -168,8 +169,7 @@ def measure(args, work):
         "",
         "| CASCADE refresh of every view | seconds |",
         "|---|---:|",
-        f"| incremental (AUTO: {len(auto_full)} view(s) recomputed, their incremental plan reading "
-        f"most of the inputs) | {incremental_s:.1f} |",
+        f"| incremental (AUTO: {len(auto_full)} view(s) recomputed by its cost rules) | {incremental_s:.1f} |",
         f"| FULL | {full_s:.1f} |",
         "",
         f"incremental / FULL = {incremental_s / full_s:.3f} (goal ≤ 0.05). Slowest incremental views: "
