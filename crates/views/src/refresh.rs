@@ -69,7 +69,8 @@ pub const AUTO_MIN_ROWS: u64 = 10_000;
 /// [`AUTO_MIN_ROWS`], the view is recomputed instead: the touched keys span most files of
 /// inputs not clustered by them, so the incremental plan would read as much as a full one and
 /// also read the changes and rewrite the touched rows (once per region for region plans).
-/// Measured on the reference warehouse (benches/RESULTS.md, "warehouse").
+/// A starting point like [`AUTO_FULL_FRACTION`], not yet measured on a release build
+/// (benches/RESULTS.md, "warehouse").
 pub const AUTO_READ_FRACTION: f64 = 0.5;
 /// The suffix of a view's quarantine table (`silver.readings_quarantine`).
 pub const QUARANTINE_SUFFIX: &str = "_quarantine";
