@@ -1,0 +1,157 @@
+//! The physical extension codec the server, the scheduler and every executor share.
+//!
+//! Ballista's own codec decodes every extension node as one of Ballista's (shuffle readers
+//! and writers), and has no slot for another codec, so this one wraps it: each extension
+//! node's bytes start with a tag saying whose node follows.
+//!
+//! What may cross: Delta scans ([`LakeScanExec`]), DataFusion's own nodes (encoded by
+//! datafusion-proto), Ballista's, and functions the executors also have ([`Functions`]).
+//! Anything else is refused when the server encodes the plan, so the query runs on the
+//! server instead ([`crate::Cluster::try_execute`]): external-table scans (their connectors
+//! hold connections and resolved secrets), per-session functions (`current_user()`,
+//! `has_table_privilege()`), and functions keyed by a secret (`pseudonym`, `shift_date`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::registry::FunctionRegistry;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+
+use crate::scan::LakeScanExec;
+
+const BALLISTA: u8 = 0;
+const LAKE_SCAN: u8 = 1;
+
+/// Functions that give the same answer wherever they run: never one holding a session's
+/// identity or a secret. Names a server registers under these names but with per-session
+/// state are refused by name, whatever the executors have.
+const SERVER_ONLY: &[&str] = &[
+    "current_user",
+    "session_user",
+    "is_member",
+    "is_account_group_member",
+    "has_table_privilege",
+    "has_schema_privilege",
+    "pseudonym",
+    "shift_date",
+    "medlake_erased",
+];
+
+/// The scalar functions of a cluster: DataFusion's own plus medlake's stateless ones, the
+/// same on the server, the scheduler and the executors.
+#[derive(Debug, Clone)]
+pub struct Functions {
+    extra: Vec<Arc<ScalarUDF>>,
+    names: Arc<HashSet<String>>,
+}
+
+impl Functions {
+    /// DataFusion's functions and `extra` (which replace DataFusion's of the same name).
+    pub fn new(extra: Vec<Arc<ScalarUDF>>) -> Self {
+        let extra: Vec<_> = extra
+            .into_iter()
+            .filter(|f| !SERVER_ONLY.contains(&f.name()))
+            .collect();
+        let state = Self::state_with(&extra);
+        let names = state
+            .scalar_functions()
+            .keys()
+            .filter(|n| !SERVER_ONLY.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        Self {
+            extra,
+            names: Arc::new(names),
+        }
+    }
+
+    /// A session state with these functions (and DataFusion's defaults otherwise).
+    pub fn state(&self) -> SessionState {
+        Self::state_with(&self.extra)
+    }
+
+    fn state_with(extra: &[Arc<ScalarUDF>]) -> SessionState {
+        let mut state = SessionStateBuilder::new().with_default_features().build();
+        for f in extra {
+            // Replacing a built-in returns it; nothing to do with it.
+            let _ = state.register_udf(f.clone());
+        }
+        state
+    }
+
+    /// Whether a function of this name runs the same on an executor.
+    pub fn crosses(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+}
+
+/// medlake's physical codec (around Ballista's).
+#[derive(Debug)]
+pub struct Codec {
+    ballista: BallistaPhysicalExtensionCodec,
+    functions: Functions,
+}
+
+impl Codec {
+    pub fn new(functions: Functions) -> Self {
+        Self {
+            ballista: BallistaPhysicalExtensionCodec::default(),
+            functions,
+        }
+    }
+}
+
+impl PhysicalExtensionCodec for Codec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match buf.split_first() {
+            Some((&LAKE_SCAN, rest)) => Ok(Arc::new(LakeScanExec::decode(rest, ctx)?)),
+            Some((&BALLISTA, rest)) => self.ballista.try_decode(rest, inputs, ctx, converter),
+            _ => Err(DataFusionError::Internal(
+                "an extension node of a kind this medlake does not know (a different version?)"
+                    .into(),
+            )),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        if let Some(scan) = node.downcast_ref::<LakeScanExec>() {
+            buf.push(LAKE_SCAN);
+            return scan.encode(buf);
+        }
+        buf.push(BALLISTA);
+        self.ballista.try_encode(node, buf, converter)
+    }
+
+    fn try_decode_udf(&self, name: &str, _buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        Err(DataFusionError::Plan(format!(
+            "function {name} is not one this cluster's executors have"
+        )))
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, _buf: &mut Vec<u8>) -> Result<()> {
+        if self.functions.crosses(node.name()) {
+            Ok(())
+        } else {
+            Err(DataFusionError::NotImplemented(format!(
+                "function {} runs only on the server",
+                node.name()
+            )))
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! medlake on Apache DataFusion Ballista 55.
+//!
+//! One binary runs every role: `medlake scheduler` ([`scheduler::serve`]), `medlake executor`
+//! ([`executor::serve`]), and a server whose queries go to the scheduler ([`Cluster`]).
+//!
+//! The server keeps everything that needs its catalog, its principals or its secrets: it
+//! parses, checks privileges, applies masks and row filters (the plan it ships already holds
+//! them), and plans the query physically. The plan then crosses to the scheduler as a
+//! physical plan (Ballista 55's `execute_physical_plan`), so the scheduler never needs the
+//! catalog; it cuts the plan into stages for the executors, and the rows stream back.
+//!
+//! Scheduler, executor and result traffic carries patient data: every connection between them
+//! is mutual TLS with one cluster CA ([`ClusterTls`]), and a peer without a certificate from
+//! it is refused during the handshake.
+
+pub mod codec;
+pub mod executor;
+pub mod scan;
+pub mod scheduler;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ballista_core::extension::{EndpointOverrideFn, SessionConfigExt};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, SessionState};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::physical_plan::AsExecutionPlan;
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+pub use codec::{Codec, Functions};
+pub use scan::distributable;
+
+/// Errors starting a scheduler or an executor, or reaching one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("the cluster: {0}")]
+    Ballista(String),
+}
+
+impl From<ballista_core::error::BallistaError> for Error {
+    fn from(e: ballista_core::error::BallistaError) -> Self {
+        Error::Ballista(e.to_string())
+    }
+}
+
+/// The cluster's mutual TLS: a CA every member trusts, and this member's certificate and key
+/// (PEM). The same certificate serves as server and client identity.
+#[derive(Clone)]
+pub struct ClusterTls {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClusterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log.
+        f.write_str("ClusterTls { .. }")
+    }
+}
+
+impl ClusterTls {
+    /// Reads the three PEM files.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, Error> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| Error::Read {
+                path: p.to_path_buf(),
+                reason: e.to_string(),
+            })
+        };
+        Self::from_pem(read(ca)?, read(cert)?, read(key)?)
+    }
+
+    /// From PEM bytes.
+    pub fn from_pem(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>) -> Result<Self, Error> {
+        for (what, pem) in [("CA", &ca), ("certificate", &cert), ("key", &key)] {
+            if !pem.windows(10).any(|w| w == b"-----BEGIN") {
+                return Err(Error::Config(format!("the cluster {what} is not PEM")));
+            }
+        }
+        // tonic asks rustls for the process-default provider.
+        let _ = tokio_rustls_provider();
+        Ok(Self { ca, cert, key })
+    }
+
+    pub(crate) fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.ca))
+    }
+
+    pub(crate) fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.cert, &self.key))
+    }
+
+    /// Ballista's hook on every client endpoint it makes (to the scheduler, to executors for
+    /// shuffles and results): TLS with this identity, on `https`.
+    pub(crate) fn endpoint_override(&self) -> EndpointOverrideFn {
+        let tls = self.client();
+        Arc::new(move |endpoint: Endpoint| {
+            let endpoint = if endpoint.uri().scheme_str() == Some("https") {
+                endpoint
+            } else {
+                let uri = endpoint
+                    .uri()
+                    .to_string()
+                    .replacen("http://", "https://", 1);
+                Endpoint::from_shared(uri)?
+                    .connect_timeout(std::time::Duration::from_secs(20))
+                    .tcp_nodelay(true)
+            };
+            Ok(endpoint.tls_config(tls.clone())?)
+        })
+    }
+
+    /// `config` set to reach the cluster with this identity.
+    pub(crate) fn session_config(&self, config: SessionConfig) -> SessionConfig {
+        config
+            .upgrade_for_ballista()
+            .with_ballista_use_tls(true)
+            .with_ballista_override_create_grpc_client_endpoint(self.endpoint_override())
+    }
+}
+
+fn tokio_rustls_provider() -> bool {
+    tokio_rustls::rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_ok()
+}
+
+/// A server's way to its cluster: the scheduler's address, its TLS identity, the codec.
+#[derive(Clone)]
+pub struct Cluster {
+    scheduler: String,
+    tls: ClusterTls,
+    codec: Arc<Codec>,
+    session_id: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("scheduler", &self.scheduler)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a query stays on the server: some part of its plan cannot run on an executor.
+#[derive(Debug)]
+pub struct StaysHere(pub String);
+
+impl Cluster {
+    /// `scheduler`: `ballista://host:port` (or `https://host:port`).
+    pub fn new(scheduler: &str, tls: ClusterTls, functions: Functions) -> Result<Self, Error> {
+        let rest = scheduler
+            .strip_prefix("ballista://")
+            .or_else(|| scheduler.strip_prefix("https://"))
+            .or_else(|| scheduler.strip_prefix("df://"))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "the cluster address must be ballista://HOST:PORT, not {scheduler}"
+                ))
+            })?;
+        if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+            return Err(Error::Config(format!(
+                "the cluster address must be ballista://HOST:PORT, not {scheduler}"
+            )));
+        }
+        Ok(Self {
+            scheduler: format!("https://{rest}"),
+            tls,
+            codec: Arc::new(Codec::new(functions)),
+            session_id: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    /// The scheduler's address (`https://host:port`).
+    pub fn scheduler(&self) -> &str {
+        &self.scheduler
+    }
+
+    /// The physical plan of an optimized logical `plan`, for the cluster: Delta scans made
+    /// distributable ([`distributable`]), and no dynamic filters (a hash join's or a top-k's
+    /// filter pushed into its input at planning: Ballista's scheduler reorders join inputs
+    /// after planning, which such a plan refuses).
+    pub async fn plan(
+        &self,
+        state: &SessionState,
+        plan: LogicalPlan,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = distributable(plan)?;
+        // A clone, not `SessionStateBuilder::new_from_existing(..).build()`: building registers
+        // a fresh default catalog in the catalog list the clone shares with the caller.
+        let mut state = state.clone();
+        let optimizer = &mut state.config_mut().options_mut().optimizer;
+        optimizer.enable_dynamic_filter_pushdown = false;
+        optimizer.enable_join_dynamic_filter_pushdown = false;
+        optimizer.enable_topk_dynamic_filter_pushdown = false;
+        optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+        state.create_physical_plan(&plan).await
+    }
+
+    /// The plan's wire form, or why it cannot leave this server.
+    pub fn encode(&self, plan: &Arc<dyn ExecutionPlan>) -> std::result::Result<(), StaysHere> {
+        PhysicalPlanNode::try_from_physical_plan(plan.clone(), self.codec.as_ref())
+            .map(|_| ())
+            .map_err(|e| StaysHere(stays_reason(&e)))
+    }
+
+    /// Runs `plan` on the cluster: its rows, streamed back. `Err(StaysHere)` when some node or
+    /// function of it cannot cross (the caller runs it here instead).
+    pub async fn try_execute(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &SessionConfig,
+    ) -> std::result::Result<Result<SendableRecordBatchStream>, StaysHere> {
+        self.encode(&plan)?;
+        let config = self.tls.session_config(config.clone());
+        let ballista = config.ballista_config();
+        Ok(
+            ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
+                self.scheduler.clone(),
+                &ballista,
+                plan,
+                self.codec.as_ref(),
+                self.session_id.clone(),
+                config,
+            )
+            .await
+            .map_err(cluster_error),
+        )
+    }
+}
+
+fn stays_reason(e: &DataFusionError) -> String {
+    let text = e.to_string();
+    let text = text.lines().next().unwrap_or_default();
+    text.trim_start_matches("This feature is not implemented: ")
+        .trim_start_matches("Internal error: ")
+        .to_string()
+}
+
+fn cluster_error(e: DataFusionError) -> DataFusionError {
+    DataFusionError::Execution(format!("the cluster could not run the query: {e}"))
+}

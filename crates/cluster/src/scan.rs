@@ -1,0 +1,314 @@
+//! Delta scans that cross the wire.
+//!
+//! deltalake 1.1.3's scan node (`DeltaScanExec`) keeps its state private (kernel expressions,
+//! deletion-vector masks, a file pruner), so no codec outside deltalake can encode it. What
+//! *is* plain data is its provider: `DeltaScanNext` is serde, snapshot included (its file
+//! list travels as Arrow IPC), so an executor needs neither the Delta log nor the catalog.
+//!
+//! Before a plan goes to the cluster, [`distributable`] wraps every Delta provider of the
+//! logical plan in a [`ClusterTable`], whose scan returns a [`LakeScanExec`]: the plan deltalake
+//! made (run as is when the query stays on this server), plus what made it (provider,
+//! projection, pushed filters, limit). The codec sends the latter; an executor plans the scan
+//! again from it, against the same snapshot, so partition values, column mapping and deletion
+//! vectors are read by deltalake exactly as on the server.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::datasource::{TableType, provider_as_source, source_as_provider};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown, TableScan};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
+};
+use datafusion_proto::bytes::Serializeable;
+use deltalake::delta_datafusion::DeltaScanNext;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+/// `plan` with every Delta table scan able to cross the wire ([`ClusterTable`]). Scans of
+/// anything else are left alone: the codec then refuses the plan and the query stays here.
+pub fn distributable(plan: LogicalPlan) -> Result<LogicalPlan> {
+    plan.transform_up_with_subqueries(|node| {
+        let LogicalPlan::TableScan(scan) = node else {
+            return Ok(Transformed::no(node));
+        };
+        let Ok(provider) = source_as_provider(&scan.source) else {
+            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+        };
+        let Some(delta) = provider.downcast_ref::<DeltaScanNext>() else {
+            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+        };
+        let table = ClusterTable {
+            delta: Arc::new(delta.clone()),
+        };
+        let scan = TableScan {
+            source: provider_as_source(Arc::new(table)),
+            ..scan
+        };
+        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+    })
+    .map(|t| t.data)
+}
+
+/// A Delta table whose scans can be planned again on an executor ([`LakeScanExec`]).
+#[derive(Debug)]
+pub struct ClusterTable {
+    delta: Arc<DeltaScanNext>,
+}
+
+#[async_trait]
+impl TableProvider for ClusterTable {
+    fn schema(&self) -> SchemaRef {
+        self.delta.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.delta.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let planned = self.delta.scan(state, projection, filters, limit).await?;
+        let scan = Scan {
+            delta: self.delta.clone(),
+            projection: projection.cloned(),
+            filters: filters.to_vec(),
+            limit,
+        };
+        Ok(Arc::new(LakeScanExec::planned(scan, planned)))
+    }
+}
+
+/// What a Delta scan was planned from.
+#[derive(Debug, Clone)]
+struct Scan {
+    delta: Arc<DeltaScanNext>,
+    projection: Option<Vec<usize>>,
+    filters: Vec<Expr>,
+    limit: Option<usize>,
+}
+
+/// The wire form of a [`LakeScanExec`] (JSON: deltalake's provider is serde).
+#[derive(Serialize)]
+struct WireOut<'a> {
+    delta: &'a DeltaScanNext,
+    projection: &'a Option<Vec<usize>>,
+    filters: Vec<Vec<u8>>,
+    limit: Option<usize>,
+    partitions: usize,
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    delta: DeltaScanNext,
+    projection: Option<Vec<usize>>,
+    filters: Vec<Vec<u8>>,
+    limit: Option<usize>,
+    partitions: usize,
+}
+
+/// A Delta scan that an executor can plan again: on the server it runs the plan deltalake
+/// made; decoded elsewhere, it plans the scan from the same snapshot on first execution.
+pub struct LakeScanExec {
+    scan: Scan,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    planned: Arc<OnceCell<Arc<dyn ExecutionPlan>>>,
+}
+
+impl fmt::Debug for LakeScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LakeScanExec")
+            .field("projection", &self.scan.projection)
+            .field("filters", &self.scan.filters)
+            .field("limit", &self.scan.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LakeScanExec {
+    fn planned(scan: Scan, planned: Arc<dyn ExecutionPlan>) -> Self {
+        Self {
+            scan,
+            schema: planned.schema(),
+            properties: planned.properties().clone(),
+            planned: Arc::new(OnceCell::new_with(Some(planned))),
+        }
+    }
+
+    /// The scan's wire form.
+    pub(crate) fn encode(&self, buf: &mut Vec<u8>) -> Result<()> {
+        let filters = self
+            .scan
+            .filters
+            .iter()
+            .map(|f| f.to_bytes().map(|b| b.to_vec()))
+            .collect::<Result<Vec<_>>>()?;
+        let wire = WireOut {
+            delta: &self.scan.delta,
+            projection: &self.scan.projection,
+            filters,
+            limit: self.scan.limit,
+            partitions: self.properties.output_partitioning().partition_count(),
+        };
+        serde_json::to_writer(buf, &wire)
+            .map_err(|e| DataFusionError::Internal(format!("encoding a Delta scan: {e}")))
+    }
+
+    /// A scan from its wire form, planned on its first execution.
+    pub(crate) fn decode(buf: &[u8], ctx: &TaskContext) -> Result<Self> {
+        let wire: WireIn = serde_json::from_slice(buf)
+            .map_err(|e| DataFusionError::Internal(format!("decoding a Delta scan: {e}")))?;
+        let filters = wire
+            .filters
+            .iter()
+            .map(|b| Expr::from_bytes_with_ctx(b, ctx))
+            .collect::<Result<Vec<_>>>()?;
+        let delta = Arc::new(wire.delta);
+        let full = delta.schema();
+        let schema = match &wire.projection {
+            Some(p) => Arc::new(full.project(p)?),
+            None => full,
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(wire.partitions.max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            scan: Scan {
+                delta,
+                projection: wire.projection,
+                filters,
+                limit: wire.limit,
+            },
+            schema,
+            properties: Arc::new(properties),
+            planned: Arc::new(OnceCell::new()),
+        })
+    }
+}
+
+/// Plans `scan` on this process, with the task's configuration and object stores.
+async fn plan_here(scan: &Scan, ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+    let state = SessionStateBuilder::new()
+        .with_config(ctx.session_config().clone())
+        .with_runtime_env(ctx.runtime_env())
+        .with_default_features()
+        .build();
+    scan.delta
+        .scan(&state, scan.projection.as_ref(), &scan.filters, scan.limit)
+        .await
+}
+
+impl DisplayAs for LakeScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "LakeScanExec: limit={:?}", self.scan.limit)
+    }
+}
+
+impl ExecutionPlan for LakeScanExec {
+    fn name(&self) -> &str {
+        "LakeScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("LakeScanExec is a leaf".into()))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let scan = self.scan.clone();
+        let planned = self.planned.clone();
+        let partitions = self.properties.output_partitioning().partition_count();
+        let ordered = self.properties.output_ordering().is_some();
+        let stream = futures::stream::once(async move {
+            let plan = planned.get_or_try_init(|| plan_here(&scan, &ctx)).await?;
+            part_of(plan, partition, partitions, ordered, ctx)
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
+    }
+}
+
+/// Partition `partition` of `partitions`, read from `plan`: the same partition when the scan
+/// planned here has as many as the server's; otherwise every `partitions`-th of its own, one
+/// after another (each row still read once; an ordered scan must match exactly).
+fn part_of(
+    plan: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+    partitions: usize,
+    ordered: bool,
+    ctx: Arc<TaskContext>,
+) -> Result<SendableRecordBatchStream> {
+    let here = plan.output_partitioning().partition_count();
+    if here == partitions {
+        return plan.execute(partition, ctx);
+    }
+    if ordered {
+        return Err(DataFusionError::Execution(format!(
+            "the Delta scan was planned with {partitions} ordered partition(s) on the server \
+             and {here} on this executor: the two processes' settings differ"
+        )));
+    }
+    let schema = plan.schema();
+    let streams = (partition..here)
+        .step_by(partitions.max(1))
+        .map(|p| plan.execute(p, ctx.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let chained = futures::stream::iter(streams).flatten();
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, chained)))
+}
