@@ -120,6 +120,8 @@ pub struct Config {
     pub clinical: Option<ClinicalEntry>,
     /// `[mllp]`: the HL7 v2 door (see `mllp_door.rs`).
     pub mllp: Option<crate::mllp_door::MllpEntry>,
+    /// `[cluster]`: the Ballista cluster queries run on (see `cluster.rs`).
+    pub cluster: Option<crate::cluster::ClusterEntry>,
 }
 
 /// `[clinical]`: how the hospital's clinical reports are computed.

@@ -18,8 +18,10 @@ pub fn engine(warehouse: &str) -> EngineBuilder {
 /// and the permissive source policy (`${NAME}` falls back to the environment; never for
 /// `medlake serve`).
 pub async fn open_local(warehouse: &str) -> medlake_engine::Result<Engine> {
-    engine(warehouse)
-        .policy(medlake_source::Policy::permissive())
-        .open()
-        .await
+    local(warehouse).open().await
+}
+
+/// [`open_local`]'s builder, to configure further.
+pub fn local(warehouse: &str) -> EngineBuilder {
+    engine(warehouse).policy(medlake_source::Policy::permissive())
 }

@@ -2,6 +2,7 @@
 //! `medlake_engine::Engine`.
 
 mod backup;
+mod cluster;
 mod config;
 mod connectors;
 mod doors;
@@ -114,6 +115,17 @@ enum Command {
         medlake restore --from /backups/wh --to ./wh-restored\n  \
         medlake restore --from az://backups/wh --to az://lake/wh2 --at '2026-11-23 09:30:00'")]
     Restore(backup::RestoreArgs),
+    /// Run a Ballista scheduler for a cluster of executors (mutual TLS); servers started with
+    /// `--cluster ballista://ADDR` send their queries to it.
+    #[command(after_help = "Examples:\n  \
+        medlake scheduler --bind 10.0.0.5:50050 --cluster-ca ca.pem --cluster-cert sched.pem --cluster-key sched.key")]
+    Scheduler(cluster::SchedulerArgs),
+    /// Run a Ballista executor: polls the scheduler for tasks, reads the warehouse, serves
+    /// shuffle data to the other members (mutual TLS).
+    #[command(after_help = "Examples:\n  \
+        medlake executor --scheduler ballista://10.0.0.5:50050 --bind 10.0.0.6:50052 \\\n      \
+        --cluster-ca ca.pem --cluster-cert exec1.pem --cluster-key exec1.key --warehouse az://lake/wh")]
+    Executor(cluster::ExecutorArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -232,6 +244,8 @@ struct ServeArgs {
     /// Serve without passwords (loopback addresses only; for demos).
     #[arg(long)]
     insecure_no_auth: bool,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -251,6 +265,8 @@ struct SqlArgs {
     /// How query results are printed.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 /// Output formats of `medlake sql`.
@@ -330,6 +346,10 @@ fn main() -> ExitCode {
         Command::Quickstart(_) => {
             "warn,medlake_views=info,deltalake_core::kernel::schema::cast=error,buoyant_kernel=off,deltalake_core::operations::merge=error"
         }
+        // A member of a cluster reports its address, jobs and failures.
+        Command::Scheduler(_) | Command::Executor(_) => {
+            "warn,medlake_cluster=info,ballista_scheduler=warn,ballista_executor=warn,buoyant_kernel=off"
+        }
         _ => "warn,buoyant_kernel=off,deltalake_core::operations::merge=error",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -360,6 +380,8 @@ fn main() -> ExitCode {
             Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
             Command::Backup(args) => backup::run_backup(args).await,
             Command::Restore(args) => backup::run_restore(args).await,
+            Command::Scheduler(args) => cluster::scheduler(args).await,
+            Command::Executor(args) => cluster::executor(args).await,
         };
         // The engines are gone: their audit logs commit what they still hold before the
         // process exits.
@@ -624,6 +646,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         // Views owned by a user refresh with that user's privileges; grants name known users.
         engine = engine.users(users.iter().map(medlake_auth::User::principal));
     }
+    if let Some(cluster) = args.cluster.cluster(config.cluster.as_ref())? {
+        println!("queries run on the cluster at {}", cluster.scheduler());
+        engine = engine.cluster(cluster);
+    }
     let engine = engine.open().await?;
     if let Some(project) = &args.project {
         print_applied(&engine.apply_project(project).await?);
@@ -818,7 +844,11 @@ fn doors_config(
 }
 
 async fn sql(args: SqlArgs) -> Result<(), Failure> {
-    let engine = connectors::open_local(&args.warehouse).await?;
+    let mut engine = connectors::local(&args.warehouse);
+    if let Some(cluster) = args.cluster.cluster(None)? {
+        engine = engine.cluster(cluster);
+    }
+    let engine = engine.open().await?;
     let scripted = !args.commands.is_empty() || !args.files.is_empty();
     if !scripted {
         let result = interactive(&engine).await;

@@ -27,6 +27,7 @@ use ballista_executor::metrics::LoggingMetricsCollector;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use object_store::ObjectStore;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -44,6 +45,9 @@ pub struct Options {
     pub vcores: usize,
     /// Shuffle files.
     pub work_dir: std::path::PathBuf,
+    /// Object stores tasks read through, by URL (a cloud warehouse's, built from this
+    /// process's environment); `file://` needs none.
+    pub stores: Vec<(url::Url, Arc<dyn ObjectStore>)>,
 }
 
 /// Runs an executor serving Flight on `listener` until `shutdown` completes or the
@@ -87,10 +91,15 @@ pub async fn serve(
         ballista_protocol_version: BALLISTA_PROTOCOL_VERSION,
     };
     let tmp = work_dir.clone();
+    let stores = options.stores.clone();
     let runtime: ballista_core::RuntimeProducer = Arc::new(move |_config: &SessionConfig| {
-        RuntimeEnvBuilder::new()
+        let runtime = RuntimeEnvBuilder::new()
             .with_temp_file_path(tmp.clone())
-            .build_arc()
+            .build_arc()?;
+        for (url, store) in &stores {
+            runtime.register_object_store(url, store.clone());
+        }
+        Ok(runtime)
     });
     let session_tls = tls.clone();
     let config: ballista_core::ConfigProducer =

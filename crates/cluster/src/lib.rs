@@ -32,7 +32,7 @@ use datafusion_proto::protobuf::PhysicalPlanNode;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 pub use codec::{Codec, Functions};
-pub use scan::distributable;
+pub use scan::{distributable, reads_delta};
 
 /// Errors starting a scheduler or an executor, or reaching one.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +189,7 @@ impl Cluster {
         &self.scheduler
     }
 
-    /// The physical plan of an optimized logical `plan`, for the cluster: Delta scans made
+    /// The physical plan of a logical `plan`, for the cluster: optimized, its Delta scans made
     /// distributable ([`distributable`]), and no dynamic filters (a hash join's or a top-k's
     /// filter pushed into its input at planning: Ballista's scheduler reorders join inputs
     /// after planning, which such a plan refuses).
@@ -198,7 +198,7 @@ impl Cluster {
         state: &SessionState,
         plan: LogicalPlan,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = distributable(plan)?;
+        let plan = distributable(state.optimize(&plan)?)?;
         // A clone, not `SessionStateBuilder::new_from_existing(..).build()`: building registers
         // a fresh default catalog in the catalog list the clone shares with the caller.
         let mut state = state.clone();
@@ -207,7 +207,10 @@ impl Cluster {
         optimizer.enable_join_dynamic_filter_pushdown = false;
         optimizer.enable_topk_dynamic_filter_pushdown = false;
         optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-        state.create_physical_plan(&plan).await
+        state
+            .query_planner()
+            .create_physical_plan(&plan, &state)
+            .await
     }
 
     /// The plan's wire form, or why it cannot leave this server.

@@ -61,6 +61,12 @@ pub fn distributable(plan: LogicalPlan) -> Result<LogicalPlan> {
     .map(|t| t.data)
 }
 
+/// Whether `plan` reads a Delta table (a [`LakeScanExec`]): a plan that does not has nothing
+/// to gain from a cluster.
+pub fn reads_delta(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<LakeScanExec>().is_some() || plan.children().into_iter().any(reads_delta)
+}
+
 /// A Delta table whose scans can be planned again on an executor ([`LakeScanExec`]).
 #[derive(Debug)]
 pub struct ClusterTable {

@@ -107,6 +107,7 @@ async fn start(pki: &Pki, executors: usize) -> Members {
             scheduler: scheduler.clone(),
             vcores: 2,
             work_dir: work.path().join(format!("executor{i}")),
+            stores: Vec::new(),
         };
         let tls = pki.member();
         tokio::spawn(async move {
@@ -169,7 +170,6 @@ async fn here(ctx: &SessionContext, sql: &str) -> String {
 
 async fn there(ctx: &SessionContext, cluster: &Cluster, sql: &str) -> String {
     let plan = ctx.sql(sql).await.unwrap().into_unoptimized_plan();
-    let plan = ctx.state().optimize(&plan).unwrap();
     let physical = cluster.plan(&ctx.state(), plan).await.unwrap();
     let stream = match cluster.try_execute(physical, &ctx.copied_config()).await {
         Ok(stream) => stream.unwrap(),

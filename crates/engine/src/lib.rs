@@ -190,6 +190,8 @@ struct Shared {
     alerts: medlake_alerts::Alerts,
     /// Statement, session and refresh series for `/metrics`.
     metrics: Arc<metrics::Metrics>,
+    /// Where queries run when not here ([`EngineBuilder::cluster`]).
+    cluster: Option<medlake_cluster::Cluster>,
 }
 
 impl Shared {
@@ -326,6 +328,27 @@ fn install_functions(
     Ok(())
 }
 
+/// The engine's SQL functions an executor of a cluster has too (`medlake executor`,
+/// `medlake scheduler`): DataFusion's, the bounded ones, Safe Harbor's, `fhir_view`. Not the
+/// keyed de-identification functions (their keys stay here), nor the clinical-clock ones (the
+/// zone is this server's setting), nor a session's identity functions.
+pub fn cluster_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
+    #[derive(Debug)]
+    struct NoKeys;
+    impl medlake_deid::Keys for NoKeys {
+        fn key(&self, _name: &str) -> std::result::Result<Vec<u8>, String> {
+            Err("keyed functions run only on the server".into())
+        }
+    }
+    let ctx = SessionContext::new();
+    for udf in medlake_deid::udfs(Arc::new(NoKeys)) {
+        ctx.register_udf(udf);
+    }
+    ctx.register_udf(medlake_fhir::fhir_view_udf());
+    bounded::install(&ctx);
+    ctx.state().scalar_functions().values().cloned().collect()
+}
+
 /// How an [`Engine`] is built ([`Engine::builder`]).
 #[derive(Debug)]
 pub struct EngineBuilder {
@@ -339,9 +362,18 @@ pub struct EngineBuilder {
     plan_cache: Option<usize>,
     alerts: medlake_alerts::Settings,
     time_zone: Option<local_time::ClinicalZone>,
+    cluster: Option<medlake_cluster::Cluster>,
 }
 
 impl EngineBuilder {
+    /// Runs queries on a Ballista cluster (`medlake serve --cluster`): every query reading a
+    /// Delta table whose plan can cross ([`medlake_cluster`]); the others, and every write,
+    /// run here. Privileges, masks and row filters are applied here first either way.
+    pub fn cluster(mut self, cluster: medlake_cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// The hospital's time zone for `local_date()`, `local_hour()` and `local_day_start()`
     /// (`[clinical] time_zone`; see [`local_time`]). Default: `MEDLAKE_TIME_ZONE`, else UTC.
     pub fn time_zone(mut self, zone: local_time::ClinicalZone) -> Self {
@@ -472,6 +504,7 @@ impl Engine {
             plan_cache: None,
             alerts: medlake_alerts::Settings::default(),
             time_zone: None,
+            cluster: None,
         }
     }
 
@@ -487,6 +520,7 @@ impl Engine {
             plan_cache,
             alerts,
             time_zone,
+            cluster,
         } = builder;
         let (result_cache, plan_cache) = cache_sizes(result_cache, plan_cache)?;
         let runtime = match runtime {
@@ -585,6 +619,7 @@ impl Engine {
             plans: plan_cache::PlanCache::new(plan_cache),
             alerts,
             metrics,
+            cluster,
         });
         alerting::spawn_evaluator(Arc::downgrade(&shared), evaluations);
         heartbeat::spawn(&shared);
@@ -1821,16 +1856,54 @@ impl Session {
         key: Option<result_cache::Key>,
     ) -> Result<Output> {
         let key = key.filter(|key| result_cache::keepable(&plan, &key.reads));
-        let frame = self
-            .ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(unwrap_lake_error)?;
-        let stream = frame.execute_stream().await.map_err(unwrap_lake_error)?;
+        let on_cluster = match &self.shared.cluster {
+            Some(cluster) => self.on_cluster(cluster, &plan).await?,
+            None => None,
+        };
+        let stream = match on_cluster {
+            Some(stream) => stream,
+            None => {
+                let frame = self
+                    .ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(unwrap_lake_error)?;
+                frame.execute_stream().await.map_err(unwrap_lake_error)?
+            }
+        };
         Ok(Output::Rows(match key {
             Some(key) => self.shared.results.keep(key, needs, stream),
             None => stream,
         }))
+    }
+
+    /// The rows of a checked and protected query plan run on `cluster`; `None` when the plan
+    /// reads no Delta table or some part of it must run here (an external table's scan, a
+    /// function holding the session's identity or a secret): the caller runs it here.
+    async fn on_cluster(
+        &self,
+        cluster: &medlake_cluster::Cluster,
+        plan: &LogicalPlan,
+    ) -> Result<Option<datafusion::execution::SendableRecordBatchStream>> {
+        let state = self.ctx.state();
+        let physical = cluster
+            .plan(&state, plan.clone())
+            .await
+            .map_err(unwrap_lake_error)?;
+        if !medlake_cluster::reads_delta(&physical) {
+            return Ok(None);
+        }
+        match cluster.try_execute(physical, state.config()).await {
+            Ok(stream) => {
+                self.shared.metrics.cluster_query(true);
+                Ok(Some(stream.map_err(unwrap_lake_error)?))
+            }
+            Err(medlake_cluster::StaysHere(reason)) => {
+                tracing::debug!(%reason, "the query runs on this server");
+                self.shared.metrics.cluster_query(false);
+                Ok(None)
+            }
+        }
     }
 
     /// Runs a statement prepared with parameters from the plan of its template, planned,

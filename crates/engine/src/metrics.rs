@@ -69,6 +69,8 @@ pub(crate) struct Metrics {
     statements: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     /// door → open sessions.
     sessions: Mutex<BTreeMap<&'static str, i64>>,
+    /// Queries of a server with a cluster: run there, and kept here.
+    cluster: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl Metrics {
@@ -101,9 +103,24 @@ impl Metrics {
         }
     }
 
+    /// A query of a server with a cluster ran there (`true`) or here.
+    pub fn cluster_query(&self, there: bool) {
+        self.cluster[usize::from(there)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The series this struct counts.
     pub fn text(&self) -> String {
         let mut out = String::new();
+        header(
+            &mut out,
+            "medlake_cluster_queries_total",
+            "counter",
+            "Queries reading Delta tables of a server with a cluster, by where they ran.",
+        );
+        for (place, i) in [("server", 0), ("cluster", 1)] {
+            let n = self.cluster[i].load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(out, "medlake_cluster_queries_total{{ran=\"{place}\"}} {n}");
+        }
         header(
             &mut out,
             "medlake_refresh_duration_seconds",
