@@ -1,0 +1,248 @@
+"""A server whose queries run on a Ballista cluster (`medlake serve --cluster`, issue 28): a
+`medlake scheduler` and two `medlake executor`s on loopback with mutual TLS, started here.
+Queries reading Delta tables run there and answer as the server alone does; masks and row
+filters hold there (the plan that leaves the server already carries them); what must stay on
+the server (the clinical clock's functions) does; the cluster's ports refuse anyone without its
+certificate; and an executor killed during queries costs no wrong answer."""
+
+import contextlib
+import re
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from attack import Server, http_request, pg_connect, note
+from helpers import MEDLAKE, run_medlake
+
+PASSWORDS = {"admin": "Zqadmin-cluster-1f3b9", "ann": "Zqann-cluster-77ac1"}
+USERS = {name: (name, password) for name, password in PASSWORDS.items()}
+
+CONFIG = """
+[[users]]
+name = "admin"
+password_env = "P_C_ADMIN"
+role = "admin"
+
+[[users]]
+name = "ann"
+password_env = "P_C_ANN"
+role = "none"
+roles = ["analyst"]
+"""
+
+SEED = [
+    "CREATE TABLE silver.patients (patient_id BIGINT, mrn VARCHAR, ward VARCHAR)",
+    "INSERT INTO silver.patients VALUES (1, 'MRN-0001', 'icu'), (2, 'MRN-0002', 'cardio'), "
+    "(3, 'MRN-0003', 'icu')",
+    "CREATE TABLE silver.readings AS SELECT v % 3 + 1 AS patient_id, v AS seq, "
+    "CAST(v % 97 AS DOUBLE) AS hr FROM generate_series(1, 200000) AS s(v)",
+    "INSERT INTO silver.readings SELECT v % 3 + 1, v, CAST(v % 89 AS DOUBLE) "
+    "FROM generate_series(200001, 300000) AS s(v)",
+    "CREATE ROLE analyst",
+    "GRANT USAGE ON SCHEMA silver TO analyst",
+    "GRANT SELECT ON TABLE silver.patients TO analyst",
+    "GRANT SELECT ON TABLE silver.readings TO analyst",
+    "ALTER TABLE silver.patients ALTER COLUMN mrn SET MASK "
+    "CASE WHEN is_member('admin') THEN mrn ELSE 'MRN-****' END",
+    "ALTER TABLE silver.patients SET ROW FILTER is_member('admin') OR ward = 'icu' ON (ward)",
+]
+
+QUERIES = [
+    "SELECT patient_id, count(*) AS n, round(avg(hr), 6) AS hr FROM silver.readings "
+    "GROUP BY patient_id ORDER BY patient_id",
+    "SELECT p.ward, count(*) AS n, max(r.hr) AS top FROM silver.readings r "
+    "JOIN silver.patients p ON p.patient_id = r.patient_id GROUP BY p.ward ORDER BY p.ward",
+    "SELECT seq, hr FROM silver.readings WHERE seq BETWEEN 199995 AND 200004 ORDER BY seq",
+    "SELECT patient_id, mrn, ward FROM silver.patients ORDER BY patient_id",
+]
+
+
+class Member:
+    """`medlake scheduler|executor ARGS`, started when it prints `ready`."""
+
+    def __init__(self, root, name, args, env, ready):
+        if not MEDLAKE:
+            pytest.fail("MEDLAKE_BIN must point at the medlake binary")
+        self.log_path = root / f"{name}.log"
+        self.log = open(self.log_path, "w+")
+        self.process = subprocess.Popen([MEDLAKE, *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                        env=env)
+        deadline = time.time() + 60
+        while ready not in self.log_path.read_text():
+            if self.process.poll() is not None or time.time() > deadline:
+                self.stop()
+                pytest.fail(f"{name} did not start:\n" + self.log_path.read_text())
+            time.sleep(0.1)
+
+    def text(self):
+        return self.log_path.read_text()
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait(timeout=20)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import os
+
+    import trustme
+    root = tmp_path_factory.mktemp("cluster")
+    ca = trustme.CA()
+    member = ca.issue_cert("localhost", "127.0.0.1")
+    member.private_key_pem.write_to_path(str(root / "member.key"))
+    member.cert_chain_pems[0].write_to_path(str(root / "member.crt"))
+    ca.cert_pem.write_to_path(str(root / "ca.crt"))
+    tls = {"MEDLAKE_CLUSTER_CA": str(root / "ca.crt"),
+           "MEDLAKE_CLUSTER_CERT": str(root / "member.crt"),
+           "MEDLAKE_CLUSTER_KEY": str(root / "member.key")}
+    env = dict(os.environ, **tls)
+    members = []
+    try:
+        scheduler = Member(root, "scheduler", ["scheduler", "--bind", "127.0.0.1:0"], env,
+                           "scheduler listening on")
+        members.append(scheduler)
+        address = re.search(r"ballista://127\.0\.0\.1:\d+", scheduler.text()).group(0)
+        for i in range(2):
+            members.append(Member(root, f"executor{i}",
+                                  ["executor", "--scheduler", address, "--bind", "127.0.0.1:0",
+                                   "--vcores", "2"], env, "executor serving on"))
+        (root / "server").mkdir()
+        srv = Server(root / "server", CONFIG, seed=SEED, args=["--cluster", address],
+                     env=dict({"P_C_ADMIN": PASSWORDS["admin"], "P_C_ANN": PASSWORDS["ann"]},
+                              **tls))
+        yield {"server": srv, "address": address, "members": members, "root": root, "ca": ca,
+               "env": env}
+        srv.stop()
+    finally:
+        for m in members:
+            m.stop()
+
+
+def rows(server, user, sql):
+    with contextlib.closing(pg_connect(server, USERS[user])) as conn:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            result = cur.fetchall()
+            note("pg rows", repr(result))
+            return result
+
+
+def ran(server):
+    """medlake_cluster_queries_total by where the queries ran."""
+    status, _, body = http_request(server, "GET", "/metrics")
+    assert status == 200
+    found = dict(re.findall(r'medlake_cluster_queries_total\{ran="(\w+)"\} (\d+)', body.decode()))
+    return {k: int(v) for k, v in found.items()}
+
+
+def reference(server, sql):
+    """The rows `medlake sql` (no cluster, the local operator) gives, as text."""
+    done = run_medlake(server.warehouse, sql)
+    return done.stdout.strip().splitlines()[1:]
+
+
+def as_csv(result):
+    return [",".join("" if v is None else str(v) for v in row) for row in result]
+
+
+def test_queries_run_on_the_cluster_and_answer_as_the_server_alone(cluster):
+    server = cluster["server"]
+    before = ran(server)
+    for sql in QUERIES:
+        assert as_csv(rows(server, "admin", sql)) == reference(server, sql), sql
+    after = ran(server)
+    assert after["cluster"] - before.get("cluster", 0) == len(QUERIES), (before, after)
+    assert after["server"] == before.get("server", 0)
+
+
+def test_masks_and_row_filters_hold_on_the_cluster(cluster):
+    server = cluster["server"]
+    before = ran(server)
+    assert rows(server, "ann", "SELECT patient_id, mrn, ward FROM silver.patients "
+                               "ORDER BY patient_id") == [(1, "MRN-****", "icu"),
+                                                          (3, "MRN-****", "icu")]
+    # The filter holds through a join and an aggregate run by the executors.
+    joined = rows(server, "ann", "SELECT p.ward, count(*) FROM silver.readings r JOIN "
+                                 "silver.patients p ON p.patient_id = r.patient_id GROUP BY p.ward")
+    assert [w for w, _ in joined] == ["icu"]
+    assert ran(server)["cluster"] - before.get("cluster", 0) == 2
+    # The mask is a literal for ann: a filter on the real values finds nothing (the plan reads
+    # no table at all, so it runs here).
+    assert rows(server, "ann", "SELECT count(*) FROM silver.patients WHERE mrn LIKE 'MRN-000%'") \
+        == [(0,)]
+
+
+def test_a_query_with_a_server_only_function_stays_on_the_server(cluster):
+    """The clinical clock's functions use the server's time zone setting: not the executors'."""
+    server = cluster["server"]
+    before = ran(server)
+    sql = "SELECT count(DISTINCT local_date(to_timestamp(seq * 60))) AS days FROM silver.readings"
+    assert as_csv(rows(server, "ann", sql)) == reference(server, sql)
+    after = ran(server)
+    assert after["server"] - before.get("server", 0) == 1
+    assert after["cluster"] == before.get("cluster", 0)
+
+
+def tls_handshake(port, context):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with context.wrap_socket(sock, server_hostname="localhost") as tls:
+            # TLS 1.3: a refused client certificate surfaces on the first read.
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            return tls.recv(1)
+
+
+def test_the_cluster_refuses_peers_without_its_certificate(cluster):
+    port = int(cluster["address"].rsplit(":", 1)[1])
+    trusting = ssl.create_default_context(cadata=cluster["ca"].cert_pem.bytes().decode())
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        tls_handshake(port, trusting)
+    # A certificate from another CA.
+    import trustme
+    stranger = trustme.CA().issue_cert("localhost")
+    stranger.configure_cert(trusting)
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        tls_handshake(port, trusting)
+    # Plain TCP speaking HTTP/2 gets no gRPC answer either.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        try:
+            answer = sock.recv(64)
+        except OSError:
+            answer = b""
+        assert b"\x00\x00" not in answer[:2] or not answer
+
+
+def test_an_executor_killed_during_queries_costs_no_wrong_answer(cluster):
+    server = cluster["server"]
+    sql = QUERIES[1]
+    expected = reference(server, sql)
+    executor = cluster["members"][2]
+    answers = []
+    with contextlib.closing(pg_connect(server, USERS["admin"])) as conn:
+        for i in range(4):
+            if i == 1:
+                executor.kill()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    answers.append(as_csv(cur.fetchall()))
+            except Exception as e:  # a clear error is allowed, a wrong answer is not
+                note("after the kill", str(e))
+                answers.append(None)
+                assert "cluster" in str(e), str(e)
+    assert all(a is None or a == expected for a in answers), answers
+    # The other executor keeps answering once the scheduler knows.
+    assert answers[-1] == expected, answers
