@@ -196,6 +196,42 @@ def test_a_query_with_a_server_only_function_stays_on_the_server(cluster):
     assert after["cluster"] == before.get("cluster", 0)
 
 
+def test_refreshes_run_their_queries_on_the_cluster_and_commit_once_here(cluster):
+    server = cluster["server"]
+    log = server.serve.log_path
+    with contextlib.closing(pg_connect(server, USERS["admin"])) as conn:
+        with conn.cursor() as cur:
+            cur.execute("CREATE MATERIALIZED VIEW silver.per_patient AS SELECT patient_id, "
+                        "count(*) AS n, max(hr) AS top, sum(seq) AS s FROM silver.readings "
+                        "GROUP BY patient_id")
+            cur.execute("CREATE MATERIALIZED VIEW silver.recent AS SELECT seq, hr FROM "
+                        "silver.readings WHERE seq > 299990")
+            runs = log.read_text().count("a refresh query runs on the cluster")
+            assert runs >= 2, log.read_text()[-2000:]
+            cur.execute("INSERT INTO silver.readings VALUES (1, 300001, 99.0), (2, 300002, 98.0)")
+            for view in ["silver.per_patient", "silver.recent"]:
+                cur.execute(f"SELECT count(*) FROM table_history('{view}')")
+                versions = cur.fetchone()[0]
+                cur.execute(f"REFRESH MATERIALIZED VIEW {view}")
+                cur.execute(f"SELECT count(*) FROM table_history('{view}')")
+                assert cur.fetchone()[0] == versions + 1, view
+            assert log.read_text().count("a refresh query runs on the cluster") > runs
+            cur.execute("SELECT view, mode, status FROM system.refreshes WHERE trigger = 'manual' "
+                        "ORDER BY started")
+            modes = {view: (mode, status) for view, mode, status in cur.fetchall()}
+            note("refreshes", repr(modes))
+            assert modes["silver.recent"] == ("incremental", "succeeded"), modes
+            assert modes["silver.per_patient"][1] == "succeeded", modes
+    for view, query in [
+        ("silver.per_patient", "SELECT patient_id, count(*), max(hr), sum(seq) FROM "
+                               "silver.readings GROUP BY patient_id ORDER BY patient_id"),
+        ("silver.recent", "SELECT seq, hr FROM silver.readings WHERE seq > 299990 ORDER BY seq"),
+    ]:
+        order = "patient_id" if "patient" in view else "seq"
+        assert reference(server, f"SELECT * FROM {view} ORDER BY {order}") \
+            == reference(server, query), view
+
+
 def tls_handshake(port, context):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         with context.wrap_socket(sock, server_hostname="localhost") as tls:

@@ -29,6 +29,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::AsExecutionPlan;
 use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::TryStreamExt;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 pub use codec::{Codec, Functions};
@@ -255,4 +256,117 @@ fn stays_reason(e: &DataFusionError) -> String {
 
 fn cluster_error(e: DataFusionError) -> DataFusionError {
     DataFusionError::Execution(format!("the cluster could not run the query: {e}"))
+}
+
+/// A plan that runs on the cluster, as one partition of this server's plan: its rows stream
+/// back here, where the rest of the plan (a refresh's expectations and its Delta write) runs.
+pub struct RemoteExec {
+    cluster: Cluster,
+    plan: Arc<dyn ExecutionPlan>,
+    config: SessionConfig,
+    properties: Arc<datafusion::physical_plan::PlanProperties>,
+}
+
+impl std::fmt::Debug for RemoteExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteExec")
+            .field("scheduler", &self.cluster.scheduler)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteExec {
+    /// `plan` (from [`Cluster::plan`]) to run on `cluster`, or why it cannot leave.
+    pub fn new(
+        cluster: &Cluster,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &SessionConfig,
+    ) -> std::result::Result<Self, StaysHere> {
+        cluster.encode(&plan)?;
+        let properties = datafusion::physical_plan::PlanProperties::new(
+            datafusion::physical_expr::EquivalenceProperties::new(plan.schema()),
+            datafusion::physical_plan::Partitioning::UnknownPartitioning(1),
+            datafusion::physical_plan::execution_plan::EmissionType::Incremental,
+            datafusion::physical_plan::execution_plan::Boundedness::Bounded,
+        );
+        Ok(Self {
+            cluster: cluster.clone(),
+            plan,
+            config: config.clone(),
+            properties: Arc::new(properties),
+        })
+    }
+}
+
+impl datafusion::physical_plan::DisplayAs for RemoteExec {
+    fn fmt_as(
+        &self,
+        _t: datafusion::physical_plan::DisplayFormatType,
+        f: &mut std::fmt::Formatter,
+    ) -> std::fmt::Result {
+        write!(f, "RemoteExec: scheduler={}", self.cluster.scheduler)
+    }
+}
+
+impl ExecutionPlan for RemoteExec {
+    fn name(&self) -> &str {
+        "RemoteExec"
+    }
+
+    fn properties(&self) -> &Arc<datafusion::physical_plan::PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        // The plan that runs remotely is not a child: nothing here may rewrite or run it.
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("RemoteExec is a leaf".into()))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "RemoteExec has one partition, not {partition}"
+            )));
+        }
+        let cluster = self.cluster.clone();
+        let plan = self.plan.clone();
+        let config = self.config.clone();
+        let stream = futures::stream::once(async move {
+            match cluster.try_execute(plan, &config).await {
+                Ok(stream) => stream,
+                Err(StaysHere(reason)) => Err(DataFusionError::Internal(format!(
+                    "the plan could not leave the server: {reason}"
+                ))),
+            }
+        })
+        .try_flatten();
+        Ok(Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(self.schema(), stream),
+        ))
+    }
 }

@@ -345,6 +345,8 @@ struct Inner {
     authority: std::sync::OnceLock<Arc<dyn RefreshAuthority>>,
     /// Who hears of each committed refresh (the engine's alert rules).
     listener: std::sync::OnceLock<Arc<dyn RefreshListener>>,
+    /// Where view queries run when not here ([`Views::set_cluster`]).
+    cluster: std::sync::OnceLock<medlake_cluster::Cluster>,
 }
 
 /// Hears of every refresh that committed a new version of a view, whatever ran it (a
@@ -424,6 +426,7 @@ impl Views {
                 connectors,
                 running: Mutex::new(HashMap::new()),
                 authority: std::sync::OnceLock::new(),
+                cluster: std::sync::OnceLock::new(),
                 listener: std::sync::OnceLock::new(),
             }),
         }
@@ -432,6 +435,13 @@ impl Views {
     /// Makes every later refresh ask `authority` first (once; later calls are ignored).
     pub fn set_authority(&self, authority: Arc<dyn RefreshAuthority>) {
         let _ = self.inner.authority.set(authority);
+    }
+
+    /// Runs the queries of later refreshes on `cluster` where their plans can cross (once;
+    /// later calls are ignored): the rows stream back, expectations, quarantine and the Delta
+    /// commit stay here, so a refresh is still one atomic commit of this server.
+    pub fn set_cluster(&self, cluster: medlake_cluster::Cluster) {
+        let _ = self.inner.cluster.set(cluster);
     }
 
     /// Makes every later committed refresh known to `listener` (once; later calls are
@@ -757,10 +767,43 @@ impl Views {
         plan: &LogicalPlan,
         checks: &Arc<Checks>,
     ) -> Result<LogicalPlan> {
-        let physical = ctx.state().create_physical_plan(plan).await?;
+        let physical = match self.on_cluster(ctx, plan).await? {
+            Some(remote) => remote,
+            None => ctx.state().create_physical_plan(plan).await?,
+        };
         let checked = Arc::new(ExpectationsExec::new(physical, checks.clone()));
         let table = Arc::new(PlannedTable::new(checked));
         Ok(LogicalPlanBuilder::scan("refresh", provider_as_source(table), None)?.build()?)
+    }
+
+    /// `plan` as a plan run on the cluster, when there is one and the plan reads a Delta table
+    /// and can cross ([`medlake_cluster::RemoteExec`]); `None`: it runs here.
+    async fn on_cluster(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> Result<Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>> {
+        let Some(cluster) = self.inner.cluster.get() else {
+            return Ok(None);
+        };
+        let state = ctx.state();
+        let physical = cluster.plan(&state, plan.clone()).await?;
+        if !medlake_cluster::reads_delta(&physical) {
+            return Ok(None);
+        }
+        match medlake_cluster::RemoteExec::new(cluster, physical, state.config()) {
+            Ok(remote) => {
+                tracing::info!(
+                    scheduler = cluster.scheduler(),
+                    "a refresh query runs on the cluster"
+                );
+                Ok(Some(Arc::new(remote)))
+            }
+            Err(medlake_cluster::StaysHere(reason)) => {
+                tracing::debug!(%reason, "the refresh's query runs on this server");
+                Ok(None)
+            }
+        }
     }
 
     /// `CREATE [OR REPLACE] MATERIALIZED VIEW`: the view and its first rows in one commit.
