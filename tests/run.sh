@@ -88,6 +88,9 @@ tests/fuzz.sh
 step "cargo test (unit, sqllogictest, integration)"
 cargo test --workspace --locked
 
+step "sqllogictest through a Ballista cluster: a scheduler and two executors on loopback (mutual TLS); every .slt file must answer as the embedded engine does"
+MEDLAKE_SLT_CLUSTER=1 cargo test --workspace --locked --test sqllogictest
+
 step "interop: Delta (deltalake Python package); az:// and s3:// warehouses (Azurite, moto); Postgres wire (psql, psycopg, pgjdbc); Flight SQL (ADBC, pyarrow.flight)"
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/interop
 MEDLAKE_BIN="$CARGO_TARGET_DIR/debug/medlake" "$VENV/bin/pytest" -q tests/security

@@ -17,6 +17,8 @@ pub mod codec;
 pub mod executor;
 pub mod scan;
 pub mod scheduler;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -216,6 +218,9 @@ impl Cluster {
 
     /// The plan's wire form, or why it cannot leave this server.
     pub fn encode(&self, plan: &Arc<dyn ExecutionPlan>) -> std::result::Result<(), StaysHere> {
+        if let Some(reason) = unsplittable(plan) {
+            return Err(StaysHere(reason));
+        }
         PhysicalPlanNode::try_from_physical_plan(plan.clone(), self.codec.as_ref())
             .map(|_| ())
             .map_err(|e| StaysHere(stays_reason(&e)))
@@ -244,6 +249,38 @@ impl Cluster {
             .map_err(cluster_error),
         )
     }
+}
+
+/// The object-store schemes an executor resolves itself (`file`, and a warehouse's cloud).
+const EXECUTOR_STORES: &[&str] = &[
+    "file", "az", "abfs", "abfss", "adl", "azure", "s3", "s3a", "gs",
+];
+
+/// Nodes a whole plan can carry over the wire but Ballista 55 cannot cut into stages (a
+/// stage's plan is decoded alone on an executor): why, for the first one in `plan`.
+fn unsplittable(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+    // DataFusion 55 plans an uncorrelated scalar subquery as ScalarSubqueryExec, whose
+    // expressions decode only together with it: a stage below it fails on the executor.
+    if plan.name() == "ScalarSubqueryExec" {
+        return Some("a scalar subquery (Ballista 55 cannot split its plan into stages)".into());
+    }
+    // Files behind a store only this process has: deltalake's change-feed scans
+    // (`delta-rs://`), a blob external table's per-table store (`medlake-blob-...://`).
+    if let Some(source) = plan.downcast_ref::<datafusion::datasource::source::DataSourceExec>()
+        && let Some(files) = source
+            .data_source()
+            .downcast_ref::<datafusion::datasource::physical_plan::FileScanConfig>(
+        )
+    {
+        let url = files.object_store_url.as_str();
+        let scheme = url.split("://").next().unwrap_or_default();
+        if !EXECUTOR_STORES.contains(&scheme) {
+            return Some(format!(
+                "files read through a store of this server ({scheme}://)"
+            ));
+        }
+    }
+    plan.children().into_iter().find_map(unsplittable)
 }
 
 fn stays_reason(e: &DataFusionError) -> String {

@@ -3,7 +3,6 @@
 //! agree.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -12,119 +11,12 @@ use arrow::util::pretty::pretty_format_batches;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
-use medlake_cluster::{Cluster, ClusterTls, Functions, distributable, executor, scheduler};
+use medlake_cluster::testing::{LocalCluster, TestCa};
+use medlake_cluster::{Cluster, Functions, distributable};
 use medlake_lake::{TableName, Warehouse};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-
-struct Pki {
-    ca_cert: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca_cert = params.self_signed(&ca_key).unwrap();
-        Self { ca_cert, ca_key }
-    }
-
-    /// A member's TLS: a certificate for 127.0.0.1 usable as server and client.
-    fn member(&self) -> ClusterTls {
-        let (ca, cert, key) = self.member_pem();
-        ClusterTls::from_pem(ca, cert, key).unwrap()
-    }
-
-    /// A member's CA, certificate and key (PEM).
-    fn member_pem(&self) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
-        (
-            self.ca_cert.pem().into_bytes(),
-            cert.pem().into_bytes(),
-            key.serialize_pem().into_bytes(),
-        )
-    }
-}
-
-/// A scheduler and two executors; they stop when this is dropped.
-struct Members {
-    scheduler: String,
-    stops: Vec<oneshot::Sender<()>>,
-    _work: tempfile::TempDir,
-}
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-    }
-}
 
 fn functions() -> Functions {
     Functions::new(Vec::new())
-}
-
-async fn start(pki: &Pki, executors: usize) -> Members {
-    // RUST_LOG=info shows the members' own logs (Ballista logs through `log`).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let mut stops = Vec::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = format!("https://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    stops.push(stop);
-    tokio::spawn(scheduler::serve(
-        listener,
-        pki.member(),
-        functions(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let work = tempfile::tempdir().unwrap();
-    for i in 0..executors {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push(stop);
-        let options = executor::Options {
-            scheduler: scheduler.clone(),
-            vcores: 2,
-            work_dir: work.path().join(format!("executor{i}")),
-            stores: Vec::new(),
-        };
-        let tls = pki.member();
-        tokio::spawn(async move {
-            let served = executor::serve(listener, options, tls, functions(), async move {
-                let _ = stopped.await;
-            })
-            .await;
-            if let Err(e) = served {
-                eprintln!("executor {i}: {e}");
-            }
-        });
-    }
-    Members {
-        scheduler,
-        stops,
-        _work: work,
-    }
 }
 
 /// A warehouse with `bronze.readings`: three commits (three files), 3,000 rows.
@@ -181,19 +73,11 @@ async fn there(ctx: &SessionContext, cluster: &Cluster, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queries_over_delta_tables_give_the_same_rows_on_two_executors_as_here() {
-    let pki = Pki::new("medlake test cluster CA");
-    let members = start(&pki, 2).await;
+    let members = LocalCluster::start(2, functions()).await;
     let dir = tempfile::tempdir().unwrap();
     let warehouse = warehouse(dir.path()).await;
     let ctx = context(&warehouse).await;
-    let cluster = Cluster::new(
-        &members.scheduler.replace("https://", "ballista://"),
-        pki.member(),
-        functions(),
-    )
-    .unwrap();
-    // Executors register with the scheduler on their first poll.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cluster = members.client(functions());
     for sql in [
         "SELECT count(*) AS n, sum(value) AS total FROM readings",
         "SELECT patient_id, count(*) AS n, max(value) AS top FROM readings \
@@ -234,7 +118,7 @@ impl ScalarUDFImpl for IsMember {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_with_a_session_function_or_an_unknown_node_stays_on_the_server() {
-    let pki = Pki::new("medlake test cluster CA");
+    let pki = TestCa::new("medlake test cluster CA");
     let dir = tempfile::tempdir().unwrap();
     let warehouse = warehouse(dir.path()).await;
     let ctx = context(&warehouse).await;
@@ -281,9 +165,8 @@ async fn a_client_without_the_cluster_certificate_is_refused() {
     use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-    let pki = Pki::new("medlake test cluster CA");
-    let members = start(&pki, 0).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let members = LocalCluster::start(0, functions()).await;
+    let pki = &members.ca;
     let ask = |endpoint: Endpoint| async move {
         let channel = endpoint.connect().await?;
         let mut client = SchedulerGrpcClient::new(channel);
@@ -297,17 +180,16 @@ async fn a_client_without_the_cluster_certificate_is_refused() {
     let plain = Endpoint::from_shared(members.scheduler.replace("https://", "http://")).unwrap();
     assert!(ask(plain).await.is_err());
     // TLS trusting the CA, without a client certificate: refused in the handshake.
-    let anonymous = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pki.ca_cert.pem().into_bytes()));
+    let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pki.pem()));
     let endpoint = Endpoint::from_shared(members.scheduler.clone())
         .unwrap()
         .tls_config(anonymous)
         .unwrap();
     assert!(ask(endpoint).await.is_err());
     // A certificate from another CA: refused.
-    let (_, cert, key) = Pki::new("someone else's CA").member_pem();
+    let (_, cert, key) = TestCa::new("someone else's CA").member_pem();
     let stranger = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pki.ca_cert.pem().into_bytes()))
+        .ca_certificate(Certificate::from_pem(pki.pem()))
         .identity(tonic::transport::Identity::from_pem(cert, key));
     let endpoint = Endpoint::from_shared(members.scheduler.clone())
         .unwrap()

@@ -1888,11 +1888,32 @@ impl Session {
         cluster: &medlake_cluster::Cluster,
         plan: &LogicalPlan,
     ) -> Result<Option<datafusion::execution::SendableRecordBatchStream>> {
+        if !matches!(
+            plan,
+            LogicalPlan::Projection(_)
+                | LogicalPlan::Filter(_)
+                | LogicalPlan::Aggregate(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Limit(_)
+                | LogicalPlan::Join(_)
+                | LogicalPlan::Union(_)
+                | LogicalPlan::Distinct(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::TableScan(_)
+                | LogicalPlan::SubqueryAlias(_)
+                | LogicalPlan::Values(_)
+        ) {
+            // Statements (SET, SHOW), EXPLAIN, DESCRIBE: here.
+            return Ok(None);
+        }
         let state = self.ctx.state();
-        let physical = cluster
-            .plan(&state, plan.clone())
-            .await
-            .map_err(unwrap_lake_error)?;
+        let physical = match cluster.plan(&state, plan.clone()).await {
+            Ok(physical) => physical,
+            Err(e) => {
+                tracing::debug!(error = %e, "planning for the cluster failed; the query runs here");
+                return Ok(None);
+            }
+        };
         if !medlake_cluster::reads_delta(&physical) {
             return Ok(None);
         }

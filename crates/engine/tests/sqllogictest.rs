@@ -1,6 +1,10 @@
 //! Runs `tests/sql/**/*.slt` with sqllogictest-rs: each file gets its own engine over its own
 //! scratch warehouse. `--complete` rewrites the expected results from what medlake returns;
 //! any other argument filters the files by path.
+//!
+//! With `MEDLAKE_SLT_CLUSTER=1`, the engines run their queries and refreshes on a Ballista
+//! cluster started here (a scheduler and two executors on loopback, mutual TLS): the same
+//! files must give the same answers (tests/run.sh runs both).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,6 +133,20 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// `medlake_cluster_queries_total` of an engine's metrics: (on the cluster, kept here).
+fn cluster_queries(metrics: &str) -> (u64, u64) {
+    let count = |ran: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("medlake_cluster_queries_total{{ran=\"{ran}\"}} "))
+            })
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (count("cluster"), count("server"))
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -145,17 +163,38 @@ async fn main() {
     });
     assert!(!files.is_empty(), "no .slt files under {}", root.display());
 
+    let functions = medlake_cluster::Functions::new(medlake_engine::cluster_functions());
+    let cluster = match std::env::var("MEDLAKE_SLT_CLUSTER") {
+        Ok(v) if !v.is_empty() && v != "0" => {
+            println!("queries and refreshes run on a loopback Ballista cluster (2 executors)");
+            Some(medlake_cluster::testing::LocalCluster::start(2, functions.clone()).await)
+        }
+        _ => None,
+    };
+    let (mut on_cluster, mut kept_here) = (0, 0);
     let mut failures = Vec::new();
     for file in &files {
         let scratch = tempfile::tempdir().expect("a scratch folder");
         let location = scratch.path().join("warehouse");
-        let engine = match Engine::open(location.to_str().expect("utf-8 temp path")).await {
+        let opened = match &cluster {
+            None => Engine::open(location.to_str().expect("utf-8 temp path")).await,
+            Some(cluster) => {
+                Engine::builder(location.to_str().expect("utf-8 temp path"))
+                    .policy(medlake_source::Policy::permissive())
+                    .connectors(medlake_engine::all_connectors())
+                    .cluster(cluster.client(functions.clone()))
+                    .open()
+                    .await
+            }
+        };
+        let engine = match opened {
             Ok(engine) => Arc::new(engine),
             Err(e) => {
                 failures.push(format!("{}: cannot open a warehouse: {e}", file.display()));
                 continue;
             }
         };
+        let counted = engine.clone();
         let mut runner = sqllogictest::Runner::new(move || {
             let engine = engine.clone();
             async move { Ok(Db { engine }) }
@@ -183,12 +222,26 @@ async fn main() {
                 .await
                 .map_err(|e| e.display(true).to_string())
         };
+        if cluster.is_some() {
+            let (there, here) = cluster_queries(&counted.metrics_text().await);
+            on_cluster += there;
+            kept_here += here;
+        }
         match result {
             Ok(()) => println!("ok      {name}"),
             Err(e) => {
                 println!("FAILED  {name}");
                 failures.push(format!("{name}:\n{e}"));
             }
+        }
+    }
+    if cluster.is_some() {
+        println!("{on_cluster} queries ran on the cluster, {kept_here} stayed on the server");
+        // Nothing silently stays home: most queries reading tables must have crossed.
+        if on_cluster <= kept_here {
+            failures.push(format!(
+                "only {on_cluster} queries ran on the cluster ({kept_here} stayed here)"
+            ));
         }
     }
     if !failures.is_empty() {
