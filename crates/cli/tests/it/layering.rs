@@ -68,7 +68,7 @@ fn layer(name: &str) -> Option<u8> {
         // SQL-on-FHIR views pure (serde_json and the fhir_view() DataFusion function): beside
         // the lowest services.
         "medlake-auth" | "medlake-lake" | "medlake-deid" | "medlake-hl7" | "medlake-dicom"
-        | "medlake-fhir" => 1,
+        | "medlake-fhir" | "medlake-cluster" => 1,
         // The audit log writes through the lake, beside the source contract.
         "medlake-source" | "medlake-sources" | "medlake-audit" => 2,
         n if n.starts_with("medlake-source-") => 3,

@@ -611,3 +611,40 @@ async fn tables_with_deletion_vectors_are_read_and_rewritten_correctly() {
         "+---+\n| n |\n+---+\n| 4 |\n+---+"
     );
 }
+
+/// The deletion-vector table of the test above, read through a Ballista cluster
+/// (crates/cluster): the executors plan the scan again from deltalake's provider, whose
+/// snapshot carries the deletion vectors, so the deleted rows stay deleted there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_with_deletion_vectors_reads_the_same_on_a_cluster() {
+    let functions = medlake_cluster::Functions::new(medlake_engine::cluster_functions());
+    let cluster = medlake_cluster::testing::LocalCluster::start(2, functions.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder(dir.path().join("wh").to_str().unwrap())
+        .cluster(cluster.client(functions))
+        .open()
+        .await
+        .unwrap();
+    engine
+        .sql(
+            "CREATE TABLE bronze.dv (id BIGINT NOT NULL, v VARCHAR);
+             INSERT INTO bronze.dv VALUES (0, 'a'), (1, 'b'), (2, 'c'), (3, 'd'), (4, 'e'), (5, 'f')",
+        )
+        .await
+        .unwrap();
+    add_deletion_vector(&dir.path().join("wh/bronze/dv"), &[1, 3]);
+    let local = engine.local_session();
+    assert_eq!(
+        rows(
+            &local,
+            "SELECT v, count(*) AS n FROM bronze.dv WHERE id >= 0 GROUP BY v ORDER BY v"
+        )
+        .await,
+        "+---+---+\n| v | n |\n+---+---+\n| a | 1 |\n| c | 1 |\n| e | 1 |\n| f | 1 |\n+---+---+"
+    );
+    let metrics = engine.metrics_text().await;
+    assert!(
+        metrics.contains("medlake_cluster_queries_total{ran=\"cluster\"} 1"),
+        "the query did not run on the cluster:\n{metrics}"
+    );
+}
