@@ -164,9 +164,10 @@ pub async fn executor(args: ExecutorArgs) -> Result<(), Failure> {
     };
     let mut stores = Vec::new();
     if let Some(location) = &args.warehouse {
-        let warehouse = medlake_lake::Warehouse::open(location)
-            .await
-            .map_err(|e| Failure::Usage(format!("the warehouse {location}: {e}")))?;
+        let warehouse = medlake_lake::Warehouse::open(location).await.map_err(|e| {
+            let shown = medlake_engine::redact_location(location);
+            Failure::Usage(format!("the warehouse {shown}: {e}"))
+        })?;
         if warehouse.url().scheme() != "file" {
             stores.push((warehouse.url().clone(), warehouse.object_store()));
         }

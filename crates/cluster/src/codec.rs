@@ -11,7 +11,7 @@
 //! hold connections and resolved secrets), per-session functions (`current_user()`,
 //! `has_table_privilege()`), and functions keyed by a secret (`pseudonym`, `shift_date`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
@@ -47,7 +47,8 @@ const SERVER_ONLY: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct Functions {
     extra: Vec<Arc<ScalarUDF>>,
-    names: Arc<HashSet<String>>,
+    /// The executors' functions by name.
+    known: Arc<HashMap<String, Arc<ScalarUDF>>>,
 }
 
 impl Functions {
@@ -58,15 +59,15 @@ impl Functions {
             .filter(|f| !SERVER_ONLY.contains(&f.name()))
             .collect();
         let state = Self::state_with(&extra);
-        let names = state
+        let known = state
             .scalar_functions()
-            .keys()
-            .filter(|n| !SERVER_ONLY.contains(&n.as_str()))
-            .cloned()
+            .iter()
+            .filter(|(n, _)| !SERVER_ONLY.contains(&n.as_str()))
+            .map(|(n, f)| (n.clone(), f.clone()))
             .collect();
         Self {
             extra,
-            names: Arc::new(names),
+            known: Arc::new(known),
         }
     }
 
@@ -84,9 +85,13 @@ impl Functions {
         state
     }
 
-    /// Whether a function of this name runs the same on an executor.
-    pub fn crosses(&self, name: &str) -> bool {
-        self.names.contains(name)
+    /// Whether `f` runs the same on an executor: the executors have a function of its name,
+    /// and it is this one (a server function shadowing a built-in, such as the Postgres
+    /// door's `version()`, is another function there).
+    pub fn crosses(&self, f: &ScalarUDF) -> bool {
+        self.known
+            .get(f.name())
+            .is_some_and(|known| known.as_ref() == f)
     }
 }
 
@@ -145,7 +150,7 @@ impl PhysicalExtensionCodec for Codec {
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, _buf: &mut Vec<u8>) -> Result<()> {
-        if self.functions.crosses(node.name()) {
+        if self.functions.crosses(node) {
             Ok(())
         } else {
             Err(DataFusionError::NotImplemented(format!(

@@ -97,7 +97,11 @@ impl ClusterTls {
     pub(crate) fn server(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert, &self.key))
+            // Required, not optional (tonic's default): no certificate, no connection.
             .client_ca_root(Certificate::from_pem(&self.ca))
+            .client_auth_optional(false)
+            // A peer that never finishes its handshake does not hold a connection for long.
+            .timeout(std::time::Duration::from_secs(10))
     }
 
     pub(crate) fn client(&self) -> ClientTlsConfig {
@@ -130,6 +134,8 @@ impl ClusterTls {
     pub(crate) fn session_config(&self, config: SessionConfig) -> SessionConfig {
         config
             .upgrade_for_ballista()
+            // A plan carries its Delta snapshots (file lists): more than Ballista's 16 MiB.
+            .with_ballista_grpc_client_max_message_size(executor::MAX_MESSAGE)
             .with_ballista_use_tls(true)
             .with_ballista_override_create_grpc_client_endpoint(self.endpoint_override())
     }

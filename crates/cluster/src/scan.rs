@@ -184,8 +184,50 @@ impl LakeScanExec {
             .map_err(|e| DataFusionError::Internal(format!("encoding a Delta scan: {e}")))
     }
 
-    /// A scan from its wire form, planned on its first execution.
+    /// A scan from its wire form, planned on its first execution. The tasks of one stage
+    /// carry the same scan: an executor decodes it once ([`DECODED`]), but plans it for each
+    /// task (a physical plan is made for one execution: DataFusion 55's file scans share
+    /// their files between the partitions of one execution, and a second execution of the
+    /// same plan finds them taken).
     pub(crate) fn decode(buf: &[u8], ctx: &TaskContext) -> Result<Self> {
+        let hash = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = DECODED_KEYS.build_hasher();
+            h.write(buf);
+            h.finish()
+        };
+        let mut decoded = DECODED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, scan)) = decoded
+            .iter()
+            .find(|(h, bytes, _)| *h == hash && bytes.as_ref() == buf)
+        {
+            return Ok(scan.unplanned());
+        }
+        drop(decoded);
+        let scan = Self::decode_new(buf, ctx)?;
+        if buf.len() <= DECODED_BYTES / 4 {
+            decoded = DECODED.lock().unwrap_or_else(|e| e.into_inner());
+            decoded.push_back((hash, Arc::from(buf), scan.unplanned()));
+            while decoded.len() > DECODED_KEPT
+                || decoded.iter().map(|(_, b, _)| b.len()).sum::<usize>() > DECODED_BYTES
+            {
+                decoded.pop_front();
+            }
+        }
+        Ok(scan)
+    }
+
+    /// This scan, to be planned again.
+    fn unplanned(&self) -> Self {
+        Self {
+            scan: self.scan.clone(),
+            schema: self.schema.clone(),
+            properties: self.properties.clone(),
+            planned: Arc::new(OnceCell::new()),
+        }
+    }
+
+    fn decode_new(buf: &[u8], ctx: &TaskContext) -> Result<Self> {
         let wire: WireIn = serde_json::from_slice(buf)
             .map_err(|e| DataFusionError::Internal(format!("decoding a Delta scan: {e}")))?;
         let filters = wire
@@ -218,6 +260,18 @@ impl LakeScanExec {
         })
     }
 }
+
+/// Scans an executor decoded lately, by their wire form (and its hash): the last
+/// [`DECODED_KEPT`], within [`DECODED_BYTES`].
+static DECODED: std::sync::Mutex<std::collections::VecDeque<Decoded>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+/// A decoded scan: its wire form's hash, the wire form, the scan.
+type Decoded = (u64, Arc<[u8]>, LakeScanExec);
+static DECODED_KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+    std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+const DECODED_KEPT: usize = 16;
+/// At most this many bytes of wire forms are kept (each one a quarter of it at most).
+const DECODED_BYTES: usize = 64 << 20;
 
 /// Plans `scan` on this process, with the task's configuration and object stores.
 async fn plan_here(scan: &Scan, ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
