@@ -586,9 +586,7 @@ impl Engine {
         }
         let state = ctx.state();
         let views = Views::new(warehouse.clone(), state.clone(), connectors.clone());
-        if let Some(cluster) = &cluster {
-            views.set_cluster(cluster.clone());
-        }
+        cluster.iter().for_each(|c| views.set_cluster(c.clone()));
         views.prepare().await?;
         let access = Arc::new(access::Access::open(warehouse.clone()).await?);
         let audit = if audit {
