@@ -216,6 +216,24 @@ def test_refreshes_run_their_queries_on_the_cluster_and_commit_once_here(cluster
                 cur.execute(f"SELECT count(*) FROM table_history('{view}')")
                 assert cur.fetchone()[0] == versions + 1, view
             assert log.read_text().count("a refresh query runs on the cluster") > runs
+            # The executors wrote the appended rows' files; this server committed them once.
+            wrote = "the cluster wrote the refresh's data files"
+            assert log.read_text().count(wrote) >= 1, log.read_text()[-3000:]
+            # A full refresh: the executors write every row again, the commit replaces the
+            # view's files at once.
+            written = log.read_text().count(wrote)
+            cur.execute("SELECT count(*) FROM table_history('silver.per_patient')")
+            versions = cur.fetchone()[0]
+            cur.execute("REFRESH MATERIALIZED VIEW silver.per_patient FULL")
+            cur.execute("SELECT count(*) FROM table_history('silver.per_patient')")
+            assert cur.fetchone()[0] == versions + 1
+            assert log.read_text().count(wrote) == written + 1, log.read_text()[-3000:]
+            cur.execute("SELECT operation, rows_written, metrics FROM table_history("
+                        "'silver.per_patient') ORDER BY version DESC LIMIT 1")
+            operation, written_rows, metrics = cur.fetchone()
+            note("full refresh commit", f"{operation} {written_rows} {metrics}")
+            cur.execute("SELECT count(*) FROM silver.per_patient")
+            assert (operation, written_rows) == ("WRITE", cur.fetchone()[0])
             cur.execute("SELECT view, mode, status FROM system.refreshes WHERE trigger = 'manual' "
                         "ORDER BY started")
             modes = {view: (mode, status) for view, mode, status in cur.fetchall()}

@@ -4,7 +4,8 @@
 //! and writers), and has no slot for another codec, so this one wraps it: each extension
 //! node's bytes start with a tag saying whose node follows.
 //!
-//! What may cross: Delta scans ([`LakeScanExec`]), DataFusion's own nodes (encoded by
+//! What may cross: Delta scans ([`LakeScanExec`]), data files written into a Delta table's
+//! folder ([`LakeWriteExec`]: the commit stays on the server), DataFusion's own nodes (encoded by
 //! datafusion-proto), Ballista's, and functions the executors also have ([`Functions`]).
 //! Anything else is refused when the server encodes the plan, so the query runs on the
 //! server instead ([`crate::Cluster::try_execute`]): external-table scans (their connectors
@@ -23,9 +24,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
 use crate::scan::LakeScanExec;
+use crate::write::LakeWriteExec;
 
 const BALLISTA: u8 = 0;
 const LAKE_SCAN: u8 = 1;
+const LAKE_WRITE: u8 = 2;
 
 /// Functions that give the same answer wherever they run: never one holding a session's
 /// identity or a secret. Names a server registers under these names but with per-session
@@ -121,6 +124,7 @@ impl PhysicalExtensionCodec for Codec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match buf.split_first() {
             Some((&LAKE_SCAN, rest)) => Ok(Arc::new(LakeScanExec::decode(rest, ctx)?)),
+            Some((&LAKE_WRITE, rest)) => Ok(Arc::new(LakeWriteExec::decode(rest, inputs)?)),
             Some((&BALLISTA, rest)) => self.ballista.try_decode(rest, inputs, ctx, converter),
             _ => Err(DataFusionError::Internal(
                 "an extension node of a kind this medlake does not know (a different version?)"
@@ -138,6 +142,10 @@ impl PhysicalExtensionCodec for Codec {
         if let Some(scan) = node.downcast_ref::<LakeScanExec>() {
             buf.push(LAKE_SCAN);
             return scan.encode(buf);
+        }
+        if let Some(write) = node.downcast_ref::<LakeWriteExec>() {
+            buf.push(LAKE_WRITE);
+            return write.encode(buf);
         }
         buf.push(BALLISTA);
         self.ballista.try_encode(node, buf, converter)

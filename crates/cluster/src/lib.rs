@@ -19,6 +19,7 @@ pub mod scan;
 pub mod scheduler;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod write;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 
 pub use codec::{Codec, Functions};
 pub use scan::{distributable, reads_delta};
+pub use write::{LakeWriteExec, Target};
 
 /// Errors starting a scheduler or an executor, or reaching one.
 #[derive(Debug, thiserror::Error)]
@@ -338,6 +340,16 @@ impl RemoteExec {
             config: config.clone(),
             properties: Arc::new(properties),
         })
+    }
+
+    /// The plan that runs on the cluster.
+    pub fn plan(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.plan
+    }
+
+    /// The cluster it runs on.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 }
 

@@ -12,8 +12,8 @@ use datafusion::logical_expr::{ColumnarValue, ScalarUDF, ScalarUDFImpl, Signatur
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use medlake_cluster::testing::{LocalCluster, TestCa};
-use medlake_cluster::{Cluster, Functions, distributable};
-use medlake_lake::{TableName, Warehouse};
+use medlake_cluster::{Cluster, Functions, LakeWriteExec, RemoteExec, Target, distributable};
+use medlake_lake::{CommitOptions, TableName, Warehouse, WriteMode};
 
 fn functions() -> Functions {
     Functions::new(Vec::new())
@@ -265,4 +265,123 @@ async fn a_plan_round_trips_through_the_codec_to_the_same_plan_and_rows() {
             "{sql}"
         );
     }
+}
+
+/// The rows of `sql` written into `name` by the executors ([`LakeWriteExec`]) and committed
+/// here once ([`Warehouse::commit_written`]).
+async fn write_there(
+    ctx: &SessionContext,
+    cluster: &Cluster,
+    warehouse: &Warehouse,
+    name: &TableName,
+    sql: &str,
+    mode: WriteMode,
+) -> datafusion::error::Result<medlake_lake::WriteOutcome> {
+    let plan = ctx.sql(sql).await?.into_unoptimized_plan();
+    let query = cluster.plan(&ctx.state(), plan).await?;
+    let options = CommitOptions::default();
+    let target = warehouse
+        .write_elsewhere(name, &options)
+        .await
+        .unwrap()
+        .expect("the table takes files written elsewhere");
+    medlake_cluster::write::writable(&query.schema(), &target.schema).unwrap();
+    let write = Arc::new(LakeWriteExec::new(
+        query,
+        Target {
+            table: target.table,
+            row_group_rows: target.row_group_rows,
+            page_rows: target.page_rows,
+            file_size: target.file_size,
+        },
+    ));
+    let remote = RemoteExec::new(cluster, write, &ctx.copied_config()).unwrap();
+    let rows = datafusion::physical_plan::collect(Arc::new(remote), ctx.task_ctx()).await?;
+    let (adds, rows) = medlake_cluster::write::written_files(&rows)?;
+    assert!(!adds.is_empty());
+    Ok(warehouse
+        .commit_written(name, adds, rows, mode, &options)
+        .await
+        .unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn executors_write_a_tables_files_and_the_server_commits_them_once() {
+    let members = LocalCluster::start(2, functions()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = warehouse(dir.path()).await;
+    let ctx = context(&warehouse).await;
+    let cluster = members.client(functions());
+    // The target: the same columns as bronze.readings, one row to start with.
+    warehouse.create_schema("silver", true).await.unwrap();
+    let target = TableName::new("silver", "even").unwrap();
+    let first = ctx
+        .sql("SELECT * FROM readings WHERE seq = 1")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    warehouse.append_batches(&target, first).await.unwrap();
+    let (provider, _) = warehouse.table_provider(&target, None).await.unwrap();
+    let before = provider.schema();
+    let sql = "SELECT * FROM readings WHERE seq % 2 = 0";
+    let written = write_there(
+        &ctx,
+        &cluster,
+        &warehouse,
+        &target,
+        sql,
+        WriteMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    assert_eq!((written.version, written.rows), (1, 1500));
+    let fresh = |w: &Warehouse| {
+        let w = w.clone();
+        let target = target.clone();
+        async move {
+            let ctx = context(&w).await;
+            let (provider, _) = w.table_provider(&target, None).await.unwrap();
+            assert_eq!(provider.schema(), before);
+            ctx.register_table("even", provider).unwrap();
+            let got = here(
+                &ctx,
+                "SELECT count(*) AS n, sum(seq) AS s, max(seq % 2) AS odd FROM even",
+            )
+            .await;
+            let expected = here(
+                &ctx,
+                "SELECT count(*) AS n, sum(seq) AS s, max(seq % 2) AS odd FROM readings \
+                 WHERE seq % 2 = 0",
+            )
+            .await;
+            (got, expected)
+        }
+    };
+    // The overwrite replaced the first row: exactly the even readings.
+    let (got, expected) = fresh(&warehouse).await;
+    assert_eq!(got, expected);
+    // An append adds them again in one more commit.
+    let appended = write_there(&ctx, &cluster, &warehouse, &target, sql, WriteMode::Append)
+        .await
+        .unwrap();
+    assert_eq!((appended.version, appended.rows), (2, 1500));
+    let history = warehouse.history(&target, Some(1)).await.unwrap();
+    assert_eq!(history[0].rows_written, Some(1500));
+    // A query failing on the executors commits nothing.
+    let failing = "SELECT patient_id, CAST(CAST(seq AS VARCHAR) || 'x' AS BIGINT) AS seq, value \
+                   FROM readings";
+    let failed = write_there(
+        &ctx,
+        &cluster,
+        &warehouse,
+        &target,
+        failing,
+        WriteMode::Overwrite,
+    )
+    .await;
+    assert!(failed.is_err());
+    let table = warehouse.open_table(&target).await.unwrap();
+    assert_eq!(table.version(), Some(2));
 }

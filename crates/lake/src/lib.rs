@@ -25,6 +25,7 @@ mod log_store;
 pub mod maintenance;
 mod snapshots;
 mod warehouse;
+mod written;
 
 pub use backup::TableRestored;
 pub use changes::Span;
@@ -41,6 +42,7 @@ pub use warehouse::{
     ROW_GROUP_ROWS, TableName, TimeTravel, VacuumOutcome, Warehouse, WriteMode, WriteOutcome,
     cluster_columns, validate_name,
 };
+pub use written::WriteTarget;
 
 /// The query planner a session must use for Delta writes: DataFusion's, plus the plan nodes
 /// deltalake's writers add (metrics observers, CDC).

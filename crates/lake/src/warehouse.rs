@@ -142,7 +142,7 @@ pub struct CommitOptions {
 }
 
 impl CommitOptions {
-    fn properties(&self) -> CommitProperties {
+    pub(crate) fn properties(&self) -> CommitProperties {
         let mut properties = CommitProperties::default().with_metadata(self.metadata.clone());
         if self.base_version.is_some() {
             properties = properties.with_max_retries(0);
@@ -352,7 +352,7 @@ pub(crate) fn table_properties(
 
 /// Whether `table` takes blind appends: writer version 2, or table features all in
 /// [`BLIND_APPEND_FEATURES`], without invariants in its schema or CHECK constraints.
-fn blind_appendable(table: &DeltaTable) -> bool {
+pub(crate) fn blind_appendable(table: &DeltaTable) -> bool {
     let Ok(state) = table.snapshot() else {
         return false;
     };

@@ -360,6 +360,30 @@ impl PlannedTable {
     }
 }
 
+/// The cluster and the plan a write's `input` runs there, when nothing between it and the write runs
+/// here: `input` scans a [`PlannedTable`] of an [`ExpectationsExec`] with no rules over a
+/// [`medlake_cluster::RemoteExec`] (a refresh's query, planned by `Views::checked`).
+pub(crate) fn unchecked_remote(
+    input: &datafusion::logical_expr::LogicalPlan,
+) -> Option<(medlake_cluster::Cluster, Arc<dyn ExecutionPlan>)> {
+    let datafusion::logical_expr::LogicalPlan::TableScan(scan) = input else {
+        return None;
+    };
+    if scan.projection.is_some() || !scan.filters.is_empty() || scan.fetch.is_some() {
+        return None;
+    }
+    let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
+    let planned = provider.downcast_ref::<PlannedTable>()?;
+    let checked = planned.plan.downcast_ref::<ExpectationsExec>()?;
+    if !checked.checks.rules.is_empty() || checked.checks.quarantine.is_some() {
+        return None;
+    }
+    let remote = checked
+        .input
+        .downcast_ref::<medlake_cluster::RemoteExec>()?;
+    Some((remote.cluster().clone(), remote.plan().clone()))
+}
+
 #[async_trait]
 impl TableProvider for PlannedTable {
     fn schema(&self) -> SchemaRef {

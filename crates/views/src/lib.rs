@@ -13,6 +13,7 @@ pub mod auto_cdc;
 mod cost;
 pub mod cron;
 pub mod definition;
+mod distributed;
 mod erasure;
 mod error;
 mod expect;

@@ -1395,17 +1395,22 @@ impl Views {
                 Some(view.version),
             )?
         };
-        let written = self
-            .inner
-            .warehouse
-            .write_with(name, input, state, write_mode, &options)
-            .await
-            .map_err(|e| {
-                checks
-                    .failure()
-                    .or_else(|| pinned.source_failure())
-                    .unwrap_or(Error::Lake(e))
-            })?;
+        let warehouse = &self.inner.warehouse;
+        let on_cluster = crate::distributed::write_on_cluster(
+            warehouse, name, &input, write_mode, &options, &state,
+        );
+        let written = match on_cluster.await? {
+            Some(written) => written,
+            None => warehouse
+                .write_with(name, input, state, write_mode, &options)
+                .await
+                .map_err(|e| {
+                    checks
+                        .failure()
+                        .or_else(|| pinned.source_failure())
+                        .unwrap_or(Error::Lake(e))
+                })?,
+        };
         if replacing {
             self.keep_quarantine_if_used(name, &definition).await?;
         }
