@@ -52,7 +52,7 @@ class Medlake:
 
 
 WORKLOADS = ["refresh", "medallion", "warehouse", "merge", "ingest", "serve", "dashboard", "spill",
-             "alerting", "mllp"]
+             "alerting", "mllp", "cluster"]
 
 
 def write_results_md(workload, section):

@@ -13,6 +13,7 @@ on the same data, in the same run.
     python benches/run.py merge --bin target/release/medlake [--rows 10000000] [--rounds 3]
     python benches/run.py alerting --bin target/release/medlake [--devices 400] [--seconds 120]
     python benches/run.py mllp --bin target/release/medlake [--messages 20000] [--concurrent-messages 200000]
+    python benches/run.py cluster --bin target/release/medlake [--rows 10000000] [--executors 1 2 3]
 
 refresh: incremental vs full REFRESH MATERIALIZED VIEW after appending 1% to a bronze table,
 with DuckDB recomputing the same gold table from bronze's Parquet files as the peer.
@@ -49,6 +50,9 @@ acknowledged -> webhook delivered for probe readings (no peer: a latency goal, <
 mllp (mllp.py): HL7 v2 ORU^R01 messages (4 observations each) acknowledged after their Delta
 commit over MLLP at 1 and 64 connections, against the HTTP door taking the same readings as
 NDJSON requests with Idempotency-Keys; messages/s, p50/p99, commits, rows checked per leg.
+
+cluster (cluster.py): the medallion's full refresh on the embedded engine and on a Ballista
+cluster of 1, 2 and 3 executors started on this machine (mutual TLS), golds checked equal.
 """
 
 import argparse
@@ -1744,6 +1748,7 @@ def add_serve_dashboard_spill_parsers(sub):
 
 def main():
     import alerting
+    import cluster
     import medallion  # its own module; both share harness.py
     import merge
     import mllp
@@ -1768,11 +1773,13 @@ def main():
     merge.add_parser(sub)
     alerting.add_parser(sub)
     mllp.add_parser(sub)
+    cluster.add_parser(sub)
     args = parser.parse_args()
     ensure_python_peers()
     {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill,
      "medallion": medallion.medallion, "warehouse": warehouse.warehouse,
-     "merge": merge.merge, "alerting": alerting.alerting, "mllp": mllp.mllp}[args.workload](args)
+     "merge": merge.merge, "alerting": alerting.alerting, "mllp": mllp.mllp,
+     "cluster": cluster.cluster}[args.workload](args)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,10 @@ step "the medallion benchmark, small (bronze -> silver -> gold in medlake, DuckD
 "$VENV/bin/python" benches/run.py medallion --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"
 
+step "the cluster benchmark, small (the medallion's refresh embedded and on 1, 2, 3 Ballista executors, golds checked equal)"
+"$VENV/bin/python" benches/run.py cluster --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
+    --out "$demo/bench-results"
+
 step "the merge benchmark, small (MERGE of 1% changed rows against DuckDB's MERGE INTO, tables checked equal)"
 "$VENV/bin/python" benches/run.py merge --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"
