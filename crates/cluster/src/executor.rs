@@ -105,7 +105,8 @@ pub async fn serve(
     let config: ballista_core::ConfigProducer =
         Arc::new(move || session_tls.session_config(SessionConfig::new_with_ballista()));
     let registry = Arc::new(BallistaFunctionRegistry::from(&functions.state()));
-    let executor = Arc::new(Executor::with_default_execution_engine(
+    // Plans are checked before they run: only what a medlake server makes.
+    let executor = Arc::new(Executor::new(
         metadata,
         &work_dir,
         runtime,
@@ -113,6 +114,7 @@ pub async fn serve(
         registry,
         Arc::new(LoggingMetricsCollector::default()),
         vcores,
+        Arc::new(crate::guard::GuardedEngine::default()),
     ));
 
     let flight = FlightServiceServer::new(BallistaFlightService::new(work_dir))

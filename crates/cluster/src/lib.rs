@@ -15,6 +15,7 @@
 
 pub mod codec;
 pub mod executor;
+pub mod guard;
 pub mod scan;
 pub mod scheduler;
 #[cfg(feature = "test-support")]
@@ -94,6 +95,11 @@ impl ClusterTls {
         // tonic asks rustls for the process-default provider.
         let _ = tokio_rustls_provider();
         Ok(Self { ca, cert, key })
+    }
+
+    /// The role this member's certificate names ([`guard::Role`]).
+    pub fn role(&self) -> guard::Role {
+        guard::Role::of_pem(&self.cert).unwrap_or(guard::Role::Member)
     }
 
     pub(crate) fn server(&self) -> ServerTlsConfig {
@@ -259,36 +265,25 @@ impl Cluster {
     }
 }
 
-/// The object-store schemes an executor resolves itself (`file`, and a warehouse's cloud).
-const EXECUTOR_STORES: &[&str] = &[
-    "file", "az", "abfs", "abfss", "adl", "azure", "s3", "s3a", "gs",
-];
-
 /// Nodes a whole plan can carry over the wire but Ballista 55 cannot cut into stages (a
-/// stage's plan is decoded alone on an executor): why, for the first one in `plan`.
+/// stage's plan is decoded alone on an executor), or that executors refuse to run
+/// ([`guard::refused`]: file scans other than Delta scans, sinks): why, for the first one.
 fn unsplittable(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+    if let Some(refused) = guard::refused(plan) {
+        return Some(format!(
+            "{refused}: executors read files only through Delta scans"
+        ));
+    }
+    scalar_subquery(plan)
+}
+
+fn scalar_subquery(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
     // DataFusion 55 plans an uncorrelated scalar subquery as ScalarSubqueryExec, whose
     // expressions decode only together with it: a stage below it fails on the executor.
     if plan.name() == "ScalarSubqueryExec" {
         return Some("a scalar subquery (Ballista 55 cannot split its plan into stages)".into());
     }
-    // Files behind a store only this process has: deltalake's change-feed scans
-    // (`delta-rs://`), a blob external table's per-table store (`medlake-blob-...://`).
-    if let Some(source) = plan.downcast_ref::<datafusion::datasource::source::DataSourceExec>()
-        && let Some(files) = source
-            .data_source()
-            .downcast_ref::<datafusion::datasource::physical_plan::FileScanConfig>(
-        )
-    {
-        let url = files.object_store_url.as_str();
-        let scheme = url.split("://").next().unwrap_or_default();
-        if !EXECUTOR_STORES.contains(&scheme) {
-            return Some(format!(
-                "files read through a store of this server ({scheme}://)"
-            ));
-        }
-    }
-    plan.children().into_iter().find_map(unsplittable)
+    plan.children().into_iter().find_map(scalar_subquery)
 }
 
 fn stays_reason(e: &DataFusionError) -> String {

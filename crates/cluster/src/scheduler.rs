@@ -6,6 +6,7 @@
 //! so a client without a certificate from the cluster CA never reaches it.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use ballista_core::config::TaskSchedulingPolicy;
@@ -18,6 +19,11 @@ use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpc;
+use ballista_core::serde::protobuf::*;
+use tonic::{Request, Response, Status};
+
+use crate::guard::{Role, SchedulerGate};
 use crate::{ClusterTls, Codec, Error, Functions};
 
 /// Serves a scheduler on `listener` until `shutdown` completes.
@@ -64,9 +70,13 @@ pub async fn serve(
         collector,
     );
     scheduler.init().await?;
-    let service = SchedulerGrpcServer::new(scheduler)
-        .max_decoding_message_size(crate::executor::MAX_MESSAGE)
-        .max_encoding_message_size(crate::executor::MAX_MESSAGE);
+    let gate = SchedulerGate::new(tls.role());
+    let service = SchedulerGrpcServer::new(Gated {
+        inner: scheduler,
+        gate,
+    })
+    .max_decoding_message_size(crate::executor::MAX_MESSAGE)
+    .max_encoding_message_size(crate::executor::MAX_MESSAGE);
     tracing::info!(%addr, "scheduler listening (mutual TLS)");
     tonic::transport::Server::builder()
         .tls_config(tls.server())
@@ -75,4 +85,103 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::Ballista(format!("the scheduler stopped: {e}")))
+}
+
+/// Ballista's scheduler behind [`SchedulerGate`]: each method for its role only.
+struct Gated<S> {
+    inner: S,
+    gate: SchedulerGate,
+}
+
+/// A method of the gated scheduler: checked for `role`, then Ballista's.
+macro_rules! gated {
+    ($name:ident, $params:ty, $result:ty, $role:expr) => {
+        // async_trait's form of the method (the attribute cannot see into a macro).
+        fn $name<'life0, 'async_trait>(
+            &'life0 self,
+            request: Request<$params>,
+        ) -> Pin<Box<dyn Future<Output = Result<Response<$result>, Status>> + Send + 'async_trait>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move {
+                self.gate.check(&request, $role, stringify!($name))?;
+                self.inner.$name(request).await
+            })
+        }
+    };
+}
+
+impl<S: SchedulerGrpc> SchedulerGrpc for Gated<S> {
+    type ExecuteQueryPushStream = S::ExecuteQueryPushStream;
+
+    gated!(poll_work, PollWorkParams, PollWorkResult, Role::Executor);
+    gated!(
+        register_executor,
+        RegisterExecutorParams,
+        RegisterExecutorResult,
+        Role::Executor
+    );
+    gated!(
+        heart_beat_from_executor,
+        HeartBeatParams,
+        HeartBeatResult,
+        Role::Executor
+    );
+    gated!(
+        update_task_status,
+        UpdateTaskStatusParams,
+        UpdateTaskStatusResult,
+        Role::Executor
+    );
+    gated!(
+        executor_stopped,
+        ExecutorStoppedParams,
+        ExecutorStoppedResult,
+        Role::Executor
+    );
+    gated!(
+        create_update_session,
+        CreateUpdateSessionParams,
+        CreateUpdateSessionResult,
+        Role::Server
+    );
+    gated!(
+        remove_session,
+        RemoveSessionParams,
+        RemoveSessionResult,
+        Role::Server
+    );
+    gated!(
+        execute_query_push,
+        ExecuteQueryParams,
+        Self::ExecuteQueryPushStream,
+        Role::Server
+    );
+    gated!(
+        execute_query,
+        ExecuteQueryParams,
+        ExecuteQueryResult,
+        Role::Server
+    );
+    gated!(
+        get_job_status,
+        GetJobStatusParams,
+        GetJobStatusResult,
+        Role::Server
+    );
+    gated!(
+        get_job_metrics,
+        GetJobMetricsParams,
+        GetJobMetricsResult,
+        Role::Server
+    );
+    gated!(cancel_job, CancelJobParams, CancelJobResult, Role::Server);
+    gated!(
+        clean_job_data,
+        CleanJobDataParams,
+        CleanJobDataResult,
+        Role::Server
+    );
 }

@@ -32,11 +32,22 @@ impl TestCa {
     /// A member's CA, certificate and key (PEM): for 127.0.0.1 and localhost, usable as
     /// server and as client.
     pub fn member_pem(&self) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        self.member_pem_as(None)
+    }
+
+    /// [`Self::member_pem`] whose subject names `role` (`medlake-server`, ...) as its
+    /// organizational unit ([`crate::guard::Role`]).
+    pub fn member_pem_as(&self, role: Option<&str>) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
         params
             .subject_alt_names
             .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        if let Some(role) = role {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationalUnitName, role);
+        }
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -54,7 +65,12 @@ impl TestCa {
 
     /// A member's TLS.
     pub fn member(&self) -> ClusterTls {
-        let (ca, cert, key) = self.member_pem();
+        self.member_as(None)
+    }
+
+    /// A member's TLS with a role certificate.
+    pub fn member_as(&self, role: Option<&str>) -> ClusterTls {
+        let (ca, cert, key) = self.member_pem_as(role);
         ClusterTls::from_pem(ca, cert, key).expect("PEM from rcgen")
     }
 }
@@ -65,6 +81,8 @@ pub struct LocalCluster {
     /// `https://127.0.0.1:PORT`.
     pub scheduler: String,
     stops: Vec<oneshot::Sender<()>>,
+    /// Whether members hold role certificates.
+    roles: bool,
     _work: tempfile::TempDir,
 }
 
@@ -79,13 +97,24 @@ impl Drop for LocalCluster {
 impl LocalCluster {
     /// A scheduler and `executors` executors of two task slots each, with `functions`.
     pub async fn start(executors: usize, functions: Functions) -> Self {
+        Self::start_with(executors, functions, false).await
+    }
+
+    /// [`Self::start`] with role certificates: `medlake-scheduler`, `medlake-executor`, and
+    /// `medlake-server` for [`Self::client`].
+    pub async fn start_with_roles(executors: usize, functions: Functions) -> Self {
+        Self::start_with(executors, functions, true).await
+    }
+
+    async fn start_with(executors: usize, functions: Functions, roles: bool) -> Self {
+        let role = |r: &'static str| roles.then_some(r);
         let ca = TestCa::new("medlake test cluster CA");
         let mut stops = Vec::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let scheduler = format!("https://{}", listener.local_addr().expect("an address"));
         let (stop, stopped) = oneshot::channel::<()>();
         stops.push(stop);
-        let tls = ca.member();
+        let tls = ca.member_as(role("medlake-scheduler"));
         let f = functions.clone();
         tokio::spawn(async move {
             let served = scheduler::serve(listener, tls, f, async move {
@@ -107,7 +136,7 @@ impl LocalCluster {
                 work_dir: work.path().join(format!("executor{i}")),
                 stores: Vec::new(),
             };
-            let tls = ca.member();
+            let tls = ca.member_as(role("medlake-executor"));
             let f = functions.clone();
             tokio::spawn(async move {
                 let served = executor::serve(listener, options, tls, f, async move {
@@ -125,6 +154,7 @@ impl LocalCluster {
             ca,
             scheduler,
             stops,
+            roles,
             _work: work,
         }
     }
@@ -132,6 +162,7 @@ impl LocalCluster {
     /// A server's way to this cluster.
     pub fn client(&self, functions: Functions) -> Cluster {
         let address = self.scheduler.replace("https://", "ballista://");
-        Cluster::new(&address, self.ca.member(), functions).expect("a valid address")
+        let tls = self.ca.member_as(self.roles.then_some("medlake-server"));
+        Cluster::new(&address, tls, functions).expect("a valid address")
     }
 }

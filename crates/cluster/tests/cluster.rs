@@ -385,3 +385,111 @@ async fn executors_write_a_tables_files_and_the_server_commits_them_once() {
     let table = warehouse.open_table(&target).await.unwrap();
     assert_eq!(table.version(), Some(2));
 }
+
+/// Calls one scheduler method of each role with `tls`'s certificate: whether each was
+/// refused for the certificate's role (`PermissionDenied`).
+async fn refused_methods(
+    scheduler: &str,
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+) -> (bool, bool) {
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    use ballista_core::serde::protobuf::{GetJobStatusParams, PollWorkParams};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key));
+    let channel = Endpoint::from_shared(scheduler.to_string())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = SchedulerGrpcClient::new(channel);
+    let denied =
+        |r: Result<(), tonic::Status>| r.is_err_and(|s| s.code() == tonic::Code::PermissionDenied);
+    let server_method = client
+        .get_job_status(GetJobStatusParams { job_id: "x".into() })
+        .await
+        .map(|_| ());
+    let executor_method = client
+        .poll_work(PollWorkParams {
+            metadata: None,
+            num_free_vcores: 0,
+            task_status: Vec::new(),
+        })
+        .await
+        .map(|_| ());
+    (denied(server_method), denied(executor_method))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn role_certificates_confine_each_member_to_its_methods() {
+    let members = LocalCluster::start_with_roles(2, functions()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = warehouse(dir.path()).await;
+    let ctx = context(&warehouse).await;
+    // The server's certificate runs queries; the executors (role certificates) run them.
+    let sql = "SELECT patient_id, count(*) AS n FROM readings GROUP BY patient_id ORDER BY 1";
+    let server = members.client(functions());
+    assert_eq!(there(&ctx, &server, sql).await, here(&ctx, sql).await);
+    let ca = &members.ca;
+    // Each role may call its own methods only; a certificate naming no role, none (the
+    // scheduler's own certificate names one).
+    for (role, expected) in [
+        (Some("medlake-server"), (false, true)),
+        (Some("medlake-executor"), (true, false)),
+        (None, (true, true)),
+    ] {
+        let (ca_pem, cert, key) = ca.member_pem_as(role);
+        assert_eq!(
+            refused_methods(&members.scheduler, ca_pem, cert, key).await,
+            expected,
+            "{role:?}"
+        );
+    }
+    // An executor's certificate cannot submit a job.
+    let address = members.scheduler.replace("https://", "ballista://");
+    let stolen = Cluster::new(
+        &address,
+        ca.member_as(Some("medlake-executor")),
+        functions(),
+    )
+    .unwrap();
+    let plan = ctx.sql(sql).await.unwrap().into_unoptimized_plan();
+    let physical = stolen.plan(&ctx.state(), plan).await.unwrap();
+    let submitted = match stolen.try_execute(physical, &ctx.copied_config()).await {
+        Ok(stream) => match stream {
+            Ok(stream) => stream.try_collect::<Vec<_>>().await.map(|_| ()),
+            Err(e) => Err(e),
+        },
+        Err(stays) => panic!("stays: {}", stays.0),
+    };
+    let error = submitted.expect_err("an executor's certificate submitted a job");
+    assert!(error.to_string().contains("Server"), "{error}");
+}
+
+#[test]
+fn executors_refuse_plans_with_file_scans_or_sinks() {
+    use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+    use datafusion::execution::object_store::ObjectStoreUrl;
+
+    let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+    let source = Arc::new(ParquetSource::new(schema.clone()));
+    let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        .with_file(datafusion::datasource::listing::PartitionedFile::new(
+            "etc/shadow",
+            10,
+        ))
+        .build();
+    let scan: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
+        datafusion::datasource::source::DataSourceExec::from_data_source(config);
+    let refused = medlake_cluster::guard::refused(&scan).expect("a file scan is refused");
+    assert!(refused.contains("file scan"), "{refused}");
+    let values: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
+        Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema));
+    assert!(medlake_cluster::guard::refused(&values).is_none());
+}
