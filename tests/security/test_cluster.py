@@ -115,7 +115,7 @@ def cluster(tmp_path_factory):
                            "scheduler listening on")
         members.append(scheduler)
         address = re.search(r"ballista://127\.0\.0\.1:\d+", scheduler.text()).group(0)
-        for i in range(2):
+        for i in range(3):
             members.append(Member(root, f"executor{i}",
                                   ["executor", "--scheduler", address, "--bind", "127.0.0.1:0",
                                    "--vcores", "2"], env, "executor serving on"))
@@ -279,11 +279,65 @@ def test_the_cluster_refuses_peers_without_its_certificate(cluster):
         assert b"\x00\x00" not in answer[:2] or not answer
 
 
+def test_an_executor_killed_during_a_refresh_commits_all_or_nothing(cluster):
+    """kill -9 of an executor while a view's full refresh runs (and writes) on the cluster:
+    Ballista retries its tasks elsewhere and the refresh commits once with every row, or it
+    fails with a clear error and the view keeps its version and rows."""
+    import threading
+
+    server = cluster["server"]
+    log = server.serve.log_path
+    view = "silver.copied"
+    query = "SELECT patient_id, seq, hr FROM silver.readings"
+    with contextlib.closing(pg_connect(server, USERS["admin"])) as conn:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE MATERIALIZED VIEW {view} AS {query}")
+            cur.execute("INSERT INTO silver.readings SELECT 2, v, 1.0 FROM "
+                        "generate_series(400000, 400999) AS s(v)")
+            cur.execute(f"SELECT count(*) FROM table_history('{view}')")
+            versions = cur.fetchone()[0]
+    before = reference(server, f"SELECT count(*) FROM {view}")
+    runs = log.read_text().count("a refresh query runs on the cluster")
+    outcome = {}
+
+    def refresh():
+        try:
+            with contextlib.closing(pg_connect(server, USERS["admin"])) as conn:
+                with conn.cursor() as cur:
+                    cur.execute(f"REFRESH MATERIALIZED VIEW {view} FULL")
+            outcome["ok"] = True
+        except Exception as e:  # a clear error is allowed
+            outcome["error"] = str(e)
+
+    worker = threading.Thread(target=refresh)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while log.read_text().count("a refresh query runs on the cluster") == runs:
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.005)
+    cluster["members"][2].kill()
+    worker.join(timeout=300)
+    assert not worker.is_alive()
+    note("refresh after the kill", repr(outcome))
+    with contextlib.closing(pg_connect(server, USERS["admin"])) as conn:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM table_history('{view}')")
+            after = cur.fetchone()[0]
+    if outcome.get("ok"):
+        assert after == versions + 1
+        assert reference(server, f"SELECT * FROM {view} ORDER BY seq") == \
+            reference(server, f"{query} ORDER BY seq")
+    else:
+        assert "cluster" in outcome["error"], outcome
+        assert after == versions
+        assert reference(server, f"SELECT count(*) FROM {view}") == before
+
+
 def test_an_executor_killed_during_queries_costs_no_wrong_answer(cluster):
     server = cluster["server"]
     sql = QUERIES[1]
     expected = reference(server, sql)
-    executor = cluster["members"][2]
+    executor = cluster["members"][3]
     answers = []
     with contextlib.closing(pg_connect(server, USERS["admin"])) as conn:
         for i in range(4):
