@@ -162,7 +162,13 @@ pub struct Cluster {
     tls: ClusterTls,
     codec: Arc<Codec>,
     session_id: String,
+    /// Until when the scheduler is taken as unreachable (its last connection failed): plans
+    /// run on the server meanwhile instead of each waiting for a connection to fail.
+    down_until: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How long a scheduler that could not be reached is left alone.
+const DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +204,7 @@ impl Cluster {
             tls,
             codec: Arc::new(Codec::new(functions)),
             session_id: uuid::Uuid::new_v4().to_string(),
+            down_until: Arc::default(),
         })
     }
 
@@ -248,20 +255,39 @@ impl Cluster {
         config: &SessionConfig,
     ) -> std::result::Result<Result<SendableRecordBatchStream>, StaysHere> {
         self.encode(&plan)?;
+        let down = || self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        if down().is_some_and(|until| std::time::Instant::now() < until) {
+            return Err(StaysHere(
+                "the scheduler was unreachable moments ago".into(),
+            ));
+        }
         let config = self.tls.session_config(config.clone());
         let ballista = config.ballista_config();
-        Ok(
-            ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
-                self.scheduler.clone(),
-                &ballista,
-                plan,
-                self.codec.as_ref(),
-                self.session_id.clone(),
-                config,
-            )
-            .await
-            .map_err(cluster_error),
+        let submitted = ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
+            self.scheduler.clone(),
+            &ballista,
+            plan,
+            self.codec.as_ref(),
+            self.session_id.clone(),
+            config,
         )
+        .await;
+        match submitted {
+            // No connection, so no job: the plan can run here instead.
+            Err(e) if unreachable(&e) => {
+                *down() = Some(std::time::Instant::now() + DOWN_FOR);
+                tracing::warn!(
+                    scheduler = %self.scheduler,
+                    "the cluster's scheduler is unreachable; plans run on this server for {}s",
+                    DOWN_FOR.as_secs()
+                );
+                Err(StaysHere("the scheduler is unreachable".into()))
+            }
+            submitted => {
+                *down() = None;
+                Ok(submitted.map_err(cluster_error))
+            }
+        }
     }
 }
 
@@ -284,6 +310,13 @@ fn scalar_subquery(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
         return Some("a scalar subquery (Ballista 55 cannot split its plan into stages)".into());
     }
     plan.children().into_iter().find_map(scalar_subquery)
+}
+
+/// Whether `e` is Ballista failing to connect to the scheduler (tonic's transport error, in
+/// Ballista's Debug form): nothing was submitted.
+fn unreachable(e: &DataFusionError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("ConnectError") || text.contains("Connection refused")
 }
 
 fn stays_reason(e: &DataFusionError) -> String {
@@ -396,7 +429,7 @@ impl ExecutionPlan for RemoteExec {
     fn execute(
         &self,
         partition: usize,
-        _ctx: Arc<datafusion::execution::TaskContext>,
+        ctx: Arc<datafusion::execution::TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         if partition != 0 {
             return Err(DataFusionError::Internal(format!(
@@ -407,11 +440,18 @@ impl ExecutionPlan for RemoteExec {
         let plan = self.plan.clone();
         let config = self.config.clone();
         let stream = futures::stream::once(async move {
-            match cluster.try_execute(plan, &config).await {
+            match cluster.try_execute(plan.clone(), &config).await {
                 Ok(stream) => stream,
-                Err(StaysHere(reason)) => Err(DataFusionError::Internal(format!(
-                    "the plan could not leave the server: {reason}"
-                ))),
+                // The scheduler is down: the plan (a valid plan anywhere) runs here.
+                Err(StaysHere(reason)) => {
+                    tracing::info!(%reason, "a plan meant for the cluster runs on this server");
+                    let one = Arc::new(
+                        datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(
+                            plan,
+                        ),
+                    );
+                    one.execute(0, ctx)
+                }
             }
         })
         .try_flatten();

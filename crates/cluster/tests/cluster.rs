@@ -493,3 +493,46 @@ fn executors_refuse_plans_with_file_scans_or_sinks() {
         Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema));
     assert!(medlake_cluster::guard::refused(&values).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_scheduler_down_plans_run_on_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = warehouse(dir.path()).await;
+    let ctx = context(&warehouse).await;
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cluster = Cluster::new(
+        &format!("ballista://127.0.0.1:{port}"),
+        TestCa::new("ca").member(),
+        functions(),
+    )
+    .unwrap();
+    let sql = "SELECT patient_id, count(*) AS n FROM readings GROUP BY patient_id ORDER BY 1";
+    let plan = ctx.sql(sql).await.unwrap().into_unoptimized_plan();
+    let physical = cluster.plan(&ctx.state(), plan).await.unwrap();
+    // A query is told to stay (and the next one is, without trying again).
+    for _ in 0..2 {
+        match cluster
+            .try_execute(physical.clone(), &ctx.copied_config())
+            .await
+        {
+            Err(stays) => assert!(stays.0.contains("unreachable"), "{}", stays.0),
+            Ok(_) => panic!("a scheduler nobody runs took the plan"),
+        }
+    }
+    // A refresh's RemoteExec runs its plan here and gives the same rows.
+    let plan = ctx.sql(sql).await.unwrap().into_unoptimized_plan();
+    let physical = cluster.plan(&ctx.state(), plan).await.unwrap();
+    let remote = RemoteExec::new(&cluster, physical, &ctx.copied_config()).unwrap();
+    let batches = datafusion::physical_plan::collect(Arc::new(remote), ctx.task_ctx())
+        .await
+        .unwrap();
+    assert_eq!(
+        pretty_format_batches(&batches).unwrap().to_string(),
+        here(&ctx, sql).await
+    );
+}
