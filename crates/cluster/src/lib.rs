@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod executor;
 pub mod guard;
+mod inline;
 pub mod scan;
 pub mod scheduler;
 #[cfg(feature = "test-support")]
@@ -214,7 +215,8 @@ impl Cluster {
     }
 
     /// The physical plan of a logical `plan`, for the cluster: optimized, its Delta scans made
-    /// distributable ([`distributable`]), and no dynamic filters (a hash join's or a top-k's
+    /// distributable ([`distributable`]), small scans only this server can run replaced by
+    /// their rows (see [`inline`]), and no dynamic filters (a hash join's or a top-k's
     /// filter pushed into its input at planning: Ballista's scheduler reorders join inputs
     /// after planning, which such a plan refuses).
     pub async fn plan(
@@ -231,10 +233,15 @@ impl Cluster {
         optimizer.enable_join_dynamic_filter_pushdown = false;
         optimizer.enable_topk_dynamic_filter_pushdown = false;
         optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-        state
+        let physical = state
             .query_planner()
             .create_physical_plan(&plan, &state)
-            .await
+            .await?;
+        // Scans only this server can run, when small, travel as their rows.
+        if reads_delta(&physical) && self.encode(&physical).is_err() {
+            return inline::inline_leaves(physical, &self.codec, state.task_ctx()).await;
+        }
+        Ok(physical)
     }
 
     /// The plan's wire form, or why it cannot leave this server.

@@ -536,3 +536,79 @@ async fn with_the_scheduler_down_plans_run_on_the_server() {
         here(&ctx, sql).await
     );
 }
+
+/// A table only this process can scan (DataFusion's streaming table has no codec): `rows`
+/// rows of (patient_id, ward), each ward name `pad` characters long.
+#[derive(Debug)]
+struct Wards {
+    schema: arrow::datatypes::SchemaRef,
+    rows: usize,
+    pad: usize,
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for Wards {
+    fn schema(&self) -> &arrow::datatypes::SchemaRef {
+        &self.schema
+    }
+
+    fn execute(
+        &self,
+        _ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::execution::SendableRecordBatchStream {
+        let schema = self.schema.clone();
+        let (rows, pad) = (self.rows, self.pad);
+        let batches = (0..rows.div_ceil(1000)).map(move |b| {
+            let ids: Vec<String> = (b * 1000..((b + 1) * 1000).min(rows))
+                .map(|i| format!("p{:02}", i % 37))
+                .collect();
+            let wards: Vec<String> = (b * 1000..((b + 1) * 1000).min(rows))
+                .map(|i| format!("{:0>pad$}", i % 3))
+                .collect();
+            Ok(RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(ids)),
+                    Arc::new(StringArray::from(wards)),
+                ],
+            )?)
+        });
+        Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::iter(batches.collect::<Vec<_>>()),
+            ),
+        )
+    }
+}
+
+fn wards(rows: usize, pad: usize) -> Arc<dyn datafusion::catalog::TableProvider> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("patient_id", DataType::Utf8, false),
+        Field::new("ward", DataType::Utf8, false),
+    ]));
+    let stream = Arc::new(Wards {
+        schema: schema.clone(),
+        rows,
+        pad,
+    });
+    Arc::new(datafusion::catalog::streaming::StreamingTable::try_new(schema, vec![stream]).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_scan_only_the_server_can_run_travels_as_rows() {
+    let members = LocalCluster::start(2, functions()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = warehouse(dir.path()).await;
+    let ctx = context(&warehouse).await;
+    ctx.register_table("wards", wards(37, 1)).unwrap();
+    ctx.register_table("big_wards", wards(100_000, 1000)).unwrap();
+    let cluster = members.client(functions());
+    let sql = "SELECT w.ward, count(*) AS n, sum(r.value) AS total FROM readings r \
+               JOIN wards w ON r.patient_id = w.patient_id GROUP BY w.ward ORDER BY 1";
+    assert_eq!(there(&ctx, &cluster, sql).await, here(&ctx, sql).await);
+    // 100 MB of rows: more than a plan carries; the query stays here.
+    let big = "SELECT max(w.ward) FROM readings r JOIN big_wards w ON r.patient_id = w.patient_id";
+    let plan = ctx.sql(big).await.unwrap().into_unoptimized_plan();
+    let physical = cluster.plan(&ctx.state(), plan).await.unwrap();
+    assert!(cluster.encode(&physical).is_err());
+}
