@@ -190,11 +190,16 @@ pub async fn executor(args: ExecutorArgs) -> Result<(), Failure> {
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::Usage(e.to_string()))?;
+    // As `medlake serve`: MEDLAKE_MEMORY_LIMIT, or half the machine's memory.
+    let memory_limit = medlake_engine::runtime::RuntimeSettings::from_env()?
+        .or_default_limit()
+        .memory_limit;
     let options = medlake_cluster::executor::Options {
         scheduler,
         vcores,
         work_dir,
         stores,
+        memory_limit,
     };
     println!("executor serving on {addr} with {vcores} task slot(s) (mutual TLS)");
     medlake_cluster::executor::serve(

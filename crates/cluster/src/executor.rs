@@ -48,6 +48,9 @@ pub struct Options {
     /// Object stores tasks read through, by URL (a cloud warehouse's, built from this
     /// process's environment); `file://` needs none.
     pub stores: Vec<(url::Url, Arc<dyn ObjectStore>)>,
+    /// Bytes of memory the executor's tasks may hold together (a fair spill pool: sorts and
+    /// aggregations spill into the work folder past it); `None`: unbounded.
+    pub memory_limit: Option<usize>,
 }
 
 /// Runs an executor serving Flight on `listener` until `shutdown` completes or the
@@ -92,10 +95,19 @@ pub async fn serve(
     };
     let tmp = work_dir.clone();
     let stores = options.stores.clone();
+    // One pool for every task of this executor.
+    let pool: Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>> =
+        options.memory_limit.map(|limit| {
+            Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(
+                limit,
+            )) as _
+        });
     let runtime: ballista_core::RuntimeProducer = Arc::new(move |_config: &SessionConfig| {
-        let runtime = RuntimeEnvBuilder::new()
-            .with_temp_file_path(tmp.clone())
-            .build_arc()?;
+        let mut builder = RuntimeEnvBuilder::new().with_temp_file_path(tmp.clone());
+        if let Some(pool) = &pool {
+            builder = builder.with_memory_pool(pool.clone());
+        }
+        let runtime = builder.build_arc()?;
         for (url, store) in &stores {
             runtime.register_object_store(url, store.clone());
         }

@@ -135,6 +135,7 @@ impl LocalCluster {
                 vcores: 2,
                 work_dir: work.path().join(format!("executor{i}")),
                 stores: Vec::new(),
+                memory_limit: Some(1 << 30),
             };
             let tls = ca.member_as(role("medlake-executor"));
             let f = functions.clone();

@@ -601,7 +601,8 @@ async fn a_small_scan_only_the_server_can_run_travels_as_rows() {
     let warehouse = warehouse(dir.path()).await;
     let ctx = context(&warehouse).await;
     ctx.register_table("wards", wards(37, 1)).unwrap();
-    ctx.register_table("big_wards", wards(100_000, 1000)).unwrap();
+    ctx.register_table("big_wards", wards(100_000, 1000))
+        .unwrap();
     let cluster = members.client(functions());
     let sql = "SELECT w.ward, count(*) AS n, sum(r.value) AS total FROM readings r \
                JOIN wards w ON r.patient_id = w.patient_id GROUP BY w.ward ORDER BY 1";
