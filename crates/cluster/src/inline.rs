@@ -1,8 +1,7 @@
 //! Small inputs that only the server can read, shipped with the plan.
 //!
 //! Some scans cannot run on an executor: external tables (their connectors hold connections
-//! and resolved secrets), medlake's system tables, change-feed reads (files behind a store of
-//! the server). When such a scan is a leaf of a plan that also reads Delta tables, and its
+//! and resolved secrets), medlake's system tables. When such a scan is a leaf of a plan that also reads Delta tables, and its
 //! rows are few (at most [`INLINE_BYTES`] in Arrow memory), the server reads it while planning
 //! and puts its rows into the plan as an in-memory scan (DataFusion's `MemorySourceConfig`,
 //! which crosses as data): the typical join of a large Delta table with a small dimension
@@ -46,7 +45,9 @@ fn inline<'a>(
     Box::pin(async move {
         let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
         if children.is_empty() {
-            if crosses(&plan, codec) {
+            // File scans of this server's stores (change-feed reads) stay as they are: the
+            // plan then stays here.
+            if crosses(&plan, codec) || crate::guard::refused(&plan).is_some() {
                 return Ok(plan);
             }
             return match read_capped(&plan, ctx, budget).await? {
@@ -86,26 +87,40 @@ fn crosses(leaf: &Arc<dyn ExecutionPlan>, codec: &Codec) -> bool {
         && PhysicalPlanNode::try_from_physical_plan(leaf.clone(), codec).is_ok()
 }
 
-/// Every partition's rows of `leaf`, if they fit in `budget` (which they then use up).
+/// Every partition's rows of `leaf`, if they fit in `budget` (which they then use up). The
+/// partitions are read together, as an execution reads them (some scans' partitions share
+/// their work and wait for each other).
 async fn read_capped(
     leaf: &Arc<dyn ExecutionPlan>,
     ctx: &Arc<TaskContext>,
     budget: &mut usize,
 ) -> Result<Option<Vec<Vec<RecordBatch>>>> {
-    let mut used = 0usize;
-    let mut partitions = Vec::new();
-    for partition in 0..leaf.output_partitioning().partition_count() {
-        let mut stream = leaf.execute(partition, ctx.clone())?;
-        let mut batches = Vec::new();
-        while let Some(batch) = stream.try_next().await? {
-            used += batch.get_array_memory_size();
-            if used > *budget {
-                return Ok(None);
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let limit = *budget;
+    let used = Arc::new(AtomicUsize::new(0));
+    let reads = (0..leaf.output_partitioning().partition_count()).map(|partition| {
+        let used = used.clone();
+        let stream = leaf.execute(partition, ctx.clone());
+        async move {
+            let mut stream = stream?;
+            let mut batches = Vec::new();
+            while let Some(batch) = stream.try_next().await? {
+                let size = batch.get_array_memory_size();
+                if used.fetch_add(size, Ordering::Relaxed) + size > limit {
+                    // Too large: stop reading (the others stop at their next batch).
+                    return Ok(None);
+                }
+                batches.push(batch);
             }
-            batches.push(batch);
+            Ok::<_, datafusion::error::DataFusionError>(Some(batches))
         }
-        partitions.push(batches);
+    });
+    let partitions: Option<Vec<Vec<RecordBatch>>> = futures::future::try_join_all(reads)
+        .await?
+        .into_iter()
+        .collect();
+    if partitions.is_some() {
+        *budget -= used.load(Ordering::Relaxed);
     }
-    *budget -= used;
-    Ok(Some(partitions))
+    Ok(partitions)
 }
