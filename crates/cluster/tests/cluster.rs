@@ -613,3 +613,56 @@ async fn a_small_scan_only_the_server_can_run_travels_as_rows() {
     let physical = cluster.plan(&ctx.state(), plan).await.unwrap();
     assert!(cluster.encode(&physical).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_delta_table_reads_the_same_on_the_cluster() {
+    let members = LocalCluster::start(2, functions()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = warehouse(dir.path()).await;
+    // A table another Delta writer partitioned by ward (medlake itself writes no partitions).
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("seq", DataType::Int64, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("ward", DataType::Utf8, false),
+    ]));
+    let seq: Vec<i64> = (0..3000).collect();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(seq.clone())),
+            Arc::new(Float64Array::from_iter_values(
+                seq.iter().map(|s| *s as f64 / 4.0),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                seq.iter().map(|s| format!("w{}", s % 4)),
+            )),
+        ],
+    )
+    .unwrap();
+    let folder = dir.path().join("bronze").join("parted");
+    std::fs::create_dir_all(&folder).unwrap();
+    let location = url::Url::from_directory_path(folder).unwrap();
+    deltalake::DeltaTable::try_from_url(location)
+        .await
+        .unwrap()
+        .write(vec![batch])
+        .with_partition_columns(["ward"])
+        .await
+        .unwrap();
+    let name = TableName::new("bronze", "parted").unwrap();
+    let (provider, _) = warehouse.table_provider(&name, None).await.unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_table("parted", provider).unwrap();
+    let cluster = members.client(functions());
+    for sql in [
+        "SELECT ward, count(*) AS n, sum(seq) AS s, max(value) AS top FROM parted \
+         GROUP BY ward ORDER BY ward",
+        "SELECT seq, ward FROM parted WHERE ward = 'w2' AND seq < 20 ORDER BY seq",
+    ] {
+        assert_eq!(
+            there(&ctx, &cluster, sql).await,
+            here(&ctx, sql).await,
+            "{sql}"
+        );
+    }
+}
