@@ -238,7 +238,7 @@ impl Cluster {
             .create_physical_plan(&plan, &state)
             .await?;
         // Scans only this server can run, when small, travel as their rows.
-        if reads_delta(&physical) && self.encode(&physical).is_err() {
+        if reads_delta(&physical) {
             return inline::inline_leaves(physical, &self.codec, state.task_ctx()).await;
         }
         Ok(physical)
