@@ -162,10 +162,6 @@ impl ExecutionPlan for LakeWriteExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         // More partitions would be more tasks, each writing its own (smaller) files.
         vec![false]
