@@ -106,7 +106,8 @@ def on_cluster(args, work, warehouse, env, executors, expected):
             folder = work / f"executor-{executors}-{i}"
             folder.mkdir()
             members.append(Member(args.bin, ["executor", "--scheduler", address, "--bind", "127.0.0.1:0",
-                                             "--vcores", str(args.vcores), "--work-dir", str(folder)],
+                                             "--vcores", str(args.vcores), "--work-dir", str(folder),
+                                             "--warehouse", str(warehouse)],
                                   env, work / f"executor-{executors}-{i}.log", "executor serving on"))
         medlake = Clustered(args.bin, warehouse, address, env, log)
         rounds = []

@@ -163,6 +163,7 @@ pub async fn executor(args: ExecutorArgs) -> Result<(), Failure> {
         }
     };
     let mut stores = Vec::new();
+    let mut root = None;
     if let Some(location) = &args.warehouse {
         let warehouse = medlake_lake::Warehouse::open(location).await.map_err(|e| {
             let shown = medlake_engine::redact_location(location);
@@ -171,6 +172,7 @@ pub async fn executor(args: ExecutorArgs) -> Result<(), Failure> {
         if warehouse.url().scheme() != "file" {
             stores.push((warehouse.url().clone(), warehouse.object_store()));
         }
+        root = Some(warehouse.url().clone());
     }
     // A temporary folder lives (and is removed) with this function.
     let (work_dir, _temporary) = match &args.work_dir {
@@ -200,6 +202,7 @@ pub async fn executor(args: ExecutorArgs) -> Result<(), Failure> {
         work_dir,
         stores,
         memory_limit,
+        warehouse: root,
     };
     println!("executor serving on {addr} with {vcores} task slot(s) (mutual TLS)");
     medlake_cluster::executor::serve(

@@ -48,6 +48,9 @@ pub struct Options {
     /// Object stores tasks read through, by URL (a cloud warehouse's, built from this
     /// process's environment); `file://` needs none.
     pub stores: Vec<(url::Url, Arc<dyn ObjectStore>)>,
+    /// The warehouse the executor serves (`--warehouse`): tasks write data files only under
+    /// it. `None`: wherever a server's plan says (a table with a Delta log).
+    pub warehouse: Option<url::Url>,
     /// Bytes of memory the executor's tasks may hold together (a fair spill pool: sorts and
     /// aggregations spill into the work folder past it); `None`: unbounded.
     pub memory_limit: Option<usize>,
@@ -126,7 +129,7 @@ pub async fn serve(
         registry,
         Arc::new(LoggingMetricsCollector::default()),
         vcores,
-        Arc::new(crate::guard::GuardedEngine::default()),
+        Arc::new(crate::guard::GuardedEngine::new(options.warehouse.clone())),
     ));
 
     let flight = FlightServiceServer::new(BallistaFlightService::new(work_dir))

@@ -134,10 +134,22 @@ impl SchedulerGate {
 }
 
 /// The executor's engine: Ballista's, after checking that the task's plan is one a medlake
-/// server makes.
+/// server makes, and that it writes only under the executor's warehouse when it has one.
 #[derive(Default)]
 pub struct GuardedEngine {
     inner: DefaultExecutionEngine,
+    /// The warehouse `LakeWriteExec` may write under; `None`: anywhere with a Delta log.
+    warehouse: Option<url::Url>,
+}
+
+impl GuardedEngine {
+    /// An engine whose tasks write only under `warehouse` (when given).
+    pub fn new(warehouse: Option<url::Url>) -> Self {
+        Self {
+            inner: DefaultExecutionEngine::new(),
+            warehouse,
+        }
+    }
 }
 
 impl ExecutionEngine for GuardedEngine {
@@ -151,7 +163,7 @@ impl ExecutionEngine for GuardedEngine {
         work_dir: &str,
         config: &SessionConfig,
     ) -> Result<Arc<dyn QueryStageExecutor>> {
-        if let Some(refused) = refused(&plan) {
+        if let Some(refused) = refused(&plan).or_else(|| outside(&plan, self.warehouse.as_ref())) {
             tracing::warn!(%job_id, stage_id, refused, "an executor refused a task's plan");
             return Err(DataFusionError::Plan(format!(
                 "this executor runs no plan with {refused}"
@@ -167,6 +179,30 @@ impl ExecutionEngine for GuardedEngine {
             config,
         )
     }
+}
+
+/// A Delta write of `plan` whose table is not under `warehouse`, named.
+pub fn outside(plan: &Arc<dyn ExecutionPlan>, warehouse: Option<&url::Url>) -> Option<String> {
+    let warehouse = warehouse?;
+    let root = warehouse.as_str().trim_end_matches('/');
+    let mut found = None;
+    let _ = plan.apply(|node| {
+        if let Some(write) = node.downcast_ref::<crate::write::LakeWriteExec>() {
+            let table = write.target().table.as_str();
+            // Parsed, so that `..` segments are resolved before the comparison.
+            let inside = url::Url::parse(table).is_ok_and(|url| {
+                url.as_str()
+                    .strip_prefix(root)
+                    .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+            });
+            if !inside {
+                found = Some("a Delta write outside this executor's warehouse".to_string());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 /// The first node of `plan` an executor must not run, named.
@@ -197,6 +233,34 @@ pub fn refused(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_stay_under_the_executors_warehouse() {
+        use crate::write::{LakeWriteExec, Target};
+        let input: Arc<dyn ExecutionPlan> =
+            Arc::new(datafusion::physical_plan::empty::EmptyExec::new(Arc::new(
+                datafusion::arrow::datatypes::Schema::empty(),
+            )));
+        let write = |table: &str| -> Arc<dyn ExecutionPlan> {
+            Arc::new(LakeWriteExec::new(
+                input.clone(),
+                Target {
+                    table: table.into(),
+                    row_group_rows: 1,
+                    page_rows: 1,
+                    file_size: 0,
+                },
+            ))
+        };
+        let warehouse = url::Url::parse("file:///data/wh/").unwrap();
+        let at = |t: &str| outside(&write(t), Some(&warehouse));
+        assert!(at("file:///data/wh/gold/v/").is_none());
+        assert!(at("file:///data/wh/../etc/").is_some());
+        assert!(at("file:///data/wh2/gold/v/").is_some());
+        assert!(at("file:///data/wh").is_some());
+        assert!(at("az://other/gold/v/").is_some());
+        assert!(outside(&write("file:///anywhere/"), None).is_none());
+    }
 
     #[test]
     fn roles_are_named_by_their_unit() {

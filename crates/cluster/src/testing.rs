@@ -136,6 +136,7 @@ impl LocalCluster {
                 work_dir: work.path().join(format!("executor{i}")),
                 stores: Vec::new(),
                 memory_limit: Some(1 << 30),
+                warehouse: None,
             };
             let tls = ca.member_as(role("medlake-executor"));
             let f = functions.clone();

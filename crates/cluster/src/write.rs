@@ -88,6 +88,11 @@ impl LakeWriteExec {
         }
     }
 
+    /// Where it writes.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
     pub(crate) fn encode(&self, buf: &mut Vec<u8>) -> Result<()> {
         serde_json::to_writer(buf, &self.target)
             .map_err(|e| DataFusionError::Internal(format!("encoding a Delta write: {e}")))
