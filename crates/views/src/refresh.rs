@@ -881,12 +881,7 @@ impl Views {
                     &options,
                 )
                 .await
-                .map_err(|e| {
-                    checks
-                        .failure()
-                        .or_else(|| pinned.source_failure())
-                        .unwrap_or(Error::Lake(e))
-                })?;
+                .map_err(|e| write_failed(&checks, &pinned, e))?;
             let mut counts = expectation_counts(&checks);
             counts.extend(pinned.source_mismatches());
             Ok::<_, Error>((created, inputs, counts))
@@ -1404,12 +1399,7 @@ impl Views {
             None => warehouse
                 .write_with(name, input, state, write_mode, &options)
                 .await
-                .map_err(|e| {
-                    checks
-                        .failure()
-                        .or_else(|| pinned.source_failure())
-                        .unwrap_or(Error::Lake(e))
-                })?,
+                .map_err(|e| write_failed(&checks, &pinned, e))?,
         };
         if replacing {
             self.keep_quarantine_if_used(name, &definition).await?;
@@ -2299,6 +2289,15 @@ fn failed(
         error: Some(medlake_common::error_chain(e)),
         expectations: Vec::new(),
     }
+}
+
+/// The error of a view's failed write: a `FAIL UPDATE` rule's or an external source's (which
+/// the write reports only as text), else the write's own.
+fn write_failed(checks: &Checks, pinned: &Pinned, e: medlake_lake::Error) -> Error {
+    checks
+        .failure()
+        .or_else(|| pinned.source_failure())
+        .unwrap_or(Error::Lake(e))
 }
 
 fn expectation_counts(checks: &Checks) -> Vec<(String, String, &'static str, u64, u64)> {
