@@ -34,6 +34,20 @@ pub struct ClusterEntry {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Who scans external tables: `server` (the default) or `executors`.
+    pub sources: Option<SourcesAt>,
+}
+
+/// Who scans external tables of queries and refreshes that run on a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourcesAt {
+    /// This server (small ones travel to the executors as rows; a large one keeps its query
+    /// here).
+    Server,
+    /// The executors, each with the connectors and its own `--config` (`[secrets]`,
+    /// `[sources]`): secrets travel only as `${NAME}` references.
+    Executors,
 }
 
 impl TlsArgs {
@@ -65,6 +79,10 @@ pub struct ClusterArgs {
     /// tables, identity or keyed functions) and every write still run here.
     #[arg(long = "cluster", env = "MEDLAKE_CLUSTER", value_name = "URL")]
     pub scheduler: Option<String>,
+    /// Who scans external tables: `server`, or `executors` (started with `--config` naming
+    /// the same `[secrets]` and `[sources]`); default `[cluster] sources`, else `server`.
+    #[arg(long = "cluster-sources", value_enum, value_name = "WHO")]
+    pub sources: Option<SourcesAt>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -81,8 +99,12 @@ impl ClusterArgs {
         };
         let tls = self.tls.load(entry)?;
         let functions = Functions::new(medlake_engine::cluster_functions());
+        let sources = self
+            .sources
+            .or_else(|| entry.and_then(|e| e.sources))
+            .unwrap_or(SourcesAt::Server);
         Cluster::new(&scheduler, tls, functions)
-            .map(Some)
+            .map(|c| Some(c.with_external_tables(sources == SourcesAt::Executors)))
             .map_err(|e| Failure::Usage(e.to_string()))
     }
 }
@@ -115,6 +137,11 @@ pub struct ExecutorArgs {
     /// environment (AZURE_*, AWS_*, GOOGLE_*), never from the plans; not needed for a folder.
     #[arg(long, env = "MEDLAKE_WAREHOUSE", value_name = "URL")]
     pub warehouse: Option<String>,
+    /// The servers' config file: its `[secrets]` and `[sources]` are what this executor
+    /// scans external tables with (servers started with `--cluster-sources executors`);
+    /// nothing else of it is used. Without it, external scans sent here fail.
+    #[arg(long, env = "MEDLAKE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -196,6 +223,17 @@ pub async fn executor(args: ExecutorArgs) -> Result<(), Failure> {
     let memory_limit = medlake_engine::runtime::RuntimeSettings::from_env()?
         .or_default_limit()
         .memory_limit;
+    let sources = match &args.config {
+        Some(path) => {
+            let config = crate::config::Config::load(path).map_err(Failure::Usage)?;
+            let policy = config.source_policy().map_err(Failure::Usage)?;
+            Some(medlake_cluster::Sources {
+                registry: std::sync::Arc::new(crate::connectors::registry()),
+                policy: std::sync::Arc::new(policy),
+            })
+        }
+        None => None,
+    };
     let options = medlake_cluster::executor::Options {
         scheduler,
         vcores,
@@ -203,6 +241,7 @@ pub async fn executor(args: ExecutorArgs) -> Result<(), Failure> {
         stores,
         memory_limit,
         warehouse: root,
+        sources,
     };
     println!("executor serving on {addr} with {vcores} task slot(s) (mutual TLS)");
     medlake_cluster::executor::serve(

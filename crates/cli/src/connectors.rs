@@ -1,17 +1,22 @@
 //! The connectors this binary is built with, registered here and nowhere else: one line per
 //! connector. A new connector is one crate implementing `medlake_source::Connector` plus one
-//! line in [`engine`].
+//! line in [`registry`].
 
 use medlake_engine::{Engine, EngineBuilder};
 
+/// Every connector of the binary (a server's, and an executor's for external scans).
+pub fn registry() -> medlake_source::Registry {
+    medlake_source::Registry::new()
+        .with(medlake_source_sqlserver::SqlServerConnector)
+        .with(medlake_source_rest::RestConnector)
+        .with(medlake_source_blob::BlobConnector)
+        .with(medlake_source_cosmos::CosmosConnector)
+        .with(medlake_source_fhir::FhirConnector)
+}
+
 /// An engine over `warehouse` with every connector of the binary.
 pub fn engine(warehouse: &str) -> EngineBuilder {
-    Engine::builder(warehouse)
-        .with_connector(medlake_source_sqlserver::SqlServerConnector)
-        .with_connector(medlake_source_rest::RestConnector)
-        .with_connector(medlake_source_blob::BlobConnector)
-        .with_connector(medlake_source_cosmos::CosmosConnector)
-        .with_connector(medlake_source_fhir::FhirConnector)
+    Engine::builder(warehouse).connectors(registry())
 }
 
 /// The engine of the local commands (`sql`, `apply`, `refresh`, `extract`): every connector,

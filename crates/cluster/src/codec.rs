@@ -4,13 +4,15 @@
 //! and writers), and has no slot for another codec, so this one wraps it: each extension
 //! node's bytes start with a tag saying whose node follows.
 //!
-//! What may cross: Delta scans ([`LakeScanExec`]), data files written into a Delta table's
-//! folder ([`LakeWriteExec`]: the commit stays on the server), DataFusion's own nodes (encoded by
-//! datafusion-proto), Ballista's, and functions the executors also have ([`Functions`]).
-//! Anything else is refused when the server encodes the plan, so the query runs on the
-//! server instead ([`crate::Cluster::try_execute`]): external-table scans (their connectors
-//! hold connections and resolved secrets), per-session functions (`current_user()`,
-//! `has_table_privilege()`), and functions keyed by a secret (`pseudonym`, `shift_date`).
+//! What may cross: Delta scans ([`LakeScanExec`]), external-table scans made to be planned
+//! again by an executor with its own connectors and secrets ([`ExternalScanExec`]), data files
+//! written into a Delta table's folder ([`LakeWriteExec`]: the commit stays on the server),
+//! DataFusion's own nodes (encoded by datafusion-proto), Ballista's, and functions the
+//! executors also have ([`Functions`]). Anything else is refused when the server encodes the
+//! plan, so the query runs on the server instead ([`crate::Cluster::try_execute`]): the
+//! connectors' own scan nodes (they hold connections and resolved secrets), per-session
+//! functions (`current_user()`, `has_table_privilege()`), and functions keyed by a secret
+//! (`pseudonym`, `shift_date`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,12 +25,14 @@ use datafusion::logical_expr::registry::FunctionRegistry;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
+use crate::external::{ExternalScanExec, Sources};
 use crate::scan::LakeScanExec;
 use crate::write::LakeWriteExec;
 
 const BALLISTA: u8 = 0;
 const LAKE_SCAN: u8 = 1;
 const LAKE_WRITE: u8 = 2;
+const EXTERNAL_SCAN: u8 = 3;
 
 /// Functions that give the same answer wherever they run: never one holding a session's
 /// identity or a secret. Names a server registers under these names but with per-session
@@ -103,6 +107,8 @@ impl Functions {
 pub struct Codec {
     ballista: BallistaPhysicalExtensionCodec,
     functions: Functions,
+    /// An executor's connectors, for the external scans it decodes.
+    sources: Option<Arc<Sources>>,
 }
 
 impl Codec {
@@ -110,7 +116,14 @@ impl Codec {
         Self {
             ballista: BallistaPhysicalExtensionCodec::default(),
             functions,
+            sources: None,
         }
+    }
+
+    /// An executor's codec: external scans it decodes open their tables through `sources`.
+    pub fn with_sources(mut self, sources: Option<Sources>) -> Self {
+        self.sources = sources.map(Arc::new);
+        self
     }
 }
 
@@ -125,6 +138,11 @@ impl PhysicalExtensionCodec for Codec {
         match buf.split_first() {
             Some((&LAKE_SCAN, rest)) => Ok(Arc::new(LakeScanExec::decode(rest, ctx)?)),
             Some((&LAKE_WRITE, rest)) => Ok(Arc::new(LakeWriteExec::decode(rest, inputs)?)),
+            Some((&EXTERNAL_SCAN, rest)) => Ok(Arc::new(ExternalScanExec::decode(
+                rest,
+                ctx,
+                self.sources.clone(),
+            )?)),
             Some((&BALLISTA, rest)) => self.ballista.try_decode(rest, inputs, ctx, converter),
             _ => Err(DataFusionError::Internal(
                 "an extension node of a kind this medlake does not know (a different version?)"
@@ -141,6 +159,10 @@ impl PhysicalExtensionCodec for Codec {
     ) -> Result<()> {
         if let Some(scan) = node.downcast_ref::<LakeScanExec>() {
             buf.push(LAKE_SCAN);
+            return scan.encode(buf);
+        }
+        if let Some(scan) = node.downcast_ref::<ExternalScanExec>() {
+            buf.push(EXTERNAL_SCAN);
             return scan.encode(buf);
         }
         if let Some(write) = node.downcast_ref::<LakeWriteExec>() {

@@ -54,6 +54,9 @@ pub struct Options {
     /// Bytes of memory the executor's tasks may hold together (a fair spill pool: sorts and
     /// aggregations spill into the work folder past it); `None`: unbounded.
     pub memory_limit: Option<usize>,
+    /// The connectors and source configuration external scans open their tables with
+    /// (`--config`: its `[secrets]` and `[sources]`); `None`: such scans fail here.
+    pub sources: Option<crate::Sources>,
 }
 
 /// Runs an executor serving Flight on `listener` until `shutdown` completes or the
@@ -157,7 +160,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE);
     let codec: BallistaCodec<LogicalPlanNode, PhysicalPlanNode> = BallistaCodec::new(
         Arc::new(BallistaLogicalExtensionCodec::default()),
-        Arc::new(Codec::new(functions)),
+        Arc::new(Codec::new(functions).with_sources(options.sources.clone())),
     );
     tracing::info!(%addr, scheduler = %options.scheduler, "executor serving (mutual TLS)");
     let health = ballista_executor::health::ExecutorHealth::new();

@@ -15,6 +15,7 @@
 
 pub mod codec;
 pub mod executor;
+pub mod external;
 pub mod guard;
 mod inline;
 pub mod scan;
@@ -38,7 +39,8 @@ use futures::TryStreamExt;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 pub use codec::{Codec, Functions};
-pub use scan::{distributable, reads_delta};
+pub use external::{Externals, Sources};
+pub use scan::{distributable, reads_tables};
 pub use write::{LakeWriteExec, Target};
 
 /// Errors starting a scheduler or an executor, or reaching one.
@@ -147,6 +149,12 @@ impl ClusterTls {
             .with_ballista_grpc_client_max_message_size(executor::MAX_MESSAGE)
             .with_ballista_use_tls(true)
             .with_ballista_override_create_grpc_client_endpoint(self.endpoint_override())
+            // Each task runs one partition alone: a file scan's partition must read only its
+            // own files, not take its idle siblings' (DataFusion's default in one process).
+            .set_bool(
+                "datafusion.execution.enable_file_stream_work_stealing",
+                false,
+            )
     }
 }
 
@@ -163,6 +171,8 @@ pub struct Cluster {
     tls: ClusterTls,
     codec: Arc<Codec>,
     session_id: String,
+    /// Whether the executors scan external tables ([`Self::with_external_tables`]).
+    externals: bool,
     /// Until when the scheduler is taken as unreachable (its last connection failed): plans
     /// run on the server meanwhile instead of each waiting for a connection to fail.
     down_until: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
@@ -205,8 +215,17 @@ impl Cluster {
             tls,
             codec: Arc::new(Codec::new(functions)),
             session_id: uuid::Uuid::new_v4().to_string(),
+            externals: false,
             down_until: Arc::default(),
         })
+    }
+
+    /// The executors have the connectors and the servers' source configuration (`medlake
+    /// executor --config`): they scan external tables themselves ([`external`]). Without
+    /// it the server reads them (small ones travel with the plan as rows).
+    pub fn with_external_tables(mut self, on_executors: bool) -> Self {
+        self.externals = on_executors;
+        self
     }
 
     /// The scheduler's address (`https://host:port`).
@@ -214,17 +233,45 @@ impl Cluster {
         &self.scheduler
     }
 
-    /// The physical plan of a logical `plan`, for the cluster: optimized, its Delta scans made
-    /// distributable ([`distributable`]), small scans only this server can run replaced by
-    /// their rows (see [`inline`]), and no dynamic filters (a hash join's or a top-k's
-    /// filter pushed into its input at planning: Ballista's scheduler reorders join inputs
-    /// after planning, which such a plan refuses).
+    /// The physical plan of a logical `plan` (a query), for the cluster: optimized, its Delta
+    /// scans (and external scans, [`Self::with_external_tables`]) made distributable
+    /// ([`distributable`]), small scans only this server can run replaced by their rows (see
+    /// [`inline`]), and no dynamic filters (a hash join's or a top-k's filter pushed into its
+    /// input at planning: Ballista's scheduler reorders join inputs after planning, which such
+    /// a plan refuses).
     pub async fn plan(
         &self,
         state: &SessionState,
         plan: LogicalPlan,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = distributable(state.optimize(&plan)?)?;
+        let externals = match self.externals {
+            true => Externals::Executors,
+            false => Externals::Here,
+        };
+        self.plan_with(state, plan, externals).await
+    }
+
+    /// [`Self::plan`] for a refresh: external scans that count values read as NULL stay here
+    /// (the refresh records the count).
+    pub async fn plan_refresh(
+        &self,
+        state: &SessionState,
+        plan: LogicalPlan,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let externals = match self.externals {
+            true => Externals::ExecutorsUnlessReporting,
+            false => Externals::Here,
+        };
+        self.plan_with(state, plan, externals).await
+    }
+
+    async fn plan_with(
+        &self,
+        state: &SessionState,
+        plan: LogicalPlan,
+        externals: Externals,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = distributable(state.optimize(&plan)?, externals)?;
         // A clone, not `SessionStateBuilder::new_from_existing(..).build()`: building registers
         // a fresh default catalog in the catalog list the clone shares with the caller.
         let mut state = state.clone();
@@ -238,7 +285,7 @@ impl Cluster {
             .create_physical_plan(&plan, &state)
             .await?;
         // Scans only this server can run, when small, travel as their rows.
-        if reads_delta(&physical) {
+        if reads_tables(&physical) {
             return inline::inline_leaves(physical, &self.codec, state.task_ctx()).await;
         }
         Ok(physical)

@@ -36,9 +36,13 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-/// `plan` with every Delta table scan able to cross the wire ([`ClusterTable`]). Scans of
-/// anything else are left alone: the codec then refuses the plan and the query stays here.
-pub fn distributable(plan: LogicalPlan) -> Result<LogicalPlan> {
+use crate::external::{ClusterExternal, ExternalScanExec, Externals};
+use medlake_source::Portable;
+
+/// `plan` with every Delta table scan able to cross the wire ([`ClusterTable`]), and the
+/// external-table scans `externals` names ([`ClusterExternal`]). Scans of anything else are
+/// left alone: the codec then refuses the plan (or the server reads them, see `inline`).
+pub fn distributable(plan: LogicalPlan, externals: Externals) -> Result<LogicalPlan> {
     plan.transform_up_with_subqueries(|node| {
         let LogicalPlan::TableScan(scan) = node else {
             return Ok(Transformed::no(node));
@@ -46,14 +50,26 @@ pub fn distributable(plan: LogicalPlan) -> Result<LogicalPlan> {
         let Ok(provider) = source_as_provider(&scan.source) else {
             return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
         };
-        let Some(delta) = provider.downcast_ref::<DeltaScanNext>() else {
-            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
-        };
-        let table = ClusterTable {
-            delta: Arc::new(delta.clone()),
-        };
+        let table: Arc<dyn TableProvider> =
+            if let Some(delta) = provider.downcast_ref::<DeltaScanNext>() {
+                Arc::new(ClusterTable {
+                    delta: Arc::new(delta.clone()),
+                })
+            } else if let Some(portable) = provider.downcast_ref::<Portable>()
+                && match externals {
+                    Externals::Here => false,
+                    Externals::Executors => true,
+                    Externals::ExecutorsUnlessReporting => !portable.reports_mismatches(),
+                }
+            {
+                Arc::new(ClusterExternal {
+                    table: Arc::new(portable.clone()),
+                })
+            } else {
+                return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+            };
         let scan = TableScan {
-            source: provider_as_source(Arc::new(table)),
+            source: provider_as_source(table),
             ..scan
         };
         Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
@@ -61,10 +77,12 @@ pub fn distributable(plan: LogicalPlan) -> Result<LogicalPlan> {
     .map(|t| t.data)
 }
 
-/// Whether `plan` reads a Delta table (a [`LakeScanExec`]): a plan that does not has nothing
-/// to gain from a cluster.
-pub fn reads_delta(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    plan.downcast_ref::<LakeScanExec>().is_some() || plan.children().into_iter().any(reads_delta)
+/// Whether `plan` reads a table the executors read (a Delta table, an external table they
+/// have the connectors for): a plan that does not has nothing to gain from a cluster.
+pub fn reads_tables(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<LakeScanExec>().is_some()
+        || plan.downcast_ref::<ExternalScanExec>().is_some()
+        || plan.children().into_iter().any(reads_tables)
 }
 
 /// A Delta table whose scans can be planned again on an executor ([`LakeScanExec`]).
@@ -347,7 +365,7 @@ impl ExecutionPlan for LakeScanExec {
 /// Partition `partition` of `partitions`, read from `plan`: the same partition when the scan
 /// planned here has as many as the server's; otherwise every `partitions`-th of its own, one
 /// after another (each row still read once; an ordered scan must match exactly).
-fn part_of(
+pub(crate) fn part_of(
     plan: &Arc<dyn ExecutionPlan>,
     partition: usize,
     partitions: usize,

@@ -97,16 +97,31 @@ impl Drop for LocalCluster {
 impl LocalCluster {
     /// A scheduler and `executors` executors of two task slots each, with `functions`.
     pub async fn start(executors: usize, functions: Functions) -> Self {
-        Self::start_with(executors, functions, false).await
+        Self::start_with(executors, functions, false, None).await
+    }
+
+    /// [`Self::start`] whose executors scan external tables with `sources` (their own
+    /// connectors, secrets and source policy).
+    pub async fn start_with_sources(
+        executors: usize,
+        functions: Functions,
+        sources: crate::Sources,
+    ) -> Self {
+        Self::start_with(executors, functions, false, Some(sources)).await
     }
 
     /// [`Self::start`] with role certificates: `medlake-scheduler`, `medlake-executor`, and
     /// `medlake-server` for [`Self::client`].
     pub async fn start_with_roles(executors: usize, functions: Functions) -> Self {
-        Self::start_with(executors, functions, true).await
+        Self::start_with(executors, functions, true, None).await
     }
 
-    async fn start_with(executors: usize, functions: Functions, roles: bool) -> Self {
+    async fn start_with(
+        executors: usize,
+        functions: Functions,
+        roles: bool,
+        sources: Option<crate::Sources>,
+    ) -> Self {
         let role = |r: &'static str| roles.then_some(r);
         let ca = TestCa::new("medlake test cluster CA");
         let mut stops = Vec::new();
@@ -137,6 +152,7 @@ impl LocalCluster {
                 stores: Vec::new(),
                 memory_limit: Some(1 << 30),
                 warehouse: None,
+                sources: sources.clone(),
             };
             let tls = ca.member_as(role("medlake-executor"));
             let f = functions.clone();

@@ -131,7 +131,7 @@ async fn a_plan_with_a_session_function_or_an_unknown_node_stays_on_the_server()
         let ctx = ctx.clone();
         async move {
             let plan = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap();
-            let plan = distributable(plan).unwrap();
+            let plan = distributable(plan, medlake_cluster::Externals::Here).unwrap();
             ctx.state().create_physical_plan(&plan).await.unwrap()
         }
     };

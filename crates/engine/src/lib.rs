@@ -1879,8 +1879,9 @@ impl Session {
     }
 
     /// The rows of a checked and protected query plan run on `cluster`; `None` when the plan
-    /// reads no Delta table or some part of it must run here (an external table's scan, a
-    /// function holding the session's identity or a secret): the caller runs it here.
+    /// reads no table the executors read or some part of it must run here (a system table's
+    /// scan, a large external table's when executors do not read them, a function holding
+    /// the session's identity or a secret): the caller runs it here.
     async fn on_cluster(
         &self,
         cluster: &medlake_cluster::Cluster,
@@ -1912,7 +1913,7 @@ impl Session {
                 return Ok(None);
             }
         };
-        if !medlake_cluster::reads_delta(&physical) {
+        if !medlake_cluster::reads_tables(&physical) {
             return Ok(None);
         }
         match cluster.try_execute(physical, state.config()).await {

@@ -41,7 +41,7 @@ use object_store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 use mark::{Mark, Window};
-use medlake_source::{Definition, External, Policy, RemoteTable, Watermarked};
+use medlake_source::{Definition, External, Policy, RemoteTable, Rows, Watermarked};
 use medlake_source::{Error, Result};
 use store::Place;
 
@@ -461,6 +461,19 @@ impl Shared {
             .into_iter()
             .filter(|f| window.admits(&self.key(f), f.meta.last_modified.timestamp_micros()))
             .collect();
+        if let Window::Pinned(pinned) = window
+            && files.len() != pinned.len()
+        {
+            return Err(Error::Data {
+                what: self.place.location.clone(),
+                message: format!(
+                    "{} of the {} file(s) the server listed while planning changed or went \
+                     away before this scan; run the statement again",
+                    pinned.len() - files.len(),
+                    pinned.len()
+                ),
+            });
+        }
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
@@ -636,9 +649,52 @@ impl TableProvider for BlobTable {
     }
 }
 
+/// The files of a folder `rows` reads.
+fn window_of(rows: &Rows) -> Result<Window> {
+    Ok(match rows {
+        Rows::All => Window::All,
+        Rows::Upto(mark) => Window::Upto(mark.as_deref().map(Mark::decode).transpose()?),
+        Rows::Between(after, upto) => Window::Between(Mark::decode(after)?, Mark::decode(upto)?),
+    })
+}
+
+#[async_trait]
 impl External for BlobTable {
     fn provider(self: Arc<Self>) -> Arc<dyn TableProvider> {
         self
+    }
+
+    /// The files `rows` reads now, by key and last-modified time: an executor reads exactly
+    /// these.
+    async fn pin(&self, rows: &Rows) -> Result<Option<serde_json::Value>> {
+        let window = window_of(rows)?;
+        let files: BTreeMap<String, i64> = self
+            .inner
+            .list()
+            .await?
+            .iter()
+            .map(|f| (self.inner.key(f), f.meta.last_modified.timestamp_micros()))
+            .filter(|(key, modified)| window.admits(key, *modified))
+            .collect();
+        serde_json::to_value(files)
+            .map(Some)
+            .map_err(|e| Error::Data {
+                what: self.inner.place.location.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    fn pinned(
+        self: Arc<Self>,
+        _rows: &Rows,
+        pin: &serde_json::Value,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let files: BTreeMap<String, i64> =
+            serde_json::from_value(pin.clone()).map_err(|e| Error::Data {
+                what: self.inner.place.location.clone(),
+                message: format!("the files a server listed: {e}"),
+            })?;
+        Ok(self.windowed(Window::Pinned(Arc::new(files))))
     }
 
     fn watermarked(self: Arc<Self>) -> Option<Arc<dyn Watermarked>> {
@@ -665,12 +721,13 @@ impl Watermarked for BlobTable {
     }
 
     fn upto(&self, mark: Option<&str>) -> Result<Arc<dyn TableProvider>> {
-        let mark = mark.map(Mark::decode).transpose()?;
-        Ok(self.windowed(Window::Upto(mark)))
+        let rows = Rows::Upto(mark.map(str::to_string));
+        Ok(self.windowed(window_of(&rows)?))
     }
 
     fn between(&self, after: &str, upto: &str) -> Result<Arc<dyn TableProvider>> {
-        Ok(self.windowed(Window::Between(Mark::decode(after)?, Mark::decode(upto)?)))
+        let rows = Rows::Between(after.to_string(), upto.to_string());
+        Ok(self.windowed(window_of(&rows)?))
     }
 }
 
@@ -736,5 +793,55 @@ mod tests {
         // A `%` before a multi-byte character or at the end is kept, never a panic.
         assert_eq!(percent_decode("%é%2"), "%é%2");
         assert_eq!(percent_decode("x%41"), "xA");
+    }
+
+    /// The rows of `provider` scanned in a fresh context, or the scan's error.
+    async fn scan_all(provider: Arc<dyn TableProvider>) -> DfResult<usize> {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let batches = ctx.read_table(provider)?.collect().await?;
+        Ok(batches.iter().map(|b| b.num_rows()).sum())
+    }
+
+    /// What crosses to an executor (`Portable::fixed`, `Registry::reopen`): the files the
+    /// server listed, read only while each is unchanged; a file added since is not read.
+    #[tokio::test]
+    async fn a_pinned_scan_reads_the_files_listed_when_it_was_planned() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, rows: &str| {
+            std::fs::write(dir.path().join(name), format!("id,ward\n{rows}")).unwrap();
+        };
+        file("a.csv", "1,icu\n2,er\n");
+        file("b.csv", "3,icu\n");
+        let policy = Arc::new(Policy::permissive());
+        let registry = medlake_source::Registry::new().with(BlobConnector);
+        let location = format!("file://{}/", dir.path().display());
+        let options: BTreeMap<String, String> = [("has_header".into(), "true".into())].into();
+        let declared = Arc::new(Schema::empty());
+        let definition = registry
+            .define("CSV", &location, options, declared, &policy)
+            .await
+            .unwrap();
+        let provider = registry.open(&definition, &policy).unwrap().provider();
+        let portable = Arc::new(
+            provider
+                .downcast_ref::<medlake_source::Portable>()
+                .expect("opened tables are portable")
+                .clone(),
+        );
+        let fixed = portable.fixed().await.unwrap();
+        let reopen = fixed.reopen().clone();
+        assert!(reopen.pin.is_some(), "a folder's listing is fixed");
+        // Another process (here: this one) opens the same rows again.
+        let again = || registry.reopen(&reopen, &policy).unwrap();
+        assert_eq!(scan_all(again()).await.unwrap(), 3);
+        // A file landing after planning is not part of the planned scan.
+        file("c.csv", "4,icu\n");
+        assert_eq!(scan_all(again()).await.unwrap(), 3);
+        assert_eq!(scan_all(portable.clone()).await.unwrap(), 4);
+        // A listed file rewritten since (another modification time) fails the scan.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        file("b.csv", "3,icu\n5,er\n");
+        let err = scan_all(again()).await.unwrap_err().to_string();
+        assert!(err.contains("1 of the 2 file(s)"), "{err}");
     }
 }

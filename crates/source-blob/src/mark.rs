@@ -19,7 +19,7 @@
 //! a view's state must not keep a name an erasure removed. (Marks written before kept the paths
 //! in `recent`; they are still read.)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +104,9 @@ pub enum Window {
     Upto(Option<Mark>),
     /// The files of the second mark that are not in the first (an incremental refresh).
     Between(Mark, Mark),
+    /// The files a server listed while planning (key → last-modified µs), which another
+    /// process (an executor) must find unchanged ([`medlake_source::External::pin`]).
+    Pinned(std::sync::Arc<BTreeMap<String, i64>>),
 }
 
 impl Window {
@@ -115,6 +118,7 @@ impl Window {
             Window::Between(before, now) => {
                 now.contains(path, modified) && !before.contains(path, modified)
             }
+            Window::Pinned(files) => files.get(path) == Some(&modified),
         }
     }
 }

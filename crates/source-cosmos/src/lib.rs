@@ -1324,6 +1324,10 @@ impl medlake_source::scan::Source for Shared {
         &self.failure
     }
 
+    fn reports_mismatches(&self) -> bool {
+        true
+    }
+
     fn take_mismatches(&self) -> Option<Mismatches> {
         let mut m = self.mismatches.lock().ok()?;
         let (rows, counts) = std::mem::replace(&mut *m, (0, vec![0; self.columns.len()]));

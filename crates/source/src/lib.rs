@@ -28,6 +28,7 @@ pub mod json;
 pub mod mark;
 pub mod options;
 pub mod policy;
+pub mod portable;
 mod registry;
 pub mod scan;
 pub mod secret;
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
 pub use policy::Policy;
+pub use portable::{Portable, Reopen, Rows};
 pub use registry::Registry;
 pub use secret::secret_references;
 
@@ -144,6 +146,34 @@ pub trait External: Send + Sync + std::fmt::Debug {
     /// the last call (taken). Sources that fail a scan on such a value have none.
     fn take_mismatches(&self) -> Option<Mismatches> {
         None
+    }
+
+    /// Whether scans count values read as NULL ([`Self::take_mismatches`]): a refresh that
+    /// records the count keeps such scans on its own server.
+    fn reports_mismatches(&self) -> bool {
+        false
+    }
+
+    /// For a scan planned again in another process (an executor, [`portable`]): what planning
+    /// reads from the source that the other process must read the same, fixed now (a
+    /// folder's files as listed). `None` (the default): planning reads nothing from the
+    /// source, so the definition plans the same scan anywhere.
+    async fn pin(&self, _rows: &Rows) -> Result<Option<serde_json::Value>> {
+        Ok(None)
+    }
+
+    /// The provider of `rows` restricted to what `pin` names (from [`Self::pin`], maybe in
+    /// another process); a scan fails if the source no longer has it as it was.
+    fn pinned(
+        self: Arc<Self>,
+        _rows: &Rows,
+        _pin: &serde_json::Value,
+    ) -> Result<Arc<dyn TableProvider>> {
+        Err(Error::Data {
+            what: "external table".into(),
+            message: "this source fixes nothing while planning; a pinned scan of it is a bug"
+                .into(),
+        })
     }
 }
 

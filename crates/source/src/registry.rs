@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 
+use datafusion::catalog::TableProvider;
+
+use crate::portable::{Opened, Reopen};
 use crate::{Connector, Definition, Error, External, Policy, RemoteTable, Result, secret};
 
 /// Kind (upper case) → connector.
@@ -83,9 +86,24 @@ impl Registry {
     /// policy is checked again now (it may have changed since the table was created) and is
     /// kept for the table's connections.
     pub fn open(&self, definition: &Definition, policy: &Arc<Policy>) -> Result<Arc<dyn External>> {
+        Ok(Arc::new(self.opened(definition, policy)?))
+    }
+
+    /// Opens the rows another process scanned ([`Portable::reopen`](crate::Portable::reopen)) here: the definition as
+    /// [`Self::open`] does (secrets from this process's policy, checked against it), then the
+    /// same rows.
+    pub fn reopen(&self, reopen: &Reopen, policy: &Arc<Policy>) -> Result<Arc<dyn TableProvider>> {
+        self.opened(&reopen.definition, policy)?.rows(reopen)
+    }
+
+    fn opened(&self, definition: &Definition, policy: &Arc<Policy>) -> Result<Opened> {
         secret::check_references(&definition.options, policy)?;
         policy.check_secret_destinations(&definition.location, &definition.options)?;
-        self.connector(&definition.kind)?.open(definition, policy)
+        let inner = self.connector(&definition.kind)?.open(definition, policy)?;
+        Ok(Opened {
+            definition: definition.clone(),
+            inner,
+        })
     }
 
     /// Lists the tables of `remote_schema` at the source.

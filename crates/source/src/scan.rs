@@ -244,6 +244,11 @@ pub trait Source: Marked {
     fn take_mismatches(&self) -> Option<crate::Mismatches> {
         None
     }
+
+    /// Whether [`Self::take_mismatches`] can report anything.
+    fn reports_mismatches(&self) -> bool {
+        false
+    }
 }
 
 /// An external table over a connector's state: [`External`](crate::External) and
@@ -278,6 +283,10 @@ impl<S: Source> crate::External for Table<S> {
 
     fn take_mismatches(&self) -> Option<crate::Mismatches> {
         self.0.take_mismatches()
+    }
+
+    fn reports_mismatches(&self) -> bool {
+        self.0.reports_mismatches()
     }
 }
 

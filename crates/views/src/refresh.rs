@@ -776,8 +776,8 @@ impl Views {
         Ok(LogicalPlanBuilder::scan("refresh", provider_as_source(table), None)?.build()?)
     }
 
-    /// `plan` as a plan run on the cluster, when there is one and the plan reads a Delta table
-    /// and can cross ([`medlake_cluster::RemoteExec`]); `None`: it runs here.
+    /// `plan` as a plan run on the cluster, when there is one and the plan reads a table the
+    /// executors read and can cross ([`medlake_cluster::RemoteExec`]); `None`: it runs here.
     async fn on_cluster(
         &self,
         ctx: &SessionContext,
@@ -787,8 +787,8 @@ impl Views {
             return Ok(None);
         };
         let state = ctx.state();
-        let physical = cluster.plan(&state, plan.clone()).await?;
-        if !medlake_cluster::reads_delta(&physical) {
+        let physical = cluster.plan_refresh(&state, plan.clone()).await?;
+        if !medlake_cluster::reads_tables(&physical) {
             return Ok(None);
         }
         match medlake_cluster::RemoteExec::new(cluster, physical, state.config()) {

@@ -836,3 +836,47 @@ async fn bronze_refreshes_take_each_landing_file_once_while_files_keep_arriving(
         total
     );
 }
+
+/// A folder of many files scanned by the executors of a cluster: every task reads only the
+/// files of its own partition (never its idle siblings', as one process does), and only the
+/// files the server listed while planning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn executors_scan_a_folder_each_file_once() {
+    let landing = tempfile::tempdir().unwrap();
+    let root = landing.path();
+    for f in 0..24 {
+        let rows: String = (0..50)
+            .map(|i| format!("{},{}\n", f * 50 + i, ["icu", "er", "ward"][i % 3]))
+            .collect();
+        write(
+            root,
+            &format!("batch/{f:02}.csv"),
+            format!("id,ward\n{rows}").as_bytes(),
+        );
+    }
+    let policy = medlake_source::Policy {
+        allowed_paths: vec![root.to_path_buf()],
+        ..medlake_source::Policy::strict()
+    };
+    let (_members, _dir, engine) = super::on_cluster_reading_sources(policy).await;
+    engine
+        .sql(&format!(
+            "CREATE SCHEMA landing;
+             CREATE EXTERNAL TABLE landing.batch (id BIGINT, ward VARCHAR) STORED AS CSV \
+             LOCATION 'file://{}/batch/' OPTIONS ('has_header' 'true');
+             CREATE TABLE bronze.wards (ward VARCHAR, floor INT);
+             INSERT INTO bronze.wards VALUES ('icu', 3), ('er', 0), ('ward', 5)",
+            root.display()
+        ))
+        .await
+        .unwrap();
+    let sql = "SELECT w.floor, count(*), sum(b.id) FROM landing.batch b \
+               JOIN bronze.wards w ON b.ward = w.ward GROUP BY w.floor ORDER BY w.floor";
+    let on_cluster = rows(&engine, sql).await;
+    assert_eq!(on_cluster, ["0|408|244800", "3|408|244392", "5|384|230208"]);
+    let metrics = engine.metrics_text().await;
+    assert!(
+        metrics.contains("medlake_cluster_queries_total{ran=\"cluster\"} 1"),
+        "the query did not run on the cluster:\n{metrics}"
+    );
+}

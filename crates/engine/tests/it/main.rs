@@ -332,3 +332,31 @@ async fn sessions_share_the_warehouse_but_not_their_settings() {
         1
     );
 }
+
+/// A server whose cluster's executors scan external tables (`--cluster-sources executors`),
+/// the executors opening tables with `policy` (their own `[secrets]` and `[sources]`).
+async fn on_cluster_reading_sources(
+    policy: medlake_source::Policy,
+) -> (
+    medlake_cluster::testing::LocalCluster,
+    tempfile::TempDir,
+    Engine,
+) {
+    let functions = medlake_cluster::Functions::new(medlake_engine::cluster_functions());
+    let sources = medlake_cluster::Sources {
+        registry: Arc::new(medlake_engine::all_connectors()),
+        policy: Arc::new(policy),
+    };
+    let members =
+        medlake_cluster::testing::LocalCluster::start_with_sources(2, functions.clone(), sources)
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder(dir.path().join("wh").to_str().unwrap())
+        .connectors(medlake_engine::all_connectors())
+        .policy(medlake_source::Policy::permissive())
+        .cluster(members.client(functions).with_external_tables(true))
+        .open()
+        .await
+        .unwrap();
+    (members, dir, engine)
+}

@@ -18,7 +18,7 @@ use axum::routing::get;
 use medlake_engine::Engine;
 use serde_json::{Value, json};
 
-use super::{count, scratch};
+use super::{count, on_cluster_reading_sources, scratch};
 
 fn token() -> String {
     std::env::var("MEDLAKE_TEST_REST_TOKEN").expect("set by .cargo/config.toml")
@@ -1370,4 +1370,96 @@ async fn a_watermark_makes_refreshes_read_only_new_records() {
         .await
         .unwrap();
     assert_eq!(outcome[0].rows_written, 35);
+}
+
+/// Executors scan a REST table themselves: each opens it from its definition, whose bearer
+/// token is a `${NAME}` reference resolved from the executor's own secrets and checked
+/// against its own source policy; the server's resolved secret never crosses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn executors_scan_a_rest_table_with_their_own_secrets_and_policy() {
+    let api = Api::new(25);
+    let base = start(api.clone()).await;
+    let loopback = || medlake_source::Policy {
+        allowed_hosts: vec!["127.0.0.1".into()],
+        ..medlake_source::Policy::strict()
+    };
+    let join = "SELECT d.ward, count(*) AS n, sum(r.hr) AS hr FROM telemetry.api r \
+                JOIN bronze.devices d ON r.device_id = d.id GROUP BY d.ward ORDER BY d.ward";
+    let tables = format!(
+        "CREATE SCHEMA telemetry;
+         CREATE TABLE bronze.devices (id VARCHAR, ward VARCHAR);
+         INSERT INTO bronze.devices VALUES ('dev-1', 'icu'), ('dev-2', 'icu'), ('dev-3', 'er');
+         CREATE EXTERNAL TABLE telemetry.api {}",
+        table(&base, "offset", "")
+    );
+    let setup = |engine: Engine| {
+        let tables = tables.clone();
+        async move {
+            engine.sql(&tables).await.unwrap();
+            engine
+        }
+    };
+    let expected = |engine: &Engine| {
+        let local = engine.local_session();
+        async move { pretty(&local.query(join).await.unwrap()) }
+    };
+
+    let (_members, _dir, engine) =
+        on_cluster_reading_sources(loopback().with_secret("MEDLAKE_TEST_REST_TOKEN", &token()))
+            .await;
+    let engine = setup(engine).await;
+    api.clear_log();
+    let on_cluster = pretty(&engine.query(join).await.unwrap());
+    assert!(on_cluster.contains("| er   | 8  | 580  |"), "{on_cluster}");
+    let metrics = engine.metrics_text().await;
+    assert!(
+        metrics.contains("medlake_cluster_queries_total{ran=\"cluster\"} 1"),
+        "the query did not run on the cluster:\n{metrics}"
+    );
+    let log = api.log();
+    assert!(
+        !log.is_empty() && log.iter().all(|r| r.authorized),
+        "{log:#?}"
+    );
+    assert_eq!(on_cluster, expected(&engine).await);
+    // A materialized view over it refreshes on the cluster with the same rows.
+    engine
+        .sql(&format!(
+            "CREATE MATERIALIZED VIEW silver.by_ward AS {join}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        pretty(
+            &engine
+                .query("SELECT * FROM silver.by_ward ORDER BY ward")
+                .await
+                .unwrap()
+        ),
+        on_cluster
+    );
+
+    // Executors without the secret: the scan fails there, naming the secret, never a value.
+    let (_members, _dir, engine) = on_cluster_reading_sources(loopback()).await;
+    let engine = setup(engine).await;
+    let err = engine.query(join).await.unwrap_err().to_string();
+    assert!(err.contains("MEDLAKE_TEST_REST_TOKEN"), "{err}");
+    assert!(!err.contains(&token()), "{err}");
+
+    // Executors whose policy binds the secret to another API: refused there, even though
+    // the server would send it to this one.
+    let mut bound = loopback().with_secret("MEDLAKE_TEST_REST_TOKEN", &token());
+    bound.secret_locations.insert(
+        "MEDLAKE_TEST_REST_TOKEN".into(),
+        vec!["https://ehr.example.org/".into()],
+    );
+    let (_members, _dir, engine) = on_cluster_reading_sources(bound).await;
+    let engine = setup(engine).await;
+    api.clear_log();
+    let err = engine.query(join).await.unwrap_err().to_string();
+    assert!(
+        err.contains("may be sent only under its [secrets] locations"),
+        "{err}"
+    );
+    assert!(api.log().is_empty(), "the refused table was contacted");
 }
