@@ -354,3 +354,64 @@ def test_an_executor_killed_during_queries_costs_no_wrong_answer(cluster):
     assert all(a is None or a == expected for a in answers), answers
     # The other executor keeps answering once the scheduler knows.
     assert answers[-1] == expected, answers
+
+
+def test_executors_scan_external_tables_with_their_own_config(cluster, tmp_path):
+    """`medlake serve --cluster-sources executors`: the executors (started with `--config`,
+    whose `[sources]` is what they may read) scan a CSV folder themselves; the query joins it
+    with a Delta table on the cluster and answers as the server alone; a folder outside the
+    executors' `[sources]` is refused there, whatever the server allows."""
+    landing = tmp_path / "landing"
+    (landing / "batch").mkdir(parents=True)
+    (landing / "other").mkdir()
+    for f in range(8):
+        lines = "".join(f"{f * 100 + i},{i % 3 + 1}\n" for i in range(100))
+        (landing / "batch" / f"{f}.csv").write_text("seq,patient_id\n" + lines)
+        (landing / "other" / f"{f}.csv").write_text("seq,patient_id\n" + lines)
+    sources = f'[sources]\nallowed_paths = ["{landing / "batch"}"]\n'
+    (tmp_path / "executors.toml").write_text(sources)
+    env = cluster["env"]
+    members = []
+    try:
+        scheduler = Member(tmp_path, "scheduler", ["scheduler", "--bind", "127.0.0.1:0"], env,
+                           "scheduler listening on")
+        members.append(scheduler)
+        address = re.search(r"ballista://127\.0\.0\.1:\d+", scheduler.text()).group(0)
+        for i in range(2):
+            members.append(Member(tmp_path, f"executor{i}",
+                                  ["executor", "--scheduler", address, "--bind", "127.0.0.1:0",
+                                   "--vcores", "2", "--config", str(tmp_path / "executors.toml")],
+                                  env, "executor serving on"))
+        (tmp_path / "server").mkdir()
+        srv = Server(tmp_path / "server",
+                     CONFIG + f'\n[sources]\nallowed_paths = ["{landing}"]\n',
+                     seed=SEED[:2],
+                     args=["--cluster", address, "--cluster-sources", "executors"],
+                     env=dict({"P_C_ADMIN": PASSWORDS["admin"], "P_C_ANN": PASSWORDS["ann"]},
+                              **{k: v for k, v in env.items() if k.startswith("MEDLAKE_CLUSTER")}))
+        try:
+            sql = ("SELECT p.ward, count(*) AS n, sum(b.seq) AS s FROM landing.{t} b "
+                   "JOIN silver.patients p ON p.patient_id = b.patient_id "
+                   "GROUP BY p.ward ORDER BY p.ward")
+            with contextlib.closing(pg_connect(srv, USERS["admin"])) as conn:
+                with conn.cursor() as cur:
+                    cur.execute("CREATE SCHEMA landing")
+                    for t in ["batch", "other"]:
+                        cur.execute(f"CREATE EXTERNAL TABLE landing.{t} (seq BIGINT, "
+                                    f"patient_id BIGINT) STORED AS CSV LOCATION "
+                                    f"'file://{landing / t}/' OPTIONS ('has_header' 'true')")
+            before = ran(srv).get("cluster", 0)
+            got = rows(srv, "admin", sql.format(t="batch"))
+            assert ran(srv).get("cluster", 0) == before + 1
+            assert as_csv(got) == reference(srv, sql.format(t="batch"))
+            assert [n for _, n, _ in got] == [264, 536], got
+            # The server may read landing/other; the executors' [sources] says no.
+            with pytest.raises(Exception) as refused:
+                rows(srv, "admin", sql.format(t="other"))
+            note("refused on the executors", str(refused.value))
+            assert "refused" in str(refused.value).lower(), str(refused.value)
+        finally:
+            srv.stop()
+    finally:
+        for m in members:
+            m.stop()
