@@ -250,6 +250,46 @@ def test_refreshes_run_their_queries_on_the_cluster_and_commit_once_here(cluster
             == reference(server, query), view
 
 
+def test_executors_check_expectations_while_they_write(cluster):
+    """A refresh with DROP ROW and QUARANTINE rules: the executors check the rows while they
+    write them, quarantined rows go to the quarantine table's files, and this server commits
+    the quarantine, then the view (the log says the cluster wrote; the counts are in
+    system.expectations)."""
+    server = cluster["server"]
+    log = server.serve.log_path
+    wrote = "the cluster wrote the refresh's data files"
+    with contextlib.closing(pg_connect(server, USERS["admin"])) as conn:
+        with conn.cursor() as cur:
+            cur.execute("CREATE MATERIALIZED VIEW silver.checked "
+                        "CONSTRAINT plausible EXPECT (hr BETWEEN 5 AND 90) ON VIOLATION DROP ROW "
+                        "CONSTRAINT known EXPECT (patient_id < 3) ON VIOLATION QUARANTINE "
+                        "AS SELECT patient_id, seq, hr FROM silver.readings")
+            written = log.read_text().count(wrote)
+            cur.execute("INSERT INTO silver.readings SELECT v % 3 + 1, v, CAST(v % 97 AS DOUBLE) "
+                        "FROM generate_series(500001, 530000) AS s(v)")
+            # A full refresh: the executors check and write every row (an incremental one
+            # reads the new commits' files, which stays on this server).
+            cur.execute("REFRESH MATERIALIZED VIEW silver.checked FULL")
+            assert log.read_text().count(wrote) == written + 1, log.read_text()[-3000:]
+            line = [x for x in log.read_text().splitlines() if wrote in x][-1]
+            note("refresh written by the cluster", line)
+            cur.execute("SELECT count(*), count(*) FILTER (WHERE patient_id = 3), "
+                        "count(*) FILTER (WHERE hr NOT BETWEEN 5 AND 90) FROM silver.readings")
+            total, unknown, implausible = cur.fetchone()
+            assert f"checked={total}" in line, line
+            cur.execute("SELECT e.expectation, e.rows_checked, e.violations FROM "
+                        "system.expectations e JOIN system.refreshes r USING (refresh_id) "
+                        "WHERE e.view = 'silver.checked' AND r.trigger = 'manual' "
+                        "ORDER BY e.expectation")
+            counts = cur.fetchall()
+            note("expectations", repr(counts))
+            assert counts == [("known", total, unknown), ("plausible", total, implausible)]
+    assert reference(server, "SELECT count(*) FROM silver.checked") == reference(
+        server, "SELECT count(*) FROM silver.readings WHERE hr BETWEEN 5 AND 90 AND patient_id < 3")
+    assert reference(server, "SELECT count(*) FROM silver.checked_quarantine") == reference(
+        server, "SELECT count(*) FROM silver.readings WHERE patient_id = 3")
+
+
 def tls_handshake(port, context):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         with context.wrap_socket(sock, server_hostname="localhost") as tls:

@@ -136,10 +136,13 @@ impl PhysicalExtensionCodec for Codec {
         converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match buf.split_first() {
-            Some((&LAKE_SCAN, rest)) => Ok(Arc::new(LakeScanExec::decode(rest, ctx)?)),
-            Some((&LAKE_WRITE, rest)) => Ok(Arc::new(LakeWriteExec::decode(rest, inputs)?)),
+            Some((&LAKE_SCAN, rest)) => Ok(Arc::new(LakeScanExec::decode(rest, inputs, ctx)?)),
+            Some((&LAKE_WRITE, rest)) => {
+                Ok(Arc::new(LakeWriteExec::decode(rest, inputs, ctx, self)?))
+            }
             Some((&EXTERNAL_SCAN, rest)) => Ok(Arc::new(ExternalScanExec::decode(
                 rest,
+                inputs,
                 ctx,
                 self.sources.clone(),
             )?)),
@@ -167,7 +170,7 @@ impl PhysicalExtensionCodec for Codec {
         }
         if let Some(write) = node.downcast_ref::<LakeWriteExec>() {
             buf.push(LAKE_WRITE);
-            return write.encode(buf);
+            return write.encode(buf, self);
         }
         buf.push(BALLISTA);
         self.ballista.try_encode(node, buf, converter)

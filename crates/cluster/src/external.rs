@@ -27,7 +27,8 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
 };
 use datafusion_proto::bytes::Serializeable;
 use futures::TryStreamExt;
@@ -93,12 +94,15 @@ impl TableProvider for ClusterExternal {
             filters: filters.to_vec(),
             limit,
         };
+        let partitions = planned.output_partitioning().partition_count();
         Ok(Arc::new(ExternalScanExec {
             schema: planned.schema(),
             properties: planned.properties().clone(),
             planned: Arc::new(OnceCell::new_with(Some(planned))),
             scan,
             sources: None,
+            partitions,
+            tokens: crate::slice::tokens(partitions)?,
         }))
     }
 }
@@ -139,6 +143,10 @@ pub struct ExternalScanExec {
     planned: Arc<OnceCell<Arc<dyn ExecutionPlan>>>,
     /// This process's connectors (an executor's); `None` on the server and the scheduler.
     sources: Option<Arc<Sources>>,
+    /// The scan's partitions as planned (on the server).
+    partitions: usize,
+    /// Which of them each of this node's partitions reads ([`crate::slice`]).
+    tokens: Arc<dyn ExecutionPlan>,
 }
 
 impl fmt::Debug for ExternalScanExec {
@@ -172,7 +180,7 @@ impl ExternalScanExec {
             projection: self.scan.projection.clone(),
             filters,
             limit: self.scan.limit,
-            partitions: self.properties.output_partitioning().partition_count(),
+            partitions: self.partitions,
             schema: base64::engine::general_purpose::STANDARD.encode(&schema.0),
         };
         serde_json::to_writer(buf, &wire)
@@ -183,10 +191,17 @@ impl ExternalScanExec {
     /// `sources` (an executor's; the scheduler has none and never executes it).
     pub(crate) fn decode(
         buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
         ctx: &TaskContext,
         sources: Option<Arc<Sources>>,
     ) -> Result<Self> {
         use base64::Engine as _;
+        let [tokens] = inputs else {
+            return Err(DataFusionError::Internal(format!(
+                "an external scan has one input (its tokens), not {}",
+                inputs.len()
+            )));
+        };
         let wire: Wire = serde_json::from_slice(buf)
             .map_err(|e| DataFusionError::Internal(format!("decoding an external scan: {e}")))?;
         let filters = wire
@@ -203,7 +218,7 @@ impl ExternalScanExec {
         let schema = Arc::new(schema);
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(wire.partitions.max(1)),
+            Partitioning::UnknownPartitioning(tokens.output_partitioning().partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
@@ -218,6 +233,8 @@ impl ExternalScanExec {
             properties: Arc::new(properties),
             planned: Arc::new(OnceCell::new()),
             sources,
+            partitions: wire.partitions,
+            tokens: tokens.clone(),
         })
     }
 }
@@ -269,7 +286,11 @@ impl ExecutionPlan for ExternalScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
+        vec![&self.tokens]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
     }
 
     fn apply_expressions(
@@ -284,13 +305,22 @@ impl ExecutionPlan for ExternalScanExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal(
-                "ExternalScanExec is a leaf".into(),
-            ))
-        }
+        let Ok([tokens]) = <[_; 1]>::try_from(children) else {
+            return Err(DataFusionError::Internal(
+                "ExternalScanExec has one input (its tokens)".into(),
+            ));
+        };
+        let count = tokens.output_partitioning().partition_count();
+        Ok(Arc::new(Self {
+            scan: self.scan.clone(),
+            schema: self.schema.clone(),
+            properties: Arc::new(crate::slice::restricted(&self.properties, count)),
+            // The same plan (one execution runs one of the two nodes).
+            planned: self.planned.clone(),
+            sources: self.sources.clone(),
+            partitions: self.partitions,
+            tokens,
+        }))
     }
 
     fn execute(
@@ -301,12 +331,14 @@ impl ExecutionPlan for ExternalScanExec {
         let scan = self.scan.clone();
         let sources = self.sources.clone();
         let planned = self.planned.clone();
-        let partitions = self.properties.output_partitioning().partition_count();
+        let partitions = self.partitions;
+        let tokens = self.tokens.clone();
         let stream = futures::stream::once(async move {
+            let owned = crate::slice::owned(&tokens, partition, ctx.clone()).await?;
             let plan = planned
                 .get_or_try_init(|| plan_here(&scan, sources.as_deref(), &ctx))
                 .await?;
-            crate::scan::part_of(plan, partition, partitions, false, ctx)
+            crate::scan::parts_of(plan, &owned, partitions, false, ctx)
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(

@@ -13,6 +13,7 @@
 //! is mutual TLS with one cluster CA ([`ClusterTls`]), and a peer without a certificate from
 //! it is refused during the handshake.
 
+pub mod checks;
 pub mod codec;
 pub mod executor;
 pub mod external;
@@ -20,6 +21,7 @@ pub mod guard;
 mod inline;
 pub mod scan;
 pub mod scheduler;
+mod slice;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod write;
@@ -41,7 +43,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 pub use codec::{Codec, Functions};
 pub use external::{Externals, Sources};
 pub use scan::{distributable, reads_tables};
-pub use write::{LakeWriteExec, Target};
+pub use write::{Checking, LakeWriteExec, Target, Written};
 
 /// Errors starting a scheduler or an executor, or reaching one.
 #[derive(Debug, thiserror::Error)]
@@ -143,19 +145,25 @@ impl ClusterTls {
 
     /// `config` set to reach the cluster with this identity.
     pub(crate) fn session_config(&self, config: SessionConfig) -> SessionConfig {
-        config
+        let config = config
             .upgrade_for_ballista()
             // A plan carries its Delta snapshots (file lists): more than Ballista's 16 MiB.
             .with_ballista_grpc_client_max_message_size(executor::MAX_MESSAGE)
             .with_ballista_use_tls(true)
-            .with_ballista_override_create_grpc_client_endpoint(self.endpoint_override())
-            // Each task runs one partition alone: a file scan's partition must read only its
-            // own files, not take its idle siblings' (DataFusion's default in one process).
-            .set_bool(
-                "datafusion.execution.enable_file_stream_work_stealing",
-                false,
-            )
+            .with_ballista_override_create_grpc_client_endpoint(self.endpoint_override());
+        isolated_partitions(config)
     }
+}
+
+/// `config` for tasks that each run one partition alone (every Ballista task): a file scan's
+/// partition reads only its own files, never takes its idle siblings' (DataFusion's default
+/// within one process, which would make every task read every file). Set on the server's
+/// jobs, the scheduler's sessions (whose settings the tasks get) and the executors'.
+pub(crate) fn isolated_partitions(config: SessionConfig) -> SessionConfig {
+    config.set_bool(
+        "datafusion.execution.enable_file_stream_work_stealing",
+        false,
+    )
 }
 
 fn tokio_rustls_provider() -> bool {

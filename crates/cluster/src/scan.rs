@@ -122,7 +122,7 @@ impl TableProvider for ClusterTable {
             filters: filters.to_vec(),
             limit,
         };
-        Ok(Arc::new(LakeScanExec::planned(scan, planned)))
+        Ok(Arc::new(LakeScanExec::planned(scan, planned)?))
     }
 }
 
@@ -161,6 +161,10 @@ pub struct LakeScanExec {
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     planned: Arc<OnceCell<Arc<dyn ExecutionPlan>>>,
+    /// The scan's partitions as planned (on the server).
+    partitions: usize,
+    /// Which of them each of this node's partitions reads ([`crate::slice`]).
+    tokens: Arc<dyn ExecutionPlan>,
 }
 
 impl fmt::Debug for LakeScanExec {
@@ -174,13 +178,16 @@ impl fmt::Debug for LakeScanExec {
 }
 
 impl LakeScanExec {
-    fn planned(scan: Scan, planned: Arc<dyn ExecutionPlan>) -> Self {
-        Self {
+    fn planned(scan: Scan, planned: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let partitions = planned.output_partitioning().partition_count();
+        Ok(Self {
             scan,
             schema: planned.schema(),
             properties: planned.properties().clone(),
             planned: Arc::new(OnceCell::new_with(Some(planned))),
-        }
+            partitions,
+            tokens: crate::slice::tokens(partitions)?,
+        })
     }
 
     /// The scan's wire form.
@@ -196,7 +203,7 @@ impl LakeScanExec {
             projection: &self.scan.projection,
             filters,
             limit: self.scan.limit,
-            partitions: self.properties.output_partitioning().partition_count(),
+            partitions: self.partitions,
         };
         serde_json::to_writer(buf, &wire)
             .map_err(|e| DataFusionError::Internal(format!("encoding a Delta scan: {e}")))
@@ -207,7 +214,31 @@ impl LakeScanExec {
     /// task (a physical plan is made for one execution: DataFusion 55's file scans share
     /// their files between the partitions of one execution, and a second execution of the
     /// same plan finds them taken).
-    pub(crate) fn decode(buf: &[u8], ctx: &TaskContext) -> Result<Self> {
+    pub(crate) fn decode(
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+    ) -> Result<Self> {
+        let [tokens] = inputs else {
+            return Err(DataFusionError::Internal(format!(
+                "a Delta scan has one input (its tokens), not {}",
+                inputs.len()
+            )));
+        };
+        Ok(Self::decode_scan(buf, ctx)?.with_tokens(tokens.clone()))
+    }
+
+    /// This scan reading the partitions `tokens` names.
+    fn with_tokens(self, tokens: Arc<dyn ExecutionPlan>) -> Self {
+        let count = tokens.output_partitioning().partition_count();
+        Self {
+            properties: Arc::new(crate::slice::restricted(&self.properties, count)),
+            tokens,
+            ..self
+        }
+    }
+
+    fn decode_scan(buf: &[u8], ctx: &TaskContext) -> Result<Self> {
         let hash = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = DECODED_KEYS.build_hasher();
@@ -242,6 +273,8 @@ impl LakeScanExec {
             schema: self.schema.clone(),
             properties: self.properties.clone(),
             planned: Arc::new(OnceCell::new()),
+            partitions: self.partitions,
+            tokens: self.tokens.clone(),
         }
     }
 
@@ -275,6 +308,9 @@ impl LakeScanExec {
             schema,
             properties: Arc::new(properties),
             planned: Arc::new(OnceCell::new()),
+            partitions: wire.partitions,
+            // Replaced by the decoded input.
+            tokens: crate::slice::tokens(0)?,
         })
     }
 }
@@ -319,7 +355,11 @@ impl ExecutionPlan for LakeScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
+        vec![&self.tokens]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
     }
 
     fn apply_expressions(
@@ -334,10 +374,18 @@ impl ExecutionPlan for LakeScanExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal("LakeScanExec is a leaf".into()))
+        match <[_; 1]>::try_from(children) {
+            Ok([tokens]) => {
+                // The same plan (one execution runs one of the two nodes).
+                let copy = Self {
+                    planned: self.planned.clone(),
+                    ..self.unplanned()
+                };
+                Ok(Arc::new(copy.with_tokens(tokens)))
+            }
+            Err(_) => Err(DataFusionError::Internal(
+                "LakeScanExec has one input (its tokens)".into(),
+            )),
         }
     }
 
@@ -348,11 +396,13 @@ impl ExecutionPlan for LakeScanExec {
     ) -> Result<SendableRecordBatchStream> {
         let scan = self.scan.clone();
         let planned = self.planned.clone();
-        let partitions = self.properties.output_partitioning().partition_count();
+        let partitions = self.partitions;
         let ordered = self.properties.output_ordering().is_some();
+        let tokens = self.tokens.clone();
         let stream = futures::stream::once(async move {
+            let owned = crate::slice::owned(&tokens, partition, ctx.clone()).await?;
             let plan = planned.get_or_try_init(|| plan_here(&scan, &ctx)).await?;
-            part_of(plan, partition, partitions, ordered, ctx)
+            parts_of(plan, &owned, partitions, ordered, ctx)
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -360,6 +410,28 @@ impl ExecutionPlan for LakeScanExec {
             stream,
         )))
     }
+}
+
+/// The partitions `owned` of `partitions`, read from `plan` one after another.
+pub(crate) fn parts_of(
+    plan: &Arc<dyn ExecutionPlan>,
+    owned: &[usize],
+    partitions: usize,
+    ordered: bool,
+    ctx: Arc<TaskContext>,
+) -> Result<SendableRecordBatchStream> {
+    if let [one] = owned {
+        return part_of(plan, *one, partitions, ordered, ctx);
+    }
+    let streams = owned
+        .iter()
+        .map(|&p| part_of(plan, p, partitions, ordered, ctx.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let chained = futures::stream::iter(streams).flatten();
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        plan.schema(),
+        chained,
+    )))
 }
 
 /// Partition `partition` of `partitions`, read from `plan`: the same partition when the scan

@@ -48,7 +48,7 @@ pub async fn serve(
             let state = state_functions.state();
             Ok(
                 datafusion::execution::SessionStateBuilder::new_from_existing(state)
-                    .with_config(config)
+                    .with_config(crate::isolated_partitions(config))
                     .build(),
             )
         })),

@@ -94,6 +94,25 @@ async fn queries_over_delta_tables_give_the_same_rows_on_two_executors_as_here()
     }
 }
 
+/// Ballista 55 gives each task of a stage a slice of its partitions and restricts the leaves
+/// it knows to it; a Delta scan's partitions are named by its tokens (crates/cluster/src/
+/// slice.rs), so however the scheduler cuts a stage into tasks, each partition is read once.
+/// (Before the tokens, a stage run as two tasks read the table twice, now and then.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_partition_of_a_delta_scan_is_read_once_whatever_the_tasks() {
+    let members = LocalCluster::start(2, functions()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = warehouse(dir.path()).await;
+    let ctx = context(&warehouse).await;
+    let cluster = members.client(functions());
+    let sql = "SELECT count(*) AS n, sum(seq) AS s FROM readings";
+    let expected = here(&ctx, sql).await;
+    assert!(expected.contains("| 3000 | 4498500 |"), "{expected}");
+    for _ in 0..8 {
+        assert_eq!(there(&ctx, &cluster, sql).await, expected);
+    }
+}
+
 /// `is_member(role)` as a server registers it: an identity the executors cannot know.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct IsMember(Signature);
@@ -297,10 +316,11 @@ async fn write_there(
     ));
     let remote = RemoteExec::new(cluster, write, &ctx.copied_config()).unwrap();
     let rows = datafusion::physical_plan::collect(Arc::new(remote), ctx.task_ctx()).await?;
-    let (adds, rows) = medlake_cluster::write::written_files(&rows)?;
-    assert!(!adds.is_empty());
+    let written = medlake_cluster::write::written(&rows)?;
+    assert!(!written.adds.is_empty());
+    assert_eq!((written.checked, written.quarantined.len()), (0, 0));
     Ok(warehouse
-        .commit_written(name, adds, rows, mode, &options)
+        .commit_written(name, written.adds, written.rows, mode, &options)
         .await
         .unwrap())
 }

@@ -5,9 +5,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::compute::{filter_record_batch, kernels::boolean};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -20,6 +19,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
 use medlake_lake::{TableName, Warehouse};
+
+use medlake_cluster::checks::Action;
 
 use crate::definition::OnViolation;
 use crate::error::Error;
@@ -43,6 +44,8 @@ pub(crate) struct Checks {
     pub rows: AtomicU64,
     /// Violations per rule (same order as `rules`).
     pub violations: Vec<AtomicU64>,
+    /// The rules as [`medlake_cluster::checks`] applies them.
+    spec: Vec<medlake_cluster::checks::Rule>,
     /// Rows kept out of the view (dropped or quarantined).
     pub removed: AtomicU64,
     quarantined: Mutex<Vec<RecordBatch>>,
@@ -67,8 +70,22 @@ impl Checks {
         replace_quarantine: bool,
     ) -> Self {
         let violations = rules.iter().map(|_| AtomicU64::new(0)).collect();
+        let spec = rules
+            .iter()
+            .map(|r| medlake_cluster::checks::Rule {
+                name: r.name.clone(),
+                action: match r.on_violation {
+                    OnViolation::Keep => Action::Keep,
+                    OnViolation::Drop => Action::Drop,
+                    OnViolation::Quarantine => Action::Quarantine,
+                    OnViolation::Fail => Action::Fail,
+                },
+                predicate: r.predicate.clone(),
+            })
+            .collect();
         Self {
             view,
+            spec,
             rules,
             refresh_id,
             rows: AtomicU64::new(0),
@@ -113,86 +130,51 @@ impl Checks {
     fn check(&self, batch: RecordBatch) -> DfResult<RecordBatch> {
         let n = batch.num_rows();
         self.rows.fetch_add(n as u64, Ordering::Relaxed);
-        if self.rules.is_empty() || n == 0 {
-            return Ok(batch);
+        let checked = medlake_cluster::checks::check(&self.spec, batch, &self.refresh_id)?;
+        for (count, found) in self.violations.iter().zip(&checked.violations) {
+            count.fetch_add(*found, Ordering::Relaxed);
         }
-        let mut keep = BooleanArray::from(vec![true; n]);
-        let mut quarantine = BooleanArray::from(vec![false; n]);
-        let mut broken: Vec<Vec<&str>> = vec![Vec::new(); n];
-        for (i, rule) in self.rules.iter().enumerate() {
-            let value = rule.predicate.evaluate(&batch)?.into_array(n)?;
-            let value = value
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .ok_or_else(|| {
-                    DataFusionError::Plan(format!(
-                        "expectation '{}' ({}) is not a boolean expression",
-                        rule.name, rule.expression
-                    ))
-                })?;
-            // NULL counts as met, as in a CHECK constraint.
-            let violated = BooleanArray::from_iter(
-                (0..n).map(|row| Some(value.is_valid(row) && !value.value(row))),
-            );
-            let count = violated.true_count() as u64;
-            if count == 0 {
-                continue;
-            }
-            self.violations[i].fetch_add(count, Ordering::Relaxed);
-            match rule.on_violation {
-                OnViolation::Keep => {}
-                OnViolation::Drop => keep = boolean::and(&keep, &boolean::not(&violated)?)?,
-                OnViolation::Quarantine => {
-                    keep = boolean::and(&keep, &boolean::not(&violated)?)?;
-                    quarantine = boolean::or(&quarantine, &violated)?;
-                    for (row, names) in broken.iter_mut().enumerate() {
-                        if violated.value(row) {
-                            names.push(&rule.name);
-                        }
-                    }
-                }
-                OnViolation::Fail => {
-                    return Err(DataFusionError::External(Box::new(
-                        Error::ExpectationFailed {
-                            view: self.view.to_string(),
-                            expectation: rule.name.clone(),
-                            expression: rule.expression.clone(),
-                            rows: count,
-                        },
-                    )));
-                }
-            }
+        if let Some((rule, rows)) = checked.failed {
+            let rule = &self.rules[rule];
+            return Err(DataFusionError::External(Box::new(
+                Error::ExpectationFailed {
+                    view: self.view.to_string(),
+                    expectation: rule.name.clone(),
+                    expression: rule.expression.clone(),
+                    rows,
+                },
+            )));
         }
         self.removed
-            .fetch_add((n - keep.true_count()) as u64, Ordering::Relaxed);
-        if quarantine.true_count() > 0 {
-            let rows = filter_record_batch(&batch, &quarantine)?;
-            let names: StringArray = broken
-                .iter()
-                .enumerate()
-                .filter(|(row, _)| quarantine.value(*row))
-                .map(|(_, names)| Some(names.join(",")))
-                .collect();
-            let now = chrono::Utc::now().timestamp_micros();
-            let count = rows.num_rows();
-            let mut fields: Vec<Arc<Field>> = rows.schema().fields().iter().cloned().collect();
-            fields.extend(quarantine_fields());
-            let mut columns = rows.columns().to_vec();
-            columns.push(Arc::new(names));
-            columns.push(Arc::new(StringArray::from(vec![
-                self.refresh_id.as_str();
-                count
-            ])));
-            columns.push(Arc::new(
-                TimestampMicrosecondArray::from(vec![now; count]).with_timezone("UTC"),
-            ));
-            let rows = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+            .fetch_add((n - checked.kept.num_rows()) as u64, Ordering::Relaxed);
+        if let Some(rows) = checked.quarantined {
             self.quarantined
                 .lock()
                 .map_err(|_| DataFusionError::Internal("quarantine lock poisoned".into()))?
                 .push(rows);
         }
-        Ok(filter_record_batch(&batch, &keep)?)
+        Ok(checked.kept)
+    }
+
+    /// Counts an executor found checking rows for this refresh (its write's rows).
+    pub fn add_counts(&self, rows: u64, violations: &[u64], removed: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        for (count, found) in self.violations.iter().zip(violations) {
+            count.fetch_add(*found, Ordering::Relaxed);
+        }
+        self.removed.fetch_add(removed, Ordering::Relaxed);
+    }
+
+    /// The rules as executors check them.
+    pub fn spec(&self) -> &[medlake_cluster::checks::Rule] {
+        &self.spec
+    }
+
+    /// Where quarantined rows go, and whether this refresh replaces the quarantine's rows
+    /// (whole, or a region of it: `Some(region)`) or appends to it.
+    pub fn quarantine(&self) -> Option<(&TableName, bool, Option<&Expr>)> {
+        let (_, table) = self.quarantine.as_ref()?;
+        Some((table, self.replace_quarantine, self.region.get()))
     }
 
     async fn finish_partition(&self, schema: SchemaRef) -> DfResult<()> {
@@ -210,9 +192,7 @@ impl Checks {
         let result = if self.replace_quarantine {
             // Written even when empty: a view with QUARANTINE rules has its quarantine table
             // from its first refresh on, so that views and reports downstream can read it.
-            let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
-            fields.extend(quarantine_fields());
-            let empty = RecordBatch::new_empty(Arc::new(Schema::new(fields)));
+            let empty = RecordBatch::new_empty(medlake_cluster::checks::quarantine_schema(&schema));
             let batches = if batches.is_empty() {
                 vec![empty]
             } else {
@@ -222,13 +202,11 @@ impl Checks {
                 .write_batches(table, batches, medlake_lake::WriteMode::Overwrite)
                 .await
         } else if let Some(region) = self.region.get() {
-            let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
-            fields.extend(quarantine_fields());
             warehouse
                 .replace_rows_where(
                     table,
                     batches,
-                    Arc::new(Schema::new(fields)),
+                    medlake_cluster::checks::quarantine_schema(&schema),
                     region.clone(),
                 )
                 .await
@@ -240,19 +218,6 @@ impl Checks {
         result.map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(())
     }
-}
-
-/// The columns a quarantine table adds to the view's.
-pub(crate) fn quarantine_fields() -> Vec<Arc<Field>> {
-    vec![
-        Arc::new(Field::new("_medlake_rules", DataType::Utf8, true)),
-        Arc::new(Field::new("_medlake_refresh_id", DataType::Utf8, true)),
-        Arc::new(Field::new(
-            "_medlake_quarantined_at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            true,
-        )),
-    ]
 }
 
 /// Runs an already planned query and checks its rows. A leaf to the plans around it: the
@@ -360,12 +325,17 @@ impl PlannedTable {
     }
 }
 
-/// The cluster and the plan a write's `input` runs there, when nothing between it and the write runs
-/// here: `input` scans a [`PlannedTable`] of an [`ExpectationsExec`] with no rules over a
-/// [`medlake_cluster::RemoteExec`] (a refresh's query, planned by `Views::checked`).
-pub(crate) fn unchecked_remote(
+/// The cluster, the plan a write's `input` runs there, and the checks of its rows, when
+/// nothing but those checks is between it and the write: `input` scans a [`PlannedTable`] of
+/// an [`ExpectationsExec`] over a [`medlake_cluster::RemoteExec`] (a refresh's query, planned
+/// by `Views::checked`).
+pub(crate) fn remote_of(
     input: &datafusion::logical_expr::LogicalPlan,
-) -> Option<(medlake_cluster::Cluster, Arc<dyn ExecutionPlan>)> {
+) -> Option<(
+    medlake_cluster::Cluster,
+    Arc<dyn ExecutionPlan>,
+    Arc<Checks>,
+)> {
     let datafusion::logical_expr::LogicalPlan::TableScan(scan) = input else {
         return None;
     };
@@ -375,13 +345,14 @@ pub(crate) fn unchecked_remote(
     let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
     let planned = provider.downcast_ref::<PlannedTable>()?;
     let checked = planned.plan.downcast_ref::<ExpectationsExec>()?;
-    if !checked.checks.rules.is_empty() || checked.checks.quarantine.is_some() {
-        return None;
-    }
     let remote = checked
         .input
         .downcast_ref::<medlake_cluster::RemoteExec>()?;
-    Some((remote.cluster().clone(), remote.plan().clone()))
+    Some((
+        remote.cluster().clone(),
+        remote.plan().clone(),
+        checked.checks.clone(),
+    ))
 }
 
 #[async_trait]

@@ -891,3 +891,71 @@ async fn a_refresh_whose_history_row_was_lost_is_recorded_from_its_commit() {
     assert!(text.contains("bronze.t"), "{text}");
     assert!(text.contains("recorded after a restart"), "{text}");
 }
+
+/// A refresh with expectations on a cluster: the executors check the rows while they write
+/// them (DROP ROW and counting rules, QUARANTINE rows into the quarantine table's files) and
+/// this server commits the quarantine, then the view; rows, quarantine and counts are those of
+/// the same view refreshed on one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expectations_hold_when_the_executors_write_a_refresh() {
+    let functions = medlake_cluster::Functions::new(medlake_engine::cluster_functions());
+    let members = medlake_cluster::testing::LocalCluster::start(2, functions.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clustered = Engine::builder(dir.path().join("a").to_str().unwrap())
+        .cluster(members.client(functions))
+        .open()
+        .await
+        .unwrap();
+    let alone = Engine::open(dir.path().join("b").to_str().unwrap())
+        .await
+        .unwrap();
+    let rows = |from: u32, to: u32| {
+        format!(
+            "INSERT INTO bronze.r SELECT v, CAST(v % 300 AS DOUBLE), \
+             CASE WHEN v % 7 = 0 THEN NULL ELSE 'icu' END FROM generate_series({from}, {to}) AS s(v)"
+        )
+    };
+    let steps = [
+        "CREATE TABLE bronze.r (id BIGINT, hr DOUBLE, ward VARCHAR)".to_string(),
+        rows(1, 5000),
+        "CREATE MATERIALIZED VIEW silver.r \
+           CONSTRAINT plausible EXPECT (hr BETWEEN 20 AND 250) ON VIOLATION DROP ROW \
+           CONSTRAINT has_ward EXPECT (ward IS NOT NULL) ON VIOLATION QUARANTINE \
+           CONSTRAINT even EXPECT (id % 2 = 0) \
+         AS SELECT id, hr, ward FROM bronze.r"
+            .to_string(),
+        rows(5001, 9000),
+        "REFRESH MATERIALIZED VIEW silver.r".to_string(),
+        rows(9001, 9500),
+        "REFRESH MATERIALIZED VIEW silver.r FULL".to_string(),
+    ];
+    let checks = [
+        "SELECT count(*), sum(id), sum(hr) FROM silver.r",
+        "SELECT count(*), sum(id), min(_medlake_rules), max(_medlake_rules) FROM silver.r_quarantine",
+        "SELECT count(DISTINCT _medlake_refresh_id) FROM silver.r_quarantine",
+        "SELECT r.mode, e.expectation, e.on_violation, e.rows_checked, e.violations \
+         FROM system.expectations e JOIN system.refreshes r ON r.refresh_id = e.refresh_id \
+         WHERE e.view = 'silver.r' ORDER BY r.started, e.expectation",
+    ];
+    let table = |batches: Vec<RecordBatch>| {
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    };
+    for (i, step) in steps.iter().enumerate() {
+        clustered.sql(step).await.unwrap();
+        alone.sql(step).await.unwrap();
+        // From the view's creation on.
+        for check in checks.iter().filter(|_| i >= 2) {
+            let there = table(clustered.query(check).await.unwrap());
+            let here = table(alone.query(check).await.unwrap());
+            assert_eq!(there, here, "after {step}: {check}");
+        }
+    }
+    // The last refresh replaced the quarantine: its rows are the full refresh's.
+    assert_eq!(count(&clustered, checks[2]).await, 1);
+    assert_eq!(
+        count(&clustered, "SELECT count(*) FROM silver.r_quarantine").await,
+        9500 / 7
+    );
+}
