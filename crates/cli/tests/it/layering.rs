@@ -68,10 +68,13 @@ fn layer(name: &str) -> Option<u8> {
         // SQL-on-FHIR views pure (serde_json and the fhir_view() DataFusion function): beside
         // the lowest services.
         "medlake-auth" | "medlake-lake" | "medlake-deid" | "medlake-hl7" | "medlake-dicom"
-        | "medlake-fhir" | "medlake-cluster" => 1,
+        | "medlake-fhir" => 1,
         // The audit log writes through the lake, beside the source contract.
         "medlake-source" | "medlake-sources" | "medlake-audit" => 2,
         n if n.starts_with("medlake-source-") => 3,
+        // Ballista: external tables reopen on executors through the source contract, so the
+        // cluster sits beside the connectors (and never sees one: they come as a registry).
+        "medlake-cluster" => 3,
         // Alert rules and their delivery beside the views: the engine evaluates them.
         "medlake-views" | "medlake-alerts" => 4,
         "medlake-engine" => 5,
@@ -107,11 +110,13 @@ fn crates_depend_only_on_lower_layers() {
 #[test]
 fn views_never_see_a_connector_and_connectors_never_see_each_other() {
     let graph = graph();
-    let views = &graph["medlake-views"];
-    assert!(
-        !views.iter().any(|d| d.starts_with("medlake-source-")),
-        "medlake-views must receive connectors as a registry: {views:?}"
-    );
+    for receiver in ["medlake-views", "medlake-cluster"] {
+        let deps = &graph[receiver];
+        assert!(
+            !deps.iter().any(|d| d.starts_with("medlake-source-")),
+            "{receiver} must receive connectors as a registry: {deps:?}"
+        );
+    }
     for (name, deps) in graph
         .iter()
         .filter(|(n, _)| n.starts_with("medlake-source-"))
