@@ -408,9 +408,16 @@ def test_executors_scan_external_tables_with_their_own_config(cluster, tmp_path)
         lines = "".join(f"{f * 100 + i},{i % 3 + 1}\n" for i in range(100))
         (landing / "batch" / f"{f}.csv").write_text("seq,patient_id\n" + lines)
         (landing / "other" / f"{f}.csv").write_text("seq,patient_id\n" + lines)
-    sources = f'[sources]\nallowed_paths = ["{landing / "batch"}"]\n'
+    # The executors' own cluster key lies in a folder their [sources] allows: still refused.
+    keys = landing / "keys"
+    keys.mkdir()
+    env = dict(cluster["env"])
+    for var, name in [("MEDLAKE_CLUSTER_CA", "ca.crt"), ("MEDLAKE_CLUSTER_CERT", "member.crt"),
+                      ("MEDLAKE_CLUSTER_KEY", "member.key")]:
+        (keys / name).write_bytes(open(env[var], "rb").read())
+        env[var] = str(keys / name)
+    sources = f'[sources]\nallowed_paths = ["{landing / "batch"}", "{keys}"]\n'
     (tmp_path / "executors.toml").write_text(sources)
-    env = cluster["env"]
     members = []
     try:
         scheduler = Member(tmp_path, "scheduler", ["scheduler", "--bind", "127.0.0.1:0"], env,
@@ -428,7 +435,8 @@ def test_executors_scan_external_tables_with_their_own_config(cluster, tmp_path)
                      seed=SEED[:2],
                      args=["--cluster", address, "--cluster-sources", "executors"],
                      env=dict({"P_C_ADMIN": PASSWORDS["admin"], "P_C_ANN": PASSWORDS["ann"]},
-                              **{k: v for k, v in env.items() if k.startswith("MEDLAKE_CLUSTER")}))
+                              **{k: v for k, v in cluster["env"].items()
+                                 if k.startswith("MEDLAKE_CLUSTER")}))
         try:
             sql = ("SELECT p.ward, count(*) AS n, sum(b.seq) AS s FROM landing.{t} b "
                    "JOIN silver.patients p ON p.patient_id = b.patient_id "
@@ -450,6 +458,15 @@ def test_executors_scan_external_tables_with_their_own_config(cluster, tmp_path)
                 rows(srv, "admin", sql.format(t="other"))
             note("refused on the executors", str(refused.value))
             assert "refused" in str(refused.value).lower(), str(refused.value)
+            with contextlib.closing(pg_connect(srv, USERS["admin"])) as conn:
+                with conn.cursor() as cur:
+                    cur.execute(f"CREATE EXTERNAL TABLE landing.keys STORED AS BINARYFILE "
+                                f"LOCATION 'file://{keys}/'")
+            with pytest.raises(Exception) as forbidden:
+                rows(srv, "admin", "SELECT path, length(content) FROM landing.keys")
+            note("the executors' key folder", str(forbidden.value))
+            assert "refused" in str(forbidden.value).lower(), str(forbidden.value)
+            assert "PRIVATE KEY" not in str(forbidden.value)
         finally:
             srv.stop()
     finally:

@@ -226,7 +226,27 @@ pub async fn executor(args: ExecutorArgs) -> Result<(), Failure> {
     let sources = match &args.config {
         Some(path) => {
             let config = crate::config::Config::load(path).map_err(Failure::Usage)?;
-            let policy = config.source_policy().map_err(Failure::Usage)?;
+            let mut policy = config.source_policy().map_err(Failure::Usage)?;
+            // As a server's: never the warehouse, nor this executor's own files (other jobs'
+            // shuffles, its cluster key), whatever a table's location says.
+            policy.warehouse = root.clone();
+            if let Some(folder) = root.as_ref().and_then(|u| u.to_file_path().ok()) {
+                policy.forbidden_paths.push(folder);
+            }
+            policy
+                .forbidden_paths
+                .push(std::path::absolute(&work_dir).unwrap_or_else(|_| work_dir.clone()));
+            for file in [&args.tls.ca, &args.tls.cert, &args.tls.key]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(folder) = std::path::absolute(file)
+                    .ok()
+                    .and_then(|f| f.parent().map(Into::into))
+                {
+                    policy.forbidden_paths.push(folder);
+                }
+            }
             Some(medlake_cluster::Sources {
                 registry: std::sync::Arc::new(crate::connectors::registry()),
                 policy: std::sync::Arc::new(policy),

@@ -332,13 +332,14 @@ impl ExecutionPlan for ExternalScanExec {
         let sources = self.sources.clone();
         let planned = self.planned.clone();
         let partitions = self.partitions;
+        let ordered = self.properties.output_ordering().is_some();
         let tokens = self.tokens.clone();
         let stream = futures::stream::once(async move {
-            let owned = crate::slice::owned(&tokens, partition, ctx.clone()).await?;
+            let owned = crate::slice::owned(&tokens, partition, partitions, ctx.clone()).await?;
             let plan = planned
                 .get_or_try_init(|| plan_here(&scan, sources.as_deref(), &ctx))
                 .await?;
-            crate::scan::parts_of(plan, &owned, partitions, false, ctx)
+            crate::scan::parts_of(plan, &owned, partitions, ordered, ctx)
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(

@@ -400,7 +400,7 @@ impl ExecutionPlan for LakeScanExec {
         let ordered = self.properties.output_ordering().is_some();
         let tokens = self.tokens.clone();
         let stream = futures::stream::once(async move {
-            let owned = crate::slice::owned(&tokens, partition, ctx.clone()).await?;
+            let owned = crate::slice::owned(&tokens, partition, partitions, ctx.clone()).await?;
             let plan = planned.get_or_try_init(|| plan_here(&scan, &ctx)).await?;
             parts_of(plan, &owned, partitions, ordered, ctx)
         })

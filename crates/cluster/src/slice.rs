@@ -18,7 +18,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::physical_plan::{ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
+};
 use futures::TryStreamExt;
 
 /// A scan's tokens: `partitions` partitions, partition `i` one row holding `i`.
@@ -40,21 +42,37 @@ pub(crate) fn tokens(partitions: usize) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(tokens)
 }
 
-/// The scan partitions partition `k` of a scan over `tokens` reads.
+/// The scan partitions (of `partitions`) partition `k` of a scan over `tokens` reads. Tokens
+/// come from a peer: anything but one number below `partitions` per token, each once, is an
+/// error, never a panic or a partition read twice.
 pub(crate) async fn owned(
     tokens: &Arc<dyn ExecutionPlan>,
     k: usize,
+    partitions: usize,
     ctx: Arc<TaskContext>,
 ) -> Result<Vec<usize>> {
+    let bad = |what: &str| DataFusionError::Execution(format!("a scan's partition tokens: {what}"));
+    if k >= tokens.output_partitioning().partition_count() {
+        return Err(bad("no such partition"));
+    }
     let batches: Vec<RecordBatch> = tokens.execute(k, ctx)?.try_collect().await?;
     let mut owned = Vec::new();
     for batch in &batches {
-        let column = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<UInt32Array>()
-            .ok_or_else(|| DataFusionError::Internal("a scan's tokens are not numbers".into()))?;
-        owned.extend(column.values().iter().map(|&i| i as usize));
+        let column = match batch.columns() {
+            [column] => column.as_any().downcast_ref::<UInt32Array>(),
+            _ => None,
+        }
+        .ok_or_else(|| bad("not one column of numbers"))?;
+        if column.null_count() > 0 {
+            return Err(bad("a missing number"));
+        }
+        for &i in column.values() {
+            let i = i as usize;
+            if i >= partitions || owned.contains(&i) {
+                return Err(bad("a number out of range or repeated"));
+            }
+            owned.push(i);
+        }
     }
     Ok(owned)
 }

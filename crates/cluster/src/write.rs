@@ -291,7 +291,21 @@ pub fn written(batches: &[RecordBatch]) -> Result<Written> {
 
 impl DisplayAs for LakeWriteExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "LakeWriteExec")
+        write!(f, "LakeWriteExec")?;
+        if let Some(c) = &self.checking {
+            let rules: Vec<String> = c
+                .rules
+                .iter()
+                .map(|r| format!("{} {:?} {}", r.name, r.action, r.predicate))
+                .collect();
+            write!(
+                f,
+                ": checks=[{}], quarantine={}",
+                rules.join("; "),
+                c.quarantine.is_some()
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -113,6 +113,126 @@ async fn each_partition_of_a_delta_scan_is_read_once_whatever_the_tasks() {
     }
 }
 
+/// A write that checks expectations crosses the codec with its rules (names, actions,
+/// predicates), and the decoded write checks the rows as the server would: kept rows written,
+/// the counts in its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checking_write_round_trips_through_the_codec_and_counts_what_it_dropped() {
+    use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+    use datafusion::scalar::ScalarValue;
+    use datafusion_proto::physical_plan::AsExecutionPlan;
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+    use medlake_cluster::checks::{Action, Rule};
+    use medlake_cluster::{Checking, Codec};
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = warehouse(dir.path()).await;
+    let ctx = context(&warehouse).await;
+    warehouse.create_schema("silver", true).await.unwrap();
+    let target = TableName::new("silver", "checked").unwrap();
+    let first = ctx
+        .sql("SELECT * FROM readings WHERE seq = 1")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    warehouse.append_batches(&target, first).await.unwrap();
+    let elsewhere = warehouse
+        .write_elsewhere(&target, &CommitOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    // The rows as an in-memory scan (which crosses as data).
+    let rows = ctx
+        .sql("SELECT * FROM readings")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let schema = rows[0].schema();
+    let query: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
+        datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &[rows],
+            schema.clone(),
+            None,
+        )
+        .unwrap();
+    let compare = |column: &str,
+                   op,
+                   value: ScalarValue|
+     -> Arc<dyn datafusion::physical_expr::PhysicalExpr> {
+        let index = schema.index_of(column).unwrap();
+        Arc::new(BinaryExpr::new(
+            Arc::new(Column::new(column, index)),
+            op,
+            Arc::new(Literal::new(value)),
+        ))
+    };
+    use datafusion::logical_expr::Operator;
+    let rules = vec![
+        Rule {
+            name: "late".into(),
+            action: Action::Drop,
+            predicate: compare("seq", Operator::GtEq, ScalarValue::Int64(Some(1000))),
+        },
+        Rule {
+            name: "low".into(),
+            action: Action::Keep,
+            predicate: compare("value", Operator::Lt, ScalarValue::Float64(Some(1000.0))),
+        },
+    ];
+    let write: Arc<dyn datafusion::physical_plan::ExecutionPlan> = Arc::new(
+        LakeWriteExec::new(
+            query,
+            Target {
+                table: elsewhere.table,
+                row_group_rows: elsewhere.row_group_rows,
+                page_rows: elsewhere.page_rows,
+                file_size: elsewhere.file_size,
+            },
+        )
+        .checking(Checking {
+            rules,
+            refresh_id: "r1".into(),
+            quarantine: None,
+        }),
+    );
+    let codec = Codec::new(functions());
+    let bytes = PhysicalPlanNode::try_from_physical_plan(write.clone(), &codec)
+        .unwrap()
+        .encode_to_vec();
+    let executor = SessionContext::new_with_state(functions().state());
+    let decoded = PhysicalPlanNode::decode(bytes.as_slice())
+        .unwrap()
+        .try_into_physical_plan(&executor.task_ctx(), &codec)
+        .unwrap();
+    let shown = |p: &Arc<dyn datafusion::physical_plan::ExecutionPlan>| {
+        datafusion::physical_plan::displayable(p.as_ref())
+            .indent(false)
+            .to_string()
+    };
+    assert_eq!(shown(&decoded), shown(&write));
+    assert!(
+        shown(&decoded).contains("late Drop seq@1 >= 1000"),
+        "{}",
+        shown(&decoded)
+    );
+    let rows = datafusion::physical_plan::collect(decoded, ctx.task_ctx())
+        .await
+        .unwrap();
+    let written = medlake_cluster::write::written(&rows).unwrap();
+    // 3,000 rows checked; "late" (seq >= 1000) drops seq 0..999; "low" (value = seq / 2 <
+    // 1000) only counts seq 2000..2999.
+    assert_eq!(
+        (written.checked, written.rows, written.violations.clone()),
+        (3000, 2000, vec![1000, 1000])
+    );
+    assert!(written.quarantined.is_empty());
+}
+
 /// `is_member(role)` as a server registers it: an identity the executors cannot know.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct IsMember(Signature);

@@ -469,7 +469,7 @@ impl Shared {
                 message: format!(
                     "{} of the {} file(s) the server listed while planning changed or went \
                      away before this scan; run the statement again",
-                    pinned.len() - files.len(),
+                    pinned.len().saturating_sub(files.len()),
                     pinned.len()
                 ),
             });

@@ -34,7 +34,7 @@ pub fn is_secret(key: &str) -> bool {
 }
 
 /// A table's folder in its object store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Place {
     /// The location as written, with a trailing `/` (no secret: LOCATION may not hold one).
     pub location: String,
@@ -48,6 +48,17 @@ pub struct Place {
     /// When LOCATION names one file: its name in the folder (`location`, `prefix` are then
     /// the file's folder). The table is that file alone.
     pub file: Option<String>,
+}
+
+impl std::fmt::Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the resolved secrets it keeps to scrub messages with.
+        f.debug_struct("Place")
+            .field("location", &self.location)
+            .field("prefix", &self.prefix)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Parses LOCATION: a URL of [`SCHEMES`] naming a folder (or one file), or an absolute local

@@ -48,7 +48,6 @@ pub struct Reopen {
 }
 
 /// An opened external table: the connector's, whose providers are [`Portable`].
-#[derive(Debug)]
 pub(crate) struct Opened {
     pub(crate) definition: Definition,
     pub(crate) inner: Arc<dyn External>,
@@ -136,7 +135,6 @@ impl External for Opened {
 }
 
 /// The watermark side of an [`Opened`] table: its windows are [`Portable`] too.
-#[derive(Debug)]
 struct OpenedMarked {
     opened: Arc<Opened>,
     marked: Arc<dyn Watermarked>,
@@ -171,7 +169,7 @@ impl Watermarked for OpenedMarked {
 
 /// An external table's provider that another process can open again ([`Self::reopen`]); it
 /// scans as the connector's provider does.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Portable {
     reopen: Reopen,
     external: Arc<dyn External>,
@@ -240,5 +238,33 @@ impl TableProvider for Portable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         self.provider.scan(state, projection, filters, limit).await
+    }
+}
+
+// What these show: the kind and the rows, never the connector's state (which may hold a
+// resolved secret) nor the definition's options.
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("kind", &self.definition.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OpenedMarked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedMarked")
+            .field("kind", &self.opened.definition.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Portable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Portable")
+            .field("kind", &self.reopen.definition.kind)
+            .field("rows", &self.reopen.rows)
+            .field("pinned", &self.reopen.pin.is_some())
+            .finish_non_exhaustive()
     }
 }
