@@ -184,6 +184,8 @@ pub struct Cluster {
     /// Until when the scheduler is taken as unreachable (its last connection failed): plans
     /// run on the server meanwhile instead of each waiting for a connection to fail.
     down_until: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Jobs the scheduler accepted from this server (and its clones).
+    submitted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long a scheduler that could not be reached is left alone.
@@ -225,6 +227,7 @@ impl Cluster {
             session_id: uuid::Uuid::new_v4().to_string(),
             externals: false,
             down_until: Arc::default(),
+            submitted: Arc::default(),
         })
     }
 
@@ -234,6 +237,11 @@ impl Cluster {
     pub fn with_external_tables(mut self, on_executors: bool) -> Self {
         self.externals = on_executors;
         self
+    }
+
+    /// How many jobs the scheduler accepted from this server (and its clones) so far.
+    pub fn jobs_submitted(&self) -> u64 {
+        self.submitted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The scheduler's address (`https://host:port`).
@@ -347,6 +355,10 @@ impl Cluster {
             }
             submitted => {
                 *down() = None;
+                if submitted.is_ok() {
+                    self.submitted
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(submitted.map_err(cluster_error))
             }
         }

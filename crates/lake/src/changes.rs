@@ -12,8 +12,13 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use datafusion::catalog::TableProvider;
-use deltalake::delta_datafusion::DeltaCdfTableProvider;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::{ViewTable, provider_as_source, source_as_provider};
+use datafusion::logical_expr::LogicalPlanBuilder;
+use deltalake::delta_datafusion::{DeltaCdfTableProvider, DeltaScanNext as DeltaScan};
 use serde_json::Value;
 
 use crate::warehouse::{TableName, TimeTravel, Warehouse};
@@ -42,6 +47,9 @@ pub struct Span {
     /// change files written). When not, the range only appended: its rows are those of
     /// `added`.
     pub rewrote: bool,
+    /// Files of `added` a compaction (`dataChange: false`) removed since, with the version of
+    /// that compaction: the last snapshot holding each is the one before.
+    pub compacted: std::collections::BTreeMap<String, u64>,
 }
 
 impl Warehouse {
@@ -61,7 +69,7 @@ impl Warehouse {
             )));
         }
         let mut span = Span::default();
-        let mut compacted = std::collections::HashSet::new();
+        let mut compacted = std::collections::HashMap::new();
         for version in from + 1..=to {
             let Some(actions) = self.commit_actions(name, version).await? else {
                 return Ok(Err(format!(
@@ -95,7 +103,7 @@ impl Warehouse {
                 } else if let Some(remove) = action.get("remove") {
                     if remove.get("dataChange").and_then(Value::as_bool) == Some(false) {
                         if let Some(path) = remove.get("path").and_then(Value::as_str) {
-                            compacted.insert(path.to_string());
+                            compacted.insert(path.to_string(), version);
                         }
                     } else {
                         span.rewrote = true;
@@ -112,7 +120,12 @@ impl Warehouse {
         // A file the range added and a compaction (OPTIMIZE, automatic or not) removed since
         // is no longer in the table's snapshot, but its rows are still read from it by path
         // until VACUUM deletes it (after the table's retention, 7 days by default).
-        for path in span.added.iter().filter(|f| compacted.contains(*f)) {
+        span.compacted = span
+            .added
+            .iter()
+            .filter_map(|f| Some((f.clone(), *compacted.get(f)?)))
+            .collect();
+        for path in span.compacted.keys() {
             let relative = object_store::path::Path::from_url_path(path)
                 .map_err(|e| Error::Internal(format!("{name}: data file path {path}: {e}")))?;
             let file: object_store::path::Path = self
@@ -315,6 +328,53 @@ impl Warehouse {
             deleted.push(relative);
         }
         Ok(deleted)
+    }
+
+    /// The rows of the data files `span` added to `name`, as a table with `now`'s columns:
+    /// `now` (the table's provider at the span's last version) limited to those files
+    /// (deltalake's file selection, so the rows are read as any scan of the table reads them,
+    /// and the scan crosses to a cluster as plain data); files a compaction removed since are
+    /// read from the last snapshot that held them.
+    pub async fn added_rows(
+        &self,
+        name: &TableName,
+        span: &Span,
+        now: &Arc<dyn TableProvider>,
+    ) -> Result<Arc<dyn TableProvider>> {
+        if span.added.is_empty() {
+            return Ok(Arc::new(EmptyTable::new(now.schema())));
+        }
+        // The files of each snapshot: `None` is `now`'s.
+        let mut by_snapshot: BTreeMap<Option<u64>, Vec<&String>> = BTreeMap::new();
+        for path in &span.added {
+            let holder = span.compacted.get(path).map(|v| v.saturating_sub(1));
+            by_snapshot.entry(holder).or_default().push(path);
+        }
+        let not_delta = || Error::Internal(format!("{name} is not read through deltalake's scan"));
+        let mut scans = Vec::new();
+        for (holder, files) in by_snapshot {
+            let provider = match holder {
+                None => now.clone(),
+                Some(version) => {
+                    self.table_provider(name, Some(&TimeTravel::Version(version)))
+                        .await?
+                        .0
+                }
+            };
+            let delta = provider.downcast_ref::<DeltaScan>().ok_or_else(not_delta)?;
+            let selected = delta.clone().with_file_paths(files.into_iter().cloned());
+            scans.push(provider_as_source(Arc::new(selected)));
+        }
+        let mut scans = scans.into_iter();
+        let first = scans.next().ok_or_else(not_delta)?;
+        if scans.len() == 0 {
+            return Ok(source_as_provider(&first)?);
+        }
+        let mut plan = LogicalPlanBuilder::scan("added", first, None)?;
+        for scan in scans {
+            plan = plan.union(LogicalPlanBuilder::scan("added", scan, None)?.build()?)?;
+        }
+        Ok(Arc::new(ViewTable::new(plan.build()?, None)))
     }
 
     /// The rows `name` gained and lost in versions `from` to `to` (both included), as a table

@@ -19,11 +19,6 @@ use datafusion::catalog::{
     SchemaProvider, TableProvider,
 };
 use datafusion::common::{DFSchema, ScalarValue, TableReference};
-use datafusion::datasource::empty::EmptyTable;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionContext, SessionState};
@@ -1644,7 +1639,16 @@ impl Views {
                         .map_err(|e| full(format!("cannot read the changes of {table}: {e}")))?;
                     (inserted, Some(removed))
                 } else {
-                    (self.appended_rows(table, &span.added, pinned)?, None)
+                    let now = pinned
+                        .inputs
+                        .get(table)
+                        .map(|(_, provider, _)| provider)
+                        .ok_or_else(|| format!("{table} is not pinned"))?;
+                    let added = warehouse
+                        .added_rows(table, &span, now)
+                        .await
+                        .map_err(|e| full(format!("cannot read the rows added to {table}: {e}")))?;
+                    (added, None)
                 };
                 let old = if with_old {
                     let (old, _) = warehouse
@@ -2185,45 +2189,6 @@ impl Views {
             .table_provider(step.name, Some(&TimeTravel::Version(step.view.version)))
             .await?;
         Ok(provider_as_source(current))
-    }
-
-    /// The rows of the data files `files` of `table` (what a range of appends added), as a
-    /// table with the input's columns.
-    fn appended_rows(
-        &self,
-        table: &TableName,
-        files: &[String],
-        pinned: &Pinned,
-    ) -> std::result::Result<Arc<dyn TableProvider>, String> {
-        let schema = pinned
-            .inputs
-            .get(table)
-            .map(|(_, provider, _)| provider.schema())
-            .ok_or_else(|| format!("{table} is not pinned"))?;
-        if files.is_empty() {
-            return Ok(Arc::new(EmptyTable::new(schema)));
-        }
-        let table_url = self
-            .inner
-            .warehouse
-            .table_url(table)
-            .map_err(|e| e.to_string())?;
-        let urls = files
-            .iter()
-            .map(|path| {
-                table_url
-                    .join(path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|url| ListingTableUrl::parse(url.as_str()).map_err(|e| e.to_string()))
-            })
-            .collect::<std::result::Result<Vec<_>, String>>()?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(schema);
-        let table = ListingTable::try_new(config).map_err(|e| e.to_string())?;
-        Ok(Arc::new(table))
     }
 
     /// Writes the outcome to `system.refreshes` (and its expectation counts to

@@ -959,3 +959,95 @@ async fn expectations_hold_when_the_executors_write_a_refresh() {
         9500 / 7
     );
 }
+
+/// An incremental refresh on a cluster: the rows the inputs' new commits added are read by
+/// the executors (a Delta scan limited to the added files, also across a compaction that
+/// removed some of them since), and the views hold the rows of the same views refreshed on
+/// one server, each refresh incremental in both and one commit each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn incremental_refreshes_run_on_the_cluster() {
+    let functions = medlake_cluster::Functions::new(medlake_engine::cluster_functions());
+    let members = medlake_cluster::testing::LocalCluster::start(2, functions.clone()).await;
+    let client = members.client(functions);
+    let dir = tempfile::tempdir().unwrap();
+    let clustered = Engine::builder(dir.path().join("a").to_str().unwrap())
+        .cluster(client.clone())
+        .open()
+        .await
+        .unwrap();
+    let alone = Engine::open(dir.path().join("b").to_str().unwrap())
+        .await
+        .unwrap();
+    let rows = |from: u32, to: u32| {
+        format!(
+            "INSERT INTO bronze.r SELECT v, CAST(v % 300 AS DOUBLE), \
+             CASE WHEN v % 3 = 0 THEN 'icu' ELSE 'ward' END FROM generate_series({from}, {to}) AS s(v)"
+        )
+    };
+    for step in [
+        "CREATE TABLE bronze.r (id BIGINT, hr DOUBLE, ward VARCHAR)".to_string(),
+        rows(1, 4000),
+        "CREATE MATERIALIZED VIEW silver.r AS SELECT id, hr * 2 AS hr2, ward FROM bronze.r \
+         WHERE hr > 10"
+            .to_string(),
+        "CREATE MATERIALIZED VIEW gold.w AS SELECT ward, count(*) AS n, sum(hr) AS s, \
+         max(hr) AS peak FROM bronze.r GROUP BY ward"
+            .to_string(),
+    ] {
+        clustered.sql(&step).await.unwrap();
+        alone.sql(&step).await.unwrap();
+    }
+    let checks = [
+        "SELECT count(*), sum(id), sum(hr2), count(DISTINCT ward) FROM silver.r",
+        "SELECT ward, n, s, peak FROM gold.w ORDER BY ward",
+    ];
+    let table = |batches: Vec<RecordBatch>| {
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    };
+    // Appends; then appends a compaction removes before the refresh reads them.
+    let rounds: [&[String]; 2] = [
+        &[rows(4001, 6000), rows(6001, 6500)],
+        &[
+            rows(6501, 7000),
+            rows(7001, 9000),
+            "OPTIMIZE bronze.r".to_string(),
+        ],
+    ];
+    for (round, steps) in rounds.iter().enumerate() {
+        for step in steps.iter() {
+            clustered.sql(step).await.unwrap();
+            alone.sql(step).await.unwrap();
+        }
+        for view in ["silver.r", "gold.w"] {
+            let before = client.jobs_submitted();
+            let refresh = format!("REFRESH MATERIALIZED VIEW {view}");
+            clustered.sql(&refresh).await.unwrap();
+            alone.sql(&refresh).await.unwrap();
+            assert!(
+                client.jobs_submitted() > before,
+                "round {round}: the incremental refresh of {view} did not run on the cluster"
+            );
+            let mode = format!(
+                "SELECT mode, reason FROM system.refreshes WHERE view = '{view}' \
+                 ORDER BY started DESC LIMIT 1"
+            );
+            let there = table(clustered.query(&mode).await.unwrap());
+            assert!(
+                there.contains("incremental"),
+                "round {round}, {view}: {there}"
+            );
+            assert_eq!(there, table(alone.query(&mode).await.unwrap()));
+        }
+        for check in checks {
+            let there = table(clustered.query(check).await.unwrap());
+            let here = table(alone.query(check).await.unwrap());
+            assert_eq!(there, here, "round {round}: {check}");
+        }
+    }
+    assert_eq!(
+        count(&clustered, "SELECT count(*) FROM silver.r").await,
+        8670
+    );
+}
