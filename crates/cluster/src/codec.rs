@@ -5,7 +5,8 @@
 //! node's bytes start with a tag saying whose node follows.
 //!
 //! What may cross: Delta scans ([`LakeScanExec`]), external-table scans made to be planned
-//! again by an executor with its own connectors and secrets ([`ExternalScanExec`]), data files
+//! again by an executor with its own connectors and secrets ([`ExternalScanExec`]), a Delta
+//! table's change feed over a range of versions ([`ChangesScanExec`]), data files
 //! written into a Delta table's folder ([`LakeWriteExec`]: the commit stays on the server),
 //! DataFusion's own nodes (encoded by datafusion-proto), Ballista's, and functions the
 //! executors also have ([`Functions`]). Anything else is refused when the server encodes the
@@ -25,6 +26,7 @@ use datafusion::logical_expr::registry::FunctionRegistry;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
+use crate::changes::ChangesScanExec;
 use crate::external::{ExternalScanExec, Sources};
 use crate::scan::LakeScanExec;
 use crate::write::LakeWriteExec;
@@ -33,6 +35,7 @@ const BALLISTA: u8 = 0;
 const LAKE_SCAN: u8 = 1;
 const LAKE_WRITE: u8 = 2;
 const EXTERNAL_SCAN: u8 = 3;
+const CHANGES_SCAN: u8 = 4;
 
 /// Functions that give the same answer wherever they run: never one holding a session's
 /// identity or a secret. Names a server registers under these names but with per-session
@@ -146,6 +149,9 @@ impl PhysicalExtensionCodec for Codec {
                 ctx,
                 self.sources.clone(),
             )?)),
+            Some((&CHANGES_SCAN, rest)) => {
+                Ok(Arc::new(ChangesScanExec::decode(rest, inputs, ctx)?))
+            }
             Some((&BALLISTA, rest)) => self.ballista.try_decode(rest, inputs, ctx, converter),
             _ => Err(DataFusionError::Internal(
                 "an extension node of a kind this medlake does not know (a different version?)"
@@ -166,6 +172,10 @@ impl PhysicalExtensionCodec for Codec {
         }
         if let Some(scan) = node.downcast_ref::<ExternalScanExec>() {
             buf.push(EXTERNAL_SCAN);
+            return scan.encode(buf);
+        }
+        if let Some(scan) = node.downcast_ref::<ChangesScanExec>() {
+            buf.push(CHANGES_SCAN);
             return scan.encode(buf);
         }
         if let Some(write) = node.downcast_ref::<LakeWriteExec>() {

@@ -163,25 +163,19 @@ impl fmt::Debug for ExternalScanExec {
 impl ExternalScanExec {
     /// The scan's wire form.
     pub(crate) fn encode(&self, buf: &mut Vec<u8>) -> Result<()> {
-        use base64::Engine as _;
         let filters = self
             .scan
             .filters
             .iter()
             .map(|f| f.to_bytes().map(|b| b.to_vec()))
             .collect::<Result<Vec<_>>>()?;
-        let schema = arrow_flight::IpcMessage::try_from(arrow_flight::SchemaAsIpc::new(
-            &self.schema,
-            &Default::default(),
-        ))
-        .map_err(|e| DataFusionError::Internal(format!("encoding a scan's schema: {e}")))?;
         let wire = Wire {
             reopen: self.scan.reopen.clone(),
             projection: self.scan.projection.clone(),
             filters,
             limit: self.scan.limit,
             partitions: self.partitions,
-            schema: base64::engine::general_purpose::STANDARD.encode(&schema.0),
+            schema: schema_to_wire(&self.schema)?,
         };
         serde_json::to_writer(buf, &wire)
             .map_err(|e| DataFusionError::Internal(format!("encoding an external scan: {e}")))
@@ -195,7 +189,6 @@ impl ExternalScanExec {
         ctx: &TaskContext,
         sources: Option<Arc<Sources>>,
     ) -> Result<Self> {
-        use base64::Engine as _;
         let [tokens] = inputs else {
             return Err(DataFusionError::Internal(format!(
                 "an external scan has one input (its tokens), not {}",
@@ -209,13 +202,7 @@ impl ExternalScanExec {
             .iter()
             .map(|b| Expr::from_bytes_with_ctx(b, ctx))
             .collect::<Result<Vec<_>>>()?;
-        let ipc = base64::engine::general_purpose::STANDARD
-            .decode(&wire.schema)
-            .map_err(|e| DataFusionError::Internal(format!("decoding a scan's schema: {e}")))?;
-        let schema =
-            datafusion::arrow::datatypes::Schema::try_from(arrow_flight::IpcMessage(ipc.into()))
-                .map_err(|e| DataFusionError::Internal(format!("decoding a scan's schema: {e}")))?;
-        let schema = Arc::new(schema);
+        let schema = schema_from_wire(&wire.schema)?;
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(tokens.output_partitioning().partition_count()),
@@ -237,6 +224,31 @@ impl ExternalScanExec {
             tokens: tokens.clone(),
         })
     }
+}
+
+/// A scan's columns as they cross: an Arrow IPC schema message, base64.
+pub(crate) fn schema_to_wire(schema: &SchemaRef) -> Result<String> {
+    use base64::Engine as _;
+    let ipc = arrow_flight::IpcMessage::try_from(arrow_flight::SchemaAsIpc::new(
+        schema,
+        &Default::default(),
+    ))
+    .map_err(|e| DataFusionError::Internal(format!("encoding a scan's schema: {e}")))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(&ipc.0))
+}
+
+/// The columns [`schema_to_wire`] sent.
+pub(crate) fn schema_from_wire(wire: &str) -> Result<SchemaRef> {
+    use base64::Engine as _;
+    let bad =
+        |e: &dyn fmt::Display| DataFusionError::Internal(format!("decoding a scan's schema: {e}"));
+    let ipc = base64::engine::general_purpose::STANDARD
+        .decode(wire)
+        .map_err(|e| bad(&e))?;
+    let schema =
+        datafusion::arrow::datatypes::Schema::try_from(arrow_flight::IpcMessage(ipc.into()))
+            .map_err(|e| bad(&e))?;
+    Ok(Arc::new(schema))
 }
 
 /// Plans `scan` in this process: the table opened again through `sources`.

@@ -9,8 +9,9 @@
 //! names a role, peers without one are refused.
 //!
 //! **Plans.** An executor runs only plans a medlake server makes ([`GuardedEngine`]): Delta
-//! scans (the files a server's snapshot lists), DataFusion's operators over them, shuffles,
-//! and data files written into a Delta table's folder; never a file scan or a sink
+//! scans (the files a server's snapshot lists), a Delta table's change feed (under the
+//! executor's warehouse), DataFusion's operators over them, shuffles, and data files written
+//! into a Delta table's folder; never a file scan or a sink
 //! DataFusion decodes by itself (which would read or write any path the executor can).
 
 use std::sync::Arc;
@@ -181,26 +182,35 @@ impl ExecutionEngine for GuardedEngine {
     }
 }
 
-/// A Delta write of `plan` whose table is not under `warehouse`, named.
+/// A Delta write, or a change-feed read, of `plan` whose table is not under `warehouse`,
+/// named.
 pub fn outside(plan: &Arc<dyn ExecutionPlan>, warehouse: Option<&url::Url>) -> Option<String> {
     let warehouse = warehouse?;
     let root = warehouse.as_str().trim_end_matches('/');
+    // Parsed, so that `..` segments are resolved before the comparison.
+    let inside = |table: &str| {
+        url::Url::parse(table).is_ok_and(|url| {
+            url.as_str()
+                .strip_prefix(root)
+                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+        })
+    };
     let mut found = None;
     let _ = plan.apply(|node| {
-        if let Some(write) = node.downcast_ref::<crate::write::LakeWriteExec>() {
-            let table = write.target().table.as_str();
-            // Parsed, so that `..` segments are resolved before the comparison.
-            let inside = url::Url::parse(table).is_ok_and(|url| {
-                url.as_str()
-                    .strip_prefix(root)
-                    .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
-            });
-            if !inside {
-                found = Some("a Delta write outside this executor's warehouse".to_string());
-                return Ok(TreeNodeRecursion::Stop);
-            }
+        if let Some(write) = node.downcast_ref::<crate::write::LakeWriteExec>()
+            && !inside(write.target().table.as_str())
+        {
+            found = Some("a Delta write outside this executor's warehouse".to_string());
+        } else if let Some(changes) = node.downcast_ref::<crate::changes::ChangesScanExec>()
+            && !inside(changes.table().as_str())
+        {
+            found = Some("a change-feed read outside this executor's warehouse".to_string());
         }
-        Ok(TreeNodeRecursion::Continue)
+        Ok(if found.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
     });
     found
 }
@@ -260,6 +270,21 @@ mod tests {
         assert!(at("file:///data/wh").is_some());
         assert!(at("az://other/gold/v/").is_some());
         assert!(outside(&write("file:///anywhere/"), None).is_none());
+    }
+
+    #[test]
+    fn change_feeds_are_read_only_under_the_executors_warehouse() {
+        use crate::changes::ChangesScanExec;
+        let warehouse = url::Url::parse("file:///data/wh/").unwrap();
+        let at = |t: &str| {
+            let scan: Arc<dyn ExecutionPlan> =
+                Arc::new(ChangesScanExec::reading(url::Url::parse(t).unwrap()).unwrap());
+            outside(&scan, Some(&warehouse))
+        };
+        assert!(at("file:///data/wh/bronze/t/").is_none());
+        assert!(at("file:///data/wh/../secret/t/").is_some());
+        assert!(at("file:///data/other/t/").is_some());
+        assert!(at("az://lake/wh/bronze/t/").is_some());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! is mutual TLS with one cluster CA ([`ClusterTls`]), and a peer without a certificate from
 //! it is refused during the handshake.
 
+pub mod changes;
 pub mod checks;
 pub mod codec;
 pub mod executor;

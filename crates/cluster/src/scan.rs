@@ -36,7 +36,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+use crate::changes::{ChangesScanExec, ClusterChanges};
 use crate::external::{ClusterExternal, ExternalScanExec, Externals};
+use medlake_lake::ChangeFeed;
 use medlake_source::Portable;
 
 /// `plan` with every Delta table scan able to cross the wire ([`ClusterTable`]), and the
@@ -55,6 +57,8 @@ pub fn distributable(plan: LogicalPlan, externals: Externals) -> Result<LogicalP
                 Arc::new(ClusterTable {
                     delta: Arc::new(delta.clone()),
                 })
+            } else if let Some(feed) = provider.downcast_ref::<ChangeFeed>() {
+                Arc::new(ClusterChanges::new(feed, provider.clone()))
             } else if let Some(portable) = provider.downcast_ref::<Portable>()
                 && match externals {
                     Externals::Here => false,
@@ -82,6 +86,7 @@ pub fn distributable(plan: LogicalPlan, externals: Externals) -> Result<LogicalP
 pub fn reads_tables(plan: &Arc<dyn ExecutionPlan>) -> bool {
     plan.downcast_ref::<LakeScanExec>().is_some()
         || plan.downcast_ref::<ExternalScanExec>().is_some()
+        || plan.downcast_ref::<ChangesScanExec>().is_some()
         || plan.children().into_iter().any(reads_tables)
 }
 

@@ -806,3 +806,50 @@ async fn a_partitioned_delta_table_reads_the_same_on_the_cluster() {
         );
     }
 }
+
+/// A Delta table's change feed (an append and a DELETE, read from their data files) crosses as
+/// its table and range of versions: the executors open the same feed from
+/// the table's log and give the rows the server reads; the plan names the change-feed scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_feed_is_read_by_the_executors_as_here() {
+    use datafusion::logical_expr::{col, lit};
+    let members = LocalCluster::start(2, functions()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = warehouse(dir.path()).await;
+    let ctx = context(&warehouse).await;
+    let name = TableName::new("bronze", "readings").unwrap();
+    let hide: medlake_lake::Hide = Arc::new(|s: &str| s.to_string());
+    let writer = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+        .with_query_planner(medlake_lake::delta_query_planner())
+        .build();
+    let deleted = warehouse
+        .delete_rows(
+            &name,
+            Some((col("seq") % lit(10i64)).eq(lit(0i64))),
+            Arc::new(writer),
+            hide,
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows, 300);
+    let latest = *warehouse.versions(&name).await.unwrap().last().unwrap();
+    let feed = warehouse.changes(&name, 2, latest).await.unwrap();
+    ctx.register_table("feed", feed).unwrap();
+    let cluster = members.client(functions());
+    let sql = "SELECT _change_type, count(*) AS n, sum(seq) AS s FROM feed \
+               GROUP BY _change_type ORDER BY _change_type";
+    let expected = here(&ctx, sql).await;
+    // The table has no change data feed: the DELETE reads as its rewritten files' rows
+    // deleted (3000) and their kept rows inserted again (2700), beside version 2's append.
+    assert!(expected.contains("| delete       | 3000 |"), "{expected}");
+    assert!(expected.contains("| insert       | 3700 |"), "{expected}");
+    let plan = ctx.sql(sql).await.unwrap().into_unoptimized_plan();
+    let physical = cluster.plan(&ctx.state(), plan).await.unwrap();
+    let shown = datafusion::physical_plan::displayable(physical.as_ref())
+        .indent(false)
+        .to_string();
+    assert!(shown.contains("ChangesScanExec"), "{shown}");
+    for _ in 0..3 {
+        assert_eq!(there(&ctx, &cluster, sql).await, expected);
+    }
+}

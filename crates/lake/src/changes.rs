@@ -20,6 +20,7 @@ use datafusion::datasource::{ViewTable, provider_as_source, source_as_provider};
 use datafusion::logical_expr::LogicalPlanBuilder;
 use deltalake::delta_datafusion::{DeltaCdfTableProvider, DeltaScanNext as DeltaScan};
 use serde_json::Value;
+use url::Url;
 
 use crate::warehouse::{TableName, TimeTravel, Warehouse};
 use crate::{Error, Result};
@@ -389,12 +390,87 @@ impl Warehouse {
         let table = self
             .open_table_as_of(name, Some(&TimeTravel::Version(to)))
             .await?;
+        let feed = ChangeFeed::of(table, self.table_url(name)?, from, to)
+            .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
+        Ok(Arc::new(feed))
+    }
+}
+
+/// A table's change data feed over a range of versions (what [`Warehouse::changes`] gives):
+/// deltalake's provider, and what it was opened from, so that another process (a cluster's
+/// executor) can open the same feed again ([`ChangeFeed::open`]).
+#[derive(Debug)]
+pub struct ChangeFeed {
+    table: Url,
+    from: u64,
+    to: u64,
+    inner: DeltaCdfTableProvider,
+}
+
+impl ChangeFeed {
+    fn of(
+        table: deltalake::DeltaTable,
+        url: Url,
+        from: u64,
+        to: u64,
+    ) -> deltalake::DeltaResult<Self> {
         let builder = table
             .scan_cdf()
             .with_starting_version(from)
             .with_ending_version(to);
-        let provider = DeltaCdfTableProvider::try_new(builder)
-            .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
-        Ok(Arc::new(provider))
+        Ok(Self {
+            table: url,
+            from,
+            to,
+            inner: DeltaCdfTableProvider::try_new(builder)?,
+        })
+    }
+
+    /// The feed of the Delta table at `table` from version `from` to `to`, read through this
+    /// process's object stores.
+    pub async fn open(table: &Url, from: u64, to: u64) -> deltalake::DeltaResult<Self> {
+        let loaded = deltalake::DeltaTableBuilder::from_url(table.clone())?
+            .with_version(to)
+            .load()
+            .await?;
+        Self::of(loaded, table.clone(), from, to)
+    }
+
+    /// The table's location.
+    pub fn table(&self) -> &Url {
+        &self.table
+    }
+
+    /// The first and last version of the range (both included).
+    pub fn versions(&self) -> (u64, u64) {
+        (self.from, self.to)
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for ChangeFeed {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::logical_expr::Expr],
+    ) -> datafusion::error::Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
     }
 }

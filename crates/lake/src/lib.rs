@@ -28,7 +28,7 @@ mod warehouse;
 mod written;
 
 pub use backup::TableRestored;
-pub use changes::Span;
+pub use changes::{ChangeFeed, Span};
 pub use clone::Cloned;
 pub use dml::{
     ChangeOutcome, Hide, MERGE_SOURCE, MERGE_TARGET, Merge, MergeAction, MergeClause, MergeWhen,

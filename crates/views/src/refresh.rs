@@ -801,6 +801,21 @@ impl Views {
         }
     }
 
+    /// Runs `plan` (a refresh's read of changes or of view rows, whose result is small) to its
+    /// schema and batches: on the cluster when there is one and the plan can cross, else here.
+    async fn collect_anywhere(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+        let physical = match self.on_cluster(ctx, plan).await? {
+            Some(remote) => remote,
+            None => ctx.state().create_physical_plan(plan).await?,
+        };
+        let schema = physical.schema();
+        Ok((schema, collect(physical, ctx.task_ctx()).await?))
+    }
+
     /// `CREATE [OR REPLACE] MATERIALIZED VIEW`: the view and its first rows in one commit.
     /// Returns `None` when the view existed and `IF NOT EXISTS` was given.
     pub async fn create(
@@ -1842,8 +1857,7 @@ impl Views {
                         .map(|delta| keyed.keys_of(delta))
                         .collect::<datafusion::error::Result<Vec<_>>>()?,
                 )?;
-                let physical = ctx.state().create_physical_plan(&keys_plan).await?;
-                let batches = collect(physical, ctx.task_ctx()).await?;
+                let (_, batches) = self.collect_anywhere(ctx, &keys_plan).await?;
                 let touched: usize = batches.iter().map(RecordBatch::num_rows).sum();
                 if touched > MAX_CHANGED_GROUPS {
                     let why = format!(
@@ -2094,8 +2108,7 @@ impl Views {
         let held = LogicalPlanBuilder::scan("current", held_source.clone(), None)?
             .filter(region.clone())?
             .build()?;
-        let physical = ctx.state().create_physical_plan(&held).await?;
-        let held = collect(physical, ctx.task_ctx()).await?;
+        let (_, held) = self.collect_anywhere(ctx, &held).await?;
         let rows = multiset::apply(&target, &held, &net, columns)?;
         let written = rows.num_rows();
         let table = datafusion::datasource::MemTable::try_new(target.clone(), vec![vec![rows]])?;
@@ -2142,9 +2155,7 @@ impl Views {
                 .union(weighted(minus, -1)?)?
                 .build()?,
         )?;
-        let physical = ctx.state().create_physical_plan(&net).await?;
-        let net_schema = physical.schema();
-        let net = collect(physical, ctx.task_ctx()).await?;
+        let (net_schema, net) = self.collect_anywhere(ctx, &net).await?;
         let columns = target.fields().len();
         // The gains, one row per copy, through the expectations; then netted again with the
         // losses.

@@ -962,8 +962,8 @@ async fn expectations_hold_when_the_executors_write_a_refresh() {
 
 /// An incremental refresh on a cluster: the rows the inputs' new commits added are read by
 /// the executors (a Delta scan limited to the added files, also across a compaction that
-/// removed some of them since), and the views hold the rows of the same views refreshed on
-/// one server, each refresh incremental in both and one commit each.
+/// removed some of them since; the change feed after a DELETE and an UPDATE), and the views
+/// hold the rows of the same views refreshed on one server, each refresh incremental in both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn incremental_refreshes_run_on_the_cluster() {
     let functions = medlake_cluster::Functions::new(medlake_engine::cluster_functions());
@@ -1006,13 +1006,18 @@ async fn incremental_refreshes_run_on_the_cluster() {
             .unwrap()
             .to_string()
     };
-    // Appends; then appends a compaction removes before the refresh reads them.
-    let rounds: [&[String]; 2] = [
+    // Appends; appends a compaction removes before the refresh reads them; a DELETE and an
+    // UPDATE (read from the change feed, on the executors too).
+    let rounds: [&[String]; 3] = [
         &[rows(4001, 6000), rows(6001, 6500)],
         &[
             rows(6501, 7000),
             rows(7001, 9000),
             "OPTIMIZE bronze.r".to_string(),
+        ],
+        &[
+            "DELETE FROM bronze.r WHERE id % 50 = 0".to_string(),
+            "UPDATE bronze.r SET hr = hr + 0.5, ward = 'hdu' WHERE id < 100".to_string(),
         ],
     ];
     for (round, steps) in rounds.iter().enumerate() {
@@ -1046,8 +1051,10 @@ async fn incremental_refreshes_run_on_the_cluster() {
             assert_eq!(there, here, "round {round}: {check}");
         }
     }
+    // Of 9000 rows, 330 had hr <= 10 (id 10 no longer: 10.5 after the UPDATE) and 150
+    // others were deleted.
     assert_eq!(
         count(&clustered, "SELECT count(*) FROM silver.r").await,
-        8670
+        8521
     );
 }
