@@ -809,7 +809,8 @@ async fn a_partitioned_delta_table_reads_the_same_on_the_cluster() {
 
 /// A Delta table's change feed (an append and a DELETE, read from their data files) crosses as
 /// its table and range of versions: the executors open the same feed from
-/// the table's log and give the rows the server reads; the plan names the change-feed scan.
+/// the table's log and give the rows the server reads; the plan names the change-feed scan and
+/// round-trips through the codec.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_change_feed_is_read_by_the_executors_as_here() {
     use datafusion::logical_expr::{col, lit};
@@ -849,6 +850,32 @@ async fn a_change_feed_is_read_by_the_executors_as_here() {
         .indent(false)
         .to_string();
     assert!(shown.contains("ChangesScanExec"), "{shown}");
+    // The codec round trip, decoded where no table is registered: the same plan and rows.
+    {
+        use datafusion_proto::physical_plan::AsExecutionPlan;
+        use datafusion_proto::protobuf::PhysicalPlanNode;
+        use prost::Message;
+        let codec = medlake_cluster::Codec::new(functions());
+        let bytes = PhysicalPlanNode::try_from_physical_plan(physical.clone(), &codec)
+            .unwrap()
+            .encode_to_vec();
+        let executor = SessionContext::new_with_state(functions().state());
+        let decoded = PhysicalPlanNode::decode(bytes.as_slice())
+            .unwrap()
+            .try_into_physical_plan(&executor.task_ctx(), &codec)
+            .unwrap();
+        let decoded_shown = datafusion::physical_plan::displayable(decoded.as_ref())
+            .indent(false)
+            .to_string();
+        assert_eq!(decoded_shown, shown);
+        let batches = datafusion::physical_plan::collect(decoded, executor.task_ctx())
+            .await
+            .unwrap();
+        assert_eq!(
+            pretty_format_batches(&batches).unwrap().to_string(),
+            expected
+        );
+    }
     for _ in 0..3 {
         assert_eq!(there(&ctx, &cluster, sql).await, expected);
     }
