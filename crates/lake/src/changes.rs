@@ -10,9 +10,8 @@
 //! larger one. Commits that move rows without changing them (OPTIMIZE: `dataChange: false`)
 //! yield nothing.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-use std::collections::BTreeMap;
 
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::empty::EmptyTable;
@@ -50,7 +49,7 @@ pub struct Span {
     pub rewrote: bool,
     /// Files of `added` a compaction (`dataChange: false`) removed since, with the version of
     /// that compaction: the last snapshot holding each is the one before.
-    pub compacted: std::collections::BTreeMap<String, u64>,
+    pub compacted: BTreeMap<String, u64>,
 }
 
 impl Warehouse {
@@ -70,7 +69,7 @@ impl Warehouse {
             )));
         }
         let mut span = Span::default();
-        let mut compacted = std::collections::HashMap::new();
+        let mut compacted = HashMap::new();
         for version in from + 1..=to {
             let Some(actions) = self.commit_actions(name, version).await? else {
                 return Ok(Err(format!(
