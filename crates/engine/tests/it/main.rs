@@ -73,6 +73,12 @@ async fn count(engine: &Engine, sql: &str) -> i64 {
 /// The row groups `SELECT count(*) FROM table WHERE predicate` reads, and how many there are
 /// (from EXPLAIN ANALYZE's `row_groups_pruned_statistics=N total → M matched`).
 async fn row_groups_read(engine: &Engine, table: &str, predicate: &str) -> (u64, u64) {
+    pruning(engine, table, predicate, "row_groups_pruned_statistics").await
+}
+
+/// A pruning metric of the Parquet scan of `SELECT count(*) FROM table WHERE predicate`
+/// (EXPLAIN ANALYZE): the units it matched and their total.
+async fn pruning(engine: &Engine, table: &str, predicate: &str, metric: &str) -> (u64, u64) {
     use arrow::array::Array as _;
     let sql = format!("EXPLAIN ANALYZE SELECT count(*) FROM {table} WHERE {predicate}");
     let batches = engine.query(&sql).await.expect("explain analyze");
@@ -87,11 +93,12 @@ async fn row_groups_read(engine: &Engine, table: &str, predicate: &str) -> (u64,
             text.push_str(plans.value(row));
         }
     }
+    let named = format!("{metric}=");
     let at = text
-        .find("row_groups_pruned_statistics=")
-        .unwrap_or_else(|| panic!("no row group pruning in\n{text}"));
+        .find(&named)
+        .unwrap_or_else(|| panic!("no {metric} in\n{text}"));
     let words: Vec<&str> = text[at..].split_whitespace().collect();
-    let total = words[0].trim_start_matches("row_groups_pruned_statistics=");
+    let total = words[0].trim_start_matches(&named);
     assert_eq!(words[1], "total", "{text}");
     let matched = words[3];
     (matched.parse().unwrap(), total.parse().unwrap())
