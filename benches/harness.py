@@ -3,6 +3,8 @@ build and machine facts recorded with each result, the result files, and the com
 command-line arguments. `run.py` and `medallion.py` both import it (neither imports the other
 for these)."""
 
+import csv
+import io
 import json
 import os
 import re
@@ -48,7 +50,8 @@ class Medlake:
         return times
 
     def rows(self, query):
-        return [line.split(",") for line in self.run(query, csv=True).splitlines()[1:]]
+        """The rows of `query` (its CSV output: fields with commas or quotes are quoted)."""
+        return list(csv.reader(io.StringIO(self.run(query, csv=True))))[1:]
 
 
 WORKLOADS = ["refresh", "medallion", "warehouse", "merge", "ingest", "serve", "dashboard", "spill",

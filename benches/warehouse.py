@@ -20,6 +20,9 @@ from pathlib import Path
 
 from harness import HERE, Medlake, build_of, load_average, sql_file, workload_parser, write_result
 
+# The views of sql/alerts/operations.sql: their queries read now() (the CLI test
+# every_view_refreshes_incrementally_after_one_percent_more_in_every_source skips them too).
+CLOCK_VIEWS = {"gold.silent_devices", "gold.unacknowledged_alarms"}
 FLOATS = {"double", "float", "real", "double precision", "float64", "float32"}
 
 
@@ -130,13 +133,19 @@ def measure(args, work):
     # everywhere: counted apart, not a failure.
     auto_full = sorted({v for v, m, _, why in incremental
                         if m != "incremental" and "so REFRESH POLICY AUTO recomputes the view" in why})
-    full_views = sorted({v for v, m, _, _ in incremental if m != "incremental"} - set(auto_full))
+    # A view whose query reads the clock (now(): sql/alerts/operations.sql) is recomputed at
+    # every refresh, and a FULL refresh a moment later may rightly hold other rows: neither
+    # counted as not incremental nor compared.
+    clock = sorted({v for v, _, _, why in incremental if "changes over time" in why
+                    or v in CLOCK_VIEWS})
+    full_views = sorted({v for v, m, _, _ in incremental if m != "incremental"}
+                        - set(auto_full) - set(clock))
     versions = dict(medlake.rows(
         "SELECT schema || '.' || name, table_version FROM system.materialized_views"))
     after = int(medlake.rows("SELECT count(*) FROM system.refreshes")[0][0])
     full_s = run(refresh + ["--full"] + views, "FULL refresh")
     full = refreshes(medlake, after)
-    differ = compare(medlake, views, versions)
+    differ = compare(medlake, [v for v in views if v not in clock], versions)
     if differ:
         sys.exit(f"incremental and FULL results differ (rows): {differ}")
 
@@ -155,6 +164,7 @@ def measure(args, work):
         "ratio_incremental_over_full": incremental_s / full_s,
         "not_incremental": full_views,
         "auto_full_by_read_estimate": auto_full,
+        "clock_dependent_not_compared": clock,
         "slowest_incremental": slowest(incremental),
         "slowest_full": slowest(full),
         "medlake": {"binary": args.bin, "build": build_of(args.bin)},

@@ -6,7 +6,8 @@
 --   uptime_pct: the share of the time between its first and last reading of the day that was
 --     not inside a gap;
 --   battery: the lowest and the last battery level the device reported that day (Cosmos device
---     events), and how many disconnects and errors it reported.
+--     events; of two at the same instant, the higher), and how many disconnects and errors it
+--     reported.
 CREATE MATERIALIZED VIEW gold.device_performance REFRESH EVERY '15 minutes' AS
 WITH ordered AS (
     SELECT device_id, local_date(taken_at) AS day, taken_at,
@@ -40,7 +41,7 @@ rejected AS (
 battery AS (
     SELECT device_id, local_date(occurred_at) AS day,
            min(battery_pct) AS min_battery_pct,
-           last_value(battery_pct ORDER BY occurred_at) AS last_battery_pct,
+           last_value(battery_pct ORDER BY occurred_at, battery_pct) AS last_battery_pct,
            sum(CASE WHEN event_type = 'disconnected' THEN 1 ELSE 0 END) AS disconnects,
            sum(CASE WHEN event_type = 'error' THEN 1 ELSE 0 END) AS errors
     FROM silver.device_events

@@ -66,9 +66,12 @@ WITH observations AS (
            observed_at
     FROM silver.nursing_observations WHERE consciousness IS NOT NULL
 ),
+-- Two observations of a parameter at the same instant (a device and a nurse, or a device that
+-- sent a reading twice with different values) resolve to the larger value: the score never
+-- depends on the order in which rows happen to be read.
 latest_in_hour AS (
     SELECT patient_id, parameter, local_hour(observed_at) AS hour,
-           last_value(value ORDER BY observed_at) AS value
+           last_value(value ORDER BY observed_at, value) AS value
     FROM observations
     GROUP BY patient_id, parameter, local_hour(observed_at)
 ),

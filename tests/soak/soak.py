@@ -554,7 +554,7 @@ def metric_values(text):
 COLUMNS = ["t_s", "rss_kb", "rss_anon_kb", "rss_file_kb", "hwm_kb", "threads", "fds", "delta_log_bytes", "delta_log_entries", "delta_logs",
            "warehouse_bytes", "pg_dashboard_queries", "flight_reads", "flight_batches", "manual_refreshes",
            "client_errors", "ingest_rows_total", "ingest_requests_total", "result_cache_bytes",
-           "result_cache_entries", "sessions", "mem_allocated_kb", "mem_resident_kb", "mem_retained_kb",
+           "result_cache_entries", "plan_cache_entries", "sessions", "mem_allocated_kb", "mem_resident_kb", "mem_retained_kb",
            "table_snapshots", "table_snapshot_files", "table_snapshot_replayed", "parquet_metadata_cache_kb",
            "local_io_waits", "local_io_operations"]
 
@@ -602,6 +602,7 @@ class Sampler:
             "ingest_requests_total": int(sum(v for k, v in m.items() if k.startswith("medlake_ingest_requests_total"))),
             "result_cache_bytes": int(m.get("medlake_result_cache_bytes", 0)),
             "result_cache_entries": int(m.get("medlake_result_cache_entries", 0)),
+            "plan_cache_entries": int(m.get("medlake_plan_cache_entries", 0)),
             "sessions": int(sum(v for k, v in m.items() if k.startswith("medlake_sessions"))),
             # What the allocator says the server's objects hold, against what RSS shows.
             "mem_allocated_kb": int(m.get('medlake_memory_bytes{kind="allocated"}', 0) // 1024),

@@ -18,7 +18,11 @@
 //! with its values bound into its text.
 //!
 //! `MEDLAKE_PLAN_CACHE` sets how many plans are kept (1024 by default; `0` or `off` turns it
-//! off), least recently used first out.
+//! off), least recently used first out. A plan over an older version of a table (or an older
+//! access state) than a plan being kept can never be looked up again (lookups see versions only
+//! grow) and goes at once, as in the result cache: each plan holds its tables' snapshots, and
+//! dead plans of busy tables ageing out only at the 1,024th made the server's memory grow for
+//! as long as the cache was filling.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +31,7 @@ use std::sync::{Mutex, PoisonError};
 use datafusion::logical_expr::LogicalPlan;
 
 use crate::privileges::Need;
-use crate::result_cache::Key;
+use crate::result_cache::{Key, supersedes};
 
 /// The environment variable that sizes the cache, in plans (`0` turns it off).
 pub const PLAN_CACHE_VAR: &str = "MEDLAKE_PLAN_CACHE";
@@ -140,7 +144,9 @@ impl PlanCache {
         Some(entry.planned.clone())
     }
 
-    /// Keeps `planned` under `key`, making room by forgetting the least recently used plan.
+    /// Keeps `planned` under `key`, forgetting the plans it supersedes (over older versions of
+    /// its tables or an older access state) and, to make room, the least recently used plan.
+    /// A plan that another kept plan supersedes is not kept.
     pub fn insert(&self, key: Key, planned: Planned) {
         if !self.enabled() {
             return;
@@ -148,6 +154,10 @@ impl PlanCache {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries.tick += 1;
         let used = entries.tick;
+        if entries.map.keys().any(|other| supersedes(other, &key)) {
+            return;
+        }
+        entries.map.retain(|other, _| !supersedes(&key, other));
         if !entries.map.contains_key(&key) && entries.map.len() >= self.capacity {
             let oldest = entries
                 .map
@@ -192,6 +202,44 @@ mod tests {
         assert_eq!(cache.stats().entries, 2);
         cache.clear();
         assert_eq!(cache.stats().entries, 0);
+    }
+
+    fn reading(sql: &str, version: u64, access: u64) -> Key {
+        Key {
+            access_version: Some(access),
+            reads: vec![crate::result_cache::Read {
+                table: medlake_lake::TableName::new("gold", "t").unwrap(),
+                id: "delta-id".into(),
+                version,
+            }],
+            ..key(sql)
+        }
+    }
+
+    #[test]
+    fn a_plan_over_a_newer_version_retires_the_older_ones_at_once() {
+        let cache = PlanCache::new(1024);
+        cache.insert(reading("a", 1, 1), Planned::Unfit);
+        cache.insert(reading("b", 1, 1), Planned::Unfit);
+        cache.insert(key("unrelated"), Planned::Unfit);
+        assert_eq!(cache.stats().entries, 3);
+        // A commit to gold.t: the next plan over it retires every plan of its older version.
+        cache.insert(reading("a", 2, 1), Planned::Unfit);
+        assert_eq!(cache.stats().entries, 2);
+        assert!(cache.get(&reading("b", 1, 1)).is_none());
+        assert!(cache.get(&reading("a", 2, 1)).is_some());
+        assert!(cache.get(&key("unrelated")).is_some());
+        // A plan that is already stale (planned from an older snapshot) is not kept.
+        cache.insert(reading("b", 1, 1), Planned::Unfit);
+        assert!(cache.get(&reading("b", 1, 1)).is_none());
+        // A newer access state (a grant, a mask) retires plans of the older one.
+        cache.insert(reading("c", 2, 2), Planned::Unfit);
+        assert!(cache.get(&reading("a", 2, 1)).is_none());
+        assert_eq!(
+            cache.stats().entries,
+            1,
+            "only c: the others saw access state 1"
+        );
     }
 
     #[test]

@@ -100,7 +100,7 @@ struct Entries {
 
 /// Whether `newer` saw a later version of a table `older` read (the same Delta table: same
 /// id), or a later access state: then nothing will look `older` up again.
-fn supersedes(newer: &Key, older: &Key) -> bool {
+pub(crate) fn supersedes(newer: &Key, older: &Key) -> bool {
     let access = matches!(
         (newer.access_version, older.access_version),
         (Some(n), Some(o)) if n > o
