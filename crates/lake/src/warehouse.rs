@@ -237,23 +237,53 @@ pub const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
 /// deltalake 1.1 cannot write: every later write would fail).
 pub const CLUSTER_BY: &str = "medlake.clusterBy";
 
-/// Loads the newest version of the table at `url`. A listing of `_delta_log` taken while
-/// other writers put commits can miss a new entry and see a newer one (a local folder's
-/// readdir is no snapshot when entries are added during it), which the Delta kernel reports
-/// as "Expected contiguous commit files, but found gap" (a generic error, known only by its
-/// text): such a load is tried again, three times at most, 20, 40 and 60 ms later.
+/// Loads the newest version of the table at `url`.
+///
+/// A listing of `_delta_log` taken while other writers put commits can miss a new entry and
+/// see a newer one: a local folder's readdir is no snapshot when entries are added during it,
+/// and a listing of a busy ingest table's log (tens of thousands of entries after an hour of
+/// micro-batches) is long enough for a commit to land during most of them. The Delta kernel
+/// reports that as "Expected contiguous commit files, but found gap" (a generic error, known
+/// only by its text). Trying the same load again races again (issue 29's hour soak: one open
+/// in thousands failed four times in a row and a dashboard query got 58030), so the next try
+/// loads the newest version a listing of its own saw, pinned: every commit up to it existed
+/// before that load starts, and a pinned listing ignores the ones added while it runs. A
+/// superseded checkpoint deleted between a load's listing and its read (see
+/// `checkpoints.rs`) is the same kind of race and is tried again the same way; at most three
+/// tries after the first, 20, 40 and 60 ms apart.
 pub(crate) async fn load_newest(url: Url) -> std::result::Result<DeltaTable, DeltaTableError> {
     let mut tries = 0u64;
+    let mut pinned = None;
     loop {
-        match DeltaTableBuilder::from_url(url.clone())?.load().await {
+        let mut builder = DeltaTableBuilder::from_url(url.clone())?;
+        if let Some(version) = pinned {
+            builder = builder.with_version(version);
+        }
+        match builder.load().await {
             Err(e) if tries < 3 && listing_raced(&e) => {
                 tries += 1;
                 debug!(error = %e, tries, "a log listing raced a commit; loading again");
                 tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+                pinned = newest_listed(&url).await?;
             }
             loaded => return loaded,
         }
     }
+}
+
+/// The newest commit version a listing of the log of the table at `url` shows.
+async fn newest_listed(url: &Url) -> std::result::Result<Option<u64>, DeltaTableError> {
+    let table = DeltaTableBuilder::from_url(url.clone())?.build()?;
+    let store = table.log_store().object_store(None);
+    let listing = store
+        .list_with_delimiter(Some(&Path::from(DELTA_LOG)))
+        .await?;
+    Ok(listing
+        .objects
+        .iter()
+        .filter_map(|o| o.location.filename())
+        .filter_map(commit_version)
+        .max())
 }
 
 /// The version of a Delta log commit file's name (`00000000000000000042.json`).
@@ -278,9 +308,13 @@ fn headless_log(listing: &[ObjectMeta]) -> bool {
     !starts
 }
 
-/// Whether a load failed only because its log listing raced a commit (see [`load_newest`]).
+/// Whether a load failed only because its log listing raced a commit or a checkpoint's
+/// deletion (see [`load_newest`]).
 fn listing_raced(e: &DeltaTableError) -> bool {
-    medlake_common::error_chain(e).contains("Expected contiguous commit files, but found gap")
+    let text = medlake_common::error_chain(e);
+    text.contains("Expected contiguous commit files, but found gap")
+        || text.contains("Had a _last_checkpoint hint but didn't find any checkpoints")
+        || (text.contains(".checkpoint.") && text.contains("not found"))
 }
 
 /// The `CLUSTER BY` columns recorded in a table's properties (none when the property is
@@ -2119,6 +2153,16 @@ mod tests {
                 .into(),
         );
         assert!(listing_raced(&raced));
+        let thinned = DeltaTableError::Generic(
+            "Kernel error: Arrow error: External: Object at location /w/bronze/t/_delta_log/\
+             00000000000000000070.checkpoint.parquet not found: No such file or directory"
+                .into(),
+        );
+        assert!(listing_raced(&thinned));
+        let data = DeltaTableError::Generic(
+            "Object at location /w/bronze/t/part-00000.parquet not found".into(),
+        );
+        assert!(!listing_raced(&data));
         let other = DeltaTableError::Generic("No files in log segment".into());
         assert!(!listing_raced(&other));
         assert!(!listing_raced(&DeltaTableError::NotATable("t".into())));
