@@ -393,6 +393,76 @@ impl Warehouse {
             .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
         Ok(Arc::new(feed))
     }
+
+    /// How many rows the commits after version `from` up to `to` inserted and removed, as
+    /// their change feed yields them when no commit wrote change files (an added data file's
+    /// rows inserted, a removed one's deleted; OPTIMIZE moves rows and counts for nothing),
+    /// from the log alone: each added file's `numRecords`, each removed file's from the commit
+    /// in the range that added it or from the snapshot at `from`. `None` when the log cannot
+    /// tell (a commit left the log or wrote change files, a file without row counts): count
+    /// the feed's rows instead. What `REFRESH POLICY AUTO` weighs: counting the feed of a
+    /// table rewritten whole read every row twice (issue 24: 3-4 s per view over a rewritten
+    /// 35M-row input, to decide to recompute it).
+    pub async fn change_volume(
+        &self,
+        name: &TableName,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<(u64, u64)>> {
+        let mut in_range: HashMap<String, u64> = HashMap::new();
+        let mut before: Vec<String> = Vec::new();
+        let (mut inserted, mut removed) = (0u64, 0u64);
+        for version in from.saturating_add(1)..=to {
+            let Some(actions) = self.commit_actions(name, version).await? else {
+                return Ok(None);
+            };
+            for action in &actions {
+                if action.get("cdc").is_some() {
+                    return Ok(None);
+                }
+                if let Some(add) = action.get("add") {
+                    let (Some(path), Some(rows)) = (file_path(add), records(add)) else {
+                        return Ok(None);
+                    };
+                    if add.get("dataChange").and_then(Value::as_bool) != Some(false) {
+                        inserted = inserted.saturating_add(rows);
+                    }
+                    in_range.insert(path, rows);
+                } else if let Some(remove) = action.get("remove") {
+                    if remove.get("dataChange").and_then(Value::as_bool) == Some(false) {
+                        continue;
+                    }
+                    let Some(path) = file_path(remove) else {
+                        return Ok(None);
+                    };
+                    match in_range.get(&path) {
+                        Some(rows) => removed = removed.saturating_add(*rows),
+                        None => before.push(path),
+                    }
+                }
+            }
+        }
+        if !before.is_empty() {
+            let table = self
+                .open_table_as_of(name, Some(&TimeTravel::Version(from)))
+                .await?;
+            let snapshot = table
+                .snapshot()
+                .map_err(|e| Error::delta(&name.schema, &name.table, e))?;
+            let rows: HashMap<String, Option<usize>> = snapshot
+                .log_data()
+                .iter()
+                .map(|file| (normalized(&file.path()), file.num_records()))
+                .collect();
+            for path in before {
+                let Some(Some(n)) = rows.get(&path) else {
+                    return Ok(None);
+                };
+                removed = removed.saturating_add(*n as u64);
+            }
+        }
+        Ok(Some((inserted, removed)))
+    }
 }
 
 /// A table's change data feed over a range of versions (what [`Warehouse::changes`] gives):
@@ -472,4 +542,26 @@ impl TableProvider for ChangeFeed {
     ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         self.inner.scan(state, projection, filters, limit).await
     }
+}
+
+/// The path of an add or remove action, as [`normalized`] compares it.
+fn file_path(action: &Value) -> Option<String> {
+    action.get("path").and_then(Value::as_str).map(normalized)
+}
+
+/// A data file's path (relative to its table) in one spelling: the log's is URL-encoded.
+fn normalized(path: &str) -> String {
+    object_store::path::Path::from_url_path(path)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| path.to_string())
+}
+
+/// The `numRecords` of an add action's statistics.
+fn records(add: &Value) -> Option<u64> {
+    let stats = add.get("stats")?;
+    let stats: Value = match stats {
+        Value::String(text) => serde_json::from_str(text).ok()?,
+        other => other.clone(),
+    };
+    stats.get("numRecords")?.as_u64()
 }

@@ -1487,7 +1487,7 @@ impl Views {
             self.incremental_plan(definition, pinned, &changed).await
         };
         let count = explain || (policy == RefreshPolicy::Auto && plan.rewrites());
-        let volumes = volumes(pinned, &changed, &plan, count).await;
+        let volumes = volumes(&self.inner.warehouse, pinned, &changed, &plan, count).await;
         let decision = match policy {
             RefreshPolicy::Full => {
                 let names: Vec<String> = changed.iter().map(|(t, _)| t.to_string()).collect();
@@ -2408,9 +2408,11 @@ fn check_strict(definition: &ViewDefinition, pinned: &Pinned) -> Result<()> {
     }
 }
 
-/// The volume of each changed input; rows counted when `count` and the plan reads the
-/// input's changes (Delta inputs only: counting an external one would extract it twice).
+/// The volume of each changed input when `count` and the plan reads the input's changes
+/// (Delta inputs only: counting an external one would extract it twice): from the log's row
+/// counts where it tells ([`Warehouse::change_volume`]), else by counting the change rows.
 async fn volumes(
+    warehouse: &Warehouse,
     pinned: &Pinned,
     changed: &[(&TableName, Change)],
     plan: &Plan,
@@ -2431,12 +2433,25 @@ async fn volumes(
             rows: None,
         };
         let read = plan.changes().iter().find(|c| &c.table == *table);
-        if let (true, Some(read), Change::Delta { .. }) = (count, read, change) {
-            volume.inserted = count_rows(&pinned.ctx, &read.inserted).await;
-            volume.removed = match &read.removed {
-                Some(removed) => count_rows(&pinned.ctx, removed).await,
-                None => Some(0),
+        if let (true, Some(read), Change::Delta { now, before }) = (count, read, change) {
+            let logged = match before {
+                Some(before) => warehouse
+                    .change_volume(table, *before, *now)
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
             };
+            if let Some((inserted, removed)) = logged {
+                volume.inserted = Some(inserted);
+                volume.removed = Some(removed);
+            } else {
+                volume.inserted = count_rows(&pinned.ctx, &read.inserted).await;
+                volume.removed = match &read.removed {
+                    Some(removed) => count_rows(&pinned.ctx, removed).await,
+                    None => Some(0),
+                };
+            }
             if let Some((_, provider, _)) = pinned.inputs.get(*table) {
                 volume.rows = count_rows(&pinned.ctx, provider).await;
             }
