@@ -27,12 +27,7 @@ fn records_changes(protocol: &Value, configuration: &Value) -> bool {
 }
 
 async fn ctas(warehouse: &Warehouse, name: &TableName, options: &CommitOptions) {
-    let ctx = SessionContext::new_with_state(
-        datafusion::execution::SessionStateBuilder::new()
-            .with_default_features()
-            .with_query_planner(medlake_lake::delta_query_planner())
-            .build(),
-    );
+    let ctx = writing_session();
     let plan = ctx
         .sql("SELECT CAST(1 AS BIGINT) AS id, 'a' AS who")
         .await
