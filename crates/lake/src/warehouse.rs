@@ -264,7 +264,8 @@ pub(crate) async fn load_newest(url: Url) -> std::result::Result<DeltaTable, Del
                 tries += 1;
                 debug!(error = %e, tries, "a log listing raced a commit; loading again");
                 tokio::time::sleep(Duration::from_millis(20 * tries)).await;
-                pinned = newest_listed(&url).await?;
+                // A listing that fails leaves the next try unpinned (and its error to it).
+                pinned = newest_listed(&url).await.ok().flatten();
             }
             loaded => return loaded,
         }
