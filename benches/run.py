@@ -80,9 +80,16 @@ from harness import (HERE, Medlake, build_of, load_average, query_text, sql_file
                      workload_parser, write_result, write_results_md)
 
 def refresh(args):
+    work = Path(tempfile.mkdtemp(prefix="medlake-bench-refresh-"))
+    try:
+        refresh_in(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def refresh_in(args, work):
     import duckdb
 
-    work = Path(tempfile.mkdtemp(prefix="medlake-bench-"))
     warehouse = work / "warehouse"
     medlake = Medlake(args.bin, warehouse)
     append_rows = max(1, int(args.rows * args.append_fraction))

@@ -26,6 +26,7 @@ mod outcome;
 pub mod refresh;
 pub mod scheduler;
 pub mod system;
+mod unread;
 
 pub use auto_cdc::{AutoCdc, CdcColumns, ScdType};
 pub use definition::{

@@ -41,6 +41,7 @@ use crate::history;
 use crate::incremental::{self, Shape};
 use crate::lineage;
 use crate::multiset;
+use crate::unread;
 pub use crate::outcome::{RefreshOutcome, Status, Trigger};
 
 /// The key of medlake's state in a view commit's `commitInfo`.
@@ -1480,14 +1481,114 @@ impl Views {
             );
             return (Decision::Skip(reason), Vec::new());
         }
+        let unseen = self.unseen_changes(definition, pinned, &changed).await;
+        let changed: Vec<(&TableName, Change)> = changed
+            .into_iter()
+            .filter(|(t, _)| !unseen.contains_key(*t))
+            .collect();
+        let unseen: Vec<String> = unseen.into_values().collect();
+        if changed.is_empty() {
+            let reason = format!(
+                "{}; the view's result cannot differ (view version {})",
+                unseen.join(", "),
+                view.version
+            );
+            return (Decision::Skip(reason), Vec::new());
+        }
+        let (decision, volumes) = self.decide_changed(definition, pinned, &changed, explain).await;
+        let decision = match decision {
+            _ if unseen.is_empty() => decision,
+            Decision::Run(plan, reason) => {
+                Decision::Run(plan, format!("{}; {reason}", unseen.join(", ")))
+            }
+            Decision::Refuse(reason) => Decision::Refuse(format!("{}; {reason}", unseen.join(", "))),
+            Decision::Skip(reason) => Decision::Skip(reason),
+        };
+        (decision, volumes)
+    }
+
+    /// The inputs of `changed` whose change the view cannot see, each with what to say of it:
+    /// those that changed only in columns the view's query does not read (see [`unread`]).
+    async fn unseen_changes(
+        &self,
+        definition: &ViewDefinition,
+        pinned: &Pinned,
+        changed: &[(&TableName, Change)],
+    ) -> BTreeMap<TableName, String> {
+        let mut unseen = BTreeMap::new();
+        let mut optimized: Option<LogicalPlan> = None;
+        for (table, change) in changed {
+            let Change::Delta {
+                now,
+                before: Some(before),
+            } = change
+            else {
+                continue;
+            };
+            let Some((_, provider, _)) = pinned.inputs.get(*table) else {
+                continue;
+            };
+            let all: Vec<String> = provider
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let plan = match &mut optimized {
+                Some(plan) => &*plan,
+                None => match pinned.ctx.state().optimize(&pinned.plan) {
+                    Ok(plan) => &*optimized.insert(plan),
+                    Err(e) => {
+                        debug!("cannot tell the columns {} reads: {e}", definition.query);
+                        return unseen;
+                    }
+                },
+            };
+            let default_schema = definition.default_schema.as_str();
+            let Some(columns) = unread::columns_read(plan, table, &all, default_schema) else {
+                continue;
+            };
+            let rewrote = self.inner.warehouse.span(table, *before, *now).await;
+            if !matches!(rewrote, Ok(Ok(ref span)) if span.rewrote) {
+                continue;
+            }
+            let cancel = match self.changed_rows(pinned, table, *before + 1, *now).await {
+                Ok((inserted, removed)) => {
+                    unread::cancel_out(&pinned.ctx, &inserted, &removed, &columns).await
+                }
+                Err(e) => Err(e),
+            };
+            match cancel {
+                Ok(true) => {
+                    let said = format!(
+                        "{table} changed (versions {before} to {now}) only in columns the view \
+                         does not read"
+                    );
+                    unseen.insert((*table).clone(), said);
+                }
+                Ok(false) => {}
+                Err(e) => debug!("cannot weigh the change of {table}: {e}"),
+            }
+        }
+        unseen
+    }
+
+    /// [`Self::decide`] for the inputs whose change the view can see.
+    async fn decide_changed(
+        &self,
+        definition: &ViewDefinition,
+        pinned: &Pinned,
+        changed: &[(&TableName, Change)],
+        explain: bool,
+    ) -> (Decision, Vec<InputVolume>) {
         let policy = definition.policy;
         let (plan, reason) = if policy == RefreshPolicy::Full && !explain {
             (Plan::Full, String::new())
         } else {
-            self.incremental_plan(definition, pinned, &changed).await
+            self.incremental_plan(definition, pinned, changed).await
         };
         let count = explain || (policy == RefreshPolicy::Auto && plan.rewrites());
-        let volumes = volumes(&self.inner.warehouse, pinned, &changed, &plan, count).await;
+        let volumes = volumes(&self.inner.warehouse, pinned, changed, &plan, count).await;
         let decision = match policy {
             RefreshPolicy::Full => {
                 let names: Vec<String> = changed.iter().map(|(t, _)| t.to_string()).collect();

@@ -1027,9 +1027,12 @@ fn every_view_refreshes_incrementally_after_one_percent_more_in_every_source() {
         &wh,
         &format!(
             "SELECT view, mode, reason FROM (SELECT *, row_number() OVER (ORDER BY started, refresh_id) AS n \
-             FROM system.refreshes) WHERE n > {before} AND mode <> 'none' ORDER BY view"
+             FROM system.refreshes) WHERE n > {before} AND (mode <> 'none' \
+             OR strpos(reason, 'only in columns the view does not read') > 0) ORDER BY view"
         ),
     );
+    // (A view whose inputs changed only in columns it does not read is current without
+    // a refresh: an EHR row's new version moves its modified_at, which most views ignore.)
     let refreshed: BTreeSet<String> = refreshes
         .iter()
         .map(|line| line.split(',').next().unwrap().to_string())
