@@ -55,7 +55,7 @@ class Medlake:
 
 
 WORKLOADS = ["refresh", "medallion", "warehouse", "merge", "ingest", "serve", "dashboard", "spill",
-             "alerting", "mllp", "cluster"]
+             "alerting", "mllp", "cluster", "threshold"]
 
 
 def write_results_md(workload, section):

@@ -14,6 +14,7 @@ on the same data, in the same run.
     python benches/run.py alerting --bin target/release/medlake [--devices 400] [--seconds 120]
     python benches/run.py mllp --bin target/release/medlake [--messages 20000] [--concurrent-messages 200000]
     python benches/run.py cluster --bin target/release/medlake [--rows 10000000] [--executors 1 2 3]
+    python benches/run.py threshold --bin target/release/medlake [--rows 10000000]
 
 refresh: incremental vs full REFRESH MATERIALIZED VIEW after appending 1% to a bronze table,
 with DuckDB recomputing the same gold table from bronze's Parquet files as the peer.
@@ -53,6 +54,10 @@ NDJSON requests with Idempotency-Keys; messages/s, p50/p99, commits, rows checke
 
 cluster (cluster.py): the medallion's full refresh on the embedded engine and on a Ballista
 cluster of 1, 2 and 3 executors started on this machine (mutual TLS), golds checked equal.
+
+threshold (threshold.py): incremental vs FULL refresh of a grouped view as UPDATEs touch a
+growing share of its input: the change fraction where incremental stops paying, which is what
+REFRESH POLICY AUTO's AUTO_FULL_FRACTION should be.
 """
 
 import argparse
@@ -1759,6 +1764,7 @@ def main():
     import medallion  # its own module; both share harness.py
     import merge
     import mllp
+    import threshold
     import warehouse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1781,12 +1787,13 @@ def main():
     alerting.add_parser(sub)
     mllp.add_parser(sub)
     cluster.add_parser(sub)
+    threshold.add_parser(sub)
     args = parser.parse_args()
     ensure_python_peers()
     {"refresh": refresh, "ingest": ingest, "serve": serve, "dashboard": dashboard, "spill": spill,
      "medallion": medallion.medallion, "warehouse": warehouse.warehouse,
      "merge": merge.merge, "alerting": alerting.alerting, "mllp": mllp.mllp,
-     "cluster": cluster.cluster}[args.workload](args)
+     "cluster": cluster.cluster, "threshold": threshold.threshold}[args.workload](args)
 
 
 if __name__ == "__main__":

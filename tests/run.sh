@@ -124,6 +124,10 @@ step "the refresh benchmark, small (checks the runner; figures come from release
 "$VENV/bin/python" benches/run.py refresh --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"
 
+step "the threshold benchmark, small (incremental vs FULL of a grouped view as UPDATEs touch more keys: thousands of keys, views checked equal)"
+"$VENV/bin/python" benches/run.py threshold --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 100000 \
+    --shares 0.01 0.1 0.4 --out "$demo/bench-results"
+
 step "the medallion benchmark, small (bronze -> silver -> gold in medlake, DuckDB and PySpark, golds checked equal)"
 "$VENV/bin/python" benches/run.py medallion --bin "$CARGO_TARGET_DIR/debug/medlake" --rows 20000 --rounds 1 \
     --out "$demo/bench-results"

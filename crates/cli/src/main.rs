@@ -366,7 +366,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    // The command runs as a task on a worker thread, not on the main thread that blocks on
+    // it: the workers have the 32 MiB stack that planning needs (a refresh recomputing
+    // thousands of keys plans an IN list that deltalake's predicate conversion recurses over
+    // once per value; the main thread's 8 MiB overflowed at 6,000 in a debug build).
+    let command = async move {
         let result = match cli.command {
             Command::Sql(args) => sql(args).await,
             Command::Refresh(args) => refresh(args).await,
@@ -387,6 +391,15 @@ fn main() -> ExitCode {
         // process exits.
         medlake_audit::drain().await;
         result
+    };
+    let result = runtime.block_on(async {
+        match tokio::spawn(command).await {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => Err(Failure::Usage(format!("the command was cancelled: {e}"))),
+            },
+        }
     });
     // The runtime is not shut down: the process ends with it. Work still running on its
     // blocking threads (a log replay that a query cut short by the stop had started) holds
@@ -913,7 +926,7 @@ async fn run_statement(
         (Output::Rows(mut stream), Format::Csv) => {
             let mut writer = arrow::csv::WriterBuilder::new()
                 .with_header(true)
-                .build(std::io::stdout().lock());
+                .build(std::io::stdout());
             let mut wrote = false;
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(medlake_engine::Error::from)?;

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ResolvedTableReference, ScalarValue, TableReference};
 use datafusion::error::Result as DfResult;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{
     Aggregate, Distinct, EmptyRelation, Expr, Filter, JoinType, LogicalPlan, TableScanBuilder,
     TableSource, Union, Volatility, col, lit,
@@ -519,9 +520,28 @@ pub(crate) fn with_sources(
     .map(|t| t.data)
 }
 
-/// `expr IN (values) [OR expr IS NULL]` for the distinct values of one group key.
+/// The most values a key column lists in a key or region predicate (`IN (...)`); beyond,
+/// the predicate is the range from the least to the greatest value (for keys whose values
+/// have a total order: integers, decimals, strings, dates, timestamps). A superset is still
+/// exact: a refresh recomputes and replaces the rows of the same predicate. Long lists also
+/// cost deltalake's predicate conversion one level of recursion per value (a refresh of
+/// 6,000 keys overflowed an 8 MiB stack in a debug build).
+pub(crate) const MAX_LISTED: usize = 1000;
+
+/// `expr IN (values) [OR expr IS NULL]` for the distinct values of one group key, or
+/// `expr BETWEEN least AND greatest [OR expr IS NULL]` for more than [`MAX_LISTED`] values of
+/// a totally ordered type.
 pub(crate) fn key_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
     let has_null = values.iter().any(ScalarValue::is_null);
+    if values.len() > MAX_LISTED
+        && let Some(range) = key_range(&expr, values)
+    {
+        return if has_null {
+            range.or(expr.is_null())
+        } else {
+            range
+        };
+    }
     // As the types Delta stores (a view's rows read back may come as view types): the
     // predicate also validates written rows in deltalake's replace-where, uncoerced.
     let list: Vec<Expr> = values
@@ -540,6 +560,56 @@ pub(crate) fn key_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
     } else {
         in_list
     }
+}
+
+/// `expr BETWEEN least AND greatest` of the non-null `values`, when all are of one totally
+/// ordered type (no floats: NaN has no place in a range).
+fn key_range(expr: &Expr, values: &[ScalarValue]) -> Option<Expr> {
+    let present: Vec<ScalarValue> = values
+        .iter()
+        .filter(|v| !v.is_null())
+        .map(stored_type)
+        .collect();
+    let first = present.first()?;
+    let kind = first.data_type();
+    let ordered = matches!(
+        kind,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Decimal128(..)
+            | DataType::Utf8
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
+    );
+    if !ordered || present.iter().any(|v| v.data_type() != kind) {
+        return None;
+    }
+    let mut least = first;
+    let mut greatest = first;
+    for value in &present {
+        match (value.partial_cmp(least), value.partial_cmp(greatest)) {
+            (Some(to_least), Some(to_greatest)) => {
+                if to_least.is_lt() {
+                    least = value;
+                }
+                if to_greatest.is_gt() {
+                    greatest = value;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(
+        expr.clone()
+            .between(lit(least.clone()), lit(greatest.clone())),
+    )
 }
 
 /// `value` as the type Delta stores (strings and binaries as plain Utf8/Binary).

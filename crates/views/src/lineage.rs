@@ -468,37 +468,10 @@ fn keyable(data_type: &DataType) -> bool {
     )
 }
 
-/// The most values a key column lists in a region predicate (`IN (...)`); beyond, the
-/// region is the range from the least to the greatest value.
-pub(crate) const MAX_LISTED: usize = 1000;
-
-/// `expr IN (values)` (`OR expr IS NULL` when a value is NULL), or `expr BETWEEN least AND
-/// greatest` for more than [`MAX_LISTED`] values: a superset is still exact, since the
-/// refresh recomputes and replaces the same region.
+/// `expr IN (values)` or, for many values, the range that holds them: see
+/// [`crate::incremental::key_predicate`].
 pub(crate) fn region_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
-    if values.len() <= MAX_LISTED {
-        return crate::incremental::key_predicate(expr, values);
-    }
-    let present: Vec<ScalarValue> = values
-        .iter()
-        .filter(|v| !v.is_null())
-        .map(crate::incremental::stored_type)
-        .collect();
-    let least = present
-        .iter()
-        .min_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let greatest = present
-        .iter()
-        .max_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let range = match (least, greatest) {
-        (Some(low), Some(high)) => expr.clone().between(lit(low.clone()), lit(high.clone())),
-        _ => lit(false),
-    };
-    if values.iter().any(ScalarValue::is_null) {
-        range.or(expr.is_null())
-    } else {
-        range
-    }
+    crate::incremental::key_predicate(expr, values)
 }
 
 /// A refresh by regions: the view's rows in the regions the changes of `keys` touch are

@@ -1976,6 +1976,8 @@ impl Views {
                     return Ok(write("incremental", reason, nothing, WriteMode::Append));
                 }
                 let keys = distinct_keys(&batches, keyed.key_exprs.len())?;
+                // (Each term yields its keys: a key touched twice is one partition.)
+                let touched = distinct_tuples(&batches, keyed.key_exprs.len())?;
                 let recompute = keyed.recompute(&keys)?;
                 if let Some(why) = self.reads_too_much(step, slice::from_ref(&recompute)).await {
                     let why = format!("{reason}; {touched} partition(s): {why}");
@@ -2856,6 +2858,21 @@ fn same_types(target: &arrow::datatypes::Schema) -> Vec<Expr> {
 }
 
 /// The distinct values of each key column.
+/// How many distinct rows of their first `columns` columns `batches` hold.
+fn distinct_tuples(batches: &[RecordBatch], columns: usize) -> Result<usize> {
+    let mut seen: HashSet<Vec<ScalarValue>> = HashSet::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            let tuple = batch.columns()[..columns.min(batch.num_columns())]
+                .iter()
+                .map(|column| ScalarValue::try_from_array(column, row))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            seen.insert(tuple);
+        }
+    }
+    Ok(seen.len())
+}
+
 fn distinct_keys(batches: &[RecordBatch], columns: usize) -> Result<Vec<Vec<ScalarValue>>> {
     let mut keys: Vec<Vec<ScalarValue>> = vec![Vec::new(); columns];
     let mut seen: Vec<HashSet<ScalarValue>> = vec![HashSet::new(); columns];
