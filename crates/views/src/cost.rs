@@ -16,27 +16,48 @@ use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 /// it would run, nothing executed); `None` when a plan fails to plan or a scan does not know
 /// its row count (an external table).
 pub(crate) async fn rows_read(ctx: &SessionContext, plans: &[LogicalPlan]) -> Option<u64> {
+    read(ctx, plans, false).await
+}
+
+/// [`rows_read`], counting scans that do not know their row count as reading nothing (a
+/// change feed's scans): a lower bound, for the incremental side of a comparison.
+pub(crate) async fn rows_read_at_least(ctx: &SessionContext, plans: &[LogicalPlan]) -> Option<u64> {
+    read(ctx, plans, true).await
+}
+
+async fn read(ctx: &SessionContext, plans: &[LogicalPlan], unknown_as_zero: bool) -> Option<u64> {
     let mut total = 0u64;
     for plan in plans {
         let physical = ctx.state().create_physical_plan(plan).await.ok()?;
-        total = total.checked_add(scanned(physical.as_ref())?)?;
+        total = total.checked_add(scanned(physical.as_ref(), unknown_as_zero)?)?;
     }
     Some(total)
 }
 
-/// The row counts of the leaves of `plan` (its scans, in-memory tables and empty relations).
-fn scanned(plan: &dyn ExecutionPlan) -> Option<u64> {
+/// The row counts of the leaves of `plan` (its scans, in-memory tables and empty relations);
+/// a leaf without one counts as 0 when `unknown_as_zero`, else makes the whole `None`.
+fn scanned(plan: &dyn ExecutionPlan, unknown_as_zero: bool) -> Option<u64> {
     let children = plan.children();
     if children.is_empty() {
-        let stats = StatisticsContext::new()
+        let rows = StatisticsContext::new()
             .compute(plan, &StatisticsArgs::new())
-            .ok()?;
-        return stats
-            .num_rows
-            .get_value()
-            .and_then(|n| u64::try_from(*n).ok());
+            .ok()
+            .and_then(|stats| {
+                stats
+                    .num_rows
+                    .get_value()
+                    .and_then(|n| u64::try_from(*n).ok())
+            });
+        return if unknown_as_zero {
+            Some(rows.unwrap_or(0))
+        } else {
+            rows
+        };
     }
-    children.into_iter().map(|c| scanned(c.as_ref())).sum()
+    children
+        .into_iter()
+        .map(|c| scanned(c.as_ref(), unknown_as_zero))
+        .sum()
 }
 
 #[cfg(test)]

@@ -53,8 +53,11 @@ const MAX_CHANGED_GROUPS: usize = 100_000;
 /// inputs lost rows, instead of patching it: those plans read the input of every touched key
 /// and rewrite the touched view rows, which for most of the table costs more than a full
 /// refresh. Appends to a linear view are always incremental (they read only the new rows).
-/// A starting point, not yet tuned against a release-build benchmark.
-pub const AUTO_FULL_FRACTION: f64 = 0.5;
+/// Measured (`benches/run.py threshold`, release build, 10M rows clustered by the key, a view
+/// grouped by it): incremental costs as much as FULL at a change fraction of 4%, 1.2x at
+/// 10%, 2.2x at 30%, 4.7x at 100%; views whose recompute writes more than this one's 80,000
+/// groups favour incremental longer, so the threshold sits at 10%.
+pub const AUTO_FULL_FRACTION: f64 = 0.1;
 /// Below this many input rows `REFRESH POLICY AUTO` does not weigh the change: either plan
 /// takes moments, and the incremental one writes less.
 pub const AUTO_MIN_ROWS: u64 = 10_000;
@@ -65,8 +68,7 @@ pub const AUTO_MIN_ROWS: u64 = 10_000;
 /// [`AUTO_MIN_ROWS`], the view is recomputed instead: the touched keys span most files of
 /// inputs not clustered by them, so the incremental plan would read as much as a full one and
 /// also read the changes and rewrite the touched rows (once per region for region plans).
-/// A starting point like [`AUTO_FULL_FRACTION`], not yet measured on a release build
-/// (benches/RESULTS.md, "warehouse").
+/// A starting point, not yet measured on a release build (benches/RESULTS.md, "warehouse").
 pub const AUTO_READ_FRACTION: f64 = 0.5;
 /// The suffix of a view's quarantine table (`silver.readings_quarantine`).
 pub const QUARANTINE_SUFFIX: &str = "_quarantine";
@@ -1911,6 +1913,14 @@ impl Views {
                     return Ok(write("incremental", reason, input, WriteMode::Append));
                 }
                 let minus = union_all(terms(&step.pinned.plan, &changes, default_schema, true)?)?;
+                // A term that joins an input's change with another input reads that input
+                // whole (silver.reading_outliers: every patient's statistics changed, joined
+                // with all of silver.readings, twice): AUTO weighs that as for keys.
+                let parts = [plus.clone(), minus.clone()];
+                if let Some(why) = self.reads_too_much(step, &parts, "applying them").await {
+                    let why = format!("{reason}; {why}");
+                    return self.full_after_all(step, why, checks).await;
+                }
                 // The expectations see what the view gains net of what it loses: a row
                 // inserted and deleted again between two refreshes is no row to check.
                 match self.signed(step, plus, minus, checks).await? {
@@ -1979,7 +1989,7 @@ impl Views {
                 // (Each term yields its keys: a key touched twice is one partition.)
                 let touched = distinct_tuples(&batches, keyed.key_exprs.len())?;
                 let recompute = keyed.recompute(&keys)?;
-                if let Some(why) = self.reads_too_much(step, slice::from_ref(&recompute)).await {
+                if let Some(why) = self.reads_too_much(step, slice::from_ref(&recompute), "recomputing them").await {
                     let why = format!("{reason}; {touched} partition(s): {why}");
                     return self.full_after_all(step, why, checks).await;
                 }
@@ -2068,7 +2078,7 @@ impl Views {
                     .build()?,
             );
         }
-        if let Some(why) = self.reads_too_much(step, &parts).await {
+        if let Some(why) = self.reads_too_much(step, &parts, "recomputing them").await {
             let why = format!("{reason}; {} region(s): {why}", predicates.len());
             return self.full_after_all(step, why, checks).await;
         }
@@ -2090,11 +2100,17 @@ impl Views {
         })
     }
 
-    /// Under `REFRESH POLICY AUTO`, why recomputing `parts` (a keyed or region plan's
-    /// queries) would read more than [`AUTO_READ_FRACTION`] of what the view's query reads in
-    /// full; `None`: refresh incrementally (another policy, a small view, an external input,
-    /// or a read that cannot be estimated).
-    async fn reads_too_much(&self, step: &Step<'_>, parts: &[LogicalPlan]) -> Option<String> {
+    /// Under `REFRESH POLICY AUTO`, why running `parts` (a keyed or region plan's queries, or
+    /// a linear plan's terms after removals; `doing` says which) would read more than
+    /// [`AUTO_READ_FRACTION`] of what the view's query reads in full; `None`: refresh
+    /// incrementally (another policy, a small view, an external input, or a read that cannot
+    /// be estimated).
+    async fn reads_too_much(
+        &self,
+        step: &Step<'_>,
+        parts: &[LogicalPlan],
+        doing: &str,
+    ) -> Option<String> {
         // Planning an external table's scan may already reach its source: not for a guess.
         if step.definition.policy != RefreshPolicy::Auto || !step.pinned.external.is_empty() {
             return None;
@@ -2104,11 +2120,13 @@ impl Views {
         if full < AUTO_MIN_ROWS {
             return None;
         }
-        let incremental = cost::rows_read(ctx, parts).await?;
+        // (A change feed's scans know no row count: the changed rows are few next to what
+        // this rule is about, the inputs a term reads whole.)
+        let incremental = cost::rows_read_at_least(ctx, parts).await?;
         let share = incremental as f64 / full as f64;
         (share > AUTO_READ_FRACTION).then(|| {
             format!(
-                "recomputing them would read {incremental} input rows, {:.0}% of the {full} \
+                "{doing} would read {incremental} input rows, {:.0}% of the {full} \
                  the view's query reads (more than {}%: the files holding those keys span \
                  most of the inputs), so REFRESH POLICY AUTO recomputes the view",
                 share * 100.0,
