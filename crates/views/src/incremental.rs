@@ -31,10 +31,10 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ResolvedTableReference, ScalarValue, TableReference};
 use datafusion::error::Result as DfResult;
-use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{
     Aggregate, Distinct, EmptyRelation, Expr, Filter, JoinType, LogicalPlan, TableScanBuilder,
     TableSource, Union, Volatility, col, lit,

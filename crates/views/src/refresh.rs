@@ -41,8 +41,8 @@ use crate::history;
 use crate::incremental::{self, Shape};
 use crate::lineage;
 use crate::multiset;
-use crate::unread;
 pub use crate::outcome::{RefreshOutcome, Status, Trigger};
+use crate::unread;
 
 /// The key of medlake's state in a view commit's `commitInfo`.
 pub(crate) const METADATA_KEY: &str = "medlake";
@@ -1497,13 +1497,17 @@ impl Views {
             );
             return (Decision::Skip(reason), Vec::new());
         }
-        let (decision, volumes) = self.decide_changed(definition, pinned, &changed, explain).await;
+        let (decision, volumes) = self
+            .decide_changed(definition, pinned, &changed, explain)
+            .await;
         let decision = match decision {
             _ if unseen.is_empty() => decision,
             Decision::Run(plan, reason) => {
                 Decision::Run(plan, format!("{}; {reason}", unseen.join(", ")))
             }
-            Decision::Refuse(reason) => Decision::Refuse(format!("{}; {reason}", unseen.join(", "))),
+            Decision::Refuse(reason) => {
+                Decision::Refuse(format!("{}; {reason}", unseen.join(", ")))
+            }
             Decision::Skip(reason) => Decision::Skip(reason),
         };
         (decision, volumes)
@@ -1989,7 +1993,10 @@ impl Views {
                 // (Each term yields its keys: a key touched twice is one partition.)
                 let touched = distinct_tuples(&batches, keyed.key_exprs.len())?;
                 let recompute = keyed.recompute(&keys)?;
-                if let Some(why) = self.reads_too_much(step, slice::from_ref(&recompute), "recomputing them").await {
+                if let Some(why) = self
+                    .reads_too_much(step, slice::from_ref(&recompute), "recomputing them")
+                    .await
+                {
                     let why = format!("{reason}; {touched} partition(s): {why}");
                     return self.full_after_all(step, why, checks).await;
                 }
