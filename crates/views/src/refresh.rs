@@ -1885,6 +1885,49 @@ impl Views {
         Ok((pick(changes::ADDED)?, pick(changes::REMOVED)?))
     }
 
+    /// [`Self::write_input`] for a linear plan: the view's rows for what the inputs gained
+    /// (appended), or, when they lost rows too, the view rows those changes rewrite.
+    async fn write_linear(
+        &self,
+        step: &Step<'_>,
+        changes: &[InputChange],
+        reason: String,
+        checks: &mut Arc<Checks>,
+    ) -> Result<Write> {
+        let ctx = &step.pinned.ctx;
+        let default_schema = step.definition.default_schema.as_str();
+        let plus = union_all(terms(&step.pinned.plan, changes, default_schema, false)?)?;
+        if changes.iter().all(|c| c.removed.is_none()) {
+            let input = self.checked(ctx, &plus, checks).await?;
+            return Ok(Write {
+                mode: "incremental",
+                reason,
+                input,
+                write_mode: WriteMode::Append,
+                replace_where: None,
+                held: BTreeMap::new(),
+            });
+        }
+        let minus = union_all(terms(&step.pinned.plan, changes, default_schema, true)?)?;
+        // A term that joins an input's change with another input reads that input whole
+        // (silver.reading_outliers: every patient's statistics changed, joined with all of
+        // silver.readings, twice): AUTO weighs that as for keys.
+        let parts = [plus.clone(), minus.clone()];
+        if let Some(why) = self.reads_too_much(step, &parts, "applying them").await {
+            let why = format!("{reason}; {why}");
+            return self.full_after_all(step, why, checks).await;
+        }
+        // The expectations see what the view gains net of what it loses: a row inserted and
+        // deleted again between two refreshes is no row to check.
+        match self.signed(step, plus, minus, checks).await? {
+            Ok(signed) => Ok(Write {
+                reason: format!("{reason} ({})", signed.reason),
+                ..signed
+            }),
+            Err(too_many) => self.full_after_all(step, too_many, checks).await,
+        }
+    }
+
     /// What to write and how, for each plan; the write is the same for all: one commit on
     /// top of the view version this refresh read. An incremental refresh whose change turns
     /// out too large turns full (and `checks` with it).
@@ -1910,31 +1953,7 @@ impl Views {
                 let input = self.checked(ctx, &step.pinned.plan, checks).await?;
                 Ok(write("full", reason, input, WriteMode::Overwrite))
             }
-            Plan::Linear(changes) => {
-                let plus = union_all(terms(&step.pinned.plan, &changes, default_schema, false)?)?;
-                if changes.iter().all(|c| c.removed.is_none()) {
-                    let input = self.checked(ctx, &plus, checks).await?;
-                    return Ok(write("incremental", reason, input, WriteMode::Append));
-                }
-                let minus = union_all(terms(&step.pinned.plan, &changes, default_schema, true)?)?;
-                // A term that joins an input's change with another input reads that input
-                // whole (silver.reading_outliers: every patient's statistics changed, joined
-                // with all of silver.readings, twice): AUTO weighs that as for keys.
-                let parts = [plus.clone(), minus.clone()];
-                if let Some(why) = self.reads_too_much(step, &parts, "applying them").await {
-                    let why = format!("{reason}; {why}");
-                    return self.full_after_all(step, why, checks).await;
-                }
-                // The expectations see what the view gains net of what it loses: a row
-                // inserted and deleted again between two refreshes is no row to check.
-                match self.signed(step, plus, minus, checks).await? {
-                    Ok(signed) => Ok(Write {
-                        reason: format!("{reason} ({})", signed.reason),
-                        ..signed
-                    }),
-                    Err(too_many) => self.full_after_all(step, too_many, checks).await,
-                }
-            }
+            Plan::Linear(changes) => self.write_linear(step, &changes, reason, checks).await,
             Plan::Distinct(changes) => {
                 let delta = union_all(terms(&step.pinned.plan, &changes, default_schema, false)?)?;
                 // The rows the view holds, as the delta's types, to subtract from it.
