@@ -11,6 +11,7 @@ before any time is reported.
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,20 @@ def one_percent_more_files(landing):
     image = sorted(study.iterdir())[0]
     (pacs / "second-export").mkdir()
     shutil.copy(image, pacs / "second-export" / "1.dcm")
+
+
+def one_percent_more(args):
+    """append.sql; with --recent, its time series from append_recent.sql instead: the newest
+    1% of the quickstart's hours again, after everything the warehouse holds."""
+    spread = sql_file("append.sql", "warehouse")
+    if not args.recent:
+        return spread
+    shift = max(1, round((args.hours or 24.0) * 3600 / 100))
+    recent = sql_file("append_recent.sql", "warehouse", shift=shift)
+    series = set(re.findall(r"INSERT INTO (\S+)", recent))
+    kept = [s for s in spread.split(";")
+            if s.strip() and not set(re.findall(r"INSERT INTO (\S+)", s)) & series]
+    return ";".join(kept) + ";\n" + recent
 
 
 def view_columns(medlake, view):
@@ -122,7 +137,7 @@ def measure(args, work):
         "SELECT schema || '.' || name FROM system.materialized_views ORDER BY 1")]
     one_percent_more_files(qs / "landing")
     started = time.perf_counter()
-    medlake.run(sql_file("append.sql", "warehouse"))
+    medlake.run(one_percent_more(args))
     append_s = time.perf_counter() - started
     before = int(medlake.rows("SELECT count(*) FROM system.refreshes")[0][0])
     refresh = [args.bin, "refresh", "--cascade", "--warehouse", str(wh)]
@@ -158,6 +173,7 @@ def measure(args, work):
     result = {
         "workload": "warehouse",
         "command": " ".join(sys.argv),
+        "append": "recent" if args.recent else "spread",
         "readings": readings,
         "views": len(views),
         "quickstart_seconds": build_s,
@@ -200,3 +216,6 @@ def add_parser(sub):
     w.add_argument("--hours", type=float, help="quickstart --hours")
     w.add_argument("--rate", type=float, help="quickstart --rate (readings per second per device)")
     w.add_argument("--keep", action="store_true", help="keep the work folder")
+    w.add_argument("--recent", action="store_true",
+                   help="the time series gain their newest 1%% again, later (append_recent.sql), "
+                        "instead of a copy of every hundredth row spread over their history")

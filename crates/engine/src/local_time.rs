@@ -28,8 +28,11 @@ use arrow::array::{Array, ArrayRef, Date32Array, Int64Array};
 use arrow::datatypes::{DataType, TimeUnit};
 use chrono::{NaiveDate, Offset, TimeZone};
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::interval_arithmetic::Interval;
+use datafusion::logical_expr::preimage::PreimageResult;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
 use crate::{Error, Result};
@@ -144,6 +147,64 @@ impl ClinicalZone {
         }
         None
     }
+
+    /// Whether the zone's clock keeps one offset from UTC from `from` to `to` (seconds), sampled
+    /// every quarter of an hour: a change of offset lasts months, so a sample after it sees
+    /// it.
+    fn steady(&self, from: i64, to: i64) -> bool {
+        if self.tz.is_none() {
+            return true;
+        }
+        let Some(first) = self.offset(from) else {
+            return false;
+        };
+        let mut at = from;
+        while at < to {
+            at = at.saturating_add(900).min(to);
+            if self.offset(at) != Some(first) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The instants (seconds, half-open) whose local date is `days`, when they are exactly
+    /// that one range: the clock keeps one offset for two days around the day, so a local
+    /// date neither repeats nor jumps there.
+    fn date_preimage(&self, days: i32) -> Option<(i64, i64)> {
+        let start = self.day_start(days)?;
+        let end = self.day_start(days.checked_add(1)?)?;
+        let margin = 2 * SECONDS_PER_DAY;
+        self.steady(start.checked_sub(margin)?, end.checked_add(margin)?)
+            .then_some((start, end))
+    }
+
+    /// The instants (`per_second` units, half-open) whose local hour began at `start`, when
+    /// `start` begins a local hour and the clock keeps one offset for two days around it.
+    fn hour_preimage(&self, start: i64, per_second: i64) -> Option<(i64, i64)> {
+        let seconds = start.div_euclid(per_second);
+        let margin = 2 * SECONDS_PER_DAY;
+        if self.hour_start(start, per_second)? != start
+            || !self.steady(seconds.checked_sub(margin)?, seconds.checked_add(margin)?)
+        {
+            return None;
+        }
+        Some((start, start.checked_add(3_600i64.checked_mul(per_second)?)?))
+    }
+}
+
+/// A timestamp scalar of `data_type` holding `value` (its units).
+fn timestamp_scalar(data_type: &DataType, value: i64) -> Option<ScalarValue> {
+    let DataType::Timestamp(unit, zone) = data_type else {
+        return None;
+    };
+    let zone = zone.clone();
+    Some(match unit {
+        TimeUnit::Second => ScalarValue::TimestampSecond(Some(value), zone),
+        TimeUnit::Millisecond => ScalarValue::TimestampMillisecond(Some(value), zone),
+        TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(Some(value), zone),
+        TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(Some(value), zone),
+    })
 }
 
 /// The functions, for one engine's zone.
@@ -273,6 +334,60 @@ impl ScalarUDFImpl for LocalTime {
             Ok(ColumnarValue::Array(output))
         }
     }
+
+    /// `local_date(ts) = d` is `ts >= local_day_start(d) AND ts < local_day_start(d + 1)`, and
+    /// `local_hour(ts) = h` is `ts >= h AND ts < h + 1 hour` (so with `<`, `>`, `IN`): a
+    /// predicate on the bucket becomes a range of the instant, which Delta's file statistics
+    /// and Parquet's row-group statistics can skip by. Not near a change of the clock (two
+    /// days either side), where a local date or hour may repeat: there the predicate stays.
+    fn preimage(
+        &self,
+        args: &[Expr],
+        lit_expr: &Expr,
+        info: &SimplifyContext,
+    ) -> DfResult<PreimageResult> {
+        let (Some(Expr::Literal(value, _)), [arg]) = (Some(lit_expr), args) else {
+            return Ok(PreimageResult::None);
+        };
+        let Ok(arg_type) = info.get_data_type(arg) else {
+            return Ok(PreimageResult::None);
+        };
+        let DataType::Timestamp(unit, _) = &arg_type else {
+            return Ok(PreimageResult::None);
+        };
+        let scale = per_second(*unit);
+        let range = match (self.kind, value) {
+            (Kind::Date, ScalarValue::Date32(Some(days))) => {
+                self.zone.date_preimage(*days).and_then(|(start, end)| {
+                    Some((start.checked_mul(scale)?, end.checked_mul(scale)?))
+                })
+            }
+            (Kind::Hour, value) if value.data_type() == arg_type => {
+                let start = match value {
+                    ScalarValue::TimestampSecond(Some(v), _)
+                    | ScalarValue::TimestampMillisecond(Some(v), _)
+                    | ScalarValue::TimestampMicrosecond(Some(v), _)
+                    | ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
+                    _ => None,
+                };
+                start.and_then(|start| self.zone.hour_preimage(start, scale))
+            }
+            _ => None,
+        };
+        let Some((lower, upper)) = range else {
+            return Ok(PreimageResult::None);
+        };
+        let (Some(lower), Some(upper)) = (
+            timestamp_scalar(&arg_type, lower),
+            timestamp_scalar(&arg_type, upper),
+        ) else {
+            return Ok(PreimageResult::None);
+        };
+        Ok(PreimageResult::Range {
+            expr: arg.clone(),
+            interval: Box::new(Interval::try_new(lower, upper)?),
+        })
+    }
 }
 
 impl LocalTime {
@@ -368,5 +483,45 @@ mod tests {
         assert!(ClinicalZone::parse("Europe/Londinium").is_err());
         assert!(ClinicalZone::parse("+01:00").is_err());
         assert_eq!(utc.name(), "UTC");
+    }
+
+    #[test]
+    fn preimages_are_exact_ranges_and_none_near_a_change_of_the_clock() {
+        let day = |text: &str| {
+            (NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+                - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+            .num_days() as i32
+        };
+        let london = ClinicalZone::parse("Europe/London").unwrap();
+        let utc = ClinicalZone::utc();
+        for zone in [&london, &utc] {
+            let d = day("2026-07-01");
+            let (start, end) = zone.date_preimage(d).unwrap();
+            // Every instant inside is of the day, the instants just outside are not.
+            for t in [start, start + 1, end - 1, (start + end) / 2] {
+                assert_eq!(zone.date_of(t, 1), Some(d));
+            }
+            assert_eq!(zone.date_of(start - 1, 1), Some(d - 1));
+            assert_eq!(zone.date_of(end, 1), Some(d + 1));
+            // In microseconds too.
+            let (hour, per) = (seconds("2026-07-01 09:00:00") * 1_000_000, 1_000_000);
+            assert_eq!(
+                zone.hour_preimage(hour, per),
+                Some((hour, hour + 3_600_000_000))
+            );
+            // Not the start of an hour: no range (`local_hour(ts) < 09:30` is not `ts < 09:30`).
+            assert_eq!(zone.hour_preimage(hour + 1_800_000_000, per), None);
+        }
+        // The clocks go back on 25 October 2026 in London: no range near it.
+        assert_eq!(london.date_preimage(day("2026-10-25")), None);
+        assert_eq!(london.date_preimage(day("2026-10-24")), None);
+        assert!(utc.date_preimage(day("2026-10-25")).is_some());
+        let back = seconds("2026-10-25 01:00:00");
+        assert_eq!(london.hour_preimage(back, 1), None);
+        // Kolkata's hours begin at half past UTC hours.
+        let kolkata = ClinicalZone::parse("Asia/Kolkata").unwrap();
+        let half = seconds("2026-06-30 23:30:00");
+        assert_eq!(kolkata.hour_preimage(half, 1), Some((half, half + 3_600)));
+        assert_eq!(kolkata.hour_preimage(half + 1_800, 1), None);
     }
 }

@@ -528,6 +528,11 @@ pub(crate) fn with_sources(
 /// 6,000 keys overflowed an 8 MiB stack in a debug build).
 pub(crate) const MAX_LISTED: usize = 1000;
 
+/// Above this many values, a listed key also carries the range that holds them. DataFusion
+/// turns `f(x) IN (a, b, c)` into ranges of `x` for a function with a preimage up to three
+/// values (`THRESHOLD_INLINE_INLIST`), and prunes by lists only when short.
+const BOUNDED_LIST: usize = 3;
+
 /// `expr IN (values) [OR expr IS NULL]` for the distinct values of one group key, or
 /// `expr BETWEEN least AND greatest [OR expr IS NULL]` for more than [`MAX_LISTED`] values of
 /// a totally ordered type.
@@ -552,6 +557,13 @@ pub(crate) fn key_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
         .collect();
     let in_list = if list.is_empty() {
         lit(false)
+    } else if list.len() > BOUNDED_LIST
+        && let Some(range) = key_range(&expr, values)
+    {
+        // The range as well: scans skip files and row groups by it (a list only when short),
+        // also through a bucketing function such as `local_date(taken_at)`, whose range
+        // becomes one of the instant (its preimage).
+        expr.clone().in_list(list, false).and(range)
     } else {
         expr.clone().in_list(list, false)
     };

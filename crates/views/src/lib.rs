@@ -10,6 +10,7 @@
 //! connector `Registry` (`medlake-source`) the engine hands it.
 
 pub mod auto_cdc;
+mod bounds;
 mod cost;
 pub mod cron;
 pub mod definition;

@@ -33,6 +33,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use medlake_source::{External, Registry, Watermarked};
 
+use crate::bounds;
 use crate::cost;
 use crate::definition::{CreateView, RefreshPolicy, ViewDefinition};
 use crate::error::{Error, Result};
@@ -1956,10 +1957,27 @@ impl Views {
             Plan::Linear(changes) => self.write_linear(step, &changes, reason, checks).await,
             Plan::Distinct(changes) => {
                 let delta = union_all(terms(&step.pinned.plan, &changes, default_schema, false)?)?;
+                // Only held rows within the bounds of what the inputs gained can equal a new
+                // row: the others are not read (see `bounds`).
+                let gained: Vec<_> = changes
+                    .iter()
+                    .map(|c| (&c.table, c.inserted.clone()))
+                    .collect();
+                let bound =
+                    bounds::gained_rows_bound(ctx, &step.pinned.plan, &gained, default_schema)
+                        .await;
+                let within = |rows: LogicalPlanBuilder| match &bound {
+                    Some(bound) => rows.filter(bound.clone()),
+                    None => Ok(rows),
+                };
                 // The rows the view holds, as the delta's types, to subtract from it.
-                let held = LogicalPlanBuilder::scan("current", self.held_rows(step).await?, None)?
-                    .project(same_types(delta.schema().as_arrow()))?
-                    .build()?;
+                let held = within(LogicalPlanBuilder::scan(
+                    "current",
+                    self.held_rows(step).await?,
+                    None,
+                )?)?
+                .project(same_types(delta.schema().as_arrow()))?
+                .build()?;
                 let mut fresh = LogicalPlanBuilder::except(delta, held, false)?;
                 // Rows a rule quarantined are not in the view but were taken: a copy sent
                 // again is no new row (a full refresh quarantines it once).
@@ -1968,11 +1986,11 @@ impl Views {
                     && warehouse.table_exists(&quarantine).await?
                 {
                     let (provider, _) = warehouse.table_provider(&quarantine, None).await?;
-                    let quarantined = LogicalPlanBuilder::scan(
+                    let quarantined = within(LogicalPlanBuilder::scan(
                         "quarantined",
                         provider_as_source(provider),
                         None,
-                    )?
+                    )?)?
                     .project(same_types(fresh.schema().as_arrow()))?
                     .build()?;
                     fresh = LogicalPlanBuilder::except(fresh, quarantined, false)?;
