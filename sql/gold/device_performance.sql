@@ -8,12 +8,15 @@
 --   battery: the lowest and the last battery level the device reported that day (Cosmos device
 --     events; of two at the same instant, the higher), and how many disconnects and errors it
 --     reported.
+--   (The day is a column of the window's input, not an expression in its PARTITION BY: a
+--   filter on it, such as a refresh's recompute of the days that changed, then reaches the
+--   scan of silver.readings, which skips the other days' files.)
 CREATE MATERIALIZED VIEW gold.device_performance REFRESH EVERY '15 minutes' AS
 WITH ordered AS (
-    SELECT device_id, local_date(taken_at) AS day, taken_at,
-           lag(taken_at) OVER (PARTITION BY device_id, local_date(taken_at)
-                               ORDER BY taken_at) AS previous_at
-    FROM (SELECT DISTINCT device_id, taken_at FROM silver.readings) AS instants
+    SELECT device_id, day, taken_at,
+           lag(taken_at) OVER (PARTITION BY device_id, day ORDER BY taken_at) AS previous_at
+    FROM (SELECT DISTINCT device_id, local_date(taken_at) AS day, taken_at
+          FROM silver.readings) AS instants
 ),
 spans AS (
     SELECT device_id, day, taken_at,

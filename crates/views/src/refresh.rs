@@ -2112,7 +2112,10 @@ impl Views {
         // Each region once: the rows of region i that no earlier region holds.
         let mut parts = Vec::new();
         for (i, predicate) in predicates.iter().enumerate() {
-            let mut only = predicate.clone().is_true();
+            // (As it is, not `IS TRUE`, which a filter means anyway: the predicate then reaches
+            // the scans, and a bucket such as `local_date(taken_at) IN (...)` becomes a range
+            // of the instant they skip files by.)
+            let mut only = predicate.clone();
             if let Some(earlier) = predicates[..i].iter().cloned().reduce(Expr::or) {
                 only = only.and(earlier.is_not_true());
             }
