@@ -68,6 +68,48 @@ pub(crate) fn split(
     Ok((gains, losses))
 }
 
+/// `net` (rows of `columns` columns plus an Int64 weight) as the rows it gains and the rows it
+/// loses, each repeated as often as its weight says, as `target`'s rows.
+pub(crate) fn expand(
+    target: &SchemaRef,
+    net: &[RecordBatch],
+    columns: usize,
+) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+    let mut sides = (Vec::new(), Vec::new());
+    for batch in net {
+        let weights = batch
+            .column(columns)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| Error::Internal("a change weight that is not an Int64".into()))?;
+        let mut gained: Vec<u32> = Vec::new();
+        let mut lost: Vec<u32> = Vec::new();
+        for i in 0..batch.num_rows() {
+            let w = if weights.is_valid(i) {
+                weights.value(i)
+            } else {
+                0
+            };
+            let index =
+                u32::try_from(i).map_err(|_| Error::Internal("a batch over 2^32 rows".into()))?;
+            let copies = usize::try_from(w.unsigned_abs()).unwrap_or(0);
+            let side = if w > 0 { &mut gained } else { &mut lost };
+            side.extend(std::iter::repeat_n(index, copies));
+        }
+        for (indices, out) in [(gained, &mut sides.0), (lost, &mut sides.1)] {
+            if indices.is_empty() {
+                continue;
+            }
+            let indices = arrow::array::UInt32Array::from(indices);
+            let arrays = batch.columns()[..columns]
+                .iter()
+                .map(|c| arrow::compute::take(c.as_ref(), &indices, None).map_err(arrow))
+                .collect::<Result<Vec<_>>>()?;
+            out.push(RecordBatch::try_new(target.clone(), arrays).map_err(arrow)?);
+        }
+    }
+    Ok(sides)
+}
+
 /// The rows of `held` with each distinct row's count changed by its weight in `net` (rows of
 /// the same columns plus a last Int64 column: the weight). A count below zero stays at zero.
 /// The result has `target`'s schema; `columns` is how many columns a row has.

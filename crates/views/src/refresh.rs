@@ -1760,7 +1760,7 @@ impl Views {
                         .changed_rows(pinned, table, *before + 1, *now)
                         .await
                         .map_err(|e| full(format!("cannot read the changes of {table}: {e}")))?;
-                    (inserted, Some(removed))
+                    net_change(&pinned.ctx, inserted, removed).await
                 } else {
                     let now = pinned
                         .inputs
@@ -1929,6 +1929,66 @@ impl Views {
         }
     }
 
+    /// [`Self::write_input`] for a DISTINCT view whose inputs only gained rows: the distinct
+    /// new rows it holds neither in the view nor in its quarantine (appended).
+    async fn write_distinct(
+        &self,
+        step: &Step<'_>,
+        changes: &[InputChange],
+        reason: String,
+        checks: &mut Arc<Checks>,
+    ) -> Result<Write> {
+        let ctx = &step.pinned.ctx;
+        let default_schema = step.definition.default_schema.as_str();
+        let delta = union_all(terms(&step.pinned.plan, changes, default_schema, false)?)?;
+        // Only held rows within the bounds of what the inputs gained can equal a new
+        // row: the others are not read (see `bounds`).
+        let gained: Vec<_> = changes
+            .iter()
+            .map(|c| (&c.table, c.inserted.clone()))
+            .collect();
+        let bound =
+            bounds::gained_rows_bound(ctx, &step.pinned.plan, &gained, default_schema).await;
+        let within = |rows: LogicalPlanBuilder| match &bound {
+            Some(bound) => rows.filter(bound.clone()),
+            None => Ok(rows),
+        };
+        // The rows the view holds, as the delta's types, to subtract from it.
+        let held = within(LogicalPlanBuilder::scan(
+            "current",
+            self.held_rows(step).await?,
+            None,
+        )?)?
+        .project(same_types(delta.schema().as_arrow()))?
+        .build()?;
+        let mut fresh = LogicalPlanBuilder::except(delta, held, false)?;
+        // Rows a rule quarantined are not in the view but were taken: a copy sent
+        // again is no new row (a full refresh quarantines it once).
+        let warehouse = &self.inner.warehouse;
+        if let Some(quarantine) = checks.quarantine_table().cloned()
+            && warehouse.table_exists(&quarantine).await?
+        {
+            let (provider, _) = warehouse.table_provider(&quarantine, None).await?;
+            let quarantined = within(LogicalPlanBuilder::scan(
+                "quarantined",
+                provider_as_source(provider),
+                None,
+            )?)?
+            .project(same_types(fresh.schema().as_arrow()))?
+            .build()?;
+            fresh = LogicalPlanBuilder::except(fresh, quarantined, false)?;
+        }
+        let input = self.checked(ctx, &fresh, checks).await?;
+        Ok(Write {
+            mode: "incremental",
+            reason,
+            input,
+            write_mode: WriteMode::Append,
+            replace_where: None,
+            held: BTreeMap::new(),
+        })
+    }
+
     /// What to write and how, for each plan; the write is the same for all: one commit on
     /// top of the view version this refresh read. An incremental refresh whose change turns
     /// out too large turns full (and `checks` with it).
@@ -1955,49 +2015,7 @@ impl Views {
                 Ok(write("full", reason, input, WriteMode::Overwrite))
             }
             Plan::Linear(changes) => self.write_linear(step, &changes, reason, checks).await,
-            Plan::Distinct(changes) => {
-                let delta = union_all(terms(&step.pinned.plan, &changes, default_schema, false)?)?;
-                // Only held rows within the bounds of what the inputs gained can equal a new
-                // row: the others are not read (see `bounds`).
-                let gained: Vec<_> = changes
-                    .iter()
-                    .map(|c| (&c.table, c.inserted.clone()))
-                    .collect();
-                let bound =
-                    bounds::gained_rows_bound(ctx, &step.pinned.plan, &gained, default_schema)
-                        .await;
-                let within = |rows: LogicalPlanBuilder| match &bound {
-                    Some(bound) => rows.filter(bound.clone()),
-                    None => Ok(rows),
-                };
-                // The rows the view holds, as the delta's types, to subtract from it.
-                let held = within(LogicalPlanBuilder::scan(
-                    "current",
-                    self.held_rows(step).await?,
-                    None,
-                )?)?
-                .project(same_types(delta.schema().as_arrow()))?
-                .build()?;
-                let mut fresh = LogicalPlanBuilder::except(delta, held, false)?;
-                // Rows a rule quarantined are not in the view but were taken: a copy sent
-                // again is no new row (a full refresh quarantines it once).
-                let warehouse = &self.inner.warehouse;
-                if let Some(quarantine) = checks.quarantine_table().cloned()
-                    && warehouse.table_exists(&quarantine).await?
-                {
-                    let (provider, _) = warehouse.table_provider(&quarantine, None).await?;
-                    let quarantined = within(LogicalPlanBuilder::scan(
-                        "quarantined",
-                        provider_as_source(provider),
-                        None,
-                    )?)?
-                    .project(same_types(fresh.schema().as_arrow()))?
-                    .build()?;
-                    fresh = LogicalPlanBuilder::except(fresh, quarantined, false)?;
-                }
-                let input = self.checked(ctx, &fresh, checks).await?;
-                Ok(write("incremental", reason, input, WriteMode::Append))
-            }
+            Plan::Distinct(changes) => self.write_distinct(step, &changes, reason, checks).await,
             Plan::Keyed(changes, keyed) => {
                 let mut deltas = terms(&keyed.input, &changes, default_schema, false)?;
                 deltas.extend(terms(&keyed.input, &changes, default_schema, true)?);
@@ -2772,6 +2790,83 @@ fn needs_missing_old(
         }
     }
     Ok(())
+}
+
+/// What an input gained and lost, less the rows it lost and gained again: as multisets of
+/// whole rows, when neither side holds more than [`unread::MAX_ROWS`] rows (else as they are).
+/// A view recomputed whole rewrites the rows that did not change (its change feed lists them
+/// lost and gained); the views over it then refresh the rows that did, not every key.
+/// `None` lost: the input only gained rows.
+async fn net_change(
+    ctx: &SessionContext,
+    inserted: Arc<dyn TableProvider>,
+    removed: Arc<dyn TableProvider>,
+) -> (Arc<dyn TableProvider>, Option<Arc<dyn TableProvider>>) {
+    match netted(ctx, &inserted, &removed).await {
+        Ok(Some((gained, lost))) => (gained, lost),
+        Ok(None) => (inserted, Some(removed)),
+        Err(e) => {
+            debug!("cannot net the change out: {e}");
+            (inserted, Some(removed))
+        }
+    }
+}
+
+/// [`net_change`]'s rows; `None`: too many to net.
+async fn netted(
+    ctx: &SessionContext,
+    inserted: &Arc<dyn TableProvider>,
+    removed: &Arc<dyn TableProvider>,
+) -> Result<Option<(Arc<dyn TableProvider>, Option<Arc<dyn TableProvider>>)>> {
+    let limit = unread::MAX_ROWS + 1;
+    for side in [inserted, removed] {
+        let rows = ctx
+            .read_table(side.clone())?
+            .limit(0, Some(limit))?
+            .count()
+            .await?;
+        if rows >= limit {
+            return Ok(None);
+        }
+    }
+    let target = inserted.schema();
+    let weight = "__medlake_weight";
+    let weighted = |provider: &Arc<dyn TableProvider>, w: i64| -> Result<LogicalPlan> {
+        let mut exprs = same_types(&target);
+        exprs.push(datafusion::logical_expr::lit(w).alias(weight));
+        Ok(
+            LogicalPlanBuilder::scan("changes", provider_as_source(provider.clone()), None)?
+                .project(exprs)?
+                .build()?,
+        )
+    };
+    let group: Vec<Expr> = target
+        .fields()
+        .iter()
+        .map(|f| col(datafusion::common::Column::new_unqualified(f.name())))
+        .collect();
+    let net = LogicalPlanBuilder::from(weighted(inserted, 1)?)
+        .union(weighted(removed, -1)?)?
+        .aggregate(
+            group,
+            vec![datafusion::functions_aggregate::sum::sum(col(weight)).alias(weight)],
+        )?
+        .filter(col(weight).not_eq(datafusion::logical_expr::lit(0i64)))?
+        .build()?;
+    let batches = collect_plan(ctx, &net).await?;
+    let (gained, lost) = multiset::expand(&target, &batches, target.fields().len())?;
+    let table = |batches: Vec<RecordBatch>| -> Result<Arc<dyn TableProvider>> {
+        Ok(Arc::new(datafusion::datasource::MemTable::try_new(
+            target.clone(),
+            vec![batches],
+        )?))
+    };
+    let lost = if lost.is_empty() {
+        None
+    } else {
+        Some(table(lost)?)
+    };
+    Ok(Some((table(gained)?, lost)))
 }
 
 /// The rows of every plan (all of one schema), or none.
