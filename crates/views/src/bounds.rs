@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::collect;
 use medlake_lake::TableName;
 
-use crate::incremental::{stored_type, strip_sort};
+use crate::incremental::{stored_type, strip_sort, totally_ordered};
 use crate::lineage;
 
 /// The values one view column takes in the new rows.
@@ -74,27 +74,6 @@ impl Bound {
     }
 }
 
-/// Types whose values a range bounds: totally ordered, no NaN.
-fn ordered(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Decimal128(..)
-            | DataType::Utf8
-            | DataType::Utf8View
-            | DataType::LargeUtf8
-            | DataType::Date32
-            | DataType::Timestamp(..)
-    )
-}
-
 /// A predicate over the view's columns that every row the view's query `plan` gains from the
 /// `gained` rows of its changed inputs satisfies (see the module's comment); `None`: no
 /// column of the view is bounded by every changed input (or a bound could not be computed).
@@ -121,7 +100,8 @@ pub(crate) async fn gained_rows_bound(
                 continue;
             };
             let earlier = bounds.as_ref().is_none_or(|b| b.contains_key(&c.name));
-            if ordered(&data_type) && earlier && !columns.iter().any(|(n, ..)| *n == c.name) {
+            if totally_ordered(&data_type) && earlier && !columns.iter().any(|(n, ..)| *n == c.name)
+            {
                 columns.push((c.name.clone(), data_type, input.clone()));
             }
         }

@@ -584,23 +584,7 @@ fn key_range(expr: &Expr, values: &[ScalarValue]) -> Option<Expr> {
         .collect();
     let first = present.first()?;
     let kind = first.data_type();
-    let ordered = matches!(
-        kind,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Decimal128(..)
-            | DataType::Utf8
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(..)
-    );
-    if !ordered || present.iter().any(|v| v.data_type() != kind) {
+    if !totally_ordered(&kind) || present.iter().any(|v| v.data_type() != kind) {
         return None;
     }
     let mut least = first;
@@ -621,6 +605,29 @@ fn key_range(expr: &Expr, values: &[ScalarValue]) -> Option<Expr> {
     Some(
         expr.clone()
             .between(lit(least.clone()), lit(greatest.clone())),
+    )
+}
+
+/// Whether values of `data_type` have a total order a range can bound: integers, decimals,
+/// strings, dates, timestamps (no floats: NaN has no place in a range).
+pub(crate) fn totally_ordered(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Decimal128(..)
+            | DataType::Utf8
+            | DataType::Utf8View
+            | DataType::LargeUtf8
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
     )
 }
 

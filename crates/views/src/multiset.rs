@@ -15,6 +15,21 @@ fn arrow(e: arrow::error::ArrowError) -> Error {
     Error::from(DataFusionError::ArrowError(Box::new(e), None))
 }
 
+/// The weight of each row of `batch` (its Int64 column after the first `columns`; NULL: 0).
+fn weights(batch: &RecordBatch, columns: usize) -> Result<impl Fn(usize) -> i64 + '_> {
+    let weights = batch
+        .column(columns)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| Error::Internal("a change weight that is not an Int64".into()))?;
+    Ok(move |i: usize| {
+        if weights.is_valid(i) {
+            weights.value(i)
+        } else {
+            0
+        }
+    })
+}
+
 /// `net` (rows of `columns` columns plus an Int64 weight) split into the rows it gains, each
 /// repeated as often as its positive weight, as `target`'s rows; and the rows it loses (a
 /// negative weight), as they are (`schema`: `net`'s).
@@ -27,18 +42,11 @@ pub(crate) fn split(
     let mut gains = Vec::new();
     let mut losses = Vec::new();
     for batch in net {
-        let weights = batch
-            .column(columns)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| Error::Internal("a change weight that is not an Int64".into()))?;
+        let weight = weights(batch, columns)?;
         let mut gained: Vec<u32> = Vec::new();
         let mut lost: Vec<u32> = Vec::new();
         for i in 0..batch.num_rows() {
-            let w = if weights.is_valid(i) {
-                weights.value(i)
-            } else {
-                0
-            };
+            let w = weight(i);
             let index =
                 u32::try_from(i).map_err(|_| Error::Internal("a batch over 2^32 rows".into()))?;
             if w > 0 {
@@ -77,18 +85,11 @@ pub(crate) fn expand(
 ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
     let mut sides = (Vec::new(), Vec::new());
     for batch in net {
-        let weights = batch
-            .column(columns)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| Error::Internal("a change weight that is not an Int64".into()))?;
+        let weight = weights(batch, columns)?;
         let mut gained: Vec<u32> = Vec::new();
         let mut lost: Vec<u32> = Vec::new();
         for i in 0..batch.num_rows() {
-            let w = if weights.is_valid(i) {
-                weights.value(i)
-            } else {
-                0
-            };
+            let w = weight(i);
             let index =
                 u32::try_from(i).map_err(|_| Error::Internal("a batch over 2^32 rows".into()))?;
             let copies = usize::try_from(w.unsigned_abs()).unwrap_or(0);

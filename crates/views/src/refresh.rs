@@ -2818,16 +2818,11 @@ async fn netted(
     inserted: &Arc<dyn TableProvider>,
     removed: &Arc<dyn TableProvider>,
 ) -> Result<Option<(Arc<dyn TableProvider>, Option<Arc<dyn TableProvider>>)>> {
-    let limit = unread::MAX_ROWS + 1;
-    for side in [inserted, removed] {
-        let rows = ctx
-            .read_table(side.clone())?
-            .limit(0, Some(limit))?
-            .count()
-            .await?;
-        if rows >= limit {
-            return Ok(None);
-        }
+    if unread::sizes_within(ctx, &[inserted, removed])
+        .await?
+        .is_none()
+    {
+        return Ok(None);
     }
     let target = inserted.schema();
     let weight = "__medlake_weight";

@@ -68,6 +68,28 @@ pub(crate) fn columns_read(
     (scans > 0 && !every && unread).then_some(read)
 }
 
+/// The row count of each of `sides`, or `None` when one holds more than [`MAX_ROWS`] rows
+/// (counted no further).
+pub(crate) async fn sizes_within(
+    ctx: &SessionContext,
+    sides: &[&Arc<dyn TableProvider>],
+) -> Result<Option<Vec<usize>>> {
+    let limit = MAX_ROWS + 1;
+    let mut counts = Vec::new();
+    for side in sides {
+        let rows = ctx
+            .read_table((*side).clone())?
+            .limit(0, Some(limit))?
+            .count()
+            .await?;
+        if rows >= limit {
+            return Ok(None);
+        }
+        counts.push(rows);
+    }
+    Ok(Some(counts))
+}
+
 /// Whether the rows `inserted` and `removed` (providers with the input's columns), cut to
 /// `columns`, cancel out as multisets. `false` when either holds more than [`MAX_ROWS`] rows.
 pub(crate) async fn cancel_out(
@@ -76,19 +98,9 @@ pub(crate) async fn cancel_out(
     removed: &Arc<dyn TableProvider>,
     columns: &BTreeSet<String>,
 ) -> Result<bool> {
-    let limit = MAX_ROWS + 1;
-    let mut counts = Vec::new();
-    for side in [inserted, removed] {
-        let rows = ctx
-            .read_table(side.clone())?
-            .limit(0, Some(limit))?
-            .count()
-            .await?;
-        if rows >= limit {
-            return Ok(false);
-        }
-        counts.push(rows);
-    }
+    let Some(counts) = sizes_within(ctx, &[inserted, removed]).await? else {
+        return Ok(false);
+    };
     // Multisets of different sizes differ (an append, a delete).
     if counts[0] != counts[1] {
         return Ok(false);
