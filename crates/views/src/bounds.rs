@@ -94,8 +94,11 @@ pub(crate) async fn gained_rows_bound(
         // Each view column of an ordered type with the input expression holding its values,
         // among those every earlier input bounds.
         let mut columns: Vec<(String, DataType, Expr)> = Vec::new();
-        for (view, input) in &key.pairs {
+        for (view, input, reach) in &key.pairs {
             let Expr::Column(c) = view else { continue };
+            if reach.is_some() {
+                continue;
+            }
             let Ok(data_type) = view.get_type(schema.as_ref()) else {
                 continue;
             };

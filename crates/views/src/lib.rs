@@ -24,6 +24,7 @@ mod incremental;
 mod lineage;
 mod multiset;
 mod outcome;
+mod reach;
 pub mod refresh;
 pub mod scheduler;
 pub mod system;

@@ -37,8 +37,13 @@ use medlake_lake::TableName;
 
 use crate::incremental::{matches, time_dependent};
 
-/// Pairs `(expression over a node's output, expression over the read's columns)`.
-pub(crate) type Pairs = Vec<(Expr, Expr)>;
+/// Pairs `(expression over a node's output, expression over the read's columns, reach)`.
+pub(crate) type Pairs = Vec<(Expr, Expr, Reach)>;
+
+/// How far a node's value lies from the read's value it depends on: `None` when they are
+/// equal (a key), `Some((low, high))` when the node's value lies in `[k + low, k + high]` for
+/// the input value `k` (a range join's span, see [`crate::reach`]).
+pub(crate) type Reach = Option<(i128, i128)>;
 
 /// The key of one read of a changed input.
 pub(crate) struct ReadKey {
@@ -103,7 +108,7 @@ pub(crate) fn read_keys(
             .map(|pairs| {
                 pairs
                     .into_iter()
-                    .filter(|(e, _)| e.get_type(schema.as_ref()).is_ok_and(|t| keyable(&t)))
+                    .filter(|(e, ..)| e.get_type(schema.as_ref()).is_ok_and(|t| keyable(&t)))
                     .collect::<Pairs>()
             })
             .filter(|pairs| !pairs.is_empty())
@@ -145,7 +150,7 @@ impl Finder<'_> {
                 .into_iter()
                 .map(|c| {
                     let input = col(Column::new_unqualified(c.name.clone()));
-                    (Expr::Column(c), input)
+                    (Expr::Column(c), input, None)
                 })
                 .collect();
             return Ok(Some(pairs));
@@ -171,8 +176,12 @@ fn through(plan: &LogicalPlan, side: usize, pairs: Pairs) -> Result<Pairs, Strin
         LogicalPlan::Projection(p) => {
             let mut out = Vec::new();
             for (i, e) in p.expr.iter().enumerate() {
-                if let Some(k) = lookup(&pairs, &e.clone().unalias()) {
-                    out.push((Expr::Column(Column::from(p.schema.qualified_field(i))), k));
+                if let Some((k, reach)) = lookup(&pairs, &e.clone().unalias()) {
+                    out.push((
+                        Expr::Column(Column::from(p.schema.qualified_field(i))),
+                        k,
+                        reach,
+                    ));
                 }
             }
             out
@@ -191,8 +200,12 @@ fn through(plan: &LogicalPlan, side: usize, pairs: Pairs) -> Result<Pairs, Strin
             }
             let mut out = Vec::new();
             for (i, g) in a.group_expr.iter().enumerate() {
-                if let Some(k) = lookup(&pairs, g) {
-                    out.push((Expr::Column(Column::from(a.schema.qualified_field(i))), k));
+                if let Some((k, reach)) = lookup(&pairs, g) {
+                    out.push((
+                        Expr::Column(Column::from(a.schema.qualified_field(i))),
+                        k,
+                        reach,
+                    ));
                 }
             }
             if out.is_empty() {
@@ -210,7 +223,7 @@ fn through(plan: &LogicalPlan, side: usize, pairs: Pairs) -> Result<Pairs, Strin
     };
     let mut unique: Pairs = Vec::new();
     for pair in kept {
-        if !unique.iter().any(|(e, _)| *e == pair.0) {
+        if !unique.iter().any(|(e, ..)| *e == pair.0) {
             unique.push(pair);
         }
     }
@@ -223,18 +236,19 @@ fn through_union(u: &datafusion::logical_expr::Union, side: usize, pairs: Pairs)
     let branch = u.inputs[side].schema();
     let pairs = pairs
         .into_iter()
-        .map(|(e, k)| {
+        .filter_map(|(e, k, reach)| {
             let Expr::Column(c) = &e else {
-                return (e, k);
+                return Some((e, k, reach));
             };
             let (Ok(from), Ok(i)) = (e.get_type(branch.as_ref()), branch.index_of_column(c)) else {
-                return (e, k);
+                return Some((e, k, reach));
             };
             let to = u.schema.field(i).data_type();
             if &from == to {
-                (e, k)
+                Some((e, k, reach))
             } else {
-                (e, cast(k, to.clone()))
+                // (A span is in the branch type's units.)
+                reach.is_none().then(|| (e, cast(k, to.clone()), None))
             }
         })
         .collect();
@@ -266,7 +280,10 @@ fn through_join(
                     (Ok(a), Ok(b)) if a == b
                 )
             })
-            .filter_map(|(mine, other)| lookup(&pairs, mine).map(|k| ((*other).clone(), k)))
+            .filter_map(|(mine, other)| {
+                lookup(&pairs, mine).map(|(k, reach)| ((*other).clone(), k, reach))
+            })
+            .chain(reaching(j, side, &pairs))
             .collect()
     };
     let preserved = matches!(
@@ -328,7 +345,7 @@ fn through_window(w: &datafusion::logical_expr::Window, pairs: Pairs) -> Result<
     let out: Pairs = shared
         .unwrap_or_default()
         .iter()
-        .filter_map(|p| lookup(&pairs, p).map(|k| (p.clone(), k)))
+        .filter_map(|p| lookup(&pairs, p).map(|(k, reach)| (p.clone(), k, reach)))
         .collect();
     if out.is_empty() {
         return Err(
@@ -342,7 +359,7 @@ fn through_window(w: &datafusion::logical_expr::Window, pairs: Pairs) -> Result<
 /// The equalities `left expression = right expression` a join matches on: its equi-join
 /// keys and the equalities between its sides in its ON condition (a plan not yet optimized
 /// keeps them all there).
-fn equi_pairs(j: &datafusion::logical_expr::Join) -> Vec<(Expr, Expr)> {
+pub(crate) fn equi_pairs(j: &datafusion::logical_expr::Join) -> Vec<(Expr, Expr)> {
     let mut out = j.on.clone();
     let Some(filter) = &j.filter else {
         return out;
@@ -365,19 +382,48 @@ fn equi_pairs(j: &datafusion::logical_expr::Join) -> Vec<(Expr, Expr)> {
     out
 }
 
-/// The input expression whose value `expr` (over the node's input) always holds: a pair's
-/// own expression, or `expr` with each column replaced by its pair's input expression.
-fn lookup(pairs: &Pairs, expr: &Expr) -> Option<Expr> {
-    if let Some((_, k)) = pairs.iter().find(|(e, _)| e == expr) {
-        return Some(k.clone());
+/// The columns of the other side of `j` (the read is on `side`) that a range condition ties
+/// to a key of the read: a changed row of key `k` changes the rows whose column lies within
+/// the condition's span of `k` (see [`crate::reach`]).
+fn reaching(j: &datafusion::logical_expr::Join, side: usize, pairs: &Pairs) -> Pairs {
+    let mut out = Vec::new();
+    for span in crate::reach::spans(j) {
+        let (Some(low), Some(high)) = (span.low, span.high) else {
+            continue;
+        };
+        // other − mine ∈ [low, high] (right − left as the span gives it, or its opposite).
+        let (mine, other, low, high) = if side == 0 {
+            (&span.left, &span.right, low, high)
+        } else {
+            (&span.right, &span.left, -high, -low)
+        };
+        if !matches!(other, Expr::Column(_)) {
+            continue;
+        }
+        if let Some((k, reach)) = lookup(pairs, mine) {
+            let (before, after) = reach.unwrap_or((0, 0));
+            if let (Some(low), Some(high)) = (before.checked_add(low), after.checked_add(high)) {
+                out.push((other.clone(), k, Some((low, high))));
+            }
+        }
+    }
+    out
+}
+
+/// The input expression whose value `expr` (over the node's input) always holds, and how far
+/// from it: a pair's own expression, or `expr` with each column replaced by its pair's input
+/// expression (keys only: a function of a value known up to a span is not).
+fn lookup(pairs: &Pairs, expr: &Expr) -> Option<(Expr, Reach)> {
+    if let Some((_, k, reach)) = pairs.iter().find(|(e, ..)| e == expr) {
+        return Some((k.clone(), *reach));
     }
     if expr.column_refs().is_empty() || time_dependent(expr) || !row_wise(expr) {
         return None;
     }
     let columns: HashMap<&Column, &Expr> = pairs
         .iter()
-        .filter_map(|(e, k)| match e {
-            Expr::Column(c) => Some((c, k)),
+        .filter_map(|(e, k, reach)| match e {
+            Expr::Column(c) if reach.is_none() => Some((c, k)),
             _ => None,
         })
         .collect();
@@ -396,7 +442,7 @@ fn lookup(pairs: &Pairs, expr: &Expr) -> Option<Expr> {
         })
         .ok()?
         .data;
-    complete.then_some(replaced)
+    complete.then_some((replaced, None))
 }
 
 /// Whether `expr` is computed from one row alone (no aggregate, window or subquery).
@@ -422,7 +468,7 @@ fn renamed(pairs: Pairs, from: Vec<Column>, to: Vec<Column>) -> Pairs {
     let map: HashMap<Column, Column> = from.into_iter().zip(to).collect();
     pairs
         .into_iter()
-        .filter_map(|(e, k)| {
+        .filter_map(|(e, k, reach)| {
             let mut complete = true;
             let e = e
                 .transform_up(|e| match &e {
@@ -437,7 +483,7 @@ fn renamed(pairs: Pairs, from: Vec<Column>, to: Vec<Column>) -> Pairs {
                 })
                 .ok()?
                 .data;
-            complete.then_some((e, k))
+            complete.then_some((e, k, reach))
         })
         .collect()
 }
@@ -472,6 +518,39 @@ fn keyable(data_type: &DataType) -> bool {
 /// [`crate::incremental::key_predicate`].
 pub(crate) fn region_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
     crate::incremental::key_predicate(expr, values)
+}
+
+/// `expr` within the reach `[low, high]` of the least and greatest of `values` (none: false).
+pub(crate) fn reach_predicate(expr: Expr, values: &[ScalarValue], low: i128, high: i128) -> Expr {
+    let present: Vec<ScalarValue> = values
+        .iter()
+        .filter(|v| !v.is_null())
+        .map(crate::incremental::stored_type)
+        .collect();
+    let mut ends: Option<(&ScalarValue, &ScalarValue)> = None;
+    for v in &present {
+        ends = match ends {
+            None => Some((v, v)),
+            Some((least, greatest)) => match (v.partial_cmp(least), v.partial_cmp(greatest)) {
+                (Some(l), Some(g)) => Some((
+                    if l.is_lt() { v } else { least },
+                    if g.is_gt() { v } else { greatest },
+                )),
+                // Not ordered: every row of the other key columns.
+                _ => return lit(true),
+            },
+        };
+    }
+    let Some((least, greatest)) = ends else {
+        return lit(false);
+    };
+    match (
+        crate::reach::shift(least, low),
+        crate::reach::shift(greatest, high),
+    ) {
+        (Some(from), Some(to)) => expr.between(lit(from), lit(to)),
+        _ => lit(true),
+    }
 }
 
 /// A refresh by regions: the view's rows in the regions the changes of `keys` touch are

@@ -43,6 +43,7 @@ use crate::incremental::{self, Shape};
 use crate::lineage;
 use crate::multiset;
 pub use crate::outcome::{RefreshOutcome, Status, Trigger};
+use crate::reach;
 use crate::unread;
 
 /// The key of medlake's state in a view commit's `commitInfo`.
@@ -2137,11 +2138,11 @@ impl Views {
             if let Some(earlier) = predicates[..i].iter().cloned().reduce(Expr::or) {
                 only = only.and(earlier.is_not_true());
             }
-            parts.push(
-                LogicalPlanBuilder::from(query.clone())
-                    .filter(only)?
-                    .build()?,
-            );
+            // What the region bounds, carried over range joins to their other side (which
+            // DataFusion does not infer): the other side's scans skip what no row of the
+            // region can match.
+            let bounded = reach::transfer(&query, &reach::bounds_of(predicate))?;
+            parts.push(LogicalPlanBuilder::from(bounded).filter(only)?.build()?);
         }
         if let Some(why) = self.reads_too_much(step, &parts, "recomputing them").await {
             let why = format!("{reason}; {} region(s): {why}", predicates.len());
@@ -2506,7 +2507,7 @@ async fn region_predicates(
             .pairs
             .iter()
             .enumerate()
-            .map(|(i, (_, k))| k.clone().alias(format!("__medlake_key_{i}")))
+            .map(|(i, (_, k, _))| k.clone().alias(format!("__medlake_key_{i}")))
             .collect();
         let touched = rows.aggregate(group, Vec::<Expr>::new())?.build()?;
         let Ok(batches) = collect_plan(ctx, &touched).await else {
@@ -2520,7 +2521,10 @@ async fn region_predicates(
             .pairs
             .iter()
             .zip(&values)
-            .map(|((view, _), values)| lineage::region_predicate(view.clone(), values))
+            .map(|((view, _, reach), values)| match reach {
+                None => lineage::region_predicate(view.clone(), values),
+                Some((low, high)) => lineage::reach_predicate(view.clone(), values, *low, *high),
+            })
             .reduce(Expr::and)
             .unwrap_or_else(|| datafusion::logical_expr::lit(true));
         if !predicates.contains(&predicate) {

@@ -157,6 +157,16 @@ const VIEWS: &[(&str, &str)] = &[
          (PARTITION BY patient, CAST(ts AS DATE) ORDER BY ts, value) AS step FROM bronze.events) \
          GROUP BY patient, day",
     ),
+    // A range join (crates/views/src/reach.rs): each hour with the hours up to 5 before it,
+    // recomputed for the hours within reach of a change.
+    (
+        "gold.carried",
+        "AS WITH hourly AS (SELECT patient, date_trunc('hour', ts) AS hour, max(value) AS value, \
+         count(*) AS n FROM bronze.events GROUP BY patient, date_trunc('hour', ts)) \
+         SELECT h.patient, h.hour, count(*) AS hours, sum(o.n) AS readings, max(o.value) AS top \
+         FROM (SELECT DISTINCT patient, hour FROM hourly) h JOIN hourly o ON o.patient = h.patient \
+         AND o.hour <= h.hour AND o.hour > h.hour - INTERVAL '5 hours' GROUP BY h.patient, h.hour",
+    ),
 ];
 
 #[tokio::test]
@@ -364,7 +374,12 @@ async fn incremental_refresh_yields_exactly_what_a_full_refresh_yields() {
     }
     // A changed dimension on the null-supplying side of a LEFT JOIN (and the window views)
     // are recomputed where the change touches them, by key regions.
-    for view in ["silver.enriched", "silver.latest_ward", "gold.daily_steps"] {
+    for view in [
+        "silver.enriched",
+        "silver.latest_ward",
+        "gold.daily_steps",
+        "gold.carried",
+    ] {
         let hits = engine
             .query(&format!(
                 "SELECT count(*) FROM system.refreshes WHERE view = '{view}' AND mode = 'incremental' \
