@@ -2483,13 +2483,18 @@ fn expectation_counts(checks: &Checks) -> Vec<(String, String, &'static str, u64
 
 /// The inputs that changed since the view's last refresh, and how.
 /// One predicate (over the view's columns) per region the changes of `regions.keys` touch;
-/// `None` when a key expression failed on some changed row.
+/// `None` when a key expression failed on some changed row. Regions over the same view
+/// columns (the reads of one input in several places, several changed inputs joined on one
+/// key) are merged into one: each column holds the values of either, or the range that spans
+/// both where one is known up to a reach. A superset of the regions, recomputed once (each
+/// region's recompute reads what its predicate lets through: three regions of today's
+/// device-days read today's readings three times).
 async fn region_predicates(
     ctx: &SessionContext,
     changes: &[InputChange],
     regions: &lineage::Regions,
 ) -> Result<Option<Vec<Expr>>> {
-    let mut predicates: Vec<Expr> = Vec::new();
+    let mut merged: Vec<Vec<Touched>> = Vec::new();
     for key in &regions.keys {
         let change = changes
             .iter()
@@ -2517,21 +2522,71 @@ async fn region_predicates(
             continue;
         }
         let values = distinct_keys(&batches, key.pairs.len())?;
-        let predicate = key
+        let region: Vec<Touched> = key
             .pairs
             .iter()
-            .zip(&values)
-            .map(|((view, _, reach), values)| match reach {
-                None => lineage::region_predicate(view.clone(), values),
-                Some((low, high)) => lineage::reach_predicate(view.clone(), values, *low, *high),
+            .zip(values)
+            .map(|((view, _, reach), values)| Touched {
+                view: view.clone(),
+                values,
+                reach: *reach,
             })
-            .reduce(Expr::and)
-            .unwrap_or_else(|| datafusion::logical_expr::lit(true));
-        if !predicates.contains(&predicate) {
-            predicates.push(predicate);
+            .collect();
+        let same = |r: &Vec<Touched>| {
+            r.len() == region.len() && r.iter().zip(&region).all(|(a, b)| a.view == b.view)
+        };
+        match merged.iter_mut().find(|r| same(r)) {
+            Some(into) => {
+                for (column, more) in into.iter_mut().zip(region) {
+                    column.merge(more);
+                }
+            }
+            None => merged.push(region),
         }
     }
-    Ok(Some(predicates))
+    Ok(Some(
+        merged
+            .into_iter()
+            .map(|region| {
+                region
+                    .into_iter()
+                    .map(Touched::predicate)
+                    .reduce(Expr::and)
+                    .unwrap_or_else(|| datafusion::logical_expr::lit(true))
+            })
+            .collect(),
+    ))
+}
+
+/// One view column of a region: the values the changed rows give it, and how far from them
+/// the view's values may lie (see [`lineage::Reach`]).
+struct Touched {
+    view: Expr,
+    values: Vec<ScalarValue>,
+    reach: lineage::Reach,
+}
+
+impl Touched {
+    fn merge(&mut self, other: Touched) {
+        self.reach = match (self.reach, other.reach) {
+            (None, None) => None,
+            // A value itself lies at the reach [0, 0].
+            (a, b) => {
+                let (a, b) = (a.unwrap_or((0, 0)), b.unwrap_or((0, 0)));
+                Some((a.0.min(b.0), a.1.max(b.1)))
+            }
+        };
+        let mut seen: HashSet<ScalarValue> = self.values.iter().cloned().collect();
+        self.values
+            .extend(other.values.into_iter().filter(|v| seen.insert(v.clone())));
+    }
+
+    fn predicate(self) -> Expr {
+        match self.reach {
+            None => lineage::region_predicate(self.view, &self.values),
+            Some((low, high)) => lineage::reach_predicate(self.view, &self.values, low, high),
+        }
+    }
 }
 
 /// Runs `plan` to its batches.
