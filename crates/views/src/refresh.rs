@@ -2522,7 +2522,7 @@ async fn region_predicates(
             continue;
         }
         let values = distinct_keys(&batches, key.pairs.len())?;
-        let region: Vec<Touched> = key
+        let mut region: Vec<Touched> = key
             .pairs
             .iter()
             .zip(values)
@@ -2532,6 +2532,8 @@ async fn region_predicates(
                 reach: *reach,
             })
             .collect();
+        // (In one order, whatever order the reads' keys come in.)
+        region.sort_by_cached_key(|t| t.view.schema_name().to_string());
         let same = |r: &Vec<Touched>| {
             r.len() == region.len() && r.iter().zip(&region).all(|(a, b)| a.view == b.view)
         };
