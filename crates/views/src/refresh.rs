@@ -2546,9 +2546,31 @@ async fn region_predicates(
             None => merged.push(region),
         }
     }
+    // A region inside another (its columns a superset of the other's, each holding only
+    // values the other holds) adds no row: gold.data_completeness's readings counts by device,
+    // ward and day lie inside its day-keyed region of the same days.
+    let inside = |small: &Vec<Touched>, big: &Vec<Touched>| {
+        big.iter().all(|b| {
+            small.iter().any(|s| {
+                s.view == b.view && s.reach.is_none() && b.reach.is_none() && {
+                    let held: HashSet<&ScalarValue> = b.values.iter().collect();
+                    s.values.iter().all(|v| held.contains(v))
+                }
+            })
+        })
+    };
+    let mut kept: Vec<Vec<Touched>> = Vec::new();
+    for (i, region) in merged.iter().enumerate() {
+        let covered = merged
+            .iter()
+            .enumerate()
+            .any(|(j, other)| j != i && inside(region, other) && (!inside(other, region) || j < i));
+        if !covered {
+            kept.push(region.clone());
+        }
+    }
     Ok(Some(
-        merged
-            .into_iter()
+        kept.into_iter()
             .map(|region| {
                 region
                     .into_iter()
@@ -2562,6 +2584,7 @@ async fn region_predicates(
 
 /// One view column of a region: the values the changed rows give it, and how far from them
 /// the view's values may lie (see [`lineage::Reach`]).
+#[derive(Clone)]
 struct Touched {
     view: Expr,
     values: Vec<ScalarValue>,
