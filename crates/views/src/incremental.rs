@@ -577,6 +577,13 @@ pub(crate) fn key_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
 /// `expr BETWEEN least AND greatest` of the non-null `values`, when all are of one totally
 /// ordered type (no floats: NaN has no place in a range).
 fn key_range(expr: &Expr, values: &[ScalarValue]) -> Option<Expr> {
+    let (least, greatest) = extremes(values)?;
+    Some(expr.clone().between(lit(least), lit(greatest)))
+}
+
+/// The least and greatest of the non-null `values` (as Delta stores them), when there is one
+/// and all are of one totally ordered type.
+pub(crate) fn extremes(values: &[ScalarValue]) -> Option<(ScalarValue, ScalarValue)> {
     let present: Vec<ScalarValue> = values
         .iter()
         .filter(|v| !v.is_null())
@@ -602,10 +609,7 @@ fn key_range(expr: &Expr, values: &[ScalarValue]) -> Option<Expr> {
             _ => return None,
         }
     }
-    Some(
-        expr.clone()
-            .between(lit(least.clone()), lit(greatest.clone())),
-    )
+    Some((least.clone(), greatest.clone()))
 }
 
 /// Whether values of `data_type` have a total order a range can bound: integers, decimals,

@@ -522,31 +522,16 @@ pub(crate) fn region_predicate(expr: Expr, values: &[ScalarValue]) -> Expr {
 
 /// `expr` within the reach `[low, high]` of the least and greatest of `values` (none: false).
 pub(crate) fn reach_predicate(expr: Expr, values: &[ScalarValue], low: i128, high: i128) -> Expr {
-    let present: Vec<ScalarValue> = values
-        .iter()
-        .filter(|v| !v.is_null())
-        .map(crate::incremental::stored_type)
-        .collect();
-    let mut ends: Option<(&ScalarValue, &ScalarValue)> = None;
-    for v in &present {
-        ends = match ends {
-            None => Some((v, v)),
-            Some((least, greatest)) => match (v.partial_cmp(least), v.partial_cmp(greatest)) {
-                (Some(l), Some(g)) => Some((
-                    if l.is_lt() { v } else { least },
-                    if g.is_gt() { v } else { greatest },
-                )),
-                // Not ordered: every row of the other key columns.
-                _ => return lit(true),
-            },
-        };
-    }
-    let Some((least, greatest)) = ends else {
+    if values.iter().all(ScalarValue::is_null) {
         return lit(false);
+    }
+    // Not one ordered type: every row of the other key columns.
+    let Some((least, greatest)) = crate::incremental::extremes(values) else {
+        return lit(true);
     };
     match (
-        crate::reach::shift(least, low),
-        crate::reach::shift(greatest, high),
+        crate::reach::shift(&least, low),
+        crate::reach::shift(&greatest, high),
     ) {
         (Some(from), Some(to)) => expr.between(lit(from), lit(to)),
         _ => lit(true),
