@@ -223,6 +223,11 @@ pub(crate) fn memory_text(
             footer_bytes as u64,
         ),
         (
+            "medlake_parquet_metadata_cache_limit_bytes",
+            "Bytes of Parquet footers DataFusion may keep (its metadata_cache_limit).",
+            footers.cache_limit() as u64,
+        ),
+        (
             "medlake_parquet_metadata_cache_entries",
             "Parquet footers DataFusion keeps.",
             footers.len() as u64,
