@@ -32,6 +32,7 @@ use pgwire::messages::startup::ParameterStatus;
 use pgwire::types::format::FormatOptions;
 use tracing::debug;
 
+use crate::ahead::ahead;
 use crate::commands::{self, Command, CopyOut};
 use crate::connection::{Connection, Query};
 use crate::encode::{CopyFormat, Encoder, Style};
@@ -294,18 +295,15 @@ fn rows_response(
     )?);
     let encode = fields.clone();
     let style = Style::from_settings(&connection.settings().values);
-    let rows = guarded(connection.clone(), query, stream)
-        .map(move |batch| {
-            let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> = match batch {
-                Ok(batch) => match Encoder::new(&encode, &batch) {
-                    Some(encoder) => Box::new(encoder.data_rows(&style).into_iter().map(Ok)),
-                    None => encode_recordbatch(encode.clone(), batch),
-                },
-                Err(e) => Box::new(std::iter::once(Err(e))),
-            };
-            stream::iter(rows)
-        })
-        .flatten();
+    let rows = ahead(
+        guarded(connection.clone(), query, stream),
+        move |batch: RecordBatch| -> Vec<PgWireResult<DataRow>> {
+            match Encoder::new(&encode, &batch) {
+                Some(encoder) => encoder.data_rows(&style).into_iter().map(Ok).collect(),
+                None => encode_recordbatch(encode.clone(), batch).collect(),
+            }
+        },
+    );
     Ok(QueryResponse::new(fields, rows))
 }
 
@@ -617,33 +615,28 @@ async fn copy_out(connection: &Arc<Connection>, copy: &CopyOut) -> PgWireResult<
     let options = copy.clone();
     let encode = fields.clone();
     let style = Style::from_settings(&connection.settings().values);
-    let rows = guarded(connection.clone(), query, stream)
-        .map(move |batch| {
-            let options = options.clone();
-            let lines: Box<dyn Iterator<Item = PgWireResult<CopyData>> + Send> = match batch {
-                Ok(batch) => match Encoder::new(&encode, &batch) {
-                    // One CopyData per batch: clients read COPY data as a byte stream.
-                    Some(encoder) => {
-                        let mut delimiter = [0u8; 4];
-                        let format = CopyFormat {
-                            csv: options.csv,
-                            delimiter: options.delimiter.encode_utf8(&mut delimiter).as_bytes(),
-                            null: options.null.as_bytes(),
-                        };
-                        let mut out = BytesMut::with_capacity(batch.num_rows() * 64);
-                        encoder.copy_lines(&style, &format, &mut out);
-                        Box::new(std::iter::once(Ok(CopyData::new(out.freeze()))))
-                    }
-                    None => Box::new(encode_recordbatch(encode.clone(), batch).map(move |row| {
-                        let row = row?;
-                        Ok(CopyData::new(copy_line(&row_fields(&row), &options)))
-                    })),
-                },
-                Err(e) => Box::new(std::iter::once(Err(e))),
-            };
-            stream::iter(lines)
-        })
-        .flatten();
+    let rows = ahead(
+        guarded(connection.clone(), query, stream),
+        move |batch: RecordBatch| -> Vec<PgWireResult<CopyData>> {
+            match Encoder::new(&encode, &batch) {
+                // One CopyData per batch: clients read COPY data as a byte stream.
+                Some(encoder) => {
+                    let mut delimiter = [0u8; 4];
+                    let format = CopyFormat {
+                        csv: options.csv,
+                        delimiter: options.delimiter.encode_utf8(&mut delimiter).as_bytes(),
+                        null: options.null.as_bytes(),
+                    };
+                    let mut out = BytesMut::with_capacity(batch.num_rows() * 64);
+                    encoder.copy_lines(&style, &format, &mut out);
+                    vec![Ok(CopyData::new(out.freeze()))]
+                }
+                None => encode_recordbatch(encode.clone(), batch)
+                    .map(|row| Ok(CopyData::new(copy_line(&row_fields(&row?), &options))))
+                    .collect(),
+            }
+        },
+    );
     let data = stream::iter(header).chain(rows);
     Ok(Response::CopyOut(CopyResponse::new(0, columns, data)))
 }

@@ -9,6 +9,7 @@
 //! transaction statements as tools send them, `COPY ... TO STDOUT`, CancelRequest and
 //! `statement_timeout`. Results stream batch by batch: a large SELECT never sits in memory.
 
+mod ahead;
 mod auth;
 mod commands;
 mod connection;
