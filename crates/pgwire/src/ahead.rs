@@ -89,13 +89,19 @@ mod tests {
             .collect()
             .await;
         assert_eq!(out.len(), 199);
-        let values: Vec<u32> = out.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        let values: Vec<u32> = out
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
         let expected: Vec<u32> = (0..100)
             .filter(|i| *i != 50)
             .flat_map(|i| [i * 10, i * 10 + 1])
             .collect();
         assert_eq!(values, expected);
-        assert!(out[100].is_err(), "the failed batch's error is at its place");
+        assert!(
+            out[100].is_err(),
+            "the failed batch's error is at its place"
+        );
     }
 
     #[tokio::test]
@@ -109,7 +115,11 @@ mod tests {
         .await;
         assert_eq!(out.len(), 4);
         assert!(out[..3].iter().all(Result::is_ok));
-        let last = out[3].as_ref().err().map(ToString::to_string).unwrap_or_default();
+        let last = out[3]
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         assert!(last.contains("stopped before its end"), "{last}");
     }
 
@@ -125,7 +135,10 @@ mod tests {
         drop(out);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let produced = watch.try_iter().count();
-        assert!(produced <= AHEAD + 3, "{produced} batches encoded after the drop");
+        assert!(
+            produced <= AHEAD + 3,
+            "{produced} batches encoded after the drop"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(watch.try_iter().count(), 0, "the producer stopped");
     }
