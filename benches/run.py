@@ -339,6 +339,17 @@ class MedlakeServer:
             sys.exit(f"medlake serve did not report its http address; see {log}")
         self.host, port = found[0].rsplit(":", 1)
         self.port = int(port)
+        self.perf = None
+        if os.environ.get("MEDLAKE_BENCH_PERF"):
+            # Diagnosis only (the figures of a run under perf are not results): the server's
+            # on-CPU profile with DWARF call graphs, for a build with symbols (`cargo build
+            # --profile profiling`), into $MEDLAKE_BENCH_PERF/<log name>.perf.data.
+            folder = Path(os.environ["MEDLAKE_BENCH_PERF"])
+            folder.mkdir(parents=True, exist_ok=True)
+            self.perf = subprocess.Popen(
+                ["perf", "record", "-F", "499", "--call-graph", "dwarf,32768", "-p", str(self.proc.pid),
+                 "-o", str(folder / (Path(log).name + ".perf.data"))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _read(self, found):
         for line in self.proc.stdout:
@@ -355,6 +366,10 @@ class MedlakeServer:
         return float(m.group(1)) if m else None
 
     def stop(self):
+        if getattr(self, "perf", None) is not None:
+            self.perf.send_signal(signal.SIGINT)
+            self.perf.wait(300)
+            self.perf = None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -11,6 +11,11 @@ or `COPY ... TO STDOUT`) and prints rows/s, the server's and the client's CPU se
 /proc) and, every 50 ms, whether the server's send queue and the client's receive queue were
 empty (`ss`). A side that is neither CPU-bound nor keeps the socket full is waiting on itself.
 One round each: figures move by ~5% between runs; `benches/run.py serve` is the benchmark.
+
+With --perf DIR (medlake only; a build with symbols: `cargo build --profile profiling`), the
+fetch also runs under `perf record --call-graph dwarf` of the server (DIR/<method>.perf.data,
+on-CPU time) and `perf trace -s` (DIR/<method>.syscalls.txt: each thread's system calls,
+their count and time, so the waits show as epoll_wait, futex and write/sendto).
 """
 import argparse
 import os
@@ -63,8 +68,33 @@ def queues(port, stop, out):
         time.sleep(0.05)
 
 
-def fetch(name, connect, port, server_pids, query, method):
+def perf_start(perf_dir, pid, method):
+    """perf record (on-CPU, DWARF call graphs) and perf trace (system calls) of `pid`."""
+    if not perf_dir:
+        return []
+    perf_dir.mkdir(parents=True, exist_ok=True)
+    record = subprocess.Popen(["perf", "record", "-F", "499", "--call-graph", "dwarf,32768", "-p", str(pid),
+                               "-o", str(perf_dir / f"{method}.perf.data")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trace = subprocess.Popen(["perf", "trace", "-s", "-p", str(pid), "-o", str(perf_dir / f"{method}.syscalls.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return [record, trace]
+
+
+def perf_stop(procs):
+    for proc in procs:
+        proc.send_signal(2)
+    for proc in procs:
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def fetch(name, connect, port, server_pids, query, method, perf_dir=None):
     conn = connect()
+    perf = perf_start(perf_dir, server_pids()[0], method)
     try:
         cur = conn.cursor()
         seen = {"server_send_q": [], "client_recv_q": []}
@@ -84,6 +114,8 @@ def fetch(name, connect, port, server_pids, query, method):
         server, client = cpu_seconds(server_pids()) - s0, time.process_time() - c0
         stop.set()
         watcher.join()
+        perf_stop(perf)
+        perf = []
         empty = {k: 100 * sum(1 for x in v if x == 0) // max(len(v), 1) for k, v in seen.items()}
         median = {k: int(statistics.median(v)) if v else 0 for k, v in seen.items()}
         print(f"{name} {method}: {rows:,} rows in {wall:.2f} s = {rows / wall:,.0f} rows/s; CPU s: server "
@@ -91,6 +123,7 @@ def fetch(name, connect, port, server_pids, query, method):
               f"(median {median['server_send_q']:,} B), client recv-q {empty['client_recv_q']}% "
               f"(median {median['client_recv_q']:,} B)")
     finally:
+        perf_stop(perf)
         conn.close()
 
 
@@ -100,6 +133,10 @@ def main():
     p.add_argument("--rows", type=int, default=10_000_000)
     p.add_argument("--work", default="/tmp/medlake-serve-diagnose")
     p.add_argument("--postgres", action="store_true", help="also PostgreSQL 15, the same rows and client")
+    p.add_argument("--pin", action="store_true",
+                   help="medlake only: the server's threads on CPU 0, this client on CPU 1 (does the "
+                        "scheduler putting both on one core explain the waits?)")
+    p.add_argument("--perf", type=Path, help="record the server's CPU profile and system calls into this folder")
     p.add_argument("methods", nargs="*", default=["select"], choices=["select", "copy"])
     args = p.parse_args()
     work = Path(args.work)
@@ -111,9 +148,14 @@ def main():
         run.Medlake(args.bin, warehouse).run(run.sql_file("medlake.sql", "serve", landing=f"{landing}/"))
     query = run.query_text("query.sql", "serve")
     server = run.MedlakeDoors(args.bin, warehouse, work / "serve.log")
+    if args.pin:
+        os.sched_setaffinity(0, {1})
+        subprocess.run(["taskset", "-a", "-p", "-c", "0", str(server.proc.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
     try:
         for method in args.methods:
-            fetch("medlake", server.pg_connect, server.doors["postgres"][1], lambda: [server.proc.pid], query, method)
+            fetch("medlake", server.pg_connect, server.doors["postgres"][1], lambda: [server.proc.pid], query, method,
+                  args.perf)
     finally:
         server.stop()
     if args.postgres:

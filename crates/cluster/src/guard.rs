@@ -259,6 +259,7 @@ mod tests {
                     row_group_rows: 1,
                     page_rows: 1,
                     file_size: 0,
+                    bloom_columns: Vec::new(),
                 },
             ))
         };

@@ -62,6 +62,10 @@ pub struct Target {
     pub page_rows: usize,
     /// A file is closed and another begun past this size (bytes; 0: one file per task).
     pub file_size: u64,
+    /// The columns whose row groups carry a bloom filter (the table's
+    /// `medlake.bloomFilterColumns`).
+    #[serde(default)]
+    pub bloom_columns: Vec<String>,
 }
 
 /// A refresh's expectations, checked by the write ([`crate::checks`]). `Fail` rules are not
@@ -380,11 +384,11 @@ async fn writer_for(target: &Target, ctx: &TaskContext) -> Result<RecordBatchWri
     let table = BlindDeltaTable::try_new_with_log_store(log_store)
         .await
         .map_err(delta)?;
-    let properties = deltalake::parquet::file::properties::WriterProperties::builder()
-        .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(target.row_group_rows.max(1)))
-        .set_data_page_row_count_limit(target.page_rows.max(1))
-        .build();
+    let properties = medlake_lake::parquet_layout(
+        target.row_group_rows,
+        target.page_rows,
+        &target.bloom_columns,
+    );
     Ok(RecordBatchWriter::for_blind_appends(&table)
         .map_err(delta)?
         .with_writer_properties(properties)

@@ -192,6 +192,7 @@ async fn a_checking_write_round_trips_through_the_codec_and_counts_what_it_dropp
                 row_group_rows: elsewhere.row_group_rows,
                 page_rows: elsewhere.page_rows,
                 file_size: elsewhere.file_size,
+                bloom_columns: elsewhere.bloom_columns,
             },
         )
         .checking(Checking {
@@ -432,6 +433,7 @@ async fn write_there(
             row_group_rows: target.row_group_rows,
             page_rows: target.page_rows,
             file_size: target.file_size,
+            bloom_columns: target.bloom_columns,
         },
     ));
     let remote = RemoteExec::new(cluster, write, &ctx.copied_config()).unwrap();

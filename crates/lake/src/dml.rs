@@ -177,10 +177,11 @@ impl Warehouse {
     ) -> Result<ChangeOutcome> {
         let table = self.open_scrubbed(name, hide).await?;
         let before = table.version();
+        let properties = crate::warehouse::table_writer_properties(&table, false);
         let mut builder = table
             .delete()
             .with_session_state(session)
-            .with_writer_properties(crate::warehouse::writer_properties())
+            .with_writer_properties(properties)
             .with_commit_properties(
                 deltalake::kernel::transaction::CommitProperties::default().with_metadata(metadata),
             );
@@ -213,10 +214,11 @@ impl Warehouse {
         let table = self.open_scrubbed(name, hide).await?;
         let before = table.version();
         let schema = arrow_schema(name, &table)?;
+        let properties = crate::warehouse::table_writer_properties(&table, false);
         let mut builder = table
             .update()
             .with_session_state(session)
-            .with_writer_properties(crate::warehouse::writer_properties());
+            .with_writer_properties(properties);
         if let Some(predicate) = predicate {
             builder = builder.with_predicate(predicate);
         }
@@ -257,12 +259,13 @@ impl Warehouse {
         let source = without_idle_rows(&table, &schema, merge.source, &merge.on, &merge.clauses)
             .await
             .map_err(|e| Error::DataFusion(Box::new(e)))?;
+        let properties = crate::warehouse::table_writer_properties(&table, false);
         let mut builder = table
             .merge(source, merge.on)
             .with_source_alias(MERGE_SOURCE)
             .with_target_alias(MERGE_TARGET)
             .with_session_state(session)
-            .with_writer_properties(crate::warehouse::writer_properties());
+            .with_writer_properties(properties);
         for clause in merge.clauses {
             let predicate = clause.predicate;
             let with = |set: Vec<(String, Expr)>| -> Vec<(String, Expr)> {

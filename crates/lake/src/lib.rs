@@ -10,6 +10,7 @@
 //! [`Appender`], a table a long-lived server-side writer keeps open between its commits.
 
 pub mod backup;
+pub mod bloom;
 pub mod changes;
 pub mod checkpoints;
 mod clone;
@@ -40,7 +41,7 @@ pub use snapshots::{KeptSnapshots, Latest};
 pub use warehouse::{
     Appender, BUILT_IN_SCHEMAS, CLUSTER_BY, CommitOptions, HistoryEntry, OptimizeOutcome,
     ROW_GROUP_ROWS, TableName, TimeTravel, VacuumOutcome, Warehouse, WriteMode, WriteOutcome,
-    cluster_columns, validate_name,
+    cluster_columns, parquet_layout, validate_name,
 };
 pub use written::WriteTarget;
 

@@ -42,7 +42,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::warehouse::{Appender, TableName, Warehouse, conform, writer_properties};
+use crate::warehouse::{Appender, TableName, Warehouse, conform, table_writer_properties};
 
 /// The table property turning automatic compaction off (`'false'`) or on (`'true'`, the
 /// default).
@@ -72,6 +72,7 @@ pub const SETTABLE_PROPERTIES: &[&str] = &[
     AUTO_COMPACT,
     AUTO_COMPACT_MIN_FILES,
     AUTO_COMPACT_TARGET_SIZE,
+    crate::bloom::BLOOM_FILTER_COLUMNS,
 ];
 
 /// A table's automatic compaction policy.
@@ -122,6 +123,8 @@ pub fn check_property(key: &str, value: &str) -> std::result::Result<&'static st
     };
     let value = value.trim();
     let fine = match *known {
+        // Checked against the table's columns by `Warehouse::set_table_properties`.
+        crate::bloom::BLOOM_FILTER_COLUMNS => true,
         AUTO_COMPACT => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
         AUTO_COMPACT_MIN_FILES => value
             .parse::<usize>()
@@ -420,16 +423,23 @@ impl Warehouse {
         name: &TableName,
         properties: &[(String, String)],
     ) -> Result<u64> {
-        let mut set = HashMap::new();
-        for (key, value) in properties {
-            let key = check_property(key, value).map_err(|reason| Error::InvalidTableProperty {
-                table: name.to_string(),
-                reason,
-            })?;
-            set.insert(key.to_string(), value.trim().to_ascii_lowercase());
-        }
+        let invalid = |reason| Error::InvalidTableProperty {
+            table: name.to_string(),
+            reason,
+        };
         let delta = |e| Error::delta(&name.schema, &name.table, e);
         let table = self.open_table(name).await?;
+        let mut set = HashMap::new();
+        for (key, value) in properties {
+            let key = check_property(key, value).map_err(invalid)?;
+            let value = if key == crate::bloom::BLOOM_FILTER_COLUMNS {
+                let schema = table.snapshot().map_err(delta)?.snapshot().arrow_schema();
+                crate::bloom::resolve(value, &schema).map_err(invalid)?
+            } else {
+                value.trim().to_ascii_lowercase()
+            };
+            set.insert(key.to_string(), value);
+        }
         let table = table
             .set_tbl_properties()
             .with_properties(set)
@@ -579,7 +589,7 @@ impl Warehouse {
         for bin in bins {
             let mut writer = RecordBatchWriter::for_table(table)
                 .map_err(delta)?
-                .with_writer_properties(writer_properties());
+                .with_writer_properties(table_writer_properties(table, false));
             let target = writer.arrow_schema();
             for file in bin {
                 let path = self.data_file(name, &file.object_store_path());

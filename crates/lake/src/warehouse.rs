@@ -358,29 +358,48 @@ pub const CLUSTERED_PAGE_ROWS: usize = 1_024;
 
 /// The Parquet writer settings of every file medlake writes (Snappy, as deltalake's default,
 /// row groups of [`ROW_GROUP_ROWS`], pages of at most [`PAGE_ROWS`] rows, page statistics
-/// for the page index).
-pub fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
-    page_properties(PAGE_ROWS)
-}
-
-/// [`writer_properties`] for files written sorted by clustering columns (`clustered`): pages
+/// for the page index), for files written sorted by clustering columns (`clustered`) pages
 /// of at most [`CLUSTERED_PAGE_ROWS`] rows.
 pub fn writer_properties_for(
     clustered: bool,
 ) -> deltalake::parquet::file::properties::WriterProperties {
-    page_properties(if clustered {
+    parquet_layout(ROW_GROUP_ROWS, page_rows(clustered), &[])
+}
+
+fn page_rows(clustered: bool) -> usize {
+    if clustered {
         CLUSTERED_PAGE_ROWS
     } else {
         PAGE_ROWS
-    })
+    }
 }
 
-fn page_properties(page_rows: usize) -> deltalake::parquet::file::properties::WriterProperties {
-    deltalake::parquet::file::properties::WriterProperties::builder()
+/// The Parquet writer settings for a write into `table` ([`writer_properties_for`]), with the
+/// bloom filters its properties ask for (`crate::bloom`).
+pub(crate) fn table_writer_properties(
+    table: &DeltaTable,
+    clustered: bool,
+) -> deltalake::parquet::file::properties::WriterProperties {
+    let bloom = table
+        .snapshot()
+        .map(|s| crate::bloom::bloom_filter_columns(s.metadata().configuration()))
+        .unwrap_or_default();
+    parquet_layout(ROW_GROUP_ROWS, page_rows(clustered), &bloom)
+}
+
+/// Parquet writer settings: Snappy, row groups of `row_group_rows`, pages of at most
+/// `page_rows`, and a bloom filter for each of `bloom` (the one place these are decided:
+/// a cluster's executors write with the same).
+pub fn parquet_layout(
+    row_group_rows: usize,
+    page_rows: usize,
+    bloom: &[String],
+) -> deltalake::parquet::file::properties::WriterProperties {
+    let builder = deltalake::parquet::file::properties::WriterProperties::builder()
         .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_data_page_row_count_limit(page_rows)
-        .build()
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .set_data_page_row_count_limit(page_rows.max(1));
+    crate::bloom::with_bloom_filters(builder, bloom).build()
 }
 
 /// The table properties of a table medlake creates: `configuration` (the caller's) plus the
@@ -1241,7 +1260,7 @@ impl Warehouse {
         let sources = crate::guard::source_columns(&input);
         let mut builder = table
             .write(Vec::new())
-            .with_writer_properties(writer_properties_for(!cluster_by.is_empty()))
+            .with_writer_properties(table_writer_properties(&table, !cluster_by.is_empty()))
             .with_input_plan(input)
             .with_session_state(session)
             .with_save_mode(save_mode)
@@ -1471,7 +1490,7 @@ impl Warehouse {
         let plan = session.create_physical_plan(&input).await?;
         let mut batches = datafusion::physical_plan::execute_stream(plan, session.task_ctx())?;
         let mut writer = RecordBatchWriter::for_table(&appender.table)?
-            .with_writer_properties(writer_properties());
+            .with_writer_properties(table_writer_properties(&appender.table, false));
         let target = writer.arrow_schema();
         let mut rows = 0;
         while let Some(batch) = batches.try_next().await? {
@@ -1534,7 +1553,7 @@ impl Warehouse {
             .table
             .clone()
             .write(Vec::new())
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(table_writer_properties(&appender.table, false))
             .with_input_plan(input)
             .with_session_state(session)
             .with_save_mode(SaveMode::Append)
@@ -1596,9 +1615,10 @@ impl Warehouse {
                     .await
                     .map_err(delta)?
             };
+            let properties = table_writer_properties(&table, false);
             let written = table
                 .write(batches.clone())
-                .with_writer_properties(writer_properties())
+                .with_writer_properties(properties)
                 .with_table_name(name.table.clone())
                 .with_save_mode(save_mode)
                 .with_schema_mode(schema_mode)
@@ -1642,9 +1662,10 @@ impl Warehouse {
         } else {
             batches
         };
+        let properties = table_writer_properties(&table, false);
         let table = table
             .write(batches)
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(properties)
             .with_table_name(name.table.clone())
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(predicate)
@@ -2041,7 +2062,7 @@ impl Warehouse {
         let mut builder = table
             .optimize()
             .with_session_state(session)
-            .with_writer_properties(writer_properties_for(!zorder.is_empty()));
+            .with_writer_properties(table_writer_properties(&table, !zorder.is_empty()));
         if !zorder.is_empty() {
             builder = builder.with_type(OptimizeType::ZOrder(zorder));
         }

@@ -28,6 +28,8 @@ pub struct WriteTarget {
     pub row_group_rows: usize,
     pub page_rows: usize,
     pub file_size: u64,
+    /// The columns whose row groups carry a bloom filter (`crate::bloom`).
+    pub bloom_columns: Vec<String>,
 }
 
 impl Warehouse {
@@ -73,6 +75,7 @@ impl Warehouse {
             row_group_rows: ROW_GROUP_ROWS,
             page_rows: PAGE_ROWS,
             file_size: snapshot.table_config().target_file_size().get(),
+            bloom_columns: crate::bloom::bloom_filter_columns(snapshot.metadata().configuration()),
         }))
     }
 

@@ -15,6 +15,7 @@ mod commands;
 mod connection;
 mod encode;
 mod error;
+mod execute;
 mod handler;
 mod socket;
 

@@ -558,6 +558,87 @@ async fn results_stream_row_by_row() {
     assert_eq!(sum, 1_999_999 * 2_000_000 / 2);
 }
 
+/// An Execute without a row limit (tokio-postgres' `query_raw`, like psycopg, pgjdbc and
+/// Npgsql) streams: the first rows of a result that would take hours to produce arrive at
+/// once, where pgwire's default collected the whole result in memory first. Leaving it
+/// closes the connection and stops the query; the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_results_stream_without_being_held_whole() {
+    let h = start(true, users()).await;
+    let client = h.connect().await;
+    let endless = "SELECT value FROM range(0, 1000000000000) AS t(value)";
+    let first = async {
+        let rows = client
+            .query_raw(endless, Vec::<i64>::new())
+            .await
+            .expect("an endless result");
+        tokio::pin!(rows);
+        let mut seen = Vec::new();
+        while seen.len() < 10_000 {
+            let row = rows.next().await.expect("more rows").expect("a row");
+            seen.push(row.get::<_, i64>(0));
+        }
+        seen
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(120), first)
+        .await
+        .expect("the first rows arrive while the result is still being produced");
+    let distinct: std::collections::HashSet<i64> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), 10_000);
+    drop(client);
+    let again = h.connect().await;
+    let one = again.query_one("SELECT 1::BIGINT", &[]).await.unwrap();
+    assert_eq!(one.get::<_, i64>(0), 1);
+}
+
+/// An Execute with a row limit (a portal's pages, JDBC's `setFetchSize`) answers that many
+/// rows and PortalSuspended, keeps the rest in the portal, and the last page ends with the
+/// command tag; a page of an endless result comes back at once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portals_are_read_in_pages() {
+    let h = start(true, users()).await;
+    let mut client = h.connect().await;
+    let transaction = client.transaction().await.unwrap();
+    let statement = transaction
+        .prepare("SELECT value FROM range(0, $1) AS t(value) ORDER BY value")
+        .await
+        .unwrap();
+    let portal = transaction.bind(&statement, &[&10i64]).await.unwrap();
+    let mut pages = Vec::new();
+    loop {
+        let page = transaction.query_portal(&portal, 3).await.unwrap();
+        let values: Vec<i64> = page.iter().map(|r| r.get(0)).collect();
+        if values.is_empty() {
+            break;
+        }
+        pages.push(values);
+        assert!(pages.len() <= 4, "{pages:?}");
+    }
+    assert_eq!(
+        pages,
+        vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8], vec![9]]
+    );
+    let endless = transaction
+        .prepare("SELECT value FROM range(0, 1000000000000) AS t(value)")
+        .await
+        .unwrap();
+    let portal = transaction.bind(&endless, &[]).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let rows = tokio::time::timeout(
+            Duration::from_secs(120),
+            transaction.query_portal(&portal, 1000),
+        )
+        .await
+        .expect("a page of an endless result")
+        .unwrap();
+        assert_eq!(rows.len(), 1000);
+        seen.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+    }
+    assert_eq!(seen.len(), 3000, "each page goes on where the last stopped");
+    transaction.rollback().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_and_transactions_as_tools_send_them() {
     let h = start(true, users()).await;

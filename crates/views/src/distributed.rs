@@ -108,6 +108,7 @@ fn target_of(target: WriteTarget) -> Target {
         row_group_rows: target.row_group_rows,
         page_rows: target.page_rows,
         file_size: target.file_size,
+        bloom_columns: target.bloom_columns,
     }
 }
 

@@ -9,6 +9,7 @@ use medlake_engine::{Code, Engine};
 mod alerts;
 mod attacks;
 mod blob;
+mod bloom;
 mod changes;
 mod cluster;
 mod cosmos;
