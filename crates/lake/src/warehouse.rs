@@ -1258,9 +1258,10 @@ impl Warehouse {
             WriteMode::Overwrite => SaveMode::Overwrite,
         };
         let sources = crate::guard::source_columns(&input);
+        let properties = table_writer_properties(&table, !cluster_by.is_empty());
         let mut builder = table
             .write(Vec::new())
-            .with_writer_properties(table_writer_properties(&table, !cluster_by.is_empty()))
+            .with_writer_properties(properties)
             .with_input_plan(input)
             .with_session_state(session)
             .with_save_mode(save_mode)
@@ -2059,10 +2060,11 @@ impl Warehouse {
                 }),
             };
         }
+        let properties = table_writer_properties(&table, !zorder.is_empty());
         let mut builder = table
             .optimize()
             .with_session_state(session)
-            .with_writer_properties(table_writer_properties(&table, !zorder.is_empty()));
+            .with_writer_properties(properties);
         if !zorder.is_empty() {
             builder = builder.with_type(OptimizeType::ZOrder(zorder));
         }

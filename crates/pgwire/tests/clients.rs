@@ -600,7 +600,7 @@ async fn portals_are_read_in_pages() {
     let mut client = h.connect().await;
     let transaction = client.transaction().await.unwrap();
     let statement = transaction
-        .prepare("SELECT value FROM range(0, $1) AS t(value) ORDER BY value")
+        .prepare("SELECT value FROM range(0, 100) AS t(value) WHERE value < $1 ORDER BY value")
         .await
         .unwrap();
     let portal = transaction.bind(&statement, &[&10i64]).await.unwrap();
