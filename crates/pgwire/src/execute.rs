@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use futures::future::{Either, select};
 use futures::{Sink, SinkExt, StreamExt};
-use pgwire::api::portal::PortalExecutionState;
+use pgwire::api::portal::{Portal, PortalExecutionState};
 use pgwire::api::query::{ExtendedQueryHandler, send_execution_response};
 use pgwire::api::results::{QueryResponse, Response, Tag};
 use pgwire::api::store::{Entry, PortalStore};
@@ -63,20 +63,7 @@ where
             futures::stream::empty(),
         )),
         PortalExecutionState::Initial => {
-            let cancelled = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
-                Some(handle) => Some(handle.start_query().await),
-                None => None,
-            };
-            let started = match cancelled {
-                Some(cancelled) => {
-                    match select(handler.do_query(client, portal.as_ref(), limit), cancelled).await
-                    {
-                        Either::Left((result, _)) => result,
-                        Either::Right(_) => Err(PgWireError::QueryCanceled),
-                    }
-                }
-                None => handler.do_query(client, portal.as_ref(), limit).await,
-            };
+            let started = start(handler, client, &portal, limit).await;
             if started.is_err() {
                 // Not started, as pgwire leaves it.
                 *portal.state.lock().await = PortalExecutionState::Initial;
@@ -85,32 +72,10 @@ where
         }
     };
     match response {
-        Response::Query(mut rows) => {
-            let mut sent = 0usize;
-            let mut ended = false;
-            while limit == 0 || sent < limit {
-                match rows.data_rows().next().await {
-                    Some(row) => {
-                        client.feed(PgWireBackendMessage::DataRow(row?)).await?;
-                        sent += 1;
-                    }
-                    None => {
-                        ended = true;
-                        break;
-                    }
-                }
-            }
-            if ended {
-                let tag = Tag::new(rows.command_tag()).with_rows(sent);
-                client
-                    .send(PgWireBackendMessage::CommandComplete(tag.into()))
-                    .await?;
-            } else {
+        Response::Query(rows) => {
+            if let Some(rest) = send_rows(client, rows, limit).await? {
                 // The limit was reached: the rest waits in the portal for the next Execute.
-                *portal.state.lock().await = PortalExecutionState::Suspended(rows);
-                client
-                    .send(PgWireBackendMessage::PortalSuspended(PortalSuspended::new()))
-                    .await?;
+                *portal.state.lock().await = PortalExecutionState::Suspended(rest);
             }
         }
         Response::EmptyQuery => {
@@ -151,4 +116,65 @@ where
         client.set_transaction_status(transaction);
     }
     Ok(())
+}
+
+/// Runs the portal's query (`do_query`), stopped by a cancel request while it starts when
+/// the connection takes them through pgwire's handle.
+async fn start<H, C>(
+    handler: &H,
+    client: &mut C,
+    portal: &Portal<H::Statement>,
+    limit: usize,
+) -> PgWireResult<Response>
+where
+    H: ExtendedQueryHandler,
+    C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::PortalStore: PortalStore<Statement = H::Statement>,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let cancelled = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+        Some(handle) => Some(handle.start_query().await),
+        None => None,
+    };
+    match cancelled {
+        Some(cancelled) => match select(handler.do_query(client, portal, limit), cancelled).await {
+            Either::Left((result, _)) => result,
+            Either::Right(_) => Err(PgWireError::QueryCanceled),
+        },
+        None => handler.do_query(client, portal, limit).await,
+    }
+}
+
+/// Writes `rows` as they come, at most `limit` (0: all): ending with the command tag, or
+/// with PortalSuspended when the limit stopped it, returning the rows not yet sent.
+async fn send_rows<C>(
+    client: &mut C,
+    mut rows: QueryResponse,
+    limit: usize,
+) -> PgWireResult<Option<QueryResponse>>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let mut sent = 0usize;
+    while limit == 0 || sent < limit {
+        match rows.data_rows().next().await {
+            Some(row) => {
+                client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                sent += 1;
+            }
+            None => {
+                let tag = Tag::new(rows.command_tag()).with_rows(sent);
+                client
+                    .send(PgWireBackendMessage::CommandComplete(tag.into()))
+                    .await?;
+                return Ok(None);
+            }
+        }
+    }
+    client
+        .send(PgWireBackendMessage::PortalSuspended(PortalSuspended::new()))
+        .await?;
+    Ok(Some(rows))
 }
