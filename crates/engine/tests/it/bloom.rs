@@ -3,9 +3,9 @@
 //! statistics cannot rule out (keys scattered over every row group) skips the row groups
 //! that do not hold it.
 
-use medlake_engine::{Code, Engine};
+use medlake_engine::Code;
 
-use crate::{count, pruning, scratch};
+use crate::{code, count, pruning, scratch};
 
 const BLOOM: &str = "row_groups_pruned_bloom_filter";
 
@@ -22,13 +22,6 @@ fn scattered(table: &str, from: u64, rows: u64) -> String {
 
 /// A key inside every row group's min/max range that no row holds.
 const ABSENT: &str = "mrn = 'M50007'";
-
-async fn code(engine: &Engine, sql: &str) -> Code {
-    match engine.sql(sql).await {
-        Ok(_) => panic!("{sql} succeeded"),
-        Err(e) => e.code(),
-    }
-}
 
 #[tokio::test]
 async fn bloom_filter_columns_let_lookups_skip_row_groups_through_every_write() {

@@ -1,9 +1,9 @@
 //! `CREATE TABLE ... CLUSTER BY (...)`: the clustering is a table property that every write
 //! and `OPTIMIZE` keep, so queries on the clustering columns skip row groups.
 
-use medlake_engine::{Code, Engine};
+use medlake_engine::Code;
 
-use crate::{count, pruning, row_groups_read, scratch};
+use crate::{code, count, pruning, row_groups_read, scratch};
 
 /// `rows` rows whose `day` jumps around (7919 is prime to 50), as an unordered source
 /// delivers them, into `table`.
@@ -12,13 +12,6 @@ fn scattered(table: &str, from: u64, rows: u64) -> String {
         "INSERT INTO {table} SELECT CAST(((value + {from}) * 7919) % 50 AS INT), \
          CAST((value + {from}) % 1000 AS INT), CAST(value AS DOUBLE) FROM range(0, {rows})"
     )
-}
-
-async fn code(engine: &Engine, sql: &str) -> Code {
-    match engine.sql(sql).await {
-        Ok(_) => panic!("{sql} succeeded"),
-        Err(e) => e.code(),
-    }
 }
 
 #[tokio::test]

@@ -415,9 +415,14 @@ async fn owners_manage_their_tables_and_listings_show_what_one_may_use() {
     );
     assert_eq!(outcome(&other, policy).await, "42501");
     assert_eq!(outcome(&eng, policy).await, "ok");
+    // So are its bloom filter columns (which change every later file of the table).
+    let bloom = "ALTER TABLE bronze.mine SET TBLPROPERTIES ('medlake.bloomFilterColumns' = 'x')";
+    assert_eq!(outcome(&other, bloom).await, "42501");
+    assert_eq!(outcome(&eng, bloom).await, "ok");
     for refused in [
         "ALTER TABLE bronze.mine SET TBLPROPERTIES ('delta.appendOnly' = 'true')",
         "ALTER TABLE bronze.mine SET TBLPROPERTIES ('medlake.autoCompact.minFiles' = '0')",
+        "ALTER TABLE bronze.mine SET TBLPROPERTIES ('medlake.bloomFilterColumns' = 'x, \"../etc\"')",
         "ALTER TABLE bronze.mine SET TBLPROPERTIES ('medlake.autoCompact' = 'on', 'medlake.autoCompact.minFiles' = '9')",
     ] {
         assert_eq!(outcome(&eng, refused).await, "22023", "{refused}");

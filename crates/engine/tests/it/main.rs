@@ -54,6 +54,14 @@ async fn outcome(session: &medlake_engine::Session, sql: &str) -> String {
     }
 }
 
+/// The SQLSTATE `sql` fails with (it must fail).
+async fn code(engine: &Engine, sql: &str) -> medlake_engine::Code {
+    match engine.sql(sql).await {
+        Ok(_) => panic!("{sql} succeeded"),
+        Err(e) => e.code(),
+    }
+}
+
 /// A new engine over a scratch warehouse (kept while the TempDir lives).
 async fn scratch() -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
