@@ -12,6 +12,7 @@ mod audit;
 mod bounded;
 mod catalog;
 mod changes;
+mod date_cast;
 mod dialect;
 mod dml;
 mod erase;
@@ -317,6 +318,8 @@ fn install_functions(
     ctx.register_udf(medlake_fhir::fhir_view_udf());
     // Functions that could build a value of any size in one call are bounded.
     bounded::install(ctx);
+    // `CAST(ts AS DATE)` without chrono (the optimizer rule date_cast::DateCast uses it).
+    ctx.register_udf(date_cast::naive_date());
     // The hospital's clock: the builder's zone, else MEDLAKE_TIME_ZONE's, else UTC.
     let zone = match time_zone {
         Some(zone) => zone,
@@ -329,7 +332,8 @@ fn install_functions(
 }
 
 /// The engine's SQL functions an executor of a cluster has too (`medlake executor`,
-/// `medlake scheduler`): DataFusion's, the bounded ones, Safe Harbor's, `fhir_view`. Not the
+/// `medlake scheduler`): DataFusion's, the bounded ones, Safe Harbor's, `fhir_view`,
+/// `naive_date` (what `CAST(ts AS DATE)` becomes, date_cast.rs). Not the
 /// keyed de-identification functions (their keys stay here), nor the clinical-clock ones (the
 /// zone is this server's setting), nor a session's identity functions.
 pub fn cluster_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
@@ -346,6 +350,7 @@ pub fn cluster_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
     }
     ctx.register_udf(medlake_fhir::fhir_view_udf());
     bounded::install(&ctx);
+    ctx.register_udf(date_cast::naive_date());
     ctx.state().scalar_functions().values().cloned().collect()
 }
 
@@ -566,6 +571,7 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime.runtime_env()?)
             .with_query_planner(medlake_lake::delta_query_planner())
+            .with_optimizer_rule(Arc::new(date_cast::DateCast::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(CATALOG, catalog.clone() as Arc<dyn CatalogProvider>);
