@@ -301,7 +301,11 @@ mod tests {
             let shown = plan.display_indent().to_string();
             assert_eq!(shown.contains("naive_date(r.at)"), rule, "{shown}");
             // DataFusion keeps a cast's comparison; naive_date's is a range of `at`.
-            assert_eq!(shown.contains("Filter: r.at >= TimestampNanosecond("), rule, "{shown}");
+            assert_eq!(
+                shown.contains("Filter: r.at >= TimestampNanosecond("),
+                rule,
+                "{shown}"
+            );
             let schema = plan.schema().as_arrow().clone();
             let batches = frame.collect().await.unwrap();
             let text = arrow::util::pretty::pretty_format_batches(&batches)
@@ -318,14 +322,21 @@ mod tests {
     async fn the_date_of_a_required_timestamp_is_required() {
         use arrow::array::RecordBatch;
         use arrow::datatypes::Schema;
-        let field = Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, None), false);
+        let field = Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        );
         let values = TimestampMicrosecondArray::from(vec![0, 86_400_000_000]);
         let batch =
             RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![Arc::new(values)])
                 .unwrap();
         let ctx = context(true);
         ctx.register_batch("t", batch).unwrap();
-        let frame = ctx.sql("SELECT CAST(at AS DATE) AS day FROM t").await.unwrap();
+        let frame = ctx
+            .sql("SELECT CAST(at AS DATE) AS day FROM t")
+            .await
+            .unwrap();
         let plan = frame.clone().into_optimized_plan().unwrap();
         assert!(plan.display_indent().to_string().contains("naive_date"));
         assert!(!plan.schema().field(0).is_nullable());
