@@ -24,6 +24,7 @@ pub mod lease;
 mod location;
 mod log_store;
 pub mod maintenance;
+mod sidecar;
 mod snapshots;
 mod warehouse;
 mod written;
@@ -37,6 +38,7 @@ pub use dml::{
 pub use erasure::{Purged, Suppression};
 pub use error::{Error, Refusal, Result};
 pub use location::{CLOUD_SCHEMES, build_store_with, parse_location, redact};
+pub use sidecar::SIDECAR_FOLDER;
 pub use snapshots::{KeptSnapshots, Latest};
 pub use warehouse::{
     Appender, BUILT_IN_SCHEMAS, CLUSTER_BY, CommitOptions, HistoryEntry, OptimizeOutcome,

@@ -25,7 +25,8 @@ impl Views {
         session: Arc<dyn Session>,
     ) -> Result<ChangeOutcome> {
         let _running = self.start(name)?;
-        let metadata = match self.view(name).await? {
+        let is_view = self.view(name).await?;
+        let metadata = match is_view {
             Some(view) => {
                 let stored = Stored {
                     view: view.definition,
@@ -37,10 +38,19 @@ impl Views {
             }
             None => Vec::new(),
         };
-        Ok(self
+        let view = !metadata.is_empty();
+        let erased = self
             .warehouse()
             .erase_rows(name, predicate, session, metadata)
-            .await?)
+            .await?;
+        if view {
+            // The aggregate state holds the erased rows' groups: it goes (the view's next
+            // full refresh computes it again from what is left).
+            self.warehouse()
+                .delete_sidecar(name, crate::state::STATE_FILE)
+                .await?;
+        }
+        Ok(erased)
     }
 
     /// The oldest version of `name` whose log entry must stay: a view's state lives in its

@@ -353,6 +353,14 @@ fn keyed(
     })
 }
 
+/// The keyed shape of a view's query when its keyed node is a GROUP BY, whatever changed
+/// (the shape [`crate::state`] keeps per-group aggregate state for).
+pub(crate) fn grouped(plan: &LogicalPlan, default_schema: &str) -> Option<Keyed> {
+    keyed(strip_sort(plan), &[], default_schema)
+        .ok()
+        .filter(|k| k.kind == "GROUP BY")
+}
+
 type KeyCandidates = (Arc<LogicalPlan>, Vec<(Expr, Column)>, &'static str, usize);
 
 /// The partition columns shared by every window function of a chain of window nodes (at
@@ -661,18 +669,37 @@ fn filter_below(plan: &LogicalPlan, depth: usize, predicate: &Expr) -> DfResult<
     plan.with_new_exprs(plan.expressions(), vec![input])
 }
 
+/// `plan` with the node `depth` single-input steps below replaced by `replacement`.
+fn replace_at(plan: &LogicalPlan, depth: usize, replacement: LogicalPlan) -> DfResult<LogicalPlan> {
+    if depth == 0 {
+        return Ok(replacement);
+    }
+    let input = replace_at(plan.inputs()[0], depth - 1, replacement)?;
+    plan.with_new_exprs(plan.expressions(), vec![input])
+}
+
 impl Keyed {
     /// The view's query restricted to the partitions whose keys satisfy `keys` (one list of
     /// values per key expression).
     pub fn recompute(&self, keys: &[Vec<ScalarValue>]) -> DfResult<LogicalPlan> {
-        let predicate = self
-            .key_exprs
+        filter_below(&self.plan, self.depth, &self.key_filter(keys))
+    }
+
+    /// The keyed node's input restricted to the partitions whose keys satisfy `keys`.
+    pub fn input_for(&self, keys: &[Vec<ScalarValue>]) -> DfResult<LogicalPlan> {
+        Ok(LogicalPlan::Filter(Filter::try_new(
+            self.key_filter(keys),
+            self.input.clone(),
+        )?))
+    }
+
+    fn key_filter(&self, keys: &[Vec<ScalarValue>]) -> Expr {
+        self.key_exprs
             .iter()
             .zip(keys)
             .map(|(key, values)| key_predicate(key.clone(), values))
             .reduce(Expr::and)
-            .unwrap_or_else(|| lit(true));
-        filter_below(&self.plan, self.depth, &predicate)
+            .unwrap_or_else(|| lit(true))
     }
 
     /// The predicate over the view's columns that selects the rows `recompute` replaces.
@@ -685,6 +712,21 @@ impl Keyed {
             })
             .reduce(Expr::and)
             .unwrap_or_else(|| lit(true))
+    }
+
+    /// The keyed node itself.
+    pub fn node(&self) -> &LogicalPlan {
+        let mut node = &self.plan;
+        for _ in 0..self.depth {
+            node = node.inputs()[0];
+        }
+        node
+    }
+
+    /// The view's query with its keyed node replaced by `replacement` (a plan with the
+    /// node's schema).
+    pub fn replace_node(&self, replacement: LogicalPlan) -> DfResult<LogicalPlan> {
+        replace_at(&self.plan, self.depth, replacement)
     }
 
     /// The plan that lists the distinct keys of `input` (the keyed node's input over changed

@@ -27,6 +27,7 @@ mod outcome;
 mod reach;
 pub mod refresh;
 pub mod scheduler;
+mod state;
 pub mod system;
 mod unread;
 

@@ -44,6 +44,7 @@ use crate::lineage;
 use crate::multiset;
 pub use crate::outcome::{RefreshOutcome, Status, Trigger};
 use crate::reach;
+use crate::state::{self, Aggregated, Carry, STATE_FILE, State};
 use crate::unread;
 
 /// The key of medlake's state in a view commit's `commitInfo`.
@@ -150,6 +151,9 @@ pub struct View {
     pub definition: ViewDefinition,
     /// The view table's latest version.
     pub version: u64,
+    /// The version of the newest commit that carries the view's state (its last refresh,
+    /// or an erasure since): later ones (OPTIMIZE, VACUUM) changed no row.
+    pub state_version: u64,
     /// What the last refresh that committed recorded.
     pub last: RefreshState,
 }
@@ -325,6 +329,9 @@ struct Write {
     /// Inputs this write takes as they were at the last refresh (their versions), for a
     /// second refresh to apply what they gained.
     held: BTreeMap<String, u64>,
+    /// The view's new aggregate state ([`crate::state`]), kept once the write committed;
+    /// `None`: whatever state the view had no longer matches it.
+    state: Option<State>,
 }
 
 /// Materialized views over one warehouse. Cheap to clone.
@@ -495,6 +502,7 @@ impl Views {
                     name: name.clone(),
                     definition: stored.view,
                     version: latest,
+                    state_version: version,
                     last: stored.refresh,
                 };
                 return Ok(Some((view, version)));
@@ -874,7 +882,14 @@ impl Views {
                 &id,
                 true,
             )?;
-            let input = self.checked(&pinned.ctx, &pinned.plan, &checks).await?;
+            let (query, state) = match self
+                .full_state(&pinned.ctx, &definition, &pinned.plan)
+                .await
+            {
+                Some(aggregated) => (aggregated.values, Some(aggregated.state)),
+                None => (pinned.plan.clone(), None),
+            };
+            let input = self.checked(&pinned.ctx, &query, &checks).await?;
             let inputs = pinned.versions();
             let options = commit_options(
                 &definition,
@@ -897,6 +912,10 @@ impl Views {
                 )
                 .await
                 .map_err(|e| write_failed(&checks, &pinned, e))?;
+            if let Some(created) = &created {
+                self.keep_state(name, &definition, state, created.version)
+                    .await;
+            }
             let mut counts = expectation_counts(&checks);
             counts.extend(pinned.source_mismatches());
             Ok::<_, Error>((created, inputs, counts))
@@ -1386,6 +1405,7 @@ impl Views {
             write_mode,
             replace_where,
             held,
+            state: aggregate_state,
         } = self.write_input(&step, plan, reason, &mut checks).await?;
         let mut inputs = inputs;
         for (table, version) in &held {
@@ -1416,6 +1436,8 @@ impl Views {
                 .await
                 .map_err(|e| write_failed(&checks, &pinned, e))?,
         };
+        self.keep_state(name, &definition, aggregate_state, written.version)
+            .await;
         if replacing {
             self.keep_quarantine_if_used(name, &definition).await?;
         }
@@ -1908,6 +1930,7 @@ impl Views {
                 write_mode: WriteMode::Append,
                 replace_where: None,
                 held: BTreeMap::new(),
+                state: None,
             });
         }
         let minus = union_all(terms(&step.pinned.plan, changes, default_schema, true)?)?;
@@ -1987,6 +2010,7 @@ impl Views {
             write_mode: WriteMode::Append,
             replace_where: None,
             held: BTreeMap::new(),
+            state: None,
         })
     }
 
@@ -2009,12 +2033,10 @@ impl Views {
             write_mode,
             replace_where: None,
             held: BTreeMap::new(),
+            state: None,
         };
         match plan {
-            Plan::Full => {
-                let input = self.checked(ctx, &step.pinned.plan, checks).await?;
-                Ok(write("full", reason, input, WriteMode::Overwrite))
-            }
+            Plan::Full => self.full_write(step, reason, checks).await,
             Plan::Linear(changes) => self.write_linear(step, &changes, reason, checks).await,
             Plan::Distinct(changes) => self.write_distinct(step, &changes, reason, checks).await,
             Plan::Keyed(changes, keyed) => {
@@ -2048,6 +2070,26 @@ impl Views {
                 let keys = distinct_keys(&batches, keyed.key_exprs.len())?;
                 // (Each term yields its keys: a key touched twice is one partition.)
                 let touched = distinct_tuples(&batches, keyed.key_exprs.len())?;
+                if let Some(merged) = self.from_state(step, &changes, &keyed, &keys).await {
+                    checks.replace_region(keyed.replaced_rows(&keys));
+                    let input = self.checked(ctx, &merged.values, checks).await?;
+                    let said: Vec<&str> = changes.iter().map(|c| c.said.as_str()).collect();
+                    return Ok(Write {
+                        mode: "incremental",
+                        reason: format!(
+                            "{}; merged what they gained into the aggregate state of the {} \
+                             GROUP BY partition(s) they touch ({} evaluated)",
+                            said.join(", "),
+                            touched,
+                            merged.groups
+                        ),
+                        input,
+                        write_mode: WriteMode::Overwrite,
+                        replace_where: Some(keyed.replaced_rows(&keys)),
+                        held: BTreeMap::new(),
+                        state: Some(merged.state),
+                    });
+                }
                 let recompute = keyed.recompute(&keys)?;
                 if let Some(why) = self
                     .reads_too_much(step, slice::from_ref(&recompute), "recomputing them")
@@ -2057,14 +2099,19 @@ impl Views {
                     return self.full_after_all(step, why, checks).await;
                 }
                 checks.replace_region(keyed.replaced_rows(&keys));
-                let input = self.checked(ctx, &recompute, checks).await?;
+                let (query, state, kept) = match self.by_key_with_state(step, &keyed, &keys).await {
+                    Some(aggregated) => (aggregated.values, Some(aggregated.state), ", state kept"),
+                    None => (recompute, None, ""),
+                };
+                let input = self.checked(ctx, &query, checks).await?;
                 Ok(Write {
                     mode: "incremental",
-                    reason: format!("{reason} ({touched} partition(s))"),
+                    reason: format!("{reason} ({touched} partition(s){kept})"),
                     input,
                     write_mode: WriteMode::Overwrite,
                     replace_where: Some(keyed.replaced_rows(&keys)),
                     held: BTreeMap::new(),
+                    state,
                 })
             }
             Plan::Regions(changes, regions) => {
@@ -2126,6 +2173,7 @@ impl Views {
                 write_mode: WriteMode::Append,
                 replace_where: None,
                 held,
+                state: None,
             });
         }
         // Each region once: the rows of region i that no earlier region holds.
@@ -2163,6 +2211,7 @@ impl Views {
             write_mode: WriteMode::Overwrite,
             replace_where: Some(replaced),
             held,
+            state: None,
         })
     }
 
@@ -2217,7 +2266,26 @@ impl Views {
         } = *step;
         let ctx = &pinned.ctx;
         *checks = self.checks(ctx, name, definition, pinned.plan.schema(), id, true)?;
-        let input = self.checked(ctx, &pinned.plan, checks).await?;
+        self.full_write(step, reason, checks).await
+    }
+
+    /// A full refresh: the view's query over all of its inputs, and the view's aggregate
+    /// state when it keeps one ([`crate::state`]).
+    async fn full_write(
+        &self,
+        step: &Step<'_>,
+        reason: String,
+        checks: &mut Arc<Checks>,
+    ) -> Result<Write> {
+        let ctx = &step.pinned.ctx;
+        let (query, state) = match self
+            .full_state(ctx, step.definition, &step.pinned.plan)
+            .await
+        {
+            Some(aggregated) => (aggregated.values, Some(aggregated.state)),
+            None => (step.pinned.plan.clone(), None),
+        };
+        let input = self.checked(ctx, &query, checks).await?;
         Ok(Write {
             mode: "full",
             reason,
@@ -2225,7 +2293,135 @@ impl Views {
             write_mode: WriteMode::Overwrite,
             replace_where: None,
             held: BTreeMap::new(),
+            state,
         })
+    }
+
+    /// The rows of a view that keeps aggregate state, and that state, computed from all of
+    /// its input; `None` when the view keeps none (its query is not a GROUP BY of mergeable
+    /// aggregates, or its queries run on a cluster) or the state could not be computed (the
+    /// query then runs as it is and reports its own error).
+    async fn full_state(
+        &self,
+        ctx: &SessionContext,
+        definition: &ViewDefinition,
+        plan: &LogicalPlan,
+    ) -> Option<Aggregated> {
+        if self.inner.cluster.get().is_some() {
+            return None;
+        }
+        let keyed = incremental::grouped(plan, &definition.default_schema)?;
+        let whole = keyed.input.as_ref().clone();
+        match state::aggregate(ctx, &keyed, vec![whole], None).await {
+            Ok(aggregated) => aggregated,
+            Err(e) => {
+                debug!(error = %e, "the aggregate state was not computed; the query runs as it is");
+                None
+            }
+        }
+    }
+
+    /// A keyed refresh from the view's stored aggregate state: what the changed inputs
+    /// gained, aggregated and merged into the state of the groups matching `keys`. `None`:
+    /// the view keeps no state, an input lost rows (a state cannot forget them), or the
+    /// stored state does not match the view's current version (recompute by key).
+    async fn from_state(
+        &self,
+        step: &Step<'_>,
+        changes: &[InputChange],
+        keyed: &incremental::Keyed,
+        keys: &[Vec<ScalarValue>],
+    ) -> Option<Aggregated> {
+        if self.inner.cluster.get().is_some() || changes.iter().any(|c| c.removed.is_some()) {
+            return None;
+        }
+        let default_schema = step.definition.default_schema.as_str();
+        let gained = terms(&keyed.input, changes, default_schema, false).ok()?;
+        self.with_state(step, keyed, gained, keys, Carry::Merge)
+            .await
+    }
+
+    /// A recompute by key that also replaces the touched groups' aggregate state (so that
+    /// a removal keeps the state); `None` as for [`Self::from_state`] (the recompute then
+    /// runs without it).
+    async fn by_key_with_state(
+        &self,
+        step: &Step<'_>,
+        keyed: &incremental::Keyed,
+        keys: &[Vec<ScalarValue>],
+    ) -> Option<Aggregated> {
+        if self.inner.cluster.get().is_some() {
+            return None;
+        }
+        let rows = keyed.input_for(keys).ok()?;
+        self.with_state(step, keyed, vec![rows], keys, Carry::Replace)
+            .await
+    }
+
+    async fn with_state(
+        &self,
+        step: &Step<'_>,
+        keyed: &incremental::Keyed,
+        inputs: Vec<LogicalPlan>,
+        keys: &[Vec<ScalarValue>],
+        carry: Carry,
+    ) -> Option<Aggregated> {
+        let stored = self
+            .stored_state(step.name, step.view.state_version, step.definition)
+            .await?;
+        let stored = Some((stored, keys, carry));
+        match state::aggregate(&step.pinned.ctx, keyed, inputs, stored).await {
+            Ok(aggregated) => aggregated,
+            Err(e) => {
+                debug!(view = %step.name, error = %e, "the aggregate state was not used; recomputing by key");
+                None
+            }
+        }
+    }
+
+    /// The aggregate state stored for `name` when it describes the view at `version` under
+    /// `definition`.
+    async fn stored_state(
+        &self,
+        name: &TableName,
+        version: u64,
+        definition: &ViewDefinition,
+    ) -> Option<State> {
+        let bytes = match self.inner.warehouse.get_sidecar(name, STATE_FILE).await {
+            Ok(bytes) => bytes?,
+            Err(e) => {
+                debug!(view = %name, error = %e, "the aggregate state could not be read");
+                return None;
+            }
+        };
+        let fingerprint = state::fingerprint(&definition.query, &definition.default_schema);
+        state::decode(&bytes, version, &fingerprint)
+    }
+
+    /// Keeps the aggregate state a refresh computed, tagged with the view version it wrote;
+    /// after any other refresh deletes what was kept (it no longer matches the view). A
+    /// state that could not be written or deleted is harmless: its tag is not the view's
+    /// version, so it is never used.
+    async fn keep_state(
+        &self,
+        name: &TableName,
+        definition: &ViewDefinition,
+        state: Option<State>,
+        version: u64,
+    ) {
+        let warehouse = &self.inner.warehouse;
+        let fingerprint = state::fingerprint(&definition.query, &definition.default_schema);
+        let kept = match state.map(|s| state::encode(&s, version, &fingerprint)) {
+            Some(Ok(bytes)) => warehouse.put_sidecar(name, STATE_FILE, bytes.into()).await,
+            Some(Err(e)) => {
+                warn!(view = %name, error = %e, "the aggregate state could not be encoded");
+                warehouse.delete_sidecar(name, STATE_FILE).await
+            }
+            None => warehouse.delete_sidecar(name, STATE_FILE).await,
+        };
+        if let Err(e) = kept {
+            warn!(view = %name, error = %e, "the aggregate state was not kept; the next refresh recomputes by key");
+        }
     }
 
     /// Applies rows gained (`plus`) and rows lost (`minus`) to a view without a key: each
@@ -2283,6 +2479,7 @@ impl Views {
                 write_mode: WriteMode::Append,
                 replace_where: None,
                 held: BTreeMap::new(),
+                state: None,
             }));
         }
         let keys = distinct_keys(&net, columns)?;
@@ -2308,6 +2505,7 @@ impl Views {
             write_mode: WriteMode::Overwrite,
             replace_where: Some(region),
             held: BTreeMap::new(),
+            state: None,
         }))
     }
 

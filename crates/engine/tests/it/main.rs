@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
 use medlake_engine::{Code, Engine};
 
+mod aggregate_state;
 mod alerts;
 mod attacks;
 mod blob;

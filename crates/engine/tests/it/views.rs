@@ -12,24 +12,24 @@ use medlake_engine::{Code, Engine};
 use crate::{count, location, row_groups_read, scratch};
 
 /// A small deterministic generator (xorshift64*): the same rounds on every run.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
 
 /// Every row of a table, as sorted text (floats to 6 decimals: sums over different splits
 /// of the same rows may differ in the last bits).
-async fn rows(engine: &Engine, table: &str) -> Vec<String> {
+pub(crate) async fn rows(engine: &Engine, table: &str) -> Vec<String> {
     let batches = engine
         .query(&format!("SELECT * FROM {table}"))
         .await
@@ -66,7 +66,7 @@ async fn rows(engine: &Engine, table: &str) -> Vec<String> {
     out
 }
 
-fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
+pub(crate) fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
     batches
         .iter()
         .flat_map(|b| {
