@@ -1733,10 +1733,7 @@ impl Views {
                 format!("{said}; appended the distinct rows the view did not hold"),
             ),
             Ok(Shape::Keyed(keyed)) => {
-                let reason = format!(
-                    "{said}; recomputed the {} partitions they touch",
-                    keyed.kind
-                );
+                let reason = format!("{said}; {}", recomputed_keys(keyed.kind));
                 (Plan::Keyed(changes, keyed), reason)
             }
         }
@@ -2070,19 +2067,18 @@ impl Views {
                 let keys = distinct_keys(&batches, keyed.key_exprs.len())?;
                 // (Each term yields its keys: a key touched twice is one partition.)
                 let touched = distinct_tuples(&batches, keyed.key_exprs.len())?;
-                if let Some(merged) = self.from_state(step, &changes, &keyed, &keys).await {
+                if let Some(merged) = self.merged_state(step, &changes, &keyed, &keys).await {
                     checks.replace_region(keyed.replaced_rows(&keys));
                     let input = self.checked(ctx, &merged.values, checks).await?;
-                    let said: Vec<&str> = changes.iter().map(|c| c.said.as_str()).collect();
+                    let merging = format!(
+                        "merged what they gained into the aggregate state of the {touched} {} \
+                         partition(s) they touch",
+                        keyed.kind
+                    );
+                    let reason = reason.replacen(&recomputed_keys(keyed.kind), &merging, 1);
                     return Ok(Write {
                         mode: "incremental",
-                        reason: format!(
-                            "{}; merged what they gained into the aggregate state of the {} \
-                             GROUP BY partition(s) they touch ({} evaluated)",
-                            said.join(", "),
-                            touched,
-                            merged.groups
-                        ),
+                        reason: format!("{reason} ({} evaluated)", merged.groups),
                         input,
                         write_mode: WriteMode::Overwrite,
                         replace_where: Some(keyed.replaced_rows(&keys)),
@@ -2099,14 +2095,14 @@ impl Views {
                     return self.full_after_all(step, why, checks).await;
                 }
                 checks.replace_region(keyed.replaced_rows(&keys));
-                let (query, state, kept) = match self.by_key_with_state(step, &keyed, &keys).await {
-                    Some(aggregated) => (aggregated.values, Some(aggregated.state), ", state kept"),
-                    None => (recompute, None, ""),
+                let (query, state) = match self.by_key_with_state(step, &keyed, &keys).await {
+                    Some(aggregated) => (aggregated.values, Some(aggregated.state)),
+                    None => (recompute, None),
                 };
                 let input = self.checked(ctx, &query, checks).await?;
                 Ok(Write {
                     mode: "incremental",
-                    reason: format!("{reason} ({touched} partition(s){kept})"),
+                    reason: format!("{reason} ({touched} partition(s))"),
                     input,
                     write_mode: WriteMode::Overwrite,
                     replace_where: Some(keyed.replaced_rows(&keys)),
@@ -2325,7 +2321,7 @@ impl Views {
     /// gained, aggregated and merged into the state of the groups matching `keys`. `None`:
     /// the view keeps no state, an input lost rows (a state cannot forget them), or the
     /// stored state does not match the view's current version (recompute by key).
-    async fn from_state(
+    async fn merged_state(
         &self,
         step: &Step<'_>,
         changes: &[InputChange],
@@ -2342,7 +2338,7 @@ impl Views {
     }
 
     /// A recompute by key that also replaces the touched groups' aggregate state (so that
-    /// a removal keeps the state); `None` as for [`Self::from_state`] (the recompute then
+    /// a removal keeps the state); `None` as for [`Self::merged_state`] (the recompute then
     /// runs without it).
     async fn by_key_with_state(
         &self,
@@ -3011,6 +3007,12 @@ struct Step<'a> {
     definition: &'a ViewDefinition,
     pinned: &'a Pinned,
     id: &'a str,
+}
+
+/// What a keyed refresh's reason says it does (a refresh from the aggregate state says
+/// what it did instead).
+fn recomputed_keys(kind: &str) -> String {
+    format!("recomputed the {kind} partitions they touch")
 }
 
 /// The query `plan` over the change of each changed input in turn: input i's inserted rows
