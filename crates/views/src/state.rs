@@ -40,7 +40,8 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
-use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
+use futures::TryStreamExt as _;
 
 use crate::incremental::{Keyed, key_predicate};
 
@@ -59,6 +60,10 @@ pub(crate) const MERGEABLE: &[&str] = &[
     "bool_and",
     "bool_or",
 ];
+
+/// The most partial state rows a refresh keeps in memory (a partial aggregation emits up to
+/// one row per group and input partition): a view with more groups recomputes by key.
+const MAX_STATE_ROWS: usize = 2_000_000;
 
 /// The view table's sidecar file holding the state.
 pub(crate) const STATE_FILE: &str = "aggregate-state";
@@ -153,8 +158,8 @@ struct Pieces {
 /// the whole input, what each changed input gained, or all rows of the touched groups) reach,
 /// with `stored` state: the stored groups whose keys are among `keys` (one value list per key
 /// expression) are merged in or replaced ([`Carry`]) and evaluated, the others are kept as
-/// they are. `None`: the view keeps no state
-/// (an aggregate outside [`MERGEABLE`]), or the stored state does not fit the query's (it is
+/// they are. `None`: the view keeps no state (an aggregate outside [`MERGEABLE`], more than
+/// [`MAX_STATE_ROWS`] partial rows), or the stored state does not fit the query's (it is
 /// recomputed).
 pub(crate) async fn aggregate(
     ctx: &SessionContext,
@@ -252,7 +257,17 @@ async fn partial(
         found.input().clone(),
         pieces.input_schema.clone(),
     )?;
-    let batches = collect(Arc::new(exec), ctx.task_ctx()).await?;
+    let mut stream = execute_stream(Arc::new(exec), ctx.task_ctx())?;
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    while let Some(batch) = stream.try_next().await? {
+        rows += batch.num_rows();
+        if rows > MAX_STATE_ROWS {
+            // As many groups as rows: a state would not be smaller than the input.
+            return Ok(None);
+        }
+        batches.push(batch);
+    }
     let batches = if batches.is_empty() {
         vec![RecordBatch::new_empty(found_partial_schema(
             &pieces, found,

@@ -26,6 +26,8 @@ const SETUP: &str = "
     FROM bronze.readings r JOIN bronze.patients p ON p.patient_id = r.patient_id;
     CREATE MATERIALIZED VIEW gold.ward_load AS
     SELECT ward, count(*) AS readings, sum(value) AS total FROM silver.readings GROUP BY ward;
+    CREATE MATERIALIZED VIEW gold.by_mrn AS
+    SELECT mrn, count(*) AS readings, max(value) AS top FROM silver.readings GROUP BY mrn;
     CREATE MATERIALIZED VIEW silver.studies AS
     SELECT d.path, p.patient_id FROM bronze.dicom d LEFT JOIN bronze.patients p ON p.mrn = d.patient_id;
 ";
@@ -73,6 +75,14 @@ async fn an_erased_patient_leaves_every_table_view_and_file_and_stays_out() {
     assert_eq!(
         count(&engine, "SELECT count(*) FROM silver.readings_quarantine").await,
         1
+    );
+    // The aggregate state of a view grouped by MRN holds it too (a sidecar of the view).
+    assert!(
+        files_holding(dir.path(), "MRN-ERASE-0123")
+            .iter()
+            .any(|f| f.contains("gold/by_mrn/_medlake_sidecar")),
+        "{:?}",
+        files_holding(dir.path(), "MRN-ERASE-0123")
     );
 
     // A dry run reports and changes nothing.
