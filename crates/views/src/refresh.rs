@@ -1522,7 +1522,7 @@ impl Views {
             return (Decision::Skip(reason), Vec::new());
         }
         let (decision, volumes) = self
-            .decide_changed(definition, pinned, &changed, explain)
+            .decide_changed(view, definition, pinned, &changed, explain)
             .await;
         let decision = match decision {
             _ if unseen.is_empty() => decision,
@@ -1606,6 +1606,7 @@ impl Views {
     /// [`Self::decide`] for the inputs whose change the view can see.
     async fn decide_changed(
         &self,
+        view: &View,
         definition: &ViewDefinition,
         pinned: &Pinned,
         changed: &[(&TableName, Change)],
@@ -1633,7 +1634,11 @@ impl Views {
             RefreshPolicy::IncrementalStrict if matches!(plan, Plan::Full) => {
                 Decision::Refuse(reason)
             }
-            RefreshPolicy::Auto if plan.rewrites() && above_auto_fraction(&volumes) => {
+            RefreshPolicy::Auto
+                if plan.rewrites()
+                    && above_auto_fraction(&volumes)
+                    && !self.merges_state(view, definition, &plan).await =>
+            {
                 let said: Vec<&str> = plan.changes().iter().map(|c| c.said.as_str()).collect();
                 Decision::Run(
                     Plan::Full,
@@ -2335,6 +2340,21 @@ impl Views {
         let gained = terms(&keyed.input, changes, default_schema, false).ok()?;
         self.with_state(step, keyed, gained, keys, Carry::Merge)
             .await
+    }
+
+    /// Whether `plan` adds what its inputs gained to the view's aggregate state (a keyed plan
+    /// without removals, a stored state matching the view): it reads only the changes, so
+    /// `AUTO`'s share of changed rows does not weigh it.
+    async fn merges_state(&self, view: &View, definition: &ViewDefinition, plan: &Plan) -> bool {
+        let Plan::Keyed(changes, _) = plan else {
+            return false;
+        };
+        if self.inner.cluster.get().is_some() || changes.iter().any(|c| c.removed.is_some()) {
+            return false;
+        }
+        self.stored_state(&view.name, view.state_version, definition)
+            .await
+            .is_some()
     }
 
     /// A recompute by key that also replaces the touched groups' aggregate state (so that

@@ -274,3 +274,37 @@ async fn a_stale_or_damaged_state_is_never_used() {
     engine.sql("DROP MATERIALIZED VIEW gold.s").await.unwrap();
     assert!(!file.exists());
 }
+
+#[tokio::test]
+async fn auto_merges_a_large_append_into_the_state_instead_of_recomputing() {
+    let (_dir, engine) = scratch().await;
+    let rows = |from: u32, to: u32| {
+        format!(
+            "INSERT INTO bronze.r SELECT 'p' || CAST(v % 50 AS VARCHAR), CAST(v % 97 AS DOUBLE) \
+             FROM generate_series({from}, {to}) AS s(v)"
+        )
+    };
+    engine
+        .sql(&format!(
+            "CREATE TABLE bronze.r (patient VARCHAR, value DOUBLE); {}; \
+             CREATE MATERIALIZED VIEW gold.s AS SELECT patient, count(*) AS n, avg(value) AS mean \
+             FROM bronze.r GROUP BY patient; \
+             CREATE MATERIALIZED VIEW gold.m AS SELECT patient, median(value) AS mid \
+             FROM bronze.r GROUP BY patient; {}; \
+             REFRESH MATERIALIZED VIEW gold.s; REFRESH MATERIALIZED VIEW gold.m",
+            rows(1, 20_000),
+            rows(20_001, 35_000)
+        ))
+        .await
+        .unwrap();
+    // 15,000 new rows against 20,000: far above AUTO's share for a recompute by key, which
+    // gold.m (a median keeps no state) takes; gold.s reads only the new rows.
+    let merged = last_reason(&engine, "gold.s").await;
+    assert!(
+        merged.starts_with("incremental") && merged.contains("aggregate state"),
+        "{merged}"
+    );
+    let full = last_reason(&engine, "gold.m").await;
+    assert!(full.starts_with("full") && full.contains("AUTO"), "{full}");
+    assert_eq!(count(&engine, "SELECT sum(n) FROM gold.s").await, 35_000);
+}
