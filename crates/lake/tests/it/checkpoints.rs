@@ -170,10 +170,12 @@ async fn superseded_checkpoints_are_deleted_and_every_version_still_reads() {
         "one checkpoint per 200 versions and the newest: {kept:?}"
     );
     for pair in kept.windows(2) {
-        // 200 and up to an interval more: a checkpoint falling due while one is written is
-        // written after it, of the newest version then.
+        // 200 and what the checkpoint task lags behind the appends: a checkpoint falling due
+        // while one is written is written after it, of the newest version then (a loaded
+        // machine saw [10, 270, 450]: the task fell 60 versions behind these in-process
+        // appends).
         assert!(
-            pair[1] - pair[0] <= 240,
+            pair[1] - pair[0] <= 300,
             "anchors ~200 versions apart: {kept:?}"
         );
     }
