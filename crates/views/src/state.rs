@@ -22,7 +22,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch, StructArray};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, StructArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use arrow::ipc::reader::FileReader;
@@ -34,8 +34,8 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, Aggregate, AggregateUDF, AggregateUDFImpl, Expr, LogicalPlan, LogicalPlanBuilder,
-    Signature, Volatility, col,
+    Accumulator, Aggregate, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator,
+    LogicalPlan, LogicalPlanBuilder, Signature, Volatility, col,
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
@@ -574,8 +574,99 @@ impl AggregateUDFImpl for StateOf {
         }))
     }
 
+    // The groups accumulator whenever `inner` has one: the partial aggregation that made the
+    // state used it, and its state differs from the row accumulator's (an `avg` group with
+    // only NULLs emits a NULL count there, `0` here, and a 0 count read back by the final
+    // step's groups accumulator is a seen group: `0 / 0`, NaN, instead of NULL).
+    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
+        self.inner.groups_accumulator_supported(AccumulatorArgs {
+            return_field: self.result.clone(),
+            ..args
+        })
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> DfResult<Box<dyn GroupsAccumulator>> {
+        let args = AccumulatorArgs {
+            return_field: self.result.clone(),
+            ..args
+        };
+        Ok(Box::new(StateGroups {
+            inner: self.inner.create_groups_accumulator(args)?,
+            fields: self.struct_fields(),
+        }))
+    }
+
     fn state_fields(&self, _args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
         Ok(self.fields.clone())
+    }
+}
+
+/// The fields of `fields` from `arrays` (cast where the state's type differs), as a struct.
+fn state_struct(arrays: Vec<ArrayRef>, fields: &Fields) -> DfResult<StructArray> {
+    let arrays = arrays
+        .into_iter()
+        .zip(fields.iter())
+        .map(|(array, field)| {
+            if array.data_type() == field.data_type() {
+                Ok(array)
+            } else {
+                Ok(cast(&array, field.data_type())?)
+            }
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    Ok(StructArray::try_new(fields.clone(), arrays, None)?)
+}
+
+/// [`StateAccumulator`] for groups: merged as `inner`, evaluated to `inner`'s state.
+struct StateGroups {
+    inner: Box<dyn GroupsAccumulator>,
+    fields: Fields,
+}
+
+impl GroupsAccumulator for StateGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        self.inner
+            .update_batch(values, group_indices, opt_filter, total_num_groups)
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
+        let state = self.inner.state(emit_to)?;
+        Ok(Arc::new(state_struct(state, &self.fields)?))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
+        self.inner.state(emit_to)
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        self.inner
+            .merge_batch(values, group_indices, total_num_groups)
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> DfResult<Vec<ArrayRef>> {
+        self.inner.convert_to_state(values, opt_filter)
+    }
+
+    fn size(&self) -> usize {
+        self.inner.size()
     }
 }
 
@@ -603,20 +694,11 @@ impl Accumulator for StateAccumulator {
             .inner
             .state()?
             .iter()
-            .zip(self.fields.iter())
-            .map(|(value, field)| {
-                let array = value.to_array()?;
-                if array.data_type() == field.data_type() {
-                    Ok(array)
-                } else {
-                    Ok(cast(&array, field.data_type())?)
-                }
-            })
+            .map(ScalarValue::to_array)
             .collect::<DfResult<Vec<_>>>()?;
-        Ok(ScalarValue::Struct(Arc::new(StructArray::try_new(
-            self.fields.clone(),
+        Ok(ScalarValue::Struct(Arc::new(state_struct(
             arrays,
-            None,
+            &self.fields,
         )?)))
     }
 
