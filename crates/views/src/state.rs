@@ -542,6 +542,15 @@ impl Hash for StateOf {
 }
 
 impl StateOf {
+    /// `args` as `inner`'s accumulators expect them: returning `inner`'s type (a sum's
+    /// state is its type), not the struct.
+    fn inner_args<'a>(&self, args: AccumulatorArgs<'a>) -> AccumulatorArgs<'a> {
+        AccumulatorArgs {
+            return_field: self.result.clone(),
+            ..args
+        }
+    }
+
     fn struct_fields(&self) -> Fields {
         self.fields
             .iter()
@@ -564,12 +573,8 @@ impl AggregateUDFImpl for StateOf {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        let args = AccumulatorArgs {
-            return_field: self.result.clone(),
-            ..args
-        };
         Ok(Box::new(StateAccumulator {
-            inner: self.inner.accumulator(args)?,
+            inner: self.inner.accumulator(self.inner_args(args))?,
             fields: self.struct_fields(),
         }))
     }
@@ -579,22 +584,18 @@ impl AggregateUDFImpl for StateOf {
     // only NULLs emits a NULL count there, `0` here, and a 0 count read back by the final
     // step's groups accumulator is a seen group: `0 / 0`, NaN, instead of NULL).
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
-        self.inner.groups_accumulator_supported(AccumulatorArgs {
-            return_field: self.result.clone(),
-            ..args
-        })
+        self.inner
+            .groups_accumulator_supported(self.inner_args(args))
     }
 
     fn create_groups_accumulator(
         &self,
         args: AccumulatorArgs,
     ) -> DfResult<Box<dyn GroupsAccumulator>> {
-        let args = AccumulatorArgs {
-            return_field: self.result.clone(),
-            ..args
-        };
         Ok(Box::new(StateGroups {
-            inner: self.inner.create_groups_accumulator(args)?,
+            inner: self
+                .inner
+                .create_groups_accumulator(self.inner_args(args))?,
             fields: self.struct_fields(),
         }))
     }
