@@ -257,6 +257,7 @@ async fn partial(
         found.input().clone(),
         pieces.input_schema.clone(),
     )?;
+    let schema = exec.schema();
     let mut stream = execute_stream(Arc::new(exec), ctx.task_ctx())?;
     let mut batches = Vec::new();
     let mut rows = 0;
@@ -269,26 +270,11 @@ async fn partial(
         batches.push(batch);
     }
     let batches = if batches.is_empty() {
-        vec![RecordBatch::new_empty(found_partial_schema(
-            &pieces, found,
-        )?)]
+        vec![RecordBatch::new_empty(schema)]
     } else {
         batches
     };
     Ok(Some((pieces, batches)))
-}
-
-/// The schema of the partial aggregation of `found`'s input (for an input without rows).
-fn found_partial_schema(pieces: &Pieces, found: &AggregateExec) -> DfResult<SchemaRef> {
-    Ok(AggregateExec::try_new(
-        AggregateMode::Partial,
-        pieces.group_by.clone(),
-        pieces.aggregates.clone(),
-        pieces.filters.clone(),
-        found.input().clone(),
-        pieces.input_schema.clone(),
-    )?
-    .schema())
 }
 
 /// The first aggregation over raw rows (`Partial` or `Single`) in a physical plan.
